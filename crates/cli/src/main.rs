@@ -1,0 +1,98 @@
+//! `tessera`: runs a whole system from its manifest, and the platform's own processes.
+
+mod output;
+mod supervisor;
+mod up;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tessera::manifest::Manifest;
+
+#[derive(Parser)]
+#[command(name = "tessera", version, about = "Run and inspect a Tessera system")]
+struct Cli {
+    /// The system manifest.
+    #[arg(long, short, global = true, default_value = "tessera.toml")]
+    manifest: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build (if the manifest says how) and run the whole system until Ctrl-C.
+    Up {
+        /// Skip the manifest's build step.
+        #[arg(long)]
+        no_build: bool,
+    },
+    /// Show the registered instances of a running system.
+    Status,
+    /// Run the control plane (started by `up`).
+    Control,
+    /// Run the gateway (started by `up`).
+    Gateway,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let manifest = match Manifest::load(&cli.manifest) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("tessera: {e}");
+            std::process::exit(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Up { no_build } => up::run(&cli.manifest, manifest, no_build).await,
+            Command::Status => status(&manifest).await,
+            Command::Control => {
+                tessera::log::init("control", "control");
+                let listener = tokio::net::TcpListener::bind(manifest.control.listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {} (control.listen)", manifest.control.listen))?;
+                tessera_control::serve(listener, supervisor::shutdown_signal()).await
+            }
+            Command::Gateway => {
+                tessera::log::init("gateway", "gateway");
+                let passport_keys = std::env::var("TESSERA_PASSPORT_KEYS")
+                    .context("TESSERA_PASSPORT_KEYS is not set (tessera up sets it)")?;
+                let listener = tokio::net::TcpListener::bind(manifest.gateway.listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {} (gateway.listen)", manifest.gateway.listen))?;
+                let config = tessera_gateway::GatewayConfig {
+                    control_url: format!("http://{}", manifest.control.listen),
+                    manifest,
+                    passport_keys,
+                };
+                tessera_gateway::serve(config, listener, supervisor::shutdown_signal()).await
+            }
+        }
+    })
+}
+
+async fn status(manifest: &Manifest) -> anyhow::Result<()> {
+    let url = format!("http://{}", manifest.control.listen);
+    let catalog = tessera::registry::RegistryClient::new(&url)
+        .catalog(None, std::time::Duration::ZERO)
+        .await
+        .with_context(|| format!("the control plane at {url} does not answer; is the system up?"))?;
+    println!("{:<14} {:<16} {:<22} {:<8} pid", "SERVICE", "INSTANCE", "ADDRESS", "VERSION");
+    for (service, instances) in &catalog.services {
+        for i in instances {
+            let pid = i.metadata.get("pid").map_or("-", String::as_str);
+            println!("{service:<14} {:<16} {:<22} {:<8} {pid}", i.id, i.address, i.version);
+        }
+    }
+    for (name, spec) in &manifest.services {
+        let live = catalog.services.get(name).map_or(0, Vec::len);
+        if live < spec.replicas as usize {
+            println!("! {name}: {live} of {} replicas registered", spec.replicas);
+        }
+    }
+    Ok(())
+}

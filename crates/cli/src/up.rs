@@ -1,0 +1,198 @@
+//! `tessera up`: build, start the control plane, the services and the gateway, wait until all
+//! are ready, print where they are, keep them running, and stop them in order on Ctrl-C or
+//! SIGTERM (gateway first, so no request arrives at a service that is leaving; control plane
+//! last, so services can deregister).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use tessera::manifest::Manifest;
+use tessera::passport::PassportKeys;
+use tessera::registry::RegistryClient;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::output::say;
+use crate::supervisor::{ProcSpec, shutdown_signal, supervise};
+
+const GRACE: Duration = Duration::from_secs(10);
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub async fn run(manifest_path: &Path, manifest: Manifest, no_build: bool) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let manifest_path = manifest_path
+        .canonicalize()
+        .with_context(|| format!("cannot find {}", manifest_path.display()))?;
+    let base = manifest_path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let state_dir = base.join(&manifest.system.state_dir);
+    std::fs::create_dir_all(state_dir.join("data"))
+        .with_context(|| format!("cannot create {}", state_dir.display()))?;
+    let passport_keys = passport_keys(&state_dir)?;
+
+    if let (Some(build), false) = (&manifest.system.build, no_build) {
+        let argv = build.argv();
+        say(&format!("building: {}", argv.join(" ")));
+        let status = tokio::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .current_dir(&base)
+            .status()
+            .await
+            .with_context(|| format!("cannot run the build command {:?}", argv[0]))?;
+        if !status.success() {
+            bail!("the build command failed ({status})");
+        }
+    }
+
+    let exe = std::env::current_exe().context("cannot find the tessera executable")?;
+    let exe = exe.to_string_lossy().into_owned();
+    let manifest_arg = manifest_path.to_string_lossy().into_owned();
+    let control_url = format!("http://{}", manifest.control.listen);
+    let common = vec![
+        ("TESSERA_CONTROL_URL".to_string(), control_url.clone()),
+        ("TESSERA_SYSTEM".to_string(), manifest.system.name.clone()),
+        ("TESSERA_DATA_DIR".to_string(), state_dir.join("data").to_string_lossy().into_owned()),
+        ("TESSERA_PASSPORT_KEYS".to_string(), passport_keys),
+        ("TESSERA_HEARTBEAT_MS".to_string(), manifest.control.heartbeat_ms.to_string()),
+        ("TESSERA_TTL_MS".to_string(), manifest.control.ttl_ms.to_string()),
+    ];
+    let platform = |name: &str, sub: &str| ProcSpec {
+        name: name.to_string(),
+        argv: vec![exe.clone(), "--manifest".into(), manifest_arg.clone(), sub.into()],
+        env: common.clone(),
+        cwd: base.clone(),
+    };
+
+    let mut services = Vec::new();
+    for (name, spec) in &manifest.services {
+        let mut argv = spec.command.argv();
+        if argv[0].contains('/') && Path::new(&argv[0]).is_relative() {
+            argv[0] = base.join(&argv[0]).to_string_lossy().into_owned();
+        }
+        for replica in 1..=spec.replicas {
+            let instance = format!("{name}-{replica}");
+            let mut env = common.clone();
+            env.push(("TESSERA_SERVICE".into(), name.clone()));
+            env.push(("TESSERA_INSTANCE".into(), instance.clone()));
+            env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+            services.push(ProcSpec { name: instance, argv: argv.clone(), env, cwd: base.clone() });
+        }
+    }
+
+    // Three groups, stopped in reverse order of start.
+    let (stop_control, control_rx) = watch::channel(false);
+    let (stop_services, services_rx) = watch::channel(false);
+    let (stop_gateway, gateway_rx) = watch::channel(false);
+    let mut control_tasks = JoinSet::new();
+    let mut service_tasks = JoinSet::new();
+    let mut gateway_tasks = JoinSet::new();
+    let mut color = 0;
+    let mut next_color = || {
+        color += 1;
+        color - 1
+    };
+
+    let started = async {
+        control_tasks.spawn(supervise(platform("control", "control"), next_color(), control_rx, GRACE));
+        wait_http_ok(&format!("{control_url}/health/ready")).await.context("the control plane did not start")?;
+        for spec in &services {
+            service_tasks.spawn(supervise(spec.clone(), next_color(), services_rx.clone(), GRACE));
+        }
+        wait_registered(&control_url, services.iter().map(|s| s.name.as_str())).await?;
+        gateway_tasks.spawn(supervise(platform("gateway", "gateway"), next_color(), gateway_rx, GRACE));
+        wait_http_ok(&format!("http://{}/health/ready", manifest.gateway.listen))
+            .await
+            .context("the gateway did not start")?;
+        anyhow::Ok(())
+    };
+    let outcome = tokio::select! {
+        r = started => r,
+        _ = shutdown_signal() => Err(anyhow::anyhow!("interrupted while starting")),
+    };
+    match &outcome {
+        Ok(()) => {
+            say(&format!("ready in {:.2}s", start.elapsed().as_secs_f64()));
+            say(&format!("  gateway        http://{}", manifest.gateway.listen));
+            say(&format!("  control plane  {control_url}"));
+            for (name, spec) in &manifest.services {
+                say(&format!("  {name:<14} {} replica(s), routed by the gateway", spec.replicas));
+            }
+            say("press Ctrl-C to stop");
+            shutdown_signal().await;
+        }
+        Err(e) => say(&format!("start failed: {e:#}")),
+    }
+
+    say("stopping: gateway, then services, then the control plane");
+    let _ = stop_gateway.send(true);
+    while gateway_tasks.join_next().await.is_some() {}
+    let _ = stop_services.send(true);
+    while service_tasks.join_next().await.is_some() {}
+    let _ = stop_control.send(true);
+    while control_tasks.join_next().await.is_some() {}
+    say("stopped");
+    outcome
+}
+
+/// The system's passport keys, made once and kept under the state dir.
+fn passport_keys(state_dir: &Path) -> anyhow::Result<String> {
+    let path = state_dir.join("passport.keys");
+    if let Ok(spec) = std::fs::read_to_string(&path) {
+        return Ok(spec.trim().to_string());
+    }
+    let spec = PassportKeys::generate_spec();
+    write_private(&path, &spec).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(spec)
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    f.write_all(contents.as_bytes())
+}
+
+async fn wait_http_ok(url: &str) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Ok(r) = client.get(url).timeout(Duration::from_secs(1)).send().await {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("{url} was not ready within {READY_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn wait_registered<'a>(control_url: &str, instances: impl Iterator<Item = &'a str>) -> anyhow::Result<()> {
+    let expected: Vec<&str> = instances.collect();
+    let registry = RegistryClient::new(control_url);
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let mut index = None;
+    loop {
+        let catalog = registry.catalog(index, Duration::from_secs(1)).await;
+        if let Ok(catalog) = catalog {
+            let missing: Vec<&str> = expected
+                .iter()
+                .copied()
+                .filter(|id| !catalog.services.values().flatten().any(|i| i.id == *id))
+                .collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("not registered within {READY_TIMEOUT:?}: {}", missing.join(", "));
+            }
+            index = Some(catalog.index);
+        } else {
+            if Instant::now() > deadline {
+                bail!("the control plane stopped answering");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

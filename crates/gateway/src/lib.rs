@@ -1,0 +1,138 @@
+//! The Tessera gateway: the one door into the system.
+//!
+//! Per request (`proxy.rs`): match a route by path prefix, verify the client's access token
+//! (`tokens.rs`, cached until it expires), check the route's roles, mint a passport, pick a
+//! live instance round-robin from the registry's view, forward with a deadline, wrap the answer
+//! in the envelope (`envelope.rs`), and write one access-log line. It is a plain hyper server
+//! and client: no framework router on the hot path.
+
+pub mod envelope;
+pub mod proxy;
+pub mod routes;
+pub mod tokens;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tessera::ServiceClient;
+use tessera::manifest::Manifest;
+use tessera::passport::PassportKeys;
+use tessera::registry::Discovery;
+use tokio::net::TcpListener;
+
+use crate::proxy::Gateway;
+use crate::routes::RouteTable;
+use crate::tokens::TokenVerifier;
+
+/// Everything the gateway needs to start.
+pub struct GatewayConfig {
+    pub manifest: Manifest,
+    /// `TESSERA_PASSPORT_KEYS`.
+    pub passport_keys: String,
+    pub control_url: String,
+}
+
+/// Serves the gateway on `listener` until `shutdown` completes, then drains connections.
+pub async fn serve(
+    config: GatewayConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    tessera::metrics::handle();
+    let manifest = &config.manifest;
+    let keys = PassportKeys::from_spec(&config.passport_keys, &manifest.system.name)
+        .context("TESSERA_PASSPORT_KEYS")?;
+    let discovery = Discovery::start(&config.control_url);
+    let service_keys = Arc::new(PassportKeys::from_spec(&config.passport_keys, &manifest.system.name)?);
+    let tokens = manifest.gateway.tokens.clone().map(|t| {
+        let client = ServiceClient::new(discovery.clone(), service_keys.clone(), "gateway", Duration::from_secs(5));
+        let feed = ServiceClient::new(discovery.clone(), service_keys.clone(), "gateway", Duration::from_secs(30));
+        let verifier = TokenVerifier::new(t, client);
+        verifier.spawn_revocation_feed(feed);
+        verifier
+    });
+
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(1)));
+    let client = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(256)
+        .build(connector);
+
+    let gateway = Arc::new(Gateway {
+        routes: RouteTable::new(&manifest.routes),
+        discovery: discovery.clone(),
+        keys,
+        tokens,
+        client,
+        upstream_timeout: Duration::from_millis(manifest.gateway.upstream_timeout_ms),
+        max_body: manifest.gateway.max_body_bytes,
+        max_response: manifest.gateway.max_response_bytes,
+        next: AtomicUsize::new(0),
+        revoke_for: Duration::from_secs(24 * 3600),
+    });
+    discovery.wait_loaded(Duration::from_secs(5)).await;
+    let header_timeout = Duration::from_millis(manifest.gateway.header_timeout_ms);
+    tracing::info!(address = %listener.local_addr()?, routes = manifest.routes.len(), "gateway ready");
+
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let gateway = gateway.clone();
+        let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let gateway = gateway.clone();
+            async move {
+                match req.uri().path() {
+                    "/health/live" | "/health/ready" => Ok(plain(StatusCode::OK, "{\"status\":\"ready\"}")),
+                    "/metrics" => Ok(plain(StatusCode::OK, &tessera::metrics::render())),
+                    _ => gateway.handle(req).await,
+                }
+            }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .keep_alive(true)
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    tracing::info!("gateway stopping: draining connections");
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await.is_err() {
+        tracing::warn!("drain deadline passed");
+    }
+    Ok(())
+}
+
+fn plain(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::copy_from_slice(body.as_bytes())));
+    *r.status_mut() = status;
+    r
+}

@@ -1,0 +1,65 @@
+//! The route table: longest path prefix wins, matched at segment boundaries.
+
+use tessera::manifest::{AuthMode, Route};
+
+/// A route ready for matching.
+#[derive(Debug)]
+pub struct CompiledRoute {
+    /// Without a trailing slash.
+    pub prefix: String,
+    pub service: String,
+    pub auth: AuthMode,
+    pub roles: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    /// Longest prefix first.
+    routes: Vec<CompiledRoute>,
+}
+
+impl RouteTable {
+    pub fn new(routes: &[Route]) -> Self {
+        let mut routes: Vec<CompiledRoute> = routes
+            .iter()
+            .map(|r| CompiledRoute {
+                prefix: r.prefix.trim_end_matches('/').to_string(),
+                service: r.service.clone(),
+                auth: r.auth,
+                roles: r.roles.clone(),
+            })
+            .collect();
+        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        Self { routes }
+    }
+
+    pub fn find(&self, path: &str) -> Option<&CompiledRoute> {
+        self.routes.iter().find(|r| {
+            path.starts_with(&r.prefix)
+                && (path.len() == r.prefix.len() || path.as_bytes()[r.prefix.len()] == b'/' || r.prefix.is_empty())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(prefix: &str, service: &str) -> Route {
+        Route { prefix: prefix.into(), service: service.into(), auth: AuthMode::Public, roles: vec![] }
+    }
+
+    #[test]
+    fn longest_prefix_at_segment_boundaries() {
+        let t = RouteTable::new(&[route("/api", "a"), route("/api/auth/", "auth"), route("/api/auth/me", "me")]);
+        assert_eq!(t.find("/api/auth/login").unwrap().service, "auth");
+        assert_eq!(t.find("/api/auth").unwrap().service, "auth");
+        assert_eq!(t.find("/api/auth/me").unwrap().service, "me");
+        assert_eq!(t.find("/api/authx").unwrap().service, "a");
+        assert_eq!(t.find("/api/other").unwrap().service, "a");
+        assert!(t.find("/apix").is_none());
+        assert!(t.find("/").is_none());
+        let root = RouteTable::new(&[route("/", "root")]);
+        assert_eq!(root.find("/anything").unwrap().service, "root");
+    }
+}

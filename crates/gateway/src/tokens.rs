@@ -1,0 +1,250 @@
+//! Access-token verification at the edge.
+//!
+//! Access tokens are EdDSA JWTs issued by the token service (the shop's `auth`), which
+//! publishes its public keys as a JWKS. The gateway:
+//! - accepts only `alg: EdDSA` with a `kid` it knows; an unknown `kid` triggers one JWKS
+//!   refresh (at most once a second), which is how signing-key rotation is picked up;
+//! - checks `iss`, `aud` and `exp`;
+//! - caches each verified token until it expires, so the signature is checked once per token,
+//!   not once per request;
+//! - rejects tokens whose session (`sid`) is revoked. Revocations arrive two ways: the token
+//!   service's revocation feed (a long-poll, for every gateway), and the
+//!   `X-Tessera-Revoke-Session` header on a response passing through this gateway (for
+//!   immediacy on the gateway that served the logout).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use tessera::ServiceClient;
+use tessera::manifest;
+
+/// Past this many cached tokens the cache is emptied (a bound, not an LRU: verifying again
+/// is correct, only slower).
+const CACHE_LIMIT: usize = 100_000;
+const LEEWAY_SECS: u64 = 5;
+
+/// Who a verified token speaks for.
+#[derive(Debug)]
+pub struct Verified {
+    pub sub: String,
+    pub roles: Vec<String>,
+    pub sid: Option<String>,
+    pub exp: u64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum TokenError {
+    #[error("malformed access token")]
+    Malformed,
+    #[error("access token algorithm not accepted")]
+    Algorithm,
+    #[error("access token signed with an unknown key")]
+    UnknownKey,
+    #[error("access token is invalid")]
+    Invalid,
+    #[error("access token has expired")]
+    Expired,
+    #[error("session has been revoked")]
+    Revoked,
+    #[error("token service unavailable")]
+    Unavailable,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+    #[serde(default)]
+    roles: Vec<String>,
+    #[serde(default)]
+    sid: Option<String>,
+    exp: u64,
+}
+
+#[derive(Deserialize)]
+pub struct Jwks {
+    pub keys: Vec<Jwk>,
+}
+
+#[derive(Deserialize)]
+pub struct Jwk {
+    pub kid: String,
+    pub kty: String,
+    #[serde(default)]
+    pub crv: Option<String>,
+    #[serde(default)]
+    pub x: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RevocationPage {
+    seq: i64,
+    items: Vec<Revocation>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Revocation {
+    sid: String,
+    expires_at: u64,
+}
+
+pub struct TokenVerifier {
+    config: manifest::Tokens,
+    client: ServiceClient,
+    validation: Validation,
+    keys: RwLock<HashMap<String, Arc<DecodingKey>>>,
+    last_refresh: Mutex<Option<Instant>>,
+    cache: RwLock<HashMap<Box<str>, Arc<Verified>>>,
+    /// Revoked session id → until when (unix seconds) it must stay rejected.
+    revoked: RwLock<HashMap<String, u64>>,
+}
+
+impl TokenVerifier {
+    pub fn new(config: manifest::Tokens, client: ServiceClient) -> Arc<Self> {
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[&config.issuer]);
+        validation.set_audience(&[&config.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.leeway = LEEWAY_SECS;
+        Arc::new(Self {
+            config,
+            client,
+            validation,
+            keys: RwLock::default(),
+            last_refresh: Mutex::new(None),
+            cache: RwLock::default(),
+            revoked: RwLock::default(),
+        })
+    }
+
+    /// Verifies `token`, from the cache when it can.
+    pub async fn verify(&self, token: &str) -> Result<Arc<Verified>, TokenError> {
+        let now = tessera::unix_now();
+        let cached = self.cache.read().unwrap_or_else(|e| e.into_inner()).get(token).cloned();
+        let verified = match cached {
+            Some(v) => v,
+            None => self.verify_uncached(token).await?,
+        };
+        if verified.exp + LEEWAY_SECS <= now {
+            return Err(TokenError::Expired);
+        }
+        if let Some(sid) = &verified.sid {
+            if self.revoked.read().unwrap_or_else(|e| e.into_inner()).contains_key(sid) {
+                return Err(TokenError::Revoked);
+            }
+        }
+        Ok(verified)
+    }
+
+    async fn verify_uncached(&self, token: &str) -> Result<Arc<Verified>, TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(TokenError::Algorithm);
+        }
+        let kid = header.kid.ok_or(TokenError::UnknownKey)?;
+        let key = match self.key(&kid) {
+            Some(k) => k,
+            None => {
+                self.refresh_keys().await?;
+                self.key(&kid).ok_or(TokenError::UnknownKey)?
+            }
+        };
+        let claims = jsonwebtoken::decode::<Claims>(token, &key, &self.validation)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+                _ => TokenError::Invalid,
+            })?
+            .claims;
+        let verified = Arc::new(Verified { sub: claims.sub, roles: claims.roles, sid: claims.sid, exp: claims.exp });
+        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= CACHE_LIMIT {
+            let now = tessera::unix_now();
+            cache.retain(|_, v| v.exp > now);
+            if cache.len() >= CACHE_LIMIT {
+                cache.clear();
+            }
+        }
+        cache.insert(token.into(), verified.clone());
+        Ok(verified)
+    }
+
+    fn key(&self, kid: &str) -> Option<Arc<DecodingKey>> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).get(kid).cloned()
+    }
+
+    /// Fetches the JWKS, at most once a second.
+    async fn refresh_keys(&self) -> Result<(), TokenError> {
+        {
+            let mut last = self.last_refresh.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                return Ok(());
+            }
+            *last = Some(Instant::now());
+        }
+        let jwks: Jwks = self.client.get(&self.config.service, &self.config.jwks_path).await.map_err(|e| {
+            tracing::warn!(error = %e, "cannot fetch the JWKS");
+            // Allow an immediate retry on the next request.
+            *self.last_refresh.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            TokenError::Unavailable
+        })?;
+        let mut keys = HashMap::new();
+        for jwk in jwks.keys {
+            if jwk.kty != "OKP" || jwk.crv.as_deref() != Some("Ed25519") {
+                continue;
+            }
+            if let Some(x) = &jwk.x {
+                match DecodingKey::from_ed_components(x) {
+                    Ok(k) => {
+                        keys.insert(jwk.kid, Arc::new(k));
+                    }
+                    Err(e) => tracing::warn!(kid = %jwk.kid, error = %e, "ignoring a malformed JWK"),
+                }
+            }
+        }
+        tracing::info!(keys = keys.len(), "JWKS loaded");
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = keys;
+        Ok(())
+    }
+
+    /// Rejects every token of session `sid` until `until` (unix seconds).
+    pub fn revoke(&self, sid: &str, until: u64) {
+        self.revoked.write().unwrap_or_else(|e| e.into_inner()).insert(sid.to_string(), until);
+    }
+
+    /// Follows the token service's revocation feed for as long as the process lives, and
+    /// forgets revocations whose tokens have all expired.
+    pub fn spawn_revocation_feed(self: &Arc<Self>, feed_client: ServiceClient) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut after = 0i64;
+            let mut failing = false;
+            loop {
+                let path = format!("{}?after={after}&wait=20000", this.config.revocations_path);
+                match feed_client.get::<RevocationPage>(&this.config.service, &path).await {
+                    Ok(page) => {
+                        if failing {
+                            tracing::info!("revocation feed reachable again");
+                            failing = false;
+                        }
+                        for r in &page.items {
+                            this.revoke(&r.sid, r.expires_at);
+                        }
+                        after = page.seq.max(after);
+                        let now = tessera::unix_now();
+                        this.revoked.write().unwrap_or_else(|e| e.into_inner()).retain(|_, until| *until > now);
+                    }
+                    Err(e) => {
+                        if !failing {
+                            tracing::warn!(error = %e, "revocation feed unavailable; retrying");
+                            failing = true;
+                        }
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+        });
+    }
+}

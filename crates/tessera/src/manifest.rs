@@ -1,0 +1,273 @@
+//! The system manifest, `tessera.toml`: what `tessera up` runs and how the gateway routes.
+//!
+//! The format is documented in `docs/manifest.md`. It lives in the library because the CLI
+//! (which runs the system), the gateway (which routes) and tests all read it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    #[serde(default)]
+    pub system: System,
+    #[serde(default)]
+    pub control: Control,
+    #[serde(default)]
+    pub gateway: Gateway,
+    /// Routes, matched by longest path prefix.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<Route>,
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceSpec>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct System {
+    /// The system's name; also the audience of its passports.
+    pub name: String,
+    /// Where state lives (registry files, databases, keys), relative to the manifest.
+    pub state_dir: PathBuf,
+    /// A command `tessera up` runs before starting anything (for example a build).
+    pub build: Option<Command>,
+}
+
+impl Default for System {
+    fn default() -> Self {
+        Self { name: "tessera".into(), state_dir: ".tessera".into(), build: None }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Control {
+    pub listen: SocketAddr,
+    /// How often instances heartbeat.
+    pub heartbeat_ms: u64,
+    /// How long an instance stays registered without a heartbeat.
+    pub ttl_ms: u64,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8500)), heartbeat_ms: 1000, ttl_ms: 3000 }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Gateway {
+    pub listen: SocketAddr,
+    /// Whole-request time limit for an upstream, in milliseconds (504 after it).
+    pub upstream_timeout_ms: u64,
+    /// Time limit for a client to send its request headers, in milliseconds.
+    pub header_timeout_ms: u64,
+    /// Largest request body accepted (413 above it).
+    pub max_body_bytes: u64,
+    /// Largest upstream response body the gateway will wrap.
+    pub max_response_bytes: u64,
+    /// Where access tokens come from; without it, every route must be public.
+    pub tokens: Option<Tokens>,
+}
+
+impl Default for Gateway {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            upstream_timeout_ms: 10_000,
+            header_timeout_ms: 10_000,
+            max_body_bytes: 1024 * 1024,
+            max_response_bytes: 16 * 1024 * 1024,
+            tokens: None,
+        }
+    }
+}
+
+/// The service that issues access tokens, and how to check them.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tokens {
+    /// The issuing service (found through the registry).
+    pub service: String,
+    /// Its JWKS path.
+    pub jwks_path: String,
+    /// Its revocation feed path.
+    pub revocations_path: String,
+    /// Required `iss` claim.
+    pub issuer: String,
+    /// Required `aud` claim.
+    pub audience: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Path prefix, matched at segment boundaries (`/api/auth` matches `/api/auth/login`).
+    pub prefix: String,
+    pub service: String,
+    /// `public`: a token is optional; `required`: 401 without a valid one.
+    #[serde(default)]
+    pub auth: AuthMode,
+    /// If not empty, the caller needs one of these roles (403 otherwise).
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    #[default]
+    Required,
+    Public,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// The program and its arguments: a string split on white space, or a list.
+    pub command: Command,
+    #[serde(default = "one")]
+    pub replicas: u32,
+    /// Extra environment for every replica.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Command {
+    Line(String),
+    Argv(Vec<String>),
+}
+
+impl Command {
+    pub fn argv(&self) -> Vec<String> {
+        match self {
+            Command::Line(s) => s.split_whitespace().map(str::to_string).collect(),
+            Command::Argv(v) => v.clone(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("cannot read {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    #[error("{0}: {1}")]
+    Parse(PathBuf, String),
+    #[error("{0}: {1}")]
+    Invalid(PathBuf, String),
+}
+
+impl Manifest {
+    pub fn load(path: &Path) -> Result<Self, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ManifestError::Read(path.to_path_buf(), e))?;
+        Self::parse(&text).map_err(|e| match e {
+            ManifestError::Parse(_, m) => ManifestError::Parse(path.to_path_buf(), m),
+            ManifestError::Invalid(_, m) => ManifestError::Invalid(path.to_path_buf(), m),
+            other => other,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Self, ManifestError> {
+        let m: Manifest = toml::from_str(text).map_err(|e| ManifestError::Parse(PathBuf::new(), e.to_string()))?;
+        m.validate().map_err(|msg| ManifestError::Invalid(PathBuf::new(), msg))?;
+        Ok(m)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let valid_name = |n: &str| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !valid_name(&self.system.name) {
+            return Err("system.name: use letters, digits, '-' or '_'".into());
+        }
+        for (name, spec) in &self.services {
+            if !valid_name(name) {
+                return Err(format!("services.{name}: a service name uses letters, digits, '-' or '_'"));
+            }
+            if spec.command.argv().is_empty() {
+                return Err(format!("services.{name}.command: is empty"));
+            }
+            if !(1..=64).contains(&spec.replicas) {
+                return Err(format!("services.{name}.replicas: must be 1 to 64"));
+            }
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            if !route.prefix.starts_with('/') {
+                return Err(format!("route[{i}].prefix: must start with '/'"));
+            }
+            if !valid_name(&route.service) {
+                return Err(format!("route[{i}].service: {:?} is not a service name", route.service));
+            }
+            if route.auth == AuthMode::Required && self.gateway.tokens.is_none() {
+                return Err(format!("route[{i}]: auth = \"required\" needs a [gateway.tokens] section"));
+            }
+            if self.routes[..i].iter().any(|r| r.prefix.trim_end_matches('/') == route.prefix.trim_end_matches('/')) {
+                return Err(format!("route[{i}].prefix: {:?} is listed twice", route.prefix));
+            }
+        }
+        if self.control.ttl_ms <= self.control.heartbeat_ms {
+            return Err("control.ttl_ms: must be longer than control.heartbeat_ms".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_manifest() {
+        let m = Manifest::parse(
+            r#"
+            [system]
+            name = "shop"
+            build = "cargo build"
+            [gateway.tokens]
+            service = "auth"
+            jwks_path = "/jwks"
+            revocations_path = "/rev"
+            issuer = "auth"
+            audience = "api"
+            [[route]]
+            prefix = "/api/catalog"
+            service = "catalog"
+            auth = "public"
+            [[route]]
+            prefix = "/api/admin"
+            service = "catalog"
+            roles = ["admin"]
+            [services.catalog]
+            command = ["bin/catalog", "--flag"]
+            replicas = 2
+            env = { A = "1" }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(m.system.name, "shop");
+        assert_eq!(m.routes[1].auth, AuthMode::Required);
+        assert_eq!(m.services["catalog"].replicas, 2);
+        assert_eq!(m.services["catalog"].command.argv(), ["bin/catalog", "--flag"]);
+        assert_eq!(m.gateway.listen.port(), 8080);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = Manifest::parse("[services.x]\ncommand = \"a\"\nreplicas = 0\n").unwrap_err();
+        assert!(e.to_string().contains("services.x.replicas"), "{e}");
+        let e = Manifest::parse("[[route]]\nprefix = \"api\"\nservice = \"x\"\nauth = \"public\"\n").unwrap_err();
+        assert!(e.to_string().contains("route[0].prefix"), "{e}");
+        let e = Manifest::parse("[gateway]\nlisten = 5\n").unwrap_err();
+        assert!(e.to_string().contains("listen"), "{e}");
+        let e = Manifest::parse("[sytem]\n").unwrap_err();
+        assert!(e.to_string().contains("sytem"), "{e}");
+    }
+}

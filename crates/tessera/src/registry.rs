@@ -1,0 +1,241 @@
+//! The registry protocol, and the two clients every process uses: self-registration with
+//! heartbeats, and discovery (a live, cached view of every service's instances).
+//!
+//! The control plane's registry speaks plain JSON over HTTP (`docs/registry.md`):
+//!
+//! | call | meaning |
+//! |---|---|
+//! | `PUT /v1/instances/{id}` [`Registration`] | register, or refresh a registration |
+//! | `PUT /v1/instances/{id}/heartbeat` | keep alive; 404 means "unknown, register again" |
+//! | `DELETE /v1/instances/{id}` | leave now |
+//! | `GET /v1/services?index=N&wait=MS` | the whole [`Catalog`]; blocks until it changes past N |
+//!
+//! Discovery holds one long-poll open, so a new or dead instance is seen as soon as the
+//! registry sees it. If the control plane is unreachable the last view is kept (a registry
+//! outage must not take routing down with it) and polling resumes when it is back.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+/// One running instance of a service.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Instance {
+    pub id: String,
+    pub service: String,
+    /// `host:port` it serves HTTP on.
+    pub address: String,
+    pub version: String,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// The body of a registration.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Registration {
+    #[serde(flatten)]
+    pub instance: Instance,
+    /// Dropped this long after the last heartbeat.
+    pub ttl_ms: u64,
+}
+
+/// Every service's live instances, and the index of this view.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Catalog {
+    pub index: u64,
+    pub services: BTreeMap<String, Vec<Instance>>,
+}
+
+/// A thin client of the control plane's registry API.
+#[derive(Clone)]
+pub struct RegistryClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl RegistryClient {
+    pub fn new(base: &str) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(1))
+            .build()
+            .expect("reqwest client builds");
+        Self { base: base.trim_end_matches('/').to_string(), http }
+    }
+
+    pub async fn register(&self, reg: &Registration) -> Result<(), reqwest::Error> {
+        self.http
+            .put(format!("{}/v1/instances/{}", self.base, reg.instance.id))
+            .timeout(Duration::from_secs(2))
+            .json(reg)
+            .send()
+            .await?
+            .error_for_status()
+            .map(drop)
+    }
+
+    /// `Ok(false)` when the registry does not know the instance (it expired or the control
+    /// plane restarted): register again.
+    pub async fn heartbeat(&self, id: &str) -> Result<bool, reqwest::Error> {
+        let resp = self
+            .http
+            .put(format!("{}/v1/instances/{id}/heartbeat", self.base))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(false);
+        }
+        resp.error_for_status().map(|_| true)
+    }
+
+    pub async fn deregister(&self, id: &str) -> Result<(), reqwest::Error> {
+        self.http
+            .delete(format!("{}/v1/instances/{id}", self.base))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await?
+            .error_for_status()
+            .map(drop)
+    }
+
+    /// The catalog; with `index`, waits up to `wait` for one newer than it.
+    pub async fn catalog(&self, index: Option<u64>, wait: Duration) -> Result<Catalog, reqwest::Error> {
+        let mut req = self.http.get(format!("{}/v1/services", self.base));
+        if let Some(index) = index {
+            req = req
+                .query(&[("index", index), ("wait", wait.as_millis() as u64)])
+                .timeout(wait + Duration::from_secs(5));
+        } else {
+            req = req.timeout(Duration::from_secs(5));
+        }
+        req.send().await?.error_for_status()?.json().await
+    }
+}
+
+/// Keeps `reg` registered until the returned sender is dropped or sent `true`, then
+/// deregisters (the task ends when that is done). Heartbeats every `every`; re-registers when
+/// the registry forgot it.
+pub fn keep_registered(
+    client: RegistryClient,
+    reg: Registration,
+    every: Duration,
+) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+    let (stop_tx, mut stop) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        let mut healthy = true;
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => break,
+            }
+            let result = match client.heartbeat(&reg.instance.id).await {
+                Ok(true) => Ok(()),
+                Ok(false) => {
+                    tracing::info!(instance = %reg.instance.id, "registry forgot this instance; registering again");
+                    client.register(&reg).await
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) if !healthy => {
+                    tracing::info!("registry reachable again");
+                    healthy = true;
+                }
+                Err(e) if healthy => {
+                    tracing::warn!(error = %e, "registry heartbeat failed; will keep trying");
+                    healthy = false;
+                }
+                _ => {}
+            }
+        }
+        if let Err(e) = client.deregister(&reg.instance.id).await {
+            tracing::warn!(error = %e, "deregistration failed; the registry will expire this instance");
+        }
+    });
+    (stop_tx, task)
+}
+
+type Snapshot = HashMap<String, Arc<[Instance]>>;
+
+/// A live view of the registry, refreshed by one long-poll.
+#[derive(Clone)]
+pub struct Discovery {
+    view: Arc<RwLock<Arc<Snapshot>>>,
+    changed: watch::Receiver<u64>,
+}
+
+impl Discovery {
+    /// Starts watching the registry at `control_url`.
+    pub fn start(control_url: &str) -> Self {
+        let client = RegistryClient::new(control_url);
+        let view: Arc<RwLock<Arc<Snapshot>>> = Arc::default();
+        let (tx, changed) = watch::channel(0u64);
+        let writer = view.clone();
+        tokio::spawn(async move {
+            let mut index = None;
+            let mut failing = false;
+            loop {
+                match client.catalog(index, Duration::from_secs(30)).await {
+                    Ok(catalog) => {
+                        if failing {
+                            tracing::info!("registry reachable again");
+                            failing = false;
+                        }
+                        index = Some(catalog.index);
+                        let snapshot: Snapshot =
+                            catalog.services.into_iter().map(|(name, list)| (name, Arc::from(list))).collect();
+                        *writer.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snapshot);
+                        if tx.send(catalog.index).is_err() {
+                            return; // every Discovery handle is gone
+                        }
+                    }
+                    Err(e) => {
+                        if !failing {
+                            tracing::warn!(error = %e, "registry unreachable; keeping the last view");
+                            failing = true;
+                        }
+                        // A restarted control plane starts its index again from 1.
+                        index = None;
+                        if tx.is_closed() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                }
+            }
+        });
+        Self { view, changed }
+    }
+
+    /// A view that never changes (tests, or a process without a registry).
+    pub fn fixed(services: impl IntoIterator<Item = Instance>) -> Self {
+        let mut snapshot: HashMap<String, Vec<Instance>> = HashMap::new();
+        for i in services {
+            snapshot.entry(i.service.clone()).or_default().push(i);
+        }
+        let snapshot = snapshot.into_iter().map(|(k, v)| (k, Arc::from(v))).collect();
+        let (_tx, changed) = watch::channel(1);
+        Self { view: Arc::new(RwLock::new(Arc::new(snapshot))), changed }
+    }
+
+    /// The live instances of `service` (empty when none).
+    pub fn instances(&self, service: &str) -> Option<Arc<[Instance]>> {
+        self.view.read().unwrap_or_else(|e| e.into_inner()).get(service).cloned()
+    }
+
+    /// The whole current view.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Waits until the view has been loaded at least once, or `timeout` passes.
+    pub async fn wait_loaded(&self, timeout: Duration) -> bool {
+        let mut rx = self.changed.clone();
+        tokio::time::timeout(timeout, rx.wait_for(|i| *i > 0)).await.is_ok_and(|r| r.is_ok())
+    }
+}

@@ -1,0 +1,284 @@
+//! The service runtime: from configuration to a registered, observable HTTP server.
+//!
+//! ```no_run
+//! use axum::{Router, routing::get};
+//! use tessera::{Caller, Json, Service};
+//!
+//! #[tokio::main]
+//! async fn main() -> anyhow::Result<()> {
+//!     Service::new("hello")
+//!         .run(|_ctx| async {
+//!             Ok(Router::new().route("/api/hello", get(|caller: Caller| async move {
+//!                 Json(serde_json::json!({ "hello": caller.id }))
+//!             })))
+//!         })
+//!         .await
+//! }
+//! ```
+//!
+//! [`Service::run`] reads the configuration, opens and migrates the database, builds the
+//! router, wraps it in the request middleware (passport, trace, metrics, log line), serves it,
+//! registers with the control plane and only then reports ready. On SIGTERM or Ctrl-C it
+//! reports not-ready, deregisters, stops accepting and drains in-flight requests within
+//! `TESSERA_SHUTDOWN_GRACE_MS`.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use tokio::net::TcpListener;
+use tracing::Instrument;
+
+use crate::client::{REQUEST, RequestContext, ServiceClient};
+use crate::config::{ServiceConfig, Settings};
+use crate::error::ApiError;
+use crate::health::Health;
+use crate::passport::{self, PassportError, PassportKeys};
+use crate::registry::{self, Discovery, Instance, Registration, RegistryClient};
+use crate::store::{Db, Migration};
+use crate::trace::{self, TraceContext};
+
+/// What a service's code gets to build its router.
+#[derive(Clone)]
+pub struct Context {
+    pub config: ServiceConfig,
+    /// Every configuration value, for the service's own keys.
+    pub settings: Settings,
+    db: Option<Db>,
+    pub client: ServiceClient,
+    pub keys: Arc<PassportKeys>,
+    pub health: Health,
+}
+
+impl Context {
+    /// The service's database. Panics if the service declared no migrations, which is a
+    /// programming error caught by the first start.
+    pub fn db(&self) -> &Db {
+        self.db.as_ref().expect("Service::migrations was not called, so this service has no database")
+    }
+}
+
+/// A service under construction.
+pub struct Service {
+    name: &'static str,
+    migrations: &'static [Migration],
+}
+
+impl Service {
+    /// `name` is the default of `TESSERA_SERVICE`.
+    pub fn new(name: &'static str) -> Self {
+        Self { name, migrations: &[] }
+    }
+
+    /// The schema migrations of this service's database; without them it gets none.
+    pub fn migrations(mut self, migrations: &'static [Migration]) -> Self {
+        self.migrations = migrations;
+        self
+    }
+
+    /// Runs the service from the process environment until SIGTERM or Ctrl-C. A bad
+    /// configuration exits with status 2 and a message naming the key.
+    pub async fn run<F, Fut>(self, build: F) -> anyhow::Result<()>
+    where
+        F: FnOnce(Context) -> Fut,
+        Fut: Future<Output = anyhow::Result<Router>>,
+    {
+        let settings = Settings::from_env();
+        let config = match ServiceConfig::from_settings(&settings, self.name) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("{}: {e}", self.name);
+                std::process::exit(2);
+            }
+        };
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (TESSERA_LISTEN)", config.listen))?;
+        self.serve(config, settings, listener, shutdown_signal(), build).await
+    }
+
+    /// Runs on a bound listener until `shutdown` completes.
+    pub async fn serve<F, Fut>(
+        self,
+        config: ServiceConfig,
+        settings: Settings,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+        build: F,
+    ) -> anyhow::Result<()>
+    where
+        F: FnOnce(Context) -> Fut,
+        Fut: Future<Output = anyhow::Result<Router>>,
+    {
+        crate::log::init(&config.service, &config.instance);
+        crate::metrics::handle();
+        let keys = Arc::new(
+            PassportKeys::from_spec(&config.passport_keys, &config.system).context("TESSERA_PASSPORT_KEYS")?,
+        );
+        let db = if self.migrations.is_empty() {
+            None
+        } else {
+            let url = config
+                .database_url
+                .clone()
+                .unwrap_or_else(|| Db::default_url(&config.data_dir, &config.service));
+            Some(Db::open(&url, self.migrations).await.context("opening the database")?)
+        };
+        let discovery = match &config.control_url {
+            Some(url) => Discovery::start(url),
+            None => Discovery::fixed([]),
+        };
+        let client = ServiceClient::new(discovery, keys.clone(), &config.service, config.call_timeout);
+        let health = Health::default();
+        let ctx = Context {
+            config: config.clone(),
+            settings,
+            db: db.clone(),
+            client,
+            keys: keys.clone(),
+            health: health.clone(),
+        };
+        let app = build(ctx).await?;
+        let router = app
+            .fallback(|| async { ApiError::not_found("no such route") })
+            .layer(middleware::from_fn_with_state(keys, request_middleware))
+            .merge(health.routes())
+            .layer(DefaultBodyLimit::max(config.max_body_bytes));
+
+        let address = listener.local_addr()?;
+        let (drain_tx, mut drain_rx) = tokio::sync::watch::channel(false);
+        let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+            let _ = drain_rx.wait_for(|d| *d).await;
+        });
+        let server = tokio::spawn(async move { server.await });
+
+        let registration = match &config.control_url {
+            Some(url) => {
+                let reg = Registration {
+                    instance: Instance {
+                        id: config.instance.clone(),
+                        service: config.service.clone(),
+                        address: address.to_string(),
+                        version: config.version.clone(),
+                        metadata: BTreeMap::from([
+                            ("pid".to_string(), std::process::id().to_string()),
+                            ("started".to_string(), crate::unix_now().to_string()),
+                        ]),
+                    },
+                    ttl_ms: config.ttl.as_millis() as u64,
+                };
+                let client = RegistryClient::new(url);
+                // Keep trying: the control plane may be starting alongside us.
+                let mut attempt = 0u32;
+                while let Err(e) = client.register(&reg).await {
+                    attempt += 1;
+                    if attempt == 1 || attempt % 20 == 0 {
+                        tracing::warn!(error = %e, "cannot register yet; retrying");
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                }
+                Some(registry::keep_registered(client, reg, config.heartbeat))
+            }
+            None => None,
+        };
+        health.set_ready(true);
+        tracing::info!(address = %address, instance = %config.instance, "ready");
+
+        shutdown.await;
+        tracing::info!("shutting down: deregistering, then draining in-flight requests");
+        health.set_ready(false);
+        if let Some((stop, task)) = registration {
+            let _ = stop.send(true);
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(3), task).await;
+        }
+        let _ = drain_tx.send(true);
+        match tokio::time::timeout(config.shutdown_grace, server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server error while draining"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
+            Err(_) => tracing::warn!("drain deadline passed; abandoning in-flight requests"),
+        }
+        if let Some(db) = db {
+            db.close().await;
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Passport, trace, metrics and one log line, around every request but health and metrics.
+async fn request_middleware(
+    State(keys): State<Arc<PassportKeys>>,
+    matched: Option<MatchedPath>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let start = Instant::now();
+    let route = matched.as_ref().map_or("unmatched", |m| m.as_str()).to_string();
+    let method = req.method().clone();
+
+    let token = req.headers().get(passport::HEADER).and_then(|v| v.to_str().ok());
+    let verified = match token {
+        None => Err(PassportError::Missing),
+        Some(t) => keys.verify(t).map(|p| (p, Arc::<str>::from(t))),
+    };
+    let parent = req
+        .headers()
+        .get(trace::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceContext::parse)
+        .or_else(|| verified.as_ref().ok().and_then(|(p, _)| TraceContext::from_trace_id(&p.tid)));
+    let trace = match parent {
+        Some(p) => p.child(),
+        None => TraceContext::new_root(),
+    };
+    let (trace_id, span_id) = (trace.trace_id_hex(), trace.span_id_hex());
+    let span = tracing::info_span!("request", trace_id = trace_id.as_str(), span_id = span_id.as_str());
+
+    let response = match verified {
+        Err(e) => {
+            span.in_scope(|| tracing::warn!(reason = %e, path = req.uri().path(), "request refused: passport"));
+            ApiError::unauthorized(e.to_string()).into_response()
+        }
+        Ok((passport, token)) => {
+            req.extensions_mut().insert(passport);
+            req.extensions_mut().insert(trace);
+            let ctx = RequestContext { passport: token, trace };
+            REQUEST.scope(ctx, next.run(req)).instrument(span.clone()).await
+        }
+    };
+    let elapsed = start.elapsed();
+    let status = response.status().as_u16();
+    crate::metrics::record_request(&route, method.as_str(), status, elapsed);
+    span.in_scope(|| {
+        tracing::info!(
+            method = method.as_str(),
+            route = route.as_str(),
+            status,
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            "request"
+        )
+    });
+    response
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler installs");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

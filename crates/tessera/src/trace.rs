@@ -1,0 +1,161 @@
+//! W3C Trace Context (`traceparent`), accepted or started per request.
+//!
+//! Only the part every hop needs is kept: trace id, span id and the sampled flag, as fixed-size
+//! arrays so that a context is `Copy` and costs no allocation on the hot path.
+
+use std::fmt::Write;
+
+/// The `traceparent` header name.
+pub const TRACEPARENT: &str = "traceparent";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceContext {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub sampled: bool,
+}
+
+impl TraceContext {
+    /// A new trace, with this hop as its root span.
+    pub fn new_root() -> Self {
+        let mut trace_id: [u8; 16] = rand::random();
+        if trace_id == [0; 16] {
+            trace_id[15] = 1;
+        }
+        Self { trace_id, span_id: new_span_id(), sampled: true }
+    }
+
+    /// The same trace, a new span: what a hop uses for its own work and sends downstream.
+    pub fn child(&self) -> Self {
+        Self { trace_id: self.trace_id, span_id: new_span_id(), sampled: self.sampled }
+    }
+
+    /// Parses `00-<32 hex>-<16 hex>-<2 hex>`. Invalid or all-zero ids give `None`, and the
+    /// caller starts a new trace, as the spec asks.
+    pub fn parse(header: &str) -> Option<Self> {
+        let b = header.trim().as_bytes();
+        if b.len() < 55 || b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
+            return None;
+        }
+        let version = hex_byte(&b[0..2])?;
+        // Version ff is forbidden; version 00 must be exactly 55 bytes.
+        if version == 0xff || (version == 0 && b.len() != 55) {
+            return None;
+        }
+        let mut trace_id = [0u8; 16];
+        for (i, out) in trace_id.iter_mut().enumerate() {
+            *out = hex_byte(&b[3 + 2 * i..5 + 2 * i])?;
+        }
+        let mut span_id = [0u8; 8];
+        for (i, out) in span_id.iter_mut().enumerate() {
+            *out = hex_byte(&b[36 + 2 * i..38 + 2 * i])?;
+        }
+        let flags = hex_byte(&b[53..55])?;
+        if trace_id == [0; 16] || span_id == [0; 8] {
+            return None;
+        }
+        Some(Self { trace_id, span_id, sampled: flags & 1 == 1 })
+    }
+
+    /// Parses a bare 32-hex trace id (as carried in a passport), with a fresh span.
+    pub fn from_trace_id(hex: &str) -> Option<Self> {
+        let b = hex.as_bytes();
+        if b.len() != 32 {
+            return None;
+        }
+        let mut trace_id = [0u8; 16];
+        for (i, out) in trace_id.iter_mut().enumerate() {
+            *out = hex_byte(&b[2 * i..2 * i + 2])?;
+        }
+        (trace_id != [0; 16]).then(|| Self { trace_id, span_id: new_span_id(), sampled: true })
+    }
+
+    /// The `traceparent` header value.
+    pub fn header(&self) -> String {
+        let mut s = String::with_capacity(55);
+        s.push_str("00-");
+        push_hex(&mut s, &self.trace_id);
+        s.push('-');
+        push_hex(&mut s, &self.span_id);
+        s.push_str(if self.sampled { "-01" } else { "-00" });
+        s
+    }
+
+    pub fn trace_id_hex(&self) -> String {
+        let mut s = String::with_capacity(32);
+        push_hex(&mut s, &self.trace_id);
+        s
+    }
+
+    pub fn span_id_hex(&self) -> String {
+        let mut s = String::with_capacity(16);
+        push_hex(&mut s, &self.span_id);
+        s
+    }
+}
+
+fn new_span_id() -> [u8; 8] {
+    let mut id: [u8; 8] = rand::random();
+    if id == [0; 8] {
+        id[7] = 1;
+    }
+    id
+}
+
+fn hex_byte(pair: &[u8]) -> Option<u8> {
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None, // the spec allows lowercase only
+        }
+    }
+    Some(nibble(pair[0])? << 4 | nibble(pair[1])?)
+}
+
+fn push_hex(s: &mut String, bytes: &[u8]) {
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let h = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let t = TraceContext::parse(h).unwrap();
+        assert_eq!(t.header(), h);
+        assert_eq!(t.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(t.span_id_hex(), "00f067aa0ba902b7");
+        assert!(t.sampled);
+    }
+
+    #[test]
+    fn rejects_malformed() {
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            assert!(TraceContext::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn child_keeps_the_trace() {
+        let root = TraceContext::new_root();
+        let child = root.child();
+        assert_eq!(root.trace_id, child.trace_id);
+        assert_ne!(root.span_id, child.span_id);
+        assert_eq!(TraceContext::parse(&child.header()), Some(child));
+        assert_eq!(TraceContext::from_trace_id(&root.trace_id_hex()).unwrap().trace_id, root.trace_id);
+    }
+}
