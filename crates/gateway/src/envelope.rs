@@ -20,12 +20,20 @@ pub fn success(data: Option<&[u8]>, trace_id: &str) -> Bytes {
 }
 
 pub fn error(code: &str, message: &str, trace_id: &str) -> Bytes {
-    let body = serde_json::json!({
-        "success": false,
-        "data": null,
-        "error": { "code": code, "message": message },
-        "traceId": trace_id,
-    });
+    #[derive(serde::Serialize)]
+    struct Envelope<'a> {
+        success: bool,
+        data: (),
+        error: ErrorBody<'a>,
+        #[serde(rename = "traceId")]
+        trace_id: &'a str,
+    }
+    #[derive(serde::Serialize)]
+    struct ErrorBody<'a> {
+        code: &'a str,
+        message: &'a str,
+    }
+    let body = Envelope { success: false, data: (), error: ErrorBody { code, message }, trace_id };
     Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
 }
 
@@ -84,7 +92,9 @@ mod tests {
 
     #[test]
     fn errors_escape() {
-        let v: serde_json::Value = serde_json::from_slice(&error("x", "a \"quote\"", "t")).unwrap();
+        let raw = error("x", "a \"quote\"", "t");
+        assert!(raw.starts_with(b"{\"success\":false,\"data\":null,\"error\":{"));
+        let v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
         assert_eq!(v["error"]["message"], "a \"quote\"");
         assert_eq!(v["success"], false);
         assert_eq!(upstream_error(br#"{"code":"c","message":"m"}"#), Some(("c".into(), "m".into())));

@@ -1,0 +1,104 @@
+//! Signing keys for access tokens: Ed25519, kept in the database so they survive restarts and
+//! are shared by replicas; published as a JWKS for the gateway.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ed25519_dalek::SigningKey;
+use ed25519_dalek::pkcs8::EncodePrivateKey;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde::Serialize;
+use tessera::Db;
+
+pub struct CurrentKey {
+    pub kid: String,
+    der: Vec<u8>,
+}
+
+impl CurrentKey {
+    pub fn sign<T: Serialize>(&self, claims: &T) -> Result<String, jsonwebtoken::errors::Error> {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, claims, &EncodingKey::from_ed_der(&self.der))
+    }
+}
+
+/// The newest unretired key, created if there is none (under the write lock, so replicas
+/// starting together agree on one).
+pub async fn current(db: &Db) -> Result<CurrentKey, sqlx::Error> {
+    let mut tx = db.write_tx().await?;
+    let row: Option<(String, Vec<u8>)> = sqlx::query_as(
+        "SELECT kid, private_der FROM signing_keys WHERE retired_at IS NULL ORDER BY created_at DESC, kid DESC LIMIT 1",
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let key = match row {
+        Some((kid, der)) => CurrentKey { kid, der },
+        None => {
+            let key = insert_new(&mut tx).await?;
+            tracing::info!(kid = %key.kid, "created a signing key");
+            key
+        }
+    };
+    tx.commit().await?;
+    Ok(key)
+}
+
+/// Adds a new key that signs from now on; older keys stay in the JWKS so that tokens they
+/// signed remain valid until they expire.
+pub async fn rotate(db: &Db) -> Result<String, sqlx::Error> {
+    let mut tx = db.write_tx().await?;
+    let key = insert_new(&mut tx).await?;
+    tx.commit().await?;
+    tracing::info!(kid = %key.kid, "rotated the signing key");
+    Ok(key.kid)
+}
+
+async fn insert_new(tx: &mut sqlx::Transaction<'static, sqlx::Any>) -> Result<CurrentKey, sqlx::Error> {
+    let signing = SigningKey::generate(&mut rand::rngs::OsRng);
+    let der = signing.to_pkcs8_der().expect("an Ed25519 key encodes").as_bytes().to_vec();
+    let x = URL_SAFE_NO_PAD.encode(signing.verifying_key().as_bytes());
+    let kid = format!("k{}", uuid::Uuid::now_v7().simple());
+    // Microseconds keep the order of two rotations within one second.
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0);
+    sqlx::query("INSERT INTO signing_keys (kid, private_der, public_x, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(&kid)
+        .bind(&der)
+        .bind(&x)
+        .bind(created)
+        .execute(&mut **tx)
+        .await?;
+    Ok(CurrentKey { kid, der })
+}
+
+#[derive(Serialize)]
+pub struct Jwk {
+    kty: &'static str,
+    crv: &'static str,
+    alg: &'static str,
+    #[serde(rename = "use")]
+    use_: &'static str,
+    kid: String,
+    x: String,
+}
+
+#[derive(Serialize)]
+pub struct Jwks {
+    keys: Vec<Jwk>,
+}
+
+pub async fn jwks(db: &Db) -> Result<Jwks, sqlx::Error> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT kid, public_x FROM signing_keys WHERE retired_at IS NULL ORDER BY created_at DESC",
+    )
+    .fetch_all(db.pool())
+    .await?;
+    Ok(Jwks {
+        keys: rows
+            .into_iter()
+            .map(|(kid, x)| Jwk { kty: "OKP", crv: "Ed25519", alg: "EdDSA", use_: "sig", kid, x })
+            .collect(),
+    })
+}
