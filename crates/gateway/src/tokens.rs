@@ -13,7 +13,7 @@
 //!   immediacy on the gateway that served the logout).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -96,7 +96,8 @@ pub struct TokenVerifier {
     client: ServiceClient,
     validation: Validation,
     keys: RwLock<HashMap<String, Arc<DecodingKey>>>,
-    last_refresh: Mutex<Option<Instant>>,
+    /// When the JWKS was last fetched; held while fetching.
+    last_refresh: tokio::sync::Mutex<Option<Instant>>,
     cache: RwLock<HashMap<Box<str>, Arc<Verified>>>,
     /// Revoked session id → until when (unix seconds) it must stay rejected.
     revoked: RwLock<HashMap<String, u64>>,
@@ -114,7 +115,7 @@ impl TokenVerifier {
             client,
             validation,
             keys: RwLock::default(),
-            last_refresh: Mutex::new(None),
+            last_refresh: tokio::sync::Mutex::new(None),
             cache: RwLock::default(),
             revoked: RwLock::default(),
         })
@@ -147,10 +148,7 @@ impl TokenVerifier {
         let kid = header.kid.ok_or(TokenError::UnknownKey)?;
         let key = match self.key(&kid) {
             Some(k) => k,
-            None => {
-                self.refresh_keys().await?;
-                self.key(&kid).ok_or(TokenError::UnknownKey)?
-            }
+            None => self.refresh_for(&kid).await?,
         };
         let claims = jsonwebtoken::decode::<Claims>(token, &key, &self.validation)
             .map_err(|e| match e.kind() {
@@ -175,19 +173,37 @@ impl TokenVerifier {
         self.keys.read().unwrap_or_else(|e| e.into_inner()).get(kid).cloned()
     }
 
-    /// Fetches the JWKS, at most once a second.
-    async fn refresh_keys(&self) -> Result<(), TokenError> {
-        {
-            let mut last = self.last_refresh.lock().unwrap_or_else(|e| e.into_inner());
-            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
-                return Ok(());
-            }
-            *last = Some(Instant::now());
+    /// Looks for an unknown `kid` in a fresh JWKS. Fetches happen at most once a second, and
+    /// one fetch serves every request that was waiting when it started, so a flood of made-up
+    /// key ids costs the token service one request a second.
+    async fn refresh_for(&self, kid: &str) -> Result<Arc<DecodingKey>, TokenError> {
+        let asked = Instant::now();
+        let mut last = self.last_refresh.lock().await;
+        if let Some(key) = self.key(kid) {
+            return Ok(key);
         }
+        if let Some(t) = *last {
+            if t >= asked {
+                return Err(TokenError::UnknownKey); // a fetch made after we asked lacks it
+            }
+            let since = t.elapsed();
+            if since < Duration::from_secs(1) {
+                tokio::time::sleep(Duration::from_secs(1) - since).await;
+            }
+        }
+        *last = Some(Instant::now());
+        match self.fetch_keys().await {
+            Ok(()) => self.key(kid).ok_or(TokenError::UnknownKey),
+            Err(e) => {
+                *last = None; // let the next request try again at once
+                Err(e)
+            }
+        }
+    }
+
+    async fn fetch_keys(&self) -> Result<(), TokenError> {
         let jwks: Jwks = self.client.get(&self.config.service, &self.config.jwks_path).await.map_err(|e| {
             tracing::warn!(error = %e, "cannot fetch the JWKS");
-            // Allow an immediate retry on the next request.
-            *self.last_refresh.lock().unwrap_or_else(|e| e.into_inner()) = None;
             TokenError::Unavailable
         })?;
         let mut keys = HashMap::new();
@@ -219,6 +235,7 @@ impl TokenVerifier {
     pub fn spawn_revocation_feed(self: &Arc<Self>, feed_client: ServiceClient) {
         let this = self.clone();
         tokio::spawn(async move {
+            feed_client.discovery().wait_loaded(Duration::from_secs(5)).await;
             let mut after = 0i64;
             let mut failing = false;
             loop {

@@ -1,0 +1,334 @@
+//! Starts a whole Tessera system as real processes (`tessera up` with a manifest written for
+//! the test: free ports, a temporary state dir, the debug binaries) and talks to it only over
+//! HTTP, as a user does.
+//!
+//! The binaries must be built first (`cargo build --workspace --bins`); the README's test
+//! command does that before running the tests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tessera::registry::Catalog;
+
+/// Options for the system under test.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub catalog_replicas: u32,
+    pub heartbeat_ms: u64,
+    pub ttl_ms: u64,
+    pub upstream_timeout_ms: u64,
+    pub max_body_bytes: u64,
+    /// Extra `[services.*]` and `[[route]]` TOML appended to the manifest.
+    pub extra_manifest: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            catalog_replicas: 1,
+            heartbeat_ms: 300,
+            ttl_ms: 1500,
+            upstream_timeout_ms: 5000,
+            max_body_bytes: 64 * 1024,
+            extra_manifest: String::new(),
+        }
+    }
+}
+
+/// A running system. Dropping it kills the tree.
+pub struct System {
+    pub gateway: String,
+    pub control: String,
+    pub dir: PathBuf,
+    pub http: reqwest::Client,
+    up: Option<Child>,
+    log: PathBuf,
+}
+
+pub const ADMIN_EMAIL: &str = "admin@shop.test";
+pub const ADMIN_PASSWORD: &str = "admin-password";
+
+/// Where cargo put the binaries of this build.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
+    for bin in ["tessera", "shop-auth", "shop-catalog"] {
+        assert!(
+            dir.join(bin).exists(),
+            "{} is missing: build the binaries first (cargo build --workspace --bins), as the README's test command does",
+            dir.join(bin).display()
+        );
+    }
+    dir
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+impl System {
+    pub async fn start() -> Self {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(opts: Options) -> Self {
+        let bin = bin_dir();
+        let dir = std::env::temp_dir().join(format!("tessera-e2e-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let (control_port, gateway_port) = (free_port(), free_port());
+        let manifest = format!(
+            r#"
+[system]
+name = "shop-test"
+state_dir = "state"
+
+[control]
+listen = "127.0.0.1:{control_port}"
+heartbeat_ms = {heartbeat}
+ttl_ms = {ttl}
+
+[gateway]
+listen = "127.0.0.1:{gateway_port}"
+upstream_timeout_ms = {upstream_timeout}
+max_body_bytes = {max_body}
+
+[gateway.tokens]
+service = "auth"
+jwks_path = "/api/auth/.well-known/jwks.json"
+revocations_path = "/internal/revocations"
+issuer = "tessera-auth"
+audience = "tessera-api"
+
+[[route]]
+prefix = "/api/auth"
+service = "auth"
+auth = "public"
+
+[[route]]
+prefix = "/api/auth/keys"
+service = "auth"
+auth = "required"
+roles = ["admin"]
+
+[[route]]
+prefix = "/api/catalog"
+service = "catalog"
+auth = "public"
+
+[services.auth]
+command = ["{bin}/shop-auth"]
+env = {{ AUTH_ADMIN_EMAIL = "{ADMIN_EMAIL}", AUTH_ADMIN_PASSWORD = "{ADMIN_PASSWORD}", AUTH_ACCESS_TTL_SECS = "600" }}
+
+[services.catalog]
+command = ["{bin}/shop-catalog"]
+replicas = {replicas}
+
+{extra}
+"#,
+            heartbeat = opts.heartbeat_ms,
+            ttl = opts.ttl_ms,
+            upstream_timeout = opts.upstream_timeout_ms,
+            max_body = opts.max_body_bytes,
+            bin = bin.display(),
+            replicas = opts.catalog_replicas,
+            extra = opts.extra_manifest,
+        );
+        let manifest_path = dir.join("tessera.toml");
+        std::fs::write(&manifest_path, manifest).expect("write manifest");
+        let log = dir.join("up.log");
+        let out = std::fs::File::create(&log).expect("log file");
+        let up = Command::new(bin.join("tessera"))
+            .arg("--manifest")
+            .arg(&manifest_path)
+            .arg("up")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log file"))
+            .stderr(out)
+            .spawn()
+            .expect("start tessera up");
+        let system = System {
+            gateway: format!("http://127.0.0.1:{gateway_port}"),
+            control: format!("http://127.0.0.1:{control_port}"),
+            dir,
+            http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client"),
+            up: Some(up),
+            log,
+        };
+        system.wait_until(Duration::from_secs(60), "the system to be ready", || system.is_ready()).await;
+        system
+    }
+
+    async fn is_ready(&self) -> bool {
+        std::fs::read_to_string(&self.log).is_ok_and(|l| l.contains("| ready in"))
+    }
+
+    /// Polls `check` every 50 ms until it is true; panics (with the log) after `timeout`.
+    pub async fn wait_until<F, Fut>(&self, timeout: Duration, what: &str, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + timeout;
+        while !check().await {
+            if Instant::now() > deadline {
+                panic!("timed out after {timeout:?} waiting for {what}\n{}", self.log_tail(80));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The registry's current view.
+    pub async fn registry(&self) -> Catalog {
+        self.http.get(format!("{}/v1/services", self.control)).send().await.expect("registry").json().await.expect("catalog")
+    }
+
+    /// The passport key set of this system (tests use it to forge and to call services directly).
+    pub fn passport_keys(&self) -> String {
+        std::fs::read_to_string(self.dir.join("state/passport.keys")).expect("passport keys").trim().to_string()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.gateway)
+    }
+
+    /// Sends through the gateway; returns status and the envelope.
+    pub async fn call(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+        let mut req = self.http.request(method, self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body");
+        let json = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{path}: not JSON: {text}"));
+        (status, json)
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, token, None).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, token, Some(body)).await
+    }
+
+    /// Signs up a fresh user and logs in: (access token, refresh token).
+    pub async fn new_user(&self) -> (String, String) {
+        let email = format!("u{}@shop.test", uuid::Uuid::new_v4().simple());
+        let (status, body) = self
+            .post("/api/auth/signup", None, serde_json::json!({"email": email, "password": "password123", "name": "Test"}))
+            .await;
+        assert_eq!(status, 201, "{body}");
+        self.login(&email, "password123").await
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> (String, String) {
+        let (status, body) =
+            self.post("/api/auth/login", None, serde_json::json!({"email": email, "password": password})).await;
+        assert_eq!(status, 200, "{body}");
+        let data = &body["data"];
+        (data["accessToken"].as_str().unwrap().to_string(), data["refreshToken"].as_str().unwrap().to_string())
+    }
+
+    pub async fn admin(&self) -> String {
+        self.login(ADMIN_EMAIL, ADMIN_PASSWORD).await.0
+    }
+
+    /// The pid of `tessera up`.
+    pub fn up_pid(&self) -> u32 {
+        self.up.as_ref().expect("running").id()
+    }
+
+    /// Every process below `tessera up`.
+    pub fn tree_pids(&self) -> Vec<u32> {
+        descendants(self.up_pid())
+    }
+
+    /// Sends SIGINT (Ctrl-C) to `tessera up` and waits for it to exit.
+    pub fn interrupt(&mut self) -> std::process::ExitStatus {
+        let mut up = self.up.take().expect("running");
+        signal(up.id(), libc::SIGINT);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = up.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = up.kill();
+                panic!("tessera up did not stop within 30 s\n{}", self.log_tail(60));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        if let Some(mut up) = self.up.take() {
+            if std::thread::panicking() {
+                eprintln!("--- tessera up log (tail) ---\n{}", self.log_tail(120));
+            }
+            // Children die with it (PR_SET_PDEATHSIG).
+            let _ = up.kill();
+            let _ = up.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Sends `sig` to `pid`.
+#[allow(unsafe_code)]
+pub fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+/// Whether a process exists (and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// All descendants of `root`, from /proc.
+pub fn descendants(root: u32) -> Vec<u32> {
+    let mut parents = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+            let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+            let ppid = rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()).unwrap_or(0);
+            parents.push((pid, ppid));
+        }
+    }
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let p = found[i];
+        found.extend(parents.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
