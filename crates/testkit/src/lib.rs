@@ -19,6 +19,7 @@ pub struct Options {
     pub heartbeat_ms: u64,
     pub ttl_ms: u64,
     pub upstream_timeout_ms: u64,
+    pub header_timeout_ms: u64,
     pub max_body_bytes: u64,
     /// Extra `[services.*]` and `[[route]]` TOML appended to the manifest.
     pub extra_manifest: String,
@@ -31,6 +32,7 @@ impl Default for Options {
             heartbeat_ms: 300,
             ttl_ms: 1500,
             upstream_timeout_ms: 5000,
+            header_timeout_ms: 2000,
             max_body_bytes: 64 * 1024,
             extra_manifest: String::new(),
         }
@@ -93,6 +95,7 @@ ttl_ms = {ttl}
 [gateway]
 listen = "127.0.0.1:{gateway_port}"
 upstream_timeout_ms = {upstream_timeout}
+header_timeout_ms = {header_timeout}
 max_body_bytes = {max_body}
 
 [gateway.tokens]
@@ -131,6 +134,7 @@ replicas = {replicas}
             heartbeat = opts.heartbeat_ms,
             ttl = opts.ttl_ms,
             upstream_timeout = opts.upstream_timeout_ms,
+            header_timeout = opts.header_timeout_ms,
             max_body = opts.max_body_bytes,
             bin = bin.display(),
             replicas = opts.catalog_replicas,
