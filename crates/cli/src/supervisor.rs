@@ -24,6 +24,9 @@ pub struct ProcSpec {
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
     pub cwd: PathBuf,
+    /// For a service instance: the registry to tell at once when the process dies, so that
+    /// nothing is routed to it while its TTL runs out.
+    pub registry: Option<(String, String)>,
 }
 
 const BACKOFF_START: Duration = Duration::from_millis(250);
@@ -67,6 +70,10 @@ pub async fn supervise(spec: ProcSpec, index: usize, mut stop: watch::Receiver<b
         }
         let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
         output::say(&format!("{} exited ({status}); restarting in {backoff:?}", spec.name));
+        if let Some((control_url, instance)) = &spec.registry {
+            // Best effort: if the control plane is down too, the TTL does the same job.
+            let _ = tessera::registry::RegistryClient::new(control_url).deregister(instance).await;
+        }
         if sleep_or_stop(&mut stop, backoff).await {
             return;
         }

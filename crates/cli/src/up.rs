@@ -61,6 +61,7 @@ pub async fn run(manifest_path: &Path, manifest: Manifest, no_build: bool) -> an
         argv: vec![exe.clone(), "--manifest".into(), manifest_arg.clone(), sub.into()],
         env: common.clone(),
         cwd: base.clone(),
+        registry: None,
     };
 
     let mut services = Vec::new();
@@ -75,7 +76,13 @@ pub async fn run(manifest_path: &Path, manifest: Manifest, no_build: bool) -> an
             env.push(("TESSERA_SERVICE".into(), name.clone()));
             env.push(("TESSERA_INSTANCE".into(), instance.clone()));
             env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-            services.push(ProcSpec { name: instance, argv: argv.clone(), env, cwd: base.clone() });
+            services.push(ProcSpec {
+                registry: Some((control_url.clone(), instance.clone())),
+                name: instance,
+                argv: argv.clone(),
+                env,
+                cwd: base.clone(),
+            });
         }
     }
 

@@ -25,6 +25,8 @@ use crate::tokens::{TokenError, TokenVerifier};
 /// at once (the token service sets it on logout). Never sent on to the client.
 pub const REVOKE_SESSION: &str = "x-tessera-revoke-session";
 const ISSUER: &str = "tessera-gateway";
+/// How many instances a request may try when connections are refused.
+const CONNECT_ATTEMPTS: usize = 3;
 
 pub type Body = Full<Bytes>;
 
@@ -163,38 +165,55 @@ impl Gateway {
             .instances(&route.service)
             .filter(|l| !l.is_empty())
             .ok_or_else(|| fail(StatusCode::SERVICE_UNAVAILABLE, "no_instance", "no live instance of the service"))?;
-        let instance = &instances[self.next.fetch_add(1, Ordering::Relaxed) % instances.len()];
+        let first = self.next.fetch_add(1, Ordering::Relaxed);
 
         let passport = match &identity {
             Some(v) => self.keys.mint(ISSUER, &v.sub, &v.roles, v.sid.as_deref(), trace),
             None => self.keys.mint(ISSUER, passport::ANONYMOUS, &[], None, trace),
         };
-        let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let uri = format!("http://{}{}", instance.address, path_and_query);
-        let mut upstream = Request::builder().method(parts.method).uri(uri);
-        let headers = upstream.headers_mut().expect("builder is valid so far");
-        copy_request_headers(&parts.headers, headers);
+        let mut headers = HeaderMap::with_capacity(parts.headers.len() + 2);
+        copy_request_headers(&parts.headers, &mut headers);
         headers.insert(HeaderName::from_static(passport::HEADER), header_value(&passport)?);
         headers.insert(HeaderName::from_static("traceparent"), header_value(&trace.header())?);
-        let upstream = upstream
-            .body(Full::new(body))
-            .map_err(|_| fail(StatusCode::BAD_REQUEST, "bad_request", "request cannot be forwarded"))?;
+        let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
 
-        // Send and read, within the deadline.
+        // Send and read, within the deadline. A connection that could not be made proves the
+        // request never reached the instance, so it is safe to try the next one (an instance
+        // that died a moment ago is still in the registry until its TTL lapses).
+        let attempts = instances.len().min(CONNECT_ATTEMPTS);
         let exchange = async {
-            let resp = self.client.request(upstream).await.map_err(|e| {
-                tracing::warn!(upstream = %instance.address, error = %e, "upstream request failed");
-                fail(StatusCode::BAD_GATEWAY, "bad_gateway", "the service could not be reached")
-            })?;
-            let (parts, body) = resp.into_parts();
-            let body = Limited::new(body, self.max_response as usize)
-                .collect()
-                .await
-                .map_err(|_| fail(StatusCode::BAD_GATEWAY, "bad_gateway", "the service's response could not be read"))?
-                .to_bytes();
-            Ok::<_, GatewayError>((parts, body))
+            let mut attempt = 0;
+            loop {
+                let instance = &instances[(first + attempt) % instances.len()];
+                let mut upstream = Request::builder()
+                    .method(parts.method.clone())
+                    .uri(format!("http://{}{}", instance.address, path_and_query))
+                    .body(Full::new(body.clone()))
+                    .map_err(|_| fail(StatusCode::BAD_REQUEST, "bad_request", "request cannot be forwarded"))?;
+                // Clone only while another attempt may need them.
+                *upstream.headers_mut() =
+                    if attempt + 1 < attempts { headers.clone() } else { std::mem::take(&mut headers) };
+                let resp = match self.client.request(upstream).await {
+                    Ok(resp) => resp,
+                    Err(e) => {
+                        tracing::warn!(upstream = %instance.id, error = %e, "upstream request failed");
+                        attempt += 1;
+                        if e.is_connect() && attempt < attempts {
+                            continue;
+                        }
+                        return Err(fail(StatusCode::BAD_GATEWAY, "bad_gateway", "the service could not be reached"));
+                    }
+                };
+                let (parts, body) = resp.into_parts();
+                let body = Limited::new(body, self.max_response as usize)
+                    .collect()
+                    .await
+                    .map_err(|_| fail(StatusCode::BAD_GATEWAY, "bad_gateway", "the service's response could not be read"))?
+                    .to_bytes();
+                return Ok::<_, GatewayError>((parts, body, instance));
+            }
         };
-        let (parts, body) = tokio::time::timeout(self.upstream_timeout, exchange)
+        let (parts, body, instance) = tokio::time::timeout(self.upstream_timeout, exchange)
             .await
             .map_err(|_| fail(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", "the service did not answer in time"))??;
 

@@ -1,0 +1,121 @@
+//! `tessera up` as a runner: replicas, restarts, expiry of dead instances, clean shutdown.
+
+use std::time::{Duration, Instant};
+
+use tessera_testkit::{Options, System, alive, signal};
+
+fn pid_of(catalog: &tessera::registry::Catalog, instance: &str) -> Option<u32> {
+    catalog
+        .services
+        .values()
+        .flatten()
+        .find(|i| i.id == instance)
+        .and_then(|i| i.metadata.get("pid"))
+        .and_then(|p| p.parse().ok())
+}
+
+async fn requests_served(sys: &System, address: &str) -> u64 {
+    let text = sys.http.get(format!("http://{address}/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("http_server_requests_total") && l.contains(r#"route="/api/catalog/products""#))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum::<f64>() as u64
+}
+
+#[tokio::test]
+async fn replicas_register_and_share_the_load() {
+    let sys = System::start_with(Options { catalog_replicas: 2, ..Options::default() }).await;
+    let registry = sys.registry().await;
+    let instances = &registry.services["catalog"];
+    assert_eq!(instances.len(), 2, "{instances:?}");
+    assert_ne!(instances[0].address, instances[1].address);
+    for _ in 0..20 {
+        assert_eq!(sys.get("/api/catalog/products?limit=1", None).await.0, 200);
+    }
+    for i in instances {
+        let served = requests_served(&sys, &i.address).await;
+        assert!(served >= 5, "{} served {served} of 20", i.id);
+    }
+}
+
+#[tokio::test]
+async fn a_killed_service_is_restarted_and_its_old_registration_dropped() {
+    let sys = System::start_with(Options { catalog_replicas: 2, ..Options::default() }).await;
+    let before = sys.registry().await;
+    let old = pid_of(&before, "catalog-1").expect("catalog-1 registered with its pid");
+    signal(old, libc::SIGKILL);
+    let killed = Instant::now();
+
+    // While it is down, requests go to the survivor.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let new = loop {
+        let catalog = sys.registry().await;
+        match pid_of(&catalog, "catalog-1") {
+            Some(pid) if pid != old => break pid,
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "catalog-1 was not restarted\n{}", sys.log_tail(40));
+        assert_eq!(sys.get("/api/catalog/products?limit=1", None).await.0, 200, "the other replica serves");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(killed.elapsed() < Duration::from_millis(1500 + 1000), "the dead registration went within the TTL");
+    assert!(alive(new) && !alive(old));
+    assert!(sys.log().contains("catalog-1 exited"), "the runner says what happened");
+    assert_eq!(sys.get("/api/catalog/products?limit=1", None).await.0, 200);
+}
+
+#[tokio::test]
+async fn a_frozen_instance_expires_within_its_ttl_and_returns_when_it_wakes() {
+    let sys = System::start_with(Options { catalog_replicas: 2, ttl_ms: 1500, heartbeat_ms: 300, ..Options::default() }).await;
+    let pid = pid_of(&sys.registry().await, "catalog-2").unwrap();
+    // A stopped process does not exit (so nothing restarts it) and does not heartbeat.
+    signal(pid, libc::SIGSTOP);
+    let stopped = Instant::now();
+    sys.wait_until(Duration::from_secs(5), "catalog-2 to expire", || async {
+        pid_of(&sys.registry().await, "catalog-2").is_none()
+    })
+    .await;
+    let gone_after = stopped.elapsed();
+    assert!(gone_after < Duration::from_millis(1500 + 1000), "expired after {gone_after:?}");
+    assert!(gone_after >= Duration::from_millis(1000), "not before its TTL: {gone_after:?}");
+    // Meanwhile every request is served by the live replica.
+    for _ in 0..10 {
+        assert_eq!(sys.get("/api/catalog/products?limit=1", None).await.0, 200);
+    }
+    signal(pid, libc::SIGCONT);
+    sys.wait_until(Duration::from_secs(5), "catalog-2 to register again", || async {
+        pid_of(&sys.registry().await, "catalog-2") == Some(pid)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn ctrl_c_stops_the_whole_tree() {
+    let mut sys = System::start_with(Options { catalog_replicas: 2, ..Options::default() }).await;
+    let tree = sys.tree_pids();
+    // control, gateway, auth, 2 × catalog
+    assert!(tree.len() >= 5, "{tree:?}");
+    let status = sys.interrupt();
+    assert!(status.success(), "tessera up exits cleanly: {status}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tree.iter().any(|p| alive(*p)) {
+        assert!(Instant::now() < deadline, "still alive: {:?}", tree.iter().filter(|p| alive(**p)).collect::<Vec<_>>());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = sys.log();
+    assert!(log.contains("stopping: gateway, then services"), "{log}");
+    assert!(log.contains("deregistered"), "services deregistered on the way out");
+}
+
+#[tokio::test]
+async fn killing_the_runner_leaves_nothing_behind() {
+    let sys = System::start().await;
+    let tree = sys.tree_pids();
+    assert!(tree.len() >= 4, "{tree:?}");
+    signal(sys.up_pid(), libc::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tree.iter().any(|p| alive(*p)) {
+        assert!(Instant::now() < deadline, "orphans: {:?}", tree.iter().filter(|p| alive(**p)).collect::<Vec<_>>());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
