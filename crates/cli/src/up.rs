@@ -163,11 +163,10 @@ async fn wait_http_ok(url: &str) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
-        if let Ok(r) = client.get(url).timeout(Duration::from_secs(1)).send().await {
-            if r.status().is_success() {
+        if let Ok(r) = client.get(url).timeout(Duration::from_secs(1)).send().await
+            && r.status().is_success() {
                 return Ok(());
             }
-        }
         if Instant::now() > deadline {
             bail!("{url} was not ready within {READY_TIMEOUT:?}");
         }

@@ -217,11 +217,10 @@ impl Gateway {
             .await
             .map_err(|_| fail(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", "the service did not answer in time"))??;
 
-        if let (Some(sid), Some(tokens)) = (parts.headers.get(REVOKE_SESSION), &self.tokens) {
-            if let Ok(sid) = sid.to_str() {
+        if let (Some(sid), Some(tokens)) = (parts.headers.get(REVOKE_SESSION), &self.tokens)
+            && let Ok(sid) = sid.to_str() {
                 tokens.revoke(sid, tessera::unix_now() + self.revoke_for.as_secs());
             }
-        }
         let response = self.wrap(parts, body, trace_id).map_err(|e| e.on(&route.prefix))?;
         Ok((response, instance.id.clone(), Some(route.prefix.as_str())))
     }

@@ -29,7 +29,7 @@ impl RouteTable {
                 roles: r.roles.clone(),
             })
             .collect();
-        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         Self { routes }
     }
 

@@ -132,11 +132,10 @@ impl TokenVerifier {
         if verified.exp + LEEWAY_SECS <= now {
             return Err(TokenError::Expired);
         }
-        if let Some(sid) = &verified.sid {
-            if self.revoked.read().unwrap_or_else(|e| e.into_inner()).contains_key(sid) {
+        if let Some(sid) = &verified.sid
+            && self.revoked.read().unwrap_or_else(|e| e.into_inner()).contains_key(sid) {
                 return Err(TokenError::Revoked);
             }
-        }
         Ok(verified)
     }
 

@@ -178,7 +178,7 @@ impl Service {
                 let mut attempt = 0u32;
                 while let Err(e) = client.register(&reg).await {
                     attempt += 1;
-                    if attempt == 1 || attempt % 20 == 0 {
+                    if attempt == 1 || attempt.is_multiple_of(20) {
                         tracing::warn!(error = %e, "cannot register yet; retrying");
                     }
                     tokio::time::sleep(std::time::Duration::from_millis(250)).await;

@@ -297,7 +297,9 @@ async fn refresh(State(st): State<AppState>, Json(req): Json<RefreshRequest>) ->
     let hash = hash_token(&req.refresh_token);
     let now = unix_now();
     let mut tx = st.db.write_tx().await?;
-    let row: Option<(String, i64, Option<i64>, String, String, Option<i64>)> = sqlx::query_as(
+    // session, expires_at, used_at, user, roles, session revoked_at
+    type RefreshRow = (String, i64, Option<i64>, String, String, Option<i64>);
+    let row: Option<RefreshRow> = sqlx::query_as(
         "SELECT r.session_id, r.expires_at, r.used_at, s.user_id, u.roles, s.revoked_at
          FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id JOIN users u ON u.id = s.user_id
          WHERE r.hash = $1",
