@@ -55,7 +55,8 @@ fn main() -> anyhow::Result<()> {
                 let listener = tokio::net::TcpListener::bind(manifest.control.listen)
                     .await
                     .with_context(|| format!("cannot listen on {} (control.listen)", manifest.control.listen))?;
-                tessera_control::serve(listener, supervisor::shutdown_signal()).await
+                let settle = std::time::Duration::from_millis(manifest.control.heartbeat_ms * 2);
+                tessera_control::serve(listener, settle, supervisor::shutdown_signal()).await
             }
             Command::Gateway => {
                 tessera::log::init("gateway", "gateway");

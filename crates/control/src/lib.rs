@@ -23,10 +23,16 @@ pub fn router(registry: Registry) -> Router {
         .route("/metrics", get(tessera::metrics::endpoint))
 }
 
-/// Serves the control plane on `listener` until `shutdown` completes.
-pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+/// Serves the control plane on `listener` until `shutdown` completes. For `settle` after start
+/// the registry reports itself as settling (set it to about two heartbeats): instances known
+/// to a previous incarnation are registering again, and readers keep their last view.
+pub async fn serve(
+    listener: TcpListener,
+    settle: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     tessera::metrics::handle();
-    let registry = Registry::new();
+    let registry = Registry::new(settle);
     registry.spawn_sweeper(Duration::from_millis(200));
     tracing::info!(address = %listener.local_addr()?, "control plane ready");
     axum::serve(listener, router(registry)).with_graceful_shutdown(shutdown).await?;

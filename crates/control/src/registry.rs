@@ -29,6 +29,10 @@ const MAX_TTL: Duration = Duration::from_secs(300);
 pub struct Registry {
     state: Arc<Mutex<State_>>,
     index: watch::Sender<u64>,
+    started: Instant,
+    /// How long after start the registry reports itself as settling (instances that were
+    /// registered with a previous incarnation come back within one heartbeat).
+    settle: Duration,
 }
 
 struct State_ {
@@ -44,14 +48,19 @@ struct Entry {
 
 impl Default for Registry {
     fn default() -> Self {
-        Self::new()
+        Self::new(Duration::ZERO)
     }
 }
 
 impl Registry {
-    pub fn new() -> Self {
+    pub fn new(settle: Duration) -> Self {
         let (index, _) = watch::channel(1);
-        Self { state: Arc::new(Mutex::new(State_ { entries: HashMap::new(), index: 1 })), index }
+        Self {
+            state: Arc::new(Mutex::new(State_ { entries: HashMap::new(), index: 1 })),
+            index,
+            started: Instant::now(),
+            settle,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State_> {
@@ -134,7 +143,11 @@ impl Registry {
 
     pub fn catalog(&self) -> Catalog {
         let state = self.lock();
-        let mut catalog = Catalog { index: state.index, services: Default::default() };
+        let mut catalog = Catalog {
+            index: state.index,
+            services: Default::default(),
+            settling: self.started.elapsed() < self.settle,
+        };
         for e in state.entries.values() {
             catalog.services.entry(e.instance.service.clone()).or_default().push(e.instance.clone());
         }
@@ -235,7 +248,7 @@ mod tests {
 
     #[tokio::test]
     async fn expires_without_heartbeat() {
-        let r = Registry::new();
+        let r = Registry::default();
         r.register(reg("a-1", "a"));
         r.register(reg("a-2", "a"));
         assert_eq!(r.catalog().services["a"].len(), 2);
@@ -249,7 +262,7 @@ mod tests {
 
     #[tokio::test]
     async fn heartbeats_keep_alive_and_deregister_is_immediate() {
-        let r = Registry::new();
+        let r = Registry::default();
         r.register(reg("a-1", "a"));
         let i0 = r.catalog().index;
         r.sweep(Instant::now() + Duration::from_millis(500));
@@ -262,7 +275,7 @@ mod tests {
 
     #[tokio::test]
     async fn long_poll_wakes_on_change() {
-        let r = Registry::new();
+        let r = Registry::default();
         let index = r.catalog().index;
         let r2 = r.clone();
         let waiter = tokio::spawn(async move {

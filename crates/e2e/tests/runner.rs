@@ -119,3 +119,63 @@ async fn killing_the_runner_leaves_nothing_behind() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The pid of the control plane process (a child of `tessera up` running `... control`).
+fn control_pid(sys: &System) -> u32 {
+    sys.tree_pids()
+        .into_iter()
+        .find(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == b"control"))
+        })
+        .expect("a control plane process")
+}
+
+#[tokio::test]
+async fn the_system_survives_a_control_plane_crash() {
+    let sys = System::start_with(Options { catalog_replicas: 2, ..Options::default() }).await;
+    let (token, _) = sys.new_user().await;
+    let pid = control_pid(&sys);
+    signal(pid, libc::SIGKILL);
+    // Routing goes on from the gateway's last view while the registry is away, and while the
+    // restarted registry refills.
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut served = 0;
+    while Instant::now() < until {
+        let (status, body) = sys.get("/api/catalog/products?limit=1", None).await;
+        assert_eq!(status, 200, "{body}");
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(served > 50);
+    // Restarted, the registry is refilled by the instances' heartbeats.
+    sys.wait_until(Duration::from_secs(10), "the registry to refill", || async {
+        let Ok(resp) = sys.http.get(format!("{}/v1/services", sys.control)).send().await else { return false };
+        let Ok(catalog) = resp.json::<tessera::registry::Catalog>().await else { return false };
+        catalog.services.get("catalog").is_some_and(|c| c.len() == 2) && catalog.services.contains_key("auth")
+    })
+    .await;
+    assert_ne!(control_pid(&sys), pid);
+    assert_eq!(sys.get("/api/auth/me", Some(&token)).await.0, 200);
+}
+
+#[tokio::test]
+async fn signing_keys_and_accounts_survive_a_restart() {
+    let sys = System::start().await;
+    let (token, _) = sys.new_user().await;
+    let kid = |t: &str| {
+        use base64::Engine;
+        let header = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(t.split('.').next().unwrap()).unwrap();
+        serde_json::from_slice::<serde_json::Value>(&header).unwrap()["kid"].as_str().unwrap().to_string()
+    };
+    let before = kid(&token);
+    let old = pid_of(&sys.registry().await, "auth-1").unwrap();
+    signal(old, libc::SIGKILL);
+    sys.wait_until(Duration::from_secs(10), "auth to come back", || async {
+        pid_of(&sys.registry().await, "auth-1").is_some_and(|p| p != old)
+    })
+    .await;
+    let admin = sys.admin().await;
+    assert_eq!(kid(&admin), before, "the same signing key after a restart");
+    assert_eq!(sys.get("/api/auth/me", Some(&token)).await.0, 200);
+}

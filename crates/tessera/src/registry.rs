@@ -47,6 +47,10 @@ pub struct Registration {
 pub struct Catalog {
     pub index: u64,
     pub services: BTreeMap<String, Vec<Instance>>,
+    /// The registry started recently and instances may still be registering again: a reader
+    /// that already has a view should keep it rather than take this one.
+    #[serde(default)]
+    pub settling: bool,
 }
 
 /// A thin client of the control plane's registry API.
@@ -179,14 +183,23 @@ impl Discovery {
         tokio::spawn(async move {
             let mut index = None;
             let mut failing = false;
+            let mut wait = Duration::from_secs(30);
             loop {
-                match client.catalog(index, Duration::from_secs(30)).await {
+                match client.catalog(index, wait).await {
                     Ok(catalog) => {
                         if failing {
                             tracing::info!("registry reachable again");
                             failing = false;
                         }
                         index = Some(catalog.index);
+                        let have_view = !writer.read().unwrap_or_else(|e| e.into_inner()).is_empty();
+                        if catalog.settling && have_view {
+                            // A restarted registry refills within a heartbeat; until then the
+                            // last full view is the better one. Look again soon.
+                            wait = Duration::from_millis(250);
+                            continue;
+                        }
+                        wait = Duration::from_secs(30);
                         let snapshot: Snapshot =
                             catalog.services.into_iter().map(|(name, list)| (name, Arc::from(list))).collect();
                         *writer.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snapshot);
