@@ -20,7 +20,6 @@ const GRACE: Duration = Duration::from_secs(10);
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub async fn run(manifest_path: &Path, manifest: Manifest, no_build: bool) -> anyhow::Result<()> {
-    let start = Instant::now();
     let manifest_path = manifest_path
         .canonicalize()
         .with_context(|| format!("cannot find {}", manifest_path.display()))?;
@@ -42,7 +41,9 @@ pub async fn run(manifest_path: &Path, manifest: Manifest, no_build: bool) -> an
         if !status.success() {
             bail!("the build command failed ({status})");
         }
+        reexec_if_rebuilt()?;
     }
+    let start = Instant::now();
 
     let exe = std::env::current_exe().context("cannot find the tessera executable")?;
     let exe = exe.to_string_lossy().into_owned();
@@ -139,6 +140,21 @@ pub async fn run(manifest_path: &Path, manifest: Manifest, no_build: bool) -> an
     while control_tasks.join_next().await.is_some() {}
     say("stopped");
     outcome
+}
+
+/// If the build replaced this very binary, carries on as the new one (without building again),
+/// so that the platform processes started from it are the version just built.
+fn reexec_if_rebuilt() -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::fs::read_link("/proc/self/exe").context("cannot read /proc/self/exe")?;
+    let Some(path) = exe.to_str().and_then(|p| p.strip_suffix(" (deleted)")) else {
+        return Ok(());
+    };
+    say("the build replaced this tessera binary; continuing as the new one");
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    args.push("--no-build".into());
+    let err = std::process::Command::new(path).args(args).exec();
+    Err(err).with_context(|| format!("cannot run {path}"))
 }
 
 /// The system's passport keys, made once and kept under the state dir.
