@@ -179,3 +179,20 @@ async fn signing_keys_and_accounts_survive_a_restart() {
     assert_eq!(kid(&admin), before, "the same signing key after a restart");
     assert_eq!(sys.get("/api/auth/me", Some(&token)).await.0, 200);
 }
+
+#[tokio::test]
+async fn status_lists_the_running_instances() {
+    let sys = System::start_with(Options { catalog_replicas: 2, ..Options::default() }).await;
+    let out = std::process::Command::new(tessera_testkit::bin_dir().join("tessera"))
+        .arg("--manifest")
+        .arg(sys.dir.join("tessera.toml"))
+        .arg("status")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for instance in ["auth-1", "catalog-1", "catalog-2"] {
+        assert!(text.contains(instance), "{instance} in\n{text}");
+    }
+    assert!(!text.contains('!'), "no missing replicas:\n{text}");
+}
