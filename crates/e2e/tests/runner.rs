@@ -175,6 +175,12 @@ async fn signing_keys_and_accounts_survive_a_restart() {
         pid_of(&sys.registry().await, "auth-1").is_some_and(|p| p != old)
     })
     .await;
+    // The gateway learns the new address a moment after the registry does.
+    let login = serde_json::json!({"email": tessera_testkit::ADMIN_EMAIL, "password": tessera_testkit::ADMIN_PASSWORD});
+    sys.wait_until(Duration::from_secs(5), "the gateway to reach the new auth", || async {
+        sys.post("/api/auth/login", None, login.clone()).await.0 == 200
+    })
+    .await;
     let admin = sys.admin().await;
     assert_eq!(kid(&admin), before, "the same signing key after a restart");
     assert_eq!(sys.get("/api/auth/me", Some(&token)).await.0, 200);
