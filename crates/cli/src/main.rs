@@ -55,8 +55,17 @@ fn main() -> anyhow::Result<()> {
                 let listener = tokio::net::TcpListener::bind(manifest.control.listen)
                     .await
                     .with_context(|| format!("cannot listen on {} (control.listen)", manifest.control.listen))?;
-                let settle = std::time::Duration::from_millis(manifest.control.heartbeat_ms * 2);
-                tessera_control::serve(listener, settle, supervisor::shutdown_signal()).await
+                let base = cli.manifest.canonicalize()?.parent().map(PathBuf::from).unwrap_or_default();
+                let config = tessera_control::ControlConfig {
+                    settle: std::time::Duration::from_millis(manifest.control.heartbeat_ms * 2),
+                    data_dir: base.join(&manifest.system.state_dir).join("control"),
+                    log: tessera_control::events::LogConfig {
+                        partitions: manifest.control.partitions,
+                        lease: std::time::Duration::from_millis(manifest.control.lease_ms),
+                        ..Default::default()
+                    },
+                };
+                tessera_control::serve(listener, config, supervisor::shutdown_signal()).await
             }
             Command::Gateway => {
                 tessera::log::init("gateway", "gateway");

@@ -1,12 +1,14 @@
-//! The Tessera control plane. Today: the service registry (`registry.rs`); the event log,
-//! configuration and telemetry join it in later issues.
+//! The Tessera control plane: the service registry (`registry.rs`) and the embedded event log
+//! (`events.rs`); configuration and telemetry join it in later issues.
 //!
 //! It is its own process (`tessera control`), and a server that takes a bound listener and a
 //! shutdown future, so tests run it in-process on `127.0.0.1:0`.
 
+pub mod events;
 pub mod registry;
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use axum::Router;
@@ -15,26 +17,38 @@ use tokio::net::TcpListener;
 
 pub use registry::Registry;
 
+/// How the control plane runs.
+#[derive(Clone, Debug)]
+pub struct ControlConfig {
+    /// How long after start the registry reports itself as settling (about two heartbeats):
+    /// instances known to a previous incarnation are registering again, and readers keep
+    /// their last view meanwhile.
+    pub settle: Duration,
+    /// Where the event log lives.
+    pub data_dir: PathBuf,
+    pub log: events::LogConfig,
+}
+
 /// The control plane's HTTP API.
-pub fn router(registry: Registry) -> Router {
+pub fn router(registry: Registry, log: events::EventLog) -> Router {
     registry::routes(registry)
+        .merge(events::api::routes(log))
         .route("/health/live", get(|| async { "{\"status\":\"live\"}" }))
         .route("/health/ready", get(|| async { "{\"status\":\"ready\"}" }))
         .route("/metrics", get(tessera::metrics::endpoint))
 }
 
-/// Serves the control plane on `listener` until `shutdown` completes. For `settle` after start
-/// the registry reports itself as settling (set it to about two heartbeats): instances known
-/// to a previous incarnation are registering again, and readers keep their last view.
+/// Serves the control plane on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
-    settle: Duration,
+    config: ControlConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     tessera::metrics::handle();
-    let registry = Registry::new(settle);
+    let log = events::EventLog::open(&config.data_dir, config.log.clone()).await?;
+    let registry = Registry::new(config.settle);
     registry.spawn_sweeper(Duration::from_millis(200));
     tracing::info!(address = %listener.local_addr()?, "control plane ready");
-    axum::serve(listener, router(registry)).with_graceful_shutdown(shutdown).await?;
+    axum::serve(listener, router(registry, log)).with_graceful_shutdown(shutdown).await?;
     Ok(())
 }

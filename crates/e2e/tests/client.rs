@@ -53,7 +53,12 @@ async fn start_service(
 async fn calls_carry_the_passport_and_the_trace() {
     let control_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let control = format!("http://{}", control_listener.local_addr().unwrap());
-    tokio::spawn(tessera_control::serve(control_listener, Duration::ZERO, std::future::pending()));
+    let config = tessera_control::ControlConfig {
+        settle: Duration::ZERO,
+        data_dir: std::env::temp_dir().join(format!("tessera-client-{}", uuid::Uuid::new_v4())),
+        log: Default::default(),
+    };
+    tokio::spawn(tessera_control::serve(control_listener, config, std::future::pending()));
     let keys = PassportKeys::generate_spec();
     let mut stops = Vec::new();
 

@@ -50,11 +50,21 @@ pub struct Control {
     pub heartbeat_ms: u64,
     /// How long an instance stays registered without a heartbeat.
     pub ttl_ms: u64,
+    /// Partitions of a new event-log topic.
+    pub partitions: u32,
+    /// How long a consumer holds its partitions without fetching.
+    pub lease_ms: u64,
 }
 
 impl Default for Control {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8500)), heartbeat_ms: 1000, ttl_ms: 3000 }
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8500)),
+            heartbeat_ms: 1000,
+            ttl_ms: 3000,
+            partitions: 4,
+            lease_ms: 10_000,
+        }
     }
 }
 
@@ -212,6 +222,12 @@ impl Manifest {
             if self.routes[..i].iter().any(|r| r.prefix.trim_end_matches('/') == route.prefix.trim_end_matches('/')) {
                 return Err(format!("route[{i}].prefix: {:?} is listed twice", route.prefix));
             }
+        }
+        if !(1..=256).contains(&self.control.partitions) {
+            return Err("control.partitions: must be 1 to 256".into());
+        }
+        if self.control.lease_ms < 500 {
+            return Err("control.lease_ms: must be at least 500".into());
         }
         if self.control.ttl_ms <= self.control.heartbeat_ms {
             return Err("control.ttl_ms: must be longer than control.heartbeat_ms".into());

@@ -1,0 +1,23 @@
+//! The embedded event log: durable, append-only topics with consumer groups.
+//!
+//! - A topic is split into partitions; an event goes to the partition of its key (the
+//!   CloudEvent's `partitionkey`, else its `subject`, else its `id`), so events of one
+//!   aggregate stay in order.
+//! - Appends are group-committed: one task takes every publish that is waiting, writes them in
+//!   one SQLite transaction, and only then acknowledges each. An acknowledged event is on disk
+//!   (WAL), so it survives `kill -9` of the control plane.
+//! - A consumer group reads each partition from its committed offset. At most one member of a
+//!   group holds a partition at a time (a lease, renewed by fetching); members share the
+//!   partitions evenly, and a dead member's partitions pass to the others when its lease
+//!   lapses. A fetch always starts at the committed offset, so anything not committed is
+//!   delivered again: at least once, in order per key.
+//!
+//! It is the single-machine default behind the bus seam (`tessera::events::Bus`); NATS
+//! JetStream takes its place on real clusters.
+
+pub mod api;
+mod groups;
+mod store;
+
+pub use groups::{Fetched, GroupError};
+pub use store::{EventLog, LogConfig, Stored};
