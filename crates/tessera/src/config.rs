@@ -97,6 +97,8 @@ pub struct ServiceConfig {
     pub listen: SocketAddr,
     /// `TESSERA_CONTROL_URL`: the control plane. Unset runs without a registry (tests, one-offs).
     pub control_url: Option<String>,
+    /// `TESSERA_BUS_URL`: the event log; defaults to the control plane's embedded log.
+    pub bus_url: Option<String>,
     /// `TESSERA_SYSTEM`: the system's name, which is also the passport audience.
     pub system: String,
     /// `TESSERA_DATA_DIR`: where embedded databases live.
@@ -137,6 +139,10 @@ impl ServiceConfig {
             version: s.get_or("TESSERA_VERSION", env!("CARGO_PKG_VERSION").to_string())?,
             listen: s.get_or("TESSERA_LISTEN", SocketAddr::from(([127, 0, 0, 1], 0)))?,
             control_url: s.raw("TESSERA_CONTROL_URL").map(|u| u.trim_end_matches('/').to_string()),
+            bus_url: s
+                .raw("TESSERA_BUS_URL")
+                .or(s.raw("TESSERA_CONTROL_URL"))
+                .map(|u| u.trim_end_matches('/').to_string()),
             system: s.get_or("TESSERA_SYSTEM", "tessera".to_string())?,
             data_dir: s.get_or("TESSERA_DATA_DIR", PathBuf::from(".tessera/data"))?,
             database_url: s.raw("TESSERA_DATABASE_URL").map(str::to_string),

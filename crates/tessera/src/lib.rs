@@ -9,6 +9,7 @@
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod health;
 pub mod log;
@@ -25,7 +26,7 @@ pub use config::{ConfigError, ServiceConfig, Settings};
 pub use error::ApiError;
 pub use extract::{Caller, Json, Path, Query};
 pub use passport::{Passport, PassportKeys};
-pub use service::{Context, Service};
+pub use service::{Context, Events, Service};
 pub use store::{Db, Migration};
 pub use trace::TraceContext;
 

@@ -144,6 +144,13 @@ fn json_str(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
 }
 
+/// The current time, RFC 3339 UTC with milliseconds.
+pub fn rfc3339_now() -> String {
+    let mut s = String::with_capacity(24);
+    push_timestamp(&mut s);
+    s
+}
+
 /// RFC 3339 UTC with milliseconds, without a date-time crate.
 fn push_timestamp(out: &mut String) {
     let now = std::time::SystemTime::now()

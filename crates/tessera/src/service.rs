@@ -36,6 +36,9 @@ use tokio::net::TcpListener;
 use tracing::Instrument;
 
 use crate::client::{REQUEST, RequestContext, ServiceClient};
+use crate::events::consumer::ConsumerEnv;
+use crate::events::outbox::Outbox;
+use crate::events::{Bus, Consumer, ControlBus, Handler};
 use crate::config::{ServiceConfig, Settings};
 use crate::error::ApiError;
 use crate::health::Health;
@@ -54,6 +57,8 @@ pub struct Context {
     pub client: ServiceClient,
     pub keys: Arc<PassportKeys>,
     pub health: Health,
+    events: Arc<std::sync::OnceLock<Events>>,
+    events_stop: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Context {
@@ -61,6 +66,53 @@ impl Context {
     /// programming error caught by the first start.
     pub fn db(&self) -> &Db {
         self.db.as_ref().expect("Service::migrations was not called, so this service has no database")
+    }
+
+    /// Events: the outbox and consumers, started on first use. Panics without a database or a
+    /// bus (no `TESSERA_BUS_URL` or `TESSERA_CONTROL_URL`), a configuration error caught at start.
+    pub fn events(&self) -> &Events {
+        self.events.get_or_init(|| {
+            let (Some(db), Some(bus_url)) = (&self.db, &self.config.bus_url) else {
+                panic!("events need a database (Service::migrations) and a bus (TESSERA_BUS_URL or TESSERA_CONTROL_URL)");
+            };
+            let bus: Arc<dyn Bus> = Arc::new(ControlBus::new(bus_url));
+            let (outbox, relay) =
+                Outbox::start(db.clone(), bus.clone(), self.config.instance.clone(), self.events_stop.clone());
+            Events {
+                env: ConsumerEnv {
+                    db: db.clone(),
+                    bus: bus.clone(),
+                    instance: self.config.instance.clone(),
+                    service: self.config.service.clone(),
+                    keys: self.keys.clone(),
+                    outbox: outbox.clone(),
+                },
+                bus,
+                outbox,
+                stop: self.events_stop.clone(),
+                tasks: Arc::default(),
+                relay: Arc::new(std::sync::Mutex::new(Some(relay))),
+            }
+        })
+    }
+}
+
+/// A service's access to the bus: wake the outbox after a commit, start consumers.
+#[derive(Clone)]
+pub struct Events {
+    pub bus: Arc<dyn Bus>,
+    pub outbox: Outbox,
+    env: ConsumerEnv,
+    stop: tokio::sync::watch::Receiver<bool>,
+    tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    relay: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Events {
+    /// Starts a consumer that runs until the service stops.
+    pub fn consume(&self, consumer: Consumer, handler: impl Handler) {
+        let task = consumer.spawn(self.env.clone(), Arc::new(handler), self.stop.clone());
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).push(task);
     }
 }
 
@@ -128,7 +180,9 @@ impl Service {
                 .database_url
                 .clone()
                 .unwrap_or_else(|| Db::default_url(&config.data_dir, &config.service));
-            Some(Db::open(&url, self.migrations).await.context("opening the database")?)
+            let mut migrations = self.migrations.to_vec();
+            migrations.extend_from_slice(crate::events::MIGRATIONS);
+            Some(Db::open(&url, &migrations).await.context("opening the database")?)
         };
         let discovery = match &config.control_url {
             Some(url) => Discovery::start(url),
@@ -136,6 +190,7 @@ impl Service {
         };
         let client = ServiceClient::new(discovery, keys.clone(), &config.service, config.call_timeout);
         let health = Health::default();
+        let (stop_events, events_stopped) = tokio::sync::watch::channel(false);
         let ctx = Context {
             config: config.clone(),
             settings,
@@ -143,7 +198,10 @@ impl Service {
             client,
             keys: keys.clone(),
             health: health.clone(),
+            events: Arc::default(),
+            events_stop: events_stopped,
         };
+        let events = ctx.events.clone();
         let app = build(ctx).await?;
         let router = app
             .fallback(|| async { ApiError::not_found("no such route") })
@@ -203,6 +261,18 @@ impl Service {
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server error while draining"),
             Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
             Err(_) => tracing::warn!("drain deadline passed; abandoning in-flight requests"),
+        }
+        // Consumers finish the event in hand; the relay publishes what is pending.
+        let _ = stop_events.send(true);
+        if let Some(events) = events.get() {
+            let tasks = std::mem::take(&mut *events.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+            for task in tasks {
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
+            }
+            let relay = events.relay.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(relay) = relay {
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), relay).await;
+            }
         }
         if let Some(db) = db {
             db.close().await;

@@ -7,6 +7,8 @@
 //! | `POST /v1/topics/{topic}/commit` | `{"group","consumer","partition","offset"}` → 200, or 409 when the partition moved |
 //! | `GET /v1/topics` | topics, partition ends, groups' committed offsets |
 //! | `GET /v1/topics/{topic}/events?partition=&from=&limit=` | browse a partition |
+//! | `GET /v1/deadletters/{group}` | the group's dead letters, each with its error |
+//! | `POST /v1/deadletters/{group}/replay` | publish them again to their topics → `{"replayed": n}` |
 
 use std::time::Duration;
 
@@ -28,6 +30,8 @@ pub fn routes(log: EventLog) -> Router {
         .route("/v1/topics/{topic}/events", post(publish).get(browse))
         .route("/v1/topics/{topic}/fetch", post(fetch))
         .route("/v1/topics/{topic}/commit", post(commit))
+        .route("/v1/deadletters/{group}", get(dead_letters))
+        .route("/v1/deadletters/{group}/replay", post(replay))
         .with_state(log)
 }
 
@@ -151,6 +155,29 @@ async fn browse(
                 events.iter().map(|s| Delivered { offset: s.offset, event: &s.event }).collect();
             Json(serde_json::json!({ "partition": q.partition, "events": delivered })).into_response()
         }
+        Err(e) => log_error(e),
+    }
+}
+
+async fn dead_letters(State(log): State<EventLog>, Path(group): Path<String>) -> Response {
+    let topic = format!("deadletter.{group}");
+    let mut all = Vec::new();
+    for partition in 0..log.partitions(&topic).unwrap_or(0) as u32 {
+        match log.read(&topic, partition, 0, 10_000).await {
+            Ok(events) => all.extend(events.into_iter().map(|s| (partition, s))),
+            Err(e) => return log_error(e),
+        }
+    }
+    let items: Vec<serde_json::Value> = all
+        .iter()
+        .map(|(partition, s)| serde_json::json!({ "partition": partition, "offset": s.offset, "event": &s.event }))
+        .collect();
+    Json(serde_json::json!({ "group": group, "deadLetters": items })).into_response()
+}
+
+async fn replay(State(log): State<EventLog>, Path(group): Path<String>) -> Response {
+    match log.replay_dead_letters(&group).await {
+        Ok(n) => Json(serde_json::json!({ "replayed": n })).into_response(),
         Err(e) => log_error(e),
     }
 }

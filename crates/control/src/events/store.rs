@@ -33,6 +33,9 @@ impl Default for LogConfig {
     }
 }
 
+/// A topic's name, the end of each partition, and each known group's committed offsets.
+pub type TopicState = (String, Vec<i64>, Vec<(String, Vec<i64>)>);
+
 /// One stored event.
 #[derive(Debug)]
 pub struct Stored {
@@ -268,7 +271,7 @@ impl EventLog {
     }
 
     /// Every topic with the end of each partition, and each known group's committed offsets.
-    pub fn describe(&self) -> Vec<(String, Vec<i64>, Vec<(String, Vec<i64>)>)> {
+    pub fn describe(&self) -> Vec<TopicState> {
         let topics = self.inner.topics.read().unwrap_or_else(|e| e.into_inner());
         let groups = self.inner.groups.lock().unwrap_or_else(|e| e.into_inner());
         let mut out: Vec<_> = topics
@@ -280,6 +283,31 @@ impl EventLog {
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
+    }
+
+    /// Publishes every not yet replayed dead letter of `group` again to the topic it came
+    /// from (without its dead-letter attributes); returns how many.
+    pub async fn replay_dead_letters(&self, group: &str) -> Result<usize, LogError> {
+        let topic = format!("deadletter.{group}");
+        let mut replayed = 0;
+        while let Some((partition, events)) = self.fetch(&topic, "tessera-replay", "replayer", 500, Duration::ZERO).await? {
+            let Some(last) = events.last().map(|s| s.offset) else { break };
+            for stored in events {
+                let mut event: serde_json::Map<String, serde_json::Value> = serde_json::from_str(stored.event.get())
+                    .map_err(|e| LogError::Storage(format!("dead letter is not an object: {e}")))?;
+                let Some(serde_json::Value::String(original)) = event.remove("deadlettertopic") else {
+                    tracing::warn!(offset = stored.offset, "dead letter without its topic; skipped");
+                    continue;
+                };
+                event.retain(|k, _| !k.starts_with("deadletter"));
+                let raw = RawValue::from_string(serde_json::Value::Object(event).to_string())
+                    .map_err(|e| LogError::Storage(e.to_string()))?;
+                self.publish(&original, vec![raw]).await?;
+                replayed += 1;
+            }
+            self.commit(&topic, "tessera-replay", "replayer", partition, last + 1).await?;
+        }
+        Ok(replayed)
     }
 
     pub fn partitions(&self, topic: &str) -> Option<usize> {

@@ -1,0 +1,265 @@
+//! Events through the platform, in-process over real sockets: a service publishes through its
+//! outbox, another consumes through its inbox, via the control plane's embedded log.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::post;
+use serde_json::{Value, json};
+use tessera::events::{BoxFuture, Consumer, Event, Handler, HandlerError, Tx, outbox};
+use tessera::{ApiError, Db, Json, Migration, Service, ServiceConfig, Settings};
+use tokio::net::TcpListener;
+
+const LEDGER: &[Migration] = &[Migration {
+    version: 1,
+    description: "ledger",
+    sqlite: "CREATE TABLE entries (id TEXT PRIMARY KEY, amount INTEGER NOT NULL);",
+}];
+const AUDIT: &[Migration] = &[Migration {
+    version: 1,
+    description: "audit",
+    sqlite: "CREATE TABLE seen (seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL, subject TEXT NOT NULL, n INTEGER NOT NULL, trace TEXT);",
+}];
+
+struct Harness {
+    control: String,
+    dir: std::path::PathBuf,
+    keys: String,
+    http: reqwest::Client,
+}
+
+impl Harness {
+    async fn new() -> (Self, TcpListener) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let control = format!("http://{}", listener.local_addr().unwrap());
+        let dir = std::env::temp_dir().join(format!("tessera-events-{}", uuid::Uuid::new_v4()));
+        (Self { control, dir, keys: tessera::PassportKeys::generate_spec(), http: reqwest::Client::new() }, listener)
+    }
+
+    fn start_control(&self, listener: TcpListener) {
+        let config = tessera_control::ControlConfig {
+            settle: Duration::ZERO,
+            data_dir: self.dir.join("control"),
+            log: tessera_control::events::LogConfig { lease: Duration::from_secs(2), ..Default::default() },
+        };
+        tokio::spawn(tessera_control::serve(listener, config, std::future::pending()));
+    }
+
+    fn settings(&self, name: &str) -> Settings {
+        Settings::from_map([
+            ("TESSERA_SERVICE", name.to_string()),
+            ("TESSERA_CONTROL_URL", self.control.clone()),
+            ("TESSERA_PASSPORT_KEYS", self.keys.clone()),
+            ("TESSERA_SYSTEM", "events-test".to_string()),
+            ("TESSERA_DATA_DIR", self.dir.join("data").display().to_string()),
+        ])
+    }
+
+    async fn wait<F: AsyncFnMut() -> bool>(&self, what: &str, mut check: F) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !check().await {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+/// The ledger: a deposit and its event commit together, or neither does.
+async fn start_ledger(h: &Harness) -> String {
+    let settings = h.settings("ledger");
+    let config = ServiceConfig::from_settings(&settings, "ledger").unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(Service::new("ledger").migrations(LEDGER).serve(
+        config,
+        settings,
+        listener,
+        std::future::pending(),
+        |ctx| async move {
+            let state = (ctx.db().clone(), ctx.events().outbox.clone());
+            Ok(Router::new().route("/deposit", post(deposit)).with_state(state))
+        },
+    ));
+    addr
+}
+
+async fn deposit(
+    State((db, outbox_handle)): State<(Db, tessera::events::outbox::Outbox)>,
+    Json(body): Json<Value>,
+) -> Result<Json<Value>, ApiError> {
+    let id = body["id"].as_str().unwrap_or_default().to_string();
+    let mut tx = db.write_tx().await?;
+    sqlx::query("INSERT INTO entries (id, amount) VALUES ($1, $2)")
+        .bind(&id)
+        .bind(body["amount"].as_i64().unwrap_or(0))
+        .execute(&mut *tx)
+        .await?;
+    let event = Event::new("/ledger", "ledger.deposited", body["account"].as_str().unwrap_or("acc"), &body);
+    outbox::add(&mut tx, "ledger.events", &event).await?;
+    if body["fail"] == true {
+        return Err(ApiError::bad_request("refused", "rolled back on purpose")); // tx dropped: rollback
+    }
+    tx.commit().await?;
+    outbox_handle.wake();
+    Ok(Json(json!({ "id": id, "eventId": event.id })))
+}
+
+struct Audit {
+    accept_poison: Arc<AtomicBool>,
+}
+
+impl Handler for Audit {
+    fn handle<'a>(&'a self, event: &'a Event, tx: &'a mut Tx) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            if event.data["poison"] == true && !self.accept_poison.load(Ordering::SeqCst) {
+                return Err(HandlerError::permanent("poison"));
+            }
+            let trace = tessera::client::REQUEST.try_with(|r| r.trace.trace_id_hex()).ok();
+            sqlx::query("INSERT INTO seen (event_id, subject, n, trace) VALUES ($1, $2, $3, $4)")
+                .bind(&event.id)
+                .bind(event.subject.clone().unwrap_or_default())
+                .bind(event.data["n"].as_i64().unwrap_or(-1))
+                .bind(trace)
+                .execute(&mut **tx)
+                .await?;
+            Ok(())
+        })
+    }
+}
+
+async fn start_auditor(h: &Harness, accept_poison: Arc<AtomicBool>) -> Db {
+    let settings = h.settings("auditor");
+    let config = ServiceConfig::from_settings(&settings, "auditor").unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(Service::new("auditor").migrations(AUDIT).serve(
+        config,
+        settings,
+        listener,
+        std::future::pending(),
+        move |ctx| async move {
+            let mut consumer = Consumer::new("ledger.events", "auditor");
+            consumer.max_attempts = 2;
+            ctx.events().consume(consumer, Audit { accept_poison });
+            let _ = tx.send(ctx.db().clone());
+            Ok(Router::new())
+        },
+    ));
+    rx.await.unwrap()
+}
+
+async fn seen(db: &Db) -> Vec<(String, String, i64, Option<String>)> {
+    sqlx::query_as("SELECT event_id, subject, n, trace FROM seen ORDER BY seq").fetch_all(db.pool()).await.unwrap()
+}
+
+fn passport(h: &Harness) -> String {
+    tessera::PassportKeys::from_spec(&h.keys, "events-test").unwrap().mint(
+        "test",
+        "u",
+        &[],
+        None,
+        &tessera::TraceContext::new_root(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_to_inbox_exactly_once_in_order_with_dead_letters() {
+    let (h, listener) = Harness::new().await;
+    h.start_control(listener);
+    let ledger = start_ledger(&h).await;
+    let accept = Arc::new(AtomicBool::new(false));
+    let audit_db = start_auditor(&h, accept.clone()).await;
+    let p = passport(&h);
+    let trace = tessera::TraceContext::new_root();
+
+    // 30 deposits over 3 accounts, one of them rolled back.
+    for n in 0..30 {
+        let body = json!({"id": format!("d{n}"), "amount": n, "account": format!("acc{}", n % 3), "n": n, "fail": n == 7});
+        let resp = h
+            .http
+            .post(format!("{ledger}/deposit"))
+            .header("x-passport", &p)
+            .header("traceparent", trace.header())
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), if n == 7 { 400 } else { 200 });
+    }
+    h.wait("29 events handled", async || seen(&audit_db).await.len() >= 29).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rows = seen(&audit_db).await;
+    assert_eq!(rows.len(), 29, "exactly once, and nothing for the rolled-back deposit");
+    assert!(!rows.iter().any(|r| r.2 == 7));
+    for acc in 0..3 {
+        let ns: Vec<i64> = rows.iter().filter(|r| r.1 == format!("acc{acc}")).map(|r| r.2).collect();
+        let mut sorted = ns.clone();
+        sorted.sort_unstable();
+        assert_eq!(ns, sorted, "in order per key (acc{acc})");
+    }
+    assert!(rows.iter().all(|r| r.3.as_deref() == Some(trace.trace_id_hex().as_str())), "the trace travels with the events");
+
+    // A duplicate injected straight into the log has no second effect.
+    let (dup_id, ..) = rows[0].clone();
+    let original: Value = {
+        let v: Value = h.http.get(format!("{}/v1/topics", h.control)).send().await.unwrap().json().await.unwrap();
+        assert!(v["topics"].as_array().unwrap().iter().any(|t| t["name"] == "ledger.events"));
+        json!({"specversion": "1.0", "id": dup_id, "source": "/ledger", "type": "ledger.deposited", "subject": rows[0].1, "data": {"n": 999}})
+    };
+    let resp = h
+        .http
+        .post(format!("{}/v1/topics/ledger.events/events", h.control))
+        .json(&json!({"events": [original]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+
+    // A poison event is dead-lettered and the consumer moves on.
+    for (id, poison) in [("poison", true), ("after", false)] {
+        let body = json!({"id": id, "amount": 1, "account": "acc0", "n": 100, "poison": poison});
+        let r = h.http.post(format!("{ledger}/deposit")).header("x-passport", &p).json(&body).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    }
+    h.wait("the event after the poison", async || seen(&audit_db).await.len() >= 30).await;
+    let dead: Value = h.http.get(format!("{}/v1/deadletters/auditor", h.control)).send().await.unwrap().json().await.unwrap();
+    let dead = dead["deadLetters"].as_array().unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["event"]["deadlettererror"], "poison");
+    assert_eq!(dead[0]["event"]["deadlettertopic"], "ledger.events");
+    assert_eq!(seen(&audit_db).await.iter().filter(|r| r.2 == 999).count(), 0, "the duplicate did nothing");
+
+    // Fixed, replayed: handled once.
+    accept.store(true, Ordering::SeqCst);
+    let replayed: Value =
+        h.http.post(format!("{}/v1/deadletters/auditor/replay", h.control)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(replayed["replayed"], 1);
+    h.wait("the replayed event", async || seen(&audit_db).await.len() >= 31).await;
+    let replayed: Value =
+        h.http.post(format!("{}/v1/deadletters/auditor/replay", h.control)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(replayed["replayed"], 0, "replayed once only");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(seen(&audit_db).await.len(), 31);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_wait_in_the_outbox_while_the_log_is_down() {
+    let (h, listener) = Harness::new().await;
+    // The control plane is not serving yet: the bus is unreachable.
+    let ledger = start_ledger(&h).await;
+    let p = passport(&h);
+    for n in 0..5 {
+        let body = json!({"id": format!("d{n}"), "amount": n, "account": "a", "n": n});
+        let r = h.http.post(format!("{ledger}/deposit")).header("x-passport", &p).json(&body).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200, "the service works without the log");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    h.start_control(listener);
+    let audit_db = start_auditor(&h, Arc::new(AtomicBool::new(true))).await;
+    h.wait("the queued events", async || seen(&audit_db).await.len() >= 5).await;
+    let ns: Vec<i64> = seen(&audit_db).await.iter().map(|r| r.2).collect();
+    assert_eq!(ns, [0, 1, 2, 3, 4]);
+}

@@ -1,0 +1,39 @@
+//! Events between services: CloudEvents over a bus, with a transactional outbox on the way out
+//! and an idempotent inbox on the way in.
+//!
+//! - [`Event`]: a CloudEvent 1.0 (JSON), carrying the W3C trace context as the `traceparent`
+//!   extension, so that one checkout is one trace across services.
+//! - [`Bus`]: the seam between services and the log. [`ControlBus`] talks to the control
+//!   plane's embedded log; NATS JetStream plugs in behind the same trait.
+//! - [`outbox`]: `outbox::add(&mut tx, topic, &event)` inside the transaction that changes
+//!   state; a relay publishes after commit and retries until the log has it. A rolled-back
+//!   transaction publishes nothing; a crash between commit and publish loses nothing.
+//! - [`consumer`]: a handler's writes and the inbox record commit in one transaction, so a
+//!   redelivered or duplicated event has no second effect; after `max_attempts` failures the
+//!   event goes to the group's dead-letter topic and the consumer moves on.
+//!
+//! Topics and event types are documented in `docs/events.md`.
+
+mod bus;
+pub mod consumer;
+mod event;
+pub mod outbox;
+
+pub use bus::{Batch, BoxFuture, Bus, BusError, ControlBus};
+pub use outbox::Tx;
+pub use consumer::{Consumer, Handler, HandlerError};
+pub use event::Event;
+
+use crate::store::Migration;
+
+/// The library's own tables (outbox, inbox, leases), added to every service database.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1_000_000_001,
+    description: "tessera events",
+    sqlite: include_str!("../migrations/0001_events.sql"),
+}];
+
+/// The dead-letter topic of a consumer group.
+pub fn dead_letter_topic(group: &str) -> String {
+    format!("deadletter.{group}")
+}

@@ -1,0 +1,248 @@
+//! Consumers: fetch, handle exactly once through the inbox, dead-letter what keeps failing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use super::bus::BoxFuture;
+use super::outbox::{Outbox, Tx};
+use super::{Bus, BusError, Event, dead_letter_topic};
+use crate::client::{REQUEST, RequestContext};
+use crate::passport::PassportKeys;
+use crate::store::Db;
+use crate::trace::TraceContext;
+
+/// Why a handler failed, and whether trying again may help.
+#[derive(Debug)]
+pub struct HandlerError {
+    pub message: String,
+    pub retryable: bool,
+}
+
+impl HandlerError {
+    /// A failure that may pass (a busy database, an unreachable service).
+    pub fn retry(message: impl Into<String>) -> Self {
+        Self { message: message.into(), retryable: true }
+    }
+
+    /// A failure that will not (malformed data): the event goes to the dead letters at once.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self { message: message.into(), retryable: false }
+    }
+}
+
+impl std::fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<sqlx::Error> for HandlerError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::retry(e.to_string())
+    }
+}
+
+impl From<serde_json::Error> for HandlerError {
+    fn from(e: serde_json::Error) -> Self {
+        Self::permanent(format!("bad event data: {e}"))
+    }
+}
+
+impl From<crate::client::CallError> for HandlerError {
+    fn from(e: crate::client::CallError) -> Self {
+        Self { retryable: e.is_retryable(), message: e.to_string() }
+    }
+}
+
+/// Handles one event, writing its effects in `tx` (which also records the event in the
+/// inbox). Add events for other services with `outbox::add(tx, ...)`.
+pub trait Handler: Send + Sync + 'static {
+    fn handle<'a>(&'a self, event: &'a Event, tx: &'a mut Tx) -> BoxFuture<'a, Result<(), HandlerError>>;
+}
+
+/// How a consumer group reads a topic.
+#[derive(Clone, Debug)]
+pub struct Consumer {
+    pub topic: String,
+    pub group: String,
+    /// Attempts before an event is dead-lettered.
+    pub max_attempts: u32,
+    /// Events fetched at once.
+    pub batch: usize,
+}
+
+/// What a consumer needs from its service.
+#[derive(Clone)]
+pub struct ConsumerEnv {
+    pub db: Db,
+    pub bus: Arc<dyn Bus>,
+    /// This process's name in the group.
+    pub instance: String,
+    /// The service's name: the issuer of the passport events are handled under.
+    pub service: String,
+    pub keys: Arc<PassportKeys>,
+    pub outbox: Outbox,
+}
+
+enum Outcome {
+    Handled,
+    Duplicate,
+}
+
+impl Consumer {
+    pub fn new(topic: &str, group: &str) -> Self {
+        Self { topic: topic.into(), group: group.into(), max_attempts: 5, batch: 100 }
+    }
+
+    /// Runs until `stop` turns true (finishing the event in hand).
+    pub fn spawn(
+        self,
+        env: ConsumerEnv,
+        handler: Arc<dyn Handler>,
+        mut stop: watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut failing = false;
+            while !*stop.borrow() {
+                let fetched = tokio::select! {
+                    r = env.bus.fetch(&self.topic, &self.group, &env.instance, self.batch, Duration::from_secs(5)) => r,
+                    _ = stop.changed() => break,
+                };
+                let batch = match fetched {
+                    Ok(b) => {
+                        if failing {
+                            tracing::info!(topic = %self.topic, "consuming again");
+                            failing = false;
+                        }
+                        b
+                    }
+                    Err(e) => {
+                        if !failing {
+                            tracing::warn!(topic = %self.topic, error = %e, "cannot fetch events; retrying");
+                            failing = true;
+                        }
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        continue;
+                    }
+                };
+                let Some(partition) = batch.partition else { continue };
+                let mut next = None;
+                for (offset, event) in batch.events {
+                    if *stop.borrow() {
+                        break;
+                    }
+                    match event {
+                        Ok(event) => {
+                            if !self.process(&env, handler.as_ref(), &event, &stop).await {
+                                break; // stopping in the middle of retries: not handled
+                            }
+                        }
+                        Err(raw) => {
+                            tracing::error!(topic = %self.topic, offset, error = %raw, "not a CloudEvent; skipping");
+                        }
+                    }
+                    next = Some(offset + 1);
+                }
+                if let Some(next) = next {
+                    match env.bus.commit(&self.topic, &self.group, &env.instance, partition, next).await {
+                        Ok(()) => {}
+                        Err(BusError::Lost(_)) => {
+                            tracing::info!(topic = %self.topic, partition, "partition moved to another consumer")
+                        }
+                        Err(e) => tracing::warn!(topic = %self.topic, error = %e, "commit failed; events will be redelivered"),
+                    }
+                }
+            }
+        })
+    }
+
+    /// Handles one event with retries; `false` if it stopped before the event was settled.
+    async fn process(&self, env: &ConsumerEnv, handler: &dyn Handler, event: &Event, stop: &watch::Receiver<bool>) -> bool {
+        let trace = event.trace().map_or_else(TraceContext::new_root, |t| t.child());
+        let (trace_id, span_id) = (trace.trace_id_hex(), trace.span_id_hex());
+        let span = tracing::info_span!("event", trace_id = trace_id.as_str(), span_id = span_id.as_str());
+        let me = format!("service:{}", env.service);
+        let passport: Arc<str> = env.keys.mint(&me, &me, &["system".to_string()], None, &trace).into();
+        let ctx = RequestContext { passport, trace };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = REQUEST
+                .scope(ctx.clone(), self.attempt(env, handler, event))
+                .instrument(span.clone())
+                .await;
+            match result {
+                Ok(Outcome::Handled) => {
+                    env.outbox.wake();
+                    metrics::counter!("tessera_events_handled_total", "topic" => self.topic.clone()).increment(1);
+                    return true;
+                }
+                Ok(Outcome::Duplicate) => {
+                    span.in_scope(|| tracing::debug!(id = %event.id, "duplicate event ignored"));
+                    metrics::counter!("tessera_events_duplicates_total", "topic" => self.topic.clone()).increment(1);
+                    return true;
+                }
+                Err(e) if e.retryable && attempt < self.max_attempts => {
+                    span.in_scope(|| tracing::warn!(id = %event.id, attempt, error = %e, "handler failed; retrying"));
+                    let pause = Duration::from_millis(100 * 2u64.pow(attempt.min(6)));
+                    if *stop.borrow() {
+                        return false;
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+                Err(e) => {
+                    span.in_scope(|| tracing::error!(id = %event.id, attempt, error = %e, "handler failed; dead-lettering"));
+                    return self.dead_letter(env, event, &e.message, attempt, stop).await;
+                }
+            }
+        }
+    }
+
+    async fn attempt(&self, env: &ConsumerEnv, handler: &dyn Handler, event: &Event) -> Result<Outcome, HandlerError> {
+        let mut tx = env.db.write_tx().await?;
+        let fresh = sqlx::query(
+            "INSERT INTO tessera_inbox (grp, event_id, handled) VALUES ($1, $2, $3) ON CONFLICT (grp, event_id) DO NOTHING",
+        )
+        .bind(&self.group)
+        .bind(&event.id)
+        .bind(crate::unix_now() as i64)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !fresh {
+            return Ok(Outcome::Duplicate); // dropping tx rolls back
+        }
+        handler.handle(event, &mut tx).await?;
+        tx.commit().await?;
+        Ok(Outcome::Handled)
+    }
+
+    /// Publishes the event, with why it failed, to the group's dead-letter topic.
+    async fn dead_letter(&self, env: &ConsumerEnv, event: &Event, error: &str, attempts: u32, stop: &watch::Receiver<bool>) -> bool {
+        let mut dead = event.clone();
+        dead.extensions.insert("deadlettergroup".into(), self.group.clone().into());
+        dead.extensions.insert("deadlettertopic".into(), self.topic.clone().into());
+        dead.extensions.insert("deadlettererror".into(), error.into());
+        dead.extensions.insert("deadletterattempts".into(), attempts.into());
+        let topic = dead_letter_topic(&self.group);
+        loop {
+            match env.bus.publish(&topic, std::slice::from_ref(&dead)).await {
+                Ok(()) => {
+                    metrics::counter!("tessera_events_dead_lettered_total", "topic" => self.topic.clone()).increment(1);
+                    return true;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot dead-letter yet; retrying");
+                    if *stop.borrow() {
+                        return false;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! CloudEvents 1.0, JSON format.
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::client::REQUEST;
+use crate::trace::TraceContext;
+
+/// A CloudEvent. `subject` is the aggregate id and orders events: events with the same
+/// subject (or `partitionkey`, when set) are delivered in the order they were published.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Event {
+    pub specversion: String,
+    pub id: String,
+    pub source: String,
+    #[serde(rename = "type")]
+    pub ty: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datacontenttype: Option<String>,
+    #[serde(default)]
+    pub data: serde_json::Value,
+    /// W3C trace context extension.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// Partitioning extension: overrides `subject` as the ordering key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitionkey: Option<String>,
+    /// Any other extension attributes.
+    #[serde(flatten)]
+    pub extensions: BTreeMap<String, serde_json::Value>,
+}
+
+impl Event {
+    /// A new event about `subject`, in the current trace (when inside a request or a handler).
+    pub fn new(source: &str, ty: &str, subject: &str, data: impl Serialize) -> Self {
+        let traceparent = REQUEST.try_with(|r| r.trace.header()).ok();
+        Self {
+            specversion: "1.0".into(),
+            id: uuid::Uuid::now_v7().to_string(),
+            source: source.into(),
+            ty: ty.into(),
+            subject: Some(subject.into()),
+            time: Some(crate::log::rfc3339_now()),
+            datacontenttype: Some("application/json".into()),
+            data: serde_json::to_value(data).unwrap_or(serde_json::Value::Null),
+            traceparent,
+            partitionkey: None,
+            extensions: BTreeMap::new(),
+        }
+    }
+
+    /// The data, as `T`.
+    pub fn data_as<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        T::deserialize(&self.data)
+    }
+
+    /// The trace this event belongs to.
+    pub fn trace(&self) -> Option<TraceContext> {
+        self.traceparent.as_deref().and_then(TraceContext::parse)
+    }
+
+    /// The ordering key.
+    pub fn key(&self) -> &str {
+        self.partitionkey.as_deref().or(self.subject.as_deref()).unwrap_or(&self.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serializes_as_a_cloudevent() {
+        let e = Event::new("/shop/order", "shop.order.placed", "o-1", serde_json::json!({"total": 5}));
+        let v: serde_json::Value = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["specversion"], "1.0");
+        assert_eq!(v["type"], "shop.order.placed");
+        assert_eq!(v["subject"], "o-1");
+        assert_eq!(v["datacontenttype"], "application/json");
+        assert_eq!(v["data"]["total"], 5);
+        assert!(v.get("traceparent").is_none(), "no trace outside a request");
+        let back: Event = serde_json::from_value(v).unwrap();
+        assert_eq!(back, e);
+        assert_eq!(back.key(), "o-1");
+    }
+
+    #[test]
+    fn carries_the_current_trace_and_extensions() {
+        let trace = TraceContext::new_root();
+        let ctx = crate::client::RequestContext { passport: "p".into(), trace };
+        let e = REQUEST.sync_scope(ctx, || Event::new("s", "t", "k", ()));
+        assert_eq!(e.trace().unwrap().trace_id, trace.trace_id);
+        let mut v = serde_json::to_value(&e).unwrap();
+        v["deadlettererror"] = "boom".into();
+        let back: Event = serde_json::from_value(v).unwrap();
+        assert_eq!(back.extensions["deadlettererror"], "boom");
+    }
+}

@@ -1,0 +1,196 @@
+//! The transactional outbox and its relay.
+//!
+//! `add` writes an event into the `tessera_outbox` table inside the caller's transaction: it
+//! exists if and only if the state change commits. The relay (one per database: replicas
+//! elect one through a lease row) publishes pending events in id order, per topic, and deletes
+//! them once the log has acknowledged them. A crash between publish and delete publishes them
+//! again; consumers' inboxes make that harmless.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+
+use super::{Bus, BusError, Event};
+use crate::store::Db;
+
+/// The transaction a handler or a service writes in.
+pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
+
+const BATCH: i64 = 500;
+const LEASE_MS: i64 = 3000;
+/// How often an idle relay looks for events written by other replicas.
+const IDLE_POLL: Duration = Duration::from_millis(20);
+
+/// Queues `event` for `topic`, in `tx`.
+pub async fn add(tx: &mut Tx, topic: &str, event: &Event) -> Result<(), sqlx::Error> {
+    let json = serde_json::to_string(event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    sqlx::query("INSERT INTO tessera_outbox (topic, event, created) VALUES ($1, $2, $3)")
+        .bind(topic)
+        .bind(json)
+        .bind(crate::unix_now() as i64)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// A handle on the relay: wake it after committing a transaction that added events.
+#[derive(Clone)]
+pub struct Outbox {
+    wake: Arc<Notify>,
+}
+
+impl Outbox {
+    /// Starts the relay. It runs until `stop` turns true, then publishes what is pending
+    /// (within a few seconds) and ends.
+    pub fn start(db: Db, bus: Arc<dyn Bus>, holder: String, stop: watch::Receiver<bool>) -> (Self, tokio::task::JoinHandle<()>) {
+        let wake = Arc::new(Notify::new());
+        let relay = Relay { db, bus, holder, wake: wake.clone(), lease_until: 0 };
+        (Self { wake }, tokio::spawn(relay.run(stop)))
+    }
+
+    /// Tells the relay there is something to publish.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
+
+struct Relay {
+    db: Db,
+    bus: Arc<dyn Bus>,
+    holder: String,
+    wake: Arc<Notify>,
+    /// Until when (unix ms) this relay holds the lease.
+    lease_until: i64,
+}
+
+impl Relay {
+    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(50);
+        let mut failing = false;
+        loop {
+            let stopping = *stop.borrow();
+            match self.step().await {
+                Ok(0) => {
+                    backoff = Duration::from_millis(50);
+                    if stopping {
+                        return;
+                    }
+                    tokio::select! {
+                        _ = self.wake.notified() => {}
+                        _ = tokio::time::sleep(IDLE_POLL) => {}
+                        _ = stop.changed() => {}
+                    }
+                }
+                Ok(_) => {
+                    if failing {
+                        tracing::info!("outbox relay publishing again");
+                        failing = false;
+                    }
+                    backoff = Duration::from_millis(50);
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "outbox relay cannot publish; retrying");
+                        failing = true;
+                    }
+                    if stopping {
+                        tracing::warn!("stopping with unpublished events; they go out on the next start");
+                        return;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// Publishes one batch; returns how many events went out.
+    async fn step(&mut self) -> Result<usize, String> {
+        if !self.hold_lease().await.map_err(|e| e.to_string())? {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            return Ok(0);
+        }
+        let rows: Vec<(i64, String, String)> =
+            sqlx::query_as("SELECT id, topic, event FROM tessera_outbox ORDER BY id LIMIT $1")
+                .bind(BATCH)
+                .fetch_all(self.db.pool())
+                .await
+                .map_err(|e| e.to_string())?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        // Per topic, in id order. Every row of a topic up to the last one taken is in `rows`
+        // (they are the lowest ids), which makes the delete below a range.
+        let mut order: Vec<String> = Vec::new();
+        let mut by_topic: HashMap<String, (Vec<Event>, i64)> = HashMap::new();
+        for (id, topic, json) in rows {
+            let entry = by_topic.entry(topic.clone()).or_insert_with(|| {
+                order.push(topic.clone());
+                (Vec::new(), id)
+            });
+            match serde_json::from_str::<Event>(&json) {
+                Ok(e) => entry.0.push(e),
+                Err(e) => tracing::error!(id, error = %e, "dropping an outbox row that is not an event"),
+            }
+            entry.1 = id;
+        }
+        let mut sent = 0;
+        for topic in order {
+            let (events, last_id) = &by_topic[&topic];
+            match self.bus.publish(&topic, events).await {
+                Ok(()) => sent += events.len(),
+                Err(BusError::Refused(why)) => {
+                    // Retrying cannot help; keep the relay moving and say so loudly.
+                    tracing::error!(topic = %topic, count = events.len(), error = %why, "the log refused outbox events; dropping them");
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+            sqlx::query("DELETE FROM tessera_outbox WHERE topic = $1 AND id <= $2")
+                .bind(&topic)
+                .bind(last_id)
+                .execute(self.db.pool())
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        metrics::counter!("tessera_outbox_published_total").increment(sent as u64);
+        Ok(sent.max(1))
+    }
+
+    /// Takes or renews the relay lease; `false` if another replica holds it.
+    async fn hold_lease(&mut self) -> Result<bool, sqlx::Error> {
+        let now = now_ms();
+        if self.lease_until - now > LEASE_MS / 2 {
+            return Ok(true);
+        }
+        let until = now + LEASE_MS;
+        let done = sqlx::query(
+            "INSERT INTO tessera_leases (name, holder, until) VALUES ('outbox', $1, $2)
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until
+             WHERE tessera_leases.holder = excluded.holder OR tessera_leases.until < $3",
+        )
+        .bind(&self.holder)
+        .bind(until)
+        .bind(now)
+        .execute(self.db.pool())
+        .await?;
+        if done.rows_affected() == 1 {
+            self.lease_until = until;
+            Ok(true)
+        } else {
+            self.lease_until = 0;
+            Ok(false)
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
