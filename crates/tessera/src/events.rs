@@ -27,11 +27,14 @@ pub use event::Event;
 use crate::store::Migration;
 
 /// The library's own tables (outbox, inbox, leases), added to every service database.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1_000_000_001,
-    description: "tessera events",
-    sqlite: include_str!("../migrations/0001_events.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1_000_000_001,
+        description: "tessera events",
+        sqlite: include_str!("../migrations/0001_events.sql"),
+    },
+    Migration { version: 1_000_000_002, description: "tessera sagas", sqlite: include_str!("../migrations/0002_sagas.sql") },
+];
 
 /// The dead-letter topic of a consumer group.
 pub fn dead_letter_topic(group: &str) -> String {

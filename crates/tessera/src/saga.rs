@@ -1,0 +1,313 @@
+//! Saga orchestration: a list of steps, each an action sent as a command event and answered by
+//! a reply event, each with an optional compensation.
+//!
+//! The saga's state lives in the orchestrating service's database (`tessera_sagas`) and every
+//! move is one transaction: the reply is recorded in the inbox, the state advances, and the
+//! next command goes into the outbox, together. So a crash at any point resumes exactly where
+//! it was: an unhandled reply is redelivered, an unsent command is still in the outbox, and a
+//! step whose reply never comes is timed out by the ticker.
+//!
+//! - A step's reply `ok` runs the next step; after the last, the saga is `completed`.
+//! - A reply `failed` compensates the steps before it, in reverse order, and the saga `failed`.
+//! - A step that times out is compensated too (its action may yet happen, so compensations
+//!   must be safe whether or not it did), then the ones before it.
+//! - A reply that arrives for a step the saga is no longer waiting on (late, after a timeout)
+//!   goes to [`SagaHooks::stale_reply`], where the service can undo what it implies.
+//!
+//! Commands carry the saga's data and the extensions `sagaid`, `sagastep` and `sagareplyto`;
+//! participants answer with [`reply`]. `docs/sagas.md` walks through the checkout saga.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::events::consumer::{Handler, HandlerError};
+use crate::events::{BoxFuture, Event, Tx, outbox};
+use crate::store::Db;
+
+/// One step of a saga.
+#[derive(Debug)]
+pub struct Step {
+    pub name: &'static str,
+    /// Where the step's command (and compensation) is sent.
+    pub topic: &'static str,
+    /// The command's event type.
+    pub command: &'static str,
+    /// The compensation's event type, if the step can be undone.
+    pub compensation: Option<&'static str>,
+    /// How long to wait for the reply.
+    pub timeout: Duration,
+}
+
+/// A saga's definition.
+#[derive(Debug)]
+pub struct SagaDef {
+    pub name: &'static str,
+    /// The `source` of the events it sends.
+    pub source: &'static str,
+    pub steps: &'static [Step],
+}
+
+/// The persisted state of one saga.
+#[derive(Debug, Clone)]
+pub struct SagaState {
+    pub id: String,
+    pub step: usize,
+    pub status: String,
+    pub data: Value,
+}
+
+/// What the orchestrating service does as its saga moves, in the same transaction.
+pub trait SagaHooks: Send + Sync + 'static {
+    /// A step succeeded; `saga.data` already includes the reply's data.
+    fn step_done<'a>(&'a self, tx: &'a mut Tx, saga: &'a SagaState, step: &'static Step) -> BoxFuture<'a, Result<(), HandlerError>>;
+    /// Every step succeeded.
+    fn completed<'a>(&'a self, tx: &'a mut Tx, saga: &'a SagaState) -> BoxFuture<'a, Result<(), HandlerError>>;
+    /// A step failed or timed out; compensations are on their way.
+    fn failed<'a>(&'a self, tx: &'a mut Tx, saga: &'a SagaState, reason: &'a str) -> BoxFuture<'a, Result<(), HandlerError>>;
+    /// A reply the saga no longer waits for.
+    fn stale_reply<'a>(
+        &'a self,
+        _tx: &'a mut Tx,
+        _saga: &'a SagaState,
+        _step: &'static Step,
+        _reply: &'a Event,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// A participant's answer to a command.
+pub enum Reply {
+    Ok(Value),
+    Failed(String),
+}
+
+/// A saga definition bound to its reply topic.
+pub struct Saga {
+    def: &'static SagaDef,
+    reply_topic: String,
+}
+
+impl Saga {
+    pub fn new(def: &'static SagaDef) -> Self {
+        Self { def, reply_topic: format!("saga.{}.replies", def.name) }
+    }
+
+    /// The topic replies come back on: consume it with [`Saga::handler`].
+    pub fn reply_topic(&self) -> &str {
+        &self.reply_topic
+    }
+
+    /// Starts saga `id` with `data` (a JSON object), in `tx`.
+    pub async fn start(&self, tx: &mut Tx, id: &str, data: Value) -> Result<(), sqlx::Error> {
+        let now = now_ms();
+        let step = &self.def.steps[0];
+        sqlx::query(
+            "INSERT INTO tessera_sagas (id, name, step, status, data, deadline, updated) VALUES ($1, $2, 0, 'running', $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(self.def.name)
+        .bind(data.to_string())
+        .bind(now + step.timeout.as_millis() as i64)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        self.send(tx, id, 0, step.command, &data, true).await
+    }
+
+    async fn send(&self, tx: &mut Tx, id: &str, step: usize, ty: &str, data: &Value, expect_reply: bool) -> Result<(), sqlx::Error> {
+        let mut event = Event::new(self.def.source, ty, id, data);
+        event.extensions.insert("sagaid".into(), id.into());
+        event.extensions.insert("sagastep".into(), step.into());
+        if expect_reply {
+            event.extensions.insert("sagareplyto".into(), self.reply_topic.clone().into());
+        }
+        outbox::add(tx, self.def.steps[step].topic, &event).await
+    }
+
+    async fn load(&self, tx: &mut Tx, id: &str) -> Result<Option<SagaState>, sqlx::Error> {
+        let row: Option<(i64, String, String)> =
+            sqlx::query_as("SELECT step, status, data FROM tessera_sagas WHERE id = $1 AND name = $2")
+                .bind(id)
+                .bind(self.def.name)
+                .fetch_optional(&mut **tx)
+                .await?;
+        Ok(row.map(|(step, status, data)| SagaState {
+            id: id.to_string(),
+            step: step as usize,
+            status,
+            data: serde_json::from_str(&data).unwrap_or(Value::Object(Map::new())),
+        }))
+    }
+
+    /// Advances the saga a reply belongs to.
+    pub async fn on_reply(&self, tx: &mut Tx, reply: &Event, hooks: &dyn SagaHooks) -> Result<(), HandlerError> {
+        let (Some(id), Some(step)) = (
+            reply.extensions.get("sagaid").and_then(Value::as_str),
+            reply.extensions.get("sagastep").and_then(Value::as_u64),
+        ) else {
+            return Err(HandlerError::permanent("reply without sagaid/sagastep"));
+        };
+        let step = step as usize;
+        let Some(def_step) = self.def.steps.get(step) else {
+            return Err(HandlerError::permanent(format!("reply for unknown step {step}")));
+        };
+        let Some(mut saga) = self.load(tx, id).await? else {
+            tracing::warn!(saga = %id, "reply for an unknown saga; ignored");
+            return Ok(());
+        };
+        if saga.status != "running" || saga.step != step {
+            tracing::info!(saga = %id, step = def_step.name, status = %saga.status, "late reply");
+            return hooks.stale_reply(tx, &saga, def_step, reply).await;
+        }
+        let ok = reply.extensions.get("sagaoutcome").and_then(Value::as_str) == Some("ok");
+        if !ok {
+            let reason = reply.data.get("reason").and_then(Value::as_str).unwrap_or("failed").to_string();
+            return self.fail(tx, &mut saga, step, &reason, hooks).await;
+        }
+        if let (Value::Object(into), Value::Object(from)) = (&mut saga.data, &reply.data) {
+            for (k, v) in from {
+                into.insert(k.clone(), v.clone());
+            }
+        }
+        hooks.step_done(tx, &saga, def_step).await?;
+        let now = now_ms();
+        if let Some(next) = self.def.steps.get(step + 1) {
+            saga.step = step + 1;
+            sqlx::query("UPDATE tessera_sagas SET step = $2, data = $3, deadline = $4, updated = $5 WHERE id = $1")
+                .bind(id)
+                .bind(saga.step as i64)
+                .bind(saga.data.to_string())
+                .bind(now + next.timeout.as_millis() as i64)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+            self.send(tx, id, saga.step, next.command, &saga.data, true).await?;
+        } else {
+            saga.status = "completed".into();
+            sqlx::query("UPDATE tessera_sagas SET status = 'completed', data = $2, updated = $3 WHERE id = $1")
+                .bind(id)
+                .bind(saga.data.to_string())
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+            hooks.completed(tx, &saga).await?;
+        }
+        Ok(())
+    }
+
+    /// Compensates the steps before `upto` (exclusive) in reverse, and marks the saga failed.
+    async fn fail(&self, tx: &mut Tx, saga: &mut SagaState, upto: usize, reason: &str, hooks: &dyn SagaHooks) -> Result<(), HandlerError> {
+        for i in (0..upto).rev() {
+            if let Some(compensation) = self.def.steps[i].compensation {
+                self.send(tx, &saga.id, i, compensation, &saga.data, false).await?;
+            }
+        }
+        saga.status = "failed".into();
+        sqlx::query("UPDATE tessera_sagas SET status = 'failed', reason = $2, updated = $3 WHERE id = $1")
+            .bind(&saga.id)
+            .bind(reason)
+            .bind(now_ms())
+            .execute(&mut **tx)
+            .await?;
+        hooks.failed(tx, saga, reason).await
+    }
+
+    /// Times out every running saga whose step is overdue; returns how many.
+    pub async fn tick(&self, db: &Db, hooks: &dyn SagaHooks) -> Result<usize, HandlerError> {
+        let due: Vec<(String,)> = sqlx::query_as(
+            "SELECT id FROM tessera_sagas WHERE status = 'running' AND name = $1 AND deadline < $2 ORDER BY deadline LIMIT 100",
+        )
+        .bind(self.def.name)
+        .bind(now_ms())
+        .fetch_all(db.pool())
+        .await?;
+        let mut done = 0;
+        for (id,) in due {
+            let mut tx = db.write_tx().await?;
+            // Checked again under the write lock: a reply or another replica may have moved it.
+            let Some(mut saga) = self.load(&mut tx, &id).await? else { continue };
+            let deadline: (i64,) = sqlx::query_as("SELECT deadline FROM tessera_sagas WHERE id = $1")
+                .bind(&id)
+                .fetch_one(&mut *tx)
+                .await?;
+            if saga.status != "running" || deadline.0 >= now_ms() {
+                continue;
+            }
+            let step = saga.step;
+            let reason = format!("timeout: {}", self.def.steps[step].name);
+            tracing::warn!(saga = %id, step = self.def.steps[step].name, "saga step timed out; compensating");
+            // The timed-out step's action may still happen: compensate it as well.
+            self.fail(&mut tx, &mut saga, step + 1, &reason, hooks).await?;
+            tx.commit().await?;
+            done += 1;
+        }
+        Ok(done)
+    }
+
+    /// Runs [`Saga::tick`] every `every` until `stop`.
+    pub fn spawn_ticker(
+        self: Arc<Self>,
+        db: Db,
+        hooks: Arc<dyn SagaHooks>,
+        outbox: outbox::Outbox,
+        every: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                match self.tick(&db, hooks.as_ref()).await {
+                    Ok(0) => {}
+                    Ok(_) => outbox.wake(),
+                    Err(e) => tracing::warn!(error = %e, "saga ticker failed; will retry"),
+                }
+            }
+        })
+    }
+
+    /// A handler for the reply topic.
+    pub fn handler(self: Arc<Self>, hooks: Arc<dyn SagaHooks>) -> impl Handler {
+        SagaReplies { saga: self, hooks }
+    }
+}
+
+struct SagaReplies {
+    saga: Arc<Saga>,
+    hooks: Arc<dyn SagaHooks>,
+}
+
+impl Handler for SagaReplies {
+    fn handle<'a>(&'a self, event: &'a Event, tx: &'a mut Tx) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(self.saga.on_reply(tx, event, self.hooks.as_ref()))
+    }
+}
+
+/// A participant's reply to a saga command, in `tx` (nothing if the command expects none).
+pub async fn reply(tx: &mut Tx, command: &Event, source: &str, outcome: Reply) -> Result<(), sqlx::Error> {
+    let Some(topic) = command.extensions.get("sagareplyto").and_then(Value::as_str) else {
+        return Ok(());
+    };
+    let (suffix, data, result) = match outcome {
+        Reply::Ok(data) => ("ok", data, "ok"),
+        Reply::Failed(reason) => ("failed", serde_json::json!({ "reason": reason }), "failed"),
+    };
+    let subject = command.subject.clone().unwrap_or_default();
+    let mut event = Event::new(source, &format!("{}.{suffix}", command.ty), &subject, data);
+    for key in ["sagaid", "sagastep"] {
+        if let Some(v) = command.extensions.get(key) {
+            event.extensions.insert(key.into(), v.clone());
+        }
+    }
+    event.extensions.insert("sagaoutcome".into(), result.into());
+    outbox::add(tx, topic, &event).await
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
