@@ -95,6 +95,21 @@ impl ServiceClient {
         }
     }
 
+    /// The same client with another per-call timeout.
+    pub fn with_timeout(&self, timeout: Duration) -> Self {
+        let i = &self.inner;
+        Self {
+            inner: Arc::new(Inner {
+                discovery: i.discovery.clone(),
+                http: i.http.clone(),
+                next: AtomicUsize::new(0),
+                timeout,
+                keys: i.keys.clone(),
+                me: i.me.clone(),
+            }),
+        }
+    }
+
     pub fn discovery(&self) -> &Discovery {
         &self.inner.discovery
     }
@@ -125,6 +140,18 @@ impl ServiceClient {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Bytes, CallError> {
+        self.send_with(method, service, path, body, &[]).await.map(|(_, b)| b)
+    }
+
+    /// Sends one request with extra headers; returns the status (2xx) and body.
+    pub async fn send_with(
+        &self,
+        method: Method,
+        service: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> Result<(StatusCode, Bytes), CallError> {
         let inner = &self.inner;
         let instances = inner
             .discovery
@@ -148,6 +175,9 @@ impl ServiceClient {
             .timeout(inner.timeout)
             .header(passport::HEADER, &*passport)
             .header(trace::TRACEPARENT, trace.header());
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
         if let Some(body) = body {
             req = req.header(http::header::CONTENT_TYPE, "application/json").body(body);
         }
@@ -161,7 +191,7 @@ impl ServiceClient {
                 body: String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned(),
             });
         }
-        Ok(bytes)
+        Ok((status, bytes))
     }
 }
 

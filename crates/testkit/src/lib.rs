@@ -23,6 +23,10 @@ pub struct Options {
     pub max_body_bytes: u64,
     /// Extra `[services.*]` and `[[route]]` TOML appended to the manifest.
     pub extra_manifest: String,
+    /// Also run the checkout services (order, inventory, payment, provider, notification).
+    pub checkout: bool,
+    /// Extra env for the checkout services: (service, key, value).
+    pub checkout_env: Vec<(&'static str, &'static str, String)>,
 }
 
 impl Default for Options {
@@ -35,6 +39,8 @@ impl Default for Options {
             header_timeout_ms: 2000,
             max_body_bytes: 64 * 1024,
             extra_manifest: String::new(),
+            checkout: false,
+            checkout_env: Vec::new(),
         }
     }
 }
@@ -49,6 +55,20 @@ pub struct System {
     log: PathBuf,
 }
 
+fn checkout_services(bin: &Path, env: &[(&'static str, &'static str, String)]) -> String {
+    let mut out = String::new();
+    for service in ["order", "inventory", "payment", "payment-provider", "notification"] {
+        let vars: Vec<String> =
+            env.iter().filter(|(s, _, _)| *s == service).map(|(_, k, v)| format!("{k} = {v:?}")).collect();
+        out.push_str(&format!(
+            "[services.{service}]\ncommand = [\"{}/shop-{service}\"]\nenv = {{ {} }}\n\n",
+            bin.display(),
+            vars.join(", ")
+        ));
+    }
+    out
+}
+
 pub const ADMIN_EMAIL: &str = "admin@shop.test";
 pub const ADMIN_PASSWORD: &str = "admin-password";
 
@@ -57,7 +77,16 @@ pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> → target/<profile>
     let dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
-    for bin in ["tessera", "shop-auth", "shop-catalog"] {
+    for bin in [
+        "tessera",
+        "shop-auth",
+        "shop-catalog",
+        "shop-order",
+        "shop-inventory",
+        "shop-payment",
+        "shop-payment-provider",
+        "shop-notification",
+    ] {
         assert!(
             dir.join(bin).exists(),
             "{} is missing: build the binaries first (cargo build --workspace --bins), as the README's test command does",
@@ -121,6 +150,27 @@ prefix = "/api/catalog"
 service = "catalog"
 auth = "public"
 
+[[route]]
+prefix = "/api/orders"
+service = "order"
+auth = "required"
+
+[[route]]
+prefix = "/api/payments"
+service = "payment"
+auth = "required"
+
+[[route]]
+prefix = "/api/notifications"
+service = "notification"
+auth = "required"
+
+[[route]]
+prefix = "/api/inventory"
+service = "inventory"
+auth = "required"
+roles = ["admin"]
+
 [services.auth]
 command = ["{bin}/shop-auth"]
 env = {{ AUTH_ADMIN_EMAIL = "{ADMIN_EMAIL}", AUTH_ADMIN_PASSWORD = "{ADMIN_PASSWORD}", AUTH_ACCESS_TTL_SECS = "600" }}
@@ -128,7 +178,7 @@ env = {{ AUTH_ADMIN_EMAIL = "{ADMIN_EMAIL}", AUTH_ADMIN_PASSWORD = "{ADMIN_PASSW
 [services.catalog]
 command = ["{bin}/shop-catalog"]
 replicas = {replicas}
-
+{checkout}
 {extra}
 "#,
             heartbeat = opts.heartbeat_ms,
@@ -139,6 +189,7 @@ replicas = {replicas}
             bin = bin.display(),
             replicas = opts.catalog_replicas,
             extra = opts.extra_manifest,
+            checkout = if opts.checkout { checkout_services(&bin, &opts.checkout_env) } else { String::new() },
         );
         let manifest_path = dir.join("tessera.toml");
         std::fs::write(&manifest_path, manifest).expect("write manifest");
