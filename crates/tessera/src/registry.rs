@@ -166,6 +166,19 @@ pub fn keep_registered(
 
 type Snapshot = HashMap<String, Arc<[Instance]>>;
 
+/// Adds to `into` the instances of `old` it lacks.
+fn merge_missing(into: &mut Snapshot, old: &Snapshot) {
+    for (service, known) in old {
+        let current = into.entry(service.clone()).or_insert_with(|| Arc::from(Vec::new()));
+        let missing: Vec<Instance> = known.iter().filter(|k| !current.iter().any(|c| c.id == k.id)).cloned().collect();
+        if !missing.is_empty() {
+            let mut all = current.to_vec();
+            all.extend(missing);
+            *current = Arc::from(all);
+        }
+    }
+}
+
 /// A live view of the registry, refreshed by one long-poll.
 #[derive(Clone)]
 pub struct Discovery {
@@ -192,16 +205,17 @@ impl Discovery {
                             failing = false;
                         }
                         index = Some(catalog.index);
-                        let have_view = !writer.read().unwrap_or_else(|e| e.into_inner()).is_empty();
-                        if catalog.settling && have_view {
-                            // A restarted registry refills within a heartbeat; until then the
-                            // last full view is the better one. Look again soon.
-                            wait = Duration::from_millis(250);
-                            continue;
-                        }
-                        wait = Duration::from_secs(30);
-                        let snapshot: Snapshot =
+                        let mut snapshot: Snapshot =
                             catalog.services.into_iter().map(|(name, list)| (name, Arc::from(list))).collect();
+                        if catalog.settling {
+                            // A restarted registry refills within a heartbeat: until then, add
+                            // what it has to what we knew, but drop nothing. Look again soon.
+                            let old = writer.read().unwrap_or_else(|e| e.into_inner()).clone();
+                            merge_missing(&mut snapshot, &old);
+                            wait = Duration::from_millis(250);
+                        } else {
+                            wait = Duration::from_secs(30);
+                        }
                         *writer.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snapshot);
                         if tx.send(catalog.index).is_err() {
                             return; // every Discovery handle is gone
@@ -250,5 +264,35 @@ impl Discovery {
     pub async fn wait_loaded(&self, timeout: Duration) -> bool {
         let mut rx = self.changed.clone();
         tokio::time::timeout(timeout, rx.wait_for(|i| *i > 0)).await.is_ok_and(|r| r.is_ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inst(id: &str, service: &str) -> Instance {
+        Instance { id: id.into(), service: service.into(), address: "127.0.0.1:1".into(), version: "1".into(), metadata: BTreeMap::new() }
+    }
+
+    #[test]
+    fn settling_views_add_but_never_drop() {
+        let old: Snapshot = HashMap::from([
+            ("a".to_string(), Arc::from(vec![inst("a-1", "a"), inst("a-2", "a")])),
+            ("b".to_string(), Arc::from(vec![inst("b-1", "b")])),
+        ]);
+        let mut new: Snapshot = HashMap::from([
+            ("a".to_string(), Arc::from(vec![inst("a-2", "a")])),
+            ("c".to_string(), Arc::from(vec![inst("c-1", "c")])),
+        ]);
+        merge_missing(&mut new, &old);
+        let ids = |s: &str| {
+            let mut v: Vec<String> = new[s].iter().map(|i| i.id.clone()).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(ids("a"), ["a-1", "a-2"]);
+        assert_eq!(ids("b"), ["b-1"]);
+        assert_eq!(ids("c"), ["c-1"]);
     }
 }

@@ -296,6 +296,10 @@ pub async fn reply(tx: &mut Tx, command: &Event, source: &str, outcome: Reply) -
     };
     let subject = command.subject.clone().unwrap_or_default();
     let mut event = Event::new(source, &format!("{}.{suffix}", command.ty), &subject, data);
+    if event.traceparent.is_none() {
+        // Answered outside a handler (a worker): stay in the command's trace.
+        event.traceparent = command.trace().map(|t| t.child().header());
+    }
     for key in ["sagaid", "sagastep"] {
         if let Some(v) = command.extensions.get(key) {
             event.extensions.insert(key.into(), v.clone());

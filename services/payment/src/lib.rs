@@ -21,7 +21,10 @@ use tessera::events::outbox::Outbox;
 use tessera::events::{BoxFuture, Consumer, Event, Handler, HandlerError, Tx};
 use tessera::saga::{self, Reply};
 use tessera::{ApiError, CallError, Caller, Db, Json, Migration, Query, Service, ServiceClient};
+use tessera::TraceContext;
+use tessera::client::{REQUEST, RequestContext};
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 pub const MIGRATIONS: &[Migration] =
     &[Migration { version: 1, description: "init", sqlite: include_str!("../migrations/0001_init.sql") }];
@@ -51,6 +54,7 @@ pub async fn run() -> anyhow::Result<()> {
             let events = ctx.events();
             events.consume(Consumer::new(COMMANDS, "payment"), Commands { wake: wake.clone() });
             let worker = Worker {
+                keys: ctx.keys.clone(),
                 db: ctx.db().clone(),
                 provider: ctx.client.with_timeout(config.call_timeout),
                 outbox: events.outbox.clone(),
@@ -133,6 +137,7 @@ impl Handler for Commands {
 }
 
 struct Worker {
+    keys: Arc<tessera::PassportKeys>,
     db: Db,
     provider: ServiceClient,
     outbox: Outbox,
@@ -179,11 +184,22 @@ impl Worker {
             for (order_id, status, amount, currency, attempts) in due {
                 let w = worker.clone();
                 calls.spawn(async move {
-                    let result = if status == "pending" {
-                        w.charge(&order_id, amount, &currency, attempts).await
-                    } else {
-                        w.void(&order_id, attempts).await
-                    };
+                    // Work for an order happens in the trace of the order's checkout.
+                    let trace = w.trace_of(&order_id).await.unwrap_or_else(TraceContext::new_root);
+                    let (trace_id, span_id) = (trace.trace_id_hex(), trace.span_id_hex());
+                    let span = tracing::info_span!("payment", trace_id = trace_id.as_str(), span_id = span_id.as_str());
+                    let passport = w.keys.mint("service:payment", "service:payment", &["system".into()], None, &trace);
+                    let ctx = RequestContext { passport: passport.into(), trace };
+                    let result = REQUEST
+                        .scope(ctx, async {
+                            if status == "pending" {
+                                w.charge(&order_id, amount, &currency, attempts).await
+                            } else {
+                                w.void(&order_id, attempts).await
+                            }
+                        })
+                        .instrument(span)
+                        .await;
                     if let Err(e) = result {
                         tracing::warn!(order = %order_id, error = %e, "payment step failed; will retry");
                     }
@@ -192,6 +208,17 @@ impl Worker {
             while calls.join_next().await.is_some() {}
             worker.outbox.wake();
         }
+    }
+
+    /// The trace of the command that asked for this payment.
+    async fn trace_of(&self, order_id: &str) -> Option<TraceContext> {
+        let row: Option<(String,)> = sqlx::query_as("SELECT command FROM payments WHERE order_id = $1")
+            .bind(order_id)
+            .fetch_optional(self.db.pool())
+            .await
+            .ok()?;
+        let command: Event = serde_json::from_str(&row?.0).ok()?;
+        command.trace().map(|t| t.child())
     }
 
     async fn call_charge(&self, order_id: &str, amount: i64, currency: &str) -> Charged {

@@ -168,6 +168,7 @@ impl Consumer {
         let passport: Arc<str> = env.keys.mint(&me, &me, &["system".to_string()], None, &trace).into();
         let ctx = RequestContext { passport, trace };
         let mut attempt = 0;
+        let started = std::time::Instant::now();
         loop {
             attempt += 1;
             let result = REQUEST
@@ -177,6 +178,15 @@ impl Consumer {
             match result {
                 Ok(Outcome::Handled) => {
                     env.outbox.wake();
+                    span.in_scope(|| {
+                        tracing::info!(
+                            topic = %self.topic,
+                            event_type = %event.ty,
+                            id = %event.id,
+                            latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+                            "event handled"
+                        )
+                    });
                     metrics::counter!("tessera_events_handled_total", "topic" => self.topic.clone()).increment(1);
                     return true;
                 }
