@@ -161,8 +161,8 @@ async fn commit(tx: &mut Tx, order: &OrderData) -> Result<(), HandlerError> {
         .bind(&order.order_id)
         .fetch_optional(&mut **tx)
         .await?;
-    if let Some((status, items)) = existing {
-        if status == "reserved" {
+    if let Some((status, items)) = existing
+        && status == "reserved" {
             let lines: Vec<Line> = serde_json::from_str(&items)?;
             for (product, quantity) in totals(&lines)? {
                 sqlx::query("UPDATE stock SET reserved = reserved - $2 WHERE product_id = $1")
@@ -173,7 +173,6 @@ async fn commit(tx: &mut Tx, order: &OrderData) -> Result<(), HandlerError> {
             }
             update(tx, &order.order_id, "committed").await?;
         }
-    }
     Ok(())
 }
 

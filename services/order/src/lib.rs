@@ -137,11 +137,10 @@ fn accepted(order_id: &str, status: &str) -> Response {
 
 async fn place(State(st): State<AppState>, caller: Caller, headers: HeaderMap, Json(req): Json<PlaceOrder>) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
-    if let Some(key) = &key {
-        if let Some(order_id) = existing_order(&st.db, &caller.id, key).await? {
+    if let Some(key) = &key
+        && let Some(order_id) = existing_order(&st.db, &caller.id, key).await? {
             return Ok(accepted(&order_id, &status_of(&st.db, &order_id).await?));
         }
-    }
     if req.items.is_empty() || req.items.len() > MAX_LINES {
         return Err(ApiError::bad_request("invalid_items", format!("an order has 1 to {MAX_LINES} lines")));
     }
