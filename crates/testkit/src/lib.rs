@@ -120,6 +120,7 @@ state_dir = "state"
 listen = "127.0.0.1:{control_port}"
 heartbeat_ms = {heartbeat}
 ttl_ms = {ttl}
+lease_ms = 2000
 
 [gateway]
 listen = "127.0.0.1:{gateway_port}"
