@@ -315,3 +315,129 @@ fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    static STEPS: [Step; 2] = [
+        Step { name: "one", topic: "a.commands", command: "do.one", compensation: Some("undo.one"), timeout: Duration::from_secs(60) },
+        Step { name: "two", topic: "b.commands", command: "do.two", compensation: Some("undo.two"), timeout: Duration::ZERO },
+    ];
+    static DEF: SagaDef = SagaDef { name: "test", source: "/test", steps: &STEPS };
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl SagaHooks for Recorder {
+        fn step_done<'a>(&'a self, _: &'a mut Tx, s: &'a SagaState, step: &'static Step) -> BoxFuture<'a, Result<(), HandlerError>> {
+            self.0.lock().unwrap().push(format!("done {} {}", step.name, s.data["got"]));
+            Box::pin(async { Ok(()) })
+        }
+        fn completed<'a>(&'a self, _: &'a mut Tx, _: &'a SagaState) -> BoxFuture<'a, Result<(), HandlerError>> {
+            self.0.lock().unwrap().push("completed".into());
+            Box::pin(async { Ok(()) })
+        }
+        fn failed<'a>(&'a self, _: &'a mut Tx, _: &'a SagaState, reason: &'a str) -> BoxFuture<'a, Result<(), HandlerError>> {
+            self.0.lock().unwrap().push(format!("failed {reason}"));
+            Box::pin(async { Ok(()) })
+        }
+        fn stale_reply<'a>(&'a self, _: &'a mut Tx, _: &'a SagaState, step: &'static Step, _: &'a Event) -> BoxFuture<'a, Result<(), HandlerError>> {
+            self.0.lock().unwrap().push(format!("stale {}", step.name));
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    async fn db() -> Db {
+        let dir = std::env::temp_dir().join(format!("tessera-saga-{}", uuid::Uuid::new_v4()));
+        Db::open(&Db::default_url(&dir, "s"), crate::events::MIGRATIONS).await.unwrap()
+    }
+
+    /// The commands in the outbox, as (topic, type), and empties it.
+    async fn sent(db: &Db) -> Vec<(String, String, Event)> {
+        let rows: Vec<(String, String)> = sqlx::query_as("SELECT topic, event FROM tessera_outbox ORDER BY id").fetch_all(db.pool()).await.unwrap();
+        sqlx::query("DELETE FROM tessera_outbox").execute(db.pool()).await.unwrap();
+        rows.into_iter()
+            .map(|(t, e)| {
+                let e: Event = serde_json::from_str(&e).unwrap();
+                (t, e.ty.clone(), e)
+            })
+            .collect()
+    }
+
+    async fn answer(db: &Db, saga: &Saga, hooks: &Recorder, command: &Event, outcome: Reply) {
+        let mut tx = db.write_tx().await.unwrap();
+        reply(&mut tx, command, "/p", outcome).await.unwrap();
+        tx.commit().await.unwrap();
+        let replies = sent(db).await;
+        assert_eq!(replies.len(), 1);
+        assert_eq!(replies[0].0, "saga.test.replies");
+        let mut tx = db.write_tx().await.unwrap();
+        saga.on_reply(&mut tx, &replies[0].2, hooks).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    async fn status(db: &Db, id: &str) -> String {
+        sqlx::query_as::<_, (String,)>("SELECT status FROM tessera_sagas WHERE id = $1").bind(id).fetch_one(db.pool()).await.unwrap().0
+    }
+
+    async fn started(db: &Db, saga: &Saga, id: &str) -> Event {
+        let mut tx = db.write_tx().await.unwrap();
+        saga.start(&mut tx, id, serde_json::json!({"id": id})).await.unwrap();
+        tx.commit().await.unwrap();
+        let cmds = sent(db).await;
+        assert_eq!((cmds[0].0.as_str(), cmds[0].1.as_str()), ("a.commands", "do.one"));
+        assert_eq!(cmds[0].2.extensions["sagareplyto"], "saga.test.replies");
+        cmds[0].2.clone()
+    }
+
+    #[tokio::test]
+    async fn steps_run_in_order_and_complete() {
+        let (db, saga, hooks) = (db().await, Saga::new(&DEF), Recorder::default());
+        let one = started(&db, &saga, "s1").await;
+        answer(&db, &saga, &hooks, &one, Reply::Ok(serde_json::json!({"got": 1}))).await;
+        let cmds = sent(&db).await;
+        assert_eq!((cmds[0].0.as_str(), cmds[0].1.as_str()), ("b.commands", "do.two"));
+        assert_eq!(cmds[0].2.data["got"], 1, "replies' data joins the saga's data");
+        answer(&db, &saga, &hooks, &cmds[0].2, Reply::Ok(serde_json::json!({}))).await;
+        assert_eq!(status(&db, "s1").await, "completed");
+        assert_eq!(*hooks.0.lock().unwrap(), ["done one 1", "done two 1", "completed"]);
+        assert!(sent(&db).await.is_empty(), "nothing to compensate");
+    }
+
+    #[tokio::test]
+    async fn a_failure_compensates_the_steps_before_it_in_reverse() {
+        let (db, saga, hooks) = (db().await, Saga::new(&DEF), Recorder::default());
+        let one = started(&db, &saga, "s2").await;
+        answer(&db, &saga, &hooks, &one, Reply::Ok(serde_json::json!({}))).await;
+        let two = sent(&db).await.remove(0).2;
+        answer(&db, &saga, &hooks, &two, Reply::Failed("declined".into())).await;
+        let comps = sent(&db).await;
+        assert_eq!(comps.iter().map(|c| c.1.as_str()).collect::<Vec<_>>(), ["undo.one"]);
+        assert!(!comps[0].2.extensions.contains_key("sagareplyto"), "compensations expect no reply");
+        assert_eq!(status(&db, "s2").await, "failed");
+        assert_eq!(hooks.0.lock().unwrap().last().unwrap(), "failed declined");
+        // A reply that comes later changes nothing.
+        answer(&db, &saga, &hooks, &two, Reply::Ok(serde_json::json!({}))).await;
+        assert_eq!(hooks.0.lock().unwrap().last().unwrap(), "stale two");
+        assert_eq!(status(&db, "s2").await, "failed");
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_step_is_compensated_with_the_ones_before() {
+        let (db, saga, hooks) = (db().await, Saga::new(&DEF), Recorder::default());
+        let one = started(&db, &saga, "s3").await;
+        assert_eq!(saga.tick(&db, &hooks).await.unwrap(), 0, "step one has a minute");
+        answer(&db, &saga, &hooks, &one, Reply::Ok(serde_json::json!({}))).await;
+        sent(&db).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(saga.tick(&db, &hooks).await.unwrap(), 1, "step two times out at once");
+        let comps = sent(&db).await;
+        assert_eq!(comps.iter().map(|c| c.1.as_str()).collect::<Vec<_>>(), ["undo.two", "undo.one"]);
+        assert_eq!(status(&db, "s3").await, "failed");
+        assert_eq!(hooks.0.lock().unwrap().last().unwrap(), "failed timeout: two");
+        assert_eq!(saga.tick(&db, &hooks).await.unwrap(), 0, "once");
+    }
+}
