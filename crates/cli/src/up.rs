@@ -123,7 +123,10 @@ pub async fn run(manifest_path: &Path, manifest: Manifest, no_build: bool) -> an
             say(&format!("  gateway        http://{}", manifest.gateway.listen));
             say(&format!("  control plane  {control_url}"));
             for (name, spec) in &manifest.services {
-                say(&format!("  {name:<14} {} replica(s), routed by the gateway", spec.replicas));
+                let routes: Vec<&str> =
+                    manifest.routes.iter().filter(|r| &r.service == name).map(|r| r.prefix.as_str()).collect();
+                let reach = if routes.is_empty() { "internal".to_string() } else { routes.join(", ") };
+                say(&format!("  {name:<16} {} replica(s)  {reach}", spec.replicas));
             }
             say("press Ctrl-C to stop");
             shutdown_signal().await;
