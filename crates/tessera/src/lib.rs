@@ -17,6 +17,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod passport;
 pub mod registry;
+pub mod resilience;
 pub mod saga;
 pub mod service;
 pub mod store;

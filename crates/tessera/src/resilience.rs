@@ -1,0 +1,16 @@
+//! Resilience primitives shared by the service client and the gateway: a circuit breaker on
+//! the Resilience4j model, exponential backoff with full jitter, a retry budget, a bulkhead,
+//! and token-bucket rate limits. `docs/resilience.md` maps each to its Resilience4j and Envoy
+//! equivalent.
+//!
+//! Time comes from `tokio::time::Instant`, so every rule is tested with paused time.
+
+pub mod breaker;
+pub mod bulkhead;
+pub mod ratelimit;
+pub mod retry;
+
+pub use breaker::{Breaker, BreakerConfig, BreakerState, CallOutcome, Open};
+pub use bulkhead::{Bulkhead, BulkheadFull};
+pub use ratelimit::{Allowed, Limited, RateLimit, RateLimiter};
+pub use retry::{Backoff, BudgetConfig, RetryBudget};
