@@ -10,10 +10,10 @@ pub mod envelope;
 pub mod proxy;
 pub mod routes;
 pub mod tokens;
+pub mod upstream;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -72,6 +72,7 @@ pub async fn serve(
 
     let gateway = Arc::new(Gateway {
         routes: RouteTable::new(&manifest.routes),
+        upstreams: upstream::build(manifest),
         discovery: discovery.clone(),
         keys,
         tokens,
@@ -79,7 +80,6 @@ pub async fn serve(
         upstream_timeout: Duration::from_millis(manifest.gateway.upstream_timeout_ms),
         max_body: manifest.gateway.max_body_bytes,
         max_response: manifest.gateway.max_response_bytes,
-        next: AtomicUsize::new(0),
         revoke_for: Duration::from_secs(24 * 3600),
     });
     discovery.wait_loaded(Duration::from_secs(5)).await;
@@ -108,7 +108,8 @@ pub async fn serve(
                 match req.uri().path() {
                     "/health/live" | "/health/ready" => Ok(plain(StatusCode::OK, "{\"status\":\"ready\"}")),
                     "/metrics" => Ok(plain(StatusCode::OK, &tessera::metrics::render())),
-                    _ => gateway.handle(req).await,
+                    "/status/resilience" => Ok(plain(StatusCode::OK, &gateway.resilience_status())),
+                    _ => gateway.handle(req, peer.ip()).await,
                 }
             }
         });

@@ -1,8 +1,9 @@
 //! The request path: route, authenticate, mint the passport, forward, wrap, log.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -13,25 +14,26 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tessera::TraceContext;
-use tessera::manifest::AuthMode;
+use tessera::manifest::{AuthMode, Fallback};
+use tessera::resilience::Limited as RateLimited;
 use tessera::passport::{self, PassportKeys};
 use tessera::registry::Discovery;
 
 use crate::envelope;
 use crate::routes::RouteTable;
 use crate::tokens::{TokenError, TokenVerifier};
+use crate::upstream::{CallFailure, Exchange, Upstream};
 
 /// A response header by which an upstream asks the gateway to revoke the caller's session
 /// at once (the token service sets it on logout). Never sent on to the client.
 pub const REVOKE_SESSION: &str = "x-tessera-revoke-session";
 const ISSUER: &str = "tessera-gateway";
-/// How many instances a request may try when connections are refused.
-const CONNECT_ATTEMPTS: usize = 3;
 
 pub type Body = Full<Bytes>;
 
 pub struct Gateway {
     pub routes: RouteTable,
+    pub upstreams: HashMap<String, Arc<Upstream>>,
     pub discovery: Discovery,
     pub keys: PassportKeys,
     pub tokens: Option<Arc<TokenVerifier>>,
@@ -39,7 +41,6 @@ pub struct Gateway {
     pub upstream_timeout: Duration,
     pub max_body: u64,
     pub max_response: u64,
-    pub next: AtomicUsize,
     /// The longest a revoked session's tokens can live (the token service's access TTL, or a
     /// safe bound), for revocations that arrive by header.
     pub revoke_for: Duration,
@@ -52,7 +53,7 @@ struct Outcome {
 }
 
 impl Gateway {
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: IpAddr) -> Result<Response<Body>, Infallible> {
         let start = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
@@ -64,7 +65,7 @@ impl Gateway {
         let trace = parent.map_or_else(TraceContext::new_root, |p| p.child());
         let trace_id = trace.trace_id_hex();
 
-        let (mut response, outcome, route) = match self.forward(req, &trace, &trace_id).await {
+        let (mut response, outcome, route) = match self.forward(req, peer, &trace, &trace_id).await {
             Ok((resp, upstream, route)) => {
                 let status = resp.status().as_u16();
                 (resp, Outcome { status, upstream: Some(upstream) }, route)
@@ -99,6 +100,7 @@ impl Gateway {
     async fn forward<'a>(
         &'a self,
         req: Request<Incoming>,
+        peer: IpAddr,
         trace: &TraceContext,
         trace_id: &str,
     ) -> Result<(Response<Body>, String, Option<&'a str>), GatewayError<'a>> {
@@ -107,6 +109,9 @@ impl Gateway {
             .find(req.uri().path())
             .ok_or_else(|| GatewayError::new(StatusCode::NOT_FOUND, "route_not_found", "no route for this path"))?;
         let fail = |status, code, message: &str| GatewayError::new(status, code, message).on(&route.prefix);
+        if let Some(limiter) = &route.per_ip {
+            limiter.check(&peer.to_string()).map_err(|l| limited(l).on(&route.prefix))?;
+        }
 
         // Who is calling.
         let identity = match req.headers().get(header::AUTHORIZATION) {
@@ -131,6 +136,9 @@ impl Gateway {
                 }
             }
         };
+        if let (Some(limiter), Some(who)) = (&route.per_user, &identity) {
+            limiter.check(&who.sub).map_err(|l| limited(l).on(&route.prefix))?;
+        }
         if identity.is_none() && route.auth == AuthMode::Required {
             return Err(fail(StatusCode::UNAUTHORIZED, "unauthenticated", "this route needs an access token"));
         }
@@ -159,14 +167,12 @@ impl Gateway {
             Err(_) => return Err(fail(StatusCode::BAD_REQUEST, "bad_request", "could not read the request body")),
         };
 
-        // Where to.
-        let instances = self
-            .discovery
-            .instances(&route.service)
-            .filter(|l| !l.is_empty())
+        // Where to, and how.
+        let upstream = self
+            .upstreams
+            .get(&route.service)
             .ok_or_else(|| fail(StatusCode::SERVICE_UNAVAILABLE, "no_instance", "no live instance of the service"))?;
-        let first = self.next.fetch_add(1, Ordering::Relaxed);
-
+        let instances = self.discovery.instances(&route.service).unwrap_or_else(|| Arc::from(Vec::new()));
         let passport = match &identity {
             Some(v) => self.keys.mint(ISSUER, &v.sub, &v.roles, v.sid.as_deref(), trace),
             None => self.keys.mint(ISSUER, passport::ANONYMOUS, &[], None, trace),
@@ -176,53 +182,38 @@ impl Gateway {
         headers.insert(HeaderName::from_static(passport::HEADER), header_value(&passport)?);
         headers.insert(HeaderName::from_static("traceparent"), header_value(&trace.header())?);
         let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-
-        // Send and read, within the deadline. A connection that could not be made proves the
-        // request never reached the instance, so it is safe to try the next one (an instance
-        // that died a moment ago is still in the registry until its TTL lapses).
-        let attempts = instances.len().min(CONNECT_ATTEMPTS);
-        let exchange = async {
-            let mut attempt = 0;
-            loop {
-                let instance = &instances[(first + attempt) % instances.len()];
-                let mut upstream = Request::builder()
-                    .method(parts.method.clone())
-                    .uri(format!("http://{}{}", instance.address, path_and_query))
-                    .body(Full::new(body.clone()))
-                    .map_err(|_| fail(StatusCode::BAD_REQUEST, "bad_request", "request cannot be forwarded"))?;
-                // Clone only while another attempt may need them.
-                *upstream.headers_mut() =
-                    if attempt + 1 < attempts { headers.clone() } else { std::mem::take(&mut headers) };
-                let resp = match self.client.request(upstream).await {
-                    Ok(resp) => resp,
-                    Err(e) => {
-                        tracing::warn!(upstream = %instance.id, error = %e, "upstream request failed");
-                        attempt += 1;
-                        if e.is_connect() && attempt < attempts {
-                            continue;
-                        }
-                        return Err(fail(StatusCode::BAD_GATEWAY, "bad_gateway", "the service could not be reached"));
-                    }
-                };
-                let (parts, body) = resp.into_parts();
-                let body = Limited::new(body, self.max_response as usize)
-                    .collect()
-                    .await
-                    .map_err(|_| fail(StatusCode::BAD_GATEWAY, "bad_gateway", "the service's response could not be read"))?
-                    .to_bytes();
-                return Ok::<_, GatewayError>((parts, body, instance));
+        let exchange = upstream
+            .call(&self.client, &instances, &parts.method, path_and_query, headers, body, self.max_response, self.upstream_timeout)
+            .await;
+        let Exchange { parts, body, instance } = match exchange {
+            Ok(x) => x,
+            Err(CallFailure::Open) => {
+                if let Some(fallback) = &route.fallback {
+                    return Ok((fallback_response(fallback, trace_id), "fallback".into(), Some(route.prefix.as_str())));
+                }
+                return Err(fail(StatusCode::SERVICE_UNAVAILABLE, "circuit_open", "the service is failing; try again shortly"));
+            }
+            Err(CallFailure::Full) => {
+                return Err(fail(StatusCode::SERVICE_UNAVAILABLE, "bulkhead_full", "too many requests to this service in flight"));
+            }
+            Err(CallFailure::NoInstance) => {
+                return Err(fail(StatusCode::SERVICE_UNAVAILABLE, "no_instance", "no live instance of the service"));
+            }
+            Err(CallFailure::Timeout) => {
+                return Err(fail(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", "the service did not answer in time"));
+            }
+            Err(CallFailure::Unreachable | CallFailure::BadResponse) => {
+                return Err(fail(StatusCode::BAD_GATEWAY, "bad_gateway", "the service could not be reached"));
             }
         };
-        let (parts, body, instance) = tokio::time::timeout(self.upstream_timeout, exchange)
-            .await
-            .map_err(|_| fail(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", "the service did not answer in time"))??;
 
-        if let (Some(sid), Some(tokens)) = (parts.headers.get(REVOKE_SESSION), &self.tokens)
-            && let Ok(sid) = sid.to_str() {
+        if let (Some(sid), Some(tokens)) = (parts.headers.get(REVOKE_SESSION), &self.tokens) {
+            if let Ok(sid) = sid.to_str() {
                 tokens.revoke(sid, tessera::unix_now() + self.revoke_for.as_secs());
             }
+        }
         let response = self.wrap(parts, body, trace_id).map_err(|e| e.on(&route.prefix))?;
-        Ok((response, instance.id.clone(), Some(route.prefix.as_str())))
+        Ok((response, instance, Some(route.prefix.as_str())))
     }
 
     /// Wraps an upstream response in the envelope.
@@ -292,11 +283,13 @@ pub struct GatewayError<'a> {
     pub code: &'static str,
     pub message: String,
     pub route: Option<&'a str>,
+    /// For 429: (limit, seconds to wait).
+    pub retry_after: Option<(u32, u64)>,
 }
 
 impl<'a> GatewayError<'a> {
     fn new(status: StatusCode, code: &'static str, message: &str) -> Self {
-        Self { status, code, message: message.to_string(), route: None }
+        Self { status, code, message: message.to_string(), route: None, retry_after: None }
     }
 
     fn on(self, route: &'a str) -> GatewayError<'a> {
@@ -307,7 +300,31 @@ impl<'a> GatewayError<'a> {
 fn error_response(e: &GatewayError<'_>, trace_id: &str) -> Response<Body> {
     let mut resp = Response::new(Full::new(envelope::error(e.code, &e.message, trace_id)));
     *resp.status_mut() = e.status;
+    let headers = resp.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some((limit, wait)) = e.retry_after {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(wait));
+        headers.insert(HeaderName::from_static("ratelimit-limit"), HeaderValue::from(limit));
+        headers.insert(HeaderName::from_static("ratelimit-remaining"), HeaderValue::from(0u32));
+        headers.insert(HeaderName::from_static("ratelimit-reset"), HeaderValue::from(wait));
+    }
+    resp
+}
+
+fn limited<'a>(l: RateLimited) -> GatewayError<'a> {
+    metrics::counter!("tessera_rate_limited_total").increment(1);
+    GatewayError {
+        retry_after: Some((l.limit, l.retry_after)),
+        ..GatewayError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests; slow down")
+    }
+}
+
+/// The route's configured answer while its service's breaker is open.
+fn fallback_response(f: &Fallback, trace_id: &str) -> Response<Body> {
+    let mut resp = Response::new(Full::new(envelope::success(Some(f.body.as_bytes()), trace_id)));
+    *resp.status_mut() = StatusCode::from_u16(f.status).unwrap_or(StatusCode::OK);
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(HeaderName::from_static("x-tessera-fallback"), HeaderValue::from_static("circuit-open"));
     resp
 }
 
@@ -355,5 +372,14 @@ fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
             continue;
         }
         to.append(name.clone(), value.clone());
+    }
+}
+
+impl Gateway {
+    /// Every upstream's breaker state and bulkhead use, as JSON.
+    pub fn resilience_status(&self) -> String {
+        let upstreams: serde_json::Map<String, serde_json::Value> =
+            self.upstreams.iter().map(|(name, u)| (name.clone(), u.status())).collect();
+        serde_json::json!({ "upstreams": upstreams }).to_string()
     }
 }

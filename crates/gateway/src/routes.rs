@@ -1,18 +1,21 @@
 //! The route table: longest path prefix wins, matched at segment boundaries.
 
-use tessera::manifest::{AuthMode, Route};
+use tessera::manifest::{AuthMode, Fallback, Route};
+use tessera::resilience::RateLimiter;
 
 /// A route ready for matching.
-#[derive(Debug)]
 pub struct CompiledRoute {
     /// Without a trailing slash.
     pub prefix: String,
     pub service: String,
     pub auth: AuthMode,
     pub roles: Vec<String>,
+    pub per_ip: Option<RateLimiter>,
+    pub per_user: Option<RateLimiter>,
+    pub fallback: Option<Fallback>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct RouteTable {
     /// Longest prefix first.
     routes: Vec<CompiledRoute>,
@@ -27,6 +30,9 @@ impl RouteTable {
                 service: r.service.clone(),
                 auth: r.auth,
                 roles: r.roles.clone(),
+                per_ip: r.rate_limit.as_ref().and_then(|l| l.per_ip.clone()).map(RateLimiter::new),
+                per_user: r.rate_limit.as_ref().and_then(|l| l.per_user.clone()).map(RateLimiter::new),
+                fallback: r.fallback.clone(),
             })
             .collect();
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
@@ -46,7 +52,14 @@ mod tests {
     use super::*;
 
     fn route(prefix: &str, service: &str) -> Route {
-        Route { prefix: prefix.into(), service: service.into(), auth: AuthMode::Public, roles: vec![] }
+        Route {
+            prefix: prefix.into(),
+            service: service.into(),
+            auth: AuthMode::Public,
+            roles: vec![],
+            rate_limit: None,
+            fallback: None,
+        }
     }
 
     #[test]

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::resilience::{Backoff, BreakerConfig, BudgetConfig, RateLimit};
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
@@ -82,6 +84,43 @@ pub struct Gateway {
     pub max_response_bytes: u64,
     /// Where access tokens come from; without it, every route must be public.
     pub tokens: Option<Tokens>,
+    /// Breakers, bulkheads and retries for every upstream service…
+    pub resilience: Resilience,
+    /// …or, per service, instead.
+    pub upstreams: BTreeMap<String, Resilience>,
+}
+
+/// How calls to one upstream service are protected (`docs/resilience.md`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Resilience {
+    pub breaker: BreakerConfig,
+    /// Bulkhead: calls in flight to the service at once; more get 503 at once.
+    pub max_concurrent: usize,
+    pub retry: RetryConfig,
+}
+
+impl Default for Resilience {
+    fn default() -> Self {
+        Self { breaker: BreakerConfig::default(), max_concurrent: 512, retry: RetryConfig::default() }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Attempts in all, the first included (1 = no retries).
+    pub max_attempts: u32,
+    /// Time limit of one attempt (the whole request keeps its own limit).
+    pub per_try_timeout_ms: Option<u64>,
+    pub backoff: Backoff,
+    pub budget: BudgetConfig,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self { max_attempts: 2, per_try_timeout_ms: None, backoff: Backoff::default(), budget: BudgetConfig::default() }
+    }
 }
 
 impl Default for Gateway {
@@ -93,6 +132,8 @@ impl Default for Gateway {
             max_body_bytes: 1024 * 1024,
             max_response_bytes: 16 * 1024 * 1024,
             tokens: None,
+            resilience: Resilience::default(),
+            upstreams: BTreeMap::new(),
         }
     }
 }
@@ -125,6 +166,34 @@ pub struct Route {
     /// If not empty, the caller needs one of these roles (403 otherwise).
     #[serde(default)]
     pub roles: Vec<String>,
+    /// Token-bucket limits on this route (429 past them).
+    #[serde(default)]
+    pub rate_limit: Option<RouteLimits>,
+    /// What to answer while the service's breaker is open, instead of 503.
+    #[serde(default)]
+    pub fallback: Option<Fallback>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteLimits {
+    /// Per client address, e.g. `"100/s"`.
+    pub per_ip: Option<RateLimit>,
+    /// Per signed-in user.
+    pub per_user: Option<RateLimit>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Fallback {
+    #[serde(default = "ok_status")]
+    pub status: u16,
+    /// A JSON document, answered as the envelope's `data`.
+    pub body: String,
+}
+
+fn ok_status() -> u16 {
+    200
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -229,6 +298,22 @@ impl Manifest {
         if self.control.lease_ms < 500 {
             return Err("control.lease_ms: must be at least 500".into());
         }
+        for (i, route) in self.routes.iter().enumerate() {
+            if let Some(f) = &route.fallback {
+                if serde_json::from_str::<serde::de::IgnoredAny>(&f.body).is_err() {
+                    return Err(format!("route[{i}].fallback.body: must be a JSON document"));
+                }
+                if !(200..=599).contains(&f.status) {
+                    return Err(format!("route[{i}].fallback.status: must be 200 to 599"));
+                }
+            }
+        }
+        for (name, r) in std::iter::once((&"(default)".to_string(), &self.gateway.resilience)).chain(&self.gateway.upstreams) {
+            r.breaker.validate().map_err(|e| format!("gateway.upstreams.{name}.breaker: {e}"))?;
+            if r.max_concurrent == 0 || r.retry.max_attempts == 0 {
+                return Err(format!("gateway.upstreams.{name}: max_concurrent and retry.max_attempts must be at least 1"));
+            }
+        }
         if self.control.ttl_ms <= self.control.heartbeat_ms {
             return Err("control.ttl_ms: must be longer than control.heartbeat_ms".into());
         }
@@ -273,6 +358,40 @@ mod tests {
         assert_eq!(m.services["catalog"].replicas, 2);
         assert_eq!(m.services["catalog"].command.argv(), ["bin/catalog", "--flag"]);
         assert_eq!(m.gateway.listen.port(), 8080);
+        assert_eq!(m.gateway.resilience, Resilience::default());
+    }
+
+    #[test]
+    fn parses_resilience_and_limits() {
+        let m = Manifest::parse(
+            r#"
+            [gateway.resilience]
+            max_concurrent = 10
+            breaker = { failure_rate = 0.25, minimum_calls = 5 }
+            retry = { max_attempts = 3, backoff = { base_ms = 10, max_ms = 100 } }
+            [gateway.upstreams.slow]
+            max_concurrent = 2
+            [[route]]
+            prefix = "/api/auth/login"
+            service = "auth"
+            auth = "public"
+            rate_limit = { per_ip = "10/m" }
+            fallback = { body = '{"items": []}' }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(m.gateway.resilience.max_concurrent, 10);
+        assert_eq!(m.gateway.resilience.breaker.failure_rate, 0.25);
+        assert_eq!(m.gateway.resilience.breaker.window_calls, 20, "unset fields keep their defaults");
+        assert_eq!(m.gateway.resilience.retry.max_attempts, 3);
+        assert_eq!(m.gateway.upstreams["slow"].max_concurrent, 2);
+        let limits = m.routes[0].rate_limit.as_ref().unwrap();
+        assert_eq!(limits.per_ip.as_ref().unwrap().requests, 10);
+        assert_eq!(m.routes[0].fallback.as_ref().unwrap().status, 200);
+        let e = Manifest::parse("[[route]]\nprefix = \"/a\"\nservice = \"a\"\nauth = \"public\"\nrate_limit = { per_ip = \"lots\" }\n").unwrap_err();
+        assert!(e.to_string().contains("lots"), "{e}");
+        let e = Manifest::parse("[gateway.resilience]\nbreaker = { failure_rate = 2.0 }\n").unwrap_err();
+        assert!(e.to_string().contains("breaker"), "{e}");
     }
 
     #[test]

@@ -1,0 +1,180 @@
+//! One upstream service as the gateway sees it: a circuit breaker, a bulkhead, and retries
+//! within a budget, around the instances the registry knows.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::HeaderMap;
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use tessera::manifest::{Resilience, RetryConfig};
+use tessera::registry::Instance;
+use tessera::resilience::{Breaker, Bulkhead, CallOutcome, RetryBudget};
+
+/// How many instances a request may try when connections are refused (those never reached
+/// the instance, so they cost no retry budget).
+const CONNECT_ATTEMPTS: usize = 3;
+
+pub struct Upstream {
+    pub name: String,
+    pub breaker: Breaker,
+    pub bulkhead: Bulkhead,
+    budget: RetryBudget,
+    retry: RetryConfig,
+    next: AtomicUsize,
+}
+
+/// Why a call to an upstream produced no response.
+#[derive(Debug)]
+pub enum CallFailure {
+    Open,
+    Full,
+    NoInstance,
+    Unreachable,
+    Timeout,
+    BadResponse,
+}
+
+pub struct Exchange {
+    pub parts: http::response::Parts,
+    pub body: Bytes,
+    pub instance: String,
+}
+
+impl Upstream {
+    pub fn new(name: &str, config: &Resilience) -> Self {
+        Self {
+            name: name.to_string(),
+            breaker: Breaker::new(name, config.breaker.clone()),
+            bulkhead: Bulkhead::new(name, config.max_concurrent),
+            budget: RetryBudget::new(config.retry.budget.clone()),
+            retry: config.retry.clone(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Sends the request to an instance, retrying where that is safe and the budget allows.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn call(
+        &self,
+        client: &Client<HttpConnector, Full<Bytes>>,
+        instances: &[Instance],
+        method: &Method,
+        path_and_query: &str,
+        mut headers: HeaderMap,
+        body: Bytes,
+        max_response: u64,
+        deadline: Duration,
+    ) -> Result<Exchange, CallFailure> {
+        self.breaker.acquire().map_err(|_| CallFailure::Open)?;
+        let _slot = match self.bulkhead.enter() {
+            Ok(slot) => slot,
+            Err(_) => {
+                self.breaker.record(CallOutcome::Ignored, Duration::ZERO);
+                return Err(CallFailure::Full);
+            }
+        };
+        if instances.is_empty() {
+            self.breaker.record(CallOutcome::Ignored, Duration::ZERO);
+            return Err(CallFailure::NoInstance);
+        }
+        let started = Instant::now();
+        self.budget.deposit();
+        // Retrying is safe when the method is idempotent or the client made it so.
+        let idempotent = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE)
+            || headers.contains_key("idempotency-key");
+        let per_try = self.retry.per_try_timeout_ms.map(Duration::from_millis).unwrap_or(deadline);
+        let first = self.next.fetch_add(1, Ordering::Relaxed);
+
+        let attempts = async {
+            let (mut attempt, mut refused) = (0u32, 0usize);
+            loop {
+                let instance = &instances[(first + attempt as usize + refused) % instances.len()];
+                let more_may_follow = attempt + 1 < self.retry.max_attempts || refused + 1 < CONNECT_ATTEMPTS;
+                let mut req = Request::builder()
+                    .method(method.clone())
+                    .uri(format!("http://{}{}", instance.address, path_and_query))
+                    .body(Full::new(body.clone()))
+                    .map_err(|_| CallFailure::BadResponse)?;
+                // Clone the headers only while another attempt may need them.
+                *req.headers_mut() = if more_may_follow { headers.clone() } else { std::mem::take(&mut headers) };
+                let outcome = tokio::time::timeout(per_try, async {
+                    let resp = client.request(req).await;
+                    match resp {
+                        Err(e) => Err(if e.is_connect() { CallFailure::Unreachable } else { CallFailure::BadResponse }),
+                        Ok(resp) => {
+                            let (parts, body) = resp.into_parts();
+                            let body = Limited::new(body, max_response as usize)
+                                .collect()
+                                .await
+                                .map_err(|_| CallFailure::BadResponse)?
+                                .to_bytes();
+                            Ok(Exchange { parts, body, instance: instance.id.clone() })
+                        }
+                    }
+                })
+                .await
+                .unwrap_or(Err(CallFailure::Timeout));
+
+                let retryable = match &outcome {
+                    Ok(x) => idempotent && matches!(x.parts.status.as_u16(), 502..=504),
+                    Err(CallFailure::Unreachable) => {
+                        tracing::warn!(upstream = %instance.id, "connection refused");
+                        if refused + 1 < CONNECT_ATTEMPTS.min(instances.len()) {
+                            refused += 1;
+                            continue; // never reached the instance: try the next one
+                        }
+                        idempotent
+                    }
+                    Err(_) => idempotent,
+                };
+                if retryable && attempt + 1 < self.retry.max_attempts && self.budget.withdraw() {
+                    attempt += 1;
+                    metrics::counter!("tessera_retries_total", "upstream" => self.name.clone()).increment(1);
+                    tokio::time::sleep(self.retry.backoff.delay(attempt)).await;
+                    continue;
+                }
+                return outcome;
+            }
+        };
+        let result = tokio::time::timeout(deadline, attempts).await.unwrap_or(Err(CallFailure::Timeout));
+        let verdict = match &result {
+            Ok(x) if x.parts.status.is_server_error() => CallOutcome::Failure,
+            Ok(_) => CallOutcome::Success,
+            Err(_) => CallOutcome::Failure,
+        };
+        self.breaker.record(verdict, started.elapsed());
+        result
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "breaker": self.breaker.state().as_str(),
+            "inFlight": self.bulkhead.in_flight(),
+            "maxConcurrent": self.bulkhead.limit(),
+        })
+    }
+}
+
+/// The upstreams of every route, by service name.
+pub fn build(manifest: &tessera::manifest::Manifest) -> std::collections::HashMap<String, Arc<Upstream>> {
+    let mut out = std::collections::HashMap::new();
+    for route in &manifest.routes {
+        out.entry(route.service.clone()).or_insert_with(|| {
+            let config = manifest.gateway.upstreams.get(&route.service).unwrap_or(&manifest.gateway.resilience);
+            Arc::new(Upstream::new(&route.service, config))
+        });
+    }
+    out
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream").field("name", &self.name).finish()
+    }
+}
+
