@@ -45,7 +45,9 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         match cli.command {
             Command::Up { no_build } => up::run(&cli.manifest, manifest, no_build).await,
@@ -54,8 +56,18 @@ fn main() -> anyhow::Result<()> {
                 tessera::log::init("control", "control");
                 let listener = tokio::net::TcpListener::bind(manifest.control.listen)
                     .await
-                    .with_context(|| format!("cannot listen on {} (control.listen)", manifest.control.listen))?;
-                let base = cli.manifest.canonicalize()?.parent().map(PathBuf::from).unwrap_or_default();
+                    .with_context(|| {
+                        format!(
+                            "cannot listen on {} (control.listen)",
+                            manifest.control.listen
+                        )
+                    })?;
+                let base = cli
+                    .manifest
+                    .canonicalize()?
+                    .parent()
+                    .map(PathBuf::from)
+                    .unwrap_or_default();
                 let config = tessera_control::ControlConfig {
                     settle: std::time::Duration::from_millis(manifest.control.heartbeat_ms * 2),
                     data_dir: base.join(&manifest.system.state_dir).join("control"),
@@ -73,7 +85,12 @@ fn main() -> anyhow::Result<()> {
                     .context("TESSERA_PASSPORT_KEYS is not set (tessera up sets it)")?;
                 let listener = tokio::net::TcpListener::bind(manifest.gateway.listen)
                     .await
-                    .with_context(|| format!("cannot listen on {} (gateway.listen)", manifest.gateway.listen))?;
+                    .with_context(|| {
+                        format!(
+                            "cannot listen on {} (gateway.listen)",
+                            manifest.gateway.listen
+                        )
+                    })?;
                 let config = tessera_gateway::GatewayConfig {
                     control_url: format!("http://{}", manifest.control.listen),
                     manifest,
@@ -90,12 +107,20 @@ async fn status(manifest: &Manifest) -> anyhow::Result<()> {
     let catalog = tessera::registry::RegistryClient::new(&url)
         .catalog(None, std::time::Duration::ZERO)
         .await
-        .with_context(|| format!("the control plane at {url} does not answer; is the system up?"))?;
-    println!("{:<14} {:<16} {:<22} {:<8} pid", "SERVICE", "INSTANCE", "ADDRESS", "VERSION");
+        .with_context(|| {
+            format!("the control plane at {url} does not answer; is the system up?")
+        })?;
+    println!(
+        "{:<14} {:<16} {:<22} {:<8} pid",
+        "SERVICE", "INSTANCE", "ADDRESS", "VERSION"
+    );
     for (service, instances) in &catalog.services {
         for i in instances {
             let pid = i.metadata.get("pid").map_or("-", String::as_str);
-            println!("{service:<14} {:<16} {:<22} {:<8} {pid}", i.id, i.address, i.version);
+            println!(
+                "{service:<14} {:<16} {:<22} {:<8} {pid}",
+                i.id, i.address, i.version
+            );
         }
     }
     for (name, spec) in &manifest.services {

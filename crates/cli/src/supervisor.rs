@@ -35,7 +35,12 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 const STABLE_AFTER: Duration = Duration::from_secs(10);
 
 /// Runs `spec` until `stop` turns true, restarting it when it dies.
-pub async fn supervise(spec: ProcSpec, index: usize, mut stop: watch::Receiver<bool>, grace: Duration) {
+pub async fn supervise(
+    spec: ProcSpec,
+    index: usize,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+) {
     let prefix = Prefix::new(&spec.name, index);
     let mut backoff = BACKOFF_START;
     loop {
@@ -68,11 +73,18 @@ pub async fn supervise(spec: ProcSpec, index: usize, mut stop: watch::Receiver<b
         if started.elapsed() > STABLE_AFTER {
             backoff = BACKOFF_START;
         }
-        let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
-        output::say(&format!("{} exited ({status}); restarting in {backoff:?}", spec.name));
+        let status = status
+            .map(|s| s.to_string())
+            .unwrap_or_else(|e| e.to_string());
+        output::say(&format!(
+            "{} exited ({status}); restarting in {backoff:?}",
+            spec.name
+        ));
         if let Some((control_url, instance)) = &spec.registry {
             // Best effort: if the control plane is down too, the TTL does the same job.
-            let _ = tessera::registry::RegistryClient::new(control_url).deregister(instance).await;
+            let _ = tessera::registry::RegistryClient::new(control_url)
+                .deregister(instance)
+                .await;
         }
         if sleep_or_stop(&mut stop, backoff).await {
             return;
@@ -91,7 +103,10 @@ async fn sleep_or_stop(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
 }
 
 fn spawn(spec: &ProcSpec, prefix: &Prefix) -> std::io::Result<Child> {
-    let (program, args) = spec.argv.split_first().ok_or_else(|| std::io::Error::other("empty command"))?;
+    let (program, args) = spec
+        .argv
+        .split_first()
+        .ok_or_else(|| std::io::Error::other("empty command"))?;
     let mut cmd = Command::new(program);
     cmd.args(args)
         .current_dir(&spec.cwd)

@@ -23,7 +23,10 @@ pub async fn run(manifest_path: &Path, manifest: Manifest, no_build: bool) -> an
     let manifest_path = manifest_path
         .canonicalize()
         .with_context(|| format!("cannot find {}", manifest_path.display()))?;
-    let base = manifest_path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let base = manifest_path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
     let state_dir = base.join(&manifest.system.state_dir);
     std::fs::create_dir_all(state_dir.join("data"))
         .with_context(|| format!("cannot create {}", state_dir.display()))?;
@@ -52,14 +55,28 @@ pub async fn run(manifest_path: &Path, manifest: Manifest, no_build: bool) -> an
     let common = vec![
         ("TESSERA_CONTROL_URL".to_string(), control_url.clone()),
         ("TESSERA_SYSTEM".to_string(), manifest.system.name.clone()),
-        ("TESSERA_DATA_DIR".to_string(), state_dir.join("data").to_string_lossy().into_owned()),
+        (
+            "TESSERA_DATA_DIR".to_string(),
+            state_dir.join("data").to_string_lossy().into_owned(),
+        ),
         ("TESSERA_PASSPORT_KEYS".to_string(), passport_keys),
-        ("TESSERA_HEARTBEAT_MS".to_string(), manifest.control.heartbeat_ms.to_string()),
-        ("TESSERA_TTL_MS".to_string(), manifest.control.ttl_ms.to_string()),
+        (
+            "TESSERA_HEARTBEAT_MS".to_string(),
+            manifest.control.heartbeat_ms.to_string(),
+        ),
+        (
+            "TESSERA_TTL_MS".to_string(),
+            manifest.control.ttl_ms.to_string(),
+        ),
     ];
     let platform = |name: &str, sub: &str| ProcSpec {
         name: name.to_string(),
-        argv: vec![exe.clone(), "--manifest".into(), manifest_arg.clone(), sub.into()],
+        argv: vec![
+            exe.clone(),
+            "--manifest".into(),
+            manifest_arg.clone(),
+            sub.into(),
+        ],
         env: common.clone(),
         cwd: base.clone(),
         registry: None,
@@ -101,13 +118,30 @@ pub async fn run(manifest_path: &Path, manifest: Manifest, no_build: bool) -> an
     };
 
     let started = async {
-        control_tasks.spawn(supervise(platform("control", "control"), next_color(), control_rx, GRACE));
-        wait_http_ok(&format!("{control_url}/health/ready")).await.context("the control plane did not start")?;
+        control_tasks.spawn(supervise(
+            platform("control", "control"),
+            next_color(),
+            control_rx,
+            GRACE,
+        ));
+        wait_http_ok(&format!("{control_url}/health/ready"))
+            .await
+            .context("the control plane did not start")?;
         for spec in &services {
-            service_tasks.spawn(supervise(spec.clone(), next_color(), services_rx.clone(), GRACE));
+            service_tasks.spawn(supervise(
+                spec.clone(),
+                next_color(),
+                services_rx.clone(),
+                GRACE,
+            ));
         }
         wait_registered(&control_url, services.iter().map(|s| s.name.as_str())).await?;
-        gateway_tasks.spawn(supervise(platform("gateway", "gateway"), next_color(), gateway_rx, GRACE));
+        gateway_tasks.spawn(supervise(
+            platform("gateway", "gateway"),
+            next_color(),
+            gateway_rx,
+            GRACE,
+        ));
         wait_http_ok(&format!("http://{}/health/ready", manifest.gateway.listen))
             .await
             .context("the gateway did not start")?;
@@ -120,13 +154,27 @@ pub async fn run(manifest_path: &Path, manifest: Manifest, no_build: bool) -> an
     match &outcome {
         Ok(()) => {
             say(&format!("ready in {:.2}s", start.elapsed().as_secs_f64()));
-            say(&format!("  gateway        http://{}", manifest.gateway.listen));
+            say(&format!(
+                "  gateway        http://{}",
+                manifest.gateway.listen
+            ));
             say(&format!("  control plane  {control_url}"));
             for (name, spec) in &manifest.services {
-                let routes: Vec<&str> =
-                    manifest.routes.iter().filter(|r| &r.service == name).map(|r| r.prefix.as_str()).collect();
-                let reach = if routes.is_empty() { "internal".to_string() } else { routes.join(", ") };
-                say(&format!("  {name:<16} {} replica(s)  {reach}", spec.replicas));
+                let routes: Vec<&str> = manifest
+                    .routes
+                    .iter()
+                    .filter(|r| &r.service == name)
+                    .map(|r| r.prefix.as_str())
+                    .collect();
+                let reach = if routes.is_empty() {
+                    "internal".to_string()
+                } else {
+                    routes.join(", ")
+                };
+                say(&format!(
+                    "  {name:<16} {} replica(s)  {reach}",
+                    spec.replicas
+                ));
             }
             say("press Ctrl-C to stop");
             shutdown_signal().await;
@@ -174,7 +222,11 @@ fn passport_keys(state_dir: &Path) -> anyhow::Result<String> {
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(contents.as_bytes())
 }
 
@@ -183,9 +235,10 @@ async fn wait_http_ok(url: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         if let Ok(r) = client.get(url).timeout(Duration::from_secs(1)).send().await
-            && r.status().is_success() {
-                return Ok(());
-            }
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
         if Instant::now() > deadline {
             bail!("{url} was not ready within {READY_TIMEOUT:?}");
         }
@@ -193,7 +246,10 @@ async fn wait_http_ok(url: &str) -> anyhow::Result<()> {
     }
 }
 
-async fn wait_registered<'a>(control_url: &str, instances: impl Iterator<Item = &'a str>) -> anyhow::Result<()> {
+async fn wait_registered<'a>(
+    control_url: &str,
+    instances: impl Iterator<Item = &'a str>,
+) -> anyhow::Result<()> {
     let expected: Vec<&str> = instances.collect();
     let registry = RegistryClient::new(control_url);
     let deadline = Instant::now() + READY_TIMEOUT;
@@ -210,7 +266,10 @@ async fn wait_registered<'a>(control_url: &str, instances: impl Iterator<Item = 
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("not registered within {READY_TIMEOUT:?}: {}", missing.join(", "));
+                bail!(
+                    "not registered within {READY_TIMEOUT:?}: {}",
+                    missing.join(", ")
+                );
             }
             index = Some(catalog.index);
         } else {

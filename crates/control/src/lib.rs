@@ -49,6 +49,8 @@ pub async fn serve(
     let registry = Registry::new(config.settle);
     registry.spawn_sweeper(Duration::from_millis(200));
     tracing::info!(address = %listener.local_addr()?, "control plane ready");
-    axum::serve(listener, router(registry, log)).with_graceful_shutdown(shutdown).await?;
+    axum::serve(listener, router(registry, log))
+        .with_graceful_shutdown(shutdown)
+        .await?;
     Ok(())
 }

@@ -56,7 +56,10 @@ impl Registry {
     pub fn new(settle: Duration) -> Self {
         let (index, _) = watch::channel(1);
         Self {
-            state: Arc::new(Mutex::new(State_ { entries: HashMap::new(), index: 1 })),
+            state: Arc::new(Mutex::new(State_ {
+                entries: HashMap::new(),
+                index: 1,
+            })),
             index,
             started: Instant::now(),
             settle,
@@ -75,7 +78,10 @@ impl Registry {
     pub fn register(&self, reg: Registration) {
         let ttl = Duration::from_millis(reg.ttl_ms).clamp(MIN_TTL, MAX_TTL);
         let mut state = self.lock();
-        let changed = state.entries.get(&reg.instance.id).is_none_or(|e| e.instance != reg.instance);
+        let changed = state
+            .entries
+            .get(&reg.instance.id)
+            .is_none_or(|e| e.instance != reg.instance);
         if changed {
             tracing::info!(
                 instance = %reg.instance.id,
@@ -84,9 +90,14 @@ impl Registry {
                 "registered"
             );
         }
-        state
-            .entries
-            .insert(reg.instance.id.clone(), Entry { instance: reg.instance, ttl, expires: Instant::now() + ttl });
+        state.entries.insert(
+            reg.instance.id.clone(),
+            Entry {
+                instance: reg.instance,
+                ttl,
+                expires: Instant::now() + ttl,
+            },
+        );
         if changed {
             self.bump(&mut state);
         }
@@ -149,7 +160,11 @@ impl Registry {
             settling: self.started.elapsed() < self.settle,
         };
         for e in state.entries.values() {
-            catalog.services.entry(e.instance.service.clone()).or_default().push(e.instance.clone());
+            catalog
+                .services
+                .entry(e.instance.service.clone())
+                .or_default()
+                .push(e.instance.clone());
         }
         for list in catalog.services.values_mut() {
             list.sort_by(|a, b| a.id.cmp(&b.id));
@@ -178,9 +193,15 @@ struct Blocking {
     wait: Option<u64>,
 }
 
-async fn list(State(registry): State<Registry>, query: Result<Query<Blocking>, axum::extract::rejection::QueryRejection>) -> Response {
+async fn list(
+    State(registry): State<Registry>,
+    query: Result<Query<Blocking>, axum::extract::rejection::QueryRejection>,
+) -> Response {
     let Ok(Query(q)) = query else {
-        return error(StatusCode::BAD_REQUEST, "index and wait must be whole numbers");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "index and wait must be whole numbers",
+        );
     };
     if let Some(after) = q.index {
         let wait = Duration::from_millis(q.wait.unwrap_or(30_000)).min(MAX_WAIT);
@@ -199,10 +220,22 @@ async fn register(
         Err(e) => return error(StatusCode::BAD_REQUEST, &e.body_text()),
     };
     if reg.instance.id != id {
-        return error(StatusCode::BAD_REQUEST, "the body's id differs from the path's");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the body's id differs from the path's",
+        );
     }
-    if reg.instance.service.is_empty() || reg.instance.address.parse::<std::net::SocketAddr>().is_err() {
-        return error(StatusCode::BAD_REQUEST, "service must be set and address must be host:port");
+    if reg.instance.service.is_empty()
+        || reg
+            .instance
+            .address
+            .parse::<std::net::SocketAddr>()
+            .is_err()
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "service must be set and address must be host:port",
+        );
     }
     registry.register(reg);
     StatusCode::OK.into_response()
@@ -225,7 +258,11 @@ async fn deregister(State(registry): State<Registry>, Path(id): Path<String>) ->
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
-    (status, Json(serde_json::json!({ "code": status.canonical_reason(), "message": message }))).into_response()
+    (
+        status,
+        Json(serde_json::json!({ "code": status.canonical_reason(), "message": message })),
+    )
+        .into_response()
 }
 
 #[cfg(test)]

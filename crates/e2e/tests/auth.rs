@@ -9,7 +9,11 @@ use tessera_testkit::System;
 async fn signup_login_me() {
     let sys = System::start().await;
     let (status, body) = sys
-        .post("/api/auth/signup", None, json!({"email": "Ann@Example.com", "password": "password123", "name": "Ann"}))
+        .post(
+            "/api/auth/signup",
+            None,
+            json!({"email": "Ann@Example.com", "password": "password123", "name": "Ann"}),
+        )
         .await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["success"], true);
@@ -24,14 +28,30 @@ async fn signup_login_me() {
 
     // Duplicate email, in any case.
     let (status, body) = sys
-        .post("/api/auth/signup", None, json!({"email": "ANN@example.com", "password": "password123", "name": "Ann 2"}))
+        .post(
+            "/api/auth/signup",
+            None,
+            json!({"email": "ANN@example.com", "password": "password123", "name": "Ann 2"}),
+        )
         .await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["error"]["code"], "email_taken");
 
     // Wrong password, unknown user: the same answer.
-    let (s1, b1) = sys.post("/api/auth/login", None, json!({"email": "ann@example.com", "password": "wrong-pass"})).await;
-    let (s2, b2) = sys.post("/api/auth/login", None, json!({"email": "nobody@example.com", "password": "wrong-pass"})).await;
+    let (s1, b1) = sys
+        .post(
+            "/api/auth/login",
+            None,
+            json!({"email": "ann@example.com", "password": "wrong-pass"}),
+        )
+        .await;
+    let (s2, b2) = sys
+        .post(
+            "/api/auth/login",
+            None,
+            json!({"email": "nobody@example.com", "password": "wrong-pass"}),
+        )
+        .await;
     assert_eq!((s1, s2), (401, 401));
     assert_eq!(b1["error"], b2["error"]);
 
@@ -44,13 +64,41 @@ async fn signup_login_me() {
 async fn bad_signups_get_clear_errors_and_write_nothing() {
     let sys = System::start().await;
     let cases: Vec<(&str, u16, &str)> = vec![
-        (r#"{"email": "a@b.co", "password": "password123""#, 400, "malformed_json"),
-        (r#"{"email": "a@b.co", "password": "password123"}"#, 400, "invalid_body"),
-        (r#"{"email": "a@b.co", "password": 12345678, "name": "A"}"#, 400, "invalid_body"),
-        (r#"{"email": "a@b.co", "password": "password123", "name": "A", "admin": true}"#, 400, "invalid_body"),
-        (r#"{"email": "not-an-email", "password": "password123", "name": "A"}"#, 400, "invalid_email"),
-        (r#"{"email": "a@b.co", "password": "short", "name": "A"}"#, 400, "weak_password"),
-        (r#"{"email": "a@b.co", "password": "password123", "name": ""}"#, 400, "invalid_name"),
+        (
+            r#"{"email": "a@b.co", "password": "password123""#,
+            400,
+            "malformed_json",
+        ),
+        (
+            r#"{"email": "a@b.co", "password": "password123"}"#,
+            400,
+            "invalid_body",
+        ),
+        (
+            r#"{"email": "a@b.co", "password": 12345678, "name": "A"}"#,
+            400,
+            "invalid_body",
+        ),
+        (
+            r#"{"email": "a@b.co", "password": "password123", "name": "A", "admin": true}"#,
+            400,
+            "invalid_body",
+        ),
+        (
+            r#"{"email": "not-an-email", "password": "password123", "name": "A"}"#,
+            400,
+            "invalid_email",
+        ),
+        (
+            r#"{"email": "a@b.co", "password": "short", "name": "A"}"#,
+            400,
+            "weak_password",
+        ),
+        (
+            r#"{"email": "a@b.co", "password": "password123", "name": ""}"#,
+            400,
+            "invalid_name",
+        ),
         (r#"[]"#, 400, "invalid_body"),
     ];
     for (body, want_status, want_code) in cases {
@@ -69,10 +117,22 @@ async fn bad_signups_get_clear_errors_and_write_nothing() {
         assert_eq!(env["error"]["code"], want_code, "{body} → {env}");
     }
     // Not JSON at all.
-    let resp = sys.http.post(sys.url("/api/auth/signup")).body("email=a").send().await.unwrap();
+    let resp = sys
+        .http
+        .post(sys.url("/api/auth/signup"))
+        .body("email=a")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status().as_u16(), 415);
     // None of those created the account.
-    let (status, _) = sys.post("/api/auth/login", None, json!({"email": "a@b.co", "password": "password123"})).await;
+    let (status, _) = sys
+        .post(
+            "/api/auth/login",
+            None,
+            json!({"email": "a@b.co", "password": "password123"}),
+        )
+        .await;
     assert_eq!(status, 401);
 }
 
@@ -81,29 +141,49 @@ async fn refresh_rotates_and_reuse_revokes_the_family() {
     let sys = System::start().await;
     let (access0, refresh0) = sys.new_user().await;
 
-    let (status, body) = sys.post("/api/auth/refresh", None, json!({"refreshToken": refresh0})).await;
+    let (status, body) = sys
+        .post("/api/auth/refresh", None, json!({"refreshToken": refresh0}))
+        .await;
     assert_eq!(status, 200, "{body}");
     let refresh1 = body["data"]["refreshToken"].as_str().unwrap().to_string();
     let access1 = body["data"]["accessToken"].as_str().unwrap().to_string();
     assert_ne!(refresh0, refresh1);
     assert_eq!(sys.get("/api/auth/me", Some(&access1)).await.0, 200);
 
-    let (status, body) = sys.post("/api/auth/refresh", None, json!({"refreshToken": refresh1})).await;
+    let (status, body) = sys
+        .post("/api/auth/refresh", None, json!({"refreshToken": refresh1}))
+        .await;
     assert_eq!(status, 200, "{body}");
     let refresh2 = body["data"]["refreshToken"].as_str().unwrap().to_string();
 
     // Someone replays the first token: the whole session ends.
-    let (status, body) = sys.post("/api/auth/refresh", None, json!({"refreshToken": refresh0})).await;
+    let (status, body) = sys
+        .post("/api/auth/refresh", None, json!({"refreshToken": refresh0}))
+        .await;
     assert_eq!(status, 401, "{body}");
     assert_eq!(body["error"]["code"], "refresh_token_reused");
-    let (status, body) = sys.post("/api/auth/refresh", None, json!({"refreshToken": refresh2})).await;
-    assert_eq!(status, 401, "the newest token of a revoked family is dead too: {body}");
+    let (status, body) = sys
+        .post("/api/auth/refresh", None, json!({"refreshToken": refresh2}))
+        .await;
+    assert_eq!(
+        status, 401,
+        "the newest token of a revoked family is dead too: {body}"
+    );
     for token in [&access0, &access1] {
         let (status, body) = sys.get("/api/auth/me", Some(token)).await;
-        assert_eq!(status, 401, "access tokens of the session are rejected: {body}");
+        assert_eq!(
+            status, 401,
+            "access tokens of the session are rejected: {body}"
+        );
     }
 
-    let (status, _) = sys.post("/api/auth/refresh", None, json!({"refreshToken": "made-up"})).await;
+    let (status, _) = sys
+        .post(
+            "/api/auth/refresh",
+            None,
+            json!({"refreshToken": "made-up"}),
+        )
+        .await;
     assert_eq!(status, 401);
 }
 
@@ -120,7 +200,9 @@ async fn logout_rejects_the_token_until_it_expires() {
     assert_eq!(body["error"]["code"], "unauthenticated");
     // On public routes too: a revoked token is refused, not downgraded to anonymous.
     assert_eq!(sys.get("/api/catalog/products", Some(&access)).await.0, 401);
-    let (status, _) = sys.post("/api/auth/refresh", None, json!({"refreshToken": refresh})).await;
+    let (status, _) = sys
+        .post("/api/auth/refresh", None, json!({"refreshToken": refresh}))
+        .await;
     assert_eq!(status, 401);
     // Other sessions are untouched.
     assert_eq!(sys.get("/api/auth/me", Some(&other)).await.0, 200);
@@ -148,7 +230,12 @@ fn sign_with_new_key(header: &Value, claims: &Value) -> String {
     let der = key.to_pkcs8_der().unwrap();
     let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
     h.kid = header["kid"].as_str().map(str::to_string);
-    jsonwebtoken::encode(&h, claims, &jsonwebtoken::EncodingKey::from_ed_der(der.as_bytes())).unwrap()
+    jsonwebtoken::encode(
+        &h,
+        claims,
+        &jsonwebtoken::EncodingKey::from_ed_der(der.as_bytes()),
+    )
+    .unwrap()
 }
 
 #[tokio::test]
@@ -170,11 +257,20 @@ async fn the_gateway_refuses_bad_access_tokens() {
     let mut unknown_kid_header = header.clone();
     unknown_kid_header["kid"] = json!("no-such-key");
     let unknown_kid = sign_with_new_key(&unknown_kid_header, &claims);
-    let none = join(&json!({"alg": "none", "typ": "JWT", "kid": header["kid"]}), &admin_claims, "");
+    let none = join(
+        &json!({"alg": "none", "typ": "JWT", "kid": header["kid"]}),
+        &admin_claims,
+        "",
+    );
     let hs256 = {
         let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
         h.kid = header["kid"].as_str().map(str::to_string);
-        jsonwebtoken::encode(&h, &admin_claims, &jsonwebtoken::EncodingKey::from_secret(b"guess")).unwrap()
+        jsonwebtoken::encode(
+            &h,
+            &admin_claims,
+            &jsonwebtoken::EncodingKey::from_secret(b"guess"),
+        )
+        .unwrap()
     };
     let mut foreign = claims.clone();
     foreign["aud"] = json!("some-other-api");
@@ -197,7 +293,13 @@ async fn the_gateway_refuses_bad_access_tokens() {
         let (status, _) = sys.get("/api/catalog/products", Some(token)).await;
         assert_eq!(status, 401, "{name} on a public route");
     }
-    let resp = sys.http.get(sys.url("/api/auth/me")).header("authorization", "Basic YTpi").send().await.unwrap();
+    let resp = sys
+        .http
+        .get(sys.url("/api/auth/me"))
+        .header("authorization", "Basic YTpi")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status().as_u16(), 401);
     // The real token still works after all that.
     assert_eq!(sys.get("/api/auth/me", Some(&access)).await.0, 200);
@@ -207,17 +309,32 @@ async fn the_gateway_refuses_bad_access_tokens() {
 async fn signing_key_rotation_keeps_old_tokens_and_accepts_new_ones() {
     let sys = System::start().await;
     let (user, _) = sys.new_user().await;
-    assert_eq!(sys.post("/api/auth/keys/rotate", Some(&user), json!({})).await.0, 403);
+    assert_eq!(
+        sys.post("/api/auth/keys/rotate", Some(&user), json!({}))
+            .await
+            .0,
+        403
+    );
     let admin = sys.admin().await;
-    let (status, body) = sys.post("/api/auth/keys/rotate", Some(&admin), json!({})).await;
+    let (status, body) = sys
+        .post("/api/auth/keys/rotate", Some(&admin), json!({}))
+        .await;
     assert_eq!(status, 200, "{body}");
     let new_kid = body["data"]["kid"].as_str().unwrap().to_string();
 
     let (fresh, _) = sys.new_user().await;
     assert_eq!(parts(&fresh).0["kid"], new_kid.as_str());
     assert_ne!(parts(&user).0["kid"], new_kid.as_str());
-    assert_eq!(sys.get("/api/auth/me", Some(&fresh)).await.0, 200, "new key picked up from the JWKS");
-    assert_eq!(sys.get("/api/auth/me", Some(&user)).await.0, 200, "old key still trusted");
+    assert_eq!(
+        sys.get("/api/auth/me", Some(&fresh)).await.0,
+        200,
+        "new key picked up from the JWKS"
+    );
+    assert_eq!(
+        sys.get("/api/auth/me", Some(&user)).await.0,
+        200,
+        "old key still trusted"
+    );
     let (status, jwks) = sys.get("/api/auth/.well-known/jwks.json", None).await;
     assert_eq!(status, 200);
     assert_eq!(jwks["data"]["keys"].as_array().unwrap().len(), 2);

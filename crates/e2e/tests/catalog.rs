@@ -35,17 +35,36 @@ async fn pages_cover_the_catalog_without_gaps_or_repeats() {
     }
     assert_eq!(pages, total.div_ceil(7));
     assert_eq!(seen.len(), total);
-    assert_eq!(seen.iter().collect::<HashSet<_>>().len(), total, "no repeats");
-    let ids: Vec<&str> = all["data"]["items"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        seen.iter().collect::<HashSet<_>>().len(),
+        total,
+        "no repeats"
+    );
+    let ids: Vec<&str> = all["data"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
     assert_eq!(seen, ids, "same order, nothing skipped");
 
     // A category filter pages within the category.
-    let (_, books) = sys.get("/api/catalog/products?category=books&limit=100", None).await;
+    let (_, books) = sys
+        .get("/api/catalog/products?category=books&limit=100", None)
+        .await;
     let books = books["data"]["items"].as_array().unwrap();
     assert!(!books.is_empty());
     assert!(books.iter().all(|p| p["category"] == "books"));
     let p = &books[0];
-    for key in ["id", "name", "description", "category", "price", "currency", "viewCount"] {
+    for key in [
+        "id",
+        "name",
+        "description",
+        "category",
+        "price",
+        "currency",
+        "viewCount",
+    ] {
         assert!(p.get(key).is_some(), "product has {key}: {p}");
     }
     assert!(p["price"].is_i64());
@@ -55,14 +74,26 @@ async fn pages_cover_the_catalog_without_gaps_or_repeats() {
 async fn bad_queries_and_ids_are_4xx() {
     let sys = System::start().await;
     for (path, status, code) in [
-        ("/api/catalog/products?cursor=garbage!", 400, "invalid_cursor"),
-        ("/api/catalog/products?cursor=YWZ0ZXI6bm90LWEtdXVpZA", 400, "invalid_cursor"),
+        (
+            "/api/catalog/products?cursor=garbage!",
+            400,
+            "invalid_cursor",
+        ),
+        (
+            "/api/catalog/products?cursor=YWZ0ZXI6bm90LWEtdXVpZA",
+            400,
+            "invalid_cursor",
+        ),
         ("/api/catalog/products?limit=0", 400, "invalid_limit"),
         ("/api/catalog/products?limit=1000", 400, "invalid_limit"),
         ("/api/catalog/products?limit=abc", 400, "invalid_query"),
         ("/api/catalog/products?limit=-1", 400, "invalid_query"),
         ("/api/catalog/products/not-a-uuid", 400, "invalid_path"),
-        ("/api/catalog/products/0190f000-0000-7000-8000-999999999999", 404, "not_found"),
+        (
+            "/api/catalog/products/0190f000-0000-7000-8000-999999999999",
+            404,
+            "not_found",
+        ),
         ("/api/catalog/nothing-here", 404, "not_found"),
     ] {
         let (got, body) = sys.get(path, None).await;
@@ -82,12 +113,18 @@ async fn admins_manage_products_and_users_cannot() {
     let admin = sys.admin().await;
     let (user, _) = sys.new_user().await;
 
-    let (status, body) = sys.post("/api/catalog/products", Some(&user), product("Nope")).await;
+    let (status, body) = sys
+        .post("/api/catalog/products", Some(&user), product("Nope"))
+        .await;
     assert_eq!(status, 403, "{body}");
-    let (status, body) = sys.post("/api/catalog/products", None, product("Nope")).await;
+    let (status, body) = sys
+        .post("/api/catalog/products", None, product("Nope"))
+        .await;
     assert_eq!(status, 401, "{body}");
 
-    let (status, body) = sys.post("/api/catalog/products", Some(&admin), product("New Book")).await;
+    let (status, body) = sys
+        .post("/api/catalog/products", Some(&admin), product("New Book"))
+        .await;
     assert_eq!(status, 201, "{body}");
     let id = body["data"]["id"].as_str().unwrap().to_string();
     assert_eq!(body["data"]["viewCount"], 0);
@@ -103,32 +140,73 @@ async fn admins_manage_products_and_users_cannot() {
         json!({"name": "x", "category": "books", "price": 1, "currency": "EUR", "viewCount": 99}),
         json!({"category": "books", "price": 1, "currency": "EUR"}),
     ] {
-        let (status, body) = sys.post("/api/catalog/products", Some(&admin), bad.clone()).await;
+        let (status, body) = sys
+            .post("/api/catalog/products", Some(&admin), bad.clone())
+            .await;
         assert_eq!(status, 400, "{bad} → {body}");
     }
     let (_, all) = sys.get("/api/catalog/products?limit=100", None).await;
-    let names: Vec<&str> = all["data"]["items"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
-    assert_eq!(names.iter().filter(|n| **n == "x" || n.is_empty()).count(), 0);
-    assert_eq!(names.last(), Some(&"New Book"), "new products come last in id order");
+    let names: Vec<&str> = all["data"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names.iter().filter(|n| **n == "x" || n.is_empty()).count(),
+        0
+    );
+    assert_eq!(
+        names.last(),
+        Some(&"New Book"),
+        "new products come last in id order"
+    );
 
     let path = format!("/api/catalog/products/{id}");
-    let (status, _) = sys.call(reqwest::Method::PUT, &path, Some(&user), Some(product("Hijack"))).await;
+    let (status, _) = sys
+        .call(
+            reqwest::Method::PUT,
+            &path,
+            Some(&user),
+            Some(product("Hijack")),
+        )
+        .await;
     assert_eq!(status, 403);
-    let (status, body) = sys.call(reqwest::Method::PUT, &path, Some(&admin), Some(product("Renamed"))).await;
+    let (status, body) = sys
+        .call(
+            reqwest::Method::PUT,
+            &path,
+            Some(&admin),
+            Some(product("Renamed")),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"]["name"], "Renamed");
-    let (status, _) = sys.call(reqwest::Method::DELETE, &path, Some(&user), None).await;
+    let (status, _) = sys
+        .call(reqwest::Method::DELETE, &path, Some(&user), None)
+        .await;
     assert_eq!(status, 403);
-    let (status, body) = sys.call(reqwest::Method::DELETE, &path, Some(&admin), None).await;
+    let (status, body) = sys
+        .call(reqwest::Method::DELETE, &path, Some(&admin), None)
+        .await;
     assert_eq!(status, 200, "{body}");
     assert!(body["data"].is_null());
     assert_eq!(sys.get(&path, None).await.0, 404);
-    assert_eq!(sys.call(reqwest::Method::DELETE, &path, Some(&admin), None).await.0, 404);
+    assert_eq!(
+        sys.call(reqwest::Method::DELETE, &path, Some(&admin), None)
+            .await
+            .0,
+        404
+    );
 }
 
 #[tokio::test]
 async fn concurrent_views_count_exactly_across_replicas() {
-    let sys = System::start_with(Options { catalog_replicas: 2, ..Options::default() }).await;
+    let sys = System::start_with(Options {
+        catalog_replicas: 2,
+        ..Options::default()
+    })
+    .await;
     let id = "0190f000-0000-7000-8000-000000000003";
     let path = format!("/api/catalog/products/{id}");
     let mut tasks = tokio::task::JoinSet::new();
@@ -141,17 +219,31 @@ async fn concurrent_views_count_exactly_across_replicas() {
         assert_eq!(r.unwrap().unwrap(), 200);
     }
     let (_, list) = sys.get("/api/catalog/products?limit=100", None).await;
-    let p = list["data"]["items"].as_array().unwrap().iter().find(|p| p["id"] == id).unwrap().clone();
-    assert_eq!(p["viewCount"], 100, "listing does not count as a view; 100 views count 100");
+    let p = list["data"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == id)
+        .unwrap()
+        .clone();
+    assert_eq!(
+        p["viewCount"], 100,
+        "listing does not count as a view; 100 views count 100"
+    );
     let (_, one) = sys.get(&path, None).await;
     assert_eq!(one["data"]["viewCount"], 101);
 }
 
 #[tokio::test]
 async fn oversized_bodies_are_413() {
-    let sys = System::start_with(Options { max_body_bytes: 4096, ..Options::default() }).await;
+    let sys = System::start_with(Options {
+        max_body_bytes: 4096,
+        ..Options::default()
+    })
+    .await;
     let admin = sys.admin().await;
-    let big = json!({"name": "x".repeat(10_000), "category": "books", "price": 1, "currency": "EUR"});
+    let big =
+        json!({"name": "x".repeat(10_000), "category": "books", "price": 1, "currency": "EUR"});
     let (status, body) = sys.post("/api/catalog/products", Some(&admin), big).await;
     assert_eq!(status, 413, "{body}");
     assert_eq!(body["error"]["code"], "payload_too_large");
@@ -171,7 +263,10 @@ async fn raw_chunked_post(base: &str, path: &str, token: &str, size: usize) -> u
     sock.write_all(head.as_bytes()).await.unwrap();
     let chunk = vec![b'x'; 1000];
     for _ in 0..size / 1000 {
-        if sock.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).await.is_err()
+        if sock
+            .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+            .await
+            .is_err()
             || sock.write_all(&chunk).await.is_err()
             || sock.write_all(b"\r\n").await.is_err()
         {

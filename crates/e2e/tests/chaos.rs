@@ -12,35 +12,42 @@ use tessera_testkit::{Options, System, signal};
 /// (product, unit price). The provider declines charges over 100.00: every tent is declined,
 /// three lamps are too; the rest confirm until their stock runs out.
 const PRODUCTS: [(&str, i64); 4] = [
-    ("0190f000-0000-7000-8000-000000000005", 2900),  // wireless mouse
-    ("0190f000-0000-7000-8000-000000000017", 4900),  // desk lamp
+    ("0190f000-0000-7000-8000-000000000005", 2900), // wireless mouse
+    ("0190f000-0000-7000-8000-000000000017", 4900), // desk lamp
     ("0190f000-0000-7000-8000-000000000021", 34900), // ultralight tent
-    ("0190f000-0000-7000-8000-000000000022", 2900),  // insulated bottle
+    ("0190f000-0000-7000-8000-000000000022", 2900), // insulated bottle
 ];
 const ORDERS: usize = 300;
 const RATE_PER_SEC: u64 = 10;
 const INITIAL_STOCK: i64 = 150;
 
 fn system_passport(sys: &System) -> String {
-    tessera::PassportKeys::from_spec(&sys.passport_keys(), "shop-test").unwrap().mint(
-        "test",
-        "service:test",
-        &["system".into()],
-        None,
-        &tessera::TraceContext::new_root(),
-    )
+    tessera::PassportKeys::from_spec(&sys.passport_keys(), "shop-test")
+        .unwrap()
+        .mint(
+            "test",
+            "service:test",
+            &["system".into()],
+            None,
+            &tessera::TraceContext::new_root(),
+        )
 }
 
 /// GET through the gateway, retried across the chaos until it answers 200.
 async fn get_ok(sys: &System, path: &str, token: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Ok(resp) = sys.http.get(sys.url(path)).bearer_auth(token).timeout(Duration::from_secs(10)).send().await {
-            if resp.status().as_u16() == 200 {
-                if let Ok(v) = resp.json::<Value>().await {
-                    return v["data"].clone();
-                }
-            }
+        if let Ok(resp) = sys
+            .http
+            .get(sys.url(path))
+            .bearer_auth(token)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            && resp.status().as_u16() == 200
+            && let Ok(v) = resp.json::<Value>().await
+        {
+            return v["data"].clone();
         }
         assert!(Instant::now() < deadline, "{path} never answered");
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -51,12 +58,17 @@ async fn get_ok(sys: &System, path: &str, token: &str) -> Value {
 /// control plane.
 async fn victims(sys: &System) -> Vec<(String, u32)> {
     let mut out = Vec::new();
-    if let Ok(resp) = sys.http.get(format!("{}/v1/services", sys.control)).timeout(Duration::from_secs(2)).send().await {
-        if let Ok(catalog) = resp.json::<tessera::registry::Catalog>().await {
-            for i in catalog.services.values().flatten() {
-                if let Some(pid) = i.metadata.get("pid").and_then(|p| p.parse().ok()) {
-                    out.push((i.id.clone(), pid));
-                }
+    if let Ok(resp) = sys
+        .http
+        .get(format!("{}/v1/services", sys.control))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        && let Ok(catalog) = resp.json::<tessera::registry::Catalog>().await
+    {
+        for i in catalog.services.values().flatten() {
+            if let Some(pid) = i.metadata.get("pid").and_then(|p| p.parse().ok()) {
+                out.push((i.id.clone(), pid));
             }
         }
     }
@@ -81,7 +93,12 @@ async fn checkouts_survive_random_kill_9() {
     let admin = sys.admin().await;
     for (product, _) in PRODUCTS {
         let (status, body) = sys
-            .call(reqwest::Method::PUT, &format!("/api/inventory/{product}"), Some(&admin), Some(json!({"available": INITIAL_STOCK})))
+            .call(
+                reqwest::Method::PUT,
+                &format!("/api/inventory/{product}"),
+                Some(&admin),
+                Some(json!({"available": INITIAL_STOCK})),
+            )
             .await;
         assert_eq!(status, 200, "{body}");
     }
@@ -126,7 +143,11 @@ async fn checkouts_survive_random_kill_9() {
             let (product, _) = PRODUCTS[rng.gen_range(0..PRODUCTS.len())];
             let quantity: i64 = rng.gen_range(1..=3);
             let user = n % users.len();
-            let (http, url, token) = (sys.http.clone(), sys.url("/api/orders"), users[user].clone());
+            let (http, url, token) = (
+                sys.http.clone(),
+                sys.url("/api/orders"),
+                users[user].clone(),
+            );
             let key = format!("chaos-{n}");
             sent.spawn(async move {
                 let body = json!({"items": [{"productId": product, "quantity": quantity}]});
@@ -144,9 +165,18 @@ async fn checkouts_survive_random_kill_9() {
                         let status = r.status().as_u16();
                         if status == 202 {
                             let v: Value = r.json().await.unwrap();
-                            return (user, v["data"]["orderId"].as_str().unwrap().to_string(), product, quantity);
+                            return (
+                                user,
+                                v["data"]["orderId"].as_str().unwrap().to_string(),
+                                product,
+                                quantity,
+                            );
                         }
-                        assert!(status >= 500, "order {key}: {status} {}", r.text().await.unwrap_or_default());
+                        assert!(
+                            status >= 500,
+                            "order {key}: {status} {}",
+                            r.text().await.unwrap_or_default()
+                        );
                     }
                     assert!(Instant::now() < deadline, "order {key} was never accepted");
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -163,8 +193,18 @@ async fn checkouts_survive_random_kill_9() {
     let (orders, ()) = tokio::join!(send, chaos);
     println!("chaos: {} kills: {kills:?}", kills.len());
     assert!(kills.len() >= 10, "the chaos ran");
-    for kind in ["control", "order-1", "inventory-1", "payment-1", "payment-provider-1", "notification-1"] {
-        assert!(kills.iter().any(|k| k == kind), "{kind} was killed at least once: {kills:?}");
+    for kind in [
+        "control",
+        "order-1",
+        "inventory-1",
+        "payment-1",
+        "payment-provider-1",
+        "notification-1",
+    ] {
+        assert!(
+            kills.iter().any(|k| k == kind),
+            "{kind} was killed at least once: {kills:?}"
+        );
     }
     let distinct: std::collections::HashSet<_> = orders.iter().map(|o| o.1.clone()).collect();
     assert_eq!(distinct.len(), ORDERS, "one order per idempotency key");
@@ -194,7 +234,10 @@ async fn checkouts_survive_random_kill_9() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let confirmed: Vec<&(usize, String, &str, i64)> = orders.iter().filter(|o| outcome[&o.1] == "CONFIRMED").collect();
+    let confirmed: Vec<&(usize, String, &str, i64)> = orders
+        .iter()
+        .filter(|o| outcome[&o.1] == "CONFIRMED")
+        .collect();
     let rejected = orders.len() - confirmed.len();
 
     // Stock: what is left plus what was sold is what there was.
@@ -208,47 +251,82 @@ async fn checkouts_survive_random_kill_9() {
         let mut report = Vec::new();
         for (product, _) in PRODUCTS {
             let s = get_ok(&sys, &format!("/api/inventory/{product}"), &admin).await;
-            let (available, reserved) = (s["available"].as_i64().unwrap(), s["reserved"].as_i64().unwrap());
+            let (available, reserved) = (
+                s["available"].as_i64().unwrap(),
+                s["reserved"].as_i64().unwrap(),
+            );
             let sold = sold.get(product).copied().unwrap_or(0);
-            report.push(format!("{product}: available {available} + sold {sold} (reserved {reserved})"));
+            report.push(format!(
+                "{product}: available {available} + sold {sold} (reserved {reserved})"
+            ));
             balanced &= available + sold == INITIAL_STOCK && reserved == 0;
         }
         if balanced {
             println!("stock balanced:\n  {}", report.join("\n  "));
             break;
         }
-        assert!(Instant::now() < settle, "stock does not balance:\n  {}", report.join("\n  "));
+        assert!(
+            Instant::now() < settle,
+            "stock does not balance:\n  {}",
+            report.join("\n  ")
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
     // Charges: exactly one capture per confirmed order, none for rejected ones.
     let provider_deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let provider = sys.registry().await.services.get("payment-provider").and_then(|v| v.first().cloned());
+        let provider = sys
+            .registry()
+            .await
+            .services
+            .get("payment-provider")
+            .and_then(|v| v.first().cloned());
         let charges: Option<Vec<Value>> = match provider {
-            Some(p) => match sys.http.get(format!("http://{}/v1/charges", p.address)).header("x-passport", system_passport(&sys)).send().await {
+            Some(p) => match sys
+                .http
+                .get(format!("http://{}/v1/charges", p.address))
+                .header("x-passport", system_passport(&sys))
+                .send()
+                .await
+            {
                 Ok(r) => r.json().await.ok(),
                 Err(_) => None,
             },
             None => None,
         };
         if let Some(charges) = charges {
-            let captured: HashMap<&str, usize> = charges.iter().filter(|c| c["status"] == "captured").fold(HashMap::new(), |mut m, c| {
-                *m.entry(c["reference"].as_str().unwrap()).or_default() += 1;
-                m
-            });
-            let good_confirmed = confirmed.iter().all(|o| captured.get(o.1.as_str()) == Some(&1));
-            let rejected_charged: Vec<&String> =
-                orders.iter().filter(|o| outcome[&o.1] == "REJECTED" && captured.contains_key(o.1.as_str())).map(|o| &o.1).collect();
+            let captured: HashMap<&str, usize> = charges
+                .iter()
+                .filter(|c| c["status"] == "captured")
+                .fold(HashMap::new(), |mut m, c| {
+                    *m.entry(c["reference"].as_str().unwrap()).or_default() += 1;
+                    m
+                });
+            let good_confirmed = confirmed
+                .iter()
+                .all(|o| captured.get(o.1.as_str()) == Some(&1));
+            let rejected_charged: Vec<&String> = orders
+                .iter()
+                .filter(|o| outcome[&o.1] == "REJECTED" && captured.contains_key(o.1.as_str()))
+                .map(|o| &o.1)
+                .collect();
             if good_confirmed && rejected_charged.is_empty() {
-                println!("charges: {} captured for {} confirmed orders, 0 for {rejected} rejected", captured.len(), confirmed.len());
+                println!(
+                    "charges: {} captured for {} confirmed orders, 0 for {rejected} rejected",
+                    captured.len(),
+                    confirmed.len()
+                );
                 assert_eq!(captured.len(), confirmed.len());
                 break;
             }
             assert!(
                 Instant::now() < provider_deadline,
                 "charges wrong: confirmed without one capture: {}, rejected but captured: {rejected_charged:?}",
-                confirmed.iter().filter(|o| captured.get(o.1.as_str()) != Some(&1)).count()
+                confirmed
+                    .iter()
+                    .filter(|o| captured.get(o.1.as_str()) != Some(&1))
+                    .count()
             );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -261,19 +339,41 @@ async fn checkouts_survive_random_kill_9() {
         for token in &users {
             let list = get_ok(&sys, "/api/notifications", token).await;
             for n in list.as_array().unwrap() {
-                by_order.entry(n["orderId"].as_str().unwrap().to_string()).or_default().push(n["kind"].as_str().unwrap().to_string());
+                by_order
+                    .entry(n["orderId"].as_str().unwrap().to_string())
+                    .or_default()
+                    .push(n["kind"].as_str().unwrap().to_string());
             }
         }
         let exact = orders.iter().all(|o| {
-            let want = if outcome[&o.1] == "CONFIRMED" { "order_confirmed" } else { "order_rejected" };
-            by_order.get(&o.1).is_some_and(|k| k.len() == 1 && k[0] == want)
+            let want = if outcome[&o.1] == "CONFIRMED" {
+                "order_confirmed"
+            } else {
+                "order_rejected"
+            };
+            by_order
+                .get(&o.1)
+                .is_some_and(|k| k.len() == 1 && k[0] == want)
         });
         if exact && by_order.len() == orders.len() {
-            println!("notifications: {} for {} orders", by_order.values().map(Vec::len).sum::<usize>(), orders.len());
+            println!(
+                "notifications: {} for {} orders",
+                by_order.values().map(Vec::len).sum::<usize>(),
+                orders.len()
+            );
             break;
         }
-        assert!(Instant::now() < notify_deadline, "notifications are not one per order ({} orders notified)", by_order.len());
+        assert!(
+            Instant::now() < notify_deadline,
+            "notifications are not one per order ({} orders notified)",
+            by_order.len()
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    println!("orders: {} sent, {} CONFIRMED, {rejected} REJECTED, {} kills", orders.len(), confirmed.len(), kills.len());
+    println!(
+        "orders: {} sent, {} CONFIRMED, {rejected} REJECTED, {} kills",
+        orders.len(),
+        confirmed.len(),
+        kills.len()
+    );
 }

@@ -9,11 +9,19 @@ const MOUSE: &str = "0190f000-0000-7000-8000-000000000005"; // 29.00 USD, 100 in
 const LAMP: &str = "0190f000-0000-7000-8000-000000000017"; // 49.00 USD
 
 fn checkout(env: Vec<(&'static str, &'static str, String)>) -> Options {
-    Options { checkout: true, checkout_env: env, ..Options::default() }
+    Options {
+        checkout: true,
+        checkout_env: env,
+        ..Options::default()
+    }
 }
 
 async fn place(sys: &System, token: &str, items: Value, key: Option<&str>) -> (u16, Value) {
-    let mut req = sys.http.post(sys.url("/api/orders")).bearer_auth(token).json(&json!({ "items": items }));
+    let mut req = sys
+        .http
+        .post(sys.url("/api/orders"))
+        .bearer_auth(token)
+        .json(&json!({ "items": items }));
     if let Some(k) = key {
         req = req.header("idempotency-key", k);
     }
@@ -26,26 +34,42 @@ async fn place(sys: &System, token: &str, items: Value, key: Option<&str>) -> (u
 async fn settled(sys: &System, token: &str, order_id: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (status, body) = sys.get(&format!("/api/orders/{order_id}"), Some(token)).await;
+        let (status, body) = sys
+            .get(&format!("/api/orders/{order_id}"), Some(token))
+            .await;
         assert_eq!(status, 200, "{body}");
         let s = body["data"]["status"].as_str().unwrap().to_string();
         if s != "PENDING" {
             return body["data"].clone();
         }
-        assert!(Instant::now() < deadline, "order {order_id} still PENDING\n{}", sys.log_tail(60));
+        assert!(
+            Instant::now() < deadline,
+            "order {order_id} still PENDING\n{}",
+            sys.log_tail(60)
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 async fn stock(sys: &System, admin: &str, product: &str) -> (i64, i64) {
-    let (status, body) = sys.get(&format!("/api/inventory/{product}"), Some(admin)).await;
+    let (status, body) = sys
+        .get(&format!("/api/inventory/{product}"), Some(admin))
+        .await;
     assert_eq!(status, 200, "{body}");
-    (body["data"]["available"].as_i64().unwrap(), body["data"]["reserved"].as_i64().unwrap())
+    (
+        body["data"]["available"].as_i64().unwrap(),
+        body["data"]["reserved"].as_i64().unwrap(),
+    )
 }
 
 async fn set_stock(sys: &System, admin: &str, product: &str, available: i64) {
     let (status, body) = sys
-        .call(reqwest::Method::PUT, &format!("/api/inventory/{product}"), Some(admin), Some(json!({"available": available})))
+        .call(
+            reqwest::Method::PUT,
+            &format!("/api/inventory/{product}"),
+            Some(admin),
+            Some(json!({"available": available})),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
 }
@@ -58,7 +82,9 @@ async fn notifications(sys: &System, token: &str) -> Vec<Value> {
 
 /// The provider's charges (it is a service of the system: called with a passport of our own).
 async fn charges(sys: &System) -> Vec<Value> {
-    let provider = sys.registry().await.services["payment-provider"][0].address.clone();
+    let provider = sys.registry().await.services["payment-provider"][0]
+        .address
+        .clone();
     sys.http
         .get(format!("http://{provider}/v1/charges"))
         .header("x-passport", system_passport(sys))
@@ -71,17 +97,21 @@ async fn charges(sys: &System) -> Vec<Value> {
 }
 
 fn system_passport(sys: &System) -> String {
-    tessera::PassportKeys::from_spec(&sys.passport_keys(), "shop-test").unwrap().mint(
-        "test",
-        "service:test",
-        &["system".into()],
-        None,
-        &tessera::TraceContext::new_root(),
-    )
+    tessera::PassportKeys::from_spec(&sys.passport_keys(), "shop-test")
+        .unwrap()
+        .mint(
+            "test",
+            "service:test",
+            &["system".into()],
+            None,
+            &tessera::TraceContext::new_root(),
+        )
 }
 
 async fn provider_behavior(sys: &System, behavior: Value) {
-    let provider = sys.registry().await.services["payment-provider"][0].address.clone();
+    let provider = sys.registry().await.services["payment-provider"][0]
+        .address
+        .clone();
     let resp = sys
         .http
         .put(format!("http://{provider}/v1/behavior"))
@@ -97,7 +127,11 @@ async fn provider_behavior(sys: &System, behavior: Value) {
 async fn eventually<F: AsyncFnMut() -> bool>(sys: &System, what: &str, mut check: F) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while !check().await {
-        assert!(Instant::now() < deadline, "never: {what}\n{}", sys.log_tail(40));
+        assert!(
+            Instant::now() < deadline,
+            "never: {what}\n{}",
+            sys.log_tail(40)
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -109,7 +143,13 @@ async fn happy_path_confirms_with_stock_payment_and_one_notification() {
     let (user, _) = sys.new_user().await;
     let before = stock(&sys, &admin, MOUSE).await;
 
-    let (status, body) = place(&sys, &user, json!([{"productId": MOUSE, "quantity": 2}, {"productId": LAMP, "quantity": 1}]), None).await;
+    let (status, body) = place(
+        &sys,
+        &user,
+        json!([{"productId": MOUSE, "quantity": 2}, {"productId": LAMP, "quantity": 1}]),
+        None,
+    )
+    .await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["data"]["status"], "PENDING");
     let order_id = body["data"]["orderId"].as_str().unwrap().to_string();
@@ -119,24 +159,51 @@ async fn happy_path_confirms_with_stock_payment_and_one_notification() {
     assert_eq!(order["total"], 2 * 2900 + 4900, "priced by the catalog");
     assert_eq!(order["items"][0]["unitPrice"], 2900);
 
-    eventually(&sys, "the reservation to be committed", async || stock(&sys, &admin, MOUSE).await == (before.0 - 2, 0)).await;
-    let (_, payments) = sys.get(&format!("/api/payments?orderId={order_id}"), Some(&user)).await;
+    eventually(&sys, "the reservation to be committed", async || {
+        stock(&sys, &admin, MOUSE).await == (before.0 - 2, 0)
+    })
+    .await;
+    let (_, payments) = sys
+        .get(&format!("/api/payments?orderId={order_id}"), Some(&user))
+        .await;
     assert_eq!(payments["data"][0]["status"], "authorized", "{payments}");
-    let captured: Vec<Value> = charges(&sys).await.into_iter().filter(|c| c["reference"] == order_id.as_str()).collect();
+    let captured: Vec<Value> = charges(&sys)
+        .await
+        .into_iter()
+        .filter(|c| c["reference"] == order_id.as_str())
+        .collect();
     assert_eq!(captured.len(), 1);
     assert_eq!(captured[0]["status"], "captured");
     assert_eq!(captured[0]["amount"], 2 * 2900 + 4900);
 
-    eventually(&sys, "one notification", async || !notifications(&sys, &user).await.is_empty()).await;
+    eventually(&sys, "one notification", async || {
+        !notifications(&sys, &user).await.is_empty()
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let notes = notifications(&sys, &user).await;
     assert_eq!(notes.len(), 1, "{notes:?}");
     assert_eq!(notes[0]["kind"], "order_confirmed");
     assert_eq!(notes[0]["orderId"], order_id.as_str());
 
-    let (_, history) = sys.get(&format!("/api/orders/{order_id}/history"), Some(&user)).await;
-    let types: Vec<&str> = history["data"]["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
-    assert_eq!(types, ["OrderPlaced", "StockReserved", "PaymentAuthorized", "OrderConfirmed"]);
+    let (_, history) = sys
+        .get(&format!("/api/orders/{order_id}/history"), Some(&user))
+        .await;
+    let types: Vec<&str> = history["data"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "OrderPlaced",
+            "StockReserved",
+            "PaymentAuthorized",
+            "OrderConfirmed"
+        ]
+    );
 
     let (_, mine) = sys.get("/api/orders", Some(&user)).await;
     assert_eq!(mine["data"]["items"][0]["orderId"], order_id.as_str());
@@ -147,7 +214,9 @@ async fn happy_path_confirms_with_stock_payment_and_one_notification() {
     let trace = body["traceId"].as_str().unwrap();
     for service in ["order", "inventory", "payment"] {
         assert!(
-            sys.log().lines().any(|l| l.contains(&format!("\"service\":\"{service}\"")) && l.contains(trace)),
+            sys.log()
+                .lines()
+                .any(|l| l.contains(&format!("\"service\":\"{service}\"")) && l.contains(trace)),
             "{service} logs the checkout's trace {trace}"
         );
     }
@@ -155,31 +224,74 @@ async fn happy_path_confirms_with_stock_payment_and_one_notification() {
 
 #[tokio::test]
 async fn out_of_stock_and_declined_payments_are_rejected_and_leave_stock_as_it_was() {
-    let sys = System::start_with(checkout(vec![("payment-provider", "PROVIDER_DECLINE_OVER", "10000".into())])).await;
+    let sys = System::start_with(checkout(vec![(
+        "payment-provider",
+        "PROVIDER_DECLINE_OVER",
+        "10000".into(),
+    )]))
+    .await;
     let admin = sys.admin().await;
     let (user, _) = sys.new_user().await;
 
     set_stock(&sys, &admin, LAMP, 1).await;
-    let (_, body) = place(&sys, &user, json!([{"productId": LAMP, "quantity": 2}]), None).await;
+    let (_, body) = place(
+        &sys,
+        &user,
+        json!([{"productId": LAMP, "quantity": 2}]),
+        None,
+    )
+    .await;
     let short = body["data"]["orderId"].as_str().unwrap().to_string();
     let order = settled(&sys, &user, &short).await;
-    assert_eq!((order["status"].as_str(), order["reason"].as_str()), (Some("REJECTED"), Some("out_of_stock")));
+    assert_eq!(
+        (order["status"].as_str(), order["reason"].as_str()),
+        (Some("REJECTED"), Some("out_of_stock"))
+    );
     assert_eq!(stock(&sys, &admin, LAMP).await, (1, 0), "stock unchanged");
 
     // 4 × 29.00 is over the provider's 100.00 limit: declined, and the stock comes back.
     let before = stock(&sys, &admin, MOUSE).await;
-    let (_, body) = place(&sys, &user, json!([{"productId": MOUSE, "quantity": 4}]), None).await;
+    let (_, body) = place(
+        &sys,
+        &user,
+        json!([{"productId": MOUSE, "quantity": 4}]),
+        None,
+    )
+    .await;
     let declined = body["data"]["orderId"].as_str().unwrap().to_string();
     let order = settled(&sys, &user, &declined).await;
-    assert_eq!((order["status"].as_str(), order["reason"].as_str()), (Some("REJECTED"), Some("payment_declined")));
-    eventually(&sys, "the reservation to be released", async || stock(&sys, &admin, MOUSE).await == before).await;
-    assert!(charges(&sys).await.iter().all(|c| c["reference"] != declined.as_str() || c["status"] != "captured"));
+    assert_eq!(
+        (order["status"].as_str(), order["reason"].as_str()),
+        (Some("REJECTED"), Some("payment_declined"))
+    );
+    eventually(&sys, "the reservation to be released", async || {
+        stock(&sys, &admin, MOUSE).await == before
+    })
+    .await;
+    assert!(
+        charges(&sys)
+            .await
+            .iter()
+            .all(|c| c["reference"] != declined.as_str() || c["status"] != "captured")
+    );
 
-    eventually(&sys, "two notifications", async || notifications(&sys, &user).await.len() == 2).await;
+    eventually(&sys, "two notifications", async || {
+        notifications(&sys, &user).await.len() == 2
+    })
+    .await;
     let notes = notifications(&sys, &user).await;
-    assert!(notes.iter().all(|n| n["kind"] == "order_rejected"), "{notes:?}");
-    let (_, payments) = sys.get(&format!("/api/payments?orderId={short}"), Some(&user)).await;
-    assert_eq!(payments["data"], json!([]), "no payment was asked for an order out of stock");
+    assert!(
+        notes.iter().all(|n| n["kind"] == "order_rejected"),
+        "{notes:?}"
+    );
+    let (_, payments) = sys
+        .get(&format!("/api/payments?orderId={short}"), Some(&user))
+        .await;
+    assert_eq!(
+        payments["data"],
+        json!([]),
+        "no payment was asked for an order out of stock"
+    );
 }
 
 #[tokio::test]
@@ -192,43 +304,97 @@ async fn a_hanging_provider_times_the_saga_out_and_nothing_is_charged() {
     let admin = sys.admin().await;
     let (user, _) = sys.new_user().await;
     let before = stock(&sys, &admin, MOUSE).await;
-    provider_behavior(&sys, json!({"latencyMs": 0, "failureRate": 0.0, "hang": true, "declineOver": 1_000_000})).await;
+    provider_behavior(
+        &sys,
+        json!({"latencyMs": 0, "failureRate": 0.0, "hang": true, "declineOver": 1_000_000}),
+    )
+    .await;
 
     let started = Instant::now();
-    let (_, body) = place(&sys, &user, json!([{"productId": MOUSE, "quantity": 1}]), None).await;
+    let (_, body) = place(
+        &sys,
+        &user,
+        json!([{"productId": MOUSE, "quantity": 1}]),
+        None,
+    )
+    .await;
     let order_id = body["data"]["orderId"].as_str().unwrap().to_string();
     let order = settled(&sys, &user, &order_id).await;
     assert_eq!(order["status"], "REJECTED");
     assert_eq!(order["reason"], "timeout: authorize-payment");
-    assert!(started.elapsed() < Duration::from_secs(10), "settled by the saga's timeout: {:?}", started.elapsed());
-    eventually(&sys, "the stock to come back", async || stock(&sys, &admin, MOUSE).await == before).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "settled by the saga's timeout: {:?}",
+        started.elapsed()
+    );
+    eventually(&sys, "the stock to come back", async || {
+        stock(&sys, &admin, MOUSE).await == before
+    })
+    .await;
 
     // The provider recovers; the abandoned payment is voided, never captured.
-    provider_behavior(&sys, json!({"latencyMs": 0, "failureRate": 0.0, "hang": false, "declineOver": 1_000_000})).await;
+    provider_behavior(
+        &sys,
+        json!({"latencyMs": 0, "failureRate": 0.0, "hang": false, "declineOver": 1_000_000}),
+    )
+    .await;
     eventually(&sys, "the payment to be voided", async || {
-        let (_, p) = sys.get(&format!("/api/payments?orderId={order_id}"), Some(&user)).await;
+        let (_, p) = sys
+            .get(&format!("/api/payments?orderId={order_id}"), Some(&user))
+            .await;
         p["data"][0]["status"] == "voided" || p["data"][0]["status"] == "cancelled"
     })
     .await;
-    assert!(charges(&sys).await.iter().all(|c| c["reference"] != order_id.as_str() || c["status"] != "captured"));
+    assert!(
+        charges(&sys)
+            .await
+            .iter()
+            .all(|c| c["reference"] != order_id.as_str() || c["status"] != "captured")
+    );
 
     // And checkouts work again.
-    let (_, body) = place(&sys, &user, json!([{"productId": MOUSE, "quantity": 1}]), None).await;
+    let (_, body) = place(
+        &sys,
+        &user,
+        json!([{"productId": MOUSE, "quantity": 1}]),
+        None,
+    )
+    .await;
     let order = settled(&sys, &user, body["data"]["orderId"].as_str().unwrap()).await;
     assert_eq!(order["status"], "CONFIRMED");
 }
 
 #[tokio::test]
 async fn a_failing_provider_fails_the_payment_and_voids_it() {
-    let sys = System::start_with(checkout(vec![("payment", "PAYMENT_MAX_ATTEMPTS", "2".into())])).await;
+    let sys = System::start_with(checkout(vec![(
+        "payment",
+        "PAYMENT_MAX_ATTEMPTS",
+        "2".into(),
+    )]))
+    .await;
     let (user, _) = sys.new_user().await;
-    provider_behavior(&sys, json!({"latencyMs": 0, "failureRate": 1.0, "hang": false, "declineOver": 1_000_000})).await;
-    let (_, body) = place(&sys, &user, json!([{"productId": MOUSE, "quantity": 1}]), None).await;
+    provider_behavior(
+        &sys,
+        json!({"latencyMs": 0, "failureRate": 1.0, "hang": false, "declineOver": 1_000_000}),
+    )
+    .await;
+    let (_, body) = place(
+        &sys,
+        &user,
+        json!([{"productId": MOUSE, "quantity": 1}]),
+        None,
+    )
+    .await;
     let order_id = body["data"]["orderId"].as_str().unwrap().to_string();
     let order = settled(&sys, &user, &order_id).await;
-    assert_eq!((order["status"].as_str(), order["reason"].as_str()), (Some("REJECTED"), Some("payment_failed")));
+    assert_eq!(
+        (order["status"].as_str(), order["reason"].as_str()),
+        (Some("REJECTED"), Some("payment_failed"))
+    );
     eventually(&sys, "the failed payment voided", async || {
-        let (_, p) = sys.get(&format!("/api/payments?orderId={order_id}"), Some(&user)).await;
+        let (_, p) = sys
+            .get(&format!("/api/payments?orderId={order_id}"), Some(&user))
+            .await;
         p["data"][0]["status"] == "voided"
     })
     .await;
@@ -246,7 +412,10 @@ async fn the_same_idempotency_key_gives_the_same_order() {
     assert_eq!(a["data"]["orderId"], b["data"]["orderId"]);
     // Concurrent twins as well.
     let twins = futures_join(&sys, &user, &items, "buy-mouse-2").await;
-    assert_eq!(twins[0], twins[1], "concurrent requests with one key make one order");
+    assert_eq!(
+        twins[0], twins[1],
+        "concurrent requests with one key make one order"
+    );
     // Keys are per user.
     let (_, c) = place(&sys, &other, items.clone(), Some("buy-mouse-1")).await;
     assert_ne!(c["data"]["orderId"], a["data"]["orderId"]);
@@ -257,9 +426,25 @@ async fn the_same_idempotency_key_gives_the_same_order() {
 async fn futures_join(sys: &System, token: &str, items: &Value, key: &str) -> Vec<String> {
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..2 {
-        let (http, url, token, items, key) = (sys.http.clone(), sys.url("/api/orders"), token.to_string(), items.clone(), key.to_string());
+        let (http, url, token, items, key) = (
+            sys.http.clone(),
+            sys.url("/api/orders"),
+            token.to_string(),
+            items.clone(),
+            key.to_string(),
+        );
         set.spawn(async move {
-            let v: Value = http.post(url).bearer_auth(token).header("idempotency-key", key).json(&json!({"items": items})).send().await.unwrap().json().await.unwrap();
+            let v: Value = http
+                .post(url)
+                .bearer_auth(token)
+                .header("idempotency-key", key)
+                .json(&json!({"items": items}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
             v["data"]["orderId"].as_str().unwrap().to_string()
         });
     }
@@ -281,7 +466,11 @@ async fn fifty_orders_for_the_last_ten_units_confirm_exactly_ten() {
     }
     let mut set = tokio::task::JoinSet::new();
     for i in 0..50 {
-        let (http, url, token) = (sys.http.clone(), sys.url("/api/orders"), users[i % 5].clone());
+        let (http, url, token) = (
+            sys.http.clone(),
+            sys.url("/api/orders"),
+            users[i % 5].clone(),
+        );
         set.spawn(async move {
             let resp = http
                 .post(url)
@@ -308,7 +497,10 @@ async fn fifty_orders_for_the_last_ten_units_confirm_exactly_ten() {
         }
     }
     assert_eq!(confirmed, 10);
-    eventually(&sys, "all reservations committed", async || stock(&sys, &admin, LAMP).await == (0, 0)).await;
+    eventually(&sys, "all reservations committed", async || {
+        stock(&sys, &admin, LAMP).await == (0, 0)
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -318,23 +510,40 @@ async fn duplicated_events_have_no_second_effect_and_projections_rebuild_identic
     let (user, _) = sys.new_user().await;
     let mut ids = Vec::new();
     for q in 1..=3 {
-        let (_, body) = place(&sys, &user, json!([{"productId": MOUSE, "quantity": q}]), None).await;
+        let (_, body) = place(
+            &sys,
+            &user,
+            json!([{"productId": MOUSE, "quantity": q}]),
+            None,
+        )
+        .await;
         ids.push(body["data"]["orderId"].as_str().unwrap().to_string());
     }
     for id in &ids {
         assert_eq!(settled(&sys, &user, id).await["status"], "CONFIRMED");
     }
-    eventually(&sys, "three notifications", async || notifications(&sys, &user).await.len() == 3).await;
+    eventually(&sys, "three notifications", async || {
+        notifications(&sys, &user).await.len() == 3
+    })
+    .await;
     let stock_before = stock(&sys, &admin, MOUSE).await;
     let charges_before = charges(&sys).await.len();
 
     // Copy every event about the first order back into its topic: commands and outcomes.
     let mut injected = 0;
-    for topic in ["inventory.commands", "payment.commands", "order.events", "saga.checkout.replies"] {
+    for topic in [
+        "inventory.commands",
+        "payment.commands",
+        "order.events",
+        "saga.checkout.replies",
+    ] {
         for partition in 0..4 {
             let page: Value = sys
                 .http
-                .get(format!("{}/v1/topics/{topic}/events?partition={partition}&limit=1000", sys.control))
+                .get(format!(
+                    "{}/v1/topics/{topic}/events?partition={partition}&limit=1000",
+                    sys.control
+                ))
                 .send()
                 .await
                 .unwrap()
@@ -368,7 +577,9 @@ async fn duplicated_events_have_no_second_effect_and_projections_rebuild_identic
     assert_eq!(stock(&sys, &admin, MOUSE).await, stock_before);
     assert_eq!(charges(&sys).await.len(), charges_before);
     assert_eq!(notifications(&sys, &user).await.len(), 3);
-    let (_, history) = sys.get(&format!("/api/orders/{}/history", ids[0]), Some(&user)).await;
+    let (_, history) = sys
+        .get(&format!("/api/orders/{}/history", ids[0]), Some(&user))
+        .await;
     assert_eq!(history["data"]["events"].as_array().unwrap().len(), 4);
 
     // Projections rebuilt from scratch equal the live ones.
@@ -377,15 +588,25 @@ async fn duplicated_events_have_no_second_effect_and_projections_rebuild_identic
         live.push(sys.get(&format!("/api/orders/{id}"), Some(&user)).await.1["data"].clone());
     }
     let live_list = sys.get("/api/orders", Some(&user)).await.1["data"].clone();
-    let (status, _) = sys.post("/api/orders/projections/rebuild", Some(&user), json!({})).await;
+    let (status, _) = sys
+        .post("/api/orders/projections/rebuild", Some(&user), json!({}))
+        .await;
     assert_eq!(status, 403);
-    let (status, rebuilt) = sys.post("/api/orders/projections/rebuild", Some(&admin), json!({})).await;
+    let (status, rebuilt) = sys
+        .post("/api/orders/projections/rebuild", Some(&admin), json!({}))
+        .await;
     assert_eq!(status, 200, "{rebuilt}");
     assert_eq!(rebuilt["data"]["orders"], 3);
     for (id, before) in ids.iter().zip(&live) {
-        assert_eq!(&sys.get(&format!("/api/orders/{id}"), Some(&user)).await.1["data"], before);
+        assert_eq!(
+            &sys.get(&format!("/api/orders/{id}"), Some(&user)).await.1["data"],
+            before
+        );
     }
-    assert_eq!(sys.get("/api/orders", Some(&user)).await.1["data"], live_list);
+    assert_eq!(
+        sys.get("/api/orders", Some(&user)).await.1["data"],
+        live_list
+    );
 }
 
 #[tokio::test]
@@ -393,33 +614,90 @@ async fn bad_orders_are_refused_and_start_nothing() {
     let sys = System::start_with(checkout(vec![])).await;
     let (user, _) = sys.new_user().await;
     let (other, _) = sys.new_user().await;
-    let too_many: Vec<Value> = (1..=21).map(|n| json!({"productId": format!("0190f000-0000-7000-8000-{n:012}"), "quantity": 1})).collect();
+    let too_many: Vec<Value> = (1..=21)
+        .map(|n| json!({"productId": format!("0190f000-0000-7000-8000-{n:012}"), "quantity": 1}))
+        .collect();
     for (body, code) in [
-        (json!({"items": [{"productId": "0190f000-0000-7000-8000-999999999999", "quantity": 1}]}), "unknown_product"),
-        (json!({"items": [{"productId": MOUSE, "quantity": 0}]}), "invalid_quantity"),
-        (json!({"items": [{"productId": MOUSE, "quantity": -3}]}), "invalid_quantity"),
-        (json!({"items": [{"productId": MOUSE, "quantity": 1_000_000_000_000i64}]}), "invalid_quantity"),
-        (json!({"items": [{"productId": MOUSE, "quantity": 1}, {"productId": MOUSE, "quantity": 2}]}), "duplicate_product"),
+        (
+            json!({"items": [{"productId": "0190f000-0000-7000-8000-999999999999", "quantity": 1}]}),
+            "unknown_product",
+        ),
+        (
+            json!({"items": [{"productId": MOUSE, "quantity": 0}]}),
+            "invalid_quantity",
+        ),
+        (
+            json!({"items": [{"productId": MOUSE, "quantity": -3}]}),
+            "invalid_quantity",
+        ),
+        (
+            json!({"items": [{"productId": MOUSE, "quantity": 1_000_000_000_000i64}]}),
+            "invalid_quantity",
+        ),
+        (
+            json!({"items": [{"productId": MOUSE, "quantity": 1}, {"productId": MOUSE, "quantity": 2}]}),
+            "duplicate_product",
+        ),
         (json!({"items": []}), "invalid_items"),
         (json!({"items": too_many}), "invalid_items"),
-        (json!({"items": [{"productId": "not-a-uuid", "quantity": 1}]}), "invalid_body"),
-        (json!({"items": [{"productId": MOUSE, "quantity": 1}], "price": 1}), "invalid_body"),
-        (json!({"items": [{"productId": MOUSE, "quantity": "1"}]}), "invalid_body"),
+        (
+            json!({"items": [{"productId": "not-a-uuid", "quantity": 1}]}),
+            "invalid_body",
+        ),
+        (
+            json!({"items": [{"productId": MOUSE, "quantity": 1}], "price": 1}),
+            "invalid_body",
+        ),
+        (
+            json!({"items": [{"productId": MOUSE, "quantity": "1"}]}),
+            "invalid_body",
+        ),
     ] {
         let (status, resp) = sys.post("/api/orders", Some(&user), body.clone()).await;
         assert_eq!(status, 400, "{body} → {resp}");
         assert_eq!(resp["error"]["code"], code, "{body} → {resp}");
     }
-    let resp = sys.http.post(sys.url("/api/orders")).bearer_auth(&user).header("content-type", "application/json").body("{\"items\": [").send().await.unwrap();
+    let resp = sys
+        .http
+        .post(sys.url("/api/orders"))
+        .bearer_auth(&user)
+        .header("content-type", "application/json")
+        .body("{\"items\": [")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status().as_u16(), 400);
-    assert_eq!(sys.post("/api/orders", None, json!({"items": [{"productId": MOUSE, "quantity": 1}]})).await.0, 401);
+    assert_eq!(
+        sys.post(
+            "/api/orders",
+            None,
+            json!({"items": [{"productId": MOUSE, "quantity": 1}]})
+        )
+        .await
+        .0,
+        401
+    );
     let (_, mine) = sys.get("/api/orders", Some(&user)).await;
     assert_eq!(mine["data"]["items"], json!([]), "nothing was written");
 
     // Someone else's order is not found.
-    let (_, body) = place(&sys, &user, json!([{"productId": MOUSE, "quantity": 1}]), None).await;
+    let (_, body) = place(
+        &sys,
+        &user,
+        json!([{"productId": MOUSE, "quantity": 1}]),
+        None,
+    )
+    .await;
     let id = body["data"]["orderId"].as_str().unwrap();
-    assert_eq!(sys.get(&format!("/api/orders/{id}"), Some(&other)).await.0, 404);
-    assert_eq!(sys.get(&format!("/api/orders/{id}/history"), Some(&other)).await.0, 404);
+    assert_eq!(
+        sys.get(&format!("/api/orders/{id}"), Some(&other)).await.0,
+        404
+    );
+    assert_eq!(
+        sys.get(&format!("/api/orders/{id}/history"), Some(&other))
+            .await
+            .0,
+        404
+    );
     assert_eq!(sys.get("/api/orders/not-a-uuid", Some(&user)).await.0, 400);
 }

@@ -43,7 +43,15 @@ async fn start_service(
     stops.push(tx);
     tokio::spawn(async move {
         Service::new(name)
-            .serve(config, settings, listener, async { let _ = rx.await; }, |_ctx| async move { Ok(routes) })
+            .serve(
+                config,
+                settings,
+                listener,
+                async {
+                    let _ = rx.await;
+                },
+                |_ctx| async move { Ok(routes) },
+            )
             .await
             .unwrap();
     });
@@ -58,7 +66,11 @@ async fn calls_carry_the_passport_and_the_trace() {
         data_dir: std::env::temp_dir().join(format!("tessera-client-{}", uuid::Uuid::new_v4())),
         log: Default::default(),
     };
-    tokio::spawn(tessera_control::serve(control_listener, config, std::future::pending()));
+    tokio::spawn(tessera_control::serve(
+        control_listener,
+        config,
+        std::future::pending(),
+    ));
     let keys = PassportKeys::generate_spec();
     let mut stops = Vec::new();
 
@@ -89,40 +101,51 @@ async fn calls_carry_the_passport_and_the_trace() {
     let (front_stop, front_rx) = oneshot::channel::<()>();
     tokio::spawn(async move {
         Service::new("front")
-            .serve(config, settings, listener, async { let _ = front_rx.await; }, |ctx| async move {
-                let client = ctx.client.clone();
-                let background = ctx.client.clone();
-                Ok(Router::new()
-                    .route(
-                        "/relay",
-                        get(move || {
-                            let client = client.clone();
-                            async move {
-                                let answer: serde_json::Value = client.get("backend", "/whoami").await?;
-                                Ok::<_, ApiError>(Json(answer))
-                            }
-                        }),
-                    )
-                    .route(
-                        "/background",
-                        get(move || {
-                            let client = background.clone();
-                            async move {
-                                // Outside the request's task: the service speaks for itself.
-                                let answer = tokio::spawn(async move {
-                                    client.get::<serde_json::Value>("backend", "/whoami").await
-                                })
-                                .await
-                                .unwrap()?;
-                                Ok::<_, ApiError>(Json(answer))
-                            }
-                        }),
-                    )
-                    .route(
-                        "/missing",
-                        get(move || async move { Err::<Json<()>, _>(ApiError::not_found("nothing")) }),
-                    ))
-            })
+            .serve(
+                config,
+                settings,
+                listener,
+                async {
+                    let _ = front_rx.await;
+                },
+                |ctx| async move {
+                    let client = ctx.client.clone();
+                    let background = ctx.client.clone();
+                    Ok(Router::new()
+                        .route(
+                            "/relay",
+                            get(move || {
+                                let client = client.clone();
+                                async move {
+                                    let answer: serde_json::Value =
+                                        client.get("backend", "/whoami").await?;
+                                    Ok::<_, ApiError>(Json(answer))
+                                }
+                            }),
+                        )
+                        .route(
+                            "/background",
+                            get(move || {
+                                let client = background.clone();
+                                async move {
+                                    // Outside the request's task: the service speaks for itself.
+                                    let answer = tokio::spawn(async move {
+                                        client.get::<serde_json::Value>("backend", "/whoami").await
+                                    })
+                                    .await
+                                    .unwrap()?;
+                                    Ok::<_, ApiError>(Json(answer))
+                                }
+                            }),
+                        )
+                        .route(
+                            "/missing",
+                            get(move || async move {
+                                Err::<Json<()>, _>(ApiError::not_found("nothing"))
+                            }),
+                        ))
+                },
+            )
             .await
             .unwrap();
     });
@@ -131,12 +154,26 @@ async fn calls_carry_the_passport_and_the_trace() {
     // Wait until both backends and the front are registered and discovered.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let catalog: tessera::registry::Catalog =
-            http.get(format!("{control}/v1/services")).send().await.unwrap().json().await.unwrap();
-        if catalog.services.get("backend").is_some_and(|b| b.len() == 2) && catalog.services.contains_key("front") {
+        let catalog: tessera::registry::Catalog = http
+            .get(format!("{control}/v1/services"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if catalog
+            .services
+            .get("backend")
+            .is_some_and(|b| b.len() == 2)
+            && catalog.services.contains_key("front")
+        {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "services did not register: {catalog:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "services did not register: {catalog:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await; // discovery long-poll wakes
@@ -155,8 +192,15 @@ async fn calls_carry_the_passport_and_the_trace() {
             .unwrap();
         assert_eq!(resp.status().as_u16(), 200);
         let body: serde_json::Value = resp.json().await.unwrap();
-        assert_eq!(body["sub"], "user-42", "the caller's identity travels: {body}");
-        assert_eq!(body["trace"], trace.trace_id_hex(), "the trace travels: {body}");
+        assert_eq!(
+            body["sub"], "user-42",
+            "the caller's identity travels: {body}"
+        );
+        assert_eq!(
+            body["trace"],
+            trace.trace_id_hex(),
+            "the trace travels: {body}"
+        );
         if body["second"] == true {
             seconds += 1;
         }
@@ -173,7 +217,12 @@ async fn calls_carry_the_passport_and_the_trace() {
     assert_eq!(body["sub"], "service:front", "{body}");
     assert_eq!(body["roles"], serde_json::json!(["system"]));
 
-    let resp = http.get(format!("http://{front_addr}/missing")).header("x-passport", &passport).send().await.unwrap();
+    let resp = http
+        .get(format!("http://{front_addr}/missing"))
+        .header("x-passport", &passport)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status().as_u16(), 404);
     let _ = front_stop.send(());
 }

@@ -36,16 +36,31 @@ impl Harness {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let control = format!("http://{}", listener.local_addr().unwrap());
         let dir = std::env::temp_dir().join(format!("tessera-events-{}", uuid::Uuid::new_v4()));
-        (Self { control, dir, keys: tessera::PassportKeys::generate_spec(), http: reqwest::Client::new() }, listener)
+        (
+            Self {
+                control,
+                dir,
+                keys: tessera::PassportKeys::generate_spec(),
+                http: reqwest::Client::new(),
+            },
+            listener,
+        )
     }
 
     fn start_control(&self, listener: TcpListener) {
         let config = tessera_control::ControlConfig {
             settle: Duration::ZERO,
             data_dir: self.dir.join("control"),
-            log: tessera_control::events::LogConfig { lease: Duration::from_secs(2), ..Default::default() },
+            log: tessera_control::events::LogConfig {
+                lease: Duration::from_secs(2),
+                ..Default::default()
+            },
         };
-        tokio::spawn(tessera_control::serve(listener, config, std::future::pending()));
+        tokio::spawn(tessera_control::serve(
+            listener,
+            config,
+            std::future::pending(),
+        ));
     }
 
     fn settings(&self, name: &str) -> Settings {
@@ -54,7 +69,10 @@ impl Harness {
             ("TESSERA_CONTROL_URL", self.control.clone()),
             ("TESSERA_PASSPORT_KEYS", self.keys.clone()),
             ("TESSERA_SYSTEM", "events-test".to_string()),
-            ("TESSERA_DATA_DIR", self.dir.join("data").display().to_string()),
+            (
+                "TESSERA_DATA_DIR",
+                self.dir.join("data").display().to_string(),
+            ),
         ])
     }
 
@@ -80,7 +98,9 @@ async fn start_ledger(h: &Harness) -> String {
         std::future::pending(),
         |ctx| async move {
             let state = (ctx.db().clone(), ctx.events().outbox.clone());
-            Ok(Router::new().route("/deposit", post(deposit)).with_state(state))
+            Ok(Router::new()
+                .route("/deposit", post(deposit))
+                .with_state(state))
         },
     ));
     addr
@@ -97,7 +117,12 @@ async fn deposit(
         .bind(body["amount"].as_i64().unwrap_or(0))
         .execute(&mut *tx)
         .await?;
-    let event = Event::new("/ledger", "ledger.deposited", body["account"].as_str().unwrap_or("acc"), &body);
+    let event = Event::new(
+        "/ledger",
+        "ledger.deposited",
+        body["account"].as_str().unwrap_or("acc"),
+        &body,
+    );
     outbox::add(&mut tx, "ledger.events", &event).await?;
     if body["fail"] == true {
         return Err(ApiError::bad_request("refused", "rolled back on purpose")); // tx dropped: rollback
@@ -112,12 +137,18 @@ struct Audit {
 }
 
 impl Handler for Audit {
-    fn handle<'a>(&'a self, event: &'a Event, tx: &'a mut Tx) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn handle<'a>(
+        &'a self,
+        event: &'a Event,
+        tx: &'a mut Tx,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
             if event.data["poison"] == true && !self.accept_poison.load(Ordering::SeqCst) {
                 return Err(HandlerError::permanent("poison"));
             }
-            let trace = tessera::client::REQUEST.try_with(|r| r.trace.trace_id_hex()).ok();
+            let trace = tessera::client::REQUEST
+                .try_with(|r| r.trace.trace_id_hex())
+                .ok();
             sqlx::query("INSERT INTO seen (event_id, subject, n, trace) VALUES ($1, $2, $3, $4)")
                 .bind(&event.id)
                 .bind(event.subject.clone().unwrap_or_default())
@@ -152,17 +183,16 @@ async fn start_auditor(h: &Harness, accept_poison: Arc<AtomicBool>) -> Db {
 }
 
 async fn seen(db: &Db) -> Vec<(String, String, i64, Option<String>)> {
-    sqlx::query_as("SELECT event_id, subject, n, trace FROM seen ORDER BY seq").fetch_all(db.pool()).await.unwrap()
+    sqlx::query_as("SELECT event_id, subject, n, trace FROM seen ORDER BY seq")
+        .fetch_all(db.pool())
+        .await
+        .unwrap()
 }
 
 fn passport(h: &Harness) -> String {
-    tessera::PassportKeys::from_spec(&h.keys, "events-test").unwrap().mint(
-        "test",
-        "u",
-        &[],
-        None,
-        &tessera::TraceContext::new_root(),
-    )
+    tessera::PassportKeys::from_spec(&h.keys, "events-test")
+        .unwrap()
+        .mint("test", "u", &[], None, &tessera::TraceContext::new_root())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,24 +219,53 @@ async fn outbox_to_inbox_exactly_once_in_order_with_dead_letters() {
             .unwrap();
         assert_eq!(resp.status().as_u16(), if n == 7 { 400 } else { 200 });
     }
-    h.wait("29 events handled", async || seen(&audit_db).await.len() >= 29).await;
+    h.wait("29 events handled", async || {
+        seen(&audit_db).await.len() >= 29
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rows = seen(&audit_db).await;
-    assert_eq!(rows.len(), 29, "exactly once, and nothing for the rolled-back deposit");
+    assert_eq!(
+        rows.len(),
+        29,
+        "exactly once, and nothing for the rolled-back deposit"
+    );
     assert!(!rows.iter().any(|r| r.2 == 7));
     for acc in 0..3 {
-        let ns: Vec<i64> = rows.iter().filter(|r| r.1 == format!("acc{acc}")).map(|r| r.2).collect();
+        let ns: Vec<i64> = rows
+            .iter()
+            .filter(|r| r.1 == format!("acc{acc}"))
+            .map(|r| r.2)
+            .collect();
         let mut sorted = ns.clone();
         sorted.sort_unstable();
         assert_eq!(ns, sorted, "in order per key (acc{acc})");
     }
-    assert!(rows.iter().all(|r| r.3.as_deref() == Some(trace.trace_id_hex().as_str())), "the trace travels with the events");
+    assert!(
+        rows.iter()
+            .all(|r| r.3.as_deref() == Some(trace.trace_id_hex().as_str())),
+        "the trace travels with the events"
+    );
 
     // A duplicate injected straight into the log has no second effect.
     let (dup_id, ..) = rows[0].clone();
     let original: Value = {
-        let v: Value = h.http.get(format!("{}/v1/topics", h.control)).send().await.unwrap().json().await.unwrap();
-        assert!(v["topics"].as_array().unwrap().iter().any(|t| t["name"] == "ledger.events"));
+        let v: Value = h
+            .http
+            .get(format!("{}/v1/topics", h.control))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(
+            v["topics"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t["name"] == "ledger.events")
+        );
         json!({"specversion": "1.0", "id": dup_id, "source": "/ledger", "type": "ledger.deposited", "subject": rows[0].1, "data": {"n": 999}})
     };
     let resp = h
@@ -221,25 +280,64 @@ async fn outbox_to_inbox_exactly_once_in_order_with_dead_letters() {
     // A poison event is dead-lettered and the consumer moves on.
     for (id, poison) in [("poison", true), ("after", false)] {
         let body = json!({"id": id, "amount": 1, "account": "acc0", "n": 100, "poison": poison});
-        let r = h.http.post(format!("{ledger}/deposit")).header("x-passport", &p).json(&body).send().await.unwrap();
+        let r = h
+            .http
+            .post(format!("{ledger}/deposit"))
+            .header("x-passport", &p)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status().as_u16(), 200);
     }
-    h.wait("the event after the poison", async || seen(&audit_db).await.len() >= 30).await;
-    let dead: Value = h.http.get(format!("{}/v1/deadletters/auditor", h.control)).send().await.unwrap().json().await.unwrap();
+    h.wait("the event after the poison", async || {
+        seen(&audit_db).await.len() >= 30
+    })
+    .await;
+    let dead: Value = h
+        .http
+        .get(format!("{}/v1/deadletters/auditor", h.control))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let dead = dead["deadLetters"].as_array().unwrap();
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0]["event"]["deadlettererror"], "poison");
     assert_eq!(dead[0]["event"]["deadlettertopic"], "ledger.events");
-    assert_eq!(seen(&audit_db).await.iter().filter(|r| r.2 == 999).count(), 0, "the duplicate did nothing");
+    assert_eq!(
+        seen(&audit_db).await.iter().filter(|r| r.2 == 999).count(),
+        0,
+        "the duplicate did nothing"
+    );
 
     // Fixed, replayed: handled once.
     accept.store(true, Ordering::SeqCst);
-    let replayed: Value =
-        h.http.post(format!("{}/v1/deadletters/auditor/replay", h.control)).send().await.unwrap().json().await.unwrap();
+    let replayed: Value = h
+        .http
+        .post(format!("{}/v1/deadletters/auditor/replay", h.control))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(replayed["replayed"], 1);
-    h.wait("the replayed event", async || seen(&audit_db).await.len() >= 31).await;
-    let replayed: Value =
-        h.http.post(format!("{}/v1/deadletters/auditor/replay", h.control)).send().await.unwrap().json().await.unwrap();
+    h.wait("the replayed event", async || {
+        seen(&audit_db).await.len() >= 31
+    })
+    .await;
+    let replayed: Value = h
+        .http
+        .post(format!("{}/v1/deadletters/auditor/replay", h.control))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(replayed["replayed"], 0, "replayed once only");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(seen(&audit_db).await.len(), 31);
@@ -253,13 +351,27 @@ async fn events_wait_in_the_outbox_while_the_log_is_down() {
     let p = passport(&h);
     for n in 0..5 {
         let body = json!({"id": format!("d{n}"), "amount": n, "account": "a", "n": n});
-        let r = h.http.post(format!("{ledger}/deposit")).header("x-passport", &p).json(&body).send().await.unwrap();
-        assert_eq!(r.status().as_u16(), 200, "the service works without the log");
+        let r = h
+            .http
+            .post(format!("{ledger}/deposit"))
+            .header("x-passport", &p)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status().as_u16(),
+            200,
+            "the service works without the log"
+        );
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     h.start_control(listener);
     let audit_db = start_auditor(&h, Arc::new(AtomicBool::new(true))).await;
-    h.wait("the queued events", async || seen(&audit_db).await.len() >= 5).await;
+    h.wait("the queued events", async || {
+        seen(&audit_db).await.len() >= 5
+    })
+    .await;
     let ns: Vec<i64> = seen(&audit_db).await.iter().map(|r| r.2).collect();
     assert_eq!(ns, [0, 1, 2, 3, 4]);
 }

@@ -5,7 +5,10 @@ use serde_json::Value;
 use tessera_testkit::{Options, System};
 
 fn with_echo() -> Options {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/echo_service.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/echo_service.py"
+    );
     Options {
         upstream_timeout_ms: 1000,
         extra_manifest: format!(
@@ -40,9 +43,17 @@ async fn routes_wraps_and_propagates_the_trace() {
 
     // Unknown route, no live instance, missing token on a required route.
     let (status, body) = sys.get("/nowhere", None).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("route_not_found")), "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("route_not_found")),
+        "{body}"
+    );
     let (status, body) = sys.get("/api/ghost/x", None).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("no_instance")), "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("no_instance")),
+        "{body}"
+    );
     let (status, body) = sys.get("/api/private/headers", None).await;
     assert_eq!(status, 401, "{body}");
     assert_eq!(sys.get("/api/private/headers", Some(&user)).await.0, 200);
@@ -59,16 +70,34 @@ async fn routes_wraps_and_propagates_the_trace() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
-    assert_eq!(resp.headers()["x-trace-id"], "0af7651916cd43dd8448eb211c80319c");
+    assert_eq!(
+        resp.headers()["x-trace-id"],
+        "0af7651916cd43dd8448eb211c80319c"
+    );
     let returned = resp.headers()["traceparent"].to_str().unwrap().to_string();
-    assert!(returned.starts_with("00-0af7651916cd43dd8448eb211c80319c-"), "{returned}");
+    assert!(
+        returned.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+        "{returned}"
+    );
     let env: Value = resp.json().await.unwrap();
     assert_eq!(env["success"], true);
     assert_eq!(env["traceId"], "0af7651916cd43dd8448eb211c80319c");
     let seen = &env["data"];
-    assert!(seen["traceparent"].as_str().unwrap().starts_with("00-0af7651916cd43dd8448eb211c80319c-"), "{seen}");
-    assert_ne!(seen["traceparent"], parent, "the gateway is a span of its own");
-    assert!(seen.get("authorization").is_none(), "the access token stays at the edge: {seen}");
+    assert!(
+        seen["traceparent"]
+            .as_str()
+            .unwrap()
+            .starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+        "{seen}"
+    );
+    assert_ne!(
+        seen["traceparent"], parent,
+        "the gateway is a span of its own"
+    );
+    assert!(
+        seen.get("authorization").is_none(),
+        "the access token stays at the edge: {seen}"
+    );
     let passport = seen["x-passport"].as_str().unwrap();
     assert_ne!(passport, "client-made");
     let keys = tessera::PassportKeys::from_spec(&sys.passport_keys(), "shop-test").unwrap();
@@ -80,7 +109,9 @@ async fn routes_wraps_and_propagates_the_trace() {
 
     // Without a token: an anonymous passport, and a new trace.
     let (_, env) = sys.get("/api/echo/headers", None).await;
-    let p = keys.verify(env["data"]["x-passport"].as_str().unwrap()).unwrap();
+    let p = keys
+        .verify(env["data"]["x-passport"].as_str().unwrap())
+        .unwrap();
     assert!(p.is_anonymous() && p.roles.is_empty());
     assert_eq!(p.tid, env["traceId"].as_str().unwrap());
 
@@ -94,36 +125,65 @@ async fn routes_wraps_and_propagates_the_trace() {
 
     // Upstream errors keep their status and code, inside the envelope.
     let (status, body) = sys.get("/api/echo/missing", None).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")), "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{body}"
+    );
 
     // One access-log line per request, with the trace id and the upstream instance.
     let log = sys.log();
     let line = log
         .lines()
-        .find(|l| l.contains("\"target\":\"access\"") && l.contains("0af7651916cd43dd8448eb211c80319c"))
+        .find(|l| {
+            l.contains("\"target\":\"access\"") && l.contains("0af7651916cd43dd8448eb211c80319c")
+        })
         .expect("an access log line for the traced request");
-    for field in ["\"method\":\"GET\"", "\"path\":\"/api/echo/headers\"", "\"status\":200", "\"upstream\":\"echo-1\"", "latency_ms"] {
+    for field in [
+        "\"method\":\"GET\"",
+        "\"path\":\"/api/echo/headers\"",
+        "\"status\":200",
+        "\"upstream\":\"echo-1\"",
+        "latency_ms",
+    ] {
         assert!(line.contains(field), "{field} in {line}");
     }
     // Services' log lines carry the trace too.
     let (_, env) = sys.get("/api/catalog/products?limit=1", None).await;
     let trace = env["traceId"].as_str().unwrap();
-    sys.wait_until(std::time::Duration::from_secs(5), "a catalog log line with the trace id", || async {
-        sys.log().lines().any(|l| l.contains("\"service\":\"catalog\"") && l.contains(trace) && l.contains("span_id"))
-    })
+    sys.wait_until(
+        std::time::Duration::from_secs(5),
+        "a catalog log line with the trace id",
+        || async {
+            sys.log().lines().any(|l| {
+                l.contains("\"service\":\"catalog\"") && l.contains(trace) && l.contains("span_id")
+            })
+        },
+    )
     .await;
 }
 
 #[tokio::test]
 async fn slow_client_headers_time_out() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let sys = System::start_with(Options { header_timeout_ms: 1000, ..Options::default() }).await;
-    let mut sock = tokio::net::TcpStream::connect(sys.gateway.trim_start_matches("http://")).await.unwrap();
-    sock.write_all(b"GET /api/catalog/products HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let sys = System::start_with(Options {
+        header_timeout_ms: 1000,
+        ..Options::default()
+    })
+    .await;
+    let mut sock = tokio::net::TcpStream::connect(sys.gateway.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    sock.write_all(b"GET /api/catalog/products HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
     // Never finish the headers; the gateway must not hold the connection forever.
     let mut buf = [0u8; 256];
     let start = std::time::Instant::now();
     let read = tokio::time::timeout(std::time::Duration::from_secs(10), sock.read(&mut buf)).await;
-    assert!(read.is_ok(), "the gateway closed or answered a client that never finished its headers");
+    assert!(
+        read.is_ok(),
+        "the gateway closed or answered a client that never finished its headers"
+    );
     assert!(start.elapsed() < std::time::Duration::from_secs(5));
 }

@@ -1,7 +1,6 @@
 //! Services answer nothing but health and metrics to a caller that did not come through the
 //! gateway or another service: calls straight to a service's port, bypassing the gateway.
 
-
 use tessera::passport::{Passport, PassportKeys};
 use tessera::{TraceContext, unix_now};
 use tessera_testkit::System;
@@ -50,17 +49,42 @@ async fn direct_calls_need_a_valid_passport() {
         let body: serde_json::Value = resp.json().await.unwrap();
         assert_eq!(body["code"], "unauthenticated", "{name}: {body}");
     }
-    let resp = sys.http.get(&url).header("x-passport", &valid).send().await.unwrap();
+    let resp = sys
+        .http
+        .get(&url)
+        .header("x-passport", &valid)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status().as_u16(), 200, "a valid passport is accepted");
 
     for open in ["/health/live", "/health/ready", "/metrics"] {
-        let resp = sys.http.get(format!("http://{addr}{open}")).send().await.unwrap();
+        let resp = sys
+            .http
+            .get(format!("http://{addr}{open}"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status().as_u16(), 200, "{open}");
     }
-    let metrics = sys.http.get(format!("http://{addr}/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = sys
+        .http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(metrics.contains("http_server_requests_total"), "{metrics}");
-    assert!(metrics.contains(r#"route="/api/catalog/products""#), "{metrics}");
-    assert!(metrics.contains("http_server_request_duration_seconds_bucket"), "{metrics}");
+    assert!(
+        metrics.contains(r#"route="/api/catalog/products""#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("http_server_request_duration_seconds_bucket"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -68,7 +92,13 @@ async fn a_client_supplied_passport_is_replaced_by_the_gateway() {
     let sys = System::start().await;
     // Even a passport signed with the system's real key is not honoured from outside.
     let keys = PassportKeys::from_spec(&sys.passport_keys(), "shop-test").unwrap();
-    let admin_passport = keys.mint("test", "root", &["admin".into()], None, &TraceContext::new_root());
+    let admin_passport = keys.mint(
+        "test",
+        "root",
+        &["admin".into()],
+        None,
+        &TraceContext::new_root(),
+    );
     let resp = sys
         .http
         .post(sys.url("/api/catalog/products"))
@@ -77,5 +107,9 @@ async fn a_client_supplied_passport_is_replaced_by_the_gateway() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status().as_u16(), 401, "the caller is anonymous, whatever passport it sent");
+    assert_eq!(
+        resp.status().as_u16(),
+        401,
+        "the caller is anonymous, whatever passport it sent"
+    );
 }

@@ -15,16 +15,31 @@ fn pid_of(catalog: &tessera::registry::Catalog, instance: &str) -> Option<u32> {
 }
 
 async fn requests_served(sys: &System, address: &str) -> u64 {
-    let text = sys.http.get(format!("http://{address}/metrics")).send().await.unwrap().text().await.unwrap();
+    let text = sys
+        .http
+        .get(format!("http://{address}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     text.lines()
-        .filter(|l| l.starts_with("http_server_requests_total") && l.contains(r#"route="/api/catalog/products""#))
+        .filter(|l| {
+            l.starts_with("http_server_requests_total")
+                && l.contains(r#"route="/api/catalog/products""#)
+        })
         .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
         .sum::<f64>() as u64
 }
 
 #[tokio::test]
 async fn replicas_register_and_share_the_load() {
-    let sys = System::start_with(Options { catalog_replicas: 2, ..Options::default() }).await;
+    let sys = System::start_with(Options {
+        catalog_replicas: 2,
+        ..Options::default()
+    })
+    .await;
     let registry = sys.registry().await;
     let instances = &registry.services["catalog"];
     assert_eq!(instances.len(), 2, "{instances:?}");
@@ -40,7 +55,11 @@ async fn replicas_register_and_share_the_load() {
 
 #[tokio::test]
 async fn a_killed_service_is_restarted_and_its_old_registration_dropped() {
-    let sys = System::start_with(Options { catalog_replicas: 2, ..Options::default() }).await;
+    let sys = System::start_with(Options {
+        catalog_replicas: 2,
+        ..Options::default()
+    })
+    .await;
     let before = sys.registry().await;
     let old = pid_of(&before, "catalog-1").expect("catalog-1 registered with its pid");
     signal(old, libc::SIGKILL);
@@ -54,19 +73,39 @@ async fn a_killed_service_is_restarted_and_its_old_registration_dropped() {
             Some(pid) if pid != old => break pid,
             _ => {}
         }
-        assert!(Instant::now() < deadline, "catalog-1 was not restarted\n{}", sys.log_tail(40));
-        assert_eq!(sys.get("/api/catalog/products?limit=1", None).await.0, 200, "the other replica serves");
+        assert!(
+            Instant::now() < deadline,
+            "catalog-1 was not restarted\n{}",
+            sys.log_tail(40)
+        );
+        assert_eq!(
+            sys.get("/api/catalog/products?limit=1", None).await.0,
+            200,
+            "the other replica serves"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert!(killed.elapsed() < Duration::from_millis(1500 + 1000), "the dead registration went within the TTL");
+    assert!(
+        killed.elapsed() < Duration::from_millis(1500 + 1000),
+        "the dead registration went within the TTL"
+    );
     assert!(alive(new) && !alive(old));
-    assert!(sys.log().contains("catalog-1 exited"), "the runner says what happened");
+    assert!(
+        sys.log().contains("catalog-1 exited"),
+        "the runner says what happened"
+    );
     assert_eq!(sys.get("/api/catalog/products?limit=1", None).await.0, 200);
 }
 
 #[tokio::test]
 async fn a_frozen_instance_expires_within_its_ttl_and_returns_when_it_wakes() {
-    let sys = System::start_with(Options { catalog_replicas: 2, ttl_ms: 1500, heartbeat_ms: 300, ..Options::default() }).await;
+    let sys = System::start_with(Options {
+        catalog_replicas: 2,
+        ttl_ms: 1500,
+        heartbeat_ms: 300,
+        ..Options::default()
+    })
+    .await;
     let pid = pid_of(&sys.registry().await, "catalog-2").unwrap();
     // A stopped process does not exit (so nothing restarts it) and does not heartbeat.
     signal(pid, libc::SIGSTOP);
@@ -76,22 +115,34 @@ async fn a_frozen_instance_expires_within_its_ttl_and_returns_when_it_wakes() {
     })
     .await;
     let gone_after = stopped.elapsed();
-    assert!(gone_after < Duration::from_millis(1500 + 1000), "expired after {gone_after:?}");
-    assert!(gone_after >= Duration::from_millis(1000), "not before its TTL: {gone_after:?}");
+    assert!(
+        gone_after < Duration::from_millis(1500 + 1000),
+        "expired after {gone_after:?}"
+    );
+    assert!(
+        gone_after >= Duration::from_millis(1000),
+        "not before its TTL: {gone_after:?}"
+    );
     // Meanwhile every request is served by the live replica.
     for _ in 0..10 {
         assert_eq!(sys.get("/api/catalog/products?limit=1", None).await.0, 200);
     }
     signal(pid, libc::SIGCONT);
-    sys.wait_until(Duration::from_secs(5), "catalog-2 to register again", || async {
-        pid_of(&sys.registry().await, "catalog-2") == Some(pid)
-    })
+    sys.wait_until(
+        Duration::from_secs(5),
+        "catalog-2 to register again",
+        || async { pid_of(&sys.registry().await, "catalog-2") == Some(pid) },
+    )
     .await;
 }
 
 #[tokio::test]
 async fn ctrl_c_stops_the_whole_tree() {
-    let mut sys = System::start_with(Options { catalog_replicas: 2, ..Options::default() }).await;
+    let mut sys = System::start_with(Options {
+        catalog_replicas: 2,
+        ..Options::default()
+    })
+    .await;
     let tree = sys.tree_pids();
     // control, gateway, auth, 2 × catalog
     assert!(tree.len() >= 5, "{tree:?}");
@@ -99,12 +150,19 @@ async fn ctrl_c_stops_the_whole_tree() {
     assert!(status.success(), "tessera up exits cleanly: {status}");
     let deadline = Instant::now() + Duration::from_secs(5);
     while tree.iter().any(|p| alive(*p)) {
-        assert!(Instant::now() < deadline, "still alive: {:?}", tree.iter().filter(|p| alive(**p)).collect::<Vec<_>>());
+        assert!(
+            Instant::now() < deadline,
+            "still alive: {:?}",
+            tree.iter().filter(|p| alive(**p)).collect::<Vec<_>>()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let log = sys.log();
     assert!(log.contains("stopping: gateway, then services"), "{log}");
-    assert!(log.contains("deregistered"), "services deregistered on the way out");
+    assert!(
+        log.contains("deregistered"),
+        "services deregistered on the way out"
+    );
 }
 
 #[tokio::test]
@@ -115,7 +173,11 @@ async fn killing_the_runner_leaves_nothing_behind() {
     signal(sys.up_pid(), libc::SIGKILL);
     let deadline = Instant::now() + Duration::from_secs(5);
     while tree.iter().any(|p| alive(*p)) {
-        assert!(Instant::now() < deadline, "orphans: {:?}", tree.iter().filter(|p| alive(**p)).collect::<Vec<_>>());
+        assert!(
+            Instant::now() < deadline,
+            "orphans: {:?}",
+            tree.iter().filter(|p| alive(**p)).collect::<Vec<_>>()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -133,7 +195,11 @@ fn control_pid(sys: &System) -> u32 {
 
 #[tokio::test]
 async fn the_system_survives_a_control_plane_crash() {
-    let sys = System::start_with(Options { catalog_replicas: 2, ..Options::default() }).await;
+    let sys = System::start_with(Options {
+        catalog_replicas: 2,
+        ..Options::default()
+    })
+    .await;
     let (token, _) = sys.new_user().await;
     let pid = control_pid(&sys);
     signal(pid, libc::SIGKILL);
@@ -149,11 +215,28 @@ async fn the_system_survives_a_control_plane_crash() {
     }
     assert!(served > 50);
     // Restarted, the registry is refilled by the instances' heartbeats.
-    sys.wait_until(Duration::from_secs(10), "the registry to refill", || async {
-        let Ok(resp) = sys.http.get(format!("{}/v1/services", sys.control)).send().await else { return false };
-        let Ok(catalog) = resp.json::<tessera::registry::Catalog>().await else { return false };
-        catalog.services.get("catalog").is_some_and(|c| c.len() == 2) && catalog.services.contains_key("auth")
-    })
+    sys.wait_until(
+        Duration::from_secs(10),
+        "the registry to refill",
+        || async {
+            let Ok(resp) = sys
+                .http
+                .get(format!("{}/v1/services", sys.control))
+                .send()
+                .await
+            else {
+                return false;
+            };
+            let Ok(catalog) = resp.json::<tessera::registry::Catalog>().await else {
+                return false;
+            };
+            catalog
+                .services
+                .get("catalog")
+                .is_some_and(|c| c.len() == 2)
+                && catalog.services.contains_key("auth")
+        },
+    )
     .await;
     assert_ne!(control_pid(&sys), pid);
     assert_eq!(sys.get("/api/auth/me", Some(&token)).await.0, 200);
@@ -165,8 +248,13 @@ async fn signing_keys_and_accounts_survive_a_restart() {
     let (token, _) = sys.new_user().await;
     let kid = |t: &str| {
         use base64::Engine;
-        let header = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(t.split('.').next().unwrap()).unwrap();
-        serde_json::from_slice::<serde_json::Value>(&header).unwrap()["kid"].as_str().unwrap().to_string()
+        let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(t.split('.').next().unwrap())
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&header).unwrap()["kid"]
+            .as_str()
+            .unwrap()
+            .to_string()
     };
     let before = kid(&token);
     let old = pid_of(&sys.registry().await, "auth-1").unwrap();
@@ -177,9 +265,11 @@ async fn signing_keys_and_accounts_survive_a_restart() {
     .await;
     // The gateway learns the new address a moment after the registry does.
     let login = serde_json::json!({"email": tessera_testkit::ADMIN_EMAIL, "password": tessera_testkit::ADMIN_PASSWORD});
-    sys.wait_until(Duration::from_secs(5), "the gateway to reach the new auth", || async {
-        sys.post("/api/auth/login", None, login.clone()).await.0 == 200
-    })
+    sys.wait_until(
+        Duration::from_secs(5),
+        "the gateway to reach the new auth",
+        || async { sys.post("/api/auth/login", None, login.clone()).await.0 == 200 },
+    )
     .await;
     let admin = sys.admin().await;
     assert_eq!(kid(&admin), before, "the same signing key after a restart");
@@ -188,7 +278,11 @@ async fn signing_keys_and_accounts_survive_a_restart() {
 
 #[tokio::test]
 async fn status_lists_the_running_instances() {
-    let sys = System::start_with(Options { catalog_replicas: 2, ..Options::default() }).await;
+    let sys = System::start_with(Options {
+        catalog_replicas: 2,
+        ..Options::default()
+    })
+    .await;
     let out = std::process::Command::new(tessera_testkit::bin_dir().join("tessera"))
         .arg("--manifest")
         .arg(sys.dir.join("tessera.toml"))

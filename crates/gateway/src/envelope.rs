@@ -33,7 +33,12 @@ pub fn error(code: &str, message: &str, trace_id: &str) -> Bytes {
         code: &'a str,
         message: &'a str,
     }
-    let body = Envelope { success: false, data: (), error: ErrorBody { code, message }, trace_id };
+    let body = Envelope {
+        success: false,
+        data: (),
+        error: ErrorBody { code, message },
+        trace_id,
+    };
     Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
 }
 
@@ -45,7 +50,9 @@ struct UpstreamError {
 
 /// The `{code, message}` an upstream sent with an error status, if it sent one.
 pub fn upstream_error(body: &[u8]) -> Option<(String, String)> {
-    serde_json::from_slice::<UpstreamError>(body).ok().map(|e| (e.code, e.message))
+    serde_json::from_slice::<UpstreamError>(body)
+        .ok()
+        .map(|e| (e.code, e.message))
 }
 
 /// Whether `body` is one well-formed JSON document.
@@ -97,7 +104,10 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
         assert_eq!(v["error"]["message"], "a \"quote\"");
         assert_eq!(v["success"], false);
-        assert_eq!(upstream_error(br#"{"code":"c","message":"m"}"#), Some(("c".into(), "m".into())));
+        assert_eq!(
+            upstream_error(br#"{"code":"c","message":"m"}"#),
+            Some(("c".into(), "m".into()))
+        );
         assert_eq!(upstream_error(b"oops"), None);
         assert!(is_json(b" [1] ") && !is_json(b"{") && !is_json(b"1 2"));
     }

@@ -53,10 +53,23 @@ pub async fn serve(
     let keys = PassportKeys::from_spec(&config.passport_keys, &manifest.system.name)
         .context("TESSERA_PASSPORT_KEYS")?;
     let discovery = Discovery::start(&config.control_url);
-    let service_keys = Arc::new(PassportKeys::from_spec(&config.passport_keys, &manifest.system.name)?);
+    let service_keys = Arc::new(PassportKeys::from_spec(
+        &config.passport_keys,
+        &manifest.system.name,
+    )?);
     let tokens = manifest.gateway.tokens.clone().map(|t| {
-        let client = ServiceClient::new(discovery.clone(), service_keys.clone(), "gateway", Duration::from_secs(5));
-        let feed = ServiceClient::new(discovery.clone(), service_keys.clone(), "gateway", Duration::from_secs(30));
+        let client = ServiceClient::new(
+            discovery.clone(),
+            service_keys.clone(),
+            "gateway",
+            Duration::from_secs(5),
+        );
+        let feed = ServiceClient::new(
+            discovery.clone(),
+            service_keys.clone(),
+            "gateway",
+            Duration::from_secs(30),
+        );
         let verifier = TokenVerifier::new(t, client);
         verifier.spawn_revocation_feed(feed);
         verifier
@@ -106,7 +119,9 @@ pub async fn serve(
             let gateway = gateway.clone();
             async move {
                 match req.uri().path() {
-                    "/health/live" | "/health/ready" => Ok(plain(StatusCode::OK, "{\"status\":\"ready\"}")),
+                    "/health/live" | "/health/ready" => {
+                        Ok(plain(StatusCode::OK, "{\"status\":\"ready\"}"))
+                    }
                     "/metrics" => Ok(plain(StatusCode::OK, &tessera::metrics::render())),
                     "/status/resilience" => Ok(plain(StatusCode::OK, &gateway.resilience_status())),
                     _ => gateway.handle(req, peer.ip()).await,
@@ -126,7 +141,10 @@ pub async fn serve(
         });
     }
     tracing::info!("gateway stopping: draining connections");
-    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("drain deadline passed");
     }
     Ok(())

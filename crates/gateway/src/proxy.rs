@@ -15,9 +15,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tessera::TraceContext;
 use tessera::manifest::{AuthMode, Fallback};
-use tessera::resilience::Limited as RateLimited;
 use tessera::passport::{self, PassportKeys};
 use tessera::registry::Discovery;
+use tessera::resilience::Limited as RateLimited;
 
 use crate::envelope;
 use crate::routes::RouteTable;
@@ -53,7 +53,11 @@ struct Outcome {
 }
 
 impl Gateway {
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: IpAddr) -> Result<Response<Body>, Infallible> {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: IpAddr,
+    ) -> Result<Response<Body>, Infallible> {
         let start = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
@@ -65,14 +69,29 @@ impl Gateway {
         let trace = parent.map_or_else(TraceContext::new_root, |p| p.child());
         let trace_id = trace.trace_id_hex();
 
-        let (mut response, outcome, route) = match self.forward(req, peer, &trace, &trace_id).await {
+        let (mut response, outcome, route) = match self.forward(req, peer, &trace, &trace_id).await
+        {
             Ok((resp, upstream, route)) => {
                 let status = resp.status().as_u16();
-                (resp, Outcome { status, upstream: Some(upstream) }, route)
+                (
+                    resp,
+                    Outcome {
+                        status,
+                        upstream: Some(upstream),
+                    },
+                    route,
+                )
             }
             Err(e) => {
                 let status = e.status.as_u16();
-                (error_response(&e, &trace_id), Outcome { status, upstream: None }, e.route)
+                (
+                    error_response(&e, &trace_id),
+                    Outcome {
+                        status,
+                        upstream: None,
+                    },
+                    e.route,
+                )
             }
         };
         let headers = response.headers_mut();
@@ -83,7 +102,12 @@ impl Gateway {
             headers.insert(HeaderName::from_static("x-trace-id"), v);
         }
         let elapsed = start.elapsed();
-        tessera::metrics::record_request(route.unwrap_or("unrouted"), method.as_str(), outcome.status, elapsed);
+        tessera::metrics::record_request(
+            route.unwrap_or("unrouted"),
+            method.as_str(),
+            outcome.status,
+            elapsed,
+        );
         tracing::info!(
             target: "access",
             method = method.as_str(),
@@ -104,13 +128,20 @@ impl Gateway {
         trace: &TraceContext,
         trace_id: &str,
     ) -> Result<(Response<Body>, String, Option<&'a str>), GatewayError<'a>> {
-        let route = self
-            .routes
-            .find(req.uri().path())
-            .ok_or_else(|| GatewayError::new(StatusCode::NOT_FOUND, "route_not_found", "no route for this path"))?;
-        let fail = |status, code, message: &str| GatewayError::new(status, code, message).on(&route.prefix);
+        let route = self.routes.find(req.uri().path()).ok_or_else(|| {
+            GatewayError::new(
+                StatusCode::NOT_FOUND,
+                "route_not_found",
+                "no route for this path",
+            )
+        })?;
+        let fail = |status, code, message: &str| {
+            GatewayError::new(status, code, message).on(&route.prefix)
+        };
         if let Some(limiter) = &route.per_ip {
-            limiter.check(&peer.to_string()).map_err(|l| limited(l).on(&route.prefix))?;
+            limiter
+                .check(&peer.to_string())
+                .map_err(|l| limited(l).on(&route.prefix))?;
         }
 
         // Who is calling.
@@ -120,32 +151,66 @@ impl Gateway {
                 let token = value
                     .to_str()
                     .ok()
-                    .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+                    .and_then(|v| {
+                        v.strip_prefix("Bearer ")
+                            .or_else(|| v.strip_prefix("bearer "))
+                    })
                     .map(str::trim)
-                    .ok_or_else(|| fail(StatusCode::UNAUTHORIZED, "unauthenticated", "expected a Bearer token"))?;
-                let verifier = self
-                    .tokens
-                    .as_ref()
-                    .ok_or_else(|| fail(StatusCode::UNAUTHORIZED, "unauthenticated", "this gateway accepts no tokens"))?;
+                    .ok_or_else(|| {
+                        fail(
+                            StatusCode::UNAUTHORIZED,
+                            "unauthenticated",
+                            "expected a Bearer token",
+                        )
+                    })?;
+                let verifier = self.tokens.as_ref().ok_or_else(|| {
+                    fail(
+                        StatusCode::UNAUTHORIZED,
+                        "unauthenticated",
+                        "this gateway accepts no tokens",
+                    )
+                })?;
                 match verifier.verify(token).await {
                     Ok(v) => Some(v),
                     Err(TokenError::Unavailable) => {
-                        return Err(fail(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "cannot verify tokens right now"));
+                        return Err(fail(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "unavailable",
+                            "cannot verify tokens right now",
+                        ));
                     }
-                    Err(e) => return Err(fail(StatusCode::UNAUTHORIZED, "unauthenticated", &e.to_string())),
+                    Err(e) => {
+                        return Err(fail(
+                            StatusCode::UNAUTHORIZED,
+                            "unauthenticated",
+                            &e.to_string(),
+                        ));
+                    }
                 }
             }
         };
         if let (Some(limiter), Some(who)) = (&route.per_user, &identity) {
-            limiter.check(&who.sub).map_err(|l| limited(l).on(&route.prefix))?;
+            limiter
+                .check(&who.sub)
+                .map_err(|l| limited(l).on(&route.prefix))?;
         }
         if identity.is_none() && route.auth == AuthMode::Required {
-            return Err(fail(StatusCode::UNAUTHORIZED, "unauthenticated", "this route needs an access token"));
+            return Err(fail(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "this route needs an access token",
+            ));
         }
         if !route.roles.is_empty() {
-            let allowed = identity.as_ref().is_some_and(|v| v.roles.iter().any(|r| route.roles.contains(r)));
+            let allowed = identity
+                .as_ref()
+                .is_some_and(|v| v.roles.iter().any(|r| route.roles.contains(r)));
             if !allowed {
-                return Err(fail(StatusCode::FORBIDDEN, "forbidden", "your roles do not allow this route"));
+                return Err(fail(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "your roles do not allow this route",
+                ));
             }
         }
 
@@ -156,63 +221,132 @@ impl Gateway {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > self.max_body) {
-            return Err(fail(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body is too large"));
+            return Err(fail(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "request body is too large",
+            ));
         }
         let (parts, body) = req.into_parts();
         let body = match Limited::new(body, self.max_body as usize).collect().await {
             Ok(b) => b.to_bytes(),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return Err(fail(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body is too large"));
+                return Err(fail(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "request body is too large",
+                ));
             }
-            Err(_) => return Err(fail(StatusCode::BAD_REQUEST, "bad_request", "could not read the request body")),
+            Err(_) => {
+                return Err(fail(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "could not read the request body",
+                ));
+            }
         };
 
         // Where to, and how.
-        let upstream = self
-            .upstreams
-            .get(&route.service)
-            .ok_or_else(|| fail(StatusCode::SERVICE_UNAVAILABLE, "no_instance", "no live instance of the service"))?;
-        let instances = self.discovery.instances(&route.service).unwrap_or_else(|| Arc::from(Vec::new()));
+        let upstream = self.upstreams.get(&route.service).ok_or_else(|| {
+            fail(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_instance",
+                "no live instance of the service",
+            )
+        })?;
+        let instances = self
+            .discovery
+            .instances(&route.service)
+            .unwrap_or_else(|| Arc::from(Vec::new()));
         let passport = match &identity {
-            Some(v) => self.keys.mint(ISSUER, &v.sub, &v.roles, v.sid.as_deref(), trace),
-            None => self.keys.mint(ISSUER, passport::ANONYMOUS, &[], None, trace),
+            Some(v) => self
+                .keys
+                .mint(ISSUER, &v.sub, &v.roles, v.sid.as_deref(), trace),
+            None => self
+                .keys
+                .mint(ISSUER, passport::ANONYMOUS, &[], None, trace),
         };
         let mut headers = HeaderMap::with_capacity(parts.headers.len() + 2);
         copy_request_headers(&parts.headers, &mut headers);
-        headers.insert(HeaderName::from_static(passport::HEADER), header_value(&passport)?);
-        headers.insert(HeaderName::from_static("traceparent"), header_value(&trace.header())?);
+        headers.insert(
+            HeaderName::from_static(passport::HEADER),
+            header_value(&passport)?,
+        );
+        headers.insert(
+            HeaderName::from_static("traceparent"),
+            header_value(&trace.header())?,
+        );
         let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let exchange = upstream
-            .call(&self.client, &instances, &parts.method, path_and_query, headers, body, self.max_response, self.upstream_timeout)
+            .call(
+                &self.client,
+                &instances,
+                &parts.method,
+                path_and_query,
+                headers,
+                body,
+                self.max_response,
+                self.upstream_timeout,
+            )
             .await;
-        let Exchange { parts, body, instance } = match exchange {
+        let Exchange {
+            parts,
+            body,
+            instance,
+        } = match exchange {
             Ok(x) => x,
             Err(CallFailure::Open) => {
                 if let Some(fallback) = &route.fallback {
-                    return Ok((fallback_response(fallback, trace_id), "fallback".into(), Some(route.prefix.as_str())));
+                    return Ok((
+                        fallback_response(fallback, trace_id),
+                        "fallback".into(),
+                        Some(route.prefix.as_str()),
+                    ));
                 }
-                return Err(fail(StatusCode::SERVICE_UNAVAILABLE, "circuit_open", "the service is failing; try again shortly"));
+                return Err(fail(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "circuit_open",
+                    "the service is failing; try again shortly",
+                ));
             }
             Err(CallFailure::Full) => {
-                return Err(fail(StatusCode::SERVICE_UNAVAILABLE, "bulkhead_full", "too many requests to this service in flight"));
+                return Err(fail(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "bulkhead_full",
+                    "too many requests to this service in flight",
+                ));
             }
             Err(CallFailure::NoInstance) => {
-                return Err(fail(StatusCode::SERVICE_UNAVAILABLE, "no_instance", "no live instance of the service"));
+                return Err(fail(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no_instance",
+                    "no live instance of the service",
+                ));
             }
             Err(CallFailure::Timeout) => {
-                return Err(fail(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", "the service did not answer in time"));
+                return Err(fail(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream_timeout",
+                    "the service did not answer in time",
+                ));
             }
             Err(CallFailure::Unreachable | CallFailure::BadResponse) => {
-                return Err(fail(StatusCode::BAD_GATEWAY, "bad_gateway", "the service could not be reached"));
+                return Err(fail(
+                    StatusCode::BAD_GATEWAY,
+                    "bad_gateway",
+                    "the service could not be reached",
+                ));
             }
         };
 
-        if let (Some(sid), Some(tokens)) = (parts.headers.get(REVOKE_SESSION), &self.tokens) {
-            if let Ok(sid) = sid.to_str() {
-                tokens.revoke(sid, tessera::unix_now() + self.revoke_for.as_secs());
-            }
+        if let (Some(sid), Some(tokens)) = (parts.headers.get(REVOKE_SESSION), &self.tokens)
+            && let Ok(sid) = sid.to_str()
+        {
+            tokens.revoke(sid, tessera::unix_now() + self.revoke_for.as_secs());
         }
-        let response = self.wrap(parts, body, trace_id).map_err(|e| e.on(&route.prefix))?;
+        let response = self
+            .wrap(parts, body, trace_id)
+            .map_err(|e| e.on(&route.prefix))?;
         Ok((response, instance, Some(route.prefix.as_str())))
     }
 
@@ -229,7 +363,8 @@ impl Gateway {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|ct| ct.starts_with("application/json") || ct.contains("+json"));
-        let wrapped = if status.is_success() || status.is_redirection() || status.is_informational() {
+        let wrapped = if status.is_success() || status.is_redirection() || status.is_informational()
+        {
             if body.is_empty() {
                 Some(envelope::success(None, trace_id))
             } else if is_json {
@@ -248,21 +383,28 @@ impl Gateway {
             let (code, message) = envelope::upstream_error(&body).unwrap_or_else(|| {
                 (
                     envelope::code_for(status.as_u16()).to_string(),
-                    status.canonical_reason().unwrap_or("request failed").to_string(),
+                    status
+                        .canonical_reason()
+                        .unwrap_or("request failed")
+                        .to_string(),
                 )
             });
             Some(envelope::error(&code, &message, trace_id))
         };
-        let mut response = Response::builder().status(if status == StatusCode::NO_CONTENT && wrapped.is_some() {
-            StatusCode::OK
-        } else {
-            status
-        });
+        let mut response =
+            Response::builder().status(if status == StatusCode::NO_CONTENT && wrapped.is_some() {
+                StatusCode::OK
+            } else {
+                status
+            });
         let headers = response.headers_mut().expect("builder is valid");
         copy_response_headers(&parts.headers, headers);
         let body = match wrapped {
             Some(b) => {
-                headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
                 b
             }
             None => {
@@ -272,7 +414,9 @@ impl Gateway {
                 body
             }
         };
-        Ok(response.body(Full::new(body)).expect("response parts are valid"))
+        Ok(response
+            .body(Full::new(body))
+            .expect("response parts are valid"))
     }
 }
 
@@ -289,11 +433,20 @@ pub struct GatewayError<'a> {
 
 impl<'a> GatewayError<'a> {
     fn new(status: StatusCode, code: &'static str, message: &str) -> Self {
-        Self { status, code, message: message.to_string(), route: None, retry_after: None }
+        Self {
+            status,
+            code,
+            message: message.to_string(),
+            route: None,
+            retry_after: None,
+        }
     }
 
     fn on(self, route: &'a str) -> GatewayError<'a> {
-        GatewayError { route: Some(route), ..self }
+        GatewayError {
+            route: Some(route),
+            ..self
+        }
     }
 }
 
@@ -301,12 +454,24 @@ fn error_response(e: &GatewayError<'_>, trace_id: &str) -> Response<Body> {
     let mut resp = Response::new(Full::new(envelope::error(e.code, &e.message, trace_id)));
     *resp.status_mut() = e.status;
     let headers = resp.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     if let Some((limit, wait)) = e.retry_after {
         headers.insert(header::RETRY_AFTER, HeaderValue::from(wait));
-        headers.insert(HeaderName::from_static("ratelimit-limit"), HeaderValue::from(limit));
-        headers.insert(HeaderName::from_static("ratelimit-remaining"), HeaderValue::from(0u32));
-        headers.insert(HeaderName::from_static("ratelimit-reset"), HeaderValue::from(wait));
+        headers.insert(
+            HeaderName::from_static("ratelimit-limit"),
+            HeaderValue::from(limit),
+        );
+        headers.insert(
+            HeaderName::from_static("ratelimit-remaining"),
+            HeaderValue::from(0u32),
+        );
+        headers.insert(
+            HeaderName::from_static("ratelimit-reset"),
+            HeaderValue::from(wait),
+        );
     }
     resp
 }
@@ -315,22 +480,40 @@ fn limited<'a>(l: RateLimited) -> GatewayError<'a> {
     metrics::counter!("tessera_rate_limited_total").increment(1);
     GatewayError {
         retry_after: Some((l.limit, l.retry_after)),
-        ..GatewayError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests; slow down")
+        ..GatewayError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many requests; slow down",
+        )
     }
 }
 
 /// The route's configured answer while its service's breaker is open.
 fn fallback_response(f: &Fallback, trace_id: &str) -> Response<Body> {
-    let mut resp = Response::new(Full::new(envelope::success(Some(f.body.as_bytes()), trace_id)));
+    let mut resp = Response::new(Full::new(envelope::success(
+        Some(f.body.as_bytes()),
+        trace_id,
+    )));
     *resp.status_mut() = StatusCode::from_u16(f.status).unwrap_or(StatusCode::OK);
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp.headers_mut().insert(HeaderName::from_static("x-tessera-fallback"), HeaderValue::from_static("circuit-open"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut().insert(
+        HeaderName::from_static("x-tessera-fallback"),
+        HeaderValue::from_static("circuit-open"),
+    );
     resp
 }
 
 fn header_value<'a>(s: &str) -> Result<HeaderValue, GatewayError<'a>> {
-    HeaderValue::from_str(s)
-        .map_err(|_| GatewayError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "cannot build a header"))
+    HeaderValue::from_str(s).map_err(|_| {
+        GatewayError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "cannot build a header",
+        )
+    })
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
@@ -368,7 +551,10 @@ fn copy_request_headers(from: &HeaderMap, to: &mut HeaderMap) {
 /// Upstream headers that go to the client: not hop-by-hop ones and not the platform's own.
 fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
     for (name, value) in from {
-        if is_hop_by_hop(name) || name == header::CONTENT_TYPE || name.as_str().starts_with("x-tessera-") {
+        if is_hop_by_hop(name)
+            || name == header::CONTENT_TYPE
+            || name.as_str().starts_with("x-tessera-")
+        {
             continue;
         }
         to.append(name.clone(), value.clone());
@@ -378,8 +564,11 @@ fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
 impl Gateway {
     /// Every upstream's breaker state and bulkhead use, as JSON.
     pub fn resilience_status(&self) -> String {
-        let upstreams: serde_json::Map<String, serde_json::Value> =
-            self.upstreams.iter().map(|(name, u)| (name.clone(), u.status())).collect();
+        let upstreams: serde_json::Map<String, serde_json::Value> = self
+            .upstreams
+            .iter()
+            .map(|(name, u)| (name.clone(), u.status()))
+            .collect();
         serde_json::json!({ "upstreams": upstreams }).to_string()
     }
 }

@@ -30,8 +30,16 @@ impl RouteTable {
                 service: r.service.clone(),
                 auth: r.auth,
                 roles: r.roles.clone(),
-                per_ip: r.rate_limit.as_ref().and_then(|l| l.per_ip.clone()).map(RateLimiter::new),
-                per_user: r.rate_limit.as_ref().and_then(|l| l.per_user.clone()).map(RateLimiter::new),
+                per_ip: r
+                    .rate_limit
+                    .as_ref()
+                    .and_then(|l| l.per_ip.clone())
+                    .map(RateLimiter::new),
+                per_user: r
+                    .rate_limit
+                    .as_ref()
+                    .and_then(|l| l.per_user.clone())
+                    .map(RateLimiter::new),
                 fallback: r.fallback.clone(),
             })
             .collect();
@@ -42,7 +50,9 @@ impl RouteTable {
     pub fn find(&self, path: &str) -> Option<&CompiledRoute> {
         self.routes.iter().find(|r| {
             path.starts_with(&r.prefix)
-                && (path.len() == r.prefix.len() || path.as_bytes()[r.prefix.len()] == b'/' || r.prefix.is_empty())
+                && (path.len() == r.prefix.len()
+                    || path.as_bytes()[r.prefix.len()] == b'/'
+                    || r.prefix.is_empty())
         })
     }
 }
@@ -64,7 +74,11 @@ mod tests {
 
     #[test]
     fn longest_prefix_at_segment_boundaries() {
-        let t = RouteTable::new(&[route("/api", "a"), route("/api/auth/", "auth"), route("/api/auth/me", "me")]);
+        let t = RouteTable::new(&[
+            route("/api", "a"),
+            route("/api/auth/", "auth"),
+            route("/api/auth/me", "me"),
+        ]);
         assert_eq!(t.find("/api/auth/login").unwrap().service, "auth");
         assert_eq!(t.find("/api/auth").unwrap().service, "auth");
         assert_eq!(t.find("/api/auth/me").unwrap().service, "me");

@@ -124,7 +124,12 @@ impl TokenVerifier {
     /// Verifies `token`, from the cache when it can.
     pub async fn verify(&self, token: &str) -> Result<Arc<Verified>, TokenError> {
         let now = tessera::unix_now();
-        let cached = self.cache.read().unwrap_or_else(|e| e.into_inner()).get(token).cloned();
+        let cached = self
+            .cache
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(token)
+            .cloned();
         let verified = match cached {
             Some(v) => v,
             None => self.verify_uncached(token).await?,
@@ -133,9 +138,14 @@ impl TokenVerifier {
             return Err(TokenError::Expired);
         }
         if let Some(sid) = &verified.sid
-            && self.revoked.read().unwrap_or_else(|e| e.into_inner()).contains_key(sid) {
-                return Err(TokenError::Revoked);
-            }
+            && self
+                .revoked
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(sid)
+        {
+            return Err(TokenError::Revoked);
+        }
         Ok(verified)
     }
 
@@ -155,7 +165,12 @@ impl TokenVerifier {
                 _ => TokenError::Invalid,
             })?
             .claims;
-        let verified = Arc::new(Verified { sub: claims.sub, roles: claims.roles, sid: claims.sid, exp: claims.exp });
+        let verified = Arc::new(Verified {
+            sub: claims.sub,
+            roles: claims.roles,
+            sid: claims.sid,
+            exp: claims.exp,
+        });
         let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
         if cache.len() >= CACHE_LIMIT {
             let now = tessera::unix_now();
@@ -169,7 +184,11 @@ impl TokenVerifier {
     }
 
     fn key(&self, kid: &str) -> Option<Arc<DecodingKey>> {
-        self.keys.read().unwrap_or_else(|e| e.into_inner()).get(kid).cloned()
+        self.keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(kid)
+            .cloned()
     }
 
     /// Looks for an unknown `kid` in a fresh JWKS. Fetches happen at most once a second, and
@@ -201,10 +220,14 @@ impl TokenVerifier {
     }
 
     async fn fetch_keys(&self) -> Result<(), TokenError> {
-        let jwks: Jwks = self.client.get(&self.config.service, &self.config.jwks_path).await.map_err(|e| {
-            tracing::warn!(error = %e, "cannot fetch the JWKS");
-            TokenError::Unavailable
-        })?;
+        let jwks: Jwks = self
+            .client
+            .get(&self.config.service, &self.config.jwks_path)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "cannot fetch the JWKS");
+                TokenError::Unavailable
+            })?;
         let mut keys = HashMap::new();
         for jwk in jwks.keys {
             if jwk.kty != "OKP" || jwk.crv.as_deref() != Some("Ed25519") {
@@ -215,7 +238,9 @@ impl TokenVerifier {
                     Ok(k) => {
                         keys.insert(jwk.kid, Arc::new(k));
                     }
-                    Err(e) => tracing::warn!(kid = %jwk.kid, error = %e, "ignoring a malformed JWK"),
+                    Err(e) => {
+                        tracing::warn!(kid = %jwk.kid, error = %e, "ignoring a malformed JWK")
+                    }
                 }
             }
         }
@@ -226,7 +251,10 @@ impl TokenVerifier {
 
     /// Rejects every token of session `sid` until `until` (unix seconds).
     pub fn revoke(&self, sid: &str, until: u64) {
-        self.revoked.write().unwrap_or_else(|e| e.into_inner()).insert(sid.to_string(), until);
+        self.revoked
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(sid.to_string(), until);
     }
 
     /// Follows the token service's revocation feed for as long as the process lives, and
@@ -234,12 +262,18 @@ impl TokenVerifier {
     pub fn spawn_revocation_feed(self: &Arc<Self>, feed_client: ServiceClient) {
         let this = self.clone();
         tokio::spawn(async move {
-            feed_client.discovery().wait_loaded(Duration::from_secs(5)).await;
+            feed_client
+                .discovery()
+                .wait_loaded(Duration::from_secs(5))
+                .await;
             let mut after = 0i64;
             let mut failing = false;
             loop {
                 let path = format!("{}?after={after}&wait=20000", this.config.revocations_path);
-                match feed_client.get::<RevocationPage>(&this.config.service, &path).await {
+                match feed_client
+                    .get::<RevocationPage>(&this.config.service, &path)
+                    .await
+                {
                     Ok(page) => {
                         if failing {
                             tracing::info!("revocation feed reachable again");
@@ -250,7 +284,10 @@ impl TokenVerifier {
                         }
                         after = page.seq.max(after);
                         let now = tessera::unix_now();
-                        this.revoked.write().unwrap_or_else(|e| e.into_inner()).retain(|_, until| *until > now);
+                        this.revoked
+                            .write()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .retain(|_, until| *until > now);
                     }
                     Err(e) => {
                         if !failing {

@@ -85,27 +85,42 @@ impl Upstream {
         let started = Instant::now();
         self.budget.deposit();
         // Retrying is safe when the method is idempotent or the client made it so.
-        let idempotent = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE)
-            || headers.contains_key("idempotency-key");
-        let per_try = self.retry.per_try_timeout_ms.map(Duration::from_millis).unwrap_or(deadline);
+        let idempotent = matches!(
+            *method,
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+        ) || headers.contains_key("idempotency-key");
+        let per_try = self
+            .retry
+            .per_try_timeout_ms
+            .map(Duration::from_millis)
+            .unwrap_or(deadline);
         let first = self.next.fetch_add(1, Ordering::Relaxed);
 
         let attempts = async {
             let (mut attempt, mut refused) = (0u32, 0usize);
             loop {
                 let instance = &instances[(first + attempt as usize + refused) % instances.len()];
-                let more_may_follow = attempt + 1 < self.retry.max_attempts || refused + 1 < CONNECT_ATTEMPTS;
+                let more_may_follow =
+                    attempt + 1 < self.retry.max_attempts || refused + 1 < CONNECT_ATTEMPTS;
                 let mut req = Request::builder()
                     .method(method.clone())
                     .uri(format!("http://{}{}", instance.address, path_and_query))
                     .body(Full::new(body.clone()))
                     .map_err(|_| CallFailure::BadResponse)?;
                 // Clone the headers only while another attempt may need them.
-                *req.headers_mut() = if more_may_follow { headers.clone() } else { std::mem::take(&mut headers) };
+                *req.headers_mut() = if more_may_follow {
+                    headers.clone()
+                } else {
+                    std::mem::take(&mut headers)
+                };
                 let outcome = tokio::time::timeout(per_try, async {
                     let resp = client.request(req).await;
                     match resp {
-                        Err(e) => Err(if e.is_connect() { CallFailure::Unreachable } else { CallFailure::BadResponse }),
+                        Err(e) => Err(if e.is_connect() {
+                            CallFailure::Unreachable
+                        } else {
+                            CallFailure::BadResponse
+                        }),
                         Ok(resp) => {
                             let (parts, body) = resp.into_parts();
                             let body = Limited::new(body, max_response as usize)
@@ -113,7 +128,11 @@ impl Upstream {
                                 .await
                                 .map_err(|_| CallFailure::BadResponse)?
                                 .to_bytes();
-                            Ok(Exchange { parts, body, instance: instance.id.clone() })
+                            Ok(Exchange {
+                                parts,
+                                body,
+                                instance: instance.id.clone(),
+                            })
                         }
                     }
                 })
@@ -121,7 +140,7 @@ impl Upstream {
                 .unwrap_or(Err(CallFailure::Timeout));
 
                 let retryable = match &outcome {
-                    Ok(x) => idempotent && matches!(x.parts.status.as_u16(), 502..=504),
+                    Ok(x) => idempotent && x.parts.status.is_server_error(),
                     Err(CallFailure::Unreachable) => {
                         tracing::warn!(upstream = %instance.id, "connection refused");
                         if refused + 1 < CONNECT_ATTEMPTS.min(instances.len()) {
@@ -134,14 +153,17 @@ impl Upstream {
                 };
                 if retryable && attempt + 1 < self.retry.max_attempts && self.budget.withdraw() {
                     attempt += 1;
-                    metrics::counter!("tessera_retries_total", "upstream" => self.name.clone()).increment(1);
+                    metrics::counter!("tessera_retries_total", "upstream" => self.name.clone())
+                        .increment(1);
                     tokio::time::sleep(self.retry.backoff.delay(attempt)).await;
                     continue;
                 }
                 return outcome;
             }
         };
-        let result = tokio::time::timeout(deadline, attempts).await.unwrap_or(Err(CallFailure::Timeout));
+        let result = tokio::time::timeout(deadline, attempts)
+            .await
+            .unwrap_or(Err(CallFailure::Timeout));
         let verdict = match &result {
             Ok(x) if x.parts.status.is_server_error() => CallOutcome::Failure,
             Ok(_) => CallOutcome::Success,
@@ -161,11 +183,17 @@ impl Upstream {
 }
 
 /// The upstreams of every route, by service name.
-pub fn build(manifest: &tessera::manifest::Manifest) -> std::collections::HashMap<String, Arc<Upstream>> {
+pub fn build(
+    manifest: &tessera::manifest::Manifest,
+) -> std::collections::HashMap<String, Arc<Upstream>> {
     let mut out = std::collections::HashMap::new();
     for route in &manifest.routes {
         out.entry(route.service.clone()).or_insert_with(|| {
-            let config = manifest.gateway.upstreams.get(&route.service).unwrap_or(&manifest.gateway.resilience);
+            let config = manifest
+                .gateway
+                .upstreams
+                .get(&route.service)
+                .unwrap_or(&manifest.gateway.resilience);
             Arc::new(Upstream::new(&route.service, config))
         });
     }
@@ -174,7 +202,8 @@ pub fn build(manifest: &tessera::manifest::Manifest) -> std::collections::HashMa
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream").field("name", &self.name).finish()
+        f.debug_struct("Upstream")
+            .field("name", &self.name)
+            .finish()
     }
 }
-

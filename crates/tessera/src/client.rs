@@ -7,8 +7,9 @@
 //! of a user acts as that user within the same trace. Outside a request (a background job) the
 //! service mints a passport for itself (`service:<name>`, role `system`).
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,8 +17,10 @@ use http::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::manifest::{Resilience, RetryConfig};
 use crate::passport::{self, PassportKeys};
 use crate::registry::Discovery;
+use crate::resilience::{Breaker, BreakerState, Bulkhead, CallOutcome, RetryBudget};
 use crate::trace::{self, TraceContext};
 
 tokio::task_local! {
@@ -44,9 +47,19 @@ pub enum CallError {
     #[error("cannot reach {0}: {1}")]
     Connect(String, String),
     #[error("{service} answered {status}: {body}")]
-    Status { service: String, status: StatusCode, body: String },
+    Status {
+        service: String,
+        status: StatusCode,
+        body: String,
+    },
     #[error("unexpected answer from {0}: {1}")]
     Decode(String, String),
+    /// The service's circuit breaker is open: the call was not made.
+    #[error("{0} is failing (circuit open); not called")]
+    CircuitOpen(String),
+    /// Too many calls to the service are in flight already: the call was not made.
+    #[error("too many calls to {0} in flight")]
+    BulkheadFull(String),
 }
 
 impl CallError {
@@ -56,6 +69,8 @@ impl CallError {
             CallError::NoInstance(_) | CallError::Timeout(_) | CallError::Connect(..) => true,
             CallError::Status { status, .. } => matches!(status.as_u16(), 502..=504),
             CallError::Decode(..) => false,
+            // Later, yes; at once, no: the breaker or the bulkhead says the service needs air.
+            CallError::CircuitOpen(_) | CallError::BulkheadFull(_) => false,
         }
     }
 }
@@ -74,7 +89,31 @@ struct Inner {
     keys: Arc<PassportKeys>,
     /// This service's name, for passports it mints for itself.
     me: String,
+    /// Breaker, bulkhead and retry budget per called service.
+    guards: Arc<Mutex<HashMap<String, Arc<Guard>>>>,
 }
+
+/// How calls to one service are protected.
+struct Guard {
+    breaker: Breaker,
+    bulkhead: Bulkhead,
+    budget: RetryBudget,
+    retry: RetryConfig,
+}
+
+impl Guard {
+    fn new(service: &str, r: &Resilience) -> Self {
+        Self {
+            breaker: Breaker::new(service, r.breaker.clone()),
+            bulkhead: Bulkhead::new(service, r.max_concurrent),
+            budget: RetryBudget::new(r.retry.budget.clone()),
+            retry: r.retry.clone(),
+        }
+    }
+}
+
+/// How many instances a call may try when connections are refused.
+const CONNECT_ATTEMPTS: usize = 3;
 
 impl ServiceClient {
     pub fn new(discovery: Discovery, keys: Arc<PassportKeys>, me: &str, timeout: Duration) -> Self {
@@ -91,8 +130,35 @@ impl ServiceClient {
                 timeout,
                 keys,
                 me: me.to_string(),
+                guards: Arc::default(),
             }),
         }
+    }
+
+    /// Protects calls to `service` with `resilience` instead of the defaults.
+    pub fn with_resilience(self, service: &str, resilience: &Resilience) -> Self {
+        self.inner
+            .guards
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                service.to_string(),
+                Arc::new(Guard::new(service, resilience)),
+            );
+        self
+    }
+
+    fn guard(&self, service: &str) -> Arc<Guard> {
+        let mut guards = self.inner.guards.lock().unwrap_or_else(|e| e.into_inner());
+        guards
+            .entry(service.to_string())
+            .or_insert_with(|| Arc::new(Guard::new(service, &Resilience::default())))
+            .clone()
+    }
+
+    /// The state of the breaker of calls to `service`.
+    pub fn breaker_state(&self, service: &str) -> BreakerState {
+        self.guard(service).breaker.state()
     }
 
     /// The same client with another per-call timeout.
@@ -106,6 +172,7 @@ impl ServiceClient {
                 timeout,
                 keys: i.keys.clone(),
                 me: i.me.clone(),
+                guards: i.guards.clone(),
             }),
         }
     }
@@ -115,7 +182,11 @@ impl ServiceClient {
     }
 
     /// `GET` a JSON resource.
-    pub async fn get<T: DeserializeOwned>(&self, service: &str, path: &str) -> Result<T, CallError> {
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        service: &str,
+        path: &str,
+    ) -> Result<T, CallError> {
         let body = self.send(Method::GET, service, path, None).await?;
         decode(service, &body)
     }
@@ -127,7 +198,8 @@ impl ServiceClient {
         path: &str,
         body: &B,
     ) -> Result<T, CallError> {
-        let body = serde_json::to_vec(body).map_err(|e| CallError::Decode(service.into(), e.to_string()))?;
+        let body = serde_json::to_vec(body)
+            .map_err(|e| CallError::Decode(service.into(), e.to_string()))?;
         let answer = self.send(Method::POST, service, path, Some(body)).await?;
         decode(service, &answer)
     }
@@ -140,7 +212,9 @@ impl ServiceClient {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Bytes, CallError> {
-        self.send_with(method, service, path, body, &[]).await.map(|(_, b)| b)
+        self.send_with(method, service, path, body, &[])
+            .await
+            .map(|(_, b)| b)
     }
 
     /// Sends one request with extra headers; returns the status (2xx) and body.
@@ -158,40 +232,99 @@ impl ServiceClient {
             .instances(service)
             .filter(|list| !list.is_empty())
             .ok_or_else(|| CallError::NoInstance(service.to_string()))?;
-        let pick = &instances[inner.next.fetch_add(1, Ordering::Relaxed) % instances.len()];
+        let guard = self.guard(service);
+        guard
+            .breaker
+            .acquire()
+            .map_err(|_| CallError::CircuitOpen(service.to_string()))?;
+        let _slot = match guard.bulkhead.enter() {
+            Ok(slot) => slot,
+            Err(_) => {
+                guard.breaker.record(CallOutcome::Ignored, Duration::ZERO);
+                return Err(CallError::BulkheadFull(service.to_string()));
+            }
+        };
+        guard.budget.deposit();
+        let idempotent = matches!(
+            method,
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+        ) || headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("idempotency-key"));
 
         let (passport, trace) = match REQUEST.try_with(|r| (r.passport.clone(), r.trace)) {
             Ok((p, t)) => (p, t.child()),
             Err(_) => {
                 let trace = TraceContext::new_root();
                 let me = format!("service:{}", inner.me);
-                let token = inner.keys.mint(&me, &me, &["system".to_string()], None, &trace);
+                let token = inner
+                    .keys
+                    .mint(&me, &me, &["system".to_string()], None, &trace);
                 (Arc::from(token), trace)
             }
         };
-        let mut req = inner
-            .http
-            .request(method, format!("http://{}{path}", pick.address))
-            .timeout(inner.timeout)
-            .header(passport::HEADER, &*passport)
-            .header(trace::TRACEPARENT, trace.header());
-        for (name, value) in headers {
-            req = req.header(*name, *value);
-        }
-        if let Some(body) = body {
-            req = req.header(http::header::CONTENT_TYPE, "application/json").body(body);
-        }
-        let resp = req.send().await.map_err(|e| classify(service, e))?;
-        let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| classify(service, e))?;
-        if !status.is_success() {
-            return Err(CallError::Status {
-                service: service.to_string(),
-                status,
-                body: String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned(),
-            });
-        }
-        Ok((status, bytes))
+        let started = std::time::Instant::now();
+        let first = inner.next.fetch_add(1, Ordering::Relaxed);
+        let (mut attempt, mut refused) = (0u32, 0usize);
+        let result = loop {
+            let pick = &instances[(first + attempt as usize + refused) % instances.len()];
+            let mut req = inner
+                .http
+                .request(method.clone(), format!("http://{}{path}", pick.address))
+                .timeout(inner.timeout)
+                .header(passport::HEADER, &*passport)
+                .header(trace::TRACEPARENT, trace.header());
+            for (name, value) in headers {
+                req = req.header(*name, *value);
+            }
+            if let Some(body) = &body {
+                req = req
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .body(body.clone());
+            }
+            let outcome = match req.send().await {
+                Err(e) if e.is_connect() && refused + 1 < CONNECT_ATTEMPTS.min(instances.len()) => {
+                    refused += 1; // never reached the instance: the next one, at no cost
+                    continue;
+                }
+                Err(e) => Err(classify(service, e)),
+                Ok(resp) => {
+                    let status = resp.status();
+                    match resp.bytes().await {
+                        Ok(bytes) if status.is_success() => Ok((status, bytes)),
+                        Ok(bytes) => Err(CallError::Status {
+                            service: service.to_string(),
+                            status,
+                            body: String::from_utf8_lossy(&bytes[..bytes.len().min(512)])
+                                .into_owned(),
+                        }),
+                        Err(e) => Err(classify(service, e)),
+                    }
+                }
+            };
+            let retry = match &outcome {
+                Ok(_) => false,
+                Err(CallError::Connect(..)) => true, // provably not processed
+                Err(e) => idempotent && e.is_retryable(),
+            };
+            if retry && attempt + 1 < guard.retry.max_attempts && guard.budget.withdraw() {
+                attempt += 1;
+                metrics::counter!("tessera_retries_total", "upstream" => service.to_string())
+                    .increment(1);
+                tokio::time::sleep(guard.retry.backoff.delay(attempt)).await;
+                continue;
+            }
+            break outcome;
+        };
+        let verdict = match &result {
+            Ok(_) => CallOutcome::Success,
+            Err(CallError::Status { status, .. }) if !status.is_server_error() => {
+                CallOutcome::Success
+            }
+            Err(_) => CallOutcome::Failure,
+        };
+        guard.breaker.record(verdict, started.elapsed());
+        result
     }
 }
 

@@ -22,7 +22,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(key: &str, message: impl Into<String>) -> Self {
-        Self { key: key.to_string(), message: message.into() }
+        Self {
+            key: key.to_string(),
+            message: message.into(),
+        }
     }
 }
 
@@ -35,15 +38,27 @@ pub struct Settings {
 impl Settings {
     /// The process environment.
     pub fn from_env() -> Self {
-        Self { vars: std::env::vars().collect() }
+        Self {
+            vars: std::env::vars().collect(),
+        }
     }
 
-    pub fn from_map<K: Into<String>, V: Into<String>>(vars: impl IntoIterator<Item = (K, V)>) -> Self {
-        Self { vars: vars.into_iter().map(|(k, v)| (k.into(), v.into())).collect() }
+    pub fn from_map<K: Into<String>, V: Into<String>>(
+        vars: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        Self {
+            vars: vars
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        }
     }
 
     pub fn raw(&self, key: &str) -> Option<&str> {
-        self.vars.get(key).map(String::as_str).filter(|v| !v.is_empty())
+        self.vars
+            .get(key)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
     }
 
     /// A value that must be present.
@@ -122,23 +137,38 @@ pub struct ServiceConfig {
 impl ServiceConfig {
     pub fn from_settings(s: &Settings, default_service: &str) -> Result<Self, ConfigError> {
         let service: String = s.get_or("TESSERA_SERVICE", default_service.to_string())?;
-        if service.is_empty() || !service.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            return Err(ConfigError::new("TESSERA_SERVICE", "must be letters, digits, '-' or '_'"));
+        if service.is_empty()
+            || !service
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(ConfigError::new(
+                "TESSERA_SERVICE",
+                "must be letters, digits, '-' or '_'",
+            ));
         }
         let instance = s.get_or(
             "TESSERA_INSTANCE",
-            format!("{service}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+            format!(
+                "{service}-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            ),
         )?;
         let heartbeat = s.millis_or("TESSERA_HEARTBEAT_MS", Duration::from_millis(1000))?;
         let ttl = s.millis_or("TESSERA_TTL_MS", Duration::from_millis(3000))?;
         if ttl <= heartbeat {
-            return Err(ConfigError::new("TESSERA_TTL_MS", "must be longer than TESSERA_HEARTBEAT_MS"));
+            return Err(ConfigError::new(
+                "TESSERA_TTL_MS",
+                "must be longer than TESSERA_HEARTBEAT_MS",
+            ));
         }
         Ok(Self {
             instance,
             version: s.get_or("TESSERA_VERSION", env!("CARGO_PKG_VERSION").to_string())?,
             listen: s.get_or("TESSERA_LISTEN", SocketAddr::from(([127, 0, 0, 1], 0)))?,
-            control_url: s.raw("TESSERA_CONTROL_URL").map(|u| u.trim_end_matches('/').to_string()),
+            control_url: s
+                .raw("TESSERA_CONTROL_URL")
+                .map(|u| u.trim_end_matches('/').to_string()),
             bus_url: s
                 .raw("TESSERA_BUS_URL")
                 .or(s.raw("TESSERA_CONTROL_URL"))
@@ -163,7 +193,10 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_key() {
-        let s = Settings::from_map([("TESSERA_PASSPORT_KEYS", "k:AAAA"), ("TESSERA_LISTEN", "nope")]);
+        let s = Settings::from_map([
+            ("TESSERA_PASSPORT_KEYS", "k:AAAA"),
+            ("TESSERA_LISTEN", "nope"),
+        ]);
         let err = ServiceConfig::from_settings(&s, "svc").unwrap_err();
         assert_eq!(err.key, "TESSERA_LISTEN");
         assert!(err.to_string().contains("nope"), "{err}");
@@ -192,6 +225,9 @@ mod tests {
             ("TESSERA_HEARTBEAT_MS", "2000"),
             ("TESSERA_TTL_MS", "1000"),
         ]);
-        assert_eq!(ServiceConfig::from_settings(&s, "x").unwrap_err().key, "TESSERA_TTL_MS");
+        assert_eq!(
+            ServiceConfig::from_settings(&s, "x").unwrap_err().key,
+            "TESSERA_TTL_MS"
+        );
     }
 }

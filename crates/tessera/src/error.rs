@@ -24,7 +24,11 @@ struct Body<'a> {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -50,7 +54,11 @@ impl ApiError {
     /// An unexpected failure: logged in full, answered without details.
     pub fn internal(err: impl std::fmt::Display) -> Self {
         tracing::error!(error = %err, "internal error");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
     }
 
     pub fn unavailable(message: impl Into<String>) -> Self {
@@ -60,7 +68,13 @@ impl ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
     }
 }
 
@@ -68,9 +82,17 @@ impl std::error::Error for ApiError {}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::to_vec(&Body { code: self.code, message: &self.message })
-            .unwrap_or_default();
-        (self.status, [(http::header::CONTENT_TYPE, "application/json")], body).into_response()
+        let body = serde_json::to_vec(&Body {
+            code: self.code,
+            message: &self.message,
+        })
+        .unwrap_or_default();
+        (
+            self.status,
+            [(http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response()
     }
 }
 
@@ -90,7 +112,11 @@ impl From<crate::client::CallError> for ApiError {
             CallError::Status { status, .. } if status.is_client_error() => {
                 Self::new(status, "upstream_rejected", err.to_string())
             }
-            CallError::NoInstance(_) | CallError::Timeout(_) | CallError::Connect(..) => {
+            CallError::NoInstance(_)
+            | CallError::Timeout(_)
+            | CallError::Connect(..)
+            | CallError::CircuitOpen(_)
+            | CallError::BulkheadFull(_) => {
                 tracing::warn!(error = %err, "call failed");
                 Self::unavailable(err.to_string())
             }

@@ -20,9 +20,9 @@ mod event;
 pub mod outbox;
 
 pub use bus::{Batch, BoxFuture, Bus, BusError, ControlBus};
-pub use outbox::Tx;
 pub use consumer::{Consumer, Handler, HandlerError};
 pub use event::Event;
+pub use outbox::Tx;
 
 use crate::store::Migration;
 
@@ -33,7 +33,11 @@ pub const MIGRATIONS: &[Migration] = &[
         description: "tessera events",
         sqlite: include_str!("../migrations/0001_events.sql"),
     },
-    Migration { version: 1_000_000_002, description: "tessera sagas", sqlite: include_str!("../migrations/0002_sagas.sql") },
+    Migration {
+        version: 1_000_000_002,
+        description: "tessera sagas",
+        sqlite: include_str!("../migrations/0002_sagas.sql"),
+    },
 ];
 
 /// The dead-letter topic of a consumer group.

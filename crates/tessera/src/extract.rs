@@ -32,16 +32,22 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
 
 fn json_rejection(r: JsonRejection) -> ApiError {
     match r {
-        JsonRejection::JsonDataError(e) => ApiError::bad_request("invalid_body", body_text(&e.body_text())),
-        JsonRejection::JsonSyntaxError(e) => ApiError::bad_request("malformed_json", body_text(&e.body_text())),
+        JsonRejection::JsonDataError(e) => {
+            ApiError::bad_request("invalid_body", body_text(&e.body_text()))
+        }
+        JsonRejection::JsonSyntaxError(e) => {
+            ApiError::bad_request("malformed_json", body_text(&e.body_text()))
+        }
         JsonRejection::MissingJsonContentType(_) => ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             "expected Content-Type: application/json",
         ),
-        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body is too large")
-        }
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "request body is too large",
+        ),
         other => ApiError::bad_request("invalid_body", other.body_text()),
     }
 }
@@ -74,7 +80,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
                 let text = r.body_text();
                 ApiError::bad_request(
                     "invalid_query",
-                    text.strip_prefix("Failed to deserialize query string: ").unwrap_or(&text).to_string(),
+                    text.strip_prefix("Failed to deserialize query string: ")
+                        .unwrap_or(&text)
+                        .to_string(),
                 )
             })
     }
@@ -140,6 +148,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
         if p.is_anonymous() {
             return Err(ApiError::unauthorized("sign in first"));
         }
-        Ok(Caller { id: p.sub, roles: p.roles, session: p.sid })
+        Ok(Caller {
+            id: p.sub,
+            roles: p.roles,
+            session: p.sid,
+        })
     }
 }

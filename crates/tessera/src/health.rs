@@ -29,7 +29,10 @@ impl Health {
     pub fn routes<S: Clone + Send + Sync + 'static>(&self) -> Router<S> {
         let health = self.clone();
         Router::new()
-            .route("/health/live", get(|| async { (StatusCode::OK, "{\"status\":\"live\"}") }))
+            .route(
+                "/health/live",
+                get(|| async { (StatusCode::OK, "{\"status\":\"live\"}") }),
+            )
             .route(
                 "/health/ready",
                 get(move || {

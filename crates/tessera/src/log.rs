@@ -22,7 +22,10 @@ pub fn init(service: &str, instance: &str) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,hyper=warn,reqwest=warn"));
     let _ = tracing_subscriber::registry()
-        .with(JsonLayer { service: json_str(service), instance: json_str(instance) })
+        .with(JsonLayer {
+            service: json_str(service),
+            instance: json_str(instance),
+        })
         .with(filter)
         .try_init();
 }
@@ -61,11 +64,17 @@ impl Visit for TraceVisitor {
 }
 
 impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for JsonLayer {
-    fn on_new_span(&self, attrs: &tracing::span::Attributes<'_>, id: &tracing::span::Id, ctx: Context<'_, S>) {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: Context<'_, S>,
+    ) {
         let mut v = TraceVisitor::default();
         attrs.record(&mut v);
         if let (Some(trace_id), Some(span_id), Some(span)) = (v.trace_id, v.span_id, ctx.span(id)) {
-            span.extensions_mut().insert(SpanTrace { trace_id, span_id });
+            span.extensions_mut()
+                .insert(SpanTrace { trace_id, span_id });
         }
     }
 
@@ -83,7 +92,12 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for JsonLayer {
         if let Some(scope) = ctx.event_scope(event) {
             for span in scope {
                 if let Some(t) = span.extensions().get::<SpanTrace>() {
-                    let _ = write!(line, ",\"trace_id\":{},\"span_id\":{}", json_str(&t.trace_id), json_str(&t.span_id));
+                    let _ = write!(
+                        line,
+                        ",\"trace_id\":{},\"span_id\":{}",
+                        json_str(&t.trace_id),
+                        json_str(&t.span_id)
+                    );
                     break;
                 }
             }
@@ -185,6 +199,9 @@ mod tests {
         let mut s = String::new();
         super::push_timestamp(&mut s);
         assert_eq!(s.len(), 24, "{s}");
-        assert!(s.starts_with("20") && s.ends_with('Z') && s.as_bytes()[10] == b'T', "{s}");
+        assert!(
+            s.starts_with("20") && s.ends_with('Z') && s.as_bytes()[10] == b'T',
+            "{s}"
+        );
     }
 }

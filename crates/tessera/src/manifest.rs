@@ -40,7 +40,11 @@ pub struct System {
 
 impl Default for System {
     fn default() -> Self {
-        Self { name: "tessera".into(), state_dir: ".tessera".into(), build: None }
+        Self {
+            name: "tessera".into(),
+            state_dir: ".tessera".into(),
+            build: None,
+        }
     }
 }
 
@@ -102,7 +106,11 @@ pub struct Resilience {
 
 impl Default for Resilience {
     fn default() -> Self {
-        Self { breaker: BreakerConfig::default(), max_concurrent: 512, retry: RetryConfig::default() }
+        Self {
+            breaker: BreakerConfig::default(),
+            max_concurrent: 512,
+            retry: RetryConfig::default(),
+        }
     }
 }
 
@@ -119,7 +127,12 @@ pub struct RetryConfig {
 
 impl Default for RetryConfig {
     fn default() -> Self {
-        Self { max_attempts: 2, per_try_timeout_ms: None, backoff: Backoff::default(), budget: BudgetConfig::default() }
+        Self {
+            max_attempts: 2,
+            per_try_timeout_ms: None,
+            backoff: Backoff::default(),
+            budget: BudgetConfig::default(),
+        }
     }
 }
 
@@ -248,7 +261,8 @@ pub enum ManifestError {
 
 impl Manifest {
     pub fn load(path: &Path) -> Result<Self, ManifestError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ManifestError::Read(path.to_path_buf(), e))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ManifestError::Read(path.to_path_buf(), e))?;
         Self::parse(&text).map_err(|e| match e {
             ManifestError::Parse(_, m) => ManifestError::Parse(path.to_path_buf(), m),
             ManifestError::Invalid(_, m) => ManifestError::Invalid(path.to_path_buf(), m),
@@ -257,19 +271,27 @@ impl Manifest {
     }
 
     pub fn parse(text: &str) -> Result<Self, ManifestError> {
-        let m: Manifest = toml::from_str(text).map_err(|e| ManifestError::Parse(PathBuf::new(), e.to_string()))?;
-        m.validate().map_err(|msg| ManifestError::Invalid(PathBuf::new(), msg))?;
+        let m: Manifest = toml::from_str(text)
+            .map_err(|e| ManifestError::Parse(PathBuf::new(), e.to_string()))?;
+        m.validate()
+            .map_err(|msg| ManifestError::Invalid(PathBuf::new(), msg))?;
         Ok(m)
     }
 
     fn validate(&self) -> Result<(), String> {
-        let valid_name = |n: &str| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        let valid_name = |n: &str| {
+            !n.is_empty()
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        };
         if !valid_name(&self.system.name) {
             return Err("system.name: use letters, digits, '-' or '_'".into());
         }
         for (name, spec) in &self.services {
             if !valid_name(name) {
-                return Err(format!("services.{name}: a service name uses letters, digits, '-' or '_'"));
+                return Err(format!(
+                    "services.{name}: a service name uses letters, digits, '-' or '_'"
+                ));
             }
             if spec.command.argv().is_empty() {
                 return Err(format!("services.{name}.command: is empty"));
@@ -283,13 +305,24 @@ impl Manifest {
                 return Err(format!("route[{i}].prefix: must start with '/'"));
             }
             if !valid_name(&route.service) {
-                return Err(format!("route[{i}].service: {:?} is not a service name", route.service));
+                return Err(format!(
+                    "route[{i}].service: {:?} is not a service name",
+                    route.service
+                ));
             }
             if route.auth == AuthMode::Required && self.gateway.tokens.is_none() {
-                return Err(format!("route[{i}]: auth = \"required\" needs a [gateway.tokens] section"));
+                return Err(format!(
+                    "route[{i}]: auth = \"required\" needs a [gateway.tokens] section"
+                ));
             }
-            if self.routes[..i].iter().any(|r| r.prefix.trim_end_matches('/') == route.prefix.trim_end_matches('/')) {
-                return Err(format!("route[{i}].prefix: {:?} is listed twice", route.prefix));
+            if self.routes[..i]
+                .iter()
+                .any(|r| r.prefix.trim_end_matches('/') == route.prefix.trim_end_matches('/'))
+            {
+                return Err(format!(
+                    "route[{i}].prefix: {:?} is listed twice",
+                    route.prefix
+                ));
             }
         }
         if !(1..=256).contains(&self.control.partitions) {
@@ -308,10 +341,16 @@ impl Manifest {
                 }
             }
         }
-        for (name, r) in std::iter::once((&"(default)".to_string(), &self.gateway.resilience)).chain(&self.gateway.upstreams) {
-            r.breaker.validate().map_err(|e| format!("gateway.upstreams.{name}.breaker: {e}"))?;
+        for (name, r) in std::iter::once((&"(default)".to_string(), &self.gateway.resilience))
+            .chain(&self.gateway.upstreams)
+        {
+            r.breaker
+                .validate()
+                .map_err(|e| format!("gateway.upstreams.{name}.breaker: {e}"))?;
             if r.max_concurrent == 0 || r.retry.max_attempts == 0 {
-                return Err(format!("gateway.upstreams.{name}: max_concurrent and retry.max_attempts must be at least 1"));
+                return Err(format!(
+                    "gateway.upstreams.{name}: max_concurrent and retry.max_attempts must be at least 1"
+                ));
             }
         }
         if self.control.ttl_ms <= self.control.heartbeat_ms {
@@ -356,7 +395,10 @@ mod tests {
         assert_eq!(m.system.name, "shop");
         assert_eq!(m.routes[1].auth, AuthMode::Required);
         assert_eq!(m.services["catalog"].replicas, 2);
-        assert_eq!(m.services["catalog"].command.argv(), ["bin/catalog", "--flag"]);
+        assert_eq!(
+            m.services["catalog"].command.argv(),
+            ["bin/catalog", "--flag"]
+        );
         assert_eq!(m.gateway.listen.port(), 8080);
         assert_eq!(m.gateway.resilience, Resilience::default());
     }
@@ -382,7 +424,10 @@ mod tests {
         .unwrap();
         assert_eq!(m.gateway.resilience.max_concurrent, 10);
         assert_eq!(m.gateway.resilience.breaker.failure_rate, 0.25);
-        assert_eq!(m.gateway.resilience.breaker.window_calls, 20, "unset fields keep their defaults");
+        assert_eq!(
+            m.gateway.resilience.breaker.window_calls, 20,
+            "unset fields keep their defaults"
+        );
         assert_eq!(m.gateway.resilience.retry.max_attempts, 3);
         assert_eq!(m.gateway.upstreams["slow"].max_concurrent, 2);
         let limits = m.routes[0].rate_limit.as_ref().unwrap();
@@ -390,7 +435,8 @@ mod tests {
         assert_eq!(m.routes[0].fallback.as_ref().unwrap().status, 200);
         let e = Manifest::parse("[[route]]\nprefix = \"/a\"\nservice = \"a\"\nauth = \"public\"\nrate_limit = { per_ip = \"lots\" }\n").unwrap_err();
         assert!(e.to_string().contains("lots"), "{e}");
-        let e = Manifest::parse("[gateway.resilience]\nbreaker = { failure_rate = 2.0 }\n").unwrap_err();
+        let e = Manifest::parse("[gateway.resilience]\nbreaker = { failure_rate = 2.0 }\n")
+            .unwrap_err();
         assert!(e.to_string().contains("breaker"), "{e}");
     }
 
@@ -398,7 +444,9 @@ mod tests {
     fn errors_name_the_key() {
         let e = Manifest::parse("[services.x]\ncommand = \"a\"\nreplicas = 0\n").unwrap_err();
         assert!(e.to_string().contains("services.x.replicas"), "{e}");
-        let e = Manifest::parse("[[route]]\nprefix = \"api\"\nservice = \"x\"\nauth = \"public\"\n").unwrap_err();
+        let e =
+            Manifest::parse("[[route]]\nprefix = \"api\"\nservice = \"x\"\nauth = \"public\"\n")
+                .unwrap_err();
         assert!(e.to_string().contains("route[0].prefix"), "{e}");
         let e = Manifest::parse("[gateway]\nlisten = 5\n").unwrap_err();
         assert!(e.to_string().contains("listen"), "{e}");

@@ -53,10 +53,14 @@ pub fn record_request(route: &str, method: &str, status: u16, elapsed: Duration)
         ("status", status.to_string()),
     ];
     metrics::counter!("http_server_requests_total", &labels).increment(1);
-    metrics::histogram!("http_server_request_duration_seconds", &labels).record(elapsed.as_secs_f64());
+    metrics::histogram!("http_server_request_duration_seconds", &labels)
+        .record(elapsed.as_secs_f64());
 }
 
 /// An axum handler for `GET /metrics`.
 pub async fn endpoint() -> impl axum::response::IntoResponse {
-    ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], render())
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        render(),
+    )
 }

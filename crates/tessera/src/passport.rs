@@ -109,7 +109,9 @@ impl PassportKeys {
                 .or_else(|_| URL_SAFE_NO_PAD.decode(secret))
                 .map_err(|_| KeySpecError(format!("key {kid:?} is not base64")))?;
             if secret.len() < 32 {
-                return Err(KeySpecError(format!("key {kid:?} is shorter than 32 bytes")));
+                return Err(KeySpecError(format!(
+                    "key {kid:?} is shorter than 32 bytes"
+                )));
             }
             keys.push((kid.to_string(), secret));
         }
@@ -124,7 +126,10 @@ impl PassportKeys {
         validation.leeway = LEEWAY_SECS;
         Ok(Self {
             signing: EncodingKey::from_secret(&signing_secret),
-            verifying: keys.iter().map(|(k, s)| (k.clone(), DecodingKey::from_secret(s))).collect(),
+            verifying: keys
+                .iter()
+                .map(|(k, s)| (k.clone(), DecodingKey::from_secret(s)))
+                .collect(),
             header,
             validation,
             signing_kid,
@@ -168,7 +173,8 @@ impl PassportKeys {
 
     /// Signs arbitrary claims (tests use this to make expired or odd passports).
     pub fn sign(&self, claims: &Passport) -> String {
-        jsonwebtoken::encode(&self.header, claims, &self.signing).expect("HS256 signing cannot fail")
+        jsonwebtoken::encode(&self.header, claims, &self.signing)
+            .expect("HS256 signing cannot fail")
     }
 
     /// Verifies signature, key, expiry and audience.
@@ -232,7 +238,10 @@ mod tests {
         let t = TraceContext::new_root();
         let other = keys();
         let forged = other.mint("x", "u1", &[], None, &t);
-        assert!(matches!(k.verify(&forged), Err(PassportError::UnknownKey | PassportError::BadSignature)));
+        assert!(matches!(
+            k.verify(&forged),
+            Err(PassportError::UnknownKey | PassportError::BadSignature)
+        ));
 
         let mut p = k.verify(&k.mint("x", "u1", &[], None, &t)).unwrap();
         p.exp = crate::unix_now() - 60;

@@ -66,7 +66,10 @@ impl RegistryClient {
             .connect_timeout(Duration::from_secs(1))
             .build()
             .expect("reqwest client builds");
-        Self { base: base.trim_end_matches('/').to_string(), http }
+        Self {
+            base: base.trim_end_matches('/').to_string(),
+            http,
+        }
     }
 
     pub async fn register(&self, reg: &Registration) -> Result<(), reqwest::Error> {
@@ -106,7 +109,11 @@ impl RegistryClient {
     }
 
     /// The catalog; with `index`, waits up to `wait` for one newer than it.
-    pub async fn catalog(&self, index: Option<u64>, wait: Duration) -> Result<Catalog, reqwest::Error> {
+    pub async fn catalog(
+        &self,
+        index: Option<u64>,
+        wait: Duration,
+    ) -> Result<Catalog, reqwest::Error> {
         let mut req = self.http.get(format!("{}/v1/services", self.base));
         if let Some(index) = index {
             req = req
@@ -169,8 +176,14 @@ type Snapshot = HashMap<String, Arc<[Instance]>>;
 /// Adds to `into` the instances of `old` it lacks.
 fn merge_missing(into: &mut Snapshot, old: &Snapshot) {
     for (service, known) in old {
-        let current = into.entry(service.clone()).or_insert_with(|| Arc::from(Vec::new()));
-        let missing: Vec<Instance> = known.iter().filter(|k| !current.iter().any(|c| c.id == k.id)).cloned().collect();
+        let current = into
+            .entry(service.clone())
+            .or_insert_with(|| Arc::from(Vec::new()));
+        let missing: Vec<Instance> = known
+            .iter()
+            .filter(|k| !current.iter().any(|c| c.id == k.id))
+            .cloned()
+            .collect();
         if !missing.is_empty() {
             let mut all = current.to_vec();
             all.extend(missing);
@@ -205,8 +218,11 @@ impl Discovery {
                             failing = false;
                         }
                         index = Some(catalog.index);
-                        let mut snapshot: Snapshot =
-                            catalog.services.into_iter().map(|(name, list)| (name, Arc::from(list))).collect();
+                        let mut snapshot: Snapshot = catalog
+                            .services
+                            .into_iter()
+                            .map(|(name, list)| (name, Arc::from(list)))
+                            .collect();
                         if catalog.settling {
                             // A restarted registry refills within a heartbeat: until then, add
                             // what it has to what we knew, but drop nothing. Look again soon.
@@ -245,14 +261,24 @@ impl Discovery {
         for i in services {
             snapshot.entry(i.service.clone()).or_default().push(i);
         }
-        let snapshot = snapshot.into_iter().map(|(k, v)| (k, Arc::from(v))).collect();
+        let snapshot = snapshot
+            .into_iter()
+            .map(|(k, v)| (k, Arc::from(v)))
+            .collect();
         let (_tx, changed) = watch::channel(1);
-        Self { view: Arc::new(RwLock::new(Arc::new(snapshot))), changed }
+        Self {
+            view: Arc::new(RwLock::new(Arc::new(snapshot))),
+            changed,
+        }
     }
 
     /// The live instances of `service` (empty when none).
     pub fn instances(&self, service: &str) -> Option<Arc<[Instance]>> {
-        self.view.read().unwrap_or_else(|e| e.into_inner()).get(service).cloned()
+        self.view
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(service)
+            .cloned()
     }
 
     /// The whole current view.
@@ -263,7 +289,9 @@ impl Discovery {
     /// Waits until the view has been loaded at least once, or `timeout` passes.
     pub async fn wait_loaded(&self, timeout: Duration) -> bool {
         let mut rx = self.changed.clone();
-        tokio::time::timeout(timeout, rx.wait_for(|i| *i > 0)).await.is_ok_and(|r| r.is_ok())
+        tokio::time::timeout(timeout, rx.wait_for(|i| *i > 0))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 }
 
@@ -272,13 +300,22 @@ mod tests {
     use super::*;
 
     fn inst(id: &str, service: &str) -> Instance {
-        Instance { id: id.into(), service: service.into(), address: "127.0.0.1:1".into(), version: "1".into(), metadata: BTreeMap::new() }
+        Instance {
+            id: id.into(),
+            service: service.into(),
+            address: "127.0.0.1:1".into(),
+            version: "1".into(),
+            metadata: BTreeMap::new(),
+        }
     }
 
     #[test]
     fn settling_views_add_but_never_drop() {
         let old: Snapshot = HashMap::from([
-            ("a".to_string(), Arc::from(vec![inst("a-1", "a"), inst("a-2", "a")])),
+            (
+                "a".to_string(),
+                Arc::from(vec![inst("a-1", "a"), inst("a-2", "a")]),
+            ),
             ("b".to_string(), Arc::from(vec![inst("b-1", "b")])),
         ]);
         let mut new: Snapshot = HashMap::from([

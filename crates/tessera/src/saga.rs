@@ -61,11 +61,25 @@ pub struct SagaState {
 /// What the orchestrating service does as its saga moves, in the same transaction.
 pub trait SagaHooks: Send + Sync + 'static {
     /// A step succeeded; `saga.data` already includes the reply's data.
-    fn step_done<'a>(&'a self, tx: &'a mut Tx, saga: &'a SagaState, step: &'static Step) -> BoxFuture<'a, Result<(), HandlerError>>;
+    fn step_done<'a>(
+        &'a self,
+        tx: &'a mut Tx,
+        saga: &'a SagaState,
+        step: &'static Step,
+    ) -> BoxFuture<'a, Result<(), HandlerError>>;
     /// Every step succeeded.
-    fn completed<'a>(&'a self, tx: &'a mut Tx, saga: &'a SagaState) -> BoxFuture<'a, Result<(), HandlerError>>;
+    fn completed<'a>(
+        &'a self,
+        tx: &'a mut Tx,
+        saga: &'a SagaState,
+    ) -> BoxFuture<'a, Result<(), HandlerError>>;
     /// A step failed or timed out; compensations are on their way.
-    fn failed<'a>(&'a self, tx: &'a mut Tx, saga: &'a SagaState, reason: &'a str) -> BoxFuture<'a, Result<(), HandlerError>>;
+    fn failed<'a>(
+        &'a self,
+        tx: &'a mut Tx,
+        saga: &'a SagaState,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<(), HandlerError>>;
     /// A reply the saga no longer waits for.
     fn stale_reply<'a>(
         &'a self,
@@ -92,7 +106,10 @@ pub struct Saga {
 
 impl Saga {
     pub fn new(def: &'static SagaDef) -> Self {
-        Self { def, reply_topic: format!("saga.{}.replies", def.name) }
+        Self {
+            def,
+            reply_topic: format!("saga.{}.replies", def.name),
+        }
     }
 
     /// The topic replies come back on: consume it with [`Saga::handler`].
@@ -117,23 +134,34 @@ impl Saga {
         self.send(tx, id, 0, step.command, &data, true).await
     }
 
-    async fn send(&self, tx: &mut Tx, id: &str, step: usize, ty: &str, data: &Value, expect_reply: bool) -> Result<(), sqlx::Error> {
+    async fn send(
+        &self,
+        tx: &mut Tx,
+        id: &str,
+        step: usize,
+        ty: &str,
+        data: &Value,
+        expect_reply: bool,
+    ) -> Result<(), sqlx::Error> {
         let mut event = Event::new(self.def.source, ty, id, data);
         event.extensions.insert("sagaid".into(), id.into());
         event.extensions.insert("sagastep".into(), step.into());
         if expect_reply {
-            event.extensions.insert("sagareplyto".into(), self.reply_topic.clone().into());
+            event
+                .extensions
+                .insert("sagareplyto".into(), self.reply_topic.clone().into());
         }
         outbox::add(tx, self.def.steps[step].topic, &event).await
     }
 
     async fn load(&self, tx: &mut Tx, id: &str) -> Result<Option<SagaState>, sqlx::Error> {
-        let row: Option<(i64, String, String)> =
-            sqlx::query_as("SELECT step, status, data FROM tessera_sagas WHERE id = $1 AND name = $2")
-                .bind(id)
-                .bind(self.def.name)
-                .fetch_optional(&mut **tx)
-                .await?;
+        let row: Option<(i64, String, String)> = sqlx::query_as(
+            "SELECT step, status, data FROM tessera_sagas WHERE id = $1 AND name = $2",
+        )
+        .bind(id)
+        .bind(self.def.name)
+        .fetch_optional(&mut **tx)
+        .await?;
         Ok(row.map(|(step, status, data)| SagaState {
             id: id.to_string(),
             step: step as usize,
@@ -143,7 +171,12 @@ impl Saga {
     }
 
     /// Advances the saga a reply belongs to.
-    pub async fn on_reply(&self, tx: &mut Tx, reply: &Event, hooks: &dyn SagaHooks) -> Result<(), HandlerError> {
+    pub async fn on_reply(
+        &self,
+        tx: &mut Tx,
+        reply: &Event,
+        hooks: &dyn SagaHooks,
+    ) -> Result<(), HandlerError> {
         let (Some(id), Some(step)) = (
             reply.extensions.get("sagaid").and_then(Value::as_str),
             reply.extensions.get("sagastep").and_then(Value::as_u64),
@@ -152,7 +185,9 @@ impl Saga {
         };
         let step = step as usize;
         let Some(def_step) = self.def.steps.get(step) else {
-            return Err(HandlerError::permanent(format!("reply for unknown step {step}")));
+            return Err(HandlerError::permanent(format!(
+                "reply for unknown step {step}"
+            )));
         };
         let Some(mut saga) = self.load(tx, id).await? else {
             tracing::warn!(saga = %id, "reply for an unknown saga; ignored");
@@ -164,7 +199,12 @@ impl Saga {
         }
         let ok = reply.extensions.get("sagaoutcome").and_then(Value::as_str) == Some("ok");
         if !ok {
-            let reason = reply.data.get("reason").and_then(Value::as_str).unwrap_or("failed").to_string();
+            let reason = reply
+                .data
+                .get("reason")
+                .and_then(Value::as_str)
+                .unwrap_or("failed")
+                .to_string();
             return self.fail(tx, &mut saga, step, &reason, hooks).await;
         }
         if let (Value::Object(into), Value::Object(from)) = (&mut saga.data, &reply.data) {
@@ -184,7 +224,8 @@ impl Saga {
                 .bind(now)
                 .execute(&mut **tx)
                 .await?;
-            self.send(tx, id, saga.step, next.command, &saga.data, true).await?;
+            self.send(tx, id, saga.step, next.command, &saga.data, true)
+                .await?;
         } else {
             saga.status = "completed".into();
             sqlx::query("UPDATE tessera_sagas SET status = 'completed', data = $2, updated = $3 WHERE id = $1")
@@ -199,19 +240,29 @@ impl Saga {
     }
 
     /// Compensates the steps before `upto` (exclusive) in reverse, and marks the saga failed.
-    async fn fail(&self, tx: &mut Tx, saga: &mut SagaState, upto: usize, reason: &str, hooks: &dyn SagaHooks) -> Result<(), HandlerError> {
+    async fn fail(
+        &self,
+        tx: &mut Tx,
+        saga: &mut SagaState,
+        upto: usize,
+        reason: &str,
+        hooks: &dyn SagaHooks,
+    ) -> Result<(), HandlerError> {
         for i in (0..upto).rev() {
             if let Some(compensation) = self.def.steps[i].compensation {
-                self.send(tx, &saga.id, i, compensation, &saga.data, false).await?;
+                self.send(tx, &saga.id, i, compensation, &saga.data, false)
+                    .await?;
             }
         }
         saga.status = "failed".into();
-        sqlx::query("UPDATE tessera_sagas SET status = 'failed', reason = $2, updated = $3 WHERE id = $1")
-            .bind(&saga.id)
-            .bind(reason)
-            .bind(now_ms())
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query(
+            "UPDATE tessera_sagas SET status = 'failed', reason = $2, updated = $3 WHERE id = $1",
+        )
+        .bind(&saga.id)
+        .bind(reason)
+        .bind(now_ms())
+        .execute(&mut **tx)
+        .await?;
         hooks.failed(tx, saga, reason).await
     }
 
@@ -228,11 +279,14 @@ impl Saga {
         for (id,) in due {
             let mut tx = db.write_tx().await?;
             // Checked again under the write lock: a reply or another replica may have moved it.
-            let Some(mut saga) = self.load(&mut tx, &id).await? else { continue };
-            let deadline: (i64,) = sqlx::query_as("SELECT deadline FROM tessera_sagas WHERE id = $1")
-                .bind(&id)
-                .fetch_one(&mut *tx)
-                .await?;
+            let Some(mut saga) = self.load(&mut tx, &id).await? else {
+                continue;
+            };
+            let deadline: (i64,) =
+                sqlx::query_as("SELECT deadline FROM tessera_sagas WHERE id = $1")
+                    .bind(&id)
+                    .fetch_one(&mut *tx)
+                    .await?;
             if saga.status != "running" || deadline.0 >= now_ms() {
                 continue;
             }
@@ -240,7 +294,8 @@ impl Saga {
             let reason = format!("timeout: {}", self.def.steps[step].name);
             tracing::warn!(saga = %id, step = self.def.steps[step].name, "saga step timed out; compensating");
             // The timed-out step's action may still happen: compensate it as well.
-            self.fail(&mut tx, &mut saga, step + 1, &reason, hooks).await?;
+            self.fail(&mut tx, &mut saga, step + 1, &reason, hooks)
+                .await?;
             tx.commit().await?;
             done += 1;
         }
@@ -280,14 +335,27 @@ struct SagaReplies {
 }
 
 impl Handler for SagaReplies {
-    fn handle<'a>(&'a self, event: &'a Event, tx: &'a mut Tx) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn handle<'a>(
+        &'a self,
+        event: &'a Event,
+        tx: &'a mut Tx,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(self.saga.on_reply(tx, event, self.hooks.as_ref()))
     }
 }
 
 /// A participant's reply to a saga command, in `tx` (nothing if the command expects none).
-pub async fn reply(tx: &mut Tx, command: &Event, source: &str, outcome: Reply) -> Result<(), sqlx::Error> {
-    let Some(topic) = command.extensions.get("sagareplyto").and_then(Value::as_str) else {
+pub async fn reply(
+    tx: &mut Tx,
+    command: &Event,
+    source: &str,
+    outcome: Reply,
+) -> Result<(), sqlx::Error> {
+    let Some(topic) = command
+        .extensions
+        .get("sagareplyto")
+        .and_then(Value::as_str)
+    else {
         return Ok(());
     };
     let (suffix, data, result) = match outcome {
@@ -323,28 +391,67 @@ mod tests {
     use super::*;
 
     static STEPS: [Step; 2] = [
-        Step { name: "one", topic: "a.commands", command: "do.one", compensation: Some("undo.one"), timeout: Duration::from_secs(60) },
-        Step { name: "two", topic: "b.commands", command: "do.two", compensation: Some("undo.two"), timeout: Duration::ZERO },
+        Step {
+            name: "one",
+            topic: "a.commands",
+            command: "do.one",
+            compensation: Some("undo.one"),
+            timeout: Duration::from_secs(60),
+        },
+        Step {
+            name: "two",
+            topic: "b.commands",
+            command: "do.two",
+            compensation: Some("undo.two"),
+            timeout: Duration::ZERO,
+        },
     ];
-    static DEF: SagaDef = SagaDef { name: "test", source: "/test", steps: &STEPS };
+    static DEF: SagaDef = SagaDef {
+        name: "test",
+        source: "/test",
+        steps: &STEPS,
+    };
 
     #[derive(Default)]
     struct Recorder(Mutex<Vec<String>>);
 
     impl SagaHooks for Recorder {
-        fn step_done<'a>(&'a self, _: &'a mut Tx, s: &'a SagaState, step: &'static Step) -> BoxFuture<'a, Result<(), HandlerError>> {
-            self.0.lock().unwrap().push(format!("done {} {}", step.name, s.data["got"]));
+        fn step_done<'a>(
+            &'a self,
+            _: &'a mut Tx,
+            s: &'a SagaState,
+            step: &'static Step,
+        ) -> BoxFuture<'a, Result<(), HandlerError>> {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("done {} {}", step.name, s.data["got"]));
             Box::pin(async { Ok(()) })
         }
-        fn completed<'a>(&'a self, _: &'a mut Tx, _: &'a SagaState) -> BoxFuture<'a, Result<(), HandlerError>> {
+        fn completed<'a>(
+            &'a self,
+            _: &'a mut Tx,
+            _: &'a SagaState,
+        ) -> BoxFuture<'a, Result<(), HandlerError>> {
             self.0.lock().unwrap().push("completed".into());
             Box::pin(async { Ok(()) })
         }
-        fn failed<'a>(&'a self, _: &'a mut Tx, _: &'a SagaState, reason: &'a str) -> BoxFuture<'a, Result<(), HandlerError>> {
+        fn failed<'a>(
+            &'a self,
+            _: &'a mut Tx,
+            _: &'a SagaState,
+            reason: &'a str,
+        ) -> BoxFuture<'a, Result<(), HandlerError>> {
             self.0.lock().unwrap().push(format!("failed {reason}"));
             Box::pin(async { Ok(()) })
         }
-        fn stale_reply<'a>(&'a self, _: &'a mut Tx, _: &'a SagaState, step: &'static Step, _: &'a Event) -> BoxFuture<'a, Result<(), HandlerError>> {
+        fn stale_reply<'a>(
+            &'a self,
+            _: &'a mut Tx,
+            _: &'a SagaState,
+            step: &'static Step,
+            _: &'a Event,
+        ) -> BoxFuture<'a, Result<(), HandlerError>> {
             self.0.lock().unwrap().push(format!("stale {}", step.name));
             Box::pin(async { Ok(()) })
         }
@@ -352,13 +459,22 @@ mod tests {
 
     async fn db() -> Db {
         let dir = std::env::temp_dir().join(format!("tessera-saga-{}", uuid::Uuid::new_v4()));
-        Db::open(&Db::default_url(&dir, "s"), crate::events::MIGRATIONS).await.unwrap()
+        Db::open(&Db::default_url(&dir, "s"), crate::events::MIGRATIONS)
+            .await
+            .unwrap()
     }
 
     /// The commands in the outbox, as (topic, type), and empties it.
     async fn sent(db: &Db) -> Vec<(String, String, Event)> {
-        let rows: Vec<(String, String)> = sqlx::query_as("SELECT topic, event FROM tessera_outbox ORDER BY id").fetch_all(db.pool()).await.unwrap();
-        sqlx::query("DELETE FROM tessera_outbox").execute(db.pool()).await.unwrap();
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT topic, event FROM tessera_outbox ORDER BY id")
+                .fetch_all(db.pool())
+                .await
+                .unwrap();
+        sqlx::query("DELETE FROM tessera_outbox")
+            .execute(db.pool())
+            .await
+            .unwrap();
         rows.into_iter()
             .map(|(t, e)| {
                 let e: Event = serde_json::from_str(&e).unwrap();
@@ -380,15 +496,25 @@ mod tests {
     }
 
     async fn status(db: &Db, id: &str) -> String {
-        sqlx::query_as::<_, (String,)>("SELECT status FROM tessera_sagas WHERE id = $1").bind(id).fetch_one(db.pool()).await.unwrap().0
+        sqlx::query_as::<_, (String,)>("SELECT status FROM tessera_sagas WHERE id = $1")
+            .bind(id)
+            .fetch_one(db.pool())
+            .await
+            .unwrap()
+            .0
     }
 
     async fn started(db: &Db, saga: &Saga, id: &str) -> Event {
         let mut tx = db.write_tx().await.unwrap();
-        saga.start(&mut tx, id, serde_json::json!({"id": id})).await.unwrap();
+        saga.start(&mut tx, id, serde_json::json!({"id": id}))
+            .await
+            .unwrap();
         tx.commit().await.unwrap();
         let cmds = sent(db).await;
-        assert_eq!((cmds[0].0.as_str(), cmds[0].1.as_str()), ("a.commands", "do.one"));
+        assert_eq!(
+            (cmds[0].0.as_str(), cmds[0].1.as_str()),
+            ("a.commands", "do.one")
+        );
         assert_eq!(cmds[0].2.extensions["sagareplyto"], "saga.test.replies");
         cmds[0].2.clone()
     }
@@ -397,13 +523,36 @@ mod tests {
     async fn steps_run_in_order_and_complete() {
         let (db, saga, hooks) = (db().await, Saga::new(&DEF), Recorder::default());
         let one = started(&db, &saga, "s1").await;
-        answer(&db, &saga, &hooks, &one, Reply::Ok(serde_json::json!({"got": 1}))).await;
+        answer(
+            &db,
+            &saga,
+            &hooks,
+            &one,
+            Reply::Ok(serde_json::json!({"got": 1})),
+        )
+        .await;
         let cmds = sent(&db).await;
-        assert_eq!((cmds[0].0.as_str(), cmds[0].1.as_str()), ("b.commands", "do.two"));
-        assert_eq!(cmds[0].2.data["got"], 1, "replies' data joins the saga's data");
-        answer(&db, &saga, &hooks, &cmds[0].2, Reply::Ok(serde_json::json!({}))).await;
+        assert_eq!(
+            (cmds[0].0.as_str(), cmds[0].1.as_str()),
+            ("b.commands", "do.two")
+        );
+        assert_eq!(
+            cmds[0].2.data["got"], 1,
+            "replies' data joins the saga's data"
+        );
+        answer(
+            &db,
+            &saga,
+            &hooks,
+            &cmds[0].2,
+            Reply::Ok(serde_json::json!({})),
+        )
+        .await;
         assert_eq!(status(&db, "s1").await, "completed");
-        assert_eq!(*hooks.0.lock().unwrap(), ["done one 1", "done two 1", "completed"]);
+        assert_eq!(
+            *hooks.0.lock().unwrap(),
+            ["done one 1", "done two 1", "completed"]
+        );
         assert!(sent(&db).await.is_empty(), "nothing to compensate");
     }
 
@@ -415,8 +564,14 @@ mod tests {
         let two = sent(&db).await.remove(0).2;
         answer(&db, &saga, &hooks, &two, Reply::Failed("declined".into())).await;
         let comps = sent(&db).await;
-        assert_eq!(comps.iter().map(|c| c.1.as_str()).collect::<Vec<_>>(), ["undo.one"]);
-        assert!(!comps[0].2.extensions.contains_key("sagareplyto"), "compensations expect no reply");
+        assert_eq!(
+            comps.iter().map(|c| c.1.as_str()).collect::<Vec<_>>(),
+            ["undo.one"]
+        );
+        assert!(
+            !comps[0].2.extensions.contains_key("sagareplyto"),
+            "compensations expect no reply"
+        );
         assert_eq!(status(&db, "s2").await, "failed");
         assert_eq!(hooks.0.lock().unwrap().last().unwrap(), "failed declined");
         // A reply that comes later changes nothing.
@@ -429,15 +584,29 @@ mod tests {
     async fn a_timed_out_step_is_compensated_with_the_ones_before() {
         let (db, saga, hooks) = (db().await, Saga::new(&DEF), Recorder::default());
         let one = started(&db, &saga, "s3").await;
-        assert_eq!(saga.tick(&db, &hooks).await.unwrap(), 0, "step one has a minute");
+        assert_eq!(
+            saga.tick(&db, &hooks).await.unwrap(),
+            0,
+            "step one has a minute"
+        );
         answer(&db, &saga, &hooks, &one, Reply::Ok(serde_json::json!({}))).await;
         sent(&db).await;
         tokio::time::sleep(Duration::from_millis(5)).await;
-        assert_eq!(saga.tick(&db, &hooks).await.unwrap(), 1, "step two times out at once");
+        assert_eq!(
+            saga.tick(&db, &hooks).await.unwrap(),
+            1,
+            "step two times out at once"
+        );
         let comps = sent(&db).await;
-        assert_eq!(comps.iter().map(|c| c.1.as_str()).collect::<Vec<_>>(), ["undo.two", "undo.one"]);
+        assert_eq!(
+            comps.iter().map(|c| c.1.as_str()).collect::<Vec<_>>(),
+            ["undo.two", "undo.one"]
+        );
         assert_eq!(status(&db, "s3").await, "failed");
-        assert_eq!(hooks.0.lock().unwrap().last().unwrap(), "failed timeout: two");
+        assert_eq!(
+            hooks.0.lock().unwrap().last().unwrap(),
+            "failed timeout: two"
+        );
         assert_eq!(saga.tick(&db, &hooks).await.unwrap(), 0, "once");
     }
 }

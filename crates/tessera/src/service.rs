@@ -36,11 +36,11 @@ use tokio::net::TcpListener;
 use tracing::Instrument;
 
 use crate::client::{REQUEST, RequestContext, ServiceClient};
+use crate::config::{ServiceConfig, Settings};
+use crate::error::ApiError;
 use crate::events::consumer::ConsumerEnv;
 use crate::events::outbox::Outbox;
 use crate::events::{Bus, Consumer, ControlBus, Handler};
-use crate::config::{ServiceConfig, Settings};
-use crate::error::ApiError;
 use crate::health::Health;
 use crate::passport::{self, PassportError, PassportKeys};
 use crate::registry::{self, Discovery, Instance, Registration, RegistryClient};
@@ -65,7 +65,9 @@ impl Context {
     /// The service's database. Panics if the service declared no migrations, which is a
     /// programming error caught by the first start.
     pub fn db(&self) -> &Db {
-        self.db.as_ref().expect("Service::migrations was not called, so this service has no database")
+        self.db
+            .as_ref()
+            .expect("Service::migrations was not called, so this service has no database")
     }
 
     /// Events: the outbox and consumers, started on first use. Panics without a database or a
@@ -112,7 +114,10 @@ impl Events {
     /// Starts a consumer that runs until the service stops.
     pub fn consume(&self, consumer: Consumer, handler: impl Handler) {
         let task = consumer.spawn(self.env.clone(), Arc::new(handler), self.stop.clone());
-        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).push(task);
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(task);
     }
 }
 
@@ -125,7 +130,10 @@ pub struct Service {
 impl Service {
     /// `name` is the default of `TESSERA_SERVICE`.
     pub fn new(name: &'static str) -> Self {
-        Self { name, migrations: &[] }
+        Self {
+            name,
+            migrations: &[],
+        }
     }
 
     /// The schema migrations of this service's database; without them it gets none.
@@ -152,7 +160,8 @@ impl Service {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {} (TESSERA_LISTEN)", config.listen))?;
-        self.serve(config, settings, listener, shutdown_signal(), build).await
+        self.serve(config, settings, listener, shutdown_signal(), build)
+            .await
     }
 
     /// Runs on a bound listener until `shutdown` completes.
@@ -171,7 +180,8 @@ impl Service {
         crate::log::init(&config.service, &config.instance);
         crate::metrics::handle();
         let keys = Arc::new(
-            PassportKeys::from_spec(&config.passport_keys, &config.system).context("TESSERA_PASSPORT_KEYS")?,
+            PassportKeys::from_spec(&config.passport_keys, &config.system)
+                .context("TESSERA_PASSPORT_KEYS")?,
         );
         let db = if self.migrations.is_empty() {
             None
@@ -182,13 +192,22 @@ impl Service {
                 .unwrap_or_else(|| Db::default_url(&config.data_dir, &config.service));
             let mut migrations = self.migrations.to_vec();
             migrations.extend_from_slice(crate::events::MIGRATIONS);
-            Some(Db::open(&url, &migrations).await.context("opening the database")?)
+            Some(
+                Db::open(&url, &migrations)
+                    .await
+                    .context("opening the database")?,
+            )
         };
         let discovery = match &config.control_url {
             Some(url) => Discovery::start(url),
             None => Discovery::fixed([]),
         };
-        let client = ServiceClient::new(discovery, keys.clone(), &config.service, config.call_timeout);
+        let client = ServiceClient::new(
+            discovery,
+            keys.clone(),
+            &config.service,
+            config.call_timeout,
+        );
         let health = Health::default();
         let (stop_events, events_stopped) = tokio::sync::watch::channel(false);
         let ctx = Context {
@@ -265,11 +284,16 @@ impl Service {
         // Consumers finish the event in hand; the relay publishes what is pending.
         let _ = stop_events.send(true);
         if let Some(events) = events.get() {
-            let tasks = std::mem::take(&mut *events.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+            let tasks =
+                std::mem::take(&mut *events.tasks.lock().unwrap_or_else(|e| e.into_inner()));
             for task in tasks {
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
             }
-            let relay = events.relay.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let relay = events
+                .relay
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
             if let Some(relay) = relay {
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(5), relay).await;
             }
@@ -290,10 +314,16 @@ async fn request_middleware(
     next: Next,
 ) -> Response {
     let start = Instant::now();
-    let route = matched.as_ref().map_or("unmatched", |m| m.as_str()).to_string();
+    let route = matched
+        .as_ref()
+        .map_or("unmatched", |m| m.as_str())
+        .to_string();
     let method = req.method().clone();
 
-    let token = req.headers().get(passport::HEADER).and_then(|v| v.to_str().ok());
+    let token = req
+        .headers()
+        .get(passport::HEADER)
+        .and_then(|v| v.to_str().ok());
     let verified = match token {
         None => Err(PassportError::Missing),
         Some(t) => keys.verify(t).map(|p| (p, Arc::<str>::from(t))),
@@ -303,13 +333,22 @@ async fn request_middleware(
         .get(trace::TRACEPARENT)
         .and_then(|v| v.to_str().ok())
         .and_then(TraceContext::parse)
-        .or_else(|| verified.as_ref().ok().and_then(|(p, _)| TraceContext::from_trace_id(&p.tid)));
+        .or_else(|| {
+            verified
+                .as_ref()
+                .ok()
+                .and_then(|(p, _)| TraceContext::from_trace_id(&p.tid))
+        });
     let trace = match parent {
         Some(p) => p.child(),
         None => TraceContext::new_root(),
     };
     let (trace_id, span_id) = (trace.trace_id_hex(), trace.span_id_hex());
-    let span = tracing::info_span!("request", trace_id = trace_id.as_str(), span_id = span_id.as_str());
+    let span = tracing::info_span!(
+        "request",
+        trace_id = trace_id.as_str(),
+        span_id = span_id.as_str()
+    );
 
     let response = match verified {
         Err(e) => {
@@ -319,8 +358,14 @@ async fn request_middleware(
         Ok((passport, token)) => {
             req.extensions_mut().insert(passport);
             req.extensions_mut().insert(trace);
-            let ctx = RequestContext { passport: token, trace };
-            REQUEST.scope(ctx, next.run(req)).instrument(span.clone()).await
+            let ctx = RequestContext {
+                passport: token,
+                trace,
+            };
+            REQUEST
+                .scope(ctx, next.run(req))
+                .instrument(span.clone())
+                .await
         }
     };
     let elapsed = start.elapsed();

@@ -109,7 +109,10 @@ impl Db {
 
     /// The default embedded database of `service`.
     pub fn default_url(data_dir: &Path, service: &str) -> String {
-        format!("sqlite://{}?mode=rwc", data_dir.join(format!("{service}.db")).display())
+        format!(
+            "sqlite://{}?mode=rwc",
+            data_dir.join(format!("{service}.db")).display()
+        )
     }
 
     pub fn pool(&self) -> &sqlx::AnyPool {
@@ -141,7 +144,9 @@ pub fn is_unique_violation(err: &sqlx::Error) -> bool {
 }
 
 fn sqlite_file(url: &str) -> Option<PathBuf> {
-    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
     let path = rest.split('?').next().unwrap_or(rest);
     (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
 }
@@ -178,20 +183,38 @@ mod tests {
         let url = Db::default_url(&dir, "t");
         let (a, b) = tokio::join!(Db::open(&url, MIGRATIONS), Db::open(&url, MIGRATIONS));
         let (a, b) = (a.unwrap(), b.unwrap());
-        sqlx::query("INSERT INTO items (name) VALUES ($1)").bind("x").execute(a.pool()).await.unwrap();
-        let err = sqlx::query("INSERT INTO items (name) VALUES ($1)").bind("x").execute(b.pool()).await.unwrap_err();
+        sqlx::query("INSERT INTO items (name) VALUES ($1)")
+            .bind("x")
+            .execute(a.pool())
+            .await
+            .unwrap();
+        let err = sqlx::query("INSERT INTO items (name) VALUES ($1)")
+            .bind("x")
+            .execute(b.pool())
+            .await
+            .unwrap_err();
         assert!(is_unique_violation(&err));
         let mut tx = b.write_tx().await.unwrap();
-        sqlx::query("INSERT INTO items (name) VALUES ($1)").bind("y").execute(&mut *tx).await.unwrap();
+        sqlx::query("INSERT INTO items (name) VALUES ($1)")
+            .bind("y")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
         tx.commit().await.unwrap();
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM items").fetch_one(a.pool()).await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM items")
+            .fetch_one(a.pool())
+            .await
+            .unwrap();
         assert_eq!(n, 2);
         let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
     fn finds_the_file() {
-        assert_eq!(sqlite_file("sqlite://a/b.db?mode=rwc"), Some(PathBuf::from("a/b.db")));
+        assert_eq!(
+            sqlite_file("sqlite://a/b.db?mode=rwc"),
+            Some(PathBuf::from("a/b.db"))
+        );
         assert_eq!(sqlite_file("sqlite::memory:"), None);
     }
 }

@@ -22,12 +22,20 @@ impl TraceContext {
         if trace_id == [0; 16] {
             trace_id[15] = 1;
         }
-        Self { trace_id, span_id: new_span_id(), sampled: true }
+        Self {
+            trace_id,
+            span_id: new_span_id(),
+            sampled: true,
+        }
     }
 
     /// The same trace, a new span: what a hop uses for its own work and sends downstream.
     pub fn child(&self) -> Self {
-        Self { trace_id: self.trace_id, span_id: new_span_id(), sampled: self.sampled }
+        Self {
+            trace_id: self.trace_id,
+            span_id: new_span_id(),
+            sampled: self.sampled,
+        }
     }
 
     /// Parses `00-<32 hex>-<16 hex>-<2 hex>`. Invalid or all-zero ids give `None`, and the
@@ -54,7 +62,11 @@ impl TraceContext {
         if trace_id == [0; 16] || span_id == [0; 8] {
             return None;
         }
-        Some(Self { trace_id, span_id, sampled: flags & 1 == 1 })
+        Some(Self {
+            trace_id,
+            span_id,
+            sampled: flags & 1 == 1,
+        })
     }
 
     /// Parses a bare 32-hex trace id (as carried in a passport), with a fresh span.
@@ -67,7 +79,11 @@ impl TraceContext {
         for (i, out) in trace_id.iter_mut().enumerate() {
             *out = hex_byte(&b[2 * i..2 * i + 2])?;
         }
-        (trace_id != [0; 16]).then(|| Self { trace_id, span_id: new_span_id(), sampled: true })
+        (trace_id != [0; 16]).then(|| Self {
+            trace_id,
+            span_id: new_span_id(),
+            sampled: true,
+        })
     }
 
     /// The `traceparent` header value.
@@ -156,6 +172,11 @@ mod tests {
         assert_eq!(root.trace_id, child.trace_id);
         assert_ne!(root.span_id, child.span_id);
         assert_eq!(TraceContext::parse(&child.header()), Some(child));
-        assert_eq!(TraceContext::from_trace_id(&root.trace_id_hex()).unwrap().trace_id, root.trace_id);
+        assert_eq!(
+            TraceContext::from_trace_id(&root.trace_id_hex())
+                .unwrap()
+                .trace_id,
+            root.trace_id
+        );
     }
 }

@@ -57,9 +57,18 @@ pub struct System {
 
 fn checkout_services(bin: &Path, env: &[(&'static str, &'static str, String)]) -> String {
     let mut out = String::new();
-    for service in ["order", "inventory", "payment", "payment-provider", "notification"] {
-        let vars: Vec<String> =
-            env.iter().filter(|(s, _, _)| *s == service).map(|(_, k, v)| format!("{k} = {v:?}")).collect();
+    for service in [
+        "order",
+        "inventory",
+        "payment",
+        "payment-provider",
+        "notification",
+    ] {
+        let vars: Vec<String> = env
+            .iter()
+            .filter(|(s, _, _)| *s == service)
+            .map(|(_, k, v)| format!("{k} = {v:?}"))
+            .collect();
         out.push_str(&format!(
             "[services.{service}]\ncommand = [\"{}/shop-{service}\"]\nenv = {{ {} }}\n\n",
             bin.display(),
@@ -76,7 +85,11 @@ pub const ADMIN_PASSWORD: &str = "admin-password";
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> → target/<profile>
-    let dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf();
     for bin in [
         "tessera",
         "shop-auth",
@@ -97,7 +110,11 @@ pub fn bin_dir() -> PathBuf {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 impl System {
@@ -107,7 +124,8 @@ impl System {
 
     pub async fn start_with(opts: Options) -> Self {
         let bin = bin_dir();
-        let dir = std::env::temp_dir().join(format!("tessera-e2e-{}", uuid::Uuid::new_v4().simple()));
+        let dir =
+            std::env::temp_dir().join(format!("tessera-e2e-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let (control_port, gateway_port) = (free_port(), free_port());
         let manifest = format!(
@@ -190,7 +208,11 @@ replicas = {replicas}
             bin = bin.display(),
             replicas = opts.catalog_replicas,
             extra = opts.extra_manifest,
-            checkout = if opts.checkout { checkout_services(&bin, &opts.checkout_env) } else { String::new() },
+            checkout = if opts.checkout {
+                checkout_services(&bin, &opts.checkout_env)
+            } else {
+                String::new()
+            },
         );
         let manifest_path = dir.join("tessera.toml");
         std::fs::write(&manifest_path, manifest).expect("write manifest");
@@ -210,11 +232,18 @@ replicas = {replicas}
             gateway: format!("http://127.0.0.1:{gateway_port}"),
             control: format!("http://127.0.0.1:{control_port}"),
             dir,
-            http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client"),
             up: Some(up),
             log,
         };
-        system.wait_until(Duration::from_secs(60), "the system to be ready", || system.is_ready()).await;
+        system
+            .wait_until(Duration::from_secs(60), "the system to be ready", || {
+                system.is_ready()
+            })
+            .await;
         system
     }
 
@@ -231,7 +260,10 @@ replicas = {replicas}
         let deadline = Instant::now() + timeout;
         while !check().await {
             if Instant::now() > deadline {
-                panic!("timed out after {timeout:?} waiting for {what}\n{}", self.log_tail(80));
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}\n{}",
+                    self.log_tail(80)
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -249,12 +281,22 @@ replicas = {replicas}
 
     /// The registry's current view.
     pub async fn registry(&self) -> Catalog {
-        self.http.get(format!("{}/v1/services", self.control)).send().await.expect("registry").json().await.expect("catalog")
+        self.http
+            .get(format!("{}/v1/services", self.control))
+            .send()
+            .await
+            .expect("registry")
+            .json()
+            .await
+            .expect("catalog")
     }
 
     /// The passport key set of this system (tests use it to forge and to call services directly).
     pub fn passport_keys(&self) -> String {
-        std::fs::read_to_string(self.dir.join("state/passport.keys")).expect("passport keys").trim().to_string()
+        std::fs::read_to_string(self.dir.join("state/passport.keys"))
+            .expect("passport keys")
+            .trim()
+            .to_string()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -262,7 +304,13 @@ replicas = {replicas}
     }
 
     /// Sends through the gateway; returns status and the envelope.
-    pub async fn call(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let mut req = self.http.request(method, self.url(path));
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -273,7 +321,8 @@ replicas = {replicas}
         let resp = req.send().await.expect("request");
         let status = resp.status().as_u16();
         let text = resp.text().await.expect("body");
-        let json = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{path}: not JSON: {text}"));
+        let json =
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("{path}: not JSON: {text}"));
         (status, json)
     }
 
@@ -282,25 +331,38 @@ replicas = {replicas}
     }
 
     pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
-        self.call(reqwest::Method::POST, path, token, Some(body)).await
+        self.call(reqwest::Method::POST, path, token, Some(body))
+            .await
     }
 
     /// Signs up a fresh user and logs in: (access token, refresh token).
     pub async fn new_user(&self) -> (String, String) {
         let email = format!("u{}@shop.test", uuid::Uuid::new_v4().simple());
         let (status, body) = self
-            .post("/api/auth/signup", None, serde_json::json!({"email": email, "password": "password123", "name": "Test"}))
+            .post(
+                "/api/auth/signup",
+                None,
+                serde_json::json!({"email": email, "password": "password123", "name": "Test"}),
+            )
             .await;
         assert_eq!(status, 201, "{body}");
         self.login(&email, "password123").await
     }
 
     pub async fn login(&self, email: &str, password: &str) -> (String, String) {
-        let (status, body) =
-            self.post("/api/auth/login", None, serde_json::json!({"email": email, "password": password})).await;
+        let (status, body) = self
+            .post(
+                "/api/auth/login",
+                None,
+                serde_json::json!({"email": email, "password": password}),
+            )
+            .await;
         assert_eq!(status, 200, "{body}");
         let data = &body["data"];
-        (data["accessToken"].as_str().unwrap().to_string(), data["refreshToken"].as_str().unwrap().to_string())
+        (
+            data["accessToken"].as_str().unwrap().to_string(),
+            data["refreshToken"].as_str().unwrap().to_string(),
+        )
     }
 
     pub async fn admin(&self) -> String {
@@ -361,7 +423,9 @@ pub fn signal(pid: u32, sig: libc::c_int) {
 /// Whether a process exists (and is not a zombie).
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
         Err(_) => false,
     }
 }
@@ -371,10 +435,20 @@ pub fn descendants(root: u32) -> Vec<u32> {
     let mut parents = Vec::new();
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for e in entries.flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-            let Some((_, rest)) = stat.rsplit_once(')') else { continue };
-            let ppid = rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()).unwrap_or(0);
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            let ppid = rest
+                .split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u32>().ok())
+                .unwrap_or(0);
             parents.push((pid, ppid));
         }
     }

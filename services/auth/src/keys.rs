@@ -53,9 +53,15 @@ pub async fn rotate(db: &Db) -> Result<String, sqlx::Error> {
     Ok(key.kid)
 }
 
-async fn insert_new(tx: &mut sqlx::Transaction<'static, sqlx::Any>) -> Result<CurrentKey, sqlx::Error> {
+async fn insert_new(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+) -> Result<CurrentKey, sqlx::Error> {
     let signing = SigningKey::from_bytes(&rand::random::<[u8; 32]>());
-    let der = signing.to_pkcs8_der().expect("an Ed25519 key encodes").as_bytes().to_vec();
+    let der = signing
+        .to_pkcs8_der()
+        .expect("an Ed25519 key encodes")
+        .as_bytes()
+        .to_vec();
     let x = URL_SAFE_NO_PAD.encode(signing.verifying_key().as_bytes());
     let kid = format!("k{}", uuid::Uuid::now_v7().simple());
     // Microseconds keep the order of two rotations within one second.
@@ -63,13 +69,15 @@ async fn insert_new(tx: &mut sqlx::Transaction<'static, sqlx::Any>) -> Result<Cu
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0);
-    sqlx::query("INSERT INTO signing_keys (kid, private_der, public_x, created_at) VALUES ($1, $2, $3, $4)")
-        .bind(&kid)
-        .bind(&der)
-        .bind(&x)
-        .bind(created)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO signing_keys (kid, private_der, public_x, created_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(&kid)
+    .bind(&der)
+    .bind(&x)
+    .bind(created)
+    .execute(&mut **tx)
+    .await?;
     Ok(CurrentKey { kid, der })
 }
 
@@ -98,7 +106,14 @@ pub async fn jwks(db: &Db) -> Result<Jwks, sqlx::Error> {
     Ok(Jwks {
         keys: rows
             .into_iter()
-            .map(|(kid, x)| Jwk { kty: "OKP", crv: "Ed25519", alg: "EdDSA", use_: "sig", kid, x })
+            .map(|(kid, x)| Jwk {
+                kty: "OKP",
+                crv: "Ed25519",
+                alg: "EdDSA",
+                use_: "sig",
+                kid,
+                x,
+            })
             .collect(),
     })
 }

@@ -57,12 +57,25 @@ impl AuthConfig {
         let admin = match (s.raw("AUTH_ADMIN_EMAIL"), s.raw("AUTH_ADMIN_PASSWORD")) {
             (Some(e), Some(p)) => Some((e.to_string(), p.to_string())),
             (None, None) => None,
-            (Some(_), None) => return Err(tessera::ConfigError::new("AUTH_ADMIN_PASSWORD", "is required with AUTH_ADMIN_EMAIL")),
-            (None, Some(_)) => return Err(tessera::ConfigError::new("AUTH_ADMIN_EMAIL", "is required with AUTH_ADMIN_PASSWORD")),
+            (Some(_), None) => {
+                return Err(tessera::ConfigError::new(
+                    "AUTH_ADMIN_PASSWORD",
+                    "is required with AUTH_ADMIN_EMAIL",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(tessera::ConfigError::new(
+                    "AUTH_ADMIN_EMAIL",
+                    "is required with AUTH_ADMIN_PASSWORD",
+                ));
+            }
         };
         let access_ttl = s.get_or("AUTH_ACCESS_TTL_SECS", 900u64)?;
         if !(5..=86_400).contains(&access_ttl) {
-            return Err(tessera::ConfigError::new("AUTH_ACCESS_TTL_SECS", "must be 5 to 86400"));
+            return Err(tessera::ConfigError::new(
+                "AUTH_ACCESS_TTL_SECS",
+                "must be 5 to 86400",
+            ));
         }
         Ok(Self {
             issuer: s.get_or("AUTH_ISSUER", "tessera-auth".to_string())?,
@@ -96,14 +109,19 @@ pub async fn run() -> anyhow::Result<()> {
 
 impl AppState {
     pub fn new(db: Db, config: AuthConfig) -> Self {
-        Self { db, config, revoked: watch::channel(0).0 }
+        Self {
+            db,
+            config,
+            revoked: watch::channel(0).0,
+        }
     }
 
     /// Makes sure a signing key and the configured admin exist.
     pub async fn bootstrap(&self) -> anyhow::Result<()> {
         keys::current(&self.db).await?;
         if let Some((email, password)) = &self.config.admin {
-            let email = normalize_email(email).map_err(|e| anyhow::anyhow!("AUTH_ADMIN_EMAIL: {}", e.message))?;
+            let email = normalize_email(email)
+                .map_err(|e| anyhow::anyhow!("AUTH_ADMIN_EMAIL: {}", e.message))?;
             let hash = passwords::hash(password.clone()).await?;
             let done = sqlx::query(
                 "INSERT INTO users (id, email, name, password_hash, roles, created_at) VALUES ($1, $2, $3, $4, $5, $6)
@@ -154,14 +172,22 @@ struct UserView {
     roles: Vec<String>,
 }
 
-async fn signup(State(st): State<AppState>, Json(req): Json<SignupRequest>) -> Result<Response, ApiError> {
+async fn signup(
+    State(st): State<AppState>,
+    Json(req): Json<SignupRequest>,
+) -> Result<Response, ApiError> {
     let email = normalize_email(&req.email)?;
     let name = req.name.trim();
     if name.is_empty() || name.chars().count() > 100 {
-        return Err(ApiError::bad_request("invalid_name", "name must be 1 to 100 characters"));
+        return Err(ApiError::bad_request(
+            "invalid_name",
+            "name must be 1 to 100 characters",
+        ));
     }
     passwords::check_policy(&req.password)?;
-    let hash = passwords::hash(req.password).await.map_err(ApiError::internal)?;
+    let hash = passwords::hash(req.password)
+        .await
+        .map_err(ApiError::internal)?;
     let id = uuid::Uuid::now_v7().to_string();
     let inserted = sqlx::query(
         "INSERT INTO users (id, email, name, password_hash, roles, created_at) VALUES ($1, $2, $3, $4, 'user', $5)",
@@ -176,12 +202,20 @@ async fn signup(State(st): State<AppState>, Json(req): Json<SignupRequest>) -> R
     match inserted {
         Ok(_) => {}
         Err(e) if is_unique_violation(&e) => {
-            return Err(ApiError::conflict("email_taken", "an account with this email already exists"));
+            return Err(ApiError::conflict(
+                "email_taken",
+                "an account with this email already exists",
+            ));
         }
         Err(e) => return Err(e.into()),
     }
     tracing::info!(user = %id, "signed up");
-    let view = UserView { id, email, name: name.to_string(), roles: vec!["user".into()] };
+    let view = UserView {
+        id,
+        email,
+        name: name.to_string(),
+        roles: vec!["user".into()],
+    };
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
@@ -213,8 +247,17 @@ struct AccessClaims<'a> {
     exp: u64,
 }
 
-async fn login(State(st): State<AppState>, Json(req): Json<LoginRequest>) -> Result<Json<TokenPair>, ApiError> {
-    let invalid = || ApiError::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "wrong email or password");
+async fn login(
+    State(st): State<AppState>,
+    Json(req): Json<LoginRequest>,
+) -> Result<Json<TokenPair>, ApiError> {
+    let invalid = || {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+            "wrong email or password",
+        )
+    };
     let email = normalize_email(&req.email).map_err(|_| invalid())?;
     let row: Option<(String, String, String)> =
         sqlx::query_as("SELECT id, password_hash, roles FROM users WHERE email = $1")
@@ -229,7 +272,10 @@ async fn login(State(st): State<AppState>, Json(req): Json<LoginRequest>) -> Res
             return Err(invalid());
         }
     };
-    if !passwords::verify(req.password, hash).await.map_err(ApiError::internal)? {
+    if !passwords::verify(req.password, hash)
+        .await
+        .map_err(ApiError::internal)?
+    {
         return Err(invalid());
     }
 
@@ -237,13 +283,15 @@ async fn login(State(st): State<AppState>, Json(req): Json<LoginRequest>) -> Res
     let session = uuid::Uuid::now_v7().to_string();
     let refresh = new_refresh_token();
     let mut tx = st.db.write_tx().await?;
-    sqlx::query("INSERT INTO sessions (id, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)")
-        .bind(&session)
-        .bind(&user_id)
-        .bind(now as i64)
-        .bind((now + st.config.refresh_ttl) as i64)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO sessions (id, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(&session)
+    .bind(&user_id)
+    .bind(now as i64)
+    .bind((now + st.config.refresh_ttl) as i64)
+    .execute(&mut *tx)
+    .await?;
     insert_refresh(&mut tx, &refresh, &session, now + st.config.refresh_ttl).await?;
     tx.commit().await?;
     tracing::info!(user = %user_id, session = %session, "logged in");
@@ -251,7 +299,13 @@ async fn login(State(st): State<AppState>, Json(req): Json<LoginRequest>) -> Res
 }
 
 impl AppState {
-    async fn issue(&self, user_id: &str, roles: &str, session: &str, refresh: String) -> Result<TokenPair, ApiError> {
+    async fn issue(
+        &self,
+        user_id: &str,
+        roles: &str,
+        session: &str,
+        refresh: String,
+    ) -> Result<TokenPair, ApiError> {
         let key = keys::current(&self.db).await?;
         let now = unix_now();
         let claims = AccessClaims {
@@ -265,23 +319,33 @@ impl AppState {
             exp: now + self.config.access_ttl,
         };
         let access_token = key.sign(&claims).map_err(ApiError::internal)?;
-        Ok(TokenPair { access_token, refresh_token: refresh, expires_in: self.config.access_ttl, token_type: "Bearer" })
+        Ok(TokenPair {
+            access_token,
+            refresh_token: refresh,
+            expires_in: self.config.access_ttl,
+            token_type: "Bearer",
+        })
     }
 
     /// Revokes a session inside `tx`; returns the revocation's seq.
-    async fn revoke_session(&self, tx: &mut sqlx::Transaction<'static, sqlx::Any>, session: &str) -> Result<i64, sqlx::Error> {
+    async fn revoke_session(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        session: &str,
+    ) -> Result<i64, sqlx::Error> {
         let now = unix_now();
         sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
             .bind(now as i64)
             .bind(session)
             .execute(&mut **tx)
             .await?;
-        let (seq,): (i64,) =
-            sqlx::query_as("INSERT INTO revocations (session_id, expires_at) VALUES ($1, $2) RETURNING seq")
-                .bind(session)
-                .bind((now + self.config.access_ttl) as i64)
-                .fetch_one(&mut **tx)
-                .await?;
+        let (seq,): (i64,) = sqlx::query_as(
+            "INSERT INTO revocations (session_id, expires_at) VALUES ($1, $2) RETURNING seq",
+        )
+        .bind(session)
+        .bind((now + self.config.access_ttl) as i64)
+        .fetch_one(&mut **tx)
+        .await?;
         Ok(seq)
     }
 }
@@ -292,7 +356,10 @@ struct RefreshRequest {
     refresh_token: String,
 }
 
-async fn refresh(State(st): State<AppState>, Json(req): Json<RefreshRequest>) -> Result<Response, ApiError> {
+async fn refresh(
+    State(st): State<AppState>,
+    Json(req): Json<RefreshRequest>,
+) -> Result<Response, ApiError> {
     let invalid = |msg: &str| ApiError::new(StatusCode::UNAUTHORIZED, "invalid_refresh_token", msg);
     let hash = hash_token(&req.refresh_token);
     let now = unix_now();
@@ -319,9 +386,12 @@ async fn refresh(State(st): State<AppState>, Json(req): Json<RefreshRequest>) ->
         tx.commit().await?;
         st.revoked.send_replace(seq);
         tracing::warn!(session = %session, user = %user_id, "refresh token reused; session revoked");
-        let mut resp =
-            ApiError::new(StatusCode::UNAUTHORIZED, "refresh_token_reused", "refresh token was already used; session revoked")
-                .into_response();
+        let mut resp = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "refresh_token_reused",
+            "refresh token was already used; session revoked",
+        )
+        .into_response();
         if let Ok(v) = HeaderValue::from_str(&session) {
             resp.headers_mut().insert(REVOKE_HEADER, v);
         }
@@ -342,7 +412,9 @@ async fn refresh(State(st): State<AppState>, Json(req): Json<RefreshRequest>) ->
 }
 
 async fn logout(State(st): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
-    let session = caller.session.ok_or_else(|| ApiError::bad_request("no_session", "this caller has no session"))?;
+    let session = caller
+        .session
+        .ok_or_else(|| ApiError::bad_request("no_session", "this caller has no session"))?;
     let mut tx = st.db.write_tx().await?;
     let seq = st.revoke_session(&mut tx, &session).await?;
     tx.commit().await?;
@@ -362,15 +434,27 @@ async fn me(State(st): State<AppState>, caller: Caller) -> Result<Json<UserView>
             .fetch_optional(st.db.pool())
             .await?;
     let (id, email, name, roles) = row.ok_or_else(|| ApiError::not_found("no such user"))?;
-    Ok(Json(UserView { id, email, name, roles: roles.split(',').map(str::to_string).collect() }))
+    Ok(Json(UserView {
+        id,
+        email,
+        name,
+        roles: roles.split(',').map(str::to_string).collect(),
+    }))
 }
 
 async fn jwks(State(st): State<AppState>) -> Result<Response, ApiError> {
     let jwks = keys::jwks(&st.db).await?;
-    Ok(([(axum::http::header::CACHE_CONTROL, "max-age=60")], Json(jwks)).into_response())
+    Ok((
+        [(axum::http::header::CACHE_CONTROL, "max-age=60")],
+        Json(jwks),
+    )
+        .into_response())
 }
 
-async fn rotate(State(st): State<AppState>, caller: Caller) -> Result<Json<serde_json::Value>, ApiError> {
+async fn rotate(
+    State(st): State<AppState>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
     caller.require_role("admin")?;
     let kid = keys::rotate(&st.db).await?;
     Ok(Json(serde_json::json!({ "kid": kid })))
@@ -417,8 +501,14 @@ async fn revocations(
                 .fetch_one(st.db.pool())
                 .await?;
             let seq = rows.last().map_or(max.max(q.after), |r| r.0);
-            let items: Vec<FeedItem> =
-                rows.into_iter().map(|(seq, sid, expires_at)| FeedItem { seq, sid, expires_at }).collect();
+            let items: Vec<FeedItem> = rows
+                .into_iter()
+                .map(|(seq, sid, expires_at)| FeedItem {
+                    seq,
+                    sid,
+                    expires_at,
+                })
+                .collect();
             return Ok(Json(serde_json::json!({ "seq": seq, "items": items })));
         }
         // Another replica may write a revocation too: look again at least every second.
@@ -434,7 +524,12 @@ fn normalize_email(raw: &str) -> Result<String, ApiError> {
         return Err(bad());
     }
     let (local, domain) = email.split_once('@').ok_or_else(bad)?;
-    if local.is_empty() || domain.contains('@') || !domain.contains('.') || domain.starts_with('.') || domain.ends_with('.') {
+    if local.is_empty()
+        || domain.contains('@')
+        || !domain.contains('.')
+        || domain.starts_with('.')
+        || domain.ends_with('.')
+    {
         return Err(bad());
     }
     Ok(email)
@@ -471,8 +566,20 @@ mod tests {
 
     #[test]
     fn emails_are_normalized_and_checked() {
-        assert_eq!(normalize_email(" Ann@Example.COM ").unwrap(), "ann@example.com");
-        for bad in ["", "ann", "ann@", "@example.com", "ann@example", "a b@example.com", "a@b@c.com", "ann@.com"] {
+        assert_eq!(
+            normalize_email(" Ann@Example.COM ").unwrap(),
+            "ann@example.com"
+        );
+        for bad in [
+            "",
+            "ann",
+            "ann@",
+            "@example.com",
+            "ann@example",
+            "a b@example.com",
+            "a@b@c.com",
+            "ann@.com",
+        ] {
             assert!(normalize_email(bad).is_err(), "{bad}");
         }
     }

@@ -1,18 +1,22 @@
 //! Password hashing with Argon2id (the `argon2` crate's defaults: 19 MiB, 2 passes), run on
 //! the blocking pool so that a login never stalls the async threads.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng};
 use argon2::Argon2;
+use argon2::password_hash::{
+    PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng,
+};
 use tessera::ApiError;
 
 /// A valid hash of a random password, verified against when the user does not exist.
-pub const DUMMY_HASH: &str =
-    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$hmV4P7bE6Y8Yq0C6qf3aU9Zyw3Pq6ZbQ2m4m3Xw1xXo";
+pub const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$hmV4P7bE6Y8Yq0C6qf3aU9Zyw3Pq6ZbQ2m4m3Xw1xXo";
 
 pub fn check_policy(password: &str) -> Result<(), ApiError> {
     let n = password.chars().count();
     if !(8..=128).contains(&n) {
-        return Err(ApiError::bad_request("weak_password", "password must be 8 to 128 characters"));
+        return Err(ApiError::bad_request(
+            "weak_password",
+            "password must be 8 to 128 characters",
+        ));
     }
     Ok(())
 }
@@ -30,8 +34,11 @@ pub async fn hash(password: String) -> anyhow::Result<String> {
 
 pub async fn verify(password: String, hash: String) -> anyhow::Result<bool> {
     tokio::task::spawn_blocking(move || {
-        let parsed = PasswordHash::new(&hash).map_err(|e| anyhow::anyhow!("stored hash is malformed: {e}"))?;
-        Ok(Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+        let parsed = PasswordHash::new(&hash)
+            .map_err(|e| anyhow::anyhow!("stored hash is malformed: {e}"))?;
+        Ok(Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok())
     })
     .await?
 }

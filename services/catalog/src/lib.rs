@@ -17,7 +17,11 @@ use tessera::{ApiError, Caller, Db, Json, Migration, Path, Query, Service, unix_
 use uuid::Uuid;
 
 pub const MIGRATIONS: &[Migration] = &[
-    Migration { version: 1, description: "init", sqlite: include_str!("../migrations/sqlite/0001_init.sql") },
+    Migration {
+        version: 1,
+        description: "init",
+        sqlite: include_str!("../migrations/sqlite/0001_init.sql"),
+    },
     Migration {
         version: 2,
         description: "demo catalog",
@@ -39,7 +43,10 @@ pub fn router(db: Db) -> Router {
     Router::new()
         .route("/api/catalog/products", get(list).post(create))
         .route("/api/catalog/products/lookup", axum::routing::post(lookup))
-        .route("/api/catalog/products/{id}", get(view).put(replace).delete(remove))
+        .route(
+            "/api/catalog/products/{id}",
+            get(view).put(replace).delete(remove),
+        )
         .with_state(db)
 }
 
@@ -59,7 +66,15 @@ type Row = (String, String, String, String, i64, String, i64);
 
 impl From<Row> for Product {
     fn from((id, name, description, category, price, currency, view_count): Row) -> Self {
-        Self { id, name, description, category, price, currency, view_count }
+        Self {
+            id,
+            name,
+            description,
+            category,
+            price,
+            currency,
+            view_count,
+        }
     }
 }
 
@@ -82,7 +97,10 @@ struct Page {
 async fn list(State(db): State<Db>, Query(q): Query<ListQuery>) -> Result<Json<Page>, ApiError> {
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_limit", format!("limit must be 1 to {MAX_LIMIT}")));
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            format!("limit must be 1 to {MAX_LIMIT}"),
+        ));
     }
     let after = match q.cursor.as_deref() {
         None | Some("") => String::new(),
@@ -103,7 +121,10 @@ async fn list(State(db): State<Db>, Query(q): Query<ListQuery>) -> Result<Json<P
     } else {
         None
     };
-    Ok(Json(Page { items: rows.into_iter().map(Product::from).collect(), next_cursor }))
+    Ok(Json(Page {
+        items: rows.into_iter().map(Product::from).collect(),
+        next_cursor,
+    }))
 }
 
 fn encode_cursor(id: &str) -> String {
@@ -120,9 +141,15 @@ fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
 }
 
 async fn view(State(db): State<Db>, Path(id): Path<Uuid>) -> Result<Json<Product>, ApiError> {
-    let sql = format!("UPDATE products SET view_count = view_count + 1 WHERE id = $1 RETURNING {COLUMNS}");
-    let row: Option<Row> = sqlx::query_as(&sql).bind(id.to_string()).fetch_optional(db.pool()).await?;
-    row.map(|r| Json(r.into())).ok_or_else(|| ApiError::not_found("no such product"))
+    let sql = format!(
+        "UPDATE products SET view_count = view_count + 1 WHERE id = $1 RETURNING {COLUMNS}"
+    );
+    let row: Option<Row> = sqlx::query_as(&sql)
+        .bind(id.to_string())
+        .fetch_optional(db.pool())
+        .await?;
+    row.map(|r| Json(r.into()))
+        .ok_or_else(|| ApiError::not_found("no such product"))
 }
 
 #[derive(Deserialize)]
@@ -133,14 +160,23 @@ struct LookupRequest {
 
 /// Several products by id, for other services (prices for an order); counts no views.
 /// Unknown ids are left out of the answer.
-async fn lookup(State(db): State<Db>, Json(req): Json<LookupRequest>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn lookup(
+    State(db): State<Db>,
+    Json(req): Json<LookupRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     if req.ids.len() > MAX_LIMIT as usize {
-        return Err(ApiError::bad_request("too_many_ids", format!("at most {MAX_LIMIT} ids")));
+        return Err(ApiError::bad_request(
+            "too_many_ids",
+            format!("at most {MAX_LIMIT} ids"),
+        ));
     }
     let mut items = Vec::with_capacity(req.ids.len());
     let sql = format!("SELECT {COLUMNS} FROM products WHERE id = $1");
     for id in &req.ids {
-        let row: Option<Row> = sqlx::query_as(&sql).bind(id.to_string()).fetch_optional(db.pool()).await?;
+        let row: Option<Row> = sqlx::query_as(&sql)
+            .bind(id.to_string())
+            .fetch_optional(db.pool())
+            .await?;
         items.extend(row.map(Product::from));
     }
     Ok(Json(serde_json::json!({ "items": items })))
@@ -161,27 +197,49 @@ impl ProductInput {
     fn validate(&self) -> Result<(), ApiError> {
         let len = |s: &str| s.trim().chars().count();
         if !(1..=200).contains(&len(&self.name)) {
-            return Err(ApiError::bad_request("invalid_name", "name must be 1 to 200 characters"));
+            return Err(ApiError::bad_request(
+                "invalid_name",
+                "name must be 1 to 200 characters",
+            ));
         }
         if len(&self.description) > 2000 {
-            return Err(ApiError::bad_request("invalid_description", "description must be at most 2000 characters"));
+            return Err(ApiError::bad_request(
+                "invalid_description",
+                "description must be at most 2000 characters",
+            ));
         }
         let category_ok = (1..=50).contains(&self.category.len())
-            && self.category.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            && self
+                .category
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
         if !category_ok {
-            return Err(ApiError::bad_request("invalid_category", "category must be 1 to 50 of a-z, 0-9 and '-'"));
+            return Err(ApiError::bad_request(
+                "invalid_category",
+                "category must be 1 to 50 of a-z, 0-9 and '-'",
+            ));
         }
         if !(0..=1_000_000_000_000).contains(&self.price) {
-            return Err(ApiError::bad_request("invalid_price", "price must be 0 to 10^12 minor units"));
+            return Err(ApiError::bad_request(
+                "invalid_price",
+                "price must be 0 to 10^12 minor units",
+            ));
         }
         if self.currency.len() != 3 || !self.currency.chars().all(|c| c.is_ascii_uppercase()) {
-            return Err(ApiError::bad_request("invalid_currency", "currency must be an ISO 4217 code like USD"));
+            return Err(ApiError::bad_request(
+                "invalid_currency",
+                "currency must be an ISO 4217 code like USD",
+            ));
         }
         Ok(())
     }
 }
 
-async fn create(State(db): State<Db>, caller: Caller, Json(input): Json<ProductInput>) -> Result<Response, ApiError> {
+async fn create(
+    State(db): State<Db>,
+    caller: Caller,
+    Json(input): Json<ProductInput>,
+) -> Result<Response, ApiError> {
     caller.require_role("admin")?;
     input.validate()?;
     let id = Uuid::now_v7().to_string();
@@ -224,12 +282,20 @@ async fn replace(
         .bind(&input.currency)
         .fetch_optional(db.pool())
         .await?;
-    row.map(|r| Json(r.into())).ok_or_else(|| ApiError::not_found("no such product"))
+    row.map(|r| Json(r.into()))
+        .ok_or_else(|| ApiError::not_found("no such product"))
 }
 
-async fn remove(State(db): State<Db>, caller: Caller, Path(id): Path<Uuid>) -> Result<StatusCode, ApiError> {
+async fn remove(
+    State(db): State<Db>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+) -> Result<StatusCode, ApiError> {
     caller.require_role("admin")?;
-    let done = sqlx::query("DELETE FROM products WHERE id = $1").bind(id.to_string()).execute(db.pool()).await?;
+    let done = sqlx::query("DELETE FROM products WHERE id = $1")
+        .bind(id.to_string())
+        .execute(db.pool())
+        .await?;
     if done.rows_affected() == 0 {
         return Err(ApiError::not_found("no such product"));
     }
@@ -245,7 +311,12 @@ mod tests {
     fn cursors_round_trip_and_reject_garbage() {
         let id = Uuid::now_v7().to_string();
         assert_eq!(decode_cursor(&encode_cursor(&id)).unwrap(), id);
-        for bad in ["", "!!!", "YWZ0ZXI6bm90LWEtdXVpZA", &URL_SAFE_NO_PAD.encode("before:x")] {
+        for bad in [
+            "",
+            "!!!",
+            "YWZ0ZXI6bm90LWEtdXVpZA",
+            &URL_SAFE_NO_PAD.encode("before:x"),
+        ] {
             assert!(decode_cursor(bad).is_err(), "{bad}");
         }
     }

@@ -18,8 +18,11 @@ use tessera::saga::{self, Reply};
 use tessera::{ApiError, Caller, Db, Json, Migration, Path, Service, unix_now};
 use uuid::Uuid;
 
-pub const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, description: "init", sqlite: include_str!("../migrations/0001_init.sql") }];
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "init",
+    sqlite: include_str!("../migrations/0001_init.sql"),
+}];
 
 pub const COMMANDS: &str = "inventory.commands";
 const SOURCE: &str = "/shop/inventory";
@@ -28,7 +31,8 @@ pub async fn run() -> anyhow::Result<()> {
     Service::new("inventory")
         .migrations(MIGRATIONS)
         .run(|ctx| async move {
-            ctx.events().consume(Consumer::new(COMMANDS, "inventory"), Commands);
+            ctx.events()
+                .consume(Consumer::new(COMMANDS, "inventory"), Commands);
             Ok(router(ctx.db().clone()))
         })
         .await
@@ -59,7 +63,11 @@ struct OrderData {
 struct Commands;
 
 impl Handler for Commands {
-    fn handle<'a>(&'a self, event: &'a Event, tx: &'a mut Tx) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn handle<'a>(
+        &'a self,
+        event: &'a Event,
+        tx: &'a mut Tx,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
             let order: OrderData = event.data_as()?;
             match event.ty.as_str() {
@@ -85,10 +93,11 @@ fn totals(items: &[Line]) -> Result<BTreeMap<&str, i64>, HandlerError> {
 }
 
 async fn reserve(tx: &mut Tx, command: &Event, order: &OrderData) -> Result<(), HandlerError> {
-    let existing: Option<(String,)> = sqlx::query_as("SELECT status FROM reservations WHERE order_id = $1")
-        .bind(&order.order_id)
-        .fetch_optional(&mut **tx)
-        .await?;
+    let existing: Option<(String,)> =
+        sqlx::query_as("SELECT status FROM reservations WHERE order_id = $1")
+            .bind(&order.order_id)
+            .fetch_optional(&mut **tx)
+            .await?;
     if let Some((status,)) = existing {
         // Seen before: answer the same again.
         let outcome = match status.as_str() {
@@ -102,10 +111,11 @@ async fn reserve(tx: &mut Tx, command: &Event, order: &OrderData) -> Result<(), 
     let wanted = totals(&order.items)?;
     let mut short = Vec::new();
     for (product, quantity) in &wanted {
-        let available: Option<(i64,)> = sqlx::query_as("SELECT available FROM stock WHERE product_id = $1")
-            .bind(*product)
-            .fetch_optional(&mut **tx)
-            .await?;
+        let available: Option<(i64,)> =
+            sqlx::query_as("SELECT available FROM stock WHERE product_id = $1")
+                .bind(*product)
+                .fetch_optional(&mut **tx)
+                .await?;
         if available.is_none_or(|(a,)| a < *quantity) {
             short.push(*product);
         }
@@ -130,10 +140,11 @@ async fn reserve(tx: &mut Tx, command: &Event, order: &OrderData) -> Result<(), 
 }
 
 async fn release(tx: &mut Tx, order: &OrderData) -> Result<(), HandlerError> {
-    let existing: Option<(String, String)> = sqlx::query_as("SELECT status, items FROM reservations WHERE order_id = $1")
-        .bind(&order.order_id)
-        .fetch_optional(&mut **tx)
-        .await?;
+    let existing: Option<(String, String)> =
+        sqlx::query_as("SELECT status, items FROM reservations WHERE order_id = $1")
+            .bind(&order.order_id)
+            .fetch_optional(&mut **tx)
+            .await?;
     match existing {
         Some((status, items)) if status == "reserved" => {
             let lines: Vec<Line> = serde_json::from_str(&items)?;
@@ -157,34 +168,38 @@ async fn release(tx: &mut Tx, order: &OrderData) -> Result<(), HandlerError> {
 }
 
 async fn commit(tx: &mut Tx, order: &OrderData) -> Result<(), HandlerError> {
-    let existing: Option<(String, String)> = sqlx::query_as("SELECT status, items FROM reservations WHERE order_id = $1")
-        .bind(&order.order_id)
-        .fetch_optional(&mut **tx)
-        .await?;
+    let existing: Option<(String, String)> =
+        sqlx::query_as("SELECT status, items FROM reservations WHERE order_id = $1")
+            .bind(&order.order_id)
+            .fetch_optional(&mut **tx)
+            .await?;
     if let Some((status, items)) = existing
-        && status == "reserved" {
-            let lines: Vec<Line> = serde_json::from_str(&items)?;
-            for (product, quantity) in totals(&lines)? {
-                sqlx::query("UPDATE stock SET reserved = reserved - $2 WHERE product_id = $1")
-                    .bind(product)
-                    .bind(quantity)
-                    .execute(&mut **tx)
-                    .await?;
-            }
-            update(tx, &order.order_id, "committed").await?;
+        && status == "reserved"
+    {
+        let lines: Vec<Line> = serde_json::from_str(&items)?;
+        for (product, quantity) in totals(&lines)? {
+            sqlx::query("UPDATE stock SET reserved = reserved - $2 WHERE product_id = $1")
+                .bind(product)
+                .bind(quantity)
+                .execute(&mut **tx)
+                .await?;
         }
+        update(tx, &order.order_id, "committed").await?;
+    }
     Ok(())
 }
 
 async fn record(tx: &mut Tx, order_id: &str, status: &str, items: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO reservations (order_id, status, items, updated) VALUES ($1, $2, $3, $4)")
-        .bind(order_id)
-        .bind(status)
-        .bind(items)
-        .bind(unix_now() as i64)
-        .execute(&mut **tx)
-        .await
-        .map(drop)
+    sqlx::query(
+        "INSERT INTO reservations (order_id, status, items, updated) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(order_id)
+    .bind(status)
+    .bind(items)
+    .bind(unix_now() as i64)
+    .execute(&mut **tx)
+    .await
+    .map(drop)
 }
 
 async fn update(tx: &mut Tx, order_id: &str, status: &str) -> Result<(), sqlx::Error> {
@@ -211,17 +226,35 @@ async fn list(State(db): State<Db>, caller: Caller) -> Result<Json<Vec<StockView
         sqlx::query_as("SELECT product_id, available, reserved FROM stock ORDER BY product_id")
             .fetch_all(db.pool())
             .await?;
-    Ok(Json(rows.into_iter().map(|(product_id, available, reserved)| StockView { product_id, available, reserved }).collect()))
+    Ok(Json(
+        rows.into_iter()
+            .map(|(product_id, available, reserved)| StockView {
+                product_id,
+                available,
+                reserved,
+            })
+            .collect(),
+    ))
 }
 
-async fn read(State(db): State<Db>, caller: Caller, Path(product): Path<Uuid>) -> Result<Json<StockView>, ApiError> {
+async fn read(
+    State(db): State<Db>,
+    caller: Caller,
+    Path(product): Path<Uuid>,
+) -> Result<Json<StockView>, ApiError> {
     caller.require_role("admin")?;
-    let row: Option<(i64, i64)> = sqlx::query_as("SELECT available, reserved FROM stock WHERE product_id = $1")
-        .bind(product.to_string())
-        .fetch_optional(db.pool())
-        .await?;
-    let (available, reserved) = row.ok_or_else(|| ApiError::not_found("no stock record for this product"))?;
-    Ok(Json(StockView { product_id: product.to_string(), available, reserved }))
+    let row: Option<(i64, i64)> =
+        sqlx::query_as("SELECT available, reserved FROM stock WHERE product_id = $1")
+            .bind(product.to_string())
+            .fetch_optional(db.pool())
+            .await?;
+    let (available, reserved) =
+        row.ok_or_else(|| ApiError::not_found("no stock record for this product"))?;
+    Ok(Json(StockView {
+        product_id: product.to_string(),
+        available,
+        reserved,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -230,10 +263,18 @@ struct SetStock {
     available: i64,
 }
 
-async fn set(State(db): State<Db>, caller: Caller, Path(product): Path<Uuid>, Json(body): Json<SetStock>) -> Result<Json<StockView>, ApiError> {
+async fn set(
+    State(db): State<Db>,
+    caller: Caller,
+    Path(product): Path<Uuid>,
+    Json(body): Json<SetStock>,
+) -> Result<Json<StockView>, ApiError> {
     caller.require_role("admin")?;
     if !(0..=1_000_000_000).contains(&body.available) {
-        return Err(ApiError::bad_request("invalid_available", "available must be 0 to 10^9"));
+        return Err(ApiError::bad_request(
+            "invalid_available",
+            "available must be 0 to 10^9",
+        ));
     }
     let (available, reserved): (i64, i64) = sqlx::query_as(
         "INSERT INTO stock (product_id, available, reserved) VALUES ($1, $2, 0)
@@ -244,5 +285,9 @@ async fn set(State(db): State<Db>, caller: Caller, Path(product): Path<Uuid>, Js
     .fetch_one(db.pool())
     .await?;
     tracing::info!(product = %product, available, by = %caller.id, "stock set");
-    Ok(Json(StockView { product_id: product.to_string(), available, reserved }))
+    Ok(Json(StockView {
+        product_id: product.to_string(),
+        available,
+        reserved,
+    }))
 }

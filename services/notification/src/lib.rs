@@ -15,8 +15,11 @@ use serde::{Deserialize, Serialize};
 use tessera::events::{BoxFuture, Consumer, Event, Handler, HandlerError, Tx};
 use tessera::{ApiError, Caller, Db, Json, Migration, Service, unix_now};
 
-pub const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, description: "init", sqlite: include_str!("../migrations/0001_init.sql") }];
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "init",
+    sqlite: include_str!("../migrations/0001_init.sql"),
+}];
 
 /// A message for a customer.
 #[derive(Debug, Clone)]
@@ -30,14 +33,22 @@ pub struct Message {
 
 /// How messages leave.
 pub trait Sender: Send + Sync + 'static {
-    fn send<'a>(&'a self, tx: &'a mut Tx, message: &'a Message) -> BoxFuture<'a, Result<(), HandlerError>>;
+    fn send<'a>(
+        &'a self,
+        tx: &'a mut Tx,
+        message: &'a Message,
+    ) -> BoxFuture<'a, Result<(), HandlerError>>;
 }
 
 /// Records messages in the database (the outbox of a mail system, for the demo).
 pub struct RecordingSender;
 
 impl Sender for RecordingSender {
-    fn send<'a>(&'a self, tx: &'a mut Tx, m: &'a Message) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn send<'a>(
+        &'a self,
+        tx: &'a mut Tx,
+        m: &'a Message,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
             sqlx::query(
                 "INSERT INTO notifications (id, order_id, user_id, kind, channel, subject, body, created)
@@ -63,14 +74,21 @@ pub async fn run() -> anyhow::Result<()> {
         .run(|ctx| async move {
             let mut consumer = Consumer::new("order.events", "notification");
             consumer.max_attempts = 10;
-            ctx.events().consume(consumer, OrderOutcomes { sender: Arc::new(RecordingSender) });
+            ctx.events().consume(
+                consumer,
+                OrderOutcomes {
+                    sender: Arc::new(RecordingSender),
+                },
+            );
             Ok(router(ctx.db().clone()))
         })
         .await
 }
 
 pub fn router(db: Db) -> Router {
-    Router::new().route("/api/notifications", get(list)).with_state(db)
+    Router::new()
+        .route("/api/notifications", get(list))
+        .with_state(db)
 }
 
 #[derive(Deserialize)]
@@ -91,7 +109,11 @@ struct OrderOutcomes {
 }
 
 impl Handler for OrderOutcomes {
-    fn handle<'a>(&'a self, event: &'a Event, tx: &'a mut Tx) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn handle<'a>(
+        &'a self,
+        event: &'a Event,
+        tx: &'a mut Tx,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
             let (kind, confirmed) = match event.ty.as_str() {
                 "shop.order.confirmed" => ("order_confirmed", true),
@@ -103,13 +125,17 @@ impl Handler for OrderOutcomes {
             let message = if confirmed {
                 Message {
                     subject: format!("Your order {} is confirmed", o.order_id),
-                    body: format!("We have your payment of {amount} and your items are on their way."),
+                    body: format!(
+                        "We have your payment of {amount} and your items are on their way."
+                    ),
                     order_id: o.order_id,
                     user_id: o.user_id,
                     kind,
                 }
             } else {
-                let reason = o.reason.unwrap_or_else(|| "it could not be completed".into());
+                let reason = o
+                    .reason
+                    .unwrap_or_else(|| "it could not be completed".into());
                 Message {
                     subject: format!("Your order {} could not be placed", o.order_id),
                     body: format!("We are sorry: {reason}. You have not been charged."),
@@ -145,7 +171,14 @@ async fn list(State(db): State<Db>, caller: Caller) -> Result<Json<Vec<View>>, A
     .await?;
     Ok(Json(
         rows.into_iter()
-            .map(|(id, order_id, kind, subject, body, created)| View { id, order_id, kind, subject, body, created })
+            .map(|(id, order_id, kind, subject, body, created)| View {
+                id,
+                order_id,
+                kind,
+                subject,
+                body,
+                created,
+            })
             .collect(),
     ))
 }

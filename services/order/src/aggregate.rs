@@ -18,11 +18,20 @@ pub struct Line {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all_fields = "camelCase")]
 pub enum OrderEvent {
-    OrderPlaced { user_id: String, items: Vec<Line>, total: i64, currency: String },
+    OrderPlaced {
+        user_id: String,
+        items: Vec<Line>,
+        total: i64,
+        currency: String,
+    },
     StockReserved {},
-    PaymentAuthorized { payment_id: String },
+    PaymentAuthorized {
+        payment_id: String,
+    },
     OrderConfirmed {},
-    OrderRejected { reason: String },
+    OrderRejected {
+        reason: String,
+    },
 }
 
 impl OrderEvent {
@@ -67,7 +76,15 @@ pub struct Order {
 impl Order {
     fn apply(order: Option<Order>, id: &str, event: &OrderEvent) -> Option<Order> {
         match (order, event) {
-            (None, OrderEvent::OrderPlaced { user_id, total, currency, .. }) => Some(Order {
+            (
+                None,
+                OrderEvent::OrderPlaced {
+                    user_id,
+                    total,
+                    currency,
+                    ..
+                },
+            ) => Some(Order {
                 id: id.to_string(),
                 user_id: user_id.clone(),
                 status: Status::Pending,
@@ -96,13 +113,15 @@ impl Order {
 
 /// Rebuilds an order from its events.
 pub async fn load(tx: &mut Tx, id: &str) -> Result<Option<Order>, sqlx::Error> {
-    let rows: Vec<(String,)> = sqlx::query_as("SELECT data FROM order_events WHERE order_id = $1 ORDER BY version")
-        .bind(id)
-        .fetch_all(&mut **tx)
-        .await?;
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT data FROM order_events WHERE order_id = $1 ORDER BY version")
+            .bind(id)
+            .fetch_all(&mut **tx)
+            .await?;
     let mut order = None;
     for (data,) in rows {
-        let event: OrderEvent = serde_json::from_str(&data).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        let event: OrderEvent =
+            serde_json::from_str(&data).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
         order = Order::apply(order, id, &event);
     }
     Ok(order)
@@ -125,24 +144,34 @@ impl From<AppendError> for HandlerError {
 }
 
 /// Appends `event` as version `expected + 1`, and updates the read models, in `tx`.
-pub async fn append(tx: &mut Tx, id: &str, expected: i64, event: &OrderEvent) -> Result<i64, AppendError> {
+pub async fn append(
+    tx: &mut Tx,
+    id: &str,
+    expected: i64,
+    event: &OrderEvent,
+) -> Result<i64, AppendError> {
     let version = expected + 1;
     let at = now_ms();
-    let data = serde_json::to_string(event).map_err(|e| AppendError::Db(sqlx::Error::Encode(Box::new(e))))?;
-    let inserted = sqlx::query("INSERT INTO order_events (order_id, version, type, data, at) VALUES ($1, $2, $3, $4, $5)")
-        .bind(id)
-        .bind(version)
-        .bind(event.name())
-        .bind(data)
-        .bind(at)
-        .execute(&mut **tx)
-        .await;
+    let data = serde_json::to_string(event)
+        .map_err(|e| AppendError::Db(sqlx::Error::Encode(Box::new(e))))?;
+    let inserted = sqlx::query(
+        "INSERT INTO order_events (order_id, version, type, data, at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(id)
+    .bind(version)
+    .bind(event.name())
+    .bind(data)
+    .bind(at)
+    .execute(&mut **tx)
+    .await;
     match inserted {
         Ok(_) => {}
         Err(e) if tessera::store::is_unique_violation(&e) => return Err(AppendError::Conflict),
         Err(e) => return Err(AppendError::Db(e)),
     }
-    projections::apply(tx, id, version, event, at).await.map_err(AppendError::Db)?;
+    projections::apply(tx, id, version, event, at)
+        .await
+        .map_err(AppendError::Db)?;
     Ok(version)
 }
 
@@ -159,23 +188,41 @@ mod tests {
 
     #[test]
     fn folds_events_into_state() {
-        let placed = OrderEvent::OrderPlaced { user_id: "u".into(), items: vec![], total: 10, currency: "USD".into() };
+        let placed = OrderEvent::OrderPlaced {
+            user_id: "u".into(),
+            items: vec![],
+            total: 10,
+            currency: "USD".into(),
+        };
         let o = Order::apply(None, "o", &placed).unwrap();
         assert_eq!((o.status, o.version), (Status::Pending, 1));
         assert!(o.accepts(&OrderEvent::StockReserved {}));
         let o = Order::apply(Some(o), "o", &OrderEvent::StockReserved {}).unwrap();
         let o = Order::apply(Some(o), "o", &OrderEvent::OrderConfirmed {}).unwrap();
         assert_eq!((o.status, o.version), (Status::Confirmed, 3));
-        assert!(!o.accepts(&OrderEvent::OrderRejected { reason: "x".into() }), "a final state stays final");
+        assert!(
+            !o.accepts(&OrderEvent::OrderRejected { reason: "x".into() }),
+            "a final state stays final"
+        );
         assert!(Order::apply(None, "o", &OrderEvent::StockReserved {}).is_none());
     }
 
     #[test]
     fn events_serialize_with_their_type() {
-        let e = OrderEvent::OrderRejected { reason: "out_of_stock".into() };
+        let e = OrderEvent::OrderRejected {
+            reason: "out_of_stock".into(),
+        };
         let v = serde_json::to_value(&e).unwrap();
-        assert_eq!(v, serde_json::json!({"type": "OrderRejected", "reason": "out_of_stock"}));
-        let p = OrderEvent::OrderPlaced { user_id: "u".into(), items: vec![], total: 1, currency: "USD".into() };
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "OrderRejected", "reason": "out_of_stock"})
+        );
+        let p = OrderEvent::OrderPlaced {
+            user_id: "u".into(),
+            items: vec![],
+            total: 1,
+            currency: "USD".into(),
+        };
         assert_eq!(serde_json::to_value(&p).unwrap()["userId"], "u");
         assert_eq!(serde_json::from_value::<OrderEvent>(v).unwrap(), e);
     }

@@ -38,7 +38,11 @@ pub fn definition(stock_timeout: Duration, payment_timeout: Duration) -> &'stati
             timeout: payment_timeout,
         },
     ]));
-    Box::leak(Box::new(SagaDef { name: "checkout", source: SOURCE, steps }))
+    Box::leak(Box::new(SagaDef {
+        name: "checkout",
+        source: SOURCE,
+        steps,
+    }))
 }
 
 /// The order service's side of the saga: every move is an event of the Order aggregate.
@@ -70,24 +74,41 @@ fn outcome(saga: &SagaState, extra: Value) -> Value {
 }
 
 impl SagaHooks for CheckoutHooks {
-    fn step_done<'a>(&'a self, tx: &'a mut Tx, saga: &'a SagaState, step: &'static Step) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn step_done<'a>(
+        &'a self,
+        tx: &'a mut Tx,
+        saga: &'a SagaState,
+        step: &'static Step,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
             let event = match step.name {
                 "reserve-stock" => OrderEvent::StockReserved {},
                 _ => OrderEvent::PaymentAuthorized {
-                    payment_id: saga.data["paymentId"].as_str().unwrap_or(&saga.id).to_string(),
+                    payment_id: saga.data["paymentId"]
+                        .as_str()
+                        .unwrap_or(&saga.id)
+                        .to_string(),
                 },
             };
             record(tx, &saga.id, event).await.map(drop)
         })
     }
 
-    fn completed<'a>(&'a self, tx: &'a mut Tx, saga: &'a SagaState) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn completed<'a>(
+        &'a self,
+        tx: &'a mut Tx,
+        saga: &'a SagaState,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
             if record(tx, &saga.id, OrderEvent::OrderConfirmed {}).await? {
                 let commit = Event::new(SOURCE, "shop.inventory.commit", &saga.id, &saga.data);
                 outbox::add(tx, "inventory.commands", &commit).await?;
-                let confirmed = Event::new(SOURCE, "shop.order.confirmed", &saga.id, outcome(saga, json!({})));
+                let confirmed = Event::new(
+                    SOURCE,
+                    "shop.order.confirmed",
+                    &saga.id,
+                    outcome(saga, json!({})),
+                );
                 outbox::add(tx, ORDER_EVENTS, &confirmed).await?;
                 tracing::info!(order = %saga.id, "order confirmed");
             }
@@ -95,10 +116,28 @@ impl SagaHooks for CheckoutHooks {
         })
     }
 
-    fn failed<'a>(&'a self, tx: &'a mut Tx, saga: &'a SagaState, reason: &'a str) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn failed<'a>(
+        &'a self,
+        tx: &'a mut Tx,
+        saga: &'a SagaState,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
-            if record(tx, &saga.id, OrderEvent::OrderRejected { reason: reason.to_string() }).await? {
-                let rejected = Event::new(SOURCE, "shop.order.rejected", &saga.id, outcome(saga, json!({ "reason": reason })));
+            if record(
+                tx,
+                &saga.id,
+                OrderEvent::OrderRejected {
+                    reason: reason.to_string(),
+                },
+            )
+            .await?
+            {
+                let rejected = Event::new(
+                    SOURCE,
+                    "shop.order.rejected",
+                    &saga.id,
+                    outcome(saga, json!({ "reason": reason })),
+                );
                 outbox::add(tx, ORDER_EVENTS, &rejected).await?;
                 tracing::info!(order = %saga.id, reason, "order rejected");
             }

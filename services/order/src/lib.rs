@@ -33,8 +33,11 @@ use uuid::Uuid;
 
 use crate::aggregate::{Line, OrderEvent};
 
-pub const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, description: "init", sqlite: include_str!("../migrations/0001_init.sql") }];
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "init",
+    sqlite: include_str!("../migrations/0001_init.sql"),
+}];
 
 const MAX_LINES: usize = 20;
 const MAX_QUANTITY: i64 = 1000;
@@ -51,13 +54,28 @@ pub async fn run() -> anyhow::Result<()> {
     Service::new("order")
         .migrations(MIGRATIONS)
         .run(|ctx| async move {
-            let stock_timeout = ctx.settings.millis_or("ORDER_STOCK_TIMEOUT_MS", Duration::from_secs(10))?;
-            let payment_timeout = ctx.settings.millis_or("ORDER_PAYMENT_TIMEOUT_MS", Duration::from_secs(15))?;
-            let saga = Arc::new(Saga::new(checkout::definition(stock_timeout, payment_timeout)));
+            let stock_timeout = ctx
+                .settings
+                .millis_or("ORDER_STOCK_TIMEOUT_MS", Duration::from_secs(10))?;
+            let payment_timeout = ctx
+                .settings
+                .millis_or("ORDER_PAYMENT_TIMEOUT_MS", Duration::from_secs(15))?;
+            let saga = Arc::new(Saga::new(checkout::definition(
+                stock_timeout,
+                payment_timeout,
+            )));
             let events = ctx.events();
             let hooks = Arc::new(checkout::CheckoutHooks);
-            events.consume(Consumer::new(saga.reply_topic(), "order"), saga.clone().handler(hooks.clone()));
-            saga.clone().spawn_ticker(ctx.db().clone(), hooks, events.outbox.clone(), Duration::from_millis(250));
+            events.consume(
+                Consumer::new(saga.reply_topic(), "order"),
+                saga.clone().handler(hooks.clone()),
+            );
+            saga.clone().spawn_ticker(
+                ctx.db().clone(),
+                hooks,
+                events.outbox.clone(),
+                Duration::from_millis(250),
+            );
             let state = AppState {
                 db: ctx.db().clone(),
                 catalog: ctx.client.with_timeout(Duration::from_secs(3)),
@@ -105,72 +123,109 @@ struct CatalogProduct {
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
     let key = value
         .to_str()
         .ok()
         .filter(|k| !k.is_empty() && k.len() <= 200)
-        .ok_or_else(|| ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key must be 1 to 200 visible characters"))?;
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_idempotency_key",
+                "Idempotency-Key must be 1 to 200 visible characters",
+            )
+        })?;
     Ok(Some(key.to_string()))
 }
 
 async fn existing_order(db: &Db, user: &str, key: &str) -> Result<Option<String>, sqlx::Error> {
-    let row: Option<(String,)> = sqlx::query_as("SELECT order_id FROM idempotency WHERE user_id = $1 AND key = $2")
-        .bind(user)
-        .bind(key)
-        .fetch_optional(db.pool())
-        .await?;
+    let row: Option<(String,)> =
+        sqlx::query_as("SELECT order_id FROM idempotency WHERE user_id = $1 AND key = $2")
+            .bind(user)
+            .bind(key)
+            .fetch_optional(db.pool())
+            .await?;
     Ok(row.map(|r| r.0))
 }
 
 async fn status_of(db: &Db, order_id: &str) -> Result<String, sqlx::Error> {
-    let (status,): (String,) = sqlx::query_as("SELECT status FROM order_details WHERE order_id = $1")
-        .bind(order_id)
-        .fetch_one(db.pool())
-        .await?;
+    let (status,): (String,) =
+        sqlx::query_as("SELECT status FROM order_details WHERE order_id = $1")
+            .bind(order_id)
+            .fetch_one(db.pool())
+            .await?;
     Ok(status)
 }
 
 fn accepted(order_id: &str, status: &str) -> Response {
-    (StatusCode::ACCEPTED, Json(json!({ "orderId": order_id, "status": status }))).into_response()
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({ "orderId": order_id, "status": status })),
+    )
+        .into_response()
 }
 
-async fn place(State(st): State<AppState>, caller: Caller, headers: HeaderMap, Json(req): Json<PlaceOrder>) -> Result<Response, ApiError> {
+async fn place(
+    State(st): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Json(req): Json<PlaceOrder>,
+) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
     if let Some(key) = &key
-        && let Some(order_id) = existing_order(&st.db, &caller.id, key).await? {
-            return Ok(accepted(&order_id, &status_of(&st.db, &order_id).await?));
-        }
+        && let Some(order_id) = existing_order(&st.db, &caller.id, key).await?
+    {
+        return Ok(accepted(&order_id, &status_of(&st.db, &order_id).await?));
+    }
     if req.items.is_empty() || req.items.len() > MAX_LINES {
-        return Err(ApiError::bad_request("invalid_items", format!("an order has 1 to {MAX_LINES} lines")));
+        return Err(ApiError::bad_request(
+            "invalid_items",
+            format!("an order has 1 to {MAX_LINES} lines"),
+        ));
     }
     let mut seen = HashSet::new();
     for line in &req.items {
         if !(1..=MAX_QUANTITY).contains(&line.quantity) {
-            return Err(ApiError::bad_request("invalid_quantity", format!("quantity must be 1 to {MAX_QUANTITY}")));
+            return Err(ApiError::bad_request(
+                "invalid_quantity",
+                format!("quantity must be 1 to {MAX_QUANTITY}"),
+            ));
         }
         if !seen.insert(line.product_id) {
-            return Err(ApiError::bad_request("duplicate_product", "list each product once"));
+            return Err(ApiError::bad_request(
+                "duplicate_product",
+                "list each product once",
+            ));
         }
     }
 
     // Prices from the catalog, as the caller.
     let ids: Vec<String> = req.items.iter().map(|l| l.product_id.to_string()).collect();
-    let page: CatalogPage = st.catalog.post("catalog", "/api/catalog/products/lookup", &json!({ "ids": ids })).await?;
+    let page: CatalogPage = st
+        .catalog
+        .post(
+            "catalog",
+            "/api/catalog/products/lookup",
+            &json!({ "ids": ids }),
+        )
+        .await?;
     let mut lines = Vec::with_capacity(req.items.len());
     let mut total: i64 = 0;
     let mut currency: Option<String> = None;
     for input in &req.items {
         let id = input.product_id.to_string();
-        let product = page
-            .items
-            .iter()
-            .find(|p| p.id == id)
-            .ok_or_else(|| ApiError::bad_request("unknown_product", format!("no product {id}")))?;
+        let product =
+            page.items.iter().find(|p| p.id == id).ok_or_else(|| {
+                ApiError::bad_request("unknown_product", format!("no product {id}"))
+            })?;
         match &currency {
             None => currency = Some(product.currency.clone()),
             Some(c) if *c != product.currency => {
-                return Err(ApiError::bad_request("mixed_currencies", "all products of an order must share a currency"));
+                return Err(ApiError::bad_request(
+                    "mixed_currencies",
+                    "all products of an order must share a currency",
+                ));
             }
             Some(_) => {}
         }
@@ -178,23 +233,34 @@ async fn place(State(st): State<AppState>, caller: Caller, headers: HeaderMap, J
             .price
             .checked_mul(input.quantity)
             .and_then(|t| t.checked_add(total))
-            .ok_or_else(|| ApiError::bad_request("total_too_large", "the order total is too large"))?;
-        lines.push(Line { product_id: id, name: product.name.clone(), quantity: input.quantity, unit_price: product.price });
+            .ok_or_else(|| {
+                ApiError::bad_request("total_too_large", "the order total is too large")
+            })?;
+        lines.push(Line {
+            product_id: id,
+            name: product.name.clone(),
+            quantity: input.quantity,
+            unit_price: product.price,
+        });
     }
     let currency = currency.unwrap_or_default();
     if total <= 0 {
-        return Err(ApiError::bad_request("invalid_total", "the order total must be positive"));
+        return Err(ApiError::bad_request(
+            "invalid_total",
+            "the order total must be positive",
+        ));
     }
 
     let order_id = Uuid::now_v7().to_string();
     let mut tx = st.db.write_tx().await?;
     if let Some(key) = &key {
         // Checked again under the write lock: a concurrent twin may have won.
-        let twin: Option<(String,)> = sqlx::query_as("SELECT order_id FROM idempotency WHERE user_id = $1 AND key = $2")
-            .bind(&caller.id)
-            .bind(key)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let twin: Option<(String,)> =
+            sqlx::query_as("SELECT order_id FROM idempotency WHERE user_id = $1 AND key = $2")
+                .bind(&caller.id)
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await?;
         if let Some((existing,)) = twin {
             drop(tx);
             return Ok(accepted(&existing, &status_of(&st.db, &existing).await?));
@@ -206,11 +272,18 @@ async fn place(State(st): State<AppState>, caller: Caller, headers: HeaderMap, J
             .execute(&mut *tx)
             .await?;
     }
-    let placed = OrderEvent::OrderPlaced { user_id: caller.id.clone(), items: lines.clone(), total, currency: currency.clone() };
-    aggregate::append(&mut tx, &order_id, 0, &placed).await.map_err(|e| match e {
-        aggregate::AppendError::Conflict => ApiError::conflict("conflict", "try again"),
-        aggregate::AppendError::Db(e) => e.into(),
-    })?;
+    let placed = OrderEvent::OrderPlaced {
+        user_id: caller.id.clone(),
+        items: lines.clone(),
+        total,
+        currency: currency.clone(),
+    };
+    aggregate::append(&mut tx, &order_id, 0, &placed)
+        .await
+        .map_err(|e| match e {
+            aggregate::AppendError::Conflict => ApiError::conflict("conflict", "try again"),
+            aggregate::AppendError::Db(e) => e.into(),
+        })?;
     let data = json!({
         "orderId": order_id,
         "userId": caller.id,
@@ -218,7 +291,12 @@ async fn place(State(st): State<AppState>, caller: Caller, headers: HeaderMap, J
         "total": total,
         "currency": currency,
     });
-    outbox::add(&mut tx, checkout::ORDER_EVENTS, &Event::new(checkout::SOURCE, "shop.order.placed", &order_id, &data)).await?;
+    outbox::add(
+        &mut tx,
+        checkout::ORDER_EVENTS,
+        &Event::new(checkout::SOURCE, "shop.order.placed", &order_id, &data),
+    )
+    .await?;
     st.saga.start(&mut tx, &order_id, data).await?;
     tx.commit().await?;
     st.outbox.wake();
@@ -242,7 +320,19 @@ struct OrderView {
     version: i64,
 }
 
-type DetailRow = (String, String, String, String, String, i64, String, Option<String>, i64, i64, i64);
+type DetailRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    String,
+    Option<String>,
+    i64,
+    i64,
+    i64,
+);
 
 async fn find(db: &Db, caller: &Caller, id: &Uuid) -> Result<OrderView, ApiError> {
     let row: Option<DetailRow> = sqlx::query_as(
@@ -252,8 +342,19 @@ async fn find(db: &Db, caller: &Caller, id: &Uuid) -> Result<OrderView, ApiError
     .bind(id.to_string())
     .fetch_optional(db.pool())
     .await?;
-    let (order_id, user_id, status, stage, items, total, currency, reason, created_at, updated_at, version) =
-        row.ok_or_else(|| ApiError::not_found("no such order"))?;
+    let (
+        order_id,
+        user_id,
+        status,
+        stage,
+        items,
+        total,
+        currency,
+        reason,
+        created_at,
+        updated_at,
+        version,
+    ) = row.ok_or_else(|| ApiError::not_found("no such order"))?;
     // Someone else's order is not found, rather than forbidden: its existence is not told.
     if user_id != caller.id && !caller.has_role("admin") {
         return Err(ApiError::not_found("no such order"));
@@ -273,17 +374,26 @@ async fn find(db: &Db, caller: &Caller, id: &Uuid) -> Result<OrderView, ApiError
     })
 }
 
-async fn detail(State(st): State<AppState>, caller: Caller, Path(id): Path<Uuid>) -> Result<Json<OrderView>, ApiError> {
+async fn detail(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+) -> Result<Json<OrderView>, ApiError> {
     Ok(Json(find(&st.db, &caller, &id).await?))
 }
 
-async fn history(State(st): State<AppState>, caller: Caller, Path(id): Path<Uuid>) -> Result<Json<Value>, ApiError> {
+async fn history(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Value>, ApiError> {
     find(&st.db, &caller, &id).await?;
-    let rows: Vec<(i64, String, String, i64)> =
-        sqlx::query_as("SELECT version, type, data, at FROM order_events WHERE order_id = $1 ORDER BY version")
-            .bind(id.to_string())
-            .fetch_all(st.db.pool())
-            .await?;
+    let rows: Vec<(i64, String, String, i64)> = sqlx::query_as(
+        "SELECT version, type, data, at FROM order_events WHERE order_id = $1 ORDER BY version",
+    )
+    .bind(id.to_string())
+    .fetch_all(st.db.pool())
+    .await?;
     let events: Vec<Value> = rows
         .into_iter()
         .map(|(version, ty, data, at)| {
@@ -299,15 +409,23 @@ struct ListQuery {
     cursor: Option<String>,
 }
 
-async fn mine(State(st): State<AppState>, caller: Caller, Query(q): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
+async fn mine(
+    State(st): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
     let limit = q.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_limit", "limit must be 1 to 100"));
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            "limit must be 1 to 100",
+        ));
     }
     let before = match q.cursor.as_deref() {
         None | Some("") => None,
         Some(c) => {
-            let bad = || ApiError::bad_request("invalid_cursor", "cursor is not one this API returned");
+            let bad =
+                || ApiError::bad_request("invalid_cursor", "cursor is not one this API returned");
             let raw = URL_SAFE_NO_PAD.decode(c).map_err(|_| bad())?;
             let id = String::from_utf8(raw).map_err(|_| bad())?;
             Uuid::parse_str(&id).map_err(|_| bad())?;

@@ -7,10 +7,22 @@ use tessera::events::Tx;
 use crate::aggregate::OrderEvent;
 
 /// Applies one event to the read models.
-pub async fn apply(tx: &mut Tx, id: &str, version: i64, event: &OrderEvent, at: i64) -> Result<(), sqlx::Error> {
+pub async fn apply(
+    tx: &mut Tx,
+    id: &str,
+    version: i64,
+    event: &OrderEvent,
+    at: i64,
+) -> Result<(), sqlx::Error> {
     match event {
-        OrderEvent::OrderPlaced { user_id, items, total, currency } => {
-            let items = serde_json::to_string(items).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        OrderEvent::OrderPlaced {
+            user_id,
+            items,
+            total,
+            currency,
+        } => {
+            let items =
+                serde_json::to_string(items).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
             sqlx::query(
                 "INSERT INTO order_details (order_id, user_id, status, stage, items, total, currency, created_at, updated_at, version)
                  VALUES ($1, $2, 'PENDING', 'placed', $3, $4, $5, $6, $6, $7)",
@@ -36,25 +48,44 @@ pub async fn apply(tx: &mut Tx, id: &str, version: i64, event: &OrderEvent, at: 
             .await?;
         }
         OrderEvent::StockReserved {} => stage(tx, id, version, at, "stock_reserved").await?,
-        OrderEvent::PaymentAuthorized { .. } => stage(tx, id, version, at, "payment_authorized").await?,
+        OrderEvent::PaymentAuthorized { .. } => {
+            stage(tx, id, version, at, "payment_authorized").await?
+        }
         OrderEvent::OrderConfirmed {} => finish(tx, id, version, at, "CONFIRMED", None).await?,
-        OrderEvent::OrderRejected { reason } => finish(tx, id, version, at, "REJECTED", Some(reason)).await?,
+        OrderEvent::OrderRejected { reason } => {
+            finish(tx, id, version, at, "REJECTED", Some(reason)).await?
+        }
     }
     Ok(())
 }
 
-async fn stage(tx: &mut Tx, id: &str, version: i64, at: i64, stage: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE order_details SET stage = $2, updated_at = $3, version = $4 WHERE order_id = $1")
-        .bind(id)
-        .bind(stage)
-        .bind(at)
-        .bind(version)
-        .execute(&mut **tx)
-        .await
-        .map(drop)
+async fn stage(
+    tx: &mut Tx,
+    id: &str,
+    version: i64,
+    at: i64,
+    stage: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE order_details SET stage = $2, updated_at = $3, version = $4 WHERE order_id = $1",
+    )
+    .bind(id)
+    .bind(stage)
+    .bind(at)
+    .bind(version)
+    .execute(&mut **tx)
+    .await
+    .map(drop)
 }
 
-async fn finish(tx: &mut Tx, id: &str, version: i64, at: i64, status: &str, reason: Option<&String>) -> Result<(), sqlx::Error> {
+async fn finish(
+    tx: &mut Tx,
+    id: &str,
+    version: i64,
+    at: i64,
+    status: &str,
+    reason: Option<&String>,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE order_details SET status = $2, stage = lower($2), reason = $3, updated_at = $4, version = $5 WHERE order_id = $1",
     )
@@ -76,16 +107,22 @@ async fn finish(tx: &mut Tx, id: &str, version: i64, at: i64, status: &str, reas
 /// Drops the read models and projects every stored event again; returns (events, orders).
 pub async fn rebuild(db: &Db) -> Result<(i64, i64), sqlx::Error> {
     let mut tx = db.write_tx().await?;
-    sqlx::query("DELETE FROM order_details").execute(&mut *tx).await?;
-    sqlx::query("DELETE FROM order_list").execute(&mut *tx).await?;
-    let rows: Vec<(String, i64, String, i64)> =
-        sqlx::query_as("SELECT order_id, version, data, at FROM order_events ORDER BY order_id, version")
-            .fetch_all(&mut *tx)
-            .await?;
+    sqlx::query("DELETE FROM order_details")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM order_list")
+        .execute(&mut *tx)
+        .await?;
+    let rows: Vec<(String, i64, String, i64)> = sqlx::query_as(
+        "SELECT order_id, version, data, at FROM order_events ORDER BY order_id, version",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
     let mut orders = 0;
     let events = rows.len() as i64;
     for (id, version, data, at) in rows {
-        let event: OrderEvent = serde_json::from_str(&data).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        let event: OrderEvent =
+            serde_json::from_str(&data).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
         if version == 1 {
             orders += 1;
         }

@@ -22,8 +22,11 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use tessera::{ApiError, Db, Json, Migration, Path, Service, unix_now};
 
-pub const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, description: "charges", sqlite: include_str!("../migrations/0001_charges.sql") }];
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "charges",
+    sqlite: include_str!("../migrations/0001_charges.sql"),
+}];
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -68,7 +71,10 @@ fn router(db: Db, behavior: Behavior) -> Router {
         .route("/v1/charges", post(charge).get(list))
         .route("/v1/charges/{key}/void", post(void))
         .route("/v1/behavior", get(get_behavior).put(set_behavior))
-        .with_state(AppState { db, behavior: Arc::new(RwLock::new(behavior)) })
+        .with_state(AppState {
+            db,
+            behavior: Arc::new(RwLock::new(behavior)),
+        })
 }
 
 #[derive(Deserialize)]
@@ -92,7 +98,13 @@ type Row = (String, String, i64, String, String);
 
 impl From<Row> for Charge {
     fn from((key, reference, amount, currency, status): Row) -> Self {
-        Self { key, reference, amount, currency, status }
+        Self {
+            key,
+            reference,
+            amount,
+            currency,
+            status,
+        }
     }
 }
 
@@ -105,33 +117,51 @@ fn answer(charge: Charge) -> Response {
     (status, Json(charge)).into_response()
 }
 
-async fn charge(State(st): State<AppState>, headers: HeaderMap, Json(req): Json<ChargeRequest>) -> Result<Response, ApiError> {
+async fn charge(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Json(req): Json<ChargeRequest>,
+) -> Result<Response, ApiError> {
     let key = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
         .filter(|k| !k.is_empty() && k.len() <= 200)
-        .ok_or_else(|| ApiError::bad_request("idempotency_key_required", "send an Idempotency-Key header"))?
+        .ok_or_else(|| {
+            ApiError::bad_request("idempotency_key_required", "send an Idempotency-Key header")
+        })?
         .to_string();
     if req.amount <= 0 {
-        return Err(ApiError::bad_request("invalid_amount", "amount must be positive"));
+        return Err(ApiError::bad_request(
+            "invalid_amount",
+            "amount must be positive",
+        ));
     }
-    let behavior = st.behavior.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let behavior = st
+        .behavior
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     if behavior.hang {
         tokio::time::sleep(Duration::from_secs(3600)).await;
     }
     tokio::time::sleep(Duration::from_millis(behavior.latency_ms)).await;
-    let existing: Option<Row> =
-        sqlx::query_as("SELECT key, reference, amount, currency, status FROM charges WHERE key = $1")
-            .bind(&key)
-            .fetch_optional(st.db.pool())
-            .await?;
+    let existing: Option<Row> = sqlx::query_as(
+        "SELECT key, reference, amount, currency, status FROM charges WHERE key = $1",
+    )
+    .bind(&key)
+    .fetch_optional(st.db.pool())
+    .await?;
     if let Some(row) = existing {
         return Ok(answer(row.into()));
     }
     if behavior.failure_rate > 0.0 && rand::random::<f64>() < behavior.failure_rate {
         return Err(ApiError::unavailable("the provider is having trouble"));
     }
-    let status = if req.amount > behavior.decline_over || req.reference.contains("decline") { "declined" } else { "captured" };
+    let status = if req.amount > behavior.decline_over || req.reference.contains("decline") {
+        "declined"
+    } else {
+        "captured"
+    };
     sqlx::query(
         "INSERT INTO charges (key, reference, amount, currency, status, created) VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT (key) DO NOTHING",
@@ -145,15 +175,20 @@ async fn charge(State(st): State<AppState>, headers: HeaderMap, Json(req): Json<
     .execute(st.db.pool())
     .await?;
     // Whoever won a race on the same key, every caller gets the one stored answer.
-    let row: Row = sqlx::query_as("SELECT key, reference, amount, currency, status FROM charges WHERE key = $1")
-        .bind(&key)
-        .fetch_one(st.db.pool())
-        .await?;
+    let row: Row = sqlx::query_as(
+        "SELECT key, reference, amount, currency, status FROM charges WHERE key = $1",
+    )
+    .bind(&key)
+    .fetch_one(st.db.pool())
+    .await?;
     tracing::info!(key = %key, status = %row.4, amount = row.2, "charge");
     Ok(answer(row.into()))
 }
 
-async fn void(State(st): State<AppState>, Path(key): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn void(
+    State(st): State<AppState>,
+    Path(key): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     // Voids a capture, or records the key as voided so that a late charge with it is refused.
     sqlx::query(
         "INSERT INTO charges (key, reference, amount, currency, status, created) VALUES ($1, '', 0, '', 'voided', $2)
@@ -168,19 +203,32 @@ async fn void(State(st): State<AppState>, Path(key): Path<String>) -> Result<Jso
 }
 
 async fn list(State(st): State<AppState>) -> Result<Json<Vec<Charge>>, ApiError> {
-    let rows: Vec<Row> = sqlx::query_as("SELECT key, reference, amount, currency, status FROM charges ORDER BY created, key")
-        .fetch_all(st.db.pool())
-        .await?;
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT key, reference, amount, currency, status FROM charges ORDER BY created, key",
+    )
+    .fetch_all(st.db.pool())
+    .await?;
     Ok(Json(rows.into_iter().map(Charge::from).collect()))
 }
 
 async fn get_behavior(State(st): State<AppState>) -> Json<Behavior> {
-    Json(st.behavior.read().unwrap_or_else(|e| e.into_inner()).clone())
+    Json(
+        st.behavior
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone(),
+    )
 }
 
-async fn set_behavior(State(st): State<AppState>, Json(b): Json<Behavior>) -> Result<Json<Behavior>, ApiError> {
+async fn set_behavior(
+    State(st): State<AppState>,
+    Json(b): Json<Behavior>,
+) -> Result<Json<Behavior>, ApiError> {
     if !(0.0..=1.0).contains(&b.failure_rate) {
-        return Err(ApiError::bad_request("invalid_failure_rate", "failureRate must be 0.0 to 1.0"));
+        return Err(ApiError::bad_request(
+            "invalid_failure_rate",
+            "failureRate must be 0.0 to 1.0",
+        ));
     }
     tracing::warn!(behavior = ?b, "behaviour changed");
     *st.behavior.write().unwrap_or_else(|e| e.into_inner()) = b.clone();

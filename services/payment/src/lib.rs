@@ -17,17 +17,22 @@ use axum::extract::State;
 use axum::routing::get;
 use http::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
-use tessera::events::outbox::Outbox;
-use tessera::events::{BoxFuture, Consumer, Event, Handler, HandlerError, Tx};
-use tessera::saga::{self, Reply};
-use tessera::{ApiError, CallError, Caller, Db, Json, Migration, Query, Service, ServiceClient};
 use tessera::TraceContext;
 use tessera::client::{REQUEST, RequestContext};
+use tessera::events::outbox::Outbox;
+use tessera::events::{BoxFuture, Consumer, Event, Handler, HandlerError, Tx};
+use tessera::manifest::Resilience;
+use tessera::resilience::BreakerConfig;
+use tessera::saga::{self, Reply};
+use tessera::{ApiError, CallError, Caller, Db, Json, Migration, Query, Service, ServiceClient};
 use tokio::sync::Notify;
 use tracing::Instrument;
 
-pub const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, description: "init", sqlite: include_str!("../migrations/0001_init.sql") }];
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "init",
+    sqlite: include_str!("../migrations/0001_init.sql"),
+}];
 
 pub const COMMANDS: &str = "payment.commands";
 const SOURCE: &str = "/shop/payment";
@@ -40,23 +45,48 @@ pub struct PaymentConfig {
     pub call_timeout: Duration,
     /// `PAYMENT_MAX_ATTEMPTS`: charge attempts before the payment fails.
     pub max_attempts: i64,
+    /// The provider's circuit breaker: `PAYMENT_BREAKER_MIN_CALLS`, `PAYMENT_BREAKER_FAILURE_RATE`,
+    /// `PAYMENT_BREAKER_WAIT_MS`.
+    pub breaker: BreakerConfig,
 }
 
 pub async fn run() -> anyhow::Result<()> {
     Service::new("payment")
         .migrations(MIGRATIONS)
         .run(|ctx| async move {
+            let s = &ctx.settings;
             let config = PaymentConfig {
-                call_timeout: ctx.settings.millis_or("PAYMENT_PROVIDER_TIMEOUT_MS", Duration::from_secs(2))?,
-                max_attempts: ctx.settings.get_or("PAYMENT_MAX_ATTEMPTS", 3)?,
+                call_timeout: s.millis_or("PAYMENT_PROVIDER_TIMEOUT_MS", Duration::from_secs(2))?,
+                max_attempts: s.get_or("PAYMENT_MAX_ATTEMPTS", 3)?,
+                breaker: BreakerConfig {
+                    minimum_calls: s.get_or("PAYMENT_BREAKER_MIN_CALLS", 10)?,
+                    failure_rate: s.get_or("PAYMENT_BREAKER_FAILURE_RATE", 0.5)?,
+                    wait_in_open_ms: s.get_or("PAYMENT_BREAKER_WAIT_MS", 5000)?,
+                    slow_call_ms: s.get_or("PAYMENT_BREAKER_SLOW_MS", 1500)?,
+                    ..BreakerConfig::default()
+                },
+            };
+            config
+                .breaker
+                .validate()
+                .map_err(|e| anyhow::anyhow!("PAYMENT_BREAKER_*: {e}"))?;
+            let resilience = Resilience {
+                breaker: config.breaker.clone(),
+                ..Resilience::default()
             };
             let wake = Arc::new(Notify::new());
             let events = ctx.events();
-            events.consume(Consumer::new(COMMANDS, "payment"), Commands { wake: wake.clone() });
+            events.consume(
+                Consumer::new(COMMANDS, "payment"),
+                Commands { wake: wake.clone() },
+            );
             let worker = Worker {
                 keys: ctx.keys.clone(),
                 db: ctx.db().clone(),
-                provider: ctx.client.with_timeout(config.call_timeout),
+                provider: ctx
+                    .client
+                    .with_timeout(config.call_timeout)
+                    .with_resilience(PROVIDER, &resilience),
                 outbox: events.outbox.clone(),
                 config,
             };
@@ -67,7 +97,9 @@ pub async fn run() -> anyhow::Result<()> {
 }
 
 pub fn router(db: Db) -> Router {
-    Router::new().route("/api/payments", get(list)).with_state(db)
+    Router::new()
+        .route("/api/payments", get(list))
+        .with_state(db)
 }
 
 #[derive(Deserialize)]
@@ -87,14 +119,19 @@ struct Commands {
 }
 
 impl Handler for Commands {
-    fn handle<'a>(&'a self, event: &'a Event, tx: &'a mut Tx) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn handle<'a>(
+        &'a self,
+        event: &'a Event,
+        tx: &'a mut Tx,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
             let order: OrderData = event.data_as()?;
             let now = now_ms();
             match event.ty.as_str() {
                 "shop.payment.authorize" => {
                     if order.total <= 0 || order.currency.len() != 3 {
-                        saga::reply(tx, event, SOURCE, Reply::Failed("invalid_amount".into())).await?;
+                        saga::reply(tx, event, SOURCE, Reply::Failed("invalid_amount".into()))
+                            .await?;
                         return Ok(());
                     }
                     sqlx::query(
@@ -152,6 +189,8 @@ enum Charged {
     Refused,
     /// No answer we can trust: try again.
     Unknown(String),
+    /// The provider's breaker is open: not called.
+    Unavailable,
 }
 
 impl Worker {
@@ -212,37 +251,59 @@ impl Worker {
 
     /// The trace of the command that asked for this payment.
     async fn trace_of(&self, order_id: &str) -> Option<TraceContext> {
-        let row: Option<(String,)> = sqlx::query_as("SELECT command FROM payments WHERE order_id = $1")
-            .bind(order_id)
-            .fetch_optional(self.db.pool())
-            .await
-            .ok()?;
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT command FROM payments WHERE order_id = $1")
+                .bind(order_id)
+                .fetch_optional(self.db.pool())
+                .await
+                .ok()?;
         let command: Event = serde_json::from_str(&row?.0).ok()?;
         command.trace().map(|t| t.child())
     }
 
     async fn call_charge(&self, order_id: &str, amount: i64, currency: &str) -> Charged {
-        let body = serde_json::json!({ "amount": amount, "currency": currency, "reference": order_id });
+        let body =
+            serde_json::json!({ "amount": amount, "currency": currency, "reference": order_id });
         let result = self
             .provider
-            .send_with(Method::POST, PROVIDER, "/v1/charges", Some(body.to_string().into_bytes()), &[("idempotency-key", order_id)])
+            .send_with(
+                Method::POST,
+                PROVIDER,
+                "/v1/charges",
+                Some(body.to_string().into_bytes()),
+                &[("idempotency-key", order_id)],
+            )
             .await;
         match result {
             Ok(_) => Charged::Captured,
-            Err(CallError::Status { status, .. }) if status == StatusCode::PAYMENT_REQUIRED => Charged::Declined,
-            Err(CallError::Status { status, .. }) if status == StatusCode::CONFLICT => Charged::Refused,
+            Err(CallError::Status { status, .. }) if status == StatusCode::PAYMENT_REQUIRED => {
+                Charged::Declined
+            }
+            Err(CallError::Status { status, .. }) if status == StatusCode::CONFLICT => {
+                Charged::Refused
+            }
+            Err(CallError::CircuitOpen(_)) => Charged::Unavailable,
             Err(e) => Charged::Unknown(e.to_string()),
         }
     }
 
-    async fn charge(&self, order_id: &str, amount: i64, currency: &str, attempts: i64) -> Result<(), sqlx::Error> {
+    async fn charge(
+        &self,
+        order_id: &str,
+        amount: i64,
+        currency: &str,
+        attempts: i64,
+    ) -> Result<(), sqlx::Error> {
         let outcome = self.call_charge(order_id, amount, currency).await;
         let mut tx = self.db.write_tx().await?;
-        let row: Option<(String, String)> = sqlx::query_as("SELECT status, command FROM payments WHERE order_id = $1")
-            .bind(order_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some((status, command)) = row else { return Ok(()) };
+        let row: Option<(String, String)> =
+            sqlx::query_as("SELECT status, command FROM payments WHERE order_id = $1")
+                .bind(order_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((status, command)) = row else {
+            return Ok(());
+        };
         if status != "pending" {
             // Cancelled while we were at the provider: the void path takes it from here.
             return Ok(());
@@ -256,9 +317,21 @@ impl Worker {
         };
         let now = now_ms();
         let (new_status, reason, reply) = match outcome {
-            Charged::Captured => ("authorized", None, Reply::Ok(serde_json::json!({ "paymentId": order_id }))),
-            Charged::Declined => ("declined", Some("payment_declined"), Reply::Failed("payment_declined".into())),
-            Charged::Refused => ("voided", Some("payment_voided"), Reply::Failed("payment_voided".into())),
+            Charged::Captured => (
+                "authorized",
+                None,
+                Reply::Ok(serde_json::json!({ "paymentId": order_id })),
+            ),
+            Charged::Declined => (
+                "declined",
+                Some("payment_declined"),
+                Reply::Failed("payment_declined".into()),
+            ),
+            Charged::Refused => (
+                "voided",
+                Some("payment_voided"),
+                Reply::Failed("payment_voided".into()),
+            ),
             Charged::Unknown(why) if attempts + 1 < self.config.max_attempts => {
                 tracing::warn!(order = %order_id, attempt = attempts + 1, error = %why, "provider call failed; retrying");
                 let backoff = 100 * 2i64.pow(attempts.clamp(0, 6) as u32);
@@ -270,11 +343,23 @@ impl Worker {
                     .await?;
                 return tx.commit().await;
             }
+            Charged::Unavailable => {
+                // Fail fast while the provider is down; void in case an earlier attempt charged.
+                (
+                    "voiding",
+                    Some("payment_provider_unavailable"),
+                    Reply::Failed("payment_provider_unavailable".into()),
+                )
+            }
             Charged::Unknown(why) => {
                 // We cannot tell whether the charge happened: fail the payment and void, so
                 // that it certainly did not.
                 tracing::warn!(order = %order_id, error = %why, "provider unavailable; failing the payment");
-                ("voiding", Some("payment_failed"), Reply::Failed("payment_failed".into()))
+                (
+                    "voiding",
+                    Some("payment_failed"),
+                    Reply::Failed("payment_failed".into()),
+                )
             }
         };
         sqlx::query("UPDATE payments SET status = $2, reason = $3, attempts = attempts + 1, next_try = $4, updated = $4 WHERE order_id = $1")
@@ -292,7 +377,10 @@ impl Worker {
 
     async fn void(&self, order_id: &str, attempts: i64) -> Result<(), sqlx::Error> {
         let path = format!("/v1/charges/{order_id}/void");
-        let result = self.provider.send(Method::POST, PROVIDER, &path, None).await;
+        let result = self
+            .provider
+            .send(Method::POST, PROVIDER, &path, None)
+            .await;
         let now = now_ms();
         match result {
             Ok(_) => {
@@ -334,7 +422,11 @@ struct PaymentView {
     reason: Option<String>,
 }
 
-async fn list(State(db): State<Db>, caller: Caller, Query(q): Query<ListQuery>) -> Result<Json<Vec<PaymentView>>, ApiError> {
+async fn list(
+    State(db): State<Db>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Vec<PaymentView>>, ApiError> {
     let admin = caller.has_role("admin");
     let rows: Vec<(String, String, i64, String, String, Option<String>)> = sqlx::query_as(
         "SELECT order_id, user_id, amount, currency, status, reason FROM payments
@@ -347,7 +439,15 @@ async fn list(State(db): State<Db>, caller: Caller, Query(q): Query<ListQuery>) 
     .await?;
     Ok(Json(
         rows.into_iter()
-            .map(|(order_id, _, amount, currency, status, reason)| PaymentView { order_id, amount, currency, status, reason })
+            .map(
+                |(order_id, _, amount, currency, status, reason)| PaymentView {
+                    order_id,
+                    amount,
+                    currency,
+                    status,
+                    reason,
+                },
+            )
             .collect(),
     ))
 }

@@ -21,8 +21,8 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::store::{EventLog, LogError};
 use super::GroupError;
+use super::store::{EventLog, LogError};
 
 pub fn routes(log: EventLog) -> Router {
     Router::new()
@@ -85,19 +85,35 @@ struct Delivered<'a> {
     event: &'a RawValue,
 }
 
-async fn fetch(State(log): State<EventLog>, Path(topic): Path<String>, body: Result<Json<FetchBody>, JsonRejection>) -> Response {
+async fn fetch(
+    State(log): State<EventLog>,
+    Path(topic): Path<String>,
+    body: Result<Json<FetchBody>, JsonRejection>,
+) -> Response {
     let Json(body) = match body {
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_body", &e.body_text()),
     };
     if body.group.is_empty() || body.consumer.is_empty() {
-        return error(StatusCode::BAD_REQUEST, "invalid_body", "group and consumer must not be empty");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "group and consumer must not be empty",
+        );
     }
     let wait = Duration::from_millis(body.wait_ms.min(30_000));
-    match log.fetch(&topic, &body.group, &body.consumer, body.max, wait).await {
+    match log
+        .fetch(&topic, &body.group, &body.consumer, body.max, wait)
+        .await
+    {
         Ok(Some((partition, events))) => {
-            let delivered: Vec<Delivered<'_>> =
-                events.iter().map(|s| Delivered { offset: s.offset, event: &s.event }).collect();
+            let delivered: Vec<Delivered<'_>> = events
+                .iter()
+                .map(|s| Delivered {
+                    offset: s.offset,
+                    event: &s.event,
+                })
+                .collect();
             Json(serde_json::json!({ "partition": partition, "events": delivered })).into_response()
         }
         Ok(None) => Json(serde_json::json!({ "partition": null, "events": [] })).into_response(),
@@ -113,12 +129,19 @@ struct CommitBody {
     offset: i64,
 }
 
-async fn commit(State(log): State<EventLog>, Path(topic): Path<String>, body: Result<Json<CommitBody>, JsonRejection>) -> Response {
+async fn commit(
+    State(log): State<EventLog>,
+    Path(topic): Path<String>,
+    body: Result<Json<CommitBody>, JsonRejection>,
+) -> Response {
     let Json(b) = match body {
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_body", &e.body_text()),
     };
-    match log.commit(&topic, &b.group, &b.consumer, b.partition, b.offset).await {
+    match log
+        .commit(&topic, &b.group, &b.consumer, b.partition, b.offset)
+        .await
+    {
         Ok(()) => StatusCode::OK.into_response(),
         Err(e) => log_error(e),
     }
@@ -140,20 +163,34 @@ async fn browse(
     query: Result<Query<BrowseQuery>, QueryRejection>,
 ) -> Response {
     let Ok(Query(q)) = query else {
-        return error(StatusCode::BAD_REQUEST, "invalid_query", "partition, from and limit are whole numbers");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "partition, from and limit are whole numbers",
+        );
     };
     match log.partitions(&topic) {
         None => return Json(serde_json::json!({ "events": [] })).into_response(),
         Some(n) if q.partition as usize >= n => {
-            return error(StatusCode::BAD_REQUEST, "invalid_query", &format!("topic has {n} partitions"));
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                &format!("topic has {n} partitions"),
+            );
         }
         Some(_) => {}
     }
     match log.read(&topic, q.partition, q.from, q.limit).await {
         Ok(events) => {
-            let delivered: Vec<Delivered<'_>> =
-                events.iter().map(|s| Delivered { offset: s.offset, event: &s.event }).collect();
-            Json(serde_json::json!({ "partition": q.partition, "events": delivered })).into_response()
+            let delivered: Vec<Delivered<'_>> = events
+                .iter()
+                .map(|s| Delivered {
+                    offset: s.offset,
+                    event: &s.event,
+                })
+                .collect();
+            Json(serde_json::json!({ "partition": q.partition, "events": delivered }))
+                .into_response()
         }
         Err(e) => log_error(e),
     }
@@ -203,15 +240,25 @@ async fn describe(State(log): State<EventLog>) -> Response {
 fn log_error(e: LogError) -> Response {
     match e {
         LogError::Invalid(m) => error(StatusCode::BAD_REQUEST, "invalid_event", &m),
-        LogError::Group(g @ GroupError::NotHolder(_)) => error(StatusCode::CONFLICT, "not_holder", &g.to_string()),
+        LogError::Group(g @ GroupError::NotHolder(_)) => {
+            error(StatusCode::CONFLICT, "not_holder", &g.to_string())
+        }
         LogError::Group(g) => error(StatusCode::BAD_REQUEST, "invalid_commit", &g.to_string()),
         LogError::Storage(m) => {
             tracing::error!(error = %m, "event log storage failed");
-            error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the event log cannot store right now")
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the event log cannot store right now",
+            )
         }
     }
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    (status, Json(serde_json::json!({ "code": code, "message": message }))).into_response()
+    (
+        status,
+        Json(serde_json::json!({ "code": code, "message": message })),
+    )
+        .into_response()
 }

@@ -16,7 +16,11 @@ pub enum GroupError {
     #[error("no such partition {0}")]
     NoPartition(u32),
     #[error("offset {offset} is past the end of partition {partition} ({end})")]
-    PastEnd { partition: u32, offset: i64, end: i64 },
+    PastEnd {
+        partition: u32,
+        offset: i64,
+        end: i64,
+    },
 }
 
 /// What a fetch may read.
@@ -45,34 +49,57 @@ struct Part {
 
 impl Groups {
     pub fn is_loaded(&self, group: &str, topic: &str) -> bool {
-        self.map.contains_key(&(group.to_string(), topic.to_string()))
+        self.map
+            .contains_key(&(group.to_string(), topic.to_string()))
     }
 
     /// Installs a group's committed offsets (one per partition), read from disk.
     pub fn load(&mut self, group: &str, topic: &str, committed: Vec<i64>) {
-        self.map.entry((group.to_string(), topic.to_string())).or_insert_with(|| Group {
-            members: HashMap::new(),
-            parts: committed.into_iter().map(|c| Part { committed: c, holder: None }).collect(),
-            rotor: 0,
-        });
+        self.map
+            .entry((group.to_string(), topic.to_string()))
+            .or_insert_with(|| Group {
+                members: HashMap::new(),
+                parts: committed
+                    .into_iter()
+                    .map(|c| Part {
+                        committed: c,
+                        holder: None,
+                    })
+                    .collect(),
+                rotor: 0,
+            });
     }
 
     /// A fetch by `consumer`: renews its membership and leases, rebalances, and returns the
     /// partitions it now holds with their committed offsets, in round-robin order.
-    pub fn claim(&mut self, group: &str, topic: &str, consumer: &str, lease: Duration, now: Instant) -> Vec<Fetched> {
+    pub fn claim(
+        &mut self,
+        group: &str,
+        topic: &str,
+        consumer: &str,
+        lease: Duration,
+        now: Instant,
+    ) -> Vec<Fetched> {
         let Some(g) = self.map.get_mut(&(group.to_string(), topic.to_string())) else {
             return Vec::new();
         };
         g.members.insert(consumer.to_string(), now);
-        g.members.retain(|_, seen| now.duration_since(*seen) < lease);
+        g.members
+            .retain(|_, seen| now.duration_since(*seen) < lease);
         for p in &mut g.parts {
             if p.holder.as_ref().is_some_and(|(_, until)| *until <= now) {
                 p.holder = None;
             }
         }
         let fair = g.parts.len().div_ceil(g.members.len().max(1));
-        let mut held: Vec<usize> =
-            (0..g.parts.len()).filter(|i| g.parts[*i].holder.as_ref().is_some_and(|(c, _)| c == consumer)).collect();
+        let mut held: Vec<usize> = (0..g.parts.len())
+            .filter(|i| {
+                g.parts[*i]
+                    .holder
+                    .as_ref()
+                    .is_some_and(|(c, _)| c == consumer)
+            })
+            .collect();
         while held.len() > fair {
             let i = held.pop().expect("non-empty");
             g.parts[i].holder = None;
@@ -93,7 +120,10 @@ impl Groups {
         let n = held.len().max(1);
         (0..held.len())
             .map(|k| held[(k + g.rotor) % n])
-            .map(|i| Fetched { partition: i as u32, from: g.parts[i].committed })
+            .map(|i| Fetched {
+                partition: i as u32,
+                from: g.parts[i].committed,
+            })
             .collect()
     }
 
@@ -111,13 +141,20 @@ impl Groups {
             .map
             .get(&(group.to_string(), topic.to_string()))
             .ok_or(GroupError::NotHolder(partition))?;
-        let p = g.parts.get(partition as usize).ok_or(GroupError::NoPartition(partition))?;
+        let p = g
+            .parts
+            .get(partition as usize)
+            .ok_or(GroupError::NoPartition(partition))?;
         match &p.holder {
             Some((holder, _)) if holder == consumer => {}
             _ => return Err(GroupError::NotHolder(partition)),
         }
         if offset > end {
-            return Err(GroupError::PastEnd { partition, offset, end });
+            return Err(GroupError::PastEnd {
+                partition,
+                offset,
+                end,
+            });
         }
         Ok(())
     }
@@ -196,13 +233,33 @@ mod tests {
         g.load("g", "t", vec![0, 0]);
         let now = Instant::now();
         g.claim("g", "t", "a", LEASE, now);
-        assert_eq!(g.check_commit("g", "t", "b", 0, 1, 10), Err(GroupError::NotHolder(0)));
-        assert_eq!(g.check_commit("g", "t", "a", 0, 11, 10), Err(GroupError::PastEnd { partition: 0, offset: 11, end: 10 }));
-        assert_eq!(g.check_commit("g", "t", "a", 7, 1, 10), Err(GroupError::NoPartition(7)));
+        assert_eq!(
+            g.check_commit("g", "t", "b", 0, 1, 10),
+            Err(GroupError::NotHolder(0))
+        );
+        assert_eq!(
+            g.check_commit("g", "t", "a", 0, 11, 10),
+            Err(GroupError::PastEnd {
+                partition: 0,
+                offset: 11,
+                end: 10
+            })
+        );
+        assert_eq!(
+            g.check_commit("g", "t", "a", 7, 1, 10),
+            Err(GroupError::NoPartition(7))
+        );
         assert!(g.check_commit("g", "t", "a", 0, 10, 10).is_ok());
         g.committed("g", "t", 0, 10);
         g.committed("g", "t", 0, 3);
-        assert_eq!(g.claim("g", "t", "a", LEASE, now).iter().find(|f| f.partition == 0).unwrap().from, 10);
+        assert_eq!(
+            g.claim("g", "t", "a", LEASE, now)
+                .iter()
+                .find(|f| f.partition == 0)
+                .unwrap()
+                .from,
+            10
+        );
     }
 
     #[test]

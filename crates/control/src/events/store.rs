@@ -13,8 +13,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::groups::{Fetched, GroupError, Groups};
 
-const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, description: "log", sqlite: include_str!("../../migrations/0001_log.sql") }];
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "log",
+    sqlite: include_str!("../../migrations/0001_log.sql"),
+}];
 
 /// Tuning of the log.
 #[derive(Clone, Debug)]
@@ -29,7 +32,11 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { partitions: 4, lease: Duration::from_secs(10), max_batch: 5000 }
+        Self {
+            partitions: 4,
+            lease: Duration::from_secs(10),
+            max_batch: 5000,
+        }
     }
 }
 
@@ -105,7 +112,9 @@ impl EventLog {
     /// Opens (creating) the log in `dir`.
     pub async fn open(dir: &Path, config: LogConfig) -> anyhow::Result<Self> {
         let db = Db::open(&Db::default_url(dir, "log"), MIGRATIONS).await?;
-        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT name, partitions FROM topics").fetch_all(db.pool()).await?;
+        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT name, partitions FROM topics")
+            .fetch_all(db.pool())
+            .await?;
         let mut topics = HashMap::new();
         for (name, partitions) in rows {
             let mut end = Vec::new();
@@ -136,7 +145,11 @@ impl EventLog {
 
     /// Appends `events` (CloudEvents, JSON) to `topic`; returns once they are on disk, with
     /// the partition and offset of each.
-    pub async fn publish(&self, topic: &str, events: Vec<Box<RawValue>>) -> Result<Vec<(u32, i64)>, LogError> {
+    pub async fn publish(
+        &self,
+        topic: &str,
+        events: Vec<Box<RawValue>>,
+    ) -> Result<Vec<(u32, i64)>, LogError> {
         check_topic(topic)?;
         if events.is_empty() {
             return Ok(Vec::new());
@@ -146,18 +159,30 @@ impl EventLog {
             let head: Head<'_> = serde_json::from_str(raw.get())
                 .map_err(|e| LogError::Invalid(format!("event {i} is not a CloudEvent: {e}")))?;
             if head.specversion != "1.0" {
-                return Err(LogError::Invalid(format!("event {i}: specversion must be \"1.0\"")));
+                return Err(LogError::Invalid(format!(
+                    "event {i}: specversion must be \"1.0\""
+                )));
             }
             if head.id.is_empty() {
-                return Err(LogError::Invalid(format!("event {i}: id must not be empty")));
+                return Err(LogError::Invalid(format!(
+                    "event {i}: id must not be empty"
+                )));
             }
-            let key = head.partitionkey.or(head.subject).unwrap_or(head.id).into_owned();
+            let key = head
+                .partitionkey
+                .or(head.subject)
+                .unwrap_or(head.id)
+                .into_owned();
             keyed.push((key, raw));
         }
         let (reply, answer) = oneshot::channel();
         self.inner
             .appender
-            .send(Append { topic: topic.to_string(), events: keyed, reply })
+            .send(Append {
+                topic: topic.to_string(),
+                events: keyed,
+                reply,
+            })
             .await
             .map_err(|_| LogError::Storage("appender stopped".into()))?;
         answer
@@ -167,7 +192,12 @@ impl EventLog {
     }
 
     fn topic(&self, name: &str) -> Option<Arc<Topic>> {
-        self.inner.topics.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+        self.inner
+            .topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
     }
 
     /// Up to `max` events for `consumer` of `group`, from a partition it holds, waiting up to
@@ -187,47 +217,79 @@ impl EventLog {
             woken.borrow_and_update();
             if let Some(t) = self.topic(topic) {
                 self.load_group(group, topic, t.end.len()).await?;
-                let claimed = self.inner.groups.lock().unwrap_or_else(|e| e.into_inner()).claim(
-                    group,
-                    topic,
-                    consumer,
-                    self.inner.config.lease,
-                    Instant::now(),
-                );
-                let ready = claimed.into_iter().find(|f| f.from < t.end[f.partition as usize].load(Ordering::Acquire));
+                let claimed = self
+                    .inner
+                    .groups
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .claim(
+                        group,
+                        topic,
+                        consumer,
+                        self.inner.config.lease,
+                        Instant::now(),
+                    );
+                let ready = claimed
+                    .into_iter()
+                    .find(|f| f.from < t.end[f.partition as usize].load(Ordering::Acquire));
                 if let Some(Fetched { partition, from }) = ready {
                     let events = self.read(topic, partition, from, max).await?;
                     return Ok(Some((partition, events)));
                 }
             }
-            if tokio::time::timeout_at(deadline, woken.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, woken.changed())
+                .await
+                .is_err()
+            {
                 return Ok(None);
             }
         }
     }
 
-    async fn load_group(&self, group: &str, topic: &str, partitions: usize) -> Result<(), LogError> {
-        if self.inner.groups.lock().unwrap_or_else(|e| e.into_inner()).is_loaded(group, topic) {
+    async fn load_group(
+        &self,
+        group: &str,
+        topic: &str,
+        partitions: usize,
+    ) -> Result<(), LogError> {
+        if self
+            .inner
+            .groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_loaded(group, topic)
+        {
             return Ok(());
         }
-        let rows: Vec<(i64, i64)> =
-            sqlx::query_as("SELECT partition, committed FROM offsets WHERE grp = $1 AND topic = $2")
-                .bind(group)
-                .bind(topic)
-                .fetch_all(self.inner.db.pool())
-                .await?;
+        let rows: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT partition, committed FROM offsets WHERE grp = $1 AND topic = $2",
+        )
+        .bind(group)
+        .bind(topic)
+        .fetch_all(self.inner.db.pool())
+        .await?;
         let mut committed = vec![0i64; partitions];
         for (p, c) in rows {
             if let Some(slot) = committed.get_mut(p as usize) {
                 *slot = c;
             }
         }
-        self.inner.groups.lock().unwrap_or_else(|e| e.into_inner()).load(group, topic, committed);
+        self.inner
+            .groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .load(group, topic, committed);
         Ok(())
     }
 
     /// Events of one partition from `from`, in order.
-    pub async fn read(&self, topic: &str, partition: u32, from: i64, max: usize) -> Result<Vec<Stored>, LogError> {
+    pub async fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: i64,
+        max: usize,
+    ) -> Result<Vec<Stored>, LogError> {
         let rows: Vec<(i64, String)> = sqlx::query_as(
             r#"SELECT "offset", event FROM events WHERE topic = $1 AND partition = $2 AND "offset" >= $3 ORDER BY "offset" LIMIT $4"#,
         )
@@ -247,9 +309,22 @@ impl EventLog {
     }
 
     /// Commits `offset` (the next to read) on `partition` for `group`.
-    pub async fn commit(&self, topic: &str, group: &str, consumer: &str, partition: u32, offset: i64) -> Result<(), LogError> {
-        let t = self.topic(topic).ok_or(GroupError::NoPartition(partition))?;
-        let end = t.end.get(partition as usize).ok_or(GroupError::NoPartition(partition))?.load(Ordering::Acquire);
+    pub async fn commit(
+        &self,
+        topic: &str,
+        group: &str,
+        consumer: &str,
+        partition: u32,
+        offset: i64,
+    ) -> Result<(), LogError> {
+        let t = self
+            .topic(topic)
+            .ok_or(GroupError::NoPartition(partition))?;
+        let end = t
+            .end
+            .get(partition as usize)
+            .ok_or(GroupError::NoPartition(partition))?
+            .load(Ordering::Acquire);
         self.load_group(group, topic, t.end.len()).await?;
         self.inner
             .groups
@@ -266,7 +341,11 @@ impl EventLog {
         .bind(offset)
         .execute(self.inner.db.pool())
         .await?;
-        self.inner.groups.lock().unwrap_or_else(|e| e.into_inner()).committed(group, topic, partition, offset);
+        self.inner
+            .groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .committed(group, topic, partition, offset);
         Ok(())
     }
 
@@ -290,13 +369,24 @@ impl EventLog {
     pub async fn replay_dead_letters(&self, group: &str) -> Result<usize, LogError> {
         let topic = format!("deadletter.{group}");
         let mut replayed = 0;
-        while let Some((partition, events)) = self.fetch(&topic, "tessera-replay", "replayer", 500, Duration::ZERO).await? {
-            let Some(last) = events.last().map(|s| s.offset) else { break };
+        while let Some((partition, events)) = self
+            .fetch(&topic, "tessera-replay", "replayer", 500, Duration::ZERO)
+            .await?
+        {
+            let Some(last) = events.last().map(|s| s.offset) else {
+                break;
+            };
             for stored in events {
-                let mut event: serde_json::Map<String, serde_json::Value> = serde_json::from_str(stored.event.get())
-                    .map_err(|e| LogError::Storage(format!("dead letter is not an object: {e}")))?;
-                let Some(serde_json::Value::String(original)) = event.remove("deadlettertopic") else {
-                    tracing::warn!(offset = stored.offset, "dead letter without its topic; skipped");
+                let mut event: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_str(stored.event.get()).map_err(|e| {
+                        LogError::Storage(format!("dead letter is not an object: {e}"))
+                    })?;
+                let Some(serde_json::Value::String(original)) = event.remove("deadlettertopic")
+                else {
+                    tracing::warn!(
+                        offset = stored.offset,
+                        "dead letter without its topic; skipped"
+                    );
                     continue;
                 };
                 event.retain(|k, _| !k.starts_with("deadletter"));
@@ -305,7 +395,8 @@ impl EventLog {
                 self.publish(&original, vec![raw]).await?;
                 replayed += 1;
             }
-            self.commit(&topic, "tessera-replay", "replayer", partition, last + 1).await?;
+            self.commit(&topic, "tessera-replay", "replayer", partition, last + 1)
+                .await?;
         }
         Ok(replayed)
     }
@@ -318,11 +409,15 @@ impl EventLog {
 fn check_topic(topic: &str) -> Result<(), LogError> {
     let ok = !topic.is_empty()
         && topic.len() <= 200
-        && topic.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+        && topic
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
     if ok {
         Ok(())
     } else {
-        Err(LogError::Invalid("a topic name is 1 to 200 of a-z, A-Z, 0-9, '.', '-', '_'".into()))
+        Err(LogError::Invalid(
+            "a topic name is 1 to 200 of a-z, A-Z, 0-9, '.', '-', '_'".into(),
+        ))
     }
 }
 
@@ -355,7 +450,9 @@ async fn append_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Append>) {
                     let mut topics = inner.topics.write().unwrap_or_else(|e| e.into_inner());
                     for (name, partitions) in new_topics {
                         topics.entry(name).or_insert_with(|| {
-                            Arc::new(Topic { end: (0..partitions).map(|_| AtomicI64::new(0)).collect() })
+                            Arc::new(Topic {
+                                end: (0..partitions).map(|_| AtomicI64::new(0)).collect(),
+                            })
                         });
                     }
                     for ((topic, p), next) in ends {
@@ -379,7 +476,11 @@ async fn append_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Append>) {
     }
 }
 
-type Written = (Vec<Vec<(u32, i64)>>, Vec<(String, u32)>, HashMap<(String, u32), i64>);
+type Written = (
+    Vec<Vec<(u32, i64)>>,
+    Vec<(String, u32)>,
+    HashMap<(String, u32), i64>,
+);
 
 async fn write_batch(inner: &Inner, batch: &[Append]) -> Result<Written, sqlx::Error> {
     let mut tx = inner.db.write_tx().await?;
@@ -395,11 +496,19 @@ async fn write_batch(inner: &Inner, batch: &[Append]) -> Result<Written, sqlx::E
         let partitions = match partitions_of.get(&append.topic) {
             Some(p) => *p,
             None => {
-                let existing = inner.topics.read().unwrap_or_else(|e| e.into_inner()).get(&append.topic).cloned();
+                let existing = inner
+                    .topics
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&append.topic)
+                    .cloned();
                 let p = match existing {
                     Some(t) => {
                         for (i, end) in t.end.iter().enumerate() {
-                            next.insert((append.topic.clone(), i as u32), end.load(Ordering::Acquire));
+                            next.insert(
+                                (append.topic.clone(), i as u32),
+                                end.load(Ordering::Acquire),
+                            );
                         }
                         t.end.len() as u32
                     }
@@ -424,7 +533,9 @@ async fn write_batch(inner: &Inner, batch: &[Append]) -> Result<Written, sqlx::E
         let mut offsets = Vec::with_capacity(append.events.len());
         for (key, event) in &append.events {
             let p = partition_of(key, partitions);
-            let slot = next.get_mut(&(append.topic.clone(), p)).expect("every partition has a next offset");
+            let slot = next
+                .get_mut(&(append.topic.clone(), p))
+                .expect("every partition has a next offset");
             let offset = *slot;
             *slot += 1;
             sqlx::query(
@@ -464,7 +575,9 @@ mod tests {
     #[test]
     fn partitioning_is_stable() {
         assert_eq!(partition_of("order-1", 4), partition_of("order-1", 4));
-        let spread: std::collections::HashSet<u32> = (0..100).map(|i| partition_of(&format!("k{i}"), 4)).collect();
+        let spread: std::collections::HashSet<u32> = (0..100)
+            .map(|i| partition_of(&format!("k{i}"), 4))
+            .collect();
         assert_eq!(spread.len(), 4);
     }
 
@@ -472,30 +585,72 @@ mod tests {
     async fn publish_fetch_commit_and_reopen() {
         let dir = temp_dir();
         let log = EventLog::open(&dir, LogConfig::default()).await.unwrap();
-        let offsets = log.publish("orders", (0..10).map(|i| event(&format!("e{i}"), "order-1")).collect()).await.unwrap();
+        let offsets = log
+            .publish(
+                "orders",
+                (0..10)
+                    .map(|i| event(&format!("e{i}"), "order-1"))
+                    .collect(),
+            )
+            .await
+            .unwrap();
         let p = offsets[0].0;
-        assert!(offsets.iter().all(|(q, _)| *q == p), "one key, one partition");
-        assert_eq!(offsets.iter().map(|o| o.1).collect::<Vec<_>>(), (0..10).collect::<Vec<_>>());
+        assert!(
+            offsets.iter().all(|(q, _)| *q == p),
+            "one key, one partition"
+        );
+        assert_eq!(
+            offsets.iter().map(|o| o.1).collect::<Vec<_>>(),
+            (0..10).collect::<Vec<_>>()
+        );
 
-        let (part, got) = log.fetch("orders", "g", "c1", 4, Duration::ZERO).await.unwrap().unwrap();
+        let (part, got) = log
+            .fetch("orders", "g", "c1", 4, Duration::ZERO)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(part, p);
-        assert_eq!(got.iter().map(|s| s.offset).collect::<Vec<_>>(), [0, 1, 2, 3]);
+        assert_eq!(
+            got.iter().map(|s| s.offset).collect::<Vec<_>>(),
+            [0, 1, 2, 3]
+        );
         // Not committed: the same events again.
-        let (_, again) = log.fetch("orders", "g", "c1", 4, Duration::ZERO).await.unwrap().unwrap();
+        let (_, again) = log
+            .fetch("orders", "g", "c1", 4, Duration::ZERO)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(again[0].offset, 0);
         log.commit("orders", "g", "c1", p, 4).await.unwrap();
-        let (_, next) = log.fetch("orders", "g", "c1", 100, Duration::ZERO).await.unwrap().unwrap();
+        let (_, next) = log
+            .fetch("orders", "g", "c1", 100, Duration::ZERO)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(next.first().unwrap().offset, 4);
         assert!(next.last().unwrap().event.get().contains("\"e9\""));
-        assert!(matches!(log.commit("orders", "g", "other", p, 5).await, Err(LogError::Group(GroupError::NotHolder(_)))));
-        assert!(matches!(log.commit("orders", "g", "c1", p, 99).await, Err(LogError::Group(GroupError::PastEnd { .. }))));
+        assert!(matches!(
+            log.commit("orders", "g", "other", p, 5).await,
+            Err(LogError::Group(GroupError::NotHolder(_)))
+        ));
+        assert!(matches!(
+            log.commit("orders", "g", "c1", p, 99).await,
+            Err(LogError::Group(GroupError::PastEnd { .. }))
+        ));
         drop(log);
 
         // Reopened: the events and the commit are still there, and offsets continue.
         let log = EventLog::open(&dir, LogConfig::default()).await.unwrap();
-        let (_, got) = log.fetch("orders", "g", "c2", 100, Duration::ZERO).await.unwrap().unwrap();
+        let (_, got) = log
+            .fetch("orders", "g", "c2", 100, Duration::ZERO)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(got.first().unwrap().offset, 4);
-        let more = log.publish("orders", vec![event("e10", "order-1")]).await.unwrap();
+        let more = log
+            .publish("orders", vec![event("e10", "order-1")])
+            .await
+            .unwrap();
         assert_eq!(more[0], (p, 10));
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -504,14 +659,24 @@ mod tests {
     async fn fetch_waits_for_new_events() {
         let dir = temp_dir();
         let log = EventLog::open(&dir, LogConfig::default()).await.unwrap();
-        assert!(log.fetch("t", "g", "c", 10, Duration::from_millis(20)).await.unwrap().is_none());
+        assert!(
+            log.fetch("t", "g", "c", 10, Duration::from_millis(20))
+                .await
+                .unwrap()
+                .is_none()
+        );
         let waiter = {
             let log = log.clone();
             tokio::spawn(async move { log.fetch("t", "g", "c", 10, Duration::from_secs(10)).await })
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
         log.publish("t", vec![event("x", "k")]).await.unwrap();
-        let (_, got) = tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap().unwrap().unwrap();
+        let (_, got) = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+            .unwrap();
         assert_eq!(got.len(), 1);
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -521,10 +686,22 @@ mod tests {
         let dir = temp_dir();
         let log = EventLog::open(&dir, LogConfig::default()).await.unwrap();
         let not_ce = RawValue::from_string(r#"{"hello":1}"#.into()).unwrap();
-        assert!(matches!(log.publish("t", vec![not_ce]).await, Err(LogError::Invalid(_))));
-        let v2 = RawValue::from_string(r#"{"specversion":"2.0","id":"a","source":"s","type":"t"}"#.into()).unwrap();
-        assert!(matches!(log.publish("t", vec![v2]).await, Err(LogError::Invalid(_))));
-        assert!(matches!(log.publish("bad topic!", vec![event("a", "k")]).await, Err(LogError::Invalid(_))));
+        assert!(matches!(
+            log.publish("t", vec![not_ce]).await,
+            Err(LogError::Invalid(_))
+        ));
+        let v2 = RawValue::from_string(
+            r#"{"specversion":"2.0","id":"a","source":"s","type":"t"}"#.into(),
+        )
+        .unwrap();
+        assert!(matches!(
+            log.publish("t", vec![v2]).await,
+            Err(LogError::Invalid(_))
+        ));
+        assert!(matches!(
+            log.publish("bad topic!", vec![event("a", "k")]).await,
+            Err(LogError::Invalid(_))
+        ));
         let _ = std::fs::remove_dir_all(dir);
     }
 
@@ -537,7 +714,9 @@ mod tests {
             let log = log.clone();
             tasks.push(tokio::spawn(async move {
                 for i in 0..50 {
-                    log.publish("t", vec![event(&format!("k{k}-{i}"), &format!("key{k}"))]).await.unwrap();
+                    log.publish("t", vec![event(&format!("k{k}-{i}"), &format!("key{k}"))])
+                        .await
+                        .unwrap();
                 }
             }));
         }
@@ -551,7 +730,9 @@ mod tests {
                 let v: serde_json::Value = serde_json::from_str(s.event.get()).unwrap();
                 let id = v["id"].as_str().unwrap();
                 let (k, i) = id.split_once('-').unwrap();
-                seen.entry(k.to_string()).or_default().push(i.parse().unwrap());
+                seen.entry(k.to_string())
+                    .or_default()
+                    .push(i.parse().unwrap());
             }
         }
         assert_eq!(seen.len(), 8);

@@ -40,7 +40,11 @@ impl BusError {
 /// An event log with topics, partitions and consumer groups.
 pub trait Bus: Send + Sync + 'static {
     /// Appends `events` to `topic`; returns once the log has stored them.
-    fn publish<'a>(&'a self, topic: &'a str, events: &'a [Event]) -> BoxFuture<'a, Result<(), BusError>>;
+    fn publish<'a>(
+        &'a self,
+        topic: &'a str,
+        events: &'a [Event],
+    ) -> BoxFuture<'a, Result<(), BusError>>;
 
     /// Up to `max` events of one partition `consumer` holds in `group`, from the committed
     /// offset, waiting up to `wait` for some.
@@ -78,10 +82,18 @@ impl ControlBus {
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .expect("reqwest client builds");
-        Self { base: control_url.trim_end_matches('/').to_string(), http }
+        Self {
+            base: control_url.trim_end_matches('/').to_string(),
+            http,
+        }
     }
 
-    async fn post(&self, path: String, body: String, timeout: Duration) -> Result<bytes::Bytes, BusError> {
+    async fn post(
+        &self,
+        path: String,
+        body: String,
+        timeout: Duration,
+    ) -> Result<bytes::Bytes, BusError> {
         let resp = self
             .http
             .post(format!("{}{path}", self.base))
@@ -92,7 +104,10 @@ impl ControlBus {
             .await
             .map_err(|e| BusError::Unavailable(e.to_string()))?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| BusError::Unavailable(e.to_string()))?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| BusError::Unavailable(e.to_string()))?;
         if status.is_success() {
             return Ok(bytes);
         }
@@ -120,11 +135,21 @@ struct Delivered<'a> {
 }
 
 impl Bus for ControlBus {
-    fn publish<'a>(&'a self, topic: &'a str, events: &'a [Event]) -> BoxFuture<'a, Result<(), BusError>> {
+    fn publish<'a>(
+        &'a self,
+        topic: &'a str,
+        events: &'a [Event],
+    ) -> BoxFuture<'a, Result<(), BusError>> {
         Box::pin(async move {
             let body = serde_json::to_string(&serde_json::json!({ "events": events }))
                 .map_err(|e| BusError::Refused(e.to_string()))?;
-            self.post(format!("/v1/topics/{topic}/events"), body, Duration::from_secs(10)).await.map(drop)
+            self.post(
+                format!("/v1/topics/{topic}/events"),
+                body,
+                Duration::from_secs(10),
+            )
+            .await
+            .map(drop)
         })
     }
 
@@ -141,15 +166,27 @@ impl Bus for ControlBus {
                 "group": group, "consumer": consumer, "max": max, "waitMs": wait.as_millis() as u64,
             })
             .to_string();
-            let bytes = self.post(format!("/v1/topics/{topic}/fetch"), body, wait + Duration::from_secs(10)).await?;
-            let fetched: Fetched<'_> =
-                serde_json::from_slice(&bytes).map_err(|e| BusError::Unavailable(format!("bad fetch answer: {e}")))?;
+            let bytes = self
+                .post(
+                    format!("/v1/topics/{topic}/fetch"),
+                    body,
+                    wait + Duration::from_secs(10),
+                )
+                .await?;
+            let fetched: Fetched<'_> = serde_json::from_slice(&bytes)
+                .map_err(|e| BusError::Unavailable(format!("bad fetch answer: {e}")))?;
             Ok(Batch {
                 partition: fetched.partition,
                 events: fetched
                     .events
                     .into_iter()
-                    .map(|d| (d.offset, serde_json::from_str(d.event.get()).map_err(|e| format!("{e}: {}", d.event.get()))))
+                    .map(|d| {
+                        (
+                            d.offset,
+                            serde_json::from_str(d.event.get())
+                                .map_err(|e| format!("{e}: {}", d.event.get())),
+                        )
+                    })
                     .collect(),
             })
         })
@@ -166,7 +203,13 @@ impl Bus for ControlBus {
         Box::pin(async move {
             let body = serde_json::json!({ "group": group, "consumer": consumer, "partition": partition, "offset": offset })
                 .to_string();
-            self.post(format!("/v1/topics/{topic}/commit"), body, Duration::from_secs(10)).await.map(drop)
+            self.post(
+                format!("/v1/topics/{topic}/commit"),
+                body,
+                Duration::from_secs(10),
+            )
+            .await
+            .map(drop)
         })
     }
 }

@@ -24,12 +24,18 @@ pub struct HandlerError {
 impl HandlerError {
     /// A failure that may pass (a busy database, an unreachable service).
     pub fn retry(message: impl Into<String>) -> Self {
-        Self { message: message.into(), retryable: true }
+        Self {
+            message: message.into(),
+            retryable: true,
+        }
     }
 
     /// A failure that will not (malformed data): the event goes to the dead letters at once.
     pub fn permanent(message: impl Into<String>) -> Self {
-        Self { message: message.into(), retryable: false }
+        Self {
+            message: message.into(),
+            retryable: false,
+        }
     }
 }
 
@@ -53,14 +59,21 @@ impl From<serde_json::Error> for HandlerError {
 
 impl From<crate::client::CallError> for HandlerError {
     fn from(e: crate::client::CallError) -> Self {
-        Self { retryable: e.is_retryable(), message: e.to_string() }
+        Self {
+            retryable: e.is_retryable(),
+            message: e.to_string(),
+        }
     }
 }
 
 /// Handles one event, writing its effects in `tx` (which also records the event in the
 /// inbox). Add events for other services with `outbox::add(tx, ...)`.
 pub trait Handler: Send + Sync + 'static {
-    fn handle<'a>(&'a self, event: &'a Event, tx: &'a mut Tx) -> BoxFuture<'a, Result<(), HandlerError>>;
+    fn handle<'a>(
+        &'a self,
+        event: &'a Event,
+        tx: &'a mut Tx,
+    ) -> BoxFuture<'a, Result<(), HandlerError>>;
 }
 
 /// How a consumer group reads a topic.
@@ -94,7 +107,12 @@ enum Outcome {
 
 impl Consumer {
     pub fn new(topic: &str, group: &str) -> Self {
-        Self { topic: topic.into(), group: group.into(), max_attempts: 5, batch: 100 }
+        Self {
+            topic: topic.into(),
+            group: group.into(),
+            max_attempts: 5,
+            batch: 100,
+        }
     }
 
     /// Runs until `stop` turns true (finishing the event in hand).
@@ -128,7 +146,9 @@ impl Consumer {
                         continue;
                     }
                 };
-                let Some(partition) = batch.partition else { continue };
+                let Some(partition) = batch.partition else {
+                    continue;
+                };
                 let mut next = None;
                 for (offset, event) in batch.events {
                     if *stop.borrow() {
@@ -147,12 +167,18 @@ impl Consumer {
                     next = Some(offset + 1);
                 }
                 if let Some(next) = next {
-                    match env.bus.commit(&self.topic, &self.group, &env.instance, partition, next).await {
+                    match env
+                        .bus
+                        .commit(&self.topic, &self.group, &env.instance, partition, next)
+                        .await
+                    {
                         Ok(()) => {}
                         Err(BusError::Lost(_)) => {
                             tracing::info!(topic = %self.topic, partition, "partition moved to another consumer")
                         }
-                        Err(e) => tracing::warn!(topic = %self.topic, error = %e, "commit failed; events will be redelivered"),
+                        Err(e) => {
+                            tracing::warn!(topic = %self.topic, error = %e, "commit failed; events will be redelivered")
+                        }
                     }
                 }
             }
@@ -160,12 +186,27 @@ impl Consumer {
     }
 
     /// Handles one event with retries; `false` if it stopped before the event was settled.
-    async fn process(&self, env: &ConsumerEnv, handler: &dyn Handler, event: &Event, stop: &watch::Receiver<bool>) -> bool {
-        let trace = event.trace().map_or_else(TraceContext::new_root, |t| t.child());
+    async fn process(
+        &self,
+        env: &ConsumerEnv,
+        handler: &dyn Handler,
+        event: &Event,
+        stop: &watch::Receiver<bool>,
+    ) -> bool {
+        let trace = event
+            .trace()
+            .map_or_else(TraceContext::new_root, |t| t.child());
         let (trace_id, span_id) = (trace.trace_id_hex(), trace.span_id_hex());
-        let span = tracing::info_span!("event", trace_id = trace_id.as_str(), span_id = span_id.as_str());
+        let span = tracing::info_span!(
+            "event",
+            trace_id = trace_id.as_str(),
+            span_id = span_id.as_str()
+        );
         let me = format!("service:{}", env.service);
-        let passport: Arc<str> = env.keys.mint(&me, &me, &["system".to_string()], None, &trace).into();
+        let passport: Arc<str> = env
+            .keys
+            .mint(&me, &me, &["system".to_string()], None, &trace)
+            .into();
         let ctx = RequestContext { passport, trace };
         let mut attempt = 0;
         let started = std::time::Instant::now();
@@ -205,13 +246,20 @@ impl Consumer {
                 }
                 Err(e) => {
                     span.in_scope(|| tracing::error!(id = %event.id, attempt, error = %e, "handler failed; dead-lettering"));
-                    return self.dead_letter(env, event, &e.message, attempt, stop).await;
+                    return self
+                        .dead_letter(env, event, &e.message, attempt, stop)
+                        .await;
                 }
             }
         }
     }
 
-    async fn attempt(&self, env: &ConsumerEnv, handler: &dyn Handler, event: &Event) -> Result<Outcome, HandlerError> {
+    async fn attempt(
+        &self,
+        env: &ConsumerEnv,
+        handler: &dyn Handler,
+        event: &Event,
+    ) -> Result<Outcome, HandlerError> {
         let mut tx = env.db.write_tx().await?;
         let fresh = sqlx::query(
             "INSERT INTO tessera_inbox (grp, event_id, handled) VALUES ($1, $2, $3) ON CONFLICT (grp, event_id) DO NOTHING",
@@ -232,12 +280,23 @@ impl Consumer {
     }
 
     /// Publishes the event, with why it failed, to the group's dead-letter topic.
-    async fn dead_letter(&self, env: &ConsumerEnv, event: &Event, error: &str, attempts: u32, stop: &watch::Receiver<bool>) -> bool {
+    async fn dead_letter(
+        &self,
+        env: &ConsumerEnv,
+        event: &Event,
+        error: &str,
+        attempts: u32,
+        stop: &watch::Receiver<bool>,
+    ) -> bool {
         let mut dead = event.clone();
-        dead.extensions.insert("deadlettergroup".into(), self.group.clone().into());
-        dead.extensions.insert("deadlettertopic".into(), self.topic.clone().into());
-        dead.extensions.insert("deadlettererror".into(), error.into());
-        dead.extensions.insert("deadletterattempts".into(), attempts.into());
+        dead.extensions
+            .insert("deadlettergroup".into(), self.group.clone().into());
+        dead.extensions
+            .insert("deadlettertopic".into(), self.topic.clone().into());
+        dead.extensions
+            .insert("deadlettererror".into(), error.into());
+        dead.extensions
+            .insert("deadletterattempts".into(), attempts.into());
         let topic = dead_letter_topic(&self.group);
         loop {
             match env.bus.publish(&topic, std::slice::from_ref(&dead)).await {

@@ -67,7 +67,10 @@ impl Event {
 
     /// The ordering key.
     pub fn key(&self) -> &str {
-        self.partitionkey.as_deref().or(self.subject.as_deref()).unwrap_or(&self.id)
+        self.partitionkey
+            .as_deref()
+            .or(self.subject.as_deref())
+            .unwrap_or(&self.id)
     }
 }
 
@@ -77,7 +80,12 @@ mod tests {
 
     #[test]
     fn serializes_as_a_cloudevent() {
-        let e = Event::new("/shop/order", "shop.order.placed", "o-1", serde_json::json!({"total": 5}));
+        let e = Event::new(
+            "/shop/order",
+            "shop.order.placed",
+            "o-1",
+            serde_json::json!({"total": 5}),
+        );
         let v: serde_json::Value = serde_json::to_value(&e).unwrap();
         assert_eq!(v["specversion"], "1.0");
         assert_eq!(v["type"], "shop.order.placed");
@@ -93,7 +101,10 @@ mod tests {
     #[test]
     fn carries_the_current_trace_and_extensions() {
         let trace = TraceContext::new_root();
-        let ctx = crate::client::RequestContext { passport: "p".into(), trace };
+        let ctx = crate::client::RequestContext {
+            passport: "p".into(),
+            trace,
+        };
         let e = REQUEST.sync_scope(ctx, || Event::new("s", "t", "k", ()));
         assert_eq!(e.trace().unwrap().trace_id, trace.trace_id);
         let mut v = serde_json::to_value(&e).unwrap();

@@ -44,9 +44,20 @@ pub struct Outbox {
 impl Outbox {
     /// Starts the relay. It runs until `stop` turns true, then publishes what is pending
     /// (within a few seconds) and ends.
-    pub fn start(db: Db, bus: Arc<dyn Bus>, holder: String, stop: watch::Receiver<bool>) -> (Self, tokio::task::JoinHandle<()>) {
+    pub fn start(
+        db: Db,
+        bus: Arc<dyn Bus>,
+        holder: String,
+        stop: watch::Receiver<bool>,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
         let wake = Arc::new(Notify::new());
-        let relay = Relay { db, bus, holder, wake: wake.clone(), lease_until: 0 };
+        let relay = Relay {
+            db,
+            bus,
+            holder,
+            wake: wake.clone(),
+            lease_until: 0,
+        };
         (Self { wake }, tokio::spawn(relay.run(stop)))
     }
 
@@ -96,7 +107,9 @@ impl Relay {
                         failing = true;
                     }
                     if stopping {
-                        tracing::warn!("stopping with unpublished events; they go out on the next start");
+                        tracing::warn!(
+                            "stopping with unpublished events; they go out on the next start"
+                        );
                         return;
                     }
                     tokio::select! {
@@ -135,7 +148,9 @@ impl Relay {
             });
             match serde_json::from_str::<Event>(&json) {
                 Ok(e) => entry.0.push(e),
-                Err(e) => tracing::error!(id, error = %e, "dropping an outbox row that is not an event"),
+                Err(e) => {
+                    tracing::error!(id, error = %e, "dropping an outbox row that is not an event")
+                }
             }
             entry.1 = id;
         }

@@ -55,11 +55,14 @@ impl Default for BreakerConfig {
 
 impl BreakerConfig {
     pub fn validate(&self) -> Result<(), String> {
-        if !(0.0..=1.0).contains(&self.failure_rate) || !(0.0..=1.0).contains(&self.slow_call_rate) {
+        if !(0.0..=1.0).contains(&self.failure_rate) || !(0.0..=1.0).contains(&self.slow_call_rate)
+        {
             return Err("failure_rate and slow_call_rate are shares from 0.0 to 1.0".into());
         }
         if self.window_calls == 0 || self.minimum_calls == 0 || self.permitted_in_half_open == 0 {
-            return Err("window_calls, minimum_calls and permitted_in_half_open must be at least 1".into());
+            return Err(
+                "window_calls, minimum_calls and permitted_in_half_open must be at least 1".into(),
+            );
         }
         Ok(())
     }
@@ -106,9 +109,16 @@ struct Record {
 }
 
 enum State {
-    Closed { window: VecDeque<Record> },
-    Open { until: Instant },
-    HalfOpen { admitted: usize, results: Vec<Record> },
+    Closed {
+        window: VecDeque<Record>,
+    },
+    Open {
+        until: Instant,
+    },
+    HalfOpen {
+        admitted: usize,
+        results: Vec<Record>,
+    },
 }
 
 pub struct Breaker {
@@ -119,7 +129,13 @@ pub struct Breaker {
 
 impl Breaker {
     pub fn new(name: &str, config: BreakerConfig) -> Self {
-        Self { name: name.to_string(), config, state: Mutex::new(State::Closed { window: VecDeque::new() }) }
+        Self {
+            name: name.to_string(),
+            config,
+            state: Mutex::new(State::Closed {
+                window: VecDeque::new(),
+            }),
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -137,10 +153,17 @@ impl Breaker {
     }
 
     fn expire_open(&self, s: &mut State, now: Instant) {
-        if let State::Open { until } = *s {
-            if now >= until {
-                self.transition(s, State::HalfOpen { admitted: 0, results: Vec::new() }, "wait in open elapsed");
-            }
+        if let State::Open { until } = *s
+            && now >= until
+        {
+            self.transition(
+                s,
+                State::HalfOpen {
+                    admitted: 0,
+                    results: Vec::new(),
+                },
+                "wait in open elapsed",
+            );
         }
     }
 
@@ -169,8 +192,11 @@ impl Breaker {
         match &mut *s {
             State::Closed { .. } => Ok(()),
             State::Open { .. } => {
-                metrics::counter!("tessera_breaker_rejected_total", "breaker" => self.name.clone()).increment(1);
-                Err(Open { name: self.name.clone() })
+                metrics::counter!("tessera_breaker_rejected_total", "breaker" => self.name.clone())
+                    .increment(1);
+                Err(Open {
+                    name: self.name.clone(),
+                })
             }
             State::HalfOpen { admitted, .. } => {
                 if *admitted < self.config.permitted_in_half_open {
@@ -178,7 +204,9 @@ impl Breaker {
                     Ok(())
                 } else {
                     metrics::counter!("tessera_breaker_rejected_total", "breaker" => self.name.clone()).increment(1);
-                    Err(Open { name: self.name.clone() })
+                    Err(Open {
+                        name: self.name.clone(),
+                    })
                 }
             }
         }
@@ -207,7 +235,10 @@ impl Breaker {
                 window.push_back(record);
                 match c.window_ms {
                     Some(ms) => {
-                        while window.front().is_some_and(|r| now.duration_since(r.at) > Duration::from_millis(ms)) {
+                        while window
+                            .front()
+                            .is_some_and(|r| now.duration_since(r.at) > Duration::from_millis(ms))
+                        {
                             window.pop_front();
                         }
                     }
@@ -217,11 +248,11 @@ impl Breaker {
                         }
                     }
                 }
-                if window.len() >= c.minimum_calls {
-                    if let Some(reason) = judge(window.iter(), c) {
-                        let until = now + Duration::from_millis(c.wait_in_open_ms);
-                        self.transition(&mut s, State::Open { until }, &reason);
-                    }
+                if window.len() >= c.minimum_calls
+                    && let Some(reason) = judge(window.iter(), c)
+                {
+                    let until = now + Duration::from_millis(c.wait_in_open_ms);
+                    self.transition(&mut s, State::Open { until }, &reason);
                 }
             }
             State::HalfOpen { results, .. } => {
@@ -230,9 +261,19 @@ impl Breaker {
                     match judge(results.iter(), c) {
                         Some(reason) => {
                             let until = now + Duration::from_millis(c.wait_in_open_ms);
-                            self.transition(&mut s, State::Open { until }, &format!("trial calls: {reason}"));
+                            self.transition(
+                                &mut s,
+                                State::Open { until },
+                                &format!("trial calls: {reason}"),
+                            );
                         }
-                        None => self.transition(&mut s, State::Closed { window: VecDeque::new() }, "trial calls succeeded"),
+                        None => self.transition(
+                            &mut s,
+                            State::Closed {
+                                window: VecDeque::new(),
+                            },
+                            "trial calls succeeded",
+                        ),
                     }
                 }
             }
@@ -252,9 +293,15 @@ fn judge<'a>(records: impl Iterator<Item = &'a Record>, c: &BreakerConfig) -> Op
     let failure_rate = failed as f64 / n as f64;
     let slow_rate = slow as f64 / n as f64;
     if failed > 0 && failure_rate >= c.failure_rate {
-        Some(format!("failure rate {:.0}% of {n} calls", failure_rate * 100.0))
+        Some(format!(
+            "failure rate {:.0}% of {n} calls",
+            failure_rate * 100.0
+        ))
     } else if slow > 0 && slow_rate >= c.slow_call_rate {
-        Some(format!("slow-call rate {:.0}% of {n} calls", slow_rate * 100.0))
+        Some(format!(
+            "slow-call rate {:.0}% of {n} calls",
+            slow_rate * 100.0
+        ))
     } else {
         None
     }
@@ -291,7 +338,11 @@ mod tests {
         for _ in 0..3 {
             call(&b, CallOutcome::Failure, FAST).unwrap();
         }
-        assert_eq!(b.state(), BreakerState::Closed, "3 calls are under the minimum of 4");
+        assert_eq!(
+            b.state(),
+            BreakerState::Closed,
+            "3 calls are under the minimum of 4"
+        );
         call(&b, CallOutcome::Failure, FAST).unwrap();
         assert_eq!(b.state(), BreakerState::Open);
         assert_eq!(b.acquire(), Err(Open { name: "up".into() }));
@@ -301,11 +352,19 @@ mod tests {
     async fn stays_closed_under_the_threshold_and_ignores_4xx() {
         let b = Breaker::new("up", config());
         for i in 0..20 {
-            let o = if i % 3 == 2 { CallOutcome::Failure } else { CallOutcome::Success };
+            let o = if i % 3 == 2 {
+                CallOutcome::Failure
+            } else {
+                CallOutcome::Success
+            };
             call(&b, o, FAST).unwrap();
             call(&b, CallOutcome::Ignored, FAST).unwrap();
         }
-        assert_eq!(b.state(), BreakerState::Closed, "a third failing is under half");
+        assert_eq!(
+            b.state(),
+            BreakerState::Closed,
+            "a third failing is under half"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -346,14 +405,24 @@ mod tests {
         tokio::time::advance(Duration::from_secs(1)).await;
         call(&b, CallOutcome::Success, FAST).unwrap();
         call(&b, CallOutcome::Failure, FAST).unwrap();
-        assert_eq!(b.state(), BreakerState::Open, "one of two trials failing is the 50% threshold");
+        assert_eq!(
+            b.state(),
+            BreakerState::Open,
+            "one of two trials failing is the 50% threshold"
+        );
         tokio::time::advance(Duration::from_millis(500)).await;
         assert!(b.acquire().is_err(), "a full new wait");
     }
 
     #[tokio::test(start_paused = true)]
     async fn time_window_forgets_old_calls() {
-        let b = Breaker::new("up", BreakerConfig { window_ms: Some(1000), ..config() });
+        let b = Breaker::new(
+            "up",
+            BreakerConfig {
+                window_ms: Some(1000),
+                ..config()
+            },
+        );
         for _ in 0..3 {
             call(&b, CallOutcome::Failure, FAST).unwrap();
         }
@@ -362,6 +431,10 @@ mod tests {
             call(&b, CallOutcome::Success, FAST).unwrap();
         }
         call(&b, CallOutcome::Failure, FAST).unwrap();
-        assert_eq!(b.state(), BreakerState::Closed, "the old failures left the window");
+        assert_eq!(
+            b.state(),
+            BreakerState::Closed,
+            "the old failures left the window"
+        );
     }
 }

@@ -21,7 +21,11 @@ pub struct Bulkhead {
 
 impl Bulkhead {
     pub fn new(name: &str, limit: usize) -> Self {
-        Self { name: name.into(), limit, permits: Arc::new(Semaphore::new(limit)) }
+        Self {
+            name: name.into(),
+            limit,
+            permits: Arc::new(Semaphore::new(limit)),
+        }
     }
 
     /// A slot, held until the permit is dropped.
@@ -50,7 +54,13 @@ mod tests {
         let b = Bulkhead::new("up", 2);
         let p1 = b.enter().unwrap();
         let _p2 = b.enter().unwrap();
-        assert_eq!(b.enter().unwrap_err(), BulkheadFull { name: "up".into(), limit: 2 });
+        assert_eq!(
+            b.enter().unwrap_err(),
+            BulkheadFull {
+                name: "up".into(),
+                limit: 2
+            }
+        );
         assert_eq!(b.in_flight(), 2);
         drop(p1);
         assert!(b.enter().is_ok());

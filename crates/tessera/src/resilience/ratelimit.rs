@@ -18,8 +18,13 @@ pub struct RateLimit {
 impl RateLimit {
     /// Parses `"100/s"`, `"20/m"`, `"1000/h"`; the burst defaults to the count.
     pub fn parse(spec: &str) -> Result<Self, String> {
-        let (n, unit) = spec.split_once('/').ok_or_else(|| format!("{spec:?}: expected like \"100/s\""))?;
-        let requests: u32 = n.trim().parse().map_err(|_| format!("{spec:?}: {n:?} is not a count"))?;
+        let (n, unit) = spec
+            .split_once('/')
+            .ok_or_else(|| format!("{spec:?}: expected like \"100/s\""))?;
+        let requests: u32 = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("{spec:?}: {n:?} is not a count"))?;
         let per = match unit.trim() {
             "s" | "sec" | "second" => Duration::from_secs(1),
             "m" | "min" | "minute" => Duration::from_secs(60),
@@ -29,7 +34,11 @@ impl RateLimit {
         if requests == 0 {
             return Err(format!("{spec:?}: the count must be at least 1"));
         }
-        Ok(Self { requests, per, burst: requests })
+        Ok(Self {
+            requests,
+            per,
+            burst: requests,
+        })
     }
 
     fn rate_per_sec(&self) -> f64 {
@@ -70,7 +79,10 @@ const MAX_KEYS: usize = 100_000;
 
 impl RateLimiter {
     pub fn new(limit: RateLimit) -> Self {
-        Self { limit, buckets: Mutex::new(HashMap::new()) }
+        Self {
+            limit,
+            buckets: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Takes one token of `key`'s bucket.
@@ -81,7 +93,9 @@ impl RateLimiter {
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         if buckets.len() >= MAX_KEYS && !buckets.contains_key(key) {
             // Full buckets carry no information: forget them.
-            buckets.retain(|_, (tokens, at)| *tokens + now.duration_since(*at).as_secs_f64() * rate < burst);
+            buckets.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * rate < burst
+            });
         }
         let (tokens, at) = buckets.entry(key.to_string()).or_insert((burst, now));
         *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(burst);
@@ -94,7 +108,10 @@ impl RateLimiter {
                 reset: ((burst - *tokens) / rate).ceil() as u64,
             })
         } else {
-            Err(Limited { limit: self.limit.requests, retry_after: ((1.0 - *tokens) / rate).ceil().max(1.0) as u64 })
+            Err(Limited {
+                limit: self.limit.requests,
+                retry_after: ((1.0 - *tokens) / rate).ceil().max(1.0) as u64,
+            })
         }
     }
 }
@@ -105,8 +122,18 @@ mod tests {
 
     #[test]
     fn parses_specs() {
-        assert_eq!(RateLimit::parse("100/s").unwrap(), RateLimit { requests: 100, per: Duration::from_secs(1), burst: 100 });
-        assert_eq!(RateLimit::parse("5/m").unwrap().per, Duration::from_secs(60));
+        assert_eq!(
+            RateLimit::parse("100/s").unwrap(),
+            RateLimit {
+                requests: 100,
+                per: Duration::from_secs(1),
+                burst: 100
+            }
+        );
+        assert_eq!(
+            RateLimit::parse("5/m").unwrap().per,
+            Duration::from_secs(60)
+        );
         for bad in ["", "100", "x/s", "0/s", "5/d"] {
             assert!(RateLimit::parse(bad).is_err(), "{bad}");
         }
@@ -114,17 +141,31 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn allows_the_burst_then_the_rate() {
-        let l = RateLimiter::new(RateLimit { requests: 5, per: Duration::from_secs(1), burst: 5 });
+        let l = RateLimiter::new(RateLimit {
+            requests: 5,
+            per: Duration::from_secs(1),
+            burst: 5,
+        });
         for i in 0..5 {
             assert_eq!(l.check("a").unwrap().remaining, 4 - i);
         }
         let limited = l.check("a").unwrap_err();
-        assert_eq!(limited, Limited { limit: 5, retry_after: 1 });
+        assert_eq!(
+            limited,
+            Limited {
+                limit: 5,
+                retry_after: 1
+            }
+        );
         assert!(l.check("b").is_ok(), "keys are separate");
         tokio::time::advance(Duration::from_millis(200)).await;
         assert!(l.check("a").is_ok(), "one token back after 1/5 s");
         assert!(l.check("a").is_err());
         tokio::time::advance(Duration::from_secs(10)).await;
-        assert_eq!(l.check("a").unwrap().remaining, 4, "never more than the burst");
+        assert_eq!(
+            l.check("a").unwrap().remaining,
+            4,
+            "never more than the burst"
+        );
     }
 }

@@ -23,21 +23,30 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self { base_ms: 25, max_ms: 1000 }
+        Self {
+            base_ms: 25,
+            max_ms: 1000,
+        }
     }
 }
 
 impl Backoff {
     /// The ceiling of the wait before retry `attempt` (1 for the first retry).
     pub fn ceiling(&self, attempt: u32) -> Duration {
-        let exp = self.base_ms.saturating_mul(1u64 << attempt.saturating_sub(1).min(20));
+        let exp = self
+            .base_ms
+            .saturating_mul(1u64 << attempt.saturating_sub(1).min(20));
         Duration::from_millis(exp.min(self.max_ms))
     }
 
     /// A random wait before retry `attempt`.
     pub fn delay(&self, attempt: u32) -> Duration {
         let ceiling = self.ceiling(attempt).as_millis() as u64;
-        Duration::from_millis(if ceiling == 0 { 0 } else { rand::random::<u64>() % (ceiling + 1) })
+        Duration::from_millis(if ceiling == 0 {
+            0
+        } else {
+            rand::random::<u64>() % (ceiling + 1)
+        })
     }
 }
 
@@ -54,7 +63,11 @@ pub struct BudgetConfig {
 
 impl Default for BudgetConfig {
     fn default() -> Self {
-        Self { ratio: 0.2, min_per_sec: 5, window_secs: 10 }
+        Self {
+            ratio: 0.2,
+            min_per_sec: 5,
+            window_secs: 10,
+        }
     }
 }
 
@@ -66,17 +79,25 @@ pub struct RetryBudget {
 
 impl RetryBudget {
     pub fn new(config: BudgetConfig) -> Self {
-        Self { config, buckets: Mutex::new(VecDeque::new()) }
+        Self {
+            config,
+            buckets: Mutex::new(VecDeque::new()),
+        }
     }
 
     fn with_bucket<T>(&self, f: impl FnOnce(&mut VecDeque<(Instant, u64, u64)>) -> T) -> T {
         let now = Instant::now();
         let mut b = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         let window = Duration::from_secs(u64::from(self.config.window_secs.max(1)));
-        while b.front().is_some_and(|(start, _, _)| now.duration_since(*start) >= window) {
+        while b
+            .front()
+            .is_some_and(|(start, _, _)| now.duration_since(*start) >= window)
+        {
             b.pop_front();
         }
-        if b.back().is_none_or(|(start, _, _)| now.duration_since(*start) >= Duration::from_secs(1)) {
+        if b.back()
+            .is_none_or(|(start, _, _)| now.duration_since(*start) >= Duration::from_secs(1))
+        {
             b.push_back((now, 0, 0));
         }
         f(&mut b)
@@ -91,7 +112,9 @@ impl RetryBudget {
     pub fn withdraw(&self) -> bool {
         let c = &self.config;
         let allowed = self.with_bucket(|b| {
-            let (requests, retries): (u64, u64) = b.iter().fold((0, 0), |(q, r), (_, bq, br)| (q + bq, r + br));
+            let (requests, retries): (u64, u64) = b
+                .iter()
+                .fold((0, 0), |(q, r), (_, bq, br)| (q + bq, r + br));
             let cap = (requests as f64 * c.ratio) + f64::from(c.min_per_sec * c.window_secs.max(1));
             if (retries + 1) as f64 <= cap {
                 b.back_mut().expect("a current bucket").2 += 1;
@@ -113,7 +136,10 @@ mod tests {
 
     #[test]
     fn backoff_grows_to_its_cap_with_jitter_below_the_ceiling() {
-        let b = Backoff { base_ms: 10, max_ms: 100 };
+        let b = Backoff {
+            base_ms: 10,
+            max_ms: 100,
+        };
         assert_eq!(b.ceiling(1), Duration::from_millis(10));
         assert_eq!(b.ceiling(2), Duration::from_millis(20));
         assert_eq!(b.ceiling(4), Duration::from_millis(80));
@@ -130,7 +156,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn retries_stay_within_the_budget() {
-        let budget = RetryBudget::new(BudgetConfig { ratio: 0.2, min_per_sec: 0, window_secs: 10 });
+        let budget = RetryBudget::new(BudgetConfig {
+            ratio: 0.2,
+            min_per_sec: 0,
+            window_secs: 10,
+        });
         for _ in 0..100 {
             budget.deposit();
         }
@@ -147,7 +177,15 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_floor_lets_quiet_clients_retry() {
-        let budget = RetryBudget::new(BudgetConfig { ratio: 0.2, min_per_sec: 1, window_secs: 10 });
-        assert_eq!((0..50).filter(|_| budget.withdraw()).count(), 10, "1 per second over 10 s");
+        let budget = RetryBudget::new(BudgetConfig {
+            ratio: 0.2,
+            min_per_sec: 1,
+            window_secs: 10,
+        });
+        assert_eq!(
+            (0..50).filter(|_| budget.withdraw()).count(),
+            10,
+            "1 per second over 10 s"
+        );
     }
 }
