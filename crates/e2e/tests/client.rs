@@ -182,7 +182,7 @@ async fn calls_carry_the_passport_and_the_trace() {
     let trace = TraceContext::new_root();
     let passport = signer.mint("test", "user-42", &["user".into()], None, &trace);
     let mut seconds = 0;
-    for _ in 0..4 {
+    for _ in 0..40 {
         let resp = http
             .get(format!("http://{front_addr}/relay"))
             .header("x-passport", &passport)
@@ -205,7 +205,7 @@ async fn calls_carry_the_passport_and_the_trace() {
             seconds += 1;
         }
     }
-    assert_eq!(seconds, 2, "round-robin over both instances");
+    assert!((5..=35).contains(&seconds), "both instances serve: {seconds} of 40 on the second");
 
     let resp = http
         .get(format!("http://{front_addr}/background"))

@@ -2,7 +2,6 @@
 //! within a budget, around the instances the registry knows.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -13,7 +12,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tessera::manifest::{Resilience, RetryConfig};
 use tessera::registry::Instance;
-use tessera::resilience::{Breaker, Bulkhead, CallOutcome, RetryBudget};
+use tessera::resilience::{Balancer, Breaker, Bulkhead, CallOutcome, RetryBudget};
 
 /// How many instances a request may try when connections are refused (those never reached
 /// the instance, so they cost no retry budget).
@@ -23,9 +22,9 @@ pub struct Upstream {
     pub name: String,
     pub breaker: Breaker,
     pub bulkhead: Bulkhead,
+    pub balancer: Balancer,
     budget: RetryBudget,
     retry: RetryConfig,
-    next: AtomicUsize,
 }
 
 /// Why a call to an upstream produced no response.
@@ -51,9 +50,9 @@ impl Upstream {
             name: name.to_string(),
             breaker: Breaker::new(name, config.breaker.clone()),
             bulkhead: Bulkhead::new(name, config.max_concurrent),
+            balancer: Balancer::new(name, config.balance, config.outlier.clone()),
             budget: RetryBudget::new(config.retry.budget.clone()),
             retry: config.retry.clone(),
-            next: AtomicUsize::new(0),
         }
     }
 
@@ -94,12 +93,13 @@ impl Upstream {
             .per_try_timeout_ms
             .map(Duration::from_millis)
             .unwrap_or(deadline);
-        let first = self.next.fetch_add(1, Ordering::Relaxed);
-
         let attempts = async {
             let (mut attempt, mut refused) = (0u32, 0usize);
+            let mut tried: Vec<usize> = Vec::new();
             loop {
-                let instance = &instances[(first + attempt as usize + refused) % instances.len()];
+                let pick = self.balancer.pick(instances, &tried).ok_or(CallFailure::NoInstance)?;
+                tried.push(pick.index);
+                let instance = &instances[pick.index];
                 let more_may_follow =
                     attempt + 1 < self.retry.max_attempts || refused + 1 < CONNECT_ATTEMPTS;
                 let mut req = Request::builder()
@@ -138,6 +138,11 @@ impl Upstream {
                 })
                 .await
                 .unwrap_or(Err(CallFailure::Timeout));
+                let failed = match &outcome {
+                    Ok(x) => x.parts.status.is_server_error(),
+                    Err(_) => true,
+                };
+                self.balancer.finish(pick, failed, instances);
 
                 let retryable = match &outcome {
                     Ok(x) => idempotent && x.parts.status.is_server_error(),
@@ -178,6 +183,7 @@ impl Upstream {
             "breaker": self.breaker.state().as_str(),
             "inFlight": self.bulkhead.in_flight(),
             "maxConcurrent": self.bulkhead.limit(),
+            "instances": self.balancer.status(),
         })
     }
 }

@@ -8,7 +8,6 @@
 //! service mints a passport for itself (`service:<name>`, role `system`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,7 +19,7 @@ use serde::de::DeserializeOwned;
 use crate::manifest::{Resilience, RetryConfig};
 use crate::passport::{self, PassportKeys};
 use crate::registry::Discovery;
-use crate::resilience::{Breaker, BreakerState, Bulkhead, CallOutcome, RetryBudget};
+use crate::resilience::{Balancer, Breaker, BreakerState, Bulkhead, CallOutcome, RetryBudget};
 use crate::trace::{self, TraceContext};
 
 tokio::task_local! {
@@ -84,7 +83,6 @@ pub struct ServiceClient {
 struct Inner {
     discovery: Discovery,
     http: reqwest::Client,
-    next: AtomicUsize,
     timeout: Duration,
     keys: Arc<PassportKeys>,
     /// This service's name, for passports it mints for itself.
@@ -95,6 +93,7 @@ struct Inner {
 
 /// How calls to one service are protected.
 struct Guard {
+    balancer: Balancer,
     breaker: Breaker,
     bulkhead: Bulkhead,
     budget: RetryBudget,
@@ -104,6 +103,7 @@ struct Guard {
 impl Guard {
     fn new(service: &str, r: &Resilience) -> Self {
         Self {
+            balancer: Balancer::new(service, r.balance, r.outlier.clone()),
             breaker: Breaker::new(service, r.breaker.clone()),
             bulkhead: Bulkhead::new(service, r.max_concurrent),
             budget: RetryBudget::new(r.retry.budget.clone()),
@@ -126,7 +126,6 @@ impl ServiceClient {
             inner: Arc::new(Inner {
                 discovery,
                 http,
-                next: AtomicUsize::new(0),
                 timeout,
                 keys,
                 me: me.to_string(),
@@ -168,7 +167,6 @@ impl ServiceClient {
             inner: Arc::new(Inner {
                 discovery: i.discovery.clone(),
                 http: i.http.clone(),
-                next: AtomicUsize::new(0),
                 timeout,
                 keys: i.keys.clone(),
                 me: i.me.clone(),
@@ -264,13 +262,17 @@ impl ServiceClient {
             }
         };
         let started = std::time::Instant::now();
-        let first = inner.next.fetch_add(1, Ordering::Relaxed);
         let (mut attempt, mut refused) = (0u32, 0usize);
+        let mut tried: Vec<usize> = Vec::new();
         let result = loop {
-            let pick = &instances[(first + attempt as usize + refused) % instances.len()];
+            let Some(pick) = guard.balancer.pick(&instances, &tried) else {
+                break Err(CallError::NoInstance(service.to_string()));
+            };
+            tried.push(pick.index);
+            let chosen = &instances[pick.index];
             let mut req = inner
                 .http
-                .request(method.clone(), format!("http://{}{path}", pick.address))
+                .request(method.clone(), format!("http://{}{path}", chosen.address))
                 .timeout(inner.timeout)
                 .header(passport::HEADER, &*passport)
                 .header(trace::TRACEPARENT, trace.header());
@@ -284,6 +286,7 @@ impl ServiceClient {
             }
             let outcome = match req.send().await {
                 Err(e) if e.is_connect() && refused + 1 < CONNECT_ATTEMPTS.min(instances.len()) => {
+                    guard.balancer.finish(pick, true, &instances);
                     refused += 1; // never reached the instance: the next one, at no cost
                     continue;
                 }
@@ -302,6 +305,12 @@ impl ServiceClient {
                     }
                 }
             };
+            let failed = match &outcome {
+                Ok(_) => false,
+                Err(CallError::Status { status, .. }) => status.is_server_error(),
+                Err(_) => true,
+            };
+            guard.balancer.finish(pick, failed, &instances);
             let retry = match &outcome {
                 Ok(_) => false,
                 Err(CallError::Connect(..)) => true, // provably not processed

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::resilience::{Backoff, BreakerConfig, BudgetConfig, RateLimit};
+use crate::resilience::{Backoff, BreakerConfig, BudgetConfig, OutlierConfig, Policy, RateLimit};
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -102,6 +102,10 @@ pub struct Resilience {
     /// Bulkhead: calls in flight to the service at once; more get 503 at once.
     pub max_concurrent: usize,
     pub retry: RetryConfig,
+    /// How an instance is chosen: `p2c` (fewest requests in flight of two) or `round_robin`.
+    pub balance: Policy,
+    /// Passive outlier ejection of failing instances.
+    pub outlier: OutlierConfig,
 }
 
 impl Default for Resilience {
@@ -110,6 +114,8 @@ impl Default for Resilience {
             breaker: BreakerConfig::default(),
             max_concurrent: 512,
             retry: RetryConfig::default(),
+            balance: Policy::default(),
+            outlier: OutlierConfig::default(),
         }
     }
 }

@@ -5,11 +5,13 @@
 //!
 //! Time comes from `tokio::time::Instant`, so every rule is tested with paused time.
 
+pub mod balance;
 pub mod breaker;
 pub mod bulkhead;
 pub mod ratelimit;
 pub mod retry;
 
+pub use balance::{Balancer, OutlierConfig, Pick, Policy};
 pub use breaker::{Breaker, BreakerConfig, BreakerState, CallOutcome, Open};
 pub use bulkhead::{Bulkhead, BulkheadFull};
 pub use ratelimit::{Allowed, Limited, RateLimit, RateLimiter};
