@@ -205,7 +205,10 @@ async fn calls_carry_the_passport_and_the_trace() {
             seconds += 1;
         }
     }
-    assert!((5..=35).contains(&seconds), "both instances serve: {seconds} of 40 on the second");
+    assert!(
+        (5..=35).contains(&seconds),
+        "both instances serve: {seconds} of 40 on the second"
+    );
 
     let resp = http
         .get(format!("http://{front_addr}/background"))

@@ -113,3 +113,35 @@ async fn a_client_supplied_passport_is_replaced_by_the_gateway() {
         "the caller is anonymous, whatever passport it sent"
     );
 }
+
+#[tokio::test]
+async fn work_past_the_callers_deadline_is_not_started() {
+    let sys = System::start().await;
+    let addr = catalog_address(&sys).await;
+    let keys = PassportKeys::from_spec(&sys.passport_keys(), "shop-test").unwrap();
+    let passport = keys.mint("test", "user-1", &[], None, &TraceContext::new_root());
+    let product = "0190f000-0000-7000-8000-000000000009";
+    let url = format!("http://{addr}/api/catalog/products/{product}");
+    let resp = sys
+        .http
+        .get(&url)
+        .header("x-passport", &passport)
+        .header("x-tessera-deadline-ms", "0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 504);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "deadline_exceeded");
+    // The view was not counted: the handler never ran.
+    let resp = sys
+        .http
+        .get(&url)
+        .header("x-passport", &passport)
+        .header("x-tessera-deadline-ms", "5000")
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["viewCount"], 1, "{body}");
+}

@@ -352,7 +352,10 @@ async fn the_payment_providers_breaker_rejects_checkouts_fast_and_recovers() {
 
 #[tokio::test]
 async fn a_hanging_instance_is_ejected_and_latency_returns_to_normal() {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/echo_service.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/echo_service.py"
+    );
     let sys = System::start_with(Options {
         extra_manifest: format!(
             r#"
@@ -376,8 +379,17 @@ outlier = {{ consecutive_errors = 3, base_ejection_ms = 60000 }}
     .await;
     let echo = sys.registry().await.services["echo"].clone();
     assert_eq!(echo.len(), 2);
-    let hung = echo.iter().find(|i| i.id == "echo-1").unwrap().address.clone();
-    sys.http.get(format!("http://{hung}/admin/hang")).send().await.unwrap();
+    let hung = echo
+        .iter()
+        .find(|i| i.id == "echo-1")
+        .unwrap()
+        .address
+        .clone();
+    sys.http
+        .get(format!("http://{hung}/admin/hang"))
+        .send()
+        .await
+        .unwrap();
 
     let mut latencies = Vec::new();
     for _ in 0..40 {
@@ -386,12 +398,35 @@ outlier = {{ consecutive_errors = 3, base_ejection_ms = 60000 }}
         assert_eq!(code, 200, "retried on the healthy instance: {body}");
         latencies.push(started.elapsed());
     }
-    let slow = latencies.iter().filter(|d| **d >= Duration::from_millis(250)).count();
-    assert!(slow <= 3, "only the calls before the ejection waited: {slow} slow");
+    let slow = latencies
+        .iter()
+        .filter(|d| **d >= Duration::from_millis(250))
+        .count();
+    assert!(
+        slow <= 3,
+        "only the calls before the ejection waited: {slow} slow"
+    );
     let tail = &latencies[20..];
-    assert!(tail.iter().all(|d| *d < Duration::from_millis(200)), "normal latency after the ejection: {tail:?}");
-    let state: Value = sys.http.get(sys.url("/status/resilience")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(state["upstreams"]["echo"]["instances"]["echo-1"]["ejected"], true, "{state}");
-    assert_eq!(state["upstreams"]["echo"]["instances"]["echo-2"]["ejected"], false, "never both");
+    assert!(
+        tail.iter().all(|d| *d < Duration::from_millis(200)),
+        "normal latency after the ejection: {tail:?}"
+    );
+    let state: Value = sys
+        .http
+        .get(sys.url("/status/resilience"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        state["upstreams"]["echo"]["instances"]["echo-1"]["ejected"], true,
+        "{state}"
+    );
+    assert_eq!(
+        state["upstreams"]["echo"]["instances"]["echo-2"]["ejected"], false,
+        "never both"
+    );
     assert!(sys.log().contains("instance ejected"));
 }

@@ -97,7 +97,10 @@ impl Upstream {
             let (mut attempt, mut refused) = (0u32, 0usize);
             let mut tried: Vec<usize> = Vec::new();
             loop {
-                let pick = self.balancer.pick(instances, &tried).ok_or(CallFailure::NoInstance)?;
+                let pick = self
+                    .balancer
+                    .pick(instances, &tried)
+                    .ok_or(CallFailure::NoInstance)?;
                 tried.push(pick.index);
                 let instance = &instances[pick.index];
                 let more_may_follow =
@@ -113,6 +116,12 @@ impl Upstream {
                 } else {
                     std::mem::take(&mut headers)
                 };
+                // What is left of the whole request's time travels downstream (each hop honours it).
+                let left = deadline.saturating_sub(started.elapsed()).min(per_try);
+                req.headers_mut().insert(
+                    http::header::HeaderName::from_static(tessera::client::DEADLINE_HEADER),
+                    http::HeaderValue::from(left.as_millis() as u64),
+                );
                 let outcome = tokio::time::timeout(per_try, async {
                     let resp = client.request(req).await;
                     match resp {

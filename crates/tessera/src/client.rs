@@ -34,6 +34,23 @@ pub struct RequestContext {
     pub passport: Arc<str>,
     /// This hop's span.
     pub trace: TraceContext,
+    /// When the caller stops waiting: calls made now get only what is left.
+    pub deadline: Option<tokio::time::Instant>,
+}
+
+/// The header that carries the caller's remaining time budget, in milliseconds.
+pub const DEADLINE_HEADER: &str = "x-tessera-deadline-ms";
+
+/// The deadline a request's header gives, from now.
+pub fn deadline_of(headers: &http::HeaderMap) -> Option<tokio::time::Instant> {
+    let ms: u64 = headers
+        .get(DEADLINE_HEADER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(tokio::time::Instant::now() + Duration::from_millis(ms.min(24 * 3600 * 1000)))
 }
 
 /// Why a call to another service failed.
@@ -155,6 +172,26 @@ impl ServiceClient {
             .clone()
     }
 
+    /// Per called service: breaker state, calls in flight, and each instance's balancing state.
+    pub fn status(&self) -> serde_json::Value {
+        let guards = self.inner.guards.lock().unwrap_or_else(|e| e.into_inner());
+        let map: serde_json::Map<String, serde_json::Value> = guards
+            .iter()
+            .map(|(name, g)| {
+                (
+                    name.clone(),
+                    serde_json::json!({
+                        "breaker": g.breaker.state().as_str(),
+                        "inFlight": g.bulkhead.in_flight(),
+                        "maxConcurrent": g.bulkhead.limit(),
+                        "instances": g.balancer.status(),
+                    }),
+                )
+            })
+            .collect();
+        serde_json::json!({ "upstreams": map })
+    }
+
     /// The state of the breaker of calls to `service`.
     pub fn breaker_state(&self, service: &str) -> BreakerState {
         self.guard(service).breaker.state()
@@ -250,15 +287,16 @@ impl ServiceClient {
             .iter()
             .any(|(n, _)| n.eq_ignore_ascii_case("idempotency-key"));
 
-        let (passport, trace) = match REQUEST.try_with(|r| (r.passport.clone(), r.trace)) {
-            Ok((p, t)) => (p, t.child()),
+        let context = REQUEST.try_with(|r| (r.passport.clone(), r.trace, r.deadline));
+        let (passport, trace, deadline) = match context {
+            Ok((p, t, d)) => (p, t.child(), d),
             Err(_) => {
                 let trace = TraceContext::new_root();
                 let me = format!("service:{}", inner.me);
                 let token = inner
                     .keys
                     .mint(&me, &me, &["system".to_string()], None, &trace);
-                (Arc::from(token), trace)
+                (Arc::from(token), trace, None)
             }
         };
         let started = std::time::Instant::now();
@@ -270,10 +308,23 @@ impl ServiceClient {
             };
             tried.push(pick.index);
             let chosen = &instances[pick.index];
+            // Only what is left of the caller's deadline, and say so downstream.
+            let timeout = match deadline {
+                Some(d) => {
+                    let left = d.saturating_duration_since(tokio::time::Instant::now());
+                    if left.is_zero() {
+                        guard.balancer.finish(pick, false, &instances);
+                        break Err(CallError::Timeout(service.to_string()));
+                    }
+                    left.min(inner.timeout)
+                }
+                None => inner.timeout,
+            };
             let mut req = inner
                 .http
                 .request(method.clone(), format!("http://{}{path}", chosen.address))
-                .timeout(inner.timeout)
+                .timeout(timeout)
+                .header(DEADLINE_HEADER, timeout.as_millis().to_string())
                 .header(passport::HEADER, &*passport)
                 .header(trace::TRACEPARENT, trace.header());
             for (name, value) in headers {

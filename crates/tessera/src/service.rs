@@ -221,11 +221,19 @@ impl Service {
             events_stop: events_stopped,
         };
         let events = ctx.events.clone();
+        let status_client = ctx.client.clone();
         let app = build(ctx).await?;
         let router = app
             .fallback(|| async { ApiError::not_found("no such route") })
             .layer(middleware::from_fn_with_state(keys, request_middleware))
             .merge(health.routes())
+            .route(
+                "/status/resilience",
+                axum::routing::get(move || {
+                    let status = status_client.status();
+                    async move { axum::Json(status) }
+                }),
+            )
             .layer(DefaultBodyLimit::max(config.max_body_bytes));
 
         let address = listener.local_addr()?;
@@ -343,6 +351,7 @@ async fn request_middleware(
         Some(p) => p.child(),
         None => TraceContext::new_root(),
     };
+    let deadline = crate::client::deadline_of(req.headers());
     let (trace_id, span_id) = (trace.trace_id_hex(), trace.span_id_hex());
     let span = tracing::info_span!(
         "request",
@@ -355,17 +364,35 @@ async fn request_middleware(
             span.in_scope(|| tracing::warn!(reason = %e, path = req.uri().path(), "request refused: passport"));
             ApiError::unauthorized(e.to_string()).into_response()
         }
+        Ok(_) if deadline.is_some_and(|d| d <= tokio::time::Instant::now()) => {
+            // The caller has given up already: do not start work that can no longer matter.
+            ApiError::new(
+                http::StatusCode::GATEWAY_TIMEOUT,
+                "deadline_exceeded",
+                "the caller's deadline has passed",
+            )
+            .into_response()
+        }
         Ok((passport, token)) => {
             req.extensions_mut().insert(passport);
             req.extensions_mut().insert(trace);
             let ctx = RequestContext {
                 passport: token,
                 trace,
+                deadline,
             };
-            REQUEST
-                .scope(ctx, next.run(req))
-                .instrument(span.clone())
-                .await
+            let work = REQUEST.scope(ctx, next.run(req)).instrument(span.clone());
+            match deadline {
+                None => work.await,
+                Some(d) => tokio::time::timeout_at(d, work).await.unwrap_or_else(|_| {
+                    ApiError::new(
+                        http::StatusCode::GATEWAY_TIMEOUT,
+                        "deadline_exceeded",
+                        "the caller's deadline passed",
+                    )
+                    .into_response()
+                }),
+            }
         }
     };
     let elapsed = start.elapsed();

@@ -228,7 +228,7 @@ impl Worker {
                     let (trace_id, span_id) = (trace.trace_id_hex(), trace.span_id_hex());
                     let span = tracing::info_span!("payment", trace_id = trace_id.as_str(), span_id = span_id.as_str());
                     let passport = w.keys.mint("service:payment", "service:payment", &["system".into()], None, &trace);
-                    let ctx = RequestContext { passport: passport.into(), trace };
+                    let ctx = RequestContext { passport: passport.into(), trace, deadline: None };
                     let result = REQUEST
                         .scope(ctx, async {
                             if status == "pending" {

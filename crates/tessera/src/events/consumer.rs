@@ -207,7 +207,11 @@ impl Consumer {
             .keys
             .mint(&me, &me, &["system".to_string()], None, &trace)
             .into();
-        let ctx = RequestContext { passport, trace };
+        let ctx = RequestContext {
+            passport,
+            trace,
+            deadline: None,
+        };
         let mut attempt = 0;
         let started = std::time::Instant::now();
         loop {

@@ -104,6 +104,7 @@ mod tests {
         let ctx = crate::client::RequestContext {
             passport: "p".into(),
             trace,
+            deadline: None,
         };
         let e = REQUEST.sync_scope(ctx, || Event::new("s", "t", "k", ()));
         assert_eq!(e.trace().unwrap().trace_id, trace.trace_id);

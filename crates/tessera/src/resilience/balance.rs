@@ -36,7 +36,11 @@ pub struct OutlierConfig {
 
 impl Default for OutlierConfig {
     fn default() -> Self {
-        Self { consecutive_errors: 5, base_ejection_ms: 10_000, max_ejection_percent: 50 }
+        Self {
+            consecutive_errors: 5,
+            base_ejection_ms: 10_000,
+            max_ejection_percent: 50,
+        }
     }
 }
 
@@ -52,7 +56,10 @@ struct Endpoint {
 
 impl Endpoint {
     fn ejected(&self, now: Instant) -> bool {
-        self.ejected_until.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|until| now < until)
+        self.ejected_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|until| now < until)
     }
 }
 
@@ -74,14 +81,30 @@ pub struct Pick {
 
 impl Balancer {
     pub fn new(name: &str, policy: Policy, outlier: OutlierConfig) -> Self {
-        Self { name: name.to_string(), policy, outlier, next: AtomicUsize::new(0), endpoints: RwLock::default() }
+        Self {
+            name: name.to_string(),
+            policy,
+            outlier,
+            next: AtomicUsize::new(0),
+            endpoints: RwLock::default(),
+        }
     }
 
     fn endpoint(&self, id: &str) -> Arc<Endpoint> {
-        if let Some(e) = self.endpoints.read().unwrap_or_else(|e| e.into_inner()).get(id) {
+        if let Some(e) = self
+            .endpoints
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+        {
             return e.clone();
         }
-        self.endpoints.write().unwrap_or_else(|e| e.into_inner()).entry(id.to_string()).or_default().clone()
+        self.endpoints
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id.to_string())
+            .or_default()
+            .clone()
     }
 
     /// Chooses among `instances`, avoiding ejected ones and those in `tried`.
@@ -97,12 +120,26 @@ impl Balancer {
             .map(|(i, inst)| (i, self.endpoint(&inst.id)))
             .collect();
         if candidates.is_empty() {
-            candidates = instances.iter().enumerate().map(|(i, inst)| (i, self.endpoint(&inst.id))).collect();
+            candidates = instances
+                .iter()
+                .enumerate()
+                .map(|(i, inst)| (i, self.endpoint(&inst.id)))
+                .collect();
         }
-        let healthy: Vec<(usize, Arc<Endpoint>)> = candidates.iter().filter(|(_, e)| !e.ejected(now)).cloned().collect();
-        let pool = if healthy.is_empty() { candidates } else { healthy };
+        let healthy: Vec<(usize, Arc<Endpoint>)> = candidates
+            .iter()
+            .filter(|(_, e)| !e.ejected(now))
+            .cloned()
+            .collect();
+        let pool = if healthy.is_empty() {
+            candidates
+        } else {
+            healthy
+        };
         let (index, endpoint) = match self.policy {
-            Policy::RoundRobin => pool[self.next.fetch_add(1, Ordering::Relaxed) % pool.len()].clone(),
+            Policy::RoundRobin => {
+                pool[self.next.fetch_add(1, Ordering::Relaxed) % pool.len()].clone()
+            }
             Policy::P2c if pool.len() == 1 => pool[0].clone(),
             Policy::P2c => {
                 let a = rand::random::<u64>() as usize % pool.len();
@@ -110,12 +147,23 @@ impl Balancer {
                 if b >= a {
                     b += 1;
                 }
-                let (oa, ob) = (pool[a].1.outstanding.load(Ordering::Relaxed), pool[b].1.outstanding.load(Ordering::Relaxed));
-                if ob < oa { pool[b].clone() } else { pool[a].clone() }
+                let (oa, ob) = (
+                    pool[a].1.outstanding.load(Ordering::Relaxed),
+                    pool[b].1.outstanding.load(Ordering::Relaxed),
+                );
+                if ob < oa {
+                    pool[b].clone()
+                } else {
+                    pool[a].clone()
+                }
             }
         };
         endpoint.outstanding.fetch_add(1, Ordering::Relaxed);
-        Some(Pick { index, endpoint, started: now })
+        Some(Pick {
+            index,
+            endpoint,
+            started: now,
+        })
     }
 
     /// Reports the outcome of a picked call (`failed`: connection error, timeout or 5xx).
@@ -124,7 +172,10 @@ impl Balancer {
         e.outstanding.fetch_sub(1, Ordering::Relaxed);
         let took = pick.started.elapsed().as_micros() as u64;
         let old = e.ewma_us.load(Ordering::Relaxed);
-        e.ewma_us.store(if old == 0 { took } else { (old * 4 + took) / 5 }, Ordering::Relaxed);
+        e.ewma_us.store(
+            if old == 0 { took } else { (old * 4 + took) / 5 },
+            Ordering::Relaxed,
+        );
         if !failed {
             e.consecutive.store(0, Ordering::Relaxed);
             return;
@@ -134,18 +185,23 @@ impl Balancer {
             return;
         }
         let now = Instant::now();
-        let ejected_now = instances.iter().filter(|i| self.endpoint(&i.id).ejected(now)).count();
+        let ejected_now = instances
+            .iter()
+            .filter(|i| self.endpoint(&i.id).ejected(now))
+            .count();
         let allowed = instances.len() * self.outlier.max_ejection_percent as usize / 100;
         if ejected_now + 1 > allowed {
             return; // never too many out at once
         }
         let times = e.ejections.fetch_add(1, Ordering::Relaxed) + 1;
-        let period = Duration::from_millis(self.outlier.base_ejection_ms * u64::from(times.min(10)));
+        let period =
+            Duration::from_millis(self.outlier.base_ejection_ms * u64::from(times.min(10)));
         *e.ejected_until.lock().unwrap_or_else(|e| e.into_inner()) = Some(now + period);
         e.consecutive.store(0, Ordering::Relaxed);
         let id = &instances[pick.index].id;
         tracing::warn!(upstream = %self.name, instance = %id, failures = n, ejected_for_ms = period.as_millis() as u64, "instance ejected");
-        metrics::counter!("tessera_outlier_ejections_total", "upstream" => self.name.clone()).increment(1);
+        metrics::counter!("tessera_outlier_ejections_total", "upstream" => self.name.clone())
+            .increment(1);
     }
 
     /// Per instance: in flight, latency EWMA (ms), ejected.
@@ -188,7 +244,11 @@ mod tests {
     }
 
     fn outlier() -> OutlierConfig {
-        OutlierConfig { consecutive_errors: 3, base_ejection_ms: 1000, max_ejection_percent: 50 }
+        OutlierConfig {
+            consecutive_errors: 3,
+            base_ejection_ms: 1000,
+            max_ejection_percent: 50,
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -221,7 +281,11 @@ mod tests {
         let list = instances(2);
         let fail = |index: usize| {
             for _ in 0..3 {
-                let p = Pick { index, endpoint: b.endpoint(&list[index].id), started: Instant::now() };
+                let p = Pick {
+                    index,
+                    endpoint: b.endpoint(&list[index].id),
+                    started: Instant::now(),
+                };
                 p.endpoint.outstanding.fetch_add(1, Ordering::Relaxed);
                 b.finish(p, true, &list);
             }
@@ -241,12 +305,21 @@ mod tests {
                 i
             })
             .collect();
-        assert!(picked.contains(&1), "the last healthy half is never ejected");
+        assert!(
+            picked.contains(&1),
+            "the last healthy half is never ejected"
+        );
         tokio::time::advance(Duration::from_millis(1001)).await;
-        assert!(!b.endpoint("i0").ejected(Instant::now()), "back after the base time");
+        assert!(
+            !b.endpoint("i0").ejected(Instant::now()),
+            "back after the base time"
+        );
         fail(0);
         tokio::time::advance(Duration::from_millis(1500)).await;
-        assert!(b.endpoint("i0").ejected(Instant::now()), "twice the time the second time");
+        assert!(
+            b.endpoint("i0").ejected(Instant::now()),
+            "twice the time the second time"
+        );
         tokio::time::advance(Duration::from_millis(600)).await;
         assert!(!b.endpoint("i0").ejected(Instant::now()));
     }
