@@ -430,3 +430,56 @@ outlier = {{ consecutive_errors = 3, base_ejection_ms = 60000 }}
     );
     assert!(sys.log().contains("instance ejected"));
 }
+
+#[tokio::test]
+async fn orders_are_priced_from_the_last_good_catalog_answer_while_the_catalog_is_down() {
+    let sys = System::start_with(Options {
+        checkout: true,
+        ..Options::default()
+    })
+    .await;
+    let (user, _) = sys.new_user().await;
+    let body =
+        json!({"items": [{"productId": "0190f000-0000-7000-8000-000000000005", "quantity": 1}]});
+    let place = || {
+        let (http, url, user, body) = (
+            sys.http.clone(),
+            sys.url("/api/orders"),
+            user.clone(),
+            body.clone(),
+        );
+        async move {
+            let resp = http
+                .post(url)
+                .bearer_auth(user)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+        }
+    };
+    assert_eq!(place().await.0, 202, "warms the cache");
+    let catalog = sys.registry().await.services["catalog"][0].metadata["pid"]
+        .parse::<u32>()
+        .unwrap();
+    tessera_testkit::signal(catalog, libc::SIGSTOP);
+    let (status, answer) = place().await;
+    tessera_testkit::signal(catalog, libc::SIGCONT);
+    assert_eq!(status, 202, "served from the fallback cache: {answer}");
+    assert!(sys.log().contains("serving the last good answer"));
+    // A product never seen before has no fallback: a clear 503, not a guess.
+    tessera_testkit::signal(catalog, libc::SIGSTOP);
+    let other =
+        json!({"items": [{"productId": "0190f000-0000-7000-8000-000000000006", "quantity": 1}]});
+    let resp = sys
+        .http
+        .post(sys.url("/api/orders"))
+        .bearer_auth(&user)
+        .json(&other)
+        .send()
+        .await
+        .unwrap();
+    tessera_testkit::signal(catalog, libc::SIGCONT);
+    assert_eq!(resp.status().as_u16(), 503);
+}

@@ -110,21 +110,28 @@ struct Inner {
 
 /// How calls to one service are protected.
 struct Guard {
+    /// Last good answers to GETs, served when a call fails (None: no fallback).
+    fallback: Option<Mutex<HashMap<String, Bytes>>>,
+    fallback_capacity: usize,
     balancer: Balancer,
     breaker: Breaker,
     bulkhead: Bulkhead,
     budget: RetryBudget,
     retry: RetryConfig,
+    config: Resilience,
 }
 
 impl Guard {
     fn new(service: &str, r: &Resilience) -> Self {
         Self {
+            fallback: None,
+            fallback_capacity: 0,
             balancer: Balancer::new(service, r.balance, r.outlier.clone()),
             breaker: Breaker::new(service, r.breaker.clone()),
             bulkhead: Bulkhead::new(service, r.max_concurrent),
             budget: RetryBudget::new(r.retry.budget.clone()),
             retry: r.retry.clone(),
+            config: r.clone(),
         }
     }
 }
@@ -149,6 +156,24 @@ impl ServiceClient {
                 guards: Arc::default(),
             }),
         }
+    }
+
+    /// Keeps the last good answer of each GET to `service` (up to `capacity` paths) and serves
+    /// it when a later call fails for reasons of the service's health (open breaker, timeout,
+    /// unreachable, 5xx): stale data over no data, as seed 004's catalog fallback does.
+    pub fn with_fallback_cache(self, service: &str, capacity: usize) -> Self {
+        {
+            let mut guards = self.inner.guards.lock().unwrap_or_else(|e| e.into_inner());
+            let current = guards.get(service).cloned();
+            let mut guard = match current {
+                Some(g) => Guard::new(service, &g.config),
+                None => Guard::new(service, &Resilience::default()),
+            };
+            guard.fallback = Some(Mutex::new(HashMap::new()));
+            guard.fallback_capacity = capacity.max(1);
+            guards.insert(service.to_string(), Arc::new(guard));
+        }
+        self
     }
 
     /// Protects calls to `service` with `resilience` instead of the defaults.
@@ -261,13 +286,62 @@ impl ServiceClient {
         body: Option<Vec<u8>>,
         headers: &[(&str, &str)],
     ) -> Result<(StatusCode, Bytes), CallError> {
+        let guard = self.guard(service);
+        let cacheable = method == Method::GET && guard.fallback.is_some();
+        let result = self
+            .send_guarded(method, service, path, body, headers, &guard)
+            .await;
+        let Some(cache) = guard.fallback.as_ref().filter(|_| cacheable) else {
+            return result;
+        };
+        match result {
+            Ok((status, bytes)) => {
+                let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+                if cache.len() >= guard.fallback_capacity && !cache.contains_key(path)
+                    && let Some(victim) = cache.keys().next().cloned() {
+                        cache.remove(&victim);
+                    }
+                cache.insert(path.to_string(), bytes.clone());
+                Ok((status, bytes))
+            }
+            Err(e) => {
+                let health = match &e {
+                    CallError::Status { status, .. } => status.is_server_error(),
+                    CallError::Decode(..) => false,
+                    _ => true,
+                };
+                let cached = cache
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(path)
+                    .cloned();
+                match cached {
+                    Some(bytes) if health => {
+                        tracing::warn!(service, path, error = %e, "call failed; serving the last good answer");
+                        metrics::counter!("tessera_fallbacks_total", "upstream" => service.to_string()).increment(1);
+                        Ok((StatusCode::OK, bytes))
+                    }
+                    _ => Err(e),
+                }
+            }
+        }
+    }
+
+    async fn send_guarded(
+        &self,
+        method: Method,
+        service: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+        guard: &Guard,
+    ) -> Result<(StatusCode, Bytes), CallError> {
         let inner = &self.inner;
         let instances = inner
             .discovery
             .instances(service)
             .filter(|list| !list.is_empty())
             .ok_or_else(|| CallError::NoInstance(service.to_string()))?;
-        let guard = self.guard(service);
         guard
             .breaker
             .acquire()

@@ -42,7 +42,10 @@ pub async fn run() -> anyhow::Result<()> {
 pub fn router(db: Db) -> Router {
     Router::new()
         .route("/api/catalog/products", get(list).post(create))
-        .route("/api/catalog/products/lookup", axum::routing::post(lookup))
+        .route(
+            "/api/catalog/products/lookup",
+            get(lookup_query).post(lookup),
+        )
         .route(
             "/api/catalog/products/{id}",
             get(view).put(replace).delete(remove),
@@ -156,6 +159,29 @@ async fn view(State(db): State<Db>, Path(id): Path<Uuid>) -> Result<Json<Product
 #[serde(deny_unknown_fields)]
 struct LookupRequest {
     ids: Vec<Uuid>,
+}
+
+#[derive(Deserialize)]
+struct LookupQuery {
+    ids: String,
+}
+
+/// `GET /api/catalog/products/lookup?ids=a,b,c`: the same as the POST, cacheable by callers.
+async fn lookup_query(
+    State(db): State<Db>,
+    Query(q): Query<LookupQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let ids = q
+        .ids
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            Uuid::parse_str(s.trim()).map_err(|_| {
+                ApiError::bad_request("invalid_id", format!("{s:?} is not a product id"))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    lookup(State(db), Json(LookupRequest { ids })).await
 }
 
 /// Several products by id, for other services (prices for an order); counts no views.

@@ -78,7 +78,11 @@ pub async fn run() -> anyhow::Result<()> {
             );
             let state = AppState {
                 db: ctx.db().clone(),
-                catalog: ctx.client.with_timeout(Duration::from_secs(3)),
+                // Prices from the catalog; while it is down, the last prices it gave.
+                catalog: ctx
+                    .client
+                    .with_timeout(Duration::from_secs(1))
+                    .with_fallback_cache("catalog", 10_000),
                 saga,
                 outbox: events.outbox.clone(),
             };
@@ -201,13 +205,13 @@ async fn place(
     }
 
     // Prices from the catalog, as the caller.
-    let ids: Vec<String> = req.items.iter().map(|l| l.product_id.to_string()).collect();
+    let mut ids: Vec<String> = req.items.iter().map(|l| l.product_id.to_string()).collect();
+    ids.sort();
     let page: CatalogPage = st
         .catalog
-        .post(
+        .get(
             "catalog",
-            "/api/catalog/products/lookup",
-            &json!({ "ids": ids }),
+            &format!("/api/catalog/products/lookup?ids={}", ids.join(",")),
         )
         .await?;
     let mut lines = Vec::with_capacity(req.items.len());
