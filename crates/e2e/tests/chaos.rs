@@ -21,18 +21,6 @@ const ORDERS: usize = 300;
 const RATE_PER_SEC: u64 = 10;
 const INITIAL_STOCK: i64 = 150;
 
-fn system_passport(sys: &System) -> String {
-    tessera::PassportKeys::from_spec(&sys.passport_keys(), "shop-test")
-        .unwrap()
-        .mint(
-            "test",
-            "service:test",
-            &["system".into()],
-            None,
-            &tessera::TraceContext::new_root(),
-        )
-}
-
 /// GET through the gateway, retried across the chaos until it answers 200.
 async fn get_ok(sys: &System, path: &str, token: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -286,7 +274,7 @@ async fn checkouts_survive_random_kill_9() {
             Some(p) => match sys
                 .http
                 .get(format!("http://{}/v1/charges", p.address))
-                .header("x-passport", system_passport(&sys))
+                .header("x-passport", sys.system_passport())
                 .send()
                 .await
             {

@@ -87,25 +87,13 @@ async fn charges(sys: &System) -> Vec<Value> {
         .clone();
     sys.http
         .get(format!("http://{provider}/v1/charges"))
-        .header("x-passport", system_passport(sys))
+        .header("x-passport", sys.system_passport())
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap()
-}
-
-fn system_passport(sys: &System) -> String {
-    tessera::PassportKeys::from_spec(&sys.passport_keys(), "shop-test")
-        .unwrap()
-        .mint(
-            "test",
-            "service:test",
-            &["system".into()],
-            None,
-            &tessera::TraceContext::new_root(),
-        )
 }
 
 async fn provider_behavior(sys: &System, behavior: Value) {
@@ -115,7 +103,7 @@ async fn provider_behavior(sys: &System, behavior: Value) {
     let resp = sys
         .http
         .put(format!("http://{provider}/v1/behavior"))
-        .header("x-passport", system_passport(sys))
+        .header("x-passport", sys.system_passport())
         .json(&behavior)
         .send()
         .await

@@ -2,17 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use tessera_testkit::{Options, System, alive, signal};
-
-fn pid_of(catalog: &tessera::registry::Catalog, instance: &str) -> Option<u32> {
-    catalog
-        .services
-        .values()
-        .flatten()
-        .find(|i| i.id == instance)
-        .and_then(|i| i.metadata.get("pid"))
-        .and_then(|p| p.parse().ok())
-}
+use tessera_testkit::{Options, System, alive, pid_of, signal};
 
 async fn requests_served(sys: &System, address: &str) -> u64 {
     let text = sys

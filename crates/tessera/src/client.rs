@@ -297,10 +297,12 @@ impl ServiceClient {
         match result {
             Ok((status, bytes)) => {
                 let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
-                if cache.len() >= guard.fallback_capacity && !cache.contains_key(path)
-                    && let Some(victim) = cache.keys().next().cloned() {
-                        cache.remove(&victim);
-                    }
+                if cache.len() >= guard.fallback_capacity
+                    && !cache.contains_key(path)
+                    && let Some(victim) = cache.keys().next().cloned()
+                {
+                    cache.remove(&victim);
+                }
                 cache.insert(path.to_string(), bytes.clone());
                 Ok((status, bytes))
             }

@@ -25,6 +25,7 @@ use serde_json::{Map, Value};
 use crate::events::consumer::{Handler, HandlerError};
 use crate::events::{BoxFuture, Event, Tx, outbox};
 use crate::store::Db;
+use crate::unix_now_ms as now_ms;
 
 /// One step of a saga.
 #[derive(Debug)]
@@ -375,13 +376,6 @@ pub async fn reply(
     }
     event.extensions.insert("sagaoutcome".into(), result.into());
     outbox::add(tx, topic, &event).await
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -299,6 +299,20 @@ replicas = {replicas}
             .to_string()
     }
 
+    /// A passport of this system for a service (`service:test`, role `system`): for calling
+    /// services directly, as another service would.
+    pub fn system_passport(&self) -> String {
+        tessera::PassportKeys::from_spec(&self.passport_keys(), "shop-test")
+            .expect("the system's keys")
+            .mint(
+                "test",
+                "service:test",
+                &["system".into()],
+                None,
+                &tessera::TraceContext::new_root(),
+            )
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.gateway)
     }
@@ -461,4 +475,15 @@ pub fn descendants(root: u32) -> Vec<u32> {
     }
     found.remove(0);
     found
+}
+
+/// The pid an instance registered with.
+pub fn pid_of(catalog: &Catalog, instance: &str) -> Option<u32> {
+    catalog
+        .services
+        .values()
+        .flatten()
+        .find(|i| i.id == instance)
+        .and_then(|i| i.metadata.get("pid"))
+        .and_then(|p| p.parse().ok())
 }

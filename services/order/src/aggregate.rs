@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use tessera::events::{HandlerError, Tx};
 
 use crate::projections;
+pub use tessera::unix_now_ms as now_ms;
 
 /// A line of an order, priced by the catalog when the order was placed.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -173,13 +174,6 @@ pub async fn append(
         .await
         .map_err(AppendError::Db)?;
     Ok(version)
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ use tessera::events::{BoxFuture, Consumer, Event, Handler, HandlerError, Tx};
 use tessera::manifest::Resilience;
 use tessera::resilience::BreakerConfig;
 use tessera::saga::{self, Reply};
+use tessera::unix_now_ms as now_ms;
 use tessera::{ApiError, CallError, Caller, Db, Json, Migration, Query, Service, ServiceClient};
 use tokio::sync::Notify;
 use tracing::Instrument;
@@ -450,11 +451,4 @@ async fn list(
             )
             .collect(),
     ))
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

@@ -14,6 +14,7 @@ use tokio::sync::{Notify, watch};
 
 use super::{Bus, BusError, Event};
 use crate::store::Db;
+use crate::unix_now_ms as now_ms;
 
 /// The transaction a handler or a service writes in.
 pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
@@ -201,11 +202,4 @@ impl Relay {
             Ok(false)
         }
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
