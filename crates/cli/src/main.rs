@@ -48,7 +48,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         match cli.command {
             Command::Up { no_build } => up::run(&cli.manifest, manifest, no_build).await,
             Command::Status => status(&manifest).await,
@@ -99,7 +99,9 @@ fn main() -> anyhow::Result<()> {
                 tessera_gateway::serve(config, listener, supervisor::shutdown_signal()).await
             }
         }
-    })
+    });
+    tessera::log::flush();
+    result
 }
 
 async fn status(manifest: &Manifest) -> anyhow::Result<()> {

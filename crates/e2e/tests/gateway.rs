@@ -132,13 +132,11 @@ async fn routes_wraps_and_propagates_the_trace() {
     );
 
     // One access-log line per request, with the trace id and the upstream instance.
-    let log = sys.log();
-    let line = log
-        .lines()
-        .find(|l| {
+    let line = sys
+        .log_line("the access log line of the traced request", |l| {
             l.contains("\"target\":\"access\"") && l.contains("0af7651916cd43dd8448eb211c80319c")
         })
-        .expect("an access log line for the traced request");
+        .await;
     for field in [
         "\"method\":\"GET\"",
         "\"path\":\"/api/echo/headers\"",

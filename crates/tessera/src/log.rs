@@ -30,6 +30,61 @@ pub fn init(service: &str, instance: &str) {
         .try_init();
 }
 
+/// Log lines are appended to one in-memory buffer and written out in batches: when it passes
+/// 32 KiB, and every 10 ms by a background thread. A busy server so makes one `write(2)` per
+/// batch rather than one per line, and wakes no thread per line. [`flush`] writes what is
+/// pending (at shutdown).
+struct Writer {
+    buffer: std::sync::Mutex<Vec<u8>>,
+}
+
+const FLUSH_AT: usize = 32 * 1024;
+
+impl Writer {
+    fn write(&self, line: String) {
+        let full = {
+            let mut buffer = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
+            buffer.extend_from_slice(line.as_bytes());
+            (buffer.len() >= FLUSH_AT).then(|| std::mem::take(&mut *buffer))
+        };
+        if let Some(batch) = full {
+            let _ = std::io::stdout().lock().write_all(&batch);
+        }
+    }
+
+    fn flush(&self) {
+        let batch = std::mem::take(&mut *self.buffer.lock().unwrap_or_else(|e| e.into_inner()));
+        if !batch.is_empty() {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(&batch);
+            let _ = out.flush();
+        }
+    }
+}
+
+fn writer() -> &'static Writer {
+    static WRITER: std::sync::OnceLock<Writer> = std::sync::OnceLock::new();
+    WRITER.get_or_init(|| {
+        std::thread::Builder::new()
+            .name("tessera-log".into())
+            .spawn(|| {
+                loop {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    writer().flush();
+                }
+            })
+            .expect("the log thread starts");
+        Writer {
+            buffer: std::sync::Mutex::new(Vec::with_capacity(FLUSH_AT * 2)),
+        }
+    })
+}
+
+/// Writes every pending log line now.
+pub fn flush() {
+    writer().flush();
+}
+
 struct JsonLayer {
     service: String,
     instance: String,
@@ -105,7 +160,7 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for JsonLayer {
         let _ = write!(line, ",\"target\":{}", json_str(event.metadata().target()));
         event.record(&mut FieldWriter { line: &mut line });
         line.push_str("}\n");
-        let _ = std::io::stdout().lock().write_all(line.as_bytes());
+        writer().write(line);
     }
 }
 

@@ -310,6 +310,7 @@ impl Service {
             db.close().await;
         }
         tracing::info!("stopped");
+        crate::log::flush();
         Ok(())
     }
 }

@@ -3,8 +3,6 @@
 //! Only the part every hop needs is kept: trace id, span id and the sampled flag, as fixed-size
 //! arrays so that a context is `Copy` and costs no allocation on the hot path.
 
-use std::fmt::Write;
-
 /// The `traceparent` header name.
 pub const TRACEPARENT: &str = "traceparent";
 
@@ -130,8 +128,10 @@ fn hex_byte(pair: &[u8]) -> Option<u8> {
 }
 
 fn push_hex(s: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for b in bytes {
-        let _ = write!(s, "{b:02x}");
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 0xf)] as char);
     }
 }
 

@@ -275,6 +275,21 @@ replicas = {replicas}
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// Waits (up to 10 s) until some log line satisfies `matches`, and returns it. Processes
+    /// write their logs in batches, a few milliseconds behind.
+    pub async fn log_line(&self, what: &str, matches: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(line) = self.log().lines().find(|l| matches(l)) {
+                return line.to_string();
+            }
+            if Instant::now() > deadline {
+                panic!("no log line for {what}\n{}", self.log_tail(60));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -1,0 +1,121 @@
+"""Shared helpers of the benchmark scripts: installing peers, building, pinning, running wrk,
+reading CPU time from /proc, and summarising rounds."""
+
+import json, os, re, shutil, statistics, subprocess, sys, time, urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RELEASE = os.path.join(ROOT, "target", "release")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+LOAD_CPU, SERVER_CPU = "0", "1"   # the load generator on one core, servers on the other
+
+
+def ensure_tools(*tools):
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        print(f"installing {' '.join(missing)} from Debian packages", flush=True)
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True)
+
+
+def build(*packages):
+    args = ["cargo", "build", "--release", "-q"]
+    for p in packages:
+        args += ["-p", p]
+    subprocess.run(args, cwd=ROOT, check=True)
+
+
+def start(argv, env=None, log=None, pin=SERVER_CPU):
+    """Starts a server process pinned to the server core."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    out = open(log, "w") if log else subprocess.DEVNULL
+    return subprocess.Popen(["taskset", "-c", pin, *argv], env=full_env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def wait_http(url, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status < 500:
+                    return
+        except urllib.error.HTTPError as e:
+            if e.code < 500:
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise SystemExit(f"{url} did not answer within {timeout}s")
+
+
+def http_json(method, url, body=None, headers=None):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"content-type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+def cpu_seconds(pids):
+    """User + system CPU time of the processes, in seconds."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])   # utime, stime
+    return total / CLK_TCK
+
+
+def to_ms(value, unit):
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def wrk(url, connections, seconds, headers=()):
+    """Runs wrk on the load core; returns requests/s, latency percentiles (ms) and requests."""
+    args = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    for h in headers:
+        args += ["-H", h]
+    out = subprocess.run(args + [url], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    lat = {}
+    for pct in ("50", "90", "99"):
+        m = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)", out)
+        lat[f"p{pct}"] = to_ms(m.group(1), m.group(2))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        raise SystemExit(f"{url}: {errors.group(1)} failed responses\n{out}")
+    return {"rps": rps, "requests": total, **lat}
+
+
+def measure(url, connections, seconds, pids, headers=()):
+    before = cpu_seconds(pids)
+    result = wrk(url, connections, seconds, headers)
+    result["cpu_us_per_request"] = (cpu_seconds(pids) - before) * 1e6 / max(result["requests"], 1)
+    return result
+
+
+def summary(values):
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def machine():
+    cpu = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {"cpu": cpu, "cores": os.cpu_count(), "kernel": os.uname().release}
+
+
+def write_results(name, results, table):
+    os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
+    path = os.path.join(ROOT, "bench", "results", f"{name}.json")
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
+    print(table)
+    print(f"\nresults: {os.path.relpath(path, ROOT)}")

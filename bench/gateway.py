@@ -1,0 +1,175 @@
+#!/usr/bin/env python3
+"""Benchmark 1: the Tessera gateway against nginx, side by side, in one run.
+
+The same upstream (bench-upstream: axum, a 60-byte JSON body) is reached
+  a) directly, b) through nginx as a plain reverse proxy (upstream keepalive, access log with
+  a request id), c) through the Tessera gateway with everything on (access-token verification,
+  passport minting, envelope, access log, metrics), d) through the gateway without a token
+  (no verification; an anonymous passport is still minted).
+Cases are interleaved round by round (a b c d, then d c b a), the load generator (wrk) pinned
+to one core and every server to the other, one worker each. Reported: requests/s, p50/p90/p99,
+the ratio to nginx within each round, and server CPU time per request (from /proc).
+
+    python3 bench/gateway.py            # BENCH_ROUNDS=5 BENCH_SECONDS=5 BENCH_CONNECTIONS=32
+"""
+
+import base64, os, secrets, statistics, subprocess, sys, tempfile, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import *  # noqa: E402,F403
+
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
+SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
+CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "32"))
+CONTROL, GATEWAY, NGINX, UPSTREAM = 18500, 18080, 18081, 18090
+
+
+def main():
+    ensure_tools("nginx", "wrk", "taskset")
+    build("tessera-cli", "shop-auth", "tessera-bench")
+    tmp = tempfile.mkdtemp(prefix="tessera-bench-")
+    keys = f"bench:{base64.b64encode(secrets.token_bytes(32)).decode()}"
+    manifest = os.path.join(tmp, "bench.toml")
+    with open(manifest, "w") as f:
+        f.write(f"""
+[system]
+name = "bench"
+state_dir = "state"
+[control]
+listen = "127.0.0.1:{CONTROL}"
+[gateway]
+listen = "127.0.0.1:{GATEWAY}"
+[gateway.tokens]
+service = "auth"
+jwks_path = "/api/auth/.well-known/jwks.json"
+revocations_path = "/internal/revocations"
+issuer = "tessera-auth"
+audience = "tessera-api"
+[[route]]
+prefix = "/api/auth"
+service = "auth"
+auth = "public"
+[[route]]
+prefix = "/api/bench"
+service = "bench"
+auth = "public"
+""")
+    env = {"TESSERA_CONTROL_URL": f"http://127.0.0.1:{CONTROL}", "TESSERA_SYSTEM": "bench",
+           "TESSERA_PASSPORT_KEYS": keys, "TESSERA_DATA_DIR": os.path.join(tmp, "data")}
+    tessera = os.path.join(RELEASE, "tessera")
+    procs = {}
+    try:
+        procs["control"] = start([tessera, "--manifest", manifest, "control"], log=os.path.join(tmp, "control.log"))
+        wait_http(f"http://127.0.0.1:{CONTROL}/health/ready")
+        procs["auth"] = start([os.path.join(RELEASE, "shop-auth")], env={**env, "TESSERA_SERVICE": "auth"},
+                              log=os.path.join(tmp, "auth.log"))
+        procs["upstream"] = start([os.path.join(RELEASE, "bench-upstream")],
+                                  env={**env, "TESSERA_SERVICE": "bench", "BENCH_LISTEN": f"127.0.0.1:{UPSTREAM}"},
+                                  log=os.path.join(tmp, "upstream.log"))
+        procs["gateway"] = start([tessera, "--manifest", manifest, "gateway"], env=env,
+                                 log=os.path.join(tmp, "gateway.log"))
+        with open(os.path.join(tmp, "nginx.conf"), "w") as f:
+            f.write(f"""
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log;
+events {{ worker_connections 1024; }}
+http {{
+    log_format main '$remote_addr "$request" $status $body_bytes_sent $request_time $request_id';
+    access_log {tmp}/nginx-access.log main;
+    upstream app {{ server 127.0.0.1:{UPSTREAM}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{NGINX};
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Request-Id $request_id;
+        }}
+    }}
+}}
+""")
+        procs["nginx"] = start(["nginx", "-c", os.path.join(tmp, "nginx.conf"), "-g", "daemon off;"],
+                               log=os.path.join(tmp, "nginx.out"))
+        for port in (UPSTREAM, NGINX):
+            wait_http(f"http://127.0.0.1:{port}/api/bench/item")
+        wait_http(f"http://127.0.0.1:{GATEWAY}/health/ready")
+        path = "/api/bench/item"
+        deadline = time.time() + 30
+        while http_json("GET", f"http://127.0.0.1:{GATEWAY}{path}")[0] != 200:
+            if time.time() > deadline:
+                raise SystemExit("the gateway does not reach the upstream")
+            time.sleep(0.1)
+        http_json("POST", f"http://127.0.0.1:{GATEWAY}/api/auth/signup",
+                  {"email": "bench@example.com", "password": "password123", "name": "Bench"})
+        status, login = http_json("POST", f"http://127.0.0.1:{GATEWAY}/api/auth/login",
+                                  {"email": "bench@example.com", "password": "password123"})
+        assert status == 200, login
+        token = login["data"]["accessToken"]
+
+        upstream_pid = procs["upstream"].pid
+        cases = {
+            "a_direct": (f"http://127.0.0.1:{UPSTREAM}{path}", [upstream_pid], ()),
+            "b_nginx": (f"http://127.0.0.1:{NGINX}{path}", [procs["nginx"].pid] + children(procs["nginx"].pid), ()),
+            "c_gateway": (f"http://127.0.0.1:{GATEWAY}{path}", [procs["gateway"].pid], (f"Authorization: Bearer {token}",)),
+            "d_gateway_no_auth": (f"http://127.0.0.1:{GATEWAY}{path}", [procs["gateway"].pid], ()),
+        }
+        # The proxy's own CPU is what is compared; the upstream's is the same in b, c and d.
+        for name, (url, _, headers) in cases.items():
+            wrk(url, CONNECTIONS, 1, headers)   # warm-up
+        rounds = []
+        for r in range(ROUNDS):
+            order = list(cases) if r % 2 == 0 else list(reversed(cases))
+            results = {}
+            for name in order:
+                url, pids, headers = cases[name]
+                results[name] = measure(url, CONNECTIONS, SECONDS, pids, headers)
+                results[name]["upstream_cpu_us_per_request"] = None
+            for name in ("c_gateway", "d_gateway_no_auth"):
+                results[name]["rps_vs_nginx"] = results[name]["rps"] / results["b_nginx"]["rps"]
+                results[name]["cpu_vs_nginx"] = results[name]["cpu_us_per_request"] / results["b_nginx"]["cpu_us_per_request"]
+            results["b_nginx"]["rps_vs_direct"] = results["b_nginx"]["rps"] / results["a_direct"]["rps"]
+            rounds.append(results)
+            print(f"round {r + 1}: " + ", ".join(f"{n} {results[n]['rps']:.0f}/s" for n in order), flush=True)
+        # Concurrency 1: the latency a hop adds.
+        single = {name: measure(url, 1, SECONDS, pids, headers) for name, (url, pids, headers) in cases.items()}
+
+        summary_ = {name: {k: summary([rd[name][k] for rd in rounds])
+                           for k in ("rps", "p50", "p90", "p99", "cpu_us_per_request")} for name in cases}
+        for name in ("c_gateway", "d_gateway_no_auth"):
+            summary_[name]["rps_vs_nginx"] = summary([rd[name]["rps_vs_nginx"] for rd in rounds])
+            summary_[name]["cpu_vs_nginx"] = summary([rd[name]["cpu_vs_nginx"] for rd in rounds])
+        out = {"benchmark": "gateway", "machine": machine(), "rounds": ROUNDS, "seconds": SECONDS,
+               "connections": CONNECTIONS, "per_round": rounds, "summary": summary_, "concurrency_1": single}
+        lines = [f"| case | req/s (median, range) | p50 ms | p90 ms | p99 ms | proxy CPU µs/req | vs nginx req/s | vs nginx CPU |",
+                 "|---|---|---|---|---|---|---|---|"]
+        for name in cases:
+            s = summary_[name]
+            vs = s.get("rps_vs_nginx")
+            cv = s.get("cpu_vs_nginx")
+            lines.append(f"| {name} | {s['rps']['median']:.0f} ({s['rps']['min']:.0f}–{s['rps']['max']:.0f}) "
+                         f"| {s['p50']['median']:.3f} | {s['p90']['median']:.3f} | {s['p99']['median']:.3f} "
+                         f"| {s['cpu_us_per_request']['median']:.1f} "
+                         f"| {'%.2f×' % vs['median'] if vs else '—'} | {'%.2f×' % cv['median'] if cv else '—'} |")
+        lines += ["", "| case (1 connection) | req/s | p50 ms | p99 ms |", "|---|---|---|---|"]
+        for name, s in single.items():
+            lines.append(f"| {name} | {s['rps']:.0f} | {s['p50']:.3f} | {s['p99']:.3f} |")
+        write_results("gateway", out, "\n".join(lines))
+    finally:
+        for p in procs.values():
+            p.terminate()
+        for p in procs.values():
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def children(pid):
+    """nginx's worker processes."""
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(x) for x in out.split()]
+
+
+if __name__ == "__main__":
+    main()
