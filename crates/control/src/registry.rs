@@ -213,12 +213,8 @@ async fn list(
 async fn register(
     State(registry): State<Registry>,
     Path(id): Path<String>,
-    body: Result<Json<Registration>, axum::extract::rejection::JsonRejection>,
+    tessera::Json(reg): tessera::Json<Registration>,
 ) -> Response {
-    let reg = match body {
-        Ok(Json(reg)) => reg,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &e.body_text()),
-    };
     if reg.instance.id != id {
         return error(
             StatusCode::BAD_REQUEST,

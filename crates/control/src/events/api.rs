@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -49,12 +49,8 @@ struct Position {
 async fn publish(
     State(log): State<EventLog>,
     Path(topic): Path<String>,
-    body: Result<Json<PublishBody>, JsonRejection>,
+    tessera::Json(body): tessera::Json<PublishBody>,
 ) -> Response {
-    let Json(body) = match body {
-        Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_body", &e.body_text()),
-    };
     match log.publish(&topic, body.events).await {
         Ok(offsets) => Json(serde_json::json!({
             "offsets": offsets.into_iter().map(|(partition, offset)| Position { partition, offset }).collect::<Vec<_>>()
@@ -88,12 +84,8 @@ struct Delivered<'a> {
 async fn fetch(
     State(log): State<EventLog>,
     Path(topic): Path<String>,
-    body: Result<Json<FetchBody>, JsonRejection>,
+    tessera::Json(body): tessera::Json<FetchBody>,
 ) -> Response {
-    let Json(body) = match body {
-        Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_body", &e.body_text()),
-    };
     if body.group.is_empty() || body.consumer.is_empty() {
         return error(
             StatusCode::BAD_REQUEST,
@@ -132,12 +124,8 @@ struct CommitBody {
 async fn commit(
     State(log): State<EventLog>,
     Path(topic): Path<String>,
-    body: Result<Json<CommitBody>, JsonRejection>,
+    tessera::Json(b): tessera::Json<CommitBody>,
 ) -> Response {
-    let Json(b) = match body {
-        Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_body", &e.body_text()),
-    };
     match log
         .commit(&topic, &b.group, &b.consumer, b.partition, b.offset)
         .await
