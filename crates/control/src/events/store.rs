@@ -229,10 +229,15 @@ impl EventLog {
                         self.inner.config.lease,
                         Instant::now(),
                     );
-                let ready = claimed
-                    .into_iter()
-                    .find(|f| f.from < t.end[f.partition as usize].load(Ordering::Acquire));
-                if let Some(Fetched { partition, from }) = ready {
+                // Only what the appender has published as the end: rows of a batch can be
+                // visible a moment before their offsets are, and a consumer must never be
+                // handed an offset it could not commit.
+                let ready = claimed.into_iter().find_map(|f| {
+                    let end = t.end[f.partition as usize].load(Ordering::Acquire);
+                    (f.from < end).then_some((f, end))
+                });
+                if let Some((Fetched { partition, from }, end)) = ready {
+                    let max = max.min((end - from) as usize);
                     let events = self.read(topic, partition, from, max).await?;
                     return Ok(Some((partition, events)));
                 }
