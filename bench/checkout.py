@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""Benchmark 3: checkout throughput at constant rate, rising until the system saturates.
+
+The whole shop (`tessera up`, release, embedded defaults) pinned to core 1; the open-model
+load generator (bench-checkout: every order has a due time and latency runs from it, so
+queueing cannot hide) on core 0. Each step places orders at a constant rate for a few seconds
+and waits for all to settle. Reported per step: confirmed orders/s, p50/p90/p99 from due time
+to CONFIRMED, and the CPU share of every process, which says what saturates first.
+
+    python3 bench/checkout.py           # BENCH_RATES=50,100,200,400,800 BENCH_SECONDS=5
+"""
+
+import json, os, re, subprocess, sys, tempfile, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import *  # noqa: E402,F403
+from footprint import rss_kb, tree  # noqa: E402
+
+RATES = [int(r) for r in os.environ.get("BENCH_RATES", "50,100,200,400,800").split(",")]
+SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
+PRODUCT = "0190f000-0000-7000-8000-000000000005"
+CONTROL, GATEWAY = 18800, 18880
+
+
+def main():
+    ensure_tools("taskset")
+    subprocess.run(["cargo", "build", "--release", "-q", "--workspace", "--bins"], cwd=ROOT, check=True)
+    tmp = tempfile.mkdtemp(prefix="tessera-bench-checkout-")
+    with open(os.path.join(ROOT, "tessera.toml")) as f:
+        manifest = f.read()
+    manifest = re.sub(r'\[\[route\]\]\nprefix = "/api/auth/login"\n(.*\n){3}', "", manifest)   # no login limit
+    manifest = (manifest.replace('state_dir = ".tessera"', f'state_dir = "{tmp}/state"')
+                .replace("127.0.0.1:8500", f"127.0.0.1:{CONTROL}").replace("127.0.0.1:8080", f"127.0.0.1:{GATEWAY}")
+                .replace('command = "target/release/', f'command = "{RELEASE}/'))
+    path = os.path.join(tmp, "tessera.toml")
+    with open(path, "w") as f:
+        f.write(manifest)
+    up = start([os.path.join(RELEASE, "tessera"), "--manifest", path, "up", "--no-build"],
+               env={"NO_COLOR": "1", "RUST_LOG": "warn"}, log=os.path.join(tmp, "up.log"))
+    base = f"http://127.0.0.1:{GATEWAY}"
+    try:
+        deadline = time.time() + 60
+        while "ready in" not in open(os.path.join(tmp, "up.log")).read():
+            if time.time() > deadline:
+                raise SystemExit("the shop did not start")
+            time.sleep(0.05)
+        _, admin = http_json("POST", f"{base}/api/auth/login", {"email": "admin@tessera.local", "password": "tessera-admin"})
+        admin = admin["data"]["accessToken"]
+        status, _ = http_json("PUT", f"{base}/api/inventory/{PRODUCT}", {"available": 1_000_000_000},
+                              {"authorization": f"Bearer {admin}"})
+        assert status == 200
+        tokens = []
+        for i in range(20):
+            email = f"bench{i}@example.com"
+            http_json("POST", f"{base}/api/auth/signup", {"email": email, "password": "password123", "name": "Bench"})
+            _, login = http_json("POST", f"{base}/api/auth/login", {"email": email, "password": "password123"})
+            tokens.append(login["data"]["accessToken"])
+        steps, saturated = [], None
+        for rate in RATES:
+            procs = tree(up.pid)
+            names = {pid: (os.path.basename(argv[0]) + (f" {argv[-1]}" if argv[0].endswith("tessera") else ""))
+                     for pid, argv in procs}
+            before = {pid: cpu_seconds([pid]) for pid in names}
+            started = time.time()
+            run = subprocess.run(["taskset", "-c", LOAD_CPU, os.path.join(RELEASE, "bench-checkout"), base, str(rate),
+                                  str(SECONDS), PRODUCT, *tokens], capture_output=True, text=True)
+            if run.returncode != 0:
+                raise SystemExit(f"rate {rate} failed:\n{run.stderr[:1500]}")
+            wall = time.time() - started
+            step = json.loads(run.stdout.strip().splitlines()[-1])
+            cpu = {}
+            for pid, name in names.items():
+                try:
+                    cpu[name] = cpu.get(name, 0) + (cpu_seconds([pid]) - before[pid]) / wall
+                except OSError:
+                    pass
+            step["cpu_share"] = dict(sorted(cpu.items(), key=lambda kv: -kv[1]))
+            step["rss_mb"] = {names[pid]: rss_kb(pid) / 1024 for pid in names if os.path.exists(f"/proc/{pid}")}
+            steps.append(step)
+            top = ", ".join(f"{n} {c:.0%}" for n, c in list(step["cpu_share"].items())[:3])
+            print(f"{rate}/s: {step['confirmed_per_sec']:.0f} confirmed/s, p50 {step['p50_ms']:.0f} ms, "
+                  f"p99 {step['p99_ms']:.0f} ms; busiest: {top}", flush=True)
+            if saturated is None and (step["confirmed_per_sec"] < 0.9 * rate or step["p99_ms"] > 1000):
+                saturated = rate
+                break
+        lines = ["| target/s | confirmed/s | p50 ms | p90 ms | p99 ms | busiest processes (CPU share of one core) |",
+                 "|---|---|---|---|---|---|"]
+        for s in steps:
+            top = ", ".join(f"{n} {c:.0%}" for n, c in list(s["cpu_share"].items())[:4])
+            lines.append(f"| {s['rate']} | {s['confirmed_per_sec']:.0f} | {s['p50_ms']:.0f} | {s['p90_ms']:.0f} "
+                         f"| {s['p99_ms']:.0f} | {top} |")
+        lines.append(f"\nsaturation: {'at ' + str(saturated) + '/s' if saturated else 'not reached'}")
+        write_results("checkout", {"benchmark": "checkout", "machine": machine(), "seconds": SECONDS,
+                                   "steps": steps, "saturated_at": saturated}, "\n".join(lines))
+    finally:
+        up.send_signal(2)
+        try:
+            up.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            up.kill()
+
+
+if __name__ == "__main__":
+    main()
