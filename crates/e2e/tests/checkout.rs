@@ -30,6 +30,15 @@ async fn place(sys: &System, token: &str, items: Value, key: Option<&str>) -> (u
     (status, resp.json().await.unwrap())
 }
 
+/// Places an order and waits for it to settle: (order id, detail).
+async fn checkout_settled(sys: &System, token: &str, items: Value) -> (String, Value) {
+    let (status, body) = place(sys, token, items, None).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["data"]["orderId"].as_str().unwrap().to_string();
+    let order = settled(sys, token, &id).await;
+    (id, order)
+}
+
 /// Waits until the order is CONFIRMED or REJECTED; returns its detail.
 async fn settled(sys: &System, token: &str, order_id: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -222,15 +231,8 @@ async fn out_of_stock_and_declined_payments_are_rejected_and_leave_stock_as_it_w
     let (user, _) = sys.new_user().await;
 
     set_stock(&sys, &admin, LAMP, 1).await;
-    let (_, body) = place(
-        &sys,
-        &user,
-        json!([{"productId": LAMP, "quantity": 2}]),
-        None,
-    )
-    .await;
-    let short = body["data"]["orderId"].as_str().unwrap().to_string();
-    let order = settled(&sys, &user, &short).await;
+    let (short, order) =
+        checkout_settled(&sys, &user, json!([{"productId": LAMP, "quantity": 2}])).await;
     assert_eq!(
         (order["status"].as_str(), order["reason"].as_str()),
         (Some("REJECTED"), Some("out_of_stock"))
@@ -239,15 +241,8 @@ async fn out_of_stock_and_declined_payments_are_rejected_and_leave_stock_as_it_w
 
     // 4 × 29.00 is over the provider's 100.00 limit: declined, and the stock comes back.
     let before = stock(&sys, &admin, MOUSE).await;
-    let (_, body) = place(
-        &sys,
-        &user,
-        json!([{"productId": MOUSE, "quantity": 4}]),
-        None,
-    )
-    .await;
-    let declined = body["data"]["orderId"].as_str().unwrap().to_string();
-    let order = settled(&sys, &user, &declined).await;
+    let (declined, order) =
+        checkout_settled(&sys, &user, json!([{"productId": MOUSE, "quantity": 4}])).await;
     assert_eq!(
         (order["status"].as_str(), order["reason"].as_str()),
         (Some("REJECTED"), Some("payment_declined"))
@@ -299,15 +294,8 @@ async fn a_hanging_provider_times_the_saga_out_and_nothing_is_charged() {
     .await;
 
     let started = Instant::now();
-    let (_, body) = place(
-        &sys,
-        &user,
-        json!([{"productId": MOUSE, "quantity": 1}]),
-        None,
-    )
-    .await;
-    let order_id = body["data"]["orderId"].as_str().unwrap().to_string();
-    let order = settled(&sys, &user, &order_id).await;
+    let (order_id, order) =
+        checkout_settled(&sys, &user, json!([{"productId": MOUSE, "quantity": 1}])).await;
     assert_eq!(order["status"], "REJECTED");
     assert_eq!(order["reason"], "timeout: authorize-payment");
     assert!(
@@ -366,15 +354,8 @@ async fn a_failing_provider_fails_the_payment_and_voids_it() {
         json!({"latencyMs": 0, "failureRate": 1.0, "hang": false, "declineOver": 1_000_000}),
     )
     .await;
-    let (_, body) = place(
-        &sys,
-        &user,
-        json!([{"productId": MOUSE, "quantity": 1}]),
-        None,
-    )
-    .await;
-    let order_id = body["data"]["orderId"].as_str().unwrap().to_string();
-    let order = settled(&sys, &user, &order_id).await;
+    let (order_id, order) =
+        checkout_settled(&sys, &user, json!([{"productId": MOUSE, "quantity": 1}])).await;
     assert_eq!(
         (order["status"].as_str(), order["reason"].as_str()),
         (Some("REJECTED"), Some("payment_failed"))

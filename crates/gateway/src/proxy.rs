@@ -69,7 +69,10 @@ impl Gateway {
         let trace = parent.map_or_else(TraceContext::new_root, |p| p.child());
         let trace_id = trace.trace_id_hex();
 
-        let (mut response, outcome, route) = match self.forward(req, peer, &trace, &trace_id).await
+        let traceparent = trace.header();
+        let (mut response, outcome, route) = match self
+            .forward(req, peer, &trace, &traceparent, &trace_id)
+            .await
         {
             Ok((resp, upstream, route)) => {
                 let status = resp.status().as_u16();
@@ -95,7 +98,7 @@ impl Gateway {
             }
         };
         let headers = response.headers_mut();
-        if let Ok(v) = HeaderValue::from_str(&trace.header()) {
+        if let Ok(v) = HeaderValue::from_str(&traceparent) {
             headers.insert(HeaderName::from_static("traceparent"), v);
         }
         if let Ok(v) = HeaderValue::from_str(&trace_id) {
@@ -126,6 +129,7 @@ impl Gateway {
         req: Request<Incoming>,
         peer: IpAddr,
         trace: &TraceContext,
+        traceparent: &str,
         trace_id: &str,
     ) -> Result<(Response<Body>, String, Option<&'a str>), GatewayError<'a>> {
         let route = self.routes.find(req.uri().path()).ok_or_else(|| {
@@ -266,16 +270,16 @@ impl Gateway {
                 .keys
                 .mint(ISSUER, passport::ANONYMOUS, &[], None, trace),
         };
-        let mut headers = HeaderMap::with_capacity(parts.headers.len() + 2);
-        copy_request_headers(&parts.headers, &mut headers);
-        headers.insert(
-            HeaderName::from_static(passport::HEADER),
-            header_value(&passport)?,
-        );
-        headers.insert(
-            HeaderName::from_static("traceparent"),
-            header_value(&trace.header())?,
-        );
+        let passport = header_value(&passport)?;
+        let traceparent = header_value(traceparent)?;
+        let headers = || {
+            let mut headers = HeaderMap::with_capacity(parts.headers.len() + 2);
+            copy_request_headers(&parts.headers, &mut headers);
+            headers.insert(HeaderName::from_static(passport::HEADER), passport.clone());
+            headers.insert(HeaderName::from_static("traceparent"), traceparent.clone());
+            headers
+        };
+        let idempotency_key = parts.headers.contains_key("idempotency-key");
         let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let exchange = upstream
             .call(
@@ -283,7 +287,8 @@ impl Gateway {
                 &instances,
                 &parts.method,
                 path_and_query,
-                headers,
+                &headers,
+                idempotency_key,
                 body,
                 self.max_response,
                 self.upstream_timeout,

@@ -64,7 +64,10 @@ impl Upstream {
         instances: &[Instance],
         method: &Method,
         path_and_query: &str,
-        mut headers: HeaderMap,
+        // Builds the request's headers: called once per attempt, so the common single attempt
+        // builds them once and copies nothing.
+        headers: &(dyn Fn() -> HeaderMap + Sync),
+        idempotency_key: bool,
         body: Bytes,
         max_response: u64,
         deadline: Duration,
@@ -87,7 +90,7 @@ impl Upstream {
         let idempotent = matches!(
             *method,
             Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
-        ) || headers.contains_key("idempotency-key");
+        ) || idempotency_key;
         let per_try = self
             .retry
             .per_try_timeout_ms
@@ -103,19 +106,12 @@ impl Upstream {
                     .ok_or(CallFailure::NoInstance)?;
                 tried.push(pick.index);
                 let instance = &instances[pick.index];
-                let more_may_follow =
-                    attempt + 1 < self.retry.max_attempts || refused + 1 < CONNECT_ATTEMPTS;
                 let mut req = Request::builder()
                     .method(method.clone())
                     .uri(format!("http://{}{}", instance.address, path_and_query))
                     .body(Full::new(body.clone()))
                     .map_err(|_| CallFailure::BadResponse)?;
-                // Clone the headers only while another attempt may need them.
-                *req.headers_mut() = if more_may_follow {
-                    headers.clone()
-                } else {
-                    std::mem::take(&mut headers)
-                };
+                *req.headers_mut() = headers();
                 // What is left of the whole request's time travels downstream (each hop honours it).
                 let left = deadline.saturating_sub(started.elapsed()).min(per_try);
                 req.headers_mut().insert(
