@@ -11,6 +11,7 @@ to one core and every server to the other, one worker each. Reported: requests/s
 the ratio to nginx within each round, and server CPU time per request (from /proc).
 
     python3 bench/gateway.py            # BENCH_ROUNDS=5 BENCH_SECONDS=5 BENCH_CONNECTIONS=32
+    BENCH_PERF=/tmp/gw.perf python3 bench/gateway.py   # profile the gateway under case c instead
 """
 
 import base64, os, secrets, statistics, subprocess, sys, tempfile, time
@@ -117,6 +118,16 @@ http {{
         # The proxy's own CPU is what is compared; the upstream's is the same in b, c and d.
         for name, (url, _, headers) in cases.items():
             wrk(url, CONNECTIONS, 1, headers)   # warm-up
+        if os.environ.get("BENCH_PERF"):
+            # Profile the gateway under case c instead of measuring: perf report -i <file>.
+            out = os.environ["BENCH_PERF"]
+            url, pids, headers = cases["c_gateway"]
+            perf = subprocess.Popen(["perf", "record", "-q", "-F", "2000", "-g", "--call-graph", "dwarf,16384",
+                                     "-p", str(pids[0]), "-o", out, "--", "sleep", str(SECONDS - 1)])
+            wrk(url, CONNECTIONS, SECONDS, headers)
+            perf.wait()
+            print(f"profile: {out}")
+            return
         rounds = []
         for r in range(ROUNDS):
             order = list(cases) if r % 2 == 0 else list(reversed(cases))

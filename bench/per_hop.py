@@ -31,7 +31,9 @@ def passport(kid, secret, audience):
     header = {"typ": "JWT", "alg": "HS256", "kid": kid}
     claims = {"iss": "bench", "aud": audience, "sub": "bench-user", "roles": ["user"],
               "tid": uuid.uuid4().hex, "jti": uuid.uuid4().hex, "iat": now, "exp": now + 30}
-    signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
+    compact = (",", ":")  # spelled as the gateway mints it
+    signing_input = (f"{b64(json.dumps(header, separators=compact).encode())}."
+                     f"{b64(json.dumps(claims, separators=compact).encode())}")
     sig = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
     return f"{signing_input}.{b64(sig)}"
 

@@ -4,8 +4,10 @@
 //! "trace_id":"…","span_id":"…","target":"shop_catalog","msg":"…", …fields}`
 //!
 //! The trace ids come from the nearest enclosing span that recorded `trace_id` and `span_id`
-//! fields (the request span the service middleware opens), so a handler's own `tracing::info!`
-//! lines carry the trace without doing anything. The level filter is `RUST_LOG`.
+//! fields ([`TraceContext::span`]), else from the request or event being handled (the
+//! `tessera::client::REQUEST` scope the service middleware and consumers set), so a handler's
+//! own `tracing::info!` lines carry the trace without doing anything, and serving a request
+//! opens no span. The level filter is `RUST_LOG`.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -17,14 +19,22 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
+use crate::client::REQUEST;
+use crate::trace::TraceContext;
+
 /// Installs the JSON logger for this process. Later calls do nothing.
 pub fn init(service: &str, instance: &str) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,hyper=warn,reqwest=warn"));
     let _ = tracing_subscriber::registry()
         .with(JsonLayer {
-            service: json_str(service),
-            instance: json_str(instance),
+            identity: {
+                let mut s = String::from(",\"service\":");
+                push_json_str(&mut s, service);
+                s.push_str(",\"instance\":");
+                push_json_str(&mut s, instance);
+                s
+            },
         })
         .with(filter)
         .try_init();
@@ -41,11 +51,12 @@ struct Writer {
 const FLUSH_AT: usize = 32 * 1024;
 
 impl Writer {
-    fn write(&self, line: String) {
+    fn write(&self, line: &[u8]) {
         let full = {
             let mut buffer = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
-            buffer.extend_from_slice(line.as_bytes());
-            (buffer.len() >= FLUSH_AT).then(|| std::mem::take(&mut *buffer))
+            buffer.extend_from_slice(line);
+            (buffer.len() >= FLUSH_AT)
+                .then(|| std::mem::replace(&mut *buffer, Vec::with_capacity(FLUSH_AT * 2)))
         };
         if let Some(batch) = full {
             let _ = std::io::stdout().lock().write_all(&batch);
@@ -53,12 +64,16 @@ impl Writer {
     }
 
     fn flush(&self) {
-        let batch = std::mem::take(&mut *self.buffer.lock().unwrap_or_else(|e| e.into_inner()));
-        if !batch.is_empty() {
-            let mut out = std::io::stdout().lock();
-            let _ = out.write_all(&batch);
-            let _ = out.flush();
-        }
+        let batch = {
+            let mut buffer = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
+            if buffer.is_empty() {
+                return;
+            }
+            std::mem::replace(&mut *buffer, Vec::with_capacity(FLUSH_AT * 2))
+        };
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(&batch);
+        let _ = out.flush();
     }
 }
 
@@ -86,27 +101,37 @@ pub fn flush() {
 }
 
 struct JsonLayer {
-    service: String,
-    instance: String,
+    /// `,"service":"…","instance":"…"`, escaped once.
+    identity: String,
 }
 
 /// Trace ids recorded by a span.
 struct SpanTrace {
-    trace_id: String,
-    span_id: String,
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
 }
 
 #[derive(Default)]
 struct TraceVisitor {
-    trace_id: Option<String>,
-    span_id: Option<String>,
+    trace_id: Option<[u8; 16]>,
+    span_id: Option<[u8; 8]>,
 }
 
 impl Visit for TraceVisitor {
+    fn record_u128(&mut self, field: &Field, value: u128) {
+        if field.name() == "trace_id" {
+            self.trace_id = Some(value.to_be_bytes());
+        }
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        if field.name() == "span_id" {
+            self.span_id = Some(value.to_be_bytes());
+        }
+    }
     fn record_str(&mut self, field: &Field, value: &str) {
         match field.name() {
-            "trace_id" => self.trace_id = Some(value.to_string()),
-            "span_id" => self.span_id = Some(value.to_string()),
+            "trace_id" => self.trace_id = parse_hex(value),
+            "span_id" => self.span_id = parse_hex(value),
             _ => {}
         }
     }
@@ -116,6 +141,56 @@ impl Visit for TraceVisitor {
             _ => {}
         }
     }
+}
+
+fn parse_hex<const N: usize>(hex: &str) -> Option<[u8; N]> {
+    let b = hex.as_bytes();
+    if b.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+thread_local! {
+    /// The trace of a log line written by [`in_trace`].
+    static TRACE: std::cell::Cell<Option<TraceContext>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` (which logs) as part of `trace`, outside any span or request scope: the service
+/// middleware writes its request line with it, after the handler's scope has ended.
+pub fn in_trace<R>(trace: &TraceContext, f: impl FnOnce() -> R) -> R {
+    let outer = TRACE.replace(Some(*trace));
+    let r = f();
+    TRACE.set(outer);
+    r
+}
+
+/// The trace a log line belongs to: the nearest enclosing span that recorded trace ids, else
+/// the line written by [`in_trace`], else the request or event being handled.
+fn trace_of<S: Subscriber + for<'a> LookupSpan<'a>>(
+    event: &Event<'_>,
+    ctx: &Context<'_, S>,
+) -> Option<([u8; 16], [u8; 8])> {
+    if let Some(scope) = ctx.event_scope(event) {
+        for span in scope {
+            if let Some(t) = span.extensions().get::<SpanTrace>() {
+                return Some((t.trace_id, t.span_id));
+            }
+        }
+    }
+    TRACE
+        .get()
+        .or_else(|| REQUEST.try_with(|r| r.trace).ok())
+        .map(|t| (t.trace_id, t.span_id))
+}
+
+thread_local! {
+    /// The line being written, reused: formatting a line allocates nothing once warm.
+    static LINE: std::cell::RefCell<String> = std::cell::RefCell::new(String::with_capacity(512));
 }
 
 impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for JsonLayer {
@@ -134,33 +209,31 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for JsonLayer {
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let mut line = String::with_capacity(256);
-        line.push_str("{\"ts\":\"");
-        push_timestamp(&mut line);
-        let _ = write!(
-            line,
-            "\",\"level\":\"{}\",\"service\":{},\"instance\":{}",
-            event.metadata().level(),
-            self.service,
-            self.instance
-        );
-        if let Some(scope) = ctx.event_scope(event) {
-            for span in scope {
-                if let Some(t) = span.extensions().get::<SpanTrace>() {
-                    let _ = write!(
-                        line,
-                        ",\"trace_id\":{},\"span_id\":{}",
-                        json_str(&t.trace_id),
-                        json_str(&t.span_id)
-                    );
-                    break;
-                }
+        LINE.with_borrow_mut(|line| {
+            line.clear();
+            line.push_str("{\"ts\":\"");
+            push_timestamp(line);
+            line.push_str("\",\"level\":\"");
+            line.push_str(event.metadata().level().as_str());
+            line.push('"');
+            line.push_str(&self.identity);
+            if let Some((trace_id, span_id)) = trace_of(event, &ctx) {
+                let mut buf = [0u8; 32];
+                line.push_str(",\"trace_id\":\"");
+                line.push_str(crate::trace::hex(&trace_id, &mut buf));
+                line.push_str("\",\"span_id\":\"");
+                line.push_str(crate::trace::hex(&span_id, &mut buf));
+                line.push('"');
             }
-        }
-        let _ = write!(line, ",\"target\":{}", json_str(event.metadata().target()));
-        event.record(&mut FieldWriter { line: &mut line });
-        line.push_str("}\n");
-        writer().write(line);
+            line.push_str(",\"target\":");
+            push_json_str(line, event.metadata().target());
+            event.record(&mut FieldWriter { line });
+            line.push_str("}\n");
+            writer().write(line.as_bytes());
+            if line.capacity() > 16 * 1024 {
+                *line = String::with_capacity(512); // one huge line does not stay resident
+            }
+        });
     }
 }
 
@@ -174,43 +247,75 @@ impl FieldWriter<'_> {
             "message" => "msg",
             n => n,
         };
-        let _ = write!(self.line, ",{}:", json_str(name));
+        self.line.push(',');
+        push_json_str(self.line, name);
+        self.line.push(':');
     }
 }
 
 impl Visit for FieldWriter<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         self.key(field);
-        self.line.push_str(&json_str(value));
+        push_json_str(self.line, value);
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
         self.key(field);
-        let _ = write!(self.line, "{value}");
+        self.line.push_str(itoa::Buffer::new().format(value));
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
         self.key(field);
-        let _ = write!(self.line, "{value}");
+        self.line.push_str(itoa::Buffer::new().format(value));
+    }
+    fn record_u128(&mut self, field: &Field, value: u128) {
+        self.key(field);
+        self.line.push_str(itoa::Buffer::new().format(value));
     }
     fn record_f64(&mut self, field: &Field, value: f64) {
         self.key(field);
         if value.is_finite() {
-            let _ = write!(self.line, "{value}");
+            self.line.push_str(ryu::Buffer::new().format_finite(value));
         } else {
             self.line.push_str("null");
         }
     }
     fn record_bool(&mut self, field: &Field, value: bool) {
         self.key(field);
-        let _ = write!(self.line, "{value}");
+        self.line.push_str(if value { "true" } else { "false" });
     }
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         self.key(field);
-        self.line.push_str(&json_str(&format!("{value:?}")));
+        // Messages and `%value` fields arrive here; format them, then escape.
+        let mut text = String::new();
+        let _ = write!(text, "{value:?}");
+        push_json_str(self.line, &text);
     }
 }
 
-fn json_str(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+/// Appends `s` as a JSON string literal.
+fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    let bytes = s.as_bytes();
+    let mut clean = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[clean..i]);
+        if escape.is_empty() {
+            let _ = write!(out, "\\u{b:04x}");
+        } else {
+            out.push_str(escape);
+        }
+        clean = i + 1;
+    }
+    out.push_str(&s[clean..]);
+    out.push('"');
 }
 
 /// The current time, RFC 3339 UTC with milliseconds.
@@ -220,12 +325,38 @@ pub fn rfc3339_now() -> String {
     s
 }
 
+thread_local! {
+    /// The last second formatted, and its `YYYY-MM-DDTHH:MM:SS`: most lines only add millis.
+    static SECOND: std::cell::Cell<(i64, [u8; 19])> = const { std::cell::Cell::new((-1, [0; 19])) };
+}
+
 /// RFC 3339 UTC with milliseconds, without a date-time crate.
 fn push_timestamp(out: &mut String) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     let secs = now.as_secs() as i64;
+    let (cached, mut prefix) = SECOND.get();
+    if cached != secs {
+        let mut s = String::with_capacity(19);
+        push_civil(&mut s, secs);
+        prefix.copy_from_slice(s.as_bytes());
+        SECOND.set((secs, prefix));
+    }
+    out.push_str(std::str::from_utf8(&prefix).expect("ASCII"));
+    let ms = now.subsec_millis();
+    let digits = [
+        b'.',
+        b'0' + (ms / 100) as u8,
+        b'0' + (ms / 10 % 10) as u8,
+        b'0' + (ms % 10) as u8,
+        b'Z',
+    ];
+    out.push_str(std::str::from_utf8(&digits).expect("ASCII"));
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of a Unix time.
+fn push_civil(out: &mut String, secs: i64) {
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Howard Hinnant's days-to-civil.
     let z = days + 719_468;
@@ -239,16 +370,44 @@ fn push_timestamp(out: &mut String) {
     let year = yoe + era * 400 + i64::from(month <= 2);
     let _ = write!(
         out,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
         rem / 3600,
         rem % 3600 / 60,
         rem % 60,
-        now.subsec_millis()
     );
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn strings_are_escaped_as_json() {
+        for s in [
+            "plain",
+            "quote \" back \\ slash",
+            "new\nline\ttab\r",
+            "bell\u{7} nul\u{0}",
+            "ünïcödé ✓",
+            "",
+        ] {
+            let mut out = String::new();
+            super::push_json_str(&mut out, s);
+            assert_eq!(serde_json::from_str::<String>(&out).unwrap(), s, "{out}");
+        }
+    }
+
+    #[test]
+    fn civil_time_matches_known_dates() {
+        let mut s = String::new();
+        super::push_civil(&mut s, 0);
+        assert_eq!(s, "1970-01-01T00:00:00");
+        s.clear();
+        super::push_civil(&mut s, 1_795_308_000); // `date -u -d @1795308000`
+        assert_eq!(s, "2026-11-22T00:40:00");
+        s.clear();
+        super::push_civil(&mut s, 951_782_400); // a leap day
+        assert_eq!(s, "2000-02-29T00:00:00");
+    }
+
     #[test]
     fn timestamp_is_rfc3339() {
         let mut s = String::new();

@@ -6,6 +6,7 @@
 //! and status; routes are the matched templates (`/api/catalog/products/{id}`), never raw
 //! paths, so the number of series stays bounded.
 
+use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -45,16 +46,51 @@ pub fn render() -> String {
     handle().render()
 }
 
+/// The two series of one route, method and status.
+struct Series {
+    requests: metrics::Counter,
+    duration: metrics::Histogram,
+}
+
+/// Series by route, then by method and status (a handful per route: a short scan).
+type SeriesByRoute = HashMap<Box<str>, Vec<(Box<str>, u16, Series)>>;
+
+thread_local! {
+    /// Per thread, the series handles already registered: recording a request is then a hash
+    /// lookup by borrowed strings and two atomic updates, with no label allocation.
+    static SERIES: std::cell::RefCell<SeriesByRoute> = std::cell::RefCell::default();
+}
+
 /// Records one served HTTP request.
 pub fn record_request(route: &str, method: &str, status: u16, elapsed: Duration) {
-    let labels = [
-        ("route", route.to_string()),
-        ("method", method.to_string()),
-        ("status", status.to_string()),
-    ];
-    metrics::counter!("http_server_requests_total", &labels).increment(1);
-    metrics::histogram!("http_server_request_duration_seconds", &labels)
-        .record(elapsed.as_secs_f64());
+    SERIES.with_borrow_mut(|series| {
+        let by_route = match series.get_mut(route) {
+            Some(v) => v,
+            None => series.entry(route.into()).or_default(),
+        };
+        let i = match by_route
+            .iter()
+            .position(|(m, s, _)| *s == status && &**m == method)
+        {
+            Some(i) => i,
+            None => {
+                let labels = [
+                    ("route", route.to_string()),
+                    ("method", method.to_string()),
+                    ("status", status.to_string()),
+                ];
+                let handles = Series {
+                    requests: metrics::counter!("http_server_requests_total", &labels),
+                    duration: metrics::histogram!("http_server_request_duration_seconds", &labels),
+                };
+                by_route.push((method.into(), status, handles));
+                by_route.len() - 1
+            }
+        };
+        let handles = &by_route[i].2;
+        handles.requests.increment(1);
+        handles.duration.record(elapsed.as_secs_f64());
+    });
 }
 
 /// An axum handler for `GET /metrics`.

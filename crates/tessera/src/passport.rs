@@ -8,12 +8,11 @@
 //! `kid`; the first key of the set signs and every key verifies, which is how keys rotate.
 //! The format is specified in `docs/passport.md`.
 
-use std::collections::HashMap;
-
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 
 use crate::trace::TraceContext;
 
@@ -25,6 +24,8 @@ pub const ANONYMOUS: &str = "anonymous";
 pub const TTL_SECS: u64 = 30;
 /// Clock skew tolerated when checking `exp`.
 const LEEWAY_SECS: u64 = 5;
+/// Claims up to this size are decoded on the stack (a passport's are about 250 bytes).
+const STACK_CLAIMS: usize = 1024;
 
 /// The passport's claims.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -57,6 +58,21 @@ impl Passport {
     }
 }
 
+/// The claims as minted, borrowed: signing serialises them without building a [`Passport`].
+#[derive(Serialize)]
+struct Claims<'a> {
+    iss: &'a str,
+    aud: &'a str,
+    sub: &'a str,
+    roles: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sid: Option<&'a str>,
+    tid: &'a str,
+    jti: &'a str,
+    iat: u64,
+    exp: u64,
+}
+
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum PassportError {
     #[error("missing passport")]
@@ -77,23 +93,42 @@ pub enum PassportError {
 #[error("invalid passport key set: {0}")]
 pub struct KeySpecError(String);
 
+/// One key of the set. The HMAC state is keyed once, here: signing and verifying clone it
+/// rather than re-deriving the padded key blocks per passport.
+struct Key {
+    kid: String,
+    mac: Hmac<Sha256>,
+    /// The encoded JWS header this key signs with. A passport whose header segment is exactly
+    /// this is matched to the key without decoding or parsing the header.
+    header: String,
+}
+
 /// The system's passport keys: one signs, all verify.
 pub struct PassportKeys {
-    signing_kid: String,
-    signing: EncodingKey,
-    header: Header,
-    verifying: HashMap<String, DecodingKey>,
-    validation: Validation,
+    /// The first one signs.
+    keys: Vec<Key>,
     audience: String,
 }
 
 impl std::fmt::Debug for PassportKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PassportKeys")
-            .field("signing_kid", &self.signing_kid)
-            .field("kids", &self.verifying.keys().collect::<Vec<_>>())
+            .field("signing_kid", &self.keys[0].kid)
+            .field(
+                "kids",
+                &self.keys.iter().map(|k| &k.kid).collect::<Vec<_>>(),
+            )
             .finish()
     }
+}
+
+/// The JWS header, as far as verification reads it.
+#[derive(Deserialize)]
+struct JwsHeader<'a> {
+    #[serde(borrow)]
+    alg: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    kid: Option<std::borrow::Cow<'a, str>>,
 }
 
 impl PassportKeys {
@@ -113,26 +148,22 @@ impl PassportKeys {
                     "key {kid:?} is shorter than 32 bytes"
                 )));
             }
-            keys.push((kid.to_string(), secret));
+            // Spelled as docs/passport.md shows it (and as jsonwebtoken and PyJWT write it).
+            let header = format!(
+                r#"{{"typ":"JWT","alg":"HS256","kid":{}}}"#,
+                serde_json::Value::from(kid)
+            );
+            keys.push(Key {
+                kid: kid.to_string(),
+                mac: Hmac::new_from_slice(&secret).expect("HMAC takes keys of any length"),
+                header: URL_SAFE_NO_PAD.encode(header),
+            });
         }
-        let Some((signing_kid, signing_secret)) = keys.first().cloned() else {
+        if keys.is_empty() {
             return Err(KeySpecError("no keys".into()));
-        };
-        let mut header = Header::new(Algorithm::HS256);
-        header.kid = Some(signing_kid.clone());
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_audience(&[audience]);
-        validation.set_required_spec_claims(&["exp", "aud", "sub"]);
-        validation.leeway = LEEWAY_SECS;
+        }
         Ok(Self {
-            signing: EncodingKey::from_secret(&signing_secret),
-            verifying: keys
-                .iter()
-                .map(|(k, s)| (k.clone(), DecodingKey::from_secret(s)))
-                .collect(),
-            header,
-            validation,
-            signing_kid,
+            keys,
             audience: audience.to_string(),
         })
     }
@@ -157,48 +188,103 @@ impl PassportKeys {
         trace: &TraceContext,
     ) -> String {
         let now = crate::unix_now();
-        let claims = Passport {
-            iss: issuer.to_string(),
-            aud: self.audience.clone(),
-            sub: sub.to_string(),
-            roles: roles.to_vec(),
-            sid: sid.map(str::to_string),
-            tid: trace.trace_id_hex(),
-            jti: uuid::Uuid::new_v4().simple().to_string(),
+        let mut jti = [0u8; 32];
+        let mut tid = [0u8; 32];
+        let claims = Claims {
+            iss: issuer,
+            aud: &self.audience,
+            sub,
+            roles,
+            sid,
+            tid: crate::trace::hex(&trace.trace_id, &mut tid),
+            jti: crate::trace::hex(&rand::random::<[u8; 16]>(), &mut jti),
             iat: now,
             exp: now + TTL_SECS,
         };
-        self.sign(&claims)
+        self.sign_claims(&claims)
     }
 
     /// Signs arbitrary claims (tests use this to make expired or odd passports).
     pub fn sign(&self, claims: &Passport) -> String {
-        jsonwebtoken::encode(&self.header, claims, &self.signing)
-            .expect("HS256 signing cannot fail")
+        self.sign_claims(claims)
     }
 
-    /// Verifies signature, key, expiry and audience.
+    fn sign_claims(&self, claims: &impl Serialize) -> String {
+        let key = &self.keys[0];
+        let json = serde_json::to_vec(claims).expect("claims serialise");
+        let mut token = String::with_capacity(key.header.len() + json.len() * 4 / 3 + 48);
+        token.push_str(&key.header);
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(&json, &mut token);
+        let mut mac = key.mac.clone();
+        mac.update(token.as_bytes());
+        let signature = mac.finalize().into_bytes();
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature, &mut token);
+        token
+    }
+
+    /// Verifies key, signature, expiry and audience, in that order.
     pub fn verify(&self, token: &str) -> Result<Passport, PassportError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| PassportError::Malformed)?;
-        if header.alg != Algorithm::HS256 {
+        let (signed, signature) = token.rsplit_once('.').ok_or(PassportError::Malformed)?;
+        let (header, claims) = signed.split_once('.').ok_or(PassportError::Malformed)?;
+        if claims.contains('.') {
+            return Err(PassportError::Malformed);
+        }
+        let key = match self.keys.iter().find(|k| k.header == header) {
+            Some(key) => key,
+            None => self.key_of(header)?,
+        };
+
+        let mut sig = [0u8; 32];
+        match URL_SAFE_NO_PAD.decode_slice(signature, &mut sig) {
+            Ok(32) => {}
+            Ok(_) => return Err(PassportError::BadSignature),
+            Err(_) => return Err(PassportError::Malformed),
+        }
+        let mut mac = key.mac.clone();
+        mac.update(signed.as_bytes());
+        mac.verify_slice(&sig)
+            .map_err(|_| PassportError::BadSignature)?;
+
+        let passport: Passport = if claims.len() / 4 * 3 + 3 <= STACK_CLAIMS {
+            let mut buf = [0u8; STACK_CLAIMS];
+            let n = URL_SAFE_NO_PAD
+                .decode_slice(claims, &mut buf)
+                .map_err(|_| PassportError::Malformed)?;
+            serde_json::from_slice(&buf[..n])
+        } else {
+            let json = URL_SAFE_NO_PAD
+                .decode(claims)
+                .map_err(|_| PassportError::Malformed)?;
+            serde_json::from_slice(&json)
+        }
+        .map_err(|_| PassportError::Malformed)?;
+
+        if passport.exp + LEEWAY_SECS < crate::unix_now() {
+            return Err(PassportError::Expired);
+        }
+        if passport.aud != self.audience {
+            return Err(PassportError::WrongAudience);
+        }
+        Ok(passport)
+    }
+
+    /// The key a header other than our own signing headers names (another minter's spelling).
+    fn key_of(&self, header: &str) -> Result<&Key, PassportError> {
+        let json = URL_SAFE_NO_PAD
+            .decode(header)
+            .map_err(|_| PassportError::Malformed)?;
+        let header: JwsHeader<'_> =
+            serde_json::from_slice(&json).map_err(|_| PassportError::Malformed)?;
+        if header.alg != "HS256" {
             return Err(PassportError::BadSignature);
         }
-        let key = header
-            .kid
-            .as_deref()
-            .and_then(|kid| self.verifying.get(kid))
-            .ok_or(PassportError::UnknownKey)?;
-        jsonwebtoken::decode::<Passport>(token, key, &self.validation)
-            .map(|data| data.claims)
-            .map_err(|e| {
-                use jsonwebtoken::errors::ErrorKind;
-                match e.kind() {
-                    ErrorKind::ExpiredSignature => PassportError::Expired,
-                    ErrorKind::InvalidAudience => PassportError::WrongAudience,
-                    ErrorKind::InvalidSignature => PassportError::BadSignature,
-                    _ => PassportError::Malformed,
-                }
-            })
+        let kid = header.kid.ok_or(PassportError::UnknownKey)?;
+        self.keys
+            .iter()
+            .find(|k| k.kid == kid)
+            .ok_or(PassportError::UnknownKey)
     }
 }
 
@@ -264,6 +350,38 @@ mod tests {
         let token = before.mint("x", "u", &[], None, &t);
         assert!(after.verify(&token).is_ok());
         assert!(before.verify(&after.mint("x", "u", &[], None, &t)).is_err());
+    }
+
+    #[test]
+    fn verifies_a_passport_from_another_minter() {
+        // Another implementation may order or space the header differently, or use other
+        // libraries: verification parses such a header instead of matching our own spelling.
+        let spec = format!("k1:{}", STANDARD.encode([9u8; 32]));
+        let k = PassportKeys::from_spec(&spec, "shop").unwrap();
+        let now = crate::unix_now();
+        let claims = serde_json::json!({"iss": "py", "aud": "shop", "sub": "u9", "tid": "0af7651916cd43dd8448eb211c80319c",
+            "jti": "x", "iat": now, "exp": now + 30});
+        let header = URL_SAFE_NO_PAD.encode(r#"{ "alg": "HS256", "kid": "k1" }"#);
+        let signed = format!("{header}.{}", URL_SAFE_NO_PAD.encode(claims.to_string()));
+        let mut mac = Hmac::<Sha256>::new_from_slice(&[9u8; 32]).unwrap();
+        mac.update(signed.as_bytes());
+        let token = format!(
+            "{signed}.{}",
+            URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+        );
+        let p = k.verify(&token).unwrap();
+        assert_eq!((p.sub.as_str(), p.roles.len()), ("u9", 0));
+
+        let none = format!(
+            "{}.{}.",
+            URL_SAFE_NO_PAD.encode(r#"{"alg":"none","kid":"k1"}"#),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        assert_eq!(k.verify(&none), Err(PassportError::BadSignature));
+        let no_kid = token.replacen(&header, &URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256"}"#), 1);
+        assert_eq!(k.verify(&no_kid), Err(PassportError::UnknownKey));
+        assert_eq!(k.verify("a.b.c.d"), Err(PassportError::Malformed));
+        assert_eq!(k.verify(""), Err(PassportError::Malformed));
     }
 
     #[test]

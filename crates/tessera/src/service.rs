@@ -23,17 +23,16 @@
 //! `TESSERA_SHUTDOWN_GRACE_MS`.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context as _;
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::middleware::{self, Next};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
-use tracing::Instrument;
 
 use crate::client::{REQUEST, RequestContext, ServiceClient};
 use crate::config::{ServiceConfig, Settings};
@@ -225,7 +224,7 @@ impl Service {
         let app = build(ctx).await?;
         let router = app
             .fallback(|| async { ApiError::not_found("no such route") })
-            .layer(middleware::from_fn_with_state(keys, request_middleware))
+            .layer(RequestLayer { keys })
             .merge(health.routes())
             .route(
                 "/status/resilience",
@@ -315,100 +314,142 @@ impl Service {
     }
 }
 
-/// Passport, trace, metrics and one log line, around every request but health and metrics.
-async fn request_middleware(
-    State(keys): State<Arc<PassportKeys>>,
-    matched: Option<MatchedPath>,
-    mut req: Request,
-    next: Next,
-) -> Response {
-    let start = Instant::now();
-    let route = matched
-        .as_ref()
-        .map_or("unmatched", |m| m.as_str())
-        .to_string();
-    let method = req.method().clone();
+/// Passport, trace, deadline, metrics and one log line, around every request but health and
+/// metrics. A plain tower layer rather than `axum::middleware::from_fn`: no boxed inner service
+/// and no request taken apart and rebuilt per request.
+#[derive(Clone)]
+struct RequestLayer {
+    keys: Arc<PassportKeys>,
+}
 
-    let token = req
-        .headers()
-        .get(passport::HEADER)
-        .and_then(|v| v.to_str().ok());
-    let verified = match token {
-        None => Err(PassportError::Missing),
-        Some(t) => keys.verify(t).map(|p| (p, Arc::<str>::from(t))),
-    };
-    let parent = req
-        .headers()
-        .get(trace::TRACEPARENT)
-        .and_then(|v| v.to_str().ok())
-        .and_then(TraceContext::parse)
-        .or_else(|| {
-            verified
-                .as_ref()
-                .ok()
-                .and_then(|(p, _)| TraceContext::from_trace_id(&p.tid))
-        });
-    let trace = match parent {
-        Some(p) => p.child(),
-        None => TraceContext::new_root(),
-    };
-    let deadline = crate::client::deadline_of(req.headers());
-    let (trace_id, span_id) = (trace.trace_id_hex(), trace.span_id_hex());
-    let span = tracing::info_span!(
-        "request",
-        trace_id = trace_id.as_str(),
-        span_id = span_id.as_str()
-    );
+impl<S> tower::Layer<S> for RequestLayer {
+    type Service = RequestService<S>;
 
-    let response = match verified {
-        Err(e) => {
-            span.in_scope(|| tracing::warn!(reason = %e, path = req.uri().path(), "request refused: passport"));
-            ApiError::unauthorized(e.to_string()).into_response()
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestService {
+            keys: self.keys.clone(),
+            inner,
         }
-        Ok(_) if deadline.is_some_and(|d| d <= tokio::time::Instant::now()) => {
-            // The caller has given up already: do not start work that can no longer matter.
-            ApiError::new(
-                http::StatusCode::GATEWAY_TIMEOUT,
-                "deadline_exceeded",
-                "the caller's deadline has passed",
-            )
-            .into_response()
-        }
-        Ok((passport, token)) => {
-            req.extensions_mut().insert(passport);
-            req.extensions_mut().insert(trace);
-            let ctx = RequestContext {
-                passport: token,
-                trace,
-                deadline,
-            };
-            let work = REQUEST.scope(ctx, next.run(req)).instrument(span.clone());
-            match deadline {
-                None => work.await,
-                Some(d) => tokio::time::timeout_at(d, work).await.unwrap_or_else(|_| {
-                    ApiError::new(
-                        http::StatusCode::GATEWAY_TIMEOUT,
-                        "deadline_exceeded",
-                        "the caller's deadline passed",
-                    )
-                    .into_response()
-                }),
+    }
+}
+
+#[derive(Clone)]
+struct RequestService<S> {
+    keys: Arc<PassportKeys>,
+    inner: S,
+}
+
+impl<S> tower::Service<Request> for RequestService<S>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let start = Instant::now();
+        let route = req.extensions().get::<MatchedPath>().cloned();
+        let method = req.method().clone();
+
+        let verified = match req.headers().get(passport::HEADER) {
+            None => Err(PassportError::Missing),
+            Some(v) => match v.to_str() {
+                Ok(t) => self.keys.verify(t).map(|p| (p, Arc::<str>::from(t))),
+                Err(_) => Err(PassportError::Malformed),
+            },
+        };
+        let parent = req
+            .headers()
+            .get(trace::TRACEPARENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(TraceContext::parse)
+            .or_else(|| {
+                verified
+                    .as_ref()
+                    .ok()
+                    .and_then(|(p, _)| TraceContext::from_trace_id(&p.tid))
+            });
+        let trace = match parent {
+            Some(p) => p.child(),
+            None => TraceContext::new_root(),
+        };
+        let deadline = crate::client::deadline_of(req.headers());
+
+        // The handler runs inside the request context (the passport and trace its calls and
+        // log lines carry); refusals answer without running it.
+        let work = match verified {
+            Err(e) => {
+                crate::log::in_trace(
+                    &trace,
+                    || tracing::warn!(reason = %e, path = req.uri().path(), "request refused: passport"),
+                );
+                Err(ApiError::unauthorized(e.to_string()))
             }
-        }
-    };
-    let elapsed = start.elapsed();
-    let status = response.status().as_u16();
-    crate::metrics::record_request(&route, method.as_str(), status, elapsed);
-    span.in_scope(|| {
-        tracing::info!(
-            method = method.as_str(),
-            route = route.as_str(),
-            status,
-            latency_ms = elapsed.as_secs_f64() * 1000.0,
-            "request"
-        )
-    });
-    response
+            Ok(_) if deadline.is_some_and(|d| d <= tokio::time::Instant::now()) => {
+                // The caller has given up already: do not start work that can no longer matter.
+                Err(ApiError::new(
+                    http::StatusCode::GATEWAY_TIMEOUT,
+                    "deadline_exceeded",
+                    "the caller's deadline has passed",
+                ))
+            }
+            Ok((passport, token)) => {
+                req.extensions_mut().insert(passport);
+                req.extensions_mut().insert(trace);
+                let ctx = RequestContext {
+                    passport: token,
+                    trace,
+                    deadline,
+                };
+                Ok(REQUEST.scope(ctx, self.inner.call(req)))
+            }
+        };
+        Box::pin(async move {
+            let response = match work {
+                Err(refusal) => refusal.into_response(),
+                Ok(work) => {
+                    let result = match deadline {
+                        None => work.await,
+                        Some(d) => tokio::time::timeout_at(d, work).await.unwrap_or_else(|_| {
+                            Ok(ApiError::new(
+                                http::StatusCode::GATEWAY_TIMEOUT,
+                                "deadline_exceeded",
+                                "the caller's deadline passed",
+                            )
+                            .into_response())
+                        }),
+                    };
+                    match result {
+                        Ok(response) => response,
+                        Err(never) => match never {},
+                    }
+                }
+            };
+            let elapsed = start.elapsed();
+            let status = response.status().as_u16();
+            let route = route.as_ref().map_or("unmatched", |m| m.as_str());
+            crate::metrics::record_request(route, method.as_str(), status, elapsed);
+            crate::log::in_trace(&trace, || {
+                tracing::info!(
+                    method = method.as_str(),
+                    route,
+                    status,
+                    latency_ms = elapsed.as_secs_f64() * 1000.0,
+                    "request"
+                )
+            });
+            Ok(response)
+        })
+    }
 }
 
 async fn shutdown_signal() {

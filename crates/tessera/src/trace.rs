@@ -95,6 +95,17 @@ impl TraceContext {
         s
     }
 
+    /// A span for this hop's work: its log lines carry the trace and span ids
+    /// (`crate::log`). The ids are recorded as integers, so opening it allocates no strings.
+    pub fn span(&self, name: &'static str) -> tracing::Span {
+        tracing::info_span!(
+            "hop",
+            hop = name,
+            trace_id = u128::from_be_bytes(self.trace_id),
+            span_id = u64::from_be_bytes(self.span_id)
+        )
+    }
+
     pub fn trace_id_hex(&self) -> String {
         let mut s = String::with_capacity(32);
         push_hex(&mut s, &self.trace_id);
@@ -106,6 +117,17 @@ impl TraceContext {
         push_hex(&mut s, &self.span_id);
         s
     }
+}
+
+/// Writes `bytes` as lowercase hex into `out` (twice their length) and returns it as a `&str`.
+pub fn hex<'a>(bytes: &[u8], out: &'a mut [u8]) -> &'a str {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let out = &mut out[..bytes.len() * 2];
+    for (i, b) in bytes.iter().enumerate() {
+        out[2 * i] = DIGITS[usize::from(b >> 4)];
+        out[2 * i + 1] = DIGITS[usize::from(b & 0xf)];
+    }
+    std::str::from_utf8(out).expect("hex digits are ASCII")
 }
 
 fn new_span_id() -> [u8; 8] {

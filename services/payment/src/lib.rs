@@ -226,8 +226,7 @@ impl Worker {
                 calls.spawn(async move {
                     // Work for an order happens in the trace of the order's checkout.
                     let trace = w.trace_of(&order_id).await.unwrap_or_else(TraceContext::new_root);
-                    let (trace_id, span_id) = (trace.trace_id_hex(), trace.span_id_hex());
-                    let span = tracing::info_span!("payment", trace_id = trace_id.as_str(), span_id = span_id.as_str());
+                    let span = trace.span("payment");
                     let passport = w.keys.mint("service:payment", "service:payment", &["system".into()], None, &trace);
                     let ctx = RequestContext { passport: passport.into(), trace, deadline: None };
                     let result = REQUEST

@@ -196,12 +196,7 @@ impl Consumer {
         let trace = event
             .trace()
             .map_or_else(TraceContext::new_root, |t| t.child());
-        let (trace_id, span_id) = (trace.trace_id_hex(), trace.span_id_hex());
-        let span = tracing::info_span!(
-            "event",
-            trace_id = trace_id.as_str(),
-            span_id = span_id.as_str()
-        );
+        let span = trace.span("event");
         let me = format!("service:{}", env.service);
         let passport: Arc<str> = env
             .keys
