@@ -36,6 +36,9 @@ enum Command {
     Gateway,
 }
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let manifest = match Manifest::load(&cli.manifest) {
@@ -45,9 +48,16 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    // On one core (a pinned or a one-CPU container) the single-threaded scheduler does the
+    // same work without the work-stealing machinery's atomics and wake-ups.
+    let one_core = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
+    let runtime = if one_core {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    }
+    .enable_all()
+    .build()?;
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Up { no_build } => up::run(&cli.manifest, manifest, no_build).await,

@@ -7,6 +7,7 @@
 //! and client: no framework router on the hot path.
 
 pub mod envelope;
+pub mod pool;
 pub mod proxy;
 pub mod routes;
 pub mod tokens;
@@ -21,15 +22,14 @@ use bytes::Bytes;
 use http::{Response, StatusCode};
 use http_body_util::Full;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tessera::ServiceClient;
 use tessera::manifest::Manifest;
 use tessera::passport::PassportKeys;
 use tessera::registry::Discovery;
 use tokio::net::TcpListener;
 
+use crate::pool::Pool;
 use crate::proxy::Gateway;
 use crate::routes::RouteTable;
 use crate::tokens::TokenVerifier;
@@ -75,25 +75,27 @@ pub async fn serve(
         verifier
     });
 
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(1)));
-    let client = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(256)
-        .build(connector);
-
     let gateway = Arc::new(Gateway {
         routes: RouteTable::new(&manifest.routes),
         upstreams: upstream::build(manifest),
         discovery: discovery.clone(),
         keys,
         tokens,
-        client,
+        pool: Pool::new(256, Duration::from_secs(1)),
         upstream_timeout: Duration::from_millis(manifest.gateway.upstream_timeout_ms),
         max_body: manifest.gateway.max_body_bytes,
         max_response: manifest.gateway.max_response_bytes,
         revoke_for: Duration::from_secs(24 * 3600),
+    });
+    let sweeper = Arc::downgrade(&gateway);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            match sweeper.upgrade() {
+                Some(gateway) => gateway.pool.sweep(),
+                None => break,
+            }
+        }
     });
     discovery.wait_loaded(Duration::from_secs(5)).await;
     let header_timeout = Duration::from_millis(manifest.gateway.header_timeout_ms);

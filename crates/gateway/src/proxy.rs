@@ -11,8 +11,6 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use tessera::TraceContext;
 use tessera::manifest::{AuthMode, Fallback};
 use tessera::passport::{self, PassportKeys};
@@ -20,6 +18,7 @@ use tessera::registry::Discovery;
 use tessera::resilience::Limited as RateLimited;
 
 use crate::envelope;
+use crate::pool::Pool;
 use crate::routes::RouteTable;
 use crate::tokens::{TokenError, TokenVerifier};
 use crate::upstream::{CallFailure, Exchange, Upstream};
@@ -37,7 +36,7 @@ pub struct Gateway {
     pub discovery: Discovery,
     pub keys: PassportKeys,
     pub tokens: Option<Arc<TokenVerifier>>,
-    pub client: Client<HttpConnector, Body>,
+    pub pool: Pool,
     pub upstream_timeout: Duration,
     pub max_body: u64,
     pub max_response: u64,
@@ -60,18 +59,18 @@ impl Gateway {
     ) -> Result<Response<Body>, Infallible> {
         let start = Instant::now();
         let method = req.method().clone();
-        let path = req.uri().path().to_owned();
+        let uri = req.uri().clone(); // shares the request line's bytes
         let parent = req
             .headers()
             .get(tessera::trace::TRACEPARENT)
             .and_then(|v| v.to_str().ok())
             .and_then(TraceContext::parse);
         let trace = parent.map_or_else(TraceContext::new_root, |p| p.child());
-        let trace_id = trace.trace_id_hex();
-
-        let traceparent = trace.header();
+        let mut trace_id = [0u8; 32];
+        let trace_id = tessera::trace::hex(&trace.trace_id, &mut trace_id);
+        let traceparent = trace.header_value();
         let (mut response, outcome, route) = match self
-            .forward(req, peer, &trace, &traceparent, &trace_id)
+            .forward(req, peer, &trace, &traceparent, trace_id)
             .await
         {
             Ok((resp, upstream, route)) => {
@@ -88,7 +87,7 @@ impl Gateway {
             Err(e) => {
                 let status = e.status.as_u16();
                 (
-                    error_response(&e, &trace_id),
+                    error_response(&e, trace_id),
                     Outcome {
                         status,
                         upstream: None,
@@ -98,10 +97,8 @@ impl Gateway {
             }
         };
         let headers = response.headers_mut();
-        if let Ok(v) = HeaderValue::from_str(&traceparent) {
-            headers.insert(HeaderName::from_static("traceparent"), v);
-        }
-        if let Ok(v) = HeaderValue::from_str(&trace_id) {
+        headers.insert(HeaderName::from_static("traceparent"), traceparent);
+        if let Ok(v) = HeaderValue::from_str(trace_id) {
             headers.insert(HeaderName::from_static("x-trace-id"), v);
         }
         let elapsed = start.elapsed();
@@ -114,10 +111,10 @@ impl Gateway {
         tracing::info!(
             target: "access",
             method = method.as_str(),
-            path = path.as_str(),
+            path = uri.path(),
             status = outcome.status,
             latency_ms = elapsed.as_secs_f64() * 1000.0,
-            trace_id = trace_id.as_str(),
+            trace_id,
             upstream = outcome.upstream.as_deref().unwrap_or("-"),
             "access"
         );
@@ -129,7 +126,7 @@ impl Gateway {
         req: Request<Incoming>,
         peer: IpAddr,
         trace: &TraceContext,
-        traceparent: &str,
+        traceparent: &HeaderValue,
         trace_id: &str,
     ) -> Result<(Response<Body>, String, Option<&'a str>), GatewayError<'a>> {
         let route = self.routes.find(req.uri().path()).ok_or_else(|| {
@@ -265,13 +262,11 @@ impl Gateway {
         let passport = match &identity {
             Some(v) => self
                 .keys
-                .mint(ISSUER, &v.sub, &v.roles, v.sid.as_deref(), trace),
+                .mint_header(ISSUER, &v.sub, &v.roles, v.sid.as_deref(), trace),
             None => self
                 .keys
-                .mint(ISSUER, passport::ANONYMOUS, &[], None, trace),
+                .mint_header(ISSUER, passport::ANONYMOUS, &[], None, trace),
         };
-        let passport = header_value(&passport)?;
-        let traceparent = header_value(traceparent)?;
         let headers = || {
             let mut headers = HeaderMap::with_capacity(parts.headers.len() + 2);
             copy_request_headers(&parts.headers, &mut headers);
@@ -280,10 +275,11 @@ impl Gateway {
             headers
         };
         let idempotency_key = parts.headers.contains_key("idempotency-key");
-        let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let root = http::uri::PathAndQuery::from_static("/");
+        let path_and_query = parts.uri.path_and_query().unwrap_or(&root);
         let exchange = upstream
             .call(
-                &self.client,
+                &self.pool,
                 &instances,
                 &parts.method,
                 path_and_query,
@@ -509,16 +505,6 @@ fn fallback_response(f: &Fallback, trace_id: &str) -> Response<Body> {
         HeaderValue::from_static("circuit-open"),
     );
     resp
-}
-
-fn header_value<'a>(s: &str) -> Result<HeaderValue, GatewayError<'a>> {
-    HeaderValue::from_str(s).map_err(|_| {
-        GatewayError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "cannot build a header",
-        )
-    })
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {

@@ -8,11 +8,11 @@ use bytes::Bytes;
 use http::header::HeaderMap;
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use tessera::manifest::{Resilience, RetryConfig};
 use tessera::registry::Instance;
 use tessera::resilience::{Balancer, Breaker, Bulkhead, CallOutcome, RetryBudget};
+
+use crate::pool::{Pool, SendError};
 
 /// How many instances a request may try when connections are refused (those never reached
 /// the instance, so they cost no retry budget).
@@ -60,10 +60,10 @@ impl Upstream {
     #[allow(clippy::too_many_arguments)]
     pub async fn call(
         &self,
-        client: &Client<HttpConnector, Full<Bytes>>,
+        pool: &Pool,
         instances: &[Instance],
         method: &Method,
-        path_and_query: &str,
+        path_and_query: &http::uri::PathAndQuery,
         // Builds the request's headers: called once per attempt, so the common single attempt
         // builds them once and copies nothing.
         headers: &(dyn Fn() -> HeaderMap + Sync),
@@ -91,11 +91,8 @@ impl Upstream {
             *method,
             Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
         ) || idempotency_key;
-        let per_try = self
-            .retry
-            .per_try_timeout_ms
-            .map(Duration::from_millis)
-            .unwrap_or(deadline);
+        // Without a per-try timeout, the whole call's is the only timer armed.
+        let per_try = self.retry.per_try_timeout_ms.map(Duration::from_millis);
         let attempts = async {
             let (mut attempt, mut refused) = (0u32, 0usize);
             let mut tried: Vec<usize> = Vec::new();
@@ -106,33 +103,29 @@ impl Upstream {
                     .ok_or(CallFailure::NoInstance)?;
                 tried.push(pick.index);
                 let instance = &instances[pick.index];
-                let mut req = Request::builder()
-                    .method(method.clone())
-                    .uri(format!("http://{}{}", instance.address, path_and_query))
-                    .body(Full::new(body.clone()))
-                    .map_err(|_| CallFailure::BadResponse)?;
+                let mut req = Request::new(Full::new(body.clone()));
+                *req.method_mut() = method.clone();
+                *req.uri_mut() = http::Uri::from(path_and_query.clone());
                 *req.headers_mut() = headers();
                 // What is left of the whole request's time travels downstream (each hop honours it).
-                let left = deadline.saturating_sub(started.elapsed()).min(per_try);
+                let left = deadline.saturating_sub(started.elapsed());
+                let left = per_try.map_or(left, |p| left.min(p));
                 req.headers_mut().insert(
                     http::header::HeaderName::from_static(tessera::client::DEADLINE_HEADER),
                     http::HeaderValue::from(left.as_millis() as u64),
                 );
-                let outcome = tokio::time::timeout(per_try, async {
-                    let resp = client.request(req).await;
-                    match resp {
-                        Err(e) => Err(if e.is_connect() {
-                            CallFailure::Unreachable
-                        } else {
-                            CallFailure::BadResponse
-                        }),
-                        Ok(resp) => {
+                let exchange = async {
+                    match pool.send(&instance.address, req).await {
+                        Err(SendError::Connect) => Err(CallFailure::Unreachable),
+                        Err(SendError::Failed) => Err(CallFailure::BadResponse),
+                        Ok((resp, connection)) => {
                             let (parts, body) = resp.into_parts();
                             let body = Limited::new(body, max_response as usize)
                                 .collect()
                                 .await
                                 .map_err(|_| CallFailure::BadResponse)?
                                 .to_bytes();
+                            connection.release();
                             Ok(Exchange {
                                 parts,
                                 body,
@@ -140,9 +133,13 @@ impl Upstream {
                             })
                         }
                     }
-                })
-                .await
-                .unwrap_or(Err(CallFailure::Timeout));
+                };
+                let outcome = match per_try {
+                    None => exchange.await,
+                    Some(per_try) => tokio::time::timeout(per_try, exchange)
+                        .await
+                        .unwrap_or(Err(CallFailure::Timeout)),
+                };
                 let failed = match &outcome {
                     Ok(x) => x.parts.status.is_server_error(),
                     Err(_) => true,

@@ -187,6 +187,32 @@ impl PassportKeys {
         sid: Option<&str>,
         trace: &TraceContext,
     ) -> String {
+        let token = self.mint_bytes(issuer, sub, roles, sid, trace);
+        String::from_utf8(token).expect("a passport is ASCII")
+    }
+
+    /// [`Self::mint`], as a header value made without copying the token.
+    pub fn mint_header(
+        &self,
+        issuer: &str,
+        sub: &str,
+        roles: &[String],
+        sid: Option<&str>,
+        trace: &TraceContext,
+    ) -> http::HeaderValue {
+        let token = self.mint_bytes(issuer, sub, roles, sid, trace);
+        http::HeaderValue::from_maybe_shared(bytes::Bytes::from(token))
+            .expect("a passport is base64url and dots")
+    }
+
+    fn mint_bytes(
+        &self,
+        issuer: &str,
+        sub: &str,
+        roles: &[String],
+        sid: Option<&str>,
+        trace: &TraceContext,
+    ) -> Vec<u8> {
         let now = crate::unix_now();
         let mut jti = [0u8; 32];
         let mut tid = [0u8; 32];
@@ -206,22 +232,40 @@ impl PassportKeys {
 
     /// Signs arbitrary claims (tests use this to make expired or odd passports).
     pub fn sign(&self, claims: &Passport) -> String {
-        self.sign_claims(claims)
+        String::from_utf8(self.sign_claims(claims)).expect("a passport is ASCII")
     }
 
-    fn sign_claims(&self, claims: &impl Serialize) -> String {
+    fn sign_claims(&self, claims: &impl Serialize) -> Vec<u8> {
+        thread_local! {
+            /// The claims' JSON, reused between passports.
+            static JSON: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(512));
+        }
         let key = &self.keys[0];
-        let json = serde_json::to_vec(claims).expect("claims serialise");
-        let mut token = String::with_capacity(key.header.len() + json.len() * 4 / 3 + 48);
-        token.push_str(&key.header);
-        token.push('.');
-        URL_SAFE_NO_PAD.encode_string(&json, &mut token);
-        let mut mac = key.mac.clone();
-        mac.update(token.as_bytes());
-        let signature = mac.finalize().into_bytes();
-        token.push('.');
-        URL_SAFE_NO_PAD.encode_string(signature, &mut token);
-        token
+        JSON.with_borrow_mut(|json| {
+            json.clear();
+            serde_json::to_writer(&mut *json, claims).expect("claims serialise");
+            let mut token = Vec::with_capacity(key.header.len() + json.len().div_ceil(3) * 4 + 48);
+            token.extend_from_slice(key.header.as_bytes());
+            token.push(b'.');
+            let start = token.len();
+            token.resize(
+                start + base64::encoded_len(json.len(), false).expect("small"),
+                0,
+            );
+            URL_SAFE_NO_PAD
+                .encode_slice(&json[..], &mut token[start..])
+                .expect("sized to fit");
+            let mut mac = key.mac.clone();
+            mac.update(&token);
+            let signature = mac.finalize().into_bytes();
+            token.push(b'.');
+            let start = token.len();
+            token.resize(start + 43, 0);
+            URL_SAFE_NO_PAD
+                .encode_slice(signature, &mut token[start..])
+                .expect("sized to fit");
+            token
+        })
     }
 
     /// Verifies key, signature, expiry and audience, in that order.

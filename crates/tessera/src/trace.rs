@@ -106,6 +106,17 @@ impl TraceContext {
         )
     }
 
+    /// [`Self::header`] as a header value.
+    pub fn header_value(&self) -> http::HeaderValue {
+        let mut out = [0u8; 55];
+        out[..3].copy_from_slice(b"00-");
+        hex(&self.trace_id, &mut out[3..35]);
+        out[35] = b'-';
+        hex(&self.span_id, &mut out[36..52]);
+        out[52..].copy_from_slice(if self.sampled { b"-01" } else { b"-00" });
+        http::HeaderValue::from_bytes(&out).expect("hex and dashes")
+    }
+
     pub fn trace_id_hex(&self) -> String {
         let mut s = String::with_capacity(32);
         push_hex(&mut s, &self.trace_id);
@@ -166,6 +177,7 @@ mod tests {
         let h = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let t = TraceContext::parse(h).unwrap();
         assert_eq!(t.header(), h);
+        assert_eq!(t.header_value(), h);
         assert_eq!(t.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(t.span_id_hex(), "00f067aa0ba902b7");
         assert!(t.sampled);
