@@ -8,6 +8,7 @@ and waits for all to settle. Reported per step: confirmed orders/s, p50/p90/p99 
 to CONFIRMED, and the CPU share of every process, which says what saturates first.
 
     python3 bench/checkout.py           # BENCH_RATES=50,100,200,400,800 BENCH_SECONDS=5
+    BENCH_PERF=/tmp/shop.perf BENCH_RATES=100 python3 bench/checkout.py   # profile the shop's core
 """
 
 import json, os, re, subprocess, sys, tempfile, time
@@ -62,11 +63,18 @@ def main():
                      for pid, argv in procs}
             before = {pid: cpu_seconds([pid]) for pid in names}
             started = time.time()
+            perf = None
+            if os.environ.get("BENCH_PERF"):
+                # Profile the shop's core during this step: perf report -i <file> --sort comm,symbol
+                perf = subprocess.Popen(["perf", "record", "-q", "-C", SERVER_CPU, "-F", "999", "-g",
+                                         "-o", os.environ["BENCH_PERF"], "--", "sleep", str(SECONDS)])
             run = subprocess.run(["taskset", "-c", LOAD_CPU, os.path.join(RELEASE, "bench-checkout"), base, str(rate),
                                   str(SECONDS), PRODUCT, *tokens], capture_output=True, text=True)
             if run.returncode != 0:
                 raise SystemExit(f"rate {rate} failed:\n{run.stderr[:1500]}")
             wall = time.time() - started
+            if perf:
+                perf.wait()
             step = json.loads(run.stdout.strip().splitlines()[-1])
             cpu = {}
             for pid, name in names.items():
