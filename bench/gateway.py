@@ -119,9 +119,9 @@ http {{
         for name, (url, _, headers) in cases.items():
             wrk(url, CONNECTIONS, 1, headers)   # warm-up
         if os.environ.get("BENCH_PERF"):
-            # Profile the gateway under case c instead of measuring: perf report -i <file>.
+            # Profile the gateway under case c (or BENCH_PERF_CASE) instead of measuring.
             out = os.environ["BENCH_PERF"]
-            url, pids, headers = cases["c_gateway"]
+            url, pids, headers = cases[os.environ.get("BENCH_PERF_CASE", "c_gateway")]
             perf = subprocess.Popen(["perf", "record", "-q", "-F", "2000", "-g", "--call-graph", "dwarf,16384",
                                      "-p", str(pids[0]), "-o", out, "--", "sleep", str(SECONDS - 1)])
             wrk(url, CONNECTIONS, SECONDS, headers)
