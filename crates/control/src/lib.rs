@@ -33,9 +33,29 @@ pub struct ControlConfig {
 pub fn router(registry: Registry, log: events::EventLog) -> Router {
     registry::routes(registry)
         .merge(events::api::routes(log))
+        .route_layer(axum::middleware::from_fn(record))
         .route("/health/live", get(|| async { "{\"status\":\"live\"}" }))
         .route("/health/ready", get(|| async { "{\"status\":\"ready\"}" }))
         .route("/metrics", get(tessera::metrics::endpoint))
+}
+
+/// Request count and latency per route, as every Tessera server records them
+/// (`http_server_requests_total`, `http_server_request_duration_seconds`).
+async fn record(
+    route: axum::extract::MatchedPath,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let response = next.run(req).await;
+    tessera::metrics::record_request(
+        route.as_str(),
+        method.as_str(),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
 }
 
 /// Serves the control plane on `listener` until `shutdown` completes.

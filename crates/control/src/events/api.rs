@@ -3,7 +3,7 @@
 //! | call | body → answer |
 //! |---|---|
 //! | `POST /v1/topics/{topic}/events` | `{"events": [CloudEvent…]}` → `{"offsets": [{"partition","offset"}…]}`, once on disk |
-//! | `POST /v1/topics/{topic}/fetch` | `{"group","consumer","max","waitMs"}` → `{"partition", "events": [{"offset","event"}…]}` |
+//! | `POST /v1/topics/{topic}/fetch` | `{"group","consumer","max","waitMs","commit"?: {"partition","offset"}}` → `{"partition", "events": [{"offset","event"}…], "commitError"?: {"status","code","message"}}` (the commit, if any, first) |
 //! | `POST /v1/topics/{topic}/commit` | `{"group","consumer","partition","offset"}` → 200, or 409 when the partition moved |
 //! | `GET /v1/topics` | topics, partition ends, groups' committed offsets |
 //! | `GET /v1/topics/{topic}/events?partition=&from=&limit=` | browse a partition |
@@ -69,6 +69,15 @@ struct FetchBody {
     max: usize,
     #[serde(default)]
     wait_ms: u64,
+    /// The previous batch's commit, made before fetching: one exchange instead of two.
+    #[serde(default)]
+    commit: Option<CommitAt>,
+}
+
+#[derive(Deserialize)]
+struct CommitAt {
+    partition: u32,
+    offset: i64,
 }
 
 fn default_max() -> usize {
@@ -93,7 +102,25 @@ async fn fetch(
             "group and consumer must not be empty",
         );
     }
+    let commit_error = match &body.commit {
+        None => None,
+        Some(c) => log
+            .commit(&topic, &body.group, &body.consumer, c.partition, c.offset)
+            .await
+            .err()
+            .map(|e| {
+                let (status, code, message) = error_parts(e);
+                serde_json::json!({ "status": status.as_u16(), "code": code, "message": message })
+            }),
+    };
     let wait = Duration::from_millis(body.wait_ms.min(30_000));
+    let answer = |partition: Option<u32>, delivered: &[Delivered<'_>]| {
+        let mut answer = serde_json::json!({ "partition": partition, "events": delivered });
+        if let Some(e) = &commit_error {
+            answer["commitError"] = e.clone();
+        }
+        Json(answer).into_response()
+    };
     match log
         .fetch(&topic, &body.group, &body.consumer, body.max, wait)
         .await
@@ -106,9 +133,9 @@ async fn fetch(
                     event: &s.event,
                 })
                 .collect();
-            Json(serde_json::json!({ "partition": partition, "events": delivered })).into_response()
+            answer(Some(partition), &delivered)
         }
-        Ok(None) => Json(serde_json::json!({ "partition": null, "events": [] })).into_response(),
+        Ok(None) => answer(None, &[]),
         Err(e) => log_error(e),
     }
 }
@@ -226,18 +253,23 @@ async fn describe(State(log): State<EventLog>) -> Response {
 }
 
 fn log_error(e: LogError) -> Response {
+    let (status, code, message) = error_parts(e);
+    error(status, code, &message)
+}
+
+fn error_parts(e: LogError) -> (StatusCode, &'static str, String) {
     match e {
-        LogError::Invalid(m) => error(StatusCode::BAD_REQUEST, "invalid_event", &m),
+        LogError::Invalid(m) => (StatusCode::BAD_REQUEST, "invalid_event", m),
         LogError::Group(g @ GroupError::NotHolder(_)) => {
-            error(StatusCode::CONFLICT, "not_holder", &g.to_string())
+            (StatusCode::CONFLICT, "not_holder", g.to_string())
         }
-        LogError::Group(g) => error(StatusCode::BAD_REQUEST, "invalid_commit", &g.to_string()),
+        LogError::Group(g) => (StatusCode::BAD_REQUEST, "invalid_commit", g.to_string()),
         LogError::Storage(m) => {
             tracing::error!(error = %m, "event log storage failed");
-            error(
+            (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
-                "the event log cannot store right now",
+                "the event log cannot store right now".to_string(),
             )
         }
     }
@@ -249,4 +281,83 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
         Json(serde_json::json!({ "code": code, "message": message })),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tessera::events::{Bus, BusError, ControlBus, Event};
+
+    use super::super::store::{EventLog, LogConfig};
+
+    async fn serve() -> ControlBus {
+        let dir = std::env::temp_dir().join(format!("tessera-api-{}", uuid::Uuid::new_v4()));
+        let log = EventLog::open(&dir, LogConfig::default()).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, super::routes(log)).await });
+        ControlBus::new(&url)
+    }
+
+    #[tokio::test]
+    async fn a_commit_travels_with_the_next_fetch() {
+        let bus = serve().await;
+        let events: Vec<Event> = (0..3).map(|i| Event::new("t", "x", "key", i)).collect();
+        bus.publish("t.events", &events).await.unwrap();
+        let wait = Duration::from_millis(200);
+
+        let (committed, batch) = bus
+            .commit_and_fetch("t.events", "g", "c1", None, 2, wait)
+            .await;
+        assert!(committed.is_none());
+        let batch = batch.unwrap();
+        let partition = batch.partition.unwrap();
+        assert_eq!(batch.events.iter().map(|e| e.0).collect::<Vec<_>>(), [0, 1]);
+
+        // Committing 2 and fetching in one exchange hands out what follows.
+        let (committed, batch) = bus
+            .commit_and_fetch("t.events", "g", "c1", Some((partition, 2)), 10, wait)
+            .await;
+        assert!(matches!(committed, Some(Ok(()))));
+        assert_eq!(
+            batch
+                .unwrap()
+                .events
+                .iter()
+                .map(|e| e.0)
+                .collect::<Vec<_>>(),
+            [2]
+        );
+
+        // A commit the log refuses comes back with the batch, which is still served.
+        let (committed, batch) = bus
+            .commit_and_fetch("t.events", "g", "c1", Some((partition, 99)), 10, wait)
+            .await;
+        assert!(
+            matches!(committed, Some(Err(BusError::Refused(_)))),
+            "{committed:?}"
+        );
+        assert!(batch.is_ok());
+        let (committed, _) = bus
+            .commit_and_fetch(
+                "t.events",
+                "g",
+                "someone-else",
+                Some((partition, 3)),
+                10,
+                wait,
+            )
+            .await;
+        assert!(
+            matches!(committed, Some(Err(BusError::Lost(_)))),
+            "{committed:?}"
+        );
+
+        // Everything is committed now: nothing is left to hand out.
+        let (_, batch) = bus
+            .commit_and_fetch("t.events", "g", "c1", Some((partition, 3)), 10, wait)
+            .await;
+        assert!(batch.unwrap().events.is_empty());
+    }
 }

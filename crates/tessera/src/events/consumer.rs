@@ -124,11 +124,22 @@ impl Consumer {
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut failing = false;
+            // The last batch's commit travels with the next fetch: one exchange per batch.
+            let mut pending: Option<(u32, i64)> = None;
             while !*stop.borrow() {
-                let fetched = tokio::select! {
-                    r = env.bus.fetch(&self.topic, &self.group, &env.instance, self.batch, Duration::from_secs(5)) => r,
+                let (committed, fetched) = tokio::select! {
+                    r = env.bus.commit_and_fetch(&self.topic, &self.group, &env.instance, pending, self.batch, Duration::from_secs(5)) => r,
                     _ = stop.changed() => break,
                 };
+                match committed {
+                    // Unknown (the exchange failed): sent again with the next fetch.
+                    None => {}
+                    Some(Ok(())) => pending = None,
+                    Some(Err(e)) => {
+                        self.commit_failed(&e);
+                        pending = None;
+                    }
+                }
                 let batch = match fetched {
                     Ok(b) => {
                         if failing {
@@ -167,22 +178,34 @@ impl Consumer {
                     next = Some(offset + 1);
                 }
                 if let Some(next) = next {
-                    match env
-                        .bus
-                        .commit(&self.topic, &self.group, &env.instance, partition, next)
-                        .await
-                    {
-                        Ok(()) => {}
-                        Err(BusError::Lost(_)) => {
-                            tracing::info!(topic = %self.topic, partition, "partition moved to another consumer")
-                        }
-                        Err(e) => {
-                            tracing::warn!(topic = %self.topic, error = %e, "commit failed; events will be redelivered")
-                        }
+                    pending = Some((partition, next));
+                }
+            }
+            // Stopping: what was handled is committed now, not left to be redelivered.
+            if let Some((partition, offset)) = pending {
+                let commit =
+                    env.bus
+                        .commit(&self.topic, &self.group, &env.instance, partition, offset);
+                match tokio::time::timeout(Duration::from_secs(3), commit).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => self.commit_failed(&e),
+                    Err(_) => {
+                        tracing::warn!(topic = %self.topic, "commit timed out; events will be redelivered")
                     }
                 }
             }
         })
+    }
+
+    fn commit_failed(&self, e: &BusError) {
+        match e {
+            BusError::Lost(_) => {
+                tracing::info!(topic = %self.topic, "partition moved to another consumer")
+            }
+            e => {
+                tracing::warn!(topic = %self.topic, error = %e, "commit failed; events will be redelivered")
+            }
+        }
     }
 
     /// Handles one event with retries; `false` if it stopped before the event was settled.
