@@ -163,10 +163,15 @@ thread_local! {
 /// Runs `f` (which logs) as part of `trace`, outside any span or request scope: the service
 /// middleware writes its request line with it, after the handler's scope has ended.
 pub fn in_trace<R>(trace: &TraceContext, f: impl FnOnce() -> R) -> R {
-    let outer = TRACE.replace(Some(*trace));
-    let r = f();
-    TRACE.set(outer);
-    r
+    /// Puts the outer trace back even if `f` panics (a field's `Display` may).
+    struct Restore(Option<TraceContext>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            TRACE.set(self.0);
+        }
+    }
+    let _restore = Restore(TRACE.replace(Some(*trace)));
+    f()
 }
 
 /// The trace a log line belongs to: the nearest enclosing span that recorded trace ids, else
