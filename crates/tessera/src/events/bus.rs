@@ -148,9 +148,7 @@ impl ControlBus {
             _ => BusError::Unavailable(text),
         })
     }
-}
 
-impl ControlBus {
     /// One fetch exchange, carrying the previous batch's commit if there is one.
     async fn fetch_with(
         &self,
