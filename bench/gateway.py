@@ -128,6 +128,27 @@ http {{
             perf.wait()
             print(f"profile: {out}")
             return
+        if os.environ.get("BENCH_SYSCALLS"):
+            # Count the proxies' system calls per request, by kind, instead of measuring.
+            for name in ("b_nginx", "c_gateway", "d_gateway_no_auth"):
+                url, pids, headers = cases[name]
+                out = os.path.join(tmp, f"{name}.syscalls")
+                stat = subprocess.Popen(["perf", "stat", "-x", ",", "-o", out,
+                                         "-e", "syscalls:sys_enter_writev,syscalls:sys_enter_write,"
+                                               "syscalls:sys_enter_sendto,syscalls:sys_enter_recvfrom,"
+                                               "syscalls:sys_enter_read,syscalls:sys_enter_readv,"
+                                               "syscalls:sys_enter_epoll_wait,syscalls:sys_enter_epoll_pwait,"
+                                               "syscalls:sys_enter_epoll_ctl,raw_syscalls:sys_enter",
+                                         "-p", ",".join(map(str, pids)), "--", "sleep", str(SECONDS)])
+                result = wrk(url, CONNECTIONS, SECONDS, headers)
+                stat.wait()
+                print(f"{name}: {result['requests']} requests")
+                with open(out) as f:
+                    for line in f:
+                        fields = line.strip().split(",")
+                        if len(fields) > 2 and fields[0].isdigit():
+                            print(f"  {fields[2]:40} {int(fields[0]) / result['requests']:.2f}/request")
+            return
         rounds = []
         for r in range(ROUNDS):
             order = list(cases) if r % 2 == 0 else list(reversed(cases))

@@ -8,6 +8,7 @@ core and the server to the other; reported: requests/s, latency, server CPU per 
 the Tessera/bare ratio within each round.
 
     python3 bench/per_hop.py            # BENCH_ROUNDS=5 BENCH_SECONDS=5 BENCH_CONNECTIONS=32
+    BENCH_PERF=/tmp/hop.perf python3 bench/per_hop.py   # profile the Tessera service instead
 """
 
 import base64, hashlib, hmac, json, os, secrets, subprocess, sys, tempfile, time, uuid
@@ -66,6 +67,16 @@ def main():
             if r == 0:
                 for url, _, headers in cases.values():
                     wrk(url, CONNECTIONS, 1, headers)
+            if os.environ.get("BENCH_PERF"):
+                # Profile the Tessera service (or BENCH_PERF_CASE) instead of measuring.
+                url, pids, headers = cases[os.environ.get("BENCH_PERF_CASE", "tessera_service")]
+                perf = subprocess.Popen(["perf", "record", "-q", "-F", "2000", "-g", "--call-graph", "dwarf,16384",
+                                         "-p", str(pids[0]), "-o", os.environ["BENCH_PERF"], "--",
+                                         "sleep", str(SECONDS - 1)])
+                wrk(url, CONNECTIONS, SECONDS, headers)
+                perf.wait()
+                print(f"profile: {os.environ['BENCH_PERF']}")
+                return
             order = list(cases) if r % 2 == 0 else list(reversed(cases))
             results = {name: measure(cases[name][0], CONNECTIONS, SECONDS, cases[name][1], cases[name][2])
                        for name in order}

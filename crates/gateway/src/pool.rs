@@ -1,50 +1,91 @@
-//! Keep-alive connections to upstream instances, on hyper's connection-level HTTP/1 client.
+//! Keep-alive HTTP/1.1 connections to upstream instances, driven on the request's own task.
 //!
-//! A request takes an idle connection to its instance (or opens one), sends, and gives the
-//! connection back once the response body has been read. Idle connections live in a short
-//! list per instance address under one lock held for a pop or a push; nothing else is shared.
-//! This replaces `hyper_util`'s pooled client on the proxy's path, whose generality (connector
-//! service, URI-keyed pool with waiters, per-request URI building) cost more than the pool.
+//! A request takes an idle connection to its instance (or opens one), writes the request in
+//! one buffer, reads the response head and its whole body, and gives the connection back when
+//! the exchange left it clean. No connection task, no channel between the request and its
+//! connection, no header map built for the upstream request: the client's headers are written
+//! straight from its request, with the gateway's own after them. Idle connections live in a
+//! short list per instance address under one lock held for a pop or a push.
+//!
+//! The proxy reads bodies whole (it wraps them in the envelope), which keeps this client small:
+//! `Content-Length` and chunked bodies, bodies delimited by the connection's close, `HEAD`,
+//! 1xx, 204 and 304 without a body. Anything else malformed is [`SendError::Failed`].
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use http::{HeaderValue, Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use bytes::{Bytes, BytesMut};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Version};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::proxy::Body;
-
 /// Why a request reached no response.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum SendError {
     /// No connection could be opened: nothing was sent.
     Connect,
-    /// The connection failed while the request was in flight.
+    /// The connection failed, or the instance answered with something that is not HTTP/1.1.
     Failed,
+    /// The response body is larger than allowed.
+    TooLarge,
+}
+
+/// The most response headers read; more is a malformed response.
+const MAX_HEADERS: usize = 100;
+/// The longest response head read.
+const MAX_HEAD: usize = 64 * 1024;
+/// Bodies up to this size go out in the same write as the head.
+const INLINE_BODY: usize = 16 * 1024;
+
+/// What goes upstream.
+#[derive(Clone, Copy)]
+pub struct Outgoing<'a> {
+    pub method: &'a Method,
+    /// Origin form: `/path?query`.
+    pub path_and_query: &'a str,
+    /// The client's headers, written as they are except those `skip` names.
+    pub headers: &'a HeaderMap,
+    pub skip: fn(&HeaderName) -> bool,
+    /// The gateway's own headers, written after the client's.
+    pub extra: &'a [(&'static str, &'a [u8])],
+    /// What is left of the request's time, sent as `x-tessera-deadline-ms` (each hop honours it).
+    pub deadline_ms: Option<u64>,
+    pub body: &'a Bytes,
+    /// Whether the request may be sent twice (it is then resent on a fresh connection when a
+    /// kept-alive one turns out to have been closed under it).
+    pub replayable: bool,
+}
+
+/// A whole response.
+#[derive(Debug)]
+pub struct Incoming {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
 }
 
 pub struct Pool {
-    idle: Mutex<HashMap<Box<str>, Vec<SendRequest<Body>>>>,
+    idle: Mutex<HashMap<Box<str>, Vec<Connection>>>,
     max_idle_per_instance: usize,
     connect_timeout: Duration,
 }
 
-/// A connection in use; [`Pooled::release`] gives it back once the response has been read to
-/// its end. Dropped instead (a body left unread, a failure), it closes.
-pub struct Pooled<'a> {
-    pool: &'a Pool,
-    address: &'a str,
-    sender: SendRequest<Body>,
+struct Connection {
+    stream: TcpStream,
+    /// Read buffer; empty between exchanges.
+    read: BytesMut,
+    /// Write buffer, reused.
+    write: Vec<u8>,
 }
 
-impl Pooled<'_> {
-    /// The response has been read to its end: the connection can serve another request.
-    pub fn release(self) {
-        self.pool.put(self.address, self.sender);
+impl Connection {
+    /// Whether the instance closed (or wrote to) the connection while it was idle. Costs no
+    /// system call unless the runtime has seen the socket become readable.
+    fn is_closed(&self) -> bool {
+        let mut probe = [0u8; 1];
+        !matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
 }
 
@@ -57,133 +98,450 @@ impl Pool {
         }
     }
 
-    /// Sends `req` (origin-form URI; the `Host` header is set here) to `address`.
-    pub async fn send<'a>(
-        &'a self,
-        address: &'a str,
-        mut req: Request<Body>,
-    ) -> Result<(Response<Incoming>, Pooled<'a>), SendError> {
-        if let Ok(host) = HeaderValue::from_str(address) {
-            req.headers_mut().insert(http::header::HOST, host);
-        }
-        // A kept-alive connection may have been closed by the instance while idle; hyper then
-        // hands the unsent request back, and it goes out on a fresh connection.
-        while let Some(mut sender) = self.take(address) {
-            // Ready at once, unless the connection's task has yet to see the last response's
-            // end; an error means it closed meanwhile.
-            if sender.ready().await.is_err() {
-                continue;
-            }
-            match sender.try_send_request(req).await {
-                Ok(resp) => {
-                    return Ok((
-                        resp,
-                        Pooled {
-                            pool: self,
-                            address,
-                            sender,
-                        },
-                    ));
+    /// Sends `req` to `address` and reads the response, whose body may be at most
+    /// `max_response` bytes.
+    pub async fn send(
+        &self,
+        address: &str,
+        req: &Outgoing<'_>,
+        max_response: u64,
+    ) -> Result<Incoming, SendError> {
+        if let Some(mut conn) = self.take(address) {
+            match exchange(&mut conn, address, req, max_response).await {
+                Ok((resp, reusable)) => {
+                    if reusable {
+                        self.put(address, conn);
+                    }
+                    return Ok(resp);
                 }
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => return Err(SendError::Failed),
-                },
+                // Closed under us before answering: the instance most likely closed the idle
+                // connection as the request went out. A request that may be sent twice goes
+                // again on a fresh connection; another may have been acted on, so it fails.
+                Err(Failure::Closed) if req.replayable => {}
+                Err(f) => return Err(f.into()),
             }
         }
-        let mut sender = self.connect(address).await?;
-        match sender.send_request(req).await {
-            Ok(resp) => Ok((
-                resp,
-                Pooled {
-                    pool: self,
-                    address,
-                    sender,
-                },
-            )),
-            Err(_) => Err(SendError::Failed),
+        let mut conn = self.connect(address).await?;
+        let (resp, reusable) = exchange(&mut conn, address, req, max_response)
+            .await
+            .map_err(SendError::from)?;
+        if reusable {
+            self.put(address, conn);
         }
+        Ok(resp)
     }
 
-    fn take(&self, address: &str) -> Option<SendRequest<Body>> {
+    fn take(&self, address: &str) -> Option<Connection> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.get_mut(address)?;
-        while let Some(sender) = list.pop() {
-            if !sender.is_closed() {
-                return Some(sender);
+        while let Some(conn) = list.pop() {
+            if !conn.is_closed() {
+                return Some(conn);
             }
         }
         None
     }
 
-    fn put(&self, address: &str, sender: SendRequest<Body>) {
-        if sender.is_closed() {
-            return; // the instance closed it (`Connection: close`, or gone)
-        }
+    fn put(&self, address: &str, conn: Connection) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = match idle.get_mut(address) {
             Some(list) => list,
             None => idle.entry(address.into()).or_default(),
         };
         if list.len() < self.max_idle_per_instance {
-            list.push(sender);
+            list.push(conn);
         }
     }
 
-    async fn connect(&self, address: &str) -> Result<SendRequest<Body>, SendError> {
+    async fn connect(&self, address: &str) -> Result<Connection, SendError> {
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(address))
             .await
             .map_err(|_| SendError::Connect)?
             .map_err(|_| SendError::Connect)?;
         let _ = stream.set_nodelay(true);
-        let (sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|_| SendError::Connect)?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
+        Ok(Connection {
+            stream,
+            read: BytesMut::with_capacity(8 * 1024),
+            write: Vec::with_capacity(1024),
+        })
     }
 
-    /// Forgets closed connections (their instance closed them or went away).
+    /// Forgets idle connections their instance closed (or that went away).
     pub fn sweep(&self) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         idle.retain(|_, list| {
-            list.retain(|s| !s.is_closed());
+            list.retain(|c| !c.is_closed());
             !list.is_empty()
         });
+    }
+}
+
+/// How an exchange failed.
+#[derive(Debug)]
+enum Failure {
+    /// The connection ended before any of the response arrived.
+    Closed,
+    /// It failed later, or the response is not HTTP/1.1.
+    Broken,
+    TooLarge,
+}
+
+impl From<Failure> for SendError {
+    fn from(f: Failure) -> Self {
+        match f {
+            Failure::Closed | Failure::Broken => SendError::Failed,
+            Failure::TooLarge => SendError::TooLarge,
+        }
+    }
+}
+
+/// One request and its response on `conn`; also says whether `conn` can serve another.
+async fn exchange(
+    conn: &mut Connection,
+    address: &str,
+    req: &Outgoing<'_>,
+    max_response: u64,
+) -> Result<(Incoming, bool), Failure> {
+    write_request(conn, address, req)
+        .await
+        .map_err(|_| Failure::Closed)?;
+    let mut answered = false;
+    let (status, headers, framing, mut reusable) = loop {
+        let head = read_head(conn, answered).await?;
+        answered = true;
+        // 1xx answers (100 Continue, 103 Early Hints) come before the response proper.
+        if head.0.is_informational() {
+            if head.0 == StatusCode::SWITCHING_PROTOCOLS {
+                return Err(Failure::Broken); // never asked for
+            }
+            continue;
+        }
+        break head;
+    };
+    let framing = if *req.method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        Framing::Length(0)
+    } else {
+        framing
+    };
+    let body = match framing {
+        Framing::Length(n) => {
+            if n > max_response {
+                return Err(Failure::TooLarge);
+            }
+            read_exact(conn, n as usize).await?
+        }
+        Framing::Chunked => read_chunked(conn, max_response).await?,
+        Framing::Close => {
+            reusable = false;
+            read_to_end(conn, max_response).await?
+        }
+    };
+    // Bytes beyond the response are a protocol error of the instance's: do not reuse.
+    let reusable = reusable && conn.read.is_empty();
+    Ok((
+        Incoming {
+            status,
+            headers,
+            body,
+        },
+        reusable,
+    ))
+}
+
+async fn write_request(
+    conn: &mut Connection,
+    address: &str,
+    req: &Outgoing<'_>,
+) -> std::io::Result<()> {
+    let buf = &mut conn.write;
+    buf.clear();
+    buf.extend_from_slice(req.method.as_str().as_bytes());
+    buf.push(b' ');
+    buf.extend_from_slice(req.path_and_query.as_bytes());
+    buf.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    buf.extend_from_slice(address.as_bytes());
+    buf.extend_from_slice(b"\r\n");
+    for (name, value) in req.headers {
+        if (req.skip)(name) {
+            continue;
+        }
+        header(buf, name.as_str().as_bytes(), value.as_bytes());
+    }
+    for (name, value) in req.extra {
+        header(buf, name.as_bytes(), value);
+    }
+    let mut n = itoa::Buffer::new();
+    if let Some(ms) = req.deadline_ms {
+        header(
+            buf,
+            tessera::client::DEADLINE_HEADER.as_bytes(),
+            n.format(ms).as_bytes(),
+        );
+    }
+    let body = req.body;
+    if !body.is_empty() || !matches!(*req.method, Method::GET | Method::HEAD | Method::DELETE) {
+        header(buf, b"content-length", n.format(body.len()).as_bytes());
+    }
+    buf.extend_from_slice(b"\r\n");
+    if body.len() <= INLINE_BODY {
+        buf.extend_from_slice(body);
+        conn.stream.write_all(buf).await
+    } else {
+        conn.stream.write_all(buf).await?;
+        conn.stream.write_all(body).await
+    }
+}
+
+fn header(buf: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    buf.extend_from_slice(name);
+    buf.extend_from_slice(b": ");
+    buf.extend_from_slice(value);
+    buf.extend_from_slice(b"\r\n");
+}
+
+/// How the response body ends.
+enum Framing {
+    Length(u64),
+    Chunked,
+    Close,
+}
+
+/// Reads more into the connection's buffer; `Ok(false)` at the end of the stream.
+async fn fill(conn: &mut Connection) -> Result<bool, Failure> {
+    if conn.read.capacity() - conn.read.len() < 4096 {
+        conn.read.reserve(8 * 1024);
+    }
+    match conn.stream.read_buf(&mut conn.read).await {
+        Ok(0) => Ok(false),
+        Ok(_) => Ok(true),
+        Err(_) => Err(Failure::Broken),
+    }
+}
+
+/// Reads and parses a response head: status, headers, body framing, and whether the
+/// connection stays open after the body. `answered`: some of the response came already.
+async fn read_head(
+    conn: &mut Connection,
+    answered: bool,
+) -> Result<(StatusCode, HeaderMap, Framing, bool), Failure> {
+    let mut first = !answered;
+    loop {
+        if !conn.read.is_empty() {
+            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut parsed = httparse::Response::new(&mut slots);
+            match parsed.parse(&conn.read) {
+                Ok(httparse::Status::Complete(len)) => {
+                    let head = parse_head(&parsed)?;
+                    let _ = conn.read.split_to(len);
+                    return Ok(head);
+                }
+                Ok(httparse::Status::Partial) if conn.read.len() < MAX_HEAD => {}
+                _ => return Err(Failure::Broken),
+            }
+        }
+        if !fill(conn)
+            .await
+            .map_err(|f| if first { Failure::Closed } else { f })?
+        {
+            return Err(if first && conn.read.is_empty() {
+                Failure::Closed
+            } else {
+                Failure::Broken
+            });
+        }
+        first = false;
+    }
+}
+
+fn parse_head(
+    parsed: &httparse::Response<'_, '_>,
+) -> Result<(StatusCode, HeaderMap, Framing, bool), Failure> {
+    let status = parsed
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or(Failure::Broken)?;
+    let version = match parsed.version {
+        Some(1) => Version::HTTP_11,
+        _ => Version::HTTP_10,
+    };
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut close = version != Version::HTTP_11;
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Failure::Broken)?;
+        let value = HeaderValue::from_bytes(h.value).map_err(|_| Failure::Broken)?;
+        if name == http::header::CONTENT_LENGTH {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or(Failure::Broken)?;
+            if length.is_some_and(|l| l != n) {
+                return Err(Failure::Broken); // conflicting lengths: a smuggling risk
+            }
+            length = Some(n);
+        } else if name == http::header::TRANSFER_ENCODING {
+            chunked = h
+                .value
+                .rsplit(|b| *b == b',')
+                .next()
+                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            if !chunked {
+                close = true; // another coding last: the body ends with the connection
+            }
+        } else if name == http::header::CONNECTION {
+            for token in h.value.split(|b| *b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
+                    close = false;
+                }
+            }
+        }
+        headers.append(name, value);
+    }
+    let framing = if chunked {
+        Framing::Chunked // wins over Content-Length (RFC 9112 §6.3)
+    } else if let Some(n) = length {
+        Framing::Length(n)
+    } else if status.is_informational() {
+        Framing::Length(0)
+    } else {
+        Framing::Close
+    };
+    Ok((status, headers, framing, !close))
+}
+
+/// The next `n` bytes of the stream.
+async fn read_exact(conn: &mut Connection, n: usize) -> Result<Bytes, Failure> {
+    if conn.read.len() < n {
+        conn.read.reserve(n - conn.read.len());
+        while conn.read.len() < n {
+            if !fill(conn).await? {
+                return Err(Failure::Broken);
+            }
+        }
+    }
+    Ok(conn.read.split_to(n).freeze())
+}
+
+async fn read_to_end(conn: &mut Connection, max: u64) -> Result<Bytes, Failure> {
+    while fill(conn).await? {
+        if conn.read.len() as u64 > max {
+            return Err(Failure::TooLarge);
+        }
+    }
+    Ok(conn.read.split().freeze())
+}
+
+/// A chunked body, decoded; trailers are read and dropped.
+async fn read_chunked(conn: &mut Connection, max: u64) -> Result<Bytes, Failure> {
+    let mut body = BytesMut::new();
+    loop {
+        let (consumed, size) = loop {
+            match httparse::parse_chunk_size(&conn.read) {
+                Ok(httparse::Status::Complete(found)) => break found,
+                Ok(httparse::Status::Partial) if conn.read.len() < 1024 => {
+                    if !fill(conn).await? {
+                        return Err(Failure::Broken);
+                    }
+                }
+                _ => return Err(Failure::Broken),
+            }
+        };
+        let _ = conn.read.split_to(consumed);
+        if size == 0 {
+            // Trailer lines, then an empty line.
+            loop {
+                match conn.read.windows(2).position(|w| w == b"\r\n") {
+                    Some(0) => {
+                        let _ = conn.read.split_to(2);
+                        return Ok(body.freeze());
+                    }
+                    Some(i) => {
+                        let _ = conn.read.split_to(i + 2);
+                    }
+                    None if conn.read.len() < MAX_HEAD => {
+                        if !fill(conn).await? {
+                            return Err(Failure::Broken);
+                        }
+                    }
+                    None => return Err(Failure::Broken),
+                }
+            }
+        }
+        if body.len() as u64 + size > max {
+            return Err(Failure::TooLarge);
+        }
+        let chunk = read_exact(conn, size as usize + 2).await?;
+        if &chunk[size as usize..] != b"\r\n" {
+            return Err(Failure::Broken);
+        }
+        body.extend_from_slice(&chunk[..size as usize]);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
-    use http_body_util::{BodyExt, Full};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::net::TcpListener;
 
-    /// A tiny HTTP/1.1 upstream that counts the connections it accepted.
-    async fn upstream() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    fn no_skip(_: &HeaderName) -> bool {
+        false
+    }
+
+    fn get<'a>(path: &'a str, headers: &'a HeaderMap, body: &'a Bytes) -> Outgoing<'a> {
+        Outgoing {
+            method: &Method::GET,
+            path_and_query: path,
+            headers,
+            skip: no_skip,
+            extra: &[("x-extra", b"1")],
+            deadline_ms: None,
+            body,
+            replayable: true,
+        }
+    }
+
+    /// A hyper HTTP/1.1 upstream that answers with the request line, host and x-extra, and
+    /// counts the connections it accepted.
+    async fn upstream(keep_alive: bool) -> (String, Arc<AtomicUsize>) {
+        use http_body_util::{BodyExt, Full};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
-        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let accepted = Arc::new(AtomicUsize::new(0));
         let count = accepted.clone();
         tokio::spawn(async move {
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
-                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                count.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                        let host = req.headers().get("host").cloned();
-                        let body = format!("{} {:?}", req.uri(), host);
-                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(
-                            body,
-                        ))))
-                    });
+                    let service = hyper::service::service_fn(
+                        |req: http::Request<hyper::body::Incoming>| async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await.unwrap().to_bytes();
+                            let text = format!(
+                                "{} {} host={:?} extra={:?} body={}",
+                                parts.method,
+                                parts.uri,
+                                parts.headers.get("host"),
+                                parts.headers.get("x-extra"),
+                                String::from_utf8_lossy(&body)
+                            );
+                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                                Bytes::from(text),
+                            )))
+                        },
+                    );
                     let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
+                        .keep_alive(keep_alive)
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                         .await;
                 });
             }
@@ -191,50 +549,48 @@ mod tests {
         (address, accepted)
     }
 
-    async fn get(pool: &Pool, address: &str, path: &str) -> String {
-        let req = Request::get(path).body(Full::new(Bytes::new())).unwrap();
-        let (resp, conn) = pool.send(address, req).await.unwrap();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        conn.release();
-        String::from_utf8(body.to_vec()).unwrap()
+    fn text(resp: &Incoming) -> String {
+        String::from_utf8(resp.body.to_vec()).unwrap()
     }
 
     #[tokio::test]
-    async fn reuses_connections_and_sets_the_host() {
-        let (address, accepted) = upstream().await;
+    async fn reuses_connections_and_writes_the_request() {
+        let (address, accepted) = upstream(true).await;
         let pool = Pool::new(4, Duration::from_secs(1));
+        let headers = HeaderMap::new();
         for i in 0..5 {
-            let body = get(&pool, &address, &format!("/x?i={i}")).await;
-            assert_eq!(body, format!("/x?i={i} Some({:?})", address));
+            let path = format!("/x?i={i}");
+            let resp = pool
+                .send(&address, &get(&path, &headers, &Bytes::new()), 1024)
+                .await
+                .unwrap();
+            assert_eq!(resp.status, StatusCode::OK);
+            assert_eq!(
+                text(&resp),
+                format!("GET /x?i={i} host=Some({address:?}) extra=Some(\"1\") body=")
+            );
         }
-        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let body = Bytes::from_static(b"hello");
+        let mut post = get("/p", &headers, &body);
+        post.method = &Method::POST;
+        let resp = pool.send(&address, &post, 1024).await.unwrap();
+        assert!(text(&resp).ends_with("body=hello"), "{}", text(&resp));
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
     async fn connections_the_instance_closes_are_replaced() {
-        // An upstream that closes every connection after one response.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap().to_string();
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(|_req: Request<Incoming>| async {
-                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(
-                            "ok",
-                        ))))
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .keep_alive(false)
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        let (address, accepted) = upstream(false).await;
         let pool = Pool::new(4, Duration::from_secs(1));
+        let headers = HeaderMap::new();
         for _ in 0..5 {
-            assert_eq!(get(&pool, &address, "/").await, "ok");
+            let resp = pool
+                .send(&address, &get("/", &headers, &Bytes::new()), 1024)
+                .await
+                .unwrap();
+            assert_eq!(resp.status, StatusCode::OK);
         }
+        assert_eq!(accepted.load(Ordering::SeqCst), 5);
     }
 
     #[tokio::test]
@@ -243,10 +599,138 @@ mod tests {
         let address = listener.local_addr().unwrap().to_string();
         drop(listener);
         let pool = Pool::new(4, Duration::from_secs(1));
-        let req = Request::get("/").body(Full::new(Bytes::new())).unwrap();
-        assert!(matches!(
-            pool.send(&address, req).await,
-            Err(SendError::Connect)
-        ));
+        let headers = HeaderMap::new();
+        let sent = pool
+            .send(&address, &get("/", &headers, &Bytes::new()), 1024)
+            .await;
+        assert_eq!(sent.unwrap_err(), SendError::Connect);
+    }
+
+    /// An upstream that writes the given raw responses, one per request it reads, then
+    /// closes (each connection serves the script from its start).
+    async fn scripted(responses: Vec<&'static [u8]>) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let responses = responses.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    for resp in responses {
+                        // Read one request head (these tests send no bodies).
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            let mut chunk = [0u8; 1024];
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+                        buf.drain(..end + 4);
+                        // Written in two pieces, to exercise partial reads.
+                        let (a, b) = resp.split_at(resp.len() / 2);
+                        stream.write_all(a).await.unwrap();
+                        stream.flush().await.unwrap();
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        stream.write_all(b).await.unwrap();
+                    }
+                });
+            }
+        });
+        address
+    }
+
+    #[tokio::test]
+    async fn reads_every_body_framing() {
+        let address = scripted(vec![
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-a: 1\r\n\r\nhello",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n4;ext=1\r\ndefg\r\n0\r\nx-trailer: 1\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end",
+        ])
+        .await;
+        let pool = Pool::new(4, Duration::from_secs(1));
+        let headers = HeaderMap::new();
+        let empty = Bytes::new();
+        let req = get("/", &headers, &empty);
+        let resp = pool.send(&address, &req, 1024).await.unwrap();
+        assert_eq!(
+            (resp.status, text(&resp).as_str()),
+            (StatusCode::OK, "hello")
+        );
+        assert_eq!(resp.headers.get("x-a").unwrap(), "1");
+        let resp = pool.send(&address, &req, 1024).await.unwrap();
+        assert_eq!(text(&resp), "abcdefg");
+        let resp = pool.send(&address, &req, 1024).await.unwrap();
+        assert_eq!((resp.status, resp.body.len()), (StatusCode::NO_CONTENT, 0));
+        let resp = pool.send(&address, &req, 1024).await.unwrap();
+        assert_eq!(text(&resp), "until the end");
+        // That connection ended with its body; the next request opens another.
+        let resp = pool.send(&address, &req, 1024).await.unwrap();
+        assert_eq!(text(&resp), "hello");
+    }
+
+    #[tokio::test]
+    async fn refuses_oversized_and_malformed_responses() {
+        let pool = Pool::new(4, Duration::from_secs(1));
+        let headers = HeaderMap::new();
+        let empty = Bytes::new();
+        let req = get("/", &headers, &empty);
+        let cases: [(&'static [u8], SendError); 5] = [
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 5000\r\n\r\n",
+                SendError::TooLarge,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n800\r\n",
+                SendError::TooLarge,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nabc",
+                SendError::Failed,
+            ),
+            (b"SMTP ready\r\n\r\n", SendError::Failed),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort",
+                SendError::Failed,
+            ),
+        ];
+        for (raw, expected) in cases {
+            let address = scripted(vec![raw]).await;
+            let got = pool.send(&address, &req, 1024).await.unwrap_err();
+            assert_eq!(got, expected, "{}", String::from_utf8_lossy(raw));
+        }
+    }
+
+    #[tokio::test]
+    async fn idle_connections_the_instance_closed_are_not_used() {
+        // One answer per connection, kept alive, then the instance closes it while idle.
+        let address = scripted(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello"]).await;
+        let pool = Pool::new(4, Duration::from_secs(1));
+        let headers = HeaderMap::new();
+        let empty = Bytes::new();
+        let mut req = get("/", &headers, &empty);
+        req.replayable = false; // so that only the idle check can make the second one work
+        for _ in 0..3 {
+            let resp = pool.send(&address, &req, 1024).await.unwrap();
+            assert_eq!(text(&resp), "hello");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_that_may_not_repeat_is_not_resent() {
+        // The instance closes every connection without answering.
+        let address = scripted(vec![]).await;
+        let pool = Pool::new(4, Duration::from_secs(1));
+        let headers = HeaderMap::new();
+        let empty = Bytes::new();
+        let mut req = get("/", &headers, &empty);
+        req.replayable = false;
+        assert_eq!(
+            pool.send(&address, &req, 1024).await.unwrap_err(),
+            SendError::Failed
+        );
     }
 }

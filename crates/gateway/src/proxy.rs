@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use tessera::TraceContext;
@@ -18,7 +18,7 @@ use tessera::registry::Discovery;
 use tessera::resilience::Limited as RateLimited;
 
 use crate::envelope;
-use crate::pool::Pool;
+use crate::pool::{Outgoing, Pool};
 use crate::routes::RouteTable;
 use crate::tokens::{TokenError, TokenVerifier};
 use crate::upstream::{CallFailure, Exchange, Upstream};
@@ -267,31 +267,39 @@ impl Gateway {
                 .keys
                 .mint_header(ISSUER, passport::ANONYMOUS, &[], None, trace),
         };
-        let headers = || {
-            let mut headers = HeaderMap::with_capacity(parts.headers.len() + 2);
-            copy_request_headers(&parts.headers, &mut headers);
-            headers.insert(HeaderName::from_static(passport::HEADER), passport.clone());
-            headers.insert(HeaderName::from_static("traceparent"), traceparent.clone());
-            headers
-        };
-        let idempotency_key = parts.headers.contains_key("idempotency-key");
+        // Retrying is safe when the method is idempotent or the client made it so.
+        let replayable = matches!(
+            parts.method,
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+        ) || parts.headers.contains_key("idempotency-key");
         let root = http::uri::PathAndQuery::from_static("/");
         let path_and_query = parts.uri.path_and_query().unwrap_or(&root);
+        let extra = [
+            (passport::HEADER, passport.as_bytes()),
+            ("traceparent", traceparent.as_bytes()),
+        ];
+        let request = Outgoing {
+            method: &parts.method,
+            path_and_query: path_and_query.as_str(),
+            headers: &parts.headers,
+            skip: not_forwarded,
+            extra: &extra,
+            deadline_ms: None,
+            body: &body,
+            replayable,
+        };
         let exchange = upstream
             .call(
                 &self.pool,
                 &instances,
-                &parts.method,
-                path_and_query,
-                &headers,
-                idempotency_key,
-                body,
+                request,
                 self.max_response,
                 self.upstream_timeout,
             )
             .await;
         let Exchange {
-            parts,
+            status,
+            headers,
             body,
             instance,
         } = match exchange {
@@ -340,13 +348,13 @@ impl Gateway {
             }
         };
 
-        if let (Some(sid), Some(tokens)) = (parts.headers.get(REVOKE_SESSION), &self.tokens)
+        if let (Some(sid), Some(tokens)) = (headers.get(REVOKE_SESSION), &self.tokens)
             && let Ok(sid) = sid.to_str()
         {
             tokens.revoke(sid, tessera::unix_now() + self.revoke_for.as_secs());
         }
         let response = self
-            .wrap(parts, body, trace_id)
+            .wrap(status, &headers, body, trace_id)
             .map_err(|e| e.on(&route.prefix))?;
         Ok((response, instance, Some(route.prefix.as_str())))
     }
@@ -354,13 +362,12 @@ impl Gateway {
     /// Wraps an upstream response in the envelope.
     fn wrap(
         &self,
-        parts: http::response::Parts,
+        status: StatusCode,
+        upstream_headers: &HeaderMap,
         body: Bytes,
         trace_id: &str,
     ) -> Result<Response<Body>, GatewayError<'static>> {
-        let status = parts.status;
-        let is_json = parts
-            .headers
+        let is_json = upstream_headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|ct| ct.starts_with("application/json") || ct.contains("+json"));
@@ -399,7 +406,7 @@ impl Gateway {
                 status
             });
         let headers = response.headers_mut().expect("builder is valid");
-        copy_response_headers(&parts.headers, headers);
+        copy_response_headers(upstream_headers, headers);
         let body = match wrapped {
             Some(b) => {
                 headers.insert(
@@ -409,7 +416,7 @@ impl Gateway {
                 b
             }
             None => {
-                if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
+                if let Some(ct) = upstream_headers.get(header::CONTENT_TYPE) {
                     headers.insert(header::CONTENT_TYPE, ct.clone());
                 }
                 body
@@ -524,19 +531,17 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
-/// Client headers that go upstream: not hop-by-hop ones, and never the client's own passport,
-/// trace parent (replaced) or access token (the passport speaks for it inside).
-fn copy_request_headers(from: &HeaderMap, to: &mut HeaderMap) {
-    for (name, value) in from {
-        if is_hop_by_hop(name)
-            || name == header::AUTHORIZATION
-            || name.as_str() == passport::HEADER
-            || name.as_str() == "traceparent"
-        {
-            continue;
-        }
-        to.append(name.clone(), value.clone());
-    }
+/// Client headers that do not go upstream: hop-by-hop ones, `Expect` (the body is already
+/// read), and never the client's own passport, trace parent or deadline (replaced) or access
+/// token (the passport speaks for it inside).
+fn not_forwarded(name: &HeaderName) -> bool {
+    is_hop_by_hop(name)
+        || name == header::AUTHORIZATION
+        || name == header::EXPECT
+        || matches!(
+            name.as_str(),
+            passport::HEADER | "traceparent" | tessera::client::DEADLINE_HEADER
+        )
 }
 
 /// Upstream headers that go to the client: not hop-by-hop ones and not the platform's own.

@@ -5,14 +5,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::StatusCode;
 use http::header::HeaderMap;
-use http::{Method, Request};
-use http_body_util::{BodyExt, Full, Limited};
 use tessera::manifest::{Resilience, RetryConfig};
 use tessera::registry::Instance;
 use tessera::resilience::{Balancer, Breaker, Bulkhead, CallOutcome, RetryBudget};
 
-use crate::pool::{Pool, SendError};
+use crate::pool::{Outgoing, Pool, SendError};
 
 /// How many instances a request may try when connections are refused (those never reached
 /// the instance, so they cost no retry budget).
@@ -39,7 +38,8 @@ pub enum CallFailure {
 }
 
 pub struct Exchange {
-    pub parts: http::response::Parts,
+    pub status: StatusCode,
+    pub headers: HeaderMap,
     pub body: Bytes,
     pub instance: String,
 }
@@ -57,18 +57,13 @@ impl Upstream {
     }
 
     /// Sends the request to an instance, retrying where that is safe and the budget allows.
-    #[allow(clippy::too_many_arguments)]
+    /// `req.replayable` says whether the request may be sent twice (idempotent method, or an
+    /// idempotency key); its `deadline_ms` is set here, per attempt.
     pub async fn call(
         &self,
         pool: &Pool,
         instances: &[Instance],
-        method: &Method,
-        path_and_query: &http::uri::PathAndQuery,
-        // Builds the request's headers: called once per attempt, so the common single attempt
-        // builds them once and copies nothing.
-        headers: &(dyn Fn() -> HeaderMap + Sync),
-        idempotency_key: bool,
-        body: Bytes,
+        req: Outgoing<'_>,
         max_response: u64,
         deadline: Duration,
     ) -> Result<Exchange, CallFailure> {
@@ -86,11 +81,7 @@ impl Upstream {
         }
         let started = Instant::now();
         self.budget.deposit();
-        // Retrying is safe when the method is idempotent or the client made it so.
-        let idempotent = matches!(
-            *method,
-            Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
-        ) || idempotency_key;
+        let idempotent = req.replayable;
         // Without a per-try timeout, the whole call's is the only timer armed.
         let per_try = self.retry.per_try_timeout_ms.map(Duration::from_millis);
         let attempts = async {
@@ -103,35 +94,28 @@ impl Upstream {
                     .ok_or(CallFailure::NoInstance)?;
                 tried.push(pick.index);
                 let instance = &instances[pick.index];
-                let mut req = Request::new(Full::new(body.clone()));
-                *req.method_mut() = method.clone();
-                *req.uri_mut() = http::Uri::from(path_and_query.clone());
-                *req.headers_mut() = headers();
                 // What is left of the whole request's time travels downstream (each hop honours it).
                 let left = deadline.saturating_sub(started.elapsed());
                 let left = per_try.map_or(left, |p| left.min(p));
-                req.headers_mut().insert(
-                    http::header::HeaderName::from_static(tessera::client::DEADLINE_HEADER),
-                    http::HeaderValue::from(left.as_millis() as u64),
-                );
+                let attempt_req = Outgoing {
+                    deadline_ms: Some(left.as_millis() as u64),
+                    ..req
+                };
                 let exchange = async {
-                    match pool.send(&instance.address, req).await {
+                    match pool
+                        .send(&instance.address, &attempt_req, max_response)
+                        .await
+                    {
                         Err(SendError::Connect) => Err(CallFailure::Unreachable),
-                        Err(SendError::Failed) => Err(CallFailure::BadResponse),
-                        Ok((resp, connection)) => {
-                            let (parts, body) = resp.into_parts();
-                            let body = Limited::new(body, max_response as usize)
-                                .collect()
-                                .await
-                                .map_err(|_| CallFailure::BadResponse)?
-                                .to_bytes();
-                            connection.release();
-                            Ok(Exchange {
-                                parts,
-                                body,
-                                instance: instance.id.clone(),
-                            })
+                        Err(SendError::Failed | SendError::TooLarge) => {
+                            Err(CallFailure::BadResponse)
                         }
+                        Ok(resp) => Ok(Exchange {
+                            status: resp.status,
+                            headers: resp.headers,
+                            body: resp.body,
+                            instance: instance.id.clone(),
+                        }),
                     }
                 };
                 let outcome = match per_try {
@@ -141,13 +125,13 @@ impl Upstream {
                         .unwrap_or(Err(CallFailure::Timeout)),
                 };
                 let failed = match &outcome {
-                    Ok(x) => x.parts.status.is_server_error(),
+                    Ok(x) => x.status.is_server_error(),
                     Err(_) => true,
                 };
                 self.balancer.finish(pick, failed, instances);
 
                 let retryable = match &outcome {
-                    Ok(x) => idempotent && x.parts.status.is_server_error(),
+                    Ok(x) => idempotent && x.status.is_server_error(),
                     Err(CallFailure::Unreachable) => {
                         tracing::warn!(upstream = %instance.id, "connection refused");
                         if refused + 1 < CONNECT_ATTEMPTS.min(instances.len()) {
@@ -172,7 +156,7 @@ impl Upstream {
             .await
             .unwrap_or(Err(CallFailure::Timeout));
         let verdict = match &result {
-            Ok(x) if x.parts.status.is_server_error() => CallOutcome::Failure,
+            Ok(x) if x.status.is_server_error() => CallOutcome::Failure,
             Ok(_) => CallOutcome::Success,
             Err(_) => CallOutcome::Failure,
         };

@@ -289,16 +289,32 @@ impl Visit for FieldWriter<'_> {
     }
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         self.key(field);
-        // Messages and `%value` fields arrive here; format them, then escape.
-        let mut text = String::new();
-        let _ = write!(text, "{value:?}");
-        push_json_str(self.line, &text);
+        // Messages and `%value` fields arrive here: formatted and escaped as they are written.
+        self.line.push('"');
+        let _ = write!(Escaped(self.line), "{value:?}");
+        self.line.push('"');
+    }
+}
+
+/// Escapes what is written through it into the JSON string being built.
+struct Escaped<'a>(&'a mut String);
+
+impl std::fmt::Write for Escaped<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        push_json_chars(self.0, s);
+        Ok(())
     }
 }
 
 /// Appends `s` as a JSON string literal.
-fn push_json_str(out: &mut String, s: &str) {
+pub(crate) fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
+    push_json_chars(out, s);
+    out.push('"');
+}
+
+/// Appends `s` escaped for a JSON string, without the quotes.
+fn push_json_chars(out: &mut String, s: &str) {
     let bytes = s.as_bytes();
     let mut clean = 0;
     for (i, &b) in bytes.iter().enumerate() {
@@ -320,7 +336,6 @@ fn push_json_str(out: &mut String, s: &str) {
         clean = i + 1;
     }
     out.push_str(&s[clean..]);
-    out.push('"');
 }
 
 /// The current time, RFC 3339 UTC with milliseconds.
@@ -397,6 +412,17 @@ mod tests {
             let mut out = String::new();
             super::push_json_str(&mut out, s);
             assert_eq!(serde_json::from_str::<String>(&out).unwrap(), s, "{out}");
+            // Formatted values are escaped piece by piece as they are written.
+            let mut out = String::from("\"");
+            let _ = std::fmt::Write::write_fmt(
+                &mut super::Escaped(&mut out),
+                format_args!("<{s}|{}>", 42),
+            );
+            out.push('"');
+            assert_eq!(
+                serde_json::from_str::<String>(&out).unwrap(),
+                format!("<{s}|42>")
+            );
         }
     }
 

@@ -14,7 +14,11 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
+use crate::log::push_json_str;
 use crate::trace::TraceContext;
+
+/// Base64url without padding, as JWS uses it, on the SIMD codec: it runs on every request.
+const B64: base64_simd::Base64 = base64_simd::URL_SAFE_NO_PAD;
 
 /// The header a passport travels in.
 pub const HEADER: &str = "x-passport";
@@ -56,21 +60,6 @@ impl Passport {
     pub fn has_role(&self, role: &str) -> bool {
         self.roles.iter().any(|r| r == role)
     }
-}
-
-/// The claims as minted, borrowed: signing serialises them without building a [`Passport`].
-#[derive(Serialize)]
-struct Claims<'a> {
-    iss: &'a str,
-    aud: &'a str,
-    sub: &'a str,
-    roles: &'a [String],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    sid: Option<&'a str>,
-    tid: &'a str,
-    jti: &'a str,
-    iat: u64,
-    exp: u64,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -213,59 +202,74 @@ impl PassportKeys {
         sid: Option<&str>,
         trace: &TraceContext,
     ) -> Vec<u8> {
+        thread_local! {
+            /// The claims' JSON, reused between passports.
+            static JSON: std::cell::RefCell<String> = std::cell::RefCell::new(String::with_capacity(512));
+        }
         let now = crate::unix_now();
-        let mut jti = [0u8; 32];
-        let mut tid = [0u8; 32];
-        let claims = Claims {
-            iss: issuer,
-            aud: &self.audience,
-            sub,
-            roles,
-            sid,
-            tid: crate::trace::hex(&trace.trace_id, &mut tid),
-            jti: crate::trace::hex(&rand::random::<[u8; 16]>(), &mut jti),
-            iat: now,
-            exp: now + TTL_SECS,
-        };
-        self.sign_claims(&claims)
+        let mut hex = [0u8; 32];
+        JSON.with_borrow_mut(|json| {
+            // The claims in `Passport`'s order, written directly: this runs per request.
+            json.clear();
+            json.push_str(r#"{"iss":"#);
+            push_json_str(json, issuer);
+            json.push_str(r#","aud":"#);
+            push_json_str(json, &self.audience);
+            json.push_str(r#","sub":"#);
+            push_json_str(json, sub);
+            json.push_str(r#","roles":["#);
+            for (i, role) in roles.iter().enumerate() {
+                if i > 0 {
+                    json.push(',');
+                }
+                push_json_str(json, role);
+            }
+            json.push(']');
+            if let Some(sid) = sid {
+                json.push_str(r#","sid":"#);
+                push_json_str(json, sid);
+            }
+            json.push_str(r#","tid":""#);
+            json.push_str(crate::trace::hex(&trace.trace_id, &mut hex));
+            json.push_str(r#"","jti":""#);
+            json.push_str(crate::trace::hex(&rand::random::<[u8; 16]>(), &mut hex));
+            json.push_str(r#"","iat":"#);
+            let mut n = itoa::Buffer::new();
+            json.push_str(n.format(now));
+            json.push_str(r#","exp":"#);
+            json.push_str(n.format(now + TTL_SECS));
+            json.push('}');
+            self.sign_json(json.as_bytes())
+        })
     }
 
     /// Signs arbitrary claims (tests use this to make expired or odd passports).
     pub fn sign(&self, claims: &Passport) -> String {
-        String::from_utf8(self.sign_claims(claims)).expect("a passport is ASCII")
+        let json = serde_json::to_vec(claims).expect("claims serialise");
+        String::from_utf8(self.sign_json(&json)).expect("a passport is ASCII")
     }
 
-    fn sign_claims(&self, claims: &impl Serialize) -> Vec<u8> {
-        thread_local! {
-            /// The claims' JSON, reused between passports.
-            static JSON: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(512));
-        }
+    /// `header.claims.signature`, base64url without padding, HMAC-SHA256 with the first key.
+    fn sign_json(&self, json: &[u8]) -> Vec<u8> {
         let key = &self.keys[0];
-        JSON.with_borrow_mut(|json| {
-            json.clear();
-            serde_json::to_writer(&mut *json, claims).expect("claims serialise");
-            let mut token = Vec::with_capacity(key.header.len() + json.len().div_ceil(3) * 4 + 48);
-            token.extend_from_slice(key.header.as_bytes());
-            token.push(b'.');
-            let start = token.len();
-            token.resize(
-                start + base64::encoded_len(json.len(), false).expect("small"),
-                0,
-            );
-            URL_SAFE_NO_PAD
-                .encode_slice(&json[..], &mut token[start..])
-                .expect("sized to fit");
-            let mut mac = key.mac.clone();
-            mac.update(&token);
-            let signature = mac.finalize().into_bytes();
-            token.push(b'.');
-            let start = token.len();
-            token.resize(start + 43, 0);
-            URL_SAFE_NO_PAD
-                .encode_slice(signature, &mut token[start..])
-                .expect("sized to fit");
-            token
-        })
+        let claims_len = B64.encoded_length(json.len());
+        let mut token = Vec::with_capacity(key.header.len() + claims_len + 2 + 43);
+        token.extend_from_slice(key.header.as_bytes());
+        token.push(b'.');
+        let start = token.len();
+        token.resize(start + claims_len, 0);
+        let _ = B64.encode(json, base64_simd::Out::from_slice(&mut token[start..]));
+        let mut mac = key.mac.clone();
+        mac.update(&token);
+        let signature = mac.finalize().into_bytes();
+        token.push(b'.');
+        let start = token.len();
+        token.resize(start + 43, 0);
+        let _ = B64.encode(
+            &signature,
+            base64_simd::Out::from_slice(&mut token[start..]),
+        );
+        token
     }
 
     /// Verifies key, signature, expiry and audience, in that order.
@@ -280,26 +284,29 @@ impl PassportKeys {
             None => self.key_of(header)?,
         };
 
-        let mut sig = [0u8; 32];
-        match URL_SAFE_NO_PAD.decode_slice(signature, &mut sig) {
-            Ok(32) => {}
-            Ok(_) => return Err(PassportError::BadSignature),
-            Err(_) => return Err(PassportError::Malformed),
+        if signature.len() != 43 {
+            return Err(PassportError::BadSignature);
         }
+        let mut sig = [0u8; 32];
+        B64.decode(signature.as_bytes(), base64_simd::Out::from_slice(&mut sig))
+            .map_err(|_| PassportError::Malformed)?;
         let mut mac = key.mac.clone();
         mac.update(signed.as_bytes());
         mac.verify_slice(&sig)
             .map_err(|_| PassportError::BadSignature)?;
 
-        let passport: Passport = if claims.len() / 4 * 3 + 3 <= STACK_CLAIMS {
+        let decoded_len = B64
+            .decoded_length(claims.as_bytes())
+            .map_err(|_| PassportError::Malformed)?;
+        let passport: Passport = if decoded_len <= STACK_CLAIMS {
             let mut buf = [0u8; STACK_CLAIMS];
-            let n = URL_SAFE_NO_PAD
-                .decode_slice(claims, &mut buf)
+            let json = B64
+                .decode(claims.as_bytes(), base64_simd::Out::from_slice(&mut buf))
                 .map_err(|_| PassportError::Malformed)?;
-            serde_json::from_slice(&buf[..n])
+            serde_json::from_slice(json)
         } else {
-            let json = URL_SAFE_NO_PAD
-                .decode(claims)
+            let json = B64
+                .decode_to_vec(claims.as_bytes())
                 .map_err(|_| PassportError::Malformed)?;
             serde_json::from_slice(&json)
         }
@@ -360,6 +367,24 @@ mod tests {
         assert_eq!(p.sid.as_deref(), Some("s1"));
         assert_eq!(p.tid, t.trace_id_hex());
         assert!(p.exp - p.iat <= 60);
+    }
+
+    #[test]
+    fn claims_with_any_characters_survive_minting() {
+        // The claims JSON is written by hand: every character must come back as it went in.
+        let k = keys();
+        let t = TraceContext::new_root();
+        let sub = "us\"er\\1\n\t\u{1}é€😀";
+        let roles = vec!["a,b".to_string(), "\"x\"".to_string(), String::new()];
+        let token = k.mint("service:o\"dd", sub, &roles, None, &t);
+        let p = k.verify(&token).unwrap();
+        assert_eq!((p.iss.as_str(), p.sub.as_str()), ("service:o\"dd", sub));
+        assert_eq!(p.roles, roles);
+        assert_eq!(p.sid, None);
+        // And no roles at all.
+        let p = k.verify(&k.mint("gw", "anonymous", &[], None, &t)).unwrap();
+        assert!(p.roles.is_empty());
+        assert_eq!(p.jti.len(), 32);
     }
 
     #[test]
