@@ -59,14 +59,20 @@ def http_json(method, url, body=None, headers=None):
         return e.code, json.loads(e.read() or b"null")
 
 
-def cpu_seconds(pids):
-    """User + system CPU time of the processes, in seconds."""
-    total = 0
+def cpu_split(pids):
+    """User and system CPU time of the processes, in seconds."""
+    user = system = 0
     for pid in pids:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])   # utime, stime
-    return total / CLK_TCK
+        user += int(fields[11])
+        system += int(fields[12])
+    return user / CLK_TCK, system / CLK_TCK
+
+
+def cpu_seconds(pids):
+    """User + system CPU time of the processes, in seconds."""
+    return sum(cpu_split(pids))
 
 
 def to_ms(value, unit):
@@ -92,9 +98,13 @@ def wrk(url, connections, seconds, headers=()):
 
 
 def measure(url, connections, seconds, pids, headers=()):
-    before = cpu_seconds(pids)
+    user, system = cpu_split(pids)
     result = wrk(url, connections, seconds, headers)
-    result["cpu_us_per_request"] = (cpu_seconds(pids) - before) * 1e6 / max(result["requests"], 1)
+    user_after, system_after = cpu_split(pids)
+    n = max(result["requests"], 1)
+    result["user_us_per_request"] = (user_after - user) * 1e6 / n
+    result["sys_us_per_request"] = (system_after - system) * 1e6 / n
+    result["cpu_us_per_request"] = result["user_us_per_request"] + result["sys_us_per_request"]
     return result
 
 

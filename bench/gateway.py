@@ -167,13 +167,14 @@ http {{
         single = {name: measure(url, 1, SECONDS, pids, headers) for name, (url, pids, headers) in cases.items()}
 
         summary_ = {name: {k: summary([rd[name][k] for rd in rounds])
-                           for k in ("rps", "p50", "p90", "p99", "cpu_us_per_request")} for name in cases}
+                           for k in ("rps", "p50", "p90", "p99", "cpu_us_per_request",
+                                     "user_us_per_request", "sys_us_per_request")} for name in cases}
         for name in ("c_gateway", "d_gateway_no_auth"):
             summary_[name]["rps_vs_nginx"] = summary([rd[name]["rps_vs_nginx"] for rd in rounds])
             summary_[name]["cpu_vs_nginx"] = summary([rd[name]["cpu_vs_nginx"] for rd in rounds])
         out = {"benchmark": "gateway", "machine": machine(), "rounds": ROUNDS, "seconds": SECONDS,
                "connections": CONNECTIONS, "per_round": rounds, "summary": summary_, "concurrency_1": single}
-        lines = [f"| case | req/s (median, range) | p50 ms | p90 ms | p99 ms | proxy CPU µs/req | vs nginx req/s | vs nginx CPU |",
+        lines = [f"| case | req/s (median, range) | p50 ms | p90 ms | p99 ms | proxy CPU µs/req (user + sys) | vs nginx req/s | vs nginx CPU |",
                  "|---|---|---|---|---|---|---|---|"]
         for name in cases:
             s = summary_[name]
@@ -181,7 +182,8 @@ http {{
             cv = s.get("cpu_vs_nginx")
             lines.append(f"| {name} | {s['rps']['median']:.0f} ({s['rps']['min']:.0f}–{s['rps']['max']:.0f}) "
                          f"| {s['p50']['median']:.3f} | {s['p90']['median']:.3f} | {s['p99']['median']:.3f} "
-                         f"| {s['cpu_us_per_request']['median']:.1f} "
+                         f"| {s['cpu_us_per_request']['median']:.1f} ({s['user_us_per_request']['median']:.1f} + "
+                         f"{s['sys_us_per_request']['median']:.1f}) "
                          f"| {'%.2f×' % vs['median'] if vs else '—'} | {'%.2f×' % cv['median'] if cv else '—'} |")
         lines += ["", "| case (1 connection) | req/s | p50 ms | p99 ms |", "|---|---|---|---|"]
         for name, s in single.items():

@@ -330,9 +330,13 @@ async fn read_head(
     let mut first = !answered;
     loop {
         if !conn.read.is_empty() {
-            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut parsed = httparse::Response::new(&mut slots);
-            match parsed.parse(&conn.read) {
+            let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+            let mut parsed = httparse::Response::new(&mut []);
+            match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                &mut parsed,
+                &conn.read,
+                &mut slots,
+            ) {
                 Ok(httparse::Status::Complete(len)) => {
                     let head = parse_head(&parsed)?;
                     let _ = conn.read.split_to(len);

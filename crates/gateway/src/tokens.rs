@@ -98,7 +98,9 @@ pub struct TokenVerifier {
     keys: RwLock<HashMap<String, Arc<DecodingKey>>>,
     /// When the JWKS was last fetched; held while fetching.
     last_refresh: tokio::sync::Mutex<Option<Instant>>,
-    cache: RwLock<HashMap<Box<str>, Arc<Verified>>>,
+    /// Verified tokens. Only tokens whose signature checked out are inserted, so a fast hash
+    /// (not a DoS-hardened one) is safe for keys this long, looked up on every request.
+    cache: RwLock<HashMap<Box<str>, Arc<Verified>, foldhash::fast::RandomState>>,
     /// Revoked session id → until when (unix seconds) it must stay rejected.
     revoked: RwLock<HashMap<String, u64>>,
 }
