@@ -30,8 +30,8 @@ tokio::task_local! {
 /// What an outbound call inherits from the request being served.
 #[derive(Clone, Debug)]
 pub struct RequestContext {
-    /// The verified passport, as received.
-    pub passport: Arc<str>,
+    /// The verified passport, as received (sharing the request's bytes).
+    pub passport: http::HeaderValue,
     /// This hop's span.
     pub trace: TraceContext,
     /// When the caller stops waiting: calls made now get only what is left.
@@ -371,8 +371,8 @@ impl ServiceClient {
                 let me = format!("service:{}", inner.me);
                 let token = inner
                     .keys
-                    .mint(&me, &me, &["system".to_string()], None, &trace);
-                (Arc::from(token), trace, None)
+                    .mint_header(&me, &me, &["system".to_string()], None, &trace);
+                (token, trace, None)
             }
         };
         let started = std::time::Instant::now();
@@ -401,7 +401,7 @@ impl ServiceClient {
                 .request(method.clone(), format!("http://{}{path}", chosen.address))
                 .timeout(timeout)
                 .header(DEADLINE_HEADER, timeout.as_millis().to_string())
-                .header(passport::HEADER, &*passport)
+                .header(passport::HEADER, passport.clone())
                 .header(trace::TRACEPARENT, trace.header());
             for (name, value) in headers {
                 req = req.header(*name, *value);

@@ -303,14 +303,14 @@ impl PassportKeys {
             let json = B64
                 .decode(claims.as_bytes(), base64_simd::Out::from_slice(&mut buf))
                 .map_err(|_| PassportError::Malformed)?;
-            serde_json::from_slice(json)
+            parse_claims(json)
         } else {
             let json = B64
                 .decode_to_vec(claims.as_bytes())
                 .map_err(|_| PassportError::Malformed)?;
-            serde_json::from_slice(&json)
+            parse_claims(&json)
         }
-        .map_err(|_| PassportError::Malformed)?;
+        .ok_or(PassportError::Malformed)?;
 
         if passport.exp + LEEWAY_SECS < crate::unix_now() {
             return Err(PassportError::Expired);
@@ -336,6 +336,158 @@ impl PassportKeys {
             .iter()
             .find(|k| k.kid == kid)
             .ok_or(PassportError::UnknownKey)
+    }
+}
+
+/// The claims of a verified passport. Claims as minters write them (a flat object of plain
+/// strings, whole numbers, a list of strings, `null`) are read by a small scanner, since every
+/// request pays for this; anything else (escapes, other value types, duplicate or missing
+/// claims) is left to serde_json, whose verdict stands.
+fn parse_claims(json: &[u8]) -> Option<Passport> {
+    Scanner { json, at: 0 }
+        .claims()
+        .or_else(|| serde_json::from_slice(json).ok())
+}
+
+/// JSON's whitespace (not `is_ascii_whitespace`, which also takes form feed).
+fn is_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+/// Reads the simple form of the claims; `None` means "not that simple", never "invalid".
+struct Scanner<'a> {
+    json: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Scanner<'a> {
+    fn claims(mut self) -> Option<Passport> {
+        let (mut iss, mut aud, mut sub, mut tid, mut jti) = (None, None, None, None, None);
+        let (mut roles, mut sid, mut iat, mut exp) = (None, None, None, None);
+        self.eat(b'{')?;
+        if self.peek()? != b'}' {
+            loop {
+                let key = self.string()?;
+                self.eat(b':')?;
+                let fresh = match key {
+                    "iss" => iss.replace(self.string()?).is_none(),
+                    "aud" => aud.replace(self.string()?).is_none(),
+                    "sub" => sub.replace(self.string()?).is_none(),
+                    "tid" => tid.replace(self.string()?).is_none(),
+                    "jti" => jti.replace(self.string()?).is_none(),
+                    "iat" => iat.replace(self.number()?).is_none(),
+                    "exp" => exp.replace(self.number()?).is_none(),
+                    "roles" => roles.replace(self.strings()?).is_none(),
+                    "sid" => {
+                        let value = if self.peek()? == b'n' {
+                            self.literal(b"null")?;
+                            None
+                        } else {
+                            Some(self.string()?)
+                        };
+                        sid.replace(value).is_none()
+                    }
+                    _ => return None, // unknown claims: serde_json decides
+                };
+                if !fresh {
+                    return None; // a claim twice: serde_json refuses it
+                }
+                match self.next()? {
+                    b',' => continue,
+                    b'}' => break,
+                    _ => return None,
+                }
+            }
+        } else {
+            self.at += 1;
+        }
+        if self.json[self.at..].iter().any(|&b| !is_space(b)) {
+            return None;
+        }
+        Some(Passport {
+            iss: iss?.to_owned(),
+            aud: aud?.to_owned(),
+            sub: sub?.to_owned(),
+            roles: roles.unwrap_or_default(),
+            sid: sid.flatten().map(str::to_owned),
+            tid: tid?.to_owned(),
+            jti: jti?.to_owned(),
+            iat: iat?,
+            exp: exp?,
+        })
+    }
+
+    /// The next byte that is not whitespace.
+    fn peek(&mut self) -> Option<u8> {
+        while is_space(*self.json.get(self.at)?) {
+            self.at += 1;
+        }
+        self.json.get(self.at).copied()
+    }
+
+    fn next(&mut self) -> Option<u8> {
+        let b = self.peek()?;
+        self.at += 1;
+        Some(b)
+    }
+
+    fn eat(&mut self, expected: u8) -> Option<()> {
+        (self.next()? == expected).then_some(())
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        self.peek()?;
+        let rest = &self.json[self.at..];
+        rest.starts_with(word).then(|| self.at += word.len())
+    }
+
+    /// A string without escapes or control characters.
+    fn string(&mut self) -> Option<&'a str> {
+        self.eat(b'"')?;
+        let start = self.at;
+        let len = self.json[start..]
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        if self.json[start + len] != b'"' {
+            return None;
+        }
+        self.at = start + len + 1;
+        std::str::from_utf8(&self.json[start..start + len]).ok()
+    }
+
+    /// A whole number without sign, fraction or exponent.
+    fn number(&mut self) -> Option<u64> {
+        self.peek()?;
+        let digits = self.json[self.at..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        if digits == 0 || digits > 19 || (digits > 1 && self.json[self.at] == b'0') {
+            return None; // none, too many, or a leading zero (not JSON)
+        }
+        let text = std::str::from_utf8(&self.json[self.at..self.at + digits]).ok()?;
+        self.at += digits;
+        if matches!(self.json.get(self.at), Some(b'.' | b'e' | b'E')) {
+            return None;
+        }
+        text.parse().ok()
+    }
+
+    fn strings(&mut self) -> Option<Vec<String>> {
+        self.eat(b'[')?;
+        let mut out = Vec::new();
+        if self.peek()? == b']' {
+            self.at += 1;
+            return Some(out);
+        }
+        loop {
+            out.push(self.string()?.to_owned());
+            match self.next()? {
+                b',' => continue,
+                b']' => return Some(out),
+                _ => return None,
+            }
+        }
     }
 }
 
@@ -367,6 +519,72 @@ mod tests {
         assert_eq!(p.sid.as_deref(), Some("s1"));
         assert_eq!(p.tid, t.trace_id_hex());
         assert!(p.exp - p.iat <= 60);
+    }
+
+    #[test]
+    fn the_claims_scanner_agrees_with_serde() {
+        let base = r#"{"iss":"gw","aud":"shop","sub":"u1","roles":["a","b"],"sid":"s1","tid":"0af7651916cd43dd8448eb211c80319c","jti":"j","iat":1700000000,"exp":1700000030}"#;
+        let mut cases: Vec<String> = vec![
+            base.into(),
+            base.replace(r#""sid":"s1","#, ""),
+            base.replace(r#""sid":"s1""#, r#""sid":null"#),
+            base.replace(r#"["a","b"]"#, "[]"),
+            base.replace(r#"["a","b"]"#, " [ \"a\" , \"b\" ] "),
+            base.replace(r#""roles":["a","b"],"#, ""),
+            base.replace(',', " ,\n\t").replace(':', "\r: "),
+            format!(" {base} \n"),
+            // Not the simple form: serde_json decides.
+            base.replace(r#""u1""#, r#""u\"1""#),
+            base.replace(r#""u1""#, r#""\u00e9\ud83d\ude00""#),
+            base.replace(r#""jti":"j","#, r#""jti":"j","extra":{"x":[1]},"#),
+            base.replace(r#""jti":"j","#, r#""jti":"j","jti":"k","#),
+            base.replace("1700000000", "01700000000"),
+            base.replace("1700000000", "1700000000.0"),
+            base.replace("1700000000", "-1"),
+            base.replace("1700000000", "1e9"),
+            base.replace("1700000000", "99999999999999999999"),
+            base.replace(r#"["a","b"]"#, "null"),
+            base.replace(r#"["a","b"]"#, r#"["a",1]"#),
+            base.replace(r#"["a","b"]"#, r#"["a",]"#),
+            base.replace(r#""iss":"gw","#, ""),
+            base.replace(r#""iss":"gw""#, r#""iss":7"#),
+            base.replace('}', ",}"),
+            base.replace('{', "{\u{c}"),
+            format!("{base}x"),
+            format!("{base}{{}}"),
+            "{}".into(),
+            "[]".into(),
+            String::new(),
+            base[..base.len() - 1].into(),
+        ];
+        cases.push(base.replace(r#""u1""#, "\"u\u{1}1\""));
+        for (i, case) in cases.iter().enumerate() {
+            let fast = Scanner {
+                json: case.as_bytes(),
+                at: 0,
+            }
+            .claims();
+            let serde = serde_json::from_slice::<Passport>(case.as_bytes()).ok();
+            if let Some(fast) = &fast {
+                assert_eq!(Some(fast), serde.as_ref(), "case {i}: {case}");
+            }
+            assert_eq!(parse_claims(case.as_bytes()), serde, "case {i}: {case}");
+            if i < 8 {
+                assert!(fast.is_some(), "case {i} should take the fast path: {case}");
+            }
+        }
+        // What the minter writes takes the fast path.
+        let k = keys();
+        let token = k.mint(
+            "gw",
+            "u1",
+            &["a".into()],
+            Some("s1"),
+            &TraceContext::new_root(),
+        );
+        let claims = token.split('.').nth(1).unwrap();
+        let json = URL_SAFE_NO_PAD.decode(claims).unwrap();
+        assert!(Scanner { json: &json, at: 0 }.claims().is_some());
     }
 
     #[test]

@@ -363,7 +363,7 @@ where
         let verified = match req.headers().get(passport::HEADER) {
             None => Err(PassportError::Missing),
             Some(v) => match v.to_str() {
-                Ok(t) => self.keys.verify(t).map(|p| (p, Arc::<str>::from(t))),
+                Ok(t) => self.keys.verify(t).map(|p| (p, v.clone())),
                 Err(_) => Err(PassportError::Malformed),
             },
         };

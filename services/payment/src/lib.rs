@@ -227,8 +227,8 @@ impl Worker {
                     // Work for an order happens in the trace of the order's checkout.
                     let trace = w.trace_of(&order_id).await.unwrap_or_else(TraceContext::new_root);
                     let span = trace.span("payment");
-                    let passport = w.keys.mint("service:payment", "service:payment", &["system".into()], None, &trace);
-                    let ctx = RequestContext { passport: passport.into(), trace, deadline: None };
+                    let passport = w.keys.mint_header("service:payment", "service:payment", &["system".into()], None, &trace);
+                    let ctx = RequestContext { passport, trace, deadline: None };
                     let result = REQUEST
                         .scope(ctx, async {
                             if status == "pending" {

@@ -221,10 +221,9 @@ impl Consumer {
             .map_or_else(TraceContext::new_root, |t| t.child());
         let span = trace.span("event");
         let me = format!("service:{}", env.service);
-        let passport: Arc<str> = env
+        let passport = env
             .keys
-            .mint(&me, &me, &["system".to_string()], None, &trace)
-            .into();
+            .mint_header(&me, &me, &["system".to_string()], None, &trace);
         let ctx = RequestContext {
             passport,
             trace,

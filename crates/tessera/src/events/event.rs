@@ -102,7 +102,7 @@ mod tests {
     fn carries_the_current_trace_and_extensions() {
         let trace = TraceContext::new_root();
         let ctx = crate::client::RequestContext {
-            passport: "p".into(),
+            passport: http::HeaderValue::from_static("p"),
             trace,
             deadline: None,
         };
