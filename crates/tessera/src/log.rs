@@ -43,9 +43,12 @@ pub fn init(service: &str, instance: &str) {
 /// Log lines are appended to one in-memory buffer and written out in batches: when it passes
 /// 32 KiB, and every 10 ms by a background thread. A busy server so makes one `write(2)` per
 /// batch rather than one per line, and wakes no thread per line. [`flush`] writes what is
-/// pending (at shutdown).
+/// pending (at shutdown). Two buffers take turns, so batches allocate nothing (and glibc's
+/// allocator is not made to consolidate its free lists by a large free per batch).
 struct Writer {
     buffer: std::sync::Mutex<Vec<u8>>,
+    /// The other buffer, while it is not being written out.
+    spare: std::sync::Mutex<Vec<u8>>,
 }
 
 const FLUSH_AT: usize = 32 * 1024;
@@ -55,11 +58,11 @@ impl Writer {
         let full = {
             let mut buffer = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
             buffer.extend_from_slice(line);
-            (buffer.len() >= FLUSH_AT)
-                .then(|| std::mem::replace(&mut *buffer, Vec::with_capacity(FLUSH_AT * 2)))
+            (buffer.len() >= FLUSH_AT).then(|| self.swap(&mut buffer))
         };
         if let Some(batch) = full {
             let _ = std::io::stdout().lock().write_all(&batch);
+            self.give_back(batch);
         }
     }
 
@@ -69,11 +72,30 @@ impl Writer {
             if buffer.is_empty() {
                 return;
             }
-            std::mem::replace(&mut *buffer, Vec::with_capacity(FLUSH_AT * 2))
+            self.swap(&mut buffer)
         };
         let mut out = std::io::stdout().lock();
         let _ = out.write_all(&batch);
         let _ = out.flush();
+        drop(out);
+        self.give_back(batch);
+    }
+
+    /// The pending lines, leaving the spare buffer (or a new one, if it is being written) in
+    /// their place.
+    fn swap(&self, buffer: &mut Vec<u8>) -> Vec<u8> {
+        let mut spare = std::mem::take(&mut *self.spare.lock().unwrap_or_else(|e| e.into_inner()));
+        if spare.capacity() == 0 {
+            spare.reserve(FLUSH_AT * 2);
+        }
+        std::mem::replace(buffer, spare)
+    }
+
+    fn give_back(&self, mut batch: Vec<u8>) {
+        if batch.capacity() <= FLUSH_AT * 4 {
+            batch.clear();
+            *self.spare.lock().unwrap_or_else(|e| e.into_inner()) = batch;
+        }
     }
 }
 
@@ -91,6 +113,7 @@ fn writer() -> &'static Writer {
             .expect("the log thread starts");
         Writer {
             buffer: std::sync::Mutex::new(Vec::with_capacity(FLUSH_AT * 2)),
+            spare: std::sync::Mutex::new(Vec::with_capacity(FLUSH_AT * 2)),
         }
     })
 }
@@ -316,16 +339,8 @@ pub(crate) fn push_json_str(out: &mut String, s: &str) {
 /// Appends `s` escaped for a JSON string, without the quotes.
 fn push_json_chars(out: &mut String, s: &str) {
     let bytes = s.as_bytes();
-    // Most strings (ids, paths, routes, messages) need no escaping: find the first byte that
-    // does eight at a time, and copy everything before it at once.
-    let mut scan = 0;
-    while scan + 8 <= bytes.len() {
-        let word = u64::from_le_bytes(bytes[scan..scan + 8].try_into().expect("8 bytes"));
-        if needs_escape(word) {
-            break;
-        }
-        scan += 8;
-    }
+    // Most strings (ids, paths, routes, messages) need no escaping: copied at once.
+    let scan = plain_prefix(bytes);
     // Escapes are ASCII, so every slice below ends on a character boundary.
     let mut clean = 0;
     for (i, &b) in bytes.iter().enumerate().skip(scan) {
@@ -347,6 +362,23 @@ fn push_json_chars(out: &mut String, s: &str) {
         clean = i + 1;
     }
     out.push_str(&s[clean..]);
+}
+
+/// How many leading bytes of `bytes` a JSON string can hold as they are (no control
+/// character, `"` or `\\`): found eight bytes at a time, then byte by byte.
+pub(crate) fn plain_prefix(bytes: &[u8]) -> usize {
+    let mut at = 0;
+    while at + 8 <= bytes.len() {
+        let word = u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+        if needs_escape(word) {
+            break;
+        }
+        at += 8;
+    }
+    at + bytes[at..]
+        .iter()
+        .position(|&b| b < 0x20 || b == b'"' || b == b'\\')
+        .unwrap_or(bytes.len() - at)
 }
 
 /// Whether any of the eight bytes is a control character, `"` or `\\` (bit tricks from

@@ -445,10 +445,8 @@ impl<'a> Scanner<'a> {
     fn string(&mut self) -> Option<&'a str> {
         self.eat(b'"')?;
         let start = self.at;
-        let len = self.json[start..]
-            .iter()
-            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
-        if self.json[start + len] != b'"' {
+        let len = crate::log::plain_prefix(&self.json[start..]);
+        if self.json.get(start + len) != Some(&b'"') {
             return None;
         }
         self.at = start + len + 1;
