@@ -122,6 +122,13 @@ impl AppState {
         if let Some((email, password)) = &self.config.admin {
             let email = normalize_email(email)
                 .map_err(|e| anyhow::anyhow!("AUTH_ADMIN_EMAIL: {}", e.message))?;
+            let exists: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM users WHERE email = $1")
+                .bind(&email)
+                .fetch_optional(self.db.pool())
+                .await?;
+            if exists.is_some() {
+                return Ok(()); // no 19 MiB, 50 ms hash on every start
+            }
             let hash = passwords::hash(password.clone()).await?;
             let done = sqlx::query(
                 "INSERT INTO users (id, email, name, password_hash, roles, created_at) VALUES ($1, $2, $3, $4, $5, $6)

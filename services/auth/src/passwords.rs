@@ -1,8 +1,8 @@
 //! Password hashing with Argon2id (the `argon2` crate's defaults: 19 MiB, 2 passes), run on
 //! the blocking pool so that a login never stalls the async threads, and at most one hash per
 //! core at a time: a burst of logins queues instead of holding 19 MiB per blocking thread at
-//! once, and gains nothing from more threads than cores anyway. (The binary's allocator,
-//! mimalloc, gives the memory back afterwards; see `main.rs`.)
+//! once, and gains nothing from more threads than cores anyway. (The binary tells the
+//! allocator to give each hash's block back to the system when it is freed; see `main.rs`.)
 
 use argon2::Argon2;
 use argon2::password_hash::{
