@@ -4,7 +4,7 @@
 //! (`tokens.rs`, cached until it expires), check the route's roles, mint a passport, pick a
 //! live instance round-robin from the registry's view, forward with a deadline, wrap the answer
 //! in the envelope (`envelope.rs`), and write one access-log line. It is a plain hyper server
-//! and client: no framework router on the hot path.
+//! and its own HTTP/1.1 client (`pool.rs`): no framework router on the hot path.
 
 pub mod envelope;
 pub mod pool;
