@@ -12,6 +12,8 @@ the ratio to nginx within each round, and server CPU time per request (from /pro
 
     python3 bench/gateway.py            # BENCH_ROUNDS=5 BENCH_SECONDS=5 BENCH_CONNECTIONS=32
     BENCH_PERF=/tmp/gw.perf python3 bench/gateway.py   # profile the gateway under case c instead
+    BENCH_BASELINE=/tmp/tessera-old python3 bench/gateway.py   # also cases e/f: another build's
+                                        # gateway in the same rounds (an A/B that noise cannot skew)
 """
 
 import base64, os, secrets, statistics, subprocess, sys, tempfile, time
@@ -22,7 +24,7 @@ from common import *  # noqa: E402,F403
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "32"))
-CONTROL, GATEWAY, NGINX, UPSTREAM = 18500, 18080, 18081, 18090
+CONTROL, GATEWAY, NGINX, UPSTREAM, BASELINE = 18500, 18080, 18081, 18090, 18070
 
 
 def main():
@@ -69,6 +71,14 @@ auth = "public"
                                   log=os.path.join(tmp, "upstream.log"))
         procs["gateway"] = start([tessera, "--manifest", manifest, "gateway"], env=env,
                                  log=os.path.join(tmp, "gateway.log"))
+        baseline = os.environ.get("BENCH_BASELINE")
+        if baseline:
+            # Another build's `tessera` binary, as a second gateway on its own port.
+            manifest_baseline = os.path.join(tmp, "baseline.toml")
+            with open(manifest) as f, open(manifest_baseline, "w") as g:
+                g.write(f.read().replace(f"127.0.0.1:{GATEWAY}", f"127.0.0.1:{BASELINE}"))
+            procs["baseline"] = start([baseline, "--manifest", manifest_baseline, "gateway"], env=env,
+                                      log=os.path.join(tmp, "baseline.log"))
         with open(os.path.join(tmp, "nginx.conf"), "w") as f:
             f.write(f"""
 worker_processes 1;
@@ -115,6 +125,17 @@ http {{
             "c_gateway": (f"http://127.0.0.1:{GATEWAY}{path}", [procs["gateway"].pid], (f"Authorization: Bearer {token}",)),
             "d_gateway_no_auth": (f"http://127.0.0.1:{GATEWAY}{path}", [procs["gateway"].pid], ()),
         }
+        if baseline:
+            wait_http(f"http://127.0.0.1:{BASELINE}/health/ready")
+            deadline = time.time() + 30
+            while http_json("GET", f"http://127.0.0.1:{BASELINE}{path}")[0] != 200:
+                if time.time() > deadline:
+                    raise SystemExit("the baseline gateway does not reach the upstream")
+                time.sleep(0.1)
+            cases["e_baseline"] = (f"http://127.0.0.1:{BASELINE}{path}", [procs["baseline"].pid],
+                                   (f"Authorization: Bearer {token}",))
+            cases["f_baseline_no_auth"] = (f"http://127.0.0.1:{BASELINE}{path}", [procs["baseline"].pid], ())
+        gateways = [name for name in cases if name not in ("a_direct", "b_nginx")]
         # The proxy's own CPU is what is compared; the upstream's is the same in b, c and d.
         for name, (url, _, headers) in cases.items():
             wrk(url, CONNECTIONS, 1, headers)   # warm-up
@@ -157,7 +178,7 @@ http {{
                 url, pids, headers = cases[name]
                 results[name] = measure(url, CONNECTIONS, SECONDS, pids, headers)
                 results[name]["upstream_cpu_us_per_request"] = None
-            for name in ("c_gateway", "d_gateway_no_auth"):
+            for name in gateways:
                 results[name]["rps_vs_nginx"] = results[name]["rps"] / results["b_nginx"]["rps"]
                 results[name]["cpu_vs_nginx"] = results[name]["cpu_us_per_request"] / results["b_nginx"]["cpu_us_per_request"]
             results["b_nginx"]["rps_vs_direct"] = results["b_nginx"]["rps"] / results["a_direct"]["rps"]
@@ -169,7 +190,7 @@ http {{
         summary_ = {name: {k: summary([rd[name][k] for rd in rounds])
                            for k in ("rps", "p50", "p90", "p99", "cpu_us_per_request",
                                      "user_us_per_request", "sys_us_per_request")} for name in cases}
-        for name in ("c_gateway", "d_gateway_no_auth"):
+        for name in gateways:
             summary_[name]["rps_vs_nginx"] = summary([rd[name]["rps_vs_nginx"] for rd in rounds])
             summary_[name]["cpu_vs_nginx"] = summary([rd[name]["cpu_vs_nginx"] for rd in rounds])
         out = {"benchmark": "gateway", "machine": machine(), "rounds": ROUNDS, "seconds": SECONDS,
