@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use tessera::TraceContext;
@@ -267,11 +267,10 @@ impl Gateway {
                 .keys
                 .mint_header(ISSUER, passport::ANONYMOUS, &[], None, trace),
         };
-        // Retrying is safe when the method is idempotent or the client made it so.
-        let replayable = matches!(
-            parts.method,
-            Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
-        ) || parts.headers.contains_key("idempotency-key");
+        let replayable = tessera::resilience::may_repeat(
+            &parts.method,
+            parts.headers.contains_key("idempotency-key"),
+        );
         let root = http::uri::PathAndQuery::from_static("/");
         let path_and_query = parts.uri.path_and_query().unwrap_or(&root);
         let extra = [

@@ -356,12 +356,12 @@ impl ServiceClient {
             }
         };
         guard.budget.deposit();
-        let idempotent = matches!(
-            method,
-            Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
-        ) || headers
-            .iter()
-            .any(|(n, _)| n.eq_ignore_ascii_case("idempotency-key"));
+        let idempotent = crate::resilience::may_repeat(
+            &method,
+            headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case("idempotency-key")),
+        );
 
         let context = REQUEST.try_with(|r| (r.passport.clone(), r.trace, r.deadline));
         let (passport, trace, deadline) = match context {

@@ -15,4 +15,4 @@ pub use balance::{Balancer, OutlierConfig, Pick, Policy};
 pub use breaker::{Breaker, BreakerConfig, BreakerState, CallOutcome, Open};
 pub use bulkhead::{Bulkhead, BulkheadFull};
 pub use ratelimit::{Allowed, Limited, RateLimit, RateLimiter};
-pub use retry::{Backoff, BudgetConfig, RetryBudget};
+pub use retry::{Backoff, BudgetConfig, RetryBudget, may_repeat};

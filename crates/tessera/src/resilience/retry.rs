@@ -12,6 +12,16 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::time::Instant;
 
+/// Whether a request may be sent again after a failure: its method is idempotent, or the
+/// client made it so with an `Idempotency-Key` header.
+pub fn may_repeat(method: &http::Method, idempotency_key: bool) -> bool {
+    use http::Method;
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+    ) || idempotency_key
+}
+
 /// Exponential backoff with full jitter: attempt `n` waits a random time in
 /// `[0, min(max, base × 2ⁿ)]` (AWS's "full jitter").
 #[derive(Clone, Debug, Deserialize, PartialEq)]
