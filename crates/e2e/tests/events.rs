@@ -112,7 +112,7 @@ async fn deposit(
 ) -> Result<Json<Value>, ApiError> {
     let id = body["id"].as_str().unwrap_or_default().to_string();
     let mut tx = db.write_tx().await?;
-    sqlx::query("INSERT INTO entries (id, amount) VALUES ($1, $2)")
+    tessera::store::query("INSERT INTO entries (id, amount) VALUES ($1, $2)")
         .bind(&id)
         .bind(body["amount"].as_i64().unwrap_or(0))
         .execute(&mut *tx)
@@ -149,7 +149,7 @@ impl Handler for Audit {
             let trace = tessera::client::REQUEST
                 .try_with(|r| r.trace.trace_id_hex())
                 .ok();
-            sqlx::query("INSERT INTO seen (event_id, subject, n, trace) VALUES ($1, $2, $3, $4)")
+            tessera::store::query("INSERT INTO seen (event_id, subject, n, trace) VALUES ($1, $2, $3, $4)")
                 .bind(&event.id)
                 .bind(event.subject.clone().unwrap_or_default())
                 .bind(event.data["n"].as_i64().unwrap_or(-1))
@@ -183,7 +183,7 @@ async fn start_auditor(h: &Harness, accept_poison: Arc<AtomicBool>) -> Db {
 }
 
 async fn seen(db: &Db) -> Vec<(String, String, i64, Option<String>)> {
-    sqlx::query_as("SELECT event_id, subject, n, trace FROM seen ORDER BY seq")
+    tessera::store::query_as("SELECT event_id, subject, n, trace FROM seen ORDER BY seq")
         .fetch_all(db.pool())
         .await
         .unwrap()

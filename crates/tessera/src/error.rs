@@ -96,9 +96,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<sqlx::Error> for ApiError {
-    fn from(err: sqlx::Error) -> Self {
-        if let sqlx::Error::PoolTimedOut = err {
+impl From<crate::store::DbError> for ApiError {
+    fn from(err: crate::store::DbError) -> Self {
+        if err.is_busy() {
             return Self::unavailable("database is busy, try again");
         }
         Self::internal(err)

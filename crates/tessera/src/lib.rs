@@ -29,7 +29,7 @@ pub use error::ApiError;
 pub use extract::{Caller, Json, Path, Query};
 pub use passport::{Passport, PassportKeys};
 pub use service::{Context, Events, Service};
-pub use store::{Db, Migration};
+pub use store::{Db, DbError, Migration, Tx};
 pub use trace::TraceContext;
 
 /// Milliseconds since the Unix epoch.

@@ -25,7 +25,7 @@ use crate::trace::TraceContext;
 /// Installs the JSON logger for this process. Later calls do nothing.
 pub fn init(service: &str, instance: &str) {
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,hyper=warn,reqwest=warn"));
+        .unwrap_or_else(|_| EnvFilter::new("info,hyper=warn,reqwest=warn"));
     let _ = tracing_subscriber::registry()
         .with(JsonLayer {
             identity: {

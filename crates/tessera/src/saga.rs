@@ -119,10 +119,10 @@ impl Saga {
     }
 
     /// Starts saga `id` with `data` (a JSON object), in `tx`.
-    pub async fn start(&self, tx: &mut Tx, id: &str, data: Value) -> Result<(), sqlx::Error> {
+    pub async fn start(&self, tx: &mut Tx, id: &str, data: Value) -> Result<(), crate::store::DbError> {
         let now = now_ms();
         let step = &self.def.steps[0];
-        sqlx::query(
+        crate::store::query(
             "INSERT INTO tessera_sagas (id, name, step, status, data, deadline, updated) VALUES ($1, $2, 0, 'running', $3, $4, $5)",
         )
         .bind(id)
@@ -143,7 +143,7 @@ impl Saga {
         ty: &str,
         data: &Value,
         expect_reply: bool,
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<(), crate::store::DbError> {
         let mut event = Event::new(self.def.source, ty, id, data);
         event.extensions.insert("sagaid".into(), id.into());
         event.extensions.insert("sagastep".into(), step.into());
@@ -155,8 +155,8 @@ impl Saga {
         outbox::add(tx, self.def.steps[step].topic, &event).await
     }
 
-    async fn load(&self, tx: &mut Tx, id: &str) -> Result<Option<SagaState>, sqlx::Error> {
-        let row: Option<(i64, String, String)> = sqlx::query_as(
+    async fn load(&self, tx: &mut Tx, id: &str) -> Result<Option<SagaState>, crate::store::DbError> {
+        let row: Option<(i64, String, String)> = crate::store::query_as(
             "SELECT step, status, data FROM tessera_sagas WHERE id = $1 AND name = $2",
         )
         .bind(id)
@@ -217,7 +217,7 @@ impl Saga {
         let now = now_ms();
         if let Some(next) = self.def.steps.get(step + 1) {
             saga.step = step + 1;
-            sqlx::query("UPDATE tessera_sagas SET step = $2, data = $3, deadline = $4, updated = $5 WHERE id = $1")
+            crate::store::query("UPDATE tessera_sagas SET step = $2, data = $3, deadline = $4, updated = $5 WHERE id = $1")
                 .bind(id)
                 .bind(saga.step as i64)
                 .bind(saga.data.to_string())
@@ -229,7 +229,7 @@ impl Saga {
                 .await?;
         } else {
             saga.status = "completed".into();
-            sqlx::query("UPDATE tessera_sagas SET status = 'completed', data = $2, updated = $3 WHERE id = $1")
+            crate::store::query("UPDATE tessera_sagas SET status = 'completed', data = $2, updated = $3 WHERE id = $1")
                 .bind(id)
                 .bind(saga.data.to_string())
                 .bind(now)
@@ -256,7 +256,7 @@ impl Saga {
             }
         }
         saga.status = "failed".into();
-        sqlx::query(
+        crate::store::query(
             "UPDATE tessera_sagas SET status = 'failed', reason = $2, updated = $3 WHERE id = $1",
         )
         .bind(&saga.id)
@@ -269,7 +269,7 @@ impl Saga {
 
     /// Times out every running saga whose step is overdue; returns how many.
     pub async fn tick(&self, db: &Db, hooks: &dyn SagaHooks) -> Result<usize, HandlerError> {
-        let due: Vec<(String,)> = sqlx::query_as(
+        let due: Vec<(String,)> = crate::store::query_as(
             "SELECT id FROM tessera_sagas WHERE status = 'running' AND name = $1 AND deadline < $2 ORDER BY deadline LIMIT 100",
         )
         .bind(self.def.name)
@@ -284,7 +284,7 @@ impl Saga {
                 continue;
             };
             let deadline: (i64,) =
-                sqlx::query_as("SELECT deadline FROM tessera_sagas WHERE id = $1")
+                crate::store::query_as("SELECT deadline FROM tessera_sagas WHERE id = $1")
                     .bind(&id)
                     .fetch_one(&mut *tx)
                     .await?;
@@ -351,7 +351,7 @@ pub async fn reply(
     command: &Event,
     source: &str,
     outcome: Reply,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), crate::store::DbError> {
     let Some(topic) = command
         .extensions
         .get("sagareplyto")
@@ -461,11 +461,11 @@ mod tests {
     /// The commands in the outbox, as (topic, type), and empties it.
     async fn sent(db: &Db) -> Vec<(String, String, Event)> {
         let rows: Vec<(String, String)> =
-            sqlx::query_as("SELECT topic, event FROM tessera_outbox ORDER BY id")
+            crate::store::query_as("SELECT topic, event FROM tessera_outbox ORDER BY id")
                 .fetch_all(db.pool())
                 .await
                 .unwrap();
-        sqlx::query("DELETE FROM tessera_outbox")
+        crate::store::query("DELETE FROM tessera_outbox")
             .execute(db.pool())
             .await
             .unwrap();
@@ -490,7 +490,7 @@ mod tests {
     }
 
     async fn status(db: &Db, id: &str) -> String {
-        sqlx::query_as::<_, (String,)>("SELECT status FROM tessera_sagas WHERE id = $1")
+        crate::store::query_as::<(String,)>("SELECT status FROM tessera_sagas WHERE id = $1")
             .bind(id)
             .fetch_one(db.pool())
             .await

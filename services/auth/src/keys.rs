@@ -24,9 +24,9 @@ impl CurrentKey {
 
 /// The newest unretired key, created if there is none (under the write lock, so replicas
 /// starting together agree on one).
-pub async fn current(db: &Db) -> Result<CurrentKey, sqlx::Error> {
+pub async fn current(db: &Db) -> Result<CurrentKey, tessera::store::DbError> {
     let mut tx = db.write_tx().await?;
-    let row: Option<(String, Vec<u8>)> = sqlx::query_as(
+    let row: Option<(String, Vec<u8>)> = tessera::store::query_as(
         "SELECT kid, private_der FROM signing_keys WHERE retired_at IS NULL ORDER BY created_at DESC, kid DESC LIMIT 1",
     )
     .fetch_optional(&mut *tx)
@@ -45,7 +45,7 @@ pub async fn current(db: &Db) -> Result<CurrentKey, sqlx::Error> {
 
 /// Adds a new key that signs from now on; older keys stay in the JWKS so that tokens they
 /// signed remain valid until they expire.
-pub async fn rotate(db: &Db) -> Result<String, sqlx::Error> {
+pub async fn rotate(db: &Db) -> Result<String, tessera::store::DbError> {
     let mut tx = db.write_tx().await?;
     let key = insert_new(&mut tx).await?;
     tx.commit().await?;
@@ -54,8 +54,8 @@ pub async fn rotate(db: &Db) -> Result<String, sqlx::Error> {
 }
 
 async fn insert_new(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-) -> Result<CurrentKey, sqlx::Error> {
+    tx: &mut tessera::store::Tx,
+) -> Result<CurrentKey, tessera::store::DbError> {
     let signing = SigningKey::from_bytes(&rand::random::<[u8; 32]>());
     let der = signing
         .to_pkcs8_der()
@@ -69,7 +69,7 @@ async fn insert_new(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0);
-    sqlx::query(
+    tessera::store::query(
         "INSERT INTO signing_keys (kid, private_der, public_x, created_at) VALUES ($1, $2, $3, $4)",
     )
     .bind(&kid)
@@ -97,8 +97,8 @@ pub struct Jwks {
     keys: Vec<Jwk>,
 }
 
-pub async fn jwks(db: &Db) -> Result<Jwks, sqlx::Error> {
-    let rows: Vec<(String, String)> = sqlx::query_as(
+pub async fn jwks(db: &Db) -> Result<Jwks, tessera::store::DbError> {
+    let rows: Vec<(String, String)> = tessera::store::query_as(
         "SELECT kid, public_x FROM signing_keys WHERE retired_at IS NULL ORDER BY created_at DESC",
     )
     .fetch_all(db.pool())

@@ -122,7 +122,7 @@ impl AppState {
         if let Some((email, password)) = &self.config.admin {
             let email = normalize_email(email)
                 .map_err(|e| anyhow::anyhow!("AUTH_ADMIN_EMAIL: {}", e.message))?;
-            let exists: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM users WHERE email = $1")
+            let exists: Option<(i64,)> = tessera::store::query_as("SELECT 1 FROM users WHERE email = $1")
                 .bind(&email)
                 .fetch_optional(self.db.pool())
                 .await?;
@@ -130,7 +130,7 @@ impl AppState {
                 return Ok(()); // no 19 MiB, 50 ms hash on every start
             }
             let hash = passwords::hash(password.clone()).await?;
-            let done = sqlx::query(
+            let done = tessera::store::query(
                 "INSERT INTO users (id, email, name, password_hash, roles, created_at) VALUES ($1, $2, $3, $4, $5, $6)
                  ON CONFLICT (email) DO NOTHING",
             )
@@ -196,7 +196,7 @@ async fn signup(
         .await
         .map_err(ApiError::internal)?;
     let id = uuid::Uuid::now_v7().to_string();
-    let inserted = sqlx::query(
+    let inserted = tessera::store::query(
         "INSERT INTO users (id, email, name, password_hash, roles, created_at) VALUES ($1, $2, $3, $4, 'user', $5)",
     )
     .bind(&id)
@@ -267,7 +267,7 @@ async fn login(
     };
     let email = normalize_email(&req.email).map_err(|_| invalid())?;
     let row: Option<(String, String, String)> =
-        sqlx::query_as("SELECT id, password_hash, roles FROM users WHERE email = $1")
+        tessera::store::query_as("SELECT id, password_hash, roles FROM users WHERE email = $1")
             .bind(&email)
             .fetch_optional(st.db.pool())
             .await?;
@@ -290,7 +290,7 @@ async fn login(
     let session = uuid::Uuid::now_v7().to_string();
     let refresh = new_refresh_token();
     let mut tx = st.db.write_tx().await?;
-    sqlx::query(
+    tessera::store::query(
         "INSERT INTO sessions (id, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
     )
     .bind(&session)
@@ -337,16 +337,16 @@ impl AppState {
     /// Revokes a session inside `tx`; returns the revocation's seq.
     async fn revoke_session(
         &self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        tx: &mut tessera::store::Tx,
         session: &str,
-    ) -> Result<i64, sqlx::Error> {
+    ) -> Result<i64, tessera::store::DbError> {
         let now = unix_now();
-        sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+        tessera::store::query("UPDATE sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
             .bind(now as i64)
             .bind(session)
             .execute(&mut **tx)
             .await?;
-        let (seq,): (i64,) = sqlx::query_as(
+        let (seq,): (i64,) = tessera::store::query_as(
             "INSERT INTO revocations (session_id, expires_at) VALUES ($1, $2) RETURNING seq",
         )
         .bind(session)
@@ -373,7 +373,7 @@ async fn refresh(
     let mut tx = st.db.write_tx().await?;
     // session, expires_at, used_at, user, roles, session revoked_at
     type RefreshRow = (String, i64, Option<i64>, String, String, Option<i64>);
-    let row: Option<RefreshRow> = sqlx::query_as(
+    let row: Option<RefreshRow> = tessera::store::query_as(
         "SELECT r.session_id, r.expires_at, r.used_at, s.user_id, u.roles, s.revoked_at
          FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id JOIN users u ON u.id = s.user_id
          WHERE r.hash = $1",
@@ -407,7 +407,7 @@ async fn refresh(
     if expires_at <= now as i64 {
         return Err(invalid("refresh token has expired"));
     }
-    sqlx::query("UPDATE refresh_tokens SET used_at = $1 WHERE hash = $2")
+    tessera::store::query("UPDATE refresh_tokens SET used_at = $1 WHERE hash = $2")
         .bind(now as i64)
         .bind(&hash)
         .execute(&mut *tx)
@@ -436,7 +436,7 @@ async fn logout(State(st): State<AppState>, caller: Caller) -> Result<Response, 
 
 async fn me(State(st): State<AppState>, caller: Caller) -> Result<Json<UserView>, ApiError> {
     let row: Option<(String, String, String, String)> =
-        sqlx::query_as("SELECT id, email, name, roles FROM users WHERE id = $1")
+        tessera::store::query_as("SELECT id, email, name, roles FROM users WHERE id = $1")
             .bind(&caller.id)
             .fetch_optional(st.db.pool())
             .await?;
@@ -495,7 +495,7 @@ async fn revocations(
     let wait = Duration::from_millis(q.wait.min(25_000));
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        let rows: Vec<(i64, String, i64)> = sqlx::query_as(
+        let rows: Vec<(i64, String, i64)> = tessera::store::query_as(
             "SELECT seq, session_id, expires_at FROM revocations WHERE seq > $1 AND expires_at > $2 ORDER BY seq LIMIT 1000",
         )
         .bind(q.after)
@@ -504,7 +504,7 @@ async fn revocations(
         .await?;
         let now = tokio::time::Instant::now();
         if !rows.is_empty() || now >= deadline {
-            let (max,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(seq), 0) FROM revocations")
+            let (max,): (i64,) = tessera::store::query_as("SELECT COALESCE(MAX(seq), 0) FROM revocations")
                 .fetch_one(st.db.pool())
                 .await?;
             let seq = rows.last().map_or(max.max(q.after), |r| r.0);
@@ -553,12 +553,12 @@ fn hash_token(token: &str) -> String {
 }
 
 async fn insert_refresh(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tx: &mut tessera::store::Tx,
     token: &str,
     session: &str,
     expires_at: u64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO refresh_tokens (hash, session_id, expires_at) VALUES ($1, $2, $3)")
+) -> Result<(), tessera::store::DbError> {
+    tessera::store::query("INSERT INTO refresh_tokens (hash, session_id, expires_at) VALUES ($1, $2, $3)")
         .bind(hash_token(token))
         .bind(session)
         .bind(expires_at as i64)

@@ -112,7 +112,7 @@ async fn list(State(db): State<Db>, Query(q): Query<ListQuery>) -> Result<Json<P
     let sql = format!(
         "SELECT {COLUMNS} FROM products WHERE id > $1 AND ($2 IS NULL OR category = $2) ORDER BY id LIMIT $3"
     );
-    let mut rows: Vec<Row> = sqlx::query_as(&sql)
+    let mut rows: Vec<Row> = tessera::store::query_as(&sql)
         .bind(&after)
         .bind(q.category.as_deref())
         .bind(i64::from(limit) + 1)
@@ -147,7 +147,7 @@ async fn view(State(db): State<Db>, Path(id): Path<Uuid>) -> Result<Json<Product
     let sql = format!(
         "UPDATE products SET view_count = view_count + 1 WHERE id = $1 RETURNING {COLUMNS}"
     );
-    let row: Option<Row> = sqlx::query_as(&sql)
+    let row: Option<Row> = tessera::store::query_as(&sql)
         .bind(id.to_string())
         .fetch_optional(db.pool())
         .await?;
@@ -199,7 +199,7 @@ async fn lookup(
     let mut items = Vec::with_capacity(req.ids.len());
     let sql = format!("SELECT {COLUMNS} FROM products WHERE id = $1");
     for id in &req.ids {
-        let row: Option<Row> = sqlx::query_as(&sql)
+        let row: Option<Row> = tessera::store::query_as(&sql)
             .bind(id.to_string())
             .fetch_optional(db.pool())
             .await?;
@@ -273,7 +273,7 @@ async fn create(
         "INSERT INTO products (id, name, description, category, price, currency, view_count, created_at)
          VALUES ($1, $2, $3, $4, $5, $6, 0, $7) RETURNING {COLUMNS}"
     );
-    let row: Row = sqlx::query_as(&sql)
+    let row: Row = tessera::store::query_as(&sql)
         .bind(&id)
         .bind(input.name.trim())
         .bind(input.description.trim())
@@ -299,7 +299,7 @@ async fn replace(
         "UPDATE products SET name = $2, description = $3, category = $4, price = $5, currency = $6
          WHERE id = $1 RETURNING {COLUMNS}"
     );
-    let row: Option<Row> = sqlx::query_as(&sql)
+    let row: Option<Row> = tessera::store::query_as(&sql)
         .bind(id.to_string())
         .bind(input.name.trim())
         .bind(input.description.trim())
@@ -318,7 +318,7 @@ async fn remove(
     Path(id): Path<Uuid>,
 ) -> Result<StatusCode, ApiError> {
     caller.require_role("admin")?;
-    let done = sqlx::query("DELETE FROM products WHERE id = $1")
+    let done = tessera::store::query("DELETE FROM products WHERE id = $1")
         .bind(id.to_string())
         .execute(db.pool())
         .await?;

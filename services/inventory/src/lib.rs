@@ -94,7 +94,7 @@ fn totals(items: &[Line]) -> Result<BTreeMap<&str, i64>, HandlerError> {
 
 async fn reserve(tx: &mut Tx, command: &Event, order: &OrderData) -> Result<(), HandlerError> {
     let existing: Option<(String,)> =
-        sqlx::query_as("SELECT status FROM reservations WHERE order_id = $1")
+        tessera::store::query_as("SELECT status FROM reservations WHERE order_id = $1")
             .bind(&order.order_id)
             .fetch_optional(&mut **tx)
             .await?;
@@ -112,7 +112,7 @@ async fn reserve(tx: &mut Tx, command: &Event, order: &OrderData) -> Result<(), 
     let mut short = Vec::new();
     for (product, quantity) in &wanted {
         let available: Option<(i64,)> =
-            sqlx::query_as("SELECT available FROM stock WHERE product_id = $1")
+            tessera::store::query_as("SELECT available FROM stock WHERE product_id = $1")
                 .bind(*product)
                 .fetch_optional(&mut **tx)
                 .await?;
@@ -128,7 +128,7 @@ async fn reserve(tx: &mut Tx, command: &Event, order: &OrderData) -> Result<(), 
         return Ok(());
     }
     for (product, quantity) in &wanted {
-        sqlx::query("UPDATE stock SET available = available - $2, reserved = reserved + $2 WHERE product_id = $1")
+        tessera::store::query("UPDATE stock SET available = available - $2, reserved = reserved + $2 WHERE product_id = $1")
             .bind(*product)
             .bind(*quantity)
             .execute(&mut **tx)
@@ -141,7 +141,7 @@ async fn reserve(tx: &mut Tx, command: &Event, order: &OrderData) -> Result<(), 
 
 async fn release(tx: &mut Tx, order: &OrderData) -> Result<(), HandlerError> {
     let existing: Option<(String, String)> =
-        sqlx::query_as("SELECT status, items FROM reservations WHERE order_id = $1")
+        tessera::store::query_as("SELECT status, items FROM reservations WHERE order_id = $1")
             .bind(&order.order_id)
             .fetch_optional(&mut **tx)
             .await?;
@@ -149,7 +149,7 @@ async fn release(tx: &mut Tx, order: &OrderData) -> Result<(), HandlerError> {
         Some((status, items)) if status == "reserved" => {
             let lines: Vec<Line> = serde_json::from_str(&items)?;
             for (product, quantity) in totals(&lines)? {
-                sqlx::query("UPDATE stock SET available = available + $2, reserved = reserved - $2 WHERE product_id = $1")
+                tessera::store::query("UPDATE stock SET available = available + $2, reserved = reserved - $2 WHERE product_id = $1")
                     .bind(product)
                     .bind(quantity)
                     .execute(&mut **tx)
@@ -169,7 +169,7 @@ async fn release(tx: &mut Tx, order: &OrderData) -> Result<(), HandlerError> {
 
 async fn commit(tx: &mut Tx, order: &OrderData) -> Result<(), HandlerError> {
     let existing: Option<(String, String)> =
-        sqlx::query_as("SELECT status, items FROM reservations WHERE order_id = $1")
+        tessera::store::query_as("SELECT status, items FROM reservations WHERE order_id = $1")
             .bind(&order.order_id)
             .fetch_optional(&mut **tx)
             .await?;
@@ -178,7 +178,7 @@ async fn commit(tx: &mut Tx, order: &OrderData) -> Result<(), HandlerError> {
     {
         let lines: Vec<Line> = serde_json::from_str(&items)?;
         for (product, quantity) in totals(&lines)? {
-            sqlx::query("UPDATE stock SET reserved = reserved - $2 WHERE product_id = $1")
+            tessera::store::query("UPDATE stock SET reserved = reserved - $2 WHERE product_id = $1")
                 .bind(product)
                 .bind(quantity)
                 .execute(&mut **tx)
@@ -189,8 +189,8 @@ async fn commit(tx: &mut Tx, order: &OrderData) -> Result<(), HandlerError> {
     Ok(())
 }
 
-async fn record(tx: &mut Tx, order_id: &str, status: &str, items: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
+async fn record(tx: &mut Tx, order_id: &str, status: &str, items: &str) -> Result<(), tessera::store::DbError> {
+    tessera::store::query(
         "INSERT INTO reservations (order_id, status, items, updated) VALUES ($1, $2, $3, $4)",
     )
     .bind(order_id)
@@ -202,8 +202,8 @@ async fn record(tx: &mut Tx, order_id: &str, status: &str, items: &str) -> Resul
     .map(drop)
 }
 
-async fn update(tx: &mut Tx, order_id: &str, status: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE reservations SET status = $2, updated = $3 WHERE order_id = $1")
+async fn update(tx: &mut Tx, order_id: &str, status: &str) -> Result<(), tessera::store::DbError> {
+    tessera::store::query("UPDATE reservations SET status = $2, updated = $3 WHERE order_id = $1")
         .bind(order_id)
         .bind(status)
         .bind(unix_now() as i64)
@@ -223,7 +223,7 @@ struct StockView {
 async fn list(State(db): State<Db>, caller: Caller) -> Result<Json<Vec<StockView>>, ApiError> {
     caller.require_role("admin")?;
     let rows: Vec<(String, i64, i64)> =
-        sqlx::query_as("SELECT product_id, available, reserved FROM stock ORDER BY product_id")
+        tessera::store::query_as("SELECT product_id, available, reserved FROM stock ORDER BY product_id")
             .fetch_all(db.pool())
             .await?;
     Ok(Json(
@@ -244,7 +244,7 @@ async fn read(
 ) -> Result<Json<StockView>, ApiError> {
     caller.require_role("admin")?;
     let row: Option<(i64, i64)> =
-        sqlx::query_as("SELECT available, reserved FROM stock WHERE product_id = $1")
+        tessera::store::query_as("SELECT available, reserved FROM stock WHERE product_id = $1")
             .bind(product.to_string())
             .fetch_optional(db.pool())
             .await?;
@@ -276,7 +276,7 @@ async fn set(
             "available must be 0 to 10^9",
         ));
     }
-    let (available, reserved): (i64, i64) = sqlx::query_as(
+    let (available, reserved): (i64, i64) = tessera::store::query_as(
         "INSERT INTO stock (product_id, available, reserved) VALUES ($1, $2, 0)
          ON CONFLICT (product_id) DO UPDATE SET available = excluded.available RETURNING available, reserved",
     )

@@ -50,7 +50,7 @@ impl Sender for RecordingSender {
         m: &'a Message,
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
-            sqlx::query(
+            tessera::store::query(
                 "INSERT INTO notifications (id, order_id, user_id, kind, channel, subject, body, created)
                  VALUES ($1, $2, $3, $4, 'recorded', $5, $6, $7) ON CONFLICT (order_id, kind) DO NOTHING",
             )
@@ -163,7 +163,7 @@ struct View {
 }
 
 async fn list(State(db): State<Db>, caller: Caller) -> Result<Json<Vec<View>>, ApiError> {
-    let rows: Vec<(String, String, String, String, String, i64)> = sqlx::query_as(
+    let rows: Vec<(String, String, String, String, String, i64)> = tessera::store::query_as(
         "SELECT id, order_id, kind, subject, body, created FROM notifications WHERE user_id = $1 ORDER BY created DESC, id DESC LIMIT 100",
     )
     .bind(&caller.id)

@@ -113,16 +113,16 @@ impl Order {
 }
 
 /// Rebuilds an order from its events.
-pub async fn load(tx: &mut Tx, id: &str) -> Result<Option<Order>, sqlx::Error> {
+pub async fn load(tx: &mut Tx, id: &str) -> Result<Option<Order>, tessera::store::DbError> {
     let rows: Vec<(String,)> =
-        sqlx::query_as("SELECT data FROM order_events WHERE order_id = $1 ORDER BY version")
+        tessera::store::query_as("SELECT data FROM order_events WHERE order_id = $1 ORDER BY version")
             .bind(id)
             .fetch_all(&mut **tx)
             .await?;
     let mut order = None;
     for (data,) in rows {
         let event: OrderEvent =
-            serde_json::from_str(&data).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+            serde_json::from_str(&data).map_err(|e| tessera::store::DbError::decode(e))?;
         order = Order::apply(order, id, &event);
     }
     Ok(order)
@@ -132,7 +132,7 @@ pub async fn load(tx: &mut Tx, id: &str) -> Result<Option<Order>, sqlx::Error> {
 pub enum AppendError {
     /// Someone else appended first: reload and decide again.
     Conflict,
-    Db(sqlx::Error),
+    Db(tessera::store::DbError),
 }
 
 impl From<AppendError> for HandlerError {
@@ -154,8 +154,8 @@ pub async fn append(
     let version = expected + 1;
     let at = now_ms();
     let data = serde_json::to_string(event)
-        .map_err(|e| AppendError::Db(sqlx::Error::Encode(Box::new(e))))?;
-    let inserted = sqlx::query(
+        .map_err(|e| AppendError::Db(tessera::store::DbError::encode(e)))?;
+    let inserted = tessera::store::query(
         "INSERT INTO order_events (order_id, version, type, data, at) VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(id)

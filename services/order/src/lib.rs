@@ -143,9 +143,9 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_string()))
 }
 
-async fn existing_order(db: &Db, user: &str, key: &str) -> Result<Option<String>, sqlx::Error> {
+async fn existing_order(db: &Db, user: &str, key: &str) -> Result<Option<String>, tessera::store::DbError> {
     let row: Option<(String,)> =
-        sqlx::query_as("SELECT order_id FROM idempotency WHERE user_id = $1 AND key = $2")
+        tessera::store::query_as("SELECT order_id FROM idempotency WHERE user_id = $1 AND key = $2")
             .bind(user)
             .bind(key)
             .fetch_optional(db.pool())
@@ -153,9 +153,9 @@ async fn existing_order(db: &Db, user: &str, key: &str) -> Result<Option<String>
     Ok(row.map(|r| r.0))
 }
 
-async fn status_of(db: &Db, order_id: &str) -> Result<String, sqlx::Error> {
+async fn status_of(db: &Db, order_id: &str) -> Result<String, tessera::store::DbError> {
     let (status,): (String,) =
-        sqlx::query_as("SELECT status FROM order_details WHERE order_id = $1")
+        tessera::store::query_as("SELECT status FROM order_details WHERE order_id = $1")
             .bind(order_id)
             .fetch_one(db.pool())
             .await?;
@@ -260,7 +260,7 @@ async fn place(
     if let Some(key) = &key {
         // Checked again under the write lock: a concurrent twin may have won.
         let twin: Option<(String,)> =
-            sqlx::query_as("SELECT order_id FROM idempotency WHERE user_id = $1 AND key = $2")
+            tessera::store::query_as("SELECT order_id FROM idempotency WHERE user_id = $1 AND key = $2")
                 .bind(&caller.id)
                 .bind(key)
                 .fetch_optional(&mut *tx)
@@ -269,7 +269,7 @@ async fn place(
             drop(tx);
             return Ok(accepted(&existing, &status_of(&st.db, &existing).await?));
         }
-        sqlx::query("INSERT INTO idempotency (user_id, key, order_id) VALUES ($1, $2, $3)")
+        tessera::store::query("INSERT INTO idempotency (user_id, key, order_id) VALUES ($1, $2, $3)")
             .bind(&caller.id)
             .bind(key)
             .bind(&order_id)
@@ -339,7 +339,7 @@ type DetailRow = (
 );
 
 async fn find(db: &Db, caller: &Caller, id: &Uuid) -> Result<OrderView, ApiError> {
-    let row: Option<DetailRow> = sqlx::query_as(
+    let row: Option<DetailRow> = tessera::store::query_as(
         "SELECT order_id, user_id, status, stage, items, total, currency, reason, created_at, updated_at, version
          FROM order_details WHERE order_id = $1",
     )
@@ -392,7 +392,7 @@ async fn history(
     Path(id): Path<Uuid>,
 ) -> Result<Json<Value>, ApiError> {
     find(&st.db, &caller, &id).await?;
-    let rows: Vec<(i64, String, String, i64)> = sqlx::query_as(
+    let rows: Vec<(i64, String, String, i64)> = tessera::store::query_as(
         "SELECT version, type, data, at FROM order_events WHERE order_id = $1 ORDER BY version",
     )
     .bind(id.to_string())
@@ -436,7 +436,7 @@ async fn mine(
             Some(id)
         }
     };
-    let mut rows: Vec<(String, String, i64, String, i64)> = sqlx::query_as(
+    let mut rows: Vec<(String, String, i64, String, i64)> = tessera::store::query_as(
         "SELECT order_id, status, total, currency, created_at FROM order_list
          WHERE user_id = $1 AND ($2 IS NULL OR order_id < $2) ORDER BY order_id DESC LIMIT $3",
     )

@@ -13,7 +13,7 @@ pub async fn apply(
     version: i64,
     event: &OrderEvent,
     at: i64,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), tessera::store::DbError> {
     match event {
         OrderEvent::OrderPlaced {
             user_id,
@@ -22,8 +22,8 @@ pub async fn apply(
             currency,
         } => {
             let items =
-                serde_json::to_string(items).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-            sqlx::query(
+                serde_json::to_string(items).map_err(|e| tessera::store::DbError::encode(e))?;
+            tessera::store::query(
                 "INSERT INTO order_details (order_id, user_id, status, stage, items, total, currency, created_at, updated_at, version)
                  VALUES ($1, $2, 'PENDING', 'placed', $3, $4, $5, $6, $6, $7)",
             )
@@ -36,7 +36,7 @@ pub async fn apply(
             .bind(version)
             .execute(&mut **tx)
             .await?;
-            sqlx::query(
+            tessera::store::query(
                 "INSERT INTO order_list (user_id, order_id, status, total, currency, created_at) VALUES ($1, $2, 'PENDING', $3, $4, $5)",
             )
             .bind(user_id)
@@ -65,8 +65,8 @@ async fn stage(
     version: i64,
     at: i64,
     stage: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+) -> Result<(), tessera::store::DbError> {
+    tessera::store::query(
         "UPDATE order_details SET stage = $2, updated_at = $3, version = $4 WHERE order_id = $1",
     )
     .bind(id)
@@ -85,8 +85,8 @@ async fn finish(
     at: i64,
     status: &str,
     reason: Option<&String>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+) -> Result<(), tessera::store::DbError> {
+    tessera::store::query(
         "UPDATE order_details SET status = $2, stage = lower($2), reason = $3, updated_at = $4, version = $5 WHERE order_id = $1",
     )
     .bind(id)
@@ -96,7 +96,7 @@ async fn finish(
     .bind(version)
     .execute(&mut **tx)
     .await?;
-    sqlx::query("UPDATE order_list SET status = $2 WHERE order_id = $1")
+    tessera::store::query("UPDATE order_list SET status = $2 WHERE order_id = $1")
         .bind(id)
         .bind(status)
         .execute(&mut **tx)
@@ -105,15 +105,15 @@ async fn finish(
 }
 
 /// Drops the read models and projects every stored event again; returns (events, orders).
-pub async fn rebuild(db: &Db) -> Result<(i64, i64), sqlx::Error> {
+pub async fn rebuild(db: &Db) -> Result<(i64, i64), tessera::store::DbError> {
     let mut tx = db.write_tx().await?;
-    sqlx::query("DELETE FROM order_details")
+    tessera::store::query("DELETE FROM order_details")
         .execute(&mut *tx)
         .await?;
-    sqlx::query("DELETE FROM order_list")
+    tessera::store::query("DELETE FROM order_list")
         .execute(&mut *tx)
         .await?;
-    let rows: Vec<(String, i64, String, i64)> = sqlx::query_as(
+    let rows: Vec<(String, i64, String, i64)> = tessera::store::query_as(
         "SELECT order_id, version, data, at FROM order_events ORDER BY order_id, version",
     )
     .fetch_all(&mut *tx)
@@ -122,7 +122,7 @@ pub async fn rebuild(db: &Db) -> Result<(i64, i64), sqlx::Error> {
     let events = rows.len() as i64;
     for (id, version, data, at) in rows {
         let event: OrderEvent =
-            serde_json::from_str(&data).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+            serde_json::from_str(&data).map_err(|e| tessera::store::DbError::decode(e))?;
         if version == 1 {
             orders += 1;
         }

@@ -145,7 +145,7 @@ async fn charge(
         tokio::time::sleep(Duration::from_secs(3600)).await;
     }
     tokio::time::sleep(Duration::from_millis(behavior.latency_ms)).await;
-    let existing: Option<Row> = sqlx::query_as(
+    let existing: Option<Row> = tessera::store::query_as(
         "SELECT key, reference, amount, currency, status FROM charges WHERE key = $1",
     )
     .bind(&key)
@@ -162,7 +162,7 @@ async fn charge(
     } else {
         "captured"
     };
-    sqlx::query(
+    tessera::store::query(
         "INSERT INTO charges (key, reference, amount, currency, status, created) VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT (key) DO NOTHING",
     )
@@ -175,7 +175,7 @@ async fn charge(
     .execute(st.db.pool())
     .await?;
     // Whoever won a race on the same key, every caller gets the one stored answer.
-    let row: Row = sqlx::query_as(
+    let row: Row = tessera::store::query_as(
         "SELECT key, reference, amount, currency, status FROM charges WHERE key = $1",
     )
     .bind(&key)
@@ -190,7 +190,7 @@ async fn void(
     Path(key): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     // Voids a capture, or records the key as voided so that a late charge with it is refused.
-    sqlx::query(
+    tessera::store::query(
         "INSERT INTO charges (key, reference, amount, currency, status, created) VALUES ($1, '', 0, '', 'voided', $2)
          ON CONFLICT (key) DO UPDATE SET status = 'voided' WHERE charges.status = 'captured'",
     )
@@ -203,7 +203,7 @@ async fn void(
 }
 
 async fn list(State(st): State<AppState>) -> Result<Json<Vec<Charge>>, ApiError> {
-    let rows: Vec<Row> = sqlx::query_as(
+    let rows: Vec<Row> = tessera::store::query_as(
         "SELECT key, reference, amount, currency, status FROM charges ORDER BY created, key",
     )
     .fetch_all(st.db.pool())

@@ -135,7 +135,7 @@ impl Handler for Commands {
                             .await?;
                         return Ok(());
                     }
-                    sqlx::query(
+                    tessera::store::query(
                         "INSERT INTO payments (order_id, user_id, amount, currency, status, next_try, command, updated)
                          VALUES ($1, $2, $3, $4, 'pending', $5, $6, $5) ON CONFLICT (order_id) DO NOTHING",
                     )
@@ -151,7 +151,7 @@ impl Handler for Commands {
                 "shop.payment.cancel" => {
                     // pending → voiding (the worker may be charging right now: void after it);
                     // authorized → voiding; nothing yet → a tombstone so that nothing will be.
-                    sqlx::query(
+                    tessera::store::query(
                         "INSERT INTO payments (order_id, user_id, amount, currency, status, next_try, command, updated)
                          VALUES ($1, $2, $3, $4, 'cancelled', $5, '{}', $5)
                          ON CONFLICT (order_id) DO UPDATE SET status = 'voiding', next_try = $5, updated = $5
@@ -198,7 +198,7 @@ impl Worker {
     async fn run(self, wake: Arc<Notify>) {
         let worker = Arc::new(self);
         loop {
-            let due: Vec<(String, String, i64, String, i64)> = match sqlx::query_as(
+            let due: Vec<(String, String, i64, String, i64)> = match tessera::store::query_as(
                 "SELECT order_id, status, amount, currency, attempts FROM payments
                  WHERE status IN ('pending', 'voiding') AND next_try <= $1 ORDER BY next_try LIMIT 64",
             )
@@ -252,7 +252,7 @@ impl Worker {
     /// The trace of the command that asked for this payment.
     async fn trace_of(&self, order_id: &str) -> Option<TraceContext> {
         let row: Option<(String,)> =
-            sqlx::query_as("SELECT command FROM payments WHERE order_id = $1")
+            tessera::store::query_as("SELECT command FROM payments WHERE order_id = $1")
                 .bind(order_id)
                 .fetch_optional(self.db.pool())
                 .await
@@ -293,11 +293,11 @@ impl Worker {
         amount: i64,
         currency: &str,
         attempts: i64,
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<(), tessera::store::DbError> {
         let outcome = self.call_charge(order_id, amount, currency).await;
         let mut tx = self.db.write_tx().await?;
         let row: Option<(String, String)> =
-            sqlx::query_as("SELECT status, command FROM payments WHERE order_id = $1")
+            tessera::store::query_as("SELECT status, command FROM payments WHERE order_id = $1")
                 .bind(order_id)
                 .fetch_optional(&mut *tx)
                 .await?;
@@ -335,7 +335,7 @@ impl Worker {
             Charged::Unknown(why) if attempts + 1 < self.config.max_attempts => {
                 tracing::warn!(order = %order_id, attempt = attempts + 1, error = %why, "provider call failed; retrying");
                 let backoff = 100 * 2i64.pow(attempts.clamp(0, 6) as u32);
-                sqlx::query("UPDATE payments SET attempts = attempts + 1, next_try = $2, updated = $3 WHERE order_id = $1")
+                tessera::store::query("UPDATE payments SET attempts = attempts + 1, next_try = $2, updated = $3 WHERE order_id = $1")
                     .bind(order_id)
                     .bind(now + backoff)
                     .bind(now)
@@ -362,7 +362,7 @@ impl Worker {
                 )
             }
         };
-        sqlx::query("UPDATE payments SET status = $2, reason = $3, attempts = attempts + 1, next_try = $4, updated = $4 WHERE order_id = $1")
+        tessera::store::query("UPDATE payments SET status = $2, reason = $3, attempts = attempts + 1, next_try = $4, updated = $4 WHERE order_id = $1")
             .bind(order_id)
             .bind(new_status)
             .bind(reason)
@@ -375,7 +375,7 @@ impl Worker {
         Ok(())
     }
 
-    async fn void(&self, order_id: &str, attempts: i64) -> Result<(), sqlx::Error> {
+    async fn void(&self, order_id: &str, attempts: i64) -> Result<(), tessera::store::DbError> {
         let path = format!("/v1/charges/{order_id}/void");
         let result = self
             .provider
@@ -384,7 +384,7 @@ impl Worker {
         let now = now_ms();
         match result {
             Ok(_) => {
-                sqlx::query("UPDATE payments SET status = 'voided', updated = $2 WHERE order_id = $1 AND status = 'voiding'")
+                tessera::store::query("UPDATE payments SET status = 'voided', updated = $2 WHERE order_id = $1 AND status = 'voiding'")
                     .bind(order_id)
                     .bind(now)
                     .execute(self.db.pool())
@@ -394,7 +394,7 @@ impl Worker {
             Err(e) => {
                 tracing::warn!(order = %order_id, error = %e, "void failed; retrying");
                 let backoff = 200 * 2i64.pow(attempts.clamp(0, 5) as u32);
-                sqlx::query("UPDATE payments SET attempts = attempts + 1, next_try = $2, updated = $3 WHERE order_id = $1")
+                tessera::store::query("UPDATE payments SET attempts = attempts + 1, next_try = $2, updated = $3 WHERE order_id = $1")
                     .bind(order_id)
                     .bind(now + backoff)
                     .bind(now)
@@ -428,7 +428,7 @@ async fn list(
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Vec<PaymentView>>, ApiError> {
     let admin = caller.has_role("admin");
-    let rows: Vec<(String, String, i64, String, String, Option<String>)> = sqlx::query_as(
+    let rows: Vec<(String, String, i64, String, String, Option<String>)> = tessera::store::query_as(
         "SELECT order_id, user_id, amount, currency, status, reason FROM payments
          WHERE ($1 IS NULL OR order_id = $1) AND ($2 OR user_id = $3) ORDER BY updated DESC LIMIT 100",
     )

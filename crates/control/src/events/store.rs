@@ -60,8 +60,8 @@ pub enum LogError {
     Storage(String),
 }
 
-impl From<sqlx::Error> for LogError {
-    fn from(e: sqlx::Error) -> Self {
+impl From<tessera::store::DbError> for LogError {
+    fn from(e: tessera::store::DbError) -> Self {
         LogError::Storage(e.to_string())
     }
 }
@@ -112,14 +112,14 @@ impl EventLog {
     /// Opens (creating) the log in `dir`.
     pub async fn open(dir: &Path, config: LogConfig) -> anyhow::Result<Self> {
         let db = Db::open(&Db::default_url(dir, "log"), MIGRATIONS).await?;
-        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT name, partitions FROM topics")
+        let rows: Vec<(String, i64)> = tessera::store::query_as("SELECT name, partitions FROM topics")
             .fetch_all(db.pool())
             .await?;
         let mut topics = HashMap::new();
         for (name, partitions) in rows {
             let mut end = Vec::new();
             for p in 0..partitions {
-                let (next,): (i64,) = sqlx::query_as(
+                let (next,): (i64,) = tessera::store::query_as(
                     r#"SELECT COALESCE(MAX("offset") + 1, 0) FROM events WHERE topic = $1 AND partition = $2"#,
                 )
                 .bind(&name)
@@ -266,7 +266,7 @@ impl EventLog {
         {
             return Ok(());
         }
-        let rows: Vec<(i64, i64)> = sqlx::query_as(
+        let rows: Vec<(i64, i64)> = tessera::store::query_as(
             "SELECT partition, committed FROM offsets WHERE grp = $1 AND topic = $2",
         )
         .bind(group)
@@ -295,7 +295,7 @@ impl EventLog {
         from: i64,
         max: usize,
     ) -> Result<Vec<Stored>, LogError> {
-        let rows: Vec<(i64, String)> = sqlx::query_as(
+        let rows: Vec<(i64, String)> = tessera::store::query_as(
             r#"SELECT "offset", event FROM events WHERE topic = $1 AND partition = $2 AND "offset" >= $3 ORDER BY "offset" LIMIT $4"#,
         )
         .bind(topic)
@@ -336,7 +336,7 @@ impl EventLog {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .check_commit(group, topic, consumer, partition, offset, end)?;
-        sqlx::query(
+        tessera::store::query(
             "INSERT INTO offsets (grp, topic, partition, committed) VALUES ($1, $2, $3, $4)
              ON CONFLICT (grp, topic, partition) DO UPDATE SET committed = MAX(committed, excluded.committed)",
         )
@@ -487,7 +487,7 @@ type Written = (
     HashMap<(String, u32), i64>,
 );
 
-async fn write_batch(inner: &Inner, batch: &[Append]) -> Result<Written, sqlx::Error> {
+async fn write_batch(inner: &Inner, batch: &[Append]) -> Result<Written, tessera::store::DbError> {
     let mut tx = inner.db.write_tx().await?;
     let mut next: HashMap<(String, u32), i64> = HashMap::new();
     let mut partitions_of: HashMap<String, u32> = HashMap::new();
@@ -519,7 +519,7 @@ async fn write_batch(inner: &Inner, batch: &[Append]) -> Result<Written, sqlx::E
                     }
                     None => {
                         let p = inner.config.partitions;
-                        sqlx::query("INSERT INTO topics (name, partitions) VALUES ($1, $2)")
+                        tessera::store::query("INSERT INTO topics (name, partitions) VALUES ($1, $2)")
                             .bind(&append.topic)
                             .bind(i64::from(p))
                             .execute(&mut *tx)
@@ -543,7 +543,7 @@ async fn write_batch(inner: &Inner, batch: &[Append]) -> Result<Written, sqlx::E
                 .expect("every partition has a next offset");
             let offset = *slot;
             *slot += 1;
-            sqlx::query(
+            tessera::store::query(
                 r#"INSERT INTO events (topic, partition, "offset", key, event, appended) VALUES ($1, $2, $3, $4, $5, $6)"#,
             )
             .bind(&append.topic)

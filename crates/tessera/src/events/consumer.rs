@@ -45,8 +45,8 @@ impl std::fmt::Display for HandlerError {
     }
 }
 
-impl From<sqlx::Error> for HandlerError {
-    fn from(e: sqlx::Error) -> Self {
+impl From<crate::store::DbError> for HandlerError {
+    fn from(e: crate::store::DbError) -> Self {
         Self::retry(e.to_string())
     }
 }
@@ -282,7 +282,7 @@ impl Consumer {
         event: &Event,
     ) -> Result<Outcome, HandlerError> {
         let mut tx = env.db.write_tx().await?;
-        let fresh = sqlx::query(
+        let fresh = crate::store::query(
             "INSERT INTO tessera_inbox (grp, event_id, handled) VALUES ($1, $2, $3) ON CONFLICT (grp, event_id) DO NOTHING",
         )
         .bind(&self.group)

@@ -17,7 +17,7 @@ use crate::store::Db;
 use crate::unix_now_ms as now_ms;
 
 /// The transaction a handler or a service writes in.
-pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
+pub type Tx = crate::store::Tx;
 
 const BATCH: i64 = 500;
 const LEASE_MS: i64 = 3000;
@@ -25,9 +25,9 @@ const LEASE_MS: i64 = 3000;
 const IDLE_POLL: Duration = Duration::from_millis(20);
 
 /// Queues `event` for `topic`, in `tx`.
-pub async fn add(tx: &mut Tx, topic: &str, event: &Event) -> Result<(), sqlx::Error> {
-    let json = serde_json::to_string(event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    sqlx::query("INSERT INTO tessera_outbox (topic, event, created) VALUES ($1, $2, $3)")
+pub async fn add(tx: &mut Tx, topic: &str, event: &Event) -> Result<(), crate::store::DbError> {
+    let json = serde_json::to_string(event).map_err(|e| crate::store::DbError::encode(e))?;
+    crate::store::query("INSERT INTO tessera_outbox (topic, event, created) VALUES ($1, $2, $3)")
         .bind(topic)
         .bind(json)
         .bind(crate::unix_now() as i64)
@@ -130,7 +130,7 @@ impl Relay {
             return Ok(0);
         }
         let rows: Vec<(i64, String, String)> =
-            sqlx::query_as("SELECT id, topic, event FROM tessera_outbox ORDER BY id LIMIT $1")
+            crate::store::query_as("SELECT id, topic, event FROM tessera_outbox ORDER BY id LIMIT $1")
                 .bind(BATCH)
                 .fetch_all(self.db.pool())
                 .await
@@ -166,7 +166,7 @@ impl Relay {
                 }
                 Err(e) => return Err(e.to_string()),
             }
-            sqlx::query("DELETE FROM tessera_outbox WHERE topic = $1 AND id <= $2")
+            crate::store::query("DELETE FROM tessera_outbox WHERE topic = $1 AND id <= $2")
                 .bind(&topic)
                 .bind(last_id)
                 .execute(self.db.pool())
@@ -178,13 +178,13 @@ impl Relay {
     }
 
     /// Takes or renews the relay lease; `false` if another replica holds it.
-    async fn hold_lease(&mut self) -> Result<bool, sqlx::Error> {
+    async fn hold_lease(&mut self) -> Result<bool, crate::store::DbError> {
         let now = now_ms();
         if self.lease_until - now > LEASE_MS / 2 {
             return Ok(true);
         }
         let until = now + LEASE_MS;
-        let done = sqlx::query(
+        let done = crate::store::query(
             "INSERT INTO tessera_leases (name, holder, until) VALUES ('outbox', $1, $2)
              ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until
              WHERE tessera_leases.holder = excluded.holder OR tessera_leases.until < $3",
