@@ -894,7 +894,7 @@ mod tests {
             .unwrap();
         let note = Some("n".to_string());
         let done = query("INSERT INTO items (name, note) VALUES ($1, $2)")
-            .bind(&"b")
+            .bind("b")
             .bind(&note)
             .execute(db.pool())
             .await

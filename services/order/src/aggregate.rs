@@ -122,7 +122,7 @@ pub async fn load(tx: &mut Tx, id: &str) -> Result<Option<Order>, tessera::store
     let mut order = None;
     for (data,) in rows {
         let event: OrderEvent =
-            serde_json::from_str(&data).map_err(|e| tessera::store::DbError::decode(e))?;
+            serde_json::from_str(&data).map_err(tessera::store::DbError::decode)?;
         order = Order::apply(order, id, &event);
     }
     Ok(order)

@@ -22,7 +22,7 @@ pub async fn apply(
             currency,
         } => {
             let items =
-                serde_json::to_string(items).map_err(|e| tessera::store::DbError::encode(e))?;
+                serde_json::to_string(items).map_err(tessera::store::DbError::encode)?;
             tessera::store::query(
                 "INSERT INTO order_details (order_id, user_id, status, stage, items, total, currency, created_at, updated_at, version)
                  VALUES ($1, $2, 'PENDING', 'placed', $3, $4, $5, $6, $6, $7)",
@@ -122,7 +122,7 @@ pub async fn rebuild(db: &Db) -> Result<(i64, i64), tessera::store::DbError> {
     let events = rows.len() as i64;
     for (id, version, data, at) in rows {
         let event: OrderEvent =
-            serde_json::from_str(&data).map_err(|e| tessera::store::DbError::decode(e))?;
+            serde_json::from_str(&data).map_err(tessera::store::DbError::decode)?;
         if version == 1 {
             orders += 1;
         }

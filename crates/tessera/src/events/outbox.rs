@@ -26,7 +26,7 @@ const IDLE_POLL: Duration = Duration::from_millis(20);
 
 /// Queues `event` for `topic`, in `tx`.
 pub async fn add(tx: &mut Tx, topic: &str, event: &Event) -> Result<(), crate::store::DbError> {
-    let json = serde_json::to_string(event).map_err(|e| crate::store::DbError::encode(e))?;
+    let json = serde_json::to_string(event).map_err(crate::store::DbError::encode)?;
     crate::store::query("INSERT INTO tessera_outbox (topic, event, created) VALUES ($1, $2, $3)")
         .bind(topic)
         .bind(json)
