@@ -375,3 +375,72 @@ async fn events_wait_in_the_outbox_while_the_log_is_down() {
     let ns: Vec<i64> = seen(&audit_db).await.iter().map(|r| r.2).collect();
     assert_eq!(ns, [0, 1, 2, 3, 4]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_event_in_a_batch_costs_the_others_nothing() {
+    let (h, listener) = Harness::new().await;
+    h.start_control(listener);
+    // Published in one call before the consumer starts: they are fetched as one batch,
+    // handled in one transaction, which the poison event rolls back; then one by one.
+    let event = |id: &str, n: i64, poison: bool| {
+        json!({"specversion": "1.0", "id": id, "source": "/test", "type": "ledger.deposited",
+               "subject": "acc", "data": {"n": n, "poison": poison}})
+    };
+    let events = [
+        event("e1", 1, false),
+        event("e2", 2, false),
+        event("bad", 3, true),
+        event("e1", 99, false), // a duplicate of e1, in the same batch
+        event("e4", 4, false),
+    ];
+    let resp = h
+        .http
+        .post(format!("{}/v1/topics/ledger.events/events", h.control))
+        .json(&json!({ "events": events }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let audit_db = start_auditor(&h, Arc::new(AtomicBool::new(false))).await;
+    h.wait("the good events", async || seen(&audit_db).await.len() >= 3)
+        .await;
+    h.wait("the dead letter", async || {
+        let dead: Value = h
+            .http
+            .get(format!("{}/v1/deadletters/auditor", h.control))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        dead["deadLetters"].as_array().is_some_and(|d| d.len() == 1)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rows: Vec<(String, i64)> = seen(&audit_db)
+        .await
+        .into_iter()
+        .map(|r| (r.0, r.2))
+        .collect();
+    assert_eq!(
+        rows,
+        [("e1".to_string(), 1), ("e2".to_string(), 2), ("e4".to_string(), 4)],
+        "each good event once, in order; the duplicate did nothing"
+    );
+
+    // A later batch of good events is handled together, after the fallback.
+    let later: Vec<Value> = (5..10).map(|n| event(&format!("e{n}"), n, false)).collect();
+    let resp = h
+        .http
+        .post(format!("{}/v1/topics/ledger.events/events", h.control))
+        .json(&json!({ "events": later }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    h.wait("the later batch", async || seen(&audit_db).await.len() >= 8)
+        .await;
+    let ns: Vec<i64> = seen(&audit_db).await.iter().map(|r| r.2).collect();
+    assert_eq!(ns, [1, 2, 4, 5, 6, 7, 8, 9]);
+}

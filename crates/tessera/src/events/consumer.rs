@@ -1,7 +1,7 @@
 //! Consumers: fetch, handle exactly once through the inbox, dead-letter what keeps failing.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -161,13 +161,22 @@ impl Consumer {
                     continue;
                 };
                 let mut next = None;
-                for (offset, event) in batch.events {
+                // A batch is handled in one transaction (one commit for all); if any handler
+                // fails, that transaction rolls back and the events go one by one, each with
+                // its own retries.
+                let together = batch.events.len() > 1
+                    && self.handle_together(&env, handler.as_ref(), &batch.events).await;
+                if together {
+                    next = batch.events.last().map(|(offset, _)| offset + 1);
+                }
+                for (offset, event) in batch.events.iter().filter(|_| !together) {
+                    let offset = *offset;
                     if *stop.borrow() {
                         break;
                     }
                     match event {
                         Ok(event) => {
-                            if !self.process(&env, handler.as_ref(), &event, &stop).await {
+                            if !self.process(&env, handler.as_ref(), event, &stop).await {
                                 break; // stopping in the middle of retries: not handled
                             }
                         }
@@ -208,14 +217,9 @@ impl Consumer {
         }
     }
 
-    /// Handles one event with retries; `false` if it stopped before the event was settled.
-    async fn process(
-        &self,
-        env: &ConsumerEnv,
-        handler: &dyn Handler,
-        event: &Event,
-        stop: &watch::Receiver<bool>,
-    ) -> bool {
+    /// The request context and span an event is handled under: its trace continued, and a
+    /// passport of the service itself.
+    fn context(&self, env: &ConsumerEnv, event: &Event) -> (RequestContext, tracing::Span) {
         let trace = event
             .trace()
             .map_or_else(TraceContext::new_root, |t| t.child());
@@ -229,8 +233,82 @@ impl Consumer {
             trace,
             deadline: None,
         };
+        (ctx, span)
+    }
+
+    /// Logs and counts an event that was settled.
+    fn settled(&self, event: &Event, span: &tracing::Span, outcome: Outcome, started: Instant) {
+        match outcome {
+            Outcome::Handled => {
+                span.in_scope(|| {
+                    tracing::info!(
+                        topic = %self.topic,
+                        event_type = %event.ty,
+                        id = %event.id,
+                        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+                        "event handled"
+                    )
+                });
+                metrics::counter!("tessera_events_handled_total", "topic" => self.topic.clone()).increment(1);
+            }
+            Outcome::Duplicate => {
+                span.in_scope(|| tracing::debug!(id = %event.id, "duplicate event ignored"));
+                metrics::counter!("tessera_events_duplicates_total", "topic" => self.topic.clone()).increment(1);
+            }
+        }
+    }
+
+    /// Handles every event of a batch in one transaction; `false` (and nothing written) if
+    /// any handler or the commit failed.
+    async fn handle_together(
+        &self,
+        env: &ConsumerEnv,
+        handler: &dyn Handler,
+        events: &[(i64, Result<Event, String>)],
+    ) -> bool {
+        let started = Instant::now();
+        let Ok(mut tx) = env.db.write_tx().await else {
+            return false;
+        };
+        let mut done = Vec::with_capacity(events.len());
+        for (_, event) in events {
+            let Ok(event) = event else { continue };
+            let (ctx, span) = self.context(env, event);
+            let outcome = REQUEST
+                .scope(ctx, self.handle_in(&mut tx, handler, event))
+                .instrument(span.clone())
+                .await;
+            match outcome {
+                Ok(outcome) => done.push((event, span, outcome)),
+                Err(_) => return false, // dropping tx rolls back; one by one says why
+            }
+        }
+        if tx.commit().await.is_err() {
+            return false;
+        }
+        env.outbox.wake();
+        for (event, span, outcome) in done {
+            self.settled(event, &span, outcome, started);
+        }
+        for (offset, event) in events {
+            if let Err(raw) = event {
+                tracing::error!(topic = %self.topic, offset, error = %raw, "not a CloudEvent; skipping");
+            }
+        }
+        true
+    }
+
+    /// Handles one event with retries; `false` if it stopped before the event was settled.
+    async fn process(
+        &self,
+        env: &ConsumerEnv,
+        handler: &dyn Handler,
+        event: &Event,
+        stop: &watch::Receiver<bool>,
+    ) -> bool {
+        let (ctx, span) = self.context(env, event);
         let mut attempt = 0;
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         loop {
             attempt += 1;
             let result = REQUEST
@@ -238,23 +316,11 @@ impl Consumer {
                 .instrument(span.clone())
                 .await;
             match result {
-                Ok(Outcome::Handled) => {
-                    env.outbox.wake();
-                    span.in_scope(|| {
-                        tracing::info!(
-                            topic = %self.topic,
-                            event_type = %event.ty,
-                            id = %event.id,
-                            latency_ms = started.elapsed().as_secs_f64() * 1000.0,
-                            "event handled"
-                        )
-                    });
-                    metrics::counter!("tessera_events_handled_total", "topic" => self.topic.clone()).increment(1);
-                    return true;
-                }
-                Ok(Outcome::Duplicate) => {
-                    span.in_scope(|| tracing::debug!(id = %event.id, "duplicate event ignored"));
-                    metrics::counter!("tessera_events_duplicates_total", "topic" => self.topic.clone()).increment(1);
+                Ok(outcome) => {
+                    if let Outcome::Handled = outcome {
+                        env.outbox.wake();
+                    }
+                    self.settled(event, &span, outcome, started);
                     return true;
                 }
                 Err(e) if e.retryable && attempt < self.max_attempts => {
@@ -282,21 +348,34 @@ impl Consumer {
         event: &Event,
     ) -> Result<Outcome, HandlerError> {
         let mut tx = env.db.write_tx().await?;
+        let outcome = self.handle_in(&mut tx, handler, event).await?;
+        if let Outcome::Handled = outcome {
+            tx.commit().await?;
+        }
+        Ok(outcome) // a duplicate's tx is dropped: rolled back
+    }
+
+    /// Records `event` in the inbox and handles it, in `tx`; a duplicate is not handled.
+    async fn handle_in(
+        &self,
+        tx: &mut Tx,
+        handler: &dyn Handler,
+        event: &Event,
+    ) -> Result<Outcome, HandlerError> {
         let fresh = crate::store::query(
             "INSERT INTO tessera_inbox (grp, event_id, handled) VALUES ($1, $2, $3) ON CONFLICT (grp, event_id) DO NOTHING",
         )
         .bind(&self.group)
         .bind(&event.id)
         .bind(crate::unix_now() as i64)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?
         .rows_affected()
             == 1;
         if !fresh {
-            return Ok(Outcome::Duplicate); // dropping tx rolls back
+            return Ok(Outcome::Duplicate);
         }
-        handler.handle(event, &mut tx).await?;
-        tx.commit().await?;
+        handler.handle(event, tx).await?;
         Ok(Outcome::Handled)
     }
 
