@@ -164,6 +164,18 @@ async fn happy_path_confirms_with_stock_payment_and_one_notification() {
         .get(&format!("/api/payments?orderId={order_id}"), Some(&user))
         .await;
     assert_eq!(payments["data"][0]["status"], "authorized", "{payments}");
+    let (_, mine) = sys.get("/api/payments", Some(&user)).await;
+    assert_eq!(mine["data"].as_array().map(Vec::len), Some(1), "{mine}");
+    assert_eq!(mine["data"][0]["orderId"], order_id.as_str());
+    let (_, all) = sys.get("/api/payments", Some(&admin)).await;
+    assert!(
+        all["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["orderId"] == order_id.as_str()),
+        "{all}"
+    );
     let captured: Vec<Value> = charges(&sys)
         .await
         .into_iter()

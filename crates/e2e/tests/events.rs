@@ -149,13 +149,15 @@ impl Handler for Audit {
             let trace = tessera::client::REQUEST
                 .try_with(|r| r.trace.trace_id_hex())
                 .ok();
-            tessera::store::query("INSERT INTO seen (event_id, subject, n, trace) VALUES ($1, $2, $3, $4)")
-                .bind(&event.id)
-                .bind(event.subject.clone().unwrap_or_default())
-                .bind(event.data["n"].as_i64().unwrap_or(-1))
-                .bind(trace)
-                .execute(&mut **tx)
-                .await?;
+            tessera::store::query(
+                "INSERT INTO seen (event_id, subject, n, trace) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(&event.id)
+            .bind(event.subject.clone().unwrap_or_default())
+            .bind(event.data["n"].as_i64().unwrap_or(-1))
+            .bind(trace)
+            .execute(&mut **tx)
+            .await?;
             Ok(())
         })
     }
@@ -425,7 +427,11 @@ async fn a_failing_event_in_a_batch_costs_the_others_nothing() {
         .collect();
     assert_eq!(
         rows,
-        [("e1".to_string(), 1), ("e2".to_string(), 2), ("e4".to_string(), 4)],
+        [
+            ("e1".to_string(), 1),
+            ("e2".to_string(), 2),
+            ("e4".to_string(), 4)
+        ],
         "each good event once, in order; the duplicate did nothing"
     );
 

@@ -119,7 +119,12 @@ impl Saga {
     }
 
     /// Starts saga `id` with `data` (a JSON object), in `tx`.
-    pub async fn start(&self, tx: &mut Tx, id: &str, data: Value) -> Result<(), crate::store::DbError> {
+    pub async fn start(
+        &self,
+        tx: &mut Tx,
+        id: &str,
+        data: Value,
+    ) -> Result<(), crate::store::DbError> {
         let now = now_ms();
         let step = &self.def.steps[0];
         crate::store::query(
@@ -155,7 +160,11 @@ impl Saga {
         outbox::add(tx, self.def.steps[step].topic, &event).await
     }
 
-    async fn load(&self, tx: &mut Tx, id: &str) -> Result<Option<SagaState>, crate::store::DbError> {
+    async fn load(
+        &self,
+        tx: &mut Tx,
+        id: &str,
+    ) -> Result<Option<SagaState>, crate::store::DbError> {
         let row: Option<(i64, String, String)> = crate::store::query_as(
             "SELECT step, status, data FROM tessera_sagas WHERE id = $1 AND name = $2",
         )

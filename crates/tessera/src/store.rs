@@ -344,13 +344,17 @@ impl Drop for Tx {
 impl Deref for Tx {
     type Target = Conn;
     fn deref(&self) -> &Conn {
-        self.conn.as_ref().expect("a transaction has its connection")
+        self.conn
+            .as_ref()
+            .expect("a transaction has its connection")
     }
 }
 
 impl DerefMut for Tx {
     fn deref_mut(&mut self) -> &mut Conn {
-        self.conn.as_mut().expect("a transaction has its connection")
+        self.conn
+            .as_mut()
+            .expect("a transaction has its connection")
     }
 }
 
@@ -884,7 +888,9 @@ mod tests {
     #[tokio::test]
     async fn binds_by_number_and_reads_tuples_options_and_scalars() {
         let dir = temp_dir();
-        let db = Db::open(&Db::default_url(&dir, "t"), MIGRATIONS).await.unwrap();
+        let db = Db::open(&Db::default_url(&dir, "t"), MIGRATIONS)
+            .await
+            .unwrap();
         // $2 before $1, and $1 twice: parameters are matched by number, not position.
         query("INSERT INTO items (note, name) VALUES ($2, $1 || '-' || $1)")
             .bind(String::from("a"))
@@ -933,7 +939,9 @@ mod tests {
     #[tokio::test]
     async fn a_dropped_transaction_rolls_back_and_writers_take_turns() {
         let dir = temp_dir();
-        let db = Db::open(&Db::default_url(&dir, "t"), MIGRATIONS).await.unwrap();
+        let db = Db::open(&Db::default_url(&dir, "t"), MIGRATIONS)
+            .await
+            .unwrap();
         {
             let mut tx = db.write_tx().await.unwrap();
             query("INSERT INTO items (name) VALUES ('gone')")
@@ -987,7 +995,9 @@ mod tests {
         let db = Db::open(&url, MIGRATIONS).await.unwrap();
         // Another "process": a plain connection holding the write lock for a while.
         let other = rusqlite::Connection::open(sqlite_file(&url).unwrap()).unwrap();
-        other.execute_batch("BEGIN IMMEDIATE; INSERT INTO items (name) VALUES ('other');").unwrap();
+        other
+            .execute_batch("BEGIN IMMEDIATE; INSERT INTO items (name) VALUES ('other');")
+            .unwrap();
         let release = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(150));
             other.execute_batch("COMMIT").unwrap();

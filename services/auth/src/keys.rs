@@ -53,9 +53,7 @@ pub async fn rotate(db: &Db) -> Result<String, tessera::store::DbError> {
     Ok(key.kid)
 }
 
-async fn insert_new(
-    tx: &mut tessera::store::Tx,
-) -> Result<CurrentKey, tessera::store::DbError> {
+async fn insert_new(tx: &mut tessera::store::Tx) -> Result<CurrentKey, tessera::store::DbError> {
     let signing = SigningKey::from_bytes(&rand::random::<[u8; 32]>());
     let der = signing
         .to_pkcs8_der()

@@ -122,10 +122,11 @@ impl AppState {
         if let Some((email, password)) = &self.config.admin {
             let email = normalize_email(email)
                 .map_err(|e| anyhow::anyhow!("AUTH_ADMIN_EMAIL: {}", e.message))?;
-            let exists: Option<(i64,)> = tessera::store::query_as("SELECT 1 FROM users WHERE email = $1")
-                .bind(&email)
-                .fetch_optional(self.db.pool())
-                .await?;
+            let exists: Option<(i64,)> =
+                tessera::store::query_as("SELECT 1 FROM users WHERE email = $1")
+                    .bind(&email)
+                    .fetch_optional(self.db.pool())
+                    .await?;
             if exists.is_some() {
                 return Ok(()); // no 19 MiB, 50 ms hash on every start
             }
@@ -341,11 +342,13 @@ impl AppState {
         session: &str,
     ) -> Result<i64, tessera::store::DbError> {
         let now = unix_now();
-        tessera::store::query("UPDATE sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
-            .bind(now as i64)
-            .bind(session)
-            .execute(&mut **tx)
-            .await?;
+        tessera::store::query(
+            "UPDATE sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+        )
+        .bind(now as i64)
+        .bind(session)
+        .execute(&mut **tx)
+        .await?;
         let (seq,): (i64,) = tessera::store::query_as(
             "INSERT INTO revocations (session_id, expires_at) VALUES ($1, $2) RETURNING seq",
         )
@@ -504,9 +507,10 @@ async fn revocations(
         .await?;
         let now = tokio::time::Instant::now();
         if !rows.is_empty() || now >= deadline {
-            let (max,): (i64,) = tessera::store::query_as("SELECT COALESCE(MAX(seq), 0) FROM revocations")
-                .fetch_one(st.db.pool())
-                .await?;
+            let (max,): (i64,) =
+                tessera::store::query_as("SELECT COALESCE(MAX(seq), 0) FROM revocations")
+                    .fetch_one(st.db.pool())
+                    .await?;
             let seq = rows.last().map_or(max.max(q.after), |r| r.0);
             let items: Vec<FeedItem> = rows
                 .into_iter()
@@ -558,13 +562,15 @@ async fn insert_refresh(
     session: &str,
     expires_at: u64,
 ) -> Result<(), tessera::store::DbError> {
-    tessera::store::query("INSERT INTO refresh_tokens (hash, session_id, expires_at) VALUES ($1, $2, $3)")
-        .bind(hash_token(token))
-        .bind(session)
-        .bind(expires_at as i64)
-        .execute(&mut **tx)
-        .await
-        .map(drop)
+    tessera::store::query(
+        "INSERT INTO refresh_tokens (hash, session_id, expires_at) VALUES ($1, $2, $3)",
+    )
+    .bind(hash_token(token))
+    .bind(session)
+    .bind(expires_at as i64)
+    .execute(&mut **tx)
+    .await
+    .map(drop)
 }
 
 #[cfg(test)]

@@ -178,18 +178,25 @@ async fn commit(tx: &mut Tx, order: &OrderData) -> Result<(), HandlerError> {
     {
         let lines: Vec<Line> = serde_json::from_str(&items)?;
         for (product, quantity) in totals(&lines)? {
-            tessera::store::query("UPDATE stock SET reserved = reserved - $2 WHERE product_id = $1")
-                .bind(product)
-                .bind(quantity)
-                .execute(&mut **tx)
-                .await?;
+            tessera::store::query(
+                "UPDATE stock SET reserved = reserved - $2 WHERE product_id = $1",
+            )
+            .bind(product)
+            .bind(quantity)
+            .execute(&mut **tx)
+            .await?;
         }
         update(tx, &order.order_id, "committed").await?;
     }
     Ok(())
 }
 
-async fn record(tx: &mut Tx, order_id: &str, status: &str, items: &str) -> Result<(), tessera::store::DbError> {
+async fn record(
+    tx: &mut Tx,
+    order_id: &str,
+    status: &str,
+    items: &str,
+) -> Result<(), tessera::store::DbError> {
     tessera::store::query(
         "INSERT INTO reservations (order_id, status, items, updated) VALUES ($1, $2, $3, $4)",
     )
@@ -222,10 +229,11 @@ struct StockView {
 
 async fn list(State(db): State<Db>, caller: Caller) -> Result<Json<Vec<StockView>>, ApiError> {
     caller.require_role("admin")?;
-    let rows: Vec<(String, i64, i64)> =
-        tessera::store::query_as("SELECT product_id, available, reserved FROM stock ORDER BY product_id")
-            .fetch_all(db.pool())
-            .await?;
+    let rows: Vec<(String, i64, i64)> = tessera::store::query_as(
+        "SELECT product_id, available, reserved FROM stock ORDER BY product_id",
+    )
+    .fetch_all(db.pool())
+    .await?;
     Ok(Json(
         rows.into_iter()
             .map(|(product_id, available, reserved)| StockView {

@@ -114,11 +114,12 @@ impl Order {
 
 /// Rebuilds an order from its events.
 pub async fn load(tx: &mut Tx, id: &str) -> Result<Option<Order>, tessera::store::DbError> {
-    let rows: Vec<(String,)> =
-        tessera::store::query_as("SELECT data FROM order_events WHERE order_id = $1 ORDER BY version")
-            .bind(id)
-            .fetch_all(&mut **tx)
-            .await?;
+    let rows: Vec<(String,)> = tessera::store::query_as(
+        "SELECT data FROM order_events WHERE order_id = $1 ORDER BY version",
+    )
+    .bind(id)
+    .fetch_all(&mut **tx)
+    .await?;
     let mut order = None;
     for (data,) in rows {
         let event: OrderEvent =

@@ -143,13 +143,18 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_string()))
 }
 
-async fn existing_order(db: &Db, user: &str, key: &str) -> Result<Option<String>, tessera::store::DbError> {
-    let row: Option<(String,)> =
-        tessera::store::query_as("SELECT order_id FROM idempotency WHERE user_id = $1 AND key = $2")
-            .bind(user)
-            .bind(key)
-            .fetch_optional(db.pool())
-            .await?;
+async fn existing_order(
+    db: &Db,
+    user: &str,
+    key: &str,
+) -> Result<Option<String>, tessera::store::DbError> {
+    let row: Option<(String,)> = tessera::store::query_as(
+        "SELECT order_id FROM idempotency WHERE user_id = $1 AND key = $2",
+    )
+    .bind(user)
+    .bind(key)
+    .fetch_optional(db.pool())
+    .await?;
     Ok(row.map(|r| r.0))
 }
 
@@ -259,22 +264,25 @@ async fn place(
     let mut tx = st.db.write_tx().await?;
     if let Some(key) = &key {
         // Checked again under the write lock: a concurrent twin may have won.
-        let twin: Option<(String,)> =
-            tessera::store::query_as("SELECT order_id FROM idempotency WHERE user_id = $1 AND key = $2")
-                .bind(&caller.id)
-                .bind(key)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let twin: Option<(String,)> = tessera::store::query_as(
+            "SELECT order_id FROM idempotency WHERE user_id = $1 AND key = $2",
+        )
+        .bind(&caller.id)
+        .bind(key)
+        .fetch_optional(&mut *tx)
+        .await?;
         if let Some((existing,)) = twin {
             drop(tx);
             return Ok(accepted(&existing, &status_of(&st.db, &existing).await?));
         }
-        tessera::store::query("INSERT INTO idempotency (user_id, key, order_id) VALUES ($1, $2, $3)")
-            .bind(&caller.id)
-            .bind(key)
-            .bind(&order_id)
-            .execute(&mut *tx)
-            .await?;
+        tessera::store::query(
+            "INSERT INTO idempotency (user_id, key, order_id) VALUES ($1, $2, $3)",
+        )
+        .bind(&caller.id)
+        .bind(key)
+        .bind(&order_id)
+        .execute(&mut *tx)
+        .await?;
     }
     let placed = OrderEvent::OrderPlaced {
         user_id: caller.id.clone(),

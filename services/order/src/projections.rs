@@ -21,8 +21,7 @@ pub async fn apply(
             total,
             currency,
         } => {
-            let items =
-                serde_json::to_string(items).map_err(tessera::store::DbError::encode)?;
+            let items = serde_json::to_string(items).map_err(tessera::store::DbError::encode)?;
             tessera::store::query(
                 "INSERT INTO order_details (order_id, user_id, status, stage, items, total, currency, created_at, updated_at, version)
                  VALUES ($1, $2, 'PENDING', 'placed', $3, $4, $5, $6, $6, $7)",
@@ -96,12 +95,16 @@ async fn finish(
     .bind(version)
     .execute(&mut **tx)
     .await?;
-    tessera::store::query("UPDATE order_list SET status = $2 WHERE order_id = $1")
-        .bind(id)
-        .bind(status)
-        .execute(&mut **tx)
-        .await
-        .map(drop)
+    // By the list's whole key (user, order): by the order alone it would scan every order.
+    tessera::store::query(
+        "UPDATE order_list SET status = $2
+         WHERE user_id = (SELECT user_id FROM order_details WHERE order_id = $1) AND order_id = $1",
+    )
+    .bind(id)
+    .bind(status)
+    .execute(&mut **tx)
+    .await
+    .map(drop)
 }
 
 /// Drops the read models and projects every stored event again; returns (events, orders).

@@ -29,11 +29,18 @@ use tessera::{ApiError, CallError, Caller, Db, Json, Migration, Query, Service, 
 use tokio::sync::Notify;
 use tracing::Instrument;
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "init",
-    sqlite: include_str!("../migrations/0001_init.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "init",
+        sqlite: include_str!("../migrations/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        description: "payments by user",
+        sqlite: include_str!("../migrations/0002_payments_by_user.sql"),
+    },
+];
 
 pub const COMMANDS: &str = "payment.commands";
 const SOURCE: &str = "/shop/payment";
@@ -428,15 +435,38 @@ async fn list(
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Vec<PaymentView>>, ApiError> {
     let admin = caller.has_role("admin");
-    let rows: Vec<(String, String, i64, String, String, Option<String>)> = tessera::store::query_as(
-        "SELECT order_id, user_id, amount, currency, status, reason FROM payments
-         WHERE ($1 IS NULL OR order_id = $1) AND ($2 OR user_id = $3) ORDER BY updated DESC LIMIT 100",
-    )
-    .bind(q.order_id.as_deref())
-    .bind(admin)
-    .bind(&caller.id)
-    .fetch_all(db.pool())
-    .await?;
+    type Row = (String, String, i64, String, String, Option<String>);
+    // Each filter by an index: one order by its key, a user's by (user, updated).
+    let rows: Vec<Row> = match (&q.order_id, admin) {
+        (Some(order_id), _) => {
+            tessera::store::query_as(
+                "SELECT order_id, user_id, amount, currency, status, reason FROM payments
+                 WHERE order_id = $1 AND ($2 OR user_id = $3)",
+            )
+            .bind(order_id)
+            .bind(admin)
+            .bind(&caller.id)
+            .fetch_all(db.pool())
+            .await?
+        }
+        (None, false) => {
+            tessera::store::query_as(
+                "SELECT order_id, user_id, amount, currency, status, reason FROM payments
+                 WHERE user_id = $1 ORDER BY updated DESC LIMIT 100",
+            )
+            .bind(&caller.id)
+            .fetch_all(db.pool())
+            .await?
+        }
+        (None, true) => {
+            tessera::store::query_as(
+                "SELECT order_id, user_id, amount, currency, status, reason FROM payments
+                 ORDER BY updated DESC LIMIT 100",
+            )
+            .fetch_all(db.pool())
+            .await?
+        }
+    };
     Ok(Json(
         rows.into_iter()
             .map(

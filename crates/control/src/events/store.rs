@@ -112,9 +112,10 @@ impl EventLog {
     /// Opens (creating) the log in `dir`.
     pub async fn open(dir: &Path, config: LogConfig) -> anyhow::Result<Self> {
         let db = Db::open(&Db::default_url(dir, "log"), MIGRATIONS).await?;
-        let rows: Vec<(String, i64)> = tessera::store::query_as("SELECT name, partitions FROM topics")
-            .fetch_all(db.pool())
-            .await?;
+        let rows: Vec<(String, i64)> =
+            tessera::store::query_as("SELECT name, partitions FROM topics")
+                .fetch_all(db.pool())
+                .await?;
         let mut topics = HashMap::new();
         for (name, partitions) in rows {
             let mut end = Vec::new();
@@ -519,11 +520,13 @@ async fn write_batch(inner: &Inner, batch: &[Append]) -> Result<Written, tessera
                     }
                     None => {
                         let p = inner.config.partitions;
-                        tessera::store::query("INSERT INTO topics (name, partitions) VALUES ($1, $2)")
-                            .bind(&append.topic)
-                            .bind(i64::from(p))
-                            .execute(&mut *tx)
-                            .await?;
+                        tessera::store::query(
+                            "INSERT INTO topics (name, partitions) VALUES ($1, $2)",
+                        )
+                        .bind(&append.topic)
+                        .bind(i64::from(p))
+                        .execute(&mut *tx)
+                        .await?;
                         for i in 0..p {
                             next.insert((append.topic.clone(), i), 0);
                         }

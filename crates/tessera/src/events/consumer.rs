@@ -165,7 +165,9 @@ impl Consumer {
                 // fails, that transaction rolls back and the events go one by one, each with
                 // its own retries.
                 let together = batch.events.len() > 1
-                    && self.handle_together(&env, handler.as_ref(), &batch.events).await;
+                    && self
+                        .handle_together(&env, handler.as_ref(), &batch.events)
+                        .await;
                 if together {
                     next = batch.events.last().map(|(offset, _)| offset + 1);
                 }
@@ -249,11 +251,13 @@ impl Consumer {
                         "event handled"
                     )
                 });
-                metrics::counter!("tessera_events_handled_total", "topic" => self.topic.clone()).increment(1);
+                metrics::counter!("tessera_events_handled_total", "topic" => self.topic.clone())
+                    .increment(1);
             }
             Outcome::Duplicate => {
                 span.in_scope(|| tracing::debug!(id = %event.id, "duplicate event ignored"));
-                metrics::counter!("tessera_events_duplicates_total", "topic" => self.topic.clone()).increment(1);
+                metrics::counter!("tessera_events_duplicates_total", "topic" => self.topic.clone())
+                    .increment(1);
             }
         }
     }

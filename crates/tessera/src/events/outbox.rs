@@ -129,12 +129,13 @@ impl Relay {
             tokio::time::sleep(Duration::from_millis(500)).await;
             return Ok(0);
         }
-        let rows: Vec<(i64, String, String)> =
-            crate::store::query_as("SELECT id, topic, event FROM tessera_outbox ORDER BY id LIMIT $1")
-                .bind(BATCH)
-                .fetch_all(self.db.pool())
-                .await
-                .map_err(|e| e.to_string())?;
+        let rows: Vec<(i64, String, String)> = crate::store::query_as(
+            "SELECT id, topic, event FROM tessera_outbox ORDER BY id LIMIT $1",
+        )
+        .bind(BATCH)
+        .fetch_all(self.db.pool())
+        .await
+        .map_err(|e| e.to_string())?;
         if rows.is_empty() {
             return Ok(0);
         }
