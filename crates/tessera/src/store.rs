@@ -704,12 +704,14 @@ fn open_connection(path: &Path) -> Result<rusqlite::Connection, DbError> {
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    // Never wait inside SQLite (the caller waits asynchronously); never checkpoint inside a
-    // commit (the checkpoint task does).
-    conn.busy_timeout(Duration::ZERO)?;
+    // A connection opened while another process recovers the WAL index waits (briefly) for it.
+    conn.busy_timeout(Duration::from_secs(1))?;
     conn.execute_batch(
         "PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON; PRAGMA wal_autocheckpoint=0;",
     )?;
+    // From then on, never wait inside SQLite (the caller waits asynchronously); never
+    // checkpoint inside a commit (the checkpoint task does).
+    conn.busy_timeout(Duration::ZERO)?;
     conn.set_prepared_statement_cache_capacity(STATEMENTS);
     Ok(conn)
 }

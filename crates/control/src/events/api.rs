@@ -110,16 +110,22 @@ async fn fetch(
             .err()
             .map(|e| {
                 let (status, code, message) = error_parts(e);
-                serde_json::json!({ "status": status.as_u16(), "code": code, "message": message })
+                CommitError {
+                    status: status.as_u16(),
+                    code,
+                    message,
+                }
             }),
     };
     let wait = Duration::from_millis(body.wait_ms.min(30_000));
-    let answer = |partition: Option<u32>, delivered: &[Delivered<'_>]| {
-        let mut answer = serde_json::json!({ "partition": partition, "events": delivered });
-        if let Some(e) = &commit_error {
-            answer["commitError"] = e.clone();
-        }
-        Json(answer).into_response()
+    // Written straight from the stored events (no JSON tree in between).
+    let answer = |partition: Option<u32>, events: &[Delivered<'_>]| {
+        Json(FetchAnswer {
+            partition,
+            events,
+            commit_error: commit_error.as_ref(),
+        })
+        .into_response()
     };
     match log
         .fetch(&topic, &body.group, &body.consumer, body.max, wait)
@@ -138,6 +144,22 @@ async fn fetch(
         Ok(None) => answer(None, &[]),
         Err(e) => log_error(e),
     }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FetchAnswer<'a> {
+    partition: Option<u32>,
+    events: &'a [Delivered<'a>],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    commit_error: Option<&'a CommitError>,
+}
+
+#[derive(Serialize)]
+struct CommitError {
+    status: u16,
+    code: &'static str,
+    message: String,
 }
 
 #[derive(Deserialize)]

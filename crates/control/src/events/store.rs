@@ -75,7 +75,8 @@ struct Inner {
     db: Db,
     config: LogConfig,
     topics: RwLock<HashMap<String, Arc<Topic>>>,
-    appender: mpsc::Sender<Append>,
+    /// Appends and offset commits, written together by one task (a group commit).
+    appender: mpsc::Sender<Write>,
     /// Bumped after every committed append: wakes long-polling fetches.
     appended: watch::Sender<u64>,
     groups: Mutex<Groups>,
@@ -86,10 +87,23 @@ struct Topic {
     end: Vec<AtomicI64>,
 }
 
+enum Write {
+    Append(Append),
+    Commit(CommitOffset),
+}
+
 struct Append {
     topic: String,
     events: Vec<(String, Box<RawValue>)>,
     reply: oneshot::Sender<Result<Vec<(u32, i64)>, String>>,
+}
+
+struct CommitOffset {
+    group: String,
+    topic: String,
+    partition: u32,
+    offset: i64,
+    reply: oneshot::Sender<Result<(), String>>,
 }
 
 /// The attributes of a CloudEvent the log looks at.
@@ -179,11 +193,11 @@ impl EventLog {
         let (reply, answer) = oneshot::channel();
         self.inner
             .appender
-            .send(Append {
+            .send(Write::Append(Append {
                 topic: topic.to_string(),
                 events: keyed,
                 reply,
-            })
+            }))
             .await
             .map_err(|_| LogError::Storage("appender stopped".into()))?;
         answer
@@ -337,16 +351,23 @@ impl EventLog {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .check_commit(group, topic, consumer, partition, offset, end)?;
-        tessera::store::query(
-            "INSERT INTO offsets (grp, topic, partition, committed) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (grp, topic, partition) DO UPDATE SET committed = MAX(committed, excluded.committed)",
-        )
-        .bind(group)
-        .bind(topic)
-        .bind(i64::from(partition))
-        .bind(offset)
-        .execute(self.inner.db.pool())
-        .await?;
+        // Written with the appends in flight: one commit to disk for all of them.
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .appender
+            .send(Write::Commit(CommitOffset {
+                group: group.to_string(),
+                topic: topic.to_string(),
+                partition,
+                offset,
+                reply,
+            }))
+            .await
+            .map_err(|_| LogError::Storage("appender stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| LogError::Storage("appender stopped".into()))?
+            .map_err(LogError::Storage)?;
         self.inner
             .groups
             .lock()
@@ -437,14 +458,18 @@ fn partition_of(key: &str, partitions: u32) -> u32 {
     (h % u64::from(partitions)) as u32
 }
 
-async fn append_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Append>) {
+async fn append_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Write>) {
+    let events = |w: &Write| match w {
+        Write::Append(a) => a.events.len(),
+        Write::Commit(_) => 1,
+    };
     while let Some(first) = rx.recv().await {
-        let mut count = first.events.len();
+        let mut count = events(&first);
         let mut batch = vec![first];
         while count < inner.config.max_batch {
             match rx.try_recv() {
                 Ok(next) => {
-                    count += next.events.len();
+                    count += events(&next);
                     batch.push(next);
                 }
                 Err(_) => break,
@@ -468,14 +493,29 @@ async fn append_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Append>) {
                     }
                 }
                 inner.appended.send_modify(|n| *n += 1);
-                for (append, offsets) in batch.into_iter().zip(offsets) {
-                    let _ = append.reply.send(Ok(offsets));
+                let mut offsets = offsets.into_iter();
+                for write in batch {
+                    match write {
+                        Write::Append(append) => {
+                            let _ = append.reply.send(Ok(offsets.next().unwrap_or_default()));
+                        }
+                        Write::Commit(commit) => {
+                            let _ = commit.reply.send(Ok(()));
+                        }
+                    }
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, events = count, "append failed");
-                for append in batch {
-                    let _ = append.reply.send(Err(e.to_string()));
+                for write in batch {
+                    match write {
+                        Write::Append(append) => {
+                            let _ = append.reply.send(Err(e.to_string()));
+                        }
+                        Write::Commit(commit) => {
+                            let _ = commit.reply.send(Err(e.to_string()));
+                        }
+                    }
                 }
             }
         }
@@ -488,7 +528,7 @@ type Written = (
     HashMap<(String, u32), i64>,
 );
 
-async fn write_batch(inner: &Inner, batch: &[Append]) -> Result<Written, tessera::store::DbError> {
+async fn write_batch(inner: &Inner, batch: &[Write]) -> Result<Written, tessera::store::DbError> {
     let mut tx = inner.db.write_tx().await?;
     let mut next: HashMap<(String, u32), i64> = HashMap::new();
     let mut partitions_of: HashMap<String, u32> = HashMap::new();
@@ -498,7 +538,23 @@ async fn write_batch(inner: &Inner, batch: &[Append]) -> Result<Written, tessera
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
     let mut all = Vec::with_capacity(batch.len());
-    for append in batch {
+    for write in batch {
+        let append = match write {
+            Write::Append(append) => append,
+            Write::Commit(c) => {
+                tessera::store::query(
+                    "INSERT INTO offsets (grp, topic, partition, committed) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (grp, topic, partition) DO UPDATE SET committed = MAX(committed, excluded.committed)",
+                )
+                .bind(&c.group)
+                .bind(&c.topic)
+                .bind(i64::from(c.partition))
+                .bind(c.offset)
+                .execute(&mut *tx)
+                .await?;
+                continue;
+            }
+        };
         let partitions = match partitions_of.get(&append.topic) {
             Some(p) => *p,
             None => {

@@ -50,6 +50,23 @@ pub trait Bus: Send + Sync + 'static {
         events: &'a [Event],
     ) -> BoxFuture<'a, Result<(), BusError>>;
 
+    /// Appends events already written as CloudEvent JSON (as the outbox stores them), without
+    /// reading them into [`Event`]s and writing them again when the log takes JSON anyway.
+    fn publish_json<'a>(
+        &'a self,
+        topic: &'a str,
+        events: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            let events = events
+                .iter()
+                .map(|json| serde_json::from_str(json))
+                .collect::<Result<Vec<Event>, _>>()
+                .map_err(|e| BusError::Refused(format!("not a CloudEvent: {e}")))?;
+            self.publish(topic, &events).await
+        })
+    }
+
     /// Up to `max` events of one partition `consumer` holds in `group`, from the committed
     /// offset, waiting up to `wait` for some.
     fn fetch<'a>(
@@ -244,6 +261,32 @@ impl Bus for ControlBus {
         Box::pin(async move {
             let body = serde_json::to_string(&serde_json::json!({ "events": events }))
                 .map_err(|e| BusError::Refused(e.to_string()))?;
+            self.post(
+                format!("/v1/topics/{topic}/events"),
+                body,
+                Duration::from_secs(10),
+            )
+            .await
+            .map(drop)
+        })
+    }
+
+    fn publish_json<'a>(
+        &'a self,
+        topic: &'a str,
+        events: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            let mut body =
+                String::with_capacity(16 + events.iter().map(|e| e.len() + 1).sum::<usize>());
+            body.push_str("{\"events\":[");
+            for (i, event) in events.iter().enumerate() {
+                if i > 0 {
+                    body.push(',');
+                }
+                body.push_str(event);
+            }
+            body.push_str("]}");
             self.post(
                 format!("/v1/topics/{topic}/events"),
                 body,

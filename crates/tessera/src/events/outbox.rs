@@ -6,7 +6,6 @@
 //! them once the log has acknowledged them. A crash between publish and delete publishes them
 //! again; consumers' inboxes make that harmless.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -140,35 +139,41 @@ impl Relay {
             return Ok(0);
         }
         // Per topic, in id order. Every row of a topic up to the last one taken is in `rows`
-        // (they are the lowest ids), which makes the delete below a range.
-        let mut order: Vec<String> = Vec::new();
-        let mut by_topic: HashMap<String, (Vec<Event>, i64)> = HashMap::new();
-        for (id, topic, json) in rows {
-            let entry = by_topic.entry(topic.clone()).or_insert_with(|| {
-                order.push(topic.clone());
-                (Vec::new(), id)
-            });
-            match serde_json::from_str::<Event>(&json) {
-                Ok(e) => entry.0.push(e),
+        // (they are the lowest ids), which makes the delete below a range. The events go out
+        // as they were stored; a row that is not JSON (it cannot be: `add` wrote it) is
+        // dropped loudly rather than holding up the rest.
+        let mut by_topic: Vec<(&str, Vec<&str>, i64)> = Vec::new();
+        for (id, topic, json) in &rows {
+            let at = match by_topic.iter().position(|(t, ..)| t == topic) {
+                Some(at) => at,
+                None => {
+                    by_topic.push((topic, Vec::new(), *id));
+                    by_topic.len() - 1
+                }
+            };
+            let entry = &mut by_topic[at];
+            match serde_json::from_str::<serde::de::IgnoredAny>(json) {
+                Ok(_) => entry.1.push(json),
                 Err(e) => {
                     tracing::error!(id, error = %e, "dropping an outbox row that is not an event")
                 }
             }
-            entry.1 = id;
+            entry.2 = *id;
         }
         let mut sent = 0;
-        for topic in order {
-            let (events, last_id) = &by_topic[&topic];
-            match self.bus.publish(&topic, events).await {
-                Ok(()) => sent += events.len(),
-                Err(BusError::Refused(why)) => {
-                    // Retrying cannot help; keep the relay moving and say so loudly.
-                    tracing::error!(topic = %topic, count = events.len(), error = %why, "the log refused outbox events; dropping them");
+        for (topic, events, last_id) in &by_topic {
+            if !events.is_empty() {
+                match self.bus.publish_json(topic, events).await {
+                    Ok(()) => sent += events.len(),
+                    Err(BusError::Refused(why)) => {
+                        // Retrying cannot help; keep the relay moving and say so loudly.
+                        tracing::error!(topic = %topic, count = events.len(), error = %why, "the log refused outbox events; dropping them");
+                    }
+                    Err(e) => return Err(e.to_string()),
                 }
-                Err(e) => return Err(e.to_string()),
             }
             crate::store::query("DELETE FROM tessera_outbox WHERE topic = $1 AND id <= $2")
-                .bind(&topic)
+                .bind(*topic)
                 .bind(last_id)
                 .execute(self.db.pool())
                 .await
