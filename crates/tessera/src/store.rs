@@ -16,8 +16,11 @@
 //!   an async lock; a writer in another process (a replica) makes `BEGIN IMMEDIATE` fail at
 //!   once with `SQLITE_BUSY`, and it is retried after an async pause (for up to 10 s).
 //! - Commits do not sync (`synchronous=NORMAL`, the WAL is synced at checkpoints), and
-//!   checkpoints run on a blocking thread, once a second when something was written, instead
-//!   of inside whichever commit crosses the threshold.
+//!   checkpoints run on a blocking thread (every 100 commits, or 250 ms after a write) instead
+//!   of inside whichever commit crosses SQLite's threshold. A checkpoint holds the process's
+//!   writer lock: a checkpoint racing a steady stream of commits never catches up, and the WAL
+//!   would grow without bound under load; holding the writers off for the copy lets it finish,
+//!   and the next commit starts the WAL over.
 //!
 //! Migrations run at start-up, before the service reports ready, under an exclusive file lock
 //! so that two replicas starting at once do not race.
@@ -40,7 +43,9 @@ const IDLE: usize = 8;
 /// Prepared statements cached per connection.
 const STATEMENTS: usize = 64;
 /// How often the WAL is checkpointed, when something was written.
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+/// Commits that make a checkpoint due at once.
+const CHECKPOINT_AFTER: u64 = 100;
 
 /// A service's database handle. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -57,6 +62,8 @@ pub struct Pool {
     writer: Arc<tokio::sync::Mutex<()>>,
     /// Commits since the last checkpoint.
     written: AtomicU64,
+    /// Wakes the checkpoint task early, when many commits piled up.
+    checkpoint_due: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Pool {
@@ -163,6 +170,7 @@ impl Db {
             path,
             writer: Arc::new(tokio::sync::Mutex::new(())),
             written: AtomicU64::new(0),
+            checkpoint_due: tokio::sync::Notify::new(),
         });
         tokio::spawn(checkpoints(Arc::downgrade(&pool)));
         Ok(Db { pool })
@@ -242,6 +250,13 @@ impl Pool {
         }
     }
 
+    /// Counts a commit; enough of them make a checkpoint due now.
+    fn wrote(&self) {
+        if self.written.fetch_add(1, Ordering::Relaxed) + 1 == CHECKPOINT_AFTER {
+            self.checkpoint_due.notify_one();
+        }
+    }
+
     fn checkin(&self, conn: rusqlite::Connection) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < IDLE {
@@ -287,7 +302,7 @@ impl Pool {
                 }
                 Ok(r) => {
                     if writes {
-                        self.written.fetch_add(1, Ordering::Relaxed);
+                        self.wrote();
                     }
                     return Ok(r);
                 }
@@ -319,7 +334,7 @@ impl Tx {
             let _ = conn.raw.execute_batch("ROLLBACK");
         }
         self.pool.checkin(conn.raw);
-        self.pool.written.fetch_add(1, Ordering::Relaxed);
+        self.pool.wrote();
         done.map_err(Into::into)
     }
 
@@ -716,22 +731,31 @@ fn open_connection(path: &Path) -> Result<rusqlite::Connection, DbError> {
     Ok(conn)
 }
 
-/// Checkpoints the WAL on a blocking thread, once a second when something was written, until
-/// the pool is gone.
+/// Checkpoints the WAL on a blocking thread, while holding this process's writers off, when
+/// something was written, until the pool is gone.
 async fn checkpoints(pool: Weak<Pool>) {
     let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut conn: Option<rusqlite::Connection> = None;
     loop {
-        tick.tick().await;
+        {
+            // Held for at most a tick: the pool outlives its last handle by that much.
+            let Some(p) = pool.upgrade() else { return };
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = p.checkpoint_due.notified() => {}
+            }
+        }
         let Some(p) = pool.upgrade() else { return };
         if p.written.swap(0, Ordering::Relaxed) == 0 {
             continue;
         }
+        let writers = p.writer.clone().lock_owned().await;
         let path = p.path.clone();
         drop(p);
         let c = conn.take();
         conn = tokio::task::spawn_blocking(move || {
+            let _writers = writers;
             let c = match c {
                 Some(c) => c,
                 None => {
@@ -740,7 +764,8 @@ async fn checkpoints(pool: Weak<Pool>) {
                     c
                 }
             };
-            // PASSIVE: copies what no reader still needs, never blocks writers.
+            // PASSIVE: never waits for readers (or another process's writer); with this
+            // process's writers held off it copies everything but what a reader still uses.
             if let Err(e) = c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
                 tracing::warn!(error = %e, "WAL checkpoint failed");
             }
@@ -1018,6 +1043,59 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(n, 2);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_wal_stays_bounded_under_a_steady_stream_of_commits() {
+        let dir = temp_dir();
+        let url = Db::default_url(&dir, "t");
+        let db = Db::open(&url, MIGRATIONS).await.unwrap();
+        let wal = sqlite_file(&url).unwrap().with_extension("db-wal");
+        let until = Instant::now() + Duration::from_millis(1500);
+        let mut tasks = Vec::new();
+        for w in 0..2 {
+            let db = db.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut commits = 0u64;
+                while Instant::now() < until {
+                    let mut tx = db.write_tx().await.unwrap();
+                    query("INSERT INTO items (name, note) VALUES ($1, $2)")
+                        .bind(format!("{w}-{commits}"))
+                        .bind("x".repeat(500))
+                        .execute(&mut *tx)
+                        .await
+                        .unwrap();
+                    tx.commit().await.unwrap();
+                    // And a reader, always somewhere in the WAL.
+                    let _: i64 = query_scalar("SELECT COUNT(*) FROM items WHERE id < 10")
+                        .fetch_one(db.pool())
+                        .await
+                        .unwrap();
+                    commits += 1;
+                }
+                commits
+            }));
+        }
+        let mut largest = 0;
+        while Instant::now() < until {
+            largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut commits = 0;
+        for t in tasks {
+            commits += t.await.unwrap();
+        }
+        // Each commit appends at least two pages (the row's leaf and the name index).
+        let unbounded = commits * 2 * 4096;
+        assert!(
+            commits > 1000,
+            "only {commits} commits: not a steady stream"
+        );
+        assert!(
+            largest < 16 << 20 && largest < unbounded / 4,
+            "the WAL reached {largest} bytes over {commits} commits"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 
