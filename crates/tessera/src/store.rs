@@ -746,7 +746,9 @@ async fn checkpoints(pool: Weak<Pool>) {
             let (c, path) = (conn.take(), path.clone());
             let held_now = held.take();
             let done = tokio::task::spawn_blocking(move || {
+                let held = held_now.is_some();
                 let _writers = held_now;
+                let started = Instant::now();
                 let c = match c {
                     Some(c) => c,
                     None => {
@@ -761,6 +763,7 @@ async fn checkpoints(pool: Weak<Pool>) {
                     .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1))
                     .inspect_err(|e| tracing::warn!(error = %e, "WAL checkpoint failed"))
                     .unwrap_or(0);
+                tracing::debug!(held, frames, ms = started.elapsed().as_secs_f64() * 1e3, "WAL checkpoint");
                 Some((c, frames))
             })
             .await
