@@ -211,6 +211,7 @@ impl Db {
                         self.pool.checkin(conn);
                         return Err(DbError::Busy(BUSY_WAIT));
                     }
+                    tracing::debug!(?pause, "database busy; BEGIN retried");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(50));
                 }
@@ -292,6 +293,7 @@ impl Pool {
                     if Instant::now() >= deadline {
                         return Err(DbError::Busy(BUSY_WAIT));
                     }
+                    tracing::debug!(?pause, %e, "database busy; statement retried");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(50));
                 }
