@@ -16,11 +16,13 @@
 //!   an async lock; a writer in another process (a replica) makes `BEGIN IMMEDIATE` fail at
 //!   once with `SQLITE_BUSY`, and it is retried after an async pause (for up to 10 s).
 //! - Commits do not sync (`synchronous=NORMAL`, the WAL is synced at checkpoints), and
-//!   checkpoints run on a blocking thread (250 ms after a write) instead of inside whichever
-//!   commit crosses SQLite's threshold. A checkpoint racing a steady stream of commits never
-//!   quite catches up, and the WAL would grow without bound under load; so when the WAL holds
-//!   more than 8 MiB, the next checkpoint holds this process's writers off until it is done
-//!   (the earlier ones copied most of it already), and the next commit starts the WAL over.
+//!   checkpoints run on a blocking thread (once a second after a write) instead of inside
+//!   whichever commit crosses SQLite's threshold. A checkpoint racing a steady stream of
+//!   commits never quite catches up, and the WAL would grow without bound under load; so when
+//!   the WAL holds more than 32 MiB, the checkpoint runs once more holding this process's
+//!   writers off until it is done (the first pass copied most of it already), and the next
+//!   commit starts the WAL over. Checkpoints are few on purpose: each syncs the disk twice, and
+//!   on a busy disk a sync can take a hundred milliseconds.
 //!
 //! Migrations run at start-up, before the service reports ready, under an exclusive file lock
 //! so that two replicas starting at once do not race.
@@ -43,9 +45,9 @@ const IDLE: usize = 8;
 /// Prepared statements cached per connection.
 const STATEMENTS: usize = 64;
 /// How often the WAL is checkpointed, when something was written.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// WAL frames (pages) beyond which a checkpoint holds the writers off to finish.
-const WAL_FRAMES_HELD: i64 = 2048;
+const WAL_FRAMES_HELD: i64 = 8192; // 32 MiB of 4 KiB pages
 
 /// A service's database handle. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -154,6 +156,15 @@ pub fn is_unique_violation(err: &DbError) -> bool {
 impl Db {
     /// Opens (creating if needed) and migrates the database at `url`.
     pub async fn open(url: &str, migrations: &[Migration]) -> Result<Self, StoreError> {
+        Self::open_with(url, migrations, CHECKPOINT_EVERY, WAL_FRAMES_HELD).await
+    }
+
+    async fn open_with(
+        url: &str,
+        migrations: &[Migration],
+        checkpoint_every: Duration,
+        wal_frames_held: i64,
+    ) -> Result<Self, StoreError> {
         let path = sqlite_file(url).ok_or_else(|| StoreError::UnsupportedUrl(url.to_string()))?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::Io(dir.to_path_buf(), e))?;
@@ -169,7 +180,11 @@ impl Db {
             writer: Arc::new(tokio::sync::Mutex::new(())),
             written: AtomicU64::new(0),
         });
-        tokio::spawn(checkpoints(Arc::downgrade(&pool)));
+        tokio::spawn(checkpoints(
+            Arc::downgrade(&pool),
+            checkpoint_every,
+            wal_frames_held,
+        ));
         Ok(Db { pool })
     }
 
@@ -720,7 +735,7 @@ fn open_connection(path: &Path) -> Result<rusqlite::Connection, DbError> {
     conn.busy_timeout(Duration::from_secs(1))?;
     conn.execute_batch(
         "PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON; PRAGMA wal_autocheckpoint=0;
-         PRAGMA journal_size_limit=16777216;",
+         PRAGMA journal_size_limit=67108864;",
     )?;
     // From then on, never wait inside SQLite (the caller waits asynchronously); never
     // checkpoint inside a commit (the checkpoint task does).
@@ -731,8 +746,8 @@ fn open_connection(path: &Path) -> Result<rusqlite::Connection, DbError> {
 
 /// Checkpoints the WAL on a blocking thread when something was written, until the pool is
 /// gone; when the WAL has grown long, once more while holding this process's writers off.
-async fn checkpoints(pool: Weak<Pool>) {
-    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+async fn checkpoints(pool: Weak<Pool>, every: Duration, frames_held: i64) {
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut conn: Option<rusqlite::Connection> = None;
     loop {
@@ -765,7 +780,12 @@ async fn checkpoints(pool: Weak<Pool>) {
                     .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1))
                     .inspect_err(|e| tracing::warn!(error = %e, "WAL checkpoint failed"))
                     .unwrap_or(0);
-                tracing::debug!(held, frames, ms = started.elapsed().as_secs_f64() * 1e3, "WAL checkpoint");
+                tracing::debug!(
+                    held,
+                    frames,
+                    ms = started.elapsed().as_secs_f64() * 1e3,
+                    "WAL checkpoint"
+                );
                 Some((c, frames))
             })
             .await
@@ -773,7 +793,7 @@ async fn checkpoints(pool: Weak<Pool>) {
             .flatten();
             let Some((c, frames)) = done else { break };
             conn = Some(c);
-            if frames <= WAL_FRAMES_HELD || held.is_some() {
+            if frames <= frames_held || held.is_some() {
                 break;
             }
             held = Some(writer.clone().lock_owned().await);
@@ -1054,7 +1074,10 @@ mod tests {
     async fn the_wal_stays_bounded_under_a_steady_stream_of_commits() {
         let dir = temp_dir();
         let url = Db::default_url(&dir, "t");
-        let db = Db::open(&url, MIGRATIONS).await.unwrap();
+        // Checkpoints more often than by default, so that 20,000 commits see several.
+        let db = Db::open_with(&url, MIGRATIONS, Duration::from_millis(100), 2048)
+            .await
+            .unwrap();
         let wal = sqlite_file(&url).unwrap().with_extension("db-wal");
         // 20,000 commits of two pages or more: 160 MB of WAL if it were never started over.
         let mut tasks = Vec::new();
