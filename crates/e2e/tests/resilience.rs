@@ -136,7 +136,25 @@ async fn a_hanging_upstream_cannot_exhaust_the_gateway() {
         let (http, url) = (sys.http.clone(), sys.url("/api/echo/sleep?ms=3000"));
         hung.spawn(async move { http.get(url).send().await.unwrap().status().as_u16() });
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Until all four hold the echo route's bulkhead (a fixed pause is too short on a busy
+    // machine).
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let s: Value = sys
+            .http
+            .get(sys.url("/status/resilience"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if s["upstreams"]["echo"]["inFlight"] == s["upstreams"]["echo"]["maxConcurrent"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the bulkhead never filled: {s}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let started = Instant::now();
     let (code, body) = status(&sys, "/api/echo/sleep?ms=3000").await;
     assert_eq!(
