@@ -76,6 +76,30 @@ impl Harness {
         ])
     }
 
+    /// Publishes `events` straight to the log, as another service would.
+    async fn publish(&self, topic: &str, events: &[Value]) {
+        let resp = self
+            .http
+            .post(format!("{}/v1/topics/{topic}/events", self.control))
+            .json(&json!({ "events": events }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+    }
+
+    /// The control plane's answer to `GET path`.
+    async fn control_json(&self, path: &str) -> Value {
+        self.http
+            .get(format!("{}{path}", self.control))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     async fn wait<F: AsyncFnMut() -> bool>(&self, what: &str, mut check: F) {
         let deadline = Instant::now() + Duration::from_secs(15);
         while !check().await {
@@ -252,15 +276,7 @@ async fn outbox_to_inbox_exactly_once_in_order_with_dead_letters() {
     // A duplicate injected straight into the log has no second effect.
     let (dup_id, ..) = rows[0].clone();
     let original: Value = {
-        let v: Value = h
-            .http
-            .get(format!("{}/v1/topics", h.control))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: Value = h.control_json("/v1/topics").await;
         assert!(
             v["topics"]
                 .as_array()
@@ -270,14 +286,7 @@ async fn outbox_to_inbox_exactly_once_in_order_with_dead_letters() {
         );
         json!({"specversion": "1.0", "id": dup_id, "source": "/ledger", "type": "ledger.deposited", "subject": rows[0].1, "data": {"n": 999}})
     };
-    let resp = h
-        .http
-        .post(format!("{}/v1/topics/ledger.events/events", h.control))
-        .json(&json!({"events": [original]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
+    h.publish("ledger.events", &[original]).await;
 
     // A poison event is dead-lettered and the consumer moves on.
     for (id, poison) in [("poison", true), ("after", false)] {
@@ -296,15 +305,7 @@ async fn outbox_to_inbox_exactly_once_in_order_with_dead_letters() {
         seen(&audit_db).await.len() >= 30
     })
     .await;
-    let dead: Value = h
-        .http
-        .get(format!("{}/v1/deadletters/auditor", h.control))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let dead: Value = h.control_json("/v1/deadletters/auditor").await;
     let dead = dead["deadLetters"].as_array().unwrap();
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0]["event"]["deadlettererror"], "poison");
@@ -395,27 +396,12 @@ async fn a_failing_event_in_a_batch_costs_the_others_nothing() {
         event("e1", 99, false), // a duplicate of e1, in the same batch
         event("e4", 4, false),
     ];
-    let resp = h
-        .http
-        .post(format!("{}/v1/topics/ledger.events/events", h.control))
-        .json(&json!({ "events": events }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
+    h.publish("ledger.events", &events).await;
     let audit_db = start_auditor(&h, Arc::new(AtomicBool::new(false))).await;
     h.wait("the good events", async || seen(&audit_db).await.len() >= 3)
         .await;
     h.wait("the dead letter", async || {
-        let dead: Value = h
-            .http
-            .get(format!("{}/v1/deadletters/auditor", h.control))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let dead: Value = h.control_json("/v1/deadletters/auditor").await;
         dead["deadLetters"].as_array().is_some_and(|d| d.len() == 1)
     })
     .await;
@@ -437,14 +423,7 @@ async fn a_failing_event_in_a_batch_costs_the_others_nothing() {
 
     // A later batch of good events is handled together, after the fallback.
     let later: Vec<Value> = (5..10).map(|n| event(&format!("e{n}"), n, false)).collect();
-    let resp = h
-        .http
-        .post(format!("{}/v1/topics/ledger.events/events", h.control))
-        .json(&json!({ "events": later }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
+    h.publish("ledger.events", &later).await;
     h.wait("the later batch", async || seen(&audit_db).await.len() >= 8)
         .await;
     let ns: Vec<i64> = seen(&audit_db).await.iter().map(|r| r.2).collect();

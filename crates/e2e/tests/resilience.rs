@@ -46,6 +46,18 @@ retry = {{ max_attempts = 3, backoff = {{ base_ms = 1, max_ms = 5 }}, budget = {
     }
 }
 
+/// The gateway's `/status/resilience`.
+async fn resilience_status(sys: &System) -> Value {
+    sys.http
+        .get(sys.url("/status/resilience"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 async fn status(sys: &System, path: &str) -> (u16, Value) {
     sys.get(path, None).await
 }
@@ -78,15 +90,7 @@ async fn a_failing_upstream_trips_its_breaker_and_fails_fast_while_others_serve(
         "other routes are unaffected"
     );
 
-    let gateway_status: Value = sys
-        .http
-        .get(sys.url("/status/resilience"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let gateway_status: Value = resilience_status(&sys).await;
     assert_eq!(
         gateway_status["upstreams"]["echo"]["breaker"], "open",
         "{gateway_status}"
@@ -140,15 +144,7 @@ async fn a_hanging_upstream_cannot_exhaust_the_gateway() {
     // machine).
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
-        let s: Value = sys
-            .http
-            .get(sys.url("/status/resilience"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let s: Value = resilience_status(&sys).await;
         if s["upstreams"]["echo"]["inFlight"] == s["upstreams"]["echo"]["maxConcurrent"] {
             break;
         }
@@ -429,15 +425,7 @@ outlier = {{ consecutive_errors = 3, base_ejection_ms = 60000 }}
         tail.iter().all(|d| *d < Duration::from_millis(200)),
         "normal latency after the ejection: {tail:?}"
     );
-    let state: Value = sys
-        .http
-        .get(sys.url("/status/resilience"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let state: Value = resilience_status(&sys).await;
     assert_eq!(
         state["upstreams"]["echo"]["instances"]["echo-1"]["ejected"], true,
         "{state}"

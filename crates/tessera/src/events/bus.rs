@@ -166,6 +166,17 @@ impl ControlBus {
         })
     }
 
+    /// Appends the events in `body` (`{"events": [...]}`) to `topic`.
+    async fn append(&self, topic: &str, body: String) -> Result<(), BusError> {
+        self.post(
+            format!("/v1/topics/{topic}/events"),
+            body,
+            Duration::from_secs(10),
+        )
+        .await
+        .map(drop)
+    }
+
     /// One fetch exchange, carrying the previous batch's commit if there is one.
     async fn fetch_with(
         &self,
@@ -261,13 +272,7 @@ impl Bus for ControlBus {
         Box::pin(async move {
             let body = serde_json::to_string(&serde_json::json!({ "events": events }))
                 .map_err(|e| BusError::Refused(e.to_string()))?;
-            self.post(
-                format!("/v1/topics/{topic}/events"),
-                body,
-                Duration::from_secs(10),
-            )
-            .await
-            .map(drop)
+            self.append(topic, body).await
         })
     }
 
@@ -287,13 +292,7 @@ impl Bus for ControlBus {
                 body.push_str(event);
             }
             body.push_str("]}");
-            self.post(
-                format!("/v1/topics/{topic}/events"),
-                body,
-                Duration::from_secs(10),
-            )
-            .await
-            .map(drop)
+            self.append(topic, body).await
         })
     }
 
