@@ -190,14 +190,25 @@ impl EventLog {
                 .into_owned();
             keyed.push((key, raw));
         }
-        let (reply, answer) = oneshot::channel();
-        self.inner
-            .appender
-            .send(Write::Append(Append {
+        self.write(|reply| {
+            Write::Append(Append {
                 topic: topic.to_string(),
                 events: keyed,
                 reply,
-            }))
+            })
+        })
+        .await
+    }
+
+    /// Hands a write to the appender and waits until it is on disk.
+    async fn write<T>(
+        &self,
+        write: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Write,
+    ) -> Result<T, LogError> {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .appender
+            .send(write(reply))
             .await
             .map_err(|_| LogError::Storage("appender stopped".into()))?;
         answer
@@ -352,22 +363,16 @@ impl EventLog {
             .unwrap_or_else(|e| e.into_inner())
             .check_commit(group, topic, consumer, partition, offset, end)?;
         // Written with the appends in flight: one commit to disk for all of them.
-        let (reply, answer) = oneshot::channel();
-        self.inner
-            .appender
-            .send(Write::Commit(CommitOffset {
+        self.write(|reply| {
+            Write::Commit(CommitOffset {
                 group: group.to_string(),
                 topic: topic.to_string(),
                 partition,
                 offset,
                 reply,
-            }))
-            .await
-            .map_err(|_| LogError::Storage("appender stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| LogError::Storage("appender stopped".into()))?
-            .map_err(LogError::Storage)?;
+            })
+        })
+        .await?;
         self.inner
             .groups
             .lock()
