@@ -209,9 +209,14 @@ impl Db {
     /// (`BEGIN IMMEDIATE`), so a read-then-write transaction never fails to upgrade. Dropped
     /// without [`Tx::commit`], it rolls back.
     pub async fn write_tx(&self) -> Result<Tx, DbError> {
-        let writer = self.pool.writer.clone().lock_owned().await;
-        let conn = self.pool.checkout()?;
         let deadline = Instant::now() + BUSY_WAIT;
+        // Bounded: a task that already holds a transaction and asks for another (or writes
+        // through the pool) would otherwise wait for itself forever.
+        let writer =
+            tokio::time::timeout_at(deadline.into(), self.pool.writer.clone().lock_owned())
+                .await
+                .map_err(|_| DbError::Busy(BUSY_WAIT))?;
+        let conn = self.pool.checkout()?;
         let mut pause = Duration::from_millis(1);
         loop {
             match conn.execute_batch("BEGIN IMMEDIATE") {
@@ -296,7 +301,14 @@ impl Pool {
                 }
             };
             let writer = if writes {
-                Some(self.writer.lock().await)
+                let lock = tokio::time::timeout_at(deadline.into(), self.writer.lock()).await;
+                match lock {
+                    Ok(guard) => Some(guard),
+                    Err(_) => {
+                        self.checkin(conn);
+                        return Err(DbError::Busy(BUSY_WAIT));
+                    }
+                }
             } else {
                 None
             };
@@ -1118,6 +1130,31 @@ mod tests {
             largest < 64 << 20,
             "the WAL reached {largest} bytes over {commits} commits"
         );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writing_beside_ones_own_transaction_fails_instead_of_hanging() {
+        let dir = temp_dir();
+        let db = Db::open(&Db::default_url(&dir, "t"), MIGRATIONS)
+            .await
+            .unwrap();
+        let tx = db.write_tx().await.unwrap();
+        let pool_write = query("INSERT INTO items (name) VALUES ('x')")
+            .execute(db.pool())
+            .await;
+        assert!(
+            matches!(pool_write, Err(DbError::Busy(_))),
+            "{pool_write:?}"
+        );
+        assert!(matches!(db.write_tx().await, Err(DbError::Busy(_))));
+        // Reads do not need the writer.
+        let n: i64 = query_scalar("SELECT COUNT(*) FROM items")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+        assert_eq!(n, 0);
+        drop(tx);
         let _ = std::fs::remove_dir_all(dir);
     }
 
