@@ -109,12 +109,18 @@ pub fn bin_dir() -> PathBuf {
     dir
 }
 
+/// A port that is free now, for a process about to start, from below the kernel's ephemeral
+/// range (32768 and up on Linux). A port from that range could be handed, between this check
+/// and the process binding it, to anything binding port 0 (every service does), and the
+/// test would then talk to someone else's service.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    loop {
+        // Random, not sequential: tests in other processes pick at the same time.
+        let port = 20_000 + (uuid::Uuid::new_v4().as_u128() % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 impl System {
@@ -127,7 +133,10 @@ impl System {
         let dir =
             std::env::temp_dir().join(format!("tessera-e2e-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let (control_port, gateway_port) = (free_port(), free_port());
+        let control_port = free_port();
+        let gateway_port = std::iter::repeat_with(free_port)
+            .find(|p| *p != control_port)
+            .expect("ports");
         let manifest = format!(
             r#"
 [system]
