@@ -38,6 +38,11 @@ pub const MIGRATIONS: &[Migration] = &[
         description: "tessera sagas",
         sqlite: include_str!("../migrations/0002_sagas.sql"),
     },
+    Migration {
+        version: 1_000_000_003,
+        description: "tessera tables without rowid",
+        sqlite: include_str!("../migrations/0003_without_rowid.sql"),
+    },
 ];
 
 /// The dead-letter topic of a consumer group.

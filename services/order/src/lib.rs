@@ -33,11 +33,18 @@ use uuid::Uuid;
 
 use crate::aggregate::{Line, OrderEvent};
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "init",
-    sqlite: include_str!("../migrations/0001_init.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "init",
+        sqlite: include_str!("../migrations/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        description: "tables without rowid",
+        sqlite: include_str!("../migrations/0002_without_rowid.sql"),
+    },
+];
 
 const MAX_LINES: usize = 20;
 const MAX_QUANTITY: i64 = 1000;
