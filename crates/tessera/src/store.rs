@@ -72,11 +72,6 @@ impl std::fmt::Debug for Pool {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-}
-
 /// One schema migration, in the dialect of each backend it supports.
 #[derive(Clone, Copy, Debug)]
 pub struct Migration {
@@ -199,10 +194,6 @@ impl Db {
     /// The pool: each statement run on it is its own transaction.
     pub fn pool(&self) -> &Pool {
         &self.pool
-    }
-
-    pub fn backend(&self) -> Backend {
-        Backend::Sqlite
     }
 
     /// A transaction that will write. It takes this process's writer lock, then the file's
