@@ -3,13 +3,16 @@
 //! Per request (`proxy.rs`): match a route by path prefix, verify the client's access token
 //! (`tokens.rs`, cached until it expires), check the route's roles, mint a passport, pick a
 //! live instance round-robin from the registry's view, forward with a deadline, wrap the answer
-//! in the envelope (`envelope.rs`), and write one access-log line. It is a plain hyper server
-//! and its own HTTP/1.1 client (`pool.rs`): no framework router on the hot path.
+//! in the envelope (`envelope.rs`), and write one access-log line. It is its own HTTP/1.1
+//! server (`server.rs`) and client (`pool.rs`), both reading heads in place (`fields.rs`): no
+//! header map, no framework router on the hot path.
 
 pub mod envelope;
+pub mod fields;
 pub mod pool;
 pub mod proxy;
 pub mod routes;
+pub mod server;
 pub mod tokens;
 pub mod upstream;
 
@@ -18,11 +21,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use bytes::Bytes;
-use http::{Response, StatusCode};
-use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tessera::ServiceClient;
 use tessera::manifest::Manifest;
 use tessera::passport::PassportKeys;
@@ -83,7 +81,6 @@ pub async fn serve(
         tokens,
         pool: Pool::new(256, Duration::from_secs(1)),
         upstream_timeout: Duration::from_millis(manifest.gateway.upstream_timeout_ms),
-        max_body: manifest.gateway.max_body_bytes,
         max_response: manifest.gateway.max_response_bytes,
         revoke_for: Duration::from_secs(24 * 3600),
     });
@@ -98,62 +95,13 @@ pub async fn serve(
         }
     });
     discovery.wait_loaded(Duration::from_secs(5)).await;
-    let header_timeout = Duration::from_millis(manifest.gateway.header_timeout_ms);
+    let limits = server::Limits {
+        header_timeout: Duration::from_millis(manifest.gateway.header_timeout_ms),
+        idle_timeout: Duration::from_millis(manifest.gateway.idle_timeout_ms),
+        max_body: manifest.gateway.max_body_bytes,
+    };
     tracing::info!(address = %listener.local_addr()?, routes = manifest.routes.len(), "gateway ready");
-
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let gateway = gateway.clone();
-        let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-            let gateway = gateway.clone();
-            async move {
-                match req.uri().path() {
-                    "/health/live" | "/health/ready" => {
-                        Ok(plain(StatusCode::OK, "{\"status\":\"ready\"}"))
-                    }
-                    "/metrics" => Ok(plain(StatusCode::OK, &tessera::metrics::render())),
-                    "/status/resilience" => Ok(plain(StatusCode::OK, &gateway.resilience_status())),
-                    _ => gateway.handle(req, peer.ip()).await,
-                }
-            }
-        });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_timeout)
-            .keep_alive(true)
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
-            }
-        });
-    }
-    tracing::info!("gateway stopping: draining connections");
-    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("drain deadline passed");
-    }
+    server::serve(listener, gateway, limits, shutdown, Duration::from_secs(10)).await;
+    tracing::info!("gateway stopped");
     Ok(())
-}
-
-fn plain(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::copy_from_slice(body.as_bytes())));
-    *r.status_mut() = status;
-    r
 }

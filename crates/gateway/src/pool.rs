@@ -16,10 +16,11 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{HeaderMap, HeaderName, HeaderValue};
-use http::{Method, StatusCode, Version};
+use http::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::fields::{self, Field, Fields};
 
 /// Why a request reached no response.
 #[derive(Debug, PartialEq, Eq)]
@@ -45,25 +46,32 @@ pub struct Outgoing<'a> {
     pub method: &'a Method,
     /// Origin form: `/path?query`.
     pub path_and_query: &'a str,
-    /// The client's headers, written as they are except those `skip` names.
-    pub headers: &'a HeaderMap,
-    pub skip: fn(&HeaderName) -> bool,
+    /// The client's header fields, written as they are except those `skip` names.
+    pub headers: Fields<'a>,
+    pub skip: fn(&[u8]) -> bool,
     /// The gateway's own headers, written after the client's.
     pub extra: &'a [(&'static str, &'a [u8])],
     /// What is left of the request's time, sent as `x-tessera-deadline-ms` (each hop honours it).
     pub deadline_ms: Option<u64>,
-    pub body: &'a Bytes,
+    pub body: &'a [u8],
     /// Whether the request may be sent twice (it is then resent on a fresh connection when a
     /// kept-alive one turns out to have been closed under it).
     pub replayable: bool,
 }
 
-/// A whole response.
+/// A whole response: its head's bytes with the positions of its fields, and its body.
 #[derive(Debug)]
 pub struct Incoming {
     pub status: StatusCode,
-    pub headers: HeaderMap,
+    head: Bytes,
+    fields: Vec<Field>,
     pub body: Bytes,
+}
+
+impl Incoming {
+    pub fn fields(&self) -> Fields<'_> {
+        Fields::new(&self.head, &self.fields)
+    }
 }
 
 pub struct Pool {
@@ -206,7 +214,7 @@ async fn exchange(
         .await
         .map_err(|_| Failure::Closed)?;
     let mut answered = false;
-    let (status, headers, framing, mut reusable) = loop {
+    let (status, head, fields, framing, mut reusable) = loop {
         let head = read_head(conn, answered).await?;
         answered = true;
         // 1xx answers (100 Continue, 103 Early Hints) come before the response proper.
@@ -244,7 +252,8 @@ async fn exchange(
     Ok((
         Incoming {
             status,
-            headers,
+            head,
+            fields,
             body,
         },
         reusable,
@@ -264,11 +273,10 @@ async fn write_request(
     buf.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     buf.extend_from_slice(address.as_bytes());
     buf.extend_from_slice(b"\r\n");
-    for (name, value) in req.headers {
-        if (req.skip)(name) {
-            continue;
+    for (name, value) in req.headers.iter() {
+        if !(req.skip)(name) {
+            header(buf, name, value);
         }
-        header(buf, name.as_str().as_bytes(), value.as_bytes());
     }
     for (name, value) in req.extra {
         header(buf, name.as_bytes(), value);
@@ -321,12 +329,12 @@ async fn fill(conn: &mut Connection) -> Result<bool, Failure> {
     }
 }
 
-/// Reads and parses a response head: status, headers, body framing, and whether the
-/// connection stays open after the body. `answered`: some of the response came already.
-async fn read_head(
-    conn: &mut Connection,
-    answered: bool,
-) -> Result<(StatusCode, HeaderMap, Framing, bool), Failure> {
+/// A response head: its status, bytes, fields, body framing, and whether the connection stays
+/// open after the body.
+type Head = (StatusCode, Bytes, Vec<Field>, Framing, bool);
+
+/// Reads and parses a response head. `answered`: some of the response came already.
+async fn read_head(conn: &mut Connection, answered: bool) -> Result<Head, Failure> {
     let mut first = !answered;
     loop {
         if !conn.read.is_empty() {
@@ -338,9 +346,11 @@ async fn read_head(
                 &mut slots,
             ) {
                 Ok(httparse::Status::Complete(len)) => {
-                    let head = parse_head(&parsed)?;
-                    let _ = conn.read.split_to(len);
-                    return Ok(head);
+                    let (status, framing, keep_alive) = parse_head(&parsed)?;
+                    let mut fields = Vec::with_capacity(parsed.headers.len());
+                    fields::record(&conn.read, parsed.headers, &mut fields);
+                    let head = conn.read.split_to(len).freeze();
+                    return Ok((status, head, fields, framing, keep_alive));
                 }
                 Ok(httparse::Status::Partial) if conn.read.len() < MAX_HEAD => {}
                 _ => return Err(Failure::Broken),
@@ -360,25 +370,19 @@ async fn read_head(
     }
 }
 
-fn parse_head(
-    parsed: &httparse::Response<'_, '_>,
-) -> Result<(StatusCode, HeaderMap, Framing, bool), Failure> {
+/// A response head's status, body framing, and whether the connection stays open after it.
+fn parse_head(parsed: &httparse::Response<'_, '_>) -> Result<(StatusCode, Framing, bool), Failure> {
     let status = parsed
         .code
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or(Failure::Broken)?;
-    let version = match parsed.version {
-        Some(1) => Version::HTTP_11,
-        _ => Version::HTTP_10,
-    };
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    let http11 = parsed.version == Some(1);
     let mut length: Option<u64> = None;
     let mut chunked = false;
-    let mut close = version != Version::HTTP_11;
+    let mut close = !http11;
     for h in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Failure::Broken)?;
-        let value = HeaderValue::from_bytes(h.value).map_err(|_| Failure::Broken)?;
-        if name == http::header::CONTENT_LENGTH {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
             let n = std::str::from_utf8(h.value)
                 .ok()
                 .and_then(|v| v.trim().parse::<u64>().ok())
@@ -387,7 +391,7 @@ fn parse_head(
                 return Err(Failure::Broken); // conflicting lengths: a smuggling risk
             }
             length = Some(n);
-        } else if name == http::header::TRANSFER_ENCODING {
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             chunked = h
                 .value
                 .rsplit(|b| *b == b',')
@@ -396,17 +400,13 @@ fn parse_head(
             if !chunked {
                 close = true; // another coding last: the body ends with the connection
             }
-        } else if name == http::header::CONNECTION {
-            for token in h.value.split(|b| *b == b',') {
-                let token = token.trim_ascii();
-                if token.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
-                    close = false;
-                }
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            if fields::has_token(h.value, "close") {
+                close = true;
+            } else if !http11 && fields::has_token(h.value, "keep-alive") {
+                close = false;
             }
         }
-        headers.append(name, value);
     }
     let framing = if chunked {
         Framing::Chunked // wins over Content-Length (RFC 9112 §6.3)
@@ -417,7 +417,7 @@ fn parse_head(
     } else {
         Framing::Close
     };
-    Ok((status, headers, framing, !close))
+    Ok((status, framing, !close))
 }
 
 /// The next `n` bytes of the stream.
@@ -496,15 +496,15 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::net::TcpListener;
 
-    fn no_skip(_: &HeaderName) -> bool {
+    fn no_skip(_: &[u8]) -> bool {
         false
     }
 
-    fn get<'a>(path: &'a str, headers: &'a HeaderMap, body: &'a Bytes) -> Outgoing<'a> {
+    fn get<'a>(path: &'a str, body: &'a Bytes) -> Outgoing<'a> {
         Outgoing {
             method: &Method::GET,
             path_and_query: path,
-            headers,
+            headers: Fields::empty(),
             skip: no_skip,
             extra: &[("x-extra", b"1")],
             deadline_ms: None,
@@ -561,11 +561,10 @@ mod tests {
     async fn reuses_connections_and_writes_the_request() {
         let (address, accepted) = upstream(true).await;
         let pool = Pool::new(4, Duration::from_secs(1));
-        let headers = HeaderMap::new();
         for i in 0..5 {
             let path = format!("/x?i={i}");
             let resp = pool
-                .send(&address, &get(&path, &headers, &Bytes::new()), 1024)
+                .send(&address, &get(&path, &Bytes::new()), 1024)
                 .await
                 .unwrap();
             assert_eq!(resp.status, StatusCode::OK);
@@ -575,7 +574,7 @@ mod tests {
             );
         }
         let body = Bytes::from_static(b"hello");
-        let mut post = get("/p", &headers, &body);
+        let mut post = get("/p", &body);
         post.method = &Method::POST;
         let resp = pool.send(&address, &post, 1024).await.unwrap();
         assert!(text(&resp).ends_with("body=hello"), "{}", text(&resp));
@@ -586,10 +585,9 @@ mod tests {
     async fn connections_the_instance_closes_are_replaced() {
         let (address, accepted) = upstream(false).await;
         let pool = Pool::new(4, Duration::from_secs(1));
-        let headers = HeaderMap::new();
         for _ in 0..5 {
             let resp = pool
-                .send(&address, &get("/", &headers, &Bytes::new()), 1024)
+                .send(&address, &get("/", &Bytes::new()), 1024)
                 .await
                 .unwrap();
             assert_eq!(resp.status, StatusCode::OK);
@@ -603,9 +601,8 @@ mod tests {
         let address = listener.local_addr().unwrap().to_string();
         drop(listener);
         let pool = Pool::new(4, Duration::from_secs(1));
-        let headers = HeaderMap::new();
         let sent = pool
-            .send(&address, &get("/", &headers, &Bytes::new()), 1024)
+            .send(&address, &get("/", &Bytes::new()), 1024)
             .await;
         assert_eq!(sent.unwrap_err(), SendError::Connect);
     }
@@ -655,15 +652,14 @@ mod tests {
         ])
         .await;
         let pool = Pool::new(4, Duration::from_secs(1));
-        let headers = HeaderMap::new();
         let empty = Bytes::new();
-        let req = get("/", &headers, &empty);
+        let req = get("/", &empty);
         let resp = pool.send(&address, &req, 1024).await.unwrap();
         assert_eq!(
             (resp.status, text(&resp).as_str()),
             (StatusCode::OK, "hello")
         );
-        assert_eq!(resp.headers.get("x-a").unwrap(), "1");
+        assert_eq!(resp.fields().get("x-a"), Some(&b"1"[..]));
         let resp = pool.send(&address, &req, 1024).await.unwrap();
         assert_eq!(text(&resp), "abcdefg");
         let resp = pool.send(&address, &req, 1024).await.unwrap();
@@ -678,9 +674,8 @@ mod tests {
     #[tokio::test]
     async fn refuses_oversized_and_malformed_responses() {
         let pool = Pool::new(4, Duration::from_secs(1));
-        let headers = HeaderMap::new();
         let empty = Bytes::new();
-        let req = get("/", &headers, &empty);
+        let req = get("/", &empty);
         let cases: [(&'static [u8], SendError); 5] = [
             (
                 b"HTTP/1.1 200 OK\r\ncontent-length: 5000\r\n\r\n",
@@ -712,9 +707,8 @@ mod tests {
         // One answer per connection, kept alive, then the instance closes it while idle.
         let address = scripted(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello"]).await;
         let pool = Pool::new(4, Duration::from_secs(1));
-        let headers = HeaderMap::new();
         let empty = Bytes::new();
-        let mut req = get("/", &headers, &empty);
+        let mut req = get("/", &empty);
         req.replayable = false; // so that only the idle check can make the second one work
         for _ in 0..3 {
             let resp = pool.send(&address, &req, 1024).await.unwrap();
@@ -728,9 +722,8 @@ mod tests {
         // The instance closes every connection without answering.
         let address = scripted(vec![]).await;
         let pool = Pool::new(4, Duration::from_secs(1));
-        let headers = HeaderMap::new();
         let empty = Bytes::new();
-        let mut req = get("/", &headers, &empty);
+        let mut req = get("/", &empty);
         req.replayable = false;
         assert_eq!(
             pool.send(&address, &req, 1024).await.unwrap_err(),

@@ -1,16 +1,12 @@
 //! The request path: route, authenticate, mint the passport, forward, wrap, log.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use http::StatusCode;
 use tessera::TraceContext;
 use tessera::manifest::{AuthMode, Fallback};
 use tessera::passport::{self, PassportKeys};
@@ -18,8 +14,10 @@ use tessera::registry::Discovery;
 use tessera::resilience::Limited as RateLimited;
 
 use crate::envelope;
+use crate::fields::Fields;
 use crate::pool::{Outgoing, Pool};
 use crate::routes::RouteTable;
+use crate::server::{BodyError, HeaderBuf, Request};
 use crate::tokens::{TokenError, TokenVerifier};
 use crate::upstream::{CallFailure, Exchange, Upstream};
 
@@ -27,8 +25,7 @@ use crate::upstream::{CallFailure, Exchange, Upstream};
 /// at once (the token service sets it on logout). Never sent on to the client.
 pub const REVOKE_SESSION: &str = "x-tessera-revoke-session";
 const ISSUER: &str = "tessera-gateway";
-
-pub type Body = Full<Bytes>;
+const JSON: &[u8] = b"application/json";
 
 pub struct Gateway {
     pub routes: RouteTable,
@@ -38,98 +35,91 @@ pub struct Gateway {
     pub tokens: Option<Arc<TokenVerifier>>,
     pub pool: Pool,
     pub upstream_timeout: Duration,
-    pub max_body: u64,
     pub max_response: u64,
     /// The longest a revoked session's tokens can live (the token service's access TTL, or a
     /// safe bound), for revocations that arrive by header.
     pub revoke_for: Duration,
 }
 
-/// What one request did, for the access log.
-struct Outcome {
-    status: u16,
-    upstream: Option<String>,
+/// A forwarded request's answer, wrapped.
+struct Forwarded<'a> {
+    status: StatusCode,
+    body: Bytes,
+    /// The instance that answered, or `fallback`.
+    upstream: String,
+    route: &'a str,
+}
+
+impl crate::server::Handler for Gateway {
+    async fn handle<'a>(&'a self, req: &'a Request<'a>, headers: &'a mut HeaderBuf) -> (StatusCode, Bytes) {
+        match req.path {
+            "/health/live" | "/health/ready" => {
+                headers.push(b"content-type", JSON);
+                (StatusCode::OK, Bytes::from_static(b"{\"status\":\"ready\"}"))
+            }
+            "/metrics" => {
+                headers.push(b"content-type", b"text/plain; version=0.0.4");
+                (StatusCode::OK, Bytes::from(tessera::metrics::render()))
+            }
+            "/status/resilience" => {
+                headers.push(b"content-type", JSON);
+                (StatusCode::OK, Bytes::from(self.resilience_status()))
+            }
+            _ => self.proxy(req, headers).await,
+        }
+    }
+
+    fn malformed(&self, status: StatusCode, message: &str, peer: IpAddr, headers: &mut HeaderBuf) -> Bytes {
+        let trace = TraceContext::new_root();
+        let mut trace_id = [0u8; 32];
+        let trace_id = tessera::trace::hex(&trace.trace_id, &mut trace_id);
+        headers.push(b"content-type", JSON);
+        headers.push(b"x-trace-id", trace_id.as_bytes());
+        tessera::metrics::record_request("unrouted", "-", status.as_u16(), Duration::ZERO);
+        tracing::info!(target: "access", method = "-", peer = %peer, status = status.as_u16(), trace_id, message, "access");
+        envelope::error(envelope::code_for(status.as_u16()), message, trace_id)
+    }
 }
 
 impl Gateway {
-    pub async fn handle(
-        self: Arc<Self>,
-        req: Request<Incoming>,
-        peer: IpAddr,
-    ) -> Result<Response<Body>, Infallible> {
-        let start = Instant::now();
-        let method = req.method().clone();
-        let uri = req.uri().clone(); // shares the request line's bytes
-        let parent = req
-            .headers()
-            .get(tessera::trace::TRACEPARENT)
-            .and_then(|v| v.to_str().ok())
-            .and_then(TraceContext::parse);
+    /// Routes, authenticates and forwards one request, and logs it.
+    async fn proxy(&self, req: &Request<'_>, headers: &mut HeaderBuf) -> (StatusCode, Bytes) {
+        let parent = req.fields.get_str(tessera::trace::TRACEPARENT).and_then(TraceContext::parse);
         let trace = parent.map_or_else(TraceContext::new_root, |p| p.child());
         let mut trace_id = [0u8; 32];
         let trace_id = tessera::trace::hex(&trace.trace_id, &mut trace_id);
         let traceparent = trace.header_value();
-        let (mut response, outcome, route) = match self
-            .forward(req, peer, &trace, &traceparent, trace_id)
-            .await
-        {
-            Ok((resp, upstream, route)) => {
-                let status = resp.status().as_u16();
-                (
-                    resp,
-                    Outcome {
-                        status,
-                        upstream: Some(upstream),
-                    },
-                    route,
-                )
-            }
-            Err(e) => {
-                let status = e.status.as_u16();
-                (
-                    error_response(&e, trace_id),
-                    Outcome {
-                        status,
-                        upstream: None,
-                    },
-                    e.route,
-                )
-            }
-        };
-        let headers = response.headers_mut();
-        headers.insert(HeaderName::from_static("traceparent"), traceparent);
-        if let Ok(v) = HeaderValue::from_str(trace_id) {
-            headers.insert(HeaderName::from_static("x-trace-id"), v);
-        }
-        let elapsed = start.elapsed();
-        tessera::metrics::record_request(
-            route.unwrap_or("unrouted"),
-            method.as_str(),
-            outcome.status,
-            elapsed,
-        );
+        let (status, body, upstream, route) =
+            match self.forward(req, headers, &trace, traceparent.as_bytes(), trace_id).await {
+                Ok(f) => (f.status, f.body, Some(f.upstream), Some(f.route)),
+                Err(e) => (e.status, error_response(&e, trace_id, headers), None, e.route),
+            };
+        headers.push(b"traceparent", traceparent.as_bytes());
+        headers.push(b"x-trace-id", trace_id.as_bytes());
+        let elapsed = req.start.elapsed();
+        tessera::metrics::record_request(route.unwrap_or("unrouted"), req.method.as_str(), status.as_u16(), elapsed);
         tracing::info!(
             target: "access",
-            method = method.as_str(),
-            path = uri.path(),
-            status = outcome.status,
+            method = req.method.as_str(),
+            path = req.path,
+            status = status.as_u16(),
             latency_ms = elapsed.as_secs_f64() * 1000.0,
             trace_id,
-            upstream = outcome.upstream.as_deref().unwrap_or("-"),
+            upstream = upstream.as_deref().unwrap_or("-"),
             "access"
         );
-        Ok(response)
+        (status, body)
     }
 
     async fn forward<'a>(
         &'a self,
-        req: Request<Incoming>,
-        peer: IpAddr,
+        req: &Request<'_>,
+        headers: &mut HeaderBuf,
         trace: &TraceContext,
-        traceparent: &HeaderValue,
+        traceparent: &[u8],
         trace_id: &str,
-    ) -> Result<(Response<Body>, String, Option<&'a str>), GatewayError<'a>> {
-        let route = self.routes.find(req.uri().path()).ok_or_else(|| {
+    ) -> Result<Forwarded<'a>, GatewayError<'a>> {
+        let route = self.routes.find(req.path).ok_or_else(|| {
             GatewayError::new(
                 StatusCode::NOT_FOUND,
                 "route_not_found",
@@ -141,16 +131,15 @@ impl Gateway {
         };
         if let Some(limiter) = &route.per_ip {
             limiter
-                .check(&peer.to_string())
+                .check(&req.peer.to_string())
                 .map_err(|l| limited(l).on(&route.prefix))?;
         }
 
         // Who is calling.
-        let identity = match req.headers().get(header::AUTHORIZATION) {
+        let identity = match req.fields.get("authorization") {
             None => None,
             Some(value) => {
-                let token = value
-                    .to_str()
+                let token = std::str::from_utf8(value)
                     .ok()
                     .and_then(|v| {
                         v.strip_prefix("Bearer ")
@@ -215,30 +204,17 @@ impl Gateway {
             }
         }
 
-        // The body, bounded.
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > self.max_body) {
-            return Err(fail(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "request body is too large",
-            ));
-        }
-        let (parts, body) = req.into_parts();
-        let body = match Limited::new(body, self.max_body as usize).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+        // The body, bounded (the server read it, or found it too large or malformed).
+        let body = match req.body {
+            Ok(body) => body,
+            Err(BodyError::TooLarge) => {
                 return Err(fail(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "payload_too_large",
                     "request body is too large",
                 ));
             }
-            Err(_) => {
+            Err(BodyError::Malformed) => {
                 return Err(fail(
                     StatusCode::BAD_REQUEST,
                     "bad_request",
@@ -267,24 +243,20 @@ impl Gateway {
                 .keys
                 .mint_header(ISSUER, passport::ANONYMOUS, &[], None, trace),
         };
-        let replayable = tessera::resilience::may_repeat(
-            &parts.method,
-            parts.headers.contains_key("idempotency-key"),
-        );
-        let root = http::uri::PathAndQuery::from_static("/");
-        let path_and_query = parts.uri.path_and_query().unwrap_or(&root);
+        let replayable =
+            tessera::resilience::may_repeat(&req.method, req.fields.contains("idempotency-key"));
         let extra = [
             (passport::HEADER, passport.as_bytes()),
-            ("traceparent", traceparent.as_bytes()),
+            ("traceparent", traceparent),
         ];
         let request = Outgoing {
-            method: &parts.method,
-            path_and_query: path_and_query.as_str(),
-            headers: &parts.headers,
+            method: &req.method,
+            path_and_query: req.target,
+            headers: req.fields,
             skip: not_forwarded,
             extra: &extra,
             deadline_ms: None,
-            body: &body,
+            body,
             replayable,
         };
         let exchange = upstream
@@ -296,20 +268,17 @@ impl Gateway {
                 self.upstream_timeout,
             )
             .await;
-        let Exchange {
-            status,
-            headers,
-            body,
-            instance,
-        } = match exchange {
+        let Exchange { response, instance } = match exchange {
             Ok(x) => x,
             Err(CallFailure::Open) => {
                 if let Some(fallback) = &route.fallback {
-                    return Ok((
-                        fallback_response(fallback, trace_id),
-                        "fallback".into(),
-                        Some(route.prefix.as_str()),
-                    ));
+                    let (status, body) = fallback_response(fallback, trace_id, headers);
+                    return Ok(Forwarded {
+                        status,
+                        body,
+                        upstream: "fallback".into(),
+                        route: &route.prefix,
+                    });
                 }
                 return Err(fail(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -347,84 +316,79 @@ impl Gateway {
             }
         };
 
-        if let (Some(sid), Some(tokens)) = (headers.get(REVOKE_SESSION), &self.tokens)
-            && let Ok(sid) = sid.to_str()
-        {
+        let fields = response.fields();
+        if let (Some(sid), Some(tokens)) = (fields.get_str(REVOKE_SESSION), &self.tokens) {
             tokens.revoke(sid, tessera::unix_now() + self.revoke_for.as_secs());
         }
-        let response = self
-            .wrap(status, &headers, body, trace_id)
+        let (status, body) = wrap(response.status, fields, &response.body, trace_id, headers)
             .map_err(|e| e.on(&route.prefix))?;
-        Ok((response, instance, Some(route.prefix.as_str())))
+        Ok(Forwarded {
+            status,
+            body,
+            upstream: instance,
+            route: &route.prefix,
+        })
     }
+}
 
-    /// Wraps an upstream response in the envelope.
-    fn wrap(
-        &self,
-        status: StatusCode,
-        upstream_headers: &HeaderMap,
-        body: Bytes,
-        trace_id: &str,
-    ) -> Result<Response<Body>, GatewayError<'static>> {
-        let is_json = upstream_headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.starts_with("application/json") || ct.contains("+json"));
-        let wrapped = if status.is_success() || status.is_redirection() || status.is_informational()
-        {
-            if body.is_empty() {
-                Some(envelope::success(None, trace_id))
-            } else if is_json {
-                if !envelope::is_json(&body) {
-                    return Err(GatewayError::new(
-                        StatusCode::BAD_GATEWAY,
-                        "bad_gateway",
-                        "the service sent malformed JSON",
-                    ));
-                }
-                Some(envelope::success(Some(&body), trace_id))
-            } else {
-                None // files, text, streams: passed through as they are
+/// Wraps an upstream response in the envelope: its status and body, its fields pushed onto
+/// `headers`.
+fn wrap(
+    status: StatusCode,
+    upstream: Fields<'_>,
+    body: &Bytes,
+    trace_id: &str,
+    headers: &mut HeaderBuf,
+) -> Result<(StatusCode, Bytes), GatewayError<'static>> {
+    let content_type = upstream.get("content-type");
+    let is_json = content_type
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .is_some_and(|ct| ct.starts_with("application/json") || ct.contains("+json"));
+    let wrapped = if status.is_success() || status.is_redirection() || status.is_informational() {
+        if body.is_empty() {
+            Some(envelope::success(None, trace_id))
+        } else if is_json {
+            if !envelope::is_json(body) {
+                return Err(GatewayError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "bad_gateway",
+                    "the service sent malformed JSON",
+                ));
             }
+            Some(envelope::success(Some(body), trace_id))
         } else {
-            let (code, message) = envelope::upstream_error(&body).unwrap_or_else(|| {
-                (
-                    envelope::code_for(status.as_u16()).to_string(),
-                    status
-                        .canonical_reason()
-                        .unwrap_or("request failed")
-                        .to_string(),
-                )
-            });
-            Some(envelope::error(&code, &message, trace_id))
-        };
-        let mut response =
-            Response::builder().status(if status == StatusCode::NO_CONTENT && wrapped.is_some() {
-                StatusCode::OK
-            } else {
+            None // files, text, streams: passed through as they are
+        }
+    } else {
+        let (code, message) = envelope::upstream_error(body).unwrap_or_else(|| {
+            (
+                envelope::code_for(status.as_u16()).to_string(),
                 status
-            });
-        let headers = response.headers_mut().expect("builder is valid");
-        copy_response_headers(upstream_headers, headers);
-        let body = match wrapped {
-            Some(b) => {
-                headers.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                b
-            }
-            None => {
-                if let Some(ct) = upstream_headers.get(header::CONTENT_TYPE) {
-                    headers.insert(header::CONTENT_TYPE, ct.clone());
-                }
-                body
-            }
-        };
-        Ok(response
-            .body(Full::new(body))
-            .expect("response parts are valid"))
+                    .canonical_reason()
+                    .unwrap_or("request failed")
+                    .to_string(),
+            )
+        });
+        Some(envelope::error(&code, &message, trace_id))
+    };
+    for (name, value) in upstream.iter() {
+        if !not_returned(name) {
+            headers.push(name, value);
+        }
     }
+    Ok(match wrapped {
+        Some(body) => {
+            headers.push(b"content-type", JSON);
+            let status = if status == StatusCode::NO_CONTENT { StatusCode::OK } else { status };
+            (status, body)
+        }
+        None => {
+            if let Some(ct) = content_type {
+                headers.push(b"content-type", ct);
+            }
+            (status, body.clone())
+        }
+    })
 }
 
 /// A response the gateway makes itself.
@@ -457,30 +421,18 @@ impl<'a> GatewayError<'a> {
     }
 }
 
-fn error_response(e: &GatewayError<'_>, trace_id: &str) -> Response<Body> {
-    let mut resp = Response::new(Full::new(envelope::error(e.code, &e.message, trace_id)));
-    *resp.status_mut() = e.status;
-    let headers = resp.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+/// The envelope of a response the gateway makes itself; its fields pushed onto `headers`.
+fn error_response(e: &GatewayError<'_>, trace_id: &str, headers: &mut HeaderBuf) -> Bytes {
+    headers.push(b"content-type", JSON);
     if let Some((limit, wait)) = e.retry_after {
-        headers.insert(header::RETRY_AFTER, HeaderValue::from(wait));
-        headers.insert(
-            HeaderName::from_static("ratelimit-limit"),
-            HeaderValue::from(limit),
-        );
-        headers.insert(
-            HeaderName::from_static("ratelimit-remaining"),
-            HeaderValue::from(0u32),
-        );
-        headers.insert(
-            HeaderName::from_static("ratelimit-reset"),
-            HeaderValue::from(wait),
-        );
+        let (mut a, mut b) = (itoa::Buffer::new(), itoa::Buffer::new());
+        let (limit, wait) = (a.format(limit).as_bytes(), b.format(wait).as_bytes());
+        headers.push(b"retry-after", wait);
+        headers.push(b"ratelimit-limit", limit);
+        headers.push(b"ratelimit-remaining", b"0");
+        headers.push(b"ratelimit-reset", wait);
     }
-    resp
+    envelope::error(e.code, &e.message, trace_id)
 }
 
 fn limited<'a>(l: RateLimited) -> GatewayError<'a> {
@@ -496,64 +448,55 @@ fn limited<'a>(l: RateLimited) -> GatewayError<'a> {
 }
 
 /// The route's configured answer while its service's breaker is open.
-fn fallback_response(f: &Fallback, trace_id: &str) -> Response<Body> {
-    let mut resp = Response::new(Full::new(envelope::success(
-        Some(f.body.as_bytes()),
-        trace_id,
-    )));
-    *resp.status_mut() = StatusCode::from_u16(f.status).unwrap_or(StatusCode::OK);
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp.headers_mut().insert(
-        HeaderName::from_static("x-tessera-fallback"),
-        HeaderValue::from_static("circuit-open"),
-    );
-    resp
+fn fallback_response(f: &Fallback, trace_id: &str, headers: &mut HeaderBuf) -> (StatusCode, Bytes) {
+    headers.push(b"content-type", JSON);
+    headers.push(b"x-tessera-fallback", b"circuit-open");
+    let status = StatusCode::from_u16(f.status).unwrap_or(StatusCode::OK);
+    (status, envelope::success(Some(f.body.as_bytes()), trace_id))
 }
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "host"
-            | "content-length"
-    )
+/// Fields that concern one connection only (RFC 9110 §7.6.1), and the framing the gateway
+/// sets itself.
+fn is_hop_by_hop(name: &[u8]) -> bool {
+    const HOP: [&str; 11] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    ];
+    HOP.iter().any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+}
+
+/// Upstream headers that do not go back to the client: hop-by-hop ones, `Content-Type` (set
+/// for the wrapped body), the gateway's own trace fields (its values win) and internal
+/// `x-tessera-*` signals.
+fn not_returned(name: &[u8]) -> bool {
+    is_hop_by_hop(name)
+        || name.eq_ignore_ascii_case(b"content-type")
+        || name.eq_ignore_ascii_case(b"traceparent")
+        || name.eq_ignore_ascii_case(b"x-trace-id")
+        || name.get(..10).is_some_and(|p| p.eq_ignore_ascii_case(b"x-tessera-"))
 }
 
 /// Client headers that do not go upstream: hop-by-hop ones, `Expect` (the body is already
 /// read), and never the client's own passport, trace parent or deadline (replaced) or access
 /// token (the passport speaks for it inside).
-fn not_forwarded(name: &HeaderName) -> bool {
-    is_hop_by_hop(name)
-        || name == header::AUTHORIZATION
-        || name == header::EXPECT
-        || matches!(
-            name.as_str(),
-            passport::HEADER | "traceparent" | tessera::client::DEADLINE_HEADER
-        )
-}
-
-/// Upstream headers that go to the client: not hop-by-hop ones and not the platform's own.
-fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
-    for (name, value) in from {
-        if is_hop_by_hop(name)
-            || name == header::CONTENT_TYPE
-            || name.as_str().starts_with("x-tessera-")
-        {
-            continue;
-        }
-        to.append(name.clone(), value.clone());
-    }
+fn not_forwarded(name: &[u8]) -> bool {
+    const REPLACED: [&str; 5] = [
+        "authorization",
+        "expect",
+        passport::HEADER,
+        "traceparent",
+        tessera::client::DEADLINE_HEADER,
+    ];
+    is_hop_by_hop(name) || REPLACED.iter().any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
 }
 
 impl Gateway {

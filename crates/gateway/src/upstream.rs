@@ -4,14 +4,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::StatusCode;
-use http::header::HeaderMap;
 use tessera::manifest::{Resilience, RetryConfig};
 use tessera::registry::Instance;
 use tessera::resilience::{Balancer, Breaker, Bulkhead, CallOutcome, RetryBudget};
 
-use crate::pool::{Outgoing, Pool, SendError};
+use crate::pool::{Incoming, Outgoing, Pool, SendError};
 
 /// How many instances a request may try when connections are refused (those never reached
 /// the instance, so they cost no retry budget).
@@ -38,9 +35,7 @@ pub enum CallFailure {
 }
 
 pub struct Exchange {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Bytes,
+    pub response: Incoming,
     pub instance: String,
 }
 
@@ -110,10 +105,8 @@ impl Upstream {
                         Err(SendError::Failed | SendError::TooLarge) => {
                             Err(CallFailure::BadResponse)
                         }
-                        Ok(resp) => Ok(Exchange {
-                            status: resp.status,
-                            headers: resp.headers,
-                            body: resp.body,
+                        Ok(response) => Ok(Exchange {
+                            response,
                             instance: instance.id.clone(),
                         }),
                     }
@@ -125,13 +118,13 @@ impl Upstream {
                         .unwrap_or(Err(CallFailure::Timeout)),
                 };
                 let failed = match &outcome {
-                    Ok(x) => x.status.is_server_error(),
+                    Ok(x) => x.response.status.is_server_error(),
                     Err(_) => true,
                 };
                 self.balancer.finish(pick, failed, instances);
 
                 let retryable = match &outcome {
-                    Ok(x) => idempotent && x.status.is_server_error(),
+                    Ok(x) => idempotent && x.response.status.is_server_error(),
                     Err(CallFailure::Unreachable) => {
                         tracing::warn!(upstream = %instance.id, "connection refused");
                         if refused + 1 < CONNECT_ATTEMPTS.min(instances.len()) {
@@ -156,7 +149,7 @@ impl Upstream {
             .await
             .unwrap_or(Err(CallFailure::Timeout));
         let verdict = match &result {
-            Ok(x) if x.status.is_server_error() => CallOutcome::Failure,
+            Ok(x) if x.response.status.is_server_error() => CallOutcome::Failure,
             Ok(_) => CallOutcome::Success,
             Err(_) => CallOutcome::Failure,
         };

@@ -82,6 +82,8 @@ pub struct Gateway {
     pub upstream_timeout_ms: u64,
     /// Time limit for a client to send its request headers, in milliseconds.
     pub header_timeout_ms: u64,
+    /// A kept-alive client connection idle this long is closed, in milliseconds.
+    pub idle_timeout_ms: u64,
     /// Largest request body accepted (413 above it).
     pub max_body_bytes: u64,
     /// Largest upstream response body the gateway will wrap.
@@ -148,6 +150,7 @@ impl Default for Gateway {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             upstream_timeout_ms: 10_000,
             header_timeout_ms: 10_000,
+            idle_timeout_ms: 75_000,
             max_body_bytes: 1024 * 1024,
             max_response_bytes: 16 * 1024 * 1024,
             tokens: None,
@@ -359,6 +362,16 @@ impl Manifest {
                 ));
             }
         }
+        let g = &self.gateway;
+        for (key, ms) in [
+            ("upstream_timeout_ms", g.upstream_timeout_ms),
+            ("header_timeout_ms", g.header_timeout_ms),
+            ("idle_timeout_ms", g.idle_timeout_ms),
+        ] {
+            if ms == 0 {
+                return Err(format!("gateway.{key}: must be at least 1"));
+            }
+        }
         if self.control.ttl_ms <= self.control.heartbeat_ms {
             return Err("control.ttl_ms: must be longer than control.heartbeat_ms".into());
         }
@@ -456,6 +469,8 @@ mod tests {
         assert!(e.to_string().contains("route[0].prefix"), "{e}");
         let e = Manifest::parse("[gateway]\nlisten = 5\n").unwrap_err();
         assert!(e.to_string().contains("listen"), "{e}");
+        let e = Manifest::parse("[gateway]\nidle_timeout_ms = 0\n").unwrap_err();
+        assert!(e.to_string().contains("gateway.idle_timeout_ms"), "{e}");
         let e = Manifest::parse("[sytem]\n").unwrap_err();
         assert!(e.to_string().contains("sytem"), "{e}");
     }

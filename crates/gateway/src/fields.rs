@@ -1,0 +1,104 @@
+//! Header fields as offsets into the bytes of the message head they were parsed from.
+//!
+//! The gateway reads heads with `httparse`, which hands out slices of the read buffer. Rather
+//! than copy every name and value into a header map (an allocation per value, a hash per
+//! name), the positions are kept: a request's or response's fields are read in place and
+//! written on from there. Names keep the spelling they arrived with; every lookup ignores
+//! ASCII case, as HTTP requires.
+
+/// Where one field's name and value are in its head.
+#[derive(Clone, Copy, Debug)]
+pub struct Field {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+/// Records the fields `httparse` found in `head` (the slices must point into `head`).
+pub fn record(head: &[u8], parsed: &[httparse::Header<'_>], into: &mut Vec<Field>) {
+    into.clear();
+    let base = head.as_ptr() as usize;
+    let span = |s: &[u8]| ((s.as_ptr() as usize - base) as u32, s.len() as u32);
+    into.extend(parsed.iter().map(|h| Field {
+        name: span(h.name.as_bytes()),
+        value: span(h.value),
+    }));
+}
+
+/// The fields of one head, for reading.
+#[derive(Clone, Copy)]
+pub struct Fields<'a> {
+    head: &'a [u8],
+    fields: &'a [Field],
+}
+
+impl<'a> Fields<'a> {
+    pub fn new(head: &'a [u8], fields: &'a [Field]) -> Self {
+        Self { head, fields }
+    }
+
+    pub fn empty() -> Self {
+        Self {
+            head: &[],
+            fields: &[],
+        }
+    }
+
+    /// Every field in order, `(name, value)`.
+    pub fn iter(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
+        let head = self.head;
+        self.fields.iter().map(move |f| {
+            (
+                &head[f.name.0 as usize..(f.name.0 + f.name.1) as usize],
+                &head[f.value.0 as usize..(f.value.0 + f.value.1) as usize],
+            )
+        })
+    }
+
+    /// The first value of the field `name` (lowercase), whatever case it was sent in.
+    pub fn get(&self, name: &str) -> Option<&'a [u8]> {
+        self.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
+    }
+
+    /// The first value of `name` if it is text.
+    pub fn get_str(&self, name: &str) -> Option<&'a str> {
+        self.get(name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+}
+
+/// Whether the comma-separated list `value` holds `token` (ASCII case ignored).
+pub fn has_token(value: &[u8], token: &str) -> bool {
+    value
+        .split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_are_read_in_place_ignoring_case() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\nX-Two: 1\r\nx-two: 2\r\nConnection: Keep-Alive, Close\r\n\r\n";
+        let mut slots = [httparse::EMPTY_HEADER; 8];
+        let mut req = httparse::Request::new(&mut slots);
+        assert!(req.parse(head).unwrap().is_complete());
+        let mut recorded = Vec::new();
+        record(head, req.headers, &mut recorded);
+        let fields = Fields::new(head, &recorded);
+        assert_eq!(fields.get("host"), Some(&b"a"[..]));
+        assert_eq!(fields.get_str("x-two"), Some("1"));
+        assert!(!fields.contains("x-three"));
+        assert_eq!(fields.iter().count(), 4);
+        assert_eq!(fields.iter().nth(2), Some((&b"x-two"[..], &b"2"[..])));
+        let connection = fields.get("connection").unwrap();
+        assert!(has_token(connection, "close") && has_token(connection, "keep-alive"));
+        assert!(!has_token(connection, "upgrade"));
+        assert_eq!(Fields::empty().iter().count(), 0);
+    }
+}
