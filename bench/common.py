@@ -1,7 +1,7 @@
 """Shared helpers of the benchmark scripts: installing peers, building, pinning, running wrk,
 reading CPU time from /proc, and summarising rounds."""
 
-import json, os, re, shutil, statistics, subprocess, sys, time, urllib.request
+import json, os, re, shutil, statistics, subprocess, sys, tempfile, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASE = os.path.join(ROOT, "target", "release")
@@ -129,3 +129,25 @@ def write_results(name, results, table):
         json.dump(results, f, indent=2)
     print(table)
     print(f"\nresults: {os.path.relpath(path, ROOT)}")
+
+
+def count_syscalls(name, url, connections, seconds, pids, headers=()):
+    """Prints the system calls `pids` make per request under wrk, by kind (perf stat)."""
+    out = tempfile.NamedTemporaryFile(suffix=".syscalls", delete=False).name
+    stat = subprocess.Popen(["perf", "stat", "-x", ",", "-o", out,
+                             "-e", "syscalls:sys_enter_writev,syscalls:sys_enter_write,"
+                                   "syscalls:sys_enter_sendto,syscalls:sys_enter_recvfrom,"
+                                   "syscalls:sys_enter_read,syscalls:sys_enter_readv,"
+                                   "syscalls:sys_enter_epoll_wait,syscalls:sys_enter_epoll_pwait,"
+                                   "syscalls:sys_enter_epoll_ctl,syscalls:sys_enter_futex,"
+                                   "raw_syscalls:sys_enter,context-switches",
+                             "-p", ",".join(map(str, pids)), "--", "sleep", str(seconds)])
+    result = wrk(url, connections, seconds, headers)
+    stat.wait()
+    print(f"{name}: {result['requests']} requests")
+    with open(out) as f:
+        for line in f:
+            fields = line.strip().split(",")
+            if len(fields) > 2 and fields[0].isdigit():
+                print(f"  {fields[2]:40} {int(fields[0]) / result['requests']:.2f}/request")
+    os.unlink(out)

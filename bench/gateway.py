@@ -11,6 +11,8 @@ to one core and every server to the other, one worker each. Reported: requests/s
 the ratio to nginx within each round, and server CPU time per request (from /proc).
 
     python3 bench/gateway.py            # BENCH_ROUNDS=5 BENCH_SECONDS=5 BENCH_CONNECTIONS=32
+                                        # BENCH_C1_ROUNDS=15 BENCH_C1_SECONDS=1 (concurrency 1)
+    BENCH_ONLY_C1=1 python3 bench/gateway.py          # only the concurrency-1 rounds
     BENCH_PERF=/tmp/gw.perf python3 bench/gateway.py   # profile the gateway under case c instead
     BENCH_BASELINE=/tmp/tessera-old python3 bench/gateway.py   # also cases e/f: another build's
                                         # gateway in the same rounds (an A/B that noise cannot skew)
@@ -24,6 +26,8 @@ from common import *  # noqa: E402,F403
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "32"))
+C1_ROUNDS = int(os.environ.get("BENCH_C1_ROUNDS", "15"))
+C1_SECONDS = int(os.environ.get("BENCH_C1_SECONDS", "1"))
 CONTROL, GATEWAY, NGINX, UPSTREAM, BASELINE = 18500, 18080, 18081, 18090, 18070
 
 
@@ -153,25 +157,10 @@ http {{
             # Count the proxies' system calls per request, by kind, instead of measuring.
             for name in ("b_nginx", "c_gateway", "d_gateway_no_auth"):
                 url, pids, headers = cases[name]
-                out = os.path.join(tmp, f"{name}.syscalls")
-                stat = subprocess.Popen(["perf", "stat", "-x", ",", "-o", out,
-                                         "-e", "syscalls:sys_enter_writev,syscalls:sys_enter_write,"
-                                               "syscalls:sys_enter_sendto,syscalls:sys_enter_recvfrom,"
-                                               "syscalls:sys_enter_read,syscalls:sys_enter_readv,"
-                                               "syscalls:sys_enter_epoll_wait,syscalls:sys_enter_epoll_pwait,"
-                                               "syscalls:sys_enter_epoll_ctl,raw_syscalls:sys_enter",
-                                         "-p", ",".join(map(str, pids)), "--", "sleep", str(SECONDS)])
-                result = wrk(url, CONNECTIONS, SECONDS, headers)
-                stat.wait()
-                print(f"{name}: {result['requests']} requests")
-                with open(out) as f:
-                    for line in f:
-                        fields = line.strip().split(",")
-                        if len(fields) > 2 and fields[0].isdigit():
-                            print(f"  {fields[2]:40} {int(fields[0]) / result['requests']:.2f}/request")
+                count_syscalls(name, url, CONNECTIONS, SECONDS, pids, headers)
             return
         rounds = []
-        for r in range(ROUNDS):
+        for r in range(0 if os.environ.get("BENCH_ONLY_C1") else ROUNDS):
             order = list(cases) if r % 2 == 0 else list(reversed(cases))
             results = {}
             for name in order:
@@ -184,8 +173,26 @@ http {{
             results["b_nginx"]["rps_vs_direct"] = results["b_nginx"]["rps"] / results["a_direct"]["rps"]
             rounds.append(results)
             print(f"round {r + 1}: " + ", ".join(f"{n} {results[n]['rps']:.0f}/s" for n in order), flush=True)
-        # Concurrency 1: the latency a hop adds.
-        single = {name: measure(url, 1, SECONDS, pids, headers) for name, (url, pids, headers) in cases.items()}
+        # Concurrency 1: the latency a hop adds. This machine's latency drifts by 3× over tens of
+        # seconds (the hypervisor), so many short rounds, and each gateway compared with nginx
+        # within its round.
+        single_rounds = []
+        for r in range(C1_ROUNDS):
+            order = list(cases) if r % 2 == 0 else list(reversed(cases))
+            single_rounds.append({name: measure(*cases[name][:1], 1, C1_SECONDS, *cases[name][1:]) for name in order})
+            for name in gateways:
+                single_rounds[-1][name]["p50_minus_nginx"] = single_rounds[-1][name]["p50"] - single_rounds[-1]["b_nginx"]["p50"]
+            print(f"concurrency 1, round {r + 1}: " + ", ".join(
+                f"{n} p50 {single_rounds[-1][n]['p50']:.3f} ms" for n in order), flush=True)
+        single = {name: {k: statistics.median([rd[name][k] for rd in single_rounds])
+                         for k in ("rps", "p50", "p99", "cpu_us_per_request")} for name in cases}
+        for name in gateways:
+            single[name]["p50_minus_nginx"] = statistics.median([rd[name]["p50_minus_nginx"] for rd in single_rounds])
+        if not rounds:
+            for name, s in single.items():
+                print(f"{name}: {s['rps']:.0f}/s p50 {s['p50']:.3f} ms p99 {s['p99']:.3f} ms, "
+                      f"CPU {s['cpu_us_per_request']:.1f} µs/request, p50 − nginx {s.get('p50_minus_nginx', 0):+.3f} ms")
+            return
 
         summary_ = {name: {k: summary([rd[name][k] for rd in rounds])
                            for k in ("rps", "p50", "p90", "p99", "cpu_us_per_request",
@@ -194,7 +201,8 @@ http {{
             summary_[name]["rps_vs_nginx"] = summary([rd[name]["rps_vs_nginx"] for rd in rounds])
             summary_[name]["cpu_vs_nginx"] = summary([rd[name]["cpu_vs_nginx"] for rd in rounds])
         out = {"benchmark": "gateway", "machine": machine(), "rounds": ROUNDS, "seconds": SECONDS,
-               "connections": CONNECTIONS, "per_round": rounds, "summary": summary_, "concurrency_1": single}
+               "connections": CONNECTIONS, "per_round": rounds, "summary": summary_, "concurrency_1": single,
+               "concurrency_1_per_round": single_rounds}
         lines = [f"| case | req/s (median, range) | p50 ms | p90 ms | p99 ms | proxy CPU µs/req (user + sys) | vs nginx req/s | vs nginx CPU |",
                  "|---|---|---|---|---|---|---|---|"]
         for name in cases:
@@ -206,9 +214,13 @@ http {{
                          f"| {s['cpu_us_per_request']['median']:.1f} ({s['user_us_per_request']['median']:.1f} + "
                          f"{s['sys_us_per_request']['median']:.1f}) "
                          f"| {'%.2f×' % vs['median'] if vs else '—'} | {'%.2f×' % cv['median'] if cv else '—'} |")
-        lines += ["", "| case (1 connection) | req/s | p50 ms | p99 ms |", "|---|---|---|---|"]
+        lines += ["", f"| case (1 connection, median of {C1_ROUNDS} rounds of {C1_SECONDS} s) | req/s | p50 ms | p99 ms "
+                      "| p50 − nginx's p50, same round (median) |",
+                  "|---|---|---|---|---|"]
         for name, s in single.items():
-            lines.append(f"| {name} | {s['rps']:.0f} | {s['p50']:.3f} | {s['p99']:.3f} |")
+            vs = s.get("p50_minus_nginx")
+            lines.append(f"| {name} | {s['rps']:.0f} | {s['p50']:.3f} | {s['p99']:.3f} | "
+                         f"{'—' if vs is None else '%+.3f ms' % vs} |")
         write_results("gateway", out, "\n".join(lines))
     finally:
         for p in procs.values():

@@ -9,6 +9,7 @@ the Tessera/bare ratio within each round.
 
     python3 bench/per_hop.py            # BENCH_ROUNDS=5 BENCH_SECONDS=5 BENCH_CONNECTIONS=32
     BENCH_PERF=/tmp/hop.perf python3 bench/per_hop.py   # profile the Tessera service instead
+    BENCH_SYSCALLS=1 python3 bench/per_hop.py           # count system calls per request instead
 """
 
 import base64, hashlib, hmac, json, os, secrets, subprocess, sys, tempfile, time, uuid
@@ -76,6 +77,11 @@ def main():
                 wrk(url, CONNECTIONS, SECONDS, headers)
                 perf.wait()
                 print(f"profile: {os.environ['BENCH_PERF']}")
+                return
+            if os.environ.get("BENCH_SYSCALLS"):
+                # Count each server's system calls per request, by kind, instead of measuring.
+                for name, (url, pids, headers) in cases.items():
+                    count_syscalls(name, url, CONNECTIONS, SECONDS, pids, headers)
                 return
             order = list(cases) if r % 2 == 0 else list(reversed(cases))
             results = {name: measure(cases[name][0], CONNECTIONS, SECONDS, cases[name][1], cases[name][2])
