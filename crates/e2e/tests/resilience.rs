@@ -470,16 +470,16 @@ async fn orders_are_priced_from_the_last_good_catalog_answer_while_the_catalog_i
     let catalog = sys.registry().await.services["catalog"][0].metadata["pid"]
         .parse::<u32>()
         .unwrap();
-    tessera_testkit::signal(catalog, libc::SIGSTOP);
+    tessera_testkit::freeze(catalog);
     let (status, answer) = place().await;
-    tessera_testkit::signal(catalog, libc::SIGCONT);
+    tessera_testkit::thaw(catalog);
     assert_eq!(status, 202, "served from the fallback cache: {answer}");
     sys.log_line("the fallback", |l| {
         l.contains("serving the last good answer")
     })
     .await;
     // A product never seen before has no fallback: a clear 503, not a guess.
-    tessera_testkit::signal(catalog, libc::SIGSTOP);
+    tessera_testkit::freeze(catalog);
     let other =
         json!({"items": [{"productId": "0190f000-0000-7000-8000-000000000006", "quantity": 1}]});
     let resp = sys
@@ -490,6 +490,6 @@ async fn orders_are_priced_from_the_last_good_catalog_answer_while_the_catalog_i
         .send()
         .await
         .unwrap();
-    tessera_testkit::signal(catalog, libc::SIGCONT);
+    tessera_testkit::thaw(catalog);
     assert_eq!(resp.status().as_u16(), 503);
 }

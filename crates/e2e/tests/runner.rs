@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use tessera_testkit::{Options, System, alive, pid_of, signal};
+use tessera_testkit::{Options, System, alive, freeze, pid_of, signal, thaw};
 
 async fn requests_served(sys: &System, address: &str) -> u64 {
     let text = sys
@@ -105,7 +105,7 @@ async fn a_frozen_instance_expires_within_its_ttl_and_returns_when_it_wakes() {
     .await;
     let pid = pid_of(&sys.registry().await, "catalog-2").unwrap();
     // A stopped process does not exit (so nothing restarts it) and does not heartbeat.
-    signal(pid, libc::SIGSTOP);
+    freeze(pid);
     let stopped = Instant::now();
     sys.wait_until(Duration::from_secs(5), "catalog-2 to expire", || async {
         pid_of(&sys.registry().await, "catalog-2").is_none()
@@ -124,7 +124,7 @@ async fn a_frozen_instance_expires_within_its_ttl_and_returns_when_it_wakes() {
     for _ in 0..10 {
         assert_eq!(sys.get("/api/catalog/products?limit=1", None).await.0, 200);
     }
-    signal(pid, libc::SIGCONT);
+    thaw(pid);
     sys.wait_until(
         Duration::from_secs(5),
         "catalog-2 to register again",

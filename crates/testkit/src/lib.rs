@@ -458,6 +458,29 @@ pub fn signal(pid: u32, sig: libc::c_int) {
     }
 }
 
+/// Stops a process (SIGSTOP) and waits until the kernel shows it stopped: `kill` returns
+/// before every thread has stopped, and a test that goes on at once may still be answered by
+/// it.
+pub fn freeze(pid: u32) {
+    signal(pid, libc::SIGSTOP);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| Some(stat.rsplit_once(')')?.1.trim_start().chars().next()?));
+        if state == Some('T') {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "process {pid} did not stop (state {state:?})");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Lets a process [`freeze`] stopped go on (SIGCONT).
+pub fn thaw(pid: u32) {
+    signal(pid, libc::SIGCONT);
+}
+
 /// Whether a process exists (and is not a zombie).
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
