@@ -4,7 +4,7 @@ reading CPU time from /proc, and summarising rounds."""
 import json, os, re, shutil, statistics, subprocess, sys, tempfile, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RELEASE = os.environ.get("BENCH_RELEASE") or os.path.join(ROOT, "target", "release")
+RELEASE = os.path.abspath(os.environ.get("BENCH_RELEASE") or os.path.join(ROOT, "target", "release"))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 LOAD_CPU, SERVER_CPU = "0", "1"   # the load generator on one core, servers on the other
 

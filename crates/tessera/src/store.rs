@@ -31,7 +31,7 @@ use std::borrow::Cow;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -48,8 +48,6 @@ const STATEMENTS: usize = 64;
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// WAL frames (pages) beyond which a checkpoint holds the writers off to finish.
 const WAL_FRAMES_HELD: i64 = 8192; // 32 MiB of 4 KiB pages
-/// The most transactions committed together (group commit, [`Tx::commit`]).
-const GROUP_MAX: usize = 64;
 
 /// A service's database handle. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -64,55 +62,8 @@ pub struct Pool {
     idle: Mutex<Vec<rusqlite::Connection>>,
     /// One write transaction at a time in this process.
     writer: Arc<tokio::sync::Mutex<()>>,
-    /// Transactions waiting for `writer` (a committing one leaves its group open for them).
-    waiting: AtomicUsize,
-    /// A group commit's open transaction, between one member and the next (see [`Tx::commit`]).
-    /// Only ever set by the holder of `writer`, and taken by the next holder.
-    parked: Mutex<Option<Group>>,
     /// Commits since the last checkpoint.
     written: AtomicU64,
-}
-
-/// One SQLite transaction that several [`Tx`]s share: each runs in a savepoint of it and is
-/// released into it, and one COMMIT makes them all durable.
-struct Group {
-    conn: rusqlite::Connection,
-    /// The transactions released into it, each waiting for the COMMIT's outcome.
-    members: Vec<tokio::sync::oneshot::Sender<Result<(), String>>>,
-}
-
-impl Group {
-    /// Commits (rolling back if that fails), tells every member, and returns the connection.
-    fn finish(self, pool: &Pool) -> Result<(), DbError> {
-        let done = self.conn.execute_batch("COMMIT");
-        if done.is_err() && !self.conn.is_autocommit() {
-            let _ = self.conn.execute_batch("ROLLBACK");
-        }
-        let shared = done.as_ref().map(|_| ()).map_err(ToString::to_string);
-        for member in self.members {
-            let _ = member.send(shared.clone());
-        }
-        pool.checkin(self.conn);
-        pool.wrote();
-        done.map_err(Into::into)
-    }
-}
-
-/// Counts a transaction waiting for the writer lock, for as long as it waits (a waiter whose
-/// future is dropped stops counting).
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl<'a> Waiting<'a> {
-    fn new(count: &'a AtomicUsize) -> Self {
-        count.fetch_add(1, Ordering::SeqCst);
-        Self(count)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 impl std::fmt::Debug for Pool {
@@ -160,9 +111,6 @@ pub enum DbError {
     Encode(String),
     #[error("cannot decode a value: {0}")]
     Decode(String),
-    /// The COMMIT of the group this transaction was committed with failed.
-    #[error("the commit failed: {0}")]
-    Commit(String),
 }
 
 impl DbError {
@@ -225,8 +173,6 @@ impl Db {
             idle: Mutex::new(vec![open_connection(&path)?]),
             path,
             writer: Arc::new(tokio::sync::Mutex::new(())),
-            waiting: AtomicUsize::new(0),
-            parked: Mutex::new(None),
             written: AtomicU64::new(0),
         });
         tokio::spawn(checkpoints(
@@ -257,34 +203,16 @@ impl Db {
         let deadline = Instant::now() + BUSY_WAIT;
         // Bounded: a task that already holds a transaction and asks for another (or writes
         // through the pool) would otherwise wait for itself forever.
-        let waiting = Waiting::new(&self.pool.waiting);
         let writer =
             tokio::time::timeout_at(deadline.into(), self.pool.writer.clone().lock_owned())
                 .await
                 .map_err(|_| DbError::Busy(BUSY_WAIT))?;
-        drop(waiting);
-        // A transaction committed just before, left open for us: join it.
-        let parked = self.pool.take_parked();
-        if let Some(group) = parked {
-            if !group.conn.is_autocommit() && group.conn.execute_batch("SAVEPOINT tx").is_ok() {
-                return Ok(Tx {
-                    conn: Some(Conn { raw: group.conn }),
-                    members: group.members,
-                    pool: self.pool.clone(),
-                    writer: Some(writer),
-                });
-            }
-            let _ = group.finish(&self.pool);
-        }
         let conn = self.pool.checkout()?;
         let mut pause = Duration::from_millis(1);
         loop {
-            match conn.execute_batch("BEGIN IMMEDIATE; SAVEPOINT tx") {
+            match conn.execute_batch("BEGIN IMMEDIATE") {
                 Ok(()) => break,
                 Err(e) => {
-                    if !conn.is_autocommit() {
-                        let _ = conn.execute_batch("ROLLBACK");
-                    }
                     let e = DbError::from(e);
                     if !e.is_busy() {
                         self.pool.checkin(conn);
@@ -302,9 +230,8 @@ impl Db {
         }
         Ok(Tx {
             conn: Some(Conn { raw: conn }),
-            members: Vec::new(),
             pool: self.pool.clone(),
-            writer: Some(writer),
+            _writer: writer,
         })
     }
 
@@ -324,54 +251,6 @@ impl Db {
 }
 
 impl Pool {
-    /// Whether a group may stay open for a writer that is waiting.
-    fn may_park(&self, conn: &rusqlite::Connection, members: &[impl Sized]) -> bool {
-        self.waiting.load(Ordering::SeqCst) > 0 && members.len() < GROUP_MAX && !conn.is_autocommit()
-    }
-
-    fn park(&self, group: Group) {
-        let previous = self.parked.lock().unwrap_or_else(|e| e.into_inner()).replace(group);
-        debug_assert!(previous.is_none(), "only the writer lock's holder parks a group");
-    }
-
-    fn take_parked(&self) -> Option<Group> {
-        self.parked.lock().unwrap_or_else(|e| e.into_inner()).take()
-    }
-
-    /// Commits a group left open, for a writer that will not join it (it holds `writer`).
-    fn flush_parked(&self) {
-        if let Some(group) = self.take_parked() {
-            let _ = group.finish(self);
-        }
-    }
-
-    /// Waits for the COMMIT of the group `member` was released into. Normally the last
-    /// transaction to join commits it; if the writer that was waiting gave up instead (its
-    /// future dropped), the group would wait for nobody, so the member also queues for the
-    /// writer lock and, given it with the group still parked, commits it itself.
-    async fn group_committed(
-        &self,
-        mut member: tokio::sync::oneshot::Receiver<Result<(), String>>,
-    ) -> Result<(), DbError> {
-        let outcome = tokio::select! {
-            biased;
-            outcome = &mut member => Some(outcome),
-            writer = self.writer.lock() => {
-                self.flush_parked();
-                drop(writer);
-                None
-            }
-        };
-        let outcome = match outcome {
-            Some(outcome) => outcome,
-            None => member.await,
-        };
-        match outcome {
-            Ok(result) => result.map_err(DbError::Commit),
-            Err(_) => Err(DbError::Commit("the transaction was abandoned".into())),
-        }
-    }
-
     fn checkout(&self) -> Result<rusqlite::Connection, DbError> {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         match idle {
@@ -424,9 +303,6 @@ impl Pool {
             } else {
                 None
             };
-            if writes {
-                self.flush_parked(); // a statement is its own transaction, on its own connection
-            }
             let result = run(&conn, sql, args, &f);
             self.checkin(conn);
             drop(writer);
@@ -455,10 +331,8 @@ impl Pool {
 /// `&mut Tx`).
 pub struct Tx {
     conn: Option<Conn>,
-    /// The transactions before this one in its group, waiting for its COMMIT.
-    members: Vec<tokio::sync::oneshot::Sender<Result<(), String>>>,
     pool: Arc<Pool>,
-    writer: Option<tokio::sync::OwnedMutexGuard<()>>,
+    _writer: tokio::sync::OwnedMutexGuard<()>,
 }
 
 /// The connection a transaction runs on.
@@ -467,33 +341,16 @@ pub struct Conn {
 }
 
 impl Tx {
-    /// Makes the transaction's writes durable (in the WAL) and visible; returns once they are.
-    ///
-    /// Group commit: a transaction runs in a savepoint of an SQLite transaction. When other
-    /// writers of this process are waiting for the writer lock, committing releases the
-    /// savepoint, leaves the SQLite transaction open for the next writer, and waits; the last
-    /// of a group (no one waiting, or 64 members) commits them all at once. Pages that several
-    /// members touched (a table's last leaf, an index's) are written to the WAL once, and
-    /// there is one commit record instead of one per transaction. A member's own failure or
-    /// rollback undoes only its savepoint; if the group's COMMIT fails, every member's commit
-    /// fails.
+    /// Makes the transaction's writes durable (in the WAL) and visible.
     pub async fn commit(mut self) -> Result<(), DbError> {
-        let conn = self.conn.take().expect("a transaction has its connection").raw;
-        let members = std::mem::take(&mut self.members);
-        if let Err(e) = conn.execute_batch("RELEASE tx") {
-            abandon(&self.pool, conn, members);
-            return Err(e.into());
+        let conn = self.conn.take().expect("a transaction has its connection");
+        let done = conn.raw.execute_batch("COMMIT");
+        if done.is_err() {
+            let _ = conn.raw.execute_batch("ROLLBACK");
         }
-        let pool = self.pool.clone();
-        if pool.may_park(&conn, &members) {
-            let (member, committed) = tokio::sync::oneshot::channel();
-            let mut members = members;
-            members.push(member);
-            pool.park(Group { conn, members });
-            drop(self.writer.take()); // the next writer joins
-            return pool.group_committed(committed).await;
-        }
-        Group { conn, members }.finish(&pool)
+        self.pool.checkin(conn.raw);
+        self.pool.wrote();
+        done.map_err(Into::into)
     }
 
     /// Undoes the transaction's writes (as dropping it does).
@@ -503,32 +360,13 @@ impl Tx {
     }
 }
 
-/// Undoes a transaction's own savepoint; the members before it in its group are committed.
-fn abandon(
-    pool: &Pool,
-    conn: rusqlite::Connection,
-    members: Vec<tokio::sync::oneshot::Sender<Result<(), String>>>,
-) {
-    if members.is_empty() {
-        if !conn.is_autocommit() {
-            let _ = conn.execute_batch("ROLLBACK");
-        }
-        pool.checkin(conn);
-    } else {
-        let _ = conn.execute_batch("ROLLBACK TO tx; RELEASE tx");
-        if pool.may_park(&conn, &members) {
-            // Safe to leave for the next writer: each member waits with a fallback.
-            pool.park(Group { conn, members });
-        } else {
-            let _ = Group { conn, members }.finish(pool);
-        }
-    }
-}
-
 impl Drop for Tx {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
-            abandon(&self.pool, conn.raw, std::mem::take(&mut self.members));
+            if !conn.raw.is_autocommit() {
+                let _ = conn.raw.execute_batch("ROLLBACK");
+            }
+            self.pool.checkin(conn.raw);
         }
     }
 }
@@ -962,9 +800,6 @@ async fn checkpoints(pool: Weak<Pool>, every: Duration, frames_held: i64) {
                 break;
             }
             held = Some(writer.clone().lock_owned().await);
-            if let Some(p) = pool.upgrade() {
-                p.flush_parked();
-            }
         }
     }
 }
@@ -1204,122 +1039,6 @@ mod tests {
             .collect();
         seen.sort();
         assert_eq!(seen, (0..20).collect::<Vec<_>>(), "each saw the one before");
-        let _ = std::fs::remove_dir_all(dir);
-    }
-
-    /// Commits counted by the pool (the checkpoint task, which resets the count, idles for an
-    /// hour here).
-    fn commits(db: &Db) -> u64 {
-        db.pool.written.load(Ordering::Relaxed)
-    }
-
-    async fn insert_and_commit(db: Db, name: &'static str) -> Result<(), DbError> {
-        let mut tx = db.write_tx().await?;
-        query("INSERT INTO items (name) VALUES ($1)")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await
-    }
-
-    async fn names(db: &Db) -> Vec<String> {
-        query_scalar("SELECT name FROM items ORDER BY name")
-            .fetch_all(db.pool())
-            .await
-            .unwrap()
-    }
-
-    #[tokio::test]
-    async fn waiting_writers_commit_together_and_each_keeps_its_own_outcome() {
-        let dir = temp_dir();
-        let url = Db::default_url(&dir, "t");
-        let db = Db::open_with(&url, MIGRATIONS, Duration::from_secs(3600), WAL_FRAMES_HELD)
-            .await
-            .unwrap();
-        let mut a = db.write_tx().await.unwrap();
-        query("INSERT INTO items (name) VALUES ('a')")
-            .execute(&mut *a)
-            .await
-            .unwrap();
-        // Three writers queue behind it: b commits, c fails (a duplicate) and rolls back, d
-        // commits.
-        let b = tokio::spawn(insert_and_commit(db.clone(), "b"));
-        let c = tokio::spawn({
-            let db = db.clone();
-            async move {
-                let mut tx = db.write_tx().await?;
-                query("INSERT INTO items (name) VALUES ('c')").execute(&mut *tx).await?;
-                let dup = query("INSERT INTO items (name) VALUES ('a')").execute(&mut *tx).await;
-                Ok::<_, DbError>(dup.is_err_and(|e| is_unique_violation(&e)))
-            }
-        });
-        let d = tokio::spawn(insert_and_commit(db.clone(), "d"));
-        while db.pool.waiting.load(Ordering::SeqCst) < 3 {
-            tokio::task::yield_now().await;
-        }
-        let before = commits(&db);
-        a.commit().await.unwrap();
-        b.await.unwrap().unwrap();
-        assert!(c.await.unwrap().unwrap(), "c saw a's row, uncommitted, in the shared transaction");
-        d.await.unwrap().unwrap();
-        assert_eq!(commits(&db) - before, 1, "a, b and d in one COMMIT");
-        assert_eq!(names(&db).await, ["a", "b", "d"], "c's own row went with its rollback");
-        // With no one waiting, a commit is a commit at once.
-        insert_and_commit(db.clone(), "e").await.unwrap();
-        assert_eq!(commits(&db) - before, 2);
-        let _ = std::fs::remove_dir_all(dir);
-    }
-
-    #[tokio::test]
-    async fn a_group_left_for_a_writer_that_gave_up_is_still_committed() {
-        let dir = temp_dir();
-        let db = Db::open(&Db::default_url(&dir, "t"), MIGRATIONS).await.unwrap();
-        let mut a = db.write_tx().await.unwrap();
-        query("INSERT INTO items (name) VALUES ('a')")
-            .execute(&mut *a)
-            .await
-            .unwrap();
-        let waiter = tokio::spawn(insert_and_commit(db.clone(), "never"));
-        while db.pool.waiting.load(Ordering::SeqCst) < 1 {
-            tokio::task::yield_now().await;
-        }
-        // a leaves its transaction open for the waiter, which is cancelled before it runs.
-        let commit = tokio::spawn(a.commit());
-        waiter.abort();
-        tokio::time::timeout(Duration::from_secs(5), commit)
-            .await
-            .expect("a's commit does not wait for a writer that is gone")
-            .unwrap()
-            .unwrap();
-        assert!(waiter.await.unwrap_err().is_cancelled());
-        assert_eq!(names(&db).await, ["a"]);
-        // And the writer lock is free again: a statement on the pool and a transaction write.
-        query("INSERT INTO items (name) VALUES ('b')").execute(db.pool()).await.unwrap();
-        insert_and_commit(db.clone(), "c").await.unwrap();
-        assert_eq!(names(&db).await, ["a", "b", "c"]);
-        let _ = std::fs::remove_dir_all(dir);
-    }
-
-    #[tokio::test]
-    async fn a_statement_on_the_pool_commits_a_group_left_open_first() {
-        let dir = temp_dir();
-        let db = Db::open(&Db::default_url(&dir, "t"), MIGRATIONS).await.unwrap();
-        let a = db.write_tx().await.unwrap();
-        let b = tokio::spawn(insert_and_commit(db.clone(), "b"));
-        while db.pool.waiting.load(Ordering::SeqCst) < 1 {
-            tokio::task::yield_now().await;
-        }
-        // A pool write queues behind b; b's commit leaves the group open only while a
-        // transaction waits, so the pool write finds it committed or commits it.
-        let pool_write = tokio::spawn({
-            let db = db.clone();
-            async move { query("INSERT INTO items (name) VALUES ('p')").execute(db.pool()).await }
-        });
-        tokio::task::yield_now().await;
-        a.commit().await.unwrap();
-        b.await.unwrap().unwrap();
-        pool_write.await.unwrap().unwrap();
-        assert_eq!(names(&db).await, ["b", "p"]);
         let _ = std::fs::remove_dir_all(dir);
     }
 
