@@ -294,12 +294,22 @@ async fn write_request(
         header(buf, b"content-length", n.format(body.len()).as_bytes());
     }
     buf.extend_from_slice(b"\r\n");
+    write_message(&mut conn.stream, buf, body).await
+}
+
+/// Writes a message whose head is in `head`: a small body goes out in the same system call,
+/// a large one is not copied.
+pub(crate) async fn write_message(
+    stream: &mut TcpStream,
+    head: &mut Vec<u8>,
+    body: &[u8],
+) -> std::io::Result<()> {
     if body.len() <= INLINE_BODY {
-        buf.extend_from_slice(body);
-        conn.stream.write_all(buf).await
+        head.extend_from_slice(body);
+        stream.write_all(head).await
     } else {
-        conn.stream.write_all(buf).await?;
-        conn.stream.write_all(body).await
+        stream.write_all(head).await?;
+        stream.write_all(body).await
     }
 }
 
@@ -601,9 +611,7 @@ mod tests {
         let address = listener.local_addr().unwrap().to_string();
         drop(listener);
         let pool = Pool::new(4, Duration::from_secs(1));
-        let sent = pool
-            .send(&address, &get("/", &Bytes::new()), 1024)
-            .await;
+        let sent = pool.send(&address, &get("/", &Bytes::new()), 1024).await;
         assert_eq!(sent.unwrap_err(), SendError::Connect);
     }
 

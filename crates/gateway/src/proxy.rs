@@ -51,11 +51,18 @@ struct Forwarded<'a> {
 }
 
 impl crate::server::Handler for Gateway {
-    async fn handle<'a>(&'a self, req: &'a Request<'a>, headers: &'a mut HeaderBuf) -> (StatusCode, Bytes) {
+    async fn handle<'a>(
+        &'a self,
+        req: &'a Request<'a>,
+        headers: &'a mut HeaderBuf,
+    ) -> (StatusCode, Bytes) {
         match req.path {
             "/health/live" | "/health/ready" => {
                 headers.push(b"content-type", JSON);
-                (StatusCode::OK, Bytes::from_static(b"{\"status\":\"ready\"}"))
+                (
+                    StatusCode::OK,
+                    Bytes::from_static(b"{\"status\":\"ready\"}"),
+                )
             }
             "/metrics" => {
                 headers.push(b"content-type", b"text/plain; version=0.0.4");
@@ -69,7 +76,13 @@ impl crate::server::Handler for Gateway {
         }
     }
 
-    fn malformed(&self, status: StatusCode, message: &str, peer: IpAddr, headers: &mut HeaderBuf) -> Bytes {
+    fn malformed(
+        &self,
+        status: StatusCode,
+        message: &str,
+        peer: IpAddr,
+        headers: &mut HeaderBuf,
+    ) -> Bytes {
         let trace = TraceContext::new_root();
         let mut trace_id = [0u8; 32];
         let trace_id = tessera::trace::hex(&trace.trace_id, &mut trace_id);
@@ -84,20 +97,35 @@ impl crate::server::Handler for Gateway {
 impl Gateway {
     /// Routes, authenticates and forwards one request, and logs it.
     async fn proxy(&self, req: &Request<'_>, headers: &mut HeaderBuf) -> (StatusCode, Bytes) {
-        let parent = req.fields.get_str(tessera::trace::TRACEPARENT).and_then(TraceContext::parse);
+        let parent = req
+            .fields
+            .get_str(tessera::trace::TRACEPARENT)
+            .and_then(TraceContext::parse);
         let trace = parent.map_or_else(TraceContext::new_root, |p| p.child());
         let mut trace_id = [0u8; 32];
         let trace_id = tessera::trace::hex(&trace.trace_id, &mut trace_id);
         let traceparent = trace.header_value();
-        let (status, body, upstream, route) =
-            match self.forward(req, headers, &trace, traceparent.as_bytes(), trace_id).await {
-                Ok(f) => (f.status, f.body, Some(f.upstream), Some(f.route)),
-                Err(e) => (e.status, error_response(&e, trace_id, headers), None, e.route),
-            };
+        let (status, body, upstream, route) = match self
+            .forward(req, headers, &trace, traceparent.as_bytes(), trace_id)
+            .await
+        {
+            Ok(f) => (f.status, f.body, Some(f.upstream), Some(f.route)),
+            Err(e) => (
+                e.status,
+                error_response(&e, trace_id, headers),
+                None,
+                e.route,
+            ),
+        };
         headers.push(b"traceparent", traceparent.as_bytes());
         headers.push(b"x-trace-id", trace_id.as_bytes());
         let elapsed = req.start.elapsed();
-        tessera::metrics::record_request(route.unwrap_or("unrouted"), req.method.as_str(), status.as_u16(), elapsed);
+        tessera::metrics::record_request(
+            route.unwrap_or("unrouted"),
+            req.method.as_str(),
+            status.as_u16(),
+            elapsed,
+        );
         tracing::info!(
             target: "access",
             method = req.method.as_str(),
@@ -379,7 +407,11 @@ fn wrap(
     Ok(match wrapped {
         Some(body) => {
             headers.push(b"content-type", JSON);
-            let status = if status == StatusCode::NO_CONTENT { StatusCode::OK } else { status };
+            let status = if status == StatusCode::NO_CONTENT {
+                StatusCode::OK
+            } else {
+                status
+            };
             (status, body)
         }
         None => {
@@ -482,7 +514,9 @@ fn not_returned(name: &[u8]) -> bool {
         || name.eq_ignore_ascii_case(b"content-type")
         || name.eq_ignore_ascii_case(b"traceparent")
         || name.eq_ignore_ascii_case(b"x-trace-id")
-        || name.get(..10).is_some_and(|p| p.eq_ignore_ascii_case(b"x-tessera-"))
+        || name
+            .get(..10)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"x-tessera-"))
 }
 
 /// Client headers that do not go upstream: hop-by-hop ones, `Expect` (the body is already
@@ -496,7 +530,10 @@ fn not_forwarded(name: &[u8]) -> bool {
         "traceparent",
         tessera::client::DEADLINE_HEADER,
     ];
-    is_hop_by_hop(name) || REPLACED.iter().any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+    is_hop_by_hop(name)
+        || REPLACED
+            .iter()
+            .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
 }
 
 impl Gateway {

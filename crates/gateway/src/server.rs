@@ -37,8 +37,6 @@ use crate::fields::{self, Field, Fields};
 const MAX_HEADERS: usize = 100;
 /// The longest request head read; longer is 431.
 const MAX_HEAD: usize = 64 * 1024;
-/// Response bodies up to this size go out in the same write as the head.
-const INLINE_BODY: usize = 16 * 1024;
 
 /// What the server enforces.
 #[derive(Clone, Debug)]
@@ -158,7 +156,10 @@ pub async fn serve<H: Handler>(
     }
     drop(listener);
     let _ = draining.send(true);
-    if tokio::time::timeout(drain, draining.closed()).await.is_err() {
+    if tokio::time::timeout(drain, draining.closed())
+        .await
+        .is_err()
+    {
         tracing::warn!("drain deadline passed");
     }
 }
@@ -237,7 +238,10 @@ impl Connection {
                             }
                         }
                         Ok(None) => {
-                            let reject = Reject(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request head too large");
+                            let reject = Reject(
+                                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                                "request head too large",
+                            );
                             return self.reject(handler, reject).await;
                         }
                         Err(reject) => return self.reject(handler, reject).await,
@@ -296,7 +300,8 @@ impl Connection {
             self.headers.clear();
             let (target_start, target_len) = head.target;
             let buf = &self.read[..];
-            let target = std::str::from_utf8(&buf[target_start..target_start + target_len]).unwrap_or("/");
+            let target =
+                std::str::from_utf8(&buf[target_start..target_start + target_len]).unwrap_or("/");
             let req = Request {
                 method: head.method.clone(),
                 target,
@@ -318,7 +323,9 @@ impl Connection {
                 _ if head.keep_alive_10 => Some(&b"keep-alive"[..]),
                 _ => None,
             };
-            let sent = self.respond(status, &body, head.head_request, connection).await;
+            let sent = self
+                .respond(status, &body, head.head_request, connection)
+                .await;
             if sent.is_err() || close {
                 return self.close().await;
             }
@@ -400,7 +407,11 @@ impl Connection {
     async fn reject<H: Handler>(mut self, handler: &H, Reject(status, message): Reject) {
         self.headers.clear();
         let body = handler.malformed(status, message, self.peer, &mut self.headers);
-        if self.respond(status, &body, false, Some(b"close")).await.is_ok() {
+        if self
+            .respond(status, &body, false, Some(b"close"))
+            .await
+            .is_ok()
+        {
             self.close().await;
         }
     }
@@ -422,7 +433,9 @@ impl Connection {
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&self.headers.buf);
         // 1xx, 204 and 304 have no body, and no length either.
-        let bodiless = status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+        let bodiless = status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
         if !bodiless {
             out.extend_from_slice(b"content-length: ");
             out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
@@ -440,13 +453,7 @@ impl Connection {
         }
         out.extend_from_slice(b"\r\n");
         let body: &[u8] = if bodiless || head_request { &[] } else { body };
-        if body.len() <= INLINE_BODY {
-            out.extend_from_slice(body);
-            self.stream.write_all(out).await
-        } else {
-            self.stream.write_all(out).await?;
-            self.stream.write_all(body).await
-        }
+        crate::pool::write_message(&mut self.stream, out, body).await
     }
 
     /// Ends the connection after a response: no more writes, and what the client still sends
@@ -476,15 +483,23 @@ fn parse_head(buf: &[u8], fields: &mut Vec<Field>) -> Result<Option<Head>, Rejec
     let bad = |message| Reject(StatusCode::BAD_REQUEST, message);
     let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut []);
-    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut parsed, buf, &mut slots) {
+    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut parsed,
+        buf,
+        &mut slots,
+    ) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
-            return Err(Reject(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "too many header fields"));
+            return Err(Reject(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "too many header fields",
+            ));
         }
         Err(_) => return Err(bad("malformed request")),
     };
-    let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes()).map_err(|_| bad("malformed method"))?;
+    let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
+        .map_err(|_| bad("malformed method"))?;
     let raw_target = parsed.path.unwrap_or_default();
     let target = origin_form(raw_target).ok_or_else(|| bad("the request target must be a path"))?;
     let target_start = target.as_ptr() as usize - buf.as_ptr() as usize;
@@ -517,7 +532,10 @@ fn parse_head(buf: &[u8], fields: &mut Vec<Field>) -> Result<Option<Head>, Rejec
             keep_alive_asked |= fields::has_token(h.value, "keep-alive");
         } else if name.eq_ignore_ascii_case(b"expect") {
             if !h.value.eq_ignore_ascii_case(b"100-continue") {
-                return Err(Reject(StatusCode::EXPECTATION_FAILED, "only 100-continue is understood"));
+                return Err(Reject(
+                    StatusCode::EXPECTATION_FAILED,
+                    "only 100-continue is understood",
+                ));
             }
             expect_continue = http11;
         }
@@ -533,7 +551,11 @@ fn parse_head(buf: &[u8], fields: &mut Vec<Field>) -> Result<Option<Head>, Rejec
         method: method.clone(),
         target: (target_start, target.len()),
         path_len,
-        framing: if chunked { Framing::Chunked } else { Framing::Length(length.unwrap_or(0)) },
+        framing: if chunked {
+            Framing::Chunked
+        } else {
+            Framing::Length(length.unwrap_or(0))
+        },
         keep_alive: !close && (http11 || keep_alive_asked),
         keep_alive_10: !close && !http11 && keep_alive_asked,
         expect_continue,

@@ -471,7 +471,10 @@ pub fn freeze(pid: u32) {
         if state == Some('T') {
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "process {pid} did not stop (state {state:?})");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "process {pid} did not stop (state {state:?})"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
 }

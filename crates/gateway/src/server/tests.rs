@@ -11,21 +11,32 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::{HeaderBuf, Handler, Limits, Request, serve};
+use super::{Handler, HeaderBuf, Limits, Request, serve};
 
 /// Answers `METHOD TARGET BODY-LEN X-ECHO` (and the body itself for `/echo`); `/slow` takes
 /// 300 ms.
 struct Echo;
 
 impl Handler for Echo {
-    async fn handle<'a>(&'a self, req: &'a Request<'a>, headers: &'a mut HeaderBuf) -> (StatusCode, Bytes) {
+    async fn handle<'a>(
+        &'a self,
+        req: &'a Request<'a>,
+        headers: &'a mut HeaderBuf,
+    ) -> (StatusCode, Bytes) {
         if req.path == "/slow" {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         let body = match req.body {
             Ok(body) => body,
-            Err(super::BodyError::TooLarge) => return (StatusCode::PAYLOAD_TOO_LARGE, Bytes::from_static(b"too large")),
-            Err(super::BodyError::Malformed) => return (StatusCode::BAD_REQUEST, Bytes::from_static(b"bad body")),
+            Err(super::BodyError::TooLarge) => {
+                return (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    Bytes::from_static(b"too large"),
+                );
+            }
+            Err(super::BodyError::Malformed) => {
+                return (StatusCode::BAD_REQUEST, Bytes::from_static(b"bad body"));
+            }
         };
         headers.push(b"x-handled", b"yes");
         if req.path == "/echo" {
@@ -39,7 +50,13 @@ impl Handler for Echo {
         (StatusCode::OK, Bytes::from(text))
     }
 
-    fn malformed(&self, status: StatusCode, message: &str, _peer: IpAddr, headers: &mut HeaderBuf) -> Bytes {
+    fn malformed(
+        &self,
+        status: StatusCode,
+        message: &str,
+        _peer: IpAddr,
+        headers: &mut HeaderBuf,
+    ) -> Bytes {
         headers.push(b"x-malformed", b"yes");
         Bytes::from(format!("{}: {message}", status.as_u16()))
     }
@@ -60,9 +77,20 @@ impl Server {
             let shutdown = async move {
                 let _ = stopped.await;
             };
-            serve(listener, Arc::new(Echo), limits, shutdown, Duration::from_secs(5)).await;
+            serve(
+                listener,
+                Arc::new(Echo),
+                limits,
+                shutdown,
+                Duration::from_secs(5),
+            )
+            .await;
         });
-        Self { addr, stop: Some(stop), task }
+        Self {
+            addr,
+            stop: Some(stop),
+            task,
+        }
     }
 
     async fn default() -> Self {
@@ -99,7 +127,10 @@ struct Response {
 
 impl Response {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     fn text(&self) -> &str {
@@ -123,7 +154,12 @@ impl Client {
                     let headers: Vec<(String, String)> = parsed
                         .headers
                         .iter()
-                        .map(|h| (h.name.to_owned(), String::from_utf8(h.value.to_vec()).unwrap()))
+                        .map(|h| {
+                            (
+                                h.name.to_owned(),
+                                String::from_utf8(h.value.to_vec()).unwrap(),
+                            )
+                        })
                         .collect();
                     let length = headers
                         .iter()
@@ -135,7 +171,11 @@ impl Client {
                     }
                     let body = self.buf[len..len + length].to_vec();
                     self.buf.drain(..len + length);
-                    return Response { status, headers, body };
+                    return Response {
+                        status,
+                        headers,
+                        body,
+                    };
                 }
                 self.fill().await;
             }
@@ -151,7 +191,11 @@ impl Client {
     async fn fill(&mut self) {
         let mut chunk = [0u8; 4096];
         let n = self.stream.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "connection closed; read so far: {:?}", String::from_utf8_lossy(&self.buf));
+        assert!(
+            n > 0,
+            "connection closed; read so far: {:?}",
+            String::from_utf8_lossy(&self.buf)
+        );
         self.buf.extend_from_slice(&chunk[..n]);
     }
 
@@ -174,7 +218,9 @@ impl Client {
 async fn keep_alive_and_pipelined_requests_are_answered_in_order() {
     let server = Server::default().await;
     let mut client = server.connect().await;
-    client.send(b"GET /a?x=1 HTTP/1.1\r\nhost: h\r\nX-Echo: one\r\n\r\n").await;
+    client
+        .send(b"GET /a?x=1 HTTP/1.1\r\nhost: h\r\nX-Echo: one\r\n\r\n")
+        .await;
     let r = client.response().await;
     assert_eq!((r.status, r.text()), (200, "GET /a?x=1 0 one"));
     assert_eq!(r.header("x-handled"), Some("yes"));
@@ -194,7 +240,9 @@ async fn keep_alive_and_pipelined_requests_are_answered_in_order() {
 async fn bodies_by_length_arriving_in_pieces_and_chunked() {
     let server = Server::default().await;
     let mut client = server.connect().await;
-    client.send(b"POST /echo HTTP/1.1\r\nhost: h\r\ncontent-length: 11\r\n\r\nhel").await;
+    client
+        .send(b"POST /echo HTTP/1.1\r\nhost: h\r\ncontent-length: 11\r\n\r\nhel")
+        .await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     client.send(b"lo world").await;
     assert_eq!(client.response().await.text(), "hello world");
@@ -203,9 +251,15 @@ async fn bodies_by_length_arriving_in_pieces_and_chunked() {
         .send(b"POST /echo HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6;ext=1\r\n worl")
         .await;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    client.send(b"d\r\n0\r\ntrailer: x\r\n\r\nGET /after HTTP/1.1\r\nhost: h\r\n\r\n").await;
+    client
+        .send(b"d\r\n0\r\ntrailer: x\r\n\r\nGET /after HTTP/1.1\r\nhost: h\r\n\r\n")
+        .await;
     assert_eq!(client.response().await.text(), "hello world");
-    assert_eq!(client.response().await.text(), "GET /after 0 -", "the connection goes on after a chunked body");
+    assert_eq!(
+        client.response().await.text(),
+        "GET /after 0 -",
+        "the connection goes on after a chunked body"
+    );
 }
 
 #[tokio::test]
@@ -213,7 +267,9 @@ async fn expect_continue_is_answered_before_the_body() {
     let server = Server::default().await;
     let mut client = server.connect().await;
     client
-        .send(b"POST /echo HTTP/1.1\r\nhost: h\r\ncontent-length: 4\r\nexpect: 100-continue\r\n\r\n")
+        .send(
+            b"POST /echo HTTP/1.1\r\nhost: h\r\ncontent-length: 4\r\nexpect: 100-continue\r\n\r\n",
+        )
         .await;
     let interim = client.response().await;
     assert_eq!(interim.status, 100);
@@ -223,7 +279,9 @@ async fn expect_continue_is_answered_before_the_body() {
 
     // An expectation the server does not know is 417, and the connection closes.
     let mut client = server.connect().await;
-    client.send(b"POST /echo HTTP/1.1\r\nhost: h\r\nexpect: teapot\r\ncontent-length: 1\r\n\r\nx").await;
+    client
+        .send(b"POST /echo HTTP/1.1\r\nhost: h\r\nexpect: teapot\r\ncontent-length: 1\r\n\r\nx")
+        .await;
     let r = client.response().await;
     assert_eq!(r.status, 417);
     assert_eq!(r.header("x-malformed"), Some("yes"));
@@ -246,9 +304,13 @@ async fn bodies_over_the_limit_are_413_and_close_the_connection() {
 
     // Chunked: stopped when the decoded body passes the limit.
     let mut client = server.connect().await;
-    client.send(b"POST /echo HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n").await;
+    client
+        .send(b"POST /echo HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n")
+        .await;
     for _ in 0..3 {
-        client.send(format!("200\r\n{}\r\n", "x".repeat(0x200)).as_bytes()).await;
+        client
+            .send(format!("200\r\n{}\r\n", "x".repeat(0x200)).as_bytes())
+            .await;
     }
     let r = client.response().await;
     assert_eq!(r.status, 413);
@@ -257,7 +319,12 @@ async fn bodies_over_the_limit_are_413_and_close_the_connection() {
     // At the limit exactly is fine.
     let mut client = server.connect().await;
     let body = "y".repeat(1024);
-    client.send(format!("POST /echo HTTP/1.1\r\nhost: h\r\ncontent-length: 1024\r\n\r\n{body}").as_bytes()).await;
+    client
+        .send(
+            format!("POST /echo HTTP/1.1\r\nhost: h\r\ncontent-length: 1024\r\n\r\n{body}")
+                .as_bytes(),
+        )
+        .await;
     assert_eq!(client.response().await.text(), body);
 }
 
@@ -266,11 +333,31 @@ async fn malformed_requests_get_a_clear_400_or_431() {
     let server = Server::default().await;
     let cases: &[(&[u8], u16, &str)] = &[
         (b"GARBAGE\r\n\r\n", 400, "malformed request"),
-        (b"GET /x HTTP/1.1\r\nbad header\r\n\r\n", 400, "malformed request"),
-        (b"GET /x HTTP/1.1\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n", 400, "ambiguous"),
-        (b"GET /x HTTP/1.1\r\ntransfer-encoding: gzip\r\n\r\n", 400, "ambiguous"),
-        (b"GET /x HTTP/1.1\r\ncontent-length: -1\r\n\r\n", 400, "Content-Length"),
-        (b"GET /x HTTP/1.1\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nxx", 400, "conflicting"),
+        (
+            b"GET /x HTTP/1.1\r\nbad header\r\n\r\n",
+            400,
+            "malformed request",
+        ),
+        (
+            b"GET /x HTTP/1.1\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n",
+            400,
+            "ambiguous",
+        ),
+        (
+            b"GET /x HTTP/1.1\r\ntransfer-encoding: gzip\r\n\r\n",
+            400,
+            "ambiguous",
+        ),
+        (
+            b"GET /x HTTP/1.1\r\ncontent-length: -1\r\n\r\n",
+            400,
+            "Content-Length",
+        ),
+        (
+            b"GET /x HTTP/1.1\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nxx",
+            400,
+            "conflicting",
+        ),
         (b"GET * HTTP/1.1\r\n\r\n", 400, "target"),
     ];
     for (request, status, message) in cases {
@@ -278,7 +365,12 @@ async fn malformed_requests_get_a_clear_400_or_431() {
         client.send(request).await;
         let r = client.response().await;
         assert_eq!(r.status, *status, "{}", String::from_utf8_lossy(request));
-        assert!(r.text().contains(message), "{}: {}", String::from_utf8_lossy(request), r.text());
+        assert!(
+            r.text().contains(message),
+            "{}: {}",
+            String::from_utf8_lossy(request),
+            r.text()
+        );
         assert_eq!(r.header("connection"), Some("close"));
         assert!(client.closed_within(Duration::from_secs(2)).await);
     }
@@ -286,21 +378,29 @@ async fn malformed_requests_get_a_clear_400_or_431() {
     // Too many fields, and a head too long.
     let mut client = server.connect().await;
     let many: String = (0..150).map(|i| format!("x-{i}: v\r\n")).collect();
-    client.send(format!("GET /x HTTP/1.1\r\n{many}\r\n").as_bytes()).await;
+    client
+        .send(format!("GET /x HTTP/1.1\r\n{many}\r\n").as_bytes())
+        .await;
     assert_eq!(client.response().await.status, 431);
     let mut client = server.connect().await;
-    client.send(format!("GET /x HTTP/1.1\r\nx-long: {}\r\n", "v".repeat(70 * 1024)).as_bytes()).await;
+    client
+        .send(format!("GET /x HTTP/1.1\r\nx-long: {}\r\n", "v".repeat(70 * 1024)).as_bytes())
+        .await;
     assert_eq!(client.response().await.status, 431);
 
     // A malformed chunked body reaches the handler as an error, and the connection closes.
     let mut client = server.connect().await;
-    client.send(b"POST /echo HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n").await;
+    client
+        .send(b"POST /echo HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n")
+        .await;
     assert_eq!(client.response().await.status, 400);
     assert!(client.closed_within(Duration::from_secs(2)).await);
 
     // An absolute-form target is read as its path.
     let mut client = server.connect().await;
-    client.send(b"GET http://example.com/p?q=1 HTTP/1.1\r\nhost: example.com\r\n\r\n").await;
+    client
+        .send(b"GET http://example.com/p?q=1 HTTP/1.1\r\nhost: example.com\r\n\r\n")
+        .await;
     assert_eq!(client.response().await.text(), "GET /p?q=1 0 -");
 }
 
@@ -309,7 +409,9 @@ async fn connection_close_and_http_1_0() {
     let server = Server::default().await;
 
     let mut client = server.connect().await;
-    client.send(b"GET /x HTTP/1.1\r\nconnection: close\r\n\r\n").await;
+    client
+        .send(b"GET /x HTTP/1.1\r\nconnection: close\r\n\r\n")
+        .await;
     let r = client.response().await;
     assert_eq!((r.status, r.header("connection")), (200, Some("close")));
     assert!(client.closed_within(Duration::from_secs(2)).await);
@@ -321,9 +423,16 @@ async fn connection_close_and_http_1_0() {
     assert!(client.closed_within(Duration::from_secs(2)).await);
 
     let mut client = server.connect().await;
-    client.send(b"GET /x HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").await;
-    assert_eq!(client.response().await.header("connection"), Some("keep-alive"));
-    client.send(b"GET /y HTTP/1.0\r\nconnection: keep-alive\r\n\r\n").await;
+    client
+        .send(b"GET /x HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
+        .await;
+    assert_eq!(
+        client.response().await.header("connection"),
+        Some("keep-alive")
+    );
+    client
+        .send(b"GET /y HTTP/1.0\r\nconnection: keep-alive\r\n\r\n")
+        .await;
     assert_eq!(client.response().await.text(), "GET /y 0 -");
 }
 
@@ -334,7 +443,11 @@ async fn head_and_bodiless_statuses_send_no_body() {
     client.send(b"HEAD /x HTTP/1.1\r\n\r\n").await;
     let r = client.response_to(true).await;
     assert_eq!(r.status, 200);
-    assert_eq!(r.header("content-length"), Some("11"), "HEAD tells the length of the body it does not send"); // "HEAD /x 0 -"
+    assert_eq!(
+        r.header("content-length"),
+        Some("11"),
+        "HEAD tells the length of the body it does not send"
+    ); // "HEAD /x 0 -"
     client.send(b"GET /empty HTTP/1.1\r\n\r\n").await;
     let r = client.response().await;
     assert_eq!((r.status, r.header("content-length")), (204, None));
@@ -365,7 +478,11 @@ async fn slow_heads_and_idle_connections_time_out() {
     client.send(b"GET /y HTTP/1.1\r\n").await;
     let started = std::time::Instant::now();
     assert!(client.closed_within(Duration::from_secs(1)).await);
-    assert!(started.elapsed() < Duration::from_millis(900), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
 
     // A connection opened and never used is closed at the header timeout.
     let mut client = server.connect().await;
@@ -375,7 +492,10 @@ async fn slow_heads_and_idle_connections_time_out() {
     let mut client = server.connect().await;
     client.send(b"GET /x HTTP/1.1\r\n\r\n").await;
     client.response().await;
-    assert!(!client.closed_within(Duration::from_millis(800)).await, "closed before the idle timeout");
+    assert!(
+        !client.closed_within(Duration::from_millis(800)).await,
+        "closed before the idle timeout"
+    );
     client.send(b"GET /still HTTP/1.1\r\n\r\n").await;
     assert_eq!(client.response().await.text(), "GET /still 0 -");
     assert!(client.closed_within(Duration::from_secs(3)).await);
@@ -392,10 +512,23 @@ async fn shutdown_closes_idle_connections_and_finishes_busy_ones() {
     tokio::time::sleep(Duration::from_millis(50)).await;
 
     server.stop.take().unwrap().send(()).unwrap();
-    assert!(idle.closed_within(Duration::from_secs(1)).await, "an idle connection closes at once");
+    assert!(
+        idle.closed_within(Duration::from_secs(1)).await,
+        "an idle connection closes at once"
+    );
     let r = busy.response().await;
-    assert_eq!((r.status, r.header("connection")), (200, Some("close")), "a busy one gets its answer");
+    assert_eq!(
+        (r.status, r.header("connection")),
+        (200, Some("close")),
+        "a busy one gets its answer"
+    );
     assert!(busy.closed_within(Duration::from_secs(1)).await);
-    tokio::time::timeout(Duration::from_secs(2), server.task).await.expect("serve returns once drained").unwrap();
-    assert!(TcpStream::connect(server.addr).await.is_err(), "no longer listening");
+    tokio::time::timeout(Duration::from_secs(2), server.task)
+        .await
+        .expect("serve returns once drained")
+        .unwrap();
+    assert!(
+        TcpStream::connect(server.addr).await.is_err(),
+        "no longer listening"
+    );
 }
