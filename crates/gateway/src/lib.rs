@@ -99,6 +99,7 @@ pub async fn serve(
         header_timeout: Duration::from_millis(manifest.gateway.header_timeout_ms),
         idle_timeout: Duration::from_millis(manifest.gateway.idle_timeout_ms),
         max_body: manifest.gateway.max_body_bytes,
+        max_connections: manifest.gateway.max_connections,
     };
     tracing::info!(address = %listener.local_addr()?, routes = manifest.routes.len(), "gateway ready");
     server::serve(listener, gateway, limits, shutdown, Duration::from_secs(10)).await;

@@ -14,7 +14,8 @@
 //! the limit 413 (declared ones before any of the body is read); `Content-Length` together
 //! with `Transfer-Encoding` is refused (request smuggling). A client must send a whole head
 //! within the header timeout; an idle kept-alive connection is closed after the idle timeout.
-//! On shutdown, idle connections close at once and busy ones after their response.
+//! At most `max_connections` are open at once; more wait in the listen backlog. On shutdown,
+//! idle connections close at once and busy ones after their response.
 //!
 //! Timers: one per connection, armed once and re-armed only when it fires, so a request on a
 //! busy connection touches no timer at all.
@@ -49,6 +50,9 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// The largest request body read.
     pub max_body: u64,
+    /// The most client connections open at once; past it, new ones wait in the listen
+    /// backlog until one closes (as nginx's `worker_connections` does).
+    pub max_connections: usize,
 }
 
 /// One request, borrowed from its connection's buffers.
@@ -134,9 +138,31 @@ pub async fn serve<H: Handler>(
     drain: Duration,
 ) {
     let (draining, _) = watch::channel(false);
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     let limits = Arc::new(limits);
     tokio::pin!(shutdown);
+    let mut full = false; // said once per time the limit is reached
     loop {
+        // A slot first: at the limit, connections wait in the kernel's backlog.
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => {
+                full = false;
+                slot
+            }
+            Err(_) => {
+                if !full {
+                    tracing::warn!(
+                        max = limits.max_connections,
+                        "connection limit reached; new connections wait"
+                    );
+                    full = true;
+                }
+                tokio::select! {
+                    slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+                    _ = &mut shutdown => break,
+                }
+            }
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -152,7 +178,10 @@ pub async fn serve<H: Handler>(
         let _ = stream.set_nodelay(true);
         let conn = Connection::new(stream, peer.ip(), draining.subscribe());
         let (handler, limits) = (handler.clone(), limits.clone());
-        tokio::spawn(async move { conn.run(&*handler, &limits).await });
+        tokio::spawn(async move {
+            conn.run(&*handler, &limits).await;
+            drop(slot);
+        });
     }
     drop(listener);
     let _ = draining.send(true);

@@ -84,6 +84,8 @@ pub struct Gateway {
     pub header_timeout_ms: u64,
     /// A kept-alive client connection idle this long is closed, in milliseconds.
     pub idle_timeout_ms: u64,
+    /// The most client connections open at once; more wait in the listen backlog.
+    pub max_connections: usize,
     /// Largest request body accepted (413 above it).
     pub max_body_bytes: u64,
     /// Largest upstream response body the gateway will wrap.
@@ -151,6 +153,7 @@ impl Default for Gateway {
             upstream_timeout_ms: 10_000,
             header_timeout_ms: 10_000,
             idle_timeout_ms: 75_000,
+            max_connections: 10_000,
             max_body_bytes: 1024 * 1024,
             max_response_bytes: 16 * 1024 * 1024,
             tokens: None,
@@ -363,6 +366,9 @@ impl Manifest {
             }
         }
         let g = &self.gateway;
+        if g.max_connections == 0 {
+            return Err("gateway.max_connections: must be at least 1".into());
+        }
         for (key, ms) in [
             ("upstream_timeout_ms", g.upstream_timeout_ms),
             ("header_timeout_ms", g.header_timeout_ms),

@@ -110,6 +110,7 @@ fn limits() -> Limits {
         header_timeout: Duration::from_secs(5),
         idle_timeout: Duration::from_secs(5),
         max_body: 1024,
+        max_connections: 1000,
     }
 }
 
@@ -462,6 +463,7 @@ async fn slow_heads_and_idle_connections_time_out() {
         header_timeout: Duration::from_millis(300),
         idle_timeout: Duration::from_millis(1500),
         max_body: 1024,
+        max_connections: 1000,
     })
     .await;
 
@@ -592,4 +594,32 @@ async fn random_bytes_get_an_answer_or_a_close_and_never_stop_the_server() {
     let mut client = server.connect().await;
     client.send(b"GET /alive HTTP/1.1\r\n\r\n").await;
     assert_eq!(client.response().await.text(), "GET /alive 0 -");
+}
+
+#[tokio::test]
+async fn past_the_connection_limit_new_connections_wait_for_a_free_one() {
+    let server = Server::start(Limits {
+        max_connections: 2,
+        ..limits()
+    })
+    .await;
+    let mut first = server.connect().await;
+    first.send(b"GET /1 HTTP/1.1\r\n\r\n").await;
+    first.response().await;
+    let mut second = server.connect().await;
+    second.send(b"GET /2 HTTP/1.1\r\n\r\n").await;
+    second.response().await;
+    // The third is accepted by the kernel but not served while both are open.
+    let mut third = server.connect().await;
+    third.send(b"GET /3 HTTP/1.1\r\n\r\n").await;
+    let mut byte = [0u8; 1];
+    let early =
+        tokio::time::timeout(Duration::from_millis(300), third.stream.read(&mut byte)).await;
+    assert!(early.is_err(), "served past the limit");
+    drop(first);
+    let r = third.response().await;
+    assert_eq!(r.text(), "GET /3 0 -", "served once a connection closed");
+    // The ones open go on being served.
+    second.send(b"GET /again HTTP/1.1\r\n\r\n").await;
+    assert_eq!(second.response().await.text(), "GET /again 0 -");
 }
