@@ -243,7 +243,7 @@ impl Connection {
 
     async fn run<H: Handler>(mut self, handler: &H, limits: &Limits) {
         let opened = Instant::now();
-        // Idle since (the start of the last request, or the opening) and for how long it may be.
+        // Idle since (the last answer, or the opening) and for how long it may be.
         let (mut idle_since, mut idle_limit) = (opened, limits.header_timeout);
         // When the first bytes of a head still incomplete arrived.
         let mut head_since: Option<Instant> = None;
@@ -304,7 +304,7 @@ impl Connection {
             };
             head_since = None;
             let start = Instant::now();
-            (idle_since, idle_limit) = (start, limits.idle_timeout);
+            idle_limit = limits.idle_timeout;
 
             // 2. Its body: from the buffer when it is all there (no timer), else read under the
             // idle timeout.
@@ -357,6 +357,11 @@ impl Connection {
                 .await;
             if sent.is_err() || close {
                 return self.close().await;
+            }
+            idle_since = Instant::now(); // idle from the end of the answer
+            if timer.deadline() > idle_since + idle_limit {
+                // An idle timeout shorter than the header timeout the timer was armed with.
+                timer.as_mut().reset(idle_since + idle_limit);
             }
             self.read.advance(consumed);
             if !self.chunked.is_empty() {

@@ -623,3 +623,23 @@ async fn past_the_connection_limit_new_connections_wait_for_a_free_one() {
     second.send(b"GET /again HTTP/1.1\r\n\r\n").await;
     assert_eq!(second.response().await.text(), "GET /again 0 -");
 }
+
+#[tokio::test]
+async fn an_idle_timeout_shorter_than_the_header_timeout_is_kept() {
+    let server = Server::start(Limits {
+        header_timeout: Duration::from_secs(5),
+        idle_timeout: Duration::from_millis(300),
+        ..limits()
+    })
+    .await;
+    let mut client = server.connect().await;
+    client.send(b"GET /x HTTP/1.1\r\n\r\n").await;
+    client.response().await;
+    let answered = std::time::Instant::now();
+    assert!(client.closed_within(Duration::from_secs(3)).await);
+    let idle = answered.elapsed();
+    assert!(
+        idle >= Duration::from_millis(250) && idle < Duration::from_millis(1500),
+        "{idle:?}"
+    );
+}
