@@ -78,6 +78,15 @@ pub fn has_token(value: &[u8], token: &str) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
+/// Whether a `Transfer-Encoding` value's last coding is `chunked`, the one that frames the
+/// body (RFC 9112 §6.3).
+pub fn last_coding_is_chunked(value: &[u8]) -> bool {
+    value
+        .rsplit(|b| *b == b',')
+        .next()
+        .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

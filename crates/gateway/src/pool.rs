@@ -402,11 +402,7 @@ fn parse_head(parsed: &httparse::Response<'_, '_>) -> Result<(StatusCode, Framin
             }
             length = Some(n);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            chunked = h
-                .value
-                .rsplit(|b| *b == b',')
-                .next()
-                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            chunked = fields::last_coding_is_chunked(h.value);
             if !chunked {
                 close = true; // another coding last: the body ends with the connection
             }

@@ -216,7 +216,6 @@ struct Head {
     /// An HTTP/1.0 client asked for keep-alive (and is told it got it).
     keep_alive_10: bool,
     expect_continue: bool,
-    head_request: bool,
 }
 
 enum Framing {
@@ -319,8 +318,7 @@ impl Connection {
                 }
             };
             let consumed = match &body {
-                Ok(BodySpan::Inline(n)) => head.len + n,
-                Ok(BodySpan::Chunked(n)) => head.len + n,
+                Ok(BodySpan::Inline(n) | BodySpan::Chunked(n)) => head.len + n,
                 Err(_) => 0,
             };
             let unread = body.is_err();
@@ -353,7 +351,7 @@ impl Connection {
                 _ => None,
             };
             let sent = self
-                .respond(status, &body, head.head_request, connection)
+                .respond(status, &body, head.method == Method::HEAD, connection)
                 .await;
             if sent.is_err() || close {
                 return self.close().await;
@@ -556,11 +554,7 @@ fn parse_head(buf: &[u8], fields: &mut Vec<Field>) -> Result<Option<Head>, Rejec
             length = Some(n);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             transfer_encoding = true;
-            chunked = h
-                .value
-                .rsplit(|b| *b == b',')
-                .next()
-                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            chunked = fields::last_coding_is_chunked(h.value);
         } else if name.eq_ignore_ascii_case(b"connection") {
             close |= fields::has_token(h.value, "close");
             keep_alive_asked |= fields::has_token(h.value, "keep-alive");
@@ -582,7 +576,7 @@ fn parse_head(buf: &[u8], fields: &mut Vec<Field>) -> Result<Option<Head>, Rejec
     fields::record(buf, parsed.headers, fields);
     Ok(Some(Head {
         len,
-        method: method.clone(),
+        method,
         target: (target_start, target.len()),
         path_len,
         framing: if chunked {
@@ -593,7 +587,6 @@ fn parse_head(buf: &[u8], fields: &mut Vec<Field>) -> Result<Option<Head>, Rejec
         keep_alive: !close && (http11 || keep_alive_asked),
         keep_alive_10: !close && !http11 && keep_alive_asked,
         expect_continue,
-        head_request: method == Method::HEAD,
     }))
 }
 

@@ -463,16 +463,14 @@ pub fn signal(pid: u32, sig: libc::c_int) {
 /// it.
 pub fn freeze(pid: u32) {
     signal(pid, libc::SIGSTOP);
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|stat| Some(stat.rsplit_once(')')?.1.trim_start().chars().next()?));
+        let state = state_of(pid);
         if state == Some('T') {
             return;
         }
         assert!(
-            std::time::Instant::now() < deadline,
+            Instant::now() < deadline,
             "process {pid} did not stop (state {state:?})"
         );
         std::thread::sleep(Duration::from_millis(1));
@@ -486,12 +484,13 @@ pub fn thaw(pid: u32) {
 
 /// Whether a process exists (and is not a zombie).
 pub fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
+    state_of(pid).is_some_and(|state| state != 'Z')
+}
+
+/// A process's state letter from `/proc/<pid>/stat` (`R`, `S`, `T`, `Z`…); `None` if it is gone.
+fn state_of(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
 /// All descendants of `root`, from /proc.
