@@ -11,7 +11,7 @@ to CONFIRMED, and the CPU share of every process, which says what saturates firs
     BENCH_PERF=/tmp/shop.perf BENCH_RATES=100 python3 bench/checkout.py   # profile the shop's core
 """
 
-import json, os, re, subprocess, sys, tempfile, time
+import json, os, re, subprocess, sys, tempfile, time, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import *  # noqa: E402,F403
@@ -21,6 +21,24 @@ RATES = [int(r) for r in os.environ.get("BENCH_RATES", "50,100,200,400,800").spl
 SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
 PRODUCT = "0190f000-0000-7000-8000-000000000005"
 CONTROL, GATEWAY = 18800, 18880
+
+
+def requests_served(control, gateway):
+    """HTTP requests each process has served so far, by `process route`, from every /metrics."""
+    urls = {"tessera control": f"http://{control}", "tessera gateway": f"http://{gateway}"}
+    with urllib.request.urlopen(f"http://{control}/v1/services", timeout=5) as r:
+        for service, instances in json.load(r)["services"].items():
+            for i in instances:
+                urls[i["id"]] = f"http://{i['address']}"
+    counts = {}
+    for name, url in urls.items():
+        with urllib.request.urlopen(f"{url}/metrics", timeout=5) as r:
+            for line in r.read().decode().splitlines():
+                m = re.match(r'http_server_requests_total\{route="([^"]*)",method="([^"]*)".*\} (\d+)', line)
+                if m:
+                    key = f"{name} {m.group(2)} {m.group(1)}"
+                    counts[key] = counts.get(key, 0) + int(m.group(3))
+    return counts
 
 
 def main():
@@ -62,6 +80,7 @@ def main():
             names = {pid: (os.path.basename(argv[0]) + (f" {argv[-1]}" if argv[0].endswith("tessera") else ""))
                      for pid, argv in procs}
             before = {pid: cpu_seconds([pid]) for pid in names}
+            served = requests_served(f"127.0.0.1:{CONTROL}", f"127.0.0.1:{GATEWAY}")
             started = time.time()
             perf = None
             if os.environ.get("BENCH_PERF"):
@@ -83,20 +102,32 @@ def main():
                 except OSError:
                     pass
             step["cpu_share"] = dict(sorted(cpu.items(), key=lambda kv: -kv[1]))
+            # The whole shop's CPU time per confirmed order, settling included: steadier than
+            # the saturation point on a noisy machine, and what an A/B of a change should read.
+            step["cpu_us_per_order"] = sum(cpu.values()) * wall * 1e6 / max(step["confirmed"], 1)
+            # HTTP requests the shop's processes served per confirmed order, by route: each is
+            # an exchange between two processes (settling's reads included).
+            after = requests_served(f"127.0.0.1:{CONTROL}", f"127.0.0.1:{GATEWAY}")
+            per_order = {k: (v - served.get(k, 0)) / max(step["confirmed"], 1) for k, v in after.items()}
+            step["requests_per_order"] = dict(sorted(((k, v) for k, v in per_order.items() if v > 0),
+                                                     key=lambda kv: -kv[1]))
+            step["requests_per_order_total"] = sum(step["requests_per_order"].values())
             step["rss_mb"] = {names[pid]: rss_kb(pid) / 1024 for pid in names if os.path.exists(f"/proc/{pid}")}
             steps.append(step)
             top = ", ".join(f"{n} {c:.0%}" for n, c in list(step["cpu_share"].items())[:3])
             print(f"{rate}/s: {step['confirmed_per_sec']:.0f} confirmed/s, p50 {step['p50_ms']:.0f} ms, "
-                  f"p99 {step['p99_ms']:.0f} ms; busiest: {top}", flush=True)
+                  f"p99 {step['p99_ms']:.0f} ms, {step['cpu_us_per_order']:.0f} µs CPU and "
+                  f"{step['requests_per_order_total']:.1f} requests per order; busiest: {top}",
+                  flush=True)
             if saturated is None and (step["confirmed_per_sec"] < 0.9 * rate or step["p99_ms"] > 1000):
                 saturated = rate
                 break
-        lines = ["| target/s | confirmed/s | p50 ms | p90 ms | p99 ms | busiest processes (CPU share of one core) |",
-                 "|---|---|---|---|---|---|"]
+        lines = ["| target/s | confirmed/s | p50 ms | p90 ms | p99 ms | CPU µs/order | requests/order | busiest processes (CPU share of one core) |",
+                 "|---|---|---|---|---|---|---|---|"]
         for s in steps:
             top = ", ".join(f"{n} {c:.0%}" for n, c in list(s["cpu_share"].items())[:4])
             lines.append(f"| {s['rate']} | {s['confirmed_per_sec']:.0f} | {s['p50_ms']:.0f} | {s['p90_ms']:.0f} "
-                         f"| {s['p99_ms']:.0f} | {top} |")
+                         f"| {s['p99_ms']:.0f} | {s['cpu_us_per_order']:.0f} | {s['requests_per_order_total']:.1f} | {top} |")
         lines.append(f"\nsaturation: {'at ' + str(saturated) + '/s' if saturated else 'not reached'}")
         write_results("checkout", {"benchmark": "checkout", "machine": machine(), "seconds": SECONDS,
                                    "steps": steps, "saturated_at": saturated}, "\n".join(lines))

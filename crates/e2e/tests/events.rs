@@ -429,3 +429,64 @@ async fn a_failing_event_in_a_batch_costs_the_others_nothing() {
     let ns: Vec<i64> = seen(&audit_db).await.iter().map(|r| r.2).collect();
     assert_eq!(ns, [1, 2, 4, 5, 6, 7, 8, 9]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_rows_leave_the_outbox_in_the_background_and_go_out_once() {
+    let (h, listener) = Harness::new().await;
+    h.start_control(listener);
+    let ledger = start_ledger(&h).await;
+    let p = passport(&h);
+    // One at a time: each deposit is its own relay pass, the case a delete per pass made cost
+    // a commit per event.
+    for n in 0..20 {
+        let body = json!({"id": format!("d{n}"), "amount": n, "account": "a", "n": n});
+        let r = h
+            .http
+            .post(format!("{ledger}/deposit"))
+            .header("x-passport", &p)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let in_log = async || -> i64 {
+        let v = h.control_json("/v1/topics").await;
+        v["topics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["name"] == "ledger.events")
+            .flat_map(|t| t["ends"].as_array().unwrap().iter())
+            .map(|e| e.as_i64().unwrap())
+            .sum()
+    };
+    h.wait("20 events in the log", async || in_log().await >= 20)
+        .await;
+    // The ledger's own database, opened as a replica would.
+    let db = Db::open(
+        &Db::default_url(&h.dir.join("data"), "ledger"),
+        tessera::events::MIGRATIONS,
+    )
+    .await
+    .unwrap();
+    let pending = async || -> i64 {
+        tessera::store::query_scalar("SELECT COUNT(*) FROM tessera_outbox")
+            .fetch_one(db.pool())
+            .await
+            .unwrap()
+    };
+    let started = Instant::now();
+    h.wait("an empty outbox", async || pending().await == 0)
+        .await;
+    assert!(
+        started.elapsed() < outbox::DELETE_EVERY * 4,
+        "deleted within a few intervals, took {:?}",
+        started.elapsed()
+    );
+    // Remembering what it published, the relay never sent a row twice while it waited to
+    // delete it.
+    tokio::time::sleep(outbox::DELETE_EVERY).await;
+    assert_eq!(in_log().await, 20);
+}

@@ -5,6 +5,14 @@
 //! elect one through a lease row) publishes pending events in id order, per topic, and deletes
 //! them once the log has acknowledged them. A crash between publish and delete publishes them
 //! again; consumers' inboxes make that harmless.
+//!
+//! The delete is lazy: the relay remembers the last id the log has taken and reads past it,
+//! and deletes what it has published at most every [`DELETE_EVERY`] (and when it stops), in
+//! one statement. Deleting each batch as it went cost a commit per batch, and under light load
+//! a batch is one event: a commit per event, for rows nobody reads again. Ids are never reused
+//! (`AUTOINCREMENT`), so a remembered id cannot hide a row written later; a relay that starts
+//! (or takes the lease over) remembers nothing and publishes the undeleted rows again, which
+//! is the crash case above.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +28,8 @@ pub type Tx = crate::store::Tx;
 
 const BATCH: i64 = 500;
 const LEASE_MS: i64 = 3000;
+/// How often published rows are deleted, at most.
+pub const DELETE_EVERY: Duration = Duration::from_millis(250);
 /// How often an idle relay looks for events written by other replicas.
 const IDLE_POLL: Duration = Duration::from_millis(20);
 
@@ -57,6 +67,9 @@ impl Outbox {
             holder,
             wake: wake.clone(),
             lease_until: 0,
+            published: 0,
+            deleted: 0,
+            deleted_at: tokio::time::Instant::now(),
         };
         (Self { wake }, tokio::spawn(relay.run(stop)))
     }
@@ -74,6 +87,12 @@ struct Relay {
     wake: Arc<Notify>,
     /// Until when (unix ms) this relay holds the lease.
     lease_until: i64,
+    /// Every row up to this id is in the log (or was refused by it): the next read starts
+    /// after it.
+    published: i64,
+    /// Rows up to this id are deleted.
+    deleted: i64,
+    deleted_at: tokio::time::Instant,
 }
 
 impl Relay {
@@ -82,7 +101,11 @@ impl Relay {
         let mut failing = false;
         loop {
             let stopping = *stop.borrow();
-            match self.step().await {
+            let stepped = self.step().await;
+            if stopping || self.deleted_at.elapsed() >= DELETE_EVERY {
+                self.delete_published().await;
+            }
+            match stepped {
                 Ok(0) => {
                     backoff = Duration::from_millis(50);
                     if stopping {
@@ -129,8 +152,9 @@ impl Relay {
             return Ok(0);
         }
         let rows: Vec<(i64, String, String)> = crate::store::query_as(
-            "SELECT id, topic, event FROM tessera_outbox ORDER BY id LIMIT $1",
+            "SELECT id, topic, event FROM tessera_outbox WHERE id > $1 ORDER BY id LIMIT $2",
         )
+        .bind(self.published)
         .bind(BATCH)
         .fetch_all(self.db.pool())
         .await
@@ -138,8 +162,8 @@ impl Relay {
         if rows.is_empty() {
             return Ok(0);
         }
-        // Per topic, in id order. Every row of a topic up to the last one taken is in `rows`
-        // (they are the lowest ids), which makes the delete below a range. The events go out
+        // Per topic, in id order. Every unpublished row of a topic up to the last one taken is
+        // in `rows` (they are the lowest ids), which makes the deletes below ranges. The events go out
         // as they were stored; a row that is not JSON (it cannot be: `add` wrote it) is
         // dropped loudly rather than holding up the rest.
         let mut by_topic: Vec<(&str, Vec<&str>, i64)> = Vec::new();
@@ -161,26 +185,54 @@ impl Relay {
             entry.2 = *id;
         }
         let mut sent = 0;
-        for (topic, events, last_id) in &by_topic {
-            if !events.is_empty() {
-                match self.bus.publish_json(topic, events).await {
-                    Ok(()) => sent += events.len(),
-                    Err(BusError::Refused(why)) => {
-                        // Retrying cannot help; keep the relay moving and say so loudly.
-                        tracing::error!(topic = %topic, count = events.len(), error = %why, "the log refused outbox events; dropping them");
+        for (done, (topic, events, _)) in by_topic.iter().enumerate() {
+            if events.is_empty() {
+                continue;
+            }
+            match self.bus.publish_json(topic, events).await {
+                Ok(()) => sent += events.len(),
+                Err(BusError::Refused(why)) => {
+                    // Retrying cannot help; keep the relay moving and say so loudly.
+                    tracing::error!(topic = %topic, count = events.len(), error = %why, "the log refused outbox events; dropping them");
+                }
+                Err(e) => {
+                    // The topics before this one are in the log: delete them now (the next read
+                    // starts from the remembered id, which must not pass this topic's rows).
+                    for (topic, _, last_id) in &by_topic[..done] {
+                        crate::store::query(
+                            "DELETE FROM tessera_outbox WHERE topic = $1 AND id > $2 AND id <= $3",
+                        )
+                        .bind(*topic)
+                        .bind(self.published)
+                        .bind(last_id)
+                        .execute(self.db.pool())
+                        .await
+                        .map_err(|e| e.to_string())?;
                     }
-                    Err(e) => return Err(e.to_string()),
+                    return Err(e.to_string());
                 }
             }
-            crate::store::query("DELETE FROM tessera_outbox WHERE topic = $1 AND id <= $2")
-                .bind(*topic)
-                .bind(last_id)
-                .execute(self.db.pool())
-                .await
-                .map_err(|e| e.to_string())?;
         }
+        self.published = rows.last().map_or(self.published, |(id, ..)| *id);
         metrics::counter!("tessera_outbox_published_total").increment(sent as u64);
         Ok(sent.max(1))
+    }
+
+    /// Deletes the rows published since the last delete, in one statement. A failure leaves
+    /// them for the next try; they are not read again meanwhile.
+    async fn delete_published(&mut self) {
+        self.deleted_at = tokio::time::Instant::now();
+        if self.published == self.deleted {
+            return;
+        }
+        let done = crate::store::query("DELETE FROM tessera_outbox WHERE id <= $1")
+            .bind(self.published)
+            .execute(self.db.pool())
+            .await;
+        match done {
+            Ok(_) => self.deleted = self.published,
+            Err(e) => tracing::warn!(error = %e, "cannot delete published outbox rows; retrying"),
+        }
     }
 
     /// Takes or renews the relay lease; `false` if another replica holds it.
