@@ -4,17 +4,18 @@
 //! (`tokens.rs`, cached until it expires), check the route's roles, mint a passport, pick a
 //! live instance round-robin from the registry's view, forward with a deadline, wrap the answer
 //! in the envelope (`envelope.rs`), and write one access-log line. It is its own HTTP/1.1
-//! server (`server.rs`) and client (`pool.rs`), both reading heads in place (`fields.rs`): no
-//! header map, no framework router on the hot path.
+//! server (`server.rs`) and client (`tessera::http1::pool`), both reading heads in place
+//! (`tessera::http1::fields`): no header map, no framework router on the hot path.
 
 pub mod envelope;
-pub mod fields;
-pub mod pool;
 pub mod proxy;
 pub mod routes;
 pub mod server;
 pub mod tokens;
 pub mod upstream;
+
+/// The lean HTTP/1.1 parts, shared with the service library's control-plane client.
+pub use tessera::http1::{fields, pool};
 
 use std::future::Future;
 use std::sync::Arc;

@@ -12,6 +12,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod health;
+pub mod http1;
 pub mod log;
 pub mod manifest;
 pub mod metrics;

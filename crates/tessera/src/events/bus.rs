@@ -2,11 +2,13 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::Event;
+use crate::http1::pool::SendError;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -116,22 +118,110 @@ pub trait Bus: Send + Sync + 'static {
 }
 
 /// The control plane's embedded log, over HTTP.
+///
+/// Every publish and fetch of every service is an exchange with the log, so a plain `http://`
+/// control URL (the control plane serves plain HTTP) is spoken to through the platform's lean
+/// HTTP/1.1 client ([`crate::http1::pool`]); any other URL (`https://`, behind a proxy) through
+/// reqwest. An exchange whose kept-alive connection turns out closed before any answer is sent
+/// again on a fresh one: at worst that appends an event twice or repeats a fetch, which the
+/// consumers' inboxes and the offsets make harmless.
 #[derive(Clone)]
 pub struct ControlBus {
-    base: String,
-    http: reqwest::Client,
+    transport: Transport,
 }
+
+#[derive(Clone)]
+enum Transport {
+    Lean {
+        /// `host:port`.
+        address: Arc<str>,
+        /// The URL's path, if the control plane is served under one.
+        prefix: Arc<str>,
+        pool: Arc<crate::http1::pool::Pool>,
+    },
+    Reqwest {
+        base: String,
+        http: reqwest::Client,
+    },
+}
+
+/// The largest answer read from the log (a fetch of many large events).
+const MAX_ANSWER: u64 = 64 * 1024 * 1024;
 
 impl ControlBus {
     pub fn new(control_url: &str) -> Self {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(1))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()
-            .expect("reqwest client builds");
-        Self {
-            base: control_url.trim_end_matches('/').to_string(),
-            http,
+        let base = control_url.trim_end_matches('/');
+        let lean = base.strip_prefix("http://").and_then(|rest| {
+            let (address, prefix) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            (!address.is_empty() && !address.contains('@')).then_some((address, prefix))
+        });
+        let transport = match lean {
+            Some((address, prefix)) => Transport::Lean {
+                address: address.into(),
+                prefix: prefix.into(),
+                pool: Arc::new(crate::http1::pool::Pool::new(64, Duration::from_secs(1))),
+            },
+            None => Transport::Reqwest {
+                base: base.to_string(),
+                http: reqwest::Client::builder()
+                    .connect_timeout(Duration::from_secs(1))
+                    .pool_idle_timeout(Duration::from_secs(30))
+                    .build()
+                    .expect("reqwest client builds"),
+            },
+        };
+        Self { transport }
+    }
+
+    /// POSTs a JSON `body` to `path`; the answer's status and body.
+    async fn exchange(
+        &self,
+        path: &str,
+        body: String,
+        timeout: Duration,
+    ) -> Result<(http::StatusCode, bytes::Bytes), String> {
+        match &self.transport {
+            Transport::Lean {
+                address,
+                prefix,
+                pool,
+            } => {
+                let target = format!("{prefix}{path}");
+                let req = crate::http1::pool::Outgoing {
+                    method: &http::Method::POST,
+                    path_and_query: &target,
+                    headers: crate::http1::fields::Fields::empty(),
+                    skip: |_| false,
+                    extra: &[("content-type", b"application/json")],
+                    deadline_ms: None,
+                    body: body.as_bytes(),
+                    replayable: true,
+                };
+                match tokio::time::timeout(timeout, pool.send(address, &req, MAX_ANSWER)).await {
+                    Ok(Ok(answer)) => Ok((answer.status, answer.body)),
+                    Ok(Err(e)) => Err(match e {
+                        SendError::Connect => format!("cannot connect to {address}"),
+                        SendError::Failed => format!("the exchange with {address} failed"),
+                        SendError::TooLarge => {
+                            format!("{address} answered more than {MAX_ANSWER} bytes")
+                        }
+                    }),
+                    Err(_) => Err(format!("no answer within {timeout:?} ({address})")),
+                }
+            }
+            Transport::Reqwest { base, http } => {
+                let resp = http
+                    .post(format!("{base}{path}"))
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .body(body)
+                    .timeout(timeout)
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let status = resp.status();
+                let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
+                Ok((status, bytes))
+            }
         }
     }
 
@@ -141,20 +231,10 @@ impl ControlBus {
         body: String,
         timeout: Duration,
     ) -> Result<bytes::Bytes, BusError> {
-        let resp = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .timeout(timeout)
-            .send()
+        let (status, bytes) = self
+            .exchange(&path, body, timeout)
             .await
-            .map_err(|e| BusError::Unavailable(e.to_string()))?;
-        let status = resp.status();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| BusError::Unavailable(e.to_string()))?;
+            .map_err(BusError::Unavailable)?;
         if status.is_success() {
             return Ok(bytes);
         }
@@ -342,5 +422,65 @@ impl Bus for ControlBus {
             .await
             .map(drop)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lean(url: &str) -> Option<(String, String)> {
+        match ControlBus::new(url).transport {
+            Transport::Lean {
+                address, prefix, ..
+            } => Some((address.to_string(), prefix.to_string())),
+            Transport::Reqwest { .. } => None,
+        }
+    }
+
+    #[test]
+    fn plain_http_urls_take_the_lean_client_and_keep_their_path() {
+        assert_eq!(
+            lean("http://127.0.0.1:8500"),
+            Some(("127.0.0.1:8500".into(), "".into()))
+        );
+        assert_eq!(
+            lean("http://control.internal:80/tessera/"),
+            Some(("control.internal:80".into(), "/tessera".into()))
+        );
+        for other in ["https://control:8500", "http://user@control:8500", "http://"] {
+            assert_eq!(lean(other), None, "{other}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_log_is_unavailable_on_either_transport() {
+        // A port nothing listens on: bound, then released.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        for url in [
+            format!("http://127.0.0.1:{port}"),
+            format!("http://127.0.0.1:{port}/"),
+        ] {
+            let bus = ControlBus::new(&url);
+            let e = bus.publish_json("t", &["{}"]).await.unwrap_err();
+            assert!(
+                matches!(&e, BusError::Unavailable(m) if m.contains("cannot connect")),
+                "{e}"
+            );
+            let (committed, fetched) = bus
+                .commit_and_fetch("t", "g", "c", Some((0, 1)), 10, Duration::from_millis(10))
+                .await;
+            assert!(committed.is_none(), "the commit's outcome is unknown");
+            assert!(fetched.unwrap_err().is_retryable());
+        }
+        let e = ControlBus::new(&format!("https://127.0.0.1:{port}"))
+            .publish_json("t", &["{}"])
+            .await
+            .unwrap_err();
+        assert!(e.is_retryable(), "{e}");
     }
 }

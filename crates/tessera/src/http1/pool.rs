@@ -1,13 +1,14 @@
-//! Keep-alive HTTP/1.1 connections to upstream instances, driven on the request's own task.
+//! Keep-alive HTTP/1.1 connections to instances, driven on the request's own task.
 //!
 //! A request takes an idle connection to its instance (or opens one), writes the request in
 //! one buffer, reads the response head and its whole body, and gives the connection back when
 //! the exchange left it clean. No connection task, no channel between the request and its
-//! connection, no header map built for the upstream request: the client's headers are written
-//! straight from its request, with the gateway's own after them. Idle connections live in a
+//! connection, no header map built for the request: a proxied client's headers are written
+//! straight from its request, with the caller's own after them. Idle connections live in a
 //! short list per instance address under one lock held for a pop or a push.
 //!
-//! The proxy reads bodies whole (it wraps them in the envelope), which keeps this client small:
+//! Callers read bodies whole (the gateway wraps them in the envelope, the bus parses them),
+//! which keeps this client small:
 //! `Content-Length` and chunked bodies, bodies delimited by the connection's close, `HEAD`,
 //! 1xx, 204 and 304 without a body. Anything else malformed is [`SendError::Failed`].
 
@@ -20,7 +21,7 @@ use http::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::fields::{self, Field, Fields};
+use super::fields::{self, Field, Fields};
 
 /// Why a request reached no response.
 #[derive(Debug, PartialEq, Eq)]
@@ -285,7 +286,7 @@ async fn write_request(
     if let Some(ms) = req.deadline_ms {
         header(
             buf,
-            tessera::client::DEADLINE_HEADER.as_bytes(),
+            crate::client::DEADLINE_HEADER.as_bytes(),
             n.format(ms).as_bytes(),
         );
     }
@@ -299,7 +300,7 @@ async fn write_request(
 
 /// Writes a message whose head is in `head`: a small body goes out in the same system call,
 /// a large one is not copied.
-pub(crate) async fn write_message(
+pub async fn write_message(
     stream: &mut TcpStream,
     head: &mut Vec<u8>,
     body: &[u8],

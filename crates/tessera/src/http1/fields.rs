@@ -1,6 +1,6 @@
 //! Header fields as offsets into the bytes of the message head they were parsed from.
 //!
-//! The gateway reads heads with `httparse`, which hands out slices of the read buffer. Rather
+//! Heads are read with `httparse`, which hands out slices of the read buffer. Rather
 //! than copy every name and value into a header map (an allocation per value, a hash per
 //! name), the positions are kept: a request's or response's fields are read in place and
 //! written on from there. Names keep the spelling they arrived with; every lookup ignores
