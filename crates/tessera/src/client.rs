@@ -8,6 +8,7 @@
 //! service mints a passport for itself (`service:<name>`, role `system`).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,6 +17,8 @@ use http::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::http1::fields::Fields;
+use crate::http1::pool::{Incoming, Outgoing, Pool, SendError};
 use crate::manifest::{Resilience, RetryConfig};
 use crate::passport::{self, PassportKeys};
 use crate::registry::Discovery;
@@ -60,8 +63,12 @@ pub enum CallError {
     NoInstance(String),
     #[error("{0} did not answer in time")]
     Timeout(String),
+    /// Nothing was sent: no connection could be opened.
     #[error("cannot reach {0}: {1}")]
     Connect(String, String),
+    /// The exchange failed after the request went out: it may have been acted on.
+    #[error("the call to {0} failed: {1}")]
+    Broken(String, String),
     #[error("{service} answered {status}: {body}")]
     Status {
         service: String,
@@ -82,7 +89,10 @@ impl CallError {
     /// Whether the same call may succeed if tried again (on another instance, or later).
     pub fn is_retryable(&self) -> bool {
         match self {
-            CallError::NoInstance(_) | CallError::Timeout(_) | CallError::Connect(..) => true,
+            CallError::NoInstance(_)
+            | CallError::Timeout(_)
+            | CallError::Connect(..)
+            | CallError::Broken(..) => true,
             CallError::Status { status, .. } => matches!(status.as_u16(), 502..=504),
             CallError::Decode(..) => false,
             // Later, yes; at once, no: the breaker or the bulkhead says the service needs air.
@@ -99,13 +109,22 @@ pub struct ServiceClient {
 
 struct Inner {
     discovery: Discovery,
-    http: reqwest::Client,
+    /// Shared with the clients `with_timeout` makes.
+    transport: Arc<Transport>,
     timeout: Duration,
     keys: Arc<PassportKeys>,
     /// This service's name, for passports it mints for itself.
     me: String,
     /// Breaker, bulkhead and retry budget per called service.
     guards: Arc<Mutex<HashMap<String, Arc<Guard>>>>,
+}
+
+/// Keep-alive connections to every instance called, through the lean HTTP/1.1 client.
+struct Transport {
+    pool: Pool,
+    /// When idle connections were last checked for closed ones (ms since `created`).
+    swept: AtomicU64,
+    created: std::time::Instant,
 }
 
 /// How calls to one service are protected.
@@ -138,18 +157,23 @@ impl Guard {
 
 /// How many instances a call may try when connections are refused.
 const CONNECT_ATTEMPTS: usize = 3;
+/// Idle keep-alive connections kept per instance.
+const IDLE_PER_INSTANCE: usize = 64;
+/// The largest answer read.
+const MAX_ANSWER: u64 = 64 * 1024 * 1024;
+/// How often idle connections whose instance closed them (or went away) are dropped.
+const SWEEP_EVERY_MS: u64 = 10_000;
 
 impl ServiceClient {
     pub fn new(discovery: Discovery, keys: Arc<PassportKeys>, me: &str, timeout: Duration) -> Self {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(1))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()
-            .expect("reqwest client builds");
         Self {
             inner: Arc::new(Inner {
                 discovery,
-                http,
+                transport: Arc::new(Transport {
+                    pool: Pool::new(IDLE_PER_INSTANCE, Duration::from_secs(1)),
+                    swept: AtomicU64::new(0),
+                    created: std::time::Instant::now(),
+                }),
                 timeout,
                 keys,
                 me: me.to_string(),
@@ -228,7 +252,7 @@ impl ServiceClient {
         Self {
             inner: Arc::new(Inner {
                 discovery: i.discovery.clone(),
-                http: i.http.clone(),
+                transport: i.transport.clone(),
                 timeout,
                 keys: i.keys.clone(),
                 me: i.me.clone(),
@@ -396,41 +420,48 @@ impl ServiceClient {
                 }
                 None => inner.timeout,
             };
-            let mut req = inner
-                .http
-                .request(method.clone(), format!("http://{}{path}", chosen.address))
-                .timeout(timeout)
-                .header(DEADLINE_HEADER, timeout.as_millis().to_string())
-                .header(passport::HEADER, passport.clone())
-                .header(trace::TRACEPARENT, trace.header());
-            for (name, value) in headers {
-                req = req.header(*name, *value);
-            }
-            if let Some(body) = &body {
-                req = req
-                    .header(http::header::CONTENT_TYPE, "application/json")
-                    .body(body.clone());
-            }
-            let outcome = match req.send().await {
-                Err(e) if e.is_connect() && refused + 1 < CONNECT_ATTEMPTS.min(instances.len()) => {
+            let outcome = match self
+                .exchange(
+                    chosen.address.as_str(),
+                    &method,
+                    path,
+                    &body,
+                    headers,
+                    &passport,
+                    &trace,
+                    timeout,
+                )
+                .await
+            {
+                Err(Failed::Send(SendError::Connect))
+                    if refused + 1 < CONNECT_ATTEMPTS.min(instances.len()) =>
+                {
                     guard.balancer.finish(pick, true, &instances);
                     refused += 1; // never reached the instance: the next one, at no cost
                     continue;
                 }
-                Err(e) => Err(classify(service, e)),
-                Ok(resp) => {
-                    let status = resp.status();
-                    match resp.bytes().await {
-                        Ok(bytes) if status.is_success() => Ok((status, bytes)),
-                        Ok(bytes) => Err(CallError::Status {
-                            service: service.to_string(),
-                            status,
-                            body: String::from_utf8_lossy(&bytes[..bytes.len().min(512)])
-                                .into_owned(),
-                        }),
-                        Err(e) => Err(classify(service, e)),
-                    }
-                }
+                Err(e) => Err(match e {
+                    Failed::Send(SendError::Connect) => CallError::Connect(
+                        service.to_string(),
+                        format!("cannot connect to {}", chosen.address),
+                    ),
+                    Failed::Send(SendError::Failed) => CallError::Broken(
+                        service.to_string(),
+                        format!("the exchange with {} failed", chosen.address),
+                    ),
+                    Failed::Send(SendError::TooLarge) => CallError::Decode(
+                        service.to_string(),
+                        format!("an answer over {MAX_ANSWER} bytes"),
+                    ),
+                    Failed::Timeout => CallError::Timeout(service.to_string()),
+                }),
+                Ok(answer) if answer.status.is_success() => Ok((answer.status, answer.body)),
+                Ok(answer) => Err(CallError::Status {
+                    service: service.to_string(),
+                    status: answer.status,
+                    body: String::from_utf8_lossy(&answer.body[..answer.body.len().min(512)])
+                        .into_owned(),
+                }),
             };
             let failed = match &outcome {
                 Ok(_) => false,
@@ -464,14 +495,199 @@ impl ServiceClient {
     }
 }
 
-fn classify(service: &str, e: reqwest::Error) -> CallError {
-    if e.is_timeout() {
-        CallError::Timeout(service.to_string())
-    } else {
-        CallError::Connect(service.to_string(), e.to_string())
+impl ServiceClient {
+    /// One request to `address` within `timeout`, with the platform's headers.
+    #[allow(clippy::too_many_arguments)]
+    async fn exchange(
+        &self,
+        address: &str,
+        method: &Method,
+        path: &str,
+        body: &Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+        passport: &http::HeaderValue,
+        trace: &TraceContext,
+        timeout: Duration,
+    ) -> Result<Incoming, Failed> {
+        let t = &*self.inner.transport;
+        let pool = &t.pool;
+        let now = t.created.elapsed().as_millis() as u64;
+        let swept = t.swept.load(Ordering::Relaxed);
+        if now.saturating_sub(swept) >= SWEEP_EVERY_MS
+            && t.swept
+                .compare_exchange(swept, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            pool.sweep();
+        }
+        let mut traceparent = [0u8; 55];
+        trace.write_header(&mut traceparent);
+        let mut extra: Vec<(&str, &[u8])> = Vec::with_capacity(headers.len() + 3);
+        extra.push((passport::HEADER, passport.as_bytes()));
+        extra.push((trace::TRACEPARENT, &traceparent));
+        if body.is_some() {
+            extra.push(("content-type", b"application/json"));
+        }
+        extra.extend(headers.iter().map(|(n, v)| (*n, v.as_bytes())));
+        let target = request_target(path);
+        let req = Outgoing {
+            method,
+            path_and_query: &target,
+            headers: Fields::empty(),
+            skip: |_| false,
+            extra: &extra,
+            deadline_ms: Some(timeout.as_millis() as u64),
+            body: body.as_deref().unwrap_or_default(),
+            // A connection found closed under the request is retried once on a fresh one only
+            // when nothing of it can have been acted on twice (the retry policy's rule).
+            replayable: crate::resilience::may_repeat(
+                method,
+                headers
+                    .iter()
+                    .any(|(n, _)| n.eq_ignore_ascii_case("idempotency-key")),
+            ),
+        };
+        match tokio::time::timeout(timeout, pool.send(address, &req, MAX_ANSWER)).await {
+            Ok(answer) => answer.map_err(Failed::Send),
+            Err(_) => Err(Failed::Timeout),
+        }
     }
+}
+
+/// `path` as a request target: bytes a target may not hold (spaces, controls, quotes,
+/// non-ASCII…) percent-encoded, as a URL parser would, so that a caller's unencoded query
+/// value makes a valid request rather than a malformed one.
+fn request_target(path: &str) -> std::borrow::Cow<'_, str> {
+    fn allowed(b: u8) -> bool {
+        b.is_ascii_graphic()
+            && !matches!(
+                b,
+                b'"' | b'<' | b'>' | b'\\' | b'^' | b'`' | b'{' | b'|' | b'}'
+            )
+    }
+    if path.bytes().all(allowed) {
+        return path.into();
+    }
+    let mut out = String::with_capacity(path.len() + 16);
+    for b in path.bytes() {
+        if allowed(b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out.into()
+}
+
+/// Why an exchange gave no answer.
+enum Failed {
+    Send(SendError),
+    Timeout,
 }
 
 fn decode<T: DeserializeOwned>(service: &str, body: &[u8]) -> Result<T, CallError> {
     serde_json::from_slice(body).map_err(|e| CallError::Decode(service.to_string(), e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::Instance;
+    use tokio::io::AsyncReadExt;
+
+    /// An instance that reads each request's head, counts it, and hangs up without answering.
+    async fn hangs_up() -> (String, Arc<AtomicU64>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let seen = Arc::new(AtomicU64::new(0));
+        let count = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let count = count.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    count.fetch_add(1, Ordering::SeqCst);
+                    // Dropped: the connection closes with no answer.
+                });
+            }
+        });
+        (address, seen)
+    }
+
+    fn client_for(address: &str) -> ServiceClient {
+        let discovery = Discovery::fixed([Instance {
+            id: "flaky-1".into(),
+            service: "flaky".into(),
+            address: address.into(),
+            version: "test".into(),
+            metadata: Default::default(),
+        }]);
+        let keys =
+            Arc::new(PassportKeys::from_spec(&PassportKeys::generate_spec(), "test").unwrap());
+        ServiceClient::new(discovery, keys, "caller", Duration::from_secs(2))
+    }
+
+    #[tokio::test]
+    async fn a_call_that_may_have_been_acted_on_is_not_repeated_unless_it_may_be() {
+        let (address, seen) = hangs_up().await;
+        let client = client_for(&address);
+        // A POST without an idempotency key went out: it may have been acted on, so it is
+        // reported as such and sent once only.
+        let e = client
+            .send(Method::POST, "flaky", "/v1/things", Some(b"{}".to_vec()))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, CallError::Broken(..)), "{e}");
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
+        // With a key (or a GET), the retry policy may send it again.
+        seen.store(0, Ordering::SeqCst);
+        let e = client
+            .send_with(
+                Method::POST,
+                "flaky",
+                "/v1/things",
+                Some(b"{}".to_vec()),
+                &[("idempotency-key", "k1")],
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(e, CallError::Broken(..)), "{e}");
+        assert!(seen.load(Ordering::SeqCst) > 1, "retried");
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_connect_error() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let e = client_for(&format!("127.0.0.1:{port}"))
+            .send(Method::POST, "flaky", "/v1/things", None)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, CallError::Connect(..)), "{e}");
+    }
+
+    #[test]
+    fn request_targets_are_encoded_only_where_they_must_be() {
+        let clean = "/api/catalog/products/lookup?ids=a,b&x=%20y";
+        assert!(matches!(
+            request_target(clean),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(
+            request_target("/search?q=hello world|\"é\""),
+            "/search?q=hello%20world%7C%22%C3%A9%22"
+        );
+        assert_eq!(request_target("/a\r\nb"), "/a%0D%0Ab");
+    }
 }

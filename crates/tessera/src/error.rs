@@ -115,6 +115,7 @@ impl From<crate::client::CallError> for ApiError {
             CallError::NoInstance(_)
             | CallError::Timeout(_)
             | CallError::Connect(..)
+            | CallError::Broken(..)
             | CallError::CircuitOpen(_)
             | CallError::BulkheadFull(_) => {
                 tracing::warn!(error = %err, "call failed");

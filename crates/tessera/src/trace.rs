@@ -109,12 +109,17 @@ impl TraceContext {
     /// [`Self::header`] as a header value.
     pub fn header_value(&self) -> http::HeaderValue {
         let mut out = [0u8; 55];
+        self.write_header(&mut out);
+        http::HeaderValue::from_bytes(&out).expect("hex and dashes")
+    }
+
+    /// [`Self::header`] written into `out`, without allocating.
+    pub fn write_header(&self, out: &mut [u8; 55]) {
         out[..3].copy_from_slice(b"00-");
         hex(&self.trace_id, &mut out[3..35]);
         out[35] = b'-';
         hex(&self.span_id, &mut out[36..52]);
         out[52..].copy_from_slice(if self.sampled { b"-01" } else { b"-00" });
-        http::HeaderValue::from_bytes(&out).expect("hex and dashes")
     }
 
     pub fn trace_id_hex(&self) -> String {

@@ -448,7 +448,11 @@ mod tests {
             lean("http://control.internal:80/tessera/"),
             Some(("control.internal:80".into(), "/tessera".into()))
         );
-        for other in ["https://control:8500", "http://user@control:8500", "http://"] {
+        for other in [
+            "https://control:8500",
+            "http://user@control:8500",
+            "http://",
+        ] {
             assert_eq!(lean(other), None, "{other}");
         }
     }

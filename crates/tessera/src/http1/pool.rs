@@ -50,8 +50,8 @@ pub struct Outgoing<'a> {
     /// The client's header fields, written as they are except those `skip` names.
     pub headers: Fields<'a>,
     pub skip: fn(&[u8]) -> bool,
-    /// The gateway's own headers, written after the client's.
-    pub extra: &'a [(&'static str, &'a [u8])],
+    /// The caller's own headers, written after the proxied ones.
+    pub extra: &'a [(&'a str, &'a [u8])],
     /// What is left of the request's time, sent as `x-tessera-deadline-ms` (each hop honours it).
     pub deadline_ms: Option<u64>,
     pub body: &'a [u8],
