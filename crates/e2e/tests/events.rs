@@ -109,6 +109,20 @@ impl Harness {
     }
 }
 
+/// Deposits `n` into account `a` of the ledger at `ledger`; the answer's status.
+async fn deposit_n(h: &Harness, ledger: &str, passport: &str, n: i64) -> u16 {
+    let body = json!({"id": format!("d{n}"), "amount": n, "account": "a", "n": n});
+    h.http
+        .post(format!("{ledger}/deposit"))
+        .header("x-passport", passport)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 /// The ledger: a deposit and its event commit together, or neither does.
 async fn start_ledger(h: &Harness) -> String {
     let settings = h.settings("ledger");
@@ -353,17 +367,8 @@ async fn events_wait_in_the_outbox_while_the_log_is_down() {
     let ledger = start_ledger(&h).await;
     let p = passport(&h);
     for n in 0..5 {
-        let body = json!({"id": format!("d{n}"), "amount": n, "account": "a", "n": n});
-        let r = h
-            .http
-            .post(format!("{ledger}/deposit"))
-            .header("x-passport", &p)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
         assert_eq!(
-            r.status().as_u16(),
+            deposit_n(&h, &ledger, &p, n).await,
             200,
             "the service works without the log"
         );
@@ -439,16 +444,7 @@ async fn published_rows_leave_the_outbox_in_the_background_and_go_out_once() {
     // One at a time: each deposit is its own relay pass, the case a delete per pass made cost
     // a commit per event.
     for n in 0..20 {
-        let body = json!({"id": format!("d{n}"), "amount": n, "account": "a", "n": n});
-        let r = h
-            .http
-            .post(format!("{ledger}/deposit"))
-            .header("x-passport", &p)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 200);
+        assert_eq!(deposit_n(&h, &ledger, &p, n).await, 200);
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let in_log = async || -> i64 {
