@@ -430,6 +430,7 @@ impl ServiceClient {
                     &passport,
                     &trace,
                     timeout,
+                    idempotent,
                 )
                 .await
             {
@@ -508,6 +509,7 @@ impl ServiceClient {
         passport: &http::HeaderValue,
         trace: &TraceContext,
         timeout: Duration,
+        idempotent: bool,
     ) -> Result<Incoming, Failed> {
         let t = &*self.inner.transport;
         let pool = &t.pool;
@@ -540,12 +542,7 @@ impl ServiceClient {
             body: body.as_deref().unwrap_or_default(),
             // A connection found closed under the request is retried once on a fresh one only
             // when nothing of it can have been acted on twice (the retry policy's rule).
-            replayable: crate::resilience::may_repeat(
-                method,
-                headers
-                    .iter()
-                    .any(|(n, _)| n.eq_ignore_ascii_case("idempotency-key")),
-            ),
+            replayable: idempotent,
         };
         match tokio::time::timeout(timeout, pool.send(address, &req, MAX_ANSWER)).await {
             Ok(answer) => answer.map_err(Failed::Send),

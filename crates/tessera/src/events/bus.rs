@@ -186,7 +186,11 @@ impl ControlBus {
                 prefix,
                 pool,
             } => {
-                let target = format!("{prefix}{path}");
+                let target: std::borrow::Cow<'_, str> = if prefix.is_empty() {
+                    path.into()
+                } else {
+                    format!("{prefix}{path}").into()
+                };
                 let req = crate::http1::pool::Outgoing {
                     method: &http::Method::POST,
                     path_and_query: &target,
