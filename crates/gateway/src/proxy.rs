@@ -131,7 +131,7 @@ impl Gateway {
             method = req.method.as_str(),
             path = req.path,
             status = status.as_u16(),
-            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            latency_ms = elapsed.as_micros() as f64 / 1000.0,
             trace_id,
             upstream = upstream.as_deref().unwrap_or("-"),
             "access"

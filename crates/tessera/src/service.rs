@@ -443,7 +443,7 @@ where
                     method = method.as_str(),
                     route,
                     status,
-                    latency_ms = elapsed.as_secs_f64() * 1000.0,
+                    latency_ms = elapsed.as_micros() as f64 / 1000.0,
                     "request"
                 )
             });

@@ -201,12 +201,30 @@ enum Charged {
     Unavailable,
 }
 
+/// A payment the worker found due, with the command that asked for it.
+struct Due {
+    order_id: String,
+    status: String,
+    amount: i64,
+    currency: String,
+    attempts: i64,
+    command: Option<Event>,
+}
+
+/// A charge the provider answered, waiting to be recorded.
+struct Outcome {
+    due: Due,
+    charged: Charged,
+    ctx: RequestContext,
+    span: tracing::Span,
+}
+
 impl Worker {
     async fn run(self, wake: Arc<Notify>) {
         let worker = Arc::new(self);
         loop {
-            let due: Vec<(String, String, i64, String, i64)> = match tessera::store::query_as(
-                "SELECT order_id, status, amount, currency, attempts FROM payments
+            let due: Vec<(String, String, i64, String, i64, String)> = match tessera::store::query_as(
+                "SELECT order_id, status, amount, currency, attempts, command FROM payments
                  WHERE status IN ('pending', 'voiding') AND next_try <= $1 ORDER BY next_try LIMIT 64",
             )
             .bind(now_ms())
@@ -228,44 +246,108 @@ impl Worker {
                 continue;
             }
             let mut calls = tokio::task::JoinSet::new();
-            for (order_id, status, amount, currency, attempts) in due {
+            for (order_id, status, amount, currency, attempts, command) in due {
+                let due = Due {
+                    command: serde_json::from_str(&command).ok(),
+                    order_id,
+                    status,
+                    amount,
+                    currency,
+                    attempts,
+                };
                 let w = worker.clone();
-                calls.spawn(async move {
-                    // Work for an order happens in the trace of the order's checkout.
-                    let trace = w.trace_of(&order_id).await.unwrap_or_else(TraceContext::new_root);
-                    let span = trace.span("payment");
-                    let passport = w.keys.mint_header("service:payment", "service:payment", &["system".into()], None, &trace);
-                    let ctx = RequestContext { passport, trace, deadline: None };
-                    let result = REQUEST
-                        .scope(ctx, async {
-                            if status == "pending" {
-                                w.charge(&order_id, amount, &currency, attempts).await
-                            } else {
-                                w.void(&order_id, attempts).await
-                            }
-                        })
-                        .instrument(span)
-                        .await;
-                    if let Err(e) = result {
-                        tracing::warn!(order = %order_id, error = %e, "payment step failed; will retry");
-                    }
-                });
+                calls.spawn(async move { w.call(due).await });
             }
-            while calls.join_next().await.is_some() {}
-            worker.outbox.wake();
+            // Outcomes that are in at the same moment are recorded in one transaction: one
+            // commit for the lot, and each answer still waits only for its own call.
+            while let Some(first) = calls.join_next().await {
+                // The first call to finish wakes this task at once; let the calls whose
+                // answers arrived with it finish too before looking.
+                tokio::task::yield_now().await;
+                let mut outcomes: Vec<Outcome> = Vec::new();
+                for joined in
+                    std::iter::once(first).chain(std::iter::from_fn(|| calls.try_join_next()))
+                {
+                    match joined {
+                        Ok(Some(outcome)) => outcomes.push(outcome),
+                        Ok(None) => {}
+                        Err(e) => tracing::error!(error = %e, "payment call panicked"),
+                    }
+                }
+                if outcomes.is_empty() {
+                    continue;
+                }
+                let count = outcomes.len();
+                if let Err(e) = worker.settle(outcomes).await {
+                    // Nothing was recorded: the payments stay due, and the provider answers
+                    // a charge again with the same outcome (the order id is its key).
+                    tracing::warn!(error = %e, payments = count, "cannot record payments; will retry");
+                }
+                worker.outbox.wake();
+            }
         }
     }
 
-    /// The trace of the command that asked for this payment.
-    async fn trace_of(&self, order_id: &str) -> Option<TraceContext> {
-        let row: Option<(String,)> =
-            tessera::store::query_as("SELECT command FROM payments WHERE order_id = $1")
-                .bind(order_id)
-                .fetch_optional(self.db.pool())
-                .await
-                .ok()?;
-        let command: Event = serde_json::from_str(&row?.0).ok()?;
-        command.trace().map(|t| t.child())
+    /// Calls the provider for one due payment, in the trace of the order's checkout: a charge
+    /// comes back to be recorded; a void is recorded here.
+    async fn call(&self, due: Due) -> Option<Outcome> {
+        let trace = due
+            .command
+            .as_ref()
+            .and_then(|c| c.trace())
+            .map_or_else(TraceContext::new_root, |t| t.child());
+        let span = trace.span("payment");
+        let passport = self.keys.mint_header(
+            "service:payment",
+            "service:payment",
+            &["system".into()],
+            None,
+            &trace,
+        );
+        let ctx = RequestContext {
+            passport,
+            trace,
+            deadline: None,
+        };
+        if due.status != "pending" {
+            let voided = REQUEST
+                .scope(ctx, self.void(&due.order_id, due.attempts))
+                .instrument(span.clone())
+                .await;
+            if let Err(e) = voided {
+                span.in_scope(|| tracing::warn!(order = %due.order_id, error = %e, "cannot record the void; will retry"));
+            }
+            return None;
+        }
+        if due.command.is_none() {
+            // Without its command there is no one to answer: make sure it is never charged.
+            span.in_scope(
+                || tracing::error!(order = %due.order_id, "stored command unreadable; voiding"),
+            );
+            let now = now_ms();
+            let marked = tessera::store::query("UPDATE payments SET status = 'voiding', reason = 'payment_failed', next_try = $2, updated = $2 WHERE order_id = $1 AND status = 'pending'")
+                .bind(&due.order_id)
+                .bind(now)
+                .execute(self.db.pool())
+                .await;
+            if let Err(e) = marked {
+                tracing::warn!(order = %due.order_id, error = %e, "cannot mark the payment");
+            }
+            return None;
+        }
+        let charged = REQUEST
+            .scope(
+                ctx.clone(),
+                self.call_charge(&due.order_id, due.amount, &due.currency),
+            )
+            .instrument(span.clone())
+            .await;
+        Some(Outcome {
+            due,
+            charged,
+            ctx,
+            span,
+        })
     }
 
     async fn call_charge(&self, order_id: &str, amount: i64, currency: &str) -> Charged {
@@ -294,36 +376,56 @@ impl Worker {
         }
     }
 
-    async fn charge(
-        &self,
-        order_id: &str,
-        amount: i64,
-        currency: &str,
-        attempts: i64,
-    ) -> Result<(), tessera::store::DbError> {
-        let outcome = self.call_charge(order_id, amount, currency).await;
+    /// Records what the provider said about each charge, and answers the saga, in one
+    /// transaction.
+    async fn settle(&self, outcomes: Vec<Outcome>) -> Result<(), tessera::store::DbError> {
         let mut tx = self.db.write_tx().await?;
-        let row: Option<(String, String)> =
-            tessera::store::query_as("SELECT status, command FROM payments WHERE order_id = $1")
-                .bind(order_id)
-                .fetch_optional(&mut *tx)
+        let mut settled = Vec::with_capacity(outcomes.len());
+        for outcome in outcomes {
+            let Outcome {
+                due,
+                charged,
+                ctx,
+                span,
+            } = outcome;
+            let status = REQUEST
+                .scope(ctx, self.record(&mut tx, &due, charged))
+                .instrument(span.clone())
                 .await?;
-        let Some((status, command)) = row else {
-            return Ok(());
-        };
-        if status != "pending" {
-            // Cancelled while we were at the provider: the void path takes it from here.
-            return Ok(());
+            settled.push((due.order_id, status, span));
         }
-        let command: Event = match serde_json::from_str(&command) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(order = %order_id, error = %e, "stored command unreadable");
-                return Ok(());
+        tx.commit().await?;
+        for (order_id, status, span) in settled {
+            if let Some(status) = status {
+                span.in_scope(|| tracing::info!(order = %order_id, status, "payment settled"));
             }
+        }
+        Ok(())
+    }
+
+    /// Records one charge's outcome in `tx`; returns the payment's new status, if it settled.
+    async fn record(
+        &self,
+        tx: &mut Tx,
+        due: &Due,
+        charged: Charged,
+    ) -> Result<Option<&'static str>, tessera::store::DbError> {
+        let order_id = due.order_id.as_str();
+        let row: Option<(String,)> =
+            tessera::store::query_as("SELECT status FROM payments WHERE order_id = $1")
+                .bind(order_id)
+                .fetch_optional(&mut **tx)
+                .await?;
+        if row.is_none_or(|(status,)| status != "pending") {
+            // Cancelled while we were at the provider: the void path takes it from here.
+            return Ok(None);
+        }
+        let Some(command) = &due.command else {
+            return Ok(None);
         };
+        let attempts = due.attempts;
         let now = now_ms();
-        let (new_status, reason, reply) = match outcome {
+        let (new_status, reason, reply) = match charged {
             Charged::Captured => (
                 "authorized",
                 None,
@@ -346,9 +448,9 @@ impl Worker {
                     .bind(order_id)
                     .bind(now + backoff)
                     .bind(now)
-                    .execute(&mut *tx)
+                    .execute(&mut **tx)
                     .await?;
-                return tx.commit().await;
+                return Ok(None);
             }
             Charged::Unavailable => {
                 // Fail fast while the provider is down; void in case an earlier attempt charged.
@@ -374,12 +476,10 @@ impl Worker {
             .bind(new_status)
             .bind(reason)
             .bind(now)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
-        saga::reply(&mut tx, &command, SOURCE, reply).await?;
-        tx.commit().await?;
-        tracing::info!(order = %order_id, status = new_status, "payment settled");
-        Ok(())
+        saga::reply(tx, command, SOURCE, reply).await?;
+        Ok(Some(new_status))
     }
 
     async fn void(&self, order_id: &str, attempts: i64) -> Result<(), tessera::store::DbError> {

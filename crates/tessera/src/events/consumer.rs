@@ -247,7 +247,7 @@ impl Consumer {
                         topic = %self.topic,
                         event_type = %event.ty,
                         id = %event.id,
-                        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+                        latency_ms = started.elapsed().as_micros() as f64 / 1000.0,
                         "event handled"
                     )
                 });
