@@ -9,6 +9,11 @@ to CONFIRMED, and the CPU share of every process, which says what saturates firs
 
     python3 bench/checkout.py           # BENCH_RATES=50,100,200,400,800 BENCH_SECONDS=5
     BENCH_PERF=/tmp/shop.perf BENCH_RATES=100 python3 bench/checkout.py   # profile the shop's core
+    BENCH_WRITES=1 python3 bench/checkout.py   # also count each process's file writes per order
+
+BENCH_WRITES traces every `pwrite` during each step (perf, root): SQLite writes the WAL with
+one `pwrite` per frame header and one per 4 KiB page, so the 4 KiB writes per confirmed order
+are the database pages each process wrote for it.
 """
 
 import json, os, re, subprocess, sys, tempfile, time, urllib.request
@@ -39,6 +44,36 @@ def requests_served(control, gateway):
                     key = f"{name} {m.group(2)} {m.group(1)}"
                     counts[key] = counts.get(key, 0) + int(m.group(3))
     return counts
+
+
+def start_write_trace():
+    """Traces every pwrite on the machine until stopped (see BENCH_WRITES)."""
+    out = tempfile.mktemp(prefix="tessera-writes-", suffix=".perf")
+    proc = subprocess.Popen(["perf", "record", "-q", "-a", "-e", "syscalls:sys_enter_pwrite64", "-o", out],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)  # perf is tracing before the step starts
+    return proc, out
+
+
+def stop_write_trace(trace, names, confirmed):
+    """Per process: pwrite calls, 4 KiB page writes and MB written, per confirmed order."""
+    proc, out = trace
+    proc.send_signal(2)
+    proc.wait()
+    script = subprocess.run(["perf", "script", "-i", out, "-F", "pid,trace"], capture_output=True, text=True).stdout
+    os.unlink(out)
+    calls, pages, written = {}, {}, {}
+    for line in script.splitlines():
+        m = re.match(r"\s*(\d+)\s.*count: (0x[0-9a-f]+)", line)
+        if not m or int(m.group(1)) not in names:
+            continue
+        name, count = names[int(m.group(1))], int(m.group(2), 16)
+        calls[name] = calls.get(name, 0) + 1
+        pages[name] = pages.get(name, 0) + (count >= 4096)
+        written[name] = written.get(name, 0) + count
+    per = max(confirmed, 1)
+    return {name: {"pwrites": calls[name] / per, "pages": pages[name] / per, "bytes": written[name] / per}
+            for name in sorted(calls, key=lambda n: -written[n])}
 
 
 def main():
@@ -79,6 +114,7 @@ def main():
             procs = tree(up.pid)
             names = {pid: (os.path.basename(argv[0]) + (f" {argv[-1]}" if argv[0].endswith("tessera") else ""))
                      for pid, argv in procs}
+            writes = start_write_trace() if os.environ.get("BENCH_WRITES") else None
             before = {pid: cpu_seconds([pid]) for pid in names}
             served = requests_served(f"127.0.0.1:{CONTROL}", f"127.0.0.1:{GATEWAY}")
             started = time.time()
@@ -112,6 +148,11 @@ def main():
             step["requests_per_order"] = dict(sorted(((k, v) for k, v in per_order.items() if v > 0),
                                                      key=lambda kv: -kv[1]))
             step["requests_per_order_total"] = sum(step["requests_per_order"].values())
+            if writes:
+                # File writes per confirmed order, by process, settling included.
+                step["writes_per_order"] = stop_write_trace(writes, names, step["confirmed"])
+                print("  database pages written per order: " + ", ".join(
+                    f"{n} {w['pages']:.1f}" for n, w in step["writes_per_order"].items()), flush=True)
             step["rss_mb"] = {names[pid]: rss_kb(pid) / 1024 for pid in names if os.path.exists(f"/proc/{pid}")}
             steps.append(step)
             top = ", ".join(f"{n} {c:.0%}" for n, c in list(step["cpu_share"].items())[:3])

@@ -25,10 +25,13 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use tessera::client::{REQUEST, RequestContext};
 use tessera::events::outbox::Outbox;
 use tessera::events::{Consumer, Event, outbox};
 use tessera::saga::Saga;
+use tessera::store::Tx;
 use tessera::{ApiError, Caller, Db, Json, Migration, Path, Query, Service, ServiceClient};
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::aggregate::{Line, OrderEvent};
@@ -53,8 +56,7 @@ const MAX_QUANTITY: i64 = 1000;
 pub struct AppState {
     db: Db,
     catalog: ServiceClient,
-    saga: Arc<Saga>,
-    outbox: Outbox,
+    placer: Placer,
 }
 
 pub async fn run() -> anyhow::Result<()> {
@@ -90,8 +92,7 @@ pub async fn run() -> anyhow::Result<()> {
                     .client
                     .with_timeout(Duration::from_secs(1))
                     .with_fallback_cache("catalog", 10_000),
-                saga,
-                outbox: events.outbox.clone(),
+                placer: Placer::start(ctx.db().clone(), saga, events.outbox.clone()),
             };
             Ok(router(state))
         })
@@ -268,41 +269,12 @@ async fn place(
     }
 
     let order_id = Uuid::now_v7().to_string();
-    let mut tx = st.db.write_tx().await?;
-    if let Some(key) = &key {
-        // Checked again under the write lock: a concurrent twin may have won.
-        let twin: Option<(String,)> = tessera::store::query_as(
-            "SELECT order_id FROM idempotency WHERE user_id = $1 AND key = $2",
-        )
-        .bind(&caller.id)
-        .bind(key)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some((existing,)) = twin {
-            drop(tx);
-            return Ok(accepted(&existing, &status_of(&st.db, &existing).await?));
-        }
-        tessera::store::query(
-            "INSERT INTO idempotency (user_id, key, order_id) VALUES ($1, $2, $3)",
-        )
-        .bind(&caller.id)
-        .bind(key)
-        .bind(&order_id)
-        .execute(&mut *tx)
-        .await?;
-    }
     let placed = OrderEvent::OrderPlaced {
         user_id: caller.id.clone(),
         items: lines.clone(),
         total,
         currency: currency.clone(),
     };
-    aggregate::append(&mut tx, &order_id, 0, &placed)
-        .await
-        .map_err(|e| match e {
-            aggregate::AppendError::Conflict => ApiError::conflict("conflict", "try again"),
-            aggregate::AppendError::Db(e) => e.into(),
-        })?;
     let data = json!({
         "orderId": order_id,
         "userId": caller.id,
@@ -310,17 +282,179 @@ async fn place(
         "total": total,
         "currency": currency,
     });
-    outbox::add(
-        &mut tx,
-        checkout::ORDER_EVENTS,
-        &Event::new(checkout::SOURCE, "shop.order.placed", &order_id, &data),
-    )
-    .await?;
-    st.saga.start(&mut tx, &order_id, data).await?;
+    let placement = Placement {
+        user: caller.id.clone(),
+        key,
+        order_id: order_id.clone(),
+        placed,
+        data,
+        ctx: REQUEST.try_with(Clone::clone).ok(),
+    };
+    match st.placer.place(placement).await? {
+        Placed::New => {
+            tracing::info!(order = %order_id, user = %caller.id, total, "order placed");
+            Ok(accepted(&order_id, "PENDING"))
+        }
+        Placed::Twin(existing) => Ok(accepted(&existing, &status_of(&st.db, &existing).await?)),
+    }
+}
+
+/// An order priced and checked, ready to be stored.
+struct Placement {
+    user: String,
+    key: Option<String>,
+    order_id: String,
+    placed: OrderEvent,
+    data: Value,
+    /// The placing request's context: the saga's first command continues its trace.
+    ctx: Option<RequestContext>,
+}
+
+enum Placed {
+    New,
+    /// The same `Idempotency-Key` placed this order before.
+    Twin(String),
+}
+
+/// An order waiting for the placer, and where its outcome goes.
+type Queued = (Placement, oneshot::Sender<Result<Placed, ApiError>>);
+
+/// The most orders stored in one transaction.
+const PLACE_BATCH: usize = 64;
+
+/// Stores placed orders. Orders placed at the same moment share one transaction: one commit
+/// for all, and each table's last page written once instead of once per order. If any of
+/// them fails, that transaction rolls back and each is stored alone, so one order's failure
+/// is its own.
+#[derive(Clone)]
+struct Placer {
+    queue: mpsc::Sender<Queued>,
+}
+
+impl Placer {
+    fn start(db: Db, saga: Arc<Saga>, outbox: Outbox) -> Self {
+        let (queue, rx) = mpsc::channel(1024);
+        tokio::spawn(place_loop(db, saga, outbox, rx));
+        Self { queue }
+    }
+
+    async fn place(&self, placement: Placement) -> Result<Placed, ApiError> {
+        let (reply, placed) = oneshot::channel();
+        let gone = || ApiError::unavailable("the order store is stopping");
+        self.queue
+            .send((placement, reply))
+            .await
+            .map_err(|_| gone())?;
+        placed.await.map_err(|_| gone())?
+    }
+}
+
+async fn place_loop(db: Db, saga: Arc<Saga>, outbox: Outbox, mut rx: mpsc::Receiver<Queued>) {
+    while let Some(first) = rx.recv().await {
+        // The first order wakes this task at once; let the requests that are ready with it
+        // reach the queue too.
+        tokio::task::yield_now().await;
+        let mut batch = vec![first];
+        while batch.len() < PLACE_BATCH {
+            match rx.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        if batch.len() > 1
+            && let Ok(results) = store_together(&db, &saga, &batch).await
+        {
+            outbox.wake();
+            for ((_, reply), placed) in batch.into_iter().zip(results) {
+                let _ = reply.send(Ok(placed));
+            }
+            continue;
+        }
+        for (placement, reply) in batch {
+            let stored = store_one(&db, &saga, &placement).await;
+            if stored.is_ok() {
+                outbox.wake();
+            }
+            let _ = reply.send(stored);
+        }
+    }
+}
+
+async fn store_together(db: &Db, saga: &Saga, batch: &[Queued]) -> Result<Vec<Placed>, ApiError> {
+    let mut tx = db.write_tx().await?;
+    let mut results = Vec::with_capacity(batch.len());
+    for (placement, _) in batch {
+        results.push(write_placement(&mut tx, saga, placement).await?);
+    }
     tx.commit().await?;
-    st.outbox.wake();
-    tracing::info!(order = %order_id, user = %caller.id, total, "order placed");
-    Ok(accepted(&order_id, "PENDING"))
+    Ok(results)
+}
+
+async fn store_one(db: &Db, saga: &Saga, placement: &Placement) -> Result<Placed, ApiError> {
+    let mut tx = db.write_tx().await?;
+    let placed = write_placement(&mut tx, saga, placement).await?;
+    if let Placed::New = placed {
+        tx.commit().await?;
+    }
+    Ok(placed)
+}
+
+/// Writes one order in `tx`, in the context of the request that placed it.
+async fn write_placement(
+    tx: &mut Tx,
+    saga: &Saga,
+    placement: &Placement,
+) -> Result<Placed, ApiError> {
+    let write = async {
+        let Placement {
+            user,
+            key,
+            order_id,
+            placed,
+            data,
+            ..
+        } = placement;
+        if let Some(key) = key {
+            // Checked again under the write lock: a concurrent twin may have won (in an
+            // earlier transaction, or earlier in this one).
+            let twin: Option<(String,)> = tessera::store::query_as(
+                "SELECT order_id FROM idempotency WHERE user_id = $1 AND key = $2",
+            )
+            .bind(user)
+            .bind(key)
+            .fetch_optional(&mut **tx)
+            .await?;
+            if let Some((existing,)) = twin {
+                return Ok(Placed::Twin(existing));
+            }
+            tessera::store::query(
+                "INSERT INTO idempotency (user_id, key, order_id) VALUES ($1, $2, $3)",
+            )
+            .bind(user)
+            .bind(key)
+            .bind(order_id)
+            .execute(&mut **tx)
+            .await?;
+        }
+        aggregate::append(tx, order_id, 0, placed)
+            .await
+            .map_err(|e| match e {
+                aggregate::AppendError::Conflict => ApiError::conflict("conflict", "try again"),
+                aggregate::AppendError::Db(e) => e.into(),
+            })?;
+        outbox::add(
+            tx,
+            checkout::ORDER_EVENTS,
+            &Event::new(checkout::SOURCE, "shop.order.placed", order_id, data),
+        )
+        .await?;
+        saga.start(tx, order_id, data.clone()).await?;
+        Ok(Placed::New)
+    };
+    match placement.ctx.clone() {
+        Some(ctx) => REQUEST.scope(ctx, write).await,
+        None => write.await,
+    }
 }
 
 #[derive(Serialize)]
