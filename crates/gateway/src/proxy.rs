@@ -50,30 +50,71 @@ struct Forwarded<'a> {
     route: &'a str,
 }
 
+/// A proxied request's access record, logged and counted once its answer is written.
+pub struct Access<'a> {
+    route: Option<&'a str>,
+    upstream: Option<String>,
+    trace_id: [u8; 32],
+}
+
 impl crate::server::Handler for Gateway {
+    type Done<'a> = Option<Access<'a>>;
+
     async fn handle<'a>(
         &'a self,
         req: &'a Request<'a>,
-        headers: &'a mut HeaderBuf,
-    ) -> (StatusCode, Bytes) {
+        headers: &mut HeaderBuf,
+    ) -> (StatusCode, Bytes, Option<Access<'a>>) {
         match req.path {
             "/health/live" | "/health/ready" => {
                 headers.push(b"content-type", JSON);
                 (
                     StatusCode::OK,
                     Bytes::from_static(b"{\"status\":\"ready\"}"),
+                    None,
                 )
             }
             "/metrics" => {
                 headers.push(b"content-type", b"text/plain; version=0.0.4");
-                (StatusCode::OK, Bytes::from(tessera::metrics::render()))
+                (
+                    StatusCode::OK,
+                    Bytes::from(tessera::metrics::render()),
+                    None,
+                )
             }
             "/status/resilience" => {
                 headers.push(b"content-type", JSON);
-                (StatusCode::OK, Bytes::from(self.resilience_status()))
+                (StatusCode::OK, Bytes::from(self.resilience_status()), None)
             }
-            _ => self.proxy(req, headers).await,
+            _ => {
+                let (status, body, access) = self.proxy(req, headers).await;
+                (status, body, Some(access))
+            }
         }
+    }
+
+    /// The access log line and the request metrics, once the answer is written: the time
+    /// they take is not added to the client's.
+    fn done(&self, req: &Request<'_>, status: StatusCode, access: Option<Access<'_>>) {
+        let Some(access) = access else { return };
+        let elapsed = req.start.elapsed();
+        tessera::metrics::record_request(
+            access.route.unwrap_or("unrouted"),
+            req.method.as_str(),
+            status.as_u16(),
+            elapsed,
+        );
+        let trace_id = std::str::from_utf8(&access.trace_id).unwrap_or("-");
+        tracing::info!(
+            target: "access",
+            method = req.method.as_str(),
+            path = req.path,
+            status = status.as_u16(),
+            latency_ms = elapsed.as_micros() as f64 / 1000.0,
+            trace_id,
+            upstream = access.upstream.as_deref().unwrap_or("-"),
+            "access"
+        );
     }
 
     fn malformed(
@@ -95,15 +136,19 @@ impl crate::server::Handler for Gateway {
 }
 
 impl Gateway {
-    /// Routes, authenticates and forwards one request, and logs it.
-    async fn proxy(&self, req: &Request<'_>, headers: &mut HeaderBuf) -> (StatusCode, Bytes) {
+    /// Routes, authenticates and forwards one request; what to log of it comes back too.
+    async fn proxy<'a>(
+        &'a self,
+        req: &Request<'_>,
+        headers: &mut HeaderBuf,
+    ) -> (StatusCode, Bytes, Access<'a>) {
         let parent = req
             .fields
             .get_str(tessera::trace::TRACEPARENT)
             .and_then(TraceContext::parse);
         let trace = parent.map_or_else(TraceContext::new_root, |p| p.child());
-        let mut trace_id = [0u8; 32];
-        let trace_id = tessera::trace::hex(&trace.trace_id, &mut trace_id);
+        let mut trace_hex = [0u8; 32];
+        let trace_id = tessera::trace::hex(&trace.trace_id, &mut trace_hex);
         let traceparent = trace.header_value();
         let (status, body, upstream, route) = match self
             .forward(req, headers, &trace, traceparent.as_bytes(), trace_id)
@@ -119,24 +164,12 @@ impl Gateway {
         };
         headers.push(b"traceparent", traceparent.as_bytes());
         headers.push(b"x-trace-id", trace_id.as_bytes());
-        let elapsed = req.start.elapsed();
-        tessera::metrics::record_request(
-            route.unwrap_or("unrouted"),
-            req.method.as_str(),
-            status.as_u16(),
-            elapsed,
-        );
-        tracing::info!(
-            target: "access",
-            method = req.method.as_str(),
-            path = req.path,
-            status = status.as_u16(),
-            latency_ms = elapsed.as_micros() as f64 / 1000.0,
-            trace_id,
-            upstream = upstream.as_deref().unwrap_or("-"),
-            "access"
-        );
-        (status, body)
+        let access = Access {
+            route,
+            upstream,
+            trace_id: trace_hex,
+        };
+        (status, body, access)
     }
 
     async fn forward<'a>(

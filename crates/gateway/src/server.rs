@@ -109,13 +109,23 @@ impl HeaderBuf {
 
 /// What answers requests.
 pub trait Handler: Send + Sync + 'static {
+    /// What is left to do once the answer is written (the access log line, the metrics):
+    /// it is not the client's to wait for.
+    type Done<'a>: Send
+    where
+        Self: 'a;
+
     /// Answers `req`: the status and body, with header fields pushed onto `headers`
-    /// (`content-length`, `date` and `connection` are the server's).
+    /// (`content-length`, `date` and `connection` are the server's), and what is left to do.
     fn handle<'a>(
         &'a self,
         req: &'a Request<'a>,
-        headers: &'a mut HeaderBuf,
-    ) -> impl Future<Output = (StatusCode, Bytes)> + Send + 'a;
+        headers: &mut HeaderBuf,
+    ) -> impl Future<Output = (StatusCode, Bytes, Self::Done<'a>)> + Send;
+
+    /// Called with what [`Handler::handle`] left to do, once its answer is written (or
+    /// failed to be).
+    fn done(&self, req: &Request<'_>, status: StatusCode, done: Self::Done<'_>);
 
     /// Answers a request the server could not read (400, 417 or 431); the connection closes
     /// after it.
@@ -342,7 +352,7 @@ impl Connection {
                 peer: self.peer,
                 start,
             };
-            let (status, body) = handler.handle(&req, &mut self.headers).await;
+            let (status, body, done) = handler.handle(&req, &mut self.headers).await;
             let draining = self.draining.has_changed().unwrap_or(true);
             let close = !head.keep_alive || unread || draining;
             let connection = match () {
@@ -350,9 +360,17 @@ impl Connection {
                 _ if head.keep_alive_10 => Some(&b"keep-alive"[..]),
                 _ => None,
             };
-            let sent = self
-                .respond(status, &body, head.method == Method::HEAD, connection)
-                .await;
+            let sent = respond(
+                &mut self.stream,
+                &mut self.write,
+                &self.headers,
+                status,
+                &body,
+                head.method == Method::HEAD,
+                connection,
+            )
+            .await;
+            handler.done(&req, status, done);
             if sent.is_err() || close {
                 return self.close().await;
             }
@@ -439,53 +457,19 @@ impl Connection {
     async fn reject<H: Handler>(mut self, handler: &H, Reject(status, message): Reject) {
         self.headers.clear();
         let body = handler.malformed(status, message, self.peer, &mut self.headers);
-        if self
-            .respond(status, &body, false, Some(b"close"))
-            .await
-            .is_ok()
-        {
+        let sent = respond(
+            &mut self.stream,
+            &mut self.write,
+            &self.headers,
+            status,
+            &body,
+            false,
+            Some(b"close"),
+        )
+        .await;
+        if sent.is_ok() {
             self.close().await;
         }
-    }
-
-    /// Writes a response; `connection` is the `Connection` field's value, if one is sent.
-    async fn respond(
-        &mut self,
-        status: StatusCode,
-        body: &Bytes,
-        head_request: bool,
-        connection: Option<&[u8]>,
-    ) -> std::io::Result<()> {
-        let out = &mut self.write;
-        out.clear();
-        out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(status.as_str().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
-        out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(&self.headers.buf);
-        // 1xx, 204 and 304 have no body, and no length either.
-        let bodiless = status.is_informational()
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED;
-        if !bodiless {
-            out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        if !self.headers.has_date {
-            out.extend_from_slice(b"date: ");
-            date::now(out);
-            out.extend_from_slice(b"\r\n");
-        }
-        if let Some(value) = connection {
-            out.extend_from_slice(b"connection: ");
-            out.extend_from_slice(value);
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
-        let body: &[u8] = if bodiless || head_request { &[] } else { body };
-        crate::pool::write_message(&mut self.stream, out, body).await
     }
 
     /// Ends the connection after a response: no more writes, and what the client still sends
@@ -498,6 +482,49 @@ impl Connection {
         })
         .await;
     }
+}
+
+/// Writes a response into `stream` through the buffer `out`; `connection` is the
+/// `Connection` field's value, if one is sent. (A function of the connection's parts, not
+/// of the connection: the request it answers still borrows the read buffer.)
+async fn respond(
+    stream: &mut TcpStream,
+    out: &mut Vec<u8>,
+    headers: &HeaderBuf,
+    status: StatusCode,
+    body: &Bytes,
+    head_request: bool,
+    connection: Option<&[u8]>,
+) -> std::io::Result<()> {
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&headers.buf);
+    // 1xx, 204 and 304 have no body, and no length either.
+    let bodiless = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    if !bodiless {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !headers.has_date {
+        out.extend_from_slice(b"date: ");
+        date::now(out);
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(value) = connection {
+        out.extend_from_slice(b"connection: ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    let body: &[u8] = if bodiless || head_request { &[] } else { body };
+    crate::pool::write_message(stream, out, body).await
 }
 
 /// The client closed the connection, or it failed.

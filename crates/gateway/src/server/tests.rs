@@ -14,15 +14,47 @@ use tokio::task::JoinHandle;
 use super::{Handler, HeaderBuf, Limits, Request, serve};
 
 /// Answers `METHOD TARGET BODY-LEN X-ECHO` (and the body itself for `/echo`); `/slow` takes
-/// 300 ms.
-struct Echo;
+/// 300 ms; after answering `/slow-after` it blocks its thread for 300 ms. Notes every answer
+/// in `done` after writing it.
+#[derive(Default)]
+struct Echo {
+    done: std::sync::Mutex<Vec<String>>,
+}
 
 impl Handler for Echo {
+    type Done<'a> = ();
+
+    fn done(&self, req: &Request<'_>, status: StatusCode, (): ()) {
+        if req.path == "/slow-after" {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let line = format!("{} {} {}", req.method, req.target, status.as_u16());
+        self.done.lock().unwrap().push(line);
+    }
+
     async fn handle<'a>(
         &'a self,
         req: &'a Request<'a>,
-        headers: &'a mut HeaderBuf,
-    ) -> (StatusCode, Bytes) {
+        headers: &mut HeaderBuf,
+    ) -> (StatusCode, Bytes, ()) {
+        let (status, body) = self.answer(req, headers).await;
+        (status, body, ())
+    }
+
+    fn malformed(
+        &self,
+        status: StatusCode,
+        message: &str,
+        _peer: IpAddr,
+        headers: &mut HeaderBuf,
+    ) -> Bytes {
+        headers.push(b"x-malformed", b"yes");
+        Bytes::from(format!("{}: {message}", status.as_u16()))
+    }
+}
+
+impl Echo {
+    async fn answer(&self, req: &Request<'_>, headers: &mut HeaderBuf) -> (StatusCode, Bytes) {
         if req.path == "/slow" {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
@@ -49,21 +81,11 @@ impl Handler for Echo {
         let text = format!("{} {} {} {}", req.method, req.target, body.len(), echo);
         (StatusCode::OK, Bytes::from(text))
     }
-
-    fn malformed(
-        &self,
-        status: StatusCode,
-        message: &str,
-        _peer: IpAddr,
-        headers: &mut HeaderBuf,
-    ) -> Bytes {
-        headers.push(b"x-malformed", b"yes");
-        Bytes::from(format!("{}: {message}", status.as_u16()))
-    }
 }
 
 struct Server {
     addr: SocketAddr,
+    echo: Arc<Echo>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -73,21 +95,17 @@ impl Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
+        let echo = Arc::new(Echo::default());
+        let handler = echo.clone();
         let task = tokio::spawn(async move {
             let shutdown = async move {
                 let _ = stopped.await;
             };
-            serve(
-                listener,
-                Arc::new(Echo),
-                limits,
-                shutdown,
-                Duration::from_secs(5),
-            )
-            .await;
+            serve(listener, handler, limits, shutdown, Duration::from_secs(5)).await;
         });
         Self {
             addr,
+            echo,
             stop: Some(stop),
             task,
         }
@@ -213,6 +231,47 @@ impl Client {
         });
         read.await.is_ok()
     }
+}
+
+#[tokio::test]
+async fn what_is_left_to_do_runs_after_the_answer_is_written() {
+    let server = Server::default().await;
+    // A client on its own thread: it reads the answer while the server's thread is still
+    // blocked in `done`.
+    let addr = server.addr;
+    let client = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .write_all(b"GET /slow-after HTTP/1.1\r\nhost: h\r\nconnection: close\r\n\r\n")
+            .unwrap();
+        let started = std::time::Instant::now();
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut chunk).unwrap();
+            assert!(n > 0, "closed before the answer");
+            answer.extend_from_slice(&chunk[..n]);
+        }
+        (
+            started.elapsed(),
+            String::from_utf8_lossy(&answer).into_owned(),
+        )
+    });
+    let (waited, answer) = tokio::task::spawn_blocking(move || client.join().unwrap())
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert!(
+        waited < Duration::from_millis(250),
+        "the client waited for the bookkeeping: {waited:?}"
+    );
+    // And it did run, once per answer.
+    let mut client = server.connect().await;
+    client.send(b"GET /a?x=1 HTTP/1.1\r\nhost: h\r\n\r\n").await;
+    assert_eq!(client.response().await.status, 200);
+    let done = server.echo.done.lock().unwrap().clone();
+    assert_eq!(done, ["GET /slow-after 200", "GET /a?x=1 200"]);
 }
 
 #[tokio::test]
