@@ -4,7 +4,8 @@
 //! payment; `shop.payment.cancel` (the saga's compensation) turns it into `voiding` or
 //! `cancelled`. A worker, outside any transaction, calls the provider for each due payment
 //! with the order id as the idempotency key, then records the outcome and replies to the saga
-//! in one transaction. So, whatever is retried or redelivered:
+//! in one transaction (one for all the outcomes that arrived together). So, whatever is
+//! retried or redelivered:
 //! - there is at most one charge per order (the provider dedups by key);
 //! - a payment the saga gave up on is voided at the provider, even if the charge went through
 //!   after all (a timeout does not say it did not), so a rejected order is never charged.
