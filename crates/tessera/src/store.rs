@@ -19,9 +19,10 @@
 //!   checkpoints run on a blocking thread (once a second after a write) instead of inside
 //!   whichever commit crosses SQLite's threshold. A checkpoint racing a steady stream of
 //!   commits never quite catches up, and the WAL would grow without bound under load; so when
-//!   the WAL holds more than 32 MiB, the checkpoint runs once more holding this process's
-//!   writers off until it is done (the first pass copied most of it already), and the next
-//!   commit starts the WAL over. Checkpoints are few on purpose: each syncs the disk twice, and
+//!   the WAL holds more than 32 MiB, the checkpoint runs once more at once (copying only what
+//!   was committed during the first pass), then once holding this process's writers off until
+//!   it is done, and the next commit starts the WAL over. The pass in between keeps that last
+//!   one, and the writers' stall, short: it has little to copy and little to sync. Checkpoints are few on purpose: each syncs the disk twice, and
 //!   on a busy disk a sync can take a hundred milliseconds.
 //!
 //! Migrations run at start-up, before the service reports ready, under an exclusive file lock
@@ -48,6 +49,9 @@ const STATEMENTS: usize = 64;
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// WAL frames (pages) beyond which a checkpoint holds the writers off to finish.
 const WAL_FRAMES_HELD: i64 = 8192; // 32 MiB of 4 KiB pages
+/// Checkpoint passes, the second right after the first, before the one that holds writers
+/// off (when the WAL is long).
+const UNHELD_PASSES: u32 = 2;
 
 /// A service's database handle. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -762,9 +766,11 @@ async fn checkpoints(pool: Weak<Pool>, every: Duration, frames_held: i64) {
         let (path, writer) = (p.path.clone(), p.writer.clone());
         drop(p);
         let mut held = None;
-        for _ in 0..2 {
+        let mut unheld = 0;
+        loop {
             let (c, path) = (conn.take(), path.clone());
             let held_now = held.take();
+            let last = held_now.is_some();
             let done = tokio::task::spawn_blocking(move || {
                 let held = held_now.is_some();
                 let _writers = held_now;
@@ -796,10 +802,17 @@ async fn checkpoints(pool: Weak<Pool>, every: Duration, frames_held: i64) {
             .flatten();
             let Some((c, frames)) = done else { break };
             conn = Some(c);
-            if frames <= frames_held || held.is_some() {
+            if frames <= frames_held || last {
                 break;
             }
-            held = Some(writer.clone().lock_owned().await);
+            // The WAL is long: finish it, so that the next commit starts it over. Passes
+            // right after one another copy less each time (only what was committed during
+            // the one before) and leave less to sync; the last holds the writers off, so
+            // that nothing is committed while it runs, and is short.
+            unheld += 1;
+            if unheld >= UNHELD_PASSES {
+                held = Some(writer.clone().lock_owned().await);
+            }
         }
     }
 }

@@ -105,7 +105,7 @@ async fn fetch(
     let commit_error = match &body.commit {
         None => None,
         Some(c) => log
-            .commit(&topic, &body.group, &body.consumer, c.partition, c.offset)
+            .commit_lazily(&topic, &body.group, &body.consumer, c.partition, c.offset)
             .await
             .err()
             .map(|e| {

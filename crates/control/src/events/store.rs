@@ -19,6 +19,9 @@ const MIGRATIONS: &[Migration] = &[Migration {
     sqlite: include_str!("../../migrations/0001_log.sql"),
 }];
 
+/// How long offset commits wait for appends to be written with, when there are none.
+pub const OFFSETS_LINGER: Duration = Duration::from_millis(10);
+
 /// Tuning of the log.
 #[derive(Clone, Debug)]
 pub struct LogConfig {
@@ -339,7 +342,8 @@ impl EventLog {
             .collect()
     }
 
-    /// Commits `offset` (the next to read) on `partition` for `group`.
+    /// Commits `offset` (the next to read) on `partition` for `group`; returns once it is on
+    /// disk.
     pub async fn commit(
         &self,
         topic: &str,
@@ -347,6 +351,36 @@ impl EventLog {
         consumer: &str,
         partition: u32,
         offset: i64,
+    ) -> Result<(), LogError> {
+        self.commit_with(topic, group, consumer, partition, offset, true)
+            .await
+    }
+
+    /// Commits `offset` for `group` at once and writes it to disk with the next appends
+    /// (within [`OFFSETS_LINGER`] if none come): the commit a fetch carries. The group reads on
+    /// from it straight away; if the log stops before it is written, the group reads again
+    /// from the last commit on disk, and the events in between are delivered again, which
+    /// consumers' inboxes make harmless (delivery is at least once either way).
+    pub async fn commit_lazily(
+        &self,
+        topic: &str,
+        group: &str,
+        consumer: &str,
+        partition: u32,
+        offset: i64,
+    ) -> Result<(), LogError> {
+        self.commit_with(topic, group, consumer, partition, offset, false)
+            .await
+    }
+
+    async fn commit_with(
+        &self,
+        topic: &str,
+        group: &str,
+        consumer: &str,
+        partition: u32,
+        offset: i64,
+        durable: bool,
     ) -> Result<(), LogError> {
         let t = self
             .topic(topic)
@@ -362,8 +396,7 @@ impl EventLog {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .check_commit(group, topic, consumer, partition, offset, end)?;
-        // Written with the appends in flight: one commit to disk for all of them.
-        self.write(|reply| {
+        let write = |reply| {
             Write::Commit(CommitOffset {
                 group: group.to_string(),
                 topic: topic.to_string(),
@@ -371,13 +404,27 @@ impl EventLog {
                 offset,
                 reply,
             })
-        })
-        .await?;
-        self.inner
-            .groups
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .committed(group, topic, partition, offset);
+        };
+        let committed = || {
+            self.inner
+                .groups
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .committed(group, topic, partition, offset);
+        };
+        if durable {
+            // Written with the appends in flight: one commit to disk for all of them.
+            self.write(write).await?;
+            committed();
+        } else {
+            committed();
+            let (reply, _) = oneshot::channel();
+            self.inner
+                .appender
+                .send(write(reply))
+                .await
+                .map_err(|_| LogError::Storage("appender stopped".into()))?;
+        }
         Ok(())
     }
 
@@ -471,13 +518,31 @@ async fn append_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Write>) {
     while let Some(first) = rx.recv().await {
         let mut count = events(&first);
         let mut batch = vec![first];
-        while count < inner.config.max_batch {
-            match rx.try_recv() {
-                Ok(next) => {
+        let mut appends = matches!(batch[0], Write::Append(_));
+        let linger_until = tokio::time::Instant::now() + OFFSETS_LINGER;
+        loop {
+            while count < inner.config.max_batch {
+                match rx.try_recv() {
+                    Ok(next) => {
+                        count += events(&next);
+                        appends |= matches!(next, Write::Append(_));
+                        batch.push(next);
+                    }
+                    Err(_) => break,
+                }
+            }
+            if appends || count >= inner.config.max_batch {
+                break;
+            }
+            // Only offsets: wait a moment for appends to carry them (one disk commit for
+            // both instead of two).
+            match tokio::time::timeout_at(linger_until, rx.recv()).await {
+                Ok(Some(next)) => {
                     count += events(&next);
+                    appends |= matches!(next, Write::Append(_));
                     batch.push(next);
                 }
-                Err(_) => break,
+                Ok(None) | Err(_) => break,
             }
         }
         match write_batch(&inner, &batch).await {
@@ -648,6 +713,53 @@ mod tests {
             .map(|i| partition_of(&format!("k{i}"), 4))
             .collect();
         assert_eq!(spread.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_lazy_commit_counts_at_once_and_reaches_the_disk_without_appends() {
+        let dir = temp_dir();
+        let log = EventLog::open(&dir, LogConfig::default()).await.unwrap();
+        let offsets = log
+            .publish(
+                "orders",
+                (0..6).map(|i| event(&format!("e{i}"), "order-1")).collect(),
+            )
+            .await
+            .unwrap();
+        let p = offsets[0].0;
+        let (_, got) = log
+            .fetch("orders", "g", "c1", 3, Duration::ZERO)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.len(), 3);
+        let started = Instant::now();
+        log.commit_lazily("orders", "g", "c1", p, 3).await.unwrap();
+        assert!(
+            started.elapsed() < OFFSETS_LINGER,
+            "a lazy commit does not wait for the disk"
+        );
+        // The group reads on from it at once...
+        let (_, next) = log
+            .fetch("orders", "g", "c1", 100, Duration::ZERO)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(next.first().unwrap().offset, 3);
+        // ...and with no append to carry it, it is on disk after the linger.
+        tokio::time::sleep(OFFSETS_LINGER * 5).await;
+        let on_disk: Vec<(i64,)> = tessera::store::query_as(
+            "SELECT committed FROM offsets WHERE grp = 'g' AND topic = 'orders'",
+        )
+        .fetch_all(log.inner.db.pool())
+        .await
+        .unwrap();
+        assert_eq!(on_disk, [(3,)]);
+        // A commit it cannot make is refused at once, lazily or not.
+        assert!(matches!(
+            log.commit_lazily("orders", "g", "other", p, 4).await,
+            Err(LogError::Group(GroupError::NotHolder(_)))
+        ));
     }
 
     #[tokio::test]
