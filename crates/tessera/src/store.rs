@@ -22,8 +22,9 @@
 //!   the WAL holds more than 32 MiB, the checkpoint runs once more at once (copying only what
 //!   was committed during the first pass), then once holding this process's writers off until
 //!   it is done, and the next commit starts the WAL over. The pass in between keeps that last
-//!   one, and the writers' stall, short: it has little to copy and little to sync. Checkpoints are few on purpose: each syncs the disk twice, and
-//!   on a busy disk a sync can take a hundred milliseconds.
+//!   one, and the writers' stall, short: it has little to copy and little to sync.
+//!   Checkpoints are few on purpose: each syncs the disk twice, and on a busy disk a sync can
+//!   take a hundred milliseconds.
 //!
 //! Migrations run at start-up, before the service reports ready, under an exclusive file lock
 //! so that two replicas starting at once do not race.
