@@ -65,20 +65,19 @@ async fn main() -> anyhow::Result<()> {
                 Duration::from_millis(500),
             )
             .await?;
-        let Some(partition) = got.partition else {
-            continue;
-        };
         let received = now_ns();
-        let mut last = None;
-        for (offset, event) in got.events {
-            let event = event.map_err(|e| anyhow::anyhow!(e))?;
-            let at = event.data["at"].as_u64().unwrap_or(received);
-            latencies.push(received.saturating_sub(at));
-            last = Some(offset);
-        }
-        if let Some(last) = last {
-            bus.commit(&topic, group, "bench-consumer", partition, last + 1)
-                .await?;
+        for part in got.parts {
+            let mut last = None;
+            for (offset, event) in part.events {
+                let event = event.map_err(|e| anyhow::anyhow!(e))?;
+                let at = event.data["at"].as_u64().unwrap_or(received);
+                latencies.push(received.saturating_sub(at));
+                last = Some(offset);
+            }
+            if let Some(last) = last {
+                bus.commit(&topic, group, "bench-consumer", part.partition, last + 1)
+                    .await?;
+            }
         }
         if start.elapsed() > Duration::from_secs(300) {
             anyhow::bail!("timed out with {} of {total} consumed", latencies.len());

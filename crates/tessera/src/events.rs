@@ -19,7 +19,7 @@ pub mod consumer;
 mod event;
 pub mod outbox;
 
-pub use bus::{Batch, BoxFuture, Bus, BusError, ControlBus};
+pub use bus::{Batch, BoxFuture, Bus, BusError, ControlBus, Part};
 pub use consumer::{Consumer, Handler, HandlerError};
 pub use event::Event;
 pub use outbox::Tx;

@@ -72,6 +72,13 @@ struct FetchBody {
     /// The previous batch's commit, made before fetching: one exchange instead of two.
     #[serde(default)]
     commit: Option<CommitAt>,
+    /// The previous batch's commits, one per partition it had events of.
+    #[serde(default)]
+    commits: Vec<CommitAt>,
+    /// Events of every held partition that has some, not only of the first (the others come
+    /// in `more`).
+    #[serde(default)]
+    all: bool,
 }
 
 #[derive(Deserialize)]
@@ -102,48 +109,67 @@ async fn fetch(
             "group and consumer must not be empty",
         );
     }
-    let commit_error = match &body.commit {
-        None => None,
-        Some(c) => log
+    // The first commit the log refuses is reported; the others are still made.
+    let mut commit_error = None;
+    for c in body.commit.iter().chain(&body.commits) {
+        let committed = log
             .commit_lazily(&topic, &body.group, &body.consumer, c.partition, c.offset)
-            .await
-            .err()
-            .map(|e| {
-                let (status, code, message) = error_parts(e);
-                CommitError {
-                    status: status.as_u16(),
-                    code,
-                    message,
-                }
-            }),
-    };
+            .await;
+        if let (Err(e), None) = (committed, &commit_error) {
+            let (status, code, message) = error_parts(e);
+            commit_error = Some(CommitError {
+                status: status.as_u16(),
+                code,
+                message,
+            });
+        }
+    }
     let wait = Duration::from_millis(body.wait_ms.min(30_000));
-    // Written straight from the stored events (no JSON tree in between).
-    let answer = |partition: Option<u32>, events: &[Delivered<'_>]| {
-        Json(FetchAnswer {
-            partition,
-            events,
-            commit_error: commit_error.as_ref(),
-        })
-        .into_response()
-    };
-    match log
-        .fetch(&topic, &body.group, &body.consumer, body.max, wait)
+    let parts = match log
+        .fetch_parts(
+            &topic,
+            &body.group,
+            &body.consumer,
+            body.max,
+            wait,
+            body.all,
+        )
         .await
     {
-        Ok(Some((partition, events))) => {
-            let delivered: Vec<Delivered<'_>> = events
+        Ok(parts) => parts,
+        Err(e) => return log_error(e),
+    };
+    // Written straight from the stored events (no JSON tree in between).
+    let delivered: Vec<Part<'_>> = parts
+        .iter()
+        .map(|(partition, events)| Part {
+            partition: *partition,
+            events: events
                 .iter()
                 .map(|s| Delivered {
                     offset: s.offset,
                     event: &s.event,
                 })
-                .collect();
-            answer(Some(partition), &delivered)
-        }
-        Ok(None) => answer(None, &[]),
-        Err(e) => log_error(e),
-    }
+                .collect(),
+        })
+        .collect();
+    let (first, more) = match delivered.split_first() {
+        Some((first, more)) => (Some(first), more),
+        None => (None, &[][..]),
+    };
+    Json(FetchAnswer {
+        partition: first.map(|p| p.partition),
+        events: first.map_or(&[][..], |p| &p.events),
+        more,
+        commit_error: commit_error.as_ref(),
+    })
+    .into_response()
+}
+
+#[derive(Serialize)]
+struct Part<'a> {
+    partition: u32,
+    events: Vec<Delivered<'a>>,
 }
 
 #[derive(Serialize)]
@@ -151,6 +177,9 @@ async fn fetch(
 struct FetchAnswer<'a> {
     partition: Option<u32>,
     events: &'a [Delivered<'a>],
+    /// With `all`: the other partitions' events.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    more: &'a [Part<'a>],
     #[serde(skip_serializing_if = "Option::is_none")]
     commit_error: Option<&'a CommitError>,
 }
@@ -322,6 +351,14 @@ mod tests {
         ControlBus::new(&url)
     }
 
+    fn offsets(batch: &tessera::events::Batch) -> Vec<(u32, i64)> {
+        batch
+            .parts
+            .iter()
+            .flat_map(|p| p.events.iter().map(|e| (p.partition, e.0)))
+            .collect()
+    }
+
     #[tokio::test]
     async fn a_commit_travels_with_the_next_fetch() {
         let bus = serve().await;
@@ -330,31 +367,23 @@ mod tests {
         let wait = Duration::from_millis(200);
 
         let (committed, batch) = bus
-            .commit_and_fetch("t.events", "g", "c1", None, 2, wait)
+            .commit_and_fetch("t.events", "g", "c1", &[], 2, wait)
             .await;
         assert!(committed.is_none());
         let batch = batch.unwrap();
-        let partition = batch.partition.unwrap();
-        assert_eq!(batch.events.iter().map(|e| e.0).collect::<Vec<_>>(), [0, 1]);
+        let partition = batch.parts[0].partition;
+        assert_eq!(offsets(&batch), [(partition, 0), (partition, 1)]);
 
         // Committing 2 and fetching in one exchange hands out what follows.
         let (committed, batch) = bus
-            .commit_and_fetch("t.events", "g", "c1", Some((partition, 2)), 10, wait)
+            .commit_and_fetch("t.events", "g", "c1", &[(partition, 2)], 10, wait)
             .await;
         assert!(matches!(committed, Some(Ok(()))));
-        assert_eq!(
-            batch
-                .unwrap()
-                .events
-                .iter()
-                .map(|e| e.0)
-                .collect::<Vec<_>>(),
-            [2]
-        );
+        assert_eq!(offsets(&batch.unwrap()), [(partition, 2)]);
 
         // A commit the log refuses comes back with the batch, which is still served.
         let (committed, batch) = bus
-            .commit_and_fetch("t.events", "g", "c1", Some((partition, 99)), 10, wait)
+            .commit_and_fetch("t.events", "g", "c1", &[(partition, 99)], 10, wait)
             .await;
         assert!(
             matches!(committed, Some(Err(BusError::Refused(_)))),
@@ -362,14 +391,7 @@ mod tests {
         );
         assert!(batch.is_ok());
         let (committed, _) = bus
-            .commit_and_fetch(
-                "t.events",
-                "g",
-                "someone-else",
-                Some((partition, 3)),
-                10,
-                wait,
-            )
+            .commit_and_fetch("t.events", "g", "someone-else", &[(partition, 3)], 10, wait)
             .await;
         assert!(
             matches!(committed, Some(Err(BusError::Lost(_)))),
@@ -378,8 +400,51 @@ mod tests {
 
         // Everything is committed now: nothing is left to hand out.
         let (_, batch) = bus
-            .commit_and_fetch("t.events", "g", "c1", Some((partition, 3)), 10, wait)
+            .commit_and_fetch("t.events", "g", "c1", &[(partition, 3)], 10, wait)
             .await;
-        assert!(batch.unwrap().events.is_empty());
+        assert!(batch.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn one_fetch_carries_every_held_partition_and_commits_them_all() {
+        let bus = serve().await;
+        // Keys spread over the topic's partitions.
+        let events: Vec<Event> = (0..40)
+            .map(|i| Event::new("t", "x", &format!("key-{i}"), i))
+            .collect();
+        bus.publish("t.spread", &events).await.unwrap();
+        let wait = Duration::from_millis(200);
+
+        let (_, batch) = bus
+            .commit_and_fetch("t.spread", "g", "c1", &[], 1000, wait)
+            .await;
+        let batch = batch.unwrap();
+        assert!(batch.parts.len() > 1, "{} partition(s)", batch.parts.len());
+        assert_eq!(
+            batch.len(),
+            40,
+            "every held partition's events in one answer"
+        );
+        for part in &batch.parts {
+            let got: Vec<i64> = part.events.iter().map(|e| e.0).collect();
+            assert_eq!(got, (0..got.len() as i64).collect::<Vec<_>>(), "in order");
+        }
+        // The total is bounded by `max`, across partitions.
+        let (_, capped) = bus
+            .commit_and_fetch("t.spread", "g2", "c1", &[], 7, wait)
+            .await;
+        assert_eq!(capped.unwrap().len(), 7);
+
+        // One commit per partition, in the next exchange: nothing is handed out again.
+        let commits: Vec<(u32, i64)> = batch
+            .parts
+            .iter()
+            .map(|p| (p.partition, p.events.last().unwrap().0 + 1))
+            .collect();
+        let (committed, next) = bus
+            .commit_and_fetch("t.spread", "g", "c1", &commits, 1000, wait)
+            .await;
+        assert!(matches!(committed, Some(Ok(()))), "{committed:?}");
+        assert!(next.unwrap().is_empty());
     }
 }

@@ -239,6 +239,24 @@ impl EventLog {
         max: usize,
         wait: Duration,
     ) -> Result<Option<(u32, Vec<Stored>)>, LogError> {
+        let parts = self
+            .fetch_parts(topic, group, consumer, max, wait, false)
+            .await?;
+        Ok(parts.into_iter().next())
+    }
+
+    /// Up to `max` events in all for `consumer` of `group`, from every partition it holds that
+    /// has some (or from the first, unless `all`), waiting up to `wait` for some to arrive.
+    /// Empty when none arrived.
+    pub async fn fetch_parts(
+        &self,
+        topic: &str,
+        group: &str,
+        consumer: &str,
+        max: usize,
+        wait: Duration,
+        all: bool,
+    ) -> Result<Vec<(u32, Vec<Stored>)>, LogError> {
         check_topic(topic)?;
         let deadline = tokio::time::Instant::now() + wait;
         let mut woken = self.inner.appended.subscribe();
@@ -261,21 +279,31 @@ impl EventLog {
                 // Only what the appender has published as the end: rows of a batch can be
                 // visible a moment before their offsets are, and a consumer must never be
                 // handed an offset it could not commit.
-                let ready = claimed.into_iter().find_map(|f| {
+                let ready = claimed.into_iter().filter_map(|f| {
                     let end = t.end[f.partition as usize].load(Ordering::Acquire);
                     (f.from < end).then_some((f, end))
                 });
-                if let Some((Fetched { partition, from }, end)) = ready {
-                    let max = max.min((end - from) as usize);
-                    let events = self.read(topic, partition, from, max).await?;
-                    return Ok(Some((partition, events)));
+                let mut parts = Vec::new();
+                let mut left = max.max(1);
+                for (Fetched { partition, from }, end) in ready {
+                    let events = self
+                        .read(topic, partition, from, left.min((end - from) as usize))
+                        .await?;
+                    left = left.saturating_sub(events.len());
+                    parts.push((partition, events));
+                    if !all || left == 0 {
+                        break;
+                    }
+                }
+                if !parts.is_empty() {
+                    return Ok(parts);
                 }
             }
             if tokio::time::timeout_at(deadline, woken.changed())
                 .await
                 .is_err()
             {
-                return Ok(None);
+                return Ok(Vec::new());
             }
         }
     }

@@ -12,12 +12,29 @@ use crate::http1::pool::SendError;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Events of one partition handed to a consumer, with their offsets.
+/// Events handed to a consumer: of each partition it holds that had some, with their
+/// offsets. Empty when nothing arrived within the wait.
 #[derive(Debug, Default)]
 pub struct Batch {
-    /// `None` when nothing arrived within the wait.
-    pub partition: Option<u32>,
+    pub parts: Vec<Part>,
+}
+
+/// The events of one partition, in offset order.
+#[derive(Debug)]
+pub struct Part {
+    pub partition: u32,
     pub events: Vec<(i64, Result<Event, String>)>,
+}
+
+impl Batch {
+    /// How many events, in all partitions.
+    pub fn len(&self) -> usize {
+        self.parts.iter().map(|p| p.events.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.parts.iter().all(|p| p.events.is_empty())
+    }
 }
 
 /// What a commit-and-fetch exchange gave: the commit's outcome (`None` when there was no
@@ -69,8 +86,8 @@ pub trait Bus: Send + Sync + 'static {
         })
     }
 
-    /// Up to `max` events of one partition `consumer` holds in `group`, from the committed
-    /// offset, waiting up to `wait` for some.
+    /// Up to `max` events in all of the partitions `consumer` holds in `group`, each from its
+    /// committed offset, waiting up to `wait` for some.
     fn fetch<'a>(
         &'a self,
         topic: &'a str,
@@ -90,25 +107,27 @@ pub trait Bus: Send + Sync + 'static {
         offset: i64,
     ) -> BoxFuture<'a, Result<(), BusError>>;
 
-    /// Commits the previous batch (`(partition, offset)`, if any), then fetches: a log that
-    /// can do both in one exchange saves a round trip per batch. The commit's outcome comes
-    /// back with the batch; `None` when there was none or it is unknown (the exchange failed).
+    /// Commits the previous batch (a `(partition, offset)` per partition it had events of),
+    /// then fetches: a log that can do both in one exchange saves a round trip per batch. The
+    /// commits' outcome (the first failure, if any) comes back with the batch; `None` when
+    /// there were none or it is unknown (the exchange failed).
     fn commit_and_fetch<'a>(
         &'a self,
         topic: &'a str,
         group: &'a str,
         consumer: &'a str,
-        commit: Option<(u32, i64)>,
+        commits: &'a [(u32, i64)],
         max: usize,
         wait: Duration,
     ) -> BoxFuture<'a, Fetched> {
         Box::pin(async move {
-            let committed = match commit {
-                Some((partition, offset)) => {
-                    Some(self.commit(topic, group, consumer, partition, offset).await)
+            let mut committed = None;
+            for &(partition, offset) in commits {
+                let outcome = self.commit(topic, group, consumer, partition, offset).await;
+                if !matches!(committed, Some(Err(_))) {
+                    committed = Some(outcome);
                 }
-                None => None,
-            };
+            }
             (
                 committed,
                 self.fetch(topic, group, consumer, max, wait).await,
@@ -261,21 +280,25 @@ impl ControlBus {
         .map(drop)
     }
 
-    /// One fetch exchange, carrying the previous batch's commit if there is one.
+    /// One fetch exchange (of every held partition), carrying the previous batch's commits.
     async fn fetch_with(
         &self,
         topic: &str,
         group: &str,
         consumer: &str,
-        commit: Option<(u32, i64)>,
+        commits: &[(u32, i64)],
         max: usize,
         wait: Duration,
     ) -> Fetched {
         let mut body = serde_json::json!({
             "group": group, "consumer": consumer, "max": max, "waitMs": wait.as_millis() as u64,
+            "all": true,
         });
-        if let Some((partition, offset)) = commit {
-            body["commit"] = serde_json::json!({ "partition": partition, "offset": offset });
+        if !commits.is_empty() {
+            body["commits"] = commits
+                .iter()
+                .map(|(partition, offset)| serde_json::json!({ "partition": partition, "offset": offset }))
+                .collect();
         }
         let bytes = match self
             .post(
@@ -297,7 +320,7 @@ impl ControlBus {
                 );
             }
         };
-        let committed = commit.map(|_| match fetched.commit_error {
+        let committed = (!commits.is_empty()).then_some(match fetched.commit_error {
             None => Ok(()),
             Some(e) => Err(match e.status {
                 409 => BusError::Lost(e.message),
@@ -305,10 +328,8 @@ impl ControlBus {
                 _ => BusError::Unavailable(e.message),
             }),
         });
-        let batch = Batch {
-            partition: fetched.partition,
-            events: fetched
-                .events
+        let events = |delivered: Vec<Delivered<'_>>| {
+            delivered
                 .into_iter()
                 .map(|d| {
                     (
@@ -317,9 +338,22 @@ impl ControlBus {
                             .map_err(|e| format!("{e}: {}", d.event.get())),
                     )
                 })
-                .collect(),
+                .collect()
         };
-        (committed, Ok(batch))
+        let mut parts = Vec::with_capacity(1 + fetched.more.len());
+        if let Some(partition) = fetched.partition {
+            parts.push(Part {
+                partition,
+                events: events(fetched.events),
+            });
+        }
+        for more in fetched.more {
+            parts.push(Part {
+                partition: more.partition,
+                events: events(more.events),
+            });
+        }
+        (committed, Ok(Batch { parts }))
     }
 }
 
@@ -329,9 +363,19 @@ struct FetchAnswer<'a> {
     partition: Option<u32>,
     #[serde(borrow)]
     events: Vec<Delivered<'a>>,
-    /// Why the commit sent with the fetch failed.
+    /// The other partitions' events.
+    #[serde(borrow, default)]
+    more: Vec<MorePart<'a>>,
+    /// Why a commit sent with the fetch failed.
     #[serde(default)]
     commit_error: Option<CommitError>,
+}
+
+#[derive(Deserialize)]
+struct MorePart<'a> {
+    partition: u32,
+    #[serde(borrow)]
+    events: Vec<Delivered<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -389,7 +433,7 @@ impl Bus for ControlBus {
         wait: Duration,
     ) -> BoxFuture<'a, Result<Batch, BusError>> {
         Box::pin(async move {
-            self.fetch_with(topic, group, consumer, None, max, wait)
+            self.fetch_with(topic, group, consumer, &[], max, wait)
                 .await
                 .1
         })
@@ -400,11 +444,11 @@ impl Bus for ControlBus {
         topic: &'a str,
         group: &'a str,
         consumer: &'a str,
-        commit: Option<(u32, i64)>,
+        commits: &'a [(u32, i64)],
         max: usize,
         wait: Duration,
     ) -> BoxFuture<'a, Fetched> {
-        Box::pin(self.fetch_with(topic, group, consumer, commit, max, wait))
+        Box::pin(self.fetch_with(topic, group, consumer, commits, max, wait))
     }
 
     fn commit<'a>(
@@ -480,7 +524,7 @@ mod tests {
                 "{e}"
             );
             let (committed, fetched) = bus
-                .commit_and_fetch("t", "g", "c", Some((0, 1)), 10, Duration::from_millis(10))
+                .commit_and_fetch("t", "g", "c", &[(0, 1)], 10, Duration::from_millis(10))
                 .await;
             assert!(committed.is_none(), "the commit's outcome is unknown");
             assert!(fetched.unwrap_err().is_retryable());

@@ -8,7 +8,7 @@ use tracing::Instrument;
 
 use super::bus::BoxFuture;
 use super::outbox::{Outbox, Tx};
-use super::{Bus, BusError, Event, dead_letter_topic};
+use super::{Batch, Bus, BusError, Event, dead_letter_topic};
 use crate::client::{REQUEST, RequestContext};
 use crate::passport::PassportKeys;
 use crate::store::Db;
@@ -124,20 +124,21 @@ impl Consumer {
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut failing = false;
-            // The last batch's commit travels with the next fetch: one exchange per batch.
-            let mut pending: Option<(u32, i64)> = None;
+            // The last batch's commits (one per partition it had events of) travel with the
+            // next fetch: one exchange per batch.
+            let mut pending: Vec<(u32, i64)> = Vec::new();
             while !*stop.borrow() {
                 let (committed, fetched) = tokio::select! {
-                    r = env.bus.commit_and_fetch(&self.topic, &self.group, &env.instance, pending, self.batch, Duration::from_secs(5)) => r,
+                    r = env.bus.commit_and_fetch(&self.topic, &self.group, &env.instance, &pending, self.batch, Duration::from_secs(5)) => r,
                     _ = stop.changed() => break,
                 };
                 match committed {
                     // Unknown (the exchange failed): sent again with the next fetch.
                     None => {}
-                    Some(Ok(())) => pending = None,
+                    Some(Ok(())) => pending.clear(),
                     Some(Err(e)) => {
                         self.commit_failed(&e);
-                        pending = None;
+                        pending.clear();
                     }
                 }
                 let batch = match fetched {
@@ -157,43 +158,47 @@ impl Consumer {
                         continue;
                     }
                 };
-                let Some(partition) = batch.partition else {
+                if batch.is_empty() {
                     continue;
-                };
-                let mut next = None;
+                }
                 // A batch is handled in one transaction (one commit for all); if any handler
                 // fails, that transaction rolls back and the events go one by one, each with
                 // its own retries.
-                let together = batch.events.len() > 1
-                    && self
-                        .handle_together(&env, handler.as_ref(), &batch.events)
-                        .await;
-                if together {
-                    next = batch.events.last().map(|(offset, _)| offset + 1);
-                }
-                for (offset, event) in batch.events.iter().filter(|_| !together) {
-                    let offset = *offset;
-                    if *stop.borrow() {
-                        break;
+                let together =
+                    batch.len() > 1 && self.handle_together(&env, handler.as_ref(), &batch).await;
+                let mut stopped = false;
+                for part in &batch.parts {
+                    let mut next = None;
+                    if together {
+                        next = part.events.last().map(|(offset, _)| offset + 1);
                     }
-                    match event {
-                        Ok(event) => {
-                            if !self.process(&env, handler.as_ref(), event, &stop).await {
-                                break; // stopping in the middle of retries: not handled
+                    for (offset, event) in part.events.iter().filter(|_| !together && !stopped) {
+                        let offset = *offset;
+                        if *stop.borrow() {
+                            stopped = true;
+                            break;
+                        }
+                        match event {
+                            Ok(event) => {
+                                if !self.process(&env, handler.as_ref(), event, &stop).await {
+                                    stopped = true; // stopping in the middle of retries: not handled
+                                    break;
+                                }
+                            }
+                            Err(raw) => {
+                                tracing::error!(topic = %self.topic, offset, error = %raw, "not a CloudEvent; skipping");
                             }
                         }
-                        Err(raw) => {
-                            tracing::error!(topic = %self.topic, offset, error = %raw, "not a CloudEvent; skipping");
-                        }
+                        next = Some(offset + 1);
                     }
-                    next = Some(offset + 1);
-                }
-                if let Some(next) = next {
-                    pending = Some((partition, next));
+                    if let Some(next) = next {
+                        pending.retain(|(p, _)| *p != part.partition);
+                        pending.push((part.partition, next));
+                    }
                 }
             }
             // Stopping: what was handled is committed now, not left to be redelivered.
-            if let Some((partition, offset)) = pending {
+            for (partition, offset) in pending {
                 let commit =
                     env.bus
                         .commit(&self.topic, &self.group, &env.instance, partition, offset);
@@ -268,14 +273,15 @@ impl Consumer {
         &self,
         env: &ConsumerEnv,
         handler: &dyn Handler,
-        events: &[(i64, Result<Event, String>)],
+        batch: &Batch,
     ) -> bool {
         let started = Instant::now();
         let Ok(mut tx) = env.db.write_tx().await else {
             return false;
         };
-        let mut done = Vec::with_capacity(events.len());
-        for (_, event) in events {
+        let events = || batch.parts.iter().flat_map(|p| &p.events);
+        let mut done = Vec::with_capacity(batch.len());
+        for (_, event) in events() {
             let Ok(event) = event else { continue };
             let (ctx, span) = self.context(env, event);
             let outcome = REQUEST
@@ -294,7 +300,7 @@ impl Consumer {
         for (event, span, outcome) in done {
             self.settled(event, &span, outcome, started);
         }
-        for (offset, event) in events {
+        for (offset, event) in events() {
             if let Err(raw) = event {
                 tracing::error!(topic = %self.topic, offset, error = %raw, "not a CloudEvent; skipping");
             }
