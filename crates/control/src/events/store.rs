@@ -279,6 +279,8 @@ impl EventLog {
                 // Only what the appender has published as the end: rows of a batch can be
                 // visible a moment before their offsets are, and a consumer must never be
                 // handed an offset it could not commit.
+                // The claim hands the partitions out in turns (each fetch starts from the
+                // next), so a busy one cannot take every fetch's whole `max`.
                 let ready = claimed.into_iter().filter_map(|f| {
                     let end = t.end[f.partition as usize].load(Ordering::Acquire);
                     (f.from < end).then_some((f, end))
@@ -741,6 +743,35 @@ mod tests {
             .map(|i| partition_of(&format!("k{i}"), 4))
             .collect();
         assert_eq!(spread.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_busy_partition_cannot_take_every_fetch() {
+        let dir = temp_dir();
+        let log = EventLog::open(&dir, LogConfig::default()).await.unwrap();
+        // A backlog on every partition, each longer than a fetch's `max`.
+        log.publish(
+            "orders",
+            (0..400)
+                .map(|i| event(&format!("e{i}"), &format!("order-{i}")))
+                .collect(),
+        )
+        .await
+        .unwrap();
+        let mut first = std::collections::BTreeSet::new();
+        for _ in 0..4 {
+            let parts = log
+                .fetch_parts("orders", "g", "c1", 10, Duration::ZERO, true)
+                .await
+                .unwrap();
+            assert_eq!(parts.iter().map(|p| p.1.len()).sum::<usize>(), 10);
+            first.insert(parts[0].0);
+        }
+        assert_eq!(
+            first.len(),
+            4,
+            "each partition is read first in turn: {first:?}"
+        );
     }
 
     #[tokio::test]
