@@ -46,9 +46,9 @@ def requests_served(control, gateway):
     return counts
 
 
-def start_write_trace():
-    """Traces every pwrite on the machine until stopped (see BENCH_WRITES)."""
-    out = tempfile.mktemp(prefix="tessera-writes-", suffix=".perf")
+def start_write_trace(tmp):
+    """Traces every pwrite on the machine until stopped (see BENCH_WRITES), into `tmp`."""
+    out = os.path.join(tmp, f"writes-{time.time_ns()}.perf")
     proc = subprocess.Popen(["perf", "record", "-q", "-a", "-e", "syscalls:sys_enter_pwrite64", "-o", out],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)  # perf is tracing before the step starts
@@ -56,7 +56,7 @@ def start_write_trace():
 
 
 def stop_write_trace(trace, names, confirmed):
-    """Per process: pwrite calls, 4 KiB page writes and MB written, per confirmed order."""
+    """Per process: pwrite calls, 4 KiB page writes and bytes written, per confirmed order."""
     proc, out = trace
     proc.send_signal(2)
     proc.wait()
@@ -114,7 +114,7 @@ def main():
             procs = tree(up.pid)
             names = {pid: (os.path.basename(argv[0]) + (f" {argv[-1]}" if argv[0].endswith("tessera") else ""))
                      for pid, argv in procs}
-            writes = start_write_trace() if os.environ.get("BENCH_WRITES") else None
+            writes = start_write_trace(tmp) if os.environ.get("BENCH_WRITES") else None
             before = {pid: cpu_seconds([pid]) for pid in names}
             served = requests_served(f"127.0.0.1:{CONTROL}", f"127.0.0.1:{GATEWAY}")
             started = time.time()

@@ -171,25 +171,26 @@ impl Consumer {
                     let mut next = None;
                     if together {
                         next = part.events.last().map(|(offset, _)| offset + 1);
-                    }
-                    for (offset, event) in part.events.iter().filter(|_| !together && !stopped) {
-                        let offset = *offset;
-                        if *stop.borrow() {
-                            stopped = true;
-                            break;
-                        }
-                        match event {
-                            Ok(event) => {
-                                if !self.process(&env, handler.as_ref(), event, &stop).await {
-                                    stopped = true; // stopping in the middle of retries: not handled
-                                    break;
+                    } else if !stopped {
+                        for (offset, event) in &part.events {
+                            let offset = *offset;
+                            if *stop.borrow() {
+                                stopped = true;
+                                break;
+                            }
+                            match event {
+                                Ok(event) => {
+                                    if !self.process(&env, handler.as_ref(), event, &stop).await {
+                                        stopped = true; // stopping in the middle of retries: not handled
+                                        break;
+                                    }
+                                }
+                                Err(raw) => {
+                                    tracing::error!(topic = %self.topic, offset, error = %raw, "not a CloudEvent; skipping");
                                 }
                             }
-                            Err(raw) => {
-                                tracing::error!(topic = %self.topic, offset, error = %raw, "not a CloudEvent; skipping");
-                            }
+                            next = Some(offset + 1);
                         }
-                        next = Some(offset + 1);
                     }
                     if let Some(next) = next {
                         pending.retain(|(p, _)| *p != part.partition);
