@@ -10,6 +10,7 @@ to CONFIRMED, and the CPU share of every process, which says what saturates firs
     python3 bench/checkout.py           # BENCH_RATES=50,100,200,400,800 BENCH_SECONDS=5
     BENCH_PERF=/tmp/shop.perf BENCH_RATES=100 python3 bench/checkout.py   # profile the shop's core
     BENCH_WRITES=1 python3 bench/checkout.py   # also count each process's file writes per order
+    BENCH_RUST_LOG=warn,tessera::store=debug python3 bench/checkout.py   # the shop's log filter (up.log)
 
 BENCH_WRITES traces every `pwrite` during each step (perf, root): SQLite writes the WAL with
 one `pwrite` per frame header and one per 4 KiB page, so the 4 KiB writes per confirmed order
@@ -90,7 +91,7 @@ def main():
     with open(path, "w") as f:
         f.write(manifest)
     up = start([os.path.join(RELEASE, "tessera"), "--manifest", path, "up", "--no-build"],
-               env={"NO_COLOR": "1", "RUST_LOG": "warn"}, log=os.path.join(tmp, "up.log"))
+               env={"NO_COLOR": "1", "RUST_LOG": os.environ.get("BENCH_RUST_LOG", "warn")}, log=os.path.join(tmp, "up.log"))
     base = f"http://127.0.0.1:{GATEWAY}"
     try:
         deadline = time.time() + 60
@@ -159,6 +160,12 @@ def main():
             print(f"{rate}/s: {step['confirmed_per_sec']:.0f} confirmed/s, p50 {step['p50_ms']:.0f} ms, "
                   f"p99 {step['p99_ms']:.0f} ms, {step['cpu_us_per_order']:.0f} µs CPU and "
                   f"{step['requests_per_order_total']:.1f} requests per order; busiest: {top}",
+                  flush=True)
+            # Stalls: the slices of the step whose orders waited longest (recurring ones show
+            # their period: one second was the checkpoints', see docs/BENCHMARKS.md).
+            slices = step.get("worst_ms_per_100ms", [])
+            worst = sorted(sorted(range(len(slices)), key=lambda i: -slices[i])[:5])
+            print("  slowest 100 ms of due time: " + ", ".join(f"{i / 10:.1f} s in: {slices[i]:.0f} ms" for i in worst),
                   flush=True)
             if saturated is None and (step["confirmed_per_sec"] < 0.9 * rate or step["p99_ms"] > 1000):
                 saturated = rate
