@@ -43,6 +43,11 @@ pub const MIGRATIONS: &[Migration] = &[
         description: "tessera tables without rowid",
         sqlite: include_str!("../migrations/0003_without_rowid.sql"),
     },
+    Migration {
+        version: 1_000_000_004,
+        description: "tessera outbox without autoincrement",
+        sqlite: include_str!("../migrations/0004_outbox_without_autoincrement.sql"),
+    },
 ];
 
 /// The dead-letter topic of a consumer group.

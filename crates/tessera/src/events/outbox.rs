@@ -9,10 +9,13 @@
 //! The delete is lazy: the relay remembers the last id the log has taken and reads past it,
 //! and deletes what it has published at most every [`DELETE_EVERY`] (and when it stops), in
 //! one statement. Deleting each batch as it went cost a commit per batch, and under light load
-//! a batch is one event: a commit per event, for rows nobody reads again. Ids are never reused
-//! (`AUTOINCREMENT`), so a remembered id cannot hide a row written later; a relay that starts
-//! (or takes the lease over) remembers nothing and publishes the undeleted rows again, which
-//! is the crash case above.
+//! a batch is one event: a commit per event, for rows nobody reads again. Ids are never reused,
+//! so a remembered id cannot hide a row written later: SQLite gives a new row the highest id
+//! plus one, and the relay never deletes the row with the highest id: once it is published,
+//! the relay empties it into a tombstone (an empty topic), which it skips. (`AUTOINCREMENT`
+//! would keep ids from going back too, at the price of rewriting its counter's page in every
+//! commit that adds an event.) A relay that starts (or takes the lease over) remembers
+//! nothing and publishes the undeleted rows again, which is the crash case above.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -168,6 +171,9 @@ impl Relay {
         // dropped loudly rather than holding up the rest.
         let mut by_topic: Vec<(&str, Vec<&str>, i64)> = Vec::new();
         for (id, topic, json) in &rows {
+            if topic.is_empty() {
+                continue; // a tombstone: published already
+            }
             let at = match by_topic.iter().position(|(t, ..)| t == topic) {
                 Some(at) => at,
                 None => {
@@ -196,11 +202,12 @@ impl Relay {
                     tracing::error!(topic = %topic, count = events.len(), error = %why, "the log refused outbox events; dropping them");
                 }
                 Err(e) => {
-                    // The topics before this one are in the log: delete them now (the next read
-                    // starts from the remembered id, which must not pass this topic's rows).
+                    // The topics before this one are in the log: make them tombstones now (the
+                    // next read starts from the remembered id, which must not pass this topic's
+                    // rows). Not deleted: one of them may be the row with the highest id.
                     for (topic, _, last_id) in &by_topic[..done] {
                         crate::store::query(
-                            "DELETE FROM tessera_outbox WHERE topic = $1 AND id > $2 AND id <= $3",
+                            "UPDATE tessera_outbox SET topic = '', event = '' WHERE topic = $1 AND id > $2 AND id <= $3",
                         )
                         .bind(*topic)
                         .bind(self.published)
@@ -218,17 +225,30 @@ impl Relay {
         Ok(sent.max(1))
     }
 
-    /// Deletes the rows published since the last delete, in one statement. A failure leaves
-    /// them for the next try; they are not read again meanwhile.
+    /// Deletes the rows published since the last delete, in one transaction, but for the last
+    /// one, which becomes a tombstone: it may be the row with the highest id, which keeps ids
+    /// from going back. A failure leaves them for the next try; they are not read again
+    /// meanwhile.
     async fn delete_published(&mut self) {
         self.deleted_at = tokio::time::Instant::now();
         if self.published == self.deleted {
             return;
         }
-        let done = crate::store::query("DELETE FROM tessera_outbox WHERE id <= $1")
+        let done = async {
+            let mut tx = self.db.write_tx().await?;
+            crate::store::query("DELETE FROM tessera_outbox WHERE id < $1")
+                .bind(self.published)
+                .execute(&mut *tx)
+                .await?;
+            crate::store::query(
+                "UPDATE tessera_outbox SET topic = '', event = '' WHERE id = $1 AND topic <> ''",
+            )
             .bind(self.published)
-            .execute(self.db.pool())
-            .await;
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await
+        }
+        .await;
         match done {
             Ok(_) => self.deleted = self.published,
             Err(e) => tracing::warn!(error = %e, "cannot delete published outbox rows; retrying"),
@@ -259,5 +279,54 @@ impl Relay {
             self.lease_until = 0;
             Ok(false)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::store::{Db, query, query_as, query_scalar};
+
+    #[tokio::test]
+    async fn ids_handed_out_before_the_migration_are_not_handed_out_again() {
+        let dir = std::env::temp_dir().join(format!("tessera-outbox-{}", uuid::Uuid::new_v4()));
+        let url = Db::default_url(&dir, "s");
+        // The outbox with AUTOINCREMENT: three events written, published and deleted.
+        let before = Db::open(&url, &crate::events::MIGRATIONS[..3])
+            .await
+            .unwrap();
+        for n in 0..3 {
+            query("INSERT INTO tessera_outbox (topic, event, created) VALUES ('t', $1, 0)")
+                .bind(format!("{{\"n\":{n}}}"))
+                .execute(before.pool())
+                .await
+                .unwrap();
+        }
+        query("DELETE FROM tessera_outbox")
+            .execute(before.pool())
+            .await
+            .unwrap();
+        before.close().await;
+
+        let db = Db::open(&url, crate::events::MIGRATIONS).await.unwrap();
+        let rows: Vec<(i64, String)> = query_as("SELECT id, topic FROM tessera_outbox")
+            .fetch_all(db.pool())
+            .await
+            .unwrap();
+        assert_eq!(
+            rows,
+            [(3, String::new())],
+            "the highest id, kept as a tombstone"
+        );
+        query("INSERT INTO tessera_outbox (topic, event, created) VALUES ('t', '{}', 0)")
+            .execute(db.pool())
+            .await
+            .unwrap();
+        let id: i64 = query_scalar("SELECT MAX(id) FROM tessera_outbox")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+        assert_eq!(id, 4);
+        db.close().await;
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
