@@ -4,7 +4,8 @@
 -- every few events, split it in place (SQLite then rebalances three neighbouring leaves and
 -- their parent): about 3.4 pages written per event. Appended at the end of the table, events
 -- of every partition share the last leaf and a full one is simply followed by a new one; the
--- index's entries are small, so its leaves rarely split.
+-- index's entries are small, so its leaves rarely split. This copies the log once (about 3 s
+-- for 500,000 events); the old table's pages go to the free list for later appends.
 CREATE TABLE events_by_append (
     seq       INTEGER PRIMARY KEY,    -- append order
     topic     TEXT NOT NULL,
