@@ -8,7 +8,7 @@
 //!
 //! The delete is lazy: the relay remembers the last id the log has taken and reads past it,
 //! and deletes what it has published at most every [`DELETE_EVERY`] (and when it stops), in
-//! one statement. Deleting each batch as it went cost a commit per batch, and under light load
+//! one transaction. Deleting each batch as it went cost a commit per batch, and under light load
 //! a batch is one event: a commit per event, for rows nobody reads again. Ids are never reused,
 //! so a remembered id cannot hide a row written later: SQLite gives a new row the highest id
 //! plus one, and the relay never deletes the row with the highest id: once it is published,
