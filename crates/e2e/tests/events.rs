@@ -493,7 +493,8 @@ async fn published_rows_leave_the_outbox_in_the_background_and_go_out_once() {
     assert_eq!(deposit_n(&h, &ledger, &p, 20).await, 200);
     h.wait("the 21st event in the log", async || in_log().await == 21)
         .await;
-    tokio::time::sleep(outbox::DELETE_EVERY * 2).await;
-    assert_eq!(rows().await, (1, 0));
+    h.wait("the 21st event's row gone", async || rows().await == (1, 0))
+        .await;
+    tokio::time::sleep(outbox::DELETE_EVERY).await;
     assert_eq!(in_log().await, 21);
 }
