@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use tessera::manifest::Manifest;
+use tessera_manifest::Manifest;
 
 #[derive(Parser)]
 #[command(name = "tessera", version, about = "Run and inspect a Tessera system")]

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use tessera::manifest::Manifest;
 use tessera::passport::PassportKeys;
 use tessera::registry::RegistryClient;
+use tessera_manifest::Manifest;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 

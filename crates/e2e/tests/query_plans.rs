@@ -95,7 +95,7 @@ fn schema(component: &Path) -> rusqlite::Connection {
     let mut migrations = Vec::new();
     files(&component.join("migrations"), "sql", &mut migrations);
     files(
-        &root().join("crates/tessera/migrations"),
+        &root().join("crates/events/migrations"),
         "sql",
         &mut migrations,
     );
@@ -123,10 +123,14 @@ fn every_statement_prepares_and_filters_by_an_index() {
         root.join("crates/control"),
         vec![root.join("crates/control/src")],
     ));
-    // The library's statements, against a service that has its tables.
+    // The library's statements (outbox, inbox, leases, sagas), against a service that has
+    // its tables.
     components.push((
         root.join("services/order"),
-        vec![root.join("crates/tessera/src")],
+        vec![
+            root.join("crates/tessera/src"),
+            root.join("crates/events/src"),
+        ],
     ));
 
     let mut checked = 0;

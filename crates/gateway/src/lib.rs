@@ -4,18 +4,17 @@
 //! (`tokens.rs`, cached until it expires), check the route's roles, mint a passport, pick a
 //! live instance round-robin from the registry's view, forward with a deadline, wrap the answer
 //! in the envelope (`envelope.rs`), and write one access-log line. It is its own HTTP/1.1
-//! server (`server.rs`) and client (`tessera::http1::pool`), both reading heads in place
-//! (`tessera::http1::fields`): no header map, no framework router on the hot path.
+//! server and client (`tessera_http1::server`, `tessera_http1::pool`), both reading heads in place
+//! (`tessera_http1::fields`): no header map, no framework router on the hot path.
 
 pub mod envelope;
 pub mod proxy;
 pub mod routes;
-pub mod server;
 pub mod tokens;
 pub mod upstream;
 
-/// The lean HTTP/1.1 parts, shared with the service library's control-plane client.
-pub use tessera::http1::{fields, pool};
+/// The HTTP/1.1 parts the gateway is built on: the server core, the client, the fields.
+pub use tessera_http1::{fields, pool, server};
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,9 +22,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tessera::ServiceClient;
-use tessera::manifest::Manifest;
 use tessera::passport::PassportKeys;
 use tessera::registry::Discovery;
+use tessera_manifest::Manifest;
 use tokio::net::TcpListener;
 
 use crate::pool::Pool;

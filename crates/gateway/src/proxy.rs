@@ -8,10 +8,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::StatusCode;
 use tessera::TraceContext;
-use tessera::manifest::{AuthMode, Fallback};
 use tessera::passport::{self, PassportKeys};
 use tessera::registry::Discovery;
 use tessera::resilience::Limited as RateLimited;
+use tessera_manifest::{AuthMode, Fallback};
 
 use crate::envelope;
 use crate::fields::Fields;

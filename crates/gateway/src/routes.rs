@@ -1,7 +1,7 @@
 //! The route table: longest path prefix wins, matched at segment boundaries.
 
-use tessera::manifest::{AuthMode, Fallback, Route};
 use tessera::resilience::RateLimiter;
+use tessera_manifest::{AuthMode, Fallback, Route};
 
 /// A route ready for matching.
 pub struct CompiledRoute {

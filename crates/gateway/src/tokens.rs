@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use tessera::ServiceClient;
-use tessera::manifest;
+use tessera_manifest as manifest;
 
 /// Past this many cached tokens the cache is emptied (a bound, not an LRU: verifying again
 /// is correct, only slower).

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tessera::manifest::{Resilience, RetryConfig};
 use tessera::registry::Instance;
 use tessera::resilience::{Balancer, Breaker, Bulkhead, CallOutcome, RetryBudget};
+use tessera_manifest::{Resilience, RetryConfig};
 
 use crate::pool::{Incoming, Outgoing, Pool, SendError};
 
@@ -169,7 +169,7 @@ impl Upstream {
 
 /// The upstreams of every route, by service name.
 pub fn build(
-    manifest: &tessera::manifest::Manifest,
+    manifest: &tessera_manifest::Manifest,
 ) -> std::collections::HashMap<String, Arc<Upstream>> {
     let mut out = std::collections::HashMap::new();
     for route in &manifest.routes {

@@ -19,30 +19,14 @@ use serde::de::DeserializeOwned;
 
 use crate::http1::fields::Fields;
 use crate::http1::pool::{Incoming, Outgoing, Pool, SendError};
-use crate::manifest::{Resilience, RetryConfig};
 use crate::passport::{self, PassportKeys};
 use crate::registry::Discovery;
 use crate::resilience::{Balancer, Breaker, BreakerState, Bulkhead, CallOutcome, RetryBudget};
+use crate::resilience::{Resilience, RetryConfig};
 use crate::trace::{self, TraceContext};
 
-tokio::task_local! {
-    /// The request being served: set by the service middleware around every handler.
-    pub static REQUEST: RequestContext;
-}
-
-/// What an outbound call inherits from the request being served.
-#[derive(Clone, Debug)]
-pub struct RequestContext {
-    /// The verified passport, as received (sharing the request's bytes).
-    pub passport: http::HeaderValue,
-    /// This hop's span.
-    pub trace: TraceContext,
-    /// When the caller stops waiting: calls made now get only what is left.
-    pub deadline: Option<tokio::time::Instant>,
-}
-
-/// The header that carries the caller's remaining time budget, in milliseconds.
-pub const DEADLINE_HEADER: &str = "x-tessera-deadline-ms";
+pub use tessera_http1::DEADLINE_HEADER;
+pub use tessera_trace::{REQUEST, RequestContext};
 
 /// The deadline a request's header gives, from now.
 pub fn deadline_of(headers: &http::HeaderMap) -> Option<tokio::time::Instant> {
@@ -584,6 +568,18 @@ enum Failed {
 
 fn decode<T: DeserializeOwned>(service: &str, body: &[u8]) -> Result<T, CallError> {
     serde_json::from_slice(body).map_err(|e| CallError::Decode(service.to_string(), e.to_string()))
+}
+
+impl From<CallError> for crate::events::HandlerError {
+    /// A failed call fails the event's handling, to be retried when the call may succeed
+    /// later.
+    fn from(e: CallError) -> Self {
+        if e.is_retryable() {
+            Self::retry(e.to_string())
+        } else {
+            Self::permanent(e.to_string())
+        }
+    }
 }
 
 #[cfg(test)]

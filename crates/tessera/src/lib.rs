@@ -9,20 +9,23 @@
 pub mod client;
 pub mod config;
 pub mod error;
-pub mod events;
 pub mod extract;
 pub mod health;
-pub mod http1;
+mod json;
 pub mod log;
-pub mod manifest;
 pub mod metrics;
 pub mod passport;
-pub mod registry;
-pub mod resilience;
-pub mod saga;
 pub mod service;
-pub mod store;
-pub mod trace;
+
+/// The concern crates a service reaches through this one, under the paths it always had.
+pub use tessera_events as events;
+pub use tessera_events::saga;
+pub use tessera_http1 as http1;
+pub use tessera_registry as registry;
+pub use tessera_resilience as resilience;
+pub use tessera_store as store;
+pub use tessera_trace as trace;
+pub use tessera_trace::{unix_now, unix_now_ms};
 
 pub use client::{CallError, ServiceClient};
 pub use config::{ConfigError, ServiceConfig, Settings};
@@ -32,19 +35,3 @@ pub use passport::{Passport, PassportKeys};
 pub use service::{Context, Events, Service};
 pub use store::{Db, DbError, Migration, Tx};
 pub use trace::TraceContext;
-
-/// Milliseconds since the Unix epoch.
-pub fn unix_now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}

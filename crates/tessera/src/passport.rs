@@ -14,7 +14,7 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use crate::log::push_json_str;
+use crate::json::push_json_str;
 use crate::trace::TraceContext;
 
 /// Base64url without padding, as JWS uses it, on the SIMD codec: it runs on every request.
@@ -445,7 +445,7 @@ impl<'a> Scanner<'a> {
     fn string(&mut self) -> Option<&'a str> {
         self.eat(b'"')?;
         let start = self.at;
-        let len = crate::log::plain_prefix(&self.json[start..]);
+        let len = crate::json::plain_prefix(&self.json[start..]);
         if self.json.get(start + len) != Some(&b'"') {
             return None;
         }

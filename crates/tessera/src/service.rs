@@ -84,8 +84,12 @@ impl Context {
                     db: db.clone(),
                     bus: bus.clone(),
                     instance: self.config.instance.clone(),
-                    service: self.config.service.clone(),
-                    keys: self.keys.clone(),
+                    passport: {
+                        let keys = self.keys.clone();
+                        let me = format!("service:{}", self.config.service);
+                        let roles = ["system".to_string()];
+                        Arc::new(move |trace| keys.mint_header(&me, &me, &roles, None, trace))
+                    },
                     outbox: outbox.clone(),
                 },
                 bus,

@@ -23,11 +23,11 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 
 use super::{Bus, BusError, Event};
-use crate::store::Db;
-use crate::unix_now_ms as now_ms;
+use tessera_store::Db;
+use tessera_trace::unix_now_ms as now_ms;
 
 /// The transaction a handler or a service writes in.
-pub type Tx = crate::store::Tx;
+pub type Tx = tessera_store::Tx;
 
 const BATCH: i64 = 500;
 const LEASE_MS: i64 = 3000;
@@ -37,12 +37,12 @@ pub const DELETE_EVERY: Duration = Duration::from_millis(250);
 const IDLE_POLL: Duration = Duration::from_millis(20);
 
 /// Queues `event` for `topic`, in `tx`.
-pub async fn add(tx: &mut Tx, topic: &str, event: &Event) -> Result<(), crate::store::DbError> {
-    let json = serde_json::to_string(event).map_err(crate::store::DbError::encode)?;
-    crate::store::query("INSERT INTO tessera_outbox (topic, event, created) VALUES ($1, $2, $3)")
+pub async fn add(tx: &mut Tx, topic: &str, event: &Event) -> Result<(), tessera_store::DbError> {
+    let json = serde_json::to_string(event).map_err(tessera_store::DbError::encode)?;
+    tessera_store::query("INSERT INTO tessera_outbox (topic, event, created) VALUES ($1, $2, $3)")
         .bind(topic)
         .bind(json)
-        .bind(crate::unix_now() as i64)
+        .bind(tessera_trace::unix_now() as i64)
         .execute(&mut **tx)
         .await?;
     Ok(())
@@ -154,7 +154,7 @@ impl Relay {
             tokio::time::sleep(Duration::from_millis(500)).await;
             return Ok(0);
         }
-        let rows: Vec<(i64, String, String)> = crate::store::query_as(
+        let rows: Vec<(i64, String, String)> = tessera_store::query_as(
             "SELECT id, topic, event FROM tessera_outbox WHERE id > $1 ORDER BY id LIMIT $2",
         )
         .bind(self.published)
@@ -206,7 +206,7 @@ impl Relay {
                     // next read starts from the remembered id, which must not pass this topic's
                     // rows). Not deleted: one of them may be the row with the highest id.
                     for (topic, _, last_id) in &by_topic[..done] {
-                        crate::store::query(
+                        tessera_store::query(
                             "UPDATE tessera_outbox SET topic = '', event = '' WHERE topic = $1 AND id > $2 AND id <= $3",
                         )
                         .bind(*topic)
@@ -236,11 +236,11 @@ impl Relay {
         }
         let done = async {
             let mut tx = self.db.write_tx().await?;
-            crate::store::query("DELETE FROM tessera_outbox WHERE id < $1")
+            tessera_store::query("DELETE FROM tessera_outbox WHERE id < $1")
                 .bind(self.published)
                 .execute(&mut *tx)
                 .await?;
-            crate::store::query(
+            tessera_store::query(
                 "UPDATE tessera_outbox SET topic = '', event = '' WHERE id = $1 AND topic <> ''",
             )
             .bind(self.published)
@@ -256,13 +256,13 @@ impl Relay {
     }
 
     /// Takes or renews the relay lease; `false` if another replica holds it.
-    async fn hold_lease(&mut self) -> Result<bool, crate::store::DbError> {
+    async fn hold_lease(&mut self) -> Result<bool, tessera_store::DbError> {
         let now = now_ms();
         if self.lease_until - now > LEASE_MS / 2 {
             return Ok(true);
         }
         let until = now + LEASE_MS;
-        let done = crate::store::query(
+        let done = tessera_store::query(
             "INSERT INTO tessera_leases (name, holder, until) VALUES ('outbox', $1, $2)
              ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until
              WHERE tessera_leases.holder = excluded.holder OR tessera_leases.until < $3",
@@ -284,16 +284,14 @@ impl Relay {
 
 #[cfg(test)]
 mod tests {
-    use crate::store::{Db, query, query_as, query_scalar};
+    use tessera_store::{Db, query, query_as, query_scalar};
 
     #[tokio::test]
     async fn ids_handed_out_before_the_migration_are_not_handed_out_again() {
         let dir = std::env::temp_dir().join(format!("tessera-outbox-{}", uuid::Uuid::new_v4()));
         let url = Db::default_url(&dir, "s");
         // The outbox with AUTOINCREMENT: three events written, published and deleted.
-        let before = Db::open(&url, &crate::events::MIGRATIONS[..3])
-            .await
-            .unwrap();
+        let before = Db::open(&url, &crate::MIGRATIONS[..3]).await.unwrap();
         for n in 0..3 {
             query("INSERT INTO tessera_outbox (topic, event, created) VALUES ('t', $1, 0)")
                 .bind(format!("{{\"n\":{n}}}"))
@@ -307,7 +305,7 @@ mod tests {
             .unwrap();
         before.close().await;
 
-        let db = Db::open(&url, crate::events::MIGRATIONS).await.unwrap();
+        let db = Db::open(&url, crate::MIGRATIONS).await.unwrap();
         let rows: Vec<(i64, String)> = query_as("SELECT id, topic FROM tessera_outbox")
             .fetch_all(db.pool())
             .await

@@ -870,7 +870,7 @@ fn migrate(path: &Path, migrations: &[Migration]) -> Result<(), StoreError> {
         let done = conn.execute_batch(m.sqlite).and_then(|()| {
             conn.execute(
                 "INSERT INTO tessera_migrations (version, description, installed) VALUES (?1, ?2, ?3)",
-                (m.version, m.description, crate::unix_now() as i64),
+                (m.version, m.description, unix_now()),
             )
         });
         match done {
@@ -902,6 +902,13 @@ fn lock_file(path: PathBuf) -> Result<std::fs::File, StoreError> {
         .map_err(|e| StoreError::Io(path.clone(), e))?;
     file.lock().map_err(|e| StoreError::Io(path, e))?;
     Ok(file)
+}
+
+/// Seconds since the Unix epoch, as migrations record when they ran.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 #[cfg(test)]

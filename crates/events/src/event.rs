@@ -5,8 +5,7 @@ use std::collections::BTreeMap;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::client::REQUEST;
-use crate::trace::TraceContext;
+use tessera_trace::{REQUEST, TraceContext};
 
 /// A CloudEvent. `subject` is the aggregate id and orders events: events with the same
 /// subject (or `partitionkey`, when set) are delivered in the order they were published.
@@ -46,7 +45,7 @@ impl Event {
             source: source.into(),
             ty: ty.into(),
             subject: Some(subject.into()),
-            time: Some(crate::log::rfc3339_now()),
+            time: Some(tessera_trace::rfc3339_now()),
             datacontenttype: Some("application/json".into()),
             data: serde_json::to_value(data).unwrap_or(serde_json::Value::Null),
             traceparent,
@@ -101,7 +100,7 @@ mod tests {
     #[test]
     fn carries_the_current_trace_and_extensions() {
         let trace = TraceContext::new_root();
-        let ctx = crate::client::RequestContext {
+        let ctx = tessera_trace::RequestContext {
             passport: http::HeaderValue::from_static("p"),
             trace,
             deadline: None,

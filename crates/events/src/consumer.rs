@@ -6,13 +6,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use super::bus::BoxFuture;
-use super::outbox::{Outbox, Tx};
-use super::{Batch, Bus, BusError, Event, dead_letter_topic};
-use crate::client::{REQUEST, RequestContext};
-use crate::passport::PassportKeys;
-use crate::store::Db;
-use crate::trace::TraceContext;
+use tessera_trace::{REQUEST, RequestContext};
+
+use crate::bus::BoxFuture;
+use crate::outbox::{Outbox, Tx};
+use crate::{Batch, Bus, BusError, Event, dead_letter_topic};
+use tessera_store::Db;
+use tessera_trace::TraceContext;
 
 /// Why a handler failed, and whether trying again may help.
 #[derive(Debug)]
@@ -45,8 +45,8 @@ impl std::fmt::Display for HandlerError {
     }
 }
 
-impl From<crate::store::DbError> for HandlerError {
-    fn from(e: crate::store::DbError) -> Self {
+impl From<tessera_store::DbError> for HandlerError {
+    fn from(e: tessera_store::DbError) -> Self {
         Self::retry(e.to_string())
     }
 }
@@ -54,15 +54,6 @@ impl From<crate::store::DbError> for HandlerError {
 impl From<serde_json::Error> for HandlerError {
     fn from(e: serde_json::Error) -> Self {
         Self::permanent(format!("bad event data: {e}"))
-    }
-}
-
-impl From<crate::client::CallError> for HandlerError {
-    fn from(e: crate::client::CallError) -> Self {
-        Self {
-            retryable: e.is_retryable(),
-            message: e.to_string(),
-        }
     }
 }
 
@@ -87,6 +78,9 @@ pub struct Consumer {
     pub batch: usize,
 }
 
+/// Mints a passport for work done under a trace.
+pub type MintPassport = Arc<dyn Fn(&TraceContext) -> http::HeaderValue + Send + Sync>;
+
 /// What a consumer needs from its service.
 #[derive(Clone)]
 pub struct ConsumerEnv {
@@ -94,9 +88,10 @@ pub struct ConsumerEnv {
     pub bus: Arc<dyn Bus>,
     /// This process's name in the group.
     pub instance: String,
-    /// The service's name: the issuer of the passport events are handled under.
-    pub service: String,
-    pub keys: Arc<PassportKeys>,
+    /// Mints the passport an event is handled under (the service's own, role `system`), for
+    /// the calls its handler makes. The service runtime gives it: this crate does not know
+    /// what a passport holds.
+    pub passport: MintPassport,
     pub outbox: Outbox,
 }
 
@@ -232,10 +227,7 @@ impl Consumer {
             .trace()
             .map_or_else(TraceContext::new_root, |t| t.child());
         let span = trace.span("event");
-        let me = format!("service:{}", env.service);
-        let passport = env
-            .keys
-            .mint_header(&me, &me, &["system".to_string()], None, &trace);
+        let passport = (env.passport)(&trace);
         let ctx = RequestContext {
             passport,
             trace,
@@ -373,12 +365,12 @@ impl Consumer {
         handler: &dyn Handler,
         event: &Event,
     ) -> Result<Outcome, HandlerError> {
-        let fresh = crate::store::query(
+        let fresh = tessera_store::query(
             "INSERT INTO tessera_inbox (grp, event_id, handled) VALUES ($1, $2, $3) ON CONFLICT (grp, event_id) DO NOTHING",
         )
         .bind(&self.group)
         .bind(&event.id)
-        .bind(crate::unix_now() as i64)
+        .bind(tessera_trace::unix_now() as i64)
         .execute(&mut **tx)
         .await?
         .rows_affected()

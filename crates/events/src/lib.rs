@@ -18,13 +18,14 @@ mod bus;
 pub mod consumer;
 mod event;
 pub mod outbox;
+pub mod saga;
 
 pub use bus::{Batch, BoxFuture, Bus, BusError, ControlBus, Part};
-pub use consumer::{Consumer, Handler, HandlerError};
+pub use consumer::{Consumer, Handler, HandlerError, MintPassport};
 pub use event::Event;
 pub use outbox::Tx;
 
-use crate::store::Migration;
+use tessera_store::Migration;
 
 /// The library's own tables (outbox, inbox, leases), added to every service database.
 pub const MIGRATIONS: &[Migration] = &[

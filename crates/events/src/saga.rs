@@ -22,10 +22,10 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::events::consumer::{Handler, HandlerError};
-use crate::events::{BoxFuture, Event, Tx, outbox};
-use crate::store::Db;
-use crate::unix_now_ms as now_ms;
+use crate::consumer::{Handler, HandlerError};
+use crate::{BoxFuture, Event, Tx, outbox};
+use tessera_store::Db;
+use tessera_trace::unix_now_ms as now_ms;
 
 /// One step of a saga.
 #[derive(Debug)]
@@ -124,10 +124,10 @@ impl Saga {
         tx: &mut Tx,
         id: &str,
         data: Value,
-    ) -> Result<(), crate::store::DbError> {
+    ) -> Result<(), tessera_store::DbError> {
         let now = now_ms();
         let step = &self.def.steps[0];
-        crate::store::query(
+        tessera_store::query(
             "INSERT INTO tessera_sagas (id, name, step, status, data, deadline, updated) VALUES ($1, $2, 0, 'running', $3, $4, $5)",
         )
         .bind(id)
@@ -148,7 +148,7 @@ impl Saga {
         ty: &str,
         data: &Value,
         expect_reply: bool,
-    ) -> Result<(), crate::store::DbError> {
+    ) -> Result<(), tessera_store::DbError> {
         let mut event = Event::new(self.def.source, ty, id, data);
         event.extensions.insert("sagaid".into(), id.into());
         event.extensions.insert("sagastep".into(), step.into());
@@ -164,8 +164,8 @@ impl Saga {
         &self,
         tx: &mut Tx,
         id: &str,
-    ) -> Result<Option<SagaState>, crate::store::DbError> {
-        let row: Option<(i64, String, String)> = crate::store::query_as(
+    ) -> Result<Option<SagaState>, tessera_store::DbError> {
+        let row: Option<(i64, String, String)> = tessera_store::query_as(
             "SELECT step, status, data FROM tessera_sagas WHERE id = $1 AND name = $2",
         )
         .bind(id)
@@ -226,7 +226,7 @@ impl Saga {
         let now = now_ms();
         if let Some(next) = self.def.steps.get(step + 1) {
             saga.step = step + 1;
-            crate::store::query("UPDATE tessera_sagas SET step = $2, data = $3, deadline = $4, updated = $5 WHERE id = $1")
+            tessera_store::query("UPDATE tessera_sagas SET step = $2, data = $3, deadline = $4, updated = $5 WHERE id = $1")
                 .bind(id)
                 .bind(saga.step as i64)
                 .bind(saga.data.to_string())
@@ -238,7 +238,7 @@ impl Saga {
                 .await?;
         } else {
             saga.status = "completed".into();
-            crate::store::query("UPDATE tessera_sagas SET status = 'completed', data = $2, updated = $3 WHERE id = $1")
+            tessera_store::query("UPDATE tessera_sagas SET status = 'completed', data = $2, updated = $3 WHERE id = $1")
                 .bind(id)
                 .bind(saga.data.to_string())
                 .bind(now)
@@ -265,7 +265,7 @@ impl Saga {
             }
         }
         saga.status = "failed".into();
-        crate::store::query(
+        tessera_store::query(
             "UPDATE tessera_sagas SET status = 'failed', reason = $2, updated = $3 WHERE id = $1",
         )
         .bind(&saga.id)
@@ -278,7 +278,7 @@ impl Saga {
 
     /// Times out every running saga whose step is overdue; returns how many.
     pub async fn tick(&self, db: &Db, hooks: &dyn SagaHooks) -> Result<usize, HandlerError> {
-        let due: Vec<(String,)> = crate::store::query_as(
+        let due: Vec<(String,)> = tessera_store::query_as(
             "SELECT id FROM tessera_sagas WHERE status = 'running' AND name = $1 AND deadline < $2 ORDER BY deadline LIMIT 100",
         )
         .bind(self.def.name)
@@ -293,7 +293,7 @@ impl Saga {
                 continue;
             };
             let deadline: (i64,) =
-                crate::store::query_as("SELECT deadline FROM tessera_sagas WHERE id = $1")
+                tessera_store::query_as("SELECT deadline FROM tessera_sagas WHERE id = $1")
                     .bind(&id)
                     .fetch_one(&mut *tx)
                     .await?;
@@ -360,7 +360,7 @@ pub async fn reply(
     command: &Event,
     source: &str,
     outcome: Reply,
-) -> Result<(), crate::store::DbError> {
+) -> Result<(), tessera_store::DbError> {
     let Some(topic) = command
         .extensions
         .get("sagareplyto")
@@ -462,7 +462,7 @@ mod tests {
 
     async fn db() -> Db {
         let dir = std::env::temp_dir().join(format!("tessera-saga-{}", uuid::Uuid::new_v4()));
-        Db::open(&Db::default_url(&dir, "s"), crate::events::MIGRATIONS)
+        Db::open(&Db::default_url(&dir, "s"), crate::MIGRATIONS)
             .await
             .unwrap()
     }
@@ -470,11 +470,11 @@ mod tests {
     /// The commands in the outbox, as (topic, type), and empties it.
     async fn sent(db: &Db) -> Vec<(String, String, Event)> {
         let rows: Vec<(String, String)> =
-            crate::store::query_as("SELECT topic, event FROM tessera_outbox ORDER BY id")
+            tessera_store::query_as("SELECT topic, event FROM tessera_outbox ORDER BY id")
                 .fetch_all(db.pool())
                 .await
                 .unwrap();
-        crate::store::query("DELETE FROM tessera_outbox")
+        tessera_store::query("DELETE FROM tessera_outbox")
             .execute(db.pool())
             .await
             .unwrap();
@@ -499,7 +499,7 @@ mod tests {
     }
 
     async fn status(db: &Db, id: &str) -> String {
-        crate::store::query_as::<(String,)>("SELECT status FROM tessera_sagas WHERE id = $1")
+        tessera_store::query_as::<(String,)>("SELECT status FROM tessera_sagas WHERE id = $1")
             .bind(id)
             .fetch_one(db.pool())
             .await

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::Event;
-use crate::http1::pool::SendError;
+use tessera_http1::pool::SendError;
+
+use crate::Event;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -140,7 +141,7 @@ pub trait Bus: Send + Sync + 'static {
 ///
 /// Every publish and fetch of every service is an exchange with the log, so a plain `http://`
 /// control URL (the control plane serves plain HTTP) is spoken to through the platform's lean
-/// HTTP/1.1 client ([`crate::http1::pool`]); any other URL (`https://`, behind a proxy) through
+/// HTTP/1.1 client ([`tessera_http1::pool`]); any other URL (`https://`, behind a proxy) through
 /// reqwest. An exchange whose kept-alive connection turns out closed before any answer is sent
 /// again on a fresh one: at worst that appends an event twice or repeats a fetch, which the
 /// consumers' inboxes and the offsets make harmless.
@@ -156,7 +157,7 @@ enum Transport {
         address: Arc<str>,
         /// The URL's path, if the control plane is served under one.
         prefix: Arc<str>,
-        pool: Arc<crate::http1::pool::Pool>,
+        pool: Arc<tessera_http1::pool::Pool>,
     },
     Reqwest {
         base: String,
@@ -178,7 +179,7 @@ impl ControlBus {
             Some((address, prefix)) => Transport::Lean {
                 address: address.into(),
                 prefix: prefix.into(),
-                pool: Arc::new(crate::http1::pool::Pool::new(64, Duration::from_secs(1))),
+                pool: Arc::new(tessera_http1::pool::Pool::new(64, Duration::from_secs(1))),
             },
             None => Transport::Reqwest {
                 base: base.to_string(),
@@ -210,10 +211,10 @@ impl ControlBus {
                 } else {
                     format!("{prefix}{path}").into()
                 };
-                let req = crate::http1::pool::Outgoing {
+                let req = tessera_http1::pool::Outgoing {
                     method: &http::Method::POST,
                     path_and_query: &target,
-                    headers: crate::http1::fields::Fields::empty(),
+                    headers: tessera_http1::fields::Fields::empty(),
                     skip: |_| false,
                     extra: &[("content-type", b"application/json")],
                     deadline_ms: None,

@@ -1,6 +1,6 @@
 //! Resilience primitives shared by the service client and the gateway: a circuit breaker on
 //! the Resilience4j model, exponential backoff with full jitter, a retry budget, a bulkhead,
-//! and token-bucket rate limits. `docs/resilience.md` maps each to its Resilience4j and Envoy
+//! token-bucket rate limits, and instance choice with outlier ejection. `docs/resilience.md` maps each to its Resilience4j and Envoy
 //! equivalent.
 //!
 //! Time comes from `tokio::time::Instant`, so every rule is tested with paused time.
@@ -8,11 +8,13 @@
 pub mod balance;
 pub mod breaker;
 pub mod bulkhead;
+mod config;
 pub mod ratelimit;
 pub mod retry;
 
 pub use balance::{Balancer, OutlierConfig, Pick, Policy};
 pub use breaker::{Breaker, BreakerConfig, BreakerState, CallOutcome, Open};
 pub use bulkhead::{Bulkhead, BulkheadFull};
+pub use config::{Resilience, RetryConfig};
 pub use ratelimit::{Allowed, Limited, RateLimit, RateLimiter};
 pub use retry::{Backoff, BudgetConfig, RetryBudget, may_repeat};

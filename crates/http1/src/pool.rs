@@ -16,12 +16,14 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, StatusCode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-use super::fields::{self, Field, Fields};
+use crate::chunked::{self, ChunkError};
+use crate::fields::{self, Field, Fields};
+use crate::head;
 
 /// Why a request reached no response.
 #[derive(Debug, PartialEq, Eq)]
@@ -38,8 +40,6 @@ pub enum SendError {
 const MAX_HEADERS: usize = 100;
 /// The longest response head read.
 const MAX_HEAD: usize = 64 * 1024;
-/// Bodies up to this size go out in the same write as the head.
-const INLINE_BODY: usize = 16 * 1024;
 
 /// What goes upstream.
 #[derive(Clone, Copy)]
@@ -286,7 +286,7 @@ async fn write_request(
     if let Some(ms) = req.deadline_ms {
         header(
             buf,
-            crate::client::DEADLINE_HEADER.as_bytes(),
+            crate::DEADLINE_HEADER.as_bytes(),
             n.format(ms).as_bytes(),
         );
     }
@@ -295,23 +295,7 @@ async fn write_request(
         header(buf, b"content-length", n.format(body.len()).as_bytes());
     }
     buf.extend_from_slice(b"\r\n");
-    write_message(&mut conn.stream, buf, body).await
-}
-
-/// Writes a message whose head is in `head`: a small body goes out in the same system call,
-/// a large one is not copied.
-pub async fn write_message(
-    stream: &mut TcpStream,
-    head: &mut Vec<u8>,
-    body: &[u8],
-) -> std::io::Result<()> {
-    if body.len() <= INLINE_BODY {
-        head.extend_from_slice(body);
-        stream.write_all(head).await
-    } else {
-        stream.write_all(head).await?;
-        stream.write_all(body).await
-    }
+    crate::write_message(&mut conn.stream, buf, body).await
 }
 
 fn header(buf: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -388,33 +372,12 @@ fn parse_head(parsed: &httparse::Response<'_, '_>) -> Result<(StatusCode, Framin
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or(Failure::Broken)?;
     let http11 = parsed.version == Some(1);
-    let mut length: Option<u64> = None;
-    let mut chunked = false;
-    let mut close = !http11;
-    for h in parsed.headers.iter() {
-        let name = h.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length") {
-            let n = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or(Failure::Broken)?;
-            if length.is_some_and(|l| l != n) {
-                return Err(Failure::Broken); // conflicting lengths: a smuggling risk
-            }
-            length = Some(n);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            chunked = fields::last_coding_is_chunked(h.value);
-            if !chunked {
-                close = true; // another coding last: the body ends with the connection
-            }
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            if fields::has_token(h.value, "close") {
-                close = true;
-            } else if !http11 && fields::has_token(h.value, "keep-alive") {
-                close = false;
-            }
-        }
-    }
+    let framing = head::framing(parsed.headers).map_err(|_| Failure::Broken)?;
+    // A coding other than chunked last: the body ends with the connection.
+    let close = framing.close
+        || (!http11 && !framing.keep_alive)
+        || (framing.transfer_encoding && !framing.chunked);
+    let (chunked, length) = (framing.chunked, framing.length);
     let framing = if chunked {
         Framing::Chunked // wins over Content-Length (RFC 9112 §6.3)
     } else if let Some(n) = length {
@@ -449,50 +412,28 @@ async fn read_to_end(conn: &mut Connection, max: u64) -> Result<Bytes, Failure> 
     Ok(conn.read.split().freeze())
 }
 
-/// A chunked body, decoded; trailers are read and dropped.
+/// A chunked body, decoded as it arrives (the decoded part of the buffer dropped as it goes);
+/// trailers are read and dropped.
 async fn read_chunked(conn: &mut Connection, max: u64) -> Result<Bytes, Failure> {
-    let mut body = BytesMut::new();
+    let mut body = Vec::new();
+    let mut decoder = chunked::Decoder::new(0);
     loop {
-        let (consumed, size) = loop {
-            match httparse::parse_chunk_size(&conn.read) {
-                Ok(httparse::Status::Complete(found)) => break found,
-                Ok(httparse::Status::Partial) if conn.read.len() < 1024 => {
-                    if !fill(conn).await? {
-                        return Err(Failure::Broken);
-                    }
-                }
-                _ => return Err(Failure::Broken),
+        match decoder.decode(&conn.read, &mut body, max) {
+            Ok(true) => {
+                conn.read.advance(decoder.position());
+                return Ok(Bytes::from(body));
             }
-        };
-        let _ = conn.read.split_to(consumed);
-        if size == 0 {
-            // Trailer lines, then an empty line.
-            loop {
-                match conn.read.windows(2).position(|w| w == b"\r\n") {
-                    Some(0) => {
-                        let _ = conn.read.split_to(2);
-                        return Ok(body.freeze());
-                    }
-                    Some(i) => {
-                        let _ = conn.read.split_to(i + 2);
-                    }
-                    None if conn.read.len() < MAX_HEAD => {
-                        if !fill(conn).await? {
-                            return Err(Failure::Broken);
-                        }
-                    }
-                    None => return Err(Failure::Broken),
+            Ok(false) => {
+                let done = decoder.position();
+                conn.read.advance(done);
+                decoder.consumed(done);
+                if !fill(conn).await? {
+                    return Err(Failure::Broken);
                 }
             }
+            Err(ChunkError::TooLarge) => return Err(Failure::TooLarge),
+            Err(ChunkError::Malformed) => return Err(Failure::Broken),
         }
-        if body.len() as u64 + size > max {
-            return Err(Failure::TooLarge);
-        }
-        let chunk = read_exact(conn, size as usize + 2).await?;
-        if &chunk[size as usize..] != b"\r\n" {
-            return Err(Failure::Broken);
-        }
-        body.extend_from_slice(&chunk[..size as usize]);
     }
 }
 
@@ -501,6 +442,7 @@ mod tests {
     use super::*;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
 
     fn no_skip(_: &[u8]) -> bool {

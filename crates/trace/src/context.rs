@@ -96,7 +96,7 @@ impl TraceContext {
     }
 
     /// A span for this hop's work: its log lines carry the trace and span ids
-    /// (`crate::log`). The ids are recorded as integers, so opening it allocates no strings.
+    /// (`tessera::log`). The ids are recorded as integers, so opening it allocates no strings.
     pub fn span(&self, name: &'static str) -> tracing::Span {
         tracing::info_span!(
             "hop",

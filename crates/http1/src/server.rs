@@ -32,7 +32,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::chunked::{self, ChunkError};
 use crate::fields::{self, Field, Fields};
+use crate::head::{self, FramingError};
 
 /// The most request header fields read; more is 431.
 const MAX_HEADERS: usize = 100;
@@ -419,12 +421,15 @@ impl Connection {
             }
             Framing::Chunked => {
                 self.chunked.clear();
-                let mut decoder = Chunked { pos: head.len };
+                let mut decoder = chunked::Decoder::new(head.len);
                 loop {
-                    match decoder.step(&self.read, &mut self.chunked, max) {
-                        Ok(true) => return Ok(Ok(BodySpan::Chunked(decoder.pos - head.len))),
+                    match decoder.decode(&self.read, &mut self.chunked, max) {
+                        Ok(true) => {
+                            return Ok(Ok(BodySpan::Chunked(decoder.position() - head.len)));
+                        }
                         Ok(false) => {}
-                        Err(e) => return Ok(Err(e)),
+                        Err(ChunkError::TooLarge) => return Ok(Err(BodyError::TooLarge)),
+                        Err(ChunkError::Malformed) => return Ok(Err(BodyError::Malformed)),
                     }
                     if !continued {
                         self.write_continue().await?;
@@ -524,7 +529,7 @@ async fn respond(
     }
     out.extend_from_slice(b"\r\n");
     let body: &[u8] = if bodiless || head_request { &[] } else { body };
-    crate::pool::write_message(stream, out, body).await
+    crate::write_message(stream, out, body).await
 }
 
 /// The client closed the connection, or it failed.
@@ -565,37 +570,18 @@ fn parse_head(buf: &[u8], fields: &mut Vec<Field>) -> Result<Option<Head>, Rejec
     let path_len = target.find('?').unwrap_or(target.len());
     let http11 = parsed.version == Some(1);
 
-    let (mut length, mut chunked, mut transfer_encoding) = (None::<u64>, false, false);
-    let (mut close, mut keep_alive_asked, mut expect_continue) = (false, false, false);
-    for h in parsed.headers.iter() {
-        let name = h.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length") {
-            let n = std::str::from_utf8(h.value)
-                .ok()
-                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|v| v.parse::<u64>().ok())
-                .ok_or_else(|| bad("malformed Content-Length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(bad("conflicting Content-Length"));
-            }
-            length = Some(n);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            transfer_encoding = true;
-            chunked = fields::last_coding_is_chunked(h.value);
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            close |= fields::has_token(h.value, "close");
-            keep_alive_asked |= fields::has_token(h.value, "keep-alive");
-        } else if name.eq_ignore_ascii_case(b"expect") {
-            if !h.value.eq_ignore_ascii_case(b"100-continue") {
-                return Err(Reject(
-                    StatusCode::EXPECTATION_FAILED,
-                    "only 100-continue is understood",
-                ));
-            }
-            expect_continue = http11;
-        }
+    let framing = head::framing(parsed.headers).map_err(|e| match e {
+        FramingError::MalformedLength => bad("malformed Content-Length"),
+        FramingError::ConflictingLength => bad("conflicting Content-Length"),
+    })?;
+    if framing.expect_other {
+        return Err(Reject(
+            StatusCode::EXPECTATION_FAILED,
+            "only 100-continue is understood",
+        ));
     }
-    if transfer_encoding && (length.is_some() || !chunked) {
+    let (close, keep_alive_asked) = (framing.close, framing.keep_alive);
+    if framing.transfer_encoding && (framing.length.is_some() || !framing.chunked) {
         // Both framings at once is how requests are smuggled past a proxy; a last coding
         // other than chunked leaves the body's end unknown (RFC 9112 §6.3).
         return Err(bad("ambiguous request body framing"));
@@ -606,14 +592,14 @@ fn parse_head(buf: &[u8], fields: &mut Vec<Field>) -> Result<Option<Head>, Rejec
         method,
         target: (target_start, target.len()),
         path_len,
-        framing: if chunked {
+        framing: if framing.chunked {
             Framing::Chunked
         } else {
-            Framing::Length(length.unwrap_or(0))
+            Framing::Length(framing.length.unwrap_or(0))
         },
         keep_alive: !close && (http11 || keep_alive_asked),
         keep_alive_10: !close && !http11 && keep_alive_asked,
-        expect_continue,
+        expect_continue: framing.expect_continue && http11,
     }))
 }
 
@@ -629,52 +615,6 @@ fn origin_form(target: &str) -> Option<&str> {
     match rest.find(['/', '?']) {
         Some(i) if rest.as_bytes()[i] == b'/' => Some(&rest[i..]),
         _ => None, // no path (`http://host` or `http://host?q`): not worth guessing
-    }
-}
-
-/// A chunked body decoder working through the read buffer from `pos`.
-struct Chunked {
-    pos: usize,
-}
-
-impl Chunked {
-    /// Decodes what `buf` holds; `Ok(true)` at the body's end (trailers read and dropped).
-    fn step(&mut self, buf: &[u8], out: &mut Vec<u8>, max: u64) -> Result<bool, BodyError> {
-        loop {
-            let rest = &buf[self.pos..];
-            let (consumed, size) = match httparse::parse_chunk_size(rest) {
-                Ok(httparse::Status::Complete(found)) => found,
-                Ok(httparse::Status::Partial) if rest.len() < 1024 => return Ok(false),
-                _ => return Err(BodyError::Malformed),
-            };
-            if size == 0 {
-                // Trailer lines, then an empty line.
-                let mut at = consumed;
-                loop {
-                    match rest[at..].windows(2).position(|w| w == b"\r\n") {
-                        Some(0) => {
-                            self.pos += at + 2;
-                            return Ok(true);
-                        }
-                        Some(i) => at += i + 2,
-                        None if rest.len() - at < MAX_HEAD => return Ok(false),
-                        None => return Err(BodyError::Malformed),
-                    }
-                }
-            }
-            if out.len() as u64 + size > max {
-                return Err(BodyError::TooLarge);
-            }
-            let size = size as usize;
-            if rest.len() < consumed + size + 2 {
-                return Ok(false);
-            }
-            if &rest[consumed + size..consumed + size + 2] != b"\r\n" {
-                return Err(BodyError::Malformed);
-            }
-            out.extend_from_slice(&rest[consumed..consumed + size]);
-            self.pos += consumed + size + 2;
-        }
     }
 }
 

@@ -1,0 +1,14 @@
+//! What one hop carries: its W3C trace context ([`TraceContext`]), the request it is serving
+//! ([`REQUEST`], a task-local), and the clock as the platform writes it ([`time`]).
+//!
+//! The lowest of the library's crates: the log, the passport, the service client and the
+//! events all need these, and this crate needs none of them. It knows nothing of HTTP
+//! servers, databases or passports' contents.
+
+mod context;
+mod request;
+pub mod time;
+
+pub use context::{TRACEPARENT, TraceContext, hex};
+pub use request::{REQUEST, RequestContext};
+pub use time::{push_timestamp, rfc3339_now, unix_now, unix_now_ms};
