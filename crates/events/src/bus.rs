@@ -5,11 +5,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
-
 use tessera_http1::pool::SendError;
 
 use crate::Event;
+use crate::wire::{CommitRequest, Delivered, FetchAnswer, FetchRequest, Position, PublishRequest};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -291,20 +290,24 @@ impl ControlBus {
         max: usize,
         wait: Duration,
     ) -> Fetched {
-        let mut body = serde_json::json!({
-            "group": group, "consumer": consumer, "max": max, "waitMs": wait.as_millis() as u64,
-            "all": true,
-        });
-        if !commits.is_empty() {
-            body["commits"] = commits
-                .iter()
-                .map(|(partition, offset)| serde_json::json!({ "partition": partition, "offset": offset }))
-                .collect();
-        }
+        let positions: Vec<Position> = commits
+            .iter()
+            .map(|&(partition, offset)| Position { partition, offset })
+            .collect();
+        let body = FetchRequest {
+            group: group.into(),
+            consumer: consumer.into(),
+            max,
+            wait_ms: wait.as_millis() as u64,
+            commit: None,
+            commits: positions.into(),
+            all: true,
+        };
+        let body = serde_json::to_string(&body).expect("a fetch request serializes");
         let bytes = match self
             .post(
                 format!("/v1/topics/{topic}/fetch"),
-                body.to_string(),
+                body,
                 wait + Duration::from_secs(10),
             )
             .await
@@ -323,7 +326,7 @@ impl ControlBus {
         };
         let committed = (!commits.is_empty()).then_some(match fetched.commit_error {
             None => Ok(()),
-            Some(e) => Err(match e.status {
+            Some(e) => Err(match e.status.unwrap_or(503) {
                 409 => BusError::Lost(e.message),
                 400..=499 => BusError::Refused(e.message),
                 _ => BusError::Unavailable(e.message),
@@ -358,40 +361,6 @@ impl ControlBus {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct FetchAnswer<'a> {
-    partition: Option<u32>,
-    #[serde(borrow)]
-    events: Vec<Delivered<'a>>,
-    /// The other partitions' events.
-    #[serde(borrow, default)]
-    more: Vec<MorePart<'a>>,
-    /// Why a commit sent with the fetch failed.
-    #[serde(default)]
-    commit_error: Option<CommitError>,
-}
-
-#[derive(Deserialize)]
-struct MorePart<'a> {
-    partition: u32,
-    #[serde(borrow)]
-    events: Vec<Delivered<'a>>,
-}
-
-#[derive(Deserialize)]
-struct CommitError {
-    status: u16,
-    message: String,
-}
-
-#[derive(Deserialize)]
-struct Delivered<'a> {
-    offset: i64,
-    #[serde(borrow)]
-    event: &'a serde_json::value::RawValue,
-}
-
 impl Bus for ControlBus {
     fn publish<'a>(
         &'a self,
@@ -399,7 +368,7 @@ impl Bus for ControlBus {
         events: &'a [Event],
     ) -> BoxFuture<'a, Result<(), BusError>> {
         Box::pin(async move {
-            let body = serde_json::to_string(&serde_json::json!({ "events": events }))
+            let body = serde_json::to_string(&PublishRequest { events })
                 .map_err(|e| BusError::Refused(e.to_string()))?;
             self.append(topic, body).await
         })
@@ -461,8 +430,13 @@ impl Bus for ControlBus {
         offset: i64,
     ) -> BoxFuture<'a, Result<(), BusError>> {
         Box::pin(async move {
-            let body = serde_json::json!({ "group": group, "consumer": consumer, "partition": partition, "offset": offset })
-                .to_string();
+            let body = CommitRequest {
+                group: group.into(),
+                consumer: consumer.into(),
+                partition,
+                offset,
+            };
+            let body = serde_json::to_string(&body).expect("a commit request serializes");
             self.post(
                 format!("/v1/topics/{topic}/commit"),
                 body,

@@ -19,6 +19,7 @@ pub mod consumer;
 mod event;
 pub mod outbox;
 pub mod saga;
+pub mod wire;
 
 pub use bus::{Batch, BoxFuture, Bus, BusError, ControlBus, Part};
 pub use consumer::{Consumer, Handler, HandlerError, MintPassport};

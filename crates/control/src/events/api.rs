@@ -18,8 +18,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
+use tessera::events::wire::{
+    CommitRequest, Delivered, ErrorBody, FetchAnswer, FetchRequest, Part, Position, PublishAnswer,
+    PublishRequest, default_max,
+};
 
 use super::GroupError;
 use super::store::{EventLog, LogError};
@@ -35,72 +39,27 @@ pub fn routes(log: EventLog) -> Router {
         .with_state(log)
 }
 
-#[derive(Deserialize)]
-struct PublishBody {
-    events: Vec<Box<RawValue>>,
-}
-
-#[derive(Serialize)]
-struct Position {
-    partition: u32,
-    offset: i64,
-}
-
 async fn publish(
     State(log): State<EventLog>,
     Path(topic): Path<String>,
-    tessera::Json(body): tessera::Json<PublishBody>,
+    tessera::Json(body): tessera::Json<PublishRequest<Vec<Box<RawValue>>>>,
 ) -> Response {
     match log.publish(&topic, body.events).await {
-        Ok(offsets) => Json(serde_json::json!({
-            "offsets": offsets.into_iter().map(|(partition, offset)| Position { partition, offset }).collect::<Vec<_>>()
-        }))
+        Ok(offsets) => Json(PublishAnswer {
+            offsets: offsets
+                .into_iter()
+                .map(|(partition, offset)| Position { partition, offset })
+                .collect(),
+        })
         .into_response(),
         Err(e) => log_error(e),
     }
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct FetchBody {
-    group: String,
-    consumer: String,
-    #[serde(default = "default_max")]
-    max: usize,
-    #[serde(default)]
-    wait_ms: u64,
-    /// The previous batch's commit, made before fetching: one exchange instead of two.
-    #[serde(default)]
-    commit: Option<CommitAt>,
-    /// The previous batch's commits, one per partition it had events of.
-    #[serde(default)]
-    commits: Vec<CommitAt>,
-    /// Events of every held partition that has some, not only of the first (the others come
-    /// in `more`).
-    #[serde(default)]
-    all: bool,
-}
-
-#[derive(Deserialize)]
-struct CommitAt {
-    partition: u32,
-    offset: i64,
-}
-
-fn default_max() -> usize {
-    100
-}
-
-#[derive(Serialize)]
-struct Delivered<'a> {
-    offset: i64,
-    event: &'a RawValue,
-}
-
 async fn fetch(
     State(log): State<EventLog>,
     Path(topic): Path<String>,
-    tessera::Json(body): tessera::Json<FetchBody>,
+    tessera::Json(body): tessera::Json<FetchRequest<'static>>,
 ) -> Response {
     if body.group.is_empty() || body.consumer.is_empty() {
         return error(
@@ -111,15 +70,15 @@ async fn fetch(
     }
     // The first commit the log refuses is reported; the others are still made.
     let mut commit_error = None;
-    for c in body.commit.iter().chain(&body.commits) {
+    for c in body.commit.iter().chain(body.commits.iter()) {
         let committed = log
             .commit_lazily(&topic, &body.group, &body.consumer, c.partition, c.offset)
             .await;
         if let (Err(e), None) = (committed, &commit_error) {
             let (status, code, message) = error_parts(e);
-            commit_error = Some(CommitError {
-                status: status.as_u16(),
-                code,
+            commit_error = Some(ErrorBody {
+                status: Some(status.as_u16()),
+                code: code.into(),
                 message,
             });
         }
@@ -153,56 +112,21 @@ async fn fetch(
                 .collect(),
         })
         .collect();
-    let (first, more) = match delivered.split_first() {
-        Some((first, more)) => (Some(first), more),
-        None => (None, &[][..]),
-    };
+    let mut more = delivered.into_iter();
+    let first = more.next();
     Json(FetchAnswer {
-        partition: first.map(|p| p.partition),
-        events: first.map_or(&[][..], |p| &p.events),
-        more,
-        commit_error: commit_error.as_ref(),
+        partition: first.as_ref().map(|p| p.partition),
+        events: first.map_or_else(Vec::new, |p| p.events),
+        more: more.collect(),
+        commit_error,
     })
     .into_response()
-}
-
-#[derive(Serialize)]
-struct Part<'a> {
-    partition: u32,
-    events: Vec<Delivered<'a>>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct FetchAnswer<'a> {
-    partition: Option<u32>,
-    events: &'a [Delivered<'a>],
-    /// With `all`: the other partitions' events.
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    more: &'a [Part<'a>],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    commit_error: Option<&'a CommitError>,
-}
-
-#[derive(Serialize)]
-struct CommitError {
-    status: u16,
-    code: &'static str,
-    message: String,
-}
-
-#[derive(Deserialize)]
-struct CommitBody {
-    group: String,
-    consumer: String,
-    partition: u32,
-    offset: i64,
 }
 
 async fn commit(
     State(log): State<EventLog>,
     Path(topic): Path<String>,
-    tessera::Json(b): tessera::Json<CommitBody>,
+    tessera::Json(b): tessera::Json<CommitRequest<'static>>,
 ) -> Response {
     match log
         .commit(&topic, &b.group, &b.consumer, b.partition, b.offset)
