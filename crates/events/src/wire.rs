@@ -55,6 +55,7 @@ pub struct FetchRequest<'a> {
     pub all: bool,
 }
 
+#[allow(clippy::ptr_arg)] // serde hands the field itself
 fn no_commits(commits: &Cow<'_, [Position]>) -> bool {
     commits.is_empty()
 }
