@@ -1,6 +1,8 @@
 //! Calls another service by name.
 //!
-//! The client resolves the service's instances through [`Discovery`], picks one round-robin,
+//! The client resolves the service's instances through [`Discovery`], picks one (power of
+//! two choices on requests in flight, by default), guards the call as the gateway does
+//! (`tessera_resilience::call`: breaker, bulkhead, budgeted retries, outlier ejection),
 //! and sends the request with the caller's passport and a child `traceparent`: inside a
 //! request handler both come from the request being served (a task-local the service
 //! middleware sets, the equivalent of seed 004's Feign interceptor), so a call made on behalf
@@ -21,8 +23,8 @@ use crate::http1::fields::Fields;
 use crate::http1::pool::{Incoming, Outgoing, Pool, SendError};
 use crate::passport::{self, PassportKeys};
 use crate::registry::Discovery;
-use crate::resilience::{Balancer, Breaker, BreakerState, Bulkhead, CallOutcome, RetryBudget};
-use crate::resilience::{Resilience, RetryConfig};
+use crate::resilience::Resilience;
+use crate::resilience::{self, BreakerState, Limits, Rejected, Retryable};
 use crate::trace::{self, TraceContext};
 
 pub use tessera_http1::DEADLINE_HEADER;
@@ -77,7 +79,9 @@ impl CallError {
             | CallError::Timeout(_)
             | CallError::Connect(..)
             | CallError::Broken(..) => true,
-            CallError::Status { status, .. } => matches!(status.as_u16(), 502..=504),
+            // Any 5xx: the service's trouble, which another instance or a later try may not
+            // have (the gateway and the client retry alike: `tessera_resilience::call`).
+            CallError::Status { status, .. } => status.is_server_error(),
             CallError::Decode(..) => false,
             // Later, yes; at once, no: the breaker or the bulkhead says the service needs air.
             CallError::CircuitOpen(_) | CallError::BulkheadFull(_) => false,
@@ -111,16 +115,13 @@ struct Transport {
     created: std::time::Instant,
 }
 
-/// How calls to one service are protected.
+/// How calls to one service are protected: the guarded-call loop the gateway uses too, and
+/// an optional cache of last good answers.
 struct Guard {
     /// Last good answers to GETs, served when a call fails (None: no fallback).
     fallback: Option<Mutex<HashMap<String, Bytes>>>,
     fallback_capacity: usize,
-    balancer: Balancer,
-    breaker: Breaker,
-    bulkhead: Bulkhead,
-    budget: RetryBudget,
-    retry: RetryConfig,
+    guard: resilience::Guard,
     config: Resilience,
 }
 
@@ -129,18 +130,12 @@ impl Guard {
         Self {
             fallback: None,
             fallback_capacity: 0,
-            balancer: Balancer::new(service, r.balance, r.outlier.clone()),
-            breaker: Breaker::new(service, r.breaker.clone()),
-            bulkhead: Bulkhead::new(service, r.max_concurrent),
-            budget: RetryBudget::new(r.retry.budget.clone()),
-            retry: r.retry.clone(),
+            guard: resilience::Guard::new(service, r),
             config: r.clone(),
         }
     }
 }
 
-/// How many instances a call may try when connections are refused.
-const CONNECT_ATTEMPTS: usize = 3;
 /// Idle keep-alive connections kept per instance.
 const IDLE_PER_INSTANCE: usize = 64;
 /// The largest answer read.
@@ -210,24 +205,14 @@ impl ServiceClient {
         let guards = self.inner.guards.lock().unwrap_or_else(|e| e.into_inner());
         let map: serde_json::Map<String, serde_json::Value> = guards
             .iter()
-            .map(|(name, g)| {
-                (
-                    name.clone(),
-                    serde_json::json!({
-                        "breaker": g.breaker.state().as_str(),
-                        "inFlight": g.bulkhead.in_flight(),
-                        "maxConcurrent": g.bulkhead.limit(),
-                        "instances": g.balancer.status(),
-                    }),
-                )
-            })
+            .map(|(name, g)| (name.clone(), g.guard.status()))
             .collect();
         serde_json::json!({ "upstreams": map })
     }
 
     /// The state of the breaker of calls to `service`.
     pub fn breaker_state(&self, service: &str) -> BreakerState {
-        self.guard(service).breaker.state()
+        self.guard(service).guard.breaker.state()
     }
 
     /// The same client with another per-call timeout.
@@ -352,18 +337,6 @@ impl ServiceClient {
             .instances(service)
             .filter(|list| !list.is_empty())
             .ok_or_else(|| CallError::NoInstance(service.to_string()))?;
-        guard
-            .breaker
-            .acquire()
-            .map_err(|_| CallError::CircuitOpen(service.to_string()))?;
-        let _slot = match guard.bulkhead.enter() {
-            Ok(slot) => slot,
-            Err(_) => {
-                guard.breaker.record(CallOutcome::Ignored, Duration::ZERO);
-                return Err(CallError::BulkheadFull(service.to_string()));
-            }
-        };
-        guard.budget.deposit();
         let idempotent = crate::resilience::may_repeat(
             &method,
             headers
@@ -383,105 +356,103 @@ impl ServiceClient {
                 (token, trace, None)
             }
         };
-        let started = std::time::Instant::now();
-        let (mut attempt, mut refused) = (0u32, 0usize);
-        let mut tried: Vec<usize> = Vec::new();
-        let result = loop {
-            let Some(pick) = guard.balancer.pick(&instances, &tried) else {
-                break Err(CallError::NoInstance(service.to_string()));
-            };
-            tried.push(pick.index);
-            let chosen = &instances[pick.index];
-            // Only what is left of the caller's deadline, and say so downstream.
-            let timeout = match deadline {
-                Some(d) => {
-                    let left = d.saturating_duration_since(tokio::time::Instant::now());
-                    if left.is_zero() {
-                        guard.balancer.finish(pick, false, &instances);
-                        break Err(CallError::Timeout(service.to_string()));
+        // Only what is left of the caller's deadline, and each attempt says so downstream.
+        let limits = Limits {
+            deadline,
+            per_try: guard.guard.per_try(inner.timeout),
+        };
+        let (method, body, passport, trace) = (&method, &body, &passport, &trace);
+        let result = guard
+            .guard
+            .call(
+                &instances,
+                idempotent,
+                limits,
+                |chosen, try_for| async move {
+                    let answer = self
+                        .exchange(
+                            &chosen.address,
+                            method,
+                            path,
+                            body,
+                            headers,
+                            passport,
+                            trace,
+                            try_for,
+                            idempotent,
+                        )
+                        .await;
+                    match answer {
+                        Err(SendError::Connect) => Err(CallError::Connect(
+                            service.to_string(),
+                            format!("cannot connect to {}", chosen.address),
+                        )),
+                        Err(SendError::Failed) => Err(CallError::Broken(
+                            service.to_string(),
+                            format!("the exchange with {} failed", chosen.address),
+                        )),
+                        Err(SendError::TooLarge) => Err(CallError::Decode(
+                            service.to_string(),
+                            format!("an answer over {MAX_ANSWER} bytes"),
+                        )),
+                        Ok(answer) if answer.status.is_success() => Ok(Answer(answer)),
+                        Ok(answer) => Err(CallError::Status {
+                            service: service.to_string(),
+                            status: answer.status,
+                            body: String::from_utf8_lossy(
+                                &answer.body[..answer.body.len().min(512)],
+                            )
+                            .into_owned(),
+                        }),
                     }
-                    left.min(inner.timeout)
-                }
-                None => inner.timeout,
-            };
-            let outcome = match self
-                .exchange(
-                    chosen.address.as_str(),
-                    &method,
-                    path,
-                    &body,
-                    headers,
-                    &passport,
-                    &trace,
-                    timeout,
-                    idempotent,
-                )
-                .await
-            {
-                Err(Failed::Send(SendError::Connect))
-                    if refused + 1 < CONNECT_ATTEMPTS.min(instances.len()) =>
-                {
-                    guard.balancer.finish(pick, true, &instances);
-                    refused += 1; // never reached the instance: the next one, at no cost
-                    continue;
-                }
-                Err(e) => Err(match e {
-                    Failed::Send(SendError::Connect) => CallError::Connect(
-                        service.to_string(),
-                        format!("cannot connect to {}", chosen.address),
-                    ),
-                    Failed::Send(SendError::Failed) => CallError::Broken(
-                        service.to_string(),
-                        format!("the exchange with {} failed", chosen.address),
-                    ),
-                    Failed::Send(SendError::TooLarge) => CallError::Decode(
-                        service.to_string(),
-                        format!("an answer over {MAX_ANSWER} bytes"),
-                    ),
-                    Failed::Timeout => CallError::Timeout(service.to_string()),
-                }),
-                Ok(answer) if answer.status.is_success() => Ok((answer.status, answer.body)),
-                Ok(answer) => Err(CallError::Status {
-                    service: service.to_string(),
-                    status: answer.status,
-                    body: String::from_utf8_lossy(&answer.body[..answer.body.len().min(512)])
-                        .into_owned(),
-                }),
-            };
-            let failed = match &outcome {
-                Ok(_) => false,
-                Err(CallError::Status { status, .. }) => status.is_server_error(),
-                Err(_) => true,
-            };
-            guard.balancer.finish(pick, failed, &instances);
-            let retry = match &outcome {
-                Ok(_) => false,
-                Err(CallError::Connect(..)) => true, // provably not processed
-                Err(e) => idempotent && e.is_retryable(),
-            };
-            if retry && attempt + 1 < guard.retry.max_attempts && guard.budget.withdraw() {
-                attempt += 1;
-                metrics::counter!("tessera_retries_total", "upstream" => service.to_string())
-                    .increment(1);
-                tokio::time::sleep(guard.retry.backoff.delay(attempt)).await;
-                continue;
-            }
-            break outcome;
-        };
-        let verdict = match &result {
-            Ok(_) => CallOutcome::Success,
-            Err(CallError::Status { status, .. }) if !status.is_server_error() => {
-                CallOutcome::Success
-            }
-            Err(_) => CallOutcome::Failure,
-        };
-        guard.breaker.record(verdict, started.elapsed());
-        result
+                },
+            )
+            .await;
+        match result {
+            Ok(Ok(Answer(answer))) => Ok((answer.status, answer.body)),
+            Ok(Err(e)) => Err(e),
+            Err(Rejected::Open) => Err(CallError::CircuitOpen(service.to_string())),
+            Err(Rejected::Full) => Err(CallError::BulkheadFull(service.to_string())),
+            Err(Rejected::NoInstance) => Err(CallError::NoInstance(service.to_string())),
+            Err(Rejected::Timeout) => Err(CallError::Timeout(service.to_string())),
+        }
+    }
+}
+
+/// A 2xx answer: final.
+struct Answer(Incoming);
+
+impl Retryable for Answer {
+    fn is_failure(&self) -> bool {
+        false
+    }
+
+    fn is_retryable(&self) -> bool {
+        false
+    }
+}
+
+impl Retryable for CallError {
+    fn is_failure(&self) -> bool {
+        match self {
+            CallError::Status { status, .. } => status.is_server_error(),
+            CallError::Decode(..) => false,
+            _ => true,
+        }
+    }
+
+    fn is_retryable(&self) -> bool {
+        CallError::is_retryable(self)
+    }
+
+    fn never_sent(&self) -> bool {
+        matches!(self, CallError::Connect(..))
     }
 }
 
 impl ServiceClient {
-    /// One request to `address` within `timeout`, with the platform's headers.
+    /// One request to `address`, with the platform's headers; `timeout` is what it has (the
+    /// guard's loop enforces it), sent on as the deadline.
     #[allow(clippy::too_many_arguments)]
     async fn exchange(
         &self,
@@ -494,7 +465,7 @@ impl ServiceClient {
         trace: &TraceContext,
         timeout: Duration,
         idempotent: bool,
-    ) -> Result<Incoming, Failed> {
+    ) -> Result<Incoming, SendError> {
         let t = &*self.inner.transport;
         let pool = &t.pool;
         let now = t.created.elapsed().as_millis() as u64;
@@ -528,10 +499,7 @@ impl ServiceClient {
             // when nothing of it can have been acted on twice (the retry policy's rule).
             replayable: idempotent,
         };
-        match tokio::time::timeout(timeout, pool.send(address, &req, MAX_ANSWER)).await {
-            Ok(answer) => answer.map_err(Failed::Send),
-            Err(_) => Err(Failed::Timeout),
-        }
+        pool.send(address, &req, MAX_ANSWER).await
     }
 }
 
@@ -561,11 +529,6 @@ fn request_target(path: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// Why an exchange gave no answer.
-enum Failed {
-    Send(SendError),
-    Timeout,
-}
-
 fn decode<T: DeserializeOwned>(service: &str, body: &[u8]) -> Result<T, CallError> {
     serde_json::from_slice(body).map_err(|e| CallError::Decode(service.to_string(), e.to_string()))
 }
