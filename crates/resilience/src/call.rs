@@ -349,8 +349,10 @@ mod tests {
         let result = g.call(&[], true, LIMITS, |_, _| async { Answer::Ok }).await;
         assert_eq!(result, Err(Rejected::NoInstance));
 
-        let mut config = Resilience::default();
-        config.max_concurrent = 1;
+        let config = Resilience {
+            max_concurrent: 1,
+            ..Resilience::default()
+        };
         let g = Guard::new("s", &config);
         let _held = g.bulkhead.enter().unwrap();
         let result = g
