@@ -1,9 +1,20 @@
-//! The Order aggregate, event-sourced: its state is the fold of its events.
+//! The Order aggregate, event-sourced: its state is the fold of its events, kept in
+//! `order_events` keyed by order id and version, which is the optimistic concurrency check.
+//!
+//! The aggregate does not know its read models. They subscribe to it: each is a
+//! [`Projection`] handed to the event store ([`Orders`]) when the service starts, and the
+//! store tells every one of them each event it appends, in the transaction that appends it, so
+//! that events and read models commit together or not at all. A rebuild replays the stored
+//! events through the same subscribers. (The read models used to be called from here by name,
+//! and imported this file back for the events: a circle that this seam cuts.)
+
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use tessera::events::{HandlerError, Tx};
+use tessera::Db;
+use tessera::events::{BoxFuture, HandlerError, Tx};
+use tessera::store::DbError;
 
-use crate::projections;
 pub use tessera::unix_now_ms as now_ms;
 
 /// A line of an order, priced by the catalog when the order was placed.
@@ -113,7 +124,7 @@ impl Order {
 }
 
 /// Rebuilds an order from its events.
-pub async fn load(tx: &mut Tx, id: &str) -> Result<Option<Order>, tessera::store::DbError> {
+pub async fn load(tx: &mut Tx, id: &str) -> Result<Option<Order>, DbError> {
     let rows: Vec<(String,)> = tessera::store::query_as(
         "SELECT data FROM order_events WHERE order_id = $1 ORDER BY version",
     )
@@ -122,8 +133,7 @@ pub async fn load(tx: &mut Tx, id: &str) -> Result<Option<Order>, tessera::store
     .await?;
     let mut order = None;
     for (data,) in rows {
-        let event: OrderEvent =
-            serde_json::from_str(&data).map_err(tessera::store::DbError::decode)?;
+        let event: OrderEvent = serde_json::from_str(&data).map_err(DbError::decode)?;
         order = Order::apply(order, id, &event);
     }
     Ok(order)
@@ -133,7 +143,7 @@ pub async fn load(tx: &mut Tx, id: &str) -> Result<Option<Order>, tessera::store
 pub enum AppendError {
     /// Someone else appended first: reload and decide again.
     Conflict,
-    Db(tessera::store::DbError),
+    Db(DbError),
 }
 
 impl From<AppendError> for HandlerError {
@@ -145,36 +155,114 @@ impl From<AppendError> for HandlerError {
     }
 }
 
-/// Appends `event` as version `expected + 1`, and updates the read models, in `tx`.
-pub async fn append(
-    tx: &mut Tx,
-    id: &str,
-    expected: i64,
-    event: &OrderEvent,
-) -> Result<i64, AppendError> {
-    let version = expected + 1;
-    let at = now_ms();
-    let data = serde_json::to_string(event)
-        .map_err(|e| AppendError::Db(tessera::store::DbError::encode(e)))?;
-    let inserted = tessera::store::query(
-        "INSERT INTO order_events (order_id, version, type, data, at) VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(id)
-    .bind(version)
-    .bind(event.name())
-    .bind(data)
-    .bind(at)
-    .execute(&mut **tx)
-    .await;
-    match inserted {
-        Ok(_) => {}
-        Err(e) if tessera::store::is_unique_violation(&e) => return Err(AppendError::Conflict),
-        Err(e) => return Err(AppendError::Db(e)),
+/// An event as the store recorded it: what a projection is told.
+#[derive(Clone, Copy, Debug)]
+pub struct Recorded<'a> {
+    pub order_id: &'a str,
+    pub version: i64,
+    /// When it was appended (unix ms).
+    pub at: i64,
+    pub event: &'a OrderEvent,
+}
+
+/// A read model kept in step with the orders' events.
+pub trait Projection: Send + Sync + 'static {
+    /// Forgets everything projected so far (a rebuild then replays every event).
+    fn reset<'a>(&'a self, tx: &'a mut Tx) -> BoxFuture<'a, Result<(), DbError>>;
+
+    /// Projects one event, in the transaction that appends it.
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut Tx,
+        event: Recorded<'a>,
+    ) -> BoxFuture<'a, Result<(), DbError>>;
+}
+
+/// The orders' event store, with the projections that subscribe to it.
+#[derive(Clone)]
+pub struct Orders {
+    projections: Arc<[Arc<dyn Projection>]>,
+}
+
+impl Orders {
+    pub fn new(projections: Vec<Arc<dyn Projection>>) -> Self {
+        Self {
+            projections: projections.into(),
+        }
     }
-    projections::apply(tx, id, version, event, at)
-        .await
-        .map_err(AppendError::Db)?;
-    Ok(version)
+
+    /// Appends `event` as version `expected + 1`, and projects it, in `tx`.
+    pub async fn append(
+        &self,
+        tx: &mut Tx,
+        id: &str,
+        expected: i64,
+        event: &OrderEvent,
+    ) -> Result<i64, AppendError> {
+        let version = expected + 1;
+        let at = now_ms();
+        let data = serde_json::to_string(event).map_err(|e| AppendError::Db(DbError::encode(e)))?;
+        let inserted = tessera::store::query(
+            "INSERT INTO order_events (order_id, version, type, data, at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(version)
+        .bind(event.name())
+        .bind(data)
+        .bind(at)
+        .execute(&mut **tx)
+        .await;
+        match inserted {
+            Ok(_) => {}
+            Err(e) if tessera::store::is_unique_violation(&e) => return Err(AppendError::Conflict),
+            Err(e) => return Err(AppendError::Db(e)),
+        }
+        let recorded = Recorded {
+            order_id: id,
+            version,
+            at,
+            event,
+        };
+        self.project(tx, recorded).await.map_err(AppendError::Db)?;
+        Ok(version)
+    }
+
+    async fn project(&self, tx: &mut Tx, event: Recorded<'_>) -> Result<(), DbError> {
+        for projection in self.projections.iter() {
+            projection.apply(tx, event).await?;
+        }
+        Ok(())
+    }
+
+    /// Resets every projection and projects every stored event again; returns (events, orders).
+    pub async fn rebuild(&self, db: &Db) -> Result<(i64, i64), DbError> {
+        let mut tx = db.write_tx().await?;
+        for projection in self.projections.iter() {
+            projection.reset(&mut tx).await?;
+        }
+        let rows: Vec<(String, i64, String, i64)> = tessera::store::query_as(
+            "SELECT order_id, version, data, at FROM order_events ORDER BY order_id, version",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut orders = 0;
+        let events = rows.len() as i64;
+        for (id, version, data, at) in rows {
+            let event: OrderEvent = serde_json::from_str(&data).map_err(DbError::decode)?;
+            if version == 1 {
+                orders += 1;
+            }
+            let recorded = Recorded {
+                order_id: &id,
+                version,
+                at,
+                event: &event,
+            };
+            self.project(&mut tx, recorded).await?;
+        }
+        tx.commit().await?;
+        Ok((events, orders))
+    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tessera::events::{BoxFuture, Event, HandlerError, Tx, outbox};
 use tessera::saga::{SagaDef, SagaHooks, SagaState, Step};
 
-use crate::aggregate::{self, OrderEvent};
+use crate::aggregate::{self, OrderEvent, Orders};
 
 pub const SOURCE: &str = "/shop/order";
 /// Where order outcomes are published (the notification service listens).
@@ -46,9 +46,17 @@ pub fn definition(stock_timeout: Duration, payment_timeout: Duration) -> &'stati
 }
 
 /// The order service's side of the saga: every move is an event of the Order aggregate.
-pub struct CheckoutHooks;
+pub struct CheckoutHooks {
+    /// Where the moves are appended (and projected).
+    pub orders: Orders,
+}
 
-async fn record(tx: &mut Tx, id: &str, event: OrderEvent) -> Result<bool, HandlerError> {
+async fn record(
+    orders: &Orders,
+    tx: &mut Tx,
+    id: &str,
+    event: OrderEvent,
+) -> Result<bool, HandlerError> {
     let order = aggregate::load(tx, id)
         .await?
         .ok_or_else(|| HandlerError::permanent(format!("saga for unknown order {id}")))?;
@@ -56,7 +64,7 @@ async fn record(tx: &mut Tx, id: &str, event: OrderEvent) -> Result<bool, Handle
         tracing::warn!(order = %id, status = order.status.as_str(), event = event.name(), "order already final; ignored");
         return Ok(false);
     }
-    aggregate::append(tx, id, order.version, &event).await?;
+    orders.append(tx, id, order.version, &event).await?;
     Ok(true)
 }
 
@@ -90,7 +98,7 @@ impl SagaHooks for CheckoutHooks {
                         .to_string(),
                 },
             };
-            record(tx, &saga.id, event).await.map(drop)
+            record(&self.orders, tx, &saga.id, event).await.map(drop)
         })
     }
 
@@ -100,7 +108,7 @@ impl SagaHooks for CheckoutHooks {
         saga: &'a SagaState,
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
-            if record(tx, &saga.id, OrderEvent::OrderConfirmed {}).await? {
+            if record(&self.orders, tx, &saga.id, OrderEvent::OrderConfirmed {}).await? {
                 let commit = Event::new(SOURCE, "shop.inventory.commit", &saga.id, &saga.data);
                 outbox::add(tx, "inventory.commands", &commit).await?;
                 let confirmed = Event::new(
@@ -124,6 +132,7 @@ impl SagaHooks for CheckoutHooks {
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
             if record(
+                &self.orders,
                 tx,
                 &saga.id,
                 OrderEvent::OrderRejected {

@@ -1,19 +1,46 @@
-//! Read models of orders (detail, and each user's list), projected from the events in the
-//! same transaction that appends them, and rebuildable from the event store at any time.
+//! Read models of orders (detail, and each user's list): a [`Projection`] of the Order
+//! aggregate's events. The event store hands it each event in the transaction that appends
+//! it, and replays them all through it on a rebuild, so it depends on the aggregate and never
+//! the other way round.
 
-use tessera::Db;
-use tessera::events::Tx;
+use tessera::events::{BoxFuture, Tx};
+use tessera::store::DbError;
 
-use crate::aggregate::OrderEvent;
+use crate::aggregate::{OrderEvent, Projection, Recorded};
+
+/// The `order_details` and `order_list` tables.
+pub struct ReadModels;
+
+impl Projection for ReadModels {
+    fn reset<'a>(&'a self, tx: &'a mut Tx) -> BoxFuture<'a, Result<(), DbError>> {
+        Box::pin(async move {
+            tessera::store::query("DELETE FROM order_details")
+                .execute(&mut **tx)
+                .await?;
+            tessera::store::query("DELETE FROM order_list")
+                .execute(&mut **tx)
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut Tx,
+        event: Recorded<'a>,
+    ) -> BoxFuture<'a, Result<(), DbError>> {
+        Box::pin(apply(tx, event))
+    }
+}
 
 /// Applies one event to the read models.
-pub async fn apply(
-    tx: &mut Tx,
-    id: &str,
-    version: i64,
-    event: &OrderEvent,
-    at: i64,
-) -> Result<(), tessera::store::DbError> {
+async fn apply(tx: &mut Tx, recorded: Recorded<'_>) -> Result<(), DbError> {
+    let Recorded {
+        order_id: id,
+        version,
+        at,
+        event,
+    } = recorded;
     match event {
         OrderEvent::OrderPlaced {
             user_id,
@@ -21,7 +48,7 @@ pub async fn apply(
             total,
             currency,
         } => {
-            let items = serde_json::to_string(items).map_err(tessera::store::DbError::encode)?;
+            let items = serde_json::to_string(items).map_err(DbError::encode)?;
             tessera::store::query(
                 "INSERT INTO order_details (order_id, user_id, status, stage, items, total, currency, created_at, updated_at, version)
                  VALUES ($1, $2, 'PENDING', 'placed', $3, $4, $5, $6, $6, $7)",
@@ -58,13 +85,7 @@ pub async fn apply(
     Ok(())
 }
 
-async fn stage(
-    tx: &mut Tx,
-    id: &str,
-    version: i64,
-    at: i64,
-    stage: &str,
-) -> Result<(), tessera::store::DbError> {
+async fn stage(tx: &mut Tx, id: &str, version: i64, at: i64, stage: &str) -> Result<(), DbError> {
     tessera::store::query(
         "UPDATE order_details SET stage = $2, updated_at = $3, version = $4 WHERE order_id = $1",
     )
@@ -84,7 +105,7 @@ async fn finish(
     at: i64,
     status: &str,
     reason: Option<&String>,
-) -> Result<(), tessera::store::DbError> {
+) -> Result<(), DbError> {
     tessera::store::query(
         "UPDATE order_details SET status = $2, stage = lower($2), reason = $3, updated_at = $4, version = $5 WHERE order_id = $1",
     )
@@ -105,32 +126,4 @@ async fn finish(
     .execute(&mut **tx)
     .await
     .map(drop)
-}
-
-/// Drops the read models and projects every stored event again; returns (events, orders).
-pub async fn rebuild(db: &Db) -> Result<(i64, i64), tessera::store::DbError> {
-    let mut tx = db.write_tx().await?;
-    tessera::store::query("DELETE FROM order_details")
-        .execute(&mut *tx)
-        .await?;
-    tessera::store::query("DELETE FROM order_list")
-        .execute(&mut *tx)
-        .await?;
-    let rows: Vec<(String, i64, String, i64)> = tessera::store::query_as(
-        "SELECT order_id, version, data, at FROM order_events ORDER BY order_id, version",
-    )
-    .fetch_all(&mut *tx)
-    .await?;
-    let mut orders = 0;
-    let events = rows.len() as i64;
-    for (id, version, data, at) in rows {
-        let event: OrderEvent =
-            serde_json::from_str(&data).map_err(tessera::store::DbError::decode)?;
-        if version == 1 {
-            orders += 1;
-        }
-        apply(&mut tx, &id, version, &event, at).await?;
-    }
-    tx.commit().await?;
-    Ok((events, orders))
 }

@@ -1,0 +1,214 @@
+//! The notification API: a signed-in customer reads the messages sent to them.
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+use serde::Serialize;
+use tessera::{ApiError, Caller, Db, Json};
+
+pub fn router(db: Db) -> Router {
+    Router::new()
+        .route("/api/notifications", get(list))
+        .with_state(db)
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct View {
+    id: String,
+    order_id: String,
+    kind: String,
+    subject: String,
+    body: String,
+    created: i64,
+}
+
+async fn list(State(db): State<Db>, caller: Caller) -> Result<Json<Vec<View>>, ApiError> {
+    let rows: Vec<(String, String, String, String, String, i64)> = tessera::store::query_as(
+        "SELECT id, order_id, kind, subject, body, created FROM notifications WHERE user_id = $1 ORDER BY created DESC, id DESC LIMIT 100",
+    )
+    .bind(&caller.id)
+    .fetch_all(db.pool())
+    .await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|(id, order_id, kind, subject, body, created)| View {
+                id,
+                order_id,
+                kind,
+                subject,
+                body,
+                created,
+            })
+            .collect(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use serde_json::{Value, json};
+    use tessera::Passport;
+    use tessera::events::{Event, Handler};
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::messages::RecordingSender;
+    use crate::schema::MIGRATIONS;
+    use crate::worker::OrderOutcomes;
+
+    /// The router on a fresh database; the directory goes with it.
+    struct Notifications {
+        dir: PathBuf,
+        db: Db,
+        router: Router,
+    }
+
+    impl Drop for Notifications {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    async fn notifications() -> Notifications {
+        let dir = std::env::temp_dir().join(format!("shop-notification-{}", uuid::Uuid::new_v4()));
+        let db = Db::open(&Db::default_url(&dir, "notification"), MIGRATIONS)
+            .await
+            .unwrap();
+        Notifications {
+            dir,
+            router: router(db.clone()),
+            db,
+        }
+    }
+
+    /// A passport as the request middleware leaves it for the handlers.
+    fn passport(sub: &str) -> Passport {
+        Passport {
+            iss: "tessera-gateway".into(),
+            aud: "test".into(),
+            sub: sub.into(),
+            roles: vec!["user".into()],
+            sid: None,
+            tid: "0af7651916cd43dd8448eb211c80319c".into(),
+            jti: "j".into(),
+            iat: 0,
+            exp: u64::MAX,
+        }
+    }
+
+    impl Notifications {
+        async fn list(&self, who: &str) -> (StatusCode, Value) {
+            let req = Request::builder()
+                .uri("/api/notifications")
+                .extension(passport(who))
+                .body(Body::empty())
+                .unwrap();
+            let response = self.router.clone().oneshot(req).await.unwrap();
+            let status = response.status();
+            let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            (
+                status,
+                serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            )
+        }
+
+        /// Delivers one `order.events` event to the consumer's handler.
+        async fn deliver(&self, ty: &str, data: Value) {
+            let outcomes = OrderOutcomes {
+                sender: Arc::new(RecordingSender),
+            };
+            let event = Event::new("/shop/order", ty, "o", data);
+            let mut tx = self.db.write_tx().await.unwrap();
+            outcomes.handle(&event, &mut tx).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+    }
+
+    fn texts(list: &Value) -> Vec<(&str, &str, &str, &str)> {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                (
+                    n["orderId"].as_str().unwrap(),
+                    n["kind"].as_str().unwrap(),
+                    n["subject"].as_str().unwrap(),
+                    n["body"].as_str().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn customers_read_their_own_messages_once_each() {
+        let n = notifications().await;
+        let confirmed =
+            json!({ "orderId": "o1", "userId": "ann", "total": 1250, "currency": "EUR" });
+        n.deliver("shop.order.confirmed", confirmed.clone()).await;
+        // Redelivered: still one message.
+        n.deliver("shop.order.confirmed", confirmed).await;
+        n.deliver(
+            "shop.order.rejected",
+            json!({ "orderId": "o2", "userId": "ann", "reason": "out_of_stock" }),
+        )
+        .await;
+        n.deliver(
+            "shop.order.placed",
+            json!({ "orderId": "o3", "userId": "ann", "total": 1, "currency": "EUR" }),
+        )
+        .await;
+        n.deliver(
+            "shop.order.rejected",
+            json!({ "orderId": "o4", "userId": "bob" }),
+        )
+        .await;
+
+        let (status, list) = n.list("ann").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            texts(&list),
+            [
+                (
+                    "o2",
+                    "order_rejected",
+                    "Your order o2 could not be placed",
+                    "We are sorry: out_of_stock. You have not been charged."
+                ),
+                (
+                    "o1",
+                    "order_confirmed",
+                    "Your order o1 is confirmed",
+                    "We have your payment of 12.50 EUR and your items are on their way."
+                ),
+            ],
+            "newest first, nothing for a placed order, nothing of Bob's"
+        );
+        let (_, list) = n.list("bob").await;
+        assert_eq!(
+            texts(&list),
+            [(
+                "o4",
+                "order_rejected",
+                "Your order o4 could not be placed",
+                "We are sorry: it could not be completed. You have not been charged."
+            )]
+        );
+    }
+
+    #[tokio::test]
+    async fn anonymous_callers_have_no_messages() {
+        let n = notifications().await;
+        let (status, body) = n.list("anonymous").await;
+        assert_eq!(
+            (status, &body["code"]),
+            (StatusCode::UNAUTHORIZED, &json!("unauthenticated"))
+        );
+    }
+}

@@ -1,0 +1,35 @@
+//! How the simulated provider misbehaves: slow, failing, hanging or declining, set at start
+//! from `PROVIDER_*` and changed at run time through `PUT /v1/behavior`.
+
+use serde::{Deserialize, Serialize};
+
+/// The provider's behaviour, as `GET`/`PUT /v1/behavior` show it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Behavior {
+    /// Added to every charge.
+    pub latency_ms: u64,
+    /// Share of charges answered 503 without charging (0.0 to 1.0).
+    pub failure_rate: f64,
+    /// Never answer charges.
+    pub hang: bool,
+    /// Decline amounts above this (minor units).
+    pub decline_over: i64,
+}
+
+impl Behavior {
+    /// The behaviour at start: `PROVIDER_LATENCY_MS` (5), `PROVIDER_FAILURE_RATE` (0.0),
+    /// `PROVIDER_HANG` (false), `PROVIDER_DECLINE_OVER` (1,000,000).
+    pub fn from_settings(s: &tessera::Settings) -> anyhow::Result<Self> {
+        let behavior = Behavior {
+            latency_ms: s.get_or("PROVIDER_LATENCY_MS", 5)?,
+            failure_rate: s.get_or("PROVIDER_FAILURE_RATE", 0.0)?,
+            hang: s.get_or("PROVIDER_HANG", false)?,
+            decline_over: s.get_or("PROVIDER_DECLINE_OVER", 1_000_000)?,
+        };
+        if !(0.0..=1.0).contains(&behavior.failure_rate) {
+            anyhow::bail!("config key PROVIDER_FAILURE_RATE: must be 0.0 to 1.0");
+        }
+        Ok(behavior)
+    }
+}
