@@ -1,18 +1,28 @@
 //! The Tessera gateway: the one door into the system.
 //!
-//! Per request (`proxy.rs`): match a route by path prefix, verify the client's access token
-//! (`tokens.rs`, cached until it expires), check the route's roles, mint a passport, pick a
-//! live instance round-robin from the registry's view, forward with a deadline, wrap the answer
-//! in the envelope (`envelope.rs`), and write one access-log line. It is its own HTTP/1.1
+//! Per request (`proxy.rs`, a composition of one file per stage): match a route by path prefix
+//! (`routes.rs`), take from its rate limits (`limit.rs`), verify the client's access token
+//! (`authenticate.rs`, `tokens.rs`, cached until it expires), check the route's roles
+//! (`authorize.rs`), mint a passport and forward to a live instance through its breaker,
+//! bulkhead and retries (`forward.rs`, `upstream.rs`), wrap the answer in the envelope
+//! (`wrap.rs`, `envelope.rs`), and write one access-log line. It is its own HTTP/1.1
 //! server (`server.rs`) and client (`tessera::http1::pool`), both reading heads in place
 //! (`tessera::http1::fields`): no header map, no framework router on the hot path.
 
+pub mod authenticate;
+pub mod authorize;
 pub mod envelope;
+pub mod error;
+pub mod forward;
+pub mod limit;
 pub mod proxy;
 pub mod routes;
 pub mod server;
+#[cfg(test)]
+mod testing;
 pub mod tokens;
 pub mod upstream;
+pub mod wrap;
 
 /// The lean HTTP/1.1 parts, shared with the service library's control-plane client.
 pub use tessera::http1::{fields, pool};
@@ -28,6 +38,7 @@ use tessera::passport::PassportKeys;
 use tessera::registry::Discovery;
 use tokio::net::TcpListener;
 
+use crate::forward::Forwarder;
 use crate::pool::Pool;
 use crate::proxy::Gateway;
 use crate::routes::RouteTable;
@@ -76,21 +87,23 @@ pub async fn serve(
 
     let gateway = Arc::new(Gateway {
         routes: RouteTable::new(&manifest.routes),
-        upstreams: upstream::build(manifest),
-        discovery: discovery.clone(),
-        keys,
         tokens,
-        pool: Pool::new(256, Duration::from_secs(1)),
-        upstream_timeout: Duration::from_millis(manifest.gateway.upstream_timeout_ms),
-        max_response: manifest.gateway.max_response_bytes,
         revoke_for: Duration::from_secs(24 * 3600),
+        forwarder: Forwarder {
+            upstreams: upstream::build(manifest),
+            discovery: discovery.clone(),
+            keys,
+            pool: Pool::new(256, Duration::from_secs(1)),
+            timeout: Duration::from_millis(manifest.gateway.upstream_timeout_ms),
+            max_response: manifest.gateway.max_response_bytes,
+        },
     });
     let sweeper = Arc::downgrade(&gateway);
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(30)).await;
             match sweeper.upgrade() {
-                Some(gateway) => gateway.pool.sweep(),
+                Some(gateway) => gateway.forwarder.pool.sweep(),
                 None => break,
             }
         }
