@@ -229,3 +229,235 @@ impl Gateway {
         serde_json::json!({ "upstreams": upstreams }).to_string()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use http::Method;
+    use tessera::manifest::{AuthMode, Fallback, Route, RouteLimits};
+    use tessera::resilience::{CallOutcome, RateLimit};
+
+    use super::*;
+    use crate::server::Handler;
+    use crate::testing::{self, Head};
+
+    /// A gateway with `routes` to one service, `shop`, at `address`.
+    fn gateway(routes: &[Route], address: &str) -> Gateway {
+        Gateway {
+            routes: RouteTable::new(routes),
+            tokens: Some(testing::verifier()),
+            revoke_for: Duration::from_secs(60),
+            forwarder: testing::forwarder("shop", address),
+        }
+    }
+
+    fn shop(auth: AuthMode, roles: &[&str]) -> Route {
+        Route {
+            prefix: "/api".into(),
+            service: "shop".into(),
+            auth,
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            rate_limit: None,
+            fallback: None,
+        }
+    }
+
+    /// Sends one request through the whole path: status, envelope, response fields, and the
+    /// route and instance it was recorded under.
+    async fn send(
+        gateway: &Gateway,
+        method: Method,
+        path: &str,
+        fields: &[&str],
+    ) -> (u16, serde_json::Value, String, Option<String>) {
+        let head = Head::request(fields);
+        let req = head.to(method, path, b"");
+        let mut headers = HeaderBuf::default();
+        let (status, body, access) = gateway.handle(&req, &mut headers).await;
+        let access = access.expect("a proxied request leaves an access record");
+        let envelope: serde_json::Value = serde_json::from_slice(&body).expect("an envelope");
+        let fields = String::from_utf8(headers.as_bytes().to_vec()).unwrap();
+        // Every answer carries the trace, in the envelope and in the header fields.
+        let trace_id = std::str::from_utf8(&access.trace_id).unwrap();
+        assert_eq!(envelope["traceId"], trace_id);
+        assert!(
+            fields.contains(&format!("x-trace-id: {trace_id}\r\n")),
+            "{fields}"
+        );
+        assert!(fields.contains("traceparent: 00-"), "{fields}");
+        let upstream = access.upstream.clone();
+        assert_eq!(
+            access.route,
+            gateway.routes.find(path).map(|r| r.prefix.as_str())
+        );
+        (status.as_u16(), envelope, fields, upstream)
+    }
+
+    fn bearer(token: &str) -> String {
+        format!("Authorization: Bearer {token}")
+    }
+
+    #[tokio::test]
+    async fn a_request_goes_through_every_stage_to_the_upstream_and_back() {
+        let (address, seen) = testing::upstream(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 8\r\n\
+              X-Tessera-Revoke-Session: s1\r\nCache-Control: no-store\r\n\r\n{\"n\":42}",
+        )
+        .await;
+        let gateway = gateway(&[shop(AuthMode::Required, &["customer"])], &address);
+        let token = testing::token("u1", &["customer"], Some("s1"), 600);
+        let parent = "Traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let (status, envelope, fields, upstream) = send(
+            &gateway,
+            Method::POST,
+            "/api/logout",
+            &[&bearer(&token), parent],
+        )
+        .await;
+        assert_eq!(status, 200, "{envelope}");
+        assert_eq!(envelope["data"]["n"], 42);
+        assert_eq!(envelope["traceId"], "0af7651916cd43dd8448eb211c80319c");
+        assert!(fields.contains("Cache-Control: no-store\r\n"), "{fields}");
+        assert!(
+            !fields.to_ascii_lowercase().contains("x-tessera"),
+            "{fields}"
+        );
+        assert_eq!(upstream.as_deref(), Some("shop-1"));
+        assert_eq!(seen.lock().unwrap().len(), 1);
+
+        // The answer asked for the session's end: its tokens are refused from now on, before
+        // any upstream is asked.
+        let (status, envelope, _, upstream) =
+            send(&gateway, Method::GET, "/api/me", &[&bearer(&token)]).await;
+        assert_eq!(
+            (status, &envelope["error"]["code"]),
+            (401, &"unauthenticated".into())
+        );
+        assert_eq!(upstream, None);
+        assert_eq!(seen.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn refusals_are_made_before_the_upstream_is_asked() {
+        let (address, seen) = testing::upstream(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+        let routes = [
+            shop(AuthMode::Required, &["admin"]),
+            Route {
+                prefix: "/open".into(),
+                ..shop(AuthMode::Public, &[])
+            },
+        ];
+        let gateway = gateway(&routes, &address);
+        let customer = testing::token("u1", &["customer"], None, 600);
+        let admin = testing::token("u2", &["admin"], None, 600);
+        let cases: [(&str, Vec<String>, u16, &str); 5] = [
+            ("/nowhere", vec![], 404, "route_not_found"),
+            ("/api/x", vec![], 401, "unauthenticated"),
+            (
+                "/api/x",
+                vec![bearer("not.a.token")],
+                401,
+                "unauthenticated",
+            ),
+            (
+                "/open/x",
+                vec![bearer("not.a.token")],
+                401,
+                "unauthenticated",
+            ),
+            ("/api/x", vec![bearer(&customer)], 403, "forbidden"),
+        ];
+        for (path, fields, want, code) in cases {
+            let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
+            let (status, envelope, _, upstream) = send(&gateway, Method::GET, path, &fields).await;
+            assert_eq!(
+                (status, envelope["error"]["code"].as_str()),
+                (want, Some(code))
+            );
+            assert_eq!(envelope["success"], false);
+            assert_eq!(upstream, None);
+        }
+        assert!(seen.lock().unwrap().is_empty());
+        let (status, envelope, _, _) =
+            send(&gateway, Method::GET, "/api/x", &[&bearer(&admin)]).await;
+        assert_eq!((status, envelope["data"].is_null()), (200, true));
+        let (status, ..) = send(&gateway, Method::GET, "/open/x", &[]).await;
+        assert_eq!(status, 200);
+        assert_eq!(seen.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_address_limit_comes_before_the_token_and_the_caller_limit_before_the_roles() {
+        let one = Some(RateLimit::parse("1/m").unwrap());
+        let by_address = Route {
+            rate_limit: Some(RouteLimits {
+                per_ip: one.clone(),
+                per_user: None,
+            }),
+            ..shop(AuthMode::Public, &[])
+        };
+        let gateway_a = gateway(&[by_address], "127.0.0.1:9");
+        let forged = bearer(&testing::forged("u1"));
+        let (status, ..) = send(&gateway_a, Method::GET, "/api/x", &[&forged]).await;
+        assert_eq!(status, 401);
+        let (status, envelope, fields, _) =
+            send(&gateway_a, Method::GET, "/api/x", &[&forged]).await;
+        assert_eq!(
+            (status, envelope["error"]["code"].as_str()),
+            (429, Some("rate_limited"))
+        );
+        assert!(fields.contains("retry-after: "), "{fields}");
+
+        let by_caller = Route {
+            rate_limit: Some(RouteLimits {
+                per_ip: None,
+                per_user: one,
+            }),
+            ..shop(AuthMode::Public, &["admin"])
+        };
+        let gateway_b = gateway(&[by_caller], "127.0.0.1:9");
+        let customer = bearer(&testing::token("u1", &["customer"], None, 600));
+        let (status, ..) = send(&gateway_b, Method::GET, "/api/x", &[&customer]).await;
+        assert_eq!(status, 403);
+        let (status, ..) = send(&gateway_b, Method::GET, "/api/x", &[&customer]).await;
+        assert_eq!(status, 429);
+    }
+
+    #[tokio::test]
+    async fn an_open_breaker_answers_the_routes_fallback_or_503() {
+        let with_fallback = Route {
+            fallback: Some(Fallback {
+                status: 200,
+                body: r#"{"items":[]}"#.into(),
+            }),
+            ..shop(AuthMode::Public, &[])
+        };
+        for (route, fallback) in [(with_fallback, true), (shop(AuthMode::Public, &[]), false)] {
+            let gateway = gateway(&[route], "127.0.0.1:9");
+            let upstream = &gateway.forwarder.upstreams["shop"];
+            for _ in 0..20 {
+                upstream
+                    .breaker
+                    .record(CallOutcome::Failure, Duration::ZERO);
+            }
+            let (status, envelope, fields, recorded) =
+                send(&gateway, Method::GET, "/api/x", &[]).await;
+            if fallback {
+                assert_eq!(
+                    (status, &envelope["data"]["items"]),
+                    (200, &serde_json::json!([]))
+                );
+                assert!(
+                    fields.contains("x-tessera-fallback: circuit-open\r\n"),
+                    "{fields}"
+                );
+                assert_eq!(recorded.as_deref(), Some("fallback"));
+            } else {
+                assert_eq!(
+                    (status, envelope["error"]["code"].as_str()),
+                    (503, Some("circuit_open"))
+                );
+                assert_eq!(recorded, None);
+            }
+        }
+    }
+}
