@@ -9,7 +9,8 @@
 //!
 //! The call itself goes through the service's [`Upstream`]: breaker, bulkhead, balancer and
 //! retries within a budget (`upstream.rs`), which is also what decides that a request may be
-//! sent twice. Each way the call can fail has one fixed answer ([`refusal`]).
+//! sent twice. Each way the call can fail has one fixed answer ([`refusal`]); what went wrong
+//! goes to the log with the request's trace id, never to the client.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -85,7 +86,7 @@ impl Forwarder {
             body,
             replayable,
         };
-        upstream
+        let result = upstream
             .call(
                 &self.pool,
                 &instances,
@@ -93,7 +94,18 @@ impl Forwarder {
                 self.max_response,
                 self.timeout,
             )
-            .await
+            .await;
+        if let Err(
+            failure @ (CallFailure::Unreachable | CallFailure::BadResponse | CallFailure::Timeout),
+        ) = &result
+        {
+            // The client hears one fixed sentence (`refusal`); which service failed, and how,
+            // goes to the log under the request's trace.
+            tessera::log::in_trace(trace, || {
+                tracing::warn!(service = %route.service, route = %route.prefix, ?failure, "upstream call failed");
+            });
+        }
+        result
     }
 }
 
@@ -285,6 +297,34 @@ mod tests {
         let passport = values(&head, passport::HEADER);
         let passport = testing::passport_keys().verify(&passport[0]).unwrap();
         assert!(passport.is_anonymous());
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_instance_is_502_and_the_client_is_not_told_where_it_was() {
+        let address = testing::closed_address();
+        let port = address.rsplit(':').next().unwrap().to_string();
+        let gateway = forwarder("inventory", &address);
+        let head = Head::request(&[]);
+        // A POST without a key is not sent twice: one refused connection is the answer.
+        let req = head.to(Method::POST, "/api/inventory", b"");
+        let route = route("inventory", AuthMode::Public, &[]);
+        let trace = TraceContext::new_root();
+        let failure = gateway
+            .call(&route, &req, b"", None, &trace, b"00-x")
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(failure, CallFailure::Unreachable), "{failure:?}");
+        let e = refusal(failure);
+        assert_eq!((e.status, e.code), (StatusCode::BAD_GATEWAY, "bad_gateway"));
+        let mut headers = crate::server::HeaderBuf::default();
+        let body = crate::wrap::refusal(&e, "t", &mut headers);
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        assert!(
+            !text.contains("127.0.0.1") && !text.contains(&port),
+            "{text}"
+        );
+        assert!(!text.contains("inventory-1"), "nor which instance: {text}");
     }
 
     #[tokio::test]

@@ -460,4 +460,21 @@ mod tests {
             }
         }
     }
+
+    #[tokio::test]
+    async fn an_unreachable_upstream_is_502_without_its_address() {
+        let address = testing::closed_address();
+        let port = address.rsplit(':').next().unwrap();
+        let gateway = gateway(&[shop(AuthMode::Public, &[])], &address);
+        let (status, envelope, fields, _) = send(&gateway, Method::POST, "/api/x", &[]).await;
+        assert_eq!(
+            (status, envelope["error"]["code"].as_str()),
+            (502, Some("bad_gateway"))
+        );
+        let text = format!("{envelope} {fields}");
+        assert!(
+            !text.contains("127.0.0.1") && !text.contains(port),
+            "{text}"
+        );
+    }
 }

@@ -271,3 +271,9 @@ pub async fn upstream(answer: &'static [u8]) -> (String, Arc<Mutex<Vec<String>>>
     });
     (address, seen)
 }
+
+/// An address on 127.0.0.1 where nothing listens.
+pub fn closed_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
