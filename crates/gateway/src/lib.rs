@@ -1,17 +1,27 @@
 //! The Tessera gateway: the one door into the system.
 //!
-//! Per request (`proxy.rs`): match a route by path prefix, verify the client's access token
-//! (`tokens.rs`, cached until it expires), check the route's roles, mint a passport, pick a
-//! live instance round-robin from the registry's view, forward with a deadline, wrap the answer
-//! in the envelope (`envelope.rs`), and write one access-log line. It is its own HTTP/1.1
-//! server and client (`tessera_http1::server`, `tessera_http1::pool`), both reading heads in place
-//! (`tessera_http1::fields`): no header map, no framework router on the hot path.
+//! Per request (`proxy.rs`, a composition of one file per stage): match a route by path prefix
+//! (`routes.rs`), take from its rate limits (`limit.rs`), verify the client's access token
+//! (`authenticate.rs`, `tokens.rs`, cached until it expires), check the route's roles
+//! (`authorize.rs`), mint a passport and forward to a live instance through its breaker,
+//! bulkhead and retries (`forward.rs`, `upstream.rs`), wrap the answer in the envelope
+//! (`wrap.rs`, `envelope.rs`), and write one access-log line. It is its own HTTP/1.1
+//! server and client (`tessera_http1::server`, `tessera_http1::pool`), both reading heads in
+//! place (`tessera_http1::fields`): no header map, no framework router on the hot path.
 
+pub mod authenticate;
+pub mod authorize;
 pub mod envelope;
+pub mod error;
+pub mod forward;
+pub mod limit;
 pub mod proxy;
 pub mod routes;
+#[cfg(test)]
+mod testing;
 pub mod tokens;
 pub mod upstream;
+pub mod wrap;
 
 /// The HTTP/1.1 parts the gateway is built on: the server core, the client, the fields.
 pub use tessera_http1::{fields, pool, server};
@@ -27,6 +37,7 @@ use tessera::registry::Discovery;
 use tessera_manifest::Manifest;
 use tokio::net::TcpListener;
 
+use crate::forward::Forwarder;
 use crate::pool::Pool;
 use crate::proxy::Gateway;
 use crate::routes::RouteTable;
@@ -75,21 +86,23 @@ pub async fn serve(
 
     let gateway = Arc::new(Gateway {
         routes: RouteTable::new(&manifest.routes),
-        upstreams: upstream::build(manifest),
-        discovery: discovery.clone(),
-        keys,
         tokens,
-        pool: Pool::new(256, Duration::from_secs(1)),
-        upstream_timeout: Duration::from_millis(manifest.gateway.upstream_timeout_ms),
-        max_response: manifest.gateway.max_response_bytes,
         revoke_for: Duration::from_secs(24 * 3600),
+        forwarder: Forwarder {
+            upstreams: upstream::build(manifest),
+            discovery: discovery.clone(),
+            keys,
+            pool: Pool::new(256, Duration::from_secs(1)),
+            timeout: Duration::from_millis(manifest.gateway.upstream_timeout_ms),
+            max_response: manifest.gateway.max_response_bytes,
+        },
     });
     let sweeper = Arc::downgrade(&gateway);
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(30)).await;
             match sweeper.upgrade() {
-                Some(gateway) => gateway.pool.sweep(),
+                Some(gateway) => gateway.forwarder.pool.sweep(),
                 None => break,
             }
         }

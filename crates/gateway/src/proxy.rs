@@ -1,6 +1,15 @@
-//! The request path: route, authenticate, mint the passport, forward, wrap, log.
+//! The request path, as a composition of its stages: route, then limit by address,
+//! authenticate, limit by caller, authorize, forward, wrap; and the access record once the
+//! answer is written.
+//!
+//! Each stage is a plain function (or method) over borrowed parts of the request in its own
+//! file, with the reasoning for what it decides: `limit.rs`, `authenticate.rs`,
+//! `authorize.rs`, `forward.rs`, `wrap.rs`. A stage refuses with a `GatewayError`, which ends
+//! the request with `wrap::refusal`. The order is part of the behaviour: the address's rate
+//! limit comes before any token is verified (a flood of made-up tokens costs a bucket lookup
+//! each), the caller's rate limit before the roles check, and nothing reaches an upstream
+//! before authorization.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,46 +17,30 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::StatusCode;
 use tessera::TraceContext;
-use tessera::passport::{self, PassportKeys};
-use tessera::registry::Discovery;
-use tessera::resilience::Limited as RateLimited;
-use tessera_manifest::{AuthMode, Fallback};
 
-use crate::envelope;
-use crate::fields::Fields;
-use crate::pool::{Outgoing, Pool};
-use crate::routes::RouteTable;
-use crate::server::{BodyError, HeaderBuf, Request};
-use crate::tokens::{TokenError, TokenVerifier};
-use crate::upstream::{CallFailure, Exchange, Upstream};
-
-/// A response header by which an upstream asks the gateway to revoke the caller's session
-/// at once (the token service sets it on logout). Never sent on to the client.
-pub const REVOKE_SESSION: &str = "x-tessera-revoke-session";
-const ISSUER: &str = "tessera-gateway";
-const JSON: &[u8] = b"application/json";
+use crate::error::GatewayError;
+use crate::forward::Forwarder;
+use crate::routes::{CompiledRoute, RouteTable};
+use crate::server::{HeaderBuf, Request};
+use crate::tokens::TokenVerifier;
+use crate::upstream::{CallFailure, Exchange};
+use crate::{authenticate, authorize, envelope, forward, limit, wrap};
 
 pub struct Gateway {
     pub routes: RouteTable,
-    pub upstreams: HashMap<String, Arc<Upstream>>,
-    pub discovery: Discovery,
-    pub keys: PassportKeys,
     pub tokens: Option<Arc<TokenVerifier>>,
-    pub pool: Pool,
-    pub upstream_timeout: Duration,
-    pub max_response: u64,
     /// The longest a revoked session's tokens can live (the token service's access TTL, or a
     /// safe bound), for revocations that arrive by header.
     pub revoke_for: Duration,
+    pub forwarder: Forwarder,
 }
 
 /// A forwarded request's answer, wrapped.
-struct Forwarded<'a> {
+struct Forwarded {
     status: StatusCode,
     body: Bytes,
     /// The instance that answered, or `fallback`.
     upstream: String,
-    route: &'a str,
 }
 
 /// A proxied request's access record, logged and counted once its answer is written.
@@ -67,7 +60,7 @@ impl crate::server::Handler for Gateway {
     ) -> (StatusCode, Bytes, Option<Access<'a>>) {
         match req.path {
             "/health/live" | "/health/ready" => {
-                headers.push(b"content-type", JSON);
+                headers.push(b"content-type", wrap::JSON);
                 (
                     StatusCode::OK,
                     Bytes::from_static(b"{\"status\":\"ready\"}"),
@@ -83,7 +76,7 @@ impl crate::server::Handler for Gateway {
                 )
             }
             "/status/resilience" => {
-                headers.push(b"content-type", JSON);
+                headers.push(b"content-type", wrap::JSON);
                 (StatusCode::OK, Bytes::from(self.resilience_status()), None)
             }
             _ => {
@@ -127,7 +120,7 @@ impl crate::server::Handler for Gateway {
         let trace = TraceContext::new_root();
         let mut trace_id = [0u8; 32];
         let trace_id = tessera::trace::hex(&trace.trace_id, &mut trace_id);
-        headers.push(b"content-type", JSON);
+        headers.push(b"content-type", wrap::JSON);
         headers.push(b"x-trace-id", trace_id.as_bytes());
         tessera::metrics::record_request("unrouted", "-", status.as_u16(), Duration::ZERO);
         tracing::info!(target: "access", method = "-", peer = %peer, status = status.as_u16(), trace_id, message, "access");
@@ -136,7 +129,7 @@ impl crate::server::Handler for Gateway {
 }
 
 impl Gateway {
-    /// Routes, authenticates and forwards one request; what to log of it comes back too.
+    /// Routes and passes one request through the stages; what to log of it comes back too.
     async fn proxy<'a>(
         &'a self,
         req: &Request<'_>,
@@ -150,433 +143,339 @@ impl Gateway {
         let mut trace_hex = [0u8; 32];
         let trace_id = tessera::trace::hex(&trace.trace_id, &mut trace_hex);
         let traceparent = trace.header_value();
-        let (status, body, upstream, route) = match self
-            .forward(req, headers, &trace, traceparent.as_bytes(), trace_id)
-            .await
-        {
-            Ok(f) => (f.status, f.body, Some(f.upstream), Some(f.route)),
-            Err(e) => (
-                e.status,
-                error_response(&e, trace_id, headers),
-                None,
-                e.route,
-            ),
+        let route = self.routes.find(req.path);
+        let answer = match route {
+            None => Err(GatewayError::ROUTE_NOT_FOUND),
+            Some(route) => {
+                self.stages(
+                    route,
+                    req,
+                    headers,
+                    &trace,
+                    traceparent.as_bytes(),
+                    trace_id,
+                )
+                .await
+            }
+        };
+        let (status, body, upstream) = match answer {
+            Ok(f) => (f.status, f.body, Some(f.upstream)),
+            Err(e) => (e.status, wrap::refusal(&e, trace_id, headers), None),
         };
         headers.push(b"traceparent", traceparent.as_bytes());
         headers.push(b"x-trace-id", trace_id.as_bytes());
         let access = Access {
-            route,
+            route: route.map(|r| r.prefix.as_str()),
             upstream,
             trace_id: trace_hex,
         };
         (status, body, access)
     }
 
-    async fn forward<'a>(
-        &'a self,
+    /// The stages of a routed request, in order.
+    async fn stages(
+        &self,
+        route: &CompiledRoute,
         req: &Request<'_>,
         headers: &mut HeaderBuf,
         trace: &TraceContext,
         traceparent: &[u8],
         trace_id: &str,
-    ) -> Result<Forwarded<'a>, GatewayError<'a>> {
-        let route = self.routes.find(req.path).ok_or_else(|| {
-            GatewayError::new(
-                StatusCode::NOT_FOUND,
-                "route_not_found",
-                "no route for this path",
-            )
-        })?;
-        let fail = |status, code, message: &str| {
-            GatewayError::new(status, code, message).on(&route.prefix)
-        };
-        if let Some(limiter) = &route.per_ip {
-            limiter
-                .check(&req.peer.to_string())
-                .map_err(|l| limited(l).on(&route.prefix))?;
-        }
-
-        // Who is calling.
-        let identity = match req.fields.get("authorization") {
-            None => None,
-            Some(value) => {
-                let token = std::str::from_utf8(value)
-                    .ok()
-                    .and_then(|v| {
-                        v.strip_prefix("Bearer ")
-                            .or_else(|| v.strip_prefix("bearer "))
-                    })
-                    .map(str::trim)
-                    .ok_or_else(|| {
-                        fail(
-                            StatusCode::UNAUTHORIZED,
-                            "unauthenticated",
-                            "expected a Bearer token",
-                        )
-                    })?;
-                let verifier = self.tokens.as_ref().ok_or_else(|| {
-                    fail(
-                        StatusCode::UNAUTHORIZED,
-                        "unauthenticated",
-                        "this gateway accepts no tokens",
-                    )
-                })?;
-                match verifier.verify(token).await {
-                    Ok(v) => Some(v),
-                    Err(TokenError::Unavailable) => {
-                        return Err(fail(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "unavailable",
-                            "cannot verify tokens right now",
-                        ));
-                    }
-                    Err(e) => {
-                        return Err(fail(
-                            StatusCode::UNAUTHORIZED,
-                            "unauthenticated",
-                            &e.to_string(),
-                        ));
-                    }
-                }
-            }
-        };
-        if let (Some(limiter), Some(who)) = (&route.per_user, &identity) {
-            limiter
-                .check(&who.sub)
-                .map_err(|l| limited(l).on(&route.prefix))?;
-        }
-        if identity.is_none() && route.auth == AuthMode::Required {
-            return Err(fail(
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-                "this route needs an access token",
-            ));
-        }
-        if !route.roles.is_empty() {
-            let allowed = identity
-                .as_ref()
-                .is_some_and(|v| v.roles.iter().any(|r| route.roles.contains(r)));
-            if !allowed {
-                return Err(fail(
-                    StatusCode::FORBIDDEN,
-                    "forbidden",
-                    "your roles do not allow this route",
-                ));
-            }
-        }
-
-        // The body, bounded (the server read it, or found it too large or malformed).
-        let body = match req.body {
-            Ok(body) => body,
-            Err(BodyError::TooLarge) => {
-                return Err(fail(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    "request body is too large",
-                ));
-            }
-            Err(BodyError::Malformed) => {
-                return Err(fail(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    "could not read the request body",
-                ));
-            }
-        };
-
-        // Where to, and how.
-        let upstream = self.upstreams.get(&route.service).ok_or_else(|| {
-            fail(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no_instance",
-                "no live instance of the service",
-            )
-        })?;
-        let instances = self
-            .discovery
-            .instances(&route.service)
-            .unwrap_or_else(|| Arc::from(Vec::new()));
-        let passport = match &identity {
-            Some(v) => self
-                .keys
-                .mint_header(ISSUER, &v.sub, &v.roles, v.sid.as_deref(), trace),
-            None => self
-                .keys
-                .mint_header(ISSUER, passport::ANONYMOUS, &[], None, trace),
-        };
-        let replayable =
-            tessera::resilience::may_repeat(&req.method, req.fields.contains("idempotency-key"));
-        let extra = [
-            (passport::HEADER, passport.as_bytes()),
-            ("traceparent", traceparent),
-        ];
-        let request = Outgoing {
-            method: &req.method,
-            path_and_query: req.target,
-            headers: req.fields,
-            skip: not_forwarded,
-            extra: &extra,
-            deadline_ms: None,
-            body,
-            replayable,
-        };
-        let exchange = upstream
-            .call(
-                &self.pool,
-                &instances,
-                request,
-                self.max_response,
-                self.upstream_timeout,
-            )
+    ) -> Result<Forwarded, GatewayError> {
+        let tokens = self.tokens.as_deref();
+        limit::per_ip(route, req.peer)?;
+        let caller = authenticate::caller(tokens, &req.fields).await?;
+        let caller = caller.as_deref();
+        limit::per_user(route, caller)?;
+        authorize::check(route, caller)?;
+        let body = forward::body(req.body)?;
+        let called = self
+            .forwarder
+            .call(route, req, body, caller, trace, traceparent)
             .await;
-        let Exchange { response, instance } = match exchange {
-            Ok(x) => x,
-            Err(CallFailure::Open) => {
-                if let Some(fallback) = &route.fallback {
-                    let (status, body) = fallback_response(fallback, trace_id, headers);
-                    return Ok(Forwarded {
-                        status,
-                        body,
-                        upstream: "fallback".into(),
-                        route: &route.prefix,
-                    });
-                }
-                return Err(fail(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "circuit_open",
-                    "the service is failing; try again shortly",
-                ));
+        let Exchange { response, instance } = match (called, &route.fallback) {
+            (Ok(exchange), _) => exchange,
+            (Err(CallFailure::Open), Some(fallback)) => {
+                let (status, body) = wrap::fallback(fallback, trace_id, headers);
+                return Ok(Forwarded {
+                    status,
+                    body,
+                    upstream: "fallback".into(),
+                });
             }
-            Err(CallFailure::Full) => {
-                return Err(fail(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "bulkhead_full",
-                    "too many requests to this service in flight",
-                ));
-            }
-            Err(CallFailure::NoInstance) => {
-                return Err(fail(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "no_instance",
-                    "no live instance of the service",
-                ));
-            }
-            Err(CallFailure::Timeout) => {
-                return Err(fail(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "upstream_timeout",
-                    "the service did not answer in time",
-                ));
-            }
-            Err(CallFailure::Unreachable | CallFailure::BadResponse) => {
-                return Err(fail(
-                    StatusCode::BAD_GATEWAY,
-                    "bad_gateway",
-                    "the service could not be reached",
-                ));
-            }
+            (Err(failure), _) => return Err(forward::refusal(failure)),
         };
-
         let fields = response.fields();
-        if let (Some(sid), Some(tokens)) = (fields.get_str(REVOKE_SESSION), &self.tokens) {
-            tokens.revoke(sid, tessera::unix_now() + self.revoke_for.as_secs());
-        }
-        let (status, body) = wrap(response.status, fields, &response.body, trace_id, headers)
-            .map_err(|e| e.on(&route.prefix))?;
+        authenticate::revoke_if_asked(tokens, &fields, self.revoke_for);
+        let (status, body) =
+            wrap::answer(response.status, fields, &response.body, trace_id, headers)?;
         Ok(Forwarded {
             status,
             body,
             upstream: instance,
-            route: &route.prefix,
         })
     }
-}
-
-/// Wraps an upstream response in the envelope: its status and body, its fields pushed onto
-/// `headers`.
-fn wrap(
-    status: StatusCode,
-    upstream: Fields<'_>,
-    body: &Bytes,
-    trace_id: &str,
-    headers: &mut HeaderBuf,
-) -> Result<(StatusCode, Bytes), GatewayError<'static>> {
-    let content_type = upstream.get("content-type");
-    let is_json = content_type
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .is_some_and(|ct| ct.starts_with("application/json") || ct.contains("+json"));
-    let wrapped = if status.is_success() || status.is_redirection() || status.is_informational() {
-        if body.is_empty() {
-            Some(envelope::success(None, trace_id))
-        } else if is_json {
-            if !envelope::is_json(body) {
-                return Err(GatewayError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "bad_gateway",
-                    "the service sent malformed JSON",
-                ));
-            }
-            Some(envelope::success(Some(body), trace_id))
-        } else {
-            None // files, text, streams: passed through as they are
-        }
-    } else {
-        let (code, message) = envelope::upstream_error(body).unwrap_or_else(|| {
-            (
-                envelope::code_for(status.as_u16()).to_string(),
-                status
-                    .canonical_reason()
-                    .unwrap_or("request failed")
-                    .to_string(),
-            )
-        });
-        Some(envelope::error(&code, &message, trace_id))
-    };
-    for (name, value) in upstream.iter() {
-        if !not_returned(name) {
-            headers.push(name, value);
-        }
-    }
-    Ok(match wrapped {
-        Some(body) => {
-            headers.push(b"content-type", JSON);
-            let status = if status == StatusCode::NO_CONTENT {
-                StatusCode::OK
-            } else {
-                status
-            };
-            (status, body)
-        }
-        None => {
-            if let Some(ct) = content_type {
-                headers.push(b"content-type", ct);
-            }
-            (status, body.clone())
-        }
-    })
-}
-
-/// A response the gateway makes itself.
-#[derive(Debug)]
-pub struct GatewayError<'a> {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub message: String,
-    pub route: Option<&'a str>,
-    /// For 429: (limit, seconds to wait).
-    pub retry_after: Option<(u32, u64)>,
-}
-
-impl<'a> GatewayError<'a> {
-    fn new(status: StatusCode, code: &'static str, message: &str) -> Self {
-        Self {
-            status,
-            code,
-            message: message.to_string(),
-            route: None,
-            retry_after: None,
-        }
-    }
-
-    fn on(self, route: &'a str) -> GatewayError<'a> {
-        GatewayError {
-            route: Some(route),
-            ..self
-        }
-    }
-}
-
-/// The envelope of a response the gateway makes itself; its fields pushed onto `headers`.
-fn error_response(e: &GatewayError<'_>, trace_id: &str, headers: &mut HeaderBuf) -> Bytes {
-    headers.push(b"content-type", JSON);
-    if let Some((limit, wait)) = e.retry_after {
-        let (mut a, mut b) = (itoa::Buffer::new(), itoa::Buffer::new());
-        let (limit, wait) = (a.format(limit).as_bytes(), b.format(wait).as_bytes());
-        headers.push(b"retry-after", wait);
-        headers.push(b"ratelimit-limit", limit);
-        headers.push(b"ratelimit-remaining", b"0");
-        headers.push(b"ratelimit-reset", wait);
-    }
-    envelope::error(e.code, &e.message, trace_id)
-}
-
-fn limited<'a>(l: RateLimited) -> GatewayError<'a> {
-    metrics::counter!("tessera_rate_limited_total").increment(1);
-    GatewayError {
-        retry_after: Some((l.limit, l.retry_after)),
-        ..GatewayError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "too many requests; slow down",
-        )
-    }
-}
-
-/// The route's configured answer while its service's breaker is open.
-fn fallback_response(f: &Fallback, trace_id: &str, headers: &mut HeaderBuf) -> (StatusCode, Bytes) {
-    headers.push(b"content-type", JSON);
-    headers.push(b"x-tessera-fallback", b"circuit-open");
-    let status = StatusCode::from_u16(f.status).unwrap_or(StatusCode::OK);
-    (status, envelope::success(Some(f.body.as_bytes()), trace_id))
-}
-
-/// Fields that concern one connection only (RFC 9110 §7.6.1), and the framing the gateway
-/// sets itself.
-fn is_hop_by_hop(name: &[u8]) -> bool {
-    const HOP: [&str; 11] = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-    ];
-    HOP.iter().any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
-}
-
-/// Upstream headers that do not go back to the client: hop-by-hop ones, `Content-Type` (set
-/// for the wrapped body), the gateway's own trace fields (its values win) and internal
-/// `x-tessera-*` signals.
-fn not_returned(name: &[u8]) -> bool {
-    is_hop_by_hop(name)
-        || name.eq_ignore_ascii_case(b"content-type")
-        || name.eq_ignore_ascii_case(b"traceparent")
-        || name.eq_ignore_ascii_case(b"x-trace-id")
-        || name
-            .get(..10)
-            .is_some_and(|p| p.eq_ignore_ascii_case(b"x-tessera-"))
-}
-
-/// Client headers that do not go upstream: hop-by-hop ones, `Expect` (the body is already
-/// read), and never the client's own passport, trace parent or deadline (replaced) or access
-/// token (the passport speaks for it inside).
-fn not_forwarded(name: &[u8]) -> bool {
-    const REPLACED: [&str; 5] = [
-        "authorization",
-        "expect",
-        passport::HEADER,
-        "traceparent",
-        tessera::client::DEADLINE_HEADER,
-    ];
-    is_hop_by_hop(name)
-        || REPLACED
-            .iter()
-            .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
 }
 
 impl Gateway {
     /// Every upstream's breaker state and bulkhead use, as JSON.
     pub fn resilience_status(&self) -> String {
         let upstreams: serde_json::Map<String, serde_json::Value> = self
+            .forwarder
             .upstreams
             .iter()
             .map(|(name, u)| (name.clone(), u.status()))
             .collect();
         serde_json::json!({ "upstreams": upstreams }).to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::Method;
+    use tessera::resilience::{CallOutcome, RateLimit};
+    use tessera_manifest::{AuthMode, Fallback, Route, RouteLimits};
+
+    use super::*;
+    use crate::server::Handler;
+    use crate::testing::{self, Head};
+
+    /// A gateway with `routes` to one service, `shop`, at `address`.
+    fn gateway(routes: &[Route], address: &str) -> Gateway {
+        Gateway {
+            routes: RouteTable::new(routes),
+            tokens: Some(testing::verifier()),
+            revoke_for: Duration::from_secs(60),
+            forwarder: testing::forwarder("shop", address),
+        }
+    }
+
+    fn shop(auth: AuthMode, roles: &[&str]) -> Route {
+        Route {
+            prefix: "/api".into(),
+            service: "shop".into(),
+            auth,
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            rate_limit: None,
+            fallback: None,
+        }
+    }
+
+    /// Sends one request through the whole path: status, envelope, response fields, and the
+    /// route and instance it was recorded under.
+    async fn send(
+        gateway: &Gateway,
+        method: Method,
+        path: &str,
+        fields: &[&str],
+    ) -> (u16, serde_json::Value, String, Option<String>) {
+        let head = Head::request(fields);
+        let req = head.to(method, path, b"");
+        let mut headers = HeaderBuf::default();
+        let (status, body, access) = gateway.handle(&req, &mut headers).await;
+        let access = access.expect("a proxied request leaves an access record");
+        let envelope: serde_json::Value = serde_json::from_slice(&body).expect("an envelope");
+        let fields = String::from_utf8(headers.as_bytes().to_vec()).unwrap();
+        // Every answer carries the trace, in the envelope and in the header fields.
+        let trace_id = std::str::from_utf8(&access.trace_id).unwrap();
+        assert_eq!(envelope["traceId"], trace_id);
+        assert!(
+            fields.contains(&format!("x-trace-id: {trace_id}\r\n")),
+            "{fields}"
+        );
+        assert!(fields.contains("traceparent: 00-"), "{fields}");
+        let upstream = access.upstream.clone();
+        assert_eq!(
+            access.route,
+            gateway.routes.find(path).map(|r| r.prefix.as_str())
+        );
+        (status.as_u16(), envelope, fields, upstream)
+    }
+
+    fn bearer(token: &str) -> String {
+        format!("Authorization: Bearer {token}")
+    }
+
+    #[tokio::test]
+    async fn a_request_goes_through_every_stage_to_the_upstream_and_back() {
+        let (address, seen) = testing::upstream(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 8\r\n\
+              X-Tessera-Revoke-Session: s1\r\nCache-Control: no-store\r\n\r\n{\"n\":42}",
+        )
+        .await;
+        let gateway = gateway(&[shop(AuthMode::Required, &["customer"])], &address);
+        let token = testing::token("u1", &["customer"], Some("s1"), 600);
+        let parent = "Traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let (status, envelope, fields, upstream) = send(
+            &gateway,
+            Method::POST,
+            "/api/logout",
+            &[&bearer(&token), parent],
+        )
+        .await;
+        assert_eq!(status, 200, "{envelope}");
+        assert_eq!(envelope["data"]["n"], 42);
+        assert_eq!(envelope["traceId"], "0af7651916cd43dd8448eb211c80319c");
+        assert!(fields.contains("Cache-Control: no-store\r\n"), "{fields}");
+        assert!(
+            !fields.to_ascii_lowercase().contains("x-tessera"),
+            "{fields}"
+        );
+        assert_eq!(upstream.as_deref(), Some("shop-1"));
+        assert_eq!(seen.lock().unwrap().len(), 1);
+
+        // The answer asked for the session's end: its tokens are refused from now on, before
+        // any upstream is asked.
+        let (status, envelope, _, upstream) =
+            send(&gateway, Method::GET, "/api/me", &[&bearer(&token)]).await;
+        assert_eq!(
+            (status, &envelope["error"]["code"]),
+            (401, &"unauthenticated".into())
+        );
+        assert_eq!(upstream, None);
+        assert_eq!(seen.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn refusals_are_made_before_the_upstream_is_asked() {
+        let (address, seen) = testing::upstream(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+        let routes = [
+            shop(AuthMode::Required, &["admin"]),
+            Route {
+                prefix: "/open".into(),
+                ..shop(AuthMode::Public, &[])
+            },
+        ];
+        let gateway = gateway(&routes, &address);
+        let customer = testing::token("u1", &["customer"], None, 600);
+        let admin = testing::token("u2", &["admin"], None, 600);
+        let cases: [(&str, Vec<String>, u16, &str); 5] = [
+            ("/nowhere", vec![], 404, "route_not_found"),
+            ("/api/x", vec![], 401, "unauthenticated"),
+            (
+                "/api/x",
+                vec![bearer("not.a.token")],
+                401,
+                "unauthenticated",
+            ),
+            (
+                "/open/x",
+                vec![bearer("not.a.token")],
+                401,
+                "unauthenticated",
+            ),
+            ("/api/x", vec![bearer(&customer)], 403, "forbidden"),
+        ];
+        for (path, fields, want, code) in cases {
+            let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
+            let (status, envelope, _, upstream) = send(&gateway, Method::GET, path, &fields).await;
+            assert_eq!(
+                (status, envelope["error"]["code"].as_str()),
+                (want, Some(code))
+            );
+            assert_eq!(envelope["success"], false);
+            assert_eq!(upstream, None);
+        }
+        assert!(seen.lock().unwrap().is_empty());
+        let (status, envelope, _, _) =
+            send(&gateway, Method::GET, "/api/x", &[&bearer(&admin)]).await;
+        assert_eq!((status, envelope["data"].is_null()), (200, true));
+        let (status, ..) = send(&gateway, Method::GET, "/open/x", &[]).await;
+        assert_eq!(status, 200);
+        assert_eq!(seen.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_address_limit_comes_before_the_token_and_the_caller_limit_before_the_roles() {
+        let one = Some(RateLimit::parse("1/m").unwrap());
+        let by_address = Route {
+            rate_limit: Some(RouteLimits {
+                per_ip: one.clone(),
+                per_user: None,
+            }),
+            ..shop(AuthMode::Public, &[])
+        };
+        let gateway_a = gateway(&[by_address], "127.0.0.1:9");
+        let forged = bearer(&testing::forged("u1"));
+        let (status, ..) = send(&gateway_a, Method::GET, "/api/x", &[&forged]).await;
+        assert_eq!(status, 401);
+        let (status, envelope, fields, _) =
+            send(&gateway_a, Method::GET, "/api/x", &[&forged]).await;
+        assert_eq!(
+            (status, envelope["error"]["code"].as_str()),
+            (429, Some("rate_limited"))
+        );
+        assert!(fields.contains("retry-after: "), "{fields}");
+
+        let by_caller = Route {
+            rate_limit: Some(RouteLimits {
+                per_ip: None,
+                per_user: one,
+            }),
+            ..shop(AuthMode::Public, &["admin"])
+        };
+        let gateway_b = gateway(&[by_caller], "127.0.0.1:9");
+        let customer = bearer(&testing::token("u1", &["customer"], None, 600));
+        let (status, ..) = send(&gateway_b, Method::GET, "/api/x", &[&customer]).await;
+        assert_eq!(status, 403);
+        let (status, ..) = send(&gateway_b, Method::GET, "/api/x", &[&customer]).await;
+        assert_eq!(status, 429);
+    }
+
+    #[tokio::test]
+    async fn an_open_breaker_answers_the_routes_fallback_or_503() {
+        let with_fallback = Route {
+            fallback: Some(Fallback {
+                status: 200,
+                body: r#"{"items":[]}"#.into(),
+            }),
+            ..shop(AuthMode::Public, &[])
+        };
+        for (route, fallback) in [(with_fallback, true), (shop(AuthMode::Public, &[]), false)] {
+            let gateway = gateway(&[route], "127.0.0.1:9");
+            let upstream = &gateway.forwarder.upstreams["shop"];
+            for _ in 0..20 {
+                upstream
+                    .guard()
+                    .breaker
+                    .record(CallOutcome::Failure, Duration::ZERO);
+            }
+            let (status, envelope, fields, recorded) =
+                send(&gateway, Method::GET, "/api/x", &[]).await;
+            if fallback {
+                assert_eq!(
+                    (status, &envelope["data"]["items"]),
+                    (200, &serde_json::json!([]))
+                );
+                assert!(
+                    fields.contains("x-tessera-fallback: circuit-open\r\n"),
+                    "{fields}"
+                );
+                assert_eq!(recorded.as_deref(), Some("fallback"));
+            } else {
+                assert_eq!(
+                    (status, envelope["error"]["code"].as_str()),
+                    (503, Some("circuit_open"))
+                );
+                assert_eq!(recorded, None);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_upstream_is_502_without_its_address() {
+        let address = testing::closed_address();
+        let port = address.rsplit(':').next().unwrap();
+        let gateway = gateway(&[shop(AuthMode::Public, &[])], &address);
+        let (status, envelope, fields, _) = send(&gateway, Method::POST, "/api/x", &[]).await;
+        assert_eq!(
+            (status, envelope["error"]["code"].as_str()),
+            (502, Some("bad_gateway"))
+        );
+        let text = format!("{envelope} {fields}");
+        assert!(
+            !text.contains("127.0.0.1") && !text.contains(port),
+            "{text}"
+        );
     }
 }

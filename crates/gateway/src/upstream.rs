@@ -72,6 +72,11 @@ impl Upstream {
         self.guard.name()
     }
 
+    /// The breaker, bulkhead and balancer calls go through.
+    pub fn guard(&self) -> &Guard {
+        &self.guard
+    }
+
     /// Sends the request to an instance through the guard (`tessera_resilience::call`):
     /// retried where the outcome and `req.replayable` allow, within `deadline` for the whole
     /// call; each attempt's `deadline_ms` is the time it has.

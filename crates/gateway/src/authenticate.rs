@@ -1,0 +1,189 @@
+//! Who is calling: the access token of `Authorization: Bearer <token>`, verified
+//! (`tokens.rs`) into the caller it speaks for.
+//!
+//! No token is no caller: whether the route admits that is the authorize stage's question.
+//! A token that is there must be good, on every route: a malformed, forged, expired or revoked
+//! one is 401, never quietly treated as no token, so that a client whose session ended learns
+//! so instead of seeing a signed-out view. When the token service is needed (a key id the
+//! gateway has not seen) and cannot be reached, the answer is 503: the token may well be good.
+//!
+//! The gateway also ends sessions here: a response carrying [`REVOKE_SESSION`] (the token
+//! service's logout) revokes the session at once, before that response reaches the client.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::error::GatewayError;
+use crate::fields::Fields;
+use crate::tokens::{TokenError, TokenVerifier, Verified};
+
+/// A response header by which an upstream asks the gateway to revoke the caller's session
+/// at once (the token service sets it on logout). Never sent on to the client.
+pub const REVOKE_SESSION: &str = "x-tessera-revoke-session";
+
+/// The caller the request's access token speaks for, `None` without one.
+pub async fn caller(
+    tokens: Option<&TokenVerifier>,
+    fields: &Fields<'_>,
+) -> Result<Option<Arc<Verified>>, GatewayError> {
+    let Some(value) = fields.get("authorization") else {
+        return Ok(None);
+    };
+    let token = bearer(value).ok_or(GatewayError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+        "expected a Bearer token",
+    ))?;
+    let verifier = tokens.ok_or(GatewayError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+        "this gateway accepts no tokens",
+    ))?;
+    match verifier.verify(token).await {
+        Ok(v) => Ok(Some(v)),
+        Err(TokenError::Unavailable) => Err(GatewayError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "cannot verify tokens right now",
+        )),
+        Err(e) => Err(GatewayError {
+            message: e.to_string().into(),
+            ..GatewayError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "")
+        }),
+    }
+}
+
+/// The token of an `Authorization` value in the `Bearer` scheme.
+#[inline]
+fn bearer(value: &[u8]) -> Option<&str> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+}
+
+/// Revokes the session an upstream's answer names in [`REVOKE_SESSION`], for `lifetime` (the
+/// longest its tokens can live).
+#[inline]
+pub fn revoke_if_asked(tokens: Option<&TokenVerifier>, answer: &Fields<'_>, lifetime: Duration) {
+    if let (Some(sid), Some(tokens)) = (answer.get_str(REVOKE_SESSION), tokens) {
+        tokens.revoke(sid, tessera::unix_now() + lifetime.as_secs());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{self, Head};
+
+    async fn refusal(tokens: Option<&TokenVerifier>, authorization: &str) -> GatewayError {
+        let head = Head::request(&[&format!("Authorization: {authorization}")]);
+        caller(tokens, &head.fields()).await.unwrap_err()
+    }
+
+    fn is_401(e: &GatewayError, message: &str) {
+        assert_eq!(
+            (e.status, e.code, &*e.message),
+            (StatusCode::UNAUTHORIZED, "unauthenticated", message)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_good_token_is_its_caller_and_no_token_is_none() {
+        let verifier = testing::verifier();
+        let token = testing::token("u1", &["admin"], Some("s1"), 600);
+        let head = Head::request(&[&format!("Authorization: Bearer {token}")]);
+        let who = caller(Some(&verifier), &head.fields())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (who.sub.as_str(), &who.roles[..]),
+            ("u1", &["admin".to_string()][..])
+        );
+        // The scheme's case, and space around the token, do not matter.
+        let head = Head::request(&[&format!("authorization: bearer  {token} ")]);
+        assert!(
+            caller(Some(&verifier), &head.fields())
+                .await
+                .unwrap()
+                .is_some()
+        );
+
+        let head = Head::request(&["Cookie: a=b"]);
+        assert!(
+            caller(Some(&verifier), &head.fields())
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(caller(None, &head.fields()).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_bad_token_is_401_on_every_route() {
+        let verifier = testing::verifier();
+        let v = Some(&*verifier);
+        is_401(&refusal(v, "Basic dTpw").await, "expected a Bearer token");
+        is_401(&refusal(v, "Bearertoken").await, "expected a Bearer token");
+        is_401(
+            &refusal(v, "Bearer not.a.jwt").await,
+            "malformed access token",
+        );
+        let forged = testing::forged("u1");
+        is_401(
+            &refusal(v, &format!("Bearer {forged}")).await,
+            "access token is invalid",
+        );
+        let expired = testing::token("u1", &[], None, -600);
+        is_401(
+            &refusal(v, &format!("Bearer {expired}")).await,
+            "access token has expired",
+        );
+        let token = testing::token("u1", &[], None, 600);
+        is_401(
+            &refusal(None, &format!("Bearer {token}")).await,
+            "this gateway accepts no tokens",
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unknown_key_without_a_token_service_is_503_not_401() {
+        let verifier = testing::verifier();
+        let token = testing::unknown_key("u1");
+        let e = refusal(Some(&verifier), &format!("Bearer {token}")).await;
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_session_revoked_by_an_answer_is_refused_from_then_on() {
+        let verifier = testing::verifier();
+        let token = testing::token("u1", &[], Some("s1"), 600);
+        let other = testing::token("u2", &[], Some("s2"), 600);
+        let request = Head::request(&[&format!("Authorization: Bearer {token}")]);
+        assert!(caller(Some(&verifier), &request.fields()).await.is_ok());
+
+        let logout = Head::response(&["X-Tessera-Revoke-Session: s1"]);
+        revoke_if_asked(Some(&verifier), &logout.fields(), Duration::from_secs(60));
+        let e = caller(Some(&verifier), &request.fields())
+            .await
+            .unwrap_err();
+        is_401(&e, "session has been revoked");
+        // Only that session.
+        let head = Head::request(&[&format!("Authorization: Bearer {other}")]);
+        assert!(caller(Some(&verifier), &head.fields()).await.is_ok());
+        // An answer without the field revokes nothing; without tokens, nothing to revoke.
+        revoke_if_asked(None, &logout.fields(), Duration::from_secs(60));
+        let plain = Head::response(&["X-Other: s2"]);
+        revoke_if_asked(Some(&verifier), &plain.fields(), Duration::from_secs(60));
+        assert!(caller(Some(&verifier), &head.fields()).await.is_ok());
+    }
+}

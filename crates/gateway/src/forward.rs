@@ -1,0 +1,374 @@
+//! The request goes on to an instance of the route's service, and its answer comes back.
+//!
+//! What an instance is sent is the client's request with the gateway's word in place of the
+//! client's where the two could disagree: a passport minted for the caller (or for an
+//! anonymous one) instead of the access token, a child `traceparent`, and a deadline; the
+//! client's own `X-Passport`, trace parent and deadline are dropped, never trusted, and so are
+//! the fields that concern one connection. The body was read whole and bounded by the server:
+//! one it found too large or malformed ends the request here, before any instance is asked.
+//!
+//! The call itself goes through the service's [`Upstream`]: breaker, bulkhead, balancer and
+//! retries within a budget (`upstream.rs`), which is also what decides that a request may be
+//! sent twice. Each way the call can fail has one fixed answer ([`refusal`]); what went wrong
+//! goes to the log with the request's trace id, never to the client.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use tessera::TraceContext;
+use tessera::passport::{self, PassportKeys};
+use tessera::registry::Discovery;
+
+use crate::error::GatewayError;
+use crate::limit;
+use crate::pool::{Outgoing, Pool};
+use crate::routes::CompiledRoute;
+use crate::server::{BodyError, Request};
+use crate::tokens::Verified;
+use crate::upstream::{CallFailure, Exchange, Upstream};
+
+const ISSUER: &str = "tessera-gateway";
+
+/// What sending a request on takes.
+pub struct Forwarder {
+    /// By service name.
+    pub upstreams: HashMap<String, Arc<Upstream>>,
+    pub discovery: Discovery,
+    pub keys: PassportKeys,
+    pub pool: Pool,
+    /// For a whole call, retries included.
+    pub timeout: Duration,
+    pub max_response: u64,
+}
+
+impl Forwarder {
+    /// Sends `req` with `body` to an instance of `route`'s service on behalf of `caller`.
+    pub async fn call(
+        &self,
+        route: &CompiledRoute,
+        req: &Request<'_>,
+        body: &[u8],
+        caller: Option<&Verified>,
+        trace: &TraceContext,
+        traceparent: &[u8],
+    ) -> Result<Exchange, CallFailure> {
+        let upstream = self
+            .upstreams
+            .get(&route.service)
+            .ok_or(CallFailure::NoInstance)?;
+        let instances = self
+            .discovery
+            .instances(&route.service)
+            .unwrap_or_else(|| Arc::from(Vec::new()));
+        let passport = match caller {
+            Some(v) => self
+                .keys
+                .mint_header(ISSUER, &v.sub, &v.roles, v.sid.as_deref(), trace),
+            None => self
+                .keys
+                .mint_header(ISSUER, passport::ANONYMOUS, &[], None, trace),
+        };
+        let replayable =
+            tessera::resilience::may_repeat(&req.method, req.fields.contains("idempotency-key"));
+        let extra = [
+            (passport::HEADER, passport.as_bytes()),
+            ("traceparent", traceparent),
+        ];
+        let request = Outgoing {
+            method: &req.method,
+            path_and_query: req.target,
+            headers: req.fields,
+            skip: not_forwarded,
+            extra: &extra,
+            deadline_ms: None,
+            body,
+            replayable,
+        };
+        let result = upstream
+            .call(
+                &self.pool,
+                &instances,
+                request,
+                self.max_response,
+                self.timeout,
+            )
+            .await;
+        if let Err(
+            failure @ (CallFailure::Unreachable | CallFailure::BadResponse | CallFailure::Timeout),
+        ) = &result
+        {
+            // The client hears one fixed sentence (`refusal`); which service failed, and how,
+            // goes to the log under the request's trace.
+            tessera::log::in_trace(trace, || {
+                tracing::warn!(service = %route.service, route = %route.prefix, ?failure, "upstream call failed");
+            });
+        }
+        result
+    }
+}
+
+/// The request's body, if the server could read it.
+#[inline]
+pub fn body(read: Result<&[u8], BodyError>) -> Result<&[u8], GatewayError> {
+    read.map_err(|e| match e {
+        BodyError::TooLarge => GatewayError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "request body is too large",
+        ),
+        BodyError::Malformed => GatewayError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "could not read the request body",
+        ),
+    })
+}
+
+/// What the client is told when a call produced no answer (an open breaker's fallback, where
+/// the route has one, is the composition's to give).
+pub fn refusal(failure: CallFailure) -> GatewayError {
+    match failure {
+        CallFailure::Open => GatewayError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "circuit_open",
+            "the service is failing; try again shortly",
+        ),
+        CallFailure::Full => limit::BULKHEAD_FULL,
+        CallFailure::NoInstance => GatewayError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_instance",
+            "no live instance of the service",
+        ),
+        CallFailure::Timeout => GatewayError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_timeout",
+            "the service did not answer in time",
+        ),
+        CallFailure::Unreachable | CallFailure::BadResponse => GatewayError::new(
+            StatusCode::BAD_GATEWAY,
+            "bad_gateway",
+            "the service could not be reached",
+        ),
+    }
+}
+
+/// Fields that concern one connection only (RFC 9110 §7.6.1), and the framing the gateway
+/// sets itself.
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    const HOP: [&str; 11] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    ];
+    HOP.iter().any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+}
+
+/// Client headers that do not go upstream: hop-by-hop ones, `Expect` (the body is already
+/// read), and never the client's own passport, trace parent or deadline (replaced) or access
+/// token (the passport speaks for it inside).
+fn not_forwarded(name: &[u8]) -> bool {
+    const REPLACED: [&str; 5] = [
+        "authorization",
+        "expect",
+        passport::HEADER,
+        "traceparent",
+        tessera::client::DEADLINE_HEADER,
+    ];
+    is_hop_by_hop(name)
+        || REPLACED
+            .iter()
+            .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use http::Method;
+    use tessera_manifest::AuthMode;
+
+    use super::*;
+    use crate::testing::{self, Head, forwarder, route};
+
+    /// The values of the field `name` in a head as an instance received it.
+    fn values(head: &str, name: &str) -> Vec<String> {
+        head.lines()
+            .filter_map(|l| l.split_once(':'))
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_string())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_instance_gets_a_passport_and_a_trace_in_place_of_what_the_client_sent() {
+        let (address, seen) =
+            testing::upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}").await;
+        let gateway = forwarder("catalog", &address);
+        let head = Head::request(&[
+            "Host: shop.example",
+            "Authorization: Bearer client-token",
+            "X-Passport: forged",
+            "Traceparent: 00-11111111111111111111111111111111-2222222222222222-01",
+            "X-Tessera-Deadline-Ms: 999999",
+            "Connection: keep-alive",
+            "Expect: 100-continue",
+            "Accept: application/json",
+            "Content-Length: 4",
+        ]);
+        let req = head.to(Method::POST, "/api/catalog/items?x=1", b"{\"a\"");
+        let caller = Verified {
+            sub: "u1".into(),
+            roles: vec!["admin".into()],
+            sid: Some("s1".into()),
+            exp: u64::MAX,
+        };
+        let trace = TraceContext::new_root();
+        let traceparent = trace.header_value();
+        let route = route("catalog", AuthMode::Public, &[]);
+        let x = gateway
+            .call(
+                &route,
+                &req,
+                b"what was read",
+                Some(&caller),
+                &trace,
+                traceparent.as_bytes(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (x.response.status, x.instance.as_str()),
+            (StatusCode::OK, "catalog-1")
+        );
+
+        let head = seen.lock().unwrap().pop().unwrap();
+        assert!(
+            head.starts_with("POST /api/catalog/items?x=1 HTTP/1.1\r\n"),
+            "{head}"
+        );
+        assert_eq!(values(&head, "accept"), ["application/json"]);
+        for dropped in ["authorization", "expect", "connection"] {
+            assert!(values(&head, dropped).is_empty(), "{dropped}: {head}");
+        }
+        assert_eq!(
+            values(&head, "content-length"),
+            ["13"],
+            "the body's, not the client's"
+        );
+        assert_eq!(
+            values(&head, "traceparent"),
+            [traceparent.to_str().unwrap()]
+        );
+        let deadline = values(&head, tessera::client::DEADLINE_HEADER);
+        assert_eq!(deadline.len(), 1, "{head}");
+        assert!(deadline[0].parse::<u64>().unwrap() <= 2000, "{head}");
+        // One passport, the gateway's, for the caller.
+        let passport = values(&head, passport::HEADER);
+        assert_eq!(passport.len(), 1, "{head}");
+        let passport = testing::passport_keys().verify(&passport[0]).unwrap();
+        assert_eq!(
+            (passport.sub.as_str(), passport.sid.as_deref()),
+            ("u1", Some("s1"))
+        );
+        assert!(passport.has_role("admin"));
+    }
+
+    #[tokio::test]
+    async fn an_anonymous_request_carries_an_anonymous_passport() {
+        let (address, seen) = testing::upstream(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+        let gateway = forwarder("catalog", &address);
+        let head = Head::request(&[]);
+        let req = head.to(Method::GET, "/api/catalog", b"");
+        let route = route("catalog", AuthMode::Public, &[]);
+        let trace = TraceContext::new_root();
+        gateway
+            .call(&route, &req, b"", None, &trace, b"00-x")
+            .await
+            .unwrap();
+        let head = seen.lock().unwrap().pop().unwrap();
+        let passport = values(&head, passport::HEADER);
+        let passport = testing::passport_keys().verify(&passport[0]).unwrap();
+        assert!(passport.is_anonymous());
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_instance_is_502_and_the_client_is_not_told_where_it_was() {
+        let address = testing::closed_address();
+        let port = address.rsplit(':').next().unwrap().to_string();
+        let gateway = forwarder("inventory", &address);
+        let head = Head::request(&[]);
+        // A POST without a key is not sent twice: one refused connection is the answer.
+        let req = head.to(Method::POST, "/api/inventory", b"");
+        let route = route("inventory", AuthMode::Public, &[]);
+        let trace = TraceContext::new_root();
+        let failure = gateway
+            .call(&route, &req, b"", None, &trace, b"00-x")
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(failure, CallFailure::Unreachable), "{failure:?}");
+        let e = refusal(failure);
+        assert_eq!((e.status, e.code), (StatusCode::BAD_GATEWAY, "bad_gateway"));
+        let mut headers = crate::server::HeaderBuf::default();
+        let body = crate::wrap::refusal(&e, "t", &mut headers);
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        assert!(
+            !text.contains("127.0.0.1") && !text.contains(&port),
+            "{text}"
+        );
+        assert!(!text.contains("inventory-1"), "nor which instance: {text}");
+    }
+
+    #[tokio::test]
+    async fn a_service_the_gateway_has_no_upstream_for_is_503_no_instance() {
+        let gateway = forwarder("catalog", "127.0.0.1:9");
+        let head = Head::request(&[]);
+        let req = head.to(Method::GET, "/api/x", b"");
+        let route = route("elsewhere", AuthMode::Public, &[]);
+        let trace = TraceContext::new_root();
+        let failure = gateway
+            .call(&route, &req, b"", None, &trace, b"00-x")
+            .await
+            .err()
+            .unwrap();
+        let e = refusal(failure);
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::SERVICE_UNAVAILABLE, "no_instance")
+        );
+    }
+
+    #[test]
+    fn every_failure_has_one_fixed_answer() {
+        let answers = [
+            (CallFailure::Open, 503, "circuit_open"),
+            (CallFailure::Full, 503, "bulkhead_full"),
+            (CallFailure::NoInstance, 503, "no_instance"),
+            (CallFailure::Timeout, 504, "upstream_timeout"),
+            (CallFailure::Unreachable, 502, "bad_gateway"),
+            (CallFailure::BadResponse, 502, "bad_gateway"),
+        ];
+        for (failure, status, code) in answers {
+            let e = refusal(failure);
+            assert_eq!((e.status.as_u16(), e.code), (status, code));
+            assert!(matches!(e.message, std::borrow::Cow::Borrowed(_)));
+        }
+    }
+
+    #[test]
+    fn a_body_the_server_could_not_read_ends_the_request() {
+        assert_eq!(body(Ok(b"x")).unwrap(), b"x");
+        let e = body(Err(BodyError::TooLarge)).unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (413, "payload_too_large"));
+        let e = body(Err(BodyError::Malformed)).unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (400, "bad_request"));
+    }
+}
