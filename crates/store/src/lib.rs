@@ -1,81 +1,41 @@
-//! Each service's own database: the embedded engine (SQLite) and the query API services use.
+//! Each service's own database: the seam between services and a database engine, the
+//! embedded backend (SQLite), migrations and checkpoints.
 //!
 //! Services talk to a [`Db`]. They write SQL with `$1`-style parameters and the portable types
 //! (`i64`, `f64`, `String`, `bool`, `Vec<u8>`, and `Option`s of them), through [`query`],
 //! [`query_as`] and [`query_scalar`], against the pool (`db.pool()`, one statement in its own
-//! transaction) or a transaction (`db.write_tx()`). The embedded default is a SQLite file
-//! under the data dir, in WAL mode; replicas of a service share it, as they would share a
-//! server database.
+//! transaction) or a transaction (`db.write_tx()`).
 //!
-//! ## Why statements run on the calling task
-//! A statement on a local SQLite file in WAL mode takes microseconds, less than handing it to
-//! another thread and back (which is what a general-purpose async driver does, twice per
-//! statement). So statements run right where they are awaited, and nothing here ever blocks
-//! for long:
-//! - Writers never wait inside SQLite. One write transaction at a time per process is queued on
-//!   an async lock; a writer in another process (a replica) makes `BEGIN IMMEDIATE` fail at
-//!   once with `SQLITE_BUSY`, and it is retried after an async pause (for up to 10 s).
-//! - Commits do not sync (`synchronous=NORMAL`, the WAL is synced at checkpoints), and
-//!   checkpoints run on a blocking thread (once a second after a write) instead of inside
-//!   whichever commit crosses SQLite's threshold. A checkpoint racing a steady stream of
-//!   commits never quite catches up, and the WAL would grow without bound under load; so when
-//!   the WAL holds more than 32 MiB, the checkpoint runs once more at once (copying only what
-//!   was committed during the first pass), then once holding this process's writers off until
-//!   it is done, and the next commit starts the WAL over. The pass in between keeps that last
-//!   one, and the writers' stall, short: it has little to copy and little to sync.
-//!   Checkpoints are few on purpose: each syncs the disk twice, and on a busy disk a sync can
-//!   take a hundred milliseconds.
+//! ## The seam
+//! Which engine holds a service's data is decided by its database URL, once, in [`Db::open`];
+//! everything after dispatches on it: [`Pool`], [`Tx`] and [`Conn`] each hold the backend's
+//! own handle, parameters go in as [`Value`]s and columns come out as [`ValueRef`]s, so no
+//! driver type appears in a service's code. A backend is a module (`sqlite.rs` today) that
+//! runs statements, reads rows through [`Row`], begins, commits and rolls back transactions,
+//! and migrates; a server database (PostgreSQL) is another variant of the same enums, and the
+//! same services and the same test suite run on either. Dispatch is a `match`, not a trait
+//! object: the embedded backend runs statements on the calling task in microseconds, and an
+//! allocation or a virtual call per statement would show.
 //!
-//! Migrations run at start-up, before the service reports ready, under an exclusive file lock
-//! so that two replicas starting at once do not race.
+//! The embedded default is a SQLite file under the data dir, in WAL mode; replicas of a
+//! service share it, as they would share a server database (`sqlite.rs` says how it stays
+//! fast and bounded).
 
-use std::borrow::Cow;
-use std::marker::PhantomData;
+mod error;
+mod query;
+mod sqlite;
+mod value;
+
 use std::ops::{Deref, DerefMut};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
-use rusqlite::types::{FromSql, ToSql, ToSqlOutput, ValueRef};
-use rusqlite::{ErrorCode, OpenFlags};
-
-/// How long a statement or transaction waits for another process's writer.
-const BUSY_WAIT: Duration = Duration::from_secs(10);
-/// Idle connections kept per database.
-const IDLE: usize = 8;
-/// Prepared statements cached per connection.
-const STATEMENTS: usize = 64;
-/// How often the WAL is checkpointed, when something was written.
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
-/// WAL frames (pages) beyond which a checkpoint holds the writers off to finish.
-const WAL_FRAMES_HELD: i64 = 8192; // 32 MiB of 4 KiB pages
-/// Checkpoint passes, the second right after the first, before the one that holds writers
-/// off (when the WAL is long).
-const UNHELD_PASSES: u32 = 2;
-
-/// A service's database handle. Cheap to clone.
-#[derive(Clone, Debug)]
-pub struct Db {
-    pool: Arc<Pool>,
-}
-
-/// The connections of one database. Statements run on it directly are each their own
-/// transaction.
-pub struct Pool {
-    path: PathBuf,
-    idle: Mutex<Vec<rusqlite::Connection>>,
-    /// One write transaction at a time in this process.
-    writer: Arc<tokio::sync::Mutex<()>>,
-    /// Commits since the last checkpoint.
-    written: AtomicU64,
-}
-
-impl std::fmt::Debug for Pool {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pool").field("path", &self.path).finish()
-    }
-}
+pub use error::{DbError, StoreError, is_unique_violation};
+pub use query::{
+    Done, Executor, Query, QueryAs, QueryScalar, Target, query, query_as, query_scalar,
+};
+pub use value::{Decode, Encode, FromRow, Row, Value, ValueRef};
 
 /// One schema migration, in the dialect of each backend it supports.
 #[derive(Clone, Copy, Debug)]
@@ -85,78 +45,34 @@ pub struct Migration {
     pub sqlite: &'static str,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("database URL {0:?} is not supported (expected sqlite://<file>)")]
-    UnsupportedUrl(String),
-    #[error("cannot prepare {0}: {1}")]
-    Io(PathBuf, std::io::Error),
-    #[error("database error: {0}")]
-    Db(#[from] DbError),
-    #[error("migration {version} ({description}) failed: {error}")]
-    Migrate {
-        version: i64,
-        description: &'static str,
-        error: DbError,
-    },
+/// A service's database handle. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Db {
+    pool: Pool,
 }
 
-/// Why a statement failed.
-#[derive(Debug, thiserror::Error)]
-pub enum DbError {
-    #[error("{0}")]
-    Sqlite(#[from] rusqlite::Error),
-    #[error("the database stayed locked by another process for {0:?}")]
-    Busy(Duration),
-    #[error("the query returned no rows")]
-    RowNotFound,
-    #[error("cannot bind parameters: {0}")]
-    Bind(String),
-    #[error("cannot encode a value: {0}")]
-    Encode(String),
-    #[error("cannot decode a value: {0}")]
-    Decode(String),
+/// The connections of one database. Statements run on it directly are each their own
+/// transaction.
+#[derive(Clone, Debug)]
+pub struct Pool {
+    backend: Backend,
 }
 
-impl DbError {
-    /// A value that could not be turned into what a column holds (bad JSON, say).
-    pub fn encode(e: impl std::fmt::Display) -> Self {
-        Self::Encode(e.to_string())
-    }
-
-    /// A column that could not be read as what the code expects.
-    pub fn decode(e: impl std::fmt::Display) -> Self {
-        Self::Decode(e.to_string())
-    }
-
-    /// Whether waiting may help: the database is locked by another writer.
-    pub fn is_busy(&self) -> bool {
-        match self {
-            DbError::Busy(_) => true,
-            DbError::Sqlite(e) => matches!(
-                e.sqlite_error_code(),
-                Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
-            ),
-            _ => false,
-        }
-    }
-}
-
-/// Whether `err` is a unique-constraint violation (a duplicate).
-pub fn is_unique_violation(err: &DbError) -> bool {
-    match err {
-        DbError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
-            e.extended_code,
-            rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
-        ),
-        _ => false,
-    }
+#[derive(Clone, Debug)]
+enum Backend {
+    Sqlite(Arc<sqlite::Pool>),
 }
 
 impl Db {
     /// Opens (creating if needed) and migrates the database at `url`.
     pub async fn open(url: &str, migrations: &[Migration]) -> Result<Self, StoreError> {
-        Self::open_with(url, migrations, CHECKPOINT_EVERY, WAL_FRAMES_HELD).await
+        Self::open_with(
+            url,
+            migrations,
+            sqlite::CHECKPOINT_EVERY,
+            sqlite::WAL_FRAMES_HELD,
+        )
+        .await
     }
 
     async fn open_with(
@@ -165,27 +81,14 @@ impl Db {
         checkpoint_every: Duration,
         wal_frames_held: i64,
     ) -> Result<Self, StoreError> {
-        let path = sqlite_file(url).ok_or_else(|| StoreError::UnsupportedUrl(url.to_string()))?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Io(dir.to_path_buf(), e))?;
-        }
-        let migrations = migrations.to_vec();
-        let at = path.clone();
-        tokio::task::spawn_blocking(move || migrate(&at, &migrations))
-            .await
-            .expect("migrations do not panic")?;
-        let pool = Arc::new(Pool {
-            idle: Mutex::new(vec![open_connection(&path)?]),
-            path,
-            writer: Arc::new(tokio::sync::Mutex::new(())),
-            written: AtomicU64::new(0),
-        });
-        tokio::spawn(checkpoints(
-            Arc::downgrade(&pool),
-            checkpoint_every,
-            wal_frames_held,
-        ));
-        Ok(Db { pool })
+        let path =
+            sqlite::sqlite_file(url).ok_or_else(|| StoreError::UnsupportedUrl(url.to_string()))?;
+        let pool = sqlite::Pool::open(path, migrations, checkpoint_every, wal_frames_held).await?;
+        Ok(Db {
+            pool: Pool {
+                backend: Backend::Sqlite(pool),
+            },
+        })
     }
 
     /// The default embedded database of `service`.
@@ -201,133 +104,44 @@ impl Db {
         &self.pool
     }
 
-    /// A transaction that will write. It takes this process's writer lock, then the file's
-    /// (`BEGIN IMMEDIATE`), so a read-then-write transaction never fails to upgrade. Dropped
-    /// without [`Tx::commit`], it rolls back.
+    /// A transaction that will write; one at a time per process. Dropped without
+    /// [`Tx::commit`], it rolls back.
     pub async fn write_tx(&self) -> Result<Tx, DbError> {
-        let deadline = Instant::now() + BUSY_WAIT;
-        // Bounded: a task that already holds a transaction and asks for another (or writes
-        // through the pool) would otherwise wait for itself forever.
-        let writer =
-            tokio::time::timeout_at(deadline.into(), self.pool.writer.clone().lock_owned())
-                .await
-                .map_err(|_| DbError::Busy(BUSY_WAIT))?;
-        let conn = self.pool.checkout()?;
-        let mut pause = Duration::from_millis(1);
-        loop {
-            match conn.execute_batch("BEGIN IMMEDIATE") {
-                Ok(()) => break,
-                Err(e) => {
-                    let e = DbError::from(e);
-                    if !e.is_busy() {
-                        self.pool.checkin(conn);
-                        return Err(e);
-                    }
-                    if Instant::now() >= deadline {
-                        self.pool.checkin(conn);
-                        return Err(DbError::Busy(BUSY_WAIT));
-                    }
-                    tracing::debug!(?pause, "database busy; BEGIN retried");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(50));
-                }
+        match &self.pool.backend {
+            Backend::Sqlite(pool) => {
+                let (raw, hold) = pool.begin().await?;
+                Ok(Tx {
+                    conn: Some(Conn(RawConn::Sqlite(raw))),
+                    hold: Some(Hold::Sqlite(hold)),
+                })
             }
         }
-        Ok(Tx {
-            conn: Some(Conn { raw: conn }),
-            pool: self.pool.clone(),
-            _writer: writer,
-        })
     }
 
-    /// Checkpoints the WAL into the database file and closes the idle connections.
+    /// Flushes what the backend holds (the embedded one checkpoints its WAL into the
+    /// database file) and closes the idle connections.
     pub async fn close(&self) {
-        let pool = self.pool.clone();
-        let idle = std::mem::take(&mut *pool.idle.lock().unwrap_or_else(|e| e.into_inner()));
-        let _ = tokio::task::spawn_blocking(move || {
-            drop(idle);
-            if let Ok(conn) = open_connection(&pool.path) {
-                let _ = conn.busy_timeout(Duration::from_secs(1));
-                let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
-            }
-        })
-        .await;
+        match &self.pool.backend {
+            Backend::Sqlite(pool) => pool.close().await,
+        }
     }
 }
 
 impl Pool {
-    fn checkout(&self) -> Result<rusqlite::Connection, DbError> {
-        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        match idle {
-            Some(conn) => Ok(conn),
-            None => open_connection(&self.path),
+    async fn execute(&self, sql: &str, args: &[Value<'_>]) -> Result<u64, DbError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => pool.execute(sql, args).await,
         }
     }
 
-    /// Counts a commit, for the checkpoint task.
-    fn wrote(&self) {
-        self.written.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn checkin(&self, conn: rusqlite::Connection) {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < IDLE {
-            idle.push(conn);
-        }
-    }
-
-    /// Runs one statement in its own transaction: writes take the process's writer lock, and
-    /// a database locked by another process is retried after a pause.
-    async fn run<R>(
+    async fn rows<T: FromRow>(
         &self,
         sql: &str,
         args: &[Value<'_>],
-        f: impl Fn(&mut rusqlite::Statement<'_>) -> Result<R, DbError>,
-    ) -> Result<R, DbError> {
-        let deadline = Instant::now() + BUSY_WAIT;
-        let mut pause = Duration::from_millis(1);
-        loop {
-            let conn = self.checkout()?;
-            let writes = conn.prepare_cached(sql).map(|stmt| !stmt.readonly());
-            let writes = match writes {
-                Ok(w) => w,
-                Err(e) => {
-                    self.checkin(conn);
-                    return Err(e.into());
-                }
-            };
-            let writer = if writes {
-                let lock = tokio::time::timeout_at(deadline.into(), self.writer.lock()).await;
-                match lock {
-                    Ok(guard) => Some(guard),
-                    Err(_) => {
-                        self.checkin(conn);
-                        return Err(DbError::Busy(BUSY_WAIT));
-                    }
-                }
-            } else {
-                None
-            };
-            let result = run(&conn, sql, args, &f);
-            self.checkin(conn);
-            drop(writer);
-            match result {
-                Err(e) if e.is_busy() => {
-                    if Instant::now() >= deadline {
-                        return Err(DbError::Busy(BUSY_WAIT));
-                    }
-                    tracing::debug!(?pause, %e, "database busy; statement retried");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(50));
-                }
-                Ok(r) => {
-                    if writes {
-                        self.wrote();
-                    }
-                    return Ok(r);
-                }
-                Err(e) => return Err(e),
-            }
+        limit: usize,
+    ) -> Result<Vec<T>, DbError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => pool.rows(sql, args, limit).await,
         }
     }
 }
@@ -336,26 +150,47 @@ impl Pool {
 /// `&mut Tx`).
 pub struct Tx {
     conn: Option<Conn>,
-    pool: Arc<Pool>,
-    _writer: tokio::sync::OwnedMutexGuard<()>,
+    hold: Option<Hold>,
+}
+
+/// What a transaction holds of its backend until it ends.
+enum Hold {
+    Sqlite(sqlite::TxHold),
 }
 
 /// The connection a transaction runs on.
-pub struct Conn {
-    raw: rusqlite::Connection,
+pub struct Conn(RawConn);
+
+enum RawConn {
+    Sqlite(rusqlite::Connection),
+}
+
+impl Conn {
+    fn execute(&mut self, sql: &str, args: &[Value<'_>]) -> Result<u64, DbError> {
+        match &self.0 {
+            RawConn::Sqlite(raw) => sqlite::execute(raw, sql, args),
+        }
+    }
+
+    fn rows<T: FromRow>(
+        &mut self,
+        sql: &str,
+        args: &[Value<'_>],
+        limit: usize,
+    ) -> Result<Vec<T>, DbError> {
+        match &self.0 {
+            RawConn::Sqlite(raw) => sqlite::rows(raw, sql, args, limit),
+        }
+    }
 }
 
 impl Tx {
-    /// Makes the transaction's writes durable (in the WAL) and visible.
+    /// Makes the transaction's writes durable and visible.
     pub async fn commit(mut self) -> Result<(), DbError> {
-        let conn = self.conn.take().expect("a transaction has its connection");
-        let done = conn.raw.execute_batch("COMMIT");
-        if done.is_err() {
-            let _ = conn.raw.execute_batch("ROLLBACK");
+        match (self.conn.take(), self.hold.take()) {
+            (Some(Conn(RawConn::Sqlite(raw))), Some(Hold::Sqlite(hold))) => hold.commit(raw),
+            _ => unreachable!("a transaction has its connection until it ends"),
         }
-        self.pool.checkin(conn.raw);
-        self.pool.wrote();
-        done.map_err(Into::into)
     }
 
     /// Undoes the transaction's writes (as dropping it does).
@@ -367,11 +202,10 @@ impl Tx {
 
 impl Drop for Tx {
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            if !conn.raw.is_autocommit() {
-                let _ = conn.raw.execute_batch("ROLLBACK");
-            }
-            self.pool.checkin(conn.raw);
+        if let (Some(Conn(RawConn::Sqlite(raw))), Some(Hold::Sqlite(hold))) =
+            (self.conn.take(), self.hold.take())
+        {
+            hold.abandon(raw);
         }
     }
 }
@@ -393,527 +227,13 @@ impl DerefMut for Tx {
     }
 }
 
-/// Where a statement runs: the pool or a transaction's connection.
-pub trait Executor<'c>: Send {
-    #[doc(hidden)]
-    fn target(self) -> Target<'c>;
-}
-
-#[doc(hidden)]
-pub enum Target<'c> {
-    Pool(&'c Pool),
-    Conn(&'c mut Conn),
-}
-
-impl<'c> Executor<'c> for &'c Pool {
-    fn target(self) -> Target<'c> {
-        Target::Pool(self)
-    }
-}
-
-impl<'c> Executor<'c> for &'c mut Conn {
-    fn target(self) -> Target<'c> {
-        Target::Conn(self)
-    }
-}
-
-impl Target<'_> {
-    async fn run<R>(
-        self,
-        sql: &str,
-        args: &[Value<'_>],
-        f: impl Fn(&mut rusqlite::Statement<'_>) -> Result<R, DbError>,
-    ) -> Result<R, DbError> {
-        match self {
-            Target::Conn(conn) => run(&conn.raw, sql, args, &f),
-            Target::Pool(pool) => pool.run(sql, args, f).await,
-        }
-    }
-}
-
-fn run<R>(
-    conn: &rusqlite::Connection,
-    sql: &str,
-    args: &[Value<'_>],
-    f: &impl Fn(&mut rusqlite::Statement<'_>) -> Result<R, DbError>,
-) -> Result<R, DbError> {
-    let mut stmt = conn.prepare_cached(sql)?;
-    bind(&mut stmt, args)?;
-    f(&mut stmt)
-}
-
-/// Binds `$n` (or `?n`, or a bare `?` by position) to `args[n - 1]`.
-fn bind(stmt: &mut rusqlite::Statement<'_>, args: &[Value<'_>]) -> Result<(), DbError> {
-    let count = stmt.parameter_count();
-    for index in 1..=count {
-        let n = match stmt.parameter_name(index) {
-            None => index,
-            Some(name) => name
-                .strip_prefix(['$', '?'])
-                .and_then(|n| n.parse::<usize>().ok())
-                .ok_or_else(|| {
-                    DbError::Bind(format!("parameter {name} is not of the form $1, $2, …"))
-                })?,
-        };
-        let value = n
-            .checked_sub(1)
-            .and_then(|i| args.get(i))
-            .ok_or_else(|| DbError::Bind(format!("${n} is not bound ({} given)", args.len())))?;
-        stmt.raw_bind_parameter(index, value)?;
-    }
-    Ok(())
-}
-
-/// A value bound to a parameter.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Value<'a> {
-    Null,
-    Int(i64),
-    Real(f64),
-    Text(Cow<'a, str>),
-    Blob(Cow<'a, [u8]>),
-}
-
-impl ToSql for Value<'_> {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::Borrowed(match self {
-            Value::Null => ValueRef::Null,
-            Value::Int(i) => ValueRef::Integer(*i),
-            Value::Real(r) => ValueRef::Real(*r),
-            Value::Text(t) => ValueRef::Text(t.as_bytes()),
-            Value::Blob(b) => ValueRef::Blob(b),
-        }))
-    }
-}
-
-/// What can be bound to a parameter.
-pub trait Encode<'a> {
-    fn encode(self) -> Value<'a>;
-}
-
-macro_rules! encode_int {
-    ($($t:ty),*) => {$(
-        impl<'a> Encode<'a> for $t {
-            fn encode(self) -> Value<'a> {
-                Value::Int(self as i64)
-            }
-        }
-        impl<'a> Encode<'a> for &$t {
-            fn encode(self) -> Value<'a> {
-                Value::Int(*self as i64)
-            }
-        }
-    )*};
-}
-encode_int!(i64, i32, i16, i8, u32, u16, u8);
-
-impl<'a> Encode<'a> for bool {
-    fn encode(self) -> Value<'a> {
-        Value::Int(self as i64)
-    }
-}
-
-impl<'a> Encode<'a> for f64 {
-    fn encode(self) -> Value<'a> {
-        Value::Real(self)
-    }
-}
-
-impl<'a> Encode<'a> for String {
-    fn encode(self) -> Value<'a> {
-        Value::Text(Cow::Owned(self))
-    }
-}
-
-impl<'a> Encode<'a> for &'a String {
-    fn encode(self) -> Value<'a> {
-        Value::Text(Cow::Borrowed(self))
-    }
-}
-
-impl<'a> Encode<'a> for &'a str {
-    fn encode(self) -> Value<'a> {
-        Value::Text(Cow::Borrowed(self))
-    }
-}
-
-impl<'a> Encode<'a> for &&'a str {
-    fn encode(self) -> Value<'a> {
-        Value::Text(Cow::Borrowed(self))
-    }
-}
-
-impl<'a> Encode<'a> for Vec<u8> {
-    fn encode(self) -> Value<'a> {
-        Value::Blob(Cow::Owned(self))
-    }
-}
-
-impl<'a> Encode<'a> for &'a [u8] {
-    fn encode(self) -> Value<'a> {
-        Value::Blob(Cow::Borrowed(self))
-    }
-}
-
-impl<'a> Encode<'a> for &'a Vec<u8> {
-    fn encode(self) -> Value<'a> {
-        Value::Blob(Cow::Borrowed(self))
-    }
-}
-
-impl<'a, T: Encode<'a>> Encode<'a> for Option<T> {
-    fn encode(self) -> Value<'a> {
-        self.map_or(Value::Null, Encode::encode)
-    }
-}
-
-impl<'a> Encode<'a> for &'a Option<String> {
-    fn encode(self) -> Value<'a> {
-        self.as_deref().map_or(Value::Null, Encode::encode)
-    }
-}
-
-/// A row read as a tuple of columns.
-pub trait FromRow: Sized {
-    #[doc(hidden)]
-    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self>;
-}
-
-macro_rules! tuple_row {
-    ($($t:ident $i:tt),+) => {
-        impl<$($t: FromSql),+> FromRow for ($($t,)+) {
-            fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
-                Ok(($(row.get::<_, $t>($i)?,)+))
-            }
-        }
-    };
-}
-tuple_row!(A 0);
-tuple_row!(A 0, B 1);
-tuple_row!(A 0, B 1, C 2);
-tuple_row!(A 0, B 1, C 2, D 3);
-tuple_row!(A 0, B 1, C 2, D 3, E 4);
-tuple_row!(A 0, B 1, C 2, D 3, E 4, F 5);
-tuple_row!(A 0, B 1, C 2, D 3, E 4, F 5, G 6);
-tuple_row!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7);
-tuple_row!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8);
-tuple_row!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9);
-tuple_row!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9, K 10);
-tuple_row!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9, K 10, L 11);
-
-/// A statement whose rows are not read: `execute` it.
-pub fn query(sql: &str) -> Query<'_> {
-    Query {
-        sql,
-        args: Vec::new(),
-    }
-}
-
-/// A statement whose rows are read as tuples `T`.
-pub fn query_as<T: FromRow>(sql: &str) -> QueryAs<'_, T> {
-    QueryAs {
-        query: query(sql),
-        row: PhantomData,
-    }
-}
-
-/// A statement whose rows are read as their first column `T`.
-pub fn query_scalar<T: FromSql>(sql: &str) -> QueryScalar<'_, T> {
-    QueryScalar {
-        query: query(sql),
-        row: PhantomData,
-    }
-}
-
-#[must_use = "a query does nothing until it is executed or fetched"]
-pub struct Query<'q> {
-    sql: &'q str,
-    args: Vec<Value<'q>>,
-}
-
-/// What a statement that is not a query did.
-#[derive(Clone, Copy, Debug)]
-pub struct Done {
-    rows_affected: u64,
-}
-
-impl Done {
-    pub fn rows_affected(&self) -> u64 {
-        self.rows_affected
-    }
-}
-
-impl<'q> Query<'q> {
-    /// Binds the next parameter (`$1`, then `$2`, …).
-    pub fn bind(mut self, value: impl Encode<'q>) -> Self {
-        self.args.push(value.encode());
-        self
-    }
-
-    pub async fn execute<'c>(self, on: impl Executor<'c>) -> Result<Done, DbError> {
-        on.target()
-            .run(self.sql, &self.args, |stmt| {
-                Ok(Done {
-                    rows_affected: stmt.raw_execute()? as u64,
-                })
-            })
-            .await
-    }
-
-    async fn rows<'c, T>(
-        self,
-        on: impl Executor<'c>,
-        limit: usize,
-        read: impl Fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
-    ) -> Result<Vec<T>, DbError> {
-        on.target()
-            .run(self.sql, &self.args, |stmt| {
-                let mut rows = stmt.raw_query();
-                let mut out = Vec::new();
-                while out.len() < limit {
-                    match rows.next()? {
-                        Some(row) => out.push(read(row)?),
-                        None => break,
-                    }
-                }
-                Ok(out)
-            })
-            .await
-    }
-}
-
-#[must_use = "a query does nothing until it is fetched"]
-pub struct QueryAs<'q, T> {
-    query: Query<'q>,
-    row: PhantomData<fn() -> T>,
-}
-
-impl<'q, T: FromRow> QueryAs<'q, T> {
-    pub fn bind(mut self, value: impl Encode<'q>) -> Self {
-        self.query = self.query.bind(value);
-        self
-    }
-
-    pub async fn fetch_all<'c>(self, on: impl Executor<'c>) -> Result<Vec<T>, DbError> {
-        self.query.rows(on, usize::MAX, T::from_row).await
-    }
-
-    pub async fn fetch_optional<'c>(self, on: impl Executor<'c>) -> Result<Option<T>, DbError> {
-        Ok(self.query.rows(on, 1, T::from_row).await?.pop())
-    }
-
-    pub async fn fetch_one<'c>(self, on: impl Executor<'c>) -> Result<T, DbError> {
-        self.fetch_optional(on).await?.ok_or(DbError::RowNotFound)
-    }
-}
-
-#[must_use = "a query does nothing until it is fetched"]
-pub struct QueryScalar<'q, T> {
-    query: Query<'q>,
-    row: PhantomData<fn() -> T>,
-}
-
-impl<'q, T: FromSql> QueryScalar<'q, T> {
-    pub fn bind(mut self, value: impl Encode<'q>) -> Self {
-        self.query = self.query.bind(value);
-        self
-    }
-
-    pub async fn fetch_all<'c>(self, on: impl Executor<'c>) -> Result<Vec<T>, DbError> {
-        self.query.rows(on, usize::MAX, |row| row.get(0)).await
-    }
-
-    pub async fn fetch_optional<'c>(self, on: impl Executor<'c>) -> Result<Option<T>, DbError> {
-        Ok(self.query.rows(on, 1, |row| row.get(0)).await?.pop())
-    }
-
-    pub async fn fetch_one<'c>(self, on: impl Executor<'c>) -> Result<T, DbError> {
-        self.fetch_optional(on).await?.ok_or(DbError::RowNotFound)
-    }
-}
-
-fn open_connection(path: &Path) -> Result<rusqlite::Connection, DbError> {
-    let conn = rusqlite::Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    // A connection opened while another process recovers the WAL index waits (briefly) for it.
-    conn.busy_timeout(Duration::from_secs(1))?;
-    conn.execute_batch(
-        "PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON; PRAGMA wal_autocheckpoint=0;
-         PRAGMA journal_size_limit=67108864;",
-    )?;
-    // From then on, never wait inside SQLite (the caller waits asynchronously); never
-    // checkpoint inside a commit (the checkpoint task does).
-    conn.busy_timeout(Duration::ZERO)?;
-    conn.set_prepared_statement_cache_capacity(STATEMENTS);
-    Ok(conn)
-}
-
-/// Checkpoints the WAL on a blocking thread when something was written, until the pool is
-/// gone; when the WAL has grown long, once more while holding this process's writers off.
-async fn checkpoints(pool: Weak<Pool>, every: Duration, frames_held: i64) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut conn: Option<rusqlite::Connection> = None;
-    loop {
-        tick.tick().await;
-        let Some(p) = pool.upgrade() else { return };
-        if p.written.swap(0, Ordering::Relaxed) == 0 {
-            continue;
-        }
-        let (path, writer) = (p.path.clone(), p.writer.clone());
-        drop(p);
-        let mut held = None;
-        let mut unheld = 0;
-        loop {
-            let (c, path) = (conn.take(), path.clone());
-            let held_now = held.take();
-            let last = held_now.is_some();
-            let done = tokio::task::spawn_blocking(move || {
-                let held = held_now.is_some();
-                let _writers = held_now;
-                let started = Instant::now();
-                let c = match c {
-                    Some(c) => c,
-                    None => {
-                        let c = open_connection(&path).ok()?;
-                        c.busy_timeout(Duration::from_secs(1)).ok()?;
-                        c
-                    }
-                };
-                // PASSIVE: never waits for readers (or another process's writer). Its answer
-                // is (busy, frames in the WAL, frames copied).
-                let frames = c
-                    .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1))
-                    .inspect_err(|e| tracing::warn!(error = %e, "WAL checkpoint failed"))
-                    .unwrap_or(0);
-                tracing::debug!(
-                    held,
-                    frames,
-                    ms = started.elapsed().as_secs_f64() * 1e3,
-                    "WAL checkpoint"
-                );
-                Some((c, frames))
-            })
-            .await
-            .ok()
-            .flatten();
-            let Some((c, frames)) = done else { break };
-            conn = Some(c);
-            if frames <= frames_held || last {
-                break;
-            }
-            // The WAL is long: finish it, so that the next commit starts it over. Passes
-            // right after one another copy less each time (only what was committed during
-            // the one before) and leave less to sync; the last holds the writers off, so
-            // that nothing is committed while it runs, and is short.
-            unheld += 1;
-            if unheld >= UNHELD_PASSES {
-                held = Some(writer.clone().lock_owned().await);
-            }
-        }
-    }
-}
-
-/// Applies what `migrations` has that the database has not, each in its own transaction.
-fn migrate(path: &Path, migrations: &[Migration]) -> Result<(), StoreError> {
-    let _lock = lock_file(path.with_extension("migrate.lock"))?;
-    let conn = rusqlite::Connection::open(path).map_err(DbError::from)?;
-    conn.busy_timeout(BUSY_WAIT).map_err(DbError::from)?;
-    // WAL lets readers and the one writer proceed together, across processes; it persists
-    // in the file.
-    conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
-        .map_err(DbError::from)?;
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS tessera_migrations (
-             version INTEGER PRIMARY KEY,
-             description TEXT NOT NULL,
-             installed INTEGER NOT NULL
-         )",
-    )
-    .map_err(DbError::from)?;
-    // Databases created by earlier versions recorded their migrations in sqlx's table.
-    let earlier: bool = conn
-        .query_row(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
-            [],
-            |r| r.get(0),
-        )
-        .map_err(DbError::from)?;
-    if earlier {
-        conn.execute_batch(
-            "INSERT OR IGNORE INTO tessera_migrations (version, description, installed)
-             SELECT version, description, 0 FROM _sqlx_migrations WHERE success",
-        )
-        .map_err(DbError::from)?;
-    }
-    for m in migrations {
-        let applied: bool = conn
-            .query_row(
-                "SELECT EXISTS (SELECT 1 FROM tessera_migrations WHERE version = ?1)",
-                [m.version],
-                |r| r.get(0),
-            )
-            .map_err(DbError::from)?;
-        if applied {
-            continue;
-        }
-        let failed = |e: rusqlite::Error| StoreError::Migrate {
-            version: m.version,
-            description: m.description,
-            error: e.into(),
-        };
-        conn.execute_batch("BEGIN IMMEDIATE").map_err(failed)?;
-        let done = conn.execute_batch(m.sqlite).and_then(|()| {
-            conn.execute(
-                "INSERT INTO tessera_migrations (version, description, installed) VALUES (?1, ?2, ?3)",
-                (m.version, m.description, unix_now()),
-            )
-        });
-        match done {
-            Ok(_) => conn.execute_batch("COMMIT").map_err(failed)?,
-            Err(e) => {
-                let _ = conn.execute_batch("ROLLBACK");
-                return Err(failed(e));
-            }
-        }
-    }
-    Ok(())
-}
-
-fn sqlite_file(url: &str) -> Option<PathBuf> {
-    let rest = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))?;
-    let path = rest.split('?').next().unwrap_or(rest);
-    (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
-}
-
-/// Holds an exclusive lock on a file until dropped.
-fn lock_file(path: PathBuf) -> Result<std::fs::File, StoreError> {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| StoreError::Io(path.clone(), e))?;
-    file.lock().map_err(|e| StoreError::Io(path, e))?;
-    Ok(file)
-}
-
-/// Seconds since the Unix epoch, as migrations record when they ran.
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+    use std::time::Instant;
+
     use super::*;
+    use crate::sqlite::sqlite_file;
 
     const MIGRATIONS: &[Migration] = &[Migration {
         version: 1,
