@@ -27,6 +27,12 @@ use crate::resilience::Resilience;
 use crate::resilience::{self, BreakerState, Limits, Rejected, Retryable};
 use crate::trace::{self, TraceContext};
 
+mod error;
+mod target;
+
+use target::request_target;
+
+pub use error::CallError;
 pub use tessera_http1::DEADLINE_HEADER;
 pub use tessera_trace::{REQUEST, RequestContext};
 
@@ -40,53 +46,6 @@ pub fn deadline_of(headers: &http::HeaderMap) -> Option<tokio::time::Instant> {
         .parse()
         .ok()?;
     Some(tokio::time::Instant::now() + Duration::from_millis(ms.min(24 * 3600 * 1000)))
-}
-
-/// Why a call to another service failed.
-#[derive(Debug, thiserror::Error)]
-pub enum CallError {
-    #[error("no live instance of {0}")]
-    NoInstance(String),
-    #[error("{0} did not answer in time")]
-    Timeout(String),
-    /// Nothing was sent: no connection could be opened.
-    #[error("cannot reach {0}: {1}")]
-    Connect(String, String),
-    /// The exchange failed after the request went out: it may have been acted on.
-    #[error("the call to {0} failed: {1}")]
-    Broken(String, String),
-    #[error("{service} answered {status}: {body}")]
-    Status {
-        service: String,
-        status: StatusCode,
-        body: String,
-    },
-    #[error("unexpected answer from {0}: {1}")]
-    Decode(String, String),
-    /// The service's circuit breaker is open: the call was not made.
-    #[error("{0} is failing (circuit open); not called")]
-    CircuitOpen(String),
-    /// Too many calls to the service are in flight already: the call was not made.
-    #[error("too many calls to {0} in flight")]
-    BulkheadFull(String),
-}
-
-impl CallError {
-    /// Whether the same call may succeed if tried again (on another instance, or later).
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            CallError::NoInstance(_)
-            | CallError::Timeout(_)
-            | CallError::Connect(..)
-            | CallError::Broken(..) => true,
-            // Any 5xx: the service's trouble, which another instance or a later try may not
-            // have (the gateway and the client retry alike: `tessera_resilience::call`).
-            CallError::Status { status, .. } => status.is_server_error(),
-            CallError::Decode(..) => false,
-            // Later, yes; at once, no: the breaker or the bulkhead says the service needs air.
-            CallError::CircuitOpen(_) | CallError::BulkheadFull(_) => false,
-        }
-    }
 }
 
 /// A cheap-to-clone client for calling services by name.
@@ -432,24 +391,6 @@ impl Retryable for Answer {
     }
 }
 
-impl Retryable for CallError {
-    fn is_failure(&self) -> bool {
-        match self {
-            CallError::Status { status, .. } => status.is_server_error(),
-            CallError::Decode(..) => false,
-            _ => true,
-        }
-    }
-
-    fn is_retryable(&self) -> bool {
-        CallError::is_retryable(self)
-    }
-
-    fn never_sent(&self) -> bool {
-        matches!(self, CallError::Connect(..))
-    }
-}
-
 impl ServiceClient {
     /// One request to `address`, with the platform's headers; `timeout` is what it has (the
     /// guard's loop enforces it), sent on as the deadline.
@@ -503,46 +444,9 @@ impl ServiceClient {
     }
 }
 
-/// `path` as a request target: bytes a target may not hold (spaces, controls, quotes,
-/// non-ASCII…) percent-encoded, as a URL parser would, so that a caller's unencoded query
-/// value makes a valid request rather than a malformed one.
-fn request_target(path: &str) -> std::borrow::Cow<'_, str> {
-    fn allowed(b: u8) -> bool {
-        b.is_ascii_graphic()
-            && !matches!(
-                b,
-                b'"' | b'<' | b'>' | b'\\' | b'^' | b'`' | b'{' | b'|' | b'}'
-            )
-    }
-    if path.bytes().all(allowed) {
-        return path.into();
-    }
-    let mut out = String::with_capacity(path.len() + 16);
-    for b in path.bytes() {
-        if allowed(b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out.into()
-}
-
-/// Why an exchange gave no answer.
+/// An answer's body read as `T`.
 fn decode<T: DeserializeOwned>(service: &str, body: &[u8]) -> Result<T, CallError> {
     serde_json::from_slice(body).map_err(|e| CallError::Decode(service.to_string(), e.to_string()))
-}
-
-impl From<CallError> for crate::events::HandlerError {
-    /// A failed call fails the event's handling, to be retried when the call may succeed
-    /// later.
-    fn from(e: CallError) -> Self {
-        if e.is_retryable() {
-            Self::retry(e.to_string())
-        } else {
-            Self::permanent(e.to_string())
-        }
-    }
 }
 
 #[cfg(test)]
@@ -631,19 +535,5 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(e, CallError::Connect(..)), "{e}");
-    }
-
-    #[test]
-    fn request_targets_are_encoded_only_where_they_must_be() {
-        let clean = "/api/catalog/products/lookup?ids=a,b&x=%20y";
-        assert!(matches!(
-            request_target(clean),
-            std::borrow::Cow::Borrowed(_)
-        ));
-        assert_eq!(
-            request_target("/search?q=hello world|\"é\""),
-            "/search?q=hello%20world%7C%22%C3%A9%22"
-        );
-        assert_eq!(request_target("/a\r\nb"), "/a%0D%0Ab");
     }
 }

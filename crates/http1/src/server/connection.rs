@@ -1,0 +1,291 @@
+//! One client connection: a task with one read buffer, reading heads and bodies under the
+//! header and idle timeouts, answering requests in order, closing cleanly.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use http::{Method, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::request::{Framing, Head, MAX_HEAD, Reject, parse_head};
+use super::response::{HeaderBuf, respond};
+use super::{BodyError, Handler, Limits, Request};
+use crate::chunked::{self, ChunkError};
+use crate::fields::{Field, Fields};
+
+pub(super) struct Connection {
+    stream: TcpStream,
+    peer: IpAddr,
+    read: BytesMut,
+    write: Vec<u8>,
+    fields: Vec<Field>,
+    headers: HeaderBuf,
+    /// A chunked request body, decoded.
+    chunked: Vec<u8>,
+    draining: watch::Receiver<bool>,
+}
+
+impl Connection {
+    pub(super) fn new(stream: TcpStream, peer: IpAddr, draining: watch::Receiver<bool>) -> Self {
+        Self {
+            stream,
+            peer,
+            read: BytesMut::with_capacity(8 * 1024),
+            write: Vec::with_capacity(4 * 1024),
+            fields: Vec::with_capacity(16),
+            headers: HeaderBuf::default(),
+            chunked: Vec::new(),
+            draining,
+        }
+    }
+
+    pub(super) async fn run<H: Handler>(mut self, handler: &H, limits: &Limits) {
+        let opened = Instant::now();
+        // Idle since (the last answer, or the opening) and for how long it may be.
+        let (mut idle_since, mut idle_limit) = (opened, limits.header_timeout);
+        // When the first bytes of a head still incomplete arrived.
+        let mut head_since: Option<Instant> = None;
+        let timer = tokio::time::sleep_until(opened + limits.header_timeout);
+        tokio::pin!(timer);
+        loop {
+            // 1. A whole head.
+            let head = loop {
+                if !self.read.is_empty() {
+                    match parse_head(&self.read, &mut self.fields) {
+                        Ok(Some(head)) => break head,
+                        Ok(None) if self.read.len() < MAX_HEAD => {
+                            if head_since.is_none() {
+                                // The header timeout runs from here: bring the timer forward
+                                // if it is set for a later (idle) deadline.
+                                let since = Instant::now();
+                                head_since = Some(since);
+                                if timer.deadline() > since + limits.header_timeout {
+                                    timer.as_mut().reset(since + limits.header_timeout);
+                                }
+                            }
+                        }
+                        Ok(None) => {
+                            let reject = Reject(
+                                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                                "request head too large",
+                            );
+                            return self.reject(handler, reject).await;
+                        }
+                        Err(reject) => return self.reject(handler, reject).await,
+                    }
+                }
+                let idle = self.read.is_empty();
+                tokio::select! {
+                    biased;
+                    read = self.stream.read_buf(&mut self.read) => match read {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    },
+                    () = &mut timer => {
+                        let deadline = match head_since {
+                            Some(since) => since + limits.header_timeout,
+                            None => idle_since + idle_limit,
+                        };
+                        if Instant::now() >= deadline {
+                            if !idle {
+                                tracing::debug!(peer = %self.peer, "request head not sent in time");
+                            }
+                            return;
+                        }
+                        timer.as_mut().reset(deadline);
+                    },
+                    _ = self.draining.changed(), if idle => return,
+                }
+                if self.read.capacity() - self.read.len() < 1024 {
+                    self.read.reserve(8 * 1024);
+                }
+            };
+            head_since = None;
+            let start = Instant::now();
+            idle_limit = limits.idle_timeout;
+
+            // 2. Its body: from the buffer when it is all there (no timer), else read under the
+            // idle timeout.
+            let body = match self.body_in_buffer(&head, limits.max_body) {
+                Some(body) => body,
+                None => {
+                    let read = self.read_body(&head, limits.max_body);
+                    match tokio::time::timeout(limits.idle_timeout, read).await {
+                        Ok(Ok(body)) => body,
+                        Ok(Err(Closed)) | Err(_) => return, // the client went away, or stalled
+                    }
+                }
+            };
+            let consumed = match &body {
+                Ok(BodySpan::Inline(n) | BodySpan::Chunked(n)) => head.len + n,
+                Err(_) => 0,
+            };
+            let unread = body.is_err();
+
+            // 3. The answer.
+            self.headers.clear();
+            let (target_start, target_len) = head.target;
+            let buf = &self.read[..];
+            let target =
+                std::str::from_utf8(&buf[target_start..target_start + target_len]).unwrap_or("/");
+            let req = Request {
+                method: head.method.clone(),
+                target,
+                path: &target[..head.path_len],
+                fields: Fields::new(&buf[..head.len], &self.fields),
+                body: match body {
+                    Ok(BodySpan::Inline(n)) => Ok(&buf[head.len..head.len + n]),
+                    Ok(BodySpan::Chunked(_)) => Ok(&self.chunked),
+                    Err(e) => Err(e),
+                },
+                peer: self.peer,
+                start,
+            };
+            let (status, body, done) = handler.handle(&req, &mut self.headers).await;
+            let draining = self.draining.has_changed().unwrap_or(true);
+            let close = !head.keep_alive || unread || draining;
+            let connection = match () {
+                _ if close => Some(&b"close"[..]),
+                _ if head.keep_alive_10 => Some(&b"keep-alive"[..]),
+                _ => None,
+            };
+            let sent = respond(
+                &mut self.stream,
+                &mut self.write,
+                &self.headers,
+                status,
+                &body,
+                head.method == Method::HEAD,
+                connection,
+            )
+            .await;
+            handler.done(&req, status, done);
+            if sent.is_err() || close {
+                return self.close().await;
+            }
+            idle_since = Instant::now(); // idle from the end of the answer
+            if timer.deadline() > idle_since + idle_limit {
+                // An idle timeout shorter than the header timeout the timer was armed with.
+                timer.as_mut().reset(idle_since + idle_limit);
+            }
+            self.read.advance(consumed);
+            if !self.chunked.is_empty() {
+                self.chunked.clear();
+            }
+        }
+    }
+
+    /// The body after `head` if the buffer holds all of it (or it need not be read).
+    fn body_in_buffer(&self, head: &Head, max: u64) -> Option<Result<BodySpan, BodyError>> {
+        match head.framing {
+            Framing::Length(n) if n > max => Some(Err(BodyError::TooLarge)),
+            Framing::Length(n) if self.read.len() - head.len >= n as usize => {
+                Some(Ok(BodySpan::Inline(n as usize)))
+            }
+            Framing::Length(_) | Framing::Chunked => None,
+        }
+    }
+
+    /// Reads the body after `head` into the buffers.
+    async fn read_body(
+        &mut self,
+        head: &Head,
+        max: u64,
+    ) -> Result<Result<BodySpan, BodyError>, Closed> {
+        let mut continued = !head.expect_continue;
+        match head.framing {
+            Framing::Length(n) => {
+                let end = head.len + n as usize;
+                self.read.reserve(end.saturating_sub(self.read.len()));
+                while self.read.len() < end {
+                    if !continued {
+                        self.write_continue().await?;
+                        continued = true;
+                    }
+                    self.fill().await?;
+                }
+                Ok(Ok(BodySpan::Inline(n as usize)))
+            }
+            Framing::Chunked => {
+                self.chunked.clear();
+                let mut decoder = chunked::Decoder::new(head.len);
+                loop {
+                    match decoder.decode(&self.read, &mut self.chunked, max) {
+                        Ok(true) => {
+                            return Ok(Ok(BodySpan::Chunked(decoder.position() - head.len)));
+                        }
+                        Ok(false) => {}
+                        Err(ChunkError::TooLarge) => return Ok(Err(BodyError::TooLarge)),
+                        Err(ChunkError::Malformed) => return Ok(Err(BodyError::Malformed)),
+                    }
+                    if !continued {
+                        self.write_continue().await?;
+                        continued = true;
+                    }
+                    self.fill().await?;
+                }
+            }
+        }
+    }
+
+    /// Tells a client that waits for it to send its body (`Expect: 100-continue`).
+    async fn write_continue(&mut self) -> Result<(), Closed> {
+        self.stream
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .map_err(|_| Closed)
+    }
+
+    async fn fill(&mut self) -> Result<(), Closed> {
+        if self.read.capacity() - self.read.len() < 4096 {
+            self.read.reserve(16 * 1024);
+        }
+        match self.stream.read_buf(&mut self.read).await {
+            Ok(0) | Err(_) => Err(Closed),
+            Ok(_) => Ok(()),
+        }
+    }
+
+    async fn reject<H: Handler>(mut self, handler: &H, Reject(status, message): Reject) {
+        self.headers.clear();
+        let body = handler.malformed(status, message, self.peer, &mut self.headers);
+        let sent = respond(
+            &mut self.stream,
+            &mut self.write,
+            &self.headers,
+            status,
+            &body,
+            false,
+            Some(b"close"),
+        )
+        .await;
+        if sent.is_ok() {
+            self.close().await;
+        }
+    }
+
+    /// Ends the connection after a response: no more writes, and what the client still sends
+    /// is read and dropped briefly, so that the response is not lost to a reset.
+    async fn close(mut self) {
+        let _ = self.stream.shutdown().await;
+        let mut sink = [0u8; 4096];
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            while matches!(self.stream.read(&mut sink).await, Ok(n) if n > 0) {}
+        })
+        .await;
+    }
+}
+
+/// The client closed the connection, or it failed.
+struct Closed;
+
+enum BodySpan {
+    /// This many bytes after the head, in the read buffer.
+    Inline(usize),
+    /// Decoded into the connection's chunked buffer; this many bytes of the read buffer.
+    Chunked(usize),
+}

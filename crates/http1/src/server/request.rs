@@ -1,0 +1,109 @@
+//! Reading a request head: the request line, the framing of its body and what the
+//! connection does after it, checked before any of the body is read.
+
+use http::{Method, StatusCode};
+
+use crate::fields::{self, Field};
+use crate::head::{self, FramingError};
+
+/// The most request header fields read; more is 431.
+pub(super) const MAX_HEADERS: usize = 100;
+/// The longest request head read; longer is 431.
+pub(super) const MAX_HEAD: usize = 64 * 1024;
+
+/// A request head's facts, read before its body (no borrow of the buffer kept).
+pub(super) struct Head {
+    pub(super) len: usize,
+    pub(super) method: Method,
+    pub(super) target: (usize, usize),
+    pub(super) path_len: usize,
+    pub(super) framing: Framing,
+    pub(super) keep_alive: bool,
+    /// An HTTP/1.0 client asked for keep-alive (and is told it got it).
+    pub(super) keep_alive_10: bool,
+    pub(super) expect_continue: bool,
+}
+
+pub(super) enum Framing {
+    Length(u64),
+    Chunked,
+}
+
+/// A request the server answers itself.
+pub(super) struct Reject(pub StatusCode, pub &'static str);
+
+/// Parses a request head; `Ok(None)` while it is incomplete.
+pub(super) fn parse_head(buf: &[u8], fields: &mut Vec<Field>) -> Result<Option<Head>, Reject> {
+    let bad = |message| Reject(StatusCode::BAD_REQUEST, message);
+    let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut parsed,
+        buf,
+        &mut slots,
+    ) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Reject(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "too many header fields",
+            ));
+        }
+        Err(_) => return Err(bad("malformed request")),
+    };
+    let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
+        .map_err(|_| bad("malformed method"))?;
+    let raw_target = parsed.path.unwrap_or_default();
+    let target = origin_form(raw_target).ok_or_else(|| bad("the request target must be a path"))?;
+    let target_start = target.as_ptr() as usize - buf.as_ptr() as usize;
+    let path_len = target.find('?').unwrap_or(target.len());
+    let http11 = parsed.version == Some(1);
+
+    let framing = head::framing(parsed.headers).map_err(|e| match e {
+        FramingError::MalformedLength => bad("malformed Content-Length"),
+        FramingError::ConflictingLength => bad("conflicting Content-Length"),
+    })?;
+    if framing.expect_other {
+        return Err(Reject(
+            StatusCode::EXPECTATION_FAILED,
+            "only 100-continue is understood",
+        ));
+    }
+    let (close, keep_alive_asked) = (framing.close, framing.keep_alive);
+    if framing.transfer_encoding && (framing.length.is_some() || !framing.chunked) {
+        // Both framings at once is how requests are smuggled past a proxy; a last coding
+        // other than chunked leaves the body's end unknown (RFC 9112 §6.3).
+        return Err(bad("ambiguous request body framing"));
+    }
+    fields::record(buf, parsed.headers, fields);
+    Ok(Some(Head {
+        len,
+        method,
+        target: (target_start, target.len()),
+        path_len,
+        framing: if framing.chunked {
+            Framing::Chunked
+        } else {
+            Framing::Length(framing.length.unwrap_or(0))
+        },
+        keep_alive: !close && (http11 || keep_alive_asked),
+        keep_alive_10: !close && !http11 && keep_alive_asked,
+        expect_continue: framing.expect_continue && http11,
+    }))
+}
+
+/// The path and query of a request target in origin form (`/p?q`) or absolute form
+/// (`http://host/p?q`, which proxies must accept); `None` for any other form.
+fn origin_form(target: &str) -> Option<&str> {
+    if target.starts_with('/') {
+        return Some(target);
+    }
+    let rest = target
+        .strip_prefix("http://")
+        .or_else(|| target.strip_prefix("https://"))?;
+    match rest.find(['/', '?']) {
+        Some(i) if rest.as_bytes()[i] == b'/' => Some(&rest[i..]),
+        _ => None, // no path (`http://host` or `http://host?q`): not worth guessing
+    }
+}
