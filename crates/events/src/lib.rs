@@ -12,6 +12,14 @@
 //!   redelivered or duplicated event has no second effect; after `max_attempts` failures the
 //!   event goes to the group's dead-letter topic and the consumer moves on.
 //!
+//! - [`saga`]: orchestrated sagas whose steps and compensations travel as events, their state
+//!   in the service's database, so that a crash at any point resumes where it stopped.
+//! - [`wire`]: the event log's HTTP API as types, shared by [`ControlBus`] and the control
+//!   plane, so the two sides cannot drift.
+//!
+//! This crate knows nothing of passports or HTTP servers: the service runtime gives a
+//! consumer a closure that mints the passport its handler's calls carry.
+//!
 //! Topics and event types are documented in `docs/events.md`.
 
 mod bus;

@@ -1,7 +1,9 @@
 //! The system manifest, `tessera.toml`: what `tessera up` runs and how the gateway routes.
 //!
-//! The format is documented in `docs/manifest.md`. It lives in the library because the CLI
-//! (which runs the system), the gateway (which routes) and tests all read it.
+//! The format is documented in `docs/manifest.md`. It is a crate of its own because only the
+//! CLI (which runs the system), the gateway (which routes) and tests read it: a service never
+//! does (it gets its settings from the environment the runner hands it), so the service
+//! library does not link it. The resilience settings it holds are `tessera_resilience`'s.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

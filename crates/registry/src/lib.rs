@@ -13,6 +13,9 @@
 //! Discovery holds one long-poll open, so a new or dead instance is seen as soon as the
 //! registry sees it. If the control plane is unreachable the last view is kept (a registry
 //! outage must not take routing down with it) and polling resumes when it is back.
+//!
+//! The control plane's server side reads the same types. This crate knows nothing of how
+//! calls are made or guarded: it only says who is there.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};

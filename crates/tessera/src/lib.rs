@@ -5,6 +5,11 @@
 //! heartbeats, passport verification on every request, W3C trace propagation, JSON logs that
 //! carry the trace, health endpoints, Prometheus metrics, and a client that calls other
 //! services by name. See `docs/service.md` for a minimal service.
+//!
+//! It is the one crate a service links: the mechanisms live in crates of their own
+//! (`docs/architecture.md`), and this one re-exports them under the paths services use
+//! (`tessera::store`, `tessera::events`, …), so that where a mechanism lives can change
+//! without a service's code or `Cargo.toml` changing. It does not read the system manifest.
 
 pub mod client;
 pub mod config;

@@ -5,7 +5,7 @@
 //!
 //! The trace ids come from the nearest enclosing span that recorded `trace_id` and `span_id`
 //! fields ([`TraceContext::span`]), else from the request or event being handled (the
-//! `tessera::client::REQUEST` scope the service middleware and consumers set), so a handler's
+//! `tessera_trace::REQUEST` scope the service middleware and consumers set), so a handler's
 //! own `tracing::info!` lines carry the trace without doing anything, and serving a request
 //! opens no span. The level filter is `RUST_LOG`.
 
