@@ -10,7 +10,7 @@ to CONFIRMED, and the CPU share of every process, which says what saturates firs
     python3 bench/checkout.py           # BENCH_RATES=50,100,200,400,800 BENCH_SECONDS=5
     BENCH_PERF=/tmp/shop.perf BENCH_RATES=100 python3 bench/checkout.py   # profile the shop's core
     BENCH_WRITES=1 python3 bench/checkout.py   # also count each process's file writes per order
-    BENCH_RUST_LOG=warn,tessera::store=debug python3 bench/checkout.py   # the shop's log filter (up.log)
+    BENCH_RUST_LOG=warn,tessera_store=debug python3 bench/checkout.py   # the shop's log filter (up.log)
 
 BENCH_WRITES traces every `pwrite` during each step (perf, root): SQLite writes the WAL with
 one `pwrite` per frame header and one per 4 KiB page, so the 4 KiB writes per confirmed order

@@ -7,6 +7,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASE = os.path.abspath(os.environ.get("BENCH_RELEASE") or os.path.join(ROOT, "target", "release"))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 LOAD_CPU, SERVER_CPU = "0", "1"   # the load generator on one core, servers on the other
+# BENCH_QUICK=1: the quick interleaved A/B (about a minute a script), for every change to a
+# hot path: fewer, shorter rounds and only the cases an A/B needs.
+QUICK = os.environ.get("BENCH_QUICK") == "1"
 
 
 def ensure_tools(*tools):
@@ -151,3 +154,30 @@ def count_syscalls(name, url, connections, seconds, pids, headers=()):
             if len(fields) > 2 and fields[0].isdigit():
                 print(f"  {fields[2]:40} {int(fields[0]) / result['requests']:.2f}/request")
     os.unlink(out)
+
+
+def baseline(binary):
+    """Another build's `binary`, from BENCH_BASELINE: a release directory (what
+    `bench/baseline.py REV` prints), or, for `tessera`, the binary itself. None without one."""
+    path = os.environ.get("BENCH_BASELINE")
+    if not path:
+        return None
+    if os.path.isdir(path):
+        path = os.path.join(path, binary)
+    elif os.path.basename(path) != binary and binary != "tessera":
+        raise SystemExit(f"BENCH_BASELINE names a file; give the release directory that holds {binary}")
+    if not os.path.exists(path):
+        raise SystemExit(f"BENCH_BASELINE: {path} does not exist")
+    return os.path.abspath(path)
+
+
+def ab_lines(rounds, new, old):
+    """The A/B of two builds measured in the same rounds: new/old per round, as table lines."""
+    rows = []
+    for key, label in (("rps", "req/s"), ("cpu_us_per_request", "CPU µs/req"), ("p50", "p50"), ("p99", "p99")):
+        ratios = [rd[new][key] / rd[old][key] for rd in rounds if rd[old][key]]
+        if ratios:
+            s = summary(ratios)
+            rows.append(f"| {label} | {s['median']:.3f}× | {s['min']:.3f}–{s['max']:.3f}× |")
+    return ["", f"A/B, {new} / {old}, per round ({len(rounds)} rounds):", "",
+            "| figure | median | range |", "|---|---|---|", *rows]

@@ -15,7 +15,11 @@ the ratio to nginx within each round, and server CPU time per request (from /pro
     BENCH_ONLY_C1=1 python3 bench/gateway.py          # only the concurrency-1 rounds
     BENCH_PERF=/tmp/gw.perf python3 bench/gateway.py   # profile the gateway under case c instead
     BENCH_BASELINE=/tmp/tessera-old python3 bench/gateway.py   # also cases e/f: another build's
-                                        # gateway in the same rounds (an A/B that noise cannot skew)
+                                        # gateway in the same rounds (an A/B that noise cannot skew);
+                                        # a release directory (bench/baseline.py REV) or a binary
+    BENCH_QUICK=1 BENCH_BASELINE=$(python3 bench/baseline.py HEAD~1) python3 bench/gateway.py
+                                        # the quick A/B (about a minute): nginx, c and e only,
+                                        # 6 rounds of 3 s and 6 of 1 s at one connection
 """
 
 import base64, os, secrets, statistics, subprocess, sys, tempfile, time
@@ -23,10 +27,10 @@ import base64, os, secrets, statistics, subprocess, sys, tempfile, time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import *  # noqa: E402,F403
 
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
-SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "6" if QUICK else "5"))
+SECONDS = int(os.environ.get("BENCH_SECONDS", "3" if QUICK else "5"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "32"))
-C1_ROUNDS = int(os.environ.get("BENCH_C1_ROUNDS", "15"))
+C1_ROUNDS = int(os.environ.get("BENCH_C1_ROUNDS", "6" if QUICK else "15"))
 C1_SECONDS = int(os.environ.get("BENCH_C1_SECONDS", "1"))
 CONTROL, GATEWAY, NGINX, UPSTREAM, BASELINE = 18500, 18080, 18081, 18090, 18070
 
@@ -75,13 +79,13 @@ auth = "public"
                                   log=os.path.join(tmp, "upstream.log"))
         procs["gateway"] = start([tessera, "--manifest", manifest, "gateway"], env=env,
                                  log=os.path.join(tmp, "gateway.log"))
-        baseline = os.environ.get("BENCH_BASELINE")
-        if baseline:
+        baseline_bin = baseline("tessera")
+        if baseline_bin:
             # Another build's `tessera` binary, as a second gateway on its own port.
             manifest_baseline = os.path.join(tmp, "baseline.toml")
             with open(manifest) as f, open(manifest_baseline, "w") as g:
                 g.write(f.read().replace(f"127.0.0.1:{GATEWAY}", f"127.0.0.1:{BASELINE}"))
-            procs["baseline"] = start([baseline, "--manifest", manifest_baseline, "gateway"], env=env,
+            procs["baseline"] = start([baseline_bin, "--manifest", manifest_baseline, "gateway"], env=env,
                                       log=os.path.join(tmp, "baseline.log"))
         with open(os.path.join(tmp, "nginx.conf"), "w") as f:
             f.write(f"""
@@ -129,7 +133,7 @@ http {{
             "c_gateway": (f"http://127.0.0.1:{GATEWAY}{path}", [procs["gateway"].pid], (f"Authorization: Bearer {token}",)),
             "d_gateway_no_auth": (f"http://127.0.0.1:{GATEWAY}{path}", [procs["gateway"].pid], ()),
         }
-        if baseline:
+        if baseline_bin:
             wait_http(f"http://127.0.0.1:{BASELINE}/health/ready")
             deadline = time.time() + 30
             while http_json("GET", f"http://127.0.0.1:{BASELINE}{path}")[0] != 200:
@@ -139,6 +143,10 @@ http {{
             cases["e_baseline"] = (f"http://127.0.0.1:{BASELINE}{path}", [procs["baseline"].pid],
                                    (f"Authorization: Bearer {token}",))
             cases["f_baseline_no_auth"] = (f"http://127.0.0.1:{BASELINE}{path}", [procs["baseline"].pid], ())
+        if QUICK:
+            # What an A/B needs: nginx (the ratios' reference), and the gateway with everything on.
+            for name in ("a_direct", "d_gateway_no_auth", "f_baseline_no_auth"):
+                cases.pop(name, None)
         gateways = [name for name in cases if name not in ("a_direct", "b_nginx")]
         # The proxy's own CPU is what is compared; the upstream's is the same in b, c and d.
         for name, (url, _, headers) in cases.items():
@@ -170,7 +178,8 @@ http {{
             for name in gateways:
                 results[name]["rps_vs_nginx"] = results[name]["rps"] / results["b_nginx"]["rps"]
                 results[name]["cpu_vs_nginx"] = results[name]["cpu_us_per_request"] / results["b_nginx"]["cpu_us_per_request"]
-            results["b_nginx"]["rps_vs_direct"] = results["b_nginx"]["rps"] / results["a_direct"]["rps"]
+            if "a_direct" in results:
+                results["b_nginx"]["rps_vs_direct"] = results["b_nginx"]["rps"] / results["a_direct"]["rps"]
             rounds.append(results)
             print(f"round {r + 1}: " + ", ".join(f"{n} {results[n]['rps']:.0f}/s" for n in order), flush=True)
         # Concurrency 1: the latency a hop adds. This machine's latency drifts by 3× over tens of
@@ -221,7 +230,12 @@ http {{
             vs = s.get("p50_minus_nginx")
             lines.append(f"| {name} | {s['rps']:.0f} | {s['p50']:.3f} | {s['p99']:.3f} | "
                          f"{'—' if vs is None else '%+.3f ms' % vs} |")
-        write_results("gateway", out, "\n".join(lines))
+        if "e_baseline" in cases:
+            lines += ab_lines(rounds, "c_gateway", "e_baseline")
+            ab = [rd["c_gateway"]["p50"] - rd["e_baseline"]["p50"] for rd in single_rounds]
+            lines.append(f"1 connection: p50 this build − baseline, per round: median {statistics.median(ab):+.3f} ms "
+                         f"({min(ab):+.3f} to {max(ab):+.3f})")
+        write_results("gateway_quick" if QUICK else "gateway", out, "\n".join(lines))
     finally:
         for p in procs.values():
             p.terminate()

@@ -10,6 +10,9 @@ the Tessera/bare ratio within each round.
     python3 bench/per_hop.py            # BENCH_ROUNDS=5 BENCH_SECONDS=5 BENCH_CONNECTIONS=32
     BENCH_PERF=/tmp/hop.perf python3 bench/per_hop.py   # profile the Tessera service instead
     BENCH_SYSCALLS=1 python3 bench/per_hop.py           # count system calls per request instead
+    BENCH_BASELINE=$(python3 bench/baseline.py HEAD~1) python3 bench/per_hop.py
+                                        # also another build's service in the same rounds (A/B)
+    BENCH_QUICK=1 BENCH_BASELINE=... python3 bench/per_hop.py   # the quick A/B: 6 rounds of 3 s
 """
 
 import base64, hashlib, hmac, json, os, secrets, subprocess, sys, tempfile, time, uuid
@@ -17,10 +20,10 @@ import base64, hashlib, hmac, json, os, secrets, subprocess, sys, tempfile, time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import *  # noqa: E402,F403
 
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
-SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "6" if QUICK else "5"))
+SECONDS = int(os.environ.get("BENCH_SECONDS", "3" if QUICK else "5"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "32"))
-BARE, SERVICE = 18190, 18191
+BARE, SERVICE, BASELINE = 18190, 18191, 18192
 
 
 def b64(data):
@@ -54,6 +57,13 @@ def main():
                                  env={"TESSERA_LISTEN": f"127.0.0.1:{SERVICE}", "TESSERA_PASSPORT_KEYS": keys,
                                       "TESSERA_SYSTEM": "bench"},
                                  log=os.path.join(tmp, "service.log"))
+        baseline_bin = baseline("bench-service")
+        if baseline_bin:
+            procs["baseline"] = start([baseline_bin],
+                                      env={"TESSERA_LISTEN": f"127.0.0.1:{BASELINE}", "TESSERA_PASSPORT_KEYS": keys,
+                                           "TESSERA_SYSTEM": "bench"},
+                                      log=os.path.join(tmp, "baseline.log"))
+            wait_http(f"http://127.0.0.1:{BASELINE}/health/ready")
         wait_http(f"http://127.0.0.1:{BARE}/api/bench/item")
         wait_http(f"http://127.0.0.1:{SERVICE}/health/ready")
         path = "/api/bench/item"
@@ -65,6 +75,9 @@ def main():
                 "tessera_service": (f"http://127.0.0.1:{SERVICE}{path}", [procs["tessera"].pid],
                                     (f"X-Passport: {token}",)),
             }
+            if baseline_bin:
+                cases["baseline_service"] = (f"http://127.0.0.1:{BASELINE}{path}", [procs["baseline"].pid],
+                                             (f"X-Passport: {token}",))
             if r == 0:
                 for url, _, headers in cases.values():
                     wrk(url, CONNECTIONS, 1, headers)
@@ -91,7 +104,7 @@ def main():
                                                          / results["bare_axum"]["cpu_us_per_request"])
             rounds.append(results)
             print(f"round {r + 1}: " + ", ".join(f"{n} {results[n]['rps']:.0f}/s" for n in order), flush=True)
-        names = ("bare_axum", "tessera_service")
+        names = list(cases)
         summary_ = {n: {k: summary([rd[n][k] for rd in rounds]) for k in ("rps", "p50", "p90", "p99", "cpu_us_per_request")}
                     for n in names}
         summary_["tessera_service"]["rps_vs_bare"] = summary([rd["tessera_service"]["rps_vs_bare"] for rd in rounds])
@@ -106,7 +119,9 @@ def main():
             lines.append(f"| {n} | {s['rps']['median']:.0f} ({s['rps']['min']:.0f}–{s['rps']['max']:.0f}) "
                          f"| {s['p50']['median']:.3f} | {s['p99']['median']:.3f} | {s['cpu_us_per_request']['median']:.1f} "
                          f"| {'%.2f×' % vs['median'] if vs else '—'} | {'%.2f×' % cv['median'] if cv else '—'} |")
-        write_results("per_hop", out, "\n".join(lines))
+        if baseline_bin:
+            lines += ab_lines(rounds, "tessera_service", "baseline_service")
+        write_results("per_hop_quick" if QUICK else "per_hop", out, "\n".join(lines))
     finally:
         for p in procs.values():
             p.terminate()
