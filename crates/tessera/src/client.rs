@@ -5,7 +5,7 @@
 //! (`tessera_resilience::call`: breaker, bulkhead, budgeted retries, outlier ejection),
 //! and sends the request with the caller's passport and a child `traceparent`: inside a
 //! request handler both come from the request being served (a task-local the service
-//! middleware sets, the equivalent of seed 004's Feign interceptor), so a call made on behalf
+//! middleware sets, as a Feign request interceptor does in Spring Cloud), so a call made on behalf
 //! of a user acts as that user within the same trace. Outside a request (a background job) the
 //! service mints a passport for itself (`service:<name>`, role `system`).
 
@@ -122,7 +122,7 @@ impl ServiceClient {
 
     /// Keeps the last good answer of each GET to `service` (up to `capacity` paths) and serves
     /// it when a later call fails for reasons of the service's health (open breaker, timeout,
-    /// unreachable, 5xx): stale data over no data, as seed 004's catalog fallback does.
+    /// unreachable, 5xx): stale data over no data (a cache fallback, as Resilience4j users write around a call).
     pub fn with_fallback_cache(self, service: &str, capacity: usize) -> Self {
         {
             let mut guards = self.inner.guards.lock().unwrap_or_else(|e| e.into_inner());

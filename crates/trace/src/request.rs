@@ -3,7 +3,7 @@
 //!
 //! The service middleware sets it around every handler, and an event consumer around every
 //! handled event, so that code several calls deep (the service client, `Event::new`, the
-//! log) finds it without being handed it: the equivalent of seed 004's Feign interceptor.
+//! log) finds it without being handed it: what a Feign request interceptor does in Spring Cloud.
 
 use crate::TraceContext;
 
