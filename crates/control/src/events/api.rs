@@ -25,8 +25,9 @@ use tessera::events::wire::{
     PublishRequest, default_max,
 };
 
-use super::GroupError;
-use super::store::{EventLog, LogError};
+use super::error::LogError;
+use super::groups::GroupError;
+use super::log::EventLog;
 
 pub fn routes(log: EventLog) -> Router {
     Router::new()
@@ -187,14 +188,10 @@ async fn browse(
 }
 
 async fn dead_letters(State(log): State<EventLog>, Path(group): Path<String>) -> Response {
-    let topic = format!("deadletter.{group}");
-    let mut all = Vec::new();
-    for partition in 0..log.partitions(&topic).unwrap_or(0) as u32 {
-        match log.read(&topic, partition, 0, 10_000).await {
-            Ok(events) => all.extend(events.into_iter().map(|s| (partition, s))),
-            Err(e) => return log_error(e),
-        }
-    }
+    let all = match log.dead_letters(&group).await {
+        Ok(all) => all,
+        Err(e) => return log_error(e),
+    };
     let items: Vec<serde_json::Value> = all
         .iter()
         .map(|(partition, s)| serde_json::json!({ "partition": partition, "offset": s.offset, "event": &s.event }))
@@ -264,11 +261,10 @@ mod tests {
 
     use tessera::events::{Bus, BusError, ControlBus, Event};
 
-    use super::super::store::{EventLog, LogConfig};
+    use super::super::testing::open_log;
 
     async fn serve() -> ControlBus {
-        let dir = std::env::temp_dir().join(format!("tessera-api-{}", uuid::Uuid::new_v4()));
-        let log = EventLog::open(&dir, LogConfig::default()).await.unwrap();
+        let (_, log) = open_log().await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, super::routes(log)).await });
