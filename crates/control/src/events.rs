@@ -14,10 +14,38 @@
 //!
 //! It is the single-machine default behind the bus seam (`tessera::events::Bus`); NATS
 //! JetStream takes its place on real clusters.
+//!
+//! | file | owns |
+//! |---|---|
+//! | `log.rs` | the handle ([`EventLog`]): opening, what its calls share, the overview |
+//! | `config.rs` | its tuning ([`LogConfig`]) |
+//! | `schema.rs` | the SQLite migrations |
+//! | `topic.rs` | topic names, partition ends, key → partition |
+//! | `publish.rs` | checking and keying published events |
+//! | `appender.rs` | the group commit: the one task that writes |
+//! | `fetch.rs` | consumers' fetches and reads of a partition |
+//! | `groups.rs` | who in a group holds which partition (pure bookkeeping) |
+//! | `offsets.rs` | groups' committed offsets: loading and committing them |
+//! | `dead_letters.rs` | listing and replaying dead letters |
+//! | `error.rs` | what a call can fail with |
+//! | `api.rs` | the HTTP API over all of it |
 
 pub mod api;
+mod appender;
+mod config;
+mod dead_letters;
+mod error;
+mod fetch;
 mod groups;
-mod store;
+mod log;
+mod offsets;
+mod publish;
+mod schema;
+#[cfg(test)]
+mod testing;
+mod topic;
 
+pub use config::LogConfig;
+pub use fetch::Stored;
 pub use groups::{Fetched, GroupError};
-pub use store::{EventLog, LogConfig, Stored};
+pub use log::EventLog;

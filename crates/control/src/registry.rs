@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
 use serde::Deserialize;
+use tessera::ApiError;
 use tessera::registry::{Catalog, Instance, Registration};
 use tokio::sync::watch;
 
@@ -253,12 +254,14 @@ async fn deregister(State(registry): State<Registry>, Path(id): Path<String>) ->
     }
 }
 
+/// The registry's errors are named by their status's reason ("Bad Request", "Not Found").
 fn error(status: StatusCode, message: &str) -> Response {
-    (
+    ApiError::new(
         status,
-        Json(serde_json::json!({ "code": status.canonical_reason(), "message": message })),
+        status.canonical_reason().unwrap_or_default(),
+        message,
     )
-        .into_response()
+    .into_response()
 }
 
 #[cfg(test)]
@@ -304,6 +307,24 @@ mod tests {
         assert!(r.deregister("a-1"));
         assert!(r.catalog().index > i0);
         assert!(r.catalog().services.is_empty());
+    }
+
+    #[tokio::test]
+    async fn refusals_are_json_named_by_their_status() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, routes(Registry::default())).await });
+        let response = reqwest::Client::new()
+            .put(format!("{url}/v1/instances/nobody/heartbeat"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 404);
+        assert_eq!(response.headers()["content-type"], "application/json");
+        assert_eq!(
+            response.text().await.unwrap(),
+            r#"{"code":"Not Found","message":"unknown instance; register again"}"#
+        );
     }
 
     #[tokio::test]

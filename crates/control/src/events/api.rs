@@ -9,6 +9,9 @@
 //! | `GET /v1/topics/{topic}/events?partition=&from=&limit=` | browse a partition |
 //! | `GET /v1/deadletters/{group}` | the group's dead letters, each with its error |
 //! | `POST /v1/deadletters/{group}/replay` | publish them again to their topics → `{"replayed": n}` |
+//!
+//! Errors are `tessera::ApiError`s (`{"code","message"}`, as every Tessera server answers); how
+//! each [`LogError`] maps to one is decided once, below.
 
 use std::time::Duration;
 
@@ -20,13 +23,15 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use tessera::ApiError;
 use tessera::events::wire::{
     CommitRequest, Delivered, ErrorBody, FetchAnswer, FetchRequest, Part, Position, PublishAnswer,
     PublishRequest, default_max,
 };
 
-use super::GroupError;
-use super::store::{EventLog, LogError};
+use super::error::LogError;
+use super::groups::GroupError;
+use super::log::EventLog;
 
 pub fn routes(log: EventLog) -> Router {
     Router::new()
@@ -43,30 +48,26 @@ async fn publish(
     State(log): State<EventLog>,
     Path(topic): Path<String>,
     tessera::Json(body): tessera::Json<PublishRequest<Vec<Box<RawValue>>>>,
-) -> Response {
-    match log.publish(&topic, body.events).await {
-        Ok(offsets) => Json(PublishAnswer {
-            offsets: offsets
-                .into_iter()
-                .map(|(partition, offset)| Position { partition, offset })
-                .collect(),
-        })
-        .into_response(),
-        Err(e) => log_error(e),
-    }
+) -> Result<Json<PublishAnswer>, ApiError> {
+    let offsets = log.publish(&topic, body.events).await?;
+    Ok(Json(PublishAnswer {
+        offsets: offsets
+            .into_iter()
+            .map(|(partition, offset)| Position { partition, offset })
+            .collect(),
+    }))
 }
 
 async fn fetch(
     State(log): State<EventLog>,
     Path(topic): Path<String>,
     tessera::Json(body): tessera::Json<FetchRequest<'static>>,
-) -> Response {
+) -> Result<Response, ApiError> {
     if body.group.is_empty() || body.consumer.is_empty() {
-        return error(
-            StatusCode::BAD_REQUEST,
+        return Err(ApiError::bad_request(
             "invalid_body",
             "group and consumer must not be empty",
-        );
+        ));
     }
     // The first commit the log refuses is reported; the others are still made.
     let mut commit_error = None;
@@ -75,16 +76,16 @@ async fn fetch(
             .commit_lazily(&topic, &body.group, &body.consumer, c.partition, c.offset)
             .await;
         if let (Err(e), None) = (committed, &commit_error) {
-            let (status, code, message) = error_parts(e);
+            let e = ApiError::from(e);
             commit_error = Some(ErrorBody {
-                status: Some(status.as_u16()),
-                code: code.into(),
-                message,
+                status: Some(e.status.as_u16()),
+                code: e.code.into(),
+                message: e.message,
             });
         }
     }
     let wait = Duration::from_millis(body.wait_ms.min(30_000));
-    let parts = match log
+    let parts = log
         .fetch_parts(
             &topic,
             &body.group,
@@ -93,11 +94,7 @@ async fn fetch(
             wait,
             body.all,
         )
-        .await
-    {
-        Ok(parts) => parts,
-        Err(e) => return log_error(e),
-    };
+        .await?;
     // Written straight from the stored events (no JSON tree in between).
     let delivered: Vec<Part<'_>> = parts
         .iter()
@@ -114,27 +111,23 @@ async fn fetch(
         .collect();
     let mut more = delivered.into_iter();
     let first = more.next();
-    Json(FetchAnswer {
+    Ok(Json(FetchAnswer {
         partition: first.as_ref().map(|p| p.partition),
         events: first.map_or_else(Vec::new, |p| p.events),
         more: more.collect(),
         commit_error,
     })
-    .into_response()
+    .into_response())
 }
 
 async fn commit(
     State(log): State<EventLog>,
     Path(topic): Path<String>,
     tessera::Json(b): tessera::Json<CommitRequest<'static>>,
-) -> Response {
-    match log
-        .commit(&topic, &b.group, &b.consumer, b.partition, b.offset)
-        .await
-    {
-        Ok(()) => StatusCode::OK.into_response(),
-        Err(e) => log_error(e),
-    }
+) -> Result<StatusCode, ApiError> {
+    log.commit(&topic, &b.group, &b.consumer, b.partition, b.offset)
+        .await?;
+    Ok(StatusCode::OK)
 }
 
 #[derive(Deserialize)]
@@ -151,65 +144,57 @@ async fn browse(
     State(log): State<EventLog>,
     Path(topic): Path<String>,
     query: Result<Query<BrowseQuery>, QueryRejection>,
-) -> Response {
+) -> Result<Response, ApiError> {
     let Ok(Query(q)) = query else {
-        return error(
-            StatusCode::BAD_REQUEST,
+        return Err(ApiError::bad_request(
             "invalid_query",
             "partition, from and limit are whole numbers",
-        );
+        ));
     };
     match log.partitions(&topic) {
-        None => return Json(serde_json::json!({ "events": [] })).into_response(),
+        None => return Ok(Json(serde_json::json!({ "events": [] })).into_response()),
         Some(n) if q.partition as usize >= n => {
-            return error(
-                StatusCode::BAD_REQUEST,
+            return Err(ApiError::bad_request(
                 "invalid_query",
-                &format!("topic has {n} partitions"),
-            );
+                format!("topic has {n} partitions"),
+            ));
         }
         Some(_) => {}
     }
-    match log.read(&topic, q.partition, q.from, q.limit).await {
-        Ok(events) => {
-            let delivered: Vec<Delivered<'_>> = events
-                .iter()
-                .map(|s| Delivered {
-                    offset: s.offset,
-                    event: &s.event,
-                })
-                .collect();
-            Json(serde_json::json!({ "partition": q.partition, "events": delivered }))
-                .into_response()
-        }
-        Err(e) => log_error(e),
-    }
+    let events = log.read(&topic, q.partition, q.from, q.limit).await?;
+    let delivered: Vec<Delivered<'_>> = events
+        .iter()
+        .map(|s| Delivered {
+            offset: s.offset,
+            event: &s.event,
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "partition": q.partition, "events": delivered })).into_response())
 }
 
-async fn dead_letters(State(log): State<EventLog>, Path(group): Path<String>) -> Response {
-    let topic = format!("deadletter.{group}");
-    let mut all = Vec::new();
-    for partition in 0..log.partitions(&topic).unwrap_or(0) as u32 {
-        match log.read(&topic, partition, 0, 10_000).await {
-            Ok(events) => all.extend(events.into_iter().map(|s| (partition, s))),
-            Err(e) => return log_error(e),
-        }
-    }
+async fn dead_letters(
+    State(log): State<EventLog>,
+    Path(group): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let all = log.dead_letters(&group).await?;
     let items: Vec<serde_json::Value> = all
         .iter()
         .map(|(partition, s)| serde_json::json!({ "partition": partition, "offset": s.offset, "event": &s.event }))
         .collect();
-    Json(serde_json::json!({ "group": group, "deadLetters": items })).into_response()
+    Ok(Json(
+        serde_json::json!({ "group": group, "deadLetters": items }),
+    ))
 }
 
-async fn replay(State(log): State<EventLog>, Path(group): Path<String>) -> Response {
-    match log.replay_dead_letters(&group).await {
-        Ok(n) => Json(serde_json::json!({ "replayed": n })).into_response(),
-        Err(e) => log_error(e),
-    }
+async fn replay(
+    State(log): State<EventLog>,
+    Path(group): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let n = log.replay_dead_letters(&group).await?;
+    Ok(Json(serde_json::json!({ "replayed": n })))
 }
 
-async fn describe(State(log): State<EventLog>) -> Response {
+async fn describe(State(log): State<EventLog>) -> Json<serde_json::Value> {
     let topics: Vec<serde_json::Value> = log
         .describe()
         .into_iter()
@@ -224,38 +209,26 @@ async fn describe(State(log): State<EventLog>) -> Response {
             serde_json::json!({ "name": name, "ends": ends, "groups": groups })
         })
         .collect();
-    Json(serde_json::json!({ "topics": topics })).into_response()
+    Json(serde_json::json!({ "topics": topics }))
 }
 
-fn log_error(e: LogError) -> Response {
-    let (status, code, message) = error_parts(e);
-    error(status, code, &message)
-}
-
-fn error_parts(e: LogError) -> (StatusCode, &'static str, String) {
-    match e {
-        LogError::Invalid(m) => (StatusCode::BAD_REQUEST, "invalid_event", m),
-        LogError::Group(g @ GroupError::NotHolder(_)) => {
-            (StatusCode::CONFLICT, "not_holder", g.to_string())
-        }
-        LogError::Group(g) => (StatusCode::BAD_REQUEST, "invalid_commit", g.to_string()),
-        LogError::Storage(m) => {
-            tracing::error!(error = %m, "event log storage failed");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "the event log cannot store right now".to_string(),
-            )
+/// What the caller is told when the log refuses or fails: a bad event or topic is theirs, a
+/// partition that moved is a conflict, and storage failures are logged and answered without
+/// their detail.
+impl From<LogError> for ApiError {
+    fn from(e: LogError) -> Self {
+        match e {
+            LogError::Invalid(m) => ApiError::bad_request("invalid_event", m),
+            LogError::Group(g @ GroupError::NotHolder(_)) => {
+                ApiError::conflict("not_holder", g.to_string())
+            }
+            LogError::Group(g) => ApiError::bad_request("invalid_commit", g.to_string()),
+            LogError::Storage(m) => {
+                tracing::error!(error = %m, "event log storage failed");
+                ApiError::unavailable("the event log cannot store right now")
+            }
         }
     }
-}
-
-fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    (
-        status,
-        Json(serde_json::json!({ "code": code, "message": message })),
-    )
-        .into_response()
 }
 
 #[cfg(test)]
@@ -264,15 +237,70 @@ mod tests {
 
     use tessera::events::{Bus, BusError, ControlBus, Event};
 
-    use super::super::store::{EventLog, LogConfig};
+    use super::super::testing::open_log;
 
-    async fn serve() -> ControlBus {
-        let dir = std::env::temp_dir().join(format!("tessera-api-{}", uuid::Uuid::new_v4()));
-        let log = EventLog::open(&dir, LogConfig::default()).await.unwrap();
+    /// The API on a port of its own; its base URL.
+    async fn serve_url() -> String {
+        let (_, log) = open_log().await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, super::routes(log)).await });
-        ControlBus::new(&url)
+        url
+    }
+
+    async fn serve() -> ControlBus {
+        ControlBus::new(&serve_url().await)
+    }
+
+    /// The status, content type and body of a POST of `body` to `path`.
+    async fn post(url: &str, path: &str, body: &str) -> (u16, String, String) {
+        let response = reqwest::Client::new()
+            .post(format!("{url}{path}"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let kind = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        (status, kind, response.text().await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn refusals_are_json_with_a_code_and_a_message() {
+        let url = serve_url().await;
+        let (status, kind, body) = post(
+            &url,
+            "/v1/topics/t/events",
+            r#"{"events":[{"specversion":"2.0","id":"a","source":"s","type":"t"}]}"#,
+        )
+        .await;
+        assert_eq!((status, kind.as_str()), (400, "application/json"));
+        assert_eq!(
+            body,
+            r#"{"code":"invalid_event","message":"event 0: specversion must be \"1.0\""}"#
+        );
+        let (status, _, body) =
+            post(&url, "/v1/topics/t/fetch", r#"{"group":"","consumer":"c"}"#).await;
+        assert_eq!(status, 400);
+        assert_eq!(
+            body,
+            r#"{"code":"invalid_body","message":"group and consumer must not be empty"}"#
+        );
+        let (status, _, body) = post(
+            &url,
+            "/v1/topics/t/commit",
+            r#"{"group":"g","consumer":"c","partition":0,"offset":1}"#,
+        )
+        .await;
+        assert_eq!(status, 400);
+        assert_eq!(
+            body,
+            r#"{"code":"invalid_commit","message":"no such partition 0"}"#
+        );
     }
 
     fn offsets(batch: &tessera::events::Batch) -> Vec<(u32, i64)> {

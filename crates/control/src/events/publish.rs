@@ -1,0 +1,111 @@
+//! Publishing: checking that each event is a CloudEvent, choosing its key, and handing the
+//! batch to the appender.
+//!
+//! The key decides the partition, so events of one aggregate stay in order: the CloudEvent's
+//! `partitionkey`, else its `subject`, else its `id`. Only the attributes the log needs are
+//! parsed; the event is stored as it came.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::appender::{Append, Write};
+use super::error::LogError;
+use super::log::EventLog;
+use super::topic::check_name;
+
+/// The attributes of a CloudEvent the log looks at.
+#[derive(Deserialize)]
+struct Head<'a> {
+    specversion: &'a str,
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(borrow, default)]
+    subject: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    partitionkey: Option<Cow<'a, str>>,
+    #[serde(rename = "type")]
+    _type: &'a str,
+    #[serde(rename = "source")]
+    _source: &'a str,
+}
+
+impl EventLog {
+    /// Appends `events` (CloudEvents, JSON) to `topic`; returns once they are on disk, with
+    /// the partition and offset of each.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        events: Vec<Box<RawValue>>,
+    ) -> Result<Vec<(u32, i64)>, LogError> {
+        check_name(topic)?;
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut keyed = Vec::with_capacity(events.len());
+        for (i, raw) in events.into_iter().enumerate() {
+            keyed.push((key(i, &raw)?, raw));
+        }
+        self.inner
+            .appender
+            .write(|reply| {
+                Write::Append(Append {
+                    topic: topic.to_string(),
+                    events: keyed,
+                    reply,
+                })
+            })
+            .await
+    }
+}
+
+/// The key of the `i`th event of a publish, once it is known to be a CloudEvent.
+fn key(i: usize, raw: &RawValue) -> Result<String, LogError> {
+    let head: Head<'_> = serde_json::from_str(raw.get())
+        .map_err(|e| LogError::Invalid(format!("event {i} is not a CloudEvent: {e}")))?;
+    if head.specversion != "1.0" {
+        return Err(LogError::Invalid(format!(
+            "event {i}: specversion must be \"1.0\""
+        )));
+    }
+    if head.id.is_empty() {
+        return Err(LogError::Invalid(format!(
+            "event {i}: id must not be empty"
+        )));
+    }
+    Ok(head
+        .partitionkey
+        .or(head.subject)
+        .unwrap_or(head.id)
+        .into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{event, open_log};
+    use super::*;
+
+    #[tokio::test]
+    async fn bad_input_is_refused() {
+        let (dir, log) = open_log().await;
+        let not_ce = RawValue::from_string(r#"{"hello":1}"#.into()).unwrap();
+        assert!(matches!(
+            log.publish("t", vec![not_ce]).await,
+            Err(LogError::Invalid(_))
+        ));
+        let v2 = RawValue::from_string(
+            r#"{"specversion":"2.0","id":"a","source":"s","type":"t"}"#.into(),
+        )
+        .unwrap();
+        assert!(matches!(
+            log.publish("t", vec![v2]).await,
+            Err(LogError::Invalid(_))
+        ));
+        assert!(matches!(
+            log.publish("bad topic!", vec![event("a", "k")]).await,
+            Err(LogError::Invalid(_))
+        ));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
