@@ -16,6 +16,8 @@ pub mod log;
 pub mod metrics;
 pub mod passport;
 pub mod service;
+#[cfg(feature = "test-util")]
+pub mod testing;
 
 /// The concern crates a service reaches through this one, under the paths it always had.
 pub use tessera_events as events;
