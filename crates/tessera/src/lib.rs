@@ -12,6 +12,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 mod json;
+pub mod jwks;
 pub mod log;
 pub mod metrics;
 pub mod passport;
