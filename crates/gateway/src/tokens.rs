@@ -1,7 +1,7 @@
 //! Access-token verification at the edge.
 //!
 //! Access tokens are EdDSA JWTs issued by the token service (the shop's `auth`), which
-//! publishes its public keys as a JWKS. The gateway:
+//! publishes its public keys as a JWKS ([`tessera::jwks`]). The gateway:
 //! - accepts only `alg: EdDSA` with a `kid` it knows; an unknown `kid` triggers one JWKS
 //!   refresh (at most once a second), which is how signing-key rotation is picked up;
 //! - checks `iss`, `aud` and `exp`;
@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use tessera::ServiceClient;
+use tessera::jwks::Jwks;
 use tessera_manifest as manifest;
 
 /// Past this many cached tokens the cache is emptied (a bound, not an LRU: verifying again
@@ -61,21 +62,6 @@ struct Claims {
     #[serde(default)]
     sid: Option<String>,
     exp: u64,
-}
-
-#[derive(Deserialize)]
-pub struct Jwks {
-    pub keys: Vec<Jwk>,
-}
-
-#[derive(Deserialize)]
-pub struct Jwk {
-    pub kid: String,
-    pub kty: String,
-    #[serde(default)]
-    pub crv: Option<String>,
-    #[serde(default)]
-    pub x: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -231,18 +217,16 @@ impl TokenVerifier {
                 TokenError::Unavailable
             })?;
         let mut keys = HashMap::new();
-        for jwk in jwks.keys {
-            if jwk.kty != "OKP" || jwk.crv.as_deref() != Some("Ed25519") {
+        for jwk in &jwks.keys {
+            let Some(x) = jwk.ed25519_x() else {
                 continue;
-            }
-            if let Some(x) = &jwk.x {
-                match DecodingKey::from_ed_components(x) {
-                    Ok(k) => {
-                        keys.insert(jwk.kid, Arc::new(k));
-                    }
-                    Err(e) => {
-                        tracing::warn!(kid = %jwk.kid, error = %e, "ignoring a malformed JWK")
-                    }
+            };
+            match DecodingKey::from_ed_components(x) {
+                Ok(k) => {
+                    keys.insert(jwk.kid.clone(), Arc::new(k));
+                }
+                Err(e) => {
+                    tracing::warn!(kid = %jwk.kid, error = %e, "ignoring a malformed JWK")
                 }
             }
         }

@@ -17,10 +17,13 @@ pub mod error;
 pub mod extract;
 pub mod health;
 mod json;
+pub mod jwks;
 pub mod log;
 pub mod metrics;
 pub mod passport;
 pub mod service;
+#[cfg(feature = "test-util")]
+pub mod testing;
 
 /// The concern crates a service reaches through this one, under the paths it always had.
 pub use tessera_events as events;

@@ -351,36 +351,23 @@ async fn revocations(
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
-    use axum::body::Body;
-    use axum::http::Request;
     use jsonwebtoken::{Algorithm, DecodingKey, Validation};
     use serde_json::{Value, json};
     use tessera::Passport;
-    use tower::ServiceExt;
+    use tessera::testing::{TempDb, passport, request, send};
 
     use super::*;
     use crate::accounts;
     use crate::schema::MIGRATIONS;
 
-    /// The router on a fresh database, bootstrapped with an admin; the directory goes with it.
+    /// The router on a fresh database, bootstrapped with an admin; the database goes with it.
     struct Auth {
-        dir: PathBuf,
+        _db: TempDb,
         router: Router,
     }
 
-    impl Drop for Auth {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-
     async fn auth() -> Auth {
-        let dir = std::env::temp_dir().join(format!("shop-auth-{}", uuid::Uuid::new_v4()));
-        let db = Db::open(&Db::default_url(&dir, "auth"), MIGRATIONS)
-            .await
-            .unwrap();
+        let db = TempDb::new("auth", MIGRATIONS).await;
         let config = AuthConfig {
             issuer: "tessera-auth".into(),
             audience: "tessera-api".into(),
@@ -390,12 +377,13 @@ mod tests {
         };
         accounts::bootstrap(&db, &config).await.unwrap();
         Auth {
-            dir,
-            router: router(AppState::new(db, config)),
+            router: router(AppState::new(db.clone(), config)),
+            _db: db,
         }
     }
 
-    /// Who calls, as the passport the request middleware leaves for the handlers says.
+    /// Who calls, as the passport the request middleware leaves for the handlers says: here
+    /// with the login session, which the token endpoints care about.
     #[derive(Clone, Copy)]
     struct Who<'a> {
         sub: &'a str,
@@ -414,46 +402,20 @@ mod tests {
         session: None,
     };
 
-    fn passport(who: Who) -> Passport {
-        Passport {
-            iss: "tessera-gateway".into(),
-            aud: "test".into(),
-            sub: who.sub.into(),
-            roles: who.roles.iter().map(|r| r.to_string()).collect(),
-            sid: who.session.map(str::to_string),
-            tid: "0af7651916cd43dd8448eb211c80319c".into(),
-            jti: "j".into(),
-            iat: 0,
-            exp: u64::MAX,
-        }
-    }
-
     /// An answer: status, the revoke header, the JSON body.
     type Answer = (StatusCode, Option<String>, Value);
 
     impl Auth {
         async fn call(&self, who: Who<'_>, method: &str, uri: &str, body: Option<Value>) -> Answer {
-            let req = Request::builder()
-                .method(method)
-                .uri(uri)
-                .extension(passport(who));
-            let req = match body {
-                Some(body) => req
-                    .header("content-type", "application/json")
-                    .body(Body::from(body.to_string())),
-                None => req.body(Body::empty()),
-            }
-            .unwrap();
-            let response = self.router.clone().oneshot(req).await.unwrap();
-            let status = response.status();
-            let revoke = response
-                .headers()
+            let mut req = request(method, uri, &[], body);
+            req.extensions_mut().insert(Passport {
+                sid: who.session.map(str::to_string),
+                ..passport(who.sub, who.roles)
+            });
+            let (status, headers, body) = send(&self.router, req).await;
+            let revoke = headers
                 .get(REVOKE_HEADER)
                 .map(|v| v.to_str().unwrap().to_string());
-            let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-                .await
-                .unwrap();
-            let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             (status, revoke, body)
         }
 

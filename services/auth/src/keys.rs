@@ -1,5 +1,5 @@
 //! Signing keys for access tokens: Ed25519, kept in the database so they survive restarts and
-//! are shared by replicas; published as a JWKS for the gateway.
+//! are shared by replicas; published as a JWKS ([`tessera::jwks`]) for the gateway.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -8,6 +8,7 @@ use ed25519_dalek::pkcs8::EncodePrivateKey;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Serialize;
 use tessera::Db;
+use tessera::jwks::{Jwk, Jwks};
 
 pub struct CurrentKey {
     pub kid: String,
@@ -79,22 +80,6 @@ async fn insert_new(tx: &mut tessera::store::Tx) -> Result<CurrentKey, tessera::
     Ok(CurrentKey { kid, der })
 }
 
-#[derive(Serialize)]
-pub struct Jwk {
-    kty: &'static str,
-    crv: &'static str,
-    alg: &'static str,
-    #[serde(rename = "use")]
-    use_: &'static str,
-    kid: String,
-    x: String,
-}
-
-#[derive(Serialize)]
-pub struct Jwks {
-    keys: Vec<Jwk>,
-}
-
 pub async fn jwks(db: &Db) -> Result<Jwks, tessera::store::DbError> {
     let rows: Vec<(String, String)> = tessera::store::query_as(
         "SELECT kid, public_x FROM signing_keys WHERE retired_at IS NULL ORDER BY created_at DESC",
@@ -104,14 +89,7 @@ pub async fn jwks(db: &Db) -> Result<Jwks, tessera::store::DbError> {
     Ok(Jwks {
         keys: rows
             .into_iter()
-            .map(|(kid, x)| Jwk {
-                kty: "OKP",
-                crv: "Ed25519",
-                alg: "EdDSA",
-                use_: "sig",
-                kid,
-                x,
-            })
+            .map(|(kid, x)| Jwk::ed25519(kid, x))
             .collect(),
     })
 }

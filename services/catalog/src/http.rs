@@ -231,88 +231,15 @@ async fn remove(
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
-    use axum::body::Body;
-    use axum::http::Request;
     use serde_json::{Value, json};
-    use tessera::Passport;
-    use tower::ServiceExt;
+    use tessera::testing::{ADMIN, ANN, ANYONE, App};
 
     use super::*;
     use crate::schema::MIGRATIONS;
 
-    /// The router on a fresh database (with the demo catalog); the directory goes with it.
-    struct Catalog {
-        dir: PathBuf,
-        router: Router,
-    }
-
-    impl Drop for Catalog {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-
-    async fn catalog() -> Catalog {
-        let dir = std::env::temp_dir().join(format!("shop-catalog-{}", Uuid::new_v4()));
-        let db = Db::open(&Db::default_url(&dir, "catalog"), MIGRATIONS)
-            .await
-            .unwrap();
-        Catalog {
-            dir,
-            router: router(db),
-        }
-    }
-
-    /// A passport as the request middleware leaves it for the handlers.
-    fn passport(sub: &str, roles: &[&str]) -> Passport {
-        Passport {
-            iss: "tessera-gateway".into(),
-            aud: "test".into(),
-            sub: sub.into(),
-            roles: roles.iter().map(|r| r.to_string()).collect(),
-            sid: None,
-            tid: "0af7651916cd43dd8448eb211c80319c".into(),
-            jti: "j".into(),
-            iat: 0,
-            exp: u64::MAX,
-        }
-    }
-
-    const ANYONE: (&str, &[&str]) = ("anonymous", &[]);
-    const ANN: (&str, &[&str]) = ("ann", &["user"]);
-    const ADMIN: (&str, &[&str]) = ("root", &["admin", "user"]);
-
-    impl Catalog {
-        async fn call(
-            &self,
-            who: (&str, &[&str]),
-            method: &str,
-            uri: &str,
-            body: Option<Value>,
-        ) -> (StatusCode, Value) {
-            let req = Request::builder()
-                .method(method)
-                .uri(uri)
-                .extension(passport(who.0, who.1));
-            let req = match body {
-                Some(body) => req
-                    .header("content-type", "application/json")
-                    .body(Body::from(body.to_string())),
-                None => req.body(Body::empty()),
-            }
-            .unwrap();
-            let response = self.router.clone().oneshot(req).await.unwrap();
-            let status = response.status();
-            let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-                .await
-                .unwrap();
-            (
-                status,
-                serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-            )
-        }
+    /// The router on a fresh database (with the demo catalog).
+    async fn catalog() -> App {
+        App::new("catalog", MIGRATIONS, router).await
     }
 
     fn ids(page: &Value) -> Vec<String> {

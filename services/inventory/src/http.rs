@@ -97,107 +97,31 @@ async fn set(
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
-    use axum::body::Body;
-    use axum::http::{Request, StatusCode};
+    use axum::http::StatusCode;
     use serde_json::{Value, json};
-    use tessera::Passport;
-    use tessera::events::{Event, Handler};
-    use tower::ServiceExt;
+    use tessera::events::Event;
+    use tessera::testing::{ADMIN, ANN, ANYONE, App, handle};
 
     use super::*;
     use crate::schema::MIGRATIONS;
     use crate::worker::Commands;
 
-    /// The router on a fresh database (the demo products have 100 each); the directory goes
-    /// with it.
-    struct Inventory {
-        dir: PathBuf,
-        db: Db,
-        router: Router,
+    /// The router on a fresh database (the demo products have 100 each).
+    async fn inventory() -> App {
+        App::new("inventory", MIGRATIONS, router).await
     }
 
-    impl Drop for Inventory {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-
-    async fn inventory() -> Inventory {
-        let dir = std::env::temp_dir().join(format!("shop-inventory-{}", Uuid::new_v4()));
-        let db = Db::open(&Db::default_url(&dir, "inventory"), MIGRATIONS)
-            .await
-            .unwrap();
-        Inventory {
-            dir,
-            router: router(db.clone()),
-            db,
-        }
-    }
-
-    /// A passport as the request middleware leaves it for the handlers.
-    fn passport(sub: &str, roles: &[&str]) -> Passport {
-        Passport {
-            iss: "tessera-gateway".into(),
-            aud: "test".into(),
-            sub: sub.into(),
-            roles: roles.iter().map(|r| r.to_string()).collect(),
-            sid: None,
-            tid: "0af7651916cd43dd8448eb211c80319c".into(),
-            jti: "j".into(),
-            iat: 0,
-            exp: u64::MAX,
-        }
-    }
-
-    const ANYONE: (&str, &[&str]) = ("anonymous", &[]);
-    const ANN: (&str, &[&str]) = ("ann", &["user"]);
-    const ADMIN: (&str, &[&str]) = ("root", &["admin", "user"]);
     const KEYBOARD: &str = "0190f000-0000-7000-8000-000000000001";
 
-    impl Inventory {
-        async fn call(
-            &self,
-            who: (&str, &[&str]),
-            method: &str,
-            uri: &str,
-            body: Option<Value>,
-        ) -> (StatusCode, Value) {
-            let req = Request::builder()
-                .method(method)
-                .uri(uri)
-                .extension(passport(who.0, who.1));
-            let req = match body {
-                Some(body) => req
-                    .header("content-type", "application/json")
-                    .body(Body::from(body.to_string())),
-                None => req.body(Body::empty()),
-            }
-            .unwrap();
-            let response = self.router.clone().oneshot(req).await.unwrap();
-            let status = response.status();
-            let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-                .await
-                .unwrap();
-            (
-                status,
-                serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-            )
-        }
-
-        /// Runs one inventory command as the consumer would.
-        async fn command(&self, ty: &str, order: &str, items: Value) {
-            let event = Event::new(
-                "/shop/order",
-                ty,
-                order,
-                json!({ "orderId": order, "items": items }),
-            );
-            let mut tx = self.db.write_tx().await.unwrap();
-            Commands.handle(&event, &mut tx).await.unwrap();
-            tx.commit().await.unwrap();
-        }
+    /// Runs one inventory command as the consumer would.
+    async fn command(inventory: &App, ty: &str, order: &str, items: Value) {
+        let event = Event::new(
+            "/shop/order",
+            ty,
+            order,
+            json!({ "orderId": order, "items": items }),
+        );
+        handle(&inventory.db, &Commands, &event).await;
     }
 
     #[tokio::test]
@@ -288,35 +212,25 @@ mod tests {
             { "productId": KEYBOARD, "quantity": 3 },
         ]);
 
-        inventory
-            .command("shop.inventory.reserve", "o1", lines.clone())
-            .await;
+        command(&inventory, "shop.inventory.reserve", "o1", lines.clone()).await;
         let held = stock().await;
         assert_eq!(
             (&held["available"], &held["reserved"]),
             (&json!(95), &json!(5))
         );
         // Idempotent per order: the same reserve again holds nothing more.
-        inventory
-            .command("shop.inventory.reserve", "o1", lines.clone())
-            .await;
+        command(&inventory, "shop.inventory.reserve", "o1", lines.clone()).await;
         assert_eq!(stock().await["available"], 95);
 
-        inventory
-            .command("shop.inventory.release", "o1", json!([]))
-            .await;
+        command(&inventory, "shop.inventory.release", "o1", json!([])).await;
         let released = stock().await;
         assert_eq!(
             (&released["available"], &released["reserved"]),
             (&json!(100), &json!(0))
         );
 
-        inventory
-            .command("shop.inventory.reserve", "o2", lines.clone())
-            .await;
-        inventory
-            .command("shop.inventory.commit", "o2", json!([]))
-            .await;
+        command(&inventory, "shop.inventory.reserve", "o2", lines.clone()).await;
+        command(&inventory, "shop.inventory.commit", "o2", json!([])).await;
         let sold = stock().await;
         assert_eq!(
             (&sold["available"], &sold["reserved"]),
@@ -325,9 +239,7 @@ mod tests {
 
         // More than there is: nothing is held.
         let too_many = json!([{ "productId": KEYBOARD, "quantity": 96 }]);
-        inventory
-            .command("shop.inventory.reserve", "o3", too_many)
-            .await;
+        command(&inventory, "shop.inventory.reserve", "o3", too_many).await;
         assert_eq!(stock().await["available"], 95);
     }
 }

@@ -21,12 +21,11 @@ mod tests {
     use super::MIGRATIONS;
     use tessera::Db;
     use tessera::store::{query, query_as};
+    use tessera::testing::TempDb;
 
     #[tokio::test]
     async fn stock_and_reservations_survive_the_move_to_without_rowid() {
-        let dir = std::env::temp_dir().join(format!("shop-inventory-{}", uuid::Uuid::new_v4()));
-        let url = Db::default_url(&dir, "inventory");
-        let before = Db::open(&url, &MIGRATIONS[..1]).await.unwrap();
+        let before = TempDb::new("inventory", &MIGRATIONS[..1]).await;
         query("UPDATE stock SET available = 7, reserved = 3 WHERE product_id = '0190f000-0000-7000-8000-000000000001'")
             .execute(before.pool())
             .await
@@ -37,7 +36,7 @@ mod tests {
             .unwrap();
         before.close().await;
 
-        let db = Db::open(&url, MIGRATIONS).await.unwrap();
+        let db = Db::open(before.url(), MIGRATIONS).await.unwrap();
         let stock: (i64, i64) = query_as(
             "SELECT available, reserved FROM stock WHERE product_id = '0190f000-0000-7000-8000-000000000001'",
         )
@@ -59,6 +58,5 @@ mod tests {
                 .is_err()
         );
         db.close().await;
-        let _ = std::fs::remove_dir_all(dir);
     }
 }

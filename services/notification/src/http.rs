@@ -46,89 +46,36 @@ async fn list(State(db): State<Db>, caller: Caller) -> Result<Json<Vec<View>>, A
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
     use std::sync::Arc;
 
-    use axum::body::Body;
-    use axum::http::{Request, StatusCode};
+    use axum::http::StatusCode;
     use serde_json::{Value, json};
-    use tessera::Passport;
-    use tessera::events::{Event, Handler};
-    use tower::ServiceExt;
+    use tessera::events::Event;
+    use tessera::testing::{App, handle};
 
     use super::*;
     use crate::messages::RecordingSender;
     use crate::schema::MIGRATIONS;
     use crate::worker::OrderOutcomes;
 
-    /// The router on a fresh database; the directory goes with it.
-    struct Notifications {
-        dir: PathBuf,
-        db: Db,
-        router: Router,
+    /// The router on a fresh database.
+    async fn notifications() -> App {
+        App::new("notification", MIGRATIONS, router).await
     }
 
-    impl Drop for Notifications {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-
-    async fn notifications() -> Notifications {
-        let dir = std::env::temp_dir().join(format!("shop-notification-{}", uuid::Uuid::new_v4()));
-        let db = Db::open(&Db::default_url(&dir, "notification"), MIGRATIONS)
+    /// `who`'s notifications, asked as a customer.
+    async fn inbox(n: &App, who: &str) -> (StatusCode, Value) {
+        n.call((who, &["user"]), "GET", "/api/notifications", None)
             .await
-            .unwrap();
-        Notifications {
-            dir,
-            router: router(db.clone()),
-            db,
-        }
     }
 
-    /// A passport as the request middleware leaves it for the handlers.
-    fn passport(sub: &str) -> Passport {
-        Passport {
-            iss: "tessera-gateway".into(),
-            aud: "test".into(),
-            sub: sub.into(),
-            roles: vec!["user".into()],
-            sid: None,
-            tid: "0af7651916cd43dd8448eb211c80319c".into(),
-            jti: "j".into(),
-            iat: 0,
-            exp: u64::MAX,
-        }
-    }
-
-    impl Notifications {
-        async fn list(&self, who: &str) -> (StatusCode, Value) {
-            let req = Request::builder()
-                .uri("/api/notifications")
-                .extension(passport(who))
-                .body(Body::empty())
-                .unwrap();
-            let response = self.router.clone().oneshot(req).await.unwrap();
-            let status = response.status();
-            let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-                .await
-                .unwrap();
-            (
-                status,
-                serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-            )
-        }
-
-        /// Delivers one `order.events` event to the consumer's handler.
-        async fn deliver(&self, ty: &str, data: Value) {
-            let outcomes = OrderOutcomes {
-                sender: Arc::new(RecordingSender),
-            };
-            let event = Event::new("/shop/order", ty, "o", data);
-            let mut tx = self.db.write_tx().await.unwrap();
-            outcomes.handle(&event, &mut tx).await.unwrap();
-            tx.commit().await.unwrap();
-        }
+    /// Delivers one `order.events` event to the consumer's handler.
+    async fn deliver(n: &App, ty: &str, data: Value) {
+        let outcomes = OrderOutcomes {
+            sender: Arc::new(RecordingSender),
+        };
+        let event = Event::new("/shop/order", ty, "o", data);
+        handle(&n.db, &outcomes, &event).await;
     }
 
     fn texts(list: &Value) -> Vec<(&str, &str, &str, &str)> {
@@ -151,26 +98,29 @@ mod tests {
         let n = notifications().await;
         let confirmed =
             json!({ "orderId": "o1", "userId": "ann", "total": 1250, "currency": "EUR" });
-        n.deliver("shop.order.confirmed", confirmed.clone()).await;
+        deliver(&n, "shop.order.confirmed", confirmed.clone()).await;
         // Redelivered: still one message.
-        n.deliver("shop.order.confirmed", confirmed).await;
-        n.deliver(
+        deliver(&n, "shop.order.confirmed", confirmed).await;
+        deliver(
+            &n,
             "shop.order.rejected",
             json!({ "orderId": "o2", "userId": "ann", "reason": "out_of_stock" }),
         )
         .await;
-        n.deliver(
+        deliver(
+            &n,
             "shop.order.placed",
             json!({ "orderId": "o3", "userId": "ann", "total": 1, "currency": "EUR" }),
         )
         .await;
-        n.deliver(
+        deliver(
+            &n,
             "shop.order.rejected",
             json!({ "orderId": "o4", "userId": "bob" }),
         )
         .await;
 
-        let (status, list) = n.list("ann").await;
+        let (status, list) = inbox(&n, "ann").await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(
             texts(&list),
@@ -190,7 +140,7 @@ mod tests {
             ],
             "newest first, nothing for a placed order, nothing of Bob's"
         );
-        let (_, list) = n.list("bob").await;
+        let (_, list) = inbox(&n, "bob").await;
         assert_eq!(
             texts(&list),
             [(
@@ -205,7 +155,7 @@ mod tests {
     #[tokio::test]
     async fn anonymous_callers_have_no_messages() {
         let n = notifications().await;
-        let (status, body) = n.list("anonymous").await;
+        let (status, body) = inbox(&n, "anonymous").await;
         assert_eq!(
             (status, &body["code"]),
             (StatusCode::UNAUTHORIZED, &json!("unauthenticated"))

@@ -21,12 +21,11 @@ mod tests {
     use super::MIGRATIONS;
     use tessera::Db;
     use tessera::store::{query, query_as};
+    use tessera::testing::TempDb;
 
     #[tokio::test]
     async fn notifications_survive_the_move_to_without_rowid() {
-        let dir = std::env::temp_dir().join(format!("shop-notification-{}", uuid::Uuid::new_v4()));
-        let url = Db::default_url(&dir, "notification");
-        let before = Db::open(&url, &MIGRATIONS[..1]).await.unwrap();
+        let before = TempDb::new("notification", &MIGRATIONS[..1]).await;
         query(
             "INSERT INTO notifications (id, order_id, user_id, kind, channel, subject, body, created)
              VALUES ('n1', 'o1', 'u1', 'order_confirmed', 'log', 's', 'b', 9)",
@@ -36,7 +35,7 @@ mod tests {
         .unwrap();
         before.close().await;
 
-        let db = Db::open(&url, MIGRATIONS).await.unwrap();
+        let db = Db::open(before.url(), MIGRATIONS).await.unwrap();
         let row: (String, String, i64) =
             query_as("SELECT id, body, created FROM notifications WHERE user_id = 'u1'")
                 .fetch_one(db.pool())
@@ -54,6 +53,5 @@ mod tests {
             .is_err()
         );
         db.close().await;
-        let _ = std::fs::remove_dir_all(dir);
     }
 }

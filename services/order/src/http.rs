@@ -281,16 +281,13 @@ async fn rebuild(State(st): State<AppState>, caller: Caller) -> Result<Json<Valu
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
     use std::sync::Arc;
     use std::time::Duration;
 
-    use axum::body::Body;
-    use axum::http::Request;
+    use tessera::PassportKeys;
     use tessera::registry::Discovery;
     use tessera::saga::{Saga, SagaDef, SagaHooks, SagaState};
-    use tessera::{Passport, PassportKeys};
-    use tower::ServiceExt;
+    use tessera::testing::{ADMIN, ANN, App, BOB, TempDb};
 
     use super::*;
     use crate::aggregate::Line;
@@ -302,28 +299,17 @@ mod tests {
     /// The router on a fresh database, with the real placer and event store; no catalog is
     /// reachable, so an order that gets as far as pricing answers 503.
     struct Shop {
-        dir: PathBuf,
-        db: Db,
+        app: App,
         orders: Orders,
         placer: Placer,
         saga: &'static SagaDef,
-        router: Router,
-    }
-
-    impl Drop for Shop {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
     }
 
     async fn shop() -> Shop {
-        let dir = std::env::temp_dir().join(format!("shop-order-{}", Uuid::new_v4()));
         // The service's tables and the library's (outbox, sagas), as the runtime opens them.
         let mut migrations = MIGRATIONS.to_vec();
         migrations.extend_from_slice(tessera::events::MIGRATIONS);
-        let db = Db::open(&Db::default_url(&dir, "order"), &migrations)
-            .await
-            .unwrap();
+        let db = TempDb::new("order", &migrations).await;
         let orders = Orders::new(vec![Arc::new(ReadModels)]);
         let saga = checkout::definition(Duration::from_secs(10), Duration::from_secs(15));
         let placer = Placer::start(db.clone(), Arc::new(Saga::new(saga)), orders.clone(), || {});
@@ -341,64 +327,14 @@ mod tests {
             orders: orders.clone(),
         });
         Shop {
-            dir,
-            db,
+            app: App { db, router },
             orders,
             placer,
             saga,
-            router,
-        }
-    }
-
-    /// A passport as the request middleware leaves it for the handlers.
-    fn passport(sub: &str, roles: &[&str]) -> Passport {
-        Passport {
-            iss: "tessera-gateway".into(),
-            aud: "test".into(),
-            sub: sub.into(),
-            roles: roles.iter().map(|r| r.to_string()).collect(),
-            sid: None,
-            tid: "0af7651916cd43dd8448eb211c80319c".into(),
-            jti: "j".into(),
-            iat: 0,
-            exp: u64::MAX,
         }
     }
 
     impl Shop {
-        async fn call(
-            &self,
-            who: (&str, &[&str]),
-            method: &str,
-            uri: &str,
-            headers: &[(&str, &str)],
-            body: Option<Value>,
-        ) -> (StatusCode, Value) {
-            let mut req = Request::builder()
-                .method(method)
-                .uri(uri)
-                .extension(passport(who.0, who.1));
-            for (name, value) in headers {
-                req = req.header(*name, *value);
-            }
-            let req = match body {
-                Some(body) => req
-                    .header("content-type", "application/json")
-                    .body(Body::from(body.to_string())),
-                None => req.body(Body::empty()),
-            }
-            .unwrap();
-            let response = self.router.clone().oneshot(req).await.unwrap();
-            let status = response.status();
-            let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-                .await
-                .unwrap();
-            (
-                status,
-                serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-            )
-        }
-
         /// Stores an order of `user`'s through the placer, as a priced POST does.
         async fn placed(&self, user: &str, key: Option<&str>, quantity: i64) -> String {
             let priced = Priced {
@@ -421,10 +357,6 @@ mod tests {
         }
     }
 
-    const ANN: (&str, &[&str]) = ("ann", &["user"]);
-    const BOB: (&str, &[&str]) = ("bob", &["user"]);
-    const ADMIN: (&str, &[&str]) = ("root", &["admin", "user"]);
-
     fn order_of(lines: usize) -> Value {
         let items: Vec<Value> = (0..lines)
             .map(|_| json!({ "productId": Uuid::now_v7(), "quantity": 1 }))
@@ -441,7 +373,7 @@ mod tests {
             ("GET", "/api/orders", None),
             ("GET", &format!("/api/orders/{}", Uuid::now_v7()), None),
         ] {
-            let (status, body) = shop.call(anonymous, method, uri, &[], body).await;
+            let (status, body) = shop.app.call(anonymous, method, uri, body).await;
             assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {uri}");
             assert_eq!(body["code"], "unauthenticated");
         }
@@ -491,7 +423,8 @@ mod tests {
             let headers: Vec<(&str, &str)> =
                 key.map(|k| ("idempotency-key", k)).into_iter().collect();
             let (status, answer) = shop
-                .call(ANN, "POST", "/api/orders", &headers, Some(body.clone()))
+                .app
+                .call_with(ANN, "POST", "/api/orders", &headers, Some(body.clone()))
                 .await;
             assert_eq!(
                 (status, answer["code"].as_str()),
@@ -501,11 +434,12 @@ mod tests {
         }
         // A good order gets past the checks, to the catalog (which is not there).
         let (status, _) = shop
-            .call(ANN, "POST", "/api/orders", &[], Some(order_of(20)))
+            .app
+            .call(ANN, "POST", "/api/orders", Some(order_of(20)))
             .await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         let rows: (i64,) = tessera::store::query_as("SELECT COUNT(*) FROM order_events")
-            .fetch_one(shop.db.pool())
+            .fetch_one(shop.app.db.pool())
             .await
             .unwrap();
         assert_eq!(rows.0, 0, "nothing was stored");
@@ -517,7 +451,8 @@ mod tests {
         let first = shop.placed("ann", Some("k1"), 2).await;
         // The retry is answered from the key, without pricing (no catalog here) or storing.
         let (status, body) = shop
-            .call(
+            .app
+            .call_with(
                 ANN,
                 "POST",
                 "/api/orders",
@@ -529,7 +464,8 @@ mod tests {
         assert_eq!(body, json!({ "orderId": first, "status": "PENDING" }));
         // Keys are per user: Bob's "k1" is a new order (which needs the catalog).
         let (status, _) = shop
-            .call(
+            .app
+            .call_with(
                 BOB,
                 "POST",
                 "/api/orders",
@@ -558,7 +494,7 @@ mod tests {
         let detail = format!("/api/orders/{id}");
         let history = format!("/api/orders/{id}/history");
 
-        let (status, order) = shop.call(ANN, "GET", &detail, &[], None).await;
+        let (status, order) = shop.app.call(ANN, "GET", &detail, None).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(order["orderId"], id.as_str());
         assert_eq!(order["userId"], "ann");
@@ -573,7 +509,7 @@ mod tests {
         assert_eq!(order["items"][0]["quantity"], 3);
         assert_eq!(order["items"][0]["unitPrice"], 1250);
 
-        let (status, events) = shop.call(ANN, "GET", &history, &[], None).await;
+        let (status, events) = shop.app.call(ANN, "GET", &history, None).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(events["events"].as_array().unwrap().len(), 1);
         assert_eq!(events["events"][0]["type"], "OrderPlaced");
@@ -581,15 +517,15 @@ mod tests {
 
         // Someone else's order does not exist for them; an admin sees it.
         for uri in [&detail, &history] {
-            let (status, body) = shop.call(BOB, "GET", uri, &[], None).await;
+            let (status, body) = shop.app.call(BOB, "GET", uri, None).await;
             assert_eq!(
                 (status, &body["code"]),
                 (StatusCode::NOT_FOUND, &json!("not_found"))
             );
-            let (status, _) = shop.call(ADMIN, "GET", uri, &[], None).await;
+            let (status, _) = shop.app.call(ADMIN, "GET", uri, None).await;
             assert_eq!(status, StatusCode::OK, "{uri}");
         }
-        let (status, body) = shop.call(ANN, "GET", "/api/orders/mug", &[], None).await;
+        let (status, body) = shop.app.call(ANN, "GET", "/api/orders/mug", None).await;
         assert_eq!(
             (status, &body["code"]),
             (StatusCode::BAD_REQUEST, &json!("invalid_path"))
@@ -610,7 +546,7 @@ mod tests {
             status: "running".into(),
             data: json!({ "orderId": id, "userId": "ann", "total": 1250, "currency": "EUR", "paymentId": "p1" }),
         };
-        let mut tx = shop.db.write_tx().await.unwrap();
+        let mut tx = shop.app.db.write_tx().await.unwrap();
         let saga = state(&confirmed);
         hooks
             .step_done(&mut tx, &saga, &shop.saga.steps[0])
@@ -628,20 +564,22 @@ mod tests {
         tx.commit().await.unwrap();
 
         let (_, order) = shop
-            .call(ANN, "GET", &format!("/api/orders/{confirmed}"), &[], None)
+            .app
+            .call(ANN, "GET", &format!("/api/orders/{confirmed}"), None)
             .await;
         assert_eq!(
             (&order["status"], &order["stage"], &order["version"]),
             (&json!("CONFIRMED"), &json!("confirmed"), &json!(4))
         );
         let (_, order) = shop
-            .call(ANN, "GET", &format!("/api/orders/{rejected}"), &[], None)
+            .app
+            .call(ANN, "GET", &format!("/api/orders/{rejected}"), None)
             .await;
         assert_eq!(
             (&order["status"], &order["reason"], &order["version"]),
             (&json!("REJECTED"), &json!("out_of_stock"), &json!(2))
         );
-        let (_, list) = shop.call(ANN, "GET", "/api/orders", &[], None).await;
+        let (_, list) = shop.app.call(ANN, "GET", "/api/orders", None).await;
         let statuses: Vec<(&str, &str)> = list["items"]
             .as_array()
             .unwrap()
@@ -662,11 +600,11 @@ mod tests {
             "{list}"
         );
         let (_, history) = shop
+            .app
             .call(
                 ANN,
                 "GET",
                 &format!("/api/orders/{confirmed}/history"),
-                &[],
                 None,
             )
             .await;
@@ -698,9 +636,7 @@ mod tests {
         mine.sort();
         mine.reverse();
 
-        let (status, page) = shop
-            .call(ANN, "GET", "/api/orders?limit=2", &[], None)
-            .await;
+        let (status, page) = shop.app.call(ANN, "GET", "/api/orders?limit=2", None).await;
         assert_eq!(status, StatusCode::OK);
         let ids = |page: &Value| -> Vec<String> {
             page["items"]
@@ -717,11 +653,11 @@ mod tests {
             .expect("a next page")
             .to_string();
         let (_, page) = shop
+            .app
             .call(
                 ANN,
                 "GET",
                 &format!("/api/orders?limit=2&cursor={cursor}"),
-                &[],
                 None,
             )
             .await;
@@ -736,7 +672,8 @@ mod tests {
             ("limit=x", "invalid_query"),
         ] {
             let (status, body) = shop
-                .call(ANN, "GET", &format!("/api/orders?{query}"), &[], None)
+                .app
+                .call(ANN, "GET", &format!("/api/orders?{query}"), None)
                 .await;
             assert_eq!(
                 (status, body["code"].as_str()),
@@ -751,7 +688,7 @@ mod tests {
         let shop = shop().await;
         let a = shop.placed("ann", None, 1).await;
         let b = shop.placed("bob", None, 2).await;
-        let mut tx = shop.db.write_tx().await.unwrap();
+        let mut tx = shop.app.db.write_tx().await.unwrap();
         shop.orders
             .append(
                 &mut tx,
@@ -764,7 +701,7 @@ mod tests {
         tx.commit().await.unwrap();
 
         let rebuild = "/api/orders/projections/rebuild";
-        let (status, body) = shop.call(ANN, "POST", rebuild, &[], None).await;
+        let (status, body) = shop.app.call(ANN, "POST", rebuild, None).await;
         assert_eq!(
             (status, &body["code"]),
             (StatusCode::FORBIDDEN, &json!("forbidden"))
@@ -773,21 +710,22 @@ mod tests {
         // Lose the read models, then rebuild them.
         for table in ["order_details", "order_list"] {
             tessera::store::query(&format!("DELETE FROM {table}"))
-                .execute(shop.db.pool())
+                .execute(shop.app.db.pool())
                 .await
                 .unwrap();
         }
-        let (status, body) = shop.call(ADMIN, "POST", rebuild, &[], None).await;
+        let (status, body) = shop.app.call(ADMIN, "POST", rebuild, None).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body, json!({ "events": 3, "orders": 2 }));
         let (_, order) = shop
-            .call(BOB, "GET", &format!("/api/orders/{b}"), &[], None)
+            .app
+            .call(BOB, "GET", &format!("/api/orders/{b}"), None)
             .await;
         assert_eq!(
             (&order["status"], &order["version"]),
             (&json!("CONFIRMED"), &json!(2))
         );
-        let (_, list) = shop.call(ANN, "GET", "/api/orders", &[], None).await;
+        let (_, list) = shop.app.call(ANN, "GET", "/api/orders", None).await;
         assert_eq!(list["items"][0]["orderId"], a.as_str());
         assert_eq!(list["items"].as_array().unwrap().len(), 1);
     }

@@ -191,107 +191,63 @@ async fn set_behavior(
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
-    use axum::body::Body;
-    use axum::http::Request;
     use serde_json::{Value, json};
-    use tower::ServiceExt;
+    use tessera::testing::{App, request, send};
 
     use super::*;
     use crate::schema::MIGRATIONS;
 
-    /// The router on a fresh database, answering at once; the directory goes with it.
-    struct Provider {
-        dir: PathBuf,
-        router: Router,
-    }
-
-    impl Drop for Provider {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-
-    async fn provider() -> Provider {
-        let dir = std::env::temp_dir().join(format!(
-            "shop-payment-provider-{:016x}",
-            rand::random::<u64>()
-        ));
-        let db = Db::open(&Db::default_url(&dir, "payment-provider"), MIGRATIONS)
-            .await
-            .unwrap();
+    /// The router on a fresh database, answering at once.
+    async fn provider() -> App {
         let behavior = Behavior {
             latency_ms: 0,
             failure_rate: 0.0,
             hang: false,
             decline_over: 10_000,
         };
-        Provider {
-            dir,
-            router: router(db, behavior),
-        }
+        App::new("payment-provider", MIGRATIONS, |db| router(db, behavior)).await
     }
 
-    impl Provider {
-        async fn call(
-            &self,
-            method: &str,
-            uri: &str,
-            key: Option<&str>,
-            body: Option<Value>,
-        ) -> (StatusCode, Value) {
-            let mut req = Request::builder().method(method).uri(uri);
-            if let Some(key) = key {
-                req = req.header("idempotency-key", key);
-            }
-            let req = match body {
-                Some(body) => req
-                    .header("content-type", "application/json")
-                    .body(Body::from(body.to_string())),
-                None => req.body(Body::empty()),
-            }
-            .unwrap();
-            let response = self.router.clone().oneshot(req).await.unwrap();
-            let status = response.status();
-            let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-                .await
-                .unwrap();
-            (
-                status,
-                serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-            )
-        }
+    /// A call as the shop's payment service makes it: no passport, maybe an `Idempotency-Key`.
+    async fn call(
+        p: &App,
+        method: &str,
+        uri: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let key = key.map(|key| ("idempotency-key", key));
+        let (status, _, body) = send(&p.router, request(method, uri, key.as_slice(), body)).await;
+        (status, body)
+    }
 
-        async fn charge(&self, key: &str, amount: i64, reference: &str) -> (StatusCode, Value) {
-            let body = json!({ "amount": amount, "currency": "EUR", "reference": reference });
-            self.call("POST", "/v1/charges", Some(key), Some(body))
-                .await
-        }
+    async fn charge(p: &App, key: &str, amount: i64, reference: &str) -> (StatusCode, Value) {
+        let body = json!({ "amount": amount, "currency": "EUR", "reference": reference });
+        call(p, "POST", "/v1/charges", Some(key), Some(body)).await
     }
 
     #[tokio::test]
     async fn a_retried_charge_gets_the_first_answer() {
         let p = provider().await;
-        let (status, first) = p.charge("o1", 1250, "o1").await;
+        let (status, first) = charge(&p, "o1", 1250, "o1").await;
         assert_eq!(status, StatusCode::CREATED);
         assert_eq!(
             first,
             json!({ "key": "o1", "reference": "o1", "amount": 1250, "currency": "EUR", "status": "captured" })
         );
         // The same key with another amount: the stored answer, not a second charge.
-        let (status, again) = p.charge("o1", 99_999, "o1").await;
+        let (status, again) = charge(&p, "o1", 99_999, "o1").await;
         assert_eq!((status, &again), (StatusCode::CREATED, &first));
 
         for (key, amount, reference) in [("o2", 10_001, "o2"), ("o3", 5, "please decline")] {
-            let (status, declined) = p.charge(key, amount, reference).await;
+            let (status, declined) = charge(&p, key, amount, reference).await;
             assert_eq!(
                 (status, &declined["status"]),
                 (StatusCode::PAYMENT_REQUIRED, &json!("declined")),
                 "{key}"
             );
         }
-        let (_, all) = p.call("GET", "/v1/charges", None, None).await;
+        let (_, all) = call(&p, "GET", "/v1/charges", None, None).await;
         let charges: Vec<(&str, &str)> = all
             .as_array()
             .unwrap()
@@ -307,15 +263,14 @@ mod tests {
     #[tokio::test]
     async fn a_voided_key_charges_no_more() {
         let p = provider().await;
-        p.charge("o1", 100, "o1").await;
+        charge(&p, "o1", 100, "o1").await;
         for key in ["o1", "o2"] {
-            let (status, voided) = p
-                .call("POST", &format!("/v1/charges/{key}/void"), None, None)
-                .await;
+            let (status, voided) =
+                call(&p, "POST", &format!("/v1/charges/{key}/void"), None, None).await;
             assert_eq!(status, StatusCode::OK);
             assert_eq!(voided, json!({ "key": key, "status": "voided" }));
             // A charge that arrives after its void (a late retry) is refused.
-            let (status, refused) = p.charge(key, 100, key).await;
+            let (status, refused) = charge(&p, key, 100, key).await;
             assert_eq!(
                 (status, &refused["status"]),
                 (StatusCode::CONFLICT, &json!("voided")),
@@ -342,14 +297,14 @@ mod tests {
                 "invalid_body",
             ),
         ] {
-            let (status, answer) = p.call("POST", "/v1/charges", key, Some(body.clone())).await;
+            let (status, answer) = call(&p, "POST", "/v1/charges", key, Some(body.clone())).await;
             assert_eq!(
                 (status, answer["code"].as_str()),
                 (StatusCode::BAD_REQUEST, Some(code)),
                 "{key:?} {body}"
             );
         }
-        let (_, all) = p.call("GET", "/v1/charges", None, None).await;
+        let (_, all) = call(&p, "GET", "/v1/charges", None, None).await;
         assert_eq!(all, json!([]));
     }
 
@@ -358,29 +313,27 @@ mod tests {
         let p = provider().await;
         let failing =
             json!({ "latencyMs": 0, "failureRate": 1.0, "hang": false, "declineOver": 10_000 });
-        let (status, set) = p
-            .call("PUT", "/v1/behavior", None, Some(failing.clone()))
-            .await;
+        let (status, set) = call(&p, "PUT", "/v1/behavior", None, Some(failing.clone())).await;
         assert_eq!((status, &set), (StatusCode::OK, &failing));
-        let (_, read) = p.call("GET", "/v1/behavior", None, None).await;
+        let (_, read) = call(&p, "GET", "/v1/behavior", None, None).await;
         assert_eq!(read, failing);
 
-        let (status, answer) = p.charge("o1", 100, "o1").await;
+        let (status, answer) = charge(&p, "o1", 100, "o1").await;
         assert_eq!(
             (status, &answer["code"]),
             (StatusCode::SERVICE_UNAVAILABLE, &json!("unavailable"))
         );
-        let (_, all) = p.call("GET", "/v1/charges", None, None).await;
+        let (_, all) = call(&p, "GET", "/v1/charges", None, None).await;
         assert_eq!(all, json!([]), "a failed charge charges nothing");
 
         let mut bad = failing.clone();
         bad["failureRate"] = json!(1.5);
-        let (status, answer) = p.call("PUT", "/v1/behavior", None, Some(bad)).await;
+        let (status, answer) = call(&p, "PUT", "/v1/behavior", None, Some(bad)).await;
         assert_eq!(
             (status, &answer["code"]),
             (StatusCode::BAD_REQUEST, &json!("invalid_failure_rate"))
         );
-        let (_, read) = p.call("GET", "/v1/behavior", None, None).await;
+        let (_, read) = call(&p, "GET", "/v1/behavior", None, None).await;
         assert_eq!(read, failing, "unchanged by a refused PUT");
     }
 }

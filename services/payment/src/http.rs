@@ -83,92 +83,34 @@ async fn list(
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicU32, Ordering};
 
-    use axum::body::Body;
-    use axum::http::{Request, StatusCode};
+    use axum::http::StatusCode;
     use serde_json::{Value, json};
-    use tessera::Passport;
-    use tessera::events::{Event, Handler};
+    use tessera::events::Event;
+    use tessera::testing::{ADMIN, ANN, App, BOB, Who, handle};
     use tokio::sync::Notify;
-    use tower::ServiceExt;
 
     use super::*;
     use crate::commands::Commands;
     use crate::schema::MIGRATIONS;
 
-    /// The router on a fresh database; the directory goes with it.
-    struct Payments {
-        dir: PathBuf,
-        db: Db,
-        router: Router,
-    }
-
-    impl Drop for Payments {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
+    /// The router on a fresh database, with the helpers below.
+    struct Payments(App);
 
     async fn payments() -> Payments {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "shop-payment-{}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed),
-            tessera::unix_now_ms()
-        ));
-        let db = Db::open(&Db::default_url(&dir, "payment"), MIGRATIONS)
-            .await
-            .unwrap();
-        Payments {
-            dir,
-            router: router(db.clone()),
-            db,
-        }
+        Payments(App::new("payment", MIGRATIONS, router).await)
     }
-
-    /// A passport as the request middleware leaves it for the handlers.
-    fn passport(sub: &str, roles: &[&str]) -> Passport {
-        Passport {
-            iss: "tessera-gateway".into(),
-            aud: "test".into(),
-            sub: sub.into(),
-            roles: roles.iter().map(|r| r.to_string()).collect(),
-            sid: None,
-            tid: "0af7651916cd43dd8448eb211c80319c".into(),
-            jti: "j".into(),
-            iat: 0,
-            exp: u64::MAX,
-        }
-    }
-
-    const ANN: (&str, &[&str]) = ("ann", &["user"]);
-    const BOB: (&str, &[&str]) = ("bob", &["user"]);
-    const ADMIN: (&str, &[&str]) = ("root", &["admin", "user"]);
 
     impl Payments {
-        async fn list(&self, who: (&str, &[&str]), query: &str) -> (StatusCode, Value) {
-            let req = Request::builder()
-                .uri(format!("/api/payments{query}"))
-                .extension(passport(who.0, who.1))
-                .body(Body::empty())
-                .unwrap();
-            let response = self.router.clone().oneshot(req).await.unwrap();
-            let status = response.status();
-            let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        async fn list(&self, who: Who<'_>, query: &str) -> (StatusCode, Value) {
+            self.0
+                .call(who, "GET", &format!("/api/payments{query}"), None)
                 .await
-                .unwrap();
-            (
-                status,
-                serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-            )
         }
 
         /// The (orderId, amount, status) of each payment `who` sees, sorted by order.
-        async fn seen(&self, who: (&str, &[&str]), query: &str) -> Vec<(String, i64, String)> {
+        async fn seen(&self, who: Who<'_>, query: &str) -> Vec<(String, i64, String)> {
             let (status, list) = self.list(who, query).await;
             assert_eq!(status, StatusCode::OK, "{list}");
             let mut seen: Vec<(String, i64, String)> = list
@@ -195,9 +137,7 @@ mod tests {
             let data =
                 json!({ "orderId": order, "userId": user, "total": total, "currency": "EUR" });
             let event = Event::new("/shop/order", ty, order, data);
-            let mut tx = self.db.write_tx().await.unwrap();
-            commands.handle(&event, &mut tx).await.unwrap();
-            tx.commit().await.unwrap();
+            handle(&self.0.db, &commands, &event).await;
         }
     }
 
