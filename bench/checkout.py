@@ -29,10 +29,12 @@ PRODUCT = "0190f000-0000-7000-8000-000000000005"
 CONTROL, GATEWAY = 18800, 18880
 
 
-def requests_served(control, gateway):
-    """HTTP requests each process has served so far, by `process route`, from every /metrics."""
+def requests_served(control, gateway, admin):
+    """HTTP requests each process has served so far, by `process route`, from every /metrics
+    (the registry read with the `admin` credential)."""
     urls = {"tessera control": f"http://{control}", "tessera gateway": f"http://{gateway}"}
-    with urllib.request.urlopen(f"http://{control}/v1/services", timeout=5) as r:
+    registry = urllib.request.Request(f"http://{control}/v1/services", headers={"authorization": f"Bearer {admin}"})
+    with urllib.request.urlopen(registry, timeout=5) as r:
         for service, instances in json.load(r)["services"].items():
             for i in instances:
                 urls[i["id"]] = f"http://{i['address']}"
@@ -93,6 +95,7 @@ def main():
     up = start([os.path.join(RELEASE, "tessera"), "--manifest", path, "up", "--no-build"],
                env={"NO_COLOR": "1", "RUST_LOG": os.environ.get("BENCH_RUST_LOG", "warn")}, log=os.path.join(tmp, "up.log"))
     base = f"http://127.0.0.1:{GATEWAY}"
+    admin = credential(os.path.join(RELEASE, "tessera"), path, "admin")
     try:
         deadline = time.time() + 60
         while "ready in" not in open(os.path.join(tmp, "up.log")).read():
@@ -117,7 +120,7 @@ def main():
                      for pid, argv in procs}
             writes = start_write_trace(tmp) if os.environ.get("BENCH_WRITES") else None
             before = {pid: cpu_seconds([pid]) for pid in names}
-            served = requests_served(f"127.0.0.1:{CONTROL}", f"127.0.0.1:{GATEWAY}")
+            served = requests_served(f"127.0.0.1:{CONTROL}", f"127.0.0.1:{GATEWAY}", admin)
             started = time.time()
             perf = None
             if os.environ.get("BENCH_PERF"):
@@ -144,7 +147,7 @@ def main():
             step["cpu_us_per_order"] = sum(cpu.values()) * wall * 1e6 / max(step["confirmed"], 1)
             # HTTP requests the shop's processes served per confirmed order, by route: each is
             # an exchange between two processes (settling's reads included).
-            after = requests_served(f"127.0.0.1:{CONTROL}", f"127.0.0.1:{GATEWAY}")
+            after = requests_served(f"127.0.0.1:{CONTROL}", f"127.0.0.1:{GATEWAY}", admin)
             per_order = {k: (v - served.get(k, 0)) / max(step["confirmed"], 1) for k, v in after.items()}
             step["requests_per_order"] = dict(sorted(((k, v) for k, v in per_order.items() if v > 0),
                                                      key=lambda kv: -kv[1]))

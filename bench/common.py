@@ -51,6 +51,12 @@ def wait_http(url, timeout=30):
     raise SystemExit(f"{url} did not answer within {timeout}s")
 
 
+def credential(tessera, manifest, principal):
+    """The control-plane credential of `principal` in the system of `manifest`."""
+    return subprocess.run([tessera, "--manifest", manifest, "credential", principal],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
 def http_json(method, url, body=None, headers=None):
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method=method,

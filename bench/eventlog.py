@@ -24,8 +24,14 @@ def main():
     tmp = tempfile.mkdtemp(prefix="tessera-bench-log-")
     manifest = os.path.join(tmp, "bench.toml")
     with open(manifest, "w") as f:
-        f.write(f'[system]\nname = "bench"\nstate_dir = "state"\n[control]\nlisten = "127.0.0.1:{CONTROL}"\n')
-    control = start([os.path.join(RELEASE, "tessera"), "--manifest", manifest, "control"], log=os.path.join(tmp, "control.log"))
+        # The bench client calls as a service that produces and consumes one topic per case.
+        f.write(f'[system]\nname = "bench"\nstate_dir = "state"\n[control]\nlisten = "127.0.0.1:{CONTROL}"\n'
+                '[services.bench]\ncommand = "true"\n'
+                'produces = ["bench.batched_100x4", "bench.one_by_one_x16"]\n'
+                'consumes = ["bench.batched_100x4", "bench.one_by_one_x16"]\n')
+    tessera = os.path.join(RELEASE, "tessera")
+    control = start([tessera, "--manifest", manifest, "control"], log=os.path.join(tmp, "control.log"))
+    bench_credential = credential(tessera, manifest, "service:bench")
     try:
         wait_http(f"http://127.0.0.1:{CONTROL}/health/ready")
         results = {}
@@ -34,8 +40,8 @@ def main():
             before = cpu_seconds([control.pid])
             children = resource.getrusage(resource.RUSAGE_CHILDREN)
             run = subprocess.run(["taskset", "-c", LOAD_CPU, os.path.join(RELEASE, "bench-eventlog"),
-                                  f"http://127.0.0.1:{CONTROL}", str(events), str(batch), str(publishers)],
-                                 capture_output=True, text=True)
+                                  f"http://127.0.0.1:{CONTROL}", f"bench.{name}", str(events), str(batch), str(publishers)],
+                                 capture_output=True, text=True, env={**os.environ, "TESSERA_CREDENTIAL": bench_credential})
             if run.returncode != 0:
                 raise SystemExit(f"{name} failed:\n{run.stderr[:1500]}")
             out = run.stdout

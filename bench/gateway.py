@@ -72,12 +72,15 @@ auth = "public"
     try:
         procs["control"] = start([tessera, "--manifest", manifest, "control"], log=os.path.join(tmp, "control.log"))
         wait_http(f"http://127.0.0.1:{CONTROL}/health/ready")
-        procs["auth"] = start([os.path.join(RELEASE, "shop-auth")], env={**env, "TESSERA_SERVICE": "auth"},
+        # Each process proves who it is to the control plane, as `tessera up` arranges.
+        as_ = lambda principal: {**env, "TESSERA_CREDENTIAL": credential(tessera, manifest, principal)}
+        procs["auth"] = start([os.path.join(RELEASE, "shop-auth")], env={**as_("service:auth"), "TESSERA_SERVICE": "auth"},
                               log=os.path.join(tmp, "auth.log"))
         procs["upstream"] = start([os.path.join(RELEASE, "bench-upstream")],
-                                  env={**env, "TESSERA_SERVICE": "bench", "BENCH_LISTEN": f"127.0.0.1:{UPSTREAM}"},
+                                  env={**as_("service:bench"), "TESSERA_SERVICE": "bench",
+                                       "BENCH_LISTEN": f"127.0.0.1:{UPSTREAM}"},
                                   log=os.path.join(tmp, "upstream.log"))
-        procs["gateway"] = start([tessera, "--manifest", manifest, "gateway"], env=env,
+        procs["gateway"] = start([tessera, "--manifest", manifest, "gateway"], env=as_("gateway"),
                                  log=os.path.join(tmp, "gateway.log"))
         baseline_bin = baseline("tessera")
         if baseline_bin:
@@ -85,7 +88,7 @@ auth = "public"
             manifest_baseline = os.path.join(tmp, "baseline.toml")
             with open(manifest) as f, open(manifest_baseline, "w") as g:
                 g.write(f.read().replace(f"127.0.0.1:{GATEWAY}", f"127.0.0.1:{BASELINE}"))
-            procs["baseline"] = start([baseline_bin, "--manifest", manifest_baseline, "gateway"], env=env,
+            procs["baseline"] = start([baseline_bin, "--manifest", manifest_baseline, "gateway"], env=as_("gateway"),
                                       log=os.path.join(tmp, "baseline.log"))
         with open(os.path.join(tmp, "nginx.conf"), "w") as f:
             f.write(f"""

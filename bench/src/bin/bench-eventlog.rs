@@ -1,7 +1,9 @@
 //! Publish → consume through the `tessera` bus API against a running event log.
 //!
-//! `bench-eventlog <control-url> <events> <batch> <publishers>`: `publishers` tasks publish
-//! `events` in all, `batch` per call (1 = one by one); one consumer fetches and commits.
+//! `bench-eventlog <control-url> <topic> <events> <batch> <publishers>`: `publishers` tasks
+//! publish `events` to `topic` in all, `batch` per call (1 = one by one); one consumer (group
+//! `bench`) fetches and commits. It calls as the service whose credential is in
+//! `TESSERA_CREDENTIAL`, which must produce and consume `topic`.
 //! Prints one JSON line: events/s from the first publish to the last event consumed, and the
 //! publish→consume latency percentiles.
 
@@ -9,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tessera::events::{Bus, ControlBus, Event};
+use tessera::identity::Credential;
 
 fn now_ns() -> u64 {
     SystemTime::now()
@@ -20,13 +23,15 @@ fn now_ns() -> u64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, control, events, batch, publishers] = args.as_slice() else {
-        anyhow::bail!("usage: bench-eventlog <control-url> <events> <batch> <publishers>");
+    let [_, control, topic, events, batch, publishers] = args.as_slice() else {
+        anyhow::bail!("usage: bench-eventlog <control-url> <topic> <events> <batch> <publishers>");
     };
     let (events, batch, publishers): (usize, usize, usize) =
         (events.parse()?, batch.parse()?, publishers.parse()?);
-    let bus = Arc::new(ControlBus::new(control));
-    let topic = format!("bench.{}", uuid_ish());
+    let credential =
+        Credential::from_env()?.ok_or_else(|| anyhow::anyhow!("TESSERA_CREDENTIAL is not set"))?;
+    let bus = Arc::new(ControlBus::new(control, &credential));
+    let topic = topic.clone();
     let group = "bench";
 
     let start = Instant::now();
@@ -100,8 +105,4 @@ async fn main() -> anyhow::Result<()> {
         })
     );
     Ok(())
-}
-
-fn uuid_ish() -> String {
-    format!("{:x}", now_ns())
 }

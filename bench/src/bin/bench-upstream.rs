@@ -1,10 +1,12 @@
 //! The bare upstream: axum, nothing else. `BENCH_LISTEN` (default 127.0.0.1:0) sets the
 //! address; with `TESSERA_CONTROL_URL` it also registers itself as `TESSERA_SERVICE` so that a
-//! Tessera gateway can route to it. It prints its address on the first line.
+//! Tessera gateway can route to it, proving who it is with `TESSERA_CREDENTIAL`. It prints its
+//! address on the first line.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use tessera::identity::Credential;
 use tessera::registry::{Instance, Registration, RegistryClient, keep_registered};
 
 #[tokio::main]
@@ -27,7 +29,9 @@ async fn main() -> anyhow::Result<()> {
                 },
                 ttl_ms: 3000,
             };
-            let client = RegistryClient::new(&control);
+            let credential = Credential::from_env()?
+                .ok_or_else(|| anyhow::anyhow!("TESSERA_CREDENTIAL is not set"))?;
+            let client = RegistryClient::new(&control, &credential);
             client.register(&reg).await?;
             Some(keep_registered(client, reg, Duration::from_secs(1)))
         }

@@ -1,13 +1,16 @@
 //! `tessera`: runs a whole system from its manifest, and the platform's own processes.
 
+mod keys;
 mod output;
 mod supervisor;
 mod up;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use tessera::identity::{Credential, Principal};
 use tessera_manifest::Manifest;
 
 #[derive(Parser)]
@@ -34,6 +37,9 @@ enum Command {
     Control,
     /// Run the gateway (started by `up`).
     Gateway,
+    /// Print the control-plane credential of a principal (`service:<name>`, `gateway`,
+    /// `supervisor`, `admin`), for a process started by other means than `up`.
+    Credential { principal: String },
 }
 
 #[global_allocator]
@@ -58,10 +64,27 @@ fn main() -> anyhow::Result<()> {
     }
     .enable_all()
     .build()?;
+    let base = match cli.manifest.canonicalize() {
+        Ok(path) => path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        Err(e) => {
+            eprintln!("tessera: {}: {e}", cli.manifest.display());
+            std::process::exit(2);
+        }
+    };
+    let state_dir = base.join(&manifest.system.state_dir);
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Up { no_build } => up::run(&cli.manifest, manifest, no_build).await,
-            Command::Status => status(&manifest).await,
+            Command::Status => status(&manifest, &state_dir).await,
+            Command::Credential { principal } => {
+                let Some(principal) = Principal::parse(&principal) else {
+                    anyhow::bail!(
+                        "{principal:?} is not service:<name>, gateway, supervisor or admin"
+                    );
+                };
+                println!("{}", keys::credential(&state_dir, &principal)?.token());
+                Ok(())
+            }
             Command::Control => {
                 tessera::log::init("control", "control");
                 let listener = tokio::net::TcpListener::bind(manifest.control.listen)
@@ -72,15 +95,11 @@ fn main() -> anyhow::Result<()> {
                             manifest.control.listen
                         )
                     })?;
-                let base = cli
-                    .manifest
-                    .canonicalize()?
-                    .parent()
-                    .map(PathBuf::from)
-                    .unwrap_or_default();
                 let config = tessera_control::ControlConfig {
                     settle: std::time::Duration::from_millis(manifest.control.heartbeat_ms * 2),
-                    data_dir: base.join(&manifest.system.state_dir).join("control"),
+                    data_dir: state_dir.join("control"),
+                    keys: Arc::new(keys::control_keys(&state_dir)?),
+                    policy: Arc::new(policy(&manifest)),
                     log: tessera_control::events::LogConfig {
                         partitions: manifest.control.partitions,
                         lease: std::time::Duration::from_millis(manifest.control.lease_ms),
@@ -101,8 +120,12 @@ fn main() -> anyhow::Result<()> {
                             manifest.gateway.listen
                         )
                     })?;
+                let credential = Credential::from_env()
+                    .context("TESSERA_CREDENTIAL")?
+                    .context("TESSERA_CREDENTIAL is not set (tessera up sets it)")?;
                 let config = tessera_gateway::GatewayConfig {
                     control_url: format!("http://{}", manifest.control.listen),
+                    credential,
                     manifest,
                     passport_keys,
                 };
@@ -114,9 +137,23 @@ fn main() -> anyhow::Result<()> {
     result
 }
 
-async fn status(manifest: &Manifest) -> anyhow::Result<()> {
+/// What each service may do on the control plane, from what the manifest declares.
+fn policy(manifest: &Manifest) -> tessera_control::Policy {
+    tessera_control::Policy::new(manifest.services.iter().map(|(name, spec)| {
+        (
+            name.clone(),
+            tessera_control::Grants {
+                produces: spec.produces.clone(),
+                consumes: spec.consumes.clone(),
+            },
+        )
+    }))
+}
+
+async fn status(manifest: &Manifest, state_dir: &Path) -> anyhow::Result<()> {
     let url = format!("http://{}", manifest.control.listen);
-    let catalog = tessera::registry::RegistryClient::new(&url)
+    let admin = keys::credential(state_dir, &Principal::Admin)?;
+    let catalog = tessera::registry::RegistryClient::new(&url, &admin)
         .catalog(None, std::time::Duration::ZERO)
         .await
         .with_context(|| {

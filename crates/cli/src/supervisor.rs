@@ -26,7 +26,7 @@ pub struct ProcSpec {
     pub cwd: PathBuf,
     /// For a service instance: the registry to tell at once when the process dies, so that
     /// nothing is routed to it while its TTL runs out.
-    pub registry: Option<(String, String)>,
+    pub registry: Option<(tessera::registry::RegistryClient, String)>,
 }
 
 const BACKOFF_START: Duration = Duration::from_millis(250);
@@ -80,11 +80,9 @@ pub async fn supervise(
             "{} exited ({status}); restarting in {backoff:?}",
             spec.name
         ));
-        if let Some((control_url, instance)) = &spec.registry {
+        if let Some((registry, instance)) = &spec.registry {
             // Best effort: if the control plane is down too, the TTL does the same job.
-            let _ = tessera::registry::RegistryClient::new(control_url)
-                .deregister(instance)
-                .await;
+            let _ = registry.deregister(instance).await;
         }
         if sleep_or_stop(&mut stop, backoff).await {
             return;

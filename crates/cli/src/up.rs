@@ -7,12 +7,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use tessera::passport::PassportKeys;
+use tessera::events::{PRODUCERS_ENV, Producers};
+use tessera::identity::{CREDENTIAL_ENV, Principal};
 use tessera::registry::RegistryClient;
 use tessera_manifest::Manifest;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::keys;
 use crate::output::say;
 use crate::supervisor::{ProcSpec, shutdown_signal, supervise};
 
@@ -30,7 +32,8 @@ pub async fn run(manifest_path: &Path, manifest: Manifest, no_build: bool) -> an
     let state_dir = base.join(&manifest.system.state_dir);
     std::fs::create_dir_all(state_dir.join("data"))
         .with_context(|| format!("cannot create {}", state_dir.display()))?;
-    let passport_keys = passport_keys(&state_dir)?;
+    let passport_keys = keys::passport_keys(&state_dir)?;
+    let control_keys = keys::control_keys(&state_dir)?;
 
     if let (Some(build), false) = (&manifest.system.build, no_build) {
         let argv = build.argv();
@@ -69,18 +72,30 @@ pub async fn run(manifest_path: &Path, manifest: Manifest, no_build: bool) -> an
             manifest.control.ttl_ms.to_string(),
         ),
     ];
-    let platform = |name: &str, sub: &str| ProcSpec {
-        name: name.to_string(),
-        argv: vec![
-            exe.clone(),
-            "--manifest".into(),
-            manifest_arg.clone(),
-            sub.into(),
-        ],
-        env: common.clone(),
-        cwd: base.clone(),
-        registry: None,
+    // The supervisor's own credential: to see who registered, and to remove dead instances.
+    let registry = RegistryClient::new(&control_url, &control_keys.issue(&Principal::Supervisor));
+    let platform = |name: &str, sub: &str, me: Option<Principal>| {
+        let mut env = common.clone();
+        if let Some(me) = me {
+            env.push((
+                CREDENTIAL_ENV.into(),
+                control_keys.issue(&me).token().into(),
+            ));
+        }
+        ProcSpec {
+            name: name.to_string(),
+            argv: vec![
+                exe.clone(),
+                "--manifest".into(),
+                manifest_arg.clone(),
+                sub.into(),
+            ],
+            env,
+            cwd: base.clone(),
+            registry: None,
+        }
     };
+    let producers = Producers::spec(&manifest.producers());
 
     let mut services = Vec::new();
     for (name, spec) in &manifest.services {
@@ -93,9 +108,17 @@ pub async fn run(manifest_path: &Path, manifest: Manifest, no_build: bool) -> an
             let mut env = common.clone();
             env.push(("TESSERA_SERVICE".into(), name.clone()));
             env.push(("TESSERA_INSTANCE".into(), instance.clone()));
+            env.push((
+                CREDENTIAL_ENV.into(),
+                control_keys
+                    .issue(&Principal::Service(name.clone()))
+                    .token()
+                    .into(),
+            ));
+            env.push((PRODUCERS_ENV.into(), producers.clone()));
             env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
             services.push(ProcSpec {
-                registry: Some((control_url.clone(), instance.clone())),
+                registry: Some((registry.clone(), instance.clone())),
                 name: instance,
                 argv: argv.clone(),
                 env,
@@ -119,7 +142,7 @@ pub async fn run(manifest_path: &Path, manifest: Manifest, no_build: bool) -> an
 
     let started = async {
         control_tasks.spawn(supervise(
-            platform("control", "control"),
+            platform("control", "control", None),
             next_color(),
             control_rx,
             GRACE,
@@ -135,9 +158,9 @@ pub async fn run(manifest_path: &Path, manifest: Manifest, no_build: bool) -> an
                 GRACE,
             ));
         }
-        wait_registered(&control_url, services.iter().map(|s| s.name.as_str())).await?;
+        wait_registered(&registry, services.iter().map(|s| s.name.as_str())).await?;
         gateway_tasks.spawn(supervise(
-            platform("gateway", "gateway"),
+            platform("gateway", "gateway", Some(Principal::Gateway)),
             next_color(),
             gateway_rx,
             GRACE,
@@ -208,28 +231,6 @@ fn reexec_if_rebuilt() -> anyhow::Result<()> {
     Err(err).with_context(|| format!("cannot run {path}"))
 }
 
-/// The system's passport keys, made once and kept under the state dir.
-fn passport_keys(state_dir: &Path) -> anyhow::Result<String> {
-    let path = state_dir.join("passport.keys");
-    if let Ok(spec) = std::fs::read_to_string(&path) {
-        return Ok(spec.trim().to_string());
-    }
-    let spec = PassportKeys::generate_spec();
-    write_private(&path, &spec).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(spec)
-}
-
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(contents.as_bytes())
-}
-
 async fn wait_http_ok(url: &str) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let deadline = Instant::now() + READY_TIMEOUT;
@@ -247,11 +248,10 @@ async fn wait_http_ok(url: &str) -> anyhow::Result<()> {
 }
 
 async fn wait_registered<'a>(
-    control_url: &str,
+    registry: &RegistryClient,
     instances: impl Iterator<Item = &'a str>,
 ) -> anyhow::Result<()> {
     let expected: Vec<&str> = instances.collect();
-    let registry = RegistryClient::new(control_url);
     let deadline = Instant::now() + READY_TIMEOUT;
     let mut index = None;
     loop {

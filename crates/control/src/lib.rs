@@ -1,21 +1,31 @@
 //! The Tessera control plane: the service registry (`registry.rs`) and the embedded event log
 //! (`events.rs`); configuration and telemetry join it in later issues.
 //!
+//! Nobody reaches either without a credential (`auth.rs`), and what each caller may do is
+//! the policy's (`policy.rs`, `docs/security.md`).
+//!
 //! It is its own process (`tessera control`), and a server that takes a bound listener and a
 //! shutdown future, so tests run it in-process on `127.0.0.1:0`.
 
+pub mod auth;
 pub mod events;
+pub mod policy;
 pub mod registry;
+#[cfg(test)]
+mod testing;
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
 use tokio::net::TcpListener;
 
+pub use policy::{Grants, Policy};
 pub use registry::Registry;
+use tessera::identity::ControlKeys;
 
 /// How the control plane runs.
 #[derive(Clone, Debug)]
@@ -27,16 +37,39 @@ pub struct ControlConfig {
     /// Where the event log lives.
     pub data_dir: PathBuf,
     pub log: events::LogConfig,
+    /// The keys that check every caller's credential.
+    pub keys: Arc<ControlKeys>,
+    /// What each service may do.
+    pub policy: Arc<Policy>,
 }
 
-/// The control plane's HTTP API.
-pub fn router(registry: Registry, log: events::EventLog) -> Router {
-    registry::routes(registry)
-        .merge(events::api::routes(log))
-        .route_layer(axum::middleware::from_fn(record))
-        .route("/health/live", get(|| async { "{\"status\":\"live\"}" }))
-        .route("/health/ready", get(|| async { "{\"status\":\"ready\"}" }))
-        .route("/metrics", get(tessera::metrics::endpoint))
+/// The control plane's HTTP API: the registry and the log behind the credential check, health
+/// and metrics outside it.
+pub fn router(
+    registry: Registry,
+    log: events::EventLog,
+    keys: Arc<ControlKeys>,
+    policy: Arc<Policy>,
+) -> Router {
+    guarded(
+        registry::routes(registry).merge(events::api::routes(log)),
+        keys,
+        policy,
+    )
+    .route_layer(axum::middleware::from_fn(record))
+    .route("/health/live", get(|| async { "{\"status\":\"live\"}" }))
+    .route("/health/ready", get(|| async { "{\"status\":\"ready\"}" }))
+    .route("/metrics", get(tessera::metrics::endpoint))
+}
+
+/// `routes` behind the credential check, with the policy at hand for their [`policy::Caller`]s.
+pub fn guarded(routes: Router, keys: Arc<ControlKeys>, policy: Arc<Policy>) -> Router {
+    routes
+        .route_layer(axum::middleware::from_fn_with_state(
+            keys,
+            auth::authenticate,
+        ))
+        .route_layer(axum::Extension(policy))
 }
 
 /// Request count and latency per route, as every Tessera server records them
@@ -69,7 +102,7 @@ pub async fn serve(
     let registry = Registry::new(config.settle);
     registry.spawn_sweeper(Duration::from_millis(200));
     tracing::info!(address = %listener.local_addr()?, "control plane ready");
-    axum::serve(listener, router(registry, log))
+    axum::serve(listener, router(registry, log, config.keys, config.policy))
         .with_graceful_shutdown(shutdown)
         .await?;
     Ok(())

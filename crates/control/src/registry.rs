@@ -5,6 +5,10 @@
 //! change bumps a global index; readers long-poll with `?index=N&wait=MS` and are woken the
 //! moment the index passes N (Consul's blocking queries), which is how the gateway and the
 //! service clients notice a new or dead instance within milliseconds of the registry.
+//!
+//! An instance belongs to the service that registered it: only that service (proven by its
+//! credential, `policy.rs`) may refresh, keep alive or remove it, and an operator may remove
+//! it. So no process can take over another's entry or route its traffic to itself.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,6 +22,8 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use tessera::ApiError;
 use tessera::registry::{Catalog, Instance, Registration};
+
+use crate::policy::Caller;
 use tokio::sync::watch;
 
 /// The longest a reader may wait in one long-poll.
@@ -46,6 +52,10 @@ struct Entry {
     ttl: Duration,
     expires: Instant,
 }
+
+/// An instance id already held by a live instance of the named service.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Taken(pub String);
 
 impl Default for Registry {
     fn default() -> Self {
@@ -76,9 +86,16 @@ impl Registry {
         self.index.send_replace(state.index);
     }
 
-    pub fn register(&self, reg: Registration) {
+    /// Registers or refreshes `reg`; refused when its id is held by another service's live
+    /// instance.
+    pub fn register(&self, reg: Registration) -> Result<(), Taken> {
         let ttl = Duration::from_millis(reg.ttl_ms).clamp(MIN_TTL, MAX_TTL);
         let mut state = self.lock();
+        if let Some(e) = state.entries.get(&reg.instance.id)
+            && e.instance.service != reg.instance.service
+        {
+            return Err(Taken(e.instance.service.clone()));
+        }
         let changed = state
             .entries
             .get(&reg.instance.id)
@@ -102,28 +119,41 @@ impl Registry {
         if changed {
             self.bump(&mut state);
         }
+        Ok(())
     }
 
-    /// `false` if the instance is unknown.
-    pub fn heartbeat(&self, id: &str) -> bool {
+    /// Keeps instance `id` alive if `allowed` lets its owner's instance be touched; `false`
+    /// if it is unknown.
+    pub fn heartbeat<E>(
+        &self,
+        id: &str,
+        allowed: impl FnOnce(&str) -> Result<(), E>,
+    ) -> Result<bool, E> {
         let mut state = self.lock();
-        match state.entries.get_mut(id) {
-            Some(e) => {
-                e.expires = Instant::now() + e.ttl;
-                true
-            }
-            None => false,
-        }
+        let Some(e) = state.entries.get_mut(id) else {
+            return Ok(false);
+        };
+        allowed(&e.instance.service)?;
+        e.expires = Instant::now() + e.ttl;
+        Ok(true)
     }
 
-    pub fn deregister(&self, id: &str) -> bool {
+    /// Removes instance `id` if `allowed` lets its owner's instance be removed; `false` if it
+    /// is unknown.
+    pub fn deregister<E>(
+        &self,
+        id: &str,
+        allowed: impl FnOnce(&str) -> Result<(), E>,
+    ) -> Result<bool, E> {
         let mut state = self.lock();
-        let removed = state.entries.remove(id).is_some();
-        if removed {
-            tracing::info!(instance = %id, "deregistered");
-            self.bump(&mut state);
-        }
-        removed
+        let Some(e) = state.entries.get(id) else {
+            return Ok(false);
+        };
+        allowed(&e.instance.service)?;
+        state.entries.remove(id);
+        tracing::info!(instance = %id, "deregistered");
+        self.bump(&mut state);
+        Ok(true)
     }
 
     /// Drops every instance whose TTL has lapsed.
@@ -196,6 +226,7 @@ struct Blocking {
 
 async fn list(
     State(registry): State<Registry>,
+    _caller: Caller,
     query: Result<Query<Blocking>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Ok(Query(q)) = query else {
@@ -213,6 +244,7 @@ async fn list(
 
 async fn register(
     State(registry): State<Registry>,
+    caller: Caller,
     Path(id): Path<String>,
     tessera::Json(reg): tessera::Json<Registration>,
 ) -> Response {
@@ -234,23 +266,39 @@ async fn register(
             "service must be set and address must be host:port",
         );
     }
-    registry.register(reg);
-    StatusCode::OK.into_response()
-}
-
-async fn heartbeat(State(registry): State<Registry>, Path(id): Path<String>) -> Response {
-    if registry.heartbeat(&id) {
-        StatusCode::OK.into_response()
-    } else {
-        error(StatusCode::NOT_FOUND, "unknown instance; register again")
+    if let Err(e) = caller.may_register(&reg.instance.service) {
+        return e.into_response();
+    }
+    match registry.register(reg) {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(Taken(_)) => error(
+            StatusCode::CONFLICT,
+            "this instance id is held by another service's instance",
+        ),
     }
 }
 
-async fn deregister(State(registry): State<Registry>, Path(id): Path<String>) -> Response {
-    if registry.deregister(&id) {
-        StatusCode::OK.into_response()
-    } else {
-        error(StatusCode::NOT_FOUND, "unknown instance")
+async fn heartbeat(
+    State(registry): State<Registry>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Response {
+    match registry.heartbeat(&id, |owner| caller.may_register(owner)) {
+        Ok(true) => StatusCode::OK.into_response(),
+        Ok(false) => error(StatusCode::NOT_FOUND, "unknown instance; register again"),
+        Err(refused) => refused.into_response(),
+    }
+}
+
+async fn deregister(
+    State(registry): State<Registry>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Response {
+    match registry.deregister(&id, |owner| caller.may_remove(owner)) {
+        Ok(true) => StatusCode::OK.into_response(),
+        Ok(false) => error(StatusCode::NOT_FOUND, "unknown instance"),
+        Err(refused) => refused.into_response(),
     }
 }
 
@@ -282,40 +330,46 @@ mod tests {
         }
     }
 
+    fn anyone(_: &str) -> Result<(), ()> {
+        Ok(())
+    }
+
     #[tokio::test]
     async fn expires_without_heartbeat() {
         let r = Registry::default();
-        r.register(reg("a-1", "a"));
-        r.register(reg("a-2", "a"));
+        r.register(reg("a-1", "a")).unwrap();
+        r.register(reg("a-2", "a")).unwrap();
         assert_eq!(r.catalog().services["a"].len(), 2);
         let later = Instant::now() + Duration::from_millis(1500);
-        assert!(r.heartbeat("a-1"));
+        assert_eq!(r.heartbeat("a-1", anyone), Ok(true));
         r.sweep(later);
         // Both registered 1 s TTL; a heartbeat now does not survive 1.5 s either.
         assert!(!r.catalog().services.contains_key("a"));
-        assert!(!r.heartbeat("a-1"));
+        assert_eq!(r.heartbeat("a-1", anyone), Ok(false));
     }
 
     #[tokio::test]
     async fn heartbeats_keep_alive_and_deregister_is_immediate() {
         let r = Registry::default();
-        r.register(reg("a-1", "a"));
+        r.register(reg("a-1", "a")).unwrap();
         let i0 = r.catalog().index;
         r.sweep(Instant::now() + Duration::from_millis(500));
         assert_eq!(r.catalog().services["a"].len(), 1);
         assert_eq!(r.catalog().index, i0, "nothing changed");
-        assert!(r.deregister("a-1"));
+        assert_eq!(r.deregister("a-1", anyone), Ok(true));
         assert!(r.catalog().index > i0);
         assert!(r.catalog().services.is_empty());
     }
 
     #[tokio::test]
     async fn refusals_are_json_named_by_their_status() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, routes(Registry::default())).await });
+        let served = crate::testing::serve(routes(Registry::default()), Default::default()).await;
         let response = reqwest::Client::new()
-            .put(format!("{url}/v1/instances/nobody/heartbeat"))
+            .put(format!("{}/v1/instances/nobody/heartbeat", served.url))
+            .header(
+                "authorization",
+                served.credential("service:a").authorization(),
+            )
             .send()
             .await
             .unwrap();
@@ -324,6 +378,119 @@ mod tests {
         assert_eq!(
             response.text().await.unwrap(),
             r#"{"code":"Not Found","message":"unknown instance; register again"}"#
+        );
+    }
+
+    #[tokio::test]
+    async fn instances_are_their_services_alone() {
+        let served = crate::testing::serve(routes(Registry::default()), Default::default()).await;
+        let http = reqwest::Client::new();
+        let call = async |method: reqwest::Method,
+                          path: &str,
+                          who: Option<&str>,
+                          body: Option<Registration>| {
+            let mut req = http.request(method, format!("{}{path}", served.url));
+            if let Some(who) = who {
+                req = req.header("authorization", served.credential(who).authorization());
+            }
+            if let Some(body) = body {
+                req = req.json(&body);
+            }
+            req.send().await.unwrap().status().as_u16()
+        };
+        use reqwest::Method;
+        // Nobody without a credential, or with a forged one.
+        assert_eq!(call(Method::GET, "/v1/services", None, None).await, 401);
+        let forged = http
+            .get(format!("{}/v1/services", served.url))
+            .header(
+                "authorization",
+                "Bearer service:auth.c1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(forged.status().as_u16(), 401);
+        assert_eq!(
+            call(
+                Method::PUT,
+                "/v1/instances/auth-1",
+                None,
+                Some(reg("auth-1", "auth"))
+            )
+            .await,
+            401
+        );
+        // A service registers under its own name only.
+        let auth = Some("service:auth");
+        let catalog = Some("service:catalog");
+        assert_eq!(
+            call(
+                Method::PUT,
+                "/v1/instances/auth-9",
+                catalog,
+                Some(reg("auth-9", "auth"))
+            )
+            .await,
+            403
+        );
+        assert_eq!(
+            call(
+                Method::PUT,
+                "/v1/instances/auth-1",
+                auth,
+                Some(reg("auth-1", "auth"))
+            )
+            .await,
+            200
+        );
+        // Nobody else's instance can be taken over, kept alive or removed.
+        assert_eq!(
+            call(
+                Method::PUT,
+                "/v1/instances/auth-1",
+                catalog,
+                Some(reg("auth-1", "catalog"))
+            )
+            .await,
+            409
+        );
+        assert_eq!(
+            call(Method::PUT, "/v1/instances/auth-1/heartbeat", catalog, None).await,
+            403
+        );
+        assert_eq!(
+            call(Method::DELETE, "/v1/instances/auth-1", catalog, None).await,
+            403
+        );
+        assert_eq!(
+            call(
+                Method::DELETE,
+                "/v1/instances/auth-1",
+                Some("gateway"),
+                None
+            )
+            .await,
+            403
+        );
+        assert_eq!(
+            call(Method::PUT, "/v1/instances/auth-1/heartbeat", auth, None).await,
+            200
+        );
+        // Anyone with a credential reads; the supervisor removes.
+        assert_eq!(
+            call(Method::GET, "/v1/services", Some("gateway"), None).await,
+            200
+        );
+        assert_eq!(
+            call(
+                Method::DELETE,
+                "/v1/instances/auth-1",
+                Some("supervisor"),
+                None
+            )
+            .await,
+            200
         );
     }
 
@@ -338,7 +505,7 @@ mod tests {
             start.elapsed()
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
-        r.register(reg("b-1", "b"));
+        r.register(reg("b-1", "b")).unwrap();
         let waited = waiter.await.unwrap();
         assert!(waited < Duration::from_secs(5), "woke after {waited:?}");
     }

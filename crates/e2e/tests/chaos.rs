@@ -47,8 +47,7 @@ async fn get_ok(sys: &System, path: &str, token: &str) -> Value {
 async fn victims(sys: &System) -> Vec<(String, u32)> {
     let mut out = Vec::new();
     if let Ok(resp) = sys
-        .http
-        .get(format!("{}/v1/services", sys.control))
+        .control(reqwest::Method::GET, "/v1/services")
         .timeout(Duration::from_secs(2))
         .send()
         .await

@@ -1,10 +1,12 @@
 //! The service library in-process, over real sockets: a service calls another by name through
 //! the registry, and the call carries the caller's passport and the trace.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
+use tessera::identity::{ControlKeys, Principal};
 use tessera::passport::{Passport, PassportKeys};
 use tessera::{ApiError, Json, Service, ServiceConfig, Settings, TraceContext};
 use tokio::net::TcpListener;
@@ -22,16 +24,54 @@ impl Drop for Running {
     }
 }
 
+/// A control plane in this process, and the keys that make its callers' credentials.
+struct Control {
+    url: String,
+    keys: Arc<ControlKeys>,
+}
+
+impl Control {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let keys = Arc::new(ControlKeys::from_spec(&ControlKeys::generate_spec(1)).unwrap());
+        let config = tessera_control::ControlConfig {
+            settle: Duration::ZERO,
+            data_dir: std::env::temp_dir().join(format!("tessera-client-{}", uuid::Uuid::new_v4())),
+            log: Default::default(),
+            keys: keys.clone(),
+            policy: Default::default(),
+        };
+        tokio::spawn(tessera_control::serve(
+            listener,
+            config,
+            std::future::pending(),
+        ));
+        Self { url, keys }
+    }
+
+    /// The token of `who`'s credential: `admin`, or a service's name.
+    fn credential(&self, who: &str) -> String {
+        let principal = match who {
+            "admin" => Principal::Admin,
+            service => Principal::Service(service.into()),
+        };
+        self.keys.issue(&principal).token().to_string()
+    }
+}
+
 async fn start_service(
     name: &'static str,
-    control: &str,
+    control: &Control,
     keys: &str,
     routes: Router,
     stops: &mut Vec<oneshot::Sender<()>>,
 ) {
+    let credential = control.credential(name);
     let settings = Settings::from_map([
         ("TESSERA_SERVICE", name),
-        ("TESSERA_CONTROL_URL", control),
+        ("TESSERA_CONTROL_URL", control.url.as_str()),
+        ("TESSERA_CREDENTIAL", credential.as_str()),
         ("TESSERA_PASSPORT_KEYS", keys),
         ("TESSERA_SYSTEM", "client-test"),
         ("TESSERA_HEARTBEAT_MS", "200"),
@@ -59,18 +99,7 @@ async fn start_service(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_carry_the_passport_and_the_trace() {
-    let control_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let control = format!("http://{}", control_listener.local_addr().unwrap());
-    let config = tessera_control::ControlConfig {
-        settle: Duration::ZERO,
-        data_dir: std::env::temp_dir().join(format!("tessera-client-{}", uuid::Uuid::new_v4())),
-        log: Default::default(),
-    };
-    tokio::spawn(tessera_control::serve(
-        control_listener,
-        config,
-        std::future::pending(),
-    ));
+    let control = Control::start().await;
     let keys = PassportKeys::generate_spec();
     let mut stops = Vec::new();
 
@@ -89,9 +118,11 @@ async fn calls_carry_the_passport_and_the_trace() {
     let _running = Running { stop: stops };
 
     // "front" calls backend by name, inside a request and from a background task.
+    let front_credential = control.credential("front");
     let settings = Settings::from_map([
         ("TESSERA_SERVICE", "front"),
-        ("TESSERA_CONTROL_URL", control.as_str()),
+        ("TESSERA_CONTROL_URL", control.url.as_str()),
+        ("TESSERA_CREDENTIAL", front_credential.as_str()),
         ("TESSERA_PASSPORT_KEYS", keys.as_str()),
         ("TESSERA_SYSTEM", "client-test"),
     ]);
@@ -155,7 +186,11 @@ async fn calls_carry_the_passport_and_the_trace() {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let catalog: tessera::registry::Catalog = http
-            .get(format!("{control}/v1/services"))
+            .get(format!("{}/v1/services", control.url))
+            .header(
+                "authorization",
+                format!("Bearer {}", control.credential("admin")),
+            )
             .send()
             .await
             .unwrap()

@@ -10,6 +10,7 @@ use axum::extract::State;
 use axum::routing::post;
 use serde_json::{Value, json};
 use tessera::events::{BoxFuture, Consumer, Event, Handler, HandlerError, Tx, outbox};
+use tessera::identity::{ControlKeys, Principal};
 use tessera::{ApiError, Db, Json, Migration, Service, ServiceConfig, Settings};
 use tokio::net::TcpListener;
 
@@ -28,6 +29,8 @@ struct Harness {
     control: String,
     dir: std::path::PathBuf,
     keys: String,
+    /// The control plane's keys, to make each caller's credential.
+    control_keys: Arc<ControlKeys>,
     http: reqwest::Client,
 }
 
@@ -41,6 +44,9 @@ impl Harness {
                 control,
                 dir,
                 keys: tessera::PassportKeys::generate_spec(),
+                control_keys: Arc::new(
+                    ControlKeys::from_spec(&ControlKeys::generate_spec(1)).unwrap(),
+                ),
                 http: reqwest::Client::new(),
             },
             listener,
@@ -55,6 +61,24 @@ impl Harness {
                 lease: Duration::from_secs(2),
                 ..Default::default()
             },
+            keys: self.control_keys.clone(),
+            // The ledger publishes its events; the auditor reads them.
+            policy: Arc::new(tessera_control::Policy::new([
+                (
+                    "ledger".to_string(),
+                    tessera_control::Grants {
+                        produces: vec!["ledger.events".into()],
+                        consumes: vec![],
+                    },
+                ),
+                (
+                    "auditor".to_string(),
+                    tessera_control::Grants {
+                        produces: vec![],
+                        consumes: vec!["ledger.events".into()],
+                    },
+                ),
+            ])),
         };
         tokio::spawn(tessera_control::serve(
             listener,
@@ -67,6 +91,11 @@ impl Harness {
         Settings::from_map([
             ("TESSERA_SERVICE", name.to_string()),
             ("TESSERA_CONTROL_URL", self.control.clone()),
+            (
+                "TESSERA_CREDENTIAL",
+                self.credential(&Principal::Service(name.into())),
+            ),
+            ("TESSERA_PRODUCERS", "ledger.events=ledger".to_string()),
             ("TESSERA_PASSPORT_KEYS", self.keys.clone()),
             ("TESSERA_SYSTEM", "events-test".to_string()),
             (
@@ -76,11 +105,18 @@ impl Harness {
         ])
     }
 
-    /// Publishes `events` straight to the log, as another service would.
+    /// The token of `who`'s control-plane credential.
+    fn credential(&self, who: &Principal) -> String {
+        self.control_keys.issue(who).token().to_string()
+    }
+
+    /// Publishes `events` straight to the log, as the ledger would.
     async fn publish(&self, topic: &str, events: &[Value]) {
+        let ledger = self.credential(&Principal::Service("ledger".into()));
         let resp = self
             .http
             .post(format!("{}/v1/topics/{topic}/events", self.control))
+            .bearer_auth(ledger)
             .json(&json!({ "events": events }))
             .send()
             .await
@@ -88,10 +124,11 @@ impl Harness {
         assert_eq!(resp.status().as_u16(), 200);
     }
 
-    /// The control plane's answer to `GET path`.
+    /// The control plane's answer to `GET path`, as an admin.
     async fn control_json(&self, path: &str) -> Value {
         self.http
             .get(format!("{}{path}", self.control))
+            .bearer_auth(self.credential(&Principal::Admin))
             .send()
             .await
             .unwrap()
@@ -335,6 +372,7 @@ async fn outbox_to_inbox_exactly_once_in_order_with_dead_letters() {
     let replayed: Value = h
         .http
         .post(format!("{}/v1/deadletters/auditor/replay", h.control))
+        .bearer_auth(h.credential(&Principal::Admin))
         .send()
         .await
         .unwrap()
@@ -349,6 +387,7 @@ async fn outbox_to_inbox_exactly_once_in_order_with_dead_letters() {
     let replayed: Value = h
         .http
         .post(format!("{}/v1/deadletters/auditor/replay", h.control))
+        .bearer_auth(h.credential(&Principal::Admin))
         .send()
         .await
         .unwrap()

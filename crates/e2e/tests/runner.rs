@@ -217,8 +217,7 @@ async fn the_system_survives_a_control_plane_crash() {
         "the registry to refill",
         || async {
             let Ok(resp) = sys
-                .http
-                .get(format!("{}/v1/services", sys.control))
+                .control(reqwest::Method::GET, "/v1/services")
                 .send()
                 .await
             else {

@@ -6,9 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_http1::pool::SendError;
+use tessera_identity::Credential;
 
-use crate::Event;
+use std::borrow::Cow;
+
 use crate::wire::{CommitRequest, Delivered, FetchAnswer, FetchRequest, Position, PublishRequest};
+use crate::{Delivery, Event};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -147,6 +150,8 @@ pub trait Bus: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct ControlBus {
     transport: Transport,
+    /// `Bearer <credential>`: who this process is, on every exchange.
+    authorization: Arc<str>,
 }
 
 #[derive(Clone)]
@@ -168,7 +173,8 @@ enum Transport {
 const MAX_ANSWER: u64 = 64 * 1024 * 1024;
 
 impl ControlBus {
-    pub fn new(control_url: &str) -> Self {
+    /// The log at `control_url`, spoken to as `credential`.
+    pub fn new(control_url: &str, credential: &Credential) -> Self {
         let base = control_url.trim_end_matches('/');
         let lean = base.strip_prefix("http://").and_then(|rest| {
             let (address, prefix) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
@@ -189,7 +195,10 @@ impl ControlBus {
                     .expect("reqwest client builds"),
             },
         };
-        Self { transport }
+        Self {
+            transport,
+            authorization: credential.authorization().into(),
+        }
     }
 
     /// POSTs a JSON `body` to `path`; the answer's status and body.
@@ -215,7 +224,10 @@ impl ControlBus {
                     path_and_query: &target,
                     headers: tessera_http1::fields::Fields::empty(),
                     skip: |_| false,
-                    extra: &[("content-type", b"application/json")],
+                    extra: &[
+                        ("content-type", b"application/json"),
+                        ("authorization", self.authorization.as_bytes()),
+                    ],
                     deadline_ms: None,
                     body: body.as_bytes(),
                     replayable: true,
@@ -236,6 +248,7 @@ impl ControlBus {
                 let resp = http
                     .post(format!("{base}{path}"))
                     .header(http::header::CONTENT_TYPE, "application/json")
+                    .header(http::header::AUTHORIZATION, &*self.authorization)
                     .body(body)
                     .timeout(timeout)
                     .send()
@@ -332,15 +345,21 @@ impl ControlBus {
                 _ => BusError::Unavailable(e.message),
             }),
         });
-        let events = |delivered: Vec<Delivered<'_>>| {
+        let events = |partition: u32, delivered: Vec<Delivered<'_>>| {
             delivered
                 .into_iter()
                 .map(|d| {
-                    (
-                        d.offset,
-                        serde_json::from_str(d.event.get())
-                            .map_err(|e| format!("{e}: {}", d.event.get())),
-                    )
+                    let event = serde_json::from_str(d.event.get())
+                        .map(|mut event: Event| {
+                            event.delivery = Some(Delivery {
+                                partition,
+                                offset: d.offset,
+                                producer: d.producer.map(Cow::into_owned),
+                            });
+                            event
+                        })
+                        .map_err(|e| format!("{e}: {}", d.event.get()));
+                    (d.offset, event)
                 })
                 .collect()
         };
@@ -348,13 +367,13 @@ impl ControlBus {
         if let Some(partition) = fetched.partition {
             parts.push(Part {
                 partition,
-                events: events(fetched.events),
+                events: events(partition, fetched.events),
             });
         }
         for more in fetched.more {
             parts.push(Part {
                 partition: more.partition,
-                events: events(more.events),
+                events: events(more.partition, more.events),
             });
         }
         (committed, Ok(Batch { parts }))
@@ -452,8 +471,13 @@ impl Bus for ControlBus {
 mod tests {
     use super::*;
 
+    /// A credential of the right form; these logs do not check it.
+    fn anyone() -> Credential {
+        Credential::parse("admin.k1.AAAA").unwrap()
+    }
+
     fn lean(url: &str) -> Option<(String, String)> {
-        match ControlBus::new(url).transport {
+        match ControlBus::new(url, &anyone()).transport {
             Transport::Lean {
                 address, prefix, ..
             } => Some((address.to_string(), prefix.to_string())),
@@ -492,7 +516,7 @@ mod tests {
             format!("http://127.0.0.1:{port}"),
             format!("http://127.0.0.1:{port}/"),
         ] {
-            let bus = ControlBus::new(&url);
+            let bus = ControlBus::new(&url, &anyone());
             let e = bus.publish_json("t", &["{}"]).await.unwrap_err();
             assert!(
                 matches!(&e, BusError::Unavailable(m) if m.contains("cannot connect")),
@@ -504,7 +528,7 @@ mod tests {
             assert!(committed.is_none(), "the commit's outcome is unknown");
             assert!(fetched.unwrap_err().is_retryable());
         }
-        let e = ControlBus::new(&format!("https://127.0.0.1:{port}"))
+        let e = ControlBus::new(&format!("https://127.0.0.1:{port}"), &anyone())
             .publish_json("t", &["{}"])
             .await
             .unwrap_err();

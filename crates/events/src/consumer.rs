@@ -10,7 +10,7 @@ use tessera_trace::{REQUEST, RequestContext};
 
 use crate::bus::BoxFuture;
 use crate::outbox::{Outbox, Tx};
-use crate::{Batch, Bus, BusError, Event, dead_letter_topic};
+use crate::{Batch, Bus, BusError, Event, Producers, dead_letter_topic};
 use tessera_store::Db;
 use tessera_trace::TraceContext;
 
@@ -93,6 +93,8 @@ pub struct ConsumerEnv {
     /// what a passport holds.
     pub passport: MintPassport,
     pub outbox: Outbox,
+    /// Who may publish to which topic: an event from anyone else is dead-lettered unhandled.
+    pub producers: Producers,
 }
 
 enum Outcome {
@@ -278,7 +280,7 @@ impl Consumer {
             let Ok(event) = event else { continue };
             let (ctx, span) = self.context(env, event);
             let outcome = REQUEST
-                .scope(ctx, self.handle_in(&mut tx, handler, event))
+                .scope(ctx, self.handle_in(env, &mut tx, handler, event))
                 .instrument(span.clone())
                 .await;
             match outcome {
@@ -351,20 +353,25 @@ impl Consumer {
         event: &Event,
     ) -> Result<Outcome, HandlerError> {
         let mut tx = env.db.write_tx().await?;
-        let outcome = self.handle_in(&mut tx, handler, event).await?;
+        let outcome = self.handle_in(env, &mut tx, handler, event).await?;
         if let Outcome::Handled = outcome {
             tx.commit().await?;
         }
         Ok(outcome) // a duplicate's tx is dropped: rolled back
     }
 
-    /// Records `event` in the inbox and handles it, in `tx`; a duplicate is not handled.
+    /// Records `event` in the inbox and handles it, in `tx`; a duplicate is not handled, and
+    /// an event from a producer the topic does not declare is refused for good.
     async fn handle_in(
         &self,
+        env: &ConsumerEnv,
         tx: &mut Tx,
         handler: &dyn Handler,
         event: &Event,
     ) -> Result<Outcome, HandlerError> {
+        env.producers
+            .check(&self.topic, event.delivery.as_ref())
+            .map_err(HandlerError::permanent)?;
         let fresh = tessera_store::query(
             "INSERT INTO tessera_inbox (grp, event_id, handled) VALUES ($1, $2, $3) ON CONFLICT (grp, event_id) DO NOTHING",
         )
@@ -400,6 +407,14 @@ impl Consumer {
             .insert("deadlettererror".into(), error.into());
         dead.extensions
             .insert("deadletterattempts".into(), attempts.into());
+        // Where the original is, so that a replay can take its producer from the log rather
+        // than from what this consumer says.
+        if let Some(d) = &event.delivery {
+            dead.extensions
+                .insert("deadletterpartition".into(), d.partition.into());
+            dead.extensions
+                .insert("deadletteroffset".into(), d.offset.into());
+        }
         let topic = dead_letter_topic(&self.group);
         loop {
             match env.bus.publish(&topic, std::slice::from_ref(&dead)).await {

@@ -33,6 +33,20 @@ pub struct Event {
     /// Any other extension attributes.
     #[serde(flatten)]
     pub extensions: BTreeMap<String, serde_json::Value>,
+    /// Where the log delivered it from, and who published it: set by the bus on delivery,
+    /// never part of the event's JSON (its publisher wrote that, so it proves nothing).
+    #[serde(skip)]
+    pub delivery: Option<Delivery>,
+}
+
+/// How an event reached a consumer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    pub partition: u32,
+    pub offset: i64,
+    /// The publisher, as the log authenticated it (`service:<name>`); `None` for an event
+    /// stored before the log authenticated publishers.
+    pub producer: Option<String>,
 }
 
 impl Event {
@@ -51,6 +65,7 @@ impl Event {
             traceparent,
             partitionkey: None,
             extensions: BTreeMap::new(),
+            delivery: None,
         }
     }
 

@@ -14,6 +14,8 @@
 //!
 //! - [`saga`]: orchestrated sagas whose steps and compensations travel as events, their state
 //!   in the service's database, so that a crash at any point resumes where it stopped.
+//! - [`Producers`]: which service may publish to which topic; a consumer dead-letters an event
+//!   the log says came from anyone else.
 //! - [`wire`]: the event log's HTTP API as types, shared by [`ControlBus`] and the control
 //!   plane, so the two sides cannot drift.
 //!
@@ -26,13 +28,15 @@ mod bus;
 pub mod consumer;
 mod event;
 pub mod outbox;
+mod producers;
 pub mod saga;
 pub mod wire;
 
 pub use bus::{Batch, BoxFuture, Bus, BusError, ControlBus, Part};
 pub use consumer::{Consumer, Handler, HandlerError, MintPassport};
-pub use event::Event;
+pub use event::{Delivery, Event};
 pub use outbox::Tx;
+pub use producers::{PRODUCERS_ENV, Producers};
 
 use tessera_store::Migration;
 

@@ -69,6 +69,11 @@ pub fn default_max() -> usize {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Delivered<'a> {
     pub offset: i64,
+    /// Who published it, as the log authenticated them (`service:<name>`): stamped by the
+    /// log beside the event, never read from the event, which its publisher wrote. Absent for
+    /// events stored before the log authenticated its callers.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub producer: Option<Cow<'a, str>>,
     #[serde(borrow)]
     pub event: &'a RawValue,
 }

@@ -49,6 +49,8 @@ pub struct GatewayConfig {
     /// `TESSERA_PASSPORT_KEYS`.
     pub passport_keys: String,
     pub control_url: String,
+    /// `TESSERA_CREDENTIAL`: the gateway's own, to read the registry.
+    pub credential: tessera::identity::Credential,
 }
 
 /// Serves the gateway on `listener` until `shutdown` completes, then drains connections.
@@ -61,7 +63,7 @@ pub async fn serve(
     let manifest = &config.manifest;
     let keys = PassportKeys::from_spec(&config.passport_keys, &manifest.system.name)
         .context("TESSERA_PASSPORT_KEYS")?;
-    let discovery = Discovery::start(&config.control_url);
+    let discovery = Discovery::start(&config.control_url, &config.credential);
     let service_keys = Arc::new(PassportKeys::from_spec(
         &config.passport_keys,
         &manifest.system.name,

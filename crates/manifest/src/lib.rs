@@ -194,6 +194,14 @@ pub struct ServiceSpec {
     /// Extra environment for every replica.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// The topics it publishes to: the log refuses it any other, and consumers refuse events
+    /// of these topics from any other service. (Its consumer groups' dead-letter topics are
+    /// its own without saying.)
+    #[serde(default)]
+    pub produces: Vec<String>,
+    /// The topics it reads, in consumer groups named after it (`<name>` or `<name>.<more>`).
+    #[serde(default)]
+    pub consumes: Vec<String>,
 }
 
 fn one() -> u32 {
@@ -245,6 +253,17 @@ impl Manifest {
         Ok(m)
     }
 
+    /// Every declared topic and the services that produce it.
+    pub fn producers(&self) -> BTreeMap<String, Vec<String>> {
+        let mut topics: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (name, spec) in &self.services {
+            for topic in &spec.produces {
+                topics.entry(topic.clone()).or_default().push(name.clone());
+            }
+        }
+        topics
+    }
+
     fn validate(&self) -> Result<(), String> {
         let valid_name = |n: &str| {
             !n.is_empty()
@@ -265,6 +284,20 @@ impl Manifest {
             }
             if !(1..=64).contains(&spec.replicas) {
                 return Err(format!("services.{name}.replicas: must be 1 to 64"));
+            }
+            for (key, topics) in [("produces", &spec.produces), ("consumes", &spec.consumes)] {
+                for topic in topics {
+                    if !valid_topic(topic) {
+                        return Err(format!(
+                            "services.{name}.{key}: {topic:?} is not a topic name (1 to 200 of a-z, A-Z, 0-9, '.', '-', '_')"
+                        ));
+                    }
+                    if topic.starts_with("deadletter.") {
+                        return Err(format!(
+                            "services.{name}.{key}: {topic:?}: dead-letter topics are their groups' own, not declared"
+                        ));
+                    }
+                }
             }
         }
         for (i, route) in self.routes.iter().enumerate() {
@@ -340,6 +373,15 @@ impl Manifest {
     }
 }
 
+/// What the event log accepts as a topic name.
+fn valid_topic(topic: &str) -> bool {
+    !topic.is_empty()
+        && topic.len() <= 200
+        && topic
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,9 +411,30 @@ mod tests {
             command = ["bin/catalog", "--flag"]
             replicas = 2
             env = { A = "1" }
+            produces = ["catalog.events"]
+            [services.search]
+            command = "bin/search"
+            consumes = ["catalog.events"]
+            produces = ["catalog.events"]
             "#,
         )
         .unwrap();
+        assert_eq!(
+            m.producers(),
+            BTreeMap::from([(
+                "catalog.events".to_string(),
+                vec!["catalog".to_string(), "search".to_string()]
+            )])
+        );
+        assert_eq!(m.services["search"].consumes, ["catalog.events"]);
+        for (bad, key) in [
+            ("produces = [\"a b\"]", "services.x.produces"),
+            ("consumes = [\"deadletter.x\"]", "services.x.consumes"),
+        ] {
+            let e =
+                Manifest::parse(&format!("[services.x]\ncommand = \"a\"\n{bad}\n")).unwrap_err();
+            assert!(e.to_string().contains(key), "{e}");
+        }
         assert_eq!(m.system.name, "shop");
         assert_eq!(m.routes[1].auth, AuthMode::Required);
         assert_eq!(m.services["catalog"].replicas, 2);

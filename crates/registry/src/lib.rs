@@ -14,6 +14,10 @@
 //! registry sees it. If the control plane is unreachable the last view is kept (a registry
 //! outage must not take routing down with it) and polling resumes when it is back.
 //!
+//! Every call carries the process's credential (`Authorization: Bearer …`,
+//! [`tessera_identity`]): the registry answers nobody else, and lets a service register, keep
+//! alive and remove only instances of its own name (`docs/security.md`).
+//!
 //! The control plane's server side reads the same types. This crate knows nothing of how
 //! calls are made or guarded: it only says who is there.
 
@@ -22,6 +26,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tessera_identity::Credential;
 use tokio::sync::watch;
 
 /// One running instance of a service.
@@ -57,16 +62,23 @@ pub struct Catalog {
 }
 
 /// A thin client of the control plane's registry API.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct RegistryClient {
     base: String,
     http: reqwest::Client,
 }
 
 impl RegistryClient {
-    pub fn new(base: &str) -> Self {
+    /// A client of the registry at `base` that calls as `credential`.
+    pub fn new(base: &str, credential: &Credential) -> Self {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let mut authorization = reqwest::header::HeaderValue::from_str(&credential.authorization())
+            .expect("a credential is a valid header value");
+        authorization.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, authorization);
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(1))
+            .default_headers(headers)
             .build()
             .expect("reqwest client builds");
         Self {
@@ -203,9 +215,9 @@ pub struct Discovery {
 }
 
 impl Discovery {
-    /// Starts watching the registry at `control_url`.
-    pub fn start(control_url: &str) -> Self {
-        let client = RegistryClient::new(control_url);
+    /// Starts watching the registry at `control_url`, reading it as `credential`.
+    pub fn start(control_url: &str, credential: &Credential) -> Self {
+        let client = RegistryClient::new(control_url, credential);
         let view: Arc<RwLock<Arc<Snapshot>>> = Arc::default();
         let (tx, changed) = watch::channel(0u64);
         let writer = view.clone();

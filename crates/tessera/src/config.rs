@@ -12,6 +12,9 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use tessera_events::{PRODUCERS_ENV, Producers};
+use tessera_identity::{CREDENTIAL_ENV, Credential};
+
 /// A configuration key that is missing or does not parse.
 #[derive(Debug, thiserror::Error)]
 #[error("config key {key}: {message}")]
@@ -132,6 +135,12 @@ pub struct ServiceConfig {
     pub shutdown_grace: Duration,
     /// `TESSERA_MAX_BODY_BYTES`: the largest request body a handler accepts.
     pub max_body_bytes: usize,
+    /// `TESSERA_CREDENTIAL`: what proves to the control plane that this process is this
+    /// service (`docs/security.md`); required with a control plane or a bus.
+    pub credential: Option<Credential>,
+    /// `TESSERA_PRODUCERS`: which service publishes to which topic, as the manifest declares
+    /// it; consumers refuse events from anyone else. Unset: the log's check alone.
+    pub producers: Producers,
 }
 
 impl ServiceConfig {
@@ -162,17 +171,45 @@ impl ServiceConfig {
                 "must be longer than TESSERA_HEARTBEAT_MS",
             ));
         }
+        let credential = match s.raw(CREDENTIAL_ENV) {
+            None => None,
+            Some(v) => Some(
+                Credential::parse(v.trim())
+                    .map_err(|e| ConfigError::new(CREDENTIAL_ENV, e.to_string()))?,
+            ),
+        };
+        let control_url = s
+            .raw("TESSERA_CONTROL_URL")
+            .map(|u| u.trim_end_matches('/').to_string());
+        let bus_url = s
+            .raw("TESSERA_BUS_URL")
+            .or(s.raw("TESSERA_CONTROL_URL"))
+            .map(|u| u.trim_end_matches('/').to_string());
+        match &credential {
+            None if control_url.is_some() || bus_url.is_some() => {
+                return Err(ConfigError::new(
+                    CREDENTIAL_ENV,
+                    "is required with a control plane (tessera up sets it; `tessera credential service:<name>` prints one)",
+                ));
+            }
+            Some(c) if c.principal().service() != Some(service.as_str()) => {
+                return Err(ConfigError::new(
+                    CREDENTIAL_ENV,
+                    format!("is {}'s, not service:{service}'s", c.principal()),
+                ));
+            }
+            _ => {}
+        }
+        let producers = match s.raw(PRODUCERS_ENV) {
+            None => Producers::unchecked(),
+            Some(spec) => Producers::parse(spec).map_err(|e| ConfigError::new(PRODUCERS_ENV, e))?,
+        };
         Ok(Self {
             instance,
             version: s.get_or("TESSERA_VERSION", env!("CARGO_PKG_VERSION").to_string())?,
             listen: s.get_or("TESSERA_LISTEN", SocketAddr::from(([127, 0, 0, 1], 0)))?,
-            control_url: s
-                .raw("TESSERA_CONTROL_URL")
-                .map(|u| u.trim_end_matches('/').to_string()),
-            bus_url: s
-                .raw("TESSERA_BUS_URL")
-                .or(s.raw("TESSERA_CONTROL_URL"))
-                .map(|u| u.trim_end_matches('/').to_string()),
+            control_url,
+            bus_url,
             system: s.get_or("TESSERA_SYSTEM", "tessera".to_string())?,
             data_dir: s.get_or("TESSERA_DATA_DIR", PathBuf::from(".tessera/data"))?,
             database_url: s.raw("TESSERA_DATABASE_URL").map(str::to_string),
@@ -182,6 +219,8 @@ impl ServiceConfig {
             call_timeout: s.millis_or("TESSERA_CALL_TIMEOUT_MS", Duration::from_secs(10))?,
             shutdown_grace: s.millis_or("TESSERA_SHUTDOWN_GRACE_MS", Duration::from_secs(10))?,
             max_body_bytes: s.get_or("TESSERA_MAX_BODY_BYTES", 1024 * 1024)?,
+            credential,
+            producers,
             service,
         })
     }

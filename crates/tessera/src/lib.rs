@@ -29,6 +29,7 @@ pub mod testing;
 pub use tessera_events as events;
 pub use tessera_events::saga;
 pub use tessera_http1 as http1;
+pub use tessera_identity as identity;
 pub use tessera_registry as registry;
 pub use tessera_resilience as resilience;
 pub use tessera_store as store;

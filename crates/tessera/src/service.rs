@@ -76,7 +76,7 @@ impl Context {
             let (Some(db), Some(bus_url)) = (&self.db, &self.config.bus_url) else {
                 panic!("events need a database (Service::migrations) and a bus (TESSERA_BUS_URL or TESSERA_CONTROL_URL)");
             };
-            let bus: Arc<dyn Bus> = Arc::new(ControlBus::new(bus_url));
+            let bus: Arc<dyn Bus> = Arc::new(ControlBus::new(bus_url, credential(&self.config)));
             let (outbox, relay) =
                 Outbox::start(db.clone(), bus.clone(), self.config.instance.clone(), self.events_stop.clone());
             Events {
@@ -91,6 +91,7 @@ impl Context {
                         Arc::new(move |trace| keys.mint_header(&me, &me, &roles, None, trace))
                     },
                     outbox: outbox.clone(),
+                    producers: self.config.producers.clone(),
                 },
                 bus,
                 outbox,
@@ -202,7 +203,7 @@ impl Service {
             )
         };
         let discovery = match &config.control_url {
-            Some(url) => Discovery::start(url),
+            Some(url) => Discovery::start(url, credential(&config)),
             None => Discovery::fixed([]),
         };
         let client = ServiceClient::new(
@@ -261,7 +262,7 @@ impl Service {
                     },
                     ttl_ms: config.ttl.as_millis() as u64,
                 };
-                let client = RegistryClient::new(url);
+                let client = RegistryClient::new(url, credential(&config));
                 // Keep trying: the control plane may be starting alongside us.
                 let mut attempt = 0u32;
                 while let Err(e) = client.register(&reg).await {
@@ -454,6 +455,14 @@ where
             Ok(response)
         })
     }
+}
+
+/// The process's credential, which the config requires wherever there is a control plane.
+fn credential(config: &ServiceConfig) -> &crate::identity::Credential {
+    config
+        .credential
+        .as_ref()
+        .expect("the config requires a credential with a control plane")
 }
 
 async fn shutdown_signal() {

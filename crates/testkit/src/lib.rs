@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tessera::identity::{ControlKeys, Credential, Principal};
 use tessera::registry::Catalog;
 
 mod process;
@@ -74,12 +75,28 @@ fn checkout_services(bin: &Path, env: &[(&'static str, &'static str, String)]) -
             .map(|(_, k, v)| format!("{k} = {v:?}"))
             .collect();
         out.push_str(&format!(
-            "[services.{service}]\ncommand = [\"{}/shop-{service}\"]\nenv = {{ {} }}\n\n",
+            "[services.{service}]\ncommand = [\"{}/shop-{service}\"]\nenv = {{ {} }}\n{}\n\n",
             bin.display(),
-            vars.join(", ")
+            vars.join(", "),
+            topics(service),
         ));
     }
     out
+}
+
+/// What each checkout service produces and consumes, as the shop's manifest declares it.
+fn topics(service: &str) -> &'static str {
+    match service {
+        "order" => {
+            "produces = [\"order.events\", \"inventory.commands\", \"payment.commands\"]\nconsumes = [\"saga.checkout.replies\"]"
+        }
+        "inventory" => {
+            "produces = [\"saga.checkout.replies\"]\nconsumes = [\"inventory.commands\"]"
+        }
+        "payment" => "produces = [\"saga.checkout.replies\"]\nconsumes = [\"payment.commands\"]",
+        "notification" => "consumes = [\"order.events\"]",
+        _ => "",
+    }
 }
 
 pub const ADMIN_EMAIL: &str = "admin@shop.test";
@@ -307,10 +324,26 @@ replicas = {replicas}
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The control-plane credential of `principal` (`service:<name>`, `gateway`,
+    /// `supervisor`, `admin`) in this system, made with its control keys as `tessera up` does.
+    pub fn credential(&self, principal: &str) -> Credential {
+        let spec =
+            std::fs::read_to_string(self.dir.join("state/control.keys")).expect("the control keys");
+        ControlKeys::from_spec(spec.trim())
+            .expect("the system's control keys")
+            .issue(&Principal::parse(principal).expect("a principal"))
+    }
+
+    /// A request to the control plane at `path`, as an admin.
+    pub fn control(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.control))
+            .header("authorization", self.credential("admin").authorization())
+    }
+
     /// The registry's current view.
     pub async fn registry(&self) -> Catalog {
-        self.http
-            .get(format!("{}/v1/services", self.control))
+        self.control(reqwest::Method::GET, "/v1/services")
             .send()
             .await
             .expect("registry")

@@ -30,8 +30,10 @@ use tessera::events::wire::{
 };
 
 use super::error::LogError;
+use super::fetch::Stored;
 use super::groups::GroupError;
 use super::log::EventLog;
+use crate::policy::Caller;
 
 pub fn routes(log: EventLog) -> Router {
     Router::new()
@@ -46,10 +48,14 @@ pub fn routes(log: EventLog) -> Router {
 
 async fn publish(
     State(log): State<EventLog>,
+    caller: Caller,
     Path(topic): Path<String>,
     tessera::Json(body): tessera::Json<PublishRequest<Vec<Box<RawValue>>>>,
 ) -> Result<Json<PublishAnswer>, ApiError> {
-    let offsets = log.publish(&topic, body.events).await?;
+    caller.may_produce(&topic)?;
+    let offsets = log
+        .publish_as(&caller.principal.to_string(), &topic, body.events)
+        .await?;
     Ok(Json(PublishAnswer {
         offsets: offsets
             .into_iter()
@@ -60,6 +66,7 @@ async fn publish(
 
 async fn fetch(
     State(log): State<EventLog>,
+    caller: Caller,
     Path(topic): Path<String>,
     tessera::Json(body): tessera::Json<FetchRequest<'static>>,
 ) -> Result<Response, ApiError> {
@@ -69,6 +76,7 @@ async fn fetch(
             "group and consumer must not be empty",
         ));
     }
+    caller.may_consume(&topic, &body.group)?;
     // The first commit the log refuses is reported; the others are still made.
     let mut commit_error = None;
     for c in body.commit.iter().chain(body.commits.iter()) {
@@ -100,13 +108,7 @@ async fn fetch(
         .iter()
         .map(|(partition, events)| Part {
             partition: *partition,
-            events: events
-                .iter()
-                .map(|s| Delivered {
-                    offset: s.offset,
-                    event: &s.event,
-                })
-                .collect(),
+            events: events.iter().map(delivered).collect(),
         })
         .collect();
     let mut more = delivered.into_iter();
@@ -120,11 +122,22 @@ async fn fetch(
     .into_response())
 }
 
+/// A stored event as the log hands it out: its producer beside it.
+fn delivered(s: &Stored) -> Delivered<'_> {
+    Delivered {
+        offset: s.offset,
+        producer: s.producer.as_deref().map(Into::into),
+        event: &s.event,
+    }
+}
+
 async fn commit(
     State(log): State<EventLog>,
+    caller: Caller,
     Path(topic): Path<String>,
     tessera::Json(b): tessera::Json<CommitRequest<'static>>,
 ) -> Result<StatusCode, ApiError> {
+    caller.may_consume(&topic, &b.group)?;
     log.commit(&topic, &b.group, &b.consumer, b.partition, b.offset)
         .await?;
     Ok(StatusCode::OK)
@@ -142,9 +155,11 @@ struct BrowseQuery {
 
 async fn browse(
     State(log): State<EventLog>,
+    caller: Caller,
     Path(topic): Path<String>,
     query: Result<Query<BrowseQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    caller.may_inspect()?;
     let Ok(Query(q)) = query else {
         return Err(ApiError::bad_request(
             "invalid_query",
@@ -162,24 +177,20 @@ async fn browse(
         Some(_) => {}
     }
     let events = log.read(&topic, q.partition, q.from, q.limit).await?;
-    let delivered: Vec<Delivered<'_>> = events
-        .iter()
-        .map(|s| Delivered {
-            offset: s.offset,
-            event: &s.event,
-        })
-        .collect();
+    let delivered: Vec<Delivered<'_>> = events.iter().map(delivered).collect();
     Ok(Json(serde_json::json!({ "partition": q.partition, "events": delivered })).into_response())
 }
 
 async fn dead_letters(
     State(log): State<EventLog>,
+    caller: Caller,
     Path(group): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.may_inspect()?;
     let all = log.dead_letters(&group).await?;
     let items: Vec<serde_json::Value> = all
         .iter()
-        .map(|(partition, s)| serde_json::json!({ "partition": partition, "offset": s.offset, "event": &s.event }))
+        .map(|(partition, s)| serde_json::json!({ "partition": partition, "offset": s.offset, "producer": s.producer, "event": &s.event }))
         .collect();
     Ok(Json(
         serde_json::json!({ "group": group, "deadLetters": items }),
@@ -188,13 +199,21 @@ async fn dead_letters(
 
 async fn replay(
     State(log): State<EventLog>,
+    caller: Caller,
     Path(group): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let n = log.replay_dead_letters(&group).await?;
-    Ok(Json(serde_json::json!({ "replayed": n })))
+    caller.may_replay()?;
+    let (replayed, skipped) = log.replay_dead_letters(&group).await?;
+    Ok(Json(
+        serde_json::json!({ "replayed": replayed, "skipped": skipped }),
+    ))
 }
 
-async fn describe(State(log): State<EventLog>) -> Json<serde_json::Value> {
+async fn describe(
+    State(log): State<EventLog>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.may_inspect()?;
     let topics: Vec<serde_json::Value> = log
         .describe()
         .into_iter()
@@ -209,7 +228,7 @@ async fn describe(State(log): State<EventLog>) -> Json<serde_json::Value> {
             serde_json::json!({ "name": name, "ends": ends, "groups": groups })
         })
         .collect();
-    Json(serde_json::json!({ "topics": topics }))
+    Ok(Json(serde_json::json!({ "topics": topics })))
 }
 
 /// What the caller is told when the log refuses or fails: a bad event or topic is theirs, a
@@ -238,24 +257,30 @@ mod tests {
     use tessera::events::{Bus, BusError, ControlBus, Event};
 
     use super::super::testing::open_log;
+    use crate::testing::Served;
 
-    /// The API on a port of its own; its base URL.
-    async fn serve_url() -> String {
+    /// The API on a port of its own, behind the credential check, where service `g` produces
+    /// and consumes the tests' topics.
+    async fn serve_api() -> Served {
         let (_, log) = open_log().await;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, super::routes(log)).await });
-        url
+        crate::testing::serve(
+            super::routes(log),
+            crate::testing::policy("g", &["t", "t.events", "t.spread"]),
+        )
+        .await
     }
 
+    /// A bus client of the API, as service `g`.
     async fn serve() -> ControlBus {
-        ControlBus::new(&serve_url().await)
+        let served = serve_api().await;
+        ControlBus::new(&served.url, &served.credential("service:g"))
     }
 
-    /// The status, content type and body of a POST of `body` to `path`.
-    async fn post(url: &str, path: &str, body: &str) -> (u16, String, String) {
+    /// The status, content type and body of a POST of `body` to `path`, as `who`.
+    async fn post(served: &Served, who: &str, path: &str, body: &str) -> (u16, String, String) {
         let response = reqwest::Client::new()
-            .post(format!("{url}{path}"))
+            .post(format!("{}{path}", served.url))
+            .header("authorization", served.credential(who).authorization())
             .header("content-type", "application/json")
             .body(body.to_string())
             .send()
@@ -271,9 +296,10 @@ mod tests {
 
     #[tokio::test]
     async fn refusals_are_json_with_a_code_and_a_message() {
-        let url = serve_url().await;
+        let url = serve_api().await;
         let (status, kind, body) = post(
             &url,
+            "service:g",
             "/v1/topics/t/events",
             r#"{"events":[{"specversion":"2.0","id":"a","source":"s","type":"t"}]}"#,
         )
@@ -283,8 +309,13 @@ mod tests {
             body,
             r#"{"code":"invalid_event","message":"event 0: specversion must be \"1.0\""}"#
         );
-        let (status, _, body) =
-            post(&url, "/v1/topics/t/fetch", r#"{"group":"","consumer":"c"}"#).await;
+        let (status, _, body) = post(
+            &url,
+            "service:g",
+            "/v1/topics/t/fetch",
+            r#"{"group":"","consumer":"c"}"#,
+        )
+        .await;
         assert_eq!(status, 400);
         assert_eq!(
             body,
@@ -292,6 +323,7 @@ mod tests {
         );
         let (status, _, body) = post(
             &url,
+            "service:g",
             "/v1/topics/t/commit",
             r#"{"group":"g","consumer":"c","partition":0,"offset":1}"#,
         )
@@ -383,7 +415,7 @@ mod tests {
         }
         // The total is bounded by `max`, across partitions.
         let (_, capped) = bus
-            .commit_and_fetch("t.spread", "g2", "c1", &[], 7, wait)
+            .commit_and_fetch("t.spread", "g.2", "c1", &[], 7, wait)
             .await;
         assert_eq!(capped.unwrap().len(), 7);
 
@@ -398,5 +430,83 @@ mod tests {
             .await;
         assert!(matches!(committed, Some(Ok(()))), "{committed:?}");
         assert!(next.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_log_knows_who_publishes_and_lets_each_only_its_own() {
+        let served = serve_api().await;
+        let event = r#"{"events":[{"specversion":"1.0","id":"e1","source":"/x","type":"t","subject":"k","producer":"service:admin"}]}"#;
+        // Nobody without a credential.
+        let anonymous = reqwest::Client::new()
+            .post(format!("{}/v1/topics/t/events", served.url))
+            .header("content-type", "application/json")
+            .body(event)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(anonymous.status().as_u16(), 401);
+        // Only the topics a service produces, and consumes in groups of its own.
+        for (who, path, body, status) in [
+            ("service:other", "/v1/topics/t/events", event, 403),
+            ("gateway", "/v1/topics/t/events", event, 403),
+            ("service:g", "/v1/topics/elsewhere/events", event, 403),
+            (
+                "service:g",
+                "/v1/topics/t/fetch",
+                r#"{"group":"other","consumer":"c"}"#,
+                403,
+            ),
+            (
+                "service:g",
+                "/v1/topics/t/fetch",
+                r#"{"group":"gx","consumer":"c"}"#,
+                403,
+            ),
+            (
+                "service:other",
+                "/v1/topics/t/fetch",
+                r#"{"group":"other","consumer":"c"}"#,
+                403,
+            ),
+            (
+                "service:g",
+                "/v1/topics/t/commit",
+                r#"{"group":"other","consumer":"c","partition":0,"offset":0}"#,
+                403,
+            ),
+            ("service:g", "/v1/deadletters/g/replay", "", 403),
+            ("supervisor", "/v1/deadletters/g/replay", "", 403),
+            ("service:g", "/v1/topics/t/events", event, 200),
+        ] {
+            let (got, _, answer) = post(&served, who, path, body).await;
+            assert_eq!(got, status, "{who} {path}: {answer}");
+        }
+        for (who, status) in [
+            ("service:g", 403),
+            ("gateway", 403),
+            ("supervisor", 200),
+            ("admin", 200),
+        ] {
+            let read = reqwest::Client::new()
+                .get(format!("{}/v1/topics", served.url))
+                .header("authorization", served.credential(who).authorization())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(read.status().as_u16(), status, "{who}");
+        }
+        // Delivered with the producer the log authenticated, whatever the event says.
+        let bus = ControlBus::new(&served.url, &served.credential("service:g"));
+        let batch = bus
+            .fetch("t", "g", "c1", 10, Duration::from_millis(200))
+            .await
+            .unwrap();
+        let (_, event) = &batch.parts[0].events[0];
+        let event = event.as_ref().unwrap();
+        assert_eq!(event.id, "e1");
+        assert_eq!(
+            event.delivery.as_ref().unwrap().producer.as_deref(),
+            Some("service:g")
+        );
     }
 }

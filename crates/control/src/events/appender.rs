@@ -34,6 +34,8 @@ pub enum Write {
 /// Events of one topic, each with its key.
 pub struct Append {
     pub topic: String,
+    /// Who publishes them, as authenticated (`service:<name>`).
+    pub producer: String,
     pub events: Vec<(String, Box<RawValue>)>,
     pub reply: oneshot::Sender<Result<Vec<(u32, i64)>, String>>,
 }
@@ -259,7 +261,7 @@ impl Task {
                 let offset = *slot;
                 *slot += 1;
                 tessera::store::query(
-                    r#"INSERT INTO events (topic, partition, "offset", key, event, appended) VALUES ($1, $2, $3, $4, $5, $6)"#,
+                    r#"INSERT INTO events (topic, partition, "offset", key, event, appended, producer) VALUES ($1, $2, $3, $4, $5, $6, $7)"#,
                 )
                 .bind(&append.topic)
                 .bind(i64::from(p))
@@ -267,6 +269,7 @@ impl Task {
                 .bind(key)
                 .bind(event.get())
                 .bind(now_ms)
+                .bind(&append.producer)
                 .execute(&mut *tx)
                 .await?;
                 offsets.push((p, offset));

@@ -3,7 +3,11 @@
 //! attributes saying where they came from and why. Here they are listed and replayed.
 //!
 //! Replay reads the dead-letter topic as a group of its own (`tessera-replay`), so each
-//! dead letter is published again once, even across calls.
+//! dead letter is published again once, even across calls. A dead letter is the consumer's
+//! word, so its producer is not taken from it: replay finds the original where the dead
+//! letter says it was (`deadlettertopic`, `deadletterpartition`, `deadletteroffset`), checks
+//! that it is the same event, and publishes it again as the original's producer. One that
+//! cannot be matched to its original is left, logged and counted as skipped.
 
 use std::time::Duration;
 
@@ -27,10 +31,12 @@ impl EventLog {
     }
 
     /// Publishes every not yet replayed dead letter of `group` again to the topic it came
-    /// from (without its dead-letter attributes); returns how many.
-    pub async fn replay_dead_letters(&self, group: &str) -> Result<usize, LogError> {
+    /// from (without its dead-letter attributes), as its original producer; returns how many
+    /// were replayed and how many skipped.
+    pub async fn replay_dead_letters(&self, group: &str) -> Result<(usize, usize), LogError> {
         let topic = dead_letter_topic(group);
         let mut replayed = 0;
+        let mut skipped = 0;
         while let Some((partition, events)) = self
             .fetch(&topic, "tessera-replay", "replayer", 500, Duration::ZERO)
             .await?
@@ -43,73 +49,122 @@ impl EventLog {
                     serde_json::from_str(stored.event.get()).map_err(|e| {
                         LogError::Storage(format!("dead letter is not an object: {e}"))
                     })?;
-                let Some(serde_json::Value::String(original)) = event.remove("deadlettertopic")
-                else {
+                let Some((original, producer)) = self.original_of(&event).await? else {
                     tracing::warn!(
+                        group,
                         offset = stored.offset,
-                        "dead letter without its topic; skipped"
+                        "dead letter does not match an original event; skipped"
                     );
+                    skipped += 1;
                     continue;
                 };
                 event.retain(|k, _| !k.starts_with("deadletter"));
                 let raw = RawValue::from_string(serde_json::Value::Object(event).to_string())
                     .map_err(|e| LogError::Storage(e.to_string()))?;
-                self.publish(&original, vec![raw]).await?;
+                self.publish_as(&producer, &original, vec![raw]).await?;
                 replayed += 1;
             }
             self.commit(&topic, "tessera-replay", "replayer", partition, last + 1)
                 .await?;
         }
-        Ok(replayed)
+        Ok((replayed, skipped))
+    }
+
+    /// The topic and producer of the original of a dead letter, if the log has an event with
+    /// its id where it says the original was.
+    async fn original_of(
+        &self,
+        dead: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Option<(String, String)>, LogError> {
+        let (Some(topic), Some(partition), Some(offset), Some(id)) = (
+            dead.get("deadlettertopic").and_then(|v| v.as_str()),
+            dead.get("deadletterpartition").and_then(|v| v.as_u64()),
+            dead.get("deadletteroffset").and_then(|v| v.as_i64()),
+            dead.get("id").and_then(|v| v.as_str()),
+        ) else {
+            return Ok(None);
+        };
+        let Ok(partition) = u32::try_from(partition) else {
+            return Ok(None);
+        };
+        if self
+            .partitions(topic)
+            .is_none_or(|n| partition as usize >= n)
+        {
+            return Ok(None);
+        }
+        let found = self.read(topic, partition, offset, 1).await?;
+        let Some(original) = found.into_iter().next().filter(|s| s.offset == offset) else {
+            return Ok(None);
+        };
+        #[derive(serde::Deserialize)]
+        struct Id<'a> {
+            #[serde(borrow)]
+            id: std::borrow::Cow<'a, str>,
+        }
+        let same = serde_json::from_str::<Id<'_>>(original.event.get()).is_ok_and(|o| o.id == id);
+        Ok(match (same, original.producer) {
+            (true, Some(producer)) => Some((topic.to_string(), producer)),
+            _ => None,
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::open_log;
+    use super::super::testing::{event, open_log};
     use super::*;
 
-    fn dead_letter(id: &str, from: &str) -> Box<RawValue> {
+    /// The dead letter of event `id` that was at `partition`/`offset` of `from`.
+    fn dead_letter(id: &str, from: &str, (partition, offset): (u32, i64)) -> Box<RawValue> {
         RawValue::from_string(format!(
-            r#"{{"specversion":"1.0","id":"{id}","source":"/test","type":"t","subject":"k","deadlettergroup":"g","deadlettertopic":"{from}","deadlettererror":"boom","deadletterattempts":3}}"#
+            r#"{{"specversion":"1.0","id":"{id}","source":"/test","type":"t","subject":"k","deadlettergroup":"g","deadlettertopic":"{from}","deadletterpartition":{partition},"deadletteroffset":{offset},"deadlettererror":"boom","deadletterattempts":3}}"#
         ))
         .unwrap()
     }
 
     #[tokio::test]
-    async fn dead_letters_are_listed_and_replayed_once_without_their_attributes() {
+    async fn dead_letters_are_listed_and_replayed_once_as_their_originals_producer() {
         let (dir, log) = open_log().await;
+        let at = log
+            .publish_as(
+                "service:order",
+                "orders",
+                vec![event("a", "k"), event("b", "k")],
+            )
+            .await
+            .unwrap();
         let without_topic = RawValue::from_string(
             r#"{"specversion":"1.0","id":"x","source":"/test","type":"t","subject":"k"}"#.into(),
         )
         .unwrap();
-        log.publish(
+        // What a consumer made up: an event "forged" said to be where "a" is.
+        log.publish_as(
+            "service:consumer",
             &dead_letter_topic("g"),
             vec![
-                dead_letter("a", "orders"),
-                dead_letter("b", "orders"),
+                dead_letter("a", "orders", at[0]),
+                dead_letter("b", "orders", at[1]),
+                dead_letter("forged", "orders", at[0]),
                 without_topic,
             ],
         )
         .await
         .unwrap();
-        assert_eq!(log.dead_letters("g").await.unwrap().len(), 3);
+        assert_eq!(log.dead_letters("g").await.unwrap().len(), 4);
         assert!(log.dead_letters("other").await.unwrap().is_empty());
 
-        assert_eq!(log.replay_dead_letters("g").await.unwrap(), 2);
-        let replayed = log
-            .fetch("orders", "c", "c1", 10, Duration::ZERO)
-            .await
-            .unwrap()
-            .unwrap()
-            .1;
+        assert_eq!(log.replay_dead_letters("g").await.unwrap(), (2, 2));
+        let replayed = log.read("orders", at[0].0, at[1].1 + 1, 10).await.unwrap();
         assert_eq!(replayed.len(), 2);
         for s in &replayed {
             assert!(!s.event.get().contains("deadletter"), "{}", s.event.get());
+            assert!(!s.event.get().contains("forged"), "{}", s.event.get());
+            assert_eq!(s.producer.as_deref(), Some("service:order"));
         }
         // Replayed once: a second replay finds nothing new, and the list keeps them.
-        assert_eq!(log.replay_dead_letters("g").await.unwrap(), 0);
-        assert_eq!(log.dead_letters("g").await.unwrap().len(), 3);
+        assert_eq!(log.replay_dead_letters("g").await.unwrap(), (0, 0));
+        assert_eq!(log.dead_letters("g").await.unwrap().len(), 4);
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -18,6 +18,9 @@ use super::topic::check_name;
 #[derive(Debug)]
 pub struct Stored {
     pub offset: i64,
+    /// Who published it (`service:<name>`); `None` if it was stored before the log
+    /// authenticated publishers.
+    pub producer: Option<String>,
     pub event: Box<RawValue>,
 }
 
@@ -106,8 +109,8 @@ impl EventLog {
         from: i64,
         max: usize,
     ) -> Result<Vec<Stored>, LogError> {
-        let rows: Vec<(i64, String)> = tessera::store::query_as(
-            r#"SELECT "offset", event FROM events WHERE topic = $1 AND partition = $2 AND "offset" >= $3 ORDER BY "offset" LIMIT $4"#,
+        let rows: Vec<(i64, Option<String>, String)> = tessera::store::query_as(
+            r#"SELECT "offset", producer, event FROM events WHERE topic = $1 AND partition = $2 AND "offset" >= $3 ORDER BY "offset" LIMIT $4"#,
         )
         .bind(topic)
         .bind(i64::from(partition))
@@ -116,9 +119,13 @@ impl EventLog {
         .fetch_all(self.inner.db.pool())
         .await?;
         rows.into_iter()
-            .map(|(offset, event)| {
+            .map(|(offset, producer, event)| {
                 RawValue::from_string(event)
-                    .map(|event| Stored { offset, event })
+                    .map(|event| Stored {
+                        offset,
+                        producer,
+                        event,
+                    })
                     .map_err(|e| LogError::Storage(format!("stored event is not JSON: {e}")))
             })
             .collect()

@@ -32,10 +32,12 @@ struct Head<'a> {
 }
 
 impl EventLog {
-    /// Appends `events` (CloudEvents, JSON) to `topic`; returns once they are on disk, with
-    /// the partition and offset of each.
-    pub async fn publish(
+    /// Appends `events` (CloudEvents, JSON) to `topic` as published by `producer` (who the
+    /// caller authenticated as, `service:<name>`); returns once they are on disk, with the
+    /// partition and offset of each.
+    pub async fn publish_as(
         &self,
+        producer: &str,
         topic: &str,
         events: Vec<Box<RawValue>>,
     ) -> Result<Vec<(u32, i64)>, LogError> {
@@ -52,6 +54,7 @@ impl EventLog {
             .write(|reply| {
                 Write::Append(Append {
                     topic: topic.to_string(),
+                    producer: producer.to_string(),
                     events: keyed,
                     reply,
                 })

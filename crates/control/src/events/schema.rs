@@ -14,6 +14,11 @@ pub const MIGRATIONS: &[Migration] = &[
         description: "events in append order",
         sqlite: include_str!("../../migrations/0002_events_in_append_order.sql"),
     },
+    Migration {
+        version: 3,
+        description: "each event's producer",
+        sqlite: include_str!("../../migrations/0003_producer.sql"),
+    },
 ];
 
 #[cfg(test)]

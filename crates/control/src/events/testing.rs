@@ -7,6 +7,17 @@ use serde_json::value::RawValue;
 use super::config::LogConfig;
 use super::log::EventLog;
 
+impl EventLog {
+    /// Appends `events` to `topic` as `service:test`.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        events: Vec<Box<RawValue>>,
+    ) -> Result<Vec<(u32, i64)>, super::error::LogError> {
+        self.publish_as("service:test", topic, events).await
+    }
+}
+
 /// A CloudEvent with `id`, keyed by `subject`.
 pub fn event(id: &str, subject: &str) -> Box<RawValue> {
     RawValue::from_string(format!(
