@@ -78,6 +78,15 @@ impl Harness {
                         consumes: vec!["ledger.events".into()],
                     },
                 ),
+                // A log whose policy lets another service publish there too, while the
+                // services are told only the ledger does (TESSERA_PRODUCERS, below).
+                (
+                    "mallory".to_string(),
+                    tessera_control::Grants {
+                        produces: vec!["ledger.events".into()],
+                        consumes: vec![],
+                    },
+                ),
             ])),
         };
         tokio::spawn(tessera_control::serve(
@@ -112,11 +121,16 @@ impl Harness {
 
     /// Publishes `events` straight to the log, as the ledger would.
     async fn publish(&self, topic: &str, events: &[Value]) {
-        let ledger = self.credential(&Principal::Service("ledger".into()));
+        self.publish_as("ledger", topic, events).await
+    }
+
+    /// Publishes `events` straight to the log as service `who`.
+    async fn publish_as(&self, who: &str, topic: &str, events: &[Value]) {
+        let credential = self.credential(&Principal::Service(who.into()));
         let resp = self
             .http
             .post(format!("{}/v1/topics/{topic}/events", self.control))
-            .bearer_auth(ledger)
+            .bearer_auth(credential)
             .json(&json!({ "events": events }))
             .send()
             .await
@@ -536,4 +550,43 @@ async fn published_rows_leave_the_outbox_in_the_background_and_go_out_once() {
         .await;
     tokio::time::sleep(outbox::DELETE_EVERY).await;
     assert_eq!(in_log().await, 21);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_from_a_service_the_topic_does_not_declare_is_dead_lettered_unhandled() {
+    let (h, listener) = Harness::new().await;
+    h.start_control(listener);
+    let audit_db = start_auditor(&h, Arc::new(AtomicBool::new(false))).await;
+    let event = |id: &str, n: i64| {
+        json!({"specversion": "1.0", "id": id, "source": "/x", "type": "ledger.deposited",
+               "subject": "acc0", "data": {"n": n}})
+    };
+    // Mallory's event says it is the ledger's: the log's stamp says otherwise.
+    let mut forged = event("forged", 666);
+    forged["producer"] = json!("service:ledger");
+    forged["source"] = json!("/ledger");
+    h.publish_as("mallory", "ledger.events", &[forged]).await;
+    h.publish("ledger.events", &[event("genuine", 1)]).await;
+    h.wait("the ledger's event", async || {
+        !seen(&audit_db).await.is_empty()
+    })
+    .await;
+    h.wait("mallory's event dead-lettered", async || {
+        let dead = h.control_json("/v1/deadletters/auditor").await;
+        !dead["deadLetters"].as_array().unwrap().is_empty()
+    })
+    .await;
+    let handled: Vec<String> = seen(&audit_db).await.into_iter().map(|r| r.0).collect();
+    assert_eq!(handled, ["genuine"]);
+    let dead = h.control_json("/v1/deadletters/auditor").await;
+    let dead = &dead["deadLetters"][0]["event"];
+    assert_eq!(dead["id"], "forged");
+    assert_eq!(
+        dead["deadlettererror"],
+        "published by service:mallory, but topic ledger.events is produced by ledger"
+    );
+    assert_eq!(
+        dead["deadletterattempts"], 1,
+        "refused at once, not retried"
+    );
 }

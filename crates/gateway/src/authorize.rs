@@ -46,6 +46,7 @@ mod tests {
             roles: roles.iter().map(|r| r.to_string()).collect(),
             sid: None,
             exp: u64::MAX,
+            cached_until: u64::MAX,
         }
     }
 

@@ -229,6 +229,7 @@ mod tests {
             roles: vec!["admin".into()],
             sid: Some("s1".into()),
             exp: u64::MAX,
+            cached_until: u64::MAX,
         };
         let trace = TraceContext::new_root();
         let traceparent = trace.header_value();

@@ -83,6 +83,7 @@ pub async fn serve(
         );
         let verifier = TokenVerifier::new(t, client);
         verifier.spawn_revocation_feed(feed);
+        verifier.spawn_key_refresh();
         verifier
     });
 

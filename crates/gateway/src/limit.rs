@@ -80,6 +80,7 @@ mod tests {
             roles: vec![],
             sid: None,
             exp: u64::MAX,
+            cached_until: u64::MAX,
         }
     }
 

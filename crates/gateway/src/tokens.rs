@@ -5,8 +5,13 @@
 //! - accepts only `alg: EdDSA` with a `kid` it knows; an unknown `kid` triggers one JWKS
 //!   refresh (at most once a second), which is how signing-key rotation is picked up;
 //! - checks `iss`, `aud` and `exp`;
-//! - caches each verified token until it expires, so the signature is checked once per token,
-//!   not once per request;
+//! - caches each verified token for at most [`CACHE_FOR`] (and never past its expiry), so the
+//!   signature is checked about once a minute per token rather than once per request, and a
+//!   key withdrawn from the JWKS stops being trusted within that bound;
+//! - reads the JWKS again every [`KEYS_REFRESH`], dropping keys it no longer lists (and every
+//!   cached token with them): the key set comes only from instances registered under the
+//!   token service's own credential (`docs/security.md`), and one that was wrong does not
+//!   linger;
 //! - rejects tokens whose session (`sid`) is revoked. Revocations arrive two ways: the token
 //!   service's revocation feed (a long-poll, for every gateway), and the
 //!   `X-Tessera-Revoke-Session` header on a response passing through this gateway (for
@@ -26,6 +31,10 @@ use tessera_manifest as manifest;
 /// is correct, only slower).
 const CACHE_LIMIT: usize = 100_000;
 const LEEWAY_SECS: u64 = 5;
+/// The longest a verified token is trusted without checking its signature again.
+pub const CACHE_FOR: Duration = Duration::from_secs(60);
+/// How often the JWKS is read again, unasked.
+pub const KEYS_REFRESH: Duration = Duration::from_secs(60);
 
 /// Who a verified token speaks for.
 #[derive(Debug)]
@@ -34,6 +43,8 @@ pub struct Verified {
     pub roles: Vec<String>,
     pub sid: Option<String>,
     pub exp: u64,
+    /// Until when (unix seconds) the cache may answer for it.
+    pub cached_until: u64,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -119,8 +130,8 @@ impl TokenVerifier {
             .get(token)
             .cloned();
         let verified = match cached {
-            Some(v) => v,
-            None => self.verify_uncached(token).await?,
+            Some(v) if now < v.cached_until => v,
+            _ => self.verify_uncached(token).await?,
         };
         if verified.exp + LEEWAY_SECS <= now {
             return Err(TokenError::Expired);
@@ -158,6 +169,7 @@ impl TokenVerifier {
             roles: claims.roles,
             sid: claims.sid,
             exp: claims.exp,
+            cached_until: tessera::unix_now() + CACHE_FOR.as_secs(),
         });
         let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
         if cache.len() >= CACHE_LIMIT {
@@ -230,9 +242,35 @@ impl TokenVerifier {
                 }
             }
         }
-        tracing::info!(keys = keys.len(), "JWKS loaded");
-        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = keys;
+        let mut current = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        let withdrawn = current.keys().any(|kid| !keys.contains_key(kid));
+        if withdrawn || current.len() != keys.len() {
+            tracing::info!(keys = keys.len(), "JWKS loaded");
+        }
+        *current = keys;
+        drop(current);
+        if withdrawn {
+            // Tokens signed by a withdrawn key are verified again, and refused.
+            self.cache
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+        }
         Ok(())
+    }
+
+    /// Reads the JWKS again every [`KEYS_REFRESH`] for as long as the process lives.
+    pub fn spawn_key_refresh(self: &Arc<Self>) {
+        let this = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(KEYS_REFRESH).await;
+                let Some(this) = this.upgrade() else {
+                    return;
+                };
+                let _ = this.fetch_keys().await;
+            }
+        });
     }
 
     /// Rejects every token of session `sid` until `until` (unix seconds).
@@ -297,5 +335,38 @@ impl TokenVerifier {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(kid.to_string(), Arc::new(key));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing;
+
+    #[tokio::test]
+    async fn a_cached_token_is_trusted_for_a_bounded_time_only() {
+        let verifier = testing::verifier();
+        let token = testing::token("ann", &["user"], None, 600);
+        assert_eq!(verifier.verify(&token).await.unwrap().sub, "ann");
+        // Its key is withdrawn, as a JWKS read without it leaves it; within the bound the
+        // cache still answers.
+        verifier.keys.write().unwrap().clear();
+        assert!(verifier.verify(&token).await.is_ok());
+        // Past the bound, the signature is checked again, and the key is gone.
+        {
+            let mut cache = verifier.cache.write().unwrap();
+            let v = cache[token.as_str()].clone();
+            cache.insert(
+                token.as_str().into(),
+                Arc::new(Verified {
+                    sub: v.sub.clone(),
+                    roles: v.roles.clone(),
+                    sid: v.sid.clone(),
+                    exp: v.exp,
+                    cached_until: tessera::unix_now(),
+                }),
+            );
+        }
+        assert!(verifier.verify(&token).await.is_err());
     }
 }
