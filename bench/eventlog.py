@@ -3,66 +3,97 @@
 
 The control plane (the log) runs on one core and the bench client (publishers and one
 consumer, bench-eventlog) on the other. Cases: batches of 100 from 4 publishers, and one event
-per publish call from 16 concurrent publishers (every call is a durable, group-committed
-append). Reported: events/s and publish→consume latency.
+per publish call from 16 concurrent publishers (every call is a group-committed append).
+Each case runs against two logs side by side, in alternating rounds: one that acknowledges an
+append once it is synced to disk (`log_sync = "full"`, the default: an acknowledged event
+survives a power loss) and one that acknowledges it once written (`"normal"`: it survives a
+crash of the control plane only). Reported: events/s, publish→consume latency, CPU per event,
+and what the sync costs (full / normal).
 
-    python3 bench/eventlog.py           # BENCH_EVENTS=20000
+    python3 bench/eventlog.py           # BENCH_EVENTS=20000, BENCH_ROUNDS=2
 """
 
-import json, os, resource, subprocess, sys, tempfile
+import json, os, resource, statistics, subprocess, sys, tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import *  # noqa: E402,F403
 
 EVENTS = int(os.environ.get("BENCH_EVENTS", "20000"))
-CONTROL = 18700
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
+CONTROL = {"full": 18700, "normal": 18701}
+CASES = (("batched_100x4", 100, 4), ("one_by_one_x16", 1, 16))
+
+
+def start_log(tessera, tmp, sync):
+    """A control plane whose log syncs as `sync` says, with a `bench` service that produces and
+    consumes one topic per case and round; its process and the bench service's credential."""
+    topics = ", ".join(f'"bench.{name}.{r}"' for name, _, _ in CASES for r in range(ROUNDS))
+    manifest = os.path.join(tmp, f"bench-{sync}.toml")
+    with open(manifest, "w") as f:
+        f.write(f'[system]\nname = "bench"\nstate_dir = "state-{sync}"\n'
+                f'[control]\nlisten = "127.0.0.1:{CONTROL[sync]}"\nlog_sync = "{sync}"\n'
+                f'[services.bench]\ncommand = "true"\nproduces = [{topics}]\nconsumes = [{topics}]\n')
+    control = start([tessera, "--manifest", manifest, "control"], log=os.path.join(tmp, f"control-{sync}.log"))
+    wait_http(f"http://127.0.0.1:{CONTROL[sync]}/health/ready")
+    return control, credential(tessera, manifest, "service:bench")
+
+
+def run_case(control, bench_credential, sync, name, batch, publishers, round_):
+    events = EVENTS if batch > 1 else EVENTS // 4
+    before = cpu_seconds([control.pid])
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    run = subprocess.run(["taskset", "-c", LOAD_CPU, os.path.join(RELEASE, "bench-eventlog"),
+                          f"http://127.0.0.1:{CONTROL[sync]}", f"bench.{name}.{round_}", str(events), str(batch),
+                          str(publishers)],
+                         capture_output=True, text=True, env={**os.environ, "TESSERA_CREDENTIAL": bench_credential})
+    if run.returncode != 0:
+        raise SystemExit(f"{name} ({sync}) failed:\n{run.stderr[:1500]}")
+    r = json.loads(run.stdout.strip().splitlines()[-1])
+    r["log_cpu_us_per_event"] = (cpu_seconds([control.pid]) - before) * 1e6 / r["events"]
+    # The bench client's own CPU (publishers and consumer, through the bus API): what a
+    # service spends per event on its side of the exchanges.
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    r["client_cpu_us_per_event"] = ((after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)) \
+        * 1e6 / r["events"]
+    return r
 
 
 def main():
     ensure_tools("taskset")
     build("tessera-cli", "tessera-bench")
     tmp = tempfile.mkdtemp(prefix="tessera-bench-log-")
-    manifest = os.path.join(tmp, "bench.toml")
-    with open(manifest, "w") as f:
-        # The bench client calls as a service that produces and consumes one topic per case.
-        f.write(f'[system]\nname = "bench"\nstate_dir = "state"\n[control]\nlisten = "127.0.0.1:{CONTROL}"\n'
-                '[services.bench]\ncommand = "true"\n'
-                'produces = ["bench.batched_100x4", "bench.one_by_one_x16"]\n'
-                'consumes = ["bench.batched_100x4", "bench.one_by_one_x16"]\n')
     tessera = os.path.join(RELEASE, "tessera")
-    control = start([tessera, "--manifest", manifest, "control"], log=os.path.join(tmp, "control.log"))
-    bench_credential = credential(tessera, manifest, "service:bench")
+    logs = {sync: start_log(tessera, tmp, sync) for sync in CONTROL}
     try:
-        wait_http(f"http://127.0.0.1:{CONTROL}/health/ready")
+        runs = {}  # (case, sync) -> [result per round]
+        for round_ in range(ROUNDS):
+            order = list(CONTROL) if round_ % 2 == 0 else list(reversed(CONTROL))
+            for name, batch, publishers in CASES:
+                for sync in order:
+                    control, bench_credential = logs[sync]
+                    r = run_case(control, bench_credential, sync, name, batch, publishers, round_)
+                    runs.setdefault((name, sync), []).append(r)
+                    print(f"round {round_ + 1}: {name} ({sync}): {r['events_per_sec']:.0f} events/s, "
+                          f"p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms", flush=True)
         results = {}
-        for name, batch, publishers in (("batched_100x4", 100, 4), ("one_by_one_x16", 1, 16)):
-            events = EVENTS if batch > 1 else EVENTS // 4
-            before = cpu_seconds([control.pid])
-            children = resource.getrusage(resource.RUSAGE_CHILDREN)
-            run = subprocess.run(["taskset", "-c", LOAD_CPU, os.path.join(RELEASE, "bench-eventlog"),
-                                  f"http://127.0.0.1:{CONTROL}", f"bench.{name}", str(events), str(batch), str(publishers)],
-                                 capture_output=True, text=True, env={**os.environ, "TESSERA_CREDENTIAL": bench_credential})
-            if run.returncode != 0:
-                raise SystemExit(f"{name} failed:\n{run.stderr[:1500]}")
-            out = run.stdout
-            r = json.loads(out.strip().splitlines()[-1])
-            r["log_cpu_us_per_event"] = (cpu_seconds([control.pid]) - before) * 1e6 / r["events"]
-            # The bench client's own CPU (publishers and consumer, through the bus API): what a
-            # service spends per event on its side of the exchanges.
-            after = resource.getrusage(resource.RUSAGE_CHILDREN)
-            r["client_cpu_us_per_event"] = ((after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)) \
-                * 1e6 / r["events"]
-            results[name] = r
-            print(f"{name}: {r['events_per_sec']:.0f} events/s, p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms", flush=True)
-        lines = ["| case | events | events/s | p50 ms | p99 ms | log CPU µs/event | client CPU µs/event |",
-                 "|---|---|---|---|---|---|---|"]
-        for name, r in results.items():
-            lines.append(f"| {name} | {r['events']} | {r['events_per_sec']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} "
-                         f"| {r['log_cpu_us_per_event']:.1f} | {r['client_cpu_us_per_event']:.1f} |")
+        lines = ["| case | log sync | events | events/s (median) | p50 ms | p99 ms | log CPU µs/event | client CPU µs/event |",
+                 "|---|---|---|---|---|---|---|---|"]
+        for (name, sync), rs in runs.items():
+            med = {k: statistics.median(r[k] for r in rs) for k in rs[0] if isinstance(rs[0][k], (int, float))}
+            results[f"{name}_{sync}"] = {**med, "rounds": rs}
+            lines.append(f"| {name} | {sync} | {int(med['events'])} | {med['events_per_sec']:.0f} | {med['p50_ms']:.1f} "
+                         f"| {med['p99_ms']:.1f} | {med['log_cpu_us_per_event']:.1f} | {med['client_cpu_us_per_event']:.1f} |")
+        lines += ["", "| case | full / normal: events/s (per round) | p99 (per round) |", "|---|---|---|"]
+        for name, _, _ in CASES:
+            full, normal = runs[(name, "full")], runs[(name, "normal")]
+            rate = [f["events_per_sec"] / n["events_per_sec"] for f, n in zip(full, normal)]
+            p99 = [f["p99_ms"] / max(n["p99_ms"], 1e-9) for f, n in zip(full, normal)]
+            lines.append(f"| {name} | {', '.join(f'{x:.2f}×' for x in rate)} | {', '.join(f'{x:.2f}×' for x in p99)} |")
         write_results("eventlog", {"benchmark": "eventlog", "machine": machine(), "cases": results}, "\n".join(lines))
     finally:
-        control.terminate()
-        control.wait(timeout=10)
+        for control, _ in logs.values():
+            control.terminate()
+            control.wait(timeout=10)
 
 
 if __name__ == "__main__":

@@ -103,6 +103,7 @@ fn main() -> anyhow::Result<()> {
                     log: tessera_control::events::LogConfig {
                         partitions: manifest.control.partitions,
                         lease: std::time::Duration::from_millis(manifest.control.lease_ms),
+                        sync: manifest.control.log_sync == tessera_manifest::LogSync::Full,
                         ..Default::default()
                     },
                 };

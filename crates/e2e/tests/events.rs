@@ -212,7 +212,9 @@ async fn deposit(
         body["account"].as_str().unwrap_or("acc"),
         &body,
     );
-    outbox::add(&mut tx, "ledger.events", &event).await?;
+    // A test may name another topic (one the ledger may not publish to).
+    let topic = body["topic"].as_str().unwrap_or("ledger.events");
+    outbox::add(&mut tx, topic, &event).await?;
     if body["fail"] == true {
         return Err(ApiError::bad_request("refused", "rolled back on purpose")); // tx dropped: rollback
     }
@@ -589,4 +591,140 @@ async fn an_event_from_a_service_the_topic_does_not_declare_is_dead_lettered_unh
         dead["deadletterattempts"], 1,
         "refused at once, not retried"
     );
+}
+
+/// The ledger's outbox as its `/status/outbox` tells it.
+async fn outbox_status(h: &Harness, ledger: &str) -> Value {
+    let system = tessera::PassportKeys::from_spec(&h.keys, "events-test")
+        .unwrap()
+        .mint(
+            "test",
+            "service:test",
+            &["system".into()],
+            None,
+            &tessera::TraceContext::new_root(),
+        );
+    h.http
+        .get(format!("{ledger}/status/outbox"))
+        .header("x-passport", system)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_large_events_goes_out_whole_in_order() {
+    let (h, listener) = Harness::new().await;
+    // 40 events of 300 KB wait in the outbox: 12 MB, more than the log takes in one request.
+    let ledger = start_ledger(&h).await;
+    let p = passport(&h);
+    let pad = "x".repeat(300_000);
+    for n in 0..40 {
+        let body = json!({"id": format!("d{n}"), "amount": n, "account": "a", "n": n, "pad": pad});
+        let r = h
+            .http
+            .post(format!("{ledger}/deposit"))
+            .header("x-passport", &p)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    }
+    h.start_control(listener);
+    let audit_db = start_auditor(&h, Arc::new(AtomicBool::new(true))).await;
+    h.wait("the backlog", async || seen(&audit_db).await.len() >= 40)
+        .await;
+    let ns: Vec<i64> = seen(&audit_db).await.iter().map(|r| r.2).collect();
+    assert_eq!(ns, (0..40).collect::<Vec<_>>());
+    h.wait("the outbox to empty", async || {
+        outbox_status(&h, &ledger).await["pending"] == 0
+    })
+    .await;
+    assert_eq!(outbox_status(&h, &ledger).await["parkedTotal"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_log_refuses_is_parked_visible_and_can_be_requeued() {
+    let (h, listener) = Harness::new().await;
+    h.start_control(listener);
+    let ledger = start_ledger(&h).await;
+    let audit_db = start_auditor(&h, Arc::new(AtomicBool::new(true))).await;
+    let p = passport(&h);
+    // The manifest does not let the ledger publish to `audit.events`: the log forbids it.
+    for (id, topic) in [("d0", "audit.events"), ("d1", "ledger.events")] {
+        let body = json!({"id": id, "amount": 1, "account": "a", "n": 1, "topic": topic});
+        let r = h
+            .http
+            .post(format!("{ledger}/deposit"))
+            .header("x-passport", &p)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    }
+    // The refused one is parked, and the relay goes on with the rest.
+    h.wait("the other event", async || seen(&audit_db).await.len() == 1)
+        .await;
+    h.wait("the refused event parked", async || {
+        outbox_status(&h, &ledger).await["parkedTotal"] == 1
+    })
+    .await;
+    let status = outbox_status(&h, &ledger).await;
+    let parked = &status["parked"][0];
+    assert_eq!(parked["topic"], "audit.events");
+    assert!(
+        parked["reason"]
+            .as_str()
+            .unwrap()
+            .contains("may not publish to audit.events"),
+        "{parked}"
+    );
+    assert!(parked["event"].as_str().unwrap().contains("\"id\":\"d0\""));
+    // Without a passport, or with a user's, the outbox is not shown.
+    let anyone = h
+        .http
+        .get(format!("{ledger}/status/outbox"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anyone.status().as_u16(), 401);
+    let user = h
+        .http
+        .get(format!("{ledger}/status/outbox"))
+        .header("x-passport", &p)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(user.status().as_u16(), 403);
+    // Requeued, it goes out again (and, still forbidden, is parked again: never lost).
+    let system = tessera::PassportKeys::from_spec(&h.keys, "events-test")
+        .unwrap()
+        .mint(
+            "test",
+            "service:test",
+            &["system".into()],
+            None,
+            &tessera::TraceContext::new_root(),
+        );
+    let requeued: Value = h
+        .http
+        .post(format!("{ledger}/status/outbox/requeue"))
+        .header("x-passport", &system)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(requeued["requeued"], 1);
+    h.wait("the event parked again", async || {
+        let s = outbox_status(&h, &ledger).await;
+        s["parkedTotal"] == 1 && s["pending"] == 0
+    })
+    .await;
 }

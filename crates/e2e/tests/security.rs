@@ -147,7 +147,12 @@ async fn nobody_poses_as_the_token_service_or_takes_over_an_instance() {
     assert_eq!(now.services["auth"], [auth]);
     assert_eq!(sys.get("/api/auth/me", Some(&forged_token)).await.0, 401);
     let (status, _) = sys
-        .call(Method::POST, "/api/auth/keys/rotate", Some(&forged_token), None)
+        .call(
+            Method::POST,
+            "/api/auth/keys/rotate",
+            Some(&forged_token),
+            None,
+        )
         .await;
     assert_eq!(status, 401);
     let admin = sys.admin().await;

@@ -49,6 +49,13 @@ pub enum BusError {
     /// The log refused the request (a bad event or topic): retrying the same will not help.
     #[error("the event log refused: {0}")]
     Refused(String),
+    /// This process may not do that on that topic (the manifest does not grant it): retrying
+    /// will not help until the system's declaration changes.
+    #[error("the event log forbids it: {0}")]
+    Forbidden(String),
+    /// The request was larger than the log takes: split it, or the event alone is too large.
+    #[error("too large for the event log: {0}")]
+    TooLarge(String),
     /// The partition moved to another consumer (its lease lapsed): fetch again.
     #[error("partition no longer held: {0}")]
     Lost(String),
@@ -71,6 +78,12 @@ pub trait Bus: Send + Sync + 'static {
         topic: &'a str,
         events: &'a [Event],
     ) -> BoxFuture<'a, Result<(), BusError>>;
+
+    /// The largest publish request the log takes, in bytes (the events' JSON and a few bytes
+    /// around them): the outbox relay packs its batches to fit.
+    fn max_publish_bytes(&self) -> usize {
+        crate::wire::MAX_PUBLISH_BYTES
+    }
 
     /// Appends events already written as CloudEvent JSON (as the outbox stores them), without
     /// reading them into [`Event`]s and writing them again when the log takes JSON anyway.
@@ -276,7 +289,14 @@ impl ControlBus {
         }
         let text = String::from_utf8_lossy(&bytes).into_owned();
         Err(match status.as_u16() {
+            // The process's own credential: nothing about the request, and only a restart
+            // with a good one helps; retried (and said loudly by the caller) meanwhile.
+            401 => BusError::Unavailable(format!(
+                "the log does not accept this process's credential: {text}"
+            )),
+            403 => BusError::Forbidden(text),
             409 => BusError::Lost(text),
+            413 => BusError::TooLarge(text),
             400..=499 => BusError::Refused(text),
             _ => BusError::Unavailable(text),
         })

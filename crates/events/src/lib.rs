@@ -62,6 +62,11 @@ pub const MIGRATIONS: &[Migration] = &[
         description: "tessera outbox without autoincrement",
         sqlite: include_str!("../migrations/0004_outbox_without_autoincrement.sql"),
     },
+    Migration {
+        version: 1_000_000_005,
+        description: "tessera outbox parked events",
+        sqlite: include_str!("../migrations/0005_outbox_parked.sql"),
+    },
 ];
 
 /// The dead-letter topic of a consumer group.

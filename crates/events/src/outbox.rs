@@ -16,25 +16,29 @@
 //! would keep ids from going back too, at the price of rewriting its counter's page in every
 //! commit that adds an event.) A relay that starts (or takes the lease over) remembers
 //! nothing and publishes the undeleted rows again, which is the crash case above.
+//!
+//! **Nothing is dropped.** A row leaves the outbox only once the log has it, or once it is
+//! parked: an event the log refuses for what it is (not a CloudEvent, larger than the log
+//! takes, a topic the service may not publish to) moves to `tessera_outbox_parked` with the
+//! reason, is counted (`tessera_outbox_parked_total`) and logged, is listed by [`parked`]
+//! (the service's `/status/outbox`), and goes out again after [`requeue`] once the cause is
+//! fixed. The relay itself is `outbox/relay.rs`.
+
+mod relay;
 
 use std::sync::Arc;
-use std::time::Duration;
 
+use serde::Serialize;
 use tokio::sync::{Notify, watch};
 
-use super::{Bus, BusError, Event};
+use super::{Bus, Event};
+use relay::Relay;
 use tessera_store::Db;
-use tessera_trace::unix_now_ms as now_ms;
+
+pub use relay::DELETE_EVERY;
 
 /// The transaction a handler or a service writes in.
 pub type Tx = tessera_store::Tx;
-
-const BATCH: i64 = 500;
-const LEASE_MS: i64 = 3000;
-/// How often published rows are deleted, at most.
-pub const DELETE_EVERY: Duration = Duration::from_millis(250);
-/// How often an idle relay looks for events written by other replicas.
-const IDLE_POLL: Duration = Duration::from_millis(20);
 
 /// Queues `event` for `topic`, in `tx`.
 pub async fn add(tx: &mut Tx, topic: &str, event: &Event) -> Result<(), tessera_store::DbError> {
@@ -83,203 +87,77 @@ impl Outbox {
     }
 }
 
-struct Relay {
-    db: Db,
-    bus: Arc<dyn Bus>,
-    holder: String,
-    wake: Arc<Notify>,
-    /// Until when (unix ms) this relay holds the lease.
-    lease_until: i64,
-    /// Every row up to this id is in the log (or was refused by it): the next read starts
-    /// after it.
-    published: i64,
-    /// Rows up to this id are deleted.
-    deleted: i64,
-    deleted_at: tokio::time::Instant,
+/// The outbox as an operator sees it: what waits, and what the log refused.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    /// Events not yet in the log.
+    pub pending: i64,
+    /// Events the log refused, parked with the reason (the latest 100).
+    pub parked: Vec<Parked>,
+    /// How many are parked in all.
+    pub parked_total: i64,
 }
 
-impl Relay {
-    async fn run(mut self, mut stop: watch::Receiver<bool>) {
-        let mut backoff = Duration::from_millis(50);
-        let mut failing = false;
-        loop {
-            let stopping = *stop.borrow();
-            let stepped = self.step().await;
-            if stopping || self.deleted_at.elapsed() >= DELETE_EVERY {
-                self.delete_published().await;
-            }
-            match stepped {
-                Ok(0) => {
-                    backoff = Duration::from_millis(50);
-                    if stopping {
-                        return;
-                    }
-                    tokio::select! {
-                        _ = self.wake.notified() => {}
-                        _ = tokio::time::sleep(IDLE_POLL) => {}
-                        _ = stop.changed() => {}
-                    }
-                }
-                Ok(_) => {
-                    if failing {
-                        tracing::info!("outbox relay publishing again");
-                        failing = false;
-                    }
-                    backoff = Duration::from_millis(50);
-                }
-                Err(e) => {
-                    if !failing {
-                        tracing::warn!(error = %e, "outbox relay cannot publish; retrying");
-                        failing = true;
-                    }
-                    if stopping {
-                        tracing::warn!(
-                            "stopping with unpublished events; they go out on the next start"
-                        );
-                        return;
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = stop.changed() => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
-            }
-        }
-    }
+/// An event the log refused for what it is.
+#[derive(Debug, Serialize)]
+pub struct Parked {
+    pub id: i64,
+    pub topic: String,
+    pub reason: String,
+    /// When it was parked (unix ms).
+    pub parked: i64,
+    /// The event, as it was written.
+    pub event: String,
+}
 
-    /// Publishes one batch; returns how many events went out.
-    async fn step(&mut self) -> Result<usize, String> {
-        if !self.hold_lease().await.map_err(|e| e.to_string())? {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            return Ok(0);
-        }
-        let rows: Vec<(i64, String, String)> = tessera_store::query_as(
-            "SELECT id, topic, event FROM tessera_outbox WHERE id > $1 ORDER BY id LIMIT $2",
-        )
-        .bind(self.published)
-        .bind(BATCH)
-        .fetch_all(self.db.pool())
-        .await
-        .map_err(|e| e.to_string())?;
-        if rows.is_empty() {
-            return Ok(0);
-        }
-        // Per topic, in id order. Every unpublished row of a topic up to the last one taken is
-        // in `rows` (they are the lowest ids), which makes the deletes below ranges. The events go out
-        // as they were stored; a row that is not JSON (it cannot be: `add` wrote it) is
-        // dropped loudly rather than holding up the rest.
-        let mut by_topic: Vec<(&str, Vec<&str>, i64)> = Vec::new();
-        for (id, topic, json) in &rows {
-            if topic.is_empty() {
-                continue; // a tombstone: published already
-            }
-            let at = match by_topic.iter().position(|(t, ..)| t == topic) {
-                Some(at) => at,
-                None => {
-                    by_topic.push((topic, Vec::new(), *id));
-                    by_topic.len() - 1
-                }
-            };
-            let entry = &mut by_topic[at];
-            match serde_json::from_str::<serde::de::IgnoredAny>(json) {
-                Ok(_) => entry.1.push(json),
-                Err(e) => {
-                    tracing::error!(id, error = %e, "dropping an outbox row that is not an event")
-                }
-            }
-            entry.2 = *id;
-        }
-        let mut sent = 0;
-        for (done, (topic, events, _)) in by_topic.iter().enumerate() {
-            if events.is_empty() {
-                continue;
-            }
-            match self.bus.publish_json(topic, events).await {
-                Ok(()) => sent += events.len(),
-                Err(BusError::Refused(why)) => {
-                    // Retrying cannot help; keep the relay moving and say so loudly.
-                    tracing::error!(topic = %topic, count = events.len(), error = %why, "the log refused outbox events; dropping them");
-                }
-                Err(e) => {
-                    // The topics before this one are in the log: make them tombstones now (the
-                    // next read starts from the remembered id, which must not pass this topic's
-                    // rows). Not deleted: one of them may be the row with the highest id.
-                    for (topic, _, last_id) in &by_topic[..done] {
-                        tessera_store::query(
-                            "UPDATE tessera_outbox SET topic = '', event = '' WHERE topic = $1 AND id > $2 AND id <= $3",
-                        )
-                        .bind(*topic)
-                        .bind(self.published)
-                        .bind(last_id)
-                        .execute(self.db.pool())
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    }
-                    return Err(e.to_string());
-                }
-            }
-        }
-        self.published = rows.last().map_or(self.published, |(id, ..)| *id);
-        metrics::counter!("tessera_outbox_published_total").increment(sent as u64);
-        Ok(sent.max(1))
-    }
-
-    /// Deletes the rows published since the last delete, in one transaction, but for the last
-    /// one, which becomes a tombstone: it may be the row with the highest id, which keeps ids
-    /// from going back. A failure leaves them for the next try; they are not read again
-    /// meanwhile.
-    async fn delete_published(&mut self) {
-        self.deleted_at = tokio::time::Instant::now();
-        if self.published == self.deleted {
-            return;
-        }
-        let done = async {
-            let mut tx = self.db.write_tx().await?;
-            tessera_store::query("DELETE FROM tessera_outbox WHERE id < $1")
-                .bind(self.published)
-                .execute(&mut *tx)
-                .await?;
-            tessera_store::query(
-                "UPDATE tessera_outbox SET topic = '', event = '' WHERE id = $1 AND topic <> ''",
-            )
-            .bind(self.published)
-            .execute(&mut *tx)
+/// What waits in `db`'s outbox and what is parked.
+pub async fn parked(db: &Db) -> Result<Status, tessera_store::DbError> {
+    let pending: i64 =
+        tessera_store::query_scalar("SELECT COUNT(*) FROM tessera_outbox WHERE topic <> ''")
+            .fetch_one(db.pool())
             .await?;
-            tx.commit().await
-        }
-        .await;
-        match done {
-            Ok(_) => self.deleted = self.published,
-            Err(e) => tracing::warn!(error = %e, "cannot delete published outbox rows; retrying"),
-        }
-    }
+    let parked_total: i64 =
+        tessera_store::query_scalar("SELECT COUNT(*) FROM tessera_outbox_parked")
+            .fetch_one(db.pool())
+            .await?;
+    let rows: Vec<(i64, String, String, i64, String)> = tessera_store::query_as(
+        "SELECT id, topic, reason, parked, event FROM tessera_outbox_parked ORDER BY id DESC LIMIT 100",
+    )
+    .fetch_all(db.pool())
+    .await?;
+    Ok(Status {
+        pending,
+        parked_total,
+        parked: rows
+            .into_iter()
+            .map(|(id, topic, reason, parked, event)| Parked {
+                id,
+                topic,
+                reason,
+                parked,
+                event,
+            })
+            .collect(),
+    })
+}
 
-    /// Takes or renews the relay lease; `false` if another replica holds it.
-    async fn hold_lease(&mut self) -> Result<bool, tessera_store::DbError> {
-        let now = now_ms();
-        if self.lease_until - now > LEASE_MS / 2 {
-            return Ok(true);
-        }
-        let until = now + LEASE_MS;
-        let done = tessera_store::query(
-            "INSERT INTO tessera_leases (name, holder, until) VALUES ('outbox', $1, $2)
-             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until
-             WHERE tessera_leases.holder = excluded.holder OR tessera_leases.until < $3",
-        )
-        .bind(&self.holder)
-        .bind(until)
-        .bind(now)
-        .execute(self.db.pool())
+/// Puts every parked event back into the outbox, in the order they were written, for the
+/// relay to publish again (after the cause was fixed); returns how many.
+pub async fn requeue(db: &Db) -> Result<u64, tessera_store::DbError> {
+    let mut tx = db.write_tx().await?;
+    let n = tessera_store::query(
+        "INSERT INTO tessera_outbox (topic, event, created)
+         SELECT topic, event, created FROM tessera_outbox_parked ORDER BY id",
+    )
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    tessera_store::query("DELETE FROM tessera_outbox_parked")
+        .execute(&mut *tx)
         .await?;
-        if done.rows_affected() == 1 {
-            self.lease_until = until;
-            Ok(true)
-        } else {
-            self.lease_until = 0;
-            Ok(false)
-        }
-    }
+    tx.commit().await?;
+    Ok(n)
 }
 
 #[cfg(test)]

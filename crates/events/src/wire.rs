@@ -10,6 +10,10 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+/// The largest `POST /v1/topics/{topic}/events` body the control plane takes; a larger one is
+/// refused with 413. The outbox relay packs its batches under it.
+pub const MAX_PUBLISH_BYTES: usize = 8 * 1024 * 1024;
+
 /// `POST /v1/topics/{topic}/events`: events to append, in order (`E` is a list of them: the
 /// client's borrowed events, the log's raw JSON values).
 #[derive(Debug, Serialize, Deserialize)]

@@ -63,6 +63,18 @@ pub struct Control {
     pub partitions: u32,
     /// How long a consumer holds its partitions without fetching.
     pub lease_ms: u64,
+    /// `"full"`: the log acknowledges an event once it is synced to disk (it survives a power
+    /// loss); `"normal"`: once it is written (it survives a crash of the control plane only).
+    pub log_sync: LogSync,
+}
+
+/// When the event log acknowledges an append.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogSync {
+    #[default]
+    Full,
+    Normal,
 }
 
 impl Default for Control {
@@ -73,6 +85,7 @@ impl Default for Control {
             ttl_ms: 3000,
             partitions: 4,
             lease_ms: 10_000,
+            log_sync: LogSync::Full,
         }
     }
 }

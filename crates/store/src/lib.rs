@@ -83,7 +83,10 @@ impl Db {
     ) -> Result<Self, StoreError> {
         let path =
             sqlite::sqlite_file(url).ok_or_else(|| StoreError::UnsupportedUrl(url.to_string()))?;
-        let pool = sqlite::Pool::open(path, migrations, checkpoint_every, wal_frames_held).await?;
+        let sync = sqlite::synchronous(url)
+            .map_err(|why| StoreError::UnsupportedUrl(format!("{url}: {why}")))?;
+        let pool =
+            sqlite::Pool::open(path, sync, migrations, checkpoint_every, wal_frames_held).await?;
         Ok(Db {
             pool: Pool {
                 backend: Backend::Sqlite(pool),
@@ -497,5 +500,28 @@ mod tests {
             Some(PathBuf::from("a/b.db"))
         );
         assert_eq!(sqlite_file("sqlite::memory:"), None);
+    }
+
+    #[tokio::test]
+    async fn a_url_may_ask_for_every_commit_on_disk() {
+        let dir = std::env::temp_dir().join(format!("tessera-store-{}", uuid::Uuid::new_v4()));
+        let normal = Db::default_url(&dir, "normal");
+        let full = format!("{}&synchronous=full", Db::default_url(&dir, "full"));
+        for (url, expected) in [(normal, 1), (full, 2)] {
+            let db = Db::open(&url, &[]).await.unwrap();
+            // What every connection of the pool runs with: NORMAL is 1, FULL is 2.
+            let sync: i64 = query_scalar("PRAGMA synchronous")
+                .fetch_one(db.pool())
+                .await
+                .unwrap();
+            assert_eq!(sync, expected, "{url}");
+            db.close().await;
+        }
+        let bad = format!("{}&synchronous=sometimes", Db::default_url(&dir, "bad"));
+        assert!(matches!(
+            Db::open(&bad, &[]).await,
+            Err(StoreError::UnsupportedUrl(m)) if m.contains("normal or full")
+        ));
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -8,7 +8,11 @@
 //! - Writers never wait inside SQLite. One write transaction at a time per process is queued on
 //!   an async lock; a writer in another process (a replica) makes `BEGIN IMMEDIATE` fail at
 //!   once with `SQLITE_BUSY`, and it is retried after an async pause (for up to 10 s).
-//! - Commits do not sync (`synchronous=NORMAL`, the WAL is synced at checkpoints), and
+//! - Commits do not sync (`synchronous=NORMAL`, the WAL is synced at checkpoints: a commit
+//!   survives a crash of the process, and a power loss takes the last ones with it, the state
+//!   change and its outbox events together), unless the URL asks for `synchronous=full` (each
+//!   commit syncs the WAL before it returns: what the event log needs to acknowledge only what
+//!   is on disk); and
 //!   checkpoints run on a blocking thread (once a second after a write) instead of inside
 //!   whichever commit crosses SQLite's threshold. A checkpoint racing a steady stream of
 //!   commits never quite catches up, and the WAL would grow without bound under load; so when
@@ -52,6 +56,7 @@ const UNHELD_PASSES: u32 = 2;
 /// The connections of one database file.
 pub(crate) struct Pool {
     path: PathBuf,
+    sync: Synchronous,
     idle: Mutex<Vec<rusqlite::Connection>>,
     /// One write transaction at a time in this process.
     writer: Arc<tokio::sync::Mutex<()>>,
@@ -70,6 +75,7 @@ impl Pool {
     /// checkpoints.
     pub(crate) async fn open(
         path: PathBuf,
+        sync: Synchronous,
         migrations: &[Migration],
         checkpoint_every: Duration,
         wal_frames_held: i64,
@@ -83,8 +89,9 @@ impl Pool {
             .await
             .expect("migrations do not panic")?;
         let pool = Arc::new(Pool {
-            idle: Mutex::new(vec![open_connection(&path)?]),
+            idle: Mutex::new(vec![open_connection(&path, sync)?]),
             path,
+            sync,
             writer: Arc::new(tokio::sync::Mutex::new(())),
             written: AtomicU64::new(0),
         });
@@ -141,7 +148,7 @@ impl Pool {
         let idle = std::mem::take(&mut *pool.idle.lock().unwrap_or_else(|e| e.into_inner()));
         let _ = tokio::task::spawn_blocking(move || {
             drop(idle);
-            if let Ok(conn) = open_connection(&pool.path) {
+            if let Ok(conn) = open_connection(&pool.path, pool.sync) {
                 let _ = conn.busy_timeout(Duration::from_secs(1));
                 let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
             }
@@ -169,7 +176,7 @@ impl Pool {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         match idle {
             Some(conn) => Ok(conn),
-            None => open_connection(&self.path),
+            None => open_connection(&self.path, self.sync),
         }
     }
 
@@ -378,7 +385,33 @@ pub(crate) fn is_unique_violation(e: &rusqlite::Error) -> bool {
     }
 }
 
-pub(crate) fn open_connection(path: &Path) -> Result<rusqlite::Connection, DbError> {
+/// When a commit returns: `Normal` once it is in the WAL (synced at checkpoints), `Full` once
+/// the WAL is synced to disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Synchronous {
+    Normal,
+    Full,
+}
+
+/// The `synchronous` a URL asks for (`?synchronous=full`), `Normal` by default.
+pub(crate) fn synchronous(url: &str) -> Result<Synchronous, String> {
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    for pair in query.split('&') {
+        if let Some(value) = pair.strip_prefix("synchronous=") {
+            return match value.to_ascii_lowercase().as_str() {
+                "normal" => Ok(Synchronous::Normal),
+                "full" => Ok(Synchronous::Full),
+                other => Err(format!("synchronous={other}: normal or full")),
+            };
+        }
+    }
+    Ok(Synchronous::Normal)
+}
+
+pub(crate) fn open_connection(
+    path: &Path,
+    sync: Synchronous,
+) -> Result<rusqlite::Connection, DbError> {
     let conn = rusqlite::Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -387,9 +420,12 @@ pub(crate) fn open_connection(path: &Path) -> Result<rusqlite::Connection, DbErr
     )?;
     // A connection opened while another process recovers the WAL index waits (briefly) for it.
     conn.busy_timeout(Duration::from_secs(1))?;
+    conn.execute_batch(match sync {
+        Synchronous::Normal => "PRAGMA synchronous=NORMAL",
+        Synchronous::Full => "PRAGMA synchronous=FULL",
+    })?;
     conn.execute_batch(
-        "PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON; PRAGMA wal_autocheckpoint=0;
-         PRAGMA journal_size_limit=67108864;",
+        "PRAGMA foreign_keys=ON; PRAGMA wal_autocheckpoint=0; PRAGMA journal_size_limit=67108864;",
     )?;
     // From then on, never wait inside SQLite (the caller waits asynchronously); never
     // checkpoint inside a commit (the checkpoint task does).

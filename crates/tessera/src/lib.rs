@@ -22,6 +22,7 @@ pub mod log;
 pub mod metrics;
 pub mod passport;
 pub mod service;
+pub mod status;
 #[cfg(feature = "test-util")]
 pub mod testing;
 

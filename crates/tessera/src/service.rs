@@ -226,7 +226,10 @@ impl Service {
         };
         let events = ctx.events.clone();
         let status_client = ctx.client.clone();
-        let app = build(ctx).await?;
+        let mut app = build(ctx).await?;
+        if let Some(db) = &db {
+            app = app.merge(crate::status::routes(db.clone()));
+        }
         let router = app
             .fallback(|| async { ApiError::not_found("no such route") })
             .layer(RequestLayer { keys })

@@ -15,6 +15,7 @@
 
 use std::time::Duration;
 
+use axum::extract::DefaultBodyLimit;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -25,8 +26,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tessera::ApiError;
 use tessera::events::wire::{
-    CommitRequest, Delivered, ErrorBody, FetchAnswer, FetchRequest, Part, Position, PublishAnswer,
-    PublishRequest, default_max,
+    CommitRequest, Delivered, ErrorBody, FetchAnswer, FetchRequest, MAX_PUBLISH_BYTES, Part,
+    Position, PublishAnswer, PublishRequest, default_max,
 };
 
 use super::error::LogError;
@@ -38,7 +39,12 @@ use crate::policy::Caller;
 pub fn routes(log: EventLog) -> Router {
     Router::new()
         .route("/v1/topics", get(describe))
-        .route("/v1/topics/{topic}/events", post(publish).get(browse))
+        .route(
+            "/v1/topics/{topic}/events",
+            post(publish)
+                .layer(DefaultBodyLimit::max(MAX_PUBLISH_BYTES))
+                .get(browse),
+        )
         .route("/v1/topics/{topic}/fetch", post(fetch))
         .route("/v1/topics/{topic}/commit", post(commit))
         .route("/v1/deadletters/{group}", get(dead_letters))

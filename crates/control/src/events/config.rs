@@ -11,6 +11,10 @@ pub struct LogConfig {
     pub lease: Duration,
     /// Most events written in one transaction.
     pub max_batch: usize,
+    /// Whether an append is acknowledged only once it is synced to disk (each group commit
+    /// syncs the WAL): what survives an OS crash or a power loss. Off, an acknowledged event
+    /// survives a crash of the control plane but not of the machine.
+    pub sync: bool,
 }
 
 impl Default for LogConfig {
@@ -19,6 +23,7 @@ impl Default for LogConfig {
             partitions: 4,
             lease: Duration::from_secs(10),
             max_batch: 5000,
+            sync: true,
         }
     }
 }

@@ -35,7 +35,11 @@ pub(super) struct Inner {
 impl EventLog {
     /// Opens (creating) the log in `dir`.
     pub async fn open(dir: &Path, config: LogConfig) -> anyhow::Result<Self> {
-        let db = Db::open(&Db::default_url(dir, "log"), MIGRATIONS).await?;
+        let mut url = Db::default_url(dir, "log");
+        if config.sync {
+            url.push_str("&synchronous=full");
+        }
+        let db = Db::open(&url, MIGRATIONS).await?;
         let topics = Arc::new(Topics::load(&db).await?);
         let appender = Appender::spawn(db.clone(), topics.clone(), config.clone());
         Ok(Self {

@@ -20,7 +20,7 @@ pub(super) async fn checkpoints(pool: Weak<Pool>, every: Duration, frames_held: 
         if p.written.swap(0, Ordering::Relaxed) == 0 {
             continue;
         }
-        let (path, writer) = (p.path.clone(), p.writer.clone());
+        let (path, writer, sync) = (p.path.clone(), p.writer.clone(), p.sync);
         drop(p);
         let mut held = None;
         let mut unheld = 0;
@@ -35,7 +35,7 @@ pub(super) async fn checkpoints(pool: Weak<Pool>, every: Duration, frames_held: 
                 let c = match c {
                     Some(c) => c,
                     None => {
-                        let c = open_connection(&path).ok()?;
+                        let c = open_connection(&path, sync).ok()?;
                         c.busy_timeout(Duration::from_secs(1)).ok()?;
                         c
                     }

@@ -1,0 +1,48 @@
+//! What a service tells its operators about itself beyond health: the outbox (what waits
+//! for the log, and what the log refused and is parked), and requeueing the parked events once
+//! their cause is fixed.
+//!
+//! These routes sit behind the passport like the service's own, and answer only an admin or
+//! another process of the system (role `system`): a parked event can hold any of the
+//! service's data.
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::{get, post};
+
+use crate::events::outbox;
+use crate::{ApiError, Caller, Db, Json};
+
+/// `GET /status/outbox` and `POST /status/outbox/requeue`, on `db`'s outbox.
+pub fn routes(db: Db) -> Router {
+    Router::new()
+        .route("/status/outbox", get(outbox_status))
+        .route("/status/outbox/requeue", post(requeue))
+        .with_state(db)
+}
+
+fn operator(caller: &Caller) -> Result<(), ApiError> {
+    if caller.has_role("admin") || caller.has_role("system") {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden("requires role admin or system"))
+    }
+}
+
+async fn outbox_status(
+    State(db): State<Db>,
+    caller: Caller,
+) -> Result<Json<outbox::Status>, ApiError> {
+    operator(&caller)?;
+    Ok(Json(outbox::parked(&db).await?))
+}
+
+async fn requeue(
+    State(db): State<Db>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    operator(&caller)?;
+    let n = outbox::requeue(&db).await?;
+    tracing::info!(events = n, caller = %caller.id, "parked outbox events requeued");
+    Ok(Json(serde_json::json!({ "requeued": n })))
+}
