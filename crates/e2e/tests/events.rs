@@ -728,3 +728,165 @@ async fn what_the_log_refuses_is_parked_visible_and_can_be_requeued() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_that_is_not_a_cloudevent_is_dead_lettered_with_why() {
+    let (h, listener) = Harness::new().await;
+    h.start_control(listener);
+    // The log takes it (it has what the log reads), but its `time` is not a string: no
+    // consumer can read it as a CloudEvent.
+    let bad = json!({"specversion": "1.0", "id": "bad", "source": "/ledger", "type": "ledger.deposited",
+                     "subject": "acc0", "time": 12, "data": {"n": 1}});
+    let good = json!({"specversion": "1.0", "id": "good", "source": "/ledger", "type": "ledger.deposited",
+                      "subject": "acc0", "data": {"n": 2}});
+    h.publish("ledger.events", &[bad, good]).await;
+    let audit_db = start_auditor(&h, Arc::new(AtomicBool::new(true))).await;
+    h.wait("the good event", async || !seen(&audit_db).await.is_empty())
+        .await;
+    h.wait("the bad one dead-lettered", async || {
+        let dead = h.control_json("/v1/deadletters/auditor").await;
+        !dead["deadLetters"].as_array().unwrap().is_empty()
+    })
+    .await;
+    let dead = h.control_json("/v1/deadletters/auditor").await;
+    let dead = &dead["deadLetters"][0]["event"];
+    assert_eq!(dead["type"], "tessera.invalid");
+    assert!(
+        dead["deadlettererror"]
+            .as_str()
+            .unwrap()
+            .starts_with("not a CloudEvent: "),
+        "{dead}"
+    );
+    assert!(
+        dead["data"]["raw"]
+            .as_str()
+            .unwrap()
+            .contains("\"id\":\"bad\""),
+        "{dead}"
+    );
+    assert_eq!(dead["deadlettertopic"], "ledger.events");
+    let handled: Vec<String> = seen(&audit_db).await.into_iter().map(|r| r.0).collect();
+    assert_eq!(handled, ["good"]);
+}
+
+/// Fails event `slow` (a passing failure) until `for_` has gone by since its first attempt,
+/// and records who tried which event.
+struct Slow {
+    member: &'static str,
+    attempts: Arc<std::sync::Mutex<Vec<(&'static str, String)>>>,
+    first: Arc<std::sync::Mutex<Option<Instant>>>,
+    for_: Duration,
+}
+
+impl Handler for Slow {
+    fn handle<'a>(
+        &'a self,
+        event: &'a Event,
+        tx: &'a mut Tx,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            self.attempts
+                .lock()
+                .unwrap()
+                .push((self.member, event.id.clone()));
+            if event.id == "slow" {
+                let first = *self.first.lock().unwrap().get_or_insert_with(Instant::now);
+                if first.elapsed() < self.for_ {
+                    return Err(HandlerError::retry("not yet"));
+                }
+            }
+            tessera::store::query("INSERT INTO seen (event_id, subject, n) VALUES ($1, $2, $3)")
+                .bind(&event.id)
+                .bind(event.subject.clone().unwrap_or_default())
+                .bind(event.data["n"].as_i64().unwrap_or(-1))
+                .execute(&mut **tx)
+                .await?;
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_failing_for_longer_than_its_lease_keeps_its_partition() {
+    let (h, listener) = Harness::new().await; // a lease of 2 s
+    h.start_control(listener);
+    let attempts = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let first = Arc::new(std::sync::Mutex::new(None));
+    let mut db = None;
+    for member in ["a", "b"] {
+        let settings = h.settings("auditor");
+        let config = ServiceConfig::from_settings(&settings, "auditor").unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let handler = Slow {
+            member,
+            attempts: attempts.clone(),
+            first: first.clone(),
+            // Five attempts, 0.2 + 0.4 + 0.8 + 1.6 s apart: the fifth, 3 s after the first,
+            // succeeds; well past the lease.
+            for_: Duration::from_millis(2700),
+        };
+        tokio::spawn(Service::new("auditor").migrations(AUDIT).serve(
+            config,
+            settings,
+            listener,
+            std::future::pending(),
+            move |ctx| async move {
+                let mut consumer = Consumer::new("ledger.events", "auditor");
+                consumer.max_attempts = 5;
+                ctx.events().consume(consumer, handler);
+                let _ = tx.send(ctx.db().clone());
+                Ok(Router::new())
+            },
+        ));
+        db = Some(rx.await.unwrap());
+    }
+    let db = db.unwrap();
+    // Both members share the partitions before anything arrives.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let event = |id: &str, subject: &str, n: i64| {
+        json!({"specversion": "1.0", "id": id, "source": "/ledger", "type": "ledger.deposited",
+               "subject": subject, "data": {"n": n}})
+    };
+    h.publish(
+        "ledger.events",
+        &[event("slow", "acc", 1), event("after", "acc", 2)],
+    )
+    .await;
+    // Past the lease, while the slow one is still retried, fresh events wake the other member,
+    // which would take the partition if its holder had let its lease lapse.
+    for n in 0..4 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        h.publish(
+            "ledger.events",
+            &[event(&format!("other{n}"), &format!("k{n}"), 10 + n)],
+        )
+        .await;
+    }
+    h.wait("every event", async || seen(&db).await.len() >= 6)
+        .await;
+    let tried: Vec<(&str, String)> = attempts.lock().unwrap().clone();
+    let members_of = |id: &str| {
+        let mut m: Vec<&str> = tried
+            .iter()
+            .filter(|(_, e)| e == id)
+            .map(|(m, _)| *m)
+            .collect();
+        m.dedup();
+        m
+    };
+    assert_eq!(
+        members_of("slow").len(),
+        1,
+        "one member worked on it: {tried:?}"
+    );
+    assert_eq!(members_of("after"), members_of("slow"), "{tried:?}");
+    let order: Vec<String> = seen(&db)
+        .await
+        .into_iter()
+        .filter(|r| r.1 == "acc")
+        .map(|r| r.0)
+        .collect();
+    assert_eq!(order, ["slow", "after"], "in order, each once");
+}

@@ -10,7 +10,10 @@ use tessera_identity::Credential;
 
 use std::borrow::Cow;
 
-use crate::wire::{CommitRequest, Delivered, FetchAnswer, FetchRequest, Position, PublishRequest};
+use crate::wire::{
+    CommitRequest, Delivered, FetchAnswer, FetchRequest, Position, PublishRequest, RenewAnswer,
+    RenewRequest,
+};
 use crate::{Delivery, Event};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -20,6 +23,9 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 #[derive(Debug, Default)]
 pub struct Batch {
     pub parts: Vec<Part>,
+    /// How long the consumer holds these partitions without fetching again or renewing
+    /// ([`Bus::renew`]); `None` when the log does not say (it holds them until the next fetch).
+    pub lease: Option<Duration>,
 }
 
 /// The events of one partition, in offset order.
@@ -112,6 +118,18 @@ pub trait Bus: Send + Sync + 'static {
         max: usize,
         wait: Duration,
     ) -> BoxFuture<'a, Result<Batch, BusError>>;
+
+    /// Keeps the partitions `consumer` holds in `group` for another lease while it is still at
+    /// work on a batch of them (a handler retrying); the partitions it still holds. A log
+    /// without leases holds them anyway.
+    fn renew<'a>(
+        &'a self,
+        _topic: &'a str,
+        _group: &'a str,
+        _consumer: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<u32>, BusError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
 
     /// Marks everything before `offset` on `partition` as handled by `group`.
     fn commit<'a>(
@@ -396,7 +414,8 @@ impl ControlBus {
                 events: events(more.partition, more.events),
             });
         }
-        (committed, Ok(Batch { parts }))
+        let lease = fetched.lease_ms.map(Duration::from_millis);
+        (committed, Ok(Batch { parts, lease }))
     }
 }
 
@@ -458,6 +477,31 @@ impl Bus for ControlBus {
         wait: Duration,
     ) -> BoxFuture<'a, Fetched> {
         Box::pin(self.fetch_with(topic, group, consumer, commits, max, wait))
+    }
+
+    fn renew<'a>(
+        &'a self,
+        topic: &'a str,
+        group: &'a str,
+        consumer: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<u32>, BusError>> {
+        Box::pin(async move {
+            let body = RenewRequest {
+                group: group.into(),
+                consumer: consumer.into(),
+            };
+            let body = serde_json::to_string(&body).expect("a renew request serializes");
+            let bytes = self
+                .post(
+                    format!("/v1/topics/{topic}/renew"),
+                    body,
+                    Duration::from_secs(5),
+                )
+                .await?;
+            serde_json::from_slice::<RenewAnswer>(&bytes)
+                .map(|a| a.partitions)
+                .map_err(|e| BusError::Unavailable(format!("bad renew answer: {e}")))
+        })
     }
 
     fn commit<'a>(

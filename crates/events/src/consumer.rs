@@ -1,4 +1,13 @@
 //! Consumers: fetch, handle exactly once through the inbox, dead-letter what keeps failing.
+//!
+//! A member keeps the partitions of a batch for as long as its handlers take: while it works
+//! it renews its lease every third of it ([`Bus::renew`]), so a handler that retries for
+//! longer than the lease does not hand its partition to another member mid-work (which would
+//! then work on the same key at the same time, out of order). What the log delivers that is
+//! not a CloudEvent, and what a topic's declared producers did not publish, are dead-lettered
+//! at once with why, never skipped (`consumer/dead_letter.rs`).
+
+mod dead_letter;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,7 +19,7 @@ use tessera_trace::{REQUEST, RequestContext};
 
 use crate::bus::BoxFuture;
 use crate::outbox::{Outbox, Tx};
-use crate::{Batch, Bus, BusError, Event, Producers, dead_letter_topic};
+use crate::{Batch, Bus, BusError, Event, Producers};
 use tessera_store::Db;
 use tessera_trace::TraceContext;
 
@@ -158,41 +167,13 @@ impl Consumer {
                 if batch.is_empty() {
                     continue;
                 }
-                // A batch is handled in one transaction (one commit for all); if any handler
-                // fails, that transaction rolls back and the events go one by one, each with
-                // its own retries.
-                let together =
-                    batch.len() > 1 && self.handle_together(&env, handler.as_ref(), &batch).await;
-                let mut stopped = false;
-                for part in &batch.parts {
-                    let mut next = None;
-                    if together {
-                        next = part.events.last().map(|(offset, _)| offset + 1);
-                    } else if !stopped {
-                        for (offset, event) in &part.events {
-                            let offset = *offset;
-                            if *stop.borrow() {
-                                stopped = true;
-                                break;
-                            }
-                            match event {
-                                Ok(event) => {
-                                    if !self.process(&env, handler.as_ref(), event, &stop).await {
-                                        stopped = true; // stopping in the middle of retries: not handled
-                                        break;
-                                    }
-                                }
-                                Err(raw) => {
-                                    tracing::error!(topic = %self.topic, offset, error = %raw, "not a CloudEvent; skipping");
-                                }
-                            }
-                            next = Some(offset + 1);
-                        }
-                    }
-                    if let Some(next) = next {
-                        pending.retain(|(p, _)| *p != part.partition);
-                        pending.push((part.partition, next));
-                    }
+                // Held through the batch, however long its handlers take: the lease is renewed
+                // while they work, so no other member takes these partitions meanwhile.
+                let handled = self.handle_batch(&env, handler.as_ref(), &batch, &stop);
+                let done = with_lease(handled, self.keep_lease(&env, batch.lease)).await;
+                for (partition, next) in done {
+                    pending.retain(|(p, _)| *p != partition);
+                    pending.push((partition, next));
                 }
             }
             // Stopping: what was handled is committed now, not left to be redelivered.
@@ -209,6 +190,85 @@ impl Consumer {
                 }
             }
         })
+    }
+
+    /// Handles a batch: the next offset to commit per partition, for what was settled
+    /// (handled, a duplicate, or dead-lettered).
+    async fn handle_batch(
+        &self,
+        env: &ConsumerEnv,
+        handler: &dyn Handler,
+        batch: &Batch,
+        stop: &watch::Receiver<bool>,
+    ) -> Vec<(u32, i64)> {
+        let mut done = Vec::with_capacity(batch.parts.len());
+        // What is not a CloudEvent is dead-lettered first, with why; the rest go on.
+        for part in &batch.parts {
+            for (offset, event) in &part.events {
+                if let Err(why) = event
+                    && !self
+                        .dead_letter_invalid(env, part.partition, *offset, why, stop)
+                        .await
+                {
+                    return done; // stopping: nothing of this batch is committed
+                }
+            }
+        }
+        // A batch is handled in one transaction (one commit for all); if any handler fails,
+        // that transaction rolls back and the events go one by one, each with its own retries.
+        let valid = batch
+            .parts
+            .iter()
+            .flat_map(|p| &p.events)
+            .filter(|(_, e)| e.is_ok())
+            .count();
+        let together = valid > 1 && self.handle_together(env, handler, batch).await;
+        let mut stopped = false;
+        for part in &batch.parts {
+            let mut next = None;
+            if together {
+                next = part.events.last().map(|(offset, _)| offset + 1);
+            } else if !stopped {
+                for (offset, event) in &part.events {
+                    if *stop.borrow() {
+                        stopped = true;
+                        break;
+                    }
+                    if let Ok(event) = event
+                        && !self.process(env, handler, event, stop).await
+                    {
+                        stopped = true; // stopping in the middle of retries: not handled
+                        break;
+                    }
+                    next = Some(offset + 1);
+                }
+            }
+            if let Some(next) = next {
+                done.push((part.partition, next));
+            }
+        }
+        done
+    }
+
+    /// Renews the batch's lease every third of it, for as long as it is polled (never ends).
+    async fn keep_lease(&self, env: &ConsumerEnv, lease: Option<Duration>) {
+        let Some(lease) = lease else {
+            return std::future::pending().await;
+        };
+        let every = (lease / 3).max(Duration::from_millis(50));
+        loop {
+            tokio::time::sleep(every).await;
+            match env.bus.renew(&self.topic, &self.group, &env.instance).await {
+                Ok(held) if held.is_empty() => tracing::warn!(
+                    topic = %self.topic,
+                    "the lease lapsed while handling a batch; its partitions may be redelivered"
+                ),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(topic = %self.topic, error = %e, "cannot renew the lease; retrying")
+                }
+            }
+        }
     }
 
     fn commit_failed(&self, e: &BusError) {
@@ -294,11 +354,6 @@ impl Consumer {
         env.outbox.wake();
         for (event, span, outcome) in done {
             self.settled(event, &span, outcome, started);
-        }
-        for (offset, event) in events() {
-            if let Err(raw) = event {
-                tracing::error!(topic = %self.topic, offset, error = %raw, "not a CloudEvent; skipping");
-            }
         }
         true
     }
@@ -388,48 +443,16 @@ impl Consumer {
         handler.handle(event, tx).await?;
         Ok(Outcome::Handled)
     }
-
-    /// Publishes the event, with why it failed, to the group's dead-letter topic.
-    async fn dead_letter(
-        &self,
-        env: &ConsumerEnv,
-        event: &Event,
-        error: &str,
-        attempts: u32,
-        stop: &watch::Receiver<bool>,
-    ) -> bool {
-        let mut dead = event.clone();
-        dead.extensions
-            .insert("deadlettergroup".into(), self.group.clone().into());
-        dead.extensions
-            .insert("deadlettertopic".into(), self.topic.clone().into());
-        dead.extensions
-            .insert("deadlettererror".into(), error.into());
-        dead.extensions
-            .insert("deadletterattempts".into(), attempts.into());
-        // Where the original is, so that a replay can take its producer from the log rather
-        // than from what this consumer says.
-        if let Some(d) = &event.delivery {
-            dead.extensions
-                .insert("deadletterpartition".into(), d.partition.into());
-            dead.extensions
-                .insert("deadletteroffset".into(), d.offset.into());
-        }
-        let topic = dead_letter_topic(&self.group);
-        loop {
-            match env.bus.publish(&topic, std::slice::from_ref(&dead)).await {
-                Ok(()) => {
-                    metrics::counter!("tessera_events_dead_lettered_total", "topic" => self.topic.clone()).increment(1);
-                    return true;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot dead-letter yet; retrying");
-                    if *stop.borrow() {
-                        return false;
-                    }
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
+}
+/// Runs `work` to its end while `keep` runs beside it (`keep` never ends on its own).
+async fn with_lease<T>(work: impl Future<Output = T>, keep: impl Future<Output = ()>) -> T {
+    tokio::pin!(work);
+    tokio::pin!(keep);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut work => return out,
+            () = &mut keep => {}
         }
     }
 }

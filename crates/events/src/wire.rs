@@ -103,6 +103,23 @@ pub struct FetchAnswer<'a> {
     /// Why a commit sent with the fetch failed (the others were still made).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commit_error: Option<ErrorBody>,
+    /// How long the member holds these partitions without fetching or renewing: a member
+    /// still at work on them past a third of it renews (`…/renew`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_ms: Option<u64>,
+}
+
+/// `POST /v1/topics/{topic}/renew`: a member still at work on its partitions keeps them.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RenewRequest<'a> {
+    pub group: Cow<'a, str>,
+    pub consumer: Cow<'a, str>,
+}
+
+/// `POST /v1/topics/{topic}/renew`'s answer: the partitions the member still holds.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RenewAnswer {
+    pub partitions: Vec<u32>,
 }
 
 /// `POST /v1/topics/{topic}/commit`.

@@ -5,6 +5,7 @@
 //! | `POST /v1/topics/{topic}/events` | `{"events": [CloudEvent…]}` → `{"offsets": [{"partition","offset"}…]}`, once on disk |
 //! | `POST /v1/topics/{topic}/fetch` | `{"group","consumer","max","waitMs","commit"?: {"partition","offset"}}` → `{"partition", "events": [{"offset","event"}…], "commitError"?: {"status","code","message"}}` (the commit, if any, first) |
 //! | `POST /v1/topics/{topic}/commit` | `{"group","consumer","partition","offset"}` → 200, or 409 when the partition moved |
+//! | `POST /v1/topics/{topic}/renew` | `{"group","consumer"}` → `{"partitions": [...]}`: the member's partitions, kept for another lease |
 //! | `GET /v1/topics` | topics, partition ends, groups' committed offsets |
 //! | `GET /v1/topics/{topic}/events?partition=&from=&limit=` | browse a partition |
 //! | `GET /v1/deadletters/{group}` | the group's dead letters, each with its error |
@@ -27,7 +28,7 @@ use serde_json::value::RawValue;
 use tessera::ApiError;
 use tessera::events::wire::{
     CommitRequest, Delivered, ErrorBody, FetchAnswer, FetchRequest, MAX_PUBLISH_BYTES, Part,
-    Position, PublishAnswer, PublishRequest, default_max,
+    Position, PublishAnswer, PublishRequest, RenewAnswer, RenewRequest, default_max,
 };
 
 use super::error::LogError;
@@ -47,6 +48,7 @@ pub fn routes(log: EventLog) -> Router {
         )
         .route("/v1/topics/{topic}/fetch", post(fetch))
         .route("/v1/topics/{topic}/commit", post(commit))
+        .route("/v1/topics/{topic}/renew", post(renew))
         .route("/v1/deadletters/{group}", get(dead_letters))
         .route("/v1/deadletters/{group}/replay", post(replay))
         .with_state(log)
@@ -124,8 +126,20 @@ async fn fetch(
         events: first.map_or_else(Vec::new, |p| p.events),
         more: more.collect(),
         commit_error,
+        lease_ms: Some(log.lease().as_millis() as u64),
     })
     .into_response())
+}
+
+async fn renew(
+    State(log): State<EventLog>,
+    caller: Caller,
+    Path(topic): Path<String>,
+    tessera::Json(b): tessera::Json<RenewRequest<'static>>,
+) -> Result<Json<RenewAnswer>, ApiError> {
+    caller.may_consume(&topic, &b.group)?;
+    let partitions = log.renew(&topic, &b.group, &b.consumer)?;
+    Ok(Json(RenewAnswer { partitions }))
 }
 
 /// A stored event as the log hands it out: its producer beside it.

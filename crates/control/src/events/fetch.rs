@@ -25,6 +25,24 @@ pub struct Stored {
 }
 
 impl EventLog {
+    /// Keeps the partitions `consumer` of `group` holds for another lease, without taking or
+    /// giving any back; the ones it still holds.
+    pub fn renew(&self, topic: &str, group: &str, consumer: &str) -> Result<Vec<u32>, LogError> {
+        check_name(topic)?;
+        Ok(self.groups().renew(
+            group,
+            topic,
+            consumer,
+            self.inner.config.lease,
+            Instant::now(),
+        ))
+    }
+
+    /// How long a member holds its partitions without fetching or renewing.
+    pub fn lease(&self) -> Duration {
+        self.inner.config.lease
+    }
+
     /// Up to `max` events for `consumer` of `group`, from a partition it holds, waiting up to
     /// `wait` for some to arrive.
     pub async fn fetch(

@@ -127,6 +127,37 @@ impl Groups {
             .collect()
     }
 
+    /// Keeps `consumer`'s membership and the partitions it holds for another `lease`, without
+    /// taking or giving back any: what a member does while a slow batch is still in its hands.
+    /// The partitions it still holds (none, if its lease had already lapsed and another
+    /// member took them).
+    pub fn renew(
+        &mut self,
+        group: &str,
+        topic: &str,
+        consumer: &str,
+        lease: Duration,
+        now: Instant,
+    ) -> Vec<u32> {
+        let Some(g) = self.map.get_mut(&(group.to_string(), topic.to_string())) else {
+            return Vec::new();
+        };
+        let mut held = Vec::new();
+        for (i, p) in g.parts.iter_mut().enumerate() {
+            if let Some((holder, until)) = &mut p.holder
+                && holder == consumer
+                && *until > now
+            {
+                *until = now + lease;
+                held.push(i as u32);
+            }
+        }
+        if !held.is_empty() {
+            g.members.insert(consumer.to_string(), now);
+        }
+        held
+    }
+
     /// Checks that `consumer` may commit `offset` on `partition`.
     pub fn check_commit(
         &self,
@@ -260,6 +291,28 @@ mod tests {
                 .from,
             10
         );
+    }
+
+    #[test]
+    fn a_member_at_work_keeps_its_partitions_by_renewing() {
+        let mut g = Groups::default();
+        g.load("g", "t", vec![0; 2]);
+        let t0 = Instant::now();
+        assert_eq!(parts(&g.claim("g", "t", "a", LEASE, t0)), [0, 1]);
+        // a is busy past its lease, renewing as it goes; b keeps asking.
+        let mut now = t0;
+        for _ in 0..5 {
+            now += LEASE / 2;
+            assert_eq!(g.renew("g", "t", "a", LEASE, now), [0, 1]);
+            assert!(
+                g.claim("g", "t", "b", LEASE, now).is_empty(),
+                "b takes nothing of a's"
+            );
+        }
+        // a stops renewing: its lease lapses and b takes over; a renews nothing any more.
+        now += LEASE + Duration::from_millis(1);
+        assert_eq!(parts(&g.claim("g", "t", "b", LEASE, now)), [0, 1]);
+        assert!(g.renew("g", "t", "a", LEASE, now).is_empty());
     }
 
     #[test]

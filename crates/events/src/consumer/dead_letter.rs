@@ -1,0 +1,84 @@
+//! Dead letters: an event a consumer gives up on goes to its group's dead-letter topic
+//! (`deadletter.<group>`) with why, how often it was tried, and where the original is, so that
+//! an operator can see it and replay it (the log takes the producer from the original, not
+//! from the dead letter: `docs/security.md`).
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::{Consumer, ConsumerEnv};
+use crate::{Delivery, Event, dead_letter_topic};
+
+impl Consumer {
+    /// Publishes the event, with why it failed, to the group's dead-letter topic.
+    pub(super) async fn dead_letter(
+        &self,
+        env: &ConsumerEnv,
+        event: &Event,
+        error: &str,
+        attempts: u32,
+        stop: &watch::Receiver<bool>,
+    ) -> bool {
+        let mut dead = event.clone();
+        dead.extensions
+            .insert("deadlettergroup".into(), self.group.clone().into());
+        dead.extensions
+            .insert("deadlettertopic".into(), self.topic.clone().into());
+        dead.extensions
+            .insert("deadlettererror".into(), error.into());
+        dead.extensions
+            .insert("deadletterattempts".into(), attempts.into());
+        // Where the original is, so that a replay can take its producer from the log rather
+        // than from what this consumer says.
+        if let Some(d) = &event.delivery {
+            dead.extensions
+                .insert("deadletterpartition".into(), d.partition.into());
+            dead.extensions
+                .insert("deadletteroffset".into(), d.offset.into());
+        }
+        let topic = dead_letter_topic(&self.group);
+        loop {
+            match env.bus.publish(&topic, std::slice::from_ref(&dead)).await {
+                Ok(()) => {
+                    metrics::counter!("tessera_events_dead_lettered_total", "topic" => self.topic.clone()).increment(1);
+                    return true;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot dead-letter yet; retrying");
+                    if *stop.borrow() {
+                        return false;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    /// Dead-letters what the log delivered at `partition`/`offset` that is not a CloudEvent,
+    /// wrapped in one (`tessera.invalid`, its text as `data.raw`) with why; `false` if it
+    /// stopped first.
+    pub(super) async fn dead_letter_invalid(
+        &self,
+        env: &ConsumerEnv,
+        partition: u32,
+        offset: i64,
+        why: &str,
+        stop: &watch::Receiver<bool>,
+    ) -> bool {
+        tracing::error!(topic = %self.topic, partition, offset, error = %why, "not a CloudEvent; dead-lettering");
+        let mut wrapper = Event::new(
+            "/tessera/consumer",
+            "tessera.invalid",
+            &format!("{}/{partition}/{offset}", self.topic),
+            serde_json::json!({ "raw": why }),
+        );
+        wrapper.delivery = Some(Delivery {
+            partition,
+            offset,
+            producer: None,
+        });
+        self.dead_letter(env, &wrapper, &format!("not a CloudEvent: {why}"), 1, stop)
+            .await
+    }
+}
