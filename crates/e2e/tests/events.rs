@@ -255,9 +255,15 @@ impl Handler for Audit {
 }
 
 async fn start_auditor(h: &Harness, accept_poison: Arc<AtomicBool>) -> Db {
+    start_auditor_at(h, accept_poison).await.0
+}
+
+/// The auditor's database and its address.
+async fn start_auditor_at(h: &Harness, accept_poison: Arc<AtomicBool>) -> (Db, String) {
     let settings = h.settings("auditor");
     let config = ServiceConfig::from_settings(&settings, "auditor").unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(Service::new("auditor").migrations(AUDIT).serve(
         config,
@@ -272,7 +278,7 @@ async fn start_auditor(h: &Harness, accept_poison: Arc<AtomicBool>) -> Db {
             Ok(Router::new())
         },
     ));
-    rx.await.unwrap()
+    (rx.await.unwrap(), address)
 }
 
 async fn seen(db: &Db) -> Vec<(String, String, i64, Option<String>)> {
@@ -889,4 +895,65 @@ async fn a_handler_failing_for_longer_than_its_lease_keeps_its_partition() {
         .map(|r| r.0)
         .collect();
     assert_eq!(order, ["slow", "after"], "in order, each once");
+}
+
+/// `GET path` on a service at `address`, as another process of the system.
+async fn status_of(h: &Harness, address: &str, path: &str) -> Value {
+    let system = tessera::PassportKeys::from_spec(&h.keys, "events-test")
+        .unwrap()
+        .mint(
+            "test",
+            "service:test",
+            &["system".into()],
+            None,
+            &tessera::TraceContext::new_root(),
+        );
+    h.http
+        .get(format!("{address}{path}"))
+        .header("x-passport", system)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compensation_is_retried_until_done_and_shows_as_stuck_meanwhile() {
+    let (h, listener) = Harness::new().await;
+    h.start_control(listener);
+    let accept = Arc::new(AtomicBool::new(false));
+    let (audit_db, auditor) = start_auditor_at(&h, accept.clone()).await;
+    // A saga's compensation the handler refuses for good (as a poison event): the auditor
+    // gives up on other events after 2 attempts, never on this one.
+    let compensation = json!({"specversion": "1.0", "id": "undo", "source": "/ledger",
+        "type": "ledger.undo", "subject": "acc0", "sagacompensation": true,
+        "data": {"n": 7, "poison": true}});
+    h.publish("ledger.events", &[compensation]).await;
+    h.wait("the compensation to show as stuck", async || {
+        let s = status_of(&h, &auditor, "/status/events").await;
+        s["stuck"].as_array().is_some_and(|s| !s.is_empty())
+    })
+    .await;
+    let s = status_of(&h, &auditor, "/status/events").await;
+    let stuck = &s["stuck"][0];
+    assert_eq!(
+        (stuck["id"].as_str(), stuck["type"].as_str()),
+        (Some("undo"), Some("ledger.undo"))
+    );
+    assert_eq!(stuck["error"], "poison");
+    assert!(stuck["attempts"].as_u64().unwrap() >= 2, "{stuck}");
+    // The cause is fixed: it goes through, is no longer stuck, and was never dead-lettered.
+    accept.store(true, Ordering::SeqCst);
+    h.wait("the compensation handled", async || {
+        !seen(&audit_db).await.is_empty()
+    })
+    .await;
+    h.wait("nothing stuck", async || {
+        status_of(&h, &auditor, "/status/events").await["stuck"] == json!([])
+    })
+    .await;
+    let dead = h.control_json("/v1/deadletters/auditor").await;
+    assert_eq!(dead["deadLetters"], json!([]));
 }

@@ -8,6 +8,9 @@
 //! at once with why, never skipped (`consumer/dead_letter.rs`).
 
 mod dead_letter;
+mod stuck;
+
+pub use stuck::{Stuck, StuckEvent};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -104,6 +107,8 @@ pub struct ConsumerEnv {
     pub outbox: Outbox,
     /// Who may publish to which topic: an event from anyone else is dead-lettered unhandled.
     pub producers: Producers,
+    /// The events this service's consumers are stuck on (`consumer/stuck.rs`).
+    pub stuck: Stuck,
 }
 
 enum Outcome {
@@ -366,9 +371,15 @@ impl Consumer {
         event: &Event,
         stop: &watch::Receiver<bool>,
     ) -> bool {
+        if let Err(why) = env.producers.check(&self.topic, event.delivery.as_ref()) {
+            tracing::error!(id = %event.id, error = %why, "event from an undeclared producer; dead-lettering");
+            return self.dead_letter(env, event, &why, 1, stop).await;
+        }
         let (ctx, span) = self.context(env, event);
         let mut attempt = 0;
         let started = Instant::now();
+        let since = tessera_trace::unix_now_ms();
+        let until_done = stuck::retried_until_done(event);
         loop {
             attempt += 1;
             let result = REQUEST
@@ -380,13 +391,27 @@ impl Consumer {
                     if let Outcome::Handled = outcome {
                         env.outbox.wake();
                     }
+                    env.stuck.clear(&self.topic, &self.group, event);
                     self.settled(event, &span, outcome, started);
                     return true;
                 }
-                Err(e) if e.retryable && attempt < self.max_attempts => {
-                    span.in_scope(|| tracing::warn!(id = %event.id, attempt, error = %e, "handler failed; retrying"));
+                Err(e) if until_done || (e.retryable && attempt < self.max_attempts) => {
+                    if until_done && attempt >= self.max_attempts {
+                        span.in_scope(|| tracing::error!(id = %event.id, event_type = %event.ty, attempt, error = %e, "stuck: a compensation keeps failing; retrying until it is done"));
+                        env.stuck.failing(
+                            &self.topic,
+                            &self.group,
+                            event,
+                            attempt,
+                            &e.message,
+                            since,
+                        );
+                    } else {
+                        span.in_scope(|| tracing::warn!(id = %event.id, attempt, error = %e, "handler failed; retrying"));
+                    }
                     let pause = Duration::from_millis(100 * 2u64.pow(attempt.min(6)));
                     if *stop.borrow() {
+                        env.stuck.clear(&self.topic, &self.group, event);
                         return false;
                     }
                     tokio::time::sleep(pause).await;

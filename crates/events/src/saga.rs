@@ -11,6 +11,9 @@
 //! - A reply `failed` compensates the steps before it, in reverse order, and the saga `failed`.
 //! - A step that times out is compensated too (its action may yet happen, so compensations
 //!   must be safe whether or not it did), then the ones before it.
+//! - A compensation is marked (`sagacompensation`) so that its participant's consumer retries
+//!   it until it is done instead of dead-lettering it; one that keeps failing shows as stuck
+//!   (`consumer/stuck.rs`: logged, `tessera_events_stuck`, `GET /status/events`).
 //! - A reply that arrives for a step the saga is no longer waiting on (late, after a timeout)
 //!   goes to [`SagaHooks::stale_reply`], where the service can undo what it implies.
 //!
@@ -156,6 +159,11 @@ impl Saga {
             event
                 .extensions
                 .insert("sagareplyto".into(), self.reply_topic.clone().into());
+        } else {
+            // A compensation: retried by its participant until it is done.
+            event
+                .extensions
+                .insert("sagacompensation".into(), true.into());
         }
         outbox::add(tx, self.def.steps[step].topic, &event).await
     }

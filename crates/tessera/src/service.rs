@@ -92,6 +92,7 @@ impl Context {
                     },
                     outbox: outbox.clone(),
                     producers: self.config.producers.clone(),
+                    stuck: Default::default(),
                 },
                 bus,
                 outbox,
@@ -115,6 +116,11 @@ pub struct Events {
 }
 
 impl Events {
+    /// The events this service's consumers are stuck on (compensations that keep failing).
+    pub fn stuck(&self) -> Vec<crate::events::consumer::StuckEvent> {
+        self.env.stuck.list()
+    }
+
     /// Starts a consumer that runs until the service stops.
     pub fn consume(&self, consumer: Consumer, handler: impl Handler) {
         let task = consumer.spawn(self.env.clone(), Arc::new(handler), self.stop.clone());
@@ -228,7 +234,7 @@ impl Service {
         let status_client = ctx.client.clone();
         let mut app = build(ctx).await?;
         if let Some(db) = &db {
-            app = app.merge(crate::status::routes(db.clone()));
+            app = app.merge(crate::status::routes(db.clone(), events.clone()));
         }
         let router = app
             .fallback(|| async { ApiError::not_found("no such route") })
