@@ -14,7 +14,7 @@ use tessera::registry::Catalog;
 
 mod process;
 
-pub use process::{alive, descendants, freeze, pid_of, signal, thaw};
+pub use process::{alive, cmdline, descendants, freeze, pid_of, rss_kb, signal, thaw};
 
 /// Options for the system under test.
 #[derive(Clone, Debug)]
@@ -419,6 +419,14 @@ replicas = {replicas}
     /// Every process below `tessera up`.
     pub fn tree_pids(&self) -> Vec<u32> {
         descendants(self.up_pid())
+    }
+
+    /// The gateway's pid (`tessera … gateway`, a child of `tessera up`).
+    pub fn gateway_pid(&self) -> u32 {
+        self.tree_pids()
+            .into_iter()
+            .find(|pid| cmdline(*pid).last().is_some_and(|a| a == "gateway"))
+            .expect("a gateway process")
     }
 
     /// Sends SIGINT (Ctrl-C) to `tessera up` and waits for it to exit.

@@ -218,7 +218,7 @@ impl Connection {
                         Ok(true) => {
                             return Ok(Ok(BodySpan::Chunked(decoder.position() - head.len)));
                         }
-                        Ok(false) => {}
+                        Ok(false) => self.drop_decoded(head.len, &mut decoder),
                         Err(ChunkError::TooLarge) => return Ok(Err(BodyError::TooLarge)),
                         Err(ChunkError::Malformed) => return Ok(Err(BodyError::Malformed)),
                     }
@@ -230,6 +230,22 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Drops from the read buffer the raw chunked body decoded so far (between the head, which
+    /// the request borrows, and what is still undecoded), so that a body costs its decoded
+    /// size and not its raw one: 1-byte chunks with long extensions would otherwise be kept
+    /// whole. The undecoded rest (an unfinished line, bounded by the decoder) moves down; it
+    /// moves only once at least as much has been decoded, so the copying stays linear.
+    fn drop_decoded(&mut self, body_start: usize, decoder: &mut chunked::Decoder) {
+        let decoded = decoder.position() - body_start;
+        let rest = self.read.len() - decoder.position();
+        if decoded == 0 || decoded < rest {
+            return;
+        }
+        self.read.copy_within(decoder.position().., body_start);
+        self.read.truncate(body_start + rest);
+        decoder.consumed(decoded);
     }
 
     /// Tells a client that waits for it to send its body (`Expect: 100-continue`).
@@ -286,6 +302,7 @@ struct Closed;
 enum BodySpan {
     /// This many bytes after the head, in the read buffer.
     Inline(usize),
-    /// Decoded into the connection's chunked buffer; this many bytes of the read buffer.
+    /// Decoded into the connection's chunked buffer; this many bytes of the read buffer are
+    /// left of it after the head (what was decoded early may have been dropped already).
     Chunked(usize),
 }

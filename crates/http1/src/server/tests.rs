@@ -702,3 +702,58 @@ async fn an_idle_timeout_shorter_than_the_header_timeout_is_kept() {
         "{idle:?}"
     );
 }
+
+#[tokio::test]
+async fn chunk_extensions_are_bounded_and_a_raw_body_is_not_kept() {
+    let server = Server::default().await;
+    // Each line within the per-line limit, but more extension bytes than a body may carry.
+    let mut client = server.connect().await;
+    client
+        .send(b"POST /echo HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n")
+        .await;
+    let chunk = format!("1;{}\r\nx\r\n", "e".repeat(1000));
+    for _ in 0..40 {
+        if client.stream.write_all(chunk.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+    let r = client.response().await;
+    assert_eq!((r.status, r.text()), (400, "bad body"));
+    assert!(client.closed_within(Duration::from_secs(2)).await);
+
+    // A size line over the limit is refused even when it arrives whole.
+    let mut client = server.connect().await;
+    client
+        .send(
+            format!(
+                "POST /echo HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n1;{}\r\nx\r\n0\r\n\r\n",
+                "e".repeat(2000)
+            )
+            .as_bytes(),
+        )
+        .await;
+    assert_eq!(client.response().await.status, 400);
+}
+
+#[tokio::test]
+async fn a_chunked_body_in_many_small_reads_is_decoded_whole() {
+    let server = Server::default().await;
+    let mut client = server.connect().await;
+    let mut raw = b"POST /echo HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+    let mut body = Vec::new();
+    for i in 0..60u8 {
+        let data: Vec<u8> = (0..(i % 13 + 1)).map(|j| b'a' + (i + j) % 26).collect();
+        raw.extend_from_slice(format!("{:x};n={i}\r\n", data.len()).as_bytes());
+        raw.extend_from_slice(&data);
+        raw.extend_from_slice(b"\r\n");
+        body.extend_from_slice(&data);
+    }
+    raw.extend_from_slice(b"0\r\nx-trailer: 1\r\n\r\nGET /next HTTP/1.1\r\nhost: h\r\n\r\n");
+    for piece in raw.chunks(7) {
+        client.send(piece).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let r = client.response().await;
+    assert_eq!((r.status, r.body.as_slice()), (200, body.as_slice()));
+    assert_eq!(client.response().await.text(), "GET /next 0 -");
+}
