@@ -1,7 +1,7 @@
 //! The gateway's client side against hostile framing, over raw sockets as an attacker would
 //! send it: chunk sizes near 2^64 at both ends (a client's request, an instance's answer),
 //! chunk extensions that would have the gateway keep a raw body a thousand times its size,
-//! and the rest of what a client cannot be trusted to frame.
+//! bodies sent too slowly, HTTP/1.0 with chunked, and the Host rules.
 
 use std::time::{Duration, Instant};
 
@@ -157,4 +157,46 @@ async fn chunk_extensions_do_not_grow_the_gateway() {
         "answered, and refused: {answer}"
     );
     assert!(alive(gateway));
+}
+
+#[tokio::test]
+async fn a_body_sent_too_slowly_is_cut_like_a_slow_head() {
+    let sys = System::start_with(Options {
+        body_timeout_ms: Some(1000),
+        ..with_echo()
+    })
+    .await;
+    let mut sock = connect(&sys).await;
+    sock.write_all(b"POST /api/echo/headers HTTP/1.1\r\nHost: gw\r\nContent-Length: 100\r\n\r\n")
+        .await
+        .unwrap();
+    // One byte every 200 ms: the connection stays busy, the body never comes.
+    let started = Instant::now();
+    let mut cut = false;
+    for _ in 0..40 {
+        if sock.write_all(b"x").await.is_err() {
+            cut = true;
+            break;
+        }
+        let (_, closed) = read_until_closed(&mut sock, Duration::from_millis(200)).await;
+        if closed {
+            cut = true;
+            break;
+        }
+    }
+    assert!(cut, "a body at 5 bytes/s was still being read after 8 s");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "cut after {:?}",
+        started.elapsed()
+    );
+    // A body that arrives in time is read.
+    let mut sock = connect(&sys).await;
+    sock.write_all(b"GET /api/echo/headers HTTP/1.1\r\nHost: gw\r\nContent-Length: 4\r\nConnection: close\r\n\r\nab")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sock.write_all(b"cd").await.unwrap();
+    let (answer, _) = read_until_closed(&mut sock, Duration::from_secs(3)).await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
 }

@@ -111,6 +111,8 @@ pub async fn serve(
     let limits = server::Limits {
         header_timeout: Duration::from_millis(manifest.gateway.header_timeout_ms),
         idle_timeout: Duration::from_millis(manifest.gateway.idle_timeout_ms),
+        body_timeout: Duration::from_millis(manifest.gateway.body_timeout_ms),
+        min_body_rate: manifest.gateway.min_body_rate,
         max_body: manifest.gateway.max_body_bytes,
         max_connections: manifest.gateway.max_connections,
     };

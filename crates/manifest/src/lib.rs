@@ -87,6 +87,12 @@ pub struct Gateway {
     pub header_timeout_ms: u64,
     /// A kept-alive client connection idle this long is closed, in milliseconds.
     pub idle_timeout_ms: u64,
+    /// Time limit for a client to send a request body, in milliseconds, extended by a second
+    /// for every `min_body_rate` bytes received.
+    pub body_timeout_ms: u64,
+    /// The least rate, in bytes per second, at which a client must send a body once past
+    /// `body_timeout_ms` (0: the whole body within it); slower clients are disconnected.
+    pub min_body_rate: u64,
     /// The most client connections open at once; more wait in the listen backlog.
     pub max_connections: usize,
     /// Largest request body accepted (413 above it).
@@ -108,6 +114,8 @@ impl Default for Gateway {
             upstream_timeout_ms: 10_000,
             header_timeout_ms: 10_000,
             idle_timeout_ms: 75_000,
+            body_timeout_ms: 10_000,
+            min_body_rate: 1024,
             max_connections: 10_000,
             max_body_bytes: 1024 * 1024,
             max_response_bytes: 16 * 1024 * 1024,
@@ -328,6 +336,7 @@ impl Manifest {
             ("upstream_timeout_ms", g.upstream_timeout_ms),
             ("header_timeout_ms", g.header_timeout_ms),
             ("idle_timeout_ms", g.idle_timeout_ms),
+            ("body_timeout_ms", g.body_timeout_ms),
         ] {
             if ms == 0 {
                 return Err(format!("gateway.{key}: must be at least 1"));
@@ -432,6 +441,8 @@ mod tests {
         assert!(e.to_string().contains("listen"), "{e}");
         let e = Manifest::parse("[gateway]\nidle_timeout_ms = 0\n").unwrap_err();
         assert!(e.to_string().contains("gateway.idle_timeout_ms"), "{e}");
+        let e = Manifest::parse("[gateway]\nbody_timeout_ms = 0\n").unwrap_err();
+        assert!(e.to_string().contains("gateway.body_timeout_ms"), "{e}");
         let e = Manifest::parse("[sytem]\n").unwrap_err();
         assert!(e.to_string().contains("sytem"), "{e}");
     }

@@ -24,6 +24,8 @@ pub struct Options {
     pub ttl_ms: u64,
     pub upstream_timeout_ms: u64,
     pub header_timeout_ms: u64,
+    /// `gateway.body_timeout_ms`, when not the default.
+    pub body_timeout_ms: Option<u64>,
     pub max_body_bytes: u64,
     /// Extra `[services.*]` and `[[route]]` TOML appended to the manifest.
     pub extra_manifest: String,
@@ -41,6 +43,7 @@ impl Default for Options {
             ttl_ms: 1500,
             upstream_timeout_ms: 5000,
             header_timeout_ms: 2000,
+            body_timeout_ms: None,
             max_body_bytes: 64 * 1024,
             extra_manifest: String::new(),
             checkout: false,
@@ -158,6 +161,7 @@ listen = "127.0.0.1:{gateway_port}"
 upstream_timeout_ms = {upstream_timeout}
 header_timeout_ms = {header_timeout}
 max_body_bytes = {max_body}
+{gateway_extra}
 
 [gateway.tokens]
 service = "auth"
@@ -218,6 +222,10 @@ replicas = {replicas}
             upstream_timeout = opts.upstream_timeout_ms,
             header_timeout = opts.header_timeout_ms,
             max_body = opts.max_body_bytes,
+            gateway_extra = opts
+                .body_timeout_ms
+                .map(|ms| format!("body_timeout_ms = {ms}"))
+                .unwrap_or_default(),
             bin = bin.display(),
             replicas = opts.catalog_replicas,
             extra = opts.extra_manifest,

@@ -127,6 +127,8 @@ fn limits() -> Limits {
     Limits {
         header_timeout: Duration::from_secs(5),
         idle_timeout: Duration::from_secs(5),
+        body_timeout: Duration::from_secs(5),
+        min_body_rate: 1024,
         max_body: 1024,
         max_connections: 1000,
     }
@@ -521,8 +523,7 @@ async fn slow_heads_and_idle_connections_time_out() {
     let server = Server::start(Limits {
         header_timeout: Duration::from_millis(300),
         idle_timeout: Duration::from_millis(1500),
-        max_body: 1024,
-        max_connections: 1000,
+        ..limits()
     })
     .await;
 
@@ -701,6 +702,48 @@ async fn an_idle_timeout_shorter_than_the_header_timeout_is_kept() {
         idle >= Duration::from_millis(250) && idle < Duration::from_millis(1500),
         "{idle:?}"
     );
+}
+
+#[tokio::test]
+async fn a_body_sent_too_slowly_is_cut() {
+    let server = Server::start(Limits {
+        body_timeout: Duration::from_millis(300),
+        min_body_rate: 1024,
+        ..limits()
+    })
+    .await;
+    let mut client = server.connect().await;
+    client
+        .send(b"POST /echo HTTP/1.1\r\nhost: h\r\ncontent-length: 100\r\n\r\n")
+        .await;
+    let started = std::time::Instant::now();
+    let mut cut = false;
+    for _ in 0..30 {
+        if client.stream.write_all(b"x").await.is_err()
+            || client.closed_within(Duration::from_millis(100)).await
+        {
+            cut = true;
+            break;
+        }
+    }
+    assert!(cut, "a body at 10 bytes/s was still read after 3 s");
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A large body that keeps coming at more than the minimum rate is read, though it takes
+    // longer than the body timeout.
+    let mut client = server.connect().await;
+    client
+        .send(b"POST /x HTTP/1.1\r\nhost: h\r\ncontent-length: 1000\r\n\r\n")
+        .await;
+    for _ in 0..10 {
+        client.send(&[b'y'; 100]).await;
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    assert_eq!(client.response().await.text(), "POST /x 1000 -");
 }
 
 #[tokio::test]
