@@ -200,3 +200,50 @@ async fn a_body_sent_too_slowly_is_cut_like_a_slow_head() {
     let (answer, _) = read_until_closed(&mut sock, Duration::from_secs(3)).await;
     assert_eq!(status_of(&answer), 200, "{answer}");
 }
+
+#[tokio::test]
+async fn http_1_0_chunked_closes_and_http_1_1_needs_exactly_one_host() {
+    let sys = System::start_with(with_echo()).await;
+
+    // HTTP/1.0 with Transfer-Encoding: its framing is faulty (RFC 9112 §6.1): answered, and
+    // the connection closed even though keep-alive was asked for.
+    let (answer, closed) = exchange(
+        &sys,
+        b"GET /api/echo/headers HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&answer), 400, "{answer}");
+    assert!(closed, "the connection is closed after it: {answer}");
+
+    // HTTP/1.1: exactly one Host (RFC 9112 §3.2).
+    for (request, want) in [
+        (&b"GET /api/echo/headers HTTP/1.1\r\n\r\n"[..], 400),
+        (
+            b"GET /api/echo/headers HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            400,
+        ),
+        (
+            b"GET /api/echo/headers HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n",
+            400,
+        ),
+        (
+            b"GET /api/echo/headers HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+            200,
+        ),
+        (b"GET /api/echo/headers HTTP/1.0\r\n\r\n", 200),
+        (
+            b"GET /api/echo/headers HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n",
+            400,
+        ),
+    ] {
+        let (answer, closed) = exchange(&sys, request).await;
+        assert_eq!(
+            status_of(&answer),
+            want,
+            "{}: {answer}",
+            String::from_utf8_lossy(request)
+        );
+        assert!(closed, "{}", String::from_utf8_lossy(request));
+    }
+}
