@@ -20,7 +20,7 @@ use tessera::TraceContext;
 
 use crate::error::GatewayError;
 use crate::forward::Forwarder;
-use crate::routes::{CompiledRoute, RouteTable};
+use crate::routes::{CompiledRoute, NotNormal, RouteTable};
 use crate::server::{HeaderBuf, Request};
 use crate::tokens::TokenVerifier;
 use crate::upstream::{CallFailure, Exchange};
@@ -145,8 +145,9 @@ impl Gateway {
         let traceparent = trace.header_value();
         let route = self.routes.find(req.path);
         let answer = match route {
-            None => Err(GatewayError::ROUTE_NOT_FOUND),
-            Some(route) => {
+            Err(NotNormal) => Err(GatewayError::PATH_NOT_NORMAL),
+            Ok(None) => Err(GatewayError::ROUTE_NOT_FOUND),
+            Ok(Some(route)) => {
                 self.stages(
                     route,
                     req,
@@ -165,7 +166,7 @@ impl Gateway {
         headers.push(b"traceparent", traceparent.as_bytes());
         headers.push(b"x-trace-id", trace_id.as_bytes());
         let access = Access {
-            route: route.map(|r| r.prefix.as_str()),
+            route: route.ok().flatten().map(|r| r.prefix.as_str()),
             upstream,
             trace_id: trace_hex,
         };
@@ -287,7 +288,12 @@ mod tests {
         let upstream = access.upstream.clone();
         assert_eq!(
             access.route,
-            gateway.routes.find(path).map(|r| r.prefix.as_str())
+            gateway
+                .routes
+                .find(path)
+                .ok()
+                .flatten()
+                .map(|r| r.prefix.as_str())
         );
         (status.as_u16(), envelope, fields, upstream)
     }
@@ -349,8 +355,10 @@ mod tests {
         let gateway = gateway(&routes, &address);
         let customer = testing::token("u1", &["customer"], None, 600);
         let admin = testing::token("u2", &["admin"], None, 600);
-        let cases: [(&str, Vec<String>, u16, &str); 5] = [
+        let cases: [(&str, Vec<String>, u16, &str); 7] = [
             ("/nowhere", vec![], 404, "route_not_found"),
+            ("/api/./x", vec![], 400, "bad_request"),
+            ("/api//x", vec![], 400, "bad_request"),
             ("/api/x", vec![], 401, "unauthenticated"),
             (
                 "/api/x",

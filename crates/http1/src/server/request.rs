@@ -57,6 +57,11 @@ pub(super) fn parse_head(buf: &[u8], fields: &mut Vec<Field>) -> Result<Option<H
     let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
         .map_err(|_| bad("malformed method"))?;
     let raw_target = parsed.path.unwrap_or_default();
+    if raw_target.contains('#') {
+        // A fragment is the client's own (RFC 9112 §3.2 has none in a target); services'
+        // parsers drop it, so a proxy that routed on it would route another path than theirs.
+        return Err(bad("a request target has no fragment"));
+    }
     let target = origin_form(raw_target).ok_or_else(|| bad("the request target must be a path"))?;
     let target_start = target.as_ptr() as usize - buf.as_ptr() as usize;
     let path_len = target.find('?').unwrap_or(target.len());

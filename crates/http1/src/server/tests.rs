@@ -421,6 +421,12 @@ async fn malformed_requests_get_a_clear_400_or_431() {
             "conflicting",
         ),
         (b"GET * HTTP/1.1\r\nhost: h\r\n\r\n", 400, "target"),
+        (b"GET /login#x HTTP/1.1\r\nhost: h\r\n\r\n", 400, "fragment"),
+        (
+            b"GET http://h/a?q#x HTTP/1.1\r\nhost: h\r\n\r\n",
+            400,
+            "fragment",
+        ),
     ];
     for (request, status, message) in cases {
         let mut client = server.connect().await;
