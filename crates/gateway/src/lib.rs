@@ -14,6 +14,7 @@ pub mod authorize;
 pub mod envelope;
 pub mod error;
 pub mod forward;
+pub mod forwarded;
 pub mod limit;
 pub mod proxy;
 pub mod routes;
@@ -93,6 +94,7 @@ pub async fn serve(
             discovery: discovery.clone(),
             keys,
             pool: Pool::new(256, Duration::from_secs(1)),
+            proxies: forwarded::TrustedProxies::new(&manifest.gateway.trusted_proxies),
             timeout: Duration::from_millis(manifest.gateway.upstream_timeout_ms),
             max_response: manifest.gateway.max_response_bytes,
         },

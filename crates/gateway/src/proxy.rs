@@ -184,7 +184,7 @@ impl Gateway {
         trace_id: &str,
     ) -> Result<Forwarded, GatewayError> {
         let tokens = self.tokens.as_deref();
-        limit::per_ip(route, req.peer)?;
+        limit::per_ip(route, self.forwarder.proxies.client(req.peer, &req.fields))?;
         let caller = authenticate::caller(tokens, &req.fields).await?;
         let caller = caller.as_deref();
         limit::per_user(route, caller)?;

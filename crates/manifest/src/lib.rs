@@ -14,6 +14,10 @@ use serde::Deserialize;
 use tessera_resilience::RateLimit;
 pub use tessera_resilience::{Resilience, RetryConfig};
 
+mod cidr;
+
+pub use cidr::Cidr;
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
@@ -99,6 +103,9 @@ pub struct Gateway {
     pub max_body_bytes: u64,
     /// Largest upstream response body the gateway will wrap.
     pub max_response_bytes: u64,
+    /// Peers whose `X-Forwarded-For` and `Forwarded` are believed (a load balancer in front of
+    /// the gateway); every other client's are dropped. None by default.
+    pub trusted_proxies: Vec<Cidr>,
     /// Where access tokens come from; without it, every route must be public.
     pub tokens: Option<Tokens>,
     /// Breakers, bulkheads and retries for every upstream service…
@@ -119,6 +126,7 @@ impl Default for Gateway {
             max_connections: 10_000,
             max_body_bytes: 1024 * 1024,
             max_response_bytes: 16 * 1024 * 1024,
+            trusted_proxies: Vec::new(),
             tokens: None,
             resilience: Resilience::default(),
             upstreams: BTreeMap::new(),
@@ -443,6 +451,12 @@ mod tests {
         assert!(e.to_string().contains("gateway.idle_timeout_ms"), "{e}");
         let e = Manifest::parse("[gateway]\nbody_timeout_ms = 0\n").unwrap_err();
         assert!(e.to_string().contains("gateway.body_timeout_ms"), "{e}");
+        let e = Manifest::parse("[gateway]\ntrusted_proxies = [\"10.0.0.0/33\"]\n").unwrap_err();
+        assert!(e.to_string().contains("trusted_proxies"), "{e}");
+        assert!(e.to_string().contains("10.0.0.0/33"), "{e}");
+        let m =
+            Manifest::parse("[gateway]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n").unwrap();
+        assert_eq!(m.gateway.trusted_proxies.len(), 2);
         let e = Manifest::parse("[sytem]\n").unwrap_err();
         assert!(e.to_string().contains("sytem"), "{e}");
     }

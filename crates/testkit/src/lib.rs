@@ -26,6 +26,8 @@ pub struct Options {
     pub header_timeout_ms: u64,
     /// `gateway.body_timeout_ms`, when not the default.
     pub body_timeout_ms: Option<u64>,
+    /// `gateway.trusted_proxies` (CIDR blocks), when any.
+    pub trusted_proxies: Vec<String>,
     pub max_body_bytes: u64,
     /// Extra `[services.*]` and `[[route]]` TOML appended to the manifest.
     pub extra_manifest: String,
@@ -44,6 +46,7 @@ impl Default for Options {
             upstream_timeout_ms: 5000,
             header_timeout_ms: 2000,
             body_timeout_ms: None,
+            trusted_proxies: Vec::new(),
             max_body_bytes: 64 * 1024,
             extra_manifest: String::new(),
             checkout: false,
@@ -81,6 +84,18 @@ fn checkout_services(bin: &Path, env: &[(&'static str, &'static str, String)]) -
             bin.display(),
             vars.join(", ")
         ));
+    }
+    out
+}
+
+/// The `[gateway]` keys the options set only when they are not the default.
+fn gateway_extra(opts: &Options) -> String {
+    let mut out = String::new();
+    if let Some(ms) = opts.body_timeout_ms {
+        out.push_str(&format!("body_timeout_ms = {ms}\n"));
+    }
+    if !opts.trusted_proxies.is_empty() {
+        out.push_str(&format!("trusted_proxies = {:?}\n", opts.trusted_proxies));
     }
     out
 }
@@ -222,10 +237,7 @@ replicas = {replicas}
             upstream_timeout = opts.upstream_timeout_ms,
             header_timeout = opts.header_timeout_ms,
             max_body = opts.max_body_bytes,
-            gateway_extra = opts
-                .body_timeout_ms
-                .map(|ms| format!("body_timeout_ms = {ms}"))
-                .unwrap_or_default(),
+            gateway_extra = gateway_extra(&opts),
             bin = bin.display(),
             replicas = opts.catalog_replicas,
             extra = opts.extra_manifest,
