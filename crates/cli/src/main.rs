@@ -101,12 +101,21 @@ fn main() -> anyhow::Result<()> {
                             manifest.gateway.listen
                         )
                     })?;
+                let admin = tokio::net::TcpListener::bind(manifest.gateway.admin_listen)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "cannot listen on {} (gateway.admin_listen)",
+                            manifest.gateway.admin_listen
+                        )
+                    })?;
                 let config = tessera_gateway::GatewayConfig {
                     control_url: format!("http://{}", manifest.control.listen),
                     manifest,
                     passport_keys,
                 };
-                tessera_gateway::serve(config, listener, supervisor::shutdown_signal()).await
+                let shutdown = supervisor::shutdown_signal();
+                tessera_gateway::serve(config, listener, admin, shutdown).await
             }
         }
     });

@@ -9,6 +9,7 @@
 //! server and client (`tessera_http1::server`, `tessera_http1::pool`), both reading heads in
 //! place (`tessera_http1::fields`): no header map, no framework router on the hot path.
 
+pub mod admin;
 pub mod authenticate;
 pub mod authorize;
 pub mod envelope;
@@ -52,10 +53,12 @@ pub struct GatewayConfig {
     pub control_url: String,
 }
 
-/// Serves the gateway on `listener` until `shutdown` completes, then drains connections.
+/// Serves the gateway on `listener`, and its admin endpoints on `admin` (`admin.rs`), until
+/// `shutdown` completes, then drains connections.
 pub async fn serve(
     config: GatewayConfig,
     listener: TcpListener,
+    admin: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     tessera::metrics::handle();
@@ -118,8 +121,25 @@ pub async fn serve(
         max_body: manifest.gateway.max_body_bytes,
         max_connections: manifest.gateway.max_connections,
     };
-    tracing::info!(address = %listener.local_addr()?, routes = manifest.routes.len(), "gateway ready");
+    let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
+    let admin_address = admin.local_addr()?;
+    let admin = tokio::spawn(server::serve(
+        admin,
+        Arc::new(admin::Admin {
+            gateway: gateway.clone(),
+        }),
+        admin::Admin::limits(&limits),
+        async move {
+            let mut stopped = admin_stopped;
+            let _ = stopped.wait_for(|s| *s).await;
+        },
+        admin::DRAIN,
+    ));
+    tracing::info!(address = %listener.local_addr()?, admin = %admin_address, routes = manifest.routes.len(), "gateway ready");
     server::serve(listener, gateway, limits, shutdown, Duration::from_secs(10)).await;
+    // The admin endpoints answer while the public side drains, and stop after it.
+    let _ = stop_admin.send(true);
+    let _ = admin.await;
     tracing::info!("gateway stopped");
     Ok(())
 }

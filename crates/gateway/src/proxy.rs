@@ -9,6 +9,9 @@
 //! limit comes before any token is verified (a flood of made-up tokens costs a bucket lookup
 //! each), the caller's rate limit before the roles check, and nothing reaches an upstream
 //! before authorization.
+//!
+//! The public side answers `/health/*` itself and routes everything else: `/metrics` and
+//! `/status/*` are on the admin listener (`admin.rs`), never here.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -66,18 +69,6 @@ impl crate::server::Handler for Gateway {
                     Bytes::from_static(b"{\"status\":\"ready\"}"),
                     None,
                 )
-            }
-            "/metrics" => {
-                headers.push(b"content-type", b"text/plain; version=0.0.4");
-                (
-                    StatusCode::OK,
-                    Bytes::from(tessera::metrics::render()),
-                    None,
-                )
-            }
-            "/status/resilience" => {
-                headers.push(b"content-type", wrap::JSON);
-                (StatusCode::OK, Bytes::from(self.resilience_status()), None)
             }
             _ => {
                 let (status, body, access) = self.proxy(req, headers).await;

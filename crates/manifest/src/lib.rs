@@ -85,6 +85,9 @@ impl Default for Control {
 #[serde(deny_unknown_fields, default)]
 pub struct Gateway {
     pub listen: SocketAddr,
+    /// Where `/metrics` and `/status/*` are served: an address of their own, loopback by
+    /// default, never the public one.
+    pub admin_listen: SocketAddr,
     /// Whole-request time limit for an upstream, in milliseconds (504 after it).
     pub upstream_timeout_ms: u64,
     /// Time limit for a client to send its request headers, in milliseconds.
@@ -118,6 +121,7 @@ impl Default for Gateway {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             upstream_timeout_ms: 10_000,
             header_timeout_ms: 10_000,
             idle_timeout_ms: 75_000,
@@ -337,6 +341,9 @@ impl Manifest {
             }
         }
         let g = &self.gateway;
+        if g.admin_listen == g.listen {
+            return Err("gateway.admin_listen: must differ from gateway.listen".into());
+        }
         if g.max_connections == 0 {
             return Err("gateway.max_connections: must be at least 1".into());
         }
@@ -397,6 +404,7 @@ mod tests {
             ["bin/catalog", "--flag"]
         );
         assert_eq!(m.gateway.listen.port(), 8080);
+        assert_eq!(m.gateway.admin_listen.to_string(), "127.0.0.1:8081");
         assert_eq!(m.gateway.resilience, Resilience::default());
     }
 
@@ -449,6 +457,11 @@ mod tests {
         assert!(e.to_string().contains("listen"), "{e}");
         let e = Manifest::parse("[gateway]\nidle_timeout_ms = 0\n").unwrap_err();
         assert!(e.to_string().contains("gateway.idle_timeout_ms"), "{e}");
+        let e = Manifest::parse(
+            "[gateway]\nlisten = \"127.0.0.1:9000\"\nadmin_listen = \"127.0.0.1:9000\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("gateway.admin_listen"), "{e}");
         let e = Manifest::parse("[gateway]\nbody_timeout_ms = 0\n").unwrap_err();
         assert!(e.to_string().contains("gateway.body_timeout_ms"), "{e}");
         let e = Manifest::parse("[gateway]\ntrusted_proxies = [\"10.0.0.0/33\"]\n").unwrap_err();

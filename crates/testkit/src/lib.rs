@@ -14,7 +14,7 @@ use tessera::registry::Catalog;
 
 mod process;
 
-pub use process::{alive, cmdline, descendants, freeze, pid_of, rss_kb, signal, thaw};
+pub use process::{admin_of, alive, cmdline, descendants, freeze, pid_of, rss_kb, signal, thaw};
 
 /// Options for the system under test.
 #[derive(Clone, Debug)]
@@ -58,6 +58,8 @@ impl Default for Options {
 /// A running system. Dropping it kills the tree.
 pub struct System {
     pub gateway: String,
+    /// The gateway's admin listener (`/metrics`, `/status/*`).
+    pub gateway_admin: String,
     pub control: String,
     pub dir: PathBuf,
     pub http: reqwest::Client,
@@ -159,6 +161,9 @@ impl System {
         let gateway_port = std::iter::repeat_with(free_port)
             .find(|p| *p != control_port)
             .expect("ports");
+        let admin_port = std::iter::repeat_with(free_port)
+            .find(|p| *p != control_port && *p != gateway_port)
+            .expect("ports");
         let manifest = format!(
             r#"
 [system]
@@ -173,6 +178,7 @@ lease_ms = 2000
 
 [gateway]
 listen = "127.0.0.1:{gateway_port}"
+admin_listen = "127.0.0.1:{admin_port}"
 upstream_timeout_ms = {upstream_timeout}
 header_timeout_ms = {header_timeout}
 max_body_bytes = {max_body}
@@ -263,6 +269,7 @@ replicas = {replicas}
             .expect("start tessera up");
         let system = System {
             gateway: format!("http://127.0.0.1:{gateway_port}"),
+            gateway_admin: format!("http://127.0.0.1:{admin_port}"),
             control: format!("http://127.0.0.1:{control_port}"),
             dir,
             http: reqwest::Client::builder()
@@ -363,6 +370,11 @@ replicas = {replicas}
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.gateway)
+    }
+
+    /// The URL of `path` on the gateway's admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("{}{path}", self.gateway_admin)
     }
 
     /// Sends through the gateway; returns status and the envelope.

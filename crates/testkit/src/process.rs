@@ -101,6 +101,17 @@ pub fn descendants(root: u32) -> Vec<u32> {
     found
 }
 
+/// The admin address (`/metrics`, `/status/*`) an instance registered with.
+pub fn admin_of(catalog: &Catalog, instance: &str) -> Option<String> {
+    catalog
+        .services
+        .values()
+        .flatten()
+        .find(|i| i.id == instance)
+        .and_then(|i| i.metadata.get(tessera::admin::METADATA_KEY))
+        .cloned()
+}
+
 /// The pid an instance registered with.
 pub fn pid_of(catalog: &Catalog, instance: &str) -> Option<u32> {
     catalog
