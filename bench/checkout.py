@@ -26,18 +26,19 @@ from footprint import rss_kb, tree  # noqa: E402
 RATES = [int(r) for r in os.environ.get("BENCH_RATES", "50,100,200,400,800").split(",")]
 SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
 PRODUCT = "0190f000-0000-7000-8000-000000000005"
-CONTROL, GATEWAY = 18800, 18880
+CONTROL, GATEWAY, GATEWAY_ADMIN = 18800, 18880, 18881
 
 
-def requests_served(control, gateway, admin):
-    """HTTP requests each process has served so far, by `process route`, from every /metrics
-    (the registry read with the `admin` credential)."""
-    urls = {"tessera control": f"http://{control}", "tessera gateway": f"http://{gateway}"}
+def requests_served(control, gateway_admin, admin):
+    """HTTP requests each process has served so far, by `process route`, from every /metrics:
+    the control plane's, and the gateway's and each instance's admin listener (registered as
+    the instance's `admin`; the registry read with the `admin` credential)."""
+    urls = {"tessera control": f"http://{control}", "tessera gateway": f"http://{gateway_admin}"}
     registry = urllib.request.Request(f"http://{control}/v1/services", headers={"authorization": f"Bearer {admin}"})
     with urllib.request.urlopen(registry, timeout=5) as r:
         for service, instances in json.load(r)["services"].items():
             for i in instances:
-                urls[i["id"]] = f"http://{i['address']}"
+                urls[i["id"]] = f"http://{i['metadata']['admin']}"
     counts = {}
     for name, url in urls.items():
         with urllib.request.urlopen(f"{url}/metrics", timeout=5) as r:
@@ -88,6 +89,7 @@ def main():
     manifest = re.sub(r'\[\[route\]\]\nprefix = "/api/auth/login"\n(.*\n){3}', "", manifest)   # no login limit
     manifest = (manifest.replace('state_dir = ".tessera"', f'state_dir = "{tmp}/state"')
                 .replace("127.0.0.1:8500", f"127.0.0.1:{CONTROL}").replace("127.0.0.1:8080", f"127.0.0.1:{GATEWAY}")
+                .replace("127.0.0.1:8081", f"127.0.0.1:{GATEWAY_ADMIN}")
                 .replace('command = "target/release/', f'command = "{RELEASE}/'))
     path = os.path.join(tmp, "tessera.toml")
     with open(path, "w") as f:
@@ -120,7 +122,7 @@ def main():
                      for pid, argv in procs}
             writes = start_write_trace(tmp) if os.environ.get("BENCH_WRITES") else None
             before = {pid: cpu_seconds([pid]) for pid in names}
-            served = requests_served(f"127.0.0.1:{CONTROL}", f"127.0.0.1:{GATEWAY}", admin)
+            served = requests_served(f"127.0.0.1:{CONTROL}", f"127.0.0.1:{GATEWAY_ADMIN}", admin)
             started = time.time()
             perf = None
             if os.environ.get("BENCH_PERF"):
@@ -147,7 +149,7 @@ def main():
             step["cpu_us_per_order"] = sum(cpu.values()) * wall * 1e6 / max(step["confirmed"], 1)
             # HTTP requests the shop's processes served per confirmed order, by route: each is
             # an exchange between two processes (settling's reads included).
-            after = requests_served(f"127.0.0.1:{CONTROL}", f"127.0.0.1:{GATEWAY}", admin)
+            after = requests_served(f"127.0.0.1:{CONTROL}", f"127.0.0.1:{GATEWAY_ADMIN}", admin)
             per_order = {k: (v - served.get(k, 0)) / max(step["confirmed"], 1) for k, v in after.items()}
             step["requests_per_order"] = dict(sorted(((k, v) for k, v in per_order.items() if v > 0),
                                                      key=lambda kv: -kv[1]))

@@ -52,6 +52,7 @@ def main():
         tmp = tempfile.mkdtemp(prefix="tessera-footprint-")
         m = (manifest.replace('state_dir = ".tessera"', f'state_dir = "{tmp}/state"')
              .replace("127.0.0.1:8500", "127.0.0.1:18600").replace("127.0.0.1:8080", "127.0.0.1:18680")
+             .replace("127.0.0.1:8081", "127.0.0.1:18681")
              .replace('command = "target/release/', f'command = "{RELEASE}/'))
         path = os.path.join(tmp, "tessera.toml")
         with open(path, "w") as f:

@@ -22,7 +22,7 @@ the ratio to nginx within each round, and server CPU time per request (from /pro
                                         # 6 rounds of 3 s and 6 of 1 s at one connection
 """
 
-import base64, os, secrets, statistics, subprocess, sys, tempfile, time
+import base64, os, re, secrets, statistics, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import *  # noqa: E402,F403
@@ -33,6 +33,7 @@ CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "32"))
 C1_ROUNDS = int(os.environ.get("BENCH_C1_ROUNDS", "6" if QUICK else "15"))
 C1_SECONDS = int(os.environ.get("BENCH_C1_SECONDS", "1"))
 CONTROL, GATEWAY, NGINX, UPSTREAM, BASELINE = 18500, 18080, 18081, 18090, 18070
+GATEWAY_ADMIN = 18082
 
 
 def main():
@@ -50,6 +51,7 @@ state_dir = "state"
 listen = "127.0.0.1:{CONTROL}"
 [gateway]
 listen = "127.0.0.1:{GATEWAY}"
+admin_listen = "127.0.0.1:{GATEWAY_ADMIN}"
 [gateway.tokens]
 service = "auth"
 jwks_path = "/api/auth/.well-known/jwks.json"
@@ -84,10 +86,13 @@ auth = "public"
                                  log=os.path.join(tmp, "gateway.log"))
         baseline_bin = baseline("tessera")
         if baseline_bin:
-            # Another build's `tessera` binary, as a second gateway on its own port.
+            # Another build's `tessera` binary, as a second gateway on its own port. Without
+            # `admin_listen`, which a build from before the admin listener refuses (a newer one
+            # takes its default, 127.0.0.1:8081).
             manifest_baseline = os.path.join(tmp, "baseline.toml")
             with open(manifest) as f, open(manifest_baseline, "w") as g:
-                g.write(f.read().replace(f"127.0.0.1:{GATEWAY}", f"127.0.0.1:{BASELINE}"))
+                g.write(re.sub(r"admin_listen = .*\n", "", f.read())
+                        .replace(f"127.0.0.1:{GATEWAY}", f"127.0.0.1:{BASELINE}"))
             procs["baseline"] = start([baseline_bin, "--manifest", manifest_baseline, "gateway"], env=as_("gateway"),
                                       log=os.path.join(tmp, "baseline.log"))
         with open(os.path.join(tmp, "nginx.conf"), "w") as f:

@@ -124,13 +124,22 @@ fn main() -> anyhow::Result<()> {
                 let credential = Credential::from_env()
                     .context("TESSERA_CREDENTIAL")?
                     .context("TESSERA_CREDENTIAL is not set (tessera up sets it)")?;
+                let admin = tokio::net::TcpListener::bind(manifest.gateway.admin_listen)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "cannot listen on {} (gateway.admin_listen)",
+                            manifest.gateway.admin_listen
+                        )
+                    })?;
                 let config = tessera_gateway::GatewayConfig {
                     control_url: format!("http://{}", manifest.control.listen),
                     credential,
                     manifest,
                     passport_keys,
                 };
-                tessera_gateway::serve(config, listener, supervisor::shutdown_signal()).await
+                let shutdown = supervisor::shutdown_signal();
+                tessera_gateway::serve(config, listener, admin, shutdown).await
             }
         }
     });

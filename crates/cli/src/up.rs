@@ -181,6 +181,10 @@ pub async fn run(manifest_path: &Path, manifest: Manifest, no_build: bool) -> an
                 "  gateway        http://{}",
                 manifest.gateway.listen
             ));
+            say(&format!(
+                "  gateway admin  http://{}  (/metrics, /status/resilience)",
+                manifest.gateway.admin_listen
+            ));
             say(&format!("  control plane  {control_url}"));
             for (name, spec) in &manifest.services {
                 let routes: Vec<&str> = manifest

@@ -1,9 +1,10 @@
-//! Services answer nothing but health and metrics to a caller that did not come through the
-//! gateway or another service: calls straight to a service's port, bypassing the gateway.
+//! Services answer nothing but health to a caller that did not come through the gateway or
+//! another service: calls straight to a service's port, bypassing the gateway. (Metrics and
+//! status are on the admin listener, `admin.rs`.)
 
 use tessera::passport::{Passport, PassportKeys};
 use tessera::{TraceContext, unix_now};
-use tessera_testkit::System;
+use tessera_testkit::{System, admin_of};
 
 async fn catalog_address(sys: &System) -> String {
     sys.registry().await.services["catalog"][0].address.clone()
@@ -58,7 +59,7 @@ async fn direct_calls_need_a_valid_passport() {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 200, "a valid passport is accepted");
 
-    for open in ["/health/live", "/health/ready", "/metrics"] {
+    for open in ["/health/live", "/health/ready"] {
         let resp = sys
             .http
             .get(format!("http://{addr}{open}"))
@@ -67,9 +68,19 @@ async fn direct_calls_need_a_valid_passport() {
             .unwrap();
         assert_eq!(resp.status().as_u16(), 200, "{open}");
     }
+    for closed in ["/metrics", "/status/resilience"] {
+        let resp = sys
+            .http
+            .get(format!("http://{addr}{closed}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 401, "{closed}");
+    }
+    let admin = admin_of(&sys.registry().await, "catalog-1").expect("an admin address");
     let metrics = sys
         .http
-        .get(format!("http://{addr}/metrics"))
+        .get(format!("http://{admin}/metrics"))
         .send()
         .await
         .unwrap()

@@ -46,10 +46,10 @@ retry = {{ max_attempts = 3, backoff = {{ base_ms = 1, max_ms = 5 }}, budget = {
     }
 }
 
-/// The gateway's `/status/resilience`.
+/// The gateway's `/status/resilience`, on its admin listener.
 async fn resilience_status(sys: &System) -> Value {
     sys.http
-        .get(sys.url("/status/resilience"))
+        .get(sys.admin_url("/status/resilience"))
         .send()
         .await
         .unwrap()
@@ -98,7 +98,7 @@ async fn a_failing_upstream_trips_its_breaker_and_fails_fast_while_others_serve(
     assert_eq!(gateway_status["upstreams"]["catalog"]["breaker"], "closed");
     let metrics = sys
         .http
-        .get(sys.url("/metrics"))
+        .get(sys.admin_url("/metrics"))
         .send()
         .await
         .unwrap()

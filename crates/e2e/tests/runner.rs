@@ -4,10 +4,11 @@ use std::time::{Duration, Instant};
 
 use tessera_testkit::{Options, System, alive, freeze, pid_of, signal, thaw};
 
-async fn requests_served(sys: &System, address: &str) -> u64 {
+/// Requests an instance served, from the metrics on its admin listener (`admin`).
+async fn requests_served(sys: &System, admin: &str) -> u64 {
     let text = sys
         .http
-        .get(format!("http://{address}/metrics"))
+        .get(format!("http://{admin}/metrics"))
         .send()
         .await
         .unwrap()
@@ -38,7 +39,7 @@ async fn replicas_register_and_share_the_load() {
         assert_eq!(sys.get("/api/catalog/products?limit=1", None).await.0, 200);
     }
     for i in instances {
-        let served = requests_served(&sys, &i.address).await;
+        let served = requests_served(&sys, &i.metadata["admin"]).await;
         assert!(served >= 5, "{} served {served} of 40", i.id);
     }
 }

@@ -32,6 +32,13 @@ impl GatewayError {
         }
     }
 
+    /// The request's path has dot segments or empty ones (`routes.rs`).
+    pub const PATH_NOT_NORMAL: Self = Self::new(
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "the path has '.', '..' or empty segments",
+    );
+
     /// No route matches the request's path.
     pub const ROUTE_NOT_FOUND: Self = Self::new(
         StatusCode::NOT_FOUND,

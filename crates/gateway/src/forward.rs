@@ -4,7 +4,8 @@
 //! client's where the two could disagree: a passport minted for the caller (or for an
 //! anonymous one) instead of the access token, a child `traceparent`, and a deadline; the
 //! client's own `X-Passport`, trace parent and deadline are dropped, never trusted, and so are
-//! the fields that concern one connection. The body was read whole and bounded by the server:
+//! the fields that concern one connection; where the request came from is the gateway's word
+//! too (`forwarded.rs`). The body was read whole and bounded by the server:
 //! one it found too large or malformed ends the request here, before any instance is asked.
 //!
 //! The call itself goes through the service's [`Upstream`]: breaker, bulkhead, balancer and
@@ -22,6 +23,7 @@ use tessera::passport::{self, PassportKeys};
 use tessera::registry::Discovery;
 
 use crate::error::GatewayError;
+use crate::forwarded::{self, TrustedProxies};
 use crate::limit;
 use crate::pool::{Outgoing, Pool};
 use crate::routes::CompiledRoute;
@@ -38,6 +40,8 @@ pub struct Forwarder {
     pub discovery: Discovery,
     pub keys: PassportKeys,
     pub pool: Pool,
+    /// Whose `X-Forwarded-For` is believed.
+    pub proxies: TrustedProxies,
     /// For a whole call, retries included.
     pub timeout: Duration,
     pub max_response: u64,
@@ -72,15 +76,23 @@ impl Forwarder {
         };
         let replayable =
             tessera::resilience::may_repeat(&req.method, req.fields.contains("idempotency-key"));
+        let forwarding = self.proxies.fields(req.peer, &req.fields);
         let extra = [
             (passport::HEADER, passport.as_bytes()),
             ("traceparent", traceparent),
+            ("x-forwarded-for", forwarding.x_forwarded_for.as_bytes()),
+            ("forwarded", forwarding.forwarded.as_bytes()),
+            ("x-forwarded-proto", forwarding.proto),
         ];
         let request = Outgoing {
             method: &req.method,
             path_and_query: req.target,
             headers: req.fields,
-            skip: not_forwarded,
+            skip: if forwarding.from_proxy {
+                not_forwarded_from_a_proxy
+            } else {
+                not_forwarded
+            },
             extra: &extra,
             deadline_ms: None,
             body,
@@ -174,9 +186,18 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
 }
 
 /// Client headers that do not go upstream: hop-by-hop ones, `Expect` (the body is already
-/// read), and never the client's own passport, trace parent or deadline (replaced) or access
-/// token (the passport speaks for it inside).
+/// read), and never the client's own passport, trace parent or deadline (replaced), access
+/// token (the passport speaks for it inside) or forwarding fields (`forwarded.rs`).
 fn not_forwarded(name: &[u8]) -> bool {
+    not_forwarded_from_a_proxy(name) || forwarded::not_from_a_client(name)
+}
+
+/// The same, from a trusted proxy, whose `X-Forwarded-Host` and `X-Real-IP` go on.
+fn not_forwarded_from_a_proxy(name: &[u8]) -> bool {
+    forwarded::not_from_a_proxy(name) || not_forwarded_anyway(name)
+}
+
+fn not_forwarded_anyway(name: &[u8]) -> bool {
     const REPLACED: [&str; 5] = [
         "authorization",
         "expect",
@@ -218,6 +239,9 @@ mod tests {
             "X-Passport: forged",
             "Traceparent: 00-11111111111111111111111111111111-2222222222222222-01",
             "X-Tessera-Deadline-Ms: 999999",
+            "X-Forwarded-For: 6.6.6.6",
+            "Forwarded: for=6.6.6.6",
+            "X-Real-IP: 6.6.6.6",
             "Connection: keep-alive",
             "Expect: 100-continue",
             "Accept: application/json",
@@ -256,9 +280,13 @@ mod tests {
             "{head}"
         );
         assert_eq!(values(&head, "accept"), ["application/json"]);
-        for dropped in ["authorization", "expect", "connection"] {
+        for dropped in ["authorization", "expect", "connection", "x-real-ip"] {
             assert!(values(&head, dropped).is_empty(), "{dropped}: {head}");
         }
+        // Where it came from is what the gateway saw (the test request's peer, 127.0.0.1).
+        assert_eq!(values(&head, "x-forwarded-for"), ["127.0.0.1"]);
+        assert_eq!(values(&head, "forwarded"), ["for=127.0.0.1;proto=http"]);
+        assert_eq!(values(&head, "x-forwarded-proto"), ["http"]);
         assert_eq!(
             values(&head, "content-length"),
             ["13"],

@@ -9,11 +9,13 @@
 //! server and client (`tessera_http1::server`, `tessera_http1::pool`), both reading heads in
 //! place (`tessera_http1::fields`): no header map, no framework router on the hot path.
 
+pub mod admin;
 pub mod authenticate;
 pub mod authorize;
 pub mod envelope;
 pub mod error;
 pub mod forward;
+pub mod forwarded;
 pub mod limit;
 pub mod proxy;
 pub mod routes;
@@ -53,10 +55,12 @@ pub struct GatewayConfig {
     pub credential: tessera::identity::Credential,
 }
 
-/// Serves the gateway on `listener` until `shutdown` completes, then drains connections.
+/// Serves the gateway on `listener`, and its admin endpoints on `admin` (`admin.rs`), until
+/// `shutdown` completes, then drains connections.
 pub async fn serve(
     config: GatewayConfig,
     listener: TcpListener,
+    admin: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     tessera::metrics::handle();
@@ -96,6 +100,7 @@ pub async fn serve(
             discovery: discovery.clone(),
             keys,
             pool: Pool::new(256, Duration::from_secs(1)),
+            proxies: forwarded::TrustedProxies::new(&manifest.gateway.trusted_proxies),
             timeout: Duration::from_millis(manifest.gateway.upstream_timeout_ms),
             max_response: manifest.gateway.max_response_bytes,
         },
@@ -114,11 +119,30 @@ pub async fn serve(
     let limits = server::Limits {
         header_timeout: Duration::from_millis(manifest.gateway.header_timeout_ms),
         idle_timeout: Duration::from_millis(manifest.gateway.idle_timeout_ms),
+        body_timeout: Duration::from_millis(manifest.gateway.body_timeout_ms),
+        min_body_rate: manifest.gateway.min_body_rate,
         max_body: manifest.gateway.max_body_bytes,
         max_connections: manifest.gateway.max_connections,
     };
-    tracing::info!(address = %listener.local_addr()?, routes = manifest.routes.len(), "gateway ready");
+    let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
+    let admin_address = admin.local_addr()?;
+    let admin = tokio::spawn(server::serve(
+        admin,
+        Arc::new(admin::Admin {
+            gateway: gateway.clone(),
+        }),
+        admin::Admin::limits(&limits),
+        async move {
+            let mut stopped = admin_stopped;
+            let _ = stopped.wait_for(|s| *s).await;
+        },
+        admin::DRAIN,
+    ));
+    tracing::info!(address = %listener.local_addr()?, admin = %admin_address, routes = manifest.routes.len(), "gateway ready");
     server::serve(listener, gateway, limits, shutdown, Duration::from_secs(10)).await;
+    // The admin endpoints answer while the public side drains, and stop after it.
+    let _ = stop_admin.send(true);
+    let _ = admin.await;
     tracing::info!("gateway stopped");
     Ok(())
 }

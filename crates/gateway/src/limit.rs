@@ -1,7 +1,8 @@
 //! How much the gateway lets through: the route's rate limits, and its service's bulkhead.
 //!
 //! Rate limits are token buckets from the manifest (`rate_limit.per_ip`, `per_user`). The
-//! per-address one is checked first, before a token is verified, so that a flood of made-up
+//! per-address one counts the client's address as `forwarded.rs` finds it (the connection's
+//! peer, or the client behind a trusted proxy: never what a client claims), and is checked first, before a token is verified, so that a flood of made-up
 //! tokens costs a bucket lookup and not a signature check each; the per-user one once the
 //! caller is known (anonymous requests have only the address's). Over either, the answer is
 //! 429 with `Retry-After` and the `RateLimit-*` fields, so a well-behaved client knows when
@@ -22,10 +23,13 @@ use crate::tokens::Verified;
 
 /// Takes one request from the client address's bucket on `route`, if it has a limit.
 #[inline]
-pub fn per_ip(route: &CompiledRoute, peer: IpAddr) -> Result<(), GatewayError> {
+pub fn per_ip(route: &CompiledRoute, client: IpAddr) -> Result<(), GatewayError> {
     match &route.per_ip {
         None => Ok(()),
-        Some(limiter) => limiter.check(&peer.to_string()).map(drop).map_err(limited),
+        Some(limiter) => limiter
+            .check(&client.to_string())
+            .map(drop)
+            .map_err(limited),
     }
 }
 

@@ -9,6 +9,9 @@
 //! limit comes before any token is verified (a flood of made-up tokens costs a bucket lookup
 //! each), the caller's rate limit before the roles check, and nothing reaches an upstream
 //! before authorization.
+//!
+//! The public side answers `/health/*` itself and routes everything else: `/metrics` and
+//! `/status/*` are on the admin listener (`admin.rs`), never here.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -20,7 +23,7 @@ use tessera::TraceContext;
 
 use crate::error::GatewayError;
 use crate::forward::Forwarder;
-use crate::routes::{CompiledRoute, RouteTable};
+use crate::routes::{CompiledRoute, NotNormal, RouteTable};
 use crate::server::{HeaderBuf, Request};
 use crate::tokens::TokenVerifier;
 use crate::upstream::{CallFailure, Exchange};
@@ -66,18 +69,6 @@ impl crate::server::Handler for Gateway {
                     Bytes::from_static(b"{\"status\":\"ready\"}"),
                     None,
                 )
-            }
-            "/metrics" => {
-                headers.push(b"content-type", b"text/plain; version=0.0.4");
-                (
-                    StatusCode::OK,
-                    Bytes::from(tessera::metrics::render()),
-                    None,
-                )
-            }
-            "/status/resilience" => {
-                headers.push(b"content-type", wrap::JSON);
-                (StatusCode::OK, Bytes::from(self.resilience_status()), None)
             }
             _ => {
                 let (status, body, access) = self.proxy(req, headers).await;
@@ -145,8 +136,9 @@ impl Gateway {
         let traceparent = trace.header_value();
         let route = self.routes.find(req.path);
         let answer = match route {
-            None => Err(GatewayError::ROUTE_NOT_FOUND),
-            Some(route) => {
+            Err(NotNormal) => Err(GatewayError::PATH_NOT_NORMAL),
+            Ok(None) => Err(GatewayError::ROUTE_NOT_FOUND),
+            Ok(Some(route)) => {
                 self.stages(
                     route,
                     req,
@@ -165,7 +157,7 @@ impl Gateway {
         headers.push(b"traceparent", traceparent.as_bytes());
         headers.push(b"x-trace-id", trace_id.as_bytes());
         let access = Access {
-            route: route.map(|r| r.prefix.as_str()),
+            route: route.ok().flatten().map(|r| r.prefix.as_str()),
             upstream,
             trace_id: trace_hex,
         };
@@ -183,7 +175,7 @@ impl Gateway {
         trace_id: &str,
     ) -> Result<Forwarded, GatewayError> {
         let tokens = self.tokens.as_deref();
-        limit::per_ip(route, req.peer)?;
+        limit::per_ip(route, self.forwarder.proxies.client(req.peer, &req.fields))?;
         let caller = authenticate::caller(tokens, &req.fields).await?;
         let caller = caller.as_deref();
         limit::per_user(route, caller)?;
@@ -287,7 +279,12 @@ mod tests {
         let upstream = access.upstream.clone();
         assert_eq!(
             access.route,
-            gateway.routes.find(path).map(|r| r.prefix.as_str())
+            gateway
+                .routes
+                .find(path)
+                .ok()
+                .flatten()
+                .map(|r| r.prefix.as_str())
         );
         (status.as_u16(), envelope, fields, upstream)
     }
@@ -349,8 +346,10 @@ mod tests {
         let gateway = gateway(&routes, &address);
         let customer = testing::token("u1", &["customer"], None, 600);
         let admin = testing::token("u2", &["admin"], None, 600);
-        let cases: [(&str, Vec<String>, u16, &str); 5] = [
+        let cases: [(&str, Vec<String>, u16, &str); 7] = [
             ("/nowhere", vec![], 404, "route_not_found"),
+            ("/api/./x", vec![], 400, "bad_request"),
+            ("/api//x", vec![], 400, "bad_request"),
             ("/api/x", vec![], 401, "unauthenticated"),
             (
                 "/api/x",

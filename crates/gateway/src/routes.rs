@@ -1,4 +1,16 @@
-//! The route table: longest path prefix wins, matched at segment boundaries.
+//! The route table: longest path prefix wins, matched at segment boundaries, on the path in
+//! the form the services route on.
+//!
+//! A route's limits and roles hold only if the gateway and the service read a path as the
+//! same path. Services (axum) route on the path as sent, cut at a fragment by their HTTP
+//! parser; other frameworks decode percent-encoded letters, resolve dot segments or merge
+//! slashes before routing. So every spelling of a path is either refused or matched as its
+//! normal form (RFC 3986 §6.2.2), whatever a service does with it: a fragment is refused by
+//! the server (`tessera_http1`); a path with dot segments (`.`, `..`, percent-encoded too) or
+//! empty ones (`//`) is refused here (clients resolve dot segments before sending, and no
+//! route of the platform has an empty segment); a percent-encoded unreserved character (`%6C`
+//! for `l`, §2.3) is matched as that character. The path goes upstream as it was sent. The
+//! check is a scan of the path in place, and a path without `%` is matched as before.
 
 use tessera::resilience::RateLimiter;
 use tessera_manifest::{AuthMode, Fallback, Route};
@@ -47,14 +59,75 @@ impl RouteTable {
         Self { routes }
     }
 
-    pub fn find(&self, path: &str) -> Option<&CompiledRoute> {
-        self.routes.iter().find(|r| {
-            path.starts_with(&r.prefix)
-                && (path.len() == r.prefix.len()
-                    || path.as_bytes()[r.prefix.len()] == b'/'
-                    || r.prefix.is_empty())
-        })
+    /// The route of `path` (origin form, without the query), if any; a path that is not in
+    /// normal form is refused.
+    pub fn find(&self, path: &str) -> Result<Option<&CompiledRoute>, NotNormal> {
+        check_normal(path)?;
+        let encoded = path.as_bytes().contains(&b'%');
+        Ok(self.routes.iter().find(|r| {
+            let rest = if encoded {
+                strip_prefix_decoded(path, &r.prefix)
+            } else {
+                path.strip_prefix(r.prefix.as_str())
+            };
+            rest.is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || r.prefix.is_empty())
+        }))
     }
+}
+
+/// A path that a service could read as another: it has dot segments or empty ones.
+#[derive(Debug, PartialEq, Eq)]
+pub struct NotNormal;
+
+/// Refuses a path with an empty segment (other than a trailing slash) or a dot segment.
+fn check_normal(path: &str) -> Result<(), NotNormal> {
+    let mut segments = path.strip_prefix('/').unwrap_or(path).split('/').peekable();
+    while let Some(segment) = segments.next() {
+        let last = segments.peek().is_none();
+        if (segment.is_empty() && !last) || is_dot_segment(segment.as_bytes()) {
+            return Err(NotNormal);
+        }
+    }
+    Ok(())
+}
+
+/// `.` or `..`, each dot possibly percent-encoded (`%2e`).
+fn is_dot_segment(mut segment: &[u8]) -> bool {
+    let mut dots = 0;
+    while !segment.is_empty() {
+        segment = match segment {
+            [b'.', rest @ ..] | [b'%', b'2', b'e' | b'E', rest @ ..] => rest,
+            _ => return false,
+        };
+        dots += 1;
+    }
+    (1..=2).contains(&dots)
+}
+
+/// What follows `prefix` in `path`, reading a percent-encoded unreserved character of `path`
+/// as the character (`%6C` as `l`); `None` if `path` does not start with it.
+fn strip_prefix_decoded<'p>(path: &'p str, prefix: &str) -> Option<&'p str> {
+    let bytes = path.as_bytes();
+    let mut at = 0;
+    for &want in prefix.as_bytes() {
+        let (got, len) = match bytes.get(at..)? {
+            [b'%', high, low, ..] => unreserved(*high, *low).map_or((b'%', 1), |c| (c, 3)),
+            [c, ..] => (*c, 1),
+            [] => return None,
+        };
+        if got != want {
+            return None;
+        }
+        at += len;
+    }
+    path.get(at..)
+}
+
+/// The unreserved character (RFC 3986 §2.3) that `%` `high` `low` encodes, if it is one.
+fn unreserved(high: u8, low: u8) -> Option<u8> {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let c = (hex(high)? << 4) | hex(low)?;
+    (c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~')).then_some(c)
 }
 
 #[cfg(test)]
@@ -79,14 +152,64 @@ mod tests {
             route("/api/auth/", "auth"),
             route("/api/auth/me", "me"),
         ]);
-        assert_eq!(t.find("/api/auth/login").unwrap().service, "auth");
-        assert_eq!(t.find("/api/auth").unwrap().service, "auth");
-        assert_eq!(t.find("/api/auth/me").unwrap().service, "me");
-        assert_eq!(t.find("/api/authx").unwrap().service, "a");
-        assert_eq!(t.find("/api/other").unwrap().service, "a");
-        assert!(t.find("/apix").is_none());
-        assert!(t.find("/").is_none());
+        let service = |path| t.find(path).unwrap().map(|r| r.service.as_str());
+        assert_eq!(service("/api/auth/login"), Some("auth"));
+        assert_eq!(service("/api/auth"), Some("auth"));
+        assert_eq!(service("/api/auth/me"), Some("me"));
+        assert_eq!(service("/api/auth/me/"), Some("me"));
+        assert_eq!(service("/api/authx"), Some("a"));
+        assert_eq!(service("/api/other"), Some("a"));
+        assert_eq!(service("/apix"), None);
+        assert_eq!(service("/"), None);
         let root = RouteTable::new(&[route("/", "root")]);
-        assert_eq!(root.find("/anything").unwrap().service, "root");
+        assert_eq!(root.find("/anything").unwrap().unwrap().service, "root");
+    }
+
+    #[test]
+    fn an_encoded_unreserved_character_is_matched_as_itself() {
+        let t = RouteTable::new(&[route("/api/auth", "auth"), route("/api/auth/me", "me")]);
+        let service = |path| t.find(path).unwrap().map(|r| r.service.as_str());
+        for path in [
+            "/api/auth/%6De",
+            "/api/auth/%6de",
+            "/api/%61uth/m%65",
+            "/%61%70%69/auth/me/x",
+        ] {
+            assert_eq!(service(path), Some("me"), "{path}");
+        }
+        // Reserved characters stay encoded: `%2F` is not a segment boundary.
+        assert_eq!(service("/api/auth%2Fme"), None);
+        assert_eq!(service("/api/auth/%2Fme"), Some("auth"));
+        // Not an escape, or an incomplete one: compared as written.
+        assert_eq!(service("/api/auth/%zz"), Some("auth"));
+        assert_eq!(service("/api/auth/m%6"), Some("auth"));
+        assert_eq!(service("/api/aut%"), None);
+    }
+
+    #[test]
+    fn dot_and_empty_segments_are_refused() {
+        let t = RouteTable::new(&[route("/api/auth", "auth")]);
+        for path in [
+            "/api/auth/./login",
+            "/api/auth/x/../login",
+            "/api/auth/..",
+            "/api/auth/.",
+            "/api/auth/%2e/login",
+            "/api/auth/%2E%2e/login",
+            "/api/auth/.%2E/login",
+            "/api//auth/login",
+            "/api/auth//login",
+            "//api/auth",
+        ] {
+            assert_eq!(t.find(path).err(), Some(NotNormal), "{path}");
+        }
+        for path in [
+            "/api/auth/...",
+            "/api/auth/.well-known/x",
+            "/api/auth/a.b/",
+            "/",
+        ] {
+            assert!(t.find(path).is_ok(), "{path}");
+        }
     }
 }

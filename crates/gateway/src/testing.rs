@@ -216,6 +216,7 @@ pub fn forwarder(service: &str, address: &str) -> Forwarder {
         }]),
         keys: passport_keys(),
         pool: Pool::new(4, Duration::from_secs(1)),
+        proxies: Default::default(),
         timeout: Duration::from_secs(2),
         max_response: 1 << 20,
     }

@@ -43,8 +43,8 @@ impl<'a> Fields<'a> {
         }
     }
 
-    /// Every field in order, `(name, value)`.
-    pub fn iter(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
+    /// Every field in order, `(name, value)`; from the last one with `.rev()`.
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = (&'a [u8], &'a [u8])> + 'a {
         let head = self.head;
         self.fields.iter().map(move |f| {
             (

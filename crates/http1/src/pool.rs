@@ -623,7 +623,12 @@ mod tests {
         let pool = Pool::new(4, Duration::from_secs(1));
         let empty = Bytes::new();
         let req = get("/", &empty);
-        let cases: [(&'static [u8], SendError); 5] = [
+        let cases: [(&'static [u8], SendError); 6] = [
+            (
+                // A few bytes, then a chunk that claims nearly 2^64 more.
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\nfffffffffffffff0\r\nxx",
+                SendError::TooLarge,
+            ),
             (
                 b"HTTP/1.1 200 OK\r\ncontent-length: 5000\r\n\r\n",
                 SendError::TooLarge,
@@ -647,6 +652,13 @@ mod tests {
             let got = pool.send(&address, &req, 1024).await.unwrap_err();
             assert_eq!(got, expected, "{}", String::from_utf8_lossy(raw));
         }
+        // Whatever the caller allows.
+        let address = scripted(vec![
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\nfffffffffffffff0\r\nxx",
+        ])
+        .await;
+        let got = pool.send(&address, &req, u64::MAX).await.unwrap_err();
+        assert_eq!(got, SendError::TooLarge);
     }
 
     #[tokio::test]

@@ -13,7 +13,9 @@
 //! `Expect: 100-continue`, `HEAD`. Malformed heads get 400, oversized heads 431, bodies over
 //! the limit 413 (declared ones before any of the body is read); `Content-Length` together
 //! with `Transfer-Encoding` is refused (request smuggling). A client must send a whole head
-//! within the header timeout; an idle kept-alive connection is closed after the idle timeout.
+//! within the header timeout, and a body within the body timeout or at the minimum rate
+//! (slowloris and its slow-body variant hold a connection for the price of a few bytes); an
+//! idle kept-alive connection is closed after the idle timeout.
 //! At most `max_connections` are open at once; more wait in the listen backlog. On shutdown,
 //! idle connections close at once and busy ones after their response.
 //!
@@ -46,9 +48,15 @@ pub struct Limits {
     /// A client must send a whole request head within this, from its first byte (or from the
     /// connection's opening, for its first request).
     pub header_timeout: Duration,
-    /// A kept-alive connection with no request for this long is closed; a request body must
-    /// arrive within it too.
+    /// A kept-alive connection with no request for this long is closed.
     pub idle_timeout: Duration,
+    /// A request body must arrive within this of its head, plus a second for every
+    /// [`Limits::min_body_rate`] bytes of it received: a client that sends a body slower than
+    /// that is closed, as one that sends its head too slowly is.
+    pub body_timeout: Duration,
+    /// The least rate a body is read at, in bytes per second, once past the body timeout;
+    /// 0: the whole body within the body timeout.
+    pub min_body_rate: u64,
     /// The largest request body read.
     pub max_body: u64,
     /// The most client connections open at once; past it, new ones wait in the listen

@@ -14,6 +14,10 @@ use serde::Deserialize;
 use tessera_resilience::RateLimit;
 pub use tessera_resilience::{Resilience, RetryConfig};
 
+mod cidr;
+
+pub use cidr::Cidr;
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
@@ -94,18 +98,30 @@ impl Default for Control {
 #[serde(deny_unknown_fields, default)]
 pub struct Gateway {
     pub listen: SocketAddr,
+    /// Where `/metrics` and `/status/*` are served: an address of their own, loopback by
+    /// default, never the public one.
+    pub admin_listen: SocketAddr,
     /// Whole-request time limit for an upstream, in milliseconds (504 after it).
     pub upstream_timeout_ms: u64,
     /// Time limit for a client to send its request headers, in milliseconds.
     pub header_timeout_ms: u64,
     /// A kept-alive client connection idle this long is closed, in milliseconds.
     pub idle_timeout_ms: u64,
+    /// Time limit for a client to send a request body, in milliseconds, extended by a second
+    /// for every `min_body_rate` bytes received.
+    pub body_timeout_ms: u64,
+    /// The least rate, in bytes per second, at which a client must send a body once past
+    /// `body_timeout_ms` (0: the whole body within it); slower clients are disconnected.
+    pub min_body_rate: u64,
     /// The most client connections open at once; more wait in the listen backlog.
     pub max_connections: usize,
     /// Largest request body accepted (413 above it).
     pub max_body_bytes: u64,
     /// Largest upstream response body the gateway will wrap.
     pub max_response_bytes: u64,
+    /// Peers whose `X-Forwarded-For` and `Forwarded` are believed (a load balancer in front of
+    /// the gateway); every other client's are dropped. None by default.
+    pub trusted_proxies: Vec<Cidr>,
     /// Where access tokens come from; without it, every route must be public.
     pub tokens: Option<Tokens>,
     /// Breakers, bulkheads and retries for every upstream service…
@@ -118,12 +134,16 @@ impl Default for Gateway {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             upstream_timeout_ms: 10_000,
             header_timeout_ms: 10_000,
             idle_timeout_ms: 75_000,
+            body_timeout_ms: 10_000,
+            min_body_rate: 1024,
             max_connections: 10_000,
             max_body_bytes: 1024 * 1024,
             max_response_bytes: 16 * 1024 * 1024,
+            trusted_proxies: Vec::new(),
             tokens: None,
             resilience: Resilience::default(),
             upstreams: BTreeMap::new(),
@@ -367,6 +387,9 @@ impl Manifest {
             }
         }
         let g = &self.gateway;
+        if g.admin_listen == g.listen {
+            return Err("gateway.admin_listen: must differ from gateway.listen".into());
+        }
         if g.max_connections == 0 {
             return Err("gateway.max_connections: must be at least 1".into());
         }
@@ -374,6 +397,7 @@ impl Manifest {
             ("upstream_timeout_ms", g.upstream_timeout_ms),
             ("header_timeout_ms", g.header_timeout_ms),
             ("idle_timeout_ms", g.idle_timeout_ms),
+            ("body_timeout_ms", g.body_timeout_ms),
         ] {
             if ms == 0 {
                 return Err(format!("gateway.{key}: must be at least 1"));
@@ -456,6 +480,7 @@ mod tests {
             ["bin/catalog", "--flag"]
         );
         assert_eq!(m.gateway.listen.port(), 8080);
+        assert_eq!(m.gateway.admin_listen.to_string(), "127.0.0.1:8081");
         assert_eq!(m.gateway.resilience, Resilience::default());
     }
 
@@ -508,6 +533,19 @@ mod tests {
         assert!(e.to_string().contains("listen"), "{e}");
         let e = Manifest::parse("[gateway]\nidle_timeout_ms = 0\n").unwrap_err();
         assert!(e.to_string().contains("gateway.idle_timeout_ms"), "{e}");
+        let e = Manifest::parse(
+            "[gateway]\nlisten = \"127.0.0.1:9000\"\nadmin_listen = \"127.0.0.1:9000\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("gateway.admin_listen"), "{e}");
+        let e = Manifest::parse("[gateway]\nbody_timeout_ms = 0\n").unwrap_err();
+        assert!(e.to_string().contains("gateway.body_timeout_ms"), "{e}");
+        let e = Manifest::parse("[gateway]\ntrusted_proxies = [\"10.0.0.0/33\"]\n").unwrap_err();
+        assert!(e.to_string().contains("trusted_proxies"), "{e}");
+        assert!(e.to_string().contains("10.0.0.0/33"), "{e}");
+        let m =
+            Manifest::parse("[gateway]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n").unwrap();
+        assert_eq!(m.gateway.trusted_proxies.len(), 2);
         let e = Manifest::parse("[sytem]\n").unwrap_err();
         assert!(e.to_string().contains("sytem"), "{e}");
     }

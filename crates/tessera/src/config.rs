@@ -113,6 +113,9 @@ pub struct ServiceConfig {
     pub version: String,
     /// `TESSERA_LISTEN`: where to listen; port 0 picks a free port, which is what is registered.
     pub listen: SocketAddr,
+    /// `TESSERA_ADMIN_LISTEN`: where `/metrics` and `/status/*` are served; a free loopback port
+    /// by default, registered as the instance's `admin` metadata.
+    pub admin_listen: SocketAddr,
     /// `TESSERA_CONTROL_URL`: the control plane. Unset runs without a registry (tests, one-offs).
     pub control_url: Option<String>,
     /// `TESSERA_BUS_URL`: the event log; defaults to the control plane's embedded log.
@@ -208,6 +211,10 @@ impl ServiceConfig {
             instance,
             version: s.get_or("TESSERA_VERSION", env!("CARGO_PKG_VERSION").to_string())?,
             listen: s.get_or("TESSERA_LISTEN", SocketAddr::from(([127, 0, 0, 1], 0)))?,
+            admin_listen: s.get_or(
+                "TESSERA_ADMIN_LISTEN",
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+            )?,
             control_url,
             bus_url,
             system: s.get_or("TESSERA_SYSTEM", "tessera".to_string())?,
@@ -254,6 +261,7 @@ mod tests {
         assert_eq!(c.service, "catalog");
         assert!(c.instance.starts_with("catalog-"));
         assert_eq!(c.listen.port(), 0);
+        assert_eq!(c.admin_listen.to_string(), "127.0.0.1:0");
         assert!(c.control_url.is_none());
     }
 

@@ -1,4 +1,5 @@
-//! `/health/live` and `/health/ready`.
+//! `/health/live` and `/health/ready`, on the main port (which answers nothing else without a
+//! passport) and on the admin listener.
 //!
 //! Live answers as soon as the process serves HTTP. Ready answers 200 only once the service
 //! has migrated its database and registered, and 503 again while it shuts down, so that
@@ -25,7 +26,7 @@ impl Health {
         self.ready.load(Ordering::Acquire)
     }
 
-    /// The health and metrics routes, which need no passport.
+    /// The health routes, which need no passport.
     pub fn routes<S: Clone + Send + Sync + 'static>(&self) -> Router<S> {
         let health = self.clone();
         Router::new()
@@ -46,6 +47,5 @@ impl Health {
                     }
                 }),
             )
-            .route("/metrics", get(crate::metrics::endpoint))
     }
 }

@@ -3,14 +3,15 @@
 //! A service built on it gets, without writing them again: typed configuration from the
 //! environment the runner hands it, its own database with migrations, self-registration and
 //! heartbeats, passport verification on every request, W3C trace propagation, JSON logs that
-//! carry the trace, health endpoints, Prometheus metrics, and a client that calls other
-//! services by name. See `docs/service.md` for a minimal service.
+//! carry the trace, health endpoints, Prometheus metrics and resilience status on an admin
+//! listener of their own, and a client that calls other services by name. See `docs/service.md` for a minimal service.
 //!
 //! It is the one crate a service links: the mechanisms live in crates of their own
 //! (`docs/architecture.md`), and this one re-exports them under the paths services use
 //! (`tessera::store`, `tessera::events`, …), so that where a mechanism lives can change
 //! without a service's code or `Cargo.toml` changing. It does not read the system manifest.
 
+pub mod admin;
 pub mod client;
 pub mod config;
 pub mod error;

@@ -17,8 +17,9 @@
 //! ```
 //!
 //! [`Service::run`] reads the configuration, opens and migrates the database, builds the
-//! router, wraps it in the request middleware (passport, trace, metrics, log line), serves it,
-//! registers with the control plane and only then reports ready. On SIGTERM or Ctrl-C it
+//! router, wraps it in the request middleware (passport, trace, metrics, log line), serves it
+//! (and `/metrics` and `/status/*` on the admin listener, `admin.rs`), registers with the
+//! control plane and only then reports ready. On SIGTERM or Ctrl-C it
 //! reports not-ready, deregisters, stops accepting and drains in-flight requests within
 //! `TESSERA_SHUTDOWN_GRACE_MS`.
 
@@ -231,7 +232,7 @@ impl Service {
             events_stop: events_stopped,
         };
         let events = ctx.events.clone();
-        let status_client = ctx.client.clone();
+        let admin_router = crate::admin::router(&health, ctx.client.clone());
         let mut app = build(ctx).await?;
         if let Some(db) = &db {
             app = app.merge(crate::status::routes(db.clone(), events.clone()));
@@ -240,17 +241,24 @@ impl Service {
             .fallback(|| async { ApiError::not_found("no such route") })
             .layer(RequestLayer { keys })
             .merge(health.routes())
-            .route(
-                "/status/resilience",
-                axum::routing::get(move || {
-                    let status = status_client.status();
-                    async move { axum::Json(status) }
-                }),
-            )
             .layer(DefaultBodyLimit::max(config.max_body_bytes));
 
         let address = listener.local_addr()?;
         let (drain_tx, mut drain_rx) = tokio::sync::watch::channel(false);
+        let admin_listener = TcpListener::bind(config.admin_listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} (TESSERA_ADMIN_LISTEN)",
+                    config.admin_listen
+                )
+            })?;
+        let (admin_address, admin) = crate::admin::serve(admin_listener, admin_router, {
+            let mut drained = drain_rx.clone();
+            async move {
+                let _ = drained.wait_for(|d| *d).await;
+            }
+        })?;
         let server = axum::serve(listener, router).with_graceful_shutdown(async move {
             let _ = drain_rx.wait_for(|d| *d).await;
         });
@@ -267,6 +275,10 @@ impl Service {
                         metadata: BTreeMap::from([
                             ("pid".to_string(), std::process::id().to_string()),
                             ("started".to_string(), crate::unix_now().to_string()),
+                            (
+                                crate::admin::METADATA_KEY.to_string(),
+                                admin_address.to_string(),
+                            ),
                         ]),
                     },
                     ttl_ms: config.ttl.as_millis() as u64,
@@ -286,7 +298,7 @@ impl Service {
             None => None,
         };
         health.set_ready(true);
-        tracing::info!(address = %address, instance = %config.instance, "ready");
+        tracing::info!(address = %address, admin = %admin_address, instance = %config.instance, "ready");
 
         shutdown.await;
         tracing::info!("shutting down: deregistering, then draining in-flight requests");
@@ -302,6 +314,7 @@ impl Service {
             Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
             Err(_) => tracing::warn!("drain deadline passed; abandoning in-flight requests"),
         }
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), admin).await;
         // Consumers finish the event in hand; the relay publishes what is pending.
         let _ = stop_events.send(true);
         if let Some(events) = events.get() {
@@ -328,8 +341,7 @@ impl Service {
     }
 }
 
-/// Passport, trace, deadline, metrics and one log line, around every request but health and
-/// metrics. A plain tower layer rather than `axum::middleware::from_fn`: no boxed inner service
+/// Passport, trace, deadline, metrics and one log line, around every request but health. A plain tower layer rather than `axum::middleware::from_fn`: no boxed inner service
 /// and no request taken apart and rebuilt per request.
 #[derive(Clone)]
 struct RequestLayer {

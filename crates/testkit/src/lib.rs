@@ -15,7 +15,7 @@ use tessera::registry::Catalog;
 
 mod process;
 
-pub use process::{alive, descendants, freeze, pid_of, signal, thaw};
+pub use process::{admin_of, alive, cmdline, descendants, freeze, pid_of, rss_kb, signal, thaw};
 
 /// Options for the system under test.
 #[derive(Clone, Debug)]
@@ -25,6 +25,10 @@ pub struct Options {
     pub ttl_ms: u64,
     pub upstream_timeout_ms: u64,
     pub header_timeout_ms: u64,
+    /// `gateway.body_timeout_ms`, when not the default.
+    pub body_timeout_ms: Option<u64>,
+    /// `gateway.trusted_proxies` (CIDR blocks), when any.
+    pub trusted_proxies: Vec<String>,
     pub max_body_bytes: u64,
     /// Extra `[services.*]` and `[[route]]` TOML appended to the manifest.
     pub extra_manifest: String,
@@ -42,6 +46,8 @@ impl Default for Options {
             ttl_ms: 1500,
             upstream_timeout_ms: 5000,
             header_timeout_ms: 2000,
+            body_timeout_ms: None,
+            trusted_proxies: Vec::new(),
             max_body_bytes: 64 * 1024,
             extra_manifest: String::new(),
             checkout: false,
@@ -53,6 +59,8 @@ impl Default for Options {
 /// A running system. Dropping it kills the tree.
 pub struct System {
     pub gateway: String,
+    /// The gateway's admin listener (`/metrics`, `/status/*`).
+    pub gateway_admin: String,
     pub control: String,
     pub dir: PathBuf,
     pub http: reqwest::Client,
@@ -97,6 +105,18 @@ fn topics(service: &str) -> &'static str {
         "notification" => "consumes = [\"order.events\"]",
         _ => "",
     }
+}
+
+/// The `[gateway]` keys the options set only when they are not the default.
+fn gateway_extra(opts: &Options) -> String {
+    let mut out = String::new();
+    if let Some(ms) = opts.body_timeout_ms {
+        out.push_str(&format!("body_timeout_ms = {ms}\n"));
+    }
+    if !opts.trusted_proxies.is_empty() {
+        out.push_str(&format!("trusted_proxies = {:?}\n", opts.trusted_proxies));
+    }
+    out
 }
 
 pub const ADMIN_EMAIL: &str = "admin@shop.test";
@@ -158,6 +178,9 @@ impl System {
         let gateway_port = std::iter::repeat_with(free_port)
             .find(|p| *p != control_port)
             .expect("ports");
+        let admin_port = std::iter::repeat_with(free_port)
+            .find(|p| *p != control_port && *p != gateway_port)
+            .expect("ports");
         let manifest = format!(
             r#"
 [system]
@@ -172,9 +195,11 @@ lease_ms = 2000
 
 [gateway]
 listen = "127.0.0.1:{gateway_port}"
+admin_listen = "127.0.0.1:{admin_port}"
 upstream_timeout_ms = {upstream_timeout}
 header_timeout_ms = {header_timeout}
 max_body_bytes = {max_body}
+{gateway_extra}
 
 [gateway.tokens]
 service = "auth"
@@ -235,6 +260,7 @@ replicas = {replicas}
             upstream_timeout = opts.upstream_timeout_ms,
             header_timeout = opts.header_timeout_ms,
             max_body = opts.max_body_bytes,
+            gateway_extra = gateway_extra(&opts),
             bin = bin.display(),
             replicas = opts.catalog_replicas,
             extra = opts.extra_manifest,
@@ -260,6 +286,7 @@ replicas = {replicas}
             .expect("start tessera up");
         let system = System {
             gateway: format!("http://127.0.0.1:{gateway_port}"),
+            gateway_admin: format!("http://127.0.0.1:{admin_port}"),
             control: format!("http://127.0.0.1:{control_port}"),
             dir,
             http: reqwest::Client::builder()
@@ -378,6 +405,11 @@ replicas = {replicas}
         format!("{}{path}", self.gateway)
     }
 
+    /// The URL of `path` on the gateway's admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("{}{path}", self.gateway_admin)
+    }
+
     /// Sends through the gateway; returns status and the envelope.
     pub async fn call(
         &self,
@@ -452,6 +484,14 @@ replicas = {replicas}
     /// Every process below `tessera up`.
     pub fn tree_pids(&self) -> Vec<u32> {
         descendants(self.up_pid())
+    }
+
+    /// The gateway's pid (`tessera … gateway`, a child of `tessera up`).
+    pub fn gateway_pid(&self) -> u32 {
+        self.tree_pids()
+            .into_iter()
+            .find(|pid| cmdline(*pid).last().is_some_and(|a| a == "gateway"))
+            .expect("a gateway process")
     }
 
     /// Sends SIGINT (Ctrl-C) to `tessera up` and waits for it to exit.

@@ -43,6 +43,25 @@ pub fn alive(pid: u32) -> bool {
     state_of(pid).is_some_and(|state| state != 'Z')
 }
 
+/// A process's resident memory (`VmRSS` in `/proc/<pid>/status`), in KiB; `None` if it is gone.
+pub fn rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// The command line of a process, its arguments in order; empty if it is gone.
+pub fn cmdline(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
 /// A process's state letter from `/proc/<pid>/stat` (`R`, `S`, `T`, `Z`…); `None` if it is gone.
 fn state_of(pid: u32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -80,6 +99,17 @@ pub fn descendants(root: u32) -> Vec<u32> {
     }
     found.remove(0);
     found
+}
+
+/// The admin address (`/metrics`, `/status/*`) an instance registered with.
+pub fn admin_of(catalog: &Catalog, instance: &str) -> Option<String> {
+    catalog
+        .services
+        .values()
+        .flatten()
+        .find(|i| i.id == instance)
+        .and_then(|i| i.metadata.get(tessera::admin::METADATA_KEY))
+        .cloned()
 }
 
 /// The pid an instance registered with.

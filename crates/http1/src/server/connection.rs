@@ -1,7 +1,9 @@
 //! One client connection: a task with one read buffer, reading heads and bodies under the
-//! header and idle timeouts, answering requests in order, closing cleanly.
+//! header, body and idle timeouts (one timer for all three), answering requests in order,
+//! closing cleanly.
 
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -9,7 +11,7 @@ use http::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use super::request::{Framing, Head, MAX_HEAD, Reject, parse_head};
 use super::response::{HeaderBuf, respond};
@@ -109,14 +111,23 @@ impl Connection {
             idle_limit = limits.idle_timeout;
 
             // 2. Its body: from the buffer when it is all there (no timer), else read under the
-            // idle timeout.
+            // body timeout and minimum rate.
             let body = match self.body_in_buffer(&head, limits.max_body) {
                 Some(body) => body,
                 None => {
-                    let read = self.read_body(&head, limits.max_body);
-                    match tokio::time::timeout(limits.idle_timeout, read).await {
-                        Ok(Ok(body)) => body,
-                        Ok(Err(Closed)) | Err(_) => return, // the client went away, or stalled
+                    let mut clock = BodyClock {
+                        start,
+                        timeout: limits.body_timeout,
+                        rate: limits.min_body_rate,
+                        received: 0,
+                    };
+                    if timer.deadline() > clock.deadline() {
+                        timer.as_mut().reset(clock.deadline());
+                    }
+                    let read = self.read_body(&head, limits.max_body, &mut clock, timer.as_mut());
+                    match read.await {
+                        Ok(body) => body,
+                        Err(Closed) => return, // the client went away, or was too slow
                     }
                 }
             };
@@ -195,6 +206,8 @@ impl Connection {
         &mut self,
         head: &Head,
         max: u64,
+        clock: &mut BodyClock,
+        mut timer: Pin<&mut Sleep>,
     ) -> Result<Result<BodySpan, BodyError>, Closed> {
         let mut continued = !head.expect_continue;
         match head.framing {
@@ -206,7 +219,7 @@ impl Connection {
                         self.write_continue().await?;
                         continued = true;
                     }
-                    self.fill().await?;
+                    self.fill(clock, timer.as_mut()).await?;
                 }
                 Ok(Ok(BodySpan::Inline(n as usize)))
             }
@@ -218,7 +231,7 @@ impl Connection {
                         Ok(true) => {
                             return Ok(Ok(BodySpan::Chunked(decoder.position() - head.len)));
                         }
-                        Ok(false) => {}
+                        Ok(false) => self.drop_decoded(head.len, &mut decoder),
                         Err(ChunkError::TooLarge) => return Ok(Err(BodyError::TooLarge)),
                         Err(ChunkError::Malformed) => return Ok(Err(BodyError::Malformed)),
                     }
@@ -226,10 +239,26 @@ impl Connection {
                         self.write_continue().await?;
                         continued = true;
                     }
-                    self.fill().await?;
+                    self.fill(clock, timer.as_mut()).await?;
                 }
             }
         }
+    }
+
+    /// Drops from the read buffer the raw chunked body decoded so far (between the head, which
+    /// the request borrows, and what is still undecoded), so that a body costs its decoded
+    /// size and not its raw one: 1-byte chunks with long extensions would otherwise be kept
+    /// whole. The undecoded rest (an unfinished line, bounded by the decoder) moves down; it
+    /// moves only once at least as much has been decoded, so the copying stays linear.
+    fn drop_decoded(&mut self, body_start: usize, decoder: &mut chunked::Decoder) {
+        let decoded = decoder.position() - body_start;
+        let rest = self.read.len() - decoder.position();
+        if decoded == 0 || decoded < rest {
+            return;
+        }
+        self.read.copy_within(decoder.position().., body_start);
+        self.read.truncate(body_start + rest);
+        decoder.consumed(decoded);
     }
 
     /// Tells a client that waits for it to send its body (`Expect: 100-continue`).
@@ -240,13 +269,35 @@ impl Connection {
             .map_err(|_| Closed)
     }
 
-    async fn fill(&mut self) -> Result<(), Closed> {
+    /// Reads more of a body, unless the client is past its body deadline. The timer is
+    /// re-armed only when it fires early: the deadline only moves later as bytes arrive.
+    async fn fill(
+        &mut self,
+        clock: &mut BodyClock,
+        mut timer: Pin<&mut Sleep>,
+    ) -> Result<(), Closed> {
         if self.read.capacity() - self.read.len() < 4096 {
             self.read.reserve(16 * 1024);
         }
-        match self.stream.read_buf(&mut self.read).await {
-            Ok(0) | Err(_) => Err(Closed),
-            Ok(_) => Ok(()),
+        loop {
+            tokio::select! {
+                biased;
+                read = self.stream.read_buf(&mut self.read) => return match read {
+                    Ok(0) | Err(_) => Err(Closed),
+                    Ok(n) => {
+                        clock.received = clock.received.saturating_add(n as u64);
+                        Ok(())
+                    }
+                },
+                () = timer.as_mut() => {
+                    let deadline = clock.deadline();
+                    if Instant::now() >= deadline {
+                        tracing::debug!(peer = %self.peer, received = clock.received, "request body not sent in time");
+                        return Err(Closed);
+                    }
+                    timer.as_mut().reset(deadline);
+                }
+            }
         }
     }
 
@@ -283,9 +334,34 @@ impl Connection {
 /// The client closed the connection, or it failed.
 struct Closed;
 
+/// When a request body must have arrived by: the body timeout from the head's arrival, plus
+/// what the bytes received so far earned at the minimum rate.
+struct BodyClock {
+    start: Instant,
+    timeout: Duration,
+    /// Bytes per second; 0 earns nothing.
+    rate: u64,
+    /// Raw body bytes read so far.
+    received: u64,
+}
+
+impl BodyClock {
+    /// The most a body earns: past this, it has taken long enough whatever its rate.
+    const MAX_EARNED: Duration = Duration::from_secs(24 * 3600);
+
+    fn deadline(&self) -> Instant {
+        let earned = match self.rate {
+            0 => Duration::ZERO,
+            rate => Duration::from_millis(self.received.saturating_mul(1000) / rate),
+        };
+        self.start + self.timeout + earned.min(Self::MAX_EARNED)
+    }
+}
+
 enum BodySpan {
     /// This many bytes after the head, in the read buffer.
     Inline(usize),
-    /// Decoded into the connection's chunked buffer; this many bytes of the read buffer.
+    /// Decoded into the connection's chunked buffer; this many bytes of the read buffer are
+    /// left of it after the head (what was decoded early may have been dropped already).
     Chunked(usize),
 }

@@ -1,5 +1,7 @@
 //! Reading a request head: the request line, the framing of its body and what the
-//! connection does after it, checked before any of the body is read.
+//! connection does after it, checked before any of the body is read, with the rules that
+//! keep the gateway and the services behind it from reading one request two ways (one
+//! framing, no transfer coding on HTTP/1.0, one Host).
 
 use http::{Method, StatusCode};
 
@@ -55,6 +57,11 @@ pub(super) fn parse_head(buf: &[u8], fields: &mut Vec<Field>) -> Result<Option<H
     let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
         .map_err(|_| bad("malformed method"))?;
     let raw_target = parsed.path.unwrap_or_default();
+    if raw_target.contains('#') {
+        // A fragment is the client's own (RFC 9112 §3.2 has none in a target); services'
+        // parsers drop it, so a proxy that routed on it would route another path than theirs.
+        return Err(bad("a request target has no fragment"));
+    }
     let target = origin_form(raw_target).ok_or_else(|| bad("the request target must be a path"))?;
     let target_start = target.as_ptr() as usize - buf.as_ptr() as usize;
     let path_len = target.find('?').unwrap_or(target.len());
@@ -75,6 +82,22 @@ pub(super) fn parse_head(buf: &[u8], fields: &mut Vec<Field>) -> Result<Option<H
         // Both framings at once is how requests are smuggled past a proxy; a last coding
         // other than chunked leaves the body's end unknown (RFC 9112 §6.3).
         return Err(bad("ambiguous request body framing"));
+    }
+    if framing.transfer_encoding && !http11 {
+        // HTTP/1.0 has no transfer codings: a peer that reads the message as 1.0 frames it
+        // differently, so its framing is faulty (RFC 9112 §6.1).
+        return Err(bad("Transfer-Encoding in an HTTP/1.0 request"));
+    }
+    // Exactly one Host on HTTP/1.1, at most one on 1.0 (RFC 9112 §3.2): two are two
+    // authorities that a proxy and a service may each pick one of.
+    let hosts = parsed
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("host"))
+        .take(2)
+        .count();
+    if hosts > 1 || (http11 && hosts == 0) {
+        return Err(bad("an HTTP/1.1 request needs exactly one Host field"));
     }
     fields::record(buf, parsed.headers, fields);
     Ok(Some(Head {

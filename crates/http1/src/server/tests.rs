@@ -127,6 +127,8 @@ fn limits() -> Limits {
     Limits {
         header_timeout: Duration::from_secs(5),
         idle_timeout: Duration::from_secs(5),
+        body_timeout: Duration::from_secs(5),
+        min_body_rate: 1024,
         max_body: 1024,
         max_connections: 1000,
     }
@@ -418,7 +420,13 @@ async fn malformed_requests_get_a_clear_400_or_431() {
             400,
             "conflicting",
         ),
-        (b"GET * HTTP/1.1\r\n\r\n", 400, "target"),
+        (b"GET * HTTP/1.1\r\nhost: h\r\n\r\n", 400, "target"),
+        (b"GET /login#x HTTP/1.1\r\nhost: h\r\n\r\n", 400, "fragment"),
+        (
+            b"GET http://h/a?q#x HTTP/1.1\r\nhost: h\r\n\r\n",
+            400,
+            "fragment",
+        ),
     ];
     for (request, status, message) in cases {
         let mut client = server.connect().await;
@@ -470,7 +478,7 @@ async fn connection_close_and_http_1_0() {
 
     let mut client = server.connect().await;
     client
-        .send(b"GET /x HTTP/1.1\r\nconnection: close\r\n\r\n")
+        .send(b"GET /x HTTP/1.1\r\nhost: h\r\nconnection: close\r\n\r\n")
         .await;
     let r = client.response().await;
     assert_eq!((r.status, r.header("connection")), (200, Some("close")));
@@ -500,7 +508,7 @@ async fn connection_close_and_http_1_0() {
 async fn head_and_bodiless_statuses_send_no_body() {
     let server = Server::default().await;
     let mut client = server.connect().await;
-    client.send(b"HEAD /x HTTP/1.1\r\n\r\n").await;
+    client.send(b"HEAD /x HTTP/1.1\r\nhost: h\r\n\r\n").await;
     let r = client.response_to(true).await;
     assert_eq!(r.status, 200);
     assert_eq!(
@@ -508,11 +516,11 @@ async fn head_and_bodiless_statuses_send_no_body() {
         Some("11"),
         "HEAD tells the length of the body it does not send"
     ); // "HEAD /x 0 -"
-    client.send(b"GET /empty HTTP/1.1\r\n\r\n").await;
+    client.send(b"GET /empty HTTP/1.1\r\nhost: h\r\n\r\n").await;
     let r = client.response().await;
     assert_eq!((r.status, r.header("content-length")), (204, None));
     // Nothing stray is left on the connection: the next response parses.
-    client.send(b"GET /z HTTP/1.1\r\n\r\n").await;
+    client.send(b"GET /z HTTP/1.1\r\nhost: h\r\n\r\n").await;
     assert_eq!(client.response().await.text(), "GET /z 0 -");
 }
 
@@ -521,8 +529,7 @@ async fn slow_heads_and_idle_connections_time_out() {
     let server = Server::start(Limits {
         header_timeout: Duration::from_millis(300),
         idle_timeout: Duration::from_millis(1500),
-        max_body: 1024,
-        max_connections: 1000,
+        ..limits()
     })
     .await;
 
@@ -533,10 +540,10 @@ async fn slow_heads_and_idle_connections_time_out() {
 
     // ... and on a kept-alive one, where the idle timeout is longer.
     let mut client = server.connect().await;
-    client.send(b"GET /x HTTP/1.1\r\n\r\n").await;
+    client.send(b"GET /x HTTP/1.1\r\nhost: h\r\n\r\n").await;
     client.response().await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    client.send(b"GET /y HTTP/1.1\r\n").await;
+    client.send(b"GET /y HTTP/1.1\r\nhost: h\r\n").await;
     let started = std::time::Instant::now();
     assert!(client.closed_within(Duration::from_secs(1)).await);
     assert!(
@@ -551,13 +558,13 @@ async fn slow_heads_and_idle_connections_time_out() {
 
     // A kept-alive idle connection lives past the header timeout, until the idle timeout.
     let mut client = server.connect().await;
-    client.send(b"GET /x HTTP/1.1\r\n\r\n").await;
+    client.send(b"GET /x HTTP/1.1\r\nhost: h\r\n\r\n").await;
     client.response().await;
     assert!(
         !client.closed_within(Duration::from_millis(800)).await,
         "closed before the idle timeout"
     );
-    client.send(b"GET /still HTTP/1.1\r\n\r\n").await;
+    client.send(b"GET /still HTTP/1.1\r\nhost: h\r\n\r\n").await;
     assert_eq!(client.response().await.text(), "GET /still 0 -");
     assert!(client.closed_within(Duration::from_secs(3)).await);
 }
@@ -566,10 +573,10 @@ async fn slow_heads_and_idle_connections_time_out() {
 async fn shutdown_closes_idle_connections_and_finishes_busy_ones() {
     let mut server = Server::default().await;
     let mut idle = server.connect().await;
-    idle.send(b"GET /x HTTP/1.1\r\n\r\n").await;
+    idle.send(b"GET /x HTTP/1.1\r\nhost: h\r\n\r\n").await;
     idle.response().await;
     let mut busy = server.connect().await;
-    busy.send(b"GET /slow HTTP/1.1\r\n\r\n").await;
+    busy.send(b"GET /slow HTTP/1.1\r\nhost: h\r\n\r\n").await;
     tokio::time::sleep(Duration::from_millis(50)).await;
 
     server.stop.take().unwrap().send(()).unwrap();
@@ -603,6 +610,8 @@ async fn random_bytes_get_an_answer_or_a_close_and_never_stop_the_server() {
         b"GET / HTTP/1.1\r\n",
         b"POST /echo HTTP/1.1\r\n",
         b"HEAD /x HTTP/1.0\r\n",
+        b"host: h\r\n",
+        b"host: h\r\n",
         b"content-length: 5\r\n",
         b"content-length: 99999999999999999999\r\n",
         b"transfer-encoding: chunked\r\n",
@@ -651,7 +660,7 @@ async fn random_bytes_get_an_answer_or_a_close_and_never_stop_the_server() {
     }
     // Still serving.
     let mut client = server.connect().await;
-    client.send(b"GET /alive HTTP/1.1\r\n\r\n").await;
+    client.send(b"GET /alive HTTP/1.1\r\nhost: h\r\n\r\n").await;
     assert_eq!(client.response().await.text(), "GET /alive 0 -");
 }
 
@@ -663,14 +672,14 @@ async fn past_the_connection_limit_new_connections_wait_for_a_free_one() {
     })
     .await;
     let mut first = server.connect().await;
-    first.send(b"GET /1 HTTP/1.1\r\n\r\n").await;
+    first.send(b"GET /1 HTTP/1.1\r\nhost: h\r\n\r\n").await;
     first.response().await;
     let mut second = server.connect().await;
-    second.send(b"GET /2 HTTP/1.1\r\n\r\n").await;
+    second.send(b"GET /2 HTTP/1.1\r\nhost: h\r\n\r\n").await;
     second.response().await;
     // The third is accepted by the kernel but not served while both are open.
     let mut third = server.connect().await;
-    third.send(b"GET /3 HTTP/1.1\r\n\r\n").await;
+    third.send(b"GET /3 HTTP/1.1\r\nhost: h\r\n\r\n").await;
     let mut byte = [0u8; 1];
     let early =
         tokio::time::timeout(Duration::from_millis(300), third.stream.read(&mut byte)).await;
@@ -679,7 +688,7 @@ async fn past_the_connection_limit_new_connections_wait_for_a_free_one() {
     let r = third.response().await;
     assert_eq!(r.text(), "GET /3 0 -", "served once a connection closed");
     // The ones open go on being served.
-    second.send(b"GET /again HTTP/1.1\r\n\r\n").await;
+    second.send(b"GET /again HTTP/1.1\r\nhost: h\r\n\r\n").await;
     assert_eq!(second.response().await.text(), "GET /again 0 -");
 }
 
@@ -692,7 +701,7 @@ async fn an_idle_timeout_shorter_than_the_header_timeout_is_kept() {
     })
     .await;
     let mut client = server.connect().await;
-    client.send(b"GET /x HTTP/1.1\r\n\r\n").await;
+    client.send(b"GET /x HTTP/1.1\r\nhost: h\r\n\r\n").await;
     client.response().await;
     let answered = std::time::Instant::now();
     assert!(client.closed_within(Duration::from_secs(3)).await);
@@ -701,4 +710,139 @@ async fn an_idle_timeout_shorter_than_the_header_timeout_is_kept() {
         idle >= Duration::from_millis(250) && idle < Duration::from_millis(1500),
         "{idle:?}"
     );
+}
+
+#[tokio::test]
+async fn a_body_sent_too_slowly_is_cut() {
+    let server = Server::start(Limits {
+        body_timeout: Duration::from_millis(300),
+        min_body_rate: 1024,
+        ..limits()
+    })
+    .await;
+    let mut client = server.connect().await;
+    client
+        .send(b"POST /echo HTTP/1.1\r\nhost: h\r\ncontent-length: 100\r\n\r\n")
+        .await;
+    let started = std::time::Instant::now();
+    let mut cut = false;
+    for _ in 0..30 {
+        if client.stream.write_all(b"x").await.is_err()
+            || client.closed_within(Duration::from_millis(100)).await
+        {
+            cut = true;
+            break;
+        }
+    }
+    assert!(cut, "a body at 10 bytes/s was still read after 3 s");
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A large body that keeps coming at more than the minimum rate is read, though it takes
+    // longer than the body timeout.
+    let mut client = server.connect().await;
+    client
+        .send(b"POST /x HTTP/1.1\r\nhost: h\r\ncontent-length: 1000\r\n\r\n")
+        .await;
+    for _ in 0..10 {
+        client.send(&[b'y'; 100]).await;
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    assert_eq!(client.response().await.text(), "POST /x 1000 -");
+}
+
+#[tokio::test]
+async fn chunk_extensions_are_bounded_and_a_raw_body_is_not_kept() {
+    let server = Server::default().await;
+    // Each line within the per-line limit, but more extension bytes than a body may carry.
+    let mut client = server.connect().await;
+    client
+        .send(b"POST /echo HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n")
+        .await;
+    let chunk = format!("1;{}\r\nx\r\n", "e".repeat(1000));
+    for _ in 0..40 {
+        if client.stream.write_all(chunk.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+    let r = client.response().await;
+    assert_eq!((r.status, r.text()), (400, "bad body"));
+    assert!(client.closed_within(Duration::from_secs(2)).await);
+
+    // A size line over the limit is refused even when it arrives whole.
+    let mut client = server.connect().await;
+    client
+        .send(
+            format!(
+                "POST /echo HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n1;{}\r\nx\r\n0\r\n\r\n",
+                "e".repeat(2000)
+            )
+            .as_bytes(),
+        )
+        .await;
+    assert_eq!(client.response().await.status, 400);
+}
+
+#[tokio::test]
+async fn http_1_0_with_transfer_encoding_is_answered_and_closed() {
+    let server = Server::default().await;
+    let mut client = server.connect().await;
+    client
+        .send(b"POST /echo HTTP/1.0\r\nconnection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        .await;
+    let r = client.response().await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(client.closed_within(Duration::from_secs(2)).await);
+}
+
+#[tokio::test]
+async fn http_1_1_needs_exactly_one_host() {
+    let server = Server::default().await;
+    for (request, status) in [
+        (&b"GET /x HTTP/1.1\r\n\r\n"[..], 400),
+        (b"GET /x HTTP/1.1\r\nhost: a\r\nHost: b\r\n\r\n", 400),
+        (b"GET /x HTTP/1.0\r\nhost: a\r\nhost: a\r\n\r\n", 400),
+        (b"GET /x HTTP/1.1\r\nhost: a\r\n\r\n", 200),
+        (b"GET /x HTTP/1.0\r\n\r\n", 200),
+        (
+            b"GET http://example.com/x HTTP/1.1\r\nhost: example.com\r\n\r\n",
+            200,
+        ),
+    ] {
+        let mut client = server.connect().await;
+        client.send(request).await;
+        let r = client.response().await;
+        assert_eq!(r.status, status, "{}", String::from_utf8_lossy(request));
+        if status == 400 {
+            assert!(r.text().contains("Host"), "{}", r.text());
+            assert!(client.closed_within(Duration::from_secs(2)).await);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_chunked_body_in_many_small_reads_is_decoded_whole() {
+    let server = Server::default().await;
+    let mut client = server.connect().await;
+    let mut raw = b"POST /echo HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+    let mut body = Vec::new();
+    for i in 0..60u8 {
+        let data: Vec<u8> = (0..(i % 13 + 1)).map(|j| b'a' + (i + j) % 26).collect();
+        raw.extend_from_slice(format!("{:x};n={i}\r\n", data.len()).as_bytes());
+        raw.extend_from_slice(&data);
+        raw.extend_from_slice(b"\r\n");
+        body.extend_from_slice(&data);
+    }
+    raw.extend_from_slice(b"0\r\nx-trailer: 1\r\n\r\nGET /next HTTP/1.1\r\nhost: h\r\n\r\n");
+    for piece in raw.chunks(7) {
+        client.send(piece).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let r = client.response().await;
+    assert_eq!((r.status, r.body.as_slice()), (200, body.as_slice()));
+    assert_eq!(client.response().await.text(), "GET /next 0 -");
 }
