@@ -9,6 +9,8 @@
 //!
 //! The gateway also ends sessions here: a response carrying [`REVOKE_SESSION`] (the token
 //! service's logout) revokes the session at once, before that response reaches the client.
+//! Only the token service's answers may: any other service saying so is ignored, or one
+//! compromised service could end every user's session.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,11 +69,23 @@ fn bearer(value: &[u8]) -> Option<&str> {
         .map(str::trim)
 }
 
-/// Revokes the session an upstream's answer names in [`REVOKE_SESSION`], for `lifetime` (the
-/// longest its tokens can live).
+/// Revokes the session an answer of service `from` names in [`REVOKE_SESSION`], for
+/// `lifetime` (the longest its tokens can live), if `from` is the token service.
 #[inline]
-pub fn revoke_if_asked(tokens: Option<&TokenVerifier>, answer: &Fields<'_>, lifetime: Duration) {
+pub fn revoke_if_asked(
+    tokens: Option<&TokenVerifier>,
+    from: &str,
+    answer: &Fields<'_>,
+    lifetime: Duration,
+) {
     if let (Some(sid), Some(tokens)) = (answer.get_str(REVOKE_SESSION), tokens) {
+        if tokens.service() != from {
+            tracing::warn!(
+                service = from,
+                "ignoring a session revocation from a service that does not issue tokens"
+            );
+            return;
+        }
         tokens.revoke(sid, tessera::unix_now() + lifetime.as_secs());
     }
 }
@@ -172,7 +186,20 @@ mod tests {
         assert!(caller(Some(&verifier), &request.fields()).await.is_ok());
 
         let logout = Head::response(&["X-Tessera-Revoke-Session: s1"]);
-        revoke_if_asked(Some(&verifier), &logout.fields(), Duration::from_secs(60));
+        // Said by another service than the token service: ignored.
+        revoke_if_asked(
+            Some(&verifier),
+            "catalog",
+            &logout.fields(),
+            Duration::from_secs(60),
+        );
+        assert!(caller(Some(&verifier), &request.fields()).await.is_ok());
+        revoke_if_asked(
+            Some(&verifier),
+            "auth",
+            &logout.fields(),
+            Duration::from_secs(60),
+        );
         let e = caller(Some(&verifier), &request.fields())
             .await
             .unwrap_err();
@@ -181,9 +208,14 @@ mod tests {
         let head = Head::request(&[&format!("Authorization: Bearer {other}")]);
         assert!(caller(Some(&verifier), &head.fields()).await.is_ok());
         // An answer without the field revokes nothing; without tokens, nothing to revoke.
-        revoke_if_asked(None, &logout.fields(), Duration::from_secs(60));
+        revoke_if_asked(None, "auth", &logout.fields(), Duration::from_secs(60));
         let plain = Head::response(&["X-Other: s2"]);
-        revoke_if_asked(Some(&verifier), &plain.fields(), Duration::from_secs(60));
+        revoke_if_asked(
+            Some(&verifier),
+            "auth",
+            &plain.fields(),
+            Duration::from_secs(60),
+        );
         assert!(caller(Some(&verifier), &head.fields()).await.is_ok());
     }
 }

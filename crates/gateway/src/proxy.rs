@@ -198,7 +198,7 @@ impl Gateway {
             (Err(failure), _) => return Err(forward::refusal(failure)),
         };
         let fields = response.fields();
-        authenticate::revoke_if_asked(tokens, &fields, self.revoke_for);
+        authenticate::revoke_if_asked(tokens, &route.service, &fields, self.revoke_for);
         let (status, body) =
             wrap::answer(response.status, fields, &response.body, trace_id, headers)?;
         Ok(Forwarded {
@@ -236,7 +236,8 @@ mod tests {
     fn gateway(routes: &[Route], address: &str) -> Gateway {
         Gateway {
             routes: RouteTable::new(routes),
-            tokens: Some(testing::verifier()),
+            // The shop issues the tokens here: its answers may end sessions.
+            tokens: Some(testing::verifier_for("shop")),
             revoke_for: Duration::from_secs(60),
             forwarder: testing::forwarder("shop", address),
         }

@@ -137,6 +137,11 @@ pub fn passport_keys() -> PassportKeys {
 /// A verifier that trusts [`KID`] and has no token service to ask about any other key (the
 /// registry view is empty: a refresh finds no instance).
 pub fn verifier() -> Arc<TokenVerifier> {
+    verifier_for("auth")
+}
+
+/// [`verifier`], for tokens issued by `service`.
+pub fn verifier_for(service: &str) -> Arc<TokenVerifier> {
     let client = ServiceClient::new(
         Discovery::fixed([]),
         Arc::new(passport_keys()),
@@ -145,7 +150,7 @@ pub fn verifier() -> Arc<TokenVerifier> {
     );
     let verifier = TokenVerifier::new(
         manifest::Tokens {
-            service: "auth".into(),
+            service: service.into(),
             jwks_path: "/.well-known/jwks.json".into(),
             revocations_path: "/internal/revocations".into(),
             issuer: ISSUER.into(),

@@ -120,6 +120,11 @@ impl TokenVerifier {
         })
     }
 
+    /// The service that issues the tokens (and alone may revoke sessions).
+    pub fn service(&self) -> &str {
+        &self.config.service
+    }
+
     /// Verifies `token`, from the cache when it can.
     pub async fn verify(&self, token: &str) -> Result<Arc<Verified>, TokenError> {
         let now = tessera::unix_now();
