@@ -260,6 +260,12 @@ async fn start_auditor(h: &Harness, accept_poison: Arc<AtomicBool>) -> Db {
 
 /// The auditor's database and its address.
 async fn start_auditor_at(h: &Harness, accept_poison: Arc<AtomicBool>) -> (Db, String) {
+    start_consumer(h, 2, Audit { accept_poison }).await
+}
+
+/// An `auditor` member whose consumer of `ledger.events` runs `handler`, trying each event up
+/// to `attempts` times: its database and its address.
+async fn start_consumer(h: &Harness, attempts: u32, handler: impl Handler) -> (Db, String) {
     let settings = h.settings("auditor");
     let config = ServiceConfig::from_settings(&settings, "auditor").unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -272,8 +278,8 @@ async fn start_auditor_at(h: &Harness, accept_poison: Arc<AtomicBool>) -> (Db, S
         std::future::pending(),
         move |ctx| async move {
             let mut consumer = Consumer::new("ledger.events", "auditor");
-            consumer.max_attempts = 2;
-            ctx.events().consume(consumer, Audit { accept_poison });
+            consumer.max_attempts = attempts;
+            ctx.events().consume(consumer, handler);
             let _ = tx.send(ctx.db().clone());
             Ok(Router::new())
         },
@@ -601,7 +607,12 @@ async fn an_event_from_a_service_the_topic_does_not_declare_is_dead_lettered_unh
 
 /// The ledger's outbox as its `/status/outbox` tells it.
 async fn outbox_status(h: &Harness, ledger: &str) -> Value {
-    let system = tessera::PassportKeys::from_spec(&h.keys, "events-test")
+    status_of(h, ledger, "/status/outbox").await
+}
+
+/// A passport of another process of the system (role `system`).
+fn system_passport(h: &Harness) -> String {
+    tessera::PassportKeys::from_spec(&h.keys, "events-test")
         .unwrap()
         .mint(
             "test",
@@ -609,16 +620,7 @@ async fn outbox_status(h: &Harness, ledger: &str) -> Value {
             &["system".into()],
             None,
             &tessera::TraceContext::new_root(),
-        );
-    h.http
-        .get(format!("{ledger}/status/outbox"))
-        .header("x-passport", system)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+        )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -708,15 +710,7 @@ async fn what_the_log_refuses_is_parked_visible_and_can_be_requeued() {
         .unwrap();
     assert_eq!(user.status().as_u16(), 403);
     // Requeued, it goes out again (and, still forbidden, is parked again: never lost).
-    let system = tessera::PassportKeys::from_spec(&h.keys, "events-test")
-        .unwrap()
-        .mint(
-            "test",
-            "service:test",
-            &["system".into()],
-            None,
-            &tessera::TraceContext::new_root(),
-        );
+    let system = system_passport(&h);
     let requeued: Value = h
         .http
         .post(format!("{ledger}/status/outbox/requeue"))
@@ -821,10 +815,6 @@ async fn a_handler_failing_for_longer_than_its_lease_keeps_its_partition() {
     let first = Arc::new(std::sync::Mutex::new(None));
     let mut db = None;
     for member in ["a", "b"] {
-        let settings = h.settings("auditor");
-        let config = ServiceConfig::from_settings(&settings, "auditor").unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel();
         let handler = Slow {
             member,
             attempts: attempts.clone(),
@@ -833,20 +823,7 @@ async fn a_handler_failing_for_longer_than_its_lease_keeps_its_partition() {
             // succeeds; well past the lease.
             for_: Duration::from_millis(2700),
         };
-        tokio::spawn(Service::new("auditor").migrations(AUDIT).serve(
-            config,
-            settings,
-            listener,
-            std::future::pending(),
-            move |ctx| async move {
-                let mut consumer = Consumer::new("ledger.events", "auditor");
-                consumer.max_attempts = 5;
-                ctx.events().consume(consumer, handler);
-                let _ = tx.send(ctx.db().clone());
-                Ok(Router::new())
-            },
-        ));
-        db = Some(rx.await.unwrap());
+        db = Some(start_consumer(&h, 5, handler).await.0);
     }
     let db = db.unwrap();
     // Both members share the partitions before anything arrives.
@@ -899,18 +876,9 @@ async fn a_handler_failing_for_longer_than_its_lease_keeps_its_partition() {
 
 /// `GET path` on a service at `address`, as another process of the system.
 async fn status_of(h: &Harness, address: &str, path: &str) -> Value {
-    let system = tessera::PassportKeys::from_spec(&h.keys, "events-test")
-        .unwrap()
-        .mint(
-            "test",
-            "service:test",
-            &["system".into()],
-            None,
-            &tessera::TraceContext::new_root(),
-        );
     h.http
         .get(format!("{address}{path}"))
-        .header("x-passport", system)
+        .header("x-passport", system_passport(h))
         .send()
         .await
         .unwrap()
