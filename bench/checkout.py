@@ -97,7 +97,7 @@ def main():
     up = start([os.path.join(RELEASE, "tessera"), "--manifest", path, "up", "--no-build"],
                env={"NO_COLOR": "1", "RUST_LOG": os.environ.get("BENCH_RUST_LOG", "warn")}, log=os.path.join(tmp, "up.log"))
     base = f"http://127.0.0.1:{GATEWAY}"
-    admin = credential(os.path.join(RELEASE, "tessera"), path, "admin")
+    control_admin = credential(os.path.join(RELEASE, "tessera"), path, "admin")
     try:
         deadline = time.time() + 60
         while "ready in" not in open(os.path.join(tmp, "up.log")).read():
@@ -122,7 +122,7 @@ def main():
                      for pid, argv in procs}
             writes = start_write_trace(tmp) if os.environ.get("BENCH_WRITES") else None
             before = {pid: cpu_seconds([pid]) for pid in names}
-            served = requests_served(f"127.0.0.1:{CONTROL}", f"127.0.0.1:{GATEWAY_ADMIN}", admin)
+            served = requests_served(f"127.0.0.1:{CONTROL}", f"127.0.0.1:{GATEWAY_ADMIN}", control_admin)
             started = time.time()
             perf = None
             if os.environ.get("BENCH_PERF"):
@@ -149,7 +149,7 @@ def main():
             step["cpu_us_per_order"] = sum(cpu.values()) * wall * 1e6 / max(step["confirmed"], 1)
             # HTTP requests the shop's processes served per confirmed order, by route: each is
             # an exchange between two processes (settling's reads included).
-            after = requests_served(f"127.0.0.1:{CONTROL}", f"127.0.0.1:{GATEWAY_ADMIN}", admin)
+            after = requests_served(f"127.0.0.1:{CONTROL}", f"127.0.0.1:{GATEWAY_ADMIN}", control_admin)
             per_order = {k: (v - served.get(k, 0)) / max(step["confirmed"], 1) for k, v in after.items()}
             step["requests_per_order"] = dict(sorted(((k, v) for k, v in per_order.items() if v > 0),
                                                      key=lambda kv: -kv[1]))
