@@ -22,8 +22,7 @@ pub mod head;
 pub mod pool;
 pub mod server;
 
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 /// The header that carries the caller's remaining time budget, in milliseconds: each hop
 /// gives the calls it makes only what is left.
@@ -34,8 +33,8 @@ const INLINE_BODY: usize = 16 * 1024;
 
 /// Writes a message whose head is in `head`: a small body goes out in the same system call,
 /// a large one is not copied.
-pub async fn write_message(
-    stream: &mut TcpStream,
+pub async fn write_message<S: AsyncWrite + Unpin>(
+    stream: &mut S,
     head: &mut Vec<u8>,
     body: &[u8],
 ) -> std::io::Result<()> {
