@@ -437,16 +437,19 @@ async fn read_exact<S: AsyncRead + Unpin>(
     Ok(conn.read.split_to(n).freeze())
 }
 
+/// The rest of the stream, at most `max` bytes of it, what came with the head included.
 async fn read_to_end<S: AsyncRead + Unpin>(
     conn: &mut Connection<S>,
     max: u64,
 ) -> Result<Bytes, Failure> {
-    while fill(conn).await? {
+    loop {
         if conn.read.len() as u64 > max {
             return Err(Failure::TooLarge);
         }
+        if !fill(conn).await? {
+            return Ok(conn.read.split().freeze());
+        }
     }
-    Ok(conn.read.split().freeze())
 }
 
 /// A chunked body, decoded as it arrives (the decoded part of the buffer dropped as it goes);
@@ -699,6 +702,17 @@ mod tests {
         .await;
         let got = pool.send(&address, &req, u64::MAX).await.unwrap_err();
         assert_eq!(got, SendError::TooLarge);
+    }
+
+    #[tokio::test]
+    async fn a_body_to_the_close_is_bounded_even_when_it_came_with_its_head() {
+        // Found by fuzzing (http1_response): the limit was checked only on what was read after
+        // the head, so a body that arrived in the head's read passed it.
+        let raw = b"HTTP/1.0 200 OK\r\n\r\n0123456789abcdefXYZ";
+        let read = |max| read_response(&raw[..], &Method::GET, max);
+        assert_eq!(read(16).await.unwrap_err(), SendError::TooLarge);
+        let (resp, reusable) = read(19).await.unwrap();
+        assert_eq!((&resp.body[..], reusable), (&raw[19..], false));
     }
 
     #[tokio::test]
