@@ -99,6 +99,8 @@ write("passport", {
     "claims-escapes": plan(1 | 1 << 2, minted.replace('"s-1"', '"s\\"1\\u00e9"').replace('"roles":["user","admin"]', '"roles":[]')),
     "claims-spaced": plan(1 | 2 << 2, json.dumps(claims, indent=1).replace('"s-1"', "null")),
     "claims-anonymous": plan(1, json.dumps({k: v for k, v in claims.items() if k not in ("sid", "roles")} | {"sub": "anonymous"})),
+    # The end of time: `exp` plus the leeway overflowed (crates/tessera/src/passport.rs tests).
+    "claims-exp-max": plan(1, minted.replace(str(FAR), str(2**64 - 1))),
     "mint": plan(2, b"tessera-gateway\xffus\"er\\1\n\xffs1\xffuser\xffadmin"),
 })
 
