@@ -19,6 +19,9 @@ use super::{BodyError, Handler, Limits, Request};
 use crate::chunked::{self, ChunkError};
 use crate::fields::{Field, Fields};
 
+/// The most room made ahead for a body of a declared length.
+const RESERVE_AHEAD: usize = 1 << 20;
+
 pub(super) struct Connection<S> {
     stream: S,
     peer: IpAddr,
@@ -212,8 +215,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let mut continued = !head.expect_continue;
         match head.framing {
             BodyFraming::Length(n) => {
-                let end = head.len + n as usize;
-                self.read.reserve(end.saturating_sub(self.read.len()));
+                let end = head
+                    .len
+                    .saturating_add(usize::try_from(n).unwrap_or(usize::MAX));
+                // Room for the body as it arrives, a little ahead at most: a declared length
+                // is only a claim, and an allocation that fails aborts the process.
+                self.read
+                    .reserve(end.saturating_sub(self.read.len()).min(RESERVE_AHEAD));
                 while self.read.len() < end {
                     if !continued {
                         self.write_continue().await?;
