@@ -16,11 +16,9 @@ use tokio::time::{Instant, Sleep};
 use super::request::{BodyFraming, MAX_HEAD, Reject, RequestHead, parse_head};
 use super::response::{HeaderBuf, respond};
 use super::{BodyError, Handler, Limits, Request};
+use crate::RESERVE_AHEAD;
 use crate::chunked::{self, ChunkError};
 use crate::fields::{Field, Fields};
-
-/// The most room made ahead for a body of a declared length.
-const RESERVE_AHEAD: usize = 1 << 20;
 
 pub(super) struct Connection<S> {
     stream: S,
