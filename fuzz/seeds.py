@@ -55,6 +55,8 @@ write("http1_request_head", {
     "absolute-form": plan(MIB, "GET http://localhost:8080/api/x?y=1 HTTP/1.1\r\nHost: localhost:8080\r\n\r\n"),
     "forwarded": plan(MIB, "GET /api/auth/me HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 10.0.0.1, 10.0.0.2\r\nForwarded: for=10.0.0.1;proto=http\r\nTraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\nX-Tessera-Deadline-Ms: 2000\r\n\r\n"),
     "smuggle": plan(MIB, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+    # A terabyte claimed under no limit: reserved at once, it aborted the process.
+    "huge-length": plan(6, "POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 1099511627776\r\n\r\nabc"),
     "head-too-large-body": plan(1, "HEAD /h HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n0123456789"),
 })
 
@@ -79,6 +81,7 @@ write("http1_response", {
     "head": plan(MIB | 1 << 3, "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n"),
     "fetch-answer": plan(MIB | 2 << 3, "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(FETCHED), FETCHED)),
     "near-u64-chunk": plan(6, "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\nfffffffffffffff0\r\nxx"),
+    "huge-length": plan(6, "HTTP/1.1 200 OK\r\ncontent-length: 1099511627776\r\n\r\nabc"),
     "te-not-chunked": plan(MIB, "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\ncontent-length: 3\r\n\r\nabcdef"),
 })
 
@@ -130,6 +133,9 @@ write("cloudevent", {
     "saga-command": bytes([0]) + json.dumps(saga).encode(),
     "dead-letter": bytes([0]) + json.dumps(dead).encode(),
     "minimal": bytes([0]) + b'{"specversion":"1.0","id":"a","source":"s","type":"t"}',
+    # Escapes in the attributes the log reads, and a number serde_json read as its neighbour.
+    "escapes": bytes([0]) + rb'{"specversion":"1\u002e0","id":"a\"b","source":"\/shop\/order","type":"shop.order\\x","subject":"o-\u00e9"}',
+    "float": bytes([0]) + b'{"specversion":"1.0","id":"a","source":"s","type":"t","data":{"total":1.0888888888888889e105}}',
     "fetch-answer": bytes([1]) + json.dumps(answer).encode(),
     "fetch-commit-error": bytes([3]) + json.dumps({"partition": None, "events": [], "commitError": {"status": 409, "code": "lost", "message": "moved"}}).encode(),
 })
