@@ -427,7 +427,8 @@ async fn read_exact<S: AsyncRead + Unpin>(
     n: usize,
 ) -> Result<Bytes, Failure> {
     if conn.read.len() < n {
-        conn.read.reserve((n - conn.read.len()).min(crate::RESERVE_AHEAD));
+        conn.read
+            .reserve((n - conn.read.len()).min(crate::RESERVE_AHEAD));
         while conn.read.len() < n {
             if !fill(conn).await? {
                 return Err(Failure::Broken);

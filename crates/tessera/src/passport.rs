@@ -630,7 +630,9 @@ mod tests {
         // Found with the passport fuzz target: `exp` plus the leeway overflowed (a panic with
         // overflow checks, an expired passport without). Only a key holder can sign one.
         let k = keys();
-        let mut p = k.verify(&k.mint("x", "u1", &[], None, &TraceContext::new_root())).unwrap();
+        let mut p = k
+            .verify(&k.mint("x", "u1", &[], None, &TraceContext::new_root()))
+            .unwrap();
         for exp in [u64::MAX, u64::MAX - LEEWAY_SECS + 1] {
             p.exp = exp;
             assert_eq!(k.verify(&k.sign(&p)), Ok(p.clone()));
