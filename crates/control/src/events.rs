@@ -46,6 +46,8 @@ mod testing;
 mod topic;
 
 pub use config::LogConfig;
+pub use error::LogError;
 pub use fetch::Stored;
 pub use groups::{Fetched, GroupError};
 pub use log::EventLog;
+pub use publish::event_key;

@@ -366,57 +366,64 @@ impl ControlBus {
             Ok(b) => b,
             Err(e) => return (None, Err(e)),
         };
-        let fetched: FetchAnswer<'_> = match serde_json::from_slice(&bytes) {
-            Ok(f) => f,
-            Err(e) => {
-                return (
-                    None,
-                    Err(BusError::Unavailable(format!("bad fetch answer: {e}"))),
-                );
-            }
-        };
-        let committed = (!commits.is_empty()).then_some(match fetched.commit_error {
-            None => Ok(()),
-            Some(e) => Err(match e.status.unwrap_or(503) {
-                409 => BusError::Lost(e.message),
-                400..=499 => BusError::Refused(e.message),
-                _ => BusError::Unavailable(e.message),
-            }),
-        });
-        let events = |partition: u32, delivered: Vec<Delivered<'_>>| {
-            delivered
-                .into_iter()
-                .map(|d| {
-                    let event = serde_json::from_str(d.event.get())
-                        .map(|mut event: Event| {
-                            event.delivery = Some(Delivery {
-                                partition,
-                                offset: d.offset,
-                                producer: d.producer.map(Cow::into_owned),
-                            });
-                            event
-                        })
-                        .map_err(|e| format!("{e}: {}", d.event.get()));
-                    (d.offset, event)
-                })
-                .collect()
-        };
-        let mut parts = Vec::with_capacity(1 + fetched.more.len());
-        if let Some(partition) = fetched.partition {
-            parts.push(Part {
-                partition,
-                events: events(partition, fetched.events),
-            });
-        }
-        for more in fetched.more {
-            parts.push(Part {
-                partition: more.partition,
-                events: events(more.partition, more.events),
-            });
-        }
-        let lease = fetched.lease_ms.map(Duration::from_millis);
-        (committed, Ok(Batch { parts, lease }))
+        read_fetch_answer(&bytes, !commits.is_empty())
     }
+}
+
+/// Reads the log's answer to a fetch: whether the commit sent with it (`committing`) was made,
+/// and the batch, each event parsed as a CloudEvent or kept as why it is not one (public for
+/// the fuzz targets).
+pub fn read_fetch_answer(bytes: &[u8], committing: bool) -> Fetched {
+    let fetched: FetchAnswer<'_> = match serde_json::from_slice(bytes) {
+        Ok(f) => f,
+        Err(e) => {
+            return (
+                None,
+                Err(BusError::Unavailable(format!("bad fetch answer: {e}"))),
+            );
+        }
+    };
+    let committed = committing.then_some(match fetched.commit_error {
+        None => Ok(()),
+        Some(e) => Err(match e.status.unwrap_or(503) {
+            409 => BusError::Lost(e.message),
+            400..=499 => BusError::Refused(e.message),
+            _ => BusError::Unavailable(e.message),
+        }),
+    });
+    let events = |partition: u32, delivered: Vec<Delivered<'_>>| {
+        delivered
+            .into_iter()
+            .map(|d| {
+                let event = serde_json::from_str(d.event.get())
+                    .map(|mut event: Event| {
+                        event.delivery = Some(Delivery {
+                            partition,
+                            offset: d.offset,
+                            producer: d.producer.map(Cow::into_owned),
+                        });
+                        event
+                    })
+                    .map_err(|e| format!("{e}: {}", d.event.get()));
+                (d.offset, event)
+            })
+            .collect()
+    };
+    let mut parts = Vec::with_capacity(1 + fetched.more.len());
+    if let Some(partition) = fetched.partition {
+        parts.push(Part {
+            partition,
+            events: events(partition, fetched.events),
+        });
+    }
+    for more in fetched.more {
+        parts.push(Part {
+            partition: more.partition,
+            events: events(more.partition, more.events),
+        });
+    }
+    let lease = fetched.lease_ms.map(Duration::from_millis);
+    (committed, Ok(Batch { parts, lease }))
 }
 
 impl Bus for ControlBus {

@@ -32,7 +32,7 @@ mod producers;
 pub mod saga;
 pub mod wire;
 
-pub use bus::{Batch, BoxFuture, Bus, BusError, ControlBus, Part};
+pub use bus::{Batch, BoxFuture, Bus, BusError, ControlBus, Fetched, Part, read_fetch_answer};
 pub use consumer::{Consumer, Handler, HandlerError, MintPassport};
 pub use event::{Delivery, Event};
 pub use outbox::Tx;

@@ -138,7 +138,7 @@ impl TokenVerifier {
             Some(v) if now < v.cached_until => v,
             _ => self.verify_uncached(token).await?,
         };
-        if verified.exp + LEEWAY_SECS <= now {
+        if verified.exp.saturating_add(LEEWAY_SECS) <= now {
             return Err(TokenError::Expired);
         }
         if let Some(sid) = &verified.sid
@@ -347,6 +347,22 @@ impl TokenVerifier {
 mod tests {
     use super::*;
     use crate::testing;
+
+    #[tokio::test]
+    async fn an_expiry_at_the_end_of_time_does_not_overflow() {
+        let verifier = testing::verifier();
+        verifier.cache.write().unwrap().insert(
+            "t".into(),
+            Arc::new(Verified {
+                sub: "ann".into(),
+                roles: vec![],
+                sid: None,
+                exp: u64::MAX,
+                cached_until: u64::MAX,
+            }),
+        );
+        assert_eq!(verifier.verify("t").await.unwrap().sub, "ann");
+    }
 
     #[tokio::test]
     async fn a_cached_token_is_trusted_for_a_bounded_time_only() {

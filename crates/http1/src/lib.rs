@@ -22,8 +22,7 @@ pub mod head;
 pub mod pool;
 pub mod server;
 
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 /// The header that carries the caller's remaining time budget, in milliseconds: each hop
 /// gives the calls it makes only what is left.
@@ -32,10 +31,14 @@ pub const DEADLINE_HEADER: &str = "x-tessera-deadline-ms";
 /// Bodies up to this size go out in the same write as the head.
 const INLINE_BODY: usize = 16 * 1024;
 
+/// The most room made ahead for a body of a declared length, at either end: a declared length
+/// is only a claim, and an allocation that fails aborts the process.
+const RESERVE_AHEAD: usize = 1 << 20;
+
 /// Writes a message whose head is in `head`: a small body goes out in the same system call,
 /// a large one is not copied.
-pub async fn write_message(
-    stream: &mut TcpStream,
+pub async fn write_message<S: AsyncWrite + Unpin>(
+    stream: &mut S,
     head: &mut Vec<u8>,
     body: &[u8],
 ) -> std::io::Result<()> {

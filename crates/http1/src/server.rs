@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -40,6 +41,7 @@ mod request;
 mod response;
 
 use connection::Connection;
+pub use request::{BodyFraming, Reject, RequestHead, parse_head};
 pub use response::HeaderBuf;
 
 /// What the server enforces.
@@ -180,6 +182,22 @@ pub async fn serve<H: Handler>(
     {
         tracing::warn!("drain deadline passed");
     }
+}
+
+/// Serves one connection until it closes, as [`serve`] serves each it accepts (without the
+/// draining on shutdown). Any byte stream will do: this is how the fuzz targets drive the
+/// whole server, heads, bodies and pipelining, without a socket.
+pub async fn serve_connection<H: Handler, S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    peer: IpAddr,
+    handler: &H,
+    limits: &Limits,
+) {
+    let (draining, receiver) = watch::channel(false);
+    Connection::new(stream, peer, receiver)
+        .run(handler, limits)
+        .await;
+    drop(draining); // kept until the end: a dropped sender reads as a shutdown
 }
 
 #[cfg(test)]

@@ -312,7 +312,7 @@ impl PassportKeys {
         }
         .ok_or(PassportError::Malformed)?;
 
-        if passport.exp + LEEWAY_SECS < crate::unix_now() {
+        if passport.exp.saturating_add(LEEWAY_SECS) < crate::unix_now() {
             return Err(PassportError::Expired);
         }
         if passport.aud != self.audience {
@@ -623,6 +623,20 @@ mod tests {
         let mut tampered = good.clone();
         tampered.replace_range(good.len() - 3.., "AAA");
         assert!(k.verify(&tampered).is_err());
+    }
+
+    #[test]
+    fn an_expiry_at_the_end_of_time_does_not_overflow() {
+        // Found with the passport fuzz target: `exp` plus the leeway overflowed (a panic with
+        // overflow checks, an expired passport without). Only a key holder can sign one.
+        let k = keys();
+        let mut p = k
+            .verify(&k.mint("x", "u1", &[], None, &TraceContext::new_root()))
+            .unwrap();
+        for exp in [u64::MAX, u64::MAX - LEEWAY_SECS + 1] {
+            p.exp = exp;
+            assert_eq!(k.verify(&k.sign(&p)), Ok(p.clone()));
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! One client connection: a task with one read buffer, reading heads and bodies under the
 //! header, body and idle timeouts (one timer for all three), answering requests in order,
-//! closing cleanly.
+//! closing cleanly. Its stream is a TCP socket when served; any byte stream will do (the
+//! fuzzer's is a buffer).
 
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -8,19 +9,19 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use http::{Method, StatusCode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
-use super::request::{Framing, Head, MAX_HEAD, Reject, parse_head};
+use super::request::{BodyFraming, MAX_HEAD, Reject, RequestHead, parse_head};
 use super::response::{HeaderBuf, respond};
 use super::{BodyError, Handler, Limits, Request};
+use crate::RESERVE_AHEAD;
 use crate::chunked::{self, ChunkError};
 use crate::fields::{Field, Fields};
 
-pub(super) struct Connection {
-    stream: TcpStream,
+pub(super) struct Connection<S> {
+    stream: S,
     peer: IpAddr,
     read: BytesMut,
     write: Vec<u8>,
@@ -31,8 +32,8 @@ pub(super) struct Connection {
     draining: watch::Receiver<bool>,
 }
 
-impl Connection {
-    pub(super) fn new(stream: TcpStream, peer: IpAddr, draining: watch::Receiver<bool>) -> Self {
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    pub(super) fn new(stream: S, peer: IpAddr, draining: watch::Receiver<bool>) -> Self {
         Self {
             stream,
             peer,
@@ -191,29 +192,34 @@ impl Connection {
     }
 
     /// The body after `head` if the buffer holds all of it (or it need not be read).
-    fn body_in_buffer(&self, head: &Head, max: u64) -> Option<Result<BodySpan, BodyError>> {
+    fn body_in_buffer(&self, head: &RequestHead, max: u64) -> Option<Result<BodySpan, BodyError>> {
         match head.framing {
-            Framing::Length(n) if n > max => Some(Err(BodyError::TooLarge)),
-            Framing::Length(n) if self.read.len() - head.len >= n as usize => {
+            BodyFraming::Length(n) if n > max => Some(Err(BodyError::TooLarge)),
+            BodyFraming::Length(n) if self.read.len() - head.len >= n as usize => {
                 Some(Ok(BodySpan::Inline(n as usize)))
             }
-            Framing::Length(_) | Framing::Chunked => None,
+            BodyFraming::Length(_) | BodyFraming::Chunked => None,
         }
     }
 
     /// Reads the body after `head` into the buffers.
     async fn read_body(
         &mut self,
-        head: &Head,
+        head: &RequestHead,
         max: u64,
         clock: &mut BodyClock,
         mut timer: Pin<&mut Sleep>,
     ) -> Result<Result<BodySpan, BodyError>, Closed> {
         let mut continued = !head.expect_continue;
         match head.framing {
-            Framing::Length(n) => {
-                let end = head.len + n as usize;
-                self.read.reserve(end.saturating_sub(self.read.len()));
+            BodyFraming::Length(n) => {
+                let end = head
+                    .len
+                    .saturating_add(usize::try_from(n).unwrap_or(usize::MAX));
+                // Room for the body as it arrives, a little ahead at most: a declared length
+                // is only a claim, and an allocation that fails aborts the process.
+                self.read
+                    .reserve(end.saturating_sub(self.read.len()).min(RESERVE_AHEAD));
                 while self.read.len() < end {
                     if !continued {
                         self.write_continue().await?;
@@ -223,7 +229,7 @@ impl Connection {
                 }
                 Ok(Ok(BodySpan::Inline(n as usize)))
             }
-            Framing::Chunked => {
+            BodyFraming::Chunked => {
                 self.chunked.clear();
                 let mut decoder = chunked::Decoder::new(head.len);
                 loop {

@@ -13,29 +13,43 @@ pub(super) const MAX_HEADERS: usize = 100;
 /// The longest request head read; longer is 431.
 pub(super) const MAX_HEAD: usize = 64 * 1024;
 
-/// A request head's facts, read before its body (no borrow of the buffer kept).
-pub(super) struct Head {
-    pub(super) len: usize,
-    pub(super) method: Method,
-    pub(super) target: (usize, usize),
-    pub(super) path_len: usize,
-    pub(super) framing: Framing,
-    pub(super) keep_alive: bool,
+/// A request head's facts, read before its body (no borrow of the buffer kept): what the
+/// connection goes on with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestHead {
+    /// The head's length in the buffer; the body starts there.
+    pub len: usize,
+    pub method: Method,
+    /// Where the target, in origin form, is in the buffer: its start and length.
+    pub target: (usize, usize),
+    /// The length of the target's path (up to any `?`).
+    pub path_len: usize,
+    pub framing: BodyFraming,
+    /// Whether the connection may serve another request after this one.
+    pub keep_alive: bool,
     /// An HTTP/1.0 client asked for keep-alive (and is told it got it).
-    pub(super) keep_alive_10: bool,
-    pub(super) expect_continue: bool,
+    pub keep_alive_10: bool,
+    /// The client waits for `100 Continue` before it sends the body.
+    pub expect_continue: bool,
 }
 
-pub(super) enum Framing {
+/// How a request's body ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// After this many bytes (0 without a body).
     Length(u64),
+    /// Chunked.
     Chunked,
 }
 
-/// A request the server answers itself.
-pub(super) struct Reject(pub StatusCode, pub &'static str);
+/// A request the server answers itself, with this status and message, and closes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reject(pub StatusCode, pub &'static str);
 
-/// Parses a request head; `Ok(None)` while it is incomplete.
-pub(super) fn parse_head(buf: &[u8], fields: &mut Vec<Field>) -> Result<Option<Head>, Reject> {
+/// Parses the request head at the start of `buf`, recording its fields in `fields`;
+/// `Ok(None)` while it is incomplete. What a connection does with every head it reads (public
+/// for the fuzz targets).
+pub fn parse_head(buf: &[u8], fields: &mut Vec<Field>) -> Result<Option<RequestHead>, Reject> {
     let bad = |message| Reject(StatusCode::BAD_REQUEST, message);
     let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut []);
@@ -100,15 +114,15 @@ pub(super) fn parse_head(buf: &[u8], fields: &mut Vec<Field>) -> Result<Option<H
         return Err(bad("an HTTP/1.1 request needs exactly one Host field"));
     }
     fields::record(buf, parsed.headers, fields);
-    Ok(Some(Head {
+    Ok(Some(RequestHead {
         len,
         method,
         target: (target_start, target.len()),
         path_len,
         framing: if framing.chunked {
-            Framing::Chunked
+            BodyFraming::Chunked
         } else {
-            Framing::Length(framing.length.unwrap_or(0))
+            BodyFraming::Length(framing.length.unwrap_or(0))
         },
         keep_alive: !close && (http11 || keep_alive_asked),
         keep_alive_10: !close && !http11 && keep_alive_asked,

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use http::StatusCode;
-use tokio::net::TcpStream;
+use tokio::io::AsyncWrite;
 
 /// What a handler answers besides the status and body: the response's header fields.
 #[derive(Default)]
@@ -38,8 +38,8 @@ impl HeaderBuf {
 /// Writes a response into `stream` through the buffer `out`; `connection` is the
 /// `Connection` field's value, if one is sent. (A function of the connection's parts, not
 /// of the connection: the request it answers still borrows the read buffer.)
-pub(super) async fn respond(
-    stream: &mut TcpStream,
+pub(super) async fn respond<S: AsyncWrite + Unpin>(
+    stream: &mut S,
     out: &mut Vec<u8>,
     headers: &HeaderBuf,
     status: StatusCode,

@@ -846,3 +846,33 @@ async fn a_chunked_body_in_many_small_reads_is_decoded_whole() {
     assert_eq!((r.status, r.body.as_slice()), (200, body.as_slice()));
     assert_eq!(client.response().await.text(), "GET /next 0 -");
 }
+
+#[tokio::test]
+async fn a_declared_length_is_not_memory_until_it_arrives() {
+    // Found by fuzzing (http1_request_head): room for the whole declared body was reserved
+    // before any of it came, so under a large enough limit one head asking for a terabyte made
+    // the allocation fail, which aborts the process.
+    let server = Server::start(Limits {
+        max_body: u64::MAX,
+        ..limits()
+    })
+    .await;
+    let mut greedy = server.connect().await;
+    greedy
+        .send(b"POST /x HTTP/1.1\r\nhost: h\r\ncontent-length: 1099511627776\r\n\r\nabc")
+        .await;
+    // Still serving, and a body larger than what is reserved ahead arrives whole.
+    let body = vec![b'x'; 3 << 20];
+    let mut client = server.connect().await;
+    client
+        .send(
+            format!(
+                "POST /x HTTP/1.1\r\nhost: h\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await;
+    client.send(&body).await;
+    assert_eq!(client.response().await.text(), "POST /x 3145728 -");
+}
