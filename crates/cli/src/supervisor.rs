@@ -106,6 +106,9 @@ fn spawn(spec: &ProcSpec, prefix: &Prefix) -> std::io::Result<Child> {
         .split_first()
         .ok_or_else(|| std::io::Error::other("empty command"))?;
     let mut cmd = Command::new(program);
+    // The control keys an operator gave the runner reach no child but the one a spec names
+    // them for (the control plane): with them, a process could make anyone's credential.
+    cmd.env_remove(tessera::identity::KEYS_ENV);
     cmd.args(args)
         .current_dir(&spec.cwd)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))

@@ -142,7 +142,15 @@ pub async fn run(manifest_path: &Path, manifest: Manifest, no_build: bool) -> an
 
     let started = async {
         control_tasks.spawn(supervise(
-            platform("control", "control", None),
+            {
+                // The control plane reads the keys from the state directory, or from the
+                // variable the runner itself was given (and no other child is).
+                let mut control = platform("control", "control", None);
+                if let Ok(keys) = std::env::var(tessera::identity::KEYS_ENV) {
+                    control.env.push((tessera::identity::KEYS_ENV.into(), keys));
+                }
+                control
+            },
             next_color(),
             control_rx,
             GRACE,

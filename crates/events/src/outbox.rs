@@ -42,6 +42,12 @@ pub type Tx = tessera_store::Tx;
 
 /// Queues `event` for `topic`, in `tx`.
 pub async fn add(tx: &mut Tx, topic: &str, event: &Event) -> Result<(), tessera_store::DbError> {
+    if topic.is_empty() {
+        // An empty topic marks a published row (a tombstone): such a row would never go out.
+        return Err(tessera_store::DbError::encode(
+            "an event's topic must not be empty",
+        ));
+    }
     let json = serde_json::to_string(event).map_err(tessera_store::DbError::encode)?;
     tessera_store::query("INSERT INTO tessera_outbox (topic, event, created) VALUES ($1, $2, $3)")
         .bind(topic)

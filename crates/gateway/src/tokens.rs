@@ -179,7 +179,7 @@ impl TokenVerifier {
         let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
         if cache.len() >= CACHE_LIMIT {
             let now = tessera::unix_now();
-            cache.retain(|_, v| v.exp > now);
+            cache.retain(|_, v| v.exp > now && v.cached_until > now);
             if cache.len() >= CACHE_LIMIT {
                 cache.clear();
             }

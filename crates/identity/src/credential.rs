@@ -68,7 +68,13 @@ pub(crate) fn split(token: &str) -> Result<(&str, &str, &str), CredentialError> 
     let (Some(mac), Some(kid), Some(principal)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(CredentialError::Malformed);
     };
-    if mac.is_empty() || kid.is_empty() || principal.is_empty() {
+    // The key id is letters and digits, the MAC base64url: nothing else may ride in a header.
+    let kid_ok = !kid.is_empty() && kid.bytes().all(|b| b.is_ascii_alphanumeric());
+    let mac_ok = !mac.is_empty()
+        && mac
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !kid_ok || !mac_ok || principal.is_empty() {
         return Err(CredentialError::Malformed);
     }
     Ok((principal, kid, mac))

@@ -189,6 +189,18 @@ mod tests {
             Err(CredentialError::Principal)
         );
         assert_eq!(Credential::parse("admin"), Err(CredentialError::Malformed));
+        // Nothing but a key id and a MAC may follow the principal: no header injection.
+        for bad in [
+            "admin.c1.AA\r\nX-Evil: 1",
+            "admin.c 1.AAAA",
+            "admin.c1.AA==",
+        ] {
+            assert_eq!(
+                Credential::parse(bad),
+                Err(CredentialError::Malformed),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

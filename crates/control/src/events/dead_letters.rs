@@ -5,8 +5,10 @@
 //! Replay reads the dead-letter topic as a group of its own (`tessera-replay`), so each
 //! dead letter is published again once, even across calls. A dead letter is the consumer's
 //! word, so its producer is not taken from it: replay finds the original where the dead
-//! letter says it was (`deadlettertopic`, `deadletterpartition`, `deadletteroffset`), checks
-//! that it is the same event, and publishes it again as the original's producer. One that
+//! letter says it was (`deadlettertopic`, `deadletterpartition`, `deadletteroffset`, in a
+//! dead letter of the group being replayed), checks
+//! that it is the same event, and publishes the original, as the log stored it (not the
+//! consumer's copy), again as its producer. One that
 //! cannot be matched to its original is left, logged and counted as skipped.
 
 use std::time::Duration;
@@ -45,11 +47,17 @@ impl EventLog {
                 break;
             };
             for stored in events {
-                let mut event: serde_json::Map<String, serde_json::Value> =
+                let event: serde_json::Map<String, serde_json::Value> =
                     serde_json::from_str(stored.event.get()).map_err(|e| {
                         LogError::Storage(format!("dead letter is not an object: {e}"))
                     })?;
-                let Some((original, producer)) = self.original_of(&event).await? else {
+                let of_group = event.get("deadlettergroup").and_then(|v| v.as_str()) == Some(group);
+                let found = if of_group {
+                    self.original_of(&event).await?
+                } else {
+                    None
+                };
+                let Some((original, producer, raw)) = found else {
                     tracing::warn!(
                         group,
                         offset = stored.offset,
@@ -58,9 +66,7 @@ impl EventLog {
                     skipped += 1;
                     continue;
                 };
-                event.retain(|k, _| !k.starts_with("deadletter"));
-                let raw = RawValue::from_string(serde_json::Value::Object(event).to_string())
-                    .map_err(|e| LogError::Storage(e.to_string()))?;
+                // The original as the log stored it, not the consumer's copy of it.
                 self.publish_as(&producer, &original, vec![raw]).await?;
                 replayed += 1;
             }
@@ -70,12 +76,12 @@ impl EventLog {
         Ok((replayed, skipped))
     }
 
-    /// The topic and producer of the original of a dead letter, if the log has an event with
-    /// its id where it says the original was.
+    /// The topic, producer and stored event of the original of a dead letter, if the log has
+    /// an event with its id where it says the original was.
     async fn original_of(
         &self,
         dead: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<Option<(String, String)>, LogError> {
+    ) -> Result<Option<(String, String, Box<RawValue>)>, LogError> {
         let (Some(topic), Some(partition), Some(offset), Some(id)) = (
             dead.get("deadlettertopic").and_then(|v| v.as_str()),
             dead.get("deadletterpartition").and_then(|v| v.as_u64()),
@@ -104,7 +110,7 @@ impl EventLog {
         }
         let same = serde_json::from_str::<Id<'_>>(original.event.get()).is_ok_and(|o| o.id == id);
         Ok(match (same, original.producer) {
-            (true, Some(producer)) => Some((topic.to_string(), producer)),
+            (true, Some(producer)) => Some((topic.to_string(), producer, original.event)),
             _ => None,
         })
     }
@@ -144,7 +150,13 @@ mod tests {
             &dead_letter_topic("g"),
             vec![
                 dead_letter("a", "orders", at[0]),
-                dead_letter("b", "orders", at[1]),
+                // The consumer's copy of "b" with its own subject: the original goes out.
+                RawValue::from_string(
+                    dead_letter("b", "orders", at[1])
+                        .get()
+                        .replace(r#""subject":"k""#, r#""subject":"evil""#),
+                )
+                .unwrap(),
                 dead_letter("forged", "orders", at[0]),
                 without_topic,
             ],
@@ -160,6 +172,7 @@ mod tests {
         for s in &replayed {
             assert!(!s.event.get().contains("deadletter"), "{}", s.event.get());
             assert!(!s.event.get().contains("forged"), "{}", s.event.get());
+            assert!(!s.event.get().contains("evil"), "{}", s.event.get());
             assert_eq!(s.producer.as_deref(), Some("service:order"));
         }
         // Replayed once: a second replay finds nothing new, and the list keeps them.

@@ -157,6 +157,8 @@ impl ControlBus {
             401 => BusError::Unavailable(format!(
                 "the log does not accept this process's credential: {text}"
             )),
+            // A proxy's or limiter's way of saying later: nothing about the events.
+            404 | 405 | 408 | 429 => BusError::Unavailable(text),
             403 => BusError::Forbidden(text),
             409 => BusError::Lost(text),
             413 => BusError::TooLarge(text),
