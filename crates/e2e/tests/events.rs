@@ -759,6 +759,10 @@ async fn an_event_that_is_not_a_cloudevent_is_dead_lettered_with_why() {
         "{dead}"
     );
     assert!(
+        !dead["deadlettererror"].as_str().unwrap().contains("\"id\""),
+        "the error says why, not what: {dead}"
+    );
+    assert!(
         dead["data"]["raw"]
             .as_str()
             .unwrap()

@@ -14,6 +14,11 @@ use serde_json::value::RawValue;
 /// refused with 413. The outbox relay packs its batches under it.
 pub const MAX_PUBLISH_BYTES: usize = 8 * 1024 * 1024;
 
+/// About the most a fetch answer carries, in bytes of events: the log stops adding events
+/// past it (but always hands out at least one), so that however large a topic's events are,
+/// an answer stays well within what a client reads.
+pub const MAX_FETCH_BYTES: usize = 32 * 1024 * 1024;
+
 /// `POST /v1/topics/{topic}/events`: events to append, in order (`E` is a list of them: the
 /// client's borrowed events, the log's raw JSON values).
 #[derive(Debug, Serialize, Deserialize)]

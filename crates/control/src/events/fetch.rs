@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
 
+use tessera::events::wire::MAX_FETCH_BYTES;
+
 use super::error::LogError;
 use super::groups::Fetched;
 use super::log::EventLog;
@@ -96,13 +98,29 @@ impl EventLog {
                 });
                 let mut parts = Vec::new();
                 let mut left = max.max(1);
+                // The answer's size is bounded too (a client takes MAX_FETCH_BYTES): events
+                // past the budget wait for the next fetch; the first one always goes.
+                let mut bytes_left = MAX_FETCH_BYTES;
                 for (Fetched { partition, from }, end) in ready {
-                    let events = self
+                    let mut events = self
                         .read(topic, partition, from, left.min((end - from) as usize))
                         .await?;
+                    let mut keep = 0;
+                    for s in &events {
+                        let size = s.event.get().len() + 64;
+                        if size > bytes_left && !(parts.is_empty() && keep == 0) {
+                            break;
+                        }
+                        bytes_left = bytes_left.saturating_sub(size);
+                        keep += 1;
+                    }
+                    let full = keep < events.len();
+                    events.truncate(keep);
                     left = left.saturating_sub(events.len());
-                    parts.push((partition, events));
-                    if !all || left == 0 {
+                    if !events.is_empty() {
+                        parts.push((partition, events));
+                    }
+                    if !all || left == 0 || full {
                         break;
                     }
                 }
@@ -154,6 +172,43 @@ impl EventLog {
 mod tests {
     use super::super::testing::{event, open_log};
     use super::*;
+
+    #[tokio::test]
+    async fn a_fetch_answer_stays_within_its_byte_budget() {
+        let (dir, log) = open_log().await;
+        // 40 events of a megabyte, one key: more than one answer may carry.
+        let pad = "x".repeat(1024 * 1024);
+        let big: Vec<Box<RawValue>> = (0..40)
+            .map(|i| {
+                RawValue::from_string(format!(
+                    r#"{{"specversion":"1.0","id":"e{i}","source":"/t","type":"t","subject":"k","data":"{pad}"}}"#
+                ))
+                .unwrap()
+            })
+            .collect();
+        log.publish("big", big).await.unwrap();
+        let (partition, first) = log
+            .fetch("big", "g", "c", 100, Duration::ZERO)
+            .await
+            .unwrap()
+            .unwrap();
+        let bytes: usize = first.iter().map(|s| s.event.get().len()).sum();
+        assert!(
+            !first.is_empty() && first.len() < 40,
+            "{} events",
+            first.len()
+        );
+        assert!(bytes <= MAX_FETCH_BYTES, "{bytes} bytes");
+        let next = first.last().unwrap().offset + 1;
+        log.commit("big", "g", "c", partition, next).await.unwrap();
+        let (_, rest) = log
+            .fetch("big", "g", "c", 100, Duration::ZERO)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(rest[0].offset, next, "the rest follows, in order");
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     #[tokio::test]
     async fn a_busy_partition_cannot_take_every_fetch() {

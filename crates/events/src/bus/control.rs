@@ -46,7 +46,9 @@ enum Transport {
 }
 
 /// The largest answer read from the log (a fetch of many large events).
-const MAX_ANSWER: u64 = 64 * 1024 * 1024;
+/// (The log keeps a fetch answer's events under `MAX_FETCH_BYTES`; this leaves room for one
+/// event of the largest size the log takes beyond it, and for the JSON around them.)
+const MAX_ANSWER: u64 = 2 * crate::wire::MAX_FETCH_BYTES as u64;
 
 impl ControlBus {
     /// The log at `control_url`, spoken to as `credential`.
@@ -251,7 +253,8 @@ pub fn read_fetch_answer(bytes: &[u8], committing: bool) -> Fetched {
                         });
                         event
                     })
-                    .map_err(|e| format!("{e}: {}", d.event.get()));
+                    // Why, then the text itself on the next line (a parser's message has none).
+                    .map_err(|e| format!("{e}\n{}", d.event.get()));
                 (d.offset, event)
             })
             .collect()

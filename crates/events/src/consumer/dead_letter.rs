@@ -10,6 +10,9 @@ use tokio::sync::watch;
 use super::{Consumer, ConsumerEnv};
 use crate::{Delivery, Event, dead_letter_topic};
 
+/// How much of an invalid event's text its dead letter keeps.
+const RAW_KEPT: usize = 64 * 1024;
+
 impl Consumer {
     /// Publishes the event, with why it failed, to the group's dead-letter topic.
     pub(super) async fn dead_letter(
@@ -66,19 +69,33 @@ impl Consumer {
         why: &str,
         stop: &watch::Receiver<bool>,
     ) -> bool {
-        tracing::error!(topic = %self.topic, partition, offset, error = %why, "not a CloudEvent; dead-lettering");
+        // `why` is the parser's message, then the event's text: the message alone goes to the
+        // log line and the error, and the text (at most RAW_KEPT bytes of it) into the dead
+        // letter, so that neither a log line nor the dead letter can outgrow what takes it.
+        let (error, raw) = why.split_once('\n').unwrap_or((why, ""));
+        let mut cut = raw.len().min(RAW_KEPT);
+        while !raw.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        tracing::error!(topic = %self.topic, partition, offset, error, "not a CloudEvent; dead-lettering");
         let mut wrapper = Event::new(
             "/tessera/consumer",
             "tessera.invalid",
             &format!("{}/{partition}/{offset}", self.topic),
-            serde_json::json!({ "raw": why }),
+            serde_json::json!({ "raw": &raw[..cut], "rawBytes": raw.len() }),
         );
         wrapper.delivery = Some(Delivery {
             partition,
             offset,
             producer: None,
         });
-        self.dead_letter(env, &wrapper, &format!("not a CloudEvent: {why}"), 1, stop)
-            .await
+        self.dead_letter(
+            env,
+            &wrapper,
+            &format!("not a CloudEvent: {error}"),
+            1,
+            stop,
+        )
+        .await
     }
 }
