@@ -929,3 +929,32 @@ async fn a_compensation_is_retried_until_done_and_shows_as_stuck_meanwhile() {
     let dead = h.control_json("/v1/deadletters/auditor").await;
     assert_eq!(dead["deadLetters"], json!([]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_too_large_for_the_log_goes_without_its_data() {
+    let (h, listener) = Harness::new().await;
+    h.start_control(listener);
+    // A poison event as large as one publish takes: with the dead-letter attributes, its dead
+    // letter is larger than the log takes.
+    let frame = json!({"specversion": "1.0", "id": "huge", "source": "/ledger", "type": "ledger.deposited",
+                       "subject": "acc0", "data": {"n": 1, "poison": true, "pad": ""}});
+    let room = tessera::events::wire::MAX_PUBLISH_BYTES
+        - json!({ "events": [frame] }).to_string().len()
+        - 8;
+    let mut huge = frame.clone();
+    huge["data"]["pad"] = json!("x".repeat(room));
+    h.publish("ledger.events", &[huge]).await;
+    start_auditor(&h, Arc::new(AtomicBool::new(false))).await;
+    h.wait("the dead letter", async || {
+        let dead = h.control_json("/v1/deadletters/auditor").await;
+        !dead["deadLetters"].as_array().unwrap().is_empty()
+    })
+    .await;
+    let dead = h.control_json("/v1/deadletters/auditor").await;
+    let dead = &dead["deadLetters"][0]["event"];
+    assert_eq!(
+        (dead["id"].as_str(), dead["deadletterdatadropped"].as_bool()),
+        (Some("huge"), Some(true))
+    );
+    assert!(dead["data"].is_null());
+}

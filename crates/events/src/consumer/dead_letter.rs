@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::{Consumer, ConsumerEnv};
-use crate::{Delivery, Event, dead_letter_topic};
+use crate::{BusError, Delivery, Event, dead_letter_topic};
 
 /// How much of an invalid event's text its dead letter keeps.
 const RAW_KEPT: usize = 64 * 1024;
@@ -41,15 +41,40 @@ impl Consumer {
                 .insert("deadletteroffset".into(), d.offset.into());
         }
         let topic = dead_letter_topic(&self.group);
+        let since = tessera_trace::unix_now_ms();
+        let mut tries = 0;
         loop {
+            tries += 1;
             match env.bus.publish(&topic, std::slice::from_ref(&dead)).await {
                 Ok(()) => {
+                    env.stuck.clear(&self.topic, &self.group, event);
                     metrics::counter!("tessera_events_dead_lettered_total", "topic" => self.topic.clone()).increment(1);
                     return true;
                 }
+                // Too large with its attributes: the dead letter goes without the data (a
+                // replay publishes the original from the log, not the dead letter).
+                Err(BusError::TooLarge(_)) if !dead.data.is_null() => {
+                    dead.data = serde_json::Value::Null;
+                    dead.extensions
+                        .insert("deadletterdatadropped".into(), true.into());
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot dead-letter yet; retrying");
+                    if e.is_retryable() {
+                        tracing::warn!(error = %e, "cannot dead-letter yet; retrying");
+                    } else {
+                        // Refused for what it is: it will not pass by itself. Held, and shown.
+                        tracing::error!(id = %event.id, error = %e, "the log refuses this dead letter; the event is stuck");
+                        env.stuck.failing(
+                            &self.topic,
+                            &self.group,
+                            event,
+                            tries,
+                            &e.to_string(),
+                            since,
+                        );
+                    }
                     if *stop.borrow() {
+                        env.stuck.clear(&self.topic, &self.group, event);
                         return false;
                     }
                     tokio::time::sleep(Duration::from_millis(500)).await;

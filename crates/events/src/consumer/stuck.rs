@@ -1,4 +1,5 @@
-//! Events a consumer will not give up on and cannot get through: a saga's compensations.
+//! Events a consumer will not give up on and cannot get through: a saga's compensations, and
+//! dead letters the log refuses (say, a topic the service may not dead-letter to).
 //!
 //! A compensation undoes what a saga did (stock reserved, a payment authorized); dead-lettered,
 //! it would leave that in place until someone replays it by hand. So a consumer retries one
