@@ -163,10 +163,15 @@ impl Harness {
 /// Deposits `n` into account `a` of the ledger at `ledger`; the answer's status.
 async fn deposit_n(h: &Harness, ledger: &str, passport: &str, n: i64) -> u16 {
     let body = json!({"id": format!("d{n}"), "amount": n, "account": "a", "n": n});
+    post_deposit(h, ledger, passport, &body).await
+}
+
+/// Posts `body` to the ledger's deposit; the answer's status.
+async fn post_deposit(h: &Harness, ledger: &str, passport: &str, body: &Value) -> u16 {
     h.http
         .post(format!("{ledger}/deposit"))
         .header("x-passport", passport)
-        .json(&body)
+        .json(body)
         .send()
         .await
         .unwrap()
@@ -370,15 +375,7 @@ async fn outbox_to_inbox_exactly_once_in_order_with_dead_letters() {
     // A poison event is dead-lettered and the consumer moves on.
     for (id, poison) in [("poison", true), ("after", false)] {
         let body = json!({"id": id, "amount": 1, "account": "acc0", "n": 100, "poison": poison});
-        let r = h
-            .http
-            .post(format!("{ledger}/deposit"))
-            .header("x-passport", &p)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 200);
+        assert_eq!(post_deposit(&h, &ledger, &p, &body).await, 200);
     }
     h.wait("the event after the poison", async || {
         seen(&audit_db).await.len() >= 30
@@ -632,15 +629,7 @@ async fn a_backlog_of_large_events_goes_out_whole_in_order() {
     let pad = "x".repeat(300_000);
     for n in 0..40 {
         let body = json!({"id": format!("d{n}"), "amount": n, "account": "a", "n": n, "pad": pad});
-        let r = h
-            .http
-            .post(format!("{ledger}/deposit"))
-            .header("x-passport", &p)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 200);
+        assert_eq!(post_deposit(&h, &ledger, &p, &body).await, 200);
     }
     h.start_control(listener);
     let audit_db = start_auditor(&h, Arc::new(AtomicBool::new(true))).await;
@@ -665,15 +654,7 @@ async fn what_the_log_refuses_is_parked_visible_and_can_be_requeued() {
     // The manifest does not let the ledger publish to `audit.events`: the log forbids it.
     for (id, topic) in [("d0", "audit.events"), ("d1", "ledger.events")] {
         let body = json!({"id": id, "amount": 1, "account": "a", "n": 1, "topic": topic});
-        let r = h
-            .http
-            .post(format!("{ledger}/deposit"))
-            .header("x-passport", &p)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 200);
+        assert_eq!(post_deposit(&h, &ledger, &p, &body).await, 200);
     }
     // The refused one is parked, and the relay goes on with the rest.
     h.wait("the other event", async || seen(&audit_db).await.len() == 1)
