@@ -1,0 +1,220 @@
+//! A certificate authority kept in a directory: its certificate (`ca.pem`) and key (`ca.key`,
+//! readable by its owner only), created the first time it is asked for and reused after, so
+//! that a browser or `curl --cacert` told once to trust it keeps trusting what it issues
+//! (`ca.name` keeps its name: the issuer of what it signs).
+//!
+//! `tessera up` uses one as the **development CA**: with `[gateway.tls]` on and no
+//! certificate of the operator's, it issues the gateway a certificate for `localhost`,
+//! `127.0.0.1` and `::1` (plus the listen address) that a laptop can trust with one command
+//! (README). Issued certificates last 90 days and are issued again, at start, when older
+//! than 60; the CA lasts ten years.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType,
+};
+use time::OffsetDateTime;
+
+use crate::CertificateFiles;
+
+/// How long a certificate issued here is valid.
+pub const ISSUED_FOR: Duration = Duration::from_secs(90 * 24 * 3600);
+/// An issued certificate older than this is issued again.
+pub const REISSUE_AFTER: Duration = Duration::from_secs(60 * 24 * 3600);
+const CA_FOR: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+pub struct Authority {
+    name: String,
+    key: KeyPair,
+    /// The CA's certificate as issued (the PEM on disk).
+    pem: String,
+    dir: PathBuf,
+}
+
+impl Authority {
+    /// The authority in `dir`, created there (with `name` as its common name) if it is not.
+    pub fn load_or_create(dir: &Path, name: &str) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let (cert_path, key_path) = (dir.join("ca.pem"), dir.join("ca.key"));
+        if cert_path.exists() && key_path.exists() {
+            let key = std::fs::read_to_string(&key_path)
+                .with_context(|| format!("reading {}", key_path.display()))?;
+            let key = KeyPair::from_pem(&key)
+                .with_context(|| format!("{} is not a key", key_path.display()))?;
+            let pem = std::fs::read_to_string(&cert_path)
+                .with_context(|| format!("reading {}", cert_path.display()))?;
+            let name = read_common_name(&cert_path).unwrap_or_else(|| name.to_string());
+            return Ok(Self {
+                name,
+                key,
+                pem,
+                dir: dir.to_path_buf(),
+            });
+        }
+        let key = KeyPair::generate()?;
+        let now = OffsetDateTime::now_utc();
+        let mut params = ca_params(name);
+        params.not_before = now - time::Duration::hours(1);
+        params.not_after = now + CA_FOR;
+        let cert = params.self_signed(&key)?;
+        write_private(&key_path, key.serialize_pem().as_bytes())?;
+        std::fs::write(&cert_path, cert.pem())
+            .with_context(|| format!("writing {}", cert_path.display()))?;
+        std::fs::write(cert_path.with_extension("name"), name)?;
+        tracing::info!(ca = %cert_path.display(), "created a certificate authority");
+        Ok(Self {
+            name: name.to_string(),
+            key,
+            pem: cert.pem(),
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The CA certificate's file: what clients are told to trust.
+    pub fn certificate(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// A server certificate for `names` (DNS names or IP addresses) as `<stem>.pem` (leaf,
+    /// then the CA) and `<stem>.key` in `dir`; kept as it is when it exists, is younger than
+    /// [`REISSUE_AFTER`] and was issued for the same names.
+    pub fn issue_server(
+        &self,
+        dir: &Path,
+        stem: &str,
+        names: &[String],
+    ) -> anyhow::Result<CertificateFiles> {
+        let files = CertificateFiles {
+            chain: dir.join(format!("{stem}.pem")),
+            key: dir.join(format!("{stem}.key")),
+        };
+        let names_file = dir.join(format!("{stem}.names"));
+        let wanted = names.join("\n");
+        let fresh = std::fs::metadata(&files.chain)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .is_some_and(|age| age < REISSUE_AFTER);
+        if fresh
+            && files.key.exists()
+            && std::fs::read_to_string(&names_file).is_ok_and(|n| n == wanted)
+        {
+            return Ok(files);
+        }
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, names.first().map_or("tessera", |n| n.as_str()));
+        params.distinguished_name = dn;
+        params.subject_alt_names = names
+            .iter()
+            .map(|n| match n.parse::<std::net::IpAddr>() {
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) => Ok(SanType::DnsName(n.as_str().try_into()?)),
+            })
+            .collect::<Result<_, rcgen::Error>>()?;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::hours(1);
+        params.not_after = now + ISSUED_FOR;
+        let key = KeyPair::generate()?;
+        // The issuer as rcgen needs it: the same name and key as the CA on disk, which is
+        // all a signature check looks at.
+        let issuer = ca_params(&self.name).self_signed(&self.key)?;
+        let cert = params.signed_by(&key, &issuer, &self.key)?;
+        std::fs::create_dir_all(dir)?;
+        write_private(&files.key, key.serialize_pem().as_bytes())?;
+        let chain = format!("{}{}", cert.pem(), self.pem);
+        std::fs::write(&files.chain, chain)
+            .with_context(|| format!("writing {}", files.chain.display()))?;
+        std::fs::write(&names_file, wanted)?;
+        tracing::info!(certificate = %files.chain.display(), ?names, "issued a certificate");
+        Ok(files)
+    }
+}
+
+fn ca_params(name: &str) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params
+}
+
+/// The name the CA was created with, kept beside it (rcgen does not read certificates back).
+fn read_common_name(cert: &Path) -> Option<String> {
+    std::fs::read_to_string(cert.with_extension("name"))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// Writes a key readable by its owner only, from its creation.
+fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(contents)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_authority_is_kept_and_its_certificates_verify_against_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Authority::load_or_create(dir.path(), "Tessera test CA").unwrap();
+        let pem = std::fs::read(ca.certificate()).unwrap();
+        let again = Authority::load_or_create(dir.path(), "other name").unwrap();
+        assert_eq!(std::fs::read(again.certificate()).unwrap(), pem, "not recreated");
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(dir.path().join("ca.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        // A certificate issued by the reloaded authority verifies against the first's root.
+        let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+        let files = again.issue_server(dir.path(), "gw", &names).unwrap();
+        let chain = crate::certificates::read_chain(&files.chain).unwrap();
+        assert_eq!(chain.len(), 2);
+        let root = crate::certificates::read_chain(&ca.certificate()).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(root[0].clone()).unwrap();
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            crate::provider(),
+        )
+        .build()
+        .unwrap();
+        use rustls::client::danger::ServerCertVerifier as _;
+        let now = rustls::pki_types::UnixTime::now();
+        for name in ["localhost", "127.0.0.1"] {
+            let name = rustls::pki_types::ServerName::try_from(name).unwrap();
+            verifier
+                .verify_server_cert(&chain[0], &chain[1..], &name, &[], now)
+                .unwrap();
+        }
+        let wrong = rustls::pki_types::ServerName::try_from("example.com").unwrap();
+        assert!(verifier.verify_server_cert(&chain[0], &chain[1..], &wrong, &[], now).is_err());
+
+        // Asked again for the same names, the certificate is kept; for others, reissued.
+        let kept = again.issue_server(dir.path(), "gw", &names).unwrap();
+        assert_eq!(std::fs::read(&kept.chain).unwrap(), std::fs::read(&files.chain).unwrap());
+        let more = vec!["localhost".to_string(), "shop.test".to_string()];
+        let reissued = again.issue_server(dir.path(), "gw", &more).unwrap();
+        assert_ne!(std::fs::read(&reissued.chain).unwrap(), std::fs::read(&files.chain).unwrap());
+    }
+}
