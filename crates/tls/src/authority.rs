@@ -108,7 +108,10 @@ impl Authority {
         }
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, names.first().map_or("tessera", |n| n.as_str()));
+        dn.push(
+            DnType::CommonName,
+            names.first().map_or("tessera", |n| n.as_str()),
+        );
         params.distinguished_name = dn;
         params.subject_alt_names = names
             .iter()
@@ -180,9 +183,16 @@ mod tests {
         let ca = Authority::load_or_create(dir.path(), "Tessera test CA").unwrap();
         let pem = std::fs::read(ca.certificate()).unwrap();
         let again = Authority::load_or_create(dir.path(), "other name").unwrap();
-        assert_eq!(std::fs::read(again.certificate()).unwrap(), pem, "not recreated");
+        assert_eq!(
+            std::fs::read(again.certificate()).unwrap(),
+            pem,
+            "not recreated"
+        );
         use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(dir.path().join("ca.key")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("ca.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
 
         // A certificate issued by the reloaded authority verifies against the first's root.
@@ -208,13 +218,18 @@ mod tests {
                 .unwrap();
         }
         let wrong = rustls::pki_types::ServerName::try_from("example.com").unwrap();
-        assert!(verifier.verify_server_cert(&chain[0], &chain[1..], &wrong, &[], now).is_err());
+        assert!(
+            verifier
+                .verify_server_cert(&chain[0], &chain[1..], &wrong, &[], now)
+                .is_err()
+        );
 
         // Asked again for the same names, the certificate is kept; for others, reissued.
+        let first = std::fs::read(&files.chain).unwrap();
         let kept = again.issue_server(dir.path(), "gw", &names).unwrap();
-        assert_eq!(std::fs::read(&kept.chain).unwrap(), std::fs::read(&files.chain).unwrap());
+        assert_eq!(std::fs::read(&kept.chain).unwrap(), first);
         let more = vec!["localhost".to_string(), "shop.test".to_string()];
         let reissued = again.issue_server(dir.path(), "gw", &more).unwrap();
-        assert_ne!(std::fs::read(&reissued.chain).unwrap(), std::fs::read(&files.chain).unwrap());
+        assert_ne!(std::fs::read(&reissued.chain).unwrap(), first);
     }
 }

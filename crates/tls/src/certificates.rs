@@ -164,9 +164,7 @@ impl fmt::Debug for Certificates {
 }
 
 fn stamp(files: &CertificateFiles) -> Stamp {
-    let one = |p: &Path| {
-        std::fs::metadata(p).map_or((None, 0), |m| (m.modified().ok(), m.len()))
-    };
+    let one = |p: &Path| std::fs::metadata(p).map_or((None, 0), |m| (m.modified().ok(), m.len()));
     [one(&files.chain), one(&files.key)]
 }
 
