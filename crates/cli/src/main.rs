@@ -3,6 +3,7 @@
 mod keys;
 mod output;
 mod supervisor;
+mod tls;
 mod up;
 
 use std::path::{Path, PathBuf};
@@ -132,14 +133,32 @@ fn main() -> anyhow::Result<()> {
                             manifest.gateway.admin_listen
                         )
                     })?;
+                let (tls, certificates) = match &manifest.gateway.tls {
+                    Some(settings) => {
+                        let tls = tokio::net::TcpListener::bind(settings.listen)
+                            .await
+                            .with_context(|| {
+                                format!("cannot listen on {} (gateway.tls.listen)", settings.listen)
+                            })?;
+                        let certificates = tls::gateway_certificates(&manifest, &base, &state_dir)?;
+                        (Some(tls), certificates)
+                    }
+                    None => (None, Vec::new()),
+                };
                 let config = tessera_gateway::GatewayConfig {
                     control_url: format!("http://{}", manifest.control.listen),
                     credential,
                     manifest,
                     passport_keys,
+                    certificates,
+                };
+                let listeners = tessera_gateway::Listeners {
+                    plain: listener,
+                    tls,
+                    admin,
                 };
                 let shutdown = supervisor::shutdown_signal();
-                tessera_gateway::serve(config, listener, admin, shutdown).await
+                tessera_gateway::serve(config, listeners, shutdown).await
             }
         }
     });

@@ -34,6 +34,9 @@ pub async fn run(manifest_path: &Path, manifest: Manifest, no_build: bool) -> an
         .with_context(|| format!("cannot create {}", state_dir.display()))?;
     let passport_keys = keys::passport_keys(&state_dir)?;
     let control_keys = keys::control_keys(&state_dir)?;
+    // Made here, once, before any gateway starts (each gateway reads them).
+    crate::tls::gateway_certificates(&manifest, &base, &state_dir)
+        .context("gateway.tls: the certificates")?;
 
     if let (Some(build), false) = (&manifest.system.build, no_build) {
         let argv = build.argv();
@@ -189,6 +192,19 @@ pub async fn run(manifest_path: &Path, manifest: Manifest, no_build: bool) -> an
                 "  gateway        http://{}",
                 manifest.gateway.listen
             ));
+            if let Some(tls) = &manifest.gateway.tls {
+                say(&format!(
+                    "  gateway        https://{}  (HTTP/2, HTTP/1.1)",
+                    tls.listen
+                ));
+                if tls.certificates.is_empty() {
+                    let ca = crate::tls::development_ca(&state_dir, &manifest)?;
+                    say(&format!(
+                        "                 development certificate; trust {} (README)",
+                        ca.certificate().display()
+                    ));
+                }
+            }
             say(&format!(
                 "  gateway admin  http://{}  (/metrics, /status/resilience)",
                 manifest.gateway.admin_listen

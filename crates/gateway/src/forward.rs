@@ -76,7 +76,7 @@ impl Forwarder {
         };
         let replayable =
             tessera::resilience::may_repeat(&req.method, req.fields.contains("idempotency-key"));
-        let forwarding = self.proxies.fields(req.peer, &req.fields);
+        let forwarding = self.proxies.fields(req.peer, req.secure, &req.fields);
         let extra = [
             (passport::HEADER, passport.as_bytes()),
             ("traceparent", traceparent),

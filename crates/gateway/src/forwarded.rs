@@ -4,7 +4,7 @@
 //!
 //! A client can write anything in those fields, so a client's own are dropped (with
 //! `X-Forwarded-Host` and `X-Real-IP`, which say the same kind of thing) and the gateway
-//! states what it saw: the connection's peer, over plain HTTP. The exception is a peer the
+//! states what it saw: the connection's peer, and its scheme (`https` over TLS). The exception is a peer the
 //! manifest trusts (`gateway.trusted_proxies`: a load balancer in front of the gateway): its
 //! chain is kept and its own address appended, as each proxy of a chain does, its
 //! `X-Forwarded-Proto` is kept (it saw the client's scheme), and the client is the first
@@ -61,12 +61,14 @@ impl TrustedProxies {
         client
     }
 
-    /// The forwarding fields for a request from `peer` with `fields`.
-    pub fn fields<'a>(&self, peer: IpAddr, fields: &Fields<'a>) -> Forwarding<'a> {
+    /// The forwarding fields for a request from `peer` with `fields`, which came over TLS if
+    /// `secure`.
+    pub fn fields<'a>(&self, peer: IpAddr, secure: bool, fields: &Fields<'a>) -> Forwarding<'a> {
+        let scheme: &'static [u8] = if secure { b"https" } else { b"http" };
         let mut out = Forwarding {
             x_forwarded_for: Value::default(),
             forwarded: Value::default(),
-            proto: b"http",
+            proto: scheme,
             from_proxy: self.trusts(peer),
         };
         if out.from_proxy {
@@ -80,14 +82,15 @@ impl TrustedProxies {
                     proto = proto.or(Some(value.trim_ascii()));
                 }
             }
-            out.proto = proto.filter(|p| !p.is_empty()).unwrap_or(b"http");
+            out.proto = proto.filter(|p| !p.is_empty()).unwrap_or(scheme);
         }
         out.x_forwarded_for.separate();
         let _ = write!(out.x_forwarded_for, "{peer}");
         out.forwarded.separate();
+        let scheme = if secure { "https" } else { "http" };
         let _ = match peer {
-            IpAddr::V4(v4) => write!(out.forwarded, "for={v4};proto=http"),
-            IpAddr::V6(v6) => write!(out.forwarded, "for=\"[{v6}]\";proto=http"),
+            IpAddr::V4(v4) => write!(out.forwarded, "for={v4};proto={scheme}"),
+            IpAddr::V6(v6) => write!(out.forwarded, "for=\"[{v6}]\";proto={scheme}"),
         };
         out
     }
@@ -220,7 +223,7 @@ mod tests {
         for proxies in [trusting(&[]), trusting(&["10.0.0.0/8"])] {
             let peer = ip("192.0.2.1");
             assert_eq!(proxies.client(peer, &head.fields()), peer);
-            let f = proxies.fields(peer, &head.fields());
+            let f = proxies.fields(peer, false, &head.fields());
             assert_eq!(text(f.x_forwarded_for.as_bytes()), "192.0.2.1");
             assert_eq!(text(f.forwarded.as_bytes()), "for=192.0.2.1;proto=http");
             assert_eq!(f.proto, b"http");
@@ -237,12 +240,16 @@ mod tests {
             assert!(!not_from_a_client(b"accept"));
             assert!(matches!(f.x_forwarded_for, Value::Inline(..)));
         }
-        let f = trusting(&[]).fields(ip("2001:db8::1"), &head.fields());
+        let f = trusting(&[]).fields(ip("2001:db8::1"), false, &head.fields());
         assert_eq!(
             text(f.forwarded.as_bytes()),
             "for=\"[2001:db8::1]\";proto=http"
         );
         assert_eq!(text(f.x_forwarded_for.as_bytes()), "2001:db8::1");
+        // Over TLS, the scheme the gateway saw is https.
+        let f = trusting(&[]).fields(ip("192.0.2.1"), true, &head.fields());
+        assert_eq!(text(f.forwarded.as_bytes()), "for=192.0.2.1;proto=https");
+        assert_eq!(f.proto, b"https");
     }
 
     #[test]
@@ -256,7 +263,7 @@ mod tests {
             "X-Forwarded-Host: shop.example",
         ]);
         let peer = ip("10.3.3.3");
-        let f = proxies.fields(peer, &head.fields());
+        let f = proxies.fields(peer, false, &head.fields());
         assert_eq!(
             text(f.x_forwarded_for.as_bytes()),
             "203.0.113.7, 10.1.1.1, 10.2.2.2, 10.3.3.3"
@@ -272,14 +279,14 @@ mod tests {
 
         // A proxy that says nothing is the client's peer.
         let empty = Head::request(&[]);
-        let f = proxies.fields(peer, &empty.fields());
+        let f = proxies.fields(peer, false, &empty.fields());
         assert_eq!(text(f.x_forwarded_for.as_bytes()), "10.3.3.3");
         assert_eq!(f.proto, b"http");
 
         // A chain too long for the stack goes to the heap, whole.
         let long = format!("X-Forwarded-For: {}", vec!["203.0.113.9"; 40].join(", "));
         let head = Head::request(&[&long]);
-        let f = proxies.fields(peer, &head.fields());
+        let f = proxies.fields(peer, false, &head.fields());
         assert!(matches!(f.x_forwarded_for, Value::Heap(_)));
         assert!(text(f.x_forwarded_for.as_bytes()).ends_with("203.0.113.9, 10.3.3.3"));
         assert_eq!(text(f.x_forwarded_for.as_bytes()).matches(", ").count(), 40);

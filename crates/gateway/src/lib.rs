@@ -8,6 +8,7 @@
 //! (`wrap.rs`, `envelope.rs`), and write one access-log line. It is its own HTTP/1.1
 //! server and client (`tessera_http1::server`, `tessera_http1::pool`), both reading heads in
 //! place (`tessera_http1::fields`): no header map, no framework router on the hot path.
+//! HTTPS and HTTP/2 (hyper's) feed the same request path (`listen.rs`).
 
 pub mod admin;
 pub mod authenticate;
@@ -17,6 +18,7 @@ pub mod error;
 pub mod forward;
 pub mod forwarded;
 pub mod limit;
+pub mod listen;
 pub mod proxy;
 pub mod routes;
 #[cfg(test)]
@@ -53,16 +55,33 @@ pub struct GatewayConfig {
     pub control_url: String,
     /// `TESSERA_CREDENTIAL`: the gateway's own, to read the registry.
     pub credential: tessera::identity::Credential,
+    /// The HTTPS listener's certificates (`gateway.tls`, paths resolved), the first the
+    /// default; empty when HTTPS is off.
+    pub certificates: Vec<tessera_tls::CertificateFiles>,
 }
 
-/// Serves the gateway on `listener`, and its admin endpoints on `admin` (`admin.rs`), until
-/// `shutdown` completes, then drains connections.
+/// The sockets the gateway serves on, bound by its caller.
+pub struct Listeners {
+    /// `gateway.listen`: plain HTTP.
+    pub plain: TcpListener,
+    /// `gateway.tls.listen`: HTTPS, when on.
+    pub tls: Option<TcpListener>,
+    /// `gateway.admin_listen`.
+    pub admin: TcpListener,
+}
+
+/// Serves the gateway on its public listeners (`listen.rs`), and its admin endpoints on their
+/// own (`admin.rs`), until `shutdown` completes, then drains connections.
 pub async fn serve(
     config: GatewayConfig,
-    listener: TcpListener,
-    admin: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let Listeners {
+        plain: listener,
+        tls,
+        admin,
+    } = listeners;
     tessera::metrics::handle();
     let manifest = &config.manifest;
     let keys = PassportKeys::from_spec(&config.passport_keys, &manifest.system.name)
@@ -138,11 +157,68 @@ pub async fn serve(
         },
         admin::DRAIN,
     ));
+    let limits = Arc::new(limits);
+    let http2 = Arc::new(manifest.gateway.http2.clone());
+    let protocols = || listen::Protocols {
+        limits: limits.clone(),
+        http2: http2.clone(),
+    };
+    // One shutdown for every public listener.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    };
+    let mut public = tokio::task::JoinSet::new();
+    let mut plain_handler = None;
+    if let (Some(listener), Some(settings)) = (tls, &manifest.gateway.tls) {
+        let certificates = Arc::new(tessera_tls::Certificates::load(
+            &config.certificates,
+            tessera_tls::provider(),
+        )?);
+        certificates.spawn_reload(Duration::from_millis(settings.reload_ms));
+        let tls_config =
+            tessera_tls::server_config(certificates, &listen::alpn(&manifest.gateway.http2))?;
+        let https_port = listener.local_addr()?.port();
+        tracing::info!(address = %listener.local_addr()?, http2 = manifest.gateway.http2.enabled, "HTTPS on");
+        plain_handler = listen::plain_handler(settings.plain, https_port);
+        public.spawn(listen::serve_tls(
+            listener,
+            tessera_tls::TlsAcceptor::from(tls_config),
+            gateway.clone(),
+            protocols(),
+            stopped(),
+            DRAIN,
+        ));
+    }
     tracing::info!(address = %listener.local_addr()?, admin = %admin_address, routes = manifest.routes.len(), "gateway ready");
-    server::serve(listener, gateway, limits, shutdown, Duration::from_secs(10)).await;
+    match plain_handler {
+        Some(redirect) => public.spawn(listen::serve_plain(
+            listener,
+            Arc::new(redirect),
+            protocols(),
+            stopped(),
+            DRAIN,
+        )),
+        None => public.spawn(listen::serve_plain(
+            listener,
+            gateway.clone(),
+            protocols(),
+            stopped(),
+            DRAIN,
+        )),
+    };
+    shutdown.await;
+    let _ = stop.send(true);
+    while public.join_next().await.is_some() {}
     // The admin endpoints answer while the public side drains, and stop after it.
     let _ = stop_admin.send(true);
     let _ = admin.await;
     tracing::info!("gateway stopped");
     Ok(())
 }
+
+/// How long connections get to finish once the gateway is told to stop.
+const DRAIN: Duration = Duration::from_secs(10);

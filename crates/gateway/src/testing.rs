@@ -84,6 +84,7 @@ impl Head {
             fields: self.fields(),
             body: Ok(body),
             peer: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            secure: false,
             start: tokio::time::Instant::now(),
         }
     }

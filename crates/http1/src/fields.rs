@@ -24,6 +24,20 @@ pub fn record(head: &[u8], parsed: &[httparse::Header<'_>], into: &mut Vec<Field
     }));
 }
 
+/// Appends a field to a head being built (one that did not arrive as HTTP/1.1 text: an
+/// HTTP/2 request's), recording where it is.
+pub fn push(head: &mut Vec<u8>, into: &mut Vec<Field>, name: &[u8], value: &[u8]) {
+    let at = head.len() as u32;
+    head.extend_from_slice(name);
+    head.extend_from_slice(b": ");
+    head.extend_from_slice(value);
+    head.extend_from_slice(b"\r\n");
+    into.push(Field {
+        name: (at, name.len() as u32),
+        value: (at + name.len() as u32 + 2, value.len() as u32),
+    });
+}
+
 /// The fields of one head, for reading.
 #[derive(Clone, Copy)]
 pub struct Fields<'a> {
@@ -109,5 +123,12 @@ mod tests {
         assert!(has_token(connection, "close") && has_token(connection, "keep-alive"));
         assert!(!has_token(connection, "upgrade"));
         assert_eq!(Fields::empty().iter().count(), 0);
+
+        let (mut built, mut recorded) = (Vec::new(), Vec::new());
+        push(&mut built, &mut recorded, b"host", b"shop.test");
+        push(&mut built, &mut recorded, b"x-two", b"");
+        let fields = Fields::new(&built, &recorded);
+        assert_eq!(fields.get_str("Host"), Some("shop.test"));
+        assert_eq!(fields.get("x-two"), Some(&b""[..]));
     }
 }

@@ -23,14 +23,14 @@
 //! busy connection touches no timer at all.
 
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -42,7 +42,7 @@ mod response;
 
 use connection::Connection;
 pub use request::{BodyFraming, Reject, RequestHead, parse_head};
-pub use response::HeaderBuf;
+pub use response::{HeaderBuf, date};
 
 /// What the server enforces.
 #[derive(Clone, Debug)]
@@ -75,6 +75,8 @@ pub struct Request<'a> {
     pub fields: Fields<'a>,
     pub body: Result<&'a [u8], BodyError>,
     pub peer: IpAddr,
+    /// Whether it came over TLS (its scheme is `https`).
+    pub secure: bool,
     /// When the request's head had arrived.
     pub start: Instant,
 }
@@ -128,9 +130,56 @@ pub async fn serve<H: Handler>(
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) {
-    let (draining, _) = watch::channel(false);
-    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     let limits = Arc::new(limits);
+    let max = limits.max_connections;
+    accept(
+        listener,
+        max,
+        shutdown,
+        drain,
+        move |stream, peer, draining| {
+            let (handler, limits) = (handler.clone(), limits.clone());
+            async move {
+                let conn = Connection::new(stream, peer.ip(), false, draining.0);
+                conn.run(&*handler, &limits).await;
+            }
+        },
+    )
+    .await
+}
+
+/// Tells a connection that the server is shutting down: an idle one closes at once, a busy
+/// one after its answer.
+pub struct Draining(watch::Receiver<bool>);
+
+impl Draining {
+    /// Whether the server is shutting down.
+    pub fn is_draining(&self) -> bool {
+        self.0.has_changed().unwrap_or(true)
+    }
+
+    /// Completes once the server shuts down.
+    pub async fn wait(&mut self) {
+        let _ = self.0.wait_for(|d| *d).await;
+    }
+}
+
+/// The accept loop every listener of the gateway shares: at most `max_connections` open at
+/// once (more wait in the kernel's backlog), `on_connection` run on a task of its own for each
+/// (its future ends when the connection does), until `shutdown` completes; then connections
+/// are told to drain and given at most `drain` to finish.
+pub async fn accept<F, Fut>(
+    listener: TcpListener,
+    max_connections: usize,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+    on_connection: F,
+) where
+    F: Fn(TcpStream, SocketAddr, Draining) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (draining, _) = watch::channel(false);
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
     tokio::pin!(shutdown);
     let mut full = false; // said once per time the limit is reached
     loop {
@@ -143,7 +192,7 @@ pub async fn serve<H: Handler>(
             Err(_) => {
                 if !full {
                     tracing::warn!(
-                        max = limits.max_connections,
+                        max = max_connections,
                         "connection limit reached; new connections wait"
                     );
                     full = true;
@@ -167,10 +216,9 @@ pub async fn serve<H: Handler>(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let conn = Connection::new(stream, peer.ip(), draining.subscribe());
-        let (handler, limits) = (handler.clone(), limits.clone());
+        let conn = on_connection(stream, peer, Draining(draining.subscribe()));
         tokio::spawn(async move {
-            conn.run(&*handler, &limits).await;
+            conn.await;
             drop(slot);
         });
     }
@@ -184,6 +232,21 @@ pub async fn serve<H: Handler>(
     }
 }
 
+/// Serves HTTP/1.1 on one connection accepted by [`accept`] (after a TLS handshake, say:
+/// `secure` says so to the handler), until it closes or the server drains.
+pub async fn serve_stream<H: Handler, S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    peer: IpAddr,
+    secure: bool,
+    draining: Draining,
+    handler: &H,
+    limits: &Limits,
+) {
+    Connection::new(stream, peer, secure, draining.0)
+        .run(handler, limits)
+        .await;
+}
+
 /// Serves one connection until it closes, as [`serve`] serves each it accepts (without the
 /// draining on shutdown). Any byte stream will do: this is how the fuzz targets drive the
 /// whole server, heads, bodies and pipelining, without a socket.
@@ -194,10 +257,44 @@ pub async fn serve_connection<H: Handler, S: AsyncRead + AsyncWrite + Unpin>(
     limits: &Limits,
 ) {
     let (draining, receiver) = watch::channel(false);
-    Connection::new(stream, peer, receiver)
+    Connection::new(stream, peer, false, receiver)
         .run(handler, limits)
         .await;
     drop(draining); // kept until the end: a dropped sender reads as a shutdown
+}
+
+/// When a request body must have arrived by: the body timeout from the head's arrival, plus
+/// what the bytes received so far earned at the minimum rate.
+pub struct BodyClock {
+    pub start: Instant,
+    pub timeout: Duration,
+    /// Bytes per second; 0 earns nothing.
+    pub rate: u64,
+    /// Raw body bytes read so far.
+    pub received: u64,
+}
+
+impl BodyClock {
+    /// The clock of a body whose head arrived at `start`, under `limits`.
+    pub fn new(start: Instant, limits: &Limits) -> Self {
+        Self {
+            start,
+            timeout: limits.body_timeout,
+            rate: limits.min_body_rate,
+            received: 0,
+        }
+    }
+
+    /// The most a body earns: past this, it has taken long enough whatever its rate.
+    const MAX_EARNED: Duration = Duration::from_secs(24 * 3600);
+
+    pub fn deadline(&self) -> Instant {
+        let earned = match self.rate {
+            0 => Duration::ZERO,
+            rate => Duration::from_millis(self.received.saturating_mul(1000) / rate),
+        };
+        self.start + self.timeout + earned.min(Self::MAX_EARNED)
+    }
 }
 
 #[cfg(test)]

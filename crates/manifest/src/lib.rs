@@ -15,8 +15,10 @@ use tessera_resilience::RateLimit;
 pub use tessera_resilience::{Resilience, RetryConfig};
 
 mod cidr;
+mod tls;
 
 pub use cidr::Cidr;
+pub use tls::{CertificatePaths, Http2, Plain, Tls};
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -122,6 +124,10 @@ pub struct Gateway {
     /// Peers whose `X-Forwarded-For` and `Forwarded` are believed (a load balancer in front of
     /// the gateway); every other client's are dropped. None by default.
     pub trusted_proxies: Vec<Cidr>,
+    /// HTTPS (`tls.rs`); off when absent.
+    pub tls: Option<Tls>,
+    /// HTTP/2's limits.
+    pub http2: Http2,
     /// Where access tokens come from; without it, every route must be public.
     pub tokens: Option<Tokens>,
     /// Breakers, bulkheads and retries for every upstream service…
@@ -144,6 +150,8 @@ impl Default for Gateway {
             max_body_bytes: 1024 * 1024,
             max_response_bytes: 16 * 1024 * 1024,
             trusted_proxies: Vec::new(),
+            tls: None,
+            http2: Http2::default(),
             tokens: None,
             resilience: Resilience::default(),
             upstreams: BTreeMap::new(),
@@ -390,6 +398,24 @@ impl Manifest {
         if g.admin_listen == g.listen {
             return Err("gateway.admin_listen: must differ from gateway.listen".into());
         }
+        if let Some(tls) = &g.tls {
+            if [g.listen, g.admin_listen].contains(&tls.listen) {
+                return Err(
+                    "gateway.tls.listen: must differ from gateway.listen and admin_listen".into(),
+                );
+            }
+            if tls.reload_ms == 0 {
+                return Err("gateway.tls.reload_ms: must be at least 1".into());
+            }
+        }
+        let h2 = &g.http2;
+        if h2.max_concurrent_streams == 0
+            || h2.max_header_list_bytes < 1024
+            || h2.stream_window_bytes < 65_535
+            || h2.connection_window_bytes < h2.stream_window_bytes
+        {
+            return Err("gateway.http2: at least 1 stream, 1 KiB of headers, and windows of at least 65535 bytes (the connection's at least a stream's)".into());
+        }
         if g.max_connections == 0 {
             return Err("gateway.max_connections: must be at least 1".into());
         }
@@ -548,5 +574,40 @@ mod tests {
         assert_eq!(m.gateway.trusted_proxies.len(), 2);
         let e = Manifest::parse("[sytem]\n").unwrap_err();
         assert!(e.to_string().contains("sytem"), "{e}");
+    }
+
+    #[test]
+    fn tls_and_http2() {
+        let m = Manifest::parse(
+            r#"
+            [gateway.tls]
+            listen = "0.0.0.0:8443"
+            certificates = [{ chain = "certs/a.pem", key = "certs/a.key" }]
+            plain = "refuse"
+            [gateway.http2]
+            max_concurrent_streams = 10
+            "#,
+        )
+        .unwrap();
+        let tls = m.gateway.tls.unwrap();
+        assert_eq!(tls.listen.to_string(), "0.0.0.0:8443");
+        assert_eq!(tls.plain, Plain::Refuse);
+        assert_eq!(tls.certificates[0].key, PathBuf::from("certs/a.key"));
+        assert_eq!(tls.reload_ms, 1000);
+        assert_eq!(m.gateway.http2.max_concurrent_streams, 10);
+        assert!(m.gateway.http2.enabled && !m.gateway.http2.h2c);
+        let m = Manifest::parse("[gateway.tls]\nlisten = \"127.0.0.1:8443\"\n").unwrap();
+        let tls = m.gateway.tls.unwrap();
+        assert!(tls.certificates.is_empty());
+        assert_eq!(tls.plain, Plain::Redirect);
+        assert!(Manifest::parse("").unwrap().gateway.tls.is_none());
+
+        let e = Manifest::parse("[gateway.tls]\nlisten = \"127.0.0.1:8080\"\n").unwrap_err();
+        assert!(e.to_string().contains("gateway.tls.listen"), "{e}");
+        let e = Manifest::parse("[gateway.tls]\nlisten = \"127.0.0.1:1\"\nplain = \"maybe\"\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("maybe"), "{e}");
+        let e = Manifest::parse("[gateway.http2]\nstream_window_bytes = 10\n").unwrap_err();
+        assert!(e.to_string().contains("gateway.http2"), "{e}");
     }
 }

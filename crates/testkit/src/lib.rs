@@ -32,6 +32,10 @@ pub struct Options {
     pub max_body_bytes: u64,
     /// Extra `[services.*]` and `[[route]]` TOML appended to the manifest.
     pub extra_manifest: String,
+    /// HTTPS on a port of its own, with these extra `[gateway.tls]` lines (none: off).
+    pub tls: Option<String>,
+    /// Extra `[gateway.http2]` lines.
+    pub http2: String,
     /// Also run the checkout services (order, inventory, payment, provider, notification).
     pub checkout: bool,
     /// Extra env for the checkout services: (service, key, value).
@@ -50,6 +54,8 @@ impl Default for Options {
             trusted_proxies: Vec::new(),
             max_body_bytes: 64 * 1024,
             extra_manifest: String::new(),
+            tls: None,
+            http2: String::new(),
             checkout: false,
             checkout_env: Vec::new(),
         }
@@ -59,6 +65,8 @@ impl Default for Options {
 /// A running system. Dropping it kills the tree.
 pub struct System {
     pub gateway: String,
+    /// The gateway's HTTPS listener, when `Options::tls` asked for one.
+    pub gateway_tls: Option<String>,
     /// The gateway's admin listener (`/metrics`, `/status/*`).
     pub gateway_admin: String,
     pub control: String,
@@ -108,13 +116,21 @@ fn topics(service: &str) -> &'static str {
 }
 
 /// The `[gateway]` keys the options set only when they are not the default.
-fn gateway_extra(opts: &Options) -> String {
+fn gateway_extra(opts: &Options, tls_port: u16) -> String {
     let mut out = String::new();
     if let Some(ms) = opts.body_timeout_ms {
         out.push_str(&format!("body_timeout_ms = {ms}\n"));
     }
     if !opts.trusted_proxies.is_empty() {
         out.push_str(&format!("trusted_proxies = {:?}\n", opts.trusted_proxies));
+    }
+    if let Some(tls) = &opts.tls {
+        out.push_str(&format!(
+            "[gateway.tls]\nlisten = \"127.0.0.1:{tls_port}\"\nreload_ms = 100\n{tls}\n"
+        ));
+    }
+    if !opts.http2.is_empty() {
+        out.push_str(&format!("[gateway.http2]\n{}\n", opts.http2));
     }
     out
 }
@@ -180,6 +196,9 @@ impl System {
             .expect("ports");
         let admin_port = std::iter::repeat_with(free_port)
             .find(|p| *p != control_port && *p != gateway_port)
+            .expect("ports");
+        let tls_port = std::iter::repeat_with(free_port)
+            .find(|p| ![control_port, gateway_port, admin_port].contains(p))
             .expect("ports");
         let manifest = format!(
             r#"
@@ -260,7 +279,7 @@ replicas = {replicas}
             upstream_timeout = opts.upstream_timeout_ms,
             header_timeout = opts.header_timeout_ms,
             max_body = opts.max_body_bytes,
-            gateway_extra = gateway_extra(&opts),
+            gateway_extra = gateway_extra(&opts, tls_port),
             bin = bin.display(),
             replicas = opts.catalog_replicas,
             extra = opts.extra_manifest,
@@ -286,6 +305,10 @@ replicas = {replicas}
             .expect("start tessera up");
         let system = System {
             gateway: format!("http://127.0.0.1:{gateway_port}"),
+            gateway_tls: opts
+                .tls
+                .as_ref()
+                .map(|_| format!("https://127.0.0.1:{tls_port}")),
             gateway_admin: format!("http://127.0.0.1:{admin_port}"),
             control: format!("http://127.0.0.1:{control_port}"),
             dir,
@@ -353,6 +376,17 @@ replicas = {replicas}
 
     /// The control-plane credential of `principal` (`service:<name>`, `gateway`,
     /// `supervisor`, `admin`) in this system, made with its control keys as `tessera up` does.
+    /// The development CA the gateway's certificate comes from: what HTTPS clients trust.
+    pub fn development_ca(&self) -> PathBuf {
+        self.dir.join("state/tls/dev-ca/ca.pem")
+    }
+
+    /// The gateway's development certificate and key (replace them to rotate it).
+    pub fn gateway_certificate(&self) -> (PathBuf, PathBuf) {
+        let tls = self.dir.join("state/tls");
+        (tls.join("gateway.pem"), tls.join("gateway.key"))
+    }
+
     pub fn credential(&self, principal: &str) -> Credential {
         let spec =
             std::fs::read_to_string(self.dir.join("state/control.keys")).expect("the control keys");

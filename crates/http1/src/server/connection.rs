@@ -15,7 +15,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::request::{BodyFraming, MAX_HEAD, Reject, RequestHead, parse_head};
 use super::response::{HeaderBuf, respond};
-use super::{BodyError, Handler, Limits, Request};
+use super::{BodyClock, BodyError, Handler, Limits, Request};
 use crate::RESERVE_AHEAD;
 use crate::chunked::{self, ChunkError};
 use crate::fields::{Field, Fields};
@@ -23,6 +23,7 @@ use crate::fields::{Field, Fields};
 pub(super) struct Connection<S> {
     stream: S,
     peer: IpAddr,
+    secure: bool,
     read: BytesMut,
     write: Vec<u8>,
     fields: Vec<Field>,
@@ -33,10 +34,16 @@ pub(super) struct Connection<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
-    pub(super) fn new(stream: S, peer: IpAddr, draining: watch::Receiver<bool>) -> Self {
+    pub(super) fn new(
+        stream: S,
+        peer: IpAddr,
+        secure: bool,
+        draining: watch::Receiver<bool>,
+    ) -> Self {
         Self {
             stream,
             peer,
+            secure,
             read: BytesMut::with_capacity(8 * 1024),
             write: Vec::with_capacity(4 * 1024),
             fields: Vec::with_capacity(16),
@@ -116,12 +123,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             let body = match self.body_in_buffer(&head, limits.max_body) {
                 Some(body) => body,
                 None => {
-                    let mut clock = BodyClock {
-                        start,
-                        timeout: limits.body_timeout,
-                        rate: limits.min_body_rate,
-                        received: 0,
-                    };
+                    let mut clock = BodyClock::new(start, limits);
                     if timer.deadline() > clock.deadline() {
                         timer.as_mut().reset(clock.deadline());
                     }
@@ -155,6 +157,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     Err(e) => Err(e),
                 },
                 peer: self.peer,
+                secure: self.secure,
                 start,
             };
             let (status, body, done) = handler.handle(&req, &mut self.headers).await;
@@ -339,30 +342,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
 /// The client closed the connection, or it failed.
 struct Closed;
-
-/// When a request body must have arrived by: the body timeout from the head's arrival, plus
-/// what the bytes received so far earned at the minimum rate.
-struct BodyClock {
-    start: Instant,
-    timeout: Duration,
-    /// Bytes per second; 0 earns nothing.
-    rate: u64,
-    /// Raw body bytes read so far.
-    received: u64,
-}
-
-impl BodyClock {
-    /// The most a body earns: past this, it has taken long enough whatever its rate.
-    const MAX_EARNED: Duration = Duration::from_secs(24 * 3600);
-
-    fn deadline(&self) -> Instant {
-        let earned = match self.rate {
-            0 => Duration::ZERO,
-            rate => Duration::from_millis(self.received.saturating_mul(1000) / rate),
-        };
-        self.start + self.timeout + earned.min(Self::MAX_EARNED)
-    }
-}
 
 enum BodySpan {
     /// This many bytes after the head, in the read buffer.

@@ -24,9 +24,23 @@ impl HeaderBuf {
         self.buf.extend_from_slice(b"\r\n");
     }
 
-    pub(super) fn clear(&mut self) {
+    pub fn clear(&mut self) {
         self.buf.clear();
         self.has_date = false;
+    }
+
+    /// Whether a `date` field was pushed (else the server adds one).
+    pub fn has_date(&self) -> bool {
+        self.has_date
+    }
+
+    /// The fields pushed, in order: for a server that writes them otherwise (HTTP/2).
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.buf.split(|b| *b == b'\n').filter_map(|line| {
+            let line = line.strip_suffix(b"\r")?;
+            let colon = line.iter().position(|b| *b == b':')?;
+            Some((&line[..colon], line[colon + 1..].trim_ascii_start()))
+        })
     }
 
     /// The fields as written, for tests.
@@ -79,7 +93,7 @@ pub(super) async fn respond<S: AsyncWrite + Unpin>(
 }
 
 /// The `Date` field's value, formatted once a second.
-mod date {
+pub mod date {
     use std::cell::RefCell;
     use std::time::{SystemTime, UNIX_EPOCH};
 
