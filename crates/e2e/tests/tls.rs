@@ -297,3 +297,232 @@ async fn a_certificate_replaced_on_disk_is_served_without_a_failed_request() {
     assert_eq!(served_now["cert"], certs[1][0], "{served_now}");
     assert!(sys.log().contains("certificate reloaded"));
 }
+
+type TlsStream = tessera_tls::tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// A TLS connection to the gateway offering `alpn`, verified against the development CA.
+async fn tls_connect(sys: &System, alpn: &[&[u8]]) -> TlsStream {
+    tls_connect_reading(sys, alpn, None).await
+}
+
+/// The same, with a receive buffer of `rcvbuf` bytes: a client that reads little.
+async fn tls_connect_reading(sys: &System, alpn: &[&[u8]], rcvbuf: Option<u32>) -> TlsStream {
+    use tessera_tls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in tessera_tls::certificates::read_chain(&sys.development_ca()).unwrap() {
+        roots.add(cert).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(tessera_tls::provider())
+        .with_protocol_versions(tessera_tls::VERSIONS)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let address = sys
+        .gateway_tls
+        .as_ref()
+        .unwrap()
+        .trim_start_matches("https://");
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    if let Some(size) = rcvbuf {
+        socket.set_recv_buffer_size(size).unwrap();
+    }
+    let tcp = socket.connect(address.parse().unwrap()).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    tessera_tls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake")
+}
+
+/// An HTTP/2 connection over TLS, and the task that drives it (its result: how it ended).
+async fn h2_connect(
+    sys: &System,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tls = tls_connect(sys, &[b"h2"]).await;
+    let (send, conn) = h2::client::handshake(tls).await.expect("HTTP/2 handshake");
+    (send, tokio::spawn(conn))
+}
+
+fn get(url: &str) -> http::Request<()> {
+    http::Request::get(url).body(()).unwrap()
+}
+
+/// How many requests the echo service received on `path`.
+async fn echo_count(sys: &System, path: &str) -> u64 {
+    let (status, body) = sys.get("/api/echo/count", None).await;
+    assert_eq!(status, 200, "{body}");
+    body["data"][path].as_u64().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_abuse_is_cut_off_and_other_clients_keep_being_served() {
+    let mut opts = with_echo("plain = \"serve\"");
+    opts.http2 = "h2c = true\nmax_header_list_bytes = 8192".into();
+    opts.body_timeout_ms = Some(1000);
+    let sys = System::start_with(opts).await;
+    let ca = sys.development_ca();
+    let ca = path_str(&ca);
+    let products = https(&sys, "/api/catalog/products?limit=1");
+    let gateway_pid = sys.gateway_pid();
+    let rss_before = tessera_testkit::rss_kb(gateway_pid).unwrap();
+
+    // h2c: HTTP/2 with prior knowledge on the plain listener, as configured.
+    let h2c = curl(&[
+        "--http2-prior-knowledge",
+        &format!("{}/api/catalog/products?limit=1", sys.gateway),
+    ])
+    .await;
+    assert_eq!(
+        (h2c.status, h2c.version.as_str()),
+        (200, "2"),
+        "{}",
+        h2c.body
+    );
+
+    // A stream that never sends its body: 408 after the body timeout, not a stream held open.
+    let (mut send, _conn) = h2_connect(&sys).await;
+    let post = http::Request::post(https(&sys, "/api/echo/never"))
+        .body(())
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (response, _body_stream) = send.send_request(post, false).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .expect("answered")
+        .unwrap();
+    assert_eq!(response.status(), 408);
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A header list over the limit: 431, nothing reaches the instance, and the connection
+    // still serves the next request.
+    let big = http::Request::get(https(&sys, "/api/echo/big"))
+        .header("x-big", "a".repeat(12 * 1024))
+        .body(())
+        .unwrap();
+    let (response, _) = send.send_request(big, true).unwrap();
+    match response.await {
+        Ok(r) => assert_eq!(r.status(), 431),
+        Err(e) => assert!(e.is_reset() || e.is_remote(), "{e}"),
+    }
+    let (response, _) = send
+        .ready()
+        .await
+        .unwrap()
+        .send_request(get(&products), true)
+        .unwrap();
+    assert_eq!(response.await.unwrap().status(), 200);
+    assert_eq!(echo_count(&sys, "/api/echo/big").await, 0);
+
+    // Rapid reset (CVE-2023-44487): streams opened and cancelled at once, thousands of them.
+    // The gateway closes the connection, long before it has forwarded them all.
+    let (send, conn) = h2_connect(&sys).await;
+    let mut sent = 0;
+    let mut send = Some(send);
+    while sent < 5000 {
+        let Some(s) = send.take() else { break };
+        let Ok(mut ready) = s.ready().await else {
+            break;
+        };
+        match ready.send_request(get(&https(&sys, "/api/echo/reset")), true) {
+            Ok((response, _)) => drop(response), // cancelled: RST_STREAM
+            Err(_) => break,
+        }
+        sent += 1;
+        send = Some(ready);
+    }
+    drop(send);
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("connection ends")
+        .unwrap();
+    let forwarded = echo_count(&sys, "/api/echo/reset").await;
+    eprintln!("rapid reset: {sent} sent, {forwarded} forwarded, the connection ended {ended:?}");
+    assert!(
+        ended.is_err() || sent < 5000,
+        "the connection was not cut: {sent} sent, {ended:?}"
+    );
+    assert!(
+        forwarded < 1000,
+        "{forwarded} of {sent} reset streams forwarded"
+    );
+
+    // A SETTINGS flood from a client that never reads: each SETTINGS owes an acknowledgement,
+    // and the gateway reads no further frame until it is written, so the client is stopped
+    // once the socket's buffers are full; the gateway's memory stays put, and others are
+    // served meanwhile.
+    let mut flood = tls_connect_reading(&sys, &[b"h2"], Some(4096)).await;
+    use tokio::io::AsyncWriteExt as _;
+    flood
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    let settings = [0u8, 0, 0, 4, 0, 0, 0, 0, 0]; // an empty SETTINGS frame
+    let burst: Vec<u8> = settings.iter().copied().cycle().take(9 * 10_000).collect();
+    let flooding = tokio::spawn(async move {
+        for _ in 0..500 {
+            if tokio::time::timeout(Duration::from_secs(2), flood.write_all(&burst))
+                .await
+                .is_err()
+            {
+                return "stalled"; // the gateway stopped reading: limited
+            }
+            if flood.flush().await.is_err() {
+                return "closed";
+            }
+        }
+        "accepted"
+    });
+    for _ in 0..5 {
+        let other = curl(&["--http2", "--cacert", ca, &products]).await;
+        assert_eq!(other.status, 200, "{}", other.body);
+    }
+    let outcome = flooding.await.unwrap();
+    eprintln!("SETTINGS flood: {outcome}");
+    assert_ne!(
+        outcome, "accepted",
+        "5,000,000 SETTINGS frames taken without a pause"
+    );
+
+    // And a ping flood likewise (each PING owes a PONG).
+    let mut flood = tls_connect_reading(&sys, &[b"h2"], Some(4096)).await;
+    flood
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    let ping = [0u8, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+    let burst: Vec<u8> = ping.iter().copied().cycle().take(17 * 10_000).collect();
+    let outcome = async {
+        for _ in 0..500 {
+            if tokio::time::timeout(Duration::from_secs(2), flood.write_all(&burst))
+                .await
+                .is_err()
+            {
+                return "stalled";
+            }
+            if flood.flush().await.is_err() {
+                return "closed";
+            }
+        }
+        "accepted"
+    }
+    .await;
+    eprintln!("PING flood: {outcome}");
+    assert_ne!(outcome, "accepted", "5,000,000 PINGs taken without a pause");
+    let other = curl(&["--http2", "--cacert", ca, &products]).await;
+    assert_eq!(other.status, 200, "{}", other.body);
+
+    let rss_after = tessera_testkit::rss_kb(gateway_pid).unwrap();
+    assert!(tessera_testkit::alive(gateway_pid));
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "the gateway grew from {rss_before} kB to {rss_after} kB"
+    );
+}

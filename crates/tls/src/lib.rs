@@ -24,7 +24,7 @@ pub use authority::Authority;
 pub use certificates::{CertificateFiles, Certificates};
 pub use rustls;
 pub use server::server_config;
-pub use tokio_rustls::{TlsAcceptor, TlsConnector, server::TlsStream};
+pub use tokio_rustls::{self, TlsAcceptor, TlsConnector, server::TlsStream};
 
 /// The workspace's one crypto provider.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
