@@ -124,6 +124,8 @@ mod tests {
                 tokens: None,
                 revoke_for: Duration::from_secs(60),
                 forwarder: testing::forwarder("shop", "127.0.0.1:9"),
+                tunnel_idle: Duration::from_secs(60),
+                tunnel_max: Duration::from_secs(600),
             }),
         };
         let head = Head::request(&[]);

@@ -8,6 +8,10 @@
 //! too (`forwarded.rs`). The body was read whole and bounded by the server:
 //! one it found too large or malformed ends the request here, before any instance is asked.
 //!
+//! On a route that allows WebSockets, an upgrade request goes on with its `Connection` and
+//! `Upgrade` (hop-by-hop fields, dropped otherwise) on a connection of its own; an instance's
+//! `101` hands that connection over, and the server splices it with the client's.
+//!
 //! The call itself goes through the service's [`Upstream`]: breaker, bulkhead, balancer and
 //! retries within a budget (`upstream.rs`), which is also what decides that a request may be
 //! sent twice. Each way the call can fail has one fixed answer ([`refusal`]); what went wrong
@@ -77,13 +81,27 @@ impl Forwarder {
         let replayable =
             tessera::resilience::may_repeat(&req.method, req.fields.contains("idempotency-key"));
         let forwarding = self.proxies.fields(req.peer, req.secure, &req.fields);
-        let extra = [
+        // An upgrade asks for the protocol in the client's `Upgrade` (the instance checks the
+        // handshake's own fields, which pass as they are).
+        let upgrade = route.websocket.then(|| upgrade_to(req)).flatten();
+        let extra_upgrade = [
+            ("connection", &b"upgrade"[..]),
+            ("upgrade", upgrade.unwrap_or_default()),
+        ];
+        let extra_all = [
             (passport::HEADER, passport.as_bytes()),
             ("traceparent", traceparent),
             ("x-forwarded-for", forwarding.x_forwarded_for.as_bytes()),
             ("forwarded", forwarding.forwarded.as_bytes()),
             ("x-forwarded-proto", forwarding.proto),
+            extra_upgrade[0],
+            extra_upgrade[1],
         ];
+        let extra = if upgrade.is_some() {
+            &extra_all[..]
+        } else {
+            &extra_all[..5]
+        };
         let request = Outgoing {
             method: &req.method,
             path_and_query: req.target,
@@ -93,10 +111,11 @@ impl Forwarder {
             } else {
                 not_forwarded
             },
-            extra: &extra,
+            extra,
             deadline_ms: None,
             body,
             replayable,
+            upgrade: upgrade.is_some(),
         };
         let result = upstream
             .call(
@@ -119,6 +138,21 @@ impl Forwarder {
         }
         result
     }
+}
+
+/// The protocol an upgrade request asks for: `Connection: upgrade` and `Upgrade: <protocol>`
+/// on a GET (RFC 9110 §7.8; WebSocket, RFC 6455 §4.1).
+pub fn upgrade_to<'a>(req: &Request<'a>) -> Option<&'a [u8]> {
+    if req.method != http::Method::GET {
+        return None;
+    }
+    let connection = req.fields.iter().any(|(n, v)| {
+        n.eq_ignore_ascii_case(b"connection") && crate::fields::has_token(v, "upgrade")
+    });
+    connection
+        .then(|| req.fields.get("upgrade"))
+        .flatten()
+        .filter(|v| !v.is_empty())
 }
 
 /// The request's body, if the server could read it.

@@ -123,6 +123,8 @@ pub async fn serve(
             timeout: Duration::from_millis(manifest.gateway.upstream_timeout_ms),
             max_response: manifest.gateway.max_response_bytes,
         },
+        tunnel_idle: Duration::from_millis(manifest.gateway.websocket_idle_timeout_ms),
+        tunnel_max: Duration::from_millis(manifest.gateway.websocket_max_ms),
     });
     let sweeper = Arc::downgrade(&gateway);
     tokio::spawn(async move {

@@ -157,6 +157,7 @@ mod tests {
             deadline_ms: None,
             body: b"",
             replayable: true,
+            upgrade: false,
         };
         let pool = Pool::new(1, Duration::from_secs(1));
         let failure = upstream

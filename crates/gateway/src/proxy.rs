@@ -24,7 +24,7 @@ use tessera::TraceContext;
 use crate::error::GatewayError;
 use crate::forward::Forwarder;
 use crate::routes::{CompiledRoute, NotNormal, RouteTable};
-use crate::server::{HeaderBuf, Request};
+use crate::server::{HeaderBuf, Request, Tunnel};
 use crate::tokens::TokenVerifier;
 use crate::upstream::{CallFailure, Exchange};
 use crate::{authenticate, authorize, envelope, forward, limit, wrap};
@@ -36,6 +36,10 @@ pub struct Gateway {
     /// safe bound), for revocations that arrive by header.
     pub revoke_for: Duration,
     pub forwarder: Forwarder,
+    /// A tunnel (WebSocket) closes after this long without traffic, and after the second in
+    /// any case.
+    pub tunnel_idle: Duration,
+    pub tunnel_max: Duration,
 }
 
 /// A forwarded request's answer, wrapped.
@@ -44,6 +48,8 @@ struct Forwarded {
     body: Bytes,
     /// The instance that answered, or `fallback`.
     upstream: String,
+    /// After a `101`: the instance's connection, to splice with the client's.
+    tunnel: Option<Tunnel>,
 }
 
 /// A proxied request's access record, logged and counted once its answer is written.
@@ -51,6 +57,7 @@ pub struct Access<'a> {
     route: Option<&'a str>,
     upstream: Option<String>,
     trace_id: [u8; 32],
+    tunnel: Option<Tunnel>,
 }
 
 impl crate::server::Handler for Gateway {
@@ -75,6 +82,10 @@ impl crate::server::Handler for Gateway {
                 (status, body, Some(access))
             }
         }
+    }
+
+    fn tunnel(&self, access: &mut Option<Access<'_>>) -> Option<Tunnel> {
+        access.as_mut()?.tunnel.take()
     }
 
     /// The access log line and the request metrics, once the answer is written: the time
@@ -150,9 +161,9 @@ impl Gateway {
                 .await
             }
         };
-        let (status, body, upstream) = match answer {
-            Ok(f) => (f.status, f.body, Some(f.upstream)),
-            Err(e) => (e.status, wrap::refusal(&e, trace_id, headers), None),
+        let (status, body, upstream, tunnel) = match answer {
+            Ok(f) => (f.status, f.body, Some(f.upstream), f.tunnel),
+            Err(e) => (e.status, wrap::refusal(&e, trace_id, headers), None, None),
         };
         headers.push(b"traceparent", traceparent.as_bytes());
         headers.push(b"x-trace-id", trace_id.as_bytes());
@@ -160,6 +171,7 @@ impl Gateway {
             route: route.ok().flatten().map(|r| r.prefix.as_str()),
             upstream,
             trace_id: trace_hex,
+            tunnel,
         };
         (status, body, access)
     }
@@ -185,7 +197,10 @@ impl Gateway {
             .forwarder
             .call(route, req, body, caller, trace, traceparent)
             .await;
-        let Exchange { response, instance } = match (called, &route.fallback) {
+        let Exchange {
+            mut response,
+            instance,
+        } = match (called, &route.fallback) {
             (Ok(exchange), _) => exchange,
             (Err(CallFailure::Open), Some(fallback)) => {
                 let (status, body) = wrap::fallback(fallback, trace_id, headers);
@@ -193,10 +208,27 @@ impl Gateway {
                     status,
                     body,
                     upstream: "fallback".into(),
+                    tunnel: None,
                 });
             }
             (Err(failure), _) => return Err(forward::refusal(failure)),
         };
+        if let Some(upgraded) = response.upgraded.take() {
+            // Switched: the instance's handshake answer goes to the client as it is, and
+            // the connection becomes a tunnel.
+            wrap::switching(response.fields(), headers);
+            return Ok(Forwarded {
+                status: StatusCode::SWITCHING_PROTOCOLS,
+                body: Bytes::new(),
+                upstream: instance,
+                tunnel: Some(Tunnel {
+                    upstream: upgraded.stream,
+                    leftover: upgraded.leftover,
+                    idle: self.tunnel_idle,
+                    total: self.tunnel_max,
+                }),
+            });
+        }
         let fields = response.fields();
         authenticate::revoke_if_asked(tokens, &route.service, &fields, self.revoke_for);
         let (status, body) =
@@ -205,6 +237,7 @@ impl Gateway {
             status,
             body,
             upstream: instance,
+            tunnel: None,
         })
     }
 }
@@ -240,6 +273,8 @@ mod tests {
             tokens: Some(testing::verifier_for("shop")),
             revoke_for: Duration::from_secs(60),
             forwarder: testing::forwarder("shop", address),
+            tunnel_idle: Duration::from_secs(60),
+            tunnel_max: Duration::from_secs(600),
         }
     }
 
@@ -251,6 +286,7 @@ mod tests {
             roles: roles.iter().map(|r| r.to_string()).collect(),
             rate_limit: None,
             fallback: None,
+            websocket: false,
         }
     }
 

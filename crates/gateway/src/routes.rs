@@ -25,6 +25,8 @@ pub struct CompiledRoute {
     pub per_ip: Option<RateLimiter>,
     pub per_user: Option<RateLimiter>,
     pub fallback: Option<Fallback>,
+    /// WebSocket upgrades pass.
+    pub websocket: bool,
 }
 
 #[derive(Default)]
@@ -53,6 +55,7 @@ impl RouteTable {
                     .and_then(|l| l.per_user.clone())
                     .map(RateLimiter::new),
                 fallback: r.fallback.clone(),
+                websocket: r.websocket,
             })
             .collect();
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
@@ -142,6 +145,7 @@ mod tests {
             roles: vec![],
             rate_limit: None,
             fallback: None,
+            websocket: false,
         }
     }
 

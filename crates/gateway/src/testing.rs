@@ -115,6 +115,7 @@ pub fn limited_route(
         per_ip: per_ip.map(RateLimiter::new),
         per_user: per_user.map(RateLimiter::new),
         fallback,
+        websocket: false,
     }
 }
 

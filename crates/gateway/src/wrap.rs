@@ -88,6 +88,17 @@ pub fn answer(
     })
 }
 
+/// An instance's `101 Switching Protocols`: no envelope (what follows is not HTTP), its fields
+/// as they are but for those of its own connection (`Connection: upgrade` is the server's)
+/// and, as on any answer, those the gateway does not return.
+pub fn switching(upstream: Fields<'_>, headers: &mut HeaderBuf) {
+    for (name, value) in upstream.iter() {
+        if name.eq_ignore_ascii_case(b"upgrade") || !not_returned(name) {
+            headers.push(name, value);
+        }
+    }
+}
+
 /// The envelope of a response the gateway makes itself; its fields pushed onto `headers`.
 pub fn refusal(e: &GatewayError, trace_id: &str, headers: &mut HeaderBuf) -> Bytes {
     headers.push(b"content-type", JSON);

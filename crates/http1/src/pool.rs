@@ -58,6 +58,10 @@ pub struct Outgoing<'a> {
     /// Whether the request may be sent twice (it is then resent on a fresh connection when a
     /// kept-alive one turns out to have been closed under it).
     pub replayable: bool,
+    /// Whether it asks to switch protocols (a WebSocket handshake; its `Connection` and
+    /// `Upgrade` fields are the caller's `extra`): it goes on a connection of its own, which
+    /// a `101 Switching Protocols` answer hands over in [`Incoming::upgraded`].
+    pub upgrade: bool,
 }
 
 /// A whole response: its head's bytes with the positions of its fields, and its body.
@@ -67,6 +71,17 @@ pub struct Incoming {
     head: Bytes,
     fields: Vec<Field>,
     pub body: Bytes,
+    /// After a `101` to an [`Outgoing::upgrade`] request: the connection, now the new
+    /// protocol's.
+    pub upgraded: Option<Upgraded>,
+}
+
+/// A connection handed over by a `101 Switching Protocols` answer.
+#[derive(Debug)]
+pub struct Upgraded {
+    pub stream: TcpStream,
+    /// What the instance sent after its answer's head, already in the new protocol.
+    pub leftover: Bytes,
 }
 
 impl Incoming {
@@ -117,6 +132,9 @@ impl Pool {
         req: &Outgoing<'_>,
         max_response: u64,
     ) -> Result<Incoming, SendError> {
+        if req.upgrade {
+            return self.upgrade(address, req, max_response).await;
+        }
         if let Some(mut conn) = self.take(address) {
             match exchange(&mut conn, address, req, max_response).await {
                 Ok((resp, reusable)) => {
@@ -138,6 +156,27 @@ impl Pool {
             .map_err(SendError::from)?;
         if reusable {
             self.put(address, conn);
+        }
+        Ok(resp)
+    }
+
+    /// An upgrade request, on a connection of its own that is never pooled.
+    async fn upgrade(
+        &self,
+        address: &str,
+        req: &Outgoing<'_>,
+        max_response: u64,
+    ) -> Result<Incoming, SendError> {
+        let mut conn = self.connect(address).await?;
+        write_request(&mut conn, address, req)
+            .await
+            .map_err(|_| SendError::Failed)?;
+        let (mut resp, _) = receive(&mut conn, req.method, max_response, true).await?;
+        if resp.status == StatusCode::SWITCHING_PROTOCOLS {
+            resp.upgraded = Some(Upgraded {
+                leftover: conn.read.split().freeze(),
+                stream: conn.stream,
+            });
         }
         Ok(resp)
     }
@@ -216,7 +255,7 @@ async fn exchange(
     write_request(conn, address, req)
         .await
         .map_err(|_| Failure::Closed)?;
-    receive(conn, req.method, max_response).await
+    receive(conn, req.method, max_response, false).await
 }
 
 /// Reads the response to a `method` request from `stream`, as the pool reads every response
@@ -232,15 +271,17 @@ pub async fn read_response<S: AsyncRead + Unpin>(
         read: BytesMut::with_capacity(8 * 1024),
         write: Vec::new(),
     };
-    Ok(receive(&mut conn, method, max_response).await?)
+    Ok(receive(&mut conn, method, max_response, false).await?)
 }
 
 /// The response to a `method` request that was just written on `conn`: its head (after any
-/// 1xx) and its whole body, and whether `conn` can serve another request.
+/// 1xx) and its whole body, and whether `conn` can serve another request. With `upgrading`,
+/// a `101` is the response (without a body: what follows is the new protocol's).
 async fn receive<S: AsyncRead + Unpin>(
     conn: &mut Connection<S>,
     method: &Method,
     max_response: u64,
+    upgrading: bool,
 ) -> Result<(Incoming, bool), Failure> {
     let mut answered = false;
     let (status, head, fields, framing, mut reusable) = loop {
@@ -249,7 +290,22 @@ async fn receive<S: AsyncRead + Unpin>(
         // 1xx answers (100 Continue, 103 Early Hints) come before the response proper.
         if head.0.is_informational() {
             if head.0 == StatusCode::SWITCHING_PROTOCOLS {
-                return Err(Failure::Broken); // never asked for
+                if !upgrading {
+                    return Err(Failure::Broken); // never asked for
+                }
+                let (status, head, fields, _, _) = head;
+                let body = Bytes::new();
+                let upgraded = None;
+                return Ok((
+                    Incoming {
+                        status,
+                        head,
+                        fields,
+                        body,
+                        upgraded,
+                    },
+                    false,
+                ));
             }
             continue;
         }
@@ -284,6 +340,7 @@ async fn receive<S: AsyncRead + Unpin>(
             head,
             fields,
             body,
+            upgraded: None,
         },
         reusable,
     ))
@@ -503,6 +560,7 @@ mod tests {
             deadline_ms: None,
             body,
             replayable: true,
+            upgrade: false,
         }
     }
 

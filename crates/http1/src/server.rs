@@ -10,7 +10,7 @@
 //!
 //! What a client can rely on: keep-alive (HTTP/1.1 by default, HTTP/1.0 on request),
 //! pipelined requests answered in order, `Content-Length` and chunked request bodies,
-//! `Expect: 100-continue`, `HEAD`. Malformed heads get 400, oversized heads 431, bodies over
+//! `Expect: 100-continue`, `HEAD`, and upgrades (`101`, then a tunnel: `tunnel.rs`). Malformed heads get 400, oversized heads 431, bodies over
 //! the limit 413 (declared ones before any of the body is read); `Content-Length` together
 //! with `Transfer-Encoding` is refused (request smuggling). A client must send a whole head
 //! within the header timeout, and a body within the body timeout or at the minimum rate
@@ -39,10 +39,12 @@ use crate::fields::Fields;
 mod connection;
 mod request;
 mod response;
+mod tunnel;
 
 use connection::Connection;
 pub use request::{BodyFraming, Reject, RequestHead, parse_head};
 pub use response::{HeaderBuf, date};
+pub use tunnel::{Spliced, Tunnel};
 
 /// What the server enforces.
 #[derive(Clone, Debug)]
@@ -106,8 +108,16 @@ pub trait Handler: Send + Sync + 'static {
         headers: &mut HeaderBuf,
     ) -> impl Future<Output = (StatusCode, Bytes, Self::Done<'a>)> + Send;
 
+    /// For a `101 Switching Protocols` answer: the connection to splice the client's with
+    /// (`tunnel.rs`), taken from what [`Handler::handle`] left to do. None: the connection
+    /// closes after the answer.
+    fn tunnel(&self, done: &mut Self::Done<'_>) -> Option<Tunnel> {
+        let _ = done;
+        None
+    }
+
     /// Called with what [`Handler::handle`] left to do, once its answer is written (or
-    /// failed to be).
+    /// failed to be; after a tunnel, once the tunnel has closed).
     fn done(&self, req: &Request<'_>, status: StatusCode, done: Self::Done<'_>);
 
     /// Answers a request the server could not read (400, 417 or 431); the connection closes

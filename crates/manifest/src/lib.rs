@@ -121,6 +121,11 @@ pub struct Gateway {
     pub max_body_bytes: u64,
     /// Largest upstream response body the gateway will wrap.
     pub max_response_bytes: u64,
+    /// A WebSocket (any upgraded connection) is closed when nothing crosses it for this
+    /// long, in milliseconds…
+    pub websocket_idle_timeout_ms: u64,
+    /// …and in any case after this long (so that a revoked session's socket ends too).
+    pub websocket_max_ms: u64,
     /// Peers whose `X-Forwarded-For` and `Forwarded` are believed (a load balancer in front of
     /// the gateway); every other client's are dropped. None by default.
     pub trusted_proxies: Vec<Cidr>,
@@ -149,6 +154,8 @@ impl Default for Gateway {
             max_connections: 10_000,
             max_body_bytes: 1024 * 1024,
             max_response_bytes: 16 * 1024 * 1024,
+            websocket_idle_timeout_ms: 300_000,
+            websocket_max_ms: 3_600_000,
             trusted_proxies: Vec::new(),
             tls: None,
             http2: Http2::default(),
@@ -193,6 +200,10 @@ pub struct Route {
     /// What to answer while the service's breaker is open, instead of 503.
     #[serde(default)]
     pub fallback: Option<Fallback>,
+    /// Whether WebSocket upgrades pass to the service (authenticated like any request, then
+    /// spliced); on other routes an upgrade is a plain request.
+    #[serde(default)]
+    pub websocket: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -424,6 +435,8 @@ impl Manifest {
             ("header_timeout_ms", g.header_timeout_ms),
             ("idle_timeout_ms", g.idle_timeout_ms),
             ("body_timeout_ms", g.body_timeout_ms),
+            ("websocket_idle_timeout_ms", g.websocket_idle_timeout_ms),
+            ("websocket_max_ms", g.websocket_max_ms),
         ] {
             if ms == 0 {
                 return Err(format!("gateway.{key}: must be at least 1"));

@@ -439,6 +439,7 @@ impl ServiceClient {
             // A connection found closed under the request is retried once on a fresh one only
             // when nothing of it can have been acted on twice (the retry policy's rule).
             replayable: idempotent,
+            upgrade: false,
         };
         pool.send(address, &req, MAX_ANSWER).await
     }

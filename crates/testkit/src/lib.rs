@@ -36,6 +36,8 @@ pub struct Options {
     pub tls: Option<String>,
     /// Extra `[gateway.http2]` lines.
     pub http2: String,
+    /// Extra `[gateway]` lines.
+    pub gateway: String,
     /// Also run the checkout services (order, inventory, payment, provider, notification).
     pub checkout: bool,
     /// Extra env for the checkout services: (service, key, value).
@@ -56,6 +58,7 @@ impl Default for Options {
             extra_manifest: String::new(),
             tls: None,
             http2: String::new(),
+            gateway: String::new(),
             checkout: false,
             checkout_env: Vec::new(),
         }
@@ -124,6 +127,8 @@ fn gateway_extra(opts: &Options, tls_port: u16) -> String {
     if !opts.trusted_proxies.is_empty() {
         out.push_str(&format!("trusted_proxies = {:?}\n", opts.trusted_proxies));
     }
+    out.push_str(&opts.gateway);
+    out.push('\n');
     if let Some(tls) = &opts.tls {
         out.push_str(&format!(
             "[gateway.tls]\nlisten = \"127.0.0.1:{tls_port}\"\nreload_ms = 100\n{tls}\n"
@@ -257,6 +262,7 @@ auth = "required"
 prefix = "/api/notifications"
 service = "notification"
 auth = "required"
+websocket = true
 
 [[route]]
 prefix = "/api/inventory"

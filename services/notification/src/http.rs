@@ -1,4 +1,5 @@
-//! The notification API: a signed-in customer reads the messages sent to them.
+//! The notification API: a signed-in customer reads the messages sent to them, or hears
+//! them as they come (`live.rs`).
 
 use axum::Router;
 use axum::extract::State;
@@ -6,21 +7,30 @@ use axum::routing::get;
 use serde::Serialize;
 use tessera::{ApiError, Caller, Db, Json};
 
+use crate::live::{self, Feed};
+
 pub fn router(db: Db) -> Router {
+    let feed = Feed::start(db.clone());
     Router::new()
         .route("/api/notifications", get(list))
         .with_state(db)
+        .merge(
+            Router::new()
+                .route("/api/notifications/live", get(live::live))
+                .with_state(feed),
+        )
 }
 
-#[derive(Serialize)]
+/// One message, as the API shows it.
+#[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-struct View {
-    id: String,
-    order_id: String,
-    kind: String,
-    subject: String,
-    body: String,
-    created: i64,
+pub struct View {
+    pub id: String,
+    pub order_id: String,
+    pub kind: String,
+    pub subject: String,
+    pub body: String,
+    pub created: i64,
 }
 
 async fn list(State(db): State<Db>, caller: Caller) -> Result<Json<Vec<View>>, ApiError> {

@@ -3,9 +3,11 @@
 //!
 //! It consumes `order.events` (`worker.rs`); what a message says and how it leaves (recorded
 //! in the database, in the consumer's transaction, hence exactly once) is in `messages.rs`.
-//! Customers read theirs through the API (`http.rs`).
+//! Customers read theirs through the API (`http.rs`), or as they come on a WebSocket
+//! (`live.rs`).
 
 pub mod http;
+pub mod live;
 pub mod messages;
 pub mod schema;
 pub mod worker;

@@ -14,6 +14,11 @@ pub const MIGRATIONS: &[Migration] = &[
         description: "tables without rowid",
         sqlite: include_str!("../migrations/0002_without_rowid.sql"),
     },
+    Migration {
+        version: 3,
+        description: "by created, for the live feed",
+        sqlite: include_str!("../migrations/0003_by_created.sql"),
+    },
 ];
 
 #[cfg(test)]

@@ -109,6 +109,7 @@ impl ControlBus {
                     deadline_ms: None,
                     body: body.as_bytes(),
                     replayable: true,
+                    upgrade: false,
                 };
                 match tokio::time::timeout(timeout, pool.send(address, &req, MAX_ANSWER)).await {
                     Ok(Ok(answer)) => Ok((answer.status, answer.body)),

@@ -15,7 +15,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::request::{BodyFraming, MAX_HEAD, Reject, RequestHead, parse_head};
 use super::response::{HeaderBuf, respond};
-use super::{BodyClock, BodyError, Handler, Limits, Request};
+use super::{BodyClock, BodyError, Handler, Limits, Request, tunnel};
 use crate::RESERVE_AHEAD;
 use crate::chunked::{self, ChunkError};
 use crate::fields::{Field, Fields};
@@ -160,7 +160,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 secure: self.secure,
                 start,
             };
-            let (status, body, done) = handler.handle(&req, &mut self.headers).await;
+            let (status, body, mut done) = handler.handle(&req, &mut self.headers).await;
+            if status == StatusCode::SWITCHING_PROTOCOLS {
+                // The connection is the new protocol's from here: splice it, then it ends.
+                let tunnel = handler.tunnel(&mut done);
+                let sent = respond(
+                    &mut self.stream,
+                    &mut self.write,
+                    &self.headers,
+                    status,
+                    &body,
+                    false,
+                    Some(b"upgrade"),
+                )
+                .await;
+                if let (Ok(()), Some(tunnel), false) = (sent, tunnel, unread) {
+                    let early = &buf[consumed..];
+                    tunnel::splice(&mut self.stream, early, tunnel, &mut self.draining).await;
+                }
+                handler.done(&req, status, done);
+                return;
+            }
             let draining = self.draining.has_changed().unwrap_or(true);
             let close = !head.keep_alive || unread || draining;
             let connection = match () {
