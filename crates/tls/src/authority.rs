@@ -89,6 +89,57 @@ impl Authority {
         stem: &str,
         names: &[String],
     ) -> anyhow::Result<CertificateFiles> {
+        let sans = names
+            .iter()
+            .map(|n| match n.parse::<std::net::IpAddr>() {
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) => Ok(SanType::DnsName(n.as_str().try_into()?)),
+            })
+            .collect::<Result<Vec<_>, rcgen::Error>>()?;
+        let usage = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let validity = (ISSUED_FOR, REISSUE_AFTER);
+        self.issue(dir, stem, names, sans, usage, validity)
+    }
+
+    /// A certificate naming `identity` (`identity.rs`), for both ends of a connection, as
+    /// `<stem>.pem` and `<stem>.key` in `dir`; kept while younger than
+    /// [`crate::identity::REISSUE_IDENTITY_AFTER`].
+    pub fn issue_identity(
+        &self,
+        dir: &Path,
+        identity: &crate::Identity,
+    ) -> anyhow::Result<CertificateFiles> {
+        let sans = vec![
+            SanType::DnsName(identity.dns_name().try_into()?),
+            SanType::URI(identity.uri().try_into()?),
+        ];
+        let usage = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let validity = (
+            crate::identity::IDENTITY_FOR,
+            crate::identity::REISSUE_IDENTITY_AFTER,
+        );
+        self.issue(
+            dir,
+            &identity.stem(),
+            &[identity.dns_name()],
+            sans,
+            usage,
+            validity,
+        )
+    }
+
+    fn issue(
+        &self,
+        dir: &Path,
+        stem: &str,
+        names: &[String],
+        sans: Vec<SanType>,
+        usage: Vec<ExtendedKeyUsagePurpose>,
+        (valid_for, reissue_after): (Duration, Duration),
+    ) -> anyhow::Result<CertificateFiles> {
         let files = CertificateFiles {
             chain: dir.join(format!("{stem}.pem")),
             key: dir.join(format!("{stem}.key")),
@@ -99,7 +150,7 @@ impl Authority {
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| SystemTime::now().duration_since(t).ok())
-            .is_some_and(|age| age < REISSUE_AFTER);
+            .is_some_and(|age| age < reissue_after);
         if fresh
             && files.key.exists()
             && std::fs::read_to_string(&names_file).is_ok_and(|n| n == wanted)
@@ -113,19 +164,13 @@ impl Authority {
             names.first().map_or("tessera", |n| n.as_str()),
         );
         params.distinguished_name = dn;
-        params.subject_alt_names = names
-            .iter()
-            .map(|n| match n.parse::<std::net::IpAddr>() {
-                Ok(ip) => Ok(SanType::IpAddress(ip)),
-                Err(_) => Ok(SanType::DnsName(n.as_str().try_into()?)),
-            })
-            .collect::<Result<_, rcgen::Error>>()?;
+        params.subject_alt_names = sans;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.extended_key_usages = usage;
         params.use_authority_key_identifier_extension = true;
         let now = OffsetDateTime::now_utc();
         params.not_before = now - time::Duration::hours(1);
-        params.not_after = now + ISSUED_FOR;
+        params.not_after = now + valid_for;
         let key = KeyPair::generate()?;
         // The issuer as rcgen needs it: the same name and key as the CA on disk, which is
         // all a signature check looks at.

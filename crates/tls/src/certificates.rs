@@ -124,6 +124,12 @@ impl Certificates {
         });
     }
 
+    /// The first pair: the default, and a client's only one.
+    pub fn default_pair(&self) -> Option<Arc<CertifiedKey>> {
+        let pairs = self.pairs.read().unwrap_or_else(|p| p.into_inner());
+        pairs.first().map(|p| p.key.clone())
+    }
+
     /// The pair for `sni`: the first whose leaf is valid for it, else the first.
     fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
         let pairs = self.pairs.read().unwrap_or_else(|p| p.into_inner());
@@ -139,7 +145,8 @@ impl Certificates {
                 }
             }
         }
-        pairs.first().map(|p| p.key.clone())
+        drop(pairs);
+        self.default_pair()
     }
 }
 

@@ -12,16 +12,20 @@
 //!   never a half-written file (a pair is swapped only once its key matches its chain).
 //! - [`server`]: the `ServerConfig` a public listener uses: ALPN, session resumption.
 //! - [`authority`]: a certificate authority kept in a directory, created at first start: the
-//!   development CA that makes HTTPS work on a laptop with one command.
+//!   development CA that makes HTTPS work on a laptop with one command, and the system CA.
+//! - [`identity`]: mutual TLS between a system's processes, each certificate naming who holds
+//!   it.
 
 pub mod authority;
 pub mod certificates;
+pub mod identity;
 pub mod server;
 
 use std::sync::Arc;
 
 pub use authority::Authority;
 pub use certificates::{CertificateFiles, Certificates};
+pub use identity::Identity;
 pub use rustls;
 pub use server::server_config;
 pub use tokio_rustls::{self, TlsAcceptor, TlsConnector, server::TlsStream};
