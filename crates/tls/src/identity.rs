@@ -253,7 +253,7 @@ mod tests {
             order_certs.clone(),
             gateway_certs.clone(),
             &catalog,
-            &[gateway.clone()],
+            std::slice::from_ref(&gateway),
         )
         .await;
         assert!(wrong.is_err(), "{wrong:?}");
@@ -266,7 +266,7 @@ mod tests {
             catalog_certs,
             stranger,
             &catalog,
-            &[gateway.clone()],
+            std::slice::from_ref(&gateway),
         )
         .await;
         assert!(refused.is_err(), "{refused:?}");
