@@ -107,6 +107,7 @@ fn main() -> anyhow::Result<()> {
                         sync: manifest.control.log_sync == tessera_manifest::LogSync::Full,
                         ..Default::default()
                     },
+                    principals: manifest.principals(),
                 };
                 tessera_control::serve(listener, config, supervisor::shutdown_signal()).await
             }
@@ -146,7 +147,7 @@ fn main() -> anyhow::Result<()> {
                     None => (None, Vec::new()),
                 };
                 let config = tessera_gateway::GatewayConfig {
-                    control_url: format!("http://{}", manifest.control.listen),
+                    control_url: manifest.control_url(),
                     credential,
                     manifest,
                     passport_keys,
@@ -180,7 +181,8 @@ fn policy(manifest: &Manifest) -> tessera_control::Policy {
 }
 
 async fn status(manifest: &Manifest, state_dir: &Path) -> anyhow::Result<()> {
-    let url = format!("http://{}", manifest.control.listen);
+    let url = manifest.control_url();
+    tls::install_own_identity(manifest, state_dir, "admin")?;
     let admin = keys::credential(state_dir, &Principal::Admin)?;
     let catalog = tessera::registry::RegistryClient::new(&url, &admin)
         .catalog(None, std::time::Duration::ZERO)

@@ -57,7 +57,10 @@ pub async fn run(manifest_path: &Path, manifest: Manifest, no_build: bool) -> an
     let exe = std::env::current_exe().context("cannot find the tessera executable")?;
     let exe = exe.to_string_lossy().into_owned();
     let manifest_arg = manifest_path.to_string_lossy().into_owned();
-    let control_url = format!("http://{}", manifest.control.listen);
+    let control_url = manifest.control_url();
+    // Mutual TLS: the runner's own identity (it reads the registry), made before any call.
+    crate::tls::install_own_identity(&manifest, &state_dir, "supervisor")?;
+    crate::tls::spawn_rotation(manifest.clone(), state_dir.clone());
     let common = vec![
         ("TESSERA_CONTROL_URL".to_string(), control_url.clone()),
         ("TESSERA_SYSTEM".to_string(), manifest.system.name.clone()),
@@ -77,15 +80,17 @@ pub async fn run(manifest_path: &Path, manifest: Manifest, no_build: bool) -> an
     ];
     // The supervisor's own credential: to see who registered, and to remove dead instances.
     let registry = RegistryClient::new(&control_url, &control_keys.issue(&Principal::Supervisor));
-    let platform = |name: &str, sub: &str, me: Option<Principal>| {
+    let platform = |name: &str, sub: &str, me: Option<Principal>| -> anyhow::Result<ProcSpec> {
         let mut env = common.clone();
-        if let Some(me) = me {
-            env.push((
-                CREDENTIAL_ENV.into(),
-                control_keys.issue(&me).token().into(),
-            ));
+        if let Some(me) = &me {
+            env.push((CREDENTIAL_ENV.into(), control_keys.issue(me).token().into()));
         }
-        ProcSpec {
+        // The control plane's certificate names it `control`; the others, their principal.
+        let principal = me
+            .as_ref()
+            .map_or_else(|| "control".to_string(), |p| p.to_string());
+        env.extend(crate::tls::identity_env(&manifest, &state_dir, &principal)?);
+        Ok(ProcSpec {
             name: name.to_string(),
             argv: vec![
                 exe.clone(),
@@ -96,7 +101,7 @@ pub async fn run(manifest_path: &Path, manifest: Manifest, no_build: bool) -> an
             env,
             cwd: base.clone(),
             registry: None,
-        }
+        })
     };
     let producers = Producers::spec(&manifest.producers());
 
@@ -118,6 +123,14 @@ pub async fn run(manifest_path: &Path, manifest: Manifest, no_build: bool) -> an
                     .token()
                     .into(),
             ));
+            let principal = format!("service:{name}");
+            env.extend(crate::tls::identity_env(&manifest, &state_dir, &principal)?);
+            if manifest.mtls() {
+                env.push((
+                    "TESSERA_TLS_CALLERS".into(),
+                    manifest.callers_of(name).join(","),
+                ));
+            }
             env.push((PRODUCERS_ENV.into(), producers.clone()));
             env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
             services.push(ProcSpec {
@@ -148,7 +161,7 @@ pub async fn run(manifest_path: &Path, manifest: Manifest, no_build: bool) -> an
             {
                 // The control plane reads the keys from the state directory, or from the
                 // variable the runner itself was given (and no other child is).
-                let mut control = platform("control", "control", None);
+                let mut control = platform("control", "control", None)?;
                 if let Ok(keys) = std::env::var(tessera::identity::KEYS_ENV) {
                     control.env.push((tessera::identity::KEYS_ENV.into(), keys));
                 }
@@ -171,7 +184,7 @@ pub async fn run(manifest_path: &Path, manifest: Manifest, no_build: bool) -> an
         }
         wait_registered(&registry, services.iter().map(|s| s.name.as_str())).await?;
         gateway_tasks.spawn(supervise(
-            platform("gateway", "gateway", Some(Principal::Gateway)),
+            platform("gateway", "gateway", Some(Principal::Gateway))?,
             next_color(),
             gateway_rx,
             GRACE,
@@ -260,7 +273,7 @@ fn reexec_if_rebuilt() -> anyhow::Result<()> {
 }
 
 async fn wait_http_ok(url: &str) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
+    let client = crate::tls::control_client();
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         if let Ok(r) = client.get(url).timeout(Duration::from_secs(1)).send().await

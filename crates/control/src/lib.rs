@@ -41,6 +41,10 @@ pub struct ControlConfig {
     pub keys: Arc<ControlKeys>,
     /// What each service may do.
     pub policy: Arc<Policy>,
+    /// With mutual TLS on: every principal of the system (`service:<name>` for each service,
+    /// `gateway`, `supervisor`, `admin`); a process whose certificate names none is refused
+    /// at the handshake.
+    pub principals: Vec<String>,
 }
 
 /// The control plane's HTTP API: the registry and the log behind the credential check, health
@@ -101,9 +105,16 @@ pub async fn serve(
     let log = events::EventLog::open(&config.data_dir, config.log.clone()).await?;
     let registry = Registry::new(config.settle);
     registry.spawn_sweeper(Duration::from_millis(200));
-    tracing::info!(address = %listener.local_addr()?, "control plane ready");
-    axum::serve(listener, router(registry, log, config.keys, config.policy))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let tls = tessera::tls::internal::get().map(|tls| {
+        let known = config
+            .principals
+            .iter()
+            .map(|p| tls.identity_of(p))
+            .collect();
+        (tls.as_ref(), known)
+    });
+    tracing::info!(address = %listener.local_addr()?, mutual_tls = tls.is_some(), "control plane ready");
+    let router = router(registry, log, config.keys, config.policy);
+    tessera::listen::serve(listener, router, tls, shutdown, Duration::from_secs(10)).await?;
     Ok(())
 }

@@ -41,6 +41,7 @@ impl Control {
             log: Default::default(),
             keys: keys.clone(),
             policy: Default::default(),
+            principals: Vec::new(),
         };
         tokio::spawn(tessera_control::serve(
             listener,

@@ -116,6 +116,7 @@ impl Forwarder {
             body,
             replayable,
             upgrade: upgrade.is_some(),
+            identity: upstream.identity(),
         };
         let result = upstream
             .call(

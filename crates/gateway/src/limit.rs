@@ -158,6 +158,7 @@ mod tests {
             body: b"",
             replayable: true,
             upgrade: false,
+            identity: None,
         };
         let pool = Pool::new(1, Duration::from_secs(1));
         let failure = upstream

@@ -14,6 +14,8 @@ use crate::pool::{Incoming, Outgoing, Pool, SendError};
 /// One upstream service: the guard its calls go through.
 pub struct Upstream {
     guard: Guard,
+    /// Who its instances must prove to be, when mutual TLS is on.
+    identity: Option<tessera_tls::Identity>,
 }
 
 /// Why a call to an upstream produced no response.
@@ -65,7 +67,14 @@ impl Upstream {
     pub fn new(name: &str, config: &Resilience) -> Self {
         Self {
             guard: Guard::new(name, config),
+            identity: tessera_tls::internal::get()
+                .map(|tls| tessera_tls::Identity::service(&tls.system, name)),
         }
+    }
+
+    /// Who its instances must prove to be (mutual TLS), if anyone.
+    pub fn identity(&self) -> Option<&tessera_tls::Identity> {
+        self.identity.as_ref()
     }
 
     pub fn name(&self) -> &str {

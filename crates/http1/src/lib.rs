@@ -13,14 +13,16 @@
 //! - [`pool`]: the client: keep-alive connections driven on the caller's task, whole bodies;
 //! - [`server`]: the server core: one task and one buffer per connection, bounded waits.
 //!
-//! Plain `http://` only. This crate knows nothing of routes, passports or services: what a
-//! request means is its caller's business.
+//! Plain HTTP, or, for the client, TLS with the system's identities when mutual TLS is on
+//! (`stream.rs`, `tessera_tls::internal`). This crate knows nothing of routes, passports or
+//! services: what a request means is its caller's business.
 
 pub mod chunked;
 pub mod fields;
 pub mod head;
 pub mod pool;
 pub mod server;
+pub mod stream;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 

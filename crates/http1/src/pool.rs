@@ -18,12 +18,14 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, StatusCode};
+use tessera_tls::Identity;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::chunked::{self, ChunkError};
 use crate::fields::{self, Field, Fields};
 use crate::head;
+use crate::stream::Stream;
 
 /// Why a request reached no response.
 #[derive(Debug, PartialEq, Eq)]
@@ -62,6 +64,9 @@ pub struct Outgoing<'a> {
     /// `Upgrade` fields are the caller's `extra`): it goes on a connection of its own, which
     /// a `101 Switching Protocols` answer hands over in [`Incoming::upgraded`].
     pub upgrade: bool,
+    /// Who the instance must prove to be, when mutual TLS is on (`tessera_tls::internal`):
+    /// a connection to anyone else fails its handshake.
+    pub identity: Option<&'a Identity>,
 }
 
 /// A whole response: its head's bytes with the positions of its fields, and its body.
@@ -79,7 +84,7 @@ pub struct Incoming {
 /// A connection handed over by a `101 Switching Protocols` answer.
 #[derive(Debug)]
 pub struct Upgraded {
-    pub stream: TcpStream,
+    pub stream: Stream,
     /// What the instance sent after its answer's head, already in the new protocol.
     pub leftover: Bytes,
 }
@@ -98,7 +103,7 @@ pub struct Pool {
 
 /// A connection to an instance: a TCP socket when pooled; any byte stream for
 /// [`read_response`].
-struct Connection<S = TcpStream> {
+struct Connection<S = Stream> {
     stream: S,
     /// Read buffer; empty between exchanges.
     read: BytesMut,
@@ -110,8 +115,7 @@ impl Connection {
     /// Whether the instance closed (or wrote to) the connection while it was idle. Costs no
     /// system call unless the runtime has seen the socket become readable.
     fn is_closed(&self) -> bool {
-        let mut probe = [0u8; 1];
-        !matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        self.stream.is_closed()
     }
 }
 
@@ -150,7 +154,7 @@ impl Pool {
                 Err(f) => return Err(f.into()),
             }
         }
-        let mut conn = self.connect(address).await?;
+        let mut conn = self.connect(address, req.identity).await?;
         let (resp, reusable) = exchange(&mut conn, address, req, max_response)
             .await
             .map_err(SendError::from)?;
@@ -167,7 +171,7 @@ impl Pool {
         req: &Outgoing<'_>,
         max_response: u64,
     ) -> Result<Incoming, SendError> {
-        let mut conn = self.connect(address).await?;
+        let mut conn = self.connect(address, req.identity).await?;
         write_request(&mut conn, address, req)
             .await
             .map_err(|_| SendError::Failed)?;
@@ -203,12 +207,42 @@ impl Pool {
         }
     }
 
-    async fn connect(&self, address: &str) -> Result<Connection, SendError> {
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(address))
+    /// A new connection to `address`; with mutual TLS on, a TLS one on which the instance
+    /// proved to be `identity` (the handshake within the connect timeout too).
+    async fn connect(
+        &self,
+        address: &str,
+        identity: Option<&Identity>,
+    ) -> Result<Connection, SendError> {
+        let connect = async {
+            let tcp = TcpStream::connect(address)
+                .await
+                .map_err(|_| SendError::Connect)?;
+            let _ = tcp.set_nodelay(true);
+            let Some(internal) = tessera_tls::internal::get() else {
+                return Ok(Stream::Plain(tcp));
+            };
+            // Whom an internal call means to reach is part of the call: without it, nothing
+            // could be checked, so nothing is sent.
+            let Some(name) = identity.and_then(|i| i.server_name().ok()) else {
+                tracing::warn!(
+                    address,
+                    "an internal call without the identity it means to reach"
+                );
+                return Err(SendError::Connect);
+            };
+            let connector = tessera_tls::TlsConnector::from(internal.client_config());
+            match connector.connect(name, tcp).await {
+                Ok(tls) => Ok(Stream::Tls(Box::new(tls))),
+                Err(e) => {
+                    tracing::warn!(address, expected = %identity.map(|i| i.to_string()).unwrap_or_default(), error = %e, "TLS handshake with an instance failed");
+                    Err(SendError::Connect)
+                }
+            }
+        };
+        let stream = tokio::time::timeout(self.connect_timeout, connect)
             .await
-            .map_err(|_| SendError::Connect)?
-            .map_err(|_| SendError::Connect)?;
-        let _ = stream.set_nodelay(true);
+            .map_err(|_| SendError::Connect)??;
         Ok(Connection {
             stream,
             read: BytesMut::with_capacity(8 * 1024),
@@ -561,6 +595,7 @@ mod tests {
             body,
             replayable: true,
             upgrade: false,
+            identity: None,
         }
     }
 

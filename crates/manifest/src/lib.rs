@@ -45,6 +45,19 @@ pub struct System {
     pub state_dir: PathBuf,
     /// A command `tessera up` runs before starting anything (for example a build).
     pub build: Option<Command>,
+    /// Mutual TLS between the system's processes (`docs/tls.md`): `"auto"` turns it on when
+    /// any address in the manifest is not loopback.
+    pub mtls: Mtls,
+}
+
+/// Whether the system's processes speak mutual TLS among themselves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mtls {
+    #[default]
+    Auto,
+    On,
+    Off,
 }
 
 impl Default for System {
@@ -53,6 +66,7 @@ impl Default for System {
             name: "tessera".into(),
             state_dir: ".tessera".into(),
             build: None,
+            mtls: Mtls::Auto,
         }
     }
 }
@@ -254,6 +268,10 @@ pub struct ServiceSpec {
     /// The topics it reads, in consumer groups named after it (`<name>` or `<name>.<more>`).
     #[serde(default)]
     pub consumes: Vec<String>,
+    /// The services it calls: with mutual TLS on, a service accepts calls only from the
+    /// gateway, the operators, and the services that name it here.
+    #[serde(default)]
+    pub calls: Vec<String>,
 }
 
 fn one() -> u32 {
@@ -303,6 +321,50 @@ impl Manifest {
         m.validate()
             .map_err(|msg| ManifestError::Invalid(PathBuf::new(), msg))?;
         Ok(m)
+    }
+
+    /// Whether the system's processes speak mutual TLS: on when asked, or, for `auto`, when
+    /// the control plane or the gateway listens on an address that is not loopback.
+    pub fn mtls(&self) -> bool {
+        match self.system.mtls {
+            Mtls::On => true,
+            Mtls::Off => false,
+            Mtls::Auto => {
+                let mut addresses = vec![self.control.listen, self.gateway.listen];
+                addresses.extend(self.gateway.tls.as_ref().map(|t| t.listen));
+                addresses.iter().any(|a| !a.ip().is_loopback())
+            }
+        }
+    }
+
+    /// The control plane's URL, as the system's processes reach it.
+    pub fn control_url(&self) -> String {
+        let scheme = if self.mtls() { "https" } else { "http" };
+        format!("{scheme}://{}", self.control.listen)
+    }
+
+    /// The principals a service accepts calls from: the gateway, the operators, and the
+    /// services that say they call it.
+    pub fn callers_of(&self, service: &str) -> Vec<String> {
+        let mut callers: Vec<String> = ["gateway", "supervisor", "admin"]
+            .map(String::from)
+            .to_vec();
+        callers.extend(
+            self.services
+                .iter()
+                .filter(|(_, spec)| spec.calls.iter().any(|c| c == service))
+                .map(|(name, _)| format!("service:{name}")),
+        );
+        callers
+    }
+
+    /// Every principal of the system: each service, the gateway, the operators.
+    pub fn principals(&self) -> Vec<String> {
+        let mut all: Vec<String> = ["gateway", "supervisor", "admin"]
+            .map(String::from)
+            .to_vec();
+        all.extend(self.services.keys().map(|name| format!("service:{name}")));
+        all
     }
 
     /// Every declared topic and the services that produce it.

@@ -76,11 +76,20 @@ impl RegistryClient {
             .expect("a credential is a valid header value");
         authorization.set_sensitive(true);
         headers.insert(reqwest::header::AUTHORIZATION, authorization);
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(1))
-            .default_headers(headers)
-            .build()
-            .expect("reqwest client builds");
+            .default_headers(headers);
+        if let Some(tls) = tessera_tls::internal::get() {
+            // Mutual TLS: this process's certificate, and the control plane's identity
+            // checked whatever address the URL names.
+            match tls.client_config_for(&tls.identity_of("control")) {
+                Ok(config) => http = http.use_preconfigured_tls(config),
+                Err(e) => {
+                    tracing::error!(error = %e, "mutual TLS: no client config for the registry")
+                }
+            }
+        }
+        let http = http.build().expect("reqwest client builds");
         Self {
             base: base.trim_end_matches('/').to_string(),
             http,

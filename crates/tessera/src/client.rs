@@ -82,6 +82,8 @@ struct Guard {
     fallback_capacity: usize,
     guard: resilience::Guard,
     config: Resilience,
+    /// Who its instances must prove to be, when mutual TLS is on.
+    identity: Option<tessera_tls::Identity>,
 }
 
 impl Guard {
@@ -91,6 +93,8 @@ impl Guard {
             fallback_capacity: 0,
             guard: resilience::Guard::new(service, r),
             config: r.clone(),
+            identity: tessera_tls::internal::get()
+                .map(|tls| tessera_tls::Identity::service(&tls.system, service)),
         }
     }
 }
@@ -321,6 +325,7 @@ impl ServiceClient {
             per_try: guard.guard.per_try(inner.timeout),
         };
         let (method, body, passport, trace) = (&method, &body, &passport, &trace);
+        let identity = guard.identity.as_ref();
         let result = guard
             .guard
             .call(
@@ -339,6 +344,7 @@ impl ServiceClient {
                             trace,
                             try_for,
                             idempotent,
+                            identity,
                         )
                         .await;
                     match answer {
@@ -406,6 +412,7 @@ impl ServiceClient {
         trace: &TraceContext,
         timeout: Duration,
         idempotent: bool,
+        identity: Option<&tessera_tls::Identity>,
     ) -> Result<Incoming, SendError> {
         let t = &*self.inner.transport;
         let pool = &t.pool;
@@ -440,6 +447,7 @@ impl ServiceClient {
             // when nothing of it can have been acted on twice (the retry policy's rule).
             replayable: idempotent,
             upgrade: false,
+            identity,
         };
         pool.send(address, &req, MAX_ANSWER).await
     }

@@ -19,6 +19,7 @@ pub mod extract;
 pub mod health;
 mod json;
 pub mod jwks;
+pub mod listen;
 pub mod log;
 pub mod metrics;
 pub mod passport;
@@ -35,6 +36,7 @@ pub use tessera_identity as identity;
 pub use tessera_registry as registry;
 pub use tessera_resilience as resilience;
 pub use tessera_store as store;
+pub use tessera_tls as tls;
 pub use tessera_trace as trace;
 pub use tessera_trace::{unix_now, unix_now_ms};
 

@@ -259,10 +259,18 @@ impl Service {
                 let _ = drained.wait_for(|d| *d).await;
             }
         })?;
-        let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-            let _ = drain_rx.wait_for(|d| *d).await;
-        });
-        let server = tokio::spawn(async move { server.await });
+        let tls = tessera_tls::internal::get()
+            .map(|tls| (tls.as_ref(), crate::listen::callers_from_env(tls)));
+        let server = crate::listen::serve(
+            listener,
+            router,
+            tls,
+            async move {
+                let _ = drain_rx.wait_for(|d| *d).await;
+            },
+            std::time::Duration::from_secs(30),
+        );
+        let server = tokio::spawn(server);
 
         let registration = match &config.control_url {
             Some(url) => {

@@ -38,6 +38,8 @@ pub struct Options {
     pub http2: String,
     /// Extra `[gateway]` lines.
     pub gateway: String,
+    /// Mutual TLS between the system's processes (`system.mtls = "on"`).
+    pub mtls: bool,
     /// Also run the checkout services (order, inventory, payment, provider, notification).
     pub checkout: bool,
     /// Extra env for the checkout services: (service, key, value).
@@ -59,6 +61,7 @@ impl Default for Options {
             tls: None,
             http2: String::new(),
             gateway: String::new(),
+            mtls: false,
             checkout: false,
             checkout_env: Vec::new(),
         }
@@ -103,16 +106,18 @@ fn checkout_services(bin: &Path, env: &[(&'static str, &'static str, String)]) -
     out
 }
 
-/// What each checkout service produces and consumes, as the shop's manifest declares it.
+/// What each checkout service produces, consumes and calls, as the shop's manifest declares it.
 fn topics(service: &str) -> &'static str {
     match service {
         "order" => {
-            "produces = [\"order.events\", \"inventory.commands\", \"payment.commands\"]\nconsumes = [\"saga.checkout.replies\"]"
+            "produces = [\"order.events\", \"inventory.commands\", \"payment.commands\"]\nconsumes = [\"saga.checkout.replies\"]\ncalls = [\"catalog\"]"
         }
         "inventory" => {
             "produces = [\"saga.checkout.replies\"]\nconsumes = [\"inventory.commands\"]"
         }
-        "payment" => "produces = [\"saga.checkout.replies\"]\nconsumes = [\"payment.commands\"]",
+        "payment" => {
+            "produces = [\"saga.checkout.replies\"]\nconsumes = [\"payment.commands\"]\ncalls = [\"payment-provider\"]"
+        }
         "notification" => "consumes = [\"order.events\"]",
         _ => "",
     }
@@ -210,6 +215,7 @@ impl System {
 [system]
 name = "shop-test"
 state_dir = "state"
+mtls = "{mtls}"
 
 [control]
 listen = "127.0.0.1:{control_port}"
@@ -280,6 +286,7 @@ replicas = {replicas}
 {checkout}
 {extra}
 "#,
+            mtls = if opts.mtls { "on" } else { "off" },
             heartbeat = opts.heartbeat_ms,
             ttl = opts.ttl_ms,
             upstream_timeout = opts.upstream_timeout_ms,
@@ -316,7 +323,10 @@ replicas = {replicas}
                 .as_ref()
                 .map(|_| format!("https://127.0.0.1:{tls_port}")),
             gateway_admin: format!("http://127.0.0.1:{admin_port}"),
-            control: format!("http://127.0.0.1:{control_port}"),
+            control: format!(
+                "{}://127.0.0.1:{control_port}",
+                if opts.mtls { "https" } else { "http" }
+            ),
             dir,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
@@ -382,6 +392,34 @@ replicas = {replicas}
 
     /// The control-plane credential of `principal` (`service:<name>`, `gateway`,
     /// `supervisor`, `admin`) in this system, made with its control keys as `tessera up` does.
+    /// With mutual TLS on: an HTTP client holding `principal`'s identity certificate (issued by
+    /// the system CA, as the runner issues them), that expects the server to be `target`
+    /// (`control`, `service:order`, …).
+    pub fn client_as(&self, principal: &str, target: &str) -> reqwest::Client {
+        let tls = self.dir.join("state/tls");
+        let ca = tessera::tls::Authority::load_or_create(&tls.join("system-ca"), "unused")
+            .expect("the system CA");
+        let identity = tessera::tls::Identity::of_principal("shop-test", principal);
+        let files = ca
+            .issue_identity(&self.dir.join("test-identities"), &identity)
+            .expect("an identity certificate");
+        let internal = tessera::tls::internal::Internal::load(
+            "shop-test",
+            identity,
+            &files,
+            &ca.certificate(),
+        )
+        .expect("mutual TLS");
+        let config = internal
+            .client_config_for(&internal.identity_of(target))
+            .expect("client config");
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .use_preconfigured_tls(config)
+            .build()
+            .expect("client")
+    }
+
     /// The development CA the gateway's certificate comes from: what HTTPS clients trust.
     pub fn development_ca(&self) -> PathBuf {
         self.dir.join("state/tls/dev-ca/ca.pem")
@@ -403,7 +441,11 @@ replicas = {replicas}
 
     /// A request to the control plane at `path`, as an admin.
     pub fn control(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.http
+        let client = match self.control.starts_with("https://") {
+            true => self.client_as("admin", "control"),
+            false => self.http.clone(),
+        };
+        client
             .request(method, format!("{}{path}", self.control))
             .header("authorization", self.credential("admin").authorization())
     }

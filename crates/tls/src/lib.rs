@@ -19,6 +19,7 @@
 pub mod authority;
 pub mod certificates;
 pub mod identity;
+pub mod internal;
 pub mod server;
 
 use std::sync::Arc;

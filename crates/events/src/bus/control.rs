@@ -38,6 +38,8 @@ enum Transport {
         /// The URL's path, if the control plane is served under one.
         prefix: Arc<str>,
         pool: Arc<tessera_http1::pool::Pool>,
+        /// The control plane's identity, when mutual TLS is on (`https://` URLs).
+        identity: Option<tessera_tls::Identity>,
     },
     Reqwest {
         base: String,
@@ -54,7 +56,13 @@ impl ControlBus {
     /// The log at `control_url`, spoken to as `credential`.
     pub fn new(control_url: &str, credential: &Credential) -> Self {
         let base = control_url.trim_end_matches('/');
-        let lean = base.strip_prefix("http://").and_then(|rest| {
+        // Plain HTTP, or TLS with the system's identities (mutual TLS on): the lean client.
+        let internal = tessera_tls::internal::get();
+        let rest = match internal {
+            Some(_) => base.strip_prefix("https://"),
+            None => base.strip_prefix("http://"),
+        };
+        let lean = rest.and_then(|rest| {
             let (address, prefix) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
             (!address.is_empty() && !address.contains('@')).then_some((address, prefix))
         });
@@ -63,6 +71,7 @@ impl ControlBus {
                 address: address.into(),
                 prefix: prefix.into(),
                 pool: Arc::new(tessera_http1::pool::Pool::new(64, Duration::from_secs(1))),
+                identity: internal.map(|tls| tls.identity_of("control")),
             },
             None => Transport::Reqwest {
                 base: base.to_string(),
@@ -91,6 +100,7 @@ impl ControlBus {
                 address,
                 prefix,
                 pool,
+                identity,
             } => {
                 let target: std::borrow::Cow<'_, str> = if prefix.is_empty() {
                     path.into()
@@ -110,6 +120,7 @@ impl ControlBus {
                     body: body.as_bytes(),
                     replayable: true,
                     upgrade: false,
+                    identity: identity.as_ref(),
                 };
                 match tokio::time::timeout(timeout, pool.send(address, &req, MAX_ANSWER)).await {
                     Ok(Ok(answer)) => Ok((answer.status, answer.body)),

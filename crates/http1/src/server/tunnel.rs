@@ -8,13 +8,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// What a handler hands the server with a `101` answer: the instance's side of the tunnel.
 pub struct Tunnel {
-    pub upstream: TcpStream,
+    pub upstream: crate::stream::Stream,
     /// What the instance sent after its `101` head: the new protocol's first bytes.
     pub leftover: Bytes,
     /// The tunnel closes when nothing has crossed it, either way, for this long…
