@@ -79,6 +79,14 @@ pub struct Pick {
     started: Instant,
 }
 
+/// A call in flight counts against its instance until its pick is dropped, finished or not:
+/// a call given up half-way (its caller cancelled, its deadline passed) is not left counted.
+impl Drop for Pick {
+    fn drop(&mut self) {
+        self.endpoint.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Balancer {
     pub fn new(name: &str, policy: Policy, outlier: OutlierConfig) -> Self {
         Self {
@@ -169,7 +177,6 @@ impl Balancer {
     /// Reports the outcome of a picked call (`failed`: connection error, timeout or 5xx).
     pub fn finish(&self, pick: Pick, failed: bool, instances: &[Instance]) {
         let e = &pick.endpoint;
-        e.outstanding.fetch_sub(1, Ordering::Relaxed);
         let took = pick.started.elapsed().as_micros() as u64;
         let old = e.ewma_us.load(Ordering::Relaxed);
         e.ewma_us.store(

@@ -146,15 +146,15 @@ impl Guard {
         Fut: Future<Output = T>,
     {
         self.breaker.acquire().map_err(|_| Rejected::Open)?;
-        let _slot = match self.bulkhead.enter() {
-            Ok(slot) => slot,
-            Err(_) => {
-                self.breaker.record(CallOutcome::Ignored, Duration::ZERO);
-                return Err(Rejected::Full);
-            }
+        // Until the verdict is recorded, the call counts as telling nothing: a call refused
+        // here, or given up by its caller half-way (a cancelled future: an HTTP/2 stream the
+        // client reset), gives back a half-open breaker's trial slot.
+        let mut trial = Trial {
+            breaker: &self.breaker,
+            recorded: false,
         };
+        let _slot = self.bulkhead.enter().map_err(|_| Rejected::Full)?;
         if instances.is_empty() {
-            self.breaker.record(CallOutcome::Ignored, Duration::ZERO);
             return Err(Rejected::NoInstance);
         }
         let started = Instant::now();
@@ -219,7 +219,7 @@ impl Guard {
         } else {
             CallOutcome::Success
         };
-        self.breaker.record(verdict, started.elapsed());
+        trial.record(verdict, started.elapsed());
         result
     }
 
@@ -333,6 +333,33 @@ mod tests {
         assert_eq!((result, tried.len()), (Ok(Answer::ServerError), 3));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_call_given_up_half_way_leaves_nothing_counted() {
+        let mut config = Resilience::default();
+        config.retry.max_attempts = 1;
+        config.breaker.window_calls = 1;
+        config.breaker.minimum_calls = 1;
+        config.breaker.permitted_in_half_open = 1;
+        config.breaker.wait_in_open_ms = 1000;
+        let g = Guard::new("s", &config);
+        let (result, _) = run(&g, 1, false, &[Answer::ServerError]).await;
+        assert_eq!(result, Ok(Answer::ServerError));
+        assert_eq!(g.breaker.state().as_str(), "open");
+        tokio::time::advance(Duration::from_secs(2)).await;
+
+        // Half-open: the one trial's caller goes away before the instance answers (its
+        // future is dropped, as a reset HTTP/2 stream's is).
+        let list = instances(1);
+        let trial = g.call(&list, false, LIMITS, |_, _| std::future::pending::<Answer>());
+        assert!(tokio::time::timeout(Duration::from_millis(10), trial).await.is_err());
+        assert_eq!(g.status()["instances"]["i0"]["inFlight"], 0, "nothing left in flight");
+
+        // The trial slot came back: the next call is let through, and closes the breaker.
+        let (result, _) = run(&g, 1, false, &[Answer::Ok]).await;
+        assert_eq!(result, Ok(Answer::Ok));
+        assert_eq!(g.breaker.state().as_str(), "closed");
+    }
+
     #[tokio::test]
     async fn refused_connections_try_the_next_instance_whatever_the_method() {
         let g = guard(1); // no retries at all: refusals still move on
@@ -408,5 +435,26 @@ mod tests {
             }
         }
         assert!(opened, "the breaker never opened");
+    }
+}
+
+/// A call admitted by the breaker, whose outcome must be recorded exactly once.
+struct Trial<'a> {
+    breaker: &'a crate::breaker::Breaker,
+    recorded: bool,
+}
+
+impl Trial<'_> {
+    fn record(&mut self, outcome: CallOutcome, took: Duration) {
+        self.recorded = true;
+        self.breaker.record(outcome, took);
+    }
+}
+
+impl Drop for Trial<'_> {
+    fn drop(&mut self) {
+        if !self.recorded {
+            self.breaker.record(CallOutcome::Ignored, Duration::ZERO);
+        }
     }
 }
