@@ -350,9 +350,19 @@ mod tests {
         // Half-open: the one trial's caller goes away before the instance answers (its
         // future is dropped, as a reset HTTP/2 stream's is).
         let list = instances(1);
-        let trial = g.call(&list, false, LIMITS, |_, _| std::future::pending::<Answer>());
-        assert!(tokio::time::timeout(Duration::from_millis(10), trial).await.is_err());
-        assert_eq!(g.status()["instances"]["i0"]["inFlight"], 0, "nothing left in flight");
+        let trial = g.call(&list, false, LIMITS, |_, _| {
+            std::future::pending::<Answer>()
+        });
+        assert!(
+            tokio::time::timeout(Duration::from_millis(10), trial)
+                .await
+                .is_err()
+        );
+        assert_eq!(
+            g.status()["instances"]["i0"]["inFlight"],
+            0,
+            "nothing left in flight"
+        );
 
         // The trial slot came back: the next call is let through, and closes the breaker.
         let (result, _) = run(&g, 1, false, &[Answer::Ok]).await;
