@@ -141,19 +141,40 @@ impl Forwarder {
     }
 }
 
-/// The protocol an upgrade request asks for: `Connection: upgrade` and `Upgrade: <protocol>`
-/// on a GET (RFC 9110 §7.8; WebSocket, RFC 6455 §4.1).
+/// The protocol a WebSocket handshake asks for (RFC 6455 §4.1): a GET with
+/// `Connection: upgrade`, `Upgrade: websocket`, a `Sec-WebSocket-Key` and version 13. Nothing
+/// else is let through as an upgrade: an `h2c` upgrade, say, would hand the client a raw
+/// HTTP/2 connection to the instance, past every stage of the gateway.
 pub fn upgrade_to<'a>(req: &Request<'a>) -> Option<&'a [u8]> {
     if req.method != http::Method::GET {
         return None;
     }
-    let connection = req.fields.iter().any(|(n, v)| {
-        n.eq_ignore_ascii_case(b"connection") && crate::fields::has_token(v, "upgrade")
-    });
-    connection
-        .then(|| req.fields.get("upgrade"))
-        .flatten()
-        .filter(|v| !v.is_empty())
+    let has = |name: &str, token: &str| {
+        req.fields.iter().any(|(n, v)| {
+            n.eq_ignore_ascii_case(name.as_bytes()) && crate::fields::has_token(v, token)
+        })
+    };
+    let handshake = has("connection", "upgrade")
+        && req
+            .fields
+            .get("upgrade")
+            .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"websocket"))
+        && req
+            .fields
+            .get("sec-websocket-key")
+            .is_some_and(|v| !v.is_empty())
+        && req
+            .fields
+            .get("sec-websocket-version")
+            .is_some_and(|v| v.trim_ascii() == b"13");
+    handshake.then(|| req.fields.get("upgrade")).flatten()
+}
+
+/// Whether an instance's `101` switches to WebSocket, the only protocol the gateway asked for.
+pub fn switched_to_websocket(fields: &crate::fields::Fields<'_>) -> bool {
+    fields
+        .get("upgrade")
+        .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"websocket"))
 }
 
 /// The request's body, if the server could read it.
@@ -261,6 +282,41 @@ mod tests {
             .filter(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.trim().to_string())
             .collect()
+    }
+
+    #[test]
+    fn only_websocket_handshakes_are_upgrades() {
+        let websocket = [
+            "Host: x",
+            "Connection: keep-alive, Upgrade",
+            "Upgrade: websocket",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            "Sec-WebSocket-Version: 13",
+        ];
+        let head = Head::request(&websocket);
+        assert_eq!(
+            upgrade_to(&head.to(Method::GET, "/ws", b"")),
+            Some(&b"websocket"[..])
+        );
+        assert_eq!(upgrade_to(&head.to(Method::POST, "/ws", b"")), None);
+        for (i, replaced) in [
+            "Connection: keep-alive",
+            "Upgrade: h2c",
+            "Sec-WebSocket-Key: ",
+            "Sec-WebSocket-Version: 8",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut lines = websocket;
+            lines[i + 1] = replaced;
+            let head = Head::request(&lines);
+            assert_eq!(
+                upgrade_to(&head.to(Method::GET, "/ws", b"")),
+                None,
+                "{replaced}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -161,9 +161,11 @@ pub async fn serve(
     ));
     let limits = Arc::new(limits);
     let http2 = Arc::new(manifest.gateway.http2.clone());
+    let slots = server::Slots::new(limits.max_connections);
     let protocols = || listen::Protocols {
         limits: limits.clone(),
         http2: http2.clone(),
+        slots: slots.clone(),
     };
     // One shutdown for every public listener.
     let (stop, stopped) = tokio::sync::watch::channel(false);

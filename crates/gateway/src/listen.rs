@@ -40,6 +40,8 @@ pub fn alpn(http2: &Http2) -> Vec<&'static [u8]> {
 pub struct Protocols {
     pub limits: Arc<Limits>,
     pub http2: Arc<Http2>,
+    /// Shared by every public listener: `max_connections` in all.
+    pub slots: server::Slots,
 }
 
 /// Serves the plain listener: HTTP/1.1, and h2c when configured.
@@ -50,11 +52,14 @@ pub async fn serve_plain<H: Handler>(
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) {
-    let max = protocols.limits.max_connections;
-    let Protocols { limits, http2 } = protocols;
+    let Protocols {
+        limits,
+        http2,
+        slots,
+    } = protocols;
     server::accept(
         listener,
-        max,
+        slots,
         shutdown,
         drain,
         move |stream, peer, draining| {
@@ -81,11 +86,14 @@ pub async fn serve_tls<H: Handler>(
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) {
-    let max = protocols.limits.max_connections;
-    let Protocols { limits, http2 } = protocols;
+    let Protocols {
+        limits,
+        http2,
+        slots,
+    } = protocols;
     server::accept(
         listener,
-        max,
+        slots,
         shutdown,
         drain,
         move |stream, peer, draining| {

@@ -214,6 +214,14 @@ impl Gateway {
             (Err(failure), _) => return Err(forward::refusal(failure)),
         };
         if let Some(upgraded) = response.upgraded.take() {
+            if !forward::switched_to_websocket(&response.fields()) {
+                tracing::warn!(service = %route.service, "an instance switched to a protocol other than WebSocket");
+                return Err(GatewayError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "bad_gateway",
+                    "the service answered the upgrade with another protocol",
+                ));
+            }
             // Switched: the instance's handshake answer goes to the client as it is, and
             // the connection becomes a tunnel.
             wrap::switching(response.fields(), headers);

@@ -141,10 +141,10 @@ pub async fn serve<H: Handler>(
     drain: Duration,
 ) {
     let limits = Arc::new(limits);
-    let max = limits.max_connections;
+    let slots = Slots::new(limits.max_connections);
     accept(
         listener,
-        max,
+        slots,
         shutdown,
         drain,
         move |stream, peer, draining| {
@@ -174,13 +174,30 @@ impl Draining {
     }
 }
 
-/// The accept loop every listener of the gateway shares: at most `max_connections` open at
-/// once (more wait in the kernel's backlog), `on_connection` run on a task of its own for each
-/// (its future ends when the connection does), until `shutdown` completes; then connections
-/// are told to drain and given at most `drain` to finish.
+/// The connections a server may have open at once, shared by the listeners that draw on it
+/// (the gateway's plain and HTTPS listeners count against one `max_connections`).
+#[derive(Clone)]
+pub struct Slots {
+    semaphore: Arc<tokio::sync::Semaphore>,
+    max: usize,
+}
+
+impl Slots {
+    pub fn new(max_connections: usize) -> Self {
+        Self {
+            semaphore: Arc::new(tokio::sync::Semaphore::new(max_connections.max(1))),
+            max: max_connections.max(1),
+        }
+    }
+}
+
+/// The accept loop every listener of the gateway shares: connections take one of `slots`
+/// (past them, new ones wait in the kernel's backlog), `on_connection` runs on a task of its
+/// own for each (its future ends when the connection does), until `shutdown` completes; then
+/// connections are told to drain and given at most `drain` to finish.
 pub async fn accept<F, Fut>(
     listener: TcpListener,
-    max_connections: usize,
+    slots: Slots,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
     on_connection: F,
@@ -189,7 +206,10 @@ pub async fn accept<F, Fut>(
     Fut: Future<Output = ()> + Send + 'static,
 {
     let (draining, _) = watch::channel(false);
-    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
+    let Slots {
+        semaphore: slots,
+        max: max_connections,
+    } = slots;
     tokio::pin!(shutdown);
     let mut full = false; // said once per time the limit is reached
     loop {

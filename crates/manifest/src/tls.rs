@@ -57,7 +57,9 @@ pub struct Http2 {
     pub enabled: bool,
     /// Accept HTTP/2 with prior knowledge (h2c) on the plain listener too.
     pub h2c: bool,
-    /// Streams a client may have open at once.
+    /// Streams a client may have open at once. Each holds its request and its answer whole,
+    /// so this multiplies what one connection can hold (up to `max_body_bytes` plus
+    /// `max_response_bytes` a stream).
     pub max_concurrent_streams: u32,
     /// The largest header list (decoded) a request may carry, in bytes.
     pub max_header_list_bytes: u32,
@@ -75,7 +77,7 @@ impl Default for Http2 {
         Self {
             enabled: true,
             h2c: false,
-            max_concurrent_streams: 128,
+            max_concurrent_streams: 32,
             max_header_list_bytes: 16 * 1024,
             stream_window_bytes: 256 * 1024,
             connection_window_bytes: 1024 * 1024,

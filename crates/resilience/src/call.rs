@@ -240,6 +240,27 @@ impl std::fmt::Debug for Guard {
     }
 }
 
+/// A call admitted by the breaker, whose outcome must be recorded exactly once.
+struct Trial<'a> {
+    breaker: &'a crate::breaker::Breaker,
+    recorded: bool,
+}
+
+impl Trial<'_> {
+    fn record(&mut self, outcome: CallOutcome, took: Duration) {
+        self.recorded = true;
+        self.breaker.record(outcome, took);
+    }
+}
+
+impl Drop for Trial<'_> {
+    fn drop(&mut self) {
+        if !self.recorded {
+            self.breaker.record(CallOutcome::Ignored, Duration::ZERO);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -445,26 +466,5 @@ mod tests {
             }
         }
         assert!(opened, "the breaker never opened");
-    }
-}
-
-/// A call admitted by the breaker, whose outcome must be recorded exactly once.
-struct Trial<'a> {
-    breaker: &'a crate::breaker::Breaker,
-    recorded: bool,
-}
-
-impl Trial<'_> {
-    fn record(&mut self, outcome: CallOutcome, took: Duration) {
-        self.recorded = true;
-        self.breaker.record(outcome, took);
-    }
-}
-
-impl Drop for Trial<'_> {
-    fn drop(&mut self) {
-        if !self.recorded {
-            self.breaker.record(CallOutcome::Ignored, Duration::ZERO);
-        }
     }
 }

@@ -41,7 +41,14 @@ impl Authority {
     pub fn load_or_create(dir: &Path, name: &str) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let (cert_path, key_path) = (dir.join("ca.pem"), dir.join("ca.key"));
-        if cert_path.exists() && key_path.exists() {
+        if cert_path.exists() != key_path.exists() {
+            // Half an authority: making a new one would silently replace what clients trust.
+            anyhow::bail!(
+                "{} holds a CA certificate or its key but not both: restore the other, or remove both to make a new CA",
+                dir.display()
+            );
+        }
+        if cert_path.exists() {
             let key = std::fs::read_to_string(&key_path)
                 .with_context(|| format!("reading {}", key_path.display()))?;
             let key = KeyPair::from_pem(&key)
@@ -228,6 +235,13 @@ mod tests {
         let ca = Authority::load_or_create(dir.path(), "Tessera test CA").unwrap();
         let pem = std::fs::read(ca.certificate()).unwrap();
         let again = Authority::load_or_create(dir.path(), "other name").unwrap();
+        let half = dir.path().join("half");
+        std::fs::create_dir(&half).unwrap();
+        std::fs::copy(ca.certificate(), half.join("ca.pem")).unwrap();
+        assert!(
+            Authority::load_or_create(&half, "x").is_err(),
+            "a CA without its key is not replaced"
+        );
         assert_eq!(
             std::fs::read(again.certificate()).unwrap(),
             pem,

@@ -9,10 +9,13 @@
 //!
 //! Messages are recorded by whichever replica handled the order event, so the feed does not
 //! listen in-process: one task per replica reads what was recorded since it last looked
-//! (only while someone is listening, every 200 ms) and hands each message to that replica's
-//! sockets, each of which keeps its caller's. Reads overlap by a few seconds, since a
-//! replica's transaction can commit after a later-stamped one; what was already handed on
-//! is remembered for that window and not sent twice.
+//! (only while someone is listening, every 200 ms), page by page in (created, id) order so
+//! that a burst of any size is read whole, and hands each message to that replica's sockets,
+//! each of which keeps its caller's. Reads overlap by a few seconds, since a replica's
+//! transaction can commit after a later-stamped one; what was already handed on is
+//! remembered for that window and not sent twice. (A replica whose clock runs more than the
+//! overlap ahead of the others' would make the feed skip their messages; the list API has
+//! them all.)
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -71,35 +74,47 @@ async fn poll(db: Db, tx: broadcast::Sender<Arc<Recorded>>) {
             seen.clear();
             continue;
         }
-        let rows: Vec<(String, String, String, String, String, String, i64)> =
-            match tessera::store::query_as(
-                "SELECT id, order_id, user_id, kind, subject, body, created FROM notifications
-                 WHERE created >= $1 ORDER BY created, id LIMIT 1000",
-            )
-            .bind(since - OVERLAP)
-            .fetch_all(db.pool())
-            .await
-            {
-                Ok(rows) => rows,
-                Err(e) => {
-                    tracing::warn!(error = %e, "live feed: cannot read new messages");
+        // Page through everything from the window's start, by (created, id): a burst
+        // larger than a page is read whole, and the window moves on after it.
+        let mut cursor = (since - OVERLAP, String::new());
+        loop {
+            let rows: Vec<(String, String, String, String, String, String, i64)> =
+                match tessera::store::query_as(
+                    "SELECT id, order_id, user_id, kind, subject, body, created FROM notifications
+                     WHERE created >= $1 AND NOT (created = $1 AND id <= $2)
+                     ORDER BY created, id LIMIT 500",
+                )
+                .bind(cursor.0)
+                .bind(&cursor.1)
+                .fetch_all(db.pool())
+                .await
+                {
+                    Ok(rows) => rows,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "live feed: cannot read new messages");
+                        break;
+                    }
+                };
+            let full = rows.len() == 500;
+            for (id, order_id, user_id, kind, subject, body, created) in rows {
+                cursor = (created, id.clone());
+                since = since.max(created);
+                if !seen.insert((created, id.clone())) {
                     continue;
                 }
-            };
-        for (id, order_id, user_id, kind, subject, body, created) in rows {
-            since = since.max(created);
-            if !seen.insert((created, id.clone())) {
-                continue;
+                let view = View {
+                    id,
+                    order_id,
+                    kind,
+                    subject,
+                    body,
+                    created,
+                };
+                let _ = tx.send(Arc::new(Recorded { user_id, view }));
             }
-            let view = View {
-                id,
-                order_id,
-                kind,
-                subject,
-                body,
-                created,
-            };
-            let _ = tx.send(Arc::new(Recorded { user_id, view }));
+            if !full {
+                break;
+            }
         }
         seen.retain(|(created, _)| *created >= since - OVERLAP);
     }
@@ -175,5 +190,53 @@ async fn session(mut socket: WebSocket, user: String, mut rx: broadcast::Receive
                 Some(Ok(_)) => {} // binary, ping and pong frames: nothing to say
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tessera::store::query;
+    use tessera::testing::TempDb;
+
+    use super::*;
+    use crate::schema::MIGRATIONS;
+
+    #[tokio::test]
+    async fn a_burst_larger_than_a_page_reaches_the_feed_whole_and_once() {
+        let db = TempDb::new("notification", MIGRATIONS).await;
+        let feed = Feed::start((*db).clone());
+        let mut rx = feed.tx.subscribe();
+        tokio::time::sleep(POLL * 2).await; // the feed is listening from here
+        // 900 messages in one second (more than a page of 500), in one transaction.
+        let mut tx = db.write_tx().await.unwrap();
+        for i in 0..900 {
+            query(
+                "INSERT INTO notifications (id, order_id, user_id, kind, channel, subject, body, created)
+                 VALUES ($1, $2, $3, 'order_confirmed', 'recorded', 's', 'b', $4)",
+            )
+            .bind(format!("n{i:04}"))
+            .bind(format!("o{i}"))
+            .bind(if i % 2 == 0 { "ann" } else { "bob" })
+            .bind(now())
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        }
+        tx.commit().await.unwrap();
+        let mut ids = std::collections::HashSet::new();
+        while ids.len() < 900 {
+            let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .unwrap_or_else(|_| panic!("only {} of 900 came", ids.len()))
+                .unwrap();
+            assert!(
+                ids.insert(got.view.id.clone()),
+                "{} came twice",
+                got.view.id
+            );
+        }
+        // Nothing more: the overlap of later reads sends none of them again.
+        tokio::time::sleep(POLL * 3).await;
+        assert!(rx.try_recv().is_err());
     }
 }

@@ -37,6 +37,9 @@ use tokio::time::Instant;
 use crate::fields::{self, Fields};
 use crate::server::{BodyClock, BodyError, Draining, Handler, HeaderBuf, Limits, Request, date};
 
+/// How long streams in flight get once the server drains (as the accept loop's drain).
+const DRAIN: Duration = Duration::from_secs(10);
+
 /// Serves HTTP/2 on one connection until it closes, is idle too long, or the server drains.
 pub async fn serve<H: Handler, S>(
     stream: S,
@@ -82,8 +85,10 @@ pub async fn serve<H: Handler, S>(
         tokio::select! {
             _ = conn.as_mut() => return,
             () = draining.wait(), if !closing => {
+                // GOAWAY: no new streams; those in flight get the server's drain time.
                 conn.as_mut().graceful_shutdown();
                 closing = true;
+                timer.as_mut().reset(Instant::now() + DRAIN);
             }
             () = &mut timer => {
                 if closing {
@@ -115,7 +120,28 @@ async fn answer<H: Handler>(
 ) -> http::Response<Full<Bytes>> {
     let start = Instant::now();
     let (parts, body) = req.into_parts();
-    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut headers = HeaderBuf::default();
+    // What the HTTP/1.1 server refuses, refused here too: an origin-form target only (no
+    // CONNECT, no `*`), and exactly one host (`:authority` or one `Host`).
+    let hosts = parts.headers.get_all(header::HOST).iter().count();
+    let target = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .filter(|t| t.starts_with('/'));
+    let refusal = match (&parts.method, target) {
+        (&Method::CONNECT, _) | (_, None) => Some("the request target must be a path"),
+        _ if hosts > 1 || (hosts == 0 && parts.uri.authority().is_none()) => {
+            Some("a request needs exactly one host")
+        }
+        _ => None,
+    };
+    if let Some(message) = refusal {
+        let status = StatusCode::BAD_REQUEST;
+        let body = handler.malformed(status, message, peer, &mut headers);
+        return response(status, &headers, body, false);
+    }
+    let target = target.unwrap_or("/");
     let path = target.split_once('?').map_or(target, |(p, _)| p);
 
     // The fields as the HTTP/1.1 server would have them: `Host` from `:authority`.
@@ -152,7 +178,6 @@ async fn answer<H: Handler>(
         fields::push(&mut head, &mut recorded, b"cookie", &cookies);
     }
 
-    let mut headers = HeaderBuf::default();
     let body = match read_body(body, limits, start).await {
         Ok(body) => body,
         Err(TimedOut) => {
