@@ -1,7 +1,8 @@
 //! A certificate authority kept in a directory: its certificate (`ca.pem`) and key (`ca.key`,
 //! readable by its owner only), created the first time it is asked for and reused after, so
-//! that a browser or `curl --cacert` told once to trust it keeps trusting what it issues
-//! (`ca.name` keeps its name: the issuer of what it signs).
+//! that a browser or `curl --cacert` told once to trust it keeps trusting what it issues.
+//! An operator's own CA (an intermediate of theirs) works the same: put its `ca.pem` and
+//! `ca.key` there before the first start.
 //!
 //! `tessera up` uses one as the **development CA**: with `[gateway.tls]` on and no
 //! certificate of the operator's, it issues the gateway a certificate for `localhost`,
@@ -29,7 +30,9 @@ pub const REISSUE_AFTER: Duration = Duration::from_secs(60 * 24 * 3600);
 const CA_FOR: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 pub struct Authority {
-    name: String,
+    /// The CA certificate's own fields (its name, its key identifier), as read back from it:
+    /// what an issued certificate names as its issuer.
+    params: CertificateParams,
     key: KeyPair,
     /// The CA's certificate as issued (the PEM on disk).
     pem: String,
@@ -55,9 +58,10 @@ impl Authority {
                 .with_context(|| format!("{} is not a key", key_path.display()))?;
             let pem = std::fs::read_to_string(&cert_path)
                 .with_context(|| format!("reading {}", cert_path.display()))?;
-            let name = read_common_name(&cert_path).unwrap_or_else(|| name.to_string());
+            let params = CertificateParams::from_ca_cert_pem(&pem)
+                .with_context(|| format!("{} is not a CA certificate", cert_path.display()))?;
             return Ok(Self {
-                name,
+                params,
                 key,
                 pem,
                 dir: dir.to_path_buf(),
@@ -72,10 +76,9 @@ impl Authority {
         write_private(&key_path, key.serialize_pem().as_bytes())?;
         std::fs::write(&cert_path, cert.pem())
             .with_context(|| format!("writing {}", cert_path.display()))?;
-        std::fs::write(cert_path.with_extension("name"), name)?;
         tracing::info!(ca = %cert_path.display(), "created a certificate authority");
         Ok(Self {
-            name: name.to_string(),
+            params: CertificateParams::from_ca_cert_pem(&cert.pem())?,
             key,
             pem: cert.pem(),
             dir: dir.to_path_buf(),
@@ -179,9 +182,10 @@ impl Authority {
         params.not_before = now - time::Duration::hours(1);
         params.not_after = now + valid_for;
         let key = KeyPair::generate()?;
-        // The issuer as rcgen needs it: the same name and key as the CA on disk, which is
-        // all a signature check looks at.
-        let issuer = ca_params(&self.name).self_signed(&self.key)?;
+        // The issuer as rcgen needs it: the CA's own fields and key (rcgen signs with the key
+        // and copies the issuer's name and key identifier; the signature of this stand-in
+        // is never used).
+        let issuer = self.params.clone().self_signed(&self.key)?;
         let cert = params.signed_by(&key, &issuer, &self.key)?;
         std::fs::create_dir_all(dir)?;
         write_private(&files.key, key.serialize_pem().as_bytes())?;
@@ -202,13 +206,6 @@ fn ca_params(name: &str) -> CertificateParams {
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     params
-}
-
-/// The name the CA was created with, kept beside it (rcgen does not read certificates back).
-fn read_common_name(cert: &Path) -> Option<String> {
-    std::fs::read_to_string(cert.with_extension("name"))
-        .ok()
-        .map(|s| s.trim().to_string())
 }
 
 /// Writes a key readable by its owner only, from its creation.
@@ -290,5 +287,54 @@ mod tests {
         let more = vec!["localhost".to_string(), "shop.test".to_string()];
         let reissued = again.issue_server(dir.path(), "gw", &more).unwrap();
         assert_ne!(std::fs::read(&reissued.chain).unwrap(), first);
+    }
+
+    #[test]
+    fn an_operator_s_own_ca_issues_what_verifies_against_it() {
+        // A CA made elsewhere (openssl), with a name rcgen would not have chosen.
+        let dir = tempfile::tempdir().unwrap();
+        let made = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+            ])
+            .args(["-keyout", "ca.key", "-out", "ca.pem", "-days", "30"])
+            .args(["-subj", "/O=Example Corp/OU=Platform/CN=Example Issuing CA"])
+            .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+            .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+            .current_dir(dir.path())
+            .output()
+            .expect("openssl runs");
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let ca = Authority::load_or_create(dir.path(), "unused").unwrap();
+        let identity = crate::Identity::service("shop", "order");
+        let files = ca
+            .issue_identity(&dir.path().join("ids"), &identity)
+            .unwrap();
+        let chain = crate::certificates::read_chain(&files.chain).unwrap();
+        let roots = crate::identity::roots(&dir.path().join("ca.pem")).unwrap();
+        let verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(roots, crate::provider())
+                .build()
+                .unwrap();
+        use rustls::client::danger::ServerCertVerifier as _;
+        verifier
+            .verify_server_cert(
+                &chain[0],
+                &chain[1..],
+                &identity.server_name().unwrap(),
+                &[],
+                rustls::pki_types::UnixTime::now(),
+            )
+            .expect("issued under the operator's CA");
     }
 }
