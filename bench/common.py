@@ -187,3 +187,51 @@ def ab_lines(rounds, new, old):
             rows.append(f"| {label} | {s['median']:.3f}× | {s['min']:.3f}–{s['max']:.3f}× |")
     return ["", f"A/B, {new} / {old}, per round ({len(rounds)} rounds):", "",
             "| figure | median | range |", "|---|---|---|", *rows]
+
+
+def stop_all(procs):
+    """Stops the benchmark's processes: SIGTERM, then SIGKILL after 10 s."""
+    for p in procs.values():
+        p.terminate()
+    for p in procs.values():
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def children(pid):
+    """A process's children (nginx's workers)."""
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(x) for x in out.split()]
+
+
+def nginx_conf(tmp, upstream, server):
+    """nginx as the peer of the gateway: one worker, upstream keepalive, an access log with a
+    request id, the forwarding fields the gateway sets too; `server` holds the `listen` (and
+    TLS) lines of its one server."""
+    return f"""
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log;
+events {{ worker_connections 1024; }}
+http {{
+    log_format main '$remote_addr "$request" $status $body_bytes_sent $request_time $request_id';
+    access_log {tmp}/nginx-access.log main;
+    upstream app {{ server 127.0.0.1:{upstream}; keepalive 64; }}
+    server {{
+{server}
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Request-Id $request_id;
+            # What the gateway tells an instance too: where the request came from.
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header Forwarded "for=$remote_addr;proto=$scheme";
+        }}
+    }}
+}}
+"""
+

@@ -96,30 +96,7 @@ auth = "public"
             procs["baseline"] = start([baseline_bin, "--manifest", manifest_baseline, "gateway"], env=as_("gateway"),
                                       log=os.path.join(tmp, "baseline.log"))
         with open(os.path.join(tmp, "nginx.conf"), "w") as f:
-            f.write(f"""
-worker_processes 1;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log;
-events {{ worker_connections 1024; }}
-http {{
-    log_format main '$remote_addr "$request" $status $body_bytes_sent $request_time $request_id';
-    access_log {tmp}/nginx-access.log main;
-    upstream app {{ server 127.0.0.1:{UPSTREAM}; keepalive 64; }}
-    server {{
-        listen 127.0.0.1:{NGINX};
-        location / {{
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header X-Request-Id $request_id;
-            # What the gateway tells an instance too: where the request came from.
-            proxy_set_header X-Forwarded-For $remote_addr;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header Forwarded "for=$remote_addr;proto=$scheme";
-        }}
-    }}
-}}
-""")
+            f.write(nginx_conf(tmp, UPSTREAM, f"        listen 127.0.0.1:{NGINX};"))
         procs["nginx"] = start(["nginx", "-c", os.path.join(tmp, "nginx.conf"), "-g", "daemon off;"],
                                log=os.path.join(tmp, "nginx.out"))
         for port in (UPSTREAM, NGINX):
@@ -249,19 +226,7 @@ http {{
                          f"({min(ab):+.3f} to {max(ab):+.3f})")
         write_results("gateway_quick" if QUICK else "gateway", out, "\n".join(lines))
     finally:
-        for p in procs.values():
-            p.terminate()
-        for p in procs.values():
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-
-
-def children(pid):
-    """nginx's worker processes."""
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
-    return [int(x) for x in out.split()]
+        stop_all(procs)
 
 
 if __name__ == "__main__":

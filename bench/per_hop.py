@@ -123,13 +123,7 @@ def main():
             lines += ab_lines(rounds, "tessera_service", "baseline_service")
         write_results("per_hop_quick" if QUICK else "per_hop", out, "\n".join(lines))
     finally:
-        for p in procs.values():
-            p.terminate()
-        for p in procs.values():
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
 
 
 if __name__ == "__main__":

@@ -75,16 +75,7 @@ auth = "public"
         state = os.path.join(tmp, "state", "tls")
         ca = os.path.join(state, "dev-ca", "ca.pem")
         with open(os.path.join(tmp, "nginx.conf"), "w") as f:
-            f.write(f"""
-worker_processes 1;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log;
-events {{ worker_connections 1024; }}
-http {{
-    log_format main '$remote_addr "$request" $status $body_bytes_sent $request_time $request_id';
-    access_log {tmp}/nginx-access.log main;
-    upstream app {{ server 127.0.0.1:{UPSTREAM}; keepalive 64; }}
-    server {{
+            f.write(nginx_conf(tmp, UPSTREAM, f"""
         listen 127.0.0.1:{NGINX_TLS} ssl http2;
         ssl_certificate {state}/gateway.pem;
         ssl_certificate_key {state}/gateway.key;
@@ -92,19 +83,7 @@ http {{
         ssl_session_cache shared:SSL:10m;
         ssl_session_tickets on;
         keepalive_requests 100000;
-        http2_max_requests 100000;
-        location / {{
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header X-Request-Id $request_id;
-            proxy_set_header X-Forwarded-For $remote_addr;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header Forwarded "for=$remote_addr;proto=$scheme";
-        }}
-    }}
-}}
-""")
+        http2_max_requests 100000;"""))
         procs["nginx"] = start(["nginx", "-c", os.path.join(tmp, "nginx.conf"), "-g", "daemon off;"],
                                log=os.path.join(tmp, "nginx.out"))
         servers = {"b_nginx": (NGINX_TLS, lambda: [procs["nginx"].pid] + children(procs["nginx"].pid)),
@@ -152,13 +131,7 @@ http {{
                          f"| {'%.2f×' % cv['median'] if cv else '—'} |")
         write_results("tls_quick" if QUICK else "tls", out, "\n".join(lines))
     finally:
-        for p in procs.values():
-            p.terminate()
-        for p in procs.values():
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
 
 
 def ready(port, ca):
@@ -202,11 +175,6 @@ def handshakes(port, seconds, ca, resumed):
     m = re.search(r"(\d+) connections in (\d+) real seconds", out)
     count, secs = int(m.group(1)), float(m.group(2))
     return {"rate": count / max(secs, 1e-9), "count": count}
-
-
-def children(pid):
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
-    return [int(x) for x in out.split()]
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 use tessera_testkit::{Options, System};
 
 const MOUSE: &str = "0190f000-0000-7000-8000-000000000005";
@@ -28,28 +28,13 @@ async fn a_checkout_crosses_every_hop_over_mutual_tls_and_strangers_are_refused(
     // A whole checkout: the gateway calls order, order calls catalog, payment calls the
     // provider, everyone registers, publishes and consumes, all over mutual TLS.
     let (token, _) = sys.new_user().await;
-    let placed = sys
-        .http
-        .post(sys.url("/api/orders"))
-        .bearer_auth(&token)
-        .json(&json!({ "items": [{"productId": MOUSE, "quantity": 1}] }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(placed.status(), 202);
-    let placed: Value = placed.json().await.unwrap();
-    let order = placed["data"]["orderId"].as_str().unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (status, body) = sys.get(&format!("/api/orders/{order}"), Some(&token)).await;
-        assert_eq!(status, 200, "{body}");
-        if body["data"]["status"] == "CONFIRMED" {
-            break;
-        }
-        assert_ne!(body["data"]["status"], "REJECTED", "{body}");
-        assert!(Instant::now() < deadline, "not confirmed: {body}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let order = sys
+        .place_order(&token, json!([{"productId": MOUSE, "quantity": 1}]))
+        .await;
+    assert_eq!(
+        sys.settled_order(&token, &order).await["status"],
+        "CONFIRMED"
+    );
 
     // The control plane, as the operators' identity: answers.
     let catalog = sys.registry().await;

@@ -78,17 +78,9 @@ async fn the_live_feed_delivers_a_notification_over_a_websocket() {
         }
     }
     assert_eq!(frames, [json!("ready"), json!("pong")]);
-    let placed = sys
-        .http
-        .post(sys.url("/api/orders"))
-        .bearer_auth(&token)
-        .json(&json!({ "items": [{"productId": MOUSE, "quantity": 1}] }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(placed.status(), 202);
-    let placed: Value = placed.json().await.unwrap();
-    let order_id = placed["data"]["orderId"].as_str().unwrap().to_string();
+    let order_id = sys
+        .place_order(&token, json!([{"productId": MOUSE, "quantity": 1}]))
+        .await;
 
     // The order's outcome arrives on the socket, the list API's fields in it.
     let mut notified = None;

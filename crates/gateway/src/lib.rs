@@ -188,9 +188,9 @@ pub async fn serve(
         let https_port = listener.local_addr()?.port();
         tracing::info!(address = %listener.local_addr()?, http2 = manifest.gateway.http2.enabled, "HTTPS on");
         plain_handler = listen::plain_handler(settings.plain, https_port);
-        public.spawn(listen::serve_tls(
+        public.spawn(listen::serve(
             listener,
-            tessera_tls::TlsAcceptor::from(tls_config),
+            Some(tessera_tls::TlsAcceptor::from(tls_config)),
             gateway.clone(),
             protocols(),
             stopped(),
@@ -199,15 +199,17 @@ pub async fn serve(
     }
     tracing::info!(address = %listener.local_addr()?, admin = %admin_address, routes = manifest.routes.len(), "gateway ready");
     match plain_handler {
-        Some(redirect) => public.spawn(listen::serve_plain(
+        Some(redirect) => public.spawn(listen::serve(
             listener,
+            None,
             Arc::new(redirect),
             protocols(),
             stopped(),
             DRAIN,
         )),
-        None => public.spawn(listen::serve_plain(
+        None => public.spawn(listen::serve(
             listener,
+            None,
             gateway.clone(),
             protocols(),
             stopped(),

@@ -15,7 +15,6 @@ mod h2;
 mod redirect;
 
 use std::future::Future;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +22,7 @@ use tessera_manifest::{Http2, Plain};
 use tessera_tls::TlsAcceptor;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::server::{self, Draining, Handler, Limits};
+use crate::server::{self, Handler, Limits};
 
 pub use redirect::Redirect;
 
@@ -44,9 +43,11 @@ pub struct Protocols {
     pub slots: server::Slots,
 }
 
-/// Serves the plain listener: HTTP/1.1, and h2c when configured.
-pub async fn serve_plain<H: Handler>(
+/// Serves a public listener: with `tls`, HTTPS (a handshake, then HTTP/2 or HTTP/1.1 as ALPN
+/// agreed); without, plain HTTP/1.1, and h2c when configured.
+pub async fn serve<H: Handler>(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     handler: Arc<H>,
     protocols: Protocols,
     shutdown: impl Future<Output = ()>,
@@ -63,43 +64,19 @@ pub async fn serve_plain<H: Handler>(
         shutdown,
         drain,
         move |stream, peer, draining| {
-            let (handler, limits, http2) = (handler.clone(), limits.clone(), http2.clone());
-            async move {
-                if http2.h2c && starts_with_preface(&stream, limits.header_timeout).await {
-                    h2::serve(stream, peer.ip(), false, draining, handler, limits, &http2).await;
-                } else {
-                    server::serve_stream(stream, peer.ip(), false, draining, &*handler, &limits)
-                        .await;
-                }
-            }
-        },
-    )
-    .await
-}
-
-/// Serves the HTTPS listener: TLS, then HTTP/2 or HTTP/1.1 as ALPN agreed.
-pub async fn serve_tls<H: Handler>(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    handler: Arc<H>,
-    protocols: Protocols,
-    shutdown: impl Future<Output = ()>,
-    drain: Duration,
-) {
-    let Protocols {
-        limits,
-        http2,
-        slots,
-    } = protocols;
-    server::accept(
-        listener,
-        slots,
-        shutdown,
-        drain,
-        move |stream, peer, draining| {
-            let (acceptor, handler) = (acceptor.clone(), handler.clone());
+            let (tls, handler) = (tls.clone(), handler.clone());
             let (limits, http2) = (limits.clone(), http2.clone());
             async move {
+                let peer_ip = peer.ip();
+                let Some(acceptor) = tls else {
+                    if http2.h2c && starts_with_preface(&stream, limits.header_timeout).await {
+                        h2::serve(stream, peer_ip, false, draining, handler, limits, &http2).await;
+                    } else {
+                        server::serve_stream(stream, peer_ip, false, draining, &*handler, &limits)
+                            .await;
+                    }
+                    return;
+                };
                 let handshake = acceptor.accept(stream);
                 let tls = match tokio::time::timeout(limits.header_timeout, handshake).await {
                     Ok(Ok(tls)) => tls,
@@ -107,24 +84,14 @@ pub async fn serve_tls<H: Handler>(
                     Err(_) => return tracing::debug!(%peer, "TLS handshake not done in time"),
                 };
                 if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                    h2::serve(tls, peer.ip(), true, draining, handler, limits, &http2).await;
+                    h2::serve(tls, peer_ip, true, draining, handler, limits, &http2).await;
                 } else {
-                    serve_http1(tls, peer.ip(), draining, &*handler, &limits).await;
+                    server::serve_stream(tls, peer_ip, true, draining, &*handler, &limits).await;
                 }
             }
         },
     )
     .await
-}
-
-async fn serve_http1<H: Handler>(
-    tls: tessera_tls::TlsStream<TcpStream>,
-    peer: IpAddr,
-    draining: Draining,
-    handler: &H,
-    limits: &Limits,
-) {
-    server::serve_stream(tls, peer, true, draining, handler, limits).await
 }
 
 /// What a plain listener does with requests once HTTPS is on, if it does not serve them.

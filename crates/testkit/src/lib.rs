@@ -538,6 +538,44 @@ replicas = {replicas}
         self.login(&email, "password123").await
     }
 
+    /// Places an order of `items` (`[{"productId", "quantity"}]`) as `token`'s user: its id.
+    pub async fn place_order(&self, token: &str, items: Value) -> String {
+        let (status, body) = self
+            .post(
+                "/api/orders",
+                Some(token),
+                serde_json::json!({ "items": items }),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+        body["data"]["orderId"]
+            .as_str()
+            .expect("an order id")
+            .to_string()
+    }
+
+    /// Waits (30 s at most) until the order is CONFIRMED or REJECTED: its detail.
+    pub async fn settled_order(&self, token: &str, order_id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, body) = self
+                .get(&format!("/api/orders/{order_id}"), Some(token))
+                .await;
+            assert_eq!(status, 200, "{body}");
+            if matches!(
+                body["data"]["status"].as_str(),
+                Some("CONFIRMED" | "REJECTED")
+            ) {
+                return body["data"].clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "order {order_id} not settled: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn login(&self, email: &str, password: &str) -> (String, String) {
         let (status, body) = self
             .post(

@@ -33,25 +33,30 @@ pub struct View {
     pub created: i64,
 }
 
+/// A message as its columns are read: id, order_id, kind, subject, body, created.
+pub type ViewRow = (String, String, String, String, String, i64);
+
+impl From<ViewRow> for View {
+    fn from((id, order_id, kind, subject, body, created): ViewRow) -> Self {
+        Self {
+            id,
+            order_id,
+            kind,
+            subject,
+            body,
+            created,
+        }
+    }
+}
+
 async fn list(State(db): State<Db>, caller: Caller) -> Result<Json<Vec<View>>, ApiError> {
-    let rows: Vec<(String, String, String, String, String, i64)> = tessera::store::query_as(
+    let rows: Vec<ViewRow> = tessera::store::query_as(
         "SELECT id, order_id, kind, subject, body, created FROM notifications WHERE user_id = $1 ORDER BY created DESC, id DESC LIMIT 100",
     )
     .bind(&caller.id)
     .fetch_all(db.pool())
     .await?;
-    Ok(Json(
-        rows.into_iter()
-            .map(|(id, order_id, kind, subject, body, created)| View {
-                id,
-                order_id,
-                kind,
-                subject,
-                body,
-                created,
-            })
-            .collect(),
-    ))
+    Ok(Json(rows.into_iter().map(View::from).collect()))
 }
 
 #[cfg(test)]

@@ -80,7 +80,7 @@ async fn poll(db: Db, tx: broadcast::Sender<Arc<Recorded>>) {
         loop {
             let rows: Vec<(String, String, String, String, String, String, i64)> =
                 match tessera::store::query_as(
-                    "SELECT id, order_id, user_id, kind, subject, body, created FROM notifications
+                    "SELECT user_id, id, order_id, kind, subject, body, created FROM notifications
                      WHERE created >= $1 AND NOT (created = $1 AND id <= $2)
                      ORDER BY created, id LIMIT 500",
                 )
@@ -96,20 +96,13 @@ async fn poll(db: Db, tx: broadcast::Sender<Arc<Recorded>>) {
                     }
                 };
             let full = rows.len() == 500;
-            for (id, order_id, user_id, kind, subject, body, created) in rows {
-                cursor = (created, id.clone());
-                since = since.max(created);
-                if !seen.insert((created, id.clone())) {
+            for (user_id, id, order_id, kind, subject, body, created) in rows {
+                let view = View::from((id, order_id, kind, subject, body, created));
+                cursor = (view.created, view.id.clone());
+                since = since.max(view.created);
+                if !seen.insert((view.created, view.id.clone())) {
                     continue;
                 }
-                let view = View {
-                    id,
-                    order_id,
-                    kind,
-                    subject,
-                    body,
-                    created,
-                };
                 let _ = tx.send(Arc::new(Recorded { user_id, view }));
             }
             if !full {
