@@ -2,11 +2,12 @@
 //! (`tessera_tls::internal`) when mutual TLS is on.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use tessera_tls::tokio_rustls::client::TlsStream;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 pub enum Stream {
@@ -23,13 +24,15 @@ impl Stream {
     }
 
     /// Whether the peer closed (or wrote to) the connection while it was idle: looked at
-    /// without reading (a TLS record must not be taken from under the TLS layer) and without
-    /// a system call unless the runtime has seen the socket become readable.
+    /// without reading (a TLS record must not be taken from under the TLS layer), and without
+    /// a system call unless the runtime has seen the socket become readable (`try_io` checks
+    /// the readiness it already has; nothing is registered).
     pub fn is_closed(&self) -> bool {
-        let mut probe = [0u8; 1];
-        let mut buf = ReadBuf::new(&mut probe);
-        let mut cx = Context::from_waker(Waker::noop());
-        !matches!(self.tcp().poll_peek(&mut cx, &mut buf), Poll::Pending)
+        let tcp = self.tcp();
+        let peeked = tcp.try_io(Interest::READABLE, || {
+            socket2::SockRef::from(tcp).peek(&mut [MaybeUninit::uninit(); 1])
+        });
+        !matches!(peeked, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 }
 
