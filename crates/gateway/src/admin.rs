@@ -126,6 +126,7 @@ mod tests {
                 forwarder: testing::forwarder("shop", "127.0.0.1:9"),
                 tunnel_idle: Duration::from_secs(60),
                 tunnel_max: Duration::from_secs(600),
+                streams: Default::default(),
             }),
         };
         let head = Head::request(&[]);

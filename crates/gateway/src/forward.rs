@@ -35,7 +35,7 @@ use crate::server::{BodyError, Request};
 use crate::tokens::Verified;
 use crate::upstream::{CallFailure, Exchange, Upstream};
 
-const ISSUER: &str = "tessera-gateway";
+pub(crate) const ISSUER: &str = "tessera-gateway";
 
 /// What sending a request on takes.
 pub struct Forwarder {
@@ -244,7 +244,7 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
 /// Client headers that do not go upstream: hop-by-hop ones, `Expect` (the body is already
 /// read), and never the client's own passport, trace parent or deadline (replaced), access
 /// token (the passport speaks for it inside) or forwarding fields (`forwarded.rs`).
-fn not_forwarded(name: &[u8]) -> bool {
+pub(crate) fn not_forwarded(name: &[u8]) -> bool {
     not_forwarded_from_a_proxy(name) || forwarded::not_from_a_client(name)
 }
 

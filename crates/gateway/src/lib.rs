@@ -17,6 +17,7 @@ pub mod envelope;
 pub mod error;
 pub mod forward;
 pub mod forwarded;
+pub mod grpc;
 pub mod limit;
 pub mod listen;
 pub mod proxy;
@@ -125,6 +126,7 @@ pub async fn serve(
         },
         tunnel_idle: Duration::from_millis(manifest.gateway.websocket_idle_timeout_ms),
         tunnel_max: Duration::from_millis(manifest.gateway.websocket_max_ms),
+        streams: Default::default(),
     });
     let sweeper = Arc::downgrade(&gateway);
     tokio::spawn(async move {

@@ -14,6 +14,8 @@
 mod h2;
 mod redirect;
 
+pub use h2::{Body, Streaming};
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,7 +47,7 @@ pub struct Protocols {
 
 /// Serves a public listener: with `tls`, HTTPS (a handshake, then HTTP/2 or HTTP/1.1 as ALPN
 /// agreed); without, plain HTTP/1.1, and h2c when configured.
-pub async fn serve<H: Handler>(
+pub async fn serve<H: Handler + Streaming>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     handler: Arc<H>,

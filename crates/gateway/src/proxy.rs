@@ -40,6 +40,8 @@ pub struct Gateway {
     /// any case.
     pub tunnel_idle: Duration,
     pub tunnel_max: Duration,
+    /// HTTP/2 connections to the instances of gRPC routes (`grpc.rs`).
+    pub streams: crate::grpc::Connections,
 }
 
 /// A forwarded request's answer, wrapped.
@@ -283,6 +285,7 @@ mod tests {
             forwarder: testing::forwarder("shop", address),
             tunnel_idle: Duration::from_secs(60),
             tunnel_max: Duration::from_secs(600),
+            streams: Default::default(),
         }
     }
 
@@ -295,6 +298,7 @@ mod tests {
             rate_limit: None,
             fallback: None,
             websocket: false,
+            grpc: false,
         }
     }
 

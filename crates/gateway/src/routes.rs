@@ -27,6 +27,8 @@ pub struct CompiledRoute {
     pub fallback: Option<Fallback>,
     /// WebSocket upgrades pass.
     pub websocket: bool,
+    /// HTTP/2 requests pass as streams (gRPC).
+    pub grpc: bool,
 }
 
 #[derive(Default)]
@@ -56,6 +58,7 @@ impl RouteTable {
                     .map(RateLimiter::new),
                 fallback: r.fallback.clone(),
                 websocket: r.websocket,
+                grpc: r.grpc,
             })
             .collect();
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
@@ -146,6 +149,7 @@ mod tests {
             rate_limit: None,
             fallback: None,
             websocket: false,
+            grpc: false,
         }
     }
 

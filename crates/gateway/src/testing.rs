@@ -116,6 +116,7 @@ pub fn limited_route(
         per_user: per_user.map(RateLimiter::new),
         fallback,
         websocket: false,
+        grpc: false,
     }
 }
 

@@ -218,6 +218,10 @@ pub struct Route {
     /// spliced); on other routes an upgrade is a plain request.
     #[serde(default)]
     pub websocket: bool,
+    /// Whether HTTP/2 requests pass to the service as streams, trailers included (gRPC; the
+    /// service speaks HTTP/2 with prior knowledge).
+    #[serde(default)]
+    pub grpc: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]

@@ -20,6 +20,7 @@
 //! Cookies split across fields (RFC 9113 §8.2.3) are joined back for the upstream.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -27,7 +28,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderName, HeaderValue, Method, StatusCode, header};
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::{BodyExt as _, Either, Full};
 use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tessera_manifest::Http2;
@@ -41,7 +42,7 @@ use crate::server::{BodyClock, BodyError, Draining, Handler, HeaderBuf, Limits, 
 const DRAIN: Duration = Duration::from_secs(10);
 
 /// Serves HTTP/2 on one connection until it closes, is idle too long, or the server drains.
-pub async fn serve<H: Handler, S>(
+pub async fn serve<H: Handler + Streaming, S>(
     stream: S,
     peer: IpAddr,
     secure: bool,
@@ -110,14 +111,40 @@ pub async fn serve<H: Handler, S>(
     }
 }
 
-/// Reads one stream's request whole and answers it through `handler`.
-async fn answer<H: Handler>(
+/// What an HTTP/2 answer's body is: whole (the stages' answers), or an instance's stream
+/// passed on as it comes, trailers included (gRPC).
+pub type Body = Either<Full<Bytes>, Incoming>;
+
+/// Requests a handler passes on as streams, not read whole: gRPC (HTTP/2 only: it needs
+/// trailers and long-lived streams). The default streams nothing.
+pub trait Streaming: Send + Sync + 'static {
+    /// Whether a request to `path` is a stream to pass on.
+    fn streams(&self, path: &str) -> bool {
+        let _ = path;
+        false
+    }
+
+    /// Passes `req` (its head read, its body `body` still to come) on, and the answer back.
+    fn stream<'a>(
+        &'a self,
+        req: Request<'a>,
+        parts: &'a http::request::Parts,
+        body: Incoming,
+    ) -> impl Future<Output = http::Response<Body>> + Send + 'a {
+        let _ = (req, parts, body);
+        async { http::Response::new(Either::Left(Full::new(Bytes::new()))) }
+    }
+}
+
+/// Reads one stream's request whole and answers it through `handler` (or passes it on as a
+/// stream, when the handler says so).
+async fn answer<H: Handler + Streaming>(
     handler: &H,
     req: http::Request<Incoming>,
     peer: IpAddr,
     secure: bool,
     limits: &Limits,
-) -> http::Response<Full<Bytes>> {
+) -> http::Response<Body> {
     let start = Instant::now();
     let (parts, body) = req.into_parts();
     let mut headers = HeaderBuf::default();
@@ -178,6 +205,19 @@ async fn answer<H: Handler>(
         fields::push(&mut head, &mut recorded, b"cookie", &cookies);
     }
 
+    if handler.streams(path) {
+        let req = Request {
+            method: parts.method.clone(),
+            target,
+            path,
+            fields: Fields::new(&head, &recorded),
+            body: Ok(&[]),
+            peer,
+            secure,
+            start,
+        };
+        return handler.stream(req, &parts, body).await;
+    }
     let body = match read_body(body, limits, start).await {
         Ok(body) => body,
         Err(TimedOut) => {
@@ -264,8 +304,8 @@ fn response(
     headers: &HeaderBuf,
     body: Bytes,
     head_request: bool,
-) -> http::Response<Full<Bytes>> {
-    let mut response = http::Response::new(Full::new(Bytes::new()));
+) -> http::Response<Body> {
+    let mut response = http::Response::new(Either::Left(Full::new(Bytes::new())));
     *response.status_mut() = status;
     let map = response.headers_mut();
     for (name, value) in headers.iter() {
@@ -291,7 +331,7 @@ fn response(
     if !bodiless {
         map.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         if !head_request {
-            *response.body_mut() = Full::new(body);
+            *response.body_mut() = Either::Left(Full::new(body));
         }
     }
     response

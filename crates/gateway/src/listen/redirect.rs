@@ -82,6 +82,9 @@ fn port_ok(port: &str) -> bool {
     !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit())
 }
 
+/// Nothing is streamed on the plain listener's redirect.
+impl super::Streaming for Redirect {}
+
 impl Handler for Redirect {
     type Done<'a> = ();
 

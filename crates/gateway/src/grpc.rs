@@ -1,0 +1,293 @@
+//! gRPC through the gateway: a route with `grpc = true` passes HTTP/2 requests on as streams,
+//! to instances that speak HTTP/2 (h2c, prior knowledge), and their answers back as they
+//! come, trailers (`grpc-status`, `grpc-message`) included; server, client and bidirectional
+//! streaming all pass, since neither side is read whole.
+//!
+//! The stages are the same as for any request (`proxy.rs`): the address's rate limit, the
+//! access token (`authorization` metadata) → a passport for the instance, the caller's limit,
+//! the route's roles; then the call goes through the service's guard (breaker, bulkhead,
+//! balancer: attempts are not retried, since a stream cannot be sent twice, but a refused
+//! connection moves on to another instance). A refusal is a gRPC status in a trailers-only
+//! answer (`UNAUTHENTICATED` for 401, `PERMISSION_DENIED` for 403, `UNAVAILABLE` for 503…),
+//! which is what gRPC clients read; what went wrong is in the log under the request's trace.
+//!
+//! Connections to instances are HTTP/2 and multiplexed: one per instance, opened on first use
+//! and again when it closes. Not yet over mutual TLS (the gateway's gRPC upstreams are h2c).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, StatusCode, header};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tessera::TraceContext;
+use tessera::passport;
+use tessera::resilience::{Limits, Rejected, Retryable};
+
+use crate::error::GatewayError;
+use crate::listen::{Body, Streaming};
+use crate::proxy::Gateway;
+use crate::routes::CompiledRoute;
+use crate::server::Request;
+use crate::{authenticate, authorize, forward, limit};
+
+/// HTTP/2 connections to instances, by address.
+#[derive(Default)]
+pub struct Connections {
+    open: Mutex<HashMap<String, SendRequest<Incoming>>>,
+}
+
+impl Connections {
+    /// A sender on a live connection to `address`, opened if there is none.
+    async fn to(&self, address: &str) -> Option<SendRequest<Incoming>> {
+        if let Some(send) = self
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(address)
+            && !send.is_closed()
+        {
+            return Some(send.clone());
+        }
+        let tcp = tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio::net::TcpStream::connect(address),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        let _ = tcp.set_nodelay(true);
+        let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(tcp))
+            .await
+            .ok()?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        self.open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(address.to_string(), send.clone());
+        Some(send)
+    }
+}
+
+/// One attempt's outcome, for the guard.
+enum Attempt {
+    Answered(http::Response<Incoming>),
+    /// No connection: nothing was sent.
+    Refused,
+    /// Sent, and no answer came.
+    Failed,
+}
+
+impl Retryable for Attempt {
+    fn is_failure(&self) -> bool {
+        match self {
+            Attempt::Answered(r) => r.status().is_server_error(),
+            Attempt::Refused | Attempt::Failed => true,
+        }
+    }
+
+    fn is_retryable(&self) -> bool {
+        matches!(self, Attempt::Refused)
+    }
+
+    fn never_sent(&self) -> bool {
+        matches!(self, Attempt::Refused)
+    }
+}
+
+impl Streaming for Gateway {
+    fn streams(&self, path: &str) -> bool {
+        matches!(self.routes.find(path), Ok(Some(route)) if route.grpc)
+    }
+
+    async fn stream<'a>(
+        &'a self,
+        req: Request<'a>,
+        parts: &'a http::request::Parts,
+        body: Incoming,
+    ) -> http::Response<Body> {
+        let parent = req
+            .fields
+            .get_str(tessera::trace::TRACEPARENT)
+            .and_then(TraceContext::parse);
+        let trace = parent.map_or_else(TraceContext::new_root, |p| p.child());
+        let mut hex = [0u8; 32];
+        let trace_id = tessera::trace::hex(&trace.trace_id, &mut hex).to_string();
+        let answer = match self.routes.find(req.path) {
+            Ok(Some(route)) => self.call(route, &req, parts, body, &trace).await,
+            _ => Err(GatewayError::ROUTE_NOT_FOUND),
+        };
+        let (status, upstream) = match &answer {
+            Ok(r) => (r.status().as_u16(), "grpc"),
+            Err(e) => (e.status.as_u16(), "-"),
+        };
+        tracing::info!(target: "access", method = req.method.as_str(), path = req.path, status, trace_id = %trace_id, upstream, "access");
+        match answer {
+            Ok(response) => response,
+            Err(e) => refusal(&e, &trace_id),
+        }
+    }
+}
+
+impl Gateway {
+    /// The stages, then the call; the instance's answer as it comes.
+    async fn call(
+        &self,
+        route: &CompiledRoute,
+        req: &Request<'_>,
+        parts: &http::request::Parts,
+        body: Incoming,
+        trace: &TraceContext,
+    ) -> Result<http::Response<Body>, GatewayError> {
+        let tokens = self.tokens.as_deref();
+        limit::per_ip(route, self.forwarder.proxies.client(req.peer, &req.fields))?;
+        let caller = authenticate::caller(tokens, &req.fields).await?;
+        let caller = caller.as_deref();
+        limit::per_user(route, caller)?;
+        authorize::check(route, caller)?;
+
+        let forwarder = &self.forwarder;
+        let upstream = forwarder
+            .upstreams
+            .get(&route.service)
+            .ok_or(forward::refusal(crate::upstream::CallFailure::NoInstance))?;
+        let instances = forwarder
+            .discovery
+            .instances(&route.service)
+            .unwrap_or_else(|| Arc::from(Vec::new()));
+        let passport = match caller {
+            Some(v) => forwarder.keys.mint_header(
+                forward::ISSUER,
+                &v.sub,
+                &v.roles,
+                v.sid.as_deref(),
+                trace,
+            ),
+            None => {
+                forwarder
+                    .keys
+                    .mint_header(forward::ISSUER, passport::ANONYMOUS, &[], None, trace)
+            }
+        };
+        let forwarding = forwarder.proxies.fields(req.peer, req.secure, &req.fields);
+        let mut headers = http::HeaderMap::with_capacity(parts.headers.len() + 6);
+        for (name, value) in &parts.headers {
+            if !forward::not_forwarded(name.as_str().as_bytes()) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        let traceparent = trace.header_value();
+        let extra: [(&str, &[u8]); 6] = [
+            (passport::HEADER, passport.as_bytes()),
+            ("traceparent", traceparent.as_bytes()),
+            ("x-forwarded-for", forwarding.x_forwarded_for.as_bytes()),
+            ("forwarded", forwarding.forwarded.as_bytes()),
+            ("x-forwarded-proto", forwarding.proto),
+            // gRPC's own: the one `te` HTTP/2 allows, dropped above as hop-by-hop.
+            ("te", b"trailers"),
+        ];
+        for (name, value) in extra {
+            if let Ok(value) = HeaderValue::from_bytes(value) {
+                headers.insert(HeaderName::from_static(name), value);
+            }
+        }
+
+        let body = Mutex::new(Some(body));
+        let limits = Limits {
+            deadline: Some(tokio::time::Instant::now() + forwarder.timeout),
+            per_try: forwarder.timeout,
+        };
+        let (headers, body) = (&headers, &body);
+        let attempt = upstream
+            .guard()
+            .call(&instances, false, limits, |instance, _| async move {
+                let Some(mut send) = self.streams.to(&instance.address).await else {
+                    return Attempt::Refused;
+                };
+                if send.ready().await.is_err() {
+                    return Attempt::Refused;
+                }
+                let Some(body) = body.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+                    return Attempt::Failed;
+                };
+                let uri = format!("http://{}{}", instance.address, req.target);
+                let mut request = http::Request::new(body);
+                *request.method_mut() = parts.method.clone();
+                *request.headers_mut() = headers.clone();
+                match uri.parse() {
+                    Ok(uri) => *request.uri_mut() = uri,
+                    Err(_) => return Attempt::Failed,
+                }
+                match send.send_request(request).await {
+                    Ok(response) => Attempt::Answered(response),
+                    Err(_) => Attempt::Failed,
+                }
+            })
+            .await;
+        match attempt {
+            Ok(Attempt::Answered(response)) => {
+                let (mut head, body) = response.into_parts();
+                head.headers.remove(header::CONNECTION);
+                Ok(http::Response::from_parts(head, Either::Right(body)))
+            }
+            Ok(Attempt::Refused | Attempt::Failed) => {
+                tracing::warn!(service = %route.service, "gRPC call failed");
+                Err(forward::refusal(crate::upstream::CallFailure::Unreachable))
+            }
+            Err(Rejected::Open) => Err(forward::refusal(crate::upstream::CallFailure::Open)),
+            Err(Rejected::Full) => Err(forward::refusal(crate::upstream::CallFailure::Full)),
+            Err(Rejected::NoInstance) => {
+                Err(forward::refusal(crate::upstream::CallFailure::NoInstance))
+            }
+            Err(Rejected::Timeout) => Err(forward::refusal(crate::upstream::CallFailure::Timeout)),
+        }
+    }
+}
+
+/// A refusal as gRPC clients read it: HTTP 200, `application/grpc`, the status in the
+/// headers of an answer without a body ("trailers-only").
+fn refusal(e: &GatewayError, trace_id: &str) -> http::Response<Body> {
+    let code = match e.status.as_u16() {
+        400 => 3,        // INVALID_ARGUMENT
+        401 => 16,       // UNAUTHENTICATED
+        403 => 7,        // PERMISSION_DENIED
+        404 => 12,       // UNIMPLEMENTED
+        413 => 8,        // RESOURCE_EXHAUSTED
+        429 => 8,        // RESOURCE_EXHAUSTED
+        504 => 4,        // DEADLINE_EXCEEDED
+        502 | 503 => 14, // UNAVAILABLE
+        _ => 13,         // INTERNAL
+    };
+    let mut response = http::Response::new(Either::Left(Full::new(Bytes::new())));
+    *response.status_mut() = StatusCode::OK;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", HeaderValue::from(code));
+    // grpc-message is percent-encoded UTF-8 (printable ASCII but `%` as it is).
+    let mut message = String::with_capacity(e.message.len());
+    for b in e.message.bytes() {
+        if (b' '..=b'~').contains(&b) && b != b'%' {
+            message.push(b as char);
+        } else {
+            message.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if let Ok(value) = HeaderValue::from_str(&message) {
+        headers.insert("grpc-message", value);
+    }
+    if let Ok(value) = HeaderValue::from_str(trace_id) {
+        headers.insert("x-trace-id", value);
+    }
+    response
+}
