@@ -48,22 +48,47 @@ async fn a_checkout_crosses_every_hop_over_mutual_tls_and_strangers_are_refused(
         .send()
         .await;
     assert!(plain.is_err() || !plain.unwrap().status().is_success());
-    let ca =
-        tessera_tls::certificates::read_chain(&sys.dir.join("state/tls/system-ca/ca.pem")).unwrap();
-    let no_certificate = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_der(&ca[0]).unwrap())
-        .build()
-        .unwrap();
-    for url in [
-        format!("{}/v1/services", sys.control),
-        format!("https://{order_address}/health/ready"),
+    // TLS that trusts the system CA and checks the server's identity, but shows no
+    // certificate of its own: the servers refuse it (its handshake, or the first read, fails).
+    let roots = tessera_tls::identity::roots(&sys.dir.join("state/tls/system-ca/ca.pem")).unwrap();
+    for (url, identity) in [
+        (format!("{}/v1/services", sys.control), "control"),
+        (
+            format!("https://{order_address}/health/ready"),
+            "service:order",
+        ),
     ] {
-        let refused = no_certificate.get(&url).send().await;
+        let expected = tessera_tls::Identity::of_principal("shop-test", identity);
+        let mut config =
+            tessera_tls::rustls::ClientConfig::builder_with_provider(tessera_tls::provider())
+                .with_protocol_versions(tessera_tls::VERSIONS)
+                .unwrap()
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth();
+        config.dangerous().set_certificate_verifier(
+            tessera_tls::internal::pinned_verifier(roots.clone(), &expected).unwrap(),
+        );
+        let anonymous = reqwest::Client::builder()
+            .use_preconfigured_tls(config)
+            .build()
+            .unwrap();
+        let refused = anonymous.get(&url).send().await;
         assert!(
             refused.is_err(),
             "{url} answered without a client certificate: {refused:?}"
         );
     }
+    // The same client with a certificate gets in: the refusal above was the missing one.
+    let admin = sys.client_as("admin", "service:order");
+    assert!(
+        admin
+            .get(format!("https://{order_address}/health/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
 
     // A certificate for one identity with another's credential: the credential is refused.
     let as_catalog = sys.client_as("service:catalog", "control");

@@ -11,8 +11,11 @@
 //! answer (`UNAUTHENTICATED` for 401, `PERMISSION_DENIED` for 403, `UNAVAILABLE` for 503…),
 //! which is what gRPC clients read; what went wrong is in the log under the request's trace.
 //!
-//! Connections to instances are HTTP/2 and multiplexed: one per instance, opened on first use
-//! and again when it closes. Not yet over mutual TLS (the gateway's gRPC upstreams are h2c).
+//! A call has the time its `grpc-timeout` gives it, else `websocket_max_ms` (a client stream
+//! is answered only once the client is done); while its answer streams, its HTTP/2 stream
+//! counts as open. Connections to instances are HTTP/2 and multiplexed: one per instance,
+//! opened on first use and again when it closes, pinged every 30 s. Not yet over mutual TLS
+//! (the gateway's gRPC upstreams are h2c): the manifest refuses `grpc` routes when it is on.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -29,7 +32,7 @@ use tessera::passport;
 use tessera::resilience::{Limits, Rejected, Retryable};
 
 use crate::error::GatewayError;
-use crate::listen::{Body, Streaming};
+use crate::listen::{Body, Streamed, Streaming};
 use crate::proxy::Gateway;
 use crate::routes::CompiledRoute;
 use crate::server::Request;
@@ -63,6 +66,10 @@ impl Connections {
         let _ = tcp.set_nodelay(true);
         let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
+            // A host gone silent is found in seconds, not at the next call's deadline.
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true)
             .handshake(TokioIo::new(tcp))
             .await
             .ok()?;
@@ -87,9 +94,13 @@ enum Attempt {
 }
 
 impl Retryable for Attempt {
+    /// gRPC answers 200 whatever happened: a status in a trailers-only answer says more.
     fn is_failure(&self) -> bool {
         match self {
-            Attempt::Answered(r) => r.status().is_server_error(),
+            Attempt::Answered(r) => {
+                let status = r.headers().get("grpc-status").and_then(|v| v.to_str().ok());
+                r.status().is_server_error() || matches!(status, Some("13" | "14"))
+            }
             Attempt::Refused | Attempt::Failed => true,
         }
     }
@@ -129,7 +140,8 @@ impl Streaming for Gateway {
             Ok(r) => (r.status().as_u16(), "grpc"),
             Err(e) => (e.status.as_u16(), "-"),
         };
-        tracing::info!(target: "access", method = req.method.as_str(), path = req.path, status, trace_id = %trace_id, upstream, "access");
+        let latency_ms = req.start.elapsed().as_micros() as f64 / 1000.0;
+        tracing::info!(target: "access", method = req.method.as_str(), path = req.path, status, latency_ms, trace_id = %trace_id, upstream, "access");
         match answer {
             Ok(response) => response,
             Err(e) => refusal(&e, &trace_id),
@@ -201,9 +213,16 @@ impl Gateway {
         }
 
         let body = Mutex::new(Some(body));
+        // The call's own deadline (`grpc-timeout`), else the longest a tunnel may last: a
+        // client stream's answer comes only once the client is done, however long it takes.
+        let within = parts
+            .headers
+            .get("grpc-timeout")
+            .and_then(|v| grpc_timeout(v.as_bytes()))
+            .unwrap_or(self.tunnel_max);
         let limits = Limits {
-            deadline: Some(tokio::time::Instant::now() + forwarder.timeout),
-            per_try: forwarder.timeout,
+            deadline: Some(tokio::time::Instant::now() + within),
+            per_try: within,
         };
         let (headers, body) = (&headers, &body);
         let attempt = upstream
@@ -236,7 +255,10 @@ impl Gateway {
             Ok(Attempt::Answered(response)) => {
                 let (mut head, body) = response.into_parts();
                 head.headers.remove(header::CONNECTION);
-                Ok(http::Response::from_parts(head, Either::Right(body)))
+                Ok(http::Response::from_parts(
+                    head,
+                    Either::Right(Streamed::new(body)),
+                ))
             }
             Ok(Attempt::Refused | Attempt::Failed) => {
                 tracing::warn!(service = %route.service, "gRPC call failed");
@@ -250,6 +272,24 @@ impl Gateway {
             Err(Rejected::Timeout) => Err(forward::refusal(crate::upstream::CallFailure::Timeout)),
         }
     }
+}
+
+/// A `grpc-timeout` value: up to 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`).
+fn grpc_timeout(value: &[u8]) -> Option<Duration> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b"H" => Duration::from_secs(n * 3600),
+        b"M" => Duration::from_secs(n * 60),
+        b"S" => Duration::from_secs(n),
+        b"m" => Duration::from_millis(n),
+        b"u" => Duration::from_micros(n),
+        b"n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// A refusal as gRPC clients read it: HTTP 200, `application/grpc`, the status in the
@@ -290,4 +330,24 @@ fn refusal(e: &GatewayError, trace_id: &str) -> http::Response<Body> {
         headers.insert("x-trace-id", value);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_are_read_as_the_spec_writes_them() {
+        assert_eq!(grpc_timeout(b"10S"), Some(Duration::from_secs(10)));
+        assert_eq!(grpc_timeout(b"250m"), Some(Duration::from_millis(250)));
+        assert_eq!(grpc_timeout(b"1H"), Some(Duration::from_secs(3600)));
+        for bad in [&b""[..], b"S", b"10", b"123456789S", b"1x", b"-1S"] {
+            assert_eq!(
+                grpc_timeout(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
 }

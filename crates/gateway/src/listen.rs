@@ -14,7 +14,7 @@
 mod h2;
 mod redirect;
 
-pub use h2::{Body, Streaming};
+pub use h2::{Body, Streamed, Streaming};
 
 use std::future::Future;
 use std::sync::Arc;

@@ -109,6 +109,9 @@ struct Connection<S = Stream> {
     read: BytesMut,
     /// Write buffer, reused.
     write: Vec<u8>,
+    /// Who the instance proved to be (mutual TLS), for reuse by calls to that identity only:
+    /// an address the registry still lists for one service may be another's by now.
+    identity: Option<Identity>,
 }
 
 impl Connection {
@@ -139,7 +142,7 @@ impl Pool {
         if req.upgrade {
             return self.upgrade(address, req, max_response).await;
         }
-        if let Some(mut conn) = self.take(address) {
+        if let Some(mut conn) = self.take(address, req.identity) {
             match exchange(&mut conn, address, req, max_response).await {
                 Ok((resp, reusable)) => {
                     if reusable {
@@ -185,11 +188,12 @@ impl Pool {
         Ok(resp)
     }
 
-    fn take(&self, address: &str) -> Option<Connection> {
+    fn take(&self, address: &str, identity: Option<&Identity>) -> Option<Connection> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.get_mut(address)?;
         while let Some(conn) = list.pop() {
-            if !conn.is_closed() {
+            // Closed, or proven to be someone else than this call means to reach: dropped.
+            if !conn.is_closed() && conn.identity.as_ref() == identity {
                 return Some(conn);
             }
         }
@@ -247,6 +251,7 @@ impl Pool {
             stream,
             read: BytesMut::with_capacity(8 * 1024),
             write: Vec::with_capacity(1024),
+            identity: identity.cloned(),
         })
     }
 
@@ -304,6 +309,7 @@ pub async fn read_response<S: AsyncRead + Unpin>(
         stream,
         read: BytesMut::with_capacity(8 * 1024),
         write: Vec::new(),
+        identity: None,
     };
     Ok(receive(&mut conn, method, max_response, false).await?)
 }
@@ -665,6 +671,29 @@ mod tests {
         let resp = pool.send(&address, &post, 1024).await.unwrap();
         assert!(text(&resp).ends_with("body=hello"), "{}", text(&resp));
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_serves_again_only_the_identity_it_was_opened_for() {
+        let (address, accepted) = upstream(true).await;
+        let pool = Pool::new(4, Duration::from_secs(1));
+        let (order, catalog) = (
+            Identity::service("shop", "order"),
+            Identity::service("shop", "catalog"),
+        );
+        let empty = Bytes::new();
+        let mut req = get("/x", &empty);
+        for (identity, connections) in [
+            (&order, 1),
+            (&order, 1),
+            (&catalog, 2),
+            (&catalog, 2),
+            (&order, 3),
+        ] {
+            req.identity = Some(identity);
+            pool.send(&address, &req, 1024).await.unwrap();
+            assert_eq!(accepted.load(Ordering::SeqCst), connections, "{identity}");
+        }
     }
 
     #[tokio::test]

@@ -336,6 +336,12 @@ impl Manifest {
             Mtls::Auto => {
                 let mut addresses = vec![self.control.listen, self.gateway.listen];
                 addresses.extend(self.gateway.tls.as_ref().map(|t| t.listen));
+                // A service told to listen elsewhere than loopback counts too.
+                addresses.extend(
+                    self.services
+                        .values()
+                        .filter_map(|s| s.env.get("TESSERA_LISTEN")?.parse::<SocketAddr>().ok()),
+                );
                 addresses.iter().any(|a| !a.ip().is_loopback())
             }
         }
@@ -474,6 +480,36 @@ impl Manifest {
         let g = &self.gateway;
         if g.admin_listen == g.listen {
             return Err("gateway.admin_listen: must differ from gateway.listen".into());
+        }
+        if self.mtls() {
+            // Names become DNS names in identity certificates: compared without case, and
+            // only letters, digits and hyphens.
+            let dns = |n: &str| {
+                !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            };
+            if !dns(&self.system.name) {
+                return Err("system.name: with mutual TLS, only letters, digits and '-'".into());
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for name in self.services.keys() {
+                if !dns(name) || !seen.insert(name.to_ascii_lowercase()) {
+                    return Err(format!(
+                        "services.{name}: with mutual TLS, a name of letters, digits and '-', unlike every other service's but for case"
+                    ));
+                }
+            }
+            for (name, spec) in &self.services {
+                if let Some(unknown) = spec.calls.iter().find(|c| !self.services.contains_key(*c)) {
+                    return Err(format!("services.{name}.calls: no service {unknown:?}"));
+                }
+            }
+        }
+        if self.mtls()
+            && let Some(i) = self.routes.iter().position(|r| r.grpc)
+        {
+            return Err(format!(
+                "route[{i}].grpc: gRPC upstreams are not yet spoken to over mutual TLS (system.mtls is on)"
+            ));
         }
         if let Some(tls) = &g.tls {
             if [g.listen, g.admin_listen].contains(&tls.listen) {
@@ -688,5 +724,60 @@ mod tests {
         assert!(e.to_string().contains("maybe"), "{e}");
         let e = Manifest::parse("[gateway.http2]\nstream_window_bytes = 10\n").unwrap_err();
         assert!(e.to_string().contains("gateway.http2"), "{e}");
+    }
+
+    #[test]
+    fn mutual_tls_auto_and_what_it_asks_of_names() {
+        assert!(
+            !Manifest::parse("").unwrap().mtls(),
+            "loopback everywhere: off"
+        );
+        let m = Manifest::parse("[control]\nlisten = \"10.0.0.1:8500\"\n").unwrap();
+        assert!(m.mtls(), "a control plane on another address: on");
+        let m = Manifest::parse(
+            "[services.a]\ncommand = \"a\"\nenv = { TESSERA_LISTEN = \"0.0.0.0:9000\" }\n",
+        )
+        .unwrap();
+        assert!(m.mtls(), "a service listening beyond loopback: on");
+        assert!(
+            !Manifest::parse("[system]\nmtls = \"off\"\n[control]\nlisten = \"10.0.0.1:8500\"\n")
+                .unwrap()
+                .mtls()
+        );
+        assert_eq!(
+            Manifest::parse("[system]\nmtls = \"on\"\n")
+                .unwrap()
+                .control_url(),
+            "https://127.0.0.1:8500"
+        );
+
+        let on = "[system]\nmtls = \"on\"\n";
+        for (extra, key) in [
+            (
+                "[[route]]\nprefix = \"/x\"\nservice = \"a\"\nauth = \"public\"\ngrpc = true\n",
+                "route[0].grpc",
+            ),
+            (
+                "[services.Order]\ncommand = \"a\"\n[services.order]\ncommand = \"b\"\n",
+                "services.order",
+            ),
+            ("[services.a_b]\ncommand = \"a\"\n", "services.a_b"),
+            (
+                "[services.a]\ncommand = \"a\"\ncalls = [\"b\"]\n",
+                "services.a.calls",
+            ),
+        ] {
+            let e = Manifest::parse(&format!("{on}{extra}")).unwrap_err();
+            assert!(e.to_string().contains(key), "{e}");
+        }
+        let m = Manifest::parse(&format!(
+            "{on}[services.a]\ncommand = \"a\"\ncalls = [\"b\"]\n[services.b]\ncommand = \"b\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            m.callers_of("b"),
+            ["gateway", "supervisor", "admin", "service:a"]
+        );
+        assert_eq!(m.callers_of("a"), ["gateway", "supervisor", "admin"]);
     }
 }

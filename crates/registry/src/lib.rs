@@ -91,7 +91,7 @@ impl RegistryClient {
         }
         let http = http.build().expect("reqwest client builds");
         Self {
-            base: base.trim_end_matches('/').to_string(),
+            base: tessera_tls::internal::system_url(base.trim_end_matches('/')).into_owned(),
             http,
         }
     }

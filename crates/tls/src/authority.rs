@@ -161,9 +161,12 @@ impl Authority {
             .ok()
             .and_then(|t| SystemTime::now().duration_since(t).ok())
             .is_some_and(|age| age < reissue_after);
+        // Kept only if young, for the same names, from this CA (its certificate ends the
+        // chain), and whole: the key belongs to the chain (a write cut short is issued again).
         if fresh
-            && files.key.exists()
             && std::fs::read_to_string(&names_file).is_ok_and(|n| n == wanted)
+            && std::fs::read_to_string(&files.chain).is_ok_and(|c| c.ends_with(&self.pem))
+            && crate::certificates::read_pair(&files, &crate::provider()).is_ok()
         {
             return Ok(files);
         }
@@ -188,10 +191,16 @@ impl Authority {
         let issuer = self.params.clone().self_signed(&self.key)?;
         let cert = params.signed_by(&key, &issuer, &self.key)?;
         std::fs::create_dir_all(dir)?;
-        write_private(&files.key, key.serialize_pem().as_bytes())?;
+        // Each file whole or not at all (written aside, then renamed over the old one); a
+        // reader between the two renames sees a key and chain that do not match, and keeps
+        // the pair it has (`certificates.rs`).
+        let (key_aside, chain_aside) = (aside(&files.key), aside(&files.chain));
+        write_private(&key_aside, key.serialize_pem().as_bytes())?;
         let chain = format!("{}{}", cert.pem(), self.pem);
-        std::fs::write(&files.chain, chain)
-            .with_context(|| format!("writing {}", files.chain.display()))?;
+        std::fs::write(&chain_aside, chain)
+            .with_context(|| format!("writing {}", chain_aside.display()))?;
+        std::fs::rename(&key_aside, &files.key)?;
+        std::fs::rename(&chain_aside, &files.chain)?;
         std::fs::write(&names_file, wanted)?;
         tracing::info!(certificate = %files.chain.display(), ?names, "issued a certificate");
         Ok(files)
@@ -206,6 +215,14 @@ fn ca_params(name: &str) -> CertificateParams {
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     params
+}
+
+/// Where a file is written before it is renamed into place: unique to this process, so two
+/// issuers at once (the runner, an operator's command) do not write over each other.
+fn aside(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{}.tmp", std::process::id()));
+    PathBuf::from(name)
 }
 
 /// Writes a key readable by its owner only, from its creation.

@@ -67,6 +67,16 @@ pub fn install(internal: Internal) {
     let _ = INTERNAL.set(Some(Arc::new(internal)));
 }
 
+/// `url` as this process must use it: with mutual TLS on, an `http://` URL of the system is
+/// taken as its `https://` one (a credential never goes out in clear because a URL was set
+/// by hand).
+pub fn system_url(url: &str) -> std::borrow::Cow<'_, str> {
+    match (get(), url.strip_prefix("http://")) {
+        (Some(_), Some(rest)) => format!("https://{rest}").into(),
+        _ => url.into(),
+    }
+}
+
 /// Reads the setup the runner handed this process, if any.
 pub fn from_env() -> anyhow::Result<Option<Internal>> {
     let Ok(cert) = std::env::var(CERT_ENV) else {
@@ -118,13 +128,7 @@ impl Internal {
     /// A client config that checks the server for `expected` whatever host name the URL
     /// holds (for clients such as reqwest, which verify the URL's host).
     pub fn client_config_for(&self, expected: &Identity) -> anyhow::Result<ClientConfig> {
-        let inner =
-            WebPkiServerVerifier::builder_with_provider(self.roots.clone(), crate::provider())
-                .build()?;
-        let verifier = Arc::new(Pinned {
-            inner,
-            expected: expected.server_name()?,
-        });
+        let verifier = pinned_verifier(self.roots.clone(), expected)?;
         let mut config = (*self.client).clone();
         config.dangerous().set_certificate_verifier(verifier);
         Ok(config)
@@ -139,6 +143,19 @@ impl Internal {
     pub fn identity_of(&self, principal: &str) -> Identity {
         Identity::of_principal(&self.system, principal)
     }
+}
+
+/// A verifier of servers' certificates from the CA of `roots` for `expected`, whatever host
+/// they were reached at.
+pub fn pinned_verifier(
+    roots: Arc<RootCertStore>,
+    expected: &Identity,
+) -> anyhow::Result<Arc<dyn ServerCertVerifier>> {
+    let inner = WebPkiServerVerifier::builder_with_provider(roots, crate::provider()).build()?;
+    Ok(Arc::new(Pinned {
+        inner,
+        expected: expected.server_name()?,
+    }))
 }
 
 /// Verifies a server's certificate for a fixed identity, not for the host it was reached at.

@@ -52,7 +52,7 @@ pub struct Recorded {
 impl Feed {
     /// Starts reading recorded messages for as long as the service runs.
     pub fn start(db: Db) -> Self {
-        let (tx, _) = broadcast::channel(1024);
+        let (tx, _) = broadcast::channel(4096);
         let feed = Self { tx };
         let sender = feed.tx.clone();
         tokio::spawn(async move { poll(db, sender).await });
@@ -108,6 +108,8 @@ async fn poll(db: Db, tx: broadcast::Sender<Arc<Recorded>>) {
             if !full {
                 break;
             }
+            // Let the sockets take this page before the next one is handed to them.
+            tokio::task::yield_now().await;
         }
         seen.retain(|(created, _)| *created >= since - OVERLAP);
     }
@@ -200,9 +202,10 @@ mod tests {
         let feed = Feed::start((*db).clone());
         let mut rx = feed.tx.subscribe();
         tokio::time::sleep(POLL * 2).await; // the feed is listening from here
-        // 900 messages in one second (more than a page of 500), in one transaction.
+        // 1100 messages in one second (more than two pages of 500, and more than a read of
+        // 1000 took before), in one transaction.
         let mut tx = db.write_tx().await.unwrap();
-        for i in 0..900 {
+        for i in 0..1100 {
             query(
                 "INSERT INTO notifications (id, order_id, user_id, kind, channel, subject, body, created)
                  VALUES ($1, $2, $3, 'order_confirmed', 'recorded', 's', 'b', $4)",
@@ -217,10 +220,10 @@ mod tests {
         }
         tx.commit().await.unwrap();
         let mut ids = std::collections::HashSet::new();
-        while ids.len() < 900 {
+        while ids.len() < 1100 {
             let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
                 .await
-                .unwrap_or_else(|_| panic!("only {} of 900 came", ids.len()))
+                .unwrap_or_else(|_| panic!("only {} of 1100 came", ids.len()))
                 .unwrap();
             assert!(
                 ids.insert(got.view.id.clone()),

@@ -55,7 +55,8 @@ const MAX_ANSWER: u64 = 2 * crate::wire::MAX_FETCH_BYTES as u64;
 impl ControlBus {
     /// The log at `control_url`, spoken to as `credential`.
     pub fn new(control_url: &str, credential: &Credential) -> Self {
-        let base = control_url.trim_end_matches('/');
+        let base = tessera_tls::internal::system_url(control_url.trim_end_matches('/'));
+        let base = base.as_ref();
         // Plain HTTP, or TLS with the system's identities (mutual TLS on): the lean client.
         let internal = tessera_tls::internal::get();
         let rest = match internal {

@@ -60,8 +60,11 @@ pub async fn serve<H: Handler + Streaming, S>(
             let (handler, limits) = (handler.clone(), limits.clone());
             let open = activity.begin();
             async move {
-                let response = answer(&*handler, req, peer, secure, &limits).await;
-                drop(open);
+                let mut response = answer(&*handler, req, peer, secure, &limits).await;
+                // A stream stays open until its body's end; a whole answer, from here.
+                if let Either::Right(streamed) = response.body_mut() {
+                    streamed.open = Some(open);
+                }
                 Ok::<_, Infallible>(response)
             }
         })
@@ -113,7 +116,40 @@ pub async fn serve<H: Handler + Streaming, S>(
 
 /// What an HTTP/2 answer's body is: whole (the stages' answers), or an instance's stream
 /// passed on as it comes, trailers included (gRPC).
-pub type Body = Either<Full<Bytes>, Incoming>;
+pub type Body = Either<Full<Bytes>, Streamed>;
+
+/// An instance's stream passed on as it comes; while it lasts, the client's stream counts as
+/// open (a gRPC stream quiet for longer than the idle timeout is not a connection to close).
+pub struct Streamed {
+    body: Incoming,
+    open: Option<Open>,
+}
+
+impl Streamed {
+    pub fn new(body: Incoming) -> Self {
+        Self { body, open: None }
+    }
+}
+
+impl hyper::body::Body for Streamed {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
 
 /// Requests a handler passes on as streams, not read whole: gRPC (HTTP/2 only: it needs
 /// trailers and long-lived streams). The default streams nothing.

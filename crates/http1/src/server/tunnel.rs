@@ -95,9 +95,10 @@ pub(super) async fn splice<S: AsyncRead + AsyncWrite + Unpin>(
                 tokio::time::sleep_until(next).await;
             }
         };
+        // Both directions run to their end: one side's close is passed on as a half-close
+        // (`copy`), so what the other still sends (a WebSocket's closing frame) gets through.
         tokio::select! {
-            () = up => {}
-            () = down => {}
+            _ = async { tokio::join!(up, down) } => {}
             () = limits => {}
             _ = draining.changed() => {}
         }
@@ -110,7 +111,9 @@ pub(super) async fn splice<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Copies `from` into `to` until `from` ends or either fails, counting what moved and when.
+/// Copies `from` into `to` until `from` ends (then `to` is shut down for writing: the close
+/// passes on) or either fails, counting what moved and when. Every write is flushed: a TLS
+/// side buffers what it is given.
 async fn copy<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     from: &mut R,
     to: &mut W,
@@ -121,10 +124,14 @@ async fn copy<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
+            Ok(0) => {
+                let _ = to.shutdown().await;
+                return;
+            }
+            Err(_) => return,
             Ok(n) => n,
         };
-        if to.write_all(&buf[..n]).await.is_err() {
+        if to.write_all(&buf[..n]).await.is_err() || to.flush().await.is_err() {
             return;
         }
         moved.fetch_add(n as u64, Ordering::Relaxed);
