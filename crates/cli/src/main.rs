@@ -1,5 +1,6 @@
 //! `tessera`: runs a whole system from its manifest, and the platform's own processes.
 
+mod env;
 mod keys;
 mod output;
 mod supervisor;
@@ -41,6 +42,10 @@ enum Command {
     /// Print the control-plane credential of a principal (`service:<name>`, `gateway`,
     /// `supervisor`, `admin`), for a process started by other means than `up`.
     Credential { principal: String },
+    /// Print the whole environment `up` would give a principal's process (`control`,
+    /// `gateway`, `service:<name>`, …) as `KEY='value'` lines: to start it by other means, on
+    /// another host for one (its certificate and key files are paths in the state directory).
+    Env { principal: String },
 }
 
 #[global_allocator]
@@ -84,6 +89,24 @@ fn main() -> anyhow::Result<()> {
                     );
                 };
                 println!("{}", keys::credential(&state_dir, &principal)?.token());
+                Ok(())
+            }
+            Command::Env { principal } => {
+                if principal != "control" && Principal::parse(&principal).is_none() {
+                    anyhow::bail!(
+                        "{principal:?} is not control, service:<name>, gateway, supervisor or admin"
+                    );
+                }
+                let passport_keys = keys::passport_keys(&state_dir)?;
+                let control_keys = keys::control_keys(&state_dir)?;
+                let env = env::of(
+                    &manifest,
+                    &state_dir,
+                    &passport_keys,
+                    &control_keys,
+                    &principal,
+                )?;
+                env::print(&env);
                 Ok(())
             }
             Command::Control => {

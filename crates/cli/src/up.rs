@@ -7,8 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use tessera::events::{PRODUCERS_ENV, Producers};
-use tessera::identity::{CREDENTIAL_ENV, Principal};
+use tessera::identity::Principal;
 use tessera::registry::RegistryClient;
 use tessera_manifest::Manifest;
 use tokio::sync::watch;
@@ -61,35 +60,18 @@ pub async fn run(manifest_path: &Path, manifest: Manifest, no_build: bool) -> an
     // Mutual TLS: the runner's own identity (it reads the registry), made before any call.
     crate::tls::install_own_identity(&manifest, &state_dir, "supervisor")?;
     crate::tls::spawn_rotation(manifest.clone(), state_dir.clone());
-    let common = vec![
-        ("TESSERA_CONTROL_URL".to_string(), control_url.clone()),
-        ("TESSERA_SYSTEM".to_string(), manifest.system.name.clone()),
-        (
-            "TESSERA_DATA_DIR".to_string(),
-            state_dir.join("data").to_string_lossy().into_owned(),
-        ),
-        ("TESSERA_PASSPORT_KEYS".to_string(), passport_keys),
-        (
-            "TESSERA_HEARTBEAT_MS".to_string(),
-            manifest.control.heartbeat_ms.to_string(),
-        ),
-        (
-            "TESSERA_TTL_MS".to_string(),
-            manifest.control.ttl_ms.to_string(),
-        ),
-    ];
     // The supervisor's own credential: to see who registered, and to remove dead instances.
     let registry = RegistryClient::new(&control_url, &control_keys.issue(&Principal::Supervisor));
-    let platform = |name: &str, sub: &str, me: Option<Principal>| -> anyhow::Result<ProcSpec> {
-        let mut env = common.clone();
-        if let Some(me) = &me {
-            env.push((CREDENTIAL_ENV.into(), control_keys.issue(me).token().into()));
-        }
-        // The control plane's certificate names it `control`; the others, their principal.
-        let principal = me
-            .as_ref()
-            .map_or_else(|| "control".to_string(), |p| p.to_string());
-        env.extend(crate::tls::identity_env(&manifest, &state_dir, &principal)?);
+    let env_of = |principal: &str| {
+        crate::env::of(
+            &manifest,
+            &state_dir,
+            &passport_keys,
+            &control_keys,
+            principal,
+        )
+    };
+    let platform = |name: &str, sub: &str, principal: &str| -> anyhow::Result<ProcSpec> {
         Ok(ProcSpec {
             name: name.to_string(),
             argv: vec![
@@ -98,12 +80,11 @@ pub async fn run(manifest_path: &Path, manifest: Manifest, no_build: bool) -> an
                 manifest_arg.clone(),
                 sub.into(),
             ],
-            env,
+            env: env_of(principal)?,
             cwd: base.clone(),
             registry: None,
         })
     };
-    let producers = Producers::spec(&manifest.producers());
 
     let mut services = Vec::new();
     for (name, spec) in &manifest.services {
@@ -113,25 +94,8 @@ pub async fn run(manifest_path: &Path, manifest: Manifest, no_build: bool) -> an
         }
         for replica in 1..=spec.replicas {
             let instance = format!("{name}-{replica}");
-            let mut env = common.clone();
-            env.push(("TESSERA_SERVICE".into(), name.clone()));
+            let mut env = env_of(&format!("service:{name}"))?;
             env.push(("TESSERA_INSTANCE".into(), instance.clone()));
-            env.push((
-                CREDENTIAL_ENV.into(),
-                control_keys
-                    .issue(&Principal::Service(name.clone()))
-                    .token()
-                    .into(),
-            ));
-            let principal = format!("service:{name}");
-            env.extend(crate::tls::identity_env(&manifest, &state_dir, &principal)?);
-            if manifest.mtls() {
-                env.push((
-                    "TESSERA_TLS_CALLERS".into(),
-                    manifest.callers_of(name).join(","),
-                ));
-            }
-            env.push((PRODUCERS_ENV.into(), producers.clone()));
             env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
             services.push(ProcSpec {
                 registry: Some((registry.clone(), instance.clone())),
@@ -161,7 +125,7 @@ pub async fn run(manifest_path: &Path, manifest: Manifest, no_build: bool) -> an
             {
                 // The control plane reads the keys from the state directory, or from the
                 // variable the runner itself was given (and no other child is).
-                let mut control = platform("control", "control", None)?;
+                let mut control = platform("control", "control", "control")?;
                 if let Ok(keys) = std::env::var(tessera::identity::KEYS_ENV) {
                     control.env.push((tessera::identity::KEYS_ENV.into(), keys));
                 }
@@ -184,7 +148,7 @@ pub async fn run(manifest_path: &Path, manifest: Manifest, no_build: bool) -> an
         }
         wait_registered(&registry, services.iter().map(|s| s.name.as_str())).await?;
         gateway_tasks.spawn(supervise(
-            platform("gateway", "gateway", Some(Principal::Gateway))?,
+            platform("gateway", "gateway", "gateway")?,
             next_color(),
             gateway_rx,
             GRACE,

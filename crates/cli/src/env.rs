@@ -1,0 +1,66 @@
+//! What a process of the system is given to start: the environment `tessera up` hands each
+//! one, and `tessera env <principal>` prints for a process started by other means (on
+//! another host, under another supervisor). One copy, so the two never differ.
+
+use std::path::Path;
+
+use tessera::events::{PRODUCERS_ENV, Producers};
+use tessera::identity::{CREDENTIAL_ENV, ControlKeys, Principal};
+use tessera_manifest::Manifest;
+
+/// The environment of `principal` (`control` for the control plane) in the system of
+/// `manifest`: the common part, its credential, its identity certificate (mutual TLS), and for
+/// a service who may call it and who produces what.
+pub fn of(
+    manifest: &Manifest,
+    state_dir: &Path,
+    passport_keys: &str,
+    control_keys: &ControlKeys,
+    principal: &str,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let mut env = vec![
+        ("TESSERA_CONTROL_URL".to_string(), manifest.control_url()),
+        ("TESSERA_SYSTEM".to_string(), manifest.system.name.clone()),
+        (
+            "TESSERA_DATA_DIR".to_string(),
+            state_dir.join("data").to_string_lossy().into_owned(),
+        ),
+        (
+            "TESSERA_PASSPORT_KEYS".to_string(),
+            passport_keys.to_string(),
+        ),
+        (
+            "TESSERA_HEARTBEAT_MS".to_string(),
+            manifest.control.heartbeat_ms.to_string(),
+        ),
+        (
+            "TESSERA_TTL_MS".to_string(),
+            manifest.control.ttl_ms.to_string(),
+        ),
+    ];
+    if let Some(me) = Principal::parse(principal) {
+        env.push((
+            CREDENTIAL_ENV.into(),
+            control_keys.issue(&me).token().into(),
+        ));
+    }
+    env.extend(crate::tls::identity_env(manifest, state_dir, principal)?);
+    if let Some(name) = principal.strip_prefix("service:") {
+        env.push(("TESSERA_SERVICE".into(), name.to_string()));
+        if manifest.mtls() {
+            env.push((
+                "TESSERA_TLS_CALLERS".into(),
+                manifest.callers_of(name).join(","),
+            ));
+        }
+        env.push((PRODUCERS_ENV.into(), Producers::spec(&manifest.producers())));
+    }
+    Ok(env)
+}
+
+/// `KEY='value'` lines a shell can `export` or `env` can take.
+pub fn print(env: &[(String, String)]) {
+    for (key, value) in env {
+        println!("{key}='{}'", value.replace('\'', "'\\''"));
+    }
+}
