@@ -2,10 +2,10 @@
 //! machine, or, with mutual TLS on (`tessera_tls::internal`), over TLS with a client
 //! certificate required from the system CA. A caller whose certificate names an identity the
 //! server does not accept (a service is called by the gateway, the operators, and the
-//! services the manifest says call it: `TESSERA_TLS_CALLERS`) is refused at the handshake,
-//! before any request is read; the identity of an accepted one is in each request's
-//! extensions as a [`Peer`], for checks that go further (the control plane binds it to the
-//! credential).
+//! services the manifest says call it: `TESSERA_TLS_CALLERS`) is refused once its handshake
+//! shows who it is, before any request is read (the connection is closed; the caller sees a
+//! failed call). The identity of an accepted one is in each request's extensions as a
+//! [`Peer`], for checks that go further (the control plane binds it to the credential).
 
 use std::future::Future;
 use std::sync::Arc;
