@@ -184,13 +184,14 @@ impl Breaker {
         metrics::counter!("tessera_breaker_transitions_total", "breaker" => self.name.clone(), "to" => to_name).increment(1);
     }
 
-    /// Asks to make a call; `Err(Open)` means fail fast.
-    pub fn acquire(&self) -> Result<(), Open> {
+    /// Asks to make a call; `Err(Open)` means fail fast, `Ok(true)` that the call is one of
+    /// half-open's trials (whose slot an `Ignored` record gives back).
+    pub fn acquire(&self) -> Result<bool, Open> {
         let now = Instant::now();
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         self.expire_open(&mut s, now);
         match &mut *s {
-            State::Closed { .. } => Ok(()),
+            State::Closed { .. } => Ok(false),
             State::Open { .. } => {
                 metrics::counter!("tessera_breaker_rejected_total", "breaker" => self.name.clone())
                     .increment(1);
@@ -201,7 +202,7 @@ impl Breaker {
             State::HalfOpen { admitted, .. } => {
                 if *admitted < self.config.permitted_in_half_open {
                     *admitted += 1;
-                    Ok(())
+                    Ok(true)
                 } else {
                     metrics::counter!("tessera_breaker_rejected_total", "breaker" => self.name.clone()).increment(1);
                     Err(Open {

@@ -145,13 +145,14 @@ impl Guard {
         F: FnMut(&'a Instance, Duration) -> Fut,
         Fut: Future<Output = T>,
     {
-        self.breaker.acquire().map_err(|_| Rejected::Open)?;
+        let trial_slot = self.breaker.acquire().map_err(|_| Rejected::Open)?;
         // Until the verdict is recorded, the call counts as telling nothing: a call refused
         // here, or given up by its caller half-way (a cancelled future: an HTTP/2 stream the
         // client reset), gives back a half-open breaker's trial slot.
         let mut trial = Trial {
             breaker: &self.breaker,
             recorded: false,
+            slot: trial_slot,
         };
         let _slot = self.bulkhead.enter().map_err(|_| Rejected::Full)?;
         if instances.is_empty() {
@@ -244,6 +245,8 @@ impl std::fmt::Debug for Guard {
 struct Trial<'a> {
     breaker: &'a crate::breaker::Breaker,
     recorded: bool,
+    /// Whether it took one of half-open's trial slots (only such a call gives one back).
+    slot: bool,
 }
 
 impl Trial<'_> {
@@ -255,7 +258,7 @@ impl Trial<'_> {
 
 impl Drop for Trial<'_> {
     fn drop(&mut self) {
-        if !self.recorded {
+        if !self.recorded && self.slot {
             self.breaker.record(CallOutcome::Ignored, Duration::ZERO);
         }
     }
@@ -389,6 +392,41 @@ mod tests {
         let (result, _) = run(&g, 1, false, &[Answer::Ok]).await;
         assert_eq!(result, Ok(Answer::Ok));
         assert_eq!(g.breaker.state().as_str(), "closed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_admitted_closed_and_given_up_half_open_frees_no_trial_slot() {
+        let mut config = Resilience::default();
+        config.retry.max_attempts = 1;
+        config.breaker.window_calls = 1;
+        config.breaker.minimum_calls = 1;
+        config.breaker.permitted_in_half_open = 1;
+        config.breaker.wait_in_open_ms = 1000;
+        let g = Guard::new("s", &config);
+        let list = instances(1);
+        let hang = |_: &Instance, _| std::future::pending::<Answer>();
+        // A, admitted while closed, hangs.
+        let mut a = Box::pin(g.call(&list, false, LIMITS, hang));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(1), &mut a)
+                .await
+                .is_err()
+        );
+        // B fails: open; a while later, half-open, and C takes the one trial slot.
+        let (result, _) = run(&g, 1, false, &[Answer::ServerError]).await;
+        assert_eq!(result, Ok(Answer::ServerError));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let mut c = Box::pin(g.call(&list, false, LIMITS, hang));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(1), &mut c)
+                .await
+                .is_err()
+        );
+        // A's caller goes away: A held no trial slot, so none is freed for D.
+        drop(a);
+        let (result, tried) = run(&g, 1, false, &[]).await;
+        assert_eq!((result, tried.len()), (Err(Rejected::Open), 0));
+        drop(c);
     }
 
     #[tokio::test]
