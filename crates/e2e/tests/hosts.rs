@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tessera_testkit::bin_dir;
+use tessera_testkit::{bin_dir, capture};
 
 const MOUSE: &str = "0190f000-0000-7000-8000-000000000005";
 
@@ -375,40 +375,6 @@ async fn checkout(gateway: &str) {
     }
 }
 
-/// The TCP payloads between the hosts (not to or from the test's own `.254`) in a pcap of
-/// Ethernet frames.
-fn between_hosts(pcap: &[u8], client: Ipv4Addr) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut at = 24;
-    while at + 16 <= pcap.len() {
-        let len = u32::from_le_bytes(pcap[at + 8..at + 12].try_into().unwrap()) as usize;
-        let frame = &pcap[at + 16..(at + 16 + len).min(pcap.len())];
-        at += 16 + len;
-        if frame.len() < 34 || frame[12..14] != [0x08, 0x00] {
-            continue;
-        }
-        let ip = &frame[14..];
-        let ip_len = usize::from(ip[0] & 0x0f) * 4;
-        let (from, to) = (
-            Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
-            Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
-        );
-        if ip[9] != 6 || ip.len() < ip_len + 20 || from == client || to == client {
-            continue;
-        }
-        let tcp = &ip[ip_len..];
-        let tcp_len = usize::from(tcp[12] >> 4) * 4;
-        out.extend_from_slice(tcp.get(tcp_len..).unwrap_or_default());
-    }
-    out
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_system_across_hosts_checks_out_with_nothing_internal_in_clear() {
     let hosts = Hosts::new();
@@ -417,38 +383,19 @@ async fn a_system_across_hosts_checks_out_with_nothing_internal_in_clear() {
             std::env::temp_dir().join(format!("tessera-hosts-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         let processes = system(&hosts, &dir, mtls).await;
-        let pcap = dir.join("bridge.pcap");
-        let mut tcpdump = Command::new("tcpdump")
-            .args([
-                "-i",
-                &hosts.bridge(),
-                "-Z",
-                "root",
-                "--immediate-mode",
-                "-U",
-                "-s",
-                "0",
-                "-w",
-            ])
-            .arg(&pcap)
-            .arg("tcp")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("tcpdump");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        checkout(&format!("http://{}:8080", hosts.ip(3))).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        tessera_testkit::signal(tcpdump.id(), libc::SIGINT);
-        let _ = tcpdump.wait();
+        let gateway = format!("http://{}:8080", hosts.ip(3));
+        let pcap = capture::during(&hosts.bridge(), checkout(&gateway)).await;
         drop(processes);
-        let internal = between_hosts(&std::fs::read(&pcap).unwrap(), hosts.ip(254));
+        // Between the hosts: not to or from the test's own side of the bridge.
+        let client = hosts.ip(254);
+        let internal = capture::payloads(&pcap, |p| p.from.0 != client && p.to.0 != client);
         assert!(
             internal.len() > 2000,
             "the capture saw the hosts talk ({} bytes)",
             internal.len()
         );
-        let clear = contains(&internal, b"x-passport:") || contains(&internal, b"/api/orders");
+        let clear = capture::contains(&internal, b"x-passport:")
+            || capture::contains(&internal, b"/api/orders");
         assert_eq!(
             clear,
             mtls == "off",

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tessera_testkit::{Options, System};
+use tessera_testkit::{Options, System, capture};
 
 const MOUSE: &str = "0190f000-0000-7000-8000-000000000005";
 
@@ -184,87 +184,6 @@ async fn a_checkout_crosses_every_hop_over_mutual_tls_and_strangers_are_refused(
     );
 }
 
-/// What crossed loopback to and from `port` while `traffic` ran, as tcpdump captured it:
-/// the TCP payloads. (Every TCP packet on loopback is captured, and those of `port` picked
-/// out here: other tests run beside this one. Immediate mode: packets are handed to tcpdump
-/// as they come, not a second later, when it may have been stopped already.)
-async fn captured(port: u16, traffic: impl std::future::Future<Output = ()>) -> Vec<u8> {
-    let file = std::env::temp_dir().join(format!("tessera-{}.pcap", uuid::Uuid::new_v4().simple()));
-    let mut tcpdump = tokio::process::Command::new("tcpdump")
-        .args([
-            "-i",
-            "lo",
-            "-Z",
-            "root",
-            "--immediate-mode",
-            "-U",
-            "-s",
-            "0",
-            "-w",
-        ])
-        .arg(&file)
-        .arg("tcp")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("tcpdump runs (CI installs it)");
-    // Ready once it says it listens.
-    let mut err = tokio::io::BufReader::new(tcpdump.stderr.take().unwrap());
-    let mut line = String::new();
-    use tokio::io::AsyncBufReadExt as _;
-    while !line.contains("listening on") {
-        line.clear();
-        assert!(
-            err.read_line(&mut line).await.unwrap() > 0,
-            "tcpdump: {line}"
-        );
-    }
-    traffic.await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    tessera_testkit::signal(tcpdump.id().unwrap(), libc::SIGINT);
-    let _ = tcpdump.wait().await;
-    let bytes = std::fs::read(&file).unwrap();
-    let _ = std::fs::remove_file(&file);
-    payloads(&bytes, port)
-}
-
-/// The TCP payloads to or from `port` in a pcap file of Ethernet frames (IPv4 on loopback).
-fn payloads(pcap: &[u8], port: u16) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut at = 24; // the file's header
-    while at + 16 <= pcap.len() {
-        let len = u32::from_le_bytes(pcap[at + 8..at + 12].try_into().unwrap()) as usize;
-        let frame = &pcap[at + 16..(at + 16 + len).min(pcap.len())];
-        at += 16 + len;
-        // Ethernet (14 bytes), then IPv4 with its header length, then TCP with its own.
-        if frame.len() < 14 + 20 || frame[12..14] != [0x08, 0x00] {
-            continue;
-        }
-        let ip = &frame[14..];
-        let ip_len = usize::from(ip[0] & 0x0f) * 4;
-        if ip[9] != 6 || ip.len() < ip_len + 20 {
-            continue;
-        }
-        let tcp = &ip[ip_len..];
-        let (from, to) = (
-            u16::from_be_bytes([tcp[0], tcp[1]]),
-            u16::from_be_bytes([tcp[2], tcp[3]]),
-        );
-        if from == port || to == port {
-            let tcp_len = usize::from(tcp[12] >> 4) * 4;
-            out.extend_from_slice(tcp.get(tcp_len..).unwrap_or_default());
-        }
-    }
-    out
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_passport_crosses_the_internal_plane_in_clear() {
     for mtls in [false, true] {
@@ -277,20 +196,21 @@ async fn no_passport_crosses_the_internal_plane_in_clear() {
         let address = &catalog.services["catalog"][0].address;
         let port: u16 = address.rsplit(':').next().unwrap().parse().unwrap();
         let (token, _) = sys.new_user().await;
-        let capture = captured(port, async {
+        let pcap = capture::during("lo", async {
             for _ in 0..5 {
                 let (status, _) = sys.get("/api/catalog/products?limit=1", Some(&token)).await;
                 assert_eq!(status, 200);
             }
         })
         .await;
+        let hop = capture::payloads(&pcap, |p| p.from.1 == port || p.to.1 == port);
         assert!(
-            capture.len() > 500,
+            hop.len() > 500,
             "the capture saw the hop ({} bytes)",
-            capture.len()
+            hop.len()
         );
-        let clear =
-            contains(&capture, b"x-passport:") || contains(&capture, b"/api/catalog/products");
+        let clear = capture::contains(&hop, b"x-passport:")
+            || capture::contains(&hop, b"/api/catalog/products");
         // Without mutual TLS the passport crosses in clear (so the check can see it); with
         // it, nothing of the request can be read.
         assert_eq!(

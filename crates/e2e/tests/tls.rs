@@ -351,6 +351,37 @@ fn get(url: &str) -> http::Request<()> {
     http::Request::get(url).body(()).unwrap()
 }
 
+/// Opens HTTP/2 on `conn` and sends `frame` 5,000,000 times without reading: whether the
+/// gateway `"stalled"` it (stopped reading), `"closed"` the connection, or `"accepted"` it all.
+async fn flood(mut conn: TlsStream, frame: &[u8]) -> &'static str {
+    use tokio::io::AsyncWriteExt as _;
+    if conn
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return "closed";
+    }
+    let burst: Vec<u8> = frame
+        .iter()
+        .copied()
+        .cycle()
+        .take(frame.len() * 10_000)
+        .collect();
+    for _ in 0..500 {
+        if tokio::time::timeout(Duration::from_secs(2), conn.write_all(&burst))
+            .await
+            .is_err()
+        {
+            return "stalled";
+        }
+        if conn.flush().await.is_err() {
+            return "closed";
+        }
+    }
+    "accepted"
+}
+
 /// How many requests the echo service received on `path`.
 async fn echo_count(sys: &System, path: &str) -> u64 {
     let (status, body) = sys.get("/api/echo/count", None).await;
@@ -458,28 +489,11 @@ async fn http2_abuse_is_cut_off_and_other_clients_keep_being_served() {
     // and the gateway reads no further frame until it is written, so the client is stopped
     // once the socket's buffers are full; the gateway's memory stays put, and others are
     // served meanwhile.
-    let mut flood = tls_connect_reading(&sys, &[b"h2"], Some(4096)).await;
-    use tokio::io::AsyncWriteExt as _;
-    flood
-        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-        .await
-        .unwrap();
-    let settings = [0u8, 0, 0, 4, 0, 0, 0, 0, 0]; // an empty SETTINGS frame
-    let burst: Vec<u8> = settings.iter().copied().cycle().take(9 * 10_000).collect();
-    let flooding = tokio::spawn(async move {
-        for _ in 0..500 {
-            if tokio::time::timeout(Duration::from_secs(2), flood.write_all(&burst))
-                .await
-                .is_err()
-            {
-                return "stalled"; // the gateway stopped reading: limited
-            }
-            if flood.flush().await.is_err() {
-                return "closed";
-            }
-        }
-        "accepted"
-    });
+    const SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0]; // an empty SETTINGS frame
+    let flooding = tokio::spawn(flood(
+        tls_connect_reading(&sys, &[b"h2"], Some(4096)).await,
+        SETTINGS,
+    ));
     for _ in 0..5 {
         let other = curl(&["--http2", "--cacert", ca, &products]).await;
         assert_eq!(other.status, 200, "{}", other.body);
@@ -492,28 +506,8 @@ async fn http2_abuse_is_cut_off_and_other_clients_keep_being_served() {
     );
 
     // And a ping flood likewise (each PING owes a PONG).
-    let mut flood = tls_connect_reading(&sys, &[b"h2"], Some(4096)).await;
-    flood
-        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-        .await
-        .unwrap();
     let ping = [0u8, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
-    let burst: Vec<u8> = ping.iter().copied().cycle().take(17 * 10_000).collect();
-    let outcome = async {
-        for _ in 0..500 {
-            if tokio::time::timeout(Duration::from_secs(2), flood.write_all(&burst))
-                .await
-                .is_err()
-            {
-                return "stalled";
-            }
-            if flood.flush().await.is_err() {
-                return "closed";
-            }
-        }
-        "accepted"
-    }
-    .await;
+    let outcome = flood(tls_connect_reading(&sys, &[b"h2"], Some(4096)).await, &ping).await;
     eprintln!("PING flood: {outcome}");
     assert_ne!(outcome, "accepted", "5,000,000 PINGs taken without a pause");
     let other = curl(&["--http2", "--cacert", ca, &products]).await;

@@ -357,15 +357,20 @@ mod tests {
         assert_eq!((result, tried.len()), (Ok(Answer::ServerError), 3));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_call_given_up_half_way_leaves_nothing_counted() {
+    /// A guard that opens on one failure, for a second, then lets one trial through.
+    fn one_trial_guard() -> Guard {
         let mut config = Resilience::default();
         config.retry.max_attempts = 1;
         config.breaker.window_calls = 1;
         config.breaker.minimum_calls = 1;
         config.breaker.permitted_in_half_open = 1;
         config.breaker.wait_in_open_ms = 1000;
-        let g = Guard::new("s", &config);
+        Guard::new("s", &config)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_given_up_half_way_leaves_nothing_counted() {
+        let g = one_trial_guard();
         let (result, _) = run(&g, 1, false, &[Answer::ServerError]).await;
         assert_eq!(result, Ok(Answer::ServerError));
         assert_eq!(g.breaker.state().as_str(), "open");
@@ -396,13 +401,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_call_admitted_closed_and_given_up_half_open_frees_no_trial_slot() {
-        let mut config = Resilience::default();
-        config.retry.max_attempts = 1;
-        config.breaker.window_calls = 1;
-        config.breaker.minimum_calls = 1;
-        config.breaker.permitted_in_half_open = 1;
-        config.breaker.wait_in_open_ms = 1000;
-        let g = Guard::new("s", &config);
+        let g = one_trial_guard();
         let list = instances(1);
         let hang = |_: &Instance, _| std::future::pending::<Answer>();
         // A, admitted while closed, hangs.

@@ -13,6 +13,7 @@ use serde_json::Value;
 use tessera::identity::{ControlKeys, Credential, Principal};
 use tessera::registry::Catalog;
 
+pub mod capture;
 mod process;
 
 pub use process::{admin_of, alive, cmdline, descendants, freeze, pid_of, rss_kb, signal, thaw};
