@@ -213,13 +213,14 @@ impl Gateway {
         }
 
         let body = Mutex::new(Some(body));
-        // The call's own deadline (`grpc-timeout`), else the longest a tunnel may last: a
-        // client stream's answer comes only once the client is done, however long it takes.
+        // The call's own deadline (`grpc-timeout`), never past the longest a tunnel may last,
+        // which is also the default: a client stream's answer comes only once the client is
+        // done, however long it takes.
         let within = parts
             .headers
             .get("grpc-timeout")
             .and_then(|v| grpc_timeout(v.as_bytes()))
-            .unwrap_or(self.tunnel_max);
+            .map_or(self.tunnel_max, |asked| asked.min(self.tunnel_max));
         let limits = Limits {
             deadline: Some(tokio::time::Instant::now() + within),
             per_try: within,
