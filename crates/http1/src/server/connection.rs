@@ -161,29 +161,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 start,
             };
             let (status, body, mut done) = handler.handle(&req, &mut self.headers).await;
-            if status == StatusCode::SWITCHING_PROTOCOLS {
-                // The connection is the new protocol's from here: splice it, then it ends.
-                let tunnel = handler.tunnel(&mut done);
-                let sent = respond(
-                    &mut self.stream,
-                    &mut self.write,
-                    &self.headers,
-                    status,
-                    &body,
-                    false,
-                    Some(b"upgrade"),
-                )
-                .await;
-                if let (Ok(()), Some(tunnel), false) = (sent, tunnel, unread) {
-                    let early = &buf[consumed..];
-                    tunnel::splice(&mut self.stream, early, tunnel, &mut self.draining).await;
-                }
-                handler.done(&req, status, done);
-                return;
-            }
+            // A `101`: the connection is the new protocol's from its answer on (a tunnel the
+            // handler hands over, spliced here), and ends with it.
+            let upgrading = status == StatusCode::SWITCHING_PROTOCOLS;
+            let tunnel = if upgrading {
+                handler.tunnel(&mut done)
+            } else {
+                None
+            };
             let draining = self.draining.has_changed().unwrap_or(true);
             let close = !head.keep_alive || unread || draining;
             let connection = match () {
+                _ if upgrading => Some(&b"upgrade"[..]),
                 _ if close => Some(&b"close"[..]),
                 _ if head.keep_alive_10 => Some(&b"keep-alive"[..]),
                 _ => None,
@@ -198,6 +187,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 connection,
             )
             .await;
+            if upgrading {
+                if let (Ok(()), Some(tunnel), false) = (sent, tunnel, unread) {
+                    let early = &buf[consumed..];
+                    tunnel::splice(&mut self.stream, early, tunnel, &mut self.draining).await;
+                }
+                return handler.done(&req, status, done);
+            }
             handler.done(&req, status, done);
             if sent.is_err() || close {
                 return self.close().await;
