@@ -163,11 +163,6 @@ pub async fn serve<H: Handler>(
 pub struct Draining(watch::Receiver<bool>);
 
 impl Draining {
-    /// Whether the server is shutting down.
-    pub fn is_draining(&self) -> bool {
-        self.0.has_changed().unwrap_or(true)
-    }
-
     /// Completes once the server shuts down.
     pub async fn wait(&mut self) {
         let _ = self.0.wait_for(|d| *d).await;
