@@ -47,6 +47,9 @@ pub fn of(
     env.extend(crate::tls::identity_env(manifest, state_dir, principal)?);
     if let Some(name) = principal.strip_prefix("service:") {
         env.push(("TESSERA_SERVICE".into(), name.to_string()));
+        if let Some(url) = manifest.database_of(name) {
+            env.push(("TESSERA_DATABASE_URL".into(), url));
+        }
         if manifest.mtls() {
             env.push((
                 "TESSERA_TLS_CALLERS".into(),

@@ -3,6 +3,7 @@
 mod env;
 mod keys;
 mod output;
+mod postgres;
 mod supervisor;
 mod tls;
 mod up;
@@ -46,6 +47,32 @@ enum Command {
     /// `gateway`, `service:<name>`, …) as `KEY='value'` lines: to start it by other means, on
     /// another host for one (its certificate and key files are paths in the state directory).
     Env { principal: String },
+    /// A local PostgreSQL cluster for the system's services (`docs/databases.md`).
+    Postgres {
+        #[command(subcommand)]
+        action: PostgresAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum PostgresAction {
+    /// Start (initialising on first use) a primary, and a streaming replica on the next
+    /// port; prints their URLs.
+    Start {
+        /// Where the cluster's files live.
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 15432)]
+        port: u16,
+        /// Also a streaming replica, on port + 1.
+        #[arg(long)]
+        replica: bool,
+    },
+    /// Stop the cluster in a directory.
+    Stop {
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 #[global_allocator]
@@ -53,6 +80,20 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Postgres { action } = &cli.command {
+        // Needs no manifest: the test suite and a user trying the PostgreSQL profile alike.
+        return match action {
+            PostgresAction::Start { dir, port, replica } => {
+                let local = postgres::start(dir, *port, *replica)?;
+                println!("{}", local.primary);
+                if let Some(replica) = local.replica {
+                    println!("{replica}");
+                }
+                Ok(())
+            }
+            PostgresAction::Stop { dir } => postgres::stop(dir),
+        };
+    }
     let manifest = match Manifest::load(&cli.manifest) {
         Ok(m) => m,
         Err(e) => {
@@ -82,6 +123,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Up { no_build } => up::run(&cli.manifest, manifest, no_build).await,
             Command::Status => status(&manifest, &state_dir).await,
+            Command::Postgres { .. } => unreachable!("run before the manifest is read"),
             Command::Credential { principal } => {
                 let Some(principal) = Principal::parse(&principal) else {
                     anyhow::bail!(

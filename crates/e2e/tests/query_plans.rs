@@ -27,6 +27,10 @@ fn files(dir: &Path, ext: &str, out: &mut Vec<PathBuf>) {
     entries.sort();
     for path in entries {
         if path.is_dir() {
+            // The plans checked here are SQLite's; PostgreSQL's migrations are its own.
+            if path.file_name().is_some_and(|n| n == "postgres") {
+                continue;
+            }
             files(&path, ext, out);
         } else if path.extension().is_some_and(|e| e == ext) {
             out.push(path);
@@ -147,6 +151,11 @@ fn every_statement_prepares_and_filters_by_an_index() {
         {
             let source = std::fs::read_to_string(file).unwrap();
             for sql in statements(&source) {
+                // A statement with a `::` cast is PostgreSQL's own (a branch on the
+                // dialect); its plan is PostgreSQL's to choose.
+                if sql.contains("::") {
+                    continue;
+                }
                 checked += 1;
                 let where_ = file
                     .strip_prefix(&root)

@@ -31,6 +31,9 @@ use tessera_trace::TraceContext;
 pub struct HandlerError {
     pub message: String,
     pub retryable: bool,
+    /// The transaction lost a race with a concurrent one (a serializable database rolled
+    /// it back): tried again at once, not counted as a failed attempt.
+    pub conflict: bool,
 }
 
 impl HandlerError {
@@ -39,6 +42,7 @@ impl HandlerError {
         Self {
             message: message.into(),
             retryable: true,
+            conflict: false,
         }
     }
 
@@ -47,6 +51,7 @@ impl HandlerError {
         Self {
             message: message.into(),
             retryable: false,
+            conflict: false,
         }
     }
 }
@@ -59,7 +64,10 @@ impl std::fmt::Display for HandlerError {
 
 impl From<tessera_store::DbError> for HandlerError {
     fn from(e: tessera_store::DbError) -> Self {
-        Self::retry(e.to_string())
+        Self {
+            conflict: e.is_busy(),
+            ..Self::retry(e.to_string())
+        }
     }
 }
 
@@ -380,6 +388,7 @@ impl Consumer {
         let started = Instant::now();
         let since = tessera_trace::unix_now_ms();
         let until_done = stuck::retried_until_done(event);
+        let mut conflicts = 0u32;
         loop {
             attempt += 1;
             let result = REQUEST
@@ -394,6 +403,18 @@ impl Consumer {
                     env.stuck.clear(&self.topic, &self.group, event);
                     self.settled(event, &span, outcome, started);
                     return true;
+                }
+                Err(e) if e.conflict && conflicts < MAX_CONFLICTS => {
+                    // Many handlers of one hot row (the last units of a product) conflict
+                    // in turn: each tries again after a short, random pause, and one of
+                    // them wins each round.
+                    conflicts += 1;
+                    attempt -= 1;
+                    let most = 2 * u64::from(conflicts.min(10));
+                    tokio::time::sleep(Duration::from_micros(
+                        500 + rand::random::<u64>() % (most * 1000),
+                    ))
+                    .await;
                 }
                 Err(e) if until_done || (e.retryable && attempt < self.max_attempts) => {
                     if until_done && attempt >= self.max_attempts {
@@ -469,6 +490,10 @@ impl Consumer {
         Ok(Outcome::Handled)
     }
 }
+/// Conflicts with concurrent transactions an event may meet before they count as failed
+/// attempts.
+const MAX_CONFLICTS: u32 = 200;
+
 /// Runs `work` to its end while `keep` runs beside it (`keep` never ends on its own).
 async fn with_lease<T>(work: impl Future<Output = T>, keep: impl Future<Output = ()>) -> T {
     tokio::pin!(work);

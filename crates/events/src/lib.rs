@@ -46,26 +46,37 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 1_000_000_001,
         description: "tessera events",
         sqlite: include_str!("../migrations/0001_events.sql"),
+        postgres: Some(include_str!("../migrations/postgres/0001_events.sql")),
     },
     Migration {
         version: 1_000_000_002,
         description: "tessera sagas",
         sqlite: include_str!("../migrations/0002_sagas.sql"),
+        postgres: Some(include_str!("../migrations/postgres/0002_sagas.sql")),
     },
     Migration {
         version: 1_000_000_003,
         description: "tessera tables without rowid",
         sqlite: include_str!("../migrations/0003_without_rowid.sql"),
+        postgres: Some(include_str!(
+            "../migrations/postgres/0003_without_rowid.sql"
+        )),
     },
     Migration {
         version: 1_000_000_004,
         description: "tessera outbox without autoincrement",
         sqlite: include_str!("../migrations/0004_outbox_without_autoincrement.sql"),
+        postgres: Some(include_str!(
+            "../migrations/postgres/0004_outbox_without_autoincrement.sql"
+        )),
     },
     Migration {
         version: 1_000_000_005,
         description: "tessera outbox parked events",
         sqlite: include_str!("../migrations/0005_outbox_parked.sql"),
+        postgres: Some(include_str!(
+            "../migrations/postgres/0005_outbox_parked.sql"
+        )),
     },
 ];
 

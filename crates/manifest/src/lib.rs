@@ -48,6 +48,10 @@ pub struct System {
     /// Mutual TLS between the system's processes (`docs/tls.md`): `"auto"` turns it on when
     /// any address in the manifest is not loopback.
     pub mtls: Mtls,
+    /// Where the services keep their data (`docs/databases.md`): a URL for every service,
+    /// `{service}` standing for the service's name (`postgres://shop@db/shop_{service}`);
+    /// a service's own `database` wins. None: each service's embedded SQLite file.
+    pub database: Option<String>,
 }
 
 /// Whether the system's processes speak mutual TLS among themselves.
@@ -67,6 +71,7 @@ impl Default for System {
             state_dir: ".tessera".into(),
             build: None,
             mtls: Mtls::Auto,
+            database: None,
         }
     }
 }
@@ -276,6 +281,8 @@ pub struct ServiceSpec {
     /// gateway, the operators, and the services that name it here.
     #[serde(default)]
     pub calls: Vec<String>,
+    /// Its database URL, if not the system's (`system.database`) or the embedded default.
+    pub database: Option<String>,
 }
 
 fn one() -> u32 {
@@ -306,6 +313,28 @@ pub enum ManifestError {
     Parse(PathBuf, String),
     #[error("{0}: {1}")]
     Invalid(PathBuf, String),
+}
+
+/// Whether `url` names a database a service can open; the message never repeats the URL
+/// (it may hold a password).
+fn check_database_url(url: &str) -> Result<(), String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err("not a URL (sqlite://<file> or postgres://<user>@<host>/<database>)".into());
+    };
+    match scheme {
+        "sqlite" if !rest.is_empty() => Ok(()),
+        "postgres" | "postgresql" => {
+            let path = rest.split('?').next().unwrap_or_default();
+            match path.split_once('/') {
+                Some((host, db)) if !host.is_empty() && !db.is_empty() => Ok(()),
+                _ => Err("a PostgreSQL URL names a host and a database: postgres://<user>@<host>/<database>".into()),
+            }
+        }
+        "sqlite" => Err("sqlite:// names no file".into()),
+        other => Err(format!(
+            "{other}:// is not a database this runs on (sqlite or postgres)"
+        )),
+    }
 }
 
 impl Manifest {
@@ -377,6 +406,17 @@ impl Manifest {
         all
     }
 
+    /// The database URL of `service`: its own `database`, else `system.database` with
+    /// `{service}` replaced by its name (`-` written `_`, as a database name wants), else
+    /// none (the embedded default).
+    pub fn database_of(&self, service: &str) -> Option<String> {
+        if let Some(own) = self.services.get(service).and_then(|s| s.database.clone()) {
+            return Some(own);
+        }
+        let template = self.system.database.as_ref()?;
+        Some(template.replace("{service}", &service.replace('-', "_")))
+    }
+
     /// Every declared topic and the services that produce it.
     pub fn producers(&self) -> BTreeMap<String, Vec<String>> {
         let mut topics: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -397,6 +437,9 @@ impl Manifest {
         if !valid_name(&self.system.name) {
             return Err("system.name: use letters, digits, '-' or '_'".into());
         }
+        if let Some(url) = &self.system.database {
+            check_database_url(url).map_err(|e| format!("system.database: {e}"))?;
+        }
         for (name, spec) in &self.services {
             if !valid_name(name) {
                 return Err(format!(
@@ -408,6 +451,9 @@ impl Manifest {
             }
             if !(1..=64).contains(&spec.replicas) {
                 return Err(format!("services.{name}.replicas: must be 1 to 64"));
+            }
+            if let Some(url) = &spec.database {
+                check_database_url(url).map_err(|e| format!("services.{name}.database: {e}"))?;
             }
             for (key, topics) in [("produces", &spec.produces), ("consumes", &spec.consumes)] {
                 for topic in topics {

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database URL {0:?} is not supported (expected sqlite://<file>)")]
+    #[error(
+        "database URL {0} is not supported (expected sqlite://<file> or postgres://<user>@<host>/<database>)"
+    )]
     UnsupportedUrl(String),
     #[error("cannot prepare {0}: {1}")]
     Io(PathBuf, std::io::Error),
@@ -24,6 +26,13 @@ pub enum StoreError {
 pub enum DbError {
     #[error("{0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("{}", postgres_message(.0))]
+    Postgres(tokio_postgres::Error),
+    /// The database cannot be reached (or is shutting down): nothing was done.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Unsupported(String),
     #[error("the database stayed locked by another process for {0:?}")]
     Busy(Duration),
     #[error("the query returned no rows")]
@@ -47,13 +56,58 @@ impl DbError {
         Self::Decode(e.to_string())
     }
 
-    /// Whether waiting may help: the database is locked by another writer.
+    /// Whether trying again may help: the database is locked by another writer, or the
+    /// transaction conflicted with a concurrent one (and was rolled back).
     pub fn is_busy(&self) -> bool {
         match self {
             DbError::Busy(_) => true,
             DbError::Sqlite(e) => crate::sqlite::is_busy(e),
+            DbError::Postgres(e) => crate::postgres::is_conflict(e),
             _ => false,
         }
+    }
+
+    /// Whether the database could not be reached: nothing was done, and waiting for it to
+    /// come back is all that helps.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, DbError::Unavailable(_))
+    }
+
+    /// A PostgreSQL error: one of the connection (or of a server going away) is
+    /// [`DbError::Unavailable`].
+    pub(crate) fn postgres(e: tokio_postgres::Error) -> Self {
+        Self::from_postgres(e, "the database")
+    }
+
+    /// As [`DbError::postgres`], naming the database (its URL without the password).
+    pub(crate) fn from_postgres(e: tokio_postgres::Error, database: &str) -> Self {
+        use std::error::Error;
+        let lost = e.is_closed()
+            || e.source().is_some_and(|s| s.is::<std::io::Error>())
+            || e.code().is_some_and(|c| {
+                let c = c.code();
+                // connection_exception, operator_intervention (shutdown), cannot_connect_now
+                c.starts_with("08") || c.starts_with("57P")
+            })
+            || (e.as_db_error().is_none() && e.to_string().contains("timed out"));
+        if lost {
+            Self::Unavailable(format!("{database}: {}", postgres_message(&e)))
+        } else {
+            Self::Postgres(e)
+        }
+    }
+}
+
+/// What a PostgreSQL error says: the server's message and its code, or the driver's own
+/// message with its cause.
+fn postgres_message(e: &tokio_postgres::Error) -> String {
+    use std::error::Error;
+    match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => match e.source() {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
     }
 }
 
@@ -61,6 +115,7 @@ impl DbError {
 pub fn is_unique_violation(err: &DbError) -> bool {
     match err {
         DbError::Sqlite(e) => crate::sqlite::is_unique_violation(e),
+        DbError::Postgres(e) => crate::postgres::is_unique_violation(e),
         _ => false,
     }
 }

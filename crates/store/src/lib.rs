@@ -22,6 +22,7 @@
 //! fast and bounded).
 
 mod error;
+mod postgres;
 mod query;
 mod sqlite;
 mod value;
@@ -43,6 +44,9 @@ pub struct Migration {
     pub version: i64,
     pub description: &'static str,
     pub sqlite: &'static str,
+    /// The same change on PostgreSQL; `None` for a schema that exists only embedded (opening
+    /// it on PostgreSQL fails, naming the migration).
+    pub postgres: Option<&'static str>,
 }
 
 /// A service's database handle. Cheap to clone.
@@ -61,11 +65,29 @@ pub struct Pool {
 #[derive(Clone, Debug)]
 enum Backend {
     Sqlite(Arc<sqlite::Pool>),
+    Postgres(Arc<postgres::Pool>),
+}
+
+/// The SQL dialect of a database, for the few statements that must differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
 }
 
 impl Db {
-    /// Opens (creating if needed) and migrates the database at `url`.
+    /// Opens (creating if needed) and migrates the database at `url`: `sqlite://<file>`
+    /// (embedded) or `postgres://<user>[:<password>]@<host>[:<port>]/<database>[?pool=<n>]`.
     pub async fn open(url: &str, migrations: &[Migration]) -> Result<Self, StoreError> {
+        if postgres::is_postgres(url) {
+            let url = postgres::PgUrl::parse(url).map_err(StoreError::UnsupportedUrl)?;
+            let pool = postgres::Pool::open(&url, migrations).await?;
+            return Ok(Db {
+                pool: Pool {
+                    backend: Backend::Postgres(Arc::new(pool)),
+                },
+            });
+        }
         Self::open_with(
             url,
             migrations,
@@ -102,13 +124,27 @@ impl Db {
         )
     }
 
+    /// `url` as it may be logged: a password in it replaced by `***`.
+    pub fn redact_url(url: &str) -> String {
+        postgres::redact(url)
+    }
+
     /// The pool: each statement run on it is its own transaction.
     pub fn pool(&self) -> &Pool {
         &self.pool
     }
 
-    /// A transaction that will write; one at a time per process. Dropped without
-    /// [`Tx::commit`], it rolls back.
+    /// The SQL dialect of this database.
+    pub fn dialect(&self) -> Dialect {
+        match &self.pool.backend {
+            Backend::Sqlite(_) => Dialect::Sqlite,
+            Backend::Postgres(_) => Dialect::Postgres,
+        }
+    }
+
+    /// A transaction that will write. Embedded, one runs at a time per process; on
+    /// PostgreSQL, it is serializable, and a conflict with a concurrent one fails it with an
+    /// error that [`DbError::is_busy`]. Dropped without [`Tx::commit`], it rolls back.
     pub async fn write_tx(&self) -> Result<Tx, DbError> {
         match &self.pool.backend {
             Backend::Sqlite(pool) => {
@@ -118,6 +154,10 @@ impl Db {
                     hold: Some(Hold::Sqlite(hold)),
                 })
             }
+            Backend::Postgres(pool) => Ok(Tx {
+                conn: Some(Conn(RawConn::Postgres(pool.begin().await?))),
+                hold: Some(Hold::Postgres),
+            }),
         }
     }
 
@@ -126,6 +166,7 @@ impl Db {
     pub async fn close(&self) {
         match &self.pool.backend {
             Backend::Sqlite(pool) => pool.close().await,
+            Backend::Postgres(pool) => pool.close(),
         }
     }
 }
@@ -134,6 +175,7 @@ impl Pool {
     async fn execute(&self, sql: &str, args: &[Value<'_>]) -> Result<u64, DbError> {
         match &self.backend {
             Backend::Sqlite(pool) => pool.execute(sql, args).await,
+            Backend::Postgres(pool) => pool.execute(sql, args).await,
         }
     }
 
@@ -145,6 +187,7 @@ impl Pool {
     ) -> Result<Vec<T>, DbError> {
         match &self.backend {
             Backend::Sqlite(pool) => pool.rows(sql, args, limit).await,
+            Backend::Postgres(pool) => pool.rows(sql, args, limit).await,
         }
     }
 }
@@ -159,6 +202,8 @@ pub struct Tx {
 /// What a transaction holds of its backend until it ends.
 enum Hold {
     Sqlite(sqlite::TxHold),
+    /// A PostgreSQL transaction holds nothing but its connection.
+    Postgres,
 }
 
 /// The connection a transaction runs on.
@@ -166,16 +211,18 @@ pub struct Conn(RawConn);
 
 enum RawConn {
     Sqlite(rusqlite::Connection),
+    Postgres(deadpool_postgres::Object),
 }
 
 impl Conn {
-    fn execute(&mut self, sql: &str, args: &[Value<'_>]) -> Result<u64, DbError> {
+    async fn execute(&mut self, sql: &str, args: &[Value<'_>]) -> Result<u64, DbError> {
         match &self.0 {
             RawConn::Sqlite(raw) => sqlite::execute(raw, sql, args),
+            RawConn::Postgres(raw) => postgres::execute(raw, sql, args).await,
         }
     }
 
-    fn rows<T: FromRow>(
+    async fn rows<T: FromRow>(
         &mut self,
         sql: &str,
         args: &[Value<'_>],
@@ -183,6 +230,7 @@ impl Conn {
     ) -> Result<Vec<T>, DbError> {
         match &self.0 {
             RawConn::Sqlite(raw) => sqlite::rows(raw, sql, args, limit),
+            RawConn::Postgres(raw) => postgres::rows(raw, sql, args, limit).await,
         }
     }
 }
@@ -192,6 +240,9 @@ impl Tx {
     pub async fn commit(mut self) -> Result<(), DbError> {
         match (self.conn.take(), self.hold.take()) {
             (Some(Conn(RawConn::Sqlite(raw))), Some(Hold::Sqlite(hold))) => hold.commit(raw),
+            (Some(Conn(RawConn::Postgres(raw))), Some(Hold::Postgres)) => {
+                postgres::commit(raw).await
+            }
             _ => unreachable!("a transaction has its connection until it ends"),
         }
     }
@@ -205,10 +256,10 @@ impl Tx {
 
 impl Drop for Tx {
     fn drop(&mut self) {
-        if let (Some(Conn(RawConn::Sqlite(raw))), Some(Hold::Sqlite(hold))) =
-            (self.conn.take(), self.hold.take())
-        {
-            hold.abandon(raw);
+        match (self.conn.take(), self.hold.take()) {
+            (Some(Conn(RawConn::Sqlite(raw))), Some(Hold::Sqlite(hold))) => hold.abandon(raw),
+            (Some(Conn(RawConn::Postgres(raw))), _) => postgres::abandon(raw),
+            _ => {}
         }
     }
 }
@@ -242,6 +293,9 @@ mod tests {
         version: 1,
         description: "items",
         sqlite: "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, note TEXT);",
+        postgres: Some(
+            "CREATE TABLE items (id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, name TEXT NOT NULL UNIQUE, note TEXT);",
+        ),
     }];
 
     fn temp_dir() -> PathBuf {

@@ -59,7 +59,7 @@ impl Target<'_> {
     async fn execute(self, sql: &str, args: &[Value<'_>]) -> Result<u64, DbError> {
         match self {
             Target::Pool(pool) => pool.execute(sql, args).await,
-            Target::Conn(conn) => conn.execute(sql, args),
+            Target::Conn(conn) => conn.execute(sql, args).await,
         }
     }
 
@@ -71,7 +71,7 @@ impl Target<'_> {
     ) -> Result<Vec<T>, DbError> {
         match self {
             Target::Pool(pool) => pool.rows(sql, args, limit).await,
-            Target::Conn(conn) => conn.rows(sql, args, limit),
+            Target::Conn(conn) => conn.rows(sql, args, limit).await,
         }
     }
 }

@@ -103,6 +103,15 @@ impl From<crate::store::DbError> for ApiError {
         if err.is_busy() {
             return Self::unavailable("database is busy, try again");
         }
+        if err.is_unavailable() {
+            // Where and why go to the log; the caller learns only that it may try later.
+            tracing::warn!(error = %err, "database unavailable");
+            return Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database_unavailable",
+                "the database is unavailable, try again later",
+            );
+        }
         Self::internal(err)
     }
 }
@@ -287,6 +296,11 @@ mod tests {
         let e = ApiError::from(DbError::Busy(Duration::from_secs(5)));
         assert_eq!((e.status.as_u16(), e.code), (503, "unavailable"));
         assert_eq!(e.message, "database is busy, try again");
+        let e = ApiError::from(DbError::Unavailable(
+            "postgres://shop:***@10.0.0.7/orders: connection refused".into(),
+        ));
+        assert_eq!((e.status.as_u16(), e.code), (503, "database_unavailable"));
+        assert!(!e.message.contains("10.0.0.7"), "{}", e.message);
         let e = ApiError::from(DbError::Decode(
             "column orders.secret_note: bad utf-8".into(),
         ));

@@ -203,11 +203,7 @@ impl Service {
                 .unwrap_or_else(|| Db::default_url(&config.data_dir, &config.service));
             let mut migrations = self.migrations.to_vec();
             migrations.extend_from_slice(crate::events::MIGRATIONS);
-            Some(
-                Db::open(&url, &migrations)
-                    .await
-                    .context("opening the database")?,
-            )
+            Some(open_database(&url, &migrations).await?)
         };
         let discovery = match &config.control_url {
             Some(url) => Discovery::start(url, credential(&config)),
@@ -507,4 +503,36 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// Opens and migrates the service's database. One that cannot be reached yet (starting
+/// alongside the service, or down) is waited for, with a log line naming it (its password
+/// hidden) and a growing pause; anything else (a wrong password, no such database, a
+/// migration that fails) ends the start with the reason.
+async fn open_database(url: &str, migrations: &[crate::Migration]) -> anyhow::Result<Db> {
+    let key = "TESSERA_DATABASE_URL";
+    let mut pause = std::time::Duration::from_millis(200);
+    let mut attempt = 0u32;
+    loop {
+        match Db::open(url, migrations).await {
+            Ok(db) => {
+                if attempt > 0 {
+                    tracing::info!(database = %Db::redact_url(url), "database reachable");
+                }
+                return Ok(db);
+            }
+            Err(crate::store::StoreError::Db(e)) if e.is_unavailable() => {
+                attempt += 1;
+                if attempt == 1 || attempt.is_multiple_of(10) {
+                    tracing::warn!(error = %e, attempt, "database unreachable; retrying");
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(5));
+            }
+            Err(e) => {
+                return Err(anyhow::anyhow!("{e}"))
+                    .with_context(|| format!("opening the database ({key})"));
+            }
+        }
+    }
 }

@@ -14,6 +14,7 @@ use tessera::identity::{ControlKeys, Credential, Principal};
 use tessera::registry::Catalog;
 
 pub mod capture;
+pub mod postgres;
 mod process;
 
 pub use process::{admin_of, alive, cmdline, descendants, freeze, pid_of, rss_kb, signal, thaw};
@@ -81,6 +82,8 @@ pub struct System {
     pub http: reqwest::Client,
     up: Option<Child>,
     log: PathBuf,
+    /// In the PostgreSQL profile: the server, and the databases made for this system.
+    databases: Option<(String, Vec<String>)>,
 }
 
 fn checkout_services(bin: &Path, env: &[(&'static str, &'static str, String)]) -> String {
@@ -145,6 +148,17 @@ fn gateway_extra(opts: &Options, tls_port: u16) -> String {
     }
     out
 }
+
+/// The services of the shop that keep data: in the PostgreSQL profile, each gets a database.
+const DATABASE_SERVICES: [&str; 7] = [
+    "auth",
+    "catalog",
+    "order",
+    "inventory",
+    "payment",
+    "payment_provider",
+    "notification",
+];
 
 pub const ADMIN_EMAIL: &str = "admin@shop.test";
 pub const ADMIN_PASSWORD: &str = "admin-password";
@@ -211,12 +225,29 @@ impl System {
         let tls_port = std::iter::repeat_with(free_port)
             .find(|p| ![control_port, gateway_port, admin_port].contains(p))
             .expect("ports");
+        // The PostgreSQL profile: a database per service, fresh for this system.
+        let databases = postgres::profile().map(|admin| {
+            let id = &dir.file_name().unwrap().to_string_lossy()[12..24];
+            let names: Vec<String> = DATABASE_SERVICES
+                .iter()
+                .map(|service| format!("t{id}_{service}"))
+                .collect();
+            for name in &names {
+                postgres::create_database(&admin, name);
+            }
+            let template = postgres::with_database(&admin, &format!("t{id}_{{service}}"));
+            (admin, names, template)
+        });
+        let database = databases
+            .as_ref()
+            .map_or(String::new(), |(_, _, t)| format!("database = {t:?}"));
         let manifest = format!(
             r#"
 [system]
 name = "shop-test"
 state_dir = "state"
 mtls = "{mtls}"
+{database}
 
 [control]
 listen = "127.0.0.1:{control_port}"
@@ -335,6 +366,7 @@ replicas = {replicas}
                 .expect("client"),
             up: Some(up),
             log,
+            databases: databases.map(|(admin, names, _)| (admin, names)),
         };
         system
             .wait_until(Duration::from_secs(60), "the system to be ready", || {
@@ -643,6 +675,16 @@ impl Drop for System {
             let _ = up.kill();
             let _ = up.wait();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some((admin, names)) = &self.databases {
+            for name in names {
+                postgres::drop_database(admin, name);
+            }
+        }
+        // TESSERA_TEST_KEEP=1 keeps the system's directory (its whole log) for a look.
+        if std::env::var_os("TESSERA_TEST_KEEP").is_some() {
+            eprintln!("kept {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }

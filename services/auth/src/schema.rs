@@ -7,4 +7,5 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
     description: "init",
     sqlite: include_str!("../migrations/sqlite/0001_init.sql"),
+    postgres: Some(include_str!("../migrations/postgres/0001_init.sql")),
 }];

@@ -63,7 +63,7 @@ async fn list(State(db): State<Db>, Query(q): Query<ListQuery>) -> Result<Json<P
         Some(c) => decode_cursor(c)?,
     };
     let sql = format!(
-        "SELECT {COLUMNS} FROM products WHERE id > $1 AND ($2 IS NULL OR category = $2) ORDER BY id LIMIT $3"
+        "SELECT {COLUMNS} FROM products WHERE id > $1 AND (CAST($2 AS TEXT) IS NULL OR category = $2) ORDER BY id LIMIT $3"
     );
     let mut rows: Vec<Row> = tessera::store::query_as(&sql)
         .bind(&after)

@@ -8,10 +8,12 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 1,
         description: "init",
         sqlite: include_str!("../migrations/sqlite/0001_init.sql"),
+        postgres: Some(include_str!("../migrations/postgres/0001_init.sql")),
     },
     Migration {
         version: 2,
         description: "demo catalog",
         sqlite: include_str!("../migrations/sqlite/0002_demo_catalog.sql"),
+        postgres: Some(include_str!("../migrations/sqlite/0002_demo_catalog.sql")),
     },
 ];

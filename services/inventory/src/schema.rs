@@ -8,11 +8,15 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 1,
         description: "init",
         sqlite: include_str!("../migrations/0001_init.sql"),
+        postgres: Some(include_str!("../migrations/postgres/0001_init.sql")),
     },
     Migration {
         version: 2,
         description: "tables without rowid",
         sqlite: include_str!("../migrations/0002_without_rowid.sql"),
+        postgres: Some(include_str!(
+            "../migrations/postgres/0002_without_rowid.sql"
+        )),
     },
 ];
 

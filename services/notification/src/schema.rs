@@ -8,16 +8,21 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 1,
         description: "init",
         sqlite: include_str!("../migrations/0001_init.sql"),
+        postgres: Some(include_str!("../migrations/postgres/0001_init.sql")),
     },
     Migration {
         version: 2,
         description: "tables without rowid",
         sqlite: include_str!("../migrations/0002_without_rowid.sql"),
+        postgres: Some(include_str!(
+            "../migrations/postgres/0002_without_rowid.sql"
+        )),
     },
     Migration {
         version: 3,
         description: "by created, for the live feed",
         sqlite: include_str!("../migrations/0003_by_created.sql"),
+        postgres: Some(include_str!("../migrations/0003_by_created.sql")),
     },
 ];
 

@@ -250,7 +250,7 @@ async fn mine(
     };
     let mut rows: Vec<(String, String, i64, String, i64)> = tessera::store::query_as(
         "SELECT order_id, status, total, currency, created_at FROM order_list
-         WHERE user_id = $1 AND ($2 IS NULL OR order_id < $2) ORDER BY order_id DESC LIMIT $3",
+         WHERE user_id = $1 AND (CAST($2 AS TEXT) IS NULL OR order_id < $2) ORDER BY order_id DESC LIMIT $3",
     )
     .bind(&caller.id)
     .bind(before.as_deref())

@@ -8,16 +8,22 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 1,
         description: "log",
         sqlite: include_str!("../../migrations/0001_log.sql"),
+        // The embedded log is SQLite only: beyond one machine, events go to NATS JetStream.
+        postgres: None,
     },
     Migration {
         version: 2,
         description: "events in append order",
         sqlite: include_str!("../../migrations/0002_events_in_append_order.sql"),
+        // The embedded log is SQLite only: beyond one machine, events go to NATS JetStream.
+        postgres: None,
     },
     Migration {
         version: 3,
         description: "each event's producer",
         sqlite: include_str!("../../migrations/0003_producer.sql"),
+        // The embedded log is SQLite only: beyond one machine, events go to NATS JetStream.
+        postgres: None,
     },
 ];
 

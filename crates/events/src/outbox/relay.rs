@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 
 use crate::{Bus, BusError};
-use tessera_store::Db;
+use tessera_store::{Db, Dialect};
 use tessera_trace::unix_now_ms as now_ms;
 
 /// Rows read per step.
@@ -107,10 +107,18 @@ impl Relay {
             tokio::time::sleep(Duration::from_millis(500)).await;
             return Ok(0);
         }
-        let rows: Vec<(i64, String, String)> = tessera_store::query_as(
-            "SELECT id, topic, event FROM tessera_outbox WHERE id > $1 ORDER BY id LIMIT $2",
-        )
-        .bind(self.published)
+        let rows: Vec<(i64, String, String)> = match self.db.dialect() {
+            Dialect::Sqlite => tessera_store::query_as(
+                "SELECT id, topic, event FROM tessera_outbox WHERE id > $1 ORDER BY id LIMIT $2",
+            )
+            .bind(self.published),
+            // Ids are handed out at insert, not at commit: a row may become visible after
+            // one with a higher id, so nothing is skipped by id; each row is deleted as soon
+            // as the log has it instead.
+            Dialect::Postgres => tessera_store::query_as(
+                "SELECT id, topic, event FROM tessera_outbox WHERE topic <> '' ORDER BY id LIMIT $1",
+            ),
+        }
         .bind(BATCH)
         .fetch_all(self.db.pool())
         .await
@@ -146,12 +154,13 @@ impl Relay {
         }
         for (id, topic) in too_large {
             let why = format!("the event is larger than the log takes ({limit} bytes)");
-            self.park(topic, id, id, &why).await?;
+            self.park(topic, &[(id, "")], &why).await?;
         }
         let mut settled = 0;
         for (done, chunk) in chunks.iter().enumerate() {
             match self.deliver(chunk.topic, &chunk.rows).await {
                 Ok(n) => settled += n,
+                Err(e) if self.db.dialect() == Dialect::Postgres => return Err(e),
                 Err(e) => {
                     // The chunks before this one are in the log (or parked): make their rows
                     // tombstones now (the next read starts from the remembered id, which must
@@ -173,7 +182,9 @@ impl Relay {
                 }
             }
         }
-        self.published = rows.last().map_or(self.published, |(id, ..)| *id);
+        if self.db.dialect() == Dialect::Sqlite {
+            self.published = rows.last().map_or(self.published, |(id, ..)| *id);
+        }
         Ok(settled.max(1))
     }
 
@@ -192,11 +203,19 @@ impl Relay {
                     metrics::counter!("tessera_outbox_published_total")
                         .increment(part.len() as u64);
                     settled += part.len();
+                    if self.db.dialect() == Dialect::Postgres {
+                        tessera_store::query(
+                            "DELETE FROM tessera_outbox WHERE id = ANY(string_to_array($1, ',')::bigint[])",
+                        )
+                        .bind(id_list(part))
+                        .execute(self.db.pool())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    }
                 }
                 Err(BusError::Forbidden(why)) => {
                     // The topic is not this service's to publish to: every row of it is.
-                    self.park(topic, part[0].0, part[part.len() - 1].0, &why)
-                        .await?;
+                    self.park(topic, part, &why).await?;
                     settled += part.len();
                 }
                 Err(BusError::Refused(_) | BusError::TooLarge(_)) if part.len() > 1 => {
@@ -205,7 +224,7 @@ impl Relay {
                     pending.push((from, mid));
                 }
                 Err(BusError::Refused(why) | BusError::TooLarge(why)) => {
-                    self.park(topic, part[0].0, part[0].0, &why).await?;
+                    self.park(topic, part, &why).await?;
                     settled += 1;
                 }
                 Err(e) => return Err(e.to_string()),
@@ -214,30 +233,49 @@ impl Relay {
         Ok(settled)
     }
 
-    /// Moves `topic`'s rows with ids `first..=last` to the parked events, with `why`, and
-    /// leaves tombstones in their place, in one transaction.
-    async fn park(&self, topic: &str, first: i64, last: i64, why: &str) -> Result<(), String> {
+    /// Moves `topic`'s `rows` to the parked events, with `why`, in one transaction: embedded,
+    /// leaving tombstones in their place (the ids from the first to the last of them are
+    /// all the topic's unpublished rows there); on PostgreSQL, deleting exactly those ids.
+    async fn park(&self, topic: &str, rows: &[(i64, &str)], why: &str) -> Result<(), String> {
+        let (first, last) = (rows[0].0, rows[rows.len() - 1].0);
+        let postgres = self.db.dialect() == Dialect::Postgres;
         let parked = async {
             let mut tx = self.db.write_tx().await?;
-            let n = tessera_store::query(
-                "INSERT INTO tessera_outbox_parked (id, topic, event, created, reason, parked)
-                 SELECT id, topic, event, created, $4, $5 FROM tessera_outbox
-                 WHERE topic = $1 AND id >= $2 AND id <= $3",
-            )
-            .bind(topic)
-            .bind(first)
-            .bind(last)
+            let n = if postgres {
+                tessera_store::query(
+                    "INSERT INTO tessera_outbox_parked (id, topic, event, created, reason, parked)
+                     SELECT id, topic, event, created, $2, $3 FROM tessera_outbox
+                     WHERE id = ANY(string_to_array($1, ',')::bigint[])",
+                )
+                .bind(id_list(rows))
+            } else {
+                tessera_store::query(
+                    "INSERT INTO tessera_outbox_parked (id, topic, event, created, reason, parked)
+                     SELECT id, topic, event, created, $4, $5 FROM tessera_outbox
+                     WHERE topic = $1 AND id >= $2 AND id <= $3",
+                )
+                .bind(topic)
+                .bind(first)
+                .bind(last)
+            }
             .bind(why)
             .bind(now_ms())
             .execute(&mut *tx)
             .await?
             .rows_affected();
-            tessera_store::query(
-                "UPDATE tessera_outbox SET topic = '', event = '' WHERE topic = $1 AND id >= $2 AND id <= $3",
-            )
-            .bind(topic)
-            .bind(first)
-            .bind(last)
+            if postgres {
+                tessera_store::query(
+                    "DELETE FROM tessera_outbox WHERE id = ANY(string_to_array($1, ',')::bigint[])",
+                )
+                .bind(id_list(rows))
+            } else {
+                tessera_store::query(
+                    "UPDATE tessera_outbox SET topic = '', event = '' WHERE topic = $1 AND id >= $2 AND id <= $3",
+                )
+                .bind(topic)
+                .bind(first)
+                .bind(last)
+            }
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
@@ -262,6 +300,7 @@ impl Relay {
     /// meanwhile.
     async fn delete_published(&mut self) {
         self.deleted_at = tokio::time::Instant::now();
+        // On PostgreSQL each row went as it was published, and `published` stays put.
         if self.published == self.deleted {
             return;
         }
@@ -311,4 +350,17 @@ impl Relay {
             Ok(false)
         }
     }
+}
+
+/// The ids of `rows`, as `1,2,3` (one text parameter, so that one prepared statement serves
+/// any number of them).
+fn id_list(rows: &[(i64, &str)]) -> String {
+    let mut list = String::with_capacity(rows.len() * 8);
+    for (i, (id, _)) in rows.iter().enumerate() {
+        if i > 0 {
+            list.push(',');
+        }
+        list.push_str(itoa::Buffer::new().format(*id));
+    }
+    list
 }

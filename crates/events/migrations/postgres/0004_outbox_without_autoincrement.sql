@@ -1,0 +1,2 @@
+-- PostgreSQL: nothing to do. An identity column never hands out an id twice, without the page
+-- AUTOINCREMENT costs SQLite in every commit.

@@ -1,0 +1,176 @@
+//! The server backend: PostgreSQL, through tokio-postgres and a deadpool pool.
+//!
+//! What differs from the embedded backend, and why:
+//! - **Statements are prepared once per connection** and cached (`prepare_cached`): the
+//!   parse and plan happen on the first use only, and each later run is one round trip.
+//! - **Types come from the server.** PostgreSQL types each parameter from the statement, so a
+//!   portable [`Value`] is written as whatever the parameter is (an integer as `int2`, `int4`,
+//!   `int8`, `bool` or a float; text as `text` or JSON), and a column comes back as the
+//!   portable [`ValueRef`] of its type (`value.rs` here).
+//! - **Write transactions are `SERIALIZABLE`.** The embedded backend runs one writer at a
+//!   time, so a read-then-write transaction (check the stock, then take it) can never
+//!   interleave with another. On a server several replicas write at once; serializable
+//!   isolation keeps the same guarantee by failing one of two transactions that would
+//!   interleave wrongly, and that failure is [`DbError::is_busy`]: try again.
+//! - **Connections can be lost.** A database that cannot be reached is
+//!   [`DbError::Unavailable`] (answered 503 `database_unavailable`), found within the pool's
+//!   connect timeout instead of hanging a request.
+//!
+//! Migrations run under a PostgreSQL advisory lock, so that replicas starting together
+//! migrate once (`postgres/migrate.rs`).
+
+mod migrate;
+mod url;
+mod value;
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, PoolError, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+pub(crate) use url::{PgUrl, is_postgres, redact};
+
+use crate::{DbError, FromRow, Migration, StoreError, Value};
+
+/// How long a request waits for a connection of the pool, or for a new one to be made.
+const CONNECT_WAIT: Duration = Duration::from_secs(5);
+
+/// The connections to one database.
+pub(crate) struct Pool {
+    pool: deadpool_postgres::Pool,
+    /// The URL without its password, for logs and errors.
+    shown: String,
+}
+
+impl Pool {
+    /// Connects to the database `url` names and migrates it.
+    pub(crate) async fn open(url: &PgUrl, migrations: &[Migration]) -> Result<Self, StoreError> {
+        let manager = Manager::from_config(
+            url.config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = deadpool_postgres::Pool::builder(manager)
+            .max_size(url.pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(CONNECT_WAIT))
+            .create_timeout(Some(CONNECT_WAIT))
+            .recycle_timeout(Some(CONNECT_WAIT))
+            .build()
+            .map_err(|e| StoreError::UnsupportedUrl(format!("{}: {e}", url.shown)))?;
+        let pool = Pool {
+            pool,
+            shown: url.shown.clone(),
+        };
+        let conn = pool.connection().await?;
+        migrate::migrate(conn, migrations).await?;
+        Ok(pool)
+    }
+
+    /// A connection of the pool.
+    pub(crate) async fn connection(&self) -> Result<Object, DbError> {
+        self.pool.get().await.map_err(|e| match e {
+            PoolError::Backend(e) => DbError::from_postgres(e, &self.shown),
+            other => DbError::Unavailable(format!("{}: {other}", self.shown)),
+        })
+    }
+
+    /// A write transaction: serializable, on a connection of its own.
+    pub(crate) async fn begin(&self) -> Result<Object, DbError> {
+        let conn = self.connection().await?;
+        conn.batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
+            .await
+            .map_err(|e| DbError::from_postgres(e, &self.shown))?;
+        Ok(conn)
+    }
+
+    /// Closes the idle connections.
+    pub(crate) fn close(&self) {
+        self.pool.close();
+    }
+
+    pub(crate) async fn execute(&self, sql: &str, args: &[Value<'_>]) -> Result<u64, DbError> {
+        let conn = self.connection().await?;
+        execute(&conn, sql, args).await
+    }
+
+    pub(crate) async fn rows<T: FromRow>(
+        &self,
+        sql: &str,
+        args: &[Value<'_>],
+        limit: usize,
+    ) -> Result<Vec<T>, DbError> {
+        let conn = self.connection().await?;
+        rows(&conn, sql, args, limit).await
+    }
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("url", &self.shown).finish()
+    }
+}
+
+/// Runs a statement that returns no rows on `conn`; the rows it changed.
+pub(crate) async fn execute(conn: &Object, sql: &str, args: &[Value<'_>]) -> Result<u64, DbError> {
+    let stmt = conn.prepare_cached(sql).await.map_err(DbError::postgres)?;
+    let params = value::params(args, stmt.params().len())?;
+    conn.execute(&stmt, &params)
+        .await
+        .map_err(DbError::postgres)
+}
+
+/// Runs a query on `conn`; at most `limit` of its rows.
+pub(crate) async fn rows<T: FromRow>(
+    conn: &Object,
+    sql: &str,
+    args: &[Value<'_>],
+    limit: usize,
+) -> Result<Vec<T>, DbError> {
+    let stmt = conn.prepare_cached(sql).await.map_err(DbError::postgres)?;
+    let params = value::params(args, stmt.params().len())?;
+    let rows = conn
+        .query(&stmt, &params)
+        .await
+        .map_err(DbError::postgres)?;
+    rows.iter().take(limit).map(T::from_row).collect()
+}
+
+/// Ends a transaction on `conn` with `COMMIT`.
+pub(crate) async fn commit(conn: Object) -> Result<(), DbError> {
+    conn.batch_execute("COMMIT")
+        .await
+        .map_err(DbError::postgres)
+}
+
+/// Rolls back what `conn` has not committed, off the caller's path (a transaction dropped
+/// cannot wait); the connection goes back to the pool once that is done. Without a runtime
+/// (a process ending), the connection is closed instead, which rolls back as well.
+pub(crate) fn abandon(conn: Object) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn(async move {
+                if conn.batch_execute("ROLLBACK").await.is_err() {
+                    drop(Object::take(conn));
+                }
+            });
+        }
+        Err(_) => drop(Object::take(conn)),
+    }
+}
+
+/// Whether `e` asks for the transaction to be tried again: a serialization failure or a
+/// deadlock.
+pub(crate) fn is_conflict(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    e.code().is_some_and(|c| {
+        *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
+    })
+}
+
+/// Whether `e` is a unique-constraint violation (a duplicate).
+pub(crate) fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+}

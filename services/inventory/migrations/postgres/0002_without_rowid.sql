@@ -1,0 +1,2 @@
+-- PostgreSQL: nothing to do. The SQLite version rebuilds tables WITHOUT ROWID; a PostgreSQL
+-- table is a heap beside its primary-key index either way.
