@@ -33,6 +33,14 @@ enum Command {
         /// Skip the manifest's build step.
         #[arg(long)]
         no_build: bool,
+        /// Where the services keep their data: `embedded` (each its SQLite file, or the
+        /// manifest's database URLs), or `postgres` (a local PostgreSQL cluster under the state
+        /// directory, started and stopped with the system; docs/databases.md).
+        #[arg(long, value_enum, default_value_t = up::Profile::Embedded)]
+        profile: up::Profile,
+        /// The port of the local PostgreSQL (`--profile postgres`).
+        #[arg(long, default_value_t = 15432)]
+        postgres_port: u16,
     },
     /// Show the registered instances of a running system.
     Status,
@@ -121,7 +129,17 @@ fn main() -> anyhow::Result<()> {
     let state_dir = base.join(&manifest.system.state_dir);
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Up { no_build } => up::run(&cli.manifest, manifest, no_build).await,
+            Command::Up {
+                no_build,
+                profile,
+                postgres_port,
+            } => {
+                let profile = match profile {
+                    up::Profile::Postgres => up::Database::Postgres(postgres_port),
+                    up::Profile::Embedded => up::Database::Embedded,
+                };
+                up::run(&cli.manifest, manifest, no_build, profile).await
+            }
             Command::Status => status(&manifest, &state_dir).await,
             Command::Postgres { .. } => unreachable!("run before the manifest is read"),
             Command::Credential { principal } => {

@@ -13,11 +13,101 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, bail};
+use tessera_manifest::Manifest;
 
 /// A running local cluster.
 pub struct Local {
     pub primary: String,
     pub replica: Option<String>,
+}
+
+/// The cluster of a system run with `--profile postgres`; stopped when dropped.
+pub struct SystemCluster {
+    pub dir: PathBuf,
+    pub primary: String,
+}
+
+impl Drop for SystemCluster {
+    fn drop(&mut self) {
+        if let Err(e) = stop(&self.dir) {
+            eprintln!("tessera: stopping PostgreSQL: {e:#}");
+        }
+    }
+}
+
+/// `tessera up --profile postgres`: starts the local cluster under the state directory, makes
+/// a database for each service that names none of its own (`order`, `payment_provider`, …),
+/// and points the system's `database` at them.
+pub fn for_system(
+    manifest: &mut Manifest,
+    state_dir: &Path,
+    port: u16,
+) -> anyhow::Result<SystemCluster> {
+    if manifest.system.database.is_some() {
+        bail!(
+            "--profile postgres runs a PostgreSQL of its own, and this manifest already names \
+             one (system.database): run without --profile"
+        );
+    }
+    let dir = system_dir(state_dir);
+    let local = start(&dir, port, false)?;
+    let cluster = SystemCluster {
+        dir,
+        primary: local.primary,
+    };
+    let bin = programs()?;
+    for (name, spec) in &manifest.services {
+        if spec.database.is_none() {
+            ensure_database(&bin, &cluster.primary, &name.replace('-', "_"))?;
+        }
+    }
+    manifest.system.database = Some(with_database(&cluster.primary, "{service}"));
+    Ok(cluster)
+}
+
+/// Where the cluster of the system whose state is in `state_dir` lives: `<state_dir>/postgres`,
+/// but as root under `/var/lib/tessera/postgres/`: the server runs as the `postgres` user,
+/// which may not enter the state directory (mode 0700: it holds the system's keys).
+pub fn system_dir(state_dir: &Path) -> PathBuf {
+    if !is_root() {
+        return state_dir.join("postgres");
+    }
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    state_dir
+        .canonicalize()
+        .unwrap_or_else(|_| state_dir.to_path_buf())
+        .hash(&mut hasher);
+    PathBuf::from("/var/lib/tessera/postgres").join(format!("{:016x}", hasher.finish()))
+}
+
+/// Creates database `name` on the server of `url` unless it exists.
+fn ensure_database(bin: &Path, url: &str, name: &str) -> anyhow::Result<()> {
+    let psql = |sql: &str| -> anyhow::Result<String> {
+        let out = Command::new(bin.join("psql"))
+            .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", url, "-c", sql])
+            .output()
+            .context("cannot run psql")?;
+        if !out.status.success() {
+            bail!("psql: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    if psql(&format!(
+        "SELECT 1 FROM pg_database WHERE datname = '{name}'"
+    ))? != "1"
+    {
+        psql(&format!("CREATE DATABASE \"{name}\""))?;
+    }
+    Ok(())
+}
+
+/// `url` with its database replaced by `name`.
+fn with_database(url: &str, name: &str) -> String {
+    match url.rsplit_once('/') {
+        Some((server, _)) => format!("{server}/{name}"),
+        None => url.to_string(),
+    }
 }
 
 /// Where PostgreSQL's server programs are: `$TESSERA_POSTGRES_BIN`, else the newest

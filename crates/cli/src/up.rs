@@ -20,7 +20,28 @@ use crate::supervisor::{ProcSpec, shutdown_signal, supervise};
 const GRACE: Duration = Duration::from_secs(10);
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
-pub async fn run(manifest_path: &Path, manifest: Manifest, no_build: bool) -> anyhow::Result<()> {
+/// Where a system's services keep their data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Profile {
+    /// Each service's embedded SQLite file (or the manifest's database URLs).
+    Embedded,
+    /// A local PostgreSQL cluster under the state directory, a database per service.
+    Postgres,
+}
+
+/// What `up` starts for the services' data.
+pub enum Database {
+    Embedded,
+    /// A local PostgreSQL on this port.
+    Postgres(u16),
+}
+
+pub async fn run(
+    manifest_path: &Path,
+    mut manifest: Manifest,
+    no_build: bool,
+    database: Database,
+) -> anyhow::Result<()> {
     let manifest_path = manifest_path
         .canonicalize()
         .with_context(|| format!("cannot find {}", manifest_path.display()))?;
@@ -33,6 +54,19 @@ pub async fn run(manifest_path: &Path, manifest: Manifest, no_build: bool) -> an
         .with_context(|| format!("cannot create {}", state_dir.display()))?;
     let passport_keys = keys::passport_keys(&state_dir)?;
     let control_keys = keys::control_keys(&state_dir)?;
+    // Stopped when this function returns, however it returns.
+    let _database = match database {
+        Database::Postgres(port) => {
+            let cluster = crate::postgres::for_system(&mut manifest, &state_dir, port)?;
+            say(&format!(
+                "PostgreSQL: {} (a database per service; files in {})",
+                tessera::Db::redact_url(&cluster.primary),
+                cluster.dir.display()
+            ));
+            Some(cluster)
+        }
+        Database::Embedded => None,
+    };
     // Made here, once, before any gateway starts (each gateway reads them).
     crate::tls::gateway_certificates(&manifest, &base, &state_dir)
         .context("gateway.tls: the certificates")?;

@@ -293,3 +293,78 @@ async fn status_lists_the_running_instances() {
     }
     assert!(!text.contains('!'), "no missing replicas:\n{text}");
 }
+
+/// `tessera up --profile postgres`: a PostgreSQL of its own under the state directory, a
+/// database per service, the shop's data in it, and the server stopped with the system.
+#[tokio::test]
+async fn the_postgres_profile_keeps_the_data_in_a_postgresql_of_its_own() {
+    let port = tessera_testkit::free_port();
+    let mut sys = System::start_with(Options {
+        checkout: true,
+        up_args: vec![
+            "--profile".into(),
+            "postgres".into(),
+            "--postgres-port".into(),
+            port.to_string(),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let (token, _) = sys.new_user().await;
+    let order = sys
+        .place_order(
+            &token,
+            serde_json::json!([{"productId": "0190f000-0000-7000-8000-000000000005", "quantity": 1}]),
+        )
+        .await;
+    assert_eq!(
+        sys.settled_order(&token, &order).await["status"],
+        "CONFIRMED"
+    );
+    // Where the cluster is (as root, outside the state directory, which the server's user
+    // may not enter), from the runner's line about it.
+    let line = sys
+        .log_line("the PostgreSQL line", |l| l.contains("PostgreSQL: "))
+        .await;
+    let cluster = std::path::PathBuf::from(
+        line.split("files in ")
+            .nth(1)
+            .unwrap()
+            .trim_end_matches(')'),
+    );
+    let password = std::fs::read_to_string(cluster.join("password")).unwrap();
+    let url = |db: &str| {
+        format!(
+            "postgres://postgres:{}@127.0.0.1:{port}/{db}",
+            password.trim()
+        )
+    };
+    let stored = tessera_testkit::postgres::psql(
+        &url("order"),
+        &format!("SELECT status FROM order_details WHERE order_id = '{order}'"),
+    );
+    assert_eq!(stored, "CONFIRMED");
+    let notified = tessera_testkit::postgres::psql(
+        &url("notification"),
+        &format!("SELECT COUNT(*) FROM notifications WHERE order_id = '{order}'"),
+    );
+    assert_eq!(notified, "1");
+    // No service keeps an embedded file, and the log says where the data is, without the
+    // password.
+    let files: Vec<_> = std::fs::read_dir(sys.dir.join("state/data"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        !files.iter().any(|f| f.to_string_lossy().ends_with(".db")),
+        "{files:?}"
+    );
+    assert!(sys.log().contains("PostgreSQL: postgres://postgres:***@"));
+    assert!(!sys.log().contains(password.trim()));
+    let status = sys.interrupt();
+    assert!(status.success(), "tessera up exits cleanly: {status}");
+    assert!(
+        !cluster.join("primary/postmaster.pid").exists(),
+        "the server stopped with the system"
+    );
+    let _ = std::fs::remove_dir_all(&cluster);
+}

@@ -46,6 +46,9 @@ pub struct Options {
     pub checkout: bool,
     /// Extra env for the checkout services: (service, key, value).
     pub checkout_env: Vec<(&'static str, &'static str, String)>,
+    /// Extra arguments of `tessera up` (`--profile postgres` runs a PostgreSQL of its own:
+    /// then the suite's PostgreSQL profile does not name one).
+    pub up_args: Vec<String>,
 }
 
 impl Default for Options {
@@ -66,6 +69,7 @@ impl Default for Options {
             mtls: false,
             checkout: false,
             checkout_env: Vec::new(),
+            up_args: Vec::new(),
         }
     }
 }
@@ -226,7 +230,8 @@ impl System {
             .find(|p| ![control_port, gateway_port, admin_port].contains(p))
             .expect("ports");
         // The PostgreSQL profile: a database per service, fresh for this system.
-        let databases = postgres::profile().map(|admin| {
+        let own_database = opts.up_args.iter().any(|a| a == "postgres");
+        let databases = postgres::profile().filter(|_| !own_database).map(|admin| {
             let id = &dir.file_name().unwrap().to_string_lossy()[12..24];
             let names: Vec<String> = DATABASE_SERVICES
                 .iter()
@@ -342,6 +347,7 @@ replicas = {replicas}
             .arg("--manifest")
             .arg(&manifest_path)
             .arg("up")
+            .args(&opts.up_args)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("log file"))
