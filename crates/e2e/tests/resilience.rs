@@ -466,7 +466,28 @@ async fn orders_are_priced_from_the_last_good_catalog_answer_while_the_catalog_i
             (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
         }
     };
-    assert_eq!(place().await.0, 202, "warms the cache");
+    // Warms the cache of every order replica (the PostgreSQL profile runs two): each must have
+    // seen the product once.
+    let replicas = sys.registry().await.services["order"].len();
+    let mut warmed = std::collections::BTreeSet::new();
+    for _ in 0..60 {
+        assert_eq!(place().await.0, 202, "warms the cache");
+        warmed = (1..=replicas)
+            .filter(|r| {
+                sys.log()
+                    .lines()
+                    .any(|l| l.contains(&format!("order-{r} |")) && l.contains("order placed"))
+            })
+            .collect();
+        if warmed.len() == replicas {
+            break;
+        }
+    }
+    assert_eq!(
+        warmed.len(),
+        replicas,
+        "every order replica served an order"
+    );
     let catalog = sys.registry().await.services["catalog"][0].metadata["pid"]
         .parse::<u32>()
         .unwrap();

@@ -295,29 +295,45 @@ impl Saga {
         .await?;
         let mut done = 0;
         for (id,) in due {
-            let mut tx = db.write_tx().await?;
-            // Checked again under the write lock: a reply or another replica may have moved it.
-            let Some(mut saga) = self.load(&mut tx, &id).await? else {
-                continue;
-            };
-            let deadline: (i64,) =
-                tessera_store::query_as("SELECT deadline FROM tessera_sagas WHERE id = $1")
-                    .bind(&id)
-                    .fetch_one(&mut *tx)
-                    .await?;
-            if saga.status != "running" || deadline.0 >= now_ms() {
-                continue;
+            match self.time_out(db, hooks, &id).await {
+                Ok(timed_out) => done += usize::from(timed_out),
+                // Another replica's ticker, or a reply, moved this saga at the same moment
+                // (a serializable database failed one of the two): it is theirs.
+                Err(e) if e.conflict => {}
+                Err(e) => return Err(e),
             }
-            let step = saga.step;
-            let reason = format!("timeout: {}", self.def.steps[step].name);
-            tracing::warn!(saga = %id, step = self.def.steps[step].name, "saga step timed out; compensating");
-            // The timed-out step's action may still happen: compensate it as well.
-            self.fail(&mut tx, &mut saga, step + 1, &reason, hooks)
-                .await?;
-            tx.commit().await?;
-            done += 1;
         }
         Ok(done)
+    }
+
+    /// Times out saga `id` if it is still running past its deadline; whether it did.
+    async fn time_out(
+        &self,
+        db: &Db,
+        hooks: &dyn SagaHooks,
+        id: &str,
+    ) -> Result<bool, HandlerError> {
+        let mut tx = db.write_tx().await?;
+        // Checked again in the transaction: a reply or another replica may have moved it.
+        let Some(mut saga) = self.load(&mut tx, id).await? else {
+            return Ok(false);
+        };
+        let deadline: (i64,) =
+            tessera_store::query_as("SELECT deadline FROM tessera_sagas WHERE id = $1")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+        if saga.status != "running" || deadline.0 >= now_ms() {
+            return Ok(false);
+        }
+        let step = saga.step;
+        let reason = format!("timeout: {}", self.def.steps[step].name);
+        tracing::warn!(saga = %id, step = self.def.steps[step].name, "saga step timed out; compensating");
+        // The timed-out step's action may still happen: compensate it as well.
+        self.fail(&mut tx, &mut saga, step + 1, &reason, hooks)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Runs [`Saga::tick`] every `every` until `stop`.

@@ -90,7 +90,13 @@ pub struct System {
     databases: Option<(String, Vec<String>)>,
 }
 
-fn checkout_services(bin: &Path, env: &[(&'static str, &'static str, String)]) -> String {
+/// The checkout services' sections. `replicas`: of each stateful one (order, inventory,
+/// payment, notification); the PostgreSQL profile runs two of each on one database.
+fn checkout_services(
+    bin: &Path,
+    env: &[(&'static str, &'static str, String)],
+    replicas: u32,
+) -> String {
     let mut out = String::new();
     for service in [
         "order",
@@ -104,8 +110,13 @@ fn checkout_services(bin: &Path, env: &[(&'static str, &'static str, String)]) -
             .filter(|(s, _, _)| *s == service)
             .map(|(_, k, v)| format!("{k} = {v:?}"))
             .collect();
+        let replicas = if service == "payment-provider" {
+            1 // an external processor's simulator, not one of the system's own
+        } else {
+            replicas
+        };
         out.push_str(&format!(
-            "[services.{service}]\ncommand = [\"{}/shop-{service}\"]\nenv = {{ {} }}\n{}\n\n",
+            "[services.{service}]\ncommand = [\"{}/shop-{service}\"]\nreplicas = {replicas}\nenv = {{ {} }}\n{}\n\n",
             bin.display(),
             vars.join(", "),
             topics(service),
@@ -334,7 +345,11 @@ replicas = {replicas}
             replicas = opts.catalog_replicas,
             extra = opts.extra_manifest,
             checkout = if opts.checkout {
-                checkout_services(&bin, &opts.checkout_env)
+                checkout_services(
+                    &bin,
+                    &opts.checkout_env,
+                    if databases.is_some() { 2 } else { 1 },
+                )
             } else {
                 String::new()
             },

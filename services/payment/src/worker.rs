@@ -88,24 +88,42 @@ struct Outcome {
 }
 
 impl Worker {
+    /// How long a claim on a due payment lasts: the provider call with its retries, and the
+    /// record after it.
+    fn claim_ms(&self) -> i64 {
+        (self.config.call_timeout.as_millis() as i64).saturating_mul(3) + 2000
+    }
+
     async fn run(self, wake: Arc<Notify>) {
         let worker = Arc::new(self);
         loop {
-            let due: Vec<(String, String, i64, String, i64, String)> = match tessera::store::query_as(
-                "SELECT order_id, status, amount, currency, attempts, command FROM payments
-                 WHERE status IN ('pending', 'voiding') AND next_try <= $1 ORDER BY next_try LIMIT 64",
-            )
-            .bind(now_ms())
-            .fetch_all(worker.db.pool())
-            .await
-            {
-                Ok(rows) => rows,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read due payments");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-            };
+            // Claimed, not just read: the claim moves `next_try` past the time a call and its
+            // record take, in one statement, so another replica's worker does not take the
+            // same payments meanwhile (its claim re-checks `next_try` on the row it waits
+            // for, and skips it), and a worker that dies leaves its claims to expire and be
+            // taken again.
+            let now = now_ms();
+            let due: Vec<(String, String, i64, String, i64, String)> =
+                match tessera::store::query_as(
+                    "UPDATE payments SET next_try = $2
+                 WHERE order_id IN (SELECT order_id FROM payments
+                                    WHERE status IN ('pending', 'voiding') AND next_try <= $1
+                                    ORDER BY next_try LIMIT 64)
+                   AND status IN ('pending', 'voiding') AND next_try <= $1
+                 RETURNING order_id, status, amount, currency, attempts, command",
+                )
+                .bind(now)
+                .bind(now + worker.claim_ms())
+                .fetch_all(worker.db.pool())
+                .await
+                {
+                    Ok(rows) => rows,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read due payments");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                };
             if due.is_empty() {
                 tokio::select! {
                     _ = wake.notified() => {}
@@ -145,11 +163,26 @@ impl Worker {
                 if outcomes.is_empty() {
                     continue;
                 }
-                let count = outcomes.len();
-                if let Err(e) = worker.settle(outcomes).await {
-                    // Nothing was recorded: the payments stay due, and the provider answers
-                    // a charge again with the same outcome (the order id is its key).
-                    tracing::warn!(error = %e, payments = count, "cannot record payments; will retry");
+                // A conflict with a concurrent transaction (a cancel of one of these
+                // payments, say) is tried again at once: the answers are in hand.
+                let mut conflicts = 0;
+                let settled = loop {
+                    match worker.settle(&outcomes).await {
+                        Err(e) if e.is_busy() && conflicts < 20 => {
+                            conflicts += 1;
+                            tokio::time::sleep(Duration::from_millis(
+                                rand::random::<u64>() % 5 + 1,
+                            ))
+                            .await;
+                        }
+                        other => break other,
+                    }
+                };
+                if let Err(e) = settled {
+                    // Nothing was recorded: the payments stay claimed until their claim
+                    // expires, then are due again, and the provider answers a charge again
+                    // with the same outcome (the order id is its key).
+                    tracing::warn!(error = %e, payments = outcomes.len(), "cannot record payments; will retry");
                 }
                 worker.outbox.wake();
             }
@@ -246,21 +279,21 @@ impl Worker {
 
     /// Records what the provider said about each charge, and answers the saga, in one
     /// transaction.
-    async fn settle(&self, outcomes: Vec<Outcome>) -> Result<(), tessera::store::DbError> {
+    async fn settle(&self, outcomes: &[Outcome]) -> Result<(), tessera::store::DbError> {
         let mut tx = self.db.write_tx().await?;
         let mut settled = Vec::with_capacity(outcomes.len());
-        for outcome in outcomes {
-            let Outcome {
-                due,
-                charged,
-                ctx,
-                span,
-            } = outcome;
+        for Outcome {
+            due,
+            charged,
+            ctx,
+            span,
+        } in outcomes
+        {
             let status = REQUEST
-                .scope(ctx, self.record(&mut tx, &due, charged))
+                .scope(ctx.clone(), self.record(&mut tx, due, charged))
                 .instrument(span.clone())
                 .await?;
-            settled.push((due.order_id, status, span));
+            settled.push((&due.order_id, status, span));
         }
         tx.commit().await?;
         for (order_id, status, span) in settled {
@@ -276,7 +309,7 @@ impl Worker {
         &self,
         tx: &mut Tx,
         due: &Due,
-        charged: Charged,
+        charged: &Charged,
     ) -> Result<Option<&'static str>, tessera::store::DbError> {
         let order_id = due.order_id.as_str();
         let row: Option<(String,)> =
