@@ -50,6 +50,10 @@ pub fn of(
         if let Some(url) = manifest.database_of(name) {
             env.push(("TESSERA_DATABASE_URL".into(), url));
         }
+        let replicas = manifest.database_replicas_of(name);
+        if !replicas.is_empty() {
+            env.push(("TESSERA_DATABASE_REPLICAS".into(), replicas.join(",")));
+        }
         if manifest.mtls() {
             env.push((
                 "TESSERA_TLS_CALLERS".into(),

@@ -50,7 +50,7 @@ pub fn for_system(
         );
     }
     let dir = system_dir(state_dir);
-    let local = start(&dir, port, false)?;
+    let local = start(&dir, port, true)?;
     let cluster = SystemCluster {
         dir,
         primary: local.primary,
@@ -62,6 +62,11 @@ pub fn for_system(
         }
     }
     manifest.system.database = Some(with_database(&cluster.primary, "{service}"));
+    manifest.system.database_replicas = local
+        .replica
+        .iter()
+        .map(|r| with_database(r, "{service}"))
+        .collect();
     Ok(cluster)
 }
 

@@ -215,3 +215,71 @@ async fn bad_urls_passwords_and_databases_are_named_and_a_server_down_is_unavail
     );
     assert!(!e.to_string().contains(&password), "{e}");
 }
+
+/// The primary stopped in the middle of checkouts: requests meanwhile are answered 503
+/// `database_unavailable` at once (not after a timeout), and once it is back every order
+/// accepted before or after reaches its final state, nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkouts_survive_the_primary_going_down_and_coming_back() {
+    use serde_json::json;
+    use tessera_testkit::{Options, System};
+
+    let pg = Cluster::start(false);
+    let sys = System::start_with(Options {
+        checkout: true,
+        postgres: Some((pg.primary.clone(), None)),
+        ..Options::default()
+    })
+    .await;
+    let (token, _) = sys.new_user().await;
+    let item = json!([{"productId": "0190f000-0000-7000-8000-000000000003", "quantity": 1}]);
+    let mut orders = Vec::new();
+    for _ in 0..10 {
+        orders.push(sys.place_order(&token, item.clone()).await);
+    }
+    pg.stop();
+    // During the outage: a clear, fast refusal.
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        let (status, body) = sys
+            .post("/api/orders", Some(&token), json!({ "items": item }))
+            .await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["error"]["code"], "database_unavailable", "{body}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "answered in {:?}",
+            started.elapsed()
+        );
+        let text = body.to_string();
+        assert!(
+            !text.contains("127.0.0.1") && !text.contains("postgres"),
+            "{text}"
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    pg.restart();
+    // Back: new orders are taken again, and every order settles.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = sys
+            .post("/api/orders", Some(&token), json!({ "items": item }))
+            .await;
+        if status == 202 {
+            orders.push(body["data"]["orderId"].as_str().unwrap().to_string());
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still refused: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for order in &orders {
+        let settled = sys.settled_order(&token, order).await;
+        assert!(
+            settled["status"] == "CONFIRMED" || settled["status"] == "REJECTED",
+            "{settled}"
+        );
+    }
+}

@@ -52,6 +52,9 @@ pub struct System {
     /// `{service}` standing for the service's name (`postgres://shop@db/shop_{service}`);
     /// a service's own `database` wins. None: each service's embedded SQLite file.
     pub database: Option<String>,
+    /// Read replicas of each service's database, `{service}` as in `database`.
+    #[serde(default)]
+    pub database_replicas: Vec<String>,
 }
 
 /// Whether the system's processes speak mutual TLS among themselves.
@@ -72,6 +75,7 @@ impl Default for System {
             build: None,
             mtls: Mtls::Auto,
             database: None,
+            database_replicas: Vec::new(),
         }
     }
 }
@@ -283,6 +287,9 @@ pub struct ServiceSpec {
     pub calls: Vec<String>,
     /// Its database URL, if not the system's (`system.database`) or the embedded default.
     pub database: Option<String>,
+    /// Read replicas of its own database (with its own `database`).
+    #[serde(default)]
+    pub database_replicas: Vec<String>,
 }
 
 fn one() -> u32 {
@@ -335,6 +342,15 @@ fn check_database_url(url: &str) -> Result<(), String> {
             "{other}:// is not a database this runs on (sqlite or postgres)"
         )),
     }
+}
+
+/// Whether `url` names a read replica: a PostgreSQL database.
+fn check_replica_url(url: &str) -> Result<(), String> {
+    check_database_url(url)?;
+    if url.starts_with("sqlite") {
+        return Err("read replicas are PostgreSQL databases".into());
+    }
+    Ok(())
 }
 
 impl Manifest {
@@ -417,6 +433,22 @@ impl Manifest {
         Some(template.replace("{service}", &service.replace('-', "_")))
     }
 
+    /// The read replicas of `service`'s database: its own, else (when its database is the
+    /// system's) `system.database_replicas` with `{service}` replaced as in
+    /// [`Manifest::database_of`].
+    pub fn database_replicas_of(&self, service: &str) -> Vec<String> {
+        match self.services.get(service) {
+            Some(spec) if spec.database.is_some() => spec.database_replicas.clone(),
+            _ if self.system.database.is_some() => self
+                .system
+                .database_replicas
+                .iter()
+                .map(|t| t.replace("{service}", &service.replace('-', "_")))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Every declared topic and the services that produce it.
     pub fn producers(&self) -> BTreeMap<String, Vec<String>> {
         let mut topics: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -440,6 +472,9 @@ impl Manifest {
         if let Some(url) = &self.system.database {
             check_database_url(url).map_err(|e| format!("system.database: {e}"))?;
         }
+        for url in &self.system.database_replicas {
+            check_replica_url(url).map_err(|e| format!("system.database_replicas: {e}"))?;
+        }
         for (name, spec) in &self.services {
             if !valid_name(name) {
                 return Err(format!(
@@ -454,6 +489,10 @@ impl Manifest {
             }
             if let Some(url) = &spec.database {
                 check_database_url(url).map_err(|e| format!("services.{name}.database: {e}"))?;
+            }
+            for url in &spec.database_replicas {
+                check_replica_url(url)
+                    .map_err(|e| format!("services.{name}.database_replicas: {e}"))?;
             }
             for (key, topics) in [("produces", &spec.produces), ("consumes", &spec.consumes)] {
                 for topic in topics {

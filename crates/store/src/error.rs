@@ -33,7 +33,9 @@ pub enum DbError {
     Unavailable(String),
     #[error("{0}")]
     Unsupported(String),
-    #[error("the database stayed locked by another process for {0:?}")]
+    #[error(
+        "the database stayed busy (locked by another writer, or every connection in use) for {0:?}"
+    )]
     Busy(Duration),
     #[error("the query returned no rows")]
     RowNotFound,

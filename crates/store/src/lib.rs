@@ -24,6 +24,7 @@
 mod error;
 mod postgres;
 mod query;
+pub mod session;
 mod sqlite;
 mod value;
 
@@ -53,6 +54,16 @@ pub struct Migration {
 #[derive(Clone, Debug)]
 pub struct Db {
     pool: Pool,
+    reader: Reader,
+}
+
+/// Where reads that may be served by a read replica go ([`Db::read`]): a replica that has
+/// replayed what the request must see ([`session`]), else the primary. Statements that write
+/// go to the primary.
+#[derive(Clone, Debug)]
+pub struct Reader {
+    primary: Pool,
+    replicas: Option<Arc<postgres::Replicas>>,
 }
 
 /// The connections of one database. Statements run on it directly are each their own
@@ -79,14 +90,46 @@ impl Db {
     /// Opens (creating if needed) and migrates the database at `url`: `sqlite://<file>`
     /// (embedded) or `postgres://<user>[:<password>]@<host>[:<port>]/<database>[?pool=<n>]`.
     pub async fn open(url: &str, migrations: &[Migration]) -> Result<Self, StoreError> {
+        Self::open_replicated(url, &[], migrations).await
+    }
+
+    /// As [`Db::open`], with read replicas of it (PostgreSQL streaming replicas, by URL) that
+    /// serve the reads sent through [`Db::read`]. A replica need not be up: it serves once it
+    /// answers.
+    pub async fn open_replicated(
+        url: &str,
+        replicas: &[String],
+        migrations: &[Migration],
+    ) -> Result<Self, StoreError> {
         if postgres::is_postgres(url) {
             let url = postgres::PgUrl::parse(url).map_err(StoreError::UnsupportedUrl)?;
-            let pool = postgres::Pool::open(&url, migrations).await?;
+            let replica_urls = replicas
+                .iter()
+                .map(|r| postgres::PgUrl::parse(r))
+                .collect::<Result<Vec<_>, String>>()
+                .map_err(StoreError::UnsupportedUrl)?;
+            let pool = Arc::new(postgres::Pool::open(&url, migrations).await?);
+            let replicas = if replica_urls.is_empty() {
+                None
+            } else {
+                pool.track_writes();
+                Some(postgres::Replicas::open(&replica_urls, pool.clone())?)
+            };
+            let pool = Pool {
+                backend: Backend::Postgres(pool),
+            };
             return Ok(Db {
-                pool: Pool {
-                    backend: Backend::Postgres(Arc::new(pool)),
+                reader: Reader {
+                    primary: pool.clone(),
+                    replicas,
                 },
+                pool,
             });
+        }
+        if !replicas.is_empty() {
+            return Err(StoreError::UnsupportedUrl(
+                "read replicas are PostgreSQL's: the embedded database has none".into(),
+            ));
         }
         Self::open_with(
             url,
@@ -109,10 +152,15 @@ impl Db {
             .map_err(|why| StoreError::UnsupportedUrl(format!("{url}: {why}")))?;
         let pool =
             sqlite::Pool::open(path, sync, migrations, checkpoint_every, wal_frames_held).await?;
+        let pool = Pool {
+            backend: Backend::Sqlite(pool),
+        };
         Ok(Db {
-            pool: Pool {
-                backend: Backend::Sqlite(pool),
+            reader: Reader {
+                primary: pool.clone(),
+                replicas: None,
             },
+            pool,
         })
     }
 
@@ -132,6 +180,13 @@ impl Db {
     /// The pool: each statement run on it is its own transaction.
     pub fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    /// Where reads that a read replica may serve go: list and detail queries that can be a
+    /// moment behind the primary, but never behind the caller's own writes
+    /// ([`session`]). Without replicas, the pool.
+    pub fn read(&self) -> &Reader {
+        &self.reader
     }
 
     /// The SQL dialect of this database.
@@ -156,7 +211,9 @@ impl Db {
             }
             Backend::Postgres(pool) => Ok(Tx {
                 conn: Some(Conn(RawConn::Postgres(pool.begin().await?))),
-                hold: Some(Hold::Postgres),
+                hold: Some(Hold::Postgres {
+                    track: pool.tracks_writes(),
+                }),
             }),
         }
     }
@@ -192,6 +249,40 @@ impl Pool {
     }
 }
 
+impl Reader {
+    async fn execute(&self, sql: &str, args: &[Value<'_>]) -> Result<u64, DbError> {
+        self.primary.execute(sql, args).await
+    }
+
+    async fn rows<T: FromRow>(
+        &self,
+        sql: &str,
+        args: &[Value<'_>],
+        limit: usize,
+    ) -> Result<Vec<T>, DbError> {
+        if let Some(replica) = self
+            .replicas
+            .as_ref()
+            .and_then(|r| r.pick(session::read_after()))
+        {
+            match replica.pool.rows(sql, args, limit).await {
+                Ok(rows) => {
+                    metrics::counter!("tessera_db_reads_total", "from" => "replica").increment(1);
+                    return Ok(rows);
+                }
+                // Down or going away: the primary answers, and the replica is left out until
+                // it answers again.
+                Err(e) if e.is_unavailable() => replica.failed(&e),
+                Err(e) => return Err(e),
+            }
+        }
+        if self.replicas.is_some() {
+            metrics::counter!("tessera_db_reads_total", "from" => "primary").increment(1);
+        }
+        self.primary.rows(sql, args, limit).await
+    }
+}
+
 /// A write transaction. Statements run on it with `&mut *tx` (or `&mut **tx` through a
 /// `&mut Tx`).
 pub struct Tx {
@@ -202,8 +293,11 @@ pub struct Tx {
 /// What a transaction holds of its backend until it ends.
 enum Hold {
     Sqlite(sqlite::TxHold),
-    /// A PostgreSQL transaction holds nothing but its connection.
-    Postgres,
+    /// A PostgreSQL transaction holds nothing but its connection; `track`: its commit
+    /// records where it reached the log.
+    Postgres {
+        track: bool,
+    },
 }
 
 /// The connection a transaction runs on.
@@ -240,8 +334,8 @@ impl Tx {
     pub async fn commit(mut self) -> Result<(), DbError> {
         match (self.conn.take(), self.hold.take()) {
             (Some(Conn(RawConn::Sqlite(raw))), Some(Hold::Sqlite(hold))) => hold.commit(raw),
-            (Some(Conn(RawConn::Postgres(raw))), Some(Hold::Postgres)) => {
-                postgres::commit(raw).await
+            (Some(Conn(RawConn::Postgres(raw))), Some(Hold::Postgres { track })) => {
+                postgres::commit(raw, track).await
             }
             _ => unreachable!("a transaction has its connection until it ends"),
         }

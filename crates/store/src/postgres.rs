@@ -20,9 +20,11 @@
 //! migrate once (`postgres/migrate.rs`).
 
 mod migrate;
+pub(crate) mod replica;
 mod url;
 mod value;
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, PoolError, RecyclingMethod, Runtime};
@@ -32,19 +34,46 @@ pub(crate) use url::{PgUrl, is_postgres, redact};
 
 use crate::{DbError, FromRow, Migration, StoreError, Value};
 
+pub(crate) use replica::Replicas;
+
 /// How long a request waits for a connection of the pool, or for a new one to be made.
 const CONNECT_WAIT: Duration = Duration::from_secs(5);
+/// How long a database that could not be reached is not tried again.
+const DOWN_FOR: Duration = Duration::from_millis(500);
+
+/// Milliseconds on a clock that only goes forward.
+fn epoch_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+        + 1
+}
 
 /// The connections to one database.
 pub(crate) struct Pool {
     pool: deadpool_postgres::Pool,
     /// The URL without its password, for logs and errors.
-    shown: String,
+    pub(crate) shown: String,
+    /// Whether writes record where they reached the log (the database has read replicas, and
+    /// reads after a write must wait for it: `crate::session`).
+    track: AtomicBool,
+    /// Until when (`epoch_ms`) the database counts as unreachable.
+    down_until: AtomicU64,
 }
 
 impl Pool {
     /// Connects to the database `url` names and migrates it.
     pub(crate) async fn open(url: &PgUrl, migrations: &[Migration]) -> Result<Self, StoreError> {
+        let pool = Self::connect(url)?;
+        let conn = pool.connection().await?;
+        migrate::migrate(conn, migrations).await?;
+        Ok(pool)
+    }
+
+    /// A pool of connections to `url`, made as they are needed.
+    pub(crate) fn connect(url: &PgUrl) -> Result<Self, DbError> {
         let manager = Manager::from_config(
             url.config.clone(),
             NoTls,
@@ -59,22 +88,50 @@ impl Pool {
             .create_timeout(Some(CONNECT_WAIT))
             .recycle_timeout(Some(CONNECT_WAIT))
             .build()
-            .map_err(|e| StoreError::UnsupportedUrl(format!("{}: {e}", url.shown)))?;
-        let pool = Pool {
+            .map_err(|e| DbError::Unsupported(format!("{}: {e}", url.shown)))?;
+        Ok(Pool {
             pool,
             shown: url.shown.clone(),
-        };
-        let conn = pool.connection().await?;
-        migrate::migrate(conn, migrations).await?;
-        Ok(pool)
+            track: AtomicBool::new(false),
+            down_until: AtomicU64::new(0),
+        })
+    }
+
+    /// From now on, writes record where they reached the log.
+    pub(crate) fn track_writes(&self) {
+        self.track.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn tracks_writes(&self) -> bool {
+        self.track.load(Ordering::Relaxed)
     }
 
     /// A connection of the pool.
+    ///
+    /// A breaker in front: once the database could not be reached, every request for a
+    /// connection in the next [`DOWN_FOR`] fails at once with the same error, instead of each
+    /// waiting for its own connect attempt to fail; after that, the next request tries again.
     pub(crate) async fn connection(&self) -> Result<Object, DbError> {
-        self.pool.get().await.map_err(|e| match e {
+        let now = epoch_ms();
+        if now < self.down_until.load(Ordering::Relaxed) {
+            return Err(DbError::Unavailable(format!(
+                "{}: unreachable a moment ago; not tried again yet",
+                self.shown
+            )));
+        }
+        let got = self.pool.get().await.map_err(|e| match e {
             PoolError::Backend(e) => DbError::from_postgres(e, &self.shown),
+            // Every connection busy for that long: the database is slow, not gone.
+            PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => DbError::Busy(CONNECT_WAIT),
             other => DbError::Unavailable(format!("{}: {other}", self.shown)),
-        })
+        });
+        if let Err(e) = &got
+            && e.is_unavailable()
+        {
+            self.down_until
+                .store(epoch_ms() + DOWN_FOR.as_millis() as u64, Ordering::Relaxed);
+        }
+        got
     }
 
     /// A write transaction: serializable, on a connection of its own.
@@ -93,7 +150,11 @@ impl Pool {
 
     pub(crate) async fn execute(&self, sql: &str, args: &[Value<'_>]) -> Result<u64, DbError> {
         let conn = self.connection().await?;
-        execute(&conn, sql, args).await
+        let changed = execute(&conn, sql, args).await?;
+        if changed > 0 && self.tracks_writes() {
+            crate::session::wrote(replica::written(&conn).await?);
+        }
+        Ok(changed)
     }
 
     pub(crate) async fn rows<T: FromRow>(
@@ -138,11 +199,15 @@ pub(crate) async fn rows<T: FromRow>(
     rows.iter().take(limit).map(T::from_row).collect()
 }
 
-/// Ends a transaction on `conn` with `COMMIT`.
-pub(crate) async fn commit(conn: Object) -> Result<(), DbError> {
+/// Ends a transaction on `conn` with `COMMIT`; with `track`, records where it reached the log.
+pub(crate) async fn commit(conn: Object, track: bool) -> Result<(), DbError> {
     conn.batch_execute("COMMIT")
         .await
-        .map_err(DbError::postgres)
+        .map_err(DbError::postgres)?;
+    if track {
+        crate::session::wrote(replica::written(&conn).await?);
+    }
+    Ok(())
 }
 
 /// Rolls back what `conn` has not committed, off the caller's path (a transaction dropped

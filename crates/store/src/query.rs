@@ -5,7 +5,7 @@
 use std::marker::PhantomData;
 
 use crate::value::Scalar;
-use crate::{Conn, DbError, Decode, Encode, FromRow, Pool, Value};
+use crate::{Conn, DbError, Decode, Encode, FromRow, Pool, Reader, Value};
 
 /// A statement whose rows are not read: `execute` it.
 pub fn query(sql: &str) -> Query<'_> {
@@ -41,11 +41,18 @@ pub trait Executor<'c>: Send {
 pub enum Target<'c> {
     Pool(&'c Pool),
     Conn(&'c mut Conn),
+    Read(&'c Reader),
 }
 
 impl<'c> Executor<'c> for &'c Pool {
     fn target(self) -> Target<'c> {
         Target::Pool(self)
+    }
+}
+
+impl<'c> Executor<'c> for &'c Reader {
+    fn target(self) -> Target<'c> {
+        Target::Read(self)
     }
 }
 
@@ -60,6 +67,7 @@ impl Target<'_> {
         match self {
             Target::Pool(pool) => pool.execute(sql, args).await,
             Target::Conn(conn) => conn.execute(sql, args).await,
+            Target::Read(reader) => reader.execute(sql, args).await,
         }
     }
 
@@ -72,6 +80,7 @@ impl Target<'_> {
         match self {
             Target::Pool(pool) => pool.rows(sql, args, limit).await,
             Target::Conn(conn) => conn.rows(sql, args, limit).await,
+            Target::Read(reader) => reader.rows(sql, args, limit).await,
         }
     }
 }

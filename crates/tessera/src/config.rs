@@ -126,6 +126,9 @@ pub struct ServiceConfig {
     pub data_dir: PathBuf,
     /// `TESSERA_DATABASE_URL`: overrides the embedded default `sqlite://<data_dir>/<service>.db`.
     pub database_url: Option<String>,
+    /// `TESSERA_DATABASE_REPLICAS`: read replicas of that database (PostgreSQL URLs, separated
+    /// by commas), which serve the reads sent through `db.read()` (`docs/databases.md`).
+    pub database_replicas: Vec<String>,
     /// `TESSERA_PASSPORT_KEYS`: `kid:base64secret[,kid:base64secret...]`, the first one signs.
     pub passport_keys: String,
     /// `TESSERA_HEARTBEAT_MS`: how often to heartbeat the registry.
@@ -220,6 +223,16 @@ impl ServiceConfig {
             system: s.get_or("TESSERA_SYSTEM", "tessera".to_string())?,
             data_dir: s.get_or("TESSERA_DATA_DIR", PathBuf::from(".tessera/data"))?,
             database_url: s.raw("TESSERA_DATABASE_URL").map(str::to_string),
+            database_replicas: s
+                .raw("TESSERA_DATABASE_REPLICAS")
+                .map(|list| {
+                    list.split(',')
+                        .map(str::trim)
+                        .filter(|u| !u.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default(),
             passport_keys: s.require("TESSERA_PASSPORT_KEYS")?,
             heartbeat,
             ttl,

@@ -18,6 +18,10 @@ pub struct ApiError {
     pub message: String,
 }
 
+/// The code of a 503 for a database that was busy or a transaction that lost a race with a
+/// concurrent one: nothing was written, and trying again is the cure.
+pub const BUSY: &str = "database_busy";
+
 #[derive(Serialize)]
 struct Body<'a> {
     code: &'a str,
@@ -68,6 +72,14 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// Whether the request failed only because a transaction conflicted or the database was
+    /// busy: nothing was written, and it may be tried again at once.
+    pub fn is_busy(&self) -> bool {
+        self.code == BUSY
+    }
+}
+
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -101,7 +113,11 @@ impl IntoResponse for ApiError {
 impl From<crate::store::DbError> for ApiError {
     fn from(err: crate::store::DbError) -> Self {
         if err.is_busy() {
-            return Self::unavailable("database is busy, try again");
+            return Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                BUSY,
+                "database is busy, try again",
+            );
         }
         if err.is_unavailable() {
             // Where and why go to the log; the caller learns only that it may try later.
@@ -294,7 +310,7 @@ mod tests {
     #[tokio::test]
     async fn database_errors_say_busy_or_internal_and_nothing_more() {
         let e = ApiError::from(DbError::Busy(Duration::from_secs(5)));
-        assert_eq!((e.status.as_u16(), e.code), (503, "unavailable"));
+        assert_eq!((e.status.as_u16(), e.code), (503, "database_busy"));
         assert_eq!(e.message, "database is busy, try again");
         let e = ApiError::from(DbError::Unavailable(
             "postgres://shop:***@10.0.0.7/orders: connection refused".into(),

@@ -203,7 +203,7 @@ impl Service {
                 .unwrap_or_else(|| Db::default_url(&config.data_dir, &config.service));
             let mut migrations = self.migrations.to_vec();
             migrations.extend_from_slice(crate::events::MIGRATIONS);
-            Some(open_database(&url, &migrations).await?)
+            Some(open_database(&url, &config.database_replicas, &migrations).await?)
         };
         let discovery = match &config.control_url {
             Some(url) => Discovery::start(url, credential(&config)),
@@ -413,6 +413,12 @@ where
             None => TraceContext::new_root(),
         };
         let deadline = crate::client::deadline_of(req.headers());
+        // How far the caller has seen the database's log (read-your-writes with replicas).
+        let read_after = req
+            .headers()
+            .get(crate::store::session::HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::store::session::parse);
 
         // The handler runs inside the request context (the passport and trace its calls and
         // log lines carry); refusals answer without running it.
@@ -440,28 +446,41 @@ where
                     trace,
                     deadline,
                 };
-                Ok(REQUEST.scope(ctx, self.inner.call(req)))
+                Ok(crate::store::session::scope(
+                    read_after,
+                    REQUEST.scope(ctx, self.inner.call(req)),
+                ))
             }
         };
         Box::pin(async move {
             let response = match work {
                 Err(refusal) => refusal.into_response(),
                 Ok(work) => {
-                    let result = match deadline {
+                    let (result, wrote) = match deadline {
                         None => work.await,
                         Some(d) => tokio::time::timeout_at(d, work).await.unwrap_or_else(|_| {
-                            Ok(ApiError::new(
+                            let late = ApiError::new(
                                 http::StatusCode::GATEWAY_TIMEOUT,
                                 "deadline_exceeded",
                                 "the caller's deadline passed",
-                            )
-                            .into_response())
+                            );
+                            (Ok(late.into_response()), None)
                         }),
                     };
-                    match result {
+                    let mut response = match result {
                         Ok(response) => response,
                         Err(never) => match never {},
+                    };
+                    // What it wrote, for the caller to send back and read it from a replica.
+                    if let Some(lsn) = wrote
+                        && let Ok(value) =
+                            http::HeaderValue::from_str(&crate::store::session::format(lsn))
+                    {
+                        response
+                            .headers_mut()
+                            .insert(crate::store::session::HEADER, value);
                     }
+                    response
                 }
             };
             let elapsed = start.elapsed();
@@ -509,12 +528,16 @@ async fn shutdown_signal() {
 /// alongside the service, or down) is waited for, with a log line naming it (its password
 /// hidden) and a growing pause; anything else (a wrong password, no such database, a
 /// migration that fails) ends the start with the reason.
-async fn open_database(url: &str, migrations: &[crate::Migration]) -> anyhow::Result<Db> {
+async fn open_database(
+    url: &str,
+    replicas: &[String],
+    migrations: &[crate::Migration],
+) -> anyhow::Result<Db> {
     let key = "TESSERA_DATABASE_URL";
     let mut pause = std::time::Duration::from_millis(200);
     let mut attempt = 0u32;
     loop {
-        match Db::open(url, migrations).await {
+        match Db::open_replicated(url, replicas, migrations).await {
             Ok(db) => {
                 if attempt > 0 {
                     tracing::info!(database = %Db::redact_url(url), "database reachable");

@@ -46,6 +46,9 @@ pub struct Options {
     pub checkout: bool,
     /// Extra env for the checkout services: (service, key, value).
     pub checkout_env: Vec<(&'static str, &'static str, String)>,
+    /// A PostgreSQL of the test's own (its primary's URL, and its replica's): the services'
+    /// databases go there, whatever the profile.
+    pub postgres: Option<(String, Option<String>)>,
     /// Extra arguments of `tessera up` (`--profile postgres` runs a PostgreSQL of its own:
     /// then the suite's PostgreSQL profile does not name one).
     pub up_args: Vec<String>,
@@ -70,6 +73,7 @@ impl Default for Options {
             checkout: false,
             checkout_env: Vec::new(),
             up_args: Vec::new(),
+            postgres: None,
         }
     }
 }
@@ -88,6 +92,8 @@ pub struct System {
     log: PathBuf,
     /// In the PostgreSQL profile: the server, and the databases made for this system.
     databases: Option<(String, Vec<String>)>,
+    /// The highest `tessera-read-after` answered so far (this client's session).
+    read_after: std::sync::Mutex<Option<String>>,
 }
 
 /// The checkout services' sections. `replicas`: of each stateful one (order, inventory,
@@ -242,7 +248,11 @@ impl System {
             .expect("ports");
         // The PostgreSQL profile: a database per service, fresh for this system.
         let own_database = opts.up_args.iter().any(|a| a == "postgres");
-        let databases = postgres::profile().filter(|_| !own_database).map(|admin| {
+        let (server, replica) = match &opts.postgres {
+            Some((primary, replica)) => (Some(primary.clone()), replica.clone()),
+            None => (postgres::profile(), postgres::profile_replica()),
+        };
+        let databases = server.filter(|_| !own_database).map(|admin| {
             let id = &dir.file_name().unwrap().to_string_lossy()[12..24];
             let names: Vec<String> = DATABASE_SERVICES
                 .iter()
@@ -257,6 +267,15 @@ impl System {
         let database = databases
             .as_ref()
             .map_or(String::new(), |(_, _, t)| format!("database = {t:?}"));
+        // And its read replica, when the profile's server has one.
+        let database = match (&databases, replica) {
+            (Some((_, _, template)), Some(replica)) => {
+                let db = template.rsplit_once('/').map_or("", |(_, db)| db);
+                let replica = postgres::with_database(&replica, db);
+                format!("{database}\ndatabase_replicas = [{replica:?}]")
+            }
+            _ => database,
+        };
         let manifest = format!(
             r#"
 [system]
@@ -388,6 +407,7 @@ replicas = {replicas}
             up: Some(up),
             log,
             databases: databases.map(|(admin, names, _)| (admin, names)),
+            read_after: std::sync::Mutex::default(),
         };
         system
             .wait_until(Duration::from_secs(60), "the system to be ready", || {
@@ -561,7 +581,26 @@ replicas = {replicas}
         if let Some(b) = body {
             req = req.json(&b);
         }
+        // As a client that reads its own writes does: what the last write answered, sent back
+        // (with read replicas, docs/databases.md).
+        let seen = self.read_after.lock().unwrap().clone();
+        if let Some(lsn) = seen {
+            req = req.header(tessera::store::session::HEADER, lsn);
+        }
         let resp = req.send().await.expect("request");
+        if let Some(lsn) = resp
+            .headers()
+            .get(tessera::store::session::HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(tessera::store::session::parse)
+        {
+            let mut seen = self.read_after.lock().unwrap();
+            let highest = seen
+                .as_deref()
+                .and_then(tessera::store::session::parse)
+                .map_or(lsn, |s| s.max(lsn));
+            *seen = Some(tessera::store::session::format(highest));
+        }
         let status = resp.status().as_u16();
         let text = resp.text().await.expect("body");
         let json =

@@ -12,6 +12,16 @@ use std::process::Command;
 /// `postgres` database, with the password); unset: the embedded profile.
 pub const PROFILE_ENV: &str = "TESSERA_TEST_POSTGRES";
 
+/// The environment variable naming a streaming replica of that server, if it has one.
+pub const PROFILE_REPLICA_ENV: &str = "TESSERA_TEST_POSTGRES_REPLICA";
+
+/// The replica of the profile's server, if it has one.
+pub fn profile_replica() -> Option<String> {
+    std::env::var(PROFILE_REPLICA_ENV)
+        .ok()
+        .filter(|u| !u.is_empty())
+}
+
 /// The server of the PostgreSQL profile, if this run is in it.
 pub fn profile() -> Option<String> {
     std::env::var(PROFILE_ENV).ok().filter(|u| !u.is_empty())
@@ -20,6 +30,8 @@ pub fn profile() -> Option<String> {
 /// A cluster of one test's own.
 pub struct Cluster {
     dir: PathBuf,
+    port: u16,
+    replica_too: bool,
     /// The primary's URL, database `postgres`.
     pub primary: String,
     /// The replica's, when one was asked for.
@@ -52,9 +64,32 @@ impl Cluster {
         let mut urls = urls.lines().map(str::to_string);
         Cluster {
             dir,
+            port,
+            replica_too: replica,
             primary: urls.next().expect("the primary's URL"),
             replica: urls.next(),
         }
+    }
+
+    /// Starts it again after [`Cluster::stop`], on the same ports, with its data.
+    pub fn restart(&self) {
+        let out = Command::new(crate::bin_dir().join("tessera"))
+            .args([
+                "postgres",
+                "start",
+                "--port",
+                &self.port.to_string(),
+                "--dir",
+            ])
+            .arg(&self.dir)
+            .args(self.replica_too.then_some("--replica"))
+            .output()
+            .expect("run tessera postgres start");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// A new database on the primary; its URL.

@@ -69,7 +69,7 @@ async fn list(State(db): State<Db>, Query(q): Query<ListQuery>) -> Result<Json<P
         .bind(&after)
         .bind(q.category.as_deref())
         .bind(i64::from(limit) + 1)
-        .fetch_all(db.pool())
+        .fetch_all(db.read())
         .await?;
     let next_cursor = if rows.len() > limit as usize {
         rows.truncate(limit as usize);

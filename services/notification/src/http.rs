@@ -54,7 +54,7 @@ async fn list(State(db): State<Db>, caller: Caller) -> Result<Json<Vec<View>>, A
         "SELECT id, order_id, kind, subject, body, created FROM notifications WHERE user_id = $1 ORDER BY created DESC, id DESC LIMIT 100",
     )
     .bind(&caller.id)
-    .fetch_all(db.pool())
+    .fetch_all(db.read())
     .await?;
     Ok(Json(rows.into_iter().map(View::from).collect()))
 }

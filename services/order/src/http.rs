@@ -156,7 +156,7 @@ async fn find(db: &Db, caller: &Caller, id: &Uuid) -> Result<OrderView, ApiError
          FROM order_details WHERE order_id = $1",
     )
     .bind(id.to_string())
-    .fetch_optional(db.pool())
+    .fetch_optional(db.read())
     .await?;
     let (
         order_id,
@@ -208,7 +208,7 @@ async fn history(
         "SELECT version, type, data, at FROM order_events WHERE order_id = $1 ORDER BY version",
     )
     .bind(id.to_string())
-    .fetch_all(st.db.pool())
+    .fetch_all(st.db.read())
     .await?;
     let events: Vec<Value> = rows
         .into_iter()
@@ -255,7 +255,7 @@ async fn mine(
     .bind(&caller.id)
     .bind(before.as_deref())
     .bind(i64::from(limit) + 1)
-    .fetch_all(st.db.pool())
+    .fetch_all(st.db.read())
     .await?;
     let next = if rows.len() > limit as usize {
         rows.truncate(limit as usize);

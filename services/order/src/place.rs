@@ -15,6 +15,7 @@ use tessera::client::{REQUEST, RequestContext};
 use tessera::events::{Event, outbox};
 use tessera::saga::Saga;
 use tessera::store::Tx;
+use tessera::store::session;
 use tessera::{ApiError, Db, ServiceClient};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -187,7 +188,15 @@ pub enum Placed {
 }
 
 /// An order waiting for the placer, and where its outcome goes.
-type Queued = (Placement, oneshot::Sender<Result<Placed, ApiError>>);
+/// An order to store, and where to answer: the outcome, and where the commit reached the
+/// database's log (for the request to read its own write from a replica).
+/// Conflicts an order may meet before its request is answered 503.
+const MAX_CONFLICTS: u64 = 50;
+
+type Queued = (
+    Placement,
+    oneshot::Sender<(Result<Placed, ApiError>, Option<u64>)>,
+);
 
 /// The most orders stored in one transaction.
 const PLACE_BATCH: usize = 64;
@@ -230,7 +239,12 @@ impl Placer {
             .send((placement, reply))
             .await
             .map_err(|_| gone())?;
-        placed.await.map_err(|_| gone())?
+        let (placed, wrote) = placed.await.map_err(|_| gone())?;
+        // Written by the placing task on this request's behalf.
+        if let Some(lsn) = wrote {
+            tessera::store::session::record(lsn);
+        }
+        placed
     }
 }
 
@@ -246,21 +260,22 @@ async fn place_loop(store: Store, stored: impl Fn(), mut rx: mpsc::Receiver<Queu
                 Err(_) => break,
             }
         }
-        if batch.len() > 1
-            && let Ok(results) = store.together(&batch).await
-        {
-            stored();
-            for ((_, reply), placed) in batch.into_iter().zip(results) {
-                let _ = reply.send(Ok(placed));
+        if batch.len() > 1 {
+            let (together, wrote) = session::scope(None, store.together(&batch)).await;
+            if let Ok(results) = together {
+                stored();
+                for ((_, reply), placed) in batch.into_iter().zip(results) {
+                    let _ = reply.send((Ok(placed), wrote));
+                }
+                continue;
             }
-            continue;
         }
         for (placement, reply) in batch {
-            let outcome = store.one(&placement).await;
+            let (outcome, wrote) = session::scope(None, store.one(&placement)).await;
             if outcome.is_ok() {
                 stored();
             }
-            let _ = reply.send(outcome);
+            let _ = reply.send((outcome, wrote));
         }
     }
 }
@@ -276,7 +291,23 @@ impl Store {
         Ok(results)
     }
 
+    /// Stores one order; a conflict with a concurrent transaction (another replica placing
+    /// or settling at the same moment) is tried again at once, after a short random pause.
     async fn one(&self, placement: &Placement) -> Result<Placed, ApiError> {
+        let mut conflicts = 0;
+        loop {
+            match self.try_one(placement).await {
+                Err(e) if e.is_busy() && conflicts < MAX_CONFLICTS => {
+                    conflicts += 1;
+                    let pause = 500 + rand::random::<u64>() % (1000 * conflicts.min(10));
+                    tokio::time::sleep(std::time::Duration::from_micros(pause)).await;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn try_one(&self, placement: &Placement) -> Result<Placed, ApiError> {
         let mut tx = self.db.write_tx().await?;
         let placed = self.write(&mut tx, placement).await?;
         if let Placed::New = placed {

@@ -45,7 +45,7 @@ async fn list(
             .bind(order_id)
             .bind(admin)
             .bind(&caller.id)
-            .fetch_all(db.pool())
+            .fetch_all(db.read())
             .await?
         }
         (None, false) => {
@@ -54,7 +54,7 @@ async fn list(
                  WHERE user_id = $1 ORDER BY updated DESC LIMIT 100",
             )
             .bind(&caller.id)
-            .fetch_all(db.pool())
+            .fetch_all(db.read())
             .await?
         }
         (None, true) => {
@@ -62,7 +62,7 @@ async fn list(
                 "SELECT order_id, user_id, amount, currency, status, reason FROM payments
                  ORDER BY updated DESC LIMIT 100",
             )
-            .fetch_all(db.pool())
+            .fetch_all(db.read())
             .await?
         }
     };

@@ -1,0 +1,160 @@
+//! Read replicas of a PostgreSQL primary: which one may serve a read, and how far each has
+//! replayed the primary's log.
+//!
+//! A watcher asks the primary where its log ends and each replica how far it has replayed,
+//! every [`WATCH_EVERY`]. A replica serves a read only when it answered the last time, is no
+//! more than [`MAX_LAG_BYTES`] behind, and has replayed past what the request must see
+//! ([`crate::session`]); otherwise the read goes to the primary. A replica that fails a read
+//! is left out until the watcher hears from it again, so one that is down or far behind costs
+//! reads nothing and comes back by itself. Its lag is a metric
+//! (`tessera_db_replica_lag_bytes`).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use super::{PgUrl, Pool};
+use crate::DbError;
+
+/// How often the replicas' positions are read.
+const WATCH_EVERY: Duration = Duration::from_millis(100);
+/// How far behind the primary a replica may be and still serve reads.
+const MAX_LAG_BYTES: u64 = 16 << 20;
+
+/// Where a server's log is, in bytes from its start: the end of what it has written (a
+/// primary), or of what it has replayed (a replica; NULL on a primary).
+const WRITTEN: &str = "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint";
+const REPLAYED: &str = "SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint";
+
+/// One read replica.
+pub(crate) struct Replica {
+    pub(crate) pool: Pool,
+    /// Answered the watcher last time, and was not too far behind.
+    usable: AtomicBool,
+    /// How far it had replayed when last asked.
+    replayed: AtomicU64,
+}
+
+/// The read replicas of one database.
+pub(crate) struct Replicas {
+    list: Vec<Replica>,
+    /// Round robin among the usable ones.
+    next: AtomicUsize,
+}
+
+impl std::fmt::Debug for Replicas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.list.iter().map(|r| &r.pool.shown))
+            .finish()
+    }
+}
+
+impl Replicas {
+    /// Connects to `urls` (lazily: a replica down now is left out until it answers) and
+    /// starts watching them against `primary`.
+    pub(crate) fn open(urls: &[PgUrl], primary: Arc<Pool>) -> Result<Arc<Self>, DbError> {
+        let list = urls
+            .iter()
+            .map(|url| {
+                Ok(Replica {
+                    pool: Pool::connect(url)?,
+                    usable: AtomicBool::new(false),
+                    replayed: AtomicU64::new(0),
+                })
+            })
+            .collect::<Result<Vec<_>, DbError>>()?;
+        let replicas = Arc::new(Replicas {
+            list,
+            next: AtomicUsize::new(0),
+        });
+        tokio::spawn(watch(Arc::downgrade(&replicas), primary));
+        Ok(replicas)
+    }
+
+    /// A replica that may serve a read that must see the log up to `read_after`.
+    pub(crate) fn pick(&self, read_after: u64) -> Option<&Replica> {
+        let n = self.list.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n).map(|i| &self.list[(start + i) % n]).find(|r| {
+            r.usable.load(Ordering::Relaxed) && r.replayed.load(Ordering::Relaxed) >= read_after
+        })
+    }
+}
+
+impl Replica {
+    /// Leaves this replica out until the watcher hears from it again.
+    pub(crate) fn failed(&self, e: &DbError) {
+        if self.usable.swap(false, Ordering::Relaxed) {
+            tracing::warn!(error = %e, "read replica failed; reading from the primary");
+        }
+    }
+}
+
+/// Reads the primary's and each replica's position until the replicas are dropped.
+async fn watch(replicas: Weak<Replicas>, primary: Arc<Pool>) {
+    let mut ticks = tokio::time::interval(WATCH_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(replicas) = replicas.upgrade() else {
+            return;
+        };
+        let written = position(&primary, WRITTEN).await.ok().flatten();
+        for replica in &replicas.list {
+            let shown = replica.pool.shown.as_str();
+            match position(&replica.pool, REPLAYED).await {
+                Ok(Some(replayed)) => {
+                    replica.replayed.fetch_max(replayed, Ordering::Relaxed);
+                    let lag = written.map_or(0, |w| w.saturating_sub(replayed));
+                    metrics::gauge!("tessera_db_replica_lag_bytes", "replica" => shown.to_string())
+                        .set(lag as f64);
+                    let usable = lag <= MAX_LAG_BYTES;
+                    if replica.usable.swap(usable, Ordering::Relaxed) != usable {
+                        if usable {
+                            tracing::info!(replica = shown, lag, "read replica serving reads");
+                        } else {
+                            tracing::warn!(
+                                replica = shown,
+                                lag,
+                                "read replica too far behind; reading from the primary"
+                            );
+                        }
+                    }
+                }
+                Ok(None) => {
+                    if replica.usable.swap(false, Ordering::Relaxed) {
+                        tracing::warn!(
+                            replica = shown,
+                            "not a replica (it replays no log); not reading from it"
+                        );
+                    }
+                }
+                Err(e) => replica.failed(&e),
+            }
+        }
+    }
+}
+
+/// A server's position in its log, by `sql` (one of [`WRITTEN`], [`REPLAYED`]).
+async fn position(pool: &Pool, sql: &str) -> Result<Option<u64>, DbError> {
+    let conn = pool.connection().await?;
+    let row = conn.query_one(sql, &[]).await.map_err(DbError::postgres)?;
+    let lsn: Option<i64> = row.try_get(0).map_err(DbError::postgres)?;
+    Ok(lsn.map(|l| l as u64))
+}
+
+/// Where the primary's log ends now, read on `conn` right after a commit on it: at or past
+/// that commit.
+pub(crate) async fn written(conn: &deadpool_postgres::Object) -> Result<u64, DbError> {
+    let stmt = conn
+        .prepare_cached(WRITTEN)
+        .await
+        .map_err(DbError::postgres)?;
+    let row = conn
+        .query_one(&stmt, &[])
+        .await
+        .map_err(DbError::postgres)?;
+    let lsn: i64 = row.try_get(0).map_err(DbError::postgres)?;
+    Ok(lsn as u64)
+}
