@@ -283,3 +283,52 @@ async fn checkouts_survive_the_primary_going_down_and_coming_back() {
         );
     }
 }
+
+/// A service that starts while its database is down waits for it: it says so (the URL without
+/// its password), is neither registered nor ready meanwhile, and serves once the database is
+/// back. (Here: catalog-1 killed and restarted by the runner during the outage.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_started_during_an_outage_waits_for_its_database_then_serves() {
+    use tessera_testkit::{Options, System, pid_of, signal};
+
+    let pg = Cluster::start(false);
+    let password = pg
+        .primary
+        .split_once("://postgres:")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .map(|(pw, _)| pw.to_string())
+        .unwrap();
+    let sys = System::start_with(Options {
+        postgres: Some((pg.primary.clone(), None)),
+        ..Options::default()
+    })
+    .await;
+    let old = pid_of(&sys.registry().await, "catalog-1").unwrap();
+    pg.stop();
+    signal(old, libc::SIGKILL);
+    let line = sys
+        .log_line("the restarted catalog waiting", |l| {
+            l.contains("catalog-1") && l.contains("database unreachable; retrying")
+        })
+        .await;
+    assert!(line.contains("postgres://postgres:***@127.0.0.1"), "{line}");
+    assert!(
+        !sys.log().contains(&password),
+        "the password is never logged"
+    );
+    // Not registered (nor ready) while it waits.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let now = sys.registry().await;
+    assert!(
+        now.services.get("catalog").is_none_or(|i| i.is_empty()),
+        "{:?}",
+        now.services.get("catalog")
+    );
+    pg.restart();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while sys.get("/api/catalog/products?limit=1", None).await.0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "{}", sys.log_tail(30));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(sys.log().contains("database reachable"));
+}

@@ -332,6 +332,8 @@ fn check_database_url(url: &str) -> Result<(), String> {
         "sqlite" if !rest.is_empty() => Ok(()),
         "postgres" | "postgresql" => {
             let path = rest.split('?').next().unwrap_or_default();
+            // After the user (and password), if any: the host, then the database.
+            let path = path.rsplit_once('@').map_or(path, |(_, host)| host);
             match path.split_once('/') {
                 Some((host, db)) if !host.is_empty() && !db.is_empty() => Ok(()),
                 _ => Err("a PostgreSQL URL names a host and a database: postgres://<user>@<host>/<database>".into()),
@@ -774,6 +776,55 @@ mod tests {
         assert_eq!(m.gateway.trusted_proxies.len(), 2);
         let e = Manifest::parse("[sytem]\n").unwrap_err();
         assert!(e.to_string().contains("sytem"), "{e}");
+    }
+
+    #[test]
+    fn databases_per_service_from_a_template_and_errors_that_hide_the_password() {
+        let m = Manifest::parse(
+            "[system]\ndatabase = \"postgres://shop:pw@db/shop_{service}\"\n\
+             database_replicas = [\"postgres://shop:pw@replica/shop_{service}\"]\n\
+             [services.payment-provider]\ncommand = \"p\"\n\
+             [services.audit]\ncommand = \"a\"\ndatabase = \"postgres://audit@elsewhere/audit\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            m.database_of("payment-provider").as_deref(),
+            Some("postgres://shop:pw@db/shop_payment_provider")
+        );
+        assert_eq!(
+            m.database_replicas_of("payment-provider"),
+            ["postgres://shop:pw@replica/shop_payment_provider"]
+        );
+        // A service with a database of its own has only the replicas it names.
+        assert_eq!(
+            m.database_of("audit").as_deref(),
+            Some("postgres://audit@elsewhere/audit")
+        );
+        assert!(m.database_replicas_of("audit").is_empty());
+        assert_eq!(Manifest::parse("").unwrap().database_of("x"), None);
+
+        for (text, key) in [
+            (
+                "[system]\ndatabase = \"mysql://u:s3cret@h/d\"\n",
+                "system.database",
+            ),
+            (
+                "[system]\ndatabase = \"postgres://u:s3cret@h\"\n",
+                "system.database",
+            ),
+            ("[system]\ndatabase = \"u:s3cret@h/d\"\n", "system.database"),
+            (
+                "[services.x]\ncommand = \"a\"\ndatabase = \"postgres://u:s3cret@/d\"\n",
+                "services.x.database",
+            ),
+            (
+                "[system]\ndatabase_replicas = [\"sqlite://r.db\"]\n",
+                "system.database_replicas",
+            ),
+        ] {
+            let e = Manifest::parse(text).unwrap_err().to_string();
+            assert!(e.contains(key) && !e.contains("s3cret"), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -92,6 +92,11 @@ impl Cluster {
         );
     }
 
+    /// Where its files are (`primary/`, `replica/`).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     /// A new database on the primary; its URL.
     pub fn database(&self, name: &str) -> String {
         create_database(&self.primary, name)
