@@ -8,7 +8,7 @@
 //! need the password `initdb` was given, kept in `<dir>/password` (mode 0600); the replica
 //! streams from the primary with it.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -88,9 +88,27 @@ pub fn system_dir(state_dir: &Path) -> PathBuf {
 
 /// Creates database `name` on the server of `url` unless it exists.
 fn ensure_database(bin: &Path, url: &str, name: &str) -> anyhow::Result<()> {
+    // The password goes in psql's environment, not on its command line (which any local
+    // user can read).
+    let password = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .and_then(|(user, _)| user.split_once(':'))
+        .map_or("", |(_, pw)| pw);
+    let without = tessera::Db::redact_url(url).replace(":***@", "@");
     let psql = |sql: &str| -> anyhow::Result<String> {
         let out = Command::new(bin.join("psql"))
-            .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", url, "-c", sql])
+            .args([
+                "-X",
+                "-q",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                &without,
+                "-c",
+                sql,
+            ])
+            .env("PGPASSWORD", password)
             .output()
             .context("cannot run psql")?;
         if !out.status.success() {
@@ -183,43 +201,49 @@ pub fn start(dir: &Path, port: u16, replica: bool) -> anyhow::Result<Local> {
             ),
         )?;
     }
-    pg_ctl_start(&bin, &dir, &primary)?;
+    pg_ctl_start(&bin, &dir, &primary, port)?;
     let url = |port: u16| format!("postgres://postgres:{password}@127.0.0.1:{port}/postgres");
     let mut local = Local {
         primary: url(port),
         replica: None,
     };
+    if replica && let Err(e) = start_replica(&bin, &dir, port, &password) {
+        // Nothing half-started is left running.
+        let _ = stop(&dir);
+        return Err(e);
+    }
     if replica {
-        let standby = dir.join("replica");
-        if !standby.join("PG_VERSION").exists() {
-            run_with(
-                &bin,
-                "pg_basebackup",
-                &dir,
-                &[
-                    "-h".as_ref(),
-                    "127.0.0.1".as_ref(),
-                    "-p".as_ref(),
-                    port.to_string().as_ref(),
-                    "-U".as_ref(),
-                    "postgres".as_ref(),
-                    "-D".as_ref(),
-                    standby.as_os_str(),
-                    "-R".as_ref(),
-                    "-X".as_ref(),
-                    "stream".as_ref(),
-                ],
-                &[("PGPASSWORD", password.as_str())],
-            )?;
-            append(
-                &standby.join("postgresql.auto.conf"),
-                &format!("port = {}\n", port + 1),
-            )?;
-        }
-        pg_ctl_start(&bin, &dir, &standby)?;
         local.replica = Some(url(port + 1));
     }
     Ok(local)
+}
+
+/// Makes (on first use) and starts the streaming replica of the primary on `port`, on the next
+/// port.
+fn start_replica(bin: &Path, dir: &Path, port: u16, password: &str) -> anyhow::Result<()> {
+    let standby = dir.join("replica");
+    if !standby.join("PG_VERSION").exists() {
+        run_with(
+            bin,
+            "pg_basebackup",
+            dir,
+            &[
+                "-h".as_ref(),
+                "127.0.0.1".as_ref(),
+                "-p".as_ref(),
+                port.to_string().as_ref(),
+                "-U".as_ref(),
+                "postgres".as_ref(),
+                "-D".as_ref(),
+                standby.as_os_str(),
+                "-R".as_ref(),
+                "-X".as_ref(),
+                "stream".as_ref(),
+            ],
+            &[("PGPASSWORD", password)],
+        )?;
+    }
+    pg_ctl_start(bin, dir, &standby, port + 1)
 }
 
 /// Stops the cluster in `dir` (the replica first), if it runs.
@@ -229,10 +253,12 @@ pub fn stop(dir: &Path) -> anyhow::Result<()> {
     };
     let dir = dir.as_path();
     let bin = programs()?;
+    let mut failed = None;
     for node in ["replica", "primary"] {
         let data = dir.join(node);
         if data.join("postmaster.pid").exists() {
-            run(
+            // Both are stopped even if one fails; the first failure is told.
+            let stopped = run(
                 &bin,
                 "pg_ctl",
                 dir,
@@ -244,13 +270,16 @@ pub fn stop(dir: &Path) -> anyhow::Result<()> {
                     "-w".as_ref(),
                     "stop".as_ref(),
                 ],
-            )?;
+            );
+            if let Err(e) = stopped {
+                failed.get_or_insert(e);
+            }
         }
     }
-    Ok(())
+    failed.map_or(Ok(()), Err)
 }
 
-fn pg_ctl_start(bin: &Path, dir: &Path, data: &Path) -> anyhow::Result<()> {
+fn pg_ctl_start(bin: &Path, dir: &Path, data: &Path, port: u16) -> anyhow::Result<()> {
     if data.join("postmaster.pid").exists()
         && run(
             bin,
@@ -263,6 +292,8 @@ fn pg_ctl_start(bin: &Path, dir: &Path, data: &Path) -> anyhow::Result<()> {
         return Ok(());
     }
     let log = data.with_extension("log");
+    // The port given now, whatever the one it was initialised with.
+    let port = format!("-p {port}");
     run(
         bin,
         "pg_ctl",
@@ -272,6 +303,8 @@ fn pg_ctl_start(bin: &Path, dir: &Path, data: &Path) -> anyhow::Result<()> {
             data.as_os_str(),
             "-l".as_ref(),
             log.as_os_str(),
+            "-o".as_ref(),
+            port.as_ref(),
             "-w".as_ref(),
             "-t".as_ref(),
             "30".as_ref(),
@@ -291,8 +324,13 @@ fn password(dir: &Path) -> anyhow::Result<String> {
     let password: String = (0..32)
         .map(|_| char::from(alphabet[rand::random::<usize>() % alphabet.len()]))
         .collect();
-    std::fs::write(&file, &password)?;
-    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+    // Made private from the start, not narrowed after it was written.
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&file)?;
+    std::io::Write::write_all(&mut out, password.as_bytes())?;
     Ok(password)
 }
 

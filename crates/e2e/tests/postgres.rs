@@ -93,6 +93,21 @@ async fn the_query_api_runs_on_postgres_and_replicas_migrate_once() {
         "{unportable:?}"
     );
 
+    // A statement that fails aborts a PostgreSQL transaction: committing it anyway is an
+    // error, never a silent rollback.
+    {
+        let mut tx = a.write_tx().await.unwrap();
+        query("INSERT INTO items (name, n) VALUES ('kept?', 1)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let dup = query("INSERT INTO items (name, n) VALUES ('lamp', 1)")
+            .execute(&mut *tx)
+            .await;
+        assert!(dup.as_ref().is_err_and(is_unique_violation), "{dup:?}");
+        let committed = tx.commit().await;
+        assert!(matches!(committed, Err(DbError::RolledBack)), "{committed:?}");
+    }
     // A transaction dropped without commit leaves nothing.
     {
         let mut tx = a.write_tx().await.unwrap();

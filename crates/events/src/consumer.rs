@@ -34,6 +34,9 @@ pub struct HandlerError {
     /// The transaction lost a race with a concurrent one (a serializable database rolled
     /// it back): tried again at once, not counted as a failed attempt.
     pub conflict: bool,
+    /// The database could not be reached: tried again until it is back, not counted as a
+    /// failed attempt (an outage must not send every event meanwhile to the dead letters).
+    pub outage: bool,
 }
 
 impl HandlerError {
@@ -43,6 +46,7 @@ impl HandlerError {
             message: message.into(),
             retryable: true,
             conflict: false,
+            outage: false,
         }
     }
 
@@ -52,6 +56,7 @@ impl HandlerError {
             message: message.into(),
             retryable: false,
             conflict: false,
+            outage: false,
         }
     }
 }
@@ -65,7 +70,8 @@ impl std::fmt::Display for HandlerError {
 impl From<tessera_store::DbError> for HandlerError {
     fn from(e: tessera_store::DbError) -> Self {
         Self {
-            conflict: e.is_busy(),
+            conflict: e.is_conflict(),
+            outage: e.is_unavailable(),
             ..Self::retry(e.to_string())
         }
     }
@@ -389,6 +395,7 @@ impl Consumer {
         let since = tessera_trace::unix_now_ms();
         let until_done = stuck::retried_until_done(event);
         let mut conflicts = 0u32;
+        let mut outages = 0u32;
         loop {
             attempt += 1;
             let result = REQUEST
@@ -415,6 +422,18 @@ impl Consumer {
                         500 + rand::random::<u64>() % (most * 1000),
                     ))
                     .await;
+                }
+                Err(e) if e.outage => {
+                    attempt -= 1;
+                    outages += 1;
+                    if outages == 1 || outages.is_multiple_of(30) {
+                        span.in_scope(|| tracing::warn!(id = %event.id, error = %e, "database unavailable; the event waits for it"));
+                    }
+                    if *stop.borrow() {
+                        return false;
+                    }
+                    let pause = Duration::from_millis(100 * 2u64.pow(outages.min(5)));
+                    tokio::time::sleep(pause).await;
                 }
                 Err(e) if until_done || (e.retryable && attempt < self.max_attempts) => {
                     if until_done && attempt >= self.max_attempts {

@@ -346,6 +346,31 @@ fn check_database_url(url: &str) -> Result<(), String> {
     }
 }
 
+/// `text` (an error that may quote a line of the manifest) with the password of any URL in it
+/// (`scheme://user:password@`) replaced by `***`.
+fn hide_passwords(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (before, after) = rest.split_at(at + 3);
+        out.push_str(before);
+        let end = after
+            .find(|c: char| c.is_whitespace() || c == '"' || c == '\'')
+            .unwrap_or(after.len());
+        let (authority, tail) = after.split_at(end);
+        match authority.split_once('@') {
+            Some((user, host)) if user.contains(':') => {
+                let name = user.split_once(':').map_or(user, |(n, _)| n);
+                out.push_str(&format!("{name}:***@{host}"));
+            }
+            _ => out.push_str(authority),
+        }
+        rest = tail;
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Whether `url` names a read replica: a PostgreSQL database.
 fn check_replica_url(url: &str) -> Result<(), String> {
     check_database_url(url)?;
@@ -368,7 +393,7 @@ impl Manifest {
 
     pub fn parse(text: &str) -> Result<Self, ManifestError> {
         let m: Manifest = toml::from_str(text)
-            .map_err(|e| ManifestError::Parse(PathBuf::new(), e.to_string()))?;
+            .map_err(|e| ManifestError::Parse(PathBuf::new(), hide_passwords(&e.to_string())))?;
         m.validate()
             .map_err(|msg| ManifestError::Invalid(PathBuf::new(), msg))?;
         Ok(m)
@@ -825,6 +850,11 @@ mod tests {
             let e = Manifest::parse(text).unwrap_err().to_string();
             assert!(e.contains(key) && !e.contains("s3cret"), "{text}: {e}");
         }
+        // A parse error quotes the line: not its password.
+        let e = Manifest::parse("[system]\ndatabase = [\"postgres://u:s3cret@h/d\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("u:***@h/d") && !e.contains("s3cret"), "{e}");
     }
 
     #[test]

@@ -33,6 +33,13 @@ pub enum DbError {
     Unavailable(String),
     #[error("{0}")]
     Unsupported(String),
+    /// A statement of the transaction failed, and the server rolled the whole transaction back.
+    #[error("a statement of this transaction failed, so the transaction was rolled back")]
+    RolledBack,
+    /// The connection was lost while committing: the transaction may or may not have
+    /// committed.
+    #[error("the outcome of the commit is unknown (the connection was lost): {0}")]
+    Ambiguous(String),
     #[error(
         "the database stayed busy (locked by another writer, or every connection in use) for {0:?}"
     )]
@@ -69,6 +76,16 @@ impl DbError {
         }
     }
 
+    /// Whether the transaction lost a race with a concurrent one (a serialization failure or
+    /// a deadlock) and was rolled back: trying it again at once is the cure. Unlike
+    /// [`DbError::is_busy`], not a wait that already took seconds.
+    pub fn is_conflict(&self) -> bool {
+        match self {
+            DbError::Postgres(e) => crate::postgres::is_conflict(e),
+            _ => false,
+        }
+    }
+
     /// Whether the database could not be reached: nothing was done, and waiting for it to
     /// come back is all that helps.
     pub fn is_unavailable(&self) -> bool {
@@ -88,8 +105,9 @@ impl DbError {
             || e.source().is_some_and(|s| s.is::<std::io::Error>())
             || e.code().is_some_and(|c| {
                 let c = c.code();
-                // connection_exception, operator_intervention (shutdown), cannot_connect_now
-                c.starts_with("08") || c.starts_with("57P")
+                // connection_exception, operator_intervention (shutdown), cannot_connect_now,
+                // insufficient_resources (too many connections, out of disk)
+                c.starts_with("08") || c.starts_with("57P") || c.starts_with("53")
             })
             || (e.as_db_error().is_none() && e.to_string().contains("timed out"));
         if lost {

@@ -146,10 +146,11 @@ impl Db {
         checkpoint_every: Duration,
         wal_frames_held: i64,
     ) -> Result<Self, StoreError> {
-        let path =
-            sqlite::sqlite_file(url).ok_or_else(|| StoreError::UnsupportedUrl(url.to_string()))?;
-        let sync = sqlite::synchronous(url)
-            .map_err(|why| StoreError::UnsupportedUrl(format!("{url}: {why}")))?;
+        let path = sqlite::sqlite_file(url)
+            .ok_or_else(|| StoreError::UnsupportedUrl(postgres::redact(url)))?;
+        let sync = sqlite::synchronous(url).map_err(|why| {
+            StoreError::UnsupportedUrl(format!("{}: {why}", postgres::redact(url)))
+        })?;
         let pool =
             sqlite::Pool::open(path, sync, migrations, checkpoint_every, wal_frames_held).await?;
         let pool = Pool {
@@ -210,7 +211,10 @@ impl Db {
                 })
             }
             Backend::Postgres(pool) => Ok(Tx {
-                conn: Some(Conn(RawConn::Postgres(pool.begin().await?))),
+                conn: Some(Conn(RawConn::Postgres {
+                    conn: pool.begin().await?,
+                    failed: false,
+                })),
                 hold: Some(Hold::Postgres {
                     track: pool.tracks_writes(),
                 }),
@@ -266,6 +270,11 @@ impl Reader {
             .and_then(|r| r.pick(session::read_after()))
         {
             match replica.pool.rows(sql, args, limit).await {
+                // A lookup of one row that the replica does not have may be of a row written
+                // a moment ago by a caller that did not say so (no `tessera-read-after`): the
+                // primary is asked before answering "not found". Lists are not: an empty page
+                // is an answer.
+                Ok(rows) if rows.is_empty() && limit == 1 => {}
                 Ok(rows) => {
                     metrics::counter!("tessera_db_reads_total", "from" => "replica").increment(1);
                     return Ok(rows);
@@ -273,6 +282,9 @@ impl Reader {
                 // Down or going away: the primary answers, and the replica is left out until
                 // it answers again.
                 Err(e) if e.is_unavailable() => replica.failed(&e),
+                // A query cancelled by the replica's replay (a recovery conflict): the
+                // primary answers this one.
+                Err(e) if e.is_conflict() => {}
                 Err(e) => return Err(e),
             }
         }
@@ -305,14 +317,23 @@ pub struct Conn(RawConn);
 
 enum RawConn {
     Sqlite(rusqlite::Connection),
-    Postgres(deadpool_postgres::Object),
+    /// `failed`: a statement failed, and PostgreSQL has aborted the transaction (a `COMMIT`
+    /// would roll it back and say nothing): committing it is an error.
+    Postgres {
+        conn: deadpool_postgres::Object,
+        failed: bool,
+    },
 }
 
 impl Conn {
     async fn execute(&mut self, sql: &str, args: &[Value<'_>]) -> Result<u64, DbError> {
-        match &self.0 {
+        match &mut self.0 {
             RawConn::Sqlite(raw) => sqlite::execute(raw, sql, args),
-            RawConn::Postgres(raw) => postgres::execute(raw, sql, args).await,
+            RawConn::Postgres { conn, failed } => {
+                let done = postgres::execute(conn, sql, args).await;
+                *failed |= done.is_err();
+                done
+            }
         }
     }
 
@@ -322,9 +343,13 @@ impl Conn {
         args: &[Value<'_>],
         limit: usize,
     ) -> Result<Vec<T>, DbError> {
-        match &self.0 {
+        match &mut self.0 {
             RawConn::Sqlite(raw) => sqlite::rows(raw, sql, args, limit),
-            RawConn::Postgres(raw) => postgres::rows(raw, sql, args, limit).await,
+            RawConn::Postgres { conn, failed } => {
+                let done = postgres::rows(conn, sql, args, limit).await;
+                *failed |= done.is_err();
+                done
+            }
         }
     }
 }
@@ -334,8 +359,12 @@ impl Tx {
     pub async fn commit(mut self) -> Result<(), DbError> {
         match (self.conn.take(), self.hold.take()) {
             (Some(Conn(RawConn::Sqlite(raw))), Some(Hold::Sqlite(hold))) => hold.commit(raw),
-            (Some(Conn(RawConn::Postgres(raw))), Some(Hold::Postgres { track })) => {
-                postgres::commit(raw, track).await
+            (Some(Conn(RawConn::Postgres { conn, failed })), Some(Hold::Postgres { track })) => {
+                if failed {
+                    postgres::abandon(conn);
+                    return Err(DbError::RolledBack);
+                }
+                postgres::commit(conn, track).await
             }
             _ => unreachable!("a transaction has its connection until it ends"),
         }
@@ -352,7 +381,7 @@ impl Drop for Tx {
     fn drop(&mut self) {
         match (self.conn.take(), self.hold.take()) {
             (Some(Conn(RawConn::Sqlite(raw))), Some(Hold::Sqlite(hold))) => hold.abandon(raw),
-            (Some(Conn(RawConn::Postgres(raw))), _) => postgres::abandon(raw),
+            (Some(Conn(RawConn::Postgres { conn, .. })), _) => postgres::abandon(conn),
             _ => {}
         }
     }

@@ -134,13 +134,16 @@ impl Pool {
         got
     }
 
-    /// A write transaction: serializable, on a connection of its own.
+    /// A write transaction: serializable, on a connection of its own. Given up half-way (the
+    /// request's deadline passing during `BEGIN`), the connection is rolled back before it
+    /// goes back to the pool, never left inside a transaction for the next user.
     pub(crate) async fn begin(&self) -> Result<Object, DbError> {
-        let conn = self.connection().await?;
-        conn.batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
+        let conn = InTransaction(Some(self.connection().await?));
+        conn.as_ref()
+            .batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
             .await
             .map_err(|e| DbError::from_postgres(e, &self.shown))?;
-        Ok(conn)
+        Ok(conn.keep())
     }
 
     /// Closes the idle connections.
@@ -152,7 +155,7 @@ impl Pool {
         let conn = self.connection().await?;
         let changed = execute(&conn, sql, args).await?;
         if changed > 0 && self.tracks_writes() {
-            crate::session::wrote(replica::written(&conn).await?);
+            record_written(&conn).await;
         }
         Ok(changed)
     }
@@ -164,7 +167,12 @@ impl Pool {
         limit: usize,
     ) -> Result<Vec<T>, DbError> {
         let conn = self.connection().await?;
-        rows(&conn, sql, args, limit).await
+        let rows = rows(&conn, sql, args, limit).await?;
+        // `INSERT … RETURNING` and the like write too.
+        if self.tracks_writes() && !is_read(sql) {
+            record_written(&conn).await;
+        }
+        Ok(rows)
     }
 }
 
@@ -200,14 +208,58 @@ pub(crate) async fn rows<T: FromRow>(
 }
 
 /// Ends a transaction on `conn` with `COMMIT`; with `track`, records where it reached the log.
+///
+/// A connection lost during `COMMIT` leaves the outcome unknown: that is
+/// [`DbError::Ambiguous`], never "unavailable" (which promises nothing was done). Once the
+/// commit is through, nothing can fail it: a position that cannot be read is not recorded.
 pub(crate) async fn commit(conn: Object, track: bool) -> Result<(), DbError> {
-    conn.batch_execute("COMMIT")
-        .await
-        .map_err(DbError::postgres)?;
+    let conn = InTransaction(Some(conn));
+    if let Err(e) = conn.as_ref().batch_execute("COMMIT").await {
+        let e = DbError::postgres(e);
+        return Err(if e.is_unavailable() {
+            DbError::Ambiguous(e.to_string())
+        } else {
+            e
+        });
+    }
+    let conn = conn.keep();
     if track {
-        crate::session::wrote(replica::written(&conn).await?);
+        record_written(&conn).await;
     }
     Ok(())
+}
+
+/// Records where the primary's log is, after a write on `conn`; best effort (the write is
+/// done whatever happens here).
+async fn record_written(conn: &Object) {
+    match replica::written(conn).await {
+        Ok(lsn) => crate::session::wrote(lsn),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the log position after a write; a read right after it may come from a replica")
+        }
+    }
+}
+
+/// A connection inside a transaction: dropped before [`InTransaction::keep`], it is rolled
+/// back before it goes back to the pool.
+struct InTransaction(Option<Object>);
+
+impl InTransaction {
+    fn as_ref(&self) -> &Object {
+        self.0.as_ref().expect("held until kept or dropped")
+    }
+
+    fn keep(mut self) -> Object {
+        self.0.take().expect("held until kept or dropped")
+    }
+}
+
+impl Drop for InTransaction {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            abandon(conn);
+        }
+    }
 }
 
 /// Rolls back what `conn` has not committed, off the caller's path (a transaction dropped
@@ -224,6 +276,26 @@ pub(crate) fn abandon(conn: Object) {
         }
         Err(_) => drop(Object::take(conn)),
     }
+}
+
+/// Whether `sql` only reads (a `SELECT`, or `WITH … SELECT` without a writing clause).
+fn is_read(sql: &str) -> bool {
+    let start = sql.trim_start();
+    let head = |word: &str| {
+        start
+            .get(..word.len())
+            .is_some_and(|h| h.eq_ignore_ascii_case(word))
+    };
+    if head("SELECT") {
+        return true;
+    }
+    if head("WITH") {
+        let upper = sql.to_ascii_uppercase();
+        return !["INSERT", "UPDATE", "DELETE"]
+            .iter()
+            .any(|w| upper.contains(w));
+    }
+    false
 }
 
 /// Whether `e` asks for the transaction to be tried again: a serialization failure or a

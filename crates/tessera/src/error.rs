@@ -18,9 +18,12 @@ pub struct ApiError {
     pub message: String,
 }
 
-/// The code of a 503 for a database that was busy or a transaction that lost a race with a
-/// concurrent one: nothing was written, and trying again is the cure.
+/// The code of a 503 for a database that stayed busy (locked, or every connection in use):
+/// nothing was written; trying again later may pass.
 pub const BUSY: &str = "database_busy";
+/// The code of a 503 for a transaction that lost a race with a concurrent one and was rolled
+/// back: nothing was written, and trying again at once is the cure.
+pub const CONFLICT: &str = "database_conflict";
 
 #[derive(Serialize)]
 struct Body<'a> {
@@ -73,10 +76,10 @@ impl ApiError {
 }
 
 impl ApiError {
-    /// Whether the request failed only because a transaction conflicted or the database was
-    /// busy: nothing was written, and it may be tried again at once.
-    pub fn is_busy(&self) -> bool {
-        self.code == BUSY
+    /// Whether the request failed only because its transaction lost a race with a concurrent
+    /// one: nothing was written, and it may be tried again at once.
+    pub fn is_conflict(&self) -> bool {
+        self.code == CONFLICT
     }
 }
 
@@ -112,6 +115,13 @@ impl IntoResponse for ApiError {
 
 impl From<crate::store::DbError> for ApiError {
     fn from(err: crate::store::DbError) -> Self {
+        if err.is_conflict() {
+            return Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                CONFLICT,
+                "a concurrent change got there first, try again",
+            );
+        }
         if err.is_busy() {
             return Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -133,12 +133,21 @@ pub fn create_database(admin: &str, name: &str) -> String {
     with_database(admin, name)
 }
 
-/// Drops database `name` (closing its connections), if it exists.
+/// Drops database `name` (closing its connections), if it exists. Never panics (it runs in
+/// teardown, maybe while a test is failing): a failure is printed.
 pub fn drop_database(admin: &str, name: &str) {
-    psql(
-        admin,
-        &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
-    );
+    let out = Command::new("psql")
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", admin, "-c"])
+        .arg(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .output();
+    match out {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => eprintln!(
+            "cannot drop {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => eprintln!("cannot drop {name}: {e}"),
+    }
 }
 
 /// Runs one statement with psql; panics with its message if it fails.

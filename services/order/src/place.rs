@@ -297,7 +297,7 @@ impl Store {
         let mut conflicts = 0;
         loop {
             match self.try_one(placement).await {
-                Err(e) if e.is_busy() && conflicts < MAX_CONFLICTS => {
+                Err(e) if e.is_conflict() && conflicts < MAX_CONFLICTS => {
                     conflicts += 1;
                     let pause = 500 + rand::random::<u64>() % (1000 * conflicts.min(10));
                     tokio::time::sleep(std::time::Duration::from_micros(pause)).await;

@@ -168,7 +168,7 @@ impl Worker {
                 let mut conflicts = 0;
                 let settled = loop {
                     match worker.settle(&outcomes).await {
-                        Err(e) if e.is_busy() && conflicts < 20 => {
+                        Err(e) if e.is_conflict() && conflicts < 20 => {
                             conflicts += 1;
                             tokio::time::sleep(Duration::from_millis(
                                 rand::random::<u64>() % 5 + 1,

@@ -85,6 +85,8 @@ impl Replicas {
 impl Replica {
     /// Leaves this replica out until the watcher hears from it again.
     pub(crate) fn failed(&self, e: &DbError) {
+        // Until it answers again, nothing is known of how far it is.
+        self.replayed.store(0, Ordering::Relaxed);
         if self.usable.swap(false, Ordering::Relaxed) {
             tracing::warn!(error = %e, "read replica failed; reading from the primary");
         }
@@ -105,7 +107,9 @@ async fn watch(replicas: Weak<Replicas>, primary: Arc<Pool>) {
             let shown = replica.pool.shown.as_str();
             match position(&replica.pool, REPLAYED).await {
                 Ok(Some(replayed)) => {
-                    replica.replayed.fetch_max(replayed, Ordering::Relaxed);
+                    // As it is now: a replica restarted from an older copy is behind what
+                    // it said before.
+                    replica.replayed.store(replayed, Ordering::Relaxed);
                     let lag = written.map_or(0, |w| w.saturating_sub(replayed));
                     metrics::gauge!("tessera_db_replica_lag_bytes", "replica" => shown.to_string())
                         .set(lag as f64);

@@ -81,34 +81,35 @@ impl PgUrl {
 }
 
 /// `url` with its password (in the user part, or as `password=` in the query) replaced by
-/// `***`.
+/// `***`. The user part ends at the first `@` after the scheme (a password may hold a `?` or a
+/// `/`, as the driver reads it).
 pub(crate) fn redact(url: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return redact_query(url);
     };
-    let mut shown = match base.split_once("://") {
-        Some((scheme, rest)) => match rest.rsplit_once('@') {
-            Some((user, host)) => match user.split_once(':') {
-                Some((name, _)) => format!("{scheme}://{name}:***@{host}"),
-                None => base.to_string(),
-            },
-            None => base.to_string(),
-        },
-        None => base.to_string(),
-    };
-    if let Some(query) = query {
-        let pairs: Vec<String> = query
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some(("password", _)) => "password=***".to_string(),
-                _ => pair.to_string(),
-            })
-            .collect();
-        shown.push('?');
-        shown.push_str(&pairs.join("&"));
+    match rest.split_once('@') {
+        Some((user, after)) => {
+            let name = user.split_once(':').map_or(user, |(name, _)| name);
+            let hidden = if user.contains(':') { ":***" } else { "" };
+            format!("{scheme}://{name}{hidden}@{}", redact_query(after))
+        }
+        None => format!("{scheme}://{}", redact_query(rest)),
     }
-    shown
+}
+
+/// `text` with any `password=` in its query replaced by `password=***`.
+fn redact_query(text: &str) -> String {
+    let Some((base, query)) = text.split_once('?') else {
+        return text.to_string();
+    };
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some(("password", _)) => "password=***".to_string(),
+            _ => pair.to_string(),
+        })
+        .collect();
+    format!("{base}?{}", pairs.join("&"))
 }
 
 #[cfg(test)]
