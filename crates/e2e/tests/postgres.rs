@@ -106,7 +106,10 @@ async fn the_query_api_runs_on_postgres_and_replicas_migrate_once() {
             .await;
         assert!(dup.as_ref().is_err_and(is_unique_violation), "{dup:?}");
         let committed = tx.commit().await;
-        assert!(matches!(committed, Err(DbError::RolledBack)), "{committed:?}");
+        assert!(
+            matches!(committed, Err(DbError::RolledBack)),
+            "{committed:?}"
+        );
     }
     // A transaction dropped without commit leaves nothing.
     {

@@ -298,7 +298,7 @@ async fn status_lists_the_running_instances() {
 /// database per service, the shop's data in it, and the server stopped with the system.
 #[tokio::test]
 async fn the_postgres_profile_keeps_the_data_in_a_postgresql_of_its_own() {
-    let port = tessera_testkit::free_port();
+    let port = tessera_testkit::postgres::free_ports();
     let mut sys = System::start_with(Options {
         checkout: true,
         up_args: vec![

@@ -15,6 +15,7 @@ use tessera_resilience::RateLimit;
 pub use tessera_resilience::{Resilience, RetryConfig};
 
 mod cidr;
+mod database;
 mod tls;
 
 pub use cidr::Cidr;
@@ -322,64 +323,6 @@ pub enum ManifestError {
     Invalid(PathBuf, String),
 }
 
-/// Whether `url` names a database a service can open; the message never repeats the URL
-/// (it may hold a password).
-fn check_database_url(url: &str) -> Result<(), String> {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return Err("not a URL (sqlite://<file> or postgres://<user>@<host>/<database>)".into());
-    };
-    match scheme {
-        "sqlite" if !rest.is_empty() => Ok(()),
-        "postgres" | "postgresql" => {
-            let path = rest.split('?').next().unwrap_or_default();
-            // After the user (and password), if any: the host, then the database.
-            let path = path.rsplit_once('@').map_or(path, |(_, host)| host);
-            match path.split_once('/') {
-                Some((host, db)) if !host.is_empty() && !db.is_empty() => Ok(()),
-                _ => Err("a PostgreSQL URL names a host and a database: postgres://<user>@<host>/<database>".into()),
-            }
-        }
-        "sqlite" => Err("sqlite:// names no file".into()),
-        other => Err(format!(
-            "{other}:// is not a database this runs on (sqlite or postgres)"
-        )),
-    }
-}
-
-/// `text` (an error that may quote a line of the manifest) with the password of any URL in it
-/// (`scheme://user:password@`) replaced by `***`.
-fn hide_passwords(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find("://") {
-        let (before, after) = rest.split_at(at + 3);
-        out.push_str(before);
-        let end = after
-            .find(|c: char| c.is_whitespace() || c == '"' || c == '\'')
-            .unwrap_or(after.len());
-        let (authority, tail) = after.split_at(end);
-        match authority.split_once('@') {
-            Some((user, host)) if user.contains(':') => {
-                let name = user.split_once(':').map_or(user, |(n, _)| n);
-                out.push_str(&format!("{name}:***@{host}"));
-            }
-            _ => out.push_str(authority),
-        }
-        rest = tail;
-    }
-    out.push_str(rest);
-    out
-}
-
-/// Whether `url` names a read replica: a PostgreSQL database.
-fn check_replica_url(url: &str) -> Result<(), String> {
-    check_database_url(url)?;
-    if url.starts_with("sqlite") {
-        return Err("read replicas are PostgreSQL databases".into());
-    }
-    Ok(())
-}
-
 impl Manifest {
     pub fn load(path: &Path) -> Result<Self, ManifestError> {
         let text = std::fs::read_to_string(path)
@@ -392,8 +335,9 @@ impl Manifest {
     }
 
     pub fn parse(text: &str) -> Result<Self, ManifestError> {
-        let m: Manifest = toml::from_str(text)
-            .map_err(|e| ManifestError::Parse(PathBuf::new(), hide_passwords(&e.to_string())))?;
+        let m: Manifest = toml::from_str(text).map_err(|e| {
+            ManifestError::Parse(PathBuf::new(), database::hide_passwords(&e.to_string()))
+        })?;
         m.validate()
             .map_err(|msg| ManifestError::Invalid(PathBuf::new(), msg))?;
         Ok(m)
@@ -497,10 +441,11 @@ impl Manifest {
             return Err("system.name: use letters, digits, '-' or '_'".into());
         }
         if let Some(url) = &self.system.database {
-            check_database_url(url).map_err(|e| format!("system.database: {e}"))?;
+            database::check_database_url(url).map_err(|e| format!("system.database: {e}"))?;
         }
         for url in &self.system.database_replicas {
-            check_replica_url(url).map_err(|e| format!("system.database_replicas: {e}"))?;
+            database::check_replica_url(url)
+                .map_err(|e| format!("system.database_replicas: {e}"))?;
         }
         for (name, spec) in &self.services {
             if !valid_name(name) {
@@ -515,10 +460,11 @@ impl Manifest {
                 return Err(format!("services.{name}.replicas: must be 1 to 64"));
             }
             if let Some(url) = &spec.database {
-                check_database_url(url).map_err(|e| format!("services.{name}.database: {e}"))?;
+                database::check_database_url(url)
+                    .map_err(|e| format!("services.{name}.database: {e}"))?;
             }
             for url in &spec.database_replicas {
-                check_replica_url(url)
+                database::check_replica_url(url)
                     .map_err(|e| format!("services.{name}.database_replicas: {e}"))?;
             }
             for (key, topics) in [("produces", &spec.produces), ("consumes", &spec.consumes)] {

@@ -113,7 +113,7 @@ impl Db {
                 None
             } else {
                 pool.track_writes();
-                Some(postgres::Replicas::open(&replica_urls, pool.clone())?)
+                Some(postgres::Replicas::open(&replica_urls, pool.clone()).await?)
             };
             let pool = Pool {
                 backend: Backend::Postgres(pool),

@@ -14,6 +14,7 @@ use tessera::identity::{ControlKeys, Credential, Principal};
 use tessera::registry::Catalog;
 
 pub mod capture;
+mod manifest;
 pub mod postgres;
 mod process;
 
@@ -96,91 +97,6 @@ pub struct System {
     read_after: std::sync::Mutex<Option<String>>,
 }
 
-/// The checkout services' sections. `replicas`: of each stateful one (order, inventory,
-/// payment, notification); the PostgreSQL profile runs two of each on one database.
-fn checkout_services(
-    bin: &Path,
-    env: &[(&'static str, &'static str, String)],
-    replicas: u32,
-) -> String {
-    let mut out = String::new();
-    for service in [
-        "order",
-        "inventory",
-        "payment",
-        "payment-provider",
-        "notification",
-    ] {
-        let vars: Vec<String> = env
-            .iter()
-            .filter(|(s, _, _)| *s == service)
-            .map(|(_, k, v)| format!("{k} = {v:?}"))
-            .collect();
-        let replicas = if service == "payment-provider" {
-            1 // an external processor's simulator, not one of the system's own
-        } else {
-            replicas
-        };
-        out.push_str(&format!(
-            "[services.{service}]\ncommand = [\"{}/shop-{service}\"]\nreplicas = {replicas}\nenv = {{ {} }}\n{}\n\n",
-            bin.display(),
-            vars.join(", "),
-            topics(service),
-        ));
-    }
-    out
-}
-
-/// What each checkout service produces, consumes and calls, as the shop's manifest declares it.
-fn topics(service: &str) -> &'static str {
-    match service {
-        "order" => {
-            "produces = [\"order.events\", \"inventory.commands\", \"payment.commands\"]\nconsumes = [\"saga.checkout.replies\"]\ncalls = [\"catalog\"]"
-        }
-        "inventory" => {
-            "produces = [\"saga.checkout.replies\"]\nconsumes = [\"inventory.commands\"]"
-        }
-        "payment" => {
-            "produces = [\"saga.checkout.replies\"]\nconsumes = [\"payment.commands\"]\ncalls = [\"payment-provider\"]"
-        }
-        "notification" => "consumes = [\"order.events\"]",
-        _ => "",
-    }
-}
-
-/// The `[gateway]` keys the options set only when they are not the default.
-fn gateway_extra(opts: &Options, tls_port: u16) -> String {
-    let mut out = String::new();
-    if let Some(ms) = opts.body_timeout_ms {
-        out.push_str(&format!("body_timeout_ms = {ms}\n"));
-    }
-    if !opts.trusted_proxies.is_empty() {
-        out.push_str(&format!("trusted_proxies = {:?}\n", opts.trusted_proxies));
-    }
-    out.push_str(&opts.gateway);
-    out.push('\n');
-    if let Some(tls) = &opts.tls {
-        out.push_str(&format!(
-            "[gateway.tls]\nlisten = \"127.0.0.1:{tls_port}\"\nreload_ms = 100\n{tls}\n"
-        ));
-    }
-    if !opts.http2.is_empty() {
-        out.push_str(&format!("[gateway.http2]\n{}\n", opts.http2));
-    }
-    out
-}
-
-/// The services of the shop that keep data: in the PostgreSQL profile, each gets a database.
-const DATABASE_SERVICES: [&str; 7] = [
-    "auth",
-    "catalog",
-    "order",
-    "inventory",
-    "payment",
-    "payment_provider",
-    "notification",
-];
-
 pub const ADMIN_EMAIL: &str = "admin@shop.test";
 pub const ADMIN_PASSWORD: &str = "admin-password";
 
@@ -254,7 +170,7 @@ impl System {
         };
         let databases = server.filter(|_| !own_database).map(|admin| {
             let id = &dir.file_name().unwrap().to_string_lossy()[12..24];
-            let names: Vec<String> = DATABASE_SERVICES
+            let names: Vec<String> = manifest::DATABASE_SERVICES
                 .iter()
                 .map(|service| format!("t{id}_{service}"))
                 .collect();
@@ -359,12 +275,12 @@ replicas = {replicas}
             upstream_timeout = opts.upstream_timeout_ms,
             header_timeout = opts.header_timeout_ms,
             max_body = opts.max_body_bytes,
-            gateway_extra = gateway_extra(&opts, tls_port),
+            gateway_extra = manifest::gateway_extra(&opts, tls_port),
             bin = bin.display(),
             replicas = opts.catalog_replicas,
             extra = opts.extra_manifest,
             checkout = if opts.checkout {
-                checkout_services(
+                manifest::checkout_services(
                     &bin,
                     &opts.checkout_env,
                     if databases.is_some() { 2 } else { 1 },

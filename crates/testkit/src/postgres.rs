@@ -27,6 +27,20 @@ pub fn profile() -> Option<String> {
     std::env::var(PROFILE_ENV).ok().filter(|u| !u.is_empty())
 }
 
+/// Two free ports in a row (a primary's and its replica's): the first. From a range of their
+/// own, below [`crate::free_port`]'s: a server binds its ports only a second or two later,
+/// after `initdb`, and meanwhile another test's `free_port` could hand the same port to a
+/// gateway.
+pub fn free_ports() -> u16 {
+    loop {
+        let port = 15_000 + (uuid::Uuid::new_v4().as_u128() % 2_400) as u16 * 2;
+        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 1) {
+            return port;
+        }
+    }
+}
+
 /// A cluster of one test's own.
 pub struct Cluster {
     dir: PathBuf,
@@ -43,12 +57,7 @@ impl Cluster {
     pub fn start(replica: bool) -> Self {
         let dir =
             std::env::temp_dir().join(format!("tessera-pg-{}", uuid::Uuid::new_v4().simple()));
-        let port = loop {
-            let port = crate::free_port();
-            if std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-                break port;
-            }
-        };
+        let port = free_ports();
         let out = Command::new(crate::bin_dir().join("tessera"))
             .args(["postgres", "start", "--port", &port.to_string(), "--dir"])
             .arg(&dir)
@@ -129,7 +138,12 @@ impl Drop for Cluster {
 
 /// Creates database `name` on the server `admin` names; the URL of the new database.
 pub fn create_database(admin: &str, name: &str) -> String {
-    psql(admin, &format!("CREATE DATABASE \"{name}\""));
+    // FILE_COPY: a few WAL records instead of the whole template database in the log (a
+    // replica then trails by what the services write, not by megabytes of copies).
+    psql(
+        admin,
+        &format!("CREATE DATABASE \"{name}\" STRATEGY = FILE_COPY"),
+    );
     with_database(admin, name)
 }
 

@@ -38,6 +38,9 @@ pub(crate) struct Replica {
 /// The read replicas of one database.
 pub(crate) struct Replicas {
     list: Vec<Replica>,
+    /// Where the primary's log was once this service had migrated its schema: a replica that
+    /// has not replayed that far may not even have the tables, and serves nothing yet.
+    floor: u64,
     /// Round robin among the usable ones.
     next: AtomicUsize,
 }
@@ -53,7 +56,8 @@ impl std::fmt::Debug for Replicas {
 impl Replicas {
     /// Connects to `urls` (lazily: a replica down now is left out until it answers) and
     /// starts watching them against `primary`.
-    pub(crate) fn open(urls: &[PgUrl], primary: Arc<Pool>) -> Result<Arc<Self>, DbError> {
+    pub(crate) async fn open(urls: &[PgUrl], primary: Arc<Pool>) -> Result<Arc<Self>, DbError> {
+        let floor = written(&primary.connection().await?).await?;
         let list = urls
             .iter()
             .map(|url| {
@@ -66,6 +70,7 @@ impl Replicas {
             .collect::<Result<Vec<_>, DbError>>()?;
         let replicas = Arc::new(Replicas {
             list,
+            floor,
             next: AtomicUsize::new(0),
         });
         tokio::spawn(watch(Arc::downgrade(&replicas), primary));
@@ -74,6 +79,7 @@ impl Replicas {
 
     /// A replica that may serve a read that must see the log up to `read_after`.
     pub(crate) fn pick(&self, read_after: u64) -> Option<&Replica> {
+        let read_after = read_after.max(self.floor);
         let n = self.list.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         (0..n).map(|i| &self.list[(start + i) % n]).find(|r| {
