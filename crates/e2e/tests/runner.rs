@@ -121,7 +121,10 @@ async fn a_frozen_instance_expires_within_its_ttl_and_returns_when_it_wakes() {
         gone_after >= Duration::from_millis(1000),
         "not before its TTL: {gone_after:?}"
     );
-    // Meanwhile every request is served by the live replica.
+    // Meanwhile every request is served by the live replica, once the gateway's view has
+    // followed the registry's (its watch returns on the change; a loaded host may take a
+    // moment, and a request sent to the frozen instance before then waits for its timeout).
+    tokio::time::sleep(Duration::from_millis(500)).await;
     for _ in 0..10 {
         assert_eq!(sys.get("/api/catalog/products?limit=1", None).await.0, 200);
     }
