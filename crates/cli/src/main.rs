@@ -134,11 +134,12 @@ fn main() -> anyhow::Result<()> {
                 profile,
                 postgres_port,
             } => {
-                let profile = match profile {
-                    up::Profile::Postgres => up::Database::Postgres(postgres_port),
-                    up::Profile::Embedded => up::Database::Embedded,
+                let (name, database) = match profile {
+                    up::Profile::Postgres => ("postgres", up::Database::Postgres(postgres_port)),
+                    up::Profile::Embedded => ("embedded", up::Database::Embedded),
                 };
-                up::run(&cli.manifest, manifest, no_build, profile).await
+                let manifest = manifest.with_profile(name);
+                up::run(&cli.manifest, manifest, no_build, database).await
             }
             Command::Status => status(&manifest, &state_dir).await,
             Command::Postgres { .. } => unreachable!("run before the manifest is read"),

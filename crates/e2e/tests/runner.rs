@@ -298,7 +298,8 @@ async fn status_lists_the_running_instances() {
 }
 
 /// `tessera up --profile postgres`: a PostgreSQL of its own under the state directory, a
-/// database per service, the shop's data in it, and the server stopped with the system.
+/// database per service, the shop's data in it, the profile's replicas, and the server stopped
+/// with the system.
 #[tokio::test]
 async fn the_postgres_profile_keeps_the_data_in_a_postgresql_of_its_own() {
     let port = tessera_testkit::postgres::free_ports();
@@ -310,9 +311,12 @@ async fn the_postgres_profile_keeps_the_data_in_a_postgresql_of_its_own() {
             "--postgres-port".into(),
             port.to_string(),
         ],
+        // What the profile changes: two replicas of the order service on its one database.
+        extra_manifest: "[profile.postgres]\nreplicas = { order = 2 }\n".into(),
         ..Options::default()
     })
     .await;
+    assert_eq!(sys.registry().await.services["order"].len(), 2);
     let (token, _) = sys.new_user().await;
     let order = sys
         .place_order(

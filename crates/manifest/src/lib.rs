@@ -35,6 +35,22 @@ pub struct Manifest {
     pub routes: Vec<Route>,
     #[serde(default)]
     pub services: BTreeMap<String, ServiceSpec>,
+    /// What `tessera up --profile <name>` changes (`[profile.postgres]`).
+    #[serde(default, rename = "profile")]
+    pub profiles: BTreeMap<String, ProfileSpec>,
+}
+
+/// The profiles `tessera up` knows: where the services keep their data.
+pub const PROFILES: [&str; 2] = ["embedded", "postgres"];
+
+/// What a profile changes in the system it runs.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileSpec {
+    /// Replicas of these services under the profile, instead of their own `replicas`: on a
+    /// shared database a stateful service can run several (`replicas = { order = 2 }`).
+    #[serde(default)]
+    pub replicas: BTreeMap<String, u32>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -334,6 +350,18 @@ impl Manifest {
         })
     }
 
+    /// The manifest as profile `name` runs it: the overrides of its `[profile.<name>]`, if any.
+    pub fn with_profile(mut self, name: &str) -> Self {
+        if let Some(profile) = self.profiles.get(name) {
+            for (service, &replicas) in &profile.replicas {
+                if let Some(spec) = self.services.get_mut(service) {
+                    spec.replicas = replicas;
+                }
+            }
+        }
+        self
+    }
+
     pub fn parse(text: &str) -> Result<Self, ManifestError> {
         let m: Manifest = toml::from_str(text).map_err(|e| {
             ManifestError::Parse(PathBuf::new(), database::hide_passwords(&e.to_string()))
@@ -446,6 +474,26 @@ impl Manifest {
         for url in &self.system.database_replicas {
             database::check_replica_url(url)
                 .map_err(|e| format!("system.database_replicas: {e}"))?;
+        }
+        for (profile, spec) in &self.profiles {
+            if !PROFILES.contains(&profile.as_str()) {
+                return Err(format!(
+                    "profile.{profile}: no such profile (one of: {})",
+                    PROFILES.join(", ")
+                ));
+            }
+            for (service, &replicas) in &spec.replicas {
+                if !self.services.contains_key(service) {
+                    return Err(format!(
+                        "profile.{profile}.replicas.{service}: no such service"
+                    ));
+                }
+                if !(1..=64).contains(&replicas) {
+                    return Err(format!(
+                        "profile.{profile}.replicas.{service}: must be 1 to 64"
+                    ));
+                }
+            }
         }
         for (name, spec) in &self.services {
             if !valid_name(name) {
@@ -747,6 +795,33 @@ mod tests {
         assert_eq!(m.gateway.trusted_proxies.len(), 2);
         let e = Manifest::parse("[sytem]\n").unwrap_err();
         assert!(e.to_string().contains("sytem"), "{e}");
+    }
+
+    #[test]
+    fn a_profile_sets_replicas_of_named_services_only_under_it() {
+        let text = "[services.order]\ncommand = \"o\"\n[services.auth]\ncommand = \"a\"\n\
+                    [profile.postgres]\nreplicas = { order = 3 }\n";
+        let m = Manifest::parse(text).unwrap();
+        assert_eq!(m.services["order"].replicas, 1);
+        let pg = m.clone().with_profile("postgres");
+        assert_eq!(pg.services["order"].replicas, 3);
+        assert_eq!(pg.services["auth"].replicas, 1);
+        assert_eq!(m.with_profile("embedded").services["order"].replicas, 1);
+        for (bad, key) in [
+            ("[profile.postgress]\n", "profile.postgress"),
+            (
+                "[profile.postgres]\nreplicas = { ordr = 2 }\n",
+                "profile.postgres.replicas.ordr",
+            ),
+            (
+                "[profile.postgres]\nreplicas = { order = 0 }\n",
+                "profile.postgres.replicas.order",
+            ),
+        ] {
+            let e = Manifest::parse(&format!("[services.order]\ncommand = \"o\"\n{bad}"))
+                .unwrap_err();
+            assert!(e.to_string().contains(key), "{e}");
+        }
     }
 
     #[test]
