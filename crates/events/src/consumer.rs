@@ -31,7 +31,7 @@ use tessera_trace::TraceContext;
 pub struct HandlerError {
     pub message: String,
     pub retryable: bool,
-    /// The transaction lost a race with a concurrent one (a serializable database rolled
+    /// The transaction lost a race with a concurrent one (a database server rolled
     /// it back): tried again at once, not counted as a failed attempt.
     pub conflict: bool,
     /// The database could not be reached: tried again until it is back, not counted as a

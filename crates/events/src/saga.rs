@@ -298,7 +298,7 @@ impl Saga {
             match self.time_out(db, hooks, &id).await {
                 Ok(timed_out) => done += usize::from(timed_out),
                 // Another replica's ticker, or a reply, moved this saga at the same moment
-                // (a serializable database failed one of the two): it is theirs.
+                // (a database server failed one of the two): it is theirs.
                 Err(e) if e.conflict => {}
                 Err(e) => return Err(e),
             }

@@ -818,8 +818,8 @@ mod tests {
                 "profile.postgres.replicas.order",
             ),
         ] {
-            let e = Manifest::parse(&format!("[services.order]\ncommand = \"o\"\n{bad}"))
-                .unwrap_err();
+            let e =
+                Manifest::parse(&format!("[services.order]\ncommand = \"o\"\n{bad}")).unwrap_err();
             assert!(e.to_string().contains(key), "{e}");
         }
     }

@@ -199,8 +199,10 @@ impl Db {
     }
 
     /// A transaction that will write. Embedded, one runs at a time per process; on
-    /// PostgreSQL, it is serializable, and a conflict with a concurrent one fails it with an
-    /// error that [`DbError::is_busy`]. Dropped without [`Tx::commit`], it rolls back.
+    /// PostgreSQL, it reads a snapshot (repeatable read), and changing a row (or inserting a
+    /// key) that a concurrent one changed fails it with an error that
+    /// [`DbError::is_conflict`]: decide on rows the transaction also writes (`postgres.rs`).
+    /// Dropped without [`Tx::commit`], it rolls back.
     pub async fn write_tx(&self) -> Result<Tx, DbError> {
         match &self.pool.backend {
             Backend::Sqlite(pool) => {

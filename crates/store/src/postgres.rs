@@ -7,11 +7,18 @@
 //!   portable [`Value`] is written as whatever the parameter is (an integer as `int2`, `int4`,
 //!   `int8`, `bool` or a float; text as `text` or JSON), and a column comes back as the
 //!   portable [`ValueRef`] of its type (`value.rs` here).
-//! - **Write transactions are `SERIALIZABLE`.** The embedded backend runs one writer at a
+//! - **Write transactions are `REPEATABLE READ`.** The embedded backend runs one writer at a
 //!   time, so a read-then-write transaction (check the stock, then take it) can never
-//!   interleave with another. On a server several replicas write at once; serializable
-//!   isolation keeps the same guarantee by failing one of two transactions that would
-//!   interleave wrongly, and that failure is [`DbError::is_busy`]: try again.
+//!   interleave with another. On a server several replicas write at once; each transaction
+//!   works on a snapshot, and of two that change the same row (or insert the same key) one
+//!   fails with a serialization failure ([`DbError::is_conflict`]: try again). Every
+//!   read-then-write of the platform and the shop writes the rows its decision read (the
+//!   stock row it checked, the saga it advanced, the next version of an aggregate), so this
+//!   keeps the embedded guarantee. `SERIALIZABLE` would also catch decisions on rows only
+//!   read, but its predicate locks sit on index pages, and with keys that grow in order
+//!   (UUIDv7, identities) every two concurrent transactions touch the same last page: it
+//!   failed more than one transaction per checkout, and cost a quarter of the shop's
+//!   throughput, for no decision of ours (docs/BENCHMARKS.md).
 //! - **Connections can be lost.** A database that cannot be reached is
 //!   [`DbError::Unavailable`] (answered 503 `database_unavailable`), found within the pool's
 //!   connect timeout instead of hanging a request.
@@ -106,6 +113,12 @@ impl Pool {
         self.track.load(Ordering::Relaxed)
     }
 
+    /// Whether a write now should read its position: the pool has replicas and the write
+    /// serves a request.
+    fn tracks_session(&self) -> bool {
+        self.tracks_writes() && crate::session::active()
+    }
+
     /// A connection of the pool.
     ///
     /// A breaker in front: once the database could not be reached, every request for a
@@ -134,13 +147,13 @@ impl Pool {
         got
     }
 
-    /// A write transaction: serializable, on a connection of its own. Given up half-way (the
+    /// A write transaction: repeatable read, on a connection of its own. Given up half-way (the
     /// request's deadline passing during `BEGIN`), the connection is rolled back before it
     /// goes back to the pool, never left inside a transaction for the next user.
     pub(crate) async fn begin(&self) -> Result<Object, DbError> {
         let conn = InTransaction(Some(self.connection().await?));
         conn.as_ref()
-            .batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
             .await
             .map_err(|e| DbError::from_postgres(e, &self.shown))?;
         Ok(conn.keep())
@@ -154,7 +167,7 @@ impl Pool {
     pub(crate) async fn execute(&self, sql: &str, args: &[Value<'_>]) -> Result<u64, DbError> {
         let conn = self.connection().await?;
         let changed = execute(&conn, sql, args).await?;
-        if changed > 0 && self.tracks_writes() {
+        if changed > 0 && self.tracks_session() {
             record_written(&conn).await;
         }
         Ok(changed)
@@ -169,7 +182,7 @@ impl Pool {
         let conn = self.connection().await?;
         let rows = rows(&conn, sql, args, limit).await?;
         // `INSERT … RETURNING` and the like write too.
-        if self.tracks_writes() && !is_read(sql) {
+        if self.tracks_session() && !is_read(sql) {
             record_written(&conn).await;
         }
         Ok(rows)
@@ -207,27 +220,49 @@ pub(crate) async fn rows<T: FromRow>(
     rows.iter().take(limit).map(T::from_row).collect()
 }
 
-/// Ends a transaction on `conn` with `COMMIT`; with `track`, records where it reached the log.
+/// Ends a transaction on `conn` with `COMMIT`; with `track` (and a request to hand it to),
+/// records where it reached the log, read in the same exchange as the commit.
 ///
 /// A connection lost during `COMMIT` leaves the outcome unknown: that is
 /// [`DbError::Ambiguous`], never "unavailable" (which promises nothing was done). Once the
 /// commit is through, nothing can fail it: a position that cannot be read is not recorded.
 pub(crate) async fn commit(conn: Object, track: bool) -> Result<(), DbError> {
     let conn = InTransaction(Some(conn));
-    if let Err(e) = conn.as_ref().batch_execute("COMMIT").await {
-        let e = DbError::postgres(e);
-        return Err(if e.is_unavailable() {
-            DbError::Ambiguous(e.to_string())
-        } else {
-            e
-        });
-    }
-    let conn = conn.keep();
+    let track = track && crate::session::active();
+    // One round trip either way: the position is asked in the same message as the commit
+    // (a statement after a failed COMMIT does not run).
+    let sql = if track { COMMIT_THEN_WRITTEN } else { "COMMIT" };
+    let answer = match conn.as_ref().simple_query(sql).await {
+        Ok(answer) => answer,
+        Err(e) => {
+            let e = DbError::postgres(e);
+            return Err(if e.is_unavailable() {
+                DbError::Ambiguous(e.to_string())
+            } else {
+                e
+            });
+        }
+    };
+    // Back to the pool: the transaction is over.
+    drop(conn.keep());
     if track {
-        record_written(&conn).await;
+        let lsn = answer.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0)?.parse::<u64>().ok(),
+            _ => None,
+        });
+        match lsn {
+            Some(lsn) => crate::session::wrote(lsn),
+            None => tracing::warn!(
+                "no log position after a commit; a read right after it may come from a replica"
+            ),
+        }
     }
     Ok(())
 }
+
+/// `COMMIT`, then where the primary's log ends: at or past that commit.
+const COMMIT_THEN_WRITTEN: &str =
+    "COMMIT; SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint";
 
 /// Records where the primary's log is, after a write on `conn`; best effort (the write is
 /// done whatever happens here).

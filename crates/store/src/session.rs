@@ -43,6 +43,13 @@ pub async fn scope<F: Future>(read_after: Option<u64>, f: F) -> (F::Output, Opti
         .await
 }
 
+/// Whether this task serves a request (runs in a [`scope`]): only then is a write's position
+/// worth reading (work outside a request, such as a consumer's or a relay's, has no caller
+/// to hand it to).
+pub(crate) fn active() -> bool {
+    SESSION.try_with(|_| ()).is_ok()
+}
+
 /// What reads in this request must have seen (0: anything will do).
 pub(crate) fn read_after() -> u64 {
     SESSION.try_with(|s| s.read_after.get()).unwrap_or(0)

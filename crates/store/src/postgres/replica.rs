@@ -1,8 +1,11 @@
 //! Read replicas of a PostgreSQL primary: which one may serve a read, and how far each has
 //! replayed the primary's log.
 //!
-//! A watcher asks the primary where its log ends and each replica how far it has replayed,
-//! every [`WATCH_EVERY`]. A replica serves a read only when it answered the last time, is no
+//! A watcher asks each replica how far it has replayed every [`WATCH_EVERY`] while reads
+//! are asking for replicas, and every [`WATCH_IDLE`] otherwise; and the primary where its
+//! log ends (for the lag) every [`WATCH_IDLE`]: the primary is the busy server, and a
+//! position read for every replica of every service each tenth of a second was a tenth of
+//! its statements under load (docs/BENCHMARKS.md). A replica serves a read only when it answered the last time, is no
 //! more than [`MAX_LAG_BYTES`] behind, and has replayed past what the request must see
 //! ([`crate::session`]); otherwise the read goes to the primary. A replica that fails a read
 //! is left out until the watcher hears from it again, so one that is down or far behind costs
@@ -16,8 +19,10 @@ use std::time::Duration;
 use super::{PgUrl, Pool};
 use crate::DbError;
 
-/// How often the replicas' positions are read.
+/// How often the replicas' positions are read while reads want a replica.
 const WATCH_EVERY: Duration = Duration::from_millis(100);
+/// How often they are read when none does, and the primary's (for the lag) at any rate.
+const WATCH_IDLE: Duration = Duration::from_secs(1);
 /// How far behind the primary a replica may be and still serve reads.
 const MAX_LAG_BYTES: u64 = 16 << 20;
 
@@ -43,6 +48,8 @@ pub(crate) struct Replicas {
     floor: u64,
     /// Round robin among the usable ones.
     next: AtomicUsize,
+    /// A read asked for a replica since the watcher last looked.
+    wanted: AtomicBool,
 }
 
 impl std::fmt::Debug for Replicas {
@@ -72,6 +79,7 @@ impl Replicas {
             list,
             floor,
             next: AtomicUsize::new(0),
+            wanted: AtomicBool::new(false),
         });
         tokio::spawn(watch(Arc::downgrade(&replicas), primary));
         Ok(replicas)
@@ -79,6 +87,9 @@ impl Replicas {
 
     /// A replica that may serve a read that must see the log up to `read_after`.
     pub(crate) fn pick(&self, read_after: u64) -> Option<&Replica> {
+        if !self.wanted.load(Ordering::Relaxed) {
+            self.wanted.store(true, Ordering::Relaxed);
+        }
         let read_after = read_after.max(self.floor);
         let n = self.list.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
@@ -103,12 +114,20 @@ impl Replica {
 async fn watch(replicas: Weak<Replicas>, primary: Arc<Pool>) {
     let mut ticks = tokio::time::interval(WATCH_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    let idle_ticks = (WATCH_IDLE.as_millis() / WATCH_EVERY.as_millis()) as u64;
+    let mut written = None;
+    for tick in 0u64.. {
         ticks.tick().await;
         let Some(replicas) = replicas.upgrade() else {
             return;
         };
-        let written = position(&primary, WRITTEN).await.ok().flatten();
+        let due = tick % idle_ticks == 0;
+        if !due && !replicas.wanted.swap(false, Ordering::Relaxed) {
+            continue;
+        }
+        if due {
+            written = position(&primary, WRITTEN).await.ok().flatten();
+        }
         for replica in &replicas.list {
             let shown = replica.pool.shown.as_str();
             match position(&replica.pool, REPLAYED).await {
@@ -149,7 +168,11 @@ async fn watch(replicas: Weak<Replicas>, primary: Arc<Pool>) {
 /// A server's position in its log, by `sql` (one of [`WRITTEN`], [`REPLAYED`]).
 async fn position(pool: &Pool, sql: &str) -> Result<Option<u64>, DbError> {
     let conn = pool.connection().await?;
-    let row = conn.query_one(sql, &[]).await.map_err(DbError::postgres)?;
+    let stmt = conn.prepare_cached(sql).await.map_err(DbError::postgres)?;
+    let row = conn
+        .query_one(&stmt, &[])
+        .await
+        .map_err(DbError::postgres)?;
     let lsn: Option<i64> = row.try_get(0).map_err(DbError::postgres)?;
     Ok(lsn.map(|l| l as u64))
 }
