@@ -17,8 +17,8 @@
 //!   keeps the embedded guarantee. `SERIALIZABLE` would also catch decisions on rows only
 //!   read, but its predicate locks sit on index pages, and with keys that grow in order
 //!   (UUIDv7, identities) every two concurrent transactions touch the same last page: it
-//!   failed more than one transaction per checkout, and cost a quarter of the shop's
-//!   throughput, for no decision of ours (docs/BENCHMARKS.md).
+//!   failed more than one transaction per checkout, for no decision of ours
+//!   (docs/BENCHMARKS.md §3).
 //! - **Connections can be lost.** A database that cannot be reached is
 //!   [`DbError::Unavailable`] (answered 503 `database_unavailable`), found within the pool's
 //!   connect timeout instead of hanging a request.
