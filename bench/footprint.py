@@ -36,8 +36,11 @@ def tree(root):
     while todo:
         pid = todo.pop()
         for child in parents.get(pid, []):
-            with open(f"/proc/{child}/cmdline", "rb") as f:
-                argv = [a.decode() for a in f.read().split(b"\0") if a]
+            try:
+                with open(f"/proc/{child}/cmdline", "rb") as f:
+                    argv = [a.decode() for a in f.read().split(b"\0") if a]
+            except OSError:
+                continue   # ended meanwhile
             out.append((child, argv))
             todo.append(child)
     return out

@@ -1,5 +1,5 @@
 //! The store on a real PostgreSQL of the test's own (`tessera postgres start`): the same
-//! query API as embedded, migrations once under replicas starting together, serializable
+//! query API as embedded, migrations once under replicas starting together, snapshot
 //! write transactions whose conflicts say "try again", and clear errors (never a password)
 //! for what is wrong with a URL, a password or a database, or for a server that is down.
 
