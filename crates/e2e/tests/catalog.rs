@@ -213,12 +213,38 @@ async fn concurrent_views_count_exactly_across_replicas() {
     for _ in 0..100 {
         let client = sys.http.clone();
         let url = sys.url(&path);
-        tasks.spawn(async move { client.get(url).send().await.map(|r| r.status().as_u16()) });
+        tasks.spawn(async move {
+            client.get(url).send().await.map(|r| {
+                let wrote = r
+                    .headers()
+                    .get(tessera::store::session::HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(tessera::store::session::parse);
+                (r.status().as_u16(), wrote)
+            })
+        });
     }
+    // A view writes: the listing after them reads what they wrote, as a client that sends
+    // back the highest `tessera-read-after` it was given would (a read replica may lag).
+    let mut read_after = 0;
     while let Some(r) = tasks.join_next().await {
-        assert_eq!(r.unwrap().unwrap(), 200);
+        let (status, wrote) = r.unwrap().unwrap();
+        assert_eq!(status, 200);
+        read_after = read_after.max(wrote.unwrap_or(0));
     }
-    let (_, list) = sys.get("/api/catalog/products?limit=100", None).await;
+    let list: serde_json::Value = sys
+        .http
+        .get(sys.url("/api/catalog/products?limit=100"))
+        .header(
+            tessera::store::session::HEADER,
+            tessera::store::session::format(read_after),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let p = list["data"]["items"]
         .as_array()
         .unwrap()

@@ -151,9 +151,9 @@ fn every_statement_prepares_and_filters_by_an_index() {
         {
             let source = std::fs::read_to_string(file).unwrap();
             for sql in statements(&source) {
-                // A statement with a `::` cast is PostgreSQL's own (a branch on the
-                // dialect); its plan is PostgreSQL's to choose.
-                if sql.contains("::") {
+                // A statement with a `::` cast, or a table lock, is PostgreSQL's own (a
+                // branch on the dialect); its plan is PostgreSQL's to choose.
+                if sql.contains("::") || sql.starts_with("LOCK TABLE") {
                     continue;
                 }
                 checked += 1;

@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, PoolError, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
+use tokio_postgres::{NoTls, SimpleQueryMessage};
 
 pub(crate) use url::{PgUrl, is_postgres, redact};
 
@@ -225,31 +225,42 @@ pub(crate) async fn rows<T: FromRow>(
 ///
 /// A connection lost during `COMMIT` leaves the outcome unknown: that is
 /// [`DbError::Ambiguous`], never "unavailable" (which promises nothing was done). Once the
-/// commit is through, nothing can fail it: a position that cannot be read is not recorded.
+/// commit is through, nothing fails it: a position that cannot be read, or a connection lost
+/// before its answer, is not recorded (the commit's own answer is read apart from it).
 pub(crate) async fn commit(conn: Object, track: bool) -> Result<(), DbError> {
     let conn = InTransaction(Some(conn));
     let track = track && crate::session::active();
     // One round trip either way: the position is asked in the same message as the commit
     // (a statement after a failed COMMIT does not run).
     let sql = if track { COMMIT_THEN_WRITTEN } else { "COMMIT" };
-    let answer = match conn.as_ref().simple_query(sql).await {
-        Ok(answer) => answer,
-        Err(e) => {
-            let e = DbError::postgres(e);
-            return Err(if e.is_unavailable() {
-                DbError::Ambiguous(e.to_string())
-            } else {
-                e
-            });
-        }
+    let mut answers = match conn.as_ref().simple_query_raw(sql).await {
+        Ok(answers) => std::pin::pin!(answers),
+        Err(e) => return Err(commit_failed(e)),
     };
+    // The first statement's completion is the commit's: an error before it failed the
+    // commit (or left it unknown); one after it is the position's, which the commit outlives.
+    let mut committed = false;
+    let mut lsn = None;
+    loop {
+        match futures_util::StreamExt::next(&mut answers).await {
+            None => break,
+            Some(Ok(SimpleQueryMessage::CommandComplete(_))) => committed = true,
+            Some(Ok(SimpleQueryMessage::Row(row))) => {
+                lsn = row.get(0).and_then(|text| text.parse::<u64>().ok());
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) if committed => {
+                tracing::warn!(error = %e, "no log position after a commit; a read right after it may come from a replica");
+                // The connection may be in any state: closed rather than pooled.
+                drop(Object::take(conn.keep()));
+                return Ok(());
+            }
+            Some(Err(e)) => return Err(commit_failed(e)),
+        }
+    }
     // Back to the pool: the transaction is over.
     drop(conn.keep());
     if track {
-        let lsn = answer.iter().find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0)?.parse::<u64>().ok(),
-            _ => None,
-        });
         match lsn {
             Some(lsn) => crate::session::wrote(lsn),
             None => tracing::warn!(
@@ -258,6 +269,16 @@ pub(crate) async fn commit(conn: Object, track: bool) -> Result<(), DbError> {
         }
     }
     Ok(())
+}
+
+/// A `COMMIT` that did not go through: a lost connection leaves its outcome unknown.
+fn commit_failed(e: tokio_postgres::Error) -> DbError {
+    let e = DbError::postgres(e);
+    if e.is_unavailable() {
+        DbError::Ambiguous(e.to_string())
+    } else {
+        e
+    }
 }
 
 /// `COMMIT`, then where the primary's log ends: at or past that commit.
@@ -333,12 +354,18 @@ fn is_read(sql: &str) -> bool {
     false
 }
 
-/// Whether `e` asks for the transaction to be tried again: a serialization failure or a
-/// deadlock.
+/// Whether `e` asks for the transaction to be tried again: a serialization failure, a
+/// deadlock, or a duplicate key. On a snapshot, a key that a concurrent transaction added is
+/// invisible until the insert meets it, so a read-then-insert race ends in a unique
+/// violation: tried again, the transaction sees the row and decides again. (A caller that
+/// means a duplicate as an answer, "that email is taken", asks [`is_unique_violation`]
+/// first.)
 pub(crate) fn is_conflict(e: &tokio_postgres::Error) -> bool {
     use tokio_postgres::error::SqlState;
     e.code().is_some_and(|c| {
-        *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
+        *c == SqlState::T_R_SERIALIZATION_FAILURE
+            || *c == SqlState::T_R_DEADLOCK_DETECTED
+            || *c == SqlState::UNIQUE_VIOLATION
     })
 }
 

@@ -27,6 +27,15 @@ impl CurrentKey {
 /// starting together agree on one).
 pub async fn current(db: &Db) -> Result<CurrentKey, tessera::store::DbError> {
     let mut tx = db.write_tx().await?;
+    if db.dialect() == tessera::store::Dialect::Postgres {
+        // A transaction on PostgreSQL reads a snapshot: two replicas starting together would
+        // both find no key and both add one. They take turns on the table instead; taken
+        // before the first query, the lock comes before the snapshot, so the second sees the
+        // first one's key.
+        tessera::store::query("LOCK TABLE signing_keys IN SHARE ROW EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await?;
+    }
     let row: Option<(String, Vec<u8>)> = tessera::store::query_as(
         "SELECT kid, private_der FROM signing_keys WHERE retired_at IS NULL ORDER BY created_at DESC, kid DESC LIMIT 1",
     )

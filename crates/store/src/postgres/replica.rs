@@ -126,7 +126,11 @@ async fn watch(replicas: Weak<Replicas>, primary: Arc<Pool>) {
             continue;
         }
         if due {
-            written = position(&primary, WRITTEN).await.ok().flatten();
+            // A primary that does not answer now keeps the last position it gave: a lag
+            // measured against nothing would let any replica serve.
+            if let Ok(Some(now)) = position(&primary, WRITTEN).await {
+                written = Some(now);
+            }
         }
         for replica in &replicas.list {
             let shown = replica.pool.shown.as_str();
