@@ -214,7 +214,8 @@ impl Db {
             }
             Backend::Postgres(pool) => Ok(Tx {
                 conn: Some(Conn(RawConn::Postgres {
-                    conn: pool.begin().await?,
+                    conn: pool.connection().await?,
+                    begun: false,
                     failed: false,
                 })),
                 hold: Some(Hold::Postgres {
@@ -321,8 +322,11 @@ enum RawConn {
     Sqlite(rusqlite::Connection),
     /// `failed`: a statement failed, and PostgreSQL has aborted the transaction (a `COMMIT`
     /// would roll it back and say nothing): committing it is an error.
+    /// `begun`: its `BEGIN` went out (with the transaction's first statement, in the same
+    /// round trip: `postgres::begin_with`).
     Postgres {
         conn: deadpool_postgres::Object,
+        begun: bool,
         failed: bool,
     },
 }
@@ -331,8 +335,17 @@ impl Conn {
     async fn execute(&mut self, sql: &str, args: &[Value<'_>]) -> Result<u64, DbError> {
         match &mut self.0 {
             RawConn::Sqlite(raw) => sqlite::execute(raw, sql, args),
-            RawConn::Postgres { conn, failed } => {
-                let done = postgres::execute(conn, sql, args).await;
+            RawConn::Postgres {
+                conn,
+                begun,
+                failed,
+            } => {
+                let done = if *begun {
+                    postgres::execute(conn, sql, args).await
+                } else {
+                    *begun = true;
+                    postgres::begin_with(conn, postgres::execute(conn, sql, args)).await
+                };
                 *failed |= done.is_err();
                 done
             }
@@ -347,8 +360,17 @@ impl Conn {
     ) -> Result<Vec<T>, DbError> {
         match &mut self.0 {
             RawConn::Sqlite(raw) => sqlite::rows(raw, sql, args, limit),
-            RawConn::Postgres { conn, failed } => {
-                let done = postgres::rows(conn, sql, args, limit).await;
+            RawConn::Postgres {
+                conn,
+                begun,
+                failed,
+            } => {
+                let done = if *begun {
+                    postgres::rows(conn, sql, args, limit).await
+                } else {
+                    *begun = true;
+                    postgres::begin_with(conn, postgres::rows(conn, sql, args, limit)).await
+                };
                 *failed |= done.is_err();
                 done
             }
@@ -361,7 +383,17 @@ impl Tx {
     pub async fn commit(mut self) -> Result<(), DbError> {
         match (self.conn.take(), self.hold.take()) {
             (Some(Conn(RawConn::Sqlite(raw))), Some(Hold::Sqlite(hold))) => hold.commit(raw),
-            (Some(Conn(RawConn::Postgres { conn, failed })), Some(Hold::Postgres { track })) => {
+            (
+                Some(Conn(RawConn::Postgres {
+                    conn,
+                    begun,
+                    failed,
+                })),
+                Some(Hold::Postgres { track }),
+            ) => {
+                if !begun {
+                    return Ok(()); // no statement ran: nothing to commit
+                }
                 if failed {
                     postgres::abandon(conn);
                     return Err(DbError::RolledBack);
@@ -383,6 +415,8 @@ impl Drop for Tx {
     fn drop(&mut self) {
         match (self.conn.take(), self.hold.take()) {
             (Some(Conn(RawConn::Sqlite(raw))), Some(Hold::Sqlite(hold))) => hold.abandon(raw),
+            // Nothing was sent: the connection goes back as it came.
+            (Some(Conn(RawConn::Postgres { begun: false, .. })), _) => {}
             (Some(Conn(RawConn::Postgres { conn, .. })), _) => postgres::abandon(conn),
             _ => {}
         }

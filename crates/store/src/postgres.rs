@@ -19,6 +19,10 @@
 //!   (UUIDv7, identities) every two concurrent transactions touch the same last page: it
 //!   failed more than one transaction per checkout, for no decision of ours
 //!   (docs/BENCHMARKS.md §3).
+//! - **A transaction's `BEGIN` travels with its first statement** (pipelined, one round trip
+//!   for both), and a transaction that ran no statement ends without a word to the server:
+//!   every round trip is a wake-up of two processes, and a checkout runs about seven
+//!   transactions.
 //! - **Connections can be lost.** A database that cannot be reached is
 //!   [`DbError::Unavailable`] (answered 503 `database_unavailable`), found within the pool's
 //!   connect timeout instead of hanging a request.
@@ -147,18 +151,6 @@ impl Pool {
         got
     }
 
-    /// A write transaction: repeatable read, on a connection of its own. Given up half-way (the
-    /// request's deadline passing during `BEGIN`), the connection is rolled back before it
-    /// goes back to the pool, never left inside a transaction for the next user.
-    pub(crate) async fn begin(&self) -> Result<Object, DbError> {
-        let conn = InTransaction(Some(self.connection().await?));
-        conn.as_ref()
-            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-            .await
-            .map_err(|e| DbError::from_postgres(e, &self.shown))?;
-        Ok(conn.keep())
-    }
-
     /// Closes the idle connections.
     pub(crate) fn close(&self) {
         self.pool.close();
@@ -219,6 +211,22 @@ pub(crate) async fn rows<T: FromRow>(
         .map_err(DbError::postgres)?;
     rows.iter().take(limit).map(T::from_row).collect()
 }
+
+/// Runs a transaction's first statement, `first`, with its `BEGIN` sent just before it in the
+/// same round trip (tokio-postgres pipelines requests polled together): a transaction
+/// costs its statements and its `COMMIT`, not one exchange more. `BEGIN` fails only with
+/// the connection, and then the statement cannot run either; its error is the one told.
+pub(crate) async fn begin_with<T>(
+    conn: &Object,
+    first: impl Future<Output = Result<T, DbError>>,
+) -> Result<T, DbError> {
+    let (begun, done) = tokio::join!(conn.batch_execute(BEGIN), first);
+    begun.map_err(DbError::postgres)?;
+    done
+}
+
+/// How a write transaction starts: on a snapshot (see the module's docs).
+const BEGIN: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ";
 
 /// Ends a transaction on `conn` with `COMMIT`; with `track` (and a request to hand it to),
 /// records where it reached the log, read in the same exchange as the commit.
