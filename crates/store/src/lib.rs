@@ -339,16 +339,7 @@ impl Conn {
                 conn,
                 begun,
                 failed,
-            } => {
-                let done = if *begun {
-                    postgres::execute(conn, sql, args).await
-                } else {
-                    *begun = true;
-                    postgres::begin_with(conn, postgres::execute(conn, sql, args)).await
-                };
-                *failed |= done.is_err();
-                done
-            }
+            } => in_transaction(begun, failed, conn, postgres::execute(conn, sql, args)).await,
         }
     }
 
@@ -365,17 +356,29 @@ impl Conn {
                 begun,
                 failed,
             } => {
-                let done = if *begun {
-                    postgres::rows(conn, sql, args, limit).await
-                } else {
-                    *begun = true;
-                    postgres::begin_with(conn, postgres::rows(conn, sql, args, limit)).await
-                };
-                *failed |= done.is_err();
-                done
+                let rows = postgres::rows(conn, sql, args, limit);
+                in_transaction(begun, failed, conn, rows).await
             }
         }
     }
+}
+
+/// Runs `statement` in a PostgreSQL transaction on `conn`: with the transaction's `BEGIN`
+/// the first time, and remembering a failure (PostgreSQL has aborted the transaction then).
+async fn in_transaction<T>(
+    begun: &mut bool,
+    failed: &mut bool,
+    conn: &deadpool_postgres::Object,
+    statement: impl Future<Output = Result<T, DbError>>,
+) -> Result<T, DbError> {
+    let done = if *begun {
+        statement.await
+    } else {
+        *begun = true;
+        postgres::begin_with(conn, statement).await
+    };
+    *failed |= done.is_err();
+    done
 }
 
 impl Tx {
