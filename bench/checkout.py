@@ -12,6 +12,7 @@ says what saturates first; and the PostgreSQL profile's figures over SQLite's.
 
     python3 bench/checkout.py           # BENCH_RATES=50,100,200,400,800 BENCH_SECONDS=5
     BENCH_PROFILES=postgres python3 bench/checkout.py   # one profile (default: sqlite,postgres)
+    BENCH_POSTGRES_CPU=0 python3 bench/checkout.py   # PostgreSQL's servers on core 0 (with the load)
     BENCH_PERF=/tmp/shop.perf BENCH_RATES=100 python3 bench/checkout.py   # profile the shop's core (.<profile> with two)
     BENCH_WRITES=1 python3 bench/checkout.py   # also count each process's file writes per order
     BENCH_RUST_LOG=warn,tessera_store=debug python3 bench/checkout.py   # the shop's log filter (up.log)
@@ -130,6 +131,13 @@ class Shop:
             time.sleep(0.05)
         found = re.search(r"files in (.*)\)", open(self.log).read())
         self.cluster = found.group(1) if found else None
+        if os.environ.get("BENCH_POSTGRES_CPU") and self.cluster:
+            # The database servers on a core of their own (as on a host of their own): the
+            # postmasters and every process they have; later backends inherit it.
+            for pid, name in self.processes().items():
+                if name.startswith("postgres"):
+                    subprocess.run(["taskset", "-a", "-p", "-c", os.environ["BENCH_POSTGRES_CPU"], str(pid)],
+                                   capture_output=True)
         self.control_admin = credential(os.path.join(RELEASE, "tessera"), self.manifest, "admin")
         _, admin = http_json("POST", f"{self.base}/api/auth/login",
                              {"email": "admin@tessera.local", "password": "tessera-admin"})
