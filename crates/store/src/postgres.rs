@@ -72,6 +72,8 @@ pub(crate) struct Pool {
     track: AtomicBool,
     /// Until when (`epoch_ms`) the database counts as unreachable.
     down_until: AtomicU64,
+    /// How to connect, for a connection of its own outside the pool (`listen`).
+    config: tokio_postgres::Config,
 }
 
 impl Pool {
@@ -105,7 +107,63 @@ impl Pool {
             shown: url.shown.clone(),
             track: AtomicBool::new(false),
             down_until: AtomicU64::new(0),
+            config: url.config.clone(),
         })
+    }
+
+    /// Wakes `wake` whenever `channel` is notified on this database (`NOTIFY`, delivered at
+    /// the commit of the transaction that sent it), until `stop` is dropped: on a connection
+    /// of its own, remade a second after it fails, and `wake` woken then too (a notification
+    /// may have been missed meanwhile).
+    pub(crate) fn listen(
+        &self,
+        channel: &'static str,
+        wake: std::sync::Arc<tokio::sync::Notify>,
+        mut stop: tokio::sync::oneshot::Receiver<()>,
+    ) {
+        let config = self.config.clone();
+        let shown = self.shown.clone();
+        tokio::spawn(async move {
+            loop {
+                let listened = async {
+                    let (client, mut connection) = config.connect(NoTls).await?;
+                    let mut messages =
+                        futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+                    let sql = format!("LISTEN {channel}");
+                    let listen = client.batch_execute(&sql);
+                    // The connection is driven by reading its messages: both at once.
+                    let mut listen = std::pin::pin!(listen);
+                    let mut listening = false;
+                    loop {
+                        tokio::select! {
+                            done = &mut listen, if !listening => {
+                                done?;
+                                listening = true;
+                            }
+                            message = futures_util::StreamExt::next(&mut messages) => match message {
+                                Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => wake.notify_one(),
+                                Some(Ok(_)) => {}
+                                Some(Err(e)) => return Err(e),
+                                None => return Ok(()),
+                            },
+                        }
+                    }
+                };
+                tokio::select! {
+                    ended = listened => {
+                        if let Err(e) = ended {
+                            tracing::debug!(database = %shown, error = %e, channel, "not listening; trying again");
+                        }
+                    }
+                    _ = &mut stop => return,
+                }
+                wake.notify_one();
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = &mut stop => return,
+                }
+            }
+        });
     }
 
     /// From now on, writes record where they reached the log.

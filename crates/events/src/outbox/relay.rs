@@ -25,11 +25,18 @@ const LEASE_MS: i64 = 3000;
 /// How often published rows are deleted, at most.
 pub const DELETE_EVERY: Duration = Duration::from_millis(250);
 /// How often an idle relay looks for events written by other replicas.
-const IDLE_POLL: Duration = Duration::from_millis(20);
+pub(super) const IDLE_POLL: Duration = Duration::from_millis(20);
+/// The same, when the database wakes it at their commits (PostgreSQL's `LISTEN`): only in
+/// case a notification was lost.
+pub(super) const LISTENING_POLL: Duration = Duration::from_secs(1);
 /// What a publish request adds around its events (`{"events":[…]}` and commas), at most.
 const REQUEST_OVERHEAD: usize = 16;
 
 pub(super) struct Relay {
+    /// How long it waits for a wake-up when it found nothing.
+    pub idle_poll: Duration,
+    /// The database's wake-ups, while it runs (PostgreSQL).
+    pub _listening: Option<tessera_store::Listening>,
     pub db: Db,
     pub bus: Arc<dyn Bus>,
     pub holder: String,
@@ -40,6 +47,9 @@ pub(super) struct Relay {
     pub published: i64,
     /// Rows up to this id are deleted.
     pub deleted: i64,
+    /// PostgreSQL: the ids published since the last read (comma-separated), deleted by the
+    /// next read in the same statement (one round trip where two were).
+    pub gone: String,
     pub deleted_at: tokio::time::Instant,
 }
 
@@ -69,7 +79,7 @@ impl Relay {
                     }
                     tokio::select! {
                         _ = self.wake.notified() => {}
-                        _ = tokio::time::sleep(IDLE_POLL) => {}
+                        _ = tokio::time::sleep(self.idle_poll) => {}
                         _ = stop.changed() => {}
                     }
                 }
@@ -113,16 +123,21 @@ impl Relay {
             )
             .bind(self.published),
             // Ids are handed out at insert, not at commit: a row may become visible after
-            // one with a higher id, so nothing is skipped by id; each row is deleted as soon
-            // as the log has it instead.
+            // one with a higher id, so nothing is skipped by id; each row is deleted once the
+            // log has it instead, by the next read (which does not see it deleted: it leaves
+            // those ids out itself).
             Dialect::Postgres => tessera_store::query_as(
-                "SELECT id, topic, event FROM tessera_outbox WHERE topic <> '' ORDER BY id LIMIT $1",
-            ),
+                "WITH gone AS (DELETE FROM tessera_outbox WHERE id = ANY(string_to_array($1, ',')::bigint[]))
+                 SELECT id, topic, event FROM tessera_outbox
+                 WHERE topic <> '' AND id <> ALL(string_to_array($1, ',')::bigint[]) ORDER BY id LIMIT $2",
+            )
+            .bind(self.gone.as_str()),
         }
         .bind(BATCH)
         .fetch_all(self.db.pool())
         .await
         .map_err(|e| e.to_string())?;
+        self.gone.clear();
         if rows.is_empty() {
             return Ok(0);
         }
@@ -191,7 +206,7 @@ impl Relay {
     /// Publishes one topic's `rows`; what the log refuses for what it is, it parks. `Err` only
     /// for what may pass (the log unreachable or failing): then nothing is parked for the
     /// rows not yet delivered, and the caller retries them.
-    async fn deliver(&self, topic: &str, rows: &[(i64, &str)]) -> Result<usize, String> {
+    async fn deliver(&mut self, topic: &str, rows: &[(i64, &str)]) -> Result<usize, String> {
         // Ranges of `rows` still to publish, in order: a refused one is split in halves.
         let mut pending = vec![(0, rows.len())];
         let mut settled = 0;
@@ -204,13 +219,11 @@ impl Relay {
                         .increment(part.len() as u64);
                     settled += part.len();
                     if self.db.dialect() == Dialect::Postgres {
-                        tessera_store::query(
-                            "DELETE FROM tessera_outbox WHERE id = ANY(string_to_array($1, ',')::bigint[])",
-                        )
-                        .bind(id_list(part))
-                        .execute(self.db.pool())
-                        .await
-                        .map_err(|e| e.to_string())?;
+                        // Deleted by the next read (or by `delete_published`).
+                        if !self.gone.is_empty() {
+                            self.gone.push(',');
+                        }
+                        self.gone.push_str(&id_list(part));
                     }
                 }
                 Err(BusError::Forbidden(why)) => {
@@ -300,7 +313,22 @@ impl Relay {
     /// meanwhile.
     async fn delete_published(&mut self) {
         self.deleted_at = tokio::time::Instant::now();
-        // On PostgreSQL each row went as it was published, and `published` stays put.
+        // On PostgreSQL the next read deletes what went out; this is for a relay that will
+        // not read again soon (stopping, or its lease lost). `published` stays put there.
+        if !self.gone.is_empty() {
+            let deleted = tessera_store::query(
+                "DELETE FROM tessera_outbox WHERE id = ANY(string_to_array($1, ',')::bigint[])",
+            )
+            .bind(self.gone.as_str())
+            .execute(self.db.pool())
+            .await;
+            match deleted {
+                Ok(_) => self.gone.clear(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot delete published outbox rows; retrying")
+                }
+            }
+        }
         if self.published == self.deleted {
             return;
         }
