@@ -667,6 +667,59 @@ async fn an_event_committed_after_a_later_one_still_goes_out() {
     .await;
 }
 
+/// An event that another replica commits goes out at once, not at the relay's next look: on
+/// PostgreSQL the commit wakes the relay (`LISTEN`), which otherwise looks once a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_another_replica_commits_goes_out_at_its_commit() {
+    let (h, listener) = Harness::new().await;
+    h.start_control(listener);
+    let _ledger = start_ledger(&h).await;
+    // A replica of the ledger, writing to the same database (its commits wake no relay of
+    // this process).
+    let db = Db::open(&h.database_url("ledger"), tessera::events::MIGRATIONS)
+        .await
+        .unwrap();
+    let in_log = async |subject: &str| {
+        for partition in 0..4 {
+            let page = h
+                .control_json(&format!(
+                    "/v1/topics/ledger.events/events?partition={partition}&limit=1000"
+                ))
+                .await;
+            if page["events"]
+                .as_array()
+                .is_some_and(|events| events.iter().any(|e| e["event"]["subject"] == subject))
+            {
+                return true;
+            }
+        }
+        false
+    };
+    // Five times, each within 400 ms: a relay that only looked once a second would miss
+    // most of them.
+    for i in 0..5 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let subject = format!("from-the-other-replica-{i}");
+        let mut tx = db.write_tx().await.unwrap();
+        outbox::add(
+            &mut tx,
+            "ledger.events",
+            &Event::new("/ledger", "ledger.deposited", &subject, json!({"n": i})),
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        let committed = Instant::now();
+        while !in_log(&subject).await {
+            assert!(
+                committed.elapsed() < Duration::from_millis(400),
+                "event {i} not in the log 400 ms after its commit"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_from_a_service_the_topic_does_not_declare_is_dead_lettered_unhandled() {
     let (h, listener) = Harness::new().await;
