@@ -667,8 +667,8 @@ async fn an_event_committed_after_a_later_one_still_goes_out() {
     .await;
 }
 
-/// An event that another replica commits goes out at once, not at the relay's next look: on
-/// PostgreSQL the commit wakes the relay (`LISTEN`), which otherwise looks once a second.
+/// An event that another replica commits (which cannot wake this process's relay) goes out
+/// at once: an idle relay looks for such events every 20 ms.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_another_replica_commits_goes_out_at_its_commit() {
     let (h, listener) = Harness::new().await;

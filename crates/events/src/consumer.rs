@@ -70,7 +70,7 @@ impl std::fmt::Display for HandlerError {
 impl From<tessera_store::DbError> for HandlerError {
     fn from(e: tessera_store::DbError) -> Self {
         Self {
-            conflict: e.is_conflict(),
+            conflict: e.is_race(),
             outage: e.is_unavailable(),
             ..Self::retry(e.to_string())
         }

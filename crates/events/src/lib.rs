@@ -78,14 +78,6 @@ pub const MIGRATIONS: &[Migration] = &[
             "../migrations/postgres/0005_outbox_parked.sql"
         )),
     },
-    Migration {
-        version: 1_000_000_006,
-        description: "tessera outbox wakes its relays",
-        sqlite: include_str!("../migrations/0006_outbox_notify.sql"),
-        postgres: Some(include_str!(
-            "../migrations/postgres/0006_outbox_notify.sql"
-        )),
-    },
 ];
 
 /// The dead-letter topic of a consumer group.

@@ -58,9 +58,6 @@ pub async fn add(tx: &mut Tx, topic: &str, event: &Event) -> Result<(), tessera_
     Ok(())
 }
 
-/// What a transaction that adds events notifies on PostgreSQL (a trigger of the outbox).
-const OUTBOX_CHANNEL: &str = "tessera_outbox";
-
 /// A handle on the relay: wake it after committing a transaction that added events.
 #[derive(Clone)]
 pub struct Outbox {
@@ -77,15 +74,7 @@ impl Outbox {
         stop: watch::Receiver<bool>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let wake = Arc::new(Notify::new());
-        // On PostgreSQL, other replicas' commits wake it too (postgres/0006_outbox_notify.sql).
-        let listening = db.listen(OUTBOX_CHANNEL, wake.clone());
         let relay = Relay {
-            idle_poll: if listening.is_some() {
-                relay::LISTENING_POLL
-            } else {
-                relay::IDLE_POLL
-            },
-            _listening: listening,
             db,
             bus,
             holder,

@@ -86,6 +86,21 @@ impl DbError {
         }
     }
 
+    /// Whether the transaction lost a race: a conflict, or, on PostgreSQL, a duplicate key.
+    /// There a transaction reads a snapshot, so a row that a concurrent one inserted is
+    /// invisible until an insert of the same key meets it: tried again, the transaction sees
+    /// the row and decides again. (Embedded, writers take turns: a duplicate is the caller's.)
+    /// A caller that means a duplicate as an answer ("that email is taken") asks
+    /// [`is_unique_violation`] first.
+    pub fn is_race(&self) -> bool {
+        match self {
+            DbError::Postgres(e) => {
+                crate::postgres::is_conflict(e) || crate::postgres::is_unique_violation(e)
+            }
+            _ => false,
+        }
+    }
+
     /// Whether the database could not be reached: nothing was done, and waiting for it to
     /// come back is all that helps.
     pub fn is_unavailable(&self) -> bool {

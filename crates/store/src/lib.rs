@@ -225,25 +225,6 @@ impl Db {
         }
     }
 
-    /// On PostgreSQL, wakes `wake` whenever `channel` is notified on the primary (`NOTIFY`
-    /// or `pg_notify`, sent at the commit of the transaction that sent it), until the handle
-    /// returned is dropped; `None` on the embedded backend, where the writers are this
-    /// process and can wake their readers themselves.
-    pub fn listen(
-        &self,
-        channel: &'static str,
-        wake: Arc<tokio::sync::Notify>,
-    ) -> Option<Listening> {
-        match &self.pool.backend {
-            Backend::Sqlite(_) => None,
-            Backend::Postgres(pool) => {
-                let (stop, stopped) = tokio::sync::oneshot::channel();
-                pool.listen(channel, wake, stopped);
-                Some(Listening { _stop: stop })
-            }
-        }
-    }
-
     /// Flushes what the backend holds (the embedded one checkpoints its WAL into the
     /// database file) and closes the idle connections.
     pub async fn close(&self) {
@@ -315,11 +296,6 @@ impl Reader {
         }
         self.primary.rows(sql, args, limit).await
     }
-}
-
-/// A database channel listened to ([`Db::listen`]): dropped, the listening stops.
-pub struct Listening {
-    _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 /// A write transaction. Statements run on it with `&mut *tx` (or `&mut **tx` through a

@@ -72,8 +72,6 @@ pub(crate) struct Pool {
     track: AtomicBool,
     /// Until when (`epoch_ms`) the database counts as unreachable.
     down_until: AtomicU64,
-    /// How to connect, for a connection of its own outside the pool (`listen`).
-    config: tokio_postgres::Config,
 }
 
 impl Pool {
@@ -107,63 +105,7 @@ impl Pool {
             shown: url.shown.clone(),
             track: AtomicBool::new(false),
             down_until: AtomicU64::new(0),
-            config: url.config.clone(),
         })
-    }
-
-    /// Wakes `wake` whenever `channel` is notified on this database (`NOTIFY`, delivered at
-    /// the commit of the transaction that sent it), until `stop` is dropped: on a connection
-    /// of its own, remade a second after it fails, and `wake` woken then too (a notification
-    /// may have been missed meanwhile).
-    pub(crate) fn listen(
-        &self,
-        channel: &'static str,
-        wake: std::sync::Arc<tokio::sync::Notify>,
-        mut stop: tokio::sync::oneshot::Receiver<()>,
-    ) {
-        let config = self.config.clone();
-        let shown = self.shown.clone();
-        tokio::spawn(async move {
-            loop {
-                let listened = async {
-                    let (client, mut connection) = config.connect(NoTls).await?;
-                    let mut messages =
-                        futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-                    let sql = format!("LISTEN {channel}");
-                    let listen = client.batch_execute(&sql);
-                    // The connection is driven by reading its messages: both at once.
-                    let mut listen = std::pin::pin!(listen);
-                    let mut listening = false;
-                    loop {
-                        tokio::select! {
-                            done = &mut listen, if !listening => {
-                                done?;
-                                listening = true;
-                            }
-                            message = futures_util::StreamExt::next(&mut messages) => match message {
-                                Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => wake.notify_one(),
-                                Some(Ok(_)) => {}
-                                Some(Err(e)) => return Err(e),
-                                None => return Ok(()),
-                            },
-                        }
-                    }
-                };
-                tokio::select! {
-                    ended = listened => {
-                        if let Err(e) = ended {
-                            tracing::debug!(database = %shown, error = %e, channel, "not listening; trying again");
-                        }
-                    }
-                    _ = &mut stop => return,
-                }
-                wake.notify_one();
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = &mut stop => return,
-                }
-            }
-        });
     }
 
     /// From now on, writes record where they reached the log.
@@ -273,7 +215,7 @@ pub(crate) async fn rows<T: FromRow>(
 /// Runs a transaction's first statement, `first`, with its `BEGIN` sent just before it in the
 /// same round trip (tokio-postgres pipelines requests polled together): a transaction
 /// costs its statements and its `COMMIT`, not one exchange more. `BEGIN` fails only with
-/// the connection, and then the statement cannot run either; its error is the one told.
+/// the connection, and then the statement cannot run either; `BEGIN`'s error is told.
 pub(crate) async fn begin_with<T>(
     conn: &Object,
     first: impl Future<Output = Result<T, DbError>>,
@@ -420,18 +362,13 @@ fn is_read(sql: &str) -> bool {
     false
 }
 
-/// Whether `e` asks for the transaction to be tried again: a serialization failure, a
-/// deadlock, or a duplicate key. On a snapshot, a key that a concurrent transaction added is
-/// invisible until the insert meets it, so a read-then-insert race ends in a unique
-/// violation: tried again, the transaction sees the row and decides again. (A caller that
-/// means a duplicate as an answer, "that email is taken", asks [`is_unique_violation`]
-/// first.)
+/// Whether `e` asks for the transaction to be tried again: a serialization failure or a
+/// deadlock. (A duplicate key can be a race too, on a snapshot: the loops that retry a
+/// read-then-insert count [`is_unique_violation`] as one where it is.)
 pub(crate) fn is_conflict(e: &tokio_postgres::Error) -> bool {
     use tokio_postgres::error::SqlState;
     e.code().is_some_and(|c| {
-        *c == SqlState::T_R_SERIALIZATION_FAILURE
-            || *c == SqlState::T_R_DEADLOCK_DETECTED
-            || *c == SqlState::UNIQUE_VIOLATION
+        *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
     })
 }
 

@@ -115,7 +115,7 @@ impl IntoResponse for ApiError {
 
 impl From<crate::store::DbError> for ApiError {
     fn from(err: crate::store::DbError) -> Self {
-        if err.is_conflict() {
+        if err.is_race() {
             return Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 CONFLICT,

@@ -23,26 +23,25 @@ impl CurrentKey {
     }
 }
 
-/// The newest unretired key, created if there is none (under the write lock, so replicas
-/// starting together agree on one).
+/// The newest unretired key, created if there is none (replicas starting together agree on
+/// one).
 pub async fn current(db: &Db) -> Result<CurrentKey, tessera::store::DbError> {
+    // Every token issued asks: a plain read, and only a first start takes the lock below.
+    if let Some(key) = newest(db.pool()).await? {
+        return Ok(key);
+    }
     let mut tx = db.write_tx().await?;
     if db.dialect() == tessera::store::Dialect::Postgres {
         // A transaction on PostgreSQL reads a snapshot: two replicas starting together would
-        // both find no key and both add one. They take turns on the table instead; taken
-        // before the first query, the lock comes before the snapshot, so the second sees the
-        // first one's key.
+        // each find no key and each add one. They take turns on the table instead; taken
+        // before the first query, the lock comes before the snapshot, so the second sees
+        // the first one's key. (Embedded, write transactions take turns anyway.)
         tessera::store::query("LOCK TABLE signing_keys IN SHARE ROW EXCLUSIVE MODE")
             .execute(&mut *tx)
             .await?;
     }
-    let row: Option<(String, Vec<u8>)> = tessera::store::query_as(
-        "SELECT kid, private_der FROM signing_keys WHERE retired_at IS NULL ORDER BY created_at DESC, kid DESC LIMIT 1",
-    )
-    .fetch_optional(&mut *tx)
-    .await?;
-    let key = match row {
-        Some((kid, der)) => CurrentKey { kid, der },
+    let key = match newest(&mut *tx).await? {
+        Some(key) => key,
         None => {
             let key = insert_new(&mut tx).await?;
             tracing::info!(kid = %key.kid, "created a signing key");
@@ -51,6 +50,18 @@ pub async fn current(db: &Db) -> Result<CurrentKey, tessera::store::DbError> {
     };
     tx.commit().await?;
     Ok(key)
+}
+
+/// The newest unretired key, read on `on` (the pool, or a transaction).
+async fn newest<'c>(
+    on: impl tessera::store::Executor<'c>,
+) -> Result<Option<CurrentKey>, tessera::store::DbError> {
+    let row: Option<(String, Vec<u8>)> = tessera::store::query_as(
+        "SELECT kid, private_der FROM signing_keys WHERE retired_at IS NULL ORDER BY created_at DESC, kid DESC LIMIT 1",
+    )
+    .fetch_optional(on)
+    .await?;
+    Ok(row.map(|(kid, der)| CurrentKey { kid, der }))
 }
 
 /// Adds a new key that signs from now on; older keys stay in the JWKS so that tokens they

@@ -25,18 +25,11 @@ const LEASE_MS: i64 = 3000;
 /// How often published rows are deleted, at most.
 pub const DELETE_EVERY: Duration = Duration::from_millis(250);
 /// How often an idle relay looks for events written by other replicas.
-pub(super) const IDLE_POLL: Duration = Duration::from_millis(20);
-/// The same, when the database wakes it at their commits (PostgreSQL's `LISTEN`): only in
-/// case a notification was lost.
-pub(super) const LISTENING_POLL: Duration = Duration::from_secs(1);
+const IDLE_POLL: Duration = Duration::from_millis(20);
 /// What a publish request adds around its events (`{"events":[…]}` and commas), at most.
 const REQUEST_OVERHEAD: usize = 16;
 
 pub(super) struct Relay {
-    /// How long it waits for a wake-up when it found nothing.
-    pub idle_poll: Duration,
-    /// The database's wake-ups, while it runs (PostgreSQL).
-    pub _listening: Option<tessera_store::Listening>,
     pub db: Db,
     pub bus: Arc<dyn Bus>,
     pub holder: String,
@@ -79,7 +72,7 @@ impl Relay {
                     }
                     tokio::select! {
                         _ = self.wake.notified() => {}
-                        _ = tokio::time::sleep(self.idle_poll) => {}
+                        _ = tokio::time::sleep(IDLE_POLL) => {}
                         _ = stop.changed() => {}
                     }
                 }

@@ -1,2 +1,0 @@
--- PostgreSQL only (postgres/0006_outbox_notify.sql): embedded, the writers are the relay's
--- own process, which wakes it itself.
