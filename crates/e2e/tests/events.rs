@@ -604,6 +604,24 @@ async fn published_rows_leave_the_outbox_in_the_background_and_go_out_once() {
     assert_eq!(in_log().await, 21);
 }
 
+/// Whether an event about `subject` is in the ledger's topic (any partition).
+async fn ledger_event_in_log(h: &Harness, subject: &str) -> bool {
+    for partition in 0..4 {
+        let page = h
+            .control_json(&format!(
+                "/v1/topics/ledger.events/events?partition={partition}&limit=1000"
+            ))
+            .await;
+        if page["events"]
+            .as_array()
+            .is_some_and(|events| events.iter().any(|e| e["event"]["subject"] == subject))
+        {
+            return true;
+        }
+    }
+    false
+}
+
 /// Two writers of one outbox: the one that took its id first commits last. On PostgreSQL its
 /// row appears after the relay has published a row with a higher id, and must still go out
 /// (embedded, the second writer waits for the first, and both go out in order).
@@ -617,23 +635,7 @@ async fn an_event_committed_after_a_later_one_still_goes_out() {
         .await
         .unwrap();
     let event = |subject: &str| Event::new("/ledger", "ledger.deposited", subject, json!({"n": 1}));
-    // Whether an event about `subject` is in the log (any partition).
-    let in_log = async |subject: &str| {
-        for partition in 0..4 {
-            let page = h
-                .control_json(&format!(
-                    "/v1/topics/ledger.events/events?partition={partition}&limit=1000"
-                ))
-                .await;
-            if page["events"]
-                .as_array()
-                .is_some_and(|events| events.iter().any(|e| e["event"]["subject"] == subject))
-            {
-                return true;
-            }
-        }
-        false
-    };
+    let in_log = async |subject: &str| ledger_event_in_log(&h, subject).await;
     let mut first = db.write_tx().await.unwrap();
     outbox::add(&mut first, "ledger.events", &event("taken-first"))
         .await
@@ -679,22 +681,7 @@ async fn an_event_another_replica_commits_goes_out_at_its_commit() {
     let db = Db::open(&h.database_url("ledger"), tessera::events::MIGRATIONS)
         .await
         .unwrap();
-    let in_log = async |subject: &str| {
-        for partition in 0..4 {
-            let page = h
-                .control_json(&format!(
-                    "/v1/topics/ledger.events/events?partition={partition}&limit=1000"
-                ))
-                .await;
-            if page["events"]
-                .as_array()
-                .is_some_and(|events| events.iter().any(|e| e["event"]["subject"] == subject))
-            {
-                return true;
-            }
-        }
-        false
-    };
+    let in_log = async |subject: &str| ledger_event_in_log(&h, subject).await;
     // Five times, each within 400 ms: a relay that only looked once a second would miss
     // most of them.
     for i in 0..5 {
