@@ -7,8 +7,10 @@ use std::time::Duration;
 use crate::Event;
 
 mod control;
+mod nats;
 
 pub use control::{ControlBus, read_fetch_answer};
+pub use nats::{NatsBus, NatsSettings};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -123,6 +125,18 @@ pub trait Bus: Send + Sync + 'static {
         _consumer: &'a str,
     ) -> BoxFuture<'a, Result<Vec<u32>, BusError>> {
         Box::pin(async { Ok(Vec::new()) })
+    }
+
+    /// `consumer` stops consuming: what it holds in `group` is given to the others at once
+    /// rather than when its lease runs out. A log that hands partitions over by itself needs
+    /// nothing.
+    fn leave<'a>(
+        &'a self,
+        _topic: &'a str,
+        _group: &'a str,
+        _consumer: &'a str,
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async { Ok(()) })
     }
 
     /// Marks everything before `offset` on `partition` as handled by `group`.

@@ -208,6 +208,11 @@ impl Consumer {
                     }
                 }
             }
+            // And what it held goes to the group's other members now, not after its lease.
+            let leave = env.bus.leave(&self.topic, &self.group, &env.instance);
+            if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(3), leave).await {
+                tracing::debug!(topic = %self.topic, error = %e, "cannot leave the group; its lease will lapse");
+            }
         })
     }
 

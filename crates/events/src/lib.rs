@@ -4,7 +4,7 @@
 //! - [`Event`]: a CloudEvent 1.0 (JSON), carrying the W3C trace context as the `traceparent`
 //!   extension, so that one checkout is one trace across services.
 //! - [`Bus`]: the seam between services and the log. [`ControlBus`] talks to the control
-//!   plane's embedded log; NATS JetStream plugs in behind the same trait.
+//!   plane's embedded log, [`NatsBus`] to NATS JetStream (`docs/scale-out.md`).
 //! - [`outbox`]: `outbox::add(&mut tx, topic, &event)` inside the transaction that changes
 //!   state; a relay publishes after commit and retries until the log has it. A rolled-back
 //!   transaction publishes nothing; a crash between commit and publish loses nothing.
@@ -32,9 +32,12 @@ mod producers;
 pub mod saga;
 pub mod wire;
 
-pub use bus::{Batch, BoxFuture, Bus, BusError, ControlBus, Fetched, Part, read_fetch_answer};
+pub use bus::{
+    Batch, BoxFuture, Bus, BusError, ControlBus, Fetched, NatsBus, NatsSettings, Part,
+    read_fetch_answer,
+};
 pub use consumer::{Consumer, Handler, HandlerError, MintPassport};
-pub use event::{Delivery, Event};
+pub use event::{Delivery, Event, partition_of};
 pub use outbox::Tx;
 pub use producers::{PRODUCERS_ENV, Producers};
 

@@ -118,7 +118,8 @@ pub struct ServiceConfig {
     pub admin_listen: SocketAddr,
     /// `TESSERA_CONTROL_URL`: the control plane. Unset runs without a registry (tests, one-offs).
     pub control_url: Option<String>,
-    /// `TESSERA_BUS_URL`: the event log; defaults to the control plane's embedded log.
+    /// `TESSERA_BUS_URL`: the event log; defaults to the control plane's embedded log. A
+    /// `nats://` URL puts events on NATS JetStream (`docs/scale-out.md`).
     pub bus_url: Option<String>,
     /// `TESSERA_SYSTEM`: the system's name, which is also the passport audience.
     pub system: String,
@@ -191,6 +192,13 @@ impl ServiceConfig {
             .raw("TESSERA_BUS_URL")
             .or(s.raw("TESSERA_CONTROL_URL"))
             .map(|u| u.trim_end_matches('/').to_string());
+        if let Some(url) = bus_url
+            .as_deref()
+            .filter(|u| crate::events::NatsBus::handles(u))
+        {
+            crate::events::NatsSettings::parse(url)
+                .map_err(|e| ConfigError::new("TESSERA_BUS_URL", e))?;
+        }
         match &credential {
             None if control_url.is_some() || bus_url.is_some() => {
                 return Err(ConfigError::new(

@@ -40,7 +40,7 @@ use crate::config::{ServiceConfig, Settings};
 use crate::error::ApiError;
 use crate::events::consumer::ConsumerEnv;
 use crate::events::outbox::Outbox;
-use crate::events::{Bus, Consumer, ControlBus, Handler};
+use crate::events::{Bus, Consumer, ControlBus, Handler, NatsBus};
 use crate::health::Health;
 use crate::passport::{self, PassportError, PassportKeys};
 use crate::registry::{self, Discovery, Instance, Registration, RegistryClient};
@@ -77,7 +77,14 @@ impl Context {
             let (Some(db), Some(bus_url)) = (&self.db, &self.config.bus_url) else {
                 panic!("events need a database (Service::migrations) and a bus (TESSERA_BUS_URL or TESSERA_CONTROL_URL)");
             };
-            let bus: Arc<dyn Bus> = Arc::new(ControlBus::new(bus_url, credential(&self.config)));
+            let bus: Arc<dyn Bus> = if NatsBus::handles(bus_url) {
+                Arc::new(
+                    NatsBus::new(bus_url, &self.config.service, &self.config.instance)
+                        .expect("the config checked the bus URL"),
+                )
+            } else {
+                Arc::new(ControlBus::new(bus_url, credential(&self.config)))
+            };
             let (outbox, relay) =
                 Outbox::start(db.clone(), bus.clone(), self.config.instance.clone(), self.events_stop.clone());
             Events {

@@ -15,6 +15,7 @@ use tessera::registry::Catalog;
 
 pub mod capture;
 mod manifest;
+pub mod nats;
 pub mod postgres;
 mod process;
 

@@ -113,15 +113,7 @@ pub fn check_name(topic: &str) -> Result<(), LogError> {
     }
 }
 
-/// FNV-1a: stable across builds, so a key keeps its partition across upgrades.
-pub fn partition_of(key: &str, partitions: u32) -> u32 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    (h % u64::from(partitions)) as u32
-}
+pub use tessera::events::partition_of;
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,261 @@
+//! The `Bus` contract on NATS JetStream, against a real `nats-server`: what a consumer of the
+//! embedded log relies on (order per key, offsets, commits, groups sharing partitions, a dead
+//! member's partitions taken over, no duplicate from a retried publish) holds on it too.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use tessera::events::{Batch, Bus, BusError, Event, NatsBus};
+use tessera_testkit::nats::Server;
+
+fn bus(server: &Server, service: &str, instance: &str) -> NatsBus {
+    NatsBus::new(&server.url, service, instance).unwrap()
+}
+
+fn event(key: &str, n: u32) -> Event {
+    Event::new("/test", "test.happened", key, serde_json::json!({ "n": n }))
+}
+
+/// Fetches until `want` events came or `within` passed; each partition's events in order.
+async fn drain(
+    bus: &NatsBus,
+    topic: &str,
+    group: &str,
+    member: &str,
+    want: usize,
+    within: Duration,
+) -> (Vec<Event>, Vec<(u32, i64)>) {
+    let start = Instant::now();
+    let mut got = Vec::new();
+    let mut commits = Vec::new();
+    while got.len() < want && start.elapsed() < within {
+        let batch: Batch = bus
+            .fetch(topic, group, member, 100, Duration::from_millis(300))
+            .await
+            .unwrap();
+        for part in batch.parts {
+            let mut last = None;
+            for (offset, event) in part.events {
+                if let Some(prev) = last {
+                    assert!(offset > prev, "offsets increase along a partition");
+                }
+                last = Some(offset);
+                got.push(event.expect("a CloudEvent"));
+            }
+            if let Some(last) = last {
+                commits.push((part.partition, last + 1));
+            }
+        }
+    }
+    (got, commits)
+}
+
+#[tokio::test]
+async fn events_come_in_order_per_key_stamped_with_their_producer_and_committed_once() {
+    let server = Server::start();
+    let publisher = bus(&server, "order", "order-1");
+    let consumer = bus(&server, "audit", "audit-1");
+    let events: Vec<Event> = (0..40).map(|n| event(&format!("k{}", n % 5), n)).collect();
+    publisher
+        .publish("shop.orders", &events[..20])
+        .await
+        .unwrap();
+    let json: Vec<String> = events[20..]
+        .iter()
+        .map(|e| serde_json::to_string(e).unwrap())
+        .collect();
+    let refs: Vec<&str> = json.iter().map(String::as_str).collect();
+    publisher.publish_json("shop.orders", &refs).await.unwrap();
+
+    let (got, commits) = drain(
+        &consumer,
+        "shop.orders",
+        "audit",
+        "audit-1",
+        40,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(got.len(), 40);
+    let mut per_key: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for e in &got {
+        let d = e.delivery.as_ref().unwrap();
+        assert_eq!(
+            d.producer.as_deref(),
+            Some("service:order"),
+            "the producer is the publisher's"
+        );
+        per_key
+            .entry(e.key().to_string())
+            .or_default()
+            .push(e.data["n"].as_u64().unwrap());
+    }
+    for (key, ns) in per_key {
+        let mut sorted = ns.clone();
+        sorted.sort_unstable();
+        assert_eq!(
+            ns, sorted,
+            "events of {key} in the order they were published"
+        );
+    }
+    // Committed: a member of the group starting afresh gets nothing again.
+    for (p, offset) in &commits {
+        consumer
+            .commit("shop.orders", "audit", "audit-1", *p, *offset)
+            .await
+            .unwrap();
+    }
+    consumer
+        .leave("shop.orders", "audit", "audit-1")
+        .await
+        .unwrap();
+    let again = bus(&server, "audit", "audit-2");
+    let (got, _) = drain(
+        &again,
+        "shop.orders",
+        "audit",
+        "audit-2",
+        1,
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(got.is_empty(), "committed events come back: {got:?}");
+    // Another group reads them all, from the start.
+    let other = bus(&server, "mail", "mail-1");
+    let (got, _) = drain(
+        &other,
+        "shop.orders",
+        "mail",
+        "mail-1",
+        40,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(got.len(), 40);
+}
+
+#[tokio::test]
+async fn a_retried_publish_stores_an_event_once() {
+    let server = Server::start();
+    let publisher = bus(&server, "order", "order-1");
+    let e = event("k", 1);
+    for _ in 0..3 {
+        publisher
+            .publish("t", std::slice::from_ref(&e))
+            .await
+            .unwrap();
+    }
+    let consumer = bus(&server, "audit", "audit-1");
+    let (got, _) = drain(&consumer, "t", "g", "audit-1", 2, Duration::from_secs(3)).await;
+    assert_eq!(got.len(), 1, "the same event id is one event");
+}
+
+#[tokio::test]
+async fn uncommitted_events_come_back_to_the_member_that_takes_over() {
+    let server = Server::start();
+    let publisher = bus(&server, "order", "order-1");
+    let events: Vec<Event> = (0..20).map(|n| event(&format!("k{n}"), n)).collect();
+    publisher.publish("t", &events).await.unwrap();
+
+    // The first member handles everything and commits nothing, then dies without leaving.
+    {
+        let first = bus(&server, "audit", "a-1");
+        let (got, _) = drain(&first, "t", "g", "a-1", 20, Duration::from_secs(10)).await;
+        assert_eq!(got.len(), 20);
+    }
+    // The next gets them all again once the first's lease runs out (10 s).
+    let second = bus(&server, "audit", "a-2");
+    let start = Instant::now();
+    let (got, _) = drain(&second, "t", "g", "a-2", 20, Duration::from_secs(30)).await;
+    let ids: HashSet<String> = got.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(ids.len(), 20, "every uncommitted event is delivered again");
+    assert!(
+        start.elapsed() < Duration::from_secs(25),
+        "took {:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn members_of_a_group_share_the_partitions_and_no_event_goes_to_two() {
+    let server = Server::start();
+    let publisher = bus(&server, "order", "order-1");
+    let a = bus(&server, "audit", "a");
+    let b = bus(&server, "audit", "b");
+    // Both join; within a few refreshes each holds two of the four partitions.
+    let start = Instant::now();
+    let mut held: HashMap<&str, Vec<u32>> = HashMap::new();
+    while start.elapsed() < Duration::from_secs(15) {
+        a.fetch("t", "g", "a", 10, Duration::from_millis(200))
+            .await
+            .unwrap();
+        b.fetch("t", "g", "b", 10, Duration::from_millis(200))
+            .await
+            .unwrap();
+        held.insert("a", a.renew("t", "g", "a").await.unwrap());
+        held.insert("b", b.renew("t", "g", "b").await.unwrap());
+        if held["a"].len() == 2 && held["b"].len() == 2 {
+            break;
+        }
+    }
+    assert_eq!((held["a"].len(), held["b"].len()), (2, 2), "{held:?}");
+    let all: HashSet<u32> = held.values().flatten().copied().collect();
+    assert_eq!(all.len(), 4, "no partition held twice: {held:?}");
+
+    let events: Vec<Event> = (0..60).map(|n| event(&format!("k{n}"), n)).collect();
+    publisher.publish("t", &events).await.unwrap();
+    let (from_a, from_b) = tokio::join!(
+        drain(&a, "t", "g", "a", 60, Duration::from_secs(4)),
+        drain(&b, "t", "g", "b", 60, Duration::from_secs(4)),
+    );
+    let ids_a: HashSet<String> = from_a.0.iter().map(|e| e.id.clone()).collect();
+    let ids_b: HashSet<String> = from_b.0.iter().map(|e| e.id.clone()).collect();
+    assert!(ids_a.is_disjoint(&ids_b), "an event went to both members");
+    assert_eq!(ids_a.len() + ids_b.len(), 60);
+    assert!(!ids_a.is_empty() && !ids_b.is_empty());
+
+    // One leaves (a stopping consumer does): the other takes its partitions at once.
+    a.leave("t", "g", "a").await.unwrap();
+    let start = Instant::now();
+    loop {
+        b.fetch("t", "g", "b", 10, Duration::from_millis(200))
+            .await
+            .unwrap();
+        if b.renew("t", "g", "b").await.unwrap().len() == 4 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "b never took a's partitions"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_error_and_an_unreachable_server_is_unavailable() {
+    let server = Server::start();
+    let publisher = bus(&server, "order", "order-1");
+    for bad in ["", "a..b", "a b", "a.*"] {
+        let e = publisher.publish(bad, &[event("k", 1)]).await.unwrap_err();
+        assert!(matches!(e, BusError::Refused(_)), "{bad:?}: {e}");
+    }
+    let e = publisher
+        .publish_json("t", &["{\"hello\":1}"])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, BusError::Refused(ref m) if m.contains("CloudEvent")),
+        "{e}"
+    );
+    let big = Event::new("/t", "t", "k", "x".repeat(2 * 1024 * 1024));
+    let e = publisher.publish("t", &[big]).await.unwrap_err();
+    assert!(matches!(e, BusError::TooLarge(_)), "{e}");
+
+    let port = tessera_testkit::free_port();
+    let nowhere =
+        NatsBus::new(&format!("nats://svc:secret@127.0.0.1:{port}"), "order", "o").unwrap();
+    let e = nowhere.publish("t", &[event("k", 1)]).await.unwrap_err();
+    assert!(e.is_retryable(), "{e}");
+    assert!(!e.to_string().contains("secret"), "{e}");
+    assert!(NatsBus::new("nats://h:1?replicas=9", "order", "o").is_err());
+}

@@ -1,0 +1,892 @@
+//! The [`Bus`](super::Bus) on NATS JetStream, for systems that outgrow the embedded log.
+//!
+//! The mapping (`docs/scale-out.md` has it for operators):
+//!
+//! - A **stream per topic** (`<prefix>-<topic>`, dots and underscores escaped), subjects
+//!   `<prefix>.<topic>.<producer>.<partition>`. The partition is chosen from the event's key
+//!   as the embedded log chooses it ([`partition_of`]), so events of one key stay in order. The
+//!   producer token is the publishing service's name: with one NATS user per service whose
+//!   permissions allow publishing only under its own token (`tessera up --profile
+//!   distributed` writes them; `docs/scale-out.md` shows them), the server, not the event,
+//!   says who published, as the embedded log's stamp does.
+//! - Every publish carries the event id as `Nats-Msg-Id`, so the outbox relay's retries
+//!   within the stream's duplicate window never store an event twice; and the trace context
+//!   as `traceparent`.
+//! - A **durable pull consumer per group and partition** (`<group>-<partition>`), acked after
+//!   the inbox transaction commits (ack-all: the commit of an offset is an ack of the last
+//!   message before it). One member of a group pulls a partition at a time, so events of one
+//!   key are handled in order, one at a time (`group.rs` says who holds what).
+//! - Retries, backoff and dead letters stay the consumer's own, as on the embedded log: an
+//!   event it gives up on goes to the group's dead-letter topic, a stream like any other.
+//!
+//! Offsets are stream sequence numbers: increasing along a partition, with gaps (the other
+//! partitions' events are in between).
+
+mod group;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, Message, consumer, context, kv, message::Acker, stream};
+use async_nats::{HeaderMap, ServerAddr};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use super::{Batch, BoxFuture, Bus, BusError, Part};
+use crate::{Delivery, Event, partition_of};
+
+/// How long a member holds its partitions without fetching or renewing, and how long a
+/// delivered message waits for its ack before JetStream hands it out again.
+const LEASE: Duration = Duration::from_secs(10);
+
+/// How many messages a partition may have delivered and not yet acked.
+const MAX_ACK_PENDING: i64 = 1024;
+
+/// NATS's default `max_payload`, until the server says its own.
+const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
+
+/// Where JetStream is and how to use it, from a `nats://` URL:
+/// `nats://[user:password@]host:port[,host:port…][?partitions=4&replicas=3&prefix=tessera]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NatsSettings {
+    pub servers: Vec<String>,
+    pub user: Option<(String, String)>,
+    /// The first token of every subject, and of every stream's and bucket's name.
+    pub prefix: String,
+    /// Partitions per topic: every process of a system must use the same number.
+    pub partitions: u32,
+    /// Copies of each stream (1, or 3 on a cluster of three).
+    pub replicas: usize,
+}
+
+impl NatsSettings {
+    /// Reads a `nats://` URL; what is wrong with it, naming the part, never the password.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let rest = url
+            .strip_prefix("nats://")
+            .ok_or("a NATS URL starts with nats://")?;
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let rest = rest.trim_end_matches('/');
+        let (user, hosts) = match rest.rsplit_once('@') {
+            Some((userinfo, hosts)) => {
+                let (name, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+                (Some((decode(name)?, decode(password)?)), hosts)
+            }
+            None => (None, rest),
+        };
+        let servers: Vec<String> = hosts
+            .split(',')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(|h| format!("nats://{h}"))
+            .collect();
+        if servers.is_empty() {
+            return Err("a NATS URL names at least one host:port".into());
+        }
+        for s in &servers {
+            s.parse::<ServerAddr>()
+                .map_err(|e| format!("server {:?}: {e}", &s["nats://".len()..]))?;
+        }
+        let mut settings = Self {
+            servers,
+            user,
+            prefix: "tessera".into(),
+            partitions: 4,
+            replicas: 1,
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let number = |max: u64| {
+                value
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| (1..=max).contains(n))
+                    .ok_or(format!("{key} must be a number from 1 to {max}"))
+            };
+            match key {
+                "partitions" => settings.partitions = number(1024)? as u32,
+                "replicas" => settings.replicas = number(5)? as usize,
+                "prefix" => {
+                    if !valid_token(value) {
+                        return Err("prefix must be letters, digits, '-' or '_'".into());
+                    }
+                    settings.prefix = value.into();
+                }
+                other => return Err(format!("unknown setting {other:?}")),
+            }
+        }
+        Ok(settings)
+    }
+}
+
+/// Percent-decoding of a URL's user or password.
+fn decode(s: &str) -> Result<String, String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or("a bad %-escape in the URL's user or password")?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "the URL's user or password is not UTF-8".into())
+}
+
+fn valid_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// A name for streams, consumers and keys that has no dots: `_` as `__`, `.` as `_-`, so that
+/// two topics never share one.
+fn escape(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    for c in name.chars() {
+        match c {
+            '_' => out.push_str("__"),
+            '.' => out.push_str("_-"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A topic's name must make subjects: 1 to 200 of a-z, A-Z, 0-9, '-', '_', and dots between
+/// non-empty parts (as the embedded log's rule, less the empty parts a subject cannot have).
+fn check_topic(topic: &str) -> Result<(), BusError> {
+    let ok = topic.len() <= 200 && topic.split('.').all(valid_token);
+    if ok {
+        Ok(())
+    } else {
+        Err(BusError::Refused(format!(
+            "topic {topic:?}: a topic name is 1 to 200 of a-z, A-Z, 0-9, '-', '_' and dots between them"
+        )))
+    }
+}
+
+/// The event log on NATS JetStream.
+pub struct NatsBus {
+    settings: NatsSettings,
+    /// The subject token this process publishes under: its service's name.
+    service: String,
+    /// The connection's name, as the server's monitoring shows it.
+    instance: String,
+    conn: tokio::sync::OnceCell<Conn>,
+    /// Topics whose stream this process has made sure of.
+    streams: Mutex<HashSet<String>>,
+    members: Mutex<HashMap<(String, String, String), Arc<Member>>>,
+}
+
+struct Conn {
+    js: jetstream::Context,
+    groups: kv::Store,
+    max_payload: usize,
+}
+
+impl NatsBus {
+    /// The bus at `url` (`nats://…`), publishing as `service`; connects at first use.
+    pub fn new(url: &str, service: &str, instance: &str) -> Result<Self, String> {
+        Ok(Self {
+            settings: NatsSettings::parse(url)?,
+            service: service.to_string(),
+            instance: instance.to_string(),
+            conn: tokio::sync::OnceCell::new(),
+            streams: Mutex::default(),
+            members: Mutex::default(),
+        })
+    }
+
+    /// Whether `url` is one for this bus.
+    pub fn handles(url: &str) -> bool {
+        url.starts_with("nats://")
+    }
+
+    async fn conn(&self) -> Result<&Conn, BusError> {
+        self.conn
+            .get_or_try_init(|| async {
+                let s = &self.settings;
+                let mut options = async_nats::ConnectOptions::new()
+                    .name(&self.instance)
+                    .connection_timeout(Duration::from_secs(2));
+                if let Some((user, password)) = &s.user {
+                    options = options.user_and_password(user.clone(), password.clone());
+                }
+                let servers: Vec<ServerAddr> = s
+                    .servers
+                    .iter()
+                    .map(|a| a.parse().expect("checked when the URL was read"))
+                    .collect();
+                let hosts = || {
+                    s.servers
+                        .iter()
+                        .map(|a| &a["nats://".len()..])
+                        .collect::<Vec<_>>()
+                        .join(",")
+                };
+                let client = options.connect(servers).await.map_err(|e| {
+                    BusError::Unavailable(format!("cannot connect to NATS at {}: {e}", hosts()))
+                })?;
+                let max_payload = client.server_info().max_payload;
+                let js = jetstream::new(client);
+                let bucket = format!("{}-groups", s.prefix);
+                let groups = match js.get_key_value(&bucket).await {
+                    Ok(store) => store,
+                    Err(_) => {
+                        // The bucket's stream made as the client's `create_key_value` makes it,
+                        // which first reads the account's limits in a form NATS 2.9 does not
+                        // answer in.
+                        js.get_or_create_stream(stream::Config {
+                            name: format!("KV_{bucket}"),
+                            description: Some(
+                                "Tessera consumer groups: who holds which partition".into(),
+                            ),
+                            subjects: vec![format!("$KV.{bucket}.>")],
+                            max_messages_per_subject: 1,
+                            discard: stream::DiscardPolicy::New,
+                            allow_rollup: true,
+                            deny_delete: true,
+                            allow_direct: true,
+                            num_replicas: s.replicas,
+                            storage: stream::StorageType::File,
+                            ..Default::default()
+                        })
+                        .await
+                        .map_err(|e| {
+                            BusError::Unavailable(format!("cannot make KV bucket {bucket}: {e}"))
+                        })?;
+                        js.get_key_value(&bucket).await.map_err(|e| {
+                            BusError::Unavailable(format!("cannot open KV bucket {bucket}: {e}"))
+                        })?
+                    }
+                };
+                Ok(Conn {
+                    js,
+                    groups,
+                    max_payload,
+                })
+            })
+            .await
+    }
+
+    fn stream_name(&self, topic: &str) -> String {
+        format!("{}-{}", self.settings.prefix, escape(topic))
+    }
+
+    /// The topic's stream, created if it is not there yet.
+    async fn stream(&self, conn: &Conn, topic: &str) -> Result<stream::Stream, BusError> {
+        let name = self.stream_name(topic);
+        let config = stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{}.{topic}.*.*", self.settings.prefix)],
+            storage: stream::StorageType::File,
+            num_replicas: self.settings.replicas,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        };
+        let stream = conn
+            .js
+            .get_or_create_stream(config)
+            .await
+            .map_err(|e| BusError::Unavailable(format!("cannot make stream {name}: {e}")))?;
+        self.streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(topic.to_string());
+        Ok(stream)
+    }
+
+    fn stream_known(&self, topic: &str) -> bool {
+        self.streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(topic)
+    }
+
+    /// Publishes events already in JSON, each with its id and key read from it.
+    async fn publish_raw(&self, topic: &str, events: &[&str]) -> Result<(), BusError> {
+        check_topic(topic)?;
+        let conn = self.conn().await?;
+        let mut messages = Vec::with_capacity(events.len());
+        for (i, json) in events.iter().enumerate() {
+            let head: Head<'_> = serde_json::from_str(json)
+                .map_err(|e| BusError::Refused(format!("event {i} is not a CloudEvent: {e}")))?;
+            if head.specversion != "1.0" || head.id.is_empty() {
+                return Err(BusError::Refused(format!(
+                    "event {i}: specversion must be \"1.0\" and id not empty"
+                )));
+            }
+            if json.len() + 256 > conn.max_payload {
+                return Err(BusError::TooLarge(format!(
+                    "event {i} is {} bytes; NATS takes {} a message",
+                    json.len(),
+                    conn.max_payload
+                )));
+            }
+            let key = head
+                .partitionkey
+                .as_deref()
+                .or(head.subject.as_deref())
+                .unwrap_or(&head.id);
+            let partition = partition_of(key, self.settings.partitions);
+            let subject = format!(
+                "{}.{topic}.{}.{partition}",
+                self.settings.prefix, self.service
+            );
+            let mut headers = HeaderMap::new();
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, head.id.as_ref());
+            if let Some(tp) = head.traceparent.as_deref() {
+                headers.insert("traceparent", tp);
+            }
+            messages.push((subject, headers, Bytes::copy_from_slice(json.as_bytes())));
+        }
+        if !self.stream_known(topic) {
+            self.stream(conn, topic).await?;
+        }
+        match self.send(conn, &messages).await {
+            // Deleted since this process made sure of it: made again, and the whole batch
+            // sent again (what got in before is a duplicate by its id).
+            Err(e) if e.kind() == context::PublishErrorKind::StreamNotFound => {
+                self.stream(conn, topic).await?;
+                self.send(conn, &messages).await.map_err(publish_error)
+            }
+            other => other.map_err(publish_error),
+        }
+    }
+
+    /// Sends every message, then waits for every acknowledgement: one round trip for a batch.
+    async fn send(
+        &self,
+        conn: &Conn,
+        messages: &[(String, HeaderMap, Bytes)],
+    ) -> Result<(), context::PublishError> {
+        let mut acks = Vec::with_capacity(messages.len());
+        for (subject, headers, payload) in messages {
+            acks.push(
+                conn.js
+                    .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+                    .await?,
+            );
+        }
+        for ack in acks {
+            ack.await?;
+        }
+        Ok(())
+    }
+
+    fn member(&self, topic: &str, group: &str, consumer: &str) -> Arc<Member> {
+        let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+        members
+            .entry((topic.to_string(), group.to_string(), consumer.to_string()))
+            .or_insert_with(|| {
+                let (tx, rx) = mpsc::channel(MAX_ACK_PENDING as usize);
+                Arc::new(Member {
+                    topic: topic.to_string(),
+                    group: group.to_string(),
+                    consumer: consumer.to_string(),
+                    key: format!("{}.{}", escape(topic), escape(group)),
+                    state: tokio::sync::Mutex::new(MemberState {
+                        held: Vec::new(),
+                        wanting: true,
+                        balanced: None,
+                        tx,
+                        rx,
+                        pullers: HashMap::new(),
+                        consumers: HashMap::new(),
+                        next_gen: 0,
+                        unacked: HashMap::new(),
+                    }),
+                })
+            })
+            .clone()
+    }
+
+    /// Refreshes `member`'s lease in its group, and pulls exactly the partitions it holds.
+    async fn refresh(
+        &self,
+        conn: &Conn,
+        member: &Member,
+        state: &mut MemberState,
+        may_release: bool,
+    ) -> Result<(), BusError> {
+        let now = tessera_trace::unix_now_ms().max(0) as u64;
+        let partitions = self.settings.partitions;
+        let (held, share) = group::change(&conn.groups, &member.key, |g| {
+            let held = g.refresh(&member.consumer, now, LEASE, partitions, may_release);
+            let share = partitions.div_ceil(g.members.len() as u32);
+            (held, share)
+        })
+        .await?;
+        if may_release {
+            state.balanced = Some(Instant::now());
+        }
+        state.wanting = (held.len() as u32) < share;
+        // Given back: stop pulling, and hand what was delivered and not handled back at once.
+        let gone: Vec<u32> = state
+            .pullers
+            .keys()
+            .copied()
+            .filter(|p| !held.contains(p))
+            .collect();
+        for p in gone {
+            if let Some((_, task)) = state.pullers.remove(&p) {
+                task.abort();
+            }
+            for (_, acker) in state.unacked.remove(&p).unwrap_or_default() {
+                let _ = acker.ack_with(jetstream::AckKind::Nak(None)).await;
+            }
+        }
+        for &p in &held {
+            if state.pullers.contains_key(&p) {
+                continue;
+            }
+            let pull = match state.consumers.get(&p) {
+                Some(c) => c.clone(),
+                None => {
+                    let c = self.durable(conn, &member.topic, &member.group, p).await?;
+                    state.consumers.insert(p, c.clone());
+                    c
+                }
+            };
+            state.next_gen += 1;
+            let generation = state.next_gen;
+            let task = tokio::spawn(pull_partition(pull, p, generation, state.tx.clone()));
+            state.pullers.insert(p, (generation, task));
+        }
+        state.held = held;
+        Ok(())
+    }
+
+    /// The group's durable consumer of `partition`, created if it is not there yet.
+    async fn durable(
+        &self,
+        conn: &Conn,
+        topic: &str,
+        group: &str,
+        partition: u32,
+    ) -> Result<consumer::PullConsumer, BusError> {
+        let stream = self.stream(conn, topic).await?;
+        let name = format!("{}-{partition}", escape(group));
+        stream
+            .get_or_create_consumer(
+                &name,
+                consumer::pull::Config {
+                    durable_name: Some(name.clone()),
+                    description: Some(format!("Tessera group {group}, partition {partition}")),
+                    filter_subject: format!("{}.{topic}.*.{partition}", self.settings.prefix),
+                    ack_policy: consumer::AckPolicy::All,
+                    ack_wait: LEASE,
+                    max_ack_pending: MAX_ACK_PENDING,
+                    deliver_policy: consumer::DeliverPolicy::All,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| {
+                BusError::Unavailable(format!("cannot make consumer {name} on {topic}: {e}"))
+            })
+    }
+
+    /// Everything delivered for `member` within `wait`, up to `max` events.
+    async fn fetch_for(
+        &self,
+        member: &Member,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Batch, BusError> {
+        let conn = self.conn().await?;
+        let mut state = member.state.lock().await;
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut got = Vec::new();
+        loop {
+            let due = match state.balanced {
+                None => true,
+                Some(at) => {
+                    at.elapsed() >= LEASE / 3 || (state.wanting && at.elapsed() >= LOOK_AGAIN)
+                }
+            };
+            if due {
+                self.refresh(conn, member, &mut state, true).await?;
+            }
+            let look = tokio::time::Instant::now() + LOOK_AGAIN;
+            match tokio::time::timeout_at(look.min(deadline), state.rx.recv()).await {
+                Ok(Some(d)) => {
+                    got.push(d);
+                    while got.len() < max {
+                        match state.rx.try_recv() {
+                            Ok(d) => got.push(d),
+                            Err(_) => break,
+                        }
+                    }
+                    let batch = self.batch(&mut state, got, &member.topic).await;
+                    if !batch.is_empty() {
+                        return Ok(batch);
+                    }
+                    got = Vec::new();
+                }
+                Ok(None) => unreachable!("the member keeps a sender"),
+                Err(_) if tokio::time::Instant::now() >= deadline => {
+                    return Ok(Batch {
+                        parts: Vec::new(),
+                        lease: Some(LEASE),
+                    });
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Turns delivered messages into a batch, keeping their acks; a message of a partition
+    /// given back since it was pulled is handed back.
+    async fn batch(&self, state: &mut MemberState, got: Vec<Delivered>, topic: &str) -> Batch {
+        let mut parts: Vec<Part> = Vec::new();
+        for d in got {
+            let current = state.pullers.get(&d.partition).map(|(g, _)| *g) == Some(d.generation);
+            if !current {
+                let _ = d.acker.ack_with(jetstream::AckKind::Nak(None)).await;
+                continue;
+            }
+            let offset = d.sequence as i64;
+            let event = serde_json::from_slice::<Event>(&d.payload)
+                .map(|mut event| {
+                    event.delivery = Some(Delivery {
+                        partition: d.partition,
+                        offset,
+                        producer: d.producer.map(|p| format!("service:{p}")),
+                    });
+                    event
+                })
+                // Why, then the text itself on the next line, as the other bus gives it.
+                .map_err(|e| format!("{e}\n{}", String::from_utf8_lossy(&d.payload)));
+            state
+                .unacked
+                .entry(d.partition)
+                .or_default()
+                .push_back((d.sequence, d.acker));
+            match parts.iter_mut().find(|p| p.partition == d.partition) {
+                Some(part) => part.events.push((offset, event)),
+                None => parts.push(Part {
+                    partition: d.partition,
+                    events: vec![(offset, event)],
+                }),
+            }
+        }
+        if !parts.is_empty() {
+            metrics::counter!("tessera_events_fetched_total", "topic" => topic.to_string(), "bus" => "nats")
+                .increment(parts.iter().map(|p| p.events.len() as u64).sum());
+        }
+        Batch {
+            parts,
+            lease: Some(LEASE),
+        }
+    }
+}
+
+impl Drop for NatsBus {
+    /// Stops pulling: what was pulled and not committed is handed out again after the ack
+    /// wait, as for a process that died.
+    fn drop(&mut self) {
+        let members = self.members.get_mut().unwrap_or_else(|e| e.into_inner());
+        for member in members.values() {
+            if let Ok(mut state) = member.state.try_lock() {
+                for (_, (_, task)) in state.pullers.drain() {
+                    task.abort();
+                }
+            }
+        }
+    }
+}
+
+/// How often a member that holds less than its share looks for a partition given back.
+const LOOK_AGAIN: Duration = Duration::from_secs(1);
+
+/// The attributes of a CloudEvent the bus reads to publish it.
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(borrow)]
+    specversion: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    id: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    subject: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    partitionkey: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    traceparent: Option<std::borrow::Cow<'a, str>>,
+}
+
+fn publish_error(e: context::PublishError) -> BusError {
+    match e.kind() {
+        context::PublishErrorKind::MaxPayloadExceeded => BusError::TooLarge(e.to_string()),
+        _ => BusError::Unavailable(format!("NATS did not take the events: {e}")),
+    }
+}
+
+/// One member of a group on one topic, in this process.
+struct Member {
+    topic: String,
+    group: String,
+    consumer: String,
+    /// The group's document in the groups bucket.
+    key: String,
+    state: tokio::sync::Mutex<MemberState>,
+}
+
+struct MemberState {
+    held: Vec<u32>,
+    /// Holding less than a fair share at the last refresh: looks again sooner.
+    wanting: bool,
+    /// When it last took its fair share (renewals while handling a batch keep what it holds).
+    balanced: Option<Instant>,
+    tx: mpsc::Sender<Delivered>,
+    rx: mpsc::Receiver<Delivered>,
+    /// The task pulling each held partition, with the generation its messages carry.
+    pullers: HashMap<u32, (u64, tokio::task::JoinHandle<()>)>,
+    consumers: HashMap<u32, consumer::PullConsumer>,
+    next_gen: u64,
+    /// What was handed out and not yet committed, per partition, in order.
+    unacked: HashMap<u32, VecDeque<(u64, Acker)>>,
+}
+
+/// A message pulled for a member.
+struct Delivered {
+    partition: u32,
+    generation: u64,
+    sequence: u64,
+    producer: Option<String>,
+    payload: Bytes,
+    acker: Acker,
+}
+
+/// Pulls `partition`'s durable consumer into `tx` until aborted; what JetStream delivers
+/// again of what was already passed on (a handler slower than the ack wait) is not passed on
+/// twice.
+async fn pull_partition(
+    pull: consumer::PullConsumer,
+    partition: u32,
+    generation: u64,
+    tx: mpsc::Sender<Delivered>,
+) {
+    let mut last = 0u64;
+    loop {
+        let messages = pull
+            .stream()
+            .max_messages_per_batch(256)
+            .expires(Duration::from_secs(5))
+            .heartbeat(Duration::from_millis(2500))
+            .messages()
+            .await;
+        let mut messages = match messages {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(partition, error = %e, "cannot pull from NATS; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        while let Some(next) = messages.next().await {
+            let message: Message = match next {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::debug!(partition, error = %e, "pull interrupted; pulling again");
+                    break;
+                }
+            };
+            let Ok(info) = message.info() else { continue };
+            let sequence = info.stream_sequence;
+            if sequence <= last {
+                continue;
+            }
+            last = sequence;
+            // `<prefix>.<topic…>.<producer>.<partition>`: the producer is the next to last token.
+            let producer = message.subject.rsplit('.').nth(1).map(str::to_string);
+            let (message, acker) = message.split();
+            let delivered = Delivered {
+                partition,
+                generation,
+                sequence,
+                producer,
+                payload: message.payload,
+                acker,
+            };
+            if tx.send(delivered).await.is_err() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+impl Bus for NatsBus {
+    fn publish<'a>(
+        &'a self,
+        topic: &'a str,
+        events: &'a [Event],
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            let json = events
+                .iter()
+                .map(serde_json::to_string)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| BusError::Refused(e.to_string()))?;
+            let refs: Vec<&str> = json.iter().map(String::as_str).collect();
+            self.publish_raw(topic, &refs).await
+        })
+    }
+
+    fn publish_json<'a>(
+        &'a self,
+        topic: &'a str,
+        events: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(self.publish_raw(topic, events))
+    }
+
+    fn max_publish_bytes(&self) -> usize {
+        self.conn
+            .get()
+            .map_or(DEFAULT_MAX_PAYLOAD, |c| c.max_payload)
+    }
+
+    fn fetch<'a>(
+        &'a self,
+        topic: &'a str,
+        group: &'a str,
+        consumer: &'a str,
+        max: usize,
+        wait: Duration,
+    ) -> BoxFuture<'a, Result<Batch, BusError>> {
+        Box::pin(async move {
+            check_topic(topic)?;
+            let member = self.member(topic, group, consumer);
+            self.fetch_for(&member, max.max(1), wait).await
+        })
+    }
+
+    fn renew<'a>(
+        &'a self,
+        topic: &'a str,
+        group: &'a str,
+        consumer: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<u32>, BusError>> {
+        Box::pin(async move {
+            let conn = self.conn().await?;
+            let member = self.member(topic, group, consumer);
+            let mut state = member.state.lock().await;
+            self.refresh(conn, &member, &mut state, false).await?;
+            // What is being handled is not handed out again meanwhile.
+            for queue in state.unacked.values() {
+                for (_, acker) in queue {
+                    let _ = acker.ack_with(jetstream::AckKind::Progress).await;
+                }
+            }
+            Ok(state.held.clone())
+        })
+    }
+
+    fn commit<'a>(
+        &'a self,
+        topic: &'a str,
+        group: &'a str,
+        consumer: &'a str,
+        partition: u32,
+        offset: i64,
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            let member = self.member(topic, group, consumer);
+            let mut state = member.state.lock().await;
+            if !state.held.contains(&partition) {
+                return Err(BusError::Lost(format!(
+                    "partition {partition} of {topic} is no longer held by {consumer}"
+                )));
+            }
+            let queue = state.unacked.entry(partition).or_default();
+            let mut last = None;
+            while queue.front().is_some_and(|(seq, _)| (*seq as i64) < offset) {
+                last = queue.pop_front().map(|(_, acker)| acker);
+            }
+            // Ack-all: the last one handled acknowledges every one before it.
+            if let Some(acker) = last {
+                acker
+                    .ack()
+                    .await
+                    .map_err(|e| BusError::Unavailable(format!("cannot ack on NATS: {e}")))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn leave<'a>(
+        &'a self,
+        topic: &'a str,
+        group: &'a str,
+        consumer: &'a str,
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            let Some(conn) = self.conn.get() else {
+                return Ok(());
+            };
+            let member = self.member(topic, group, consumer);
+            let mut state = member.state.lock().await;
+            for (_, (_, task)) in state.pullers.drain() {
+                task.abort();
+            }
+            let unacked: Vec<_> = state.unacked.drain().collect();
+            for (_, acker) in unacked.into_iter().flat_map(|(_, q)| q) {
+                let _ = acker.ack_with(jetstream::AckKind::Nak(None)).await;
+            }
+            state.held.clear();
+            group::change(&conn.groups, &member.key, |g| g.leave(consumer)).await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_read_and_what_is_wrong_is_named_without_the_password() {
+        let s = NatsSettings::parse("nats://svc:p%40ss@10.0.0.1:4222,10.0.0.2:4222/?replicas=3")
+            .unwrap();
+        assert_eq!(s.servers, ["nats://10.0.0.1:4222", "nats://10.0.0.2:4222"]);
+        assert_eq!(s.user, Some(("svc".into(), "p@ss".into())));
+        assert_eq!(
+            (s.replicas, s.partitions, s.prefix.as_str()),
+            (3, 4, "tessera")
+        );
+        for (url, says) in [
+            ("http://x:4222", "nats://"),
+            ("nats://", "at least one"),
+            ("nats://u:secret@h:4222?replicas=0", "replicas"),
+            ("nats://u:secret@h:4222?colour=red", "colour"),
+            ("nats://u:secret@h:4222?prefix=a.b", "prefix"),
+        ] {
+            let e = NatsSettings::parse(url).unwrap_err();
+            assert!(e.contains(says), "{url}: {e}");
+            assert!(!e.contains("secret"), "{url}: {e}");
+        }
+    }
+
+    #[test]
+    fn names_never_collide_and_topics_make_subjects() {
+        assert_ne!(escape("a.b"), escape("a_b"));
+        assert_ne!(escape("a_-"), escape("a."));
+        assert_eq!(escape("shop.orders"), "shop_-orders");
+        assert!(check_topic("shop.orders").is_ok());
+        for bad in ["", "a..b", ".a", "a.", "a b", "a*", "a>"] {
+            assert!(check_topic(bad).is_err(), "{bad:?}");
+        }
+    }
+}
