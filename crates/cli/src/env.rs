@@ -45,6 +45,9 @@ pub fn of(
         ));
     }
     env.extend(crate::tls::identity_env(manifest, state_dir, principal)?);
+    if let Some(url) = manifest.bus_of(principal) {
+        env.push(("TESSERA_BUS_URL".into(), url));
+    }
     if let Some(name) = principal.strip_prefix("service:") {
         env.push(("TESSERA_SERVICE".into(), name.to_string()));
         if let Some(url) = manifest.database_of(name) {

@@ -72,6 +72,10 @@ pub struct System {
     /// Read replicas of each service's database, `{service}` as in `database`.
     #[serde(default)]
     pub database_replicas: Vec<String>,
+    /// Where events go (`docs/scale-out.md`): a `nats://` URL puts them on NATS JetStream,
+    /// `{service}` standing for each process's name (a NATS user of its own); None: the
+    /// control plane's embedded log.
+    pub bus: Option<String>,
 }
 
 /// Whether the system's processes speak mutual TLS among themselves.
@@ -93,6 +97,7 @@ impl Default for System {
             mtls: Mtls::Auto,
             database: None,
             database_replicas: Vec::new(),
+            bus: None,
         }
     }
 }
@@ -432,6 +437,13 @@ impl Manifest {
         Some(template.replace("{service}", &service.replace('-', "_")))
     }
 
+    /// The bus URL of `principal`'s process (`service:order`, `control`): `system.bus` with
+    /// `{service}` replaced by its name; None for the embedded log.
+    pub fn bus_of(&self, principal: &str) -> Option<String> {
+        let name = principal.strip_prefix("service:").unwrap_or(principal);
+        Some(self.system.bus.as_ref()?.replace("{service}", name))
+    }
+
     /// The read replicas of `service`'s database: its own, else (when its database is the
     /// system's) `system.database_replicas` with `{service}` replaced as in
     /// [`Manifest::database_of`].
@@ -474,6 +486,11 @@ impl Manifest {
         for url in &self.system.database_replicas {
             database::check_replica_url(url)
                 .map_err(|e| format!("system.database_replicas: {e}"))?;
+        }
+        if let Some(url) = &self.system.bus
+            && !url.starts_with("nats://")
+        {
+            return Err("system.bus: a nats:// URL (or none, for the embedded log)".into());
         }
         for (profile, spec) in &self.profiles {
             if !PROFILES.contains(&profile.as_str()) {

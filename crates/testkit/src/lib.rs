@@ -193,6 +193,11 @@ impl System {
             }
             _ => database,
         };
+        // The NATS profile: events on JetStream, under a subject prefix of this system's own.
+        let bus = nats::profile().map_or(String::new(), |url| {
+            let id = &dir.file_name().unwrap().to_string_lossy()[12..24];
+            format!("bus = \"{url}?prefix=t{id}&lease_ms=2000\"")
+        });
         let manifest = format!(
             r#"
 [system]
@@ -200,6 +205,7 @@ name = "shop-test"
 state_dir = "state"
 mtls = "{mtls}"
 {database}
+{bus}
 
 [control]
 listen = "127.0.0.1:{control_port}"

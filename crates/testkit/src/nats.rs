@@ -1,10 +1,21 @@
 //! NATS for the tests, always a real `nats-server` with JetStream (Debian's `nats-server`
 //! package): one of a test's own on a free loopback port, its store in a temporary directory,
-//! stopped (by its PID) and removed with it.
+//! stopped (by its PID) and removed with it; or the server the test command started for a
+//! whole run of the suite in the NATS profile ([`PROFILE_ENV`]), on which every
+//! [`crate::System`] puts its events under a subject prefix of its own.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// The environment variable naming the NATS server of the profile (`nats://host:port`);
+/// unset: events on the control plane's embedded log.
+pub const PROFILE_ENV: &str = "TESSERA_TEST_NATS";
+
+/// The server of the NATS profile, if this run is in it.
+pub fn profile() -> Option<String> {
+    std::env::var(PROFILE_ENV).ok().filter(|u| !u.is_empty())
+}
 
 /// A `nats-server` of one test's own.
 pub struct Server {

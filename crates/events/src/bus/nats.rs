@@ -12,10 +12,12 @@
 //! - Every publish carries the event id as `Nats-Msg-Id`, so the outbox relay's retries
 //!   within the stream's duplicate window never store an event twice; and the trace context
 //!   as `traceparent`.
-//! - A **durable pull consumer per group and partition** (`<group>-<partition>`), acked after
-//!   the inbox transaction commits (ack-all: the commit of an offset is an ack of the last
-//!   message before it). One member of a group pulls a partition at a time, so events of one
-//!   key are handled in order, one at a time (`group.rs` says who holds what).
+//! - A **durable pull consumer per group and partition** (`<group>-<partition>`), each
+//!   message acked after the inbox transaction commits (the commit of an offset acks every
+//!   message handed out before it). One member of a group pulls a partition at a time, so
+//!   events of one key are handled in order, one at a time (`group.rs` says who holds what);
+//!   a member taking a partition over waits out the ack wait first if messages are still
+//!   unacked, so that what its predecessor left comes again before anything newer.
 //! - Retries, backoff and dead letters stay the consumer's own, as on the embedded log: an
 //!   event it gives up on goes to the group's dead-letter topic, a stream like any other.
 //!
@@ -38,10 +40,6 @@ use tokio::sync::mpsc;
 use super::{Batch, BoxFuture, Bus, BusError, Part};
 use crate::{Delivery, Event, partition_of};
 
-/// How long a member holds its partitions without fetching or renewing, and how long a
-/// delivered message waits for its ack before JetStream hands it out again.
-const LEASE: Duration = Duration::from_secs(10);
-
 /// How many messages a partition may have delivered and not yet acked.
 const MAX_ACK_PENDING: i64 = 1024;
 
@@ -49,7 +47,7 @@ const MAX_ACK_PENDING: i64 = 1024;
 const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
 
 /// Where JetStream is and how to use it, from a `nats://` URL:
-/// `nats://[user:password@]host:port[,host:port…][?partitions=4&replicas=3&prefix=tessera]`.
+/// `nats://[user:password@]host:port[,host:port…][?partitions=4&replicas=3&prefix=tessera&lease_ms=10000]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NatsSettings {
     pub servers: Vec<String>,
@@ -60,6 +58,9 @@ pub struct NatsSettings {
     pub partitions: u32,
     /// Copies of each stream (1, or 3 on a cluster of three).
     pub replicas: usize,
+    /// How long a member holds its partitions without fetching or renewing, and how long a
+    /// delivered message waits for its ack before JetStream hands it out again.
+    pub lease: Duration,
 }
 
 impl NatsSettings {
@@ -96,6 +97,7 @@ impl NatsSettings {
             prefix: "tessera".into(),
             partitions: 4,
             replicas: 1,
+            lease: Duration::from_secs(10),
         };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -109,6 +111,7 @@ impl NatsSettings {
             match key {
                 "partitions" => settings.partitions = number(1024)? as u32,
                 "replicas" => settings.replicas = number(5)? as usize,
+                "lease_ms" => settings.lease = Duration::from_millis(number(600_000)?),
                 "prefix" => {
                     if !valid_token(value) {
                         return Err("prefix must be letters, digits, '-' or '_'".into());
@@ -423,7 +426,13 @@ impl NatsBus {
         let now = tessera_trace::unix_now_ms().max(0) as u64;
         let partitions = self.settings.partitions;
         let (held, share) = group::change(&conn.groups, &member.key, |g| {
-            let held = g.refresh(&member.consumer, now, LEASE, partitions, may_release);
+            let held = g.refresh(
+                &member.consumer,
+                now,
+                self.settings.lease,
+                partitions,
+                may_release,
+            );
             let share = partitions.div_ceil(g.members.len() as u32);
             (held, share)
         })
@@ -461,7 +470,13 @@ impl NatsBus {
             };
             state.next_gen += 1;
             let generation = state.next_gen;
-            let task = tokio::spawn(pull_partition(pull, p, generation, state.tx.clone()));
+            let task = tokio::spawn(pull_partition(
+                pull,
+                p,
+                generation,
+                self.settings.lease,
+                state.tx.clone(),
+            ));
             state.pullers.insert(p, (generation, task));
         }
         state.held = held;
@@ -485,8 +500,8 @@ impl NatsBus {
                     durable_name: Some(name.clone()),
                     description: Some(format!("Tessera group {group}, partition {partition}")),
                     filter_subject: format!("{}.{topic}.*.{partition}", self.settings.prefix),
-                    ack_policy: consumer::AckPolicy::All,
-                    ack_wait: LEASE,
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: self.settings.lease,
                     max_ack_pending: MAX_ACK_PENDING,
                     deliver_policy: consumer::DeliverPolicy::All,
                     ..Default::default()
@@ -513,7 +528,8 @@ impl NatsBus {
             let due = match state.balanced {
                 None => true,
                 Some(at) => {
-                    at.elapsed() >= LEASE / 3 || (state.wanting && at.elapsed() >= LOOK_AGAIN)
+                    at.elapsed() >= self.settings.lease / 3
+                        || (state.wanting && at.elapsed() >= LOOK_AGAIN)
                 }
             };
             if due {
@@ -539,7 +555,7 @@ impl NatsBus {
                 Err(_) if tokio::time::Instant::now() >= deadline => {
                     return Ok(Batch {
                         parts: Vec::new(),
-                        lease: Some(LEASE),
+                        lease: Some(self.settings.lease),
                     });
                 }
                 Err(_) => {}
@@ -557,6 +573,12 @@ impl NatsBus {
                 let _ = d.acker.ack_with(jetstream::AckKind::Nak(None)).await;
                 continue;
             }
+            // Handed out already and not yet committed (JetStream gave it again while it waited
+            // in this process): the copy in hand is the one.
+            let queue = state.unacked.entry(d.partition).or_default();
+            if queue.iter().any(|(seq, _)| *seq == d.sequence) {
+                continue;
+            }
             let offset = d.sequence as i64;
             let event = serde_json::from_slice::<Event>(&d.payload)
                 .map(|mut event| {
@@ -569,11 +591,7 @@ impl NatsBus {
                 })
                 // Why, then the text itself on the next line, as the other bus gives it.
                 .map_err(|e| format!("{e}\n{}", String::from_utf8_lossy(&d.payload)));
-            state
-                .unacked
-                .entry(d.partition)
-                .or_default()
-                .push_back((d.sequence, d.acker));
+            queue.push_back((d.sequence, d.acker));
             match parts.iter_mut().find(|p| p.partition == d.partition) {
                 Some(part) => part.events.push((offset, event)),
                 None => parts.push(Part {
@@ -582,13 +600,17 @@ impl NatsBus {
                 }),
             }
         }
+        // What came again after a takeover goes before what is newer.
+        for part in &mut parts {
+            part.events.sort_by_key(|(offset, _)| *offset);
+        }
         if !parts.is_empty() {
             metrics::counter!("tessera_events_fetched_total", "topic" => topic.to_string(), "bus" => "nats")
                 .increment(parts.iter().map(|p| p.events.len() as u64).sum());
         }
         Batch {
             parts,
-            lease: Some(LEASE),
+            lease: Some(self.settings.lease),
         }
     }
 }
@@ -669,16 +691,22 @@ struct Delivered {
     acker: Acker,
 }
 
-/// Pulls `partition`'s durable consumer into `tx` until aborted; what JetStream delivers
-/// again of what was already passed on (a handler slower than the ack wait) is not passed on
-/// twice.
+/// Pulls `partition`'s durable consumer into `tx` until aborted.
 async fn pull_partition(
     pull: consumer::PullConsumer,
     partition: u32,
     generation: u64,
+    ack_wait: Duration,
     tx: mpsc::Sender<Delivered>,
 ) {
-    let mut last = 0u64;
+    // Taking over from a member that died (or gave the partition back with messages still
+    // on their way to it): what it was handed and never acked comes again once its ack wait
+    // runs out, and JetStream hands out what is due again before anything new. Waiting that
+    // long before the first pull keeps those first, so events of one key stay in order.
+    match pull.get_info().await {
+        Ok(info) if info.num_ack_pending > 0 => tokio::time::sleep(ack_wait).await,
+        _ => {}
+    }
     loop {
         let messages = pull
             .stream()
@@ -705,10 +733,6 @@ async fn pull_partition(
             };
             let Ok(info) = message.info() else { continue };
             let sequence = info.stream_sequence;
-            if sequence <= last {
-                continue;
-            }
-            last = sequence;
             // `<prefix>.<topic…>.<producer>.<partition>`: the producer is the next to last token.
             let producer = message.subject.rsplit('.').nth(1).map(str::to_string);
             let (message, acker) = message.split();
@@ -811,13 +835,14 @@ impl Bus for NatsBus {
                     "partition {partition} of {topic} is no longer held by {consumer}"
                 )));
             }
+            // Each handled message acked by itself: one acked past another the member has not
+            // handled yet (handed out again after a takeover) must not ack that one too.
             let queue = state.unacked.entry(partition).or_default();
-            let mut last = None;
-            while queue.front().is_some_and(|(seq, _)| (*seq as i64) < offset) {
-                last = queue.pop_front().map(|(_, acker)| acker);
-            }
-            // Ack-all: the last one handled acknowledges every one before it.
-            if let Some(acker) = last {
+            let (done, rest): (VecDeque<_>, VecDeque<_>) = std::mem::take(queue)
+                .into_iter()
+                .partition(|(seq, _)| (*seq as i64) < offset);
+            *queue = rest;
+            for (_, acker) in done {
                 acker
                     .ack()
                     .await
