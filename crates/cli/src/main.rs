@@ -183,6 +183,7 @@ fn main() -> anyhow::Result<()> {
                 let config = tessera_control::ControlConfig {
                     settle: std::time::Duration::from_millis(manifest.control.heartbeat_ms * 2),
                     data_dir: state_dir.join("control"),
+                    bus_url: manifest.bus_of("control"),
                     keys: Arc::new(keys::control_keys(&state_dir)?),
                     policy: Arc::new(policy(&manifest)),
                     log: tessera_control::events::LogConfig {

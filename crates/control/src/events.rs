@@ -28,10 +28,12 @@
 //! | `offsets.rs` | groups' committed offsets: loading and committing them |
 //! | `dead_letters.rs` | listing and replaying dead letters |
 //! | `error.rs` | what a call can fail with |
+//! | `backend.rs` | the API in front of this log, or of NATS JetStream when events are there |
 //! | `api.rs` | the HTTP API over all of it |
 
 pub mod api;
 mod appender;
+mod backend;
 mod config;
 mod dead_letters;
 mod error;
@@ -45,6 +47,7 @@ mod schema;
 mod testing;
 mod topic;
 
+pub use backend::Log;
 pub use config::LogConfig;
 pub use error::LogError;
 pub use fetch::Stored;

@@ -36,6 +36,9 @@ pub struct ControlConfig {
     pub settle: Duration,
     /// Where the event log lives.
     pub data_dir: PathBuf,
+    /// Where events are when not in the embedded log: a `nats://` URL (`system.bus`); the
+    /// event API then stands in front of NATS JetStream.
+    pub bus_url: Option<String>,
     pub log: events::LogConfig,
     /// The keys that check every caller's credential.
     pub keys: Arc<ControlKeys>,
@@ -51,7 +54,7 @@ pub struct ControlConfig {
 /// and metrics outside it.
 pub fn router(
     registry: Registry,
-    log: events::EventLog,
+    log: events::Log,
     keys: Arc<ControlKeys>,
     policy: Arc<Policy>,
 ) -> Router {
@@ -102,7 +105,16 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     tessera::metrics::handle();
-    let log = events::EventLog::open(&config.data_dir, config.log.clone()).await?;
+    let log = match config.bus_url.as_deref() {
+        Some(url) if tessera::events::NatsBus::handles(url) => {
+            let bus = tessera::events::NatsBus::new(url, "control", "control")
+                .map_err(|e| anyhow::anyhow!("TESSERA_BUS_URL: {e}"))?;
+            events::Log::Nats(Arc::new(bus))
+        }
+        _ => events::Log::Embedded(
+            events::EventLog::open(&config.data_dir, config.log.clone()).await?,
+        ),
+    };
     let registry = Registry::new(config.settle);
     registry.spawn_sweeper(Duration::from_millis(200));
     let tls = tessera::tls::internal::get().map(|tls| {

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use tessera::ApiError;
-use tessera::events::dead_letter_topic;
+use tessera::events::{dead_letter_topic, owns_group};
 use tessera::identity::Principal;
 
 /// The topics one service publishes to and reads.
@@ -145,14 +145,6 @@ impl Caller {
             self.principal
         )))
     }
-}
-
-/// Whether consumer group `group` is `service`'s: named after it, or `<service>.<more>`.
-fn owns_group(service: &str, group: &str) -> bool {
-    group == service
-        || group
-            .strip_prefix(service)
-            .is_some_and(|rest| rest.starts_with('.') && rest.len() > 1)
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {

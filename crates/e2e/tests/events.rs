@@ -38,6 +38,8 @@ struct Harness {
     http: reqwest::Client,
     /// In the PostgreSQL profile: the server, and the databases made for this harness.
     databases: Option<(String, std::sync::Mutex<Vec<String>>)>,
+    /// In the NATS profile: where the events are (under a subject prefix of this harness's).
+    bus: Option<String>,
 }
 
 impl Drop for Harness {
@@ -66,6 +68,10 @@ impl Harness {
                 http: reqwest::Client::new(),
                 databases: tessera_testkit::postgres::profile()
                     .map(|admin| (admin, std::sync::Mutex::default())),
+                bus: tessera_testkit::nats::profile().map(|url| {
+                    let id = uuid::Uuid::new_v4().simple().to_string();
+                    format!("{url}?prefix=ev{}&lease_ms=2000", &id[..12])
+                }),
             },
             listener,
         )
@@ -89,6 +95,7 @@ impl Harness {
 
     fn start_control(&self, listener: TcpListener) {
         let config = tessera_control::ControlConfig {
+            bus_url: self.bus.clone(),
             settle: Duration::ZERO,
             data_dir: self.dir.join("control"),
             log: tessera_control::events::LogConfig {
@@ -132,7 +139,9 @@ impl Harness {
     }
 
     fn settings(&self, name: &str) -> Settings {
+        let bus = self.bus.clone().unwrap_or_else(|| self.control.clone());
         Settings::from_map([
+            ("TESSERA_BUS_URL", bus),
             ("TESSERA_SERVICE", name.to_string()),
             ("TESSERA_CONTROL_URL", self.control.clone()),
             (
@@ -1063,9 +1072,22 @@ async fn a_dead_letter_too_large_for_the_log_goes_without_its_data() {
     // letter is larger than the log takes.
     let frame = json!({"specversion": "1.0", "id": "huge", "source": "/ledger", "type": "ledger.deposited",
                        "subject": "acc0", "data": {"n": 1, "poison": true, "pad": ""}});
-    let room = tessera::events::wire::MAX_PUBLISH_BYTES
-        - json!({ "events": [frame] }).to_string().len()
-        - 8;
+    let room = match &h.bus {
+        // NATS takes an event as one message (up to its `max_payload`).
+        Some(url) => {
+            use tessera::events::Bus;
+            let probe = tessera::events::NatsBus::new(url, "ledger", "probe").unwrap();
+            probe
+                .publish("probe", &[Event::new("/probe", "probe", "p", json!({}))])
+                .await
+                .unwrap();
+            probe.max_publish_bytes() - frame.to_string().len()
+        }
+        None => {
+            tessera::events::wire::MAX_PUBLISH_BYTES
+                - json!({ "events": [frame] }).to_string().len()
+        }
+    } - 8;
     let mut huge = frame.clone();
     huge["data"]["pad"] = json!("x".repeat(room));
     h.publish("ledger.events", &[huge]).await;

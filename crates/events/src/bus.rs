@@ -10,7 +10,7 @@ mod control;
 mod nats;
 
 pub use control::{ControlBus, read_fetch_answer};
-pub use nats::{NatsBus, NatsSettings};
+pub use nats::{NatsBus, NatsSettings, Stored};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

@@ -33,7 +33,7 @@ pub mod saga;
 pub mod wire;
 
 pub use bus::{
-    Batch, BoxFuture, Bus, BusError, ControlBus, Fetched, NatsBus, NatsSettings, Part,
+    Batch, BoxFuture, Bus, BusError, ControlBus, Fetched, NatsBus, NatsSettings, Part, Stored,
     read_fetch_answer,
 };
 pub use consumer::{Consumer, Handler, HandlerError, MintPassport};
@@ -82,6 +82,14 @@ pub const MIGRATIONS: &[Migration] = &[
         )),
     },
 ];
+
+/// Whether consumer group `group` is `service`'s: named after it, or `<service>.<more>`.
+pub fn owns_group(service: &str, group: &str) -> bool {
+    group == service
+        || group
+            .strip_prefix(service)
+            .is_some_and(|rest| rest.starts_with('.') && rest.len() > 1)
+}
 
 /// The dead-letter topic of a consumer group.
 pub fn dead_letter_topic(group: &str) -> String {

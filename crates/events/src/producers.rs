@@ -69,6 +69,28 @@ impl Producers {
         self.declared.is_some()
     }
 
+    /// `Ok` if `service` may publish to `topic`: a topic declared as its, or the dead-letter
+    /// topic of one of its consumer groups; else why not. With no declaration, anything (the
+    /// log decides).
+    pub fn may_publish(&self, service: &str, topic: &str) -> Result<(), String> {
+        let Some(declared) = &self.declared else {
+            return Ok(());
+        };
+        let produces = declared
+            .get(topic)
+            .is_some_and(|services| services.iter().any(|s| s == service));
+        let own_dead_letters = topic
+            .strip_prefix("deadletter.")
+            .is_some_and(|group| crate::owns_group(service, group));
+        if produces || own_dead_letters {
+            Ok(())
+        } else {
+            Err(format!(
+                "service:{service} may not publish to {topic}: the manifest does not list it under the service's produces"
+            ))
+        }
+    }
+
     /// `Ok` if an event delivered from `topic` as `delivery` says comes from one of the
     /// topic's declared producers; else why not.
     pub fn check(&self, topic: &str, delivery: Option<&Delivery>) -> Result<(), String> {
@@ -103,6 +125,24 @@ impl Producers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_service_publishes_its_own_topics_and_its_groups_dead_letters() {
+        let p = Producers::parse("orders=order;payments=payment").unwrap();
+        assert!(p.may_publish("order", "orders").is_ok());
+        assert!(p.may_publish("order", "deadletter.order").is_ok());
+        assert!(p.may_publish("order", "deadletter.order.audit").is_ok());
+        for (service, topic) in [
+            ("order", "payments"),
+            ("order", "deadletter.payment"),
+            ("order", "deadletter.orders"),
+            ("order", "unknown"),
+        ] {
+            let e = p.may_publish(service, topic).unwrap_err();
+            assert!(e.contains("may not publish"), "{e}");
+        }
+        assert!(Producers::unchecked().may_publish("x", "y").is_ok());
+    }
 
     fn from(producer: Option<&str>) -> Delivery {
         Delivery {

@@ -80,7 +80,8 @@ impl Context {
             let bus: Arc<dyn Bus> = if NatsBus::handles(bus_url) {
                 Arc::new(
                     NatsBus::new(bus_url, &self.config.service, &self.config.instance)
-                        .expect("the config checked the bus URL"),
+                        .expect("the config checked the bus URL")
+                        .with_producers(self.config.producers.clone()),
                 )
             } else {
                 Arc::new(ControlBus::new(bus_url, credential(&self.config)))

@@ -31,13 +31,13 @@ use tessera::events::wire::{
     Position, PublishAnswer, PublishRequest, RenewAnswer, RenewRequest, default_max,
 };
 
+use super::backend::Log;
 use super::error::LogError;
 use super::fetch::Stored;
 use super::groups::GroupError;
-use super::log::EventLog;
 use crate::policy::Caller;
 
-pub fn routes(log: EventLog) -> Router {
+pub fn routes(log: Log) -> Router {
     Router::new()
         .route("/v1/topics", get(describe))
         .route(
@@ -55,7 +55,7 @@ pub fn routes(log: EventLog) -> Router {
 }
 
 async fn publish(
-    State(log): State<EventLog>,
+    State(log): State<Log>,
     caller: Caller,
     Path(topic): Path<String>,
     tessera::Json(body): tessera::Json<PublishRequest<Vec<Box<RawValue>>>>,
@@ -73,7 +73,7 @@ async fn publish(
 }
 
 async fn fetch(
-    State(log): State<EventLog>,
+    State(log): State<Log>,
     caller: Caller,
     Path(topic): Path<String>,
     tessera::Json(body): tessera::Json<FetchRequest<'static>>,
@@ -132,13 +132,13 @@ async fn fetch(
 }
 
 async fn renew(
-    State(log): State<EventLog>,
+    State(log): State<Log>,
     caller: Caller,
     Path(topic): Path<String>,
     tessera::Json(b): tessera::Json<RenewRequest<'static>>,
 ) -> Result<Json<RenewAnswer>, ApiError> {
     caller.may_consume(&topic, &b.group)?;
-    let partitions = log.renew(&topic, &b.group, &b.consumer)?;
+    let partitions = log.renew(&topic, &b.group, &b.consumer).await?;
     Ok(Json(RenewAnswer { partitions }))
 }
 
@@ -152,7 +152,7 @@ fn delivered(s: &Stored) -> Delivered<'_> {
 }
 
 async fn commit(
-    State(log): State<EventLog>,
+    State(log): State<Log>,
     caller: Caller,
     Path(topic): Path<String>,
     tessera::Json(b): tessera::Json<CommitRequest<'static>>,
@@ -174,7 +174,7 @@ struct BrowseQuery {
 }
 
 async fn browse(
-    State(log): State<EventLog>,
+    State(log): State<Log>,
     caller: Caller,
     Path(topic): Path<String>,
     query: Result<Query<BrowseQuery>, QueryRejection>,
@@ -186,7 +186,7 @@ async fn browse(
             "partition, from and limit are whole numbers",
         ));
     };
-    match log.partitions(&topic) {
+    match log.partitions(&topic).await {
         None => return Ok(Json(serde_json::json!({ "events": [] })).into_response()),
         Some(n) if q.partition as usize >= n => {
             return Err(ApiError::bad_request(
@@ -202,7 +202,7 @@ async fn browse(
 }
 
 async fn dead_letters(
-    State(log): State<EventLog>,
+    State(log): State<Log>,
     caller: Caller,
     Path(group): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -218,7 +218,7 @@ async fn dead_letters(
 }
 
 async fn replay(
-    State(log): State<EventLog>,
+    State(log): State<Log>,
     caller: Caller,
     Path(group): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -230,12 +230,13 @@ async fn replay(
 }
 
 async fn describe(
-    State(log): State<EventLog>,
+    State(log): State<Log>,
     caller: Caller,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     caller.may_inspect()?;
     let topics: Vec<serde_json::Value> = log
         .describe()
+        .await?
         .into_iter()
         .map(|(name, ends, groups)| {
             let groups: serde_json::Map<String, serde_json::Value> = groups
@@ -284,7 +285,7 @@ mod tests {
     async fn serve_api() -> Served {
         let (_, log) = open_log().await;
         crate::testing::serve(
-            super::routes(log),
+            super::routes(super::Log::Embedded(log)),
             crate::testing::policy("g", &["t", "t.events", "t.spread"]),
         )
         .await

@@ -47,15 +47,9 @@ impl EventLog {
                 break;
             };
             for stored in events {
-                let event: serde_json::Map<String, serde_json::Value> =
-                    serde_json::from_str(stored.event.get()).map_err(|e| {
-                        LogError::Storage(format!("dead letter is not an object: {e}"))
-                    })?;
-                let of_group = event.get("deadlettergroup").and_then(|v| v.as_str()) == Some(group);
-                let found = if of_group {
-                    self.original_of(&event).await?
-                } else {
-                    None
+                let found = match origin_of(stored.event.get(), group) {
+                    Some(origin) => self.original_of(origin).await?,
+                    None => None,
                 };
                 let Some((original, producer, raw)) = found else {
                     tracing::warn!(
@@ -77,43 +71,66 @@ impl EventLog {
     }
 
     /// The topic, producer and stored event of the original of a dead letter, if the log has
-    /// an event with its id where it says the original was.
+    /// an event with its id where the dead letter says the original was.
     async fn original_of(
         &self,
-        dead: &serde_json::Map<String, serde_json::Value>,
+        origin: Origin,
     ) -> Result<Option<(String, String, Box<RawValue>)>, LogError> {
-        let (Some(topic), Some(partition), Some(offset), Some(id)) = (
-            dead.get("deadlettertopic").and_then(|v| v.as_str()),
-            dead.get("deadletterpartition").and_then(|v| v.as_u64()),
-            dead.get("deadletteroffset").and_then(|v| v.as_i64()),
-            dead.get("id").and_then(|v| v.as_str()),
-        ) else {
-            return Ok(None);
-        };
-        let Ok(partition) = u32::try_from(partition) else {
-            return Ok(None);
-        };
         if self
-            .partitions(topic)
-            .is_none_or(|n| partition as usize >= n)
+            .partitions(&origin.topic)
+            .is_none_or(|n| origin.partition as usize >= n)
         {
             return Ok(None);
         }
-        let found = self.read(topic, partition, offset, 1).await?;
-        let Some(original) = found.into_iter().next().filter(|s| s.offset == offset) else {
+        let found = self
+            .read(&origin.topic, origin.partition, origin.offset, 1)
+            .await?;
+        let Some(original) = found
+            .into_iter()
+            .next()
+            .filter(|s| s.offset == origin.offset)
+        else {
             return Ok(None);
         };
-        #[derive(serde::Deserialize)]
-        struct Id<'a> {
-            #[serde(borrow)]
-            id: std::borrow::Cow<'a, str>,
-        }
-        let same = serde_json::from_str::<Id<'_>>(original.event.get()).is_ok_and(|o| o.id == id);
+        let same = same_id(original.event.get(), &origin.id);
         Ok(match (same, original.producer) {
-            (true, Some(producer)) => Some((topic.to_string(), producer, original.event)),
+            (true, Some(producer)) => Some((origin.topic, producer, original.event)),
             _ => None,
         })
     }
+}
+
+/// Whether `event` (JSON) has id `id`.
+pub(super) fn same_id(event: &str, id: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Id<'a> {
+        #[serde(borrow)]
+        id: std::borrow::Cow<'a, str>,
+    }
+    serde_json::from_str::<Id<'_>>(event).is_ok_and(|o| o.id == id)
+}
+
+/// Where a dead letter says its original is.
+pub(super) struct Origin {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: i64,
+    pub id: String,
+}
+
+/// Where the original of dead letter `dead` (its JSON) is, if it is a dead letter of `group`
+/// that says so (on either log).
+pub(super) fn origin_of(dead: &str, group: &str) -> Option<Origin> {
+    let dead: serde_json::Map<String, serde_json::Value> = serde_json::from_str(dead).ok()?;
+    if dead.get("deadlettergroup").and_then(|v| v.as_str()) != Some(group) {
+        return None;
+    }
+    Some(Origin {
+        topic: dead.get("deadlettertopic")?.as_str()?.to_string(),
+        partition: u32::try_from(dead.get("deadletterpartition")?.as_u64()?).ok()?,
+        offset: dead.get("deadletteroffset")?.as_i64()?,
+        id: dead.get("id")?.as_str()?.to_string(),
+    })
 }
 
 #[cfg(test)]

@@ -21,10 +21,14 @@
 //! - Retries, backoff and dead letters stay the consumer's own, as on the embedded log: an
 //!   event it gives up on goes to the group's dead-letter topic, a stream like any other.
 //!
-//! Offsets are stream sequence numbers: increasing along a partition, with gaps (the other
-//! partitions' events are in between).
+//! Offsets are stream sequence numbers less one (the first event is at 0, as on the embedded
+//! log): increasing along a partition, with gaps (the other partitions' events are in
+//! between).
 
+mod admin;
 mod group;
+
+pub use admin::Stored;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -45,6 +49,9 @@ const MAX_ACK_PENDING: i64 = 1024;
 
 /// NATS's default `max_payload`, until the server says its own.
 const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
+
+/// What an event's message keeps for its headers (`Nats-Msg-Id`, `traceparent`).
+const HEADERS_ROOM: usize = 256;
 
 /// Where JetStream is and how to use it, from a `nats://` URL:
 /// `nats://[user:password@]host:port[,host:port…][?partitions=4&replicas=3&prefix=tessera&lease_ms=10000]`.
@@ -184,6 +191,10 @@ pub struct NatsBus {
     settings: NatsSettings,
     /// The subject token this process publishes under: its service's name.
     service: String,
+    /// What the manifest lets each service publish: checked here before NATS is asked, so a
+    /// misdeclared publish is refused as on the embedded log; NATS's own permissions (a user
+    /// per service, `docs/scale-out.md`) are what a process that skips the check meets.
+    producers: crate::Producers,
     /// The connection's name, as the server's monitoring shows it.
     instance: String,
     conn: tokio::sync::OnceCell<Conn>,
@@ -204,11 +215,19 @@ impl NatsBus {
         Ok(Self {
             settings: NatsSettings::parse(url)?,
             service: service.to_string(),
+            producers: crate::Producers::unchecked(),
             instance: instance.to_string(),
             conn: tokio::sync::OnceCell::new(),
             streams: Mutex::default(),
             members: Mutex::default(),
         })
+    }
+
+    /// Checks every publish of this process against `producers` (the manifest's
+    /// declaration).
+    pub fn with_producers(mut self, producers: crate::Producers) -> Self {
+        self.producers = producers;
+        self
     }
 
     /// Whether `url` is one for this bus.
@@ -296,6 +315,7 @@ impl NatsBus {
             storage: stream::StorageType::File,
             num_replicas: self.settings.replicas,
             duplicate_window: Duration::from_secs(120),
+            allow_direct: true,
             ..Default::default()
         };
         let stream = conn
@@ -319,7 +339,31 @@ impl NatsBus {
 
     /// Publishes events already in JSON, each with its id and key read from it.
     async fn publish_raw(&self, topic: &str, events: &[&str]) -> Result<(), BusError> {
+        self.publish_as(&self.service, topic, events, None)
+            .await
+            .map(drop)
+    }
+
+    /// Publishes events already in JSON as `producer` (the subject's producer token: only a
+    /// process trusted to speak for others, the control plane, publishes as another), each
+    /// deduplicated by its id, or by `ids` when given (a replay, which must not be taken for
+    /// the original); the partition and offset of each.
+    pub async fn publish_as(
+        &self,
+        producer: &str,
+        topic: &str,
+        events: &[&str],
+        ids: Option<&[String]>,
+    ) -> Result<Vec<(u32, i64)>, BusError> {
         check_topic(topic)?;
+        if !valid_token(producer) {
+            return Err(BusError::Refused(format!(
+                "producer {producer:?}: not a service name"
+            )));
+        }
+        self.producers
+            .may_publish(producer, topic)
+            .map_err(BusError::Forbidden)?;
         let conn = self.conn().await?;
         let mut messages = Vec::with_capacity(events.len());
         for (i, json) in events.iter().enumerate() {
@@ -330,11 +374,11 @@ impl NatsBus {
                     "event {i}: specversion must be \"1.0\" and id not empty"
                 )));
             }
-            if json.len() + 256 > conn.max_payload {
+            if json.len() > conn.max_payload - HEADERS_ROOM {
                 return Err(BusError::TooLarge(format!(
-                    "event {i} is {} bytes; NATS takes {} a message",
+                    "event {i} is {} bytes; NATS takes {} an event",
                     json.len(),
-                    conn.max_payload
+                    conn.max_payload - HEADERS_ROOM
                 )));
             }
             let key = head
@@ -343,16 +387,21 @@ impl NatsBus {
                 .or(head.subject.as_deref())
                 .unwrap_or(&head.id);
             let partition = partition_of(key, self.settings.partitions);
-            let subject = format!(
-                "{}.{topic}.{}.{partition}",
-                self.settings.prefix, self.service
-            );
+            let subject = format!("{}.{topic}.{producer}.{partition}", self.settings.prefix);
             let mut headers = HeaderMap::new();
-            headers.insert(async_nats::header::NATS_MESSAGE_ID, head.id.as_ref());
+            let id = ids
+                .and_then(|ids| ids.get(i))
+                .map_or(head.id.as_ref(), String::as_str);
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
             if let Some(tp) = head.traceparent.as_deref() {
                 headers.insert("traceparent", tp);
             }
-            messages.push((subject, headers, Bytes::copy_from_slice(json.as_bytes())));
+            messages.push((
+                partition,
+                subject,
+                headers,
+                Bytes::copy_from_slice(json.as_bytes()),
+            ));
         }
         if !self.stream_known(topic) {
             self.stream(conn, topic).await?;
@@ -368,24 +417,26 @@ impl NatsBus {
         }
     }
 
-    /// Sends every message, then waits for every acknowledgement: one round trip for a batch.
+    /// Sends every message, then waits for every acknowledgement: one round trip for a
+    /// batch. Where each was stored.
     async fn send(
         &self,
         conn: &Conn,
-        messages: &[(String, HeaderMap, Bytes)],
-    ) -> Result<(), context::PublishError> {
+        messages: &[(u32, String, HeaderMap, Bytes)],
+    ) -> Result<Vec<(u32, i64)>, context::PublishError> {
         let mut acks = Vec::with_capacity(messages.len());
-        for (subject, headers, payload) in messages {
-            acks.push(
-                conn.js
-                    .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
-                    .await?,
-            );
+        for (partition, subject, headers, payload) in messages {
+            let ack = conn
+                .js
+                .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+                .await?;
+            acks.push((*partition, ack));
         }
-        for ack in acks {
-            ack.await?;
+        let mut stored = Vec::with_capacity(acks.len());
+        for (partition, ack) in acks {
+            stored.push((partition, offset_of(ack.await?.sequence)));
         }
-        Ok(())
+        Ok(stored)
     }
 
     fn member(&self, topic: &str, group: &str, consumer: &str) -> Arc<Member> {
@@ -579,7 +630,7 @@ impl NatsBus {
             if queue.iter().any(|(seq, _)| *seq == d.sequence) {
                 continue;
             }
-            let offset = d.sequence as i64;
+            let offset = offset_of(d.sequence);
             let event = serde_json::from_slice::<Event>(&d.payload)
                 .map(|mut event| {
                     event.delivery = Some(Delivery {
@@ -628,6 +679,11 @@ impl Drop for NatsBus {
             }
         }
     }
+}
+
+/// The offset consumers see of the message at stream sequence `seq` (JetStream counts from 1).
+fn offset_of(seq: u64) -> i64 {
+    seq as i64 - 1
 }
 
 /// How often a member that holds less than its share looks for a partition given back.
@@ -777,10 +833,13 @@ impl Bus for NatsBus {
         Box::pin(self.publish_raw(topic, events))
     }
 
+    /// NATS takes a message at most `max_payload` long (1 MB unless the server says
+    /// otherwise), headers included; each event is a message of its own.
     fn max_publish_bytes(&self) -> usize {
         self.conn
             .get()
             .map_or(DEFAULT_MAX_PAYLOAD, |c| c.max_payload)
+            - HEADERS_ROOM
     }
 
     fn fetch<'a>(
@@ -840,7 +899,7 @@ impl Bus for NatsBus {
             let queue = state.unacked.entry(partition).or_default();
             let (done, rest): (VecDeque<_>, VecDeque<_>) = std::mem::take(queue)
                 .into_iter()
-                .partition(|(seq, _)| (*seq as i64) < offset);
+                .partition(|(seq, _)| offset_of(*seq) < offset);
             *queue = rest;
             for (_, acker) in done {
                 acker
