@@ -46,6 +46,12 @@ pub fn of(
     }
     env.extend(crate::tls::identity_env(manifest, state_dir, principal)?);
     if let Some(url) = manifest.bus_of(principal) {
+        // The control plane speaks on NATS for everyone (replays, other languages' services):
+        // as a user of its own.
+        let url = match principal {
+            "control" => crate::nats::control_url(&url, state_dir)?,
+            _ => url,
+        };
         env.push(("TESSERA_BUS_URL".into(), url));
     }
     if let Some(name) = principal.strip_prefix("service:") {

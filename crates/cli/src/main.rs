@@ -2,6 +2,7 @@
 
 mod env;
 mod keys;
+mod nats;
 mod output;
 mod postgres;
 mod supervisor;
@@ -41,6 +42,9 @@ enum Command {
         /// The port of the local PostgreSQL (`--profile postgres`).
         #[arg(long, default_value_t = 15432)]
         postgres_port: u16,
+        /// The port of the local NATS (`--profile distributed`).
+        #[arg(long, default_value_t = 14222)]
+        nats_port: u16,
     },
     /// Show the registered instances of a running system.
     Status,
@@ -55,6 +59,11 @@ enum Command {
     /// `gateway`, `service:<name>`, …) as `KEY='value'` lines: to start it by other means, on
     /// another host for one (its certificate and key files are paths in the state directory).
     Env { principal: String },
+    /// NATS JetStream for the system's events (`docs/scale-out.md`).
+    Nats {
+        #[command(subcommand)]
+        command: NatsCommand,
+    },
     /// A local PostgreSQL cluster for the system's services (`docs/databases.md`).
     Postgres {
         #[command(subcommand)]
@@ -80,6 +89,21 @@ enum PostgresAction {
     Stop {
         #[arg(long)]
         dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum NatsCommand {
+    /// Print a `nats-server` configuration for the system: JetStream, a user for the control
+    /// plane, and one per service whose password is its credential and whose permissions
+    /// are what the manifest grants it. It holds secrets: keep it as the state directory.
+    Config {
+        /// Where the server listens.
+        #[arg(long, default_value = "0.0.0.0:4222")]
+        listen: String,
+        /// Where JetStream keeps its files.
+        #[arg(long, default_value = "/var/lib/nats")]
+        store: PathBuf,
     },
 }
 
@@ -133,13 +157,26 @@ fn main() -> anyhow::Result<()> {
                 no_build,
                 profile,
                 postgres_port,
+                nats_port,
             } => {
-                let (name, database) = match profile {
-                    up::Profile::Postgres => ("postgres", up::Database::Postgres(postgres_port)),
-                    up::Profile::Embedded => ("embedded", up::Database::Embedded),
+                let (name, database, nats) = match profile {
+                    up::Profile::Postgres => {
+                        ("postgres", up::Database::Postgres(postgres_port), None)
+                    }
+                    up::Profile::Distributed => {
+                        ("distributed", up::Database::Embedded, Some(nats_port))
+                    }
+                    up::Profile::Embedded => ("embedded", up::Database::Embedded, None),
                 };
                 let manifest = manifest.with_profile(name);
-                up::run(&cli.manifest, manifest, no_build, database).await
+                up::run(&cli.manifest, manifest, no_build, database, nats).await
+            }
+            Command::Nats {
+                command: NatsCommand::Config { listen, store },
+            } => {
+                let config = nats::config(&manifest, &state_dir, &listen, &store)?;
+                println!("{config:#}");
+                Ok(())
             }
             Command::Status => status(&manifest, &state_dir).await,
             Command::Postgres { .. } => unreachable!("run before the manifest is read"),
@@ -183,7 +220,15 @@ fn main() -> anyhow::Result<()> {
                 let config = tessera_control::ControlConfig {
                     settle: std::time::Duration::from_millis(manifest.control.heartbeat_ms * 2),
                     data_dir: state_dir.join("control"),
-                    bus_url: manifest.bus_of("control"),
+                    // As `up` gives it (its profile may have chosen the bus), else the
+                    // manifest's, as the control plane's own user.
+                    bus_url: match std::env::var("TESSERA_BUS_URL") {
+                        Ok(url) if !url.is_empty() => Some(url),
+                        _ => manifest
+                            .bus_of("control")
+                            .map(|url| nats::control_url(&url, &state_dir))
+                            .transpose()?,
+                    },
                     keys: Arc::new(keys::control_keys(&state_dir)?),
                     policy: Arc::new(policy(&manifest)),
                     log: tessera_control::events::LogConfig {

@@ -128,8 +128,9 @@ fn spawn(spec: &ProcSpec, prefix: &Prefix) -> std::io::Result<Child> {
     Ok(child)
 }
 
+/// The child is killed if this process dies (even by SIGKILL), so nothing it started outlives it.
 #[allow(unsafe_code)]
-fn die_with_parent(cmd: &mut Command) {
+pub(crate) fn die_with_parent(cmd: &mut Command) {
     // SAFETY: prctl is async-signal-safe and touches only the child's own attributes.
     unsafe {
         cmd.pre_exec(|| {
@@ -142,7 +143,7 @@ fn die_with_parent(cmd: &mut Command) {
 }
 
 #[allow(unsafe_code)]
-fn signal(child: &Child, sig: libc::c_int) {
+pub(crate) fn signal(child: &Child, sig: libc::c_int) {
     if let Some(pid) = child.id() {
         // SAFETY: kill(2) with a pid we spawned and have not yet reaped.
         unsafe {

@@ -27,6 +27,9 @@ pub enum Profile {
     Embedded,
     /// A local PostgreSQL cluster under the state directory, a database per service.
     Postgres,
+    /// Events on a local NATS JetStream under the state directory (a user per service, with
+    /// what the manifest grants it), instead of the control plane's embedded log.
+    Distributed,
 }
 
 /// What `up` starts for the services' data.
@@ -41,6 +44,7 @@ pub async fn run(
     mut manifest: Manifest,
     no_build: bool,
     database: Database,
+    nats_port: Option<u16>,
 ) -> anyhow::Result<()> {
     let manifest_path = manifest_path
         .canonicalize()
@@ -66,6 +70,20 @@ pub async fn run(
             Some(cluster)
         }
         Database::Embedded => None,
+    };
+    // Events on a local NATS, unless the manifest names a bus of its own.
+    let _nats = match nats_port {
+        Some(port) if manifest.system.bus.is_none() => {
+            let server = crate::nats::start_local(&manifest, &state_dir, port)?;
+            say(&format!(
+                "NATS JetStream: {} (a user per service; files in {})",
+                server.url,
+                server.dir.display()
+            ));
+            manifest.system.bus = Some(server.url.clone());
+            Some(server)
+        }
+        _ => None,
     };
     // Made here, once, before any gateway starts (each gateway reads them).
     crate::tls::gateway_certificates(&manifest, &base, &state_dir)

@@ -275,3 +275,124 @@ async fn bad_input_gets_a_clear_error_and_an_unreachable_server_is_unavailable()
     assert!(!e.to_string().contains("secret"), "{e}");
     assert!(NatsBus::new("nats://h:1?replicas=9", "order", "o").is_err());
 }
+
+/// The users of a server where `order` produces `orders`, `audit` consumes it, and the
+/// control plane may do anything; each service's password is its credential's token.
+fn users() -> (Vec<tessera::events::nats::User>, [String; 2]) {
+    use tessera::events::nats::{Grants, permissions};
+    let order_password = "service:order.k1.secret-of-order".to_string();
+    let audit_password = "service:audit.k1.secret-of-audit".to_string();
+    let users = vec![
+        (
+            "order".to_string(),
+            order_password.clone(),
+            Some(permissions(
+                "tessera",
+                &Grants {
+                    service: "order",
+                    produces: &["orders".into()],
+                    consumes: &[],
+                },
+            )),
+        ),
+        (
+            "audit".to_string(),
+            audit_password.clone(),
+            Some(permissions(
+                "tessera",
+                &Grants {
+                    service: "audit",
+                    produces: &[],
+                    consumes: &["orders".into()],
+                },
+            )),
+        ),
+        ("control".to_string(), "control-secret".to_string(), None),
+    ];
+    (users, [order_password, audit_password])
+}
+
+#[tokio::test]
+async fn on_a_server_with_users_no_service_can_publish_as_another_or_read_what_it_does_not_consume()
+{
+    let (users, [order_password, audit_password]) = users();
+    let server = Server::start_with_users(Some(&users));
+    let url = format!("{}?lease_ms=2000", server.url);
+    let order = NatsBus::new(&url, "order", "order-1")
+        .unwrap()
+        .with_credential(&order_password);
+    let audit = NatsBus::new(&url, "audit", "audit-1")
+        .unwrap()
+        .with_credential(&audit_password);
+    // What the manifest grants works: order publishes, audit reads it as order's.
+    order.publish("orders", &[event("o-1", 1)]).await.unwrap();
+    let (got, _) = drain(
+        &audit,
+        "orders",
+        "audit",
+        "audit-1",
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].delivery.as_ref().unwrap().producer.as_deref(),
+        Some("service:order")
+    );
+
+    // Audit, skipping the library's own check (no declaration given), tries to publish to
+    // order's topic: under its own name the server refuses the subject; under order's name it
+    // is not even allowed to try.
+    let forged = audit.publish("orders", &[event("o-1", 2)]).await;
+    assert!(
+        forged.is_err(),
+        "a publish the user may not make went through"
+    );
+    let forged = audit
+        .publish_as(
+            "order",
+            "orders",
+            &[&serde_json::to_string(&event("o-1", 3)).unwrap()],
+            None,
+        )
+        .await;
+    assert!(forged.is_err(), "a publish as another service went through");
+    // And nothing of it reached the topic.
+    let control = NatsBus::new(
+        &format!(
+            "nats://control:control-secret@{}",
+            &server.url["nats://".len()..]
+        ),
+        "control",
+        "control",
+    )
+    .unwrap();
+    let mut stored = Vec::new();
+    for p in 0..4 {
+        stored.extend(control.read("orders", p, 0, 100).await.unwrap());
+    }
+    assert_eq!(stored.len(), 1, "{stored:?}");
+
+    // Order does not consume `orders`: it cannot read it through a consumer of its own.
+    let read = order
+        .fetch("orders", "order", "order-1", 10, Duration::from_millis(500))
+        .await;
+    match read {
+        Err(_) => {}
+        Ok(batch) => assert!(batch.is_empty(), "read a topic it does not consume"),
+    }
+
+    // A wrong password, or none, does not connect.
+    let stranger = NatsBus::new(&url, "order", "x")
+        .unwrap()
+        .with_credential("service:order.k1.guess");
+    let e = stranger
+        .publish("orders", &[event("o-1", 4)])
+        .await
+        .unwrap_err();
+    assert!(e.is_retryable(), "{e}");
+    assert!(!e.to_string().contains("guess"), "{e}");
+    let nobody = NatsBus::new(&url, "order", "y").unwrap();
+    assert!(nobody.publish("orders", &[event("o-1", 5)]).await.is_err());
+}

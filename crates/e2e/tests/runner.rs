@@ -375,3 +375,99 @@ async fn the_postgres_profile_keeps_the_data_in_a_postgresql_of_its_own() {
     );
     let _ = std::fs::remove_dir_all(&cluster);
 }
+
+/// `tessera up --profile distributed`: events on a NATS JetStream of its own under the state
+/// directory, each service a NATS user of its own allowed only what the manifest grants it, the
+/// control plane's event API in front of it, and the server stopped with the system.
+#[tokio::test]
+async fn the_distributed_profile_puts_the_events_on_a_nats_of_its_own() {
+    let port = tessera_testkit::free_port();
+    let mut sys = System::start_with(Options {
+        checkout: true,
+        up_args: vec![
+            "--profile".into(),
+            "distributed".into(),
+            "--nats-port".into(),
+            port.to_string(),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let (token, _) = sys.new_user().await;
+    let order = sys
+        .place_order(
+            &token,
+            serde_json::json!([{"productId": "0190f000-0000-7000-8000-000000000005", "quantity": 1}]),
+        )
+        .await;
+    assert_eq!(
+        sys.settled_order(&token, &order).await["status"],
+        "CONFIRMED"
+    );
+    sys.log_line("the NATS line", |l| {
+        l.contains(&format!("NATS JetStream: nats://127.0.0.1:{port}"))
+    })
+    .await;
+    // The checkout's events are on NATS, and the control plane shows them from there.
+    let topics: serde_json::Value = sys
+        .control(reqwest::Method::GET, "/v1/topics")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = topics["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    for topic in ["order.events", "inventory.commands", "payment.commands"] {
+        assert!(names.contains(&topic), "{topic} in {names:?}");
+    }
+    let control_log = sys.dir.join("state/control");
+    assert!(
+        !control_log.join("log.db").exists(),
+        "the embedded log was not used"
+    );
+    // The server's configuration: a user per service, with permissions, readable by no one
+    // else; and nobody gets in without a password.
+    let conf = sys.dir.join("state/nats/nats.conf");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&conf).unwrap().permissions());
+    assert_eq!(mode & 0o077, 0, "nats.conf is private: {mode:o}");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&conf).unwrap()).unwrap();
+    let users = config["authorization"]["users"].as_array().unwrap();
+    let order_user = users.iter().find(|u| u["user"] == "order").unwrap();
+    assert!(
+        order_user["permissions"]["publish"]["allow"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s == "tessera.order.events.order.*")
+    );
+    let anonymous =
+        tessera::events::NatsBus::new(&format!("nats://127.0.0.1:{port}"), "order", "x").unwrap();
+    assert!(
+        tessera::events::Bus::publish(
+            &anonymous,
+            "order.events",
+            &[tessera::events::Event::new(
+                "/x",
+                "x",
+                "x",
+                serde_json::json!({})
+            )]
+        )
+        .await
+        .is_err()
+    );
+    let status = sys.interrupt();
+    assert!(status.success(), "tessera up exits cleanly: {status}");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the server stopped with the system"
+    );
+}

@@ -10,7 +10,9 @@ mod control;
 mod nats;
 
 pub use control::{ControlBus, read_fetch_answer};
-pub use nats::{NatsBus, NatsSettings, Stored};
+pub use nats::{
+    Grants, NatsBus, NatsSettings, Stored, User, inbox_prefix, permissions, server_config,
+};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

@@ -36,6 +36,10 @@ pub use bus::{
     Batch, BoxFuture, Bus, BusError, ControlBus, Fetched, NatsBus, NatsSettings, Part, Stored,
     read_fetch_answer,
 };
+/// NATS users' permissions and server configuration (`docs/scale-out.md`).
+pub mod nats {
+    pub use crate::bus::{Grants, User, inbox_prefix, permissions, server_config};
+}
 pub use consumer::{Consumer, Handler, HandlerError, MintPassport};
 pub use event::{Delivery, Event, partition_of};
 pub use outbox::Tx;

@@ -41,7 +41,7 @@ pub struct Manifest {
 }
 
 /// The profiles `tessera up` knows: where the services keep their data.
-pub const PROFILES: [&str; 2] = ["embedded", "postgres"];
+pub const PROFILES: [&str; 3] = ["embedded", "postgres", "distributed"];
 
 /// What a profile changes in the system it runs.
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -194,10 +194,13 @@ impl System {
             _ => database,
         };
         // The NATS profile: events on JetStream, under a subject prefix of this system's own.
-        let bus = nats::profile().map_or(String::new(), |url| {
-            let id = &dir.file_name().unwrap().to_string_lossy()[12..24];
-            format!("bus = \"{url}?prefix=t{id}&lease_ms=2000\"")
-        });
+        let own_bus = opts.up_args.iter().any(|a| a == "distributed");
+        let bus = nats::profile()
+            .filter(|_| !own_bus)
+            .map_or(String::new(), |url| {
+                let id = &dir.file_name().unwrap().to_string_lossy()[12..24];
+                format!("bus = \"{url}?prefix=t{id}&lease_ms=2000\"")
+            });
         let manifest = format!(
             r#"
 [system]

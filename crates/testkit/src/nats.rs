@@ -21,6 +21,8 @@ pub fn profile() -> Option<String> {
 pub struct Server {
     dir: PathBuf,
     port: u16,
+    /// Its configuration file, when it has users.
+    config: Option<PathBuf>,
     child: Option<Child>,
     /// `nats://127.0.0.1:<port>`.
     pub url: String,
@@ -30,14 +32,31 @@ impl Server {
     /// Starts a server with JetStream on a free loopback port; panics, saying what to install,
     /// when `nats-server` is not there.
     pub fn start() -> Self {
+        Self::start_with_users(None)
+    }
+
+    /// Starts a server whose clients must be one of `users` (`(name, password,
+    /// permissions)`, as `tessera::events::nats::server_config` takes them); `None`: anyone.
+    pub fn start_with_users(users: Option<&[tessera::events::nats::User]>) -> Self {
         let dir =
             std::env::temp_dir().join(format!("tessera-nats-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("make the server's directory");
         let port = crate::free_port();
+        let config = users.map(|users| {
+            let path = dir.join("nats.conf");
+            let config = tessera::events::nats::server_config(
+                &format!("127.0.0.1:{port}"),
+                &dir.join("store").to_string_lossy(),
+                users,
+            );
+            std::fs::write(&path, config.to_string()).expect("write the server's configuration");
+            path
+        });
         let mut server = Server {
             url: format!("nats://127.0.0.1:{port}"),
             dir,
             port,
+            config,
             child: None,
         };
         server.run();
@@ -45,16 +64,21 @@ impl Server {
     }
 
     fn run(&mut self) {
-        let child = Command::new("nats-server")
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(self.dir.join("store"))
+        let mut command = Command::new("nats-server");
+        match &self.config {
+            Some(config) => command.arg("-c").arg(config),
+            None => command
+                .args([
+                    "-a",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-js",
+                    "-sd",
+                ])
+                .arg(self.dir.join("store")),
+        };
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::from(
                 std::fs::File::create(self.dir.join("log")).expect("the server's log"),

@@ -27,8 +27,10 @@
 
 mod admin;
 mod group;
+mod permissions;
 
 pub use admin::Stored;
+pub use permissions::{Grants, User, inbox_prefix, permissions, server_config};
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -197,6 +199,9 @@ pub struct NatsBus {
     producers: crate::Producers,
     /// The connection's name, as the server's monitoring shows it.
     instance: String,
+    /// The password of the NATS user named after the service, when the URL names no user:
+    /// the process's Tessera credential (`permissions.rs`).
+    credential: Option<String>,
     conn: tokio::sync::OnceCell<Conn>,
     /// Topics whose stream this process has made sure of.
     streams: Mutex<HashSet<String>>,
@@ -217,6 +222,7 @@ impl NatsBus {
             service: service.to_string(),
             producers: crate::Producers::unchecked(),
             instance: instance.to_string(),
+            credential: None,
             conn: tokio::sync::OnceCell::new(),
             streams: Mutex::default(),
             members: Mutex::default(),
@@ -227,6 +233,13 @@ impl NatsBus {
     /// declaration).
     pub fn with_producers(mut self, producers: crate::Producers) -> Self {
         self.producers = producers;
+        self
+    }
+
+    /// Connects, when the URL names no user, as the user named after the service with
+    /// `credential` (its Tessera credential's token) as password.
+    pub fn with_credential(mut self, credential: &str) -> Self {
+        self.credential = Some(credential.to_string());
         self
     }
 
@@ -241,9 +254,17 @@ impl NatsBus {
                 let s = &self.settings;
                 let mut options = async_nats::ConnectOptions::new()
                     .name(&self.instance)
+                    .custom_inbox_prefix(inbox_prefix(&self.service))
                     .connection_timeout(Duration::from_secs(2));
-                if let Some((user, password)) = &s.user {
-                    options = options.user_and_password(user.clone(), password.clone());
+                match (&s.user, &self.credential) {
+                    (Some((user, password)), _) => {
+                        options = options.user_and_password(user.clone(), password.clone());
+                    }
+                    (None, Some(credential)) => {
+                        options =
+                            options.user_and_password(self.service.clone(), credential.clone());
+                    }
+                    (None, None) => {}
                 }
                 let servers: Vec<ServerAddr> = s
                     .servers

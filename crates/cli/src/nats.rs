@@ -1,0 +1,144 @@
+//! NATS JetStream for a system's events (`docs/scale-out.md`): the server's configuration
+//! written from the manifest (a user per service, whose password is its Tessera credential
+//! and whose permissions are what the manifest grants it; the control plane's user may do
+//! anything), and a local `nats-server` for `tessera up --profile distributed`, started
+//! under the state directory and stopped with the system. Production runs its own cluster
+//! with the configuration `tessera nats config` prints.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tessera::events::NatsSettings;
+use tessera::events::nats::{Grants, permissions, server_config};
+use tessera::identity::Principal;
+use tessera_manifest::Manifest;
+
+use crate::keys;
+
+/// The subject prefix of the system's events: the one its bus URL names, else the default.
+fn prefix(manifest: &Manifest) -> String {
+    manifest
+        .system
+        .bus
+        .as_deref()
+        .and_then(|url| NatsSettings::parse(url).ok())
+        .map_or_else(|| "tessera".to_string(), |s| s.prefix)
+}
+
+/// The configuration of a `nats-server` for the system: listening on `listen`, JetStream in
+/// `store`, a user for the control plane and one per service.
+pub fn config(
+    manifest: &Manifest,
+    state_dir: &Path,
+    listen: &str,
+    store: &Path,
+) -> anyhow::Result<serde_json::Value> {
+    let control_keys = keys::control_keys(state_dir)?;
+    let prefix = prefix(manifest);
+    let mut users = vec![(
+        "control".to_string(),
+        keys::nats_control_secret(state_dir)?,
+        None,
+    )];
+    for (name, spec) in &manifest.services {
+        let credential = control_keys.issue(&Principal::Service(name.clone()));
+        let grants = Grants {
+            service: name,
+            produces: &spec.produces,
+            consumes: &spec.consumes,
+        };
+        users.push((
+            name.clone(),
+            credential.token().to_string(),
+            Some(permissions(&prefix, &grants)),
+        ));
+    }
+    Ok(server_config(listen, &store.to_string_lossy(), &users))
+}
+
+/// The URL the control plane connects with: the system's bus URL, as the control user.
+pub fn control_url(bus: &str, state_dir: &Path) -> anyhow::Result<String> {
+    let rest = bus.strip_prefix("nats://").context("a nats:// URL")?;
+    if rest.split('?').next().unwrap_or("").contains('@') {
+        return Ok(bus.to_string()); // The operator named a user: theirs.
+    }
+    Ok(format!(
+        "nats://control:{}@{rest}",
+        keys::nats_control_secret(state_dir)?
+    ))
+}
+
+/// A `nats-server` started by `up`, stopped (by its PID) when dropped.
+pub struct LocalServer {
+    child: tokio::process::Child,
+    pub url: String,
+    pub dir: PathBuf,
+}
+
+impl Drop for LocalServer {
+    fn drop(&mut self) {
+        // SIGTERM first: JetStream flushes its store on a clean stop.
+        crate::supervisor::signal(&self.child, libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.start_kill();
+    }
+}
+
+/// Starts a local `nats-server` with JetStream for the system on `port`, its store and
+/// configuration under the state directory; says what to install when it is not there.
+pub fn start_local(
+    manifest: &Manifest,
+    state_dir: &Path,
+    port: u16,
+) -> anyhow::Result<LocalServer> {
+    let dir = state_dir.join("nats");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let dir = dir.canonicalize()?;
+    let listen = format!("127.0.0.1:{port}");
+    let config = config(manifest, state_dir, &listen, &dir.join("store"))?;
+    let path = dir.join("nats.conf");
+    keys::write_private(&path, &config.to_string())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        bail!("port {port} is taken: another NATS server? (--nats-port picks another)");
+    }
+    let log = std::fs::File::create(dir.join("log"))?;
+    let mut command = tokio::process::Command::new("nats-server");
+    command
+        .arg("-c")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(log);
+    crate::supervisor::die_with_parent(&mut command);
+    let child = command.spawn().map_err(|e| {
+        anyhow::anyhow!(
+            "cannot start nats-server ({e}): install it (Debian/Ubuntu: `apt-get install \
+                 nats-server`), or give the system's bus URL instead (docs/scale-out.md)"
+        )
+    })?;
+    let mut server = LocalServer {
+        child,
+        url: format!("nats://{listen}"),
+        dir: dir.clone(),
+    };
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = server.child.try_wait() {
+            let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
+            bail!("nats-server stopped ({status}): {}", log.trim());
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            bail!("nats-server did not listen on {listen} within 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(server)
+}
