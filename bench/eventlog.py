@@ -7,13 +7,17 @@ per publish call from 16 concurrent publishers (every call is a group-committed 
 Each case runs against two logs side by side, in alternating rounds: one that acknowledges an
 append once it is synced to disk (`log_sync = "full"`, the default: an acknowledged event
 survives a power loss) and one that acknowledges it once written (`"normal"`: it survives a
-crash of the control plane only). Reported: events/s, publish→consume latency, CPU per event,
-and what the sync costs (full / normal).
+crash of the control plane only). And against NATS JetStream through the same `Bus` API
+(`nats-server` from Debian, on the same core, file storage, one replica): NATS 2.9 acknowledges
+a message once it is in its store and syncs the files every two minutes (a per-message sync
+came with 2.10), so the embedded log's `normal` is the like-for-like durability; `full` is
+stricter. Reported: events/s, publish→consume latency, CPU per event, what the sync costs
+(full / normal), and the embedded log against JetStream (normal / jetstream, full / jetstream).
 
     python3 bench/eventlog.py           # BENCH_EVENTS=20000, BENCH_ROUNDS=2
 """
 
-import json, os, resource, statistics, subprocess, sys, tempfile
+import json, os, resource, socket, statistics, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import *  # noqa: E402,F403
@@ -21,6 +25,8 @@ from common import *  # noqa: E402,F403
 EVENTS = int(os.environ.get("BENCH_EVENTS", "20000"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
 CONTROL = {"full": 18700, "normal": 18701}
+NATS_PORT = 18722
+LOGS = ("full", "normal", "jetstream")
 CASES = (("batched_100x4", 100, 4), ("one_by_one_x16", 1, 16))
 
 
@@ -38,12 +44,26 @@ def start_log(tessera, tmp, sync):
     return control, credential(tessera, manifest, "service:bench")
 
 
+def start_nats(tmp):
+    """A nats-server with JetStream (file storage) on the server core."""
+    server = start(["nats-server", "-a", "127.0.0.1", "-p", str(NATS_PORT), "-js", "-sd", os.path.join(tmp, "nats")],
+                   log=os.path.join(tmp, "nats.log"))
+    for _ in range(500):
+        try:
+            socket.create_connection(("127.0.0.1", NATS_PORT), timeout=0.1).close()
+            break
+        except OSError:
+            time.sleep(0.02)
+    return server, ""
+
+
 def run_case(control, bench_credential, sync, name, batch, publishers, round_):
     events = EVENTS if batch > 1 else EVENTS // 4
     before = cpu_seconds([control.pid])
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    url = f"nats://127.0.0.1:{NATS_PORT}" if sync == "jetstream" else f"http://127.0.0.1:{CONTROL[sync]}"
     run = subprocess.run(["taskset", "-c", LOAD_CPU, os.path.join(RELEASE, "bench-eventlog"),
-                          f"http://127.0.0.1:{CONTROL[sync]}", f"bench.{name}.{round_}", str(events), str(batch),
+                          url, f"bench.{name}.{round_}", str(events), str(batch),
                           str(publishers)],
                          capture_output=True, text=True, env={**os.environ, "TESSERA_CREDENTIAL": bench_credential})
     if run.returncode != 0:
@@ -59,15 +79,16 @@ def run_case(control, bench_credential, sync, name, batch, publishers, round_):
 
 
 def main():
-    ensure_tools("taskset")
+    ensure_tools("taskset", "nats-server")
     build("tessera-cli", "tessera-bench")
     tmp = tempfile.mkdtemp(prefix="tessera-bench-log-")
     tessera = os.path.join(RELEASE, "tessera")
     logs = {sync: start_log(tessera, tmp, sync) for sync in CONTROL}
+    logs["jetstream"] = start_nats(tmp)
     try:
         runs = {}  # (case, sync) -> [result per round]
         for round_ in range(ROUNDS):
-            order = list(CONTROL) if round_ % 2 == 0 else list(reversed(CONTROL))
+            order = list(LOGS) if round_ % 2 == 0 else list(reversed(LOGS))
             for name, batch, publishers in CASES:
                 for sync in order:
                     control, bench_credential = logs[sync]
@@ -83,12 +104,14 @@ def main():
             results[f"{name}_{sync}"] = {**med, "rounds": rs}
             lines.append(f"| {name} | {sync} | {int(med['events'])} | {med['events_per_sec']:.0f} | {med['p50_ms']:.1f} "
                          f"| {med['p99_ms']:.1f} | {med['log_cpu_us_per_event']:.1f} | {med['client_cpu_us_per_event']:.1f} |")
-        lines += ["", "| case | full / normal: events/s (per round) | p99 (per round) |", "|---|---|---|"]
+        lines += ["", "| case | ratio | events/s (per round) | p99 (per round) |", "|---|---|---|---|"]
         for name, _, _ in CASES:
-            full, normal = runs[(name, "full")], runs[(name, "normal")]
-            rate = [f["events_per_sec"] / n["events_per_sec"] for f, n in zip(full, normal)]
-            p99 = [f["p99_ms"] / max(n["p99_ms"], 1e-9) for f, n in zip(full, normal)]
-            lines.append(f"| {name} | {', '.join(f'{x:.2f}×' for x in rate)} | {', '.join(f'{x:.2f}×' for x in p99)} |")
+            for a, b in (("full", "normal"), ("normal", "jetstream"), ("full", "jetstream")):
+                ra, rb = runs[(name, a)], runs[(name, b)]
+                rate = [x["events_per_sec"] / y["events_per_sec"] for x, y in zip(ra, rb)]
+                p99 = [x["p99_ms"] / max(y["p99_ms"], 1e-9) for x, y in zip(ra, rb)]
+                lines.append(f"| {name} | {a} / {b} | {', '.join(f'{x:.2f}×' for x in rate)} "
+                             f"| {', '.join(f'{x:.2f}×' for x in p99)} |")
         write_results("eventlog", {"benchmark": "eventlog", "machine": machine(), "cases": results}, "\n".join(lines))
     finally:
         for control, _ in logs.values():

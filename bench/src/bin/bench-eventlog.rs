@@ -1,6 +1,7 @@
 //! Publish → consume through the `tessera` bus API against a running event log.
 //!
-//! `bench-eventlog <control-url> <topic> <events> <batch> <publishers>`: `publishers` tasks
+//! `bench-eventlog <log-url> <topic> <events> <batch> <publishers>`, the log's URL the control
+//! plane's (its embedded log) or a `nats://` one (NATS JetStream, through the same `Bus`): `publishers` tasks
 //! publish `events` to `topic` in all, `batch` per call (1 = one by one); one consumer (group
 //! `bench`) fetches and commits. It calls as the service whose credential is in
 //! `TESSERA_CREDENTIAL`, which must produce and consume `topic`.
@@ -10,7 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tessera::events::{Bus, ControlBus, Event};
+use tessera::events::{Bus, ControlBus, Event, NatsBus};
 use tessera::identity::Credential;
 
 fn now_ns() -> u64 {
@@ -24,13 +25,17 @@ fn now_ns() -> u64 {
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let [_, control, topic, events, batch, publishers] = args.as_slice() else {
-        anyhow::bail!("usage: bench-eventlog <control-url> <topic> <events> <batch> <publishers>");
+        anyhow::bail!("usage: bench-eventlog <log-url> <topic> <events> <batch> <publishers>");
     };
     let (events, batch, publishers): (usize, usize, usize) =
         (events.parse()?, batch.parse()?, publishers.parse()?);
-    let credential =
-        Credential::from_env()?.ok_or_else(|| anyhow::anyhow!("TESSERA_CREDENTIAL is not set"))?;
-    let bus = Arc::new(ControlBus::new(control, &credential));
+    let bus: Arc<dyn Bus> = if NatsBus::handles(control) {
+        Arc::new(NatsBus::new(control, "bench", "bench-eventlog").map_err(anyhow::Error::msg)?)
+    } else {
+        let credential = Credential::from_env()?
+            .ok_or_else(|| anyhow::anyhow!("TESSERA_CREDENTIAL is not set"))?;
+        Arc::new(ControlBus::new(control, &credential))
+    };
     let topic = topic.clone();
     let group = "bench";
 
