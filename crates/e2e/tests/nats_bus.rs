@@ -396,3 +396,59 @@ async fn on_a_server_with_users_no_service_can_publish_as_another_or_read_what_i
     let nobody = NatsBus::new(&url, "order", "y").unwrap();
     assert!(nobody.publish("orders", &[event("o-1", 5)]).await.is_err());
 }
+
+/// NATS killed (SIGKILL) in the middle of checkouts and started again: the orders taken
+/// meanwhile wait in their outboxes, consumers fetch again when it is back, and every order
+/// settles once, with nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkouts_finish_across_a_crash_and_restart_of_nats() {
+    use serde_json::json;
+    use tessera_testkit::{Options, System};
+
+    let mut server = Server::start();
+    let sys = System::start_with(Options {
+        checkout: true,
+        nats: Some(server.url.clone()),
+        ..Options::default()
+    })
+    .await;
+    let (token, _) = sys.new_user().await;
+    let item = json!([{"productId": "0190f000-0000-7000-8000-000000000003", "quantity": 1}]);
+    let mut orders = Vec::new();
+    for _ in 0..5 {
+        orders.push(sys.place_order(&token, item.clone()).await);
+    }
+    server.kill();
+    // Orders are still taken: their events wait in the order service's outbox.
+    for _ in 0..5 {
+        orders.push(sys.place_order(&token, item.clone()).await);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.restart();
+    for _ in 0..5 {
+        orders.push(sys.place_order(&token, item.clone()).await);
+    }
+    for order in &orders {
+        let settled = sys.settled_order(&token, order).await;
+        assert_eq!(settled["status"], "CONFIRMED", "{settled}");
+    }
+    // One notification per order: nothing handled twice.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let notes = async || {
+        let (_, notes) = sys.get("/api/notifications", Some(&token)).await;
+        notes["data"].as_array().unwrap().clone()
+    };
+    while notes().await.len() < orders.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A moment more, for a second copy to show if one were coming.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let notes = notes().await;
+    for order in &orders {
+        let n = notes
+            .iter()
+            .filter(|n| n["orderId"] == order.as_str())
+            .count();
+        assert_eq!(n, 1, "notifications of {order}");
+    }
+}

@@ -54,6 +54,9 @@ pub struct Options {
     /// Extra arguments of `tessera up` (`--profile postgres` runs a PostgreSQL of its own:
     /// then the suite's PostgreSQL profile does not name one).
     pub up_args: Vec<String>,
+    /// A NATS of the test's own (`nats://host:port`): the events go there, whatever the
+    /// profile.
+    pub nats: Option<String>,
 }
 
 impl Default for Options {
@@ -76,6 +79,7 @@ impl Default for Options {
             checkout_env: Vec::new(),
             up_args: Vec::new(),
             postgres: None,
+            nats: None,
         }
     }
 }
@@ -195,7 +199,10 @@ impl System {
         };
         // The NATS profile: events on JetStream, under a subject prefix of this system's own.
         let own_bus = opts.up_args.iter().any(|a| a == "distributed");
-        let bus = nats::profile()
+        let bus = opts
+            .nats
+            .clone()
+            .or_else(nats::profile)
             .filter(|_| !own_bus)
             .map_or(String::new(), |url| {
                 let id = &dir.file_name().unwrap().to_string_lossy()[12..24];
