@@ -12,6 +12,7 @@ says what saturates first; and the PostgreSQL profile's figures over SQLite's.
 
     python3 bench/checkout.py           # BENCH_RATES=50,100,200,400,800 BENCH_SECONDS=5
     BENCH_PROFILES=postgres python3 bench/checkout.py   # one profile (default: sqlite,postgres)
+    BENCH_PROFILES=sqlite,distributed python3 bench/checkout.py   # events on NATS JetStream beside
     BENCH_POSTGRES_CPU=0 python3 bench/checkout.py   # PostgreSQL's servers on core 0 (with the load)
     BENCH_PERF=/tmp/shop.perf BENCH_RATES=100 python3 bench/checkout.py   # profile the shop's core (.<profile> with two)
     BENCH_WRITES=1 python3 bench/checkout.py   # also count each process's file writes per order
@@ -32,13 +33,14 @@ RATES = [int(r) for r in os.environ.get("BENCH_RATES", "50,100,200,400,800").spl
 SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
 PRODUCT = "0190f000-0000-7000-8000-000000000005"
 CONTROL, GATEWAY, GATEWAY_ADMIN = 18800, 18880, 18881
+NATS_PORT = 18822
 POSTGRES_PORT = 16432   # and the replica on the next
 # Each profile is a whole shop of its own, the two measured in turn, rate by rate.
 PROFILES = os.environ.get("BENCH_PROFILES", "sqlite,postgres").split(",")
 # The other shop stays up, idle, on the same core while one is measured (about a sixth of the
 # core for the PostgreSQL shop's pollers, uncounted): BENCH_PROFILES=<one> for a shop alone.
-if any(p not in ("sqlite", "postgres") for p in PROFILES):
-    raise SystemExit(f"BENCH_PROFILES: sqlite, postgres or both, not {PROFILES}")
+if any(p not in ("sqlite", "postgres", "distributed") for p in PROFILES):
+    raise SystemExit(f"BENCH_PROFILES: sqlite, postgres, distributed (events on NATS), not {PROFILES}")
 
 
 def requests_served(control, gateway_admin, admin):
@@ -115,7 +117,11 @@ class Shop:
         self.manifest = os.path.join(self.tmp, "tessera.toml")
         with open(self.manifest, "w") as f:
             f.write(manifest)
-        args = ["--profile", "postgres", "--postgres-port", str(POSTGRES_PORT)] if profile == "postgres" else []
+        args = {"postgres": ["--profile", "postgres", "--postgres-port", str(POSTGRES_PORT)],
+                # Events on a local NATS JetStream, a child of `up` (on the shop's core, counted
+                # as the shop's).
+                "distributed": ["--profile", "distributed", "--nats-port", str(NATS_PORT + offset)]
+                }.get(profile, [])
         self.log = os.path.join(self.tmp, "up.log")
         self.up = start([os.path.join(RELEASE, "tessera"), "--manifest", self.manifest, "up", "--no-build", *args],
                         env={"NO_COLOR": "1", "RUST_LOG": os.environ.get("BENCH_RUST_LOG", "warn")}, log=self.log)
@@ -286,7 +292,9 @@ def main():
                              f"| {y['p99_ms'] / max(x['p99_ms'], 1e-9):.2f}× "
                              f"| {y['cpu_us_per_order'] / max(x['cpu_us_per_order'], 1e-9):.2f}× |")
             text.append("\n".join(lines))
-        write_results("checkout", {"benchmark": "checkout", "machine": machine(), "seconds": SECONDS,
+        # Another set of profiles than the default does not replace the default's results.
+        name = "checkout" if PROFILES == ["sqlite", "postgres"] else "checkout_" + "_".join(PROFILES)
+        write_results(name, {"benchmark": "checkout", "machine": machine(), "seconds": SECONDS,
                                    "profiles": {p: {"steps": steps[p], "saturated_at": saturated[p]} for p in steps}},
                       "\n\n".join(text))
     finally:

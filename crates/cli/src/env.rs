@@ -45,13 +45,10 @@ pub fn of(
         ));
     }
     env.extend(crate::tls::identity_env(manifest, state_dir, principal)?);
-    if let Some(url) = manifest.bus_of(principal) {
-        // The control plane speaks on NATS for everyone (replays, other languages' services):
-        // as a user of its own.
-        let url = match principal {
-            "control" => crate::nats::control_url(&url, state_dir)?,
-            _ => url,
-        };
+    let on_bus = principal == "control" || principal.starts_with("service:");
+    if let Some(url) = manifest.bus_of(principal).filter(|_| on_bus) {
+        // Each process as the NATS user of its own (`docs/scale-out.md`).
+        let url = crate::nats::url_of(&url, principal, state_dir)?;
         env.push(("TESSERA_BUS_URL".into(), url));
     }
     if let Some(name) = principal.strip_prefix("service:") {

@@ -30,15 +30,6 @@ pub fn control_keys(state_dir: &Path) -> anyhow::Result<ControlKeys> {
         .with_context(|| format!("the control keys ({KEYS_ENV} or control.keys)"))
 }
 
-/// The password of the control plane's NATS user (`docs/scale-out.md`): made on first use.
-pub fn nats_control_secret(state_dir: &Path) -> anyhow::Result<String> {
-    read_or_make(&state_dir.join("nats-control.secret"), || {
-        (0..32)
-            .map(|_| format!("{:02x}", rand::random::<u8>()))
-            .collect()
-    })
-}
-
 /// The credential of `principal` under the state directory's control keys.
 pub fn credential(state_dir: &Path, principal: &Principal) -> anyhow::Result<Credential> {
     Ok(control_keys(state_dir)?.issue(principal))

@@ -226,7 +226,7 @@ fn main() -> anyhow::Result<()> {
                         Ok(url) if !url.is_empty() => Some(url),
                         _ => manifest
                             .bus_of("control")
-                            .map(|url| nats::control_url(&url, &state_dir))
+                            .map(|url| nats::url_of(&url, "control", &state_dir))
                             .transpose()?,
                     },
                     keys: Arc::new(keys::control_keys(&state_dir)?),

@@ -1,9 +1,10 @@
 //! NATS JetStream for a system's events (`docs/scale-out.md`): the server's configuration
-//! written from the manifest (a user per service, whose password is its Tessera credential
-//! and whose permissions are what the manifest grants it; the control plane's user may do
-//! anything), and a local `nats-server` for `tessera up --profile distributed`, started
-//! under the state directory and stopped with the system. Production runs its own cluster
-//! with the configuration `tessera nats config` prints.
+//! written from the manifest (a user per service, whose password is derived for it from the
+//! control keys and whose permissions are what the manifest grants it; the control plane's
+//! user may do anything), each process's bus URL with its user, and a local `nats-server` for
+//! `tessera up --profile distributed`, started under the state directory and stopped with the
+//! system. Production runs its own cluster with the configuration `tessera nats config`
+//! prints.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -12,19 +13,24 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use tessera::events::NatsSettings;
 use tessera::events::nats::{Grants, permissions, server_config};
-use tessera::identity::Principal;
+use tessera::identity::ControlKeys;
 use tessera_manifest::Manifest;
 
 use crate::keys;
 
-/// The subject prefix of the system's events: the one its bus URL names, else the default.
-fn prefix(manifest: &Manifest) -> String {
+/// The system's bus settings: those its bus URL names, else the defaults.
+fn settings(manifest: &Manifest) -> NatsSettings {
     manifest
         .system
         .bus
         .as_deref()
         .and_then(|url| NatsSettings::parse(url).ok())
-        .map_or_else(|| "tessera".to_string(), |s| s.prefix)
+        .unwrap_or_else(|| NatsSettings::parse("nats://127.0.0.1:4222").expect("a good URL"))
+}
+
+/// The NATS password of `user` (a service's name, or `control`).
+fn password(control_keys: &ControlKeys, user: &str) -> String {
+    control_keys.secret_for(&format!("nats:{user}"))
 }
 
 /// The configuration of a `nats-server` for the system: listening on `listen`, JetStream in
@@ -36,38 +42,38 @@ pub fn config(
     store: &Path,
 ) -> anyhow::Result<serde_json::Value> {
     let control_keys = keys::control_keys(state_dir)?;
-    let prefix = prefix(manifest);
+    let settings = settings(manifest);
     let mut users = vec![(
         "control".to_string(),
-        keys::nats_control_secret(state_dir)?,
+        password(&control_keys, "control"),
         None,
     )];
     for (name, spec) in &manifest.services {
-        let credential = control_keys.issue(&Principal::Service(name.clone()));
         let grants = Grants {
             service: name,
             produces: &spec.produces,
             consumes: &spec.consumes,
+            partitions: settings.partitions,
         };
         users.push((
             name.clone(),
-            credential.token().to_string(),
-            Some(permissions(&prefix, &grants)),
+            password(&control_keys, name),
+            Some(permissions(&settings.prefix, &grants)),
         ));
     }
     Ok(server_config(listen, &store.to_string_lossy(), &users))
 }
 
-/// The URL the control plane connects with: the system's bus URL, as the control user.
-pub fn control_url(bus: &str, state_dir: &Path) -> anyhow::Result<String> {
+/// The bus URL `principal`'s process connects with (`control`, `service:<name>`): the
+/// system's, as the NATS user of its own, unless the URL names a user (the operator's).
+pub fn url_of(bus: &str, principal: &str, state_dir: &Path) -> anyhow::Result<String> {
     let rest = bus.strip_prefix("nats://").context("a nats:// URL")?;
-    if rest.split('?').next().unwrap_or("").contains('@') {
-        return Ok(bus.to_string()); // The operator named a user: theirs.
+    if rest.contains('@') {
+        return Ok(bus.to_string());
     }
-    Ok(format!(
-        "nats://control:{}@{rest}",
-        keys::nats_control_secret(state_dir)?
-    ))
+    let user = principal.strip_prefix("service:").unwrap_or(principal);
+    let password = password(&keys::control_keys(state_dir)?, user);
+    Ok(format!("nats://{user}:{password}@{rest}"))
 }
 
 /// A `nats-server` started by `up`, stopped (by its PID) when dropped.

@@ -107,9 +107,27 @@ pub async fn serve(
     tessera::metrics::handle();
     let log = match config.bus_url.as_deref() {
         Some(url) if tessera::events::NatsBus::handles(url) => {
-            let bus = tessera::events::NatsBus::new(url, "control", "control")
-                .map_err(|e| anyhow::anyhow!("TESSERA_BUS_URL: {e}"))?;
-            events::Log::Nats(Arc::new(bus))
+            let bus = Arc::new(
+                tessera::events::NatsBus::new(url, "control", "control")
+                    .map_err(|e| anyhow::anyhow!("TESSERA_BUS_URL: {e}"))?,
+            );
+            // The system's streams, declared once NATS answers (services may not make them).
+            let (declaring, topics) = (bus.clone(), config.policy.topics());
+            tokio::spawn(async move {
+                let mut told = false;
+                while let Err(e) = declaring.declare(&topics).await {
+                    if !told {
+                        tracing::warn!(error = %e, "cannot declare the system's streams on NATS yet; retrying");
+                        told = true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                tracing::info!(
+                    streams = topics.len(),
+                    "the system's streams are declared on NATS"
+                );
+            });
+            events::Log::Nats(bus)
         }
         _ => events::Log::Embedded(
             events::EventLog::open(&config.data_dir, config.log.clone()).await?,

@@ -41,6 +41,25 @@ impl Policy {
         }
     }
 
+    /// Every topic the system declares (produced or consumed), and each service's dead-letter
+    /// topic: what a bus that is told its topics is told.
+    pub fn topics(&self) -> Vec<String> {
+        let mut topics: Vec<String> = self
+            .services
+            .iter()
+            .flat_map(|(name, g)| {
+                g.produces
+                    .iter()
+                    .chain(&g.consumes)
+                    .cloned()
+                    .chain([dead_letter_topic(name)])
+            })
+            .collect();
+        topics.sort();
+        topics.dedup();
+        topics
+    }
+
     fn grants(&self, service: &str) -> Option<&Grants> {
         self.services.get(service)
     }

@@ -17,7 +17,9 @@ fn event(key: &str, n: u32) -> Event {
     Event::new("/test", "test.happened", key, serde_json::json!({ "n": n }))
 }
 
-/// Fetches until `want` events came or `within` passed; each partition's events in order.
+/// Fetches, without committing, until `want` different events came or `within` passed; each
+/// partition's events in order. (A fetch hands out again what is not committed, as the
+/// embedded log starts each fetch from the committed offset: each is counted once.)
 async fn drain(
     bus: &NatsBus,
     topic: &str,
@@ -29,6 +31,7 @@ async fn drain(
     let start = Instant::now();
     let mut got = Vec::new();
     let mut commits = Vec::new();
+    let mut seen = HashSet::new();
     while got.len() < want && start.elapsed() < within {
         let batch: Batch = bus
             .fetch(topic, group, member, 100, Duration::from_millis(300))
@@ -41,9 +44,12 @@ async fn drain(
                     assert!(offset > prev, "offsets increase along a partition");
                 }
                 last = Some(offset);
-                got.push(event.expect("a CloudEvent"));
+                if seen.insert((part.partition, offset)) {
+                    got.push(event.expect("a CloudEvent"));
+                }
             }
             if let Some(last) = last {
+                commits.retain(|(p, _)| *p != part.partition);
                 commits.push((part.partition, last + 1));
             }
         }
@@ -276,57 +282,58 @@ async fn bad_input_gets_a_clear_error_and_an_unreachable_server_is_unavailable()
     assert!(NatsBus::new("nats://h:1?replicas=9", "order", "o").is_err());
 }
 
-/// The users of a server where `order` produces `orders`, `audit` consumes it, and the
-/// control plane may do anything; each service's password is its credential's token.
-fn users() -> (Vec<tessera::events::nats::User>, [String; 2]) {
+/// The users of a server where `order` produces `orders`, `audit` and `billing` consume it,
+/// and the control plane may do anything.
+fn users() -> Vec<tessera::events::nats::User> {
     use tessera::events::nats::{Grants, permissions};
-    let order_password = "service:order.k1.secret-of-order".to_string();
-    let audit_password = "service:audit.k1.secret-of-audit".to_string();
-    let users = vec![
+    let service = |name: &str, produces: &[String], consumes: &[String]| {
         (
-            "order".to_string(),
-            order_password.clone(),
+            name.to_string(),
+            format!("{name}-secret"),
             Some(permissions(
                 "tessera",
                 &Grants {
-                    service: "order",
-                    produces: &["orders".into()],
-                    consumes: &[],
+                    service: name,
+                    produces,
+                    consumes,
+                    partitions: 4,
                 },
             )),
-        ),
-        (
-            "audit".to_string(),
-            audit_password.clone(),
-            Some(permissions(
-                "tessera",
-                &Grants {
-                    service: "audit",
-                    produces: &[],
-                    consumes: &["orders".into()],
-                },
-            )),
-        ),
+        )
+    };
+    vec![
+        service("order", &["orders".into()], &[]),
+        service("audit", &[], &["orders".into()]),
+        service("billing", &[], &["orders".into()]),
         ("control".to_string(), "control-secret".to_string(), None),
-    ];
-    (users, [order_password, audit_password])
+    ]
 }
 
 #[tokio::test]
-async fn on_a_server_with_users_no_service_can_publish_as_another_or_read_what_it_does_not_consume()
-{
-    let (users, [order_password, audit_password]) = users();
-    let server = Server::start_with_users(Some(&users));
-    let url = format!("{}?lease_ms=2000", server.url);
-    let order = NatsBus::new(&url, "order", "order-1")
+async fn on_a_server_with_users_no_service_can_publish_as_another_or_touch_what_is_not_its_own() {
+    let server = Server::start_with_users(Some(&users()));
+    let host = &server.url["nats://".len()..];
+    let as_user = |user: &str, password: &str| {
+        NatsBus::new(
+            &format!("nats://{user}:{password}@{host}?lease_ms=2000"),
+            user,
+            &format!("{user}-1"),
+        )
         .unwrap()
-        .with_credential(&order_password);
-    let audit = NatsBus::new(&url, "audit", "audit-1")
-        .unwrap()
-        .with_credential(&audit_password);
+    };
+    // The control plane declares the system's streams; services may not make any.
+    let control = as_user("control", "control-secret");
+    control
+        .declare(&["orders".into(), "deadletter.audit".into()])
+        .await
+        .unwrap();
+    let order = as_user("order", "order-secret");
+    let audit = as_user("audit", "audit-secret");
+    let billing = as_user("billing", "billing-secret");
+
     // What the manifest grants works: order publishes, audit reads it as order's.
     order.publish("orders", &[event("o-1", 1)]).await.unwrap();
-    let (got, _) = drain(
+    let (got, commits) = drain(
         &audit,
         "orders",
         "audit",
@@ -340,60 +347,78 @@ async fn on_a_server_with_users_no_service_can_publish_as_another_or_read_what_i
         got[0].delivery.as_ref().unwrap().producer.as_deref(),
         Some("service:order")
     );
+    for (p, offset) in commits {
+        audit
+            .commit("orders", "audit", "audit-1", p, offset)
+            .await
+            .unwrap();
+    }
 
-    // Audit, skipping the library's own check (no declaration given), tries to publish to
-    // order's topic: under its own name the server refuses the subject; under order's name it
-    // is not even allowed to try.
-    let forged = audit.publish("orders", &[event("o-1", 2)]).await;
+    // Audit, skipping the library's own check (no declaration given), publishes to order's
+    // topic: under its own name the server refuses the subject; as order, too.
     assert!(
-        forged.is_err(),
+        audit.publish("orders", &[event("o-1", 2)]).await.is_err(),
         "a publish the user may not make went through"
     );
-    let forged = audit
-        .publish_as(
-            "order",
-            "orders",
-            &[&serde_json::to_string(&event("o-1", 3)).unwrap()],
-            None,
-        )
-        .await;
-    assert!(forged.is_err(), "a publish as another service went through");
-    // And nothing of it reached the topic.
-    let control = NatsBus::new(
-        &format!(
-            "nats://control:control-secret@{}",
-            &server.url["nats://".len()..]
-        ),
-        "control",
-        "control",
-    )
-    .unwrap();
+    let forged = serde_json::to_string(&event("o-1", 3)).unwrap();
+    assert!(
+        audit
+            .publish_as("order", "orders", &[&forged], None)
+            .await
+            .is_err(),
+        "a publish as another service went through"
+    );
     let mut stored = Vec::new();
     for p in 0..4 {
         stored.extend(control.read("orders", p, 0, 100).await.unwrap());
     }
     assert_eq!(stored.len(), 1, "{stored:?}");
 
+    // Audit cannot take billing's events: not through billing's consumers, nor by taking
+    // billing's partitions in the groups bucket.
+    let stolen = audit
+        .fetch(
+            "orders",
+            "billing",
+            "audit-1",
+            10,
+            Duration::from_millis(500),
+        )
+        .await;
+    assert!(
+        stolen.as_ref().map_or(true, |b| b.is_empty()),
+        "read another group's events"
+    );
+    let (got, _) = drain(
+        &billing,
+        "orders",
+        "billing",
+        "billing-1",
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(got.len(), 1, "billing still gets its event");
+    // Nor make a stream (which could capture another topic's subjects).
+    assert!(audit.declare(&["payments".into()]).await.is_err());
+    assert!(control.read("payments", 0, 0, 10).await.unwrap().is_empty());
     // Order does not consume `orders`: it cannot read it through a consumer of its own.
     let read = order
         .fetch("orders", "order", "order-1", 10, Duration::from_millis(500))
         .await;
-    match read {
-        Err(_) => {}
-        Ok(batch) => assert!(batch.is_empty(), "read a topic it does not consume"),
-    }
+    assert!(
+        read.map_or(true, |b| b.is_empty()),
+        "read a topic it does not consume"
+    );
 
-    // A wrong password, or none, does not connect.
-    let stranger = NatsBus::new(&url, "order", "x")
-        .unwrap()
-        .with_credential("service:order.k1.guess");
-    let e = stranger
+    // A wrong password, or none, does not connect; and the password is not in the error.
+    let e = as_user("order", "guess")
         .publish("orders", &[event("o-1", 4)])
         .await
         .unwrap_err();
     assert!(e.is_retryable(), "{e}");
     assert!(!e.to_string().contains("guess"), "{e}");
-    let nobody = NatsBus::new(&url, "order", "y").unwrap();
+    let nobody = NatsBus::new(&server.url, "order", "y").unwrap();
     assert!(nobody.publish("orders", &[event("o-1", 5)]).await.is_err());
 }
 
@@ -451,4 +476,62 @@ async fn checkouts_finish_across_a_crash_and_restart_of_nats() {
             .count();
         assert_eq!(n, 1, "notifications of {order}");
     }
+}
+
+/// A fetch whose answer never reached its consumer (an HTTP consumer behind the control
+/// plane whose connection dropped) loses nothing: what was handed out and not committed comes
+/// again at the next fetch, as on the embedded log, and a commit acks only what came before it.
+#[tokio::test]
+async fn what_was_handed_out_and_not_committed_comes_again_at_the_next_fetch() {
+    let server = Server::start();
+    let publisher = bus(&server, "order", "order-1");
+    let consumer = bus(&server, "audit", "audit-1");
+    publisher
+        .publish("t", &(0..5).map(|n| event("k", n)).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let offsets = |batch: &tessera::events::Batch| -> Vec<i64> {
+        batch
+            .parts
+            .iter()
+            .flat_map(|p| p.events.iter().map(|(o, _)| *o))
+            .collect()
+    };
+    let mut first = Vec::new();
+    let start = Instant::now();
+    while first.len() < 5 && start.elapsed() < Duration::from_secs(10) {
+        first = offsets(
+            &consumer
+                .fetch("t", "g", "audit-1", 100, Duration::from_millis(300))
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(first.len(), 5);
+    // Lost on the way: the same five again.
+    let again = consumer
+        .fetch("t", "g", "audit-1", 100, Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert_eq!(offsets(&again), first);
+    // Two committed; the other three come again, and nothing else.
+    let partition = again.parts[0].partition;
+    consumer
+        .commit("t", "g", "audit-1", partition, first[2])
+        .await
+        .unwrap();
+    let rest = consumer
+        .fetch("t", "g", "audit-1", 100, Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert_eq!(offsets(&rest), first[2..]);
+    consumer
+        .commit("t", "g", "audit-1", partition, first[4] + 1)
+        .await
+        .unwrap();
+    let none = consumer
+        .fetch("t", "g", "audit-1", 100, Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert!(none.is_empty());
 }

@@ -83,6 +83,15 @@ impl ControlKeys {
         generate_key_spec('c', now_secs)
     }
 
+    /// A secret for `purpose` derived from the first key (HMAC-SHA256 of `secret:<purpose>`):
+    /// for an engine's password (`nats:order`), so that a process has no second secret to be
+    /// given, and the engine never learns the credential that opens the control plane. Not a
+    /// credential: `verify` knows nothing of it. Changes when the keys rotate.
+    pub fn secret_for(&self, purpose: &str) -> String {
+        let (_, mac) = &self.keys[0];
+        URL_SAFE_NO_PAD.encode(mac_of(mac, &format!("secret:{purpose}")))
+    }
+
     /// The credential of `principal`, under the first key.
     pub fn issue(&self, principal: &Principal) -> Credential {
         let (kid, mac) = &self.keys[0];
@@ -125,6 +134,20 @@ fn mac_of(mac: &Hmac<Sha256>, signed: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn derived_secrets_differ_by_purpose_and_are_no_credentials() {
+        let k = keys();
+        let a = k.secret_for("nats:order");
+        assert_eq!(a, k.secret_for("nats:order"));
+        assert_ne!(a, k.secret_for("nats:payment"));
+        assert!(k.verify(&a).is_none());
+        assert!(
+            !k.issue(&Principal::Service("order".into()))
+                .token()
+                .contains(&a)
+        );
+    }
     use crate::CredentialError;
 
     fn keys() -> ControlKeys {

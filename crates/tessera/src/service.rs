@@ -81,8 +81,7 @@ impl Context {
                 Arc::new(
                     NatsBus::new(bus_url, &self.config.service, &self.config.instance)
                         .expect("the config checked the bus URL")
-                        .with_producers(self.config.producers.clone())
-                        .with_credential(credential(&self.config).token()),
+                        .with_producers(self.config.producers.clone()),
                 )
             } else {
                 Arc::new(ControlBus::new(bus_url, credential(&self.config)))

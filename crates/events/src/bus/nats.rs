@@ -27,27 +27,24 @@
 
 mod admin;
 mod group;
+mod member;
 mod permissions;
 
 pub use admin::Stored;
 pub use permissions::{Grants, User, inbox_prefix, permissions, server_config};
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use async_nats::jetstream::{self, Message, consumer, context, kv, message::Acker, stream};
+use async_nats::jetstream::{self, context, kv, stream};
 use async_nats::{HeaderMap, ServerAddr};
 use bytes::Bytes;
-use futures_util::StreamExt;
 use serde::Deserialize;
-use tokio::sync::mpsc;
 
-use super::{Batch, BoxFuture, Bus, BusError, Part};
-use crate::{Delivery, Event, partition_of};
-
-/// How many messages a partition may have delivered and not yet acked.
-const MAX_ACK_PENDING: i64 = 1024;
+use super::{Batch, BoxFuture, Bus, BusError};
+use crate::{Event, partition_of};
+use member::Member;
 
 /// NATS's default `max_payload`, until the server says its own.
 const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
@@ -78,15 +75,16 @@ impl NatsSettings {
         let rest = url
             .strip_prefix("nats://")
             .ok_or("a NATS URL starts with nats://")?;
-        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let rest = rest.trim_end_matches('/');
-        let (user, hosts) = match rest.rsplit_once('@') {
-            Some((userinfo, hosts)) => {
+        // The user and password first: a password may hold a '?' or a '/'.
+        let (user, rest) = match rest.rsplit_once('@') {
+            Some((userinfo, rest)) => {
                 let (name, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
-                (Some((decode(name)?, decode(password)?)), hosts)
+                (Some((decode(name)?, decode(password)?)), rest)
             }
             None => (None, rest),
         };
+        let (hosts, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let hosts = hosts.trim_end_matches('/');
         let servers: Vec<String> = hosts
             .split(',')
             .map(str::trim)
@@ -122,8 +120,9 @@ impl NatsSettings {
                 "replicas" => settings.replicas = number(5)? as usize,
                 "lease_ms" => settings.lease = Duration::from_millis(number(600_000)?),
                 "prefix" => {
-                    if !valid_token(value) {
-                        return Err("prefix must be letters, digits, '-' or '_'".into());
+                    // No '-': it joins the prefix to a topic in stream names.
+                    if !valid_token(value) || value.contains('-') {
+                        return Err("prefix must be letters, digits or '_'".into());
                     }
                     settings.prefix = value.into();
                 }
@@ -199,9 +198,6 @@ pub struct NatsBus {
     producers: crate::Producers,
     /// The connection's name, as the server's monitoring shows it.
     instance: String,
-    /// The password of the NATS user named after the service, when the URL names no user:
-    /// the process's Tessera credential (`permissions.rs`).
-    credential: Option<String>,
     conn: tokio::sync::OnceCell<Conn>,
     /// Topics whose stream this process has made sure of.
     streams: Mutex<HashSet<String>>,
@@ -222,7 +218,6 @@ impl NatsBus {
             service: service.to_string(),
             producers: crate::Producers::unchecked(),
             instance: instance.to_string(),
-            credential: None,
             conn: tokio::sync::OnceCell::new(),
             streams: Mutex::default(),
             members: Mutex::default(),
@@ -233,13 +228,6 @@ impl NatsBus {
     /// declaration).
     pub fn with_producers(mut self, producers: crate::Producers) -> Self {
         self.producers = producers;
-        self
-    }
-
-    /// Connects, when the URL names no user, as the user named after the service with
-    /// `credential` (its Tessera credential's token) as password.
-    pub fn with_credential(mut self, credential: &str) -> Self {
-        self.credential = Some(credential.to_string());
         self
     }
 
@@ -256,15 +244,8 @@ impl NatsBus {
                     .name(&self.instance)
                     .custom_inbox_prefix(inbox_prefix(&self.service))
                     .connection_timeout(Duration::from_secs(2));
-                match (&s.user, &self.credential) {
-                    (Some((user, password)), _) => {
-                        options = options.user_and_password(user.clone(), password.clone());
-                    }
-                    (None, Some(credential)) => {
-                        options =
-                            options.user_and_password(self.service.clone(), credential.clone());
-                    }
-                    (None, None) => {}
+                if let Some((user, password)) = &s.user {
+                    options = options.user_and_password(user.clone(), password.clone());
                 }
                 let servers: Vec<ServerAddr> = s
                     .servers
@@ -390,16 +371,17 @@ impl NatsBus {
         for (i, json) in events.iter().enumerate() {
             let head: Head<'_> = serde_json::from_str(json)
                 .map_err(|e| BusError::Refused(format!("event {i} is not a CloudEvent: {e}")))?;
+            // What the embedded log checks of every event, so both refuse the same.
             if head.specversion != "1.0" || head.id.is_empty() {
                 return Err(BusError::Refused(format!(
                     "event {i}: specversion must be \"1.0\" and id not empty"
                 )));
             }
-            if json.len() > conn.max_payload - HEADERS_ROOM {
+            let most = conn.max_payload.saturating_sub(HEADERS_ROOM);
+            if json.len() > most {
                 return Err(BusError::TooLarge(format!(
-                    "event {i} is {} bytes; NATS takes {} an event",
+                    "event {i} is {} bytes; NATS takes {most} an event",
                     json.len(),
-                    conn.max_payload - HEADERS_ROOM
                 )));
             }
             let key = head
@@ -459,232 +441,6 @@ impl NatsBus {
         }
         Ok(stored)
     }
-
-    fn member(&self, topic: &str, group: &str, consumer: &str) -> Arc<Member> {
-        let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
-        members
-            .entry((topic.to_string(), group.to_string(), consumer.to_string()))
-            .or_insert_with(|| {
-                let (tx, rx) = mpsc::channel(MAX_ACK_PENDING as usize);
-                Arc::new(Member {
-                    topic: topic.to_string(),
-                    group: group.to_string(),
-                    consumer: consumer.to_string(),
-                    key: format!("{}.{}", escape(topic), escape(group)),
-                    state: tokio::sync::Mutex::new(MemberState {
-                        held: Vec::new(),
-                        wanting: true,
-                        balanced: None,
-                        tx,
-                        rx,
-                        pullers: HashMap::new(),
-                        consumers: HashMap::new(),
-                        next_gen: 0,
-                        unacked: HashMap::new(),
-                    }),
-                })
-            })
-            .clone()
-    }
-
-    /// Refreshes `member`'s lease in its group, and pulls exactly the partitions it holds.
-    async fn refresh(
-        &self,
-        conn: &Conn,
-        member: &Member,
-        state: &mut MemberState,
-        may_release: bool,
-    ) -> Result<(), BusError> {
-        let now = tessera_trace::unix_now_ms().max(0) as u64;
-        let partitions = self.settings.partitions;
-        let (held, share) = group::change(&conn.groups, &member.key, |g| {
-            let held = g.refresh(
-                &member.consumer,
-                now,
-                self.settings.lease,
-                partitions,
-                may_release,
-            );
-            let share = partitions.div_ceil(g.members.len() as u32);
-            (held, share)
-        })
-        .await?;
-        if may_release {
-            state.balanced = Some(Instant::now());
-        }
-        state.wanting = (held.len() as u32) < share;
-        // Given back: stop pulling, and hand what was delivered and not handled back at once.
-        let gone: Vec<u32> = state
-            .pullers
-            .keys()
-            .copied()
-            .filter(|p| !held.contains(p))
-            .collect();
-        for p in gone {
-            if let Some((_, task)) = state.pullers.remove(&p) {
-                task.abort();
-            }
-            for (_, acker) in state.unacked.remove(&p).unwrap_or_default() {
-                let _ = acker.ack_with(jetstream::AckKind::Nak(None)).await;
-            }
-        }
-        for &p in &held {
-            if state.pullers.contains_key(&p) {
-                continue;
-            }
-            let pull = match state.consumers.get(&p) {
-                Some(c) => c.clone(),
-                None => {
-                    let c = self.durable(conn, &member.topic, &member.group, p).await?;
-                    state.consumers.insert(p, c.clone());
-                    c
-                }
-            };
-            state.next_gen += 1;
-            let generation = state.next_gen;
-            let task = tokio::spawn(pull_partition(
-                pull,
-                p,
-                generation,
-                self.settings.lease,
-                state.tx.clone(),
-            ));
-            state.pullers.insert(p, (generation, task));
-        }
-        state.held = held;
-        Ok(())
-    }
-
-    /// The group's durable consumer of `partition`, created if it is not there yet.
-    async fn durable(
-        &self,
-        conn: &Conn,
-        topic: &str,
-        group: &str,
-        partition: u32,
-    ) -> Result<consumer::PullConsumer, BusError> {
-        let stream = self.stream(conn, topic).await?;
-        let name = format!("{}-{partition}", escape(group));
-        stream
-            .get_or_create_consumer(
-                &name,
-                consumer::pull::Config {
-                    durable_name: Some(name.clone()),
-                    description: Some(format!("Tessera group {group}, partition {partition}")),
-                    filter_subject: format!("{}.{topic}.*.{partition}", self.settings.prefix),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: self.settings.lease,
-                    max_ack_pending: MAX_ACK_PENDING,
-                    deliver_policy: consumer::DeliverPolicy::All,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| {
-                BusError::Unavailable(format!("cannot make consumer {name} on {topic}: {e}"))
-            })
-    }
-
-    /// Everything delivered for `member` within `wait`, up to `max` events.
-    async fn fetch_for(
-        &self,
-        member: &Member,
-        max: usize,
-        wait: Duration,
-    ) -> Result<Batch, BusError> {
-        let conn = self.conn().await?;
-        let mut state = member.state.lock().await;
-        let deadline = tokio::time::Instant::now() + wait;
-        let mut got = Vec::new();
-        loop {
-            let due = match state.balanced {
-                None => true,
-                Some(at) => {
-                    at.elapsed() >= self.settings.lease / 3
-                        || (state.wanting && at.elapsed() >= LOOK_AGAIN)
-                }
-            };
-            if due {
-                self.refresh(conn, member, &mut state, true).await?;
-            }
-            let look = tokio::time::Instant::now() + LOOK_AGAIN;
-            match tokio::time::timeout_at(look.min(deadline), state.rx.recv()).await {
-                Ok(Some(d)) => {
-                    got.push(d);
-                    while got.len() < max {
-                        match state.rx.try_recv() {
-                            Ok(d) => got.push(d),
-                            Err(_) => break,
-                        }
-                    }
-                    let batch = self.batch(&mut state, got, &member.topic).await;
-                    if !batch.is_empty() {
-                        return Ok(batch);
-                    }
-                    got = Vec::new();
-                }
-                Ok(None) => unreachable!("the member keeps a sender"),
-                Err(_) if tokio::time::Instant::now() >= deadline => {
-                    return Ok(Batch {
-                        parts: Vec::new(),
-                        lease: Some(self.settings.lease),
-                    });
-                }
-                Err(_) => {}
-            }
-        }
-    }
-
-    /// Turns delivered messages into a batch, keeping their acks; a message of a partition
-    /// given back since it was pulled is handed back.
-    async fn batch(&self, state: &mut MemberState, got: Vec<Delivered>, topic: &str) -> Batch {
-        let mut parts: Vec<Part> = Vec::new();
-        for d in got {
-            let current = state.pullers.get(&d.partition).map(|(g, _)| *g) == Some(d.generation);
-            if !current {
-                let _ = d.acker.ack_with(jetstream::AckKind::Nak(None)).await;
-                continue;
-            }
-            // Handed out already and not yet committed (JetStream gave it again while it waited
-            // in this process): the copy in hand is the one.
-            let queue = state.unacked.entry(d.partition).or_default();
-            if queue.iter().any(|(seq, _)| *seq == d.sequence) {
-                continue;
-            }
-            let offset = offset_of(d.sequence);
-            let event = serde_json::from_slice::<Event>(&d.payload)
-                .map(|mut event| {
-                    event.delivery = Some(Delivery {
-                        partition: d.partition,
-                        offset,
-                        producer: d.producer.map(|p| format!("service:{p}")),
-                    });
-                    event
-                })
-                // Why, then the text itself on the next line, as the other bus gives it.
-                .map_err(|e| format!("{e}\n{}", String::from_utf8_lossy(&d.payload)));
-            queue.push_back((d.sequence, d.acker));
-            match parts.iter_mut().find(|p| p.partition == d.partition) {
-                Some(part) => part.events.push((offset, event)),
-                None => parts.push(Part {
-                    partition: d.partition,
-                    events: vec![(offset, event)],
-                }),
-            }
-        }
-        // What came again after a takeover goes before what is newer.
-        for part in &mut parts {
-            part.events.sort_by_key(|(offset, _)| *offset);
-        }
-        if !parts.is_empty() {
-            metrics::counter!("tessera_events_fetched_total", "topic" => topic.to_string(), "bus" => "nats")
-                .increment(parts.iter().map(|p| p.events.len() as u64).sum());
-        }
-        Batch {
-            parts,
-            lease: Some(self.settings.lease),
-        }
-    }
 }
 
 impl Drop for NatsBus {
@@ -694,9 +450,7 @@ impl Drop for NatsBus {
         let members = self.members.get_mut().unwrap_or_else(|e| e.into_inner());
         for member in members.values() {
             if let Ok(mut state) = member.state.try_lock() {
-                for (_, (_, task)) in state.pullers.drain() {
-                    task.abort();
-                }
+                state.stop();
             }
         }
     }
@@ -705,6 +459,29 @@ impl Drop for NatsBus {
 /// The offset consumers see of the message at stream sequence `seq` (JetStream counts from 1).
 fn offset_of(seq: u64) -> i64 {
     seq as i64 - 1
+}
+
+/// The `Nats-Msg-Id` of `event`: its id, and for a dead letter where its original was.
+fn message_id(event: &Event) -> String {
+    let at = |k: &str| event.extensions.get(k).map(|v| v.to_string());
+    match (
+        at("deadlettertopic"),
+        at("deadletterpartition"),
+        at("deadletteroffset"),
+    ) {
+        (Some(t), Some(p), Some(o)) => format!("{}.dead.{}.{p}.{o}", event.id, t.trim_matches('"')),
+        _ => event.id.clone(),
+    }
+}
+
+/// The producer token of an event's subject, `<prefix>.<topic…>.<producer>.<partition>`.
+fn producer_of(subject: &str) -> Option<&str> {
+    subject.rsplit('.').nth(1)
+}
+
+/// The partition of an event's subject.
+fn partition_of_subject(subject: &str) -> Option<u32> {
+    subject.rsplit('.').next()?.parse().ok()
 }
 
 /// How often a member that holds less than its share looks for a partition given back.
@@ -723,109 +500,16 @@ struct Head<'a> {
     partitionkey: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow, default)]
     traceparent: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, rename = "type")]
+    _type: std::borrow::Cow<'a, str>,
+    #[serde(borrow, rename = "source")]
+    _source: std::borrow::Cow<'a, str>,
 }
 
 fn publish_error(e: context::PublishError) -> BusError {
     match e.kind() {
         context::PublishErrorKind::MaxPayloadExceeded => BusError::TooLarge(e.to_string()),
         _ => BusError::Unavailable(format!("NATS did not take the events: {e}")),
-    }
-}
-
-/// One member of a group on one topic, in this process.
-struct Member {
-    topic: String,
-    group: String,
-    consumer: String,
-    /// The group's document in the groups bucket.
-    key: String,
-    state: tokio::sync::Mutex<MemberState>,
-}
-
-struct MemberState {
-    held: Vec<u32>,
-    /// Holding less than a fair share at the last refresh: looks again sooner.
-    wanting: bool,
-    /// When it last took its fair share (renewals while handling a batch keep what it holds).
-    balanced: Option<Instant>,
-    tx: mpsc::Sender<Delivered>,
-    rx: mpsc::Receiver<Delivered>,
-    /// The task pulling each held partition, with the generation its messages carry.
-    pullers: HashMap<u32, (u64, tokio::task::JoinHandle<()>)>,
-    consumers: HashMap<u32, consumer::PullConsumer>,
-    next_gen: u64,
-    /// What was handed out and not yet committed, per partition, in order.
-    unacked: HashMap<u32, VecDeque<(u64, Acker)>>,
-}
-
-/// A message pulled for a member.
-struct Delivered {
-    partition: u32,
-    generation: u64,
-    sequence: u64,
-    producer: Option<String>,
-    payload: Bytes,
-    acker: Acker,
-}
-
-/// Pulls `partition`'s durable consumer into `tx` until aborted.
-async fn pull_partition(
-    pull: consumer::PullConsumer,
-    partition: u32,
-    generation: u64,
-    ack_wait: Duration,
-    tx: mpsc::Sender<Delivered>,
-) {
-    // Taking over from a member that died (or gave the partition back with messages still
-    // on their way to it): what it was handed and never acked comes again once its ack wait
-    // runs out, and JetStream hands out what is due again before anything new. Waiting that
-    // long before the first pull keeps those first, so events of one key stay in order.
-    match pull.get_info().await {
-        Ok(info) if info.num_ack_pending > 0 => tokio::time::sleep(ack_wait).await,
-        _ => {}
-    }
-    loop {
-        let messages = pull
-            .stream()
-            .max_messages_per_batch(256)
-            .expires(Duration::from_secs(5))
-            .heartbeat(Duration::from_millis(2500))
-            .messages()
-            .await;
-        let mut messages = match messages {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(partition, error = %e, "cannot pull from NATS; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-        };
-        while let Some(next) = messages.next().await {
-            let message: Message = match next {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::debug!(partition, error = %e, "pull interrupted; pulling again");
-                    break;
-                }
-            };
-            let Ok(info) = message.info() else { continue };
-            let sequence = info.stream_sequence;
-            // `<prefix>.<topic…>.<producer>.<partition>`: the producer is the next to last token.
-            let producer = message.subject.rsplit('.').nth(1).map(str::to_string);
-            let (message, acker) = message.split();
-            let delivered = Delivered {
-                partition,
-                generation,
-                sequence,
-                producer,
-                payload: message.payload,
-                acker,
-            };
-            if tx.send(delivered).await.is_err() {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -842,7 +526,13 @@ impl Bus for NatsBus {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| BusError::Refused(e.to_string()))?;
             let refs: Vec<&str> = json.iter().map(String::as_str).collect();
-            self.publish_raw(topic, &refs).await
+            // A dead letter keeps its event's id; its message id is the delivery it comes from,
+            // so that the same event dead-lettered again after a replay (a new delivery) is not
+            // taken for a duplicate, and a retried publish of one still is.
+            let ids: Vec<String> = events.iter().map(message_id).collect();
+            self.publish_as(&self.service, topic, &refs, Some(&ids))
+                .await
+                .map(drop)
         })
     }
 
@@ -860,7 +550,7 @@ impl Bus for NatsBus {
         self.conn
             .get()
             .map_or(DEFAULT_MAX_PAYLOAD, |c| c.max_payload)
-            - HEADERS_ROOM
+            .saturating_sub(HEADERS_ROOM)
     }
 
     fn fetch<'a>(
@@ -890,10 +580,8 @@ impl Bus for NatsBus {
             let mut state = member.state.lock().await;
             self.refresh(conn, &member, &mut state, false).await?;
             // What is being handled is not handed out again meanwhile.
-            for queue in state.unacked.values() {
-                for (_, acker) in queue {
-                    let _ = acker.ack_with(jetstream::AckKind::Progress).await;
-                }
+            for held in state.unacked.values().flat_map(|q| q.values()) {
+                let _ = held.acker.ack_with(jetstream::AckKind::Progress).await;
             }
             Ok(state.held.clone())
         })
@@ -910,20 +598,22 @@ impl Bus for NatsBus {
         Box::pin(async move {
             let member = self.member(topic, group, consumer);
             let mut state = member.state.lock().await;
+            self.lapse_if_over(&mut state);
             if !state.held.contains(&partition) {
                 return Err(BusError::Lost(format!(
                     "partition {partition} of {topic} is no longer held by {consumer}"
                 )));
             }
-            // Each handled message acked by itself: one acked past another the member has not
-            // handled yet (handed out again after a takeover) must not ack that one too.
-            let queue = state.unacked.entry(partition).or_default();
-            let (done, rest): (VecDeque<_>, VecDeque<_>) = std::mem::take(queue)
-                .into_iter()
-                .partition(|(seq, _)| offset_of(*seq) < offset);
-            *queue = rest;
-            for (_, acker) in done {
-                acker
+            // Each message handed out before the offset acked by itself: an ack never covers
+            // one the member has not handed out (one handed out again after a takeover).
+            let Some(queue) = state.unacked.get_mut(&partition) else {
+                return Ok(());
+            };
+            let first_kept = u64::try_from(offset.saturating_add(1)).unwrap_or(0);
+            let rest = queue.split_off(&first_kept);
+            let done = std::mem::replace(queue, rest);
+            for (_, held) in done {
+                held.acker
                     .ack()
                     .await
                     .map_err(|e| BusError::Unavailable(format!("cannot ack on NATS: {e}")))?;
@@ -944,14 +634,11 @@ impl Bus for NatsBus {
             };
             let member = self.member(topic, group, consumer);
             let mut state = member.state.lock().await;
-            for (_, (_, task)) in state.pullers.drain() {
-                task.abort();
+            // Pulling stops before the partitions are given back.
+            state.stop();
+            for held in state.unacked.drain().flat_map(|(_, q)| q.into_values()) {
+                let _ = held.acker.ack_with(jetstream::AckKind::Nak(None)).await;
             }
-            let unacked: Vec<_> = state.unacked.drain().collect();
-            for (_, acker) in unacked.into_iter().flat_map(|(_, q)| q) {
-                let _ = acker.ack_with(jetstream::AckKind::Nak(None)).await;
-            }
-            state.held.clear();
             group::change(&conn.groups, &member.key, |g| g.leave(consumer)).await
         })
     }
@@ -977,10 +664,12 @@ mod tests {
             ("nats://u:secret@h:4222?replicas=0", "replicas"),
             ("nats://u:secret@h:4222?colour=red", "colour"),
             ("nats://u:secret@h:4222?prefix=a.b", "prefix"),
+            ("nats://u:secret@h:4222?prefix=a-b", "prefix"),
+            ("nats://u:se?cret@h:4222?colour=red", "colour"),
         ] {
             let e = NatsSettings::parse(url).unwrap_err();
             assert!(e.contains(says), "{url}: {e}");
-            assert!(!e.contains("secret"), "{url}: {e}");
+            assert!(!e.contains("secret") && !e.contains("cret"), "{url}: {e}");
         }
     }
 

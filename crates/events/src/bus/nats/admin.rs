@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use async_nats::jetstream::{kv, stream};
+use async_nats::jetstream::stream;
 use futures_util::StreamExt;
 
 use super::{NatsBus, check_topic, escape};
@@ -27,6 +27,37 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> BusError {
 }
 
 impl NatsBus {
+    /// Makes sure the streams of `topics` (and the groups bucket) are there: the control
+    /// plane declares a system's topics at start, so that services, whose NATS users may not
+    /// make streams, find them.
+    pub async fn declare(&self, topics: &[String]) -> Result<(), BusError> {
+        let conn = self.conn().await?;
+        for topic in topics {
+            check_topic(topic)?;
+            self.stream(conn, topic).await?;
+        }
+        Ok(())
+    }
+
+    /// The topic's stream, if it has one yet.
+    async fn existing(&self, topic: &str) -> Result<Option<stream::Stream>, BusError> {
+        check_topic(topic)?;
+        let conn = self.conn().await?;
+        match conn.js.get_stream(self.stream_name(topic)).await {
+            Ok(stream) => Ok(Some(stream)),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    async_nats::jetstream::context::GetStreamErrorKind::JetStream(j)
+                        if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(unavailable("cannot read the stream", e)),
+        }
+    }
+
     /// Up to `limit` events of `partition` of `topic`, from offset `from` on; none if the
     /// topic has no stream yet.
     pub async fn read(
@@ -36,9 +67,7 @@ impl NatsBus {
         from: i64,
         limit: usize,
     ) -> Result<Vec<Stored>, BusError> {
-        check_topic(topic)?;
-        let conn = self.conn().await?;
-        let Ok(stream) = conn.js.get_stream(self.stream_name(topic)).await else {
+        let Some(stream) = self.existing(topic).await? else {
             return Ok(Vec::new());
         };
         let subject = format!("{}.{topic}.*.{partition}", self.settings.prefix);
@@ -64,19 +93,14 @@ impl NatsBus {
 
     /// The event at `offset` of `topic`, if there is one there.
     pub async fn get(&self, topic: &str, offset: i64) -> Result<Option<(u32, Stored)>, BusError> {
-        check_topic(topic)?;
-        let conn = self.conn().await?;
-        let Ok(stream) = conn.js.get_stream(self.stream_name(topic)).await else {
+        let Some(stream) = self.existing(topic).await? else {
             return Ok(None);
         };
-        let Ok(seq) = u64::try_from(offset + 1) else {
+        let Some(seq) = offset.checked_add(1).and_then(|s| u64::try_from(s).ok()) else {
             return Ok(None);
         };
         match stream.get_raw_message(seq).await {
-            Ok(m) => {
-                let partition = m.subject.rsplit('.').next().and_then(|p| p.parse().ok());
-                Ok(partition.map(|p| (p, stored(m))))
-            }
+            Ok(m) => Ok(super::partition_of_subject(&m.subject).map(|p| (p, stored(m)))),
             Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(None),
             Err(e) => Err(unavailable("cannot read the stream", e)),
         }
@@ -120,68 +144,18 @@ impl NatsBus {
     pub async fn update_record<T>(
         &self,
         name: &str,
-        mut change: impl FnMut(&mut BTreeMap<String, i64>) -> T,
+        change: impl FnMut(&mut BTreeMap<String, i64>) -> T,
     ) -> Result<T, BusError> {
         let conn = self.conn().await?;
         let key = format!("record.{}", escape(name));
-        for _ in 0..32 {
-            let entry = conn
-                .groups
-                .entry(&key)
-                .await
-                .map_err(|e| unavailable("cannot read a record", e))?;
-            let (mut record, revision) = match &entry {
-                Some(e) if e.operation == kv::Operation::Put => (
-                    serde_json::from_slice(&e.value).unwrap_or_default(),
-                    Some(e.revision),
-                ),
-                Some(e) => (BTreeMap::new(), Some(e.revision)),
-                None => (BTreeMap::new(), None),
-            };
-            let out = change(&mut record);
-            let value = serde_json::to_vec(&record)
-                .expect("a record serializes")
-                .into();
-            let written = match revision {
-                Some(r) => conn
-                    .groups
-                    .update(&key, value, r)
-                    .await
-                    .map(drop)
-                    .map_err(|e| {
-                        (
-                            e.kind() == kv::UpdateErrorKind::WrongLastRevision,
-                            e.to_string(),
-                        )
-                    }),
-                None => conn
-                    .groups
-                    .create(&key, value)
-                    .await
-                    .map(drop)
-                    .map_err(|e| {
-                        (
-                            e.kind() == kv::CreateErrorKind::AlreadyExists,
-                            e.to_string(),
-                        )
-                    }),
-            };
-            match written {
-                Ok(()) => return Ok(out),
-                Err((true, _)) => continue,
-                Err((false, e)) => return Err(unavailable("cannot write a record", e)),
-            }
-        }
-        Err(BusError::Unavailable(format!(
-            "record {name}: too many writers at once"
-        )))
+        super::group::compare_and_set(&conn.groups, &key, change).await
     }
 }
 
 fn stored(m: async_nats::jetstream::message::StreamMessage) -> Stored {
     Stored {
         offset: super::offset_of(m.sequence),
-        producer: m.subject.rsplit('.').nth(1).map(|p| format!("service:{p}")),
+        producer: super::producer_of(&m.subject).map(|p| format!("service:{p}")),
         event: String::from_utf8_lossy(&m.payload).into_owned(),
     }
 }

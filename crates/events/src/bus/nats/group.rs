@@ -83,58 +83,76 @@ impl Group {
     }
 }
 
-/// Applies `change` to the group document at `key` by compare-and-set, retrying when another
-/// member wrote first; what `change` returned for the version written.
+/// Applies `change` to the group document at `key` by compare-and-set; what `change`
+/// returned for the version written.
 pub(super) async fn change<T>(
     store: &kv::Store,
     key: &str,
-    mut change: impl FnMut(&mut Group) -> T,
+    change: impl FnMut(&mut Group) -> T,
 ) -> Result<T, BusError> {
+    compare_and_set(store, key, change).await
+}
+
+/// Applies `change` to the JSON document at `key` (its default when there is none, or it
+/// does not read) by compare-and-set, reading again when another writer came first; what
+/// `change` returned for the version written.
+pub(super) async fn compare_and_set<D, T>(
+    store: &kv::Store,
+    key: &str,
+    mut change: impl FnMut(&mut D) -> T,
+) -> Result<T, BusError>
+where
+    D: Default + Serialize + serde::de::DeserializeOwned,
+{
     for _ in 0..32 {
         let entry = store
             .entry(key)
             .await
-            .map_err(|e| BusError::Unavailable(format!("cannot read consumer group {key}: {e}")))?;
-        let (mut group, revision) = match &entry {
+            .map_err(|e| BusError::Unavailable(format!("cannot read {key}: {e}")))?;
+        let (mut doc, revision) = match &entry {
             Some(e) if e.operation == kv::Operation::Put => (
-                serde_json::from_slice::<Group>(&e.value).unwrap_or_default(),
+                serde_json::from_slice::<D>(&e.value).unwrap_or_default(),
                 Some(e.revision),
             ),
-            Some(e) => (Group::default(), Some(e.revision)),
-            None => (Group::default(), None),
+            Some(e) => (D::default(), Some(e.revision)),
+            None => (D::default(), None),
         };
-        let out = change(&mut group);
-        let value = serde_json::to_vec(&group)
-            .expect("a group serializes")
+        let out = change(&mut doc);
+        let value = serde_json::to_vec(&doc)
+            .expect("a document serializes")
             .into();
         let written = match revision {
-            Some(revision) => store.update(key, value, revision).await.map_err(|e| {
-                matches!(e.kind(), kv::UpdateErrorKind::WrongLastRevision)
-                    .then_some(())
-                    .ok_or_else(|| e.to_string())
-            }),
-            None => store.create(key, value).await.map_err(|e| {
-                matches!(e.kind(), kv::CreateErrorKind::AlreadyExists)
-                    .then_some(())
-                    .ok_or_else(|| e.to_string())
+            Some(revision) => store
+                .update(key, value, revision)
+                .await
+                .map(drop)
+                .map_err(|e| {
+                    (
+                        e.kind() == kv::UpdateErrorKind::WrongLastRevision,
+                        e.to_string(),
+                    )
+                }),
+            None => store.create(key, value).await.map(drop).map_err(|e| {
+                (
+                    e.kind() == kv::CreateErrorKind::AlreadyExists,
+                    e.to_string(),
+                )
             }),
         };
         match written {
-            Ok(_) => return Ok(out),
-            Err(Ok(())) => {
-                // Another member wrote first: read again, after a moment's jitter.
+            Ok(()) => return Ok(out),
+            // Another writer came first: read again, after a moment's jitter.
+            Err((true, _)) => {
                 let pause = rand::random::<u64>() % 20;
                 tokio::time::sleep(Duration::from_millis(pause)).await;
             }
-            Err(Err(e)) => {
-                return Err(BusError::Unavailable(format!(
-                    "cannot write consumer group {key}: {e}"
-                )));
+            Err((false, e)) => {
+                return Err(BusError::Unavailable(format!("cannot write {key}: {e}")));
             }
         }
     }
     Err(BusError::Unavailable(format!(
-        "consumer group {key}: too many members writing at once"
+        "{key}: too many writers at once"
     )))
 }
 

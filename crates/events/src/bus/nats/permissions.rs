@@ -3,13 +3,17 @@
 //! consumes") written as a NATS user's permissions, so that the server, not the publishing
 //! process, enforces it (`docs/scale-out.md`, `docs/security.md`).
 //!
-//! Each service connects as a user named after it, with its Tessera credential as password
-//! ([`NatsBus::with_credential`](super::NatsBus::with_credential)), and its replies come to an
-//! inbox prefix of its own (`_INBOX_<service>`), the only subjects it may subscribe to. It
-//! may publish events only under its own producer token, so no service can publish as
-//! another; and it may reach the JetStream API only for the streams of the topics it
-//! consumes, its consumer groups' bookkeeping, and making streams. Deleting or purging a
-//! stream is left to the control plane's user (all subjects).
+//! Each service connects as a user named after it, with a password derived for it from the
+//! control keys (`tessera nats config` and `tessera up` hand it over in the service's bus
+//! URL; it is not the service's credential, which NATS never sees), and its replies come to
+//! an inbox prefix of its own (`_INBOX_<service>`), the only subjects it may subscribe to.
+//! It may publish events only under its own producer token and only to the topics it
+//! produces (and its group's dead letters), so no service can publish as another; it may
+//! reach the JetStream API only for the streams of its topics, the durable consumers of its
+//! own group (named after it) on the topics it consumes, and its own entries in the groups
+//! bucket. Streams are declared by the control plane (whose user may do anything), never by
+//! a service: a service that could make a stream could make one that captures another's
+//! subjects.
 
 use serde_json::{Value, json};
 
@@ -20,6 +24,8 @@ pub struct Grants<'a> {
     pub service: &'a str,
     pub produces: &'a [String],
     pub consumes: &'a [String],
+    /// Partitions per topic (the bus URL's `partitions`).
+    pub partitions: u32,
 }
 
 /// The `permissions` of `grants.service`'s user, under subject prefix `prefix`.
@@ -27,31 +33,40 @@ pub fn permissions(prefix: &str, grants: &Grants<'_>) -> Value {
     let s = grants.service;
     let bucket = format!("{prefix}-groups");
     let stream = |topic: &str| format!("{prefix}-{}", escape(topic));
+    let dead_letters = crate::dead_letter_topic(s);
     let mut publish: Vec<String> = grants
         .produces
         .iter()
+        .chain([&dead_letters])
         .map(|topic| format!("{prefix}.{topic}.{s}.*"))
         .collect();
-    // Its consumer groups' dead letters (`deadletter.<service>` and `deadletter.<service>.<x>`).
-    publish.push(format!("{prefix}.deadletter.{s}.{s}.*"));
-    publish.push(format!("{prefix}.deadletter.{s}.*.{s}.*"));
-    publish.extend([
-        "$JS.API.INFO".to_string(),
-        "$JS.API.STREAM.INFO.*".to_string(),
-        "$JS.API.STREAM.CREATE.*".to_string(),
-        format!("$KV.{bucket}.>"),
-        format!("$JS.API.DIRECT.GET.KV_{bucket}"),
-        format!("$JS.API.DIRECT.GET.KV_{bucket}.>"),
-        format!("$JS.API.STREAM.MSG.GET.KV_{bucket}"),
-    ]);
+    publish.push("$JS.API.INFO".into());
+    publish.push(format!("$JS.API.STREAM.INFO.KV_{bucket}"));
+    for topic in grants
+        .produces
+        .iter()
+        .chain(grants.consumes)
+        .chain([&dead_letters])
+    {
+        publish.push(format!("$JS.API.STREAM.INFO.{}", stream(topic)));
+    }
+    let group = escape(s);
     for topic in grants.consumes {
         let stream = stream(topic);
-        publish.extend([
-            format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
-            format!("$JS.API.CONSUMER.INFO.{stream}.*"),
-            format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.*"),
-            format!("$JS.ACK.{stream}.>"),
-        ]);
+        // Its group's document in the groups bucket, read and written by compare-and-set.
+        let key = format!("$KV.{bucket}.{}.{group}", escape(topic));
+        publish.push(format!("$JS.API.DIRECT.GET.KV_{bucket}.{key}"));
+        publish.push(key);
+        // Its group's durable consumer of each partition, and nobody else's.
+        for p in 0..grants.partitions {
+            let durable = format!("{group}-{p}");
+            publish.extend([
+                format!("$JS.API.CONSUMER.CREATE.{stream}.{durable}.>"),
+                format!("$JS.API.CONSUMER.INFO.{stream}.{durable}"),
+                format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"),
+                format!("$JS.ACK.{stream}.{durable}.>"),
+            ]);
+        }
     }
     json!({
         "publish": { "allow": publish },
@@ -100,6 +115,7 @@ mod tests {
                 service: "order",
                 produces: &["order.events".into()],
                 consumes: &["saga.replies".into()],
+                partitions: 4,
             },
         );
         let publish: Vec<&str> = p["publish"]["allow"]
@@ -109,7 +125,14 @@ mod tests {
             .map(|v| v.as_str().unwrap())
             .collect();
         assert!(publish.contains(&"t.order.events.order.*"));
-        assert!(publish.contains(&"$JS.API.CONSUMER.MSG.NEXT.t-saga_-replies.*"));
+        assert!(publish.contains(&"$JS.API.CONSUMER.MSG.NEXT.t-saga_-replies.order-3"));
+        // No wildcard reaches another group's consumers or any stream's making.
+        assert!(
+            !publish
+                .iter()
+                .any(|s| s.contains("CONSUMER") && s.ends_with(".*"))
+        );
+        assert!(!publish.iter().any(|s| s.contains("STREAM.CREATE")));
         assert!(
             !publish
                 .iter()
