@@ -518,6 +518,10 @@ impl Manifest {
                     "services.{name}: a service name uses letters, digits, '-' or '_'"
                 ));
             }
+            // The control plane's own name on the engines (its NATS user).
+            if name == "control" {
+                return Err("services.control: the name is the control plane's".into());
+            }
             if spec.command.argv().is_empty() {
                 return Err(format!("services.{name}.command: is empty"));
             }

@@ -66,7 +66,20 @@ impl Log {
             Log::Embedded(log) => log.publish_as(producer, topic, events).await,
             Log::Nats(bus) => {
                 let json: Vec<&str> = events.iter().map(|e| e.get()).collect();
-                Ok(bus.publish_as(token(producer)?, topic, &json, None).await?)
+                // A dead letter's message id is the delivery it comes from (a replayed event
+                // that fails again is a new dead letter, not a duplicate).
+                let ids: Option<Vec<String>> = topic.starts_with("deadletter.").then(|| {
+                    json.iter()
+                        .map(|j| {
+                            serde_json::from_str::<tessera::events::Event>(j)
+                                .map(|e| tessera::events::nats::message_id(&e))
+                                .unwrap_or_default()
+                        })
+                        .collect()
+                });
+                Ok(bus
+                    .publish_as(token(producer)?, topic, &json, ids.as_deref())
+                    .await?)
             }
         }
     }

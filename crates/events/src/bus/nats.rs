@@ -32,6 +32,7 @@ mod permissions;
 
 pub use admin::Stored;
 pub use permissions::{Grants, User, inbox_prefix, permissions, server_config};
+// (`message_id` below is the dead letters' message id, for the control plane's publishes.)
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -462,7 +463,7 @@ fn offset_of(seq: u64) -> i64 {
 }
 
 /// The `Nats-Msg-Id` of `event`: its id, and for a dead letter where its original was.
-fn message_id(event: &Event) -> String {
+pub fn message_id(event: &Event) -> String {
     let at = |k: &str| event.extensions.get(k).map(|v| v.to_string());
     match (
         at("deadlettertopic"),

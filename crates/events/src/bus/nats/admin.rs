@@ -30,10 +30,15 @@ impl NatsBus {
     /// Makes sure the streams of `topics` (and the groups bucket) are there: the control
     /// plane declares a system's topics at start, so that services, whose NATS users may not
     /// make streams, find them.
+    /// A topic whose name cannot be a stream's is skipped and said; anything else stops the
+    /// declaration, to be tried again.
     pub async fn declare(&self, topics: &[String]) -> Result<(), BusError> {
         let conn = self.conn().await?;
         for topic in topics {
-            check_topic(topic)?;
+            if let Err(e) = check_topic(topic) {
+                tracing::error!(topic, error = %e, "not declared on NATS");
+                continue;
+            }
             self.stream(conn, topic).await?;
         }
         Ok(())

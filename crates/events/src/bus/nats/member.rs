@@ -9,9 +9,10 @@
 //! messages (the channel has a lock of its own), so a commit or a renewal of the same member
 //! never waits behind a fetch.
 //!
-//! The member's hold on its partitions is a lease in the group's document; if it cannot
-//! refresh it within the lease (NATS unreachable, the consumer gone quiet), it stops pulling
-//! before anyone else may take them, and a member nobody has used for a lease is dropped.
+//! The member's hold on its partitions is a lease in the group's document; its pullers stop
+//! when that lease runs out unrefreshed (NATS unreachable, the consumer gone quiet), before
+//! another member may take the partitions, and a member nobody has used for a while is
+//! dropped.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -30,6 +31,9 @@ use crate::{Batch, BusError, Delivery, Event, Part};
 const PULL_BATCH: usize = 64;
 const CHANNEL: usize = 256;
 
+/// The longest wait a fetch may be asked for (the control plane caps HTTP consumers' at 30 s).
+const LONGEST_WAIT: Duration = Duration::from_secs(30);
+
 /// How many messages a partition may have delivered and not yet acked.
 pub(super) const MAX_ACK_PENDING: i64 = 1024;
 
@@ -46,6 +50,9 @@ pub(super) struct Member {
     tx: mpsc::Sender<Delivered>,
     /// When a call last used this member.
     used: std::sync::Mutex<Instant>,
+    /// Until when its lease holds (ms since `epoch`), for its pullers to stop at.
+    lease_end: Arc<std::sync::atomic::AtomicU64>,
+    epoch: Instant,
 }
 
 pub(super) struct MemberState {
@@ -93,14 +100,15 @@ impl MemberState {
 }
 
 impl NatsBus {
-    /// The member `consumer` of `group` on `topic`; members nobody used for two leases are
-    /// dropped on the way (a consumer that died without leaving, behind the control plane).
+    /// The member `consumer` of `group` on `topic`; members nobody used for the longest
+    /// fetch and two leases more are dropped on the way (a consumer that died without
+    /// leaving, behind the control plane), never one in the middle of a fetch.
     pub(super) fn member(&self, topic: &str, group: &str, consumer: &str) -> Arc<Member> {
-        let idle = 2 * self.settings.lease;
+        let idle = LONGEST_WAIT + 2 * self.settings.lease;
         let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
         members.retain(|_, m| {
             let used = *m.used.lock().unwrap_or_else(|e| e.into_inner());
-            if used.elapsed() < idle {
+            if used.elapsed() < idle || m.rx.try_lock().is_err() {
                 return true;
             }
             match m.state.try_lock() {
@@ -133,6 +141,8 @@ impl NatsBus {
                     rx: tokio::sync::Mutex::new(rx),
                     tx,
                     used: std::sync::Mutex::new(Instant::now()),
+                    lease_end: Arc::default(),
+                    epoch: Instant::now(),
                 })
             })
             .clone();
@@ -166,6 +176,10 @@ impl NatsBus {
             }
         };
         state.held_until = Some(asked + lease);
+        member.lease_end.store(
+            (asked + lease).duration_since(member.epoch).as_millis() as u64,
+            std::sync::atomic::Ordering::Release,
+        );
         if may_release {
             state.balanced = Some(Instant::now());
         }
@@ -191,11 +205,18 @@ impl NatsBus {
             }
             let pull = match state.consumers.get(&p) {
                 Some(c) => c.clone(),
-                None => {
-                    let c = self.durable(conn, &member.topic, &member.group, p).await?;
-                    state.consumers.insert(p, c.clone());
-                    c
-                }
+                None => match self.durable(conn, &member.topic, &member.group, p).await {
+                    Ok(c) => {
+                        state.consumers.insert(p, c.clone());
+                        c
+                    }
+                    // Held in the group's document, not pulled yet: tried again at the next
+                    // refresh (and given back if this member goes).
+                    Err(e) => {
+                        tracing::warn!(topic = %member.topic, partition = p, error = %e, "cannot pull a partition yet");
+                        continue;
+                    }
+                },
             };
             state.next_gen += 1;
             let generation = state.next_gen;
@@ -205,10 +226,15 @@ impl NatsBus {
                 generation,
                 self.settings.lease,
                 member.tx.clone(),
+                (member.lease_end.clone(), member.epoch),
             ));
             state.pullers.insert(p, (generation, task));
         }
-        state.held = held;
+        // What it holds is what it pulls: a commit elsewhere is refused as moved.
+        state.held = held
+            .into_iter()
+            .filter(|p| state.pullers.contains_key(p))
+            .collect();
         Ok(())
     }
 
@@ -268,6 +294,7 @@ impl NatsBus {
         // Refreshing often enough that a short lease never runs out between two looks.
         let look_every = super::LOOK_AGAIN.min(self.settings.lease / 3);
         loop {
+            *member.used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
             {
                 let mut state = member.state.lock().await;
                 self.lapse_if_over(&mut state);
@@ -396,14 +423,20 @@ impl NatsBus {
     }
 }
 
-/// Pulls `partition`'s durable consumer into `tx` until aborted.
+/// Pulls `partition`'s durable consumer into `tx` until aborted, or until the member's lease
+/// (`lease_end`, ms since its epoch) runs out without a refresh.
 async fn pull_partition(
     pull: consumer::PullConsumer,
     partition: u32,
     generation: u64,
     ack_wait: Duration,
     tx: mpsc::Sender<Delivered>,
+    (lease_end, epoch): (Arc<std::sync::atomic::AtomicU64>, Instant),
 ) {
+    let lease_left = || {
+        let end = Duration::from_millis(lease_end.load(std::sync::atomic::Ordering::Acquire));
+        end.checked_sub(epoch.elapsed())
+    };
     // Taking over from a member that died (or gave the partition back with messages still
     // on their way to it): what it was handed and never acked comes again once its ack wait
     // runs out, and JetStream hands out what is due again before anything new. Waiting that
@@ -428,7 +461,17 @@ async fn pull_partition(
                 continue;
             }
         };
-        while let Some(next) = messages.next().await {
+        loop {
+            // Not past the lease: another member may hold the partition by then.
+            let Some(left) = lease_left() else {
+                tracing::warn!(partition, "lease ran out unrefreshed; pulling stops");
+                return;
+            };
+            let next = match tokio::time::timeout(left, messages.next()).await {
+                Ok(Some(next)) => next,
+                Ok(None) => break,
+                Err(_) => continue,
+            };
             let message = match next {
                 Ok(m) => m,
                 Err(e) => {
