@@ -111,20 +111,28 @@ pub async fn serve(
                 tessera::events::NatsBus::new(url, "control", "control")
                     .map_err(|e| anyhow::anyhow!("TESSERA_BUS_URL: {e}"))?,
             );
-            // The system's streams, declared once NATS answers (services may not make them).
-            let (declaring, topics) = (bus.clone(), config.policy.topics());
+            // The system's streams and its services' consumer groups, declared once NATS
+            // answers (services may not make streams).
+            let declaring = bus.clone();
+            let (topics, groups) = (config.policy.topics(), config.policy.consumer_groups());
             tokio::spawn(async move {
                 let mut told = false;
-                while let Err(e) = declaring.declare(&topics).await {
+                loop {
+                    let declared = match declaring.declare(&topics).await {
+                        Ok(()) => declaring.declare_groups(&groups).await,
+                        Err(e) => Err(e),
+                    };
+                    let Err(e) = declared else { break };
                     if !told {
-                        tracing::warn!(error = %e, "cannot declare the system's streams on NATS yet; retrying");
+                        tracing::warn!(error = %e, "cannot declare the system's streams and groups on NATS yet; retrying");
                         told = true;
                     }
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
                 tracing::info!(
                     streams = topics.len(),
-                    "the system's streams are declared on NATS"
+                    groups = groups.len(),
+                    "the system's streams and consumer groups are declared on NATS"
                 );
             });
             events::Log::Nats(bus)

@@ -41,6 +41,18 @@ impl Policy {
         }
     }
 
+    /// Each consumed topic with the consumer group named after its consumer: the groups a
+    /// bus that is told its consumers declares.
+    pub fn consumer_groups(&self) -> Vec<(String, String)> {
+        let mut groups: Vec<(String, String)> = self
+            .services
+            .iter()
+            .flat_map(|(name, g)| g.consumes.iter().map(|t| (t.clone(), name.clone())))
+            .collect();
+        groups.sort();
+        groups
+    }
+
     /// Every topic the system declares (produced or consumed), and each service's dead-letter
     /// topic: what a bus that is told its topics is told.
     pub fn topics(&self) -> Vec<String> {

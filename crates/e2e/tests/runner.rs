@@ -408,6 +408,16 @@ async fn the_distributed_profile_puts_the_events_on_a_nats_of_its_own() {
         l.contains(&format!("NATS JetStream: nats://127.0.0.1:{port}"))
     })
     .await;
+    // The control plane declared the system's streams and its services' consumer groups.
+    let declared = sys
+        .log_line("the declaration", |l| {
+            l.contains("consumer groups are declared on NATS")
+        })
+        .await;
+    assert!(
+        declared.contains("\"groups\":") && !declared.contains("\"groups\":0"),
+        "{declared}"
+    );
     // The checkout's events are on NATS, and the control plane shows them from there.
     let topics: serde_json::Value = sys
         .control(reqwest::Method::GET, "/v1/topics")

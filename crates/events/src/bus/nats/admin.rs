@@ -44,6 +44,21 @@ impl NatsBus {
         Ok(())
     }
 
+    /// Makes sure each `(topic, group)` has its durable consumer of every partition: the
+    /// control plane declares the groups named after the services that consume a topic.
+    pub async fn declare_groups(&self, groups: &[(String, String)]) -> Result<(), BusError> {
+        let conn = self.conn().await?;
+        for (topic, group) in groups {
+            if check_topic(topic).is_err() {
+                continue; // said by `declare`
+            }
+            for p in 0..self.settings.partitions {
+                self.durable(conn, topic, group, p).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// The topic's stream, if it has one yet.
     async fn existing(&self, topic: &str) -> Result<Option<stream::Stream>, BusError> {
         check_topic(topic)?;

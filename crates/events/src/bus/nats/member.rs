@@ -252,7 +252,7 @@ impl NatsBus {
     }
 
     /// The group's durable consumer of `partition`, created if it is not there yet.
-    async fn durable(
+    pub(super) async fn durable(
         &self,
         conn: &Conn,
         topic: &str,
