@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use tessera::events::NatsSettings;
-use tessera::events::nats::{Grants, permissions, server_config};
+use tessera::events::nats::{Grants, NATS_IDENTITY, ServerTls, permissions, server_config};
 use tessera::identity::ControlKeys;
 use tessera_manifest::Manifest;
 
@@ -61,7 +61,21 @@ pub fn config(
             Some(permissions(&settings.prefix, &grants)),
         ));
     }
-    Ok(server_config(listen, &store.to_string_lossy(), &users))
+    // With the system's mutual TLS on, NATS is an internal server like the others: TLS only,
+    // its identity `nats` from the system CA, clients' certificates required.
+    let env = crate::tls::identity_env(manifest, state_dir, NATS_IDENTITY)?;
+    let file = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    use tessera_tls::internal::{CA_ENV, CERT_ENV, KEY_ENV};
+    let tls = match (file(CERT_ENV), file(KEY_ENV), file(CA_ENV)) {
+        (Some(chain), Some(key), Some(ca)) => Some(ServerTls { chain, key, ca }),
+        _ => None,
+    };
+    Ok(server_config(
+        listen,
+        &store.to_string_lossy(),
+        &users,
+        tls.as_ref(),
+    ))
 }
 
 /// The bus URL `principal`'s process connects with (`control`, `service:<name>`): the

@@ -481,3 +481,57 @@ async fn the_distributed_profile_puts_the_events_on_a_nats_of_its_own() {
         "the server stopped with the system"
     );
 }
+
+/// `--profile distributed` with the system's mutual TLS on (as on several hosts): NATS takes
+/// TLS only, with the system CA's certificates on both sides, and the checkout still goes
+/// through; no event crosses the wire in clear.
+#[tokio::test]
+async fn with_mutual_tls_on_nats_is_reached_over_tls_only() {
+    use std::io::Read;
+    let port = tessera_testkit::free_port();
+    let sys = System::start_with(Options {
+        checkout: true,
+        mtls: true,
+        up_args: vec![
+            "--profile".into(),
+            "distributed".into(),
+            "--nats-port".into(),
+            port.to_string(),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let (token, _) = sys.new_user().await;
+    let checkout = async {
+        let order = sys
+            .place_order(
+                &token,
+                serde_json::json!([{"productId": "0190f000-0000-7000-8000-000000000005", "quantity": 1}]),
+            )
+            .await;
+        assert_eq!(
+            sys.settled_order(&token, &order).await["status"],
+            "CONFIRMED"
+        );
+    };
+    let pcap = tessera_testkit::capture::during("lo", checkout).await;
+    let to_nats = tessera_testkit::capture::payloads(&pcap, |p| p.from.1 == port || p.to.1 == port);
+    assert!(
+        !to_nats.is_empty(),
+        "the checkout's events went through NATS"
+    );
+    for clear in [&b"shop.order"[..], b"specversion", b"CONNECT"] {
+        assert!(
+            !tessera_testkit::capture::contains(&to_nats, clear),
+            "{} in clear on the NATS port",
+            String::from_utf8_lossy(clear)
+        );
+    }
+    // The server says so to anyone who connects.
+    let mut plain = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut info = [0u8; 2048];
+    let n = plain.read(&mut info).unwrap();
+    let info = String::from_utf8_lossy(&info[..n]);
+    assert!(info.contains("\"tls_required\":true"), "{info}");
+    assert!(info.contains("\"tls_verify\":true"), "{info}");
+}

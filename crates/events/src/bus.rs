@@ -11,8 +11,8 @@ mod nats;
 
 pub use control::{ControlBus, read_fetch_answer};
 pub use nats::{
-    Grants, NatsBus, NatsSettings, Stored, User, inbox_prefix, message_id, permissions,
-    server_config,
+    Grants, NATS_IDENTITY, NatsBus, NatsSettings, ServerTls, Stored, User, inbox_prefix,
+    message_id, permissions, server_config,
 };
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -38,7 +38,10 @@ pub use bus::{
 };
 /// NATS users' permissions and server configuration (`docs/scale-out.md`).
 pub mod nats {
-    pub use crate::bus::{Grants, User, inbox_prefix, message_id, permissions, server_config};
+    pub use crate::bus::{
+        Grants, NATS_IDENTITY, ServerTls, User, inbox_prefix, message_id, permissions,
+        server_config,
+    };
 }
 pub use consumer::{Consumer, Handler, HandlerError, MintPassport};
 pub use event::{Delivery, Event, partition_of};

@@ -48,6 +48,7 @@ impl Server {
                 &format!("127.0.0.1:{port}"),
                 &dir.join("store").to_string_lossy(),
                 users,
+                None,
             );
             std::fs::write(&path, config.to_string()).expect("write the server's configuration");
             path

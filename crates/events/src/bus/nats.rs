@@ -31,7 +31,7 @@ mod member;
 mod permissions;
 
 pub use admin::Stored;
-pub use permissions::{Grants, User, inbox_prefix, permissions, server_config};
+pub use permissions::{Grants, ServerTls, User, inbox_prefix, permissions, server_config};
 // (`message_id` below is the dead letters' message id, for the control plane's publishes.)
 
 use std::collections::{HashMap, HashSet};
@@ -46,6 +46,9 @@ use serde::Deserialize;
 use super::{Batch, BoxFuture, Bus, BusError};
 use crate::{Event, partition_of};
 use member::Member;
+
+/// The identity NATS's servers show when the system's mutual TLS is on.
+pub const NATS_IDENTITY: &str = "nats";
 
 /// NATS's default `max_payload`, until the server says its own.
 const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
@@ -247,6 +250,15 @@ impl NatsBus {
                     .connection_timeout(Duration::from_secs(2));
                 if let Some((user, password)) = &s.user {
                     options = options.user_and_password(user.clone(), password.clone());
+                }
+                // With the system's mutual TLS on, NATS is reached as any internal server is:
+                // TLS only, this process's identity certificate shown, NATS's checked against
+                // the system CA (`docs/tls.md`).
+                if let Some(tls) = tessera_tls::internal::get() {
+                    let config = tls
+                        .client_config_for(&tls.identity_of(NATS_IDENTITY))
+                        .map_err(|e| BusError::Unavailable(format!("TLS to NATS: {e:#}")))?;
+                    options = options.require_tls(true).tls_client_config(config);
                 }
                 let servers: Vec<ServerAddr> = s
                     .servers

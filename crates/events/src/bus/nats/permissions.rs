@@ -82,10 +82,23 @@ pub fn inbox_prefix(service: &str) -> String {
 /// A user of the server: name, password, permissions (`None`: everything).
 pub type User = (String, String, Option<Value>);
 
+/// Where a server's TLS files are: its certificate chain and key (its identity in the
+/// system, `nats`), and the system CA its clients' certificates must come from.
+pub struct ServerTls {
+    pub chain: String,
+    pub key: String,
+    pub ca: String,
+}
+
 /// A `nats-server` configuration (JSON, which its configuration format takes) listening on
 /// `listen`, JetStream in `store_dir`, with `users` (`(name, password, permissions)`;
-/// permissions `None`: everything).
-pub fn server_config(listen: &str, store_dir: &str, users: &[User]) -> Value {
+/// permissions `None`: everything), and with `tls` only TLS with client certificates.
+pub fn server_config(
+    listen: &str,
+    store_dir: &str,
+    users: &[User],
+    tls: Option<&ServerTls>,
+) -> Value {
     let users: Vec<Value> = users
         .iter()
         .map(|(user, password, permissions)| {
@@ -96,11 +109,21 @@ pub fn server_config(listen: &str, store_dir: &str, users: &[User]) -> Value {
             u
         })
         .collect();
-    json!({
+    let mut config = json!({
         "listen": listen,
         "jetstream": { "store_dir": store_dir },
         "authorization": { "users": users },
-    })
+    });
+    if let Some(tls) = tls {
+        config["tls"] = json!({
+            "cert_file": tls.chain,
+            "key_file": tls.key,
+            "ca_file": tls.ca,
+            "verify": true,
+            "timeout": 2,
+        });
+    }
+    config
 }
 
 #[cfg(test)]
