@@ -199,10 +199,13 @@ impl System {
         };
         // The NATS profile: events on JetStream, under a subject prefix of this system's own.
         let own_bus = opts.up_args.iter().any(|a| a == "distributed");
+        // (The profile's server speaks plain NATS; a system with mutual TLS on reaches NATS
+        // over TLS only, so it keeps the embedded log: the distributed profile's own TLS NATS
+        // is tested in `runner.rs`.)
         let bus = opts
             .nats
             .clone()
-            .or_else(nats::profile)
+            .or_else(|| nats::profile().filter(|_| !opts.mtls))
             .filter(|_| !own_bus)
             .map_or(String::new(), |url| {
                 let id = &dir.file_name().unwrap().to_string_lossy()[12..24];
