@@ -624,7 +624,11 @@ impl Bus for NatsBus {
             };
             let first_kept = u64::try_from(offset.saturating_add(1)).unwrap_or(0);
             let rest = queue.split_off(&first_kept);
-            let done = std::mem::replace(queue, rest);
+            let below = std::mem::replace(queue, rest);
+            // One below the offset that was never handed out (taken in while a batch was out)
+            // stays, to be handed out: the commit is not its.
+            let (done, kept): (Vec<_>, Vec<_>) = below.into_iter().partition(|(_, h)| h.handed);
+            queue.extend(kept);
             for (_, held) in done {
                 held.acker
                     .ack()

@@ -74,6 +74,8 @@ pub(super) struct MemberState {
 /// A message the member has and has not had committed.
 pub(super) struct Held {
     pub acker: Acker,
+    /// Handed out in a batch (a commit acks only those).
+    pub handed: bool,
     producer: Option<String>,
     payload: Bytes,
 }
@@ -320,7 +322,7 @@ impl NatsBus {
                         }
                     }
                     self.keep(&mut state, got).await;
-                    return Ok(self.batch(&state, max, &member.topic));
+                    return Ok(self.batch(&mut state, max, &member.topic));
                 }
             }
             let look = tokio::time::Instant::now() + look_every;
@@ -341,7 +343,7 @@ impl NatsBus {
                 let mut state = member.state.lock().await;
                 self.keep(&mut state, got).await;
                 if state.unacked.values().any(|q| !q.is_empty()) {
-                    return Ok(self.batch(&state, max, &member.topic));
+                    return Ok(self.batch(&mut state, max, &member.topic));
                 }
             }
             if tokio::time::Instant::now() >= deadline {
@@ -363,27 +365,40 @@ impl NatsBus {
                 let _ = d.acker.ack_with(jetstream::AckKind::Nak(None)).await;
                 continue;
             }
-            state.unacked.entry(d.partition).or_default().insert(
-                d.sequence,
-                Held {
-                    acker: d.acker,
-                    producer: d.producer,
-                    payload: d.payload,
-                },
-            );
+            match state
+                .unacked
+                .entry(d.partition)
+                .or_default()
+                .entry(d.sequence)
+            {
+                // Given again while the member had it: the newer delivery's ack, the same
+                // message (handed out or not, as it was).
+                std::collections::btree_map::Entry::Occupied(mut held) => {
+                    held.get_mut().acker = d.acker;
+                }
+                std::collections::btree_map::Entry::Vacant(free) => {
+                    free.insert(Held {
+                        acker: d.acker,
+                        handed: false,
+                        producer: d.producer,
+                        payload: d.payload,
+                    });
+                }
+            }
         }
     }
 
     /// What the member has and has not had committed, oldest first per partition, up to
     /// `max` events and about `MAX_FETCH_BYTES` (at least one event).
-    fn batch(&self, state: &MemberState, max: usize, topic: &str) -> Batch {
+    fn batch(&self, state: &mut MemberState, max: usize, topic: &str) -> Batch {
         let mut parts: Vec<Part> = Vec::new();
         let (mut count, mut bytes) = (0, 0);
-        let mut partitions: Vec<&u32> = state.unacked.keys().collect();
+        let mut partitions: Vec<u32> = state.unacked.keys().copied().collect();
         partitions.sort();
-        'partitions: for &partition in partitions {
+        'partitions: for partition in partitions {
             let mut events = Vec::new();
-            for (&sequence, held) in &state.unacked[&partition] {
+            let queue = state.unacked.get_mut(&partition).expect("a key of the map");
+            for (&sequence, held) in queue.iter_mut() {
                 if count >= max
                     || (count > 0 && bytes + held.payload.len() > crate::wire::MAX_FETCH_BYTES)
                 {
@@ -394,6 +409,7 @@ impl NatsBus {
                 }
                 count += 1;
                 bytes += held.payload.len();
+                held.handed = true;
                 let offset = offset_of(sequence);
                 let event = serde_json::from_slice::<Event>(&held.payload)
                     .map(|mut event| {
