@@ -381,29 +381,8 @@ async fn the_postgres_profile_keeps_the_data_in_a_postgresql_of_its_own() {
 /// control plane's event API in front of it, and the server stopped with the system.
 #[tokio::test]
 async fn the_distributed_profile_puts_the_events_on_a_nats_of_its_own() {
-    let port = tessera_testkit::free_port();
-    let mut sys = System::start_with(Options {
-        checkout: true,
-        up_args: vec![
-            "--profile".into(),
-            "distributed".into(),
-            "--nats-port".into(),
-            port.to_string(),
-        ],
-        ..Options::default()
-    })
-    .await;
-    let (token, _) = sys.new_user().await;
-    let order = sys
-        .place_order(
-            &token,
-            serde_json::json!([{"productId": "0190f000-0000-7000-8000-000000000005", "quantity": 1}]),
-        )
-        .await;
-    assert_eq!(
-        sys.settled_order(&token, &order).await["status"],
-        "CONFIRMED"
-    );
+    let (mut sys, port) = distributed(false).await;
+    confirm_one_order(&sys).await;
     sys.log_line("the NATS line", |l| {
         l.contains(&format!("NATS JetStream: nats://127.0.0.1:{port}"))
     })
@@ -488,32 +467,8 @@ async fn the_distributed_profile_puts_the_events_on_a_nats_of_its_own() {
 #[tokio::test]
 async fn with_mutual_tls_on_nats_is_reached_over_tls_only() {
     use std::io::Read;
-    let port = tessera_testkit::free_port();
-    let sys = System::start_with(Options {
-        checkout: true,
-        mtls: true,
-        up_args: vec![
-            "--profile".into(),
-            "distributed".into(),
-            "--nats-port".into(),
-            port.to_string(),
-        ],
-        ..Options::default()
-    })
-    .await;
-    let (token, _) = sys.new_user().await;
-    let checkout = async {
-        let order = sys
-            .place_order(
-                &token,
-                serde_json::json!([{"productId": "0190f000-0000-7000-8000-000000000005", "quantity": 1}]),
-            )
-            .await;
-        assert_eq!(
-            sys.settled_order(&token, &order).await["status"],
-            "CONFIRMED"
-        );
-    };
+    let (sys, port) = distributed(true).await;
+    let checkout = confirm_one_order(&sys);
     let pcap = tessera_testkit::capture::during("lo", checkout).await;
     let to_nats = tessera_testkit::capture::payloads(&pcap, |p| p.from.1 == port || p.to.1 == port);
     assert!(
@@ -534,4 +489,38 @@ async fn with_mutual_tls_on_nats_is_reached_over_tls_only() {
     let info = String::from_utf8_lossy(&info[..n]);
     assert!(info.contains("\"tls_required\":true"), "{info}");
     assert!(info.contains("\"tls_verify\":true"), "{info}");
+}
+
+/// A shop run with `tessera up --profile distributed` (its NATS on a free port, which comes
+/// back too), with the system's mutual TLS on or off.
+async fn distributed(mtls: bool) -> (System, u16) {
+    let port = tessera_testkit::free_port();
+    let sys = System::start_with(Options {
+        checkout: true,
+        mtls,
+        up_args: vec![
+            "--profile".into(),
+            "distributed".into(),
+            "--nats-port".into(),
+            port.to_string(),
+        ],
+        ..Options::default()
+    })
+    .await;
+    (sys, port)
+}
+
+/// A new user's order of one unit, confirmed.
+async fn confirm_one_order(sys: &System) {
+    let (token, _) = sys.new_user().await;
+    let order = sys
+        .place_order(
+            &token,
+            serde_json::json!([{"productId": "0190f000-0000-7000-8000-000000000005", "quantity": 1}]),
+        )
+        .await;
+    assert_eq!(
+        sys.settled_order(&token, &order).await["status"],
+        "CONFIRMED"
+    );
 }
