@@ -51,6 +51,12 @@ pub fn of(
         let url = crate::nats::url_of(&url, principal, state_dir)?;
         env.push(("TESSERA_BUS_URL".into(), url));
     }
+    let in_registry = on_bus || principal == "gateway";
+    if let Some(url) = manifest.system.registry.as_ref().filter(|_| in_registry) {
+        // Each process as the etcd user of its own (`docs/scale-out.md`).
+        let url = crate::etcd::url_of(url, principal, control_keys)?;
+        env.push(("TESSERA_REGISTRY_URL".into(), url));
+    }
     if let Some(name) = principal.strip_prefix("service:") {
         env.push(("TESSERA_SERVICE".into(), name.to_string()));
         if let Some(url) = manifest.database_of(name) {

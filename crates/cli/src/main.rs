@@ -1,6 +1,8 @@
 //! `tessera`: runs a whole system from its manifest, and the platform's own processes.
 
+mod engine;
 mod env;
+mod etcd;
 mod keys;
 mod nats;
 mod output;
@@ -45,6 +47,10 @@ enum Command {
         /// The port of the local NATS (`--profile distributed`).
         #[arg(long, default_value_t = 14222)]
         nats_port: u16,
+        /// The client port of the local etcd (`--profile distributed`; its peer port is the
+        /// next one).
+        #[arg(long, default_value_t = 12379)]
+        etcd_port: u16,
     },
     /// Show the registered instances of a running system.
     Status,
@@ -158,18 +164,24 @@ fn main() -> anyhow::Result<()> {
                 profile,
                 postgres_port,
                 nats_port,
+                etcd_port,
             } => {
-                let (name, database, nats) = match profile {
+                let (name, database, engines) = match profile {
                     up::Profile::Postgres => {
                         ("postgres", up::Database::Postgres(postgres_port), None)
                     }
-                    up::Profile::Distributed => {
-                        ("distributed", up::Database::Embedded, Some(nats_port))
-                    }
+                    up::Profile::Distributed => (
+                        "distributed",
+                        up::Database::Embedded,
+                        Some(up::LocalEngines {
+                            nats: nats_port,
+                            etcd: etcd_port,
+                        }),
+                    ),
                     up::Profile::Embedded => ("embedded", up::Database::Embedded, None),
                 };
                 let manifest = manifest.with_profile(name);
-                up::run(&cli.manifest, manifest, no_build, database, nats).await
+                up::run(&cli.manifest, manifest, no_build, database, engines).await
             }
             Command::Nats {
                 command: NatsCommand::Config { listen, store },
@@ -229,6 +241,17 @@ fn main() -> anyhow::Result<()> {
                             .map(|url| nats::url_of(&url, "control", &state_dir))
                             .transpose()?,
                     },
+                    registry_url: match std::env::var("TESSERA_REGISTRY_URL") {
+                        Ok(url) if !url.is_empty() => Some(url),
+                        _ => manifest
+                            .system
+                            .registry
+                            .as_deref()
+                            .map(|url| {
+                                etcd::url_of(url, "control", &keys::control_keys(&state_dir)?)
+                            })
+                            .transpose()?,
+                    },
                     keys: Arc::new(keys::control_keys(&state_dir)?),
                     policy: Arc::new(policy(&manifest)),
                     log: tessera_control::events::LogConfig {
@@ -278,6 +301,9 @@ fn main() -> anyhow::Result<()> {
                 };
                 let config = tessera_gateway::GatewayConfig {
                     control_url: manifest.control_url(),
+                    registry_url: std::env::var("TESSERA_REGISTRY_URL")
+                        .ok()
+                        .filter(|u| !u.is_empty()),
                     credential,
                     manifest,
                     passport_keys,

@@ -6,16 +6,15 @@
 //! system. Production runs its own cluster with the configuration `tessera nats config`
 //! prints.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::path::Path;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use tessera::events::NatsSettings;
 use tessera::events::nats::{Grants, NATS_IDENTITY, ServerTls, permissions, server_config};
 use tessera::identity::ControlKeys;
 use tessera_manifest::Manifest;
 
+use crate::engine::LocalEngine;
 use crate::keys;
 
 /// The system's bus settings: those its bus URL names, else the defaults.
@@ -92,24 +91,8 @@ pub fn url_of(bus: &str, principal: &str, state_dir: &Path) -> anyhow::Result<St
 
 /// A `nats-server` started by `up`, stopped (by its PID) when dropped.
 pub struct LocalServer {
-    child: tokio::process::Child,
+    pub engine: LocalEngine,
     pub url: String,
-    pub dir: PathBuf,
-}
-
-impl Drop for LocalServer {
-    fn drop(&mut self) {
-        // SIGTERM first: JetStream flushes its store on a clean stop.
-        crate::supervisor::signal(&self.child, libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.start_kill();
-    }
 }
 
 /// Starts a local `nats-server` with JetStream for the system on `port`, its store and
@@ -127,38 +110,10 @@ pub fn start_local(
     let path = dir.join("nats.conf");
     keys::write_private(&path, &config.to_string())
         .with_context(|| format!("cannot write {}", path.display()))?;
-    if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-        bail!("port {port} is taken: another NATS server? (--nats-port picks another)");
-    }
-    let log = std::fs::File::create(dir.join("log"))?;
     let mut command = tokio::process::Command::new("nats-server");
-    command
-        .arg("-c")
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(log);
-    crate::supervisor::die_with_parent(&mut command);
-    let child = command.spawn().map_err(|e| {
-        anyhow::anyhow!(
-            "cannot start nats-server ({e}): install it (Debian/Ubuntu: `apt-get install \
-                 nats-server`), or give the system's bus URL instead (docs/scale-out.md)"
-        )
-    })?;
-    let mut server = LocalServer {
-        child,
+    command.arg("-c").arg(&path);
+    Ok(LocalServer {
+        engine: LocalEngine::start(command, "nats-server", "nats-server", dir, port)?,
         url: format!("nats://{listen}"),
-        dir: dir.clone(),
-    };
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Ok(Some(status)) = server.child.try_wait() {
-            let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
-            bail!("nats-server stopped ({status}): {}", log.trim());
-        }
-        if start.elapsed() > Duration::from_secs(10) {
-            bail!("nats-server did not listen on {listen} within 10 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(server)
+    })
 }

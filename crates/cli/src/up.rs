@@ -27,9 +27,16 @@ pub enum Profile {
     Embedded,
     /// A local PostgreSQL cluster under the state directory, a database per service.
     Postgres,
-    /// Events on a local NATS JetStream under the state directory (a user per service, with
-    /// what the manifest grants it), instead of the control plane's embedded log.
+    /// Events on a local NATS JetStream and the registry on a local etcd, under the state
+    /// directory (a user per service on each, with what the manifest grants it), instead of
+    /// the control plane's embedded log and registry.
     Distributed,
+}
+
+/// The engines `up` starts for the distributed profile, on these loopback ports.
+pub struct LocalEngines {
+    pub nats: u16,
+    pub etcd: u16,
 }
 
 /// What `up` starts for the services' data.
@@ -44,7 +51,7 @@ pub async fn run(
     mut manifest: Manifest,
     no_build: bool,
     database: Database,
-    nats_port: Option<u16>,
+    engines: Option<LocalEngines>,
 ) -> anyhow::Result<()> {
     let manifest_path = manifest_path
         .canonicalize()
@@ -72,16 +79,29 @@ pub async fn run(
         Database::Embedded => None,
     };
     // Events on a local NATS, unless the manifest names a bus of its own.
-    let _nats = match nats_port {
+    let _nats = match engines.as_ref().map(|e| e.nats) {
         Some(port) if manifest.system.bus.is_none() => {
             let server = crate::nats::start_local(&manifest, &state_dir, port)?;
             say(&format!(
                 "NATS JetStream: {} (a user per service; files in {})",
                 server.url,
-                server.dir.display()
+                server.engine.dir.display()
             ));
             manifest.system.bus = Some(server.url.clone());
             Some(server)
+        }
+        _ => None,
+    };
+    // The registry on a local etcd, unless the manifest names one.
+    let _etcd = match engines.as_ref().map(|e| e.etcd) {
+        Some(port) if manifest.system.registry.is_none() => {
+            let (engine, url) = crate::etcd::start_local(&state_dir, port)?;
+            say(&format!(
+                "etcd: {url} (the registry; a user per service; files in {})",
+                engine.dir.display()
+            ));
+            manifest.system.registry = Some(url);
+            Some(engine)
         }
         _ => None,
     };

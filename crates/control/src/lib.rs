@@ -39,6 +39,10 @@ pub struct ControlConfig {
     /// Where events are when not in the embedded log: a `nats://` URL (`system.bus`); the
     /// event API then stands in front of NATS JetStream.
     pub bus_url: Option<String>,
+    /// Where the registry is when not here: an `etcd://` URL (`system.registry`) as etcd's
+    /// `root` user, with which the control plane provisions a user per service and turns
+    /// authentication on, then serves the registry API in front of etcd.
+    pub registry_url: Option<String>,
     pub log: events::LogConfig,
     /// The keys that check every caller's credential.
     pub keys: Arc<ControlKeys>,
@@ -98,6 +102,45 @@ async fn record(
     response
 }
 
+/// The etcd password of `user` (`<prefix>-<name>` for a service or the gateway, `root` for
+/// the control plane on an etcd of the runner's own): derived from the control keys, so the
+/// runner can hand each process its own.
+pub fn etcd_password(keys: &ControlKeys, user: &str) -> String {
+    keys.secret_for(&format!("etcd:{user}"))
+}
+
+/// Makes etcd's users and roles (a user per service, the gateway a reader) and turns its
+/// authentication on, retrying until etcd answers.
+fn spawn_provisioning(settings: &tessera::registry::etcd::EtcdSettings, config: &ControlConfig) {
+    let password = |name: &str| etcd_password(&config.keys, &settings.user_of(name));
+    let services: Vec<(String, String)> = config
+        .policy
+        .services()
+        .into_iter()
+        .map(|name| {
+            let pw = password(&name);
+            (name, pw)
+        })
+        .collect();
+    let readers = vec![("gateway".to_string(), password("gateway"))];
+    let settings = settings.clone();
+    tokio::spawn(async move {
+        let mut told = false;
+        loop {
+            match tessera::registry::etcd::provision(&settings, &services, &readers).await {
+                Ok(()) => break,
+                Err(e) if !told => {
+                    tracing::warn!(error = %e, "cannot provision etcd's users yet; retrying");
+                    told = true;
+                }
+                Err(_) => {}
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        tracing::info!(services = services.len(), "etcd's users and roles are provisioned");
+    });
+}
+
 /// Serves the control plane on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
@@ -141,8 +184,22 @@ pub async fn serve(
             events::EventLog::open(&config.data_dir, config.log.clone()).await?,
         ),
     };
-    let registry = Registry::new(config.settle);
-    registry.spawn_sweeper(Duration::from_millis(200));
+    let registry = match config.registry_url.as_deref() {
+        Some(url) => {
+            let settings = tessera::registry::etcd::EtcdSettings::parse(url)
+                .map_err(|e| anyhow::anyhow!("TESSERA_REGISTRY_URL: {e}"))?;
+            if settings.user() == Some("root") {
+                spawn_provisioning(&settings, &config);
+            }
+            tracing::info!(registry = %settings.redacted(), "the registry is on etcd");
+            Registry::on_etcd(settings)
+        }
+        None => {
+            let registry = Registry::new(config.settle);
+            registry.spawn_sweeper(Duration::from_millis(200));
+            registry
+        }
+    };
     let tls = tessera::tls::internal::get().map(|tls| {
         let known = config
             .principals

@@ -41,6 +41,13 @@ impl Policy {
         }
     }
 
+    /// The services the policy names, sorted.
+    pub fn services(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.services.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
     /// Each consumed topic with the consumer group named after its consumer: the groups a
     /// bus that is told its consumers declares.
     pub fn consumer_groups(&self) -> Vec<(String, String)> {

@@ -9,6 +9,11 @@
 //! An instance belongs to the service that registered it: only that service (proven by its
 //! credential, `policy.rs`) may refresh, keep alive or remove it, and an operator may remove
 //! it. So no process can take over another's entry or route its traffic to itself.
+//!
+//! With the system's registry on etcd (`registry/etcd.rs`) the same API stands in front of
+//! etcd's keys, for processes that register over HTTP; Rust processes go to etcd themselves.
+
+mod etcd;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -40,6 +45,8 @@ pub struct Registry {
     /// How long after start the registry reports itself as settling (instances that were
     /// registered with a previous incarnation come back within one heartbeat).
     settle: Duration,
+    /// The registry on etcd, when the system's is there: the state above is then unused.
+    etcd: Option<Arc<etcd::EtcdRegistry>>,
 }
 
 struct State_ {
@@ -74,7 +81,15 @@ impl Registry {
             index,
             started: Instant::now(),
             settle,
+            etcd: None,
         }
+    }
+
+    /// The registry on etcd, at `settings`.
+    pub fn on_etcd(settings: tessera::registry::etcd::EtcdSettings) -> Self {
+        let mut registry = Self::new(Duration::ZERO);
+        registry.etcd = Some(etcd::EtcdRegistry::start(settings, registry.index.clone()));
+        registry
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State_> {
@@ -184,6 +199,9 @@ impl Registry {
     }
 
     pub fn catalog(&self) -> Catalog {
+        if let Some(etcd) = &self.etcd {
+            return etcd.catalog(*self.index.borrow());
+        }
         let state = self.lock();
         let mut catalog = Catalog {
             index: state.index,
@@ -269,6 +287,21 @@ async fn register(
     if let Err(e) = caller.may_register(&reg.instance.service) {
         return e.into_response();
     }
+    if let Some(etcd) = &registry.etcd {
+        if reg.instance.id.contains('/') {
+            return error(StatusCode::BAD_REQUEST, "an instance id must not hold '/'");
+        }
+        if etcd.taken(&reg.instance.id, &reg.instance.service).is_some() {
+            return error(
+                StatusCode::CONFLICT,
+                "this instance id is held by another service's instance",
+            );
+        }
+        return match etcd.register(&reg).await {
+            Ok(()) => StatusCode::OK.into_response(),
+            Err(e) => unavailable(e),
+        };
+    }
     match registry.register(reg) {
         Ok(()) => StatusCode::OK.into_response(),
         Err(Taken(_)) => error(
@@ -283,7 +316,14 @@ async fn heartbeat(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Response {
-    match registry.heartbeat(&id, |owner| caller.may_register(owner)) {
+    let outcome = match &registry.etcd {
+        Some(etcd) => match etcd.heartbeat(&id, |owner| caller.may_register(owner)).await {
+            Ok(outcome) => outcome,
+            Err(e) => return unavailable(e),
+        },
+        None => registry.heartbeat(&id, |owner| caller.may_register(owner)),
+    };
+    match outcome {
         Ok(true) => StatusCode::OK.into_response(),
         Ok(false) => error(StatusCode::NOT_FOUND, "unknown instance; register again"),
         Err(refused) => refused.into_response(),
@@ -295,11 +335,27 @@ async fn deregister(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Response {
-    match registry.deregister(&id, |owner| caller.may_remove(owner)) {
+    let outcome = match &registry.etcd {
+        Some(etcd) => match etcd.deregister(&id, |owner| caller.may_remove(owner)).await {
+            Ok(outcome) => outcome,
+            Err(e) => return unavailable(e),
+        },
+        None => registry.deregister(&id, |owner| caller.may_remove(owner)),
+    };
+    match outcome {
         Ok(true) => StatusCode::OK.into_response(),
         Ok(false) => error(StatusCode::NOT_FOUND, "unknown instance"),
         Err(refused) => refused.into_response(),
     }
+}
+
+/// etcd did not answer: logged with its reason, told as a 503 without it.
+fn unavailable(e: etcd::Unavailable) -> Response {
+    tracing::warn!(error = %e.0, "the registry's etcd is unreachable");
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the registry's store is unreachable; retry",
+    )
 }
 
 /// The registry's errors are named by their status's reason ("Bad Request", "Not Found").

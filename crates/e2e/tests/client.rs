@@ -37,6 +37,7 @@ impl Control {
         let keys = Arc::new(ControlKeys::from_spec(&ControlKeys::generate_spec(1)).unwrap());
         let config = tessera_control::ControlConfig {
             bus_url: None,
+            registry_url: None,
             settle: Duration::ZERO,
             data_dir: std::env::temp_dir().join(format!("tessera-client-{}", uuid::Uuid::new_v4())),
             log: Default::default(),

@@ -96,6 +96,7 @@ impl Harness {
     fn start_control(&self, listener: TcpListener) {
         let config = tessera_control::ControlConfig {
             bus_url: self.bus.clone(),
+            registry_url: None,
             settle: Duration::ZERO,
             data_dir: self.dir.join("control"),
             log: tessera_control::events::LogConfig {

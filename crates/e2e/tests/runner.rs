@@ -378,11 +378,47 @@ async fn the_postgres_profile_keeps_the_data_in_a_postgresql_of_its_own() {
 
 /// `tessera up --profile distributed`: events on a NATS JetStream of its own under the state
 /// directory, each service a NATS user of its own allowed only what the manifest grants it, the
-/// control plane's event API in front of it, and the server stopped with the system.
+/// control plane's event API in front of it; the registry on an etcd of its own, each process
+/// an etcd user of its own; and both stopped with the system.
 #[tokio::test]
-async fn the_distributed_profile_puts_the_events_on_a_nats_of_its_own() {
-    let (mut sys, port) = distributed(false).await;
+async fn the_distributed_profile_puts_events_on_nats_and_the_registry_on_etcd() {
+    let (mut sys, port, etcd) = distributed(false).await;
     confirm_one_order(&sys).await;
+    // The registry is etcd's: the control plane provisioned its users and serves its API in
+    // front of it, and etcd answers nobody without a password.
+    sys.log_line("the etcd line", |l| {
+        l.contains(&format!("etcd: etcd://127.0.0.1:{etcd}"))
+    })
+    .await;
+    sys.log_line("the provisioning", |l| {
+        l.contains("etcd's users and roles are provisioned")
+    })
+    .await;
+    let catalog: serde_json::Value = sys
+        .control(reqwest::Method::GET, "/v1/services")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for service in ["auth", "catalog", "order", "payment"] {
+        assert_eq!(
+            catalog["services"][service].as_array().map(Vec::len),
+            Some(1),
+            "{service} in {catalog}"
+        );
+    }
+    let settings =
+        tessera::registry::etcd::EtcdSettings::parse(&format!("etcd://127.0.0.1:{etcd}")).unwrap();
+    let mut anonymous = settings.connect().await.unwrap();
+    let read = anonymous
+        .get("tessera/instances/", Some(etcd_client::GetOptions::new().with_prefix()))
+        .await;
+    assert!(
+        read.as_ref().is_err_and(|e| e.to_string().contains("user name is empty")),
+        "etcd refuses a client without a user: {read:?}"
+    );
     sys.log_line("the NATS line", |l| {
         l.contains(&format!("NATS JetStream: nats://127.0.0.1:{port}"))
     })
@@ -455,10 +491,12 @@ async fn the_distributed_profile_puts_the_events_on_a_nats_of_its_own() {
     );
     let status = sys.interrupt();
     assert!(status.success(), "tessera up exits cleanly: {status}");
-    assert!(
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
-        "the server stopped with the system"
-    );
+    for port in [port, etcd] {
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "the server on {port} stopped with the system"
+        );
+    }
 }
 
 /// `--profile distributed` with the system's mutual TLS on (as on several hosts): NATS takes
@@ -467,7 +505,7 @@ async fn the_distributed_profile_puts_the_events_on_a_nats_of_its_own() {
 #[tokio::test]
 async fn with_mutual_tls_on_nats_is_reached_over_tls_only() {
     use std::io::Read;
-    let (sys, port) = distributed(true).await;
+    let (sys, port, _) = distributed(true).await;
     let checkout = confirm_one_order(&sys);
     let pcap = tessera_testkit::capture::during("lo", checkout).await;
     let to_nats = tessera_testkit::capture::payloads(&pcap, |p| p.from.1 == port || p.to.1 == port);
@@ -492,9 +530,15 @@ async fn with_mutual_tls_on_nats_is_reached_over_tls_only() {
 }
 
 /// A shop run with `tessera up --profile distributed` (its NATS on a free port, which comes
-/// back too), with the system's mutual TLS on or off.
-async fn distributed(mtls: bool) -> (System, u16) {
+/// back too, and its etcd on two more), with the system's mutual TLS on or off.
+async fn distributed(mtls: bool) -> (System, u16, u16) {
     let port = tessera_testkit::free_port();
+    let etcd = std::iter::repeat_with(tessera_testkit::free_port)
+        .find(|p| {
+            ![port, port + 1].contains(p)
+                && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok()
+        })
+        .unwrap();
     let sys = System::start_with(Options {
         checkout: true,
         mtls,
@@ -503,11 +547,13 @@ async fn distributed(mtls: bool) -> (System, u16) {
             "distributed".into(),
             "--nats-port".into(),
             port.to_string(),
+            "--etcd-port".into(),
+            etcd.to_string(),
         ],
         ..Options::default()
     })
     .await;
-    (sys, port)
+    (sys, port, etcd)
 }
 
 /// A new user's order of one unit, confirmed.

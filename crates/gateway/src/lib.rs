@@ -54,6 +54,9 @@ pub struct GatewayConfig {
     /// `TESSERA_PASSPORT_KEYS`.
     pub passport_keys: String,
     pub control_url: String,
+    /// `TESSERA_REGISTRY_URL`: the registry on etcd, read as the gateway's etcd user; none:
+    /// the control plane's.
+    pub registry_url: Option<String>,
     /// `TESSERA_CREDENTIAL`: the gateway's own, to read the registry.
     pub credential: tessera::identity::Credential,
     /// The HTTPS listener's certificates (`gateway.tls`, paths resolved), the first the
@@ -87,7 +90,12 @@ pub async fn serve(
     let manifest = &config.manifest;
     let keys = PassportKeys::from_spec(&config.passport_keys, &manifest.system.name)
         .context("TESSERA_PASSPORT_KEYS")?;
-    let discovery = Discovery::start(&config.control_url, &config.credential);
+    let discovery = Discovery::for_system(
+        config.registry_url.as_deref(),
+        &config.control_url,
+        &config.credential,
+    )
+    .map_err(|e| anyhow::anyhow!("TESSERA_REGISTRY_URL: {e}"))?;
     let service_keys = Arc::new(PassportKeys::from_spec(
         &config.passport_keys,
         &manifest.system.name,

@@ -15,6 +15,7 @@
 //! plane (`tessera-control`'s `policy.rs`, `docs/security.md`).
 
 mod credential;
+pub mod engine;
 mod keys;
 mod principal;
 

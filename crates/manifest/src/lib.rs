@@ -76,6 +76,9 @@ pub struct System {
     /// `{service}` standing for each process's name (a NATS user of its own); None: the
     /// control plane's embedded log.
     pub bus: Option<String>,
+    /// Where the registry lives (`docs/scale-out.md`): an `etcd://` URL puts instances on
+    /// etcd, each process as an etcd user of its own; None: the control plane's.
+    pub registry: Option<String>,
 }
 
 /// Whether the system's processes speak mutual TLS among themselves.
@@ -98,6 +101,7 @@ impl Default for System {
             database: None,
             database_replicas: Vec::new(),
             bus: None,
+            registry: None,
         }
     }
 }
@@ -491,6 +495,11 @@ impl Manifest {
             && !url.starts_with("nats://")
         {
             return Err("system.bus: a nats:// URL (or none, for the embedded log)".into());
+        }
+        if let Some(url) = &self.system.registry
+            && !url.starts_with("etcd://")
+        {
+            return Err("system.registry: an etcd:// URL (or none, for the control plane's)".into());
         }
         for (profile, spec) in &self.profiles {
             if !PROFILES.contains(&profile.as_str()) {

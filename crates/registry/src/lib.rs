@@ -20,6 +20,12 @@
 //!
 //! The control plane's server side reads the same types. This crate knows nothing of how
 //! calls are made or guarded: it only says who is there.
+//!
+//! Beyond one machine the registry is etcd (`etcd.rs`, `TESSERA_REGISTRY_URL=etcd://…`): the
+//! same [`Discovery`] and [`Registrar`], fed by a watch on etcd instead of the long-poll, and
+//! the control plane's API above in front of the same keys for processes that are not Rust.
+
+pub mod etcd;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -195,6 +201,69 @@ pub fn keep_registered(
     (stop_tx, task)
 }
 
+/// How this process puts itself in the registry: through the control plane's API, or
+/// straight into etcd with a lease of its own.
+pub enum Registrar {
+    Control(RegistryClient),
+    Etcd(etcd::EtcdSettings),
+}
+
+/// A registration held until [`Registered::leave`].
+pub struct Registered {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Registered {
+    /// Deregisters, waiting at most `within` for it.
+    pub async fn leave(self, within: Duration) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(within, self.task).await;
+    }
+}
+
+impl Registrar {
+    /// The registrar for `registry_url` (etcd) or else the control plane at `control_url`.
+    pub fn new(
+        registry_url: Option<&str>,
+        control_url: &str,
+        credential: &Credential,
+    ) -> Result<Self, String> {
+        match registry_url {
+            Some(url) => Ok(Self::Etcd(etcd::EtcdSettings::parse(url)?)),
+            None => Ok(Self::Control(RegistryClient::new(control_url, credential))),
+        }
+    }
+
+    /// Registers `reg`, retrying until the registry takes it (it may be starting alongside
+    /// this process), and keeps it registered, every `every`, until [`Registered::leave`].
+    pub async fn register(self, reg: Registration, every: Duration) -> Registered {
+        match self {
+            Self::Control(client) => {
+                let mut attempt = 0u32;
+                while let Err(e) = client.register(&reg).await {
+                    attempt += 1;
+                    if attempt == 1 || attempt.is_multiple_of(20) {
+                        tracing::warn!(error = %e, "cannot register yet; retrying");
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                let (stop, task) = keep_registered(client, reg, every);
+                Registered { stop, task }
+            }
+            Self::Etcd(settings) => {
+                let (stop, stopped) = watch::channel(false);
+                let (registered, first) = tokio::sync::oneshot::channel();
+                let task = tokio::spawn(etcd::keep_registered(
+                    settings, reg, every, stopped, registered,
+                ));
+                let _ = first.await;
+                Registered { stop, task }
+            }
+        }
+    }
+}
+
 type Snapshot = HashMap<String, Arc<[Instance]>>;
 
 /// Adds to `into` the instances of `old` it lacks.
@@ -276,6 +345,43 @@ impl Discovery {
                 }
             }
         });
+        Self { view, changed }
+    }
+
+    /// Starts watching the registry: on etcd when `registry_url` names it, else the control
+    /// plane's at `control_url`.
+    pub fn for_system(
+        registry_url: Option<&str>,
+        control_url: &str,
+        credential: &Credential,
+    ) -> Result<Self, String> {
+        match registry_url {
+            Some(url) => Ok(Self::start_etcd(etcd::EtcdSettings::parse(url)?)),
+            None => Ok(Self::start(control_url, credential)),
+        }
+    }
+
+    /// Starts following the registry's keys on etcd.
+    pub fn start_etcd(settings: etcd::EtcdSettings) -> Self {
+        let view: Arc<RwLock<Arc<Snapshot>>> = Arc::default();
+        let (tx, changed) = watch::channel(0u64);
+        let writer = view.clone();
+        tokio::spawn(etcd::follow(settings, move |entries, revision| {
+            let mut grouped: HashMap<String, Vec<Instance>> = HashMap::new();
+            for entry in entries.values() {
+                grouped
+                    .entry(entry.instance.service.clone())
+                    .or_default()
+                    .push(entry.instance.clone());
+            }
+            let snapshot = grouped
+                .into_iter()
+                .map(|(name, list)| (name, Arc::from(list)))
+                .collect();
+            *writer.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snapshot);
+            // Revision 0 never comes from etcd; keep "loaded" distinct from "not yet".
+            tx.send(revision.max(1) as u64).is_ok()
+        }));
         Self { view, changed }
     }
 

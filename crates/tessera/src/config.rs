@@ -121,6 +121,9 @@ pub struct ServiceConfig {
     /// `TESSERA_BUS_URL`: the event log; defaults to the control plane's embedded log. A
     /// `nats://` URL puts events on NATS JetStream (`docs/scale-out.md`).
     pub bus_url: Option<String>,
+    /// `TESSERA_REGISTRY_URL`: the registry on etcd (`etcd://…`, `docs/scale-out.md`); unset,
+    /// the control plane's.
+    pub registry_url: Option<String>,
     /// `TESSERA_SYSTEM`: the system's name, which is also the passport audience.
     pub system: String,
     /// `TESSERA_DATA_DIR`: where embedded databases live.
@@ -199,6 +202,17 @@ impl ServiceConfig {
             crate::events::NatsSettings::parse(url)
                 .map_err(|e| ConfigError::new("TESSERA_BUS_URL", e))?;
         }
+        let registry_url = s.raw("TESSERA_REGISTRY_URL").map(str::to_string);
+        if let Some(url) = &registry_url {
+            tessera_registry::etcd::EtcdSettings::parse(url)
+                .map_err(|e| ConfigError::new("TESSERA_REGISTRY_URL", e))?;
+            if control_url.is_none() {
+                return Err(ConfigError::new(
+                    "TESSERA_REGISTRY_URL",
+                    "needs TESSERA_CONTROL_URL too (the control plane still checks credentials)",
+                ));
+            }
+        }
         match &credential {
             None if control_url.is_some() || bus_url.is_some() => {
                 return Err(ConfigError::new(
@@ -228,6 +242,7 @@ impl ServiceConfig {
             )?,
             control_url,
             bus_url,
+            registry_url,
             system: s.get_or("TESSERA_SYSTEM", "tessera".to_string())?,
             data_dir: s.get_or("TESSERA_DATA_DIR", PathBuf::from(".tessera/data"))?,
             database_url: s.raw("TESSERA_DATABASE_URL").map(str::to_string),

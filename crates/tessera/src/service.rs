@@ -43,7 +43,7 @@ use crate::events::outbox::Outbox;
 use crate::events::{Bus, Consumer, ControlBus, Handler, NatsBus};
 use crate::health::Health;
 use crate::passport::{self, PassportError, PassportKeys};
-use crate::registry::{self, Discovery, Instance, Registration, RegistryClient};
+use crate::registry::{Discovery, Instance, Registrar, Registration};
 use crate::store::{Db, Migration};
 use crate::trace::{self, TraceContext};
 
@@ -214,7 +214,10 @@ impl Service {
             Some(open_database(&url, &config.database_replicas, &migrations).await?)
         };
         let discovery = match &config.control_url {
-            Some(url) => Discovery::start(url, credential(&config)),
+            Some(url) => {
+                Discovery::for_system(config.registry_url.as_deref(), url, credential(&config))
+                    .map_err(|e| anyhow::anyhow!("TESSERA_REGISTRY_URL: {e}"))?
+            }
             None => Discovery::fixed([]),
         };
         let client = ServiceClient::new(
@@ -295,17 +298,14 @@ impl Service {
                     },
                     ttl_ms: config.ttl.as_millis() as u64,
                 };
-                let client = RegistryClient::new(url, credential(&config));
-                // Keep trying: the control plane may be starting alongside us.
-                let mut attempt = 0u32;
-                while let Err(e) = client.register(&reg).await {
-                    attempt += 1;
-                    if attempt == 1 || attempt.is_multiple_of(20) {
-                        tracing::warn!(error = %e, "cannot register yet; retrying");
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-                }
-                Some(registry::keep_registered(client, reg, config.heartbeat))
+                let registrar = Registrar::new(
+                    config.registry_url.as_deref(),
+                    url,
+                    credential(&config),
+                )
+                .map_err(|e| anyhow::anyhow!("TESSERA_REGISTRY_URL: {e}"))?;
+                // Waits until registered: the control plane may be starting alongside us.
+                Some(registrar.register(reg, config.heartbeat).await)
             }
             None => None,
         };
@@ -315,9 +315,8 @@ impl Service {
         shutdown.await;
         tracing::info!("shutting down: deregistering, then draining in-flight requests");
         health.set_ready(false);
-        if let Some((stop, task)) = registration {
-            let _ = stop.send(true);
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(3), task).await;
+        if let Some(registered) = registration {
+            registered.leave(std::time::Duration::from_secs(3)).await;
         }
         let _ = drain_tx.send(true);
         match tokio::time::timeout(config.shutdown_grace, server).await {

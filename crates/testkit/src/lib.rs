@@ -14,6 +14,8 @@ use tessera::identity::{ControlKeys, Credential, Principal};
 use tessera::registry::Catalog;
 
 pub mod capture;
+pub mod engine;
+pub mod etcd;
 mod manifest;
 pub mod nats;
 pub mod postgres;

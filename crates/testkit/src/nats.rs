@@ -4,9 +4,9 @@
 //! whole run of the suite in the NATS profile ([`PROFILE_ENV`]), on which every
 //! [`crate::System`] puts its events under a subject prefix of its own.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::ffi::OsString;
+
+use crate::engine::Engine;
 
 /// The environment variable naming the NATS server of the profile (`nats://host:port`);
 /// unset: events on the control plane's embedded log.
@@ -19,11 +19,7 @@ pub fn profile() -> Option<String> {
 
 /// A `nats-server` of one test's own.
 pub struct Server {
-    dir: PathBuf,
-    port: u16,
-    /// Its configuration file, when it has users.
-    config: Option<PathBuf>,
-    child: Option<Child>,
+    engine: Engine,
     /// `nats://127.0.0.1:<port>`.
     pub url: String,
 }
@@ -38,91 +34,50 @@ impl Server {
     /// Starts a server whose clients must be one of `users` (`(name, password,
     /// permissions)`, as `tessera::events::nats::server_config` takes them); `None`: anyone.
     pub fn start_with_users(users: Option<&[tessera::events::nats::User]>) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("tessera-nats-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).expect("make the server's directory");
+        let dir = Engine::dir("nats");
         let port = crate::free_port();
-        let config = users.map(|users| {
-            let path = dir.join("nats.conf");
-            let config = tessera::events::nats::server_config(
-                &format!("127.0.0.1:{port}"),
-                &dir.join("store").to_string_lossy(),
-                users,
-                None,
-            );
-            std::fs::write(&path, config.to_string()).expect("write the server's configuration");
-            path
-        });
-        let mut server = Server {
+        let store = dir.join("store");
+        let args: Vec<OsString> = match users {
+            Some(users) => {
+                let path = dir.join("nats.conf");
+                let config = tessera::events::nats::server_config(
+                    &format!("127.0.0.1:{port}"),
+                    &store.to_string_lossy(),
+                    users,
+                    None,
+                );
+                std::fs::write(&path, config.to_string())
+                    .expect("write the server's configuration");
+                vec!["-c".into(), path.into()]
+            }
+            None => vec![
+                "-a".into(),
+                "127.0.0.1".into(),
+                "-p".into(),
+                port.to_string().into(),
+                "-js".into(),
+                "-sd".into(),
+                store.into(),
+            ],
+        };
+        Server {
             url: format!("nats://127.0.0.1:{port}"),
-            dir,
-            port,
-            config,
-            child: None,
-        };
-        server.run();
-        server
-    }
-
-    fn run(&mut self) {
-        let mut command = Command::new("nats-server");
-        match &self.config {
-            Some(config) => command.arg("-c").arg(config),
-            None => command
-                .args([
-                    "-a",
-                    "127.0.0.1",
-                    "-p",
-                    &self.port.to_string(),
-                    "-js",
-                    "-sd",
-                ])
-                .arg(self.dir.join("store")),
-        };
-        let child = command
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::File::create(self.dir.join("log")).expect("the server's log"),
-            ))
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start nats-server ({e}): apt-get install -y nats-server")
-            });
-        self.child = Some(child);
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "nats-server did not listen within 10 s: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
+            engine: Engine::start("nats-server", args, dir, port),
         }
     }
 
     /// Kills it (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.engine.kill();
     }
 
     /// Starts it again on the same port, with its store.
     pub fn restart(&mut self) {
-        self.kill();
-        self.run();
+        self.engine.restart();
     }
 
     /// What the server has logged.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        self.engine.log()
     }
 }

@@ -76,32 +76,13 @@ pub struct NatsSettings {
 impl NatsSettings {
     /// Reads a `nats://` URL; what is wrong with it, naming the part, never the password.
     pub fn parse(url: &str) -> Result<Self, String> {
-        let rest = url
-            .strip_prefix("nats://")
-            .ok_or("a NATS URL starts with nats://")?;
-        // The user and password first: a password may hold a '?' or a '/'.
-        let (user, rest) = match rest.rsplit_once('@') {
-            Some((userinfo, rest)) => {
-                let (name, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
-                (Some((decode(name)?, decode(password)?)), rest)
-            }
-            None => (None, rest),
-        };
-        let (hosts, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let hosts = hosts.trim_end_matches('/');
-        let servers: Vec<String> = hosts
-            .split(',')
-            .map(str::trim)
-            .filter(|h| !h.is_empty())
-            .map(|h| format!("nats://{h}"))
-            .collect();
-        if servers.is_empty() {
-            return Err("a NATS URL names at least one host:port".into());
-        }
+        let url = tessera_identity::engine::EngineUrl::parse(url, "nats")?;
+        let servers: Vec<String> = url.hosts.iter().map(|h| format!("nats://{h}")).collect();
         for s in &servers {
             s.parse::<ServerAddr>()
                 .map_err(|e| format!("server {:?}: {e}", &s["nats://".len()..]))?;
         }
+        let user = url.user;
         let mut settings = Self {
             servers,
             user,
@@ -110,8 +91,8 @@ impl NatsSettings {
             replicas: 1,
             lease: Duration::from_secs(10),
         };
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        for (key, value) in &url.query {
+            let (key, value) = (key.as_str(), value.as_str());
             let number = |max: u64| {
                 value
                     .parse::<u64>()
@@ -135,27 +116,6 @@ impl NatsSettings {
         }
         Ok(settings)
     }
-}
-
-/// Percent-decoding of a URL's user or password.
-fn decode(s: &str) -> Result<String, String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or("a bad %-escape in the URL's user or password")?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| "the URL's user or password is not UTF-8".into())
 }
 
 fn valid_token(s: &str) -> bool {

@@ -1,0 +1,165 @@
+//! The URL of an external engine (NATS, etcd, Redis), and the credential it carries.
+//!
+//! Every engine is found by one URL: `<scheme>://[user:password@]host:port[,host:port…][?k=v&…]`,
+//! several hosts for a cluster. The user and password are the process's own (derived per
+//! service by the runner, `ControlKeys::secret_for`), so the URL is a secret: [`EngineUrl`]'s
+//! `Debug` and [`EngineUrl::redacted`] never show the password, and nothing logs the raw URL.
+//!
+//! One parser for all engines, so that a password holding `?`, `/` or `@` (percent-escaped or
+//! not) reads the same everywhere.
+
+use std::fmt;
+
+/// A parsed engine URL.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EngineUrl {
+    pub scheme: String,
+    /// User and password, percent-decoded.
+    pub user: Option<(String, String)>,
+    /// `host:port` for each member, in the order given.
+    pub hosts: Vec<String>,
+    /// The settings after `?`, in order (keys may repeat; the engine decides).
+    pub query: Vec<(String, String)>,
+}
+
+impl EngineUrl {
+    /// Parses `url`, which must have the given scheme.
+    pub fn parse(url: &str, scheme: &str) -> Result<Self, String> {
+        let rest = url
+            .strip_prefix(scheme)
+            .and_then(|r| r.strip_prefix("://"))
+            .ok_or_else(|| format!("the URL must start with {scheme}://"))?;
+        // The user and password first, up to the last '@': a password may hold '?' or '/'.
+        let (user, rest) = match rest.rsplit_once('@') {
+            Some((userinfo, rest)) => {
+                let (name, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+                (Some((decode(name)?, decode(password)?)), rest)
+            }
+            None => (None, rest),
+        };
+        let (hosts, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let hosts: Vec<String> = hosts
+            .trim_end_matches('/')
+            .split(',')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(str::to_string)
+            .collect();
+        if hosts.is_empty() {
+            return Err(format!("a {scheme} URL names at least one host:port"));
+        }
+        for h in &hosts {
+            let port = h.rsplit_once(':').map(|(_, p)| p);
+            if port.is_none_or(|p| p.parse::<u16>().is_err()) {
+                return Err(format!("{h:?} is not host:port"));
+            }
+        }
+        let query = query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                (k.to_string(), v.to_string())
+            })
+            .collect();
+        Ok(Self {
+            scheme: scheme.to_string(),
+            user,
+            hosts,
+            query,
+        })
+    }
+
+    /// The URL with the password replaced, fit for a log line or an error.
+    pub fn redacted(&self) -> String {
+        let mut out = format!("{}://", self.scheme);
+        if let Some((user, _)) = &self.user {
+            out.push_str(user);
+            out.push_str(":***@");
+        }
+        out.push_str(&self.hosts.join(","));
+        if !self.query.is_empty() {
+            out.push('?');
+            let pairs: Vec<String> = self.query.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            out.push_str(&pairs.join("&"));
+        }
+        out
+    }
+}
+
+impl fmt::Debug for EngineUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// Percent-encodes a user or password for an engine URL (everything but unreserved
+/// characters), the inverse of what [`EngineUrl::parse`] decodes.
+pub fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Percent-decoding of a URL's user or password.
+fn decode(s: &str) -> Result<String, String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or("a bad %-escape in the URL's user or password")?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "the URL's user or password is not UTF-8".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_users_hosts_and_settings() {
+        let u = EngineUrl::parse("etcd://svc:p%40ss?/w@h1:2379,h2:2379/?prefix=x&a", "etcd")
+            .unwrap();
+        assert_eq!(u.user, Some(("svc".into(), "p@ss?/w".into())));
+        assert_eq!(u.hosts, ["h1:2379", "h2:2379"]);
+        assert_eq!(
+            u.query,
+            [("prefix".into(), "x".into()), ("a".into(), String::new())]
+        );
+        assert!(!format!("{u:?}").contains("ss"), "{u:?}");
+        assert_eq!(u.redacted(), "etcd://svc:***@h1:2379,h2:2379?prefix=x&a=");
+    }
+
+    #[test]
+    fn refuses_what_is_not_one() {
+        assert!(EngineUrl::parse("nats://h:1", "etcd").is_err());
+        assert!(EngineUrl::parse("etcd://", "etcd").is_err());
+        assert!(EngineUrl::parse("etcd://host", "etcd").is_err());
+        assert!(EngineUrl::parse("etcd://host:99999", "etcd").is_err());
+        assert!(EngineUrl::parse("etcd://u:%zz@h:1", "etcd").is_err());
+    }
+
+    #[test]
+    fn encode_is_decode_inverse() {
+        let secret = "a/b?c@d:e%f g";
+        let url = format!("redis://u:{}@h:1", encode(secret));
+        let u = EngineUrl::parse(&url, "redis").unwrap();
+        assert_eq!(u.user.unwrap().1, secret);
+    }
+}

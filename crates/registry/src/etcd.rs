@@ -1,0 +1,485 @@
+//! The registry on etcd, for systems that outgrow one control plane (`docs/scale-out.md`).
+//!
+//! An instance is one key, `<prefix>/instances/<service>/<id>`, holding its [`Instance`] as
+//! JSON and attached to a lease of the instance's TTL. The library keeps the lease alive from
+//! the instance's own process; when the process dies the lease lapses and etcd deletes the key
+//! itself. Discovery reads the prefix once and then watches it from that revision on, so every
+//! reader sees an instance come or go as soon as etcd does, and a reader that loses etcd keeps
+//! its last view (an etcd outage must not take routing down with it) until it reads again.
+//!
+//! Trust: each service connects as an etcd user of its own whose role may write only under its
+//! own service's key prefix (the control plane provisions the users and roles,
+//! [`provision`]). A reader still believes only what the key says: an entry whose JSON names
+//! another service or id than its key is skipped, so a service cannot pass itself off as
+//! another by what it writes under its own prefix.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use etcd_client::{
+    Client, ConnectOptions, GetOptions, Permission, PutOptions, WatchOptions,
+};
+use tessera_identity::engine::EngineUrl;
+
+use crate::{Instance, Registration};
+
+/// Where the registry lives on etcd: `etcd://[user:password@]host:port[,host:port…][?prefix=…]`.
+#[derive(Clone, Debug)]
+pub struct EtcdSettings {
+    url: EngineUrl,
+    /// The key prefix of this system's entries (default `tessera`).
+    pub prefix: String,
+}
+
+impl EtcdSettings {
+    /// Whether `url` names an etcd registry.
+    pub fn handles(url: &str) -> bool {
+        url.starts_with("etcd://")
+    }
+
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let url = EngineUrl::parse(url, "etcd")?;
+        let mut prefix = "tessera".to_string();
+        for (key, value) in &url.query {
+            match key.as_str() {
+                "prefix" => {
+                    if !tessera_identity::valid_service_name(value) {
+                        return Err("prefix must be letters, digits, '-' or '_'".into());
+                    }
+                    prefix = value.clone();
+                }
+                other => return Err(format!("unknown setting {other:?}")),
+            }
+        }
+        Ok(Self { url, prefix })
+    }
+
+    /// The etcd user of the process named `name` (a service, `gateway`) in this system.
+    pub fn user_of(&self, name: &str) -> String {
+        format!("{}-{name}", self.prefix)
+    }
+
+    /// These settings as the user `user` with `password` (what the runner gives a process).
+    pub fn as_user(&self, user: &str, password: &str) -> Self {
+        let mut settings = self.clone();
+        settings.url.user = Some((user.to_string(), password.to_string()));
+        settings
+    }
+
+    /// The URL of these settings, password included: for a process's environment only.
+    pub fn to_url(&self) -> String {
+        use tessera_identity::engine::encode;
+        let mut url = "etcd://".to_string();
+        if let Some((user, password)) = &self.url.user {
+            url.push_str(&format!("{}:{}@", encode(user), encode(password)));
+        }
+        url.push_str(&self.url.hosts.join(","));
+        url.push_str(&format!("?prefix={}", self.prefix));
+        url
+    }
+
+    /// The etcd user this process connects as, if any.
+    pub fn user(&self) -> Option<&str> {
+        self.url.user.as_ref().map(|(u, _)| u.as_str())
+    }
+
+    /// The URL without its password.
+    pub fn redacted(&self) -> String {
+        self.url.redacted()
+    }
+
+    /// The prefix under which every instance's key lies.
+    pub fn instances(&self) -> String {
+        format!("{}/instances/", self.prefix)
+    }
+
+    /// The prefix of `service`'s instances: what its etcd role may write.
+    pub fn service_prefix(&self, service: &str) -> String {
+        format!("{}{service}/", self.instances())
+    }
+
+    /// The key of one instance; `None` for an id that would not make one key (a '/').
+    pub fn key_of(&self, instance: &Instance) -> Option<String> {
+        (!instance.id.is_empty() && !instance.id.contains('/'))
+            .then(|| format!("{}{}", self.service_prefix(&instance.service), instance.id))
+    }
+
+    /// A client of the cluster, authenticated as the URL's user.
+    pub async fn connect(&self) -> Result<Client, etcd_client::Error> {
+        self.connect_as(self.url.user.clone()).await
+    }
+
+    /// A client as `user` (none: unauthenticated, which only an etcd without auth accepts).
+    pub async fn connect_as(
+        &self,
+        user: Option<(String, String)>,
+    ) -> Result<Client, etcd_client::Error> {
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(1))
+            .with_timeout(Duration::from_secs(3))
+            // A peer that vanished without closing (a host gone) is noticed within seconds.
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+            .with_keep_alive_while_idle(true)
+            .with_auto_token_refresh(true);
+        if let Some((name, password)) = user {
+            options = options.with_user(name, password);
+        }
+        let endpoints: Vec<String> = self.url.hosts.iter().map(|h| format!("http://{h}")).collect();
+        Client::connect(endpoints, Some(options)).await
+    }
+}
+
+/// One instance as etcd holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub instance: Instance,
+    /// The lease the key is attached to (0: none).
+    pub lease: i64,
+}
+
+/// Every entry under the instances prefix, by key.
+pub type Entries = BTreeMap<String, Entry>;
+
+/// The entry a key-value makes, when it is one: its key names the service and the id, and its
+/// JSON must agree with both.
+fn entry_of(settings: &EtcdSettings, key: &[u8], value: &[u8], lease: i64) -> Option<Entry> {
+    let key = std::str::from_utf8(key).ok()?;
+    let (service, id) = key.strip_prefix(&settings.instances())?.split_once('/')?;
+    match serde_json::from_slice::<Instance>(value) {
+        Ok(instance) if instance.service == service && instance.id == id => {
+            Some(Entry { instance, lease })
+        }
+        Ok(_) => {
+            tracing::warn!(key, "skipped a registry entry whose body names another service or id than its key");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(key, error = %e, "skipped a registry entry that is not an instance");
+            None
+        }
+    }
+}
+
+/// Reads every instance, then follows every change, calling `on_change` with the whole set and
+/// its revision after each; ends when `on_change` returns `false`. Across etcd outages it keeps
+/// trying (the last set stands meanwhile) and reads the whole set again when back.
+pub async fn follow(settings: EtcdSettings, mut on_change: impl FnMut(&Entries, i64) -> bool) {
+    let prefix = settings.instances();
+    let mut failing = false;
+    loop {
+        let result: Result<(), etcd_client::Error> = async {
+            let mut client = settings.connect().await?;
+            let got = client
+                .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+                .await?;
+            let mut revision = got.header().map_or(0, |h| h.revision());
+            let mut entries: Entries = got
+                .kvs()
+                .iter()
+                .filter_map(|kv| {
+                    let entry = entry_of(&settings, kv.key(), kv.value(), kv.lease())?;
+                    Some((kv.key_str().ok()?.to_string(), entry))
+                })
+                .collect();
+            if failing {
+                tracing::info!("etcd reachable again");
+                failing = false;
+            }
+            if !on_change(&entries, revision) {
+                return Ok(());
+            }
+            let mut stream = client
+                .watch(
+                    prefix.as_str(),
+                    Some(
+                        WatchOptions::new()
+                            .with_prefix()
+                            .with_start_revision(revision + 1),
+                    ),
+                )
+                .await?;
+            while let Some(response) = stream.message().await? {
+                if response.canceled() {
+                    // Compacted past us, or cancelled by the server: read everything again.
+                    return Err(etcd_client::Error::WatchError(
+                        response.cancel_reason().to_string(),
+                    ));
+                }
+                if response.events().is_empty() {
+                    continue;
+                }
+                for event in response.events() {
+                    let Some(kv) = event.kv() else { continue };
+                    let Ok(key) = kv.key_str() else { continue };
+                    match event.event_type() {
+                        etcd_client::EventType::Put => {
+                            match entry_of(&settings, kv.key(), kv.value(), kv.lease()) {
+                                Some(entry) => entries.insert(key.to_string(), entry),
+                                None => entries.remove(key),
+                            };
+                        }
+                        etcd_client::EventType::Delete => {
+                            entries.remove(key);
+                        }
+                    }
+                }
+                revision = response.header().map_or(revision, |h| h.revision());
+                if !on_change(&entries, revision) {
+                    return Ok(());
+                }
+            }
+            Err(etcd_client::Error::WatchError("the watch ended".into()))
+        }
+        .await;
+        match result {
+            Ok(()) => return,
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "etcd unreachable; keeping the last view");
+                    failing = true;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    }
+}
+
+/// The lease a registration's TTL asks for, in whole seconds (etcd's unit; at least 1, and
+/// etcd itself raises very short ones to its minimum).
+fn ttl_seconds(reg: &Registration) -> i64 {
+    reg.ttl_ms.div_ceil(1000).max(1) as i64
+}
+
+/// Puts `reg` under a new lease of its TTL; the lease, which the caller keeps alive.
+pub async fn put_under_lease(
+    client: &mut Client,
+    settings: &EtcdSettings,
+    reg: &Registration,
+) -> Result<i64, etcd_client::Error> {
+    let key = settings
+        .key_of(&reg.instance)
+        .ok_or_else(|| etcd_client::Error::InvalidArgs("an instance id must not hold '/'".into()))?;
+    let lease = client.lease_grant(ttl_seconds(reg), None).await?.id();
+    let value = serde_json::to_vec(&reg.instance).expect("an instance serializes");
+    if let Err(e) = client
+        .put(key, value, Some(PutOptions::new().with_lease(lease)))
+        .await
+    {
+        let _ = client.lease_revoke(lease).await;
+        return Err(e);
+    }
+    Ok(lease)
+}
+
+/// Refreshes `lease` once; `false` when etcd no longer has it (it lapsed: register again).
+pub async fn keep_alive_once(client: &mut Client, lease: i64) -> Result<bool, etcd_client::Error> {
+    let (mut keeper, mut stream) = client.lease_keep_alive(lease).await?;
+    keeper.keep_alive().await?;
+    match stream.message().await? {
+        Some(response) => Ok(response.ttl() > 0),
+        None => Err(etcd_client::Error::LeaseKeepAliveError(
+            "the keep-alive stream ended".into(),
+        )),
+    }
+}
+
+/// Registers `reg` and keeps it alive every `every` from this process until `stop` turns
+/// true, then revokes the lease (which deletes the key at once). `registered` is told the
+/// first time the key is in.
+pub(crate) async fn keep_registered(
+    settings: EtcdSettings,
+    reg: Registration,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    registered: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut registered = Some(registered);
+    let mut healthy = true;
+    let mut held: Option<(Client, i64)> = None;
+    loop {
+        let result: Result<(), etcd_client::Error> = async {
+            match &mut held {
+                Some((client, lease)) => {
+                    if !keep_alive_once(client, *lease).await? {
+                        tracing::info!(instance = %reg.instance.id, "the registration's lease lapsed; registering again");
+                        *lease = put_under_lease(client, &settings, &reg).await?;
+                    }
+                }
+                None => {
+                    let mut client = settings.connect().await?;
+                    let lease = put_under_lease(&mut client, &settings, &reg).await?;
+                    held = Some((client, lease));
+                }
+            }
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                if let Some(tx) = registered.take() {
+                    let _ = tx.send(());
+                }
+                if !healthy {
+                    tracing::info!("etcd reachable again");
+                    healthy = true;
+                }
+            }
+            Err(e) => {
+                if healthy {
+                    tracing::warn!(error = %e, "etcd registration failed; will keep trying");
+                    healthy = false;
+                }
+                // A client whose keep-alive failed may hold a dead token or channel: start over
+                // with a fresh one, keeping the lease if it is still alive.
+                if let Some((_, lease)) = held.take()
+                    && let Ok(mut client) = settings.connect().await
+                {
+                    match keep_alive_once(&mut client, lease).await {
+                        Ok(true) => held = Some((client, lease)),
+                        _ => held = None,
+                    }
+                }
+            }
+        }
+        // Before the first registration holds, retry quickly.
+        let wait = if registered.is_some() {
+            Duration::from_millis(250)
+        } else {
+            every
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => break,
+        }
+    }
+    if let Some((mut client, lease)) = held
+        && let Err(e) = client.lease_revoke(lease).await
+    {
+        tracing::warn!(error = %e, "deregistration failed; etcd will expire this instance");
+    }
+}
+
+/// Makes etcd ready for the system (idempotently), connecting as the settings' user, which
+/// must be `root`: a user and a role per service (`services`: its name and password) that may
+/// read every instance and write its own, and a user per reader (`readers`: the gateway, say)
+/// that may only read; users and roles are named `<prefix>-<name>`, so that several systems
+/// can share one etcd. With authentication off, `root` is created with the settings' password
+/// and authentication turned on.
+pub async fn provision(
+    settings: &EtcdSettings,
+    services: &[(String, String)],
+    readers: &[(String, String)],
+) -> Result<(), etcd_client::Error> {
+    let Some((root_user, root)) = settings.url.user.clone().filter(|(u, _)| u == "root") else {
+        return Err(etcd_client::Error::InvalidArgs(
+            "provisioning etcd takes its root user".into(),
+        ));
+    };
+    let (mut client, enable) = match settings.connect().await {
+        Ok(client) => (client, false),
+        Err(e) if e.to_string().contains("authentication is not enabled") => {
+            (settings.connect_as(None).await?, true)
+        }
+        Err(e) => return Err(e),
+    };
+    let instances = settings.instances();
+    let mut users: Vec<(String, &str, Vec<Permission>)> = Vec::new();
+    for (name, password) in services {
+        users.push((
+            settings.user_of(name),
+            password,
+            vec![
+                Permission::read(instances.as_str()).with_prefix(),
+                Permission::read_write(settings.service_prefix(name)).with_prefix(),
+            ],
+        ));
+    }
+    for (name, password) in readers {
+        users.push((
+            settings.user_of(name),
+            password,
+            vec![Permission::read(instances.as_str()).with_prefix()],
+        ));
+    }
+    if enable {
+        add_user(&mut client, &root_user, &root).await?;
+        client.user_grant_role(root_user.as_str(), "root").await?;
+    }
+    for (user, password, permissions) in users {
+        add_user(&mut client, &user, password).await?;
+        if let Err(e) = client.role_add(user.as_str()).await
+            && !e.to_string().contains("already exists")
+        {
+            return Err(e);
+        }
+        for permission in permissions {
+            client.role_grant_permission(user.as_str(), permission).await?;
+        }
+        client.user_grant_role(user.as_str(), user.as_str()).await?;
+    }
+    if enable && let Err(e) = client.auth_enable().await {
+        // Another control plane sharing this etcd may have turned it on meanwhile.
+        if !e.to_string().contains("already") {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Adds `name`, or sets its password when it exists (the password is derived and may have
+/// been rotated with the control keys).
+async fn add_user(client: &mut Client, name: &str, password: &str) -> Result<(), etcd_client::Error> {
+    match client.user_add(name, password, None).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.to_string().contains("already exists") => {
+            client.user_change_password(name, password).await.map(drop)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> EtcdSettings {
+        EtcdSettings::parse("etcd://svc:pw@127.0.0.1:2379?prefix=shop").unwrap()
+    }
+
+    fn instance(service: &str, id: &str) -> Instance {
+        Instance {
+            id: id.into(),
+            service: service.into(),
+            address: "10.0.0.1:80".into(),
+            version: "1".into(),
+            metadata: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn keys_name_the_service_and_the_id() {
+        let s = settings();
+        assert_eq!(s.key_of(&instance("auth", "auth-1")).unwrap(), "shop/instances/auth/auth-1");
+        assert_eq!(s.key_of(&instance("auth", "a/b")), None);
+        assert_eq!(s.key_of(&instance("auth", "")), None);
+        assert!(!format!("{s:?}").contains("pw"));
+        assert!(EtcdSettings::parse("etcd://h:1?prefix=a/b").is_err());
+        assert!(EtcdSettings::parse("etcd://h:1?colour=red").is_err());
+    }
+
+    #[test]
+    fn an_entry_must_agree_with_its_key() {
+        let s = settings();
+        let body = |i: &Instance| serde_json::to_vec(i).unwrap();
+        let auth = instance("auth", "auth-1");
+        assert_eq!(
+            entry_of(&s, b"shop/instances/auth/auth-1", &body(&auth), 7),
+            Some(Entry { instance: auth.clone(), lease: 7 })
+        );
+        // Written under catalog's prefix, claiming to be auth: not believed.
+        assert_eq!(entry_of(&s, b"shop/instances/catalog/auth-1", &body(&auth), 7), None);
+        assert_eq!(entry_of(&s, b"shop/instances/auth/auth-2", &body(&auth), 7), None);
+        assert_eq!(entry_of(&s, b"shop/instances/auth/auth-1", b"{", 7), None);
+        assert_eq!(entry_of(&s, b"other/instances/auth/auth-1", &body(&auth), 7), None);
+    }
+}

@@ -1,0 +1,76 @@
+//! etcd for the tests, always a real `etcd` (Debian's `etcd-server` package): one of a test's
+//! own on free loopback ports, its data in a temporary directory; or the one the test command
+//! started for a whole run of the suite in the distributed profile ([`PROFILE_ENV`]), on which
+//! every [`crate::System`] keeps its registry under a key prefix (and etcd users) of its own.
+
+use std::ffi::OsString;
+
+use crate::engine::Engine;
+
+/// The environment variable naming the etcd of the profile (`etcd://root:<password>@host:port`,
+/// the root user's: each system's control plane provisions its own users with it); unset: the
+/// control plane's registry.
+pub const PROFILE_ENV: &str = "TESSERA_TEST_ETCD";
+
+/// The etcd of the distributed profile, if this run is in it.
+pub fn profile() -> Option<String> {
+    std::env::var(PROFILE_ENV).ok().filter(|u| !u.is_empty())
+}
+
+/// An `etcd` of one test's own.
+pub struct Server {
+    engine: Engine,
+    /// `etcd://127.0.0.1:<port>`.
+    pub url: String,
+}
+
+impl Server {
+    /// Starts a one-member cluster on free loopback ports, authentication off.
+    pub fn start() -> Self {
+        let dir = Engine::dir("etcd");
+        let port = crate::free_port();
+        let peer = std::iter::repeat_with(crate::free_port)
+            .find(|p| *p != port)
+            .expect("ports");
+        let client = format!("http://127.0.0.1:{port}");
+        let peer = format!("http://127.0.0.1:{peer}");
+        let args: Vec<OsString> = [
+            "--name",
+            "t",
+            "--data-dir",
+            "data",
+            "--listen-client-urls",
+            &client,
+            "--advertise-client-urls",
+            &client,
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+            "--initial-cluster",
+            &format!("t={peer}"),
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
+        Self {
+            url: format!("etcd://127.0.0.1:{port}"),
+            engine: Engine::start("etcd", args, dir, port),
+        }
+    }
+
+    /// Kills it (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        self.engine.kill();
+    }
+
+    /// Starts it again on the same ports, with its data.
+    pub fn restart(&mut self) {
+        self.engine.restart();
+    }
+
+    /// What it has logged.
+    pub fn log(&self) -> String {
+        self.engine.log()
+    }
+}
