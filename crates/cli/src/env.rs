@@ -57,6 +57,9 @@ pub fn of(
         let url = crate::etcd::url_of(url, principal, control_keys)?;
         env.push(("TESSERA_REGISTRY_URL".into(), url));
     }
+    if let Some(url) = manifest.system.shared.as_ref().filter(|_| in_registry) {
+        env.push(("TESSERA_SHARED_URL".into(), url.clone()));
+    }
     if let Some(name) = principal.strip_prefix("service:") {
         env.push(("TESSERA_SERVICE".into(), name.to_string()));
         if let Some(url) = manifest.database_of(name) {

@@ -7,6 +7,7 @@ mod keys;
 mod nats;
 mod output;
 mod postgres;
+mod redis;
 mod supervisor;
 mod tls;
 mod up;
@@ -28,6 +29,9 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
 }
+
+/// Which of `gateway.replicas` a gateway process is (from 0), as `tessera up` tells it.
+pub const GATEWAY_INDEX_ENV: &str = "TESSERA_GATEWAY_INDEX";
 
 #[derive(Subcommand)]
 enum Command {
@@ -51,6 +55,9 @@ enum Command {
         /// next one).
         #[arg(long, default_value_t = 12379)]
         etcd_port: u16,
+        /// The port of the local Redis (`--profile distributed`).
+        #[arg(long, default_value_t = 16379)]
+        redis_port: u16,
     },
     /// Show the registered instances of a running system.
     Status,
@@ -165,6 +172,7 @@ fn main() -> anyhow::Result<()> {
                 postgres_port,
                 nats_port,
                 etcd_port,
+                redis_port,
             } => {
                 let (name, database, engines) = match profile {
                     up::Profile::Postgres => {
@@ -176,6 +184,7 @@ fn main() -> anyhow::Result<()> {
                         Some(up::LocalEngines {
                             nats: nats_port,
                             etcd: etcd_port,
+                            redis: redis_port,
                         }),
                     ),
                     up::Profile::Embedded => ("embedded", up::Database::Embedded, None),
@@ -265,7 +274,13 @@ fn main() -> anyhow::Result<()> {
                 tessera_control::serve(listener, config, supervisor::shutdown_signal()).await
             }
             Command::Gateway => {
-                tessera::log::init("gateway", "gateway");
+                // Gateway i of `gateway.replicas` listens on each port + i.
+                let index: u32 = match std::env::var(GATEWAY_INDEX_ENV) {
+                    Ok(i) => i.parse().context(GATEWAY_INDEX_ENV)?,
+                    Err(_) => 0,
+                };
+                let manifest = manifest.gateway_replica(index);
+                tessera::log::init("gateway", &format!("gateway-{index}"));
                 let passport_keys = std::env::var("TESSERA_PASSPORT_KEYS")
                     .context("TESSERA_PASSPORT_KEYS is not set (tessera up sets it)")?;
                 let listener = tokio::net::TcpListener::bind(manifest.gateway.listen)
@@ -302,6 +317,9 @@ fn main() -> anyhow::Result<()> {
                 let config = tessera_gateway::GatewayConfig {
                     control_url: manifest.control_url(),
                     registry_url: std::env::var("TESSERA_REGISTRY_URL")
+                        .ok()
+                        .filter(|u| !u.is_empty()),
+                    shared_url: std::env::var("TESSERA_SHARED_URL")
                         .ok()
                         .filter(|u| !u.is_empty()),
                     credential,

@@ -37,6 +37,7 @@ pub enum Profile {
 pub struct LocalEngines {
     pub nats: u16,
     pub etcd: u16,
+    pub redis: u16,
 }
 
 /// What `up` starts for the services' data.
@@ -101,6 +102,18 @@ pub async fn run(
                 engine.dir.display()
             ));
             manifest.system.registry = Some(url);
+            Some(engine)
+        }
+        _ => None,
+    };
+    // What the gateways share on a local Redis, unless the manifest names one.
+    let _redis = match engines.as_ref().map(|e| e.redis) {
+        Some(port) if manifest.system.shared.is_none() => {
+            let (engine, url) = crate::redis::start_local(&state_dir, port, &control_keys)?;
+            say(&format!(
+                "Redis: redis://127.0.0.1:{port} (the gateways' rate limits and revocations; password-protected)"
+            ));
+            manifest.system.shared = Some(url);
             Some(engine)
         }
         _ => None,
@@ -219,15 +232,21 @@ pub async fn run(
             ));
         }
         wait_registered(&registry, services.iter().map(|s| s.name.as_str())).await?;
-        gateway_tasks.spawn(supervise(
-            platform("gateway", "gateway", "gateway")?,
-            next_color(),
-            gateway_rx,
-            GRACE,
-        ));
-        wait_http_ok(&format!("http://{}/health/ready", manifest.gateway.listen))
-            .await
-            .context("the gateway did not start")?;
+        for index in 0..manifest.gateway.replicas {
+            let mut spec = platform("gateway", "gateway", "gateway")?;
+            if manifest.gateway.replicas > 1 {
+                spec.name = format!("gateway-{index}");
+                spec.env
+                    .push((crate::GATEWAY_INDEX_ENV.into(), index.to_string()));
+            }
+            gateway_tasks.spawn(supervise(spec, next_color(), gateway_rx.clone(), GRACE));
+        }
+        for index in 0..manifest.gateway.replicas {
+            let listen = manifest.clone().gateway_replica(index).gateway.listen;
+            wait_http_ok(&format!("http://{listen}/health/ready"))
+                .await
+                .with_context(|| format!("gateway {index} did not start"))?;
+        }
         anyhow::Ok(())
     };
     let outcome = tokio::select! {
@@ -237,10 +256,12 @@ pub async fn run(
     match &outcome {
         Ok(()) => {
             say(&format!("ready in {:.2}s", start.elapsed().as_secs_f64()));
-            say(&format!(
-                "  gateway        http://{}",
-                manifest.gateway.listen
-            ));
+            for index in 0..manifest.gateway.replicas {
+                say(&format!(
+                    "  gateway        http://{}",
+                    manifest.clone().gateway_replica(index).gateway.listen
+                ));
+            }
             if let Some(tls) = &manifest.gateway.tls {
                 say(&format!(
                     "  gateway        https://{}  (HTTP/2, HTTP/1.1)",

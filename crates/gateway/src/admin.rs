@@ -127,6 +127,7 @@ mod tests {
                 tunnel_idle: Duration::from_secs(60),
                 tunnel_max: Duration::from_secs(600),
                 streams: Default::default(),
+                shared: None,
             }),
         };
         let head = Head::request(&[]);

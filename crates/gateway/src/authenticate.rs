@@ -86,7 +86,7 @@ pub fn revoke_if_asked(
             );
             return;
         }
-        tokens.revoke(sid, tessera::unix_now() + lifetime.as_secs());
+        tokens.revoke_everywhere(sid, tessera::unix_now() + lifetime.as_secs());
     }
 }
 

@@ -160,10 +160,15 @@ impl Gateway {
         trace: &TraceContext,
     ) -> Result<http::Response<Body>, GatewayError> {
         let tokens = self.tokens.as_deref();
-        limit::per_ip(route, self.forwarder.proxies.client(req.peer, &req.fields))?;
+        limit::per_ip(
+            route,
+            self.forwarder.proxies.client(req.peer, &req.fields),
+            self.shared.as_deref(),
+        )
+        .await?;
         let caller = authenticate::caller(tokens, &req.fields).await?;
         let caller = caller.as_deref();
-        limit::per_user(route, caller)?;
+        limit::per_user(route, caller, self.shared.as_deref()).await?;
         authorize::check(route, caller)?;
 
         let forwarder = &self.forwarder;

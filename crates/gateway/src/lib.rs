@@ -57,6 +57,9 @@ pub struct GatewayConfig {
     /// `TESSERA_REGISTRY_URL`: the registry on etcd, read as the gateway's etcd user; none:
     /// the control plane's.
     pub registry_url: Option<String>,
+    /// `TESSERA_SHARED_URL`: the Redis the system's gateways share (`redis://…`); none: each
+    /// gateway's own memory.
+    pub shared_url: Option<String>,
     /// `TESSERA_CREDENTIAL`: the gateway's own, to read the registry.
     pub credential: tessera::identity::Credential,
     /// The HTTPS listener's certificates (`gateway.tls`, paths resolved), the first the
@@ -100,6 +103,15 @@ pub async fn serve(
         &config.passport_keys,
         &manifest.system.name,
     )?);
+    let shared = match &config.shared_url {
+        Some(url) => {
+            let settings = tessera_shared::RedisSettings::parse(url)
+                .map_err(|e| anyhow::anyhow!("TESSERA_SHARED_URL: {e}"))?;
+            tracing::info!(redis = %settings.redacted(), "rate limits and revocations shared on redis");
+            Some(tessera_shared::Shared::new(settings).map_err(|e| anyhow::anyhow!("TESSERA_SHARED_URL: {e}"))?)
+        }
+        None => None,
+    };
     let tokens = manifest.gateway.tokens.clone().map(|t| {
         let client = ServiceClient::new(
             discovery.clone(),
@@ -115,6 +127,9 @@ pub async fn serve(
         );
         let verifier = TokenVerifier::new(t, client);
         verifier.spawn_revocation_feed(feed);
+        if let Some(shared) = &shared {
+            verifier.share_revocations(shared.clone());
+        }
         verifier.spawn_key_refresh();
         verifier
     });
@@ -135,6 +150,7 @@ pub async fn serve(
         tunnel_idle: Duration::from_millis(manifest.gateway.websocket_idle_timeout_ms),
         tunnel_max: Duration::from_millis(manifest.gateway.websocket_max_ms),
         streams: Default::default(),
+        shared,
     });
     let sweeper = Arc::downgrade(&gateway);
     tokio::spawn(async move {

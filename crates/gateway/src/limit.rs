@@ -8,6 +8,12 @@
 //! 429 with `Retry-After` and the `RateLimit-*` fields, so a well-behaved client knows when
 //! to come back.
 //!
+//! With Redis (`system.shared`, several gateways), the buckets are counted there, so that a
+//! limit holds across every gateway (`tessera-shared`'s GCRA script, one round trip); when
+//! Redis does not answer within its short timeout, each gateway counts in its own buckets
+//! meanwhile (logged once, `tessera_rate_limit_local_total`): an outage loosens the limits,
+//! it never blocks traffic.
+//!
 //! The bulkhead bounds the calls in flight to one service. It is entered inside the upstream
 //! call (`upstream.rs`), after the breaker is asked, so that a breaker rejection never holds a
 //! slot; what a full one answers, 503 at once rather than a queue, is decided here.
@@ -15,7 +21,8 @@
 use std::net::IpAddr;
 
 use http::StatusCode;
-use tessera::resilience::Limited;
+use tessera::resilience::{Limited, RateLimiter};
+use tessera_shared::{Shared, SharedLimit};
 
 use crate::error::GatewayError;
 use crate::routes::CompiledRoute;
@@ -23,23 +30,52 @@ use crate::tokens::Verified;
 
 /// Takes one request from the client address's bucket on `route`, if it has a limit.
 #[inline]
-pub fn per_ip(route: &CompiledRoute, client: IpAddr) -> Result<(), GatewayError> {
+pub async fn per_ip(
+    route: &CompiledRoute,
+    client: IpAddr,
+    shared: Option<&Shared>,
+) -> Result<(), GatewayError> {
     match &route.per_ip {
         None => Ok(()),
-        Some(limiter) => limiter
-            .check(&client.to_string())
-            .map(drop)
-            .map_err(limited),
+        Some(local) => {
+            let key = client.to_string();
+            take(route, "ip", &key, local, route.shared_per_ip.as_ref(), shared).await
+        }
     }
 }
 
 /// Takes one request from the caller's bucket on `route`, if it has a limit and a caller.
 #[inline]
-pub fn per_user(route: &CompiledRoute, caller: Option<&Verified>) -> Result<(), GatewayError> {
+pub async fn per_user(
+    route: &CompiledRoute,
+    caller: Option<&Verified>,
+    shared: Option<&Shared>,
+) -> Result<(), GatewayError> {
     match (&route.per_user, caller) {
-        (Some(limiter), Some(who)) => limiter.check(&who.sub).map(drop).map_err(limited),
+        (Some(local), Some(who)) => {
+            take(route, "user", &who.sub, local, route.shared_per_user.as_ref(), shared).await
+        }
         _ => Ok(()),
     }
+}
+
+/// One request of `key`'s bucket: on Redis when there is one and it answers, else here.
+async fn take(
+    route: &CompiledRoute,
+    kind: &str,
+    key: &str,
+    local: &RateLimiter,
+    counted: Option<&SharedLimit>,
+    shared: Option<&Shared>,
+) -> Result<(), GatewayError> {
+    if let (Some(limit), Some(shared)) = (counted, shared) {
+        let key = format!("{}:{kind}:{key}", route.prefix);
+        match limit.check(shared, &key).await {
+            Some(answer) => return answer.map(drop).map_err(limited),
+            None => metrics::counter!("tessera_rate_limit_local_total").increment(1),
+        }
+    }
+    local.check(key).map(drop).map_err(limited)
 }
 
 /// The service's bulkhead has no free slot.
@@ -98,8 +134,8 @@ mod tests {
         assert!((1..=30).contains(&wait), "{wait}");
     }
 
-    #[test]
-    fn an_address_over_its_limit_is_429_with_retry_after() {
+    #[tokio::test]
+    async fn an_address_over_its_limit_is_429_with_retry_after() {
         let limits = RouteLimits {
             per_ip: two_a_minute(),
             per_user: None,
@@ -109,31 +145,31 @@ mod tests {
             IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
             IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
         );
-        assert!(per_ip(&route, a).is_ok());
-        assert!(per_ip(&route, a).is_ok());
-        is_429(per_ip(&route, a).unwrap_err());
-        assert!(per_ip(&route, b).is_ok(), "each address has its own bucket");
+        assert!(per_ip(&route, a, None).await.is_ok());
+        assert!(per_ip(&route, a, None).await.is_ok());
+        is_429(per_ip(&route, a, None).await.unwrap_err());
+        assert!(per_ip(&route, b, None).await.is_ok(), "each address has its own bucket");
         // The per-user limit is not the address's.
-        assert!(per_user(&route, Some(&who("u1"))).is_ok());
+        assert!(per_user(&route, Some(&who("u1")), None).await.is_ok());
     }
 
-    #[test]
-    fn a_caller_over_its_limit_is_429_and_anonymous_requests_are_not_counted() {
+    #[tokio::test]
+    async fn a_caller_over_its_limit_is_429_and_anonymous_requests_are_not_counted() {
         let limits = RouteLimits {
             per_ip: None,
             per_user: two_a_minute(),
         };
         let route = limited_route("catalog", AuthMode::Public, &[], Some(limits), None);
         for _ in 0..5 {
-            assert!(per_user(&route, None).is_ok());
+            assert!(per_user(&route, None, None).await.is_ok());
         }
-        assert!(per_user(&route, Some(&who("u1"))).is_ok());
-        assert!(per_user(&route, Some(&who("u1"))).is_ok());
-        is_429(per_user(&route, Some(&who("u1"))).unwrap_err());
-        assert!(per_user(&route, Some(&who("u2"))).is_ok());
+        assert!(per_user(&route, Some(&who("u1")), None).await.is_ok());
+        assert!(per_user(&route, Some(&who("u1")), None).await.is_ok());
+        is_429(per_user(&route, Some(&who("u1")), None).await.unwrap_err());
+        assert!(per_user(&route, Some(&who("u2")), None).await.is_ok());
         let peer = IpAddr::V4(Ipv4Addr::LOCALHOST);
-        assert!(per_ip(&route, peer).is_ok() && per_ip(&route, peer).is_ok());
-        assert!(per_ip(&route, peer).is_ok(), "no per-address limit here");
+        assert!(per_ip(&route, peer, None).await.is_ok() && per_ip(&route, peer, None).await.is_ok());
+        assert!(per_ip(&route, peer, None).await.is_ok(), "no per-address limit here");
     }
 
     #[tokio::test]

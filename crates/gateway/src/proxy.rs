@@ -42,6 +42,8 @@ pub struct Gateway {
     pub tunnel_max: Duration,
     /// HTTP/2 connections to the instances of gRPC routes (`grpc.rs`).
     pub streams: crate::grpc::Connections,
+    /// With Redis: the rate limits and revocations every gateway shares.
+    pub shared: Option<Arc<tessera_shared::Shared>>,
 }
 
 /// A forwarded request's answer, wrapped.
@@ -189,10 +191,15 @@ impl Gateway {
         trace_id: &str,
     ) -> Result<Forwarded, GatewayError> {
         let tokens = self.tokens.as_deref();
-        limit::per_ip(route, self.forwarder.proxies.client(req.peer, &req.fields))?;
+        limit::per_ip(
+            route,
+            self.forwarder.proxies.client(req.peer, &req.fields),
+            self.shared.as_deref(),
+        )
+        .await?;
         let caller = authenticate::caller(tokens, &req.fields).await?;
         let caller = caller.as_deref();
-        limit::per_user(route, caller)?;
+        limit::per_user(route, caller, self.shared.as_deref()).await?;
         authorize::check(route, caller)?;
         let body = forward::body(req.body)?;
         let called = self
@@ -286,6 +293,7 @@ mod tests {
             tunnel_idle: Duration::from_secs(60),
             tunnel_max: Duration::from_secs(600),
             streams: Default::default(),
+            shared: None,
         }
     }
 

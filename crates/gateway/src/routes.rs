@@ -13,6 +13,7 @@
 //! check is a scan of the path in place, and a path without `%` is matched as before.
 
 use tessera::resilience::RateLimiter;
+use tessera_shared::SharedLimit;
 use tessera_manifest::{AuthMode, Fallback, Route};
 
 /// A route ready for matching.
@@ -24,6 +25,9 @@ pub struct CompiledRoute {
     pub roles: Vec<String>,
     pub per_ip: Option<RateLimiter>,
     pub per_user: Option<RateLimiter>,
+    /// The same limits counted on Redis, across every gateway (`limit.rs`).
+    pub shared_per_ip: Option<SharedLimit>,
+    pub shared_per_user: Option<SharedLimit>,
     pub fallback: Option<Fallback>,
     /// WebSocket upgrades pass.
     pub websocket: bool,
@@ -51,6 +55,16 @@ impl RouteTable {
                     .as_ref()
                     .and_then(|l| l.per_ip.clone())
                     .map(RateLimiter::new),
+                shared_per_ip: r
+                    .rate_limit
+                    .as_ref()
+                    .and_then(|l| l.per_ip.as_ref())
+                    .map(SharedLimit::new),
+                shared_per_user: r
+                    .rate_limit
+                    .as_ref()
+                    .and_then(|l| l.per_user.as_ref())
+                    .map(SharedLimit::new),
                 per_user: r
                     .rate_limit
                     .as_ref()

@@ -112,6 +112,8 @@ pub fn limited_route(
         service: service.into(),
         auth,
         roles: roles.iter().map(|r| r.to_string()).collect(),
+        shared_per_ip: per_ip.as_ref().map(tessera_shared::SharedLimit::new),
+        shared_per_user: per_user.as_ref().map(tessera_shared::SharedLimit::new),
         per_ip: per_ip.map(RateLimiter::new),
         per_user: per_user.map(RateLimiter::new),
         fallback,

@@ -100,6 +100,8 @@ pub struct TokenVerifier {
     cache: RwLock<HashMap<Box<str>, Arc<Verified>, foldhash::fast::RandomState>>,
     /// Revoked session id → until when (unix seconds) it must stay rejected.
     revoked: RwLock<HashMap<String, u64>>,
+    /// With Redis: where revocations are told to, and heard from, every other gateway.
+    shared: std::sync::OnceLock<Arc<tessera_shared::Shared>>,
 }
 
 impl TokenVerifier {
@@ -115,6 +117,7 @@ impl TokenVerifier {
             validation,
             keys: RwLock::default(),
             last_refresh: tokio::sync::Mutex::new(None),
+            shared: std::sync::OnceLock::new(),
             cache: RwLock::default(),
             revoked: RwLock::default(),
         })
@@ -284,6 +287,35 @@ impl TokenVerifier {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(sid.to_string(), until);
+    }
+
+    /// Revokes `sid` here and, with Redis, in every other gateway (within milliseconds: they
+    /// follow the channel, [`TokenVerifier::share_revocations`]).
+    pub fn revoke_everywhere(&self, sid: &str, until: u64) {
+        self.revoke(sid, until);
+        if let Some(shared) = self.shared.get() {
+            let shared = shared.clone();
+            let revocation = tessera_shared::Revocation {
+                sid: sid.to_string(),
+                until,
+            };
+            tokio::spawn(async move {
+                if !shared.revoke(&revocation).await {
+                    tracing::warn!("a revocation could not be told to the other gateways; they learn it from the token service's feed");
+                }
+            });
+        }
+    }
+
+    /// Tells revocations to, and hears them from, every gateway through Redis.
+    pub fn share_revocations(self: &Arc<Self>, shared: Arc<tessera_shared::Shared>) {
+        let this = Arc::downgrade(self);
+        shared.follow_revocations(move |r| {
+            if let Some(this) = this.upgrade() {
+                this.revoke(&r.sid, r.until);
+            }
+        });
+        let _ = self.shared.set(shared);
     }
 
     /// Follows the token service's revocation feed for as long as the process lives, and

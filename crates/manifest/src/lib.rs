@@ -79,6 +79,9 @@ pub struct System {
     /// Where the registry lives (`docs/scale-out.md`): an `etcd://` URL puts instances on
     /// etcd, each process as an etcd user of its own; None: the control plane's.
     pub registry: Option<String>,
+    /// What the gateways (and a service's replicas) share (`docs/scale-out.md`): a
+    /// `redis://` URL puts rate limits and revocations there; None: each gateway's memory.
+    pub shared: Option<String>,
 }
 
 /// Whether the system's processes speak mutual TLS among themselves.
@@ -102,6 +105,7 @@ impl Default for System {
             database_replicas: Vec::new(),
             bus: None,
             registry: None,
+            shared: None,
         }
     }
 }
@@ -149,6 +153,10 @@ impl Default for Control {
 #[serde(deny_unknown_fields, default)]
 pub struct Gateway {
     pub listen: SocketAddr,
+    /// How many gateway processes `tessera up` runs (each stateless apart from its caches;
+    /// share rate limits and revocations through `system.shared`). Gateway *i* (from 0)
+    /// listens on each of its addresses' port + *i*.
+    pub replicas: u32,
     /// Where `/metrics` and `/status/*` are served: an address of their own, loopback by
     /// default, never the public one.
     pub admin_listen: SocketAddr,
@@ -194,6 +202,7 @@ impl Default for Gateway {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            replicas: 1,
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             upstream_timeout_ms: 10_000,
             header_timeout_ms: 10_000,
@@ -401,6 +410,18 @@ impl Manifest {
     }
 
     /// The control plane's URL, as the system's processes reach it.
+    /// This manifest as gateway `index` (from 0) of `gateway.replicas` sees it: each of its
+    /// listening ports moved up by `index`.
+    pub fn gateway_replica(mut self, index: u32) -> Self {
+        let up = |a: &mut SocketAddr| a.set_port(a.port() + index as u16);
+        up(&mut self.gateway.listen);
+        up(&mut self.gateway.admin_listen);
+        if let Some(tls) = &mut self.gateway.tls {
+            up(&mut tls.listen);
+        }
+        self
+    }
+
     pub fn control_url(&self) -> String {
         let scheme = if self.mtls() { "https" } else { "http" };
         format!("{scheme}://{}", self.control.listen)
@@ -495,6 +516,14 @@ impl Manifest {
             && !url.starts_with("nats://")
         {
             return Err("system.bus: a nats:// URL (or none, for the embedded log)".into());
+        }
+        if let Some(url) = &self.system.shared
+            && !url.starts_with("redis://")
+        {
+            return Err("system.shared: a redis:// URL (or none, for each gateway's memory)".into());
+        }
+        if !(1..=16).contains(&self.gateway.replicas) {
+            return Err("gateway.replicas: from 1 to 16".into());
         }
         if let Some(url) = &self.system.registry
             && !url.starts_with("etcd://")

@@ -352,10 +352,13 @@ pub(crate) async fn keep_registered(
             _ = stop.changed() => break,
         }
     }
-    if let Some((mut client, lease)) = held
-        && let Err(e) = client.lease_revoke(lease).await
-    {
-        tracing::warn!(error = %e, "deregistration failed; etcd will expire this instance");
+    if let Some((mut client, lease)) = held {
+        match client.lease_revoke(lease).await {
+            Ok(_) => tracing::info!(instance = %reg.instance.id, "deregistered"),
+            Err(e) => {
+                tracing::warn!(error = %e, "deregistration failed; etcd will expire this instance")
+            }
+        }
     }
 }
 

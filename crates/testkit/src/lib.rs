@@ -19,6 +19,7 @@ pub mod etcd;
 mod manifest;
 pub mod nats;
 pub mod postgres;
+pub mod redis;
 mod process;
 
 pub use process::{admin_of, alive, cmdline, descendants, freeze, pid_of, rss_kb, signal, thaw};
@@ -59,6 +60,13 @@ pub struct Options {
     /// A NATS of the test's own (`nats://host:port`): the events go there, whatever the
     /// profile.
     pub nats: Option<String>,
+    /// A Redis of the test's own (`redis://…`): the gateways share their state there, whatever
+    /// the profile.
+    pub shared: Option<String>,
+    /// How many gateways (`gateway.replicas`): `System::gateways` lists them, and
+    /// [`System::url`] takes turns among them. None: two when the gateways share Redis (the
+    /// distributed profile), else one.
+    pub gateways: Option<u32>,
 }
 
 impl Default for Options {
@@ -82,13 +90,18 @@ impl Default for Options {
             up_args: Vec::new(),
             postgres: None,
             nats: None,
+            shared: None,
+            gateways: None,
         }
     }
 }
 
 /// A running system. Dropping it kills the tree.
 pub struct System {
+    /// The first gateway.
     pub gateway: String,
+    /// Every gateway (`Options::gateways`), the first one first.
+    pub gateways: Vec<String>,
     /// The gateway's HTTPS listener, when `Options::tls` asked for one.
     pub gateway_tls: Option<String>,
     /// The gateway's admin listener (`/metrics`, `/status/*`).
@@ -100,6 +113,8 @@ pub struct System {
     log: PathBuf,
     /// In the PostgreSQL profile: the server, and the databases made for this system.
     databases: Option<(String, Vec<String>)>,
+    /// Which gateway [`System::url`] sends the next request to.
+    turn: std::sync::atomic::AtomicUsize,
     /// The highest `tessera-read-after` answered so far (this client's session).
     read_after: std::sync::Mutex<Option<String>>,
 }
@@ -160,11 +175,24 @@ impl System {
             std::env::temp_dir().join(format!("tessera-e2e-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let control_port = free_port();
+        // Gateway i listens on each of these ports + i: they must all be free.
+        let shares = opts.shared.is_some()
+            || (redis::profile().is_some()
+                && !opts.mtls
+                && !opts.up_args.iter().any(|a| a == "distributed"));
+        let n = opts.gateways.unwrap_or(if shares { 2 } else { 1 }).max(1) as u16;
+        let free_run = |p: u16| {
+            (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok())
+        };
         let gateway_port = std::iter::repeat_with(free_port)
-            .find(|p| *p != control_port)
+            .find(|p| !(*p..*p + n).contains(&control_port) && free_run(*p))
             .expect("ports");
         let admin_port = std::iter::repeat_with(free_port)
-            .find(|p| *p != control_port && *p != gateway_port)
+            .find(|p| {
+                !(*p..*p + n).contains(&control_port)
+                    && !(*p..*p + n).any(|q| (gateway_port..gateway_port + n).contains(&q))
+                    && free_run(*p)
+            })
             .expect("ports");
         let tls_port = std::iter::repeat_with(free_port)
             .find(|p| ![control_port, gateway_port, admin_port].contains(p))
@@ -213,6 +241,22 @@ impl System {
                 let id = &dir.file_name().unwrap().to_string_lossy()[12..24];
                 format!("bus = \"{url}?prefix=t{id}&lease_ms=2000\"")
             });
+        // And the registry on etcd, under a key prefix (and etcd users) of this system's own.
+        let registry = etcd::profile()
+            .filter(|_| !opts.mtls && !own_bus)
+            .map_or(String::new(), |url| {
+                let id = &dir.file_name().unwrap().to_string_lossy()[12..24];
+                format!("registry = \"{url}?prefix=t{id}\"")
+            });
+        // And the gateways' shared state on Redis, under a key prefix of this system's own.
+        let shared = opts
+            .shared
+            .clone()
+            .or_else(|| redis::profile().filter(|_| !opts.mtls && !own_bus))
+            .map_or(String::new(), |url| {
+                let id = &dir.file_name().unwrap().to_string_lossy()[12..24];
+                format!("shared = \"{url}?prefix=t{id}\"")
+            });
         let manifest = format!(
             r#"
 [system]
@@ -221,6 +265,8 @@ state_dir = "state"
 mtls = "{mtls}"
 {database}
 {bus}
+{registry}
+{shared}
 
 [control]
 listen = "127.0.0.1:{control_port}"
@@ -231,6 +277,7 @@ lease_ms = 2000
 [gateway]
 listen = "127.0.0.1:{gateway_port}"
 admin_listen = "127.0.0.1:{admin_port}"
+replicas = {gateways}
 upstream_timeout_ms = {upstream_timeout}
 header_timeout_ms = {header_timeout}
 max_body_bytes = {max_body}
@@ -292,6 +339,7 @@ replicas = {replicas}
 {extra}
 "#,
             mtls = if opts.mtls { "on" } else { "off" },
+            gateways = n,
             heartbeat = opts.heartbeat_ms,
             ttl = opts.ttl_ms,
             upstream_timeout = opts.upstream_timeout_ms,
@@ -328,6 +376,9 @@ replicas = {replicas}
             .expect("start tessera up");
         let system = System {
             gateway: format!("http://127.0.0.1:{gateway_port}"),
+            gateways: (0..n)
+                .map(|i| format!("http://127.0.0.1:{}", gateway_port + i))
+                .collect(),
             gateway_tls: opts
                 .tls
                 .as_ref()
@@ -346,6 +397,7 @@ replicas = {replicas}
             log,
             databases: databases.map(|(admin, names, _)| (admin, names)),
             read_after: std::sync::Mutex::default(),
+            turn: Default::default(),
         };
         system
             .wait_until(Duration::from_secs(60), "the system to be ready", || {
@@ -495,8 +547,11 @@ replicas = {replicas}
             )
     }
 
+    /// `path` on a gateway: each call the next one in turn, so that every gateway of the
+    /// system serves the tests' requests.
     pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.gateway)
+        let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{}{path}", self.gateways[turn % self.gateways.len()])
     }
 
     /// The URL of `path` on the gateway's admin listener.

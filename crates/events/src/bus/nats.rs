@@ -244,7 +244,7 @@ impl NatsBus {
                         // The bucket's stream made as the client's `create_key_value` makes it,
                         // which first reads the account's limits in a form NATS 2.9 does not
                         // answer in.
-                        js.get_or_create_stream(stream::Config {
+                        let made = js.get_or_create_stream(stream::Config {
                             name: format!("KV_{bucket}"),
                             description: Some(
                                 "Tessera consumer groups: who holds which partition".into(),
@@ -259,10 +259,16 @@ impl NatsBus {
                             storage: stream::StorageType::File,
                             ..Default::default()
                         })
-                        .await
-                        .map_err(|e| {
-                            BusError::Unavailable(format!("cannot make KV bucket {bucket}: {e}"))
-                        })?;
+                        .await;
+                        // Another process (the control plane, a replica) may have made it
+                        // meanwhile: NATS 2.9 then answers that the subjects overlap.
+                        if let Err(e) = made
+                            && js.get_key_value(&bucket).await.is_err()
+                        {
+                            return Err(BusError::Unavailable(format!(
+                                "cannot make KV bucket {bucket}: {e}"
+                            )));
+                        }
                         js.get_key_value(&bucket).await.map_err(|e| {
                             BusError::Unavailable(format!("cannot open KV bucket {bucket}: {e}"))
                         })?

@@ -1,0 +1,179 @@
+//! State that the processes of a system share beyond one machine, on Redis
+//! (`docs/scale-out.md`): the gateways' rate limits (`limit.rs`), the access-token revocations
+//! every gateway must know at once (`revocations.rs`), and a cache several replicas of a
+//! service read through (`cache.rs`).
+//!
+//! Redis is an accelerator here, never a dependency of a request: every call is bounded by a
+//! short timeout, and after a failure Redis is left alone for a moment ([`Shared::available`])
+//! so that an outage costs each request nothing. What each caller does meanwhile is its own
+//! choice: the gateway limits with its local buckets, a cache reads through to the database.
+//! Outages and recoveries are logged once each.
+
+mod cache;
+mod limit;
+mod revocations;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tessera_identity::engine::EngineUrl;
+
+pub use cache::{Cache, Generation};
+pub use limit::SharedLimit;
+pub use revocations::Revocation;
+
+/// How long one Redis call may take before its caller goes on without it.
+const CALL_TIMEOUT: Duration = Duration::from_millis(100);
+/// How long Redis is left alone after a failure.
+const BACK_OFF: Duration = Duration::from_secs(1);
+
+/// Where the shared state lives: `redis://[user:password@]host:port[?prefix=…]`.
+#[derive(Clone, Debug)]
+pub struct RedisSettings {
+    url: EngineUrl,
+    /// The first part of every key and channel (default `tessera`): several systems share one
+    /// Redis.
+    pub prefix: String,
+}
+
+impl RedisSettings {
+    pub fn handles(url: &str) -> bool {
+        url.starts_with("redis://")
+    }
+
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let url = EngineUrl::parse(url, "redis")?;
+        if url.hosts.len() != 1 {
+            return Err("a redis URL names one host:port".into());
+        }
+        let mut prefix = "tessera".to_string();
+        for (key, value) in &url.query {
+            match key.as_str() {
+                "prefix" => {
+                    if !tessera_identity::valid_service_name(value) {
+                        return Err("prefix must be letters, digits, '-' or '_'".into());
+                    }
+                    prefix = value.clone();
+                }
+                other => return Err(format!("unknown setting {other:?}")),
+            }
+        }
+        Ok(Self { url, prefix })
+    }
+
+    /// The URL without its password.
+    pub fn redacted(&self) -> String {
+        self.url.redacted()
+    }
+
+    fn client(&self) -> redis::RedisResult<redis::Client> {
+        let (host, port) = self.url.hosts[0]
+            .rsplit_once(':')
+            .expect("EngineUrl checked host:port");
+        let mut redis = redis::RedisConnectionInfo::default();
+        if let Some((user, password)) = &self.url.user {
+            if !user.is_empty() && user != "default" {
+                redis = redis.set_username(user.clone());
+            }
+            redis = redis.set_password(password.clone());
+        }
+        use redis::IntoConnectionInfo;
+        let info = redis::ConnectionAddr::Tcp(
+            host.trim_matches(['[', ']']).to_string(),
+            port.parse().expect("EngineUrl checked the port"),
+        )
+        .into_connection_info()?
+        .set_redis_settings(redis);
+        redis::Client::open(info)
+    }
+}
+
+/// A system's shared state on one Redis.
+pub struct Shared {
+    settings: RedisSettings,
+    client: redis::Client,
+    conn: ConnectionManager,
+    /// Milliseconds since `epoch` until which Redis is left alone (0: not failing).
+    down_until: AtomicU64,
+    failing: AtomicBool,
+    epoch: Instant,
+}
+
+impl Shared {
+    /// Shared state on the Redis `settings` name; connects at first use, and again after
+    /// every failure.
+    pub fn new(settings: RedisSettings) -> Result<Arc<Self>, String> {
+        let client = settings.client().map_err(|e| e.to_string())?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CALL_TIMEOUT * 5))
+            .set_response_timeout(Some(CALL_TIMEOUT))
+            .set_number_of_retries(0);
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
+            .map_err(|e| e.to_string())?;
+        Ok(Arc::new(Self {
+            settings,
+            client,
+            conn,
+            down_until: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
+            epoch: Instant::now(),
+        }))
+    }
+
+    pub fn settings(&self) -> &RedisSettings {
+        &self.settings
+    }
+
+    /// `<prefix>:<name>`.
+    fn key(&self, name: &str) -> String {
+        format!("{}:{name}", self.settings.prefix)
+    }
+
+    /// Whether Redis may be asked now (it is not in the pause after a failure).
+    pub fn available(&self) -> bool {
+        let until = self.down_until.load(Ordering::Relaxed);
+        until == 0 || self.epoch.elapsed().as_millis() as u64 >= until
+    }
+
+    /// Runs one call on a connection, bounded by the call timeout; on failure, notes the
+    /// outage. `None` when Redis is paused or the call failed.
+    async fn call<T>(
+        &self,
+        what: &'static str,
+        f: impl AsyncFnOnce(&mut ConnectionManager) -> redis::RedisResult<T>,
+    ) -> Option<T> {
+        if !self.available() {
+            return None;
+        }
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(CALL_TIMEOUT * 2, f(&mut conn)).await {
+            Ok(Ok(value)) => {
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(redis = %self.settings.redacted(), "redis reachable again");
+                }
+                self.down_until.store(0, Ordering::Relaxed);
+                Some(value)
+            }
+            Ok(Err(e)) => {
+                self.failed(what, &e.to_string());
+                None
+            }
+            Err(_) => {
+                self.failed(what, "timed out");
+                None
+            }
+        }
+    }
+
+    fn failed(&self, what: &str, error: &str) {
+        metrics::counter!("tessera_redis_failures_total", "call" => what.to_string()).increment(1);
+        let until = self.epoch.elapsed() + BACK_OFF;
+        self.down_until
+            .store(until.as_millis().max(1) as u64, Ordering::Relaxed);
+        if !self.failing.swap(true, Ordering::Relaxed) {
+            tracing::warn!(redis = %self.settings.redacted(), call = what, error, "redis unavailable; going on without it");
+        }
+    }
+}

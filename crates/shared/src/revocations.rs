@@ -1,0 +1,108 @@
+//! Revoked sessions, fanned out to every gateway at once: a sorted set of session ids by the
+//! time their last token expires (so that a gateway that (re)connects reads what still
+//! matters), and a pub/sub channel that tells every subscribed gateway the moment one is
+//! added. The token service revokes; gateways refuse.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+
+use crate::Shared;
+
+/// A revoked session: its tokens are refused until `until` (Unix seconds), when they expire
+/// anyway.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Revocation {
+    pub sid: String,
+    pub until: u64,
+}
+
+impl Shared {
+    /// Records a revocation and tells every gateway; `false` when Redis could not be told (the
+    /// token service's own feed still carries it).
+    pub async fn revoke(&self, revocation: &Revocation) -> bool {
+        let (set, channel) = (self.key("revoked"), self.key("revocations"));
+        let now = tessera_now();
+        self.call("revoke", async |conn| {
+            redis::pipe()
+                .atomic()
+                .zadd(&set, &revocation.sid, revocation.until)
+                .ignore()
+                .zrembyscore(&set, 0, now)
+                .ignore()
+                .publish(&channel, format!("{} {}", revocation.until, revocation.sid))
+                .ignore()
+                .query_async::<()>(conn)
+                .await
+        })
+        .await
+        .is_some()
+    }
+
+    /// Calls `on_revoked` for every session revoked now and from now on, for as long as this
+    /// process lives: on every (re)connection it reads the whole set again, so an outage loses
+    /// nothing.
+    pub fn follow_revocations(
+        self: &std::sync::Arc<Self>,
+        on_revoked: impl Fn(Revocation) + Send + Sync + 'static,
+    ) {
+        let shared = self.clone();
+        tokio::spawn(async move {
+            let (set, channel) = (shared.key("revoked"), shared.key("revocations"));
+            let mut failing = false;
+            loop {
+                let followed: redis::RedisResult<()> = async {
+                    let mut pubsub = shared.client.get_async_pubsub().await?;
+                    pubsub.subscribe(&channel).await?;
+                    // Subscribed first, read second: nothing falls between the two.
+                    let mut conn = shared.conn.clone();
+                    let all: Vec<(String, u64)> = redis::cmd("ZRANGEBYSCORE")
+                        .arg(&set)
+                        .arg(tessera_now())
+                        .arg("+inf")
+                        .arg("WITHSCORES")
+                        .query_async(&mut conn)
+                        .await?;
+                    if failing {
+                        tracing::info!("redis revocations followed again");
+                        failing = false;
+                    }
+                    for (sid, until) in all {
+                        on_revoked(Revocation { sid, until });
+                    }
+                    let mut messages = pubsub.on_message();
+                    while let Some(message) = messages.next().await {
+                        let Ok(payload) = message.get_payload::<String>() else {
+                            continue;
+                        };
+                        if let Some((until, sid)) = payload.split_once(' ')
+                            && let Ok(until) = until.parse()
+                        {
+                            on_revoked(Revocation {
+                                sid: sid.to_string(),
+                                until,
+                            });
+                        }
+                    }
+                    Err(redis::RedisError::from(std::io::Error::other(
+                        "the subscription ended",
+                    )))
+                }
+                .await;
+                if let Err(e) = followed
+                    && !failing
+                {
+                    tracing::warn!(error = %e, "cannot follow revocations on redis; retrying");
+                    failing = true;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        });
+    }
+}
+
+fn tessera_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
