@@ -9,7 +9,9 @@ use std::path::Path;
 use anyhow::Context;
 use tessera::identity::ControlKeys;
 use tessera::registry::etcd::EtcdSettings;
+use tessera::registry::etcd::ETCD_IDENTITY;
 use tessera_control::etcd_password;
+use tessera_manifest::Manifest;
 
 use crate::engine::LocalEngine;
 
@@ -27,12 +29,25 @@ pub fn url_of(registry: &str, principal: &str, keys: &ControlKeys) -> anyhow::Re
 }
 
 /// A local `etcd` for the system on `port` (its peer port the next one), its data under the
-/// state directory.
-pub fn start_local(state_dir: &Path, port: u16) -> anyhow::Result<(LocalEngine, String)> {
+/// state directory. With the system's mutual TLS on, it takes TLS only: its identity `etcd`
+/// from the system CA, clients' certificates required and checked against that CA.
+pub fn start_local(
+    manifest: &Manifest,
+    state_dir: &Path,
+    port: u16,
+) -> anyhow::Result<(LocalEngine, String)> {
     let dir = state_dir.join("etcd");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let dir = dir.canonicalize()?;
-    let client = format!("http://127.0.0.1:{port}");
+    let env = crate::tls::identity_env(manifest, state_dir, ETCD_IDENTITY)?;
+    let file = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    use tessera_tls::internal::{CA_ENV, CERT_ENV, KEY_ENV};
+    let tls = match (file(CERT_ENV), file(KEY_ENV), file(CA_ENV)) {
+        (Some(chain), Some(key), Some(ca)) => Some((chain, key, ca)),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let client = format!("{scheme}://127.0.0.1:{port}");
     let peer = format!("http://127.0.0.1:{}", port + 1);
     let mut command = tokio::process::Command::new("etcd");
     command
@@ -45,7 +60,17 @@ pub fn start_local(state_dir: &Path, port: u16) -> anyhow::Result<(LocalEngine, 
         .args(["--listen-peer-urls", &peer])
         .args(["--initial-advertise-peer-urls", &peer])
         .args(["--initial-cluster", &format!("tessera={peer}")])
-        .args(["--log-level", "warn"]);
+        .args(["--log-level", "warn"])
+        // Every password is a 256-bit secret derived for its user: bcrypt's work factor buys
+        // nothing against guessing it, and costs each connection ~100 ms of etcd's CPU.
+        .args(["--bcrypt-cost", "4"]);
+    if let Some((chain, key, ca)) = tls {
+        command
+            .args(["--cert-file", &chain])
+            .args(["--key-file", &key])
+            .args(["--trusted-ca-file", &ca])
+            .arg("--client-cert-auth");
+    }
     let engine = LocalEngine::start(command, "etcd", "etcd-server", dir, port)?;
     Ok((engine, format!("etcd://127.0.0.1:{port}")))
 }

@@ -96,7 +96,7 @@ pub async fn run(
     // The registry on a local etcd, unless the manifest names one.
     let _etcd = match engines.as_ref().map(|e| e.etcd) {
         Some(port) if manifest.system.registry.is_none() => {
-            let (engine, url) = crate::etcd::start_local(&state_dir, port)?;
+            let (engine, url) = crate::etcd::start_local(&manifest, &state_dir, port)?;
             say(&format!(
                 "etcd: {url} (the registry; a user per service; files in {})",
                 engine.dir.display()

@@ -499,14 +499,24 @@ async fn the_distributed_profile_puts_events_on_nats_and_the_registry_on_etcd() 
     }
 }
 
-/// `--profile distributed` with the system's mutual TLS on (as on several hosts): NATS takes
-/// TLS only, with the system CA's certificates on both sides, and the checkout still goes
-/// through; no event crosses the wire in clear.
+/// `--profile distributed` with the system's mutual TLS on (as on several hosts): NATS and etcd
+/// take TLS only, with the system CA's certificates on both sides, and the checkout still goes
+/// through; no event, registry entry or engine password crosses the wire in clear.
 #[tokio::test]
 async fn with_mutual_tls_on_nats_is_reached_over_tls_only() {
     use std::io::Read;
-    let (sys, port, _) = distributed(true).await;
-    let checkout = confirm_one_order(&sys);
+    let (sys, port, etcd) = distributed(true).await;
+    // A service killed during the capture is started again by the runner: it signs in to
+    // etcd, registers and reads the registry there.
+    let pid = tessera_testkit::pid_of(&sys.registry().await, "catalog-1").unwrap();
+    let checkout = async {
+        tessera_testkit::signal(pid, libc::SIGKILL);
+        sys.wait_until(Duration::from_secs(20), "catalog-1 back", || async {
+            tessera_testkit::pid_of(&sys.registry().await, "catalog-1").is_some_and(|p| p != pid)
+        })
+        .await;
+        confirm_one_order(&sys).await;
+    };
     let pcap = tessera_testkit::capture::during("lo", checkout).await;
     let to_nats = tessera_testkit::capture::payloads(&pcap, |p| p.from.1 == port || p.to.1 == port);
     assert!(
@@ -517,6 +527,15 @@ async fn with_mutual_tls_on_nats_is_reached_over_tls_only() {
         assert!(
             !tessera_testkit::capture::contains(&to_nats, clear),
             "{} in clear on the NATS port",
+            String::from_utf8_lossy(clear)
+        );
+    }
+    let to_etcd = tessera_testkit::capture::payloads(&pcap, |p| p.from.1 == etcd || p.to.1 == etcd);
+    assert!(!to_etcd.is_empty(), "the new instance went to etcd");
+    for clear in [&b"instances/"[..], b"tessera-catalog", b"catalog-1"] {
+        assert!(
+            !tessera_testkit::capture::contains(&to_etcd, clear),
+            "{} in clear on the etcd port",
             String::from_utf8_lossy(clear)
         );
     }

@@ -162,7 +162,9 @@ pub async fn serve(
             }
         }
     });
-    discovery.wait_loaded(Duration::from_secs(5)).await;
+    // A gateway that knows no instance can route nothing: wait for the registry a while (an
+    // etcd being provisioned takes a moment), then serve anyway (503 until it is read).
+    discovery.wait_loaded(Duration::from_secs(15)).await;
     let limits = server::Limits {
         header_timeout: Duration::from_millis(manifest.gateway.header_timeout_ms),
         idle_timeout: Duration::from_millis(manifest.gateway.idle_timeout_ms),

@@ -124,9 +124,66 @@ impl EtcdSettings {
         if let Some((name, password)) = user {
             options = options.with_user(name, password);
         }
+        if let Some(tls) = tessera_tls::internal::get() {
+            // Mutual TLS: etcd is an internal server like the others (`docs/tls.md`).
+            let channel = tls_channel(tls, &self.url.hosts)
+                .map_err(|e| etcd_client::Error::InvalidArgs(format!("TLS to etcd: {e}")))?;
+            return Client::from_channel(etcd_client::Channel::Tonic(channel), Some(options)).await;
+        }
         let endpoints: Vec<String> = self.url.hosts.iter().map(|h| format!("http://{h}")).collect();
         Client::connect(endpoints, Some(options)).await
     }
+}
+
+/// The identity etcd's members show when the system's mutual TLS is on.
+pub const ETCD_IDENTITY: &str = "etcd";
+
+/// A channel to etcd over mutual TLS: this process's identity certificate shown, the member's
+/// checked to be the system's `etcd` (whatever address the URL names), HTTP/2 negotiated. Each
+/// connection tries the members in turn from a random one, so a dead member is passed over.
+fn tls_channel(
+    tls: &tessera_tls::internal::Internal,
+    hosts: &[String],
+) -> anyhow::Result<tonic::transport::Channel> {
+    use std::sync::Arc;
+    let mut config = tls.client_config_for(&tls.identity_of(ETCD_IDENTITY))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let first_host = format!("http://{}", hosts[0]);
+    let hosts: Arc<[String]> = hosts.into();
+    let connect = tower::service_fn(move |_: http::Uri| {
+        let (connector, hosts) = (connector.clone(), hosts.clone());
+        async move {
+            let first = rand::random::<u32>() as usize;
+            let mut last = std::io::Error::other("no etcd member");
+            for i in 0..hosts.len() {
+                let host = &hosts[(first + i) % hosts.len()];
+                let tcp = match tokio::net::TcpStream::connect(host.as_str()).await {
+                    Ok(tcp) => tcp,
+                    Err(e) => {
+                        last = e;
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                let name = rustls::pki_types::ServerName::try_from(ETCD_IDENTITY)
+                    .expect("a valid name")
+                    .to_owned();
+                match connector.connect(name, tcp).await {
+                    Ok(stream) => return Ok(hyper_util::rt::TokioIo::new(stream)),
+                    Err(e) => last = e,
+                }
+            }
+            Err(last)
+        }
+    });
+    let endpoint = tonic::transport::Endpoint::from_shared(first_host)?
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(3))
+        .http2_keep_alive_interval(Duration::from_secs(2))
+        .keep_alive_timeout(Duration::from_secs(2))
+        .keep_alive_while_idle(true);
+    Ok(endpoint.connect_with_connector_lazy(connect))
 }
 
 /// One instance as etcd holds it.
@@ -235,7 +292,7 @@ pub async fn follow(settings: EtcdSettings, mut on_change: impl FnMut(&Entries, 
             Ok(()) => return,
             Err(e) => {
                 if !failing {
-                    tracing::warn!(error = %e, "etcd unreachable; keeping the last view");
+                    tracing::warn!(error = %e, "cannot read the registry on etcd (yet); keeping the last view");
                     failing = true;
                 }
                 tokio::time::sleep(Duration::from_millis(300)).await;
@@ -387,6 +444,15 @@ pub async fn provision(
     };
     let instances = settings.instances();
     let mut users: Vec<(String, &str, Vec<Permission>)> = Vec::new();
+    // Readers first: a gateway that starts once the services have registered finds its
+    // user there.
+    for (name, password) in readers {
+        users.push((
+            settings.user_of(name),
+            password,
+            vec![Permission::read(instances.as_str()).with_prefix()],
+        ));
+    }
     for (name, password) in services {
         users.push((
             settings.user_of(name),
@@ -395,13 +461,6 @@ pub async fn provision(
                 Permission::read(instances.as_str()).with_prefix(),
                 Permission::read_write(settings.service_prefix(name)).with_prefix(),
             ],
-        ));
-    }
-    for (name, password) in readers {
-        users.push((
-            settings.user_of(name),
-            password,
-            vec![Permission::read(instances.as_str()).with_prefix()],
         ));
     }
     if enable {

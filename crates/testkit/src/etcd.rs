@@ -49,6 +49,8 @@ impl Server {
             &peer,
             "--initial-cluster",
             &format!("t={peer}"),
+            "--bcrypt-cost",
+            "4",
         ]
         .iter()
         .map(OsString::from)
