@@ -8,8 +8,8 @@ use std::path::Path;
 
 use anyhow::Context;
 use tessera::identity::ControlKeys;
-use tessera::registry::etcd::EtcdSettings;
 use tessera::registry::etcd::ETCD_IDENTITY;
+use tessera::registry::etcd::EtcdSettings;
 use tessera_control::etcd_password;
 use tessera_manifest::Manifest;
 
@@ -19,13 +19,16 @@ use crate::engine::LocalEngine;
 /// `service:<name>`): the control plane's is the system's URL as given, or as `root` when it
 /// names no user (an etcd `up` started); every other process's names its own user.
 pub fn url_of(registry: &str, principal: &str, keys: &ControlKeys) -> anyhow::Result<String> {
-    let settings = EtcdSettings::parse(registry).map_err(|e| anyhow::anyhow!("system.registry: {e}"))?;
+    let settings =
+        EtcdSettings::parse(registry).map_err(|e| anyhow::anyhow!("system.registry: {e}"))?;
     let user = match principal {
         "control" if settings.user().is_some() => return Ok(registry.to_string()),
         "control" => "root".to_string(),
         other => settings.user_of(other.strip_prefix("service:").unwrap_or(other)),
     };
-    Ok(settings.as_user(&user, &etcd_password(keys, &user)).to_url())
+    Ok(settings
+        .as_user(&user, &etcd_password(keys, &user))
+        .to_url())
 }
 
 /// A local `etcd` for the system on `port` (its peer port the next one), its data under the

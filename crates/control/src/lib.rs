@@ -137,7 +137,10 @@ fn spawn_provisioning(settings: &tessera::registry::etcd::EtcdSettings, config: 
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        tracing::info!(services = services.len(), "etcd's users and roles are provisioned");
+        tracing::info!(
+            services = services.len(),
+            "etcd's users and roles are provisioned"
+        );
     });
 }
 

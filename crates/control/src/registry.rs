@@ -291,7 +291,10 @@ async fn register(
         if reg.instance.id.contains('/') {
             return error(StatusCode::BAD_REQUEST, "an instance id must not hold '/'");
         }
-        if etcd.taken(&reg.instance.id, &reg.instance.service).is_some() {
+        if etcd
+            .taken(&reg.instance.id, &reg.instance.service)
+            .is_some()
+        {
             return error(
                 StatusCode::CONFLICT,
                 "this instance id is held by another service's instance",
@@ -317,7 +320,10 @@ async fn heartbeat(
     Path(id): Path<String>,
 ) -> Response {
     let outcome = match &registry.etcd {
-        Some(etcd) => match etcd.heartbeat(&id, |owner| caller.may_register(owner)).await {
+        Some(etcd) => match etcd
+            .heartbeat(&id, |owner| caller.may_register(owner))
+            .await
+        {
             Ok(outcome) => outcome,
             Err(e) => return unavailable(e),
         },

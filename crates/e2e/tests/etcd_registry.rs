@@ -74,7 +74,10 @@ async fn instances_come_and_go_within_a_second() {
     assert!(gateway.wait_loaded(Duration::from_secs(5)).await);
 
     let registered = Registrar::Etcd(as_(&settings, "auth"))
-        .register(registration("auth", "auth-1", 3000), Duration::from_millis(500))
+        .register(
+            registration("auth", "auth-1", 3000),
+            Duration::from_millis(500),
+        )
         .await;
     within(Duration::from_secs(1), "auth-1 seen", || {
         ids(&gateway, "auth") == ["auth-1"]
@@ -92,9 +95,13 @@ async fn instances_come_and_go_within_a_second() {
 
     // A process that dies keeps its lease alive no more: etcd drops it after its TTL.
     let mut client = as_(&settings, "catalog").connect().await.unwrap();
-    etcd::put_under_lease(&mut client, &settings, &registration("catalog", "catalog-1", 2000))
-        .await
-        .unwrap();
+    etcd::put_under_lease(
+        &mut client,
+        &settings,
+        &registration("catalog", "catalog-1", 2000),
+    )
+    .await
+    .unwrap();
     within(Duration::from_secs(1), "catalog-1 seen", || {
         ids(&gateway, "catalog") == ["catalog-1"]
     })
@@ -103,7 +110,10 @@ async fn instances_come_and_go_within_a_second() {
         ids(&gateway, "catalog").is_empty()
     })
     .await;
-    assert!(gone >= Duration::from_millis(1500), "not before its TTL: {gone:?}");
+    assert!(
+        gone >= Duration::from_millis(1500),
+        "not before its TTL: {gone:?}"
+    );
 }
 
 #[tokio::test]
@@ -111,7 +121,10 @@ async fn a_service_writes_only_its_own_instances_and_readers_believe_only_the_ke
     let (_server, settings) = provisioned("t2").await;
     let gateway = Discovery::start_etcd(as_(&settings, "gateway"));
     let _auth = Registrar::Etcd(as_(&settings, "auth"))
-        .register(registration("auth", "auth-1", 3000), Duration::from_millis(500))
+        .register(
+            registration("auth", "auth-1", 3000),
+            Duration::from_millis(500),
+        )
         .await;
     within(Duration::from_secs(1), "auth-1 seen", || {
         ids(&gateway, "auth") == ["auth-1"]
@@ -126,21 +139,34 @@ async fn a_service_writes_only_its_own_instances_and_readers_believe_only_the_ke
         .put(settings.key_of(&fake.instance).unwrap(), body.clone(), None)
         .await;
     assert!(
-        refused.as_ref().is_err_and(|e| e.to_string().contains("permission denied")),
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("permission denied")),
         "{refused:?}"
     );
     let mut reader = as_(&settings, "gateway").connect().await.unwrap();
     let refused = reader
-        .put(format!("{}gateway-1", settings.service_prefix("gateway")), "x", None)
+        .put(
+            format!("{}gateway-1", settings.service_prefix("gateway")),
+            "x",
+            None,
+        )
         .await;
     assert!(refused.is_err(), "{refused:?}");
     // Under its own prefix, an entry that claims to be auth is not believed.
     catalog
-        .put(format!("{}auth-evil", settings.service_prefix("catalog")), body, None)
+        .put(
+            format!("{}auth-evil", settings.service_prefix("catalog")),
+            body,
+            None,
+        )
         .await
         .unwrap();
     let _catalog = Registrar::Etcd(as_(&settings, "catalog"))
-        .register(registration("catalog", "catalog-1", 3000), Duration::from_millis(500))
+        .register(
+            registration("catalog", "catalog-1", 3000),
+            Duration::from_millis(500),
+        )
         .await;
     within(Duration::from_secs(1), "catalog-1 seen", || {
         ids(&gateway, "catalog") == ["catalog-1"]
@@ -151,7 +177,10 @@ async fn a_service_writes_only_its_own_instances_and_readers_believe_only_the_ke
     let mut anonymous = settings.connect().await.unwrap();
     assert!(
         anonymous
-            .get(settings.instances(), Some(etcd_client::GetOptions::new().with_prefix()))
+            .get(
+                settings.instances(),
+                Some(etcd_client::GetOptions::new().with_prefix())
+            )
             .await
             .is_err()
     );
@@ -162,7 +191,10 @@ async fn an_etcd_outage_keeps_the_last_view_and_catches_up_after() {
     let (mut server, settings) = provisioned("t3").await;
     let gateway = Discovery::start_etcd(as_(&settings, "gateway"));
     let auth = Registrar::Etcd(as_(&settings, "auth"))
-        .register(registration("auth", "auth-1", 3000), Duration::from_millis(500))
+        .register(
+            registration("auth", "auth-1", 3000),
+            Duration::from_millis(500),
+        )
         .await;
     within(Duration::from_secs(1), "auth-1 seen", || {
         ids(&gateway, "auth") == ["auth-1"]
@@ -175,16 +207,28 @@ async fn an_etcd_outage_keeps_the_last_view_and_catches_up_after() {
     server.restart();
     // Back: the registration is whole again, and what changes is seen.
     let _catalog = Registrar::Etcd(as_(&settings, "catalog"))
-        .register(registration("catalog", "catalog-1", 3000), Duration::from_millis(500))
+        .register(
+            registration("catalog", "catalog-1", 3000),
+            Duration::from_millis(500),
+        )
         .await;
-    within(Duration::from_secs(10), "catalog-1 seen after the outage", || {
-        ids(&gateway, "catalog") == ["catalog-1"]
-    })
+    within(
+        Duration::from_secs(10),
+        "catalog-1 seen after the outage",
+        || ids(&gateway, "catalog") == ["catalog-1"],
+    )
     .await;
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(ids(&gateway, "auth"), ["auth-1"], "kept alive again after the outage");
+    assert_eq!(
+        ids(&gateway, "auth"),
+        ["auth-1"],
+        "kept alive again after the outage"
+    );
     auth.leave(Duration::from_secs(3)).await;
-    within(Duration::from_secs(2), "auth-1 gone", || ids(&gateway, "auth").is_empty()).await;
+    within(Duration::from_secs(2), "auth-1 gone", || {
+        ids(&gateway, "auth").is_empty()
+    })
+    .await;
 }
 
 /// A process that is not Rust registers over HTTP: the control plane puts it in etcd, keeps
@@ -214,24 +258,38 @@ async fn the_control_planes_registry_api_stands_in_front_of_etcd() {
         policy: Arc::new(policy),
         principals: Vec::new(),
     };
-    tokio::spawn(tessera_control::serve(listener, config, std::future::pending()));
+    tokio::spawn(tessera_control::serve(
+        listener,
+        config,
+        std::future::pending(),
+    ));
 
     let settings = EtcdSettings::parse(&format!("{}?prefix=t4", server.url)).unwrap();
     let gateway_user = settings.user_of("gateway");
-    let gateway = Discovery::start_etcd(
-        settings.as_user(&gateway_user, &tessera_control::etcd_password(&keys, &gateway_user)),
+    let gateway = Discovery::start_etcd(settings.as_user(
+        &gateway_user,
+        &tessera_control::etcd_password(&keys, &gateway_user),
+    ));
+    assert!(
+        gateway.wait_loaded(Duration::from_secs(10)).await,
+        "provisioned, readable"
     );
-    assert!(gateway.wait_loaded(Duration::from_secs(10)).await, "provisioned, readable");
 
     let py = RegistryClient::new(&url, &keys.issue(&Principal::Service("py".into())));
     let other = RegistryClient::new(&url, &keys.issue(&Principal::Service("other".into())));
     let reg = registration("py", "py-1", 2000);
     let start = Instant::now();
     while py.register(&reg).await.is_err() {
-        assert!(start.elapsed() < Duration::from_secs(10), "the control plane answers");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the control plane answers"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    within(Duration::from_secs(1), "py-1 in etcd", || ids(&gateway, "py") == ["py-1"]).await;
+    within(Duration::from_secs(1), "py-1 in etcd", || {
+        ids(&gateway, "py") == ["py-1"]
+    })
+    .await;
     // Its heartbeats keep it past its TTL; another service's are refused.
     for _ in 0..6 {
         assert!(py.heartbeat("py-1").await.unwrap());
@@ -241,7 +299,12 @@ async fn the_control_planes_registry_api_stands_in_front_of_etcd() {
     let status = other.heartbeat("py-1").await.unwrap_err().status();
     assert_eq!(status.map(|s| s.as_u16()), Some(403));
     assert_eq!(
-        other.deregister("py-1").await.unwrap_err().status().map(|s| s.as_u16()),
+        other
+            .deregister("py-1")
+            .await
+            .unwrap_err()
+            .status()
+            .map(|s| s.as_u16()),
         Some(403)
     );
     // The catalog the API serves is etcd's.
@@ -249,10 +312,19 @@ async fn the_control_planes_registry_api_stands_in_front_of_etcd() {
     assert_eq!(catalog.services["py"][0].id, "py-1");
     // Leaving removes it; a heartbeat then says "register again".
     py.deregister("py-1").await.unwrap();
-    within(Duration::from_secs(1), "py-1 gone", || ids(&gateway, "py").is_empty()).await;
+    within(Duration::from_secs(1), "py-1 gone", || {
+        ids(&gateway, "py").is_empty()
+    })
+    .await;
     assert!(!py.heartbeat("py-1").await.unwrap());
     // Without heartbeats, a registration lapses with its lease.
     py.register(&reg).await.unwrap();
-    within(Duration::from_secs(1), "py-1 back", || ids(&gateway, "py") == ["py-1"]).await;
-    within(Duration::from_secs(5), "py-1 lapsed", || ids(&gateway, "py").is_empty()).await;
+    within(Duration::from_secs(1), "py-1 back", || {
+        ids(&gateway, "py") == ["py-1"]
+    })
+    .await;
+    within(Duration::from_secs(5), "py-1 lapsed", || {
+        ids(&gateway, "py").is_empty()
+    })
+    .await;
 }

@@ -176,6 +176,8 @@ env = {{ {listen}, AUTH_ACCESS_TTL_SECS = "600" }}
 [services.catalog]
 command = "shop-catalog"
 env = {{ {listen} }}
+produces = ["catalog.events"]
+consumes = ["catalog.events"]
 [services.order]
 command = "shop-order"
 env = {{ {listen} }}

@@ -11,7 +11,10 @@ fn echo_system(extra: &str) -> Options {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/echo_service.py"
     );
+    // A breaker, an ejection and a bulkhead are each gateway's own (as an Envoy's are): these
+    // tests watch one gateway's.
     Options {
+        gateways: Some(1),
         upstream_timeout_ms: 5000,
         extra_manifest: format!(
             r#"
@@ -247,6 +250,7 @@ fallback = { body = '{"items": [], "stale": true}' }
 #[tokio::test]
 async fn the_payment_providers_breaker_rejects_checkouts_fast_and_recovers() {
     let sys = System::start_with(Options {
+        gateways: Some(1),
         checkout: true,
         checkout_env: vec![
             ("payment", "PAYMENT_BREAKER_MIN_CALLS", "4".into()),
@@ -371,6 +375,7 @@ async fn a_hanging_instance_is_ejected_and_latency_returns_to_normal() {
         "/tests/fixtures/echo_service.py"
     );
     let sys = System::start_with(Options {
+        gateways: Some(1),
         extra_manifest: format!(
             r#"
 [[route]]
@@ -441,6 +446,7 @@ outlier = {{ consecutive_errors = 3, base_ejection_ms = 60000 }}
 #[tokio::test]
 async fn orders_are_priced_from_the_last_good_catalog_answer_while_the_catalog_is_down() {
     let sys = System::start_with(Options {
+        gateways: Some(1),
         checkout: true,
         ..Options::default()
     })

@@ -413,10 +413,14 @@ async fn the_distributed_profile_puts_events_on_nats_and_the_registry_on_etcd() 
         tessera::registry::etcd::EtcdSettings::parse(&format!("etcd://127.0.0.1:{etcd}")).unwrap();
     let mut anonymous = settings.connect().await.unwrap();
     let read = anonymous
-        .get("tessera/instances/", Some(etcd_client::GetOptions::new().with_prefix()))
+        .get(
+            "tessera/instances/",
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
         .await;
     assert!(
-        read.as_ref().is_err_and(|e| e.to_string().contains("user name is empty")),
+        read.as_ref()
+            .is_err_and(|e| e.to_string().contains("user name is empty")),
         "etcd refuses a client without a user: {read:?}"
     );
     sys.log_line("the NATS line", |l| {
@@ -558,6 +562,9 @@ async fn distributed(mtls: bool) -> (System, u16, u16) {
                 && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok()
         })
         .unwrap();
+    let redis = std::iter::repeat_with(tessera_testkit::free_port)
+        .find(|p| ![port, etcd, etcd + 1].contains(p))
+        .unwrap();
     let sys = System::start_with(Options {
         checkout: true,
         mtls,
@@ -568,6 +575,8 @@ async fn distributed(mtls: bool) -> (System, u16, u16) {
             port.to_string(),
             "--etcd-port".into(),
             etcd.to_string(),
+            "--redis-port".into(),
+            redis.to_string(),
         ],
         ..Options::default()
     })

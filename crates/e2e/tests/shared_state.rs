@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use serde_json::json;
 use tessera_testkit::{Options, System};
 
 /// The shop with two gateways sharing `redis`, `/api/limited` limited to six a minute per
@@ -51,7 +52,11 @@ async fn a_rate_limit_holds_across_gateways_and_a_redis_outage_loosens_it_withou
         assert_ne!(s, 429, "request {i} is within the limit");
     }
     for gateway in [0, 1] {
-        assert_eq!(status(&sys, gateway, path).await.0, 429, "gateway {gateway}");
+        assert_eq!(
+            status(&sys, gateway, path).await.0,
+            429,
+            "gateway {gateway}"
+        );
     }
     // Redis goes away: each gateway limits with its own buckets meanwhile; no request fails
     // for it, and none waits on it.
@@ -60,9 +65,13 @@ async fn a_rate_limit_holds_across_gateways_and_a_redis_outage_loosens_it_withou
         let (s, took) = status(&sys, i % 2, path).await;
         assert_ne!(s, 429, "request {i}: each gateway's own bucket is full");
         assert!(s < 500, "request {i} answered {s} during the outage");
-        assert!(took < Duration::from_millis(700), "request {i} took {took:?}");
+        assert!(
+            took < Duration::from_millis(700),
+            "request {i} took {took:?}"
+        );
     }
-    sys.log_line("the outage logged", |l| l.contains("redis unavailable")).await;
+    sys.log_line("the outage logged", |l| l.contains("redis unavailable"))
+        .await;
     // Each gateway's own limit still holds meanwhile (six each, after the three each above).
     let mut refused = 0;
     for i in 0..8 {
@@ -89,10 +98,15 @@ async fn a_rate_limit_holds_across_gateways_and_a_redis_outage_loosens_it_withou
         if passed == 6 {
             break;
         }
-        assert!(Instant::now() < deadline, "the shared limit never came back: {passed} passed");
+        assert!(
+            Instant::now() < deadline,
+            "the shared limit never came back: {passed} passed"
+        );
     }
-    sys.log_line("the recovery logged", |l| l.contains("redis reachable again"))
-        .await;
+    sys.log_line("the recovery logged", |l| {
+        l.contains("redis reachable again")
+    })
+    .await;
 }
 
 async fn redis_client(url: &str) -> redis::aio::MultiplexedConnection {
@@ -148,7 +162,10 @@ async fn a_session_revoked_through_one_gateway_is_refused_by_the_other_at_once()
         .unwrap();
     assert_eq!(out.status().as_u16(), 200);
     while me(1, token.clone()).await != 401 {
-        assert!(start.elapsed() < Duration::from_millis(100), "gateway 1 still accepts it");
+        assert!(
+            start.elapsed() < Duration::from_millis(100),
+            "gateway 1 still accepts it"
+        );
     }
     let revoked: Vec<String> = redis::cmd("KEYS")
         .arg("*:revoked")
@@ -191,4 +208,124 @@ async fn a_session_revoked_through_one_gateway_is_refused_by_the_other_at_once()
             );
         }
     }
+}
+
+/// Lists and lookups served through the catalog's cache: on Redis when the system has one
+/// (shared by both replicas), else each replica's memory. Either way a changed price is served
+/// from every replica, through every gateway, once its event is handled, and never the old one
+/// again.
+async fn a_changed_price_is_never_served_stale(sys: &System, on_redis: Option<&str>) {
+    let admin = sys.admin().await;
+    let (status, page) = sys.get("/api/catalog/products?limit=5", None).await;
+    assert_eq!(status, 200, "{page}");
+    let product = page["data"]["items"][0].clone();
+    let id = product["id"].as_str().unwrap().to_string();
+    let old = product["price"].as_i64().unwrap();
+    // Warm both replicas' way to the list and the lookup.
+    let lookup = format!("/api/catalog/products/lookup?ids={id}");
+    for _ in 0..6 {
+        assert_eq!(sys.get("/api/catalog/products?limit=5", None).await.0, 200);
+        assert_eq!(sys.get(&lookup, None).await.0, 200);
+    }
+    // Served from the cache: its hits, on the replicas' own metrics.
+    let registry = sys.registry().await;
+    let mut hits = 0.0;
+    for replica in ["catalog-1", "catalog-2"] {
+        let admin = tessera_testkit::admin_of(&registry, replica).unwrap();
+        let metrics = sys
+            .http
+            .get(format!("http://{admin}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        hits += metrics
+            .lines()
+            .filter(|l| l.starts_with("tessera_cache_hits_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    assert!(hits >= 6.0, "{hits} hits");
+    if let Some(url) = on_redis {
+        let mut conn = redis_client(url).await;
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*:cache:catalog:v:*")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(keys.iter().any(|k| k.contains(":v:lists:")), "{keys:?}");
+        assert!(
+            keys.iter()
+                .any(|k| k.contains(&format!(":v:product:{id}:"))),
+            "{keys:?}"
+        );
+    }
+
+    let changed = json!({"name": product["name"], "description": product["description"],
+        "category": product["category"], "price": old + 1, "currency": product["currency"]});
+    let (status, body) = sys
+        .call(
+            reqwest::Method::PUT,
+            &format!("/api/catalog/products/{id}"),
+            Some(&admin),
+            Some(changed),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let price_in = |page: &serde_json::Value| {
+        page["data"]["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == id.as_str())
+            .map(|p| p["price"].as_i64().unwrap())
+    };
+    // Handled within moments; from then on, never the old price, wherever it is read.
+    let start = Instant::now();
+    loop {
+        let (_, list) = sys.get("/api/catalog/products?limit=5", None).await;
+        let (_, looked) = sys.get(&lookup, None).await;
+        if price_in(&list) == Some(old + 1) && price_in(&looked) == Some(old + 1) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the change never showed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Both replicas have handled it once one read shows it, when the cache is shared; each
+    // replica handles it itself otherwise: wait for that to settle, then read many times.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 0..30 {
+        let (_, list) = sys.get("/api/catalog/products?limit=5", None).await;
+        let (_, looked) = sys.get(&lookup, None).await;
+        assert_eq!(price_in(&list), Some(old + 1), "read {i}: {list}");
+        assert_eq!(price_in(&looked), Some(old + 1), "read {i}: {looked}");
+    }
+}
+
+#[tokio::test]
+async fn the_catalogs_cache_on_redis_is_shared_and_never_stale() {
+    let redis = tessera_testkit::redis::Server::start();
+    let sys = System::start_with(Options {
+        catalog_replicas: 2,
+        gateways: Some(2),
+        shared: Some(redis.url.clone()),
+        ..Options::default()
+    })
+    .await;
+    a_changed_price_is_never_served_stale(&sys, Some(&redis.url)).await;
+}
+
+#[tokio::test]
+async fn the_catalogs_cache_in_each_replicas_memory_is_never_stale() {
+    let sys = System::start_with(Options {
+        catalog_replicas: 2,
+        ..Options::default()
+    })
+    .await;
+    a_changed_price_is_never_served_stale(&sys, None).await;
 }

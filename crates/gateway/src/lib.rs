@@ -108,7 +108,10 @@ pub async fn serve(
             let settings = tessera_shared::RedisSettings::parse(url)
                 .map_err(|e| anyhow::anyhow!("TESSERA_SHARED_URL: {e}"))?;
             tracing::info!(redis = %settings.redacted(), "rate limits and revocations shared on redis");
-            Some(tessera_shared::Shared::new(settings).map_err(|e| anyhow::anyhow!("TESSERA_SHARED_URL: {e}"))?)
+            Some(
+                tessera_shared::Shared::new(settings)
+                    .map_err(|e| anyhow::anyhow!("TESSERA_SHARED_URL: {e}"))?,
+            )
         }
         None => None,
     };

@@ -39,7 +39,15 @@ pub async fn per_ip(
         None => Ok(()),
         Some(local) => {
             let key = client.to_string();
-            take(route, "ip", &key, local, route.shared_per_ip.as_ref(), shared).await
+            take(
+                route,
+                "ip",
+                &key,
+                local,
+                route.shared_per_ip.as_ref(),
+                shared,
+            )
+            .await
         }
     }
 }
@@ -53,7 +61,15 @@ pub async fn per_user(
 ) -> Result<(), GatewayError> {
     match (&route.per_user, caller) {
         (Some(local), Some(who)) => {
-            take(route, "user", &who.sub, local, route.shared_per_user.as_ref(), shared).await
+            take(
+                route,
+                "user",
+                &who.sub,
+                local,
+                route.shared_per_user.as_ref(),
+                shared,
+            )
+            .await
         }
         _ => Ok(()),
     }
@@ -148,7 +164,10 @@ mod tests {
         assert!(per_ip(&route, a, None).await.is_ok());
         assert!(per_ip(&route, a, None).await.is_ok());
         is_429(per_ip(&route, a, None).await.unwrap_err());
-        assert!(per_ip(&route, b, None).await.is_ok(), "each address has its own bucket");
+        assert!(
+            per_ip(&route, b, None).await.is_ok(),
+            "each address has its own bucket"
+        );
         // The per-user limit is not the address's.
         assert!(per_user(&route, Some(&who("u1")), None).await.is_ok());
     }
@@ -168,8 +187,13 @@ mod tests {
         is_429(per_user(&route, Some(&who("u1")), None).await.unwrap_err());
         assert!(per_user(&route, Some(&who("u2")), None).await.is_ok());
         let peer = IpAddr::V4(Ipv4Addr::LOCALHOST);
-        assert!(per_ip(&route, peer, None).await.is_ok() && per_ip(&route, peer, None).await.is_ok());
-        assert!(per_ip(&route, peer, None).await.is_ok(), "no per-address limit here");
+        assert!(
+            per_ip(&route, peer, None).await.is_ok() && per_ip(&route, peer, None).await.is_ok()
+        );
+        assert!(
+            per_ip(&route, peer, None).await.is_ok(),
+            "no per-address limit here"
+        );
     }
 
     #[tokio::test]

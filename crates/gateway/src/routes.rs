@@ -13,8 +13,8 @@
 //! check is a scan of the path in place, and a path without `%` is matched as before.
 
 use tessera::resilience::RateLimiter;
-use tessera_shared::SharedLimit;
 use tessera_manifest::{AuthMode, Fallback, Route};
+use tessera_shared::SharedLimit;
 
 /// A route ready for matching.
 pub struct CompiledRoute {

@@ -301,7 +301,9 @@ impl TokenVerifier {
             };
             tokio::spawn(async move {
                 if !shared.revoke(&revocation).await {
-                    tracing::warn!("a revocation could not be told to the other gateways; they learn it from the token service's feed");
+                    tracing::warn!(
+                        "a revocation could not be told to the other gateways; they learn it from the token service's feed"
+                    );
                 }
             });
         }

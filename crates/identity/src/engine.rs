@@ -134,8 +134,8 @@ mod tests {
 
     #[test]
     fn reads_users_hosts_and_settings() {
-        let u = EngineUrl::parse("etcd://svc:p%40ss?/w@h1:2379,h2:2379/?prefix=x&a", "etcd")
-            .unwrap();
+        let u =
+            EngineUrl::parse("etcd://svc:p%40ss?/w@h1:2379,h2:2379/?prefix=x&a", "etcd").unwrap();
         assert_eq!(u.user, Some(("svc".into(), "p@ss?/w".into())));
         assert_eq!(u.hosts, ["h1:2379", "h2:2379"]);
         assert_eq!(

@@ -520,7 +520,9 @@ impl Manifest {
         if let Some(url) = &self.system.shared
             && !url.starts_with("redis://")
         {
-            return Err("system.shared: a redis:// URL (or none, for each gateway's memory)".into());
+            return Err(
+                "system.shared: a redis:// URL (or none, for each gateway's memory)".into(),
+            );
         }
         if !(1..=16).contains(&self.gateway.replicas) {
             return Err("gateway.replicas: from 1 to 16".into());
@@ -528,7 +530,9 @@ impl Manifest {
         if let Some(url) = &self.system.registry
             && !url.starts_with("etcd://")
         {
-            return Err("system.registry: an etcd:// URL (or none, for the control plane's)".into());
+            return Err(
+                "system.registry: an etcd:// URL (or none, for the control plane's)".into(),
+            );
         }
         for (profile, spec) in &self.profiles {
             if !PROFILES.contains(&profile.as_str()) {

@@ -16,9 +16,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use etcd_client::{
-    Client, ConnectOptions, GetOptions, Permission, PutOptions, WatchOptions,
-};
+use etcd_client::{Client, ConnectOptions, GetOptions, Permission, PutOptions, WatchOptions};
 use tessera_identity::engine::EngineUrl;
 
 use crate::{Instance, Registration};
@@ -130,7 +128,12 @@ impl EtcdSettings {
                 .map_err(|e| etcd_client::Error::InvalidArgs(format!("TLS to etcd: {e}")))?;
             return Client::from_channel(etcd_client::Channel::Tonic(channel), Some(options)).await;
         }
-        let endpoints: Vec<String> = self.url.hosts.iter().map(|h| format!("http://{h}")).collect();
+        let endpoints: Vec<String> = self
+            .url
+            .hosts
+            .iter()
+            .map(|h| format!("http://{h}"))
+            .collect();
         Client::connect(endpoints, Some(options)).await
     }
 }
@@ -207,7 +210,10 @@ fn entry_of(settings: &EtcdSettings, key: &[u8], value: &[u8], lease: i64) -> Op
             Some(Entry { instance, lease })
         }
         Ok(_) => {
-            tracing::warn!(key, "skipped a registry entry whose body names another service or id than its key");
+            tracing::warn!(
+                key,
+                "skipped a registry entry whose body names another service or id than its key"
+            );
             None
         }
         Err(e) => {
@@ -313,9 +319,9 @@ pub async fn put_under_lease(
     settings: &EtcdSettings,
     reg: &Registration,
 ) -> Result<i64, etcd_client::Error> {
-    let key = settings
-        .key_of(&reg.instance)
-        .ok_or_else(|| etcd_client::Error::InvalidArgs("an instance id must not hold '/'".into()))?;
+    let key = settings.key_of(&reg.instance).ok_or_else(|| {
+        etcd_client::Error::InvalidArgs("an instance id must not hold '/'".into())
+    })?;
     let lease = client.lease_grant(ttl_seconds(reg), None).await?.id();
     let value = serde_json::to_vec(&reg.instance).expect("an instance serializes");
     if let Err(e) = client
@@ -475,7 +481,9 @@ pub async fn provision(
             return Err(e);
         }
         for permission in permissions {
-            client.role_grant_permission(user.as_str(), permission).await?;
+            client
+                .role_grant_permission(user.as_str(), permission)
+                .await?;
         }
         client.user_grant_role(user.as_str(), user.as_str()).await?;
     }
@@ -490,7 +498,11 @@ pub async fn provision(
 
 /// Adds `name`, or sets its password when it exists (the password is derived and may have
 /// been rotated with the control keys).
-async fn add_user(client: &mut Client, name: &str, password: &str) -> Result<(), etcd_client::Error> {
+async fn add_user(
+    client: &mut Client,
+    name: &str,
+    password: &str,
+) -> Result<(), etcd_client::Error> {
     match client.user_add(name, password, None).await {
         Ok(_) => Ok(()),
         Err(e) if e.to_string().contains("already exists") => {
@@ -521,7 +533,10 @@ mod tests {
     #[test]
     fn keys_name_the_service_and_the_id() {
         let s = settings();
-        assert_eq!(s.key_of(&instance("auth", "auth-1")).unwrap(), "shop/instances/auth/auth-1");
+        assert_eq!(
+            s.key_of(&instance("auth", "auth-1")).unwrap(),
+            "shop/instances/auth/auth-1"
+        );
         assert_eq!(s.key_of(&instance("auth", "a/b")), None);
         assert_eq!(s.key_of(&instance("auth", "")), None);
         assert!(!format!("{s:?}").contains("pw"));
@@ -536,12 +551,24 @@ mod tests {
         let auth = instance("auth", "auth-1");
         assert_eq!(
             entry_of(&s, b"shop/instances/auth/auth-1", &body(&auth), 7),
-            Some(Entry { instance: auth.clone(), lease: 7 })
+            Some(Entry {
+                instance: auth.clone(),
+                lease: 7
+            })
         );
         // Written under catalog's prefix, claiming to be auth: not believed.
-        assert_eq!(entry_of(&s, b"shop/instances/catalog/auth-1", &body(&auth), 7), None);
-        assert_eq!(entry_of(&s, b"shop/instances/auth/auth-2", &body(&auth), 7), None);
+        assert_eq!(
+            entry_of(&s, b"shop/instances/catalog/auth-1", &body(&auth), 7),
+            None
+        );
+        assert_eq!(
+            entry_of(&s, b"shop/instances/auth/auth-2", &body(&auth), 7),
+            None
+        );
         assert_eq!(entry_of(&s, b"shop/instances/auth/auth-1", b"{", 7), None);
-        assert_eq!(entry_of(&s, b"other/instances/auth/auth-1", &body(&auth), 7), None);
+        assert_eq!(
+            entry_of(&s, b"other/instances/auth/auth-1", &body(&auth), 7),
+            None
+        );
     }
 }

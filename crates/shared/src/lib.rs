@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tessera_identity::engine::EngineUrl;
 
-pub use cache::{Cache, Generation};
+pub use cache::Cache;
 pub use limit::SharedLimit;
 pub use revocations::Revocation;
 

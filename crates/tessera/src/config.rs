@@ -124,6 +124,9 @@ pub struct ServiceConfig {
     /// `TESSERA_REGISTRY_URL`: the registry on etcd (`etcd://…`, `docs/scale-out.md`); unset,
     /// the control plane's.
     pub registry_url: Option<String>,
+    /// `TESSERA_SHARED_URL`: the Redis the system's processes share (`redis://…`): where
+    /// [`crate::Context::cache`] keeps a cache every replica shares.
+    pub shared_url: Option<String>,
     /// `TESSERA_SYSTEM`: the system's name, which is also the passport audience.
     pub system: String,
     /// `TESSERA_DATA_DIR`: where embedded databases live.
@@ -202,6 +205,11 @@ impl ServiceConfig {
             crate::events::NatsSettings::parse(url)
                 .map_err(|e| ConfigError::new("TESSERA_BUS_URL", e))?;
         }
+        let shared_url = s.raw("TESSERA_SHARED_URL").map(str::to_string);
+        if let Some(url) = &shared_url {
+            tessera_shared::RedisSettings::parse(url)
+                .map_err(|e| ConfigError::new("TESSERA_SHARED_URL", e))?;
+        }
         let registry_url = s.raw("TESSERA_REGISTRY_URL").map(str::to_string);
         if let Some(url) = &registry_url {
             tessera_registry::etcd::EtcdSettings::parse(url)
@@ -243,6 +251,7 @@ impl ServiceConfig {
             control_url,
             bus_url,
             registry_url,
+            shared_url,
             system: s.get_or("TESSERA_SYSTEM", "tessera".to_string())?,
             data_dir: s.get_or("TESSERA_DATA_DIR", PathBuf::from(".tessera/data"))?,
             database_url: s.raw("TESSERA_DATABASE_URL").map(str::to_string),

@@ -35,6 +35,7 @@ pub use tessera_http1 as http1;
 pub use tessera_identity as identity;
 pub use tessera_registry as registry;
 pub use tessera_resilience as resilience;
+pub use tessera_shared as shared;
 pub use tessera_store as store;
 pub use tessera_tls as tls;
 pub use tessera_trace as trace;

@@ -59,9 +59,39 @@ pub struct Context {
     pub health: Health,
     events: Arc<std::sync::OnceLock<Events>>,
     events_stop: tokio::sync::watch::Receiver<bool>,
+    /// The system's Redis, when it has one (`TESSERA_SHARED_URL`).
+    shared: Option<Arc<tessera_shared::Shared>>,
 }
 
 impl Context {
+    /// The state this service's replicas share with each other, on the system's Redis; None
+    /// on one machine's embedded defaults.
+    pub fn shared(&self) -> Option<&Arc<tessera_shared::Shared>> {
+        self.shared.as_ref()
+    }
+
+    /// A read-through cache named `name` (`tessera_shared::Cache`), entries living `ttl` at
+    /// most: on the system's Redis when it has one, shared by every replica; else in this
+    /// process's memory. Invalidate it from the events that change what it holds, consumed in
+    /// [`Context::cache_group`]: every replica sees them when each cache is its own.
+    pub fn cache(&self, name: &str, ttl: std::time::Duration) -> tessera_shared::Cache {
+        match &self.shared {
+            Some(shared) => tessera_shared::Cache::shared(shared.clone(), name, ttl),
+            None => tessera_shared::Cache::local(name, ttl),
+        }
+    }
+
+    /// The consumer group in which to consume the events that invalidate [`Context::cache`]:
+    /// the service's own when the cache is shared (one replica's invalidation serves all),
+    /// else one of this instance's own (`<service>.cache.<instance>`), so that every replica
+    /// invalidates its own memory.
+    pub fn cache_group(&self) -> String {
+        match &self.shared {
+            Some(_) => self.config.service.clone(),
+            None => format!("{}.cache.{}", self.config.service, self.config.instance),
+        }
+    }
+
     /// The service's database. Panics if the service declared no migrations, which is a
     /// programming error caught by the first start.
     pub fn db(&self) -> &Db {
@@ -228,7 +258,16 @@ impl Service {
         );
         let health = Health::default();
         let (stop_events, events_stopped) = tokio::sync::watch::channel(false);
+        let shared = match &config.shared_url {
+            Some(url) => Some(
+                tessera_shared::RedisSettings::parse(url)
+                    .and_then(tessera_shared::Shared::new)
+                    .map_err(|e| anyhow::anyhow!("TESSERA_SHARED_URL: {e}"))?,
+            ),
+            None => None,
+        };
         let ctx = Context {
+            shared,
             config: config.clone(),
             settings,
             db: db.clone(),
@@ -298,12 +337,9 @@ impl Service {
                     },
                     ttl_ms: config.ttl.as_millis() as u64,
                 };
-                let registrar = Registrar::new(
-                    config.registry_url.as_deref(),
-                    url,
-                    credential(&config),
-                )
-                .map_err(|e| anyhow::anyhow!("TESSERA_REGISTRY_URL: {e}"))?;
+                let registrar =
+                    Registrar::new(config.registry_url.as_deref(), url, credential(&config))
+                        .map_err(|e| anyhow::anyhow!("TESSERA_REGISTRY_URL: {e}"))?;
                 // Waits until registered: the control plane may be starting alongside us.
                 Some(registrar.register(reg, config.heartbeat).await)
             }

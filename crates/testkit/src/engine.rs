@@ -20,7 +20,8 @@ pub struct Engine {
 impl Engine {
     /// A new directory for an engine named `name`.
     pub fn dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("tessera-{name}-{}", uuid::Uuid::new_v4().simple()));
+        let dir =
+            std::env::temp_dir().join(format!("tessera-{name}-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("make the engine's directory");
         dir
     }
@@ -53,7 +54,10 @@ impl Engine {
                     "etcd" => "etcd-server",
                     other => other,
                 };
-                panic!("cannot start {} ({e}): apt-get install -y {package}", self.program)
+                panic!(
+                    "cannot start {} ({e}): apt-get install -y {package}",
+                    self.program
+                )
             });
         self.child = Some(child);
         let start = Instant::now();

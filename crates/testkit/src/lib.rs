@@ -19,8 +19,8 @@ pub mod etcd;
 mod manifest;
 pub mod nats;
 pub mod postgres;
-pub mod redis;
 mod process;
+pub mod redis;
 
 pub use process::{admin_of, alive, cmdline, descendants, freeze, pid_of, rss_kb, signal, thaw};
 
@@ -181,9 +181,8 @@ impl System {
                 && !opts.mtls
                 && !opts.up_args.iter().any(|a| a == "distributed"));
         let n = opts.gateways.unwrap_or(if shares { 2 } else { 1 }).max(1) as u16;
-        let free_run = |p: u16| {
-            (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok())
-        };
+        let free_run =
+            |p: u16| (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok());
         let gateway_port = std::iter::repeat_with(free_port)
             .find(|p| !(*p..*p + n).contains(&control_port) && free_run(*p))
             .expect("ports");
@@ -242,12 +241,13 @@ impl System {
                 format!("bus = \"{url}?prefix=t{id}&lease_ms=2000\"")
             });
         // And the registry on etcd, under a key prefix (and etcd users) of this system's own.
-        let registry = etcd::profile()
-            .filter(|_| !opts.mtls && !own_bus)
-            .map_or(String::new(), |url| {
-                let id = &dir.file_name().unwrap().to_string_lossy()[12..24];
-                format!("registry = \"{url}?prefix=t{id}\"")
-            });
+        let registry =
+            etcd::profile()
+                .filter(|_| !opts.mtls && !own_bus)
+                .map_or(String::new(), |url| {
+                    let id = &dir.file_name().unwrap().to_string_lossy()[12..24];
+                    format!("registry = \"{url}?prefix=t{id}\"")
+                });
         // And the gateways' shared state on Redis, under a key prefix of this system's own.
         let shared = opts
             .shared
@@ -335,6 +335,8 @@ env = {{ AUTH_ADMIN_EMAIL = "{ADMIN_EMAIL}", AUTH_ADMIN_PASSWORD = "{ADMIN_PASSW
 [services.catalog]
 command = ["{bin}/shop-catalog"]
 replicas = {replicas}
+produces = ["catalog.events"]
+consumes = ["catalog.events"]
 {checkout}
 {extra}
 "#,

@@ -4,7 +4,16 @@
 //! Lists use keyset pagination on the product id (a UUIDv7, so creation order): the cursor is
 //! an opaque token for "after this id", so pages never skip or repeat a product however the
 //! catalog changes between requests. Viewing a product bumps its view count with one atomic
-//! `UPDATE ... RETURNING`, exact under any concurrency and across replicas.
+//! `UPDATE ... RETURNING`, exact under any concurrency and across replicas (so a product's
+//! own page is never cached).
+//!
+//! Lists and lookups (what other services price orders with) read through the catalog's cache
+//! (`tessera::shared::Cache`: on Redis when the system has one, shared by every replica).
+//! Every change puts a product event in the outbox in its own transaction; the catalog
+//! consumes those events and invalidates the product and every list (`worker.rs`), so a
+//! changed price is never served from the cache once its event is handled.
+
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
@@ -14,15 +23,27 @@ use axum::routing::get;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
+use tessera::events::Event;
+use tessera::shared::Cache;
 use tessera::{ApiError, Caller, Db, Json, Path, Query, unix_now};
 use uuid::Uuid;
 
 use crate::products::{COLUMNS, Product, ProductInput, Row};
+use crate::worker::{EVENTS, LISTS, product_group};
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub cache: Arc<Cache>,
+    /// Wakes the outbox's relay after a commit.
+    pub wake: Arc<dyn Fn() + Send + Sync>,
+}
 
 const MAX_LIMIT: u32 = 100;
 const DEFAULT_LIMIT: u32 = 20;
 
-pub fn router(db: Db) -> Router {
+pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/catalog/products", get(list).post(create))
         .route(
@@ -33,7 +54,7 @@ pub fn router(db: Db) -> Router {
             "/api/catalog/products/{id}",
             get(view).put(replace).delete(remove),
         )
-        .with_state(db)
+        .with_state(state)
 }
 
 #[derive(Deserialize)]
@@ -43,14 +64,17 @@ struct ListQuery {
     category: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Page {
     items: Vec<Product>,
     next_cursor: Option<String>,
 }
 
-async fn list(State(db): State<Db>, Query(q): Query<ListQuery>) -> Result<Json<Page>, ApiError> {
+async fn list(
+    State(st): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Page>, ApiError> {
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(ApiError::bad_request(
@@ -62,12 +86,31 @@ async fn list(State(db): State<Db>, Query(q): Query<ListQuery>) -> Result<Json<P
         None | Some("") => String::new(),
         Some(c) => decode_cursor(c)?,
     };
+    let key = format!("{limit}:{after}:{}", q.category.as_deref().unwrap_or(""));
+    let page = st
+        .cache
+        .read_through(
+            LISTS,
+            &key,
+            read_page(&st.db, &after, q.category.as_deref(), limit),
+        )
+        .await?;
+    Ok(Json(page))
+}
+
+/// One page from the database.
+async fn read_page(
+    db: &Db,
+    after: &str,
+    category: Option<&str>,
+    limit: u32,
+) -> Result<Page, ApiError> {
     let sql = format!(
         "SELECT {COLUMNS} FROM products WHERE id > $1 AND (CAST($2 AS TEXT) IS NULL OR category = $2) ORDER BY id LIMIT $3"
     );
     let mut rows: Vec<Row> = tessera::store::query_as(&sql)
-        .bind(&after)
-        .bind(q.category.as_deref())
+        .bind(after)
+        .bind(category)
         .bind(i64::from(limit) + 1)
         .fetch_all(db.read())
         .await?;
@@ -77,10 +120,10 @@ async fn list(State(db): State<Db>, Query(q): Query<ListQuery>) -> Result<Json<P
     } else {
         None
     };
-    Ok(Json(Page {
+    Ok(Page {
         items: rows.into_iter().map(Product::from).collect(),
         next_cursor,
-    }))
+    })
 }
 
 fn encode_cursor(id: &str) -> String {
@@ -96,13 +139,13 @@ fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
     Ok(id.to_string())
 }
 
-async fn view(State(db): State<Db>, Path(id): Path<Uuid>) -> Result<Json<Product>, ApiError> {
+async fn view(State(st): State<AppState>, Path(id): Path<Uuid>) -> Result<Json<Product>, ApiError> {
     let sql = format!(
         "UPDATE products SET view_count = view_count + 1 WHERE id = $1 RETURNING {COLUMNS}"
     );
     let row: Option<Row> = tessera::store::query_as(&sql)
         .bind(id.to_string())
-        .fetch_optional(db.pool())
+        .fetch_optional(st.db.pool())
         .await?;
     row.map(|r| Json(r.into()))
         .ok_or_else(|| ApiError::not_found("no such product"))
@@ -121,7 +164,7 @@ struct LookupQuery {
 
 /// `GET /api/catalog/products/lookup?ids=a,b,c`: the same as the POST, cacheable by callers.
 async fn lookup_query(
-    State(db): State<Db>,
+    State(st): State<AppState>,
     Query(q): Query<LookupQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let ids = q
@@ -134,13 +177,13 @@ async fn lookup_query(
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    lookup(State(db), Json(LookupRequest { ids })).await
+    lookup(State(st), Json(LookupRequest { ids })).await
 }
 
 /// Several products by id, for other services (prices for an order); counts no views.
 /// Unknown ids are left out of the answer.
 async fn lookup(
-    State(db): State<Db>,
+    State(st): State<AppState>,
     Json(req): Json<LookupRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     if req.ids.len() > MAX_LIMIT as usize {
@@ -152,17 +195,26 @@ async fn lookup(
     let mut items = Vec::with_capacity(req.ids.len());
     let sql = format!("SELECT {COLUMNS} FROM products WHERE id = $1");
     for id in &req.ids {
-        let row: Option<Row> = tessera::store::query_as(&sql)
-            .bind(id.to_string())
-            .fetch_optional(db.pool())
+        let id = id.to_string();
+        let read = async {
+            let row: Option<Row> = tessera::store::query_as(&sql)
+                .bind(&id)
+                .fetch_optional(st.db.pool())
+                .await?;
+            Ok::<_, ApiError>(row.map(Product::from))
+        };
+        // The product as the catalog's lookup shows it (its views are not counted here).
+        let product = st
+            .cache
+            .read_through(&product_group(&id), "lookup", read)
             .await?;
-        items.extend(row.map(Product::from));
+        items.extend(product);
     }
     Ok(Json(serde_json::json!({ "items": items })))
 }
 
 async fn create(
-    State(db): State<Db>,
+    State(st): State<AppState>,
     caller: Caller,
     Json(input): Json<ProductInput>,
 ) -> Result<Response, ApiError> {
@@ -173,6 +225,7 @@ async fn create(
         "INSERT INTO products (id, name, description, category, price, currency, view_count, created_at)
          VALUES ($1, $2, $3, $4, $5, $6, 0, $7) RETURNING {COLUMNS}"
     );
+    let mut tx = st.db.write_tx().await?;
     let row: Row = tessera::store::query_as(&sql)
         .bind(&id)
         .bind(input.name.trim())
@@ -181,14 +234,35 @@ async fn create(
         .bind(input.price)
         .bind(&input.currency)
         .bind(unix_now() as i64)
-        .fetch_one(db.pool())
+        .fetch_one(&mut *tx)
         .await?;
+    let product = Product::from(row);
+    announce(&mut tx, "created", &id, &product).await?;
+    tx.commit().await?;
+    (st.wake)();
     tracing::info!(product = %id, by = %caller.id, "product created");
-    Ok((StatusCode::CREATED, Json(Product::from(row))).into_response())
+    Ok((StatusCode::CREATED, Json(product)).into_response())
+}
+
+/// Puts the event of a product's change in the outbox, in the change's transaction.
+async fn announce(
+    tx: &mut tessera::events::Tx,
+    what: &str,
+    id: &str,
+    product: impl Serialize,
+) -> Result<(), ApiError> {
+    let event = Event::new(
+        "/catalog",
+        &format!("shop.catalog.product.{what}"),
+        id,
+        product,
+    );
+    tessera::events::outbox::add(tx, EVENTS, &event).await?;
+    Ok(())
 }
 
 async fn replace(
-    State(db): State<Db>,
+    State(st): State<AppState>,
     caller: Caller,
     Path(id): Path<Uuid>,
     Json(input): Json<ProductInput>,
@@ -199,6 +273,7 @@ async fn replace(
         "UPDATE products SET name = $2, description = $3, category = $4, price = $5, currency = $6
          WHERE id = $1 RETURNING {COLUMNS}"
     );
+    let mut tx = st.db.write_tx().await?;
     let row: Option<Row> = tessera::store::query_as(&sql)
         .bind(id.to_string())
         .bind(input.name.trim())
@@ -206,25 +281,33 @@ async fn replace(
         .bind(&input.category)
         .bind(input.price)
         .bind(&input.currency)
-        .fetch_optional(db.pool())
+        .fetch_optional(&mut *tx)
         .await?;
-    row.map(|r| Json(r.into()))
-        .ok_or_else(|| ApiError::not_found("no such product"))
+    let product = Product::from(row.ok_or_else(|| ApiError::not_found("no such product"))?);
+    announce(&mut tx, "changed", &id.to_string(), &product).await?;
+    tx.commit().await?;
+    (st.wake)();
+    Ok(Json(product))
 }
 
 async fn remove(
-    State(db): State<Db>,
+    State(st): State<AppState>,
     caller: Caller,
     Path(id): Path<Uuid>,
 ) -> Result<StatusCode, ApiError> {
     caller.require_role("admin")?;
+    let mut tx = st.db.write_tx().await?;
     let done = tessera::store::query("DELETE FROM products WHERE id = $1")
         .bind(id.to_string())
-        .execute(db.pool())
+        .execute(&mut *tx)
         .await?;
     if done.rows_affected() == 0 {
         return Err(ApiError::not_found("no such product"));
     }
+    let id = id.to_string();
+    announce(&mut tx, "deleted", &id, serde_json::json!({ "id": id })).await?;
+    tx.commit().await?;
+    (st.wake)();
     tracing::info!(product = %id, by = %caller.id, "product deleted");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -237,9 +320,18 @@ mod tests {
     use super::*;
     use crate::schema::MIGRATIONS;
 
-    /// The router on a fresh database (with the demo catalog).
+    /// The router on a fresh database (with the demo catalog and the library's outbox), its
+    /// cache in memory.
     async fn catalog() -> App {
-        App::new("catalog", MIGRATIONS, router).await
+        let migrations = [MIGRATIONS, tessera::events::MIGRATIONS].concat();
+        App::new("catalog", &migrations, |db| {
+            router(AppState {
+                db,
+                cache: Arc::new(Cache::local("catalog", std::time::Duration::from_secs(60))),
+                wake: Arc::new(|| {}),
+            })
+        })
+        .await
     }
 
     fn ids(page: &Value) -> Vec<String> {

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use tessera::ApiError;
 
 /// A product as the API shows it (price in minor units).
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Product {
     id: String,

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
-use tessera::registry::etcd::{self, EtcdSettings, Entries};
+use tessera::registry::etcd::{self, Entries, EtcdSettings};
 use tessera::registry::{Catalog, Registration};
 use tokio::sync::watch;
 
@@ -51,7 +51,9 @@ impl EtcdRegistry {
                 return false;
             };
             *registry.mirror.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(entries.clone());
-            registry.loaded.store(true, std::sync::atomic::Ordering::Release);
+            registry
+                .loaded
+                .store(true, std::sync::atomic::Ordering::Release);
             index.send_replace(revision.max(1) as u64);
             true
         }));
@@ -74,12 +76,20 @@ impl EtcdRegistry {
     }
 
     fn mirror(&self) -> Arc<Entries> {
-        self.mirror.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.mirror
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The owner and lease of instance `id`.
     fn find(&self, id: &str) -> Option<(String, i64)> {
-        if let Some(found) = self.leases.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
+        if let Some(found) = self
+            .leases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+        {
             return Some(found.clone());
         }
         self.mirror()
@@ -90,17 +100,23 @@ impl EtcdRegistry {
 
     /// The service holding `id`, when it is another than `service`.
     pub fn taken(&self, id: &str, service: &str) -> Option<String> {
-        self.find(id).map(|(owner, _)| owner).filter(|o| o != service)
+        self.find(id)
+            .map(|(owner, _)| owner)
+            .filter(|o| o != service)
     }
 
     pub async fn register(&self, reg: &Registration) -> Result<(), Unavailable> {
         let mut client = self.client().await?;
         match etcd::put_under_lease(&mut client, &self.settings, reg).await {
             Ok(lease) => {
-                let old = self.leases.lock().unwrap_or_else(|e| e.into_inner()).insert(
-                    reg.instance.id.clone(),
-                    (reg.instance.service.clone(), lease),
-                );
+                let old = self
+                    .leases
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(
+                        reg.instance.id.clone(),
+                        (reg.instance.service.clone(), lease),
+                    );
                 // A registration again replaces the lease; the old one goes at once.
                 if let Some((_, old)) = old
                     && old != lease
@@ -133,7 +149,10 @@ impl EtcdRegistry {
         match etcd::keep_alive_once(&mut client, lease).await {
             Ok(alive) => {
                 if !alive {
-                    self.leases.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+                    self.leases
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(id);
                 }
                 Ok(Ok(alive))
             }
@@ -172,7 +191,11 @@ impl EtcdRegistry {
             self.forget_client().await;
             return Err(e.into());
         }
-        let ours = self.leases.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+        let ours = self
+            .leases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
         if let Some((_, lease)) = ours {
             let _ = client.lease_revoke(lease).await;
         }

@@ -244,22 +244,23 @@ impl NatsBus {
                         // The bucket's stream made as the client's `create_key_value` makes it,
                         // which first reads the account's limits in a form NATS 2.9 does not
                         // answer in.
-                        let made = js.get_or_create_stream(stream::Config {
-                            name: format!("KV_{bucket}"),
-                            description: Some(
-                                "Tessera consumer groups: who holds which partition".into(),
-                            ),
-                            subjects: vec![format!("$KV.{bucket}.>")],
-                            max_messages_per_subject: 1,
-                            discard: stream::DiscardPolicy::New,
-                            allow_rollup: true,
-                            deny_delete: true,
-                            allow_direct: true,
-                            num_replicas: s.replicas,
-                            storage: stream::StorageType::File,
-                            ..Default::default()
-                        })
-                        .await;
+                        let made = js
+                            .get_or_create_stream(stream::Config {
+                                name: format!("KV_{bucket}"),
+                                description: Some(
+                                    "Tessera consumer groups: who holds which partition".into(),
+                                ),
+                                subjects: vec![format!("$KV.{bucket}.>")],
+                                max_messages_per_subject: 1,
+                                discard: stream::DiscardPolicy::New,
+                                allow_rollup: true,
+                                deny_delete: true,
+                                allow_direct: true,
+                                num_replicas: s.replicas,
+                                storage: stream::StorageType::File,
+                                ..Default::default()
+                            })
+                            .await;
                         // Another process (the control plane, a replica) may have made it
                         // meanwhile: NATS 2.9 then answers that the subjects overlap.
                         if let Err(e) = made
