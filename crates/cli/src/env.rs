@@ -57,7 +57,10 @@ pub fn of(
         let url = crate::etcd::url_of(url, principal, control_keys)?;
         env.push(("TESSERA_REGISTRY_URL".into(), url));
     }
-    if let Some(url) = manifest.system.shared.as_ref().filter(|_| in_registry) {
+    // The gateways (limits, revocations) and the services (their caches); not the control
+    // plane, which keeps nothing there.
+    let shares = principal == "gateway" || principal.starts_with("service:");
+    if let Some(url) = manifest.system.shared.as_ref().filter(|_| shares) {
         env.push(("TESSERA_SHARED_URL".into(), url.clone()));
     }
     if let Some(name) = principal.strip_prefix("service:") {

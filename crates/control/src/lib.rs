@@ -193,6 +193,11 @@ pub async fn serve(
                 .map_err(|e| anyhow::anyhow!("TESSERA_REGISTRY_URL: {e}"))?;
             if settings.user() == Some("root") {
                 spawn_provisioning(&settings, &config);
+            } else {
+                tracing::warn!(
+                    user = settings.user().unwrap_or("(none)"),
+                    "the registry's etcd URL names no root user: its users are not provisioned here (each process's `<prefix>-<name>` user must exist)"
+                );
             }
             tracing::info!(registry = %settings.redacted(), "the registry is on etcd");
             Registry::on_etcd(settings)

@@ -20,13 +20,18 @@ async fn provisioned(prefix: &str) -> (Server, EtcdSettings) {
     let server = Server::start();
     let settings = EtcdSettings::parse(&format!("{}?prefix={prefix}", server.url)).unwrap();
     let pw = |n: &str| (n.to_string(), format!("{n}-pw"));
-    etcd::provision(
+    // etcd listens a moment before it has elected itself leader.
+    let start = Instant::now();
+    while let Err(e) = etcd::provision(
         &settings.as_user("root", ROOT_PASSWORD),
         &[pw("auth"), pw("catalog")],
         &[pw("gateway")],
     )
     .await
-    .unwrap();
+    {
+        assert!(start.elapsed() < Duration::from_secs(10), "provisioning: {e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     (server, settings)
 }
 
@@ -86,6 +91,27 @@ async fn instances_come_and_go_within_a_second() {
     // Kept alive past its TTL by its process.
     tokio::time::sleep(Duration::from_millis(3500)).await;
     assert_eq!(ids(&gateway, "auth"), ["auth-1"]);
+    // A lease that is gone (revoked by an operator, or lapsed while the process was frozen)
+    // is noticed at the next refresh, and the instance registers again.
+    let mut root = settings.as_user("root", ROOT_PASSWORD).connect().await.unwrap();
+    let lease = root
+        .get(
+            format!("{}auth-1", settings.service_prefix("auth")),
+            None,
+        )
+        .await
+        .unwrap()
+        .kvs()[0]
+        .lease();
+    root.lease_revoke(lease).await.unwrap();
+    within(Duration::from_secs(1), "auth-1 gone with its lease", || {
+        ids(&gateway, "auth").is_empty()
+    })
+    .await;
+    within(Duration::from_secs(2), "auth-1 registered again", || {
+        ids(&gateway, "auth") == ["auth-1"]
+    })
+    .await;
     // Leaving removes it at once.
     registered.leave(Duration::from_secs(3)).await;
     within(Duration::from_secs(1), "auth-1 gone on leaving", || {
@@ -327,4 +353,6 @@ async fn the_control_planes_registry_api_stands_in_front_of_etcd() {
         ids(&gateway, "py").is_empty()
     })
     .await;
+    // A heartbeat then says "register again" (a 404, not an error).
+    assert!(!py.heartbeat("py-1").await.unwrap(), "a lapsed lease is a 404");
 }

@@ -23,8 +23,9 @@ pub struct EngineUrl {
 }
 
 impl EngineUrl {
-    /// Parses `url`, which must have the given scheme.
-    pub fn parse(url: &str, scheme: &str) -> Result<Self, String> {
+    /// Parses `url`, which must have the given scheme; a host without a port gets
+    /// `default_port` (the engine's own: 4222, 2379, 6379).
+    pub fn parse(url: &str, scheme: &str, default_port: u16) -> Result<Self, String> {
         let rest = url
             .strip_prefix(scheme)
             .and_then(|r| r.strip_prefix("://"))
@@ -43,7 +44,14 @@ impl EngineUrl {
             .split(',')
             .map(str::trim)
             .filter(|h| !h.is_empty())
-            .map(str::to_string)
+            .map(|h| {
+                // `[v6]` or a name alone: the default port.
+                if h.ends_with(']') || !h.contains(':') {
+                    format!("{h}:{default_port}")
+                } else {
+                    h.to_string()
+                }
+            })
             .collect();
         if hosts.is_empty() {
             return Err(format!("a {scheme} URL names at least one host:port"));
@@ -135,7 +143,7 @@ mod tests {
     #[test]
     fn reads_users_hosts_and_settings() {
         let u =
-            EngineUrl::parse("etcd://svc:p%40ss?/w@h1:2379,h2:2379/?prefix=x&a", "etcd").unwrap();
+            EngineUrl::parse("etcd://svc:p%40ss?/w@h1:2379,h2:2379/?prefix=x&a", "etcd", 2379).unwrap();
         assert_eq!(u.user, Some(("svc".into(), "p@ss?/w".into())));
         assert_eq!(u.hosts, ["h1:2379", "h2:2379"]);
         assert_eq!(
@@ -148,18 +156,21 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_one() {
-        assert!(EngineUrl::parse("nats://h:1", "etcd").is_err());
-        assert!(EngineUrl::parse("etcd://", "etcd").is_err());
-        assert!(EngineUrl::parse("etcd://host", "etcd").is_err());
-        assert!(EngineUrl::parse("etcd://host:99999", "etcd").is_err());
-        assert!(EngineUrl::parse("etcd://u:%zz@h:1", "etcd").is_err());
+        assert!(EngineUrl::parse("nats://h:1", "etcd", 2379).is_err());
+        assert!(EngineUrl::parse("etcd://", "etcd", 2379).is_err());
+        assert_eq!(
+            EngineUrl::parse("etcd://host,[::1]", "etcd", 2379).unwrap().hosts,
+            ["host:2379", "[::1]:2379"]
+        );
+        assert!(EngineUrl::parse("etcd://host:99999", "etcd", 2379).is_err());
+        assert!(EngineUrl::parse("etcd://u:%zz@h:1", "etcd", 2379).is_err());
     }
 
     #[test]
     fn encode_is_decode_inverse() {
         let secret = "a/b?c@d:e%f g";
         let url = format!("redis://u:{}@h:1", encode(secret));
-        let u = EngineUrl::parse(&url, "redis").unwrap();
+        let u = EngineUrl::parse(&url, "redis", 6379).unwrap();
         assert_eq!(u.user.unwrap().1, secret);
     }
 }

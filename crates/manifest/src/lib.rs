@@ -527,6 +527,28 @@ impl Manifest {
         if !(1..=16).contains(&self.gateway.replicas) {
             return Err("gateway.replicas: from 1 to 16".into());
         }
+        // Gateway i listens on each port + i: the ranges must not meet, nor pass 65535.
+        let n = self.gateway.replicas as u32;
+        let mut ranges = vec![
+            ("gateway.listen", self.gateway.listen),
+            ("gateway.admin_listen", self.gateway.admin_listen),
+        ];
+        if let Some(tls) = &self.gateway.tls {
+            ranges.push(("gateway.tls.listen", tls.listen));
+        }
+        for (i, (name, a)) in ranges.iter().enumerate() {
+            if u32::from(a.port()) + n - 1 > 65535 {
+                return Err(format!("{name}: its port + gateway.replicas passes 65535"));
+            }
+            for (other, b) in &ranges[i + 1..] {
+                let (a0, b0) = (u32::from(a.port()), u32::from(b.port()));
+                if a.ip() == b.ip() && a0 < b0 + n && b0 < a0 + n {
+                    return Err(format!(
+                        "{name} and {other}: with gateway.replicas = {n}, gateway i listens on each port + i, and these ranges meet"
+                    ));
+                }
+            }
+        }
         if let Some(url) = &self.system.registry
             && !url.starts_with("etcd://")
         {

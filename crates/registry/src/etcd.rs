@@ -36,13 +36,17 @@ impl EtcdSettings {
     }
 
     pub fn parse(url: &str) -> Result<Self, String> {
-        let url = EngineUrl::parse(url, "etcd")?;
+        let url = EngineUrl::parse(url, "etcd", 2379)?;
         let mut prefix = "tessera".to_string();
         for (key, value) in &url.query {
             match key.as_str() {
                 "prefix" => {
-                    if !tessera_identity::valid_service_name(value) {
-                        return Err("prefix must be letters, digits, '-' or '_'".into());
+                    // No '-': it joins the prefix to a service's name in user names, and a
+                    // service's name may hold one (`shop` + `eu-auth` ≠ `shop-eu` + `auth`).
+                    if value.is_empty()
+                        || !value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    {
+                        return Err("prefix must be letters, digits or '_'".into());
                     }
                     prefix = value.clone();
                 }
@@ -118,7 +122,9 @@ impl EtcdSettings {
             // A peer that vanished without closing (a host gone) is noticed within seconds.
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
             .with_keep_alive_while_idle(true)
-            .with_auto_token_refresh(true);
+            .with_auto_token_refresh(true)
+            // A member cut off from the quorum refuses rather than serves a silent watch.
+            .with_require_leader(true);
         if let Some((name, password)) = user {
             options = options.with_user(name, password);
         }
@@ -161,10 +167,16 @@ fn tls_channel(
             let mut last = std::io::Error::other("no etcd member");
             for i in 0..hosts.len() {
                 let host = &hosts[(first + i) % hosts.len()];
-                let tcp = match tokio::net::TcpStream::connect(host.as_str()).await {
-                    Ok(tcp) => tcp,
-                    Err(e) => {
+                // A member that drops packets is given up on quickly, for the next.
+                let connect = tokio::net::TcpStream::connect(host.as_str());
+                let tcp = match tokio::time::timeout(Duration::from_millis(500), connect).await {
+                    Ok(Ok(tcp)) => tcp,
+                    Ok(Err(e)) => {
                         last = e;
+                        continue;
+                    }
+                    Err(_) => {
+                        last = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out");
                         continue;
                     }
                 };
@@ -336,7 +348,14 @@ pub async fn put_under_lease(
 
 /// Refreshes `lease` once; `false` when etcd no longer has it (it lapsed: register again).
 pub async fn keep_alive_once(client: &mut Client, lease: i64) -> Result<bool, etcd_client::Error> {
-    let (mut keeper, mut stream) = client.lease_keep_alive(lease).await?;
+    let (mut keeper, mut stream) = match client.lease_keep_alive(lease).await {
+        Ok(kept) => kept,
+        // The client says so when etcd answers a TTL of 0: the lease is gone.
+        Err(etcd_client::Error::LeaseKeepAliveError(e)) if e.contains("lease not found") => {
+            return Ok(false);
+        }
+        Err(e) => return Err(e),
+    };
     keeper.keep_alive().await?;
     match stream.message().await? {
         Some(response) => Ok(response.ttl() > 0),
@@ -541,6 +560,7 @@ mod tests {
         assert_eq!(s.key_of(&instance("auth", "")), None);
         assert!(!format!("{s:?}").contains("pw"));
         assert!(EtcdSettings::parse("etcd://h:1?prefix=a/b").is_err());
+        assert!(EtcdSettings::parse("etcd://h:1?prefix=shop-eu").is_err());
         assert!(EtcdSettings::parse("etcd://h:1?colour=red").is_err());
     }
 

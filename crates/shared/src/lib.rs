@@ -24,7 +24,8 @@ pub use cache::Cache;
 pub use limit::SharedLimit;
 pub use revocations::Revocation;
 
-/// How long one Redis call may take before its caller goes on without it.
+/// How long one Redis call may take before its caller goes on without it (a connection being
+/// made counts against it too).
 const CALL_TIMEOUT: Duration = Duration::from_millis(100);
 /// How long Redis is left alone after a failure.
 const BACK_OFF: Duration = Duration::from_secs(1);
@@ -44,7 +45,7 @@ impl RedisSettings {
     }
 
     pub fn parse(url: &str) -> Result<Self, String> {
-        let url = EngineUrl::parse(url, "redis")?;
+        let url = EngineUrl::parse(url, "redis", 6379)?;
         if url.hosts.len() != 1 {
             return Err("a redis URL names one host:port".into());
         }
@@ -131,10 +132,21 @@ impl Shared {
         format!("{}:{name}", self.settings.prefix)
     }
 
-    /// Whether Redis may be asked now (it is not in the pause after a failure).
+    /// Whether Redis may be asked now: it is not failing; or its pause after a failure is
+    /// over and this caller is the one that tries it again (the others go on without it until
+    /// that one has an answer, so that a Redis that drops packets holds up one request per
+    /// pause, not all those in flight).
     pub fn available(&self) -> bool {
         let until = self.down_until.load(Ordering::Relaxed);
-        until == 0 || self.epoch.elapsed().as_millis() as u64 >= until
+        if until == 0 {
+            return true;
+        }
+        let now = self.epoch.elapsed().as_millis() as u64;
+        now >= until
+            && self
+                .down_until
+                .compare_exchange(until, now + BACK_OFF.as_millis() as u64, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// Runs one call on a connection, bounded by the call timeout; on failure, notes the
@@ -148,7 +160,7 @@ impl Shared {
             return None;
         }
         let mut conn = self.conn.clone();
-        match tokio::time::timeout(CALL_TIMEOUT * 2, f(&mut conn)).await {
+        match tokio::time::timeout(CALL_TIMEOUT, f(&mut conn)).await {
             Ok(Ok(value)) => {
                 if self.failing.swap(false, Ordering::Relaxed) {
                     tracing::info!(redis = %self.settings.redacted(), "redis reachable again");

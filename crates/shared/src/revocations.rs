@@ -9,6 +9,11 @@ use futures_util::StreamExt;
 
 use crate::Shared;
 
+/// How long connecting, subscribing or a PING may take.
+const PATIENCE: Duration = Duration::from_secs(2);
+/// How long the subscription may be quiet before it is PINGed.
+const QUIET: Duration = Duration::from_secs(10);
+
 /// A revoked session: its tokens are refused until `until` (Unix seconds), when they expire
 /// anyway.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,17 +57,31 @@ impl Shared {
             let mut failing = false;
             loop {
                 let followed: redis::RedisResult<()> = async {
-                    let mut pubsub = shared.client.get_async_pubsub().await?;
-                    pubsub.subscribe(&channel).await?;
+                    let bounded = |what: &'static str| {
+                        move |_| redis::RedisError::from(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            what,
+                        ))
+                    };
+                    let mut pubsub = tokio::time::timeout(PATIENCE, shared.client.get_async_pubsub())
+                        .await
+                        .map_err(bounded("connecting timed out"))??;
+                    tokio::time::timeout(PATIENCE, pubsub.subscribe(&channel))
+                        .await
+                        .map_err(bounded("subscribing timed out"))??;
                     // Subscribed first, read second: nothing falls between the two.
                     let mut conn = shared.conn.clone();
-                    let all: Vec<(String, u64)> = redis::cmd("ZRANGEBYSCORE")
-                        .arg(&set)
-                        .arg(tessera_now())
-                        .arg("+inf")
-                        .arg("WITHSCORES")
-                        .query_async(&mut conn)
-                        .await?;
+                    let all: Vec<(String, u64)> = tokio::time::timeout(
+                        PATIENCE,
+                        redis::cmd("ZRANGEBYSCORE")
+                            .arg(&set)
+                            .arg(tessera_now())
+                            .arg("+inf")
+                            .arg("WITHSCORES")
+                            .query_async(&mut conn),
+                    )
+                    .await
+                    .map_err(bounded("reading the set timed out"))??;
                     if failing {
                         tracing::info!("redis revocations followed again");
                         failing = false;
@@ -70,8 +89,21 @@ impl Shared {
                     for (sid, until) in all {
                         on_revoked(Revocation { sid, until });
                     }
-                    let mut messages = pubsub.on_message();
-                    while let Some(message) = messages.next().await {
+                    // A connection that died without a word (a host gone) ends no stream: ask
+                    // it for a PING when it has been quiet a while, and start over if it does
+                    // not answer.
+                    let (mut sink, mut messages) = pubsub.split();
+                    loop {
+                        let message = match tokio::time::timeout(QUIET, messages.next()).await {
+                            Ok(Some(message)) => message,
+                            Ok(None) => break,
+                            Err(_) => {
+                                tokio::time::timeout(PATIENCE, sink.ping::<String>())
+                                    .await
+                                    .map_err(bounded("a PING went unanswered"))??;
+                                continue;
+                            }
+                        };
                         let Ok(payload) = message.get_payload::<String>() else {
                             continue;
                         };

@@ -13,6 +13,9 @@ use tessera::registry::etcd::{self, Entries, EtcdSettings};
 use tessera::registry::{Catalog, Registration};
 use tokio::sync::watch;
 
+/// How long a registration made here is trusted before etcd's own view shows it.
+const RECENT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Why etcd could not be asked.
 #[derive(Debug)]
 pub struct Unavailable(pub String);
@@ -30,7 +33,7 @@ pub struct EtcdRegistry {
     mirror: RwLock<Arc<Entries>>,
     /// The lease of each instance this control plane registered, by id: a heartbeat that comes
     /// before the mirror has seen the key still finds it.
-    leases: Mutex<HashMap<String, (String, i64)>>,
+    leases: Mutex<HashMap<String, (String, i64, std::time::Instant)>>,
     /// Whether etcd has been read at least once.
     loaded: std::sync::atomic::AtomicBool,
 }
@@ -82,20 +85,16 @@ impl EtcdRegistry {
             .clone()
     }
 
-    /// The owner and lease of instance `id`.
+    /// The owner and lease of instance `id`: as etcd last showed it, else as this control
+    /// plane registered it moments ago (the mirror may not have seen it yet). Registrations the
+    /// mirror never showed, or no longer shows, are forgotten after a few seconds.
     fn find(&self, id: &str) -> Option<(String, i64)> {
-        if let Some(found) = self
-            .leases
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(id)
-        {
-            return Some(found.clone());
+        if let Some(e) = self.mirror().values().find(|e| e.instance.id == id) {
+            return Some((e.instance.service.clone(), e.lease));
         }
-        self.mirror()
-            .values()
-            .find(|e| e.instance.id == id)
-            .map(|e| (e.instance.service.clone(), e.lease))
+        let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        leases.retain(|_, (_, _, at)| at.elapsed() < RECENT);
+        leases.get(id).map(|(owner, lease, _)| (owner.clone(), *lease))
     }
 
     /// The service holding `id`, when it is another than `service`.
@@ -109,20 +108,12 @@ impl EtcdRegistry {
         let mut client = self.client().await?;
         match etcd::put_under_lease(&mut client, &self.settings, reg).await {
             Ok(lease) => {
-                let old = self
-                    .leases
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(
-                        reg.instance.id.clone(),
-                        (reg.instance.service.clone(), lease),
-                    );
-                // A registration again replaces the lease; the old one goes at once.
-                if let Some((_, old)) = old
-                    && old != lease
-                {
-                    let _ = client.lease_revoke(old).await;
-                }
+                self.leases.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                    reg.instance.id.clone(),
+                    (reg.instance.service.clone(), lease, std::time::Instant::now()),
+                );
+                // An earlier lease of the same instance lapses by itself (revoking it here
+                // could race a concurrent registration and take the key with it).
                 Ok(())
             }
             Err(e) => {
@@ -169,36 +160,35 @@ impl EtcdRegistry {
         id: &str,
         allowed: impl FnOnce(&str) -> Result<(), E>,
     ) -> Result<Result<bool, E>, Unavailable> {
-        let Some(entry) = self
-            .mirror()
-            .iter()
-            .find(|(_, e)| e.instance.id == id)
-            .map(|(key, e)| (key.clone(), e.instance.service.clone()))
-            .or_else(|| {
-                let (owner, _) = self.find(id)?;
-                let key = format!("{}{id}", self.settings.service_prefix(&owner));
-                Some((key, owner))
-            })
-        else {
+        let Some((owner, lease)) = self.find(id) else {
             return Ok(Ok(false));
         };
-        let (key, owner) = entry;
         if let Err(refused) = allowed(&owner) {
             return Ok(Err(refused));
         }
+        // Revoking the lease the entry hangs on removes it; a process that is in fact alive
+        // sees its lease gone and registers again (as a 404 makes it on one machine), and a
+        // removal that comes late, after a new incarnation registered under a new lease, takes
+        // nothing of it.
         let mut client = self.client().await?;
-        if let Err(e) = client.delete(key.as_str(), None).await {
-            self.forget_client().await;
-            return Err(e.into());
+        let removed = if lease != 0 {
+            client.lease_revoke(lease).await.map(drop)
+        } else {
+            let key = format!("{}{id}", self.settings.service_prefix(&owner));
+            client.delete(key.as_str(), None).await.map(drop)
+        };
+        match removed {
+            Ok(()) => {}
+            Err(etcd_client::Error::GRpcStatus(s)) if s.message().contains("lease not found") => {}
+            Err(e) => {
+                self.forget_client().await;
+                return Err(e.into());
+            }
         }
-        let ours = self
-            .leases
+        self.leases
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
-        if let Some((_, lease)) = ours {
-            let _ = client.lease_revoke(lease).await;
-        }
         tracing::info!(instance = %id, "deregistered");
         Ok(Ok(true))
     }

@@ -76,7 +76,7 @@ pub struct NatsSettings {
 impl NatsSettings {
     /// Reads a `nats://` URL; what is wrong with it, naming the part, never the password.
     pub fn parse(url: &str) -> Result<Self, String> {
-        let url = tessera_identity::engine::EngineUrl::parse(url, "nats")?;
+        let url = tessera_identity::engine::EngineUrl::parse(url, "nats", 4222)?;
         let servers: Vec<String> = url.hosts.iter().map(|h| format!("nats://{h}")).collect();
         for s in &servers {
             s.parse::<ServerAddr>()
