@@ -29,7 +29,10 @@ async fn provisioned(prefix: &str) -> (Server, EtcdSettings) {
     )
     .await
     {
-        assert!(start.elapsed() < Duration::from_secs(10), "provisioning: {e}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "provisioning: {e}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     (server, settings)
@@ -93,12 +96,13 @@ async fn instances_come_and_go_within_a_second() {
     assert_eq!(ids(&gateway, "auth"), ["auth-1"]);
     // A lease that is gone (revoked by an operator, or lapsed while the process was frozen)
     // is noticed at the next refresh, and the instance registers again.
-    let mut root = settings.as_user("root", ROOT_PASSWORD).connect().await.unwrap();
+    let mut root = settings
+        .as_user("root", ROOT_PASSWORD)
+        .connect()
+        .await
+        .unwrap();
     let lease = root
-        .get(
-            format!("{}auth-1", settings.service_prefix("auth")),
-            None,
-        )
+        .get(format!("{}auth-1", settings.service_prefix("auth")), None)
         .await
         .unwrap()
         .kvs()[0]
@@ -354,5 +358,8 @@ async fn the_control_planes_registry_api_stands_in_front_of_etcd() {
     })
     .await;
     // A heartbeat then says "register again" (a 404, not an error).
-    assert!(!py.heartbeat("py-1").await.unwrap(), "a lapsed lease is a 404");
+    assert!(
+        !py.heartbeat("py-1").await.unwrap(),
+        "a lapsed lease is a 404"
+    );
 }

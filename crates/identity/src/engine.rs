@@ -142,8 +142,12 @@ mod tests {
 
     #[test]
     fn reads_users_hosts_and_settings() {
-        let u =
-            EngineUrl::parse("etcd://svc:p%40ss?/w@h1:2379,h2:2379/?prefix=x&a", "etcd", 2379).unwrap();
+        let u = EngineUrl::parse(
+            "etcd://svc:p%40ss?/w@h1:2379,h2:2379/?prefix=x&a",
+            "etcd",
+            2379,
+        )
+        .unwrap();
         assert_eq!(u.user, Some(("svc".into(), "p@ss?/w".into())));
         assert_eq!(u.hosts, ["h1:2379", "h2:2379"]);
         assert_eq!(
@@ -159,7 +163,9 @@ mod tests {
         assert!(EngineUrl::parse("nats://h:1", "etcd", 2379).is_err());
         assert!(EngineUrl::parse("etcd://", "etcd", 2379).is_err());
         assert_eq!(
-            EngineUrl::parse("etcd://host,[::1]", "etcd", 2379).unwrap().hosts,
+            EngineUrl::parse("etcd://host,[::1]", "etcd", 2379)
+                .unwrap()
+                .hosts,
             ["host:2379", "[::1]:2379"]
         );
         assert!(EngineUrl::parse("etcd://host:99999", "etcd", 2379).is_err());

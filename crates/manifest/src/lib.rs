@@ -528,7 +528,7 @@ impl Manifest {
             return Err("gateway.replicas: from 1 to 16".into());
         }
         // Gateway i listens on each port + i: the ranges must not meet, nor pass 65535.
-        let n = self.gateway.replicas as u32;
+        let n = self.gateway.replicas;
         let mut ranges = vec![
             ("gateway.listen", self.gateway.listen),
             ("gateway.admin_listen", self.gateway.admin_listen),

@@ -176,7 +176,8 @@ fn tls_channel(
                         continue;
                     }
                     Err(_) => {
-                        last = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out");
+                        last =
+                            std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out");
                         continue;
                     }
                 };

@@ -145,7 +145,12 @@ impl Shared {
         now >= until
             && self
                 .down_until
-                .compare_exchange(until, now + BACK_OFF.as_millis() as u64, Ordering::Relaxed, Ordering::Relaxed)
+                .compare_exchange(
+                    until,
+                    now + BACK_OFF.as_millis() as u64,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
                 .is_ok()
     }
 

@@ -58,14 +58,17 @@ impl Shared {
             loop {
                 let followed: redis::RedisResult<()> = async {
                     let bounded = |what: &'static str| {
-                        move |_| redis::RedisError::from(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            what,
-                        ))
+                        move |_| {
+                            redis::RedisError::from(std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                what,
+                            ))
+                        }
                     };
-                    let mut pubsub = tokio::time::timeout(PATIENCE, shared.client.get_async_pubsub())
-                        .await
-                        .map_err(bounded("connecting timed out"))??;
+                    let mut pubsub =
+                        tokio::time::timeout(PATIENCE, shared.client.get_async_pubsub())
+                            .await
+                            .map_err(bounded("connecting timed out"))??;
                     tokio::time::timeout(PATIENCE, pubsub.subscribe(&channel))
                         .await
                         .map_err(bounded("subscribing timed out"))??;

@@ -61,9 +61,7 @@ impl Engine {
             });
         self.child = Some(child);
         let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err()
-            || self.exited()
-        {
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() || self.exited() {
             assert!(
                 start.elapsed() < Duration::from_secs(15),
                 "{} did not listen within 15 s: {}",
@@ -76,7 +74,10 @@ impl Engine {
 
     /// Whether it has stopped (a port someone else holds, say): then the test cannot go on.
     fn exited(&mut self) -> bool {
-        let status = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+        let status = self
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten());
         if let Some(status) = status {
             panic!("{} stopped ({status}): {}", self.program, self.log());
         }

@@ -94,7 +94,9 @@ impl EtcdRegistry {
         }
         let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
         leases.retain(|_, (_, _, at)| at.elapsed() < RECENT);
-        leases.get(id).map(|(owner, lease, _)| (owner.clone(), *lease))
+        leases
+            .get(id)
+            .map(|(owner, lease, _)| (owner.clone(), *lease))
     }
 
     /// The service holding `id`, when it is another than `service`.
@@ -108,10 +110,17 @@ impl EtcdRegistry {
         let mut client = self.client().await?;
         match etcd::put_under_lease(&mut client, &self.settings, reg).await {
             Ok(lease) => {
-                self.leases.lock().unwrap_or_else(|e| e.into_inner()).insert(
-                    reg.instance.id.clone(),
-                    (reg.instance.service.clone(), lease, std::time::Instant::now()),
-                );
+                self.leases
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(
+                        reg.instance.id.clone(),
+                        (
+                            reg.instance.service.clone(),
+                            lease,
+                            std::time::Instant::now(),
+                        ),
+                    );
                 // An earlier lease of the same instance lapses by itself (revoking it here
                 // could race a concurrent registration and take the key with it).
                 Ok(())
