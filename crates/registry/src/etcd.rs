@@ -128,36 +128,39 @@ impl EtcdSettings {
         if let Some((name, password)) = user {
             options = options.with_user(name, password);
         }
-        if let Some(tls) = tessera_tls::internal::get() {
-            // Mutual TLS: etcd is an internal server like the others (`docs/tls.md`).
-            let channel = tls_channel(tls, &self.url.hosts)
-                .map_err(|e| etcd_client::Error::InvalidArgs(format!("TLS to etcd: {e}")))?;
-            return Client::from_channel(etcd_client::Channel::Tonic(channel), Some(options)).await;
-        }
-        let endpoints: Vec<String> = self
-            .url
-            .hosts
-            .iter()
-            .map(|h| format!("http://{h}"))
-            .collect();
-        Client::connect(endpoints, Some(options)).await
+        // One channel whose every connection tries the members in turn (a member that is
+        // down is passed over within 500 ms), rather than a balance among them that keeps
+        // sending some calls to a dead one. With mutual TLS, etcd is an internal server like
+        // the others (`docs/tls.md`).
+        let channel = channel(
+            tessera_tls::internal::get().map(|t| t.as_ref()),
+            &self.url.hosts,
+        )
+        .map_err(|e| etcd_client::Error::InvalidArgs(format!("etcd: {e}")))?;
+        Client::from_channel(etcd_client::Channel::Tonic(channel), Some(options)).await
     }
 }
 
 /// The identity etcd's members show when the system's mutual TLS is on.
 pub const ETCD_IDENTITY: &str = "etcd";
 
-/// A channel to etcd over mutual TLS: this process's identity certificate shown, the member's
-/// checked to be the system's `etcd` (whatever address the URL names), HTTP/2 negotiated. Each
-/// connection tries the members in turn from a random one, so a dead member is passed over.
-fn tls_channel(
-    tls: &tessera_tls::internal::Internal,
+/// A channel to etcd: each connection to the first member that answers, from a random one
+/// on (500 ms each). With mutual TLS (`tls`): this process's identity certificate shown, the
+/// member's checked to be the system's `etcd` (whatever address the URL names), HTTP/2
+/// negotiated.
+fn channel(
+    tls: Option<&tessera_tls::internal::Internal>,
     hosts: &[String],
 ) -> anyhow::Result<tonic::transport::Channel> {
     use std::sync::Arc;
-    let mut config = tls.client_config_for(&tls.identity_of(ETCD_IDENTITY))?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connector = match tls {
+        Some(tls) => {
+            let mut config = tls.client_config_for(&tls.identity_of(ETCD_IDENTITY))?;
+            config.alpn_protocols = vec![b"h2".to_vec()];
+            Some(tokio_rustls::TlsConnector::from(Arc::new(config)))
+        }
+        None => None,
+    };
     let first_host = format!("http://{}", hosts[0]);
     let hosts: Arc<[String]> = hosts.into();
     let connect = tower::service_fn(move |_: http::Uri| {
@@ -167,7 +170,6 @@ fn tls_channel(
             let mut last = std::io::Error::other("no etcd member");
             for i in 0..hosts.len() {
                 let host = &hosts[(first + i) % hosts.len()];
-                // A member that drops packets is given up on quickly, for the next.
                 let connect = tokio::net::TcpStream::connect(host.as_str());
                 let tcp = match tokio::time::timeout(Duration::from_millis(500), connect).await {
                     Ok(Ok(tcp)) => tcp,
@@ -182,11 +184,16 @@ fn tls_channel(
                     }
                 };
                 let _ = tcp.set_nodelay(true);
+                let Some(connector) = &connector else {
+                    return Ok(Stream::Plain(hyper_util::rt::TokioIo::new(tcp)));
+                };
                 let name = rustls::pki_types::ServerName::try_from(ETCD_IDENTITY)
                     .expect("a valid name")
                     .to_owned();
                 match connector.connect(name, tcp).await {
-                    Ok(stream) => return Ok(hyper_util::rt::TokioIo::new(stream)),
+                    Ok(stream) => {
+                        return Ok(Stream::Tls(hyper_util::rt::TokioIo::new(Box::new(stream))));
+                    }
                     Err(e) => last = e,
                 }
             }
@@ -194,12 +201,63 @@ fn tls_channel(
         }
     });
     let endpoint = tonic::transport::Endpoint::from_shared(first_host)?
-        .connect_timeout(Duration::from_secs(1))
-        .timeout(Duration::from_secs(3))
+        .connect_timeout(Duration::from_secs(2))
         .http2_keep_alive_interval(Duration::from_secs(2))
         .keep_alive_timeout(Duration::from_secs(2))
         .keep_alive_while_idle(true);
     Ok(endpoint.connect_with_connector_lazy(connect))
+}
+
+/// A connection to an etcd member, in clear or over TLS.
+enum Stream {
+    Plain(hyper_util::rt::TokioIo<tokio::net::TcpStream>),
+    Tls(hyper_util::rt::TokioIo<Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>>),
+}
+
+impl hyper::rt::Read for Stream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl hyper::rt::Write for Stream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => std::pin::Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+        }
+    }
 }
 
 /// One instance as etcd holds it.

@@ -101,7 +101,7 @@ impl Shared {
                             Ok(Some(message)) => message,
                             Ok(None) => break,
                             Err(_) => {
-                                tokio::time::timeout(PATIENCE, sink.ping::<String>())
+                                tokio::time::timeout(PATIENCE, sink.ping::<redis::Value>())
                                     .await
                                     .map_err(bounded("a PING went unanswered"))??;
                                 continue;
