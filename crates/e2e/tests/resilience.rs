@@ -254,7 +254,9 @@ async fn the_payment_providers_breaker_rejects_checkouts_fast_and_recovers() {
         checkout: true,
         checkout_env: vec![
             ("payment", "PAYMENT_BREAKER_MIN_CALLS", "4".into()),
-            ("payment", "PAYMENT_BREAKER_WAIT_MS", "1500".into()),
+            // Open long enough for every payment replica's breaker (each process has its own:
+            // two in the PostgreSQL profile) to be seen open below.
+            ("payment", "PAYMENT_BREAKER_WAIT_MS", "4000".into()),
             ("payment", "PAYMENT_MAX_ATTEMPTS", "2".into()),
         ],
         ..Options::default()
@@ -335,7 +337,8 @@ async fn the_payment_providers_breaker_rejects_checkouts_fast_and_recovers() {
 
     behave(1.0).await;
     let mut reasons = Vec::new();
-    for _ in 0..4 {
+    // Enough failures that every replica's breaker opens, whichever replica each lands on.
+    for _ in 0..12 {
         let o = settle(order(1).await).await;
         assert_eq!(o["status"], "REJECTED");
         reasons.push(o["reason"].as_str().unwrap().to_string());

@@ -404,9 +404,10 @@ async fn the_distributed_profile_puts_events_on_nats_and_the_registry_on_etcd() 
         .await
         .unwrap();
     for service in ["auth", "catalog", "order", "payment"] {
-        assert_eq!(
-            catalog["services"][service].as_array().map(Vec::len),
-            Some(1),
+        assert!(
+            catalog["services"][service]
+                .as_array()
+                .is_some_and(|list| !list.is_empty()),
             "{service} in {catalog}"
         );
     }
