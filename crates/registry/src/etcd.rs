@@ -119,8 +119,9 @@ impl EtcdSettings {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(1))
             .with_timeout(Duration::from_secs(3))
-            // A peer that vanished without closing (a host gone) is noticed within seconds.
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+            // A peer that vanished without closing (a host gone) is noticed within seconds, no
+            // more often than etcd allows (every 5 s).
+            .with_keep_alive(Duration::from_secs(6), Duration::from_secs(3))
             .with_keep_alive_while_idle(true)
             .with_auto_token_refresh(true)
             // A member cut off from the quorum refuses rather than serves a silent watch.
@@ -202,8 +203,11 @@ fn channel(
     });
     let endpoint = tonic::transport::Endpoint::from_shared(first_host)?
         .connect_timeout(Duration::from_secs(2))
-        .http2_keep_alive_interval(Duration::from_secs(2))
-        .keep_alive_timeout(Duration::from_secs(2))
+        // A peer gone without a word is noticed within seconds; no more often than etcd's
+        // server allows (`--grpc-keepalive-min-time`, 5 s: it closes the connection of a
+        // client that pings more often).
+        .http2_keep_alive_interval(Duration::from_secs(6))
+        .keep_alive_timeout(Duration::from_secs(3))
         .keep_alive_while_idle(true);
     Ok(endpoint.connect_with_connector_lazy(connect))
 }
