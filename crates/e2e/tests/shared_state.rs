@@ -168,11 +168,19 @@ async fn a_session_revoked_through_one_gateway_is_refused_by_the_other_at_once()
             "gateway 1 still accepts it"
         );
     }
-    let revoked: Vec<String> = redis::cmd("KEYS")
-        .arg("*:revoked")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    // (The gateway tells Redis beside its answer: gateway 1 may have heard it first from the
+    // token service's feed.)
+    let revoked = loop {
+        let revoked: Vec<String> = redis::cmd("KEYS")
+            .arg("*:revoked")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if !revoked.is_empty() || start.elapsed() > Duration::from_secs(3) {
+            break revoked;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(revoked.len(), 1, "{revoked:?}");
     let score: Option<u64> = redis::cmd("ZSCORE")
         .arg(&revoked[0])

@@ -29,6 +29,8 @@ pub use revocations::Revocation;
 const CALL_TIMEOUT: Duration = Duration::from_millis(100);
 /// How long Redis is left alone after a failure.
 const BACK_OFF: Duration = Duration::from_secs(1);
+/// How long connecting or one call may take where getting through matters more than speed.
+const PATIENCE: Duration = Duration::from_secs(2);
 
 /// Where the shared state lives: `redis://[user:password@]host:port[?prefix=…]`.
 #[derive(Clone, Debug)]
@@ -96,6 +98,9 @@ pub struct Shared {
     settings: RedisSettings,
     client: redis::Client,
     conn: ConnectionManager,
+    /// For what must get through rather than be quick (revocations): longer timeouts, and
+    /// not paused by the hot path's back-off.
+    patient: ConnectionManager,
     /// Milliseconds since `epoch` until which Redis is left alone (0: not failing).
     down_until: AtomicU64,
     failing: AtomicBool,
@@ -113,10 +118,19 @@ impl Shared {
             .set_number_of_retries(0);
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
             .map_err(|e| e.to_string())?;
+        let patient = ConnectionManager::new_lazy_with_config(
+            client.clone(),
+            ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(PATIENCE))
+                .set_response_timeout(Some(PATIENCE))
+                .set_number_of_retries(0),
+        )
+        .map_err(|e| e.to_string())?;
         Ok(Arc::new(Self {
             settings,
             client,
             conn,
+            patient,
             down_until: AtomicU64::new(0),
             failing: AtomicBool::new(false),
             epoch: Instant::now(),

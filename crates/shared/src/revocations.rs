@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 
-use crate::Shared;
+use crate::{PATIENCE, Shared};
 
-/// How long connecting, subscribing or a PING may take.
-const PATIENCE: Duration = Duration::from_secs(2);
+/// How long a revocation is retried for before it is left to the token service's feed.
+const PERSISTENCE: Duration = Duration::from_secs(10);
 /// How long the subscription may be quiet before it is PINGed.
 const QUIET: Duration = Duration::from_secs(10);
 
@@ -23,25 +23,40 @@ pub struct Revocation {
 }
 
 impl Shared {
-    /// Records a revocation and tells every gateway; `false` when Redis could not be told (the
-    /// token service's own feed still carries it).
+    /// Records a revocation and tells every gateway, retrying for a while (a revocation is
+    /// rare and matters: it is not subject to the hot path's 100 ms bound or back-off);
+    /// `false` when Redis could not be told (the token service's own feed still carries it).
     pub async fn revoke(&self, revocation: &Revocation) -> bool {
         let (set, channel) = (self.key("revoked"), self.key("revocations"));
-        let now = tessera_now();
-        self.call("revoke", async |conn| {
-            redis::pipe()
-                .atomic()
-                .zadd(&set, &revocation.sid, revocation.until)
-                .ignore()
-                .zrembyscore(&set, 0, now)
-                .ignore()
-                .publish(&channel, format!("{} {}", revocation.until, revocation.sid))
-                .ignore()
-                .query_async::<()>(conn)
-                .await
-        })
-        .await
-        .is_some()
+        let deadline = std::time::Instant::now() + PERSISTENCE;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let mut conn = self.patient.clone();
+            let told = tokio::time::timeout(
+                PATIENCE,
+                redis::pipe()
+                    .atomic()
+                    .zadd(&set, &revocation.sid, revocation.until)
+                    .ignore()
+                    .zrembyscore(&set, 0, tessera_now())
+                    .ignore()
+                    .publish(&channel, format!("{} {}", revocation.until, revocation.sid))
+                    .ignore()
+                    .query_async::<()>(&mut conn),
+            )
+            .await;
+            match told {
+                Ok(Ok(())) => return true,
+                Ok(Err(e)) if std::time::Instant::now() + pause >= deadline => {
+                    tracing::warn!(error = %e, "redis did not take a revocation");
+                    return false;
+                }
+                Err(_) if std::time::Instant::now() + pause >= deadline => return false,
+                _ => {}
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
     }
 
     /// Calls `on_revoked` for every session revoked now and from now on, for as long as this
@@ -73,7 +88,7 @@ impl Shared {
                         .await
                         .map_err(bounded("subscribing timed out"))??;
                     // Subscribed first, read second: nothing falls between the two.
-                    let mut conn = shared.conn.clone();
+                    let mut conn = shared.patient.clone();
                     let all: Vec<(String, u64)> = tokio::time::timeout(
                         PATIENCE,
                         redis::cmd("ZRANGEBYSCORE")
