@@ -57,11 +57,12 @@ pub fn of(
         let url = crate::etcd::url_of(url, principal, control_keys)?;
         env.push(("TESSERA_REGISTRY_URL".into(), url));
     }
-    // The gateways (limits, revocations) and the services (their caches); not the control
-    // plane, which keeps nothing there.
-    let shares = principal == "gateway" || principal.starts_with("service:");
+    // The gateways (limits, revocations) and the services (their caches), each as the Redis
+    // user of its own; the control plane, which keeps nothing there, makes those users.
+    let shares = on_bus || principal == "gateway";
     if let Some(url) = manifest.system.shared.as_ref().filter(|_| shares) {
-        env.push(("TESSERA_SHARED_URL".into(), url.clone()));
+        let url = crate::redis::url_of(url, principal, control_keys)?;
+        env.push(("TESSERA_SHARED_URL".into(), url));
     }
     if let Some(name) = principal.strip_prefix("service:") {
         env.push(("TESSERA_SERVICE".into(), name.to_string()));

@@ -261,6 +261,17 @@ fn main() -> anyhow::Result<()> {
                             })
                             .transpose()?,
                     },
+                    shared_url: match std::env::var("TESSERA_SHARED_URL") {
+                        Ok(url) if !url.is_empty() => Some(url),
+                        _ => manifest
+                            .system
+                            .shared
+                            .as_deref()
+                            .map(|url| {
+                                redis::url_of(url, "control", &keys::control_keys(&state_dir)?)
+                            })
+                            .transpose()?,
+                    },
                     keys: Arc::new(keys::control_keys(&state_dir)?),
                     policy: Arc::new(policy(&manifest)),
                     log: tessera_control::events::LogConfig {

@@ -1,15 +1,35 @@
-//! Redis for what a system's gateways share (`docs/scale-out.md`): a local `redis-server` for
-//! `tessera up --profile distributed`, started under the state directory with a password
-//! derived from the control keys (the URL every gateway is given holds it), kept in memory
-//! only (rate-limit counters and revocations are rebuilt as traffic flows), and stopped with
-//! the system.
+//! Redis for the state a system's gateways and services share (`docs/scale-out.md`): each
+//! process's URL with a Redis user of its own (`<prefix>-<name>`, its password derived from
+//! the control keys; the control plane, as Redis's `default` user, makes those users), and a
+//! local `redis-server` for `tessera up --profile distributed`, started under the state
+//! directory with a `default` password derived from the control keys, kept in memory only
+//! (rate-limit counters, revocations and caches are rebuilt as traffic flows), and stopped
+//! with the system.
 
 use std::path::Path;
 
 use anyhow::Context;
 use tessera::identity::ControlKeys;
+use tessera::shared::RedisSettings;
+use tessera_control::redis_password;
 
 use crate::engine::LocalEngine;
+
+/// The shared-state URL `principal`'s process connects with (`control`, `gateway`,
+/// `service:<name>`): the control plane's is the system's URL as given; every other
+/// process's names its own user when the system's URL is Redis's `default` user's (else
+/// everyone connects as that URL says: its users are the operator's to make).
+pub fn url_of(shared: &str, principal: &str, keys: &ControlKeys) -> anyhow::Result<String> {
+    let settings =
+        RedisSettings::parse(shared).map_err(|e| anyhow::anyhow!("system.shared: {e}"))?;
+    if principal == "control" || !settings.is_default_user() {
+        return Ok(shared.to_string());
+    }
+    let user = settings.user_of(principal.strip_prefix("service:").unwrap_or(principal));
+    Ok(settings
+        .as_user(&user, &redis_password(keys, &user))
+        .to_url())
+}
 
 /// Starts a local `redis-server` on loopback `port`: the engine and the URL to reach it with.
 pub fn start_local(
@@ -20,7 +40,7 @@ pub fn start_local(
     let dir = state_dir.join("redis");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let dir = dir.canonicalize()?;
-    let password = keys.secret_for("redis:default");
+    let password = redis_password(keys, "default");
     // The password goes in a configuration file of the owner's alone, not on a command line
     // every user of the host can read.
     let config = dir.join("redis.conf");

@@ -43,6 +43,10 @@ pub struct ControlConfig {
     /// `root` user, with which the control plane provisions a user per service and turns
     /// authentication on, then serves the registry API in front of etcd.
     pub registry_url: Option<String>,
+    /// The Redis the gateways and services share state on, as its `default` user: the control
+    /// plane makes each one's Redis user there (`tessera::shared::provision`), and keeps
+    /// nothing of its own.
+    pub shared_url: Option<String>,
     pub log: events::LogConfig,
     /// The keys that check every caller's credential.
     pub keys: Arc<ControlKeys>,
@@ -107,6 +111,40 @@ async fn record(
 /// runner can hand each process its own.
 pub fn etcd_password(keys: &ControlKeys, user: &str) -> String {
     keys.secret_for(&format!("etcd:{user}"))
+}
+
+/// The Redis password of `user` (`<prefix>-<name>`, or `default` for a Redis of the runner's
+/// own): derived from the control keys, as [`etcd_password`].
+pub fn redis_password(keys: &ControlKeys, user: &str) -> String {
+    keys.secret_for(&format!("redis:{user}"))
+}
+
+/// Keeps Redis's users (the gateways', one per service) made; the processes that share state
+/// there connect as theirs, and go on without Redis until they can.
+fn spawn_redis_provisioning(url: &str, config: &ControlConfig) -> anyhow::Result<()> {
+    let settings = tessera::shared::RedisSettings::parse(url)
+        .map_err(|e| anyhow::anyhow!("TESSERA_SHARED_URL: {e}"))?;
+    if !settings.is_default_user() {
+        tracing::warn!(
+            "the shared state's Redis URL names a user of its own: its users are not provisioned here (each process's `<prefix>-<name>` user must exist)"
+        );
+        return Ok(());
+    }
+    let password = |name: &str| redis_password(&config.keys, &settings.user_of(name));
+    let services: Vec<(String, String)> = config
+        .policy
+        .services()
+        .into_iter()
+        .map(|name| {
+            let pw = password(&name);
+            (name, pw)
+        })
+        .collect();
+    let gateway = password("gateway");
+    tokio::spawn(tessera::shared::keep_provisioned(
+        settings, gateway, services,
+    ));
+    Ok(())
 }
 
 /// Makes etcd's users and roles (a user per service, the gateway a reader) and turns its
@@ -187,6 +225,9 @@ pub async fn serve(
             events::EventLog::open(&config.data_dir, config.log.clone()).await?,
         ),
     };
+    if let Some(url) = config.shared_url.as_deref() {
+        spawn_redis_provisioning(url, &config)?;
+    }
     let registry = match config.registry_url.as_deref() {
         Some(url) => {
             let settings = tessera::registry::etcd::EtcdSettings::parse(url)

@@ -38,6 +38,7 @@ impl Control {
         let config = tessera_control::ControlConfig {
             bus_url: None,
             registry_url: None,
+            shared_url: None,
             settle: Duration::ZERO,
             data_dir: std::env::temp_dir().join(format!("tessera-client-{}", uuid::Uuid::new_v4())),
             log: Default::default(),

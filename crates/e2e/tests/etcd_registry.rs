@@ -281,6 +281,7 @@ async fn the_control_planes_registry_api_stands_in_front_of_etcd() {
     let config = tessera_control::ControlConfig {
         bus_url: None,
         registry_url: Some(root),
+        shared_url: None,
         settle: Duration::ZERO,
         data_dir: std::env::temp_dir().join(format!("tessera-etcd-{}", uuid::Uuid::new_v4())),
         log: Default::default(),

@@ -97,6 +97,7 @@ impl Harness {
         let config = tessera_control::ControlConfig {
             bus_url: self.bus.clone(),
             registry_url: None,
+            shared_url: None,
             settle: Duration::ZERO,
             data_dir: self.dir.join("control"),
             log: tessera_control::events::LogConfig {

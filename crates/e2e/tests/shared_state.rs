@@ -267,7 +267,7 @@ async fn a_changed_price_is_never_served_stale(sys: &System, on_redis: Option<&s
     if let Some(url) = on_redis {
         let mut conn = redis_client(url).await;
         let keys: Vec<String> = redis::cmd("KEYS")
-            .arg("*:cache:catalog:v:*")
+            .arg("*:cache:catalog.products:v:*")
             .query_async(&mut conn)
             .await
             .unwrap();
@@ -344,4 +344,115 @@ async fn the_catalogs_cache_in_each_replicas_memory_is_never_stale() {
     })
     .await;
     a_changed_price_is_never_served_stale(&sys, None).await;
+}
+
+/// Each process reaches only its own keys on Redis, as the user the control plane made for it
+/// (`docs/scale-out.md`): the catalog its caches, the gateways the limits and revocations;
+/// neither runs an administrative command, and a wrong password is refused.
+#[tokio::test]
+async fn each_process_reaches_only_its_own_keys_on_redis() {
+    let redis = tessera_testkit::redis::Server::start();
+    let sys = two_gateways(&redis.url).await;
+    // `tessera env <principal>`'s Redis URL: (a connection as that user, the key prefix).
+    let connect = async |principal: &str| {
+        let out = std::process::Command::new(tessera_testkit::bin_dir().join("tessera"))
+            .arg("--manifest")
+            .arg(sys.dir.join("tessera.toml"))
+            .args(["env", principal])
+            .output()
+            .unwrap();
+        let env = String::from_utf8(out.stdout).unwrap();
+        let url = env
+            .lines()
+            .find_map(|l| l.strip_prefix("TESSERA_SHARED_URL="))
+            .unwrap_or_else(|| panic!("no shared URL for {principal}: {env}"))
+            .trim_matches('\'');
+        let (url, prefix) = url.split_once("?prefix=").unwrap();
+        assert!(!url.starts_with("redis://:"), "{principal} has a user");
+        // (The control plane makes the users as soon as it is up: wait for it.)
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let conn = loop {
+            let client = redis::Client::open(url).unwrap();
+            match client.get_multiplexed_async_connection().await {
+                Ok(conn) => break conn,
+                Err(e) => assert!(Instant::now() < deadline, "{principal}: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let wrong = redis::Client::open(format!(
+            "{}x@{}",
+            &url[..url.rfind('@').unwrap()],
+            &url[url.rfind('@').unwrap() + 1..]
+        ))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await;
+        assert!(wrong.is_err(), "{principal}: a wrong password is refused");
+        (conn, prefix.to_string())
+    };
+    let allowed =
+        async |conn: &mut redis::aio::MultiplexedConnection, cmd: &mut redis::Cmd| match cmd
+            .query_async::<redis::Value>(conn)
+            .await
+        {
+            Ok(_) => true,
+            Err(e) if e.code() == Some("NOPERM") => false,
+            Err(e) => panic!("{e}"),
+        };
+    let set = |key: String| redis::cmd("SET").arg(key).arg("1").clone();
+
+    let (mut catalog, prefix) = connect("service:catalog").await;
+    let mine = format!("{prefix}:cache:catalog.products:gen:x");
+    assert!(
+        allowed(&mut catalog, &mut set(mine)).await,
+        "its own caches"
+    );
+    for (what, mut cmd) in [
+        ("the gateways' limits", set(format!("{prefix}:rl:1.2.3.4"))),
+        ("the revocations", set(format!("{prefix}:revoked"))),
+        (
+            "another service's cache",
+            set(format!("{prefix}:cache:order.x:gen:1")),
+        ),
+        (
+            "another system's keys",
+            set("other:cache:catalog.products:gen:1".into()),
+        ),
+        (
+            "the revocations' channel",
+            redis::cmd("PUBLISH")
+                .arg(format!("{prefix}:revocations"))
+                .arg("0 forged")
+                .clone(),
+        ),
+        ("KEYS", redis::cmd("KEYS").arg("*").clone()),
+        ("FLUSHALL", redis::cmd("FLUSHALL").clone()),
+        ("ACL", redis::cmd("ACL").arg("LIST").clone()),
+        ("CONFIG", redis::cmd("CONFIG").arg("GET").arg("*").clone()),
+    ] {
+        assert!(
+            !allowed(&mut catalog, &mut cmd).await,
+            "the catalog reached {what}"
+        );
+    }
+
+    let (mut gateway, _) = connect("gateway").await;
+    assert!(allowed(&mut gateway, &mut set(format!("{prefix}:rl:1.2.3.4"))).await);
+    assert!(
+        allowed(
+            &mut gateway,
+            redis::cmd("PUBLISH")
+                .arg(format!("{prefix}:revocations"))
+                .arg("0 x")
+        )
+        .await
+    );
+    assert!(
+        !allowed(
+            &mut gateway,
+            &mut set(format!("{prefix}:cache:catalog.products:gen:x"))
+        )
+        .await,
+        "a gateway poisons no cache"
+    );
 }

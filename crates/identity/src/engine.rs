@@ -80,10 +80,33 @@ impl EngineUrl {
 
     /// The URL with the password replaced, fit for a log line or an error.
     pub fn redacted(&self) -> String {
+        self.write(false)
+    }
+
+    /// The URL, password included (percent-encoded): for a process's environment only.
+    pub fn to_url(&self) -> String {
+        self.write(true)
+    }
+
+    /// This URL as `user` with `password` (what the runner gives each process).
+    pub fn as_user(&self, user: &str, password: &str) -> Self {
+        Self {
+            user: Some((user.to_string(), password.to_string())),
+            ..self.clone()
+        }
+    }
+
+    fn write(&self, with_password: bool) -> String {
         let mut out = format!("{}://", self.scheme);
-        if let Some((user, _)) = &self.user {
-            out.push_str(user);
-            out.push_str(":***@");
+        if let Some((user, password)) = &self.user {
+            out.push_str(&encode(user));
+            out.push(':');
+            out.push_str(&if with_password {
+                encode(password)
+            } else {
+                "***".into()
+            });
+            out.push('@');
         }
         out.push_str(&self.hosts.join(","));
         if !self.query.is_empty() {

@@ -63,21 +63,15 @@ impl EtcdSettings {
 
     /// These settings as the user `user` with `password` (what the runner gives a process).
     pub fn as_user(&self, user: &str, password: &str) -> Self {
-        let mut settings = self.clone();
-        settings.url.user = Some((user.to_string(), password.to_string()));
-        settings
+        Self {
+            url: self.url.as_user(user, password),
+            ..self.clone()
+        }
     }
 
     /// The URL of these settings, password included: for a process's environment only.
     pub fn to_url(&self) -> String {
-        use tessera_identity::engine::encode;
-        let mut url = "etcd://".to_string();
-        if let Some((user, password)) = &self.url.user {
-            url.push_str(&format!("{}:{}@", encode(user), encode(password)));
-        }
-        url.push_str(&self.url.hosts.join(","));
-        url.push_str(&format!("?prefix={}", self.prefix));
-        url
+        self.url.to_url()
     }
 
     /// The etcd user this process connects as, if any.
@@ -118,7 +112,7 @@ impl EtcdSettings {
     ) -> Result<Client, etcd_client::Error> {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(1))
-            .with_timeout(Duration::from_secs(3))
+            .with_timeout(CALL_TIMEOUT)
             // A peer that vanished without closing (a host gone) is noticed within seconds, no
             // more often than etcd allows (every 5 s).
             .with_keep_alive(Duration::from_secs(6), Duration::from_secs(3))
@@ -203,6 +197,9 @@ fn channel(
     });
     let endpoint = tonic::transport::Endpoint::from_shared(first_host)?
         .connect_timeout(Duration::from_secs(2))
+        // Every call answers within seconds or fails (a stream, once its first answer is in,
+        // lives on): a member that takes a call and never answers holds up no one.
+        .timeout(CALL_TIMEOUT)
         // A peer gone without a word is noticed within seconds; no more often than etcd's
         // server allows (`--grpc-keepalive-min-time`, 5 s: it closes the connection of a
         // client that pings more often).
@@ -409,8 +406,22 @@ pub async fn put_under_lease(
     Ok(lease)
 }
 
+/// How long one call to etcd may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Refreshes `lease` once; `false` when etcd no longer has it (it lapsed: register again).
+/// Bounded: a refresh that gets no answer is an error, and the next one is tried.
 pub async fn keep_alive_once(client: &mut Client, lease: i64) -> Result<bool, etcd_client::Error> {
+    tokio::time::timeout(CALL_TIMEOUT, refresh(client, lease))
+        .await
+        .unwrap_or_else(|_| {
+            Err(etcd_client::Error::LeaseKeepAliveError(
+                "the refresh went unanswered".into(),
+            ))
+        })
+}
+
+async fn refresh(client: &mut Client, lease: i64) -> Result<bool, etcd_client::Error> {
     let (mut keeper, mut stream) = match client.lease_keep_alive(lease).await {
         Ok(kept) => kept,
         // The client says so when etcd answers a TTL of 0: the lease is gone.

@@ -21,12 +21,33 @@ use crate::Shared;
 
 /// `KEYS[1]`: the group's generation key; `ARGV[1]`, `ARGV[2]`: the entry key's head and tail
 /// (the generation goes between). Answers `{generation, entry or false}`.
+///
+/// A group without a generation (never invalidated, or Redis restarted without its data)
+/// starts at Redis's clock in milliseconds, so a generation never goes back to one a slow
+/// reader may still store under; it lives a day after its last invalidation.
 const LOOKUP: &str = r"
-local g = redis.call('GET', KEYS[1]) or '0'
+local g = redis.call('GET', KEYS[1])
+if not g then
+  local t = redis.call('TIME')
+  g = tostring(t[1] * 1000 + math.floor(t[2] / 1000))
+  redis.call('SET', KEYS[1], g, 'PX', 86400000, 'NX')
+  g = redis.call('GET', KEYS[1])
+end
 return {g, redis.call('GET', ARGV[1] .. g .. ':' .. ARGV[2])}
 ";
 
-/// Entries of one process's memory at most (then the oldest half is dropped).
+/// `KEYS[1]`: the group's generation key. Bumps it (from Redis's clock when it has none).
+const INVALIDATE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  local t = redis.call('TIME')
+  redis.call('SET', KEYS[1], tostring(t[1] * 1000 + math.floor(t[2] / 1000)))
+end
+redis.call('INCR', KEYS[1])
+return redis.call('PEXPIRE', KEYS[1], 86400000)
+";
+
+/// Entries (and groups) of one process's memory at most: when full, what is older than half
+/// the TTL goes, and everything if that is not enough.
 const LOCAL_CAPACITY: usize = 10_000;
 
 pub struct Cache {
@@ -37,14 +58,32 @@ pub struct Cache {
 
 enum Home {
     Local(Mutex<Local>),
-    Redis(Arc<Shared>, redis::Script),
+    Redis(Arc<Shared>, Scripts),
+}
+
+struct Scripts {
+    lookup: redis::Script,
+    invalidate: redis::Script,
 }
 
 #[derive(Default)]
 struct Local {
     generations: HashMap<String, u64>,
+    /// The generation of a group not in `generations`: above every one forgotten.
+    floor: u64,
     /// (group, key) → (generation, stored at, JSON).
     entries: HashMap<(String, String), (u64, Instant, Arc<str>)>,
+}
+
+impl Local {
+    /// Forgets every entry and group; every group's generation is then above all those
+    /// forgotten, so that nothing a slow reader stores under one of them is ever found.
+    fn forget_all(&mut self) {
+        let top = self.generations.values().copied().max().unwrap_or(0);
+        self.floor = self.floor.max(top) + 1;
+        self.generations.clear();
+        self.entries.clear();
+    }
 }
 
 impl Cache {
@@ -63,7 +102,13 @@ impl Cache {
         Self {
             name: name.to_string(),
             ttl,
-            home: Home::Redis(shared, redis::Script::new(LOOKUP)),
+            home: Home::Redis(
+                shared,
+                Scripts {
+                    lookup: redis::Script::new(LOOKUP),
+                    invalidate: redis::Script::new(INVALIDATE),
+                },
+            ),
         }
     }
 
@@ -105,14 +150,18 @@ impl Cache {
         match &self.home {
             Home::Local(local) => {
                 let mut local = local.lock().unwrap_or_else(|e| e.into_inner());
-                *local.generations.entry(group.to_string()).or_default() += 1;
+                if local.generations.len() >= LOCAL_CAPACITY {
+                    local.forget_all();
+                }
+                let floor = local.floor;
+                *local.generations.entry(group.to_string()).or_insert(floor) += 1;
                 true
             }
-            Home::Redis(shared, _) => {
+            Home::Redis(shared, scripts) => {
                 let key = self.generation_key(shared, group);
                 shared
                     .call("cache_invalidate", async |conn| {
-                        redis::cmd("INCR").arg(&key).query_async::<i64>(conn).await
+                        scripts.invalidate.key(&key).invoke_async::<i64>(conn).await
                     })
                     .await
                     .is_some()
@@ -133,7 +182,7 @@ impl Cache {
         match &self.home {
             Home::Local(local) => {
                 let local = local.lock().unwrap_or_else(|e| e.into_inner());
-                let generation = local.generations.get(group).copied().unwrap_or(0);
+                let generation = local.generations.get(group).copied().unwrap_or(local.floor);
                 let hit = local
                     .entries
                     .get(&(group.to_string(), key.to_string()))
@@ -141,14 +190,15 @@ impl Cache {
                     .map(|(_, _, json)| json.clone());
                 (Some(generation), hit)
             }
-            Home::Redis(shared, script) => {
+            Home::Redis(shared, scripts) => {
                 let (generation_key, head) = (
                     self.generation_key(shared, group),
                     self.entry_head(shared, group),
                 );
                 let answer: Option<(String, Option<String>)> = shared
                     .call("cache_lookup", async |conn| {
-                        script
+                        scripts
+                            .lookup
                             .key(&generation_key)
                             .arg(&head)
                             .arg(key)
@@ -171,6 +221,9 @@ impl Cache {
                 if local.entries.len() >= LOCAL_CAPACITY {
                     let ttl = self.ttl;
                     local.entries.retain(|_, (_, at, _)| at.elapsed() < ttl / 2);
+                    if local.entries.len() >= LOCAL_CAPACITY / 2 {
+                        local.entries.clear();
+                    }
                 }
                 local.entries.insert(
                     (group.to_string(), key.to_string()),
@@ -222,6 +275,31 @@ mod tests {
         assert_eq!(cache.read_through("p2", "k", load(5)).await, Ok(5));
         cache.invalidate("p1").await;
         assert_eq!(cache.read_through("p2", "k", load(6)).await, Ok(5));
+    }
+
+    #[tokio::test]
+    async fn memory_stays_bounded_and_forgetting_never_serves_an_old_value() {
+        let cache = Cache::local("t", Duration::from_secs(60));
+        let load = |v: u32| async move { Ok::<_, ()>(v) };
+        // A reader of p0 reads its source, then everything is forgotten, then it stores.
+        let (generation, _) = cache.lookup("p0", "k").await;
+        for i in 0..LOCAL_CAPACITY * 2 {
+            let group = format!("p{}", i + 1);
+            cache.read_through(&group, "k", load(1)).await.unwrap();
+            cache.invalidate(&group).await;
+        }
+        let Home::Local(local) = &cache.home else {
+            unreachable!()
+        };
+        {
+            let local = local.lock().unwrap();
+            assert!(local.entries.len() <= LOCAL_CAPACITY);
+            assert!(local.generations.len() <= LOCAL_CAPACITY);
+        }
+        cache
+            .store("p0", "k", generation.unwrap(), "7".into())
+            .await;
+        assert_eq!(cache.read_through("p0", "k", load(8)).await, Ok(8));
     }
 
     #[tokio::test]

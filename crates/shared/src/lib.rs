@@ -12,6 +12,7 @@
 mod cache;
 mod limit;
 mod revocations;
+mod users;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,6 +24,7 @@ use tessera_identity::engine::EngineUrl;
 pub use cache::Cache;
 pub use limit::SharedLimit;
 pub use revocations::Revocation;
+pub use users::keep_provisioned;
 
 /// How long one Redis call may take before its caller goes on without it (a connection being
 /// made counts against it too).
@@ -55,8 +57,12 @@ impl RedisSettings {
         for (key, value) in &url.query {
             match key.as_str() {
                 "prefix" => {
-                    if !tessera_identity::valid_service_name(value) {
-                        return Err("prefix must be letters, digits, '-' or '_'".into());
+                    // No '-': it joins the prefix to a process's name in user names, and a
+                    // service's name may hold one (as for etcd).
+                    if value.is_empty()
+                        || !value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    {
+                        return Err("prefix must be letters, digits or '_'".into());
                     }
                     prefix = value.clone();
                 }
@@ -69,6 +75,33 @@ impl RedisSettings {
     /// The URL without its password.
     pub fn redacted(&self) -> String {
         self.url.redacted()
+    }
+
+    /// The URL, password included: for a process's environment only.
+    pub fn to_url(&self) -> String {
+        self.url.to_url()
+    }
+
+    /// Whether these settings connect as Redis's `default` user (no user named: the
+    /// server's own password), who may make the others.
+    pub fn is_default_user(&self) -> bool {
+        self.url
+            .user
+            .as_ref()
+            .is_none_or(|(user, _)| user.is_empty() || user == "default")
+    }
+
+    /// The Redis user of the process named `name` (a service, `gateway`) in this system.
+    pub fn user_of(&self, name: &str) -> String {
+        format!("{}-{name}", self.prefix)
+    }
+
+    /// These settings as `user` with `password` (what the runner gives a process).
+    pub fn as_user(&self, user: &str, password: &str) -> Self {
+        Self {
+            url: self.url.as_user(user, password),
+            ..self.clone()
+        }
     }
 
     fn client(&self) -> redis::RedisResult<redis::Client> {
@@ -97,14 +130,37 @@ impl RedisSettings {
 pub struct Shared {
     settings: RedisSettings,
     client: redis::Client,
-    conn: ConnectionManager,
-    /// For what must get through rather than be quick (revocations): longer timeouts, and
-    /// not paused by the hot path's back-off.
-    patient: ConnectionManager,
+    /// The connections, made again after a failure they do not recover from by themselves
+    /// (a refused password: a Redis restarted before its users are made again).
+    conns: std::sync::RwLock<Arc<Conns>>,
     /// Milliseconds since `epoch` until which Redis is left alone (0: not failing).
     down_until: AtomicU64,
     failing: AtomicBool,
     epoch: Instant,
+}
+
+struct Conns {
+    /// For the hot path: 100 ms at most.
+    fast: ConnectionManager,
+    /// For what must get through rather than be quick (revocations): longer timeouts, and
+    /// not paused by the hot path's back-off.
+    patient: ConnectionManager,
+}
+
+impl Conns {
+    /// Connections made at first use.
+    fn lazy(client: &redis::Client) -> redis::RedisResult<Arc<Self>> {
+        let config = |timeout: Duration| {
+            ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(timeout.max(CALL_TIMEOUT * 5)))
+                .set_response_timeout(Some(timeout))
+                .set_number_of_retries(0)
+        };
+        Ok(Arc::new(Self {
+            fast: ConnectionManager::new_lazy_with_config(client.clone(), config(CALL_TIMEOUT))?,
+            patient: ConnectionManager::new_lazy_with_config(client.clone(), config(PATIENCE))?,
+        }))
+    }
 }
 
 impl Shared {
@@ -112,29 +168,30 @@ impl Shared {
     /// every failure.
     pub fn new(settings: RedisSettings) -> Result<Arc<Self>, String> {
         let client = settings.client().map_err(|e| e.to_string())?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CALL_TIMEOUT * 5))
-            .set_response_timeout(Some(CALL_TIMEOUT))
-            .set_number_of_retries(0);
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
-            .map_err(|e| e.to_string())?;
-        let patient = ConnectionManager::new_lazy_with_config(
-            client.clone(),
-            ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(PATIENCE))
-                .set_response_timeout(Some(PATIENCE))
-                .set_number_of_retries(0),
-        )
-        .map_err(|e| e.to_string())?;
+        let conns = Conns::lazy(&client).map_err(|e| e.to_string())?;
         Ok(Arc::new(Self {
             settings,
             client,
-            conn,
-            patient,
+            conns: std::sync::RwLock::new(conns),
             down_until: AtomicU64::new(0),
             failing: AtomicBool::new(false),
             epoch: Instant::now(),
         }))
+    }
+
+    fn conns(&self) -> Arc<Conns> {
+        self.conns.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// After a failure that is not the connection's loss (which it mends by itself): new
+    /// connections, made at next use.
+    fn renew(&self, e: &redis::RedisError) {
+        if e.is_io_error() {
+            return;
+        }
+        if let Ok(conns) = Conns::lazy(&self.client) {
+            *self.conns.write().unwrap_or_else(|e| e.into_inner()) = conns;
+        }
     }
 
     pub fn settings(&self) -> &RedisSettings {
@@ -178,7 +235,7 @@ impl Shared {
         if !self.available() {
             return None;
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conns().fast.clone();
         match tokio::time::timeout(CALL_TIMEOUT, f(&mut conn)).await {
             Ok(Ok(value)) => {
                 if self.failing.swap(false, Ordering::Relaxed) {
@@ -188,6 +245,7 @@ impl Shared {
                 Some(value)
             }
             Ok(Err(e)) => {
+                self.renew(&e);
                 self.failed(what, &e.to_string());
                 None
             }

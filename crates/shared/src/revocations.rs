@@ -31,7 +31,7 @@ impl Shared {
         let deadline = std::time::Instant::now() + PERSISTENCE;
         let mut pause = Duration::from_millis(50);
         loop {
-            let mut conn = self.patient.clone();
+            let mut conn = self.conns().patient.clone();
             let told = tokio::time::timeout(
                 PATIENCE,
                 redis::pipe()
@@ -45,14 +45,18 @@ impl Shared {
                     .query_async::<()>(&mut conn),
             )
             .await;
+            let last_try = std::time::Instant::now() + pause >= deadline;
             match told {
                 Ok(Ok(())) => return true,
-                Ok(Err(e)) if std::time::Instant::now() + pause >= deadline => {
-                    tracing::warn!(error = %e, "redis did not take a revocation");
-                    return false;
+                Ok(Err(e)) => {
+                    self.renew(&e);
+                    if last_try {
+                        tracing::warn!(error = %e, "redis did not take a revocation");
+                        return false;
+                    }
                 }
-                Err(_) if std::time::Instant::now() + pause >= deadline => return false,
-                _ => {}
+                Err(_) if last_try => return false,
+                Err(_) => {}
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(1));
@@ -88,7 +92,7 @@ impl Shared {
                         .await
                         .map_err(bounded("subscribing timed out"))??;
                     // Subscribed first, read second: nothing falls between the two.
-                    let mut conn = shared.patient.clone();
+                    let mut conn = shared.conns().patient.clone();
                     let all: Vec<(String, u64)> = tokio::time::timeout(
                         PATIENCE,
                         redis::cmd("ZRANGEBYSCORE")
@@ -99,7 +103,8 @@ impl Shared {
                             .query_async(&mut conn),
                     )
                     .await
-                    .map_err(bounded("reading the set timed out"))??;
+                    .map_err(bounded("reading the set timed out"))?
+                    .inspect_err(|e| shared.renew(e))?;
                     if failing {
                         tracing::info!("redis revocations followed again");
                         failing = false;

@@ -70,14 +70,16 @@ impl Context {
         self.shared.as_ref()
     }
 
-    /// A read-through cache named `name` (`tessera_shared::Cache`), entries living `ttl` at
-    /// most: on the system's Redis when it has one, shared by every replica; else in this
-    /// process's memory. Invalidate it from the events that change what it holds, consumed in
+    /// A read-through cache named `<service>.<name>` (`tessera_shared::Cache`), entries
+    /// living `ttl` at most: on the system's Redis when it has one, shared by every replica
+    /// (under keys only this service's Redis user may touch); else in this process's memory.
+    /// Invalidate it from the events that change what it holds, consumed in
     /// [`Context::cache_group`]: every replica sees them when each cache is its own.
     pub fn cache(&self, name: &str, ttl: std::time::Duration) -> tessera_shared::Cache {
+        let name = format!("{}.{name}", self.config.service);
         match &self.shared {
-            Some(shared) => tessera_shared::Cache::shared(shared.clone(), name, ttl),
-            None => tessera_shared::Cache::local(name, ttl),
+            Some(shared) => tessera_shared::Cache::shared(shared.clone(), &name, ttl),
+            None => tessera_shared::Cache::local(&name, ttl),
         }
     }
 

@@ -86,19 +86,22 @@ async fn list(
         None | Some("") => String::new(),
         Some(c) => decode_cursor(c)?,
     };
-    let key = format!("{limit}:{after}:{}", q.category.as_deref().unwrap_or(""));
+    // (No category and an empty one are the same list, under the same key.)
+    let category = match q.category.as_deref() {
+        None | Some("") => None,
+        Some(c) if crate::products::valid_category(c) => Some(c),
+        Some(_) => return Err(crate::products::invalid_category()),
+    };
+    let key = format!("{limit}:{after}:{}", category.unwrap_or(""));
     let page = st
         .cache
-        .read_through(
-            LISTS,
-            &key,
-            read_page(&st.db, &after, q.category.as_deref(), limit),
-        )
+        .read_through(LISTS, &key, read_page(&st.db, &after, category, limit))
         .await?;
     Ok(Json(page))
 }
 
-/// One page from the database.
+/// One page from the database: from the primary, as what is read here may be cached (a
+/// replica behind it would put back what an invalidation just hid).
 async fn read_page(
     db: &Db,
     after: &str,
@@ -112,7 +115,7 @@ async fn read_page(
         .bind(after)
         .bind(category)
         .bind(i64::from(limit) + 1)
-        .fetch_all(db.read())
+        .fetch_all(db.pool())
         .await?;
     let next_cursor = if rows.len() > limit as usize {
         rows.truncate(limit as usize);
@@ -239,9 +242,18 @@ async fn create(
     let product = Product::from(row);
     announce(&mut tx, "created", &id, &product).await?;
     tx.commit().await?;
-    (st.wake)();
+    changed(&st, &id).await;
     tracing::info!(product = %id, by = %caller.id, "product created");
     Ok((StatusCode::CREATED, Json(product)).into_response())
+}
+
+/// After a change commits: wakes the outbox's relay (its event invalidates every replica's
+/// cache) and invalidates this replica's cache at once, so that whoever made the change reads
+/// it back at once from this replica (a failure here is left to the event).
+async fn changed(st: &AppState, id: &str) {
+    (st.wake)();
+    st.cache.invalidate(&product_group(id)).await;
+    st.cache.invalidate(LISTS).await;
 }
 
 /// Puts the event of a product's change in the outbox, in the change's transaction.
@@ -286,7 +298,7 @@ async fn replace(
     let product = Product::from(row.ok_or_else(|| ApiError::not_found("no such product"))?);
     announce(&mut tx, "changed", &id.to_string(), &product).await?;
     tx.commit().await?;
-    (st.wake)();
+    changed(&st, &id.to_string()).await;
     Ok(Json(product))
 }
 
@@ -307,7 +319,7 @@ async fn remove(
     let id = id.to_string();
     announce(&mut tx, "deleted", &id, serde_json::json!({ "id": id })).await?;
     tx.commit().await?;
-    (st.wake)();
+    changed(&st, &id).await;
     tracing::info!(product = %id, by = %caller.id, "product deleted");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -395,8 +407,19 @@ mod tests {
         let books = books["items"].as_array().unwrap();
         assert_eq!(books.len(), 6);
         assert!(books.iter().all(|p| p["category"] == "books"));
+        // An empty category is no category (and shares its cached page).
+        let (_, empty) = catalog
+            .call(
+                ANYONE,
+                "GET",
+                "/api/catalog/products?limit=5&category=",
+                None,
+            )
+            .await;
+        assert_eq!(ids(&empty), ids(&first)[..5]);
 
         for (query, code) in [
+            ("category=Books!", "invalid_category"),
             ("limit=0", "invalid_limit"),
             ("limit=101", "invalid_limit"),
             ("cursor=garbage", "invalid_cursor"),

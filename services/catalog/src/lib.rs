@@ -25,7 +25,7 @@ pub async fn run() -> anyhow::Result<()> {
     Service::new("catalog")
         .migrations(MIGRATIONS)
         .run(|ctx| async move {
-            let cache = Arc::new(ctx.cache("catalog", CACHE_TTL));
+            let cache = Arc::new(ctx.cache("products", CACHE_TTL));
             let events = ctx.events();
             worker::start(&ctx, cache.clone());
             let outbox = events.outbox.clone();

@@ -66,16 +66,8 @@ impl ProductInput {
                 "description must be at most 2000 characters",
             ));
         }
-        let category_ok = (1..=50).contains(&self.category.len())
-            && self
-                .category
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-        if !category_ok {
-            return Err(ApiError::bad_request(
-                "invalid_category",
-                "category must be 1 to 50 of a-z, 0-9 and '-'",
-            ));
+        if !valid_category(&self.category) {
+            return Err(invalid_category());
         }
         if !(0..=1_000_000_000_000).contains(&self.price) {
             return Err(ApiError::bad_request(
@@ -91,4 +83,19 @@ impl ProductInput {
         }
         Ok(())
     }
+}
+
+/// 1 to 50 of a-z, 0-9 and '-'.
+pub fn valid_category(category: &str) -> bool {
+    (1..=50).contains(&category.len())
+        && category
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+pub fn invalid_category() -> ApiError {
+    ApiError::bad_request(
+        "invalid_category",
+        "category must be 1 to 50 of a-z, 0-9 and '-'",
+    )
 }

@@ -85,18 +85,34 @@ impl EtcdRegistry {
             .clone()
     }
 
-    /// The owner and lease of instance `id`: as etcd last showed it, else as this control
-    /// plane registered it moments ago (the mirror may not have seen it yet). Registrations the
-    /// mirror never showed, or no longer shows, are forgotten after a few seconds.
+    /// The owner and lease of instance `id`: as this control plane registered it moments ago
+    /// (fresher than the mirror, which may still show an earlier lease of a re-registration
+    /// or not show it yet), else as etcd last showed it. Registrations are remembered for a
+    /// few seconds.
     fn find(&self, id: &str) -> Option<(String, i64)> {
-        if let Some(e) = self.mirror().values().find(|e| e.instance.id == id) {
-            return Some((e.instance.service.clone(), e.lease));
+        {
+            let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+            leases.retain(|_, (_, _, at)| at.elapsed() < RECENT);
+            if let Some((owner, lease, _)) = leases.get(id) {
+                return Some((owner.clone(), *lease));
+            }
         }
-        let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
-        leases.retain(|_, (_, _, at)| at.elapsed() < RECENT);
-        leases
-            .get(id)
-            .map(|(owner, lease, _)| (owner.clone(), *lease))
+        self.mirror()
+            .values()
+            .find(|e| e.instance.id == id)
+            .map(|e| (e.instance.service.clone(), e.lease))
+    }
+
+    /// [`Self::find`], if `allowed` lets `id`'s owner's instance be touched.
+    fn find_allowed<E>(
+        &self,
+        id: &str,
+        allowed: impl FnOnce(&str) -> Result<(), E>,
+    ) -> Result<Option<(String, i64)>, E> {
+        match self.find(id) {
+            Some((owner, lease)) => allowed(&owner).map(|()| Some((owner, lease))),
+            None => Ok(None),
+        }
     }
 
     /// The service holding `id`, when it is another than `service`.
@@ -139,12 +155,11 @@ impl EtcdRegistry {
         id: &str,
         allowed: impl FnOnce(&str) -> Result<(), E>,
     ) -> Result<Result<bool, E>, Unavailable> {
-        let Some((owner, lease)) = self.find(id) else {
-            return Ok(Ok(false));
+        let (_, lease) = match self.find_allowed(id, allowed) {
+            Ok(Some(found)) => found,
+            Ok(None) => return Ok(Ok(false)),
+            Err(refused) => return Ok(Err(refused)),
         };
-        if let Err(refused) = allowed(&owner) {
-            return Ok(Err(refused));
-        }
         let mut client = self.client().await?;
         match etcd::keep_alive_once(&mut client, lease).await {
             Ok(alive) => {
@@ -169,12 +184,11 @@ impl EtcdRegistry {
         id: &str,
         allowed: impl FnOnce(&str) -> Result<(), E>,
     ) -> Result<Result<bool, E>, Unavailable> {
-        let Some((owner, lease)) = self.find(id) else {
-            return Ok(Ok(false));
+        let (owner, lease) = match self.find_allowed(id, allowed) {
+            Ok(Some(found)) => found,
+            Ok(None) => return Ok(Ok(false)),
+            Err(refused) => return Ok(Err(refused)),
         };
-        if let Err(refused) = allowed(&owner) {
-            return Ok(Err(refused));
-        }
         // Revoking the lease the entry hangs on removes it; a process that is in fact alive
         // sees its lease gone and registers again (as a 404 makes it on one machine), and a
         // removal that comes late, after a new incarnation registered under a new lease, takes
