@@ -12,6 +12,7 @@ use anyhow::Context;
 use tessera::identity::ControlKeys;
 use tessera::shared::RedisSettings;
 use tessera_control::redis_password;
+use tessera_manifest::Manifest;
 
 use crate::engine::LocalEngine;
 
@@ -32,7 +33,10 @@ pub fn url_of(shared: &str, principal: &str, keys: &ControlKeys) -> anyhow::Resu
 }
 
 /// Starts a local `redis-server` on loopback `port`: the engine and the URL to reach it with.
+/// With the system's mutual TLS on, it takes TLS only (`rediss://`): a certificate for
+/// 127.0.0.1 from the system CA, clients' certificates required and checked against it.
 pub fn start_local(
+    manifest: &Manifest,
     state_dir: &Path,
     port: u16,
     keys: &ControlKeys,
@@ -41,21 +45,35 @@ pub fn start_local(
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let dir = dir.canonicalize()?;
     let password = redis_password(keys, "default");
+    let listen = if manifest.mtls() {
+        let ca = crate::tls::system_ca(state_dir, manifest)?;
+        let names = ["127.0.0.1", "localhost"].map(String::from);
+        let files = ca.issue_server(&state_dir.join("tls"), "redis", &names)?;
+        format!(
+            "port 0\ntls-port {port}\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\ntls-auth-clients yes\n",
+            files.chain.display(),
+            files.key.display(),
+            ca.certificate().display(),
+        )
+    } else {
+        format!("port {port}\n")
+    };
     // The password goes in a configuration file of the owner's alone, not on a command line
     // every user of the host can read.
     let config = dir.join("redis.conf");
     crate::keys::write_private(
         &config,
         &format!(
-            "bind 127.0.0.1\nport {port}\nrequirepass {password}\nsave \"\"\nappendonly no\ndir {}\n",
+            "bind 127.0.0.1\n{listen}requirepass {password}\nsave \"\"\nappendonly no\ndir {}\n",
             dir.display()
         ),
     )?;
     let mut command = tokio::process::Command::new("redis-server");
     command.arg(&config);
     let engine = LocalEngine::start(command, "redis-server", "redis-server", dir, port)?;
+    let scheme = if manifest.mtls() { "rediss" } else { "redis" };
     let url = format!(
-        "redis://:{}@127.0.0.1:{port}",
+        "{scheme}://:{}@127.0.0.1:{port}",
         tessera::identity::engine::encode(&password)
     );
     Ok((engine, url))

@@ -109,9 +109,11 @@ pub async fn run(
     // What the gateways share on a local Redis, unless the manifest names one.
     let _redis = match engines.as_ref().map(|e| e.redis) {
         Some(port) if manifest.system.shared.is_none() => {
-            let (engine, url) = crate::redis::start_local(&state_dir, port, &control_keys)?;
+            let (engine, url) =
+                crate::redis::start_local(&manifest, &state_dir, port, &control_keys)?;
             say(&format!(
-                "Redis: redis://127.0.0.1:{port} (the gateways' rate limits and revocations; password-protected)"
+                "Redis: 127.0.0.1:{port} (the gateways' limits and revocations, the services' caches; a user per process{})",
+                if manifest.mtls() { "; TLS only" } else { "" }
             ));
             manifest.system.shared = Some(url);
             Some(engine)

@@ -383,7 +383,7 @@ async fn the_postgres_profile_keeps_the_data_in_a_postgresql_of_its_own() {
 /// an etcd user of its own; and both stopped with the system.
 #[tokio::test]
 async fn the_distributed_profile_puts_events_on_nats_and_the_registry_on_etcd() {
-    let (mut sys, port, etcd) = distributed(false).await;
+    let (mut sys, port, etcd, _) = distributed(false).await;
     confirm_one_order(&sys).await;
     // The registry is etcd's: the control plane provisioned its users and serves its API in
     // front of it, and etcd answers nobody without a password.
@@ -510,11 +510,11 @@ async fn the_distributed_profile_puts_events_on_nats_and_the_registry_on_etcd() 
 /// through; no event, registry entry or etcd password crosses the wire in clear. (Redis is
 /// still spoken to in clear: docs/scale-out.md.)
 #[tokio::test]
-async fn with_mutual_tls_on_nats_is_reached_over_tls_only() {
+async fn with_mutual_tls_on_the_engines_are_reached_over_tls_only() {
     use std::io::Read;
-    let (sys, port, etcd) = distributed(true).await;
+    let (sys, port, etcd, redis) = distributed(true).await;
     // A service killed during the capture is started again by the runner: it signs in to
-    // etcd, registers and reads the registry there.
+    // etcd, registers and reads the registry there, and to Redis (its cache).
     let pid = tessera_testkit::pid_of(&sys.registry().await, "catalog-1").unwrap();
     let checkout = async {
         tessera_testkit::signal(pid, libc::SIGKILL);
@@ -546,6 +546,32 @@ async fn with_mutual_tls_on_nats_is_reached_over_tls_only() {
             String::from_utf8_lossy(clear)
         );
     }
+    let to_redis =
+        tessera_testkit::capture::payloads(&pcap, |p| p.from.1 == redis || p.to.1 == redis);
+    assert!(!to_redis.is_empty(), "the catalog's cache went to Redis");
+    for clear in [&b"AUTH"[..], b"-catalog", b":cache:", b"EVALSHA"] {
+        assert!(
+            !tessera_testkit::capture::contains(&to_redis, clear),
+            "{} in clear on the Redis port",
+            String::from_utf8_lossy(clear)
+        );
+    }
+    // Redis answers no command in clear.
+    {
+        use std::io::Write;
+        let mut plain = std::net::TcpStream::connect(("127.0.0.1", redis)).unwrap();
+        plain
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        plain.write_all(b"PING\r\n").unwrap();
+        let mut answer = [0u8; 64];
+        let n = plain.read(&mut answer).unwrap_or(0);
+        assert!(
+            !answer[..n].starts_with(b"+PONG") && !answer[..n].starts_with(b"-NOAUTH"),
+            "{}",
+            String::from_utf8_lossy(&answer[..n])
+        );
+    }
     // The server says so to anyone who connects.
     let mut plain = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     let mut info = [0u8; 2048];
@@ -557,7 +583,7 @@ async fn with_mutual_tls_on_nats_is_reached_over_tls_only() {
 
 /// A shop run with `tessera up --profile distributed` (its NATS on a free port, which comes
 /// back too, and its etcd on two more), with the system's mutual TLS on or off.
-async fn distributed(mtls: bool) -> (System, u16, u16) {
+async fn distributed(mtls: bool) -> (System, u16, u16, u16) {
     let port = tessera_testkit::free_port();
     let etcd = std::iter::repeat_with(tessera_testkit::free_port)
         .find(|p| {
@@ -584,7 +610,7 @@ async fn distributed(mtls: bool) -> (System, u16, u16) {
         ..Options::default()
     })
     .await;
-    (sys, port, etcd)
+    (sys, port, etcd, redis)
 }
 
 /// A new user's order of one unit, confirmed.

@@ -34,10 +34,14 @@ const BACK_OFF: Duration = Duration::from_secs(1);
 /// How long connecting or one call may take where getting through matters more than speed.
 const PATIENCE: Duration = Duration::from_secs(2);
 
-/// Where the shared state lives: `redis://[user:password@]host:port[?prefix=…]`.
+/// Where the shared state lives: `redis://[user:password@]host:port[?prefix=…]`, or
+/// `rediss://…` over TLS.
 #[derive(Clone, Debug)]
 pub struct RedisSettings {
     url: EngineUrl,
+    /// `rediss://`: over TLS, the server checked against the system CA (with the system's
+    /// mutual TLS on; the process's identity shown too) or else the host's roots.
+    tls: bool,
     /// The first part of every key and channel (default `tessera`): several systems share one
     /// Redis.
     pub prefix: String,
@@ -45,11 +49,12 @@ pub struct RedisSettings {
 
 impl RedisSettings {
     pub fn handles(url: &str) -> bool {
-        url.starts_with("redis://")
+        url.starts_with("redis://") || url.starts_with("rediss://")
     }
 
     pub fn parse(url: &str) -> Result<Self, String> {
-        let url = EngineUrl::parse(url, "redis", 6379)?;
+        let tls = url.starts_with("rediss://");
+        let url = EngineUrl::parse(url, if tls { "rediss" } else { "redis" }, 6379)?;
         if url.hosts.len() != 1 {
             return Err("a redis URL names one host:port".into());
         }
@@ -69,7 +74,7 @@ impl RedisSettings {
                 other => return Err(format!("unknown setting {other:?}")),
             }
         }
-        Ok(Self { url, prefix })
+        Ok(Self { url, tls, prefix })
     }
 
     /// The URL without its password.
@@ -116,20 +121,60 @@ impl RedisSettings {
             redis = redis.set_password(password.clone());
         }
         use redis::IntoConnectionInfo;
-        let info = redis::ConnectionAddr::Tcp(
+        let (host, port) = (
             host.trim_matches(['[', ']']).to_string(),
             port.parse().expect("EngineUrl checked the port"),
-        )
+        );
+        if !self.tls {
+            let info = redis::ConnectionAddr::Tcp(host, port)
+                .into_connection_info()?
+                .set_redis_settings(redis);
+            return redis::Client::open(info);
+        }
+        let info = redis::ConnectionAddr::TcpTls {
+            host,
+            port,
+            insecure: false,
+            tls_params: None,
+        }
         .into_connection_info()?
         .set_redis_settings(redis);
-        redis::Client::open(info)
+        redis::Client::build_with_tls(info, tls_files()?)
     }
+}
+
+/// With the system's mutual TLS on, this process's identity (its files as they are now: they
+/// are issued again every day, and read again with every new client) and the system CA as the
+/// only root; else no client certificate, and the host's roots.
+fn tls_files() -> redis::RedisResult<redis::TlsCertificates> {
+    use tessera_tls::internal::{CA_ENV, CERT_ENV, KEY_ENV};
+    let Ok(cert) = std::env::var(CERT_ENV) else {
+        return Ok(redis::TlsCertificates {
+            client_tls: None,
+            root_cert: None,
+        });
+    };
+    let read = |path: &str| {
+        std::fs::read(path).map_err(|e| {
+            redis::RedisError::from(std::io::Error::new(
+                e.kind(),
+                format!("cannot read {path}: {e}"),
+            ))
+        })
+    };
+    let var = |name: &str| std::env::var(name).unwrap_or_default();
+    Ok(redis::TlsCertificates {
+        client_tls: Some(redis::ClientTlsConfig {
+            client_cert: read(&cert)?,
+            client_key: read(&var(KEY_ENV))?,
+        }),
+        root_cert: Some(read(&var(CA_ENV))?),
+    })
 }
 
 /// A system's shared state on one Redis.
 pub struct Shared {
     settings: RedisSettings,
-    client: redis::Client,
     /// The connections, made again after a failure they do not recover from by themselves
     /// (a refused password: a Redis restarted before its users are made again).
     conns: std::sync::RwLock<Arc<Conns>>,
@@ -171,7 +216,6 @@ impl Shared {
         let conns = Conns::lazy(&client).map_err(|e| e.to_string())?;
         Ok(Arc::new(Self {
             settings,
-            client,
             conns: std::sync::RwLock::new(conns),
             down_until: AtomicU64::new(0),
             failing: AtomicBool::new(false),
@@ -183,13 +227,13 @@ impl Shared {
         self.conns.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// After a failure that is not the connection's loss (which it mends by itself): new
-    /// connections, made at next use.
-    fn renew(&self, e: &redis::RedisError) {
-        if e.is_io_error() {
+    /// After a failure: new connections, made at next use, from a new client (a refused
+    /// password is not mended by reconnecting alone, and a TLS identity is read again).
+    fn renew(&self) {
+        let Ok(client) = self.settings.client() else {
             return;
-        }
-        if let Ok(conns) = Conns::lazy(&self.client) {
+        };
+        if let Ok(conns) = Conns::lazy(&client) {
             *self.conns.write().unwrap_or_else(|e| e.into_inner()) = conns;
         }
     }
@@ -245,7 +289,7 @@ impl Shared {
                 Some(value)
             }
             Ok(Err(e)) => {
-                self.renew(&e);
+                self.renew();
                 self.failed(what, &e.to_string());
                 None
             }

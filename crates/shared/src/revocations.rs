@@ -49,7 +49,7 @@ impl Shared {
             match told {
                 Ok(Ok(())) => return true,
                 Ok(Err(e)) => {
-                    self.renew(&e);
+                    self.renew();
                     if last_try {
                         tracing::warn!(error = %e, "redis did not take a revocation");
                         return false;
@@ -84,10 +84,11 @@ impl Shared {
                             ))
                         }
                     };
-                    let mut pubsub =
-                        tokio::time::timeout(PATIENCE, shared.client.get_async_pubsub())
-                            .await
-                            .map_err(bounded("connecting timed out"))??;
+                    // (A client of its own each time: its TLS identity read again.)
+                    let client = shared.settings.client()?;
+                    let mut pubsub = tokio::time::timeout(PATIENCE, client.get_async_pubsub())
+                        .await
+                        .map_err(bounded("connecting timed out"))??;
                     tokio::time::timeout(PATIENCE, pubsub.subscribe(&channel))
                         .await
                         .map_err(bounded("subscribing timed out"))??;
@@ -104,7 +105,7 @@ impl Shared {
                     )
                     .await
                     .map_err(bounded("reading the set timed out"))?
-                    .inspect_err(|e| shared.renew(e))?;
+                    .inspect_err(|_| shared.renew())?;
                     if failing {
                         tracing::info!("redis revocations followed again");
                         failing = false;
