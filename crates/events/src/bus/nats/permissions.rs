@@ -92,7 +92,10 @@ pub struct ServerTls {
 
 /// A `nats-server` configuration (JSON, which its configuration format takes) listening on
 /// `listen`, JetStream in `store_dir`, with `users` (`(name, password, permissions)`;
-/// permissions `None`: everything), and with `tls` only TLS with client certificates.
+/// permissions `None`: everything), and with `tls` only TLS with client certificates. The
+/// passwords are written as bcrypt hashes, so that a copy of the file gives none of them away
+/// (at bcrypt's least cost: each is a 256-bit secret derived for its user, which no amount
+/// of hashing work makes safer against guessing, and NATS hashes on every connection).
 pub fn server_config(
     listen: &str,
     store_dir: &str,
@@ -102,7 +105,8 @@ pub fn server_config(
     let users: Vec<Value> = users
         .iter()
         .map(|(user, password, permissions)| {
-            let mut u = json!({ "user": user, "password": password });
+            let hashed = bcrypt::hash(password, 4).expect("bcrypt takes any password at cost 4");
+            let mut u = json!({ "user": user, "password": hashed });
             if let Some(p) = permissions {
                 u["permissions"] = p.clone();
             }
@@ -129,6 +133,25 @@ pub fn server_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_configuration_holds_no_password_only_its_hash() {
+        let secret = "a-derived-secret-of-forty-three-characters!";
+        let config = server_config(
+            "127.0.0.1:4222",
+            "/tmp/js",
+            &[("order".into(), secret.into(), None)],
+            None,
+        );
+        let text = config.to_string();
+        assert!(!text.contains(secret), "{text}");
+        let hashed = config["authorization"]["users"][0]["password"]
+            .as_str()
+            .unwrap();
+        assert!(hashed.starts_with("$2"), "{hashed}");
+        assert!(bcrypt::verify(secret, hashed).unwrap());
+        assert!(!bcrypt::verify("another", hashed).unwrap());
+    }
 
     #[test]
     fn a_service_publishes_under_its_own_name_only() {
