@@ -113,6 +113,23 @@ pub fn etcd_password(keys: &ControlKeys, user: &str) -> String {
     keys.secret_for(&format!("etcd:{user}"))
 }
 
+/// Every service of the system, with its engine password.
+fn each_service(
+    config: &ControlConfig,
+    password: impl Fn(&str) -> String,
+) -> Vec<(String, String)> {
+    let with_password = |name: String| {
+        let pw = password(&name);
+        (name, pw)
+    };
+    config
+        .policy
+        .services()
+        .into_iter()
+        .map(with_password)
+        .collect()
+}
+
 /// The Redis password of `user` (`<prefix>-<name>`, or `default` for a Redis of the runner's
 /// own): derived from the control keys, as [`etcd_password`].
 pub fn redis_password(keys: &ControlKeys, user: &str) -> String {
@@ -131,15 +148,7 @@ fn spawn_redis_provisioning(url: &str, config: &ControlConfig) -> anyhow::Result
         return Ok(());
     }
     let password = |name: &str| redis_password(&config.keys, &settings.user_of(name));
-    let services: Vec<(String, String)> = config
-        .policy
-        .services()
-        .into_iter()
-        .map(|name| {
-            let pw = password(&name);
-            (name, pw)
-        })
-        .collect();
+    let services = each_service(config, password);
     let gateway = password("gateway");
     tokio::spawn(tessera::shared::keep_provisioned(
         settings, gateway, services,
@@ -151,15 +160,7 @@ fn spawn_redis_provisioning(url: &str, config: &ControlConfig) -> anyhow::Result
 /// authentication on, retrying until etcd answers.
 fn spawn_provisioning(settings: &tessera::registry::etcd::EtcdSettings, config: &ControlConfig) {
     let password = |name: &str| etcd_password(&config.keys, &settings.user_of(name));
-    let services: Vec<(String, String)> = config
-        .policy
-        .services()
-        .into_iter()
-        .map(|name| {
-            let pw = password(&name);
-            (name, pw)
-        })
-        .collect();
+    let services = each_service(config, password);
     let readers = vec![("gateway".to_string(), password("gateway"))];
     let settings = settings.clone();
     tokio::spawn(async move {

@@ -84,15 +84,7 @@ async fn they_are_on_the_admin_listeners() {
     let admin = admin_of(&catalog, "catalog-1").expect("catalog-1 registered its admin address");
     assert!(admin.starts_with("127.0.0.1:"), "{admin}");
     assert_ne!(admin, catalog.services["catalog"][0].address);
-    let metrics = sys
-        .http
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = sys.metrics_of(&admin).await;
     assert!(
         metrics.contains(r#"route="/api/catalog/products""#),
         "{metrics}"

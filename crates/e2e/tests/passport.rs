@@ -78,15 +78,7 @@ async fn direct_calls_need_a_valid_passport() {
         assert_eq!(resp.status().as_u16(), 401, "{closed}");
     }
     let admin = admin_of(&sys.registry().await, "catalog-1").expect("an admin address");
-    let metrics = sys
-        .http
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = sys.metrics_of(&admin).await;
     assert!(metrics.contains("http_server_requests_total"), "{metrics}");
     assert!(
         metrics.contains(r#"route="/api/catalog/products""#),

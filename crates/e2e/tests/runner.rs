@@ -6,15 +6,7 @@ use tessera_testkit::{Options, System, alive, freeze, pid_of, signal, thaw};
 
 /// Requests an instance served, from the metrics on its admin listener (`admin`).
 async fn requests_served(sys: &System, admin: &str) -> u64 {
-    let text = sys
-        .http
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = sys.metrics_of(admin).await;
     text.lines()
         .filter(|l| {
             l.starts_with("http_server_requests_total")

@@ -248,15 +248,7 @@ async fn a_changed_price_is_never_served_stale(sys: &System, on_redis: Option<&s
     let mut hits = 0.0;
     for replica in ["catalog-1", "catalog-2"] {
         let admin = tessera_testkit::admin_of(&registry, replica).unwrap();
-        let metrics = sys
-            .http
-            .get(format!("http://{admin}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = sys.metrics_of(&admin).await;
         hits += metrics
             .lines()
             .filter(|l| l.starts_with("tessera_cache_hits_total"))

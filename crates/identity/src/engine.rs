@@ -78,6 +78,29 @@ impl EngineUrl {
         })
     }
 
+    /// The one setting a URL may have, `prefix` (default `tessera`): what a system's keys,
+    /// subjects and user names start with, so that several systems share one engine. Letters,
+    /// digits or `_` only: no `-`, which joins the prefix to a process's name in user names (a
+    /// service's name may hold one: `shop` + `eu-auth` ≠ `shop-eu` + `auth`). Any other
+    /// setting is refused.
+    pub fn prefix(&self) -> Result<String, String> {
+        let mut prefix = "tessera".to_string();
+        for (key, value) in &self.query {
+            match key.as_str() {
+                "prefix" => {
+                    if value.is_empty()
+                        || !value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    {
+                        return Err("prefix must be letters, digits or '_'".into());
+                    }
+                    prefix = value.clone();
+                }
+                other => return Err(format!("unknown setting {other:?}")),
+            }
+        }
+        Ok(prefix)
+    }
+
     /// The URL with the password replaced, fit for a log line or an error.
     pub fn redacted(&self) -> String {
         self.write(false)

@@ -37,22 +37,7 @@ impl EtcdSettings {
 
     pub fn parse(url: &str) -> Result<Self, String> {
         let url = EngineUrl::parse(url, "etcd", 2379)?;
-        let mut prefix = "tessera".to_string();
-        for (key, value) in &url.query {
-            match key.as_str() {
-                "prefix" => {
-                    // No '-': it joins the prefix to a service's name in user names, and a
-                    // service's name may hold one (`shop` + `eu-auth` ≠ `shop-eu` + `auth`).
-                    if value.is_empty()
-                        || !value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-                    {
-                        return Err("prefix must be letters, digits or '_'".into());
-                    }
-                    prefix = value.clone();
-                }
-                other => return Err(format!("unknown setting {other:?}")),
-            }
-        }
+        let prefix = url.prefix()?;
         Ok(Self { url, prefix })
     }
 

@@ -58,22 +58,7 @@ impl RedisSettings {
         if url.hosts.len() != 1 {
             return Err("a redis URL names one host:port".into());
         }
-        let mut prefix = "tessera".to_string();
-        for (key, value) in &url.query {
-            match key.as_str() {
-                "prefix" => {
-                    // No '-': it joins the prefix to a process's name in user names, and a
-                    // service's name may hold one (as for etcd).
-                    if value.is_empty()
-                        || !value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-                    {
-                        return Err("prefix must be letters, digits or '_'".into());
-                    }
-                    prefix = value.clone();
-                }
-                other => return Err(format!("unknown setting {other:?}")),
-            }
-        }
+        let prefix = url.prefix()?;
         Ok(Self { url, tls, prefix })
     }
 

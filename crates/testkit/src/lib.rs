@@ -516,6 +516,18 @@ consumes = ["catalog.events"]
             .header("authorization", self.credential("admin").authorization())
     }
 
+    /// What an instance's admin listener (`admin`, `host:port`) serves on `/metrics`.
+    pub async fn metrics_of(&self, admin: &str) -> String {
+        self.http
+            .get(format!("http://{admin}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// The registry's current view.
     pub async fn registry(&self) -> Catalog {
         self.control(reqwest::Method::GET, "/v1/services")

@@ -65,19 +65,18 @@ impl Server {
             engine: Engine::start("nats-server", args, dir, port),
         }
     }
+}
 
-    /// Kills it (SIGKILL), as a crash would.
-    pub fn kill(&mut self) {
-        self.engine.kill();
+/// `kill`, `restart`, `log`: the engine's own.
+impl std::ops::Deref for Server {
+    type Target = Engine;
+    fn deref(&self) -> &Engine {
+        &self.engine
     }
+}
 
-    /// Starts it again on the same port, with its store.
-    pub fn restart(&mut self) {
-        self.engine.restart();
-    }
-
-    /// What the server has logged.
-    pub fn log(&self) -> String {
-        self.engine.log()
+impl std::ops::DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut Engine {
+        &mut self.engine
     }
 }

@@ -50,14 +50,18 @@ impl Server {
             engine: Engine::start("redis-server", args, dir, port),
         }
     }
+}
 
-    /// Kills it (SIGKILL), as a crash would.
-    pub fn kill(&mut self) {
-        self.engine.kill();
+/// `kill`, `restart`, `log`: the engine's own.
+impl std::ops::Deref for Server {
+    type Target = Engine;
+    fn deref(&self) -> &Engine {
+        &self.engine
     }
+}
 
-    /// Starts it again on the same port (empty: it keeps nothing on disk).
-    pub fn restart(&mut self) {
-        self.engine.restart();
+impl std::ops::DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut Engine {
+        &mut self.engine
     }
 }
