@@ -146,11 +146,12 @@ async fn instances_come_and_go_within_a_second() {
     );
 }
 
-#[tokio::test]
-async fn a_service_writes_only_its_own_instances_and_readers_believe_only_the_key() {
-    let (_server, settings) = provisioned("t2").await;
-    let gateway = Discovery::start_etcd(as_(&settings, "gateway"));
-    let _auth = Registrar::Etcd(as_(&settings, "auth"))
+/// The gateway's discovery, once it sees `auth-1`, registered by `auth`'s own process.
+async fn gateway_seeing_auth(
+    settings: &EtcdSettings,
+) -> (Discovery, tessera::registry::Registered) {
+    let gateway = Discovery::start_etcd(as_(settings, "gateway"));
+    let auth = Registrar::Etcd(as_(settings, "auth"))
         .register(
             registration("auth", "auth-1", 3000),
             Duration::from_millis(500),
@@ -160,6 +161,13 @@ async fn a_service_writes_only_its_own_instances_and_readers_believe_only_the_ke
         ids(&gateway, "auth") == ["auth-1"]
     })
     .await;
+    (gateway, auth)
+}
+
+#[tokio::test]
+async fn a_service_writes_only_its_own_instances_and_readers_believe_only_the_key() {
+    let (_server, settings) = provisioned("t2").await;
+    let (gateway, _auth) = gateway_seeing_auth(&settings).await;
 
     let fake = registration("auth", "auth-evil", 3000);
     let body = serde_json::to_vec(&fake.instance).unwrap();
@@ -219,17 +227,7 @@ async fn a_service_writes_only_its_own_instances_and_readers_believe_only_the_ke
 #[tokio::test]
 async fn an_etcd_outage_keeps_the_last_view_and_catches_up_after() {
     let (mut server, settings) = provisioned("t3").await;
-    let gateway = Discovery::start_etcd(as_(&settings, "gateway"));
-    let auth = Registrar::Etcd(as_(&settings, "auth"))
-        .register(
-            registration("auth", "auth-1", 3000),
-            Duration::from_millis(500),
-        )
-        .await;
-    within(Duration::from_secs(1), "auth-1 seen", || {
-        ids(&gateway, "auth") == ["auth-1"]
-    })
-    .await;
+    let (gateway, auth) = gateway_seeing_auth(&settings).await;
     server.kill();
     // Known instances stay served while etcd is away (longer than their TTL).
     tokio::time::sleep(Duration::from_secs(4)).await;
