@@ -59,12 +59,13 @@ pub fn start_local(
         format!("port {port}\n")
     };
     // The password goes in a configuration file of the owner's alone, not on a command line
-    // every user of the host can read.
+    // every user of the host can read. Memory is bounded: when full, what expires anyway
+    // (limits, cache entries) goes first, never the revocations.
     let config = dir.join("redis.conf");
     crate::keys::write_private(
         &config,
         &format!(
-            "bind 127.0.0.1\n{listen}requirepass {password}\nsave \"\"\nappendonly no\ndir {}\n",
+            "bind 127.0.0.1\n{listen}requirepass {password}\nsave \"\"\nappendonly no\nmaxmemory 256mb\nmaxmemory-policy volatile-lru\ndir {}\n",
             dir.display()
         ),
     )?;

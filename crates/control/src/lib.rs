@@ -44,7 +44,7 @@ pub struct ControlConfig {
     /// authentication on, then serves the registry API in front of etcd.
     pub registry_url: Option<String>,
     /// The Redis the gateways and services share state on, as its `default` user: the control
-    /// plane makes each one's Redis user there (`tessera::shared::provision`), and keeps
+    /// plane makes each one's Redis user there (`tessera::shared::keep_provisioned`), and keeps
     /// nothing of its own.
     pub shared_url: Option<String>,
     pub log: events::LogConfig,

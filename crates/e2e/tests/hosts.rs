@@ -845,10 +845,15 @@ async fn a_distributed_system_across_hosts_loses_nothing_when_a_host_dies() {
     // Cut off first, then dead: its peers hear nothing of it, as when a machine loses power.
     hosts.cable(3, false);
     tree.kill(3, |_| true);
+    let cut = Instant::now();
     for _ in 0..10 {
         orders.push(place_one().await);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Out long enough that only the peers' own checks can tell (etcd's keep-alive, 6 + 3 s;
+    // the Redis subscription's PING after 10 s of quiet; NATS's and JetStream's heartbeats):
+    // once plugged back, the dead host's kernel would answer their packets with resets.
+    tokio::time::sleep(Duration::from_secs(15).saturating_sub(cut.elapsed())).await;
     hosts.cable(3, true);
     for name in parsed.services.keys().filter(|n| host_of(n) == 3) {
         tree.replace(&format!("service:{name}"), start_service(name, 2));

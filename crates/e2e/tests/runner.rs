@@ -497,10 +497,10 @@ async fn the_distributed_profile_puts_events_on_nats_and_the_registry_on_etcd() 
     }
 }
 
-/// `--profile distributed` with the system's mutual TLS on (as on several hosts): NATS and etcd
-/// take TLS only, with the system CA's certificates on both sides, and the checkout still goes
-/// through; no event, registry entry or etcd password crosses the wire in clear. (Redis is
-/// still spoken to in clear: docs/scale-out.md.)
+/// `--profile distributed` with the system's mutual TLS on (as on several hosts): NATS, etcd
+/// and Redis take TLS only, with the system CA's certificates on both sides, and the checkout
+/// still goes through; no event, registry entry, cache key or engine password crosses the wire
+/// in clear.
 #[tokio::test]
 async fn with_mutual_tls_on_the_engines_are_reached_over_tls_only() {
     use std::io::Read;
@@ -584,7 +584,7 @@ async fn distributed(mtls: bool) -> (System, u16, u16, u16) {
         })
         .unwrap();
     let redis = std::iter::repeat_with(tessera_testkit::free_port)
-        .find(|p| ![port, etcd, etcd + 1].contains(p))
+        .find(|p| ![port, port + 1, etcd, etcd + 1].contains(p))
         .unwrap();
     let sys = System::start_with(Options {
         checkout: true,

@@ -418,6 +418,8 @@ async fn each_process_reaches_only_its_own_keys_on_redis() {
                 .clone(),
         ),
         ("KEYS", redis::cmd("KEYS").arg("*").clone()),
+        ("SCAN", redis::cmd("SCAN").arg(0).clone()),
+        ("DBSIZE", redis::cmd("DBSIZE").clone()),
         ("FLUSHALL", redis::cmd("FLUSHALL").clone()),
         ("ACL", redis::cmd("ACL").arg("LIST").clone()),
         ("CONFIG", redis::cmd("CONFIG").arg("GET").arg("*").clone()),

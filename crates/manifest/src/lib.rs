@@ -80,7 +80,8 @@ pub struct System {
     /// etcd, each process as an etcd user of its own; None: the control plane's.
     pub registry: Option<String>,
     /// What the gateways (and a service's replicas) share (`docs/scale-out.md`): a
-    /// `redis://` URL puts rate limits and revocations there; None: each gateway's memory.
+    /// `redis://` (`rediss://`: over TLS, required with mutual TLS on) URL puts rate limits,
+    /// revocations and the services' caches there; None: each process's memory.
     pub shared: Option<String>,
 }
 
@@ -517,12 +518,20 @@ impl Manifest {
         {
             return Err("system.bus: a nats:// URL (or none, for the embedded log)".into());
         }
-        if let Some(url) = &self.system.shared
-            && !url.starts_with("redis://")
-        {
-            return Err(
-                "system.shared: a redis:// URL (or none, for each gateway's memory)".into(),
-            );
+        if let Some(url) = &self.system.shared {
+            if !url.starts_with("redis://") && !url.starts_with("rediss://") {
+                return Err(
+                    "system.shared: a redis:// or rediss:// URL (or none, for each gateway's memory)"
+                        .into(),
+                );
+            }
+            // As NATS and etcd are: with the system's mutual TLS on, no process speaks to an
+            // engine in clear (its password would cross the network as it is).
+            if self.mtls() && url.starts_with("redis://") {
+                return Err(
+                    "system.shared: with mutual TLS on (system.mtls), Redis is reached over TLS: a rediss:// URL".into(),
+                );
+            }
         }
         if !(1..=16).contains(&self.gateway.replicas) {
             return Err("gateway.replicas: from 1 to 16".into());
@@ -582,9 +591,16 @@ impl Manifest {
                     "services.{name}: a service name uses letters, digits, '-' or '_'"
                 ));
             }
-            // The control plane's own name on the engines (its NATS user).
-            if name == "control" {
-                return Err("services.control: the name is the control plane's".into());
+            // The control plane's and the gateways' own names on the engines (their users).
+            if name == "control" || name == "gateway" {
+                return Err(format!(
+                    "services.{name}: the name is the {}'s",
+                    if name == "control" {
+                        "control plane"
+                    } else {
+                        "gateway"
+                    }
+                ));
             }
             if spec.command.argv().is_empty() {
                 return Err(format!("services.{name}.command: is empty"));
@@ -754,6 +770,25 @@ fn valid_topic(topic: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redis_is_reached_over_tls_with_mutual_tls_on_and_engine_names_are_reserved() {
+        let with = |system: &str, services: &str| {
+            Manifest::parse(&format!(
+                "[system]\nname = \"s\"\n{system}\n[services.a]\ncommand = \"a\"\n{services}"
+            ))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        };
+        let clear = "shared = \"redis://:pw@10.0.0.1:6379\"";
+        let tls = "shared = \"rediss://:pw@10.0.0.1:6379\"";
+        assert_eq!(with(&format!("mtls = \"off\"\n{clear}"), ""), Ok(()));
+        assert_eq!(with(&format!("mtls = \"on\"\n{tls}"), ""), Ok(()));
+        let refused = with(&format!("mtls = \"on\"\n{clear}"), "").unwrap_err();
+        assert!(refused.contains("rediss://"), "{refused}");
+        let refused = with("", "[services.gateway]\ncommand = \"g\"").unwrap_err();
+        assert!(refused.contains("services.gateway"), "{refused}");
+    }
 
     #[test]
     fn parses_a_full_manifest() {

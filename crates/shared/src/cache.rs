@@ -20,30 +20,33 @@ use serde::de::DeserializeOwned;
 use crate::Shared;
 
 /// `KEYS[1]`: the group's generation key; `ARGV[1]`, `ARGV[2]`: the entry key's head and tail
-/// (the generation goes between). Answers `{generation, entry or false}`.
+/// (the generation goes between); `ARGV[3]`: how long a generation lives, in milliseconds.
+/// Answers `{generation, entry or false}`.
 ///
 /// A group without a generation (never invalidated, or Redis restarted without its data)
 /// starts at Redis's clock in milliseconds, so a generation never goes back to one a slow
-/// reader may still store under; it lives a day after its last invalidation.
+/// reader may still store under. A generation outlives its entries (twice their TTL, from
+/// its last invalidation) and no more: one made again later starts above it anyway.
 const LOOKUP: &str = r"
 local g = redis.call('GET', KEYS[1])
 if not g then
   local t = redis.call('TIME')
   g = tostring(t[1] * 1000 + math.floor(t[2] / 1000))
-  redis.call('SET', KEYS[1], g, 'PX', 86400000, 'NX')
+  redis.call('SET', KEYS[1], g, 'PX', ARGV[3], 'NX')
   g = redis.call('GET', KEYS[1])
 end
 return {g, redis.call('GET', ARGV[1] .. g .. ':' .. ARGV[2])}
 ";
 
-/// `KEYS[1]`: the group's generation key. Bumps it (from Redis's clock when it has none).
+/// `KEYS[1]`: the group's generation key; `ARGV[1]`: how long it lives, in milliseconds.
+/// Bumps it (from Redis's clock when it has none).
 const INVALIDATE: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then
   local t = redis.call('TIME')
   redis.call('SET', KEYS[1], tostring(t[1] * 1000 + math.floor(t[2] / 1000)))
 end
 redis.call('INCR', KEYS[1])
-return redis.call('PEXPIRE', KEYS[1], 86400000)
+return redis.call('PEXPIRE', KEYS[1], ARGV[1])
 ";
 
 /// Entries (and groups) of one process's memory at most: when full, what is older than half
@@ -161,12 +164,22 @@ impl Cache {
                 let key = self.generation_key(shared, group);
                 shared
                     .call("cache_invalidate", async |conn| {
-                        scripts.invalidate.key(&key).invoke_async::<i64>(conn).await
+                        scripts
+                            .invalidate
+                            .key(&key)
+                            .arg(self.generation_ttl_ms())
+                            .invoke_async::<i64>(conn)
+                            .await
                     })
                     .await
                     .is_some()
             }
         }
+    }
+
+    /// How long a group's generation lives on Redis: twice its entries' TTL.
+    fn generation_ttl_ms(&self) -> u64 {
+        (self.ttl.as_millis() as u64).max(1) * 2
     }
 
     fn generation_key(&self, shared: &Shared, group: &str) -> String {
@@ -202,6 +215,7 @@ impl Cache {
                             .key(&generation_key)
                             .arg(&head)
                             .arg(key)
+                            .arg(self.generation_ttl_ms())
                             .invoke_async(conn)
                             .await
                     })

@@ -31,6 +31,8 @@ pub use users::keep_provisioned;
 const CALL_TIMEOUT: Duration = Duration::from_millis(100);
 /// How long Redis is left alone after a failure.
 const BACK_OFF: Duration = Duration::from_secs(1);
+/// How often connections may be made anew after lost ones (`Shared::renew`).
+const RENEW_EVERY: Duration = Duration::from_secs(10);
 /// How long connecting or one call may take where getting through matters more than speed.
 const PATIENCE: Duration = Duration::from_secs(2);
 
@@ -163,6 +165,8 @@ pub struct Shared {
     /// The connections, made again after a failure they do not recover from by themselves
     /// (a refused password: a Redis restarted before its users are made again).
     conns: std::sync::RwLock<Arc<Conns>>,
+    /// Milliseconds since `epoch` of the last [`Shared::renew`].
+    renewed: AtomicU64,
     /// Milliseconds since `epoch` until which Redis is left alone (0: not failing).
     down_until: AtomicU64,
     failing: AtomicBool,
@@ -202,6 +206,7 @@ impl Shared {
         Ok(Arc::new(Self {
             settings,
             conns: std::sync::RwLock::new(conns),
+            renewed: AtomicU64::new(0),
             down_until: AtomicU64::new(0),
             failing: AtomicBool::new(false),
             epoch: Instant::now(),
@@ -212,9 +217,28 @@ impl Shared {
         self.conns.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// After a failure: new connections, made at next use, from a new client (a refused
-    /// password is not mended by reconnecting alone, and a TLS identity is read again).
-    fn renew(&self) {
+    /// After a failure `e`: new connections, made at next use, from a new client. A lost
+    /// connection is mended by the connection manager itself; what it does not mend is a
+    /// refused password (a Redis restarted before its users were made again) or a TLS
+    /// identity that has since been issued again: so a failure that is not the connection's
+    /// loss renews at once, and any failure does once [`RENEW_EVERY`] has passed (the TLS
+    /// files read again); never more than once a second, however many calls fail at once.
+    fn renew(&self, e: &redis::RedisError) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let last = self.renewed.load(Ordering::Relaxed);
+        let due = if e.is_io_error() {
+            RENEW_EVERY
+        } else {
+            Duration::from_secs(1)
+        };
+        if now.saturating_sub(last) < due.as_millis() as u64
+            || self
+                .renewed
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
         let Ok(client) = self.settings.client() else {
             return;
         };
@@ -274,7 +298,7 @@ impl Shared {
                 Some(value)
             }
             Ok(Err(e)) => {
-                self.renew();
+                self.renew(&e);
                 self.failed(what, &e.to_string());
                 None
             }

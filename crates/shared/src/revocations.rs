@@ -49,7 +49,7 @@ impl Shared {
             match told {
                 Ok(Ok(())) => return true,
                 Ok(Err(e)) => {
-                    self.renew();
+                    self.renew(&e);
                     if last_try {
                         tracing::warn!(error = %e, "redis did not take a revocation");
                         return false;
@@ -105,7 +105,7 @@ impl Shared {
                     )
                     .await
                     .map_err(bounded("reading the set timed out"))?
-                    .inspect_err(|_| shared.renew())?;
+                    .inspect_err(|e| shared.renew(e))?;
                     if failing {
                         tracing::info!("redis revocations followed again");
                         failing = false;

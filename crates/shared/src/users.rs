@@ -19,24 +19,25 @@ pub(crate) fn cache_keys(prefix: &str, service: &str) -> String {
 }
 
 /// Keeps the gateways' user and one per service, each with its password, on the Redis
-/// `admin` names (as its `default` user), for as long as this process lives: made at once,
-/// and made again whenever they are gone (a Redis restarted without persistence forgets its
-/// users; a look a second finds out).
+/// `admin` names (as its `default` user), for as long as this process lives: made (again,
+/// with today's passwords and rights) as soon as Redis answers, and made again whenever one
+/// is gone (a Redis restarted without persistence forgets its users; a look a second, `ACL
+/// USERS`, finds out).
 pub async fn keep_provisioned(
     admin: RedisSettings,
     gateway_password: String,
     services: Vec<(String, String)>,
 ) {
-    let Ok(client) = admin.client() else {
-        tracing::error!(redis = %admin.redacted(), "not a redis URL the client takes");
-        return;
-    };
-    let gateway = admin.user_of("gateway");
+    let mut expected: Vec<String> = services.iter().map(|(s, _)| admin.user_of(s)).collect();
+    expected.push(admin.user_of("gateway"));
     let mut failing = false;
+    let mut made = false;
     let mut conn = None;
     loop {
         let round = async {
             if conn.is_none() {
+                // A client of its own each time: its TLS identity read again.
+                let client = admin.client().map_err(|e| e.to_string())?;
                 conn = Some(
                     tokio::time::timeout(
                         crate::PATIENCE,
@@ -48,18 +49,16 @@ pub async fn keep_provisioned(
                 );
             }
             let conn = conn.as_mut().expect("connected above");
-            let present: redis::Value = tokio::time::timeout(
+            let users: Vec<String> = tokio::time::timeout(
                 crate::PATIENCE,
-                redis::cmd("ACL")
-                    .arg("GETUSER")
-                    .arg(&gateway)
-                    .query_async(conn),
+                redis::cmd("ACL").arg("USERS").query_async(conn),
             )
             .await
             .map_err(|_| "reading users timed out".to_string())?
             .map_err(|e| e.to_string())?;
-            if present == redis::Value::Nil {
+            if !made || expected.iter().any(|u| !users.contains(u)) {
                 provision(conn, &admin, &gateway_password, &services).await?;
+                made = true;
                 tracing::info!(services = services.len(), "redis's users are provisioned");
             }
             Ok::<(), String>(())
@@ -108,7 +107,7 @@ async fn provision(
         },
     ));
     for (user, password, grants) in users {
-        // One command: the user never exists with fewer or more rights than these.
+        // One command: the user never exists with other rights than these.
         let mut acl = redis::cmd("ACL");
         acl.arg("SETUSER")
             .arg(&user)
@@ -121,7 +120,19 @@ async fn provision(
         for channel in &grants.channels {
             acl.arg(format!("&{channel}"));
         }
-        acl.arg("+@all").arg("-@admin").arg("-@dangerous");
+        // And none of what reaches past its keys: listing every key's name (`SCAN` is not
+        // held to key patterns before Redis 7.2), the server's size, its channels, or the
+        // scripts and functions every user shares.
+        acl.arg("+@all")
+            .arg("-@admin")
+            .arg("-@dangerous")
+            .arg("-scan")
+            .arg("-randomkey")
+            .arg("-dbsize")
+            .arg("-pubsub")
+            .arg("-script|flush")
+            .arg("-script|kill")
+            .arg("-function");
         tokio::time::timeout(crate::PATIENCE, acl.query_async::<()>(&mut *conn))
             .await
             .map_err(|_| format!("making user {user} timed out"))?
