@@ -29,8 +29,14 @@ impl Shared {
     pub async fn revoke(&self, revocation: &Revocation) -> bool {
         let (set, channel) = (self.key("revoked"), self.key("revocations"));
         let deadline = std::time::Instant::now() + PERSISTENCE;
-        let mut pause = Duration::from_millis(50);
+        let backoff = tessera_resilience::Backoff {
+            base_ms: 50,
+            max_ms: 1000,
+        };
+        let mut attempt = 0;
         loop {
+            attempt += 1;
+            let pause = backoff.delay(attempt);
             let mut conn = self.conns().patient.clone();
             let told = tokio::time::timeout(
                 PATIENCE,
@@ -59,7 +65,6 @@ impl Shared {
                 Err(_) => {}
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(1));
         }
     }
 

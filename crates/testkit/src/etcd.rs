@@ -17,6 +17,38 @@ pub fn profile() -> Option<String> {
     std::env::var(PROFILE_ENV).ok().filter(|u| !u.is_empty())
 }
 
+/// The arguments of an etcd member `name` (data in `data_dir`, serving clients on `client`
+/// and its peers on `peer`, both URLs) of the cluster `initial_cluster` (`name=peer,…`), at
+/// bcrypt's least cost (every password a test uses is a secret of its own or a throwaway).
+pub fn member_args(
+    name: &str,
+    data_dir: &str,
+    client: &str,
+    peer: &str,
+    initial_cluster: &str,
+) -> Vec<String> {
+    [
+        "--name",
+        name,
+        "--data-dir",
+        data_dir,
+        "--listen-client-urls",
+        client,
+        "--advertise-client-urls",
+        client,
+        "--listen-peer-urls",
+        peer,
+        "--initial-advertise-peer-urls",
+        peer,
+        "--initial-cluster",
+        initial_cluster,
+        "--bcrypt-cost",
+        "4",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// An `etcd` of one test's own.
 pub struct Server {
     engine: Engine,
@@ -34,27 +66,10 @@ impl Server {
             .expect("ports");
         let client = format!("http://127.0.0.1:{port}");
         let peer = format!("http://127.0.0.1:{peer}");
-        let args: Vec<OsString> = [
-            "--name",
-            "t",
-            "--data-dir",
-            "data",
-            "--listen-client-urls",
-            &client,
-            "--advertise-client-urls",
-            &client,
-            "--listen-peer-urls",
-            &peer,
-            "--initial-advertise-peer-urls",
-            &peer,
-            "--initial-cluster",
-            &format!("t={peer}"),
-            "--bcrypt-cost",
-            "4",
-        ]
-        .iter()
-        .map(OsString::from)
-        .collect();
+        let args = member_args("t", "data", &client, &peer, &format!("t={peer}"))
+            .iter()
+            .map(OsString::from)
+            .collect();
         Self {
             url: format!("etcd://127.0.0.1:{port}"),
             engine: Engine::start("etcd", args, dir, port),
