@@ -16,8 +16,9 @@
 //!   message acked after the inbox transaction commits (the commit of an offset acks every
 //!   message handed out before it). One member of a group pulls a partition at a time, so
 //!   events of one key are handled in order, one at a time (`group.rs` says who holds what);
-//!   a member taking a partition over waits out the ack wait first if messages are still
-//!   unacked, so that what its predecessor left comes again before anything newer.
+//!   a member taking a partition over with messages still unacked makes its consumer again
+//!   from the ack floor, so that what its predecessor left comes again, at once, before
+//!   anything newer (`member.rs`).
 //! - Retries, backoff and dead letters stay the consumer's own, as on the embedded log: an
 //!   event it gives up on goes to the group's dead-letter topic, a stream like any other.
 //!

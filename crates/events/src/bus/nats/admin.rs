@@ -53,7 +53,7 @@ impl NatsBus {
                 continue; // said by `declare`
             }
             for p in 0..self.settings.partitions {
-                self.durable(conn, topic, group, p).await?;
+                self.durable(conn, topic, group, p, None).await?;
             }
         }
         Ok(())

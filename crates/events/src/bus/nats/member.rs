@@ -205,20 +205,18 @@ impl NatsBus {
             if state.pullers.contains_key(&p) {
                 continue;
             }
-            let pull = match state.consumers.get(&p) {
-                Some(c) => c.clone(),
-                None => match self.durable(conn, &member.topic, &member.group, p).await {
-                    Ok(c) => {
-                        state.consumers.insert(p, c.clone());
-                        c
-                    }
-                    // Held in the group's document, not pulled yet: tried again at the next
-                    // refresh (and given back if this member goes).
-                    Err(e) => {
-                        tracing::warn!(topic = %member.topic, partition = p, error = %e, "cannot pull a partition yet");
-                        continue;
-                    }
-                },
+            let cached = state.consumers.get(&p).cloned();
+            let pull = match self.take_over(conn, member, p, cached).await {
+                Ok(c) => {
+                    state.consumers.insert(p, c.clone());
+                    c
+                }
+                // Held in the group's document, not pulled yet: tried again at the next
+                // refresh (and given back if this member goes).
+                Err(e) => {
+                    tracing::warn!(topic = %member.topic, partition = p, error = %e, "cannot pull a partition yet");
+                    continue;
+                }
             };
             state.next_gen += 1;
             let generation = state.next_gen;
@@ -226,7 +224,6 @@ impl NatsBus {
                 pull,
                 p,
                 generation,
-                self.settings.lease,
                 member.tx.clone(),
                 (member.lease_end.clone(), member.epoch),
             ));
@@ -253,16 +250,63 @@ impl NatsBus {
         }
     }
 
-    /// The group's durable consumer of `partition`, created if it is not there yet.
+    /// `partition`'s durable consumer, for a member that has just taken the partition.
+    ///
+    /// If messages are still delivered and unacked (a predecessor died holding them, or gave
+    /// the partition back with some on their way to it), JetStream would hand each out again
+    /// only when its own ack wait runs out, and one handed to a pull request that is still
+    /// open (the predecessor's, dying) waits a whole ack wait more, behind newer ones: events
+    /// of one key would come out of order. So the consumer is made again, starting right
+    /// after its ack floor (everything before it handled and acked): what was left comes
+    /// first, in order, at once, and the old deliveries and pull requests are void. Retries
+    /// are the consumer's own (no `max_deliver`), so nothing is lost with the delivery counts.
+    async fn take_over(
+        &self,
+        conn: &Conn,
+        member: &Member,
+        partition: u32,
+        cached: Option<consumer::PullConsumer>,
+    ) -> Result<consumer::PullConsumer, BusError> {
+        let (topic, group) = (&member.topic, &member.group);
+        let pull = match cached {
+            Some(c) => c,
+            None => self.durable(conn, topic, group, partition, None).await?,
+        };
+        let name = format!("{}-{partition}", escape(group));
+        let info = pull.get_info().await.map_err(|e| {
+            BusError::Unavailable(format!("cannot read consumer {name} on {topic}: {e}"))
+        })?;
+        if info.num_ack_pending == 0 {
+            return Ok(pull);
+        }
+        let floor = info.ack_floor.stream_sequence;
+        tracing::info!(topic = %topic, partition, left = info.num_ack_pending, after = floor, "taking a partition over: its consumer starts again after its ack floor");
+        let stream = self.stream(conn, topic).await?;
+        stream.delete_consumer(&name).await.map_err(|e| {
+            BusError::Unavailable(format!("cannot remake consumer {name} on {topic}: {e}"))
+        })?;
+        self.durable(conn, topic, group, partition, Some(floor + 1))
+            .await
+    }
+
+    /// The group's durable consumer of `partition`, created if it is not there yet (from the
+    /// stream sequence `from`, else from the start).
     pub(super) async fn durable(
         &self,
         conn: &Conn,
         topic: &str,
         group: &str,
         partition: u32,
+        from: Option<u64>,
     ) -> Result<consumer::PullConsumer, BusError> {
         let stream = self.stream(conn, topic).await?;
         let name = format!("{}-{partition}", escape(group));
+        let deliver_policy = match from {
+            Some(start_sequence) if start_sequence > 1 => {
+                consumer::DeliverPolicy::ByStartSequence { start_sequence }
+            }
+            _ => consumer::DeliverPolicy::All,
+        };
         stream
             .get_or_create_consumer(
                 &name,
@@ -273,7 +317,7 @@ impl NatsBus {
                     ack_policy: consumer::AckPolicy::Explicit,
                     ack_wait: self.settings.lease,
                     max_ack_pending: MAX_ACK_PENDING,
-                    deliver_policy: consumer::DeliverPolicy::All,
+                    deliver_policy,
                     ..Default::default()
                 },
             )
@@ -445,7 +489,6 @@ async fn pull_partition(
     pull: consumer::PullConsumer,
     partition: u32,
     generation: u64,
-    ack_wait: Duration,
     tx: mpsc::Sender<Delivered>,
     (lease_end, epoch): (Arc<std::sync::atomic::AtomicU64>, Instant),
 ) {
@@ -453,14 +496,6 @@ async fn pull_partition(
         let end = Duration::from_millis(lease_end.load(std::sync::atomic::Ordering::Acquire));
         end.checked_sub(epoch.elapsed())
     };
-    // Taking over from a member that died (or gave the partition back with messages still
-    // on their way to it): what it was handed and never acked comes again once its ack wait
-    // runs out, and JetStream hands out what is due again before anything new. Waiting that
-    // long before the first pull keeps those first, so events of one key stay in order.
-    match pull.get_info().await {
-        Ok(info) if info.num_ack_pending > 0 => tokio::time::sleep(ack_wait).await,
-        _ => {}
-    }
     loop {
         let messages = pull
             .stream()

@@ -63,6 +63,8 @@ pub fn permissions(prefix: &str, grants: &Grants<'_>) -> Value {
             publish.extend([
                 format!("$JS.API.CONSUMER.CREATE.{stream}.{durable}.>"),
                 format!("$JS.API.CONSUMER.INFO.{stream}.{durable}"),
+                // Made again from its ack floor when a member takes the partition over.
+                format!("$JS.API.CONSUMER.DELETE.{stream}.{durable}"),
                 format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"),
                 format!("$JS.ACK.{stream}.{durable}.>"),
             ]);
