@@ -37,7 +37,18 @@ pub fn of(
             "TESSERA_TTL_MS".to_string(),
             manifest.control.ttl_ms.to_string(),
         ),
+        // What is traced, and where spans go besides the control plane's collector.
+        (
+            "TESSERA_TRACE_SAMPLE".to_string(),
+            manifest.telemetry.sample.to_string(),
+        ),
     ];
+    if !manifest.telemetry.export.is_empty() {
+        env.push((
+            "TESSERA_OTLP_ENDPOINT".into(),
+            manifest.telemetry.export.join(","),
+        ));
+    }
     if let Some(me) = Principal::parse(principal) {
         env.push((
             CREDENTIAL_ENV.into(),

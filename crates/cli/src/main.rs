@@ -280,6 +280,12 @@ fn main() -> anyhow::Result<()> {
                         sync: manifest.control.log_sync == tessera_manifest::LogSync::Full,
                         ..Default::default()
                     },
+                    retention: tessera_control::telemetry::Retention {
+                        max_age: std::time::Duration::from_secs(
+                            manifest.telemetry.retention_hours * 3600,
+                        ),
+                        max_bytes: manifest.telemetry.max_mb * 1024 * 1024,
+                    },
                     principals: manifest.principals(),
                 };
                 tessera_control::serve(listener, config, supervisor::shutdown_signal()).await
@@ -305,6 +311,13 @@ fn main() -> anyhow::Result<()> {
                 let credential = Credential::from_env()
                     .context("TESSERA_CREDENTIAL")?
                     .context("TESSERA_CREDENTIAL is not set (tessera up sets it)")?;
+                let telemetry = tessera::telemetry::start(
+                    "gateway",
+                    &format!("gateway-{index}"),
+                    env!("CARGO_PKG_VERSION"),
+                    Some((&manifest.control_url(), &credential)),
+                )
+                .context("telemetry")?;
                 let admin = tokio::net::TcpListener::bind(manifest.gateway.admin_listen)
                     .await
                     .with_context(|| {
@@ -344,7 +357,9 @@ fn main() -> anyhow::Result<()> {
                     admin,
                 };
                 let shutdown = supervisor::shutdown_signal();
-                tessera_gateway::serve(config, listeners, shutdown).await
+                let served = tessera_gateway::serve(config, listeners, shutdown).await;
+                telemetry.flush(std::time::Duration::from_secs(2)).await;
+                served
             }
         }
     });

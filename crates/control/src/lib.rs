@@ -1,5 +1,6 @@
-//! The Tessera control plane: the service registry (`registry.rs`) and the embedded event log
-//! (`events.rs`); configuration and telemetry join it in later issues.
+//! The Tessera control plane: the service registry (`registry.rs`), the embedded event log
+//! (`events.rs`) and the collector of the system's telemetry (`telemetry.rs`); configuration
+//! joins it in a later issue.
 //!
 //! Nobody reaches either without a credential (`auth.rs`), and what each caller may do is
 //! the policy's (`policy.rs`, `docs/security.md`).
@@ -11,6 +12,7 @@ pub mod auth;
 pub mod events;
 pub mod policy;
 pub mod registry;
+pub mod telemetry;
 #[cfg(test)]
 mod testing;
 
@@ -52,6 +54,8 @@ pub struct ControlConfig {
     pub keys: Arc<ControlKeys>,
     /// What each service may do.
     pub policy: Arc<Policy>,
+    /// How long and how much telemetry the collector keeps.
+    pub retention: telemetry::Retention,
     /// With mutual TLS on: every principal of the system (`service:<name>` for each service,
     /// `gateway`, `supervisor`, `admin`); a process whose certificate names none is refused
     /// at the handshake.
@@ -63,11 +67,14 @@ pub struct ControlConfig {
 pub fn router(
     registry: Registry,
     log: events::Log,
+    telemetry: telemetry::Telemetry,
     keys: Arc<ControlKeys>,
     policy: Arc<Policy>,
 ) -> Router {
     guarded(
-        registry::routes(registry).merge(events::api::routes(log)),
+        registry::routes(registry)
+            .merge(events::api::routes(log))
+            .merge(telemetry::routes(telemetry)),
         keys,
         policy,
     )
@@ -259,7 +266,8 @@ pub async fn serve(
         (tls.as_ref(), known)
     });
     tracing::info!(address = %listener.local_addr()?, mutual_tls = tls.is_some(), "control plane ready");
-    let router = router(registry, log, config.keys, config.policy);
+    let telemetry = telemetry::Telemetry::open(&config.data_dir, config.retention).await?;
+    let router = router(registry, log, telemetry, config.keys, config.policy);
     tessera::listen::serve(listener, router, tls, shutdown, Duration::from_secs(10)).await?;
     Ok(())
 }

@@ -44,6 +44,7 @@ impl Control {
             log: Default::default(),
             keys: keys.clone(),
             policy: Default::default(),
+            retention: Default::default(),
             principals: Vec::new(),
         };
         tokio::spawn(tessera_control::serve(

@@ -285,6 +285,7 @@ async fn the_control_planes_registry_api_stands_in_front_of_etcd() {
         log: Default::default(),
         keys: keys.clone(),
         policy: Arc::new(policy),
+        retention: Default::default(),
         principals: Vec::new(),
     };
     tokio::spawn(tessera_control::serve(

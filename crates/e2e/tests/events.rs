@@ -105,6 +105,7 @@ impl Harness {
                 ..Default::default()
             },
             keys: self.control_keys.clone(),
+            retention: Default::default(),
             principals: Vec::new(), // no mutual TLS here
             // The ledger publishes its events; the auditor reads them.
             policy: Arc::new(tessera_control::Policy::new([

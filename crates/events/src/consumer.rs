@@ -307,19 +307,42 @@ impl Consumer {
     }
 
     /// The request context and span an event is handled under: its trace continued, and a
-    /// passport of the service itself.
-    fn context(&self, env: &ConsumerEnv, event: &Event) -> (RequestContext, tracing::Span) {
-        let trace = event
-            .trace()
-            .map_or_else(TraceContext::new_root, |t| t.child());
+    /// passport of the service itself; and the consumer span recording it, child of the
+    /// producer's span (the event's `traceparent`), so a trace crosses the bus.
+    fn context(
+        &self,
+        env: &ConsumerEnv,
+        event: &Event,
+    ) -> (RequestContext, tracing::Span, tessera_trace::Span) {
+        let producer = event.trace();
+        let trace = producer.map_or_else(TraceContext::new_root, |t| t.child());
         let span = trace.span("event");
+        let mut recorded = tessera_trace::Span::open(
+            &trace,
+            producer.map(|p| p.span_id),
+            "process",
+            tessera_trace::Kind::Consumer,
+        );
+        if recorded.is_recording() {
+            recorded.rename(format!("{} process", self.topic));
+            recorded.set("messaging.system", "tessera");
+            recorded.set("messaging.operation.type", "process");
+            recorded.set("messaging.destination.name", self.topic.clone());
+            recorded.set("messaging.consumer.group.name", self.group.clone());
+            recorded.set("messaging.message.id", event.id.clone());
+            recorded.set("cloudevents.event_type", event.ty.clone());
+            if let Some(d) = &event.delivery {
+                recorded.set("messaging.destination.partition.id", d.partition);
+                recorded.set("messaging.message.offset", d.offset);
+            }
+        }
         let passport = (env.passport)(&trace);
         let ctx = RequestContext {
             passport,
             trace,
             deadline: None,
         };
-        (ctx, span)
+        (ctx, span, recorded)
     }
 
     /// Logs and counts an event that was settled.
@@ -362,22 +385,27 @@ impl Consumer {
         let mut done = Vec::with_capacity(batch.len());
         for (_, event) in events() {
             let Ok(event) = event else { continue };
-            let (ctx, span) = self.context(env, event);
+            let (ctx, span, recorded) = self.context(env, event);
             let outcome = REQUEST
                 .scope(ctx, self.handle_in(env, &mut tx, handler, event))
                 .instrument(span.clone())
                 .await;
             match outcome {
-                Ok(outcome) => done.push((event, span, outcome)),
-                Err(_) => return false, // dropping tx rolls back; one by one says why
+                Ok(outcome) => done.push((event, span, recorded, outcome)),
+                // Dropping tx rolls back; one by one says why (and records the spans again).
+                Err(_) => return false,
             }
         }
         if tx.commit().await.is_err() {
+            for (_, _, mut recorded, _) in done {
+                recorded.fail("the batch's commit failed; handled again one by one");
+            }
             return false;
         }
         env.outbox.wake();
-        for (event, span, outcome) in done {
+        for (event, span, recorded, outcome) in done {
             self.settled(event, &span, outcome, started);
+            drop(recorded);
         }
         true
     }
@@ -394,7 +422,7 @@ impl Consumer {
             tracing::error!(id = %event.id, error = %why, "event from an undeclared producer; dead-lettering");
             return self.dead_letter(env, event, &why, 1, stop).await;
         }
-        let (ctx, span) = self.context(env, event);
+        let (ctx, span, mut recorded) = self.context(env, event);
         let mut attempt = 0;
         let started = Instant::now();
         let since = tessera_trace::unix_now_ms();
@@ -411,6 +439,10 @@ impl Consumer {
                 Ok(outcome) => {
                     if let Outcome::Handled = outcome {
                         env.outbox.wake();
+                    }
+                    recorded.set("tessera.attempts", i64::from(attempt));
+                    if let Outcome::Duplicate = outcome {
+                        recorded.set("tessera.duplicate", true);
                     }
                     env.stuck.clear(&self.topic, &self.group, event);
                     self.settled(event, &span, outcome, started);
@@ -463,6 +495,8 @@ impl Consumer {
                 }
                 Err(e) => {
                     span.in_scope(|| tracing::error!(id = %event.id, attempt, error = %e, "handler failed; dead-lettering"));
+                    recorded.set("tessera.attempts", i64::from(attempt));
+                    recorded.fail(format!("dead-lettered: {}", e.message));
                     return self
                         .dead_letter(env, event, &e.message, attempt, stop)
                         .await;

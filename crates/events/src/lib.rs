@@ -88,6 +88,12 @@ pub const MIGRATIONS: &[Migration] = &[
             "../migrations/postgres/0005_outbox_parked.sql"
         )),
     },
+    Migration {
+        version: 1_000_000_006,
+        description: "tessera saga traces",
+        sqlite: include_str!("../migrations/0006_saga_trace.sql"),
+        postgres: Some(include_str!("../migrations/postgres/0006_saga_trace.sql")),
+    },
 ];
 
 /// Whether consumer group `group` is `service`'s: named after it, or `<service>.<more>`.

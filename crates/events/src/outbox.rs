@@ -48,13 +48,35 @@ pub async fn add(tx: &mut Tx, topic: &str, event: &Event) -> Result<(), tessera_
             "an event's topic must not be empty",
         ));
     }
-    let json = serde_json::to_string(event).map_err(tessera_store::DbError::encode)?;
+    // The producer span: the event leaves under a span of its own, child of the work that
+    // made it, and its consumers' spans are that span's children.
+    let parent = event.trace();
+    let mut producer = tessera_trace::Span::NONE;
+    let json = match parent {
+        Some(parent) if parent.sampled && tessera_trace::span::recording() => {
+            let (mut span, ctx) =
+                tessera_trace::Span::child_of(&parent, "publish", tessera_trace::Kind::Producer);
+            span.rename(format!("{topic} publish"));
+            span.set("messaging.system", "tessera");
+            span.set("messaging.operation.type", "send");
+            span.set("messaging.destination.name", topic.to_string());
+            span.set("messaging.message.id", event.id.clone());
+            span.set("cloudevents.event_type", event.ty.clone());
+            producer = span;
+            let mut event = event.clone();
+            event.traceparent = Some(ctx.header());
+            serde_json::to_string(&event)
+        }
+        _ => serde_json::to_string(event),
+    }
+    .map_err(tessera_store::DbError::encode)?;
     tessera_store::query("INSERT INTO tessera_outbox (topic, event, created) VALUES ($1, $2, $3)")
         .bind(topic)
         .bind(json)
         .bind(tessera_trace::unix_now() as i64)
         .execute(&mut **tx)
         .await?;
+    drop(producer);
     Ok(())
 }
 

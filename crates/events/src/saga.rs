@@ -29,6 +29,7 @@ use crate::consumer::{Handler, HandlerError};
 use crate::{BoxFuture, Event, Tx, outbox};
 use tessera_store::Db;
 use tessera_trace::unix_now_ms as now_ms;
+use tessera_trace::{Kind, REQUEST, Span, TraceContext};
 
 /// One step of a saga.
 #[derive(Debug)]
@@ -130,19 +131,25 @@ impl Saga {
     ) -> Result<(), tessera_store::DbError> {
         let now = now_ms();
         let step = &self.def.steps[0];
+        let trace = REQUEST.try_with(|r| r.trace).ok();
         tessera_store::query(
-            "INSERT INTO tessera_sagas (id, name, step, status, data, deadline, updated) VALUES ($1, $2, 0, 'running', $3, $4, $5)",
+            "INSERT INTO tessera_sagas (id, name, step, status, data, deadline, updated, traceparent) VALUES ($1, $2, 0, 'running', $3, $4, $5, $6)",
         )
         .bind(id)
         .bind(self.def.name)
         .bind(data.to_string())
         .bind(now + step.timeout.as_millis() as i64)
         .bind(now)
+        .bind(trace.map(|t| t.header()))
         .execute(&mut **tx)
         .await?;
-        self.send(tx, id, 0, step.command, &data, true).await
+        self.send(tx, id, 0, step.command, &data, true, trace).await
     }
 
+    /// Sends step `step`'s command (or, without `expect_reply`, its compensation), under a
+    /// span of its own: a child of the work that decided it (`parent`, else the request or
+    /// event being handled), and the parent of the command's producer span.
+    #[allow(clippy::too_many_arguments)]
     async fn send(
         &self,
         tx: &mut Tx,
@@ -151,8 +158,28 @@ impl Saga {
         ty: &str,
         data: &Value,
         expect_reply: bool,
+        parent: Option<TraceContext>,
     ) -> Result<(), tessera_store::DbError> {
         let mut event = Event::new(self.def.source, ty, id, data);
+        let parent = parent.or_else(|| REQUEST.try_with(|r| r.trace).ok());
+        let mut span = Span::NONE;
+        if let Some(parent) = parent {
+            let (mut s, ctx) = Span::child_of(&parent, "saga step", Kind::Internal);
+            if s.is_recording() {
+                let what = if expect_reply { "step" } else { "compensate" };
+                s.rename(format!(
+                    "saga {} {what} {}",
+                    self.def.name, self.def.steps[step].name
+                ));
+                s.set("tessera.saga.name", self.def.name);
+                s.set("tessera.saga.id", id.to_string());
+                s.set("tessera.saga.step", self.def.steps[step].name);
+                s.set("tessera.saga.action", what);
+                s.set("cloudevents.event_type", ty.to_string());
+            }
+            span = s;
+            event.traceparent = Some(ctx.header());
+        }
         event.extensions.insert("sagaid".into(), id.into());
         event.extensions.insert("sagastep".into(), step.into());
         if expect_reply {
@@ -165,7 +192,11 @@ impl Saga {
                 .extensions
                 .insert("sagacompensation".into(), true.into());
         }
-        outbox::add(tx, self.def.steps[step].topic, &event).await
+        let sent = outbox::add(tx, self.def.steps[step].topic, &event).await;
+        if let Err(e) = &sent {
+            span.fail(e.to_string());
+        }
+        sent
     }
 
     async fn load(
@@ -223,7 +254,7 @@ impl Saga {
                 .and_then(Value::as_str)
                 .unwrap_or("failed")
                 .to_string();
-            return self.fail(tx, &mut saga, step, &reason, hooks).await;
+            return self.fail(tx, &mut saga, step, &reason, hooks, None).await;
         }
         if let (Value::Object(into), Value::Object(from)) = (&mut saga.data, &reply.data) {
             for (k, v) in from {
@@ -242,7 +273,7 @@ impl Saga {
                 .bind(now)
                 .execute(&mut **tx)
                 .await?;
-            self.send(tx, id, saga.step, next.command, &saga.data, true)
+            self.send(tx, id, saga.step, next.command, &saga.data, true, None)
                 .await?;
         } else {
             saga.status = "completed".into();
@@ -265,10 +296,11 @@ impl Saga {
         upto: usize,
         reason: &str,
         hooks: &dyn SagaHooks,
+        parent: Option<TraceContext>,
     ) -> Result<(), HandlerError> {
         for i in (0..upto).rev() {
             if let Some(compensation) = self.def.steps[i].compensation {
-                self.send(tx, &saga.id, i, compensation, &saga.data, false)
+                self.send(tx, &saga.id, i, compensation, &saga.data, false, parent)
                     .await?;
             }
         }
@@ -318,19 +350,43 @@ impl Saga {
         let Some(mut saga) = self.load(&mut tx, id).await? else {
             return Ok(false);
         };
-        let deadline: (i64,) =
-            tessera_store::query_as("SELECT deadline FROM tessera_sagas WHERE id = $1")
-                .bind(id)
-                .fetch_one(&mut *tx)
-                .await?;
-        if saga.status != "running" || deadline.0 >= now_ms() {
+        let (deadline, traceparent): (i64, Option<String>) = tessera_store::query_as(
+            "SELECT deadline, traceparent FROM tessera_sagas WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if saga.status != "running" || deadline >= now_ms() {
             return Ok(false);
         }
         let step = saga.step;
         let reason = format!("timeout: {}", self.def.steps[step].name);
-        tracing::warn!(saga = %id, step = self.def.steps[step].name, "saga step timed out; compensating");
+        // The timeout is a span of the saga's trace, parent of its compensations: the ticker
+        // works outside any request, so the trace is the one the saga started in.
+        let trace = traceparent.as_deref().and_then(TraceContext::parse);
+        let (mut span, ctx) = match trace {
+            Some(t) => {
+                let (s, ctx) = Span::child_of(&t, "saga timeout", Kind::Internal);
+                (s, Some(ctx))
+            }
+            None => (Span::NONE, None),
+        };
+        if span.is_recording() {
+            span.rename(format!(
+                "saga {} timeout {}",
+                self.def.name, self.def.steps[step].name
+            ));
+            span.set("tessera.saga.name", self.def.name);
+            span.set("tessera.saga.id", id.to_string());
+            span.set("tessera.saga.step", self.def.steps[step].name);
+            span.fail(reason.clone());
+        }
+        match &ctx {
+            Some(ctx) => ctx.span("saga").in_scope(|| tracing::warn!(saga = %id, step = self.def.steps[step].name, "saga step timed out; compensating")),
+            None => tracing::warn!(saga = %id, step = self.def.steps[step].name, "saga step timed out; compensating"),
+        }
         // The timed-out step's action may still happen: compensate it as well.
-        self.fail(&mut tx, &mut saga, step + 1, &reason, hooks)
+        self.fail(&mut tx, &mut saga, step + 1, &reason, hooks, ctx)
             .await?;
         tx.commit().await?;
         Ok(true)
@@ -610,7 +666,15 @@ mod tests {
     #[tokio::test]
     async fn a_timed_out_step_is_compensated_with_the_ones_before() {
         let (db, saga, hooks) = (db().await, Saga::new(&DEF), Recorder::default());
-        let one = started(&db, &saga, "s3").await;
+        // Started while serving a request: its trace is the saga's.
+        let trace = TraceContext::new_root();
+        let request = tessera_trace::RequestContext {
+            passport: http::HeaderValue::from_static("p"),
+            trace,
+            deadline: None,
+        };
+        let one = REQUEST.scope(request, started(&db, &saga, "s3")).await;
+        assert_eq!(one.trace().unwrap().trace_id, trace.trace_id);
         assert_eq!(
             saga.tick(&db, &hooks).await.unwrap(),
             0,
@@ -629,6 +693,11 @@ mod tests {
             comps.iter().map(|c| c.1.as_str()).collect::<Vec<_>>(),
             ["undo.two", "undo.one"]
         );
+        // The ticker works outside any request, yet its compensations carry the saga's trace.
+        for (_, ty, compensation) in &comps {
+            let carried = compensation.trace().map(|t| t.trace_id);
+            assert_eq!(carried, Some(trace.trace_id), "{ty}");
+        }
         assert_eq!(status(&db, "s3").await, "failed");
         assert_eq!(
             hooks.0.lock().unwrap().last().unwrap(),

@@ -60,7 +60,6 @@ impl Forwarder {
         body: &[u8],
         caller: Option<&Verified>,
         trace: &TraceContext,
-        traceparent: &[u8],
     ) -> Result<Exchange, CallFailure> {
         let upstream = self
             .upstreams
@@ -90,7 +89,6 @@ impl Forwarder {
         ];
         let extra_all = [
             (passport::HEADER, passport.as_bytes()),
-            ("traceparent", traceparent),
             ("x-forwarded-for", forwarding.x_forwarded_for.as_bytes()),
             ("forwarded", forwarding.forwarded.as_bytes()),
             ("x-forwarded-proto", forwarding.proto),
@@ -100,7 +98,7 @@ impl Forwarder {
         let extra = if upgrade.is_some() {
             &extra_all[..]
         } else {
-            &extra_all[..5]
+            &extra_all[..4]
         };
         let request = Outgoing {
             method: &req.method,
@@ -113,6 +111,7 @@ impl Forwarder {
             },
             extra,
             deadline_ms: None,
+            traceparent: None,
             body,
             replayable,
             upgrade: upgrade.is_some(),
@@ -125,6 +124,7 @@ impl Forwarder {
                 request,
                 self.max_response,
                 self.timeout,
+                trace,
             )
             .await;
         if let Err(
@@ -347,17 +347,9 @@ mod tests {
             cached_until: u64::MAX,
         };
         let trace = TraceContext::new_root();
-        let traceparent = trace.header_value();
         let route = route("catalog", AuthMode::Public, &[]);
         let x = gateway
-            .call(
-                &route,
-                &req,
-                b"what was read",
-                Some(&caller),
-                &trace,
-                traceparent.as_bytes(),
-            )
+            .call(&route, &req, b"what was read", Some(&caller), &trace)
             .await
             .unwrap();
         assert_eq!(
@@ -383,10 +375,12 @@ mod tests {
             ["13"],
             "the body's, not the client's"
         );
-        assert_eq!(
-            values(&head, "traceparent"),
-            [traceparent.to_str().unwrap()]
-        );
+        // The gateway's trace, under a span of the attempt's own (not the gateway's).
+        let sent = values(&head, "traceparent");
+        assert_eq!(sent.len(), 1, "{head}");
+        let sent = TraceContext::parse(&sent[0]).unwrap();
+        assert_eq!(sent.trace_id, trace.trace_id);
+        assert_ne!(sent.span_id, trace.span_id);
         let deadline = values(&head, tessera::client::DEADLINE_HEADER);
         assert_eq!(deadline.len(), 1, "{head}");
         assert!(deadline[0].parse::<u64>().unwrap() <= 2000, "{head}");
@@ -409,10 +403,7 @@ mod tests {
         let req = head.to(Method::GET, "/api/catalog", b"");
         let route = route("catalog", AuthMode::Public, &[]);
         let trace = TraceContext::new_root();
-        gateway
-            .call(&route, &req, b"", None, &trace, b"00-x")
-            .await
-            .unwrap();
+        gateway.call(&route, &req, b"", None, &trace).await.unwrap();
         let head = seen.lock().unwrap().pop().unwrap();
         let passport = values(&head, passport::HEADER);
         let passport = testing::passport_keys().verify(&passport[0]).unwrap();
@@ -430,7 +421,7 @@ mod tests {
         let route = route("inventory", AuthMode::Public, &[]);
         let trace = TraceContext::new_root();
         let failure = gateway
-            .call(&route, &req, b"", None, &trace, b"00-x")
+            .call(&route, &req, b"", None, &trace)
             .await
             .err()
             .unwrap();
@@ -455,7 +446,7 @@ mod tests {
         let route = route("elsewhere", AuthMode::Public, &[]);
         let trace = TraceContext::new_root();
         let failure = gateway
-            .call(&route, &req, b"", None, &trace, b"00-x")
+            .call(&route, &req, b"", None, &trace)
             .await
             .err()
             .unwrap();

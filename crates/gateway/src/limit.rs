@@ -215,6 +215,7 @@ mod tests {
             skip: |_| false,
             extra: &[],
             deadline_ms: None,
+            traceparent: None,
             body: b"",
             replayable: true,
             upgrade: false,
@@ -222,7 +223,14 @@ mod tests {
         };
         let pool = Pool::new(1, Duration::from_secs(1));
         let failure = upstream
-            .call(&pool, &[], outgoing, 1024, Duration::from_secs(1))
+            .call(
+                &pool,
+                &[],
+                outgoing,
+                1024,
+                Duration::from_secs(1),
+                &tessera::TraceContext::new_root(),
+            )
             .await
             .err()
             .unwrap();

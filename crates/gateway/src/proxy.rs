@@ -20,6 +20,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::StatusCode;
 use tessera::TraceContext;
+use tessera::trace::{Kind, Span};
 
 use crate::error::GatewayError;
 use crate::forward::Forwarder;
@@ -146,6 +147,8 @@ impl Gateway {
             .get_str(tessera::trace::TRACEPARENT)
             .and_then(TraceContext::parse);
         let trace = parent.map_or_else(TraceContext::new_root, |p| p.child());
+        // The request's server span: the client's span (its `traceparent`) is its parent.
+        let mut span = Span::open(&trace, parent.map(|p| p.span_id), "request", Kind::Server);
         let mut trace_hex = [0u8; 32];
         let trace_id = tessera::trace::hex(&trace.trace_id, &mut trace_hex);
         let traceparent = trace.header_value();
@@ -153,17 +156,7 @@ impl Gateway {
         let answer = match route {
             Err(NotNormal) => Err(GatewayError::PATH_NOT_NORMAL),
             Ok(None) => Err(GatewayError::ROUTE_NOT_FOUND),
-            Ok(Some(route)) => {
-                self.stages(
-                    route,
-                    req,
-                    headers,
-                    &trace,
-                    traceparent.as_bytes(),
-                    trace_id,
-                )
-                .await
-            }
+            Ok(Some(route)) => self.stages(route, req, headers, &trace, trace_id).await,
         };
         let (status, body, upstream, tunnel) = match answer {
             Ok(f) => (f.status, f.body, Some(f.upstream), f.tunnel),
@@ -171,6 +164,23 @@ impl Gateway {
         };
         headers.push(b"traceparent", traceparent.as_bytes());
         headers.push(b"x-trace-id", trace_id.as_bytes());
+        if span.is_recording() {
+            let route = route.as_ref().ok().copied().flatten();
+            span.rename(match route {
+                Some(r) => format!("{} {}", req.method, r.prefix),
+                None => format!("{} (no route)", req.method),
+            });
+            span.set("http.request.method", &req.method);
+            span.set("url.path", req.path.to_string());
+            if let Some(r) = route {
+                span.set("http.route", r.prefix.clone());
+            }
+            span.set("http.response.status_code", status.as_u16());
+            if status.is_server_error() {
+                span.fail("answered with a server error");
+            }
+        }
+        drop(span);
         let access = Access {
             route: route.ok().flatten().map(|r| r.prefix.as_str()),
             upstream,
@@ -187,7 +197,6 @@ impl Gateway {
         req: &Request<'_>,
         headers: &mut HeaderBuf,
         trace: &TraceContext,
-        traceparent: &[u8],
         trace_id: &str,
     ) -> Result<Forwarded, GatewayError> {
         let tokens = self.tokens.as_deref();
@@ -202,10 +211,7 @@ impl Gateway {
         limit::per_user(route, caller, self.shared.as_deref()).await?;
         authorize::check(route, caller)?;
         let body = forward::body(req.body)?;
-        let called = self
-            .forwarder
-            .call(route, req, body, caller, trace, traceparent)
-            .await;
+        let called = self.forwarder.call(route, req, body, caller, trace).await;
         let Exchange {
             mut response,
             instance,

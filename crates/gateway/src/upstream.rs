@@ -5,8 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tessera::TraceContext;
 use tessera::registry::Instance;
 use tessera::resilience::{Guard, Limits, Rejected, Retryable};
+use tessera::trace::{Kind, Span};
 use tessera_manifest::Resilience;
 
 use crate::pool::{Incoming, Outgoing, Pool, SendError};
@@ -88,7 +90,8 @@ impl Upstream {
 
     /// Sends the request to an instance through the guard (`tessera_resilience::call`):
     /// retried where the outcome and `req.replayable` allow, within `deadline` for the whole
-    /// call; each attempt's `deadline_ms` is the time it has.
+    /// call; each attempt's `deadline_ms` is the time it has, and each attempt is a client
+    /// span of its own under `trace` (retries show as siblings), whose `traceparent` it sends.
     pub async fn call(
         &self,
         pool: &Pool,
@@ -96,6 +99,7 @@ impl Upstream {
         req: Outgoing<'_>,
         max_response: u64,
         deadline: Duration,
+        trace: &TraceContext,
     ) -> Result<Exchange, CallFailure> {
         let limits = Limits {
             deadline: Some(tokio::time::Instant::now() + deadline),
@@ -104,13 +108,25 @@ impl Upstream {
         let result = self
             .guard
             .call(instances, req.replayable, limits, |instance, try_for| {
-                // What is left of the request's time travels downstream (each hop honours it).
-                let attempt = Outgoing {
-                    deadline_ms: Some(try_for.as_millis() as u64),
-                    ..req
-                };
                 async move {
-                    match pool.send(&instance.address, &attempt, max_response).await {
+                    let (mut span, attempt_trace) = Span::child_of(trace, "forward", Kind::Client);
+                    if span.is_recording() {
+                        span.rename(format!("{} {}", req.method, self.name()));
+                        span.set("http.request.method", req.method);
+                        span.set("peer.service", self.name().to_string());
+                        span.set("server.address", instance.address.clone());
+                        span.set("tessera.instance", instance.id.clone());
+                    }
+                    let mut traceparent = [0u8; 55];
+                    attempt_trace.write_header(&mut traceparent);
+                    // What is left of the request's time travels downstream (each hop
+                    // honours it).
+                    let attempt = Outgoing {
+                        deadline_ms: Some(try_for.as_millis() as u64),
+                        traceparent: Some(&traceparent),
+                        ..req
+                    };
+                    let outcome = match pool.send(&instance.address, &attempt, max_response).await {
                         Err(SendError::Connect) => Err(CallFailure::Unreachable),
                         Err(SendError::Failed | SendError::TooLarge) => {
                             Err(CallFailure::BadResponse)
@@ -119,7 +135,18 @@ impl Upstream {
                             response,
                             instance: instance.id.clone(),
                         }),
+                    };
+                    match &outcome {
+                        Ok(x) => {
+                            span.set("http.response.status_code", x.response.status.as_u16());
+                            if x.response.status.is_server_error() {
+                                span.fail("the instance answered with a server error");
+                            }
+                        }
+                        Err(CallFailure::Unreachable) => span.fail("cannot connect"),
+                        Err(_) => span.fail("no valid answer"),
                     }
+                    outcome
                 }
             })
             .await;

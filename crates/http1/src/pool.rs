@@ -56,6 +56,8 @@ pub struct Outgoing<'a> {
     pub extra: &'a [(&'a str, &'a [u8])],
     /// What is left of the request's time, sent as `x-tessera-deadline-ms` (each hop honours it).
     pub deadline_ms: Option<u64>,
+    /// The W3C `traceparent` of this attempt (each attempt is a span of its own).
+    pub traceparent: Option<&'a [u8]>,
     pub body: &'a [u8],
     /// Whether the request may be sent twice (it is then resent on a fresh connection when a
     /// kept-alive one turns out to have been closed under it).
@@ -318,6 +320,9 @@ async fn write_request<S: AsyncWrite + Unpin>(
     for (name, value) in req.extra {
         header(buf, name.as_bytes(), value);
     }
+    if let Some(traceparent) = req.traceparent {
+        header(buf, b"traceparent", traceparent);
+    }
     let mut n = itoa::Buffer::new();
     if let Some(ms) = req.deadline_ms {
         header(
@@ -361,6 +366,7 @@ mod tests {
             skip: no_skip,
             extra: &[("x-extra", b"1")],
             deadline_ms: None,
+            traceparent: None,
             body,
             replayable: true,
             upgrade: false,

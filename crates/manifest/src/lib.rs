@@ -30,6 +30,8 @@ pub struct Manifest {
     pub control: Control,
     #[serde(default)]
     pub gateway: Gateway,
+    #[serde(default)]
+    pub telemetry: Telemetry,
     /// Routes, matched by longest path prefix.
     #[serde(default, rename = "route")]
     pub routes: Vec<Route>,
@@ -126,6 +128,34 @@ pub struct Control {
     /// `"full"`: the log acknowledges an event once it is synced to disk (it survives a power
     /// loss); `"normal"`: once it is written (it survives a crash of the control plane only).
     pub log_sync: LogSync,
+}
+
+/// What the system's processes record of their work, and where it goes
+/// (`docs/observability.md`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Telemetry {
+    /// The share of traces recorded, from 0 to 1 (head sampling: decided where a trace starts,
+    /// followed by every hop after it).
+    pub sample: f64,
+    /// OTLP/HTTP endpoints (base URLs: Jaeger, Tempo, an OpenTelemetry Collector) that spans
+    /// go to besides the control plane's collector.
+    pub export: Vec<String>,
+    /// How long the control plane's collector keeps spans, in hours.
+    pub retention_hours: u64,
+    /// How much the collector keeps at most, in MiB (the oldest go first).
+    pub max_mb: u64,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self {
+            sample: 1.0,
+            export: Vec::new(),
+            retention_hours: 7 * 24,
+            max_mb: 512,
+        }
+    }
 }
 
 /// When the event log acknowledges an append.
@@ -512,6 +542,19 @@ impl Manifest {
         for url in &self.system.database_replicas {
             database::check_replica_url(url)
                 .map_err(|e| format!("system.database_replicas: {e}"))?;
+        }
+        if !(0.0..=1.0).contains(&self.telemetry.sample) {
+            return Err("telemetry.sample: a share from 0 to 1".into());
+        }
+        for url in &self.telemetry.export {
+            if !(url.starts_with("http://") || url.starts_with("https://")) || url.contains(',') {
+                return Err(format!(
+                    "telemetry.export: {url:?} is not an http:// or https:// base URL"
+                ));
+            }
+        }
+        if self.telemetry.retention_hours == 0 || self.telemetry.max_mb == 0 {
+            return Err("telemetry.retention_hours and telemetry.max_mb: more than 0".into());
         }
         if let Some(url) = &self.system.bus
             && !url.starts_with("nats://")

@@ -67,6 +67,35 @@ pub struct Catalog {
     pub settling: bool,
 }
 
+/// An HTTP client that calls the control plane as `credential` (its `Authorization`), over
+/// mutual TLS when the system has it (this process's certificate shown, the control plane's
+/// identity checked whatever address the URL names): what every process's calls to the
+/// control plane go through (the registry, the exporter of spans and logs).
+pub fn control_http(credential: &Credential) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let mut authorization = reqwest::header::HeaderValue::from_str(&credential.authorization())
+        .expect("a credential is a valid header value");
+    authorization.set_sensitive(true);
+    headers.insert(reqwest::header::AUTHORIZATION, authorization);
+    let mut http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(1))
+        .default_headers(headers);
+    if let Some(tls) = tessera_tls::internal::get() {
+        match tls.client_config_for(&tls.identity_of("control")) {
+            Ok(config) => http = http.use_preconfigured_tls(config),
+            Err(e) => {
+                tracing::error!(error = %e, "mutual TLS: no client config for the control plane")
+            }
+        }
+    }
+    http.build().expect("reqwest client builds")
+}
+
+/// The control plane's base URL as this process reaches it (`https://` under mutual TLS).
+pub fn control_base(base: &str) -> String {
+    tessera_tls::internal::system_url(base.trim_end_matches('/')).into_owned()
+}
+
 /// A thin client of the control plane's registry API.
 #[derive(Clone, Debug)]
 pub struct RegistryClient {
@@ -77,28 +106,9 @@ pub struct RegistryClient {
 impl RegistryClient {
     /// A client of the registry at `base` that calls as `credential`.
     pub fn new(base: &str, credential: &Credential) -> Self {
-        let mut headers = reqwest::header::HeaderMap::new();
-        let mut authorization = reqwest::header::HeaderValue::from_str(&credential.authorization())
-            .expect("a credential is a valid header value");
-        authorization.set_sensitive(true);
-        headers.insert(reqwest::header::AUTHORIZATION, authorization);
-        let mut http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(1))
-            .default_headers(headers);
-        if let Some(tls) = tessera_tls::internal::get() {
-            // Mutual TLS: this process's certificate, and the control plane's identity
-            // checked whatever address the URL names.
-            match tls.client_config_for(&tls.identity_of("control")) {
-                Ok(config) => http = http.use_preconfigured_tls(config),
-                Err(e) => {
-                    tracing::error!(error = %e, "mutual TLS: no client config for the registry")
-                }
-            }
-        }
-        let http = http.build().expect("reqwest client builds");
         Self {
-            base: tessera_tls::internal::system_url(base.trim_end_matches('/')).into_owned(),
-            http,
+            base: control_base(base),
+            http: control_http(credential),
         }
     }
 

@@ -206,22 +206,29 @@ impl Db {
     pub async fn write_tx(&self) -> Result<Tx, DbError> {
         match &self.pool.backend {
             Backend::Sqlite(pool) => {
+                let span = Statements::open("sqlite");
                 let (raw, hold) = pool.begin().await?;
                 Ok(Tx {
-                    conn: Some(Conn(RawConn::Sqlite(raw))),
+                    conn: Some(Conn(RawConn::Sqlite(raw), span)),
                     hold: Some(Hold::Sqlite(hold)),
                 })
             }
-            Backend::Postgres(pool) => Ok(Tx {
-                conn: Some(Conn(RawConn::Postgres {
-                    conn: pool.connection().await?,
-                    begun: false,
-                    failed: false,
-                })),
-                hold: Some(Hold::Postgres {
-                    track: pool.tracks_writes(),
-                }),
-            }),
+            Backend::Postgres(pool) => {
+                let span = Statements::open("postgresql");
+                Ok(Tx {
+                    conn: Some(Conn(
+                        RawConn::Postgres {
+                            conn: pool.connection().await?,
+                            begun: false,
+                            failed: false,
+                        },
+                        span,
+                    )),
+                    hold: Some(Hold::Postgres {
+                        track: pool.tracks_writes(),
+                    }),
+                })
+            }
         }
     }
 
@@ -315,8 +322,89 @@ enum Hold {
     },
 }
 
-/// The connection a transaction runs on.
-pub struct Conn(RawConn);
+/// The connection a transaction runs on, and the span recording the transaction.
+pub struct Conn(RawConn, Statements);
+
+/// A transaction's span (a client span of the request or event being handled, when its trace
+/// is recorded), and the kinds of statement it ran: counted, never their text or values.
+pub(crate) struct Statements {
+    span: tessera_trace::Span,
+    /// SELECT, INSERT, UPDATE, DELETE, other.
+    kinds: [u16; 5],
+}
+
+impl Statements {
+    fn open(system: &'static str) -> Statements {
+        let parent = tessera_trace::REQUEST.try_with(|r| r.trace).ok();
+        let mut span = match parent {
+            Some(p) => {
+                tessera_trace::Span::child_of(&p, "db transaction", tessera_trace::Kind::Client).0
+            }
+            None => tessera_trace::Span::NONE,
+        };
+        span.set("db.system.name", system);
+        Statements {
+            span,
+            kinds: [0; 5],
+        }
+    }
+
+    pub(crate) fn count(&mut self, sql: &str) {
+        if !self.span.is_recording() {
+            return;
+        }
+        let word = sql
+            .trim_start()
+            .split(|c: char| !c.is_ascii_alphabetic())
+            .next()
+            .unwrap_or_default();
+        let kind = ["SELECT", "INSERT", "UPDATE", "DELETE"]
+            .iter()
+            .position(|k| word.eq_ignore_ascii_case(k))
+            .unwrap_or(if word.eq_ignore_ascii_case("WITH") {
+                0
+            } else {
+                4
+            });
+        self.kinds[kind] = self.kinds[kind].saturating_add(1);
+    }
+
+    /// Ends the span: `outcome` is how the transaction ended.
+    fn end(&mut self, outcome: Result<(), &DbError>) {
+        if !self.span.is_recording() {
+            return;
+        }
+        let mut summary = String::new();
+        for (name, n) in ["SELECT", "INSERT", "UPDATE", "DELETE", "OTHER"]
+            .iter()
+            .zip(self.kinds)
+        {
+            if n > 0 {
+                if !summary.is_empty() {
+                    summary.push(' ');
+                }
+                summary.push_str(name);
+                if n > 1 {
+                    summary.push_str(&format!(" x{n}"));
+                }
+            }
+        }
+        self.span.set("db.operation.summary", summary);
+        self.span.set(
+            "tessera.db.statements",
+            i64::from(self.kinds.iter().sum::<u16>()),
+        );
+        match outcome {
+            Ok(()) => self.span.set("tessera.db.outcome", "commit"),
+            Err(DbError::RolledBack) => self.span.set("tessera.db.outcome", "rollback"),
+            Err(e) => {
+                self.span.set("tessera.db.outcome", "failed");
+                self.span.fail(e.to_string());
+            }
+        }
+        drop(std::mem::replace(&mut self.span, tessera_trace::Span::NONE));
+    }
+}
 
 enum RawConn {
     Sqlite(rusqlite::Connection),
@@ -385,13 +473,20 @@ impl Tx {
     /// Makes the transaction's writes durable and visible.
     pub async fn commit(mut self) -> Result<(), DbError> {
         match (self.conn.take(), self.hold.take()) {
-            (Some(Conn(RawConn::Sqlite(raw))), Some(Hold::Sqlite(hold))) => hold.commit(raw),
+            (Some(Conn(RawConn::Sqlite(raw), mut span)), Some(Hold::Sqlite(hold))) => {
+                let done = hold.commit(raw);
+                span.end(done.as_ref().map(|_| ()));
+                done
+            }
             (
-                Some(Conn(RawConn::Postgres {
-                    conn,
-                    begun,
-                    failed,
-                })),
+                Some(Conn(
+                    RawConn::Postgres {
+                        conn,
+                        begun,
+                        failed,
+                    },
+                    mut span,
+                )),
                 Some(Hold::Postgres { track }),
             ) => {
                 if !begun {
@@ -399,9 +494,12 @@ impl Tx {
                 }
                 if failed {
                     postgres::abandon(conn);
+                    span.end(Err(&DbError::RolledBack));
                     return Err(DbError::RolledBack);
                 }
-                postgres::commit(conn, track).await
+                let done = postgres::commit(conn, track).await;
+                span.end(done.as_ref().map(|_| ()));
+                done
             }
             _ => unreachable!("a transaction has its connection until it ends"),
         }
@@ -416,11 +514,14 @@ impl Tx {
 
 impl Drop for Tx {
     fn drop(&mut self) {
+        if let Some(Conn(_, span)) = &mut self.conn {
+            span.end(Err(&DbError::RolledBack));
+        }
         match (self.conn.take(), self.hold.take()) {
-            (Some(Conn(RawConn::Sqlite(raw))), Some(Hold::Sqlite(hold))) => hold.abandon(raw),
+            (Some(Conn(RawConn::Sqlite(raw), _)), Some(Hold::Sqlite(hold))) => hold.abandon(raw),
             // Nothing was sent: the connection goes back as it came.
-            (Some(Conn(RawConn::Postgres { begun: false, .. })), _) => {}
-            (Some(Conn(RawConn::Postgres { conn, .. })), _) => postgres::abandon(conn),
+            (Some(Conn(RawConn::Postgres { begun: false, .. }, _)), _) => {}
+            (Some(Conn(RawConn::Postgres { conn, .. }, _)), _) => postgres::abandon(conn),
             _ => {}
         }
     }

@@ -66,7 +66,10 @@ impl Target<'_> {
     async fn execute(self, sql: &str, args: &[Value<'_>]) -> Result<u64, DbError> {
         match self {
             Target::Pool(pool) => pool.execute(sql, args).await,
-            Target::Conn(conn) => conn.execute(sql, args).await,
+            Target::Conn(conn) => {
+                conn.1.count(sql);
+                conn.execute(sql, args).await
+            }
             Target::Read(reader) => reader.execute(sql, args).await,
         }
     }
@@ -79,7 +82,10 @@ impl Target<'_> {
     ) -> Result<Vec<T>, DbError> {
         match self {
             Target::Pool(pool) => pool.rows(sql, args, limit).await,
-            Target::Conn(conn) => conn.rows(sql, args, limit).await,
+            Target::Conn(conn) => {
+                conn.1.count(sql);
+                conn.rows(sql, args, limit).await
+            }
             Target::Read(reader) => reader.rows(sql, args, limit).await,
         }
     }

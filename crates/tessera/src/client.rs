@@ -25,7 +25,7 @@ use crate::passport::{self, PassportKeys};
 use crate::registry::Discovery;
 use crate::resilience::Resilience;
 use crate::resilience::{self, BreakerState, Limits, Rejected, Retryable};
-use crate::trace::{self, TraceContext};
+use crate::trace::{Kind, Span, TraceContext};
 
 mod error;
 mod target;
@@ -308,10 +308,18 @@ impl ServiceClient {
         );
 
         let context = REQUEST.try_with(|r| (r.passport.clone(), r.trace, r.deadline));
+        let mut root = Span::NONE;
         let (passport, trace, deadline) = match context {
-            Ok((p, t, d)) => (p, t.child(), d),
+            // The attempts' spans are children of the request's span.
+            Ok((p, t, d)) => (p, t, d),
             Err(_) => {
+                // Outside a request (a background job): the call is a trace of its own, its
+                // root an internal span around the attempts.
                 let trace = TraceContext::new_root();
+                root = Span::open(&trace, None, "call", Kind::Internal);
+                if root.is_recording() {
+                    root.rename(format!("{} calls {service}", inner.me));
+                }
                 let me = format!("service:{}", inner.me);
                 let token = inner
                     .keys
@@ -333,6 +341,16 @@ impl ServiceClient {
                 idempotent,
                 limits,
                 |chosen, try_for| async move {
+                    // Each attempt is a client span of its own, the parent of what the
+                    // instance does: retries show as siblings.
+                    let (mut span, attempt) = Span::child_of(trace, "call", Kind::Client);
+                    if span.is_recording() {
+                        span.rename(format!("{method} {service}"));
+                        span.set("http.request.method", method);
+                        span.set("peer.service", service.to_string());
+                        span.set("server.address", chosen.address.clone());
+                        span.set("url.path", path.to_string());
+                    }
                     let answer = self
                         .exchange(
                             &chosen.address,
@@ -341,12 +359,23 @@ impl ServiceClient {
                             body,
                             headers,
                             passport,
-                            trace,
+                            &attempt,
                             try_for,
                             idempotent,
                             identity,
                         )
                         .await;
+                    match &answer {
+                        Ok(a) => {
+                            span.set("http.response.status_code", a.status.as_u16());
+                            if a.status.is_server_error() {
+                                span.fail("the instance answered with a server error");
+                            }
+                        }
+                        Err(SendError::Connect) => span.fail("cannot connect"),
+                        Err(SendError::Failed) => span.fail("the exchange failed"),
+                        Err(SendError::TooLarge) => span.fail("the answer is too large"),
+                    }
                     match answer {
                         Err(SendError::Connect) => Err(CallError::Connect(
                             service.to_string(),
@@ -373,14 +402,18 @@ impl ServiceClient {
                 },
             )
             .await;
-        match result {
+        let result = match result {
             Ok(Ok(Answer(answer))) => Ok((answer.status, answer.body)),
             Ok(Err(e)) => Err(e),
             Err(Rejected::Open) => Err(CallError::CircuitOpen(service.to_string())),
             Err(Rejected::Full) => Err(CallError::BulkheadFull(service.to_string())),
             Err(Rejected::NoInstance) => Err(CallError::NoInstance(service.to_string())),
             Err(Rejected::Timeout) => Err(CallError::Timeout(service.to_string())),
+        };
+        if let Err(e) = &result {
+            root.fail(e.to_string());
         }
+        result
     }
 }
 
@@ -427,9 +460,8 @@ impl ServiceClient {
         }
         let mut traceparent = [0u8; 55];
         trace.write_header(&mut traceparent);
-        let mut extra: Vec<(&str, &[u8])> = Vec::with_capacity(headers.len() + 3);
+        let mut extra: Vec<(&str, &[u8])> = Vec::with_capacity(headers.len() + 2);
         extra.push((passport::HEADER, passport.as_bytes()));
-        extra.push((trace::TRACEPARENT, &traceparent));
         if body.is_some() {
             extra.push(("content-type", b"application/json"));
         }
@@ -442,6 +474,7 @@ impl ServiceClient {
             skip: |_| false,
             extra: &extra,
             deadline_ms: Some(timeout.as_millis() as u64),
+            traceparent: Some(&traceparent),
             body: body.as_deref().unwrap_or_default(),
             // A connection found closed under the request is retried once on a fresh one only
             // when nothing of it can have been acted on twice (the retry policy's rule).

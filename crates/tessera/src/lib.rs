@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod passport;
 pub mod service;
 pub mod status;
+pub mod telemetry;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
@@ -37,6 +38,7 @@ pub use tessera_registry as registry;
 pub use tessera_resilience as resilience;
 pub use tessera_shared as shared;
 pub use tessera_store as store;
+pub use tessera_telemetry as otlp;
 pub use tessera_tls as tls;
 pub use tessera_trace as trace;
 pub use tessera_trace::{unix_now, unix_now_ms};

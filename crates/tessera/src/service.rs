@@ -45,7 +45,7 @@ use crate::health::Health;
 use crate::passport::{self, PassportError, PassportKeys};
 use crate::registry::{Discovery, Instance, Registrar, Registration};
 use crate::store::{Db, Migration};
-use crate::trace::{self, TraceContext};
+use crate::trace::{self, Span, TraceContext};
 
 /// What a service's code gets to build its router.
 #[derive(Clone)]
@@ -230,6 +230,16 @@ impl Service {
     {
         crate::log::init(&config.service, &config.instance);
         crate::metrics::handle();
+        let telemetry = crate::telemetry::start(
+            &config.service,
+            &config.instance,
+            &config.version,
+            config
+                .control_url
+                .as_deref()
+                .zip(config.credential.as_ref()),
+        )
+        .context("telemetry")?;
         let keys = Arc::new(
             PassportKeys::from_spec(&config.passport_keys, &config.system)
                 .context("TESSERA_PASSPORT_KEYS")?,
@@ -385,6 +395,7 @@ impl Service {
             db.close().await;
         }
         tracing::info!("stopped");
+        telemetry.flush(std::time::Duration::from_secs(2)).await;
         crate::log::flush();
         Ok(())
     }
@@ -442,21 +453,28 @@ where
                 Err(_) => Err(PassportError::Malformed),
             },
         };
-        let parent = req
+        let caller_span = req
             .headers()
             .get(trace::TRACEPARENT)
             .and_then(|v| v.to_str().ok())
-            .and_then(TraceContext::parse)
-            .or_else(|| {
-                verified
-                    .as_ref()
-                    .ok()
-                    .and_then(|(p, _)| TraceContext::from_trace_id(&p.tid))
-            });
+            .and_then(TraceContext::parse);
+        let parent = caller_span.or_else(|| {
+            verified
+                .as_ref()
+                .ok()
+                .and_then(|(p, _)| TraceContext::from_trace_id(&p.tid))
+        });
         let trace = match parent {
             Some(p) => p.child(),
             None => TraceContext::new_root(),
         };
+        // The request's server span: the caller's span (its `traceparent`) is its parent.
+        let mut span = Span::open(
+            &trace,
+            caller_span.map(|c| c.span_id),
+            "request",
+            trace::Kind::Server,
+        );
         let deadline = crate::client::deadline_of(req.headers());
         // How far the caller has seen the database's log (read-your-writes with replicas).
         let read_after = req
@@ -531,6 +549,16 @@ where
             let elapsed = start.elapsed();
             let status = response.status().as_u16();
             let route = route.as_ref().map_or("unmatched", |m| m.as_str());
+            if span.is_recording() {
+                span.rename(format!("{method} {route}"));
+                span.set("http.request.method", &method);
+                span.set("http.route", route.to_string());
+                span.set("http.response.status_code", status);
+                if status >= 500 {
+                    span.fail("answered with a server error");
+                }
+            }
+            drop(span);
             crate::metrics::record_request(route, method.as_str(), status, elapsed);
             crate::log::in_trace(&trace, || {
                 tracing::info!(

@@ -23,7 +23,7 @@ impl TraceContext {
         Self {
             trace_id,
             span_id: new_span_id(),
-            sampled: true,
+            sampled: crate::span::sampled(&trace_id),
         }
     }
 
@@ -80,7 +80,7 @@ impl TraceContext {
         (trace_id != [0; 16]).then(|| Self {
             trace_id,
             span_id: new_span_id(),
-            sampled: true,
+            sampled: crate::span::sampled(&trace_id),
         })
     }
 

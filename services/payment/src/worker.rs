@@ -13,8 +13,9 @@ use tessera::events::outbox::Outbox;
 use tessera::events::{Consumer, Event, Tx};
 use tessera::resilience::Resilience;
 use tessera::saga::{self, Reply};
+use tessera::trace::Span;
 use tessera::unix_now_ms as now_ms;
-use tessera::{CallError, Context, Db, ServiceClient, TraceContext};
+use tessera::{CallError, Context, Db, ServiceClient};
 use tokio::sync::Notify;
 use tracing::Instrument;
 
@@ -58,6 +59,7 @@ struct Worker {
 }
 
 /// What the provider said about a charge.
+#[derive(Debug)]
 enum Charged {
     Captured,
     Declined,
@@ -85,6 +87,8 @@ struct Outcome {
     charged: Charged,
     ctx: RequestContext,
     span: tracing::Span,
+    /// The worker's span for the payment: recorded when the outcome is dropped, settled.
+    _recorded: Span,
 }
 
 impl Worker {
@@ -192,11 +196,19 @@ impl Worker {
     /// Calls the provider for one due payment, in the trace of the order's checkout: a charge
     /// comes back to be recorded; a void is recorded here.
     async fn call(&self, due: Due) -> Option<Outcome> {
-        let trace = due
-            .command
-            .as_ref()
-            .and_then(|c| c.trace())
-            .map_or_else(TraceContext::new_root, |t| t.child());
+        // The worker's own span in the checkout's trace: the provider call and the record
+        // of its outcome are its children.
+        let parent = due.command.as_ref().and_then(|c| c.trace());
+        let (mut recorded, trace) = Span::work(parent.as_ref(), "payment");
+        if recorded.is_recording() {
+            recorded.rename(if due.status == "pending" {
+                "payment charge"
+            } else {
+                "payment void"
+            });
+            recorded.set("tessera.order.id", due.order_id.clone());
+            recorded.set("tessera.attempt", due.attempts);
+        }
         let span = trace.span("payment");
         let passport = self.keys.mint_header(
             "service:payment",
@@ -216,6 +228,7 @@ impl Worker {
                 .instrument(span.clone())
                 .await;
             if let Err(e) = voided {
+                recorded.fail(e.to_string());
                 span.in_scope(|| tracing::warn!(order = %due.order_id, error = %e, "cannot record the void; will retry"));
             }
             return None;
@@ -243,11 +256,15 @@ impl Worker {
             )
             .instrument(span.clone())
             .await;
+        if recorded.is_recording() {
+            recorded.set("tessera.charge", format!("{charged:?}"));
+        }
         Some(Outcome {
             due,
             charged,
             ctx,
             span,
+            _recorded: recorded,
         })
     }
 
@@ -287,6 +304,7 @@ impl Worker {
             charged,
             ctx,
             span,
+            ..
         } in outcomes
         {
             let status = REQUEST

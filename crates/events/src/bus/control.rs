@@ -118,6 +118,7 @@ impl ControlBus {
                         ("authorization", self.authorization.as_bytes()),
                     ],
                     deadline_ms: None,
+                    traceparent: None,
                     body: body.as_bytes(),
                     replayable: true,
                     upgrade: false,

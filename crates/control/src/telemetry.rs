@@ -1,0 +1,86 @@
+//! The collector: the control plane's OpenTelemetry receiver and the store behind the
+//! console's and the CLI's trace views.
+//!
+//! Any process of the system sends its spans here as OTLP/HTTP (`POST /v1/traces`, protobuf or
+//! JSON, `receive.rs`): Tessera's own processes through `tessera-telemetry`, a service in
+//! another language through its OpenTelemetry SDK's OTLP exporter pointed at the control
+//! plane with its credential. Like every control-plane call, a post proves who makes it, and a
+//! service's spans are stored under its own name whatever its resource claims, so no process
+//! can write another's telemetry.
+//!
+//! Spans are kept on disk (an SQLite database beside the event log, `telemetry.db`), so they
+//! outlive a restart, and pruned by age and by size (`retention.rs`). Queries
+//! (`GET /v1/telemetry/traces`, `…/traces/{id}`, `query.rs`) are the supervisor's and an
+//! admin's: by service, route, status, duration, time and trace id.
+
+mod query;
+mod receive;
+mod retention;
+
+use std::path::Path;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+use tessera::{Db, Migration};
+
+pub use retention::Retention;
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "spans",
+    sqlite: include_str!("../migrations/telemetry/0001_spans.sql"),
+    // The collector's store is embedded only: beyond it, point the exporters at Tempo or Jaeger.
+    postgres: None,
+}];
+
+/// What a post may carry at most.
+pub const MAX_POST_BYTES: usize = 16 * 1024 * 1024;
+
+/// The collector's store.
+#[derive(Clone)]
+pub struct Telemetry {
+    db: Db,
+}
+
+impl Telemetry {
+    /// Opens (creating) the store in `dir`, and prunes it by `retention` from now on.
+    pub async fn open(dir: &Path, retention: Retention) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let db = Db::open(&Db::default_url(dir, "telemetry"), MIGRATIONS).await?;
+        let telemetry = Self { db };
+        tokio::spawn(retention::run(
+            telemetry.clone(),
+            retention,
+            Duration::from_secs(30),
+        ));
+        Ok(telemetry)
+    }
+
+    pub(crate) fn db(&self) -> &Db {
+        &self.db
+    }
+}
+
+/// The collector's routes (behind the credential check).
+pub fn routes(telemetry: Telemetry) -> Router {
+    Router::new()
+        .route(
+            "/v1/traces",
+            post(receive::traces).layer(axum::extract::DefaultBodyLimit::max(MAX_POST_BYTES)),
+        )
+        .route("/v1/telemetry/traces", get(query::traces))
+        .route("/v1/telemetry/traces/{trace_id}", get(query::trace))
+        .with_state(telemetry)
+}
+
+/// Lowercase hex of `bytes`.
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    s
+}

@@ -1,0 +1,379 @@
+//! Spans: what one hop did, from when to when, under which parent, recorded for export.
+//!
+//! A [`Span`] is opened where a hop starts its work (the gateway's request, an upstream
+//! attempt, a service's request, a service-client call, an event published or handled, a
+//! saga step, a database transaction) and ends when it is dropped, so a request cancelled
+//! half-way still leaves its span. An ended span goes into this process's [`sink`], from which
+//! the exporter (`tessera-telemetry`) takes batches off the hot path; until an exporter is
+//! installed, or for a trace that is not sampled, opening a span records nothing and costs a
+//! branch.
+//!
+//! The model is OpenTelemetry's (kind, status, attributes, links) so that the exporter maps
+//! it one to one onto OTLP; it lives here, below every crate that opens spans, because this
+//! crate needs nothing else.
+
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use crate::TraceContext;
+
+/// OpenTelemetry's span kinds, with their OTLP numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Internal = 1,
+    Server = 2,
+    Client = 3,
+    Producer = 4,
+    Consumer = 5,
+}
+
+/// An attribute's value. Static and shared strings cost no copy.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Str(&'static str),
+    Shared(Arc<str>),
+    Text(String),
+    Int(i64),
+    Bool(bool),
+}
+
+impl Value {
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Str(s) => Some(s),
+            Value::Shared(s) => Some(s),
+            Value::Text(s) => Some(s),
+            Value::Int(_) | Value::Bool(_) => None,
+        }
+    }
+}
+
+impl From<&'static str> for Value {
+    fn from(s: &'static str) -> Self {
+        Value::Str(s)
+    }
+}
+impl From<String> for Value {
+    fn from(s: String) -> Self {
+        Value::Text(s)
+    }
+}
+impl From<Arc<str>> for Value {
+    fn from(s: Arc<str>) -> Self {
+        Value::Shared(s)
+    }
+}
+impl From<i64> for Value {
+    fn from(n: i64) -> Self {
+        Value::Int(n)
+    }
+}
+impl From<u16> for Value {
+    fn from(n: u16) -> Self {
+        Value::Int(n.into())
+    }
+}
+impl From<u32> for Value {
+    fn from(n: u32) -> Self {
+        Value::Int(n.into())
+    }
+}
+impl From<&http::Method> for Value {
+    /// The standard methods as static strings (no copy), others copied.
+    fn from(m: &http::Method) -> Self {
+        use http::Method as M;
+        let known = [
+            M::GET,
+            M::POST,
+            M::PUT,
+            M::DELETE,
+            M::PATCH,
+            M::HEAD,
+            M::OPTIONS,
+        ];
+        match known.iter().position(|k| k == m) {
+            Some(i) => Value::Str(["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"][i]),
+            None => Value::Text(m.as_str().to_string()),
+        }
+    }
+}
+impl From<bool> for Value {
+    fn from(b: bool) -> Self {
+        Value::Bool(b)
+    }
+}
+
+/// An ended span, as the exporter takes it.
+#[derive(Clone, Debug)]
+pub struct SpanData {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// All zero for a trace's root.
+    pub parent: [u8; 8],
+    pub name: Cow<'static, str>,
+    pub kind: Kind,
+    /// Nanoseconds since the Unix epoch.
+    pub start_ns: u64,
+    pub end_ns: u64,
+    /// Set when the work failed: what went wrong, in a few words.
+    pub error: Option<Cow<'static, str>>,
+    pub attributes: Vec<(&'static str, Value)>,
+    /// Spans of other traces this one follows from (none so far; kept for OTLP's links).
+    pub links: Vec<([u8; 16], [u8; 8])>,
+}
+
+/// A span being recorded; recorded when dropped (or [`Span::end`]).
+#[must_use = "a span records the work it is open around"]
+pub struct Span {
+    data: Option<Box<(SpanData, Instant)>>,
+}
+
+impl Span {
+    /// A span that records nothing.
+    pub const NONE: Span = Span { data: None };
+
+    /// Opens a span for `ctx` (its ids are this span's), child of `parent` (none for a root).
+    /// Records nothing when the trace is not sampled or no exporter is installed.
+    pub fn open(
+        ctx: &TraceContext,
+        parent: Option<[u8; 8]>,
+        name: impl Into<Cow<'static, str>>,
+        kind: Kind,
+    ) -> Span {
+        if !ctx.sampled || !recording() {
+            return Span::NONE;
+        }
+        Span {
+            data: Some(Box::new((
+                SpanData {
+                    trace_id: ctx.trace_id,
+                    span_id: ctx.span_id,
+                    parent: parent.unwrap_or([0; 8]),
+                    name: name.into(),
+                    kind,
+                    start_ns: now_ns(),
+                    end_ns: 0,
+                    error: None,
+                    attributes: Vec::with_capacity(8),
+                    links: Vec::new(),
+                },
+                Instant::now(),
+            ))),
+        }
+    }
+
+    /// A child span of `parent` with ids of its own: the context to send on is the span's.
+    pub fn child_of(
+        parent: &TraceContext,
+        name: impl Into<Cow<'static, str>>,
+        kind: Kind,
+    ) -> (Span, TraceContext) {
+        let ctx = parent.child();
+        (Span::open(&ctx, Some(parent.span_id), name, kind), ctx)
+    }
+
+    /// Work done outside any request (a background worker, a timer) as an internal span:
+    /// a child of `parent` (the trace the work belongs to: a stored command's, say), or the
+    /// root of a trace of its own. The context to work (and call) under is the span's.
+    pub fn work(
+        parent: Option<&TraceContext>,
+        name: impl Into<Cow<'static, str>>,
+    ) -> (Span, TraceContext) {
+        match parent {
+            Some(parent) => Span::child_of(parent, name, Kind::Internal),
+            None => {
+                let ctx = TraceContext::new_root();
+                (Span::open(&ctx, None, name, Kind::Internal), ctx)
+            }
+        }
+    }
+
+    /// Whether anything is recorded: callers skip building costly attributes otherwise.
+    pub fn is_recording(&self) -> bool {
+        self.data.is_some()
+    }
+
+    /// Sets an attribute.
+    pub fn set(&mut self, key: &'static str, value: impl Into<Value>) {
+        if let Some(data) = &mut self.data {
+            data.0.attributes.push((key, value.into()));
+        }
+    }
+
+    /// Sets an attribute made only when recording.
+    pub fn set_with<V: Into<Value>>(&mut self, key: &'static str, value: impl FnOnce() -> V) {
+        if let Some(data) = &mut self.data {
+            data.0.attributes.push((key, value().into()));
+        }
+    }
+
+    /// Marks the span failed, saying why.
+    pub fn fail(&mut self, why: impl Into<Cow<'static, str>>) {
+        if let Some(data) = &mut self.data {
+            data.0.error = Some(why.into());
+        }
+    }
+
+    /// Renames the span (a route known only once matched).
+    pub fn rename(&mut self, name: impl Into<Cow<'static, str>>) {
+        if let Some(data) = &mut self.data {
+            data.0.name = name.into();
+        }
+    }
+
+    /// Ends the span now.
+    pub fn end(self) {
+        drop(self)
+    }
+}
+
+impl Drop for Span {
+    fn drop(&mut self) {
+        if let Some(data) = self.data.take() {
+            let (mut data, started) = *data;
+            data.end_ns = data.start_ns + started.elapsed().as_nanos() as u64;
+            sink().push(data);
+        }
+    }
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Ended spans waiting for the exporter: bounded, so that an exporter that cannot send never
+/// grows the process; what does not fit is counted and dropped.
+pub struct Sink {
+    spans: Mutex<Vec<SpanData>>,
+    dropped: AtomicU64,
+    capacity: usize,
+}
+
+/// Spans kept waiting at most, by default (a few seconds of a busy gateway).
+pub const SINK_CAPACITY: usize = 64 * 1024;
+
+impl Sink {
+    fn push(&self, span: SpanData) {
+        let mut spans = self.spans.lock().unwrap_or_else(|e| e.into_inner());
+        if spans.len() >= self.capacity {
+            drop(spans);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        spans.push(span);
+    }
+
+    /// Takes every waiting span, leaving `spare` (emptied) in their place.
+    pub fn take(&self, spare: &mut Vec<SpanData>) {
+        spare.clear();
+        let mut spans = self.spans.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::swap(&mut *spans, spare);
+    }
+
+    /// Spans dropped so far because the sink was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// This process's sink.
+pub fn sink() -> &'static Sink {
+    static SINK: OnceLock<Sink> = OnceLock::new();
+    SINK.get_or_init(|| Sink {
+        spans: Mutex::new(Vec::with_capacity(1024)),
+        dropped: AtomicU64::new(0),
+        capacity: SINK_CAPACITY,
+    })
+}
+
+static RECORDING: AtomicBool = AtomicBool::new(false);
+/// The share of new traces sampled, in millionths.
+static SAMPLE_PPM: AtomicU64 = AtomicU64::new(1_000_000);
+
+/// Whether spans are recorded (an exporter is installed).
+pub fn recording() -> bool {
+    RECORDING.load(Ordering::Relaxed)
+}
+
+/// Starts recording spans, sampling `ratio` (0 to 1) of the traces this process starts.
+/// Called by the exporter once it runs.
+pub fn start_recording(ratio: f64) {
+    let ppm = (ratio.clamp(0.0, 1.0) * 1_000_000.0).round() as u64;
+    SAMPLE_PPM.store(ppm, Ordering::Relaxed);
+    RECORDING.store(true, Ordering::Relaxed);
+}
+
+/// Stops recording (tests; a process whose exporter stopped).
+pub fn stop_recording() {
+    RECORDING.store(false, Ordering::Relaxed);
+}
+
+/// Whether a new trace with this id is sampled: decided from the id itself (OpenTelemetry's
+/// `TraceIdRatioBased`), so that every process deciding on the same trace agrees.
+pub fn sampled(trace_id: &[u8; 16]) -> bool {
+    let ppm = SAMPLE_PPM.load(Ordering::Relaxed);
+    if ppm >= 1_000_000 {
+        return true;
+    }
+    let low = u64::from_be_bytes(trace_id[8..].try_into().expect("eight bytes"));
+    // The lower 8 bytes are random (W3C level 2): their share of u64 below the ratio.
+    u128::from(low >> 11) < (u128::from(ppm) << 53) / 1_000_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_span_is_recorded_when_dropped_with_its_parent_and_attributes_and_never_when_off() {
+        let mut root = TraceContext::new_root();
+        root.sampled = true;
+        stop_recording();
+        let off = Span::open(&root, None, "off", Kind::Server);
+        assert!(!off.is_recording());
+        drop(off);
+
+        start_recording(1.0);
+        let (mut span, ctx) = Span::child_of(&root, "GET /x", Kind::Client);
+        span.set("http.response.status_code", 503u16);
+        span.fail("upstream answered 503");
+        drop(span);
+        let mut got = Vec::new();
+        sink().take(&mut got);
+        let mine: Vec<_> = got.iter().filter(|s| s.trace_id == root.trace_id).collect();
+        assert_eq!(mine.len(), 1, "only the span opened while recording");
+        let s = mine[0];
+        assert_eq!((s.span_id, s.parent), (ctx.span_id, root.span_id));
+        assert_eq!(s.kind, Kind::Client);
+        assert!(s.end_ns >= s.start_ns && s.start_ns > 0);
+        assert_eq!(
+            s.attributes,
+            [("http.response.status_code", Value::Int(503))]
+        );
+        assert_eq!(s.error.as_deref(), Some("upstream answered 503"));
+
+        // A trace not sampled records nothing.
+        let mut quiet = root;
+        quiet.sampled = false;
+        drop(Span::open(&quiet, None, "quiet", Kind::Server));
+        sink().take(&mut got);
+        assert!(got.iter().all(|s| s.trace_id != root.trace_id));
+    }
+
+    #[test]
+    fn the_sampling_ratio_is_kept_and_decided_by_the_trace_id() {
+        SAMPLE_PPM.store(250_000, Ordering::Relaxed);
+        let ids: Vec<[u8; 16]> = (0..4000).map(|_| rand::random()).collect();
+        let kept = ids.iter().filter(|id| sampled(id)).count();
+        assert!((800..1200).contains(&kept), "{kept} of 4000 at 25%");
+        assert!(ids.iter().all(|id| sampled(id) == sampled(id)));
+        SAMPLE_PPM.store(0, Ordering::Relaxed);
+        assert!(ids.iter().all(|id| !sampled(id)));
+        SAMPLE_PPM.store(1_000_000, Ordering::Relaxed);
+        assert!(ids.iter().all(sampled));
+    }
+}
