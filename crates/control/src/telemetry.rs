@@ -1,17 +1,19 @@
 //! The collector: the control plane's OpenTelemetry receiver and the store behind the
 //! console's and the CLI's trace views.
 //!
-//! Any process of the system sends its spans here as OTLP/HTTP (`POST /v1/traces`, protobuf or
-//! JSON, `receive.rs`): Tessera's own processes through `tessera-telemetry`, a service in
-//! another language through its OpenTelemetry SDK's OTLP exporter pointed at the control
-//! plane with its credential. Like every control-plane call, a post proves who makes it, and a
-//! service's spans are stored under its own name whatever its resource claims, so no process
-//! can write another's telemetry.
+//! Any process of the system sends its spans and log records here as OTLP/HTTP (`POST
+//! /v1/traces`, `POST /v1/logs`, protobuf or JSON, `receive.rs`): Tessera's own processes
+//! through `tessera-telemetry`, a service in another language through its OpenTelemetry SDK's
+//! OTLP exporter pointed at the control plane with its credential. Like every control-plane
+//! call, a post proves who makes it, and a service's telemetry is stored under its own name
+//! whatever its resource claims, so no process can write another's.
 //!
-//! Spans are kept on disk (an SQLite database beside the event log, `telemetry.db`), so they
+//! Both are kept on disk (an SQLite database beside the event log, `telemetry.db`), so they
 //! outlive a restart, and pruned by age and by size (`retention.rs`). Queries
-//! (`GET /v1/telemetry/traces`, `…/traces/{id}`, `query.rs`) are the supervisor's and an
-//! admin's: by service, route, status, duration, time and trace id.
+//! (`GET /v1/telemetry/traces`, `…/traces/{id}` with the trace's log lines, `…/logs`,
+//! `query.rs`) are the supervisor's and an admin's: spans by service, route, status,
+//! duration, time and trace id; log lines by service, level, text, trace and time, or those
+//! after the last one seen (a live tail).
 
 mod query;
 mod receive;
@@ -26,13 +28,21 @@ use tessera::{Db, Migration};
 
 pub use retention::Retention;
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "spans",
-    sqlite: include_str!("../migrations/telemetry/0001_spans.sql"),
-    // The collector's store is embedded only: beyond it, point the exporters at Tempo or Jaeger.
-    postgres: None,
-}];
+// The collector's store is embedded only: beyond it, point the exporters at Tempo or Jaeger.
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "spans",
+        sqlite: include_str!("../migrations/telemetry/0001_spans.sql"),
+        postgres: None,
+    },
+    Migration {
+        version: 2,
+        description: "logs",
+        sqlite: include_str!("../migrations/telemetry/0002_logs.sql"),
+        postgres: None,
+    },
+];
 
 /// What a post may carry at most.
 pub const MAX_POST_BYTES: usize = 16 * 1024 * 1024;
@@ -69,8 +79,13 @@ pub fn routes(telemetry: Telemetry) -> Router {
             "/v1/traces",
             post(receive::traces).layer(axum::extract::DefaultBodyLimit::max(MAX_POST_BYTES)),
         )
+        .route(
+            "/v1/logs",
+            post(receive::logs).layer(axum::extract::DefaultBodyLimit::max(MAX_POST_BYTES)),
+        )
         .route("/v1/telemetry/traces", get(query::traces))
         .route("/v1/telemetry/traces/{trace_id}", get(query::trace))
+        .route("/v1/telemetry/logs", get(query::logs))
         .with_state(telemetry)
 }
 

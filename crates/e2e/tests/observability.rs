@@ -207,6 +207,107 @@ async fn a_checkout_is_one_trace_from_the_gateway_through_every_service_and_acro
     assert!(!provider.is_empty());
     assert_eq!(parent_of(provider[0]).unwrap()["service"], "payment");
 
+    // The trace's log lines come with it, each under its span; lines that repeat a span (a
+    // request's, an event's) are not exported.
+    let detail: Value = sys
+        .control(Method::GET, &format!("/v1/telemetry/traces/{trace_id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let logs = detail["logs"].as_array().unwrap();
+    let placed = logs
+        .iter()
+        .find(|l| l["body"] == "order placed")
+        .unwrap_or_else(|| panic!("the order's line is in its trace: {logs:?}"));
+    assert_eq!(placed["service"], "order");
+    assert_eq!(placed["level"], "INFO");
+    assert_eq!(placed["attributes"]["order"], order_id.as_str());
+    assert!(
+        by_id.contains_key(placed["span_id"].as_str().unwrap()),
+        "{placed}"
+    );
+    assert!(
+        logs.iter()
+            .all(|l| l["body"] != "request" && l["body"] != "event handled"),
+        "{logs:?}"
+    );
+    // Log search: by service and text; a live tail gets only what came after the last line
+    // it saw, oldest first; a level keeps the lines at least that severe.
+    let found: Value = sys
+        .control(
+            Method::GET,
+            "/v1/telemetry/logs?service=order&text=order%20placed",
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        found["logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["trace_id"] == trace_id.as_str()),
+        "{found}"
+    );
+    let last = found["last"].as_i64().unwrap();
+    let second = sys
+        .place_order(&token, json!([{ "productId": MOUSE, "quantity": 1 }]))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let tail: Value = sys
+            .control(
+                Method::GET,
+                &format!("/v1/telemetry/logs?service=order&after={last}"),
+            )
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let lines = tail["logs"].as_array().unwrap();
+        assert!(
+            lines.iter().all(|l| l["id"].as_i64().unwrap() > last),
+            "{tail}"
+        );
+        let ids: Vec<i64> = lines.iter().map(|l| l["id"].as_i64().unwrap()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "oldest first: {ids:?}");
+        if lines
+            .iter()
+            .any(|l| l["attributes"]["order"] == second.as_str())
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second order's line never came: {tail}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let warnings: Value = sys
+        .control(Method::GET, "/v1/telemetry/logs?service=order&level=warn")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        warnings["logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["level"] == "WARN" || l["level"] == "ERROR"),
+        "{warnings}"
+    );
+
     // Search: by service, route and status, and each trace summed up.
     let resp = sys
         .control(
@@ -260,6 +361,9 @@ async fn a_checkout_is_one_trace_from_the_gateway_through_every_service_and_acro
         ("/v1/telemetry/traces?min_ms=-1", "min_ms"),
         ("/v1/telemetry/traces?status=teapot", "status"),
         ("/v1/telemetry/traces?colour=red", "colour"),
+        ("/v1/telemetry/logs?level=loud", "level"),
+        ("/v1/telemetry/logs?trace_id=xyz", "32 hex"),
+        ("/v1/telemetry/logs?after=-4", "after"),
     ] {
         let resp = sys.control(Method::GET, query).send().await.unwrap();
         let status = resp.status().as_u16();

@@ -351,6 +351,7 @@ impl Consumer {
             Outcome::Handled => {
                 span.in_scope(|| {
                     tracing::info!(
+                        target: "event",
                         topic = %self.topic,
                         event_type = %event.ty,
                         id = %event.id,
@@ -362,7 +363,9 @@ impl Consumer {
                     .increment(1);
             }
             Outcome::Duplicate => {
-                span.in_scope(|| tracing::debug!(id = %event.id, "duplicate event ignored"));
+                span.in_scope(
+                    || tracing::debug!(target: "event", id = %event.id, "duplicate event ignored"),
+                );
                 metrics::counter!("tessera_events_duplicates_total", "topic" => self.topic.clone())
                     .increment(1);
             }

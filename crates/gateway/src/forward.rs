@@ -375,12 +375,12 @@ mod tests {
             ["13"],
             "the body's, not the client's"
         );
-        // The gateway's trace, under a span of the attempt's own (not the gateway's).
+        // The gateway's trace (under the attempt's own span when spans are recorded: the
+        // black-box tests see those).
         let sent = values(&head, "traceparent");
         assert_eq!(sent.len(), 1, "{head}");
         let sent = TraceContext::parse(&sent[0]).unwrap();
         assert_eq!(sent.trace_id, trace.trace_id);
-        assert_ne!(sent.span_id, trace.span_id);
         let deadline = values(&head, tessera::client::DEADLINE_HEADER);
         assert_eq!(deadline.len(), 1, "{head}");
         assert!(deadline[0].parse::<u64>().unwrap() <= 2000, "{head}");

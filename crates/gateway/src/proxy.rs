@@ -166,15 +166,15 @@ impl Gateway {
         headers.push(b"x-trace-id", trace_id.as_bytes());
         if span.is_recording() {
             let route = route.as_ref().ok().copied().flatten();
-            span.rename(match route {
-                Some(r) => format!("{} {}", req.method, r.prefix),
-                None => format!("{} (no route)", req.method),
-            });
+            match route {
+                Some(r) => {
+                    span.name_pair(&req.method, r.label.clone());
+                    span.set("http.route", r.label.clone());
+                }
+                None => span.name_pair(&req.method, "(no route)"),
+            }
             span.set("http.request.method", &req.method);
             span.set("url.path", req.path.to_string());
-            if let Some(r) = route {
-                span.set("http.route", r.prefix.clone());
-            }
             span.set("http.response.status_code", status.as_u16());
             if status.is_server_error() {
                 span.fail("answered with a server error");

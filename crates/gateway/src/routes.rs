@@ -20,6 +20,8 @@ use tessera_shared::SharedLimit;
 pub struct CompiledRoute {
     /// Without a trailing slash.
     pub prefix: String,
+    /// The prefix again, shared: what the request's span names without copying it.
+    pub label: std::sync::Arc<str>,
     pub service: String,
     pub auth: AuthMode,
     pub roles: Vec<String>,
@@ -47,6 +49,7 @@ impl RouteTable {
             .iter()
             .map(|r| CompiledRoute {
                 prefix: r.prefix.trim_end_matches('/').to_string(),
+                label: std::sync::Arc::from(r.prefix.trim_end_matches('/')),
                 service: r.service.clone(),
                 auth: r.auth,
                 roles: r.roles.clone(),

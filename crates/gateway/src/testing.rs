@@ -109,6 +109,7 @@ pub fn limited_route(
     let (per_ip, per_user) = rate_limit.map_or((None, None), |l| (l.per_ip, l.per_user));
     CompiledRoute {
         prefix: "/api".into(),
+        label: "/api".into(),
         service: service.into(),
         auth,
         roles: roles.iter().map(|r| r.to_string()).collect(),

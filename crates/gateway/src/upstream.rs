@@ -16,6 +16,8 @@ use crate::pool::{Incoming, Outgoing, Pool, SendError};
 /// One upstream service: the guard its calls go through.
 pub struct Upstream {
     guard: Guard,
+    /// Its name, shared: what each attempt's span names without copying it.
+    label: Arc<str>,
     /// Who its instances must prove to be, when mutual TLS is on.
     identity: Option<tessera_tls::Identity>,
 }
@@ -69,6 +71,7 @@ impl Upstream {
     pub fn new(name: &str, config: &Resilience) -> Self {
         Self {
             guard: Guard::new(name, config),
+            label: Arc::from(name),
             identity: tessera_tls::internal::get()
                 .map(|tls| tessera_tls::Identity::service(&tls.system, name)),
         }
@@ -111,10 +114,9 @@ impl Upstream {
                 async move {
                     let (mut span, attempt_trace) = Span::child_of(trace, "forward", Kind::Client);
                     if span.is_recording() {
-                        span.rename(format!("{} {}", req.method, self.name()));
+                        span.name_pair(req.method, self.label.clone());
                         span.set("http.request.method", req.method);
-                        span.set("peer.service", self.name().to_string());
-                        span.set("server.address", instance.address.clone());
+                        span.set("peer.service", self.label.clone());
                         span.set("tessera.instance", instance.id.clone());
                     }
                     let mut traceparent = [0u8; 55];

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use tessera_trace::logs::{self, LogData};
 use tessera_trace::span::{self, SpanData};
 use tokio::sync::Notify;
 
@@ -44,13 +45,23 @@ pub fn start(resource: Resource, settings: Settings) -> Handle {
         return handle;
     }
     span::start_recording(settings.sample);
+    logs::start_exporting();
     tokio::spawn(run(resource, settings, handle.clone()));
     handle
 }
 
+/// What a body is: spans or log records (where it is posted).
+#[derive(Clone, Copy)]
+enum Signal {
+    Traces,
+    Logs,
+}
+
 struct Held {
     target: Target,
-    waiting: VecDeque<Bytes>,
+    traces_url: String,
+    logs_url: String,
+    waiting: VecDeque<(Signal, Bytes)>,
     bytes: usize,
     /// Whether the last post failed (logged once per outage).
     failing: bool,
@@ -61,14 +72,19 @@ async fn run(resource: Resource, settings: Settings, handle: Handle) {
         .targets
         .into_iter()
         .map(|target| Held {
+            traces_url: target.traces_url(),
+            logs_url: target.logs_url(),
             target,
             waiting: VecDeque::new(),
             bytes: 0,
             failing: false,
         })
         .collect();
-    let mut spans: Vec<SpanData> = Vec::new();
+    let mut spans: Vec<Box<SpanData>> = Vec::new();
+    let mut lines: Vec<LogData> = Vec::new();
+    let mut encoder = otlp::Encoder::new(&resource);
     let mut reported_drops = 0;
+    let mut reported_log_drops = 0;
     loop {
         let flushing = tokio::select! {
             _ = tokio::time::sleep(settings.every) => false,
@@ -87,17 +103,27 @@ async fn run(resource: Resource, settings: Settings, handle: Handle) {
         if !spans.is_empty() {
             metrics::counter!("tessera_spans_exported_total").increment(spans.len() as u64);
             for part in spans.chunks(PER_REQUEST) {
-                let body = Bytes::from(otlp::encode_spans(&resource, part));
-                for held in &mut targets {
-                    held.bytes += body.len();
-                    held.waiting.push_back(body.clone());
-                    while held.bytes > HELD_BYTES {
-                        let old = held.waiting.pop_front().expect("bytes are held");
-                        held.bytes -= old.len();
-                    }
-                }
+                let mut body = Vec::new();
+                encoder.encode(part, &mut body);
+                hold(&mut targets, Signal::Traces, Bytes::from(body));
             }
             spans.clear();
+        }
+        logs::sink().take(&mut lines);
+        let dropped = logs::sink().dropped();
+        if dropped > reported_log_drops {
+            metrics::counter!("tessera_logs_dropped_total").increment(dropped - reported_log_drops);
+            reported_log_drops = dropped;
+        }
+        if !lines.is_empty() {
+            for part in lines.chunks(PER_REQUEST) {
+                hold(
+                    &mut targets,
+                    Signal::Logs,
+                    Bytes::from(otlp::encode_logs(&resource, part)),
+                );
+            }
+            lines.clear();
         }
         for held in &mut targets {
             send(held).await;
@@ -108,13 +134,29 @@ async fn run(resource: Resource, settings: Settings, handle: Handle) {
     }
 }
 
+/// Queues `body` for every target, each holding at most [`HELD_BYTES`] (the oldest go).
+fn hold(targets: &mut [Held], signal: Signal, body: Bytes) {
+    for held in targets {
+        held.bytes += body.len();
+        held.waiting.push_back((signal, body.clone()));
+        while held.bytes > HELD_BYTES {
+            let (_, old) = held.waiting.pop_front().expect("bytes are held");
+            held.bytes -= old.len();
+        }
+    }
+}
+
 /// Posts what `held` waits with, oldest first, until one fails.
 async fn send(held: &mut Held) {
-    while let Some(body) = held.waiting.front() {
+    while let Some((signal, body)) = held.waiting.front() {
+        let url = match signal {
+            Signal::Traces => &held.traces_url,
+            Signal::Logs => &held.logs_url,
+        };
         let sent = held
             .target
             .http
-            .post(&held.target.url)
+            .post(url)
             .header("content-type", "application/x-protobuf")
             .timeout(Duration::from_secs(2))
             .body(body.clone())
@@ -124,20 +166,20 @@ async fn send(held: &mut Held) {
             Ok(r) if r.status().is_success() => true,
             // Refused as it is (a 4xx other than too many): sending it again would not help.
             Ok(r) if r.status().is_client_error() && r.status().as_u16() != 429 => {
-                tracing::warn!(url = %held.target.url, status = r.status().as_u16(), "spans refused by the collector; dropped");
-                let old = held.waiting.pop_front().expect("a front");
+                tracing::warn!(url = %url, status = r.status().as_u16(), "telemetry refused by the collector; dropped");
+                let (_, old) = held.waiting.pop_front().expect("a front");
                 held.bytes -= old.len();
                 continue;
             }
             Ok(r) => {
                 if !held.failing {
-                    tracing::warn!(url = %held.target.url, status = r.status().as_u16(), "cannot export spans; kept for the next batch");
+                    tracing::warn!(url = %url, status = r.status().as_u16(), "cannot export telemetry; kept for the next batch");
                 }
                 false
             }
             Err(e) => {
                 if !held.failing {
-                    tracing::warn!(url = %held.target.url, error = %e, "cannot export spans; kept for the next batch");
+                    tracing::warn!(url = %url, error = %e, "cannot export telemetry; kept for the next batch");
                 }
                 false
             }
@@ -146,7 +188,7 @@ async fn send(held: &mut Held) {
         if !ok {
             return;
         }
-        let old = held.waiting.pop_front().expect("a front");
+        let (_, old) = held.waiting.pop_front().expect("a front");
         held.bytes -= old.len();
     }
 }

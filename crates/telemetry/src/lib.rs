@@ -1,6 +1,7 @@
-//! Telemetry out of a process: the spans it recorded (`tessera_trace::span`), batched and
-//! sent off the hot path as OTLP/HTTP (protobuf) to the control plane's collector and to any
-//! OpenTelemetry endpoint the system names (Jaeger, Tempo, an OpenTelemetry Collector).
+//! Telemetry out of a process: the spans it recorded (`tessera_trace::span`) and its log
+//! lines (`tessera_trace::logs`, those that repeat no span), batched and sent off the hot path
+//! as OTLP/HTTP (protobuf) to the control plane's collector and to any OpenTelemetry endpoint
+//! the system names (Jaeger, Tempo, an OpenTelemetry Collector).
 //!
 //! Why not the OpenTelemetry SDK: a request's spans are recorded into a plain bounded buffer
 //! with no tracing subscriber, context object or channel per span; the SDK's types are used
@@ -14,7 +15,8 @@
 //! - `TESSERA_TRACE_SAMPLE`: the share of the traces this process starts that are recorded
 //!   (0 to 1, default 1). A trace started elsewhere follows its `traceparent`'s flag.
 //! - `TESSERA_OTLP_ENDPOINT`: further OTLP/HTTP endpoints (base URLs, comma-separated; spans
-//!   go to `<base>/v1/traces`), with `TESSERA_OTLP_HEADERS` (`name=value,…`) sent to them.
+//!   go to `<base>/v1/traces`, log records to `<base>/v1/logs`), with `TESSERA_OTLP_HEADERS`
+//!   (`name=value,…`) sent to them.
 
 mod export;
 pub mod otlp;
@@ -32,12 +34,23 @@ pub struct Resource {
     pub version: String,
 }
 
-/// One place spans go: a full URL (`…/v1/traces`) and the client that reaches it (with the
-/// process's credential and TLS identity, for the control plane).
+/// One place telemetry goes: an OTLP/HTTP base URL (spans to `<base>/v1/traces`, log records
+/// to `<base>/v1/logs`) and the client that reaches it (with the process's credential and TLS
+/// identity, for the control plane).
 #[derive(Clone, Debug)]
 pub struct Target {
-    pub url: String,
+    pub base: String,
     pub http: reqwest::Client,
+}
+
+impl Target {
+    pub fn traces_url(&self) -> String {
+        format!("{}/v1/traces", self.base)
+    }
+
+    pub fn logs_url(&self) -> String {
+        format!("{}/v1/logs", self.base)
+    }
 }
 
 /// Where spans go, and how many.
@@ -109,7 +122,7 @@ impl Settings {
                     ));
                 }
                 targets.push(Target {
-                    url: format!("{}/v1/traces", base.trim_end_matches('/')),
+                    base: base.trim_end_matches('/').to_string(),
                     http: http.clone(),
                 });
             }
@@ -152,7 +165,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.sample, 0.25);
-        let urls: Vec<_> = s.targets.iter().map(|t| t.url.as_str()).collect();
+        let urls: Vec<_> = s.targets.iter().map(|t| t.traces_url()).collect();
         assert_eq!(
             urls,
             [
@@ -160,6 +173,7 @@ mod tests {
                 "https://tempo:4318/v1/traces"
             ]
         );
+        assert_eq!(s.targets[0].logs_url(), "http://jaeger:4318/v1/logs");
         for (bad, says) in [
             (("TESSERA_TRACE_SAMPLE", "2"), "from 0 to 1"),
             (("TESSERA_TRACE_SAMPLE", "all"), "from 0 to 1"),

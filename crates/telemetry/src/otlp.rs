@@ -1,35 +1,245 @@
 //! Spans as OTLP messages (`opentelemetry-proto`'s prost types), one request per batch.
 
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::resource::v1::Resource as ProtoResource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, status};
+use opentelemetry_proto::tonic::trace::v1::status;
 use prost::Message;
-use tessera_trace::span::{SpanData, Value};
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+use tessera_trace::logs::LogData;
+use tessera_trace::span::{Name, SpanData, Value};
 
 use crate::Resource;
 
 /// The instrumentation scope every Tessera span is under.
 pub const SCOPE: &str = "tessera";
 
-/// `spans` of the process `resource` as an OTLP/HTTP protobuf body.
-pub fn encode_spans(resource: &Resource, spans: &[SpanData]) -> Vec<u8> {
-    let request = ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
+/// Writes batches of spans as OTLP/HTTP protobuf bodies (`ExportTraceServiceRequest`).
+///
+/// Written by hand onto one reused buffer, field by field, rather than built as
+/// `opentelemetry-proto`'s structs and encoded: those cost a dozen allocations per span (every
+/// id, name, key and value a `Vec` or `String` of its own), which on a gateway tracing every
+/// request was most of what tracing cost. The messages' shapes are OTLP's
+/// (`opentelemetry/proto/trace/v1/trace.proto`); a test decodes what this writes with the
+/// crate's prost types and compares it with their own encoding of the same spans.
+pub struct Encoder {
+    /// `ResourceSpans.resource` (field 1), written once.
+    resource: Vec<u8>,
+    /// `ScopeSpans.scope` (field 1), written once.
+    scope: Vec<u8>,
+    span: Vec<u8>,
+    scope_spans: Vec<u8>,
+}
+
+impl Encoder {
+    pub fn new(resource: &Resource) -> Self {
+        let mut r = Vec::new();
+        message_field(1, &resource_of(resource).encode_to_vec(), &mut r);
+        let scope = InstrumentationScope {
+            name: SCOPE.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
+        };
+        let mut sc = Vec::new();
+        message_field(1, &scope.encode_to_vec(), &mut sc);
+        Self {
+            resource: r,
+            scope: sc,
+            span: Vec::with_capacity(512),
+            scope_spans: Vec::with_capacity(64 * 1024),
+        }
+    }
+
+    /// `spans` as one request's body, written into `out` (cleared first).
+    pub fn encode<S: std::borrow::Borrow<SpanData>>(&mut self, spans: &[S], out: &mut Vec<u8>) {
+        self.scope_spans.clear();
+        self.scope_spans.extend_from_slice(&self.scope);
+        for s in spans {
+            self.span.clear();
+            write_span(s.borrow(), &mut self.span);
+            message_field(2, &self.span, &mut self.scope_spans);
+        }
+        // ResourceSpans { resource = 1, scope_spans = 2 } inside the request's field 1.
+        let scope_spans_len = self.scope_spans.len() as u64;
+        let inner = self.resource.len() as u64
+            + 1
+            + encoded_len_varint(scope_spans_len) as u64
+            + scope_spans_len;
+        out.clear();
+        out.reserve(inner as usize + 16);
+        encode_key(1, WireType::LengthDelimited, out);
+        encode_varint(inner, out);
+        out.extend_from_slice(&self.resource);
+        message_field(2, &self.scope_spans, out);
+    }
+}
+
+fn message_field(tag: u32, body: &[u8], buf: &mut Vec<u8>) {
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(body.len() as u64, buf);
+    buf.extend_from_slice(body);
+}
+
+fn varint_field(tag: u32, value: u64, buf: &mut Vec<u8>) {
+    encode_key(tag, WireType::Varint, buf);
+    encode_varint(value, buf);
+}
+
+fn fixed64_field(tag: u32, value: u64, buf: &mut Vec<u8>) {
+    encode_key(tag, WireType::SixtyFourBit, buf);
+    buf.extend_from_slice(&value.to_le_bytes());
+}
+
+/// One `Span` message's fields.
+fn write_span(s: &SpanData, buf: &mut Vec<u8>) {
+    message_field(1, &s.trace_id, buf);
+    message_field(2, &s.span_id, buf);
+    if s.parent != [0; 8] {
+        message_field(4, &s.parent, buf);
+    }
+    match &s.name {
+        Name::Static(n) => message_field(5, n.as_bytes(), buf),
+        Name::Text(n) => message_field(5, n.as_bytes(), buf),
+        Name::Pair(a, b) => {
+            let (a, b) = (a.display(), b.display());
+            encode_key(5, WireType::LengthDelimited, buf);
+            encode_varint((a.len() + 1 + b.len()) as u64, buf);
+            buf.extend_from_slice(a.as_bytes());
+            buf.push(b' ');
+            buf.extend_from_slice(b.as_bytes());
+        }
+    }
+    varint_field(6, s.kind as u64, buf);
+    fixed64_field(7, s.start_ns, buf);
+    fixed64_field(8, s.end_ns, buf);
+    for (key, value) in &s.attributes {
+        write_key_value(key, value, buf);
+    }
+    // Status { message = 2, code = 3 }: ERROR with its message, else UNSET (empty).
+    match &s.error {
+        Some(why) => {
+            let code = status::StatusCode::Error as u64;
+            let len = 1 + encoded_len_varint(why.len() as u64) + why.len() + 1 + 1;
+            encode_key(15, WireType::LengthDelimited, buf);
+            encode_varint(len as u64, buf);
+            message_field(2, why.as_bytes(), buf);
+            varint_field(3, code, buf);
+        }
+        None => message_field(15, &[], buf),
+    }
+    // W3C flags: sampled (only sampled spans are recorded), and the "has parent's remoteness"
+    // bit OTLP defines.
+    encode_key(16, WireType::ThirtyTwoBit, buf);
+    buf.extend_from_slice(&0x101u32.to_le_bytes());
+}
+
+/// A `KeyValue { key = 1, value = 2: AnyValue }` as attribute field 9 of a span.
+fn write_key_value(key: &str, value: &Value, buf: &mut Vec<u8>) {
+    // AnyValue { string_value = 1, bool_value = 2, int_value = 3 }.
+    let (tag, text, number) = match value {
+        Value::Str(s) => (1, Some(*s), 0),
+        Value::Shared(s) => (1, Some(&**s), 0),
+        Value::Text(s) => (1, Some(s.as_str()), 0),
+        Value::Bool(b) => (2, None, u64::from(*b)),
+        Value::Int(n) => (3, None, *n as u64),
+    };
+    let any_len = match text {
+        Some(t) => 1 + encoded_len_varint(t.len() as u64) + t.len(),
+        None => 1 + encoded_len_varint(number),
+    };
+    let kv_len = 1
+        + encoded_len_varint(key.len() as u64)
+        + key.len()
+        + 1
+        + encoded_len_varint(any_len as u64)
+        + any_len;
+    encode_key(9, WireType::LengthDelimited, buf);
+    encode_varint(kv_len as u64, buf);
+    message_field(1, key.as_bytes(), buf);
+    encode_key(2, WireType::LengthDelimited, buf);
+    encode_varint(any_len as u64, buf);
+    match text {
+        Some(t) => message_field(tag, t.as_bytes(), buf),
+        None => varint_field(tag, number, buf),
+    }
+}
+
+/// `lines` of the process `resource` as an OTLP/HTTP protobuf body
+/// (`ExportLogsServiceRequest`): each line's message its body, its other fields attributes,
+/// its trace and span its ids. Log lines are few (those repeating a span are not sent), so
+/// `opentelemetry-proto`'s structs do.
+pub fn encode_logs(resource: &Resource, lines: &[LogData]) -> Vec<u8> {
+    ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
             resource: Some(resource_of(resource)),
-            scope_spans: vec![ScopeSpans {
+            scope_logs: vec![ScopeLogs {
                 scope: Some(InstrumentationScope {
                     name: SCOPE.into(),
                     version: env!("CARGO_PKG_VERSION").into(),
                     ..Default::default()
                 }),
-                spans: spans.iter().map(span_of).collect(),
+                log_records: lines.iter().map(record_of).collect(),
                 schema_url: String::new(),
             }],
             schema_url: String::new(),
         }],
+    }
+    .encode_to_vec()
+}
+
+/// The fields a line carries that the record says otherwise (its time, severity, resource,
+/// ids, body).
+const NOT_ATTRIBUTES: [&str; 7] = [
+    "ts", "level", "service", "instance", "trace_id", "span_id", "msg",
+];
+
+fn record_of(line: &LogData) -> LogRecord {
+    let fields: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&line.line).unwrap_or_default();
+    let body = match fields.get("msg") {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+        None => line.line.clone(),
     };
-    request.encode_to_vec()
+    let traced = line.trace_id != [0; 16];
+    LogRecord {
+        time_unix_nano: line.ts_ns,
+        observed_time_unix_nano: line.ts_ns,
+        severity_number: i32::from(line.severity),
+        severity_text: line.level.to_string(),
+        body: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(body)),
+        }),
+        attributes: fields
+            .into_iter()
+            .filter(|(k, _)| !NOT_ATTRIBUTES.contains(&k.as_str()))
+            .map(|(k, v)| {
+                let value = match v {
+                    serde_json::Value::String(s) => any_value::Value::StringValue(s),
+                    serde_json::Value::Bool(b) => any_value::Value::BoolValue(b),
+                    serde_json::Value::Number(n) => match n.as_i64() {
+                        Some(i) => any_value::Value::IntValue(i),
+                        None => any_value::Value::DoubleValue(n.as_f64().unwrap_or(0.0)),
+                    },
+                    other => any_value::Value::StringValue(other.to_string()),
+                };
+                kv(&k, value)
+            })
+            .collect(),
+        trace_id: if traced {
+            line.trace_id.to_vec()
+        } else {
+            Vec::new()
+        },
+        span_id: if traced {
+            line.span_id.to_vec()
+        } else {
+            Vec::new()
+        },
+        flags: u32::from(traced),
+        ..Default::default()
+    }
 }
 
 /// The resource attributes a process's spans and logs share.
@@ -43,61 +253,6 @@ pub fn resource_of(resource: &Resource) -> ProtoResource {
             kv("telemetry.sdk.language", string("rust")),
         ],
         ..Default::default()
-    }
-}
-
-fn span_of(s: &SpanData) -> Span {
-    Span {
-        trace_id: s.trace_id.to_vec(),
-        span_id: s.span_id.to_vec(),
-        parent_span_id: if s.parent == [0; 8] {
-            Vec::new()
-        } else {
-            s.parent.to_vec()
-        },
-        // W3C flags: sampled (only sampled spans are recorded).
-        flags: 0x101,
-        name: s.name.to_string(),
-        kind: s.kind as i32,
-        start_time_unix_nano: s.start_ns,
-        end_time_unix_nano: s.end_ns,
-        attributes: s
-            .attributes
-            .iter()
-            .map(|(k, v)| kv(k, value_of(v)))
-            .collect(),
-        status: Some(match &s.error {
-            Some(why) => Status {
-                message: why.to_string(),
-                code: status::StatusCode::Error as i32,
-            },
-            None => Status {
-                message: String::new(),
-                code: status::StatusCode::Unset as i32,
-            },
-        }),
-        links: s
-            .links
-            .iter()
-            .map(
-                |(trace, span)| opentelemetry_proto::tonic::trace::v1::span::Link {
-                    trace_id: trace.to_vec(),
-                    span_id: span.to_vec(),
-                    ..Default::default()
-                },
-            )
-            .collect(),
-        ..Default::default()
-    }
-}
-
-fn value_of(v: &Value) -> any_value::Value {
-    match v {
-        Value::Str(s) => any_value::Value::StringValue((*s).to_string()),
-        Value::Shared(s) => any_value::Value::StringValue(s.to_string()),
-        Value::Text(s) => any_value::Value::StringValue(s.clone()),
-        Value::Int(n) => any_value::Value::IntValue(*n),
-        Value::Bool(b) => any_value::Value::BoolValue(*b),
     }
 }
 
@@ -116,42 +271,161 @@ fn kv(key: &str, value: any_value::Value) -> KeyValue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::borrow::Cow;
-    use tessera_trace::span::Kind;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+    use std::sync::Arc;
+    use tessera_trace::span::{Attributes, Kind};
+
+    /// The same spans through the crate's structs: what the hand-written encoder must match.
+    fn reference(resource: &Resource, spans: &[SpanData]) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(resource_of(resource)),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(InstrumentationScope {
+                        name: SCOPE.into(),
+                        version: env!("CARGO_PKG_VERSION").into(),
+                        ..Default::default()
+                    }),
+                    spans: spans.iter().map(span_of).collect(),
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            }],
+        }
+    }
+
+    fn span_of(s: &SpanData) -> Span {
+        Span {
+            trace_id: s.trace_id.to_vec(),
+            span_id: s.span_id.to_vec(),
+            parent_span_id: if s.parent == [0; 8] {
+                Vec::new()
+            } else {
+                s.parent.to_vec()
+            },
+            // W3C flags: sampled (only sampled spans are recorded).
+            flags: 0x101,
+            name: s.name.to_text().into_owned(),
+            kind: s.kind as i32,
+            start_time_unix_nano: s.start_ns,
+            end_time_unix_nano: s.end_ns,
+            attributes: s
+                .attributes
+                .iter()
+                .map(|(k, v)| kv(k, value_of(v)))
+                .collect(),
+            status: Some(match &s.error {
+                Some(why) => Status {
+                    message: why.to_string(),
+                    code: status::StatusCode::Error as i32,
+                },
+                None => Status::default(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn value_of(v: &Value) -> any_value::Value {
+        match v {
+            Value::Str(s) => any_value::Value::StringValue((*s).to_string()),
+            Value::Shared(s) => any_value::Value::StringValue(s.to_string()),
+            Value::Text(s) => any_value::Value::StringValue(s.clone()),
+            Value::Int(n) => any_value::Value::IntValue(*n),
+            Value::Bool(b) => any_value::Value::BoolValue(*b),
+        }
+    }
+
+    fn span(n: u8, name: Name, error: Option<&'static str>, attributes: Attributes) -> SpanData {
+        SpanData {
+            trace_id: [n; 16],
+            span_id: [n + 1; 8],
+            parent: if n.is_multiple_of(2) { [0; 8] } else { [n + 2; 8] },
+            name,
+            kind: Kind::Server,
+            start_ns: 1_796_000_000_000_000_000 + u64::from(n),
+            end_ns: 1_796_000_000_000_000_000 + 1000 * u64::from(n),
+            error: error.map(Into::into),
+            attributes,
+        }
+    }
 
     #[test]
-    fn a_span_decodes_back_as_the_otlp_message_it_was() {
-        let data = SpanData {
-            trace_id: [1; 16],
-            span_id: [2; 8],
-            parent: [3; 8],
-            name: Cow::Borrowed("GET /api/orders/{id}"),
-            kind: Kind::Server,
-            start_ns: 10,
-            end_ns: 25,
-            error: Some("boom".into()),
-            attributes: vec![("http.response.status_code", Value::Int(500))],
-            links: Vec::new(),
-        };
+    fn what_is_written_by_hand_decodes_as_the_structs_encode_it() {
         let resource = Resource {
             service: "order".into(),
             instance: "order-1".into(),
             version: "1.2.3".into(),
         };
-        let body = encode_spans(&resource, &[data]);
-        let back = ExportTraceServiceRequest::decode(&body[..]).unwrap();
-        let rs = &back.resource_spans[0];
-        let attrs = &rs.resource.as_ref().unwrap().attributes;
-        assert_eq!(attrs[0].key, "service.name");
-        let span = &rs.scope_spans[0].spans[0];
-        assert_eq!(span.trace_id, vec![1; 16]);
-        assert_eq!(span.parent_span_id, vec![3; 8]);
-        assert_eq!(span.kind, Kind::Server as i32);
-        assert_eq!(span.end_time_unix_nano - span.start_time_unix_nano, 15);
-        assert_eq!(span.status.as_ref().unwrap().code, 2);
+        let long = "x".repeat(300);
+        let spans = vec![
+            span(1, Name::Static("db transaction"), None, Attributes::new()),
+            span(
+                2,
+                Name::Pair(
+                    Value::Str("GET"),
+                    Value::Shared(Arc::from("/api/orders/{id}")),
+                ),
+                Some("answered with a server error"),
+                [
+                    ("http.response.status_code", Value::Int(500)),
+                    ("tessera.retry", Value::Int(-3)),
+                    ("tessera.duplicate", Value::Bool(true)),
+                    ("url.path", Value::Text(long.clone())),
+                    ("peer.service", Value::Shared(Arc::from("catalog"))),
+                ]
+                .into_iter()
+                .collect(),
+            ),
+            span(
+                3,
+                Name::Text(long),
+                None,
+                [("k", Value::Str(""))].into_iter().collect(),
+            ),
+        ];
+        let mut body = Vec::new();
+        Encoder::new(&resource).encode(&spans, &mut body);
+        let decoded = ExportTraceServiceRequest::decode(&body[..]).unwrap();
+        assert_eq!(decoded, reference(&resource, &spans));
+        // Encoded again, nothing of the first batch is left over.
+        let mut encoder = Encoder::new(&resource);
+        encoder.encode(&spans, &mut body);
+        encoder.encode(&spans[..1], &mut body);
+        let decoded = ExportTraceServiceRequest::decode(&body[..]).unwrap();
+        assert_eq!(decoded, reference(&resource, &spans[..1]));
+    }
+
+    #[test]
+    fn a_log_line_becomes_a_record_with_its_trace_and_fields() {
+        use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+        let resource = Resource {
+            service: "order".into(),
+            instance: "order-1".into(),
+            version: "1".into(),
+        };
+        let line = LogData {
+            ts_ns: 7,
+            severity: 13,
+            level: "WARN",
+            trace_id: [1; 16],
+            span_id: [2; 8],
+            line: r#"{"ts":"x","level":"WARN","service":"order","instance":"order-1","trace_id":"01","target":"shop_order","msg":"slow \"lookup\"","ms":12,"ratio":0.5,"ok":false}"#.into(),
+        };
+        let body = encode_logs(&resource, &[line]);
+        let back = ExportLogsServiceRequest::decode(&body[..]).unwrap();
+        let record = &back.resource_logs[0].scope_logs[0].log_records[0];
+        assert_eq!((record.time_unix_nano, record.severity_number), (7, 13));
+        assert_eq!(record.severity_text, "WARN");
         assert_eq!(
-            span.attributes[0].value.as_ref().unwrap().value,
-            Some(any_value::Value::IntValue(500))
+            record.body.as_ref().unwrap().value,
+            Some(any_value::Value::StringValue("slow \"lookup\"".into()))
         );
+        assert_eq!(
+            (record.trace_id.as_slice(), record.span_id.as_slice()),
+            (&[1u8; 16][..], &[2u8; 8][..])
+        );
+        let keys: Vec<&str> = record.attributes.iter().map(|kv| kv.key.as_str()).collect();
+        assert_eq!(keys, ["ms", "ok", "ratio", "target"]);
     }
 }

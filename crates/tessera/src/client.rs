@@ -345,10 +345,11 @@ impl ServiceClient {
                     // instance does: retries show as siblings.
                     let (mut span, attempt) = Span::child_of(trace, "call", Kind::Client);
                     if span.is_recording() {
-                        span.rename(format!("{method} {service}"));
+                        let service: Arc<str> = Arc::from(service);
+                        span.name_pair(method, service.clone());
                         span.set("http.request.method", method);
-                        span.set("peer.service", service.to_string());
-                        span.set("server.address", chosen.address.clone());
+                        span.set("peer.service", service);
+                        span.set("tessera.instance", chosen.id.clone());
                         span.set("url.path", path.to_string());
                     }
                     let answer = self

@@ -245,7 +245,8 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for JsonLayer {
             line.push_str(event.metadata().level().as_str());
             line.push('"');
             line.push_str(&self.identity);
-            if let Some((trace_id, span_id)) = trace_of(event, &ctx) {
+            let trace = trace_of(event, &ctx);
+            if let Some((trace_id, span_id)) = trace {
                 let mut buf = [0u8; 32];
                 line.push_str(",\"trace_id\":\"");
                 line.push_str(crate::trace::hex(&trace_id, &mut buf));
@@ -258,6 +259,19 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for JsonLayer {
             event.record(&mut FieldWriter { line });
             line.push_str("}\n");
             writer().write(line.as_bytes());
+            let target = event.metadata().target();
+            if crate::trace::logs::exported(target) {
+                let level = event.metadata().level().as_str();
+                let (trace_id, span_id) = trace.unwrap_or_default();
+                crate::trace::logs::sink().push(crate::trace::logs::LogData {
+                    ts_ns: crate::trace::unix_now_ns(),
+                    severity: crate::trace::logs::severity_of(level),
+                    level,
+                    trace_id,
+                    span_id,
+                    line: line.trim_end().to_string(),
+                });
+            }
             if line.capacity() > 16 * 1024 {
                 *line = String::with_capacity(512); // one huge line does not stay resident
             }

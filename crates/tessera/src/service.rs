@@ -550,9 +550,10 @@ where
             let status = response.status().as_u16();
             let route = route.as_ref().map_or("unmatched", |m| m.as_str());
             if span.is_recording() {
-                span.rename(format!("{method} {route}"));
+                let route: Arc<str> = Arc::from(route);
+                span.name_pair(&method, route.clone());
                 span.set("http.request.method", &method);
-                span.set("http.route", route.to_string());
+                span.set("http.route", route);
                 span.set("http.response.status_code", status);
                 if status >= 500 {
                     span.fail("answered with a server error");
@@ -562,6 +563,7 @@ where
             crate::metrics::record_request(route, method.as_str(), status, elapsed);
             crate::log::in_trace(&trace, || {
                 tracing::info!(
+                    target: "request",
                     method = method.as_str(),
                     route,
                     status,

@@ -1,4 +1,4 @@
-//! Starting this process's exporter of spans (`tessera_telemetry`): to the control plane's
+//! Starting this process's exporter of spans and log lines (`tessera_telemetry`): to the control plane's
 //! collector, as this process (its credential, over mutual TLS when the system has it), and
 //! to the OTLP endpoints its environment names. The gateway starts it the same way.
 
@@ -14,7 +14,7 @@ pub fn start(
     control: Option<(&str, &Credential)>,
 ) -> anyhow::Result<Handle> {
     let control = control.map(|(url, credential)| tessera_telemetry::Target {
-        url: format!("{}/v1/traces", tessera_registry::control_base(url)),
+        base: tessera_registry::control_base(url),
         http: tessera_registry::control_http(credential),
     });
     let settings = tessera_telemetry::Settings::from_env(control).map_err(anyhow::Error::msg)?;

@@ -7,6 +7,7 @@
 //! servers, databases or passports' contents.
 
 mod context;
+pub mod logs;
 mod request;
 pub mod span;
 pub mod time;
@@ -14,4 +15,4 @@ pub mod time;
 pub use context::{TRACEPARENT, TraceContext, hex};
 pub use request::{REQUEST, RequestContext};
 pub use span::{Kind, Span};
-pub use time::{push_timestamp, rfc3339_now, unix_now, unix_now_ms};
+pub use time::{push_timestamp, rfc3339_now, unix_now, unix_now_ms, unix_now_ns};

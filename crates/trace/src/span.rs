@@ -15,7 +15,6 @@
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::TraceContext;
 
@@ -40,6 +39,15 @@ pub enum Value {
 }
 
 impl Value {
+    /// The value as text (numbers and booleans written out).
+    pub fn display(&self) -> Cow<'_, str> {
+        match self {
+            Value::Int(n) => Cow::Owned(n.to_string()),
+            Value::Bool(b) => Cow::Borrowed(if *b { "true" } else { "false" }),
+            other => Cow::Borrowed(other.as_str().unwrap_or_default()),
+        }
+    }
+
     pub fn as_str(&self) -> Option<&str> {
         match self {
             Value::Str(s) => Some(s),
@@ -105,6 +113,48 @@ impl From<bool> for Value {
     }
 }
 
+/// A span's name: static, made, or two parts joined by a space when exported (`GET
+/// /api/orders` from a static method and a shared route: nothing is formatted per request).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Name {
+    Static(&'static str),
+    Text(String),
+    Pair(Value, Value),
+}
+
+impl Name {
+    /// The name as exported.
+    pub fn to_text(&self) -> Cow<'_, str> {
+        match self {
+            Name::Static(s) => Cow::Borrowed(s),
+            Name::Text(s) => Cow::Borrowed(s),
+            Name::Pair(a, b) => Cow::Owned(format!("{} {}", a.display(), b.display())),
+        }
+    }
+}
+
+impl From<&'static str> for Name {
+    fn from(s: &'static str) -> Self {
+        Name::Static(s)
+    }
+}
+impl From<String> for Name {
+    fn from(s: String) -> Self {
+        Name::Text(s)
+    }
+}
+impl From<Cow<'static, str>> for Name {
+    fn from(s: Cow<'static, str>) -> Self {
+        match s {
+            Cow::Borrowed(s) => Name::Static(s),
+            Cow::Owned(s) => Name::Text(s),
+        }
+    }
+}
+
+/// Attributes kept inline: a span's handful costs no allocation.
+pub type Attributes = smallvec::SmallVec<[(&'static str, Value); 8]>;
+
 /// An ended span, as the exporter takes it.
 #[derive(Clone, Debug)]
 pub struct SpanData {
@@ -112,22 +162,21 @@ pub struct SpanData {
     pub span_id: [u8; 8],
     /// All zero for a trace's root.
     pub parent: [u8; 8],
-    pub name: Cow<'static, str>,
+    pub name: Name,
     pub kind: Kind,
     /// Nanoseconds since the Unix epoch.
     pub start_ns: u64,
     pub end_ns: u64,
     /// Set when the work failed: what went wrong, in a few words.
     pub error: Option<Cow<'static, str>>,
-    pub attributes: Vec<(&'static str, Value)>,
-    /// Spans of other traces this one follows from (none so far; kept for OTLP's links).
-    pub links: Vec<([u8; 16], [u8; 8])>,
+    pub attributes: Attributes,
 }
 
 /// A span being recorded; recorded when dropped (or [`Span::end`]).
 #[must_use = "a span records the work it is open around"]
 pub struct Span {
-    data: Option<Box<(SpanData, Instant)>>,
+    /// Boxed once, and the box itself goes into the sink: nothing of the record is copied.
+    data: Option<Box<SpanData>>,
 }
 
 impl Span {
@@ -139,37 +188,38 @@ impl Span {
     pub fn open(
         ctx: &TraceContext,
         parent: Option<[u8; 8]>,
-        name: impl Into<Cow<'static, str>>,
+        name: impl Into<Name>,
         kind: Kind,
     ) -> Span {
         if !ctx.sampled || !recording() {
             return Span::NONE;
         }
         Span {
-            data: Some(Box::new((
-                SpanData {
-                    trace_id: ctx.trace_id,
-                    span_id: ctx.span_id,
-                    parent: parent.unwrap_or([0; 8]),
-                    name: name.into(),
-                    kind,
-                    start_ns: now_ns(),
-                    end_ns: 0,
-                    error: None,
-                    attributes: Vec::with_capacity(8),
-                    links: Vec::new(),
-                },
-                Instant::now(),
-            ))),
+            data: Some(Box::new(SpanData {
+                trace_id: ctx.trace_id,
+                span_id: ctx.span_id,
+                parent: parent.unwrap_or([0; 8]),
+                name: name.into(),
+                kind,
+                start_ns: now_ns(),
+                end_ns: 0,
+                error: None,
+                attributes: Attributes::new(),
+            })),
         }
     }
 
     /// A child span of `parent` with ids of its own: the context to send on is the span's.
     pub fn child_of(
         parent: &TraceContext,
-        name: impl Into<Cow<'static, str>>,
+        name: impl Into<Name>,
         kind: Kind,
     ) -> (Span, TraceContext) {
+        if !parent.sampled || !recording() {
+            // Nothing is recorded: the work goes on under its parent's span, and no id is
+            // drawn for it.
+            return (Span::NONE, *parent);
+        }
         let ctx = parent.child();
         (Span::open(&ctx, Some(parent.span_id), name, kind), ctx)
     }
@@ -177,10 +227,7 @@ impl Span {
     /// Work done outside any request (a background worker, a timer) as an internal span:
     /// a child of `parent` (the trace the work belongs to: a stored command's, say), or the
     /// root of a trace of its own. The context to work (and call) under is the span's.
-    pub fn work(
-        parent: Option<&TraceContext>,
-        name: impl Into<Cow<'static, str>>,
-    ) -> (Span, TraceContext) {
+    pub fn work(parent: Option<&TraceContext>, name: impl Into<Name>) -> (Span, TraceContext) {
         match parent {
             Some(parent) => Span::child_of(parent, name, Kind::Internal),
             None => {
@@ -198,28 +245,35 @@ impl Span {
     /// Sets an attribute.
     pub fn set(&mut self, key: &'static str, value: impl Into<Value>) {
         if let Some(data) = &mut self.data {
-            data.0.attributes.push((key, value.into()));
+            data.attributes.push((key, value.into()));
         }
     }
 
     /// Sets an attribute made only when recording.
     pub fn set_with<V: Into<Value>>(&mut self, key: &'static str, value: impl FnOnce() -> V) {
         if let Some(data) = &mut self.data {
-            data.0.attributes.push((key, value().into()));
+            data.attributes.push((key, value().into()));
         }
     }
 
     /// Marks the span failed, saying why.
     pub fn fail(&mut self, why: impl Into<Cow<'static, str>>) {
         if let Some(data) = &mut self.data {
-            data.0.error = Some(why.into());
+            data.error = Some(why.into());
         }
     }
 
     /// Renames the span (a route known only once matched).
-    pub fn rename(&mut self, name: impl Into<Cow<'static, str>>) {
+    pub fn rename(&mut self, name: impl Into<Name>) {
         if let Some(data) = &mut self.data {
-            data.0.name = name.into();
+            data.name = name.into();
+        }
+    }
+
+    /// Names the span `<first> <second>` (`GET /api/orders`), joined only when exported.
+    pub fn name_pair(&mut self, first: impl Into<Value>, second: impl Into<Value>) {
+        if let Some(data) = &mut self.data {
+            data.name = Name::Pair(first.into(), second.into());
         }
     }
 
@@ -231,24 +285,26 @@ impl Span {
 
 impl Drop for Span {
     fn drop(&mut self) {
-        if let Some(data) = self.data.take() {
-            let (mut data, started) = *data;
-            data.end_ns = data.start_ns + started.elapsed().as_nanos() as u64;
+        if let Some(mut data) = self.data.take() {
+            // One clock for both ends: the wall clock, read twice per span (a clock step
+            // between them is clamped to a zero duration).
+            data.end_ns = now_ns().max(data.start_ns);
             sink().push(data);
         }
     }
 }
 
 fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
+    crate::unix_now_ns()
 }
 
 /// Ended spans waiting for the exporter: bounded, so that an exporter that cannot send never
 /// grows the process; what does not fit is counted and dropped.
+// The records stay boxed in the sink: a span's box is moved in as it is, never its few
+// hundred bytes copied (clippy's `vec_box` assumes the copy is cheaper).
+#[allow(clippy::vec_box)]
 pub struct Sink {
-    spans: Mutex<Vec<SpanData>>,
+    spans: Mutex<Vec<Box<SpanData>>>,
     dropped: AtomicU64,
     capacity: usize,
 }
@@ -257,7 +313,7 @@ pub struct Sink {
 pub const SINK_CAPACITY: usize = 64 * 1024;
 
 impl Sink {
-    fn push(&self, span: SpanData) {
+    fn push(&self, span: Box<SpanData>) {
         let mut spans = self.spans.lock().unwrap_or_else(|e| e.into_inner());
         if spans.len() >= self.capacity {
             drop(spans);
@@ -268,7 +324,8 @@ impl Sink {
     }
 
     /// Takes every waiting span, leaving `spare` (emptied) in their place.
-    pub fn take(&self, spare: &mut Vec<SpanData>) {
+    #[allow(clippy::vec_box)]
+    pub fn take(&self, spare: &mut Vec<Box<SpanData>>) {
         spare.clear();
         let mut spans = self.spans.lock().unwrap_or_else(|e| e.into_inner());
         std::mem::swap(&mut *spans, spare);
@@ -315,7 +372,11 @@ pub fn stop_recording() {
 /// Whether a new trace with this id is sampled: decided from the id itself (OpenTelemetry's
 /// `TraceIdRatioBased`), so that every process deciding on the same trace agrees.
 pub fn sampled(trace_id: &[u8; 16]) -> bool {
-    let ppm = SAMPLE_PPM.load(Ordering::Relaxed);
+    sampled_at(trace_id, SAMPLE_PPM.load(Ordering::Relaxed))
+}
+
+/// Whether a trace with this id is sampled at `ppm` millionths.
+fn sampled_at(trace_id: &[u8; 16], ppm: u64) -> bool {
     if ppm >= 1_000_000 {
         return true;
     }
@@ -351,8 +412,8 @@ mod tests {
         assert_eq!(s.kind, Kind::Client);
         assert!(s.end_ns >= s.start_ns && s.start_ns > 0);
         assert_eq!(
-            s.attributes,
-            [("http.response.status_code", Value::Int(503))]
+            s.attributes.as_slice(),
+            &[("http.response.status_code", Value::Int(503))][..]
         );
         assert_eq!(s.error.as_deref(), Some("upstream answered 503"));
 
@@ -366,14 +427,20 @@ mod tests {
 
     #[test]
     fn the_sampling_ratio_is_kept_and_decided_by_the_trace_id() {
-        SAMPLE_PPM.store(250_000, Ordering::Relaxed);
         let ids: Vec<[u8; 16]> = (0..4000).map(|_| rand::random()).collect();
-        let kept = ids.iter().filter(|id| sampled(id)).count();
+        let kept = ids.iter().filter(|id| sampled_at(id, 250_000)).count();
         assert!((800..1200).contains(&kept), "{kept} of 4000 at 25%");
-        assert!(ids.iter().all(|id| sampled(id) == sampled(id)));
-        SAMPLE_PPM.store(0, Ordering::Relaxed);
-        assert!(ids.iter().all(|id| !sampled(id)));
-        SAMPLE_PPM.store(1_000_000, Ordering::Relaxed);
-        assert!(ids.iter().all(sampled));
+        // Every process deciding on the same trace decides the same.
+        assert!(
+            ids.iter()
+                .all(|id| sampled_at(id, 250_000) == sampled_at(id, 250_000))
+        );
+        // A lower share keeps a subset of what a higher one keeps.
+        assert!(
+            ids.iter()
+                .all(|id| !sampled_at(id, 100_000) || sampled_at(id, 250_000))
+        );
+        assert!(ids.iter().all(|id| !sampled_at(id, 0)));
+        assert!(ids.iter().all(|id| sampled_at(id, 1_000_000)));
     }
 }

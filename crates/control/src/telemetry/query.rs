@@ -1,5 +1,6 @@
-//! `GET /v1/telemetry/traces` (search) and `GET /v1/telemetry/traces/{trace_id}` (one trace,
-//! every span): the supervisor's and an admin's.
+//! `GET /v1/telemetry/traces` (search), `GET /v1/telemetry/traces/{trace_id}` (one trace,
+//! every span and its log lines) and `GET /v1/telemetry/logs` (log lines): the supervisor's
+//! and an admin's.
 //!
 //! A search finds the traces having a span that matches every filter given (`service`,
 //! `route`, `name`, `status`, `min_ms`/`max_ms` of the span's duration, within
@@ -281,5 +282,189 @@ pub async fn trace(
             },
         )
         .collect();
-    Ok(Json(json!({ "trace_id": trace_id, "spans": spans })))
+    let logs = telemetry
+        .log_lines(&LogFilter {
+            trace_id: Some(trace_id.clone()),
+            since_ns: 0,
+            until_ns: i64::MAX,
+            ..LogFilter::default()
+        })
+        .await?;
+    Ok(Json(
+        json!({ "trace_id": trace_id, "spans": spans, "logs": logs }),
+    ))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LogQuery {
+    service: Option<String>,
+    /// The least severe level shown: trace, debug, info, warn, error.
+    level: Option<String>,
+    text: Option<String>,
+    trace_id: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    /// Only lines after this one (a live tail), oldest first.
+    after: Option<String>,
+    limit: Option<String>,
+}
+
+/// What a search of log lines keeps.
+#[derive(Default)]
+pub(super) struct LogFilter {
+    service: Option<String>,
+    min_severity: i64,
+    text: Option<String>,
+    trace_id: Option<String>,
+    since_ns: i64,
+    until_ns: i64,
+    after: Option<i64>,
+    limit: i64,
+}
+
+pub async fn logs(
+    State(telemetry): State<Telemetry>,
+    caller: Caller,
+    tessera::Query(q): tessera::Query<LogQuery>,
+) -> Result<Json<JsonValue>, ApiError> {
+    caller.may_inspect()?;
+    let now = tessera::unix_now_ms();
+    let until = number("until", &q.until)?.unwrap_or(now);
+    let since = number("since", &q.since)?.unwrap_or(until.saturating_sub(3600 * 1000));
+    if since > until {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "since must not be after until",
+        ));
+    }
+    if until - since > MAX_RANGE_MS {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!(
+                "the range is too wide: at most {} days",
+                MAX_RANGE_MS / 86_400_000
+            ),
+        ));
+    }
+    let limit = number("limit", &q.limit)?.unwrap_or(100);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be from 1 to {MAX_LIMIT}"),
+        ));
+    }
+    let min_severity = match q.level.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("") | Some("trace") => 0,
+        Some("debug") => 5,
+        Some("info") => 9,
+        Some("warn") => 13,
+        Some("error") => 17,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("level is trace, debug, info, warn or error, not {other:?}"),
+            ));
+        }
+    };
+    let trace_id = q.trace_id.as_deref().map(trace_id_of).transpose()?;
+    let filter = LogFilter {
+        service: q.service.filter(|s| !s.is_empty()),
+        min_severity,
+        text: q.text.filter(|s| !s.is_empty()),
+        trace_id,
+        since_ns: since.saturating_mul(1_000_000),
+        until_ns: until.saturating_mul(1_000_000),
+        after: number("after", &q.after)?,
+        limit,
+    };
+    let lines = telemetry.log_lines(&filter).await?;
+    let last = lines
+        .iter()
+        .filter_map(|l| l["id"].as_i64())
+        .max()
+        .or(filter.after);
+    Ok(Json(json!({ "logs": lines, "last": last })))
+}
+
+impl Telemetry {
+    /// The log lines `filter` keeps: newest first, or after `filter.after` oldest first.
+    pub(super) async fn log_lines(
+        &self,
+        filter: &LogFilter,
+    ) -> Result<Vec<JsonValue>, tessera::DbError> {
+        let mut clauses = vec!["ts_ns >= $1".to_string(), "ts_ns <= $2".to_string()];
+        let mut args = vec![Arg::Int(filter.since_ns), Arg::Int(filter.until_ns)];
+        let mut add = |clause: &str, arg: Arg| {
+            args.push(arg);
+            clauses.push(clause.replace('?', &format!("${}", args.len())));
+        };
+        if let Some(s) = &filter.service {
+            add("service = ?", Arg::Text(s.clone()));
+        }
+        if filter.min_severity > 0 {
+            add("severity >= ?", Arg::Int(filter.min_severity));
+        }
+        if let Some(t) = &filter.text {
+            add("instr(body, ?) > 0", Arg::Text(t.clone()));
+        }
+        if let Some(t) = &filter.trace_id {
+            add("trace_id = ?", Arg::Text(t.clone()));
+        }
+        if let Some(after) = filter.after {
+            add("id > ?", Arg::Int(after));
+        }
+        let limit = if filter.limit > 0 {
+            filter.limit
+        } else {
+            MAX_LIMIT
+        };
+        let order = if filter.after.is_some() || filter.trace_id.is_some() {
+            "ASC"
+        } else {
+            "DESC"
+        };
+        let sql = format!(
+            "SELECT id, ts_ns, service, instance, level, body, trace_id, span_id, attributes FROM logs WHERE {} ORDER BY id {order} LIMIT {limit}",
+            clauses.join(" AND ")
+        );
+        type Row = (
+            i64,
+            i64,
+            String,
+            Option<String>,
+            String,
+            String,
+            Option<String>,
+            Option<String>,
+            String,
+        );
+        let mut rows = query_as::<Row>(&sql);
+        for arg in &args {
+            rows = match arg {
+                Arg::Text(s) => rows.bind(s),
+                Arg::Int(n) => rows.bind(*n),
+            };
+        }
+        Ok(rows
+            .fetch_all(self.db().pool())
+            .await?
+            .into_iter()
+            .map(
+                |(id, ts, service, instance, level, body, trace_id, span_id, attributes)| {
+                    json!({
+                        "id": id,
+                        "ts_us": ts / 1000,
+                        "service": service,
+                        "instance": instance,
+                        "level": level,
+                        "body": body,
+                        "trace_id": trace_id,
+                        "span_id": span_id,
+                        "attributes": serde_json::from_str::<JsonValue>(&attributes).unwrap_or(JsonValue::Null),
+                    })
+                },
+            )
+            .collect())
+    }
 }

@@ -1,5 +1,5 @@
-//! `POST /v1/traces`: OTLP/HTTP's trace export, protobuf (`application/x-protobuf`) or JSON
-//! (`application/json`), as any OpenTelemetry SDK sends it.
+//! `POST /v1/traces` and `POST /v1/logs`: OTLP/HTTP's trace and log export, protobuf
+//! (`application/x-protobuf`) or JSON (`application/json`), as any OpenTelemetry SDK sends it.
 //!
 //! Each span becomes a row; a span whose ids are not OTLP's (16 and 8 bytes, not all zero) is
 //! rejected and counted in the answer's `partialSuccess`, as the protocol asks; a span sent
@@ -15,6 +15,9 @@ use prost::Message;
 use serde_json::{Map, Value as Json};
 use tessera::ApiError;
 use tessera::identity::Principal;
+use tessera::otlp::proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
 use tessera::otlp::proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
@@ -41,12 +44,12 @@ pub(super) struct Row {
     pub attributes: String,
 }
 
-pub async fn traces(
-    State(telemetry): State<Telemetry>,
-    Extension(principal): Extension<Principal>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
+/// The request of a post: OTLP's protobuf or JSON, as its content type says; whether it was
+/// JSON (the answer is written the same way).
+fn decode<T: Message + Default + serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(T, bool), ApiError> {
     let json = match headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -71,32 +74,24 @@ pub async fn traces(
             "compressed bodies are not taken: send them uncompressed (the exporter's compression 'none')",
         ));
     }
-    let request: ExportTraceServiceRequest = if json {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::bad_request(
-                "invalid_otlp",
-                format!("not an OTLP/JSON traces request: {e}"),
-            )
+    let request = if json {
+        serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request("invalid_otlp", format!("not an OTLP/JSON request: {e}"))
         })?
     } else {
-        ExportTraceServiceRequest::decode(&body[..]).map_err(|e| {
-            ApiError::bad_request("invalid_otlp", format!("not an OTLP traces request: {e}"))
+        T::decode(body).map_err(|e| {
+            ApiError::bad_request("invalid_otlp", format!("not an OTLP request: {e}"))
         })?
     };
-    let (rows, rejected) = rows_of(&principal, request);
-    telemetry.store(&rows).await?;
-    metrics::counter!("tessera_telemetry_spans_received_total").increment(rows.len() as u64);
-    let answer = ExportTraceServiceResponse {
-        partial_success: (rejected > 0).then(|| ExportTracePartialSuccess {
-            rejected_spans: rejected,
-            error_message: "spans need a 16-byte trace id and an 8-byte span id, not all zero"
-                .into(),
-        }),
-    };
-    Ok(if json {
+    Ok((request, json))
+}
+
+/// OTLP's answer, written as the request was.
+fn answer<T: Message + serde::Serialize>(answer: &T, json: bool) -> Response {
+    if json {
         (
             [(header::CONTENT_TYPE, "application/json")],
-            serde_json::to_vec(&answer).unwrap_or_else(|_| b"{}".to_vec()),
+            serde_json::to_vec(answer).unwrap_or_else(|_| b"{}".to_vec()),
         )
             .into_response()
     } else {
@@ -105,7 +100,135 @@ pub async fn traces(
             answer.encode_to_vec(),
         )
             .into_response()
-    })
+    }
+}
+
+/// Whose telemetry a post is: a service's and the gateway's are their own, whatever their
+/// resource claims; the operators' (a CLI, a test) are what the resource says.
+fn owner(principal: &Principal, claimed: Option<String>) -> String {
+    match principal {
+        Principal::Service(name) => name.clone(),
+        Principal::Gateway => "gateway".to_string(),
+        Principal::Supervisor | Principal::Admin => {
+            claimed.unwrap_or_else(|| "unknown".to_string())
+        }
+    }
+}
+
+pub async fn traces(
+    State(telemetry): State<Telemetry>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let (request, json) = decode::<ExportTraceServiceRequest>(&headers, &body)?;
+    let (rows, rejected) = rows_of(&principal, request);
+    telemetry.store(&rows).await?;
+    metrics::counter!("tessera_telemetry_spans_received_total").increment(rows.len() as u64);
+    Ok(answer(
+        &ExportTraceServiceResponse {
+            partial_success: (rejected > 0).then(|| ExportTracePartialSuccess {
+                rejected_spans: rejected,
+                error_message: "spans need a 16-byte trace id and an 8-byte span id, not all zero"
+                    .into(),
+            }),
+        },
+        json,
+    ))
+}
+
+pub async fn logs(
+    State(telemetry): State<Telemetry>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let (request, json) = decode::<ExportLogsServiceRequest>(&headers, &body)?;
+    let rows = log_rows_of(&principal, request);
+    telemetry.store_logs(&rows).await?;
+    metrics::counter!("tessera_telemetry_logs_received_total").increment(rows.len() as u64);
+    Ok(answer(
+        &ExportLogsServiceResponse {
+            partial_success: None,
+        },
+        json,
+    ))
+}
+
+/// A log record as stored.
+pub(super) struct LogRow {
+    pub ts_ns: i64,
+    pub service: String,
+    pub instance: Option<String>,
+    pub severity: i64,
+    pub level: String,
+    pub body: String,
+    pub trace_id: Option<String>,
+    pub span_id: Option<String>,
+    pub attributes: String,
+}
+
+/// The rows of a logs request. A record without a time takes the time it was observed, else
+/// now; ids of the wrong size are left out (the record is kept, unattached to a trace).
+fn log_rows_of(principal: &Principal, request: ExportLogsServiceRequest) -> Vec<LogRow> {
+    let now = tessera::trace::unix_now_ns() as i64;
+    let mut rows = Vec::new();
+    for resource_logs in request.resource_logs {
+        let resource = resource_logs
+            .resource
+            .map(|r| r.attributes)
+            .unwrap_or_default();
+        let service = owner(principal, string_attribute(&resource, "service.name"));
+        let instance = string_attribute(&resource, "service.instance.id");
+        for scope in resource_logs.scope_logs {
+            for record in scope.log_records {
+                let ts = [record.time_unix_nano, record.observed_time_unix_nano]
+                    .into_iter()
+                    .find(|t| *t > 0)
+                    .map_or(now, |t| i64::try_from(t).unwrap_or(now));
+                let trace_id = <[u8; 16]>::try_from(record.trace_id.as_slice())
+                    .ok()
+                    .filter(|t| *t != [0; 16]);
+                let span_id = <[u8; 8]>::try_from(record.span_id.as_slice())
+                    .ok()
+                    .filter(|s| *s != [0; 8]);
+                let level = if record.severity_text.is_empty() {
+                    level_of(record.severity_number).to_string()
+                } else {
+                    record.severity_text.to_ascii_uppercase()
+                };
+                let body = match value_json(record.body.as_ref()) {
+                    Json::String(s) => s,
+                    Json::Null => String::new(),
+                    other => other.to_string(),
+                };
+                rows.push(LogRow {
+                    ts_ns: ts,
+                    service: service.clone(),
+                    instance: instance.clone(),
+                    severity: i64::from(record.severity_number),
+                    level,
+                    body,
+                    trace_id: trace_id.map(|t| hex(&t)),
+                    span_id: trace_id.and(span_id).map(|s| hex(&s)),
+                    attributes: Json::Object(attributes_json(&record.attributes)).to_string(),
+                });
+            }
+        }
+    }
+    rows
+}
+
+/// The level a severity number falls in (OpenTelemetry's ranges).
+fn level_of(severity: i32) -> &'static str {
+    match severity {
+        1..=4 => "TRACE",
+        5..=8 => "DEBUG",
+        9..=12 => "INFO",
+        13..=16 => "WARN",
+        17..=24 => "ERROR",
+        _ => "INFO",
+    }
 }
 
 /// The rows of `request`, and how many spans were rejected.
@@ -117,15 +240,8 @@ fn rows_of(principal: &Principal, request: ExportTraceServiceRequest) -> (Vec<Ro
             .resource
             .map(|r| r.attributes)
             .unwrap_or_default();
-        let claimed = string_attribute(&resource, "service.name");
         // Who sent it decides whose spans they are: a service writes only its own.
-        let service = match principal {
-            Principal::Service(name) => name.clone(),
-            Principal::Gateway => "gateway".to_string(),
-            Principal::Supervisor | Principal::Admin => {
-                claimed.unwrap_or_else(|| "unknown".to_string())
-            }
-        };
+        let service = owner(principal, string_attribute(&resource, "service.name"));
         let instance = string_attribute(&resource, "service.instance.id");
         for scope in resource_spans.scope_spans {
             for span in scope.spans {
@@ -249,6 +365,33 @@ impl Telemetry {
             .bind(&r.status_message)
             .bind(&r.http_route)
             .bind(r.http_status)
+            .bind(&r.attributes)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await
+    }
+}
+
+impl Telemetry {
+    /// Stores log rows in one transaction.
+    pub(super) async fn store_logs(&self, rows: &[LogRow]) -> Result<(), tessera::DbError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.db().write_tx().await?;
+        for r in rows {
+            tessera::store::query(
+                "INSERT INTO logs (ts_ns, service, instance, severity, level, body, trace_id, span_id, attributes) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(r.ts_ns)
+            .bind(&r.service)
+            .bind(&r.instance)
+            .bind(r.severity)
+            .bind(&r.level)
+            .bind(&r.body)
+            .bind(&r.trace_id)
+            .bind(&r.span_id)
             .bind(&r.attributes)
             .execute(&mut *tx)
             .await?;

@@ -1,6 +1,6 @@
-//! Keeping the store within bounds: spans older than [`Retention::max_age`] are deleted, and
-//! while the database holds more than [`Retention::max_bytes`] of live pages, the oldest tenth
-//! goes. Space freed is reused by SQLite, so the file stops growing at about the limit.
+//! Keeping the store within bounds: spans and log lines older than [`Retention::max_age`] are
+//! deleted, and while the database holds more than [`Retention::max_bytes`] of live pages, the
+//! oldest tenth goes. Space freed is reused by SQLite, so the file stops growing at about the limit.
 
 use std::time::Duration;
 
@@ -45,6 +45,11 @@ impl Telemetry {
             .execute(pool)
             .await?
             .rows_affected();
+        gone += query("DELETE FROM logs WHERE ts_ns < $1")
+            .bind(oldest_kept)
+            .execute(pool)
+            .await?
+            .rows_affected();
         loop {
             let pages: i64 = query_scalar("SELECT page_count - freelist_count FROM pragma_page_count(), pragma_freelist_count()")
                 .fetch_one(pool)
@@ -55,26 +60,34 @@ impl Telemetry {
             if (pages.max(0) as u64) * (page_size.max(0) as u64) <= retention.max_bytes {
                 break;
             }
-            let count: i64 = query_scalar("SELECT COUNT(*) FROM spans")
-                .fetch_one(pool)
-                .await?;
+            // The oldest tenth of spans and log lines together, by time.
+            let count: i64 =
+                query_scalar("SELECT (SELECT COUNT(*) FROM spans) + (SELECT COUNT(*) FROM logs)")
+                    .fetch_one(pool)
+                    .await?;
             if count == 0 {
                 break;
             }
-            let cut: Option<i64> =
-                query_scalar("SELECT start_ns FROM spans ORDER BY start_ns LIMIT 1 OFFSET $1")
-                    .bind((count / 10).max(1) - 1)
-                    .fetch_optional(pool)
-                    .await?;
+            let cut: Option<i64> = query_scalar(
+                "SELECT t FROM (SELECT start_ns AS t FROM spans UNION ALL SELECT ts_ns AS t FROM logs) ORDER BY t LIMIT 1 OFFSET $1",
+            )
+            .bind((count / 10).max(1) - 1)
+            .fetch_optional(pool)
+            .await?;
             let Some(cut) = cut else { break };
             gone += query("DELETE FROM spans WHERE start_ns <= $1")
                 .bind(cut)
                 .execute(pool)
                 .await?
                 .rows_affected();
+            gone += query("DELETE FROM logs WHERE ts_ns <= $1")
+                .bind(cut)
+                .execute(pool)
+                .await?
+                .rows_affected();
         }
         if gone > 0 {
-            tracing::info!(spans = gone, "telemetry pruned");
+            tracing::info!(records = gone, "telemetry pruned");
             metrics::counter!("tessera_telemetry_spans_pruned_total").increment(gone);
         }
         Ok(gone)
