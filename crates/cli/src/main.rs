@@ -3,12 +3,14 @@
 mod engine;
 mod env;
 mod etcd;
+mod human;
 mod keys;
 mod nats;
 mod output;
 mod postgres;
 mod redis;
 mod supervisor;
+mod telemetry;
 mod tls;
 mod up;
 
@@ -58,9 +60,36 @@ enum Command {
         /// The port of the local Redis (`--profile distributed`).
         #[arg(long, default_value_t = 16379)]
         redis_port: u16,
+        /// Write the processes' log lines as the JSON they are, also in a terminal (they are
+        /// written for a person there otherwise).
+        #[arg(long)]
+        json: bool,
     },
     /// Show the registered instances of a running system.
     Status,
+    /// Draw a trace's waterfall (every span, parent to child, on a time axis) and its log
+    /// lines, from the control plane's collector.
+    Trace { trace_id: String },
+    /// Show the system's log lines from the control plane's collector, oldest first.
+    Logs {
+        /// Only this service's.
+        service: Option<String>,
+        /// Only this trace's.
+        #[arg(long)]
+        trace: Option<String>,
+        /// Only lines at least this severe: trace, debug, info, warn, error.
+        #[arg(long)]
+        level: Option<String>,
+        /// Only lines whose message contains this.
+        #[arg(long)]
+        grep: Option<String>,
+        /// How many of the latest lines.
+        #[arg(long, short = 'n', default_value_t = 100)]
+        lines: u32,
+        /// Keep printing new lines as they arrive.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
     /// Run the control plane (started by `up`).
     Control,
     /// Run the gateway (started by `up`).
@@ -173,7 +202,9 @@ fn main() -> anyhow::Result<()> {
                 nats_port,
                 etcd_port,
                 redis_port,
+                json,
             } => {
+                output::choose_format(json);
                 let (name, database, engines) = match profile {
                     up::Profile::Postgres => {
                         ("postgres", up::Database::Postgres(postgres_port), None)
@@ -200,6 +231,25 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Status => status(&manifest, &state_dir).await,
+            Command::Trace { trace_id } => telemetry::trace(&manifest, &state_dir, &trace_id).await,
+            Command::Logs {
+                service,
+                trace,
+                level,
+                grep,
+                lines,
+                follow,
+            } => {
+                let q = telemetry::LogsQuery {
+                    service,
+                    trace,
+                    level,
+                    grep,
+                    lines,
+                    follow,
+                };
+                telemetry::logs(&manifest, &state_dir, q).await
+            }
             Command::Postgres { .. } => unreachable!("run before the manifest is read"),
             Command::Credential { principal } => {
                 let Some(principal) = Principal::parse(&principal) else {

@@ -1,7 +1,18 @@
 //! Interleaves every child's output on our stdout, one whole line at a time, each behind a
-//! coloured name (plain when stdout is not a terminal or `NO_COLOR` is set).
+//! coloured name (plain when stdout is not a terminal or `NO_COLOR` is set). In a terminal,
+//! JSON log lines are written for a person (`human.rs`) unless `up --json` asks for them as
+//! they are.
 
 use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Whether JSON log lines are written for a person.
+static HUMAN: AtomicBool = AtomicBool::new(false);
+
+/// Writes JSON log lines for a person from now on, if stdout is a terminal and `json` is off.
+pub fn choose_format(json: bool) {
+    HUMAN.store(!json && std::io::stdout().is_terminal(), Ordering::Relaxed);
+}
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
@@ -24,8 +35,15 @@ impl Prefix {
     }
 
     pub fn line(&self, line: &str) {
+        let human = HUMAN
+            .load(Ordering::Relaxed)
+            .then(|| {
+                let color = std::env::var_os("NO_COLOR").is_none();
+                crate::human::render_line(line, color)
+            })
+            .flatten();
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{}{line}", self.text);
+        let _ = writeln!(out, "{}{}", self.text, human.as_deref().unwrap_or(line));
     }
 }
 

@@ -308,6 +308,43 @@ async fn a_checkout_is_one_trace_from_the_gateway_through_every_service_and_acro
         "{warnings}"
     );
 
+    // The CLI draws the same trace as a waterfall with its log lines, and finds the line.
+    let tessera = |args: &[&str]| {
+        let out = std::process::Command::new(tessera_testkit::bin_dir().join("tessera"))
+            .arg("--manifest")
+            .arg(sys.dir.join("tessera.toml"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let drawn = tessera(&["trace", &trace_id]);
+    for shown in [
+        "POST /api/orders",
+        "saga checkout step reserve-stock",
+        "payment-provider",
+        "order placed",
+        "█",
+    ] {
+        assert!(drawn.contains(shown), "{shown}:\n{drawn}");
+    }
+    assert!(
+        drawn.lines().count() > spans.len(),
+        "a line per span, then the logs:\n{drawn}"
+    );
+    let listed = tessera(&["logs", "order", "--grep", "order placed", "-n", "50"]);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains("order placed") && l.contains(&trace_id[..8])),
+        "{listed}"
+    );
+
     // Search: by service, route and status, and each trace summed up.
     let resp = sys
         .control(

@@ -340,7 +340,11 @@ mod tests {
         SpanData {
             trace_id: [n; 16],
             span_id: [n + 1; 8],
-            parent: if n.is_multiple_of(2) { [0; 8] } else { [n + 2; 8] },
+            parent: if n.is_multiple_of(2) {
+                [0; 8]
+            } else {
+                [n + 2; 8]
+            },
             name,
             kind: Kind::Server,
             start_ns: 1_796_000_000_000_000_000 + u64::from(n),
