@@ -336,6 +336,11 @@ fn main() -> anyhow::Result<()> {
                         ),
                         max_bytes: manifest.telemetry.max_mb * 1024 * 1024,
                     },
+                    scraping: Some(tessera_control::telemetry::Scraping {
+                        fixed: scraped_platform(&manifest),
+                        system: manifest.system.name.clone(),
+                        every: std::time::Duration::from_millis(manifest.telemetry.scrape_ms),
+                    }),
                     principals: manifest.principals(),
                 };
                 tessera_control::serve(listener, config, supervisor::shutdown_signal()).await
@@ -415,6 +420,29 @@ fn main() -> anyhow::Result<()> {
     });
     tessera::log::flush();
     result
+}
+
+/// The processes of the platform the control plane scrapes that do not register: each
+/// gateway (its admin listener) and the control plane itself.
+fn scraped_platform(manifest: &Manifest) -> Vec<tessera_control::telemetry::metrics::Target> {
+    let mut out: Vec<_> = (0..manifest.gateway.replicas.max(1))
+        .map(|i| tessera_control::telemetry::metrics::Target {
+            service: "gateway".into(),
+            instance: format!("gateway-{i}"),
+            address: manifest
+                .clone()
+                .gateway_replica(i)
+                .gateway
+                .admin_listen
+                .to_string(),
+        })
+        .collect();
+    out.push(tessera_control::telemetry::metrics::Target {
+        service: "control".into(),
+        instance: "control".into(),
+        address: manifest.control.listen.to_string(),
+    });
+    out
 }
 
 /// What each service may do on the control plane, from what the manifest declares.

@@ -56,6 +56,9 @@ pub struct ControlConfig {
     pub policy: Arc<Policy>,
     /// How long and how much telemetry the collector keeps.
     pub retention: telemetry::Retention,
+    /// What the collector scrapes for metrics besides the registered instances (none: no
+    /// scraping).
+    pub scraping: Option<telemetry::Scraping>,
     /// With mutual TLS on: every principal of the system (`service:<name>` for each service,
     /// `gateway`, `supervisor`, `admin`); a process whose certificate names none is refused
     /// at the handshake.
@@ -266,7 +269,13 @@ pub async fn serve(
         (tls.as_ref(), known)
     });
     tracing::info!(address = %listener.local_addr()?, mutual_tls = tls.is_some(), "control plane ready");
-    let telemetry = telemetry::Telemetry::open(&config.data_dir, config.retention).await?;
+    let telemetry = telemetry::Telemetry::open(
+        &config.data_dir,
+        config.retention,
+        Some(registry.clone()),
+        config.scraping.clone(),
+    )
+    .await?;
     let router = router(registry, log, telemetry, config.keys, config.policy);
     tessera::listen::serve(listener, router, tls, shutdown, Duration::from_secs(10)).await?;
     Ok(())

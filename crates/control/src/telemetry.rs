@@ -15,6 +15,8 @@
 //! duration, time and trace id; log lines by service, level, text, trace and time, or those
 //! after the last one seen (a live tail).
 
+mod exposition;
+pub mod metrics;
 mod query;
 mod receive;
 mod retention;
@@ -47,23 +49,57 @@ const MIGRATIONS: &[Migration] = &[
 /// What a post may carry at most.
 pub const MAX_POST_BYTES: usize = 16 * 1024 * 1024;
 
-/// The collector's store.
+/// The collector's store, and the metrics it scrapes.
 #[derive(Clone)]
 pub struct Telemetry {
     db: Db,
+    /// Whose instances are scraped (none: only `fixed_targets`).
+    registry: Option<crate::Registry>,
+    /// Processes scraped that do not register (the gateways, the control plane itself).
+    fixed_targets: Vec<metrics::Target>,
+    series: metrics::Shared,
+    system: String,
+}
+
+/// What the collector scrapes for metrics, and how often.
+#[derive(Clone, Debug)]
+pub struct Scraping {
+    /// The gateways the manifest runs, and the control plane: they do not register.
+    pub fixed: Vec<metrics::Target>,
+    pub system: String,
+    pub every: Duration,
 }
 
 impl Telemetry {
-    /// Opens (creating) the store in `dir`, and prunes it by `retention` from now on.
-    pub async fn open(dir: &Path, retention: Retention) -> anyhow::Result<Self> {
+    /// Opens (creating) the store in `dir`, and prunes it by `retention` from now on; with
+    /// `scraping`, scrapes the registry's instances and the fixed targets too.
+    pub async fn open(
+        dir: &Path,
+        retention: Retention,
+        registry: Option<crate::Registry>,
+        scraping: Option<Scraping>,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let db = Db::open(&Db::default_url(dir, "telemetry"), MIGRATIONS).await?;
-        let telemetry = Self { db };
+        let (fixed, system, every) = match &scraping {
+            Some(s) => (s.fixed.clone(), s.system.clone(), Some(s.every)),
+            None => (Vec::new(), String::new(), None),
+        };
+        let telemetry = Self {
+            db,
+            registry,
+            fixed_targets: fixed,
+            series: metrics::Shared::default(),
+            system,
+        };
         tokio::spawn(retention::run(
             telemetry.clone(),
             retention,
             Duration::from_secs(30),
         ));
+        if let Some(every) = every {
+            tokio::spawn(metrics::run(telemetry.clone(), every));
+        }
         Ok(telemetry)
     }
 
@@ -86,6 +122,8 @@ pub fn routes(telemetry: Telemetry) -> Router {
         .route("/v1/telemetry/traces", get(query::traces))
         .route("/v1/telemetry/traces/{trace_id}", get(query::trace))
         .route("/v1/telemetry/logs", get(query::logs))
+        .route("/v1/telemetry/metrics", get(metrics::series))
+        .route("/v1/telemetry/prometheus", get(metrics::prometheus))
         .with_state(telemetry)
 }
 

@@ -45,6 +45,7 @@ impl Control {
             keys: keys.clone(),
             policy: Default::default(),
             retention: Default::default(),
+            scraping: None,
             principals: Vec::new(),
         };
         tokio::spawn(tessera_control::serve(

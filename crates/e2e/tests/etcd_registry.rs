@@ -286,6 +286,7 @@ async fn the_control_planes_registry_api_stands_in_front_of_etcd() {
         keys: keys.clone(),
         policy: Arc::new(policy),
         retention: Default::default(),
+        scraping: None,
         principals: Vec::new(),
     };
     tokio::spawn(tessera_control::serve(

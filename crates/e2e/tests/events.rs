@@ -106,6 +106,7 @@ impl Harness {
             },
             keys: self.control_keys.clone(),
             retention: Default::default(),
+            scraping: None,
             principals: Vec::new(), // no mutual TLS here
             // The ledger publishes its events; the auditor reads them.
             policy: Arc::new(tessera_control::Policy::new([

@@ -145,6 +145,8 @@ pub struct Telemetry {
     pub retention_hours: u64,
     /// How much the collector keeps at most, in MiB (the oldest go first).
     pub max_mb: u64,
+    /// How often the control plane scrapes every instance's `/metrics` for its RED series.
+    pub scrape_ms: u64,
 }
 
 impl Default for Telemetry {
@@ -154,6 +156,7 @@ impl Default for Telemetry {
             export: Vec::new(),
             retention_hours: 7 * 24,
             max_mb: 512,
+            scrape_ms: 5000,
         }
     }
 }
@@ -555,6 +558,9 @@ impl Manifest {
         }
         if self.telemetry.retention_hours == 0 || self.telemetry.max_mb == 0 {
             return Err("telemetry.retention_hours and telemetry.max_mb: more than 0".into());
+        }
+        if self.telemetry.scrape_ms < 100 {
+            return Err("telemetry.scrape_ms: at least 100".into());
         }
         if let Some(url) = &self.system.bus
             && !url.starts_with("nats://")
