@@ -27,6 +27,25 @@ pub fn render_line(line: &str, color: bool) -> Option<String> {
     Some(render(time, None, level, msg, &fields, trace, color))
 }
 
+/// `s` with control characters shown as escapes: what a process logs never drives the
+/// reader's terminal.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    std::borrow::Cow::Owned(
+        s.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
+}
+
 /// A line from its parts: `who` (a service) when the reader needs it.
 pub fn render(
     time: &str,
@@ -41,7 +60,7 @@ pub fn render(
     out.push_str(time);
     out.push(' ');
     if let Some(who) = who {
-        out.push_str(&format!("{who:<14} "));
+        out.push_str(&format!("{:<14} ", printable(who)));
     }
     let level_text = format!("{level:<5}");
     if color {
@@ -56,7 +75,7 @@ pub fn render(
         out.push_str(&level_text);
     }
     out.push(' ');
-    out.push_str(msg);
+    out.push_str(&printable(msg));
     let mut first = true;
     for (key, value) in fields {
         if SHOWN.contains(&key.as_str()) {
@@ -68,6 +87,7 @@ pub fn render(
             Value::String(s) if !s.contains(' ') && !s.is_empty() => s.clone(),
             other => other.to_string(),
         };
+        let (key, value) = (printable(key), printable(&value));
         if color {
             out.push_str(&format!("\x1b[2m{key}=\x1b[0m{value}"));
         } else {
@@ -101,5 +121,16 @@ mod tests {
         assert_eq!(render_line("not json at all", false), None);
         assert_eq!(render_line("[1,2]", false), None);
         assert_eq!(render_line(r#"{"no":"ts"}"#, false), None);
+        // What a process logs cannot drive the terminal.
+        let hostile = concat!(
+            r#"{"ts":"2026-12-04T03:23:57.019Z","level":"INFO","msg":"#,
+            r#""\u001b[2Jcleared","k":"\u001b]0;x\u0007"}"#
+        );
+        let shown = render_line(hostile, false).unwrap();
+        assert!(
+            !shown.contains('\u{1b}') && !shown.contains('\u{7}'),
+            "{shown:?}"
+        );
+        assert!(shown.contains("\\u{1b}[2Jcleared"), "{shown:?}");
     }
 }

@@ -219,14 +219,14 @@ pub fn waterfall(trace: &Value, width: usize, color: bool) -> String {
             "{}{}{}",
             "  ".repeat(depth),
             if failed { "✗ " } else { "" },
-            s["name"].as_str().unwrap_or("?")
+            human::printable(s["name"].as_str().unwrap_or("?"))
         );
         if name.chars().count() > 46 {
             name = name.chars().take(45).collect::<String>() + "…";
         }
         let line = format!(
             "{name:<46} {:<16} |{bar}| {:>9}",
-            s["service"].as_str().unwrap_or("?"),
+            human::printable(s["service"].as_str().unwrap_or("?")),
             duration(length)
         );
         if color && failed {

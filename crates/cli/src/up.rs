@@ -282,6 +282,19 @@ pub async fn run(
                 manifest.gateway.admin_listen
             ));
             say(&format!("  control plane  {control_url}"));
+            if manifest.console.login {
+                say(&format!(
+                    "  console        {control_url}/console/  (sign in: tessera credential admin)"
+                ));
+            } else {
+                // A local development system: the URL signs in (the credential is in the
+                // fragment, which the browser never sends).
+                let admin = crate::keys::credential(&state_dir, &Principal::Admin)?;
+                say(&format!(
+                    "  console        {control_url}/console/#credential={}",
+                    admin.token()
+                ));
+            }
             for (name, spec) in &manifest.services {
                 let routes: Vec<&str> = manifest
                     .routes

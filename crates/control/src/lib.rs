@@ -9,6 +9,7 @@
 //! shutdown future, so tests run it in-process on `127.0.0.1:0`.
 
 pub mod auth;
+pub mod console;
 pub mod events;
 pub mod policy;
 pub mod registry;
@@ -65,8 +66,8 @@ pub struct ControlConfig {
     pub principals: Vec<String>,
 }
 
-/// The control plane's HTTP API: the registry and the log behind the credential check, health
-/// and metrics outside it.
+/// The control plane's HTTP API: the registry, the log and the collector behind the credential
+/// check; health, metrics and the console's pages (which hold no data) outside it.
 pub fn router(
     registry: Registry,
     log: events::Log,
@@ -82,6 +83,7 @@ pub fn router(
         policy,
     )
     .route_layer(axum::middleware::from_fn(record))
+    .merge(console::routes())
     .route("/health/live", get(|| async { "{\"status\":\"live\"}" }))
     .route("/health/ready", get(|| async { "{\"status\":\"ready\"}" }))
     .route("/metrics", get(tessera::metrics::endpoint))

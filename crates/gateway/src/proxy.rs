@@ -142,10 +142,16 @@ impl Gateway {
         req: &Request<'_>,
         headers: &mut HeaderBuf,
     ) -> (StatusCode, Bytes, Access<'a>) {
+        // A client's trace is continued, but it may only turn sampling down: the system's
+        // share applies to its traces too (a client cannot make every request recorded).
         let parent = req
             .fields
             .get_str(tessera::trace::TRACEPARENT)
-            .and_then(TraceContext::parse);
+            .and_then(TraceContext::parse)
+            .map(|mut p| {
+                p.sampled &= tessera::trace::span::sampled(&p.trace_id);
+                p
+            });
         let trace = parent.map_or_else(TraceContext::new_root, |p| p.child());
         // The request's server span: the client's span (its `traceparent`) is its parent.
         let mut span = Span::open(&trace, parent.map(|p| p.span_id), "request", Kind::Server);

@@ -118,6 +118,8 @@ impl Upstream {
                         span.set("http.request.method", req.method);
                         span.set("peer.service", self.label.clone());
                         span.set("tessera.instance", instance.id.clone());
+                        // Dropped before it completes (its time ran out): failed, saying so.
+                        span.fail("timed out or cancelled");
                     }
                     let mut traceparent = [0u8; 55];
                     attempt_trace.write_header(&mut traceparent);
@@ -138,6 +140,7 @@ impl Upstream {
                             instance: instance.id.clone(),
                         }),
                     };
+                    span.clear_failure();
                     match &outcome {
                         Ok(x) => {
                             span.set("http.response.status_code", x.response.status.as_u16());

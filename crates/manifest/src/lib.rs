@@ -32,6 +32,8 @@ pub struct Manifest {
     pub gateway: Gateway,
     #[serde(default)]
     pub telemetry: Telemetry,
+    #[serde(default)]
+    pub console: Console,
     /// Routes, matched by longest path prefix.
     #[serde(default, rename = "route")]
     pub routes: Vec<Route>,
@@ -158,6 +160,22 @@ impl Default for Telemetry {
             max_mb: 512,
             scrape_ms: 5000,
         }
+    }
+}
+
+/// The Tessera Console (`docs/observability.md`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Console {
+    /// `false` on a local development system: `tessera up` prints the console's URL with the
+    /// admin's credential in it, so opening it signs in. Otherwise the console asks for the
+    /// credential (`tessera credential admin`).
+    pub login: bool,
+}
+
+impl Default for Console {
+    fn default() -> Self {
+        Self { login: true }
     }
 }
 

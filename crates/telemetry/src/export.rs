@@ -23,11 +23,16 @@ const PER_REQUEST: usize = 4096;
 pub struct Handle {
     flush: Arc<Notify>,
     flushed: Arc<Notify>,
+    /// Whether an exporter runs (there was a target).
+    running: bool,
 }
 
 impl Handle {
     /// Sends every span ended so far, waiting at most `within`.
     pub async fn flush(&self, within: Duration) {
+        if !self.running {
+            return;
+        }
         let done = self.flushed.notified();
         self.flush.notify_one();
         let _ = tokio::time::timeout(within, done).await;
@@ -37,13 +42,15 @@ impl Handle {
 /// Starts recording spans and exporting them from `resource` per `settings`; with no target,
 /// nothing is recorded.
 pub fn start(resource: Resource, settings: Settings) -> Handle {
-    let handle = Handle {
+    let mut handle = Handle {
         flush: Arc::new(Notify::new()),
         flushed: Arc::new(Notify::new()),
+        running: false,
     };
     if settings.targets.is_empty() {
         return handle;
     }
+    handle.running = true;
     span::start_recording(settings.sample);
     logs::start_exporting();
     tokio::spawn(run(resource, settings, handle.clone()));

@@ -8,7 +8,7 @@ use opentelemetry_proto::tonic::trace::v1::status;
 use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
 use tessera_trace::logs::LogData;
-use tessera_trace::span::{Name, SpanData, Value};
+use tessera_trace::span::{Kind, Name, SpanData, Value};
 
 use crate::Resource;
 
@@ -128,10 +128,18 @@ fn write_span(s: &SpanData, buf: &mut Vec<u8>) {
         }
         None => message_field(15, &[], buf),
     }
-    // W3C flags: sampled (only sampled spans are recorded), and the "has parent's remoteness"
-    // bit OTLP defines.
     encode_key(16, WireType::ThirtyTwoBit, buf);
-    buf.extend_from_slice(&0x101u32.to_le_bytes());
+    buf.extend_from_slice(&flags_of(s).to_le_bytes());
+}
+
+/// A span's OTLP flags: W3C's sampled bit (only sampled spans are recorded), and whether its
+/// parent is remote (known, bit 8; remote, bit 9): a server's or consumer's parent is in
+/// another process.
+fn flags_of(s: &SpanData) -> u32 {
+    match s.kind {
+        Kind::Server | Kind::Consumer if s.parent != [0; 8] => 0x301,
+        _ => 0x101,
+    }
 }
 
 /// A `KeyValue { key = 1, value = 2: AnyValue }` as attribute field 9 of a span.
@@ -274,7 +282,7 @@ mod tests {
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
     use std::sync::Arc;
-    use tessera_trace::span::{Attributes, Kind};
+    use tessera_trace::span::Attributes;
 
     /// The same spans through the crate's structs: what the hand-written encoder must match.
     fn reference(resource: &Resource, spans: &[SpanData]) -> ExportTraceServiceRequest {
@@ -304,8 +312,11 @@ mod tests {
             } else {
                 s.parent.to_vec()
             },
-            // W3C flags: sampled (only sampled spans are recorded).
-            flags: 0x101,
+            flags: if matches!(s.kind, Kind::Server | Kind::Consumer) && s.parent != [0; 8] {
+                0x301
+            } else {
+                0x101
+            },
             name: s.name.to_text().into_owned(),
             kind: s.kind as i32,
             start_time_unix_nano: s.start_ns,
@@ -392,6 +403,13 @@ mod tests {
         Encoder::new(&resource).encode(&spans, &mut body);
         let decoded = ExportTraceServiceRequest::decode(&body[..]).unwrap();
         assert_eq!(decoded, reference(&resource, &spans));
+        // A server span with a parent has a remote parent; a root's is unknown-local.
+        let flags: Vec<u32> = decoded.resource_spans[0].scope_spans[0]
+            .spans
+            .iter()
+            .map(|s| s.flags)
+            .collect();
+        assert_eq!(flags, [0x301, 0x101, 0x301]);
         // Encoded again, nothing of the first batch is left over.
         let mut encoder = Encoder::new(&resource);
         encoder.encode(&spans, &mut body);

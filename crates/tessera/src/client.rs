@@ -351,6 +351,8 @@ impl ServiceClient {
                         span.set("peer.service", service);
                         span.set("tessera.instance", chosen.id.clone());
                         span.set("url.path", path.to_string());
+                        // Dropped before it completes (its time ran out): failed, saying so.
+                        span.fail("timed out or cancelled");
                     }
                     let answer = self
                         .exchange(
@@ -366,6 +368,7 @@ impl ServiceClient {
                             identity,
                         )
                         .await;
+                    span.clear_failure();
                     match &answer {
                         Ok(a) => {
                             span.set("http.response.status_code", a.status.as_u16());

@@ -263,6 +263,14 @@ impl Span {
         }
     }
 
+    /// Takes back a failure set earlier: an attempt is marked failed when it starts (so one
+    /// dropped on a timeout says so) and cleared when it completes.
+    pub fn clear_failure(&mut self) {
+        if let Some(data) = &mut self.data {
+            data.error = None;
+        }
+    }
+
     /// Renames the span (a route known only once matched).
     pub fn rename(&mut self, name: impl Into<Name>) {
         if let Some(data) = &mut self.data {

@@ -224,6 +224,8 @@ async fn replay(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     caller.may_replay()?;
     let (replayed, skipped) = log.replay_dead_letters(&group).await?;
+    // An operator's action: audited in the log.
+    tracing::info!(target: "audit", who = %caller.principal, group = %group, replayed, skipped, "dead letters replayed");
     Ok(Json(
         serde_json::json!({ "replayed": replayed, "skipped": skipped }),
     ))

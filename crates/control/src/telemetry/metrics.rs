@@ -170,7 +170,13 @@ impl Series {
         self.last.retain(|instance, _| seen.contains(instance));
         let seconds = interval.as_secs_f64().max(0.001);
         for ((service, route), sum) in sums {
-            let points = self.points.entry((service, route)).or_default();
+            let key = (service, route);
+            if !self.points.contains_key(&key)
+                && self.points.keys().filter(|(s, _)| *s == key.0).count() >= MAX_ROUTES
+            {
+                continue;
+            }
+            let points = self.points.entry(key).or_default();
             points.push_back(Point {
                 t,
                 rate: sum.requests / seconds,
@@ -182,6 +188,10 @@ impl Series {
                 points.pop_front();
             }
         }
+        // Routes with no point for as long as a series lasts: forgotten.
+        let oldest = t - (POINTS as i64) * interval.as_millis() as i64;
+        self.points
+            .retain(|_, points| points.back().is_some_and(|p| p.t >= oldest));
     }
 }
 
@@ -192,11 +202,15 @@ pub(super) fn targets(telemetry: &Telemetry) -> Vec<Target> {
     if let Some(registry) = &telemetry.registry {
         for (service, instances) in registry.catalog().services {
             for i in instances {
-                if let Some(admin) = i.metadata.get(tessera::admin::METADATA_KEY) {
+                if let Some(admin) = i
+                    .metadata
+                    .get(tessera::admin::METADATA_KEY)
+                    .and_then(|a| admin_address(&i.address, a))
+                {
                     out.push(Target {
                         service: service.clone(),
                         instance: i.id.clone(),
-                        address: admin.clone(),
+                        address: admin,
                     });
                 }
             }
@@ -205,6 +219,21 @@ pub(super) fn targets(telemetry: &Telemetry) -> Vec<Target> {
     out.extend(telemetry.fixed_targets.iter().cloned());
     out
 }
+
+/// The admin address an instance registered, if it is a socket address on the same host as
+/// the instance itself: what an instance says is not a URL the control plane (or Prometheus)
+/// would fetch wherever it points.
+fn admin_address(instance: &str, admin: &str) -> Option<String> {
+    let admin: std::net::SocketAddr = admin.parse().ok()?;
+    let host: std::net::SocketAddr = instance.parse().ok()?;
+    (admin.ip() == host.ip()).then(|| admin.to_string())
+}
+
+/// The most a scrape reads of an instance's `/metrics`.
+const MAX_SCRAPE_BYTES: usize = 4 * 1024 * 1024;
+/// The most routes a service keeps series for (a service labelling raw paths as routes would
+/// grow them without end).
+const MAX_ROUTES: usize = 200;
 
 /// Scrapes every target each `every`, for as long as the process runs.
 pub(super) async fn run(telemetry: Telemetry, every: Duration) {
@@ -220,15 +249,19 @@ pub(super) async fn run(telemetry: Telemetry, every: Duration) {
         let scrapes = targets(&telemetry).into_iter().map(|target| {
             let http = http.clone();
             async move {
-                let text = http
+                let mut resp = http
                     .get(format!("http://{}/metrics", target.address))
                     .send()
                     .await
-                    .ok()?
-                    .text()
-                    .await
                     .ok()?;
-                Some((target, text))
+                let mut body = Vec::new();
+                while let Some(chunk) = resp.chunk().await.ok()? {
+                    body.extend_from_slice(&chunk);
+                    if body.len() > MAX_SCRAPE_BYTES {
+                        return None;
+                    }
+                }
+                Some((target, String::from_utf8_lossy(&body).into_owned()))
             }
         });
         let scraped: Vec<_> = futures_util::future::join_all(scrapes)
@@ -357,6 +390,22 @@ http_server_request_duration_seconds_bucket{{route="/api/x",method="GET",status=
             .unwrap()
             .clone();
         assert_eq!((p.t, p.rate), (3, 1.0));
+    }
+
+    #[test]
+    fn an_admin_address_is_scraped_only_on_the_instances_own_host() {
+        assert_eq!(
+            admin_address("127.0.0.1:4000", "127.0.0.1:4001").as_deref(),
+            Some("127.0.0.1:4001")
+        );
+        for bad in [
+            "169.254.169.254:80",
+            "127.0.0.1:80/latest?x=",
+            "example.com:80",
+            "",
+        ] {
+            assert_eq!(admin_address("127.0.0.1:4000", bad), None, "{bad}");
+        }
     }
 
     #[test]

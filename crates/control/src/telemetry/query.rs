@@ -254,7 +254,7 @@ pub async fn trace(
         String,
     );
     let rows: Vec<Row> = query_as(
-        "SELECT span_id, parent_id, service, instance, name, kind, start_ns, end_ns, error, status_message, attributes FROM spans WHERE trace_id = $1 ORDER BY start_ns, span_id",
+        "SELECT span_id, parent_id, service, instance, name, kind, start_ns, end_ns, error, status_message, attributes FROM spans WHERE trace_id = $1 ORDER BY start_ns, span_id LIMIT 10000",
     )
     .bind(&trace_id)
     .fetch_all(telemetry.db().pool())
@@ -393,8 +393,14 @@ impl Telemetry {
         &self,
         filter: &LogFilter,
     ) -> Result<Vec<JsonValue>, tessera::DbError> {
+        // A tail (after a line) takes every later line whatever its time: one stamped ahead
+        // of this clock is not skipped for good.
+        let (since, until) = match filter.after {
+            Some(_) => (i64::MIN, i64::MAX),
+            None => (filter.since_ns, filter.until_ns),
+        };
         let mut clauses = vec!["ts_ns >= $1".to_string(), "ts_ns <= $2".to_string()];
-        let mut args = vec![Arg::Int(filter.since_ns), Arg::Int(filter.until_ns)];
+        let mut args = vec![Arg::Int(since), Arg::Int(until)];
         let mut add = |clause: &str, arg: Arg| {
             args.push(arg);
             clauses.push(clause.replace('?', &format!("${}", args.len())));

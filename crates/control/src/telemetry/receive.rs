@@ -4,7 +4,9 @@
 //! Each span becomes a row; a span whose ids are not OTLP's (16 and 8 bytes, not all zero) is
 //! rejected and counted in the answer's `partialSuccess`, as the protocol asks; a span sent
 //! twice (an exporter retrying after a lost answer) is stored once. A service's spans are
-//! stored under its own name, whatever `service.name` its resource says.
+//! stored under its own name, whatever `service.name` its resource says, and a span is its
+//! service's: another posting the same ids adds a row of its own, never replaces it. Times
+//! ahead of the collector's clock by more than a minute are taken as now.
 
 use axum::Extension;
 use axum::body::Bytes;
@@ -26,8 +28,12 @@ use tessera::otlp::proto::tonic::trace::v1::status::StatusCode as SpanStatus;
 
 use super::{Telemetry, hex};
 
+/// How far ahead of the collector's clock a time may be (clocks drift) before it is taken as
+/// now.
+const FUTURE_NS: i64 = 60 * 1_000_000_000;
+
 /// A span as stored.
-pub(super) struct Row {
+pub(crate) struct Row {
     pub trace_id: String,
     pub span_id: String,
     pub parent_id: Option<String>,
@@ -185,7 +191,8 @@ fn log_rows_of(principal: &Principal, request: ExportLogsServiceRequest) -> Vec<
                 let ts = [record.time_unix_nano, record.observed_time_unix_nano]
                     .into_iter()
                     .find(|t| *t > 0)
-                    .map_or(now, |t| i64::try_from(t).unwrap_or(now));
+                    .map_or(now, |t| i64::try_from(t).unwrap_or(now))
+                    .min(now.saturating_add(FUTURE_NS));
                 let trace_id = <[u8; 16]>::try_from(record.trace_id.as_slice())
                     .ok()
                     .filter(|t| *t != [0; 16]);
@@ -233,6 +240,7 @@ fn level_of(severity: i32) -> &'static str {
 
 /// The rows of `request`, and how many spans were rejected.
 fn rows_of(principal: &Principal, request: ExportTraceServiceRequest) -> (Vec<Row>, i64) {
+    let now = tessera::trace::unix_now_ns() as i64;
     let mut rows = Vec::new();
     let mut rejected = 0;
     for resource_spans in request.resource_spans {
@@ -265,10 +273,15 @@ fn rows_of(principal: &Principal, request: ExportTraceServiceRequest) -> (Vec<Ro
                 let http_route = string_attribute(&span.attributes, "http.route");
                 let http_status = int_attribute(&span.attributes, "http.response.status_code")
                     .or_else(|| int_attribute(&span.attributes, "http.status_code"));
-                let start_ns = i64::try_from(span.start_time_unix_nano).unwrap_or(i64::MAX);
+                // Times from the future (a wrong clock, or a sender trying to outlive the
+                // retention) are taken as now.
+                let latest = now.saturating_add(FUTURE_NS);
+                let start_ns = i64::try_from(span.start_time_unix_nano)
+                    .unwrap_or(i64::MAX)
+                    .min(latest);
                 let end_ns = i64::try_from(span.end_time_unix_nano)
                     .unwrap_or(i64::MAX)
-                    .max(start_ns);
+                    .clamp(start_ns, latest.max(start_ns));
                 rows.push(Row {
                     trace_id: hex(&trace_id),
                     span_id: hex(&span_id),

@@ -256,7 +256,8 @@ impl NatsBus {
     /// the partition back with some on their way to it), JetStream would hand each out again
     /// only when its own ack wait runs out, and one handed to a pull request that is still
     /// open (the predecessor's, dying) waits a whole ack wait more, behind newer ones: events
-    /// of one key would come out of order. So the consumer is made again, starting right
+    /// of one key would come out of order. The same with nothing unacked but a predecessor's
+    /// pull request still waiting on the server: it would take the next message. So the consumer is made again, starting right
     /// after its ack floor (everything before it handled and acked): what was left comes
     /// first, in order, at once, and the old deliveries and pull requests are void. Retries
     /// are the consumer's own (no `max_deliver`), so nothing is lost with the delivery counts.
@@ -268,19 +269,29 @@ impl NatsBus {
         cached: Option<consumer::PullConsumer>,
     ) -> Result<consumer::PullConsumer, BusError> {
         let (topic, group) = (&member.topic, &member.group);
-        let pull = match cached {
+        let name = format!("{}-{partition}", escape(group));
+        let mut pull = match cached {
             Some(c) => c,
             None => self.durable(conn, topic, group, partition, None).await?,
         };
-        let name = format!("{}-{partition}", escape(group));
-        let info = pull.get_info().await.map_err(|e| {
-            BusError::Unavailable(format!("cannot read consumer {name} on {topic}: {e}"))
-        })?;
-        if info.num_ack_pending == 0 {
+        let info = match pull.get_info().await {
+            Ok(info) => info,
+            // Gone (a member died between the two steps below, or an operator deleted it):
+            // made again, from the stream's start; the inbox absorbs what comes twice.
+            Err(_) => {
+                pull = self.durable(conn, topic, group, partition, None).await?;
+                pull.get_info().await.map_err(|e| {
+                    BusError::Unavailable(format!("cannot read consumer {name} on {topic}: {e}"))
+                })?
+            }
+        };
+        // Nothing delivered and unacked, and no pull request of a predecessor still open on
+        // the server (it would take the next message, to come back an ack wait later).
+        if info.num_ack_pending == 0 && info.num_waiting == 0 {
             return Ok(pull);
         }
         let floor = info.ack_floor.stream_sequence;
-        tracing::info!(topic = %topic, partition, left = info.num_ack_pending, after = floor, "taking a partition over: its consumer starts again after its ack floor");
+        tracing::info!(topic = %topic, partition, left = info.num_ack_pending, waiting = info.num_waiting, after = floor, "taking a partition over: its consumer starts again after its ack floor");
         let stream = self.stream(conn, topic).await?;
         stream.delete_consumer(&name).await.map_err(|e| {
             BusError::Unavailable(format!("cannot remake consumer {name} on {topic}: {e}"))

@@ -1,0 +1,319 @@
+// The Tessera Console: one page served by the control plane, reading the control plane's own
+// API with the operator's credential (docs/observability.md). Plain JavaScript, no build.
+"use strict";
+
+const main = document.getElementById("main");
+const KEY = "tessera-console-credential";
+let timer = null;
+
+// A credential handed over in the URL's fragment (`tessera up` prints such a URL for a local
+// system) is kept for this tab and taken out of the address bar.
+(function takeCredentialFromUrl() {
+  const m = location.hash.match(/[#?&]credential=([^&]+)/);
+  if (m) {
+    sessionStorage.setItem(KEY, decodeURIComponent(m[1]));
+    let rest = location.hash.replace(/[?&]?credential=[^&]+/, "");
+    if (rest === "#" || rest === "") rest = "#/";
+    history.replaceState(null, "", location.pathname + rest);
+  }
+})();
+
+function credential() { return sessionStorage.getItem(KEY); }
+
+async function api(path, options = {}) {
+  const resp = await fetch(path, {
+    ...options,
+    headers: { ...(options.headers || {}), authorization: "Bearer " + credential() },
+  });
+  const text = await resp.text();
+  let body = null;
+  try { body = text ? JSON.parse(text) : null; } catch (_) { body = text; }
+  if (resp.status === 401) { sessionStorage.removeItem(KEY); render(); throw new Error("signed out"); }
+  if (!resp.ok) {
+    const why = body && body.error ? body.error.message : String(text);
+    throw new Error(resp.status + ": " + why);
+  }
+  return body;
+}
+
+function esc(s) {
+  return String(s === undefined || s === null ? "" : s)
+    .replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
+}
+
+function duration(us) {
+  if (us >= 1e6) return (us / 1e6).toFixed(2) + " s";
+  if (us >= 1e3) return (us / 1e3).toFixed(1) + " ms";
+  return us + " µs";
+}
+
+function clock(us) {
+  const d = new Date(us / 1000);
+  return d.toLocaleTimeString([], { hour12: false }) + "." + String(d.getMilliseconds()).padStart(3, "0");
+}
+
+function params(query) {
+  const out = {};
+  new URLSearchParams(query || "").forEach((v, k) => { if (v) out[k] = v; });
+  return out;
+}
+
+function setActive(page) {
+  document.querySelectorAll("header nav a").forEach(a => {
+    a.classList.toggle("active", a.getAttribute("href") === "#/" + page);
+  });
+}
+
+function loginPage() {
+  main.innerHTML = `
+    <div class="login">
+      <h1>Sign in</h1>
+      <p class="muted">The console reads the system as its administrator. Paste the admin's
+      credential: <code>tessera credential admin</code> prints it.</p>
+      <form id="login"><input id="cred" autocomplete="off" placeholder="credential">
+      <button>Sign in</button></form>
+    </div>`;
+  document.getElementById("login").onsubmit = e => {
+    e.preventDefault();
+    sessionStorage.setItem(KEY, document.getElementById("cred").value.trim());
+    location.hash = "#/";
+    render();
+  };
+}
+
+async function servicesPage() {
+  const catalog = await api("/v1/services");
+  const now = Date.now() / 1000;
+  let rows = "";
+  for (const [service, instances] of Object.entries(catalog.services || {})) {
+    for (const i of instances) {
+      const started = Number((i.metadata || {}).started || 0);
+      const uptime = started ? Math.max(0, Math.round(now - started)) : null;
+      rows += `<tr><td>${esc(service)}</td><td>${esc(i.id)}</td><td><span class="pill ok">up</span></td>
+        <td>${esc(i.version)}</td><td>${esc(i.address)}</td>
+        <td>${uptime === null ? "" : esc(formatUptime(uptime))}</td><td>${esc((i.metadata || {}).pid)}</td></tr>`;
+    }
+  }
+  main.innerHTML = `<h1>Services</h1>
+    <table id="services"><tr><th>service</th><th>instance</th><th>health</th><th>version</th>
+    <th>address</th><th>uptime</th><th>pid</th></tr>${rows || '<tr><td colspan="7" class="muted">no instance registered</td></tr>'}</table>`;
+}
+
+function formatUptime(s) {
+  if (s < 60) return s + " s";
+  if (s < 3600) return Math.floor(s / 60) + " min";
+  return Math.floor(s / 3600) + " h " + Math.floor((s % 3600) / 60) + " min";
+}
+
+function sparkline(points, key, color, max) {
+  const w = 400, h = 80;
+  if (!points.length) return `<svg viewBox="0 0 ${w} ${h}"></svg>`;
+  const values = points.map(p => p[key] || 0);
+  const top = Math.max(max || 0, ...values, 1e-9);
+  const step = points.length > 1 ? w / (points.length - 1) : w;
+  const path = values.map((v, i) => `${i ? "L" : "M"}${(i * step).toFixed(1)},${(h - (v / top) * (h - 4) - 2).toFixed(1)}`).join(" ");
+  return `<path d="${path}" fill="none" stroke="${color}" stroke-width="1.5"/>`;
+}
+
+async function routesPage() {
+  const body = await api("/v1/telemetry/metrics");
+  const cards = (body.routes || []).map(r => {
+    const pts = r.points || [];
+    const last = pts[pts.length - 1] || {};
+    const maxLatency = Math.max(...pts.map(p => p.p99_ms || 0), 0);
+    return `<div class="chart" data-route="${esc(r.service + " " + r.route)}">
+      <h3>${esc(r.service)} <span class="muted">${esc(r.route)}</span></h3>
+      <div class="legend">rate ${(last.rate || 0).toFixed(1)}/s · errors ${(last.errors || 0).toFixed(2)}/s ·
+        p50 ${last.p50_ms == null ? "–" : last.p50_ms.toFixed(2) + " ms"} · p99 ${last.p99_ms == null ? "–" : last.p99_ms.toFixed(2) + " ms"}</div>
+      <svg viewBox="0 0 400 80" preserveAspectRatio="none">${sparkline(pts, "rate", "#4c6ef5")}${sparkline(pts, "errors", "#e03131", Math.max(...pts.map(p => p.rate || 0)))}</svg>
+      <svg viewBox="0 0 400 80" preserveAspectRatio="none">${sparkline(pts, "p99_ms", "#f08c00", maxLatency)}${sparkline(pts, "p50_ms", "#2f9e44", maxLatency)}</svg>
+      <div class="legend"><span style="color:#4c6ef5">rate</span> · <span style="color:#e03131">errors</span> ·
+        <span style="color:#2f9e44">p50</span> · <span style="color:#f08c00">p99</span></div></div>`;
+  });
+  main.innerHTML = `<h1>Routes</h1><div class="charts">${cards.join("") || '<p class="muted">no requests yet</p>'}</div>`;
+  timer = setTimeout(() => render(), 5000);
+}
+
+async function tracesPage(query) {
+  const q = params(query);
+  const search = new URLSearchParams(q).toString();
+  const body = await api("/v1/telemetry/traces" + (search ? "?" + search : ""));
+  const rows = (body.traces || []).map(t => `
+    <tr class="clickable trace" data-id="${esc(t.trace_id)}">
+      <td>${esc(clock(t.start_us))}</td>
+      <td>${esc(t.root.service)} <b>${esc(t.root.name)}</b></td>
+      <td>${esc(t.root.http_status ?? "")}</td><td>${esc(duration(t.duration_us))}</td>
+      <td>${esc(t.spans)}</td><td>${t.errors ? `<span class="pill error">${t.errors}</span>` : ""}</td>
+      <td class="muted">${esc(t.services.join(", "))}</td><td class="muted">${esc(t.trace_id.slice(0, 8))}</td></tr>`);
+  main.innerHTML = `<h1>Traces</h1>
+    <form class="filters" id="filters">
+      <input name="service" placeholder="service" value="${esc(q.service)}">
+      <input name="route" placeholder="route" value="${esc(q.route)}">
+      <select name="status"><option value="">any status</option>
+        <option value="error" ${q.status === "error" ? "selected" : ""}>errors</option>
+        <option value="ok" ${q.status === "ok" ? "selected" : ""}>ok</option></select>
+      <input name="min_ms" placeholder="slower than (ms)" value="${esc(q.min_ms)}" size="12">
+      <button>Search</button></form>
+    <table id="traces"><tr><th>time</th><th>root</th><th>status</th><th>duration</th><th>spans</th>
+    <th>errors</th><th>services</th><th>trace</th></tr>${rows.join("") || '<tr><td colspan="8" class="muted">no trace matches</td></tr>'}</table>`;
+  document.getElementById("filters").onsubmit = e => {
+    e.preventDefault();
+    const form = new URLSearchParams(new FormData(e.target));
+    for (const [k, v] of [...form]) if (!v) form.delete(k);
+    location.hash = "#/traces?" + form.toString();
+  };
+  document.querySelectorAll("tr.trace").forEach(tr => {
+    tr.onclick = () => { location.hash = "#/trace/" + tr.dataset.id; };
+  });
+}
+
+async function tracePage(id) {
+  const trace = await api("/v1/telemetry/traces/" + encodeURIComponent(id));
+  const spans = trace.spans || [];
+  const ids = new Set(spans.map(s => s.span_id));
+  const children = {};
+  const roots = [];
+  for (const s of spans) {
+    if (s.parent_id && ids.has(s.parent_id)) (children[s.parent_id] = children[s.parent_id] || []).push(s);
+    else roots.push(s);
+  }
+  const byStart = (a, b) => a.start_us - b.start_us;
+  roots.sort(byStart);
+  Object.values(children).forEach(l => l.sort(byStart));
+  const start = Math.min(...spans.map(s => s.start_us));
+  const end = Math.max(...spans.map(s => s.start_us + s.duration_us));
+  const total = Math.max(end - start, 1);
+  const order = [];
+  const walk = (s, depth) => { order.push([s, depth]); (children[s.span_id] || []).forEach(c => walk(c, depth + 1)); };
+  roots.forEach(r => walk(r, 0));
+  const services = new Set(spans.map(s => s.service));
+  const rows = order.map(([s, depth]) => {
+    const left = ((s.start_us - start) / total) * 100;
+    const width = Math.max((s.duration_us / total) * 100, 0.2);
+    return `<div class="span-row ${s.error ? "failed" : ""}" data-span="${esc(s.span_id)}">
+      <div class="name" style="padding-left:${depth * 14}px" title="${esc(s.name)}">${s.error ? "✗ " : ""}${esc(s.name)}<span class="kind">${esc(s.kind)}</span></div>
+      <div class="muted">${esc(s.service)}</div>
+      <div class="track"><div class="bar" style="left:${left}%;width:${width}%"></div></div>
+      <div class="dur">${esc(duration(s.duration_us))}</div></div>`;
+  });
+  const logs = (trace.logs || []).slice().sort((a, b) => a.ts_us - b.ts_us).map(l => logLine(l)).join("");
+  main.innerHTML = `<h1>Trace <span class="muted">${esc(trace.trace_id)}</span></h1>
+    <p class="muted" id="summary">${esc(duration(total))} · ${spans.length} spans · ${services.size} services</p>
+    <div class="columns"><div><div class="waterfall" id="waterfall">${rows.join("")}</div>
+      <div class="detail" id="detail"><span class="muted">Choose a span to see its attributes.</span></div></div>
+      <div><h2>Log lines of this trace</h2><div class="logs" id="trace-logs">${logs || '<span class="muted">none</span>'}</div></div></div>`;
+  const bySpan = Object.fromEntries(spans.map(s => [s.span_id, s]));
+  document.querySelectorAll(".span-row").forEach(row => {
+    row.onclick = () => {
+      const s = bySpan[row.dataset.span];
+      document.getElementById("detail").innerHTML = `<b>${esc(s.name)}</b>
+        <span class="muted">${esc(s.service)} · ${esc(s.instance || "")} · ${esc(s.kind)} · ${esc(duration(s.duration_us))}</span>
+        ${s.error ? `<p class="error">${esc(s.status_message || "failed")}</p>` : ""}
+        <pre>${esc(JSON.stringify(s.attributes, null, 2))}</pre>`;
+    };
+  });
+}
+
+function logLine(l) {
+  const fields = Object.entries(l.attributes || {}).filter(([k]) => k !== "target")
+    .map(([k, v]) => `${k}=${typeof v === "string" ? v : JSON.stringify(v)}`).join(" ");
+  const trace = l.trace_id ? ` <a href="#/trace/${esc(l.trace_id)}">·${esc(l.trace_id.slice(0, 8))}</a>` : "";
+  return `<div class="logline" data-id="${esc(l.id)}">${esc(clock(l.ts_us))} ${esc(l.instance || l.service)} <span class="lvl-${esc(l.level)}">${esc(l.level)}</span> ${esc(l.body)} <span class="muted">${esc(fields)}</span>${trace}</div>`;
+}
+
+async function logsPage(query) {
+  const q = params(query);
+  const search = new URLSearchParams(q);
+  const first = await api("/v1/telemetry/logs?" + search.toString());
+  let last = first.last || 0;
+  main.innerHTML = `<h1>Logs</h1>
+    <form class="filters" id="filters">
+      <input name="service" placeholder="service" value="${esc(q.service)}">
+      <select name="level"><option value="">any level</option>
+        ${["debug", "info", "warn", "error"].map(l => `<option ${q.level === l ? "selected" : ""}>${l}</option>`).join("")}</select>
+      <input name="text" placeholder="text" value="${esc(q.text)}">
+      <input name="trace_id" placeholder="trace id" value="${esc(q.trace_id)}" size="34">
+      <button>Filter</button> <span class="muted">live</span></form>
+    <div class="logs" id="logs">${(first.logs || []).slice().reverse().map(logLine).join("")}</div>`;
+  document.getElementById("filters").onsubmit = e => {
+    e.preventDefault();
+    const form = new URLSearchParams(new FormData(e.target));
+    for (const [k, v] of [...form]) if (!v) form.delete(k);
+    location.hash = "#/logs?" + form.toString();
+  };
+  const box = document.getElementById("logs");
+  box.scrollTop = box.scrollHeight;
+  const tail = async () => {
+    const more = new URLSearchParams(q);
+    more.set("after", last);
+    more.set("since", Date.now() - 24 * 3600 * 1000);
+    try {
+      const next = await api("/v1/telemetry/logs?" + more.toString());
+      const atBottom = box.scrollTop + box.clientHeight >= box.scrollHeight - 4;
+      box.insertAdjacentHTML("beforeend", (next.logs || []).map(logLine).join(""));
+      if (atBottom) box.scrollTop = box.scrollHeight;
+      last = next.last || last;
+    } catch (_) { /* tried again next time */ }
+    timer = setTimeout(tail, 1000);
+  };
+  timer = setTimeout(tail, 1000);
+}
+
+async function eventsPage() {
+  const body = await api("/v1/topics");
+  const topics = body.topics || [];
+  let rows = "";
+  const groups = new Set();
+  for (const t of topics) {
+    for (const [g, info] of Object.entries(t.groups || {})) {
+      groups.add(g);
+      rows += `<tr><td>${esc(t.name)}</td><td>${esc((t.ends || []).length)}</td><td>${esc(g)}</td>
+        <td>${esc(info.lag)}</td><td class="muted">${esc((info.committed || []).join(", "))}</td></tr>`;
+    }
+    if (!Object.keys(t.groups || {}).length) {
+      rows += `<tr><td>${esc(t.name)}</td><td>${esc((t.ends || []).length)}</td><td class="muted">no group</td><td></td><td></td></tr>`;
+    }
+  }
+  let dead = "";
+  for (const g of [...groups].sort()) {
+    let letters = [];
+    try { letters = (await api("/v1/deadletters/" + encodeURIComponent(g))).deadLetters || []; } catch (_) { continue; }
+    if (!letters.length) continue;
+    dead += `<h2>${esc(g)} <button class="replay" data-group="${esc(g)}">Replay ${letters.length}</button></h2>
+      <table>${letters.map(d => `<tr><td>${esc(d.event.type)}</td><td>${esc(d.event.subject)}</td>
+        <td class="muted">${esc((d.event.deadletterreason || ""))}</td></tr>`).join("")}</table>`;
+  }
+  main.innerHTML = `<h1>Events</h1>
+    <table id="topics"><tr><th>topic</th><th>partitions</th><th>consumer group</th><th>lag</th><th>committed</th></tr>${rows}</table>
+    <h1 style="margin-top:22px">Dead letters</h1>${dead || '<p class="muted">none</p>'}`;
+  document.querySelectorAll("button.replay").forEach(b => {
+    b.onclick = async () => {
+      b.disabled = true;
+      const r = await api("/v1/deadletters/" + encodeURIComponent(b.dataset.group) + "/replay", { method: "POST" });
+      b.textContent = `replayed ${r.replayed}`;
+    };
+  });
+}
+
+async function render() {
+  clearTimeout(timer);
+  if (!credential()) { setActive(""); return loginPage(); }
+  const hash = location.hash.replace(/^#\/?/, "");
+  const [path, query] = hash.split("?");
+  const [page, arg] = path.split("/");
+  setActive(page || "");
+  document.getElementById("who").textContent = "signed in";
+  try {
+    if (page === "routes") await routesPage();
+    else if (page === "traces") await tracesPage(query);
+    else if (page === "trace" && arg) await tracePage(arg);
+    else if (page === "logs") await logsPage(query);
+    else if (page === "events") await eventsPage();
+    else await servicesPage();
+  } catch (e) {
+    main.innerHTML = `<p class="error">${esc(e.message)}</p>`;
+  }
+}
+
+window.addEventListener("hashchange", render);
+render();
