@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use reqwest::Method;
 use serde_json::{Value, json};
 use tessera_testkit::{Options, System, free_port};
 
@@ -85,16 +84,8 @@ async fn the_console_finds_a_checkouts_trace_and_draws_its_waterfall_in_a_real_b
     let deadline = Instant::now() + Duration::from_secs(20);
     let trace_id = loop {
         let found: Value = sys
-            .control(
-                Method::GET,
-                "/v1/telemetry/traces?service=notification&limit=5",
-            )
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .control_json("/v1/telemetry/traces?service=notification&limit=5")
+            .await;
         let hit = found["traces"].as_array().unwrap().iter().find(|t| {
             t["services"]
                 .as_array()

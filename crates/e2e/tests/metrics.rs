@@ -94,14 +94,7 @@ async fn prometheus_finds_and_scrapes_every_instance_and_the_control_plane_keeps
     sys.settled_order(&token, &order).await;
 
     // Discovery: every registered instance, the gateway and the control plane, labelled.
-    let groups: Value = sys
-        .control(Method::GET, "/v1/telemetry/prometheus")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let groups: Value = sys.control_json("/v1/telemetry/prometheus").await;
     let groups = groups.as_array().unwrap().clone();
     let services: BTreeSet<&str> = groups
         .iter()
@@ -297,16 +290,8 @@ async fn prometheus_finds_and_scrapes_every_instance_and_the_control_plane_keeps
     loop {
         sys.get(&format!("/api/orders/{order}"), Some(&token)).await;
         let series: Value = sys
-            .control(
-                Method::GET,
-                "/v1/telemetry/metrics?service=order&route=/api/orders/{id}",
-            )
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .control_json("/v1/telemetry/metrics?service=order&route=/api/orders/{id}")
+            .await;
         let busy = series["routes"].as_array().unwrap().iter().any(|r| {
             r["points"].as_array().unwrap().iter().any(|p| {
                 p["rate"].as_f64().unwrap() > 0.0
@@ -325,13 +310,8 @@ async fn prometheus_finds_and_scrapes_every_instance_and_the_control_plane_keeps
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let gateway: Value = sys
-        .control(Method::GET, "/v1/telemetry/metrics?service=gateway")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .control_json("/v1/telemetry/metrics?service=gateway")
+        .await;
     assert!(
         gateway["routes"]
             .as_array()

@@ -210,13 +210,8 @@ async fn a_checkout_is_one_trace_from_the_gateway_through_every_service_and_acro
     // The trace's log lines come with it, each under its span; lines that repeat a span (a
     // request's, an event's) are not exported.
     let detail: Value = sys
-        .control(Method::GET, &format!("/v1/telemetry/traces/{trace_id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .control_json(&format!("/v1/telemetry/traces/{trace_id}"))
+        .await;
     let logs = detail["logs"].as_array().unwrap();
     let placed = logs
         .iter()
@@ -237,16 +232,8 @@ async fn a_checkout_is_one_trace_from_the_gateway_through_every_service_and_acro
     // Log search: by service and text; a live tail gets only what came after the last line
     // it saw, oldest first; a level keeps the lines at least that severe.
     let found: Value = sys
-        .control(
-            Method::GET,
-            "/v1/telemetry/logs?service=order&text=order%20placed",
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .control_json("/v1/telemetry/logs?service=order&text=order%20placed")
+        .await;
     assert!(
         found["logs"]
             .as_array()
@@ -262,16 +249,8 @@ async fn a_checkout_is_one_trace_from_the_gateway_through_every_service_and_acro
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let tail: Value = sys
-            .control(
-                Method::GET,
-                &format!("/v1/telemetry/logs?service=order&after={last}"),
-            )
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .control_json(&format!("/v1/telemetry/logs?service=order&after={last}"))
+            .await;
         let lines = tail["logs"].as_array().unwrap();
         assert!(
             lines.iter().all(|l| l["id"].as_i64().unwrap() > last),
@@ -292,13 +271,8 @@ async fn a_checkout_is_one_trace_from_the_gateway_through_every_service_and_acro
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let warnings: Value = sys
-        .control(Method::GET, "/v1/telemetry/logs?service=order&level=warn")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .control_json("/v1/telemetry/logs?service=order&level=warn")
+        .await;
     assert!(
         warnings["logs"]
             .as_array()
@@ -507,13 +481,8 @@ async fn spans_outlive_a_restart_of_the_control_plane_and_retention_removes_the_
         .unwrap();
     assert_eq!(resp.status(), 200);
     let stored: Value = sys
-        .control(Method::GET, &format!("/v1/telemetry/traces/{forged}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .control_json(&format!("/v1/telemetry/traces/{forged}"))
+        .await;
     assert_eq!(stored["spans"][0]["service"], "order", "{stored}");
     // OTLP's own errors: a body that is not a request, a span with a short id (rejected in
     // the answer's partial success), an unknown media type.

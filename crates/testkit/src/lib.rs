@@ -516,6 +516,17 @@ consumes = ["catalog.events"]
             .header("authorization", self.credential("admin").authorization())
     }
 
+    /// The control plane's JSON answer at `path`, read as an admin.
+    pub async fn control_json(&self, path: &str) -> Value {
+        self.control(reqwest::Method::GET, path)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: not JSON: {e}"))
+    }
+
     /// What an instance's admin listener (`admin`, `host:port`) serves on `/metrics`.
     pub async fn metrics_of(&self, admin: &str) -> String {
         self.http

@@ -64,15 +64,16 @@ fn number(name: &str, value: &Option<String>) -> Result<Option<i64>, ApiError> {
         .transpose()
 }
 
-pub async fn traces(
-    State(telemetry): State<Telemetry>,
-    caller: Caller,
-    tessera::Query(q): tessera::Query<TraceQuery>,
-) -> Result<Json<JsonValue>, ApiError> {
-    caller.may_inspect()?;
-    let now = tessera::unix_now_ms();
-    let until = number("until", &q.until)?.unwrap_or(now);
-    let since = number("since", &q.since)?.unwrap_or(until.saturating_sub(3600 * 1000));
+/// A search's time window (Unix ms; default the last hour, at most [`MAX_RANGE_MS`]) and
+/// how many answers (`default`, from 1 to [`MAX_LIMIT`]).
+fn window(
+    since: &Option<String>,
+    until: &Option<String>,
+    limit: &Option<String>,
+    default: i64,
+) -> Result<(i64, i64, i64), ApiError> {
+    let until = number("until", until)?.unwrap_or_else(tessera::unix_now_ms);
+    let since = number("since", since)?.unwrap_or(until.saturating_sub(3600 * 1000));
     if since > until {
         return Err(ApiError::bad_request(
             "invalid_query",
@@ -88,13 +89,23 @@ pub async fn traces(
             ),
         ));
     }
-    let limit = number("limit", &q.limit)?.unwrap_or(50);
+    let limit = number("limit", limit)?.unwrap_or(default);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(ApiError::bad_request(
             "invalid_query",
             format!("limit must be from 1 to {MAX_LIMIT}"),
         ));
     }
+    Ok((since, until, limit))
+}
+
+pub async fn traces(
+    State(telemetry): State<Telemetry>,
+    caller: Caller,
+    tessera::Query(q): tessera::Query<TraceQuery>,
+) -> Result<Json<JsonValue>, ApiError> {
+    caller.may_inspect()?;
+    let (since, until, limit) = window(&q.since, &q.until, &q.limit, 50)?;
     let mut filters = vec!["start_ns >= $1", "start_ns <= $2"]
         .into_iter()
         .map(String::from)
@@ -329,31 +340,7 @@ pub async fn logs(
     tessera::Query(q): tessera::Query<LogQuery>,
 ) -> Result<Json<JsonValue>, ApiError> {
     caller.may_inspect()?;
-    let now = tessera::unix_now_ms();
-    let until = number("until", &q.until)?.unwrap_or(now);
-    let since = number("since", &q.since)?.unwrap_or(until.saturating_sub(3600 * 1000));
-    if since > until {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            "since must not be after until",
-        ));
-    }
-    if until - since > MAX_RANGE_MS {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            format!(
-                "the range is too wide: at most {} days",
-                MAX_RANGE_MS / 86_400_000
-            ),
-        ));
-    }
-    let limit = number("limit", &q.limit)?.unwrap_or(100);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            format!("limit must be from 1 to {MAX_LIMIT}"),
-        ));
-    }
+    let (since, until, limit) = window(&q.since, &q.until, &q.limit, 100)?;
     let min_severity = match q.level.as_deref().map(str::to_ascii_lowercase).as_deref() {
         None | Some("") | Some("trace") => 0,
         Some("debug") => 5,
