@@ -259,6 +259,37 @@ async function logsPage(query) {
   timer = setTimeout(tail, 1000);
 }
 
+async function resiliencePage() {
+  const body = await api("/v1/telemetry/resilience");
+  const label = {
+    tessera_retries_total: "retries",
+    tessera_retry_budget_exhausted_total: "retry budget spent",
+    tessera_breaker_rejected_total: "breaker rejections",
+    tessera_bulkhead_rejected_total: "bulkhead rejections",
+    tessera_outlier_ejections_total: "ejections",
+    tessera_rate_limited_total: "rate-limited",
+  };
+  const sections = (body.processes || []).map(p => {
+    const upstreams = ((p.status || {}).upstreams) || {};
+    const rows = Object.entries(upstreams).map(([name, g]) => {
+      const instances = Object.entries(g.instances || {});
+      const ejected = instances.filter(([, i]) => i.ejected).map(([id]) => id);
+      const cls = g.breaker === "closed" ? "ok" : "error";
+      return `<tr class="breaker"><td>${esc(name)}</td><td><span class="pill ${cls}">${esc(g.breaker)}</span></td>
+        <td>${esc(g.inFlight)} / ${esc(g.maxConcurrent)}</td><td>${esc(instances.length)}</td>
+        <td>${ejected.length ? `<span class="error">${esc(ejected.join(", "))}</span>` : ""}</td></tr>`;
+    }).join("");
+    const counters = Object.entries(p.counters || {}).map(([k, v]) =>
+      `<span class="pill">${esc(label[k] || k)} ${esc(Math.round(v))}</span>`).join(" ");
+    return `<h2>${esc(p.instance)} <span class="muted">${esc(p.service)}</span></h2>
+      <p>${counters || '<span class="muted">no scrape yet</span>'}</p>
+      ${p.status ? `<table><tr><th>calls to</th><th>breaker</th><th>in flight / bulkhead</th><th>instances</th><th>ejected</th></tr>
+        ${rows || '<tr><td colspan="5" class="muted">no calls yet</td></tr>'}</table>` : '<p class="muted">its admin listener did not answer</p>'}`;
+  });
+  main.innerHTML = `<h1>Resilience</h1>${sections.join("") || '<p class="muted">no process</p>'}`;
+  timer = setTimeout(() => render(), 5000);
+}
+
 async function eventsPage() {
   const body = await api("/v1/topics");
   const topics = body.topics || [];
@@ -309,6 +340,7 @@ async function render() {
     else if (page === "trace" && arg) await tracePage(arg);
     else if (page === "logs") await logsPage(query);
     else if (page === "events") await eventsPage();
+    else if (page === "resilience") await resiliencePage();
     else await servicesPage();
   } catch (e) {
     main.innerHTML = `<p class="error">${esc(e.message)}</p>`;

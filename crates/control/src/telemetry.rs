@@ -124,6 +124,7 @@ pub fn routes(telemetry: Telemetry) -> Router {
         .route("/v1/telemetry/logs", get(query::logs))
         .route("/v1/telemetry/metrics", get(metrics::series))
         .route("/v1/telemetry/prometheus", get(metrics::prometheus))
+        .route("/v1/telemetry/resilience", get(metrics::resilience))
         .with_state(telemetry)
 }
 

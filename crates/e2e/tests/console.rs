@@ -157,6 +157,7 @@ async fn the_console_finds_a_checkouts_trace_and_draws_its_waterfall_in_a_real_b
         ("#/routes", "routes.png", "/api/orders"),
         ("#/logs?service=order", "logs.png", "order placed"),
         ("#/events", "events.png", "order.events"),
+        ("#/resilience", "resilience.png", "class=\"breaker\""),
     ] {
         let joiner = if hash.contains('?') { '&' } else { '?' };
         let page = browse(

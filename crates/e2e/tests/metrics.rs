@@ -320,6 +320,23 @@ async fn prometheus_finds_and_scrapes_every_instance_and_the_control_plane_keeps
             .any(|r| r["route"] == "/api/orders"),
         "{gateway}"
     );
+    // Each process's resilience: the gateway's breaker to the order service, closed, beside
+    // its counters from the last scrape.
+    let resilience = sys.control_json("/v1/telemetry/resilience").await;
+    let processes = resilience["processes"].as_array().unwrap();
+    let gateway = processes
+        .iter()
+        .find(|p| p["service"] == "gateway")
+        .unwrap_or_else(|| panic!("{resilience}"));
+    assert_eq!(
+        gateway["status"]["upstreams"]["order"]["breaker"], "closed",
+        "{gateway}"
+    );
+    assert!(
+        gateway["counters"]["tessera_retries_total"].is_number(),
+        "{gateway}"
+    );
+    assert!(processes.iter().all(|p| p["service"] != "control"));
     let bad = sys
         .control(Method::GET, "/v1/telemetry/metrics?colour=red")
         .send()

@@ -1,7 +1,8 @@
 //! RED metrics of every route: the control plane knows the instances (the registry, and the
 //! gateways the manifest runs), scrapes each one's `/metrics` every few seconds, and keeps per
 //! service and route a short series of points (rate, errors, p50, p99) for the console's
-//! charts: `GET /v1/telemetry/metrics`. A real Prometheus scrapes the same instances through
+//! charts: `GET /v1/telemetry/metrics`; and each process's resilience, its breakers asked
+//! when shown and its counters from the last scrape: `GET /v1/telemetry/resilience`. A real Prometheus scrapes the same instances through
 //! `GET /v1/telemetry/prometheus`, an HTTP service discovery (`http_sd_configs`) endpoint.
 //!
 //! A point is the difference between two scrapes of each instance, summed over the
@@ -75,6 +76,30 @@ impl Ord for OrderedBound {
 pub struct Series {
     last: HashMap<String, (String, HashMap<String, RouteCounts>)>,
     points: BTreeMap<(String, String), VecDeque<Point>>,
+    /// Each instance's resilience counters at its last scrape.
+    counters: BTreeMap<String, BTreeMap<&'static str, f64>>,
+}
+
+/// The counters the resilience page shows, summed over their labels.
+const RESILIENCE_COUNTERS: [&str; 6] = [
+    "tessera_retries_total",
+    "tessera_retry_budget_exhausted_total",
+    "tessera_breaker_rejected_total",
+    "tessera_bulkhead_rejected_total",
+    "tessera_outlier_ejections_total",
+    "tessera_rate_limited_total",
+];
+
+/// The resilience counters in one scrape.
+fn resilience_counters(text: &str) -> BTreeMap<&'static str, f64> {
+    let mut out: BTreeMap<&'static str, f64> =
+        RESILIENCE_COUNTERS.iter().map(|n| (*n, 0.0)).collect();
+    for s in samples(text, &RESILIENCE_COUNTERS) {
+        if let Some(name) = RESILIENCE_COUNTERS.iter().find(|n| **n == s.name) {
+            *out.entry(name).or_default() += s.value;
+        }
+    }
+    out
 }
 
 /// Each route's counts in one scrape.
@@ -150,6 +175,8 @@ impl Series {
         for (target, text) in scraped {
             let now = counts_of(&text);
             seen.insert(target.instance.clone());
+            self.counters
+                .insert(target.instance.clone(), resilience_counters(&text));
             if let Some((_, before)) = self.last.get(&target.instance) {
                 for (route, c) in &now {
                     let b = before.get(route).cloned().unwrap_or_default();
@@ -168,6 +195,7 @@ impl Series {
         }
         // Instances gone since: forgotten (one back later counts from its next scrape).
         self.last.retain(|instance, _| seen.contains(instance));
+        self.counters.retain(|instance, _| seen.contains(instance));
         let seconds = interval.as_secs_f64().max(0.001);
         for ((service, route), sum) in sums {
             let key = (service, route);
@@ -329,6 +357,58 @@ pub async fn series(
         })
         .collect();
     Ok(Json(json!({ "routes": routes })))
+}
+
+/// `GET /v1/telemetry/resilience`: each process's breakers, bulkheads and balanced instances
+/// (its admin listener's `/status/resilience`, asked now) and its resilience counters at the
+/// last scrape: retries, retry budget exhausted, breaker and bulkhead rejections, outlier
+/// ejections, rate-limit rejections.
+pub async fn resilience(
+    State(telemetry): State<Telemetry>,
+    caller: Caller,
+) -> Result<Json<JsonValue>, ApiError> {
+    caller.may_inspect()?;
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(1))
+        .build()
+        .expect("a client");
+    let targets: Vec<Target> = targets(&telemetry)
+        .into_iter()
+        .filter(|t| t.service != "control")
+        .collect();
+    let asks = targets.iter().map(|t| {
+        let http = http.clone();
+        let url = format!("http://{}/status/resilience", t.address);
+        async move {
+            let resp = http.get(url).send().await.ok()?;
+            let body = resp.bytes().await.ok()?;
+            if body.len() > MAX_SCRAPE_BYTES {
+                return None;
+            }
+            serde_json::from_slice::<JsonValue>(&body).ok()
+        }
+    });
+    let statuses = futures_util::future::join_all(asks).await;
+    let counters = telemetry
+        .series
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .counters
+        .clone();
+    let processes: Vec<JsonValue> = targets
+        .into_iter()
+        .zip(statuses)
+        .map(|(t, status)| {
+            json!({
+                "service": t.service,
+                "instance": t.instance,
+                "status": status,
+                "counters": counters.get(&t.instance),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "processes": processes })))
 }
 
 /// The series, shared by the scraper and the API.
