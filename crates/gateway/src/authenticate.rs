@@ -70,9 +70,9 @@ fn bearer(value: &[u8]) -> Option<&str> {
 }
 
 /// Revokes the session an answer of service `from` names in [`REVOKE_SESSION`], for
-/// `lifetime` (the longest its tokens can live), if `from` is the token service.
-#[inline]
-pub fn revoke_if_asked(
+/// `lifetime` (the longest its tokens can live), if `from` is the token service; the other
+/// gateways are told before the answer goes back (`TokenVerifier::revoke_everywhere`).
+pub async fn revoke_if_asked(
     tokens: Option<&TokenVerifier>,
     from: &str,
     answer: &Fields<'_>,
@@ -86,7 +86,9 @@ pub fn revoke_if_asked(
             );
             return;
         }
-        tokens.revoke_everywhere(sid, tessera::unix_now() + lifetime.as_secs());
+        tokens
+            .revoke_everywhere(sid, tessera::unix_now() + lifetime.as_secs())
+            .await;
     }
 }
 
@@ -192,14 +194,16 @@ mod tests {
             "catalog",
             &logout.fields(),
             Duration::from_secs(60),
-        );
+        )
+        .await;
         assert!(caller(Some(&verifier), &request.fields()).await.is_ok());
         revoke_if_asked(
             Some(&verifier),
             "auth",
             &logout.fields(),
             Duration::from_secs(60),
-        );
+        )
+        .await;
         let e = caller(Some(&verifier), &request.fields())
             .await
             .unwrap_err();
@@ -208,14 +212,15 @@ mod tests {
         let head = Head::request(&[&format!("Authorization: Bearer {other}")]);
         assert!(caller(Some(&verifier), &head.fields()).await.is_ok());
         // An answer without the field revokes nothing; without tokens, nothing to revoke.
-        revoke_if_asked(None, "auth", &logout.fields(), Duration::from_secs(60));
+        revoke_if_asked(None, "auth", &logout.fields(), Duration::from_secs(60)).await;
         let plain = Head::response(&["X-Other: s2"]);
         revoke_if_asked(
             Some(&verifier),
             "auth",
             &plain.fields(),
             Duration::from_secs(60),
-        );
+        )
+        .await;
         assert!(caller(Some(&verifier), &head.fields()).await.is_ok());
     }
 }

@@ -259,7 +259,7 @@ impl Gateway {
             });
         }
         let fields = response.fields();
-        authenticate::revoke_if_asked(tokens, &route.service, &fields, self.revoke_for);
+        authenticate::revoke_if_asked(tokens, &route.service, &fields, self.revoke_for).await;
         let (status, body) =
             wrap::answer(response.status, fields, &response.body, trace_id, headers)?;
         Ok(Forwarded {

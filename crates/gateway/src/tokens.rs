@@ -36,6 +36,9 @@ pub const CACHE_FOR: Duration = Duration::from_secs(60);
 /// How often the JWKS is read again, unasked.
 pub const KEYS_REFRESH: Duration = Duration::from_secs(60);
 
+/// How long a logout's answer waits for its revocation to reach the other gateways (Redis).
+const REVOCATION_TOLD_WITHIN: Duration = Duration::from_millis(500);
+
 /// Who a verified token speaks for.
 #[derive(Debug)]
 pub struct Verified {
@@ -291,7 +294,7 @@ impl TokenVerifier {
 
     /// Revokes `sid` here and, with Redis, in every other gateway (within milliseconds: they
     /// follow the channel, [`TokenVerifier::share_revocations`]).
-    pub fn revoke_everywhere(&self, sid: &str, until: u64) {
+    pub async fn revoke_everywhere(&self, sid: &str, until: u64) {
         self.revoke(sid, until);
         if let Some(shared) = self.shared.get() {
             let shared = shared.clone();
@@ -299,13 +302,17 @@ impl TokenVerifier {
                 sid: sid.to_string(),
                 until,
             };
-            tokio::spawn(async move {
+            let told = tokio::spawn(async move {
                 if !shared.revoke(&revocation).await {
                     tracing::warn!(
                         "a revocation could not be told to the other gateways; they learn it from the token service's feed"
                     );
                 }
             });
+            // Told before the logout is answered (within a bound; past it, the telling goes
+            // on in the background): a client that logs out and calls another gateway at once
+            // is refused there too.
+            let _ = tokio::time::timeout(REVOCATION_TOLD_WITHIN, told).await;
         }
     }
 
