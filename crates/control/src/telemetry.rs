@@ -128,13 +128,9 @@ pub fn routes(telemetry: Telemetry) -> Router {
         .with_state(telemetry)
 }
 
-/// Lowercase hex of `bytes`.
+/// Lowercase hex of `bytes` (the trace crate's encoding, which trace ids are written in
+/// everywhere else).
 fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 15)] as char);
-    }
-    s
+    let mut out = vec![0u8; bytes.len() * 2];
+    tessera::trace::hex(bytes, &mut out).to_string()
 }

@@ -37,32 +37,20 @@ async fn a_checkout_crosses_every_hop_over_mutual_tls_and_strangers_are_refused(
     );
     // Spans reach the collector over mutual TLS too: the checkout's trace is there, from the
     // gateway to the payment provider.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let found: serde_json::Value = sys
-            .control(
-                reqwest::Method::GET,
-                "/v1/telemetry/traces?service=payment-provider",
-            )
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let whole = found["traces"].as_array().unwrap().iter().any(|t| {
-            let services = t["services"].as_array().unwrap();
-            services.iter().any(|s| s == "gateway") && services.iter().any(|s| s == "order")
-        });
-        if whole {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no checkout trace reached the collector: {found}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    sys.wait_until(
+        Duration::from_secs(20),
+        "a checkout trace in the collector",
+        || async {
+            let found = sys
+                .control_json("/v1/telemetry/traces?service=payment-provider")
+                .await;
+            found["traces"].as_array().unwrap().iter().any(|t| {
+                let services = t["services"].as_array().unwrap();
+                services.iter().any(|s| s == "gateway") && services.iter().any(|s| s == "order")
+            })
+        },
+    )
+    .await;
 
     // The control plane, as the operators' identity: answers.
     let catalog = sys.registry().await;
