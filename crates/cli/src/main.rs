@@ -280,6 +280,7 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Control => {
                 tessera::log::init("control", "control");
+                tessera::admin::Process::init("control", env!("CARGO_PKG_VERSION"));
                 let listener = tokio::net::TcpListener::bind(manifest.control.listen)
                     .await
                     .with_context(|| {
@@ -342,6 +343,14 @@ fn main() -> anyhow::Result<()> {
                         every: std::time::Duration::from_millis(manifest.telemetry.scrape_ms),
                     }),
                     principals: manifest.principals(),
+                    // As `up` gives them; a control plane started without them shows no sagas.
+                    passport_keys: match std::env::var("TESSERA_PASSPORT_KEYS") {
+                        Ok(spec) => Some(Arc::new(
+                            tessera::PassportKeys::from_spec(&spec, &manifest.system.name)
+                                .context("TESSERA_PASSPORT_KEYS")?,
+                        )),
+                        Err(_) => None,
+                    },
                 };
                 tessera_control::serve(listener, config, supervisor::shutdown_signal()).await
             }
@@ -353,6 +362,10 @@ fn main() -> anyhow::Result<()> {
                 };
                 let manifest = manifest.gateway_replica(index);
                 tessera::log::init("gateway", &format!("gateway-{index}"));
+                tessera::admin::Process::init(
+                    &format!("gateway-{index}"),
+                    env!("CARGO_PKG_VERSION"),
+                );
                 let passport_keys = std::env::var("TESSERA_PASSPORT_KEYS")
                     .context("TESSERA_PASSPORT_KEYS is not set (tessera up sets it)")?;
                 let listener = tokio::net::TcpListener::bind(manifest.gateway.listen)

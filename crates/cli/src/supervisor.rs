@@ -43,12 +43,13 @@ pub async fn supervise(
 ) {
     let prefix = Prefix::new(&spec.name, index);
     let mut backoff = BACKOFF_START;
+    let mut restarts: u32 = 0;
     loop {
         if *stop.borrow() {
             return;
         }
         let started = Instant::now();
-        let mut child = match spawn(&spec, &prefix) {
+        let mut child = match spawn(&spec, &prefix, restarts) {
             Ok(c) => c,
             Err(e) => {
                 output::say(&format!("{}: cannot start {:?}: {e}", spec.name, spec.argv));
@@ -88,6 +89,7 @@ pub async fn supervise(
             return;
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
+        restarts += 1;
     }
 }
 
@@ -100,7 +102,9 @@ async fn sleep_or_stop(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
     !slept || *stop.borrow()
 }
 
-fn spawn(spec: &ProcSpec, prefix: &Prefix) -> std::io::Result<Child> {
+/// Starts `spec`, telling it how many times it was restarted before (`TESSERA_RESTARTS`: an
+/// instance registers it, and the console shows it).
+fn spawn(spec: &ProcSpec, prefix: &Prefix, restarts: u32) -> std::io::Result<Child> {
     let (program, args) = spec
         .argv
         .split_first()
@@ -112,6 +116,7 @@ fn spawn(spec: &ProcSpec, prefix: &Prefix) -> std::io::Result<Child> {
     cmd.args(args)
         .current_dir(&spec.cwd)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .env(tessera::RESTARTS_ENV, restarts.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -81,22 +81,39 @@ function loginPage() {
   };
 }
 
-async function servicesPage() {
-  const catalog = await api("/v1/services");
+function processRow(service, instance, up, version, address, started, pid, restarts) {
   const now = Date.now() / 1000;
+  const uptime = started ? formatUptime(Math.max(0, Math.round(now - Number(started)))) : "";
+  const restarted = Number(restarts || 0);
+  return `<tr class="process"><td>${esc(service)}</td><td>${esc(instance)}</td>
+    <td><span class="pill ${up ? "ok" : "error"}">${up ? "up" : "not answering"}</span></td>
+    <td>${esc(version)}</td><td>${esc(address)}</td><td>${esc(uptime)}</td><td>${esc(pid)}</td>
+    <td>${restarted ? `<span class="pill error">${restarted}</span>` : "0"}</td></tr>`;
+}
+
+async function servicesPage() {
+  const [catalog, platform] = await Promise.all([
+    api("/v1/services"),
+    api("/v1/telemetry/platform").catch(() => ({ processes: [] })),
+  ]);
   let rows = "";
   for (const [service, instances] of Object.entries(catalog.services || {})) {
     for (const i of instances) {
-      const started = Number((i.metadata || {}).started || 0);
-      const uptime = started ? Math.max(0, Math.round(now - started)) : null;
-      rows += `<tr><td>${esc(service)}</td><td>${esc(i.id)}</td><td><span class="pill ok">up</span></td>
-        <td>${esc(i.version)}</td><td>${esc(i.address)}</td>
-        <td>${uptime === null ? "" : esc(formatUptime(uptime))}</td><td>${esc((i.metadata || {}).pid)}</td></tr>`;
+      const m = i.metadata || {};
+      rows += processRow(service, i.id, true, i.version, i.address, m.started, m.pid, m.restarts);
     }
   }
+  let platformRows = "";
+  for (const p of platform.processes || []) {
+    const proc = p.process || {};
+    platformRows += processRow(p.service, p.instance, p.up, proc.version, p.admin || "", proc.started, proc.pid, proc.restarts);
+  }
+  const head = `<tr><th>service</th><th>instance</th><th>health</th><th>version</th>
+    <th>address</th><th>uptime</th><th>pid</th><th>restarts</th></tr>`;
   main.innerHTML = `<h1>Services</h1>
-    <table id="services"><tr><th>service</th><th>instance</th><th>health</th><th>version</th>
-    <th>address</th><th>uptime</th><th>pid</th></tr>${rows || '<tr><td colspan="7" class="muted">no instance registered</td></tr>'}</table>`;
+    <table id="services">${head}${rows || '<tr><td colspan="8" class="muted">no instance registered</td></tr>'}</table>
+    <h2>Platform</h2><table id="platform">${head.replace("<th>address</th>", "<th>admin listener</th>")}${platformRows}</table>`;
+  timer = setTimeout(() => render(), 5000);
 }
 
 function formatUptime(s) {
@@ -326,12 +343,124 @@ async function eventsPage() {
   });
 }
 
+function when(ms) {
+  if (!ms) return "";
+  const d = new Date(ms);
+  return d.toLocaleTimeString([], { hour12: false }) + "." + String(d.getMilliseconds()).padStart(3, "0");
+}
+
+function ago(ms) {
+  const s = Math.round((Date.now() - ms) / 1000);
+  if (s < 0) return "in " + formatUptime(-s);
+  return formatUptime(s) + " ago";
+}
+
+const STATE_CLASS = { running: "", completed: "ok", failed: "error" };
+
+async function sagasPage(query) {
+  const q = params(query);
+  const search = new URLSearchParams(q).toString();
+  const body = await api("/v1/sagas" + (search ? "?" + search : ""));
+  const services = body.services || [];
+  const sections = services.map(svc => {
+    if (svc.error) {
+      return `<h2>${esc(svc.service)}</h2><p class="error">${esc(svc.instance)}: ${esc(svc.error)}</p>`;
+    }
+    const counts = {};
+    for (const [name, state, n] of svc.counts || []) (counts[name] = counts[name] || {})[state] = n;
+    const tiles = (svc.names || []).map(name => `<div class="tile"><b>${esc(name)}</b>
+      ${["running", "completed", "failed"].map(state =>
+        `<a class="state" href="#/sagas?status=${state}"><span class="pill ${STATE_CLASS[state]}">${state} ${esc((counts[name] || {})[state] || 0)}</span></a>`).join(" ")}</div>`).join("");
+    const rows = (svc.sagas || []).map(g => {
+      const overdue = g.status === "running" && g.deadline && g.deadline < Date.now();
+      return `<tr class="clickable saga" data-href="#/saga/${encodeURIComponent(svc.service)}/${encodeURIComponent(g.name)}/${encodeURIComponent(g.id)}">
+        <td>${esc(g.name)}</td><td class="mono">${esc(g.id)}</td>
+        <td><span class="pill ${STATE_CLASS[g.status] || ""}">${esc(g.status)}</span></td>
+        <td>${esc(g.step)}</td><td class="muted">${esc(g.reason || "")}</td>
+        <td>${esc(when(g.started))}</td><td>${esc(ago(g.updated))}</td>
+        <td class="${overdue ? "error" : "muted"}">${g.deadline ? esc(ago(g.deadline)) : ""}</td></tr>`;
+    }).join("");
+    return `<h2>${esc(svc.service)} <span class="muted">${esc(svc.instance)}</span></h2>
+      <div class="tiles">${tiles}</div>
+      <table class="sagas"><tr><th>saga</th><th>id</th><th>state</th><th>step</th><th>reason</th><th>started</th>
+      <th>moved</th><th>step times out</th></tr>${rows || '<tr><td colspan="8" class="muted">none</td></tr>'}</table>`;
+  });
+  const filter = ["", "running", "completed", "failed"].map(state =>
+    `<a href="#/sagas${state ? "?status=" + state : ""}" class="${(q.status || "") === state ? "active" : ""}">${state || "all"}</a>`).join(" · ");
+  main.innerHTML = `<h1>Sagas</h1><p class="filterlinks">${filter}</p>
+    ${sections.join("") || '<p class="muted">no service of this system runs sagas</p>'}`;
+  document.querySelectorAll("tr.saga").forEach(tr => { tr.onclick = () => { location.hash = tr.dataset.href; }; });
+  timer = setTimeout(() => render(), 5000);
+}
+
+const ACTION_LABEL = {
+  "command": "command sent", "ok": "answered ok", "failed": "answered failed", "timeout": "timed out",
+  "compensate": "compensation sent", "completed": "completed", "late-reply": "late answer",
+  "retry": "sent again by an operator", "abort": "compensated by an operator",
+};
+const ACTION_CLASS = { ok: "ok", completed: "ok", failed: "error", timeout: "error", abort: "error", compensate: "warn", "late-reply": "muted" };
+
+async function sagaPage(service, name, id, notice) {
+  const path = `/v1/sagas/${encodeURIComponent(service)}/${encodeURIComponent(name)}/${encodeURIComponent(id)}`;
+  const saga = await api(path);
+  const history = saga.history || [];
+  const start = saga.started || (history[0] || {}).at || saga.updated;
+  // Each step's fate, from its history: what the timeline's strip shows.
+  const fate = {};
+  for (const e of history) {
+    if (!e.step) continue;
+    if (e.action === "compensate") fate[e.step] = "compensated";
+    else if (e.action === "ok" && fate[e.step] !== "compensated") fate[e.step] = "done";
+    else if (["failed", "timeout", "abort"].includes(e.action)) fate[e.step] = e.action === "failed" ? "failed" : "stopped";
+    else if (!fate[e.step]) fate[e.step] = "waiting";
+  }
+  if (saga.status === "running" && !fate[saga.step]) fate[saga.step] = "waiting";
+  const strip = (saga.steps || []).map(step =>
+    `<div class="step ${esc(fate[step] || "not-run")}"><b>${esc(step)}</b><span>${esc(fate[step] || "not run")}</span></div>`).join('<div class="arrow">→</div>');
+  const rows = history.map(e => `<tr class="entry ${esc(e.action)}">
+      <td class="mono">+${esc(((e.at - start) / 1000).toFixed(3))} s</td><td class="muted">${esc(when(e.at))}</td>
+      <td>${esc(e.step || name)}</td>
+      <td class="${ACTION_CLASS[e.action] || ""}">${esc(ACTION_LABEL[e.action] || e.action)}</td>
+      <td class="muted">${esc(e.reason || "")}${e.by ? " by " + esc(e.by) : ""}</td></tr>`).join("");
+  const running = saga.status === "running";
+  main.innerHTML = `<h1>Saga ${esc(name)} <span class="muted mono">${esc(id)}</span></h1>
+    <p><span class="pill ${STATE_CLASS[saga.status] || ""}" id="saga-state">${esc(saga.status)}</span>
+      <span class="muted">${esc(service)} · on step <b>${esc(saga.step)}</b>
+      ${saga.reason ? " · " + esc(saga.reason) : ""}
+      ${saga.deadline ? " · the step times out " + esc(ago(saga.deadline)) : ""}</span>
+      ${saga.traceId ? ` · <a href="#/trace/${esc(saga.traceId)}">its trace</a>` : ""}</p>
+    ${notice ? `<p class="${notice.ok ? "ok" : "error"}" id="notice">${esc(notice.text)}</p>` : ""}
+    <div class="steps">${strip}</div>
+    ${running ? `<p class="actions"><button id="retry">Send the step again</button>
+      <button id="compensate" class="danger">Compensate now</button>
+      <span class="muted">an admin's actions; recorded in the saga's history and the audit log</span></p>` : ""}
+    <div class="columns"><div><h2>Timeline</h2>
+      <table id="timeline"><tr><th>after start</th><th>time</th><th>step</th><th>what happened</th><th></th></tr>
+      ${rows || '<tr><td colspan="5" class="muted">no history kept for this saga</td></tr>'}</table></div>
+      <div><h2>Data</h2><pre class="detail">${esc(JSON.stringify(saga.data, null, 2))}</pre></div></div>`;
+  const act = async (action, question) => {
+    if (!confirm(question)) return;
+    let result;
+    try {
+      await api(path + "/" + action, { method: "POST" });
+      result = { ok: true, text: action === "retry" ? "The step's command was sent again." : "Compensations were sent; the saga failed." };
+    } catch (e) {
+      result = { ok: false, text: e.message };
+    }
+    await sagaPage(service, name, id, result);
+  };
+  if (running) {
+    document.getElementById("retry").onclick = () => act("retry", `Send step ${saga.step} of ${name} ${id} again?`);
+    document.getElementById("compensate").onclick = () => act("compensate", `Compensate ${name} ${id} now? Its steps so far are undone and it fails.`);
+  }
+}
+
 async function render() {
   clearTimeout(timer);
   if (!credential()) { setActive(""); return loginPage(); }
   const hash = location.hash.replace(/^#\/?/, "");
   const [path, query] = hash.split("?");
-  const [page, arg] = path.split("/");
+  const [page, arg, ...rest] = path.split("/").map(decodeURIComponent);
   setActive(page || "");
   document.getElementById("who").textContent = "signed in";
   try {
@@ -341,9 +470,11 @@ async function render() {
     else if (page === "logs") await logsPage(query);
     else if (page === "events") await eventsPage();
     else if (page === "resilience") await resiliencePage();
+    else if (page === "sagas") await sagasPage(query);
+    else if (page === "saga" && rest.length === 2) await sagaPage(arg, rest[0], rest[1]);
     else await servicesPage();
   } catch (e) {
-    main.innerHTML = `<p class="error">${esc(e.message)}</p>`;
+    main.innerHTML = `<p class="error" id="failed">${esc(e.message)}</p>`;
   }
 }
 

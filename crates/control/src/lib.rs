@@ -1,6 +1,7 @@
 //! The Tessera control plane: the service registry (`registry.rs`), the embedded event log
-//! (`events.rs`) and the collector of the system's telemetry (`telemetry.rs`); configuration
-//! joins it in a later issue.
+//! (`events.rs`), the collector of the system's telemetry (`telemetry.rs`), the services'
+//! sagas as the console sees and acts on them (`sagas.rs`), and the console itself
+//! (`console.rs`); configuration joins it in a later issue.
 //!
 //! Nobody reaches either without a credential (`auth.rs`), and what each caller may do is
 //! the policy's (`policy.rs`, `docs/security.md`).
@@ -13,6 +14,7 @@ pub mod console;
 pub mod events;
 pub mod policy;
 pub mod registry;
+pub mod sagas;
 pub mod telemetry;
 #[cfg(test)]
 mod testing;
@@ -64,6 +66,9 @@ pub struct ControlConfig {
     /// `gateway`, `supervisor`, `admin`); a process whose certificate names none is refused
     /// at the handshake.
     pub principals: Vec<String>,
+    /// The system's passport keys: the control plane calls services' operator routes (their
+    /// sagas, for the console) with a passport for the admin who asked. None: it does not.
+    pub passport_keys: Option<Arc<tessera::PassportKeys>>,
 }
 
 /// The control plane's HTTP API: the registry, the log and the collector behind the credential
@@ -72,13 +77,15 @@ pub fn router(
     registry: Registry,
     log: events::Log,
     telemetry: telemetry::Telemetry,
+    sagas: sagas::Sagas,
     keys: Arc<ControlKeys>,
     policy: Arc<Policy>,
 ) -> Router {
     guarded(
         registry::routes(registry)
             .merge(events::api::routes(log))
-            .merge(telemetry::routes(telemetry)),
+            .merge(telemetry::routes(telemetry))
+            .merge(sagas::routes(sagas)),
         keys,
         policy,
     )
@@ -278,7 +285,8 @@ pub async fn serve(
         config.scraping.clone(),
     )
     .await?;
-    let router = router(registry, log, telemetry, config.keys, config.policy);
+    let sagas = sagas::Sagas::new(registry.clone(), config.passport_keys);
+    let router = router(registry, log, telemetry, sagas, config.keys, config.policy);
     tessera::listen::serve(listener, router, tls, shutdown, Duration::from_secs(10)).await?;
     Ok(())
 }

@@ -7,6 +7,9 @@
 //! | `supervisor` | read; remove any instance | read |
 //! | `admin` | read; remove any instance | read; replay dead letters |
 //!
+//! The collector's queries and the sagas the services orchestrate are read by the
+//! `supervisor` and `admin`; only an `admin` acts on a saga.
+//!
 //! What a service produces and consumes comes from the manifest (`[services.<name>]
 //! produces` and `consumes`), read by the CLI and handed over as [`Grants`]: this crate does
 //! not read the manifest. A service the policy does not name may use the registry for
@@ -169,6 +172,17 @@ impl Caller {
         }
         Err(ApiError::forbidden(format!(
             "{} may not read the log as a whole: that is for the supervisor and admins",
+            self.principal
+        )))
+    }
+
+    /// Acting on a service's saga (sending its step again, compensating it).
+    pub fn may_act_on_sagas(&self) -> Result<(), ApiError> {
+        if self.principal == Principal::Admin {
+            return Ok(());
+        }
+        Err(ApiError::forbidden(format!(
+            "{} may not act on sagas: that is for admins",
             self.principal
         )))
     }

@@ -125,6 +125,7 @@ pub fn routes(telemetry: Telemetry) -> Router {
         .route("/v1/telemetry/metrics", get(metrics::series))
         .route("/v1/telemetry/prometheus", get(metrics::prometheus))
         .route("/v1/telemetry/resilience", get(metrics::resilience))
+        .route("/v1/telemetry/platform", get(metrics::platform))
         .with_state(telemetry)
 }
 

@@ -47,6 +47,7 @@ impl Control {
             retention: Default::default(),
             scraping: None,
             principals: Vec::new(),
+            passport_keys: None,
         };
         tokio::spawn(tessera_control::serve(
             listener,

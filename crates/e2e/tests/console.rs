@@ -1,7 +1,8 @@
 //! The Tessera Console in a real browser: headless Chromium (the Debian package) loads the
 //! console from the control plane, signs in with the admin's credential, finds a checkout's
 //! trace, opens its waterfall, and shows what a person would see; every page renders without
-//! an error. Screenshots are kept in `target/console-screenshots/` as the test's artifacts.
+//! an error (a page that failed to load shows its error as `id="failed"`); a saga an admin
+//! acted on is drawn with its timeline. Screenshots are kept in `target/console-screenshots/` as the test's artifacts.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -120,6 +121,21 @@ async fn the_console_finds_a_checkouts_trace_and_draws_its_waterfall_in_a_real_b
     ] {
         assert!(page.contains(instance), "{instance}: {page}");
     }
+    // The platform's processes beside them: the gateway (it does not register) and the
+    // control plane, each up, with its pid and restarts.
+    assert!(page.contains("id=\"platform\""), "{page}");
+    assert!(page.contains("gateway-0"), "{page}");
+    let platform = sys.control_json("/v1/telemetry/platform").await;
+    let processes = platform["processes"].as_array().unwrap();
+    for instance in ["gateway-0", "control"] {
+        let p = processes
+            .iter()
+            .find(|p| p["instance"] == instance)
+            .unwrap_or_else(|| panic!("{instance}: {platform}"));
+        assert_eq!(p["up"], true, "{platform}");
+        assert!(p["process"]["pid"].as_u64().unwrap() > 1, "{platform}");
+        assert_eq!(p["process"]["restarts"], 0, "{platform}");
+    }
 
     // Traces: the search finds the checkout by service.
     let page = browse(
@@ -164,7 +180,7 @@ async fn the_console_finds_a_checkouts_trace_and_draws_its_waterfall_in_a_real_b
             &format!("{console}{hash}{joiner}credential={credential}"),
             shot,
         );
-        assert!(!page.contains("class=\"error\""), "{hash}: {page}");
+        assert!(!page.contains("id=\"failed\""), "{hash}: {page}");
         assert!(page.contains(shown), "{hash}: {shown}: {page}");
     }
 }
@@ -203,4 +219,259 @@ async fn the_consoles_pages_hold_no_data_and_forbid_framing_and_foreign_scripts(
         .await
         .unwrap();
     assert_eq!(anonymous.status(), 401);
+}
+
+async fn stock(sys: &System, admin: &str) -> (i64, i64) {
+    let (status, body) = sys
+        .get(&format!("/api/inventory/{MOUSE}"), Some(admin))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    (
+        body["data"]["available"].as_i64().unwrap(),
+        body["data"]["reserved"].as_i64().unwrap(),
+    )
+}
+
+/// A request to the control plane as `principal`.
+fn control_as(
+    sys: &System,
+    principal: &str,
+    method: reqwest::Method,
+    path: &str,
+) -> reqwest::RequestBuilder {
+    sys.http
+        .request(method, format!("{}{path}", sys.control))
+        .header("authorization", sys.credential(principal).authorization())
+}
+
+/// A checkout saga stuck on its first step (the inventory frozen, the step's timeout ten
+/// minutes): the sagas API lists it among the running; a supervisor may look but not act; an
+/// admin sends the step again, then compensates it, both written in its history and audited;
+/// the order is rejected, and the stock comes back once the inventory thaws (it answers both
+/// commands, late). The console draws the saga's steps and timeline in a real browser.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_retries_and_compensates_a_stuck_saga_and_the_console_draws_its_timeline() {
+    let sys = System::start_with(Options {
+        checkout: true,
+        checkout_env: vec![("order", "ORDER_STOCK_TIMEOUT_MS", "600000".into())],
+        ..Options::default()
+    })
+    .await;
+    let (token, _) = sys.new_user().await;
+    let admin = sys.admin().await;
+    let before = stock(&sys, &admin).await;
+    let inventory: u32 = sys.registry().await.services["inventory"][0].metadata["pid"]
+        .parse()
+        .unwrap();
+    tessera_testkit::signal(inventory, libc::SIGSTOP);
+    let order = sys
+        .place_order(&token, json!([{ "productId": MOUSE, "quantity": 3 }]))
+        .await;
+
+    // Listed among the running, on its first step, with the trace it started in.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let listed = loop {
+        let body = sys.control_json("/v1/sagas?status=running").await;
+        let found = body["services"].as_array().unwrap().iter().find_map(|s| {
+            s["sagas"]
+                .as_array()?
+                .iter()
+                .find(|g| g["id"] == order.as_str())
+                .cloned()
+        });
+        if let Some(saga) = found {
+            break saga;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the saga is not listed as running: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(listed["name"], "checkout");
+    assert_eq!(listed["step"], "reserve-stock");
+    assert!(listed["deadline"].as_i64().unwrap() > tessera::unix_now_ms() + 60_000);
+    assert_eq!(listed["traceId"].as_str().unwrap().len(), 32);
+    let path = format!("/v1/sagas/order/checkout/{order}");
+
+    // A supervisor reads, and may not act.
+    let read = control_as(&sys, "supervisor", reqwest::Method::GET, &path)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200);
+    for action in ["retry", "compensate"] {
+        let refused = control_as(
+            &sys,
+            "supervisor",
+            reqwest::Method::POST,
+            &format!("{path}/{action}"),
+        )
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(refused.status(), 403, "{action}");
+    }
+
+    // The admin sends the step again: its history says who.
+    let retried = sys
+        .control(reqwest::Method::POST, &format!("{path}/retry"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retried.status(), 200);
+    let retried: Value = retried.json().await.unwrap();
+    let last = retried["history"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (last["action"].as_str(), last["by"].as_str()),
+        (Some("retry"), Some("admin")),
+        "{retried}"
+    );
+    assert_eq!(retried["status"], "running");
+
+    // And compensates it: the order is rejected.
+    let compensated = sys
+        .control(reqwest::Method::POST, &format!("{path}/compensate"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(compensated.status(), 200);
+    let compensated: Value = compensated.json().await.unwrap();
+    assert_eq!(compensated["status"], "failed");
+    assert_eq!(compensated["reason"], "compensated by admin");
+    let actions: Vec<&str> = compensated["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        ["command", "retry", "abort", "compensate"],
+        "{compensated}"
+    );
+    assert_eq!(
+        sys.settled_order(&token, &order).await["status"],
+        "REJECTED"
+    );
+    let again = sys
+        .control(reqwest::Method::POST, &format!("{path}/retry"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 409, "only a running saga is acted on");
+    sys.log_line("the control plane's audit of the action", |l| {
+        l.contains("saga action")
+            && l.contains("compensate")
+            && l.contains("admin")
+            && l.contains(&order)
+    })
+    .await;
+    sys.log_line("the order service's audit of the action", |l| {
+        l.contains("saga compensated") && l.contains(&order)
+    })
+    .await;
+
+    // The inventory thaws: the reservation (asked twice, held once) is released.
+    tessera_testkit::signal(inventory, libc::SIGCONT);
+    sys.wait_until(Duration::from_secs(20), "the stock back as it was", || {
+        let (sys, admin) = (&sys, &admin);
+        async move { stock(sys, admin).await == before }
+    })
+    .await;
+
+    // Both reserve commands were answered, late: the history says so.
+    sys.wait_until(
+        Duration::from_secs(10),
+        "the two late answers in the saga's history",
+        || async {
+            let saga = sys.control_json(&path).await;
+            let late = saga["history"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["action"] == "late-reply" && e["reason"] == "ok")
+                .count();
+            late == 2
+        },
+    )
+    .await;
+
+    // Bad requests get a clear answer, never a 500.
+    for (method, bad, status) in [
+        (
+            reqwest::Method::GET,
+            "/v1/sagas?status=stuckish".to_string(),
+            400,
+        ),
+        (
+            reqwest::Method::GET,
+            "/v1/sagas?limit=100000".to_string(),
+            400,
+        ),
+        (reqwest::Method::GET, "/v1/sagas?what=1".to_string(), 400),
+        (
+            reqwest::Method::GET,
+            "/v1/sagas/order/checkout/a%2F..%2Fb".to_string(),
+            400,
+        ),
+        (
+            reqwest::Method::GET,
+            "/v1/sagas/nobody/checkout/x".to_string(),
+            404,
+        ),
+        (
+            reqwest::Method::GET,
+            "/v1/sagas/order/checkout/no-such-saga".to_string(),
+            404,
+        ),
+        (
+            reqwest::Method::GET,
+            "/v1/sagas/order/nosuchsaga/x".to_string(),
+            404,
+        ),
+        (reqwest::Method::POST, format!("{path}/explode"), 404),
+    ] {
+        let resp = sys.control(method, &bad).send().await.unwrap();
+        assert_eq!(
+            resp.status(),
+            status,
+            "{bad}: {}",
+            resp.text().await.unwrap()
+        );
+    }
+
+    // The console: the failed saga listed, and its steps and timeline drawn.
+    let console = format!("{}/console/", sys.control);
+    let credential = sys.credential("admin").token().to_string();
+    let page = browse(
+        &format!("{console}#/sagas?status=failed&credential={credential}"),
+        "sagas.png",
+    );
+    assert!(!page.contains("id=\"failed\""), "{page}");
+    assert!(page.contains(&order), "{page}");
+    assert!(page.contains("compensated by admin"), "{page}");
+    let page = browse(
+        &format!("{console}#/saga/order/checkout/{order}?credential={credential}"),
+        "saga.png",
+    );
+    assert!(!page.contains("id=\"failed\""), "{page}");
+    for shown in [
+        "reserve-stock",
+        "authorize-payment",
+        "sent again by an operator",
+        "compensated by an operator",
+        "compensation sent",
+        "late answer",
+        "id=\"timeline\"",
+        "its trace",
+    ] {
+        assert!(page.contains(shown), "{shown}: {page}");
+    }
+    assert_eq!(page.matches("class=\"entry ").count(), 6, "{page}");
 }

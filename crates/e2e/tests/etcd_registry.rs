@@ -301,6 +301,7 @@ async fn the_control_planes_registry_api_stands_in_front_of_etcd() {
         retention: Default::default(),
         scraping: None,
         principals: Vec::new(),
+        passport_keys: None,
     };
     tokio::spawn(tessera_control::serve(
         listener,

@@ -108,6 +108,7 @@ impl Harness {
             retention: Default::default(),
             scraping: None,
             principals: Vec::new(), // no mutual TLS here
+            passport_keys: None,
             // The ledger publishes its events; the auditor reads them.
             policy: Arc::new(tessera_control::Policy::new([
                 (

@@ -78,4 +78,42 @@ command = ["python3", "{FIXTURES}/grpc_service.py"]
         sys.log().contains("\"path\":\"/test.Echo/Say\""),
         "calls are in the access log"
     );
+
+    // Each call is traced: the gateway's server span named after the method, and the
+    // attempt's client span under it, both with the RPC's attributes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let spans = loop {
+        let found = sys
+            .control_json("/v1/telemetry/traces?service=gateway&limit=50")
+            .await;
+        let id = found["traces"].as_array().unwrap().iter().find_map(|t| {
+            (t["root"]["name"] == "test.Echo/Say" && t["spans"] == 2).then(|| t["trace_id"].clone())
+        });
+        if let Some(id) = id {
+            let trace = sys
+                .control_json(&format!("/v1/telemetry/traces/{}", id.as_str().unwrap()))
+                .await;
+            break trace["spans"].as_array().unwrap().clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no gRPC trace: {found}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let server = spans.iter().find(|s| s["kind"] == "server").unwrap();
+    let client = spans.iter().find(|s| s["kind"] == "client").unwrap();
+    assert_eq!(client["parent_id"], server["span_id"], "{spans:?}");
+    for span in [server, client] {
+        assert_eq!(span["name"], "test.Echo/Say", "{span}");
+        assert_eq!(span["attributes"]["rpc.system"], "grpc", "{span}");
+        assert_eq!(span["attributes"]["rpc.service"], "test.Echo", "{span}");
+        assert_eq!(span["attributes"]["rpc.method"], "Say", "{span}");
+    }
+    assert!(
+        client["attributes"]["tessera.instance"]
+            .as_str()
+            .unwrap()
+            .starts_with("echo-grpc")
+    );
 }

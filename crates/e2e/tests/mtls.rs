@@ -52,6 +52,25 @@ async fn a_checkout_crosses_every_hop_over_mutual_tls_and_strangers_are_refused(
     )
     .await;
 
+    // The control plane asks the order service for its sagas over mutual TLS (as `control`,
+    // which every service accepts), for the console: the checkout is there, completed.
+    let sagas = sys.control_json("/v1/sagas?status=completed").await;
+    let order_sagas = sagas["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["service"] == "order")
+        .unwrap_or_else(|| panic!("{sagas}"));
+    assert!(order_sagas.get("error").is_none(), "{sagas}");
+    assert!(
+        order_sagas["sagas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["id"] == order.as_str()),
+        "{sagas}"
+    );
+
     // The control plane, as the operators' identity: answers.
     let catalog = sys.registry().await;
     let order_address = catalog.services["order"][0].address.clone();

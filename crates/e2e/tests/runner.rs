@@ -85,6 +85,16 @@ async fn a_killed_service_is_restarted_and_its_old_registration_dropped() {
         "the runner says what happened"
     );
     assert_eq!(sys.get("/api/catalog/products?limit=1", None).await.0, 200);
+    // The restart is counted where the console reads it: the instance's registration.
+    let after = sys.registry().await;
+    let restarts = |id: &str| {
+        after.services["catalog"]
+            .iter()
+            .find(|i| i.id == id)
+            .map(|i| i.metadata["restarts"].clone())
+    };
+    assert_eq!(restarts("catalog-1").as_deref(), Some("1"));
+    assert_eq!(restarts("catalog-2").as_deref(), Some("0"));
 }
 
 #[tokio::test]

@@ -94,6 +94,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/0006_saga_trace.sql"),
         postgres: Some(include_str!("../migrations/postgres/0006_saga_trace.sql")),
     },
+    Migration {
+        version: 1_000_000_007,
+        description: "tessera saga history",
+        sqlite: include_str!("../migrations/0007_saga_history.sql"),
+        postgres: Some(include_str!("../migrations/postgres/0007_saga_history.sql")),
+    },
 ];
 
 /// Whether consumer group `group` is `service`'s: named after it, or `<service>.<more>`.

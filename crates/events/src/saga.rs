@@ -19,6 +19,17 @@
 //!
 //! Commands carry the saga's data and the extensions `sagaid`, `sagastep` and `sagareplyto`;
 //! participants answer with [`reply`]. `docs/sagas.md` walks through the checkout saga.
+//!
+//! Each move also appends a line to the saga's history (`history.rs`), in the same
+//! statement that moves it, and operators act on a saga that waits too long: send its step
+//! again, or compensate it now (`operate.rs`, behind the service's `/status/sagas`).
+
+mod history;
+mod operate;
+
+pub use history::Action;
+pub use history::Entry;
+pub use operate::{ActionError, Listing, STATES, SagaSummary, SagaView, Sagas};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -133,7 +144,7 @@ impl Saga {
         let step = &self.def.steps[0];
         let trace = REQUEST.try_with(|r| r.trace).ok();
         tessera_store::query(
-            "INSERT INTO tessera_sagas (id, name, step, status, data, deadline, updated, traceparent) VALUES ($1, $2, 0, 'running', $3, $4, $5, $6)",
+            "INSERT INTO tessera_sagas (id, name, step, status, data, deadline, updated, traceparent, started, history) VALUES ($1, $2, 0, 'running', $3, $4, $5, $6, $5, $7)",
         )
         .bind(id)
         .bind(self.def.name)
@@ -141,6 +152,7 @@ impl Saga {
         .bind(now + step.timeout.as_millis() as i64)
         .bind(now)
         .bind(trace.map(|t| t.header()))
+        .bind(Entry::at(now, Action::Command, step.name).line())
         .execute(&mut **tx)
         .await?;
         self.send(tx, id, 0, step.command, &data, true, trace).await
@@ -242,11 +254,21 @@ impl Saga {
             tracing::warn!(saga = %id, "reply for an unknown saga; ignored");
             return Ok(());
         };
+        let ok = reply.extensions.get("sagaoutcome").and_then(Value::as_str) == Some("ok");
+        let now = now_ms();
         if saga.status != "running" || saga.step != step {
             tracing::info!(saga = %id, step = def_step.name, status = %saga.status, "late reply");
+            let outcome = if ok { "ok" } else { "failed" };
+            history::append(
+                tx,
+                id,
+                &Entry::at(now, Action::LateReply, def_step.name)
+                    .reason(outcome)
+                    .line(),
+            )
+            .await?;
             return hooks.stale_reply(tx, &saga, def_step, reply).await;
         }
-        let ok = reply.extensions.get("sagaoutcome").and_then(Value::as_str) == Some("ok");
         if !ok {
             let reason = reply
                 .data
@@ -254,7 +276,10 @@ impl Saga {
                 .and_then(Value::as_str)
                 .unwrap_or("failed")
                 .to_string();
-            return self.fail(tx, &mut saga, step, &reason, hooks, None).await;
+            let cause = Entry::at(now, Action::Failed, def_step.name).reason(&reason);
+            return self
+                .fail(tx, &mut saga, step, &reason, cause, hooks, None)
+                .await;
         }
         if let (Value::Object(into), Value::Object(from)) = (&mut saga.data, &reply.data) {
             for (k, v) in from {
@@ -262,25 +287,29 @@ impl Saga {
             }
         }
         hooks.step_done(tx, &saga, def_step).await?;
-        let now = now_ms();
+        let done = Entry::at(now, Action::Ok, def_step.name).line();
         if let Some(next) = self.def.steps.get(step + 1) {
             saga.step = step + 1;
-            tessera_store::query("UPDATE tessera_sagas SET step = $2, data = $3, deadline = $4, updated = $5 WHERE id = $1")
+            let moved = done + &Entry::at(now, Action::Command, next.name).line();
+            tessera_store::query("UPDATE tessera_sagas SET step = $2, data = $3, deadline = $4, updated = $5, history = history || $6 WHERE id = $1")
                 .bind(id)
                 .bind(saga.step as i64)
                 .bind(saga.data.to_string())
                 .bind(now + next.timeout.as_millis() as i64)
                 .bind(now)
+                .bind(moved)
                 .execute(&mut **tx)
                 .await?;
             self.send(tx, id, saga.step, next.command, &saga.data, true, None)
                 .await?;
         } else {
             saga.status = "completed".into();
-            tessera_store::query("UPDATE tessera_sagas SET status = 'completed', data = $2, updated = $3 WHERE id = $1")
+            let moved = done + &Entry::at(now, Action::Completed, "").line();
+            tessera_store::query("UPDATE tessera_sagas SET status = 'completed', data = $2, updated = $3, history = history || $4 WHERE id = $1")
                 .bind(id)
                 .bind(saga.data.to_string())
                 .bind(now)
+                .bind(moved)
                 .execute(&mut **tx)
                 .await?;
             hooks.completed(tx, &saga).await?;
@@ -288,29 +317,36 @@ impl Saga {
         Ok(())
     }
 
-    /// Compensates the steps before `upto` (exclusive) in reverse, and marks the saga failed.
+    /// Compensates the steps before `upto` (exclusive) in reverse, and marks the saga failed;
+    /// its history gets `cause`, then each compensation sent.
+    #[allow(clippy::too_many_arguments)]
     async fn fail(
         &self,
         tx: &mut Tx,
         saga: &mut SagaState,
         upto: usize,
         reason: &str,
+        cause: Entry,
         hooks: &dyn SagaHooks,
         parent: Option<TraceContext>,
     ) -> Result<(), HandlerError> {
+        let now = now_ms();
+        let mut moved = cause.line();
         for i in (0..upto).rev() {
             if let Some(compensation) = self.def.steps[i].compensation {
                 self.send(tx, &saga.id, i, compensation, &saga.data, false, parent)
                     .await?;
+                moved += &Entry::at(now, Action::Compensate, self.def.steps[i].name).line();
             }
         }
         saga.status = "failed".into();
         tessera_store::query(
-            "UPDATE tessera_sagas SET status = 'failed', reason = $2, updated = $3 WHERE id = $1",
+            "UPDATE tessera_sagas SET status = 'failed', reason = $2, updated = $3, history = history || $4 WHERE id = $1",
         )
         .bind(&saga.id)
         .bind(reason)
-        .bind(now_ms())
+        .bind(now)
+        .bind(moved)
         .execute(&mut **tx)
         .await?;
         hooks.failed(tx, saga, reason).await
@@ -386,7 +422,8 @@ impl Saga {
             None => tracing::warn!(saga = %id, step = self.def.steps[step].name, "saga step timed out; compensating"),
         }
         // The timed-out step's action may still happen: compensate it as well.
-        self.fail(&mut tx, &mut saga, step + 1, &reason, hooks, ctx)
+        let cause = Entry::at(now_ms(), Action::Timeout, self.def.steps[step].name);
+        self.fail(&mut tx, &mut saga, step + 1, &reason, cause, hooks, ctx)
             .await?;
         tx.commit().await?;
         Ok(true)
@@ -704,5 +741,132 @@ mod tests {
             "failed timeout: two"
         );
         assert_eq!(saga.tick(&db, &hooks).await.unwrap(), 0, "once");
+    }
+
+    fn actions(view: &SagaView) -> Vec<String> {
+        view.history
+            .iter()
+            .map(|e| format!("{:?} {}", e.action, e.step).trim().to_string())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_history_tells_each_move_and_listing_shows_steps_by_name() {
+        let (db, hooks) = (db().await, Arc::new(Recorder::default()));
+        let saga = Arc::new(Saga::new(&DEF));
+        let sagas = Sagas::default();
+        sagas.add(saga.clone(), hooks.clone());
+        let one = started(&db, &saga, "h1").await;
+        answer(&db, &saga, &hooks, &one, Reply::Ok(serde_json::json!({}))).await;
+        let two = sent(&db).await.remove(0).2;
+        answer(&db, &saga, &hooks, &two, Reply::Failed("declined".into())).await;
+        sent(&db).await;
+        answer(&db, &saga, &hooks, &two, Reply::Ok(serde_json::json!({}))).await;
+        let view = sagas.get(&db, "test", "h1").await.unwrap().unwrap();
+        assert_eq!(
+            actions(&view),
+            [
+                "Command one",
+                "Ok one",
+                "Command two",
+                "Failed two",
+                "Compensate one",
+                "LateReply two"
+            ]
+        );
+        assert_eq!(view.history[3].reason.as_deref(), Some("declined"));
+        assert_eq!(view.summary.step, "two");
+        assert_eq!(view.summary.status, "failed");
+        assert!(view.summary.started.is_some());
+        assert!(sagas.get(&db, "test", "nope").await.unwrap().is_none());
+        assert!(sagas.get(&db, "other", "h1").await.unwrap().is_none());
+
+        started(&db, &saga, "h2").await;
+        let all = sagas.list(&db, None, 10).await.unwrap();
+        assert_eq!(
+            all.sagas.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+            ["h2", "h1"],
+            "newest first"
+        );
+        assert_eq!(all.sagas[0].step, "one");
+        assert!(all.counts.contains(&("test".into(), "failed".into(), 1)));
+        let running = sagas.list(&db, Some("running"), 10).await.unwrap();
+        assert_eq!(running.sagas.len(), 1);
+        assert!(running.sagas[0].deadline.is_some());
+    }
+
+    #[tokio::test]
+    async fn an_operator_sends_a_step_again_or_compensates_a_running_saga() {
+        let (db, hooks) = (db().await, Arc::new(Recorder::default()));
+        let saga = Arc::new(Saga::new(&DEF));
+        let sagas = Sagas::default();
+        sagas.add(saga.clone(), hooks.clone());
+        let one = started(&db, &saga, "o1").await;
+
+        sagas.retry(&db, "test", "o1", "admin").await.unwrap();
+        let again = sent(&db).await;
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].1, "do.one", "the step's command, sent again");
+        assert_eq!(again[0].2.extensions["sagastep"], 0);
+        assert_ne!(again[0].2.id, one.id, "a new event");
+        // Either answer moves the saga on, once.
+        answer(
+            &db,
+            &saga,
+            &hooks,
+            &again[0].2,
+            Reply::Ok(serde_json::json!({})),
+        )
+        .await;
+        let next = sent(&db).await;
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].1, "do.two");
+        answer(&db, &saga, &hooks, &one, Reply::Ok(serde_json::json!({}))).await;
+        assert!(
+            sent(&db).await.is_empty(),
+            "the other answer is late: nothing sent"
+        );
+
+        sagas.compensate(&db, "test", "o1", "admin").await.unwrap();
+        let comps = sent(&db).await;
+        assert_eq!(
+            comps.iter().map(|c| c.1.as_str()).collect::<Vec<_>>(),
+            ["undo.two", "undo.one"],
+            "the step it waited on is compensated too"
+        );
+        assert_eq!(status(&db, "o1").await, "failed");
+        assert_eq!(
+            hooks.0.lock().unwrap().last().unwrap(),
+            "failed compensated by admin"
+        );
+        let view = sagas.get(&db, "test", "o1").await.unwrap().unwrap();
+        let retry = view
+            .history
+            .iter()
+            .find(|e| e.action == Action::Retry)
+            .unwrap();
+        assert_eq!(
+            (retry.step.as_str(), retry.by.as_deref()),
+            ("one", Some("admin"))
+        );
+        assert_eq!(view.history.last().unwrap().action, Action::Compensate);
+
+        // Only a running saga is acted on; an unknown one is not found.
+        assert!(matches!(
+            sagas.retry(&db, "test", "o1", "admin").await,
+            Err(ActionError::NotRunning(s)) if s == "failed"
+        ));
+        assert!(matches!(
+            sagas.compensate(&db, "test", "o1", "admin").await,
+            Err(ActionError::NotRunning(_))
+        ));
+        assert!(matches!(
+            sagas.retry(&db, "test", "none", "admin").await,
+            Err(ActionError::NotFound)
+        ));
+        assert!(matches!(
+            sagas.compensate(&db, "nope", "o1", "admin").await,
+            Err(ActionError::NotFound)
+        ));
     }
 }

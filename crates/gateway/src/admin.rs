@@ -1,4 +1,4 @@
-//! The gateway's admin listener: `/metrics` and `/status/resilience`, on an address of their
+//! The gateway's admin listener: `/metrics`, `/status/resilience` and `/status/process`, on an address of their
 //! own (`gateway.admin_listen`, loopback by default), and `/health/*` there too.
 //!
 //! What they tell (the upstreams, their breakers and instances, request counts per route) is
@@ -54,6 +54,10 @@ impl server::Handler for Admin {
                 headers.push(b"content-type", b"text/plain; version=0.0.4");
                 (StatusCode::OK, Bytes::from(tessera::metrics::render()))
             }
+            "/status/process" => {
+                headers.push(b"content-type", wrap::JSON);
+                (StatusCode::OK, Bytes::from(tessera::admin::Process::json()))
+            }
             "/status/resilience" => {
                 headers.push(b"content-type", wrap::JSON);
                 (
@@ -71,7 +75,7 @@ impl server::Handler for Admin {
             _ => {
                 let body = self.error(
                     "route_not_found",
-                    "the admin listener serves /metrics, /status/resilience and /health/*",
+                    "the admin listener serves /metrics, /status/resilience, /status/process and /health/*",
                     headers,
                 );
                 (StatusCode::NOT_FOUND, body)

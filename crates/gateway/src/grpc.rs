@@ -11,6 +11,11 @@
 //! answer (`UNAUTHENTICATED` for 401, `PERMISSION_DENIED` for 403, `UNAVAILABLE` for 503…),
 //! which is what gRPC clients read; what went wrong is in the log under the request's trace.
 //!
+//! Each call is traced as a request is (`docs/observability.md`): a server span named after
+//! the route's method (`rpc.service`, `rpc.method`, the gRPC status when the answer carries
+//! it in its head), ending when the answer's head is passed on (its stream may go on long
+//! after), and a client span for the attempt, whose `traceparent` the instance receives.
+//!
 //! A call has the time its `grpc-timeout` gives it, else `websocket_max_ms` (a client stream
 //! is answered only once the client is done); while its answer streams, its HTTP/2 stream
 //! counts as open. Connections to instances are HTTP/2 and multiplexed: one per instance,
@@ -30,6 +35,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tessera::TraceContext;
 use tessera::passport;
 use tessera::resilience::{Limits, Rejected, Retryable};
+use tessera::trace::{Kind, Span};
 
 use crate::error::GatewayError;
 use crate::listen::{Body, Streamed, Streaming};
@@ -125,21 +131,45 @@ impl Streaming for Gateway {
         parts: &'a http::request::Parts,
         body: Incoming,
     ) -> http::Response<Body> {
+        // As for any request: a client's trace continued, its sampling only turned down.
         let parent = req
             .fields
             .get_str(tessera::trace::TRACEPARENT)
-            .and_then(TraceContext::parse);
+            .and_then(TraceContext::parse)
+            .map(|mut p| {
+                p.sampled &= tessera::trace::span::sampled(&p.trace_id);
+                p
+            });
         let trace = parent.map_or_else(TraceContext::new_root, |p| p.child());
+        let mut span = Span::open(&trace, parent.map(|p| p.span_id), "grpc", Kind::Server);
         let mut hex = [0u8; 32];
         let trace_id = tessera::trace::hex(&trace.trace_id, &mut hex).to_string();
-        let answer = match self.routes.find(req.path) {
-            Ok(Some(route)) => self.call(route, &req, parts, body, &trace).await,
-            _ => Err(GatewayError::ROUTE_NOT_FOUND),
+        let route = self.routes.find(req.path).ok().flatten();
+        let answer = match route {
+            Some(route) => self.call(route, &req, parts, body, &trace).await,
+            None => Err(GatewayError::ROUTE_NOT_FOUND),
         };
         let (status, upstream) = match &answer {
             Ok(r) => (r.status().as_u16(), "grpc"),
             Err(e) => (e.status.as_u16(), "-"),
         };
+        if span.is_recording() {
+            describe(&mut span, req.path, route.map(|r| r.label.clone()));
+            span.set("http.response.status_code", status);
+            match &answer {
+                Ok(r) => {
+                    if let Some(code) = grpc_status(r.headers()) {
+                        span.set("rpc.grpc.status_code", code);
+                        if is_server_fault(code) {
+                            span.fail("the instance answered with a server error");
+                        }
+                    }
+                }
+                Err(e) if e.status.is_server_error() => span.fail(e.message.clone()),
+                Err(_) => {}
+            }
+        }
+        drop(span);
         let latency_ms = req.start.elapsed().as_micros() as f64 / 1000.0;
         tracing::info!(target: "access", method = req.method.as_str(), path = req.path, status, latency_ms, trace_id = %trace_id, upstream, "access");
         match answer {
@@ -243,18 +273,42 @@ impl Gateway {
                 let Some(body) = body.lock().unwrap_or_else(|e| e.into_inner()).take() else {
                     return Attempt::Failed;
                 };
+                let (mut span, attempt_trace) = Span::child_of(trace, "grpc call", Kind::Client);
+                if span.is_recording() {
+                    describe(&mut span, req.path, Some(route.label.clone()));
+                    span.set("peer.service", route.label.clone());
+                    span.set("tessera.instance", instance.id.clone());
+                    span.fail("timed out or cancelled");
+                }
                 let uri = format!("http://{}{}", instance.address, req.target);
                 let mut request = http::Request::new(body);
                 *request.method_mut() = parts.method.clone();
                 *request.headers_mut() = headers.clone();
+                // The instance's span is the attempt's child.
+                request
+                    .headers_mut()
+                    .insert("traceparent", attempt_trace.header_value());
                 match uri.parse() {
                     Ok(uri) => *request.uri_mut() = uri,
                     Err(_) => return Attempt::Failed,
                 }
-                match send.send_request(request).await {
+                let outcome = match send.send_request(request).await {
                     Ok(response) => Attempt::Answered(response),
                     Err(_) => Attempt::Failed,
+                };
+                span.clear_failure();
+                match &outcome {
+                    Attempt::Answered(r) => {
+                        if let Some(code) = grpc_status(r.headers()) {
+                            span.set("rpc.grpc.status_code", code);
+                            if is_server_fault(code) {
+                                span.fail("the instance answered with a server error");
+                            }
+                        }
+                    }
+                    _ => span.fail("no answer"),
                 }
+                outcome
             })
             .await;
         match attempt {
@@ -278,6 +332,32 @@ impl Gateway {
             Err(Rejected::Timeout) => Err(forward::refusal(crate::upstream::CallFailure::Timeout)),
         }
     }
+}
+
+/// A gRPC span's name (`service/method`, the path's two parts) and attributes.
+fn describe(span: &mut Span, path: &str, route: Option<std::sync::Arc<str>>) {
+    let (service, method) = path
+        .trim_start_matches('/')
+        .split_once('/')
+        .unwrap_or((path, ""));
+    span.rename(path.trim_start_matches('/').to_string());
+    span.set("rpc.system", "grpc");
+    span.set("rpc.service", service.to_string());
+    span.set("rpc.method", method.to_string());
+    if let Some(route) = route {
+        span.set("http.route", route);
+    }
+}
+
+/// The `grpc-status` of an answer's head (a trailers-only answer carries it there).
+fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+/// The gRPC codes OpenTelemetry counts as the server's fault (an error on a server span).
+fn is_server_fault(code: u32) -> bool {
+    // UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS
+    matches!(code, 2 | 4 | 12 | 13 | 14 | 15)
 }
 
 /// A `grpc-timeout` value: up to 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`).

@@ -482,7 +482,7 @@ impl Manifest {
     /// The principals a service accepts calls from: the gateway, the operators, and the
     /// services that say they call it.
     pub fn callers_of(&self, service: &str) -> Vec<String> {
-        let mut callers: Vec<String> = ["gateway", "supervisor", "admin"]
+        let mut callers: Vec<String> = ["gateway", "supervisor", "admin", "control"]
             .map(String::from)
             .to_vec();
         callers.extend(
@@ -1150,8 +1150,11 @@ mod tests {
         .unwrap();
         assert_eq!(
             m.callers_of("b"),
-            ["gateway", "supervisor", "admin", "service:a"]
+            ["gateway", "supervisor", "admin", "control", "service:a"]
         );
-        assert_eq!(m.callers_of("a"), ["gateway", "supervisor", "admin"]);
+        assert_eq!(
+            m.callers_of("a"),
+            ["gateway", "supervisor", "admin", "control"]
+        );
     }
 }

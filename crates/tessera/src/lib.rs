@@ -43,11 +43,12 @@ pub use tessera_tls as tls;
 pub use tessera_trace as trace;
 pub use tessera_trace::{unix_now, unix_now_ms};
 
+pub use admin::RESTARTS_ENV;
 pub use client::{CallError, ServiceClient};
 pub use config::{ConfigError, ServiceConfig, Settings};
 pub use error::ApiError;
 pub use extract::{Caller, Json, Path, Query};
 pub use passport::{Passport, PassportKeys};
-pub use service::{Context, Events, Service};
+pub use service::{Context, Events, SAGAS_METADATA_KEY, Service};
 pub use store::{Db, DbError, Migration, Tx};
 pub use trace::TraceContext;

@@ -23,10 +23,11 @@ use tokio::net::TcpListener;
 pub struct Peer(pub Identity);
 
 /// The identities a service accepts calls from: `TESSERA_TLS_CALLERS` (principals, comma
-/// separated), or the gateway and the operators when it is not set.
+/// separated), or the gateway, the operators and the control plane (which asks for the
+/// console) when it is not set.
 pub fn callers_from_env(tls: &Internal) -> Vec<Identity> {
-    let list =
-        std::env::var("TESSERA_TLS_CALLERS").unwrap_or_else(|_| "gateway,supervisor,admin".into());
+    let list = std::env::var("TESSERA_TLS_CALLERS")
+        .unwrap_or_else(|_| "gateway,supervisor,admin,control".into());
     list.split(',')
         .map(str::trim)
         .filter(|p| !p.is_empty())

@@ -44,6 +44,7 @@ use crate::events::{Bus, Consumer, ControlBus, Handler, NatsBus};
 use crate::health::Health;
 use crate::passport::{self, PassportError, PassportKeys};
 use crate::registry::{Discovery, Instance, Registrar, Registration};
+use crate::saga::{Saga, SagaHooks, Sagas};
 use crate::store::{Db, Migration};
 use crate::trace::{self, Span, TraceContext};
 
@@ -138,6 +139,8 @@ impl Context {
                 bus,
                 outbox,
                 stop: self.events_stop.clone(),
+                group: self.config.service.clone(),
+                sagas: Sagas::default(),
                 tasks: Arc::default(),
                 relay: Arc::new(std::sync::Mutex::new(Some(relay))),
             }
@@ -152,6 +155,10 @@ pub struct Events {
     pub outbox: Outbox,
     env: ConsumerEnv,
     stop: tokio::sync::watch::Receiver<bool>,
+    /// The service's own consumer group (its name).
+    group: String,
+    /// The sagas it orchestrates.
+    sagas: Sagas,
     tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     relay: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
@@ -169,6 +176,33 @@ impl Events {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(task);
+    }
+
+    /// Runs `saga`, which this service orchestrates: consumes its replies (in the service's
+    /// group), times out its overdue steps every `tick`, and shows it to operators, with
+    /// their actions, under `/status/sagas` (the console's sagas page).
+    pub fn run_saga(&self, saga: Arc<Saga>, hooks: Arc<dyn SagaHooks>, tick: std::time::Duration) {
+        self.consume(
+            Consumer::new(saga.reply_topic(), &self.group),
+            saga.clone().handler(hooks.clone()),
+        );
+        saga.clone().spawn_ticker(
+            self.env.db.clone(),
+            hooks.clone(),
+            self.outbox.clone(),
+            tick,
+        );
+        self.sagas.add(saga, hooks);
+    }
+
+    /// The sagas this service orchestrates.
+    pub fn sagas(&self) -> &Sagas {
+        &self.sagas
+    }
+
+    /// The database the events are kept in (the service's).
+    pub fn db(&self) -> &Db {
+        &self.env.db
     }
 }
 
@@ -229,6 +263,7 @@ impl Service {
         Fut: Future<Output = anyhow::Result<Router>>,
     {
         crate::log::init(&config.service, &config.instance);
+        let process = crate::admin::Process::init(&config.instance, &config.version);
         crate::metrics::handle();
         let telemetry = crate::telemetry::start(
             &config.service,
@@ -339,13 +374,17 @@ impl Service {
                         address: address.to_string(),
                         version: config.version.clone(),
                         metadata: BTreeMap::from([
-                            ("pid".to_string(), std::process::id().to_string()),
-                            ("started".to_string(), crate::unix_now().to_string()),
+                            ("pid".to_string(), process.pid.to_string()),
+                            ("started".to_string(), process.started.to_string()),
+                            ("restarts".to_string(), process.restarts.to_string()),
                             (
                                 crate::admin::METADATA_KEY.to_string(),
                                 admin_address.to_string(),
                             ),
-                        ]),
+                        ])
+                        .into_iter()
+                        .chain(sagas_metadata(&events))
+                        .collect(),
                     },
                     ttl_ms: config.ttl.as_millis() as u64,
                 };
@@ -399,6 +438,15 @@ impl Service {
         crate::log::flush();
         Ok(())
     }
+}
+
+/// The key of the registry metadata that names the sagas an instance orchestrates (comma
+/// separated): the control plane asks those instances for them.
+pub const SAGAS_METADATA_KEY: &str = "sagas";
+
+fn sagas_metadata(events: &std::sync::OnceLock<Events>) -> Option<(String, String)> {
+    let names = events.get()?.sagas().names();
+    (!names.is_empty()).then(|| (SAGAS_METADATA_KEY.to_string(), names.join(",")))
 }
 
 /// Passport, trace, deadline, metrics and one log line, around every request but health. A plain tower layer rather than `axum::middleware::from_fn`: no boxed inner service

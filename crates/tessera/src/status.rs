@@ -1,18 +1,24 @@
 //! What a service tells its operators about itself beyond health: the outbox (what waits
 //! for the log, and what the log refused and is parked), requeueing the parked events once
-//! their cause is fixed, and the events its consumers are stuck on.
+//! their cause is fixed, the events its consumers are stuck on, and the sagas it
+//! orchestrates, with the two actions on a running one (send its step again, compensate it).
 //!
 //! These routes sit behind the passport like the service's own, and answer only an admin or
-//! another process of the system (role `system`): a parked event can hold any of the
-//! service's data.
+//! another process of the system (role `system`): a parked event or a saga's data can hold
+//! any of the service's data. Acting on a saga takes the admin role, and is audited (the log
+//! line names the passport's subject). The console reaches them through the control plane,
+//! which calls with a passport for the admin who asked (`docs/sagas.md`).
 
 use std::sync::{Arc, OnceLock};
 
 use axum::Router;
 use axum::extract::State;
 use axum::routing::{get, post};
+use serde::Deserialize;
 
 use crate::events::outbox;
+use crate::extract::{Path, Query};
+use crate::saga::{ActionError, STATES};
 use crate::{ApiError, Caller, Db, Events, Json};
 
 /// `GET /status/outbox`, `POST /status/outbox/requeue` on `db`'s outbox, and
@@ -22,16 +28,136 @@ pub fn routes(db: Db, events: Arc<OnceLock<Events>>) -> Router {
         .route("/status/outbox", get(outbox_status))
         .route("/status/outbox/requeue", post(requeue))
         .with_state(db)
-        .route(
-            "/status/events",
-            get(move |caller: Caller| {
-                let stuck = events.get().map(Events::stuck).unwrap_or_default();
-                async move {
-                    operator(&caller)?;
-                    Ok::<_, ApiError>(Json(serde_json::json!({ "stuck": stuck })))
-                }
-            }),
-        )
+        .route("/status/events", get(stuck))
+        .route("/status/sagas", get(sagas))
+        .route("/status/sagas/{name}/{id}", get(saga))
+        .route("/status/sagas/{name}/{id}/{action}", post(act))
+        .with_state(events)
+}
+
+type EventsOnce = Arc<OnceLock<Events>>;
+
+async fn stuck(
+    State(events): State<EventsOnce>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    operator(&caller)?;
+    let stuck = events.get().map(Events::stuck).unwrap_or_default();
+    Ok(Json(serde_json::json!({ "stuck": stuck })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SagaQuery {
+    status: Option<String>,
+    limit: Option<u32>,
+}
+
+/// The most sagas one listing holds.
+const MAX_LISTED: u32 = 200;
+
+/// `GET /status/sagas?status=&limit=`: how many sagas are in each state, and the newest.
+async fn sagas(
+    State(events): State<EventsOnce>,
+    caller: Caller,
+    Query(q): Query<SagaQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    operator(&caller)?;
+    if let Some(status) = q.status.as_deref().filter(|s| !STATES.contains(s)) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("status {status:?} is none of {}", STATES.join(", ")),
+        ));
+    }
+    let limit = q.limit.unwrap_or(50);
+    if limit == 0 || limit > MAX_LISTED {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be 1 to {MAX_LISTED}"),
+        ));
+    }
+    let Some(events) = events.get().filter(|e| !e.sagas().names().is_empty()) else {
+        return Ok(Json(
+            serde_json::json!({ "names": [], "counts": [], "sagas": [] }),
+        ));
+    };
+    let listing = events
+        .sagas()
+        .list(events.db(), q.status.as_deref(), limit)
+        .await?;
+    Ok(Json(serde_json::json!({
+        "names": events.sagas().names(),
+        "counts": listing.counts,
+        "sagas": listing.sagas,
+    })))
+}
+
+/// `GET /status/sagas/{name}/{id}`: one saga with its data and history.
+async fn saga(
+    State(events): State<EventsOnce>,
+    caller: Caller,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<Json<crate::saga::SagaView>, ApiError> {
+    operator(&caller)?;
+    let events = events.get().ok_or_else(|| no_saga(&name, &id))?;
+    events
+        .sagas()
+        .get(events.db(), &name, &id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| no_saga(&name, &id))
+}
+
+/// `POST /status/sagas/{name}/{id}/retry` (send the step it waits on again) or
+/// `…/compensate` (compensate it now): an admin's, audited.
+async fn act(
+    State(events): State<EventsOnce>,
+    caller: Caller,
+    Path((name, id, action)): Path<(String, String, String)>,
+) -> Result<Json<crate::saga::SagaView>, ApiError> {
+    caller.require_role("admin")?;
+    let events = events.get().ok_or_else(|| no_saga(&name, &id))?;
+    let (sagas, db) = (events.sagas(), events.db());
+    let done = match action.as_str() {
+        "retry" => sagas.retry(db, &name, &id, &caller.id).await,
+        "compensate" => sagas.compensate(db, &name, &id, &caller.id).await,
+        _ => {
+            return Err(ApiError::not_found(format!(
+                "no action {action:?} (retry, compensate)"
+            )));
+        }
+    };
+    match done {
+        Ok(()) => events.outbox.wake(),
+        Err(ActionError::NotFound) => return Err(no_saga(&name, &id)),
+        Err(ActionError::NotRunning(status)) => {
+            return Err(ApiError::conflict(
+                "not_running",
+                format!("saga {name} {id} is {status}: only a running saga can be acted on"),
+            ));
+        }
+        Err(ActionError::Failed(e)) if e.conflict => {
+            return Err(ApiError::conflict(
+                "conflict",
+                "the saga moved meanwhile: look at it again",
+            ));
+        }
+        Err(ActionError::Failed(e)) => {
+            tracing::warn!(error = %e.message, saga = %id, "a saga action failed");
+            return Err(ApiError::unavailable(
+                "the saga's database failed; nothing was done",
+            ));
+        }
+    }
+    sagas
+        .get(db, &name, &id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| no_saga(&name, &id))
+}
+
+fn no_saga(name: &str, id: &str) -> ApiError {
+    ApiError::not_found(format!("no saga {name} {id} here"))
 }
 
 fn operator(caller: &Caller) -> Result<(), ApiError> {

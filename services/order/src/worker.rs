@@ -1,11 +1,11 @@
-//! The order service's background work: the checkout saga's replies (a consumer of its reply
-//! topic) and its ticker, which times out steps that got no reply and compensates them.
+//! The order service's background work: the checkout saga, run by the platform (its reply
+//! topic consumed, a ticker that times out steps that got no reply and compensates them, and
+//! its instances shown to operators under `/status/sagas`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tessera::Context;
-use tessera::events::Consumer;
 use tessera::saga::Saga;
 
 use crate::checkout::CheckoutHooks;
@@ -15,10 +15,5 @@ const TICK: Duration = Duration::from_millis(250);
 
 /// Starts the saga's consumer and ticker; they run until the service stops.
 pub fn start(ctx: &Context, saga: Arc<Saga>, hooks: Arc<CheckoutHooks>) {
-    let events = ctx.events();
-    events.consume(
-        Consumer::new(saga.reply_topic(), "order"),
-        saga.clone().handler(hooks.clone()),
-    );
-    saga.spawn_ticker(ctx.db().clone(), hooks, events.outbox.clone(), TICK);
+    ctx.events().run_saga(saga, hooks, TICK);
 }

@@ -359,27 +359,17 @@ pub async fn series(
     Ok(Json(json!({ "routes": routes })))
 }
 
-/// `GET /v1/telemetry/resilience`: each process's breakers, bulkheads and balanced instances
-/// (its admin listener's `/status/resilience`, asked now) and its resilience counters at the
-/// last scrape: retries, retry budget exhausted, breaker and bulkhead rejections, outlier
-/// ejections, rate-limit rejections.
-pub async fn resilience(
-    State(telemetry): State<Telemetry>,
-    caller: Caller,
-) -> Result<Json<JsonValue>, ApiError> {
-    caller.may_inspect()?;
+/// Each of `targets`' admin listener's JSON at `path`, asked now (None where it did not
+/// answer with JSON in time).
+async fn ask_each(targets: &[Target], path: &str) -> Vec<Option<JsonValue>> {
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_millis(500))
         .timeout(Duration::from_secs(1))
         .build()
         .expect("a client");
-    let targets: Vec<Target> = targets(&telemetry)
-        .into_iter()
-        .filter(|t| t.service != "control")
-        .collect();
     let asks = targets.iter().map(|t| {
         let http = http.clone();
-        let url = format!("http://{}/status/resilience", t.address);
+        let url = format!("http://{}{path}", t.address);
         async move {
             let resp = http.get(url).send().await.ok()?;
             let body = resp.bytes().await.ok()?;
@@ -389,7 +379,23 @@ pub async fn resilience(
             serde_json::from_slice::<JsonValue>(&body).ok()
         }
     });
-    let statuses = futures_util::future::join_all(asks).await;
+    futures_util::future::join_all(asks).await
+}
+
+/// `GET /v1/telemetry/resilience`: each process's breakers, bulkheads and balanced instances
+/// (its admin listener's `/status/resilience`, asked now) and its resilience counters at the
+/// last scrape: retries, retry budget exhausted, breaker and bulkhead rejections, outlier
+/// ejections, rate-limit rejections.
+pub async fn resilience(
+    State(telemetry): State<Telemetry>,
+    caller: Caller,
+) -> Result<Json<JsonValue>, ApiError> {
+    caller.may_inspect()?;
+    let targets: Vec<Target> = targets(&telemetry)
+        .into_iter()
+        .filter(|t| t.service != "control")
+        .collect();
+    let statuses = ask_each(&targets, "/status/resilience").await;
     let counters = telemetry
         .series
         .lock()
@@ -408,6 +414,44 @@ pub async fn resilience(
             })
         })
         .collect();
+    Ok(Json(json!({ "processes": processes })))
+}
+
+/// `GET /v1/telemetry/platform`: the processes of the platform that do not register (the
+/// gateways, asked on their admin listener's `/status/process` now, and the control plane
+/// itself), with whether they answered: the console's services page shows them beside the
+/// services' instances.
+pub async fn platform(
+    State(telemetry): State<Telemetry>,
+    caller: Caller,
+) -> Result<Json<JsonValue>, ApiError> {
+    caller.may_inspect()?;
+    let gateways: Vec<Target> = telemetry
+        .fixed_targets
+        .iter()
+        .filter(|t| t.service != "control")
+        .cloned()
+        .collect();
+    let answers = ask_each(&gateways, "/status/process").await;
+    let mut processes: Vec<JsonValue> = gateways
+        .into_iter()
+        .zip(answers)
+        .map(|(t, process)| {
+            json!({
+                "service": t.service,
+                "instance": t.instance,
+                "admin": t.address,
+                "up": process.is_some(),
+                "process": process,
+            })
+        })
+        .collect();
+    processes.push(json!({
+        "service": "control",
+        "instance": "control",
+        "up": true,
+        "process": tessera::admin::Process::get(),
+    }));
     Ok(Json(json!({ "processes": processes })))
 }
 
