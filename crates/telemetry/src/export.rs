@@ -1,5 +1,6 @@
 //! The export task: every [`Settings::every`] it takes the ended spans from the process's
-//! sink, encodes them once, and posts the body to each target.
+//! sink (already OTLP bytes, written as each span ended), wraps them in a request's envelope
+//! once, and posts the body to each target.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -7,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tessera_trace::logs::{self, LogData};
-use tessera_trace::span::{self, SpanData};
+use tessera_trace::span::{self, Encoded};
 use tokio::sync::Notify;
 
 use crate::{Resource, Settings, Target, otlp};
@@ -15,8 +16,12 @@ use crate::{Resource, Settings, Target, otlp};
 /// What a target that cannot take its batches holds for it at most.
 pub const HELD_BYTES: usize = 8 * 1024 * 1024;
 
-/// Spans per request at most (a batch larger is sent in parts).
-const PER_REQUEST: usize = 4096;
+/// Bytes of spans per request at most (a batch larger is sent in parts; the control plane
+/// takes 16 MiB).
+const PER_REQUEST: usize = 4 * 1024 * 1024;
+
+/// Log records per request at most.
+const LOGS_PER_REQUEST: usize = 4096;
 
 /// A running exporter: [`Handle::flush`] sends what is waiting now (at shutdown).
 #[derive(Clone)]
@@ -87,9 +92,9 @@ async fn run(resource: Resource, settings: Settings, handle: Handle) {
             failing: false,
         })
         .collect();
-    let mut spans: Vec<Box<SpanData>> = Vec::new();
+    let mut spans = Encoded::default();
     let mut lines: Vec<LogData> = Vec::new();
-    let mut encoder = otlp::Encoder::new(&resource);
+    let encoder = otlp::Encoder::new(&resource);
     let mut reported_drops = 0;
     let mut reported_log_drops = 0;
     loop {
@@ -107,14 +112,13 @@ async fn run(resource: Resource, settings: Settings, handle: Handle) {
             );
             reported_drops = dropped;
         }
-        if !spans.is_empty() {
-            metrics::counter!("tessera_spans_exported_total").increment(spans.len() as u64);
-            for part in spans.chunks(PER_REQUEST) {
+        if spans.spans > 0 {
+            metrics::counter!("tessera_spans_exported_total").increment(spans.spans as u64);
+            for part in otlp::parts(&spans.bytes, PER_REQUEST) {
                 let mut body = Vec::new();
                 encoder.encode(part, &mut body);
                 hold(&mut targets, Signal::Traces, Bytes::from(body));
             }
-            spans.clear();
         }
         logs::sink().take(&mut lines);
         let dropped = logs::sink().dropped();
@@ -123,7 +127,7 @@ async fn run(resource: Resource, settings: Settings, handle: Handle) {
             reported_log_drops = dropped;
         }
         if !lines.is_empty() {
-            for part in lines.chunks(PER_REQUEST) {
+            for part in lines.chunks(LOGS_PER_REQUEST) {
                 hold(
                     &mut targets,
                     Signal::Logs,

@@ -1,35 +1,29 @@
-//! Spans as OTLP messages (`opentelemetry-proto`'s prost types), one request per batch.
+//! Spans and log records as OTLP/HTTP protobuf bodies, one request per batch.
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::resource::v1::Resource as ProtoResource;
-use opentelemetry_proto::tonic::trace::v1::status;
 use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
 use tessera_trace::logs::LogData;
-use tessera_trace::span::{Kind, Name, SpanData, Value};
 
 use crate::Resource;
 
 /// The instrumentation scope every Tessera span is under.
 pub const SCOPE: &str = "tessera";
 
-/// Writes batches of spans as OTLP/HTTP protobuf bodies (`ExportTraceServiceRequest`).
-///
-/// Written by hand onto one reused buffer, field by field, rather than built as
-/// `opentelemetry-proto`'s structs and encoded: those cost a dozen allocations per span (every
-/// id, name, key and value a `Vec` or `String` of its own), which on a gateway tracing every
-/// request was most of what tracing cost. The messages' shapes are OTLP's
-/// (`opentelemetry/proto/trace/v1/trace.proto`); a test decodes what this writes with the
-/// crate's prost types and compares it with their own encoding of the same spans.
+/// Wraps batches of spans, as the process's sink holds them (`ScopeSpans.spans` entries,
+/// written when each span ended: `tessera_trace::span`'s `wire.rs`), into OTLP/HTTP protobuf
+/// bodies (`ExportTraceServiceRequest`): the resource and the scope written once, then the
+/// spans' bytes copied as they are. A test decodes what comes out with
+/// `opentelemetry-proto`'s prost types and compares it with their own encoding of the same
+/// spans.
 pub struct Encoder {
     /// `ResourceSpans.resource` (field 1), written once.
     resource: Vec<u8>,
     /// `ScopeSpans.scope` (field 1), written once.
     scope: Vec<u8>,
-    span: Vec<u8>,
-    scope_spans: Vec<u8>,
 }
 
 impl Encoder {
@@ -46,131 +40,52 @@ impl Encoder {
         Self {
             resource: r,
             scope: sc,
-            span: Vec::with_capacity(512),
-            scope_spans: Vec::with_capacity(64 * 1024),
         }
     }
 
-    /// `spans` as one request's body, written into `out` (cleared first).
-    pub fn encode<S: std::borrow::Borrow<SpanData>>(&mut self, spans: &[S], out: &mut Vec<u8>) {
-        self.scope_spans.clear();
-        self.scope_spans.extend_from_slice(&self.scope);
-        for s in spans {
-            self.span.clear();
-            write_span(s.borrow(), &mut self.span);
-            message_field(2, &self.span, &mut self.scope_spans);
-        }
-        // ResourceSpans { resource = 1, scope_spans = 2 } inside the request's field 1.
-        let scope_spans_len = self.scope_spans.len() as u64;
-        let inner = self.resource.len() as u64
-            + 1
-            + encoded_len_varint(scope_spans_len) as u64
-            + scope_spans_len;
+    /// `spans` (`ScopeSpans.spans` entries) as one request's body, written into `out`
+    /// (cleared first).
+    pub fn encode(&self, spans: &[u8], out: &mut Vec<u8>) {
+        // ExportTraceServiceRequest { resource_spans = 1: ResourceSpans { resource = 1,
+        // scope_spans = 2: ScopeSpans { scope = 1, spans = 2… } } }
+        let scope_spans = (self.scope.len() + spans.len()) as u64;
+        let resource_spans =
+            self.resource.len() as u64 + 1 + encoded_len_varint(scope_spans) as u64 + scope_spans;
         out.clear();
-        out.reserve(inner as usize + 16);
+        out.reserve(resource_spans as usize + 16);
         encode_key(1, WireType::LengthDelimited, out);
-        encode_varint(inner, out);
+        encode_varint(resource_spans, out);
         out.extend_from_slice(&self.resource);
-        message_field(2, &self.scope_spans, out);
+        encode_key(2, WireType::LengthDelimited, out);
+        encode_varint(scope_spans, out);
+        out.extend_from_slice(&self.scope);
+        out.extend_from_slice(spans);
     }
+}
+
+/// `spans` (`ScopeSpans.spans` entries) cut into parts of at most `max` bytes each (a single
+/// span larger than that is a part of its own).
+pub fn parts(spans: &[u8], max: usize) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut end = 0;
+    for entry in tessera_trace::span::entries(spans) {
+        if entry.end - start > max && end > start {
+            out.push(&spans[start..end]);
+            start = end;
+        }
+        end = entry.end;
+    }
+    if end > start {
+        out.push(&spans[start..end]);
+    }
+    out
 }
 
 fn message_field(tag: u32, body: &[u8], buf: &mut Vec<u8>) {
     encode_key(tag, WireType::LengthDelimited, buf);
     encode_varint(body.len() as u64, buf);
     buf.extend_from_slice(body);
-}
-
-fn varint_field(tag: u32, value: u64, buf: &mut Vec<u8>) {
-    encode_key(tag, WireType::Varint, buf);
-    encode_varint(value, buf);
-}
-
-fn fixed64_field(tag: u32, value: u64, buf: &mut Vec<u8>) {
-    encode_key(tag, WireType::SixtyFourBit, buf);
-    buf.extend_from_slice(&value.to_le_bytes());
-}
-
-/// One `Span` message's fields.
-fn write_span(s: &SpanData, buf: &mut Vec<u8>) {
-    message_field(1, &s.trace_id, buf);
-    message_field(2, &s.span_id, buf);
-    if s.parent != [0; 8] {
-        message_field(4, &s.parent, buf);
-    }
-    match &s.name {
-        Name::Static(n) => message_field(5, n.as_bytes(), buf),
-        Name::Text(n) => message_field(5, n.as_bytes(), buf),
-        Name::Pair(a, b) => {
-            let (a, b) = (a.display(), b.display());
-            encode_key(5, WireType::LengthDelimited, buf);
-            encode_varint((a.len() + 1 + b.len()) as u64, buf);
-            buf.extend_from_slice(a.as_bytes());
-            buf.push(b' ');
-            buf.extend_from_slice(b.as_bytes());
-        }
-    }
-    varint_field(6, s.kind as u64, buf);
-    fixed64_field(7, s.start_ns, buf);
-    fixed64_field(8, s.end_ns, buf);
-    for (key, value) in &s.attributes {
-        write_key_value(key, value, buf);
-    }
-    // Status { message = 2, code = 3 }: ERROR with its message, else UNSET (empty).
-    match &s.error {
-        Some(why) => {
-            let code = status::StatusCode::Error as u64;
-            let len = 1 + encoded_len_varint(why.len() as u64) + why.len() + 1 + 1;
-            encode_key(15, WireType::LengthDelimited, buf);
-            encode_varint(len as u64, buf);
-            message_field(2, why.as_bytes(), buf);
-            varint_field(3, code, buf);
-        }
-        None => message_field(15, &[], buf),
-    }
-    encode_key(16, WireType::ThirtyTwoBit, buf);
-    buf.extend_from_slice(&flags_of(s).to_le_bytes());
-}
-
-/// A span's OTLP flags: W3C's sampled bit (only sampled spans are recorded), and whether its
-/// parent is remote (known, bit 8; remote, bit 9): a server's or consumer's parent is in
-/// another process.
-fn flags_of(s: &SpanData) -> u32 {
-    match s.kind {
-        Kind::Server | Kind::Consumer if s.parent != [0; 8] => 0x301,
-        _ => 0x101,
-    }
-}
-
-/// A `KeyValue { key = 1, value = 2: AnyValue }` as attribute field 9 of a span.
-fn write_key_value(key: &str, value: &Value, buf: &mut Vec<u8>) {
-    // AnyValue { string_value = 1, bool_value = 2, int_value = 3 }.
-    let (tag, text, number) = match value {
-        Value::Str(s) => (1, Some(*s), 0),
-        Value::Shared(s) => (1, Some(&**s), 0),
-        Value::Text(s) => (1, Some(s.as_str()), 0),
-        Value::Bool(b) => (2, None, u64::from(*b)),
-        Value::Int(n) => (3, None, *n as u64),
-    };
-    let any_len = match text {
-        Some(t) => 1 + encoded_len_varint(t.len() as u64) + t.len(),
-        None => 1 + encoded_len_varint(number),
-    };
-    let kv_len = 1
-        + encoded_len_varint(key.len() as u64)
-        + key.len()
-        + 1
-        + encoded_len_varint(any_len as u64)
-        + any_len;
-    encode_key(9, WireType::LengthDelimited, buf);
-    encode_varint(kv_len as u64, buf);
-    message_field(1, key.as_bytes(), buf);
-    encode_key(2, WireType::LengthDelimited, buf);
-    encode_varint(any_len as u64, buf);
-    match text {
-        Some(t) => message_field(tag, t.as_bytes(), buf),
-        None => varint_field(tag, number, buf),
-    }
 }
 
 /// `lines` of the process `resource` as an OTLP/HTTP protobuf body
@@ -280,9 +195,18 @@ fn kv(key: &str, value: any_value::Value) -> KeyValue {
 mod tests {
     use super::*;
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, status};
     use std::sync::Arc;
-    use tessera_trace::span::Attributes;
+    use tessera_trace::span::{Attributes, Kind, Name, SpanData, Value, write_entry};
+
+    /// The spans as the sink holds them.
+    fn written(spans: &[SpanData]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for s in spans {
+            write_entry(s, &mut bytes);
+        }
+        bytes
+    }
 
     /// The same spans through the crate's structs: what the hand-written encoder must match.
     fn reference(resource: &Resource, spans: &[SpanData]) -> ExportTraceServiceRequest {
@@ -400,7 +324,7 @@ mod tests {
             ),
         ];
         let mut body = Vec::new();
-        Encoder::new(&resource).encode(&spans, &mut body);
+        Encoder::new(&resource).encode(&written(&spans), &mut body);
         let decoded = ExportTraceServiceRequest::decode(&body[..]).unwrap();
         assert_eq!(decoded, reference(&resource, &spans));
         // A server span with a parent has a remote parent; a root's is unknown-local.
@@ -411,11 +335,33 @@ mod tests {
             .collect();
         assert_eq!(flags, [0x301, 0x101, 0x301]);
         // Encoded again, nothing of the first batch is left over.
-        let mut encoder = Encoder::new(&resource);
-        encoder.encode(&spans, &mut body);
-        encoder.encode(&spans[..1], &mut body);
+        let encoder = Encoder::new(&resource);
+        encoder.encode(&written(&spans), &mut body);
+        encoder.encode(&written(&spans[..1]), &mut body);
         let decoded = ExportTraceServiceRequest::decode(&body[..]).unwrap();
         assert_eq!(decoded, reference(&resource, &spans[..1]));
+    }
+
+    #[test]
+    fn a_batch_is_cut_between_spans() {
+        let spans: Vec<SpanData> = (0..10)
+            .map(|n| span(n * 2, Name::Static("x"), None, Attributes::new()))
+            .collect();
+        let bytes = written(&spans);
+        let one = written(&spans[..1]).len();
+        let cut = parts(&bytes, 3 * one);
+        assert_eq!(cut.len(), 4, "3 + 3 + 3 + 1");
+        assert_eq!(cut.concat(), bytes);
+        for part in &cut {
+            let decoded = ScopeSpans::decode(*part).unwrap();
+            assert!(!decoded.spans.is_empty() && decoded.spans.len() <= 3);
+        }
+        assert_eq!(
+            parts(&bytes, 1).len(),
+            10,
+            "a span larger than the bound goes alone"
+        );
+        assert!(parts(&[], 100).is_empty());
     }
 
     #[test]

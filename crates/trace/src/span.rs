@@ -3,20 +3,25 @@
 //! A [`Span`] is opened where a hop starts its work (the gateway's request, an upstream
 //! attempt, a service's request, a service-client call, an event published or handled, a
 //! saga step, a database transaction) and ends when it is dropped, so a request cancelled
-//! half-way still leaves its span. An ended span goes into this process's [`sink`], from which
-//! the exporter (`tessera-telemetry`) takes batches off the hot path; until an exporter is
-//! installed, or for a trace that is not sampled, opening a span records nothing and costs a
-//! branch.
+//! half-way still leaves its span. An ended span is written as OTLP protobuf there and then
+//! (`wire.rs`), into this process's [`sink`], from which the exporter (`tessera-telemetry`)
+//! takes the bytes in batches; until an exporter is installed, or for a trace that is not
+//! sampled, opening a span records nothing and costs a branch.
 //!
 //! The model is OpenTelemetry's (kind, status, attributes, links) so that the exporter maps
 //! it one to one onto OTLP; it lives here, below every crate that opens spans, because this
 //! crate needs nothing else.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::TraceContext;
+
+mod wire;
+
+pub use wire::{entries, write_entry};
 
 /// OpenTelemetry's span kinds, with their OTLP numbers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,20 +96,16 @@ impl From<u32> for Value {
 impl From<&http::Method> for Value {
     /// The standard methods as static strings (no copy), others copied.
     fn from(m: &http::Method) -> Self {
-        use http::Method as M;
-        let known = [
-            M::GET,
-            M::POST,
-            M::PUT,
-            M::DELETE,
-            M::PATCH,
-            M::HEAD,
-            M::OPTIONS,
-        ];
-        match known.iter().position(|k| k == m) {
-            Some(i) => Value::Str(["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"][i]),
-            None => Value::Text(m.as_str().to_string()),
-        }
+        Value::Str(match m.as_str() {
+            "GET" => "GET",
+            "POST" => "POST",
+            "PUT" => "PUT",
+            "DELETE" => "DELETE",
+            "PATCH" => "PATCH",
+            "HEAD" => "HEAD",
+            "OPTIONS" => "OPTIONS",
+            other => return Value::Text(other.to_string()),
+        })
     }
 }
 impl From<bool> for Value {
@@ -155,7 +156,7 @@ impl From<Cow<'static, str>> for Name {
 /// Attributes kept inline: a span's handful costs no allocation.
 pub type Attributes = smallvec::SmallVec<[(&'static str, Value); 8]>;
 
-/// An ended span, as the exporter takes it.
+/// A span's record: what it has gathered while open, written out when it ends.
 #[derive(Clone, Debug)]
 pub struct SpanData {
     pub trace_id: [u8; 16],
@@ -175,7 +176,8 @@ pub struct SpanData {
 /// A span being recorded; recorded when dropped (or [`Span::end`]).
 #[must_use = "a span records the work it is open around"]
 pub struct Span {
-    /// Boxed once, and the box itself goes into the sink: nothing of the record is copied.
+    /// Boxed, so that a span is one word in the futures that hold it; written out and freed
+    /// by the thread that ends it.
     data: Option<Box<SpanData>>,
 }
 
@@ -297,7 +299,7 @@ impl Drop for Span {
             // One clock for both ends: the wall clock, read twice per span (a clock step
             // between them is clamped to a zero duration).
             data.end_ns = now_ns().max(data.start_ns);
-            sink().push(data);
+            sink().push(&data);
         }
     }
 }
@@ -306,37 +308,58 @@ fn now_ns() -> u64 {
     crate::unix_now_ns()
 }
 
-/// Ended spans waiting for the exporter: bounded, so that an exporter that cannot send never
-/// grows the process; what does not fit is counted and dropped.
-// The records stay boxed in the sink: a span's box is moved in as it is, never its few
-// hundred bytes copied (clippy's `vec_box` assumes the copy is cheaper).
-#[allow(clippy::vec_box)]
+/// Ended spans waiting for the exporter, as OTLP bytes (`ScopeSpans.spans` entries, one after
+/// the other): bounded, so that an exporter that cannot send never grows the process; what
+/// does not fit is counted and dropped.
 pub struct Sink {
-    spans: Mutex<Vec<Box<SpanData>>>,
+    encoded: Mutex<Encoded>,
     dropped: AtomicU64,
+    /// Bytes at most.
     capacity: usize,
 }
 
-/// Spans kept waiting at most, by default (a few seconds of a busy gateway).
-pub const SINK_CAPACITY: usize = 64 * 1024;
+/// A batch of ended spans, written out.
+#[derive(Debug, Default)]
+pub struct Encoded {
+    /// `ScopeSpans.spans` entries, back to back ([`entries`] finds them again).
+    pub bytes: Vec<u8>,
+    /// How many.
+    pub spans: usize,
+}
+
+/// Bytes of spans kept waiting at most, by default (a few seconds of a busy gateway: a span
+/// is about 250 bytes).
+pub const SINK_CAPACITY: usize = 16 * 1024 * 1024;
+
+thread_local! {
+    /// Where a span is written before it is appended to the sink: the lock is held for a copy,
+    /// not for the encoding.
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(1024));
+}
 
 impl Sink {
-    fn push(&self, span: Box<SpanData>) {
-        let mut spans = self.spans.lock().unwrap_or_else(|e| e.into_inner());
-        if spans.len() >= self.capacity {
-            drop(spans);
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        spans.push(span);
+    fn push(&self, span: &SpanData) {
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            scratch.clear();
+            wire::write_entry(span, &mut scratch);
+            let mut encoded = self.encoded.lock().unwrap_or_else(|e| e.into_inner());
+            if encoded.bytes.len() + scratch.len() > self.capacity {
+                drop(encoded);
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            encoded.bytes.extend_from_slice(&scratch);
+            encoded.spans += 1;
+        });
     }
 
-    /// Takes every waiting span, leaving `spare` (emptied) in their place.
-    #[allow(clippy::vec_box)]
-    pub fn take(&self, spare: &mut Vec<Box<SpanData>>) {
-        spare.clear();
-        let mut spans = self.spans.lock().unwrap_or_else(|e| e.into_inner());
-        std::mem::swap(&mut *spans, spare);
+    /// Takes every waiting span, leaving `spare` (emptied, its buffer kept) in their place.
+    pub fn take(&self, spare: &mut Encoded) {
+        spare.bytes.clear();
+        spare.spans = 0;
+        let mut encoded = self.encoded.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::swap(&mut *encoded, spare);
     }
 
     /// Spans dropped so far because the sink was full.
@@ -349,7 +372,10 @@ impl Sink {
 pub fn sink() -> &'static Sink {
     static SINK: OnceLock<Sink> = OnceLock::new();
     SINK.get_or_init(|| Sink {
-        spans: Mutex::new(Vec::with_capacity(1024)),
+        encoded: Mutex::new(Encoded {
+            bytes: Vec::with_capacity(256 * 1024),
+            spans: 0,
+        }),
         dropped: AtomicU64::new(0),
         capacity: SINK_CAPACITY,
     })
@@ -395,6 +421,10 @@ fn sampled_at(trace_id: &[u8; 16], ppm: u64) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use opentelemetry_proto::tonic::common::v1::any_value;
+    use opentelemetry_proto::tonic::trace::v1::ScopeSpans;
+    use prost::Message;
+
     use super::*;
 
     #[test]
@@ -411,26 +441,40 @@ mod tests {
         span.set("http.response.status_code", 503u16);
         span.fail("upstream answered 503");
         drop(span);
-        let mut got = Vec::new();
+        let mut got = Encoded::default();
         sink().take(&mut got);
-        let mine: Vec<_> = got.iter().filter(|s| s.trace_id == root.trace_id).collect();
+        // The sink holds `ScopeSpans.spans` entries: back to back, a `ScopeSpans` message.
+        let decoded = ScopeSpans::decode(&got.bytes[..]).unwrap();
+        assert_eq!(decoded.spans.len(), got.spans);
+        assert_eq!(entries(&got.bytes).count(), got.spans);
+        let mine: Vec<_> = decoded
+            .spans
+            .iter()
+            .filter(|s| s.trace_id == root.trace_id)
+            .collect();
         assert_eq!(mine.len(), 1, "only the span opened while recording");
         let s = mine[0];
-        assert_eq!((s.span_id, s.parent), (ctx.span_id, root.span_id));
-        assert_eq!(s.kind, Kind::Client);
-        assert!(s.end_ns >= s.start_ns && s.start_ns > 0);
         assert_eq!(
-            s.attributes.as_slice(),
-            &[("http.response.status_code", Value::Int(503))][..]
+            (s.span_id.as_slice(), s.parent_span_id.as_slice()),
+            (&ctx.span_id[..], &root.span_id[..])
         );
-        assert_eq!(s.error.as_deref(), Some("upstream answered 503"));
+        assert_eq!((s.kind, s.name.as_str()), (Kind::Client as i32, "GET /x"));
+        assert!(s.end_time_unix_nano >= s.start_time_unix_nano && s.start_time_unix_nano > 0);
+        assert_eq!(s.attributes.len(), 1);
+        assert_eq!(s.attributes[0].key, "http.response.status_code");
+        assert_eq!(
+            s.attributes[0].value.as_ref().unwrap().value,
+            Some(any_value::Value::IntValue(503))
+        );
+        assert_eq!(s.status.as_ref().unwrap().message, "upstream answered 503");
 
         // A trace not sampled records nothing.
         let mut quiet = root;
         quiet.sampled = false;
         drop(Span::open(&quiet, None, "quiet", Kind::Server));
         sink().take(&mut got);
-        assert!(got.iter().all(|s| s.trace_id != root.trace_id));
+        let decoded = ScopeSpans::decode(&got.bytes[..]).unwrap();
+        assert!(decoded.spans.iter().all(|s| s.trace_id != root.trace_id));
     }
 
     #[test]
