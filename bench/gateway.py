@@ -37,6 +37,11 @@ GATEWAY_ADMIN = 18082
 # The same build's gateway with tracing off (TESSERA_TRACE_SAMPLE=0): case g, what tracing
 # every request costs (c records and exports a server and a client span per request).
 UNTRACED, UNTRACED_ADMIN = 18071, 18083
+# Where case c's spans go: an OTLP sink that takes and forgets them, on the load generator's
+# core. Not the control plane's collector: its ingest (a SQLite row per span, some 80,000 spans
+# a second at this load) would take that core from wrk, which then offers the gateway less, and
+# what is compared is what tracing costs the gateway, which is the same whoever receives.
+OTLP_SINK = 18095
 
 
 def main():
@@ -89,7 +94,11 @@ auth = "public"
                                   env={**as_("service:bench"), "TESSERA_SERVICE": "bench",
                                        "BENCH_LISTEN": f"127.0.0.1:{UPSTREAM}"},
                                   log=os.path.join(tmp, "upstream.log"))
-        procs["gateway"] = start([tessera, "--manifest", manifest, "gateway"], env=as_("gateway"),
+        procs["sink"] = start([os.path.join(RELEASE, "bench-upstream")], env={"BENCH_LISTEN": f"127.0.0.1:{OTLP_SINK}"},
+                              log=os.path.join(tmp, "sink.log"), pin=LOAD_CPU)
+        procs["gateway"] = start([tessera, "--manifest", manifest, "gateway"],
+                                 env={**as_("gateway"), "TESSERA_OTLP_COLLECTOR": "false",
+                                      "TESSERA_OTLP_ENDPOINT": f"http://127.0.0.1:{OTLP_SINK}"},
                                  log=os.path.join(tmp, "gateway.log"))
         manifest_untraced = os.path.join(tmp, "untraced.toml")
         with open(manifest) as f, open(manifest_untraced, "w") as g:

@@ -5,7 +5,9 @@ The same handler (a 60-byte JSON body) served by a bare axum server (bench-upstr
 Tessera service (bench-service: passport verification, trace context, metrics, a JSON log line
 per request), called directly with a valid passport. Interleaved rounds, wrk pinned to one
 core and the server to the other; reported: requests/s, latency, server CPU per request, and
-the Tessera/bare ratio within each round.
+the Tessera/bare ratio within each round. A third server, the same service with every request
+traced (`traced_service`: a server span each, exported as OTLP every 200 ms to a sink on the
+load generator's core), gives what tracing costs a service.
 
     python3 bench/per_hop.py            # BENCH_ROUNDS=5 BENCH_SECONDS=5 BENCH_CONNECTIONS=32
     BENCH_PERF=/tmp/hop.perf python3 bench/per_hop.py   # profile the Tessera service instead
@@ -23,7 +25,7 @@ from common import *  # noqa: E402,F403
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "6" if QUICK else "5"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "3" if QUICK else "5"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "32"))
-BARE, SERVICE, BASELINE = 18190, 18191, 18192
+BARE, SERVICE, BASELINE, TRACED, SINK = 18190, 18191, 18192, 18193, 18194
 
 
 def b64(data):
@@ -57,6 +59,14 @@ def main():
                                  env={"TESSERA_LISTEN": f"127.0.0.1:{SERVICE}", "TESSERA_PASSPORT_KEYS": keys,
                                       "TESSERA_SYSTEM": "bench"},
                                  log=os.path.join(tmp, "service.log"))
+        # The traced service's OTLP sink: another bare server, on the load generator's core.
+        procs["sink"] = start([os.path.join(RELEASE, "bench-upstream")], env={"BENCH_LISTEN": f"127.0.0.1:{SINK}"},
+                              log=os.path.join(tmp, "sink.log"), pin=LOAD_CPU)
+        procs["traced"] = start([os.path.join(RELEASE, "bench-service")],
+                                env={"TESSERA_LISTEN": f"127.0.0.1:{TRACED}", "TESSERA_PASSPORT_KEYS": keys,
+                                     "TESSERA_SYSTEM": "bench", "TESSERA_TRACE_SAMPLE": "1",
+                                     "TESSERA_OTLP_ENDPOINT": f"http://127.0.0.1:{SINK}"},
+                                log=os.path.join(tmp, "traced.log"))
         baseline_bin = baseline("bench-service")
         if baseline_bin:
             procs["baseline"] = start([baseline_bin],
@@ -66,6 +76,7 @@ def main():
             wait_http(f"http://127.0.0.1:{BASELINE}/health/ready")
         wait_http(f"http://127.0.0.1:{BARE}/api/bench/item")
         wait_http(f"http://127.0.0.1:{SERVICE}/health/ready")
+        wait_http(f"http://127.0.0.1:{TRACED}/health/ready")
         path = "/api/bench/item"
         rounds = []
         for r in range(ROUNDS):
@@ -74,6 +85,8 @@ def main():
                 "bare_axum": (f"http://127.0.0.1:{BARE}{path}", [procs["bare"].pid], ()),
                 "tessera_service": (f"http://127.0.0.1:{SERVICE}{path}", [procs["tessera"].pid],
                                     (f"X-Passport: {token}",)),
+                "traced_service": (f"http://127.0.0.1:{TRACED}{path}", [procs["traced"].pid],
+                                   (f"X-Passport: {token}",)),
             }
             if baseline_bin:
                 cases["baseline_service"] = (f"http://127.0.0.1:{BASELINE}{path}", [procs["baseline"].pid],
@@ -119,6 +132,7 @@ def main():
             lines.append(f"| {n} | {s['rps']['median']:.0f} ({s['rps']['min']:.0f}–{s['rps']['max']:.0f}) "
                          f"| {s['p50']['median']:.3f} | {s['p99']['median']:.3f} | {s['cpu_us_per_request']['median']:.1f} "
                          f"| {'%.2f×' % vs['median'] if vs else '—'} | {'%.2f×' % cv['median'] if cv else '—'} |")
+        lines += ab_lines(rounds, "traced_service", "tessera_service")
         if baseline_bin:
             lines += ab_lines(rounds, "tessera_service", "baseline_service")
         write_results("per_hop_quick" if QUICK else "per_hop", out, "\n".join(lines))

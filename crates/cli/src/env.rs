@@ -43,6 +43,9 @@ pub fn of(
             manifest.telemetry.sample.to_string(),
         ),
     ];
+    if !manifest.telemetry.collect {
+        env.push(("TESSERA_OTLP_COLLECTOR".into(), "false".into()));
+    }
     if !manifest.telemetry.export.is_empty() {
         env.push((
             "TESSERA_OTLP_ENDPOINT".into(),

@@ -149,6 +149,10 @@ pub struct Telemetry {
     pub max_mb: u64,
     /// How often the control plane scrapes every instance's `/metrics` for its RED series.
     pub scrape_ms: u64,
+    /// Whether spans and log records go to the control plane's collector (the console's
+    /// traces and logs); false sends them to `export` only (a team that keeps them in Tempo
+    /// or Jaeger).
+    pub collect: bool,
 }
 
 impl Default for Telemetry {
@@ -159,6 +163,7 @@ impl Default for Telemetry {
             retention_hours: 7 * 24,
             max_mb: 512,
             scrape_ms: 5000,
+            collect: true,
         }
     }
 }

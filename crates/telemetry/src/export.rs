@@ -1,6 +1,6 @@
-//! The export task: every [`Settings::every`] it takes the ended spans from the process's
-//! sink (already OTLP bytes, written as each span ended), wraps them in a request's envelope
-//! once, and posts the body to each target.
+//! The exporter: every [`Settings::every`] it takes the ended spans from the process's sink
+//! (already OTLP bytes, written as each span ended), wraps them in a request's envelope once,
+//! and posts the body to each target; on a thread of its own, off the process's event loop.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -58,7 +58,20 @@ pub fn start(resource: Resource, settings: Settings) -> Handle {
     handle.running = true;
     span::start_recording(settings.sample);
     logs::start_exporting();
-    tokio::spawn(run(resource, settings, handle.clone()));
+    // A thread of its own, with a small runtime: wrapping and posting a batch never holds the
+    // event loop of the process's requests (a gateway serves on one thread), and the kernel
+    // interleaves the two.
+    let exporter = handle.clone();
+    std::thread::Builder::new()
+        .name("tessera-export".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for the exporter");
+            runtime.block_on(run(resource, settings, exporter));
+        })
+        .expect("a thread for the exporter");
     handle
 }
 

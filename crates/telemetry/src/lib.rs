@@ -17,6 +17,8 @@
 //! - `TESSERA_OTLP_ENDPOINT`: further OTLP/HTTP endpoints (base URLs, comma-separated; spans
 //!   go to `<base>/v1/traces`, log records to `<base>/v1/logs`), with `TESSERA_OTLP_HEADERS`
 //!   (`name=value,…`) sent to them.
+//! - `TESSERA_OTLP_COLLECTOR`: `false` sends nothing to the control plane's collector (spans
+//!   and log records go to the endpoints above only).
 
 mod export;
 pub mod otlp;
@@ -84,7 +86,16 @@ impl Settings {
                     format!("TESSERA_TRACE_SAMPLE must be a share from 0 to 1, not {v:?}")
                 })?,
         };
-        let mut targets: Vec<Target> = control.into_iter().collect();
+        let collector = match var("TESSERA_OTLP_COLLECTOR").as_deref().map(str::trim) {
+            None | Some("true") => true,
+            Some("false") => false,
+            Some(v) => {
+                return Err(format!(
+                    "TESSERA_OTLP_COLLECTOR is true or false, not {v:?}"
+                ));
+            }
+        };
+        let mut targets: Vec<Target> = control.filter(|_| collector).into_iter().collect();
         if let Some(endpoints) = var("TESSERA_OTLP_ENDPOINT") {
             let mut headers = reqwest::header::HeaderMap::new();
             for pair in var("TESSERA_OTLP_HEADERS")
@@ -174,11 +185,30 @@ mod tests {
             ]
         );
         assert_eq!(s.targets[0].logs_url(), "http://jaeger:4318/v1/logs");
+        // The control plane's collector first, unless told to keep out of it.
+        let control = || {
+            Some(Target {
+                base: "https://control:7000".into(),
+                http: reqwest::Client::new(),
+            })
+        };
+        let endpoint = ("TESSERA_OTLP_ENDPOINT", "http://jaeger:4318");
+        let s = Settings::from_vars(control(), vars(&[endpoint])).unwrap();
+        let bases: Vec<_> = s.targets.iter().map(|t| t.base.as_str()).collect();
+        assert_eq!(bases, ["https://control:7000", "http://jaeger:4318"]);
+        let s = Settings::from_vars(
+            control(),
+            vars(&[endpoint, ("TESSERA_OTLP_COLLECTOR", "false")]),
+        )
+        .unwrap();
+        let bases: Vec<_> = s.targets.iter().map(|t| t.base.as_str()).collect();
+        assert_eq!(bases, ["http://jaeger:4318"]);
         for (bad, says) in [
             (("TESSERA_TRACE_SAMPLE", "2"), "from 0 to 1"),
             (("TESSERA_TRACE_SAMPLE", "all"), "from 0 to 1"),
             (("TESSERA_OTLP_ENDPOINT", "jaeger:4318"), "http://"),
             (("TESSERA_OTLP_HEADERS", "novalue"), "name=value"),
+            (("TESSERA_OTLP_COLLECTOR", "no"), "true or false"),
         ] {
             let mut pairs = vec![bad];
             if bad.0 == "TESSERA_OTLP_HEADERS" {

@@ -66,6 +66,14 @@ impl Encoder {
 /// `spans` (`ScopeSpans.spans` entries) cut into parts of at most `max` bytes each (a single
 /// span larger than that is a part of its own).
 pub fn parts(spans: &[u8], max: usize) -> Vec<&[u8]> {
+    if spans.len() <= max {
+        // The usual batch: one part, and no span read again to find where to cut.
+        return if spans.is_empty() {
+            Vec::new()
+        } else {
+            vec![spans]
+        };
+    }
     let mut out = Vec::new();
     let mut start = 0;
     let mut end = 0;
