@@ -113,6 +113,7 @@ async fn run(resource: Resource, settings: Settings, handle: Handle) {
     loop {
         let flushing = tokio::select! {
             _ = tokio::time::sleep(settings.every) => false,
+            _ = span::sink().full() => false,
             _ = handle.flush.notified() => true,
         };
         span::sink().take(&mut spans);

@@ -316,6 +316,10 @@ pub struct Sink {
     dropped: AtomicU64,
     /// Bytes at most.
     capacity: usize,
+    /// Told once the waiting bytes pass [`FLUSH_AT`]: the exporter takes them then rather than
+    /// at its next tick, so that a busy process's batch stays small enough to stay in the
+    /// cache between being written and being sent.
+    full: tokio::sync::Notify,
 }
 
 /// A batch of ended spans, written out.
@@ -325,7 +329,12 @@ pub struct Encoded {
     pub bytes: Vec<u8>,
     /// How many.
     pub spans: usize,
+    /// Whether the exporter was told this batch is full.
+    told: bool,
 }
+
+/// The waiting bytes at which the exporter is told to take them (a few thousand spans).
+pub const FLUSH_AT: usize = 256 * 1024;
 
 /// Bytes of spans kept waiting at most, by default (a few seconds of a busy gateway: a span
 /// is about 250 bytes).
@@ -351,13 +360,23 @@ impl Sink {
             }
             encoded.bytes.extend_from_slice(&scratch);
             encoded.spans += 1;
+            if encoded.bytes.len() >= FLUSH_AT && !encoded.told {
+                encoded.told = true;
+                self.full.notify_one();
+            }
         });
+    }
+
+    /// Completes when the waiting bytes passed [`FLUSH_AT`] (since the last [`Sink::take`]).
+    pub async fn full(&self) {
+        self.full.notified().await
     }
 
     /// Takes every waiting span, leaving `spare` (emptied, its buffer kept) in their place.
     pub fn take(&self, spare: &mut Encoded) {
         spare.bytes.clear();
         spare.spans = 0;
+        spare.told = false;
         let mut encoded = self.encoded.lock().unwrap_or_else(|e| e.into_inner());
         std::mem::swap(&mut *encoded, spare);
     }
@@ -373,11 +392,13 @@ pub fn sink() -> &'static Sink {
     static SINK: OnceLock<Sink> = OnceLock::new();
     SINK.get_or_init(|| Sink {
         encoded: Mutex::new(Encoded {
-            bytes: Vec::with_capacity(256 * 1024),
+            bytes: Vec::with_capacity(FLUSH_AT + 64 * 1024),
             spans: 0,
+            told: false,
         }),
         dropped: AtomicU64::new(0),
         capacity: SINK_CAPACITY,
+        full: tokio::sync::Notify::new(),
     })
 }
 
