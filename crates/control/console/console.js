@@ -357,6 +357,9 @@ function ago(ms) {
 
 const STATE_CLASS = { running: "", completed: "ok", failed: "error" };
 
+// A saga count as shown: a service counts up to 10,000 of a state, then says so.
+function count(n) { return n >= 10000 ? "10000+" : String(n || 0); }
+
 async function sagasPage(query) {
   const q = params(query);
   const search = new URLSearchParams(q).toString();
@@ -370,7 +373,7 @@ async function sagasPage(query) {
     for (const [name, state, n] of svc.counts || []) (counts[name] = counts[name] || {})[state] = n;
     const tiles = (svc.names || []).map(name => `<div class="tile"><b>${esc(name)}</b>
       ${["running", "completed", "failed"].map(state =>
-        `<a class="state" href="#/sagas?status=${state}"><span class="pill ${STATE_CLASS[state]}">${state} ${esc((counts[name] || {})[state] || 0)}</span></a>`).join(" ")}</div>`).join("");
+        `<a class="state" href="#/sagas?status=${state}"><span class="pill ${STATE_CLASS[state]}">${state} ${esc(count((counts[name] || {})[state]))}</span></a>`).join(" ")}</div>`).join("");
     const rows = (svc.sagas || []).map(g => {
       const overdue = g.status === "running" && g.deadline && g.deadline < Date.now();
       return `<tr class="clickable saga" data-href="#/saga/${encodeURIComponent(svc.service)}/${encodeURIComponent(g.name)}/${encodeURIComponent(g.id)}">
@@ -460,7 +463,9 @@ async function render() {
   if (!credential()) { setActive(""); return loginPage(); }
   const hash = location.hash.replace(/^#\/?/, "");
   const [path, query] = hash.split("?");
-  const [page, arg, ...rest] = path.split("/").map(decodeURIComponent);
+  const [page, arg, ...rest] = path.split("/").map(part => {
+    try { return decodeURIComponent(part); } catch (_) { return part; }
+  });
   setActive(page || "");
   document.getElementById("who").textContent = "signed in";
   try {

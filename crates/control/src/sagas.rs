@@ -135,8 +135,18 @@ fn client_for(instance: &Instance) -> Result<(reqwest::Client, String), ApiError
 }
 
 /// The service's answer as ours, its status kept (a 404 or 409 of the service means the same
-/// here).
+/// here), except a refusal of the control plane itself (401, 403: its passport keys or clock
+/// disagree with the service's), which is the service's fault to the caller, not theirs: 502.
 fn relay((status, body): (StatusCode, Value)) -> Response {
+    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        tracing::warn!(%status, answer = %body, "a service refused the control plane's passport");
+        return ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "refused_by_service",
+            format!("the service refused the control plane's call ({status})"),
+        )
+        .into_response();
+    }
     (status, axum::Json(body)).into_response()
 }
 

@@ -313,6 +313,39 @@ async fn an_admin_retries_and_compensates_a_stuck_saga_and_the_console_draws_its
         assert_eq!(refused.status(), 403, "{action}");
     }
 
+    // A shop user with the `admin` role (a gateway's passport) is not the platform's admin:
+    // the order service refuses to show or move its sagas to it, called directly.
+    let keys = tessera::PassportKeys::from_spec(&sys.passport_keys(), "shop-test").unwrap();
+    let trace = tessera::TraceContext::new_root();
+    let shop_admin = keys.mint(
+        "tessera-gateway",
+        "some-user",
+        &["admin".to_string(), "user".to_string()],
+        None,
+        &trace,
+    );
+    let order_address = sys.registry().await.services["order"][0].address.clone();
+    for (method, at) in [
+        (reqwest::Method::GET, "/status/sagas".to_string()),
+        (
+            reqwest::Method::GET,
+            format!("/status/sagas/checkout/{order}"),
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/status/sagas/checkout/{order}/compensate"),
+        ),
+    ] {
+        let refused = sys
+            .http
+            .request(method, format!("http://{order_address}{at}"))
+            .header("x-passport", &shop_admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 403, "{at}");
+    }
+
     // The admin sends the step again: its history says who.
     let retried = sys
         .control(reqwest::Method::POST, &format!("{path}/retry"))

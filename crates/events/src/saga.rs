@@ -29,7 +29,7 @@ mod operate;
 
 pub use history::Action;
 pub use history::Entry;
-pub use operate::{ActionError, Listing, STATES, SagaSummary, SagaView, Sagas};
+pub use operate::{ActionError, COUNTED, Listing, STATES, SagaSummary, SagaView, Sagas};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -790,6 +790,8 @@ mod tests {
         );
         assert_eq!(all.sagas[0].step, "one");
         assert!(all.counts.contains(&("test".into(), "failed".into(), 1)));
+        assert!(all.counts.contains(&("test".into(), "running".into(), 1)));
+        assert!(all.counts.contains(&("test".into(), "completed".into(), 0)));
         let running = sagas.list(&db, Some("running"), 10).await.unwrap();
         assert_eq!(running.sagas.len(), 1);
         assert!(running.sagas[0].deadline.is_some());
@@ -867,6 +869,21 @@ mod tests {
         assert!(matches!(
             sagas.compensate(&db, "nope", "o1", "admin").await,
             Err(ActionError::NotFound)
+        ));
+
+        // A saga on a step this build does not define is refused, not a panic.
+        started(&db, &saga, "o2").await;
+        tessera_store::query("UPDATE tessera_sagas SET step = 9 WHERE id = 'o2'")
+            .execute(db.pool())
+            .await
+            .unwrap();
+        assert!(matches!(
+            sagas.retry(&db, "test", "o2", "admin").await,
+            Err(ActionError::UnknownStep(9))
+        ));
+        assert!(matches!(
+            sagas.compensate(&db, "test", "o2", "admin").await,
+            Err(ActionError::UnknownStep(9))
         ));
     }
 }

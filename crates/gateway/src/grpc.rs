@@ -154,7 +154,11 @@ impl Streaming for Gateway {
             Err(e) => (e.status.as_u16(), "-"),
         };
         if span.is_recording() {
-            describe(&mut span, req.path, route.map(|r| r.label.clone()));
+            match route {
+                Some(r) => describe(&mut span, req.path, Some(r.label.clone())),
+                // A path no route knows is the client's to choose: not a name.
+                None => span.rename("grpc (no route)"),
+            }
             span.set("http.response.status_code", status);
             match &answer {
                 Ok(r) => {

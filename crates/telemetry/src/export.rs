@@ -45,8 +45,21 @@ impl Handle {
 }
 
 /// Starts recording spans and exporting them from `resource` per `settings`; with no target,
-/// nothing is recorded.
+/// nothing is recorded. A process has one sink, so one exporter: a later call (tests that run
+/// several services in one process) gets the running one's handle.
 pub fn start(resource: Resource, settings: Settings) -> Handle {
+    static RUNNING: std::sync::OnceLock<Handle> = std::sync::OnceLock::new();
+    if let Some(running) = RUNNING.get() {
+        return running.clone();
+    }
+    let handle = start_once(resource, settings);
+    if handle.running {
+        let _ = RUNNING.set(handle.clone());
+    }
+    handle
+}
+
+fn start_once(resource: Resource, settings: Settings) -> Handle {
     let mut handle = Handle {
         flush: Arc::new(Notify::new()),
         flushed: Arc::new(Notify::new()),

@@ -24,6 +24,10 @@ const B64: base64_simd::Base64 = base64_simd::URL_SAFE_NO_PAD;
 pub const HEADER: &str = "x-passport";
 /// The subject of a passport minted for a caller without an access token.
 pub const ANONYMOUS: &str = "anonymous";
+/// The issuer of the passports the control plane mints for the system's operators (the
+/// console's calls to services): what a service's operator-only routes require, since a
+/// gateway's passport may carry an end user's `admin` role.
+pub const CONTROL_ISSUER: &str = "tessera-control";
 /// How long a passport lives.
 pub const TTL_SECS: u64 = 30;
 /// Clock skew tolerated when checking `exp`.

@@ -5,9 +5,11 @@
 //!
 //! These routes sit behind the passport like the service's own, and answer only an admin or
 //! another process of the system (role `system`): a parked event or a saga's data can hold
-//! any of the service's data. Acting on a saga takes the admin role, and is audited (the log
-//! line names the passport's subject). The console reaches them through the control plane,
-//! which calls with a passport for the admin who asked (`docs/sagas.md`).
+//! any of the service's data. The sagas are the platform's operators' only: a passport the
+//! control plane minted (issuer `tessera-control`, for the console), or another process of
+//! the system; an end user with the shop's `admin` role does not qualify. Acting on a saga
+//! takes the control plane's passport for the `admin` role, and is audited (the log line
+//! names the passport's subject; `docs/sagas.md`).
 
 use std::sync::{Arc, OnceLock};
 
@@ -18,8 +20,9 @@ use serde::Deserialize;
 
 use crate::events::outbox;
 use crate::extract::{Path, Query};
+use crate::passport::CONTROL_ISSUER;
 use crate::saga::{ActionError, STATES};
-use crate::{ApiError, Caller, Db, Events, Json};
+use crate::{ApiError, Caller, Db, Events, Json, Passport};
 
 /// `GET /status/outbox`, `POST /status/outbox/requeue` on `db`'s outbox, and
 /// `GET /status/events` on the service's consumers (`events`, once started).
@@ -56,13 +59,24 @@ struct SagaQuery {
 /// The most sagas one listing holds.
 const MAX_LISTED: u32 = 200;
 
+/// The platform's operators: the control plane's passport, or another process of the system.
+fn platform_operator(passport: &Passport) -> Result<(), ApiError> {
+    if passport.iss == CONTROL_ISSUER || passport.has_role("system") {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
+            "the sagas are for the platform's operators (through the control plane)",
+        ))
+    }
+}
+
 /// `GET /status/sagas?status=&limit=`: how many sagas are in each state, and the newest.
 async fn sagas(
     State(events): State<EventsOnce>,
-    caller: Caller,
+    passport: Passport,
     Query(q): Query<SagaQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    operator(&caller)?;
+    platform_operator(&passport)?;
     if let Some(status) = q.status.as_deref().filter(|s| !STATES.contains(s)) {
         return Err(ApiError::bad_request(
             "invalid_query",
@@ -95,10 +109,10 @@ async fn sagas(
 /// `GET /status/sagas/{name}/{id}`: one saga with its data and history.
 async fn saga(
     State(events): State<EventsOnce>,
-    caller: Caller,
+    passport: Passport,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<Json<crate::saga::SagaView>, ApiError> {
-    operator(&caller)?;
+    platform_operator(&passport)?;
     let events = events.get().ok_or_else(|| no_saga(&name, &id))?;
     events
         .sagas()
@@ -112,15 +126,19 @@ async fn saga(
 /// `…/compensate` (compensate it now): an admin's, audited.
 async fn act(
     State(events): State<EventsOnce>,
-    caller: Caller,
+    passport: Passport,
     Path((name, id, action)): Path<(String, String, String)>,
 ) -> Result<Json<crate::saga::SagaView>, ApiError> {
-    caller.require_role("admin")?;
+    if passport.iss != CONTROL_ISSUER || !passport.has_role("admin") {
+        return Err(ApiError::forbidden(
+            "acting on a saga is for the system's admin, through the control plane",
+        ));
+    }
     let events = events.get().ok_or_else(|| no_saga(&name, &id))?;
     let (sagas, db) = (events.sagas(), events.db());
     let done = match action.as_str() {
-        "retry" => sagas.retry(db, &name, &id, &caller.id).await,
-        "compensate" => sagas.compensate(db, &name, &id, &caller.id).await,
+        "retry" => sagas.retry(db, &name, &id, &passport.sub).await,
+        "compensate" => sagas.compensate(db, &name, &id, &passport.sub).await,
         _ => {
             return Err(ApiError::not_found(format!(
                 "no action {action:?} (retry, compensate)"
@@ -134,6 +152,12 @@ async fn act(
             return Err(ApiError::conflict(
                 "not_running",
                 format!("saga {name} {id} is {status}: only a running saga can be acted on"),
+            ));
+        }
+        Err(ActionError::UnknownStep(step)) => {
+            return Err(ApiError::conflict(
+                "unknown_step",
+                format!("saga {name} {id} is on step {step}, which this build does not define"),
             ));
         }
         Err(ActionError::Failed(e)) if e.conflict => {

@@ -348,23 +348,38 @@ thread_local! {
 
 impl Sink {
     fn push(&self, span: &SpanData) {
-        SCRATCH.with(|scratch| {
-            let mut scratch = scratch.borrow_mut();
+        let append = |scratch: &mut Vec<u8>| {
             scratch.clear();
-            wire::write_entry(span, &mut scratch);
+            wire::write_entry(span, scratch);
             let mut encoded = self.encoded.lock().unwrap_or_else(|e| e.into_inner());
             if encoded.bytes.len() + scratch.len() > self.capacity {
                 drop(encoded);
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            encoded.bytes.extend_from_slice(&scratch);
+            encoded.bytes.extend_from_slice(scratch);
             encoded.spans += 1;
             if encoded.bytes.len() >= FLUSH_AT && !encoded.told {
                 encoded.told = true;
                 self.full.notify_one();
             }
+        };
+        // A span ended while its thread is being torn down (or, never, while the scratch is
+        // in use) is written through a buffer of its own: dropping a span never panics.
+        let done = SCRATCH.try_with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut scratch) => {
+                append(&mut scratch);
+                if scratch.capacity() > 64 * 1024 {
+                    // One huge span leaves no huge buffer behind.
+                    *scratch = Vec::with_capacity(1024);
+                }
+                true
+            }
+            Err(_) => false,
         });
+        if done != Ok(true) {
+            append(&mut Vec::new());
+        }
     }
 
     /// Completes when the waiting bytes passed [`FLUSH_AT`] (since the last [`Sink::take`]).

@@ -67,10 +67,15 @@ pub struct SagaView {
 /// How many sagas of each name are in each state, and the newest of them.
 #[derive(Clone, Debug, Serialize)]
 pub struct Listing {
-    /// `[name, status, count]`.
+    /// `[name, status, count]`, a count at most [`COUNTED`] (more: that many, and
+    /// `count == COUNTED` says "at least").
     pub counts: Vec<(String, String, i64)>,
     pub sagas: Vec<SagaSummary>,
 }
+
+/// The most sagas of a name in a state that are counted: a listing reads at most that many
+/// index entries per count, however many sagas a service has run.
+pub const COUNTED: i64 = 10_000;
 
 /// Why an operator's action was not carried out.
 #[derive(Debug)]
@@ -79,6 +84,8 @@ pub enum ActionError {
     NotFound,
     /// Only a running saga can be acted on.
     NotRunning(String),
+    /// The saga is on a step its definition (this build's) does not have.
+    UnknownStep(usize),
     /// The database failed, or the saga moved meanwhile (`conflict`).
     Failed(HandlerError),
 }
@@ -165,11 +172,20 @@ impl Sagas {
         status: Option<&str>,
         limit: u32,
     ) -> Result<Listing, tessera_store::DbError> {
-        let counts: Vec<(String, String, i64)> = tessera_store::query_as(
-            "SELECT name, status, COUNT(*) FROM tessera_sagas GROUP BY name, status ORDER BY name, status",
-        )
-        .fetch_all(db.pool())
-        .await?;
+        let mut counts = Vec::new();
+        for name in self.names() {
+            for state in STATES {
+                let (n,): (i64,) = tessera_store::query_as(
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM tessera_sagas WHERE status = $1 AND name = $2 LIMIT $3) AS counted",
+                )
+                .bind(state)
+                .bind(name)
+                .bind(COUNTED)
+                .fetch_one(db.pool())
+                .await?;
+                counts.push((name.to_string(), state.to_string(), n));
+            }
+        }
         // One query per state, each down the (status, updated) index, merged: a sort of the
         // whole table would read every saga ever run.
         let mut rows: Vec<Row> = Vec::new();
@@ -234,7 +250,11 @@ impl Sagas {
         let (saga, _) = self.find(name).ok_or(ActionError::NotFound)?;
         let mut tx = db.write_tx().await?;
         let (state, trace) = running(&saga, &mut tx, id).await?;
-        let step = &saga.def.steps[state.step];
+        let step = saga
+            .def
+            .steps
+            .get(state.step)
+            .ok_or(ActionError::UnknownStep(state.step))?;
         let now = now_ms();
         saga.send(
             &mut tx,
@@ -273,6 +293,9 @@ impl Sagas {
         let mut tx = db.write_tx().await?;
         let (mut state, trace) = running(&saga, &mut tx, id).await?;
         let step = state.step;
+        if step >= saga.def.steps.len() {
+            return Err(ActionError::UnknownStep(step));
+        }
         let reason = format!("compensated by {by}");
         let cause = Entry::at(now_ms(), Action::Abort, saga.def.steps[step].name).by(by);
         saga.fail(

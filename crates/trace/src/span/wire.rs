@@ -63,7 +63,7 @@ pub(crate) fn varint(mut v: u64, out: &mut Vec<u8>) {
 
 fn varint_len(v: u64) -> usize {
     // 1 byte per 7 bits, at least one.
-    ((64 - (v | 1).leading_zeros() as usize) + 6) / 7
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 fn read_varint(bytes: &[u8]) -> Option<(u64, usize)> {
