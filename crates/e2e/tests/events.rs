@@ -848,6 +848,27 @@ async fn what_the_log_refuses_is_parked_visible_and_can_be_requeued() {
         .await
         .unwrap();
     assert_eq!(user.status().as_u16(), 403);
+    // Nor to an end user whose account is an admin (a gateway's passport): the platform's
+    // operators are the control plane's passports and the system's processes.
+    let shop_admin = tessera::PassportKeys::from_spec(&h.keys, "events-test")
+        .unwrap()
+        .mint(
+            "tessera-gateway",
+            "u",
+            &["admin".into()],
+            None,
+            &tessera::TraceContext::new_root(),
+        );
+    for path in ["/status/outbox", "/status/events"] {
+        let refused = h
+            .http
+            .get(format!("{ledger}{path}"))
+            .header("x-passport", &shop_admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status().as_u16(), 403, "{path}");
+    }
     // Requeued, it goes out again (and, still forbidden, is parked again: never lost).
     let system = system_passport(&h);
     let requeued: Value = h

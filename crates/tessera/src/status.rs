@@ -3,13 +3,13 @@
 //! their cause is fixed, the events its consumers are stuck on, and the sagas it
 //! orchestrates, with the two actions on a running one (send its step again, compensate it).
 //!
-//! These routes sit behind the passport like the service's own, and answer only an admin or
-//! another process of the system (role `system`): a parked event or a saga's data can hold
-//! any of the service's data. The sagas are the platform's operators' only: a passport the
-//! control plane minted (issuer `tessera-control`, for the console), or another process of
-//! the system; an end user with the shop's `admin` role does not qualify. Acting on a saga
-//! takes the control plane's passport for the `admin` role, and is audited (the log line
-//! names the passport's subject; `docs/sagas.md`).
+//! These routes sit behind the passport like the service's own, and answer only the
+//! platform's operators: a passport the control plane minted (issuer `tessera-control`, for
+//! the console and the operator's tools) or another process of the system (role `system`). A
+//! parked event or a saga's data can hold any of the service's data, and an end user whose
+//! account has an `admin` role (the shop's, carried in the gateway's passports) is not the
+//! platform's operator. Acting on a saga takes the control plane's passport for the `admin`
+//! principal, and is audited (the log line names the passport's subject; `docs/sagas.md`).
 
 use std::sync::{Arc, OnceLock};
 
@@ -22,7 +22,7 @@ use crate::events::outbox;
 use crate::extract::{Path, Query};
 use crate::passport::CONTROL_ISSUER;
 use crate::saga::{ActionError, STATES};
-use crate::{ApiError, Caller, Db, Events, Json, Passport};
+use crate::{ApiError, Db, Events, Json, Passport};
 
 /// `GET /status/outbox`, `POST /status/outbox/requeue` on `db`'s outbox, and
 /// `GET /status/events` on the service's consumers (`events`, once started).
@@ -42,9 +42,9 @@ type EventsOnce = Arc<OnceLock<Events>>;
 
 async fn stuck(
     State(events): State<EventsOnce>,
-    caller: Caller,
+    passport: Passport,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    operator(&caller)?;
+    platform_operator(&passport)?;
     let stuck = events.get().map(Events::stuck).unwrap_or_default();
     Ok(Json(serde_json::json!({ "stuck": stuck })))
 }
@@ -65,7 +65,7 @@ fn platform_operator(passport: &Passport) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::forbidden(
-            "the sagas are for the platform's operators (through the control plane)",
+            "for the platform's operators (through the control plane) and the system's processes",
         ))
     }
 }
@@ -184,28 +184,20 @@ fn no_saga(name: &str, id: &str) -> ApiError {
     ApiError::not_found(format!("no saga {name} {id} here"))
 }
 
-fn operator(caller: &Caller) -> Result<(), ApiError> {
-    if caller.has_role("admin") || caller.has_role("system") {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden("requires role admin or system"))
-    }
-}
-
 async fn outbox_status(
     State(db): State<Db>,
-    caller: Caller,
+    passport: Passport,
 ) -> Result<Json<outbox::Status>, ApiError> {
-    operator(&caller)?;
+    platform_operator(&passport)?;
     Ok(Json(outbox::parked(&db).await?))
 }
 
 async fn requeue(
     State(db): State<Db>,
-    caller: Caller,
+    passport: Passport,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    operator(&caller)?;
+    platform_operator(&passport)?;
     let n = outbox::requeue(&db).await?;
-    tracing::info!(events = n, caller = %caller.id, "parked outbox events requeued");
+    tracing::info!(target: "audit", events = n, who = %passport.sub, "parked outbox events requeued");
     Ok(Json(serde_json::json!({ "requeued": n })))
 }
