@@ -13,6 +13,10 @@ use std::path::{Path, PathBuf};
 const MAY_SCAN: &[(&str, &str)] = &[
     ("signing_keys", "a handful of keys"),
     ("tessera_outbox", "a queue: read from its head, in id order"),
+    (
+        "counted",
+        "a saga count's own subquery: its rows, at most COUNTED, found through the index",
+    ),
 ];
 
 fn root() -> PathBuf {

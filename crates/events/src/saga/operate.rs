@@ -105,9 +105,6 @@ impl From<tessera_store::DbError> for ActionError {
 /// The states a saga is in.
 pub const STATES: [&str; 3] = ["running", "completed", "failed"];
 
-const COLUMNS: &str =
-    "id, name, step, status, reason, started, updated, deadline, traceparent FROM tessera_sagas";
-
 type Row = (
     String,
     String,
@@ -118,6 +115,21 @@ type Row = (
     i64,
     i64,
     Option<String>,
+);
+
+/// A saga's row whole: [`Row`], then its data and its history.
+type Whole = (
+    String,
+    String,
+    i64,
+    String,
+    Option<String>,
+    Option<i64>,
+    i64,
+    i64,
+    Option<String>,
+    String,
+    String,
 );
 
 impl Sagas {
@@ -190,9 +202,9 @@ impl Sagas {
         // whole table would read every saga ever run.
         let mut rows: Vec<Row> = Vec::new();
         for state in STATES.iter().filter(|s| status.is_none_or(|w| w == **s)) {
-            let mut of_state: Vec<Row> = tessera_store::query_as(&format!(
-                "SELECT {COLUMNS} WHERE status = $1 ORDER BY updated DESC LIMIT $2"
-            ))
+            let mut of_state: Vec<Row> = tessera_store::query_as(
+                "SELECT id, name, step, status, reason, started, updated, deadline, traceparent FROM tessera_sagas WHERE status = $1 ORDER BY updated DESC LIMIT $2",
+            )
             .bind(*state)
             .bind(i64::from(limit))
             .fetch_all(db.pool())
@@ -217,25 +229,21 @@ impl Sagas {
         let Some((saga, _)) = self.find(name) else {
             return Ok(None);
         };
-        let row: Option<(String, String)> = tessera_store::query_as(
-            "SELECT data, history FROM tessera_sagas WHERE id = $1 AND name = $2",
+        let row: Option<Whole> = tessera_store::query_as(
+            "SELECT id, name, step, status, reason, started, updated, deadline, traceparent, data, history FROM tessera_sagas WHERE id = $1 AND name = $2",
         )
         .bind(id)
         .bind(name)
         .fetch_optional(db.pool())
         .await?;
-        let Some((data, column)) = row else {
+        let Some((id, name, step, status, reason, started, updated, deadline, trace, data, column)) =
+            row
+        else {
             return Ok(None);
         };
-        let summary: Option<Row> =
-            tessera_store::query_as(&format!("SELECT {COLUMNS} WHERE id = $1 AND name = $2"))
-                .bind(id)
-                .bind(name)
-                .fetch_optional(db.pool())
-                .await?;
-        let Some(summary) = summary else {
-            return Ok(None);
-        };
+        let summary = (
+            id, name, step, status, reason, started, updated, deadline, trace,
+        );
         Ok(Some(SagaView {
             summary: self.summary(summary),
             steps: saga.def.steps.iter().map(|s| s.name).collect(),
