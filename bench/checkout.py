@@ -300,6 +300,7 @@ def main():
     finally:
         for shop in shops:
             shop.stop()
+        remove_tmp(tmp)
 
 
 if __name__ == "__main__":

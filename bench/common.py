@@ -189,6 +189,15 @@ def ab_lines(rounds, new, old):
             "| figure | median | range |", "|---|---|---|", *rows]
 
 
+def remove_tmp(tmp):
+    """Removes a benchmark's scratch directory (its processes' state and logs, up to a few GB),
+    unless BENCH_KEEP is set, when it says where it is."""
+    if os.environ.get("BENCH_KEEP"):
+        print(f"kept: {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def stop_all(procs):
     """Stops the benchmark's processes: SIGTERM, then SIGKILL after 10 s."""
     for p in procs.values():

@@ -117,6 +117,7 @@ def main():
         for control, _ in logs.values():
             control.terminate()
             control.wait(timeout=10)
+        remove_tmp(tmp)
 
 
 if __name__ == "__main__":

@@ -256,6 +256,7 @@ auth = "public"
         write_results("gateway_quick" if QUICK else "gateway", out, "\n".join(lines))
     finally:
         stop_all(procs)
+        remove_tmp(tmp)
 
 
 if __name__ == "__main__":

@@ -138,6 +138,7 @@ def main():
         write_results("per_hop_quick" if QUICK else "per_hop", out, "\n".join(lines))
     finally:
         stop_all(procs)
+        remove_tmp(tmp)
 
 
 if __name__ == "__main__":

@@ -132,6 +132,7 @@ auth = "public"
         write_results("tls_quick" if QUICK else "tls", out, "\n".join(lines))
     finally:
         stop_all(procs)
+        remove_tmp(tmp)
 
 
 def ready(port, ca):
