@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 use tessera::identity::Principal;
-use tessera::passport::PassportKeys;
+use tessera::passport::{self, PassportKeys};
 use tessera::registry::Instance;
 use tessera::{ApiError, TraceContext};
 
@@ -74,7 +74,7 @@ impl Sagas {
         };
         let subject = caller.principal.to_string();
         let trace = TraceContext::new_root();
-        let passport = keys.mint_header("tessera-control", &subject, &roles, None, &trace);
+        let minted = keys.mint_header(passport::CONTROL_ISSUER, &subject, &roles, None, &trace);
         let (http, base) = client_for(instance)?;
         let unreachable = |e: reqwest::Error| {
             tracing::info!(error = %e, instance = %instance.id, "a service did not answer about its sagas");
@@ -85,7 +85,7 @@ impl Sagas {
             request = request.query(query);
         }
         let resp = request
-            .header("x-passport", passport)
+            .header(passport::HEADER, minted)
             .header("traceparent", trace.header())
             .send()
             .await
