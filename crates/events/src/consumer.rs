@@ -327,10 +327,10 @@ impl Consumer {
             recorded.rename(format!("{} process", self.topic));
             recorded.set("messaging.system", "tessera");
             recorded.set("messaging.operation.type", "process");
-            recorded.set("messaging.destination.name", self.topic.clone());
-            recorded.set("messaging.consumer.group.name", self.group.clone());
-            recorded.set("messaging.message.id", event.id.clone());
-            recorded.set("cloudevents.event_type", event.ty.clone());
+            recorded.set("messaging.destination.name", &self.topic);
+            recorded.set("messaging.consumer.group.name", &self.group);
+            recorded.set("messaging.message.id", &event.id);
+            recorded.set("cloudevents.event_type", &event.ty);
             if let Some(d) = &event.delivery {
                 recorded.set("messaging.destination.partition.id", d.partition);
                 recorded.set("messaging.message.offset", d.offset);

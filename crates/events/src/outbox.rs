@@ -59,9 +59,9 @@ pub async fn add(tx: &mut Tx, topic: &str, event: &Event) -> Result<(), tessera_
             span.rename(format!("{topic} publish"));
             span.set("messaging.system", "tessera");
             span.set("messaging.operation.type", "send");
-            span.set("messaging.destination.name", topic.to_string());
-            span.set("messaging.message.id", event.id.clone());
-            span.set("cloudevents.event_type", event.ty.clone());
+            span.set("messaging.destination.name", topic);
+            span.set("messaging.message.id", &event.id);
+            span.set("cloudevents.event_type", &event.ty);
             producer = span;
             let mut event = event.clone();
             event.traceparent = Some(ctx.header());

@@ -184,10 +184,10 @@ impl Saga {
                     self.def.name, self.def.steps[step].name
                 ));
                 s.set("tessera.saga.name", self.def.name);
-                s.set("tessera.saga.id", id.to_string());
+                s.set("tessera.saga.id", id);
                 s.set("tessera.saga.step", self.def.steps[step].name);
                 s.set("tessera.saga.action", what);
-                s.set("cloudevents.event_type", ty.to_string());
+                s.set("cloudevents.event_type", ty);
             }
             span = s;
             event.traceparent = Some(ctx.header());
@@ -413,7 +413,7 @@ impl Saga {
                 self.def.name, self.def.steps[step].name
             ));
             span.set("tessera.saga.name", self.def.name);
-            span.set("tessera.saga.id", id.to_string());
+            span.set("tessera.saga.id", id);
             span.set("tessera.saga.step", self.def.steps[step].name);
             span.fail(reason.clone());
         }

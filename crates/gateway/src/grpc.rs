@@ -280,8 +280,8 @@ impl Gateway {
                 let (mut span, attempt_trace) = Span::child_of(trace, "grpc call", Kind::Client);
                 if span.is_recording() {
                     describe(&mut span, req.path, Some(route.label.clone()));
-                    span.set("peer.service", route.label.clone());
-                    span.set("tessera.instance", instance.id.clone());
+                    span.set("peer.service", &route.label);
+                    span.set("tessera.instance", &instance.id);
                     span.fail("timed out or cancelled");
                 }
                 let uri = format!("http://{}{}", instance.address, req.target);
@@ -346,8 +346,8 @@ fn describe(span: &mut Span, path: &str, route: Option<std::sync::Arc<str>>) {
         .unwrap_or((path, ""));
     span.rename(path.trim_start_matches('/').to_string());
     span.set("rpc.system", "grpc");
-    span.set("rpc.service", service.to_string());
-    span.set("rpc.method", method.to_string());
+    span.set("rpc.service", service);
+    span.set("rpc.method", method);
     if let Some(route) = route {
         span.set("http.route", route);
     }

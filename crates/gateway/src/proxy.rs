@@ -175,12 +175,12 @@ impl Gateway {
             match route {
                 Some(r) => {
                     span.name_pair(&req.method, r.label.clone());
-                    span.set("http.route", r.label.clone());
+                    span.set("http.route", &r.label);
                 }
                 None => span.name_pair(&req.method, "(no route)"),
             }
             span.set("http.request.method", &req.method);
-            span.set("url.path", req.path.to_string());
+            span.set("url.path", req.path);
             span.set("http.response.status_code", status.as_u16());
             if status.is_server_error() {
                 span.fail("answered with a server error");

@@ -116,8 +116,8 @@ impl Upstream {
                     if span.is_recording() {
                         span.name_pair(req.method, self.label.clone());
                         span.set("http.request.method", req.method);
-                        span.set("peer.service", self.label.clone());
-                        span.set("tessera.instance", instance.id.clone());
+                        span.set("peer.service", &self.label);
+                        span.set("tessera.instance", &instance.id);
                         // Dropped before it completes (its time ran out): failed, saying so.
                         span.fail("timed out or cancelled");
                     }

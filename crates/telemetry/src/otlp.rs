@@ -205,19 +205,22 @@ mod tests {
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, status};
     use std::sync::Arc;
-    use tessera_trace::span::{Attributes, Kind, Name, SpanData, Value, write_entry};
+    use tessera_trace::span::{Kind, Name, SpanData, Value, write_entry};
+
+    /// A span, and its attributes as given (the span holds them written out).
+    type Case = (SpanData, Vec<(&'static str, Value<'static>)>);
 
     /// The spans as the sink holds them.
-    fn written(spans: &[SpanData]) -> Vec<u8> {
+    fn written(spans: &[Case]) -> Vec<u8> {
         let mut bytes = Vec::new();
-        for s in spans {
+        for (s, _) in spans {
             write_entry(s, &mut bytes);
         }
         bytes
     }
 
     /// The same spans through the crate's structs: what the hand-written encoder must match.
-    fn reference(resource: &Resource, spans: &[SpanData]) -> ExportTraceServiceRequest {
+    fn reference(resource: &Resource, spans: &[Case]) -> ExportTraceServiceRequest {
         ExportTraceServiceRequest {
             resource_spans: vec![ResourceSpans {
                 resource: Some(resource_of(resource)),
@@ -235,7 +238,7 @@ mod tests {
         }
     }
 
-    fn span_of(s: &SpanData) -> Span {
+    fn span_of((s, attributes): &Case) -> Span {
         Span {
             trace_id: s.trace_id.to_vec(),
             span_id: s.span_id.to_vec(),
@@ -253,11 +256,7 @@ mod tests {
             kind: s.kind as i32,
             start_time_unix_nano: s.start_ns,
             end_time_unix_nano: s.end_ns,
-            attributes: s
-                .attributes
-                .iter()
-                .map(|(k, v)| kv(k, value_of(v)))
-                .collect(),
+            attributes: attributes.iter().map(|(k, v)| kv(k, value_of(v))).collect(),
             status: Some(match &s.error {
                 Some(why) => Status {
                     message: why.to_string(),
@@ -279,8 +278,13 @@ mod tests {
         }
     }
 
-    fn span(n: u8, name: Name, error: Option<&'static str>, attributes: Attributes) -> SpanData {
-        SpanData {
+    fn span(
+        n: u8,
+        name: Name,
+        error: Option<&'static str>,
+        attributes: Vec<(&'static str, Value<'static>)>,
+    ) -> Case {
+        let data = SpanData {
             trace_id: [n; 16],
             span_id: [n + 1; 8],
             parent: if n.is_multiple_of(2) {
@@ -293,8 +297,9 @@ mod tests {
             start_ns: 1_796_000_000_000_000_000 + u64::from(n),
             end_ns: 1_796_000_000_000_000_000 + 1000 * u64::from(n),
             error: error.map(Into::into),
-            attributes,
-        }
+            attributes: attributes.iter().cloned().collect(),
+        };
+        (data, attributes)
     }
 
     #[test]
@@ -306,7 +311,7 @@ mod tests {
         };
         let long = "x".repeat(300);
         let spans = vec![
-            span(1, Name::Static("db transaction"), None, Attributes::new()),
+            span(1, Name::Static("db transaction"), None, Vec::new()),
             span(
                 2,
                 Name::Pair(
@@ -314,22 +319,15 @@ mod tests {
                     Value::Shared(Arc::from("/api/orders/{id}")),
                 ),
                 Some("answered with a server error"),
-                [
+                vec![
                     ("http.response.status_code", Value::Int(500)),
                     ("tessera.retry", Value::Int(-3)),
                     ("tessera.duplicate", Value::Bool(true)),
                     ("url.path", Value::Text(long.clone())),
                     ("peer.service", Value::Shared(Arc::from("catalog"))),
-                ]
-                .into_iter()
-                .collect(),
+                ],
             ),
-            span(
-                3,
-                Name::Text(long),
-                None,
-                [("k", Value::Str(""))].into_iter().collect(),
-            ),
+            span(3, Name::Text(long), None, vec![("k", Value::Str(""))]),
         ];
         let mut body = Vec::new();
         Encoder::new(&resource).encode(&written(&spans), &mut body);
@@ -352,8 +350,8 @@ mod tests {
 
     #[test]
     fn a_batch_is_cut_between_spans() {
-        let spans: Vec<SpanData> = (0..10)
-            .map(|n| span(n * 2, Name::Static("x"), None, Attributes::new()))
+        let spans: Vec<Case> = (0..10)
+            .map(|n| span(n * 2, Name::Static("x"), None, Vec::new()))
             .collect();
         let bytes = written(&spans);
         let one = written(&spans[..1]).len();

@@ -349,8 +349,8 @@ impl ServiceClient {
                         span.name_pair(method, service.clone());
                         span.set("http.request.method", method);
                         span.set("peer.service", service);
-                        span.set("tessera.instance", chosen.id.clone());
-                        span.set("url.path", path.to_string());
+                        span.set("tessera.instance", &chosen.id);
+                        span.set("url.path", path);
                         // Dropped before it completes (its time ran out): failed, saying so.
                         span.fail("timed out or cancelled");
                     }

@@ -13,7 +13,6 @@
 //! crate needs nothing else.
 
 use std::borrow::Cow;
-use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -33,17 +32,18 @@ pub enum Kind {
     Consumer = 5,
 }
 
-/// An attribute's value. Static and shared strings cost no copy.
+/// An attribute's value. Borrowed where the caller has it (a request's path, a route's label):
+/// it is written out when set ([`Attributes`]), so nothing of it is kept but its bytes.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Value {
-    Str(&'static str),
+pub enum Value<'a> {
+    Str(&'a str),
     Shared(Arc<str>),
     Text(String),
     Int(i64),
     Bool(bool),
 }
 
-impl Value {
+impl Value<'_> {
     /// The value as text (numbers and booleans written out).
     pub fn display(&self) -> Cow<'_, str> {
         match self {
@@ -63,52 +63,68 @@ impl Value {
     }
 }
 
-impl From<&'static str> for Value {
-    fn from(s: &'static str) -> Self {
+impl<'a> From<&'a str> for Value<'a> {
+    fn from(s: &'a str) -> Self {
         Value::Str(s)
     }
 }
-impl From<String> for Value {
+impl<'a> From<&'a String> for Value<'a> {
+    fn from(s: &'a String) -> Self {
+        Value::Str(s)
+    }
+}
+impl<'a> From<&'a Arc<str>> for Value<'a> {
+    fn from(s: &'a Arc<str>) -> Self {
+        Value::Str(s)
+    }
+}
+impl From<String> for Value<'_> {
     fn from(s: String) -> Self {
         Value::Text(s)
     }
 }
-impl From<Arc<str>> for Value {
+impl From<Arc<str>> for Value<'_> {
     fn from(s: Arc<str>) -> Self {
         Value::Shared(s)
     }
 }
-impl From<i64> for Value {
+impl From<i64> for Value<'_> {
     fn from(n: i64) -> Self {
         Value::Int(n)
     }
 }
-impl From<u16> for Value {
+impl From<u16> for Value<'_> {
     fn from(n: u16) -> Self {
         Value::Int(n.into())
     }
 }
-impl From<u32> for Value {
+impl From<u32> for Value<'_> {
     fn from(n: u32) -> Self {
         Value::Int(n.into())
     }
 }
-impl From<&http::Method> for Value {
+impl From<&http::Method> for Value<'static> {
     /// The standard methods as static strings (no copy), others copied.
     fn from(m: &http::Method) -> Self {
-        Value::Str(match m.as_str() {
-            "GET" => "GET",
-            "POST" => "POST",
-            "PUT" => "PUT",
-            "DELETE" => "DELETE",
-            "PATCH" => "PATCH",
-            "HEAD" => "HEAD",
-            "OPTIONS" => "OPTIONS",
-            other => return Value::Text(other.to_string()),
-        })
+        use http::Method;
+        // Compared as methods (a tag each), not as strings.
+        for (known, name) in [
+            (Method::GET, "GET"),
+            (Method::POST, "POST"),
+            (Method::PUT, "PUT"),
+            (Method::DELETE, "DELETE"),
+            (Method::PATCH, "PATCH"),
+            (Method::HEAD, "HEAD"),
+            (Method::OPTIONS, "OPTIONS"),
+        ] {
+            if *m == known {
+                return Value::Str(name);
+            }
+        }
+        Value::Text(m.as_str().to_string())
     }
 }
-impl From<bool> for Value {
+impl From<bool> for Value<'_> {
     fn from(b: bool) -> Self {
         Value::Bool(b)
     }
@@ -120,7 +136,7 @@ impl From<bool> for Value {
 pub enum Name {
     Static(&'static str),
     Text(String),
-    Pair(Value, Value),
+    Pair(Value<'static>, Value<'static>),
 }
 
 impl Name {
@@ -153,8 +169,79 @@ impl From<Cow<'static, str>> for Name {
     }
 }
 
-/// Attributes kept inline: a span's handful costs no allocation.
-pub type Attributes = smallvec::SmallVec<[(&'static str, Value); 8]>;
+/// A span's attributes, written as OTLP `KeyValue` entries (`Span.attributes`) as they are
+/// set: no value is copied into a string of its own or kept as a tree to walk at the end, and
+/// a span's handful fits inline (no allocation).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attributes {
+    /// Bytes used in `inline`, while `more` is empty.
+    len: usize,
+    inline: [u8; INLINE],
+    /// Every entry, once they outgrow `inline`.
+    more: Vec<u8>,
+}
+
+/// Bytes of attributes a span holds without an allocation: a gateway's spans need 120-200.
+const INLINE: usize = 240;
+
+impl Default for Attributes {
+    fn default() -> Self {
+        Attributes {
+            len: 0,
+            inline: [0; INLINE],
+            more: Vec::new(),
+        }
+    }
+}
+
+impl Attributes {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds one.
+    pub fn push(&mut self, key: &str, value: &Value<'_>) {
+        let len = wire::attribute_len(key, value);
+        let mut room = wire::Cursor::new(self.room(len));
+        wire::write_attribute(key, value, &mut room);
+        debug_assert!(room.is_full(), "attribute_len agrees with write_attribute");
+    }
+
+    /// `n` more bytes at the end, to be written.
+    fn room(&mut self, n: usize) -> &mut [u8] {
+        if self.more.is_empty() {
+            if self.len + n <= INLINE {
+                let at = self.len;
+                self.len += n;
+                return &mut self.inline[at..at + n];
+            }
+            self.more.reserve(2 * (self.len + n));
+            self.more.extend_from_slice(&self.inline[..self.len]);
+        }
+        let at = self.more.len();
+        self.more.resize(at + n, 0);
+        &mut self.more[at..]
+    }
+
+    /// The `Span.attributes` entries, back to back.
+    pub fn as_bytes(&self) -> &[u8] {
+        if self.more.is_empty() {
+            &self.inline[..self.len]
+        } else {
+            &self.more
+        }
+    }
+}
+
+impl<'a> FromIterator<(&'a str, Value<'a>)> for Attributes {
+    fn from_iter<I: IntoIterator<Item = (&'a str, Value<'a>)>>(iter: I) -> Self {
+        let mut attributes = Attributes::new();
+        for (key, value) in iter {
+            attributes.push(key, &value);
+        }
+        attributes
+    }
+}
 
 /// A span's record: what it has gathered while open, written out when it ends.
 #[derive(Clone, Debug)]
@@ -245,16 +332,20 @@ impl Span {
     }
 
     /// Sets an attribute.
-    pub fn set(&mut self, key: &'static str, value: impl Into<Value>) {
+    pub fn set<'a>(&mut self, key: &'static str, value: impl Into<Value<'a>>) {
         if let Some(data) = &mut self.data {
-            data.attributes.push((key, value.into()));
+            data.attributes.push(key, &value.into());
         }
     }
 
     /// Sets an attribute made only when recording.
-    pub fn set_with<V: Into<Value>>(&mut self, key: &'static str, value: impl FnOnce() -> V) {
+    pub fn set_with<'a, V: Into<Value<'a>>>(
+        &mut self,
+        key: &'static str,
+        value: impl FnOnce() -> V,
+    ) {
         if let Some(data) = &mut self.data {
-            data.attributes.push((key, value().into()));
+            data.attributes.push(key, &value().into());
         }
     }
 
@@ -281,7 +372,11 @@ impl Span {
     }
 
     /// Names the span `<first> <second>` (`GET /api/orders`), joined only when exported.
-    pub fn name_pair(&mut self, first: impl Into<Value>, second: impl Into<Value>) {
+    pub fn name_pair(
+        &mut self,
+        first: impl Into<Value<'static>>,
+        second: impl Into<Value<'static>>,
+    ) {
         if let Some(data) = &mut self.data {
             data.name = Name::Pair(first.into(), second.into());
         }
@@ -340,45 +435,23 @@ pub const FLUSH_AT: usize = 256 * 1024;
 /// is about 250 bytes).
 pub const SINK_CAPACITY: usize = 16 * 1024 * 1024;
 
-thread_local! {
-    /// Where a span is written before it is appended to the sink: the lock is held for a copy,
-    /// not for the encoding.
-    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(1024));
-}
-
 impl Sink {
+    /// Writes `span` at the end of the waiting bytes (under the lock: a span is written in
+    /// about the time a copy of it would take, and the exporter takes the lock only to swap
+    /// buffers).
     fn push(&self, span: &SpanData) {
-        let append = |scratch: &mut Vec<u8>| {
-            scratch.clear();
-            wire::write_entry(span, scratch);
-            let mut encoded = self.encoded.lock().unwrap_or_else(|e| e.into_inner());
-            if encoded.bytes.len() + scratch.len() > self.capacity {
-                drop(encoded);
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            encoded.bytes.extend_from_slice(scratch);
-            encoded.spans += 1;
-            if encoded.bytes.len() >= FLUSH_AT && !encoded.told {
-                encoded.told = true;
-                self.full.notify_one();
-            }
-        };
-        // A span ended while its thread is being torn down (or, never, while the scratch is
-        // in use) is written through a buffer of its own: dropping a span never panics.
-        let done = SCRATCH.try_with(|scratch| match scratch.try_borrow_mut() {
-            Ok(mut scratch) => {
-                append(&mut scratch);
-                if scratch.capacity() > 64 * 1024 {
-                    // One huge span leaves no huge buffer behind.
-                    *scratch = Vec::with_capacity(1024);
-                }
-                true
-            }
-            Err(_) => false,
-        });
-        if done != Ok(true) {
-            append(&mut Vec::new());
+        let len = wire::entry_len(span);
+        let mut encoded = self.encoded.lock().unwrap_or_else(|e| e.into_inner());
+        if encoded.bytes.len() + len > self.capacity {
+            drop(encoded);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        wire::write_entry(span, &mut encoded.bytes);
+        encoded.spans += 1;
+        if encoded.bytes.len() >= FLUSH_AT && !encoded.told {
+            encoded.told = true;
+            self.full.notify_one();
         }
     }
 

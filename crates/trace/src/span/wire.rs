@@ -12,12 +12,60 @@
 
 use super::{Kind, Name, SpanData, Value};
 
+/// Where bytes are written: the sink's scratch buffer, or a span's inline attributes.
+pub(crate) trait Out {
+    fn put(&mut self, byte: u8);
+    fn put_slice(&mut self, bytes: &[u8]);
+}
+
+impl Out for Vec<u8> {
+    fn put(&mut self, byte: u8) {
+        self.push(byte)
+    }
+    fn put_slice(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes)
+    }
+}
+
+/// A slice of exactly the length to be written (an attribute's room in its span).
+pub(crate) struct Cursor<'a> {
+    buf: &'a mut [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    pub(crate) fn new(buf: &'a mut [u8]) -> Self {
+        Cursor { buf, at: 0 }
+    }
+
+    pub(crate) fn is_full(&self) -> bool {
+        self.at == self.buf.len()
+    }
+}
+
+impl Out for Cursor<'_> {
+    fn put(&mut self, byte: u8) {
+        self.buf[self.at] = byte;
+        self.at += 1;
+    }
+    fn put_slice(&mut self, bytes: &[u8]) {
+        self.buf[self.at..self.at + bytes.len()].copy_from_slice(bytes);
+        self.at += bytes.len();
+    }
+}
+
 /// OTLP's `Status.code` for an error.
 const STATUS_ERROR: u64 = 2;
+
+/// The length of `s` as a `ScopeSpans.spans` entry.
+pub fn entry_len(s: &SpanData) -> usize {
+    len_field(span_len(s))
+}
 
 /// Appends `s` to `out` as a `ScopeSpans.spans` entry (tag, length, `Span` message).
 pub fn write_entry(s: &SpanData, out: &mut Vec<u8>) {
     let len = span_len(s);
+    out.reserve(len_field(len));
     key(2, LEN, out);
     varint(len as u64, out);
     let start = out.len();
@@ -48,17 +96,17 @@ const LEN: u8 = 2;
 const FIXED32: u8 = 5;
 
 /// A field's key, for fields below 16 (one byte).
-fn key(field: u8, wire: u8, out: &mut Vec<u8>) {
+fn key(field: u8, wire: u8, out: &mut impl Out) {
     debug_assert!(field < 16);
-    out.push((field << 3) | wire);
+    out.put((field << 3) | wire);
 }
 
-pub(crate) fn varint(mut v: u64, out: &mut Vec<u8>) {
+pub(crate) fn varint(mut v: u64, out: &mut impl Out) {
     while v >= 0x80 {
-        out.push((v as u8) | 0x80);
+        out.put((v as u8) | 0x80);
         v >>= 7;
     }
-    out.push(v as u8);
+    out.put(v as u8);
 }
 
 fn varint_len(v: u64) -> usize {
@@ -82,15 +130,15 @@ fn len_field(body: usize) -> usize {
     1 + varint_len(body as u64) + body
 }
 
-fn bytes_field(field: u8, body: &[u8], out: &mut Vec<u8>) {
+fn bytes_field(field: u8, body: &[u8], out: &mut impl Out) {
     key(field, LEN, out);
     varint(body.len() as u64, out);
-    out.extend_from_slice(body);
+    out.put_slice(body);
 }
 
 /// What an attribute's value is on the wire: `AnyValue { string_value = 1, bool_value = 2,
 /// int_value = 3 }`.
-fn any_value(value: &Value) -> (u8, Option<&str>, u64) {
+fn any_value<'v>(value: &'v Value<'_>) -> (u8, Option<&'v str>, u64) {
     match value {
         Value::Str(s) => (1, Some(s), 0),
         Value::Shared(s) => (1, Some(s), 0),
@@ -100,15 +148,36 @@ fn any_value(value: &Value) -> (u8, Option<&str>, u64) {
     }
 }
 
-fn any_len(value: &Value) -> usize {
+fn any_len(value: &Value<'_>) -> usize {
     match any_value(value) {
         (_, Some(t), _) => len_field(t.len()),
         (_, None, n) => 1 + varint_len(n),
     }
 }
 
+/// Appends a `Span.attributes` entry (field 9: tag, length, `KeyValue { key = 1, value = 2 }`).
+pub(crate) fn write_attribute(k: &str, v: &Value<'_>, out: &mut impl Out) {
+    key(9, LEN, out);
+    varint(key_value_len(k, v) as u64, out);
+    bytes_field(1, k.as_bytes(), out);
+    key(2, LEN, out);
+    varint(any_len(v) as u64, out);
+    match any_value(v) {
+        (field, Some(t), _) => bytes_field(field, t.as_bytes(), out),
+        (field, None, n) => {
+            key(field, VARINT, out);
+            varint(n, out);
+        }
+    }
+}
+
+/// The length of a `Span.attributes` entry.
+pub(crate) fn attribute_len(k: &str, v: &Value<'_>) -> usize {
+    len_field(key_value_len(k, v))
+}
+
 /// `KeyValue { key = 1, value = 2 }`'s body length.
-fn key_value_len(k: &str, v: &Value) -> usize {
+fn key_value_len(k: &str, v: &Value<'_>) -> usize {
     len_field(k.len()) + len_field(any_len(v))
 }
 
@@ -136,9 +205,7 @@ fn span_len(s: &SpanData) -> usize {
     }
     n += len_field(name_len(&s.name));
     n += 2 + 9 + 9; // kind, start, end
-    for (k, v) in &s.attributes {
-        n += len_field(key_value_len(k, v));
-    }
+    n += s.attributes.as_bytes().len();
     n += len_field(status_len(s));
     n + 2 + 4 // flags: field 16's key takes two bytes
 }
@@ -167,20 +234,7 @@ fn write_span(s: &SpanData, out: &mut Vec<u8>) {
     out.extend_from_slice(&s.start_ns.to_le_bytes());
     key(8, FIXED64, out);
     out.extend_from_slice(&s.end_ns.to_le_bytes());
-    for (k, v) in &s.attributes {
-        key(9, LEN, out);
-        varint(key_value_len(k, v) as u64, out);
-        bytes_field(1, k.as_bytes(), out);
-        key(2, LEN, out);
-        varint(any_len(v) as u64, out);
-        match any_value(v) {
-            (field, Some(t), _) => bytes_field(field, t.as_bytes(), out),
-            (field, None, n) => {
-                key(field, VARINT, out);
-                varint(n, out);
-            }
-        }
-    }
+    out.extend_from_slice(s.attributes.as_bytes());
     key(15, LEN, out);
     varint(status_len(s) as u64, out);
     if let Some(why) = &s.error {
