@@ -1,5 +1,7 @@
 //! `tessera`: runs a whole system from its manifest, and the platform's own processes.
 
+mod config;
+mod control;
 mod engine;
 mod env;
 mod etcd;
@@ -101,6 +103,11 @@ enum Command {
     /// `gateway`, `service:<name>`, …) as `KEY='value'` lines: to start it by other means, on
     /// another host for one (its certificate and key files are paths in the state directory).
     Env { principal: String },
+    /// The services' settings while they run: read, change, undo (`docs/config.md`).
+    Config {
+        #[command(subcommand)]
+        command: config::ConfigCommand,
+    },
     /// NATS JetStream for the system's events (`docs/scale-out.md`).
     Nats {
         #[command(subcommand)]
@@ -223,6 +230,7 @@ fn main() -> anyhow::Result<()> {
                 let manifest = manifest.with_profile(name);
                 up::run(&cli.manifest, manifest, no_build, database, engines).await
             }
+            Command::Config { command } => config::run(&manifest, &state_dir, command).await,
             Command::Nats {
                 command: NatsCommand::Config { listen, store },
             } => {
@@ -351,6 +359,17 @@ fn main() -> anyhow::Result<()> {
                         )),
                         Err(_) => None,
                     },
+                    config_base: manifest
+                        .services
+                        .iter()
+                        .map(|(name, spec)| {
+                            let base = tessera_control::config::Base {
+                                env: spec.env.clone(),
+                                secrets: spec.secrets.clone(),
+                            };
+                            (name.clone(), base)
+                        })
+                        .collect(),
                 };
                 tessera_control::serve(listener, config, supervisor::shutdown_signal()).await
             }

@@ -6,43 +6,11 @@ use std::io::IsTerminal;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use serde_json::Value;
-use tessera::identity::Principal;
 use tessera_manifest::Manifest;
 
-use crate::{human, keys, tls};
-
-/// An HTTP client of the control plane as the admin, and its base URL.
-fn client(manifest: &Manifest, state_dir: &Path) -> anyhow::Result<(reqwest::Client, String)> {
-    tls::install_own_identity(manifest, state_dir, "admin")?;
-    let admin = keys::credential(state_dir, &Principal::Admin)?;
-    Ok((
-        tessera::registry::control_http(&admin),
-        tessera::registry::control_base(&manifest.control_url()),
-    ))
-}
-
-async fn get(http: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
-    let resp = http
-        .get(url)
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .with_context(|| {
-            format!("the control plane at {url} does not answer; is the system up?")
-        })?;
-    let status = resp.status();
-    let body: Value = resp.json().await.unwrap_or(Value::Null);
-    if !status.is_success() {
-        let why = body["error"]["message"]
-            .as_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| body.to_string());
-        anyhow::bail!("{}: {why}", status.as_u16());
-    }
-    Ok(body)
-}
+use crate::control::{client, get};
+use crate::human;
 
 fn color() -> bool {
     std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()

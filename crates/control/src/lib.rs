@@ -1,7 +1,7 @@
 //! The Tessera control plane: the service registry (`registry.rs`), the embedded event log
 //! (`events.rs`), the collector of the system's telemetry (`telemetry.rs`), the services'
 //! sagas as the console sees and acts on them (`sagas.rs`), and the console itself
-//! (`console.rs`); configuration joins it in a later issue.
+//! (`console.rs`), and the services' settings as they change at run time (`config.rs`).
 //!
 //! Nobody reaches either without a credential (`auth.rs`), and what each caller may do is
 //! the policy's (`policy.rs`, `docs/security.md`).
@@ -10,8 +10,10 @@
 //! shutdown future, so tests run it in-process on `127.0.0.1:0`.
 
 pub mod auth;
+pub mod config;
 pub mod console;
 pub mod events;
+pub mod operate;
 pub mod policy;
 pub mod registry;
 pub mod sagas;
@@ -69,6 +71,9 @@ pub struct ControlConfig {
     /// The system's passport keys: the control plane calls services' operator routes (their
     /// sagas, for the console) with a passport for the admin who asked. None: it does not.
     pub passport_keys: Option<Arc<tessera::PassportKeys>>,
+    /// Each service's settings as the manifest gives them: what `tessera config` changes on
+    /// top of.
+    pub config_base: std::collections::BTreeMap<String, config::Base>,
 }
 
 /// The control plane's HTTP API: the registry, the log and the collector behind the credential
@@ -78,6 +83,7 @@ pub fn router(
     log: events::Log,
     telemetry: telemetry::Telemetry,
     sagas: sagas::Sagas,
+    config: config::Config,
     keys: Arc<ControlKeys>,
     policy: Arc<Policy>,
 ) -> Router {
@@ -85,7 +91,8 @@ pub fn router(
         registry::routes(registry)
             .merge(events::api::routes(log))
             .merge(telemetry::routes(telemetry))
-            .merge(sagas::routes(sagas)),
+            .merge(sagas::routes(sagas))
+            .merge(config::routes(config)),
         keys,
         policy,
     )
@@ -285,8 +292,23 @@ pub async fn serve(
         config.scraping.clone(),
     )
     .await?;
-    let sagas = sagas::Sagas::new(registry.clone(), config.passport_keys);
-    let router = router(registry, log, telemetry, sagas, config.keys, config.policy);
+    let operator = operate::Operator::new(config.passport_keys);
+    let sagas = sagas::Sagas::new(registry.clone(), operator.clone());
+    let settings = config::Config::open(
+        &config.data_dir,
+        config.config_base,
+        registry.clone(),
+        operator,
+    )?;
+    let router = router(
+        registry,
+        log,
+        telemetry,
+        sagas,
+        settings,
+        config.keys,
+        config.policy,
+    );
     tessera::listen::serve(listener, router, tls, shutdown, Duration::from_secs(10)).await?;
     Ok(())
 }

@@ -26,6 +26,9 @@ use axum::routing::{get, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use tessera::ApiError;
+
+/// How late the sweeper's tick may be before the registry counts itself stalled.
+const STALL: Duration = Duration::from_millis(1000);
 use tessera::registry::{Catalog, Instance, Registration};
 
 use crate::policy::Caller;
@@ -172,6 +175,7 @@ impl Registry {
     }
 
     /// Drops every instance whose TTL has lapsed.
+    /// Expires the instances whose deadline passed.
     pub fn sweep(&self, now: Instant) {
         let mut state = self.lock();
         let before = state.entries.len();
@@ -187,13 +191,36 @@ impl Registry {
         }
     }
 
+    /// Moves every instance's deadline `by` later: the registry itself was stalled that long
+    /// (its process starved of CPU, say), and the heartbeats sent meanwhile are still waiting
+    /// to be read. Expiring their instances for its own stall would empty the catalog of a
+    /// healthy system at once (Eureka's self-preservation answers the same thing).
+    pub fn forgive(&self, by: Duration) {
+        let mut state = self.lock();
+        for e in state.entries.values_mut() {
+            e.expires += by;
+        }
+    }
+
     pub fn spawn_sweeper(&self, every: Duration) {
         let registry = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last = Instant::now();
             loop {
                 tick.tick().await;
-                registry.sweep(Instant::now());
+                let now = Instant::now();
+                let late = now.duration_since(last).saturating_sub(every);
+                last = now;
+                if late > STALL {
+                    tracing::warn!(
+                        stalled_ms = late.as_millis() as u64,
+                        "the registry was stalled: its instances' deadlines move by as much"
+                    );
+                    registry.forgive(late);
+                }
+                registry.sweep(now);
             }
         });
     }
@@ -408,6 +435,18 @@ mod tests {
         // Both registered 1 s TTL; a heartbeat now does not survive 1.5 s either.
         assert!(!r.catalog().services.contains_key("a"));
         assert_eq!(r.heartbeat("a-1", anyone), Ok(false));
+    }
+
+    #[tokio::test]
+    async fn a_stall_of_the_registry_itself_expires_nobody() {
+        let r = Registry::default();
+        r.register(reg("a-1", "a")).unwrap();
+        // The registry could not run for 5 s (its heartbeats wait unread): forgiven.
+        r.forgive(Duration::from_secs(5));
+        r.sweep(Instant::now() + Duration::from_millis(4500));
+        assert_eq!(r.catalog().services["a"].len(), 1);
+        r.sweep(Instant::now() + Duration::from_millis(6500));
+        assert!(!r.catalog().services.contains_key("a"));
     }
 
     #[tokio::test]

@@ -5,15 +5,9 @@
 //! A saga's state lives in the database of the service that orchestrates it, and only that
 //! service may move it (its hooks run in the same transaction). So the control plane keeps
 //! nothing here: it asks an instance of each service that registered sagas (the `sagas`
-//! metadata) on its operators' routes, `/status/sagas` (`tessera::status`), as every caller
-//! of a service must, with a passport: minted for the principal who asked (`admin`, roles
-//! `admin`; the supervisor with role `system`, which may read but not act), issued by
-//! `tessera-control`, over mutual TLS when the system has it (services accept the control
-//! plane as a caller). An action is audited here, with who asked, and in the service, with
-//! the passport's subject.
-
-use std::sync::Arc;
-use std::time::Duration;
+//! metadata) on its operators' routes, `/status/sagas` (`tessera::status`), with a passport
+//! for the principal who asked (`operate.rs`: the supervisor may read but not act). An action
+//! is audited here, with who asked, and in the service, with the passport's subject.
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -21,39 +15,23 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
-use tessera::identity::Principal;
-use tessera::passport::{self, PassportKeys};
+use tessera::ApiError;
 use tessera::registry::Instance;
-use tessera::{ApiError, TraceContext};
 
 use crate::Registry;
+use crate::operate::{Call, Operator, relay};
 use crate::policy::Caller;
 
 /// What the sagas' routes need.
 #[derive(Clone)]
 pub struct Sagas {
     registry: Registry,
-    /// The system's passport keys (`TESSERA_PASSPORT_KEYS`): none, and the sagas cannot be
-    /// asked for (the routes say so).
-    keys: Option<Arc<PassportKeys>>,
+    operator: Operator,
 }
 
-/// The most a service's answer may hold.
-const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
-
 impl Sagas {
-    pub fn new(registry: Registry, keys: Option<Arc<PassportKeys>>) -> Self {
-        Self { registry, keys }
-    }
-
-    /// The instance of `service` to ask: the first registered that orchestrates sagas.
-    fn instance_of(&self, service: &str) -> Option<Instance> {
-        self.registry
-            .catalog()
-            .services
-            .remove(service)?
-            .into_iter()
-            .find(orchestrates)
+    pub fn new(registry: Registry, operator: Operator) -> Self {
+        Self { registry, operator }
     }
 
     /// Calls `path` on `instance` as `caller`.
@@ -65,44 +43,23 @@ impl Sagas {
         path: &str,
         query: Option<&ListQuery>,
     ) -> Result<(StatusCode, Value), ApiError> {
-        let keys = self.keys.as_ref().ok_or_else(|| {
-            ApiError::unavailable("the control plane has no passport keys (TESSERA_PASSPORT_KEYS)")
-        })?;
-        let roles = match caller.principal {
-            Principal::Admin => vec!["admin".to_string()],
-            _ => vec!["system".to_string()],
+        let call = Call {
+            method,
+            path,
+            query,
+            body: None,
         };
-        let subject = caller.principal.to_string();
-        let trace = TraceContext::new_root();
-        let minted = keys.mint_header(passport::CONTROL_ISSUER, &subject, &roles, None, &trace);
-        let (http, base) = client_for(instance)?;
-        let unreachable = |e: reqwest::Error| {
-            tracing::info!(error = %e, instance = %instance.id, "a service did not answer about its sagas");
-            ApiError::unavailable(format!("{} did not answer", instance.id))
-        };
-        let mut request = http.request(method, format!("{base}{path}"));
-        if let Some(query) = query {
-            request = request.query(query);
-        }
-        let resp = request
-            .header(passport::HEADER, minted)
-            .header("traceparent", trace.header())
-            .send()
-            .await
-            .map_err(unreachable)?;
-        let status =
-            StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-        let body = resp.bytes().await.map_err(unreachable)?;
-        if body.len() > MAX_ANSWER_BYTES {
-            return Err(ApiError::unavailable(format!(
-                "{} answered too much",
-                instance.id
-            )));
-        }
-        let value = serde_json::from_slice(&body).map_err(|_| {
-            ApiError::unavailable(format!("{} answered something else than JSON", instance.id))
-        })?;
-        Ok((status, value))
+        self.operator.call(caller, instance, call).await
+    }
+
+    /// The instance of `service` to ask: the first registered that orchestrates sagas.
+    fn instance_of(&self, service: &str) -> Option<Instance> {
+        self.registry
+            .catalog()
+            .services
+            .remove(service)?
+            .into_iter()
+            .find(orchestrates)
     }
 }
 
@@ -111,43 +68,6 @@ fn orchestrates(instance: &Instance) -> bool {
         .metadata
         .get(tessera::SAGAS_METADATA_KEY)
         .is_some_and(|s| !s.is_empty())
-}
-
-/// A client for `instance`'s main port, and its base URL: over mutual TLS when the system has
-/// it, expecting the instance's service's identity.
-fn client_for(instance: &Instance) -> Result<(reqwest::Client, String), ApiError> {
-    let mut http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_millis(500))
-        .timeout(Duration::from_secs(5));
-    let scheme = match tessera::tls::internal::get() {
-        Some(tls) => {
-            let expected = tls.identity_of(&format!("service:{}", instance.service));
-            let config = tls
-                .client_config_for(&expected)
-                .map_err(ApiError::internal)?;
-            http = http.use_preconfigured_tls(config);
-            "https"
-        }
-        None => "http",
-    };
-    let http = http.build().map_err(ApiError::internal)?;
-    Ok((http, format!("{scheme}://{}", instance.address)))
-}
-
-/// The service's answer as ours, its status kept (a 404 or 409 of the service means the same
-/// here), except a refusal of the control plane itself (401, 403: its passport keys or clock
-/// disagree with the service's), which is the service's fault to the caller, not theirs: 502.
-fn relay((status, body): (StatusCode, Value)) -> Response {
-    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-        tracing::warn!(%status, answer = %body, "a service refused the control plane's passport");
-        return ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "refused_by_service",
-            format!("the service refused the control plane's call ({status})"),
-        )
-        .into_response();
-    }
-    (status, axum::Json(body)).into_response()
 }
 
 /// The sagas' routes (behind the credential check).

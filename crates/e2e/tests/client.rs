@@ -48,6 +48,7 @@ impl Control {
             scraping: None,
             principals: Vec::new(),
             passport_keys: None,
+            config_base: Default::default(),
         };
         tokio::spawn(tessera_control::serve(
             listener,

@@ -302,6 +302,7 @@ async fn the_control_planes_registry_api_stands_in_front_of_etcd() {
         scraping: None,
         principals: Vec::new(),
         passport_keys: None,
+        config_base: Default::default(),
     };
     tokio::spawn(tessera_control::serve(
         listener,

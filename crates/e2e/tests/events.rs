@@ -109,6 +109,7 @@ impl Harness {
             scraping: None,
             principals: Vec::new(), // no mutual TLS here
             passport_keys: None,
+            config_base: Default::default(),
             // The ledger publishes its events; the auditor reads them.
             policy: Arc::new(tessera_control::Policy::new([
                 (

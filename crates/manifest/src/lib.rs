@@ -362,9 +362,14 @@ pub struct ServiceSpec {
     pub command: Command,
     #[serde(default = "one")]
     pub replicas: u32,
-    /// Extra environment for every replica.
+    /// Extra environment for every replica: the service's settings, which `tessera config`
+    /// changes at run time (`docs/config.md`).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Settings never shown (`tessera config`, the log), beside those whose name says so
+    /// (`PASSWORD`, `SECRET`, `TOKEN`, `KEY`, `CREDENTIAL`).
+    #[serde(default)]
+    pub secrets: Vec<String>,
     /// The topics it publishes to: the log refuses it any other, and consumers refuse events
     /// of these topics from any other service. (Its consumer groups' dead-letter topics are
     /// its own without saying.)

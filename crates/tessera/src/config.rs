@@ -57,6 +57,11 @@ impl Settings {
         }
     }
 
+    /// Every value.
+    pub fn vars(&self) -> &HashMap<String, String> {
+        &self.vars
+    }
+
     pub fn raw(&self, key: &str) -> Option<&str> {
         self.vars
             .get(key)

@@ -36,12 +36,13 @@ use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
 
 use crate::client::{REQUEST, RequestContext, ServiceClient};
-use crate::config::{ServiceConfig, Settings};
+use crate::config::{ConfigError, ServiceConfig, Settings};
 use crate::error::ApiError;
 use crate::events::consumer::ConsumerEnv;
 use crate::events::outbox::Outbox;
 use crate::events::{Bus, Consumer, ControlBus, Handler, NatsBus};
 use crate::health::Health;
+use crate::live::{Declared, Live, Watcher};
 use crate::passport::{self, PassportError, PassportKeys};
 use crate::registry::{Discovery, Instance, Registrar, Registration};
 use crate::saga::{Saga, SagaHooks, Sagas};
@@ -62,9 +63,22 @@ pub struct Context {
     events_stop: tokio::sync::watch::Receiver<bool>,
     /// The system's Redis, when it has one (`TESSERA_SHARED_URL`).
     shared: Option<Arc<tessera_shared::Shared>>,
+    /// The settings structs declared live, which follow `tessera config`.
+    declared: Declared,
 }
 
 impl Context {
+    /// Settings that follow the system's configuration as it changes (`tessera config set`,
+    /// `docs/config.md`): `parse` reads them from the values in force now (an error stops the
+    /// start, naming the key) and again at each change, which is taken only if it parses;
+    /// [`Live::get`] is the current snapshot, [`Live::on_change`] a hook.
+    pub fn live<T: Send + Sync + 'static>(
+        &self,
+        parse: impl Fn(&Settings) -> Result<T, ConfigError> + Send + Sync + 'static,
+    ) -> Result<Live<T>, ConfigError> {
+        self.declared.declare(parse)
+    }
+
     /// The state this service's replicas share with each other, on the system's Redis; None
     /// on one machine's embedded defaults.
     pub fn shared(&self) -> Option<&Arc<tessera_shared::Shared>> {
@@ -313,7 +327,20 @@ impl Service {
             ),
             None => None,
         };
+        // The settings in force: the manifest's (this process's environment) with the control
+        // plane's changes on top, followed from here on.
+        let watcher = match (&config.control_url, &config.credential) {
+            (Some(url), Some(credential)) => Some(Watcher::new(url, credential, &config.service)),
+            _ => None,
+        };
+        let (changes, version) = match &watcher {
+            Some(watcher) => watcher.first().await,
+            None => Default::default(),
+        };
+        let declared = Declared::new(&settings, changes, version);
+        let settings = declared.settings();
         let ctx = Context {
+            declared: declared.clone(),
             shared,
             config: config.clone(),
             settings,
@@ -330,6 +357,7 @@ impl Service {
         if let Some(db) = &db {
             app = app.merge(crate::status::routes(db.clone(), events.clone()));
         }
+        app = app.merge(crate::status::config_routes(declared.clone()));
         let router = app
             .fallback(|| async { ApiError::not_found("no such route") })
             .layer(RequestLayer { keys })
@@ -396,10 +424,14 @@ impl Service {
             }
             None => None,
         };
+        let following = watcher.map(|w| tokio::spawn(w.follow(declared)));
         health.set_ready(true);
         tracing::info!(address = %address, admin = %admin_address, instance = %config.instance, "ready");
 
         shutdown.await;
+        if let Some(following) = following {
+            following.abort();
+        }
         tracing::info!("shutting down: deregistering, then draining in-flight requests");
         health.set_ready(false);
         if let Some(registered) = registration {

@@ -11,6 +11,7 @@
 //! platform's operator. Acting on a saga takes the control plane's passport for the `admin`
 //! principal, and is audited (the log line names the passport's subject; `docs/sagas.md`).
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
 use axum::Router;
@@ -20,6 +21,7 @@ use serde::Deserialize;
 
 use crate::events::outbox;
 use crate::extract::{Path, Query};
+use crate::live::{Applied, Declared};
 use crate::passport::CONTROL_ISSUER;
 use crate::saga::{ActionError, STATES};
 use crate::{ApiError, Db, Events, Json, Passport};
@@ -36,6 +38,42 @@ pub fn routes(db: Db, events: Arc<OnceLock<Events>>) -> Router {
         .route("/status/sagas/{name}/{id}", get(saga))
         .route("/status/sagas/{name}/{id}/{action}", post(act))
         .with_state(events)
+}
+
+/// `GET /status/config` (the version of the configuration in force) and
+/// `POST /status/config/check` (whether a change would be taken: the control plane asks before
+/// it takes one, `docs/config.md`), for every service.
+pub fn config_routes(declared: Declared) -> Router {
+    Router::new()
+        .route("/status/config", get(config_applied))
+        .route("/status/config/check", post(config_check))
+        .with_state(declared)
+}
+
+async fn config_applied(
+    State(declared): State<Declared>,
+    passport: Passport,
+) -> Result<Json<Applied>, ApiError> {
+    platform_operator(&passport)?;
+    Ok(Json(declared.applied()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Proposed {
+    values: BTreeMap<String, String>,
+}
+
+async fn config_check(
+    State(declared): State<Declared>,
+    passport: Passport,
+    Json(proposed): Json<Proposed>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    platform_operator(&passport)?;
+    declared
+        .check(&proposed.values)
+        .map_err(|e| ApiError::bad_request("invalid_value", e.to_string()))?;
+    Ok(Json(serde_json::json!({ "ok": true })))
 }
 
 type EventsOnce = Arc<OnceLock<Events>>;

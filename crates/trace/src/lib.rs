@@ -15,4 +15,4 @@ pub mod time;
 pub use context::{TRACEPARENT, TraceContext, hex};
 pub use request::{REQUEST, RequestContext};
 pub use span::{Kind, Span};
-pub use time::{push_timestamp, rfc3339_now, unix_now, unix_now_ms, unix_now_ns};
+pub use time::{push_timestamp, rfc3339_now, rfc3339_of_ms, unix_now, unix_now_ms, unix_now_ns};

@@ -35,6 +35,14 @@ pub fn rfc3339_now() -> String {
     s
 }
 
+/// A Unix time in milliseconds as RFC 3339 UTC with milliseconds.
+pub fn rfc3339_of_ms(ms: i64) -> String {
+    let mut s = String::with_capacity(24);
+    push_civil(&mut s, ms.div_euclid(1000));
+    let _ = write!(s, ".{:03}Z", ms.rem_euclid(1000));
+    s
+}
+
 thread_local! {
     /// The last second formatted, and its `YYYY-MM-DDTHH:MM:SS`: most lines only add millis.
     static SECOND: std::cell::Cell<(i64, [u8; 19])> = const { std::cell::Cell::new((-1, [0; 19])) };
@@ -100,6 +108,15 @@ mod tests {
         s.clear();
         super::push_civil(&mut s, 951_782_400); // a leap day
         assert_eq!(s, "2000-02-29T00:00:00");
+    }
+
+    #[test]
+    fn milliseconds_are_written_with_their_date() {
+        assert_eq!(
+            super::rfc3339_of_ms(1_795_308_000_123),
+            "2026-11-22T00:40:00.123Z"
+        );
+        assert_eq!(super::rfc3339_of_ms(0), "1970-01-01T00:00:00.000Z");
     }
 
     #[test]

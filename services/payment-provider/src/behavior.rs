@@ -1,5 +1,6 @@
-//! How the simulated provider misbehaves: slow, failing, hanging or declining, set at start
-//! from `PROVIDER_*` and changed at run time through `PUT /v1/behavior`.
+//! How the simulated provider misbehaves: slow, failing, hanging or declining, set from
+//! `PROVIDER_*` (the manifest's, then `tessera config set payment-provider …` while it runs)
+//! and changed by hand through `PUT /v1/behavior` (until the next configuration change).
 
 use serde::{Deserialize, Serialize};
 
@@ -20,7 +21,7 @@ pub struct Behavior {
 impl Behavior {
     /// The behaviour at start: `PROVIDER_LATENCY_MS` (5), `PROVIDER_FAILURE_RATE` (0.0),
     /// `PROVIDER_HANG` (false), `PROVIDER_DECLINE_OVER` (1,000,000).
-    pub fn from_settings(s: &tessera::Settings) -> anyhow::Result<Self> {
+    pub fn from_settings(s: &tessera::Settings) -> Result<Self, tessera::ConfigError> {
         let behavior = Behavior {
             latency_ms: s.get_or("PROVIDER_LATENCY_MS", 5)?,
             failure_rate: s.get_or("PROVIDER_FAILURE_RATE", 0.0)?,
@@ -28,7 +29,16 @@ impl Behavior {
             decline_over: s.get_or("PROVIDER_DECLINE_OVER", 1_000_000)?,
         };
         if !(0.0..=1.0).contains(&behavior.failure_rate) {
-            anyhow::bail!("config key PROVIDER_FAILURE_RATE: must be 0.0 to 1.0");
+            return Err(tessera::ConfigError::new(
+                "PROVIDER_FAILURE_RATE",
+                "must be 0.0 to 1.0",
+            ));
+        }
+        if behavior.decline_over < 0 {
+            return Err(tessera::ConfigError::new(
+                "PROVIDER_DECLINE_OVER",
+                "must not be negative",
+            ));
         }
         Ok(behavior)
     }

@@ -20,15 +20,23 @@ struct AppState {
     behavior: Arc<RwLock<Behavior>>,
 }
 
-pub fn router(db: Db, behavior: Behavior) -> Router {
-    Router::new()
+/// The simulator's routes, and its behaviour as they read it (to change from outside).
+pub struct Simulator {
+    pub routes: Router,
+    pub behavior: Arc<RwLock<Behavior>>,
+}
+
+pub fn router(db: Db, behavior: Behavior) -> Simulator {
+    let behavior = Arc::new(RwLock::new(behavior));
+    let routes = Router::new()
         .route("/v1/charges", post(charge).get(list))
         .route("/v1/charges/{key}/void", post(void))
         .route("/v1/behavior", get(get_behavior).put(set_behavior))
         .with_state(AppState {
             db,
-            behavior: Arc::new(RwLock::new(behavior)),
-        })
+            behavior: behavior.clone(),
+        });
+    Simulator { routes, behavior }
 }
 
 #[derive(Deserialize)]
@@ -205,7 +213,10 @@ mod tests {
             hang: false,
             decline_over: 10_000,
         };
-        App::new("payment-provider", MIGRATIONS, |db| router(db, behavior)).await
+        App::new("payment-provider", MIGRATIONS, |db| {
+            router(db, behavior).routes
+        })
+        .await
     }
 
     /// A call as the shop's payment service makes it: no passport, maybe an `Idempotency-Key`.

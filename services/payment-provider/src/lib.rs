@@ -26,8 +26,15 @@ pub async fn run() -> anyhow::Result<()> {
     Service::new("payment-provider")
         .migrations(MIGRATIONS)
         .run(|ctx| async move {
-            let behavior = Behavior::from_settings(&ctx.settings)?;
-            Ok(http::router(ctx.db().clone(), behavior))
+            // Follows `tessera config`: each change replaces what `PUT /v1/behavior` set.
+            let behavior = ctx.live(Behavior::from_settings)?;
+            let router = http::router(ctx.db().clone(), (*behavior.get()).clone());
+            let current = router.behavior.clone();
+            behavior.on_change(move |_, new| {
+                tracing::info!(behavior = ?new, "behaviour changed by the configuration");
+                *current.write().unwrap_or_else(|e| e.into_inner()) = new.clone();
+            });
+            Ok(router.routes)
         })
         .await
 }
