@@ -96,9 +96,11 @@ auth = "public"
                                   log=os.path.join(tmp, "upstream.log"))
         procs["sink"] = start([os.path.join(RELEASE, "bench-upstream")], env={"BENCH_LISTEN": f"127.0.0.1:{OTLP_SINK}"},
                               log=os.path.join(tmp, "sink.log"), pin=LOAD_CPU)
+        # Case c exports its spans to the sink (and the baseline, e, the same way: an A/B
+        # compares builds, not where their spans go).
+        traced = {"TESSERA_OTLP_COLLECTOR": "false", "TESSERA_OTLP_ENDPOINT": f"http://127.0.0.1:{OTLP_SINK}"}
         procs["gateway"] = start([tessera, "--manifest", manifest, "gateway"],
-                                 env={**as_("gateway"), "TESSERA_OTLP_COLLECTOR": "false",
-                                      "TESSERA_OTLP_ENDPOINT": f"http://127.0.0.1:{OTLP_SINK}"},
+                                 env={**as_("gateway"), **traced},
                                  log=os.path.join(tmp, "gateway.log"))
         manifest_untraced = os.path.join(tmp, "untraced.toml")
         with open(manifest) as f, open(manifest_untraced, "w") as g:
@@ -116,7 +118,8 @@ auth = "public"
             with open(manifest) as f, open(manifest_baseline, "w") as g:
                 g.write(re.sub(r"admin_listen = .*\n", "", f.read())
                         .replace(f"127.0.0.1:{GATEWAY}", f"127.0.0.1:{BASELINE}"))
-            procs["baseline"] = start([baseline_bin, "--manifest", manifest_baseline, "gateway"], env=as_("gateway"),
+            procs["baseline"] = start([baseline_bin, "--manifest", manifest_baseline, "gateway"],
+                                      env={**as_("gateway"), **traced},
                                       log=os.path.join(tmp, "baseline.log"))
         with open(os.path.join(tmp, "nginx.conf"), "w") as f:
             f.write(nginx_conf(tmp, UPSTREAM, f"        listen 127.0.0.1:{NGINX};"))
