@@ -634,7 +634,11 @@ mod tests {
             })
             .unwrap()
         };
-        let text = format!("{}\n{}\n{{\"service\":\"pay\",\"vers", line(1, "5"), line(2, "7"));
+        let text = format!(
+            "{}\n{}\n{{\"service\":\"pay\",\"vers",
+            line(1, "5"),
+            line(2, "7")
+        );
         std::fs::write(dir.join(FILE), text).unwrap();
         let base = BTreeMap::from([("pay".to_string(), Base::default())]);
         let config = Config::open(&dir, base, Registry::default(), Operator::new(None)).unwrap();

@@ -26,10 +26,10 @@ use axum::routing::{get, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use tessera::ApiError;
+use tessera::registry::{Catalog, Instance, Registration};
 
 /// How late the sweeper's tick may be before the registry counts itself stalled.
 const STALL: Duration = Duration::from_millis(1000);
-use tessera::registry::{Catalog, Instance, Registration};
 
 use crate::policy::Caller;
 use tokio::sync::watch;
@@ -191,14 +191,15 @@ impl Registry {
         }
     }
 
-    /// Moves every instance's deadline `by` later: the registry itself was stalled that long
-    /// (its process starved of CPU, say), and the heartbeats sent meanwhile are still waiting
-    /// to be read. Expiring their instances for its own stall would empty the catalog of a
-    /// healthy system at once (Eureka's self-preservation answers the same thing).
-    pub fn forgive(&self, by: Duration) {
+    /// Gives every instance a full TTL from `now`, as if it had just sent a heartbeat: the
+    /// registry itself was stalled (its process starved of CPU, or stopped), and the heartbeats
+    /// sent meanwhile are still waiting to be read. Expiring their instances for its own stall
+    /// would empty the catalog of a healthy system at once (Eureka's self-preservation answers
+    /// the same thing). A dead instance gains one TTL at most per stall.
+    pub fn forgive(&self, now: Instant) {
         let mut state = self.lock();
         for e in state.entries.values_mut() {
-            e.expires += by;
+            e.expires = e.expires.max(now + e.ttl);
         }
     }
 
@@ -216,9 +217,9 @@ impl Registry {
                 if late > STALL {
                     tracing::warn!(
                         stalled_ms = late.as_millis() as u64,
-                        "the registry was stalled: its instances' deadlines move by as much"
+                        "the registry was stalled: every instance gets a TTL from now to send its heartbeat"
                     );
-                    registry.forgive(late);
+                    registry.forgive(now);
                 }
                 registry.sweep(now);
             }
@@ -441,12 +442,16 @@ mod tests {
     async fn a_stall_of_the_registry_itself_expires_nobody() {
         let r = Registry::default();
         r.register(reg("a-1", "a")).unwrap();
-        // The registry could not run for 5 s (its heartbeats wait unread): forgiven.
-        r.forgive(Duration::from_secs(5));
-        r.sweep(Instant::now() + Duration::from_millis(4500));
+        // The registry could not run for 5 s (its heartbeats wait unread): forgiven, once.
+        let thawed = Instant::now() + Duration::from_secs(5);
+        r.forgive(thawed);
+        r.sweep(thawed + Duration::from_millis(900));
         assert_eq!(r.catalog().services["a"].len(), 1);
-        r.sweep(Instant::now() + Duration::from_millis(6500));
-        assert!(!r.catalog().services.contains_key("a"));
+        r.sweep(thawed + Duration::from_millis(1100));
+        assert!(
+            !r.catalog().services.contains_key("a"),
+            "a dead instance gains one TTL"
+        );
     }
 
     #[tokio::test]

@@ -246,6 +246,36 @@ async fn the_system_survives_a_control_plane_crash() {
 }
 
 #[tokio::test]
+async fn a_stalled_control_plane_expires_nobody_when_it_wakes() {
+    let sys = System::start_with(Options {
+        catalog_replicas: 2,
+        ..Options::default()
+    })
+    .await;
+    let before = sys.registry().await;
+    let pid = control_pid(&sys);
+    // Stopped for twice the instances' TTL (1.5 s): their heartbeats wait unread.
+    freeze(pid);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    thaw(pid);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = sys.registry().await;
+    let ids = |c: &tessera::registry::Catalog| {
+        c.services
+            .values()
+            .flatten()
+            .map(|i| i.id.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    assert_eq!(ids(&after), ids(&before), "every instance is still there");
+    assert!(
+        !sys.log().contains("expired: no heartbeat"),
+        "an instance expired for the control plane's own stall"
+    );
+    assert!(sys.log().contains("the registry was stalled"));
+}
+
+#[tokio::test]
 async fn signing_keys_and_accounts_survive_a_restart() {
     let sys = System::start().await;
     let (token, _) = sys.new_user().await;
