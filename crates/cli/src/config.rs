@@ -40,6 +40,24 @@ pub async fn run(
     state_dir: &Path,
     command: ConfigCommand,
 ) -> anyhow::Result<()> {
+    let (service, key) = match &command {
+        ConfigCommand::Get { service, key } => (service, key.as_ref()),
+        ConfigCommand::Set { service, key, .. } | ConfigCommand::Unset { service, key } => {
+            (service, Some(key))
+        }
+        ConfigCommand::History { service } | ConfigCommand::Rollback { service, .. } => {
+            (service, None)
+        }
+    };
+    // Both go into the URL: plain names only.
+    let plain = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if !plain(service) || key.is_some_and(|k| !plain(k)) {
+        anyhow::bail!("a service's and a setting's names are letters, digits, - and _");
+    }
     let (http, base) = client(manifest, state_dir)?;
     let url = |service: &str, rest: &str| format!("{base}/v1/config/{service}{rest}");
     match command {

@@ -84,8 +84,8 @@ struct Inner {
     base: BTreeMap<String, Base>,
     registry: Registry,
     operator: Operator,
-    /// One change at a time: checked and written in order.
-    changing: tokio::sync::Mutex<()>,
+    /// Per service, one change at a time: made, checked and written in order.
+    changing: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 const FILE: &str = "config.jsonl";
@@ -110,7 +110,21 @@ impl Config {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(FILE);
         let mut versions: BTreeMap<String, Vec<Version>> = BTreeMap::new();
-        if let Ok(text) = std::fs::read_to_string(&path) {
+        if let Ok(mut text) = std::fs::read_to_string(&path) {
+            // A line torn by a crash while it was written (the change was not taken) is cut
+            // off, so that the next one starts on a line of its own.
+            let whole = text.rfind('\n').map_or(0, |at| at + 1);
+            if whole < text.len() {
+                tracing::warn!(
+                    bytes = text.len() - whole,
+                    "the configuration's last line was torn: cut off"
+                );
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)?
+                    .set_len(whole as u64)?;
+                text.truncate(whole);
+            }
             for line in text.lines().filter(|l| !l.trim().is_empty()) {
                 match serde_json::from_str::<Version>(line) {
                     Ok(v) => versions.entry(v.service.clone()).or_default().push(v),
@@ -130,7 +144,7 @@ impl Config {
                 base,
                 registry,
                 operator,
-                changing: tokio::sync::Mutex::new(()),
+                changing: Mutex::default(),
             }),
         })
     }
@@ -157,9 +171,7 @@ impl Config {
     }
 
     fn is_secret(&self, service: &str, key: &str) -> bool {
-        let named = ["PASSWORD", "SECRET", "TOKEN", "KEY", "CREDENTIAL"]
-            .iter()
-            .any(|word| key.contains(word));
+        let named = tessera::config::secret_by_name(key);
         named
             || self
                 .inner
@@ -177,29 +189,52 @@ impl Config {
         }
     }
 
-    /// Takes `values` as `service`'s next version, once an instance has checked them.
+    /// Takes `service`'s next version, as `make` makes it from the version in force and its
+    /// history (both read under the service's lock, so that two changes at once cannot undo
+    /// each other), once an instance has checked it.
     async fn change(
         &self,
         caller: &Caller,
         service: &str,
-        mut version: Version,
+        make: impl FnOnce(&Current<'_>) -> Result<Version, ApiError>,
     ) -> Result<Version, ApiError> {
-        let _one = self.inner.changing.lock().await;
-        let (current, _) = self.current(service);
-        self.check(caller, service, &version.values).await?;
-        version.version = current + 1;
+        let lock = self.lock_of(service);
+        let _one = lock.lock().await;
+        let (number, values) = self.current(service);
+        let mut version = {
+            let versions = self
+                .inner
+                .versions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let history = versions.get(service).map(Vec::as_slice).unwrap_or_default();
+            make(&Current {
+                version: number,
+                values: &values,
+                history,
+            })?
+        };
+        let changed: Vec<&String> = values
+            .keys()
+            .chain(version.values.keys())
+            .filter(|k| values.get(*k) != version.values.get(*k))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        self.check(caller, service, &version.values, &changed)
+            .await?;
+        version.version = number + 1;
         version.at = tessera::trace::unix_now_ms();
         let mut line = serde_json::to_vec(&version).map_err(ApiError::internal)?;
         line.push(b'\n');
-        {
-            let mut file = self.inner.file.lock().unwrap_or_else(|e| e.into_inner());
-            file.write_all(&line)
-                .and_then(|()| file.sync_data())
-                .map_err(|e| {
-                    tracing::error!(error = %e, "cannot write a configuration change");
-                    ApiError::unavailable("the change could not be kept; nothing changed")
-                })?;
-        }
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || append(&inner.file, &line))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot write a configuration change");
+                ApiError::unavailable("the change could not be kept; nothing changed")
+            })?;
         self.inner
             .versions
             .lock()
@@ -228,12 +263,26 @@ impl Config {
         Ok(version)
     }
 
-    /// Asks a running instance of `service` whether it takes `values`.
+    /// The lock under which `service`'s versions are made: one per service, so that an
+    /// instance slow to answer a check holds up its own service's changes only.
+    fn lock_of(&self, service: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.inner
+            .changing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(service.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Asks a running instance of `service` whether it takes `values`, of which `changed`
+    /// are new.
     async fn check(
         &self,
         caller: &Caller,
         service: &str,
         values: &BTreeMap<String, String>,
+        changed: &[&String],
     ) -> Result<(), ApiError> {
         let instance = self
             .inner
@@ -248,7 +297,7 @@ impl Config {
                     format!("no instance of {service} is running to check the change against: start it first"),
                 )
             })?;
-        let body = json!({ "values": values });
+        let body = json!({ "values": values, "changed": changed });
         let call: Call<'_> = Call {
             method: reqwest::Method::POST,
             path: "/status/config/check",
@@ -262,7 +311,10 @@ impl Config {
                 let why = answer["message"]
                     .as_str()
                     .unwrap_or("the service does not take it");
-                Err(ApiError::bad_request("invalid_value", why.to_string()))
+                Err(ApiError::bad_request(
+                    "invalid_value",
+                    self.redacted(service, why, values),
+                ))
             }
             other => {
                 tracing::warn!(status = %other, answer = %answer, instance = %instance.id, "a service could not check a configuration change");
@@ -273,6 +325,18 @@ impl Config {
                 ))
             }
         }
+    }
+
+    /// `message` with every secret value among `values` masked: a service's reason may quote
+    /// the value it could not read.
+    fn redacted(&self, service: &str, message: &str, values: &BTreeMap<String, String>) -> String {
+        let mut out = message.to_string();
+        for (k, v) in values {
+            if !v.is_empty() && self.is_secret(service, k) {
+                out = out.replace(v.as_str(), MASK);
+            }
+        }
+        out
     }
 
     /// `service`'s configuration as `caller` may see it.
@@ -325,6 +389,25 @@ impl Config {
             })
             .unwrap_or_default()
     }
+}
+
+/// Appends `line` and syncs it; on a failure, cuts the file back to where it was (no torn line
+/// for the next one to follow).
+fn append(file: &Mutex<std::fs::File>, line: &[u8]) -> std::io::Result<()> {
+    let mut file = file.lock().unwrap_or_else(|e| e.into_inner());
+    let before = file.metadata()?.len();
+    let written = file.write_all(line).and_then(|()| file.sync_data());
+    if written.is_err() {
+        let _ = file.set_len(before);
+    }
+    written
+}
+
+/// The version in force when a change is made.
+struct Current<'a> {
+    version: u64,
+    values: &'a BTreeMap<String, String>,
+    history: &'a [Version],
 }
 
 fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
@@ -434,7 +517,7 @@ async fn set(
     Json(new): Json<NewValue>,
 ) -> Result<Response, ApiError> {
     may_change(&caller)?;
-    let base = config.base_of(&service)?;
+    let base = config.base_of(&service)?.clone();
     valid_key(&key)?;
     if new.value.len() > MAX_VALUE_BYTES || new.value.contains('\0') {
         return Err(ApiError::bad_request(
@@ -442,22 +525,26 @@ async fn set(
             format!("a value is at most {MAX_VALUE_BYTES} bytes, without NUL"),
         ));
     }
-    let (_, mut values) = config.current(&service);
-    let old = values.get(&key).or_else(|| base.env.get(&key)).cloned();
-    values.insert(key.clone(), new.value.clone());
-    let version = Version {
-        service: service.clone(),
-        version: 0,
-        at: 0,
-        who: caller.principal.to_string(),
-        action: "set".into(),
-        key: Some(key),
-        old,
-        new: Some(new.value),
-        to: None,
-        values,
-    };
-    let taken = config.change(&caller, &service, version).await?;
+    let who = caller.principal.to_string();
+    let taken = config
+        .change(&caller, &service, |now| {
+            let mut values = now.values.clone();
+            let old = values.get(&key).or_else(|| base.env.get(&key)).cloned();
+            values.insert(key.clone(), new.value.clone());
+            Ok(Version {
+                service: service.clone(),
+                version: 0,
+                at: 0,
+                who,
+                action: "set".into(),
+                key: Some(key.clone()),
+                old,
+                new: Some(new.value.clone()),
+                to: None,
+                values,
+            })
+        })
+        .await?;
     Ok(answer(&config, &taken))
 }
 
@@ -468,27 +555,31 @@ async fn unset(
     PathOf((service, key)): PathOf<(String, String)>,
 ) -> Result<Response, ApiError> {
     may_change(&caller)?;
-    let base = config.base_of(&service)?;
+    let base = config.base_of(&service)?.clone();
     valid_key(&key)?;
-    let (_, mut values) = config.current(&service);
-    let Some(old) = values.remove(&key) else {
-        return Err(ApiError::not_found(format!(
-            "{key} of {service} was not changed"
-        )));
-    };
-    let version = Version {
-        service: service.clone(),
-        version: 0,
-        at: 0,
-        who: caller.principal.to_string(),
-        action: "unset".into(),
-        new: base.env.get(&key).cloned(),
-        key: Some(key),
-        old: Some(old),
-        to: None,
-        values,
-    };
-    let taken = config.change(&caller, &service, version).await?;
+    let who = caller.principal.to_string();
+    let taken = config
+        .change(&caller, &service, |now| {
+            let mut values = now.values.clone();
+            let Some(old) = values.remove(&key) else {
+                return Err(ApiError::not_found(format!(
+                    "{key} of {service} was not changed"
+                )));
+            };
+            Ok(Version {
+                service: service.clone(),
+                version: 0,
+                at: 0,
+                who,
+                action: "unset".into(),
+                new: base.env.get(&key).cloned(),
+                key: Some(key.clone()),
+                old: Some(old),
+                to: None,
+                values,
+            })
+        })
+        .await?;
     Ok(answer(&config, &taken))
 }
 
@@ -509,47 +600,48 @@ async fn rollback(
 ) -> Result<Response, ApiError> {
     may_change(&caller)?;
     config.base_of(&service)?;
-    let (current, _) = config.current(&service);
-    if current == 0 {
-        return Err(ApiError::conflict(
-            "nothing_to_roll_back",
-            format!("{service}'s configuration was never changed"),
-        ));
-    }
-    let target = to.version.unwrap_or(current - 1);
-    if target >= current {
-        return Err(ApiError::bad_request(
-            "invalid_version",
-            format!("version {target} is not older than the one in force ({current})"),
-        ));
-    }
-    let values = if target == 0 {
-        BTreeMap::new()
-    } else {
-        let versions = config
-            .inner
-            .versions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        versions
-            .get(&service)
-            .and_then(|vs| vs.iter().find(|v| v.version == target))
-            .map(|v| v.values.clone())
-            .ok_or_else(|| ApiError::not_found(format!("no version {target} of {service}")))?
-    };
-    let version = Version {
-        service: service.clone(),
-        version: 0,
-        at: 0,
-        who: caller.principal.to_string(),
-        action: "rollback".into(),
-        key: None,
-        old: None,
-        new: None,
-        to: Some(target),
-        values,
-    };
-    let taken = config.change(&caller, &service, version).await?;
+    let who = caller.principal.to_string();
+    let taken = config
+        .change(&caller, &service, |now| {
+            let current = now.version;
+            if current == 0 {
+                return Err(ApiError::conflict(
+                    "nothing_to_roll_back",
+                    format!("{service}'s configuration was never changed"),
+                ));
+            }
+            let target = to.version.unwrap_or(current - 1);
+            if target >= current {
+                return Err(ApiError::bad_request(
+                    "invalid_version",
+                    format!("version {target} is not older than the one in force ({current})"),
+                ));
+            }
+            let values = if target == 0 {
+                BTreeMap::new()
+            } else {
+                now.history
+                    .iter()
+                    .find(|v| v.version == target)
+                    .map(|v| v.values.clone())
+                    .ok_or_else(|| {
+                        ApiError::not_found(format!("no version {target} of {service}"))
+                    })?
+            };
+            Ok(Version {
+                service: service.clone(),
+                version: 0,
+                at: 0,
+                who,
+                action: "rollback".into(),
+                key: None,
+                old: None,
+                new: None,
+                to: Some(target),
+                values,
+            })
+        })
+        .await?;
     Ok(answer(&config, &taken))
 }
 
@@ -641,11 +733,19 @@ mod tests {
         );
         std::fs::write(dir.join(FILE), text).unwrap();
         let base = BTreeMap::from([("pay".to_string(), Base::default())]);
-        let config = Config::open(&dir, base, Registry::default(), Operator::new(None)).unwrap();
+        let open =
+            || Config::open(&dir, base.clone(), Registry::default(), Operator::new(None)).unwrap();
+        let config = open();
         let (version, values) = config.current("pay");
         assert_eq!((version, values["LIMIT"].as_str()), (2, "7"));
         assert_eq!(config.history("pay").len(), 2);
         assert_eq!(config.current("other"), (0, BTreeMap::new()));
+        // The torn tail is cut: the next version starts on a line of its own and reads back.
+        append(&config.inner.file, format!("{}\n", line(3, "9")).as_bytes()).unwrap();
+        drop(config);
+        let again = open();
+        assert_eq!(again.current("pay").0, 3);
+        assert_eq!(again.history("pay").len(), 3);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

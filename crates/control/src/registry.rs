@@ -61,6 +61,9 @@ struct Entry {
     instance: Instance,
     ttl: Duration,
     expires: Instant,
+    /// Given a TTL for a stall of the registry's, since its last heartbeat: once only, so that
+    /// stall after stall cannot keep a dead instance forever.
+    forgiven: bool,
 }
 
 /// An instance id already held by a live instance of the named service.
@@ -132,6 +135,7 @@ impl Registry {
                 instance: reg.instance,
                 ttl,
                 expires: Instant::now() + ttl,
+                forgiven: false,
             },
         );
         if changed {
@@ -153,6 +157,7 @@ impl Registry {
         };
         allowed(&e.instance.service)?;
         e.expires = Instant::now() + e.ttl;
+        e.forgiven = false;
         Ok(true)
     }
 
@@ -175,7 +180,6 @@ impl Registry {
     }
 
     /// Drops every instance whose TTL has lapsed.
-    /// Expires the instances whose deadline passed.
     pub fn sweep(&self, now: Instant) {
         let mut state = self.lock();
         let before = state.entries.len();
@@ -195,11 +199,13 @@ impl Registry {
     /// registry itself was stalled (its process starved of CPU, or stopped), and the heartbeats
     /// sent meanwhile are still waiting to be read. Expiring their instances for its own stall
     /// would empty the catalog of a healthy system at once (Eureka's self-preservation answers
-    /// the same thing). A dead instance gains one TTL at most per stall.
+    /// the same thing). An instance is forgiven once between two of its heartbeats: a dead
+    /// one gains one TTL, whatever the stalls that follow.
     pub fn forgive(&self, now: Instant) {
         let mut state = self.lock();
-        for e in state.entries.values_mut() {
+        for e in state.entries.values_mut().filter(|e| !e.forgiven) {
             e.expires = e.expires.max(now + e.ttl);
+            e.forgiven = true;
         }
     }
 
@@ -447,6 +453,8 @@ mod tests {
         r.forgive(thawed);
         r.sweep(thawed + Duration::from_millis(900));
         assert_eq!(r.catalog().services["a"].len(), 1);
+        // Stalled again before its next heartbeat: not forgiven twice.
+        r.forgive(thawed + Duration::from_millis(900));
         r.sweep(thawed + Duration::from_millis(1100));
         assert!(
             !r.catalog().services.contains_key("a"),

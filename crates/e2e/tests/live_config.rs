@@ -130,6 +130,15 @@ async fn a_setting_changes_live_is_checked_first_and_rolls_back() {
         let (ok, _, err) = tessera(&sys, &["config", "set", "payment-provider", key, "1"]);
         assert!(!ok && err.contains(why), "{key}: {err}");
     }
+    // A setting read only at start cannot change while the service runs.
+    let (ok, _, err) = tessera(
+        &sys,
+        &["config", "set", "auth", "AUTH_ISSUER", "someone-else"],
+    );
+    assert!(
+        !ok && err.contains("AUTH_ISSUER") && err.contains("only when the service starts"),
+        "{err}"
+    );
     let (ok, _, err) = tessera(&sys, &["config", "set", "nobody", "A", "1"]);
     assert!(!ok && err.contains("no service nobody"), "{err}");
     let (_, got, _) = tessera(&sys, &["config", "get", "payment-provider"]);
@@ -158,6 +167,26 @@ async fn a_setting_changes_live_is_checked_first_and_rolls_back() {
         "{out}"
     );
     applies(&sys, &address, 2).await;
+    // The service itself reads it in clear (it needs it); an operator does not.
+    let own: Value = sys
+        .http
+        .get(format!("{}/v1/config/payment-provider", sys.control))
+        .header(
+            "authorization",
+            sys.credential("service:payment-provider").authorization(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        own["changes"]["PROVIDER_API_TOKEN"], "s3cr3t-value",
+        "{own}"
+    );
+    let seen = sys.control_json("/v1/config/payment-provider").await;
+    assert_eq!(seen["changes"]["PROVIDER_API_TOKEN"], "******", "{seen}");
 
     // Rolled back to before the first change: the manifest's value again.
     let (ok, out, err) = tessera(&sys, &["config", "rollback", "payment-provider", "0"]);

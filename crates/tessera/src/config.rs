@@ -32,10 +32,21 @@ impl ConfigError {
     }
 }
 
-/// A flat map of configuration values with typed, key-naming accessors.
+/// Whether a setting is a secret by its name (it holds `PASSWORD`, `SECRET`, `TOKEN`, `KEY`
+/// or `CREDENTIAL`, as Spring Boot's actuator reads them): its value is never shown.
+pub fn secret_by_name(key: &str) -> bool {
+    ["PASSWORD", "SECRET", "TOKEN", "KEY", "CREDENTIAL"]
+        .iter()
+        .any(|word| key.contains(word))
+}
+
+/// A flat map of configuration values with typed, key-naming accessors. It remembers which
+/// keys were asked for (`tessera config` refuses to change, while the service runs, a key it
+/// read only at start).
 #[derive(Clone, Debug, Default)]
 pub struct Settings {
     vars: HashMap<String, String>,
+    read: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
 
 impl Settings {
@@ -43,6 +54,7 @@ impl Settings {
     pub fn from_env() -> Self {
         Self {
             vars: std::env::vars().collect(),
+            read: Default::default(),
         }
     }
 
@@ -54,6 +66,7 @@ impl Settings {
                 .into_iter()
                 .map(|(k, v)| (k.into(), v.into()))
                 .collect(),
+            read: Default::default(),
         }
     }
 
@@ -62,7 +75,16 @@ impl Settings {
         &self.vars
     }
 
+    /// The keys asked for so far, through this value or its clones.
+    pub fn keys_read(&self) -> std::collections::BTreeSet<String> {
+        self.read.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     pub fn raw(&self, key: &str) -> Option<&str> {
+        self.read
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.to_string());
         self.vars
             .get(key)
             .map(String::as_str)

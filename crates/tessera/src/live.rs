@@ -6,13 +6,15 @@
 //! `Arc`: a read is a load, never a lock), and may register a hook to act on a change.
 //!
 //! The values come from the manifest (the process's environment) with the control plane's
-//! changes on top. A watcher (`watch.rs`) long-polls the control plane for this service's
+//! changes on top. A watcher ([`Watcher`]) long-polls the control plane for this service's
 //! next version; when one comes, every declared settings struct is parsed again from the new
 //! values, all of them first, and only if every one parses are they swapped in (and their
 //! hooks run): a value that does not parse leaves every running value as it was, and says
 //! which key. The control plane asks a running instance the same question before it takes a
 //! change ([`Declared::check`], `POST /status/config/check`), so a bad value is refused to
-//! the person who typed it rather than found by the instances.
+//! the person who typed it rather than found by the instances. A key the service reads only at
+//! start (from `ctx.settings`) and in no live struct is refused too: changing it would take
+//! effect at the next start, where a bad value would stop it.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -27,7 +29,7 @@ pub struct Live<T> {
     hooks: Arc<Mutex<Vec<Hook<T>>>>,
 }
 
-type Hook<T> = Box<dyn Fn(&T, &T) + Send + Sync>;
+type Hook<T> = Arc<dyn Fn(&T, &T) + Send + Sync>;
 
 impl<T> Clone for Live<T> {
     fn clone(&self) -> Self {
@@ -58,23 +60,35 @@ impl<T: Send + Sync + 'static> Live<T> {
         self.hooks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(Box::new(hook));
+            .push(Arc::new(hook));
     }
 
-    fn swap(&self, new: T) {
+    /// Swaps `new` in; the hooks to run then, with the old and new values.
+    fn swap(&self, new: T) -> Staged {
         let old = self.current.swap(Arc::new(new));
-        let new = self.current.load();
-        for hook in self.hooks.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            hook(&old, &new);
-        }
+        let new = self.current.load_full();
+        let hooks = self.hooks.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        Box::new(move || {
+            for hook in hooks {
+                // A hook that panics is the service's bug: said, and the next change still
+                // applies (the values are already in force).
+                let run = std::panic::AssertUnwindSafe(|| hook(&old, &new));
+                if std::panic::catch_unwind(run).is_err() {
+                    tracing::error!("a configuration hook panicked");
+                }
+            }
+        })
     }
 }
 
-/// A change parsed and waiting to be applied.
+/// Work left to do: a parsed change to swap in (which leaves its hooks to run), or hooks.
 type Staged = Box<dyn FnOnce() + Send>;
 
+/// A parsed change: swapping it in gives the hooks to run.
+type Swap = Box<dyn FnOnce() -> Staged + Send>;
+
 /// Parses settings into a change to apply, or says which key is wrong.
-type Parser = Box<dyn Fn(&Settings) -> Result<Staged, ConfigError> + Send + Sync>;
+type Parser = Box<dyn Fn(&Settings) -> Result<Swap, ConfigError> + Send + Sync>;
 
 /// Every settings struct this process declared, and the values they were last parsed from.
 #[derive(Clone, Default)]
@@ -94,6 +108,9 @@ struct DeclaredInner {
     refused: Option<(u64, String)>,
     /// The newest version seen, applied or not.
     seen: u64,
+    /// The keys the live structs read, and those the service read at start (`ctx.settings`).
+    live_keys: std::collections::BTreeSet<String>,
+    start_settings: Option<Settings>,
 }
 
 /// What `/status/config` says of the running values.
@@ -125,10 +142,13 @@ impl Declared {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The values in force: the base with the overrides on top.
+    /// The values in force: the base with the overrides on top. What the service reads of
+    /// them at start is remembered (a key read there only cannot change while it runs).
     pub fn settings(&self) -> Settings {
-        let inner = self.lock();
-        merged(&inner.base, &inner.overrides)
+        let mut inner = self.lock();
+        let settings = merged(&inner.base, &inner.overrides);
+        inner.start_settings = Some(settings.clone());
+        settings
     }
 
     /// Declares a settings struct: parsed now (an error stops the service's start, naming the
@@ -137,50 +157,92 @@ impl Declared {
         &self,
         parse: impl Fn(&Settings) -> Result<T, ConfigError> + Send + Sync + 'static,
     ) -> Result<Live<T>, ConfigError> {
-        let live = Live::fixed(parse(&self.settings())?);
+        let settings = {
+            let inner = self.lock();
+            merged(&inner.base, &inner.overrides)
+        };
+        let live = Live::fixed(parse(&settings)?);
         let target = live.clone();
         let parser: Parser = Box::new(move |settings| {
             let value = parse(settings)?;
             let target = target.clone();
             Ok(Box::new(move || target.swap(value)))
         });
-        self.lock().parsers.push(parser);
+        let mut inner = self.lock();
+        inner.live_keys.extend(settings.keys_read());
+        inner.parsers.push(parser);
         Ok(live)
     }
 
-    /// Whether `overrides` would be taken: every declared struct parses from them.
-    pub fn check(&self, overrides: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+    /// Whether `overrides` would be taken, of which `changed` are new: every declared struct
+    /// parses from them, and none of `changed` is read only at start.
+    pub fn check(
+        &self,
+        overrides: &BTreeMap<String, String>,
+        changed: &[String],
+    ) -> Result<(), ConfigError> {
         let inner = self.lock();
+        let at_start = inner
+            .start_settings
+            .as_ref()
+            .map(Settings::keys_read)
+            .unwrap_or_default();
+        if let Some(key) = changed
+            .iter()
+            .find(|k| at_start.contains(*k) && !inner.live_keys.contains(*k))
+        {
+            return Err(ConfigError::new(
+                key,
+                "is read only when the service starts: it cannot change while it runs",
+            ));
+        }
         let settings = merged(&inner.base, overrides);
         for parse in &inner.parsers {
-            drop(parse(&settings)?);
+            drop(parse(&settings).map_err(redacted)?);
         }
         Ok(())
     }
 
     /// Applies `overrides` at `version`: all or nothing. A version not newer than the one in
-    /// force is ignored (the watcher may see one twice).
+    /// force is ignored (the watcher may see one twice), unless `reset` (the control plane's
+    /// versions started again).
     pub fn apply(
         &self,
         overrides: BTreeMap<String, String>,
         version: u64,
     ) -> Result<bool, ConfigError> {
+        self.apply_as(overrides, version, false)
+    }
+
+    fn apply_as(
+        &self,
+        overrides: BTreeMap<String, String>,
+        version: u64,
+        reset: bool,
+    ) -> Result<bool, ConfigError> {
         let mut inner = self.lock();
-        if version <= inner.version {
+        if version <= inner.version && !reset {
             return Ok(false);
         }
         let settings = merged(&inner.base, &overrides);
-        let staged = inner
+        let swaps = inner
             .parsers
             .iter()
             .map(|parse| parse(&settings))
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(redacted)?;
         inner.overrides = overrides;
         inner.version = version;
-        inner.seen = inner.seen.max(version);
+        inner.seen = if reset {
+            version
+        } else {
+            inner.seen.max(version)
+        };
+        // Every struct swapped under the lock (no change seen half-applied), their hooks after.
+        let hooks: Vec<Staged> = swaps.into_iter().map(|swap| swap()).collect();
         drop(inner);
-        for apply in staged {
-            apply();
+        for run in hooks {
+            run();
         }
         Ok(true)
     }
@@ -270,6 +332,20 @@ impl Watcher {
         loop {
             let after = declared.seen();
             match self.get(Some(after)).await {
+                Ok(answer) if answer.version < after => {
+                    // The control plane's versions started again (its file lost or replaced):
+                    // what it holds now is what is in force.
+                    failing = false;
+                    tracing::warn!(
+                        version = answer.version,
+                        seen = after,
+                        "the control plane's configuration went back to an older version; taking it"
+                    );
+                    if let Err(e) = declared.apply_as(answer.changes, answer.version, true) {
+                        tracing::error!(version = answer.version, key = %e.key, error = %e.message, "a configuration change does not apply here; the running values stay");
+                        declared.skip(answer.version, &e);
+                    }
+                }
                 Ok(answer) if answer.version > after => {
                     failing = false;
                     match declared.apply(answer.changes, answer.version) {
@@ -297,6 +373,15 @@ impl Watcher {
                 }
             }
         }
+    }
+}
+
+/// `e` without the value when its key is a secret (a parser's reason may quote the value).
+fn redacted(e: ConfigError) -> ConfigError {
+    if crate::config::secret_by_name(&e.key) {
+        ConfigError::new(&e.key, "cannot be read (a secret: its value is not shown)")
+    } else {
+        e
     }
 }
 
@@ -377,7 +462,9 @@ mod tests {
         assert_eq!(live.get().decline_over, 500);
         assert!(!*other.get());
         assert_eq!(declared.applied().version, 1);
-        let err = declared.check(&map(&[("DECLINE_OVER", "-1")])).unwrap_err();
+        let err = declared
+            .check(&map(&[("DECLINE_OVER", "-1")]), &["DECLINE_OVER".into()])
+            .unwrap_err();
         assert_eq!(
             (err.key.as_str(), err.message.as_str()),
             ("DECLINE_OVER", "must not be negative")
@@ -394,5 +481,54 @@ mod tests {
             }
         );
         assert_eq!(declared.applied().version, 3);
+
+        // The control plane's versions started again: taken.
+        assert!(
+            declared
+                .apply_as(map(&[("DECLINE_OVER", "9")]), 1, true)
+                .unwrap()
+        );
+        assert_eq!((live.get().decline_over, declared.seen()), (9, 1));
+    }
+
+    #[test]
+    fn a_key_read_only_at_start_is_refused_and_a_secret_is_never_quoted() {
+        let base = Settings::from_map([("PORT_LIMIT", "3")]);
+        let declared = Declared::new(&base, BTreeMap::new(), 0);
+        let at_start = declared.settings();
+        assert_eq!(at_start.get_or::<u32>("PORT_LIMIT", 1).unwrap(), 3);
+        let _live = declared
+            .declare(|s| s.get_or::<u32>("API_TOKEN_LEN", 8))
+            .unwrap();
+        let err = declared
+            .check(&map(&[("PORT_LIMIT", "4")]), &["PORT_LIMIT".into()])
+            .unwrap_err();
+        assert_eq!(err.key, "PORT_LIMIT");
+        assert!(
+            err.message.contains("only when the service starts"),
+            "{err}"
+        );
+        // A key nobody reads may change (nothing parses it); a live one is parsed.
+        declared
+            .check(&map(&[("UNUSED", "x")]), &["UNUSED".into()])
+            .unwrap();
+        let err = declared
+            .check(
+                &map(&[("API_TOKEN_LEN", "hunter2")]),
+                &["API_TOKEN_LEN".into()],
+            )
+            .unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn a_hook_that_panics_leaves_the_change_applied_and_the_next_one_too() {
+        let declared = Declared::new(&Settings::default(), BTreeMap::new(), 0);
+        let live = declared.declare(limits).unwrap();
+        live.on_change(|_, new| assert!(new.decline_over != 5, "a buggy hook"));
+        assert!(declared.apply(map(&[("DECLINE_OVER", "5")]), 1).unwrap());
+        assert_eq!(live.get().decline_over, 5);
+        assert!(declared.apply(map(&[("DECLINE_OVER", "6")]), 2).unwrap());
+        assert_eq!(live.get().decline_over, 6);
     }
 }

@@ -61,7 +61,11 @@ async fn config_applied(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Proposed {
+    /// Every change that would be in force.
     values: BTreeMap<String, String>,
+    /// The keys among them that change.
+    #[serde(default)]
+    changed: Vec<String>,
 }
 
 async fn config_check(
@@ -71,7 +75,7 @@ async fn config_check(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     platform_operator(&passport)?;
     declared
-        .check(&proposed.values)
+        .check(&proposed.values, &proposed.changed)
         .map_err(|e| ApiError::bad_request("invalid_value", e.to_string()))?;
     Ok(Json(serde_json::json!({ "ok": true })))
 }

@@ -172,7 +172,7 @@ impl From<Cow<'static, str>> for Name {
 /// A span's attributes, written as OTLP `KeyValue` entries (`Span.attributes`) as they are
 /// set: no value is copied into a string of its own or kept as a tree to walk at the end, and
 /// a span's handful fits inline (no allocation).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Attributes {
     /// Bytes used in `inline`, while `more` is empty.
     len: usize,
@@ -183,6 +183,12 @@ pub struct Attributes {
 
 /// Bytes of attributes a span holds without an allocation: a gateway's spans need 120-200.
 const INLINE: usize = 240;
+
+impl PartialEq for Attributes {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
 
 impl Default for Attributes {
     fn default() -> Self {

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The provider's behaviour, as `GET`/`PUT /v1/behavior` show it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Behavior {
     /// Added to every charge.

@@ -30,9 +30,12 @@ pub async fn run() -> anyhow::Result<()> {
             let behavior = ctx.live(Behavior::from_settings)?;
             let router = http::router(ctx.db().clone(), (*behavior.get()).clone());
             let current = router.behavior.clone();
-            behavior.on_change(move |_, new| {
-                tracing::info!(behavior = ?new, "behaviour changed by the configuration");
-                *current.write().unwrap_or_else(|e| e.into_inner()) = new.clone();
+            behavior.on_change(move |old, new| {
+                // Only a change of its own settings replaces what was set by hand.
+                if old != new {
+                    tracing::info!(behavior = ?new, "behaviour changed by the configuration");
+                    *current.write().unwrap_or_else(|e| e.into_inner()) = new.clone();
+                }
             });
             Ok(router.routes)
         })
