@@ -70,6 +70,24 @@ pub struct Version {
     pub values: BTreeMap<String, String>,
 }
 
+impl Version {
+    /// A change of `service` by `who`, to be numbered and dated when taken.
+    fn draft(service: &str, who: &str, action: &str, values: BTreeMap<String, String>) -> Self {
+        Version {
+            service: service.to_string(),
+            version: 0,
+            at: 0,
+            who: who.to_string(),
+            action: action.to_string(),
+            key: None,
+            old: None,
+            new: None,
+            to: None,
+            values,
+        }
+    }
+}
+
 /// The system's configuration changes.
 #[derive(Clone)]
 pub struct Config {
@@ -532,16 +550,10 @@ async fn set(
             let old = values.get(&key).or_else(|| base.env.get(&key)).cloned();
             values.insert(key.clone(), new.value.clone());
             Ok(Version {
-                service: service.clone(),
-                version: 0,
-                at: 0,
-                who,
-                action: "set".into(),
                 key: Some(key.clone()),
                 old,
                 new: Some(new.value.clone()),
-                to: None,
-                values,
+                ..Version::draft(&service, &who, "set", values)
             })
         })
         .await?;
@@ -567,16 +579,10 @@ async fn unset(
                 )));
             };
             Ok(Version {
-                service: service.clone(),
-                version: 0,
-                at: 0,
-                who,
-                action: "unset".into(),
-                new: base.env.get(&key).cloned(),
                 key: Some(key.clone()),
                 old: Some(old),
-                to: None,
-                values,
+                new: base.env.get(&key).cloned(),
+                ..Version::draft(&service, &who, "unset", values)
             })
         })
         .await?;
@@ -629,16 +635,8 @@ async fn rollback(
                     })?
             };
             Ok(Version {
-                service: service.clone(),
-                version: 0,
-                at: 0,
-                who,
-                action: "rollback".into(),
-                key: None,
-                old: None,
-                new: None,
                 to: Some(target),
-                values,
+                ..Version::draft(&service, &who, "rollback", values)
             })
         })
         .await?;

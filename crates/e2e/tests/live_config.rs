@@ -59,6 +59,34 @@ async fn applies(sys: &System, address: &str, version: u64) -> Duration {
     }
 }
 
+/// A call to the control plane's configuration API as `principal`.
+fn as_principal(
+    sys: &System,
+    principal: &str,
+    method: reqwest::Method,
+    path: &str,
+) -> reqwest::RequestBuilder {
+    sys.http
+        .request(method, format!("{}/v1/config/{path}", sys.control))
+        .header("authorization", sys.credential(principal).authorization())
+}
+
+/// The payment provider's configuration, as it reads it itself.
+async fn providers_own(sys: &System) -> Value {
+    as_principal(
+        sys,
+        "service:payment-provider",
+        reqwest::Method::GET,
+        "payment-provider",
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap()
+}
+
 async fn order_status(sys: &System, token: &str) -> String {
     let id = sys
         .place_order(token, json!([{ "productId": MOUSE, "quantity": 1 }]))
@@ -168,19 +196,7 @@ async fn a_setting_changes_live_is_checked_first_and_rolls_back() {
     );
     applies(&sys, &address, 2).await;
     // The service itself reads it in clear (it needs it); an operator does not.
-    let own: Value = sys
-        .http
-        .get(format!("{}/v1/config/payment-provider", sys.control))
-        .header(
-            "authorization",
-            sys.credential("service:payment-provider").authorization(),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let own = providers_own(&sys).await;
     assert_eq!(
         own["changes"]["PROVIDER_API_TOKEN"], "s3cr3t-value",
         "{own}"
@@ -235,42 +251,27 @@ async fn a_setting_changes_live_is_checked_first_and_rolls_back() {
     assert!(!sys.log().contains("s3cr3t-value"), "a secret in the log");
 
     // Only the admin changes settings; a service reads only its own.
-    let denied = sys
-        .http
-        .put(format!(
-            "{}/v1/config/payment-provider/PROVIDER_HANG",
-            sys.control
-        ))
-        .header(
-            "authorization",
-            sys.credential("service:order").authorization(),
-        )
-        .json(&json!({ "value": "true" }))
-        .send()
-        .await
-        .unwrap();
+    let denied = as_principal(
+        &sys,
+        "service:order",
+        reqwest::Method::PUT,
+        "payment-provider/PROVIDER_HANG",
+    )
+    .json(&json!({ "value": "true" }))
+    .send()
+    .await
+    .unwrap();
     assert_eq!(denied.status(), 403);
-    let denied = sys
-        .http
-        .get(format!("{}/v1/config/payment-provider", sys.control))
-        .header(
-            "authorization",
-            sys.credential("service:order").authorization(),
-        )
-        .send()
-        .await
-        .unwrap();
+    let denied = as_principal(
+        &sys,
+        "service:order",
+        reqwest::Method::GET,
+        "payment-provider",
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(denied.status(), 403);
-    let own = sys
-        .http
-        .get(format!("{}/v1/config/payment-provider", sys.control))
-        .header(
-            "authorization",
-            sys.credential("service:payment-provider").authorization(),
-        )
-        .send()
-        .await
-        .unwrap();
-    let own: Value = own.json().await.unwrap();
+    let own = providers_own(&sys).await;
     assert_eq!(own["version"], 3);
 }
