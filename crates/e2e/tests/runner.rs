@@ -272,7 +272,11 @@ async fn a_stalled_control_plane_expires_nobody_when_it_wakes() {
         !sys.log().contains("expired: no heartbeat"),
         "an instance expired for the control plane's own stall"
     );
-    assert!(sys.log().contains("the registry was stalled"));
+    // (On the distributed profile the registry is etcd's, whose leases the control plane's
+    // stall does not touch: nothing to forgive there.)
+    if tessera_testkit::etcd::profile().is_none() {
+        assert!(sys.log().contains("the registry was stalled"));
+    }
 }
 
 #[tokio::test]

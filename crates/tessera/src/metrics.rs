@@ -156,6 +156,14 @@ const DESCRIBED: &[(&str, &str)] = &[
         "tessera_telemetry_spans_pruned_total",
         "Spans and log records the collector's retention removed.",
     ),
+    (
+        "tessera_config_applied_total",
+        "Configuration versions this instance applied (tessera config).",
+    ),
+    (
+        "tessera_config_refused_total",
+        "Configuration versions that did not parse here; the running values stayed.",
+    ),
 ];
 
 fn describe() {
