@@ -92,11 +92,19 @@ async fn a_checkout_is_one_trace_from_the_gateway_through_every_service_and_acro
     .iter()
     .map(|s| s.to_string())
     .collect();
+    // Complete once every service has spoken and every span's parent has arrived too (each
+    // process exports on its own tick: a consumer's span can come before its producer's).
     let spans = spans_of(&sys, &trace_id, |spans| {
+        let ids: BTreeSet<&str> = spans.iter().filter_map(|s| s["span_id"].as_str()).collect();
+        let parents_in = spans.iter().all(|s| match s["parent_id"].as_str() {
+            Some(p) => p == client_span || ids.contains(p),
+            None => true,
+        });
         services(spans).is_superset(&want)
             && spans
                 .iter()
                 .any(|s| s["service"] == "notification" && s["kind"] == "consumer")
+            && parents_in
     })
     .await;
     let by_id: HashMap<&str, &Value> = spans
