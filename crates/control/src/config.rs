@@ -198,6 +198,13 @@ impl Config {
                 .is_some_and(|b| b.secrets.iter().any(|s| s == key))
     }
 
+    /// A version's old and new values as anyone but its service may see them.
+    fn masked(&self, v: &Version) -> (Option<String>, Option<String>) {
+        let key = v.key.as_deref().unwrap_or("");
+        let mask = |x: &Option<String>| x.as_deref().map(|x| self.shown(&v.service, key, x, false));
+        (mask(&v.old), mask(&v.new))
+    }
+
     /// `value` as `caller` may see it.
     fn shown(&self, service: &str, key: &str, value: &str, clear: bool) -> String {
         if clear || !self.is_secret(service, key) {
@@ -261,10 +268,7 @@ impl Config {
             .or_default()
             .push(version.clone());
         self.inner.changed.send_modify(|n| *n += 1);
-        let shown = |v: &Option<String>| {
-            v.as_deref()
-                .map(|v| self.shown(service, version.key.as_deref().unwrap_or(""), v, false))
-        };
+        let (old, new) = self.masked(&version);
         // A change to a running system: audited in the log, secrets masked.
         tracing::info!(
             target: "audit",
@@ -273,8 +277,8 @@ impl Config {
             version = version.version,
             action = %version.action,
             key = version.key.as_deref().unwrap_or("-"),
-            old = shown(&version.old).as_deref().unwrap_or("-"),
-            new = shown(&version.new).as_deref().unwrap_or("-"),
+            old = old.as_deref().unwrap_or("-"),
+            new = new.as_deref().unwrap_or("-"),
             to = version.to.unwrap_or(0),
             "config change"
         );
@@ -387,18 +391,15 @@ impl Config {
                 vs.iter()
                     .rev()
                     .map(|v| {
-                        let key = v.key.as_deref().unwrap_or("");
-                        let mask = |x: &Option<String>| {
-                            x.as_deref().map(|x| self.shown(service, key, x, false))
-                        };
+                        let (old, new) = self.masked(v);
                         json!({
                             "version": v.version,
                             "at": v.at,
                             "who": v.who,
                             "action": v.action,
                             "key": v.key,
-                            "old": mask(&v.old),
-                            "new": mask(&v.new),
+                            "old": old,
+                            "new": new,
                             "to": v.to,
                             "keys": v.values.keys().collect::<Vec<_>>(),
                         })
@@ -657,11 +658,7 @@ async fn history(
 }
 
 fn answer(config: &Config, v: &Version) -> Response {
-    let key = v.key.as_deref().unwrap_or("");
-    let mask = |x: &Option<String>| {
-        x.as_deref()
-            .map(|x| config.shown(&v.service, key, x, false))
-    };
+    let (old, new) = config.masked(v);
     (
         StatusCode::OK,
         axum::Json(json!({
@@ -669,8 +666,8 @@ fn answer(config: &Config, v: &Version) -> Response {
             "version": v.version,
             "action": v.action,
             "key": v.key,
-            "old": mask(&v.old),
-            "new": mask(&v.new),
+            "old": old,
+            "new": new,
             "to": v.to,
         })),
     )

@@ -9,21 +9,6 @@ use tessera_testkit::{Options, System};
 
 const MOUSE: &str = "0190f000-0000-7000-8000-000000000005"; // 29.00 USD
 
-/// `tessera <args>` against the test system: (succeeded, stdout, stderr).
-fn tessera(sys: &System, args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(tessera_testkit::bin_dir().join("tessera"))
-        .arg("--manifest")
-        .arg(sys.dir.join("tessera.toml"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// The provider instance's address and PID.
 async fn provider(sys: &System) -> (String, String) {
     let instance = sys.registry().await.services["payment-provider"][0].clone();
@@ -116,16 +101,13 @@ async fn a_setting_changes_live_is_checked_first_and_rolls_back() {
 
     // Declines everything over 0.01: taken, applied within a second, and the next checkout
     // is declined by the same process.
-    let (ok, out, err) = tessera(
-        &sys,
-        &[
-            "config",
-            "set",
-            "payment-provider",
-            "PROVIDER_DECLINE_OVER",
-            "1",
-        ],
-    );
+    let (ok, out, err) = sys.cli(&[
+        "config",
+        "set",
+        "payment-provider",
+        "PROVIDER_DECLINE_OVER",
+        "1",
+    ]);
     assert!(ok, "{err}");
     assert!(
         out.contains("version 1") && out.contains("1000000 → 1"),
@@ -138,16 +120,13 @@ async fn a_setting_changes_live_is_checked_first_and_rolls_back() {
 
     // Values it cannot take: refused with the key and the reason, nothing changes.
     for (bad, why) in [("lots", "cannot parse"), ("-5", "must not be negative")] {
-        let (ok, _, err) = tessera(
-            &sys,
-            &[
-                "config",
-                "set",
-                "payment-provider",
-                "PROVIDER_DECLINE_OVER",
-                bad,
-            ],
-        );
+        let (ok, _, err) = sys.cli(&[
+            "config",
+            "set",
+            "payment-provider",
+            "PROVIDER_DECLINE_OVER",
+            bad,
+        ]);
         assert!(!ok, "{bad} taken");
         assert!(
             err.contains("PROVIDER_DECLINE_OVER") && err.contains(why),
@@ -155,21 +134,18 @@ async fn a_setting_changes_live_is_checked_first_and_rolls_back() {
         );
     }
     for (key, why) in [("TESSERA_LISTEN", "platform"), ("lower", "upper-case")] {
-        let (ok, _, err) = tessera(&sys, &["config", "set", "payment-provider", key, "1"]);
+        let (ok, _, err) = sys.cli(&["config", "set", "payment-provider", key, "1"]);
         assert!(!ok && err.contains(why), "{key}: {err}");
     }
     // A setting read only at start cannot change while the service runs.
-    let (ok, _, err) = tessera(
-        &sys,
-        &["config", "set", "auth", "AUTH_ISSUER", "someone-else"],
-    );
+    let (ok, _, err) = sys.cli(&["config", "set", "auth", "AUTH_ISSUER", "someone-else"]);
     assert!(
         !ok && err.contains("AUTH_ISSUER") && err.contains("only when the service starts"),
         "{err}"
     );
-    let (ok, _, err) = tessera(&sys, &["config", "set", "nobody", "A", "1"]);
+    let (ok, _, err) = sys.cli(&["config", "set", "nobody", "A", "1"]);
     assert!(!ok && err.contains("no service nobody"), "{err}");
-    let (_, got, _) = tessera(&sys, &["config", "get", "payment-provider"]);
+    let (_, got, _) = sys.cli(&["config", "get", "payment-provider"]);
     assert!(got.contains("version 1"), "{got}");
     assert!(
         got.contains("PROVIDER_DECLINE_OVER") && got.contains("(changed)"),
@@ -179,16 +155,13 @@ async fn a_setting_changes_live_is_checked_first_and_rolls_back() {
     assert_eq!(order_status(&sys, &token).await, "REJECTED");
 
     // A secret: taken, never shown, nor written in the log.
-    let (ok, out, err) = tessera(
-        &sys,
-        &[
-            "config",
-            "set",
-            "payment-provider",
-            "PROVIDER_API_TOKEN",
-            "s3cr3t-value",
-        ],
-    );
+    let (ok, out, err) = sys.cli(&[
+        "config",
+        "set",
+        "payment-provider",
+        "PROVIDER_API_TOKEN",
+        "s3cr3t-value",
+    ]);
     assert!(ok, "{err}");
     assert!(
         out.contains("******") && !out.contains("s3cr3t-value"),
@@ -205,7 +178,7 @@ async fn a_setting_changes_live_is_checked_first_and_rolls_back() {
     assert_eq!(seen["changes"]["PROVIDER_API_TOKEN"], "******", "{seen}");
 
     // Rolled back to before the first change: the manifest's value again.
-    let (ok, out, err) = tessera(&sys, &["config", "rollback", "payment-provider", "0"]);
+    let (ok, out, err) = sys.cli(&["config", "rollback", "payment-provider", "0"]);
     assert!(ok, "{err}");
     assert!(out.contains("version 3 restores version 0"), "{out}");
     applies(&sys, &address, 3).await;
@@ -213,7 +186,7 @@ async fn a_setting_changes_live_is_checked_first_and_rolls_back() {
     assert_eq!(provider(&sys).await.1, pid, "no restart");
 
     // Every version, who made it, and no secret.
-    let (ok, history, err) = tessera(&sys, &["config", "history", "payment-provider"]);
+    let (ok, history, err) = sys.cli(&["config", "history", "payment-provider"]);
     assert!(ok, "{err}");
     let lines: Vec<&str> = history.lines().collect();
     assert_eq!(lines.len(), 4, "{history}");
@@ -233,7 +206,7 @@ async fn a_setting_changes_live_is_checked_first_and_rolls_back() {
         !history.contains("s3cr3t-value") && history.contains("******"),
         "{history}"
     );
-    let (_, got, _) = tessera(&sys, &["config", "get", "payment-provider"]);
+    let (_, got, _) = sys.cli(&["config", "get", "payment-provider"]);
     assert!(!got.contains("s3cr3t-value"), "{got}");
 
     // Audited: who changed what, in the control plane's log; the secret nowhere.

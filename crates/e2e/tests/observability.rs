@@ -292,18 +292,9 @@ async fn a_checkout_is_one_trace_from_the_gateway_through_every_service_and_acro
 
     // The CLI draws the same trace as a waterfall with its log lines, and finds the line.
     let tessera = |args: &[&str]| {
-        let out = std::process::Command::new(tessera_testkit::bin_dir().join("tessera"))
-            .arg("--manifest")
-            .arg(sys.dir.join("tessera.toml"))
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        let (ok, out, err) = sys.cli(args);
+        assert!(ok, "{args:?}: {err}");
+        out
     };
     let drawn = tessera(&["trace", &trace_id]);
     for shown in [

@@ -452,6 +452,22 @@ consumes = ["catalog.events"]
         }
     }
 
+    /// `tessera <args>` against this system, as an operator types it: (succeeded, stdout,
+    /// stderr).
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(bin_dir().join("tessera"))
+            .arg("--manifest")
+            .arg(self.dir.join("tessera.toml"))
+            .args(args)
+            .output()
+            .expect("the tessera binary runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
