@@ -92,6 +92,11 @@ impl Telemetry {
             series: metrics::Shared::default(),
             system,
         };
+        // Pruned once before the store answers anything, so that what retention no longer
+        // keeps is never served after a restart; then every 30 s.
+        if let Err(e) = telemetry.prune(retention).await {
+            tracing::warn!(error = %e, "cannot prune the telemetry store; trying again later");
+        }
         tokio::spawn(retention::run(
             telemetry.clone(),
             retention,

@@ -28,10 +28,10 @@ impl Default for Retention {
 
 pub(super) async fn run(telemetry: Telemetry, retention: Retention, every: Duration) {
     loop {
+        tokio::time::sleep(every).await;
         if let Err(e) = telemetry.prune(retention).await {
             tracing::warn!(error = %e, "cannot prune the telemetry store; trying again later");
         }
-        tokio::time::sleep(every).await;
     }
 }
 
