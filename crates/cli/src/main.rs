@@ -11,6 +11,7 @@ mod nats;
 mod output;
 mod postgres;
 mod redis;
+mod reload;
 mod supervisor;
 mod telemetry;
 mod tls;
@@ -103,6 +104,8 @@ enum Command {
     /// `gateway`, `service:<name>`, …) as `KEY='value'` lines: to start it by other means, on
     /// another host for one (its certificate and key files are paths in the state directory).
     Env { principal: String },
+    /// Reload every gateway's routes from the manifest, without a restart (`docs/gateway.md`).
+    Reload,
     /// The services' settings while they run: read, change, undo (`docs/config.md`).
     Config {
         #[command(subcommand)]
@@ -231,6 +234,7 @@ fn main() -> anyhow::Result<()> {
                 up::run(&cli.manifest, manifest, no_build, database, engines).await
             }
             Command::Config { command } => config::run(&manifest, &state_dir, command).await,
+            Command::Reload => reload::run(&manifest, &state_dir).await,
             Command::Nats {
                 command: NatsCommand::Config { listen, store },
             } => {
@@ -359,6 +363,7 @@ fn main() -> anyhow::Result<()> {
                         )),
                         Err(_) => None,
                     },
+                    gateways: gateway_admins(&manifest),
                     config_base: manifest
                         .services
                         .iter()
@@ -379,7 +384,12 @@ fn main() -> anyhow::Result<()> {
                     Ok(i) => i.parse().context(GATEWAY_INDEX_ENV)?,
                     Err(_) => 0,
                 };
-                let manifest = manifest.gateway_replica(index);
+                // Read again with its text: what a reload compares the file with.
+                let manifest_path = cli.manifest.canonicalize()?;
+                let manifest_text = std::fs::read_to_string(&manifest_path)?;
+                let manifest = Manifest::parse(&manifest_text)
+                    .map_err(|e| anyhow::anyhow!("{}{e}", manifest_path.display()))?
+                    .gateway_replica(index);
                 tessera::log::init("gateway", &format!("gateway-{index}"));
                 tessera::admin::Process::init(
                     &format!("gateway-{index}"),
@@ -437,6 +447,11 @@ fn main() -> anyhow::Result<()> {
                     manifest,
                     passport_keys,
                     certificates,
+                    source: Some(tessera_gateway::Source {
+                        path: manifest_path,
+                        text: manifest_text,
+                        replica: index,
+                    }),
                 };
                 let listeners = tessera_gateway::Listeners {
                     plain: listener,
@@ -457,16 +472,12 @@ fn main() -> anyhow::Result<()> {
 /// The processes of the platform the control plane scrapes that do not register: each
 /// gateway (its admin listener) and the control plane itself.
 fn scraped_platform(manifest: &Manifest) -> Vec<tessera_control::telemetry::metrics::Target> {
-    let mut out: Vec<_> = (0..manifest.gateway.replicas.max(1))
-        .map(|i| tessera_control::telemetry::metrics::Target {
+    let mut out: Vec<_> = gateway_admins(manifest)
+        .into_iter()
+        .map(|g| tessera_control::telemetry::metrics::Target {
             service: "gateway".into(),
-            instance: format!("gateway-{i}"),
-            address: manifest
-                .clone()
-                .gateway_replica(i)
-                .gateway
-                .admin_listen
-                .to_string(),
+            instance: g.id,
+            address: g.address,
         })
         .collect();
     out.push(tessera_control::telemetry::metrics::Target {
@@ -475,6 +486,21 @@ fn scraped_platform(manifest: &Manifest) -> Vec<tessera_control::telemetry::metr
         address: manifest.control.listen.to_string(),
     });
     out
+}
+
+/// Each gateway the manifest runs (`gateway-<i>`), at its admin listener.
+fn gateway_admins(manifest: &Manifest) -> Vec<tessera_control::gateways::GatewayAdmin> {
+    (0..manifest.gateway.replicas.max(1))
+        .map(|i| tessera_control::gateways::GatewayAdmin {
+            id: format!("gateway-{i}"),
+            address: manifest
+                .clone()
+                .gateway_replica(i)
+                .gateway
+                .admin_listen
+                .to_string(),
+        })
+        .collect()
 }
 
 /// What each service may do on the control plane, from what the manifest declares.

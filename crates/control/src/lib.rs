@@ -13,6 +13,7 @@ pub mod auth;
 pub mod config;
 pub mod console;
 pub mod events;
+pub mod gateways;
 pub mod operate;
 pub mod policy;
 pub mod registry;
@@ -74,6 +75,8 @@ pub struct ControlConfig {
     /// Each service's settings as the manifest gives them: what `tessera config` changes on
     /// top of.
     pub config_base: std::collections::BTreeMap<String, config::Base>,
+    /// The manifest's gateways, at their admin listeners (`tessera reload`).
+    pub gateways: Vec<gateways::GatewayAdmin>,
 }
 
 /// The control plane's HTTP API: the registry, the log and the collector behind the credential
@@ -84,6 +87,7 @@ pub fn router(
     telemetry: telemetry::Telemetry,
     sagas: sagas::Sagas,
     config: config::Config,
+    gateways: gateways::Gateways,
     keys: Arc<ControlKeys>,
     policy: Arc<Policy>,
 ) -> Router {
@@ -92,7 +96,8 @@ pub fn router(
             .merge(events::api::routes(log))
             .merge(telemetry::routes(telemetry))
             .merge(sagas::routes(sagas))
-            .merge(config::routes(config)),
+            .merge(config::routes(config))
+            .merge(gateways::routes(gateways)),
         keys,
         policy,
     )
@@ -294,6 +299,7 @@ pub async fn serve(
     .await?;
     let operator = operate::Operator::new(config.passport_keys);
     let sagas = sagas::Sagas::new(registry.clone(), operator.clone());
+    let gateways = gateways::Gateways::new(config.gateways, operator.clone());
     let settings = config::Config::open(
         &config.data_dir,
         config.config_base,
@@ -306,6 +312,7 @@ pub async fn serve(
         telemetry,
         sagas,
         settings,
+        gateways,
         config.keys,
         config.policy,
     );

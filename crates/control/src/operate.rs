@@ -50,6 +50,37 @@ impl Operator {
         instance: &Instance,
         call: Call<'_, Q>,
     ) -> Result<(StatusCode, Value), ApiError> {
+        let (http, base) = client_for(instance)?;
+        self.send(caller, &instance.id, http, &base, call).await
+    }
+
+    /// Calls `call.path` on a gateway's admin listener (`address`, plain HTTP: it serves no
+    /// TLS, and is bound where only the system's hosts reach it) as `caller`.
+    pub async fn call_gateway<Q: serde::Serialize>(
+        &self,
+        caller: &Caller,
+        gateway: &str,
+        address: &str,
+        call: Call<'_, Q>,
+    ) -> Result<(StatusCode, Value), ApiError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(5))
+            .build()
+            .map_err(ApiError::internal)?;
+        self.send(caller, gateway, http, &format!("http://{address}"), call)
+            .await
+    }
+
+    /// Sends `call` with a passport minted for `caller` to `base` (process `id`).
+    async fn send<Q: serde::Serialize>(
+        &self,
+        caller: &Caller,
+        id: &str,
+        http: reqwest::Client,
+        base: &str,
+        call: Call<'_, Q>,
+    ) -> Result<(StatusCode, Value), ApiError> {
         let keys = self.keys.as_ref().ok_or_else(|| {
             ApiError::unavailable("the control plane has no passport keys (TESSERA_PASSPORT_KEYS)")
         })?;
@@ -60,10 +91,9 @@ impl Operator {
         let subject = caller.principal.to_string();
         let trace = TraceContext::new_root();
         let minted = keys.mint_header(passport::CONTROL_ISSUER, &subject, &roles, None, &trace);
-        let (http, base) = client_for(instance)?;
         let unreachable = |e: reqwest::Error| {
-            tracing::info!(error = %e, instance = %instance.id, path = call.path, "a service did not answer the control plane");
-            ApiError::unavailable(format!("{} did not answer", instance.id))
+            tracing::info!(error = %e, instance = %id, path = call.path, "a process did not answer the control plane");
+            ApiError::unavailable(format!("{id} did not answer"))
         };
         let mut request = http.request(call.method, format!("{base}{}", call.path));
         if let Some(query) = call.query {
@@ -82,13 +112,10 @@ impl Operator {
             StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
         let body = resp.bytes().await.map_err(unreachable)?;
         if body.len() > MAX_ANSWER_BYTES {
-            return Err(ApiError::unavailable(format!(
-                "{} answered too much",
-                instance.id
-            )));
+            return Err(ApiError::unavailable(format!("{id} answered too much")));
         }
         let value = serde_json::from_slice(&body).map_err(|_| {
-            ApiError::unavailable(format!("{} answered something else than JSON", instance.id))
+            ApiError::unavailable(format!("{id} answered something else than JSON"))
         })?;
         Ok((status, value))
     }

@@ -49,6 +49,7 @@ impl Control {
             principals: Vec::new(),
             passport_keys: None,
             config_base: Default::default(),
+            gateways: Vec::new(),
         };
         tokio::spawn(tessera_control::serve(
             listener,

@@ -303,6 +303,7 @@ async fn the_control_planes_registry_api_stands_in_front_of_etcd() {
         principals: Vec::new(),
         passport_keys: None,
         config_base: Default::default(),
+        gateways: Vec::new(),
     };
     tokio::spawn(tessera_control::serve(
         listener,

@@ -110,6 +110,7 @@ impl Harness {
             principals: Vec::new(), // no mutual TLS here
             passport_keys: None,
             config_base: Default::default(),
+            gateways: Vec::new(),
             // The ledger publishes its events; the auditor reads them.
             policy: Arc::new(tessera_control::Policy::new([
                 (

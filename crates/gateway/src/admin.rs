@@ -1,5 +1,10 @@
-//! The gateway's admin listener: `/metrics`, `/status/resilience` and `/status/process`, on an address of their
-//! own (`gateway.admin_listen`, loopback by default), and `/health/*` there too.
+//! The gateway's admin listener: `/metrics`, `/status/resilience`, `/status/routes` (the route
+//! table in force) and `/status/process`, on an address of their own (`gateway.admin_listen`, loopback by default), `/health/*` there too, and
+//! `POST /admin/reload` (`reload.rs`).
+//!
+//! Reading is open to whoever reaches the listener; reloading is not, wherever it is bound:
+//! it takes a passport the control plane minted for the system's admin (`tessera reload`
+//! goes through the control plane), verified with the system's passport keys.
 //!
 //! What they tell (the upstreams, their breakers and instances, request counts per route) is
 //! for the operator, not for whoever can reach the public port; a separate listener keeps
@@ -16,8 +21,11 @@ use bytes::Bytes;
 use http::StatusCode;
 use tessera::TraceContext;
 
+use tessera::passport;
+
 use crate::envelope;
 use crate::proxy::Gateway;
+use crate::reload::Reloader;
 use crate::server::{self, HeaderBuf, Request};
 use crate::wrap;
 
@@ -27,6 +35,8 @@ const MAX_CONNECTIONS: usize = 64;
 /// Answers the admin endpoints from the gateway's state.
 pub struct Admin {
     pub gateway: Arc<Gateway>,
+    /// None: the gateway was not started from a manifest file, and has nothing to reload.
+    pub reloader: Option<Arc<Reloader>>,
 }
 
 impl Admin {
@@ -65,6 +75,11 @@ impl server::Handler for Admin {
                     Bytes::from(self.gateway.resilience_status()),
                 )
             }
+            "/status/routes" => {
+                headers.push(b"content-type", wrap::JSON);
+                let routes = self.gateway.routes.load().status();
+                (StatusCode::OK, Bytes::from(routes.to_string()))
+            }
             "/health/live" | "/health/ready" => {
                 headers.push(b"content-type", wrap::JSON);
                 (
@@ -72,10 +87,11 @@ impl server::Handler for Admin {
                     Bytes::from_static(b"{\"status\":\"ready\"}"),
                 )
             }
+            "/admin/reload" => self.reload(req, headers).await,
             _ => {
                 let body = self.error(
                     "route_not_found",
-                    "the admin listener serves /metrics, /status/resilience, /status/process and /health/*",
+                    "the admin listener serves /metrics, /status/resilience, /status/routes, /status/process, /health/* and /admin/reload",
                     headers,
                 );
                 (StatusCode::NOT_FOUND, body)
@@ -98,6 +114,52 @@ impl server::Handler for Admin {
 }
 
 impl Admin {
+    /// `POST /admin/reload`, for the control plane's admin passport only.
+    async fn reload(&self, req: &Request<'_>, headers: &mut HeaderBuf) -> (StatusCode, Bytes) {
+        if req.method != http::Method::POST {
+            let body = self.error("method_not_allowed", "reload with POST", headers);
+            return (StatusCode::METHOD_NOT_ALLOWED, body);
+        }
+        let passport = req
+            .fields
+            .get_str(passport::HEADER)
+            .map(|p| self.gateway.forwarder.keys.verify(p));
+        match passport {
+            Some(Ok(p)) if p.iss == passport::CONTROL_ISSUER && p.has_role("admin") => {}
+            Some(Ok(_)) => {
+                let body = self.error(
+                    "forbidden",
+                    "reloading is for the system's admin, through the control plane",
+                    headers,
+                );
+                return (StatusCode::FORBIDDEN, body);
+            }
+            _ => {
+                let body = self.error("unauthenticated", "a valid passport is required", headers);
+                return (StatusCode::UNAUTHORIZED, body);
+            }
+        }
+        let Some(reloader) = &self.reloader else {
+            let body = self.error(
+                "not_found",
+                "this gateway was not started from a manifest file",
+                headers,
+            );
+            return (StatusCode::NOT_FOUND, body);
+        };
+        match reloader.reload().await {
+            Ok(reloaded) => {
+                headers.push(b"content-type", wrap::JSON);
+                let body = serde_json::to_vec(&reloaded).unwrap_or_default();
+                (StatusCode::OK, Bytes::from(body))
+            }
+            Err(why) => {
+                let body = self.error("invalid_manifest", &why, headers);
+                (StatusCode::UNPROCESSABLE_ENTITY, body)
+            }
+        }
+    }
+
     fn error(&self, code: &str, message: &str, headers: &mut HeaderBuf) -> Bytes {
         let trace = TraceContext::new_root();
         let mut trace_id = [0u8; 32];
@@ -119,25 +181,83 @@ mod tests {
     use crate::server::Handler;
     use crate::testing::{self, Head};
 
+    /// The admin listener of a gateway with one route, to `shop`, and nothing to reload.
+    fn admin() -> Admin {
+        let routes = RouteTable::new(&[tessera_manifest::Route {
+            prefix: "/api".into(),
+            service: "shop".into(),
+            auth: tessera_manifest::AuthMode::Public,
+            roles: vec![],
+            rate_limit: None,
+            fallback: None,
+            websocket: false,
+            grpc: false,
+        }]);
+        Admin {
+            gateway: Arc::new(testing::gateway(routes)),
+            reloader: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn reloading_takes_the_control_planes_passport_for_the_admin() {
+        let admin = admin();
+        let keys = testing::passport_keys();
+        let trace = TraceContext::new_root();
+        let mint = |issuer: &str, roles: &[&str]| {
+            let roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
+            format!(
+                "x-passport: {}",
+                keys.mint_header(issuer, "admin", &roles, None, &trace)
+                    .to_str()
+                    .unwrap()
+            )
+        };
+        let gateways = mint("tessera-gateway", &["admin"]);
+        let system = mint(passport::CONTROL_ISSUER, &["system"]);
+        let admins = mint(passport::CONTROL_ISSUER, &["admin"]);
+        for (method, fields, status, code) in [
+            (Method::POST, vec![], 401, "unauthenticated"),
+            (
+                Method::POST,
+                vec!["x-passport: forged.x.y"],
+                401,
+                "unauthenticated",
+            ),
+            // A user with the shop's admin role, through the gateway: not the platform's.
+            (Method::POST, vec![gateways.as_str()], 403, "forbidden"),
+            (Method::POST, vec![system.as_str()], 403, "forbidden"),
+            (
+                Method::GET,
+                vec![admins.as_str()],
+                405,
+                "method_not_allowed",
+            ),
+            // Allowed, and nothing to reload: started without a manifest file.
+            (Method::POST, vec![admins.as_str()], 404, "not_found"),
+        ] {
+            let head = Head::request(&fields);
+            let req = head.to(method, "/admin/reload", b"");
+            let mut headers = HeaderBuf::default();
+            let (got, body, ()) = admin.handle(&req, &mut headers).await;
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(
+                (got.as_u16(), body["error"]["code"].as_str()),
+                (status, Some(code)),
+                "{fields:?}: {body}"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn answers_metrics_status_and_health_and_nothing_else() {
         tessera::metrics::handle();
-        let admin = Admin {
-            gateway: Arc::new(Gateway {
-                routes: RouteTable::new(&[]),
-                tokens: None,
-                revoke_for: Duration::from_secs(60),
-                forwarder: testing::forwarder("shop", "127.0.0.1:9"),
-                tunnel_idle: Duration::from_secs(60),
-                tunnel_max: Duration::from_secs(600),
-                streams: Default::default(),
-                shared: None,
-            }),
-        };
+        let admin = admin();
         let head = Head::request(&[]);
         for (path, status, contains) in [
             ("/metrics", 200, ""),
             ("/status/resilience", 200, "\"shop\""),
+            ("/status/routes", 200, "\"prefix\":\"/api\""),
             ("/health/ready", 200, "ready"),
             ("/api/x", 404, "route_not_found"),
         ] {

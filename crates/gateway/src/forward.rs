@@ -12,12 +12,11 @@
 //! `Upgrade` (hop-by-hop fields, dropped otherwise) on a connection of its own; an instance's
 //! `101` hands that connection over, and the server splices it with the client's.
 //!
-//! The call itself goes through the service's [`Upstream`]: breaker, bulkhead, balancer and
+//! The call itself goes through the service's [`Upstream`](crate::upstream::Upstream): breaker, bulkhead, balancer and
 //! retries within a budget (`upstream.rs`), which is also what decides that a request may be
 //! sent twice. Each way the call can fail has one fixed answer ([`refusal`]); what went wrong
 //! goes to the log with the request's trace id, never to the client.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,14 +32,12 @@ use crate::pool::{Outgoing, Pool};
 use crate::routes::CompiledRoute;
 use crate::server::{BodyError, Request};
 use crate::tokens::Verified;
-use crate::upstream::{CallFailure, Exchange, Upstream};
+use crate::upstream::{CallFailure, Exchange};
 
 pub(crate) const ISSUER: &str = "tessera-gateway";
 
 /// What sending a request on takes.
 pub struct Forwarder {
-    /// By service name.
-    pub upstreams: HashMap<String, Arc<Upstream>>,
     pub discovery: Discovery,
     pub keys: PassportKeys,
     pub pool: Pool,
@@ -61,10 +58,7 @@ impl Forwarder {
         caller: Option<&Verified>,
         trace: &TraceContext,
     ) -> Result<Exchange, CallFailure> {
-        let upstream = self
-            .upstreams
-            .get(&route.service)
-            .ok_or(CallFailure::NoInstance)?;
+        let upstream = &route.upstream;
         let instances = self
             .discovery
             .instances(&route.service)

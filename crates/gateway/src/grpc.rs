@@ -122,7 +122,7 @@ impl Retryable for Attempt {
 
 impl Streaming for Gateway {
     fn streams(&self, path: &str) -> bool {
-        matches!(self.routes.find(path), Ok(Some(route)) if route.grpc)
+        matches!(self.routes.load().find(path), Ok(Some(route)) if route.grpc)
     }
 
     async fn stream<'a>(
@@ -144,7 +144,8 @@ impl Streaming for Gateway {
         let mut span = Span::open(&trace, parent.map(|p| p.span_id), "grpc", Kind::Server);
         let mut hex = [0u8; 32];
         let trace_id = tessera::trace::hex(&trace.trace_id, &mut hex).to_string();
-        let route = self.routes.find(req.path).ok().flatten();
+        let table = self.routes.load_full();
+        let route = table.find(req.path).ok().flatten();
         let answer = match route {
             Some(route) => self.call(route, &req, parts, body, &trace).await,
             None => Err(GatewayError::ROUTE_NOT_FOUND),
@@ -206,10 +207,7 @@ impl Gateway {
         authorize::check(route, caller)?;
 
         let forwarder = &self.forwarder;
-        let upstream = forwarder
-            .upstreams
-            .get(&route.service)
-            .ok_or(forward::refusal(crate::upstream::CallFailure::NoInstance))?;
+        let upstream = &route.upstream;
         let instances = forwarder
             .discovery
             .instances(&route.service)

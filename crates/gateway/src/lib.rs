@@ -21,6 +21,7 @@ pub mod grpc;
 pub mod limit;
 pub mod listen;
 pub mod proxy;
+pub mod reload;
 pub mod routes;
 #[cfg(test)]
 mod testing;
@@ -65,6 +66,17 @@ pub struct GatewayConfig {
     /// The HTTPS listener's certificates (`gateway.tls`, paths resolved), the first the
     /// default; empty when HTTPS is off.
     pub certificates: Vec<tessera_tls::CertificateFiles>,
+    /// The manifest's file, to reload the routes from (`reload.rs`); none: they stay.
+    pub source: Option<Source>,
+}
+
+/// Where the gateway's manifest came from.
+pub struct Source {
+    pub path: std::path::PathBuf,
+    /// The text `manifest` was parsed from.
+    pub text: String,
+    /// Which of `gateway.replicas` this gateway is.
+    pub replica: u32,
 }
 
 /// The sockets the gateway serves on, bound by its caller.
@@ -138,11 +150,10 @@ pub async fn serve(
     });
 
     let gateway = Arc::new(Gateway {
-        routes: RouteTable::new(&manifest.routes),
+        routes: arc_swap::ArcSwap::from_pointee(RouteTable::from_manifest(manifest, None)),
         tokens,
         revoke_for: Duration::from_secs(24 * 3600),
         forwarder: Forwarder {
-            upstreams: upstream::build(manifest),
             discovery: discovery.clone(),
             keys,
             pool: Pool::new(256, Duration::from_secs(1)),
@@ -176,12 +187,29 @@ pub async fn serve(
         max_body: manifest.gateway.max_body_bytes,
         max_connections: manifest.gateway.max_connections,
     };
+    let reloader = config.source.map(|source| {
+        Arc::new(reload::Reloader::new(
+            gateway.clone(),
+            source.path,
+            source.replica,
+            manifest.clone(),
+            source.text,
+        ))
+    });
+    if let Some(reloader) = &reloader
+        && manifest.gateway.reload_watch_ms > 0
+    {
+        reloader
+            .clone()
+            .spawn_watch(Duration::from_millis(manifest.gateway.reload_watch_ms));
+    }
     let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
     let admin_address = admin.local_addr()?;
     let admin = tokio::spawn(server::serve(
         admin,
         Arc::new(admin::Admin {
             gateway: gateway.clone(),
+            reloader,
         }),
         admin::Admin::limits(&limits),
         async move {

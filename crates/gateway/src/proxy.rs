@@ -17,6 +17,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::StatusCode;
 use tessera::TraceContext;
@@ -31,7 +32,9 @@ use crate::upstream::{CallFailure, Exchange};
 use crate::{authenticate, authorize, envelope, forward, limit, wrap};
 
 pub struct Gateway {
-    pub routes: RouteTable,
+    /// The routes and their upstreams, swapped whole by a reload (`reload.rs`): a request
+    /// takes the table in force when it arrives and keeps it to its end.
+    pub routes: ArcSwap<RouteTable>,
     pub tokens: Option<Arc<TokenVerifier>>,
     /// The longest a revoked session's tokens can live (the token service's access TTL, or a
     /// safe bound), for revocations that arrive by header.
@@ -58,21 +61,21 @@ struct Forwarded {
 }
 
 /// A proxied request's access record, logged and counted once its answer is written.
-pub struct Access<'a> {
-    route: Option<&'a str>,
+pub struct Access {
+    route: Option<Arc<str>>,
     upstream: Option<String>,
     trace_id: [u8; 32],
     tunnel: Option<Tunnel>,
 }
 
 impl crate::server::Handler for Gateway {
-    type Done<'a> = Option<Access<'a>>;
+    type Done<'a> = Option<Access>;
 
     async fn handle<'a>(
         &'a self,
         req: &'a Request<'a>,
         headers: &mut HeaderBuf,
-    ) -> (StatusCode, Bytes, Option<Access<'a>>) {
+    ) -> (StatusCode, Bytes, Option<Access>) {
         match req.path {
             "/health/live" | "/health/ready" => {
                 headers.push(b"content-type", wrap::JSON);
@@ -89,17 +92,17 @@ impl crate::server::Handler for Gateway {
         }
     }
 
-    fn tunnel(&self, access: &mut Option<Access<'_>>) -> Option<Tunnel> {
+    fn tunnel(&self, access: &mut Option<Access>) -> Option<Tunnel> {
         access.as_mut()?.tunnel.take()
     }
 
     /// The access log line and the request metrics, once the answer is written: the time
     /// they take is not added to the client's.
-    fn done(&self, req: &Request<'_>, status: StatusCode, access: Option<Access<'_>>) {
+    fn done(&self, req: &Request<'_>, status: StatusCode, access: Option<Access>) {
         let Some(access) = access else { return };
         let elapsed = req.start.elapsed();
         tessera::metrics::record_request(
-            access.route.unwrap_or("unrouted"),
+            access.route.as_deref().unwrap_or("unrouted"),
             req.method.as_str(),
             status.as_u16(),
             elapsed,
@@ -137,11 +140,11 @@ impl crate::server::Handler for Gateway {
 
 impl Gateway {
     /// Routes and passes one request through the stages; what to log of it comes back too.
-    async fn proxy<'a>(
-        &'a self,
+    async fn proxy(
+        &self,
         req: &Request<'_>,
         headers: &mut HeaderBuf,
-    ) -> (StatusCode, Bytes, Access<'a>) {
+    ) -> (StatusCode, Bytes, Access) {
         // A client's trace is continued, but it may only turn sampling down: the system's
         // share applies to its traces too (a client cannot make every request recorded).
         let parent = req
@@ -158,7 +161,8 @@ impl Gateway {
         let mut trace_hex = [0u8; 32];
         let trace_id = tessera::trace::hex(&trace.trace_id, &mut trace_hex);
         let traceparent = trace.header_value();
-        let route = self.routes.find(req.path);
+        let table = self.routes.load_full();
+        let route = table.find(req.path);
         let answer = match route {
             Err(NotNormal) => Err(GatewayError::PATH_NOT_NORMAL),
             Ok(None) => Err(GatewayError::ROUTE_NOT_FOUND),
@@ -170,12 +174,12 @@ impl Gateway {
         };
         headers.push(b"traceparent", traceparent.as_bytes());
         headers.push(b"x-trace-id", trace_id.as_bytes());
+        let label = route.ok().flatten().map(|r| r.label.clone());
         if span.is_recording() {
-            let route = route.as_ref().ok().copied().flatten();
-            match route {
-                Some(r) => {
-                    span.name_pair(&req.method, r.label.clone());
-                    span.set("http.route", &r.label);
+            match &label {
+                Some(label) => {
+                    span.name_pair(&req.method, label.clone());
+                    span.set("http.route", label);
                 }
                 None => span.name_pair(&req.method, "(no route)"),
             }
@@ -188,7 +192,7 @@ impl Gateway {
         }
         drop(span);
         let access = Access {
-            route: route.ok().flatten().map(|r| r.prefix.as_str()),
+            route: label,
             upstream,
             trace_id: trace_hex,
             tunnel,
@@ -274,9 +278,9 @@ impl Gateway {
 impl Gateway {
     /// Every upstream's breaker state and bulkhead use, as JSON.
     pub fn resilience_status(&self) -> String {
-        let upstreams: serde_json::Map<String, serde_json::Value> = self
-            .forwarder
-            .upstreams
+        let table = self.routes.load();
+        let upstreams: serde_json::Map<String, serde_json::Value> = table
+            .upstreams()
             .iter()
             .map(|(name, u)| (name.clone(), u.status()))
             .collect();
@@ -297,7 +301,7 @@ mod tests {
     /// A gateway with `routes` to one service, `shop`, at `address`.
     fn gateway(routes: &[Route], address: &str) -> Gateway {
         Gateway {
-            routes: RouteTable::new(routes),
+            routes: ArcSwap::from_pointee(RouteTable::new(routes)),
             // The shop issues the tokens here: its answers may end sessions.
             tokens: Some(testing::verifier_for("shop")),
             revoke_for: Duration::from_secs(60),
@@ -347,9 +351,10 @@ mod tests {
         assert!(fields.contains("traceparent: 00-"), "{fields}");
         let upstream = access.upstream.clone();
         assert_eq!(
-            access.route,
+            access.route.as_deref(),
             gateway
                 .routes
+                .load()
                 .find(path)
                 .ok()
                 .flatten()
@@ -501,7 +506,8 @@ mod tests {
         };
         for (route, fallback) in [(with_fallback, true), (shop(AuthMode::Public, &[]), false)] {
             let gateway = gateway(&[route], "127.0.0.1:9");
-            let upstream = &gateway.forwarder.upstreams["shop"];
+            let table = gateway.routes.load();
+            let upstream = &table.upstreams()["shop"];
             for _ in 0..20 {
                 upstream
                     .guard()

@@ -12,21 +12,28 @@
 //! for `l`, §2.3) is matched as that character. The path goes upstream as it was sent. The
 //! check is a scan of the path in place, and a path without `%` is matched as before.
 
-use tessera::resilience::RateLimiter;
-use tessera_manifest::{AuthMode, Fallback, Route};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tessera::resilience::{RateLimit, RateLimiter};
+use tessera_manifest::{AuthMode, Fallback, Manifest, Resilience, Route};
 use tessera_shared::SharedLimit;
+
+use crate::upstream::Upstream;
 
 /// A route ready for matching.
 pub struct CompiledRoute {
     /// Without a trailing slash.
     pub prefix: String,
     /// The prefix again, shared: what the request's span names without copying it.
-    pub label: std::sync::Arc<str>,
+    pub label: Arc<str>,
     pub service: String,
+    /// The service's guard (breaker, bulkhead, retries), shared by every route to it.
+    pub upstream: Arc<Upstream>,
     pub auth: AuthMode,
     pub roles: Vec<String>,
-    pub per_ip: Option<RateLimiter>,
-    pub per_user: Option<RateLimiter>,
+    pub per_ip: Option<Arc<RateLimiter>>,
+    pub per_user: Option<Arc<RateLimiter>>,
     /// The same limits counted on Redis, across every gateway (`limit.rs`).
     pub shared_per_ip: Option<SharedLimit>,
     pub shared_per_user: Option<SharedLimit>,
@@ -37,49 +44,137 @@ pub struct CompiledRoute {
     pub grpc: bool,
 }
 
+/// The routes and the upstreams behind them: what a reload (`reload.rs`) swaps whole.
 #[derive(Default)]
 pub struct RouteTable {
     /// Longest prefix first.
     routes: Vec<CompiledRoute>,
+    /// By service name.
+    upstreams: BTreeMap<String, Arc<Upstream>>,
+    /// How many reloads made it (0: the table of the start).
+    pub version: u64,
 }
 
 impl RouteTable {
+    /// The table of `routes`, every upstream with the default resilience settings.
     pub fn new(routes: &[Route]) -> Self {
-        let mut routes: Vec<CompiledRoute> = routes
+        Self::build(routes, &Resilience::default(), &BTreeMap::new(), None)
+    }
+
+    /// The manifest's table; what stays the same as in `previous` keeps its state.
+    pub fn from_manifest(manifest: &Manifest, previous: Option<&RouteTable>) -> Self {
+        Self::build(
+            &manifest.routes,
+            &manifest.gateway.resilience,
+            &manifest.gateway.upstreams,
+            previous,
+        )
+    }
+
+    /// The table of `routes`, each service's upstream guarded by its entry in `per_service`
+    /// or by `resilience`. Taken over from `previous`, where their settings are unchanged: an
+    /// upstream (its breaker's state, its calls in flight, its retry budget) and a route's
+    /// rate limiters (the buckets clients have drained), so that a reload neither forgives a
+    /// caller over its limit nor closes a breaker that is open.
+    pub fn build(
+        routes: &[Route],
+        resilience: &Resilience,
+        per_service: &BTreeMap<String, Resilience>,
+        previous: Option<&RouteTable>,
+    ) -> Self {
+        let mut upstreams: BTreeMap<String, Arc<Upstream>> = BTreeMap::new();
+        for route in routes {
+            if upstreams.contains_key(&route.service) {
+                continue;
+            }
+            let config = per_service.get(&route.service).unwrap_or(resilience);
+            let upstream = previous
+                .and_then(|p| p.upstreams.get(&route.service))
+                .filter(|u| u.config() == config)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(Upstream::new(&route.service, config)));
+            upstreams.insert(route.service.clone(), upstream);
+        }
+        let mut compiled: Vec<CompiledRoute> = routes
             .iter()
-            .map(|r| CompiledRoute {
-                prefix: r.prefix.trim_end_matches('/').to_string(),
-                label: std::sync::Arc::from(r.prefix.trim_end_matches('/')),
-                service: r.service.clone(),
-                auth: r.auth,
-                roles: r.roles.clone(),
-                per_ip: r
-                    .rate_limit
-                    .as_ref()
-                    .and_then(|l| l.per_ip.clone())
-                    .map(RateLimiter::new),
-                shared_per_ip: r
-                    .rate_limit
-                    .as_ref()
-                    .and_then(|l| l.per_ip.as_ref())
-                    .map(SharedLimit::new),
-                shared_per_user: r
-                    .rate_limit
-                    .as_ref()
-                    .and_then(|l| l.per_user.as_ref())
-                    .map(SharedLimit::new),
-                per_user: r
-                    .rate_limit
-                    .as_ref()
-                    .and_then(|l| l.per_user.clone())
-                    .map(RateLimiter::new),
-                fallback: r.fallback.clone(),
-                websocket: r.websocket,
-                grpc: r.grpc,
+            .map(|r| {
+                let prefix = r.prefix.trim_end_matches('/');
+                let before = previous.and_then(|p| p.routes.iter().find(|o| o.prefix == prefix));
+                let limits = r.rate_limit.as_ref();
+                let per_ip = limits.and_then(|l| l.per_ip.as_ref());
+                let per_user = limits.and_then(|l| l.per_user.as_ref());
+                CompiledRoute {
+                    prefix: prefix.to_string(),
+                    label: Arc::from(prefix),
+                    service: r.service.clone(),
+                    upstream: upstreams[&r.service].clone(),
+                    auth: r.auth,
+                    roles: r.roles.clone(),
+                    per_ip: limiter(per_ip, before.and_then(|b| b.per_ip.as_ref())),
+                    per_user: limiter(per_user, before.and_then(|b| b.per_user.as_ref())),
+                    shared_per_ip: per_ip.map(SharedLimit::new),
+                    shared_per_user: per_user.map(SharedLimit::new),
+                    fallback: r.fallback.clone(),
+                    websocket: r.websocket,
+                    grpc: r.grpc,
+                }
             })
             .collect();
-        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
-        Self { routes }
+        compiled.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        Self {
+            routes: compiled,
+            upstreams,
+            version: 0,
+        }
+    }
+
+    /// Every upstream, by service name.
+    pub fn upstreams(&self) -> &BTreeMap<String, Arc<Upstream>> {
+        &self.upstreams
+    }
+
+    /// The table in force, for the operator (`/status/routes`).
+    pub fn status(&self) -> serde_json::Value {
+        let limit = |l: &Option<Arc<RateLimiter>>| {
+            l.as_ref().map(|l| {
+                let l = l.limit();
+                serde_json::json!({
+                    "requests": l.requests,
+                    "per_seconds": l.per.as_secs_f64(),
+                    "burst": l.burst,
+                })
+            })
+        };
+        let routes: Vec<serde_json::Value> = self
+            .routes
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "prefix": if r.prefix.is_empty() { "/" } else { r.prefix.as_str() },
+                    "service": r.service,
+                    "auth": match r.auth {
+                        AuthMode::Public => "public",
+                        AuthMode::Required => "required",
+                    },
+                    "roles": r.roles,
+                    "per_ip": limit(&r.per_ip),
+                    "per_user": limit(&r.per_user),
+                    "fallback": r.fallback.is_some(),
+                    "websocket": r.websocket,
+                    "grpc": r.grpc,
+                })
+            })
+            .collect();
+        serde_json::json!({ "version": self.version, "routes": routes })
+    }
+
+    /// How many routes there are.
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
     }
 
     /// The route of `path` (origin form, without the query), if any; a path that is not in
@@ -95,6 +190,18 @@ impl RouteTable {
             };
             rest.is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || r.prefix.is_empty())
         }))
+    }
+}
+
+/// A limiter for `limit`: the one from before if it kept the same limit.
+fn limiter(
+    limit: Option<&RateLimit>,
+    before: Option<&Arc<RateLimiter>>,
+) -> Option<Arc<RateLimiter>> {
+    let limit = limit?;
+    match before {
+        Some(before) if before.limit() == limit => Some(before.clone()),
+        _ => Some(Arc::new(RateLimiter::new(limit.clone()))),
     }
 }
 

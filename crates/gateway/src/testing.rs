@@ -2,7 +2,6 @@
 //! parse them, a request borrowed from one, a route, a token verifier that trusts a fixed
 //! key, tokens signed with it, and an upstream instance on a real socket.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -111,12 +110,13 @@ pub fn limited_route(
         prefix: "/api".into(),
         label: "/api".into(),
         service: service.into(),
+        upstream: Arc::new(Upstream::new(service, &Resilience::default())),
         auth,
         roles: roles.iter().map(|r| r.to_string()).collect(),
         shared_per_ip: per_ip.as_ref().map(tessera_shared::SharedLimit::new),
         shared_per_user: per_user.as_ref().map(tessera_shared::SharedLimit::new),
-        per_ip: per_ip.map(RateLimiter::new),
-        per_user: per_user.map(RateLimiter::new),
+        per_ip: per_ip.map(|l| Arc::new(RateLimiter::new(l))),
+        per_user: per_user.map(|l| Arc::new(RateLimiter::new(l))),
         fallback,
         websocket: false,
         grpc: false,
@@ -211,13 +211,23 @@ fn sign(
     .expect("a signed token")
 }
 
+/// A gateway with `routes`, without tokens, forwarding to `shop` at a closed port.
+pub fn gateway(routes: crate::routes::RouteTable) -> crate::proxy::Gateway {
+    crate::proxy::Gateway {
+        routes: arc_swap::ArcSwap::from_pointee(routes),
+        tokens: None,
+        revoke_for: Duration::from_secs(60),
+        forwarder: forwarder("shop", "127.0.0.1:9"),
+        tunnel_idle: Duration::from_secs(60),
+        tunnel_max: Duration::from_secs(600),
+        streams: Default::default(),
+        shared: None,
+    }
+}
+
 /// A forwarder to one instance of `service`, at `address`, with default resilience.
 pub fn forwarder(service: &str, address: &str) -> Forwarder {
     Forwarder {
-        upstreams: HashMap::from([(
-            service.to_string(),
-            Arc::new(Upstream::new(service, &Resilience::default())),
-        )]),
         discovery: Discovery::fixed([Instance {
             id: format!("{service}-1"),
             service: service.into(),

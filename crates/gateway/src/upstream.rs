@@ -16,6 +16,8 @@ use crate::pool::{Incoming, Outgoing, Pool, SendError};
 /// One upstream service: the guard its calls go through.
 pub struct Upstream {
     guard: Guard,
+    /// The settings it was made with: a reload keeps it (and its state) while they hold.
+    config: Resilience,
     /// Its name, shared: what each attempt's span names without copying it.
     label: Arc<str>,
     /// Who its instances must prove to be, when mutual TLS is on.
@@ -71,6 +73,7 @@ impl Upstream {
     pub fn new(name: &str, config: &Resilience) -> Self {
         Self {
             guard: Guard::new(name, config),
+            config: config.clone(),
             label: Arc::from(name),
             identity: tessera_tls::internal::get()
                 .map(|tls| tessera_tls::Identity::service(&tls.system, name)),
@@ -80,6 +83,11 @@ impl Upstream {
     /// Who its instances must prove to be (mutual TLS), if anyone.
     pub fn identity(&self) -> Option<&tessera_tls::Identity> {
         self.identity.as_ref()
+    }
+
+    /// The settings it was made with.
+    pub fn config(&self) -> &Resilience {
+        &self.config
     }
 
     pub fn name(&self) -> &str {
@@ -167,24 +175,6 @@ impl Upstream {
     pub fn status(&self) -> serde_json::Value {
         self.guard.status()
     }
-}
-
-/// The upstreams of every route, by service name.
-pub fn build(
-    manifest: &tessera_manifest::Manifest,
-) -> std::collections::HashMap<String, Arc<Upstream>> {
-    let mut out = std::collections::HashMap::new();
-    for route in &manifest.routes {
-        out.entry(route.service.clone()).or_insert_with(|| {
-            let config = manifest
-                .gateway
-                .upstreams
-                .get(&route.service)
-                .unwrap_or(&manifest.gateway.resilience);
-            Arc::new(Upstream::new(&route.service, config))
-        });
-    }
-    out
 }
 
 impl std::fmt::Debug for Upstream {

@@ -253,6 +253,9 @@ pub struct Gateway {
     pub resilience: Resilience,
     /// …or, per service, instead.
     pub upstreams: BTreeMap<String, Resilience>,
+    /// How often, in milliseconds, the gateway checks its manifest file for a change, and
+    /// reloads its routes when it changed (`docs/gateway.md`); 0: only on `tessera reload`.
+    pub reload_watch_ms: u64,
 }
 
 impl Default for Gateway {
@@ -277,6 +280,7 @@ impl Default for Gateway {
             tokens: None,
             resilience: Resilience::default(),
             upstreams: BTreeMap::new(),
+            reload_watch_ms: 1000,
         }
     }
 }

@@ -85,6 +85,11 @@ impl RateLimiter {
         }
     }
 
+    /// The limit it keeps.
+    pub fn limit(&self) -> &RateLimit {
+        &self.limit
+    }
+
     /// Takes one token of `key`'s bucket.
     pub fn check(&self, key: &str) -> Result<Allowed, Limited> {
         let now = Instant::now();

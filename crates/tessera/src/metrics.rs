@@ -161,6 +161,10 @@ const DESCRIBED: &[(&str, &str)] = &[
         "Configuration versions this instance applied (tessera config).",
     ),
     (
+        "tessera_gateway_reloads_total",
+        "Manifest reloads of the gateway's routes, by outcome (applied, refused).",
+    ),
+    (
         "tessera_config_refused_total",
         "Configuration versions that did not parse here; the running values stayed.",
     ),
