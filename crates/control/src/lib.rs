@@ -79,25 +79,26 @@ pub struct ControlConfig {
     pub gateways: Vec<gateways::GatewayAdmin>,
 }
 
+/// What the control plane serves behind the credential check.
+pub struct Apis {
+    pub registry: Registry,
+    pub log: events::Log,
+    pub telemetry: telemetry::Telemetry,
+    pub sagas: sagas::Sagas,
+    pub config: config::Config,
+    pub gateways: gateways::Gateways,
+}
+
 /// The control plane's HTTP API: the registry, the log and the collector behind the credential
 /// check; health, metrics and the console's pages (which hold no data) outside it.
-pub fn router(
-    registry: Registry,
-    log: events::Log,
-    telemetry: telemetry::Telemetry,
-    sagas: sagas::Sagas,
-    config: config::Config,
-    gateways: gateways::Gateways,
-    keys: Arc<ControlKeys>,
-    policy: Arc<Policy>,
-) -> Router {
+pub fn router(apis: Apis, keys: Arc<ControlKeys>, policy: Arc<Policy>) -> Router {
     guarded(
-        registry::routes(registry)
-            .merge(events::api::routes(log))
-            .merge(telemetry::routes(telemetry))
-            .merge(sagas::routes(sagas))
-            .merge(config::routes(config))
-            .merge(gateways::routes(gateways)),
+        registry::routes(apis.registry)
+            .merge(events::api::routes(apis.log))
+            .merge(telemetry::routes(apis.telemetry))
+            .merge(sagas::routes(apis.sagas))
+            .merge(config::routes(apis.config))
+            .merge(gateways::routes(apis.gateways)),
         keys,
         policy,
     )
@@ -306,16 +307,15 @@ pub async fn serve(
         registry.clone(),
         operator,
     )?;
-    let router = router(
+    let apis = Apis {
         registry,
         log,
         telemetry,
         sagas,
-        settings,
+        config: settings,
         gateways,
-        config.keys,
-        config.policy,
-    );
+    };
+    let router = router(apis, config.keys, config.policy);
     tessera::listen::serve(listener, router, tls, shutdown, Duration::from_secs(10)).await?;
     Ok(())
 }

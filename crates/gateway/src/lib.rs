@@ -196,12 +196,8 @@ pub async fn serve(
             source.text,
         ))
     });
-    if let Some(reloader) = &reloader
-        && manifest.gateway.reload_watch_ms > 0
-    {
-        reloader
-            .clone()
-            .spawn_watch(Duration::from_millis(manifest.gateway.reload_watch_ms));
+    if let Some(reloader) = &reloader {
+        reloader.clone().spawn_watch();
     }
     let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
     let admin_address = admin.local_addr()?;

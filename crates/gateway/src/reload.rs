@@ -145,16 +145,26 @@ impl Reloader {
         })
     }
 
-    /// Reloads whenever the file's text changes, checked every `every`; a refused text is
-    /// not tried again until it changes.
-    pub fn spawn_watch(self: Arc<Self>, every: Duration) {
+    /// Reloads whenever the file's text changes, checked every `gateway.reload_watch_ms` of
+    /// the manifest in force (a reload may turn the watch off, or on again); a refused text is
+    /// not tried again until it changes. Stops when the reloader is dropped.
+    pub fn spawn_watch(self: Arc<Self>) {
         let me = Arc::downgrade(&self);
         drop(self);
         tokio::spawn(async move {
             let mut refused: Option<String> = None;
             loop {
-                tokio::time::sleep(every).await;
+                let every = match me.upgrade() {
+                    Some(me) => me.running.lock().await.manifest.gateway.reload_watch_ms,
+                    None => break,
+                };
+                let watching = every > 0;
+                let every = if watching { every } else { 1000 };
+                tokio::time::sleep(Duration::from_millis(every)).await;
                 let Some(me) = me.upgrade() else { break };
+                if !watching {
+                    continue;
+                }
                 let Ok(text) = tokio::fs::read_to_string(&me.path).await else {
                     continue;
                 };
@@ -171,7 +181,8 @@ impl Reloader {
 fn read_at_start(old: &Manifest, new: &Manifest) -> Vec<&'static str> {
     let (a, b) = (&old.gateway, &new.gateway);
     // Every field named, so that a new one cannot be forgotten here: the reload applies
-    // `resilience` and `upstreams`, refuses a change of `tokens`, and names the others.
+    // `resilience`, `upstreams` and `reload_watch_ms`, refuses a change of `tokens`, and
+    // names the others.
     let tessera_manifest::Gateway {
         listen: _,
         replicas: _,
@@ -220,8 +231,7 @@ fn read_at_start(old: &Manifest, new: &Manifest) -> Vec<&'static str> {
         websocket_max_ms,
         trusted_proxies,
         tls,
-        http2,
-        reload_watch_ms
+        http2
     );
     out
 }
@@ -398,10 +408,14 @@ command = "auth"
     #[tokio::test]
     async fn the_watch_reloads_when_the_file_changes() {
         let (dir, gateway, reloader) = reloader();
-        // Watched while someone holds it (the admin listener does, as long as it serves).
+        // Watched while someone holds it (the admin listener does, as long as it serves), at
+        // the pace the manifest in force sets.
         let reloader = Arc::new(reloader);
-        reloader.clone().spawn_watch(Duration::from_millis(20));
-        write(&dir, &BASE.replace("/api/orders", "/api/purchases"));
+        reloader.clone().spawn_watch();
+        let fast = format!("{BASE}\n[gateway]\nreload_watch_ms = 20\n");
+        write(&dir, &fast);
+        reloader.reload().await.unwrap();
+        write(&dir, &fast.replace("/api/orders", "/api/purchases"));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while service_of(&gateway, "/api/purchases").is_none() {
             assert!(tokio::time::Instant::now() < deadline, "not reloaded");

@@ -1,0 +1,237 @@
+//! Gateway hot reload (`docs/gateway.md`): the routes change from the manifest while the
+//! gateway serves a steady load, by `tessera reload`, by the file changing, and through the
+//! control plane's API, and not one request fails; a manifest that does not validate is
+//! refused with its error and the running routes stay; the gateway is never restarted.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::Value;
+use tessera_testkit::{Options, System};
+
+/// Requests through the gateway from many users at once, until stopped: how many were
+/// answered, and every one that was not answered as it should have been.
+struct Load {
+    stop: Arc<AtomicBool>,
+    answered: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<String>>>,
+}
+
+impl Load {
+    /// `users` signed-in users, each browsing the catalog and reading who they are about ten
+    /// times a second, on connections of their own (kept alive across the reloads).
+    async fn start(sys: &System, users: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let answered = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..users {
+            let (token, _) = sys.new_user().await;
+            let http = reqwest::Client::new();
+            let (catalog, me) = (sys.url("/api/catalog/products"), sys.url("/api/auth/me"));
+            let (stop, answered) = (stop.clone(), answered.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut failures = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    for url in [&catalog, &me] {
+                        let answer = http.get(url).bearer_auth(&token).send().await;
+                        match answer {
+                            Ok(resp) if resp.status() == 200 => {}
+                            Ok(resp) => failures.push(format!(
+                                "{url}: {} {}",
+                                resp.status(),
+                                resp.text().await.unwrap_or_default()
+                            )),
+                            Err(e) => failures.push(format!("{url}: {e}")),
+                        }
+                        answered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                failures
+            }));
+        }
+        Self {
+            stop,
+            answered,
+            tasks,
+        }
+    }
+
+    /// Stops it: how many requests, and the failures.
+    async fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut failures = Vec::new();
+        for task in self.tasks {
+            failures.extend(task.await.unwrap());
+        }
+        (self.answered.load(Ordering::Relaxed), failures)
+    }
+}
+
+/// The route table the gateway serves (its admin listener's `/status/routes`).
+async fn routes(sys: &System) -> Value {
+    sys.http
+        .get(sys.admin_url("/status/routes"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+fn route<'a>(table: &'a Value, prefix: &str) -> &'a Value {
+    table["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["prefix"] == prefix)
+        .unwrap_or_else(|| panic!("no route {prefix} in {table}"))
+}
+
+/// How many of `n` calls by a fresh user to `/api/payments/none` the gateway's rate limit
+/// refused (the payment service does not run here: what passes the limit is a 503).
+async fn limited_of(sys: &System, n: usize) -> usize {
+    let (token, _) = sys.new_user().await;
+    let mut limited = 0;
+    for _ in 0..n {
+        let (status, body) = sys.get("/api/payments/none", Some(&token)).await;
+        if status == 429 && body["error"]["code"] == "rate_limited" {
+            limited += 1;
+        }
+    }
+    limited
+}
+
+#[tokio::test]
+async fn routes_change_under_load_without_a_failed_request_or_a_restart() {
+    // The file is not watched at first: each way of reloading is seen on its own.
+    let sys = System::start_with(Options {
+        gateway: "reload_watch_ms = 0".into(),
+        ..Options::default()
+    })
+    .await;
+    let path = sys.dir.join("tessera.toml");
+    let original = std::fs::read_to_string(&path).unwrap();
+    let pid = sys.gateway_pid();
+    assert_eq!(routes(&sys).await["version"], 0);
+    assert_eq!(limited_of(&sys, 3).await, 0);
+
+    // Fifteen users, each twice every 100 ms: about 300 requests a second.
+    let load = Load::start(&sys, 15).await;
+    let started = Instant::now();
+    let before = load.answered.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // 1. `tessera reload`: a rate limit on the payments, and the file watched from now on.
+    let limited = original
+        .replace(
+            "service = \"payment\"\nauth = \"required\"\n",
+            "service = \"payment\"\nauth = \"required\"\nrate_limit = { per_user = \"2/m\" }\n",
+        )
+        .replace("reload_watch_ms = 0", "reload_watch_ms = 100");
+    assert_ne!(limited, original);
+    std::fs::write(&path, &limited).unwrap();
+    let (ok, out, err) = sys.cli(&["reload"]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("gateway-0: routes reloaded (reload 1"),
+        "{out}"
+    );
+    let table = routes(&sys).await;
+    assert_eq!(table["version"], 1);
+    assert_eq!(route(&table, "/api/payments")["per_user"]["requests"], 2);
+    assert_eq!(limited_of(&sys, 3).await, 1);
+
+    // 2. The file changes: the inventory's roles, and the watch off again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let roles = limited
+        .replace(
+            "service = \"inventory\"\nauth = \"required\"\nroles = [\"admin\"]",
+            "service = \"inventory\"\nauth = \"required\"\nroles = [\"admin\", \"auditor\"]",
+        )
+        .replace("reload_watch_ms = 100", "reload_watch_ms = 0");
+    assert_ne!(roles, limited);
+    std::fs::write(&path, &roles).unwrap();
+    sys.wait_until(Duration::from_secs(5), "the watch reloads", || async {
+        routes(&sys).await["version"] == 2
+    })
+    .await;
+    assert_eq!(
+        route(&routes(&sys).await, "/api/inventory")["roles"],
+        serde_json::json!(["admin", "auditor"])
+    );
+
+    // A manifest that does not validate: refused by the command before any gateway is
+    // asked, and by the gateway itself when asked; the routes in force stay.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let broken = roles.replace("per_user = \"2/m\"", "per_user = \"2/fortnight\"");
+    std::fs::write(&path, &broken).unwrap();
+    let (ok, out, err) = sys.cli(&["reload"]);
+    assert!(!ok, "{out}");
+    assert!(err.contains("fortnight"), "{err}");
+    let resp = sys
+        .control(Method::POST, "/v1/gateways/reload")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 422);
+    let answer: Value = resp.json().await.unwrap();
+    assert_eq!(answer["code"], "invalid_manifest", "{answer}");
+    assert!(
+        answer["message"].as_str().unwrap().contains("fortnight"),
+        "{answer}"
+    );
+    assert_eq!(answer["gateways"][0]["outcome"], "refused", "{answer}");
+    assert_eq!(routes(&sys).await["version"], 2);
+    assert_eq!(limited_of(&sys, 3).await, 1);
+
+    // Only the admin reloads; the gateway's own endpoint takes the control plane's passport.
+    let as_service = sys
+        .http
+        .post(format!("{}/v1/gateways/reload", sys.control))
+        .header(
+            "authorization",
+            sys.credential("service:order").authorization(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(as_service.status(), 403);
+    let direct = sys
+        .http
+        .post(sys.admin_url("/admin/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(direct.status(), 401);
+
+    // 3. Through the control plane's API: the original manifest again.
+    std::fs::write(&path, &original).unwrap();
+    let resp = sys
+        .control(Method::POST, "/v1/gateways/reload")
+        .send()
+        .await
+        .unwrap();
+    let answer: Value = resp.json().await.unwrap();
+    assert_eq!(answer["code"], "reloaded", "{answer}");
+    assert_eq!(answer["gateways"][0]["reloaded"]["version"], 3, "{answer}");
+    let table = routes(&sys).await;
+    assert_eq!(route(&table, "/api/payments")["per_user"], Value::Null);
+    assert_eq!(limited_of(&sys, 3).await, 0);
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let elapsed = started.elapsed();
+    let (answered, failures) = load.finish().await;
+    assert!(
+        failures.is_empty(),
+        "{} failed: {failures:#?}",
+        failures.len()
+    );
+    let rate = (answered - before) as f64 / elapsed.as_secs_f64();
+    assert!(rate > 150.0, "only {rate:.0} requests/s of load");
+    eprintln!("{answered} requests at {rate:.0}/s across three reloads, none failed");
+    assert_eq!(sys.gateway_pid(), pid, "the gateway was restarted");
+}
