@@ -20,14 +20,19 @@ pub fn passport_keys(state_dir: &Path) -> anyhow::Result<String> {
 /// The control keys: from `TESSERA_CONTROL_KEYS` when set (an operator's own), else the
 /// state directory's `control.keys`, made on first start.
 pub fn control_keys(state_dir: &Path) -> anyhow::Result<ControlKeys> {
-    let spec = match std::env::var(KEYS_ENV) {
-        Ok(spec) if !spec.trim().is_empty() => spec,
-        _ => read_or_make(&state_dir.join("control.keys"), || {
-            ControlKeys::generate_spec(tessera::unix_now())
-        })?,
-    };
+    let spec = control_keys_spec(state_dir)?;
     ControlKeys::from_spec(&spec)
         .with_context(|| format!("the control keys ({KEYS_ENV} or control.keys)"))
+}
+
+/// The control keys as written (what `TESSERA_CONTROL_KEYS` holds).
+pub fn control_keys_spec(state_dir: &Path) -> anyhow::Result<String> {
+    match std::env::var(KEYS_ENV) {
+        Ok(spec) if !spec.trim().is_empty() => Ok(spec),
+        _ => read_or_make(&state_dir.join("control.keys"), || {
+            ControlKeys::generate_spec(tessera::unix_now())
+        }),
+    }
 }
 
 /// The credential of `principal` under the state directory's control keys.

@@ -2,6 +2,7 @@
 
 mod config;
 mod control;
+mod deploy;
 mod engine;
 mod env;
 mod etcd;
@@ -106,6 +107,11 @@ enum Command {
     Env { principal: String },
     /// Reload every gateway's routes from the manifest, without a restart (`docs/gateway.md`).
     Reload,
+    /// Render what runs the system elsewhere (`docs/deploy.md`).
+    Deploy {
+        #[command(subcommand)]
+        target: DeployTarget,
+    },
     /// The services' settings while they run: read, change, undo (`docs/config.md`).
     Config {
         #[command(subcommand)]
@@ -121,6 +127,13 @@ enum Command {
         #[command(subcommand)]
         action: PostgresAction,
     },
+}
+
+#[derive(Subcommand)]
+enum DeployTarget {
+    /// Kubernetes objects, as YAML: a Deployment, Service and PodDisruptionBudget per
+    /// process, Secrets, ConfigMaps; the gateway behind a LoadBalancer.
+    Kubernetes(deploy::KubernetesArgs),
 }
 
 #[derive(Subcommand)]
@@ -235,6 +248,9 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Config { command } => config::run(&manifest, &state_dir, command).await,
             Command::Reload => reload::run(&manifest, &state_dir).await,
+            Command::Deploy {
+                target: DeployTarget::Kubernetes(args),
+            } => deploy::kubernetes(&cli.manifest, &manifest, &state_dir, args),
             Command::Nats {
                 command: NatsCommand::Config { listen, store },
             } => {
@@ -390,11 +406,19 @@ fn main() -> anyhow::Result<()> {
                 let manifest = Manifest::parse(&manifest_text)
                     .map_err(|e| anyhow::anyhow!("{}{e}", manifest_path.display()))?
                     .gateway_replica(index);
-                tessera::log::init("gateway", &format!("gateway-{index}"));
-                tessera::admin::Process::init(
-                    &format!("gateway-{index}"),
-                    env!("CARGO_PKG_VERSION"),
-                );
+                // `gateway-<i>`, unless the environment names it (a pod: `docs/deploy.md`).
+                let instance = std::env::var("TESSERA_INSTANCE")
+                    .ok()
+                    .filter(|i| !i.is_empty())
+                    .unwrap_or_else(|| format!("gateway-{index}"));
+                tessera::log::init("gateway", &instance);
+                tessera::admin::Process::init(&instance, env!("CARGO_PKG_VERSION"));
+                // Where the control plane is: the manifest's address, unless the environment
+                // says otherwise (a cluster's Service name: `docs/deploy.md`).
+                let control_url = std::env::var("TESSERA_CONTROL_URL")
+                    .ok()
+                    .filter(|u| !u.is_empty())
+                    .unwrap_or_else(|| manifest.control_url());
                 let passport_keys = std::env::var("TESSERA_PASSPORT_KEYS")
                     .context("TESSERA_PASSPORT_KEYS is not set (tessera up sets it)")?;
                 let listener = tokio::net::TcpListener::bind(manifest.gateway.listen)
@@ -410,9 +434,9 @@ fn main() -> anyhow::Result<()> {
                     .context("TESSERA_CREDENTIAL is not set (tessera up sets it)")?;
                 let telemetry = tessera::telemetry::start(
                     "gateway",
-                    &format!("gateway-{index}"),
+                    &instance,
                     env!("CARGO_PKG_VERSION"),
-                    Some((&manifest.control_url(), &credential)),
+                    Some((&control_url, &credential)),
                 )
                 .context("telemetry")?;
                 let admin = tokio::net::TcpListener::bind(manifest.gateway.admin_listen)
@@ -436,7 +460,7 @@ fn main() -> anyhow::Result<()> {
                     None => (None, Vec::new()),
                 };
                 let config = tessera_gateway::GatewayConfig {
-                    control_url: manifest.control_url(),
+                    control_url: control_url.clone(),
                     registry_url: std::env::var("TESSERA_REGISTRY_URL")
                         .ok()
                         .filter(|u| !u.is_empty()),
