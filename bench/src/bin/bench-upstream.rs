@@ -26,6 +26,7 @@ async fn main() -> anyhow::Result<()> {
                     address: address.to_string(),
                     version: "bench".into(),
                     metadata: BTreeMap::from([("pid".into(), std::process::id().to_string())]),
+                    weight: None,
                 },
                 ttl_ms: 3000,
             };

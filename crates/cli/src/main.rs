@@ -6,6 +6,7 @@ mod deploy;
 mod engine;
 mod env;
 mod etcd;
+mod generations;
 mod human;
 mod keys;
 mod nats;
@@ -13,6 +14,7 @@ mod output;
 mod postgres;
 mod redis;
 mod reload;
+mod rollout;
 mod supervisor;
 mod telemetry;
 mod tls;
@@ -107,6 +109,9 @@ enum Command {
     Env { principal: String },
     /// Reload every gateway's routes from the manifest, without a restart (`docs/gateway.md`).
     Reload,
+    /// Roll out a new version of a service step by step, rolled back on a regression; or
+    /// `rollout status [service]`, `rollout abort <service>` (`docs/rollouts.md`).
+    Rollout(rollout::RolloutArgs),
     /// Render what runs the system elsewhere (`docs/deploy.md`).
     Deploy {
         #[command(subcommand)]
@@ -248,6 +253,7 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Config { command } => config::run(&manifest, &state_dir, command).await,
             Command::Reload => reload::run(&manifest, &state_dir).await,
+            Command::Rollout(args) => rollout::run(&manifest, &state_dir, args).await,
             Command::Deploy {
                 target: DeployTarget::Kubernetes(args),
             } => deploy::kubernetes(&cli.manifest, &manifest, &state_dir, args),
@@ -563,9 +569,26 @@ async fn status(manifest: &Manifest, state_dir: &Path) -> anyhow::Result<()> {
             );
         }
     }
+    // Rollouts under way: which versions, and the new one's share.
+    let (http, base) = control::client(manifest, state_dir)?;
+    let rollouts = control::get(&http, &format!("{base}/v1/rollouts")).await?;
+    let mut rolling = std::collections::HashSet::new();
+    for r in rollouts["rollouts"].as_array().into_iter().flatten() {
+        if r["ended_ms"].is_null() {
+            let service = r["service"].as_str().unwrap_or("?");
+            rolling.insert(service.to_string());
+            println!(
+                "~ {service}: rolling out {} beside {}, {} at {}% (tessera rollout status {service})",
+                r["to"].as_str().unwrap_or("?"),
+                r["from"].as_str().unwrap_or("?"),
+                r["state"].as_str().unwrap_or("?"),
+                r["weight"]
+            );
+        }
+    }
     for (name, spec) in &manifest.services {
         let live = catalog.services.get(name).map_or(0, Vec::len);
-        if live < spec.replicas as usize {
+        if live < spec.replicas as usize && !rolling.contains(name) {
             println!("! {name}: {live} of {} replicas registered", spec.replicas);
         }
     }

@@ -174,11 +174,24 @@ pub async fn run(
     };
 
     let mut services = Vec::new();
+    // How each service's instances start, for the versions rollouts bring (`generations.rs`).
+    let mut launches = std::collections::BTreeMap::new();
     for (name, spec) in &manifest.services {
         let mut argv = spec.command.argv();
         if argv[0].contains('/') && Path::new(&argv[0]).is_relative() {
             argv[0] = base.join(&argv[0]).to_string_lossy().into_owned();
         }
+        let mut launch_env = env_of(&format!("service:{name}"))?;
+        launch_env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        launches.insert(
+            name.clone(),
+            crate::generations::Launch {
+                argv: argv.clone(),
+                env: launch_env,
+                cwd: base.clone(),
+                registry: registry.clone(),
+            },
+        );
         for replica in 1..=spec.replicas {
             let instance = format!("{name}-{replica}");
             let mut env = env_of(&format!("service:{name}"))?;
@@ -201,6 +214,8 @@ pub async fn run(
     let mut control_tasks = JoinSet::new();
     let mut service_tasks = JoinSet::new();
     let mut gateway_tasks = JoinSet::new();
+    let mut manifest_stops: std::collections::HashMap<String, watch::Sender<bool>> =
+        std::collections::HashMap::new();
     let mut color = 0;
     let mut next_color = || {
         color += 1;
@@ -226,14 +241,34 @@ pub async fn run(
             .await
             .context("the control plane did not start")?;
         for spec in &services {
-            service_tasks.spawn(supervise(
-                spec.clone(),
-                next_color(),
-                services_rx.clone(),
-                GRACE,
-            ));
+            // Each service's instances stop on their own channel too: a rollout that replaces
+            // the manifest's version stops them (`generations.rs`).
+            let own = manifest_stops
+                .entry(service_of(&spec.name))
+                .or_insert_with(|| watch::channel(false).0)
+                .subscribe();
+            let mut all = services_rx.clone();
+            let (either, stop) = watch::channel(false);
+            tokio::spawn(async move {
+                let mut own = own;
+                tokio::select! {
+                    _ = all.wait_for(|s| *s) => {}
+                    _ = own.wait_for(|s| *s) => {}
+                }
+                let _ = either.send(true);
+            });
+            service_tasks.spawn(supervise(spec.clone(), next_color(), stop, GRACE));
         }
         wait_registered(&registry, services.iter().map(|s| s.name.as_str())).await?;
+        // The versions rollouts run beside (or instead of) the manifest's.
+        service_tasks.spawn(crate::generations::follow(
+            tessera::registry::control_http(&control_keys.issue(&Principal::Supervisor)),
+            tessera::registry::control_base(&control_url),
+            std::mem::take(&mut launches),
+            std::mem::take(&mut manifest_stops),
+            services_rx.clone(),
+            GRACE,
+        ));
         for index in 0..manifest.gateway.replicas {
             let mut spec = platform("gateway", "gateway", "gateway")?;
             if manifest.gateway.replicas > 1 {
@@ -327,6 +362,14 @@ pub async fn run(
     while control_tasks.join_next().await.is_some() {}
     say("stopped");
     outcome
+}
+
+/// The service an instance's process name belongs to: `catalog-2` → `catalog`.
+fn service_of(process: &str) -> String {
+    process
+        .rsplit_once('-')
+        .map_or(process, |(service, _)| service)
+        .to_string()
 }
 
 /// If the build replaced this very binary, carries on as the new one (without building again),

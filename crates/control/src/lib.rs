@@ -17,6 +17,7 @@ pub mod gateways;
 pub mod operate;
 pub mod policy;
 pub mod registry;
+pub mod rollouts;
 pub mod sagas;
 pub mod telemetry;
 #[cfg(test)]
@@ -87,6 +88,7 @@ pub struct Apis {
     pub sagas: sagas::Sagas,
     pub config: config::Config,
     pub gateways: gateways::Gateways,
+    pub rollouts: rollouts::Rollouts,
 }
 
 /// The control plane's HTTP API: the registry, the log and the collector behind the credential
@@ -98,7 +100,8 @@ pub fn router(apis: Apis, keys: Arc<ControlKeys>, policy: Arc<Policy>) -> Router
             .merge(telemetry::routes(apis.telemetry))
             .merge(sagas::routes(apis.sagas))
             .merge(config::routes(apis.config))
-            .merge(gateways::routes(apis.gateways)),
+            .merge(gateways::routes(apis.gateways))
+            .merge(rollouts::routes(apis.rollouts)),
         keys,
         policy,
     )
@@ -301,6 +304,7 @@ pub async fn serve(
     let operator = operate::Operator::new(config.passport_keys);
     let sagas = sagas::Sagas::new(registry.clone(), operator.clone());
     let gateways = gateways::Gateways::new(config.gateways, operator.clone());
+    let rollouts = rollouts::Rollouts::open(&config.data_dir, registry.clone())?;
     let settings = config::Config::open(
         &config.data_dir,
         config.config_base,
@@ -314,6 +318,7 @@ pub async fn serve(
         sagas,
         config: settings,
         gateways,
+        rollouts,
     };
     let router = router(apis, config.keys, config.policy);
     tessera::listen::serve(listener, router, tls, shutdown, Duration::from_secs(10)).await?;

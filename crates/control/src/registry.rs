@@ -421,6 +421,7 @@ mod tests {
                 address: "127.0.0.1:1".into(),
                 version: "1".into(),
                 metadata: BTreeMap::new(),
+                weight: None,
             },
             ttl_ms: 1000,
         }

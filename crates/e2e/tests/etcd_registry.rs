@@ -51,6 +51,7 @@ fn registration(service: &str, id: &str, ttl_ms: u64) -> Registration {
             address: "10.1.2.3:8080".into(),
             version: "1".into(),
             metadata: BTreeMap::new(),
+            weight: None,
         },
         ttl_ms,
     }

@@ -3,72 +3,12 @@
 //! control plane's API, and not one request fails; a manifest that does not validate is
 //! refused with its error and the running routes stay; the gateway is never restarted.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::Value;
+use tessera_testkit::load::Load;
 use tessera_testkit::{Options, System};
-
-/// Requests through the gateway from many users at once, until stopped: how many were
-/// answered, and every one that was not answered as it should have been.
-struct Load {
-    stop: Arc<AtomicBool>,
-    answered: Arc<AtomicU64>,
-    tasks: Vec<tokio::task::JoinHandle<Vec<String>>>,
-}
-
-impl Load {
-    /// `users` signed-in users, each browsing the catalog and reading who they are about ten
-    /// times a second, on connections of their own (kept alive across the reloads).
-    async fn start(sys: &System, users: usize) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let answered = Arc::new(AtomicU64::new(0));
-        let mut tasks = Vec::new();
-        for _ in 0..users {
-            let (token, _) = sys.new_user().await;
-            let http = reqwest::Client::new();
-            let (catalog, me) = (sys.url("/api/catalog/products"), sys.url("/api/auth/me"));
-            let (stop, answered) = (stop.clone(), answered.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut failures = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    for url in [&catalog, &me] {
-                        let answer = http.get(url).bearer_auth(&token).send().await;
-                        match answer {
-                            Ok(resp) if resp.status() == 200 => {}
-                            Ok(resp) => failures.push(format!(
-                                "{url}: {} {}",
-                                resp.status(),
-                                resp.text().await.unwrap_or_default()
-                            )),
-                            Err(e) => failures.push(format!("{url}: {e}")),
-                        }
-                        answered.fetch_add(1, Ordering::Relaxed);
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                failures
-            }));
-        }
-        Self {
-            stop,
-            answered,
-            tasks,
-        }
-    }
-
-    /// Stops it: how many requests, and the failures.
-    async fn finish(self) -> (u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut failures = Vec::new();
-        for task in self.tasks {
-            failures.extend(task.await.unwrap());
-        }
-        (self.answered.load(Ordering::Relaxed), failures)
-    }
-}
 
 /// The route table the gateway serves (its admin listener's `/status/routes`).
 async fn routes(sys: &System) -> Value {
@@ -122,7 +62,7 @@ async fn routes_change_under_load_without_a_failed_request_or_a_restart() {
     // Fifteen users, each twice every 100 ms: about 300 requests a second.
     let load = Load::start(&sys, 15).await;
     let started = Instant::now();
-    let before = load.answered.load(Ordering::Relaxed);
+    let before = load.answered();
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // 1. `tessera reload`: a rate limit on the payments, and the file watched from now on.
@@ -134,7 +74,7 @@ async fn routes_change_under_load_without_a_failed_request_or_a_restart() {
         .replace("reload_watch_ms = 0", "reload_watch_ms = 100");
     assert_ne!(limited, original);
     std::fs::write(&path, &limited).unwrap();
-    let (ok, out, err) = sys.cli(&["reload"]);
+    let (ok, out, err) = sys.cli_async(&["reload"]).await;
     assert!(ok, "{out}{err}");
     assert!(
         out.contains("gateway-0: routes reloaded (reload 1"),
@@ -169,7 +109,7 @@ async fn routes_change_under_load_without_a_failed_request_or_a_restart() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let broken = roles.replace("per_user = \"2/m\"", "per_user = \"2/fortnight\"");
     std::fs::write(&path, &broken).unwrap();
-    let (ok, out, err) = sys.cli(&["reload"]);
+    let (ok, out, err) = sys.cli_async(&["reload"]).await;
     assert!(!ok, "{out}");
     assert!(err.contains("fortnight"), "{err}");
     let resp = sys

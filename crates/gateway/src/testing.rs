@@ -234,6 +234,7 @@ pub fn forwarder(service: &str, address: &str) -> Forwarder {
             address: address.into(),
             version: "test".into(),
             metadata: Default::default(),
+            weight: None,
         }]),
         keys: passport_keys(),
         pool: Pool::new(4, Duration::from_secs(1)),

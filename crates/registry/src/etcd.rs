@@ -605,6 +605,7 @@ mod tests {
             address: "10.0.0.1:80".into(),
             version: "1".into(),
             metadata: BTreeMap::new(),
+            weight: None,
         }
     }
 

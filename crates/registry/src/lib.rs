@@ -45,6 +45,11 @@ pub struct Instance {
     pub version: String,
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// During a rollout, the share of traffic of this instance's version (0 to 100), from the
+    /// control plane's traffic table (`GET /v1/traffic`); none: every instance alike. Set by
+    /// [`Discovery`], never sent.
+    #[serde(skip)]
+    pub weight: Option<u32>,
 }
 
 /// The body of a registration.
@@ -276,6 +281,48 @@ impl Registrar {
 
 type Snapshot = HashMap<String, Arc<[Instance]>>;
 
+/// The answer of `GET /v1/traffic`.
+#[derive(Deserialize)]
+struct TrafficAnswer {
+    index: u64,
+    services: Traffic,
+}
+
+/// Follows the control plane's traffic table into `views`, by long poll, for as long as
+/// `views` has another holder; the last table is kept while the control plane is away.
+fn follow_traffic(client: &RegistryClient, views: &Arc<Views>) {
+    let (http, base) = (client.http.clone(), client.base.clone());
+    let views = Arc::downgrade(views);
+    tokio::spawn(async move {
+        let mut index: Option<u64> = None;
+        loop {
+            let url = match index {
+                Some(i) => format!("{base}/v1/traffic?after={i}&wait=25"),
+                None => format!("{base}/v1/traffic"),
+            };
+            let answer = http.get(&url).timeout(Duration::from_secs(35)).send().await;
+            let table = match answer {
+                Ok(resp) if resp.status().is_success() => resp.json::<TrafficAnswer>().await.ok(),
+                _ => None,
+            };
+            let Some(views) = views.upgrade() else { return };
+            match table {
+                Some(table) => {
+                    index = Some(table.index);
+                    views.set_traffic(table.services);
+                }
+                None => {
+                    // A control plane restarting (its index starts again), or one that does
+                    // not publish traffic: later.
+                    index = None;
+                    drop(views);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    });
+}
+
 /// Adds to `into` the instances of `old` it lacks.
 fn merge_missing(into: &mut Snapshot, old: &Snapshot) {
     for (service, known) in old {
@@ -295,10 +342,75 @@ fn merge_missing(into: &mut Snapshot, old: &Snapshot) {
     }
 }
 
-/// A live view of the registry, refreshed by one long-poll.
+/// Per service, each version's weight: what a rollout publishes (`GET /v1/traffic`).
+pub type Traffic = HashMap<String, BTreeMap<String, u32>>;
+
+/// The registry's view and the traffic table, and what discovery hands out: the view with
+/// each weighted service's instances carrying their version's weight.
+#[derive(Default)]
+struct Views {
+    raw: RwLock<Arc<Snapshot>>,
+    traffic: RwLock<Arc<Traffic>>,
+    view: RwLock<Arc<Snapshot>>,
+}
+
+impl Views {
+    fn raw(&self) -> Arc<Snapshot> {
+        self.raw.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_raw(&self, raw: Snapshot) {
+        *self.raw.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(raw);
+        self.publish();
+    }
+
+    fn set_traffic(&self, traffic: Traffic) {
+        *self.traffic.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(traffic);
+        self.publish();
+    }
+
+    fn publish(&self) {
+        let raw = self.raw();
+        let traffic = self
+            .traffic
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let view = if traffic.is_empty() {
+            raw
+        } else {
+            Arc::new(weighed(&raw, &traffic))
+        };
+        *self.view.write().unwrap_or_else(|e| e.into_inner()) = view;
+    }
+}
+
+/// `raw` with each instance of a service in `traffic` given its version's weight (0 for a
+/// version the table does not name).
+fn weighed(raw: &Snapshot, traffic: &Traffic) -> Snapshot {
+    raw.iter()
+        .map(|(service, list)| {
+            let list = match traffic.get(service) {
+                Some(weights) => list
+                    .iter()
+                    .map(|i| Instance {
+                        weight: Some(weights.get(&i.version).copied().unwrap_or(0)),
+                        ..i.clone()
+                    })
+                    .collect::<Vec<_>>()
+                    .into(),
+                None => list.clone(),
+            };
+            (service.clone(), list)
+        })
+        .collect()
+}
+
+/// A live view of the registry, refreshed by one long-poll, and of the traffic table, by
+/// another.
 #[derive(Clone)]
 pub struct Discovery {
-    view: Arc<RwLock<Arc<Snapshot>>>,
+    views: Arc<Views>,
     changed: watch::Receiver<u64>,
 }
 
@@ -306,9 +418,10 @@ impl Discovery {
     /// Starts watching the registry at `control_url`, reading it as `credential`.
     pub fn start(control_url: &str, credential: &Credential) -> Self {
         let client = RegistryClient::new(control_url, credential);
-        let view: Arc<RwLock<Arc<Snapshot>>> = Arc::default();
+        let views: Arc<Views> = Arc::default();
         let (tx, changed) = watch::channel(0u64);
-        let writer = view.clone();
+        let writer = views.clone();
+        follow_traffic(&client, &views);
         tokio::spawn(async move {
             let mut index = None;
             let mut failing = false;
@@ -329,13 +442,12 @@ impl Discovery {
                         if catalog.settling {
                             // A restarted registry refills within a heartbeat: until then, add
                             // what it has to what we knew, but drop nothing. Look again soon.
-                            let old = writer.read().unwrap_or_else(|e| e.into_inner()).clone();
-                            merge_missing(&mut snapshot, &old);
+                            merge_missing(&mut snapshot, &writer.raw());
                             wait = Duration::from_millis(250);
                         } else {
                             wait = Duration::from_secs(30);
                         }
-                        *writer.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snapshot);
+                        writer.set_raw(snapshot);
                         if tx.send(catalog.index).is_err() {
                             return; // every Discovery handle is gone
                         }
@@ -355,27 +467,34 @@ impl Discovery {
                 }
             }
         });
-        Self { view, changed }
+        Self { views, changed }
     }
 
     /// Starts watching the registry: on etcd when `registry_url` names it, else the control
-    /// plane's at `control_url`.
+    /// plane's at `control_url`; the traffic table at the control plane's in either case.
     pub fn for_system(
         registry_url: Option<&str>,
         control_url: &str,
         credential: &Credential,
     ) -> Result<Self, String> {
         match registry_url {
-            Some(url) => Ok(Self::start_etcd(etcd::EtcdSettings::parse(url)?)),
+            Some(url) => {
+                let discovery = Self::start_etcd(etcd::EtcdSettings::parse(url)?);
+                follow_traffic(
+                    &RegistryClient::new(control_url, credential),
+                    &discovery.views,
+                );
+                Ok(discovery)
+            }
             None => Ok(Self::start(control_url, credential)),
         }
     }
 
     /// Starts following the registry's keys on etcd.
     pub fn start_etcd(settings: etcd::EtcdSettings) -> Self {
-        let view: Arc<RwLock<Arc<Snapshot>>> = Arc::default();
+        let views: Arc<Views> = Arc::default();
         let (tx, changed) = watch::channel(0u64);
-        let writer = view.clone();
+        let writer = views.clone();
         tokio::spawn(etcd::follow(settings, move |entries, revision| {
             let mut grouped: HashMap<String, Vec<Instance>> = HashMap::new();
             for entry in entries.values() {
@@ -388,11 +507,11 @@ impl Discovery {
                 .into_iter()
                 .map(|(name, list)| (name, Arc::from(list)))
                 .collect();
-            *writer.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snapshot);
+            writer.set_raw(snapshot);
             // Revision 0 never comes from etcd; keep "loaded" distinct from "not yet".
             tx.send(revision.max(1) as u64).is_ok()
         }));
-        Self { view, changed }
+        Self { views, changed }
     }
 
     /// A view that never changes (tests, or a process without a registry).
@@ -406,15 +525,21 @@ impl Discovery {
             .map(|(k, v)| (k, Arc::from(v)))
             .collect();
         let (_tx, changed) = watch::channel(1);
-        Self {
-            view: Arc::new(RwLock::new(Arc::new(snapshot))),
-            changed,
-        }
+        let views: Arc<Views> = Arc::default();
+        views.set_raw(snapshot);
+        Self { views, changed }
+    }
+
+    /// The same view, with `traffic` applied (tests).
+    pub fn with_traffic(self, traffic: Traffic) -> Self {
+        self.views.set_traffic(traffic);
+        self
     }
 
     /// The live instances of `service` (empty when none).
     pub fn instances(&self, service: &str) -> Option<Arc<[Instance]>> {
-        self.view
+        self.views
+            .view
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(service)
@@ -423,7 +548,11 @@ impl Discovery {
 
     /// The whole current view.
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.views
+            .view
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Waits until the view has been loaded at least once, or `timeout` passes.
@@ -446,6 +575,7 @@ mod tests {
             address: "127.0.0.1:1".into(),
             version: "1".into(),
             metadata: BTreeMap::new(),
+            weight: None,
         }
     }
 

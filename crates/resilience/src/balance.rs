@@ -87,6 +87,57 @@ impl Drop for Pick {
     }
 }
 
+/// During a rollout (the instances carry their version's weight, `Instance::weight`): the
+/// instances of one version, chosen by weight among those in `pool`, before one instance is
+/// chosen among them. A retry goes to a version not tried yet when one with weight is left
+/// (Envoy's `previous_priorities`): a new version failing a request hands it to the old one.
+/// A version of weight 0 is not chosen while another has weight.
+fn one_version(
+    pool: Vec<(usize, Arc<Endpoint>)>,
+    instances: &[Instance],
+    tried: &[usize],
+) -> Vec<(usize, Arc<Endpoint>)> {
+    if pool.len() < 2 || instances[pool[0].0].weight.is_none() {
+        return pool;
+    }
+    let mut versions: Vec<(&str, u32)> = Vec::with_capacity(2);
+    for (i, _) in &pool {
+        let instance = &instances[*i];
+        if !versions.iter().any(|(v, _)| *v == instance.version) {
+            versions.push((&instance.version, instance.weight.unwrap_or(0)));
+        }
+    }
+    if versions.len() < 2 {
+        return pool;
+    }
+    let tried_version = |v: &str| tried.iter().any(|&i| instances[i].version == v);
+    let mut choices: Vec<(&str, u32)> = versions
+        .iter()
+        .copied()
+        .filter(|(v, w)| *w > 0 && !tried_version(v))
+        .collect();
+    if choices.is_empty() {
+        choices = versions.iter().copied().filter(|(_, w)| *w > 0).collect();
+    }
+    let total: u32 = choices.iter().map(|(_, w)| w).sum();
+    if total == 0 {
+        return pool;
+    }
+    let mut r = rand::random::<u32>() % total;
+    let mut chosen = choices[0].0;
+    for (v, w) in &choices {
+        if r < *w {
+            chosen = v;
+            break;
+        }
+        r -= w;
+    }
+    let chosen = chosen.to_string();
+    pool.into_iter()
+        .filter(|(i, _)| instances[*i].version == chosen)
+        .collect()
+}
+
 impl Balancer {
     pub fn new(name: &str, policy: Policy, outlier: OutlierConfig) -> Self {
         Self {
@@ -144,6 +195,7 @@ impl Balancer {
         } else {
             healthy
         };
+        let pool = one_version(pool, instances, tried);
         let (index, endpoint) = match self.policy {
             Policy::RoundRobin => {
                 pool[self.next.fetch_add(1, Ordering::Relaxed) % pool.len()].clone()
@@ -246,8 +298,62 @@ mod tests {
                 address: "127.0.0.1:1".into(),
                 version: "1".into(),
                 metadata: BTreeMap::new(),
+                weight: None,
             })
             .collect()
+    }
+
+    /// Two instances of version `old` at `old_weight`, two of `new` at the rest.
+    fn rollout(old_weight: u32) -> Vec<Instance> {
+        let mut list = instances(4);
+        for (i, instance) in list.iter_mut().enumerate() {
+            let old = i < 2;
+            instance.version = if old { "old" } else { "new" }.into();
+            instance.weight = Some(if old { old_weight } else { 100 - old_weight });
+        }
+        list
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_version_is_chosen_by_its_weight_and_a_retry_goes_to_the_other() {
+        let b = Balancer::new("s", Policy::P2c, outlier());
+        let list = rollout(90);
+        let mut new = 0;
+        for _ in 0..2000 {
+            let p = b.pick(&list, &[]).unwrap();
+            if list[p.index].version == "new" {
+                new += 1;
+            }
+            b.finish(p, false, &list);
+        }
+        assert!(
+            (120..=280).contains(&new),
+            "{new} of 2000 to the new version at 10%"
+        );
+        // A retry after the new version failed goes to the old one, whatever the weights.
+        for _ in 0..50 {
+            let p = b.pick(&list, &[2]).unwrap();
+            assert_eq!(list[p.index].version, "old");
+            b.finish(p, false, &list);
+        }
+        // Weight 0: never chosen while the other version has weight (blue-green, drained).
+        let list = rollout(0);
+        for _ in 0..200 {
+            let p = b.pick(&list, &[]).unwrap();
+            assert_eq!(list[p.index].version, "new");
+            b.finish(p, false, &list);
+        }
+        // Without weights, every instance alike.
+        let plain = instances(4);
+        let seen: std::collections::HashSet<usize> = (0..200)
+            .map(|_| {
+                let p = b.pick(&plain, &[]).unwrap();
+                let i = p.index;
+                b.finish(p, false, &plain);
+                i
+            })
+            .collect();
+        assert_eq!(seen.len(), 4);
     }
 
     fn outlier() -> OutlierConfig {

@@ -300,6 +300,7 @@ mod tests {
                 address: format!("127.0.0.1:{}", 1000 + i),
                 version: String::new(),
                 metadata: BTreeMap::new(),
+                weight: None,
             })
             .collect()
     }

@@ -535,6 +535,7 @@ mod tests {
             address: address.into(),
             version: "test".into(),
             metadata: Default::default(),
+            weight: None,
         }]);
         let keys =
             Arc::new(PassportKeys::from_spec(&PassportKeys::generate_spec(), "test").unwrap());

@@ -175,6 +175,10 @@ pub struct ServiceConfig {
     pub shutdown_grace: Duration,
     /// `TESSERA_MAX_BODY_BYTES`: the largest request body a handler accepts.
     pub max_body_bytes: usize,
+    /// `TESSERA_FAULT_RATE`: the share of requests (0 to 1) answered `503 fault_injected`
+    /// instead of handled: chaos for a test or a rehearsal (a rollout's failing version,
+    /// `docs/rollouts.md`); 0 by default.
+    pub fault_rate: f64,
     /// `TESSERA_CREDENTIAL`: what proves to the control plane that this process is this
     /// service (`docs/security.md`); required with a control plane or a bus.
     pub credential: Option<Credential>,
@@ -298,6 +302,16 @@ impl ServiceConfig {
             call_timeout: s.millis_or("TESSERA_CALL_TIMEOUT_MS", Duration::from_secs(10))?,
             shutdown_grace: s.millis_or("TESSERA_SHUTDOWN_GRACE_MS", Duration::from_secs(10))?,
             max_body_bytes: s.get_or("TESSERA_MAX_BODY_BYTES", 1024 * 1024)?,
+            fault_rate: {
+                let rate: f64 = s.get_or("TESSERA_FAULT_RATE", 0.0)?;
+                if !(0.0..=1.0).contains(&rate) {
+                    return Err(ConfigError::new(
+                        "TESSERA_FAULT_RATE",
+                        "a share from 0 to 1",
+                    ));
+                }
+                rate
+            },
             credential,
             producers,
             service,

@@ -208,6 +208,7 @@ mod tests {
                 address: address.clone(),
                 version: "test".into(),
                 metadata: Default::default(),
+                weight: None,
             }]),
             Arc::new(PassportKeys::from_spec(&PassportKeys::generate_spec(), "test").unwrap()),
             "order",

@@ -360,7 +360,10 @@ impl Service {
         app = app.merge(crate::status::config_routes(declared.clone()));
         let router = app
             .fallback(|| async { ApiError::not_found("no such route") })
-            .layer(RequestLayer { keys })
+            .layer(RequestLayer {
+                keys,
+                fault_rate: config.fault_rate,
+            })
             .merge(health.routes())
             .layer(DefaultBodyLimit::max(config.max_body_bytes));
 
@@ -413,6 +416,7 @@ impl Service {
                         .into_iter()
                         .chain(sagas_metadata(&events))
                         .collect(),
+                        weight: None,
                     },
                     ttl_ms: config.ttl.as_millis() as u64,
                 };
@@ -486,6 +490,8 @@ fn sagas_metadata(events: &std::sync::OnceLock<Events>) -> Option<(String, Strin
 #[derive(Clone)]
 struct RequestLayer {
     keys: Arc<PassportKeys>,
+    /// `TESSERA_FAULT_RATE`.
+    fault_rate: f64,
 }
 
 impl<S> tower::Layer<S> for RequestLayer {
@@ -494,6 +500,7 @@ impl<S> tower::Layer<S> for RequestLayer {
     fn layer(&self, inner: S) -> Self::Service {
         RequestService {
             keys: self.keys.clone(),
+            fault_rate: self.fault_rate,
             inner,
         }
     }
@@ -502,6 +509,7 @@ impl<S> tower::Layer<S> for RequestLayer {
 #[derive(Clone)]
 struct RequestService<S> {
     keys: Arc<PassportKeys>,
+    fault_rate: f64,
     inner: S,
 }
 
@@ -579,6 +587,13 @@ where
                     http::StatusCode::GATEWAY_TIMEOUT,
                     "deadline_exceeded",
                     "the caller's deadline has passed",
+                ))
+            }
+            Ok(_) if self.fault_rate > 0.0 && rand::random::<f64>() < self.fault_rate => {
+                Err(ApiError::new(
+                    http::StatusCode::SERVICE_UNAVAILABLE,
+                    "fault_injected",
+                    "a fault injected on purpose (TESSERA_FAULT_RATE)",
                 ))
             }
             Ok((passport, token)) => {

@@ -16,6 +16,7 @@ use tessera::registry::Catalog;
 pub mod capture;
 pub mod engine;
 pub mod etcd;
+pub mod load;
 mod manifest;
 pub mod nats;
 pub mod postgres;
@@ -454,6 +455,22 @@ consumes = ["catalog.events"]
 
     /// `tessera <args>` against this system, as an operator types it: (succeeded, stdout,
     /// stderr).
+    /// [`System::cli`] without blocking the test's runtime (a load it runs goes on meanwhile).
+    pub async fn cli_async(&self, args: &[&str]) -> (bool, String, String) {
+        let out = tokio::process::Command::new(bin_dir().join("tessera"))
+            .arg("--manifest")
+            .arg(self.dir.join("tessera.toml"))
+            .args(args)
+            .output()
+            .await
+            .expect("the tessera binary runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
         let out = Command::new(bin_dir().join("tessera"))
             .arg("--manifest")

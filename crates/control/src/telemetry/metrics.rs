@@ -166,6 +166,77 @@ fn quantile(q: f64, buckets: &BTreeMap<OrderedBound, f64>) -> Option<f64> {
     Some(lower)
 }
 
+/// What an instance's requests came to, summed over its routes: counts from one scrape, or
+/// the difference of two (`rollouts.rs` compares two versions of a service with it).
+#[derive(Clone, Default)]
+pub struct Totals {
+    counts: RouteCounts,
+}
+
+impl Totals {
+    /// The totals in one scrape's text.
+    pub fn of(text: &str) -> Self {
+        let mut counts = RouteCounts::default();
+        for c in counts_of(text).into_values() {
+            counts.requests += c.requests;
+            counts.errors += c.errors;
+            for (le, n) in c.buckets {
+                *counts.buckets.entry(le).or_default() += n;
+            }
+        }
+        Self { counts }
+    }
+
+    /// Adds what happened between `before` and `now` (a restart counting from zero).
+    pub fn add_since(&mut self, now: &Totals, before: &Totals) {
+        let (c, b) = (&now.counts, &before.counts);
+        self.counts.requests += delta(c.requests, b.requests);
+        self.counts.errors += delta(c.errors, b.errors);
+        for (le, count) in &c.buckets {
+            let was = b.buckets.get(le).copied().unwrap_or(0.0);
+            *self.counts.buckets.entry(*le).or_default() += delta(*count, was);
+        }
+    }
+
+    pub fn requests(&self) -> f64 {
+        self.counts.requests
+    }
+
+    /// Requests answered 5xx.
+    pub fn errors(&self) -> f64 {
+        self.counts.errors
+    }
+
+    pub fn p99_ms(&self) -> Option<f64> {
+        quantile(0.99, &self.counts.buckets).map(|s| s * 1000.0)
+    }
+}
+
+/// Where `instance`'s `/metrics` is, if it registered an admin listener on its own host.
+pub fn admin_of(instance: &tessera::registry::Instance) -> Option<String> {
+    instance
+        .metadata
+        .get(tessera::admin::METADATA_KEY)
+        .and_then(|a| admin_address(&instance.address, a))
+}
+
+/// The text of `/metrics` at `address` (plain HTTP), at most [`MAX_SCRAPE_BYTES`].
+pub async fn scrape(http: &reqwest::Client, address: &str) -> Option<String> {
+    let mut resp = http
+        .get(format!("http://{address}/metrics"))
+        .send()
+        .await
+        .ok()?;
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.ok()? {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_SCRAPE_BYTES {
+            return None;
+        }
+    }
+    Some(String::from_utf8_lossy(&body).into_owned())
+}
+
 impl Series {
     /// Takes one round of scrapes (`(target, text)`, taken at `t` ms after `interval`) and
     /// adds a point per route that had requests before.
@@ -230,11 +301,7 @@ pub(super) fn targets(telemetry: &Telemetry) -> Vec<Target> {
     if let Some(registry) = &telemetry.registry {
         for (service, instances) in registry.catalog().services {
             for i in instances {
-                if let Some(admin) = i
-                    .metadata
-                    .get(tessera::admin::METADATA_KEY)
-                    .and_then(|a| admin_address(&i.address, a))
-                {
+                if let Some(admin) = admin_of(&i) {
                     out.push(Target {
                         service: service.clone(),
                         instance: i.id.clone(),
@@ -277,19 +344,8 @@ pub(super) async fn run(telemetry: Telemetry, every: Duration) {
         let scrapes = targets(&telemetry).into_iter().map(|target| {
             let http = http.clone();
             async move {
-                let mut resp = http
-                    .get(format!("http://{}/metrics", target.address))
-                    .send()
-                    .await
-                    .ok()?;
-                let mut body = Vec::new();
-                while let Some(chunk) = resp.chunk().await.ok()? {
-                    body.extend_from_slice(&chunk);
-                    if body.len() > MAX_SCRAPE_BYTES {
-                        return None;
-                    }
-                }
-                Some((target, String::from_utf8_lossy(&body).into_owned()))
+                let text = scrape(&http, &target.address).await?;
+                Some((target, text))
             }
         });
         let scraped: Vec<_> = futures_util::future::join_all(scrapes)
