@@ -181,3 +181,93 @@ async fn a_canary_completes_and_a_failing_version_rolls_back_without_a_failed_re
         (answered - answered_before) as f64 / elapsed.as_secs_f64()
     );
 }
+
+#[tokio::test]
+async fn a_blue_green_switch_of_order_while_checkouts_run_loses_no_checkout() {
+    const MOUSE: &str = "0190f000-0000-7000-8000-000000000005"; // 29.00 USD
+    let sys = System::start_with(Options {
+        checkout: true,
+        ..Options::default()
+    })
+    .await;
+    let sys = std::sync::Arc::new(sys);
+    let old = instances(&sys, "order").await;
+    // Checkouts, one after another from each of three users (about ten a second in all, so
+    // that the 100 mice in stock last), until stopped: every order placed (202), and its id,
+    // to see each one settle.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut buyers = Vec::new();
+    for _ in 0..3 {
+        let (token, _) = sys.new_user().await;
+        let (sys, stop) = (sys.clone(), stop.clone());
+        buyers.push(tokio::spawn(async move {
+            let (mut placed, mut failed) = (Vec::new(), Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (status, body) = sys
+                    .post(
+                        "/api/orders",
+                        Some(&token),
+                        json!({ "items": [{ "productId": MOUSE, "quantity": 1 }] }),
+                    )
+                    .await;
+                match (status, body["data"]["orderId"].as_str()) {
+                    (202, Some(id)) => placed.push(id.to_string()),
+                    _ => failed.push(format!("{status} {body}")),
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            (token, placed, failed)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (ok, out, err) = sys
+        .cli_async(&[
+            "rollout",
+            "order",
+            "--blue-green",
+            "--version",
+            "green",
+            "--step",
+            "1500ms",
+            "--max-p99-ratio",
+            "4",
+        ])
+        .await;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("completed"), "{out}");
+    sys.wait_until(
+        Duration::from_secs(10),
+        "the blue instances gone",
+        || async {
+            let now = instances(&sys, "order").await;
+            !now.is_empty() && now.iter().all(|(_, v)| v == "green")
+        },
+    )
+    .await;
+    // Checkouts go on against the green version alone.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    // Every checkout reaches its end: confirmed, or rejected once the mice ran out (100 in
+    // stock), never stuck or failed half-way.
+    let (mut total, mut confirmed) = (0, 0);
+    for buyer in buyers {
+        let (token, placed, failed) = buyer.await.unwrap();
+        assert!(failed.is_empty(), "{} failed: {failed:#?}", failed.len());
+        for id in &placed {
+            let order = sys.settled_order(&token, id).await;
+            match order["status"].as_str() {
+                Some("CONFIRMED") => confirmed += 1,
+                _ => assert_eq!(order["reason"], "out_of_stock", "{order}"),
+            }
+        }
+        total += placed.len();
+    }
+    assert!(
+        confirmed >= 20,
+        "only {confirmed} of {total} checkouts confirmed"
+    );
+    assert!(old.iter().all(|(_, v)| v != "green"));
+    eprintln!(
+        "{total} checkouts across a blue-green switch of order, every one settled ({confirmed} confirmed)"
+    );
+}
