@@ -167,7 +167,11 @@ pub fn kubernetes(
     let yaml = tessera_deploy::to_yaml(&tessera_deploy::render(&plan))?;
     match args.out {
         Some(path) => {
-            crate::keys::write_private(&path, &yaml)
+            // Written aside (readable by its owner only), then renamed over any earlier one.
+            let aside = path.with_extension(format!("new-{}", std::process::id()));
+            let _ = std::fs::remove_file(&aside);
+            crate::keys::write_private(&aside, &yaml)
+                .and_then(|()| std::fs::rename(&aside, &path))
                 .with_context(|| format!("cannot write {}", path.display()))?;
             eprintln!(
                 "tessera: wrote {} (it holds the system's secrets: apply it, do not commit it)",

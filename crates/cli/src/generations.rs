@@ -153,6 +153,16 @@ fn specs(service: &str, launch: &Launch, g: &Generation) -> Vec<ProcSpec> {
             let instance = format!("{service}-{}-{replica}", g.version);
             let mut env = launch.env.clone();
             env.extend(g.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+            // Beside the running version: its listeners on free ports of the same host, not on
+            // the fixed ones the manifest may give the service.
+            for (key, value) in env.iter_mut() {
+                if (key == "TESSERA_LISTEN" || key == "TESSERA_ADMIN_LISTEN")
+                    && let Ok(mut address) = value.parse::<std::net::SocketAddr>()
+                {
+                    address.set_port(0);
+                    *value = address.to_string();
+                }
+            }
             env.push(("TESSERA_INSTANCE".into(), instance.clone()));
             env.push(("TESSERA_VERSION".into(), g.version.clone()));
             ProcSpec {

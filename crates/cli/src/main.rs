@@ -407,7 +407,9 @@ fn main() -> anyhow::Result<()> {
                     Err(_) => 0,
                 };
                 // Read again with its text: what a reload compares the file with.
-                let manifest_path = cli.manifest.canonicalize()?;
+                // Absolute, not resolved through links: a Kubernetes volume swaps the file's
+                // directory behind a link when it changes (`docs/deploy.md`).
+                let manifest_path = std::path::absolute(&cli.manifest)?;
                 let manifest_text = std::fs::read_to_string(&manifest_path)?;
                 let manifest = Manifest::parse(&manifest_text)
                     .map_err(|e| anyhow::anyhow!("{}{e}", manifest_path.display()))?

@@ -163,12 +163,13 @@ fn duration_ms(text: &str) -> anyhow::Result<u64> {
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let n: u64 = number.parse().map_err(|_| bad())?;
-    Ok(match unit {
-        "" | "ms" => n,
-        "s" => n * 1000,
-        "m" => n * 60_000,
+    let scale: u64 = match unit {
+        "" | "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
         _ => return Err(bad()),
-    })
+    };
+    n.checked_mul(scale).ok_or_else(bad)
 }
 
 fn describe(r: &Value) -> String {
@@ -218,5 +219,6 @@ mod tests {
         assert_eq!(duration_ms("750").unwrap(), 750);
         assert!(duration_ms("soon").is_err());
         assert!(duration_ms("3h").is_err());
+        assert!(duration_ms("99999999999999999m").is_err());
     }
 }

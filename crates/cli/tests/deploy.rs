@@ -113,17 +113,27 @@ fn the_shop_renders_as_kubernetes_objects_that_parse_back_into_their_types() {
         gateway.spec.as_ref().unwrap().type_.as_deref(),
         Some("LoadBalancer")
     );
-    // The manifest the cluster reads is a valid one.
+    // The manifest the cluster reads is a valid one, and only in a Secret: no ConfigMap holds
+    // a secret setting.
     let text = objects
         .iter()
         .find_map(|o| match o {
-            Object::ConfigMap(c) if c.metadata.name.as_deref() == Some("tessera-manifest") => {
-                c.data.as_ref()?.get("tessera.toml").cloned()
+            Object::Secret(c) if c.metadata.name.as_deref() == Some("tessera-manifest") => {
+                c.string_data.as_ref()?.get("tessera.toml").cloned()
             }
             _ => None,
         })
-        .expect("the manifest's ConfigMap");
+        .expect("the manifest's Secret");
     let cluster = tessera_manifest::Manifest::parse(&text).unwrap();
+    for o in &objects {
+        if let Object::ConfigMap(c) = o {
+            let data = serde_json::to_string(&c.data).unwrap();
+            assert!(
+                !data.contains("PASSWORD") && !data.contains("[system]"),
+                "{data}"
+            );
+        }
+    }
     assert_eq!(cluster.routes.len(), manifest.routes.len());
     // It holds secrets: readable by its owner only.
     use std::os::unix::fs::PermissionsExt;

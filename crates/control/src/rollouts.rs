@@ -44,8 +44,10 @@ use crate::Registry;
 use crate::policy::Caller;
 use crate::telemetry::metrics::Totals;
 
-/// Rollouts kept in the history.
+/// Rollouts kept in the history (ended ones: those under way are always kept).
 const HISTORY: usize = 50;
+/// The state of a rollout whose every step passed, while its old version is drained.
+const FINISHING: &str = "finishing";
 /// How long after a weight change before what it stopped is acted on: every process's
 /// discovery has followed it within a round trip; this is many of those.
 const SETTLE: Duration = Duration::from_millis(1500);
@@ -187,27 +189,38 @@ impl Rollouts {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Published::default(),
             Err(e) => return Err(e.into()),
         };
-        let interrupted: Vec<(String, String, String)> = state
+        let interrupted: Vec<(String, String, String, bool)> = state
             .rollouts
             .iter()
             .filter(|r| r.ended_ms.is_none())
-            .map(|r| (r.service.clone(), r.from.clone(), r.to.clone()))
+            .map(|r| {
+                let passed = r.state == FINISHING;
+                (r.service.clone(), r.from.clone(), r.to.clone(), passed)
+            })
             .collect();
-        for (service, from, to) in interrupted {
-            tracing::warn!(
-                service,
-                "a rollout was interrupted by a restart: rolled back"
-            );
-            back_to(&mut state, &service, &from, &to);
-            if let Some(r) = state
-                .rollouts
-                .iter_mut()
-                .rev()
-                .find(|r| r.service == service)
-            {
-                r.state = "rolled_back".into();
-                r.reason = Some("the control plane restarted during it".into());
-                r.weight = 0;
+        for (service, from, to, passed) in interrupted {
+            // One whose every step passed is completed (its old version may be stopped
+            // already); any other is rolled back, its verdict never reached.
+            let (outcome, reason) = if passed {
+                tracing::warn!(service, "a rollout was finishing at a restart: completed");
+                weigh(&mut state, &service, &from, 0, &to);
+                retire(&mut state, &service, &from);
+                ("completed", None)
+            } else {
+                tracing::warn!(
+                    service,
+                    "a rollout was interrupted by a restart: rolled back"
+                );
+                back_to(&mut state, &service, &from, &to);
+                (
+                    "rolled_back",
+                    Some("the control plane restarted during it".to_string()),
+                )
+            };
+            if let Some(r) = current(&mut state, &service) {
+                r.state = outcome.into();
+                r.reason = reason;
+                r.weight = if passed { 100 } else { 0 };
                 r.ended_ms = Some(tessera::unix_now_ms());
             }
         }
@@ -231,14 +244,17 @@ impl Rollouts {
     }
 
     /// Changes the state under its lock, bumps the index, writes it, wakes the long polls.
+    /// The change is made on a copy, taken only once written: a failed write changes nothing.
     fn change<R>(&self, f: impl FnOnce(&mut Published) -> R) -> anyhow::Result<R> {
         let mut state = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
-        let out = f(&mut state);
-        state.index += 1;
-        let bytes = serde_json::to_vec_pretty(&*state)?;
+        let mut next = state.clone();
+        let out = f(&mut next);
+        next.index += 1;
+        let bytes = serde_json::to_vec_pretty(&next)?;
         let aside = self.inner.path.with_extension("json.new");
         std::fs::write(&aside, bytes)?;
         std::fs::rename(&aside, &self.inner.path)?;
+        *state = next;
         let index = state.index;
         drop(state);
         self.inner.changed.send_replace(index);
@@ -319,6 +335,10 @@ impl Rollouts {
                     });
                 }
                 let running = generations.iter().rev().find(|g| !g.retired).cloned();
+                // As many as the running version is meant to have, not only those up now.
+                let replicas = running
+                    .as_ref()
+                    .map_or(replicas, |g| g.replicas.max(replicas));
                 let mut env = running.as_ref().map(|g| g.env.clone()).unwrap_or_default();
                 env.extend(plan.env.clone());
                 generations.push(Generation {
@@ -353,12 +373,23 @@ impl Rollouts {
                     ended_ms: None,
                 };
                 state.rollouts.push(rollout.clone());
-                if state.rollouts.len() > HISTORY {
-                    state.rollouts.remove(0);
+                while state.rollouts.len() > HISTORY {
+                    match state.rollouts.iter().position(|r| r.ended_ms.is_some()) {
+                        Some(oldest) => state.rollouts.remove(oldest),
+                        None => break,
+                    };
                 }
+                let rollout = (rollout, replicas);
                 Ok(rollout)
             })
             .map_err(ApiError::internal)??;
+        let (rollout, replicas) = rollout;
+        // An abort of an earlier rollout of the service, too late for it, is not this one's.
+        self.inner
+            .aborts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(service);
         tracing::info!(target: "audit", who, service, from = %rollout.from, to = %rollout.to, steps = ?rollout.steps, "rollout started");
         let me = self.clone();
         let (service, to) = (service.to_string(), rollout.to.clone());
@@ -375,6 +406,13 @@ impl Rollouts {
             Err(Ending::Failed(why)) => ("failed", Some(why)),
         };
         if state == "completed" {
+            // Passed: from here the rollout completes, whatever happens (an abort is refused,
+            // a restart of the control plane completes it).
+            let _ = self.change(|s| {
+                if let Some(r) = current(s, &service) {
+                    r.state = FINISHING.into();
+                }
+            });
             self.finish(&service, &from, &to).await;
         } else {
             tracing::warn!(
@@ -611,6 +649,8 @@ enum Ending {
 
 /// Latencies closer than this are not told apart (a fresh instance's first requests).
 const P99_SLACK_MS: f64 = 25.0;
+/// The fewest requests of each version for their p99s to be compared.
+const P99_MIN_REQUESTS: f64 = 100.0;
 
 /// Why `new` is a regression against `old`, if it is.
 fn judge(old: &Measured, new: &Measured, plan: &Plan) -> Option<String> {
@@ -625,7 +665,12 @@ fn judge(old: &Measured, new: &Measured, plan: &Plan) -> Option<String> {
             plan.max_error_increase * 100.0
         ));
     }
+    // A p99 of fewer than a hundred requests is their slowest one (a fresh instance's first
+    // connection to its database): not a latency to judge a version by.
+    let enough = |m: &Measured| m.requests >= P99_MIN_REQUESTS;
     if let (Some(old_p99), Some(new_p99)) = (old.p99_ms, new.p99_ms)
+        && enough(old)
+        && enough(new)
         && new_p99 > old_p99 * plan.max_p99_ratio + P99_SLACK_MS
     {
         return Some(format!(
@@ -827,13 +872,26 @@ async fn abort(
     let under_way = rollouts.read(|s| {
         s.rollouts
             .iter()
-            .any(|r| r.service == service && r.ended_ms.is_none())
+            .rev()
+            .find(|r| r.service == service && r.ended_ms.is_none())
+            .map(|r| r.state.clone())
     });
-    if !under_way {
-        return Err(ApiError::conflict(
-            "no_rollout",
-            format!("no rollout of {service} is under way"),
-        ));
+    match under_way.as_deref() {
+        None => {
+            return Err(ApiError::conflict(
+                "no_rollout",
+                format!("no rollout of {service} is under way"),
+            ));
+        }
+        Some(FINISHING) => {
+            return Err(ApiError::conflict(
+                "rollout_passed",
+                format!(
+                    "every step of {service}'s rollout passed: its old version is being drained"
+                ),
+            ));
+        }
+        Some(_) => {}
     }
     rollouts
         .inner
@@ -868,12 +926,99 @@ mod tests {
         let plan = plan();
         let old = measured(1000.0, 1.0, 20.0);
         assert_eq!(judge(&old, &measured(100.0, 2.0, 25.0), &plan), None);
+        // A p99 of a few requests is their slowest: not judged on.
+        assert_eq!(judge(&old, &measured(20.0, 0.0, 300.0), &plan), None);
         let errors = judge(&old, &measured(100.0, 30.0, 20.0), &plan).unwrap();
         assert!(errors.contains("30.0%"), "{errors}");
         let slow = judge(&old, &measured(100.0, 0.0, 90.0), &plan).unwrap();
         assert!(slow.contains("p99"), "{slow}");
         // Too few requests to tell.
         assert_eq!(judge(&old, &measured(5.0, 5.0, 500.0), &plan), None);
+    }
+
+    /// A state file with one rollout of `catalog` from 1 to 2 left in `state`.
+    fn left_in(state: &str) -> (std::path::PathBuf, Rollouts) {
+        let dir =
+            std::env::temp_dir().join(format!("tessera-rollouts-{state}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let generation = |version: &str, retired: bool, manifest: bool| Generation {
+            version: version.into(),
+            command: None,
+            env: BTreeMap::new(),
+            replicas: 2,
+            retired,
+            manifest,
+        };
+        let published = Published {
+            index: 7,
+            next_id: 1,
+            traffic: BTreeMap::from([(
+                "catalog".to_string(),
+                BTreeMap::from([("1".to_string(), 0), ("2".to_string(), 100)]),
+            )]),
+            generations: BTreeMap::from([(
+                "catalog".to_string(),
+                vec![
+                    generation("1", state == FINISHING, true),
+                    generation("2", false, false),
+                ],
+            )]),
+            rollouts: vec![Rollout {
+                id: 1,
+                service: "catalog".into(),
+                from: "1".into(),
+                to: "2".into(),
+                steps: vec![100],
+                step_ms: 1000,
+                state: state.into(),
+                weight: 100,
+                reason: None,
+                reports: Vec::new(),
+                who: "admin".into(),
+                started_ms: 1,
+                ended_ms: None,
+            }],
+        };
+        std::fs::write(
+            dir.join("rollouts.json"),
+            serde_json::to_vec(&published).unwrap(),
+        )
+        .unwrap();
+        let registry = Registry::new(Duration::from_millis(10));
+        let rollouts = Rollouts::open(&dir, registry).unwrap();
+        (dir, rollouts)
+    }
+
+    #[tokio::test]
+    async fn a_restart_completes_a_rollout_that_passed_and_rolls_back_one_that_had_not() {
+        // Every step passed, the old version already being drained: completed, the new one
+        // kept (rolling it back would leave the service with no version at all).
+        let (dir, rollouts) = left_in(FINISHING);
+        rollouts.read(|s| {
+            let r = &s.rollouts[0];
+            assert_eq!(
+                (r.state.as_str(), r.ended_ms.is_some()),
+                ("completed", true)
+            );
+            let g = &s.generations["catalog"];
+            assert!(g.iter().any(|g| g.version == "2" && !g.retired), "{g:?}");
+            assert!(g.iter().any(|g| g.version == "1" && g.retired), "{g:?}");
+            assert_eq!(s.traffic["catalog"]["2"], 100);
+            assert!(s.index > 7);
+        });
+        let _ = std::fs::remove_dir_all(dir);
+        // Mid-step: rolled back, the new version retired, all traffic on the old one.
+        let (dir, rollouts) = left_in("shifting");
+        rollouts.read(|s| {
+            let r = &s.rollouts[0];
+            assert_eq!(r.state, "rolled_back");
+            let g = &s.generations["catalog"];
+            assert!(g.iter().any(|g| g.version == "1" && !g.retired), "{g:?}");
+            assert!(g.iter().any(|g| g.version == "2" && g.retired), "{g:?}");
+            assert_eq!(s.traffic["catalog"]["1"], 100);
+        });
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

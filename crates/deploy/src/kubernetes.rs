@@ -1,7 +1,7 @@
 //! The Kubernetes objects of a system: per kind of process a Deployment (probes on
 //! `/health/ready` and `/health/live`, resource requests, a non-root, read-only container), a
 //! Service, a PodDisruptionBudget; its environment as a Secret, a service's own settings as a
-//! ConfigMap; the manifest as a ConfigMap; the control plane's state on a volume; the gateway
+//! ConfigMap (its secret ones in the Secret); the manifest as a Secret (it holds them all); the control plane's state on a volume; the gateway
 //! behind a Service of type LoadBalancer.
 //!
 //! Every address a process registers is its pod's (`$(POD_IP)`, from the downward API), so the
@@ -14,12 +14,12 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapEnvSource, ConfigMapVolumeSource, Container, ContainerPort,
-    EmptyDirVolumeSource, EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, Namespace,
-    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, Secret, SecretEnvSource, SecretVolumeSource, SecurityContext, Service,
-    ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount, VolumeResourceRequirements,
+    Capabilities, ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, Namespace, ObjectFieldSelector,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Secret,
+    SecretEnvSource, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
+    TCPSocketAction, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -55,11 +55,14 @@ pub fn render(plan: &Plan) -> Vec<Object> {
         },
         ..Default::default()
     }))];
-    out.push(config_map(
-        plan,
-        "tessera-manifest",
-        [("tessera.toml".to_string(), plan.manifest_text.clone())].into(),
-    ));
+    // A Secret, not a ConfigMap: the manifest holds every service's settings, secret ones
+    // included, and the engines' URLs with their passwords.
+    out.push(Object::Secret(Box::new(Secret {
+        metadata: meta(plan, "tessera-manifest", "config"),
+        string_data: Some([("tessera.toml".to_string(), plan.manifest_text.clone())].into()),
+        type_: Some("Opaque".into()),
+        ..Default::default()
+    })));
     for process in &plan.processes {
         render_process(plan, process, &mut out);
     }
@@ -451,16 +454,16 @@ fn manifest_args(command: &str) -> Vec<String> {
     ]
 }
 
+/// The manifest's Secret at [`paths::MANIFEST_DIR`]; the kubelet swaps it in place when it
+/// changes, and the gateway reloads its routes (`docs/gateway.md`).
 fn mount_manifest(volumes: &mut Vec<Volume>, mounts: &mut Vec<VolumeMount>) {
-    volumes.push(Volume {
-        name: "manifest".into(),
-        config_map: Some(ConfigMapVolumeSource {
-            name: "tessera-manifest".into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
-    mounts.push(mount("manifest", paths::MANIFEST_DIR, true));
+    mount_secret(
+        volumes,
+        mounts,
+        "manifest",
+        "tessera-manifest",
+        paths::MANIFEST_DIR,
+    );
 }
 
 fn mount_secret(

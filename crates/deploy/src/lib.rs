@@ -7,8 +7,9 @@
 //! (one replica, its state on a volume), the gateways, and each service with its replicas. They
 //! are given what `up` gives them (`tessera env`, computed by the CLI and handed in as a
 //! [`Process`] each): their credentials and keys become Secrets, the services' own settings a
-//! ConfigMap, and the manifest itself, rewritten for the cluster ([`in_cluster`]), a ConfigMap
-//! the control plane and the gateways read (a gateway reloads its routes when it changes:
+//! ConfigMap (secret ones a Secret), and the manifest itself, rewritten for the cluster
+//! ([`in_cluster`]), a Secret (it names every setting and the engines' passwords) the control
+//! plane and the gateways read (a gateway reloads its routes when it changes:
 //! `docs/gateway.md`). The engines (PostgreSQL, NATS, etcd, Redis) are not run here: the
 //! manifest names them by URL, as in the distributed profile.
 
@@ -30,7 +31,7 @@ pub mod ports {
 
 /// Where files are mounted in a pod.
 pub mod paths {
-    /// The manifest (`tessera.toml`), from a ConfigMap.
+    /// The manifest (`tessera.toml`), from a Secret.
     pub const MANIFEST_DIR: &str = "/etc/tessera";
     /// The control plane's state (event log, registry, telemetry, configuration), on a volume.
     pub const STATE_DIR: &str = "/var/lib/tessera";

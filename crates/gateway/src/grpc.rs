@@ -145,7 +145,9 @@ impl Streaming for Gateway {
         let mut hex = [0u8; 32];
         let trace_id = tessera::trace::hex(&trace.trace_id, &mut hex).to_string();
         let table = self.routes.load_full();
-        let route = table.find(req.path).ok().flatten();
+        // The table of this request (a reload may have come since `streams` looked): a route
+        // that no longer passes gRPC is not streamed.
+        let route = table.find(req.path).ok().flatten().filter(|r| r.grpc);
         let answer = match route {
             Some(route) => self.call(route, &req, parts, body, &trace).await,
             None => Err(GatewayError::ROUTE_NOT_FOUND),

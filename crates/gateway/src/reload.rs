@@ -39,6 +39,8 @@ pub struct Reloader {
 }
 
 struct Running {
+    /// The manifest the gateway started with: what settings read at start are compared to.
+    started: Manifest,
     manifest: Manifest,
     text: String,
     version: u64,
@@ -70,6 +72,7 @@ impl Reloader {
             path,
             replica,
             running: tokio::sync::Mutex::new(Running {
+                started: manifest.clone(),
                 manifest,
                 text,
                 version: 0,
@@ -128,7 +131,7 @@ impl Reloader {
                 "system.name changed: it is every passport's audience; restart the system".into(),
             );
         }
-        let restart_needed = read_at_start(&running.manifest, &manifest);
+        let restart_needed = read_at_start(&running.started, &manifest);
         let current = self.gateway.routes.load_full();
         let mut table = RouteTable::from_manifest(&manifest, Some(&current));
         running.version += 1;
@@ -412,7 +415,7 @@ command = "auth"
         // the pace the manifest in force sets.
         let reloader = Arc::new(reloader);
         reloader.clone().spawn_watch();
-        let fast = format!("{BASE}\n[gateway]\nreload_watch_ms = 20\n");
+        let fast = format!("{BASE}\n[gateway]\nreload_watch_ms = 100\n");
         write(&dir, &fast);
         reloader.reload().await.unwrap();
         write(&dir, &fast.replace("/api/orders", "/api/purchases"));

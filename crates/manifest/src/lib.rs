@@ -614,6 +614,9 @@ impl Manifest {
                 );
             }
         }
+        if (1..100).contains(&self.gateway.reload_watch_ms) {
+            return Err("gateway.reload_watch_ms: 0 (off) or at least 100".into());
+        }
         if !(1..=16).contains(&self.gateway.replicas) {
             return Err("gateway.replicas: from 1 to 16".into());
         }

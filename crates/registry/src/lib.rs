@@ -349,6 +349,9 @@ pub type Traffic = HashMap<String, BTreeMap<String, u32>>;
 /// each weighted service's instances carrying their version's weight.
 #[derive(Default)]
 struct Views {
+    /// Held across reading the inputs and writing the view: two publishes (a registry change,
+    /// a traffic change) never leave the older inputs' view in place.
+    publishing: std::sync::Mutex<()>,
     raw: RwLock<Arc<Snapshot>>,
     traffic: RwLock<Arc<Traffic>>,
     view: RwLock<Arc<Snapshot>>,
@@ -370,6 +373,7 @@ impl Views {
     }
 
     fn publish(&self) {
+        let _one = self.publishing.lock().unwrap_or_else(|e| e.into_inner());
         let raw = self.raw();
         let traffic = self
             .traffic

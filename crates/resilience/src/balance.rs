@@ -91,7 +91,8 @@ impl Drop for Pick {
 /// instances of one version, chosen by weight among those in `pool`, before one instance is
 /// chosen among them. A retry goes to a version not tried yet when one with weight is left
 /// (Envoy's `previous_priorities`): a new version failing a request hands it to the old one.
-/// A version of weight 0 is not chosen while another has weight.
+/// A version of weight 0 is not chosen while an instance of one with weight is left to try
+/// (when none is, the call goes to what is left rather than fail).
 fn one_version(
     pool: Vec<(usize, Arc<Endpoint>)>,
     instances: &[Instance],
