@@ -95,7 +95,9 @@ pub struct Config {
 }
 
 struct Inner {
-    file: Mutex<std::fs::File>,
+    /// Where versions are kept: an append-only file in the state directory, or the
+    /// registry's etcd (`durable.rs`).
+    store: Store,
     versions: Mutex<BTreeMap<String, Vec<Version>>>,
     /// Told at every version taken (the long polls wait on it).
     changed: tokio::sync::watch::Sender<u64>,
@@ -107,6 +109,12 @@ struct Inner {
 }
 
 const FILE: &str = "config.jsonl";
+
+enum Store {
+    File(Mutex<std::fs::File>),
+    /// A key per version, `config/<service>/<version>`.
+    Durable(crate::durable::Durable),
+}
 
 /// The longest a long poll waits.
 const MAX_WAIT: Duration = Duration::from_secs(30);
@@ -154,9 +162,55 @@ impl Config {
             }
         }
         let file = open_append(&path)?;
-        Ok(Config {
+        Ok(Self::with(
+            Store::File(Mutex::new(file)),
+            versions,
+            base,
+            registry,
+            operator,
+        ))
+    }
+
+    /// Opens the versions kept in `durable` when it is on etcd (the distributed profile), else
+    /// in `dir`.
+    pub async fn open_in(
+        durable: crate::durable::Durable,
+        dir: &Path,
+        base: BTreeMap<String, Base>,
+        registry: Registry,
+        operator: Operator,
+    ) -> anyhow::Result<Self> {
+        if !durable.on_etcd() {
+            return Self::open(dir, base, registry, operator);
+        }
+        let mut versions: BTreeMap<String, Vec<Version>> = BTreeMap::new();
+        for record in durable.records("config").await? {
+            match serde_json::from_slice::<Version>(&record) {
+                Ok(v) => versions.entry(v.service.clone()).or_default().push(v),
+                Err(e) => {
+                    tracing::warn!(error = %e, "a configuration record that does not read is ignored")
+                }
+            }
+        }
+        Ok(Self::with(
+            Store::Durable(durable),
+            versions,
+            base,
+            registry,
+            operator,
+        ))
+    }
+
+    fn with(
+        store: Store,
+        versions: BTreeMap<String, Vec<Version>>,
+        base: BTreeMap<String, Base>,
+        registry: Registry,
+        operator: Operator,
+    ) -> Self {
+        Config {
             inner: Arc::new(Inner {
-                file: Mutex::new(file),
+                store,
                 versions: Mutex::new(versions),
                 changed: tokio::sync::watch::channel(0).0,
                 base,
@@ -164,7 +218,7 @@ impl Config {
                 operator,
                 changing: Mutex::default(),
             }),
-        })
+        }
     }
 
     /// The version in force for `service` and its changes.
@@ -252,14 +306,26 @@ impl Config {
         version.at = tessera::trace::unix_now_ms();
         let mut line = serde_json::to_vec(&version).map_err(ApiError::internal)?;
         line.push(b'\n');
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || append(&inner.file, &line))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(|e| {
-                tracing::error!(error = %e, "cannot write a configuration change");
-                ApiError::unavailable("the change could not be kept; nothing changed")
-            })?;
+        let kept: anyhow::Result<()> = match &self.inner.store {
+            Store::File(_) => {
+                let inner = self.inner.clone();
+                tokio::task::spawn_blocking(move || match &inner.store {
+                    Store::File(file) => append(file, &line),
+                    Store::Durable(_) => Ok(()),
+                })
+                .await
+                .map_err(anyhow::Error::from)
+                .and_then(|written| Ok(written?))
+            }
+            Store::Durable(durable) => {
+                let key = format!("{service}/{:020}", version.version);
+                durable.append("config", &key, line).await
+            }
+        };
+        kept.map_err(|e| {
+            tracing::error!(error = %e, "cannot write a configuration change");
+            ApiError::unavailable("the change could not be kept; nothing changed")
+        })?;
         self.inner
             .versions
             .lock()
@@ -736,7 +802,10 @@ mod tests {
         assert_eq!(config.history("pay").len(), 2);
         assert_eq!(config.current("other"), (0, BTreeMap::new()));
         // The torn tail is cut: the next version starts on a line of its own and reads back.
-        append(&config.inner.file, format!("{}\n", line(3, "9")).as_bytes()).unwrap();
+        let Store::File(file) = &config.inner.store else {
+            unreachable!("opened in a directory")
+        };
+        append(file, format!("{}\n", line(3, "9")).as_bytes()).unwrap();
         drop(config);
         let again = open();
         assert_eq!(again.current("pay").0, 3);

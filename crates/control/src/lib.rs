@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod config;
 pub mod console;
+pub mod durable;
 pub mod events;
 pub mod gateways;
 pub mod operate;
@@ -304,13 +305,17 @@ pub async fn serve(
     let operator = operate::Operator::new(config.passport_keys);
     let sagas = sagas::Sagas::new(registry.clone(), operator.clone());
     let gateways = gateways::Gateways::new(config.gateways, operator.clone());
-    let rollouts = rollouts::Rollouts::open(&config.data_dir, registry.clone())?;
-    let settings = config::Config::open(
+    // Decisions kept on the registry's etcd when there is one, else in the state directory.
+    let durable = durable::Durable::for_system(&config.data_dir, config.registry_url.as_deref())?;
+    let rollouts = rollouts::Rollouts::open(durable.clone(), registry.clone()).await?;
+    let settings = config::Config::open_in(
+        durable,
         &config.data_dir,
         config.config_base,
         registry.clone(),
         operator,
-    )?;
+    )
+    .await?;
     let apis = Apis {
         registry,
         log,

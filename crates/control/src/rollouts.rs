@@ -27,7 +27,6 @@
 //! old version, the new one retired), since its verdict was never reached.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,8 +40,12 @@ use tessera::identity::Principal;
 use tokio::sync::watch;
 
 use crate::Registry;
+use crate::durable::Durable;
 use crate::policy::Caller;
 use crate::telemetry::metrics::Totals;
+
+/// The document the state is kept in (`durable.rs`).
+const FILE: &str = "rollouts.json";
 
 /// Rollouts kept in the history (ended ones: those under way are always kept).
 const HISTORY: usize = 50;
@@ -59,8 +62,9 @@ pub struct Rollouts {
 }
 
 struct Inner {
-    path: PathBuf,
-    state: Mutex<Published>,
+    durable: Durable,
+    /// Held while a change is made and written: one change at a time, in order.
+    state: tokio::sync::Mutex<Published>,
     changed: watch::Sender<u64>,
     registry: Registry,
     http: reqwest::Client,
@@ -180,14 +184,12 @@ fn min_requests() -> f64 {
 }
 
 impl Rollouts {
-    /// Opens the state in `dir` (an interrupted rollout rolled back), and follows `registry`.
-    pub fn open(dir: &std::path::Path, registry: Registry) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(dir)?;
-        let path = dir.join("rollouts.json");
-        let mut state: Published = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Published::default(),
-            Err(e) => return Err(e.into()),
+    /// Opens the state kept in `durable` (an interrupted rollout completed or rolled back),
+    /// and follows `registry`.
+    pub async fn open(durable: Durable, registry: Registry) -> anyhow::Result<Self> {
+        let mut state: Published = match durable.read(FILE).await? {
+            Some(bytes) => serde_json::from_slice(&bytes)?,
+            None => Published::default(),
         };
         let interrupted: Vec<(String, String, String, bool)> = state
             .rollouts
@@ -226,8 +228,8 @@ impl Rollouts {
         }
         let (changed, _) = watch::channel(state.index);
         let inner = Inner {
-            path,
-            state: Mutex::new(state),
+            durable,
+            state: tokio::sync::Mutex::new(state),
             changed,
             registry,
             http: reqwest::Client::builder()
@@ -239,21 +241,19 @@ impl Rollouts {
         let rollouts = Self {
             inner: Arc::new(inner),
         };
-        rollouts.change(|_| ())?;
+        rollouts.change(|_| ()).await?;
         Ok(rollouts)
     }
 
     /// Changes the state under its lock, bumps the index, writes it, wakes the long polls.
     /// The change is made on a copy, taken only once written: a failed write changes nothing.
-    fn change<R>(&self, f: impl FnOnce(&mut Published) -> R) -> anyhow::Result<R> {
-        let mut state = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
+    async fn change<R>(&self, f: impl FnOnce(&mut Published) -> R) -> anyhow::Result<R> {
+        let mut state = self.inner.state.lock().await;
         let mut next = state.clone();
         let out = f(&mut next);
         next.index += 1;
         let bytes = serde_json::to_vec_pretty(&next)?;
-        let aside = self.inner.path.with_extension("json.new");
-        std::fs::write(&aside, bytes)?;
-        std::fs::rename(&aside, &self.inner.path)?;
+        self.inner.durable.write(FILE, bytes).await?;
         *state = next;
         let index = state.index;
         drop(state);
@@ -261,8 +261,8 @@ impl Rollouts {
         Ok(out)
     }
 
-    fn read<R>(&self, f: impl FnOnce(&Published) -> R) -> R {
-        f(&self.inner.state.lock().unwrap_or_else(|e| e.into_inner()))
+    async fn read<R>(&self, f: impl FnOnce(&Published) -> R) -> R {
+        f(&*self.inner.state.lock().await)
     }
 
     /// Waits until the index passes `after`, or `wait` passes.
@@ -272,7 +272,7 @@ impl Rollouts {
     }
 
     /// Starts a rollout of `service` as `plan` says; the rollout as it begins.
-    fn start(&self, service: &str, plan: Plan, who: &str) -> Result<Rollout, ApiError> {
+    async fn start(&self, service: &str, plan: Plan, who: &str) -> Result<Rollout, ApiError> {
         check(&plan)?;
         let instances = self
             .inner
@@ -382,6 +382,7 @@ impl Rollouts {
                 let rollout = (rollout, replicas);
                 Ok(rollout)
             })
+            .await
             .map_err(ApiError::internal)??;
         let (rollout, replicas) = rollout;
         // An abort of an earlier rollout of the service, too late for it, is not this one's.
@@ -408,11 +409,13 @@ impl Rollouts {
         if state == "completed" {
             // Passed: from here the rollout completes, whatever happens (an abort is refused,
             // a restart of the control plane completes it).
-            let _ = self.change(|s| {
-                if let Some(r) = current(s, &service) {
-                    r.state = FINISHING.into();
-                }
-            });
+            let _ = self
+                .change(|s| {
+                    if let Some(r) = current(s, &service) {
+                        r.state = FINISHING.into();
+                    }
+                })
+                .await;
             self.finish(&service, &from, &to).await;
         } else {
             tracing::warn!(
@@ -421,30 +424,34 @@ impl Rollouts {
                 reason = reason.as_deref().unwrap_or("-"),
                 "rollout rolled back"
             );
-            let _ = self.change(|s| weigh(s, &service, &from, 100, &to));
+            let _ = self.change(|s| weigh(s, &service, &from, 100, &to)).await;
             // The new version's processes stop once nothing is routed to them.
             tokio::time::sleep(SETTLE).await;
-            let _ = self.change(|s| retire(s, &service, &to));
+            let _ = self.change(|s| retire(s, &service, &to)).await;
             self.gone(&service, &to).await;
-            let _ = self.change(|s| {
-                s.traffic.remove(&service);
-            });
+            let _ = self
+                .change(|s| {
+                    s.traffic.remove(&service);
+                })
+                .await;
         }
         self.inner
             .aborts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&service);
-        let _ = self.change(|s| {
-            if let Some(r) = current(s, &service) {
-                r.state = state.into();
-                r.reason = reason.clone();
-                r.ended_ms = Some(tessera::unix_now_ms());
-                if state != "completed" {
-                    r.weight = 0;
+        let _ = self
+            .change(|s| {
+                if let Some(r) = current(s, &service) {
+                    r.state = state.into();
+                    r.reason = reason.clone();
+                    r.ended_ms = Some(tessera::unix_now_ms());
+                    if state != "completed" {
+                        r.weight = 0;
+                    }
                 }
-            }
-        });
+            })
+            .await;
         tracing::info!(target: "audit", service, to, outcome = state, reason = reason.as_deref().unwrap_or("-"), "rollout ended");
     }
 
@@ -467,11 +474,13 @@ impl Rollouts {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let _ = self.change(|s| {
-            if let Some(r) = current(s, service) {
-                r.state = "shifting".into();
-            }
-        });
+        let _ = self
+            .change(|s| {
+                if let Some(r) = current(s, service) {
+                    r.state = "shifting".into();
+                }
+            })
+            .await;
         // Blue-green: the old version measured alone first, to judge the new one against.
         let mut last_old = None;
         if plan.steps.first() == Some(&100) {
@@ -479,12 +488,14 @@ impl Rollouts {
             last_old = Some(old);
         }
         for &weight in &plan.steps {
-            let _ = self.change(|s| {
-                weigh(s, service, from, 100 - weight, to);
-                if let Some(r) = current(s, service) {
-                    r.weight = weight;
-                }
-            });
+            let _ = self
+                .change(|s| {
+                    weigh(s, service, from, 100 - weight, to);
+                    if let Some(r) = current(s, service) {
+                        r.weight = weight;
+                    }
+                })
+                .await;
             let (old, new) = self.measure(service, from, to, plan.step_ms).await?;
             let against = if old.requests > 0.0 {
                 old.clone()
@@ -499,11 +510,13 @@ impl Rollouts {
                 new,
                 verdict: verdict.clone().unwrap_or_else(|| "passed".into()),
             };
-            let _ = self.change(|s| {
-                if let Some(r) = current(s, service) {
-                    r.reports.push(report);
-                }
-            });
+            let _ = self
+                .change(|s| {
+                    if let Some(r) = current(s, service) {
+                        r.reports.push(report);
+                    }
+                })
+                .await;
             if let Some(why) = verdict {
                 return Err(Ending::RolledBack(format!("at {weight}%: {why}")));
             }
@@ -629,16 +642,18 @@ impl Rollouts {
 
     /// The end of a rollout that passed: everything on the new version, the old drained.
     async fn finish(&self, service: &str, from: &str, to: &str) {
-        let _ = self.change(|s| weigh(s, service, from, 0, to));
+        let _ = self.change(|s| weigh(s, service, from, 0, to)).await;
         // Nothing new reaches the old instances; then they are stopped, each finishing what
         // it has in flight and leaving the registry.
         tokio::time::sleep(SETTLE).await;
-        let _ = self.change(|s| retire(s, service, from));
+        let _ = self.change(|s| retire(s, service, from)).await;
         self.gone(service, from).await;
         // One version left: every instance alike again.
-        let _ = self.change(|s| {
-            s.traffic.remove(service);
-        });
+        let _ = self
+            .change(|s| {
+                s.traffic.remove(service);
+            })
+            .await;
     }
 }
 
@@ -799,7 +814,9 @@ async fn traffic(
     Query(poll): Query<Poll>,
 ) -> Json<Value> {
     poll.wait(&rollouts).await;
-    rollouts.read(|s| Json(json!({ "index": s.index, "services": s.traffic })))
+    rollouts
+        .read(|s| Json(json!({ "index": s.index, "services": s.traffic })))
+        .await
 }
 
 /// `GET /v1/rollouts/generations?after=N&wait=S`: what the supervisor runs.
@@ -810,16 +827,20 @@ async fn generations(
 ) -> Result<Json<Value>, ApiError> {
     caller.may_inspect()?;
     poll.wait(&rollouts).await;
-    Ok(rollouts.read(|s| Json(json!({ "index": s.index, "services": s.generations }))))
+    Ok(rollouts
+        .read(|s| Json(json!({ "index": s.index, "services": s.generations })))
+        .await)
 }
 
 /// `GET /v1/rollouts`: every service's last rollouts, newest first.
 async fn list(State(rollouts): State<Rollouts>, caller: Caller) -> Result<Json<Value>, ApiError> {
     caller.may_inspect()?;
-    Ok(rollouts.read(|s| {
-        let list: Vec<&Rollout> = s.rollouts.iter().rev().collect();
-        Json(json!({ "rollouts": list, "traffic": s.traffic }))
-    }))
+    Ok(rollouts
+        .read(|s| {
+            let list: Vec<&Rollout> = s.rollouts.iter().rev().collect();
+            Json(json!({ "rollouts": list, "traffic": s.traffic }))
+        })
+        .await)
 }
 
 /// `GET /v1/rollouts/{service}`: its last rollout.
@@ -829,13 +850,15 @@ async fn status(
     Path(service): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     caller.may_inspect()?;
-    rollouts.read(|s| {
-        let last = s.rollouts.iter().rev().find(|r| r.service == service);
-        match last {
-            Some(r) => Ok(Json(json!(r))),
-            None => Err(ApiError::not_found(format!("{service} has had no rollout"))),
-        }
-    })
+    rollouts
+        .read(|s| {
+            let last = s.rollouts.iter().rev().find(|r| r.service == service);
+            match last {
+                Some(r) => Ok(Json(json!(r))),
+                None => Err(ApiError::not_found(format!("{service} has had no rollout"))),
+            }
+        })
+        .await
 }
 
 fn may_roll_out(caller: &Caller) -> Result<(), ApiError> {
@@ -858,7 +881,9 @@ async fn start(
     may_roll_out(&caller)?;
     let plan: Plan = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid_rollout", format!("the rollout: {e}")))?;
-    let rollout = rollouts.start(&service, plan, &caller.principal.to_string())?;
+    let rollout = rollouts
+        .start(&service, plan, &caller.principal.to_string())
+        .await?;
     Ok((axum::http::StatusCode::ACCEPTED, Json(json!(rollout))))
 }
 
@@ -869,13 +894,15 @@ async fn abort(
     Path(service): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     may_roll_out(&caller)?;
-    let under_way = rollouts.read(|s| {
-        s.rollouts
-            .iter()
-            .rev()
-            .find(|r| r.service == service && r.ended_ms.is_none())
-            .map(|r| r.state.clone())
-    });
+    let under_way = rollouts
+        .read(|s| {
+            s.rollouts
+                .iter()
+                .rev()
+                .find(|r| r.service == service && r.ended_ms.is_none())
+                .map(|r| r.state.clone())
+        })
+        .await;
     match under_way.as_deref() {
         None => {
             return Err(ApiError::conflict(
@@ -937,7 +964,7 @@ mod tests {
     }
 
     /// A state file with one rollout of `catalog` from 1 to 2 left in `state`.
-    fn left_in(state: &str) -> (std::path::PathBuf, Rollouts) {
+    async fn left_in(state: &str) -> (std::path::PathBuf, Rollouts) {
         let dir =
             std::env::temp_dir().join(format!("tessera-rollouts-{state}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -986,7 +1013,8 @@ mod tests {
         )
         .unwrap();
         let registry = Registry::new(Duration::from_millis(10));
-        let rollouts = Rollouts::open(&dir, registry).unwrap();
+        let durable = Durable::for_system(&dir, None).unwrap();
+        let rollouts = Rollouts::open(durable, registry).await.unwrap();
         (dir, rollouts)
     }
 
@@ -994,30 +1022,34 @@ mod tests {
     async fn a_restart_completes_a_rollout_that_passed_and_rolls_back_one_that_had_not() {
         // Every step passed, the old version already being drained: completed, the new one
         // kept (rolling it back would leave the service with no version at all).
-        let (dir, rollouts) = left_in(FINISHING);
-        rollouts.read(|s| {
-            let r = &s.rollouts[0];
-            assert_eq!(
-                (r.state.as_str(), r.ended_ms.is_some()),
-                ("completed", true)
-            );
-            let g = &s.generations["catalog"];
-            assert!(g.iter().any(|g| g.version == "2" && !g.retired), "{g:?}");
-            assert!(g.iter().any(|g| g.version == "1" && g.retired), "{g:?}");
-            assert_eq!(s.traffic["catalog"]["2"], 100);
-            assert!(s.index > 7);
-        });
+        let (dir, rollouts) = left_in(FINISHING).await;
+        rollouts
+            .read(|s| {
+                let r = &s.rollouts[0];
+                assert_eq!(
+                    (r.state.as_str(), r.ended_ms.is_some()),
+                    ("completed", true)
+                );
+                let g = &s.generations["catalog"];
+                assert!(g.iter().any(|g| g.version == "2" && !g.retired), "{g:?}");
+                assert!(g.iter().any(|g| g.version == "1" && g.retired), "{g:?}");
+                assert_eq!(s.traffic["catalog"]["2"], 100);
+                assert!(s.index > 7);
+            })
+            .await;
         let _ = std::fs::remove_dir_all(dir);
         // Mid-step: rolled back, the new version retired, all traffic on the old one.
-        let (dir, rollouts) = left_in("shifting");
-        rollouts.read(|s| {
-            let r = &s.rollouts[0];
-            assert_eq!(r.state, "rolled_back");
-            let g = &s.generations["catalog"];
-            assert!(g.iter().any(|g| g.version == "1" && !g.retired), "{g:?}");
-            assert!(g.iter().any(|g| g.version == "2" && g.retired), "{g:?}");
-            assert_eq!(s.traffic["catalog"]["1"], 100);
-        });
+        let (dir, rollouts) = left_in("shifting").await;
+        rollouts
+            .read(|s| {
+                let r = &s.rollouts[0];
+                assert_eq!(r.state, "rolled_back");
+                let g = &s.generations["catalog"];
+                assert!(g.iter().any(|g| g.version == "1" && !g.retired), "{g:?}");
+                assert!(g.iter().any(|g| g.version == "2" && g.retired), "{g:?}");
+                assert_eq!(s.traffic["catalog"]["1"], 100);
+            })
+            .await;
         let _ = std::fs::remove_dir_all(dir);
     }
 

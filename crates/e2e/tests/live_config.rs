@@ -208,6 +208,10 @@ async fn a_setting_changes_live_is_checked_first_and_rolls_back() {
     );
     let (_, got, _) = sys.cli(&["config", "get", "payment-provider"]);
     assert!(!got.contains("s3cr3t-value"), "{got}");
+    // On the distributed profile the versions are kept on the registry's etcd, a key each.
+    if let Some(keys) = sys.kept_on_etcd("config/payment-provider/").await {
+        assert!(keys.len() >= 3, "{keys:?}");
+    }
 
     // Audited: who changed what, in the control plane's log; the secret nowhere.
     let audit = sys

@@ -168,6 +168,11 @@ async fn a_canary_completes_and_a_failing_version_rolls_back_without_a_failed_re
         .unwrap();
     assert_eq!(none.status(), 404);
 
+    // On the distributed profile the rollouts are kept on the registry's etcd.
+    if let Some(keys) = sys.kept_on_etcd("rollouts").await {
+        assert_eq!(keys.len(), 1, "{keys:?}");
+    }
+
     let elapsed = started.elapsed();
     let (answered, failures) = load.finish().await;
     assert!(

@@ -455,6 +455,32 @@ consumes = ["catalog.events"]
 
     /// `tessera <args>` against this system, as an operator types it: (succeeded, stdout,
     /// stderr).
+    /// The keys the control plane keeps under `<prefix>/control/<under>` on the registry's
+    /// etcd, when this system's registry is on etcd (the distributed profile); none otherwise.
+    pub async fn kept_on_etcd(&self, under: &str) -> Option<Vec<String>> {
+        let manifest = std::fs::read_to_string(self.dir.join("tessera.toml")).ok()?;
+        let url = manifest
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("registry = \""))?
+            .trim_end_matches('"');
+        let settings = tessera::registry::etcd::EtcdSettings::parse(url).ok()?;
+        let mut client = settings.connect().await.expect("the profile's etcd");
+        let prefix = format!("{}/control/{under}", settings.prefix);
+        let options = etcd_client::GetOptions::new()
+            .with_prefix()
+            .with_keys_only();
+        let got = client
+            .get(prefix, Some(options))
+            .await
+            .expect("a read of etcd");
+        Some(
+            got.kvs()
+                .iter()
+                .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+                .collect(),
+        )
+    }
+
     /// [`System::cli`] without blocking the test's runtime (a load it runs goes on meanwhile).
     pub async fn cli_async(&self, args: &[&str]) -> (bool, String, String) {
         let out = tokio::process::Command::new(bin_dir().join("tessera"))
