@@ -244,3 +244,47 @@ http {{
 }}
 """
 
+
+
+SHOP_PACKAGES = ("tessera-cli", "shop-auth", "shop-catalog", "shop-order", "shop-inventory", "shop-payment",
+                 "shop-payment-provider", "shop-notification")
+
+
+def start_shop(control, gateway, gateway_admin):
+    """Builds and starts the whole shop (`tessera up`, release, pinned to the server core) from
+    the repository's manifest on the given ports, its state in a temporary directory; waits until
+    it is ready. Returns (the `up` process, the manifest's path, its text, the temporary
+    directory)."""
+    build(*SHOP_PACKAGES)
+    tmp = tempfile.mkdtemp(prefix="tessera-bench-")
+    with open(os.path.join(ROOT, "tessera.toml")) as f:
+        manifest = f.read()
+    manifest = (manifest.replace('state_dir = ".tessera"', f'state_dir = "{tmp}/state"')
+                .replace("127.0.0.1:8500", f"127.0.0.1:{control}")
+                .replace("127.0.0.1:8080", f"127.0.0.1:{gateway}")
+                .replace("127.0.0.1:8081", f"127.0.0.1:{gateway_admin}")
+                .replace("127.0.0.1:8443", f"127.0.0.1:{gateway + 2}")
+                .replace('command = "target/release/', f'command = "{RELEASE}/'))
+    path = os.path.join(tmp, "tessera.toml")
+    with open(path, "w") as f:
+        f.write(manifest)
+    log = os.path.join(tmp, "up.log")
+    up = start([os.path.join(RELEASE, "tessera"), "--manifest", path, "up", "--no-build"],
+               env={"NO_COLOR": "1"}, log=log)
+    deadline = time.time() + 60
+    while "ready in" not in open(log).read():
+        if time.time() > deadline or up.poll() is not None:
+            up.kill()
+            raise SystemExit(f"the shop did not start; see {log}")
+        time.sleep(0.05)
+    return up, path, manifest, tmp
+
+
+def stop_shop(up, tmp):
+    """Stops what `start_shop` started (Ctrl-C, as a person would) and removes its files."""
+    up.send_signal(2)
+    try:
+        up.wait(timeout=30)
+    except Exception:
+        up.kill()
+    remove_tmp(tmp)

@@ -11,7 +11,7 @@ core). Reported: the set's own answer time and the time to the last instance, me
     python3 bench/config.py            # BENCH_CHANGES=100
 """
 
-import os, re, statistics, sys, tempfile, time, urllib.request
+import os, re, statistics, sys, time, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import *  # noqa: E402,F403
@@ -29,29 +29,9 @@ def applied(admin):
 
 
 def main():
-    build("tessera-cli", "shop-auth", "shop-catalog", "shop-order", "shop-inventory", "shop-payment",
-          "shop-payment-provider", "shop-notification")
-    tmp = tempfile.mkdtemp(prefix="tessera-bench-")
-    with open(os.path.join(ROOT, "tessera.toml")) as f:
-        manifest = f.read()
-    manifest = (manifest.replace('state_dir = ".tessera"', f'state_dir = "{tmp}/state"')
-                .replace("127.0.0.1:8500", f"127.0.0.1:{CONTROL}")
-                .replace("127.0.0.1:8080", f"127.0.0.1:{GATEWAY}")
-                .replace("127.0.0.1:8081", f"127.0.0.1:{GATEWAY_ADMIN}")
-                .replace("127.0.0.1:8443", f"127.0.0.1:{GATEWAY + 2}")
-                .replace('command = "target/release/', f'command = "{RELEASE}/'))
-    path = os.path.join(tmp, "tessera.toml")
-    with open(path, "w") as f:
-        f.write(manifest)
-    log = os.path.join(tmp, "up.log")
+    up, path, _, tmp = start_shop(CONTROL, GATEWAY, GATEWAY_ADMIN)
     tessera = os.path.join(RELEASE, "tessera")
-    up = start([tessera, "--manifest", path, "up", "--no-build"], env={"NO_COLOR": "1"}, log=log)
     try:
-        deadline = time.time() + 60
-        while "ready in" not in open(log).read():
-            if time.time() > deadline or up.poll() is not None:
-                raise SystemExit(f"the shop did not start; see {log}")
-            time.sleep(0.05)
         admin = credential(tessera, path, "admin")
         auth = {"authorization": f"Bearer {admin}"}
         base = f"http://127.0.0.1:{CONTROL}"
@@ -88,12 +68,7 @@ def main():
                  f"| every instance applied it (from before the set) | {results['every_instance_applied_ms']['median']:.1f} | {results['every_instance_applied_ms']['max']:.1f} |\n")
         write_results("config", results, table)
     finally:
-        up.send_signal(2)
-        try:
-            up.wait(timeout=20)
-        except Exception:
-            up.kill()
-        remove_tmp(tmp)
+        stop_shop(up, tmp)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ p99 against the steady phase's.
     python3 bench/rollout.py            # BENCH_RATE=300
 """
 
-import http.client, os, statistics, subprocess, sys, tempfile, threading, time
+import http.client, os, subprocess, sys, threading, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import *  # noqa: E402,F403
@@ -79,23 +79,8 @@ def phase(name, samples, steady_p99=None):
 
 
 def main():
-    build("tessera-cli", "shop-auth", "shop-catalog", "shop-order", "shop-inventory", "shop-payment",
-          "shop-payment-provider", "shop-notification")
-    tmp = tempfile.mkdtemp(prefix="tessera-bench-")
-    with open(os.path.join(ROOT, "tessera.toml")) as f:
-        manifest = f.read()
-    manifest = (manifest.replace('state_dir = ".tessera"', f'state_dir = "{tmp}/state"')
-                .replace("127.0.0.1:8500", f"127.0.0.1:{CONTROL}")
-                .replace("127.0.0.1:8080", f"127.0.0.1:{GATEWAY}")
-                .replace("127.0.0.1:8081", f"127.0.0.1:{GATEWAY_ADMIN}")
-                .replace("127.0.0.1:8443", f"127.0.0.1:{GATEWAY + 2}")
-                .replace('command = "target/release/', f'command = "{RELEASE}/'))
-    path = os.path.join(tmp, "tessera.toml")
-    with open(path, "w") as f:
-        f.write(manifest)
-    log = os.path.join(tmp, "up.log")
+    up, path, manifest, tmp = start_shop(CONTROL, GATEWAY, GATEWAY_ADMIN)
     tessera = os.path.join(RELEASE, "tessera")
-    up = start([tessera, "--manifest", path, "up", "--no-build"], env={"NO_COLOR": "1"}, log=log)
 
     def cli(*args):
         out = subprocess.run(["taskset", "-c", LOAD_CPU, tessera, "--manifest", path, *args],
@@ -103,11 +88,6 @@ def main():
         return out.returncode == 0, out.stdout + out.stderr
 
     try:
-        deadline = time.time() + 60
-        while "ready in" not in open(log).read():
-            if time.time() > deadline or up.poll() is not None:
-                raise SystemExit(f"the shop did not start; see {log}")
-            time.sleep(0.05)
         load = Load()
         for t in load.threads:
             t.start()
@@ -157,12 +137,7 @@ def main():
                       f"{r['p99_ms']:.2f} | {vs} |\n")
         write_results("rollout", results, table)
     finally:
-        up.send_signal(2)
-        try:
-            up.wait(timeout=30)
-        except Exception:
-            up.kill()
-        remove_tmp(tmp)
+        stop_shop(up, tmp)
 
 
 if __name__ == "__main__":

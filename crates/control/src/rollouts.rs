@@ -274,14 +274,7 @@ impl Rollouts {
     /// Starts a rollout of `service` as `plan` says; the rollout as it begins.
     async fn start(&self, service: &str, plan: Plan, who: &str) -> Result<Rollout, ApiError> {
         check(&plan)?;
-        let instances = self
-            .inner
-            .registry
-            .catalog()
-            .services
-            .get(service)
-            .cloned()
-            .unwrap_or_default();
+        let instances = self.all_instances(service);
         if instances.is_empty() {
             return Err(ApiError::not_found(format!(
                 "{service} has no live instance to roll out from"
@@ -580,15 +573,7 @@ impl Rollouts {
 
     /// Every instance of `service`: its version and what its `/metrics` says now.
     async fn scrape(&self, service: &str) -> BTreeMap<String, (String, Totals)> {
-        let instances = self
-            .inner
-            .registry
-            .catalog()
-            .services
-            .get(service)
-            .cloned()
-            .unwrap_or_default();
-        let scrapes = instances.into_iter().filter_map(|i| {
+        let scrapes = self.all_instances(service).into_iter().filter_map(|i| {
             let admin = crate::telemetry::metrics::admin_of(&i)?;
             let http = self.inner.http.clone();
             Some(async move {
@@ -603,19 +588,22 @@ impl Rollouts {
             .collect()
     }
 
-    fn instances(&self, service: &str, version: &str) -> Vec<tessera::registry::Instance> {
+    /// Every registered instance of `service`.
+    fn all_instances(&self, service: &str) -> Vec<tessera::registry::Instance> {
         self.inner
             .registry
             .catalog()
             .services
             .get(service)
-            .map(|list| {
-                list.iter()
-                    .filter(|i| i.version == version)
-                    .cloned()
-                    .collect()
-            })
+            .cloned()
             .unwrap_or_default()
+    }
+
+    /// The registered instances of `service` at `version`.
+    fn instances(&self, service: &str, version: &str) -> Vec<tessera::registry::Instance> {
+        let mut all = self.all_instances(service);
+        all.retain(|i| i.version == version);
+        all
     }
 
     /// Waits (30 s at most) until no instance of `version` is registered.
