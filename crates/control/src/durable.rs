@@ -23,8 +23,9 @@ pub enum Durable {
     Etcd(Arc<EtcdStore>),
 }
 
-/// Tries of a read at start.
-const STARTING: u32 = 8;
+/// Tries of a read at start: about 25 s in all (an etcd starting, or provisioned by a control
+/// plane beside many others at once).
+const STARTING: u32 = 16;
 
 pub struct EtcdStore {
     settings: EtcdSettings,

@@ -200,6 +200,7 @@ impl Rollouts {
                 (r.service.clone(), r.from.clone(), r.to.clone(), passed)
             })
             .collect();
+        let ended_at_start = !interrupted.is_empty();
         for (service, from, to, passed) in interrupted {
             // One whose every step passed is completed (its old version may be stopped
             // already); any other is rolled back, its verdict never reached.
@@ -241,7 +242,11 @@ impl Rollouts {
         let rollouts = Self {
             inner: Arc::new(inner),
         };
-        rollouts.change(|_| ()).await?;
+        // Written back only when a restart ended a rollout: an untouched state is not
+        // rewritten at every start.
+        if ended_at_start {
+            rollouts.change(|_| ()).await?;
+        }
         Ok(rollouts)
     }
 
