@@ -175,3 +175,75 @@ async fn routes_change_under_load_without_a_failed_request_or_a_restart() {
     eprintln!("{answered} requests at {rate:.0}/s across three reloads, none failed");
     assert_eq!(sys.gateway_pid(), pid, "the gateway was restarted");
 }
+
+#[tokio::test]
+async fn static_files_are_served_with_caching_headers_and_renewed_by_a_reload() {
+    let web = std::env::temp_dir().join(format!("tessera-web-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&web).unwrap();
+    std::fs::write(web.join("index.html"), "<h1>dashboard</h1>").unwrap();
+    std::fs::write(web.join("app.js"), "let version = 1;").unwrap();
+    let files = format!(
+        "[[files]]\nprefix = \"/\"\ndir = {:?}\n",
+        web.display().to_string()
+    );
+    let sys = System::start_with(Options {
+        gateway: "reload_watch_ms = 0".into(),
+        extra_manifest: files.clone(),
+        ..Options::default()
+    })
+    .await;
+    let get = |path: &str, etag: Option<&str>| {
+        let mut req = sys.http.get(format!("{}{path}", sys.gateway));
+        if let Some(etag) = etag {
+            req = req.header("if-none-match", etag);
+        }
+        req.send()
+    };
+    let page = get("/", None).await.unwrap();
+    assert_eq!(page.status(), 200);
+    let header = |r: &reqwest::Response, name: &str| {
+        r.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    };
+    assert_eq!(header(&page, "content-type"), "text/html; charset=utf-8");
+    assert_eq!(header(&page, "cache-control"), "no-cache");
+    assert_eq!(page.text().await.unwrap(), "<h1>dashboard</h1>");
+    let script = get("/app.js", None).await.unwrap();
+    assert_eq!(header(&script, "cache-control"), "public, max-age=300");
+    assert!(header(&script, "content-type").starts_with("text/javascript"));
+    let etag = header(&script, "etag");
+    assert!(!etag.is_empty());
+    // The browser's copy is still good: 304, no body.
+    let again = get("/app.js", Some(&etag)).await.unwrap();
+    assert_eq!(again.status(), 304);
+    assert!(again.bytes().await.unwrap().is_empty());
+    // The routes keep their paths; what is neither is the gateway's 404.
+    let (status, _) = sys.get("/api/catalog/products", None).await;
+    assert_eq!(status, 200);
+    let (status, body) = sys.get("/missing.js", None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+    let (status, _) = sys.post("/app.js", None, serde_json::json!({})).await;
+    assert_eq!(status, 405);
+    let table = routes(&sys).await;
+    assert_eq!(table["files"][0]["files"], 2, "{table}");
+
+    // A new version of the page, and a new cache lifetime: a reload serves both.
+    std::fs::write(web.join("app.js"), "let version = 2;").unwrap();
+    let path = sys.dir.join("tessera.toml");
+    let manifest = std::fs::read_to_string(&path).unwrap();
+    let changed = manifest.replace(&files, &format!("{files}max_age_secs = 60\n"));
+    assert_ne!(changed, manifest);
+    std::fs::write(&path, changed).unwrap();
+    let (ok, out, err) = sys.cli_async(&["reload"]).await;
+    assert!(ok, "{out}{err}");
+    let script = get("/app.js", Some(&etag)).await.unwrap();
+    assert_eq!(script.status(), 200);
+    assert_eq!(header(&script, "cache-control"), "public, max-age=60");
+    assert_eq!(script.text().await.unwrap(), "let version = 2;");
+    let _ = std::fs::remove_dir_all(&web);
+}

@@ -15,6 +15,7 @@ pub mod authenticate;
 pub mod authorize;
 pub mod envelope;
 pub mod error;
+pub mod files;
 pub mod forward;
 pub mod forwarded;
 pub mod grpc;
@@ -103,6 +104,12 @@ pub async fn serve(
     } = listeners;
     tessera::metrics::handle();
     let manifest = &config.manifest;
+    // Where the manifest's relative paths start: its own directory.
+    let base = config
+        .source
+        .as_ref()
+        .and_then(|s| s.path.parent())
+        .unwrap_or(std::path::Path::new(""));
     let keys = PassportKeys::from_spec(&config.passport_keys, &manifest.system.name)
         .context("TESSERA_PASSPORT_KEYS")?;
     let discovery = Discovery::for_system(
@@ -150,7 +157,9 @@ pub async fn serve(
     });
 
     let gateway = Arc::new(Gateway {
-        routes: arc_swap::ArcSwap::from_pointee(RouteTable::from_manifest(manifest, None)),
+        routes: arc_swap::ArcSwap::from_pointee(
+            RouteTable::from_manifest(manifest, None, base).map_err(|e| anyhow::anyhow!(e))?,
+        ),
         tokens,
         revoke_for: Duration::from_secs(24 * 3600),
         forwarder: Forwarder {

@@ -163,10 +163,18 @@ impl Gateway {
         let traceparent = trace.header_value();
         let table = self.routes.load_full();
         let route = table.find(req.path);
-        let answer = match route {
-            Err(NotNormal) => Err(GatewayError::PATH_NOT_NORMAL),
-            Ok(None) => Err(GatewayError::ROUTE_NOT_FOUND),
-            Ok(Some(route)) => self.stages(route, req, headers, &trace, trace_id).await,
+        // Static files (`files.rs`), where their prefix is the longest to match.
+        let mount = route.ok().and_then(|r| table.mount(req.path, r));
+        let answer = match (route, mount) {
+            (Err(NotNormal), _) => Err(GatewayError::PATH_NOT_NORMAL),
+            (Ok(_), Some(mount)) => mount.serve(req, headers).map(|(status, body)| Forwarded {
+                status,
+                body,
+                upstream: "files".into(),
+                tunnel: None,
+            }),
+            (Ok(None), None) => Err(GatewayError::ROUTE_NOT_FOUND),
+            (Ok(Some(route)), None) => self.stages(route, req, headers, &trace, trace_id).await,
         };
         let (status, body, upstream, tunnel) = match answer {
             Ok(f) => (f.status, f.body, Some(f.upstream), f.tunnel),
@@ -174,7 +182,10 @@ impl Gateway {
         };
         headers.push(b"traceparent", traceparent.as_bytes());
         headers.push(b"x-trace-id", trace_id.as_bytes());
-        let label = route.ok().flatten().map(|r| r.label.clone());
+        let label = match mount {
+            Some(mount) => Some(mount.label.clone()),
+            None => route.ok().flatten().map(|r| r.label.clone()),
+        };
         if span.is_recording() {
             match &label {
                 Some(label) => {

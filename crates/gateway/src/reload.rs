@@ -133,7 +133,8 @@ impl Reloader {
         }
         let restart_needed = read_at_start(&running.started, &manifest);
         let current = self.gateway.routes.load_full();
-        let mut table = RouteTable::from_manifest(&manifest, Some(&current));
+        let base = self.path.parent().unwrap_or(std::path::Path::new(""));
+        let mut table = RouteTable::from_manifest(&manifest, Some(&current), base)?;
         running.version += 1;
         table.version = running.version;
         let routes = table.len();
@@ -298,7 +299,9 @@ command = "auth"
         let path = dir.0.join("tessera.toml");
         std::fs::write(&path, BASE).unwrap();
         let manifest = Manifest::parse(BASE).unwrap();
-        let gateway = Arc::new(testing::gateway(RouteTable::from_manifest(&manifest, None)));
+        let gateway = Arc::new(testing::gateway(
+            RouteTable::from_manifest(&manifest, None, std::path::Path::new("")).unwrap(),
+        ));
         let reloader = Reloader::new(gateway.clone(), path, 0, manifest, BASE.into());
         (dir, gateway, reloader)
     }

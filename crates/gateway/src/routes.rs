@@ -19,6 +19,7 @@ use tessera::resilience::{RateLimit, RateLimiter};
 use tessera_manifest::{AuthMode, Fallback, Manifest, Resilience, Route};
 use tessera_shared::SharedLimit;
 
+use crate::files::Mount;
 use crate::upstream::Upstream;
 
 /// A route ready for matching.
@@ -51,6 +52,8 @@ pub struct RouteTable {
     routes: Vec<CompiledRoute>,
     /// By service name.
     upstreams: BTreeMap<String, Arc<Upstream>>,
+    /// Static files (`files.rs`), longest prefix first.
+    mounts: Vec<Arc<Mount>>,
     /// How many reloads made it (0: the table of the start).
     pub version: u64,
 }
@@ -61,14 +64,27 @@ impl RouteTable {
         Self::build(routes, &Resilience::default(), &BTreeMap::new(), None)
     }
 
-    /// The manifest's table; what stays the same as in `previous` keeps its state.
-    pub fn from_manifest(manifest: &Manifest, previous: Option<&RouteTable>) -> Self {
-        Self::build(
+    /// The manifest's table; what stays the same as in `previous` keeps its state. Its static
+    /// files are read from their directories, relative to `base` (the manifest's): one that
+    /// cannot be read makes the table fail.
+    pub fn from_manifest(
+        manifest: &Manifest,
+        previous: Option<&RouteTable>,
+        base: &std::path::Path,
+    ) -> Result<Self, String> {
+        let mut table = Self::build(
             &manifest.routes,
             &manifest.gateway.resilience,
             &manifest.gateway.upstreams,
             previous,
-        )
+        );
+        for files in &manifest.files {
+            table.mounts.push(Arc::new(Mount::load(files, base)?));
+        }
+        table
+            .mounts
+            .sort_by_key(|m| std::cmp::Reverse(m.prefix.len()));
+        Ok(table)
     }
 
     /// The table of `routes`, each service's upstream guarded by its entry in `per_service`
@@ -124,6 +140,7 @@ impl RouteTable {
         Self {
             routes: compiled,
             upstreams,
+            mounts: Vec::new(),
             version: 0,
         }
     }
@@ -165,7 +182,12 @@ impl RouteTable {
                 })
             })
             .collect();
-        serde_json::json!({ "version": self.version, "routes": routes })
+        let files: Vec<serde_json::Value> = self
+            .mounts
+            .iter()
+            .map(|m| serde_json::json!({ "prefix": &*m.label, "files": m.len() }))
+            .collect();
+        serde_json::json!({ "version": self.version, "routes": routes, "files": files })
     }
 
     /// How many routes there are.
@@ -193,6 +215,22 @@ impl RouteTable {
     }
 }
 
+impl RouteTable {
+    /// The static files `path` is under, if their prefix is longer than that of `route`, the
+    /// route the path matched (longest prefix wins, whichever kind it is).
+    pub fn mount(&self, path: &str, route: Option<&CompiledRoute>) -> Option<&Mount> {
+        if self.mounts.is_empty() {
+            return None;
+        }
+        let longer_than = route.map_or(0, |r| r.prefix.len() + 1);
+        self.mounts
+            .iter()
+            .take_while(|m| m.prefix.len() + 1 > longer_than)
+            .find(|m| m.matches(path))
+            .map(|m| &**m)
+    }
+}
+
 /// A limiter for `limit`: the one from before if it kept the same limit.
 fn limiter(
     limit: Option<&RateLimit>,
@@ -206,7 +244,7 @@ fn limiter(
 }
 
 /// A path that a service could read as another: it has dot segments or empty ones.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NotNormal;
 
 /// Refuses a path with an empty segment (other than a trailing slash) or a dot segment.

@@ -37,6 +37,10 @@ pub struct Manifest {
     /// Routes, matched by longest path prefix.
     #[serde(default, rename = "route")]
     pub routes: Vec<Route>,
+    /// Directories the gateway serves as static files (`[[files]]`), matched by longest
+    /// prefix together with the routes.
+    #[serde(default)]
+    pub files: Vec<FilesRoute>,
     #[serde(default)]
     pub services: BTreeMap<String, ServiceSpec>,
     /// What `tessera up --profile <name>` changes (`[profile.postgres]`).
@@ -299,6 +303,32 @@ pub struct Tokens {
     pub issuer: String,
     /// Required `aud` claim.
     pub audience: String,
+}
+
+/// A directory of static files the gateway serves under a path prefix: a web page, its
+/// scripts and styles (`docs/gateway.md`, "Static files").
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FilesRoute {
+    /// Path prefix, matched at segment boundaries like a route's.
+    pub prefix: String,
+    /// The directory, relative to the manifest's.
+    pub dir: PathBuf,
+    /// The file a request for a directory gets.
+    #[serde(default = "index_html")]
+    pub index: String,
+    /// How long a browser may keep a file other than a page without asking again
+    /// (`Cache-Control: max-age`); pages (`.html`) are always revalidated.
+    #[serde(default = "five_minutes")]
+    pub max_age_secs: u64,
+}
+
+fn index_html() -> String {
+    "index.html".into()
+}
+
+fn five_minutes() -> u64 {
+    300
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -740,6 +770,27 @@ impl Manifest {
                 ));
             }
         }
+        for (i, files) in self.files.iter().enumerate() {
+            let prefix = files.prefix.trim_end_matches('/');
+            if !files.prefix.starts_with('/') {
+                return Err(format!("files[{i}].prefix: must start with '/'"));
+            }
+            if self
+                .routes
+                .iter()
+                .map(|r| &r.prefix)
+                .chain(self.files[..i].iter().map(|f| &f.prefix))
+                .any(|p| p.trim_end_matches('/') == prefix)
+            {
+                return Err(format!(
+                    "files[{i}].prefix: {:?} is already a route's or files' prefix",
+                    files.prefix
+                ));
+            }
+            if files.index.is_empty() || files.index.contains('/') {
+                return Err(format!("files[{i}].index: a file name"));
+            }
+        }
         if !(1..=256).contains(&self.control.partitions) {
             return Err("control.partitions: must be 1 to 256".into());
         }
@@ -999,6 +1050,24 @@ mod tests {
         assert_eq!(m.gateway.trusted_proxies.len(), 2);
         let e = Manifest::parse("[sytem]\n").unwrap_err();
         assert!(e.to_string().contains("sytem"), "{e}");
+    }
+
+    #[test]
+    fn static_files_have_a_prefix_of_their_own() {
+        let m = Manifest::parse("[[files]]\nprefix = \"/\"\ndir = \"web\"\n").unwrap();
+        assert_eq!(m.files[0].index, "index.html");
+        assert_eq!(m.files[0].max_age_secs, 300);
+        let route = "[[route]]\nprefix = \"/app/\"\nservice = \"x\"\nauth = \"public\"\n";
+        let e = Manifest::parse(&format!(
+            "{route}[[files]]\nprefix = \"/app\"\ndir = \"web\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("files[0].prefix"), "{e}");
+        let e = Manifest::parse("[[files]]\nprefix = \"app\"\ndir = \"web\"\n").unwrap_err();
+        assert!(e.to_string().contains("files[0].prefix"), "{e}");
+        let e = Manifest::parse("[[files]]\nprefix = \"/a\"\ndir = \"w\"\nindex = \"x/y\"\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("files[0].index"), "{e}");
     }
 
     #[test]
