@@ -50,8 +50,11 @@ pub struct Options {
     pub mtls: bool,
     /// Also run the checkout services (order, inventory, payment, provider, notification).
     pub checkout: bool,
-    /// Extra env for the checkout services: (service, key, value).
+    /// Extra env for the checkout services, or the invest example's: (service, key, value).
     pub checkout_env: Vec<(&'static str, &'static str, String)>,
+    /// Run the second system, Tessera Invest (`examples/invest/`: market, portfolio, alerts,
+    /// signals), instead of the shop's catalog and checkout; auth stays.
+    pub invest: bool,
     /// A PostgreSQL of the test's own (its primary's URL, and its replica's): the services'
     /// databases go there, whatever the profile.
     pub postgres: Option<(String, Option<String>)>,
@@ -88,6 +91,7 @@ impl Default for Options {
             mtls: false,
             checkout: false,
             checkout_env: Vec::new(),
+            invest: false,
             up_args: Vec::new(),
             postgres: None,
             nats: None,
@@ -141,6 +145,9 @@ pub fn bin_dir() -> PathBuf {
         "shop-payment",
         "shop-payment-provider",
         "shop-notification",
+        "invest-market",
+        "invest-portfolio",
+        "invest-alerts",
     ] {
         assert!(
             dir.join(bin).exists(),
@@ -205,7 +212,7 @@ impl System {
         };
         let databases = server.filter(|_| !own_database).map(|admin| {
             let id = &dir.file_name().unwrap().to_string_lossy()[12..24];
-            let names: Vec<String> = manifest::DATABASE_SERVICES
+            let names: Vec<String> = manifest::database_services(opts.invest)
                 .iter()
                 .map(|service| format!("t{id}_{service}"))
                 .collect();
@@ -302,43 +309,11 @@ service = "auth"
 auth = "required"
 roles = ["admin"]
 
-[[route]]
-prefix = "/api/catalog"
-service = "catalog"
-auth = "public"
-
-[[route]]
-prefix = "/api/orders"
-service = "order"
-auth = "required"
-
-[[route]]
-prefix = "/api/payments"
-service = "payment"
-auth = "required"
-
-[[route]]
-prefix = "/api/notifications"
-service = "notification"
-auth = "required"
-websocket = true
-
-[[route]]
-prefix = "/api/inventory"
-service = "inventory"
-auth = "required"
-roles = ["admin"]
-
 [services.auth]
 command = ["{bin}/shop-auth"]
 env = {{ AUTH_ADMIN_EMAIL = "{ADMIN_EMAIL}", AUTH_ADMIN_PASSWORD = "{ADMIN_PASSWORD}", AUTH_ACCESS_TTL_SECS = "600" }}
 
-[services.catalog]
-command = ["{bin}/shop-catalog"]
-replicas = {replicas}
-produces = ["catalog.events"]
-consumes = ["catalog.events"]
-{checkout}
+{system}
 {extra}
 "#,
             mtls = if opts.mtls { "on" } else { "off" },
@@ -350,16 +325,11 @@ consumes = ["catalog.events"]
             max_body = opts.max_body_bytes,
             gateway_extra = manifest::gateway_extra(&opts, tls_port),
             bin = bin.display(),
-            replicas = opts.catalog_replicas,
             extra = opts.extra_manifest,
-            checkout = if opts.checkout {
-                manifest::checkout_services(
-                    &bin,
-                    &opts.checkout_env,
-                    if databases.is_some() { 2 } else { 1 },
-                )
+            system = if opts.invest {
+                manifest::invest(&bin, &opts.checkout_env)
             } else {
-                String::new()
+                manifest::shop(&bin, &opts, databases.is_some())
             },
         );
         let manifest_path = dir.join("tessera.toml");
@@ -629,6 +599,32 @@ consumes = ["catalog.events"]
                 None,
                 &tessera::TraceContext::new_root(),
             )
+    }
+
+    /// A passport of this system for user `sub` with `roles`, as the gateway mints one: for
+    /// calling a service directly as that user (many users, without signing each up).
+    pub fn user_passport(&self, sub: &str, roles: &[&str]) -> String {
+        let roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
+        tessera::PassportKeys::from_spec(&self.passport_keys(), "shop-test")
+            .expect("the system's keys")
+            .mint(
+                "tessera-gateway",
+                sub,
+                &roles,
+                None,
+                &tessera::TraceContext::new_root(),
+            )
+    }
+
+    /// `http://<address>` of the first live instance of `service`.
+    pub async fn instance_url(&self, service: &str) -> String {
+        let catalog = self.registry().await;
+        let instance = catalog
+            .services
+            .get(service)
+            .and_then(|list| list.first())
+            .unwrap_or_else(|| panic!("no instance of {service}"));
+        format!("http://{}", instance.address)
     }
 
     /// `path` on a gateway: each call the next one in turn, so that every gateway of the

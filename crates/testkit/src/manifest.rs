@@ -81,7 +81,7 @@ pub(crate) fn gateway_extra(opts: &Options, tls_port: u16) -> String {
 }
 
 /// The services of the shop that keep data: in the PostgreSQL profile, each gets a database.
-pub(crate) const DATABASE_SERVICES: [&str; 7] = [
+const DATABASE_SERVICES: [&str; 7] = [
     "auth",
     "catalog",
     "order",
@@ -90,3 +90,125 @@ pub(crate) const DATABASE_SERVICES: [&str; 7] = [
     "payment_provider",
     "notification",
 ];
+
+/// The services of the invest example that keep a database (with auth's).
+const INVEST_DATABASES: [&str; 4] = ["auth", "market", "portfolio", "alerts"];
+
+/// The services that get a database of their own in the PostgreSQL profile.
+pub(crate) fn database_services(invest: bool) -> &'static [&'static str] {
+    if invest {
+        &INVEST_DATABASES
+    } else {
+        &DATABASE_SERVICES
+    }
+}
+
+/// The shop's routes and services beyond auth: the catalog, and the checkout's if asked.
+pub(crate) fn shop(bin: &Path, opts: &Options, on_postgres: bool) -> String {
+    let mut out = format!(
+        r#"
+[[route]]
+prefix = "/api/catalog"
+service = "catalog"
+auth = "public"
+
+[[route]]
+prefix = "/api/orders"
+service = "order"
+auth = "required"
+
+[[route]]
+prefix = "/api/payments"
+service = "payment"
+auth = "required"
+
+[[route]]
+prefix = "/api/notifications"
+service = "notification"
+auth = "required"
+websocket = true
+
+[[route]]
+prefix = "/api/inventory"
+service = "inventory"
+auth = "required"
+roles = ["admin"]
+
+[services.catalog]
+command = ["{bin}/shop-catalog"]
+replicas = {replicas}
+produces = ["catalog.events"]
+consumes = ["catalog.events"]
+"#,
+        bin = bin.display(),
+        replicas = opts.catalog_replicas,
+    );
+    if opts.checkout {
+        out.push_str(&checkout_services(
+            bin,
+            &opts.checkout_env,
+            if on_postgres { 2 } else { 1 },
+        ));
+    }
+    out
+}
+
+/// Tessera Invest's routes and services beyond auth, as `examples/invest/tessera.toml` has
+/// them; `env`: extra settings per service. The market starts paused and makes up no news:
+/// a test sets the pace (`MARKET_TICK_MS`, `MARKET_NEWS_MS`) or publishes news itself.
+pub(crate) fn invest(bin: &Path, env: &[(&'static str, &'static str, String)]) -> String {
+    let vars = |service: &str, defaults: &[(&str, &str)]| {
+        let mut vars: Vec<String> = defaults
+            .iter()
+            .filter(|(k, _)| !env.iter().any(|(s, key, _)| *s == service && key == k))
+            .map(|(k, v)| format!("{k} = {v:?}"))
+            .collect();
+        vars.extend(
+            env.iter()
+                .filter(|(s, _, _)| *s == service)
+                .map(|(_, k, v)| format!("{k} = {v:?}")),
+        );
+        vars.join(", ")
+    };
+    format!(
+        r#"
+[[route]]
+prefix = "/api/market"
+service = "market"
+auth = "public"
+
+[[route]]
+prefix = "/api/portfolio"
+service = "portfolio"
+auth = "required"
+
+[[route]]
+prefix = "/api/alerts"
+service = "alerts"
+auth = "required"
+
+[services.market]
+command = ["{bin}/invest-market"]
+produces = ["market.ticks", "market.news"]
+env = {{ {market} }}
+
+[services.portfolio]
+command = ["{bin}/invest-portfolio"]
+produces = ["portfolio.events"]
+calls = ["market"]
+env = {{ {portfolio} }}
+
+[services.alerts]
+command = ["{bin}/invest-alerts"]
+consumes = ["portfolio.events", "market.news", "signals.changed"]
+env = {{ {alerts} }}
+"#,
+        bin = bin.display(),
+        market = vars(
+            "market",
+            &[("MARKET_TICK_MS", "0"), ("MARKET_NEWS_MS", "0")]
+        ),
+        portfolio = vars("portfolio", &[]),
+        alerts = vars("alerts", &[]),
+    )
+}

@@ -1,0 +1,378 @@
+//! Tessera Invest, the second system (`examples/invest/`), black-box on its real processes:
+//! a member's trades keep cash and holdings exact under 100 concurrent orders, and a news item
+//! reaches every holder of its sector exactly once and nobody else, across a `kill -9` of
+//! the alerts service in the middle of the fan-out.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tessera_testkit::{Options, System, pid_of, signal};
+
+async fn invest(env: Vec<(&'static str, &'static str, String)>) -> System {
+    System::start_with(Options {
+        invest: true,
+        checkout_env: env,
+        ..Options::default()
+    })
+    .await
+}
+
+/// `n` trades of `side` and `quantity` of `ticker` at once, as `token`'s member through the
+/// gateway: how many were made, and the codes of the refused ones.
+async fn trades_at_once(
+    sys: &System,
+    token: &str,
+    side: &str,
+    ticker: &str,
+    quantity: i64,
+    n: usize,
+) -> (usize, Vec<String>) {
+    let body = json!({ "ticker": ticker, "side": side, "quantity": quantity });
+    let answers: Vec<(u16, Value)> = futures_util::future::join_all(
+        (0..n).map(|_| sys.post("/api/portfolio/trades", Some(token), body.clone())),
+    )
+    .await;
+    let mut made = 0;
+    let mut refused = Vec::new();
+    for (status, body) in answers {
+        match status {
+            201 => made += 1,
+            409 => refused.push(body["error"]["code"].as_str().unwrap_or("?").to_string()),
+            other => panic!("a trade answered {other}: {body}"),
+        }
+    }
+    (made, refused)
+}
+
+/// How many shares of `ticker` a portfolio holds.
+fn quantity_of(portfolio: &Value, ticker: &str) -> i64 {
+    portfolio["holdings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["ticker"] == ticker)
+        .map_or(0, |h| h["quantity"].as_i64().unwrap())
+}
+
+#[tokio::test]
+async fn a_members_cash_and_holdings_stay_exact_under_100_concurrent_orders() {
+    let opening = 1_000_000i64; // 10,000.00
+    let sys = invest(vec![(
+        "portfolio",
+        "PORTFOLIO_OPENING_CASH",
+        opening.to_string(),
+    )])
+    .await;
+    let (token, _) = sys.new_user().await;
+    let (status, quote) = sys.get("/api/market/tickers/TEC01", None).await;
+    assert_eq!(status, 200, "{quote}");
+    let price = quote["data"]["price"].as_i64().unwrap();
+    assert_eq!(quote["data"]["sector"], "Technology");
+
+    // Buys of a size that cash affords about 40 of: exactly that many are made, at once.
+    let per_buy = (opening / (40 * price)).max(1);
+    let affordable = (opening / (per_buy * price)) as usize;
+    assert!(affordable < 100, "the test needs cash to run out");
+    let (bought, refused) = trades_at_once(&sys, &token, "buy", "TEC01", per_buy, 100).await;
+    assert_eq!(bought, affordable);
+    assert!(
+        refused.iter().all(|c| c == "insufficient_cash"),
+        "{refused:?}"
+    );
+    let held = bought as i64 * per_buy;
+    let cash = opening - held * price;
+    let (_, report) = sys.get("/api/portfolio/report", Some(&token)).await;
+    let allocation = report["data"]["allocation"].as_array().unwrap().clone();
+    let tech = allocation.iter().find(|s| s["sector"] == "Technology");
+    assert_eq!(
+        tech.map(|s| &s["value"]),
+        Some(&json!(held * price)),
+        "{report}"
+    );
+
+    // Sells of a size the holding affords fewer than 100 of.
+    // (Leaving some: one more sell comes below.)
+    let per_sell = (held / 60..).find(|n| *n > 0 && held % n != 0).unwrap();
+    let sellable = (held / per_sell) as usize;
+    assert!(sellable < 100);
+    let (sold, refused) = trades_at_once(&sys, &token, "sell", "TEC01", per_sell, 100).await;
+    assert_eq!(sold, sellable);
+    assert!(
+        refused.iter().all(|c| c == "insufficient_holding"),
+        "{refused:?}"
+    );
+    let held = held - sold as i64 * per_sell;
+    let cash = cash + sold as i64 * per_sell * price;
+
+    let (status, portfolio) = sys.get("/api/portfolio", Some(&token)).await;
+    assert_eq!(status, 200, "{portfolio}");
+    let p = &portfolio["data"];
+    assert_eq!(p["cash"], cash, "{p}");
+    assert_eq!(quantity_of(p, "TEC01"), held, "{p}");
+    assert!(p["cash"].as_i64().unwrap() >= 0);
+    let (_, trades) = sys
+        .get("/api/portfolio/trades?limit=1000", Some(&token))
+        .await;
+    assert_eq!(trades["data"].as_array().unwrap().len(), bought + sold);
+
+    // The market did not move (paused): nothing gained or lost; the report says where it is.
+    let (status, report) = sys.get("/api/portfolio/report", Some(&token)).await;
+    assert_eq!(status, 200, "{report}");
+    let r = &report["data"];
+    assert_eq!(
+        (r["realized"].as_i64(), r["unrealized"].as_i64()),
+        (Some(0), Some(0)),
+        "{r}"
+    );
+    assert_eq!(r["total"], opening);
+
+    // One Idempotency-Key, one trade, however often it is sent.
+    let key = uuid::Uuid::new_v4().to_string();
+    let mut ids = BTreeSet::new();
+    for _ in 0..3 {
+        let resp = sys
+            .http
+            .post(sys.url("/api/portfolio/trades"))
+            .bearer_auth(&token)
+            .header("idempotency-key", &key)
+            .json(&json!({ "ticker": "TEC01", "side": "sell", "quantity": 1 }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+        let body: Value = resp.json().await.unwrap();
+        ids.insert(body["data"]["id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(ids.len(), 1);
+    let (_, portfolio) = sys.get("/api/portfolio", Some(&token)).await;
+    assert_eq!(quantity_of(&portfolio["data"], "TEC01"), held - 1);
+
+    // Bad input is a clear 400, never a 500.
+    for (body, code) in [
+        (
+            json!({ "ticker": "NOPE1", "side": "buy", "quantity": 1 }),
+            "unknown_ticker",
+        ),
+        (
+            json!({ "ticker": "TEC01", "side": "buy", "quantity": 0 }),
+            "invalid_quantity",
+        ),
+        (
+            json!({ "ticker": "TEC01/../x", "side": "buy", "quantity": 1 }),
+            "invalid_ticker",
+        ),
+    ] {
+        let (status, answer) = sys.post("/api/portfolio/trades", Some(&token), body).await;
+        assert_eq!(
+            (status, answer["error"]["code"].as_str()),
+            (400, Some(code)),
+            "{answer}"
+        );
+    }
+    let (status, _) = sys
+        .post(
+            "/api/portfolio/trades",
+            Some(&token),
+            json!({ "side": "hold" }),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = sys.get("/api/portfolio", None).await;
+    assert_eq!(status, 401);
+}
+
+/// The members a cause reached, as the alerts service's operators' view tells.
+async fn reached(sys: &System, admin: &str, id: &str) -> (u16, Value) {
+    let (status, body) = sys
+        .get(&format!("/api/alerts/sources/news/{id}"), Some(admin))
+        .await;
+    (status, body["data"].clone())
+}
+
+/// How many members the fan-out test has, and how many of them hold the sector.
+const MEMBERS: usize = 10_000;
+const HOLDERS: usize = 3_000;
+/// Members who held the sector and sold it all: not holders any more.
+const FORMER: usize = 100;
+
+#[tokio::test]
+async fn a_news_item_reaches_every_holder_of_its_sector_once_across_a_kill_of_alerts() {
+    let sys = Arc::new(invest(Vec::new()).await);
+    let portfolio = sys.instance_url("portfolio").await;
+    // The members trade directly with the portfolio service, each with a passport of their
+    // own (signing 10,000 users up would test password hashing, not this).
+    let member = |i: usize| format!("member-{i:05}");
+    let trade = |i: usize, ticker: &'static str, side: &'static str| {
+        let sys = sys.clone();
+        let url = format!("{portfolio}/api/portfolio/trades");
+        async move {
+            let resp = sys
+                .http
+                .post(&url)
+                .header("x-passport", sys.user_passport(&member(i), &["user"]))
+                .json(&json!({ "ticker": ticker, "side": side, "quantity": 1 }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
+        }
+    };
+    // Holders of Technology; the others hold Energy, and some of them held Technology once.
+    let others = ["ENE01", "ENE02", "FIN01"];
+    futures_util::stream::iter(0..MEMBERS)
+        .map(|i| {
+            let ticker = if i < HOLDERS {
+                ["TEC01", "TEC02"][i % 2]
+            } else {
+                others[i % 3]
+            };
+            trade(i, ticker, "buy")
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<()>>()
+        .await;
+    futures_util::stream::iter(HOLDERS..HOLDERS + FORMER)
+        .map(|i| async move {
+            trade(i, "TEC03", "buy").await;
+            trade(i, "TEC03", "sell").await;
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<()>>()
+        .await;
+    let holders: BTreeSet<String> = (0..HOLDERS).map(member).collect();
+
+    // alerts learns who holds what from portfolio.events.
+    let admin = sys.admin().await;
+    let alerts = sys.instance_url("alerts").await;
+    let held = |sector: &str| {
+        let sys = sys.clone();
+        let url = format!("{alerts}/api/alerts/holders/{sector}");
+        let passport = sys.user_passport("root", &["admin"]);
+        async move {
+            let resp = sys
+                .http
+                .get(&url)
+                .header("x-passport", passport)
+                .send()
+                .await
+                .unwrap();
+            let body: Value = resp.json().await.unwrap();
+            body["holders"].as_u64().unwrap_or(0) as usize
+        }
+    };
+    let energy: BTreeSet<String> = (HOLDERS..MEMBERS)
+        .filter(|i| i % 3 != 2)
+        .map(member)
+        .collect();
+    sys.wait_until(
+        Duration::from_secs(120),
+        "alerts to know every holder",
+        || async { held("Technology").await == HOLDERS && held("Energy").await == energy.len() },
+    )
+    .await;
+
+    // News: three for Technology, one for Energy; alerts is killed as they fan out.
+    let mut news = Vec::new();
+    for (sector, headline) in [
+        ("Technology", "Chips rally"),
+        ("Energy", "Oil slides"),
+        ("Technology", "A new phone"),
+        ("Technology", "A recall"),
+    ] {
+        let (status, body) = sys
+            .post(
+                "/api/market/news",
+                Some(&admin),
+                json!({ "sector": sector, "headline": headline, "sentiment": 0.5 }),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        news.push((sector, body["data"]["id"].as_str().unwrap().to_string()));
+        if news.len() == 2 {
+            let catalog = sys.registry().await;
+            let pid = pid_of(&catalog, "alerts-1").expect("alerts' pid");
+            signal(pid, libc::SIGKILL);
+        }
+    }
+
+    // Every news item reached exactly its sector's holders, each once.
+    for (sector, id) in &news {
+        let expected = if *sector == "Technology" {
+            &holders
+        } else {
+            &energy
+        };
+        sys.wait_until(
+            Duration::from_secs(120),
+            "the news to reach every holder",
+            || async {
+                let (status, body) = reached(&sys, &admin, id).await;
+                status == 200 && body["alerts"].as_u64() == Some(expected.len() as u64)
+            },
+        )
+        .await;
+        let (_, body) = reached(&sys, &admin, id).await;
+        let members: BTreeSet<String> = body["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            body["alerts"].as_u64(),
+            Some(members.len() as u64),
+            "one alert per member"
+        );
+        assert_eq!(&members, expected, "{sector}: exactly its holders");
+    }
+    let restarted = sys.registry().await;
+    assert!(
+        restarted.services["alerts"]
+            .iter()
+            .any(|i| i.metadata.get("restarts").is_some_and(|r| r != "0"))
+    );
+
+    // A member sees their own alerts, once each: a holder of Technology, three; a former
+    // holder, none of Technology.
+    let alerts = sys.instance_url("alerts").await; // where it listens since its restart
+    let mine = |who: String| {
+        let sys = sys.clone();
+        let url = format!("{alerts}/api/alerts?limit=100");
+        async move {
+            let resp = sys
+                .http
+                .get(&url)
+                .header("x-passport", sys.user_passport(&who, &["user"]))
+                .send()
+                .await
+                .unwrap();
+            let list: Vec<Value> = resp.json().await.unwrap();
+            list.iter()
+                .map(|a| a["source"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    let tech: BTreeSet<String> = news
+        .iter()
+        .filter(|(s, _)| *s == "Technology")
+        .map(|(_, id)| id.clone())
+        .collect();
+    let got = mine(member(7)).await;
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), tech);
+    let got = mine(member(HOLDERS + 2)).await; // held Technology once, and FIN01
+    assert!(got.iter().all(|s| !tech.contains(s)), "{got:?}");
+}
+
+#[test]
+fn the_examples_manifest_is_valid() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/invest/tessera.toml");
+    let manifest = tessera_manifest::Manifest::load(&path).unwrap();
+    for service in ["auth", "market", "portfolio", "alerts"] {
+        assert!(manifest.services.contains_key(service), "{service}");
+    }
+}

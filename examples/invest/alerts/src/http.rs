@@ -1,0 +1,100 @@
+//! The alerts' API: a member reads theirs, newest first; an admin sees who one cause reached.
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tessera::store::{query_as, query_scalar};
+use tessera::{ApiError, Caller, Db, Json, Path, Query};
+
+pub fn router(db: Db) -> Router {
+    Router::new()
+        .route("/api/alerts", get(list))
+        .route("/api/alerts/sources/{kind}/{source}", get(reached))
+        .route("/api/alerts/holders/{sector}", get(holders))
+        .with_state(db)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    /// Only alerts created after this (unix ms): what a page polling for new ones asks.
+    since: Option<i64>,
+    limit: Option<u32>,
+}
+
+type Row = (
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+    String,
+    i64,
+);
+
+async fn list(
+    State(db): State<Db>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    let limit = i64::from(q.limit.unwrap_or(50).clamp(1, 500));
+    let rows: Vec<Row> = query_as(
+        "SELECT id, kind, source, ticker, sector, title, body, created FROM alerts
+         WHERE member_id = $1 AND created > $2 ORDER BY created DESC, id DESC LIMIT $3",
+    )
+    .bind(&caller.id)
+    .bind(q.since.unwrap_or(-1))
+    .bind(limit)
+    .fetch_all(db.read())
+    .await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|(id, kind, source, ticker, sector, title, body, created)| {
+                json!({ "id": id, "kind": kind, "source": source, "ticker": ticker, "sector": sector,
+                        "title": title, "body": body, "created": created })
+            })
+            .collect(),
+    ))
+}
+
+/// The members one cause reached, and how many alerts it made (one each): an operator's view.
+async fn reached(
+    State(db): State<Db>,
+    caller: Caller,
+    Path((kind, source)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_role("admin")?;
+    let members: Vec<(String,)> =
+        query_as("SELECT member_id FROM alerts WHERE kind = $1 AND source = $2 ORDER BY member_id")
+            .bind(&kind)
+            .bind(&source)
+            .fetch_all(db.pool())
+            .await?;
+    let alerts: i64 = query_scalar("SELECT COUNT(*) FROM alerts WHERE kind = $1 AND source = $2")
+        .bind(&kind)
+        .bind(&source)
+        .fetch_one(db.pool())
+        .await?;
+    Ok(Json(
+        json!({ "alerts": alerts, "members": members.into_iter().map(|m| m.0).collect::<Vec<_>>() }),
+    ))
+}
+
+/// How many members alerts knows to hold `sector`: what a news item for it would reach.
+async fn holders(
+    State(db): State<Db>,
+    caller: Caller,
+    Path(sector): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_role("admin")?;
+    let holders: i64 = query_scalar(
+        "SELECT COUNT(DISTINCT member_id) FROM holders WHERE sector = $1 AND quantity > 0",
+    )
+    .bind(&sector)
+    .fetch_one(db.read())
+    .await?;
+    Ok(Json(json!({ "sector": sector, "holders": holders })))
+}
