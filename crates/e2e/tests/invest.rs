@@ -1,7 +1,9 @@
 //! Tessera Invest, the second system (`examples/invest/`), black-box on its real processes:
-//! a member's trades keep cash and holdings exact under 100 concurrent orders, and a news item
+//! a member's trades keep cash and holdings exact under 100 concurrent orders; a news item
 //! reaches every holder of its sector exactly once and nobody else, across a `kill -9` of
-//! the alerts service in the middle of the fan-out.
+//! the alerts service and of the signals service in the middle of the fan-out; the signals service, in Python, refuses
+//! every request without a valid passport, and each signal change it publishes reaches the
+//! members following the ticker once.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -249,7 +251,7 @@ async fn a_news_item_reaches_every_holder_of_its_sector_once_across_a_kill_of_al
     let alerts = sys.instance_url("alerts").await;
     let held = |sector: &str| {
         let sys = sys.clone();
-        let url = format!("{alerts}/api/alerts/holders/{sector}");
+        let url = format!("{alerts}/api/alerts/audience?sector={sector}");
         let passport = sys.user_passport("root", &["admin"]);
         async move {
             let resp = sys
@@ -260,7 +262,7 @@ async fn a_news_item_reaches_every_holder_of_its_sector_once_across_a_kill_of_al
                 .await
                 .unwrap();
             let body: Value = resp.json().await.unwrap();
-            body["holders"].as_u64().unwrap_or(0) as usize
+            body["members"].as_u64().unwrap_or(0) as usize
         }
     };
     let energy: BTreeSet<String> = (HOLDERS..MEMBERS)
@@ -291,11 +293,15 @@ async fn a_news_item_reaches_every_holder_of_its_sector_once_across_a_kill_of_al
             .await;
         assert_eq!(status, 201, "{body}");
         news.push((sector, body["data"]["id"].as_str().unwrap().to_string()));
-        if news.len() == 2 {
-            let catalog = sys.registry().await;
-            let pid = pid_of(&catalog, "alerts-1").expect("alerts' pid");
-            signal(pid, libc::SIGKILL);
-        }
+        // alerts is killed after the second, signals (Python) after the third.
+        let victim = match news.len() {
+            2 => "alerts-1",
+            3 => "signals-1",
+            _ => continue,
+        };
+        let catalog = sys.registry().await;
+        let pid = pid_of(&catalog, victim).expect("the victim's pid");
+        signal(pid, libc::SIGKILL);
     }
 
     // Every news item reached exactly its sector's holders, each once.
@@ -328,7 +334,32 @@ async fn a_news_item_reaches_every_holder_of_its_sector_once_across_a_kill_of_al
         );
         assert_eq!(&members, expected, "{sector}: exactly its holders");
     }
+    // signals took every news item once too (each moves its sector's signals), across its kill.
+    sys.wait_until(
+        Duration::from_secs(60),
+        "signals to take the news",
+        || async {
+            let (status, body) = sys.get("/api/signals/news", None).await;
+            let items = |sector: &str| {
+                body["data"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|s| s["sector"] == sector)
+                    .map(|s| s["items"].clone())
+            };
+            status == 200
+                && items("Technology") == Some(json!(3))
+                && items("Energy") == Some(json!(1))
+        },
+    )
+    .await;
     let restarted = sys.registry().await;
+    assert!(
+        restarted.services["signals"]
+            .iter()
+            .any(|i| i.metadata.get("restarts").is_some_and(|r| r != "0"))
+    );
     assert!(
         restarted.services["alerts"]
             .iter()
@@ -372,7 +403,242 @@ fn the_examples_manifest_is_valid() {
     let path =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/invest/tessera.toml");
     let manifest = tessera_manifest::Manifest::load(&path).unwrap();
-    for service in ["auth", "market", "portfolio", "alerts"] {
+    for service in ["auth", "market", "portfolio", "alerts", "signals"] {
         assert!(manifest.services.contains_key(service), "{service}");
     }
+}
+
+/// A passport signed with `secret` under `kid`, with these claims: for the refusals a forger
+/// would try.
+fn forged(kid: &str, secret: &[u8], claims: Value) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some(kid.to_string());
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_python_service_answers_only_a_valid_passport() {
+    use base64::Engine as _;
+    let sys = invest(Vec::new()).await;
+    let signals = sys.instance_url("signals").await;
+    let catalog = sys.registry().await;
+    assert_eq!(
+        catalog.services["signals"][0]
+            .metadata
+            .get("language")
+            .map(String::as_str),
+        Some("python")
+    );
+    let get = |passport: Option<String>| {
+        let mut req = sys.http.get(format!("{signals}/api/signals"));
+        if let Some(p) = passport {
+            req = req.header("x-passport", p);
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    for path in ["/health/live", "/health/ready"] {
+        let resp = sys
+            .http
+            .get(format!("{signals}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+    }
+    let keys = sys.passport_keys();
+    let (kid, secret) = keys.split(',').next().unwrap().split_once(':').unwrap();
+    let secret = base64::engine::general_purpose::STANDARD
+        .decode(secret)
+        .unwrap();
+    let now = tessera::unix_now() as i64;
+    let claims = |aud: &str, exp: i64| {
+        json!({ "iss": "tessera-gateway", "aud": aud, "sub": "ann", "roles": ["user"],
+                "tid": "0af7651916cd43dd8448eb211c80319c", "jti": "x", "iat": now, "exp": exp })
+    };
+    let valid = forged(kid, &secret, claims("shop-test", now + 30));
+    let mut tampered = valid.clone();
+    tampered.pop();
+    tampered.push(if valid.ends_with('A') { 'B' } else { 'A' });
+    for (passport, why) in [
+        (None, "missing passport"),
+        (Some("not.a.passport".to_string()), "malformed"),
+        (
+            Some(forged(kid, &[7u8; 32], claims("shop-test", now + 30))),
+            "bad passport signature",
+        ),
+        (
+            Some(forged("k-unknown", &secret, claims("shop-test", now + 30))),
+            "unknown passport key",
+        ),
+        (
+            Some(forged(kid, &secret, claims("shop-test", now - 60))),
+            "passport expired",
+        ),
+        (
+            Some(forged(kid, &secret, claims("another-system", now + 30))),
+            "passport for another system",
+        ),
+        (Some(tampered), "bad passport signature"),
+    ] {
+        let (status, body) = get(passport).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (401, Some("unauthenticated")),
+            "{why}: {body}"
+        );
+        assert!(
+            body["message"].as_str().unwrap().contains(why),
+            "{why}: {body}"
+        );
+    }
+    let (status, body) = get(Some(valid)).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = get(Some(sys.user_passport("ann", &["user"]))).await;
+    assert_eq!(status, 200, "{body}");
+    // Through the gateway (a public route: the gateway's anonymous passport), and bad input.
+    let (status, body) = sys.get("/api/signals", None).await;
+    assert_eq!(status, 200, "{body}");
+    for (path, code) in [
+        ("/api/signals/TEC01/similar?window=2", "invalid_window"),
+        ("/api/signals/TEC01/similar?top=x", "invalid_top"),
+        ("/api/signals/TEC-01", "invalid_ticker"),
+        ("/api/signals?signal=maybe", "invalid_signal"),
+    ] {
+        let (status, body) = sys.get(path, None).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (400, Some(code)),
+            "{path}: {body}"
+        );
+    }
+    let (status, _) = sys.get("/api/signals/TEC01", None).await;
+    assert_eq!(status, 404, "no ticks yet");
+    // Its metrics, on its admin listener, as a Rust service's.
+    let admin = catalog.services["signals"][0].metadata["admin"].clone();
+    let metrics = sys.metrics_of(&admin).await;
+    assert!(
+        metrics.contains(
+            "http_server_requests_total{route=\"/api/signals\",method=\"GET\",status=\"200\"}"
+        ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn each_signal_change_reaches_the_members_following_its_ticker_once() {
+    let sys = invest(vec![("market", "MARKET_VOLATILITY", "0.01".into())]).await;
+    let (token, _) = sys.new_user().await;
+    let me = sys.get("/api/auth/me", Some(&token)).await.1["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let followed = ["TEC01", "TEC02", "ENE01", "FIN01", "UTI01"];
+    for ticker in followed {
+        let resp = sys
+            .http
+            .put(sys.url(&format!("/api/portfolio/follows/{ticker}")))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "{}", resp.status());
+    }
+    let admin = sys.admin().await;
+    sys.wait_until(
+        Duration::from_secs(30),
+        "alerts to know the follows",
+        || async {
+            let (_, body) = sys
+                .get("/api/alerts/audience?ticker=UTI01", Some(&admin))
+                .await;
+            body["data"]["members"] == 1
+        },
+    )
+    .await;
+    let (_, follows) = sys.get("/api/portfolio/follows", Some(&token)).await;
+    assert_eq!(follows["data"].as_array().unwrap().len(), followed.len());
+
+    // The market runs (10 ticks a second) until the member has been told of a few changes.
+    let (ok, out, err) = sys
+        .cli_async(&["config", "set", "market", "MARKET_TICK_MS", "100"])
+        .await;
+    assert!(ok, "{out}{err}");
+    let signal_alerts = || async {
+        let (status, body) = sys.get("/api/alerts?limit=500", Some(&token)).await;
+        assert_eq!(status, 200, "{body}");
+        body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["kind"] == "signal")
+            .map(|a| {
+                (
+                    a["source"].as_str().unwrap().to_string(),
+                    a["ticker"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    sys.wait_until(Duration::from_secs(90), "signal alerts", || async {
+        signal_alerts().await.len() >= 5
+    })
+    .await;
+    let (ok, out, err) = sys
+        .cli_async(&["config", "set", "market", "MARKET_TICK_MS", "0"])
+        .await;
+    assert!(ok, "{out}{err}");
+    let (status, signals) = sys.get("/api/signals?signal=buy", None).await;
+    assert_eq!(status, 200, "{signals}");
+
+    // Every change of a followed ticker in the log, and nothing else, is one alert of the member.
+
+    let settled = || async {
+        let mut ids = BTreeSet::new();
+        for partition in 0..4 {
+            let page: Value = sys
+                .control(
+                    reqwest::Method::GET,
+                    &format!("/v1/topics/signals.changed/events?partition={partition}&limit=10000"),
+                )
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            for e in page["events"].as_array().into_iter().flatten() {
+                assert_eq!(e["producer"], "service:signals");
+                if followed.contains(&e["event"]["data"]["ticker"].as_str().unwrap()) {
+                    ids.insert(e["event"]["id"].as_str().unwrap().to_string());
+                }
+            }
+        }
+        ids
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let published = loop {
+        let published = settled().await;
+        let got: BTreeSet<String> = signal_alerts().await.into_iter().map(|(s, _)| s).collect();
+        if got == published {
+            break published;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "changes {published:?}, alerts {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let got = signal_alerts().await;
+    assert_eq!(got.len(), published.len(), "one alert per change");
+    assert!(got.iter().all(|(_, t)| followed.contains(&t.as_str())));
+    assert!(!me.is_empty());
 }

@@ -157,6 +157,9 @@ consumes = ["catalog.events"]
 /// them; `env`: extra settings per service. The market starts paused and makes up no news:
 /// a test sets the pace (`MARKET_TICK_MS`, `MARKET_NEWS_MS`) or publishes news itself.
 pub(crate) fn invest(bin: &Path, env: &[(&'static str, &'static str, String)]) -> String {
+    // The Python service runs from the repository's sources.
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let repo = repo.canonicalize().unwrap_or(repo);
     let vars = |service: &str, defaults: &[(&str, &str)]| {
         let mut vars: Vec<String> = defaults
             .iter()
@@ -187,6 +190,12 @@ prefix = "/api/alerts"
 service = "alerts"
 auth = "required"
 
+[[route]]
+prefix = "/api/signals"
+service = "signals"
+auth = "public"
+
+
 [services.market]
 command = ["{bin}/invest-market"]
 produces = ["market.ticks", "market.news"]
@@ -202,6 +211,12 @@ env = {{ {portfolio} }}
 command = ["{bin}/invest-alerts"]
 consumes = ["portfolio.events", "market.news", "signals.changed"]
 env = {{ {alerts} }}
+
+[services.signals]
+command = ["python3", "{repo}/examples/invest/signals/service.py"]
+consumes = ["market.ticks", "market.news"]
+produces = ["signals.changed"]
+env = {{ {signals} }}
 "#,
         bin = bin.display(),
         market = vars(
@@ -210,5 +225,10 @@ env = {{ {alerts} }}
         ),
         portfolio = vars("portfolio", &[]),
         alerts = vars("alerts", &[]),
+        signals = vars(
+            "signals",
+            &[("PYTHONPATH", &format!("{}/sdk/python", repo.display()))]
+        ),
+        repo = repo.display(),
     )
 }

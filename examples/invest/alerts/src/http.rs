@@ -12,7 +12,7 @@ pub fn router(db: Db) -> Router {
     Router::new()
         .route("/api/alerts", get(list))
         .route("/api/alerts/sources/{kind}/{source}", get(reached))
-        .route("/api/alerts/holders/{sector}", get(holders))
+        .route("/api/alerts/audience", get(audience))
         .with_state(db)
 }
 
@@ -83,18 +83,44 @@ async fn reached(
     ))
 }
 
-/// How many members alerts knows to hold `sector`: what a news item for it would reach.
-async fn holders(
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AudienceQuery {
+    sector: Option<String>,
+    ticker: Option<String>,
+}
+
+/// How many members a cause would reach, as alerts knows them now: the holders of a sector
+/// (a news item's audience), or the holders and followers of a ticker (a signal's). An
+/// operator's view.
+async fn audience(
     State(db): State<Db>,
     caller: Caller,
-    Path(sector): Path<String>,
+    Query(q): Query<AudienceQuery>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_role("admin")?;
-    let holders: i64 = query_scalar(
-        "SELECT COUNT(DISTINCT member_id) FROM holders WHERE sector = $1 AND quantity > 0",
-    )
-    .bind(&sector)
-    .fetch_one(db.read())
-    .await?;
-    Ok(Json(json!({ "sector": sector, "holders": holders })))
+    let members: i64 = match (&q.sector, &q.ticker) {
+        (Some(sector), None) => {
+            query_scalar(
+                "SELECT COUNT(DISTINCT member_id) FROM holders WHERE sector = $1 AND quantity > 0",
+            )
+            .bind(sector)
+            .fetch_one(db.read())
+            .await?
+        }
+        (None, Some(ticker)) => query_scalar(
+            "SELECT COUNT(*) FROM (SELECT member_id FROM followers WHERE ticker = $1 AND following
+                 UNION SELECT member_id FROM holders WHERE ticker = $1 AND quantity > 0) m",
+        )
+        .bind(ticker)
+        .fetch_one(db.read())
+        .await?,
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "name one sector or one ticker",
+            ));
+        }
+    };
+    Ok(Json(json!({ "members": members })))
 }

@@ -1,0 +1,94 @@
+"""The service's own database (SQLite, WAL), with the two tables that make events exactly
+once (docs/events.md): an inbox, written in the transaction that handles an event, and an
+outbox, written in the transaction that changes state, published after commit by a relay that
+retries until the log has each event."""
+
+import json
+import sqlite3
+import threading
+import time
+
+
+class Store:
+    def __init__(self, path):
+        self.path = path
+        self.lock = threading.Lock()  # one writer at a time in the process
+        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS tessera_inbox (id TEXT PRIMARY KEY, handled INTEGER NOT NULL);
+            CREATE TABLE IF NOT EXISTS tessera_outbox (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, event TEXT NOT NULL);
+            """
+        )
+        self.wake = threading.Event()
+
+    def migrate(self, script):
+        with self.lock:
+            self.db.executescript(script)
+
+    def transaction(self):
+        return _Tx(self)
+
+    def read(self, sql, params=()):
+        with self.lock:
+            return self.db.execute(sql, params).fetchall()
+
+    def relay(self, control, stopping):
+        """Publishes the outbox, oldest first, until `stopping` is set."""
+        while not stopping.is_set():
+            with self.lock:
+                rows = self.db.execute("SELECT seq, topic, event FROM tessera_outbox ORDER BY seq LIMIT 500").fetchall()
+            if not rows:
+                self.wake.wait(0.25)
+                self.wake.clear()
+                continue
+            by_topic = {}
+            for seq, topic, event in rows:
+                by_topic.setdefault(topic, []).append((seq, json.loads(event)))
+            try:
+                for topic, items in by_topic.items():
+                    control.publish(topic, [e for _, e in items])
+                    with self.lock:
+                        self.db.execute("DELETE FROM tessera_outbox WHERE seq <= ? AND topic = ?", (items[-1][0], topic))
+            except Exception as e:  # the log unreachable or busy: the rows stay, tried again
+                from .service import log
+
+                log("warn", "the outbox could not publish; trying again", error=str(e))
+                time.sleep(0.5)
+
+
+class _Tx:
+    """`with store.transaction() as tx:` one write transaction (BEGIN IMMEDIATE), committed at
+    the end of the block, rolled back if it raises."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def __enter__(self):
+        self.store.lock.acquire()
+        self.store.db.execute("BEGIN IMMEDIATE")
+        return self
+
+    def __exit__(self, kind, value, tb):
+        try:
+            self.store.db.execute("COMMIT" if kind is None else "ROLLBACK")
+        finally:
+            self.store.lock.release()
+        if kind is None:
+            self.store.wake.set()
+        return False
+
+    def execute(self, sql, params=()):
+        return self.store.db.execute(sql, params)
+
+    def handled(self, event_id):
+        """Records the event as handled: False if it was already (then do nothing)."""
+        cur = self.execute("INSERT OR IGNORE INTO tessera_inbox (id, handled) VALUES (?, ?)", (event_id, int(time.time() * 1000)))
+        return cur.rowcount == 1
+
+    def publish(self, topic, event):
+        """Adds an event to the outbox: published once this transaction commits."""
+        self.execute("INSERT INTO tessera_outbox (topic, event) VALUES (?, ?)", (topic, json.dumps(event)))
