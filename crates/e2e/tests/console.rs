@@ -4,65 +4,19 @@
 //! an error (a page that failed to load shows its error as `id="failed"`); a saga an admin
 //! acted on is drawn with its timeline. Screenshots are kept in `target/console-screenshots/` as the test's artifacts.
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tessera_testkit::{Options, System, free_port};
+use tessera_testkit::{Options, System};
 
 const MOUSE: &str = "0190f000-0000-7000-8000-000000000005";
 
-/// Where screenshots go.
-fn artifacts() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/console-screenshots");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// The page at `url` as headless Chromium rendered it (its DOM once scripts and requests
-/// settled), with a screenshot saved as `shot`.
+/// The page at `url` in headless Chromium, with a screenshot kept as `shot`.
 fn browse(url: &str, shot: &str) -> String {
-    let profile = std::env::temp_dir().join(format!("tessera-chromium-{}", free_port()));
-    let common = |cmd: &mut Command| {
-        cmd.args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--hide-scrollbars",
-            "--no-first-run",
-            "--window-size=1400,1000",
-            "--virtual-time-budget=8000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()));
-    };
-    let mut dump = Command::new("chromium");
-    common(&mut dump);
-    let out = dump
-        .arg("--dump-dom")
-        .arg(url)
-        .output()
-        .expect("chromium runs (apt-get install chromium)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut screenshot = Command::new("chromium");
-    common(&mut screenshot);
-    let path = artifacts().join(shot);
-    let shot_out = screenshot
-        .arg(format!("--screenshot={}", path.display()))
-        .arg(url)
-        .output()
-        .unwrap();
-    assert!(
-        shot_out.status.success() && path.exists(),
-        "{}",
-        String::from_utf8_lossy(&shot_out.stderr)
-    );
-    let _ = std::fs::remove_dir_all(&profile);
-    String::from_utf8(out.stdout).unwrap()
+    tessera_testkit::browser::browse(
+        url,
+        &tessera_testkit::browser::artifacts("console-screenshots").join(shot),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

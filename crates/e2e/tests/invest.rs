@@ -642,3 +642,75 @@ async fn each_signal_change_reaches_the_members_following_its_ticker_once() {
     assert!(got.iter().all(|(_, t)| followed.contains(&t.as_str())));
     assert!(!me.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_holdings_a_chart_news_and_alerts_in_a_real_browser() {
+    let sys = invest(vec![("market", "MARKET_TICK_MS", "200".into())]).await;
+    let (token, _) = sys.new_user().await;
+    for (ticker, quantity) in [("TEC01", 5), ("ENE01", 3)] {
+        let (status, body) = sys
+            .post(
+                "/api/portfolio/trades",
+                Some(&token),
+                json!({ "ticker": ticker, "side": "buy", "quantity": quantity }),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let admin = sys.admin().await;
+    let (status, body) = sys
+        .post("/api/market/news", Some(&admin), json!({ "sector": "Technology", "headline": "Chips rally on a new design", "sentiment": 0.7 }))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    sys.wait_until(
+        Duration::from_secs(30),
+        "the member's alert, and TEC01's signal",
+        || async {
+            let (_, alerts) = sys.get("/api/alerts", Some(&token)).await;
+            let (status, _) = sys.get("/api/signals/TEC01", None).await;
+            alerts["data"].as_array().is_some_and(|a| !a.is_empty()) && status == 200
+        },
+    )
+    .await;
+    let shots = tessera_testkit::browser::artifacts("invest-screenshots");
+
+    // Signed out: the sign-in form, and nothing of anyone's portfolio.
+    let page =
+        tessera_testkit::browser::browse(&format!("{}/", sys.gateway), &shots.join("sign-in.png"));
+    assert!(page.contains("<h2>Sign in</h2>"), "{page}");
+    assert!(!page.contains("data-ticker="), "{page}");
+
+    // Signed in: holdings, the chart drawn, the signal, the news and the alert.
+    let url = format!("{}/#token={token}&ticker=TEC01", sys.gateway);
+    let page = tessera_testkit::browser::browse(&url, &shots.join("dashboard.png"));
+    let failed = page.split("id=\"failed\"").nth(1).unwrap_or("");
+    assert!(
+        failed.trim_start().starts_with("class=\"error\" hidden"),
+        "the page failed: {page}"
+    );
+    assert!(
+        page.contains("<tr data-ticker=\"TEC01\"><td>TEC01</td><td>5</td>"),
+        "{page}"
+    );
+    assert!(
+        page.contains("<tr data-ticker=\"ENE01\"><td>ENE01</td><td>3</td>"),
+        "{page}"
+    );
+    assert!(
+        page.contains("class=\"uplot") && page.contains("<canvas"),
+        "the chart is drawn: {page}"
+    );
+    assert!(
+        page.contains("Chips rally on a new design"),
+        "the news: {page}"
+    );
+    assert!(
+        page.contains("News for Technology, which you hold"),
+        "the alert: {page}"
+    );
+    assert!(page.contains("id=\"signal\" class=\"signal "), "{page}");
+    assert!(
+        !page.contains(">no signal yet<"),
+        "TEC01 has a signal: {page}"
+    );
+}

@@ -13,6 +13,7 @@ use serde_json::Value;
 use tessera::identity::{ControlKeys, Credential, Principal};
 use tessera::registry::Catalog;
 
+pub mod browser;
 pub mod capture;
 pub mod engine;
 pub mod etcd;

@@ -196,6 +196,10 @@ service = "signals"
 auth = "public"
 
 
+[[files]]
+prefix = "/"
+dir = "{repo}/examples/invest/web"
+
 [services.market]
 command = ["{bin}/invest-market"]
 produces = ["market.ticks", "market.news"]

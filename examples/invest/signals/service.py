@@ -72,9 +72,9 @@ def update(tx, ticker, sector, price, tick, at, sentiment, why):
     """Computes the ticker's signal again, stores it, and publishes a change."""
     rows = tx.execute("SELECT price FROM closes WHERE ticker = ? ORDER BY tick DESC LIMIT ?", (ticker, signals.LONG)).fetchall()
     closes = [r[0] for r in reversed(rows)]
-    now, short, long_ = signals.signal_of(closes, sentiment)
     before = tx.execute("SELECT signal FROM signals WHERE ticker = ?", (ticker,)).fetchone()
     previous = before[0] if before else None
+    now, short, long_ = signals.signal_of(closes, sentiment, previous)
     changed = previous != now and not (previous is None and now == "hold")
     tx.execute(
         """INSERT INTO signals (ticker, sector, signal, short, long, price, tick, changed) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
@@ -88,9 +88,9 @@ def update(tx, ticker, sector, price, tick, at, sentiment, why):
     if why == "news":
         reason = "news of %s (sentiment %+.2f) moved the band" % (sector, sentiment)
     else:
-        reason = "the %d-tick average crossed %s the %d-tick one" % (
+        reason = "the %d-tick average %s the %d-tick one" % (
             signals.SHORT,
-            "above" if now == "buy" else "below" if now == "sell" else "back to",
+            "rose above" if now == "buy" else "fell below" if now == "sell" else "crossed back to",
             signals.LONG,
         )
     data = {

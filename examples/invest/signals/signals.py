@@ -18,11 +18,13 @@ def moving_average(closes, n):
 TILT = 0.002  # how far the latest news of the sector (sentiment -1 to 1) shifts the band
 
 
-def signal_of(closes, sentiment=0.0):
-    """("buy" | "sell" | "hold", short MA, long MA): buy while the short average is above the
-    long one by more than the band, sell while it is below by more, hold otherwise or before
-    there are enough closes. The sector's latest news shifts the band: good news makes a buy
-    come sooner and a sell later, bad news the reverse."""
+def signal_of(closes, sentiment=0.0, previous=None):
+    """("buy" | "sell" | "hold", short MA, long MA): buy once the short average is above the
+    long one by more than the band, sell once it is below by more, hold otherwise or before
+    there are enough closes. A signal holds until the averages cross back (hysteresis), so
+    noise around the band's edge does not flip it to hold and back on every tick. The sector's
+    latest news shifts the band: good news makes a buy come sooner and a sell later, bad news
+    the reverse."""
     short, long_ = moving_average(closes, SHORT), moving_average(closes, LONG)
     if short is None or long_ is None:
         return "hold", short, long_
@@ -30,6 +32,10 @@ def signal_of(closes, sentiment=0.0):
     if short > long_ * (1 + BAND - shift):
         return "buy", short, long_
     if short < long_ * (1 - BAND - shift):
+        return "sell", short, long_
+    if previous == "buy" and short > long_ * (1 - shift):
+        return "buy", short, long_
+    if previous == "sell" and short < long_ * (1 - shift):
         return "sell", short, long_
     return "hold", short, long_
 

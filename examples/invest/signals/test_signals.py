@@ -15,6 +15,16 @@ class Signals(unittest.TestCase):
         self.assertEqual(signals.signal_of(falling)[0], "sell")
         self.assertEqual(signals.signal_of([100] * 30)[0], "hold")
 
+    def test_a_signal_holds_until_the_averages_cross_back(self):
+        # Short average 0.05% above the long one: inside the band.
+        closes = [1000] * 15 + [1001] * 5
+        self.assertEqual(signals.signal_of(closes)[0], "hold")
+        self.assertEqual(signals.signal_of(closes, previous="buy")[0], "buy")
+        self.assertEqual(signals.signal_of(closes, previous="sell")[0], "hold")
+        below = [1001] * 15 + [1000] * 5
+        self.assertEqual(signals.signal_of(below, previous="sell")[0], "sell")
+        self.assertEqual(signals.signal_of(below, previous="buy")[0], "hold")
+
     def test_news_shifts_the_band(self):
         flat = [1000] * 30
         self.assertEqual(signals.signal_of(flat, sentiment=1.0)[0], "buy")
