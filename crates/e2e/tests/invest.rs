@@ -714,3 +714,168 @@ async fn the_dashboard_shows_holdings_a_chart_news_and_alerts_in_a_real_browser(
         "TEC01 has a signal: {page}"
     );
 }
+
+/// Every `invest.signal.changed` in the log, by ticker, in the order published (duplicates of
+/// one event, by its id, counted once): (signal, previous) each.
+async fn signal_chains(
+    sys: &System,
+) -> std::collections::BTreeMap<String, Vec<(String, Option<String>)>> {
+    let mut chains: std::collections::BTreeMap<String, Vec<(String, Option<String>)>> =
+        Default::default();
+    let mut seen = BTreeSet::new();
+    for partition in 0..4 {
+        let page: Value = sys
+            .control(
+                reqwest::Method::GET,
+                &format!("/v1/topics/signals.changed/events?partition={partition}&limit=100000"),
+            )
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for e in page["events"].as_array().into_iter().flatten() {
+            let event = &e["event"];
+            if !seen.insert(event["id"].as_str().unwrap().to_string()) {
+                continue;
+            }
+            let data = &event["data"];
+            chains
+                .entry(data["ticker"].as_str().unwrap().to_string())
+                .or_default()
+                .push((
+                    data["signal"].as_str().unwrap().to_string(),
+                    data["previous"].as_str().map(str::to_string),
+                ));
+        }
+    }
+    chains
+}
+
+#[tokio::test]
+async fn a_blue_green_switch_of_signals_under_the_running_market_loses_no_signal_event() {
+    let sys = invest(vec![
+        ("market", "MARKET_TICK_MS", "200".into()),
+        ("market", "MARKET_VOLATILITY", "0.01".into()),
+    ])
+    .await;
+    let tick_of = |ticker: &'static str| {
+        let sys = &sys;
+        async move {
+            let (status, body) = sys.get(&format!("/api/signals/{ticker}"), None).await;
+            if status == 200 {
+                body["data"]["tick"].as_i64().unwrap_or(0)
+            } else {
+                0
+            }
+        }
+    };
+    sys.wait_until(
+        Duration::from_secs(30),
+        "signals to follow the market",
+        || async { tick_of("UTI20").await >= 25 },
+    )
+    .await;
+    let (_, status) = sys.get("/api/market/status", None).await;
+    let switch_from = status["data"]["tick"].as_i64().unwrap();
+
+    let (ok, out, err) = sys
+        .cli_async(&[
+            "rollout",
+            "signals",
+            "--blue-green",
+            "--version",
+            "green",
+            "--step",
+            "1500ms",
+        ])
+        .await;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("completed"), "{out}");
+    sys.wait_until(
+        Duration::from_secs(20),
+        "only green signals left",
+        || async {
+            let list = sys
+                .registry()
+                .await
+                .services
+                .get("signals")
+                .cloned()
+                .unwrap_or_default();
+            !list.is_empty() && list.iter().all(|i| i.version == "green")
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (ok, out, err) = sys
+        .cli_async(&["config", "set", "market", "MARKET_TICK_MS", "0"])
+        .await;
+    assert!(ok, "{out}{err}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, status) = sys.get("/api/market/status", None).await;
+    let last = status["data"]["tick"].as_i64().unwrap();
+    assert!(
+        last - switch_from < 120,
+        "the switch took {} ticks: longer than the closes shown",
+        last - switch_from
+    );
+    sys.wait_until(
+        Duration::from_secs(30),
+        "green to take every tick",
+        || async {
+            for t in ["TEC01", "ENE05", "UTI20"] {
+                if tick_of(t).await != last {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+
+    // Every tick of the switch taken, none twice: each ticker's closes run without a gap.
+    for ticker in ["TEC01", "ENE05", "UTI20", "REA10"] {
+        let (_, body) = sys.get(&format!("/api/signals/{ticker}"), None).await;
+        let ticks: Vec<i64> = body["data"]["closes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["tick"].as_i64().unwrap())
+            .collect();
+        assert_eq!(*ticks.last().unwrap(), last, "{ticker}");
+        assert!(ticks[0] <= switch_from, "{ticker}: {ticks:?}");
+        assert!(
+            ticks.windows(2).all(|w| w[1] == w[0] + 1),
+            "{ticker}: a gap or a repeat in {ticks:?}"
+        );
+    }
+    // Every signal change published once, in order: each one's `previous` is the one before it,
+    // and the last is the signal the service shows.
+    let chains = signal_chains(&sys).await;
+    assert!(
+        chains.values().map(Vec::len).sum::<usize>() > 20,
+        "{chains:?}"
+    );
+    for (ticker, chain) in &chains {
+        // (A ticker starts at hold, which is not published.)
+        assert!(
+            matches!(chain[0].1.as_deref(), None | Some("hold")),
+            "{ticker}: {chain:?}"
+        );
+        for pair in chain.windows(2) {
+            assert_eq!(
+                pair[1].1.as_deref(),
+                Some(pair[0].0.as_str()),
+                "{ticker}: a change lost or doubled in {chain:?}"
+            );
+        }
+        let (_, body) = sys.get(&format!("/api/signals/{ticker}"), None).await;
+        assert_eq!(
+            body["data"]["signal"].as_str(),
+            Some(chain.last().unwrap().0.as_str()),
+            "{ticker}"
+        );
+    }
+}

@@ -222,7 +222,9 @@ class Service:
         signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
         threads = []
         if self.control:
-            threads.append(threading.Thread(target=self.store.relay, args=(self.control, self.stopping), daemon=True))
+            threads.append(
+                threading.Thread(target=self.store.relay, args=(self.control, self.stopping, self.instance), daemon=True)
+            )
             for topic, group, handler, attempts, batch in self.consumers:
                 threads.append(
                     threading.Thread(target=self._consume, args=(topic, group, handler, attempts, batch), daemon=True)
@@ -260,6 +262,7 @@ class Service:
         grace = int(os.environ.get("TESSERA_SHUTDOWN_GRACE_MS", "10000")) / 1000
         time.sleep(min(grace, 0.5))
         self.store.wake.set()
+        self.store.release(self.instance)
         main.shutdown()
         admin.shutdown()
         log("info", "stopped")

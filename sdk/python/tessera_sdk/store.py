@@ -21,6 +21,8 @@ class Store:
             CREATE TABLE IF NOT EXISTS tessera_inbox (id TEXT PRIMARY KEY, handled INTEGER NOT NULL);
             CREATE TABLE IF NOT EXISTS tessera_outbox (
                 seq INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, event TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS tessera_relay (id INTEGER PRIMARY KEY, holder TEXT NOT NULL, until REAL NOT NULL);
+            INSERT OR IGNORE INTO tessera_relay (id, holder, until) VALUES (1, '', 0);
             """
         )
         self.wake = threading.Event()
@@ -36,9 +38,28 @@ class Store:
         with self.lock:
             return self.db.execute(sql, params).fetchall()
 
-    def relay(self, control, stopping):
-        """Publishes the outbox, oldest first, until `stopping` is set."""
+    def _lease(self, holder, seconds=3.0):
+        """Whether `holder` holds the relay's lease (taking it if free or lapsed): two processes
+        on one database (a rollout's two versions) never publish the same rows at once."""
+        now = time.time()
+        with self.lock:
+            cur = self.db.execute(
+                "UPDATE tessera_relay SET holder = ?, until = ? WHERE id = 1 AND (holder = ? OR until < ?)",
+                (holder, now + seconds, holder, now),
+            )
+            return cur.rowcount == 1
+
+    def release(self, holder):
+        """Gives the relay's lease up (a clean stop): another process takes it at once."""
+        with self.lock:
+            self.db.execute("UPDATE tessera_relay SET until = 0 WHERE id = 1 AND holder = ?", (holder,))
+
+    def relay(self, control, stopping, holder="relay"):
+        """Publishes the outbox, oldest first, until `stopping` is set, while it holds the lease."""
         while not stopping.is_set():
+            if not self._lease(holder):
+                stopping.wait(0.5)
+                continue
             with self.lock:
                 rows = self.db.execute("SELECT seq, topic, event FROM tessera_outbox ORDER BY seq LIMIT 500").fetchall()
             if not rows:
