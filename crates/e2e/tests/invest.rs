@@ -713,6 +713,10 @@ async fn the_dashboard_shows_holdings_a_chart_news_and_alerts_in_a_real_browser(
         !page.contains(">no signal yet<"),
         "TEC01 has a signal: {page}"
     );
+    assert!(
+        page.contains("<span id=\"alerts-live\" class=\"muted\">live</span>"),
+        "the alerts' feed is open: {page}"
+    );
 }
 
 /// Every `invest.signal.changed` in the log, by ticker, in the order published (duplicates of
@@ -878,4 +882,99 @@ async fn a_blue_green_switch_of_signals_under_the_running_market_loses_no_signal
             "{ticker}"
         );
     }
+}
+
+/// The next JSON line of a client fixture.
+async fn next_line(
+    out: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) -> Value {
+    let line = tokio::time::timeout(Duration::from_secs(20), out.next_line())
+        .await
+        .expect("the feed speaks");
+    serde_json::from_str(&line.unwrap().expect("a line")).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_members_alerts_arrive_live_on_a_websocket_opened_as_a_browser_opens_one() {
+    use tokio::io::AsyncBufReadExt;
+    let sys = invest(Vec::new()).await;
+    let (token, _) = sys.new_user().await;
+    let (status, body) = sys
+        .post(
+            "/api/portfolio/trades",
+            Some(&token),
+            json!({ "ticker": "MAT01", "side": "buy", "quantity": 2 }),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let admin = sys.admin().await;
+    sys.wait_until(
+        Duration::from_secs(30),
+        "alerts to know the holder",
+        || async {
+            let (_, body) = sys
+                .get("/api/alerts/audience?sector=Materials", Some(&admin))
+                .await;
+            body["data"]["members"] == 1
+        },
+    )
+    .await;
+
+    // The token goes as a subprotocol (a browser cannot set Authorization on a WebSocket).
+    let live = format!(
+        "ws://{}/api/alerts/live",
+        sys.gateway.trim_start_matches("http://")
+    );
+    let mut feed = tokio::process::Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/ws_client.py"
+        ))
+        .args(["browser", &live, &token, "alert", "25"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 runs");
+    let mut out = tokio::io::BufReader::new(feed.stdout.take().unwrap()).lines();
+
+    assert_eq!(
+        next_line(&mut out).await,
+        json!({ "event": "open", "subprotocol": "tessera" })
+    );
+    assert_eq!(next_line(&mut out).await["frame"]["type"], "ready");
+    assert_eq!(next_line(&mut out).await["frame"]["type"], "pong");
+    let (status, news) = sys
+        .post(
+            "/api/market/news",
+            Some(&admin),
+            json!({ "sector": "Materials", "headline": "Copper climbs", "sentiment": 0.4 }),
+        )
+        .await;
+    assert_eq!(status, 201, "{news}");
+    let alert = next_line(&mut out).await;
+    assert_eq!(alert["frame"]["type"], "alert", "{alert}");
+    assert_eq!(
+        alert["frame"]["data"]["source"], news["data"]["id"],
+        "{alert}"
+    );
+    assert_eq!(
+        alert["frame"]["data"]["title"],
+        "News for Materials, which you hold"
+    );
+    // A bad token offered so is refused at the handshake, as a bad header is.
+    let refused = tokio::process::Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/ws_client.py"
+        ))
+        .args(["browser", &live, "not-a-token", "alert", "5"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("401"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
 }

@@ -30,14 +30,22 @@ pub async fn caller(
     tokens: Option<&TokenVerifier>,
     fields: &Fields<'_>,
 ) -> Result<Option<Arc<Verified>>, GatewayError> {
-    let Some(value) = fields.get("authorization") else {
-        return Ok(None);
+    let token = match fields.get("authorization") {
+        Some(value) => bearer(value).ok_or(GatewayError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "expected a Bearer token",
+        ))?,
+        // A browser cannot set `Authorization` on a WebSocket: it offers the token as a
+        // subprotocol instead.
+        None => match fields
+            .get("sec-websocket-protocol")
+            .and_then(subprotocol_token)
+        {
+            Some(token) => token,
+            None => return Ok(None),
+        },
     };
-    let token = bearer(value).ok_or(GatewayError::new(
-        StatusCode::UNAUTHORIZED,
-        "unauthenticated",
-        "expected a Bearer token",
-    ))?;
     let verifier = tokens.ok_or(GatewayError::new(
         StatusCode::UNAUTHORIZED,
         "unauthenticated",
@@ -55,6 +63,22 @@ pub async fn caller(
             ..GatewayError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "")
         }),
     }
+}
+
+/// The subprotocol a browser's WebSocket offers its access token as (`new WebSocket(url,
+/// ["tessera", "bearer." + token])`): a browser cannot set `Authorization` on a handshake, and
+/// a token in the URL would be written to every access log on the way. It is taken like an
+/// `Authorization` header, and never forwarded (`forward.rs`).
+pub const BEARER_SUBPROTOCOL: &str = "bearer.";
+
+/// The access token a `Sec-WebSocket-Protocol` value offers, if any.
+pub fn subprotocol_token(value: &[u8]) -> Option<&str> {
+    std::str::from_utf8(value)
+        .ok()?
+        .split(',')
+        .map(str::trim)
+        .find_map(|p| p.strip_prefix(BEARER_SUBPROTOCOL))
+        .filter(|t| !t.is_empty())
 }
 
 /// The token of an `Authorization` value in the `Bearer` scheme.

@@ -77,9 +77,16 @@ impl Forwarder {
         // An upgrade asks for the protocol in the client's `Upgrade` (the instance checks the
         // handshake's own fields, which pass as they are).
         let upgrade = route.websocket.then(|| upgrade_to(req)).flatten();
+        // The subprotocols the client offered, but for an access token (`authenticate.rs`):
+        // the passport speaks for it upstream.
+        let protocols = upgrade
+            .and_then(|_| req.fields.get("sec-websocket-protocol"))
+            .map(offered_protocols)
+            .unwrap_or_default();
         let extra_upgrade = [
             ("connection", &b"upgrade"[..]),
             ("upgrade", upgrade.unwrap_or_default()),
+            ("sec-websocket-protocol", protocols.as_bytes()),
         ];
         let extra_all = [
             (passport::HEADER, passport.as_bytes()),
@@ -88,11 +95,12 @@ impl Forwarder {
             ("x-forwarded-proto", forwarding.proto),
             extra_upgrade[0],
             extra_upgrade[1],
+            extra_upgrade[2],
         ];
-        let extra = if upgrade.is_some() {
-            &extra_all[..]
-        } else {
-            &extra_all[..4]
+        let extra = match upgrade {
+            Some(_) if !protocols.is_empty() => &extra_all[..],
+            Some(_) => &extra_all[..6],
+            None => &extra_all[..4],
         };
         let request = Outgoing {
             method: &req.method,
@@ -162,6 +170,16 @@ pub fn upgrade_to<'a>(req: &Request<'a>) -> Option<&'a [u8]> {
             .get("sec-websocket-version")
             .is_some_and(|v| v.trim_ascii() == b"13");
     handshake.then(|| req.fields.get("upgrade")).flatten()
+}
+
+/// A `Sec-WebSocket-Protocol` value without the access token a browser offers in it.
+fn offered_protocols(value: &[u8]) -> String {
+    String::from_utf8_lossy(value)
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty() && !p.starts_with(crate::authenticate::BEARER_SUBPROTOCOL))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Whether an instance's `101` switches to WebSocket, the only protocol the gateway asked for.
@@ -248,8 +266,9 @@ fn not_forwarded_from_a_proxy(name: &[u8]) -> bool {
 }
 
 fn not_forwarded_anyway(name: &[u8]) -> bool {
-    const REPLACED: [&str; 5] = [
+    const REPLACED: [&str; 6] = [
         "authorization",
+        "sec-websocket-protocol",
         "expect",
         passport::HEADER,
         "traceparent",
@@ -475,5 +494,22 @@ mod tests {
         assert_eq!((e.status.as_u16(), e.code), (413, "payload_too_large"));
         let e = body(Err(BodyError::Malformed)).unwrap_err();
         assert_eq!((e.status.as_u16(), e.code), (400, "bad_request"));
+    }
+
+    #[test]
+    fn a_browsers_token_offered_as_a_subprotocol_is_taken_and_never_forwarded() {
+        let value = b"tessera, bearer.eyJ0eXAi.eyJzdWIi.c2ln";
+        assert_eq!(
+            crate::authenticate::subprotocol_token(value),
+            Some("eyJ0eXAi.eyJzdWIi.c2ln")
+        );
+        assert_eq!(super::offered_protocols(value), "tessera");
+        assert_eq!(super::offered_protocols(b"bearer.x"), "");
+        assert_eq!(
+            crate::authenticate::subprotocol_token(b"tessera, chat"),
+            None
+        );
+        assert_eq!(crate::authenticate::subprotocol_token(b"bearer."), None);
+        assert!(super::not_forwarded(b"Sec-WebSocket-Protocol"));
     }
 }

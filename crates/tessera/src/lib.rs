@@ -16,6 +16,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod feed;
 pub mod health;
 mod json;
 pub mod jwks;

@@ -189,6 +189,7 @@ auth = "required"
 prefix = "/api/alerts"
 service = "alerts"
 auth = "required"
+websocket = true         # GET /api/alerts/live: new alerts as they are made
 
 [[route]]
 prefix = "/api/signals"

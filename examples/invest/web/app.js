@@ -2,9 +2,10 @@
 // (`[[files]]`), talking to the system's API on the same origin. No build step.
 //
 // Signing in asks `auth` for an access token, kept in this tab's sessionStorage; `#token=…` in
-// the URL signs in with a token already made (what the browser test does). Everything else is
-// polled: the portfolio, the chart and the signal every 2 s, alerts every second (each poll
-// asks only for what came since the last one), news every 5 s.
+// the URL signs in with a token already made (what the browser test does). Alerts arrive live
+// on a WebSocket (`/api/alerts/live`, the token offered as a subprotocol, as a browser cannot
+// set Authorization on one); while it is down they are polled each second. The rest is
+// polled: the portfolio, the chart and the signal every 2 s, news every 5 s.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -17,6 +18,7 @@ let ticker = null;
 let chart = null;
 let alertsSince = 0;
 let timers = [];
+let socket = null;
 
 function fail(message) {
   const el = $("failed");
@@ -44,6 +46,8 @@ function signOut() {
   sessionStorage.removeItem("invest-token");
   timers.forEach(clearInterval);
   timers = [];
+  if (socket) socket.close();
+  socket = null;
   $("board").hidden = true;
   $("sign-out").hidden = true;
   $("who").textContent = "";
@@ -77,7 +81,8 @@ async function start(accessToken) {
   await Promise.all([refreshChart(), refreshNews(), refreshAlerts(), refreshReport()]);
   timers.push(setInterval(() => refreshPortfolio().catch(() => {}), 2000));
   timers.push(setInterval(() => refreshChart().catch(() => {}), 2000));
-  timers.push(setInterval(() => refreshAlerts().catch(() => {}), 1000));
+  timers.push(setInterval(() => (socket && socket.live ? null : refreshAlerts().catch(() => {})), 1000));
+  listen();
   timers.push(setInterval(() => refreshNews().catch(() => {}), 5000));
   timers.push(setInterval(() => refreshReport().catch(() => {}), 5000));
 }
@@ -144,18 +149,43 @@ async function refreshNews() {
     .join("") || `<li class="muted">no news yet</li>`;
 }
 
+// The live feed: each new alert as it is made; closed, it is opened again after a second (the
+// poll above fills the gap meanwhile).
+function listen() {
+  if (!token) return;
+  const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+  socket = new WebSocket(scheme + location.host + "/api/alerts/live", ["tessera", "bearer." + token]);
+  socket.onmessage = (m) => {
+    const frame = JSON.parse(m.data);
+    if (frame.type === "ready") {
+      socket.live = true;
+      $("alerts-live").textContent = "live";
+    } else if (frame.type === "alert") {
+      showAlerts([frame.data]);
+    }
+  };
+  socket.onclose = () => {
+    $("alerts-live").textContent = "polling";
+    if (token) setTimeout(listen, 1000);
+  };
+}
+
 async function refreshAlerts() {
-  const fresh = await api("GET", `/api/alerts?since=${alertsSince}&limit=50`);
+  showAlerts(await api("GET", `/api/alerts?since=${alertsSince}&limit=50`));
+}
+
+function showAlerts(fresh) {
+  fresh = fresh.filter((a) => !document.querySelector(`#alerts li[data-id="${CSS.escape(a.id)}"]`));
   if (!fresh.length) return;
   alertsSince = Math.max(alertsSince, ...fresh.map((a) => a.created));
   const list = $("alerts");
   const first = !list.children.length;
   const items = fresh
-    .map((a) => `<li class="${first ? "" : "new"}" data-kind="${esc(a.kind)}"><span class="when">${time(a.created)}</span><b>${esc(a.title)}</b><br>${esc(a.body)}</li>`)
+    .map((a) => `<li class="${first ? "" : "new"}" data-id="${esc(a.id)}" data-kind="${esc(a.kind)}"><span class="when">${time(a.created)}</span><b>${esc(a.title)}</b><br>${esc(a.body)}</li>`)
     .join("");
   list.insertAdjacentHTML("afterbegin", items);
   while (list.children.length > 50) list.lastChild.remove();
-  $("alerts-live").textContent = `live · ${list.children.length}`;
+
 }
 
 $("sign-in-form").addEventListener("submit", (e) => {

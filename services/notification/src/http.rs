@@ -7,16 +7,19 @@ use axum::routing::get;
 use serde::Serialize;
 use tessera::{ApiError, Caller, Db, Json};
 
-use crate::live::{self, Feed};
+use crate::live::{Feed, Notifications};
 
 pub fn router(db: Db) -> Router {
-    let feed = Feed::start(db.clone());
+    let feed = Feed::start(db.clone(), Notifications);
     Router::new()
         .route("/api/notifications", get(list))
         .with_state(db)
         .merge(
             Router::new()
-                .route("/api/notifications/live", get(live::live))
+                .route(
+                    "/api/notifications/live",
+                    get(tessera::feed::live::<Notifications>),
+                )
                 .with_state(feed),
         )
 }

@@ -1,14 +1,25 @@
-//! The alerts' API: a member reads theirs, newest first; an admin sees who one cause reached.
+//! The alerts' API: a member reads theirs, newest first, or hears them as they come
+//! (`live.rs`); an admin sees who one cause reached.
 
 use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tessera::store::{query_as, query_scalar};
 use tessera::{ApiError, Caller, Db, Json, Path, Query};
 
+use crate::live::{Alerts, Feed};
+
 pub fn router(db: Db) -> Router {
+    let feed = Feed::start(db.clone(), Alerts);
+    Router::new()
+        .route("/api/alerts/live", get(tessera::feed::live::<Alerts>))
+        .with_state(feed)
+        .merge(routes(db))
+}
+
+fn routes(db: Db) -> Router {
     Router::new()
         .route("/api/alerts", get(list))
         .route("/api/alerts/sources/{kind}/{source}", get(reached))
@@ -24,7 +35,21 @@ struct ListQuery {
     limit: Option<u32>,
 }
 
-type Row = (
+/// An alert, as the API and the live feed show it.
+#[derive(Debug, Serialize)]
+pub struct View {
+    pub id: String,
+    pub kind: String,
+    pub source: String,
+    pub ticker: Option<String>,
+    pub sector: Option<String>,
+    pub title: String,
+    pub body: String,
+    pub created: i64,
+}
+
+/// An alert as its columns are read: id, kind, source, ticker, sector, title, body, created.
+pub type ViewRow = (
     String,
     String,
     String,
@@ -35,13 +60,28 @@ type Row = (
     i64,
 );
 
+impl From<ViewRow> for View {
+    fn from((id, kind, source, ticker, sector, title, body, created): ViewRow) -> Self {
+        View {
+            id,
+            kind,
+            source,
+            ticker,
+            sector,
+            title,
+            body,
+            created,
+        }
+    }
+}
+
 async fn list(
     State(db): State<Db>,
     caller: Caller,
     Query(q): Query<ListQuery>,
-) -> Result<Json<Vec<Value>>, ApiError> {
+) -> Result<Json<Vec<View>>, ApiError> {
     let limit = i64::from(q.limit.unwrap_or(50).clamp(1, 500));
-    let rows: Vec<Row> = query_as(
+    let rows: Vec<ViewRow> = query_as(
         "SELECT id, kind, source, ticker, sector, title, body, created FROM alerts
          WHERE member_id = $1 AND created > $2 ORDER BY created DESC, id DESC LIMIT $3",
     )
@@ -50,14 +90,7 @@ async fn list(
     .bind(limit)
     .fetch_all(db.read())
     .await?;
-    Ok(Json(
-        rows.into_iter()
-            .map(|(id, kind, source, ticker, sector, title, body, created)| {
-                json!({ "id": id, "kind": kind, "source": source, "ticker": ticker, "sector": sector,
-                        "title": title, "body": body, "created": created })
-            })
-            .collect(),
-    ))
+    Ok(Json(rows.into_iter().map(View::from).collect()))
 }
 
 /// The members one cause reached, and how many alerts it made (one each): an operator's view.

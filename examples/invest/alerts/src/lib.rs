@@ -12,11 +12,12 @@
 //!
 //! Holders are known as `alerts` last heard of them: a trade made just before a news item may
 //! be seen after it, as the two come on different topics. Members read their alerts through
-//! the API (`http.rs`).
+//! the API (`http.rs`), or on a WebSocket as they are made (`live.rs`).
 
 pub mod fanout;
 pub mod holders;
 pub mod http;
+pub mod live;
 pub mod schema;
 
 use tessera::Service;
