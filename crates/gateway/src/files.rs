@@ -191,14 +191,16 @@ fn read_dir(
         if !kind.is_file() {
             continue;
         }
-        let body = std::fs::read(entry.path())?;
-        *bytes += body.len() as u64;
+        // The size first (a stray large file is refused, not read), then the file, opened so
+        // that a link swapped in meanwhile is not followed.
+        *bytes += entry.metadata()?.len();
         if *bytes > MAX_BYTES || into.len() >= MAX_FILES {
             return Err(std::io::Error::other(format!(
                 "more than {MAX_FILES} files or {} MiB: a static mount is for a page's few files",
                 MAX_BYTES >> 20
             )));
         }
+        let body = read_no_follow(&entry.path())?;
         let modified = entry
             .metadata()?
             .modified()
@@ -219,6 +221,19 @@ fn read_dir(
         );
     }
     Ok(())
+}
+
+/// A file's bytes, refusing a symbolic link (`O_NOFOLLOW`).
+fn read_no_follow(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    let mut body = Vec::new();
+    file.read_to_end(&mut body)?;
+    Ok(body)
 }
 
 /// A byte a file name may have to be served: letters, digits and `-._~` (unreserved in a URL).

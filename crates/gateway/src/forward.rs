@@ -512,4 +512,35 @@ mod tests {
         assert_eq!(crate::authenticate::subprotocol_token(b"bearer."), None);
         assert!(super::not_forwarded(b"Sec-WebSocket-Protocol"));
     }
+
+    #[tokio::test]
+    async fn a_token_offered_as_a_subprotocol_never_reaches_the_instance() {
+        let (address, seen) = testing::upstream(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Protocol: tessera\r\n\r\n",
+        )
+        .await;
+        let gateway = forwarder("catalog", &address);
+        let head = Head::request(&[
+            "Host: shop.example",
+            "Connection: Upgrade",
+            "Upgrade: websocket",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            "Sec-WebSocket-Version: 13",
+            "Sec-WebSocket-Protocol: tessera, bearer.the-secret-token",
+        ]);
+        let req = head.to(Method::GET, "/api/catalog/live", b"");
+        let mut route = route("catalog", AuthMode::Public, &[]);
+        route.websocket = true;
+        let _ = gateway
+            .call(&route, &req, b"", None, &TraceContext::new_root())
+            .await;
+        let head = seen.lock().unwrap().pop().expect("the instance was asked");
+        assert!(!head.contains("the-secret-token"), "{head}");
+        assert_eq!(
+            values(&head, "sec-websocket-protocol"),
+            ["tessera"],
+            "{head}"
+        );
+        assert_eq!(values(&head, "upgrade"), ["websocket"], "{head}");
+    }
 }

@@ -16,14 +16,15 @@
 //! Rows are recorded by whichever replica handled the event that made them, so the feed does
 //! not listen in-process: one task per replica reads what was recorded since it last looked
 //! (only while someone is listening, every 200 ms), page by page in (created, id) order so
-//! that a burst of any size is read whole, and hands each row to that replica's sockets, each
-//! of which keeps its caller's. Reads overlap by [`Rows::overlap`], since a replica's
+//! that a burst of any size is read whole, and hands each row to the sockets of its user on
+//! that replica (a channel per user listening: a burst of other users' rows, a news item's
+//! ten thousand alerts, never crowds out a user's own). Reads overlap by [`Rows::overlap`], since a replica's
 //! transaction can commit after a later-stamped one; what was already handed on is remembered
 //! for that window and not sent twice. (A replica whose clock runs more than the overlap ahead
 //! of the others' would make the feed skip their rows; the list API has them all.)
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -71,15 +72,80 @@ pub trait Rows: Send + Sync + 'static {
     fn now(&self) -> i64;
 }
 
-/// New rows, to every socket of this replica.
+type Sender<T> = broadcast::Sender<Arc<Row<T>>>;
+
+/// The users listening on this replica, each with their channel, and whoever listens to all.
+struct Listeners<T> {
+    users: Mutex<HashMap<String, Sender<T>>>,
+    all: Sender<T>,
+}
+
+impl<T> Listeners<T> {
+    fn anyone(&self) -> bool {
+        self.all.receiver_count() > 0
+            || !self
+                .users
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
+    }
+
+    fn send(&self, row: Row<T>) {
+        let row = Arc::new(row);
+        if let Some(tx) = self
+            .users
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&row.user)
+        {
+            let _ = tx.send(row.clone());
+        }
+        if self.all.receiver_count() > 0 {
+            let _ = self.all.send(row);
+        }
+    }
+}
+
+/// New rows, to the sockets of this replica.
 pub struct Feed<R: Rows> {
-    tx: broadcast::Sender<Arc<Row<R::Item>>>,
+    listeners: Arc<Listeners<R::Item>>,
 }
 
 impl<R: Rows> Clone for Feed<R> {
     fn clone(&self) -> Self {
         Self {
-            tx: self.tx.clone(),
+            listeners: self.listeners.clone(),
+        }
+    }
+}
+
+/// One user's rows, for as long as it is held.
+pub struct Subscription<T> {
+    rx: broadcast::Receiver<Arc<Row<T>>>,
+    listeners: Arc<Listeners<T>>,
+    user: String,
+}
+
+impl<T> Subscription<T> {
+    /// The user's next row.
+    pub async fn recv(&mut self) -> Result<Arc<Row<T>>, broadcast::error::RecvError> {
+        self.rx.recv().await
+    }
+}
+
+impl<T> Drop for Subscription<T> {
+    fn drop(&mut self) {
+        let mut users = self
+            .listeners
+            .users
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // This one's receiver still counts: the user's last one leaves.
+        if users
+            .get(&self.user)
+            .is_some_and(|tx| tx.receiver_count() <= 1)
+        {
+            users.remove(&self.user);
         }
     }
 }
@@ -87,20 +153,47 @@ impl<R: Rows> Clone for Feed<R> {
 impl<R: Rows> Feed<R> {
     /// Starts reading recorded rows for as long as the service runs.
     pub fn start(db: Db, rows: R) -> Self {
-        let (tx, _) = broadcast::channel(4096);
-        let feed = Self { tx };
-        let sender = feed.tx.clone();
-        tokio::spawn(async move { poll(db, rows, sender).await });
+        let feed = Self {
+            listeners: Arc::new(Listeners {
+                users: Mutex::default(),
+                all: broadcast::channel(4096).0,
+            }),
+        };
+        let listeners = feed.listeners.clone();
+        tokio::spawn(async move { poll(db, rows, listeners).await });
         feed
     }
 
-    /// Every new row, as the sockets get them.
+    /// Every new row, whoever's it is (an operator's view, and the tests').
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Row<R::Item>>> {
-        self.tx.subscribe()
+        self.listeners.all.subscribe()
+    }
+
+    /// Whether any socket listens on this replica.
+    pub fn anyone_listening(&self) -> bool {
+        self.listeners.anyone()
+    }
+
+    /// `user`'s new rows.
+    pub fn subscribe_user(&self, user: &str) -> Subscription<R::Item> {
+        let mut users = self
+            .listeners
+            .users
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let rx = users
+            .entry(user.to_string())
+            .or_insert_with(|| broadcast::channel(256).0)
+            .subscribe();
+        Subscription {
+            rx,
+            listeners: self.listeners.clone(),
+            user: user.to_string(),
+        }
     }
 }
 
-async fn poll<R: Rows>(db: Db, rows: R, tx: broadcast::Sender<Arc<Row<R::Item>>>) {
+async fn poll<R: Rows>(db: Db, rows: R, tx: Arc<Listeners<R::Item>>) {
     let mut since = rows.now();
     // Ids handed on, with their `created`: kept while a read may still return them.
     let mut seen: HashSet<(i64, String)> = HashSet::new();
@@ -108,7 +201,7 @@ async fn poll<R: Rows>(db: Db, rows: R, tx: broadcast::Sender<Arc<Row<R::Item>>>
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if tx.receiver_count() == 0 {
+        if !tx.anyone() {
             // Nobody listens: nothing to send, and what is recorded now is not news later.
             since = rows.now();
             seen.clear();
@@ -132,7 +225,7 @@ async fn poll<R: Rows>(db: Db, rows: R, tx: broadcast::Sender<Arc<Row<R::Item>>>
                 if !seen.insert((row.created, row.id.clone())) {
                     continue;
                 }
-                let _ = tx.send(Arc::new(row));
+                tx.send(row);
             }
             if !full {
                 break;
@@ -150,13 +243,13 @@ pub async fn live<R: Rows>(
     caller: Caller,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    let rx = feed.tx.subscribe();
+    let rx = feed.subscribe_user(&caller.id);
     // A browser offers `tessera` beside its access token (which the gateway takes and does
     // not forward): it must hear one of the protocols it offered back.
     Ok(upgrade
         .protocols(["tessera"])
         .max_message_size(16 * 1024)
-        .on_upgrade(move |socket| session::<R>(socket, caller.id, rx)))
+        .on_upgrade(move |socket| session::<R>(socket, rx)))
 }
 
 #[derive(Serialize)]
@@ -173,23 +266,18 @@ async fn send<T: Serialize>(socket: &mut WebSocket, kind: &str, data: Option<T>)
 }
 
 /// One caller's socket: their new rows out, pings answered.
-async fn session<R: Rows>(
-    mut socket: WebSocket,
-    user: String,
-    mut rx: broadcast::Receiver<Arc<Row<R::Item>>>,
-) {
+async fn session<R: Rows>(mut socket: WebSocket, mut rows: Subscription<R::Item>) {
     if !send::<()>(&mut socket, "ready", None).await {
         return;
     }
     loop {
         tokio::select! {
-            row = rx.recv() => match row {
-                Ok(r) if r.user == user => {
+            row = rows.recv() => match row {
+                Ok(r) => {
                     if !send(&mut socket, R::KIND, Some(&r.item)).await {
                         return;
                     }
                 }
-                Ok(_) => {}
                 // Too slow a reader: it missed some; the list API has them all.
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     if !send(&mut socket, "lagged", Some(json!({ "missed": n }))).await {

@@ -162,6 +162,8 @@ function listen() {
       $("alerts-live").textContent = "live";
     } else if (frame.type === "alert") {
       showAlerts([frame.data]);
+    } else if (frame.type === "lagged") {
+      refreshAlerts().catch(() => {}); // the socket missed some: the list has them all
     }
   };
   socket.onclose = () => {
@@ -170,8 +172,10 @@ function listen() {
   };
 }
 
+// What came since the last alert seen, less five seconds: an alert committed a moment late
+// with an earlier time is not skipped (the ones already shown are recognised by id).
 async function refreshAlerts() {
-  showAlerts(await api("GET", `/api/alerts?since=${alertsSince}&limit=50`));
+  showAlerts(await api("GET", `/api/alerts?since=${Math.max(0, alertsSince - 5000)}&limit=50`));
 }
 
 function showAlerts(fresh) {
@@ -219,6 +223,12 @@ $("trade").addEventListener("submit", async (e) => {
 
 window.addEventListener("error", (e) => fail(e.message));
 const fromUrl = new URLSearchParams(location.hash.slice(1)).get("token");
+if (fromUrl) {
+  // Out of the address bar and the history: the token is this tab's alone from here.
+  const rest = new URLSearchParams(location.hash.slice(1));
+  rest.delete("token");
+  history.replaceState(null, "", location.pathname + (rest.toString() ? "#" + rest : ""));
+}
 const saved = fromUrl || sessionStorage.getItem("invest-token");
 if (saved) start(saved).catch((e) => fail(e.message));
 else $("sign-in").hidden = false;

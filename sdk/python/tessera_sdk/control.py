@@ -65,6 +65,11 @@ class Control:
             body["commits"] = [{"partition": p, "offset": o} for p, o in commits.items()]
         return self.call("POST", "/v1/topics/%s/fetch" % topic, body, timeout=wait_ms / 1000 + 30)
 
+    def renew(self, topic, group, consumer):
+        """Keeps the partitions the member holds for another lease; the ones it still holds."""
+        answer = self.call("POST", "/v1/topics/%s/renew" % topic, {"group": group, "consumer": consumer}, timeout=10)
+        return (answer or {}).get("partitions", [])
+
     def commit(self, topic, group, consumer, partition, offset):
         body = {"group": group, "consumer": consumer, "partition": partition, "offset": offset}
         self.call("POST", "/v1/topics/%s/commit" % topic, body, timeout=10)

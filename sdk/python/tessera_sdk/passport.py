@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import time
 
 LEEWAY_SECS = 5
@@ -20,8 +21,18 @@ class PassportError(Exception):
     """A passport that does not verify: its message says which check failed."""
 
 
+_B64URL = re.compile(r"^[A-Za-z0-9_-]*$")
+
+
 def _b64url_decode(text):
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """Strict base64url without padding: any other character, or a length no encoding has,
+    is refused (one token has one spelling)."""
+    if not _B64URL.match(text) or len(text) % 4 == 1:
+        raise ValueError("not base64url")
+    raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64url(raw) != text:
+        raise ValueError("not canonical base64url")
+    return raw
 
 
 def _b64url(data):
@@ -70,10 +81,15 @@ class PassportKeys:
             raise PassportError("malformed passport header") from None
         if not isinstance(header, dict) or header.get("alg") != "HS256":
             raise PassportError("passport algorithm must be HS256")
-        secret = self.by_kid.get(header.get("kid"))
+        kid = header.get("kid")
+        secret = self.by_kid.get(kid) if isinstance(kid, str) else None
         if secret is None:
             raise PassportError("unknown passport key")
-        expected = hmac.new(secret, (parts[0] + "." + parts[1]).encode("ascii"), hashlib.sha256).digest()
+        try:
+            signed = (parts[0] + "." + parts[1]).encode("ascii")
+        except UnicodeEncodeError:
+            raise PassportError("malformed passport") from None
+        expected = hmac.new(secret, signed, hashlib.sha256).digest()
         try:
             signature = _b64url_decode(parts[2])
         except ValueError:

@@ -298,14 +298,26 @@ class Service:
                 log("warn", "fetch failed; trying again", topic=topic, error=str(e))
                 self.stopping.wait(0.5)
                 continue
+            if answer.get("commitError"):
+                log("warn", "a commit was refused; the events after it come again", topic=topic, error=answer["commitError"])
             commits = {}
+            lease = (answer.get("leaseMs") or 3000) / 1000
+            renewed = time.monotonic()
             parts = [answer] + (answer.get("more") or [])
             for part in parts:
-                events = part.get("events") or []
-                for delivery in events:
-                    self._deliver(topic, group, handler, max_attempts, delivery)
-                if events:
-                    commits[part["partition"]] = events[-1]["offset"] + 1
+                for delivery in part.get("events") or []:
+                    # A batch longer than a third of the lease keeps its partitions.
+                    if time.monotonic() - renewed > lease / 3:
+                        try:
+                            self.control.renew(topic, group, consumer)
+                        except Exception as e:
+                            log("warn", "lease renewal failed", topic=topic, error=str(e))
+                        renewed = time.monotonic()
+                    # Committed only up to what was settled: an event neither handled nor
+                    # dead-lettered (the service stopping) comes again.
+                    if not self._deliver(topic, group, handler, max_attempts, delivery):
+                        break
+                    commits[part["partition"]] = delivery["offset"] + 1
         for partition, offset in commits.items():
             try:
                 self.control.commit(topic, group, consumer, partition, offset)
@@ -319,8 +331,7 @@ class Service:
         # The log stamps each event with its publisher's principal, `service:<name>`.
         name = producer[len("service:") :] if isinstance(producer, str) and producer.startswith("service:") else None
         if declared is not None and name not in declared:
-            self._dead_letter(group, topic, event, "producer %r is not declared for %s" % (producer, topic), 0)
-            return
+            return self._dead_letter(group, topic, event, "producer %r is not declared for %s" % (producer, topic), 0)
         _local.trace = (TraceContext.parse(event.get("traceparent")) or TraceContext.new_root()).child()
         started = time.monotonic()
         try:
@@ -338,17 +349,18 @@ class Service:
                         id=event.get("id"),
                         latency_ms=round((time.monotonic() - started) * 1000, 3),
                     )
-                    return
+                    return True
                 except Exception as e:
-                    if attempt == max_attempts:
-                        self._dead_letter(group, topic, event, str(e), attempt)
-                        return
+                    if attempt == max_attempts or self.stopping.is_set():
+                        return self._dead_letter(group, topic, event, str(e), attempt) if attempt == max_attempts else False
                     log("warn", "handler failed; trying again", topic=topic, attempt=attempt, error=str(e))
                     time.sleep(min(0.05 * 2**attempt, 2.0))
         finally:
             _local.trace = None
+        return False
 
     def _dead_letter(self, group, topic, event, error, attempts):
+        """Publishes the event to the group's dead letters: whether it did (not when stopping)."""
         letter = dict(event)
         letter.update(
             deadlettergroup=group, deadlettertopic=topic, deadlettererror=error[:500], deadletterattempts=attempts
@@ -358,10 +370,11 @@ class Service:
         while not self.stopping.is_set():
             try:
                 self.control.publish("deadletter." + group, [letter])
-                return
+                return True
             except Exception as e:
                 log("warn", "dead letter not published yet", error=str(e))
                 self.stopping.wait(0.5)
+        return False
 
 
 def _producers(spec):
@@ -420,7 +433,14 @@ def _handler(service, admin):
             started = time.monotonic()
             status, route_label = 500, "unrouted"
             try:
-                length = int(self.headers.get("content-length") or 0)
+                try:
+                    length = int(self.headers.get("content-length") or 0)
+                except ValueError:
+                    length = -1
+                if length < 0:
+                    status = 400
+                    self.close_connection = True
+                    return self._send(400, {"code": "bad_request", "message": "a bad Content-Length"})
                 if length > MAX_BODY:
                     status = 413
                     self.close_connection = True

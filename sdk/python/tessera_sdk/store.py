@@ -26,6 +26,7 @@ class Store:
             """
         )
         self.wake = threading.Event()
+        self.relaying = threading.Lock()  # held by the relay for each round of publishing
 
     def migrate(self, script):
         with self.lock:
@@ -38,7 +39,11 @@ class Store:
         with self.lock:
             return self.db.execute(sql, params).fetchall()
 
-    def _lease(self, holder, seconds=3.0):
+    # Longer than a publish may take (control.publish's timeout is 30 s): a lease cannot lapse
+    # while its holder is still publishing.
+    LEASE_SECS = 45.0
+
+    def _lease(self, holder, seconds=LEASE_SECS):
         """Whether `holder` holds the relay's lease (taking it if free or lapsed): two processes
         on one database (a rollout's two versions) never publish the same rows at once."""
         now = time.time()
@@ -50,27 +55,45 @@ class Store:
             return cur.rowcount == 1
 
     def release(self, holder):
-        """Gives the relay's lease up (a clean stop): another process takes it at once."""
-        with self.lock:
-            self.db.execute("UPDATE tessera_relay SET until = 0 WHERE id = 1 AND holder = ?", (holder,))
+        """Gives the relay's lease up (a clean stop), once a publish under way has ended:
+        another process takes it at once, and never while this one still publishes."""
+        if self.relaying.acquire(timeout=40):
+            try:
+                with self.lock:
+                    self.db.execute("UPDATE tessera_relay SET until = 0 WHERE id = 1 AND holder = ?", (holder,))
+            finally:
+                self.relaying.release()
 
     def relay(self, control, stopping, holder="relay"):
-        """Publishes the outbox, oldest first, until `stopping` is set, while it holds the lease."""
+        """Publishes the outbox, oldest first, until `stopping` is set, while it holds the lease
+        (renewed before each publish: a holder that lost it stops before publishing again)."""
         while not stopping.is_set():
+            try:
+                self._relay_once(control, stopping, holder)
+            except Exception as e:  # the database busy, say: the rows stay, tried again
+                from .service import log
+
+                log("warn", "the outbox relay failed; trying again", error=str(e))
+                stopping.wait(0.5)
+
+    def _relay_once(self, control, stopping, holder):
+        with self.relaying:
             if not self._lease(holder):
                 stopping.wait(0.5)
-                continue
+                return
             with self.lock:
                 rows = self.db.execute("SELECT seq, topic, event FROM tessera_outbox ORDER BY seq LIMIT 500").fetchall()
             if not rows:
                 self.wake.wait(0.25)
                 self.wake.clear()
-                continue
+                return
             by_topic = {}
             for seq, topic, event in rows:
                 by_topic.setdefault(topic, []).append((seq, json.loads(event)))
             try:
                 for topic, items in by_topic.items():
+                    if not self._lease(holder):
+                        return  # another process took over: it publishes these
                     control.publish(topic, [e for _, e in items])
                     with self.lock:
                         self.db.execute("DELETE FROM tessera_outbox WHERE seq <= ? AND topic = ?", (items[-1][0], topic))
@@ -90,12 +113,23 @@ class _Tx:
 
     def __enter__(self):
         self.store.lock.acquire()
-        self.store.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.store.db.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            # Not begun (another process held the file past the timeout): nothing to undo.
+            self.store.lock.release()
+            raise
         return self
 
     def __exit__(self, kind, value, tb):
         try:
-            self.store.db.execute("COMMIT" if kind is None else "ROLLBACK")
+            try:
+                self.store.db.execute("COMMIT" if kind is None else "ROLLBACK")
+            except BaseException:
+                # A failed COMMIT leaves the transaction open: end it, or every later BEGIN fails.
+                if self.store.db.in_transaction:
+                    self.store.db.execute("ROLLBACK")
+                raise
         finally:
             self.store.lock.release()
         if kind is None:

@@ -45,6 +45,12 @@ class Passports(unittest.TestCase):
         self.assertEqual(self.keys.verify(late, now=1034)["sub"], "ann")
         header = base64.urlsafe_b64encode(b'{"alg":"none","kid":"p2"}').rstrip(b"=").decode()
         self.refused(header + "." + token.split(".", 1)[1], "HS256")
+        # A kid that is not a string, text that is not ASCII, a signature spelled otherwise.
+        odd = base64.urlsafe_b64encode(b'{"alg":"HS256","kid":[]}').rstrip(b"=").decode()
+        self.refused(odd + "." + token.split(".", 1)[1], "unknown passport key")
+        self.refused(token.split(".")[0] + ".\u00e9." + token.split(".")[2], "malformed")
+        self.refused(token + "=", "malformed")
+        self.refused(token[:-1] + "*", "malformed")
 
     def test_short_or_malformed_keys_are_refused(self):
         for spec in ["", "p1", "p1:%s" % base64.b64encode(b"short").decode()]:

@@ -102,4 +102,36 @@ mod tests {
         tokio::time::sleep(POLL * 3).await;
         assert!(rx.try_recv().is_err());
     }
+
+    #[tokio::test]
+    async fn a_users_socket_hears_only_their_rows_however_many_others_come() {
+        let db = TempDb::new("notification", MIGRATIONS).await;
+        let feed = Feed::start((*db).clone(), Notifications);
+        let mut ann = feed.subscribe_user("ann");
+        tokio::time::sleep(POLL * 2).await;
+        // Bob's 5,000 (more than any channel holds), then one of Ann's.
+        let mut tx = db.write_tx().await.unwrap();
+        for i in 0..5001 {
+            query(
+                "INSERT INTO notifications (id, order_id, user_id, kind, channel, subject, body, created)
+                 VALUES ($1, $2, $3, 'order_confirmed', 'recorded', 's', 'b', $4)",
+            )
+            .bind(format!("n{i:05}"))
+            .bind(format!("o{i}"))
+            .bind(if i == 5000 { "ann" } else { "bob" })
+            .bind(Notifications.now())
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        }
+        tx.commit().await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), ann.recv())
+            .await
+            .expect("Ann's row comes")
+            .expect("not lagged: Bob's rows never went to Ann's channel");
+        assert_eq!(got.id, "n05000");
+        drop(ann);
+        // Nobody listens any more: the user's channel is gone with the last socket.
+        assert!(!feed.anyone_listening());
+    }
 }

@@ -31,15 +31,12 @@ pub async fn run() -> anyhow::Result<()> {
         .run(|ctx| async move {
             let events = ctx.events();
             events.consume(
-                Consumer::new("portfolio.events", "alerts.portfolio"),
+                Consumer::new("portfolio.events", "alerts"),
                 holders::Holders,
             );
+            events.consume(Consumer::new("market.news", "alerts"), fanout::NewsAlerts);
             events.consume(
-                Consumer::new("market.news", "alerts.news"),
-                fanout::NewsAlerts,
-            );
-            events.consume(
-                Consumer::new("signals.changed", "alerts.signals"),
+                Consumer::new("signals.changed", "alerts"),
                 fanout::SignalAlerts,
             );
             Ok(http::router(ctx.db().clone()))

@@ -116,6 +116,13 @@ pub async fn execute(
     loop {
         match try_execute(db, member, key, quote, input, opening_cash).await {
             Err(e) if e.is_conflict() && conflicts < MAX_CONFLICTS => {
+                // A request with the same key may be what this one raced (on PostgreSQL its
+                // insert is a conflict): its trade is the answer.
+                if let Some(key) = key
+                    && let Some(trade) = by_key(db, member, key).await?
+                {
+                    return Ok(trade);
+                }
                 conflicts += 1;
                 let pause = 200
                     + u64::from(uuid::Uuid::new_v4().as_u128() as u16)
