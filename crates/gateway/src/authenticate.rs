@@ -25,10 +25,12 @@ use crate::tokens::{TokenError, TokenVerifier, Verified};
 /// at once (the token service sets it on logout). Never sent on to the client.
 pub const REVOKE_SESSION: &str = "x-tessera-revoke-session";
 
-/// The caller the request's access token speaks for, `None` without one.
+/// The caller the request's access token speaks for, `None` without one. On a route that
+/// lets WebSockets through (`websocket`), a token offered as a subprotocol counts too.
 pub async fn caller(
     tokens: Option<&TokenVerifier>,
     fields: &Fields<'_>,
+    websocket: bool,
 ) -> Result<Option<Arc<Verified>>, GatewayError> {
     let token = match fields.get("authorization") {
         Some(value) => bearer(value).ok_or(GatewayError::new(
@@ -38,13 +40,14 @@ pub async fn caller(
         ))?,
         // A browser cannot set `Authorization` on a WebSocket: it offers the token as a
         // subprotocol instead.
-        None => match fields
+        None if websocket => match fields
             .get("sec-websocket-protocol")
             .and_then(subprotocol_token)
         {
             Some(token) => token,
             None => return Ok(None),
         },
+        None => return Ok(None),
     };
     let verifier = tokens.ok_or(GatewayError::new(
         StatusCode::UNAUTHORIZED,
@@ -123,7 +126,7 @@ mod tests {
 
     async fn refusal(tokens: Option<&TokenVerifier>, authorization: &str) -> GatewayError {
         let head = Head::request(&[&format!("Authorization: {authorization}")]);
-        caller(tokens, &head.fields()).await.unwrap_err()
+        caller(tokens, &head.fields(), false).await.unwrap_err()
     }
 
     fn is_401(e: &GatewayError, message: &str) {
@@ -138,7 +141,7 @@ mod tests {
         let verifier = testing::verifier();
         let token = testing::token("u1", &["admin"], Some("s1"), 600);
         let head = Head::request(&[&format!("Authorization: Bearer {token}")]);
-        let who = caller(Some(&verifier), &head.fields())
+        let who = caller(Some(&verifier), &head.fields(), false)
             .await
             .unwrap()
             .unwrap();
@@ -149,7 +152,7 @@ mod tests {
         // The scheme's case, and space around the token, do not matter.
         let head = Head::request(&[&format!("authorization: bearer  {token} ")]);
         assert!(
-            caller(Some(&verifier), &head.fields())
+            caller(Some(&verifier), &head.fields(), false)
                 .await
                 .unwrap()
                 .is_some()
@@ -157,12 +160,12 @@ mod tests {
 
         let head = Head::request(&["Cookie: a=b"]);
         assert!(
-            caller(Some(&verifier), &head.fields())
+            caller(Some(&verifier), &head.fields(), false)
                 .await
                 .unwrap()
                 .is_none()
         );
-        assert!(caller(None, &head.fields()).await.unwrap().is_none());
+        assert!(caller(None, &head.fields(), false).await.unwrap().is_none());
     }
 
     #[tokio::test]
@@ -209,7 +212,7 @@ mod tests {
         let token = testing::token("u1", &[], Some("s1"), 600);
         let other = testing::token("u2", &[], Some("s2"), 600);
         let request = Head::request(&[&format!("Authorization: Bearer {token}")]);
-        assert!(caller(Some(&verifier), &request.fields()).await.is_ok());
+        assert!(caller(Some(&verifier), &request.fields(), false).await.is_ok());
 
         let logout = Head::response(&["X-Tessera-Revoke-Session: s1"]);
         // Said by another service than the token service: ignored.
@@ -220,7 +223,7 @@ mod tests {
             Duration::from_secs(60),
         )
         .await;
-        assert!(caller(Some(&verifier), &request.fields()).await.is_ok());
+        assert!(caller(Some(&verifier), &request.fields(), false).await.is_ok());
         revoke_if_asked(
             Some(&verifier),
             "auth",
@@ -228,13 +231,13 @@ mod tests {
             Duration::from_secs(60),
         )
         .await;
-        let e = caller(Some(&verifier), &request.fields())
+        let e = caller(Some(&verifier), &request.fields(), false)
             .await
             .unwrap_err();
         is_401(&e, "session has been revoked");
         // Only that session.
         let head = Head::request(&[&format!("Authorization: Bearer {other}")]);
-        assert!(caller(Some(&verifier), &head.fields()).await.is_ok());
+        assert!(caller(Some(&verifier), &head.fields(), false).await.is_ok());
         // An answer without the field revokes nothing; without tokens, nothing to revoke.
         revoke_if_asked(None, "auth", &logout.fields(), Duration::from_secs(60)).await;
         let plain = Head::response(&["X-Other: s2"]);
@@ -245,6 +248,6 @@ mod tests {
             Duration::from_secs(60),
         )
         .await;
-        assert!(caller(Some(&verifier), &head.fields()).await.is_ok());
+        assert!(caller(Some(&verifier), &head.fields(), false).await.is_ok());
     }
 }

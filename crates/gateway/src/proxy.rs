@@ -227,7 +227,7 @@ impl Gateway {
             self.shared.as_deref(),
         )
         .await?;
-        let caller = authenticate::caller(tokens, &req.fields).await?;
+        let caller = authenticate::caller(tokens, &req.fields, route.websocket).await?;
         let caller = caller.as_deref();
         limit::per_user(route, caller, self.shared.as_deref()).await?;
         authorize::check(route, caller)?;
