@@ -391,6 +391,13 @@ async fn a_news_item_reaches_every_holder_of_its_sector_once_across_a_kill_of_al
         .filter(|(s, _)| *s == "Technology")
         .map(|(_, id)| id.clone())
         .collect();
+    // (On PostgreSQL the list reads the replica, which may be a moment behind.)
+    sys.wait_until(
+        Duration::from_secs(10),
+        "the replica to show the member's alerts",
+        || async { mine(member(7)).await.len() == 3 },
+    )
+    .await;
     let got = mine(member(7)).await;
     assert_eq!(got.len(), 3, "{got:?}");
     assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), tech);
@@ -465,9 +472,11 @@ async fn the_python_service_answers_only_a_valid_passport() {
                 "tid": "0af7651916cd43dd8448eb211c80319c", "jti": "x", "iat": now, "exp": exp })
     };
     let valid = forged(kid, &secret, claims("shop-test", now + 30));
-    let mut tampered = valid.clone();
-    tampered.pop();
-    tampered.push(if valid.ends_with('A') { 'B' } else { 'A' });
+    // A character in the middle of the signature changed (any there is a canonical spelling, so
+    // the signature check, not the decoding, refuses it).
+    let at = valid.len() - 10;
+    let flipped = if &valid[at..at + 1] == "A" { "B" } else { "A" };
+    let tampered = format!("{}{flipped}{}", &valid[..at], &valid[at + 1..]);
     for (passport, why) in [
         (None, "missing passport"),
         (Some("not.a.passport".to_string()), "malformed"),
@@ -669,6 +678,23 @@ async fn the_dashboard_shows_holdings_a_chart_news_and_alerts_in_a_real_browser(
             let (_, alerts) = sys.get("/api/alerts", Some(&token)).await;
             let (status, _) = sys.get("/api/signals/TEC01", None).await;
             alerts["data"].as_array().is_some_and(|a| !a.is_empty()) && status == 200
+        },
+    )
+    .await;
+    // As a browser reads it (no read-after token: on PostgreSQL the replica may be behind).
+    sys.wait_until(
+        Duration::from_secs(10),
+        "the alert to be readable by anyone",
+        || async {
+            let resp = sys
+                .http
+                .get(sys.url("/api/alerts"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap();
+            let body: Value = resp.json().await.unwrap();
+            body["data"].as_array().is_some_and(|a| !a.is_empty())
         },
     )
     .await;

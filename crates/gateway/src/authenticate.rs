@@ -212,7 +212,11 @@ mod tests {
         let token = testing::token("u1", &[], Some("s1"), 600);
         let other = testing::token("u2", &[], Some("s2"), 600);
         let request = Head::request(&[&format!("Authorization: Bearer {token}")]);
-        assert!(caller(Some(&verifier), &request.fields(), false).await.is_ok());
+        assert!(
+            caller(Some(&verifier), &request.fields(), false)
+                .await
+                .is_ok()
+        );
 
         let logout = Head::response(&["X-Tessera-Revoke-Session: s1"]);
         // Said by another service than the token service: ignored.
@@ -223,7 +227,11 @@ mod tests {
             Duration::from_secs(60),
         )
         .await;
-        assert!(caller(Some(&verifier), &request.fields(), false).await.is_ok());
+        assert!(
+            caller(Some(&verifier), &request.fields(), false)
+                .await
+                .is_ok()
+        );
         revoke_if_asked(
             Some(&verifier),
             "auth",
