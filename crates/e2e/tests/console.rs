@@ -214,10 +214,15 @@ async fn an_admin_retries_and_compensates_a_stuck_saga_and_the_console_draws_its
     let (token, _) = sys.new_user().await;
     let admin = sys.admin().await;
     let before = stock(&sys, &admin).await;
-    let inventory: u32 = sys.registry().await.services["inventory"][0].metadata["pid"]
-        .parse()
-        .unwrap();
-    tessera_testkit::signal(inventory, libc::SIGSTOP);
+    // Every replica of it (two on PostgreSQL): one left running would take the step over
+    // once the frozen one's lease lapses, and the saga would not be stuck.
+    let inventory: Vec<u32> = sys.registry().await.services["inventory"]
+        .iter()
+        .map(|i| i.metadata["pid"].parse().unwrap())
+        .collect();
+    for pid in &inventory {
+        tessera_testkit::signal(*pid, libc::SIGSTOP);
+    }
     let order = sys
         .place_order(&token, json!([{ "productId": MOUSE, "quantity": 3 }]))
         .await;
@@ -365,7 +370,9 @@ async fn an_admin_retries_and_compensates_a_stuck_saga_and_the_console_draws_its
     .await;
 
     // The inventory thaws: the reservation (asked twice, held once) is released.
-    tessera_testkit::signal(inventory, libc::SIGCONT);
+    for pid in &inventory {
+        tessera_testkit::signal(*pid, libc::SIGCONT);
+    }
     sys.wait_until(Duration::from_secs(20), "the stock back as it was", || {
         let (sys, admin) = (&sys, &admin);
         async move { stock(sys, admin).await == before }
