@@ -612,23 +612,10 @@ async fn each_signal_change_reaches_the_members_following_its_ticker_once() {
 
     let settled = || async {
         let mut ids = BTreeSet::new();
-        for partition in 0..4 {
-            let page: Value = sys
-                .control(
-                    reqwest::Method::GET,
-                    &format!("/v1/topics/signals.changed/events?partition={partition}&limit=10000"),
-                )
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            for e in page["events"].as_array().into_iter().flatten() {
-                assert_eq!(e["producer"], "service:signals");
-                if followed.contains(&e["event"]["data"]["ticker"].as_str().unwrap()) {
-                    ids.insert(e["event"]["id"].as_str().unwrap().to_string());
-                }
+        for e in &logged(&sys, "signals.changed").await {
+            assert_eq!(e["producer"], "service:signals");
+            if followed.contains(&e["event"]["data"]["ticker"].as_str().unwrap()) {
+                ids.insert(e["event"]["id"].as_str().unwrap().to_string());
             }
         }
         ids
@@ -745,6 +732,26 @@ async fn the_dashboard_shows_holdings_a_chart_news_and_alerts_in_a_real_browser(
     );
 }
 
+/// Every event of `topic` in the log, partition by partition (as the control plane browses it).
+async fn logged(sys: &System, topic: &str) -> Vec<Value> {
+    let mut all = Vec::new();
+    for partition in 0..4 {
+        let page: Value = sys
+            .control(
+                reqwest::Method::GET,
+                &format!("/v1/topics/{topic}/events?partition={partition}&limit=100000"),
+            )
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        all.extend(page["events"].as_array().into_iter().flatten().cloned());
+    }
+    all
+}
+
 /// Every `invest.signal.changed` in the log, by ticker, in the order published (duplicates of
 /// one event, by its id, counted once): (signal, previous) each.
 async fn signal_chains(
@@ -753,32 +760,19 @@ async fn signal_chains(
     let mut chains: std::collections::BTreeMap<String, Vec<(String, Option<String>)>> =
         Default::default();
     let mut seen = BTreeSet::new();
-    for partition in 0..4 {
-        let page: Value = sys
-            .control(
-                reqwest::Method::GET,
-                &format!("/v1/topics/signals.changed/events?partition={partition}&limit=100000"),
-            )
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        for e in page["events"].as_array().into_iter().flatten() {
-            let event = &e["event"];
-            if !seen.insert(event["id"].as_str().unwrap().to_string()) {
-                continue;
-            }
-            let data = &event["data"];
-            chains
-                .entry(data["ticker"].as_str().unwrap().to_string())
-                .or_default()
-                .push((
-                    data["signal"].as_str().unwrap().to_string(),
-                    data["previous"].as_str().map(str::to_string),
-                ));
+    for e in &logged(sys, "signals.changed").await {
+        let event = &e["event"];
+        if !seen.insert(event["id"].as_str().unwrap().to_string()) {
+            continue;
         }
+        let data = &event["data"];
+        chains
+            .entry(data["ticker"].as_str().unwrap().to_string())
+            .or_default()
+            .push((
+                data["signal"].as_str().unwrap().to_string(),
+                data["previous"].as_str().map(str::to_string),
+            ));
     }
     chains
 }
