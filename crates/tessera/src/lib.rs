@@ -23,6 +23,7 @@ pub mod jwks;
 pub mod listen;
 pub mod live;
 pub mod log;
+pub mod mail;
 pub mod metrics;
 pub mod passport;
 pub mod service;

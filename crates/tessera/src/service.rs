@@ -302,6 +302,7 @@ impl Service {
                 .unwrap_or_else(|| Db::default_url(&config.data_dir, &config.service));
             let mut migrations = self.migrations.to_vec();
             migrations.extend_from_slice(crate::events::MIGRATIONS);
+            migrations.extend_from_slice(tessera_mail::MIGRATIONS);
             Some(open_database(&url, &config.database_replicas, &migrations).await?)
         };
         let discovery = match &config.control_url {

@@ -52,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/auth/.well-known/jwks.json", get(jwks))
         .route("/api/auth/keys/rotate", post(rotate))
         .route("/internal/revocations", get(revocations))
+        .route("/internal/users/{id}", get(user_of))
         .with_state(state)
 }
 
@@ -259,18 +260,33 @@ async fn logout(State(st): State<AppState>, caller: Caller) -> Result<Response, 
 }
 
 async fn me(State(st): State<AppState>, caller: Caller) -> Result<Json<UserView>, ApiError> {
+    user_view(&st.db, &caller.id).await.map(Json)
+}
+
+/// A user's address, for the system's own services (mail: `tessera::mail`); nobody else.
+async fn user_of(
+    State(st): State<AppState>,
+    caller: Caller,
+    tessera::Path(id): tessera::Path<String>,
+) -> Result<Json<UserView>, ApiError> {
+    caller.require_role("system")?;
+    user_view(&st.db, &id).await.map(Json)
+}
+
+/// The user `id`, as the API shows one.
+async fn user_view(db: &tessera::Db, id: &str) -> Result<UserView, ApiError> {
     let row: Option<(String, String, String, String)> =
         tessera::store::query_as("SELECT id, email, name, roles FROM users WHERE id = $1")
-            .bind(&caller.id)
-            .fetch_optional(st.db.pool())
+            .bind(id)
+            .fetch_optional(db.pool())
             .await?;
     let (id, email, name, roles) = row.ok_or_else(|| ApiError::not_found("no such user"))?;
-    Ok(Json(UserView {
+    Ok(UserView {
         id,
         email,
         name,
         roles: roles.split(',').map(str::to_string).collect(),
-    }))
+    })
 }
 
 async fn jwks(State(st): State<AppState>) -> Result<Response, ApiError> {

@@ -21,7 +21,8 @@ pub async fn run() -> anyhow::Result<()> {
     Service::new("notification")
         .migrations(MIGRATIONS)
         .run(|ctx| async move {
-            worker::start(&ctx);
+            let mailing = tessera::mail::start(&ctx)?;
+            worker::start(&ctx, mailing);
             Ok(http::router(ctx.db().clone()))
         })
         .await

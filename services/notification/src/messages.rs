@@ -56,6 +56,30 @@ impl Sender for RecordingSender {
     }
 }
 
+/// Records the message, and queues it as e-mail to the customer in the same transaction
+/// (`tessera::mail`: one message per order and outcome, sent by SMTP after commit).
+pub struct MailingSender;
+
+impl Sender for MailingSender {
+    fn send<'a>(
+        &'a self,
+        tx: &'a mut Tx,
+        m: &'a Message,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            RecordingSender.send(tx, m).await?;
+            let mail = tessera::mail::Mail {
+                key: format!("{}:{}", m.kind, m.order_id),
+                to_user: m.user_id.clone(),
+                subject: m.subject.clone(),
+                body: m.body.clone(),
+            };
+            tessera::mail::queue(tx, &mail).await?;
+            Ok(())
+        })
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Outcome {

@@ -6,16 +6,21 @@ use std::sync::Arc;
 use tessera::Context;
 use tessera::events::{BoxFuture, Consumer, Event, Handler, HandlerError, Tx};
 
-use crate::messages::{Message, RecordingSender, Sender};
+use crate::messages::{MailingSender, Message, RecordingSender, Sender};
 
-/// Starts the consumer; it runs until the service stops.
-pub fn start(ctx: &Context) {
+/// Starts the consumer; it runs until the service stops. `mailing`: the messages go out by
+/// e-mail too (`tessera::mail`).
+pub fn start(ctx: &Context, mailing: bool) {
     let mut consumer = Consumer::new("order.events", "notification");
     consumer.max_attempts = 10;
     ctx.events().consume(
         consumer,
         OrderOutcomes {
-            sender: Arc::new(RecordingSender),
+            sender: if mailing {
+                Arc::new(MailingSender)
+            } else {
+                Arc::new(RecordingSender)
+            },
         },
     );
 }

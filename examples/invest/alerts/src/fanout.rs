@@ -6,7 +6,26 @@ use serde::Deserialize;
 use tessera::events::{BoxFuture, Event, Handler, HandlerError, Tx};
 use tessera::store::query;
 
-pub struct NewsAlerts;
+/// Queues, as e-mail (`tessera::mail`), the alerts one cause made: in the fan-out's
+/// transaction, one statement, one message per alert (its key the alert's id).
+async fn mail_alerts(tx: &mut Tx, kind: &str, source: &str) -> Result<(), HandlerError> {
+    tessera::store::query(
+        "INSERT INTO tessera_mail (id, to_user, subject, body, state, attempts, next_at, claimed_until, created)
+         SELECT id, member_id, title, body, 'pending', 0, created, 0, created FROM alerts
+         WHERE kind = $1 AND source = $2
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(kind)
+    .bind(source)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+pub struct NewsAlerts {
+    /// The alerts go out by e-mail too.
+    pub mailing: bool,
+}
 
 #[derive(Deserialize)]
 struct News {
@@ -49,13 +68,18 @@ impl Handler for NewsAlerts {
             .bind(tessera::unix_now_ms())
             .execute(&mut **tx)
             .await?;
+            if self.mailing {
+                mail_alerts(tx, "news", &news.id).await?;
+            }
             tracing::info!(news = %news.id, sector = %news.sector, alerts = done.rows_affected(), "news fanned out to holders");
             Ok(())
         })
     }
 }
 
-pub struct SignalAlerts;
+pub struct SignalAlerts {
+    pub mailing: bool,
+}
 
 #[derive(Deserialize)]
 struct SignalChanged {
@@ -102,6 +126,9 @@ impl Handler for SignalAlerts {
             .bind(tessera::unix_now_ms())
             .execute(&mut **tx)
             .await?;
+            if self.mailing {
+                mail_alerts(tx, "signal", &event.id).await?;
+            }
             tracing::info!(ticker = %s.ticker, signal = %s.signal, alerts = done.rows_affected(), "signal change fanned out");
             Ok(())
         })

@@ -29,15 +29,19 @@ pub async fn run() -> anyhow::Result<()> {
     Service::new("alerts")
         .migrations(MIGRATIONS)
         .run(|ctx| async move {
+            let mailing = tessera::mail::start(&ctx)?;
             let events = ctx.events();
             events.consume(
                 Consumer::new("portfolio.events", "alerts"),
                 holders::Holders,
             );
-            events.consume(Consumer::new("market.news", "alerts"), fanout::NewsAlerts);
+            events.consume(
+                Consumer::new("market.news", "alerts"),
+                fanout::NewsAlerts { mailing },
+            );
             events.consume(
                 Consumer::new("signals.changed", "alerts"),
-                fanout::SignalAlerts,
+                fanout::SignalAlerts { mailing },
             );
             Ok(http::router(ctx.db().clone()))
         })

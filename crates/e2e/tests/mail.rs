@@ -1,0 +1,304 @@
+//! Mail, for real: the shop's order notifications and Invest's alerts go out by SMTP
+//! (`tessera::mail`, lettre) to a server nobody on the project wrote (aiosmtpd from PyPI,
+//! STARTTLS required, AUTH with a user and password), one message per cause, also across a
+//! `kill -9` of the sending service.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tessera_testkit::{Options, System, free_port, pid_of, signal};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+const MOUSE: &str = "0190f000-0000-7000-8000-000000000005";
+
+/// An SMTP server on a port of its own, and the file it writes each message to.
+struct Sink {
+    child: Child,
+    out: PathBuf,
+    ca: PathBuf,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let ok = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    assert!(ok.is_ok_and(|s| s.success()), "openssl {args:?}");
+}
+
+impl Sink {
+    fn start() -> Sink {
+        let dir = std::env::temp_dir().join(format!("tessera-smtp-{}", free_port()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // A CA of the test's own, and the server's certificate from it, for 127.0.0.1.
+        openssl(
+            &dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=test mail CA",
+            ],
+        );
+        openssl(
+            &dir,
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+        );
+        std::fs::write(
+            dir.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .unwrap();
+        openssl(
+            &dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "server.pem",
+                "-days",
+                "2",
+                "-extfile",
+                "ext.cnf",
+            ],
+        );
+        let port = free_port();
+        let out = dir.join("mail.jsonl");
+        let mut child = Command::new("python3")
+            .arg(format!("{FIXTURES}/smtp_sink.py"))
+            .args([
+                &port.to_string(),
+                out.to_str().unwrap(),
+                dir.join("server.pem").to_str().unwrap(),
+                dir.join("server.key").to_str().unwrap(),
+                "mailer",
+                "mail-password",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 runs (pip install aiosmtpd)");
+        let mut ready = String::new();
+        use std::io::BufRead;
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut ready)
+            .unwrap();
+        assert_eq!(ready.trim(), "ready", "the SMTP server started");
+        Sink {
+            child,
+            out,
+            ca: dir.join("ca.pem"),
+            port,
+            dir,
+        }
+    }
+
+    /// What a service needs to send through it.
+    fn env(&self, service: &'static str) -> Vec<(&'static str, &'static str, String)> {
+        vec![
+            (service, "MAIL_SMTP_HOST", "127.0.0.1".into()),
+            (service, "MAIL_SMTP_PORT", self.port.to_string()),
+            (service, "MAIL_SMTP_SECURITY", "starttls".into()),
+            (service, "MAIL_SMTP_USER", "mailer".into()),
+            (service, "MAIL_SMTP_PASSWORD", "mail-password".into()),
+            (service, "MAIL_SMTP_CA", self.ca.display().to_string()),
+            (service, "MAIL_FROM", "Tessera <mail@tessera.test>".into()),
+        ]
+    }
+
+    /// Every message received so far.
+    fn received(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+/// The messages by subject: (recipients, distinct message ids, copies).
+fn by_subject(messages: &[Value]) -> BTreeMap<String, (BTreeSet<String>, BTreeSet<String>, usize)> {
+    let mut out: BTreeMap<String, (BTreeSet<String>, BTreeSet<String>, usize)> = BTreeMap::new();
+    for m in messages {
+        let entry = out
+            .entry(m["subject"].as_str().unwrap().to_string())
+            .or_default();
+        for to in m["to"].as_array().unwrap() {
+            entry.0.insert(to.as_str().unwrap().to_string());
+        }
+        entry
+            .1
+            .insert(m["message_id"].as_str().unwrap().to_string());
+        entry.2 += 1;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_confirmed_order_is_one_email_to_its_customer_across_a_kill_of_the_sender() {
+    let sink = Sink::start();
+    let sys = System::start_with(Options {
+        checkout: true,
+        checkout_env: sink.env("notification"),
+        ..Options::default()
+    })
+    .await;
+    let mut customers = Vec::new();
+    for _ in 0..3 {
+        let (token, _) = sys.new_user().await;
+        let (_, me) = sys.get("/api/auth/me", Some(&token)).await;
+        customers.push((token, me["data"]["email"].as_str().unwrap().to_string()));
+    }
+    let mut orders = Vec::new();
+    for i in 0..24 {
+        let (token, email) = &customers[i % 3];
+        orders.push((
+            sys.place_order(token, json!([{ "productId": MOUSE, "quantity": 1 }]))
+                .await,
+            email.clone(),
+            token.clone(),
+        ));
+        if i == 12 {
+            // The sender dies mid-stream; the supervisor brings it back.
+            let catalog = sys.registry().await;
+            let pid = pid_of(&catalog, "notification-1").expect("notification's pid");
+            signal(pid, libc::SIGKILL);
+        }
+    }
+    let mut confirmed = BTreeMap::new();
+    for (id, email, token) in &orders {
+        let order = sys.settled_order(token, id).await;
+        if order["status"] == "CONFIRMED" {
+            confirmed.insert(format!("Your order {id} is confirmed"), email.clone());
+        }
+    }
+    assert!(confirmed.len() >= 20, "{} confirmed", confirmed.len());
+    sys.wait_until(
+        Duration::from_secs(60),
+        "a message per confirmed order",
+        || async {
+            let got = by_subject(&sink.received());
+            confirmed.keys().all(|s| got.contains_key(s))
+        },
+    )
+    .await;
+    let got = by_subject(&sink.received());
+    for (subject, email) in &confirmed {
+        let (to, ids, copies) = &got[subject];
+        assert_eq!(to, &BTreeSet::from([email.clone()]), "{subject}");
+        assert_eq!(
+            ids.len(),
+            1,
+            "{subject}: one message, one Message-ID ({copies} copies)"
+        );
+    }
+    // At least once by SMTP: a copy resent after the kill carries the same Message-ID; there
+    // can be at most one such, from the moment of the kill.
+    let copies: usize = got.values().map(|(_, _, n)| n).sum();
+    let messages = got.values().filter(|(_, ids, _)| !ids.is_empty()).count();
+    assert!(
+        copies <= messages + 1,
+        "{copies} copies of {messages} messages"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_alert_is_one_email_to_its_member() {
+    let sink = Sink::start();
+    let sys = System::start_with(Options {
+        invest: true,
+        checkout_env: sink.env("alerts"),
+        ..Options::default()
+    })
+    .await;
+    let mut holders = BTreeSet::new();
+    for _ in 0..4 {
+        let (token, _) = sys.new_user().await;
+        let (_, me) = sys.get("/api/auth/me", Some(&token)).await;
+        holders.insert(me["data"]["email"].as_str().unwrap().to_string());
+        let (status, body) = sys
+            .post(
+                "/api/portfolio/trades",
+                Some(&token),
+                json!({ "ticker": "UTI03", "side": "buy", "quantity": 1 }),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let admin = sys.admin().await;
+    sys.wait_until(
+        Duration::from_secs(30),
+        "alerts to know the holders",
+        || async {
+            let (_, body) = sys
+                .get("/api/alerts/audience?sector=Utilities", Some(&admin))
+                .await;
+            body["data"]["members"] == 4
+        },
+    )
+    .await;
+    let (status, body) = sys
+        .post(
+            "/api/market/news",
+            Some(&admin),
+            json!({ "sector": "Utilities", "headline": "Grid upgrade", "sentiment": 0.2 }),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let subject = "News for Utilities, which you hold";
+    sys.wait_until(Duration::from_secs(60), "an e-mail per holder", || async {
+        by_subject(&sink.received())
+            .get(subject)
+            .is_some_and(|(to, _, _)| to.len() == 4)
+    })
+    .await;
+    let got = by_subject(&sink.received());
+    let (to, ids, copies) = &got[subject];
+    assert_eq!(to, &holders);
+    assert_eq!((ids.len(), *copies), (4, 4), "one message per holder");
+}

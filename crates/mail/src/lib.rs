@@ -1,0 +1,258 @@
+//! Mail to people (an order's outcome, an alert), sent asynchronously through a queue, as seeds
+//! 002 and 004 did: a service writes a message into its own database in the transaction that
+//! decides it ([`queue`]), keyed by its cause, so a cause met twice queues one message; a
+//! sender task ([`Sender`]) takes due messages, resolves each recipient's address, and sends
+//! it by SMTP through lettre, with retries and backoff; a message that keeps failing (or that
+//! the server refuses for good) is `dead`, kept with its error for an operator.
+//!
+//! Delivery is at least once: SMTP has no idempotency, and a sender killed between the
+//! server's acceptance and the row's update sends the message again when it comes back. The
+//! message's `Message-ID` is its key, the same every time, so a receiver (a mail client, a
+//! list) sees one message.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lettre::message::Mailbox;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use tessera_store::{Db, DbError, Migration, Tx, query, query_as};
+
+/// The mail queue's table, added to every service database.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1_000_001_001,
+    description: "tessera mail",
+    sqlite: include_str!("../migrations/0001_mail.sql"),
+    postgres: Some(include_str!("../migrations/postgres/0001_mail.sql")),
+}];
+
+/// A message for a user.
+#[derive(Clone, Debug)]
+pub struct Mail {
+    /// The cause's key (`order_confirmed:<order id>`): one message per key.
+    pub key: String,
+    /// The user it is for; their address is asked for when it is sent.
+    pub to_user: String,
+    pub subject: String,
+    pub body: String,
+}
+
+/// Queues `mail` in `tx`: sent once the transaction commits; nothing if its key was queued.
+pub async fn queue(tx: &mut Tx, mail: &Mail) -> Result<(), DbError> {
+    let now = now_ms();
+    query(
+        "INSERT INTO tessera_mail (id, to_user, subject, body, state, attempts, next_at, claimed_until, created)
+         VALUES ($1, $2, $3, $4, 'pending', 0, $5, 0, $5) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&mail.key)
+    .bind(&mail.to_user)
+    .bind(&mail.subject)
+    .bind(&mail.body)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// How the SMTP server is reached.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Smtp {
+    pub host: String,
+    pub port: u16,
+    pub security: Security,
+    /// User and password, when the server asks for them.
+    pub credentials: Option<(String, String)>,
+    /// A PEM file of the CA the server's certificate comes from, when not a public one.
+    pub ca: Option<std::path::PathBuf>,
+    /// The sender's address: `Shop <shop@example.com>`.
+    pub from: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Security {
+    /// Plain SMTP (a relay on the same host).
+    None,
+    /// STARTTLS, required: the connection upgrades or nothing is sent.
+    StartTls,
+    /// TLS from the first byte (SMTPS, port 465).
+    Tls,
+}
+
+/// Why a message was not sent.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// It may go later: the server busy or unreachable, the address not known yet.
+    #[error("{0}")]
+    Retry(String),
+    /// It never will: the server refused it for good, an address that cannot be one.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+/// Where a user's address comes from (the system's auth service).
+pub type Resolve = Arc<
+    dyn Fn(
+            String,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, SendError>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Sends what is due, until the process ends.
+pub struct Sender {
+    db: Db,
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+    resolve: Resolve,
+    /// Attempts before a message is dead.
+    pub max_attempts: i64,
+}
+
+impl Sender {
+    pub fn new(db: Db, smtp: &Smtp, resolve: Resolve) -> Result<Self, String> {
+        let from: Mailbox = smtp
+            .from
+            .parse()
+            .map_err(|e| format!("the sender's address {:?}: {e}", smtp.from))?;
+        let mut builder =
+            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host).port(smtp.port);
+        if smtp.security != Security::None {
+            let mut tls = TlsParameters::builder(smtp.host.clone());
+            if let Some(ca) = &smtp.ca {
+                let pem = std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
+                let certificate =
+                    Certificate::from_pem(&pem).map_err(|e| format!("{}: {e}", ca.display()))?;
+                tls = tls.add_root_certificate(certificate);
+            }
+            let tls = tls.build_rustls().map_err(|e| format!("TLS: {e}"))?;
+            builder = builder.tls(match smtp.security {
+                Security::StartTls => Tls::Required(tls),
+                _ => Tls::Wrapper(tls),
+            });
+        }
+        if let Some((user, password)) = &smtp.credentials {
+            builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
+        }
+        Ok(Self {
+            db,
+            transport: builder.timeout(Some(Duration::from_secs(20))).build(),
+            from,
+            resolve,
+            max_attempts: 8,
+        })
+    }
+
+    /// Runs the sender: every 200 ms, the due messages, claimed for a minute each so that
+    /// two replicas never send one at once.
+    pub fn start(self, name: String) {
+        tokio::spawn(async move {
+            loop {
+                match self.round(&name).await {
+                    Ok(0) => tokio::time::sleep(Duration::from_millis(200)).await,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "mail: cannot read the queue");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Claims and sends up to 20 due messages: how many it took.
+    async fn round(&self, _name: &str) -> Result<usize, DbError> {
+        let now = now_ms();
+        let due: Vec<(String, String, String, String, i64)> = query_as(
+            "SELECT id, to_user, subject, body, attempts FROM tessera_mail
+             WHERE state = 'pending' AND next_at <= $1 AND claimed_until <= $1 ORDER BY next_at LIMIT 20",
+        )
+        .bind(now)
+        .fetch_all(self.db.pool())
+        .await?;
+        let mut taken = 0;
+        for (id, to_user, subject, body, attempts) in due {
+            // Claimed by this sender only if nobody claimed it meanwhile.
+            let mut tx = self.db.write_tx().await?;
+            let claimed = query("UPDATE tessera_mail SET claimed_until = $1 WHERE id = $2 AND state = 'pending' AND claimed_until <= $3")
+                .bind(now + 60_000)
+                .bind(&id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            if claimed.rows_affected() == 0 {
+                continue;
+            }
+            taken += 1;
+            let outcome = self.send(&id, &to_user, &subject, &body).await;
+            let mut tx = self.db.write_tx().await?;
+            match outcome {
+                Ok(()) => {
+                    query("UPDATE tessera_mail SET state = 'sent', sent_at = $1, attempts = attempts + 1 WHERE id = $2")
+                        .bind(now_ms())
+                        .bind(&id)
+                        .execute(&mut *tx)
+                        .await?;
+                    metrics::counter!("tessera_mail_sent_total").increment(1);
+                    tracing::info!(mail = %id, "mail sent");
+                }
+                Err(e) => {
+                    let attempts = attempts + 1;
+                    let dead =
+                        matches!(e, SendError::Permanent(_)) || attempts >= self.max_attempts;
+                    let backoff = 1000i64 << attempts.min(8); // 2 s, 4 s, … about 4 min
+                    query(
+                        "UPDATE tessera_mail SET state = $1, attempts = $2, next_at = $3, claimed_until = 0, last_error = $4 WHERE id = $5",
+                    )
+                    .bind(if dead { "dead" } else { "pending" })
+                    .bind(attempts)
+                    .bind(now_ms() + backoff)
+                    .bind(e.to_string())
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await?;
+                    metrics::counter!("tessera_mail_failed_total", "outcome" => if dead { "dead" } else { "retry" }).increment(1);
+                    tracing::warn!(mail = %id, attempts, dead, error = %e, "mail not sent");
+                }
+            }
+            tx.commit().await?;
+        }
+        Ok(taken)
+    }
+
+    async fn send(
+        &self,
+        id: &str,
+        to_user: &str,
+        subject: &str,
+        body: &str,
+    ) -> Result<(), SendError> {
+        let address = (self.resolve)(to_user.to_string()).await?;
+        let to: Mailbox = address.parse().map_err(|e| {
+            SendError::Permanent(format!("the address of {to_user} is not one: {e}"))
+        })?;
+        let message = Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(subject)
+            .message_id(Some(format!(
+                "<{}@tessera>",
+                id.replace(['<', '>', '@', ' '], "-")
+            )))
+            .body(body.to_string())
+            .map_err(|e| SendError::Permanent(format!("cannot build the message: {e}")))?;
+        match self.transport.send(message).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_permanent() => Err(SendError::Permanent(e.to_string())),
+            Err(e) => Err(SendError::Retry(e.to_string())),
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
