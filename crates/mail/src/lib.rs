@@ -145,9 +145,18 @@ impl Sender {
     }
 
     /// Runs the sender: every 200 ms, the due messages, claimed for a minute each so that
-    /// two replicas never send one at once.
+    /// two replicas never send one at once. An instance that comes back (its name is the
+    /// same across restarts) takes its claims back at once: a message it was sending when it
+    /// died goes out again now, not a minute later.
     pub fn start(self, name: String) {
         tokio::spawn(async move {
+            if let Err(e) = query("UPDATE tessera_mail SET claimed_until = 0 WHERE claimed_by = $1 AND state = 'pending'")
+                .bind(&name)
+                .execute(self.db.pool())
+                .await
+            {
+                tracing::warn!(error = %e, "mail: cannot take this instance's claims back");
+            }
             loop {
                 match self.round(&name).await {
                     Ok(0) => tokio::time::sleep(Duration::from_millis(200)).await,
@@ -162,7 +171,7 @@ impl Sender {
     }
 
     /// Claims and sends up to 20 due messages: how many it took.
-    async fn round(&self, _name: &str) -> Result<usize, DbError> {
+    async fn round(&self, name: &str) -> Result<usize, DbError> {
         let now = now_ms();
         let due: Vec<(String, String, String, String, i64)> = query_as(
             "SELECT id, to_user, subject, body, attempts FROM tessera_mail
@@ -175,10 +184,11 @@ impl Sender {
         for (id, to_user, subject, body, attempts) in due {
             // Claimed by this sender only if nobody claimed it meanwhile.
             let mut tx = self.db.write_tx().await?;
-            let claimed = query("UPDATE tessera_mail SET claimed_until = $1 WHERE id = $2 AND state = 'pending' AND claimed_until <= $3")
+            let claimed = query("UPDATE tessera_mail SET claimed_until = $1, claimed_by = $4 WHERE id = $2 AND state = 'pending' AND claimed_until <= $3")
                 .bind(now + 60_000)
                 .bind(&id)
-                .bind(now)
+                                .bind(now)
+                .bind(name)
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;

@@ -46,6 +46,14 @@ pub fn handle() -> &'static PrometheusHandle {
 /// (`promtool check metrics` wants it), and `docs/observability.md` lists the same.
 const DESCRIBED: &[(&str, &str)] = &[
     (
+        "tessera_mail_sent_total",
+        "Mail messages an SMTP server accepted (tessera::mail).",
+    ),
+    (
+        "tessera_mail_failed_total",
+        "Mail messages not sent, by outcome: retry (tried again later) or dead (given up).",
+    ),
+    (
         "http_server_requests_total",
         "HTTP requests served, by route, method and status.",
     ),

@@ -8,6 +8,7 @@ CREATE TABLE IF NOT EXISTS tessera_mail (
     attempts BIGINT NOT NULL,
     next_at BIGINT NOT NULL,          -- unix ms: not before
     claimed_until BIGINT NOT NULL,    -- unix ms: a sender has it until then
+    claimed_by TEXT,                  -- which instance
     last_error TEXT,
     created BIGINT NOT NULL,
     sent_at BIGINT
