@@ -9,6 +9,7 @@ mod etcd;
 mod generations;
 mod human;
 mod keys;
+mod mail;
 mod nats;
 mod output;
 mod postgres;
@@ -121,6 +122,12 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: config::ConfigCommand,
+    },
+    /// Each sending service's mail queue, and its dead messages; `mail requeue <service>`
+    /// sends them again (`docs/mail.md`).
+    Mail {
+        #[command(subcommand)]
+        command: Option<mail::MailCommand>,
     },
     /// NATS JetStream for the system's events (`docs/scale-out.md`).
     Nats {
@@ -253,6 +260,7 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Config { command } => config::run(&manifest, &state_dir, command).await,
             Command::Reload => reload::run(&manifest, &state_dir).await,
+            Command::Mail { command } => mail::run(&manifest, &state_dir, command).await,
             Command::Rollout(args) => rollout::run(&manifest, &state_dir, args).await,
             Command::Deploy {
                 target: DeployTarget::Kubernetes(args),

@@ -15,6 +15,7 @@ pub mod console;
 pub mod durable;
 pub mod events;
 pub mod gateways;
+pub mod mail;
 pub mod operate;
 pub mod policy;
 pub mod registry;
@@ -87,6 +88,7 @@ pub struct Apis {
     pub log: events::Log,
     pub telemetry: telemetry::Telemetry,
     pub sagas: sagas::Sagas,
+    pub mail: mail::Mail,
     pub config: config::Config,
     pub gateways: gateways::Gateways,
     pub rollouts: rollouts::Rollouts,
@@ -100,6 +102,7 @@ pub fn router(apis: Apis, keys: Arc<ControlKeys>, policy: Arc<Policy>) -> Router
             .merge(events::api::routes(apis.log))
             .merge(telemetry::routes(apis.telemetry))
             .merge(sagas::routes(apis.sagas))
+            .merge(mail::routes(apis.mail))
             .merge(config::routes(apis.config))
             .merge(gateways::routes(apis.gateways))
             .merge(rollouts::routes(apis.rollouts)),
@@ -304,6 +307,7 @@ pub async fn serve(
     .await?;
     let operator = operate::Operator::new(config.passport_keys);
     let sagas = sagas::Sagas::new(registry.clone(), operator.clone());
+    let mail = mail::Mail::new(registry.clone(), operator.clone());
     let gateways = gateways::Gateways::new(config.gateways, operator.clone());
     // Decisions kept on the registry's etcd when there is one, else in the state directory.
     let durable = durable::Durable::for_system(&config.data_dir, config.registry_url.as_deref())?;
@@ -321,6 +325,7 @@ pub async fn serve(
         log,
         telemetry,
         sagas,
+        mail,
         config: settings,
         gateways,
         rollouts,

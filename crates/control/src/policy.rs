@@ -178,11 +178,16 @@ impl Caller {
 
     /// Acting on a service's saga (sending its step again, compensating it).
     pub fn may_act_on_sagas(&self) -> Result<(), ApiError> {
+        self.may_act("act on sagas")
+    }
+
+    /// An operator's action on a service's state (`what`: "requeue mail"), for admins.
+    pub fn may_act(&self, what: &str) -> Result<(), ApiError> {
         if self.principal == Principal::Admin {
             return Ok(());
         }
         Err(ApiError::forbidden(format!(
-            "{} may not act on sagas: that is for admins",
+            "{} may not {what}: that is for admins",
             self.principal
         )))
     }

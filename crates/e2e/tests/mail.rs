@@ -302,3 +302,78 @@ async fn every_alert_is_one_email_to_its_member() {
     assert_eq!(to, &holders);
     assert_eq!((ids.len(), *copies), (4, 4), "one message per holder");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_message_is_dead_until_an_admin_requeues_it() {
+    let sink = Sink::start();
+    let sys = System::start_with(Options {
+        checkout: true,
+        checkout_env: sink.env("notification"),
+        ..Options::default()
+    })
+    .await;
+    let (token, _) = sys.new_user().await;
+    let (_, me) = sys.get("/api/auth/me", Some(&token)).await;
+    let email = me["data"]["email"].as_str().unwrap().to_string();
+    let user = me["data"]["id"].as_str().unwrap().to_string();
+    // The server refuses this mailbox for good (550): no retries, the message is dead at once.
+    std::fs::write(sink.dir.join("refuse"), format!("{email}\n")).unwrap();
+    let order = sys
+        .place_order(&token, json!([{ "productId": MOUSE, "quantity": 1 }]))
+        .await;
+    assert_eq!(sys.settled_order(&token, &order).await["status"], "CONFIRMED");
+    let key = format!("order_confirmed:{order}");
+    sys.wait_until(Duration::from_secs(30), "the message to die", || async {
+        let mail = sys.control_json("/v1/mail").await;
+        mail["services"][0]["queue"]["dead"] == 1
+    })
+    .await;
+    let mail = sys.control_json("/v1/mail").await;
+    let service = &mail["services"][0];
+    assert_eq!(service["service"], "notification", "{mail}");
+    let dead = &service["queue"]["dead_messages"][0];
+    assert_eq!(dead["key"], key.as_str(), "{dead}");
+    assert_eq!(dead["to_user"], user.as_str(), "{dead}");
+    assert_eq!(dead["attempts"], 1, "a permanent refusal is not retried: {dead}");
+    assert!(
+        dead["error"].as_str().unwrap().contains("550"),
+        "the server's answer is kept: {dead}"
+    );
+    assert!(sink.received().is_empty());
+    // The CLI says the same, for a person.
+    let (ok, out, err) = sys.cli_async(&["mail"]).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("notification: 0 waiting,") && out.contains(&format!("dead {key} to {user}")),
+        "{out}"
+    );
+    // Requeueing is the admin's: a supervisor may look but not act.
+    let supervisor = sys
+        .http
+        .post(format!("{}/v1/mail/notification/requeue", sys.control))
+        .header("authorization", sys.credential("supervisor").authorization())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(supervisor.status().as_u16(), 403);
+    // The mailbox is fixed; the admin sends the dead message again, and it goes out once.
+    std::fs::remove_file(sink.dir.join("refuse")).unwrap();
+    let (ok, out, err) = sys.cli_async(&["mail", "requeue", "notification"]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("notification: 1 dead messages queued again"), "{out}");
+    let subject = format!("Your order {order} is confirmed");
+    sys.wait_until(Duration::from_secs(30), "the requeued message", || async {
+        by_subject(&sink.received()).contains_key(&subject)
+    })
+    .await;
+    let got = by_subject(&sink.received());
+    assert_eq!(got[&subject].0, BTreeSet::from([email]));
+    let mail = sys.control_json("/v1/mail").await;
+    assert_eq!(mail["services"][0]["queue"]["dead"], 0, "{mail}");
+    assert!(
+        sys.log()
+            .lines()
+            .any(|l| l.contains("dead mail requeued") && l.contains("admin")),
+        "the action is audited"
+    );
+}

@@ -55,6 +55,83 @@ pub async fn queue(tx: &mut Tx, mail: &Mail) -> Result<(), DbError> {
     Ok(())
 }
 
+/// What the queue holds, for an operator (`GET /status/mail`).
+#[derive(Debug, serde::Serialize)]
+pub struct Status {
+    pub pending: i64,
+    pub sent: i64,
+    pub dead: i64,
+    /// The newest dead messages (at most 50), with why they died; not their bodies.
+    pub dead_messages: Vec<DeadMail>,
+}
+
+/// A message given up on.
+#[derive(Debug, serde::Serialize)]
+pub struct DeadMail {
+    pub key: String,
+    pub to_user: String,
+    pub subject: String,
+    pub attempts: i64,
+    pub error: Option<String>,
+    /// Unix ms.
+    pub created: i64,
+}
+
+/// The queue's counts by state and its newest dead messages.
+pub async fn status(db: &Db) -> Result<Status, DbError> {
+    let counts: Vec<(String, i64)> =
+        query_as("SELECT state, COUNT(*) FROM tessera_mail GROUP BY state")
+            .fetch_all(db.pool())
+            .await?;
+    let count = |state: &str| {
+        counts
+            .iter()
+            .find(|(s, _)| s == state)
+            .map_or(0, |(_, n)| *n)
+    };
+    let dead: Vec<(String, String, String, i64, Option<String>, i64)> = query_as(
+        "SELECT id, to_user, subject, attempts, last_error, created FROM tessera_mail
+         WHERE state = 'dead' ORDER BY created DESC LIMIT 50",
+    )
+    .fetch_all(db.pool())
+    .await?;
+    let dead_messages = dead
+        .into_iter()
+        .map(|(key, to_user, subject, attempts, error, created)| DeadMail {
+            key,
+            to_user,
+            subject,
+            attempts,
+            error,
+            created,
+        })
+        .collect();
+    Ok(Status {
+        pending: count("pending"),
+        sent: count("sent"),
+        dead: count("dead"),
+        dead_messages,
+    })
+}
+
+/// Puts every dead message back in the queue, due now with its attempts counted afresh (once
+/// their cause, a wrong address or a server's setting, is fixed): how many.
+pub async fn requeue(db: &Db) -> Result<u64, DbError> {
+    let mut tx = db.write_tx().await?;
+    let done = query(
+        "UPDATE tessera_mail SET state = 'pending', attempts = 0, next_at = $1, claimed_until = 0
+         WHERE state = 'dead'",
+    )
+    .bind(now_ms())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(done.rows_affected())
+}
+
+/// How long a sent message's row is kept: while it is, its cause met again queues nothing.
+pub const KEEP_SENT: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// How the SMTP server is reached.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Smtp {
@@ -157,7 +234,14 @@ impl Sender {
             {
                 tracing::warn!(error = %e, "mail: cannot take this instance's claims back");
             }
+            let mut pruned = tokio::time::Instant::now();
             loop {
+                if pruned.elapsed() > Duration::from_secs(600) {
+                    pruned = tokio::time::Instant::now();
+                    if let Err(e) = self.prune().await {
+                        tracing::warn!(error = %e, "mail: cannot remove old sent messages");
+                    }
+                }
                 match self.round(&name).await {
                     Ok(0) => tokio::time::sleep(Duration::from_millis(200)).await,
                     Ok(_) => {}
@@ -168,6 +252,16 @@ impl Sender {
                 }
             }
         });
+    }
+
+    /// Removes the sent messages older than [`KEEP_SENT`].
+    async fn prune(&self) -> Result<(), DbError> {
+        let mut tx = self.db.write_tx().await?;
+        query("DELETE FROM tessera_mail WHERE state = 'sent' AND sent_at < $1")
+            .bind(now_ms() - KEEP_SENT.as_millis() as i64)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
     }
 
     /// Claims and sends up to 20 due messages: how many it took.
@@ -187,7 +281,7 @@ impl Sender {
             let claimed = query("UPDATE tessera_mail SET claimed_until = $1, claimed_by = $4 WHERE id = $2 AND state = 'pending' AND claimed_until <= $3")
                 .bind(now + 60_000)
                 .bind(&id)
-                                .bind(now)
+                .bind(now)
                 .bind(name)
                 .execute(&mut *tx)
                 .await?;

@@ -53,6 +53,6 @@ pub use error::ApiError;
 pub use extract::{Caller, Json, Path, Query};
 pub use live::Live;
 pub use passport::{Passport, PassportKeys};
-pub use service::{Context, Events, SAGAS_METADATA_KEY, Service};
+pub use service::{Context, Events, MAIL_METADATA_KEY, SAGAS_METADATA_KEY, Service};
 pub use store::{Db, DbError, Migration, Tx};
 pub use trace::TraceContext;

@@ -70,7 +70,7 @@ pub fn start(ctx: &Context) -> anyhow::Result<bool> {
         let client = client.clone();
         Box::pin(async move {
             client
-                .get::<User>("auth", &format!("/internal/users/{user}"))
+                .get::<User>("auth", &format!("/internal/users/{}", segment(&user)))
                 .await
                 .map(|u| u.email)
                 .map_err(|e| match e {
@@ -86,6 +86,22 @@ pub fn start(ctx: &Context) -> anyhow::Result<bool> {
     let sender =
         tessera_mail::Sender::new(ctx.db().clone(), &smtp, resolve).map_err(anyhow::Error::msg)?;
     sender.start(ctx.config.instance.clone());
+    ctx.mailing
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(host = %smtp.host, port = smtp.port, "mail goes out by SMTP");
     Ok(true)
+}
+
+/// `user` as one path segment (a user id is the service's data: nothing in it may change the
+/// path asked for).
+fn segment(user: &str) -> String {
+    let mut out = String::with_capacity(user.len());
+    for b in user.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

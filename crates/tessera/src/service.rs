@@ -65,6 +65,8 @@ pub struct Context {
     shared: Option<Arc<tessera_shared::Shared>>,
     /// The settings structs declared live, which follow `tessera config`.
     declared: Declared,
+    /// Whether this instance sends mail (`crate::mail::start`): the registry says so.
+    pub(crate) mailing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Context {
@@ -351,8 +353,10 @@ impl Service {
             health: health.clone(),
             events: Arc::default(),
             events_stop: events_stopped,
+            mailing: Arc::default(),
         };
         let events = ctx.events.clone();
+        let mailing = ctx.mailing.clone();
         let admin_router = crate::admin::router(&health, ctx.client.clone());
         let mut app = build(ctx).await?;
         if let Some(db) = &db {
@@ -416,6 +420,11 @@ impl Service {
                         ])
                         .into_iter()
                         .chain(sagas_metadata(&events))
+                        .chain(
+                            mailing
+                                .load(std::sync::atomic::Ordering::Relaxed)
+                                .then(|| (MAIL_METADATA_KEY.to_string(), "smtp".to_string())),
+                        )
                         .collect(),
                         weight: None,
                     },
@@ -480,6 +489,10 @@ impl Service {
 /// The key of the registry metadata that names the sagas an instance orchestrates (comma
 /// separated): the control plane asks those instances for them.
 pub const SAGAS_METADATA_KEY: &str = "sagas";
+
+/// The key of the registry metadata of an instance that sends mail (`tessera::mail`): the
+/// control plane asks those for their queue (`/v1/mail`).
+pub const MAIL_METADATA_KEY: &str = "mail";
 
 fn sagas_metadata(events: &std::sync::OnceLock<Events>) -> Option<(String, String)> {
     let names = events.get()?.sagas().names();

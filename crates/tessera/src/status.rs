@@ -1,6 +1,6 @@
 //! What a service tells its operators about itself beyond health: the outbox (what waits
 //! for the log, and what the log refused and is parked), requeueing the parked events once
-//! their cause is fixed, the events its consumers are stuck on, and the sagas it
+//! their cause is fixed, the same for its mail (what waits, and what died), the events its consumers are stuck on, and the sagas it
 //! orchestrates, with the two actions on a running one (send its step again, compensate it).
 //!
 //! These routes sit behind the passport like the service's own, and answer only the
@@ -26,12 +26,15 @@ use crate::passport::CONTROL_ISSUER;
 use crate::saga::{ActionError, STATES};
 use crate::{ApiError, Db, Events, Json, Passport};
 
-/// `GET /status/outbox`, `POST /status/outbox/requeue` on `db`'s outbox, and
+/// `GET /status/outbox`, `POST /status/outbox/requeue` on `db`'s outbox, the same two for its
+/// mail queue (`/status/mail`, `docs/mail.md`), and
 /// `GET /status/events` on the service's consumers (`events`, once started).
 pub fn routes(db: Db, events: Arc<OnceLock<Events>>) -> Router {
     Router::new()
         .route("/status/outbox", get(outbox_status))
         .route("/status/outbox/requeue", post(requeue))
+        .route("/status/mail", get(mail_status))
+        .route("/status/mail/requeue", post(mail_requeue))
         .with_state(db)
         .route("/status/events", get(stuck))
         .route("/status/sagas", get(sagas))
@@ -241,5 +244,27 @@ async fn requeue(
     platform_operator(&passport)?;
     let n = outbox::requeue(&db).await?;
     tracing::info!(target: "audit", events = n, who = %passport.sub, "parked outbox events requeued");
+    Ok(Json(serde_json::json!({ "requeued": n })))
+}
+
+async fn mail_status(
+    State(db): State<Db>,
+    passport: Passport,
+) -> Result<Json<tessera_mail::Status>, ApiError> {
+    platform_operator(&passport)?;
+    Ok(Json(tessera_mail::status(&db).await?))
+}
+
+async fn mail_requeue(
+    State(db): State<Db>,
+    passport: Passport,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if passport.iss != CONTROL_ISSUER || !passport.has_role("admin") {
+        return Err(ApiError::forbidden(
+            "requeueing mail is for the system's admin, through the control plane",
+        ));
+    }
+    let n = tessera_mail::requeue(&db).await?;
+    tracing::info!(target: "audit", messages = n, who = %passport.sub, "dead mail requeued");
     Ok(Json(serde_json::json!({ "requeued": n })))
 }
