@@ -61,9 +61,7 @@ impl Mail {
 }
 
 fn sends(instance: &Instance) -> bool {
-    instance
-        .metadata
-        .contains_key(tessera::MAIL_METADATA_KEY)
+    instance.metadata.contains_key(tessera::MAIL_METADATA_KEY)
 }
 
 /// The mail routes (behind the credential check).
@@ -112,7 +110,12 @@ async fn requeue(
         .find(|i| i.service == service)
         .ok_or_else(|| ApiError::not_found(format!("no instance of {service} sends mail")))?;
     let answer = mail
-        .call(&caller, &instance, reqwest::Method::POST, "/status/mail/requeue")
+        .call(
+            &caller,
+            &instance,
+            reqwest::Method::POST,
+            "/status/mail/requeue",
+        )
         .await;
     let outcome = match &answer {
         Ok((status, body)) => format!("{} {}", status.as_u16(), body["requeued"]),

@@ -321,7 +321,10 @@ async fn a_refused_message_is_dead_until_an_admin_requeues_it() {
     let order = sys
         .place_order(&token, json!([{ "productId": MOUSE, "quantity": 1 }]))
         .await;
-    assert_eq!(sys.settled_order(&token, &order).await["status"], "CONFIRMED");
+    assert_eq!(
+        sys.settled_order(&token, &order).await["status"],
+        "CONFIRMED"
+    );
     let key = format!("order_confirmed:{order}");
     sys.wait_until(Duration::from_secs(30), "the message to die", || async {
         let mail = sys.control_json("/v1/mail").await;
@@ -334,7 +337,10 @@ async fn a_refused_message_is_dead_until_an_admin_requeues_it() {
     let dead = &service["queue"]["dead_messages"][0];
     assert_eq!(dead["key"], key.as_str(), "{dead}");
     assert_eq!(dead["to_user"], user.as_str(), "{dead}");
-    assert_eq!(dead["attempts"], 1, "a permanent refusal is not retried: {dead}");
+    assert_eq!(
+        dead["attempts"], 1,
+        "a permanent refusal is not retried: {dead}"
+    );
     assert!(
         dead["error"].as_str().unwrap().contains("550"),
         "the server's answer is kept: {dead}"
@@ -351,7 +357,10 @@ async fn a_refused_message_is_dead_until_an_admin_requeues_it() {
     let supervisor = sys
         .http
         .post(format!("{}/v1/mail/notification/requeue", sys.control))
-        .header("authorization", sys.credential("supervisor").authorization())
+        .header(
+            "authorization",
+            sys.credential("supervisor").authorization(),
+        )
         .send()
         .await
         .unwrap();
@@ -360,7 +369,10 @@ async fn a_refused_message_is_dead_until_an_admin_requeues_it() {
     std::fs::remove_file(sink.dir.join("refuse")).unwrap();
     let (ok, out, err) = sys.cli_async(&["mail", "requeue", "notification"]).await;
     assert!(ok, "{err}");
-    assert!(out.contains("notification: 1 dead messages queued again"), "{out}");
+    assert!(
+        out.contains("notification: 1 dead messages queued again"),
+        "{out}"
+    );
     let subject = format!("Your order {order} is confirmed");
     sys.wait_until(Duration::from_secs(30), "the requeued message", || async {
         by_subject(&sink.received()).contains_key(&subject)

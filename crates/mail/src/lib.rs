@@ -97,14 +97,16 @@ pub async fn status(db: &Db) -> Result<Status, DbError> {
     .await?;
     let dead_messages = dead
         .into_iter()
-        .map(|(key, to_user, subject, attempts, error, created)| DeadMail {
-            key,
-            to_user,
-            subject,
-            attempts,
-            error,
-            created,
-        })
+        .map(
+            |(key, to_user, subject, attempts, error, created)| DeadMail {
+                key,
+                to_user,
+                subject,
+                attempts,
+                error,
+                created,
+            },
+        )
         .collect();
     Ok(Status {
         pending: count("pending"),
