@@ -1,6 +1,7 @@
 # The image `tessera deploy kubernetes` runs (docs/deploy.md): the `tessera` binary (control
-# plane, gateway) and Tessera Shop's services, on a small Debian base, as a user without
-# privileges.
+# plane, gateway), Tessera Shop's services and Tessera Invest's Rust ones, on a small Debian
+# base, as a user without privileges. (Invest's Python service has its own image:
+# examples/invest/signals/Dockerfile.)
 #
 #   docker build -t tessera-shop:latest .
 #
@@ -19,8 +20,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
       -p tessera-cli \
       -p shop-auth -p shop-catalog -p shop-inventory -p shop-notification \
       -p shop-order -p shop-payment -p shop-payment-provider \
+      -p invest-market -p invest-portfolio -p invest-alerts \
  && mkdir /out \
- && cp target/release/tessera target/release/shop-* /out/ \
+ && cp target/release/tessera target/release/shop-* target/release/invest-* /out/ \
  && rm -f /out/*.d
 
 FROM debian:bookworm-slim

@@ -98,9 +98,14 @@ pub fn kubernetes(
         https.insert(chain, read(&files.chain)?);
         https.insert(key, read(&files.key)?);
     }
+    let files = manifest
+        .files
+        .iter()
+        .map(|mount| static_files(&base, mount))
+        .collect::<anyhow::Result<_>>()?;
     let (env, identity) = process("gateway")?;
     processes.push(Process {
-        role: Role::Gateway { https },
+        role: Role::Gateway { https, files },
         env,
         identity,
     });
@@ -149,7 +154,27 @@ pub fn kubernetes(
             );
             Ok((name.to_string(), image.to_string()))
         })
-        .collect::<anyhow::Result<_>>()?;
+        .collect::<anyhow::Result<BTreeMap<String, String>>>()?;
+    // The image holds what Cargo builds; a program of another language needs its own.
+    let foreign: Vec<&str> = cluster
+        .services
+        .iter()
+        .filter(|(name, spec)| {
+            !images.contains_key(*name)
+                && spec
+                    .command
+                    .argv()
+                    .first()
+                    .is_some_and(|program| !program.contains("target/release/"))
+        })
+        .map(|(name, _)| name.as_str())
+        .collect();
+    if !foreign.is_empty() {
+        eprintln!(
+            "tessera: {} not built by Cargo, so not in the system's image: give each an image of its own (--service-image NAME=IMAGE; examples/invest/signals/Dockerfile is one)",
+            foreign.join(", ")
+        );
+    }
     let plan = Plan {
         system: cluster.system.name.clone(),
         namespace: args
@@ -212,6 +237,29 @@ fn for_the_cluster(env: Vec<(String, String)>, control_url: &str) -> anyhow::Res
         out.push((key, value));
     }
     Ok((out, files))
+}
+
+/// The most a ConfigMap holds (Kubernetes refuses more than 1 MiB).
+const CONFIG_MAP_BYTES: usize = 1 << 20;
+
+/// A `[[files]]` mount's files, as the gateway would serve them (the same rule:
+/// `tessera_gateway::files::read_tree`), for its ConfigMap.
+fn static_files(
+    base: &Path,
+    mount: &tessera_manifest::FilesRoute,
+) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
+    let dir = base.join(&mount.dir);
+    let tree = tessera_gateway::files::read_tree(&dir)
+        .with_context(|| format!("files {:?}: {}", mount.prefix, dir.display()))?;
+    let bytes: usize = tree.iter().map(|f| f.body.len()).sum();
+    if bytes > CONFIG_MAP_BYTES {
+        anyhow::bail!(
+            "files {:?}: {} holds {bytes} bytes, more than the 1 MiB a ConfigMap holds: serve larger files from a CDN, or from a service of their own",
+            mount.prefix,
+            dir.display()
+        );
+    }
+    Ok(tree.into_iter().map(|f| (f.path, f.body)).collect())
 }
 
 fn read(path: &Path) -> anyhow::Result<Vec<u8>> {

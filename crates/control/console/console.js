@@ -458,6 +458,46 @@ async function sagaPage(service, name, id, notice) {
   }
 }
 
+// Each sending service's mail queue (docs/mail.md), and the admin's action on its dead messages.
+async function mailPage(notice) {
+  const body = await api("/v1/mail");
+  const sections = (body.services || []).map(svc => {
+    if (svc.error) {
+      return `<h2>${esc(svc.service)}</h2><p class="error">${esc(svc.instance)}: ${esc(svc.error)}</p>`;
+    }
+    const q = svc.queue;
+    const rows = (q.dead_messages || []).map(m => `<tr class="dead-mail">
+        <td class="mono">${esc(m.key)}</td><td class="mono">${esc(m.to_user)}</td><td>${esc(m.subject)}</td>
+        <td>${esc(m.attempts)}</td><td class="error">${esc(m.error || "")}</td><td>${esc(when(m.created))}</td></tr>`).join("");
+    return `<h2>${esc(svc.service)} <span class="muted">${esc(svc.instance)}</span></h2>
+      <div class="tiles"><div class="tile"><span class="pill">waiting ${esc(q.pending)}</span>
+        <span class="pill ok">sent ${esc(q.sent)}</span>
+        <span class="pill ${q.dead ? "error" : ""}">dead ${esc(q.dead)}</span></div></div>
+      ${q.dead ? `<p class="actions"><button class="requeue" data-service="${esc(svc.service)}">Send the dead messages again</button>
+        <span class="muted">the admin's, once their cause is fixed; audited</span></p>` : ""}
+      <table class="mail"><tr><th>cause</th><th>to user</th><th>subject</th><th>attempts</th><th>why it died</th><th>queued</th></tr>
+      ${rows || '<tr><td colspan="6" class="muted">no dead message</td></tr>'}</table>`;
+  });
+  main.innerHTML = `<h1>Mail</h1>
+    ${notice ? `<p class="${notice.ok ? "ok" : "error"}" id="notice">${esc(notice.text)}</p>` : ""}
+    ${sections.join("") || '<p class="muted">no service of this system sends mail (MAIL_SMTP_HOST)</p>'}`;
+  document.querySelectorAll("button.requeue").forEach(button => {
+    button.onclick = async () => {
+      const service = button.dataset.service;
+      if (!confirm(`Send ${service}'s dead messages again?`)) return;
+      let result;
+      try {
+        const done = await api(`/v1/mail/${encodeURIComponent(service)}/requeue`, { method: "POST" });
+        result = { ok: true, text: `${done.requeued} messages queued again.` };
+      } catch (e) {
+        result = { ok: false, text: e.message };
+      }
+      await mailPage(result);
+    };
+  });
+  if (!notice) timer = setTimeout(() => render(), 5000);
+}
+
 async function render() {
   clearTimeout(timer);
   if (!credential()) { setActive(""); return loginPage(); }
@@ -477,6 +517,7 @@ async function render() {
     else if (page === "resilience") await resiliencePage();
     else if (page === "sagas") await sagasPage(query);
     else if (page === "saga" && rest.length === 2) await sagaPage(arg, rest[0], rest[1]);
+    else if (page === "mail") await mailPage();
     else await servicesPage();
   } catch (e) {
     main.innerHTML = `<p class="error" id="failed">${esc(e.message)}</p>`;

@@ -14,7 +14,7 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EmptyDirVolumeSource,
+    Capabilities, ConfigMap, ConfigMapEnvSource, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
     EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, Namespace, ObjectFieldSelector,
     PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
     PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Secret,
@@ -107,6 +107,8 @@ fn render_process(plan: &Plan, process: &Process, out: &mut Vec<Object>) {
     });
     mounts.push(mount("tmp", "/tmp", false));
     let mut pod_env = Vec::new();
+    // Pod annotations beyond the scrape ones: what must restart the pods when it changes.
+    let mut restart_on = BTreeMap::new();
     let (component, replicas, command, args, container_ports, probe_port, http_probes) =
         match &process.role {
             Role::Control => {
@@ -148,8 +150,12 @@ fn render_process(plan: &Plan, process: &Process, out: &mut Vec<Object>) {
                     !plan.mtls,
                 )
             }
-            Role::Gateway { https } => {
+            Role::Gateway { https, files } => {
                 mount_manifest(&mut volumes, &mut mounts);
+                if !files.is_empty() {
+                    mount_files(plan, files, &mut volumes, &mut mounts, out);
+                    restart_on.insert(FILES_ANNOTATION.to_string(), files_digest(files));
+                }
                 // Each gateway pod named as itself in logs, traces and metrics.
                 pod_env = pod_addresses().into_iter().take(3).collect();
                 let mut container_ports = vec![
@@ -295,7 +301,9 @@ fn render_process(plan: &Plan, process: &Process, out: &mut Vec<Object>) {
                             ("prometheus.io/scrape".to_string(), "true".to_string()),
                             ("prometheus.io/port".to_string(), probe_port.to_string()),
                         ]
-                        .into(),
+                        .into_iter()
+                        .chain(restart_on)
+                        .collect(),
                     ),
                     ..Default::default()
                 }),
@@ -464,6 +472,60 @@ fn mount_manifest(volumes: &mut Vec<Volume>, mounts: &mut Vec<VolumeMount>) {
         "tessera-manifest",
         paths::MANIFEST_DIR,
     );
+}
+
+/// The pod annotation holding a digest of the gateway's static files: new files are a new
+/// pod template, so `kubectl apply` rolls the gateways (each reads its files at start).
+pub const FILES_ANNOTATION: &str = "tessera.dev/files-digest";
+
+/// Each `[[files]]` mount as a ConfigMap (`gateway-files-<i>`, binary data under `f<n>` keys,
+/// as a key cannot hold a `/`), each file mounted alone at its path under
+/// `<FILES_DIR>/<i>` with `subPath`. A whole ConfigMap mounted as a directory would be a tree
+/// of symbolic links (the kubelet swaps `..data` to update it), which the gateway never
+/// serves; a `subPath` mount is the file itself.
+fn mount_files(
+    plan: &Plan,
+    files: &[BTreeMap<String, Vec<u8>>],
+    volumes: &mut Vec<Volume>,
+    mounts: &mut Vec<VolumeMount>,
+    out: &mut Vec<Object>,
+) {
+    for (i, tree) in files.iter().enumerate() {
+        let name = format!("gateway-files-{i}");
+        let mut data = BTreeMap::new();
+        for (n, (path, body)) in tree.iter().enumerate() {
+            let key = format!("f{n}");
+            mounts.push(VolumeMount {
+                name: name.clone(),
+                mount_path: format!("{}/{i}/{path}", paths::FILES_DIR),
+                sub_path: Some(key.clone()),
+                read_only: Some(true),
+                ..Default::default()
+            });
+            data.insert(key, ByteString(body.clone()));
+        }
+        out.push(Object::ConfigMap(Box::new(ConfigMap {
+            metadata: meta(plan, &name, "gateway"),
+            binary_data: Some(data),
+            ..Default::default()
+        })));
+        volumes.push(Volume {
+            name: name.clone(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: name.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+}
+
+/// A digest of every mount's paths and bytes (a change detector, not a security check).
+fn files_digest(files: &[BTreeMap<String, Vec<u8>>]) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    files.hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
 }
 
 fn mount_secret(
@@ -653,6 +715,7 @@ mod tests {
                 Process {
                     role: Role::Gateway {
                         https: BTreeMap::new(),
+                        files: Vec::new(),
                     },
                     env: env("gateway"),
                     identity: identity.clone(),
@@ -838,6 +901,66 @@ mod tests {
         );
         let identity = find(&objects, "catalog-identity", secret);
         assert!(identity.data.as_ref().unwrap().contains_key("cert.pem"));
+    }
+
+    #[test]
+    fn static_files_are_a_config_map_each_file_mounted_alone_and_a_change_rolls_the_gateways() {
+        let site = |page: &str| {
+            BTreeMap::from([
+                ("index.html".to_string(), page.as_bytes().to_vec()),
+                ("vendor/chart.js".to_string(), vec![0xff, 0x00, 0x7f]),
+            ])
+        };
+        let with = |page: &str| {
+            let mut plan = plan(false);
+            for p in &mut plan.processes {
+                if let Role::Gateway { files, .. } = &mut p.role {
+                    *files = vec![site(page)];
+                }
+            }
+            parse(&to_yaml(&render(&plan)).unwrap()).unwrap()
+        };
+        let objects = with("<h1>v1</h1>");
+        let map = objects
+            .iter()
+            .find_map(|o| match o {
+                Object::ConfigMap(c) if c.metadata.name.as_deref() == Some("gateway-files-0") => {
+                    Some(c)
+                }
+                _ => None,
+            })
+            .expect("the files' ConfigMap");
+        let data = map.binary_data.as_ref().unwrap();
+        assert_eq!(data["f0"].0, b"<h1>v1</h1>");
+        assert_eq!(data["f1"].0, [0xff, 0x00, 0x7f], "bytes kept as they are");
+        let gateway = |objects: &[Object]| {
+            let d = find(objects, "gateway", deployment);
+            d.spec.as_ref().unwrap().template.clone()
+        };
+        let template = gateway(&objects);
+        let mounts: Vec<(String, Option<String>)> = template.spec.as_ref().unwrap().containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .filter(|m| m.name == "gateway-files-0")
+            .map(|m| (m.mount_path.clone(), m.sub_path.clone()))
+            .collect();
+        assert_eq!(
+            mounts,
+            [
+                ("/etc/tessera-files/0/index.html".into(), Some("f0".into())),
+                ("/etc/tessera-files/0/vendor/chart.js".into(), Some("f1".into())),
+            ]
+        );
+        let digest = |t: &PodTemplateSpec| {
+            t.metadata.as_ref().unwrap().annotations.as_ref().unwrap()[FILES_ANNOTATION].clone()
+        };
+        assert_eq!(digest(&template), digest(&gateway(&with("<h1>v1</h1>"))));
+        assert_ne!(
+            digest(&template),
+            digest(&gateway(&with("<h1>v2</h1>"))),
+            "new files, a new pod template"
+        );
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub mod paths {
     pub const IDENTITY_DIR: &str = "/etc/tessera-identity";
     /// The gateway's HTTPS certificates, from a Secret.
     pub const HTTPS_DIR: &str = "/etc/tessera-https";
+    /// The gateway's static files (`[[files]]`), the `i`th mount under `<FILES_DIR>/<i>`, from
+    /// a ConfigMap each.
+    pub const FILES_DIR: &str = "/etc/tessera-files";
     /// Where the binaries are in the image.
     pub const BIN_DIR: &str = "/usr/local/bin";
 }
@@ -75,9 +78,11 @@ pub struct Process {
 
 pub enum Role {
     Control,
-    /// With its HTTPS certificates (file name → content), if any.
+    /// With its HTTPS certificates (file name → content), if any, and the files of each of
+    /// the manifest's `[[files]]` mounts, in order (path under the mount → content).
     Gateway {
         https: BTreeMap<String, Vec<u8>>,
+        files: Vec<BTreeMap<String, Vec<u8>>>,
     },
     Service(ServicePlan),
 }
@@ -98,7 +103,8 @@ pub struct ServicePlan {
 /// every address of their pod at the fixed [`ports`], each gateway pod is a gateway of its own
 /// (the Deployment says how many), state is under [`paths::STATE_DIR`], the HTTPS
 /// certificates under [`paths::HTTPS_DIR`] (HTTPS with the development certificate is left
-/// out: the load balancer's to terminate), and no build step is run. The rest stays as
+/// out: the load balancer's to terminate), static files under [`paths::FILES_DIR`], and no
+/// build step is run. The rest stays as
 /// written (comments are not kept).
 pub fn in_cluster(text: &str) -> anyhow::Result<String> {
     let mut doc: toml::Table = text.parse()?;
@@ -149,6 +155,13 @@ pub fn in_cluster(text: &str) -> anyhow::Result<String> {
         }
     }
     doc.insert("gateway".into(), gateway.into());
+    if let Some(toml::Value::Array(mounts)) = doc.get_mut("files") {
+        for (i, mount) in mounts.iter_mut().enumerate() {
+            if let toml::Value::Table(mount) = mount {
+                mount.insert("dir".into(), format!("{}/{i}", paths::FILES_DIR).into());
+            }
+        }
+    }
     Ok(toml::to_string(&doc)?)
 }
 
@@ -186,6 +199,14 @@ prefix = "/api"
 service = "catalog"
 auth = "public"
 
+[[files]]
+prefix = "/"
+dir = "web"
+
+[[files]]
+prefix = "/docs"
+dir = "../docs/site"
+
 [services.catalog]
 command = "target/release/shop-catalog"
 "#;
@@ -205,6 +226,8 @@ command = "target/release/shop-catalog"
         assert_eq!(m.system.state_dir.to_str(), Some(paths::STATE_DIR));
         assert!(m.system.build.is_none());
         assert_eq!(m.routes.len(), 1);
+        let dirs: Vec<_> = m.files.iter().map(|f| f.dir.to_str().unwrap()).collect();
+        assert_eq!(dirs, ["/etc/tessera-files/0", "/etc/tessera-files/1"]);
         assert!(m.system.database.is_some());
         // Not on loopback any more: mutual TLS is on unless the manifest turns it off.
         assert!(m.mtls());

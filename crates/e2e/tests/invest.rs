@@ -1000,3 +1000,99 @@ async fn a_members_alerts_arrive_live_on_a_websocket_opened_as_a_browser_opens_o
         String::from_utf8_lossy(&refused.stderr)
     );
 }
+
+/// Invest on `tessera up --profile distributed`: every event on a NATS JetStream of its own,
+/// each service (the Python one too, through the control plane's event API) a NATS user
+/// allowed only what the manifest grants it, the registry on etcd. Ticks reach the Python
+/// service, its signal changes reach the followers, a news item reaches the holders.
+#[tokio::test]
+async fn invest_runs_on_the_distributed_profile_with_a_nats_user_per_service() {
+    let [nats, etcd, redis] = tessera_testkit::free_ports_apart();
+    let sys = System::start_with(Options {
+        invest: true,
+        checkout_env: vec![("market", "MARKET_VOLATILITY", "0.01".into())],
+        up_args: tessera_testkit::distributed_up_args([nats, etcd, redis]),
+        ..Options::default()
+    })
+    .await;
+    sys.log_line("the NATS line", |l| {
+        l.contains(&format!("NATS JetStream: nats://127.0.0.1:{nats}"))
+    })
+    .await;
+    let conf = sys.dir.join("state/nats/nats.conf");
+    let config: Value = serde_json::from_str(&std::fs::read_to_string(&conf).unwrap()).unwrap();
+    let users: BTreeSet<&str> = config["authorization"]["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|u| u["user"].as_str())
+        .collect();
+    for service in ["market", "portfolio", "alerts", "signals"] {
+        assert!(users.contains(service), "{service} in {users:?}");
+    }
+
+    let (token, _) = sys.new_user().await;
+    for ticker in ["TEC01", "TEC02", "ENE01", "FIN01", "UTI01"] {
+        let resp = sys
+            .http
+            .put(sys.url(&format!("/api/portfolio/follows/{ticker}")))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "{}", resp.status());
+    }
+    let (status, body) = sys
+        .post(
+            "/api/portfolio/trades",
+            Some(&token),
+            json!({ "ticker": "UTI03", "side": "buy", "quantity": 1 }),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let admin = sys.admin().await;
+    sys.wait_until(Duration::from_secs(30), "alerts to know the member", || async {
+        let (_, body) = sys
+            .get("/api/alerts/audience?sector=Utilities", Some(&admin))
+            .await;
+        body["data"]["members"] == 1
+    })
+    .await;
+    let (status, body) = sys
+        .post(
+            "/api/market/news",
+            Some(&admin),
+            json!({ "sector": "Utilities", "headline": "Grid upgrade", "sentiment": 0.2 }),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (ok, out, err) = sys
+        .cli_async(&["config", "set", "market", "MARKET_TICK_MS", "100"])
+        .await;
+    assert!(ok, "{out}{err}");
+    let kinds = || async {
+        let (status, body) = sys.get("/api/alerts?limit=500", Some(&token)).await;
+        assert_eq!(status, 200, "{body}");
+        body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["kind"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    sys.wait_until(
+        Duration::from_secs(90),
+        "the news alert and a signal alert",
+        || async {
+            let kinds = kinds().await;
+            kinds.iter().any(|k| k == "news") && kinds.iter().any(|k| k == "signal")
+        },
+    )
+    .await;
+    let news = kinds().await.iter().filter(|k| *k == "news").count();
+    assert_eq!(news, 1, "one news alert");
+    assert!(
+        !sys.dir.join("state/control/log.db").exists(),
+        "the embedded log was not used"
+    );
+}

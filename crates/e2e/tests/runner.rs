@@ -620,29 +620,11 @@ async fn with_mutual_tls_on_the_engines_are_reached_over_tls_only() {
 /// A shop run with `tessera up --profile distributed` (its NATS on a free port, which comes
 /// back too, and its etcd on two more), with the system's mutual TLS on or off.
 async fn distributed(mtls: bool) -> (System, u16, u16, u16) {
-    let port = tessera_testkit::free_port();
-    let etcd = std::iter::repeat_with(tessera_testkit::free_port)
-        .find(|p| {
-            ![port, port + 1].contains(p)
-                && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok()
-        })
-        .unwrap();
-    let redis = std::iter::repeat_with(tessera_testkit::free_port)
-        .find(|p| ![port, port + 1, etcd, etcd + 1].contains(p))
-        .unwrap();
+    let [port, etcd, redis] = tessera_testkit::free_ports_apart();
     let sys = System::start_with(Options {
         checkout: true,
         mtls,
-        up_args: vec![
-            "--profile".into(),
-            "distributed".into(),
-            "--nats-port".into(),
-            port.to_string(),
-            "--etcd-port".into(),
-            etcd.to_string(),
-            "--redis-port".into(),
-            redis.to_string(),
-        ],
+        up_args: tessera_testkit::distributed_up_args([port, etcd, redis]),
         ..Options::default()
     })
     .await;

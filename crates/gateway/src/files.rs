@@ -60,10 +60,25 @@ impl Mount {
     /// Reads `spec.dir`, relative to `base` (the manifest's directory).
     pub fn load(spec: &FilesRoute, base: &Path) -> Result<Mount, String> {
         let dir = base.join(&spec.dir);
-        let mut files = HashMap::new();
-        let mut bytes = 0u64;
-        read_dir(&dir, "", &mut files, &mut bytes)
-            .map_err(|e| format!("files {:?}: {}: {e}", spec.prefix, dir.display()))?;
+        let tree =
+            read_tree(&dir).map_err(|e| format!("files {:?}: {}: {e}", spec.prefix, dir.display()))?;
+        let files = tree
+            .into_iter()
+            .map(|file| {
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                file.body.hash(&mut hasher);
+                let extension = file.path.rsplit_once('.').map_or("", |(_, e)| e);
+                let served = File {
+                    etag: format!("\"{:016x}-{:x}\"", hasher.finish(), file.body.len()),
+                    last_modified: httpdate::fmt_http_date(file.modified),
+                    modified: file.modified,
+                    content_type: content_type(extension),
+                    page: matches!(extension, "html" | "htm"),
+                    body: Bytes::from(file.body),
+                };
+                (file.path, served)
+            })
+            .collect();
         let prefix = spec.prefix.trim_end_matches('/').to_string();
         Ok(Mount {
             label: Arc::from(if prefix.is_empty() { "/" } else { &prefix }),
@@ -166,19 +181,34 @@ fn not_modified(req: &Request<'_>, file: &File) -> bool {
         })
 }
 
-/// Reads the files under `dir` into `into`, named by their path under the mount (`under`).
+/// A file of a directory to serve, as read.
+pub struct TreeFile {
+    /// Its path under the directory (`app.js`, `img/logo.svg`).
+    pub path: String,
+    pub body: Vec<u8>,
+    pub modified: SystemTime,
+}
+
+/// Every file under `dir` that would be served, read: what the gateway holds for a mount, and
+/// what `tessera deploy` puts in the cluster for it (one rule for both). Hidden files, symbolic
+/// links and names a URL cannot carry as they are stay out (`//!`); past [`MAX_FILES`] files
+/// or [`MAX_BYTES`] it is an error.
+pub fn read_tree(dir: &Path) -> std::io::Result<Vec<TreeFile>> {
+    let mut files = Vec::new();
+    read_dir(dir, "", &mut files, &mut 0)?;
+    Ok(files)
+}
+
 fn read_dir(
     dir: &Path,
     under: &str,
-    into: &mut HashMap<String, File>,
+    into: &mut Vec<TreeFile>,
     bytes: &mut u64,
 ) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        // Hidden files and symbolic links stay out (`//!`); so do names a URL path cannot
-        // carry as they are.
         let kind = entry.file_type()?;
         if name.starts_with('.') || kind.is_symlink() || !name.bytes().all(plain) {
             continue;
@@ -205,20 +235,11 @@ fn read_dir(
             .metadata()?
             .modified()
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        body.hash(&mut hasher);
-        let extension = name.rsplit_once('.').map_or("", |(_, e)| e);
-        into.insert(
+        into.push(TreeFile {
             path,
-            File {
-                etag: format!("\"{:016x}-{:x}\"", hasher.finish(), body.len()),
-                last_modified: httpdate::fmt_http_date(modified),
-                modified,
-                content_type: content_type(extension),
-                page: matches!(extension, "html" | "htm"),
-                body: Bytes::from(body),
-            },
-        );
+            body,
+            modified,
+        });
     }
     Ok(())
 }

@@ -173,6 +173,37 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Three free ports for `tessera up --profile distributed` (`--nats-port`, `--etcd-port`,
+/// `--redis-port`): etcd's peer port (the next one) free too, and none the next of another.
+pub fn free_ports_apart() -> [u16; 3] {
+    let nats = free_port();
+    let etcd = std::iter::repeat_with(free_port)
+        .find(|p| {
+            ![nats, nats + 1].contains(p) && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok()
+        })
+        .unwrap();
+    let redis = std::iter::repeat_with(free_port)
+        .find(|p| ![nats, nats + 1, etcd, etcd + 1].contains(p))
+        .unwrap();
+    [nats, etcd, redis]
+}
+
+/// `tessera up`'s arguments for the distributed profile on `ports` ([`free_ports_apart`]).
+pub fn distributed_up_args([nats, etcd, redis]: [u16; 3]) -> Vec<String> {
+    [
+        "--profile",
+        "distributed",
+        "--nats-port",
+        &nats.to_string(),
+        "--etcd-port",
+        &etcd.to_string(),
+        "--redis-port",
+        &redis.to_string(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 impl System {
     pub async fn start() -> Self {
         Self::start_with(Options::default()).await
