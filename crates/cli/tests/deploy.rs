@@ -194,7 +194,10 @@ fn invest_renders_with_its_dashboard_beside_the_gateway_and_its_python_service_i
         stderr.contains("signals not built by Cargo") && stderr.contains("--service-image"),
         "{stderr}"
     );
-    let output = deploy(&["--service-image", "signals=registry.example/invest-signals:3"]);
+    let output = deploy(&[
+        "--service-image",
+        "signals=registry.example/invest-signals:3",
+    ]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(!stderr.contains("not built by Cargo"), "{stderr}");
@@ -223,7 +226,14 @@ fn invest_renders_with_its_dashboard_beside_the_gateway_and_its_python_service_i
             _ => None,
         })
         .unwrap();
-    let pod = gateway.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let pod = gateway
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap();
     let mounts = pod.containers[0].volume_mounts.as_ref().unwrap();
     for file in &served {
         let mount = mounts
@@ -253,10 +263,24 @@ fn invest_renders_with_its_dashboard_beside_the_gateway_and_its_python_service_i
             _ => None,
         })
         .unwrap();
-    let c = &signals.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0];
-    assert_eq!(c.image.as_deref(), Some("registry.example/invest-signals:3"));
+    let c = &signals
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0];
+    assert_eq!(
+        c.image.as_deref(),
+        Some("registry.example/invest-signals:3")
+    );
     assert_eq!(c.command.as_deref(), Some(&["python3".to_string()][..]));
-    assert_eq!(c.args.as_deref(), Some(&["signals/service.py".to_string()][..]));
+    assert_eq!(
+        c.args.as_deref(),
+        Some(&["signals/service.py".to_string()][..])
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -308,14 +332,18 @@ fn the_signals_image_holds_what_the_manifests_command_and_pythonpath_point_at() 
     let script = spec.command.argv()[1].clone();
     let (script_dir, _) = script.rsplit_once('/').unwrap();
     assert!(
-        copied.iter().any(|(from, to)| from
-            == &format!("examples/invest/{script_dir}")
-            && *to == workdir.join(script_dir)),
+        copied.iter().any(
+            |(from, to)| from == &format!("examples/invest/{script_dir}")
+                && *to == workdir.join(script_dir)
+        ),
         "{script} under {}: {copied:?}",
         workdir.display()
     );
     let user = line("USER ").pop().expect("a USER");
-    assert!(!user.starts_with("root") && !user.starts_with("0"), "{user}");
+    assert!(
+        !user.starts_with("root") && !user.starts_with("0"),
+        "{user}"
+    );
 }
 
 #[test]

@@ -1051,12 +1051,16 @@ async fn invest_runs_on_the_distributed_profile_with_a_nats_user_per_service() {
         .await;
     assert_eq!(status, 201, "{body}");
     let admin = sys.admin().await;
-    sys.wait_until(Duration::from_secs(30), "alerts to know the member", || async {
-        let (_, body) = sys
-            .get("/api/alerts/audience?sector=Utilities", Some(&admin))
-            .await;
-        body["data"]["members"] == 1
-    })
+    sys.wait_until(
+        Duration::from_secs(30),
+        "alerts to know the member",
+        || async {
+            let (_, body) = sys
+                .get("/api/alerts/audience?sector=Utilities", Some(&admin))
+                .await;
+            body["data"]["members"] == 1
+        },
+    )
     .await;
     let (status, body) = sys
         .post(

@@ -60,8 +60,8 @@ impl Mount {
     /// Reads `spec.dir`, relative to `base` (the manifest's directory).
     pub fn load(spec: &FilesRoute, base: &Path) -> Result<Mount, String> {
         let dir = base.join(&spec.dir);
-        let tree =
-            read_tree(&dir).map_err(|e| format!("files {:?}: {}: {e}", spec.prefix, dir.display()))?;
+        let tree = read_tree(&dir)
+            .map_err(|e| format!("files {:?}: {}: {e}", spec.prefix, dir.display()))?;
         let files = tree
             .into_iter()
             .map(|file| {

@@ -179,7 +179,8 @@ pub fn free_ports_apart() -> [u16; 3] {
     let nats = free_port();
     let etcd = std::iter::repeat_with(free_port)
         .find(|p| {
-            ![nats, nats + 1].contains(p) && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok()
+            ![nats, nats + 1].contains(p)
+                && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok()
         })
         .unwrap();
     let redis = std::iter::repeat_with(free_port)
