@@ -242,6 +242,9 @@ fn for_the_cluster(env: Vec<(String, String)>, control_url: &str) -> anyhow::Res
 /// The most a ConfigMap holds (Kubernetes refuses more than 1 MiB).
 const CONFIG_MAP_BYTES: usize = 1 << 20;
 
+/// The most files a mount may have in a cluster: each is a volume mount of the gateway's pod.
+const CLUSTER_FILES: usize = 200;
+
 /// A `[[files]]` mount's files, as the gateway would serve them (the same rule:
 /// `tessera_gateway::files::read_tree`), for its ConfigMap.
 fn static_files(
@@ -251,6 +254,21 @@ fn static_files(
     let dir = base.join(&mount.dir);
     let tree = tessera_gateway::files::read_tree(&dir)
         .with_context(|| format!("files {:?}: {}", mount.prefix, dir.display()))?;
+    // Each file is mounted alone: with none, the directory would not exist in the pod, and
+    // the gateway, which does not start on a missing directory, would not start.
+    anyhow::ensure!(
+        !tree.is_empty(),
+        "files {:?}: {} has no file to serve",
+        mount.prefix,
+        dir.display()
+    );
+    anyhow::ensure!(
+        tree.len() <= CLUSTER_FILES,
+        "files {:?}: {} has {} files, more than the {CLUSTER_FILES} a gateway's pod mounts one by one: serve them from a CDN, or from a service of their own",
+        mount.prefix,
+        dir.display(),
+        tree.len()
+    );
     let bytes: usize = tree.iter().map(|f| f.body.len()).sum();
     if bytes > CONFIG_MAP_BYTES {
         anyhow::bail!(

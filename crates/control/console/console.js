@@ -485,6 +485,7 @@ async function mailPage(notice) {
     button.onclick = async () => {
       const service = button.dataset.service;
       if (!confirm(`Send ${service}'s dead messages again?`)) return;
+      clearTimeout(timer); // the page's refresh would take the answer's notice away
       let result;
       try {
         const done = await api(`/v1/mail/${encodeURIComponent(service)}/requeue`, { method: "POST" });

@@ -190,8 +190,10 @@ async fn person(sys: &System) -> (String, String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_confirmed_order_is_one_email_to_its_customer_across_a_kill_of_the_sender() {
     let sink = Sink::start();
+    // With the system's mutual TLS on (as in a cluster): the sender asks auth for addresses.
     let sys = System::start_with(Options {
         checkout: true,
+        mtls: true,
         checkout_env: sink.env("notification"),
         ..Options::default()
     })
@@ -257,9 +259,9 @@ async fn every_confirmed_order_is_one_email_to_its_customer_across_a_kill_of_the
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_alert_is_one_email_to_its_member_across_a_kill_of_the_sender() {
     let sink = Sink::start();
-    // A slow server (50 ms an answer): the holders' messages go out over a second and a half,
-    // and the sender dies in the middle.
-    std::fs::write(sink.dir.join("delay"), "0.05").unwrap();
+    // A slow server (100 ms an answer): the holders' messages go out over three seconds, and
+    // the sender dies in the middle.
+    std::fs::write(sink.dir.join("delay"), "0.1").unwrap();
     let sys = System::start_with(Options {
         invest: true,
         checkout_env: sink.env("alerts"),
@@ -301,12 +303,12 @@ async fn every_alert_is_one_email_to_its_member_across_a_kill_of_the_sender() {
         .await;
     assert_eq!(status, 201, "{body}");
     let subject = "News for Utilities, which you hold";
+    let catalog = sys.registry().await;
+    let pid = pid_of(&catalog, "alerts-1").expect("alerts' pid");
     sys.wait_until(Duration::from_secs(30), "the first e-mail", || async {
         !sink.received().is_empty()
     })
     .await;
-    let catalog = sys.registry().await;
-    let pid = pid_of(&catalog, "alerts-1").expect("alerts' pid");
     signal(pid, libc::SIGKILL);
     let before = sink.received().len();
     assert!(before < HOLDERS, "killed mid-stream: {before} sent");
@@ -388,6 +390,40 @@ async fn a_refused_message_is_dead_until_an_admin_requeues_it() {
     };
     assert!(page.contains(&key) && page.contains("dead 1"), "{page}");
     assert!(page.contains("Send the dead messages again"), "{page}");
+    // The service's own routes: for the platform's operators, and acting is the admin's
+    // through the control plane only.
+    let notification = sys.instance_url("notification").await;
+    let ask = |method: reqwest::Method, path: &str, passport: String| {
+        sys.http
+            .request(method, format!("{notification}{path}"))
+            .header("x-passport", passport)
+            .send()
+    };
+    for passport in [
+        sys.user_passport(&user, &["user"]),
+        sys.user_passport(&user, &["admin"]), // an end user who is the shop's admin
+    ] {
+        let answer = ask(reqwest::Method::GET, "/status/mail", passport)
+            .await
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), 403);
+    }
+    let answer = ask(reqwest::Method::GET, "/status/mail", sys.system_passport())
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 200);
+    let answer = ask(
+        reqwest::Method::POST,
+        "/status/mail/requeue",
+        sys.system_passport(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        answer.status().as_u16(),
+        403,
+        "another service may not requeue"
+    );
     // Requeueing is the admin's: a supervisor may look but not act.
     let supervisor = sys
         .http
@@ -415,6 +451,7 @@ async fn a_refused_message_is_dead_until_an_admin_requeues_it() {
     .await;
     let got = by_subject(&sink.received());
     assert_eq!(got[&subject].0, BTreeSet::from([email]));
+    assert_eq!(got[&subject].2, 1, "sent once");
     let mail = sys.control_json("/v1/mail").await;
     assert_eq!(mail["services"][0]["queue"]["dead"], 0, "{mail}");
     assert!(

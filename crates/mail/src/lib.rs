@@ -134,6 +134,18 @@ pub async fn requeue(db: &Db) -> Result<u64, DbError> {
 /// How long a sent message's row is kept: while it is, its cause met again queues nothing.
 pub const KEEP_SENT: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// How long a sender holds a message it took.
+const CLAIM: Duration = Duration::from_secs(60);
+
+/// How long a message may take to send (the address, then SMTP), well under [`CLAIM`].
+const SEND_WITHIN: Duration = Duration::from_secs(40);
+
+/// The wait after the `attempts`th failure: 2 s, 4 s, … 128 s after the seventh (about four
+/// minutes in all before the eighth, the last).
+fn backoff(attempts: i64) -> i64 {
+    1000i64 << attempts.clamp(1, 8)
+}
+
 /// How the SMTP server is reached.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Smtp {
@@ -278,10 +290,12 @@ impl Sender {
         .await?;
         let mut taken = 0;
         for (id, to_user, subject, body, attempts) in due {
-            // Claimed by this sender only if nobody claimed it meanwhile.
+            // Claimed by this sender only if nobody claimed it meanwhile, for a minute from
+            // now (not from the round's start: the messages before it took their time).
+            let now = now_ms();
             let mut tx = self.db.write_tx().await?;
             let claimed = query("UPDATE tessera_mail SET claimed_until = $1, claimed_by = $4 WHERE id = $2 AND state = 'pending' AND claimed_until <= $3")
-                .bind(now + 60_000)
+                .bind(now + CLAIM.as_millis() as i64)
                 .bind(&id)
                 .bind(now)
                 .bind(name)
@@ -292,38 +306,63 @@ impl Sender {
                 continue;
             }
             taken += 1;
-            let outcome = self.send(&id, &to_user, &subject, &body).await;
+            // Done well within the claim, so that no other sender takes the message while
+            // this one may still send it.
+            let outcome =
+                tokio::time::timeout(SEND_WITHIN, self.send(&id, &to_user, &subject, &body))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(SendError::Retry(format!(
+                            "not sent within {} s",
+                            SEND_WITHIN.as_secs()
+                        )))
+                    });
+            // The outcome is written only under this sender's claim.
+            let attempts = attempts + 1;
+            let dead = outcome.as_ref().is_err_and(|e| {
+                matches!(e, SendError::Permanent(_)) || attempts >= self.max_attempts
+            });
             let mut tx = self.db.write_tx().await?;
-            match outcome {
+            let written = match &outcome {
                 Ok(()) => {
-                    query("UPDATE tessera_mail SET state = 'sent', sent_at = $1, attempts = attempts + 1 WHERE id = $2")
+                    query("UPDATE tessera_mail SET state = 'sent', sent_at = $1, attempts = attempts + 1, claimed_until = 0
+                           WHERE id = $2 AND state = 'pending' AND claimed_by = $3")
                         .bind(now_ms())
                         .bind(&id)
+                        .bind(name)
                         .execute(&mut *tx)
-                        .await?;
+                        .await?
+                }
+                Err(e) => {
+                    query(
+                        "UPDATE tessera_mail SET state = $1, attempts = $2, next_at = $3, claimed_until = 0, last_error = $4
+                         WHERE id = $5 AND state = 'pending' AND claimed_by = $6",
+                    )
+                    .bind(if dead { "dead" } else { "pending" })
+                    .bind(attempts)
+                    .bind(now_ms() + backoff(attempts))
+                    .bind(e.to_string())
+                    .bind(&id)
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?
+                }
+            };
+            tx.commit().await?;
+            if written.rows_affected() == 0 {
+                tracing::warn!(mail = %id, "mail: another sender took this message meanwhile; its outcome stands");
+                continue;
+            }
+            match outcome {
+                Ok(()) => {
                     metrics::counter!("tessera_mail_sent_total").increment(1);
                     tracing::info!(mail = %id, "mail sent");
                 }
                 Err(e) => {
-                    let attempts = attempts + 1;
-                    let dead =
-                        matches!(e, SendError::Permanent(_)) || attempts >= self.max_attempts;
-                    let backoff = 1000i64 << attempts.min(8); // 2 s, 4 s, … about 4 min
-                    query(
-                        "UPDATE tessera_mail SET state = $1, attempts = $2, next_at = $3, claimed_until = 0, last_error = $4 WHERE id = $5",
-                    )
-                    .bind(if dead { "dead" } else { "pending" })
-                    .bind(attempts)
-                    .bind(now_ms() + backoff)
-                    .bind(e.to_string())
-                    .bind(&id)
-                    .execute(&mut *tx)
-                    .await?;
                     metrics::counter!("tessera_mail_failed_total", "outcome" => if dead { "dead" } else { "retry" }).increment(1);
                     tracing::warn!(mail = %id, attempts, dead, error = %e, "mail not sent");
                 }
             }
-            tx.commit().await?;
         }
         Ok(taken)
     }
@@ -343,10 +382,7 @@ impl Sender {
             .from(self.from.clone())
             .to(to)
             .subject(subject)
-            .message_id(Some(format!(
-                "<{}@tessera>",
-                id.replace(['<', '>', '@', ' '], "-")
-            )))
+            .message_id(Some(message_id(id, &self.from)))
             .body(body.to_string())
             .map_err(|e| SendError::Permanent(format!("cannot build the message: {e}")))?;
         match self.transport.send(message).await {
@@ -357,8 +393,48 @@ impl Sender {
     }
 }
 
+/// The `Message-ID` of the message whose key is `key`: the same for every copy. Its left part
+/// is the key in hex (a key may hold characters a Message-ID may not: `:`), its right the
+/// sender's domain, as RFC 5322 wants.
+fn message_id(key: &str, from: &Mailbox) -> String {
+    let mut id = String::with_capacity(key.len() * 2 + 32);
+    id.push('<');
+    for b in key.bytes() {
+        id.push_str(&format!("{b:02x}"));
+    }
+    id.push('@');
+    id.push_str(from.email.domain());
+    id.push('>');
+    id
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_id_is_the_key_in_hex_at_the_senders_domain() {
+        let from: Mailbox = "Shop <shop@mail.example.com>".parse().unwrap();
+        assert_eq!(
+            message_id("order:1", &from),
+            "<6f726465723a31@mail.example.com>"
+        );
+        assert_ne!(message_id("a:b", &from), message_id("a.b", &from));
+    }
+
+    #[test]
+    fn retries_wait_longer_each_time_and_about_four_minutes_in_all() {
+        let waits: Vec<i64> = (1..8).map(backoff).collect();
+        assert_eq!(
+            waits,
+            [2_000, 4_000, 8_000, 16_000, 32_000, 64_000, 128_000]
+        );
+        assert_eq!(waits.iter().sum::<i64>(), 254_000);
+    }
 }

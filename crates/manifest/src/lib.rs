@@ -844,6 +844,14 @@ impl Manifest {
                 if let Some(unknown) = spec.calls.iter().find(|c| !self.services.contains_key(*c)) {
                     return Err(format!("services.{name}.calls: no service {unknown:?}"));
                 }
+                // Mail asks auth for each recipient's address (`tessera::mail`).
+                if spec.env.contains_key("MAIL_SMTP_HOST")
+                    && !spec.calls.iter().any(|c| c == "auth")
+                {
+                    return Err(format!(
+                        "services.{name}: it sends mail (MAIL_SMTP_HOST), which asks auth for each recipient's address: add calls = [\"auth\"]"
+                    ));
+                }
             }
         }
         if self.mtls()
@@ -1225,6 +1233,10 @@ mod tests {
             (
                 "[services.a]\ncommand = \"a\"\ncalls = [\"b\"]\n",
                 "services.a.calls",
+            ),
+            (
+                "[services.auth]\ncommand = \"a\"\n[services.n]\ncommand = \"n\"\nenv = { MAIL_SMTP_HOST = \"smtp\" }\n",
+                "services.n: it sends mail",
             ),
         ] {
             let e = Manifest::parse(&format!("{on}{extra}")).unwrap_err();

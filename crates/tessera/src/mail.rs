@@ -4,7 +4,7 @@
 //! | setting | |
 //! |---|---|
 //! | `MAIL_SMTP_HOST` | the SMTP server; unset: no mail is sent (and none queued) |
-//! | `MAIL_SMTP_PORT` | 587 |
+//! | `MAIL_SMTP_PORT` | 587, 465 with `tls` |
 //! | `MAIL_SMTP_SECURITY` | `starttls` (default, required), `tls` (SMTPS), or `none` |
 //! | `MAIL_SMTP_USER`, `MAIL_SMTP_PASSWORD` | when the server asks (the password is a secret) |
 //! | `MAIL_SMTP_CA` | a PEM file of the server certificate's CA, when not a public one |
@@ -47,7 +47,15 @@ pub fn settings(s: &crate::Settings) -> Result<Option<Smtp>, ConfigError> {
     let ca = s.get_or::<String>("MAIL_SMTP_CA", String::new())?;
     Ok(Some(Smtp {
         host,
-        port: s.get_or("MAIL_SMTP_PORT", 587u16)?,
+        // SMTPS listens on 465; submission with STARTTLS (and a plain relay) on 587.
+        port: s.get_or(
+            "MAIL_SMTP_PORT",
+            if security == Security::Tls {
+                465u16
+            } else {
+                587
+            },
+        )?,
         security,
         credentials: (!user.is_empty()).then_some((user, password)),
         ca: (!ca.is_empty()).then(|| ca.into()),

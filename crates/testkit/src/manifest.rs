@@ -53,7 +53,7 @@ fn topics(service: &str) -> &'static str {
         "payment" => {
             "produces = [\"saga.checkout.replies\"]\nconsumes = [\"payment.commands\"]\ncalls = [\"payment-provider\"]"
         }
-        "notification" => "consumes = [\"order.events\"]",
+        "notification" => "consumes = [\"order.events\"]\ncalls = [\"auth\"]",
         _ => "",
     }
 }
@@ -215,6 +215,7 @@ env = {{ {portfolio} }}
 [services.alerts]
 command = ["{bin}/invest-alerts"]
 consumes = ["portfolio.events", "market.news", "signals.changed"]
+calls = ["auth"]
 env = {{ {alerts} }}
 
 [services.signals]
