@@ -142,7 +142,10 @@ impl TokenVerifier {
             .cloned();
         let verified = match cached {
             Some(v) if now < v.cached_until => v,
-            _ => self.verify_uncached(token).await?,
+            // Boxed: the uncached path (decoding, and perhaps fetching the keys over the
+            // network) is a future of kilobytes, which inline would make every request's
+            // future that much larger, copied whole each time it moves (BENCHMARKS.md §1).
+            _ => Box::pin(self.verify_uncached(token)).await?,
         };
         if verified.exp.saturating_add(LEEWAY_SECS) <= now {
             return Err(TokenError::Expired);

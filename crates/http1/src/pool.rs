@@ -135,6 +135,11 @@ impl Pool {
 
     /// Sends `req` to `address` and reads the response, whose body may be at most
     /// `max_response` bytes.
+    ///
+    /// The paths a request rarely takes (an upgrade; a new connection, with its TLS
+    /// handshake) are boxed: their futures are a kilobyte and more, which inline would make
+    /// this future, and every caller's that awaits it, that much larger, copied whole each
+    /// time one moves; a pooled request allocates nothing for them (BENCHMARKS.md §1).
     pub async fn send(
         &self,
         address: &str,
@@ -142,7 +147,7 @@ impl Pool {
         max_response: u64,
     ) -> Result<Incoming, SendError> {
         if req.upgrade {
-            return self.upgrade(address, req, max_response).await;
+            return Box::pin(self.upgrade(address, req, max_response)).await;
         }
         if let Some(mut conn) = self.take(address, req.identity) {
             match exchange(&mut conn, address, req, max_response).await {
@@ -159,7 +164,7 @@ impl Pool {
                 Err(f) => return Err(f.into()),
             }
         }
-        let mut conn = self.connect(address, req.identity).await?;
+        let mut conn = Box::pin(self.connect(address, req.identity)).await?;
         let (resp, reusable) = exchange(&mut conn, address, req, max_response)
             .await
             .map_err(SendError::from)?;
