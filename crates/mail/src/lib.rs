@@ -290,17 +290,22 @@ impl Sender {
         .await?;
         let mut taken = 0;
         for (id, to_user, subject, body, attempts) in due {
-            // Claimed by this sender only if nobody claimed it meanwhile, for a minute from
-            // now (not from the round's start: the messages before it took their time).
+            // Claimed by this sender only if nobody claimed it meanwhile, nor tried it since it
+            // was read (its attempts the same, and still due), for a minute from now (not from
+            // the round's start: the messages before it took their time).
             let now = now_ms();
             let mut tx = self.db.write_tx().await?;
-            let claimed = query("UPDATE tessera_mail SET claimed_until = $1, claimed_by = $4 WHERE id = $2 AND state = 'pending' AND claimed_until <= $3")
-                .bind(now + CLAIM.as_millis() as i64)
-                .bind(&id)
-                .bind(now)
-                .bind(name)
-                .execute(&mut *tx)
-                .await?;
+            let claimed = query(
+                "UPDATE tessera_mail SET claimed_until = $1, claimed_by = $4
+                 WHERE id = $2 AND state = 'pending' AND claimed_until <= $3 AND next_at <= $3 AND attempts = $5",
+            )
+            .bind(now + CLAIM.as_millis() as i64)
+            .bind(&id)
+            .bind(now)
+            .bind(name)
+            .bind(attempts)
+            .execute(&mut *tx)
+            .await?;
             tx.commit().await?;
             if claimed.rows_affected() == 0 {
                 continue;
