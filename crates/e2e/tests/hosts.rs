@@ -735,9 +735,16 @@ async fn a_distributed_system_across_hosts_loses_nothing_when_a_host_dies() {
             .join("\n")
     };
     let deadline = Instant::now() + Duration::from_secs(60);
-    for gateway in &gateways {
+    // Up: every gateway reaches catalog and auth (each service registers on its own time;
+    // catalog answering says nothing of auth).
+    for url in gateways.iter().flat_map(|gateway| {
+        [
+            format!("{gateway}/api/catalog/products?limit=1"),
+            format!("{gateway}/api/auth/.well-known/jwks.json"),
+        ]
+    }) {
         while !http
-            .get(format!("{gateway}/api/catalog/products?limit=1"))
+            .get(&url)
             .send()
             .await
             .is_ok_and(|r| r.status().is_success())
