@@ -66,10 +66,10 @@ impl Forwarder {
         let passport = match caller {
             Some(v) => self
                 .keys
-                .mint_header(ISSUER, &v.sub, &v.roles, v.sid.as_deref(), trace),
+                .mint_bytes(ISSUER, &v.sub, &v.roles, v.sid.as_deref(), trace),
             None => self
                 .keys
-                .mint_header(ISSUER, passport::ANONYMOUS, &[], None, trace),
+                .mint_bytes(ISSUER, passport::ANONYMOUS, &[], None, trace),
         };
         let replayable =
             tessera::resilience::may_repeat(&req.method, req.fields.contains("idempotency-key"));
@@ -89,7 +89,7 @@ impl Forwarder {
             ("sec-websocket-protocol", protocols.as_bytes()),
         ];
         let extra_all = [
-            (passport::HEADER, passport.as_bytes()),
+            (passport::HEADER, &passport[..]),
             ("x-forwarded-for", forwarding.x_forwarded_for.as_bytes()),
             ("forwarded", forwarding.forwarded.as_bytes()),
             ("x-forwarded-proto", forwarding.proto),

@@ -160,7 +160,8 @@ impl Gateway {
         let mut span = Span::open(&trace, parent.map(|p| p.span_id), "request", Kind::Server);
         let mut trace_hex = [0u8; 32];
         let trace_id = tessera::trace::hex(&trace.trace_id, &mut trace_hex);
-        let traceparent = trace.header_value();
+        let mut traceparent = [0u8; 55];
+        trace.write_header(&mut traceparent);
         let table = self.routes.load_full();
         let route = table.find(req.path);
         // Static files (`files.rs`), where their prefix is the longest to match.
@@ -180,7 +181,7 @@ impl Gateway {
             Ok(f) => (f.status, f.body, Some(f.upstream), f.tunnel),
             Err(e) => (e.status, wrap::refusal(&e, trace_id, headers), None, None),
         };
-        headers.push(b"traceparent", traceparent.as_bytes());
+        headers.push(b"traceparent", &traceparent);
         headers.push(b"x-trace-id", trace_id.as_bytes());
         let label = match mount {
             Some(mount) => Some(mount.label.clone()),
@@ -189,10 +190,10 @@ impl Gateway {
         if span.is_recording() {
             match &label {
                 Some(label) => {
-                    span.name_pair(&req.method, label.clone());
+                    span.name_pair(req.method.as_str(), label);
                     span.set("http.route", label);
                 }
-                None => span.name_pair(&req.method, "(no route)"),
+                None => span.name_pair(req.method.as_str(), "(no route)"),
             }
             span.set("http.request.method", &req.method);
             span.set("url.path", req.path);

@@ -122,7 +122,7 @@ impl Upstream {
                 async move {
                     let (mut span, attempt_trace) = Span::child_of(trace, "forward", Kind::Client);
                     if span.is_recording() {
-                        span.name_pair(req.method, self.label.clone());
+                        span.name_pair(req.method.as_str(), &self.label);
                         span.set("http.request.method", req.method);
                         span.set("peer.service", &self.label);
                         span.set("tessera.instance", &instance.id);

@@ -314,10 +314,7 @@ mod tests {
             span(1, Name::Static("db transaction"), None, Vec::new()),
             span(
                 2,
-                Name::Pair(
-                    Value::Str("GET"),
-                    Value::Shared(Arc::from("/api/orders/{id}")),
-                ),
+                Name::joined("GET", "/api/orders/{id}"),
                 Some("answered with a server error"),
                 vec![
                     ("http.response.status_code", Value::Int(500)),

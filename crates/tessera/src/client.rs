@@ -345,8 +345,7 @@ impl ServiceClient {
                     // instance does: retries show as siblings.
                     let (mut span, attempt) = Span::child_of(trace, "call", Kind::Client);
                     if span.is_recording() {
-                        let service: Arc<str> = Arc::from(service);
-                        span.name_pair(method, service.clone());
+                        span.name_pair(method.as_str(), service);
                         span.set("http.request.method", method);
                         span.set("peer.service", service);
                         span.set("tessera.instance", &chosen.id);

@@ -198,7 +198,9 @@ impl PassportKeys {
             .expect("a passport is base64url and dots")
     }
 
-    fn mint_bytes(
+    /// [`Self::mint`]'s token as bytes (ASCII): what a request's head takes as it is, with no
+    /// header value made (and checked byte by byte) of it.
+    pub fn mint_bytes(
         &self,
         issuer: &str,
         sub: &str,

@@ -659,8 +659,7 @@ where
             let status = response.status().as_u16();
             let route = route.as_ref().map_or("unmatched", |m| m.as_str());
             if span.is_recording() {
-                let route: Arc<str> = Arc::from(route);
-                span.name_pair(&method, route.clone());
+                span.name_pair(method.as_str(), route);
                 span.set("http.request.method", &method);
                 span.set("http.route", route);
                 span.set("http.response.status_code", status);

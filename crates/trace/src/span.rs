@@ -44,15 +44,6 @@ pub enum Value<'a> {
 }
 
 impl Value<'_> {
-    /// The value as text (numbers and booleans written out).
-    pub fn display(&self) -> Cow<'_, str> {
-        match self {
-            Value::Int(n) => Cow::Owned(n.to_string()),
-            Value::Bool(b) => Cow::Borrowed(if *b { "true" } else { "false" }),
-            other => Cow::Borrowed(other.as_str().unwrap_or_default()),
-        }
-    }
-
     pub fn as_str(&self) -> Option<&str> {
         match self {
             Value::Str(s) => Some(s),
@@ -106,23 +97,26 @@ impl From<u32> for Value<'_> {
 impl From<&http::Method> for Value<'static> {
     /// The standard methods as static strings (no copy), others copied.
     fn from(m: &http::Method) -> Self {
-        use http::Method;
-        // Compared as methods (a tag each), not as strings.
-        for (known, name) in [
-            (Method::GET, "GET"),
-            (Method::POST, "POST"),
-            (Method::PUT, "PUT"),
-            (Method::DELETE, "DELETE"),
-            (Method::PATCH, "PATCH"),
-            (Method::HEAD, "HEAD"),
-            (Method::OPTIONS, "OPTIONS"),
-        ] {
-            if *m == known {
-                return Value::Str(name);
-            }
+        match method_name(m) {
+            Some(name) => Value::Str(name),
+            None => Value::Text(m.as_str().to_string()),
         }
-        Value::Text(m.as_str().to_string())
     }
+}
+
+/// A standard method's name, as a static string.
+fn method_name(m: &http::Method) -> Option<&'static str> {
+    use http::Method;
+    Some(match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => return None,
+    })
 }
 impl From<bool> for Value<'_> {
     fn from(b: bool) -> Self {
@@ -130,23 +124,56 @@ impl From<bool> for Value<'_> {
     }
 }
 
-/// A span's name: static, made, or two parts joined by a space when exported (`GET
-/// /api/orders` from a static method and a shared route: nothing is formatted per request).
+/// A span's name: static, made, or two parts joined by a space (`GET /api/orders`), written
+/// out when set: nothing is formatted, allocated or shared (a route's label is not cloned)
+/// for a request's name.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Name {
     Static(&'static str),
     Text(String),
-    Pair(Value<'static>, Value<'static>),
+    Joined(Joined),
 }
 
+/// Two parts of a name and the space between them, inline.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Joined {
+    len: u8,
+    bytes: [u8; JOINED],
+}
+
+/// Bytes of a joined name kept inline (a longer one is a [`Name::Text`]).
+const JOINED: usize = 95;
+
 impl Name {
+    /// `<first> <second>`.
+    pub fn joined(first: &str, second: &str) -> Name {
+        let len = first.len() + 1 + second.len();
+        if len > JOINED {
+            return Name::Text(format!("{first} {second}"));
+        }
+        let mut bytes = [0; JOINED];
+        bytes[..first.len()].copy_from_slice(first.as_bytes());
+        bytes[first.len()] = b' ';
+        bytes[first.len() + 1..len].copy_from_slice(second.as_bytes());
+        Name::Joined(Joined {
+            len: len as u8,
+            bytes,
+        })
+    }
+
+    /// The name's bytes, as exported.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Name::Static(s) => s.as_bytes(),
+            Name::Text(s) => s.as_bytes(),
+            Name::Joined(j) => &j.bytes[..usize::from(j.len)],
+        }
+    }
+
     /// The name as exported.
     pub fn to_text(&self) -> Cow<'_, str> {
-        match self {
-            Name::Static(s) => Cow::Borrowed(s),
-            Name::Text(s) => Cow::Borrowed(s),
-            Name::Pair(a, b) => Cow::Owned(format!("{} {}", a.display(), b.display())),
-        }
+        // Joined from two strings at a space: UTF-8.
+        String::from_utf8_lossy(self.as_bytes())
     }
 }
 
@@ -377,14 +404,10 @@ impl Span {
         }
     }
 
-    /// Names the span `<first> <second>` (`GET /api/orders`), joined only when exported.
-    pub fn name_pair(
-        &mut self,
-        first: impl Into<Value<'static>>,
-        second: impl Into<Value<'static>>,
-    ) {
+    /// Names the span `<first> <second>` (`GET /api/orders`).
+    pub fn name_pair(&mut self, first: &str, second: &str) {
         if let Some(data) = &mut self.data {
-            data.name = Name::Pair(first.into(), second.into());
+            data.name = Name::joined(first, second);
         }
     }
 

@@ -10,7 +10,7 @@
 //! structs cost a dozen allocations per span. `tessera-telemetry`'s tests decode what this
 //! writes with those structs and compare it with their own encoding.
 
-use super::{Kind, Name, SpanData, Value};
+use super::{Kind, SpanData, Value};
 
 /// Where bytes are written: the sink's scratch buffer, or a span's inline attributes.
 pub(crate) trait Out {
@@ -181,14 +181,6 @@ fn key_value_len(k: &str, v: &Value<'_>) -> usize {
     len_field(k.len()) + len_field(any_len(v))
 }
 
-fn name_len(name: &Name) -> usize {
-    match name {
-        Name::Static(n) => n.len(),
-        Name::Text(n) => n.len(),
-        Name::Pair(a, b) => a.display().len() + 1 + b.display().len(),
-    }
-}
-
 /// `Status { message = 2, code = 3 }`'s body length: ERROR with its message, else UNSET (empty).
 fn status_len(s: &SpanData) -> usize {
     match &s.error {
@@ -203,7 +195,7 @@ fn span_len(s: &SpanData) -> usize {
     if s.parent != [0; 8] {
         n += len_field(8);
     }
-    n += len_field(name_len(&s.name));
+    n += len_field(s.name.as_bytes().len());
     n += 2 + 9 + 9; // kind, start, end
     n += s.attributes.as_bytes().len();
     n += len_field(status_len(s));
@@ -217,17 +209,7 @@ fn write_span(s: &SpanData, out: &mut Vec<u8>) {
     if s.parent != [0; 8] {
         bytes_field(4, &s.parent, out);
     }
-    key(5, LEN, out);
-    varint(name_len(&s.name) as u64, out);
-    match &s.name {
-        Name::Static(n) => out.extend_from_slice(n.as_bytes()),
-        Name::Text(n) => out.extend_from_slice(n.as_bytes()),
-        Name::Pair(a, b) => {
-            out.extend_from_slice(a.display().as_bytes());
-            out.push(b' ');
-            out.extend_from_slice(b.display().as_bytes());
-        }
-    }
+    bytes_field(5, s.name.as_bytes(), out);
     key(6, VARINT, out);
     out.push(s.kind as u8);
     key(7, FIXED64, out);
