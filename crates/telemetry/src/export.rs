@@ -78,6 +78,8 @@ fn start_once(resource: Resource, settings: Settings) -> Handle {
     std::thread::Builder::new()
         .name("tessera-export".into())
         .spawn(move || {
+            // Spans read the wall clock until this is done, and the counter after.
+            span::calibrate_clock();
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
