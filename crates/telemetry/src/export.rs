@@ -1,6 +1,8 @@
 //! The exporter: every [`Settings::every`] it takes the ended spans from the process's sink
-//! (already OTLP bytes, written as each span ended), wraps them in a request's envelope once,
-//! and posts the body to each target; on a thread of its own, off the process's event loop.
+//! (already OTLP bytes, written as each span ended), writes the request's envelope for them,
+//! and posts the two, one after the other, to each target: the batch is sent from the buffer
+//! the spans were written into, never copied into a body of its own. On a thread of its own,
+//! off the process's event loop.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -101,7 +103,7 @@ struct Held {
     target: Target,
     traces_url: String,
     logs_url: String,
-    waiting: VecDeque<(Signal, Bytes)>,
+    waiting: VecDeque<(Signal, Payload)>,
     bytes: usize,
     /// Whether the last post failed (logged once per outage).
     failing: bool,
@@ -144,10 +146,29 @@ async fn run(resource: Resource, settings: Settings, handle: Handle) {
         }
         if spans.spans > 0 {
             metrics::counter!("tessera_spans_exported_total").increment(spans.spans as u64);
-            for part in otlp::parts(&spans.bytes, PER_REQUEST) {
-                let mut body = buffers.take();
-                encoder.encode(part, &mut body);
-                hold(&mut targets, Signal::Traces, buffers.body(body));
+            if spans.bytes.len() <= PER_REQUEST {
+                // The usual batch: its buffer goes out as it is, after the envelope, and comes
+                // back to `buffers` once sent; the sink gets a spare one in its place.
+                let mut head = Vec::new();
+                encoder.head(spans.bytes.len(), &mut head);
+                let mut spare = buffers.take();
+                spare.reserve(span::FLUSH_AT + 64 * 1024);
+                let batch = std::mem::replace(&mut spans.bytes, spare);
+                let payload = Payload {
+                    head: Bytes::from(head),
+                    rest: buffers.body(batch),
+                };
+                hold(&mut targets, Signal::Traces, payload);
+            } else {
+                for part in otlp::parts(&spans.bytes, PER_REQUEST) {
+                    let mut body = buffers.take();
+                    encoder.encode(part, &mut body);
+                    hold(
+                        &mut targets,
+                        Signal::Traces,
+                        Payload::whole(buffers.body(body)),
+                    );
+                }
             }
         }
         logs::sink().take(&mut lines);
@@ -161,7 +182,7 @@ async fn run(resource: Resource, settings: Settings, handle: Handle) {
                 hold(
                     &mut targets,
                     Signal::Logs,
-                    Bytes::from(otlp::encode_logs(&resource, part)),
+                    Payload::whole(Bytes::from(otlp::encode_logs(&resource, part))),
                 );
             }
             lines.clear();
@@ -224,8 +245,54 @@ impl Drop for Body {
     }
 }
 
+/// A request's body: a head, and the bytes after it (a batch of spans, in the buffer the
+/// sink wrote them into), sent one after the other with their length (`Content-Length`).
+#[derive(Clone, Debug, Default)]
+struct Payload {
+    head: Bytes,
+    rest: Bytes,
+}
+
+impl Payload {
+    /// A body in one piece.
+    fn whole(body: Bytes) -> Self {
+        Payload {
+            head: Bytes::new(),
+            rest: body,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.head.len() + self.rest.len()
+    }
+}
+
+impl http_body::Body for Payload {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let next = match self.head.is_empty() {
+            false => std::mem::take(&mut self.head),
+            true => std::mem::take(&mut self.rest),
+        };
+        std::task::Poll::Ready((!next.is_empty()).then(|| Ok(http_body::Frame::data(next))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.len() as u64)
+    }
+}
+
 /// Queues `body` for every target, each holding at most [`HELD_BYTES`] (the oldest go).
-fn hold(targets: &mut [Held], signal: Signal, body: Bytes) {
+fn hold(targets: &mut [Held], signal: Signal, body: Payload) {
     for held in targets {
         held.bytes += body.len();
         held.waiting.push_back((signal, body.clone()));
@@ -249,7 +316,7 @@ async fn send(held: &mut Held) {
             .post(url)
             .header("content-type", "application/x-protobuf")
             .timeout(Duration::from_secs(2))
-            .body(body.clone())
+            .body(reqwest::Body::wrap(body.clone()))
             .send()
             .await;
         let ok = match sent {
@@ -286,6 +353,66 @@ async fn send(held: &mut Held) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_batch_goes_after_its_head_with_its_length() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let received = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            // The head, then as many bytes as it says.
+            let (head, length) = loop {
+                let n = conn.read(&mut buf).await.unwrap();
+                got.extend_from_slice(&buf[..n]);
+                if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8(got[..end].to_vec()).unwrap();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .expect("a Content-Length, not chunks")
+                        .parse()
+                        .unwrap();
+                    got.drain(..end + 4);
+                    break (head, length);
+                }
+            };
+            while got.len() < length {
+                let n = conn.read(&mut buf).await.unwrap();
+                got.extend_from_slice(&buf[..n]);
+            }
+            conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            (head, got)
+        });
+        let target = Target {
+            base,
+            http: reqwest::Client::new(),
+        };
+        let mut held = Held {
+            traces_url: target.traces_url(),
+            logs_url: target.logs_url(),
+            target,
+            waiting: VecDeque::new(),
+            bytes: 0,
+            failing: false,
+        };
+        let batch: Vec<u8> = (0..100_000u32).map(|n| n as u8).collect();
+        let payload = Payload {
+            head: Bytes::from_static(b"envelope:"),
+            rest: Bytes::from(batch.clone()),
+        };
+        hold(std::slice::from_mut(&mut held), Signal::Traces, payload);
+        send(&mut held).await;
+        let (head, body) = received.await.unwrap();
+        assert!(head.starts_with("POST /v1/traces "), "{head}");
+        assert_eq!(&body[..9], b"envelope:");
+        assert_eq!(&body[9..], &batch[..]);
+        assert!(held.waiting.is_empty() && held.bytes == 0 && !held.failing);
+    }
 
     #[test]
     fn a_body_s_buffer_comes_back_once_every_copy_is_dropped() {

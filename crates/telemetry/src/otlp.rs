@@ -46,20 +46,27 @@ impl Encoder {
     /// `spans` (`ScopeSpans.spans` entries) as one request's body, written into `out`
     /// (cleared first).
     pub fn encode(&self, spans: &[u8], out: &mut Vec<u8>) {
+        self.head(spans.len(), out);
+        out.extend_from_slice(spans);
+    }
+
+    /// What comes before `len` bytes of spans in a request's body, written into `out` (cleared
+    /// first): the exporter sends it and the sink's bytes as they are, one after the other,
+    /// rather than copying a batch into a body of its own.
+    pub fn head(&self, len: usize, out: &mut Vec<u8>) {
         // ExportTraceServiceRequest { resource_spans = 1: ResourceSpans { resource = 1,
         // scope_spans = 2: ScopeSpans { scope = 1, spans = 2… } } }
-        let scope_spans = (self.scope.len() + spans.len()) as u64;
+        let scope_spans = (self.scope.len() + len) as u64;
         let resource_spans =
             self.resource.len() as u64 + 1 + encoded_len_varint(scope_spans) as u64 + scope_spans;
         out.clear();
-        out.reserve(resource_spans as usize + 16);
+        out.reserve(self.resource.len() + self.scope.len() + 32);
         encode_key(1, WireType::LengthDelimited, out);
         encode_varint(resource_spans, out);
         out.extend_from_slice(&self.resource);
         encode_key(2, WireType::LengthDelimited, out);
         encode_varint(scope_spans, out);
         out.extend_from_slice(&self.scope);
-        out.extend_from_slice(spans);
     }
 }
 
