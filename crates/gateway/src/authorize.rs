@@ -47,6 +47,7 @@ mod tests {
             sid: None,
             exp: u64::MAX,
             cached_until: u64::MAX,
+            passport: Default::default(),
         }
     }
 

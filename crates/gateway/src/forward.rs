@@ -46,6 +46,8 @@ pub struct Forwarder {
     /// For a whole call, retries included.
     pub timeout: Duration,
     pub max_response: u64,
+    /// What an anonymous caller's passports begin with (`Forwarder::passport`).
+    pub anonymous: std::sync::OnceLock<passport::Prefix>,
 }
 
 impl Forwarder {
@@ -63,14 +65,7 @@ impl Forwarder {
             .discovery
             .instances(&route.service)
             .unwrap_or_else(|| Arc::from(Vec::new()));
-        let passport = match caller {
-            Some(v) => self
-                .keys
-                .mint_bytes(ISSUER, &v.sub, &v.roles, v.sid.as_deref(), trace),
-            None => self
-                .keys
-                .mint_bytes(ISSUER, passport::ANONYMOUS, &[], None, trace),
-        };
+        let passport = self.passport(caller, trace);
         let replayable =
             tessera::resilience::may_repeat(&req.method, req.fields.contains("idempotency-key"));
         let forwarding = self.proxies.fields(req.peer, req.secure, &req.fields);
@@ -140,6 +135,22 @@ impl Forwarder {
             });
         }
         result
+    }
+}
+
+impl Forwarder {
+    /// The passport for `caller` (anonymous if none) in `trace`: from what every passport of
+    /// that caller begins with, made on its first request and kept with its token (or here,
+    /// for the anonymous), so a request only writes and signs its own claims.
+    pub(crate) fn passport(&self, caller: Option<&Verified>, trace: &TraceContext) -> Vec<u8> {
+        let (sub, roles, sid, prefix): (&str, &[String], _, _) = match caller {
+            Some(v) => (&v.sub, &v.roles, v.sid.as_deref(), &v.passport),
+            None => (passport::ANONYMOUS, &[], None, &self.anonymous),
+        };
+        let prefix = prefix.get_or_init(|| self.keys.prefix(ISSUER, sub, roles, sid));
+        self.keys
+            .mint_with(prefix, trace)
+            .unwrap_or_else(|| self.keys.mint_bytes(ISSUER, sub, roles, sid, trace))
     }
 }
 
@@ -358,6 +369,7 @@ mod tests {
             sid: Some("s1".into()),
             exp: u64::MAX,
             cached_until: u64::MAX,
+            passport: Default::default(),
         };
         let trace = TraceContext::new_root();
         let route = route("catalog", AuthMode::Public, &[]);

@@ -214,20 +214,9 @@ impl Gateway {
             .discovery
             .instances(&route.service)
             .unwrap_or_else(|| Arc::from(Vec::new()));
-        let passport = match caller {
-            Some(v) => forwarder.keys.mint_header(
-                forward::ISSUER,
-                &v.sub,
-                &v.roles,
-                v.sid.as_deref(),
-                trace,
-            ),
-            None => {
-                forwarder
-                    .keys
-                    .mint_header(forward::ISSUER, passport::ANONYMOUS, &[], None, trace)
-            }
-        };
+        let passport =
+            HeaderValue::from_maybe_shared(Bytes::from(forwarder.passport(caller, trace)))
+                .expect("a passport is base64url and dots");
         let forwarding = forwarder.proxies.fields(req.peer, req.secure, &req.fields);
         let mut headers = http::HeaderMap::with_capacity(parts.headers.len() + 6);
         for (name, value) in &parts.headers {

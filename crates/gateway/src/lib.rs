@@ -169,6 +169,7 @@ pub async fn serve(
             proxies: forwarded::TrustedProxies::new(&manifest.gateway.trusted_proxies),
             timeout: Duration::from_millis(manifest.gateway.upstream_timeout_ms),
             max_response: manifest.gateway.max_response_bytes,
+            anonymous: Default::default(),
         },
         tunnel_idle: Duration::from_millis(manifest.gateway.websocket_idle_timeout_ms),
         tunnel_max: Duration::from_millis(manifest.gateway.websocket_max_ms),

@@ -241,6 +241,7 @@ pub fn forwarder(service: &str, address: &str) -> Forwarder {
         proxies: Default::default(),
         timeout: Duration::from_secs(2),
         max_response: 1 << 20,
+        anonymous: Default::default(),
     }
 }
 

@@ -18,13 +18,14 @@
 //!   immediacy on the gateway that served the logout).
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use tessera::ServiceClient;
 use tessera::jwks::Jwks;
+use tessera::passport::Prefix;
 use tessera_manifest as manifest;
 
 /// Past this many cached tokens the cache is emptied (a bound, not an LRU: verifying again
@@ -48,6 +49,9 @@ pub struct Verified {
     pub exp: u64,
     /// Until when (unix seconds) the cache may answer for it.
     pub cached_until: u64,
+    /// What every passport minted for it begins with, made on its first request
+    /// (`forward.rs`): kept with the token, it lives as long as the token is cached.
+    pub passport: OnceLock<Prefix>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -184,6 +188,7 @@ impl TokenVerifier {
             sid: claims.sid,
             exp: claims.exp,
             cached_until: tessera::unix_now() + CACHE_FOR.as_secs(),
+            passport: OnceLock::new(),
         });
         let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
         if cache.len() >= CACHE_LIMIT {
@@ -403,6 +408,7 @@ mod tests {
                 sid: None,
                 exp: u64::MAX,
                 cached_until: u64::MAX,
+                passport: OnceLock::new(),
             }),
         );
         assert_eq!(verifier.verify("t").await.unwrap().sub, "ann");
@@ -429,6 +435,7 @@ mod tests {
                     sid: v.sid.clone(),
                     exp: v.exp,
                     cached_until: tessera::unix_now(),
+                    passport: OnceLock::new(),
                 }),
             );
         }
