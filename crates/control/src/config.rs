@@ -386,12 +386,7 @@ impl Config {
                 )
             })?;
         let body = json!({ "values": values, "changed": changed });
-        let call: Call<'_> = Call {
-            method: reqwest::Method::POST,
-            path: "/status/config/check",
-            query: None,
-            body: Some(&body),
-        };
+        let call = Call::new(reqwest::Method::POST, "/status/config/check").with_body(&body);
         let (status, answer) = self.inner.operator.call(caller, &instance, call).await?;
         match status {
             StatusCode::OK => Ok(()),

@@ -69,12 +69,7 @@ async fn reload(State(gateways): State<Gateways>, caller: Caller) -> Result<Resp
     let mut refused: Option<String> = None;
     let mut unreachable: Option<String> = None;
     for admin in gateways.admins.iter() {
-        let call = Call::<()> {
-            method: reqwest::Method::POST,
-            path: "/admin/reload",
-            query: None,
-            body: None,
-        };
+        let call = Call::new(reqwest::Method::POST, "/admin/reload");
         let answer = gateways
             .operator
             .call_gateway(&caller, &admin.id, &admin.address, call)

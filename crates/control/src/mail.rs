@@ -42,22 +42,6 @@ impl Mail {
             .filter_map(|instances| instances.into_iter().find(sends))
             .collect()
     }
-
-    async fn call(
-        &self,
-        caller: &Caller,
-        instance: &Instance,
-        method: reqwest::Method,
-        path: &str,
-    ) -> Result<(StatusCode, Value), ApiError> {
-        let call = Call::<()> {
-            method,
-            path,
-            query: None,
-            body: None,
-        };
-        self.operator.call(caller, instance, call).await
-    }
 }
 
 fn sends(instance: &Instance) -> bool {
@@ -76,9 +60,10 @@ pub fn routes(mail: Mail) -> Router {
 async fn list(State(mail): State<Mail>, caller: Caller) -> Result<Response, ApiError> {
     caller.may_inspect()?;
     let instances = mail.senders();
-    let asks = instances
-        .iter()
-        .map(|i| mail.call(&caller, i, reqwest::Method::GET, "/status/mail"));
+    let asks = instances.iter().map(|i| {
+        let call = Call::new(reqwest::Method::GET, "/status/mail");
+        mail.operator.call(&caller, i, call)
+    });
     let answers = futures_util::future::join_all(asks).await;
     let services: Vec<Value> = instances
         .iter()
@@ -109,14 +94,8 @@ async fn requeue(
         .into_iter()
         .find(|i| i.service == service)
         .ok_or_else(|| ApiError::not_found(format!("no instance of {service} sends mail")))?;
-    let answer = mail
-        .call(
-            &caller,
-            &instance,
-            reqwest::Method::POST,
-            "/status/mail/requeue",
-        )
-        .await;
+    let call = Call::new(reqwest::Method::POST, "/status/mail/requeue");
+    let answer = mail.operator.call(&caller, &instance, call).await;
     let outcome = match &answer {
         Ok((status, body)) => format!("{} {}", status.as_u16(), body["requeued"]),
         Err(e) => e.message.clone(),

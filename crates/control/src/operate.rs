@@ -38,6 +38,38 @@ pub struct Call<'a, Q: serde::Serialize = ()> {
     pub body: Option<&'a Value>,
 }
 
+impl<'a> Call<'a> {
+    /// `method path`, with no query or body.
+    pub fn new(method: reqwest::Method, path: &'a str) -> Self {
+        Call {
+            method,
+            path,
+            query: None,
+            body: None,
+        }
+    }
+}
+
+impl<'a, Q: serde::Serialize> Call<'a, Q> {
+    /// The same call, with `query` as its query string.
+    pub fn with_query<R: serde::Serialize>(self, query: &'a R) -> Call<'a, R> {
+        Call {
+            method: self.method,
+            path: self.path,
+            query: Some(query),
+            body: self.body,
+        }
+    }
+
+    /// The same call, with `body` (JSON).
+    pub fn with_body(self, body: &'a Value) -> Self {
+        Call {
+            body: Some(body),
+            ..self
+        }
+    }
+}
+
 impl Operator {
     pub fn new(keys: Option<Arc<PassportKeys>>) -> Self {
         Self { keys }

@@ -14,7 +14,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde_json::{Value, json};
+use serde_json::json;
 use tessera::ApiError;
 use tessera::registry::Instance;
 
@@ -32,24 +32,6 @@ pub struct Sagas {
 impl Sagas {
     pub fn new(registry: Registry, operator: Operator) -> Self {
         Self { registry, operator }
-    }
-
-    /// Calls `path` on `instance` as `caller`.
-    async fn call(
-        &self,
-        caller: &Caller,
-        instance: &Instance,
-        method: reqwest::Method,
-        path: &str,
-        query: Option<&ListQuery>,
-    ) -> Result<(StatusCode, Value), ApiError> {
-        let call = Call {
-            method,
-            path,
-            query,
-            body: None,
-        };
-        self.operator.call(caller, instance, call).await
     }
 
     /// The instance of `service` to ask: the first registered that orchestrates sagas.
@@ -104,13 +86,8 @@ async fn list(
         .filter_map(|instances| instances.into_iter().find(orchestrates))
         .collect();
     let asks = instances.iter().map(|i| {
-        sagas.call(
-            &caller,
-            i,
-            reqwest::Method::GET,
-            "/status/sagas",
-            Some(&query),
-        )
+        let call = Call::new(reqwest::Method::GET, "/status/sagas").with_query(&query);
+        sagas.operator.call(&caller, i, call)
     });
     let answers = futures_util::future::join_all(asks).await;
     let mut services = Vec::new();
@@ -155,7 +132,8 @@ async fn one(
     let path = format!("/status/sagas/{}/{}", segment(&name)?, segment(&id)?);
     Ok(relay(
         sagas
-            .call(&caller, &instance, reqwest::Method::GET, &path, None)
+            .operator
+            .call(&caller, &instance, Call::new(reqwest::Method::GET, &path))
             .await?,
     ))
 }
@@ -180,9 +158,8 @@ async fn act(
         segment(&name)?,
         segment(&id)?
     );
-    let answer = sagas
-        .call(&caller, &instance, reqwest::Method::POST, &path, None)
-        .await;
+    let call = Call::new(reqwest::Method::POST, &path);
+    let answer = sagas.operator.call(&caller, &instance, call).await;
     let outcome = match &answer {
         Ok((status, _)) => status.as_u16().to_string(),
         Err(e) => e.message.clone(),

@@ -284,15 +284,13 @@ async fn a_news_item_reaches_every_holder_of_its_sector_once_across_a_kill_of_al
         ("Technology", "A new phone"),
         ("Technology", "A recall"),
     ] {
-        let (status, body) = sys
-            .post(
-                "/api/market/news",
-                Some(&admin),
+        let item = sys
+            .publish_news(
+                &admin,
                 json!({ "sector": sector, "headline": headline, "sentiment": 0.5 }),
             )
             .await;
-        assert_eq!(status, 201, "{body}");
-        news.push((sector, body["data"]["id"].as_str().unwrap().to_string()));
+        news.push((sector, item["id"].as_str().unwrap().to_string()));
         // alerts is killed after the second, signals (Python) after the third.
         let victim = match news.len() {
             2 => "alerts-1",
@@ -562,17 +560,7 @@ async fn each_signal_change_reaches_the_members_following_its_ticker_once() {
         assert!(resp.status().is_success(), "{}", resp.status());
     }
     let admin = sys.admin().await;
-    sys.wait_until(
-        Duration::from_secs(30),
-        "alerts to know the follows",
-        || async {
-            let (_, body) = sys
-                .get("/api/alerts/audience?ticker=UTI01", Some(&admin))
-                .await;
-            body["data"]["members"] == 1
-        },
-    )
-    .await;
+    sys.wait_for_audience(&admin, "ticker=UTI01", 1).await;
     let (_, follows) = sys.get("/api/portfolio/follows", Some(&token)).await;
     assert_eq!(follows["data"].as_array().unwrap().len(), followed.len());
 
@@ -644,20 +632,11 @@ async fn the_dashboard_shows_holdings_a_chart_news_and_alerts_in_a_real_browser(
     let sys = invest(vec![("market", "MARKET_TICK_MS", "200".into())]).await;
     let (token, _) = sys.new_user().await;
     for (ticker, quantity) in [("TEC01", 5), ("ENE01", 3)] {
-        let (status, body) = sys
-            .post(
-                "/api/portfolio/trades",
-                Some(&token),
-                json!({ "ticker": ticker, "side": "buy", "quantity": quantity }),
-            )
-            .await;
-        assert_eq!(status, 201, "{body}");
+        sys.buy(&token, ticker, quantity).await;
     }
     let admin = sys.admin().await;
-    let (status, body) = sys
-        .post("/api/market/news", Some(&admin), json!({ "sector": "Technology", "headline": "Chips rally on a new design", "sentiment": 0.7 }))
+    sys.publish_news(&admin, json!({ "sector": "Technology", "headline": "Chips rally on a new design", "sentiment": 0.7 }))
         .await;
-    assert_eq!(status, 201, "{body}");
     sys.wait_until(
         Duration::from_secs(30),
         "the member's alert, and TEC01's signal",
@@ -921,26 +900,9 @@ async fn a_members_alerts_arrive_live_on_a_websocket_opened_as_a_browser_opens_o
     use tokio::io::AsyncBufReadExt;
     let sys = invest(Vec::new()).await;
     let (token, _) = sys.new_user().await;
-    let (status, body) = sys
-        .post(
-            "/api/portfolio/trades",
-            Some(&token),
-            json!({ "ticker": "MAT01", "side": "buy", "quantity": 2 }),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    sys.buy(&token, "MAT01", 2).await;
     let admin = sys.admin().await;
-    sys.wait_until(
-        Duration::from_secs(30),
-        "alerts to know the holder",
-        || async {
-            let (_, body) = sys
-                .get("/api/alerts/audience?sector=Materials", Some(&admin))
-                .await;
-            body["data"]["members"] == 1
-        },
-    )
-    .await;
+    sys.wait_for_audience(&admin, "sector=Materials", 1).await;
 
     // The token goes as a subprotocol (a browser cannot set Authorization on a WebSocket).
     let live = format!(
@@ -965,20 +927,15 @@ async fn a_members_alerts_arrive_live_on_a_websocket_opened_as_a_browser_opens_o
     );
     assert_eq!(next_line(&mut out).await["frame"]["type"], "ready");
     assert_eq!(next_line(&mut out).await["frame"]["type"], "pong");
-    let (status, news) = sys
-        .post(
-            "/api/market/news",
-            Some(&admin),
+    let news = sys
+        .publish_news(
+            &admin,
             json!({ "sector": "Materials", "headline": "Copper climbs", "sentiment": 0.4 }),
         )
         .await;
-    assert_eq!(status, 201, "{news}");
     let alert = next_line(&mut out).await;
     assert_eq!(alert["frame"]["type"], "alert", "{alert}");
-    assert_eq!(
-        alert["frame"]["data"]["source"], news["data"]["id"],
-        "{alert}"
-    );
+    assert_eq!(alert["frame"]["data"]["source"], news["id"], "{alert}");
     assert_eq!(
         alert["frame"]["data"]["title"],
         "News for Materials, which you hold"
@@ -1042,34 +999,14 @@ async fn invest_runs_on_the_distributed_profile_with_a_nats_user_per_service() {
             .unwrap();
         assert!(resp.status().is_success(), "{}", resp.status());
     }
-    let (status, body) = sys
-        .post(
-            "/api/portfolio/trades",
-            Some(&token),
-            json!({ "ticker": "UTI03", "side": "buy", "quantity": 1 }),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    sys.buy(&token, "UTI03", 1).await;
     let admin = sys.admin().await;
-    sys.wait_until(
-        Duration::from_secs(30),
-        "alerts to know the member",
-        || async {
-            let (_, body) = sys
-                .get("/api/alerts/audience?sector=Utilities", Some(&admin))
-                .await;
-            body["data"]["members"] == 1
-        },
+    sys.wait_for_audience(&admin, "sector=Utilities", 1).await;
+    sys.publish_news(
+        &admin,
+        json!({ "sector": "Utilities", "headline": "Grid upgrade", "sentiment": 0.2 }),
     )
     .await;
-    let (status, body) = sys
-        .post(
-            "/api/market/news",
-            Some(&admin),
-            json!({ "sector": "Utilities", "headline": "Grid upgrade", "sentiment": 0.2 }),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
     let (ok, out, err) = sys
         .cli_async(&["config", "set", "market", "MARKET_TICK_MS", "100"])
         .await;

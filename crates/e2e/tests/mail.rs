@@ -273,35 +273,16 @@ async fn every_alert_is_one_email_to_its_member_across_a_kill_of_the_sender() {
     for _ in 0..HOLDERS {
         let (token, email, _) = person(&sys).await;
         holders.insert(email);
-        let (status, body) = sys
-            .post(
-                "/api/portfolio/trades",
-                Some(&token),
-                json!({ "ticker": "UTI03", "side": "buy", "quantity": 1 }),
-            )
-            .await;
-        assert_eq!(status, 201, "{body}");
+        sys.buy(&token, "UTI03", 1).await;
     }
     let admin = sys.admin().await;
-    sys.wait_until(
-        Duration::from_secs(30),
-        "alerts to know the holders",
-        || async {
-            let (_, body) = sys
-                .get("/api/alerts/audience?sector=Utilities", Some(&admin))
-                .await;
-            body["data"]["members"] == HOLDERS
-        },
+    sys.wait_for_audience(&admin, "sector=Utilities", HOLDERS)
+        .await;
+    sys.publish_news(
+        &admin,
+        json!({ "sector": "Utilities", "headline": "Grid upgrade", "sentiment": 0.2 }),
     )
     .await;
-    let (status, body) = sys
-        .post(
-            "/api/market/news",
-            Some(&admin),
-            json!({ "sector": "Utilities", "headline": "Grid upgrade", "sentiment": 0.2 }),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
     let subject = "News for Utilities, which you hold";
     let catalog = sys.registry().await;
     let pid = pid_of(&catalog, "alerts-1").expect("alerts' pid");

@@ -115,6 +115,18 @@ fn platform_operator(passport: &Passport) -> Result<(), ApiError> {
     }
 }
 
+/// The system's admin, acting through the control plane: what changes a running system's
+/// state (`what` says what it is, in the refusal).
+fn control_plane_admin(passport: &Passport, what: &str) -> Result<(), ApiError> {
+    if passport.iss == CONTROL_ISSUER && passport.has_role("admin") {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(format!(
+            "{what} is for the system's admin, through the control plane"
+        )))
+    }
+}
+
 /// `GET /status/sagas?status=&limit=`: how many sagas are in each state, and the newest.
 async fn sagas(
     State(events): State<EventsOnce>,
@@ -174,11 +186,7 @@ async fn act(
     passport: Passport,
     Path((name, id, action)): Path<(String, String, String)>,
 ) -> Result<Json<crate::saga::SagaView>, ApiError> {
-    if passport.iss != CONTROL_ISSUER || !passport.has_role("admin") {
-        return Err(ApiError::forbidden(
-            "acting on a saga is for the system's admin, through the control plane",
-        ));
-    }
+    control_plane_admin(&passport, "acting on a saga")?;
     let events = events.get().ok_or_else(|| no_saga(&name, &id))?;
     let (sagas, db) = (events.sagas(), events.db());
     let done = match action.as_str() {
@@ -259,11 +267,7 @@ async fn mail_requeue(
     State(db): State<Db>,
     passport: Passport,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    if passport.iss != CONTROL_ISSUER || !passport.has_role("admin") {
-        return Err(ApiError::forbidden(
-            "requeueing mail is for the system's admin, through the control plane",
-        ));
-    }
+    control_plane_admin(&passport, "requeueing mail")?;
     let n = tessera_mail::requeue(&db).await?;
     tracing::info!(target: "audit", messages = n, who = %passport.sub, "dead mail requeued");
     Ok(Json(serde_json::json!({ "requeued": n })))

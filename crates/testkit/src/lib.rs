@@ -775,6 +775,40 @@ env = {{ AUTH_ADMIN_EMAIL = "{ADMIN_EMAIL}", AUTH_ADMIN_PASSWORD = "{ADMIN_PASSW
         }
     }
 
+    /// Tessera Invest: buys `quantity` of `ticker` as `token`'s member.
+    pub async fn buy(&self, token: &str, ticker: &str, quantity: u32) {
+        let (status, body) = self
+            .post(
+                "/api/portfolio/trades",
+                Some(token),
+                serde_json::json!({ "ticker": ticker, "side": "buy", "quantity": quantity }),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+
+    /// Tessera Invest: waits (30 s at most) until alerts counts `members` in the audience of
+    /// `query` (`sector=Utilities`, `ticker=UTI01`): what a news item or a signal reaches.
+    pub async fn wait_for_audience(&self, admin: &str, query: &str, members: usize) {
+        let path = format!("/api/alerts/audience?{query}");
+        self.wait_until(
+            Duration::from_secs(30),
+            &format!("alerts to know {members} members of {query}"),
+            || async {
+                let (_, body) = self.get(&path, Some(admin)).await;
+                body["data"]["members"] == members
+            },
+        )
+        .await;
+    }
+
+    /// Tessera Invest: publishes a news item as `admin`; the answer's `data`.
+    pub async fn publish_news(&self, admin: &str, news: Value) -> Value {
+        let (status, body) = self.post("/api/market/news", Some(admin), news).await;
+        assert_eq!(status, 201, "{body}");
+        body["data"].clone()
+    }
+
     pub async fn login(&self, email: &str, password: &str) -> (String, String) {
         let (status, body) = self
             .post(
