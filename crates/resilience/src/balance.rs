@@ -173,6 +173,18 @@ impl Balancer {
             return None;
         }
         let now = Instant::now();
+        if let [only] = instances {
+            // The only instance is the pick, tried or ejected (as below, where an empty pool
+            // falls back to every instance), without the lists a choice needs: a service
+            // with one instance is the usual case, and this runs per call.
+            let endpoint = self.endpoint(&only.id);
+            endpoint.outstanding.fetch_add(1, Ordering::Relaxed);
+            return Some(Pick {
+                index: 0,
+                endpoint,
+                started: now,
+            });
+        }
         let mut candidates: Vec<(usize, Arc<Endpoint>)> = instances
             .iter()
             .enumerate()
@@ -436,6 +448,26 @@ mod tests {
         );
         tokio::time::advance(Duration::from_millis(600)).await;
         assert!(!b.endpoint("i0").ejected(Instant::now()));
+    }
+
+    #[test]
+    fn the_only_instance_is_picked_tried_or_ejected_and_counted_in_flight() {
+        for policy in [Policy::P2c, Policy::RoundRobin] {
+            let b = Balancer::new("s", policy, outlier());
+            let list = instances(1);
+            let p = b.pick(&list, &[]).unwrap();
+            assert_eq!(p.index, 0);
+            assert_eq!(b.endpoint("i0").outstanding.load(Ordering::Relaxed), 1);
+            b.finish(p, false, &list);
+            assert_eq!(b.endpoint("i0").outstanding.load(Ordering::Relaxed), 0);
+            // Tried already, or ejected: still the one to send to.
+            assert_eq!(b.pick(&list, &[0]).unwrap().index, 0);
+            *b.endpoint("i0").ejected_until.lock().unwrap() =
+                Some(Instant::now() + Duration::from_secs(60));
+            let p = b.pick(&list, &[0]).unwrap();
+            assert_eq!(p.index, 0);
+            b.finish(p, true, &list);
+        }
     }
 
     #[test]
