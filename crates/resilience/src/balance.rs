@@ -169,10 +169,14 @@ impl Balancer {
 
     /// Chooses among `instances`, avoiding ejected ones and those in `tried`.
     pub fn pick(&self, instances: &[Instance], tried: &[usize]) -> Option<Pick> {
+        self.pick_at(instances, tried, Instant::now())
+    }
+
+    /// [`Self::pick`] at `now` (a clock the caller read already): the call's time starts then.
+    pub fn pick_at(&self, instances: &[Instance], tried: &[usize], now: Instant) -> Option<Pick> {
         if instances.is_empty() {
             return None;
         }
-        let now = Instant::now();
         if let [only] = instances {
             // The only instance is the pick, tried or ejected (as below, where an empty pool
             // falls back to every instance), without the lists a choice needs: a service

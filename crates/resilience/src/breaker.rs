@@ -187,7 +187,11 @@ impl Breaker {
     /// Asks to make a call; `Err(Open)` means fail fast, `Ok(true)` that the call is one of
     /// half-open's trials (whose slot an `Ignored` record gives back).
     pub fn acquire(&self) -> Result<bool, Open> {
-        let now = Instant::now();
+        self.acquire_at(Instant::now())
+    }
+
+    /// [`Self::acquire`] at `now` (a clock the caller read already).
+    pub fn acquire_at(&self, now: Instant) -> Result<bool, Open> {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         self.expire_open(&mut s, now);
         match &mut *s {

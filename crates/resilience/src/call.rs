@@ -145,7 +145,13 @@ impl Guard {
         F: FnMut(&'a Instance, Duration) -> Fut,
         Fut: Future<Output = T>,
     {
-        let trial_slot = self.breaker.acquire().map_err(|_| Rejected::Open)?;
+        // One reading of the clock for the call's start: the breaker, the budget, the first
+        // pick and the time left (each read its own, four a call, on every request).
+        let started = Instant::now();
+        let trial_slot = self
+            .breaker
+            .acquire_at(started)
+            .map_err(|_| Rejected::Open)?;
         // Until the verdict is recorded, the call counts as telling nothing: a call refused
         // here, or given up by its caller half-way (a cancelled future: an HTTP/2 stream the
         // client reset), gives back a half-open breaker's trial slot.
@@ -158,21 +164,20 @@ impl Guard {
         if instances.is_empty() {
             return Err(Rejected::NoInstance);
         }
-        let started = Instant::now();
-        self.budget.deposit();
+        self.budget.deposit_at(started);
         let attempts = async {
             let (mut retries, mut refused) = (0u32, 0usize);
             let mut tried: Vec<usize> = Vec::new();
+            let mut first = Some(started);
             loop {
+                let now = first.take().unwrap_or_else(Instant::now);
                 let pick = self
                     .balancer
-                    .pick(instances, &tried)
+                    .pick_at(instances, &tried, now)
                     .ok_or(Rejected::NoInstance)?;
                 tried.push(pick.index);
                 let instance = &instances[pick.index];
-                let left = limits
-                    .deadline
-                    .map(|d| d.saturating_duration_since(Instant::now()));
+                let left = limits.deadline.map(|d| d.saturating_duration_since(now));
                 if left == Some(Duration::ZERO) {
                     self.balancer.finish(pick, false, instances);
                     return Err(Rejected::Timeout);

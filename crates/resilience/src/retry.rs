@@ -95,8 +95,11 @@ impl RetryBudget {
         }
     }
 
-    fn with_bucket<T>(&self, f: impl FnOnce(&mut VecDeque<(Instant, u64, u64)>) -> T) -> T {
-        let now = Instant::now();
+    fn with_bucket<T>(
+        &self,
+        now: Instant,
+        f: impl FnOnce(&mut VecDeque<(Instant, u64, u64)>) -> T,
+    ) -> T {
         let mut b = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         let window = Duration::from_secs(u64::from(self.config.window_secs.max(1)));
         while b
@@ -115,13 +118,18 @@ impl RetryBudget {
 
     /// Counts an original request.
     pub fn deposit(&self) {
-        self.with_bucket(|b| b.back_mut().expect("a current bucket").1 += 1);
+        self.deposit_at(Instant::now());
+    }
+
+    /// [`Self::deposit`] at `now` (a clock the caller read already).
+    pub fn deposit_at(&self, now: Instant) {
+        self.with_bucket(now, |b| b.back_mut().expect("a current bucket").1 += 1);
     }
 
     /// Takes a retry from the budget; `false` when it is spent.
     pub fn withdraw(&self) -> bool {
         let c = &self.config;
-        let allowed = self.with_bucket(|b| {
+        let allowed = self.with_bucket(Instant::now(), |b| {
             let (requests, retries): (u64, u64) = b
                 .iter()
                 .fold((0, 0), |(q, r), (_, bq, br)| (q + bq, r + br));
