@@ -214,9 +214,7 @@ impl Gateway {
             .discovery
             .instances(&route.service)
             .unwrap_or_else(|| Arc::from(Vec::new()));
-        let passport =
-            HeaderValue::from_maybe_shared(Bytes::from(forwarder.passport(caller, trace)))
-                .expect("a passport is base64url and dots");
+        let passport = forwarder.passport(caller, trace);
         let forwarding = forwarder.proxies.fields(req.peer, req.secure, &req.fields);
         let mut headers = http::HeaderMap::with_capacity(parts.headers.len() + 6);
         for (name, value) in &parts.headers {
@@ -226,7 +224,7 @@ impl Gateway {
         }
         let traceparent = trace.header_value();
         let extra: [(&str, &[u8]); 6] = [
-            (passport::HEADER, passport.as_bytes()),
+            (passport::HEADER, &passport[..]),
             ("traceparent", traceparent.as_bytes()),
             ("x-forwarded-for", forwarding.x_forwarded_for.as_bytes()),
             ("forwarded", forwarding.forwarded.as_bytes()),

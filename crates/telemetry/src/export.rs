@@ -1,8 +1,8 @@
 //! The exporter: every [`Settings::every`] it takes the ended spans from the process's sink
 //! (already OTLP bytes, written as each span ended), writes the request's envelope for them,
-//! and posts the two, one after the other, to each target: the batch is sent from the buffer
-//! the spans were written into, never copied into a body of its own. On a thread of its own,
-//! off the process's event loop.
+//! and posts the two, one after the other, to each target: a full batch is sent from the
+//! buffer the spans were written into, not copied into a body of its own (a small one, sent by
+//! the timer, is). On a thread of its own, off the process's event loop.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -109,19 +109,22 @@ struct Held {
     failing: bool,
 }
 
-async fn run(resource: Resource, settings: Settings, handle: Handle) {
-    let mut targets: Vec<Held> = settings
-        .targets
-        .into_iter()
-        .map(|target| Held {
+impl Held {
+    /// A target holding nothing yet.
+    fn new(target: Target) -> Self {
+        Held {
             traces_url: target.traces_url(),
             logs_url: target.logs_url(),
             target,
             waiting: VecDeque::new(),
             bytes: 0,
             failing: false,
-        })
-        .collect();
+        }
+    }
+}
+
+async fn run(resource: Resource, settings: Settings, handle: Handle) {
+    let mut targets: Vec<Held> = settings.targets.into_iter().map(Held::new).collect();
     let mut spans = Encoded::default();
     let mut lines: Vec<LogData> = Vec::new();
     let encoder = otlp::Encoder::new(&resource);
@@ -146,7 +149,7 @@ async fn run(resource: Resource, settings: Settings, handle: Handle) {
         }
         if spans.spans > 0 {
             metrics::counter!("tessera_spans_exported_total").increment(spans.spans as u64);
-            if spans.bytes.len() <= PER_REQUEST {
+            if sent_in_place(&spans.bytes) {
                 // The usual batch: its buffer goes out as it is, after the envelope, and comes
                 // back to `buffers` once sent; the sink gets a spare one in its place.
                 let mut head = Vec::new();
@@ -161,12 +164,13 @@ async fn run(resource: Resource, settings: Settings, handle: Handle) {
                 hold(&mut targets, Signal::Traces, payload);
             } else {
                 for part in otlp::parts(&spans.bytes, PER_REQUEST) {
-                    let mut body = buffers.take();
+                    // A body of its own size: what a held body pins is what it counts.
+                    let mut body = Vec::new();
                     encoder.encode(part, &mut body);
                     hold(
                         &mut targets,
                         Signal::Traces,
-                        Payload::whole(buffers.body(body)),
+                        Payload::whole(Bytes::from(body)),
                     );
                 }
             }
@@ -243,6 +247,14 @@ impl Drop for Body {
             spare.push(bytes);
         }
     }
+}
+
+/// Whether a batch goes out in the buffer it was written into: one request's worth, filling at
+/// least half of its buffer. A small batch (a quiet process's, sent by the timer) is copied
+/// into a body of its size instead: a target that cannot take its batches holds them, and
+/// [`HELD_BYTES`] counts what they hold, which must not be a sixteenth of the memory pinned.
+fn sent_in_place(batch: &Vec<u8>) -> bool {
+    batch.len() <= PER_REQUEST && batch.len() * 2 >= batch.capacity()
 }
 
 /// A request's body: a head, and the bytes after it (a batch of spans, in the buffer the
@@ -392,14 +404,7 @@ mod tests {
             base,
             http: reqwest::Client::new(),
         };
-        let mut held = Held {
-            traces_url: target.traces_url(),
-            logs_url: target.logs_url(),
-            target,
-            waiting: VecDeque::new(),
-            bytes: 0,
-            failing: false,
-        };
+        let mut held = Held::new(target);
         let batch: Vec<u8> = (0..100_000u32).map(|n| n as u8).collect();
         let payload = Payload {
             head: Bytes::from_static(b"envelope:"),
@@ -412,6 +417,20 @@ mod tests {
         assert_eq!(&body[..9], b"envelope:");
         assert_eq!(&body[9..], &batch[..]);
         assert!(held.waiting.is_empty() && held.bytes == 0 && !held.failing);
+    }
+
+    #[test]
+    fn only_a_batch_filling_its_buffer_goes_out_in_it() {
+        let mut batch = Vec::with_capacity(span::FLUSH_AT + 64 * 1024);
+        batch.resize(10_000, 1);
+        assert!(!sent_in_place(&batch), "a timer's small batch is copied");
+        batch.resize(span::FLUSH_AT, 1);
+        assert!(sent_in_place(&batch));
+        batch.resize(PER_REQUEST + 1, 1);
+        assert!(
+            !sent_in_place(&batch),
+            "more than a request's worth is cut in parts"
+        );
     }
 
     #[test]
