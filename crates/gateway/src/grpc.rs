@@ -248,7 +248,8 @@ impl Gateway {
             .and_then(|v| grpc_timeout(v.as_bytes()))
             .map_or(self.tunnel_max, |asked| asked.min(self.tunnel_max));
         let limits = Limits {
-            deadline: Some(tokio::time::Instant::now() + within),
+            deadline: None,
+            within: Some(within),
             per_try: within,
         };
         let (headers, body) = (&headers, &body);

@@ -57,7 +57,8 @@ struct Forwarded {
     /// The instance that answered, or `fallback`.
     upstream: String,
     /// After a `101`: the instance's connection, to splice with the client's.
-    tunnel: Option<Tunnel>,
+    /// Boxed: rare, and what holds it is moved up through the request's futures.
+    tunnel: Option<Box<Tunnel>>,
 }
 
 /// A proxied request's access record, logged and counted once its answer is written.
@@ -65,7 +66,8 @@ pub struct Access {
     route: Option<Arc<str>>,
     upstream: Option<String>,
     trace_id: [u8; 32],
-    tunnel: Option<Tunnel>,
+    /// Boxed: rare, and what holds it is moved up through the request's futures.
+    tunnel: Option<Box<Tunnel>>,
 }
 
 impl crate::server::Handler for Gateway {
@@ -93,7 +95,7 @@ impl crate::server::Handler for Gateway {
     }
 
     fn tunnel(&self, access: &mut Option<Access>) -> Option<Tunnel> {
-        access.as_mut()?.tunnel.take()
+        access.as_mut()?.tunnel.take().map(|t| *t)
     }
 
     /// The access log line and the request metrics, once the answer is written: the time
@@ -266,12 +268,12 @@ impl Gateway {
                 status: StatusCode::SWITCHING_PROTOCOLS,
                 body: Bytes::new(),
                 upstream: instance,
-                tunnel: Some(Tunnel {
+                tunnel: Some(Box::new(Tunnel {
                     upstream: upgraded.stream,
                     leftover: upgraded.leftover,
                     idle: self.tunnel_idle,
                     total: self.tunnel_max,
-                }),
+                })),
             });
         }
         let fields = response.fields();

@@ -113,7 +113,8 @@ impl Upstream {
         trace: &TraceContext,
     ) -> Result<Exchange, CallFailure> {
         let limits = Limits {
-            deadline: Some(tokio::time::Instant::now() + deadline),
+            deadline: None,
+            within: Some(deadline),
             per_try: self.guard.per_try(deadline),
         };
         let result = self

@@ -80,7 +80,8 @@ pub struct Incoming {
     pub body: Bytes,
     /// After a `101` to an [`Outgoing::upgrade`] request: the connection, now the new
     /// protocol's.
-    pub upgraded: Option<Upgraded>,
+    /// Boxed: an answer is moved up through every caller's future, and this is rare.
+    pub upgraded: Option<Box<Upgraded>>,
 }
 
 /// A connection handed over by a `101 Switching Protocols` answer.
@@ -98,7 +99,8 @@ impl Incoming {
 }
 
 pub struct Pool {
-    idle: Mutex<HashMap<Box<str>, Vec<Connection>>>,
+    /// Boxed: a connection is taken out and put back on every request.
+    idle: Mutex<HashMap<Box<str>, Vec<Box<Connection>>>>,
     max_idle_per_instance: usize,
     connect_timeout: Duration,
 }
@@ -187,15 +189,15 @@ impl Pool {
             .map_err(|_| SendError::Failed)?;
         let (mut resp, _) = receive(&mut conn, req.method, max_response, true).await?;
         if resp.status == StatusCode::SWITCHING_PROTOCOLS {
-            resp.upgraded = Some(Upgraded {
+            resp.upgraded = Some(Box::new(Upgraded {
                 leftover: conn.read.split().freeze(),
                 stream: conn.stream,
-            });
+            }));
         }
         Ok(resp)
     }
 
-    fn take(&self, address: &str, identity: Option<&Identity>) -> Option<Connection> {
+    fn take(&self, address: &str, identity: Option<&Identity>) -> Option<Box<Connection>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.get_mut(address)?;
         while let Some(conn) = list.pop() {
@@ -207,7 +209,7 @@ impl Pool {
         None
     }
 
-    fn put(&self, address: &str, conn: Connection) {
+    fn put(&self, address: &str, conn: Box<Connection>) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = match idle.get_mut(address) {
             Some(list) => list,
@@ -224,7 +226,7 @@ impl Pool {
         &self,
         address: &str,
         identity: Option<&Identity>,
-    ) -> Result<Connection, SendError> {
+    ) -> Result<Box<Connection>, SendError> {
         let connect = async {
             let tcp = TcpStream::connect(address)
                 .await
@@ -254,12 +256,12 @@ impl Pool {
         let stream = tokio::time::timeout(self.connect_timeout, connect)
             .await
             .map_err(|_| SendError::Connect)??;
-        Ok(Connection {
+        Ok(Box::new(Connection {
             stream,
             read: BytesMut::with_capacity(8 * 1024),
             write: Vec::with_capacity(1024),
             identity: identity.cloned(),
-        })
+        }))
     }
 
     /// Forgets idle connections their instance closed (or that went away).

@@ -245,8 +245,13 @@ impl Balancer {
 
     /// Reports the outcome of a picked call (`failed`: connection error, timeout or 5xx).
     pub fn finish(&self, pick: Pick, failed: bool, instances: &[Instance]) {
+        self.finish_at(pick, failed, instances, Instant::now())
+    }
+
+    /// [`Self::finish`] with the clock read at the call's end (`now`) by the caller.
+    pub fn finish_at(&self, pick: Pick, failed: bool, instances: &[Instance], now: Instant) {
         let e = &pick.endpoint;
-        let took = pick.started.elapsed().as_micros() as u64;
+        let took = now.saturating_duration_since(pick.started).as_micros() as u64;
         let old = e.ewma_us.load(Ordering::Relaxed);
         e.ewma_us.store(
             if old == 0 { took } else { (old * 4 + took) / 5 },
@@ -260,7 +265,6 @@ impl Balancer {
         if n < self.outlier.consecutive_errors {
             return;
         }
-        let now = Instant::now();
         let ejected_now = instances
             .iter()
             .filter(|i| self.endpoint(&i.id).ejected(now))

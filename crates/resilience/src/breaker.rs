@@ -219,6 +219,11 @@ impl Breaker {
 
     /// Records how an acquired call went, and how long it took.
     pub fn record(&self, outcome: CallOutcome, took: Duration) {
+        self.record_at(outcome, took, Instant::now())
+    }
+
+    /// [`Self::record`] with the clock read at the call's end (`now`) by the caller.
+    pub fn record_at(&self, outcome: CallOutcome, took: Duration, now: Instant) {
         if outcome == CallOutcome::Ignored {
             // Give the half-open slot back: the trial told us nothing.
             let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -227,7 +232,6 @@ impl Breaker {
             }
             return;
         }
-        let now = Instant::now();
         let record = Record {
             at: now,
             failed: outcome == CallOutcome::Failure,

@@ -92,6 +92,9 @@ impl Retryable for Rejected {
 pub struct Limits {
     /// When the caller stops waiting: the whole call, retries and backoff included.
     pub deadline: Option<Instant>,
+    /// The same as a time from the call's start (the earlier of the two, given both): the
+    /// call reads the clock once for its start and this.
+    pub within: Option<Duration>,
     /// The longest one attempt may take.
     pub per_try: Duration,
 }
@@ -148,6 +151,10 @@ impl Guard {
         // One reading of the clock for the call's start: the breaker, the budget, the first
         // pick and the time left (each read its own, four a call, on every request).
         let started = Instant::now();
+        let deadline = match (limits.deadline, limits.within.map(|w| started + w)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let trial_slot = self
             .breaker
             .acquire_at(started)
@@ -165,33 +172,42 @@ impl Guard {
             return Err(Rejected::NoInstance);
         }
         self.budget.deposit_at(started);
-        let attempts = async {
+        // Pinned where it is made, as are the futures awaited below: a future handed on by value
+        // (to a timeout, to `.await`) is copied whole each time, and these are kilobytes.
+        // What the attempts come to, and the clock as the last one ended (which serves the
+        // balancer and the breaker both).
+        let attempts = std::pin::pin!(async {
             let (mut retries, mut refused) = (0u32, 0usize);
-            let mut tried: Vec<usize> = Vec::new();
+            // The instances tried: written when a second attempt needs them, so that a call
+            // answered at once allocates nothing for them.
+            let (mut tried, mut last): (Vec<usize>, Option<usize>) = (Vec::new(), None);
             let mut first = Some(started);
             loop {
+                tried.extend(last.take());
                 let now = first.take().unwrap_or_else(Instant::now);
-                let pick = self
-                    .balancer
-                    .pick_at(instances, &tried, now)
-                    .ok_or(Rejected::NoInstance)?;
-                tried.push(pick.index);
+                let Some(pick) = self.balancer.pick_at(instances, &tried, now) else {
+                    return (Err(Rejected::NoInstance), None);
+                };
+                last = Some(pick.index);
                 let instance = &instances[pick.index];
-                let left = limits.deadline.map(|d| d.saturating_duration_since(now));
+                let left = deadline.map(|d| d.saturating_duration_since(now));
                 if left == Some(Duration::ZERO) {
-                    self.balancer.finish(pick, false, instances);
-                    return Err(Rejected::Timeout);
+                    self.balancer.finish_at(pick, false, instances, now);
+                    return (Err(Rejected::Timeout), None);
                 }
                 let try_for = left.map_or(limits.per_try, |left| left.min(limits.per_try));
+                let sent = std::pin::pin!(attempt(instance, try_for));
                 let outcome = if left.is_some_and(|left| left <= limits.per_try) {
                     // The call's deadline bounds this attempt already: no second timer.
-                    Ok(attempt(instance, try_for).await)
+                    Ok(sent.await)
                 } else {
-                    tokio::time::timeout(try_for, attempt(instance, try_for))
+                    tokio::time::timeout(try_for, sent)
                         .await
                         .map_err(|_| Rejected::Timeout)
                 };
-                self.balancer.finish(pick, outcome.is_failure(), instances);
+                let ended = Instant::now();
+                self.balancer
+                    .finish_at(pick, outcome.is_failure(), instances, ended);
                 if outcome.never_sent() {
                     tracing::warn!(upstream = %instance.id, "connection refused");
                     if refused + 1 < CONNECT_ATTEMPTS.min(instances.len()) {
@@ -211,13 +227,13 @@ impl Guard {
                     tokio::time::sleep(self.retry.backoff.delay(retries)).await;
                     continue;
                 }
-                return outcome;
+                return (outcome, Some(ended));
             }
-        };
-        let result = match limits.deadline {
+        });
+        let (result, ended) = match deadline {
             Some(deadline) => tokio::time::timeout_at(deadline, attempts)
                 .await
-                .unwrap_or(Err(Rejected::Timeout)),
+                .unwrap_or((Err(Rejected::Timeout), None)),
             None => attempts.await,
         };
         let verdict = if result.is_failure() {
@@ -225,7 +241,8 @@ impl Guard {
         } else {
             CallOutcome::Success
         };
-        trial.record(verdict, started.elapsed());
+        let ended = ended.unwrap_or_else(Instant::now);
+        trial.record_at(verdict, ended.saturating_duration_since(started), ended);
         result
     }
 
@@ -255,9 +272,9 @@ struct Trial<'a> {
 }
 
 impl Trial<'_> {
-    fn record(&mut self, outcome: CallOutcome, took: Duration) {
+    fn record_at(&mut self, outcome: CallOutcome, took: Duration, now: Instant) {
         self.recorded = true;
-        self.breaker.record(outcome, took);
+        self.breaker.record_at(outcome, took, now);
     }
 }
 
@@ -320,6 +337,7 @@ mod tests {
 
     const LIMITS: Limits = Limits {
         deadline: None,
+        within: None,
         per_try: Duration::from_secs(5),
     };
 
@@ -467,6 +485,7 @@ mod tests {
         let g = guard(2);
         let limits = Limits {
             deadline: Some(Instant::now() + Duration::from_millis(500)),
+            within: None,
             per_try: Duration::from_millis(100),
         };
         let calls = Mutex::new(0);
@@ -486,6 +505,7 @@ mod tests {
         let started = Instant::now();
         let limits = Limits {
             deadline: Some(started + Duration::from_millis(50)),
+            within: None,
             per_try: Duration::from_secs(5),
         };
         let result = g
@@ -496,6 +516,37 @@ mod tests {
             .await;
         assert_eq!(result, Err(Rejected::Timeout));
         assert!(started.elapsed() < Duration::from_millis(100));
+
+        // A time from the call's start bounds it the same, and the earlier of the two wins.
+        for (deadline, within) in [
+            (None, Some(Duration::from_millis(50))),
+            (
+                Some(Duration::from_secs(5)),
+                Some(Duration::from_millis(50)),
+            ),
+            (
+                Some(Duration::from_millis(50)),
+                Some(Duration::from_secs(5)),
+            ),
+        ] {
+            let started = Instant::now();
+            let limits = Limits {
+                deadline: deadline.map(|d| started + d),
+                within,
+                per_try: Duration::from_secs(5),
+            };
+            let result = g
+                .call(&instances(1), true, limits, |_, try_for| {
+                    assert!(try_for <= Duration::from_millis(50), "{try_for:?}");
+                    async {
+                        tokio::time::sleep(Duration::from_secs(10)).await;
+                        Answer::Ok
+                    }
+                })
+                .await;
+            assert_eq!(result, Err(Rejected::Timeout), "{deadline:?} {within:?}");
+            assert!(started.elapsed() < Duration::from_millis(1000));
+        }
     }
 
     #[tokio::test]

@@ -330,6 +330,7 @@ impl ServiceClient {
         // Only what is left of the caller's deadline, and each attempt says so downstream.
         let limits = Limits {
             deadline,
+            within: None,
             per_try: guard.guard.per_try(inner.timeout),
         };
         let (method, body, passport, trace) = (&method, &body, &passport, &trace);
