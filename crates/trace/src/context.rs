@@ -116,9 +116,9 @@ impl TraceContext {
     /// [`Self::header`] written into `out`, without allocating.
     pub fn write_header(&self, out: &mut [u8; 55]) {
         out[..3].copy_from_slice(b"00-");
-        hex(&self.trace_id, &mut out[3..35]);
+        hex_digits(&self.trace_id, &mut out[3..35]);
         out[35] = b'-';
-        hex(&self.span_id, &mut out[36..52]);
+        hex_digits(&self.span_id, &mut out[36..52]);
         out[52..].copy_from_slice(if self.sampled { b"-01" } else { b"-00" });
     }
 
@@ -137,13 +137,18 @@ impl TraceContext {
 
 /// Writes `bytes` as lowercase hex into `out` (twice their length) and returns it as a `&str`.
 pub fn hex<'a>(bytes: &[u8], out: &'a mut [u8]) -> &'a str {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let out = &mut out[..bytes.len() * 2];
-    for (i, b) in bytes.iter().enumerate() {
-        out[2 * i] = DIGITS[usize::from(b >> 4)];
-        out[2 * i + 1] = DIGITS[usize::from(b & 0xf)];
-    }
+    hex_digits(bytes, out);
     std::str::from_utf8(out).expect("hex digits are ASCII")
+}
+
+/// [`hex`]'s digits alone, where bytes serve (a header's value): not checked again as text.
+fn hex_digits(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0xf)];
+    }
 }
 
 thread_local! {

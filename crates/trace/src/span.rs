@@ -20,6 +20,7 @@ use crate::TraceContext;
 
 mod wire;
 
+pub use crate::time::calibrate_clock;
 pub use wire::{entries, write_entry};
 
 /// OpenTelemetry's span kinds, with their OTLP numbers.
@@ -331,7 +332,7 @@ impl Span {
                 data.parent = parent.unwrap_or([0; 8]);
                 data.name = name.into();
                 data.kind = kind;
-                data.start_ns = now_ns();
+                data.start_ns = crate::unix_now_ns();
                 data.end_ns = 0;
                 data.error = None;
                 data.attributes.clear();
@@ -343,7 +344,7 @@ impl Span {
                 parent: parent.unwrap_or([0; 8]),
                 name: name.into(),
                 kind,
-                start_ns: now_ns(),
+                start_ns: crate::unix_now_ns(),
                 end_ns: 0,
                 error: None,
                 attributes: Attributes::new(),
@@ -443,7 +444,7 @@ impl Drop for Span {
         if let Some(mut data) = self.data.take() {
             // A re-anchored clock (or another thread's anchor) a few microseconds behind the
             // start's is clamped to a zero duration.
-            data.end_ns = now_ns().max(data.start_ns);
+            data.end_ns = crate::unix_now_ns().max(data.start_ns);
             sink().push(&data);
             // Kept for this thread's next span (not during the thread's teardown, nor one that
             // grew large attributes).
@@ -468,62 +469,6 @@ thread_local! {
 
 /// Records kept per thread at most.
 const SPARE_RECORDS: usize = 64;
-
-/// The counter spans are timed by, once [`calibrate_clock`] has run: the CPU's time-stamp
-/// counter through `quanta`, read in a third of the time of the system's clock (which a
-/// gateway's request read four times for its spans alone), else the system's monotonic clock.
-static COUNTER: OnceLock<quanta::Clock> = OnceLock::new();
-
-thread_local! {
-    /// This thread's anchor: the wall clock (Unix ns) at a reading of the counter.
-    static ANCHOR: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
-}
-
-/// How long an anchor serves before the wall clock is read again: a span's time is never
-/// further than the counter's drift over a second from the wall clock, and a step of the wall
-/// clock shows within a second.
-const ANCHOR_FOR_NS: u64 = 1_000_000_000;
-
-/// Calibrates the counter spans are timed by (up to a fifth of a second: the exporter's
-/// thread does it, before its first batch); until then spans read the wall clock.
-pub fn calibrate_clock() {
-    COUNTER.get_or_init(quanta::Clock::new);
-}
-
-/// Now, in nanoseconds since the Unix epoch: the anchor's wall clock plus the counter's time
-/// since.
-fn now_ns() -> u64 {
-    let Some(counter) = COUNTER.get() else {
-        return crate::unix_now_ns();
-    };
-    let raw = counter.raw();
-    let (unix, at) = ANCHOR.get();
-    if unix != 0 && raw > at {
-        let since = counter.delta_as_nanos(at, raw);
-        if since < ANCHOR_FOR_NS {
-            return unix + since;
-        }
-    }
-    // The wall clock between two readings of the counter, taken again (a few times at most)
-    // if the thread was held up between them: the anchor is where the two clocks agree.
-    let mut before = raw;
-    for _ in 0..3 {
-        let unix = crate::unix_now_ns();
-        let after = counter.raw();
-        if after > before && counter.delta_as_nanos(before, after) < ANCHOR_READ_NS {
-            ANCHOR.set((unix, before + (after - before) / 2));
-            return unix;
-        }
-        before = after;
-    }
-    let unix = crate::unix_now_ns();
-    ANCHOR.set((unix, counter.raw()));
-    unix
-}
-
-/// How long reading the wall clock between two readings of the counter may take for the
-/// anchor to be kept (the reads take tens of nanoseconds; longer, the thread was preempted).
-const ANCHOR_READ_NS: u64 = 20_000;
 
 /// Ended spans waiting for the exporter, as OTLP bytes (`ScopeSpans.spans` entries, one after
 /// the other): bounded, so that an exporter that cannot send never grows the process; what
@@ -749,27 +694,6 @@ mod tests {
         assert!(second.status.as_ref().is_none_or(|s| s.message.is_empty()));
         assert_eq!(second.parent_span_id, root.span_id);
         assert!(second.start_time_unix_nano >= first.end_time_unix_nano);
-    }
-
-    #[test]
-    fn the_counter_keeps_to_the_wall_clock() {
-        calibrate_clock();
-        let mut last = 0;
-        for _ in 0..4 {
-            // Read between two readings of the wall clock (however long the thread is held
-            // up between them), within a millisecond (a second's drift of the counter), and
-            // never backwards on one thread.
-            let before = crate::unix_now_ns();
-            let counted = now_ns();
-            let after = crate::unix_now_ns();
-            assert!(
-                counted + 1_000_000 >= before && counted <= after + 1_000_000,
-                "{counted} outside {before}..{after}"
-            );
-            assert!(counted >= last);
-            last = counted;
-            std::thread::sleep(std::time::Duration::from_millis(400));
-        }
     }
 
     #[test]

@@ -6,26 +6,78 @@ use std::fmt::Write as _;
 
 /// Milliseconds since the Unix epoch.
 pub fn unix_now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    (unix_now_ns() / 1_000_000) as i64
 }
 
-/// Nanoseconds since the Unix epoch.
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    unix_now_ns() / 1_000_000_000
+}
+
+/// Nanoseconds since the Unix epoch: once [`calibrate_clock`] has run, this thread's anchor on
+/// the wall clock plus the CPU's counter since (read in a third of the time of the system's
+/// clock, which a gateway's request read a dozen times: its spans, its token's and passport's
+/// times, its log line), else the system's clock.
 pub fn unix_now_ns() -> u64 {
+    let Some(counter) = COUNTER.get() else {
+        return system_now_ns();
+    };
+    let raw = counter.raw();
+    let (unix, at) = ANCHOR.get();
+    if unix != 0 && raw > at {
+        let since = counter.delta_as_nanos(at, raw);
+        if since < ANCHOR_FOR_NS {
+            return unix + since;
+        }
+    }
+    // The wall clock between two readings of the counter, taken again (a few times at most)
+    // if the thread was held up between them: the anchor is where the two clocks agree.
+    let (mut before, mut tries) = (raw, 0);
+    loop {
+        let unix = system_now_ns();
+        let after = counter.raw();
+        tries += 1;
+        let agreed = after > before && counter.delta_as_nanos(before, after) < ANCHOR_READ_NS;
+        if agreed || tries == 3 {
+            ANCHOR.set((unix, before + after.saturating_sub(before) / 2));
+            return unix;
+        }
+        before = after;
+    }
+}
+
+/// The system's wall clock, in nanoseconds since the Unix epoch.
+fn system_now_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
 }
 
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+/// The counter [`unix_now_ns`] reads once [`calibrate_clock`] has run: the CPU's time-stamp
+/// counter through `quanta` (which falls back to the system's monotonic clock where the
+/// counter is not to be trusted).
+static COUNTER: std::sync::OnceLock<quanta::Clock> = std::sync::OnceLock::new();
+
+thread_local! {
+    /// This thread's anchor: the wall clock (Unix ns) at a reading of the counter.
+    static ANCHOR: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// How long an anchor serves before the wall clock is read again: a time is never further
+/// than the counter's drift over a second from the wall clock, and a step of the wall clock
+/// shows within a second.
+const ANCHOR_FOR_NS: u64 = 1_000_000_000;
+
+/// How long reading the wall clock between two readings of the counter may take for the
+/// anchor to be kept (the reads take tens of nanoseconds; longer, the thread was preempted).
+const ANCHOR_READ_NS: u64 = 20_000;
+
+/// Calibrates the counter [`unix_now_ns`] reads (up to a fifth of a second: a process's span
+/// exporter does it on its own thread, before its first batch); until then the system's clock
+/// is read.
+pub fn calibrate_clock() {
+    COUNTER.get_or_init(quanta::Clock::new);
 }
 
 /// The current time, RFC 3339 UTC with milliseconds.
@@ -50,9 +102,7 @@ thread_local! {
 
 /// RFC 3339 UTC with milliseconds, without a date-time crate.
 pub fn push_timestamp(out: &mut String) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    let now = std::time::Duration::from_nanos(unix_now_ns());
     let secs = now.as_secs() as i64;
     let (cached, mut prefix) = SECOND.get();
     if cached != secs {
@@ -97,6 +147,32 @@ fn push_civil(out: &mut String, secs: i64) {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn the_counter_keeps_to_the_wall_clock() {
+        calibrate_clock();
+        let mut last = 0;
+        for _ in 0..4 {
+            // Read between two readings of the wall clock (however long the thread is held
+            // up between them), within a millisecond (a second's drift of the counter), and
+            // never backwards on one thread.
+            let before = system_now_ns();
+            let counted = unix_now_ns();
+            let after = system_now_ns();
+            assert!(
+                counted + 1_000_000 >= before && counted <= after + 1_000_000,
+                "{counted} outside {before}..{after}"
+            );
+            assert!(counted >= last);
+            last = counted;
+            // Seconds and milliseconds are the same clock's.
+            let (s, ms) = (unix_now(), unix_now_ms());
+            assert!(s * 1000 <= ms as u64 + 1 && ms as u64 <= (s + 1) * 1000 + 1);
+            std::thread::sleep(std::time::Duration::from_millis(400));
+        }
+    }
+
     #[test]
     fn civil_time_matches_known_dates() {
         let mut s = String::new();

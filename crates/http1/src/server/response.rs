@@ -92,21 +92,21 @@ pub(super) async fn respond<S: AsyncWrite + Unpin>(
     crate::write_message(stream, out, body).await
 }
 
-/// The `Date` field's value, formatted once a second.
+/// The `Date` field's value, formatted once a second, from the platform's clock
+/// (`tessera_trace::unix_now`: the CPU's counter, where the process calibrated it).
 pub mod date {
     use std::cell::RefCell;
-    use std::time::{SystemTime, UNIX_EPOCH};
+    use std::time::{Duration, UNIX_EPOCH};
 
     thread_local! {
         static CACHED: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
     }
 
     pub fn now(out: &mut Vec<u8>) {
-        let now = SystemTime::now();
-        let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let secs = tessera_trace::unix_now();
         CACHED.with_borrow_mut(|(at, text)| {
             if *at != secs || text.is_empty() {
-                *text = httpdate::fmt_http_date(now);
+                *text = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs));
                 *at = secs;
             }
             out.extend_from_slice(text.as_bytes());
