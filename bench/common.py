@@ -140,8 +140,16 @@ def write_results(name, results, table):
     print(f"\nresults: {os.path.relpath(path, ROOT)}")
 
 
+def tcp_segments():
+    """The host's TCP segments sent so far (`OutSegs` of /proc/net/snmp), in a list."""
+    with open("/proc/net/snmp") as f:
+        rows = [line.split() for line in f if line.startswith("Tcp:")]
+    return [int(rows[1][rows[0].index("OutSegs")])]
+
+
 def count_syscalls(name, url, connections, seconds, pids, headers=()):
-    """Prints the system calls `pids` make per request under wrk, by kind (perf stat)."""
+    """Prints the system calls `pids` make per request under wrk, by kind (perf stat), and the
+    TCP segments the whole host sends per request."""
     out = tempfile.NamedTemporaryFile(suffix=".syscalls", delete=False).name
     stat = subprocess.Popen(["perf", "stat", "-x", ",", "-o", out,
                              "-e", "syscalls:sys_enter_writev,syscalls:sys_enter_write,"
@@ -151,9 +159,14 @@ def count_syscalls(name, url, connections, seconds, pids, headers=()):
                                    "syscalls:sys_enter_epoll_ctl,syscalls:sys_enter_futex,"
                                    "raw_syscalls:sys_enter,context-switches",
                              "-p", ",".join(map(str, pids)), "--", "sleep", str(seconds)])
+    segments = tcp_segments()
     result = wrk(url, connections, seconds, headers)
+    segments = [b - a for a, b in zip(segments, tcp_segments())]
     stat.wait()
     print(f"{name}: {result['requests']} requests")
+    # The whole host's TCP segments (client, proxy, upstream and any span sink): a proxy that
+    # makes its peers send more packets (an ACK of its own) costs every kernel on the way.
+    print(f"  {'TCP segments out, whole host':40} {segments[0] / result['requests']:.2f}/request")
     with open(out) as f:
         for line in f:
             fields = line.strip().split(",")

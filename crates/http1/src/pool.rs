@@ -100,6 +100,7 @@ impl Incoming {
 
 pub struct Pool {
     /// Boxed: a connection is taken out and put back on every request.
+    #[allow(clippy::vec_box)]
     idle: Mutex<HashMap<Box<str>, Vec<Box<Connection>>>>,
     max_idle_per_instance: usize,
     connect_timeout: Duration,

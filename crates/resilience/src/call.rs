@@ -196,14 +196,18 @@ impl Guard {
                     return (Err(Rejected::Timeout), None);
                 }
                 let try_for = left.map_or(limits.per_try, |left| left.min(limits.per_try));
-                let sent = std::pin::pin!(attempt(instance, try_for));
-                let outcome = if left.is_some_and(|left| left <= limits.per_try) {
-                    // The call's deadline bounds this attempt already: no second timer.
-                    Ok(sent.await)
-                } else {
-                    tokio::time::timeout(try_for, sent)
-                        .await
-                        .map_err(|_| Rejected::Timeout)
+                // Scoped: an attempt given up is dropped (its connection closed, its span
+                // ended) before any backoff.
+                let outcome = {
+                    let sent = std::pin::pin!(attempt(instance, try_for));
+                    if left.is_some_and(|left| left <= limits.per_try) {
+                        // The call's deadline bounds this attempt already: no second timer.
+                        Ok(sent.await)
+                    } else {
+                        tokio::time::timeout(try_for, sent)
+                            .await
+                            .map_err(|_| Rejected::Timeout)
+                    }
                 };
                 let ended = Instant::now();
                 self.balancer

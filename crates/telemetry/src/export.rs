@@ -80,7 +80,8 @@ fn start_once(resource: Resource, settings: Settings) -> Handle {
     std::thread::Builder::new()
         .name("tessera-export".into())
         .spawn(move || {
-            // Spans read the wall clock until this is done, and the counter after.
+            // The platform's times (spans, tokens, passports, log lines) read the system's
+            // clock until this is done, and the counter after (`tessera_trace::time`).
             span::calibrate_clock();
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -303,8 +303,8 @@ pub struct SpanData {
 /// A span being recorded; recorded when dropped (or [`Span::end`]).
 #[must_use = "a span records the work it is open around"]
 pub struct Span {
-    /// Boxed, so that a span is one word in the futures that hold it; written out and freed
-    /// by the thread that ends it.
+    /// Boxed, so that a span is one word in the futures that hold it; written out by the
+    /// thread that ends it, which keeps the record for its next span (`SPARE`).
     data: Option<Box<SpanData>>,
 }
 
@@ -449,6 +449,9 @@ impl Drop for Span {
             // Kept for this thread's next span (not during the thread's teardown, nor one that
             // grew large attributes).
             if data.attributes.more.capacity() <= 4 * INLINE {
+                // Nothing of its own kept but the attributes' room.
+                data.name = Name::Static("");
+                data.error = None;
                 let _ = SPARE.try_with(|spare| {
                     let mut spare = spare.borrow_mut();
                     if spare.len() < SPARE_RECORDS {
@@ -464,6 +467,8 @@ thread_local! {
     /// Records of ended spans, for the spans this thread opens next: a span then neither
     /// allocates nor has its record copied into place (most of a request's spans open and end
     /// on the thread serving it).
+    // Boxes, not records: a span holds its record by pointer, handed over without a copy.
+    #[allow(clippy::vec_box)]
     static SPARE: std::cell::RefCell<Vec<Box<SpanData>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -603,8 +608,12 @@ mod tests {
 
     use super::*;
 
+    /// Held by the tests that turn recording on and off, or take the shared sink.
+    static SERIAL: Mutex<()> = Mutex::new(());
+
     #[test]
     fn a_span_is_recorded_when_dropped_with_its_parent_and_attributes_and_never_when_off() {
+        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let mut root = TraceContext::new_root();
         root.sampled = true;
         stop_recording();
@@ -655,6 +664,7 @@ mod tests {
 
     #[test]
     fn a_record_reused_for_the_next_span_keeps_nothing_of_the_last() {
+        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let mut root = TraceContext::new_root();
         root.sampled = true;
         start_recording(1.0);

@@ -1,6 +1,10 @@
-//! The clock as the platform writes it: Unix seconds and milliseconds, and RFC 3339 UTC with
-//! milliseconds (log lines, CloudEvents' `time`), formatted without a date-time crate and
-//! once a second per thread.
+//! The clock as the platform reads and writes it: Unix seconds, milliseconds and nanoseconds
+//! (spans, tokens, passports, the `Date` field), and RFC 3339 UTC with milliseconds (log
+//! lines, CloudEvents' `time`), formatted without a date-time crate and once a second per
+//! thread. Once a process calibrated the CPU's counter ([`calibrate_clock`]: its span exporter
+//! does), the wall clock is read through the counter, anchored to the system's clock per
+//! thread and again every second; before, and in a process that exports nothing, the
+//! system's clock is read.
 
 use std::fmt::Write as _;
 
@@ -31,19 +35,33 @@ pub fn unix_now_ns() -> u64 {
         }
     }
     // The wall clock between two readings of the counter, taken again (a few times at most)
-    // if the thread was held up between them: the anchor is where the two clocks agree.
-    let (mut before, mut tries) = (raw, 0);
-    loop {
+    // if the thread was held up between them: the anchor is where the two clocks agree, or
+    // the closest pair of readings if none was close enough.
+    let (mut before, mut closest) = (raw, None::<(u64, u64, u64)>);
+    for _ in 0..3 {
         let unix = system_now_ns();
         let after = counter.raw();
-        tries += 1;
-        let agreed = after > before && counter.delta_as_nanos(before, after) < ANCHOR_READ_NS;
-        if agreed || tries == 3 {
-            ANCHOR.set((unix, before + after.saturating_sub(before) / 2));
-            return unix;
+        if after > before {
+            let (gap, at) = (
+                counter.delta_as_nanos(before, after),
+                before + (after - before) / 2,
+            );
+            if gap < ANCHOR_READ_NS {
+                ANCHOR.set((unix, at));
+                return unix;
+            }
+            if closest.is_none_or(|(closest, ..)| gap < closest) {
+                closest = Some((gap, unix, at));
+            }
         }
         before = after;
     }
+    let (unix, at) = match closest {
+        Some((_, unix, at)) => (unix, at),
+        None => (system_now_ns(), counter.raw()),
+    };
+    ANCHOR.set((unix, at));
+    unix
 }
 
 /// The system's wall clock, in nanoseconds since the Unix epoch.
