@@ -601,6 +601,18 @@ env = {{ AUTH_ADMIN_EMAIL = "{ADMIN_EMAIL}", AUTH_ADMIN_PASSWORD = "{ADMIN_PASSW
             .unwrap()
     }
 
+    /// The registry's current view, if the control plane answers now (after a kill it may
+    /// still be restarting).
+    pub async fn try_registry(&self) -> Option<Catalog> {
+        self.control(reqwest::Method::GET, "/v1/services")
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()
+    }
+
     /// The registry's current view.
     pub async fn registry(&self) -> Catalog {
         self.control(reqwest::Method::GET, "/v1/services")
