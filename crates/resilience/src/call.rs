@@ -172,10 +172,10 @@ impl Guard {
             return Err(Rejected::NoInstance);
         }
         self.budget.deposit_at(started);
-        // Pinned where it is made, as are the futures awaited below: a future handed on by value
-        // (to a timeout, to `.await`) is copied whole each time, and these are kilobytes.
-        // What the attempts come to, and the clock as the last one ended (which serves the
-        // balancer and the breaker both).
+        // The attempts come to an outcome and the clock as the last one ended (read once for
+        // the balancer and the breaker). Pinned where it is made, as is each attempt: a future
+        // handed on by value (to a timeout, to `.await`) is copied whole, and these are
+        // kilobytes.
         let attempts = std::pin::pin!(async {
             let (mut retries, mut refused) = (0u32, 0usize);
             // The instances tried: written when a second attempt needs them, so that a call
