@@ -300,6 +300,23 @@ pub struct SpanData {
     pub attributes: Attributes,
 }
 
+impl SpanData {
+    /// A record with nothing in it yet, for [`Span::open`] to fill.
+    fn blank() -> Box<SpanData> {
+        Box::new(SpanData {
+            trace_id: [0; 16],
+            span_id: [0; 8],
+            parent: [0; 8],
+            name: Name::Static(""),
+            kind: Kind::Internal,
+            start_ns: 0,
+            end_ns: 0,
+            error: None,
+            attributes: Attributes::new(),
+        })
+    }
+}
+
 /// A span being recorded; recorded when dropped (or [`Span::end`]).
 #[must_use = "a span records the work it is open around"]
 pub struct Span {
@@ -323,33 +340,22 @@ impl Span {
         if !ctx.sampled || !recording() {
             return Span::NONE;
         }
-        let data = match SPARE.try_with(|spare| spare.borrow_mut().pop()) {
-            // A record an ended span left, refilled field by field: built in place, where a
-            // new one is built aside and copied into its allocation (half a kilobyte).
-            Ok(Some(mut data)) => {
-                data.trace_id = ctx.trace_id;
-                data.span_id = ctx.span_id;
-                data.parent = parent.unwrap_or([0; 8]);
-                data.name = name.into();
-                data.kind = kind;
-                data.start_ns = crate::unix_now_ns();
-                data.end_ns = 0;
-                data.error = None;
-                data.attributes.clear();
-                data
-            }
-            _ => Box::new(SpanData {
-                trace_id: ctx.trace_id,
-                span_id: ctx.span_id,
-                parent: parent.unwrap_or([0; 8]),
-                name: name.into(),
-                kind,
-                start_ns: crate::unix_now_ns(),
-                end_ns: 0,
-                error: None,
-                attributes: Attributes::new(),
-            }),
-        };
+        // A record an ended span left on this thread, else a blank one, filled in place: a
+        // record built aside is copied into its allocation (half a kilobyte).
+        let mut data = SPARE
+            .try_with(|spare| spare.borrow_mut().pop())
+            .ok()
+            .flatten()
+            .unwrap_or_else(SpanData::blank);
+        data.trace_id = ctx.trace_id;
+        data.span_id = ctx.span_id;
+        data.parent = parent.unwrap_or([0; 8]);
+        data.name = name.into();
+        data.kind = kind;
+        data.start_ns = crate::unix_now_ns();
+        data.end_ns = 0;
+        data.error = None;
+        data.attributes.clear();
         Span { data: Some(data) }
     }
 
